@@ -1,0 +1,84 @@
+/**
+ * The relational directory's contract: users, rooms and participants.
+ * Implementations live in `src/directory/` (Kysely on SQLite or Postgres).
+ */
+
+/** A user as the directory keeps it; ids are strings (numeric ids as their decimal text). */
+export interface DirectoryUser {
+  /** User id as text. */
+  id: string;
+  /** Login handle. */
+  username: string | null;
+  /** Full name. */
+  fullName: string | null;
+  /** Email address. */
+  email: string | null;
+  /** Phone number. */
+  phone: string | null;
+  /** Avatar URL. */
+  profileImage: string | null;
+  /** Company name. */
+  company: string | null;
+  /** Role (`admin`, `super_admin`, `support`, `client`, ...). */
+  role: string | null;
+  /** Kind of user (`talker`, `listener`, ...). */
+  userType: string | null;
+}
+
+/** A room the directory knows. */
+export interface DirectoryRoom {
+  /** Room kind: `ticket`, `chat`, `service-chat`, `support-chat`, `room`. */
+  kind: string;
+  /** Id within the kind, as text. */
+  id: string;
+  /** Optional title. */
+  title: string | null;
+  /** Owner user id, if any. */
+  ownerId: string | null;
+  /** Creation time, ISO 8601 UTC. */
+  createdAt: string;
+}
+
+/** A user's membership of a room. */
+export interface Participant {
+  /** User id as text. */
+  userId: string;
+  /** Role in the room (`member`, `owner`, `agent`, ...). */
+  role: string;
+}
+
+/** Users, rooms and participants, on SQLite or Postgres. */
+export interface Directory {
+  /** Creates or upgrades the schema. */
+  migrate(): Promise<void>;
+  /** Checks that the database answers. */
+  ping(): Promise<void>;
+  /** Inserts or updates a user; fields left undefined keep their stored value. */
+  upsertUser(user: Partial<DirectoryUser> & { id: string }): Promise<DirectoryUser>;
+  /** Reads a user. */
+  getUser(id: string): Promise<DirectoryUser | null>;
+  /** Deletes a user and their participations; true when it existed. */
+  deleteUser(id: string): Promise<boolean>;
+  /** Inserts or updates a room; fields left undefined keep their stored value. */
+  upsertRoom(
+    room: { kind: string; id: string; title?: string | null; ownerId?: string | null },
+  ): Promise<DirectoryRoom>;
+  /** Reads a room. */
+  getRoom(kind: string, id: string): Promise<DirectoryRoom | null>;
+  /** Deletes a room and its participants; true when it existed. */
+  deleteRoom(kind: string, id: string): Promise<boolean>;
+  /** Lists rooms of a kind ordered by id text, after `after` when given. */
+  listRooms(kind: string, options?: { limit?: number; after?: string }): Promise<DirectoryRoom[]>;
+  /** Replaces a room's participants with exactly this list. */
+  setParticipants(kind: string, id: string, participants: Participant[]): Promise<void>;
+  /** Adds or updates one participant. */
+  addParticipant(kind: string, id: string, participant: Participant): Promise<void>;
+  /** Removes one participant; true when they were one. */
+  removeParticipant(kind: string, id: string, userId: string): Promise<boolean>;
+  /** Lists a room's participants. */
+  listParticipants(kind: string, id: string): Promise<Participant[]>;
+  /** The participant entry of `userId` in the room, or null. */
+  getParticipant(kind: string, id: string, userId: string): Promise<Participant | null>;
+  /** Closes the connection pool. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,170 @@
+/**
+ * The core's vocabulary: users, messages, room events and the interfaces of the seams.
+ * Nothing here imports Deno, Hono or KV; `main.ts` wires concrete implementations.
+ */
+
+/** A user id as tokens carry it: numeric strings become numbers, everything else stays a string. */
+export type UserId = string | number;
+
+/** Who a user is, as far as a message or event needs to tell others. */
+export interface UserProfile {
+  /** Stable id from the token (`sub`, `user_id` or `id`). */
+  id: UserId;
+  /** Display handle; falls back to the name, the email or the id. */
+  username: string;
+  /** Full name (`name` or `full_name`). */
+  name?: string;
+  /** Email address. */
+  email?: string;
+  /** Phone number. */
+  phone?: string;
+  /** Absolute or relative URL of the avatar. */
+  profileImage?: string;
+  /** Company, for the Socket.IO ticket chat's clients. */
+  company?: string;
+  /** Role such as `admin`, `super_admin`, `support`, `client`. */
+  role?: string;
+  /** Kind of user as the conversation chat knows it (`talker`, `listener`, ...). */
+  userType?: string;
+}
+
+/** An authenticated user: the profile plus what the token grants. */
+export interface Principal extends UserProfile {
+  /** Room patterns granted by the token's `rooms` claim (`ticket:1`, `ticket:*`). */
+  grants: string[];
+}
+
+/** A stored file that belongs to a message. */
+export interface Attachment {
+  /** Opaque unique id. */
+  id: string;
+  /** Path of the file under the media root, with forward slashes (`files/ticket_1/a.png`). */
+  key: string;
+  /** Stored basename, unique in its folder. */
+  name: string;
+  /** The name the client gave, reduced to a safe basename. */
+  originalName: string;
+  /** Media type from the bytes and the name. */
+  mime: string;
+  /** Size in bytes. */
+  size: number;
+  /** When it was stored (ISO 8601, UTC, milliseconds). */
+  uploadedAt: string;
+}
+
+/** A message as the store keeps it; every dialect renders it in its own shape. */
+export interface Message {
+  /** Room key (`ticket:1`). */
+  room: string;
+  /** Position in the room: 1, 2, 3, ... with no gaps. */
+  seq: number;
+  /** Globally unique opaque id (24 hex digits, shaped like a Mongo ObjectId). */
+  id: string;
+  /** Who sent it, as they were when they sent it; null for system messages. */
+  sender: UserProfile | null;
+  /** Text, possibly empty when there are attachments. */
+  body: string;
+  /** Files sent with the message. */
+  attachments: Attachment[];
+  /** Commit time (ISO 8601, UTC, milliseconds). */
+  createdAt: string;
+  /** Client-supplied idempotency key, when one was given. */
+  clientId?: string;
+}
+
+/** What a sender hands to the store; the store assigns seq, id and time. */
+export interface MessageDraft {
+  /** Sender profile, or null for a system message. */
+  sender: UserProfile | null;
+  /** Text body. */
+  body: string;
+  /** Already stored attachments. */
+  attachments: Attachment[];
+  /** Idempotency key: the same key from the same sender within its lifetime returns the first message. */
+  clientId?: string;
+}
+
+/** The store's answer to an append. */
+export interface AppendResult {
+  /** The stored message (the original one when the append was a duplicate). */
+  message: Message;
+  /** True when the client id had been seen already and nothing new was stored. */
+  duplicate: boolean;
+}
+
+/** Which slice of a room's history to read; results are always in ascending seq order. */
+export interface HistoryQuery {
+  /** Only messages with seq greater than this. */
+  after?: number;
+  /** Only messages with seq less than this. */
+  before?: number;
+  /** At most this many messages: the oldest ones after `after`, else the newest ones. */
+  limit: number;
+}
+
+/** Durable, ordered message history per room. */
+export interface MessageStore {
+  /** Stores a message with the room's next seq; resolves only once it is durable. */
+  append(room: string, draft: MessageDraft): Promise<AppendResult>;
+  /** Reads a slice of history in ascending seq order. */
+  list(room: string, query: HistoryQuery): Promise<Message[]>;
+  /** The seq of the room's newest message, 0 when it has none. */
+  head(room: string): Promise<number>;
+  /** Reads one message by seq. */
+  get(room: string, seq: number): Promise<Message | null>;
+  /** The lowest seq still kept (1 unless retention removed older messages; head + 1 when empty). */
+  tail(room: string): Promise<number>;
+}
+
+/** Per-user read cursors: the highest seq each user has read in a room. */
+export interface ReadCursorStore {
+  /** Raises the user's cursor to `seq` (never lowers it); resolves to the cursor now stored. */
+  markRead(room: string, user: UserId, seq: number): Promise<number>;
+  /** The user's cursor, 0 when unset. */
+  cursor(room: string, user: UserId): Promise<number>;
+  /** Every user's cursor in the room. */
+  cursors(room: string): Promise<Map<string, number>>;
+}
+
+/** Something that happens in a room and is fanned out to its members. */
+export type RoomEvent =
+  | { type: "message"; room: string; message: Message }
+  | { type: "typing"; room: string; user: UserProfile; isTyping: boolean }
+  | { type: "read"; room: string; user: UserProfile; seq: number }
+  | { type: "presence"; room: string; user: UserProfile; action: "join" | "leave" }
+  | { type: "closed"; room: string; reason: string }
+  | { type: "revoked"; room: string; userId: UserId };
+
+/** Publish/subscribe of room events between hubs (isolates and instances). */
+export interface Broker {
+  /** Sends an event to every other hub subscribed to its room. */
+  publish(event: RoomEvent): void;
+  /** Calls `handler` for events of `room` published elsewhere; returns the unsubscribe function. */
+  subscribe(room: string, handler: (event: RoomEvent) => void): () => void;
+  /** Releases every channel. */
+  close(): void;
+}
+
+/** Decides who may enter a room. */
+export interface AccessPolicy {
+  /** True when `user` may read and write `room`. */
+  canAccess(user: Principal, room: string): Promise<boolean>;
+}
+
+/** A file the media store has written. */
+export interface StoredFile {
+  /** Path under the media root with forward slashes. */
+  key: string;
+  /** Stored basename, unique in its folder. */
+  name: string;
+  /** Size in bytes. */
+  size: number;
+}
+
+/** Where attachment bytes live. */
+export interface MediaStore {
+  /** Writes `bytes` as `filename` (already safe) inside `dir`, renaming on collision. */
+  put(dir: string, filename: string, bytes: Uint8Array): Promise<StoredFile>;
+  /** Removes a stored file; true when it existed. */
+  delete(key: string): Promise<boolean>;
+}
