@@ -168,3 +168,27 @@ export interface MediaStore {
   /** Removes a stored file; true when it existed. */
   delete(key: string): Promise<boolean>;
 }
+
+/** A file as a client sent it, before it is checked and stored. */
+export interface FileInput {
+  /** Client filename; required. */
+  name?: string;
+  /** Base64 text (a data URL prefix is tolerated) or raw bytes. */
+  data: string | Uint8Array;
+}
+
+/** Checks, decodes and stores the files of one message, all or nothing. */
+export interface AttachmentStore {
+  /** Validates every file first (name, size, encoding), then writes them under `dir`. */
+  save(dir: string, files: FileInput[]): Promise<Attachment[]>;
+  /** Removes stored files, e.g. when the message turned out to be a duplicate. */
+  discard(attachments: Attachment[]): Promise<void>;
+}
+
+/** Where committed messages and ephemeral events go to reach the members of a room. */
+export interface Fanout {
+  /** Delivers a committed message to every member of its room, everywhere. */
+  committed(message: Message): void;
+  /** Delivers an ephemeral event (typing, read, presence) to every member of its room. */
+  publish(event: RoomEvent): void;
+}

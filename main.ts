@@ -1,0 +1,196 @@
+/** Composition root: read the config, open the stores, wire the dialects, serve. */
+
+import { ClaimsAccessPolicy } from "./src/auth/access.ts";
+import { Authenticator } from "./src/auth/authenticator.ts";
+import { createVerifier, ensureDevSecret } from "./src/auth/verifier.ts";
+import { BroadcastChannelBroker } from "./src/broker/broadcast_channel_broker.ts";
+import { type Config, loadConfig } from "./src/config.ts";
+import { ChatService } from "./src/core/chat_service.ts";
+import { Metrics } from "./src/core/metrics.ts";
+import type { Broker } from "./src/core/types.ts";
+import type { DialectContext, WsRoute } from "./src/dialects/context.ts";
+import { ticketSocketRoute } from "./src/dialects/ticket_socket/ticket_socket.ts";
+import { createHttpApp, matchWsRoute } from "./src/http/app.ts";
+import { Hub } from "./src/hub/hub.ts";
+import { MediaAttachmentStore } from "./src/media/attachments.ts";
+import { LocalMediaStore } from "./src/media/local_media_store.ts";
+import { KvMessageStore } from "./src/store/kv_message_store.ts";
+import type { Connection } from "./src/transport/websocket.ts";
+import { CLOSE } from "./src/transport/websocket.ts";
+
+/** A wired server without a listener: a fetch handler and a way to shut it down. */
+export interface App {
+  /** Handles one HTTP request or WebSocket upgrade. */
+  fetch(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response>;
+  /** Closes sockets with 1001, flushes pending commits and closes the stores. */
+  close(): Promise<void>;
+  /** The shared services, for tests and tools. */
+  context: DialectContext;
+  /** The secret tokens are signed with in development, when no key is configured. */
+  devSecret?: string;
+}
+
+/** Optional replacements for tests: another broker (e.g. no BroadcastChannel) or KV handle. */
+export interface AppOverrides {
+  /** Broker to use instead of the per-room BroadcastChannel. */
+  broker?: Broker;
+  /** Log function for start-up notes. */
+  log?: (line: string) => void;
+}
+
+/** Opens the stores and wires every seam for one isolate. */
+export async function buildApp(config: Config, overrides: AppOverrides = {}): Promise<App> {
+  const log = overrides.log ?? ((line: string) => console.log(line));
+  await Deno.mkdir(config.dataDir, { recursive: true });
+  let devSecret: string | undefined;
+  let secret = config.jwtSecret;
+  if (!secret && !config.jwtPublicKey && !config.jwtJwksUrl) {
+    const dev = await ensureDevSecret(config.dataDir);
+    secret = devSecret = dev.secret;
+    if (dev.created) {
+      log(`No JWT key configured: created a development secret in ${config.dataDir}`);
+    }
+  }
+  const verifier = await createVerifier({
+    secret,
+    publicKey: config.jwtPublicKey,
+    jwksUrl: config.jwtJwksUrl,
+    issuer: config.jwtIssuer,
+    audience: config.jwtAudience,
+  });
+
+  const kv = await Deno.openKv(config.kvPath);
+  const metrics = new Metrics();
+  const store = new KvMessageStore(kv);
+  store.onCommit = (ms) => {
+    metrics.commitSeconds += ms / 1000;
+    metrics.commits++;
+  };
+  const broker = overrides.broker ?? new BroadcastChannelBroker();
+  const hub = new Hub(store, broker);
+  const media = new LocalMediaStore(config.mediaDir);
+  const chat = new ChatService({
+    store,
+    fanout: hub,
+    attachments: new MediaAttachmentStore(media, config.maxFileBytes),
+    access: new ClaimsAccessPolicy(),
+    metrics,
+  });
+  const connections = new Set<Connection>();
+  const context: DialectContext = {
+    config,
+    chat,
+    hub,
+    auth: new Authenticator(verifier),
+    metrics,
+    connections,
+  };
+  const routes: WsRoute[] = [ticketSocketRoute(context)];
+  const http = createHttpApp({
+    metrics,
+    hub,
+    media,
+    isolateId: crypto.randomUUID().slice(0, 8),
+    healthCheck: async () => {
+      await kv.get(["health"]);
+    },
+  });
+
+  const originAllowed = (req: Request) => {
+    const origin = req.headers.get("origin");
+    return !origin || config.allowedOrigins.length === 0 ||
+      config.allowedOrigins.includes(origin.replace(/\/$/, ""));
+  };
+
+  let closed = false;
+  return {
+    context,
+    devSecret,
+    fetch(req, info) {
+      const matched = matchWsRoute(routes, req.url);
+      if (matched) {
+        if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
+          return Promise.resolve(
+            new Response("This endpoint speaks WebSocket", { status: 426 }),
+          );
+        }
+        if (!originAllowed(req)) {
+          return Promise.resolve(new Response("Origin not allowed", { status: 403 }));
+        }
+        return matched.route.handle(req, matched.params);
+      }
+      return Promise.resolve(http.fetch(req, info));
+    },
+    async close() {
+      if (closed) return;
+      closed = true;
+      for (const conn of [...connections]) conn.close(CLOSE.goingAway, "Server shutting down");
+      await store.flush();
+      await hub.idle();
+      hub.close();
+      broker.close();
+      kv.close();
+    },
+  };
+}
+
+/** A listening server. */
+export interface RunningServer {
+  /** The wired app. */
+  app: App;
+  /** Port actually bound. */
+  port: number;
+  /** `http://127.0.0.1:<port>` (or the configured host). */
+  url: string;
+  /** Stops accepting, closes sockets, flushes and closes stores. */
+  close(): Promise<void>;
+}
+
+/** Builds the app and serves it with `Deno.serve`. */
+export async function startServer(
+  config: Config,
+  overrides: AppOverrides = {},
+): Promise<RunningServer> {
+  const app = await buildApp(config, overrides);
+  const server = Deno.serve({
+    port: config.port,
+    hostname: config.host,
+    onListen: () => {},
+  }, app.fetch);
+  const addr = server.addr as Deno.NetAddr;
+  const host = config.host === "0.0.0.0" || config.host === "::" ? "127.0.0.1" : config.host;
+  return {
+    app,
+    port: addr.port,
+    url: `http://${host}:${addr.port}`,
+    async close() {
+      const finished = server.shutdown();
+      await app.close();
+      await finished;
+    },
+  };
+}
+
+if (import.meta.main) {
+  let config: Config;
+  try {
+    config = loadConfig(Deno.env.toObject());
+  } catch (err) {
+    console.error((err as Error).message);
+    Deno.exit(1);
+  }
+  const server = await startServer(config);
+  console.log(`Chat server listening on ${server.url} (data in ${config.dataDir})`);
+  let stopping = false;
+  const stop = async () => {
+    if (stopping) return;
+    stopping = true;
+    console.log("Shutting down: closing sockets and flushing history");
+    const timer = setTimeout(() => Deno.exit(1), 5000);
+    await server.close();
+    clearTimeout(timer);
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGINT", stop);
+  Deno.addSignalListener("SIGTERM", stop);
+}

@@ -1,0 +1,58 @@
+/**
+ * Prints a signed token for development and tests:
+ * `deno task token -- --sub 3 --username user3 --rooms ticket:1`.
+ * Signs with JWT_SECRET when set, else with the development secret under DATA_DIR.
+ */
+
+import { parseArgs } from "node:util";
+import { loadConfig } from "../src/config.ts";
+import { ensureDevSecret, signDevToken } from "../src/auth/verifier.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    sub: { type: "string" },
+    username: { type: "string" },
+    name: { type: "string" },
+    email: { type: "string" },
+    phone: { type: "string" },
+    company: { type: "string" },
+    role: { type: "string" },
+    "user-type": { type: "string" },
+    rooms: { type: "string", multiple: true },
+    expires: { type: "string", default: "12h" },
+    help: { type: "boolean", short: "h" },
+  },
+});
+
+if (values.help || !values.sub) {
+  console.error(
+    "Usage: deno task token -- --sub <user id> [--username u] [--name n] [--email e] [--phone p]\n" +
+      "         [--company c] [--role admin|super_admin|support|client] [--user-type t]\n" +
+      "         [--rooms ticket:1 --rooms 'chat:*' | --rooms ticket:1,chat:2] [--expires 12h]",
+  );
+  Deno.exit(values.help ? 0 : 2);
+}
+
+const config = loadConfig(Deno.env.toObject());
+if (!config.jwtSecret && (config.jwtPublicKey || config.jwtJwksUrl)) {
+  console.error("The server verifies with a public key; sign tokens with its private key instead.");
+  Deno.exit(2);
+}
+const secret = config.jwtSecret ?? (await ensureDevSecret(config.dataDir)).secret;
+const rooms = (values.rooms ?? []).flatMap((r) => r.split(",")).map((r) => r.trim()).filter(
+  Boolean,
+);
+const claims: Record<string, unknown> = {
+  sub: values.sub,
+  username: values.username,
+  name: values.name,
+  email: values.email,
+  phone: values.phone,
+  company: values.company,
+  role: values.role,
+  user_type: values["user-type"],
+  rooms: rooms.length > 0 ? rooms : undefined,
+};
+for (const key of Object.keys(claims)) if (claims[key] === undefined) delete claims[key];
+console.log(await signDevToken(secret, claims, values.expires));

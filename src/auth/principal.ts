@@ -1,0 +1,49 @@
+/** Token claims → the user the core works with. */
+
+import type { Principal, UserId } from "../core/types.ts";
+
+const text = (v: unknown): string | undefined =>
+  typeof v === "string" && v.trim() !== "" ? v : typeof v === "number" ? String(v) : undefined;
+
+/** Numeric strings become numbers so ids compare and render like the source system's. */
+export function normalizeUserId(value: unknown): UserId | undefined {
+  if (typeof value === "number" && Number.isSafeInteger(value)) return value;
+  if (typeof value !== "string" || value.trim() === "") return undefined;
+  const v = value.trim();
+  return /^(0|[1-9]\d{0,15})$/.test(v) && Number.isSafeInteger(Number(v)) ? Number(v) : v;
+}
+
+/**
+ * Builds a principal from verified claims: id from `sub`, else `user_id` (Django SimpleJWT),
+ * else `id`; returns null when none is present.
+ */
+export function principalFromClaims(claims: Record<string, unknown>): Principal | null {
+  const id = normalizeUserId(claims.sub) ?? normalizeUserId(claims.user_id) ??
+    normalizeUserId(claims.id);
+  if (id === undefined) return null;
+  const name = text(claims.name) ?? text(claims.full_name);
+  const email = text(claims.email);
+  const rooms = Array.isArray(claims.rooms)
+    ? claims.rooms.filter((r): r is string => typeof r === "string")
+    : typeof claims.rooms === "string"
+    ? claims.rooms.split(/[\s,]+/).filter(Boolean)
+    : [];
+  return {
+    id,
+    username: text(claims.username) ?? text(claims.preferred_username) ?? name ?? email ??
+      String(id),
+    name,
+    email,
+    phone: text(claims.phone),
+    profileImage: text(claims.profile_image) ?? text(claims.picture) ?? text(claims.avatar),
+    company: text(claims.company),
+    role: text(claims.role),
+    userType: text(claims.user_type),
+    grants: rooms,
+  };
+}
+
+/** True for the roles that may enter every room. */
+export function isAdminRole(role: string | undefined): boolean {
+  return role === "admin" || role === "super_admin";
+}

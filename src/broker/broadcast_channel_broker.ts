@@ -1,0 +1,74 @@
+/** Room events between the isolates of one process, one `BroadcastChannel` per room. */
+
+import type { Broker, RoomEvent } from "../core/types.ts";
+
+const CHANNEL_PREFIX = "chat-room:";
+const IDLE_CLOSE_MS = 30_000;
+
+interface RoomChannel {
+  channel: BroadcastChannel;
+  handlers: Set<(event: RoomEvent) => void>;
+  idleTimer?: ReturnType<typeof setTimeout>;
+}
+
+/**
+ * A channel never receives its own posts, so the hub delivers locally itself. Channels of rooms
+ * nobody here subscribes to are kept for a while after a publish, then closed.
+ */
+export class BroadcastChannelBroker implements Broker {
+  #rooms = new Map<string, RoomChannel>();
+
+  #open(room: string): RoomChannel {
+    let entry = this.#rooms.get(room);
+    if (entry) return entry;
+    const channel = new BroadcastChannel(CHANNEL_PREFIX + room);
+    const created: RoomChannel = { channel, handlers: new Set() };
+    channel.onmessage = (e: MessageEvent<RoomEvent>) => {
+      for (const handler of created.handlers) handler(e.data);
+    };
+    entry = created;
+    this.#rooms.set(room, entry);
+    return entry;
+  }
+
+  #scheduleIdleClose(room: string, entry: RoomChannel): void {
+    clearTimeout(entry.idleTimer);
+    entry.idleTimer = setTimeout(() => {
+      if (entry.handlers.size === 0 && this.#rooms.get(room) === entry) {
+        entry.channel.close();
+        this.#rooms.delete(room);
+      }
+    }, IDLE_CLOSE_MS);
+  }
+
+  /** Posts the event to the room's channel in every other isolate. */
+  publish(event: RoomEvent): void {
+    const entry = this.#open(event.room);
+    entry.channel.postMessage(event);
+    if (entry.handlers.size === 0) this.#scheduleIdleClose(event.room, entry);
+  }
+
+  /** Listens on the room's channel until the returned function is called. */
+  subscribe(room: string, handler: (event: RoomEvent) => void): () => void {
+    const entry = this.#open(room);
+    clearTimeout(entry.idleTimer);
+    entry.handlers.add(handler);
+    return () => {
+      entry.handlers.delete(handler);
+      if (entry.handlers.size === 0 && this.#rooms.get(room) === entry) {
+        clearTimeout(entry.idleTimer);
+        entry.channel.close();
+        this.#rooms.delete(room);
+      }
+    };
+  }
+
+  /** Closes every channel. */
+  close(): void {
+    for (const entry of this.#rooms.values()) {
+      clearTimeout(entry.idleTimer);
+      entry.channel.close();
+    }
+    this.#rooms.clear();
+  }
+}

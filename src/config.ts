@@ -1,0 +1,132 @@
+/** Environment → typed configuration, validated with zod; a bad value fails fast with a readable message. */
+
+import { z } from "zod";
+import { join, resolve } from "node:path";
+
+const optionalText = z.string().trim().optional().transform((v) => v === "" ? undefined : v);
+
+const positiveInt = (fallback: number) =>
+  z.string().trim().optional().transform((v, ctx) => {
+    if (v === undefined || v === "") return fallback;
+    if (!/^\d+$/.test(v) || Number(v) <= 0 || !Number.isSafeInteger(Number(v))) {
+      ctx.addIssue({ code: "custom", message: `expected a positive whole number, got "${v}"` });
+      return z.NEVER;
+    }
+    return Number(v);
+  });
+
+const url = z.string().trim().optional().transform((v, ctx) => {
+  if (v === undefined || v === "") return undefined;
+  try {
+    return new URL(v).toString().replace(/\/$/, "");
+  } catch {
+    ctx.addIssue({ code: "custom", message: `expected an absolute URL, got "${v}"` });
+    return z.NEVER;
+  }
+});
+
+const EnvSchema = z.object({
+  PORT: z.string().trim().optional().transform((v, ctx) => {
+    if (v === undefined || v === "") return 8000;
+    const n = Number(v);
+    if (!/^\d+$/.test(v) || n > 65535) {
+      ctx.addIssue({ code: "custom", message: `expected a port from 0 to 65535, got "${v}"` });
+      return z.NEVER;
+    }
+    return n;
+  }),
+  HOST: optionalText.transform((v) => v ?? "0.0.0.0"),
+  DATA_DIR: optionalText.transform((v) => resolve(v ?? "./data")),
+  MEDIA_DIR: optionalText,
+  PUBLIC_URL: url,
+  JWT_SECRET: optionalText,
+  JWT_PUBLIC_KEY: optionalText,
+  JWT_JWKS_URL: url,
+  JWT_ISSUER: optionalText,
+  JWT_AUDIENCE: optionalText,
+  MAX_FILE_BYTES: positiveInt(10 * 1024 * 1024),
+  ALLOWED_ORIGINS: optionalText.transform((v) =>
+    (v ?? "").split(",").map((s) => s.trim().replace(/\/$/, "")).filter(Boolean)
+  ),
+  HEARTBEAT_SECONDS: positiveInt(30),
+  HISTORY_ON_CONNECT: positiveInt(50),
+  DATABASE_URL: optionalText,
+  KV_PATH: optionalText,
+  ADMIN_TOKEN: optionalText,
+  CHAT_PATH_PROTOCOL: z.string().trim().optional().transform((v, ctx) => {
+    if (v === undefined || v === "" || v === "conversations") return "conversations" as const;
+    if (v === "rooms") return "rooms" as const;
+    ctx.addIssue({ code: "custom", message: `expected "conversations" or "rooms", got "${v}"` });
+    return z.NEVER;
+  }),
+});
+
+/** The server's settings. */
+export interface Config {
+  /** TCP port; 0 picks a free one. */
+  port: number;
+  /** Interface to listen on. */
+  host: string;
+  /** Root of every piece of local state (KV file, media, directory, dev secret). */
+  dataDir: string;
+  /** Where attachment files are written. */
+  mediaDir: string;
+  /** Base of absolute file URLs; from the request's Host when unset. */
+  publicUrl?: string;
+  /** HS256 shared secret. */
+  jwtSecret?: string;
+  /** PEM public key for RS256 or ES256. */
+  jwtPublicKey?: string;
+  /** JWKS endpoint. */
+  jwtJwksUrl?: string;
+  /** Required `iss`, when set. */
+  jwtIssuer?: string;
+  /** Required `aud`, when set. */
+  jwtAudience?: string;
+  /** Largest decoded attachment in bytes. */
+  maxFileBytes: number;
+  /** Origins allowed to open sockets; empty allows any. */
+  allowedOrigins: string[];
+  /** Seconds of silence before a ping, and again before a silent peer is dropped. */
+  heartbeatSeconds: number;
+  /** How many recent messages the chat-rooms protocol replays on connect. */
+  historyOnConnect: number;
+  /** Directory database: a path, `sqlite:` URL or `postgres://` URL. */
+  databaseUrl?: string;
+  /** Deno KV location: a path, `:memory:`, or a remote KV URL; DATA_DIR/chat.kv by default. */
+  kvPath: string;
+  /** Static admin Bearer token for the REST API. */
+  adminToken?: string;
+  /** Which protocol `/ws/chat/<x>/` speaks. */
+  chatPathProtocol: "conversations" | "rooms";
+}
+
+/** Reads the configuration from an environment map; throws an Error listing every bad value. */
+export function loadConfig(env: Record<string, string | undefined>): Config {
+  const parsed = EnvSchema.safeParse(env);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  ${i.path.join(".")}: ${i.message}`);
+    throw new Error(`Invalid configuration:\n${lines.join("\n")}`);
+  }
+  const e = parsed.data;
+  return {
+    port: e.PORT,
+    host: e.HOST,
+    dataDir: e.DATA_DIR,
+    mediaDir: e.MEDIA_DIR ? resolve(e.MEDIA_DIR) : join(e.DATA_DIR, "media"),
+    publicUrl: e.PUBLIC_URL,
+    jwtSecret: e.JWT_SECRET,
+    jwtPublicKey: e.JWT_PUBLIC_KEY,
+    jwtJwksUrl: e.JWT_JWKS_URL,
+    jwtIssuer: e.JWT_ISSUER,
+    jwtAudience: e.JWT_AUDIENCE,
+    maxFileBytes: e.MAX_FILE_BYTES,
+    allowedOrigins: e.ALLOWED_ORIGINS,
+    heartbeatSeconds: e.HEARTBEAT_SECONDS,
+    historyOnConnect: e.HISTORY_ON_CONNECT,
+    databaseUrl: e.DATABASE_URL,
+    kvPath: e.KV_PATH ?? join(e.DATA_DIR, "chat.kv"),
+    adminToken: e.ADMIN_TOKEN,
+    chatPathProtocol: e.CHAT_PATH_PROTOCOL,
+  };
+}

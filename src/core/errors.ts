@@ -1,0 +1,37 @@
+/** Errors the core raises for bad client input; dialects turn them into their own error shapes. */
+
+/** Why a command was refused. */
+export type ChatErrorCode =
+  | "invalid_json"
+  | "invalid_frame"
+  | "empty_message"
+  | "body_too_long"
+  | "filename_required"
+  | "filename_too_long"
+  | "bad_base64"
+  | "file_too_large"
+  | "forbidden"
+  | "not_authenticated"
+  | "not_found"
+  | "rate_limited"
+  | "internal";
+
+/** A refusal the client caused; `message` is safe to show to the client. */
+export class ChatError extends Error {
+  /** Machine-readable reason. */
+  readonly code: ChatErrorCode;
+
+  /** Creates the error with a machine-readable code and a client-facing message. */
+  constructor(code: ChatErrorCode, message: string) {
+    super(message);
+    this.name = "ChatError";
+    this.code = code;
+  }
+}
+
+/** The error as a ChatError: unexpected ones are logged and become a generic `internal` error. */
+export function asChatError(err: unknown): ChatError {
+  if (err instanceof ChatError) return err;
+  console.error("Unexpected error while handling a client frame:", err);
+  return new ChatError("internal", "Internal server error");
+}

@@ -1,0 +1,38 @@
+/** Process-wide counters, rendered in Prometheus text format by the HTTP layer. */
+
+/** Counters and gauges of this isolate. */
+export class Metrics {
+  /** Open sockets by protocol. */
+  readonly connections = new Map<string, number>();
+  /** Messages accepted from clients. */
+  messagesIn = 0;
+  /** Frames written to sockets. */
+  framesOut = 0;
+  /** Bytes received in client frames. */
+  bytesIn = 0;
+  /** Attachment bytes stored. */
+  attachmentBytes = 0;
+  /** Errors sent to clients, by code. */
+  readonly errors = new Map<string, number>();
+  /** Sum and count of commit latencies in seconds. */
+  commitSeconds = 0;
+  /** Number of commits measured. */
+  commits = 0;
+
+  /** Adjusts the open connection gauge of a protocol. */
+  connection(protocol: string, delta: number): void {
+    this.connections.set(protocol, (this.connections.get(protocol) ?? 0) + delta);
+  }
+
+  /** Counts an error sent to a client. */
+  error(code: string): void {
+    this.errors.set(code, (this.errors.get(code) ?? 0) + 1);
+  }
+
+  /** Total open connections. */
+  get openConnections(): number {
+    let total = 0;
+    for (const n of this.connections.values()) total += n;
+    return total;
+  }
+}

@@ -1,0 +1,39 @@
+/** Room keys (`kind:id`) and the patterns that grant access to them. */
+
+/** The kinds of room the dialects use. */
+export const ROOM_KINDS = ["ticket", "chat", "service-chat", "support-chat", "room"] as const;
+
+/** One of {@link ROOM_KINDS}. */
+export type RoomKind = typeof ROOM_KINDS[number];
+
+const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$/;
+
+/** True when `id` can be part of a room key: 1 to 128 URL-safe characters. */
+export function isValidRoomId(id: string): boolean {
+  return ID_PATTERN.test(id);
+}
+
+/** Builds a room key, throwing a RangeError for an id that cannot be one. */
+export function roomKey(kind: RoomKind, id: string | number): string {
+  const text = String(id);
+  if (!isValidRoomId(text)) throw new RangeError(`Invalid room id "${text}"`);
+  return `${kind}:${text}`;
+}
+
+/** Splits a room key into kind and id, or null when it is not one. */
+export function parseRoomKey(key: string): { kind: RoomKind; id: string } | null {
+  const at = key.indexOf(":");
+  if (at < 0) return null;
+  const kind = key.slice(0, at) as RoomKind;
+  const id = key.slice(at + 1);
+  if (!ROOM_KINDS.includes(kind) || !isValidRoomId(id)) return null;
+  return { kind, id };
+}
+
+/** True when a grant pattern (`ticket:1`, `ticket:*`, `*`) covers the room key. */
+export function grantMatches(pattern: string, room: string): boolean {
+  if (pattern === room || pattern === "*") return true;
+  if (!pattern.includes("*")) return false;
+  const escaped = pattern.split("*").map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&"));
+  return new RegExp(`^${escaped.join(".*")}$`).test(room);
+}

@@ -1,0 +1,112 @@
+/** The HTTP side: health, metrics, media, and the WebSocket route table. */
+
+import { Hono } from "hono";
+import type { Metrics } from "../core/metrics.ts";
+import type { Hub } from "../hub/hub.ts";
+import type { LocalMediaStore } from "../media/local_media_store.ts";
+import type { WsRoute } from "../dialects/context.ts";
+import { mountMedia } from "./media_routes.ts";
+
+/** What the HTTP layer needs. */
+export interface HttpDeps {
+  /** Counters. */
+  metrics: Metrics;
+  /** Local delivery stats. */
+  hub: Hub;
+  /** Attachment files. */
+  media: LocalMediaStore;
+  /** Checks that every store answers; throws when one does not. */
+  healthCheck(): Promise<void>;
+  /** Identifies this isolate in health output. */
+  isolateId: string;
+}
+
+/** Renders the counters in Prometheus text format. */
+export function renderMetrics(metrics: Metrics, hub: Hub): string {
+  const lines: string[] = [];
+  const metric = (name: string, type: string, help: string, samples: [string, number][]) => {
+    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+    for (const [labels, value] of samples) lines.push(`${name}${labels} ${value}`);
+  };
+  metric(
+    "chat_connections",
+    "gauge",
+    "Open sockets by protocol.",
+    [...metrics.connections].map(([p, n]) => [`{protocol="${p}"}`, n]),
+  );
+  metric("chat_rooms", "gauge", "Rooms with members on this isolate.", [[
+    "",
+    [...hub.rooms()].length,
+  ]]);
+  metric("chat_messages_in_total", "counter", "Messages stored from clients.", [[
+    "",
+    metrics.messagesIn,
+  ]]);
+  metric("chat_frames_out_total", "counter", "Frames written to sockets.", [[
+    "",
+    metrics.framesOut,
+  ]]);
+  metric("chat_bytes_in_total", "counter", "Bytes received in client frames.", [[
+    "",
+    metrics.bytesIn,
+  ]]);
+  metric("chat_attachment_bytes_total", "counter", "Attachment bytes stored.", [[
+    "",
+    metrics.attachmentBytes,
+  ]]);
+  metric(
+    "chat_errors_total",
+    "counter",
+    "Errors sent to clients by code.",
+    [...metrics.errors].map(([c, n]) => [`{code="${c}"}`, n]),
+  );
+  metric("chat_commit_seconds_sum", "counter", "Total time spent in history commits.", [[
+    "",
+    metrics.commitSeconds,
+  ]]);
+  metric("chat_commit_seconds_count", "counter", "History commits.", [["", metrics.commits]]);
+  metric("chat_gap_fills_total", "counter", "Messages read back to fill a delivery gap.", [[
+    "",
+    hub.stats.gapFills,
+  ]]);
+  metric("chat_duplicates_dropped_total", "counter", "Repeated deliveries dropped.", [[
+    "",
+    hub.stats.duplicatesDropped,
+  ]]);
+  return lines.join("\n") + "\n";
+}
+
+/** Builds the Hono app for everything that is not a socket. */
+export function createHttpApp(deps: HttpDeps): Hono {
+  const app = new Hono();
+  app.get("/healthz", async (c) => {
+    try {
+      await deps.healthCheck();
+      return c.json({
+        status: "ok",
+        isolate: deps.isolateId,
+        connections: deps.metrics.openConnections,
+      });
+    } catch (err) {
+      return c.json({ status: "error", message: (err as Error).message }, 503);
+    }
+  });
+  app.get("/metrics", (c) =>
+    c.body(renderMetrics(deps.metrics, deps.hub), 200, {
+      "content-type": "text/plain; version=0.0.4; charset=utf-8",
+    }));
+  mountMedia(app, deps.media);
+  return app;
+}
+
+/** Finds the WebSocket route for a request path. */
+export function matchWsRoute(
+  routes: WsRoute[],
+  url: string,
+): { route: WsRoute; params: Record<string, string | undefined> } | null {
+  for (const route of routes) {
+    const match = route.pattern.exec(url);
+    if (match) return { route, params: match.pathname.groups };
+  }
+  return null;
+}

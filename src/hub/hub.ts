@@ -1,0 +1,231 @@
+/** This isolate's connections by room: local delivery, seq bookkeeping, gap filling. */
+
+import type { Broker, Message, MessageStore, Principal, RoomEvent } from "../core/types.ts";
+
+/** A connection's membership of rooms, as the hub sees it. */
+export interface Member {
+  /** The authenticated user behind the connection. */
+  readonly user: Principal;
+  /** Members with the same key receive identical bytes, so a frame is rendered once per key. */
+  readonly renderKey: string;
+  /** False to skip an event for this member (its own typing, its own message in some dialects). */
+  wants(event: RoomEvent): boolean;
+  /** The frame for this event in the member's wire shape, or undefined to send nothing. */
+  render(event: RoomEvent): string | undefined;
+  /** Writes a frame to the socket. */
+  send(frame: string): void;
+  /** Called when the room is closed or the member's access is revoked. */
+  evict(event: RoomEvent & { type: "closed" | "revoked" }): void;
+}
+
+interface RoomState {
+  members: Set<Member>;
+  /** Highest seq delivered to this room's members. */
+  last: number;
+  /** Serialises message delivery so seq order holds while gaps are read back. */
+  chain: Promise<void>;
+  unsubscribe: () => void;
+}
+
+/** Counters the metrics endpoint reads. */
+export interface HubStats {
+  /** Frames written to sockets. */
+  framesOut: number;
+  /** Messages read back from the store to fill a gap. */
+  gapFills: number;
+  /** Events dropped as already delivered. */
+  duplicatesDropped: number;
+}
+
+const PAGE = 500;
+
+/**
+ * Every message, local or from the broker, passes through the room's chain: a seq already
+ * delivered is dropped, a seq beyond the next one first reads the missing ones from the store.
+ * So each member gets every message once, in seq order, whatever the broker drops or repeats.
+ */
+export class Hub {
+  #rooms = new Map<string, RoomState>();
+  #store: MessageStore;
+  #broker: Broker;
+  /** Delivery counters. */
+  readonly stats: HubStats = { framesOut: 0, gapFills: 0, duplicatesDropped: 0 };
+
+  /** Creates a hub over the store it fills gaps from and the broker it shares events through. */
+  constructor(store: MessageStore, broker: Broker) {
+    this.#store = store;
+    this.#broker = broker;
+  }
+
+  #state(room: string): RoomState {
+    let state = this.#rooms.get(room);
+    if (state) return state;
+    const created: RoomState = {
+      members: new Set(),
+      last: 0,
+      chain: Promise.resolve(),
+      unsubscribe: () => {},
+    };
+    state = created;
+    this.#rooms.set(room, created);
+    created.unsubscribe = this.#broker.subscribe(room, (event) => this.#receive(created, event));
+    this.#enqueue(created, async () => {
+      created.last = Math.max(created.last, await this.#store.head(room));
+    });
+    return created;
+  }
+
+  #enqueue(state: RoomState, task: () => Promise<void> | void): Promise<void> {
+    const next = state.chain.then(task);
+    state.chain = next.catch((err) => console.error("hub: delivery task failed:", err));
+    return next;
+  }
+
+  #receive(state: RoomState, event: RoomEvent): void {
+    if (event.type === "message") {
+      this.#enqueue(state, () => this.#deliverInOrder(state, event.message));
+    } else {
+      this.#fanout(state, event);
+    }
+  }
+
+  async #deliverInOrder(state: RoomState, message: Message): Promise<void> {
+    if (message.seq <= state.last) {
+      this.stats.duplicatesDropped++;
+      return;
+    }
+    while (message.seq > state.last + 1) {
+      const missing = await this.#store.list(message.room, {
+        after: state.last,
+        before: message.seq,
+        limit: PAGE,
+      });
+      if (missing.length === 0) break;
+      for (const m of missing) {
+        if (m.seq <= state.last) continue;
+        this.stats.gapFills++;
+        this.#fanout(state, { type: "message", room: m.room, message: m });
+        state.last = m.seq;
+      }
+    }
+    this.#fanout(state, { type: "message", room: message.room, message });
+    state.last = message.seq;
+  }
+
+  #fanout(state: RoomState, event: RoomEvent): void {
+    if (event.type === "closed" || event.type === "revoked") {
+      for (const member of [...state.members]) {
+        if (event.type === "closed" || String(member.user.id) === String(event.userId)) {
+          member.evict(event);
+        }
+      }
+      return;
+    }
+    const frames = new Map<string, string | undefined>();
+    for (const member of state.members) {
+      try {
+        if (!member.wants(event)) continue;
+        let frame = frames.get(member.renderKey);
+        if (frame === undefined && !frames.has(member.renderKey)) {
+          frame = member.render(event);
+          frames.set(member.renderKey, frame);
+        }
+        if (frame !== undefined) {
+          member.send(frame);
+          this.stats.framesOut++;
+        }
+      } catch (err) {
+        console.error("hub: delivery to a member failed:", err);
+      }
+    }
+  }
+
+  /**
+   * Adds a member to a room. With `since`, the member first gets every stored message after that
+   * seq, then live ones, with neither gap nor duplicate between the two. Resolves to the room's
+   * head seq at the moment the member became live.
+   */
+  join(room: string, member: Member, options: { since?: number } = {}): Promise<number> {
+    const state = this.#state(room);
+    let head = 0;
+    return this.#enqueue(state, async () => {
+      if (options.since !== undefined && options.since < state.last) {
+        let after = options.since;
+        while (after < state.last) {
+          const page = await this.#store.list(room, { after, before: state.last + 1, limit: PAGE });
+          if (page.length === 0) break;
+          for (const m of page) {
+            const frame = member.render({ type: "message", room, message: m });
+            if (frame !== undefined && member.wants({ type: "message", room, message: m })) {
+              member.send(frame);
+            }
+            after = m.seq;
+          }
+        }
+      }
+      state.members.add(member);
+      head = state.last;
+    }).then(() => head);
+  }
+
+  /** Removes a member from a room, releasing the room's channel when it was the last. */
+  leave(room: string, member: Member): void {
+    const state = this.#rooms.get(room);
+    if (!state || !state.members.delete(member)) return;
+    if (state.members.size === 0) {
+      // Let queued deliveries finish before the state goes; a re-join creates a fresh one.
+      this.#enqueue(state, () => {
+        if (state.members.size === 0 && this.#rooms.get(room) === state) {
+          state.unsubscribe();
+          this.#rooms.delete(room);
+        }
+      });
+    }
+  }
+
+  /** Delivers a freshly committed message here and publishes it to the other hubs. */
+  committed(message: Message): void {
+    this.#broker.publish({ type: "message", room: message.room, message });
+    const state = this.#rooms.get(message.room);
+    if (state) this.#enqueue(state, () => this.#deliverInOrder(state, message));
+  }
+
+  /** Delivers an ephemeral event (typing, read, presence) here and publishes it. */
+  publish(event: RoomEvent): void {
+    this.#broker.publish(event);
+    const state = this.#rooms.get(event.room);
+    if (state) this.#fanout(state, event);
+  }
+
+  /** Hands an event that arrived by another route (a KV watch) to the room, if it has members. */
+  receive(event: RoomEvent): void {
+    const state = this.#rooms.get(event.room);
+    if (state) this.#receive(state, event);
+  }
+
+  /** The members of a room on this isolate. */
+  members(room: string): ReadonlySet<Member> {
+    return this.#rooms.get(room)?.members ?? new Set();
+  }
+
+  /** Rooms with members on this isolate. */
+  rooms(): IterableIterator<string> {
+    return this.#rooms.keys();
+  }
+
+  /** Highest seq delivered in a room here, 0 when it has no members. */
+  lastSeq(room: string): number {
+    return this.#rooms.get(room)?.last ?? 0;
+  }
+
+  /** Waits for every queued delivery, for tests and shutdown. */
+  async idle(): Promise<void> {
+    await Promise.all([...this.#rooms.values()].map((s) => s.chain));
+  }
+
+  /** Drops every room and unsubscribes from the broker. */
+  close(): void {
+    for (const state of this.#rooms.values()) state.unsubscribe();
+    this.#rooms.clear();
+  }
+}

@@ -1,0 +1,58 @@
+/** Turning a client's filename into a safe basename. */
+
+const MAX_NAME_BYTES = 255;
+const encoder = new TextEncoder();
+
+/** Splits `name.ext` into stem and extension (with its dot); dotfiles have no extension. */
+export function splitExtension(name: string): [string, string] {
+  const dot = name.lastIndexOf(".");
+  if (dot <= 0 || dot === name.length - 1) return [name, ""];
+  return [name.slice(0, dot), name.slice(dot)];
+}
+
+/** Cuts a string to at most `max` UTF-8 bytes without splitting a character. */
+function truncateBytes(text: string, max: number): string {
+  if (encoder.encode(text).length <= max) return text;
+  let out = "";
+  let bytes = 0;
+  for (const ch of text) {
+    const size = encoder.encode(ch).length;
+    if (bytes + size > max) break;
+    out += ch;
+    bytes += size;
+  }
+  return out;
+}
+
+/**
+ * Reduces a client filename to a basename that is safe on disk and in a URL path segment: no
+ * directory part (either slash), no control characters, not `.` or `..`, at most 255 UTF-8
+ * bytes with the extension kept. Returns `file` when nothing usable is left.
+ */
+export function safeFilename(input: string): string {
+  const base = input.split(/[\\/]/).pop() ?? "";
+  let name = base
+    // deno-lint-ignore no-control-regex
+    .replace(/[\u0000-\u001f\u007f-\u009f]/g, "")
+    .replace(/[<>:"|?*]/g, "_")
+    .trim()
+    .replace(/^\.+/, "")
+    .replace(/[. ]+$/, "");
+  if (name === "") name = "file";
+  const [stem, ext] = splitExtension(name);
+  const safeExt = truncateBytes(ext, 32);
+  return truncateBytes(stem, MAX_NAME_BYTES - encoder.encode(safeExt).length) + safeExt ||
+    "file";
+}
+
+/** The n-th alternative of a name taken already: `a.png` → `a_1.png`, within 255 bytes. */
+export function numberedName(name: string, n: number): string {
+  const [stem, ext] = splitExtension(name);
+  const suffix = `_${n}${ext}`;
+  return truncateBytes(stem, MAX_NAME_BYTES - encoder.encode(suffix).length) + suffix;
+}
+
+/** Byte length of a name in UTF-8. */
+export function nameBytes(name: string): number {
+  return encoder.encode(name).length;
+}

@@ -1,0 +1,78 @@
+/** Attachment bytes in a local directory. */
+
+import { dirname, join, relative, resolve, sep } from "node:path";
+import type { MediaStore, StoredFile } from "../core/types.ts";
+import { numberedName } from "./filename.ts";
+
+/** Resolves a media key under the root, or null when it would escape it. */
+export function resolveKey(root: string, key: string): string | null {
+  if (key.includes("\0")) return null;
+  const path = resolve(root, key);
+  const rel = relative(root, path);
+  if (rel === "" || rel.startsWith("..") || rel.split(sep).includes("..")) return null;
+  return path;
+}
+
+/**
+ * Files are written to a temporary name and then hard-linked to their final name: the link
+ * fails when the name exists, so two writers never overwrite each other and a reader never sees
+ * half a file.
+ */
+export class LocalMediaStore implements MediaStore {
+  /** Absolute root directory. */
+  readonly root: string;
+
+  /** Uses `root` (created on first write). */
+  constructor(root: string) {
+    this.root = resolve(root);
+  }
+
+  /** Writes the bytes as `dir/filename`, or `dir/filename_N` when that name is taken. */
+  async put(dir: string, filename: string, bytes: Uint8Array): Promise<StoredFile> {
+    const folder = resolveKey(this.root, join(dir, filename));
+    if (!folder) throw new RangeError(`Media path "${dir}/${filename}" leaves the media root`);
+    const target = dirname(folder);
+    await Deno.mkdir(target, { recursive: true });
+    const temp = join(target, `.upload-${crypto.randomUUID()}`);
+    await Deno.writeFile(temp, bytes, { createNew: true });
+    try {
+      for (let n = 0; n < 10_000; n++) {
+        const name = n === 0 ? filename : numberedName(filename, n);
+        try {
+          await Deno.link(temp, join(target, name));
+          const key = relative(this.root, join(target, name)).split(sep).join("/");
+          return { key, name, size: bytes.length };
+        } catch (err) {
+          if (!(err instanceof Deno.errors.AlreadyExists)) throw err;
+        }
+      }
+      throw new Error(`No free name for "${filename}" in ${dir}`);
+    } finally {
+      await Deno.remove(temp).catch(() => {});
+    }
+  }
+
+  /** Removes a stored file. */
+  async delete(key: string): Promise<boolean> {
+    const path = resolveKey(this.root, key);
+    if (!path) return false;
+    try {
+      await Deno.remove(path);
+      return true;
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound) return false;
+      throw err;
+    }
+  }
+
+  /** Absolute path of a key, or null when it is outside the root. */
+  pathOf(key: string): string | null {
+    return resolveKey(this.root, key);
+  }
+}
+
+/** The URL path a key is served at: `uploads/...` at the root (Socket.IO chat), the rest under /media/. */
+export function mediaUrlPath(key: string): string {
+  const encoded = key.split("/").map(encodeURIComponent).join("/");
+  return key.startsWith("uploads/") ? `/${encoded}` : `/media/${encoded}`;
+}

@@ -1,0 +1,156 @@
+/** The WebSocket transport: upgrade, frame size cap, slow-consumer guard, one-shot cleanup. */
+
+import type { Metrics } from "../core/metrics.ts";
+
+/** Close codes the transport itself uses. */
+export const CLOSE = {
+  /** Server going away (shutdown); clients should reconnect. */
+  goingAway: 1001,
+  /** A frame over the size limit. */
+  tooBig: 1009,
+  /** The client could not keep up with the room; it should reconnect and recover by seq. */
+  slowConsumer: 4008,
+} as const;
+
+/** Settings of one socket. */
+export interface SocketOptions {
+  /** Protocol name for metrics. */
+  protocol: string;
+  /** Largest inbound frame in characters (text) or bytes (binary). */
+  maxFrameSize: number;
+  /** Seconds of silence before Deno pings; a peer that does not answer is closed. */
+  idleTimeout: number;
+  /** Outbound buffer above which the socket counts as a slow consumer. */
+  maxBufferedBytes: number;
+  /** Subprotocol to answer with. */
+  subprotocol?: string;
+  /** Counters. */
+  metrics: Metrics;
+  /** Every open connection of the isolate, for shutdown. */
+  registry?: Set<Connection>;
+}
+
+/** What a dialect does with a socket. */
+export interface SocketHandler {
+  /** The socket is open. */
+  open(conn: Connection): void | Promise<void>;
+  /** A text frame arrived (binary frames are decoded as UTF-8). */
+  message(conn: Connection, text: string): void | Promise<void>;
+  /** The socket is gone, whoever closed it; called exactly once. */
+  closed(conn: Connection): void;
+}
+
+const decoder = new TextDecoder();
+
+/**
+ * One socket. Cleanup runs once, as soon as either side closes: Deno can leave a socket the
+ * server closed in CLOSING for long, so nothing waits for its close event.
+ */
+export class Connection {
+  #socket: WebSocket;
+  #options: SocketOptions;
+  #handler: SocketHandler;
+  #done = false;
+  #counted = false;
+  /** Frames are handled one after another, so a slow one (a file) keeps its place in order. */
+  #inbound: Promise<void> = Promise.resolve();
+
+  private constructor(socket: WebSocket, options: SocketOptions, handler: SocketHandler) {
+    this.#socket = socket;
+    this.#options = options;
+    this.#handler = handler;
+    socket.onopen = () => {
+      options.metrics.connection(options.protocol, 1);
+      this.#counted = true;
+      options.registry?.add(this);
+      this.#run(() => handler.open(this));
+    };
+    socket.onmessage = (e) => this.#onMessage(e.data);
+    socket.onclose = () => this.#cleanup();
+    socket.onerror = () => this.#cleanup();
+  }
+
+  /** Upgrades the request and attaches the handler; returns the 101 response. */
+  static upgrade(req: Request, options: SocketOptions, handler: SocketHandler): Response {
+    const { socket, response } = Deno.upgradeWebSocket(req, {
+      idleTimeout: options.idleTimeout,
+      protocol: options.subprotocol,
+    });
+    new Connection(socket, options, handler);
+    return response;
+  }
+
+  #run(task: () => void | Promise<void>): void {
+    this.#inbound = this.#inbound.then(task).catch((err) => {
+      console.error(`${this.#options.protocol}: handler failed:`, err);
+    });
+  }
+
+  #onMessage(data: unknown): void {
+    if (this.#done) return;
+    const size = typeof data === "string"
+      ? data.length
+      : data instanceof ArrayBuffer
+      ? data.byteLength
+      : (data as Blob).size ?? 0;
+    if (size > this.#options.maxFrameSize) {
+      this.close(CLOSE.tooBig, "Message too big");
+      return;
+    }
+    this.#options.metrics.bytesIn += size;
+    const text = typeof data === "string"
+      ? data
+      : data instanceof ArrayBuffer
+      ? decoder.decode(data)
+      : undefined;
+    if (text === undefined) return;
+    this.#run(() => this.#done ? undefined : this.#handler.message(this, text));
+  }
+
+  /** True until either side has closed. */
+  get open(): boolean {
+    return !this.#done;
+  }
+
+  /** Bytes queued and not yet written to the network. */
+  get bufferedAmount(): number {
+    return this.#socket.bufferedAmount;
+  }
+
+  /** Writes a frame; a socket over its outbound buffer bound is closed as a slow consumer. */
+  send(frame: string): void {
+    if (this.#done || this.#socket.readyState !== WebSocket.OPEN) return;
+    if (this.#socket.bufferedAmount > this.#options.maxBufferedBytes) {
+      this.close(CLOSE.slowConsumer, "Slow consumer");
+      return;
+    }
+    this.#socket.send(frame);
+    this.#options.metrics.framesOut++;
+  }
+
+  /** Closes with a code and reason and cleans up at once. */
+  close(code: number, reason = ""): void {
+    if (
+      this.#socket.readyState === WebSocket.OPEN || this.#socket.readyState === WebSocket.CONNECTING
+    ) {
+      try {
+        this.#socket.close(code, reason);
+      } catch {
+        // Already closing: cleanup below is what matters.
+      }
+    }
+    this.#cleanup();
+  }
+
+  #cleanup(): void {
+    if (this.#done) return;
+    this.#done = true;
+    if (this.#counted) this.#options.metrics.connection(this.#options.protocol, -1);
+    this.#options.registry?.delete(this);
+    try {
+      this.#handler.closed(this);
+    } catch (err) {
+      console.error(`${this.#options.protocol}: close handler failed:`, err);
+    }
+  }
+}

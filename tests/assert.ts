@@ -1,0 +1,37 @@
+/** Assertions for the test suite, on top of `node:assert` (the std library is not reachable here). */
+
+import nodeAssert from "node:assert/strict";
+
+/** Fails unless `value` is truthy. */
+export function assert(value: unknown, message?: string): asserts value {
+  nodeAssert.ok(value, message);
+}
+
+/** Fails unless the two values are deeply and strictly equal. */
+export function assertEquals<T>(actual: unknown, expected: T, message?: string): void {
+  nodeAssert.deepStrictEqual(actual, expected, message);
+}
+
+/** Fails when the two values are deeply and strictly equal. */
+export function assertNotEquals(actual: unknown, expected: unknown, message?: string): void {
+  nodeAssert.notDeepStrictEqual(actual, expected, message);
+}
+
+/** Fails unless `text` matches `pattern`. */
+export function assertMatch(text: string, pattern: RegExp, message?: string): void {
+  nodeAssert.match(text, pattern, message);
+}
+
+/** Fails unless `fn` throws (or rejects with) an error whose message matches `pattern`. */
+export async function assertRejects(
+  fn: () => unknown,
+  pattern?: RegExp,
+): Promise<Error> {
+  try {
+    await fn();
+  } catch (err) {
+    if (pattern) nodeAssert.match((err as Error).message, pattern);
+    return err as Error;
+  }
+  throw new nodeAssert.AssertionError({ message: "Expected the function to throw" });
+}

@@ -1,0 +1,183 @@
+/** Shared pieces of the end-to-end tests: a real server on port 0 and a scripted WebSocket client. */
+
+import { type AppOverrides, type RunningServer, startServer } from "../main.ts";
+import { loadConfig } from "../src/config.ts";
+import { signDevToken } from "../src/auth/verifier.ts";
+
+/** The HS256 secret test servers verify with. */
+export const TEST_SECRET = "test-secret-for-the-suite-only-0123456789";
+
+/** A server on an ephemeral port with its own data directory, removed on close. */
+export interface TestServer extends RunningServer {
+  /** `ws://127.0.0.1:<port>`. */
+  wsUrl: string;
+  /** The data directory. */
+  dataDir: string;
+  /** Signs a token with the test secret. */
+  token(claims: Record<string, unknown>, expiresIn?: string | number): Promise<string>;
+}
+
+/** Starts a real server on 127.0.0.1:0 with a fresh data directory. */
+export async function startTestServer(
+  env: Record<string, string> = {},
+  overrides: AppOverrides = {},
+): Promise<TestServer> {
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-test-" });
+  const config = loadConfig({
+    PORT: "0",
+    HOST: "127.0.0.1",
+    DATA_DIR: dataDir,
+    JWT_SECRET: TEST_SECRET,
+    ...env,
+  });
+  const server = await startServer(config, { log: () => {}, ...overrides });
+  return {
+    ...server,
+    wsUrl: server.url.replace(/^http/, "ws"),
+    dataDir,
+    token: (claims, expiresIn) => signDevToken(env.JWT_SECRET ?? TEST_SECRET, claims, expiresIn),
+    async close() {
+      await server.close();
+      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    },
+  };
+}
+
+/** A WebSocket client that queues every frame so a test can await them in order. */
+export class TestClient {
+  /** The underlying socket. */
+  readonly socket: WebSocket;
+  /** Frames received and not yet taken. */
+  readonly frames: unknown[] = [];
+  #waiters: (() => void)[] = [];
+  /** Resolves with the close code and reason. */
+  readonly closed: Promise<{ code: number; reason: string }>;
+  /** Resolves once the socket is open (or rejects when it fails first). */
+  readonly opened: Promise<void>;
+
+  private constructor(socket: WebSocket) {
+    this.socket = socket;
+    this.opened = new Promise((resolve, reject) => {
+      socket.addEventListener("open", () => resolve(), { once: true });
+      socket.addEventListener("error", () => reject(new Error("socket error before open")), {
+        once: true,
+      });
+    });
+    this.opened.catch(() => {});
+    this.closed = new Promise((resolve) => {
+      socket.addEventListener("close", (e) => {
+        resolve({ code: e.code, reason: e.reason });
+        this.#wake();
+      });
+    });
+    socket.addEventListener("message", (e) => {
+      this.frames.push(typeof e.data === "string" ? JSON.parse(e.data) : e.data);
+      this.#wake();
+    });
+  }
+
+  #wake(): void {
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const w of waiters) w();
+  }
+
+  /** Opens a socket; `headers` and `protocols` are passed through. */
+  static connect(
+    url: string,
+    options: { headers?: Record<string, string>; protocols?: string[] } = {},
+  ): TestClient {
+    const socket = options.headers
+      ? new WebSocket(url, { headers: options.headers, protocols: options.protocols })
+      : new WebSocket(url, options.protocols);
+    return new TestClient(socket);
+  }
+
+  /** Opens a socket and waits until it is open. */
+  static async open(
+    url: string,
+    options: { headers?: Record<string, string>; protocols?: string[] } = {},
+  ): Promise<TestClient> {
+    const client = TestClient.connect(url, options);
+    await client.opened;
+    return client;
+  }
+
+  /** Sends a JSON frame (or a raw string). */
+  send(frame: unknown): void {
+    this.socket.send(typeof frame === "string" ? frame : JSON.stringify(frame));
+  }
+
+  /** Takes the next frame matching `predicate`, failing after `timeoutMs`. */
+  async next<T = Record<string, unknown>>(
+    predicate: (frame: T) => boolean = () => true,
+    timeoutMs = 5000,
+  ): Promise<T> {
+    const deadline = Date.now() + timeoutMs;
+    while (true) {
+      const index = this.frames.findIndex((f) => predicate(f as T));
+      if (index >= 0) return this.frames.splice(index, 1)[0] as T;
+      if (this.socket.readyState === WebSocket.CLOSED) {
+        throw new Error(`Socket closed while waiting; frames left: ${JSON.stringify(this.frames)}`);
+      }
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        throw new Error(`Timed out waiting for a frame; frames: ${JSON.stringify(this.frames)}`);
+      }
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await new Promise<void>((resolve) => {
+        this.#waiters.push(resolve);
+        timer = setTimeout(resolve, left);
+      });
+      clearTimeout(timer);
+    }
+  }
+
+  /** Asserts that no frame matching `predicate` arrives within `ms`. */
+  async nothing(predicate: (frame: Record<string, unknown>) => boolean = () => true, ms = 300) {
+    await new Promise((r) => setTimeout(r, ms));
+    const found = this.frames.find((f) => predicate(f as Record<string, unknown>));
+    if (found) throw new Error(`Unexpected frame: ${JSON.stringify(found)}`);
+  }
+
+  /** Closes (if needed) and waits for the close handshake to finish. */
+  async close(): Promise<void> {
+    if (this.socket.readyState === WebSocket.CONNECTING) {
+      await this.opened.catch(() => {});
+    }
+    if (this.socket.readyState === WebSocket.OPEN) this.socket.close(1000);
+    await this.closed;
+  }
+}
+
+/** Waits until `check` returns true, polling, or fails after `timeoutMs`. */
+export async function eventually(
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 5000,
+  what = "condition",
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Lists every file below a directory, relative paths with forward slashes. */
+export async function listFiles(root: string): Promise<string[]> {
+  const out: string[] = [];
+  async function walk(dir: string, prefix: string) {
+    let entries;
+    try {
+      entries = Deno.readDir(dir);
+      for await (const e of entries) {
+        if (e.isDirectory) await walk(`${dir}/${e.name}`, `${prefix}${e.name}/`);
+        else out.push(prefix + e.name);
+      }
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound)) throw err;
+    }
+  }
+  await walk(root, "");
+  return out.sort();
+}

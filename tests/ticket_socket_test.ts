@@ -1,0 +1,262 @@
+/** The ticket socket (shared/specs/ticket-socket.md) end to end against a real server. */
+
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { eventually, listFiles, startTestServer, TestClient, type TestServer } from "./helpers.ts";
+import * as jose from "jose";
+
+const MiB = 1024 * 1024;
+
+async function withServer(fn: (s: TestServer) => Promise<void>, env: Record<string, string> = {}) {
+  const server = await startTestServer(env);
+  try {
+    await fn(server);
+  } finally {
+    await server.close();
+  }
+}
+
+async function ticketClient(server: TestServer, ticket: string | number, claims: object) {
+  const token = await server.token({ rooms: [`ticket:${ticket}`], ...claims });
+  return await TestClient.open(`${server.wsUrl}/ws/ticket/${ticket}/?token=${token}`);
+}
+
+Deno.test("ticket socket: two users both receive a text message in the documented shape", async () => {
+  await withServer(async (server) => {
+    const a = await ticketClient(server, 1, {
+      sub: "3",
+      username: "user3",
+      phone: "09123456789",
+      profile_image: "http://cdn.example/p.png",
+    });
+    const b = await ticketClient(server, 1, { sub: "4", username: "user4" });
+    a.send({ body: "Hello, this is a test message" });
+    for (const client of [a, b]) {
+      const msg = await client.next();
+      assertEquals(Object.keys(msg).sort(), ["body", "created_at", "file", "pk", "sender"]);
+      assertEquals(msg.body, "Hello, this is a test message");
+      assertEquals(msg.pk, 1);
+      assertEquals(msg.file, null);
+      assertEquals(msg.sender, {
+        id: 3,
+        username: "user3",
+        phone: "09123456789",
+        profile_image: "http://cdn.example/p.png",
+      });
+      assertMatch(msg.created_at as string, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+    }
+    b.send({ body: "reply", file: "" });
+    assertEquals((await a.next()).pk, 2);
+    assertEquals((await b.next()).body, "reply");
+    await a.close();
+    await b.close();
+  });
+});
+
+Deno.test("ticket socket: a file message reaches both users and its URL serves the exact bytes", async () => {
+  await withServer(async (server) => {
+    const a = await ticketClient(server, 7, { sub: 3, username: "user3" });
+    const b = await ticketClient(server, 7, { sub: 4, username: "user4" });
+    const bytes = new Uint8Array(200_000).map((_, i) => (i * 7919) % 256);
+    bytes.set([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+    a.send({ body: "", file: bytes.toBase64(), filename: "example.png" });
+    const seen = [await a.next(), await b.next()];
+    assertEquals(seen[0], seen[1]);
+    assertEquals(seen[0].file, `${server.url}/media/files/ticket_7/example.png`);
+    const res = await fetch(seen[0].file as string);
+    assertEquals(res.status, 200);
+    assertEquals(res.headers.get("content-type"), "image/png");
+    assertEquals(res.headers.get("x-content-type-options"), "nosniff");
+    assertEquals(new Uint8Array(await res.arrayBuffer()), bytes);
+
+    // The same name again is stored under a new name, not over the first file.
+    a.send({ body: "again", file: new Uint8Array([1, 2, 3]).toBase64(), filename: "example.png" });
+    const second = await b.next();
+    assertEquals(second.file, `${server.url}/media/files/ticket_7/example_1.png`);
+    const again = await fetch(seen[0].file as string);
+    assertEquals((await again.arrayBuffer()).byteLength, bytes.length);
+    await a.close();
+    await b.close();
+  });
+});
+
+Deno.test("ticket socket: exactly 10 MiB is accepted, one byte more is refused with nothing written", async () => {
+  await withServer(async (server) => {
+    const a = await ticketClient(server, 2, { sub: 1 });
+    const big = new Uint8Array(10 * MiB);
+    for (let i = 0; i < big.length; i += 4096) big[i] = i % 251;
+    a.send({ body: "big", file: big.toBase64(), filename: "big.bin" });
+    const ok = await a.next(undefined, 20_000);
+    assert(typeof ok.file === "string", JSON.stringify(ok));
+    const res = await fetch(ok.file as string);
+    assertEquals(new Uint8Array(await res.arrayBuffer()), big);
+
+    const before = await listFiles(`${server.dataDir}/media`);
+    const tooBig = new Uint8Array(10 * MiB + 1);
+    a.send({ body: "too big", file: tooBig.toBase64(), filename: "big2.bin" });
+    const err = await a.next(undefined, 20_000);
+    assertMatch(err.error as string, /too large/);
+    assertEquals(await listFiles(`${server.dataDir}/media`), before);
+    // The connection stays open and the history has only the accepted message.
+    a.send({ body: "still here" });
+    assertEquals((await a.next()).pk, 2);
+    await a.close();
+  });
+});
+
+Deno.test("ticket socket: bad frames get {error} and the connection stays open", async () => {
+  await withServer(async (server) => {
+    const a = await ticketClient(server, 3, { sub: 1 });
+    const b = await ticketClient(server, 3, { sub: 2 });
+    const cases: [unknown, RegExp][] = [
+      ["{not json", /^Invalid JSON$/],
+      [{}, /body or file is required/],
+      [{ body: "   " }, /body or file is required/],
+      [{ body: 5 }, /"body" must be a string/],
+      [[1, 2], /JSON object/],
+      [{ file: "@@@not-base64@@@", filename: "x.png" }, /not valid base64/],
+      [{ file: "QUJD", filename: "" }, /Filename is required/],
+      [{ file: "QUJD" }, /Filename is required/],
+      [{ file: "QUJD", filename: "x".repeat(256) }, /Filename is too long/],
+    ];
+    for (const [frame, pattern] of cases) {
+      a.send(frame);
+      const reply = await a.next();
+      assertEquals(Object.keys(reply), ["error"]);
+      assertMatch(reply.error as string, pattern);
+    }
+    await b.nothing();
+    assertEquals(await listFiles(`${server.dataDir}/media`), []);
+    a.send({ body: "fine" });
+    assertEquals((await b.next()).pk, 1);
+    await a.close();
+    await b.close();
+  });
+});
+
+Deno.test("ticket socket: hostile filenames stay inside the media directory", async () => {
+  await withServer(async (server) => {
+    const a = await ticketClient(server, 4, { sub: 1 });
+    const names = ["../../etc/passwd", "a/b\\c.png", "..", "\u0000evil\u0007.txt", "..."];
+    const urls: string[] = [];
+    for (const filename of names) {
+      a.send({ file: new TextEncoder().encode(filename).toBase64(), filename });
+      const msg = await a.next();
+      assert(typeof msg.file === "string", `${filename}: ${JSON.stringify(msg)}`);
+      urls.push(msg.file as string);
+    }
+    assertEquals(urls.map((u) => u.slice(`${server.url}/media/files/ticket_4/`.length)), [
+      "passwd",
+      "c.png",
+      "file",
+      "evil.txt",
+      "file_1",
+    ]);
+    const files = await listFiles(`${server.dataDir}/media`);
+    assertEquals(files, [
+      "files/ticket_4/c.png",
+      "files/ticket_4/evil.txt",
+      "files/ticket_4/file",
+      "files/ticket_4/file_1",
+      "files/ticket_4/passwd",
+    ]);
+    for (const url of urls) assertEquals((await fetch(url)).status, 200);
+    // Traversal in the URL itself finds nothing outside the root.
+    const escape = await fetch(`${server.url}/media/..%2f..%2fchat.kv`);
+    assertEquals(escape.status, 404);
+    await escape.body?.cancel();
+    await a.close();
+  });
+});
+
+Deno.test("ticket socket: files a browser would run are served as downloads", async () => {
+  await withServer(async (server) => {
+    const a = await ticketClient(server, 5, { sub: 1 });
+    a.send({ file: btoa("<svg xmlns='http://www.w3.org/2000/svg'/>"), filename: "x.svg" });
+    const msg = await a.next();
+    const res = await fetch(msg.file as string);
+    await res.body?.cancel();
+    assertEquals(res.headers.get("content-type"), "image/svg+xml");
+    assertMatch(res.headers.get("content-disposition") ?? "", /^attachment/);
+    assertEquals(res.headers.get("x-content-type-options"), "nosniff");
+    await a.close();
+  });
+});
+
+Deno.test("ticket socket: bad tokens close with 4001, no access closes with 4003", async () => {
+  await withServer(async (server) => {
+    const url = `${server.wsUrl}/ws/ticket/9/`;
+    const expect = async (target: string, code: number, init: object = {}) => {
+      const client = TestClient.connect(target, init);
+      const closed = await client.closed;
+      assertEquals(closed.code, code, target);
+    };
+    await expect(url, 4001);
+    await expect(`${server.wsUrl}/ws/ticket/9?token=garbage`, 4001);
+    const wrongKey = await new jose.SignJWT({ sub: "1", rooms: ["ticket:9"] })
+      .setProtectedHeader({ alg: "HS256" }).setExpirationTime("1h")
+      .sign(new TextEncoder().encode("some-other-secret-entirely-different"));
+    await expect(`${url}?token=${wrongKey}`, 4001);
+    const expired = await server.token({ sub: "1", rooms: ["ticket:9"] }, Math.floor(Date.now() / 1000) - 60);
+    await expect(`${url}?token=${expired}`, 4001);
+    const none = new jose.UnsecuredJWT({ sub: "1", rooms: ["ticket:9"], role: "admin" })
+      .setExpirationTime("1h").encode();
+    await expect(`${url}?token=${none}`, 4001);
+    const noSubject = await server.token({ rooms: ["ticket:9"] });
+    await expect(`${url}?token=${noSubject}`, 4001);
+    const other = await server.token({ sub: "1", rooms: ["ticket:10"] });
+    await expect(`${url}?token=${other}`, 4003);
+    // Admin roles and wildcard grants enter.
+    for (const claims of [{ role: "admin" }, { role: "super_admin" }, { rooms: ["ticket:*"] }]) {
+      const token = await server.token({ sub: "1", ...claims });
+      const client = await TestClient.open(`${url}?token=${token}`);
+      client.send({ body: "in" });
+      assertEquals((await client.next()).body, "in");
+      await client.close();
+    }
+  });
+});
+
+Deno.test("ticket socket: token from cookie, Authorization header and subprotocol", async () => {
+  await withServer(async (server) => {
+    const token = await server.token({ sub: 8, rooms: ["ticket:11"] });
+    const url = `${server.wsUrl}/ws/ticket/11/`;
+    const viaCookie = await TestClient.open(url, { headers: { cookie: `access_token=${token}` } });
+    const viaHeader = await TestClient.open(url, { headers: { authorization: `Bearer ${token}` } });
+    const viaProtocol = await TestClient.open(url, { protocols: ["chat", `bearer.${token}`] });
+    assertEquals(viaProtocol.socket.protocol, "chat");
+    const onlyBearer = await TestClient.open(url, { protocols: [`bearer.${token}`] });
+    viaCookie.send({ body: "hi" });
+    for (const c of [viaCookie, viaHeader, viaProtocol, onlyBearer]) {
+      assertEquals((await c.next()).body, "hi");
+      await c.close();
+    }
+  });
+});
+
+Deno.test("ticket socket: a silent peer is pinged, dropped and cleaned up", async () => {
+  await withServer(async (server) => {
+    const token = await server.token({ sub: 1, rooms: ["ticket:12"] });
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
+    const key = btoa("0123456789abcdef");
+    await conn.write(new TextEncoder().encode(
+      `GET /ws/ticket/12/?token=${token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n` +
+        `Connection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+    ));
+    const buf = new Uint8Array(4096);
+    const n = await conn.read(buf);
+    assertMatch(new TextDecoder().decode(buf.subarray(0, n ?? 0)), /^HTTP\/1.1 101/);
+    await eventually(() => server.app.context.metrics.openConnections === 1, 2000, "open");
+    // Never answer: the server pings after a second of silence and closes without a pong.
+    await eventually(() => server.app.context.metrics.openConnections === 0, 8000, "drop");
+    assertEquals([...server.app.context.hub.members("ticket:12")].length, 0);
+    conn.close();
+  }, { HEARTBEAT_SECONDS: "1" });
+});
+
+Deno.test("ticket socket: a plain GET to a socket URL is told to upgrade", async () => {
+  await withServer(async (server) => {
+    const res = await fetch(`${server.url}/ws/ticket/1/`);
+    assertEquals(res.status, 426);
+    await res.body?.cancel();
+  });
+});
