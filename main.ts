@@ -4,6 +4,7 @@ import { ClaimsAccessPolicy } from "./src/auth/access.ts";
 import { Authenticator } from "./src/auth/authenticator.ts";
 import { createVerifier, ensureDevSecret } from "./src/auth/verifier.ts";
 import { BroadcastChannelBroker } from "./src/broker/broadcast_channel_broker.ts";
+import { KvHeadWatcher } from "./src/broker/kv_head_watcher.ts";
 import { type Config, loadConfig } from "./src/config.ts";
 import { ChatService } from "./src/core/chat_service.ts";
 import { Metrics } from "./src/core/metrics.ts";
@@ -67,7 +68,9 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     metrics.commits++;
   };
   const broker = overrides.broker ?? new BroadcastChannelBroker();
-  const hub = new Hub(store, broker);
+  const hub = new Hub(store, broker, {
+    heads: (h) => new KvHeadWatcher(kv, (room, head) => h.headAdvanced(room, head)),
+  });
   const media = new LocalMediaStore(config.mediaDir);
   const chat = new ChatService({
     store,

@@ -196,7 +196,10 @@ Deno.test("ticket socket: bad tokens close with 4001, no access closes with 4003
       .setProtectedHeader({ alg: "HS256" }).setExpirationTime("1h")
       .sign(new TextEncoder().encode("some-other-secret-entirely-different"));
     await expect(`${url}?token=${wrongKey}`, 4001);
-    const expired = await server.token({ sub: "1", rooms: ["ticket:9"] }, Math.floor(Date.now() / 1000) - 60);
+    const expired = await server.token(
+      { sub: "1", rooms: ["ticket:9"] },
+      Math.floor(Date.now() / 1000) - 60,
+    );
     await expect(`${url}?token=${expired}`, 4001);
     const none = new jose.UnsecuredJWT({ sub: "1", rooms: ["ticket:9"], role: "admin" })
       .setExpirationTime("1h").encode();

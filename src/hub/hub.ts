@@ -1,5 +1,6 @@
 /** This isolate's connections by room: local delivery, seq bookkeeping, gap filling. */
 
+import type { HeadWatcher } from "../broker/kv_head_watcher.ts";
 import type { Broker, Message, MessageStore, Principal, RoomEvent } from "../core/types.ts";
 
 /** A connection's membership of rooms, as the hub sees it. */
@@ -48,13 +49,25 @@ export class Hub {
   #rooms = new Map<string, RoomState>();
   #store: MessageStore;
   #broker: Broker;
+  #heads?: HeadWatcher;
+  #catchUpDelayMs: number;
   /** Delivery counters. */
   readonly stats: HubStats = { framesOut: 0, gapFills: 0, duplicatesDropped: 0 };
 
-  /** Creates a hub over the store it fills gaps from and the broker it shares events through. */
-  constructor(store: MessageStore, broker: Broker) {
+  /**
+   * Creates a hub over the store it fills gaps from and the broker it shares events through.
+   * `heads`, built with the hub's {@link Hub.headAdvanced} as its callback, reports commits the
+   * broker did not bring (other instances, dropped posts, the last message of a burst).
+   */
+  constructor(
+    store: MessageStore,
+    broker: Broker,
+    options: { heads?: (hub: Hub) => HeadWatcher; catchUpDelayMs?: number } = {},
+  ) {
     this.#store = store;
     this.#broker = broker;
+    this.#heads = options.heads?.(this);
+    this.#catchUpDelayMs = options.catchUpDelayMs ?? 25;
   }
 
   #state(room: string): RoomState {
@@ -68,7 +81,12 @@ export class Hub {
     };
     state = created;
     this.#rooms.set(room, created);
-    created.unsubscribe = this.#broker.subscribe(room, (event) => this.#receive(created, event));
+    const unsubscribe = this.#broker.subscribe(room, (event) => this.#receive(created, event));
+    this.#heads?.add(room);
+    created.unsubscribe = () => {
+      unsubscribe();
+      this.#heads?.remove(room);
+    };
     this.#enqueue(created, async () => {
       created.last = Math.max(created.last, await this.#store.head(room));
     });
@@ -94,10 +112,17 @@ export class Hub {
       this.stats.duplicatesDropped++;
       return;
     }
-    while (message.seq > state.last + 1) {
-      const missing = await this.#store.list(message.room, {
+    await this.#fillTo(state, message.room, message.seq - 1);
+    this.#fanout(state, { type: "message", room: message.room, message });
+    state.last = message.seq;
+  }
+
+  /** Reads and delivers every stored message after the last delivered one up to `seq`. */
+  async #fillTo(state: RoomState, room: string, seq: number): Promise<void> {
+    while (seq > state.last) {
+      const missing = await this.#store.list(room, {
         after: state.last,
-        before: message.seq,
+        before: seq + 1,
         limit: PAGE,
       });
       if (missing.length === 0) break;
@@ -108,8 +133,19 @@ export class Hub {
         state.last = m.seq;
       }
     }
-    this.#fanout(state, { type: "message", room: message.room, message });
-    state.last = message.seq;
+  }
+
+  /**
+   * A room's head moved to `head` (seen by a KV watch). After a short grace period for the
+   * broker's copy to arrive, whatever is still missing is read from the store.
+   */
+  headAdvanced(room: string, head: number): void {
+    const state = this.#rooms.get(room);
+    if (!state || head <= state.last) return;
+    setTimeout(() => {
+      if (this.#rooms.get(room) !== state || head <= state.last) return;
+      this.#enqueue(state, () => this.#fillTo(state, room, head));
+    }, this.#catchUpDelayMs);
   }
 
   #fanout(state: RoomState, event: RoomEvent): void {
@@ -223,9 +259,10 @@ export class Hub {
     await Promise.all([...this.#rooms.values()].map((s) => s.chain));
   }
 
-  /** Drops every room and unsubscribes from the broker. */
+  /** Drops every room and unsubscribes from the broker and the head watch. */
   close(): void {
     for (const state of this.#rooms.values()) state.unsubscribe();
     this.#rooms.clear();
+    this.#heads?.close();
   }
 }

@@ -55,6 +55,25 @@ function estimateSize(draft: MessageDraft): number {
     JSON.stringify(draft.attachments).length + 256;
 }
 
+/** True for SQLite's "database is locked": another isolate of this process holds the write lock. */
+function isLocked(err: unknown): boolean {
+  return err instanceof Error && /database is locked|SQLITE_BUSY/i.test(err.message);
+}
+
+/** Commits, waiting out the moments another isolate of the process holds the SQLite write lock. */
+async function commitRetryingLocks(
+  op: Deno.AtomicOperation,
+): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      return await op.commit();
+    } catch (err) {
+      if (!isLocked(err) || attempt >= 100) throw err;
+      await new Promise((r) => setTimeout(r, 1 + Math.random() * Math.min(20, attempt * 2)));
+    }
+  }
+}
+
 /**
  * Appends group the concurrent sends of a room into shared commits: each message still gets its
  * own seq and resolves only once its commit is durable. The head key is checked in every commit,
@@ -185,7 +204,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
         results.push({ message, duplicate: false });
       }
       if (seq > head) op.set(KV_KEYS.head(room), seq);
-      const res = seq > head ? await op.commit() : { ok: true };
+      const res = seq > head ? await commitRetryingLocks(op) : { ok: true };
       if (!res.ok) {
         // Another isolate or instance committed first: read the new head and try again.
         if (attempt > 200) throw new Error(`Could not append to ${room}: too much contention`);

@@ -1,0 +1,96 @@
+import * as jose from "jose";
+import { assertEquals, assertRejects } from "../../tests/assert.ts";
+import { grantMatches } from "../core/rooms.ts";
+import { ClaimsAccessPolicy } from "./access.ts";
+import { principalFromClaims } from "./principal.ts";
+import { findToken } from "./token.ts";
+import { createVerifier, ensureDevSecret } from "./verifier.ts";
+
+Deno.test("principalFromClaims() takes sub, else user_id, else id, numbers as numbers", () => {
+  assertEquals(principalFromClaims({ sub: "3" })?.id, 3);
+  assertEquals(principalFromClaims({ user_id: 7, username: "x" })?.id, 7);
+  assertEquals(principalFromClaims({ id: "abc" })?.id, "abc");
+  assertEquals(principalFromClaims({ sub: "007" })?.id, "007");
+  assertEquals(principalFromClaims({ email: "a@b" }), null);
+  const p = principalFromClaims({
+    sub: "5",
+    full_name: "John Talker",
+    email: "talker@example.com",
+    picture: "http://x/p.png",
+    user_type: "talker",
+    rooms: "ticket:1, chat:*",
+  })!;
+  assertEquals([p.username, p.name, p.profileImage, p.userType], [
+    "John Talker",
+    "John Talker",
+    "http://x/p.png",
+    "talker",
+  ]);
+  assertEquals(p.grants, ["ticket:1", "chat:*"]);
+});
+
+Deno.test("ClaimsAccessPolicy admits admins everywhere and others by grant pattern", async () => {
+  const policy = new ClaimsAccessPolicy();
+  const user = (extra: object) => ({ id: 1, username: "u", grants: [], ...extra });
+  assertEquals(await policy.canAccess(user({ role: "super_admin" }), "ticket:9"), true);
+  assertEquals(await policy.canAccess(user({ grants: ["ticket:*"] }), "ticket:9"), true);
+  assertEquals(await policy.canAccess(user({ grants: ["ticket:*"] }), "chat:9"), false);
+  assertEquals(await policy.canAccess(user({ grants: ["ticket:1"] }), "ticket:10"), false);
+  assertEquals(grantMatches("ticket:1*", "ticket:12"), true);
+  assertEquals(grantMatches("ticket:1.", "ticket:12"), false);
+});
+
+Deno.test("findToken() reads query, cookie, bearer header and bearer subprotocol", () => {
+  const req = (url: string, headers: Record<string, string> = {}) =>
+    new Request(`http://h${url}`, { headers });
+  assertEquals(findToken(req("/?token=q")).token, "q");
+  assertEquals(findToken(req("/", { cookie: "a=1; access_token=c" })).token, "c");
+  assertEquals(findToken(req("/", { authorization: "Bearer h" })).token, "h");
+  const viaProtocol = findToken(req("/", { "sec-websocket-protocol": "bearer.p, chat" }));
+  assertEquals(viaProtocol, { token: "p", protocol: "chat" });
+  assertEquals(findToken(req("/", { "sec-websocket-protocol": "bearer.p" })).protocol, "bearer.p");
+  assertEquals(findToken(req("/")).token, undefined);
+});
+
+Deno.test("createVerifier() pins algorithms to the key type", async () => {
+  const secret = "s".repeat(32);
+  const hs = await createVerifier({ secret, issuer: "me" });
+  const good = await new jose.SignJWT({ sub: "1" }).setProtectedHeader({ alg: "HS256" })
+    .setIssuer("me").setExpirationTime("1h").sign(new TextEncoder().encode(secret));
+  assertEquals((await hs.verify(good)).sub, "1");
+  const wrongIssuer = await new jose.SignJWT({ sub: "1" }).setProtectedHeader({ alg: "HS256" })
+    .setIssuer("other").setExpirationTime("1h").sign(new TextEncoder().encode(secret));
+  await assertRejects(() => hs.verify(wrongIssuer));
+  const notYet = await new jose.SignJWT({ sub: "1" }).setProtectedHeader({ alg: "HS256" })
+    .setNotBefore(Math.floor(Date.now() / 1000) + 3600).sign(new TextEncoder().encode(secret));
+  await assertRejects(() => hs.verify(notYet));
+
+  const { publicKey, privateKey } = await jose.generateKeyPair("ES256", { extractable: true });
+  const pem = await jose.exportSPKI(publicKey);
+  const es = await createVerifier({ publicKey: pem });
+  const signed = await new jose.SignJWT({ sub: "2" }).setProtectedHeader({ alg: "ES256" })
+    .setExpirationTime("1h").sign(privateKey);
+  assertEquals((await es.verify(signed)).sub, "2");
+  // An HS256 token "signed" with the public key text must never pass.
+  const confused = await new jose.SignJWT({ sub: "3" }).setProtectedHeader({ alg: "HS256" })
+    .setExpirationTime("1h").sign(new TextEncoder().encode(pem));
+  await assertRejects(() => es.verify(confused));
+
+  const rsa = await jose.generateKeyPair("RS256", { extractable: true });
+  const rs = await createVerifier({ publicKey: await jose.exportSPKI(rsa.publicKey) });
+  assertEquals(rs.description, "RS256 public key");
+  await assertRejects(() => createVerifier({ publicKey: "not a pem" }), /not a PEM/);
+});
+
+Deno.test("ensureDevSecret() creates one secret and then keeps it", async () => {
+  const dir = await Deno.makeTempDir();
+  const results = await Promise.all([
+    ensureDevSecret(dir),
+    ensureDevSecret(dir),
+    ensureDevSecret(dir),
+  ]);
+  assertEquals(new Set(results.map((r) => r.secret)).size, 1);
+  assertEquals(results.filter((r) => r.created).length, 1);
+  assertEquals((await ensureDevSecret(dir)).created, false);
+  await Deno.remove(dir, { recursive: true });
+});

@@ -1,0 +1,89 @@
+/** Follows rooms' head keys with `kv.watch`: the cross-instance bus and the net under the fast path. */
+
+import { KV_KEYS } from "../store/kv_message_store.ts";
+
+/** Deno KV watches at most 10 keys per call. */
+const KEYS_PER_WATCH = 10;
+
+/** Tells the hub about new heads of the rooms it follows. */
+export interface HeadWatcher {
+  /** Starts following a room's head. */
+  add(room: string): void;
+  /** Stops following a room's head. */
+  remove(room: string): void;
+  /** Stops every watch. */
+  close(): void;
+}
+
+interface Bucket {
+  rooms: string[];
+  reader?: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]>;
+}
+
+/**
+ * Rooms are grouped ten to a watch; adding or removing a room restarts only its group's watch.
+ * Each commit bumps the head key, so a hub sees every commit of every instance sharing the KV,
+ * including ones whose BroadcastChannel post it never got.
+ */
+export class KvHeadWatcher implements HeadWatcher {
+  #kv: Deno.Kv;
+  #onHead: (room: string, head: number) => void;
+  #buckets: Bucket[] = [];
+  #closed = false;
+
+  /** Watches through `kv` and reports each new head to `onHead`. */
+  constructor(kv: Deno.Kv, onHead: (room: string, head: number) => void) {
+    this.#kv = kv;
+    this.#onHead = onHead;
+  }
+
+  #restart(bucket: Bucket): void {
+    bucket.reader?.cancel().catch(() => {});
+    bucket.reader = undefined;
+    if (this.#closed || bucket.rooms.length === 0) return;
+    const rooms = [...bucket.rooms];
+    const reader = this.#kv.watch(rooms.map(KV_KEYS.head)).getReader();
+    bucket.reader = reader;
+    (async () => {
+      try {
+        while (true) {
+          const { value, done } = await reader.read();
+          if (done) return;
+          value.forEach((entry, i) => {
+            if (typeof entry.value === "number") this.#onHead(rooms[i], entry.value);
+          });
+        }
+      } catch (err) {
+        if (!this.#closed && bucket.reader === reader) {
+          console.error("kv watch failed, restarting:", err);
+          setTimeout(() => bucket.reader === reader && this.#restart(bucket), 500);
+        }
+      }
+    })();
+  }
+
+  /** Starts following a room's head. */
+  add(room: string): void {
+    if (this.#buckets.some((b) => b.rooms.includes(room))) return;
+    let bucket = this.#buckets.find((b) => b.rooms.length < KEYS_PER_WATCH);
+    if (!bucket) this.#buckets.push(bucket = { rooms: [] });
+    bucket.rooms.push(room);
+    this.#restart(bucket);
+  }
+
+  /** Stops following a room's head. */
+  remove(room: string): void {
+    const bucket = this.#buckets.find((b) => b.rooms.includes(room));
+    if (!bucket) return;
+    bucket.rooms.splice(bucket.rooms.indexOf(room), 1);
+    this.#restart(bucket);
+    if (bucket.rooms.length === 0) this.#buckets.splice(this.#buckets.indexOf(bucket), 1);
+  }
+
+  /** Stops every watch. */
+  close(): void {
+    this.#closed = true;
+    for (const bucket of this.#buckets) bucket.reader?.cancel().catch(() => {});
+    this.#buckets = [];
+  }
+}

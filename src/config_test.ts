@@ -1,0 +1,37 @@
+import { assertEquals, assertRejects } from "../tests/assert.ts";
+import { loadConfig } from "./config.ts";
+
+Deno.test("loadConfig() fills the documented defaults", () => {
+  const c = loadConfig({});
+  assertEquals([c.port, c.host, c.maxFileBytes, c.chatPathProtocol], [
+    8000,
+    "0.0.0.0",
+    10485760,
+    "conversations",
+  ]);
+  assertEquals(c.mediaDir, `${c.dataDir}/media`);
+  assertEquals(c.allowedOrigins, []);
+});
+
+Deno.test("loadConfig() names every bad value", async () => {
+  const err = await assertRejects(() =>
+    loadConfig({
+      PORT: "eighty",
+      MAX_FILE_BYTES: "-1",
+      PUBLIC_URL: "not a url",
+      CHAT_PATH_PROTOCOL: "x",
+    })
+  );
+  for (const name of ["PORT", "MAX_FILE_BYTES", "PUBLIC_URL", "CHAT_PATH_PROTOCOL"]) {
+    assertEquals(err.message.includes(name), true, err.message);
+  }
+});
+
+Deno.test("loadConfig() splits origins and trims trailing slashes from URLs", () => {
+  const c = loadConfig({
+    ALLOWED_ORIGINS: "https://a.example/, https://b.example",
+    PUBLIC_URL: "https://chat.example/",
+  });
+  assertEquals(c.allowedOrigins, ["https://a.example", "https://b.example"]);
+  assertEquals(c.publicUrl, "https://chat.example");
+});

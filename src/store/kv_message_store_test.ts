@@ -1,0 +1,104 @@
+import { assert, assertEquals } from "../../tests/assert.ts";
+import type { MessageDraft } from "../core/types.ts";
+import { KvMessageStore } from "./kv_message_store.ts";
+
+const draft = (body: string, clientId?: string): MessageDraft => ({
+  sender: { id: 1, username: "u1" },
+  body,
+  attachments: [],
+  clientId,
+});
+
+Deno.test("KvMessageStore.append() assigns 1, 2, 3 ... to concurrent appends in call order", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const results = await Promise.all(
+    Array.from({ length: 150 }, (_, i) => store.append("r", draft(`m${i}`))),
+  );
+  assertEquals(results.map((r) => r.message.seq), Array.from({ length: 150 }, (_, i) => i + 1));
+  assertEquals(results.map((r) => r.message.body), Array.from({ length: 150 }, (_, i) => `m${i}`));
+  assertEquals(await store.head("r"), 150);
+  assertEquals(await store.head("other"), 0);
+  kv.close();
+});
+
+Deno.test("KvMessageStore.append() never gives two writers on separate handles the same seq", async () => {
+  const path = await Deno.makeTempFile({ suffix: ".kv" });
+  const kvA = await Deno.openKv(path);
+  const kvB = await Deno.openKv(path);
+  const a = new KvMessageStore(kvA);
+  const b = new KvMessageStore(kvB);
+  const writes = [];
+  for (let i = 0; i < 100; i++) {
+    writes.push(a.append("r", draft(`a${i}`)), b.append("r", draft(`b${i}`)));
+  }
+  const seqs = (await Promise.all(writes)).map((r) => r.message.seq).sort((x, y) => x - y);
+  assertEquals(seqs, Array.from({ length: 200 }, (_, i) => i + 1));
+  const all = await a.list("r", { after: 0, limit: 1000 });
+  assertEquals(all.length, 200);
+  kvA.close();
+  kvB.close();
+  await Deno.remove(path);
+});
+
+Deno.test("KvMessageStore.append() with a repeated client id returns the original message", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const first = await store.append("r", draft("hello", "c-1"));
+  const again = await store.append("r", draft("hello (retry)", "c-1"));
+  assertEquals(again.duplicate, true);
+  assertEquals(again.message, first.message);
+  // Duplicates inside one batch collapse too, and another sender's same id is a new message.
+  const [x, y, z] = await Promise.all([
+    store.append("r", draft("x", "c-2")),
+    store.append("r", draft("x again", "c-2")),
+    store.append("r", { ...draft("other sender", "c-2"), sender: { id: 2, username: "u2" } }),
+  ]);
+  assertEquals([x.duplicate, y.duplicate, z.duplicate], [false, true, false]);
+  assertEquals(y.message.seq, x.message.seq);
+  assertEquals(await store.head("r"), 3);
+  kv.close();
+});
+
+Deno.test("KvMessageStore.list() pages by cursor in both directions, oldest first", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  for (let i = 1; i <= 10; i++) await store.append("r", draft(`m${i}`));
+  const seqs = async (q: Parameters<typeof store.list>[1]) =>
+    (await store.list("r", q)).map((m) => m.seq);
+  assertEquals(await seqs({ limit: 3 }), [8, 9, 10]);
+  assertEquals(await seqs({ before: 8, limit: 3 }), [5, 6, 7]);
+  assertEquals(await seqs({ after: 2, limit: 3 }), [3, 4, 5]);
+  assertEquals(await seqs({ after: 2, before: 5, limit: 10 }), [3, 4]);
+  assertEquals(await seqs({ after: 10, limit: 3 }), []);
+  assertEquals(await seqs({ after: 4, before: 5, limit: 3 }), []);
+  assertEquals(await store.tail("r"), 1);
+  assertEquals(await store.tail("empty"), 1);
+  kv.close();
+});
+
+Deno.test("KvMessageStore.markRead() only ever raises a cursor", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  assertEquals(await store.cursor("r", 5), 0);
+  assertEquals(await store.markRead("r", 5, 7), 7);
+  assertEquals(await store.markRead("r", 5, 3), 7);
+  await store.markRead("r", "x", 2);
+  assertEquals(await store.cursors("r"), new Map([["5", 7], ["x", 2]]));
+  kv.close();
+});
+
+Deno.test("KvMessageStore.append() refuses a value KV cannot hold without failing its batch", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const results = await Promise.allSettled([
+    store.append("r", draft("ok 1")),
+    store.append("r", draft("x".repeat(70_000))),
+    store.append("r", draft("ok 2")),
+  ]);
+  assertEquals(results.map((r) => r.status), ["fulfilled", "rejected", "fulfilled"]);
+  const bodies = (await store.list("r", { limit: 10 })).map((m) => m.body);
+  assertEquals(bodies, ["ok 1", "ok 2"]);
+  assert((await store.list("r", { limit: 10 })).every((m, i) => m.seq === i + 1));
+  kv.close();
+});
