@@ -11,11 +11,15 @@ import { Metrics } from "./src/core/metrics.ts";
 import type { Broker } from "./src/core/types.ts";
 import type { DialectContext, WsRoute } from "./src/dialects/context.ts";
 import { ticketSocketRoute } from "./src/dialects/ticket_socket/ticket_socket.ts";
+import { conversationChatRoute } from "./src/dialects/conversation_chat/conversation_chat.ts";
+import { chatRoomsRoute } from "./src/dialects/chat_rooms/chat_rooms.ts";
+import { serviceChatRoutes } from "./src/dialects/service_chats/service_chats.ts";
 import { createHttpApp, matchWsRoute } from "./src/http/app.ts";
 import { Hub } from "./src/hub/hub.ts";
 import { MediaAttachmentStore } from "./src/media/attachments.ts";
 import { LocalMediaStore } from "./src/media/local_media_store.ts";
 import { KvMessageStore } from "./src/store/kv_message_store.ts";
+import { KvPresenceStore } from "./src/store/kv_presence_store.ts";
 import type { Connection } from "./src/transport/websocket.ts";
 import { CLOSE } from "./src/transport/websocket.ts";
 
@@ -67,7 +71,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     metrics.commitSeconds += ms / 1000;
     metrics.commits++;
   };
-  const broker = overrides.broker ?? new BroadcastChannelBroker();
+  const broker = overrides.broker ?? new BroadcastChannelBroker(config.kvPath);
   const hub = new Hub(store, broker, {
     heads: (h) => new KvHeadWatcher(kv, (room, head) => h.headAdvanced(room, head)),
   });
@@ -78,6 +82,9 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     attachments: new MediaAttachmentStore(media, config.maxFileBytes),
     access: new ClaimsAccessPolicy(),
     metrics,
+    presence: new KvPresenceStore(kv, config.presenceTtlSeconds * 1000),
+    typingTimeoutMs: config.typingTimeoutSeconds * 1000,
+    presenceRenewMs: config.presenceTtlSeconds * 1000 / 3,
   });
   const connections = new Set<Connection>();
   const context: DialectContext = {
@@ -88,7 +95,21 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     metrics,
     connections,
   };
-  const routes: WsRoute[] = [ticketSocketRoute(context)];
+  // `/ws/chat/` is claimed by two documents; CHAT_PATH_PROTOCOL picks which one it speaks.
+  const roomsOnChatPath = config.chatPathProtocol === "rooms";
+  const routes: WsRoute[] = [
+    ticketSocketRoute(context),
+    conversationChatRoute(
+      context,
+      roomsOnChatPath ? "/ws/conversations/:id{/}?" : "/ws/chat/:id{/}?",
+    ),
+    chatRoomsRoute(context, roomsOnChatPath ? "/ws/chat/:id{/}?" : "/ws/rooms/:id{/}?"),
+    // Each protocol also keeps an unambiguous path whatever the setting.
+    roomsOnChatPath
+      ? chatRoomsRoute(context, "/ws/rooms/:id{/}?")
+      : conversationChatRoute(context, "/ws/conversations/:id{/}?"),
+    ...serviceChatRoutes(context),
+  ];
   const http = createHttpApp({
     metrics,
     hub,
@@ -128,8 +149,10 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       if (closed) return;
       closed = true;
       for (const conn of [...connections]) conn.close(CLOSE.goingAway, "Server shutting down");
+      await chat.settle();
       await store.flush();
       await hub.idle();
+      chat.close();
       hub.close();
       broker.close();
       kv.close();

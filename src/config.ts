@@ -50,6 +50,8 @@ const EnvSchema = z.object({
   ),
   HEARTBEAT_SECONDS: positiveInt(30),
   HISTORY_ON_CONNECT: positiveInt(50),
+  TYPING_TIMEOUT_SECONDS: positiveInt(5),
+  PRESENCE_TTL_SECONDS: positiveInt(30),
   DATABASE_URL: optionalText,
   KV_PATH: optionalText,
   ADMIN_TOKEN: optionalText,
@@ -91,6 +93,10 @@ export interface Config {
   heartbeatSeconds: number;
   /** How many recent messages the chat-rooms protocol replays on connect. */
   historyOnConnect: number;
+  /** A typing state not renewed within this many seconds ends by itself. */
+  typingTimeoutSeconds: number;
+  /** Presence entries lapse this long after their last renewal (a crashed isolate's users leave). */
+  presenceTtlSeconds: number;
   /** Directory database: a path, `sqlite:` URL or `postgres://` URL. */
   databaseUrl?: string;
   /** Deno KV location: a path, `:memory:`, or a remote KV URL; DATA_DIR/chat.kv by default. */
@@ -124,6 +130,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     allowedOrigins: e.ALLOWED_ORIGINS,
     heartbeatSeconds: e.HEARTBEAT_SECONDS,
     historyOnConnect: e.HISTORY_ON_CONNECT,
+    typingTimeoutSeconds: e.TYPING_TIMEOUT_SECONDS,
+    presenceTtlSeconds: e.PRESENCE_TTL_SECONDS,
     databaseUrl: e.DATABASE_URL,
     kvPath: e.KV_PATH ?? join(e.DATA_DIR, "chat.kv"),
     adminToken: e.ADMIN_TOKEN,

@@ -14,7 +14,7 @@ export interface TestServer extends RunningServer {
   /** The data directory. */
   dataDir: string;
   /** Signs a token with the test secret. */
-  token(claims: Record<string, unknown>, expiresIn?: string | number): Promise<string>;
+  token(claims: object, expiresIn?: string | number): Promise<string>;
 }
 
 /** Starts a real server on 127.0.0.1:0 with a fresh data directory. */
@@ -35,7 +35,8 @@ export async function startTestServer(
     ...server,
     wsUrl: server.url.replace(/^http/, "ws"),
     dataDir,
-    token: (claims, expiresIn) => signDevToken(env.JWT_SECRET ?? TEST_SECRET, claims, expiresIn),
+    token: (claims, expiresIn) =>
+      signDevToken(env.JWT_SECRET ?? TEST_SECRET, claims as Record<string, unknown>, expiresIn),
     async close() {
       await server.close();
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
@@ -71,7 +72,7 @@ export class TestClient {
       });
     });
     socket.addEventListener("message", (e) => {
-      this.frames.push(typeof e.data === "string" ? JSON.parse(e.data) : e.data);
+      this.frames.push(typeof e.data === "string" ? parseFrame(e.data) : e.data);
       this.#wake();
     });
   }
@@ -180,4 +181,13 @@ export async function listFiles(root: string): Promise<string[]> {
   }
   await walk(root, "");
   return out.sort();
+}
+
+/** JSON frames become values; plain text frames (a bare `pong`) stay strings. */
+function parseFrame(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return text;
+  }
 }

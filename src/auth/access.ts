@@ -1,14 +1,25 @@
-/** Access decided by the token alone: admin roles and the `rooms` claim. */
+/** Access decided by the token alone: roles, open rooms and the `rooms` claim. */
 
 import { grantMatches } from "../core/rooms.ts";
 import type { AccessPolicy, Principal } from "../core/types.ts";
 import { isAdminRole } from "./principal.ts";
 
-/** Admins enter every room; everyone else the rooms their `rooms` claim lists. */
+/**
+ * The rules that need no database: admins enter every room, support staff every support chat,
+ * anyone authenticated the named chat rooms (`room:<name>`, created on first join).
+ */
+export function roleGrantsAccess(user: Principal, room: string): boolean {
+  if (isAdminRole(user.role)) return true;
+  if (room.startsWith("room:")) return true;
+  return user.role === "support" && room.startsWith("support-chat:");
+}
+
+/** The role rules, then the rooms the token's `rooms` claim lists. */
 export class ClaimsAccessPolicy implements AccessPolicy {
   /** True when the token's role or grants cover the room. */
   canAccess(user: Principal, room: string): Promise<boolean> {
-    if (isAdminRole(user.role)) return Promise.resolve(true);
-    return Promise.resolve(user.grants.some((g) => grantMatches(g, room)));
+    return Promise.resolve(
+      roleGrantsAccess(user, room) || user.grants.some((g) => grantMatches(g, room)),
+    );
   }
 }

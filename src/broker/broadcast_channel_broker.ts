@@ -2,7 +2,6 @@
 
 import type { Broker, RoomEvent } from "../core/types.ts";
 
-const CHANNEL_PREFIX = "chat-room:";
 const IDLE_CLOSE_MS = 30_000;
 
 interface RoomChannel {
@@ -17,11 +16,20 @@ interface RoomChannel {
  */
 export class BroadcastChannelBroker implements Broker {
   #rooms = new Map<string, RoomChannel>();
+  #prefix: string;
+
+  /**
+   * Channels are named after `namespace` (the KV location): two servers that share a process
+   * but not a store must never see each other's rooms.
+   */
+  constructor(namespace: string) {
+    this.#prefix = `chat:${namespace}:`;
+  }
 
   #open(room: string): RoomChannel {
     let entry = this.#rooms.get(room);
     if (entry) return entry;
-    const channel = new BroadcastChannel(CHANNEL_PREFIX + room);
+    const channel = new BroadcastChannel(this.#prefix + room);
     const created: RoomChannel = { channel, handlers: new Set() };
     channel.onmessage = (e: MessageEvent<RoomEvent>) => {
       for (const handler of created.handlers) handler(e.data);

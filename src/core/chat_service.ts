@@ -11,6 +11,7 @@ import type {
   HistoryQuery,
   Message,
   MessageStore,
+  PresenceStore,
   Principal,
   ReadCursorStore,
   UserProfile,
@@ -52,11 +53,22 @@ export interface ChatServiceDeps {
   access: AccessPolicy;
   /** Counters. */
   metrics: Metrics;
+  /** Who is in which room. */
+  presence: PresenceStore;
+  /** A typing state not renewed within this many ms ends by itself (default 5000). */
+  typingTimeoutMs?: number;
+  /** How often live presence entries are renewed and lapsed ones swept (default 10000). */
+  presenceRenewMs?: number;
 }
 
 /** The core: one instance per isolate, shared by every dialect. */
 export class ChatService {
   #deps: ChatServiceDeps;
+  #typing = new Map<string, { timer: ReturnType<typeof setTimeout>; user: Principal }>();
+  /** Presence entries of this isolate's connections: room → connection id → user. */
+  #present = new Map<string, Map<string, Principal>>();
+  #renewTimer?: ReturnType<typeof setInterval>;
+  #inflight = new Set<Promise<unknown>>();
 
   /** Wires the core to its stores and fan-out. */
   constructor(deps: ChatServiceDeps) {
@@ -126,9 +138,114 @@ export class ChatService {
     return this.#deps.store.head(room);
   }
 
-  /** Tells the room's other members that the user started or stopped typing. */
+  /**
+   * Tells the room that the user started or stopped typing. A start not renewed within the
+   * typing timeout ends by itself, so a client that vanishes mid-sentence does not type forever.
+   */
   typing(user: Principal, room: string, isTyping: boolean): void {
+    const key = `${room}\u0000${user.id}`;
+    const current = this.#typing.get(key);
+    if (current) clearTimeout(current.timer);
+    if (isTyping) {
+      const timer = setTimeout(() => {
+        this.#typing.delete(key);
+        this.#deps.fanout.publish({ type: "typing", room, user: profileOf(user), isTyping: false });
+      }, this.#deps.typingTimeoutMs ?? 5000);
+      this.#typing.set(key, { timer, user });
+    } else {
+      this.#typing.delete(key);
+    }
     this.#deps.fanout.publish({ type: "typing", room, user: profileOf(user), isTyping });
+  }
+
+  /** Ends the user's typing state in the room if one is running (e.g. on disconnect). */
+  stopTyping(user: Principal, room: string): void {
+    if (this.#typing.has(`${room}\u0000${user.id}`)) this.typing(user, room, false);
+  }
+
+  /**
+   * Records a connection's presence; the room hears `join` only for the user's first
+   * connection. Entries are renewed while the connection lives.
+   */
+  enter(user: Principal, room: string, connId: string): Promise<{ first: boolean }> {
+    return this.#track(this.#enter(user, room, connId));
+  }
+
+  async #enter(user: Principal, room: string, connId: string): Promise<{ first: boolean }> {
+    let conns = this.#present.get(room);
+    if (!conns) this.#present.set(room, conns = new Map());
+    conns.set(connId, user);
+    this.#startRenewing();
+    const result = await this.#deps.presence.enter(room, profileOf(user), connId);
+    if (result.first) {
+      this.#deps.fanout.publish({ type: "presence", room, user: profileOf(user), action: "join" });
+    }
+    return result;
+  }
+
+  /** Removes a connection's presence; the room hears `leave` only when it was the user's last. */
+  exit(user: Principal, room: string, connId: string): Promise<{ last: boolean }> {
+    return this.#track(this.#exit(user, room, connId));
+  }
+
+  async #exit(user: Principal, room: string, connId: string): Promise<{ last: boolean }> {
+    const conns = this.#present.get(room);
+    conns?.delete(connId);
+    if (conns?.size === 0) this.#present.delete(room);
+    if (this.#present.size === 0) this.#stopRenewing();
+    const result = await this.#deps.presence.exit(room, user.id, connId);
+    if (result.last) {
+      this.stopTyping(user, room);
+      this.#deps.fanout.publish({ type: "presence", room, user: profileOf(user), action: "leave" });
+    }
+    return result;
+  }
+
+  /** The users present in a room, each once. */
+  present(room: string): Promise<UserProfile[]> {
+    return this.#deps.presence.list(room);
+  }
+
+  #startRenewing(): void {
+    if (this.#renewTimer !== undefined) return;
+    this.#renewTimer = setInterval(() => {
+      this.renewPresence().catch((err) => console.error("presence renewal failed:", err));
+    }, this.#deps.presenceRenewMs ?? 10_000);
+  }
+
+  #stopRenewing(): void {
+    clearInterval(this.#renewTimer);
+    this.#renewTimer = undefined;
+  }
+
+  /** Renews this isolate's presence entries and announces users whose entries lapsed elsewhere. */
+  async renewPresence(): Promise<void> {
+    for (const [room, conns] of this.#present) {
+      for (const [connId, user] of conns) {
+        await this.#deps.presence.renew(room, profileOf(user), connId);
+      }
+      for (const user of await this.#deps.presence.sweep(room)) {
+        this.#deps.fanout.publish({ type: "presence", room, user, action: "leave" });
+      }
+    }
+  }
+
+  #track<T>(promise: Promise<T>): Promise<T> {
+    this.#inflight.add(promise);
+    promise.finally(() => this.#inflight.delete(promise)).catch(() => {});
+    return promise;
+  }
+
+  /** Waits for presence updates under way, so shutdown does not cut them off. */
+  async settle(): Promise<void> {
+    while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
+  }
+
+  /** Stops the timers (typing expiry, presence renewal). */
+  close(): void {
+    this.#stopRenewing();
+    for (const { timer } of this.#typing.values()) clearTimeout(timer);
+    this.#typing.clear();
   }
 
   /** Raises the user's read cursor (to the head when `seq` is omitted) and tells the room. */

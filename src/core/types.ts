@@ -192,3 +192,17 @@ export interface Fanout {
   /** Delivers an ephemeral event (typing, read, presence) to every member of its room. */
   publish(event: RoomEvent): void;
 }
+
+/** Who is in a room now, across isolates and instances, with expiry so a crash leaves no ghost. */
+export interface PresenceStore {
+  /** Records a connection; `first` is true when the user had no other live connection there. */
+  enter(room: string, user: UserProfile, connId: string): Promise<{ first: boolean }>;
+  /** Removes a connection; `last` is true when it was the user's last live one there. */
+  exit(room: string, userId: UserId, connId: string): Promise<{ last: boolean }>;
+  /** Extends a live connection's entry. */
+  renew(room: string, user: UserProfile, connId: string): Promise<void>;
+  /** The users with at least one live connection, each once. */
+  list(room: string): Promise<UserProfile[]>;
+  /** Removes users whose every entry has lapsed and returns them (each reported once overall). */
+  sweep(room: string): Promise<UserProfile[]>;
+}

@@ -4,15 +4,14 @@
  * file, created_at}` to everyone in the ticket, errors `{"error"}` to the sender only.
  */
 
-import { asChatError, ChatError } from "../../core/errors.ts";
+import { ChatError } from "../../core/errors.ts";
 import { isValidRoomId, roomKey } from "../../core/rooms.ts";
 import { isoSeconds } from "../../core/time.ts";
-import type { Message, Principal, RoomEvent } from "../../core/types.ts";
-import type { Member } from "../../hub/hub.ts";
+import type { Message } from "../../core/types.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
-import { Connection } from "../../transport/websocket.ts";
-import { findToken } from "../../auth/token.ts";
-import { baseUrlOf, type DialectContext, socketOptions, type WsRoute } from "../context.ts";
+import type { DialectContext, WsRoute } from "../context.ts";
+import { optionalString, parseObject } from "../frames.ts";
+import { singleRoomRoute } from "../single_room.ts";
 
 /** Close codes of this protocol. */
 export const TICKET_CLOSE = {
@@ -44,18 +43,6 @@ export function renderTicketMessage(message: Message, baseUrl: string): string {
   });
 }
 
-const errorFrame = (message: string) => JSON.stringify({ error: message });
-
-/** Reads an optional string field, refusing other types with a clear message. */
-function optionalString(frame: Record<string, unknown>, field: string): string | undefined {
-  const value = frame[field];
-  if (value === undefined || value === null) return undefined;
-  if (typeof value !== "string") {
-    throw new ChatError("invalid_frame", `Field "${field}" must be a string`);
-  }
-  return value;
-}
-
 /** Decodes a client frame into a send, or throws a ChatError with the text for `{"error"}`. */
 export function parseTicketFrame(text: string): {
   body: string;
@@ -63,16 +50,7 @@ export function parseTicketFrame(text: string): {
   filename?: string;
   clientId?: string;
 } {
-  let frame: unknown;
-  try {
-    frame = JSON.parse(text);
-  } catch {
-    throw new ChatError("invalid_json", "Invalid JSON");
-  }
-  if (typeof frame !== "object" || frame === null || Array.isArray(frame)) {
-    throw new ChatError("invalid_frame", "Expected a JSON object with body or file");
-  }
-  const record = frame as Record<string, unknown>;
+  const record = parseObject(text, "Expected a JSON object with body or file");
   const body = optionalString(record, "body") ?? "";
   const file = optionalString(record, "file") || undefined;
   const filename = optionalString(record, "filename");
@@ -88,74 +66,23 @@ export function parseTicketFrame(text: string): {
 
 /** The `/ws/ticket/<id>/` route. */
 export function ticketSocketRoute(ctx: DialectContext): WsRoute {
-  return {
+  return singleRoomRoute(ctx, {
+    name: "ticket",
     pattern: new URLPattern({ pathname: "/ws/ticket/:id{/}?" }),
-    async handle(req, params) {
-      const { token, protocol } = findToken(req);
-      const user = await ctx.auth.authenticate(token);
-      const id = params.id ?? "";
-      let closeCode: number | undefined;
-      if (!user) closeCode = TICKET_CLOSE.unauthorized;
-      else if (!isValidRoomId(id) || !(await ctx.chat.canAccess(user, roomKey("ticket", id)))) {
-        closeCode = TICKET_CLOSE.forbidden;
-      }
-      const baseUrl = baseUrlOf(ctx.config, req);
-      return Connection.upgrade(
-        req,
-        socketOptions(ctx, "ticket", protocol),
-        closeCode !== undefined ? refuse(closeCode) : ticketHandler(ctx, user!, id, baseUrl),
-      );
+    roomOf: (id) => isValidRoomId(id) ? roomKey("ticket", id) : null,
+    codes: { unauthorized: 4001, forbidden: 4003, badRoom: 4003 },
+    wants: (_s, event) => event.type === "message",
+    render: (s, event) =>
+      event.type === "message" ? renderTicketMessage(event.message, s.baseUrl) : undefined,
+    errorFrame: (error) => JSON.stringify({ error: error.message }),
+    async message(s, text) {
+      const frame = parseTicketFrame(text);
+      await ctx.chat.send(s.user, s.room, {
+        body: frame.body,
+        files: frame.file ? [{ name: frame.filename, data: frame.file }] : [],
+        mediaDir: `files/ticket_${s.id}`,
+        clientId: frame.clientId,
+      });
     },
-  };
-}
-
-/** Accepts, then closes with the code: Channels clients read the code from the close event. */
-function refuse(code: number) {
-  return {
-    open: (conn: Connection) => conn.close(code, code === 4001 ? "Unauthorized" : "Forbidden"),
-    message: () => {},
-    closed: () => {},
-  };
-}
-
-function ticketHandler(ctx: DialectContext, user: Principal, id: string, baseUrl: string) {
-  const room = roomKey("ticket", id);
-  let member: Member | undefined;
-  return {
-    async open(conn: Connection) {
-      member = {
-        user,
-        renderKey: `ticket|${baseUrl}`,
-        wants: (event: RoomEvent) => event.type === "message",
-        render: (event: RoomEvent) =>
-          event.type === "message" ? renderTicketMessage(event.message, baseUrl) : undefined,
-        send: (frame: string) => conn.send(frame),
-        evict: (event: RoomEvent) =>
-          conn.close(
-            event.type === "closed" ? TICKET_CLOSE.deleted : TICKET_CLOSE.forbidden,
-            event.type === "closed" ? "Ticket deleted" : "Access revoked",
-          ),
-      };
-      await ctx.hub.join(room, member);
-    },
-    async message(conn: Connection, text: string) {
-      try {
-        const frame = parseTicketFrame(text);
-        await ctx.chat.send(user, room, {
-          body: frame.body,
-          files: frame.file ? [{ name: frame.filename, data: frame.file }] : [],
-          mediaDir: `files/ticket_${id}`,
-          clientId: frame.clientId,
-        });
-      } catch (err) {
-        const error = asChatError(err);
-        ctx.metrics.error(error.code);
-        conn.send(errorFrame(error.message));
-        if (error.code === "forbidden") conn.close(TICKET_CLOSE.forbidden, "Forbidden");
-      }
-    },
-    closed() {
-      if (member) ctx.hub.leave(room, member);
-    },
-  };
+  });
 }

@@ -1,0 +1,72 @@
+/**
+ * The Django Channels chat-room server (shared/specs/chat-rooms.md): named rooms created on
+ * first join, the users list and recent history on connect, `user_join` / `user_leave` per user.
+ */
+
+import { ChatError } from "../../core/errors.ts";
+import { isoSeconds } from "../../core/time.ts";
+import type { DialectContext, WsRoute } from "../context.ts";
+import { optionalClientId, optionalString, parseObject } from "../frames.ts";
+import { singleRoomRoute } from "../single_room.ts";
+
+/** Close codes of this protocol. */
+export const CHAT_ROOMS_CLOSE = { unauthorized: 4001, badRoom: 4000 } as const;
+
+/** Channels group names: ASCII letters, digits, hyphens, underscores, periods, under 100. */
+const ROOM_NAME = /^[A-Za-z0-9_.-]{1,99}$/;
+
+/** The chat-rooms route at `path` (`/ws/rooms/:id{/}?` by default). */
+export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
+  return singleRoomRoute(ctx, {
+    name: "chat-rooms",
+    pattern: new URLPattern({ pathname: path }),
+    roomOf: (name) => ROOM_NAME.test(name) ? `room:${name}` : null,
+    codes: { unauthorized: 4001, forbidden: 4003, badRoom: 4000 },
+    wants: (_s, event) => event.type === "message" || event.type === "presence",
+    render(_s, event) {
+      if (event.type === "message") {
+        const m = event.message;
+        return JSON.stringify({
+          type: "chat_message",
+          message: m.body,
+          sender_username: m.sender?.username ?? "system",
+          sender_id: m.sender?.id ?? null,
+          timestamp: isoSeconds(m.createdAt),
+        });
+      }
+      if (event.type === "presence") {
+        return JSON.stringify({
+          type: event.action === "join" ? "user_join" : "user_leave",
+          user_id: event.user.id,
+          username: event.user.username,
+        });
+      }
+      return undefined;
+    },
+    errorFrame: (e) => JSON.stringify({ error: e.message }),
+    async beforeJoin(s) {
+      await ctx.chat.enter(s.user, s.room, s.connId);
+      const users = await ctx.chat.present(s.room);
+      s.conn.send(JSON.stringify({
+        type: "room_users_list",
+        users: users.map((u) => ({ id: u.id, username: u.username })),
+      }));
+    },
+    async joinFrom(s) {
+      const head = await ctx.chat.head(s.room);
+      return { since: Math.max(0, head - ctx.config.historyOnConnect) };
+    },
+    async message(s, text) {
+      const record = parseObject(text, "Expected a JSON object with a message");
+      const message = optionalString(record, "message") ?? "";
+      if (message.trim() === "") throw new ChatError("empty_message", "Message is required");
+      await ctx.chat.send(s.user, s.room, {
+        body: message,
+        clientId: optionalClientId(record, "client_id", "id"),
+      });
+    },
+    async closed(s) {
+      await ctx.chat.exit(s.user, s.room, s.connId);
+    },
+  });
+}

@@ -1,0 +1,182 @@
+/**
+ * The conversation chat of a Django Channels app (shared/specs/conversation-chat-files.md):
+ * `/ws/chat/<conversation_id>/?token=`, `chat_message`, `file_message`, `typing`, `mark_read`.
+ */
+
+import { ChatError } from "../../core/errors.ts";
+import { isValidRoomId, roomKey } from "../../core/rooms.ts";
+import { isoSeconds } from "../../core/time.ts";
+import type { Attachment, Message } from "../../core/types.ts";
+import { mediaUrlPath } from "../../media/local_media_store.ts";
+import { formatSize } from "../../media/mime.ts";
+import type { DialectContext, WsRoute } from "../context.ts";
+import { optionalClientId, optionalString, parseObject } from "../frames.ts";
+import { type RoomSession, singleRoomRoute } from "../single_room.ts";
+
+/** Close codes of this protocol. */
+export const CONVERSATION_CLOSE = { unauthorized: 4001, notParticipant: 4404 } as const;
+
+/** Numeric ids render as numbers, as Django's integer primary keys do. */
+export const idValue = (id: string): string | number => /^\d{1,15}$/.test(id) ? Number(id) : id;
+
+function renderAttachment(a: Attachment, seq: number, baseUrl: string) {
+  const path = mediaUrlPath(a.key);
+  return {
+    id: seq,
+    file: path,
+    file_url: baseUrl + path,
+    filename: a.originalName,
+    file_size: a.size,
+    file_size_display: formatSize(a.size),
+    file_type: a.mime,
+    uploaded_at: isoSeconds(a.uploadedAt),
+  };
+}
+
+/** A message in the conversation chat's shape; `isRead` from the read cursors when known. */
+export function conversationMessage(
+  message: Message,
+  conversation: string,
+  baseUrl: string,
+  isRead = false,
+): Record<string, unknown> {
+  const s = message.sender;
+  const file = message.attachments[0];
+  return {
+    id: message.seq,
+    conversation: idValue(conversation),
+    sender: s
+      ? {
+        id: s.id,
+        email: s.email ?? null,
+        user_type: s.userType ?? null,
+        full_name: s.name ?? s.username,
+      }
+      : { id: null, email: null, user_type: "system", full_name: "System" },
+    content: message.body,
+    message_type: file ? "file" : "text",
+    is_read: isRead,
+    created_at: isoSeconds(message.createdAt),
+    file_attachment: file ? renderAttachment(file, message.seq, baseUrl) : null,
+  };
+}
+
+/** True when someone other than the sender has read up to the message. */
+function readByOthers(message: Message, cursors: Map<string, number>): boolean {
+  for (const [user, cursor] of cursors) {
+    if (cursor >= message.seq && user !== String(message.sender?.id)) return true;
+  }
+  return false;
+}
+
+const datedFolder = (now = new Date()) =>
+  `chat_files/${now.getUTCFullYear()}/${String(now.getUTCMonth() + 1).padStart(2, "0")}/${
+    String(now.getUTCDate()).padStart(2, "0")
+  }`;
+
+/** The conversation chat route at `path` (`/ws/chat/:id{/}?` by default). */
+export function conversationChatRoute(ctx: DialectContext, path: string): WsRoute {
+  const error = (message: string) => JSON.stringify({ type: "error", message });
+  const sendFrom = async (s: RoomSession, record: Record<string, unknown>, file: boolean) => {
+    const content = optionalString(record, "message") ?? "";
+    const clientId = optionalClientId(record, "client_id");
+    if (!file) {
+      if (content.trim() === "") {
+        throw new ChatError("empty_message", "Message content is required");
+      }
+      await ctx.chat.send(s.user, s.room, { body: content, clientId });
+      return;
+    }
+    const data = optionalString(record, "file");
+    const filename = optionalString(record, "filename");
+    if (!data || !filename?.trim()) {
+      throw new ChatError("filename_required", "File data and filename are required");
+    }
+    await ctx.chat.send(s.user, s.room, {
+      body: content,
+      files: [{ name: filename, data }],
+      mediaDir: datedFolder(),
+      clientId,
+    });
+  };
+
+  return singleRoomRoute(ctx, {
+    name: "conversation",
+    pattern: new URLPattern({ pathname: path }),
+    roomOf: (id) => isValidRoomId(id) ? roomKey("chat", id) : null,
+    codes: { unauthorized: 4001, forbidden: 4404, badRoom: 4404 },
+    wants(s, event) {
+      if (event.type === "message") return true;
+      if (event.type === "typing" || event.type === "read") {
+        return String(event.user.id) !== String(s.user.id);
+      }
+      return false;
+    },
+    render(s, event) {
+      switch (event.type) {
+        case "message":
+          return JSON.stringify(conversationMessage(event.message, s.id, s.baseUrl));
+        case "typing":
+          return JSON.stringify({
+            type: "typing",
+            user_id: event.user.id,
+            user_email: event.user.email ?? null,
+            is_typing: event.isTyping,
+          });
+        case "read":
+          return JSON.stringify({ type: "read_receipt", user_id: event.user.id });
+        default:
+          return undefined;
+      }
+    },
+    errorFrame: (e) => error(e.message),
+    beforeJoin(s) {
+      s.conn.send(JSON.stringify({
+        type: "connection_established",
+        message: `Connected to conversation ${s.id}`,
+      }));
+      return Promise.resolve();
+    },
+    async message(s, text) {
+      const record = parseObject(text, "Expected a JSON object with a type");
+      const type = record.type;
+      switch (type) {
+        case "chat_message":
+          return await sendFrom(s, record, false);
+        case "file_message":
+          return await sendFrom(s, record, true);
+        case "typing":
+          ctx.chat.typing(s.user, s.room, record.is_typing !== false);
+          return;
+        case "mark_read":
+          await ctx.chat.markRead(s.user, s.room);
+          return;
+        case "get_history": {
+          // Our extension: the conversation's messages with their read state, oldest first.
+          const limit = Math.min(Math.max(Number(record.limit ?? 50) || 50, 1), 200);
+          const before = Number.isSafeInteger(record.before) ? Number(record.before) : undefined;
+          const [messages, cursors] = await Promise.all([
+            ctx.chat.history(s.room, { before, limit }),
+            ctx.chat.readCursors(s.room),
+          ]);
+          s.conn.send(JSON.stringify({
+            type: "history",
+            messages: messages.map((m) =>
+              conversationMessage(m, s.id, s.baseUrl, readByOthers(m, cursors))
+            ),
+          }));
+          return;
+        }
+        default:
+          throw new ChatError(
+            "invalid_frame",
+            typeof type === "string" ? `Unknown message type: ${type}` : "Message type is required",
+          );
+      }
+    },
+    closed(s) {
+      ctx.chat.stopTyping(s.user, s.room);
+      return Promise.resolve();
+    },
+  });
+}

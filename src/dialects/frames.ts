@@ -1,0 +1,46 @@
+/** Reading fields of client JSON frames, with errors clients can act on. */
+
+import { ChatError } from "../core/errors.ts";
+
+/** Parses a frame that must be a JSON object; `Invalid JSON` or `shapeMessage` otherwise. */
+export function parseObject(text: string, shapeMessage: string): Record<string, unknown> {
+  let frame: unknown;
+  try {
+    frame = JSON.parse(text);
+  } catch {
+    throw new ChatError("invalid_json", "Invalid JSON");
+  }
+  if (typeof frame !== "object" || frame === null || Array.isArray(frame)) {
+    throw new ChatError("invalid_frame", shapeMessage);
+  }
+  return frame as Record<string, unknown>;
+}
+
+/** An optional string field; another type is refused with a message naming the field. */
+export function optionalString(frame: Record<string, unknown>, field: string): string | undefined {
+  const value = frame[field];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== "string") {
+    throw new ChatError("invalid_frame", `Field "${field}" must be a string`);
+  }
+  return value;
+}
+
+/** An optional client id: a string or a number, at most 128 characters. */
+export function optionalClientId(
+  frame: Record<string, unknown>,
+  ...fields: string[]
+): string | undefined {
+  for (const field of fields) {
+    const value = frame[field];
+    if (value === undefined || value === null) continue;
+    if ((typeof value !== "string" && typeof value !== "number") || String(value).length > 128) {
+      throw new ChatError(
+        "invalid_frame",
+        `Field "${field}" must be a string of at most 128 characters`,
+      );
+    }
+    return String(value);
+  }
+  return undefined;
+}

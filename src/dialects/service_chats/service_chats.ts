@@ -1,0 +1,70 @@
+/**
+ * The FastAPI service and support chats (shared/specs/service-support-chats.md):
+ * `/ws/service-chats/{id}` and `/ws/support-chats/{id}`, `{"type": "message", "content"}` in,
+ * the stored message out to every participant but the sender, ping/pong heartbeat.
+ */
+
+import { ChatError } from "../../core/errors.ts";
+import { isValidRoomId, roomKey } from "../../core/rooms.ts";
+import { isoNaive } from "../../core/time.ts";
+import { idValue } from "../conversation_chat/conversation_chat.ts";
+import type { DialectContext, WsRoute } from "../context.ts";
+import { optionalClientId, optionalString, parseObject } from "../frames.ts";
+import { singleRoomRoute } from "../single_room.ts";
+
+/** Close codes of this protocol. */
+export const SERVICE_CLOSE = { unauthorized: 4001, forbidden: 4003 } as const;
+
+/** The routes for `/ws/service-chats/{id}` and `/ws/support-chats/{id}`. */
+export function serviceChatRoutes(ctx: DialectContext): WsRoute[] {
+  return (["service-chat", "support-chat"] as const).map((kind) =>
+    singleRoomRoute(ctx, {
+      name: kind,
+      pattern: new URLPattern({ pathname: `/ws/${kind}s/:id{/}?` }),
+      roomOf: (id) => isValidRoomId(id) ? roomKey(kind, id) : null,
+      codes: { unauthorized: 4001, forbidden: 4003, badRoom: 4003 },
+      wants: (s, event) =>
+        event.type === "message" && String(event.message.sender?.id) !== String(s.user.id),
+      render: (s, event) =>
+        event.type === "message"
+          ? JSON.stringify({
+            type: "message",
+            id: event.message.seq,
+            content: event.message.body,
+            sender_id: event.message.sender?.id ?? null,
+            chat_id: idValue(s.id),
+            created_at: isoNaive(event.message.createdAt),
+          })
+          : undefined,
+      errorFrame: (e) => JSON.stringify({ type: "error", message: e.message }),
+      async message(s, text) {
+        if (text.trim() === "ping") {
+          s.conn.send("pong");
+          return;
+        }
+        const record = parseObject(text, "Expected a JSON object with a type");
+        if (record.type === "ping") {
+          s.conn.send(JSON.stringify({ type: "pong" }));
+          return;
+        }
+        if (record.type === "pong") return;
+        if (record.type !== "message") {
+          throw new ChatError(
+            "invalid_frame",
+            typeof record.type === "string"
+              ? `Unknown message type: ${record.type}`
+              : "Message type is required",
+          );
+        }
+        const content = optionalString(record, "content") ?? "";
+        if (content.trim() === "") {
+          throw new ChatError("empty_message", "Message content is required");
+        }
+        await ctx.chat.send(s.user, s.room, {
+          body: content,
+          clientId: optionalClientId(record, "client_id", "id"),
+        });
+      },
+    })
+  );
+}

@@ -1,0 +1,170 @@
+/** The chat-room server (shared/specs/chat-rooms.md): users list, history, joins and leaves. */
+
+import { assertEquals, assertMatch } from "./assert.ts";
+import { startTestServer, TestClient, type TestServer } from "./helpers.ts";
+
+const user = (n: number) => ({ sub: `user-${n}`, username: `user${n}` });
+
+async function enter(
+  server: TestServer,
+  room: string,
+  claims: object,
+  via = "header",
+  path = "rooms",
+) {
+  const token = await server.token(claims);
+  const url = `${server.wsUrl}/ws/${path}/${room}/`;
+  return via === "header"
+    ? await TestClient.open(url, { headers: { authorization: `Bearer ${token}` } })
+    : await TestClient.open(`${url}?token=${token}`);
+}
+
+Deno.test("chat rooms: the document's flow for two users", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await enter(server, "general", user(1));
+    assertEquals(await a.next(), {
+      type: "room_users_list",
+      users: [{ id: "user-1", username: "user1" }],
+    });
+    const b = await enter(server, "general", user(2), "query");
+    const list = await b.next();
+    assertEquals(list.type, "room_users_list");
+    assertEquals(
+      (list.users as { id: string }[]).map((u) => u.id).sort(),
+      ["user-1", "user-2"],
+    );
+    assertEquals(await a.next(), { type: "user_join", user_id: "user-2", username: "user2" });
+    b.send({ message: "Hi!" });
+    for (const ws of [a, b]) {
+      const m = await ws.next();
+      assertEquals(Object.keys(m), [
+        "type",
+        "message",
+        "sender_username",
+        "sender_id",
+        "timestamp",
+      ]);
+      assertEquals([m.type, m.message, m.sender_username, m.sender_id], [
+        "chat_message",
+        "Hi!",
+        "user2",
+        "user-2",
+      ]);
+      assertMatch(m.timestamp as string, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+    }
+    await b.close();
+    assertEquals(await a.next(), { type: "user_leave", user_id: "user-2", username: "user2" });
+    a.send("{oops");
+    assertEquals(await a.next(), { error: "Invalid JSON" });
+    a.send({ text: "wrong field" });
+    assertEquals(await a.next(), { error: "Message is required" });
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("chat rooms: history on connect comes after the users list, oldest first, last N only", async () => {
+  const server = await startTestServer({ HISTORY_ON_CONNECT: "3" });
+  try {
+    const a = await enter(server, "lobby", user(1));
+    await a.next();
+    for (let i = 1; i <= 5; i++) a.send({ message: `m${i}` });
+    for (let i = 1; i <= 5; i++) await a.next();
+    const b = await enter(server, "lobby", user(2));
+    const frames = [await b.next(), await b.next(), await b.next(), await b.next()];
+    assertEquals(frames[0].type, "room_users_list");
+    assertEquals(frames.slice(1).map((f) => f.message), ["m3", "m4", "m5"]);
+    a.send({ message: "live" });
+    assertEquals((await b.next((f) => f.type === "chat_message")).message, "live");
+    await a.close();
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("chat rooms: a second tab of the same user is neither a join nor, closing, a leave", async () => {
+  const server = await startTestServer();
+  try {
+    const watcher = await enter(server, "tabs", user(1));
+    await watcher.next();
+    const tab1 = await enter(server, "tabs", user(2));
+    assertEquals((await watcher.next()).type, "user_join");
+    const tab2 = await enter(server, "tabs", user(2));
+    const list = await tab2.next();
+    assertEquals((list.users as unknown[]).length, 2);
+    await tab1.close();
+    await watcher.nothing((f) => f.type === "user_join" || f.type === "user_leave", 400);
+    await tab2.close();
+    assertEquals((await watcher.next()).type, "user_leave");
+    await watcher.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("chat rooms: bad token 4001, invalid room name 4000, and the /ws/chat/ setting", async () => {
+  const server = await startTestServer({ CHAT_PATH_PROTOCOL: "rooms" });
+  try {
+    for (
+      const [path, code] of [["/ws/rooms/general/", 4001], [
+        "/ws/rooms/general/?token=x",
+        4001,
+      ]] as const
+    ) {
+      assertEquals((await TestClient.connect(server.wsUrl + path).closed).code, code);
+    }
+    const token = await server.token(user(1));
+    const badName = TestClient.connect(
+      `${server.wsUrl}/ws/rooms/${"x".repeat(120)}/?token=${token}`,
+    );
+    assertEquals((await badName.closed).code, 4000);
+    const weird = TestClient.connect(`${server.wsUrl}/ws/rooms/a%20b/?token=${token}`);
+    assertEquals((await weird.closed).code, 4000);
+    // With CHAT_PATH_PROTOCOL=rooms, /ws/chat/<name>/ is the chat-rooms protocol.
+    const onChatPath = await enter(server, "general", user(1), "header", "chat");
+    assertEquals((await onChatPath.next()).type, "room_users_list");
+    const onRoomsPath = await enter(server, "general", user(2), "header", "rooms");
+    await onRoomsPath.next();
+    onRoomsPath.send({ message: "same room" });
+    assertEquals((await onChatPath.next((f) => f.type === "chat_message")).message, "same room");
+    await onChatPath.close();
+    await onRoomsPath.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("chat rooms: a user whose isolate died leaves after the presence TTL", async () => {
+  const server = await startTestServer({ PRESENCE_TTL_SECONDS: "1" });
+  try {
+    const watcher = await enter(server, "ghosts", user(1));
+    await watcher.next();
+    // Another instance records presence and dies without cleaning up.
+    const kv = await Deno.openKv(`${server.dataDir}/chat.kv`);
+    const { KvPresenceStore } = await import("../src/store/kv_presence_store.ts");
+    await new KvPresenceStore(kv, 1000).enter(
+      "room:ghosts",
+      { id: "ghost", username: "ghost" },
+      "c1",
+    );
+    kv.close();
+    const late = await enter(server, "ghosts", user(3));
+    const list = await late.next();
+    assertEquals((list.users as { id: string }[]).map((u) => u.id).sort(), [
+      "ghost",
+      "user-1",
+      "user-3",
+    ]);
+    assertEquals(
+      await watcher.next((f) => f.type === "user_leave", 5000),
+      { type: "user_leave", user_id: "ghost", username: "ghost" },
+    );
+    await late.close();
+    await watcher.close();
+  } finally {
+    await server.close();
+  }
+});

@@ -1,0 +1,205 @@
+/** The conversation chat (shared/specs/conversation-chat-files.md), the document's client flow. */
+
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { startTestServer, TestClient, type TestServer } from "./helpers.ts";
+
+const talker = {
+  sub: "5",
+  email: "talker@example.com",
+  user_type: "talker",
+  full_name: "John Talker",
+};
+const listener = {
+  sub: "6",
+  email: "listener@example.com",
+  user_type: "listener",
+  name: "Ann Listener",
+};
+
+async function join(
+  server: TestServer,
+  conversationId: number | string,
+  claims: object,
+  path = "chat",
+) {
+  const token = await server.token({ rooms: [`chat:${conversationId}`], ...claims });
+  const ws = await TestClient.open(`${server.wsUrl}/ws/${path}/${conversationId}/?token=${token}`);
+  const hello = await ws.next();
+  assertEquals(hello.type, "connection_established");
+  assertEquals(typeof hello.message, "string");
+  return ws;
+}
+
+Deno.test("conversation chat: text and file messages reach every participant in the documented shape", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await join(server, 1, talker);
+    const b = await join(server, 1, listener);
+    a.send({ type: "chat_message", message: "Hello, how are you?" });
+    for (const ws of [a, b]) {
+      const m = await ws.next();
+      assertEquals(m, {
+        id: 1,
+        conversation: 1,
+        sender: {
+          id: 5,
+          email: "talker@example.com",
+          user_type: "talker",
+          full_name: "John Talker",
+        },
+        content: "Hello, how are you?",
+        message_type: "text",
+        is_read: false,
+        created_at: m.created_at,
+        file_attachment: null,
+      });
+      assertMatch(m.created_at as string, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+    }
+    const pdf = new Uint8Array(102400);
+    pdf.set(new TextEncoder().encode("%PDF-1.4\n"));
+    b.send({
+      type: "file_message",
+      filename: "document.pdf",
+      file: pdf.toBase64(),
+      message: "Here's the document I mentioned",
+    });
+    const [fa, fb] = [await a.next(), await b.next()];
+    assertEquals(fa, fb);
+    assertEquals(fa.message_type, "file");
+    assertEquals(fa.content, "Here's the document I mentioned");
+    assertEquals((fa.sender as Record<string, unknown>).full_name, "Ann Listener");
+    const att = fa.file_attachment as Record<string, unknown>;
+    const today = new Date().toISOString().slice(0, 10).replaceAll("-", "/");
+    assertEquals(att.id, 2);
+    assertEquals(att.file, `/media/chat_files/${today}/document.pdf`);
+    assertEquals(att.file_url, `${server.url}/media/chat_files/${today}/document.pdf`);
+    assertEquals(att.filename, "document.pdf");
+    assertEquals(att.file_size, 102400);
+    assertEquals(att.file_size_display, "100.0 KB");
+    assertEquals(att.file_type, "application/pdf");
+    assertMatch(att.uploaded_at as string, /Z$/);
+    const res = await fetch(att.file_url as string);
+    assertEquals(new Uint8Array(await res.arrayBuffer()), pdf);
+    await a.close();
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("conversation chat: typing goes to the others only and expires when not renewed", async () => {
+  const server = await startTestServer({ TYPING_TIMEOUT_SECONDS: "1" });
+  try {
+    const a = await join(server, 2, talker);
+    const b = await join(server, 2, listener);
+    a.send({ type: "typing", is_typing: true });
+    assertEquals(await b.next(), {
+      type: "typing",
+      user_id: 5,
+      user_email: "talker@example.com",
+      is_typing: true,
+    });
+    const started = Date.now();
+    assertEquals(await b.next(undefined, 4000), {
+      type: "typing",
+      user_id: 5,
+      user_email: "talker@example.com",
+      is_typing: false,
+    });
+    assert(Date.now() - started >= 700, "expired too early");
+    a.send({ type: "typing", is_typing: true });
+    await b.next((f) => f.is_typing === true);
+    a.send({ type: "typing", is_typing: false });
+    await b.next((f) => f.is_typing === false);
+    await a.nothing((f) => f.type === "typing");
+    await a.close();
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("conversation chat: mark_read sends a receipt and is persisted across a reconnect", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await join(server, 3, talker);
+    let b = await join(server, 3, listener);
+    a.send({ type: "chat_message", message: "one" });
+    a.send({ type: "chat_message", message: "two" });
+    await b.next();
+    await b.next();
+    b.send({ type: "mark_read" });
+    assertEquals(await a.next((f) => f.type === "read_receipt"), {
+      type: "read_receipt",
+      user_id: 6,
+    });
+    await b.nothing((f) => f.type === "read_receipt");
+    a.send({ type: "chat_message", message: "three" });
+    await b.next();
+    await b.close();
+
+    b = await join(server, 3, listener);
+    b.send({ type: "get_history" });
+    const history = await b.next((f) => f.type === "history");
+    const messages = history.messages as Record<string, unknown>[];
+    assertEquals(messages.map((m) => [m.content, m.is_read]), [["one", true], ["two", true], [
+      "three",
+      false,
+    ]]);
+    await a.close();
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("conversation chat: errors keep the socket open; bad token 4001, not a participant 4404", async () => {
+  const server = await startTestServer({ MAX_FILE_BYTES: "1000" });
+  try {
+    const a = await join(server, 4, talker);
+    const cases: [unknown, string | RegExp][] = [
+      ["not json", "Invalid JSON"],
+      [{ type: "file_message", filename: "a.txt" }, "File data and filename are required"],
+      [{ type: "file_message", file: "QUJD" }, "File data and filename are required"],
+      [{ type: "file_message", file: "QUJD", filename: "x".repeat(256) }, /Filename is too long/],
+      [
+        { type: "file_message", file: new Uint8Array(1001).toBase64(), filename: "big.bin" },
+        /too large/,
+      ],
+      [{ type: "dance" }, "Unknown message type: dance"],
+      [{ type: "chat_message", message: "" }, "Message content is required"],
+    ];
+    for (const [frame, expected] of cases) {
+      a.send(frame);
+      const reply = await a.next();
+      assertEquals(reply.type, "error");
+      if (typeof expected === "string") assertEquals(reply.message, expected);
+      else assertMatch(reply.message as string, expected);
+    }
+    a.send({ type: "chat_message", message: "still open" });
+    assertEquals((await a.next()).content, "still open");
+    await a.close();
+
+    const bad = TestClient.connect(`${server.wsUrl}/ws/chat/4/?token=nope`);
+    assertEquals((await bad.closed).code, 4001);
+    const outsider = await server.token({ sub: "9", rooms: ["chat:5"] });
+    const denied = TestClient.connect(`${server.wsUrl}/ws/chat/4/?token=${outsider}`);
+    assertEquals((await denied.closed).code, 4404);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("conversation chat: the unambiguous /ws/conversations/ path speaks the same protocol", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await join(server, 8, talker, "conversations");
+    const b = await join(server, 8, listener, "chat");
+    a.send({ type: "chat_message", message: "same room" });
+    assertEquals((await b.next()).content, "same room");
+    await a.close();
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});

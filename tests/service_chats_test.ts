@@ -1,0 +1,95 @@
+/** The FastAPI service and support chats (shared/specs/service-support-chats.md). */
+
+import { assertEquals, assertMatch } from "./assert.ts";
+import { startTestServer, TestClient, type TestServer } from "./helpers.ts";
+
+async function open(server: TestServer, kind: string, id: number, claims: object, via = "query") {
+  const token = await server.token(claims);
+  const url = `${server.wsUrl}/ws/${kind}/${id}`;
+  return via === "cookie"
+    ? await TestClient.open(url, { headers: { cookie: `access_token=${token}` } })
+    : await TestClient.open(`${url}?token=${token}`);
+}
+
+Deno.test("service chats: a message reaches every participant except the sender", async () => {
+  const server = await startTestServer();
+  try {
+    const master = await open(server, "service-chats", 1, { sub: 1, rooms: ["service-chat:1"] });
+    const client = await open(
+      server,
+      "service-chats",
+      1,
+      { sub: 2, rooms: ["service-chat:1"] },
+      "cookie",
+    );
+    const secondTab = await open(server, "service-chats", 1, { sub: 2, rooms: ["service-chat:1"] });
+    master.send({ type: "message", content: "Привет!" });
+    for (const ws of [client, secondTab]) {
+      const m = await ws.next();
+      assertEquals(Object.keys(m), ["type", "id", "content", "sender_id", "chat_id", "created_at"]);
+      assertEquals([m.type, m.id, m.content, m.sender_id, m.chat_id], [
+        "message",
+        1,
+        "Привет!",
+        1,
+        1,
+      ]);
+      assertMatch(m.created_at as string, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d$/);
+    }
+    await master.nothing();
+    client.send({ type: "message", content: "Здравствуйте" });
+    assertEquals((await master.next()).id, 2);
+    // The sender's other tab is the same user: it gets nothing either.
+    await secondTab.nothing();
+    for (const ws of [master, client, secondTab]) await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("service chats: ping/pong heartbeat in JSON and plain text", async () => {
+  const server = await startTestServer();
+  try {
+    const ws = await open(server, "service-chats", 2, { sub: 1, rooms: ["service-chat:2"] });
+    ws.send({ type: "ping" });
+    assertEquals(await ws.next(), { type: "pong" });
+    ws.socket.send("ping");
+    const pong = await ws.next<unknown>((f) => f === "pong");
+    assertEquals(pong, "pong");
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("support chats: support staff enter every support chat; others need to be participants", async () => {
+  const server = await startTestServer();
+  try {
+    const agent = await open(server, "support-chats", 7, { sub: 50, role: "support" });
+    const customer = await open(server, "support-chats", 7, { sub: 3, rooms: ["support-chat:7"] });
+    customer.send({ type: "message", content: "Help" });
+    assertEquals((await agent.next()).content, "Help");
+    // A support role does not open service chats, and a stranger gets 4003; bad token 4001.
+    const agentToken = await server.token({ sub: 50, role: "support" });
+    const stranger = await server.token({ sub: 4, rooms: ["support-chat:8"] });
+    for (
+      const [url, code] of [
+        [`/ws/service-chats/7?token=${agentToken}`, 4003],
+        [`/ws/support-chats/7?token=${stranger}`, 4003],
+        [`/ws/support-chats/7?token=bad`, 4001],
+        [`/ws/support-chats/7`, 4001],
+      ] as const
+    ) {
+      const ws = TestClient.connect(server.wsUrl + url);
+      assertEquals((await ws.closed).code, code, url);
+    }
+    customer.send({ type: "message", content: "" });
+    assertEquals(await customer.next(), { type: "error", message: "Message content is required" });
+    customer.send("{");
+    assertEquals(await customer.next(), { type: "error", message: "Invalid JSON" });
+    await agent.close();
+    await customer.close();
+  } finally {
+    await server.close();
+  }
+});
