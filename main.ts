@@ -8,6 +8,8 @@ import { KvHeadWatcher } from "./src/broker/kv_head_watcher.ts";
 import { type Config, loadConfig } from "./src/config.ts";
 import { ChatService } from "./src/core/chat_service.ts";
 import { Metrics } from "./src/core/metrics.ts";
+import { RateLimiter } from "./src/core/rate_limiter.ts";
+import { nativeRoute } from "./src/dialects/native/native.ts";
 import type { Broker } from "./src/core/types.ts";
 import type { DialectContext, WsRoute } from "./src/dialects/context.ts";
 import { ticketSocketRoute } from "./src/dialects/ticket_socket/ticket_socket.ts";
@@ -66,7 +68,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
 
   const kv = await Deno.openKv(config.kvPath);
   const metrics = new Metrics();
-  const store = new KvMessageStore(kv);
+  const store = new KvMessageStore(kv, { historyLimit: config.historyLimit });
   store.onCommit = (ms) => {
     metrics.commitSeconds += ms / 1000;
     metrics.commits++;
@@ -94,10 +96,15 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     auth: new Authenticator(verifier),
     metrics,
     connections,
+    limiter: new RateLimiter({
+      perConnection: config.rateLimitPerSecond,
+      perUser: config.rateLimitUserPerSecond,
+    }),
   };
   // `/ws/chat/` is claimed by two documents; CHAT_PATH_PROTOCOL picks which one it speaks.
   const roomsOnChatPath = config.chatPathProtocol === "rooms";
   const routes: WsRoute[] = [
+    nativeRoute(context),
     ticketSocketRoute(context),
     conversationChatRoute(
       context,

@@ -51,6 +51,20 @@ const EnvSchema = z.object({
   HEARTBEAT_SECONDS: positiveInt(30),
   HISTORY_ON_CONNECT: positiveInt(50),
   TYPING_TIMEOUT_SECONDS: positiveInt(5),
+  RATE_LIMIT_PER_SECOND: positiveInt(20),
+  SLOW_CONSUMER_BYTES: positiveInt(4 * 1024 * 1024),
+  RATE_LIMIT_USER_PER_SECOND: positiveInt(50),
+  HISTORY_LIMIT: z.string().trim().optional().transform((v, ctx) => {
+    if (v === undefined || v === "") return 0;
+    if (!/^\d+$/.test(v)) {
+      ctx.addIssue({
+        code: "custom",
+        message: `expected a whole number (0 keeps everything), got "${v}"`,
+      });
+      return z.NEVER;
+    }
+    return Number(v);
+  }),
   PRESENCE_TTL_SECONDS: positiveInt(30),
   DATABASE_URL: optionalText,
   KV_PATH: optionalText,
@@ -93,6 +107,14 @@ export interface Config {
   heartbeatSeconds: number;
   /** How many recent messages the chat-rooms protocol replays on connect. */
   historyOnConnect: number;
+  /** A socket whose unsent outbound bytes exceed this is closed as a slow consumer (4008). */
+  slowConsumerBytes: number;
+  /** Sustained inbound frames per second per connection (bursts up to twice that). */
+  rateLimitPerSecond: number;
+  /** Sustained inbound frames per second per user on one isolate. */
+  rateLimitUserPerSecond: number;
+  /** Messages kept per room, oldest dropped first; 0 keeps everything. */
+  historyLimit: number;
   /** A typing state not renewed within this many seconds ends by itself. */
   typingTimeoutSeconds: number;
   /** Presence entries lapse this long after their last renewal (a crashed isolate's users leave). */
@@ -131,6 +153,10 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     heartbeatSeconds: e.HEARTBEAT_SECONDS,
     historyOnConnect: e.HISTORY_ON_CONNECT,
     typingTimeoutSeconds: e.TYPING_TIMEOUT_SECONDS,
+    rateLimitPerSecond: e.RATE_LIMIT_PER_SECOND,
+    slowConsumerBytes: e.SLOW_CONSUMER_BYTES,
+    rateLimitUserPerSecond: e.RATE_LIMIT_USER_PER_SECOND,
+    historyLimit: e.HISTORY_LIMIT,
     presenceTtlSeconds: e.PRESENCE_TTL_SECONDS,
     databaseUrl: e.DATABASE_URL,
     kvPath: e.KV_PATH ?? join(e.DATA_DIR, "chat.kv"),

@@ -27,7 +27,14 @@ export async function startParallelServer(env: Record<string, string> = {}) {
       "127.0.0.1",
       new URL("../serve.ts", import.meta.url).pathname,
     ],
-    env: { DENO_JOBS: "2", DATA_DIR: dataDir, JWT_SECRET: TEST_SECRET, ...env },
+    env: {
+      DENO_JOBS: "2",
+      DATA_DIR: dataDir,
+      JWT_SECRET: TEST_SECRET,
+      RATE_LIMIT_PER_SECOND: "100000",
+      RATE_LIMIT_USER_PER_SECOND: "100000",
+      ...env,
+    },
     stdout: "null",
     stderr: "null",
   }).spawn();
@@ -89,7 +96,7 @@ Deno.test("parallel: messages sent on one isolate reach clients on the others, i
     const total = perSender * clients.length;
     for (const client of clients) {
       const pks: number[] = [];
-      while (pks.length < total) pks.push((await client.next(undefined, 20_000)).pk as number);
+      while (pks.length < total) pks.push((await client.next((f) => "pk" in f, 20_000)).pk as number);
       assertEquals(pks, Array.from({ length: total }, (_, i) => i + 1));
     }
     await clients[0].nothing(undefined, 200);

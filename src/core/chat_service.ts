@@ -133,6 +133,11 @@ export class ChatService {
     return this.#deps.store.list(room, query);
   }
 
+  /** The lowest seq the room's history still holds. */
+  tail(room: string): Promise<number> {
+    return this.#deps.store.tail(room);
+  }
+
   /** The room's newest seq. */
   head(room: string): Promise<number> {
     return this.#deps.store.head(room);

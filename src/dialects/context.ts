@@ -4,6 +4,7 @@ import type { Authenticator } from "../auth/authenticator.ts";
 import type { Config } from "../config.ts";
 import type { ChatService } from "../core/chat_service.ts";
 import type { Metrics } from "../core/metrics.ts";
+import type { RateLimiter } from "../core/rate_limiter.ts";
 import type { Hub } from "../hub/hub.ts";
 import type { Connection, SocketOptions } from "../transport/websocket.ts";
 
@@ -21,6 +22,8 @@ export interface DialectContext {
   metrics: Metrics;
   /** Every open socket of this isolate. */
   connections: Set<Connection>;
+  /** Inbound frame budgets per connection and per user. */
+  limiter: RateLimiter;
 }
 
 /** A WebSocket route: a URL pattern and the handler that upgrades matching requests. */
@@ -41,11 +44,6 @@ export function maxFrameSize(config: Config): number {
   return Math.ceil(config.maxFileBytes / 3) * 4 + 64 * 1024;
 }
 
-/** Outbound buffer bound before a socket is dropped as a slow consumer. */
-export function maxBufferedBytes(config: Config): number {
-  return Math.max(8 * 1024 * 1024, maxFrameSize(config) * 2);
-}
-
 /** Socket options for a dialect's connections. */
 export function socketOptions(
   ctx: DialectContext,
@@ -55,7 +53,7 @@ export function socketOptions(
   return {
     protocol,
     maxFrameSize: maxFrameSize(ctx.config),
-    maxBufferedBytes: maxBufferedBytes(ctx.config),
+    maxBufferedBytes: ctx.config.slowConsumerBytes,
     idleTimeout: ctx.config.heartbeatSeconds,
     subprotocol,
     metrics: ctx.metrics,

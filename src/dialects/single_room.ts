@@ -1,7 +1,7 @@
 /** The shape shared by the protocols whose socket URL names one room: auth, access, join, leave. */
 
 import { findToken } from "../auth/token.ts";
-import { asChatError, type ChatError } from "../core/errors.ts";
+import { asChatError, ChatError } from "../core/errors.ts";
 import type { Principal, RoomEvent } from "../core/types.ts";
 import type { Member } from "../hub/hub.ts";
 import { Connection } from "../transport/websocket.ts";
@@ -112,6 +112,14 @@ export function singleRoomRoute(ctx: DialectContext, dialect: SingleRoomDialect)
         },
         async message(conn, text) {
           try {
+            const verdict = ctx.limiter.take(session.user.id, session.connId);
+            if (verdict === "close") {
+              conn.close(4029, "Rate limit exceeded");
+              return;
+            }
+            if (verdict === "limited") {
+              throw new ChatError("rate_limited", "Too many messages: slow down");
+            }
             await dialect.message(session, text);
           } catch (err) {
             const error = asChatError(err);
@@ -122,6 +130,7 @@ export function singleRoomRoute(ctx: DialectContext, dialect: SingleRoomDialect)
         },
         closed() {
           if (!session) return;
+          ctx.limiter.forget(session.connId);
           if (session.member) ctx.hub.leave(session.room, session.member);
           dialect.closed?.(session).catch((err) =>
             console.error(`${dialect.name}: cleanup failed:`, err)

@@ -85,9 +85,15 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   /** Called after every commit with its duration in ms, for metrics. */
   onCommit?: (ms: number, messages: number) => void;
 
-  /** Wraps an open KV handle; the caller owns and closes it. */
-  constructor(kv: Deno.Kv) {
+  #historyLimit: number;
+
+  /**
+   * Wraps an open KV handle (the caller owns and closes it). With `historyLimit` > 0 a room
+   * keeps only its newest that many messages: each commit deletes the ones it pushes out.
+   */
+  constructor(kv: Deno.Kv, options: { historyLimit?: number } = {}) {
     this.#kv = kv;
+    this.#historyLimit = options.historyLimit ?? 0;
   }
 
   /** The KV handle, for watchers that follow the same keys. */
@@ -196,6 +202,9 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
           ...(draft.clientId ? { clientId: draft.clientId } : {}),
         };
         op.set(KV_KEYS.message(room, seq), message);
+        if (this.#historyLimit > 0 && seq > this.#historyLimit) {
+          op.delete(KV_KEYS.message(room, seq - this.#historyLimit));
+        }
         if (idemKey) {
           op.check({ key: idemKey, versionstamp: null });
           op.set(idemKey, seq, { expireIn: IDEMPOTENCY_WINDOW_MS });

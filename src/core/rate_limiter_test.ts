@@ -1,0 +1,26 @@
+import { assertEquals } from "../../tests/assert.ts";
+import { RateLimiter } from "./rate_limiter.ts";
+
+Deno.test("RateLimiter allows a burst, refuses a flood, then says close", () => {
+  let now = 0;
+  const limiter = new RateLimiter({ perConnection: 5, perUser: 100 }, () => now);
+  const verdicts = Array.from({ length: 25 }, () => limiter.take(1, "c"));
+  assertEquals(verdicts.slice(0, 10), Array(10).fill("ok"));
+  assertEquals(verdicts.slice(10, 20), Array(10).fill("limited"));
+  assertEquals(verdicts[20], "close");
+  now += 1000;
+  assertEquals(limiter.take(1, "c"), "ok");
+});
+
+Deno.test("RateLimiter shares one budget across a user's connections", () => {
+  const now = 0;
+  const limiter = new RateLimiter({ perConnection: 100, perUser: 2 }, () => now);
+  assertEquals([limiter.take("u", "a"), limiter.take("u", "b"), limiter.take("u", "c")], [
+    "ok",
+    "ok",
+    "ok",
+  ]);
+  assertEquals(limiter.take("u", "d"), "ok");
+  assertEquals(limiter.take("u", "e"), "limited");
+  assertEquals(limiter.take("other", "f"), "ok");
+});

@@ -1,0 +1,334 @@
+/**
+ * Our own protocol at `/ws` (docs/protocol.md): several rooms on one socket, recovery by seq,
+ * idempotent sends with acknowledgements, typing, read cursors, history paging and presence.
+ */
+
+import { findToken } from "../../auth/token.ts";
+import { asChatError, ChatError } from "../../core/errors.ts";
+import { parseRoomKey } from "../../core/rooms.ts";
+import type { Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
+import type { Member } from "../../hub/hub.ts";
+import { mediaUrlPath } from "../../media/local_media_store.ts";
+import { Connection } from "../../transport/websocket.ts";
+import { baseUrlOf, type DialectContext, socketOptions, type WsRoute } from "../context.ts";
+import { optionalClientId, optionalString, parseObject } from "../frames.ts";
+
+/** Close codes of the native protocol. */
+export const NATIVE_CLOSE = {
+  /** Missing, invalid or expired token: do not reconnect with the same token. */
+  unauthorized: 4001,
+  /** The client could not keep up; reconnect and recover with `since`. */
+  slowConsumer: 4008,
+  /** The client kept flooding after being told to slow down. */
+  rateLimited: 4029,
+} as const;
+
+/** Most rooms one socket may join. */
+export const MAX_ROOMS_PER_SOCKET = 100;
+
+/** A user as the native protocol shows it. */
+export function nativeUser(user: UserProfile | null) {
+  if (!user) return null;
+  return {
+    id: user.id,
+    username: user.username,
+    name: user.name ?? null,
+    email: user.email ?? null,
+    profile_image: user.profileImage ?? null,
+    role: user.role ?? null,
+  };
+}
+
+/** A stored message as the native protocol shows it. */
+export function nativeMessage(message: Message, baseUrl: string) {
+  return {
+    type: "message",
+    room: message.room,
+    seq: message.seq,
+    id: message.id,
+    sender: nativeUser(message.sender),
+    body: message.body,
+    attachments: message.attachments.map((a) => ({
+      id: a.id,
+      name: a.originalName,
+      mime: a.mime,
+      size: a.size,
+      url: baseUrl + mediaUrlPath(a.key),
+    })),
+    created_at: message.createdAt,
+    client_id: message.clientId ?? null,
+  };
+}
+
+function renderEvent(event: RoomEvent, baseUrl: string): string | undefined {
+  switch (event.type) {
+    case "message":
+      return JSON.stringify(nativeMessage(event.message, baseUrl));
+    case "typing":
+      return JSON.stringify({
+        type: "typing",
+        room: event.room,
+        user: nativeUser(event.user),
+        is_typing: event.isTyping,
+      });
+    case "read":
+      return JSON.stringify({
+        type: "read",
+        room: event.room,
+        user: nativeUser(event.user),
+        seq: event.seq,
+      });
+    case "presence":
+      return JSON.stringify({
+        type: "presence",
+        room: event.room,
+        action: event.action,
+        user: nativeUser(event.user),
+      });
+    default:
+      return undefined;
+  }
+}
+
+const optionalSeq = (record: Record<string, unknown>, field: string): number | undefined => {
+  const value = record[field];
+  if (value === undefined || value === null) return undefined;
+  if (typeof value !== "number" || !Number.isSafeInteger(value) || value < 0) {
+    throw new ChatError("invalid_frame", `Field "${field}" must be a whole number ≥ 0`);
+  }
+  return value;
+};
+
+const requireRoom = (record: Record<string, unknown>): string => {
+  const room = optionalString(record, "room");
+  if (!room) throw new ChatError("invalid_frame", 'Field "room" is required');
+  if (!parseRoomKey(room)) {
+    throw new ChatError("invalid_frame", `Invalid room "${room}": expected kind:id, e.g. ticket:1`);
+  }
+  return room;
+};
+
+/** The native protocol's route: `/ws`. */
+export function nativeRoute(ctx: DialectContext): WsRoute {
+  return {
+    pattern: new URLPattern({ pathname: "/ws{/}?" }),
+    async handle(req) {
+      const { token, protocol } = findToken(req);
+      const options = socketOptions(ctx, "native", protocol);
+      const user = await ctx.auth.authenticate(token);
+      const baseUrl = baseUrlOf(ctx.config, req);
+      if (!user) {
+        return Connection.upgrade(req, options, {
+          open: (conn) => conn.close(NATIVE_CLOSE.unauthorized, "Unauthorized"),
+          message: () => {},
+          closed: () => {},
+        });
+      }
+      return Connection.upgrade(req, options, nativeSession(ctx, user, baseUrl));
+    },
+  };
+}
+
+function nativeSession(ctx: DialectContext, user: Principal, baseUrl: string) {
+  const connId = crypto.randomUUID();
+  const rooms = new Map<string, Member>();
+
+  const reply = (conn: Connection, frame: Record<string, unknown>, ref: unknown) =>
+    conn.send(JSON.stringify(ref === undefined ? frame : { ...frame, ref }));
+
+  async function join(conn: Connection, room: string, since: number | undefined, ref: unknown) {
+    if (!(await ctx.chat.canAccess(user, room))) {
+      throw new ChatError("forbidden", `Access denied to room "${room}"`);
+    }
+    if (!rooms.has(room) && rooms.size >= MAX_ROOMS_PER_SOCKET) {
+      throw new ChatError("invalid_frame", `At most ${MAX_ROOMS_PER_SOCKET} rooms per socket`);
+    }
+    const existing = rooms.get(room);
+    if (existing) ctx.hub.leave(room, existing);
+    let from = since;
+    if (since !== undefined) {
+      const [tail, head] = await Promise.all([ctx.chat.tail(room), ctx.chat.head(room)]);
+      // History no longer reaches back to what the client has, or the client is ahead of the
+      // store (it was reset): say so instead of leaving a silent gap.
+      if (since + 1 < tail || since > head) {
+        reply(conn, {
+          type: "resync",
+          room,
+          reason: since > head ? "ahead_of_history" : "history_truncated",
+          first_seq: tail,
+          head,
+        }, ref);
+        from = tail - 1;
+      }
+    }
+    const member: Member = {
+      user,
+      renderKey: `native|${baseUrl}`,
+      wants: (event) =>
+        event.type === "message" || event.type === "presence" ||
+        ((event.type === "typing" || event.type === "read") &&
+          String(event.user.id) !== String(user.id)),
+      render: (event) => renderEvent(event, baseUrl),
+      send: (frame) => conn.send(frame),
+      evict: (event) => {
+        if (rooms.get(room) !== member) return;
+        rooms.delete(room);
+        ctx.hub.leave(room, member);
+        conn.send(JSON.stringify({
+          type: "removed",
+          room,
+          reason: event.type === "closed" ? "room_deleted" : "access_revoked",
+        }));
+        ctx.chat.exit(user, room, connId).catch(() => {});
+      },
+    };
+    rooms.set(room, member);
+    // Presence first: the others hear the join, the joiner sees itself in `presence`.
+    if (!existing) await ctx.chat.enter(user, room, connId);
+    const head = await ctx.hub.join(room, member, from === undefined ? {} : { since: from });
+    const present = await ctx.chat.present(room);
+    reply(conn, { type: "joined", room, head, presence: present.map(nativeUser) }, ref);
+  }
+
+  async function leave(room: string) {
+    const member = rooms.get(room);
+    if (!member) return false;
+    rooms.delete(room);
+    ctx.hub.leave(room, member);
+    await ctx.chat.exit(user, room, connId);
+    return true;
+  }
+
+  async function handle(conn: Connection, record: Record<string, unknown>) {
+    const ref = record.ref;
+    switch (record.type) {
+      case "join": {
+        // One room (`room`, `since`) or several (`rooms`: names or {room, since}).
+        const list = Array.isArray(record.rooms)
+          ? record.rooms.map((r) => typeof r === "string" ? { room: r } : r)
+          : [{ room: record.room, since: record.since }];
+        for (const item of list) {
+          if (typeof item !== "object" || item === null) {
+            throw new ChatError(
+              "invalid_frame",
+              'Each entry of "rooms" must be a room or {room, since}',
+            );
+          }
+          const entry = item as Record<string, unknown>;
+          await join(conn, requireRoom(entry), optionalSeq(entry, "since"), ref);
+        }
+        return;
+      }
+      case "leave": {
+        const room = requireRoom(record);
+        await leave(room);
+        reply(conn, { type: "left", room }, ref);
+        return;
+      }
+      case "send": {
+        const room = requireRoom(record);
+        if (!rooms.has(room)) {
+          throw new ChatError("not_found", `Join room "${room}" before sending`);
+        }
+        const files = Array.isArray(record.files) ? record.files : [];
+        const result = await ctx.chat.send(user, room, {
+          body: optionalString(record, "body") ?? "",
+          clientId: optionalClientId(record, "client_id"),
+          mediaDir: `native/${room.replace(":", "_")}`,
+          files: files.map((f) => {
+            const file = (typeof f === "object" && f !== null ? f : {}) as Record<string, unknown>;
+            return { name: optionalString(file, "name"), data: optionalString(file, "data") ?? "" };
+          }),
+        });
+        reply(conn, {
+          type: "ack",
+          room,
+          client_id: result.message.clientId ?? null,
+          id: result.message.id,
+          seq: result.message.seq,
+          created_at: result.message.createdAt,
+          duplicate: result.duplicate,
+        }, ref);
+        return;
+      }
+      case "typing": {
+        const room = requireRoom(record);
+        if (!rooms.has(room)) throw new ChatError("not_found", `Join room "${room}" first`);
+        ctx.chat.typing(user, room, record.is_typing !== false);
+        return;
+      }
+      case "read": {
+        const room = requireRoom(record);
+        if (!rooms.has(room)) throw new ChatError("not_found", `Join room "${room}" first`);
+        const seq = await ctx.chat.markRead(user, room, optionalSeq(record, "seq"));
+        reply(conn, { type: "read_ok", room, seq }, ref);
+        return;
+      }
+      case "history": {
+        const room = requireRoom(record);
+        if (!(await ctx.chat.canAccess(user, room))) {
+          throw new ChatError("forbidden", `Access denied to room "${room}"`);
+        }
+        const limit = Math.min(Math.max(optionalSeq(record, "limit") ?? 50, 1), 200);
+        const before = optionalSeq(record, "before");
+        const after = optionalSeq(record, "after");
+        const messages = await ctx.chat.history(room, { before, after, limit });
+        const first = messages[0]?.seq;
+        const last = messages.at(-1)?.seq;
+        const hasMore = messages.length === limit ||
+          (after === undefined && first !== undefined && first > (await ctx.chat.tail(room)));
+        reply(conn, {
+          type: "history",
+          room,
+          messages: messages.map((m) => nativeMessage(m, baseUrl)),
+          has_more: messages.length === 0 ? false : hasMore,
+          first_seq: first ?? null,
+          last_seq: last ?? null,
+        }, ref);
+        return;
+      }
+      case "ping":
+        reply(conn, { type: "pong" }, ref);
+        return;
+      default:
+        throw new ChatError(
+          "invalid_frame",
+          typeof record.type === "string"
+            ? `Unknown type "${record.type}"`
+            : 'Field "type" is required',
+        );
+    }
+  }
+
+  return {
+    open(conn: Connection) {
+      conn.send(JSON.stringify({ type: "welcome", user: nativeUser(user), conn_id: connId }));
+    },
+    async message(conn: Connection, text: string) {
+      let ref: unknown;
+      try {
+        const record = parseObject(text, "Expected a JSON object with a type");
+        ref = record.ref;
+        const verdict = ctx.limiter.take(user.id, connId);
+        if (verdict === "close") {
+          conn.close(NATIVE_CLOSE.rateLimited, "Rate limit exceeded");
+          return;
+        }
+        if (verdict === "limited") {
+          throw new ChatError("rate_limited", "Too many messages: slow down");
+        }
+        await handle(conn, record);
+      } catch (err) {
+        const error = asChatError(err);
+        ctx.metrics.error(error.code);
+        reply(conn, { type: "error", code: error.code, message: error.message }, ref);
+      }
+    },
+    closed() {
+      ctx.limiter.forget(connId);
+      for (const room of [...rooms.keys()]) {
+        leave(room).catch((err) => console.error("native: leave failed:", err));
+      }
+    },
+  };
+}

@@ -1,0 +1,344 @@
+/** The directory on Kysely: the same queries on SQLite (`node:sqlite`) and Postgres (`pg`). */
+
+import { type Expression, type Kysely, type Selectable, sql, type Transaction } from "kysely";
+import type { Directory, DirectoryRoom, DirectoryUser, Participant } from "../core/directory.ts";
+import {
+  type DirectoryDatabase,
+  type DirectoryDialect,
+  migrateDirectory,
+  type RoomsTable,
+  type UsersTable,
+} from "./schema.ts";
+
+/** Options of {@link KyselyDirectory}. */
+export interface KyselyDirectoryOptions {
+  /** The engine behind the Kysely instance. */
+  dialect: DirectoryDialect;
+}
+
+/** The user fields the directory stores, with their column names. */
+const USER_COLUMNS = {
+  username: "username",
+  fullName: "full_name",
+  email: "email",
+  phone: "phone",
+  profileImage: "profile_image",
+  company: "company",
+  role: "role",
+  userType: "user_type",
+} as const satisfies Record<Exclude<keyof DirectoryUser, "id">, keyof UsersTable>;
+
+type UserField = keyof typeof USER_COLUMNS;
+type UserColumn = (typeof USER_COLUMNS)[UserField];
+
+/**
+ * Rows per multi-row insert: 5 parameters a row stays far below SQLite's 32766 and Postgres's
+ * 65535 bound parameters per statement.
+ */
+const INSERT_BATCH = 500;
+
+/** Ids per `in (...)` list, for the same reason as {@link INSERT_BATCH}. */
+const DELETE_BATCH = 1000;
+
+/** Key of Postgres advisory locks on a room's participant list (two-int form, first half). */
+const PARTICIPANTS_LOCK_CLASS = 0x64697270; // "dirp"
+
+/** A {@link Directory} on a Kysely instance for SQLite or Postgres. */
+export class KyselyDirectory implements Directory {
+  readonly #db: Kysely<DirectoryDatabase>;
+  readonly #dialect: DirectoryDialect;
+
+  /** Wraps a Kysely instance; the directory owns it from now on and destroys it in `close()`. */
+  constructor(db: Kysely<DirectoryDatabase>, options: KyselyDirectoryOptions) {
+    this.#db = db;
+    this.#dialect = options.dialect;
+  }
+
+  /** The underlying Kysely instance, for tests and maintenance scripts. */
+  get db(): Kysely<DirectoryDatabase> {
+    return this.#db;
+  }
+
+  /** The engine behind this directory. */
+  get dialect(): DirectoryDialect {
+    return this.#dialect;
+  }
+
+  /** Creates or upgrades the schema. */
+  async migrate(): Promise<void> {
+    await migrateDirectory(this.#db, this.#dialect);
+  }
+
+  /** Checks that the database answers. */
+  async ping(): Promise<void> {
+    await sql`select 1`.execute(this.#db);
+  }
+
+  /** Inserts or updates a user; fields left undefined keep their stored value. */
+  async upsertUser(user: Partial<DirectoryUser> & { id: string }): Promise<DirectoryUser> {
+    requireId("user id", user.id);
+    const now = new Date().toISOString();
+    const given: Partial<Record<UserColumn, string | null>> = {};
+    for (const [field, column] of Object.entries(USER_COLUMNS) as [UserField, UserColumn][]) {
+      const value = user[field];
+      if (value !== undefined) given[column] = value;
+    }
+    const row = await this.#db.insertInto("users")
+      .values({ id: user.id, ...given, created_at: now, updated_at: now })
+      .onConflict((oc) =>
+        oc.column("id").doUpdateSet((eb) => {
+          // Only the given columns are overwritten, and from `excluded` so that the values are
+          // bound once.
+          const set: { [C in UserColumn]?: Expression<string | null> } & {
+            updated_at: Expression<string>;
+          } = { updated_at: eb.ref("excluded.updated_at") };
+          for (const column of Object.keys(given) as UserColumn[]) {
+            set[column] = eb.ref(`excluded.${column}`);
+          }
+          return set;
+        })
+      )
+      .returningAll()
+      .executeTakeFirstOrThrow();
+    return toUser(row);
+  }
+
+  /** Reads a user. */
+  async getUser(id: string): Promise<DirectoryUser | null> {
+    const row = await this.#db.selectFrom("users").selectAll().where("id", "=", id)
+      .executeTakeFirst();
+    return row ? toUser(row) : null;
+  }
+
+  /** Deletes a user and their participations; true when it existed. */
+  async deleteUser(id: string): Promise<boolean> {
+    return await this.#db.transaction().execute(async (trx) => {
+      await trx.deleteFrom("room_participants").where("user_id", "=", id).execute();
+      const result = await trx.deleteFrom("users").where("id", "=", id).executeTakeFirst();
+      return result.numDeletedRows > 0n;
+    });
+  }
+
+  /** Inserts or updates a room; fields left undefined keep their stored value. */
+  async upsertRoom(
+    room: { kind: string; id: string; title?: string | null; ownerId?: string | null },
+  ): Promise<DirectoryRoom> {
+    requireId("room kind", room.kind);
+    requireId("room id", room.id);
+    const given: { title?: string | null; owner_id?: string | null } = {};
+    if (room.title !== undefined) given.title = room.title;
+    if (room.ownerId !== undefined) given.owner_id = room.ownerId;
+    const insert = this.#db.insertInto("rooms")
+      .values({ kind: room.kind, id: room.id, ...given, created_at: new Date().toISOString() });
+    const row = await (
+      Object.keys(given).length === 0
+        // With nothing to change, `do update` would still need a column to set; updating the
+        // key to itself keeps the row and still makes RETURNING yield it.
+        ? insert.onConflict((oc) =>
+          oc.columns(["kind", "id"]).doUpdateSet((eb) => ({ id: eb.ref("excluded.id") }))
+        )
+        : insert.onConflict((oc) =>
+          oc.columns(["kind", "id"]).doUpdateSet((eb) => ({
+            ...("title" in given ? { title: eb.ref("excluded.title") } : {}),
+            ...("owner_id" in given ? { owner_id: eb.ref("excluded.owner_id") } : {}),
+          }))
+        )
+    ).returningAll().executeTakeFirstOrThrow();
+    return toRoom(row);
+  }
+
+  /** Reads a room. */
+  async getRoom(kind: string, id: string): Promise<DirectoryRoom | null> {
+    const row = await this.#db.selectFrom("rooms").selectAll()
+      .where("kind", "=", kind).where("id", "=", id)
+      .executeTakeFirst();
+    return row ? toRoom(row) : null;
+  }
+
+  /** Deletes a room and its participants; true when it existed. */
+  async deleteRoom(kind: string, id: string): Promise<boolean> {
+    return await this.#db.transaction().execute(async (trx) => {
+      await trx.deleteFrom("room_participants")
+        .where("room_kind", "=", kind).where("room_id", "=", id)
+        .execute();
+      const result = await trx.deleteFrom("rooms")
+        .where("kind", "=", kind).where("id", "=", id)
+        .executeTakeFirst();
+      return result.numDeletedRows > 0n;
+    });
+  }
+
+  /**
+   * Lists rooms of a kind ordered by id text (code point order on both engines), after `after`
+   * when given; all of them when `limit` is left out.
+   */
+  async listRooms(
+    kind: string,
+    options: { limit?: number; after?: string } = {},
+  ): Promise<DirectoryRoom[]> {
+    const { limit, after } = options;
+    if (limit !== undefined && (!Number.isSafeInteger(limit) || limit < 0)) {
+      throw new RangeError(`listRooms: limit must be a whole number >= 0, got ${limit}`);
+    }
+    if (limit === 0) return [];
+    let query = this.#db.selectFrom("rooms").selectAll().where("kind", "=", kind);
+    if (after !== undefined) query = query.where("id", ">", after);
+    query = query.orderBy("id");
+    if (limit !== undefined) query = query.limit(limit);
+    return (await query.execute()).map(toRoom);
+  }
+
+  /** Replaces a room's participants with exactly this list; the last entry for a user wins. */
+  async setParticipants(kind: string, id: string, participants: Participant[]): Promise<void> {
+    requireId("room kind", kind);
+    requireId("room id", id);
+    const wanted = new Map<string, string>();
+    for (const p of participants) {
+      requireId("participant user id", p.userId);
+      wanted.set(p.userId, p.role ?? "member");
+    }
+    await this.#db.transaction().execute(async (trx) => {
+      await this.#lockParticipants(trx, kind, id);
+      // Rows of users who stay are updated rather than replaced, so that they keep their
+      // `created_at` (when they joined).
+      const existing = await trx.selectFrom("room_participants").select("user_id")
+        .where("room_kind", "=", kind).where("room_id", "=", id)
+        .execute();
+      const leaving = existing.map((r) => r.user_id).filter((userId) => !wanted.has(userId));
+      for (const batch of chunks(leaving, DELETE_BATCH)) {
+        await trx.deleteFrom("room_participants")
+          .where("room_kind", "=", kind).where("room_id", "=", id)
+          .where("user_id", "in", batch)
+          .execute();
+      }
+      const now = new Date().toISOString();
+      const rows = [...wanted].map(([userId, role]) => ({
+        room_kind: kind,
+        room_id: id,
+        user_id: userId,
+        role,
+        created_at: now,
+      }));
+      for (const batch of chunks(rows, INSERT_BATCH)) {
+        await trx.insertInto("room_participants").values(batch)
+          .onConflict((oc) =>
+            oc.columns(["room_kind", "room_id", "user_id"])
+              .doUpdateSet((eb) => ({ role: eb.ref("excluded.role") }))
+          )
+          .execute();
+      }
+    });
+  }
+
+  /** Adds or updates one participant. */
+  async addParticipant(kind: string, id: string, participant: Participant): Promise<void> {
+    requireId("room kind", kind);
+    requireId("room id", id);
+    requireId("participant user id", participant.userId);
+    await this.#db.insertInto("room_participants")
+      .values({
+        room_kind: kind,
+        room_id: id,
+        user_id: participant.userId,
+        role: participant.role ?? "member",
+        created_at: new Date().toISOString(),
+      })
+      .onConflict((oc) =>
+        oc.columns(["room_kind", "room_id", "user_id"])
+          .doUpdateSet((eb) => ({ role: eb.ref("excluded.role") }))
+      )
+      .execute();
+  }
+
+  /** Removes one participant; true when they were one. */
+  async removeParticipant(kind: string, id: string, userId: string): Promise<boolean> {
+    const result = await this.#db.deleteFrom("room_participants")
+      .where("room_kind", "=", kind).where("room_id", "=", id).where("user_id", "=", userId)
+      .executeTakeFirst();
+    return result.numDeletedRows > 0n;
+  }
+
+  /** Lists a room's participants, ordered by user id. */
+  async listParticipants(kind: string, id: string): Promise<Participant[]> {
+    const rows = await this.#db.selectFrom("room_participants").select(["user_id", "role"])
+      .where("room_kind", "=", kind).where("room_id", "=", id)
+      .orderBy("user_id")
+      .execute();
+    return rows.map((r) => ({ userId: r.user_id, role: r.role }));
+  }
+
+  /** The participant entry of `userId` in the room, or null. */
+  async getParticipant(kind: string, id: string, userId: string): Promise<Participant | null> {
+    const row = await this.#db.selectFrom("room_participants").select(["user_id", "role"])
+      .where("room_kind", "=", kind).where("room_id", "=", id).where("user_id", "=", userId)
+      .executeTakeFirst();
+    return row ? { userId: row.user_id, role: row.role } : null;
+  }
+
+  /** Closes the connection pool; later calls are harmless. */
+  async close(): Promise<void> {
+    await this.#db.destroy();
+  }
+
+  /**
+   * Serializes `setParticipants` calls on one room.
+   *
+   * Under Postgres's read committed, two concurrent replacements would each read the list
+   * before the other's insert and end with the union of both. SQLite needs nothing: its
+   * `begin immediate` already lets one writer in at a time.
+   */
+  async #lockParticipants(
+    trx: Transaction<DirectoryDatabase>,
+    kind: string,
+    id: string,
+  ): Promise<void> {
+    if (this.#dialect !== "postgres") return;
+    // A hash collision only makes two rooms wait for each other, never mixes their lists.
+    await sql`select pg_advisory_xact_lock(${
+      sql.lit(PARTICIPANTS_LOCK_CLASS)
+    }, hashtext(${kind} || chr(1) || ${id}))`.execute(trx);
+  }
+}
+
+/** Rejects an empty key, which is always a caller's bug and would be hard to delete later. */
+function requireId(what: string, value: unknown): void {
+  if (typeof value !== "string" || value === "") {
+    throw new TypeError(`${what} must be a non-empty string, got ${JSON.stringify(value)}`);
+  }
+}
+
+/** Maps a `users` row to the directory's user. */
+function toUser(row: Selectable<UsersTable>): DirectoryUser {
+  return {
+    id: row.id,
+    username: row.username,
+    fullName: row.full_name,
+    email: row.email,
+    phone: row.phone,
+    profileImage: row.profile_image,
+    company: row.company,
+    role: row.role,
+    userType: row.user_type,
+  };
+}
+
+/** Maps a `rooms` row to the directory's room. */
+function toRoom(row: Selectable<RoomsTable>): DirectoryRoom {
+  return {
+    kind: row.kind,
+    id: row.id,
+    title: row.title,
+    ownerId: row.owner_id,
+    createdAt: isoTimestamp(row.created_at),
+  };
+}
+
+/** ISO 8601 UTC text of a timestamp as either engine returns it. */
+function isoTimestamp(value: string | Date): string {
+  return value instanceof Date ? value.toISOString() : value;
+}
+
+/** Splits a list into consecutive slices of at most `size` items. */
+function* chunks<T>(items: readonly T[], size: number): Generator<T[]> {
+  for (let i = 0; i < items.length; i += size) yield items.slice(i, i + size);
+}

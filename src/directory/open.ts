@@ -1,0 +1,107 @@
+/** Opens the directory a `DATABASE_URL` names: SQLite by default, Postgres for `postgres://`. */
+
+import { mkdir } from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { Kysely, PostgresDialect } from "kysely";
+import type { Directory } from "../core/directory.ts";
+import { KyselyDirectory } from "./kysely_directory.ts";
+import { createPgPool } from "./pg_pool.ts";
+import type { DirectoryDatabase } from "./schema.ts";
+import { NodeSqliteDialect } from "./sqlite_dialect.ts";
+
+/** File name of the default SQLite database inside the data directory. */
+export const DEFAULT_SQLITE_FILE = "directory.sqlite3";
+
+/** Where a database URL points: a SQLite file (or `:memory:`) or a Postgres server. */
+export type DirectoryTarget =
+  | { dialect: "sqlite"; path: string }
+  | { dialect: "postgres"; url: string };
+
+/**
+ * Tells which database `databaseUrl` names: undefined or blank → `<dataDir>/directory.sqlite3`;
+ * a plain path, `sqlite:<path>`, `sqlite://<path>` or `file:<path>` → that SQLite file
+ * (`:memory:` allowed); `postgres://` or `postgresql://` → Postgres.
+ */
+export function parseDatabaseUrl(
+  databaseUrl: string | undefined,
+  dataDir: string,
+): DirectoryTarget {
+  const value = databaseUrl?.trim() ?? "";
+  if (value === "") return { dialect: "sqlite", path: join(dataDir, DEFAULT_SQLITE_FILE) };
+  // One letter before the colon is a Windows drive (`C:\data\x.db`), not a scheme.
+  const scheme = /^([a-z][a-z0-9+.-]+):/i.exec(value)?.[1]?.toLowerCase();
+  if (scheme === undefined) return { dialect: "sqlite", path: value };
+  if (scheme === "postgres" || scheme === "postgresql") return { dialect: "postgres", url: value };
+  if (scheme === "sqlite" || scheme === "file") {
+    // `sqlite:///abs/x.db` and `sqlite://rel/x.db` keep what follows the `//`; `file:` URLs
+    // are percent-encoded by definition, so they are decoded too.
+    let path = value.slice(scheme.length + 1);
+    if (path.startsWith("//")) path = path.slice(2);
+    if (scheme === "file") {
+      try {
+        path = decodeURIComponent(path);
+      } catch {
+        throw new Error(`DATABASE_URL "${value}" has a malformed %-escape`);
+      }
+    }
+    if (path === "") throw new Error(`DATABASE_URL "${value}" names no SQLite file`);
+    return { dialect: "sqlite", path };
+  }
+  throw new Error(
+    `DATABASE_URL "${redactPassword(value)}" has unsupported scheme "${scheme}:"; use a file ` +
+      `path, sqlite:<path>, file:<path>, postgres:// or postgresql://`,
+  );
+}
+
+/**
+ * Opens and migrates the directory named by `databaseUrl` (see {@link parseDatabaseUrl}),
+ * creating the data directory, or the SQLite file's folder, when missing.
+ */
+export async function openDirectory(
+  databaseUrl: string | undefined,
+  dataDir: string,
+): Promise<Directory> {
+  const target = parseDatabaseUrl(databaseUrl, dataDir);
+  const directory = target.dialect === "postgres"
+    ? openPostgres(target.url)
+    : await openSqlite(target.path);
+  try {
+    await directory.migrate();
+  } catch (error) {
+    await directory.close();
+    throw error;
+  }
+  return directory;
+}
+
+/** A directory on a SQLite file, or in memory for `:memory:`. */
+async function openSqlite(path: string): Promise<KyselyDirectory> {
+  if (path !== ":memory:") await mkdir(dirname(path), { recursive: true });
+  const db = new Kysely<DirectoryDatabase>({ dialect: new NodeSqliteDialect({ database: path }) });
+  return new KyselyDirectory(db, { dialect: "sqlite" });
+}
+
+/** A directory on a Postgres connection pool. */
+function openPostgres(url: string): KyselyDirectory {
+  const pool = createPgPool({ connectionString: url });
+  // An idle client whose server went away emits `error` on the pool, and an unhandled `error`
+  // event would end the process; the pool drops that client and the next query reconnects.
+  pool.on("error", (error) => {
+    console.warn(`directory: idle Postgres connection failed: ${error.message}`);
+  });
+  const db = new Kysely<DirectoryDatabase>({ dialect: new PostgresDialect({ pool }) });
+  return new KyselyDirectory(db, { dialect: "postgres" });
+}
+
+/** The URL with its password replaced by `***`, so that error messages can quote it. */
+function redactPassword(value: string): string {
+  try {
+    const url = new URL(value);
+    if (url.password === "") return value;
+    url.password = "***";
+    return url.toString();
+  } catch {
+    // Not a URL after all: hide whatever sits between `:` and `@` in the authority.
+    return value.replace(/^([^:/]+:\/\/[^:/@]*:)[^@/]*@/, "$1***@");
+  }
+}

@@ -1,0 +1,217 @@
+/**
+ * The directory's tables as Kysely sees them, and the migrations that create them on SQLite and
+ * Postgres.
+ */
+
+import { type ColumnType, type Kysely, sql } from "kysely";
+import { type Migration, type MigrationProvider, Migrator } from "kysely/migration";
+
+/** The SQL engine under the directory; a few column types and locks differ between them. */
+export type DirectoryDialect = "sqlite" | "postgres";
+
+/**
+ * A timestamp column: ISO 8601 text on SQLite, `timestamptz` on Postgres (read back as a `Date`),
+ * written as ISO 8601 text on both and never changed after the insert.
+ */
+export type CreatedAtColumn = ColumnType<string | Date, string | undefined, never>;
+
+/** A timestamp column that updates may set, as {@link CreatedAtColumn} otherwise. */
+export type UpdatedAtColumn = ColumnType<string | Date, string | undefined, string>;
+
+/** The `users` table. */
+export interface UsersTable {
+  /** User id as text. */
+  id: string;
+  /** Login handle. */
+  username: string | null;
+  /** Full name. */
+  full_name: string | null;
+  /** Email address. */
+  email: string | null;
+  /** Phone number. */
+  phone: string | null;
+  /** Avatar URL. */
+  profile_image: string | null;
+  /** Company name. */
+  company: string | null;
+  /** Role such as `admin` or `client`. */
+  role: string | null;
+  /** Kind of user such as `talker`. */
+  user_type: string | null;
+  /** When the row was inserted. */
+  created_at: CreatedAtColumn;
+  /** When the row was last written. */
+  updated_at: UpdatedAtColumn;
+}
+
+/** The `rooms` table, keyed by (kind, id). */
+export interface RoomsTable {
+  /** Room kind such as `ticket` or `chat`. */
+  kind: string;
+  /** Id within the kind, as text. */
+  id: string;
+  /** Optional title. */
+  title: string | null;
+  /** Owner user id. */
+  owner_id: string | null;
+  /** When the row was inserted. */
+  created_at: CreatedAtColumn;
+}
+
+/** The `room_participants` table, keyed by (room_kind, room_id, user_id). */
+export interface RoomParticipantsTable {
+  /** Kind of the room. */
+  room_kind: string;
+  /** Id of the room within its kind. */
+  room_id: string;
+  /** Participant's user id. */
+  user_id: string;
+  /** Role in the room; `member` when an insert leaves it out. */
+  role: ColumnType<string, string | undefined, string>;
+  /** When the user joined. */
+  created_at: CreatedAtColumn;
+}
+
+/** The directory's database as Kysely types it. */
+export interface DirectoryDatabase {
+  /** Users. */
+  users: UsersTable;
+  /** Rooms. */
+  rooms: RoomsTable;
+  /** Room memberships. */
+  room_participants: RoomParticipantsTable;
+}
+
+/**
+ * The column types that differ between the dialects.
+ *
+ * Ids are `collate "C"` on Postgres so that ordering and `>` comparisons on them (paging in
+ * `listRooms`) follow code points, as SQLite's default BINARY collation does, instead of the
+ * database locale's rules.
+ */
+function columnTypes(dialect: DirectoryDialect) {
+  return dialect === "postgres"
+    ? {
+      key: sql`text collate "C"`,
+      timestamp: sql`timestamptz`,
+      now: sql`now()`,
+    }
+    : {
+      key: sql`text`,
+      timestamp: sql`text`,
+      // The same shape as `Date.prototype.toISOString`, so app-written and default values sort
+      // together.
+      now: sql`(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))`,
+    };
+}
+
+/** The directory's migrations for a dialect, by name in the order they run. */
+export function directoryMigrations(dialect: DirectoryDialect): Record<string, Migration> {
+  // Participants have no foreign keys to users or rooms: tokens and the backend announce users,
+  // rooms and memberships in any order, so the directory deletes dependent rows itself.
+  const t = columnTypes(dialect);
+  return {
+    "0001_users_rooms_participants": {
+      async up(db: Kysely<unknown>): Promise<void> {
+        await db.schema.createTable("users").ifNotExists()
+          .addColumn("id", t.key, (c) => c.primaryKey().notNull())
+          .addColumn("username", "text")
+          .addColumn("full_name", "text")
+          .addColumn("email", "text")
+          .addColumn("phone", "text")
+          .addColumn("profile_image", "text")
+          .addColumn("company", "text")
+          .addColumn("role", "text")
+          .addColumn("user_type", "text")
+          .addColumn("created_at", t.timestamp, (c) => c.notNull().defaultTo(t.now))
+          .addColumn("updated_at", t.timestamp, (c) => c.notNull().defaultTo(t.now))
+          .execute();
+        await db.schema.createTable("rooms").ifNotExists()
+          .addColumn("kind", t.key, (c) => c.notNull())
+          .addColumn("id", t.key, (c) => c.notNull())
+          .addColumn("title", "text")
+          .addColumn("owner_id", t.key)
+          .addColumn("created_at", t.timestamp, (c) => c.notNull().defaultTo(t.now))
+          .addPrimaryKeyConstraint("rooms_pkey", ["kind", "id"])
+          .execute();
+        await db.schema.createTable("room_participants").ifNotExists()
+          .addColumn("room_kind", t.key, (c) => c.notNull())
+          .addColumn("room_id", t.key, (c) => c.notNull())
+          .addColumn("user_id", t.key, (c) => c.notNull())
+          .addColumn("role", "text", (c) => c.notNull().defaultTo("member"))
+          .addColumn("created_at", t.timestamp, (c) => c.notNull().defaultTo(t.now))
+          .addPrimaryKeyConstraint("room_participants_pkey", ["room_kind", "room_id", "user_id"])
+          .execute();
+        // Deleting a user removes their participations by user id alone.
+        await db.schema.createIndex("room_participants_user_id_idx").ifNotExists()
+          .on("room_participants")
+          .column("user_id")
+          .execute();
+      },
+      async down(db: Kysely<unknown>): Promise<void> {
+        await db.schema.dropTable("room_participants").ifExists().execute();
+        await db.schema.dropTable("rooms").ifExists().execute();
+        await db.schema.dropTable("users").ifExists().execute();
+      },
+    },
+  };
+}
+
+/** Serves {@link directoryMigrations} from code, so nothing is looked up on the file system. */
+export class DirectoryMigrationProvider implements MigrationProvider {
+  readonly #dialect: DirectoryDialect;
+
+  /** Serves the migrations for this dialect. */
+  constructor(dialect: DirectoryDialect) {
+    this.#dialect = dialect;
+  }
+
+  /** The migrations by name. */
+  getMigrations(): Promise<Record<string, Migration>> {
+    return Promise.resolve(directoryMigrations(this.#dialect));
+  }
+}
+
+/**
+ * Brings the schema up to the latest migration; running it again, or from several processes at
+ * once, is harmless.
+ */
+export async function migrateDirectory(
+  db: Kysely<DirectoryDatabase>,
+  dialect: DirectoryDialect,
+): Promise<void> {
+  const migrator = new Migrator({
+    db,
+    provider: new DirectoryMigrationProvider(dialect),
+    // Kysely looks for its bookkeeping tables in every schema it can see; naming the current
+    // one keeps a `kysely_migration` table of another schema (another app, another test run)
+    // from being taken for ours.
+    migrationTableSchema: dialect === "postgres" ? await currentSchema(db) : undefined,
+  });
+  const { error, results } = await migrator.migrateToLatest();
+  if (error !== undefined) {
+    const failed = results?.find((r) => r.status === "Error")?.migrationName;
+    throw new Error(
+      `directory migration ${failed ? `"${failed}" ` : ""}failed: ${errorMessage(error)}`,
+      { cause: error },
+    );
+  }
+}
+
+/** The Postgres schema that unqualified table names resolve to. */
+async function currentSchema(db: Kysely<DirectoryDatabase>): Promise<string> {
+  const { rows } = await sql<{ schema: string | null }>`select current_schema() as schema`
+    .execute(db);
+  const schema = rows[0]?.schema;
+  if (!schema) {
+    throw new Error(
+      "Postgres has no current schema: no schema on the search_path exists; create one or set search_path",
+    );
+  }
+  return schema;
+}
+
+/** The message of an unknown thrown value. */
+function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

@@ -1,0 +1,256 @@
+/**
+ * A Kysely dialect for Deno's built-in `node:sqlite` (`DatabaseSync`).
+ *
+ * Kysely's own `SqliteDialect` targets better-sqlite3, a native addon; `node:sqlite` ships with
+ * Deno, so this adapter needs no native npm package.
+ */
+
+import { DatabaseSync, type SQLInputValue, type StatementSync } from "node:sqlite";
+import {
+  CompiledQuery,
+  type DatabaseConnection,
+  type DatabaseIntrospector,
+  type Dialect,
+  type DialectAdapter,
+  type Driver,
+  type Kysely,
+  type QueryCompiler,
+  type QueryResult,
+  SqliteAdapter,
+  SqliteIntrospector,
+  SqliteQueryCompiler,
+  type TransactionSettings,
+} from "kysely";
+
+/** Settings of {@link NodeSqliteDialect}. */
+export interface NodeSqliteDialectConfig {
+  /** A file path or `:memory:` to open, or an open database whose ownership passes to Kysely. */
+  database: string | DatabaseSync;
+  /** How long a statement waits for another process's lock before failing; 5000 ms by default. */
+  busyTimeoutMs?: number;
+}
+
+/** The Kysely dialect for `node:sqlite`: SQLite's compiler and introspector on a `DatabaseSync`. */
+export class NodeSqliteDialect implements Dialect {
+  readonly #config: NodeSqliteDialectConfig;
+
+  /** Keeps the settings; the database opens when Kysely first needs a connection. */
+  constructor(config: NodeSqliteDialectConfig) {
+    this.#config = { ...config };
+  }
+
+  /** Creates the driver that owns the single connection. */
+  createDriver(): Driver {
+    return new NodeSqliteDriver(this.#config);
+  }
+
+  /** Creates SQLite's query compiler. */
+  createQueryCompiler(): QueryCompiler {
+    return new SqliteQueryCompiler();
+  }
+
+  /** Creates the adapter that tells Kysely what this SQLite connection supports. */
+  createAdapter(): DialectAdapter {
+    return new NodeSqliteAdapter();
+  }
+
+  /** Creates SQLite's schema introspector. */
+  createIntrospector(db: Kysely<unknown>): DatabaseIntrospector {
+    return new SqliteIntrospector(db);
+  }
+}
+
+/** Kysely's SQLite adapter, with migrations run inside a transaction. */
+export class NodeSqliteAdapter extends SqliteAdapter {
+  /** True, so that Kysely's migrator runs the pending migrations in one transaction. */
+  override get supportsTransactionalDdl(): boolean {
+    // SQLite does roll back DDL, and one `begin immediate` transaction around the migrations
+    // is what stops two processes on the same file (`deno serve --parallel`) from applying the
+    // same migration twice: SQLite has no advisory lock to take instead.
+    return true;
+  }
+}
+
+/** A promise-based lock for the one connection; waiters are served first come, first served. */
+class Mutex {
+  #tail: Promise<void> = Promise.resolve();
+
+  /** Waits for the lock and returns the function that releases it. */
+  async lock(): Promise<() => void> {
+    let release!: () => void;
+    const next = new Promise<void>((resolve) => release = resolve);
+    const previous = this.#tail;
+    this.#tail = previous.then(() => next);
+    await previous;
+    return release;
+  }
+}
+
+/** Opens the database on first use and lends its single connection to one user at a time. */
+class NodeSqliteDriver implements Driver {
+  readonly #config: NodeSqliteDialectConfig;
+  readonly #mutex = new Mutex();
+  #db: DatabaseSync | undefined;
+  #connection: NodeSqliteConnection | undefined;
+  #release: (() => void) | undefined;
+
+  constructor(config: NodeSqliteDialectConfig) {
+    this.#config = config;
+  }
+
+  init(): Promise<void> {
+    const { database } = this.#config;
+    const db = typeof database === "string" ? new DatabaseSync(database) : database;
+    try {
+      // The busy timeout goes first so that switching to WAL, which needs a lock, waits for
+      // another process instead of failing at once.
+      db.exec(
+        `pragma busy_timeout = ${Math.max(0, Math.trunc(this.#config.busyTimeoutMs ?? 5000))}`,
+      );
+      // WAL lets readers in other processes go on while one writes; `:memory:` stays `memory`.
+      db.exec("pragma journal_mode = wal");
+      db.exec("pragma foreign_keys = on");
+    } catch (error) {
+      db.close();
+      throw error;
+    }
+    this.#db = db;
+    this.#connection = new NodeSqliteConnection(db);
+    return Promise.resolve();
+  }
+
+  async acquireConnection(): Promise<DatabaseConnection> {
+    // `DatabaseSync` is one connection: without this lock, two concurrent Kysely transactions
+    // would interleave their statements inside one SQLite transaction. Kysely 0.29 locks too
+    // for adapters without multiple connections, but the driver must not rely on its caller.
+    const release = await this.#mutex.lock();
+    if (!this.#connection) {
+      release();
+      throw new Error("the SQLite database is closed");
+    }
+    this.#release = release;
+    return this.#connection;
+  }
+
+  releaseConnection(): Promise<void> {
+    const release = this.#release;
+    this.#release = undefined;
+    release?.();
+    return Promise.resolve();
+  }
+
+  async beginTransaction(
+    connection: DatabaseConnection,
+    settings: TransactionSettings,
+  ): Promise<void> {
+    // `begin immediate` takes the write lock up front, waiting out the busy timeout: a deferred
+    // transaction that reads and then writes can fail with SQLITE_BUSY despite the timeout
+    // when another process wrote in between. SQLite transactions are serializable, so any
+    // requested isolation level holds.
+    const mode = settings.accessMode === "read only" ? "deferred" : "immediate";
+    await connection.executeQuery(CompiledQuery.raw(`begin ${mode}`));
+  }
+
+  async commitTransaction(connection: DatabaseConnection): Promise<void> {
+    await connection.executeQuery(CompiledQuery.raw("commit"));
+  }
+
+  async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
+    // Some errors (SQLITE_FULL, SQLITE_IOERR, ...) make SQLite roll back by itself, and a
+    // second `rollback` would then fail and hide the error that caused it.
+    if (this.#db?.isTransaction) {
+      await connection.executeQuery(CompiledQuery.raw("rollback"));
+    }
+  }
+
+  async savepoint(connection: DatabaseConnection, savepointName: string): Promise<void> {
+    await connection.executeQuery(savepointCommand("savepoint", savepointName));
+  }
+
+  async rollbackToSavepoint(connection: DatabaseConnection, savepointName: string): Promise<void> {
+    await connection.executeQuery(savepointCommand("rollback to", savepointName));
+  }
+
+  async releaseSavepoint(connection: DatabaseConnection, savepointName: string): Promise<void> {
+    await connection.executeQuery(savepointCommand("release", savepointName));
+  }
+
+  async destroy(): Promise<void> {
+    // Waiting for the lock lets a query or transaction in progress finish before the close
+    // (closing would roll it back).
+    const release = await this.#mutex.lock();
+    try {
+      const db = this.#db;
+      this.#db = undefined;
+      this.#connection = undefined;
+      if (db?.isOpen) db.close();
+    } finally {
+      release();
+    }
+  }
+}
+
+/** Runs compiled queries on the `DatabaseSync`. */
+class NodeSqliteConnection implements DatabaseConnection {
+  readonly #db: DatabaseSync;
+
+  constructor(db: DatabaseSync) {
+    this.#db = db;
+  }
+
+  executeQuery<R>(compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
+    try {
+      const statement = this.#db.prepare(compiledQuery.sql);
+      const parameters = compiledQuery.parameters.map(toSqliteValue);
+      // A statement with result columns (SELECT, or a write with RETURNING) yields rows; the
+      // rest report their changes, which Kysely needs for `numDeletedRows` and friends.
+      if (statement.columns().length > 0) {
+        return Promise.resolve({ rows: statement.all(...parameters).map(plainRow<R>) });
+      }
+      const { changes, lastInsertRowid } = statement.run(...parameters);
+      return Promise.resolve({
+        numAffectedRows: BigInt(changes),
+        insertId: BigInt(lastInsertRowid),
+        rows: [],
+      });
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  async *streamQuery<R>(
+    compiledQuery: CompiledQuery,
+    chunkSize: number,
+  ): AsyncIterableIterator<QueryResult<R>> {
+    const statement: StatementSync = this.#db.prepare(compiledQuery.sql);
+    const size = Math.max(1, Math.trunc(chunkSize) || 1);
+    let chunk: R[] = [];
+    for (const row of statement.iterate(...compiledQuery.parameters.map(toSqliteValue))) {
+      chunk.push(plainRow<R>(row));
+      if (chunk.length >= size) {
+        yield { rows: chunk };
+        chunk = [];
+      }
+    }
+    if (chunk.length > 0) yield { rows: chunk };
+  }
+}
+
+/** Converts the JavaScript values Kysely may bind into ones `node:sqlite` accepts. */
+function toSqliteValue(value: unknown): SQLInputValue {
+  if (value === undefined || value === null) return null;
+  if (typeof value === "boolean") return value ? 1 : 0;
+  // Timestamps are stored as ISO 8601 text, which sorts in time order.
+  if (value instanceof Date) return value.toISOString();
+  return value as SQLInputValue;
+}
+
+/** Copies a null-prototype row from `node:sqlite` into an ordinary object. */
+function plainRow<R>(row: unknown): R {
+  return { ...(row as Record<string, unknown>) } as R;
+}
+
+/** Builds `savepoint`, `rollback to` or `release` for a savepoint name. */
+function savepointCommand(command: string, savepointName: string): CompiledQuery {
+  return CompiledQuery.raw(`${command} "${savepointName.replaceAll('"', '""')}"`);
+}

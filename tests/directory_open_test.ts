@@ -1,0 +1,135 @@
+/** `openDirectory` and `parseDatabaseUrl`: which database a `DATABASE_URL` names, and opening it. */
+
+import { join } from "node:path";
+import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
+import { openDirectory, parseDatabaseUrl } from "../src/directory/open.ts";
+
+Deno.test("parseDatabaseUrl: blank means the default SQLite file in the data dir", () => {
+  for (const value of [undefined, "", "   "]) {
+    assertEquals(parseDatabaseUrl(value, "/data"), {
+      dialect: "sqlite",
+      path: join("/data", "directory.sqlite3"),
+    });
+  }
+});
+
+Deno.test("parseDatabaseUrl: paths and sqlite/file URLs name SQLite files", () => {
+  const cases: [string, string][] = [
+    ["/var/lib/chat/dir.db", "/var/lib/chat/dir.db"],
+    ["relative/dir.db", "relative/dir.db"],
+    ["dir.db", "dir.db"],
+    [":memory:", ":memory:"],
+    ["sqlite::memory:", ":memory:"],
+    ["sqlite://:memory:", ":memory:"],
+    ["sqlite:/abs/dir.db", "/abs/dir.db"],
+    ["sqlite:rel/dir.db", "rel/dir.db"],
+    ["sqlite:///abs/dir.db", "/abs/dir.db"],
+    ["sqlite://rel/dir.db", "rel/dir.db"],
+    ["SQLITE:///abs/dir.db", "/abs/dir.db"],
+    ["file:///abs/my%20dir.db", "/abs/my dir.db"],
+    ["file:/abs/dir.db", "/abs/dir.db"],
+    ["file:rel/dir.db", "rel/dir.db"],
+    ["file::memory:", ":memory:"],
+    ["C:\\data\\dir.db", "C:\\data\\dir.db"],
+    ["  /padded.db  ", "/padded.db"],
+  ];
+  for (const [value, path] of cases) {
+    assertEquals(parseDatabaseUrl(value, "/data"), { dialect: "sqlite", path }, value);
+  }
+});
+
+Deno.test("parseDatabaseUrl: postgres:// and postgresql:// name Postgres", () => {
+  for (const url of ["postgres://u:p@db:5432/chat", "postgresql://db/chat?sslmode=require"]) {
+    assertEquals(parseDatabaseUrl(url, "/data"), { dialect: "postgres", url });
+  }
+});
+
+Deno.test("parseDatabaseUrl: an unknown scheme fails, quoting the value without its password", async () => {
+  const error = await assertRejects(
+    () => Promise.resolve().then(() => parseDatabaseUrl("mysql://root:hunter2@db/chat", "/d")),
+    /unsupported scheme "mysql:"/,
+  );
+  assertMatch(error.message, /"mysql:\/\/root:\*\*\*@db\/chat"/);
+  assert(!error.message.includes("hunter2"), error.message);
+  await assertRejects(
+    () => openDirectory("redis://localhost:6379", "/nonexistent-unused"),
+    /DATABASE_URL "redis:\/\/localhost:6379" has unsupported scheme "redis:"/,
+  );
+  await assertRejects(
+    () => Promise.resolve().then(() => parseDatabaseUrl("sqlite:", "/d")),
+    /names no SQLite file/,
+  );
+  await assertRejects(
+    () => Promise.resolve().then(() => parseDatabaseUrl("file:///x%zz.db", "/d")),
+    /DATABASE_URL "file:\/\/\/x%zz.db" has a malformed %-escape/,
+  );
+});
+
+Deno.test("openDirectory: default creates the data dir and a SQLite file that persists", async () => {
+  const root = await Deno.makeTempDir({ prefix: "directory_open_" });
+  try {
+    const dataDir = join(root, "not", "yet", "there");
+    const first = await openDirectory(undefined, dataDir);
+    try {
+      await first.upsertUser({ id: "1", username: "kept" });
+    } finally {
+      await first.close();
+    }
+    assert((await Deno.stat(join(dataDir, "directory.sqlite3"))).isFile);
+
+    const second = await openDirectory("", dataDir);
+    try {
+      assertEquals((await second.getUser("1"))?.username, "kept");
+    } finally {
+      await second.close();
+    }
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("openDirectory: sqlite: and file: URLs open that file, creating its folder", async () => {
+  const root = await Deno.makeTempDir({ prefix: "directory_open_" });
+  try {
+    const path = join(root, "sub dir", "x.sqlite3");
+    const viaSqlite = await openDirectory(`sqlite://${path}`, "/nonexistent-unused");
+    try {
+      await viaSqlite.upsertRoom({ kind: "chat", id: "1", title: "same file" });
+    } finally {
+      await viaSqlite.close();
+    }
+    const viaFile = await openDirectory(
+      `file://${path.replaceAll(" ", "%20")}`,
+      "/nonexistent-unused",
+    );
+    try {
+      assertEquals((await viaFile.getRoom("chat", "1"))?.title, "same file");
+    } finally {
+      await viaFile.close();
+    }
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("openDirectory: each :memory: directory is its own database", async () => {
+  const a = await openDirectory(":memory:", "/nonexistent-unused");
+  const b = await openDirectory("sqlite::memory:", "/nonexistent-unused");
+  try {
+    await a.upsertUser({ id: "1", username: "only in a" });
+    assertEquals(await b.getUser("1"), null);
+    await a.ping();
+    await b.ping();
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
+
+Deno.test("openDirectory: an unreachable Postgres fails and leaves no pool open", async () => {
+  // Port 1 on loopback refuses at once; the test sanitizers catch a pool left open.
+  await assertRejects(
+    () => openDirectory("postgres://nobody:secret@127.0.0.1:1/none", "/nonexistent-unused"),
+    /ECONNREFUSED|connect|refused/i,
+  );
+});

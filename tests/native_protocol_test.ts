@@ -1,0 +1,313 @@
+/** Our native protocol at /ws: rooms, acks, idempotency, recovery, history, presence, limits. */
+
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { eventually, startTestServer, TestClient, type TestServer } from "./helpers.ts";
+
+type Frame = Record<string, unknown>;
+
+async function connect(server: TestServer, claims: object = {}) {
+  const token = await server.token({
+    sub: "1",
+    username: "one",
+    rooms: ["ticket:*", "chat:*"],
+    ...claims,
+  });
+  const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+  assertEquals((await ws.next()).type, "welcome");
+  return ws;
+}
+
+async function join(ws: TestClient, room: string, since?: number) {
+  ws.send({ type: "join", room, since, ref: `j-${room}` });
+  return await ws.next((f) => f.type === "joined" && f.room === room);
+}
+
+Deno.test("native: send is acknowledged with id and seq, and reaches every member once", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await connect(server);
+    const b = await connect(server, { sub: "2", username: "two" });
+    await join(a, "ticket:1");
+    const joined = await join(b, "ticket:1");
+    assertEquals(joined.head, 0);
+    a.send({ type: "send", room: "ticket:1", body: "hello", client_id: "c1", ref: 7 });
+    const ack = await a.next((f) => f.type === "ack");
+    assertEquals([ack.ref, ack.room, ack.seq, ack.client_id, ack.duplicate], [
+      7,
+      "ticket:1",
+      1,
+      "c1",
+      false,
+    ]);
+    assertMatch(ack.id as string, /^[0-9a-f]{24}$/);
+    for (const ws of [a, b]) {
+      const m = await ws.next((f) => f.type === "message");
+      assertEquals([m.room, m.seq, m.body, m.id, m.client_id], [
+        "ticket:1",
+        1,
+        "hello",
+        ack.id,
+        "c1",
+      ]);
+      assertEquals((m.sender as Frame).id, 1);
+    }
+    // The retry of the same client id gets the original back and nobody sees it twice.
+    a.send({ type: "send", room: "ticket:1", body: "hello (retry)", client_id: "c1" });
+    const again = await a.next((f) => f.type === "ack");
+    assertEquals([again.seq, again.id, again.duplicate], [1, ack.id, true]);
+    await b.nothing((f) => f.type === "message");
+    await a.close();
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: one socket in several rooms; leave stops delivery", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await connect(server);
+    a.send({ type: "join", rooms: ["ticket:1", { room: "chat:9" }] });
+    await a.next((f) => f.type === "joined" && f.room === "ticket:1");
+    await a.next((f) => f.type === "joined" && f.room === "chat:9");
+    a.send({ type: "send", room: "chat:9", body: "in chat" });
+    assertEquals((await a.next((f) => f.type === "message")).room, "chat:9");
+    a.send({ type: "leave", room: "chat:9", ref: "l" });
+    assertEquals(await a.next((f) => f.type === "left"), {
+      type: "left",
+      room: "chat:9",
+      ref: "l",
+    });
+    a.send({ type: "send", room: "chat:9", body: "nope" });
+    const err = await a.next((f) => f.type === "error");
+    assertEquals(err.code, "not_found");
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: reconnecting with since gets exactly what was missed, in order", async () => {
+  const server = await startTestServer();
+  try {
+    const writer = await connect(server, { sub: "2" });
+    await join(writer, "ticket:5");
+    let reader = await connect(server);
+    await join(reader, "ticket:5");
+    for (let i = 1; i <= 3; i++) writer.send({ type: "send", room: "ticket:5", body: `m${i}` });
+    let last = 0;
+    while (last < 3) last = (await reader.next((f) => f.type === "message")).seq as number;
+    await reader.close();
+    for (let i = 4; i <= 8; i++) writer.send({ type: "send", room: "ticket:5", body: `m${i}` });
+    for (let i = 4; i <= 8; i++) await writer.next((f) => f.type === "ack");
+    reader = await connect(server);
+    await join(reader, "ticket:5", last);
+    writer.send({ type: "send", room: "ticket:5", body: "m9" });
+    const seqs: number[] = [];
+    while (seqs.length < 6) {
+      seqs.push((await reader.next((f) => f.type === "message")).seq as number);
+    }
+    assertEquals(seqs, [4, 5, 6, 7, 8, 9]);
+    await reader.nothing((f) => f.type === "message");
+    await reader.close();
+    await writer.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: past retention the client is told to resync, never left with a silent gap", async () => {
+  const server = await startTestServer({ HISTORY_LIMIT: "5" });
+  try {
+    const a = await connect(server);
+    await join(a, "ticket:6");
+    for (let i = 1; i <= 12; i++) a.send({ type: "send", room: "ticket:6", body: `m${i}` });
+    for (let i = 1; i <= 12; i++) await a.next((f) => f.type === "ack");
+    const b = await connect(server);
+    b.send({ type: "join", room: "ticket:6", since: 2 });
+    const resync = await b.next();
+    assertEquals(resync, {
+      type: "resync",
+      room: "ticket:6",
+      reason: "history_truncated",
+      first_seq: 8,
+      head: 12,
+    });
+    const seqs: number[] = [];
+    while (seqs.length < 5) seqs.push((await b.next((f) => f.type === "message")).seq as number);
+    assertEquals(seqs, [8, 9, 10, 11, 12]);
+    // A client ahead of the store (it was reset) is told too.
+    const c = await connect(server);
+    c.send({ type: "join", room: "ticket:6", since: 99 });
+    assertEquals((await c.next()).reason, "ahead_of_history");
+    for (const ws of [a, b, c]) await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: history pages by cursor both ways; typing, read and presence events", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await connect(server);
+    const b = await connect(server, { sub: "2", username: "two" });
+    await join(a, "chat:1");
+    const joinedB = await join(b, "chat:1");
+    assertEquals((joinedB.presence as Frame[]).map((u) => u.id).sort(), [1, 2]);
+    assertEquals(await a.next((f) => f.type === "presence"), {
+      type: "presence",
+      room: "chat:1",
+      action: "join",
+      user: { id: 2, username: "two", name: null, email: null, profile_image: null, role: null },
+    });
+    for (let i = 1; i <= 7; i++) a.send({ type: "send", room: "chat:1", body: `m${i}` });
+    for (let i = 1; i <= 7; i++) await a.next((f) => f.type === "ack");
+    a.send({ type: "history", room: "chat:1", limit: 3 });
+    const newest = await a.next((f) => f.type === "history");
+    assertEquals((newest.messages as Frame[]).map((m) => m.seq), [5, 6, 7]);
+    assertEquals(newest.has_more, true);
+    a.send({ type: "history", room: "chat:1", before: 5, limit: 3 });
+    assertEquals(
+      ((await a.next((f) => f.type === "history")).messages as Frame[]).map((m) => m.seq),
+      [2, 3, 4],
+    );
+    a.send({ type: "history", room: "chat:1", after: 5, limit: 10 });
+    const forward = await a.next((f) => f.type === "history");
+    assertEquals((forward.messages as Frame[]).map((m) => m.seq), [6, 7]);
+    assertEquals(forward.has_more, false);
+
+    b.send({ type: "typing", room: "chat:1", is_typing: true });
+    assertEquals((await a.next((f) => f.type === "typing")).is_typing, true);
+    b.send({ type: "read", room: "chat:1", seq: 6 });
+    assertEquals((await b.next((f) => f.type === "read_ok")).seq, 6);
+    const read = await a.next((f) => f.type === "read");
+    assertEquals([read.seq, (read.user as Frame).id], [6, 2]);
+    await b.close();
+    const left = await a.next((f) => f.type === "presence");
+    assertEquals([left.action, (left.user as Frame).id], ["leave", 2]);
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: errors come with codes; bad token 4001; no access is an error, not a close", async () => {
+  const server = await startTestServer();
+  try {
+    assertEquals((await TestClient.connect(`${server.wsUrl}/ws?token=x`).closed).code, 4001);
+    const a = await connect(server, { rooms: ["ticket:1"] });
+    const cases: [unknown, string][] = [
+      ["{", "invalid_json"],
+      [{ type: "fly" }, "invalid_frame"],
+      [{ type: "join", room: "nonsense" }, "invalid_frame"],
+      [{ type: "join", room: "ticket:2" }, "forbidden"],
+      [{ type: "join", room: "ticket:1", since: -1 }, "invalid_frame"],
+      [{ type: "history", room: "ticket:2" }, "forbidden"],
+    ];
+    for (const [frame, code] of cases) {
+      a.send(frame);
+      const err = await a.next((f) => f.type === "error");
+      assertEquals(err.code, code, JSON.stringify(frame));
+      assert(typeof err.message === "string" && err.message.length > 0);
+    }
+    await join(a, "ticket:1");
+    a.send({ type: "send", room: "ticket:1", body: "", ref: "e" });
+    assertEquals(await a.next((f) => f.type === "error"), {
+      type: "error",
+      code: "empty_message",
+      message: "Message body or file is required",
+      ref: "e",
+    });
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: a flood is refused with rate_limited, then closed with 4029", async () => {
+  const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
+  try {
+    const a = await connect(server);
+    const bystander = await connect(server, { sub: "3" });
+    await join(a, "ticket:1");
+    await join(bystander, "ticket:1");
+    for (let i = 0; i < 60; i++) a.send({ type: "ping" });
+    assertEquals((await a.next((f) => f.type === "error")).code, "rate_limited");
+    assertEquals((await a.closed).code, 4029);
+    bystander.send({ type: "send", room: "ticket:1", body: "unaffected" });
+    assertEquals((await bystander.next((f) => f.type === "ack")).seq, 1);
+    await bystander.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: a frame over the size cap is refused with close 1009", async () => {
+  const server = await startTestServer({ MAX_FILE_BYTES: "1000" });
+  try {
+    const a = await connect(server);
+    a.send({ type: "ping", pad: "x".repeat(100_000) });
+    assertEquals((await a.closed).code, 1009);
+    const b = await connect(server);
+    b.send({ type: "ping" });
+    assertEquals((await b.next()).type, "pong");
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: a reader that stops reading is closed with 4008; memory stays bounded; others unaffected", async () => {
+  const server = await startTestServer({
+    RATE_LIMIT_PER_SECOND: "100000",
+    RATE_LIMIT_USER_PER_SECOND: "100000",
+    SLOW_CONSUMER_BYTES: String(1024 * 1024),
+  });
+  try {
+    const token = await server.token({ sub: "9", rooms: ["ticket:*"] });
+    // A raw socket that joins and then never reads again.
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
+    const enc = new TextEncoder();
+    await conn.write(enc.encode(
+      `GET /ws?token=${token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+        `Sec-WebSocket-Key: ${btoa("0123456789abcdef")}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+    ));
+    await conn.read(new Uint8Array(4096));
+    const payload = enc.encode(JSON.stringify({ type: "join", room: "ticket:3" }));
+    const mask = [1, 2, 3, 4];
+    const frame = new Uint8Array([
+      0x81,
+      0x80 | payload.length,
+      ...mask,
+      ...payload.map((b, i) => b ^ mask[i % 4]),
+    ]);
+    await conn.write(frame);
+    await eventually(() => server.app.context.hub.members("ticket:3").size === 1, 3000, "join");
+
+    const writer = await connect(server);
+    const healthy = await connect(server, { sub: "4" });
+    await join(writer, "ticket:3");
+    await join(healthy, "ticket:3");
+    const body = "y".repeat(19_000);
+    let acked = 0;
+    // 2,000 messages of 19 kB would be 38 MB for the stalled reader: far past any kernel buffer.
+    while (acked < 2000 && server.app.context.hub.members("ticket:3").size === 3) {
+      for (let i = 0; i < 25; i++) writer.send({ type: "send", room: "ticket:3", body });
+      for (let i = 0; i < 25; i++) await writer.next((f) => f.type === "ack");
+      acked += 25;
+    }
+    await eventually(() => server.app.context.hub.members("ticket:3").size === 2, 5000, "eviction");
+    assert(acked < 2000, "the stalled reader was never closed");
+    // The healthy reader got every message.
+    const seqs = new Set<number>();
+    while (seqs.size < acked) {
+      seqs.add((await healthy.next((f) => f.type === "message")).seq as number);
+    }
+    assertEquals(seqs.size, acked);
+    conn.close();
+    await writer.close();
+    await healthy.close();
+  } finally {
+    await server.close();
+  }
+});
