@@ -1,0 +1,195 @@
+/** Delivery you can count on: kill -9, SIGTERM, and two instances sharing one KV. */
+
+import { assert, assertEquals } from "./assert.ts";
+import { startTestServer, TEST_SECRET, TestClient } from "./helpers.ts";
+import { signDevToken } from "../src/auth/verifier.ts";
+import { MemoryBroker } from "../src/broker/memory_broker.ts";
+
+type Frame = Record<string, unknown>;
+
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+/** Runs main.ts as a separate process, as production does. */
+async function spawnServer(dataDir: string, port: number) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", new URL("../main.ts", import.meta.url).pathname],
+    env: {
+      PORT: String(port),
+      HOST: "127.0.0.1",
+      DATA_DIR: dataDir,
+      JWT_SECRET: TEST_SECRET,
+      RATE_LIMIT_PER_SECOND: "100000",
+      RATE_LIMIT_USER_PER_SECOND: "100000",
+    },
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  const deadline = Date.now() + 30_000;
+  while (true) {
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/healthz`);
+      await res.body?.cancel();
+      if (res.ok) return child;
+    } catch {
+      // not up yet
+    }
+    if (Date.now() > deadline) throw new Error("server did not start");
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function nativeClient(port: number, sub = "1") {
+  const token = await signDevToken(TEST_SECRET, { sub, rooms: ["ticket:*"] });
+  const ws = await TestClient.open(`ws://127.0.0.1:${port}/ws?token=${token}`);
+  await ws.next((f) => f.type === "welcome");
+  return ws;
+}
+
+async function allMessages(ws: TestClient, room: string): Promise<Frame[]> {
+  const out: Frame[] = [];
+  let after = 0;
+  while (true) {
+    ws.send({ type: "history", room, after, limit: 200 });
+    const page = (await ws.next((f) => f.type === "history")).messages as Frame[];
+    if (page.length === 0) return out;
+    out.push(...page);
+    after = page.at(-1)!.seq as number;
+  }
+}
+
+Deno.test("durability: kill -9 mid-stream loses no acknowledged message and retries store once", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-kill-" });
+  const port = freePort();
+  let server = await spawnServer(dataDir, port);
+  try {
+    let ws = await nativeClient(port);
+    ws.send({ type: "join", room: "ticket:1" });
+    await ws.next((f) => f.type === "joined");
+    const total = 400;
+    const acked = new Map<string, number>();
+    for (let i = 0; i < total; i++) {
+      ws.send({ type: "send", room: "ticket:1", body: `m${i}`, client_id: `c${i}` });
+    }
+    while (acked.size < 60) {
+      const ack = await ws.next((f) => f.type === "ack");
+      acked.set(ack.client_id as string, ack.seq as number);
+    }
+    server.kill("SIGKILL");
+    await server.status;
+    await ws.closed;
+    // Acks that were already on the wire count too.
+    for (const f of ws.frames as Frame[]) {
+      if (f.type === "ack") acked.set(f.client_id as string, f.seq as number);
+    }
+    assert(acked.size < total, "the kill came too late to test anything");
+
+    server = await spawnServer(dataDir, port);
+    ws = await nativeClient(port);
+    ws.send({ type: "join", room: "ticket:1" });
+    await ws.next((f) => f.type === "joined");
+    for (let i = 0; i < total; i++) {
+      if (!acked.has(`c${i}`)) {
+        ws.send({ type: "send", room: "ticket:1", body: `m${i}`, client_id: `c${i}` });
+      }
+    }
+    const retried = total - acked.size;
+    for (let i = 0; i < retried; i++) {
+      const ack = await ws.next((f) => f.type === "ack", 15_000);
+      acked.set(ack.client_id as string, ack.seq as number);
+    }
+    const history = await allMessages(ws, "ticket:1");
+    assertEquals(history.length, total);
+    assertEquals(history.map((m) => m.seq), Array.from({ length: total }, (_, i) => i + 1));
+    assertEquals(new Set(history.map((m) => m.client_id)).size, total);
+    for (const m of history) assertEquals(acked.get(m.client_id as string), m.seq);
+    await ws.close();
+  } finally {
+    server.kill("SIGKILL");
+    await server.status.catch(() => {});
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("durability: SIGTERM closes sockets with 1001, exits cleanly, and clients recover by seq", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-term-" });
+  const port = freePort();
+  let server = await spawnServer(dataDir, port);
+  try {
+    const writer = await nativeClient(port, "2");
+    let reader = await nativeClient(port);
+    for (const ws of [writer, reader]) {
+      ws.send({ type: "join", room: "ticket:2" });
+      await ws.next((f) => f.type === "joined");
+    }
+    for (let i = 0; i < 20; i++) {
+      writer.send({ type: "send", room: "ticket:2", body: `a${i}`, client_id: `a${i}` });
+    }
+    for (let i = 0; i < 20; i++) await writer.next((f) => f.type === "ack");
+    let lastSeen = 0;
+    while (lastSeen < 10) lastSeen = (await reader.next((f) => f.type === "message")).seq as number;
+
+    server.kill("SIGTERM");
+    assertEquals((await writer.closed).code, 1001);
+    assertEquals((await reader.closed).code, 1001);
+    assertEquals((await server.status).code, 0);
+
+    server = await spawnServer(dataDir, port);
+    reader = await nativeClient(port);
+    reader.send({ type: "join", room: "ticket:2", since: lastSeen });
+    await reader.next((f) => f.type === "joined");
+    const seqs: number[] = [];
+    while (seqs.length < 20 - lastSeen) {
+      seqs.push((await reader.next((f) => f.type === "message")).seq as number);
+    }
+    assertEquals(seqs, Array.from({ length: 20 - lastSeen }, (_, i) => lastSeen + i + 1));
+    await reader.close();
+  } finally {
+    server.kill("SIGKILL");
+    await server.status.catch(() => {});
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("durability: two instances on one KV with no shared broadcast channel see each other's messages", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-two-" });
+  const env = {
+    DATA_DIR: dataDir,
+    RATE_LIMIT_PER_SECOND: "100000",
+    RATE_LIMIT_USER_PER_SECOND: "100000",
+  };
+  // Separate brokers: the only path between the two is kv.watch on the rooms' head keys.
+  const a = await startTestServer({ ...env, DATABASE_URL: `${dataDir}/dir-a.sqlite3` }, {
+    broker: new MemoryBroker(),
+  });
+  const b = await startTestServer({ ...env, DATABASE_URL: `${dataDir}/dir-b.sqlite3` }, {
+    broker: new MemoryBroker(),
+  });
+  try {
+    const onA = await nativeClient(a.port, "1");
+    const onB = await nativeClient(b.port, "2");
+    for (const ws of [onA, onB]) {
+      ws.send({ type: "join", room: "ticket:3" });
+      await ws.next((f) => f.type === "joined");
+    }
+    for (let i = 0; i < 50; i++) {
+      (i % 2 ? onA : onB).send({ type: "send", room: "ticket:3", body: `m${i}` });
+    }
+    for (const ws of [onA, onB]) {
+      const seqs: number[] = [];
+      while (seqs.length < 50) {
+        seqs.push((await ws.next((f) => f.type === "message")).seq as number);
+      }
+      assertEquals(seqs, Array.from({ length: 50 }, (_, i) => i + 1));
+    }
+    await onA.close();
+    await onB.close();
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});
