@@ -168,3 +168,30 @@ Deno.test("chat rooms: a user whose isolate died leaves after the presence TTL",
     await server.close();
   }
 });
+
+Deno.test("chat rooms: a peer that stops answering pings is dropped and leaves presence", async () => {
+  const server = await startTestServer({ HEARTBEAT_SECONDS: "1" });
+  try {
+    const watcher = await enter(server, "silent", user(1));
+    await watcher.next();
+    const token = await server.token(user(2));
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
+    await conn.write(new TextEncoder().encode(
+      `GET /ws/rooms/silent/?token=${token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n` +
+        `Connection: Upgrade\r\nSec-WebSocket-Key: ${btoa("0123456789abcdef")}\r\n` +
+        `Sec-WebSocket-Version: 13\r\n\r\n`,
+    ));
+    await conn.read(new Uint8Array(4096));
+    assertEquals((await watcher.next()).type, "user_join");
+    // The raw peer never answers the server's pings: it must be gone within a few seconds.
+    assertEquals(await watcher.next((f) => f.type === "user_leave", 6000), {
+      type: "user_leave",
+      user_id: "user-2",
+      username: "user2",
+    });
+    conn.close();
+    await watcher.close();
+  } finally {
+    await server.close();
+  }
+});
