@@ -263,3 +263,20 @@ Deno.test("ticket socket: a plain GET to a socket URL is told to upgrade", async
     await res.body?.cancel();
   });
 });
+
+Deno.test("ticket socket: a retried client_id stores one message and answers the retry with it", async () => {
+  await withServer(async (server) => {
+    const a = await ticketClient(server, 13, { sub: 1 });
+    const b = await ticketClient(server, 13, { sub: 2 });
+    a.send({ body: "once", client_id: "retry-1" });
+    const first = await a.next();
+    a.send({ body: "once", client_id: "retry-1" });
+    assertEquals(await a.next(), first);
+    assertEquals(await b.next(), first);
+    await b.nothing();
+    a.send({ body: "next" });
+    assertEquals((await b.next()).pk, 2);
+    await a.close();
+    await b.close();
+  });
+});

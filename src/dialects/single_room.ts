@@ -2,7 +2,7 @@
 
 import { findToken } from "../auth/token.ts";
 import { asChatError, ChatError } from "../core/errors.ts";
-import type { Principal, RoomEvent } from "../core/types.ts";
+import type { AppendResult, Principal, RoomEvent } from "../core/types.ts";
 import type { Member } from "../hub/hub.ts";
 import { Connection } from "../transport/websocket.ts";
 import { baseUrlOf, type DialectContext, socketOptions, type WsRoute } from "./context.ts";
@@ -51,8 +51,11 @@ export interface SingleRoomDialect {
   joinFrom?(session: RoomSession): Promise<{ since?: number }>;
   /** Runs once the member is live. */
   afterJoin?(session: RoomSession): Promise<void>;
-  /** Handles one client frame; a thrown ChatError becomes an error frame. */
-  message(session: RoomSession, text: string): Promise<void>;
+  /**
+   * Handles one client frame; a thrown ChatError becomes an error frame. A send returns its
+   * result, so a retried client id can be answered with the original message.
+   */
+  message(session: RoomSession, text: string): Promise<AppendResult | void>;
   /** Runs once when the socket is gone. */
   closed?(session: RoomSession): Promise<void>;
 }
@@ -120,7 +123,20 @@ export function singleRoomRoute(ctx: DialectContext, dialect: SingleRoomDialect)
             if (verdict === "limited") {
               throw new ChatError("rate_limited", "Too many messages: slow down");
             }
-            await dialect.message(session, text);
+            const result = await dialect.message(session, text);
+            // The retry of a client id gets the original back (to this socket only), as the
+            // first attempt's broadcast may be what the client missed.
+            if (result?.duplicate && session.member) {
+              const event = {
+                type: "message",
+                room: session.room,
+                message: result.message,
+              } as const;
+              const frame = session.member.wants(event)
+                ? dialect.render(session, event)
+                : undefined;
+              if (frame !== undefined) conn.send(frame);
+            }
           } catch (err) {
             const error = asChatError(err);
             ctx.metrics.error(error.code);

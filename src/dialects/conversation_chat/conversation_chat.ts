@@ -6,7 +6,7 @@
 import { ChatError } from "../../core/errors.ts";
 import { isValidRoomId, roomKey } from "../../core/rooms.ts";
 import { isoSeconds } from "../../core/time.ts";
-import type { Attachment, Message } from "../../core/types.ts";
+import type { AppendResult, Attachment, Message } from "../../core/types.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
 import { formatSize } from "../../media/mime.ts";
 import type { DialectContext, WsRoute } from "../context.ts";
@@ -77,22 +77,25 @@ const datedFolder = (now = new Date()) =>
 /** The conversation chat route at `path` (`/ws/chat/:id{/}?` by default). */
 export function conversationChatRoute(ctx: DialectContext, path: string): WsRoute {
   const error = (message: string) => JSON.stringify({ type: "error", message });
-  const sendFrom = async (s: RoomSession, record: Record<string, unknown>, file: boolean) => {
+  const sendFrom = async (
+    s: RoomSession,
+    record: Record<string, unknown>,
+    file: boolean,
+  ): Promise<AppendResult> => {
     const content = optionalString(record, "message") ?? "";
     const clientId = optionalClientId(record, "client_id");
     if (!file) {
       if (content.trim() === "") {
         throw new ChatError("empty_message", "Message content is required");
       }
-      await ctx.chat.send(s.user, s.room, { body: content, clientId });
-      return;
+      return await ctx.chat.send(s.user, s.room, { body: content, clientId });
     }
     const data = optionalString(record, "file");
     const filename = optionalString(record, "filename");
     if (!data || !filename?.trim()) {
       throw new ChatError("filename_required", "File data and filename are required");
     }
-    await ctx.chat.send(s.user, s.room, {
+    return await ctx.chat.send(s.user, s.room, {
       body: content,
       files: [{ name: filename, data }],
       mediaDir: datedFolder(),

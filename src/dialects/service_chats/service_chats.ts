@@ -60,7 +60,7 @@ export function serviceChatRoutes(ctx: DialectContext): WsRoute[] {
         if (content.trim() === "") {
           throw new ChatError("empty_message", "Message content is required");
         }
-        await ctx.chat.send(s.user, s.room, {
+        return await ctx.chat.send(s.user, s.room, {
           body: content,
           clientId: optionalClientId(record, "client_id", "id"),
         });
