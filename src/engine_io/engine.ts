@@ -1,0 +1,915 @@
+/**
+ * Engine.IO v4 server: sessions over HTTP long-polling and WebSocket, the polling → WebSocket
+ * upgrade, heartbeats, and the cross-isolate relay for `deno serve --parallel`.
+ *
+ * @module
+ */
+
+import {
+  decodePacket,
+  decodePayload,
+  encodeFrame,
+  encodePayload,
+  type Packet,
+  utf8Length,
+} from "./parser.ts";
+import {
+  BroadcastChannelRelay,
+  type FrameSocket,
+  type RelayOwner,
+  type RelayReply,
+  type SessionRelay,
+} from "./relay.ts";
+
+/** The transports this server speaks. */
+export type TransportName = "polling" | "websocket";
+
+/** Which browser origins may reach the server: all, a list, or a predicate. */
+export type AllowedOrigins = "*" | readonly string[] | ((origin: string) => boolean);
+
+/** Options of an {@linkcode EngineServer}. */
+export interface EngineOptions {
+  /** URL path the server answers under; default `/socket.io/`. */
+  path?: string;
+  /** Milliseconds between server pings; default 25 000. */
+  pingInterval?: number;
+  /** Milliseconds a client has to answer a ping; default 20 000. */
+  pingTimeout?: number;
+  /** Milliseconds an unfinished polling → WebSocket upgrade may take; default 10 000. */
+  upgradeTimeout?: number;
+  /** Largest HTTP body or WebSocket message in bytes; default 16 MiB. */
+  maxPayload?: number;
+  /** Enabled transports; default both. */
+  transports?: readonly TransportName[];
+  /** Whether polling sessions may upgrade to WebSocket; default true. */
+  allowUpgrades?: boolean;
+  /** Origins allowed for CORS and WebSocket; default `*` (any origin is echoed). */
+  allowedOrigins?: AllowedOrigins;
+  /**
+   * Cross-isolate relay: `true` for a `BroadcastChannel` relay named after the path, or a custom
+   * implementation. Default none, for a single-isolate deployment.
+   */
+  relay?: boolean | SessionRelay;
+}
+
+/** The first HTTP request of a session, kept for the application. */
+export interface EngineRequest {
+  /** Full request URL. */
+  readonly url: string;
+  /** Request headers. */
+  readonly headers: Headers;
+  /** Query parameters. */
+  readonly query: URLSearchParams;
+  /** Client address as the listener saw it, or an empty string. */
+  readonly remoteAddress: string;
+  /** Whether the request came over TLS. */
+  readonly secure: boolean;
+  /** When the session was opened. */
+  readonly time: Date;
+}
+
+/** Why an Engine.IO session ended. */
+export type EngineCloseReason =
+  | "transport close"
+  | "transport error"
+  | "parse error"
+  | "ping timeout"
+  | "forced close"
+  | "forced server close";
+
+/** One Engine.IO session as the layer above sees it. */
+export interface EngineSocket {
+  /** Session id (`sid`). */
+  readonly id: string;
+  /** The handshake request. */
+  readonly request: EngineRequest;
+  /** Current transport. */
+  readonly transport: TransportName;
+  /** `open` until a close starts, `closing` while buffered packets drain, then `closed`. */
+  readonly readyState: "open" | "closing" | "closed";
+  /** Receives each message, text or bytes. */
+  onmessage: ((data: string | Uint8Array) => void) | null;
+  /** Called once when the session ends. */
+  onclose: ((reason: EngineCloseReason, description?: string) => void) | null;
+  /** Called when the session has moved from polling to WebSocket. */
+  onupgrade: (() => void) | null;
+  /** Queues one message. */
+  send(data: string | Uint8Array): void;
+  /** Queues already built packets; the same objects may be handed to many sessions. */
+  sendPackets(packets: readonly Packet[]): void;
+  /** Flushes what is queued, then closes the session. */
+  close(): void;
+}
+
+/** Engine.IO error codes sent in 400 bodies. */
+export const ErrorCode = {
+  UNKNOWN_TRANSPORT: 0,
+  UNKNOWN_SID: 1,
+  BAD_HANDSHAKE_METHOD: 2,
+  BAD_REQUEST: 3,
+  FORBIDDEN: 4,
+  UNSUPPORTED_PROTOCOL_VERSION: 5,
+} as const;
+
+const ERROR_MESSAGES = [
+  "Transport unknown",
+  "Session ID unknown",
+  "Bad handshake method",
+  "Bad request",
+  "Forbidden",
+  "Unsupported protocol version",
+];
+
+const DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024;
+
+type Timer = ReturnType<typeof setTimeout>;
+
+type Reply = RelayReply;
+
+interface ResolvedOptions {
+  path: string;
+  pingInterval: number;
+  pingTimeout: number;
+  upgradeTimeout: number;
+  maxPayload: number;
+  transports: readonly TransportName[];
+  allowUpgrades: boolean;
+  allowedOrigins: AllowedOrigins;
+}
+
+const OK: Reply = { status: 200, body: "ok", contentType: "text/html" };
+const PING: Packet = { type: "ping" };
+const CLOSE: Packet = { type: "close" };
+const NOOP: Packet = { type: "noop" };
+const PONG_PROBE: Packet = { type: "pong", data: "probe" };
+
+function errorReply(code: number, status = 400, message = ERROR_MESSAGES[code]): Reply {
+  return { status, body: JSON.stringify({ code, message }), contentType: "application/json" };
+}
+
+function dataReply(packets: readonly Packet[]): Reply {
+  return { status: 200, body: encodePayload(packets), contentType: "text/plain; charset=UTF-8" };
+}
+
+function randomId(): string {
+  return crypto.getRandomValues(new Uint8Array(15)).toBase64({ alphabet: "base64url" });
+}
+
+function report(error: unknown): void {
+  console.error("engine.io: listener failed:", error);
+}
+
+/** Adapts a server-side `WebSocket` to a {@linkcode FrameSocket}, buffering until it opens. */
+class LocalFrameSocket implements FrameSocket {
+  onmessage: ((data: string | Uint8Array) => void) | null = null;
+  onclose: ((code: number, reason: string) => void) | null = null;
+  readonly closed: Promise<void>;
+  #ws: WebSocket;
+  #queue: (string | Uint8Array)[] | null = [];
+  #closeRequest: { code?: number; reason?: string } | null = null;
+
+  constructor(ws: WebSocket) {
+    this.#ws = ws;
+    const { promise, resolve } = Promise.withResolvers<void>();
+    this.closed = promise;
+    ws.binaryType = "arraybuffer";
+    ws.onopen = () => {
+      const queue = this.#queue ?? [];
+      this.#queue = null;
+      for (const data of queue) this.#write(data);
+      if (this.#closeRequest) this.#shut(this.#closeRequest.code, this.#closeRequest.reason);
+    };
+    ws.onmessage = (event: MessageEvent<string | ArrayBuffer>) => {
+      const data = event.data;
+      this.onmessage?.(typeof data === "string" ? data : new Uint8Array(data));
+    };
+    // An error is always followed by a close event, which is what matters here.
+    ws.onerror = () => {};
+    ws.onclose = (event) => {
+      resolve();
+      const onclose = this.onclose;
+      this.onclose = null;
+      onclose?.(event.code, event.reason);
+    };
+  }
+
+  send(data: string | Uint8Array): void {
+    if (this.#closeRequest) return;
+    if (this.#queue) {
+      this.#queue.push(data);
+    } else {
+      this.#write(data);
+    }
+  }
+
+  close(code?: number, reason?: string): void {
+    if (this.#closeRequest) return;
+    this.#closeRequest = { code, reason };
+    if (this.#queue === null) this.#shut(code, reason);
+  }
+
+  #write(data: string | Uint8Array): void {
+    if (this.#ws.readyState !== WebSocket.OPEN) return;
+    try {
+      this.#ws.send(data);
+    } catch {
+      // The peer went away between the state check and the write; onclose follows.
+    }
+  }
+
+  #shut(code?: number, reason?: string): void {
+    if (this.#ws.readyState === WebSocket.CLOSING || this.#ws.readyState === WebSocket.CLOSED) {
+      return;
+    }
+    try {
+      // Script may only send 1000 or 3000-4999; other codes (1009, 1006, ...) become a plain close.
+      if (code === 1000 || (code !== undefined && code >= 3000 && code <= 4999)) {
+        this.#ws.close(code, reason);
+      } else {
+        this.#ws.close();
+      }
+    } catch {
+      // Already closing.
+    }
+  }
+}
+
+/** Engine.IO framing over a {@linkcode FrameSocket}. */
+class WebSocketTransport {
+  onpacket: (packet: Packet) => void = () => {};
+  onerror: (reason: string) => void = () => {};
+  onclose: () => void = () => {};
+  readonly frames: FrameSocket;
+  #maxPayload: number;
+  #closed = false;
+
+  constructor(frames: FrameSocket, maxPayload: number) {
+    this.frames = frames;
+    this.#maxPayload = maxPayload;
+    frames.onmessage = (data) => this.#receive(data);
+    frames.onclose = () => {
+      this.#closed = true;
+      this.onclose();
+    };
+  }
+
+  send(packets: readonly Packet[]): void {
+    if (this.#closed) return;
+    for (const packet of packets) this.frames.send(encodeFrame(packet));
+  }
+
+  close(code?: number): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.frames.close(code);
+  }
+
+  #receive(data: string | Uint8Array): void {
+    if (this.#closed) return;
+    const max = this.#maxPayload;
+    const size = typeof data !== "string"
+      ? data.byteLength
+      : data.length * 3 <= max
+      ? data.length
+      : utf8Length(data);
+    if (size > max) {
+      this.onerror("payload too large");
+      return;
+    }
+    let packet: Packet;
+    try {
+      packet = decodePacket(data);
+    } catch {
+      this.onerror("parse error");
+      return;
+    }
+    this.onpacket(packet);
+  }
+}
+
+interface SessionHost {
+  readonly options: ResolvedOptions;
+  forget(id: string): void;
+}
+
+/** An Engine.IO session; long-polling state lives here, WebSocket framing in its transport. */
+class Session implements EngineSocket {
+  readonly id: string;
+  readonly request: EngineRequest;
+  onmessage: ((data: string | Uint8Array) => void) | null = null;
+  onclose: ((reason: EngineCloseReason, description?: string) => void) | null = null;
+  onupgrade: (() => void) | null = null;
+  #host: SessionHost;
+  #state: "open" | "closing" | "closed" = "open";
+  #ws: WebSocketTransport | null = null;
+  #candidate: WebSocketTransport | null = null;
+  #probed = false;
+  #poll: ((reply: Reply) => void) | null = null;
+  #posting = false;
+  #buffer: Packet[] = [];
+  #pingTimer: Timer | undefined;
+  #pongTimer: Timer | undefined;
+  #upgradeTimer: Timer | undefined;
+  #closeTimer: Timer | undefined;
+
+  constructor(
+    host: SessionHost,
+    id: string,
+    request: EngineRequest,
+    ws: WebSocketTransport | null,
+  ) {
+    this.#host = host;
+    this.id = id;
+    this.request = request;
+    const options = host.options;
+    if (ws) this.#useWebSocket(ws);
+    const canUpgrade = !ws && options.allowUpgrades && options.transports.includes("websocket");
+    const open = {
+      sid: id,
+      upgrades: canUpgrade ? ["websocket"] : [],
+      pingInterval: options.pingInterval,
+      pingTimeout: options.pingTimeout,
+      maxPayload: options.maxPayload,
+    };
+    this.#buffer.push({ type: "open", data: JSON.stringify(open) });
+    this.#flush();
+    this.#schedulePing();
+  }
+
+  get transport(): TransportName {
+    return this.#ws ? "websocket" : "polling";
+  }
+
+  get readyState(): "open" | "closing" | "closed" {
+    return this.#state;
+  }
+
+  /** Whether another WebSocket may still try to take over this polling session. */
+  get upgradable(): boolean {
+    return this.#state === "open" && !this.#ws && !this.#candidate;
+  }
+
+  send(data: string | Uint8Array): void {
+    this.sendPackets([{ type: "message", data }]);
+  }
+
+  sendPackets(packets: readonly Packet[]): void {
+    if (this.#state !== "open") return;
+    for (const packet of packets) this.#buffer.push(packet);
+    this.#flush();
+  }
+
+  close(): void {
+    if (this.#state !== "open") return;
+    this.#state = "closing";
+    this.#candidate?.close();
+    if (this.#ws) {
+      this.#ws.close();
+      this.#close("forced close");
+    } else if (this.#poll) {
+      this.#flush();
+    } else {
+      // The close packet rides on the next GET; a client that never polls again is dead anyway.
+      const { pingInterval, pingTimeout } = this.#host.options;
+      this.#closeTimer = setTimeout(
+        () => this.#close("forced close"),
+        Math.min(pingInterval + pingTimeout, 30_000),
+      );
+    }
+  }
+
+  /** Ends the session at once for a server shutdown; a parked GET gets the close packet. */
+  shutdown(): Promise<void> {
+    const frames = this.#ws?.frames;
+    this.#close("forced server close");
+    return frames instanceof LocalFrameSocket ? frames.closed : Promise.resolve();
+  }
+
+  /** Closes the session because the client misbehaved or went away. */
+  fail(reason: EngineCloseReason, description?: string): void {
+    this.#close(reason, description);
+  }
+
+  /** Serves a long-polling GET. */
+  poll(): Promise<Reply> {
+    if (this.#state === "closed") return Promise.resolve(errorReply(ErrorCode.UNKNOWN_SID));
+    if (this.#ws) return Promise.resolve(errorReply(ErrorCode.BAD_REQUEST));
+    if (this.#poll) {
+      // Two GETs at once would reorder packets; the protocol answers by closing the session.
+      this.#close("transport error", "overlapping GET requests");
+      return Promise.resolve(errorReply(ErrorCode.BAD_REQUEST));
+    }
+    return new Promise((resolve) => {
+      this.#poll = resolve;
+      this.#flush();
+    });
+  }
+
+  /** Marks a POST as in flight; false (and the session closed) when one already is. */
+  beginPost(): boolean {
+    if (this.#posting) {
+      this.#close("transport error", "overlapping POST requests");
+      return false;
+    }
+    this.#posting = true;
+    return true;
+  }
+
+  /** Marks the POST in flight as done. */
+  endPost(): void {
+    this.#posting = false;
+  }
+
+  /** Handles the body of a long-polling POST. */
+  post(body: string): Reply {
+    if (this.#state === "closed") return errorReply(ErrorCode.UNKNOWN_SID);
+    if (this.#ws) return errorReply(ErrorCode.BAD_REQUEST);
+    let packets: Packet[];
+    try {
+      packets = decodePayload(body);
+    } catch {
+      this.#close("parse error");
+      return errorReply(ErrorCode.BAD_REQUEST);
+    }
+    for (const packet of packets) {
+      if (this.readyState === "closed") break;
+      if (packet.type === "close") {
+        // The client leaves on its own: release its parked GET with a noop, not a close.
+        this.#close("transport close", undefined, NOOP);
+        break;
+      }
+      this.#receive(packet);
+    }
+    return OK;
+  }
+
+  /** Takes a WebSocket that wants to replace polling; false when that is not possible now. */
+  upgrade(ws: WebSocketTransport): boolean {
+    if (!this.upgradable) return false;
+    this.#candidate = ws;
+    this.#probed = false;
+    const abandon = () => {
+      clearTimeout(this.#upgradeTimer);
+      this.#upgradeTimer = undefined;
+      ws.onpacket = () => {};
+      ws.onerror = () => {};
+      ws.onclose = () => {};
+      ws.close();
+      if (this.#candidate === ws) {
+        this.#candidate = null;
+        this.#probed = false;
+      }
+    };
+    this.#upgradeTimer = setTimeout(abandon, this.#host.options.upgradeTimeout);
+    ws.onerror = abandon;
+    ws.onclose = abandon;
+    ws.onpacket = (packet) => {
+      if (packet.type === "ping" && packet.data === "probe") {
+        ws.send([PONG_PROBE]);
+        this.#probed = true;
+        // Release a parked GET so the client can pause polling and finish the upgrade.
+        this.#flush();
+      } else if (packet.type === "upgrade" && this.#state !== "closed") {
+        clearTimeout(this.#upgradeTimer);
+        this.#upgradeTimer = undefined;
+        this.#candidate = null;
+        this.#probed = false;
+        this.#answerPoll([NOOP]);
+        this.#useWebSocket(ws);
+        try {
+          this.onupgrade?.();
+        } catch (error) {
+          report(error);
+        }
+        this.#flush();
+        if (this.#state === "closing") {
+          ws.close();
+          this.#close("forced close");
+        }
+      } else {
+        abandon();
+      }
+    };
+    return true;
+  }
+
+  #useWebSocket(ws: WebSocketTransport): void {
+    this.#ws = ws;
+    ws.onpacket = (packet) => this.#receive(packet);
+    ws.onerror = (reason) => {
+      this.#close(reason === "parse error" ? "parse error" : "transport error", reason);
+    };
+    ws.onclose = () => this.#close("transport close");
+  }
+
+  #receive(packet: Packet): void {
+    switch (packet.type) {
+      case "pong":
+        clearTimeout(this.#pongTimer);
+        this.#pongTimer = undefined;
+        this.#schedulePing();
+        break;
+      case "message":
+        try {
+          this.onmessage?.(packet.data ?? "");
+        } catch (error) {
+          report(error);
+        }
+        break;
+      case "close":
+        this.#close("transport close");
+        break;
+      case "ping":
+        // In v4 only the server pings; a client ping outside an upgrade probe is a protocol error.
+        this.#close("transport error", "invalid heartbeat direction");
+        break;
+      default:
+        break;
+    }
+  }
+
+  #schedulePing(): void {
+    clearTimeout(this.#pingTimer);
+    const { pingInterval, pingTimeout } = this.#host.options;
+    this.#pingTimer = setTimeout(() => {
+      this.#pingTimer = undefined;
+      this.sendPackets([PING]);
+      clearTimeout(this.#pongTimer);
+      this.#pongTimer = setTimeout(() => this.#close("ping timeout"), pingTimeout);
+    }, pingInterval);
+  }
+
+  #flush(): void {
+    if (this.#state === "closed") return;
+    if (this.#ws) {
+      if (this.#buffer.length === 0) return;
+      const packets = this.#buffer;
+      this.#buffer = [];
+      this.#ws.send(packets);
+      return;
+    }
+    if (!this.#poll) return;
+    const closing = this.#state === "closing";
+    if (this.#buffer.length === 0 && !closing && !this.#probed) return;
+    const packets = this.#buffer;
+    this.#buffer = [];
+    if (closing) {
+      packets.push(CLOSE);
+    } else if (packets.length === 0) {
+      packets.push(NOOP);
+    }
+    this.#answerPoll(packets);
+    if (closing) this.#close("forced close");
+  }
+
+  #answerPoll(packets: readonly Packet[]): void {
+    const poll = this.#poll;
+    if (!poll) return;
+    this.#poll = null;
+    poll(dataReply(packets));
+  }
+
+  #close(reason: EngineCloseReason, description?: string, pollPacket: Packet = CLOSE): void {
+    if (this.#state === "closed") return;
+    this.#state = "closed";
+    clearTimeout(this.#pingTimer);
+    clearTimeout(this.#pongTimer);
+    clearTimeout(this.#upgradeTimer);
+    clearTimeout(this.#closeTimer);
+    this.#buffer = [];
+    this.#answerPoll([pollPacket]);
+    this.#ws?.close();
+    this.#candidate?.close();
+    this.#candidate = null;
+    this.#host.forget(this.id);
+    try {
+      this.onclose?.(reason, description);
+    } catch (error) {
+      report(error);
+    }
+  }
+}
+
+type BodyResult = { ok: true; text: string } | { ok: false; tooLarge: boolean };
+
+async function readBody(req: Request, limit: number): Promise<BodyResult> {
+  const declared = Number(req.headers.get("content-length"));
+  if (declared > limit) {
+    await req.body?.cancel().catch(() => {});
+    return { ok: false, tooLarge: true };
+  }
+  if (!req.body) return { ok: true, text: "" };
+  const reader = req.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      size += value.byteLength;
+      if (size > limit) {
+        await reader.cancel().catch(() => {});
+        return { ok: false, tooLarge: true };
+      }
+      chunks.push(value);
+    }
+  } catch {
+    return { ok: false, tooLarge: false };
+  }
+  if (chunks.length === 1) return { ok: true, text: new TextDecoder().decode(chunks[0]) };
+  const all = new Uint8Array(size);
+  let offset = 0;
+  for (const chunk of chunks) {
+    all.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return { ok: true, text: new TextDecoder().decode(all) };
+}
+
+function pipe(a: FrameSocket, b: FrameSocket): void {
+  a.onmessage = (data) => b.send(data);
+  b.onmessage = (data) => a.send(data);
+  a.onclose = (code, reason) => b.close(code, reason);
+  b.onclose = (code, reason) => a.close(code, reason);
+}
+
+/** An Engine.IO v4 server answering `Request`s under one path. */
+export class EngineServer {
+  /** Called for every new session, before the handshake response leaves. */
+  onconnection: ((socket: EngineSocket) => void) | null = null;
+  #options: ResolvedOptions;
+  #base: string;
+  #sessions = new Map<string, Session>();
+  #relay: SessionRelay | null;
+  #nodeId: string;
+  #closed = false;
+  #host: SessionHost;
+
+  /** Creates a server; it handles nothing until requests are passed to `handleRequest`. */
+  constructor(options: EngineOptions = {}) {
+    let path = options.path ?? "/socket.io/";
+    if (!path.startsWith("/")) path = "/" + path;
+    if (!path.endsWith("/")) path += "/";
+    this.#options = {
+      path,
+      pingInterval: options.pingInterval ?? 25_000,
+      pingTimeout: options.pingTimeout ?? 20_000,
+      upgradeTimeout: options.upgradeTimeout ?? 10_000,
+      maxPayload: options.maxPayload ?? DEFAULT_MAX_PAYLOAD,
+      transports: options.transports ?? ["polling", "websocket"],
+      allowUpgrades: options.allowUpgrades ?? true,
+      allowedOrigins: options.allowedOrigins ?? "*",
+    };
+    this.#base = path.slice(0, -1);
+    const relay = options.relay === true
+      ? new BroadcastChannelRelay({ name: `engine.io-relay:${path}` })
+      : options.relay || null;
+    this.#relay = relay;
+    this.#nodeId = relay?.nodeId ?? `n${randomId().slice(0, 8)}`;
+    const sessions = this.#sessions;
+    this.#host = {
+      options: this.#options,
+      forget: (id) => sessions.delete(id),
+    };
+    relay?.attach(this.#relayOwner());
+  }
+
+  /** The path this server answers under, with a trailing slash. */
+  get path(): string {
+    return this.#options.path;
+  }
+
+  /** Number of open sessions held by this isolate. */
+  get clientsCount(): number {
+    return this.#sessions.size;
+  }
+
+  /** Answers any request under the path: handshakes, polls, posts, WebSocket upgrades, preflights. */
+  async handleRequest(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response> {
+    const url = new URL(req.url);
+    if (url.pathname !== this.#base && !url.pathname.startsWith(this.#options.path)) {
+      return this.#respond(errorReply(ErrorCode.BAD_REQUEST, 404, "Not found"), null);
+    }
+    const origin = req.headers.get("origin");
+    if (origin !== null && !this.#originAllowed(origin)) {
+      return this.#respond(errorReply(ErrorCode.FORBIDDEN, 403), null);
+    }
+    if (req.method === "OPTIONS") return this.#preflight(req, origin);
+    const fail = (code: number) => this.#respond(errorReply(code), origin);
+    if (this.#closed) return fail(ErrorCode.BAD_REQUEST);
+    const query = url.searchParams;
+    if (query.get("EIO") !== "4") return fail(ErrorCode.UNSUPPORTED_PROTOCOL_VERSION);
+    const transport = query.get("transport");
+    if (
+      (transport !== "polling" && transport !== "websocket") ||
+      !this.#options.transports.includes(transport)
+    ) {
+      return fail(ErrorCode.UNKNOWN_TRANSPORT);
+    }
+    const isUpgrade = req.headers.get("upgrade")?.toLowerCase() === "websocket";
+    if ((transport === "websocket") !== isUpgrade) return fail(ErrorCode.BAD_REQUEST);
+    const sid = query.get("sid");
+
+    if (sid === null) {
+      if (req.method !== "GET") return fail(ErrorCode.BAD_HANDSHAKE_METHOD);
+      // Captured before any upgrade: an upgraded request no longer exposes headers or address.
+      const addr = info?.remoteAddr;
+      const request: EngineRequest = {
+        url: req.url,
+        headers: new Headers(req.headers),
+        query: new URLSearchParams(url.searchParams),
+        remoteAddress: addr && "hostname" in addr ? addr.hostname : "",
+        secure: url.protocol === "https:" || url.protocol === "wss:",
+        time: new Date(),
+      };
+      if (transport === "websocket") {
+        let upgraded: { socket: WebSocket; response: Response };
+        try {
+          upgraded = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
+        } catch {
+          return fail(ErrorCode.BAD_REQUEST);
+        }
+        const frames = new LocalFrameSocket(upgraded.socket);
+        this.#open(request, new WebSocketTransport(frames, this.#options.maxPayload));
+        return upgraded.response;
+      }
+      const session = this.#open(request, null);
+      return this.#respond(await session.poll(), origin);
+    }
+
+    const session = this.#sessions.get(sid);
+    if (!session) return this.#forward(req, sid, transport, origin);
+    if (transport === "websocket") {
+      if (!this.#options.allowUpgrades || !session.upgradable) return fail(ErrorCode.BAD_REQUEST);
+      let upgraded: { socket: WebSocket; response: Response };
+      try {
+        upgraded = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
+      } catch {
+        return fail(ErrorCode.BAD_REQUEST);
+      }
+      const frames = new LocalFrameSocket(upgraded.socket);
+      session.upgrade(new WebSocketTransport(frames, this.#options.maxPayload));
+      return upgraded.response;
+    }
+    if (session.transport !== "polling") return fail(ErrorCode.BAD_REQUEST);
+    if (req.method === "GET") return this.#respond(await session.poll(), origin);
+    if (req.method !== "POST") return fail(ErrorCode.BAD_REQUEST);
+    if (req.headers.get("content-type")?.startsWith("application/octet-stream")) {
+      // Protocol v4 carries binary as base64 text; a binary body is a v3 client or garbage.
+      session.fail("transport error", "binary POST body");
+      return fail(ErrorCode.BAD_REQUEST);
+    }
+    if (!session.beginPost()) return fail(ErrorCode.BAD_REQUEST);
+    const body = await readBody(req, this.#options.maxPayload);
+    session.endPost();
+    if (!body.ok) {
+      session.fail("transport error", body.tooLarge ? "payload too large" : "POST aborted");
+      return body.tooLarge ? this.#payloadTooLarge(origin) : fail(ErrorCode.BAD_REQUEST);
+    }
+    return this.#respond(session.post(body.text), origin);
+  }
+
+  /** Closes every session and the relay; resolves once local WebSockets have closed. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    const closing = [...this.#sessions.values()].map((session) => session.shutdown());
+    this.#sessions.clear();
+    await this.#relay?.close();
+    // A peer that never completes the closing handshake must not hold the shutdown hostage.
+    const { promise: deadline, resolve } = Promise.withResolvers<void>();
+    const timer = setTimeout(resolve, 1000);
+    await Promise.race([Promise.all(closing), deadline]);
+    clearTimeout(timer);
+  }
+
+  #open(request: EngineRequest, ws: WebSocketTransport | null): Session {
+    const id = `${this.#nodeId}.${randomId()}`;
+    const session = new Session(this.#host, id, request, ws);
+    this.#sessions.set(id, session);
+    try {
+      this.onconnection?.(session);
+    } catch (error) {
+      report(error);
+    }
+    return session;
+  }
+
+  async #forward(
+    req: Request,
+    sid: string,
+    transport: TransportName,
+    origin: string | null,
+  ): Promise<Response> {
+    const relay = this.#relay;
+    const unknown = () => this.#respond(errorReply(ErrorCode.UNKNOWN_SID), origin);
+    if (!relay || sid.startsWith(this.#nodeId + ".")) return unknown();
+    if (transport === "websocket") {
+      if (!this.#options.allowUpgrades) {
+        return this.#respond(errorReply(ErrorCode.BAD_REQUEST), origin);
+      }
+      const bridge = await relay.openWebSocket(sid);
+      if (!bridge) return unknown();
+      let upgraded: { socket: WebSocket; response: Response };
+      try {
+        upgraded = Deno.upgradeWebSocket(req, { idleTimeout: 0 });
+      } catch {
+        bridge.close();
+        return this.#respond(errorReply(ErrorCode.BAD_REQUEST), origin);
+      }
+      pipe(new LocalFrameSocket(upgraded.socket), bridge);
+      return upgraded.response;
+    }
+    let reply: Reply | null;
+    if (req.method === "GET") {
+      const { pingInterval, pingTimeout } = this.#options;
+      // The owner answers a parked GET at the latest with its next ping.
+      reply = await relay.poll(sid, pingInterval + pingTimeout + 5_000);
+    } else if (req.method === "POST") {
+      if (req.headers.get("content-type")?.startsWith("application/octet-stream")) {
+        return this.#respond(errorReply(ErrorCode.BAD_REQUEST), origin);
+      }
+      const body = await readBody(req, this.#options.maxPayload);
+      if (!body.ok && !body.tooLarge) {
+        return this.#respond(errorReply(ErrorCode.BAD_REQUEST), origin);
+      }
+      reply = await relay.post(sid, body.ok ? body.text : null);
+    } else {
+      return this.#respond(errorReply(ErrorCode.BAD_REQUEST), origin);
+    }
+    return reply ? this.#respond(reply, origin) : unknown();
+  }
+
+  #relayOwner(): RelayOwner {
+    const find = (sid: string) => {
+      const session = this.#sessions.get(sid);
+      return session && session.readyState !== "closed" ? session : null;
+    };
+    return {
+      relayPoll: (sid) => {
+        const session = find(sid);
+        if (!session) return Promise.resolve(errorReply(ErrorCode.UNKNOWN_SID));
+        return session.poll();
+      },
+      relayPost: (sid, body) => {
+        const session = find(sid);
+        if (!session) return errorReply(ErrorCode.UNKNOWN_SID);
+        if (body === null) {
+          session.fail("transport error", "payload too large");
+          return this.#payloadTooLargeReply();
+        }
+        return session.post(body);
+      },
+      relayWebSocket: (sid, frames) => {
+        const session = find(sid);
+        if (!session || !this.#options.allowUpgrades) return false;
+        return session.upgrade(new WebSocketTransport(frames, this.#options.maxPayload));
+      },
+    };
+  }
+
+  #payloadTooLargeReply(): Reply {
+    return errorReply(ErrorCode.BAD_REQUEST, 413, "Payload too large");
+  }
+
+  #payloadTooLarge(origin: string | null): Response {
+    return this.#respond(this.#payloadTooLargeReply(), origin);
+  }
+
+  #originAllowed(origin: string): boolean {
+    const allowed = this.#options.allowedOrigins;
+    if (allowed === "*") return true;
+    if (typeof allowed === "function") return allowed(origin);
+    return allowed.includes(origin);
+  }
+
+  #corsHeaders(headers: Headers, origin: string | null): void {
+    if (origin === null) return;
+    headers.set("access-control-allow-origin", origin);
+    headers.set("access-control-allow-credentials", "true");
+    headers.set("vary", "Origin");
+  }
+
+  #preflight(req: Request, origin: string | null): Response {
+    const headers = new Headers();
+    this.#corsHeaders(headers, origin);
+    if (origin !== null) {
+      headers.set("access-control-allow-methods", "GET, POST, OPTIONS");
+      headers.set(
+        "access-control-allow-headers",
+        req.headers.get("access-control-request-headers") ?? "content-type",
+      );
+      headers.set("access-control-max-age", "86400");
+    }
+    return new Response(null, { status: 204, headers });
+  }
+
+  #respond(reply: Reply, origin: string | null): Response {
+    const headers = new Headers({
+      "content-type": reply.contentType,
+      "cache-control": "no-store",
+    });
+    this.#corsHeaders(headers, origin);
+    return new Response(reply.body, { status: reply.status, headers });
+  }
+}

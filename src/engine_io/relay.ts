@@ -1,0 +1,387 @@
+/**
+ * Cross-isolate relay for Engine.IO sessions.
+ *
+ * `deno serve --parallel` spreads connections over isolates without sticky sessions, so a
+ * long-polling request can reach an isolate that does not hold its session. The relay lets that
+ * isolate hand the request to the owner and return the owner's answer, and bridges a WebSocket
+ * upgrade that lands on a non-owner to the owner frame by frame.
+ *
+ * @module
+ */
+
+/** A two-way stream of WebSocket frames: a real socket, or one bridged through a relay. */
+export interface FrameSocket {
+  /** Sends one frame. */
+  send(data: string | Uint8Array): void;
+  /** Closes the stream; `onclose` still fires once. */
+  close(code?: number, reason?: string): void;
+  /** Receives each frame. */
+  onmessage: ((data: string | Uint8Array) => void) | null;
+  /** Fires once when the stream is closed, by either side. */
+  onclose: ((code: number, reason: string) => void) | null;
+}
+
+/** An HTTP answer computed by the isolate that owns a session. */
+export interface RelayReply {
+  /** HTTP status. */
+  status: number;
+  /** Response body. */
+  body: string;
+  /** Value of the Content-Type header. */
+  contentType: string;
+}
+
+/** What an isolate offers to serve requests for the sessions it owns. */
+export interface RelayOwner {
+  /** Serves a long-polling GET; resolves when packets are due, like a local poll. */
+  relayPoll(sid: string): Promise<RelayReply>;
+  /** Handles a POST body; `null` means the body exceeded maxPayload and the session must close. */
+  relayPost(sid: string, body: string | null): RelayReply;
+  /** Takes a bridged WebSocket as an upgrade candidate; false refuses it. */
+  relayWebSocket(sid: string, frames: FrameSocket): boolean;
+}
+
+/** Carries session traffic from the isolate a request reached to the isolate owning the session. */
+export interface SessionRelay {
+  /** Identifies this isolate; the engine prefixes every sid it mints with it. */
+  readonly nodeId: string;
+  /** Starts answering requests from other isolates for the sessions `owner` holds. */
+  attach(owner: RelayOwner): void;
+  /** Forwards a GET; resolves null when no isolate owns the sid. */
+  poll(sid: string, timeout: number): Promise<RelayReply | null>;
+  /** Forwards a POST body (null: too large); resolves null when no isolate owns the sid. */
+  post(sid: string, body: string | null): Promise<RelayReply | null>;
+  /** Asks the owner to accept a WebSocket upgrade; resolves the bridge, or null if refused. */
+  openWebSocket(sid: string): Promise<FrameSocket | null>;
+  /** Stops relaying and closes every bridge. */
+  close(): Promise<void>;
+}
+
+/** Returns the node id a sid was minted with, or null when the sid has none. */
+export function nodeOfSid(sid: string): string | null {
+  const dot = sid.indexOf(".");
+  return dot > 0 ? sid.slice(0, dot) : null;
+}
+
+/** Options of a {@linkcode BroadcastChannelRelay}. */
+export interface BroadcastChannelRelayOptions {
+  /** Channel name every isolate serving the same Socket.IO path must share. */
+  name: string;
+  /** Milliseconds to wait for the owner to acknowledge a request before calling the sid unknown. */
+  ackTimeout?: number;
+  /** Milliseconds to wait for the owner's answer to a POST or WebSocket request once acknowledged. */
+  replyTimeout?: number;
+}
+
+type Timer = ReturnType<typeof setTimeout>;
+
+type Operation = "poll" | "post" | "ws";
+
+type Message =
+  | {
+    k: "req";
+    to: string;
+    from: string;
+    id: string;
+    op: Operation;
+    sid: string;
+    body?: string | null;
+  }
+  | { k: "ack"; to: string; id: string }
+  | { k: "res"; to: string; id: string; reply?: RelayReply; ok?: boolean }
+  | { k: "frame"; to: string; id: string; data: string | Uint8Array }
+  | { k: "close"; to: string; id: string; code: number; reason: string };
+
+type Result = Extract<Message, { k: "res" }>;
+
+interface Call {
+  timer: Timer;
+  replyTimeout: number;
+  resolve(result: Result | null): void;
+}
+
+const NODE_PATTERN = /^p([0-9a-z]+)n[0-9a-f]{8}$/;
+
+function randomHex(bytes: number): string {
+  return crypto.getRandomValues(new Uint8Array(bytes)).toHex();
+}
+
+/**
+ * A {@linkcode SessionRelay} over one `BroadcastChannel`, which Deno shares between the isolates
+ * of a process (so between the workers of `deno serve --parallel`).
+ */
+export class BroadcastChannelRelay implements SessionRelay {
+  /** This isolate's id: the process id and a random part. */
+  readonly nodeId: string;
+  #name: string;
+  #ackTimeout: number;
+  #replyTimeout: number;
+  #channel: BroadcastChannel | null = null;
+  #owner: RelayOwner | null = null;
+  #seq = 0;
+  #calls = new Map<string, Call>();
+  #bridges = new Map<string, Bridge>();
+  #closed = false;
+
+  /** Creates a relay; it listens only once attached to an engine. */
+  constructor(options: BroadcastChannelRelayOptions) {
+    this.#name = options.name;
+    this.#ackTimeout = options.ackTimeout ?? 1000;
+    this.#replyTimeout = options.replyTimeout ?? 30_000;
+    this.nodeId = `p${Deno.pid.toString(36)}n${randomHex(4)}`;
+  }
+
+  /** Opens the channel and serves requests addressed to this node with `owner`. */
+  attach(owner: RelayOwner): void {
+    if (this.#closed || this.#channel) return;
+    this.#owner = owner;
+    this.#channel = new BroadcastChannel(this.#name);
+    this.#channel.onmessage = (event: MessageEvent<Message>) => this.#receive(event.data);
+  }
+
+  /** Forwards a GET and waits up to `timeout` ms after the owner's ack for its answer. */
+  async poll(sid: string, timeout: number): Promise<RelayReply | null> {
+    const result = await this.#call(sid, "poll", undefined, timeout);
+    return result?.reply ?? null;
+  }
+
+  /** Forwards a POST body to the owner. */
+  async post(sid: string, body: string | null): Promise<RelayReply | null> {
+    const result = await this.#call(sid, "post", body, this.#replyTimeout);
+    return result?.reply ?? null;
+  }
+
+  /** Asks the owner to take a WebSocket; the returned bridge carries its frames. */
+  async openWebSocket(sid: string): Promise<FrameSocket | null> {
+    const id = this.#nextId();
+    // Registered before asking, so frames the owner sends right after accepting are not lost.
+    const bridge = this.#bridge(id, nodeOfSid(sid) ?? "");
+    const result = await this.#call(sid, "ws", undefined, this.#replyTimeout, id);
+    if (result?.ok) return bridge;
+    this.#bridges.delete(id);
+    return null;
+  }
+
+  /** Closes every bridge, fails pending calls and leaves the channel. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const call of this.#calls.values()) {
+      clearTimeout(call.timer);
+      call.resolve(null);
+    }
+    this.#calls.clear();
+    for (const bridge of [...this.#bridges.values()]) bridge.close(1001, "relay closed");
+    this.#bridges.clear();
+    this.#owner = null;
+    if (this.#channel) {
+      // Let the close notices and the answers to polls ended by the shutdown leave first.
+      await new Promise((resolve) => setTimeout(resolve, 0));
+      this.#channel.close();
+      this.#channel = null;
+    }
+  }
+
+  #send(message: Message): void {
+    this.#channel?.postMessage(message);
+  }
+
+  #bridge(id: string, peer: string): Bridge {
+    const bridge = new Bridge(
+      (message) => this.#send(message),
+      () => this.#bridges.delete(id),
+      id,
+      peer,
+    );
+    this.#bridges.set(id, bridge);
+    return bridge;
+  }
+
+  #nextId(): string {
+    return `${this.nodeId}:${++this.#seq}`;
+  }
+
+  #reachable(node: string | null): node is string {
+    if (node === null || node === this.nodeId) return false;
+    const match = NODE_PATTERN.exec(node);
+    // A sid minted by another process (a previous run) has no owner here: fail fast.
+    return match !== null && match[1] === Deno.pid.toString(36);
+  }
+
+  #call(
+    sid: string,
+    op: Operation,
+    body: string | null | undefined,
+    replyTimeout: number,
+    id = this.#nextId(),
+  ): Promise<Result | null> {
+    const to = nodeOfSid(sid);
+    if (this.#closed || !this.#channel || !this.#reachable(to)) return Promise.resolve(null);
+    return new Promise((resolve) => {
+      const finish = (result: Result | null) => {
+        const call = this.#calls.get(id);
+        if (!call) return;
+        clearTimeout(call.timer);
+        this.#calls.delete(id);
+        resolve(result);
+      };
+      this.#calls.set(id, {
+        timer: setTimeout(() => finish(null), this.#ackTimeout),
+        replyTimeout,
+        resolve: finish,
+      });
+      const message: Extract<Message, { k: "req" }> = {
+        k: "req",
+        to,
+        from: this.nodeId,
+        id,
+        op,
+        sid,
+      };
+      if (body !== undefined) message.body = body;
+      this.#send(message);
+    });
+  }
+
+  #receive(message: Message): void {
+    if (this.#closed || message.to !== this.nodeId) return;
+    switch (message.k) {
+      case "req":
+        this.#serve(message);
+        break;
+      case "ack": {
+        const call = this.#calls.get(message.id);
+        if (call) {
+          clearTimeout(call.timer);
+          call.timer = setTimeout(() => call.resolve(null), call.replyTimeout);
+        }
+        break;
+      }
+      case "res":
+        this.#calls.get(message.id)?.resolve(message);
+        break;
+      case "frame":
+        this.#bridges.get(message.id)?.deliver(message.data);
+        break;
+      case "close":
+        this.#bridges.get(message.id)?.closedByPeer(message.code, message.reason);
+        break;
+    }
+  }
+
+  #serve(request: Extract<Message, { k: "req" }>): void {
+    const owner = this.#owner;
+    if (!owner) return;
+    const { from, id, sid } = request;
+    this.#send({ k: "ack", to: from, id });
+    switch (request.op) {
+      case "poll":
+        // Sent even while closing: a shutdown answers parked polls with a close packet, and the
+        // channel stays open until those answers are out.
+        owner.relayPoll(sid).then((reply) => this.#send({ k: "res", to: from, id, reply }));
+        break;
+      case "post":
+        this.#send({ k: "res", to: from, id, reply: owner.relayPost(sid, request.body ?? null) });
+        break;
+      case "ws": {
+        const bridge = this.#bridge(id, from);
+        // Frames the owner writes while deciding are held until the answer has been posted.
+        bridge.hold();
+        const ok = owner.relayWebSocket(sid, bridge);
+        this.#send({ k: "res", to: from, id, ok });
+        if (ok) {
+          bridge.release();
+        } else {
+          this.#bridges.delete(id);
+        }
+        break;
+      }
+    }
+  }
+}
+
+/** One end of a WebSocket bridged between two isolates. */
+class Bridge implements FrameSocket {
+  onclose: ((code: number, reason: string) => void) | null = null;
+  #onmessage: ((data: string | Uint8Array) => void) | null = null;
+  // Frames that arrive before anyone listens (between the owner's answer and the piping).
+  #inbox: (string | Uint8Array)[] = [];
+  #post: (message: Message) => void;
+  #forget: () => void;
+  #id: string;
+  #peer: string;
+  #held: (string | Uint8Array)[] | null = null;
+  #closed = false;
+
+  constructor(post: (message: Message) => void, forget: () => void, id: string, peer: string) {
+    this.#post = post;
+    this.#forget = forget;
+    this.#id = id;
+    this.#peer = peer;
+  }
+
+  get onmessage(): ((data: string | Uint8Array) => void) | null {
+    return this.#onmessage;
+  }
+
+  set onmessage(listener: ((data: string | Uint8Array) => void) | null) {
+    this.#onmessage = listener;
+    if (!listener) return;
+    const inbox = this.#inbox;
+    this.#inbox = [];
+    for (const data of inbox) listener(data);
+  }
+
+  hold(): void {
+    this.#held = [];
+  }
+
+  release(): void {
+    const held = this.#held ?? [];
+    this.#held = null;
+    for (const data of held) this.send(data);
+  }
+
+  send(data: string | Uint8Array): void {
+    if (this.#closed) return;
+    if (this.#held) {
+      this.#held.push(data);
+      return;
+    }
+    // Structured clone copies a view's whole buffer; copy just the bytes when the view is partial.
+    const payload = typeof data === "string" || data.byteLength === data.buffer.byteLength
+      ? data
+      : data.slice();
+    this.#post({ k: "frame", to: this.#peer, id: this.#id, data: payload });
+  }
+
+  close(code = 1000, reason = ""): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#forget();
+    this.#post({ k: "close", to: this.#peer, id: this.#id, code, reason });
+    queueMicrotask(() => this.#notifyClose(code, reason));
+  }
+
+  deliver(data: string | Uint8Array): void {
+    if (this.#closed) return;
+    if (this.#onmessage) {
+      this.#onmessage(data);
+    } else {
+      this.#inbox.push(data);
+    }
+  }
+
+  closedByPeer(code: number, reason: string): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#forget();
+    this.#notifyClose(code, reason);
+  }
+
+  #notifyClose(code: number, reason: string): void {
+    const onclose = this.onclose;
+    this.onclose = null;
+    onclose?.(code, reason);
+  }
+}

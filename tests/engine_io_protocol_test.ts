@@ -1,0 +1,582 @@
+/**
+ * Raw Engine.IO / Socket.IO protocol tests of `src/engine_io` with `fetch` and `WebSocket`,
+ * for the edge cases a well-behaved client never produces.
+ */
+
+import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
+import { type Socket, SocketIOServer, type SocketIOServerOptions } from "../src/engine_io/mod.ts";
+
+interface Context {
+  io: SocketIOServer;
+  /** `http://host:port/socket.io/` */
+  base: string;
+  /** `ws://host:port/socket.io/` */
+  wsBase: string;
+  sockets: Socket[];
+  reasons: string[];
+  events: unknown[][];
+}
+
+async function withServer(
+  options: SocketIOServerOptions,
+  fn: (ctx: Context) => Promise<void>,
+): Promise<void> {
+  // Long heartbeats by default so that no ping slips into the exact poll bodies asserted below;
+  // the heartbeat tests set short ones.
+  const io = new SocketIOServer({ pingInterval: 10_000, pingTimeout: 5_000, ...options });
+  const ctx: Context = { io, base: "", wsBase: "", sockets: [], reasons: [], events: [] };
+  io.on("connection", (socket) => {
+    ctx.sockets.push(socket);
+    socket.on("disconnect", (reason) => ctx.reasons.push(reason));
+    socket.onAny((...args: unknown[]) => ctx.events.push(args));
+    socket.on("echo", (...args: unknown[]) => {
+      const ack = typeof args.at(-1) === "function"
+        ? args.pop() as (...a: unknown[]) => void
+        : null;
+      if (ack) ack(...args);
+      else socket.emit("echo", ...args);
+    });
+  });
+  io.of("/custom");
+  const server = Deno.serve({ port: 0, onListen() {} }, (req, info) => io.handleRequest(req, info));
+  ctx.base = `http://localhost:${server.addr.port}/socket.io/`;
+  ctx.wsBase = ctx.base.replace("http", "ws");
+  try {
+    await fn(ctx);
+  } finally {
+    await io.close();
+    await server.shutdown();
+  }
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+async function until(check: () => boolean, ms = 3000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > end) throw new Error("condition not met in time");
+    await delay(5);
+  }
+}
+
+interface Reply {
+  status: number;
+  text: string;
+  headers: Headers;
+}
+
+async function request(url: string, init?: RequestInit): Promise<Reply> {
+  const res = await fetch(url, init);
+  return { status: res.status, text: await res.text(), headers: res.headers };
+}
+
+function get(ctx: Context, query: string, init?: RequestInit): Promise<Reply> {
+  return request(`${ctx.base}?${query}`, init);
+}
+
+async function handshake(ctx: Context): Promise<{ sid: string; open: Record<string, unknown> }> {
+  const reply = await get(ctx, "EIO=4&transport=polling");
+  strictEqual(reply.status, 200);
+  strictEqual(reply.text[0], "0");
+  const open = JSON.parse(reply.text.slice(1));
+  return { sid: open.sid, open };
+}
+
+function poll(ctx: Context, sid: string): Promise<Reply> {
+  return get(ctx, `EIO=4&transport=polling&sid=${sid}`);
+}
+
+function post(ctx: Context, sid: string, body: BodyInit, headers?: HeadersInit): Promise<Reply> {
+  return get(ctx, `EIO=4&transport=polling&sid=${sid}`, { method: "POST", body, headers });
+}
+
+/** A WebSocket whose messages are read in order with `next()`. */
+class Peer {
+  readonly ws: WebSocket;
+  readonly opened: Promise<void>;
+  readonly closed: Promise<CloseEvent>;
+  #queue: (string | Uint8Array)[] = [];
+  #waiters: ((data: string | Uint8Array) => void)[] = [];
+
+  constructor(url: string) {
+    this.ws = new WebSocket(url);
+    this.ws.binaryType = "arraybuffer";
+    this.opened = new Promise((resolve, reject) => {
+      this.ws.onopen = () => resolve();
+      this.ws.onerror = () => reject(new Error("websocket failed"));
+    });
+    this.opened.catch(() => {});
+    this.closed = new Promise((resolve) => this.ws.onclose = resolve);
+    this.ws.onmessage = (event: MessageEvent<string | ArrayBuffer>) => {
+      const data = typeof event.data === "string" ? event.data : new Uint8Array(event.data);
+      const waiter = this.#waiters.shift();
+      if (waiter) waiter(data);
+      else this.#queue.push(data);
+    };
+  }
+
+  /** Next message that is not a ping (pings are answered). */
+  async next(ms = 3000): Promise<string | Uint8Array> {
+    for (;;) {
+      const data = await this.#take(ms);
+      if (data === "2") {
+        this.ws.send("3");
+        continue;
+      }
+      return data;
+    }
+  }
+
+  #take(ms: number): Promise<string | Uint8Array> {
+    const queued = this.#queue.shift();
+    if (queued !== undefined) return Promise.resolve(queued);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
+        reject(new Error("no message in time"));
+      }, ms);
+      const waiter = (data: string | Uint8Array) => {
+        clearTimeout(timer);
+        resolve(data);
+      };
+      this.#waiters.push(waiter);
+    });
+  }
+
+  send(data: string | Uint8Array): void {
+    this.ws.send(data);
+  }
+
+  async close(): Promise<void> {
+    if (this.ws.readyState < WebSocket.CLOSING) this.ws.close();
+    await this.closed;
+  }
+}
+
+Deno.test("polling handshake advertises the session and its limits", async () => {
+  await withServer({}, async (ctx) => {
+    const reply = await get(ctx, "EIO=4&transport=polling");
+    strictEqual(reply.status, 200);
+    match(reply.headers.get("content-type") ?? "", /^text\/plain/);
+    const open = JSON.parse(reply.text.slice(1));
+    deepStrictEqual(Object.keys(open).sort(), [
+      "maxPayload",
+      "pingInterval",
+      "pingTimeout",
+      "sid",
+      "upgrades",
+    ]);
+    deepStrictEqual(open.upgrades, ["websocket"]);
+    strictEqual(open.pingInterval, 10_000);
+    strictEqual(open.pingTimeout, 5_000);
+    ok(open.maxPayload >= 14_500_000, "default maxPayload fits a 10 MiB file in base64");
+    // Also reachable without the trailing slash.
+    const bare = await request(ctx.base.slice(0, -1) + "?EIO=4&transport=polling");
+    strictEqual(bare.status, 200);
+  });
+});
+
+Deno.test("websocket handshake without polling advertises no upgrades", async () => {
+  await withServer({}, async (ctx) => {
+    const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket`);
+    const open = JSON.parse(String(await peer.next()).slice(1));
+    deepStrictEqual(open.upgrades, []);
+    peer.send("40");
+    match(String(await peer.next()), /^40\{"sid":"[^"]+"\}$/);
+    peer.send('42["echo","over ws"]');
+    strictEqual(await peer.next(), '42["echo","over ws"]');
+    await peer.close();
+  });
+});
+
+Deno.test("bad requests get 400 with a JSON error", async () => {
+  await withServer({}, async (ctx) => {
+    const cases: [string, RequestInit | undefined, number, number][] = [
+      ["transport=polling", undefined, 400, 5],
+      ["EIO=3&transport=polling", undefined, 400, 5],
+      ["EIO=abc&transport=polling", undefined, 400, 5],
+      ["EIO=4", undefined, 400, 0],
+      ["EIO=4&transport=abc", undefined, 400, 0],
+      ["EIO=4&transport=polling&sid=nope", undefined, 400, 1],
+      ["EIO=4&transport=polling&sid=nope", { method: "POST", body: "4x" }, 400, 1],
+      ["EIO=4&transport=polling", { method: "POST", body: "" }, 400, 2],
+      ["EIO=4&transport=polling", { method: "PUT" }, 400, 2],
+      // transport=websocket without an Upgrade header
+      ["EIO=4&transport=websocket", undefined, 400, 3],
+    ];
+    for (const [query, init, status, code] of cases) {
+      const reply = await get(ctx, query, init);
+      strictEqual(reply.status, status, query);
+      match(reply.headers.get("content-type") ?? "", /application\/json/);
+      const body = JSON.parse(reply.text);
+      strictEqual(body.code, code, query);
+      strictEqual(typeof body.message, "string");
+    }
+    const { sid } = await handshake(ctx);
+    const put = await get(ctx, `EIO=4&transport=polling&sid=${sid}`, { method: "PUT" });
+    strictEqual(put.status, 400);
+    strictEqual(JSON.parse(put.text).code, 3);
+    // Outside the path.
+    const elsewhere = await request(ctx.base.replace("/socket.io/", "/other/") + "?EIO=4");
+    strictEqual(elsewhere.status, 404);
+  });
+});
+
+Deno.test("polling carries Socket.IO packets both ways, batched with the record separator", async () => {
+  await withServer({}, async (ctx) => {
+    const { sid } = await handshake(ctx);
+    // An event right behind its CONNECT waits for the (asynchronous) middlewares, then arrives.
+    const posted = await post(ctx, sid, '40\x1e42["echo","a"]');
+    strictEqual(posted.status, 200);
+    strictEqual(posted.text, "ok");
+    const reply = await poll(ctx, sid);
+    const packets = reply.text.split("\x1e");
+    match(packets[0], /^40\{"sid":"[^"]+"\}$/);
+    strictEqual(packets[1], '42["echo","a"]');
+    // Ack ids are echoed.
+    await post(ctx, sid, '4212["echo",1,{"x":true}]');
+    strictEqual((await poll(ctx, sid)).text, '4312[1,{"x":true}]');
+    // A parked GET is answered as soon as the server emits.
+    const parked = poll(ctx, sid);
+    await delay(20);
+    ctx.sockets[0].emit("push", "late");
+    strictEqual((await parked).text, '42["push","late"]');
+  });
+});
+
+Deno.test("binary attachments: b-prefixed base64 over polling, binary frames over websocket", async () => {
+  await withServer({}, async (ctx) => {
+    const { sid } = await handshake(ctx);
+    await post(ctx, sid, "40");
+    await poll(ctx, sid);
+    await post(ctx, sid, '451-["echo",{"_placeholder":true,"num":0}]\x1ebAQID');
+    await until(() => ctx.events.length === 1);
+    ok(ctx.events[0][1] instanceof Uint8Array);
+    deepStrictEqual(ctx.events[0][1], new Uint8Array([1, 2, 3]));
+    strictEqual(
+      (await poll(ctx, sid)).text,
+      '451-["echo",{"_placeholder":true,"num":0}]\x1ebAQID',
+    );
+
+    const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket`);
+    await peer.next();
+    peer.send("40");
+    await peer.next();
+    peer.send('452-["echo",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]');
+    peer.send(new Uint8Array([1, 2, 3]));
+    peer.send(new Uint8Array([4, 5, 6]));
+    strictEqual(
+      await peer.next(),
+      '452-["echo",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]',
+    );
+    deepStrictEqual(await peer.next(), new Uint8Array([1, 2, 3]));
+    deepStrictEqual(await peer.next(), new Uint8Array([4, 5, 6]));
+    // Binary ack.
+    peer.send('451-7["echo",{"_placeholder":true,"num":0}]');
+    peer.send(new Uint8Array([9]));
+    strictEqual(await peer.next(), '461-7[{"_placeholder":true,"num":0}]');
+    deepStrictEqual(await peer.next(), new Uint8Array([9]));
+    await peer.close();
+  });
+});
+
+Deno.test("concurrent GETs on one sid close the session", async () => {
+  await withServer({}, async (ctx) => {
+    const { sid } = await handshake(ctx);
+    const first = poll(ctx, sid);
+    await delay(20);
+    const second = await poll(ctx, sid);
+    strictEqual(second.status, 400);
+    strictEqual((await first).text, "1");
+    strictEqual((await poll(ctx, sid)).status, 400);
+  });
+});
+
+Deno.test("a close packet from the client releases the parked GET with a noop", async () => {
+  await withServer({}, async (ctx) => {
+    const { sid } = await handshake(ctx);
+    const parked = poll(ctx, sid);
+    await delay(20);
+    strictEqual((await post(ctx, sid, "1")).status, 200);
+    strictEqual((await parked).text, "6");
+    strictEqual((await poll(ctx, sid)).status, 400);
+  });
+});
+
+Deno.test("probe and upgrade: 2probe/3probe, noop to the parked GET, 5, then websocket only", async () => {
+  await withServer({}, async (ctx) => {
+    const { sid } = await handshake(ctx);
+    await post(ctx, sid, "40");
+    match((await poll(ctx, sid)).text, /^40/);
+    const parked = poll(ctx, sid);
+    await delay(20);
+    const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket&sid=${sid}`);
+    await peer.opened;
+    peer.send("2probe");
+    strictEqual(await peer.next(), "3probe");
+    strictEqual((await parked).text, "6");
+    // Packets emitted while the client pauses polling wait for the new transport.
+    ctx.sockets[0].emit("during", "upgrade");
+    peer.send("5");
+    strictEqual(await peer.next(), '42["during","upgrade"]');
+    await until(() => ctx.sockets[0].conn.transport === "websocket");
+    peer.send('42["echo","after"]');
+    strictEqual(await peer.next(), '42["echo","after"]');
+    // Polling is over for this session, and a second WebSocket is refused.
+    strictEqual((await poll(ctx, sid)).status, 400);
+    strictEqual((await post(ctx, sid, '42["x"]')).status, 400);
+    const intruder = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket&sid=${sid}`);
+    await intruder.closed;
+    peer.send('42["echo","still"]');
+    strictEqual(await peer.next(), '42["echo","still"]');
+    await peer.close();
+    await until(() => ctx.reasons.length === 1);
+    deepStrictEqual(ctx.reasons, ["transport close"]);
+  });
+});
+
+Deno.test("an abandoned upgrade times out and polling carries on", async () => {
+  await withServer({ upgradeTimeout: 100 }, async (ctx) => {
+    const { sid } = await handshake(ctx);
+    const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket&sid=${sid}`);
+    await peer.opened;
+    await peer.closed;
+    await post(ctx, sid, "40");
+    match((await poll(ctx, sid)).text, /^40/);
+  });
+});
+
+Deno.test("malformed Socket.IO packets close the connection", async () => {
+  await withServer({}, async (ctx) => {
+    for (const bad of ["4abc", "42{}", '42abc["echo",1]', "40/x,[1]"]) {
+      const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket`);
+      await peer.next();
+      if (bad !== "40/x,[1]") {
+        peer.send("40");
+        await peer.next();
+      }
+      peer.send(bad);
+      await peer.closed;
+    }
+    // An invalid Engine.IO packet over websocket too.
+    const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket`);
+    await peer.next();
+    peer.send("abc");
+    await peer.closed;
+
+    // Over polling: a bad Engine.IO payload is a 400 and the end of the session...
+    const first = await handshake(ctx);
+    strictEqual((await post(ctx, first.sid, "abc")).status, 400);
+    strictEqual((await poll(ctx, first.sid)).status, 400);
+    // ...and a bad Socket.IO packet closes the session after flushing.
+    const second = await handshake(ctx);
+    await post(ctx, second.sid, "40");
+    await poll(ctx, second.sid);
+    strictEqual((await post(ctx, second.sid, "4abc")).status, 200);
+    strictEqual((await poll(ctx, second.sid)).text, "1");
+    strictEqual((await poll(ctx, second.sid)).status, 400);
+    await until(() => ctx.reasons.filter((r) => r === "parse error").length === 4);
+  });
+});
+
+Deno.test("namespaces: connect, unknown namespace, disconnect packets", async () => {
+  await withServer({}, async (ctx) => {
+    const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket`);
+    await peer.next();
+    peer.send('40/custom,{"token":"abc"}');
+    match(String(await peer.next()), /^40\/custom,\{"sid":"[^"]+"\}$/);
+    peer.send("40/random");
+    strictEqual(await peer.next(), '44/random,{"message":"Invalid namespace"}');
+    peer.send("40");
+    match(String(await peer.next()), /^40\{"sid"/);
+    peer.send("41/custom,");
+    peer.send('42["echo","main still works"]');
+    strictEqual(await peer.next(), '42["echo","main still works"]');
+    peer.send("41");
+    await until(() => ctx.reasons.length === 1);
+    deepStrictEqual(ctx.reasons, ["client namespace disconnect"]);
+    ctx.io.of("/custom").disconnectSockets();
+    await peer.close();
+  });
+});
+
+Deno.test("connectTimeout closes a connection that never joins a namespace", async () => {
+  await withServer({ connectTimeout: 100 }, async (ctx) => {
+    const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket`);
+    await peer.next();
+    await peer.closed;
+    strictEqual(ctx.io.engine.clientsCount, 0);
+  });
+});
+
+Deno.test("heartbeat: pings are answered over polling; a silent peer is dropped after interval + timeout", async () => {
+  await withServer({ pingInterval: 100, pingTimeout: 100 }, async (ctx) => {
+    // A live peer answering three pings.
+    const live = await handshake(ctx);
+    for (let i = 0; i < 3; i++) {
+      strictEqual((await poll(ctx, live.sid)).text, "2");
+      strictEqual((await post(ctx, live.sid, "3")).status, 200);
+    }
+    // A silent peer: handshake, join the namespace, then never poll nor pong.
+    const silent = await handshake(ctx);
+    await post(ctx, silent.sid, "40");
+    await until(() => ctx.sockets.length === 1);
+    const started = Date.now();
+    await until(() => ctx.reasons.length === 1, 1000);
+    const elapsed = Date.now() - started;
+    deepStrictEqual(ctx.reasons, ["ping timeout"]);
+    ok(elapsed <= 400, `dropped after ${elapsed} ms`);
+    strictEqual((await poll(ctx, silent.sid)).status, 400);
+    // Same over websocket: a peer that reads but never pongs gets closed.
+    const peer = new WebSocket(`${ctx.wsBase}?EIO=4&transport=websocket`);
+    const closed = new Promise((resolve) => peer.onclose = resolve);
+    await closed;
+  });
+});
+
+Deno.test("a 10 MiB attachment as base64 JSON fits maxPayload; a larger body is refused", async () => {
+  await withServer({}, async (ctx) => {
+    const { sid } = await handshake(ctx);
+    await post(ctx, sid, "40");
+    await poll(ctx, sid);
+    const file = new Uint8Array(10 * 1024 * 1024);
+    crypto.getRandomValues(file.subarray(0, 65536));
+    const base64 = file.toBase64();
+    ok(base64.length >= 10 * 1024 * 1024 * 4 / 3);
+    const event = `42["echo",${JSON.stringify({ name: "f.bin", base64 })}]`;
+    const accepted = await post(ctx, sid, event);
+    strictEqual(accepted.status, 200);
+    await until(() => ctx.events.length === 1);
+    const [, received] = ctx.events[0] as [string, { base64: string }];
+    strictEqual(received.base64.length, base64.length);
+    deepStrictEqual(Uint8Array.fromBase64(received.base64), file);
+    // The echo comes back as one long-polling response.
+    strictEqual((await poll(ctx, sid)).text === event, true);
+
+    const tooLarge = await post(ctx, sid, `42["echo","${"a".repeat(17 * 1024 * 1024)}"]`);
+    strictEqual(tooLarge.status, 413);
+    strictEqual((await poll(ctx, sid)).status, 400, "the session is closed");
+
+    // The same event as one WebSocket message, echoed back whole.
+    const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket`);
+    await peer.next();
+    peer.send("40");
+    await peer.next();
+    peer.send(event);
+    strictEqual(await peer.next(10_000) === event, true);
+    peer.send(`42["echo","${"a".repeat(17 * 1024 * 1024)}"]`);
+    await peer.closed;
+  });
+});
+
+Deno.test("a broadcast is encoded once: every recipient gets the same packet objects", async () => {
+  await withServer({}, async (ctx) => {
+    const peers = [0, 1, 2].map(() => new Peer(`${ctx.wsBase}?EIO=4&transport=websocket`));
+    for (const peer of peers) {
+      await peer.next();
+      peer.send("40");
+      await peer.next();
+    }
+    await until(() => ctx.sockets.length === 3);
+    const sent: unknown[][] = [];
+    for (const socket of ctx.sockets) {
+      const conn = socket.conn;
+      const original = conn.sendPackets.bind(conn);
+      conn.sendPackets = (packets) => {
+        sent.push([...packets]);
+        original(packets);
+      };
+    }
+    ctx.io.emit("news", { text: "hi" }, new Uint8Array([1, 2]));
+    strictEqual(sent.length, 3);
+    strictEqual(sent[0].length, 2, "text part and one attachment");
+    for (const packets of sent.slice(1)) {
+      strictEqual(packets[0], sent[0][0]);
+      strictEqual(packets[1], sent[0][1]);
+    }
+    for (const peer of peers) {
+      strictEqual(await peer.next(), '451-["news",{"text":"hi"},{"_placeholder":true,"num":0}]');
+      deepStrictEqual(await peer.next(), new Uint8Array([1, 2]));
+      await peer.close();
+    }
+  });
+});
+
+Deno.test("maxPayload is enforced on streamed bodies and websocket messages", async () => {
+  await withServer({ maxPayload: 1000 }, async (ctx) => {
+    const { sid, open } = await handshake(ctx);
+    strictEqual(open.maxPayload, 1000);
+    // No Content-Length: the limit applies while reading.
+    const chunk = new TextEncoder().encode(`42["echo","${"b".repeat(600)}`);
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        controller.enqueue(chunk);
+        controller.enqueue(chunk);
+        controller.close();
+      },
+    });
+    strictEqual((await post(ctx, sid, body)).status, 413);
+
+    const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket`);
+    await peer.next();
+    peer.send("40");
+    await peer.next();
+    peer.send(`42["echo","${"é".repeat(600)}"]`); // 1200 bytes in UTF-8
+    await peer.closed;
+  });
+});
+
+Deno.test("CORS: origins are echoed with credentials, preflights answered, others refused", async () => {
+  await withServer({}, async (ctx) => {
+    const reply = await get(ctx, "EIO=4&transport=polling", {
+      headers: { origin: "https://app.example" },
+    });
+    strictEqual(reply.status, 200);
+    strictEqual(reply.headers.get("access-control-allow-origin"), "https://app.example");
+    strictEqual(reply.headers.get("access-control-allow-credentials"), "true");
+    const preflight = await get(ctx, "EIO=4&transport=polling", {
+      method: "OPTIONS",
+      headers: {
+        origin: "https://app.example",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "content-type",
+      },
+    });
+    strictEqual(preflight.status, 204);
+    strictEqual(preflight.headers.get("access-control-allow-origin"), "https://app.example");
+    match(preflight.headers.get("access-control-allow-methods") ?? "", /POST/);
+    strictEqual(preflight.headers.get("access-control-allow-headers"), "content-type");
+  });
+  await withServer({ allowedOrigins: ["https://good.example"] }, async (ctx) => {
+    const good = await get(ctx, "EIO=4&transport=polling", {
+      headers: { origin: "https://good.example" },
+    });
+    strictEqual(good.status, 200);
+    strictEqual(good.headers.get("access-control-allow-origin"), "https://good.example");
+    const bad = await get(ctx, "EIO=4&transport=polling", {
+      headers: { origin: "https://evil.example" },
+    });
+    strictEqual(bad.status, 403);
+    strictEqual(JSON.parse(bad.text).code, 4);
+    strictEqual(bad.headers.get("access-control-allow-origin"), null);
+    // Requests without an Origin (non-browser clients) are not subject to CORS.
+    strictEqual((await get(ctx, "EIO=4&transport=polling")).status, 200);
+  });
+});
+
+Deno.test("only the enabled transports are served", async () => {
+  await withServer({ transports: ["websocket"] }, async (ctx) => {
+    const reply = await get(ctx, "EIO=4&transport=polling");
+    strictEqual(reply.status, 400);
+    strictEqual(JSON.parse(reply.text).code, 0);
+    const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket`);
+    match(String(await peer.next()), /^0\{/);
+    await peer.close();
+  });
+  await withServer({ allowUpgrades: false }, async (ctx) => {
+    const { open } = await handshake(ctx);
+    deepStrictEqual(open.upgrades, []);
+  });
+});

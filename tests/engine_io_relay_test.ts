@@ -1,0 +1,374 @@
+/**
+ * Tests of the cross-isolate relay: two servers in one process stand for two isolates of
+ * `deno serve --parallel` (they share a `BroadcastChannel` name), and requests of one session are
+ * routed to both, as the kernel may do without sticky sessions.
+ */
+
+import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
+import { io as connect, type Socket as ClientSocket } from "socket.io-client";
+import {
+  BroadcastChannelRelay,
+  type Socket,
+  SocketIOServer,
+  type SocketIOServerOptions,
+} from "../src/engine_io/mod.ts";
+
+interface Node {
+  io: SocketIOServer;
+  relay: BroadcastChannelRelay;
+  server: Deno.HttpServer<Deno.NetAddr>;
+  origin: string;
+  base: string;
+  /** Requests this node received for an existing sid, by kind. */
+  hits: { get: number; post: number; websocket: number };
+  sockets: Socket[];
+  reasons: string[];
+  closed: boolean;
+}
+
+interface Cluster {
+  a: Node;
+  b: Node;
+}
+
+function setup(io: SocketIOServer, node: Pick<Node, "sockets" | "reasons">): void {
+  io.on("connection", (socket) => {
+    node.sockets.push(socket);
+    socket.on("disconnect", (reason) => node.reasons.push(reason));
+    socket.on("echo", (...args: unknown[]) => {
+      const ack = typeof args.at(-1) === "function"
+        ? args.pop() as (...a: unknown[]) => void
+        : null;
+      if (ack) ack(...args);
+      else socket.emit("echo", ...args);
+    });
+  });
+}
+
+async function startNode(name: string, options: SocketIOServerOptions): Promise<Node> {
+  const relay = new BroadcastChannelRelay({ name, ackTimeout: 200 });
+  const io = new SocketIOServer({ pingInterval: 10_000, pingTimeout: 5_000, ...options, relay });
+  const node = {
+    io,
+    relay,
+    hits: { get: 0, post: 0, websocket: 0 },
+    sockets: [],
+    reasons: [],
+    closed: false,
+  } as unknown as Node;
+  setup(io, node);
+  node.server = Deno.serve({ port: 0, onListen() {} }, (req, info) => {
+    const url = new URL(req.url);
+    if (url.searchParams.has("sid")) {
+      if (req.headers.get("upgrade")) node.hits.websocket++;
+      else if (req.method === "GET") node.hits.get++;
+      else if (req.method === "POST") node.hits.post++;
+    }
+    return io.handleRequest(req, info);
+  });
+  node.origin = `http://localhost:${node.server.addr.port}`;
+  node.base = `${node.origin}/socket.io/`;
+  await Promise.resolve();
+  return node;
+}
+
+async function stopNode(node: Node): Promise<void> {
+  if (node.closed) return;
+  node.closed = true;
+  await node.io.close();
+  await node.server.shutdown();
+}
+
+async function withCluster(
+  // Long heartbeats unless a test needs short ones: exact poll bodies are asserted.
+  options: SocketIOServerOptions,
+  fn: (cluster: Cluster) => Promise<void>,
+): Promise<void> {
+  // A unique channel per test: parallel test workers of one process must not hear each other.
+  const name = `engine.io-relay-test:${crypto.randomUUID()}`;
+  const a = await startNode(name, options);
+  const b = await startNode(name, options);
+  try {
+    await fn({ a, b });
+  } finally {
+    await stopNode(a);
+    await stopNode(b);
+  }
+}
+
+/**
+ * A reverse proxy in front of both nodes; `route` picks the node of each request. WebSockets
+ * are piped frame by frame.
+ */
+function startProxy(
+  route: (req: Request, url: URL, count: number) => Node,
+): { url: string; stop(): Promise<void> } {
+  let count = 0;
+  const pipes = new Set<{ client: WebSocket; upstream: WebSocket }>();
+  const server = Deno.serve({ port: 0, onListen() {} }, async (req) => {
+    const url = new URL(req.url);
+    const node = route(req, url, count++);
+    const target = node.origin + url.pathname + url.search;
+    if (req.headers.get("upgrade")?.toLowerCase() === "websocket") {
+      const { socket: client, response } = Deno.upgradeWebSocket(req);
+      const upstream = new WebSocket(target.replace("http", "ws"));
+      client.binaryType = upstream.binaryType = "arraybuffer";
+      const pipe = { client, upstream };
+      pipes.add(pipe);
+      const early: (string | ArrayBuffer)[] = [];
+      upstream.onopen = () => {
+        for (const data of early) upstream.send(data);
+        early.length = 0;
+      };
+      client.onmessage = (e) => {
+        if (upstream.readyState === WebSocket.OPEN) upstream.send(e.data);
+        else early.push(e.data);
+      };
+      upstream.onmessage = (e) => {
+        if (client.readyState === WebSocket.OPEN) client.send(e.data);
+      };
+      const shut = () => {
+        for (const ws of [client, upstream]) {
+          if (ws.readyState === WebSocket.OPEN) ws.close();
+        }
+        pipes.delete(pipe);
+      };
+      client.onclose = upstream.onclose = shut;
+      client.onerror = upstream.onerror = () => {};
+      return response;
+    }
+    const headers = new Headers(req.headers);
+    headers.delete("host");
+    headers.delete("connection");
+    const body = req.method === "GET" || req.method === "HEAD"
+      ? undefined
+      : await req.arrayBuffer();
+    const res = await fetch(target, { method: req.method, headers, body });
+    return new Response(await res.arrayBuffer(), { status: res.status, headers: res.headers });
+  });
+  return {
+    url: `http://localhost:${server.addr.port}`,
+    async stop() {
+      for (const { client, upstream } of pipes) {
+        for (const ws of [client, upstream]) {
+          if (ws.readyState === WebSocket.OPEN) ws.close();
+        }
+      }
+      await until(() => pipes.size === 0).catch(() => {});
+      await server.shutdown();
+    },
+  };
+}
+
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+async function until(check: () => boolean, ms = 3000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > end) throw new Error("condition not met in time");
+    await delay(5);
+  }
+}
+
+function next<T extends unknown[] = unknown[]>(
+  emitter: { once(event: string, fn: (...args: never[]) => void): unknown },
+  event: string,
+  ms = 5000,
+): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${event}`)), ms);
+    emitter.once(event, (...args: never[]) => {
+      clearTimeout(timer);
+      resolve(args as unknown as T);
+    });
+  });
+}
+
+async function request(url: string, init?: RequestInit): Promise<{ status: number; text: string }> {
+  const res = await fetch(url, init);
+  return { status: res.status, text: await res.text() };
+}
+
+function poll(node: Node, sid: string) {
+  return request(`${node.base}?EIO=4&transport=polling&sid=${sid}`);
+}
+
+function post(node: Node, sid: string, body: string) {
+  return request(`${node.base}?EIO=4&transport=polling&sid=${sid}`, { method: "POST", body });
+}
+
+async function handshake(node: Node): Promise<string> {
+  const reply = await request(`${node.base}?EIO=4&transport=polling`);
+  strictEqual(reply.status, 200);
+  return JSON.parse(reply.text.slice(1)).sid;
+}
+
+Deno.test("relay: GETs and POSTs that reach the non-owner are served by the owner", async () => {
+  await withCluster({}, async ({ a, b }) => {
+    const sid = await handshake(a);
+    // CONNECT through B; the CONNECT reply is collected through B as well.
+    strictEqual((await post(b, sid, "40")).text, "ok");
+    match((await poll(b, sid)).text, /^40\{"sid":"[^"]+"\}$/);
+    strictEqual(a.sockets.length, 1, "the session lives on A");
+    strictEqual(b.sockets.length, 0);
+    strictEqual(b.io.engine.clientsCount, 0);
+
+    // An event posted to B runs A's handler; its answer is polled from B.
+    await post(b, sid, '42["echo","via b"]\x1e451-["echo",{"_placeholder":true,"num":0}]\x1ebAQID');
+    strictEqual(
+      (await poll(b, sid)).text,
+      '42["echo","via b"]\x1e451-["echo",{"_placeholder":true,"num":0}]\x1ebAQID',
+    );
+
+    // A GET parked on B is answered when A emits.
+    const parked = poll(b, sid);
+    await delay(30);
+    a.sockets[0].emit("push", { n: 1 });
+    strictEqual((await parked).text, '42["push",{"n":1}]');
+
+    // The owner still sees overlapping GETs even when they arrive at different isolates.
+    const first = poll(a, sid);
+    await delay(30);
+    strictEqual((await poll(b, sid)).status, 400);
+    strictEqual((await first).text, "1");
+    strictEqual((await poll(b, sid)).status, 400);
+    deepStrictEqual(a.reasons, ["transport error"]);
+  });
+});
+
+Deno.test("relay: heartbeats through the non-owner keep the session alive", async () => {
+  await withCluster({ pingInterval: 100, pingTimeout: 200 }, async ({ a, b }) => {
+    const sid = await handshake(a);
+    await post(b, sid, "40");
+    match((await poll(b, sid)).text, /^40/);
+    for (let i = 0; i < 4; i++) {
+      const node = i % 2 ? a : b;
+      strictEqual((await poll(node, sid)).text, "2");
+      strictEqual((await post(node, sid, "3")).status, 200);
+    }
+    strictEqual(a.reasons.length, 0);
+    // Silence, even with a GET parked on the non-owner, ends in a ping timeout on the owner.
+    const parked = poll(b, sid);
+    strictEqual((await parked).text, "2");
+    await until(() => a.reasons.length === 1, 1000);
+    deepStrictEqual(a.reasons, ["ping timeout"]);
+    strictEqual((await poll(b, sid)).status, 400);
+  });
+});
+
+Deno.test("relay: unknown sids fail at once, or after the ack timeout when the owner is gone", async () => {
+  await withCluster({}, async ({ a, b }) => {
+    // Minted by B itself but unknown: no relay round trip.
+    const own = `${b.relay.nodeId}.AAAAAAAAAAAAAAAAAAAA`;
+    let started = Date.now();
+    strictEqual((await poll(b, own)).status, 400);
+    ok(Date.now() - started < 150);
+    // Minted by another process (a previous run): nobody here can own it.
+    const foreign = `p${(Deno.pid + 1).toString(36)}n0123abcd.AAAAAAAAAAAAAAAAAAAA`;
+    started = Date.now();
+    strictEqual((await poll(b, foreign)).status, 400);
+    ok(Date.now() - started < 150);
+    // Without a sid prefix at all.
+    strictEqual((await poll(b, "plain")).status, 400);
+
+    // A GET parked on B gets the close packet when A shuts down...
+    const sid = await handshake(a);
+    const parked = poll(b, sid);
+    await delay(30);
+    started = Date.now();
+    await stopNode(a);
+    strictEqual((await parked).text, "1");
+    ok(Date.now() - started < 500);
+    // ...and afterwards B waits for the ack timeout and then says "unknown sid".
+    started = Date.now();
+    const reply = await poll(b, sid);
+    const elapsed = Date.now() - started;
+    strictEqual(reply.status, 400);
+    strictEqual(JSON.parse(reply.text).code, 1);
+    ok(elapsed >= 150 && elapsed < 1000, `answered after ${elapsed} ms`);
+    strictEqual((await post(b, sid, "40")).status, 400);
+  });
+});
+
+Deno.test("relay: socket.io-client over polling, requests alternating between the isolates", async () => {
+  await withCluster({ pingInterval: 200, pingTimeout: 400 }, async ({ a, b }) => {
+    const proxy = startProxy((_req, url, count) => {
+      // Handshakes go to A so the owner is known; everything else alternates.
+      if (!url.searchParams.has("sid")) return a;
+      return count % 2 ? a : b;
+    });
+    const client: ClientSocket = connect(proxy.url, {
+      transports: ["polling"],
+      forceNew: true,
+      reconnection: false,
+    });
+    try {
+      await next(client, "connect");
+      strictEqual(a.sockets.length, 1);
+      strictEqual(b.sockets.length, 0);
+      deepStrictEqual(await client.emitWithAck("echo", { hello: "relay" }), { hello: "relay" });
+      const bytes = new Uint8Array(256 * 1024).map((_, i) => i & 0xff);
+      const echoed = await client.emitWithAck("echo", bytes);
+      deepStrictEqual(new Uint8Array(echoed), bytes);
+      const pushed = next<[string]>(client, "push");
+      a.sockets[0].emit("push", "from the owner");
+      strictEqual((await pushed)[0], "from the owner");
+      client.on("question", (n: number, ack: (v: number) => void) => ack(n * 2));
+      strictEqual(await a.sockets[0].timeout(2000).emitWithAck("question", 21), 42);
+      // Let heartbeats run through both isolates.
+      await delay(800);
+      ok(client.connected);
+      strictEqual(a.reasons.length, 0);
+      ok(b.hits.get > 0 && b.hits.post > 0, `B served ${JSON.stringify(b.hits)}`);
+      ok(a.hits.get > 0 && a.hits.post > 0, `A served ${JSON.stringify(a.hits)}`);
+      strictEqual(client.io.engine.transport.name, "polling");
+    } finally {
+      client.disconnect();
+      await until(() => a.reasons.length === 1).catch(() => {});
+      await proxy.stop();
+    }
+    deepStrictEqual(a.reasons, ["client namespace disconnect"]);
+  });
+});
+
+Deno.test("relay: a websocket upgrade that lands on the non-owner is bridged to the owner", async () => {
+  await withCluster({ pingInterval: 200, pingTimeout: 400 }, async ({ a, b }) => {
+    const proxy = startProxy((req, url, count) => {
+      if (!url.searchParams.has("sid")) return a;
+      if (req.headers.get("upgrade")) return b;
+      return count % 2 ? a : b;
+    });
+    const client: ClientSocket = connect(proxy.url, { forceNew: true, reconnection: false });
+    try {
+      await next(client, "connect");
+      await until(() => client.io.engine.transport.name === "websocket");
+      strictEqual(b.hits.websocket, 1, "the upgrade reached B");
+      await until(() => a.sockets[0]?.conn.transport === "websocket");
+      strictEqual(b.io.engine.clientsCount, 0, "B holds no session, only the bridge");
+      deepStrictEqual(await client.emitWithAck("echo", ["over", "the", "bridge"]), [
+        "over",
+        "the",
+        "bridge",
+      ]);
+      const bytes = new Uint8Array(512 * 1024).map((_, i) => (i * 7) & 0xff);
+      deepStrictEqual(new Uint8Array(await client.emitWithAck("echo", bytes)), bytes);
+      client.on("question", (n: number, ack: (v: number) => void) => ack(n + 1));
+      strictEqual(await a.sockets[0].timeout(2000).emitWithAck("question", 1), 2);
+      // Pings and pongs cross the bridge; the session outlives several heartbeats.
+      await delay(1000);
+      ok(client.connected);
+      strictEqual(a.reasons.length, 0);
+      strictEqual(client.io.engine.transport.name, "websocket");
+      // Closing from the server side travels back over the bridge.
+      const closed = next<[string]>(client, "disconnect");
+      a.sockets[0].conn.close();
+      strictEqual((await closed)[0], "transport close");
+    } finally {
+      client.disconnect();
+      await proxy.stop();
+    }
+    deepStrictEqual(a.reasons, ["forced close"]);
+  });
+});
