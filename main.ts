@@ -16,6 +16,8 @@ import { ticketSocketRoute } from "./src/dialects/ticket_socket/ticket_socket.ts
 import { conversationChatRoute } from "./src/dialects/conversation_chat/conversation_chat.ts";
 import { chatRoomsRoute } from "./src/dialects/chat_rooms/chat_rooms.ts";
 import { serviceChatRoutes } from "./src/dialects/service_chats/service_chats.ts";
+import { createSocketIoTicketChat } from "./src/dialects/socketio_ticket/socketio_ticket.ts";
+import type { SocketIOServer } from "./src/engine_io/mod.ts";
 import { createHttpApp, matchWsRoute } from "./src/http/app.ts";
 import { Hub } from "./src/hub/hub.ts";
 import { MediaAttachmentStore } from "./src/media/attachments.ts";
@@ -35,6 +37,8 @@ export interface App {
   context: DialectContext;
   /** The secret tokens are signed with in development, when no key is configured. */
   devSecret?: string;
+  /** The Socket.IO server of the ticket chat. */
+  io: SocketIOServer;
 }
 
 /** Optional replacements for tests: another broker (e.g. no BroadcastChannel) or KV handle. */
@@ -43,6 +47,8 @@ export interface AppOverrides {
   broker?: Broker;
   /** Log function for start-up notes. */
   log?: (line: string) => void;
+  /** Relay Socket.IO polling between isolates (`deno serve --parallel`). */
+  socketIoRelay?: boolean;
 }
 
 /** Opens the stores and wires every seam for one isolate. */
@@ -117,6 +123,11 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       : conversationChatRoute(context, "/ws/conversations/:id{/}?"),
     ...serviceChatRoutes(context),
   ];
+  const io = createSocketIoTicketChat(context, {
+    relay: overrides.socketIoRelay ?? false,
+    pingInterval: config.socketIoPingIntervalMs,
+    pingTimeout: config.socketIoPingTimeoutMs,
+  });
   const http = createHttpApp({
     metrics,
     hub,
@@ -137,7 +148,9 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   return {
     context,
     devSecret,
+    io,
     fetch(req, info) {
+      if (new URL(req.url).pathname.startsWith("/socket.io/")) return io.handleRequest(req, info);
       const matched = matchWsRoute(routes, req.url);
       if (matched) {
         if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
@@ -156,6 +169,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       if (closed) return;
       closed = true;
       for (const conn of [...connections]) conn.close(CLOSE.goingAway, "Server shutting down");
+      await io.close();
       await chat.settle();
       await store.flush();
       await hub.idle();

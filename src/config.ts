@@ -51,6 +51,8 @@ const EnvSchema = z.object({
   HEARTBEAT_SECONDS: positiveInt(30),
   HISTORY_ON_CONNECT: positiveInt(50),
   TYPING_TIMEOUT_SECONDS: positiveInt(5),
+  SOCKETIO_PING_INTERVAL_MS: positiveInt(25_000),
+  SOCKETIO_PING_TIMEOUT_MS: positiveInt(20_000),
   RATE_LIMIT_PER_SECOND: positiveInt(20),
   SLOW_CONSUMER_BYTES: positiveInt(4 * 1024 * 1024),
   RATE_LIMIT_USER_PER_SECOND: positiveInt(50),
@@ -115,6 +117,10 @@ export interface Config {
   rateLimitUserPerSecond: number;
   /** Messages kept per room, oldest dropped first; 0 keeps everything. */
   historyLimit: number;
+  /** Socket.IO: milliseconds between server pings. */
+  socketIoPingIntervalMs: number;
+  /** Socket.IO: milliseconds a client has to answer a ping before it is dropped. */
+  socketIoPingTimeoutMs: number;
   /** A typing state not renewed within this many seconds ends by itself. */
   typingTimeoutSeconds: number;
   /** Presence entries lapse this long after their last renewal (a crashed isolate's users leave). */
@@ -153,6 +159,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     heartbeatSeconds: e.HEARTBEAT_SECONDS,
     historyOnConnect: e.HISTORY_ON_CONNECT,
     typingTimeoutSeconds: e.TYPING_TIMEOUT_SECONDS,
+    socketIoPingIntervalMs: e.SOCKETIO_PING_INTERVAL_MS,
+    socketIoPingTimeoutMs: e.SOCKETIO_PING_TIMEOUT_MS,
     rateLimitPerSecond: e.RATE_LIMIT_PER_SECOND,
     slowConsumerBytes: e.SLOW_CONSUMER_BYTES,
     rateLimitUserPerSecond: e.RATE_LIMIT_USER_PER_SECOND,

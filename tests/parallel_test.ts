@@ -67,10 +67,20 @@ export async function startParallelServer(env: Record<string, string> = {}) {
       }
       return seen;
     },
+    /** SIGTERM must end the process on its own (every isolate closes what it holds). */
     async close() {
       child.kill("SIGTERM");
-      await child.status;
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const stuck = new Promise<"stuck">((r) => timer = setTimeout(() => r("stuck"), 10_000));
+      const outcome = await Promise.race([child.status, stuck]);
+      clearTimeout(timer);
+      if (outcome === "stuck") {
+        child.kill("SIGKILL");
+        await child.status;
+      }
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+      if (outcome === "stuck") throw new Error("deno serve did not exit after SIGTERM");
+      if (!outcome.success) throw new Error(`deno serve exited with code ${outcome.code}`);
     },
   };
 }
@@ -104,6 +114,42 @@ Deno.test("parallel: a burst of 2,000 messages across isolates reaches every cli
     await clients[0].nothing(undefined, 200);
   } finally {
     for (const c of clients) await c.close();
+    await server.close();
+  }
+});
+
+Deno.test("parallel: Socket.IO clients on polling and websocket work with no sticky sessions", async () => {
+  const server = await startParallelServer();
+  const { io } = await import("socket.io-client");
+  const clients: ReturnType<typeof io>[] = [];
+  try {
+    const token = await signDevToken(TEST_SECRET, { sub: "1", rooms: ["ticket:*"] });
+    const once = (socket: ReturnType<typeof io>, event: string) =>
+      new Promise<Record<string, unknown>>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`timed out waiting for ${event}`)), 10_000);
+        socket.once(event, (arg: Record<string, unknown>) => {
+          clearTimeout(timer);
+          resolve(arg);
+        });
+      });
+    for (let i = 0; i < 8; i++) {
+      const socket = io(server.url, {
+        forceNew: true,
+        auth: { token },
+        transports: i % 2 ? ["polling"] : ["polling", "websocket"],
+      });
+      clients.push(socket);
+      await once(socket, "authenticated");
+      socket.emit("join_ticket", { ticketId: "77" });
+      await once(socket, "joined_ticket");
+    }
+    const arrivals = clients.map((c) => once(c, "new_message"));
+    clients[3].emit("send_message", { ticketId: "77", message: "everyone" });
+    for (const arrival of arrivals) {
+      assertEquals(((await arrival).data as Record<string, unknown>).message, "everyone");
+    }
+  } finally {
+    for (const c of clients) c.disconnect();
     await server.close();
   }
 });

@@ -17,6 +17,11 @@ export interface Member {
   send(frame: string): void;
   /** Called when the room is closed or the member's access is revoked. */
   evict(event: RoomEvent & { type: "closed" | "revoked" }): void;
+  /**
+   * Takes the event itself instead of `render` + `send`: for a member that stands for many
+   * sockets and fans out further (the Socket.IO bridge encodes once for all its sockets).
+   */
+  deliver?(event: RoomEvent): void;
 }
 
 interface RoomState {
@@ -161,6 +166,10 @@ export class Hub {
     for (const member of state.members) {
       try {
         if (!member.wants(event)) continue;
+        if (member.deliver) {
+          member.deliver(event);
+          continue;
+        }
         let frame = frames.get(member.renderKey);
         if (frame === undefined && !frames.has(member.renderKey)) {
           frame = member.render(event);

@@ -1,0 +1,373 @@
+/**
+ * The Socket.IO ticket chat (shared/specs/socketio-ticket-chat.md) on our Engine.IO / Socket.IO
+ * server: `authenticate`, `join_ticket`, `get_messages`, `send_message`, typing, on room
+ * `ticket:<id>`, the same room the ticket socket uses.
+ */
+
+import { isAdminRole } from "../../auth/principal.ts";
+import { findToken } from "../../auth/token.ts";
+import { asChatError, ChatError } from "../../core/errors.ts";
+import { isValidRoomId, roomKey } from "../../core/rooms.ts";
+import type { FileInput, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
+import { ConnectError, type Socket, SocketIOServer } from "../../engine_io/mod.ts";
+import type { Member } from "../../hub/hub.ts";
+import { mediaUrlPath } from "../../media/local_media_store.ts";
+import { baseUrlOf, type DialectContext, maxFrameSize } from "../context.ts";
+
+/** The texts the document's clients match on. */
+export const SIO_ERRORS = {
+  notAuthenticated: "User not authenticated",
+  accessDenied: "Access denied to this ticket",
+  emptyMessage: "Message or at least one file is required",
+  invalidToken: "Invalid token",
+  tokenRequired: "Token is required",
+  ticketRequired: "Ticket ID is required",
+} as const;
+
+interface SocketState {
+  user?: Principal;
+  baseUrl: string;
+  /** Ticket ids this socket joined. */
+  tickets: Set<string>;
+}
+
+/** `Client` or `SuperAdmin`, the Mongo model the source system keeps senders in. */
+const senderModel = (user: UserProfile | null) =>
+  user === null ? "System" : isAdminRole(user.role) ? "SuperAdmin" : "Client";
+
+/** A stored message in the Socket.IO ticket chat's shape. */
+export function socketIoMessage(message: Message, ticketId: string, baseUrl: string) {
+  const s = message.sender;
+  return {
+    _id: message.id,
+    ticketId,
+    sender: s
+      ? {
+        _id: String(s.id),
+        name: s.name ?? s.username,
+        email: s.email ?? null,
+        company: s.company ?? null,
+      }
+      : { _id: null, name: "System", email: null, company: null },
+    senderModel: senderModel(s),
+    message: message.body,
+    attachments: message.attachments.map((a) => ({
+      filename: a.name,
+      originalname: a.originalName,
+      mimetype: a.mime,
+      size: a.size,
+      path: mediaUrlPath(a.key),
+      url: baseUrl + mediaUrlPath(a.key),
+      uploadedAt: a.uploadedAt,
+    })),
+    createdAt: message.createdAt,
+  };
+}
+
+const publicUser = (user: Principal) => ({
+  id: user.id,
+  name: user.name ?? user.username,
+  email: user.email ?? null,
+  type: senderModel(user),
+});
+
+/** Reads `ticketId` from an event payload. */
+function ticketIdOf(payload: unknown): string {
+  const raw = typeof payload === "object" && payload !== null
+    ? (payload as Record<string, unknown>).ticketId
+    : undefined;
+  if (typeof raw === "number" && Number.isSafeInteger(raw)) return String(raw);
+  if (typeof raw !== "string" || raw.trim() === "") {
+    throw new ChatError("invalid_frame", SIO_ERRORS.ticketRequired);
+  }
+  if (!isValidRoomId(raw)) throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
+  return raw;
+}
+
+/** Settings of the Socket.IO server. */
+export interface SocketIoTicketOptions {
+  /** Relay polling requests between the isolates of `deno serve --parallel`. */
+  relay: boolean;
+  /** Milliseconds between server pings. */
+  pingInterval?: number;
+  /** Milliseconds a client has to answer a ping. */
+  pingTimeout?: number;
+}
+
+/**
+ * Builds the Socket.IO server for the ticket chat. Fan-out uses one hub member per ticket (and
+ * base URL) on this isolate: the bridge encodes each event once for every Socket.IO socket in
+ * the ticket here.
+ */
+export function createSocketIoTicketChat(
+  ctx: DialectContext,
+  options: SocketIoTicketOptions,
+): SocketIOServer {
+  const origins = ctx.config.allowedOrigins;
+  const io = new SocketIOServer({
+    path: "/socket.io/",
+    maxPayload: maxFrameSize(ctx.config),
+    pingInterval: options.pingInterval,
+    pingTimeout: options.pingTimeout,
+    allowedOrigins: origins.length > 0 ? origins : "*",
+    relay: options.relay,
+  });
+  const nsp = io.of("/");
+  const bridges = new Map<string, Member>();
+  const state = (socket: Socket) => socket.data as SocketState;
+  const engineRoom = (ticketId: string, baseUrl: string) => `ticket:${ticketId}\u0000${baseUrl}`;
+  const userRoom = (user: Principal) => `user:${user.id}`;
+
+  function bridge(ticketId: string, baseUrl: string): Member {
+    const name = engineRoom(ticketId, baseUrl);
+    const room = roomKey("ticket", ticketId);
+    const member: Member = {
+      user: { id: "socket.io-bridge", username: "socket.io", grants: [] },
+      renderKey: name,
+      wants: (event) => event.type === "message" || event.type === "typing",
+      render: () => undefined,
+      send: () => {},
+      deliver(event: RoomEvent) {
+        if (event.type === "message") {
+          nsp.to(name).emit("new_message", {
+            data: socketIoMessage(event.message, ticketId, baseUrl),
+          });
+        } else if (event.type === "typing") {
+          nsp.to(name).except(`user:${event.user.id}`).emit(
+            event.isTyping ? "user_typing" : "user_stopped_typing",
+            { userId: event.user.id, userName: event.user.name ?? event.user.username, ticketId },
+          );
+        }
+      },
+      evict(event) {
+        for (const socket of nsp.rooms.get(name) ?? []) {
+          const s = state(socket);
+          if (event.type === "revoked" && String(s.user?.id) !== String(event.userId)) continue;
+          leaveTicket(socket, ticketId);
+          socket.emit("join_ticket_error", {
+            message: event.type === "closed"
+              ? "This ticket no longer exists"
+              : SIO_ERRORS.accessDenied,
+          });
+        }
+      },
+    };
+    bridges.set(name, member);
+    ctx.hub.join(room, member).catch((err) => console.error("socket.io: bridge join failed:", err));
+    return member;
+  }
+
+  function leaveTicket(socket: Socket, ticketId: string): void {
+    const s = state(socket);
+    const name = engineRoom(ticketId, s.baseUrl);
+    s.tickets.delete(ticketId);
+    socket.leave(name);
+    if (s.user) ctx.chat.stopTyping(s.user, roomKey("ticket", ticketId));
+    if ((nsp.rooms.get(name)?.size ?? 0) === 0) {
+      const member = bridges.get(name);
+      if (member) {
+        bridges.delete(name);
+        ctx.hub.leave(roomKey("ticket", ticketId), member);
+      }
+    }
+  }
+
+  async function authorize(
+    socket: Socket,
+    payload: unknown,
+  ): Promise<{ user: Principal; room: string; id: string }> {
+    const user = state(socket).user;
+    if (!user) throw new ChatError("not_authenticated", SIO_ERRORS.notAuthenticated);
+    const id = ticketIdOf(payload);
+    const room = roomKey("ticket", id);
+    if (!(await ctx.chat.canAccess(user, room))) {
+      throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
+    }
+    return { user, room, id };
+  }
+
+  /** Runs a handler, answering failures on `errorEvent` (and the ack, when there is one). */
+  function on(
+    socket: Socket,
+    event: string,
+    errorEvent: string | null,
+    handler: (payload: unknown, ack?: (...args: unknown[]) => void) => Promise<void>,
+  ): void {
+    socket.on(event, async (...args: unknown[]) => {
+      const ack = typeof args.at(-1) === "function"
+        ? args.pop() as (...a: unknown[]) => void
+        : undefined;
+      const verdict = ctx.limiter.take(state(socket).user?.id ?? socket.id, socket.id);
+      try {
+        if (verdict === "close") {
+          socket.disconnect(true);
+          return;
+        }
+        if (verdict === "limited") {
+          throw new ChatError("rate_limited", "Too many messages: slow down");
+        }
+        await handler(args[0], ack);
+      } catch (err) {
+        const error = asChatError(err);
+        ctx.metrics.error(error.code);
+        if (errorEvent) socket.emit(errorEvent, { message: error.message });
+        ack?.({ error: error.message });
+      }
+    });
+  }
+
+  nsp.use(async (socket, next) => {
+    const req = socket.conn.request;
+    const fromAuth = socket.handshake.auth?.token;
+    const token = typeof fromAuth === "string" && fromAuth !== ""
+      ? fromAuth
+      : findToken(new Request(req.url, { headers: req.headers })).token;
+    const data: SocketState = {
+      baseUrl: baseUrlOf(ctx.config, new Request(req.url, { headers: req.headers })),
+      tickets: new Set(),
+    };
+    socket.data = data;
+    if (token) {
+      const user = await ctx.auth.authenticate(token);
+      if (!user) return next(new ConnectError(SIO_ERRORS.invalidToken));
+      data.user = user;
+    }
+    next();
+  });
+
+  nsp.on("connection", (socket) => {
+    ctx.metrics.connection("socket.io", 1);
+    const s = state(socket);
+    if (s.user) {
+      socket.join(userRoom(s.user));
+      socket.emit("authenticated", { user: publicUser(s.user) });
+    }
+
+    socket.on("authenticate", async (payload: unknown, ack?: unknown) => {
+      const token = typeof payload === "object" && payload !== null
+        ? (payload as Record<string, unknown>).token
+        : undefined;
+      const user = typeof token === "string" && token !== ""
+        ? await ctx.auth.authenticate(token)
+        : null;
+      if (!user) {
+        const message = typeof token === "string" && token !== ""
+          ? SIO_ERRORS.invalidToken
+          : SIO_ERRORS.tokenRequired;
+        socket.emit("authentication_error", { message });
+        if (typeof ack === "function") ack({ error: message });
+        return;
+      }
+      if (s.user && String(s.user.id) !== String(user.id)) {
+        for (const id of [...s.tickets]) leaveTicket(socket, id);
+        socket.leave(userRoom(s.user));
+      }
+      s.user = user;
+      socket.join(userRoom(user));
+      socket.emit("authenticated", { user: publicUser(user) });
+      if (typeof ack === "function") ack({ user: publicUser(user) });
+    });
+
+    on(socket, "join_ticket", "join_ticket_error", async (payload, ack) => {
+      const { id } = await authorize(socket, payload);
+      if (!s.tickets.has(id)) {
+        s.tickets.add(id);
+        const name = engineRoom(id, s.baseUrl);
+        socket.join(name);
+        if (!bridges.has(name)) bridge(id, s.baseUrl);
+      }
+      socket.emit("joined_ticket", { ticketId: id });
+      ack?.({ ticketId: id });
+    });
+
+    on(socket, "leave_ticket", null, (payload, ack) => {
+      const id = ticketIdOf(payload);
+      if (s.tickets.has(id)) leaveTicket(socket, id);
+      ack?.({ ticketId: id });
+      return Promise.resolve();
+    });
+
+    on(socket, "get_messages", "messages_error", async (payload, ack) => {
+      const { room, id } = await authorize(socket, payload);
+      const record = payload as Record<string, unknown>;
+      const limit = Math.min(Math.max(Number(record.limit ?? 50) || 50, 1), 200);
+      let before: number | undefined;
+      let beforeTime: string | undefined;
+      if (typeof record.before === "number" && Number.isSafeInteger(record.before)) {
+        before = record.before;
+      } else if (typeof record.before === "string" && /^\d+$/.test(record.before)) {
+        before = Number(record.before);
+      } else if (typeof record.before === "string" && !Number.isNaN(Date.parse(record.before))) {
+        beforeTime = new Date(record.before).toISOString();
+      }
+      let messages = await ctx.chat.history(room, { before, limit });
+      // A time cursor walks back page by page: seq order is time order.
+      while (beforeTime !== undefined && messages.length > 0) {
+        const older = messages.filter((m) => m.createdAt < beforeTime!);
+        if (older.length > 0 || messages[0].seq <= 1) {
+          const more = older.length === messages.length && older.length < limit
+            ? await ctx.chat.history(room, { before: messages[0].seq, limit: limit - older.length })
+            : [];
+          messages = [...more, ...older].slice(-limit);
+          break;
+        }
+        messages = await ctx.chat.history(room, { before: messages[0].seq, limit });
+      }
+      const rendered = messages.map((m) => socketIoMessage(m, id, s.baseUrl));
+      socket.emit("messages_loaded", { messages: rendered, ticketId: id });
+      ack?.({ messages: rendered });
+    });
+
+    on(socket, "send_message", "send_message_error", async (payload, ack) => {
+      const { user, room, id } = await authorize(socket, payload);
+      const record = payload as Record<string, unknown>;
+      const text = typeof record.message === "string" ? record.message : "";
+      const list = Array.isArray(record.attachments) ? record.attachments : [];
+      const files: FileInput[] = list.map((item) => {
+        const a = (typeof item === "object" && item !== null ? item : {}) as Record<
+          string,
+          unknown
+        >;
+        const data = a.data instanceof Uint8Array
+          ? a.data
+          : a.data instanceof ArrayBuffer
+          ? new Uint8Array(a.data)
+          : typeof a.data === "string"
+          ? a.data
+          : "";
+        return { name: typeof a.name === "string" ? a.name : undefined, data };
+      });
+      if (text.trim() === "" && files.length === 0) {
+        throw new ChatError("empty_message", SIO_ERRORS.emptyMessage);
+      }
+      const rawClientId = record.clientId ?? record.client_id;
+      const clientId = typeof rawClientId === "string" || typeof rawClientId === "number"
+        ? String(rawClientId).slice(0, 128)
+        : undefined;
+      const result = await ctx.chat.send(user, room, {
+        body: text,
+        files,
+        mediaDir: "uploads/chat",
+        clientId,
+      });
+      ack?.(socketIoMessage(result.message, id, s.baseUrl));
+    });
+
+    on(socket, "typing_start", null, async (payload) => {
+      const { user, room } = await authorize(socket, payload);
+      ctx.chat.typing(user, room, true);
+    });
+    on(socket, "typing_stop", null, async (payload) => {
+      const { user, room } = await authorize(socket, payload);
+      ctx.chat.typing(user, room, false);
+    });
+
+    socket.on("disconnect", () => {
+      ctx.metrics.connection("socket.io", -1);
+      ctx.limiter.forget(socket.id);
+      for (const id of [...s.tickets]) leaveTicket(socket, id);
+    });
+  });
+
+  return io;
+}

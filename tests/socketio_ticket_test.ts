@@ -1,0 +1,328 @@
+/** The Socket.IO ticket chat (shared/specs/socketio-ticket-chat.md) with the official client. */
+
+import { io as connect, type Socket as ClientSocket } from "socket.io-client";
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { startTestServer, TestClient, type TestServer } from "./helpers.ts";
+
+type Payload = Record<string, unknown>;
+
+/** Resolves with the first argument of the next `event`, or fails after `ms`. */
+function next<T = Payload>(socket: ClientSocket, event: string, ms = 5000): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${event}`)), ms);
+    socket.once(event, (arg: T) => {
+      clearTimeout(timer);
+      resolve(arg);
+    });
+  });
+}
+
+async function withChat(
+  fn: (s: TestServer, client: (o?: object) => ClientSocket) => Promise<void>,
+  env = {},
+) {
+  const server = await startTestServer({
+    SOCKETIO_PING_INTERVAL_MS: "500",
+    SOCKETIO_PING_TIMEOUT_MS: "500",
+    ...env,
+  });
+  const clients: ClientSocket[] = [];
+  try {
+    await fn(server, (options = {}) => {
+      const socket = connect(server.url, {
+        forceNew: true,
+        reconnectionDelay: 50,
+        reconnectionDelayMax: 200,
+        ...options,
+      });
+      clients.push(socket);
+      return socket;
+    });
+  } finally {
+    for (const c of clients) c.disconnect();
+    await server.close();
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+async function authenticated(socket: ClientSocket, token: string): Promise<Payload> {
+  if (!socket.connected) await next(socket, "connect");
+  socket.emit("authenticate", { token });
+  return await next(socket, "authenticated");
+}
+
+async function joined(socket: ClientSocket, ticketId: string) {
+  socket.emit("join_ticket", { ticketId });
+  assertEquals(await next(socket, "joined_ticket"), { ticketId });
+}
+
+Deno.test("socket.io ticket chat: the document's whole flow for two users, polling+upgrade and websocket", async () => {
+  await withChat(async (server, client) => {
+    const aliceToken = await server.token({
+      sub: "64a1",
+      name: "Alice Client",
+      email: "alice@example.com",
+      company: "Acme",
+      role: "client",
+      rooms: ["ticket:t-1"],
+    });
+    const bobToken = await server.token({
+      sub: "9",
+      name: "Bob Admin",
+      email: "bob@example.com",
+      role: "super_admin",
+    });
+    const alice = client();
+    const bob = client({ transports: ["websocket"] });
+    assertEquals(await authenticated(alice, aliceToken), {
+      user: { id: "64a1", name: "Alice Client", email: "alice@example.com", type: "Client" },
+    });
+    assertEquals(((await authenticated(bob, bobToken)).user as Payload).type, "SuperAdmin");
+    await joined(alice, "t-1");
+    await joined(bob, "t-1");
+    // The default client starts on polling and moves to websocket.
+    const deadline = Date.now() + 3000;
+    while (alice.io.engine.transport.name !== "websocket" && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assertEquals(alice.io.engine.transport.name, "websocket");
+
+    const arrivals = [alice, bob].map((socket) => next<{ data: Payload }>(socket, "new_message"));
+    alice.emit("send_message", { ticketId: "t-1", message: "Hello, this is a text message!" });
+    for (const arrival of arrivals) {
+      const { data } = await arrival;
+      assertEquals(data.ticketId, "t-1");
+      assertEquals(data.message, "Hello, this is a text message!");
+      assertEquals(data.sender, {
+        _id: "64a1",
+        name: "Alice Client",
+        email: "alice@example.com",
+        company: "Acme",
+      });
+      assertEquals(data.senderModel, "Client");
+      assertEquals(data.attachments, []);
+      assertMatch(data._id as string, /^[0-9a-f]{24}$/);
+      assertMatch(data.createdAt as string, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+    }
+
+    const jpeg = new Uint8Array(3000).map((_, i) => i % 256);
+    jpeg.set([0xff, 0xd8, 0xff, 0xe0]);
+    const fileArrivals = [alice, bob].map((socket) =>
+      next<{ data: Payload }>(socket, "new_message")
+    );
+    bob.emit("send_message", {
+      ticketId: "t-1",
+      message: "",
+      attachments: [
+        { name: "photo.jpg", type: "image/jpeg", data: jpeg.toBase64() },
+        { name: "notes.txt", type: "text/plain", data: btoa("hello") },
+      ],
+    });
+    const { data } = await fileArrivals[0];
+    assertEquals(data.senderModel, "SuperAdmin");
+    const [photo, notes] = data.attachments as Payload[];
+    assertEquals([photo.filename, photo.originalname, photo.mimetype, photo.size], [
+      "photo.jpg",
+      "photo.jpg",
+      "image/jpeg",
+      3000,
+    ]);
+    assertEquals(photo.path, "/uploads/chat/photo.jpg");
+    assertEquals(photo.url, `${server.url}/uploads/chat/photo.jpg`);
+    assertMatch(photo.uploadedAt as string, /Z$/);
+    assertEquals(new Uint8Array(await (await fetch(photo.url as string)).arrayBuffer()), jpeg);
+    assertEquals(await (await fetch(notes.url as string)).text(), "hello");
+    assertEquals((await fileArrivals[1]).data, data);
+
+    alice.emit("get_messages", { ticketId: "t-1" });
+    const loaded = await next<{ messages: Payload[] }>(alice, "messages_loaded");
+    assertEquals(loaded.messages.map((m) => m.message), ["Hello, this is a text message!", ""]);
+    alice.emit("get_messages", { ticketId: "t-1", limit: 1 });
+    assertEquals(
+      (await next<{ messages: Payload[] }>(alice, "messages_loaded")).messages.length,
+      1,
+    );
+
+    alice.emit("leave_ticket", { ticketId: "t-1" });
+    await new Promise((r) => setTimeout(r, 100));
+    const strayWait = next(alice, "new_message", 300).catch(() => null);
+    const own = next(bob, "new_message");
+    bob.emit("send_message", { ticketId: "t-1", message: "after leave" });
+    await own;
+    const stray = await strayWait;
+    assertEquals(stray, null);
+  });
+});
+
+Deno.test("socket.io ticket chat: every documented error text", async () => {
+  await withChat(async (server, client) => {
+    const socket = client();
+    await next(socket, "connect");
+    socket.emit("send_message", { ticketId: "1", message: "hi" });
+    assertEquals(await next(socket, "send_message_error"), { message: "User not authenticated" });
+    socket.emit("join_ticket", { ticketId: "1" });
+    assertEquals(await next(socket, "join_ticket_error"), { message: "User not authenticated" });
+    socket.emit("authenticate", { token: "not-a-token" });
+    assertEquals(await next(socket, "authentication_error"), { message: "Invalid token" });
+    socket.emit("authenticate", {});
+    assertEquals(await next(socket, "authentication_error"), { message: "Token is required" });
+
+    await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:1"] }));
+    socket.emit("join_ticket", { ticketId: "2" });
+    assertEquals(await next(socket, "join_ticket_error"), {
+      message: "Access denied to this ticket",
+    });
+    socket.emit("get_messages", { ticketId: "2" });
+    assertEquals(await next(socket, "messages_error"), { message: "Access denied to this ticket" });
+    socket.emit("send_message", { ticketId: "2", message: "x" });
+    assertEquals(await next(socket, "send_message_error"), {
+      message: "Access denied to this ticket",
+    });
+    socket.emit("send_message", { ticketId: "1", message: "", attachments: [] });
+    assertEquals(await next(socket, "send_message_error"), {
+      message: "Message or at least one file is required",
+    });
+    socket.emit("send_message", {
+      ticketId: "1",
+      attachments: [{
+        name: "big.bin",
+        type: "application/octet-stream",
+        data: new Uint8Array(2049).toBase64(),
+      }],
+    });
+    assertMatch(
+      (await next<Payload>(socket, "send_message_error")).message as string,
+      /too large.*2048 bytes/,
+    );
+    socket.emit("send_message", { ticketId: "1", attachments: [{ name: "x.bin", data: "%%%" }] });
+    assertMatch(
+      (await next<Payload>(socket, "send_message_error")).message as string,
+      /not valid base64/,
+    );
+    // Still connected and working.
+    await joined(socket, "1");
+    const arrival = next<{ data: Payload }>(socket, "new_message");
+    socket.emit("send_message", { ticketId: "1", message: "fine" });
+    assertEquals((await arrival).data.message, "fine");
+  }, { MAX_FILE_BYTES: "2048" });
+});
+
+Deno.test("socket.io ticket chat: acks return the stored message; a retried clientId is stored once", async () => {
+  await withChat(async (server, client) => {
+    const socket = client({
+      auth: { token: await server.token({ sub: "1", rooms: ["ticket:5"] }) },
+    });
+    await next(socket, "authenticated");
+    await joined(socket, "5");
+    const broadcast = next(socket, "new_message");
+    const first = await socket.timeout(3000).emitWithAck("send_message", {
+      ticketId: "5",
+      message: "at least once",
+      clientId: "abc",
+    });
+    assertEquals(first.message, "at least once");
+    assertEquals((await broadcast).data, first);
+    const none = next(socket, "new_message", 300).catch(() => null);
+    const retry = await socket.timeout(3000).emitWithAck("send_message", {
+      ticketId: "5",
+      message: "at least once",
+      clientId: "abc",
+    });
+    assertEquals(retry._id, first._id);
+    assertEquals(await none, null);
+    const failed = await socket.timeout(3000).emitWithAck("send_message", { ticketId: "5" });
+    assertEquals(failed, { error: "Message or at least one file is required" });
+  });
+});
+
+Deno.test("socket.io ticket chat: typing goes to the others in the ticket and expires", async () => {
+  await withChat(async (server, client) => {
+    const a = client({
+      auth: { token: await server.token({ sub: "1", name: "Ann", rooms: ["ticket:7"] }) },
+    });
+    const b = client({
+      query: { token: await server.token({ sub: "2", name: "Ben", rooms: ["ticket:7"] }) },
+    });
+    await Promise.all([next(a, "authenticated"), next(b, "authenticated")]);
+    await joined(a, "7");
+    await joined(b, "7");
+    const selfTyping = next(a, "user_typing", 1500).catch(() => null);
+    let typing = next(b, "user_typing");
+    a.emit("typing_start", { ticketId: "7" });
+    assertEquals(await typing, { userId: 1, userName: "Ann", ticketId: "7" });
+    let stopped = next(b, "user_stopped_typing");
+    a.emit("typing_stop", { ticketId: "7" });
+    assertEquals(await stopped, { userId: 1, userName: "Ann", ticketId: "7" });
+    typing = next(b, "user_typing");
+    a.emit("typing_start", { ticketId: "7" });
+    await typing;
+    // Never stopped: it ends by itself.
+    stopped = next(b, "user_stopped_typing", 3000);
+    assertEquals(await stopped, { userId: 1, userName: "Ann", ticketId: "7" });
+    assertEquals(await selfTyping, null);
+  }, { TYPING_TIMEOUT_SECONDS: "1" });
+});
+
+Deno.test("socket.io ticket chat: a bad token in the handshake is refused with connect_error", async () => {
+  await withChat(async (_server, client) => {
+    const socket = client({ auth: { token: "garbage" }, reconnection: false });
+    const err = await next<Error>(socket, "connect_error");
+    assertEquals(err.message, "Invalid token");
+  });
+});
+
+Deno.test("socket.io ticket chat: the client's own reconnection, then re-authenticate and rejoin", async () => {
+  await withChat(async (server, client) => {
+    const token = await server.token({ sub: "1", rooms: ["ticket:8"] });
+    const socket = client();
+    const other = client({ transports: ["websocket"] });
+    // The document's reconnection recipe: authenticate again on every connect, then rejoin.
+    let connects = 0;
+    socket.on("connect", () => {
+      connects++;
+      socket.emit("authenticate", { token });
+    });
+    socket.on("authenticated", () => socket.emit("join_ticket", { ticketId: "8" }));
+    await next(socket, "joined_ticket");
+    await authenticated(other, await server.token({ sub: "2", rooms: ["ticket:8"] }));
+    await joined(other, "8");
+    // The server drops the transport under the client.
+    const [serverSocket] = [...server.app.io.of("/").sockets.values()].filter((s) =>
+      s.data.user?.id === 1
+    );
+    serverSocket.conn.close();
+    await next(socket, "disconnect");
+    await next(socket, "joined_ticket", 5000);
+    assert(connects >= 2);
+    const arrival = next<{ data: Payload }>(socket, "new_message");
+    other.emit("send_message", { ticketId: "8", message: "after reconnect" });
+    assertEquals((await arrival).data.message, "after reconnect");
+  });
+});
+
+Deno.test("socket.io ticket chat: Socket.IO and ticket-socket clients share the ticket", async () => {
+  await withChat(async (server, client) => {
+    const token = await server.token({
+      sub: "3",
+      username: "user3",
+      name: "User Three",
+      rooms: ["ticket:42"],
+    });
+    const sio = client({ auth: { token } });
+    await next(sio, "authenticated");
+    await joined(sio, "42");
+    const ws = await TestClient.open(`${server.wsUrl}/ws/ticket/42/?token=${token}`);
+    const arrival = next<{ data: Payload }>(sio, "new_message");
+    ws.send({ body: "from the ticket socket" });
+    assertEquals((await arrival).data.message, "from the ticket socket");
+    assertEquals((await ws.next()).body, "from the ticket socket");
+    sio.emit("send_message", { ticketId: "42", message: "from socket.io" });
+    const seen = await ws.next();
+    assertEquals([seen.pk, seen.body, (seen.sender as Payload).username], [
+      2,
+      "from socket.io",
+      "user3",
+    ]);
+    await ws.close();
+  });
+});
