@@ -1,7 +1,7 @@
 /** The chat-room server (shared/specs/chat-rooms.md): users list, history, joins and leaves. */
 
 import { assertEquals, assertMatch } from "./assert.ts";
-import { startTestServer, TestClient, type TestServer } from "./helpers.ts";
+import { silentPeer, startTestServer, TestClient, type TestServer } from "./helpers.ts";
 
 const user = (n: number) => ({ sub: `user-${n}`, username: `user${n}` });
 
@@ -175,13 +175,7 @@ Deno.test("chat rooms: a peer that stops answering pings is dropped and leaves p
     const watcher = await enter(server, "silent", user(1));
     await watcher.next();
     const token = await server.token(user(2));
-    const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
-    await conn.write(new TextEncoder().encode(
-      `GET /ws/rooms/silent/?token=${token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n` +
-        `Connection: Upgrade\r\nSec-WebSocket-Key: ${btoa("0123456789abcdef")}\r\n` +
-        `Sec-WebSocket-Version: 13\r\n\r\n`,
-    ));
-    await conn.read(new Uint8Array(4096));
+    const conn = await silentPeer(server.port, `/ws/rooms/silent/?token=${token}`);
     assertEquals((await watcher.next()).type, "user_join");
     // The raw peer never answers the server's pings: it must be gone within a few seconds.
     assertEquals(await watcher.next((f) => f.type === "user_leave", 6000), {

@@ -1,18 +1,11 @@
 /** Delivery you can count on: kill -9, SIGTERM, and two instances sharing one KV. */
 
 import { assert, assertEquals } from "./assert.ts";
-import { startTestServer, TEST_SECRET, TestClient } from "./helpers.ts";
+import { freePort, startTestServer, TEST_SECRET, TestClient } from "./helpers.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 import { MemoryBroker } from "../src/broker/memory_broker.ts";
 
 type Frame = Record<string, unknown>;
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
-}
 
 /** Runs main.ts as a separate process, as production does. */
 async function spawnServer(dataDir: string, port: number) {

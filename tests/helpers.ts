@@ -191,3 +191,45 @@ function parseFrame(text: string): unknown {
     return text;
   }
 }
+
+/** A free TCP port on loopback, for servers that must bind a known port (restarts, `--parallel`). */
+export function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+/**
+ * Opens a WebSocket by hand and then goes silent: it never reads, never answers pings. The
+ * peer a browser tab becomes when its machine sleeps, or a reader that stalls.
+ */
+export async function silentPeer(port: number, path: string): Promise<Deno.TcpConn> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(new TextEncoder().encode(
+    `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+      `Sec-WebSocket-Key: ${btoa("0123456789abcdef")}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+  ));
+  const buf = new Uint8Array(4096);
+  const n = await conn.read(buf);
+  const head = new TextDecoder().decode(buf.subarray(0, n ?? 0));
+  if (!head.startsWith("HTTP/1.1 101")) {
+    throw new Error(`Upgrade refused: ${head.split("\r\n")[0]}`);
+  }
+  return conn;
+}
+
+/** Sends one masked client text frame (under 126 bytes) on a raw connection. */
+export async function sendRawText(conn: Deno.TcpConn, text: string): Promise<void> {
+  const payload = new TextEncoder().encode(text);
+  if (payload.length > 125) throw new RangeError("sendRawText() handles short frames only");
+  const mask = [1, 2, 3, 4];
+  await conn.write(
+    new Uint8Array([
+      0x81,
+      0x80 | payload.length,
+      ...mask,
+      ...payload.map((b, i) => b ^ mask[i % 4]),
+    ]),
+  );
+}

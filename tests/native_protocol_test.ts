@@ -1,7 +1,14 @@
 /** Our native protocol at /ws: rooms, acks, idempotency, recovery, history, presence, limits. */
 
 import { assert, assertEquals, assertMatch } from "./assert.ts";
-import { eventually, startTestServer, TestClient, type TestServer } from "./helpers.ts";
+import {
+  eventually,
+  sendRawText,
+  silentPeer,
+  startTestServer,
+  TestClient,
+  type TestServer,
+} from "./helpers.ts";
 
 type Frame = Record<string, unknown>;
 
@@ -266,22 +273,8 @@ Deno.test("native: a reader that stops reading is closed with 4008; memory stays
   try {
     const token = await server.token({ sub: "9", rooms: ["ticket:*"] });
     // A raw socket that joins and then never reads again.
-    const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
-    const enc = new TextEncoder();
-    await conn.write(enc.encode(
-      `GET /ws?token=${token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-        `Sec-WebSocket-Key: ${btoa("0123456789abcdef")}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
-    ));
-    await conn.read(new Uint8Array(4096));
-    const payload = enc.encode(JSON.stringify({ type: "join", room: "ticket:3" }));
-    const mask = [1, 2, 3, 4];
-    const frame = new Uint8Array([
-      0x81,
-      0x80 | payload.length,
-      ...mask,
-      ...payload.map((b, i) => b ^ mask[i % 4]),
-    ]);
-    await conn.write(frame);
+    const conn = await silentPeer(server.port, `/ws?token=${token}`);
+    await sendRawText(conn, JSON.stringify({ type: "join", room: "ticket:3" }));
     await eventually(() => server.app.context.hub.members("ticket:3").size === 1, 3000, "join");
 
     const writer = await connect(server);

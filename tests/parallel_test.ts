@@ -1,16 +1,8 @@
 /** Fan-out across the isolates of `deno serve --parallel`, the local model of a multi-isolate deployment. */
 
 import { assert, assertEquals } from "./assert.ts";
-import { TEST_SECRET, TestClient } from "./helpers.ts";
+import { freePort, TEST_SECRET, TestClient } from "./helpers.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
-
-/** A free TCP port on loopback: every isolate must bind the same one. */
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
-}
 
 /** Runs `deno serve --parallel` on serve.ts with two isolates. */
 export async function startParallelServer(env: Record<string, string> = {}) {

@@ -1,7 +1,14 @@
 /** The ticket socket (shared/specs/ticket-socket.md) end to end against a real server. */
 
 import { assert, assertEquals, assertMatch } from "./assert.ts";
-import { eventually, listFiles, startTestServer, TestClient, type TestServer } from "./helpers.ts";
+import {
+  eventually,
+  listFiles,
+  silentPeer,
+  startTestServer,
+  TestClient,
+  type TestServer,
+} from "./helpers.ts";
 import * as jose from "jose";
 
 const MiB = 1024 * 1024;
@@ -239,15 +246,7 @@ Deno.test("ticket socket: token from cookie, Authorization header and subprotoco
 Deno.test("ticket socket: a silent peer is pinged, dropped and cleaned up", async () => {
   await withServer(async (server) => {
     const token = await server.token({ sub: 1, rooms: ["ticket:12"] });
-    const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.port });
-    const key = btoa("0123456789abcdef");
-    await conn.write(new TextEncoder().encode(
-      `GET /ws/ticket/12/?token=${token} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n` +
-        `Connection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
-    ));
-    const buf = new Uint8Array(4096);
-    const n = await conn.read(buf);
-    assertMatch(new TextDecoder().decode(buf.subarray(0, n ?? 0)), /^HTTP\/1.1 101/);
+    const conn = await silentPeer(server.port, `/ws/ticket/12/?token=${token}`);
     await eventually(() => server.app.context.metrics.openConnections === 1, 2000, "open");
     // Never answer: the server pings after a second of silence and closes without a pong.
     await eventually(() => server.app.context.metrics.openConnections === 0, 8000, "drop");
