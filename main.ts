@@ -1,6 +1,6 @@
 /** Composition root: read the config, open the stores, wire the dialects, serve. */
 
-import { ClaimsAccessPolicy } from "./src/auth/access.ts";
+import { DirectoryAccessPolicy, directoryProfileEnricher } from "./src/auth/directory_access.ts";
 import { Authenticator } from "./src/auth/authenticator.ts";
 import { createVerifier, ensureDevSecret } from "./src/auth/verifier.ts";
 import { BroadcastChannelBroker } from "./src/broker/broadcast_channel_broker.ts";
@@ -19,6 +19,8 @@ import { serviceChatRoutes } from "./src/dialects/service_chats/service_chats.ts
 import { createSocketIoTicketChat } from "./src/dialects/socketio_ticket/socketio_ticket.ts";
 import type { SocketIOServer } from "./src/engine_io/mod.ts";
 import { createHttpApp, matchWsRoute } from "./src/http/app.ts";
+import { ApiCounters, createApi } from "./src/http/api/mod.ts";
+import { openDirectory } from "./src/directory/open.ts";
 import { Hub } from "./src/hub/hub.ts";
 import { MediaAttachmentStore } from "./src/media/attachments.ts";
 import { LocalMediaStore } from "./src/media/local_media_store.ts";
@@ -72,6 +74,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     audience: config.jwtAudience,
   });
 
+  const directory = await openDirectory(config.databaseUrl, config.dataDir);
   const kv = await Deno.openKv(config.kvPath);
   const metrics = new Metrics();
   const store = new KvMessageStore(kv, { historyLimit: config.historyLimit });
@@ -88,7 +91,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     store,
     fanout: hub,
     attachments: new MediaAttachmentStore(media, config.maxFileBytes),
-    access: new ClaimsAccessPolicy(),
+    access: new DirectoryAccessPolicy(directory),
     metrics,
     presence: new KvPresenceStore(kv, config.presenceTtlSeconds * 1000),
     typingTimeoutMs: config.typingTimeoutSeconds * 1000,
@@ -99,7 +102,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     config,
     chat,
     hub,
-    auth: new Authenticator(verifier),
+    auth: new Authenticator(verifier, directoryProfileEnricher(directory)),
     metrics,
     connections,
     limiter: new RateLimiter({
@@ -128,6 +131,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     pingInterval: config.socketIoPingIntervalMs,
     pingTimeout: config.socketIoPingTimeoutMs,
   });
+  const apiCounters = new ApiCounters();
   const http = createHttpApp({
     metrics,
     hub,
@@ -135,7 +139,19 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     isolateId: crypto.randomUUID().slice(0, 8),
     healthCheck: async () => {
       await kv.get(["health"]);
+      await directory.ping().catch((err) => {
+        throw new Error(`Directory does not answer: ${(err as Error).message}`);
+      });
     },
+    api: createApi({
+      directory,
+      chat,
+      events: hub,
+      auth: context.auth,
+      config,
+      counters: apiCounters,
+    }),
+    extraMetrics: () => apiCounters.render(),
   });
 
   const originAllowed = (req: Request) => {
@@ -177,6 +193,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       hub.close();
       broker.close();
       kv.close();
+      await directory.close();
     },
   };
 }

@@ -70,7 +70,10 @@ const EnvSchema = z.object({
   PRESENCE_TTL_SECONDS: positiveInt(30),
   DATABASE_URL: optionalText,
   KV_PATH: optionalText,
-  ADMIN_TOKEN: optionalText,
+  // A short static admin secret is guessable; the value itself is never echoed back.
+  ADMIN_TOKEN: optionalText.refine((v) => v === undefined || v.length >= 16, {
+    message: "expected at least 16 characters",
+  }),
   CHAT_PATH_PROTOCOL: z.string().trim().optional().transform((v, ctx) => {
     if (v === undefined || v === "" || v === "conversations") return "conversations" as const;
     if (v === "rooms") return "rooms" as const;

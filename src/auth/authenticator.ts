@@ -4,8 +4,14 @@ import type { Principal } from "../core/types.ts";
 import { principalFromClaims } from "./principal.ts";
 import type { TokenVerifier } from "./verifier.ts";
 
-/** Fills profile fields a token lacks (from the directory, when there is one). */
-export type ProfileEnricher = (user: Principal) => Promise<Principal>;
+/**
+ * Fills profile fields a token lacks (from the directory, when there is one); `claims` tells
+ * which fields the token really carried and which `principalFromClaims` derived.
+ */
+export type ProfileEnricher = (
+  user: Principal,
+  claims: Record<string, unknown>,
+) => Promise<Principal>;
 
 /** Turns a raw token into a principal, or null for a missing, invalid or expired one. */
 export class Authenticator {
@@ -29,6 +35,6 @@ export class Authenticator {
     }
     const user = principalFromClaims(claims);
     if (!user) return null;
-    return this.#enrich ? await this.#enrich(user) : user;
+    return this.#enrich ? await this.#enrich(user, claims) : user;
   }
 }

@@ -1,4 +1,4 @@
-/** The HTTP side: health, metrics, media, and the WebSocket route table. */
+/** The HTTP side: health, metrics, media, the admin API, and the WebSocket route table. */
 
 import { Hono } from "hono";
 import type { Metrics } from "../core/metrics.ts";
@@ -19,6 +19,10 @@ export interface HttpDeps {
   healthCheck(): Promise<void>;
   /** Identifies this isolate in health output. */
   isolateId: string;
+  /** The admin REST API, its routes under `/api` (see src/http/api/). */
+  api?: Hono;
+  /** More Prometheus text appended to /metrics (the API's request counters). */
+  extraMetrics?: () => string;
 }
 
 /** Renders the counters in Prometheus text format. */
@@ -91,10 +95,14 @@ export function createHttpApp(deps: HttpDeps): Hono {
       return c.json({ status: "error", message: (err as Error).message }, 503);
     }
   });
-  app.get("/metrics", (c) =>
-    c.body(renderMetrics(deps.metrics, deps.hub), 200, {
-      "content-type": "text/plain; version=0.0.4; charset=utf-8",
-    }));
+  app.get(
+    "/metrics",
+    (c) =>
+      c.body(renderMetrics(deps.metrics, deps.hub) + (deps.extraMetrics?.() ?? ""), 200, {
+        "content-type": "text/plain; version=0.0.4; charset=utf-8",
+      }),
+  );
+  if (deps.api) app.route("/", deps.api);
   mountMedia(app, deps.media);
   return app;
 }

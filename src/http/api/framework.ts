@@ -1,0 +1,461 @@
+/**
+ * The small framework the admin API is written in: one route table registers the Hono handlers
+ * and generates the OpenAPI document, requests and responses are checked against the same zod
+ * schemas, bodies are read with a size cap, and every error is JSON `{status, message}`.
+ */
+
+import type { Context } from "hono";
+import { z } from "zod";
+import { isAdminRole } from "../../auth/principal.ts";
+import type { Authenticator } from "../../auth/authenticator.ts";
+import type { Config } from "../../config.ts";
+import type { ChatService } from "../../core/chat_service.ts";
+import type { Directory } from "../../core/directory.ts";
+import type { Principal, RoomEvent } from "../../core/types.ts";
+import { ApiErrorBody } from "./schemas.ts";
+
+/** What the API's handlers use. */
+export interface ApiDeps {
+  /** Users, rooms and participants. */
+  directory: Directory;
+  /** History and sending. */
+  chat: ChatService;
+  /** Room events (closing and revoking) to every isolate. */
+  events: { publish(event: RoomEvent): void };
+  /** Token verification, for admin JWTs. */
+  auth: Authenticator;
+  /** Settings: ADMIN_TOKEN, MAX_FILE_BYTES, PUBLIC_URL. */
+  config: Config;
+  /** Counts requests by status, for /metrics. */
+  counters?: ApiCounters;
+}
+
+/** Requests served, by method and status. */
+export class ApiCounters {
+  /** `METHOD status` → count. */
+  readonly requests = new Map<string, number>();
+
+  /** Counts one response. */
+  count(method: string, status: number): void {
+    const key = `${method} ${status}`;
+    this.requests.set(key, (this.requests.get(key) ?? 0) + 1);
+  }
+
+  /** The counters in Prometheus text format. */
+  render(): string {
+    const lines = [
+      "# HELP chat_api_requests_total Admin API requests by method and status.",
+      "# TYPE chat_api_requests_total counter",
+    ];
+    for (const [key, n] of this.requests) {
+      const [method, status] = key.split(" ");
+      lines.push(`chat_api_requests_total{method="${method}",status="${status}"} ${n}`);
+    }
+    return lines.join("\n") + "\n";
+  }
+}
+
+/** One field-level problem with a request. */
+export interface Issue {
+  /** Dotted path of the field (`participants.0.user_id`), empty for the whole value. */
+  path: string;
+  /** What is wrong. */
+  message: string;
+}
+
+/** An error answered as JSON `{status, message, issues?}`. */
+export class ApiError extends Error {
+  /** HTTP status. */
+  readonly status: number;
+  /** Field-level details of a validation error. */
+  readonly issues?: Issue[];
+
+  /** Creates an error with a status and a client-facing message. */
+  constructor(status: number, message: string, issues?: Issue[]) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.issues = issues;
+  }
+}
+
+/** What a handler answers: a documented status and a body its schema accepts. */
+export interface ApiReply {
+  /** HTTP status; must be one of the route's documented responses. */
+  status: number;
+  /** JSON body, checked against the status's schema; none for 204. */
+  body?: unknown;
+}
+
+/** Who called: the static ADMIN_TOKEN, or a user whose token carries an admin role. */
+export type Caller = { kind: "admin_token" } | { kind: "user"; user: Principal };
+
+/** A documented response. */
+export interface ResponseSpec {
+  /** What it means. */
+  description: string;
+  /** Body schema (registered in `responseSchemas`); none for an empty body. */
+  schema?: z.ZodType;
+}
+
+/** HTTP methods the API uses. */
+export type Method = "get" | "put" | "post" | "delete";
+
+/** How a route's body arrives. */
+export type BodySpec<B extends z.ZodType> =
+  | { type: "json"; schema: B }
+  | {
+    type: "multipart";
+    schema: B;
+    /** Fields that may repeat and are always passed as arrays (`file`). */
+    arrays: string[];
+  };
+
+/** What a handler receives, already validated. */
+export interface RouteInput<P, Q, B> {
+  /** Path parameters. */
+  params: P;
+  /** Query parameters. */
+  query: Q;
+  /** The request body. */
+  body: B;
+  /** The raw request. */
+  req: Request;
+  /** The authenticated caller (absent on public routes). */
+  caller?: Caller;
+}
+
+type Empty = z.ZodObject<Record<never, never>>;
+
+/** A route as written: documentation, schemas and handler together. */
+export interface RouteSpec<
+  P extends z.ZodType = Empty,
+  Q extends z.ZodType = Empty,
+  B extends z.ZodType = z.ZodUndefined,
+> {
+  /** HTTP method. */
+  method: Method;
+  /** Full path in OpenAPI form (`/api/users/{id}`). */
+  path: string;
+  /** Unique operation name. */
+  operationId: string;
+  /** One line. */
+  summary: string;
+  /** Longer explanation. */
+  description?: string;
+  /** Grouping in the document. */
+  tag: string;
+  /** True for a route that needs no credentials. */
+  public?: boolean;
+  /** Path parameters (an object schema whose keys match the `{names}` in `path`). */
+  params?: P;
+  /** Query parameters (an object schema). */
+  query?: Q;
+  /** Request body. */
+  body?: BodySpec<B>;
+  /** Responses by status, apart from the generic 400/401/403/500 added for every route. */
+  responses: Record<number, ResponseSpec>;
+  /** Handles a validated request. */
+  handle(
+    input: RouteInput<z.output<P>, z.output<Q>, z.output<B>>,
+    deps: ApiDeps,
+  ): Promise<ApiReply>;
+}
+
+/** A route with its types erased, as the table and the document generator hold it. */
+export interface ApiRoute {
+  /** HTTP method. */
+  method: Method;
+  /** Full OpenAPI path. */
+  path: string;
+  /** Unique operation name. */
+  operationId: string;
+  /** One line. */
+  summary: string;
+  /** Longer explanation. */
+  description?: string;
+  /** Grouping. */
+  tag: string;
+  /** True when no credentials are needed. */
+  public: boolean;
+  /** Path parameter schema. */
+  params?: z.ZodType;
+  /** Query schema. */
+  query?: z.ZodType;
+  /** Body. */
+  body?: BodySpec<z.ZodType>;
+  /** Every documented response, generic ones included. */
+  responses: Record<number, ResponseSpec>;
+  /** Runs the route for a Hono request. */
+  run(c: Context, deps: ApiDeps): Promise<Response>;
+}
+
+/** Largest JSON body: a room's participant list of 10 000 entries fits several times over. */
+export const MAX_JSON_BYTES = 4 * 1024 * 1024;
+
+/**
+ * Room for a multipart body's boundaries, headers and text fields beside the files: an upload
+ * is at most MAX_FILE_BYTES of files plus this, so memory per request stays bounded.
+ */
+export const MULTIPART_OVERHEAD_BYTES = 256 * 1024;
+
+/** Declares a route; its handler's input types follow from the schemas. */
+export function defineRoute<
+  P extends z.ZodType = Empty,
+  Q extends z.ZodType = Empty,
+  B extends z.ZodType = z.ZodUndefined,
+>(spec: RouteSpec<P, Q, B>): ApiRoute {
+  const error = (description: string) => ({ description, schema: ApiErrorBody });
+  const responses: Record<number, ResponseSpec> = { ...spec.responses };
+  if (spec.params || spec.query || spec.body) {
+    responses[400] ??= error("The request is malformed; `issues` says where.");
+  }
+  if (!spec.public) {
+    responses[401] ??= error("No credentials, or neither ADMIN_TOKEN nor a valid token.");
+    responses[403] ??= error("The token is valid but carries no admin role.");
+  }
+  if (spec.body?.type === "json") {
+    responses[413] ??= error(`The body is over ${MAX_JSON_BYTES} bytes.`);
+    responses[415] ??= error("The body is not application/json.");
+  }
+  if (spec.body?.type === "multipart") {
+    responses[415] ??= error("The body is not multipart/form-data.");
+  }
+  responses[500] ??= error("Something failed on the server; it is logged.");
+
+  const run = async (c: Context, deps: ApiDeps): Promise<Response> => {
+    const req = c.req.raw;
+    let response: Response;
+    try {
+      const caller = spec.public ? undefined : await authenticate(req, deps);
+      const params = validate(spec.params, c.req.param(), "path parameters");
+      const query = validate(spec.query, queryObject(req), "query");
+      let body: unknown = undefined;
+      if (spec.body?.type === "json") {
+        body = validate(spec.body.schema, await readJson(req), "body");
+      } else if (spec.body?.type === "multipart") {
+        const cap = deps.config.maxFileBytes + MULTIPART_OVERHEAD_BYTES;
+        const form = await readMultipart(req, cap, deps.config.maxFileBytes);
+        body = validate(spec.body.schema, formObject(form, spec.body.arrays), "form");
+      }
+      const reply = await spec.handle(
+        {
+          params: params as z.output<P>,
+          query: query as z.output<Q>,
+          body: body as z.output<B>,
+          req,
+          caller,
+        },
+        deps,
+      );
+      response = render(spec, responses, reply);
+    } catch (err) {
+      response = errorResponse(err, `${spec.method.toUpperCase()} ${spec.path}`);
+    }
+    deps.counters?.count(spec.method.toUpperCase(), response.status);
+    return response;
+  };
+
+  return {
+    method: spec.method,
+    path: spec.path,
+    operationId: spec.operationId,
+    summary: spec.summary,
+    description: spec.description,
+    tag: spec.tag,
+    public: spec.public ?? false,
+    params: spec.params,
+    query: spec.query,
+    body: spec.body as BodySpec<z.ZodType> | undefined,
+    responses,
+    run,
+  };
+}
+
+/** A JSON error response. */
+export function errorJson(status: number, message: string, issues?: Issue[]): Response {
+  const headers: Record<string, string> = { "content-type": "application/json; charset=utf-8" };
+  if (status === 401) headers["www-authenticate"] = 'Bearer realm="chat-admin"';
+  return new Response(JSON.stringify({ status, message, ...(issues ? { issues } : {}) }), {
+    status,
+    headers,
+  });
+}
+
+function errorResponse(err: unknown, where: string): Response {
+  if (err instanceof ApiError) return errorJson(err.status, err.message, err.issues);
+  console.error(`api: ${where} failed:`, err);
+  return errorJson(500, "Internal server error");
+}
+
+function render(
+  spec: { method: Method; path: string },
+  responses: Record<number, ResponseSpec>,
+  reply: ApiReply,
+): Response {
+  const documented = responses[reply.status];
+  if (!documented) {
+    throw new Error(`${spec.method} ${spec.path} answered undocumented status ${reply.status}`);
+  }
+  if (!documented.schema) return new Response(null, { status: reply.status });
+  // Parsing also drops any field the schema does not list, so nothing leaks by accident.
+  const checked = documented.schema.safeParse(reply.body);
+  if (!checked.success) {
+    throw new Error(
+      `${spec.method} ${spec.path} produced a ${reply.status} body its schema refuses: ` +
+        z.prettifyError(checked.error),
+    );
+  }
+  return new Response(JSON.stringify(checked.data), {
+    status: reply.status,
+    headers: { "content-type": "application/json; charset=utf-8" },
+  });
+}
+
+/** Parses with `schema`, or throws a 400 naming every bad field. */
+function validate(schema: z.ZodType | undefined, value: unknown, what: string): unknown {
+  if (!schema) return undefined;
+  const result = schema.safeParse(value);
+  if (result.success) return result.data;
+  const issues = result.error.issues.map((i) => ({
+    path: i.path.map(String).join("."),
+    message: i.message,
+  }));
+  const first = issues[0];
+  throw new ApiError(
+    400,
+    `Invalid ${what}: ${first.path ? `"${first.path}" ` : ""}${first.message.toLowerCase()}` +
+      (issues.length > 1 ? ` (and ${issues.length - 1} more)` : ""),
+    issues,
+  );
+}
+
+/** The query string as an object; a repeated parameter becomes an array (and fails validation). */
+function queryObject(req: Request): Record<string, string | string[]> {
+  const out: Record<string, string | string[]> = {};
+  for (const [key, value] of new URL(req.url).searchParams) {
+    const prev = out[key];
+    out[key] = prev === undefined ? value : [...(Array.isArray(prev) ? prev : [prev]), value];
+  }
+  return out;
+}
+
+/** Who is calling: ADMIN_TOKEN, or a JWT with an admin role; throws 401 or 403 otherwise. */
+async function authenticate(req: Request, deps: ApiDeps): Promise<Caller> {
+  const header = req.headers.get("authorization");
+  const token = header?.match(/^Bearer\s+(\S+)\s*$/i)?.[1];
+  if (!token) throw new ApiError(401, "Authorization: Bearer <token> is required");
+  const adminToken = deps.config.adminToken;
+  if (adminToken !== undefined && await sameSecret(token, adminToken)) {
+    return { kind: "admin_token" };
+  }
+  const user = await deps.auth.authenticate(token);
+  if (!user) throw new ApiError(401, "The token is not ADMIN_TOKEN and not a valid token");
+  if (!isAdminRole(user.role)) {
+    throw new ApiError(403, `User "${user.id}" has role "${user.role ?? "none"}", not admin`);
+  }
+  return { kind: "user", user };
+}
+
+/** Compares two secrets in time that does not depend on where they differ. */
+async function sameSecret(a: string, b: string): Promise<boolean> {
+  const digest = async (s: string) =>
+    new Uint8Array(await crypto.subtle.digest("SHA-256", new TextEncoder().encode(s)));
+  const [x, y] = await Promise.all([digest(a), digest(b)]);
+  let diff = 0;
+  for (let i = 0; i < x.length; i++) diff |= x[i] ^ y[i];
+  return diff === 0;
+}
+
+/**
+ * Reads a request body, refusing with 413 as soon as it passes `cap` bytes: a declared
+ * Content-Length over the cap is refused before reading, and a chunked body is cut off.
+ */
+export async function readCapped(
+  req: Request,
+  cap: number,
+  what: string,
+): Promise<Uint8Array<ArrayBuffer>> {
+  const declared = Number(req.headers.get("content-length") ?? NaN);
+  if (declared > cap) {
+    throw new ApiError(413, `${what} is too large: ${declared} bytes, the limit is ${cap} bytes`);
+  }
+  if (!req.body) return new Uint8Array();
+  const reader = req.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  while (true) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.length;
+    if (total > cap) {
+      await reader.cancel().catch(() => {});
+      throw new ApiError(413, `${what} is too large: over ${cap} bytes`);
+    }
+    chunks.push(value);
+  }
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, at);
+    at += chunk.length;
+  }
+  return out;
+}
+
+async function readJson(req: Request): Promise<unknown> {
+  const type = req.headers.get("content-type") ?? "";
+  if (!/^application\/json\s*(;|$)/i.test(type)) {
+    throw new ApiError(415, `Expected Content-Type application/json, got "${type}"`);
+  }
+  const bytes = await readCapped(req, MAX_JSON_BYTES, "Body");
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new ApiError(400, "Body is not valid UTF-8");
+  }
+  if (text.trim() === "") throw new ApiError(400, "A JSON body is required");
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new ApiError(400, `Body is not valid JSON: ${(err as Error).message}`);
+  }
+}
+
+/**
+ * Reads a multipart body of at most `cap` bytes; a single file over `maxFileBytes` is refused
+ * with 413 naming it. The bounded buffer is parsed by the platform's FormData parser.
+ */
+async function readMultipart(req: Request, cap: number, maxFileBytes: number): Promise<FormData> {
+  const type = req.headers.get("content-type") ?? "";
+  if (!/^multipart\/form-data\s*;/i.test(type)) {
+    throw new ApiError(415, `Expected Content-Type multipart/form-data, got "${type}"`);
+  }
+  const bytes = await readCapped(req, cap, "Upload");
+  let form: FormData;
+  try {
+    form = await new Response(bytes, { headers: { "content-type": type } }).formData();
+  } catch (err) {
+    throw new ApiError(400, `Body is not valid multipart/form-data: ${(err as Error).message}`);
+  }
+  for (const value of form.values()) {
+    if (typeof value !== "string" && value.size > maxFileBytes) {
+      throw new ApiError(
+        413,
+        `File "${value.name}" is too large: ${value.size} bytes, the limit is ${maxFileBytes} bytes`,
+      );
+    }
+  }
+  return form;
+}
+
+/** Form fields as an object: `arrays` fields always as arrays, others as a single value. */
+function formObject(form: FormData, arrays: string[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const key of new Set(form.keys())) {
+    const values = form.getAll(key);
+    out[key] = arrays.includes(key) || values.length > 1 ? values : values[0];
+  }
+  return out;
+}

@@ -1,0 +1,527 @@
+/** The admin API's route table: users, rooms, participants, messages and attachments. */
+
+import { z } from "zod";
+import { normalizeUserId } from "../../auth/principal.ts";
+import { storedRoleGrantsAccess } from "../../auth/directory_access.ts";
+import type { SendInput } from "../../core/chat_service.ts";
+import type { DirectoryRoom, DirectoryUser, Participant } from "../../core/directory.ts";
+import { ChatError, type ChatErrorCode } from "../../core/errors.ts";
+import type { AppendResult, Principal } from "../../core/types.ts";
+import { baseUrlOf } from "../../dialects/context.ts";
+import { nativeMessage } from "../../dialects/native/native.ts";
+import { KyselyDirectory } from "../../directory/kysely_directory.ts";
+import { type ApiDeps, ApiError, type ApiRoute, defineRoute } from "./framework.ts";
+import { buildOpenApiDocument } from "./openapi.ts";
+import {
+  ApiErrorBody,
+  AttachmentUpload,
+  History,
+  HistoryQuery,
+  KindPath,
+  Message,
+  MessageInput,
+  ParticipantInput,
+  ParticipantPath,
+  Room,
+  RoomInput,
+  RoomList,
+  RoomListQuery,
+  RoomPath,
+  User,
+  UserInput,
+  UserPath,
+} from "./schemas.ts";
+
+/** The directory user in the API's snake_case shape. */
+function userBody(user: DirectoryUser): z.input<typeof User> {
+  return {
+    id: user.id,
+    username: user.username,
+    full_name: user.fullName,
+    email: user.email,
+    phone: user.phone,
+    profile_image: user.profileImage,
+    company: user.company,
+    role: user.role,
+    user_type: user.userType,
+  };
+}
+
+/** A room and its participants in the API's shape. */
+function roomBody(room: DirectoryRoom, participants: Participant[]): z.input<typeof Room> {
+  return {
+    kind: room.kind,
+    id: room.id,
+    title: room.title,
+    owner_id: room.ownerId,
+    created_at: room.createdAt,
+    participants: participants.map((p) => ({ user_id: p.userId, role: p.role })),
+  };
+}
+
+/** A directory user as the sender of a message: the same profile a token would give. */
+function principalOf(user: DirectoryUser): Principal {
+  return {
+    id: normalizeUserId(user.id) ?? user.id,
+    username: user.username ?? user.fullName ?? user.email ?? user.id,
+    name: user.fullName ?? undefined,
+    email: user.email ?? undefined,
+    phone: user.phone ?? undefined,
+    profileImage: user.profileImage ?? undefined,
+    company: user.company ?? undefined,
+    role: user.role ?? undefined,
+    userType: user.userType ?? undefined,
+    grants: [],
+  };
+}
+
+const roomKeyOf = (kind: string, id: string) => `${kind}:${id}`;
+
+/** The HTTP status for a refusal of the core. */
+const CHAT_ERROR_STATUS: Partial<Record<ChatErrorCode, number>> = {
+  forbidden: 403,
+  not_found: 404,
+  file_too_large: 413,
+  rate_limited: 429,
+  internal: 500,
+};
+
+/** Sends through the core, turning its refusals into API errors. */
+async function send(
+  deps: ApiDeps,
+  sender: Principal | null,
+  room: string,
+  input: SendInput,
+): Promise<AppendResult> {
+  try {
+    return await deps.chat.send(sender, room, input);
+  } catch (err) {
+    if (err instanceof ChatError) {
+      throw new ApiError(CHAT_ERROR_STATUS[err.code] ?? 400, err.message);
+    }
+    throw err;
+  }
+}
+
+/** The sender named by `sender_id`, who must exist and be allowed in the room; null for none. */
+async function senderOf(
+  deps: ApiDeps,
+  senderId: string | undefined,
+  room: string,
+): Promise<Principal | null> {
+  if (senderId === undefined) return null;
+  const stored = await deps.directory.getUser(senderId);
+  if (!stored) throw new ApiError(404, `User "${senderId}" not found`);
+  const sender = principalOf(stored);
+  if (!(await deps.chat.canAccess(sender, room))) {
+    throw new ApiError(403, `User "${senderId}" may not post in room "${room}"`);
+  }
+  return sender;
+}
+
+/**
+ * Closes the sockets of users who were owner or participant of a room and no longer may enter
+ * it. Every isolate hears the event through the hub; a socket that misses it is still refused
+ * on its next send, since access is checked there too.
+ */
+async function revokeLost(
+  deps: ApiDeps,
+  kind: string,
+  id: string,
+  before: Iterable<string>,
+): Promise<void> {
+  const room = roomKeyOf(kind, id);
+  const [stored, participants] = await Promise.all([
+    deps.directory.getRoom(kind, id),
+    deps.directory.listParticipants(kind, id),
+  ]);
+  const keep = new Set(participants.map((p) => p.userId));
+  if (stored?.ownerId) keep.add(stored.ownerId);
+  for (const userId of new Set(before)) {
+    if (keep.has(userId)) continue;
+    if (storedRoleGrantsAccess(await deps.directory.getUser(userId), room)) continue;
+    deps.events.publish({ type: "revoked", room, userId: normalizeUserId(userId) ?? userId });
+  }
+}
+
+/** Who may enter a room through the directory now: its owner and its participants. */
+async function holders(deps: ApiDeps, kind: string, id: string): Promise<string[]> {
+  const [room, participants] = await Promise.all([
+    deps.directory.getRoom(kind, id),
+    deps.directory.listParticipants(kind, id),
+  ]);
+  return [...participants.map((p) => p.userId), ...(room?.ownerId ? [room.ownerId] : [])];
+}
+
+/** The rooms a user takes part in, so that deleting the user can close their sockets there. */
+async function participationsOf(
+  deps: ApiDeps,
+  userId: string,
+): Promise<{ kind: string; id: string }[]> {
+  // The Directory contract has no such query; every directory we open is a KyselyDirectory.
+  if (!(deps.directory instanceof KyselyDirectory)) return [];
+  const rows = await deps.directory.db.selectFrom("room_participants")
+    .select(["room_kind", "room_id"]).where("user_id", "=", userId).execute();
+  return rows.map((r) => ({ kind: r.room_kind, id: r.room_id }));
+}
+
+/** Where uploaded files go: the folder the room's own protocol uses. */
+export function uploadFolder(kind: string, id: string, now = new Date()): string {
+  if (kind === "ticket") return `files/ticket_${id}`;
+  if (kind === "chat") {
+    const pad = (n: number) => String(n).padStart(2, "0");
+    return `chat_files/${now.getUTCFullYear()}/${pad(now.getUTCMonth() + 1)}/${
+      pad(now.getUTCDate())
+    }`;
+  }
+  return `native/${kind}_${id}`;
+}
+
+async function requireRoom(deps: ApiDeps, kind: string, id: string): Promise<DirectoryRoom> {
+  const room = await deps.directory.getRoom(kind, id);
+  if (!room) throw new ApiError(404, `Room "${roomKeyOf(kind, id)}" not found`);
+  return room;
+}
+
+const notFound = (what: string) => ({
+  description: `${what} does not exist.`,
+  schema: ApiErrorBody,
+});
+
+/** Every route of the admin API, in document order. */
+export const API_ROUTES: ApiRoute[] = [
+  defineRoute({
+    method: "get",
+    path: "/api/openapi.json",
+    operationId: "getOpenApi",
+    summary: "This document",
+    tag: "meta",
+    public: true,
+    responses: {
+      200: {
+        description: "The OpenAPI 3.1 document of this API.",
+        schema: z.record(z.string(), z.unknown()),
+      },
+    },
+    handle: () => Promise.resolve({ status: 200, body: openApiDocument() }),
+  }),
+
+  defineRoute({
+    method: "put",
+    path: "/api/users/{id}",
+    operationId: "upsertUser",
+    summary: "Create or update a user",
+    description: "Fields left out keep their stored value; null clears one. Profile fields fill " +
+      "in what tokens lack (phone, profile_image, full_name, user_type, company, role).",
+    tag: "users",
+    params: UserPath,
+    body: { type: "json", schema: UserInput },
+    responses: { 200: { description: "The user as stored.", schema: User } },
+    async handle({ params, body }, deps) {
+      const user = await deps.directory.upsertUser({
+        id: params.id,
+        username: body.username,
+        fullName: body.full_name,
+        email: body.email,
+        phone: body.phone,
+        profileImage: body.profile_image,
+        company: body.company,
+        role: body.role,
+        userType: body.user_type,
+      });
+      return { status: 200, body: userBody(user) };
+    },
+  }),
+
+  defineRoute({
+    method: "get",
+    path: "/api/users/{id}",
+    operationId: "getUser",
+    summary: "Read a user",
+    tag: "users",
+    params: UserPath,
+    responses: { 200: { description: "The user.", schema: User }, 404: notFound("The user") },
+    async handle({ params }, deps) {
+      const user = await deps.directory.getUser(params.id);
+      if (!user) throw new ApiError(404, `User "${params.id}" not found`);
+      return { status: 200, body: userBody(user) };
+    },
+  }),
+
+  defineRoute({
+    method: "delete",
+    path: "/api/users/{id}",
+    operationId: "deleteUser",
+    summary: "Delete a user and their participations",
+    description: "Their sockets in rooms they took part in are closed. Rooms they own keep " +
+      "their owner_id.",
+    tag: "users",
+    params: UserPath,
+    responses: { 204: { description: "Deleted." }, 404: notFound("The user") },
+    async handle({ params }, deps) {
+      const rooms = await participationsOf(deps, params.id);
+      if (!(await deps.directory.deleteUser(params.id))) {
+        throw new ApiError(404, `User "${params.id}" not found`);
+      }
+      for (const room of rooms) await revokeLost(deps, room.kind, room.id, [params.id]);
+      return { status: 204 };
+    },
+  }),
+
+  defineRoute({
+    method: "get",
+    path: "/api/rooms/{kind}",
+    operationId: "listRooms",
+    summary: "List the rooms of a kind",
+    description: "Ordered by id (code point order); page with `after` = the previous " +
+      "`next_after`.",
+    tag: "rooms",
+    params: KindPath,
+    query: RoomListQuery,
+    responses: { 200: { description: "A page of rooms.", schema: RoomList } },
+    async handle({ params, query }, deps) {
+      const rooms = await deps.directory.listRooms(params.kind, {
+        limit: query.limit,
+        after: query.after,
+      });
+      return {
+        status: 200,
+        body: {
+          rooms: rooms.map((r) => {
+            const { participants: _, ...summary } = roomBody(r, []);
+            return summary;
+          }),
+          next_after: rooms.length === query.limit ? rooms.at(-1)!.id : null,
+        },
+      };
+    },
+  }),
+
+  defineRoute({
+    method: "put",
+    path: "/api/rooms/{kind}/{id}",
+    operationId: "upsertRoom",
+    summary: "Create or update a room",
+    description: "A room the directory knows is entered only by its owner, its participants " +
+      "and admin roles (support staff: every support chat); the token's `rooms` claim no " +
+      "longer counts for it. `participants` replaces the list; users who lose access have " +
+      "their sockets in the room closed.",
+    tag: "rooms",
+    params: RoomPath,
+    body: { type: "json", schema: RoomInput },
+    responses: {
+      200: { description: "Updated.", schema: Room },
+      201: { description: "Created.", schema: Room },
+    },
+    async handle({ params, body }, deps) {
+      const { kind, id } = params;
+      const existed = await deps.directory.getRoom(kind, id);
+      const changesAccess = body.participants !== undefined || body.owner_id !== undefined;
+      const before = changesAccess ? await holders(deps, kind, id) : [];
+      const room = await deps.directory.upsertRoom({
+        kind,
+        id,
+        title: body.title,
+        ownerId: body.owner_id,
+      });
+      if (body.participants !== undefined) {
+        await deps.directory.setParticipants(
+          kind,
+          id,
+          body.participants.map((p) => ({ userId: p.user_id, role: p.role ?? "member" })),
+        );
+      }
+      if (changesAccess) await revokeLost(deps, kind, id, before);
+      const participants = await deps.directory.listParticipants(kind, id);
+      return { status: existed ? 200 : 201, body: roomBody(room, participants) };
+    },
+  }),
+
+  defineRoute({
+    method: "get",
+    path: "/api/rooms/{kind}/{id}",
+    operationId: "getRoom",
+    summary: "Read a room and its participants",
+    tag: "rooms",
+    params: RoomPath,
+    responses: { 200: { description: "The room.", schema: Room }, 404: notFound("The room") },
+    async handle({ params }, deps) {
+      const room = await requireRoom(deps, params.kind, params.id);
+      const participants = await deps.directory.listParticipants(params.kind, params.id);
+      return { status: 200, body: roomBody(room, participants) };
+    },
+  }),
+
+  defineRoute({
+    method: "delete",
+    path: "/api/rooms/{kind}/{id}",
+    operationId: "deleteRoom",
+    summary: "Delete a room and close its sockets",
+    description: "Every socket in the room is closed (ticket socket: 4004; native protocol: a " +
+      "`removed` frame). The history stays; the room, now unknown to the directory, falls " +
+      "back to token claims.",
+    tag: "rooms",
+    params: RoomPath,
+    responses: { 204: { description: "Deleted." }, 404: notFound("The room") },
+    async handle({ params }, deps) {
+      const { kind, id } = params;
+      if (!(await deps.directory.deleteRoom(kind, id))) {
+        throw new ApiError(404, `Room "${roomKeyOf(kind, id)}" not found`);
+      }
+      deps.events.publish({ type: "closed", room: roomKeyOf(kind, id), reason: "Room deleted" });
+      return { status: 204 };
+    },
+  }),
+
+  defineRoute({
+    method: "post",
+    path: "/api/rooms/{kind}/{id}/participants",
+    operationId: "addParticipant",
+    summary: "Add a participant, or change their role",
+    tag: "rooms",
+    params: RoomPath,
+    body: { type: "json", schema: ParticipantInput },
+    responses: {
+      200: { description: "The room with its participants.", schema: Room },
+      404: notFound("The room"),
+    },
+    async handle({ params, body }, deps) {
+      const room = await requireRoom(deps, params.kind, params.id);
+      await deps.directory.addParticipant(params.kind, params.id, {
+        userId: body.user_id,
+        role: body.role ?? "member",
+      });
+      const participants = await deps.directory.listParticipants(params.kind, params.id);
+      return { status: 200, body: roomBody(room, participants) };
+    },
+  }),
+
+  defineRoute({
+    method: "delete",
+    path: "/api/rooms/{kind}/{id}/participants/{user_id}",
+    operationId: "removeParticipant",
+    summary: "Remove a participant and close their sockets in the room",
+    description: "Unless the user still may enter (owner, admin or support role in the " +
+      "directory), their sockets in the room are closed (ticket socket 4003, conversation " +
+      "chat 4404, native protocol: a `removed` frame) and their next send is refused.",
+    tag: "rooms",
+    params: ParticipantPath,
+    responses: { 204: { description: "Removed." }, 404: notFound("The participant") },
+    async handle({ params }, deps) {
+      const { kind, id, user_id } = params;
+      if (!(await deps.directory.removeParticipant(kind, id, user_id))) {
+        throw new ApiError(404, `User "${user_id}" is not a participant of "${kind}:${id}"`);
+      }
+      await revokeLost(deps, kind, id, [user_id]);
+      return { status: 204 };
+    },
+  }),
+
+  defineRoute({
+    method: "get",
+    path: "/api/rooms/{kind}/{id}/messages",
+    operationId: "listMessages",
+    summary: "Read a room's history by seq cursor",
+    description: "Any room, known to the directory or not. Without `after`, the newest " +
+      "`limit` messages before `before`; with `after`, the oldest ones after it.",
+    tag: "messages",
+    params: RoomPath,
+    query: HistoryQuery,
+    responses: { 200: { description: "Messages in ascending seq order.", schema: History } },
+    async handle({ params, query, req }, deps) {
+      const room = roomKeyOf(params.kind, params.id);
+      const { before, after, limit } = query;
+      const messages = await deps.chat.history(room, { before, after, limit });
+      const first = messages[0]?.seq;
+      const last = messages.at(-1)?.seq;
+      const hasMore = messages.length === limit ||
+        (after === undefined && first !== undefined && first > (await deps.chat.tail(room)));
+      const baseUrl = baseUrlOf(deps.config, req);
+      return {
+        status: 200,
+        body: {
+          room,
+          messages: messages.map((m) => nativeMessage(m, baseUrl)),
+          has_more: messages.length === 0 ? false : hasMore,
+          first_seq: first ?? null,
+          last_seq: last ?? null,
+        },
+      };
+    },
+  }),
+
+  defineRoute({
+    method: "post",
+    path: "/api/rooms/{kind}/{id}/messages",
+    operationId: "publishMessage",
+    summary: "Publish a message as a user or as the system",
+    description: "It reaches the room's clients on every protocol. With `sender_id` the " +
+      "sender must be a directory user allowed in the room; without, it is a system message.",
+    tag: "messages",
+    params: RoomPath,
+    body: { type: "json", schema: MessageInput },
+    responses: {
+      201: { description: "Stored and delivered.", schema: Message },
+      200: { description: "A repeated client_id: the original message.", schema: Message },
+      404: notFound("The sender"),
+    },
+    async handle({ params, body, req }, deps) {
+      const room = roomKeyOf(params.kind, params.id);
+      const sender = await senderOf(deps, body.sender_id, room);
+      const result = await send(deps, sender, room, {
+        body: body.body,
+        clientId: body.client_id,
+      });
+      return {
+        status: result.duplicate ? 200 : 201,
+        body: nativeMessage(result.message, baseUrlOf(deps.config, req)),
+      };
+    },
+  }),
+
+  defineRoute({
+    method: "post",
+    path: "/api/rooms/{kind}/{id}/attachments",
+    operationId: "uploadAttachments",
+    summary: "Upload files as one message (multipart/form-data)",
+    description: "For files too large for a socket frame: the message reaches every " +
+      "protocol's clients like one sent over a socket. Each file is at most MAX_FILE_BYTES, " +
+      "and all of them together too.",
+    tag: "messages",
+    params: RoomPath,
+    body: { type: "multipart", schema: AttachmentUpload, arrays: ["file"] },
+    responses: {
+      201: { description: "Stored and delivered.", schema: Message },
+      200: { description: "A repeated client_id: the original message.", schema: Message },
+      404: notFound("The sender"),
+      413: {
+        description: "A file, or the whole upload, is over MAX_FILE_BYTES.",
+        schema: ApiErrorBody,
+      },
+    },
+    async handle({ params, body, req }, deps) {
+      const room = roomKeyOf(params.kind, params.id);
+      const sender = await senderOf(deps, body.sender_id, room);
+      const files = await Promise.all(
+        body.file.map(async (f) => ({ name: f.name, data: new Uint8Array(await f.arrayBuffer()) })),
+      );
+      const result = await send(deps, sender, room, {
+        body: body.body ?? "",
+        files,
+        mediaDir: uploadFolder(params.kind, params.id),
+        clientId: body.client_id,
+      });
+      return {
+        status: result.duplicate ? 200 : 201,
+        body: nativeMessage(result.message, baseUrlOf(deps.config, req)),
+      };
+    },
+  }),
+];
+
+let cachedDocument: Record<string, unknown> | undefined;
+
+/** The OpenAPI 3.1 document of {@link API_ROUTES}, built once. */
+export function openApiDocument(): Record<string, unknown> {
+  return cachedDocument ??= buildOpenApiDocument(API_ROUTES);
+}

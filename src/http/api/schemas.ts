@@ -1,0 +1,217 @@
+/**
+ * The admin API's request and response bodies as zod schemas: the handlers validate with them
+ * and the OpenAPI document is generated from them, so the two cannot drift apart.
+ */
+
+import { z } from "zod";
+import { MAX_BODY_CHARS, MAX_FILES_PER_MESSAGE } from "../../core/chat_service.ts";
+import { ROOM_KINDS } from "../../core/rooms.ts";
+
+/**
+ * Schemas that appear in request bodies, emitted under `components.schemas` as input types.
+ * Descriptions go through `.describe()` (the global registry), which the generator reads too.
+ */
+export const requestSchemas = z.registry<{ id: string }>();
+
+/** Schemas that appear in response bodies, emitted under `components.schemas` as output types. */
+export const responseSchemas = z.registry<{ id: string }>();
+
+/** A room kind in a path. */
+export const RoomKind = z.enum(ROOM_KINDS).describe("Room kind");
+
+/**
+ * A room id in a path: what the socket URLs accept, including chat-room names that start with
+ * `_` or `.`; 1 to 128 characters.
+ */
+export const RoomId = z.string().regex(
+  /^[A-Za-z0-9_.@-]{1,128}$/,
+  "expected 1 to 128 letters, digits, '_', '.', '@' or '-'",
+).describe("Room id within its kind");
+
+/** A user id in a path or body: the token's `sub` as text. */
+export const UserId = z.string().min(1).max(256).regex(
+  // deno-lint-ignore no-control-regex
+  /^[^\u0000-\u001f\u007f]+$/,
+  "expected no control characters",
+).describe("User id as text (the token's sub, user_id or id)");
+
+const profileText = (max: number) => z.string().max(max).nullable().optional();
+
+/** Path of a user. */
+export const UserPath = z.object({ id: UserId });
+
+/** Path of a room. */
+export const RoomPath = z.object({ kind: RoomKind, id: RoomId });
+
+/** Path of a kind of room. */
+export const KindPath = z.object({ kind: RoomKind });
+
+/** Path of a participant. */
+export const ParticipantPath = z.object({ kind: RoomKind, id: RoomId, user_id: UserId });
+
+const ROLE = z.string().min(1).max(64);
+
+/** Body of `PUT /api/users/{id}`: fields left out keep their stored value, null clears one. */
+export const UserInput = z.strictObject({
+  username: profileText(150),
+  full_name: profileText(300),
+  email: profileText(320),
+  phone: profileText(64),
+  profile_image: profileText(2048),
+  company: profileText(300),
+  role: profileText(64).describe(
+    "admin and super_admin enter every room, support every support chat",
+  ),
+  user_type: profileText(64),
+}).describe("Profile fields to set; omitted fields keep their value, null clears one.").register(
+  requestSchemas,
+  { id: "UserInput" },
+);
+
+/** A directory user. */
+export const User = z.object({
+  id: z.string(),
+  username: z.string().nullable(),
+  full_name: z.string().nullable(),
+  email: z.string().nullable(),
+  phone: z.string().nullable(),
+  profile_image: z.string().nullable(),
+  company: z.string().nullable(),
+  role: z.string().nullable(),
+  user_type: z.string().nullable(),
+}).describe("A user as the directory keeps it.").register(responseSchemas, { id: "User" });
+
+/** One participant to add. */
+export const ParticipantInput = z.strictObject({
+  user_id: UserId,
+  role: ROLE.optional().describe("Role in the room (member, owner, agent, ...); member by default"),
+}).describe("A participant to add.").register(requestSchemas, { id: "ParticipantInput" });
+
+/** A participant of a room. */
+export const Participant = z.object({ user_id: z.string(), role: z.string() })
+  .describe("A user's membership of a room.").register(responseSchemas, { id: "Participant" });
+
+/** Body of `PUT /api/rooms/{kind}/{id}`. */
+export const RoomInput = z.strictObject({
+  title: z.string().max(500).nullable().optional(),
+  owner_id: UserId.nullable().optional().describe("The owner may always enter the room"),
+  participants: z.array(ParticipantInput).max(10_000).optional().describe(
+    "Replaces the participant list exactly; users who lose access are removed from the room",
+  ),
+}).describe("Fields to set; omitted fields keep their value, null clears one.").register(
+  requestSchemas,
+  { id: "RoomInput" },
+);
+
+/** A room without its participants, as lists show it. */
+export const RoomSummary = z.object({
+  kind: z.string(),
+  id: z.string(),
+  title: z.string().nullable(),
+  owner_id: z.string().nullable(),
+  created_at: z.string().describe("ISO 8601, UTC"),
+}).describe("A room the directory knows.").register(responseSchemas, { id: "RoomSummary" });
+
+/** A room with its participants. */
+export const Room = RoomSummary.extend({ participants: z.array(Participant) })
+  .describe("A room with its participants.").register(responseSchemas, { id: "Room" });
+
+/** A page of rooms. */
+export const RoomList = z.object({
+  rooms: z.array(RoomSummary),
+  next_after: z.string().nullable().describe("Pass as `after` for the next page; null at the end"),
+}).describe("Rooms of one kind, by id.").register(responseSchemas, { id: "RoomList" });
+
+/** Query of `GET /api/rooms/{kind}`. */
+export const RoomListQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(500).default(100).describe("Page size"),
+  after: RoomId.optional().describe("Only rooms whose id sorts after this one"),
+});
+
+/** A user as a message shows it (the native protocol's shape). */
+export const MessageUser = z.object({
+  id: z.union([z.string(), z.number().int()]),
+  username: z.string(),
+  name: z.string().nullable(),
+  email: z.string().nullable(),
+  profile_image: z.string().nullable(),
+  role: z.string().nullable(),
+}).describe("Who sent a message.").register(responseSchemas, { id: "MessageUser" });
+
+/** A stored file of a message. */
+export const MessageAttachment = z.object({
+  id: z.string(),
+  name: z.string(),
+  mime: z.string(),
+  size: z.number().int(),
+  url: z.string().describe("Absolute URL of the file"),
+}).describe("A file of a message.").register(responseSchemas, { id: "MessageAttachment" });
+
+/** A stored message, exactly as the native WebSocket protocol renders it. */
+export const Message = z.object({
+  type: z.literal("message"),
+  room: z.string(),
+  seq: z.number().int().describe("Position in the room: 1, 2, 3, ..."),
+  id: z.string(),
+  sender: MessageUser.nullable().describe("Null for a system message"),
+  body: z.string(),
+  attachments: z.array(MessageAttachment),
+  created_at: z.string().describe("ISO 8601, UTC, milliseconds"),
+  client_id: z.string().nullable(),
+}).describe("A stored message, in the shape of the native protocol's message frame.").register(
+  responseSchemas,
+  { id: "Message" },
+);
+
+/** A slice of a room's history. */
+export const History = z.object({
+  room: z.string(),
+  messages: z.array(Message).describe("Ascending seq order"),
+  has_more: z.boolean(),
+  first_seq: z.number().int().nullable(),
+  last_seq: z.number().int().nullable(),
+}).describe("A slice of a room's history.").register(responseSchemas, { id: "History" });
+
+const seq = z.coerce.number().int().min(0);
+
+/** Query of `GET .../messages`. */
+export const HistoryQuery = z.object({
+  before: seq.optional().describe("Only messages with a lower seq"),
+  after: seq.optional().describe("Only messages with a higher seq (oldest first)"),
+  limit: z.coerce.number().int().min(1).max(200).default(50).describe("At most this many"),
+});
+
+const clientId = z.string().min(1).max(128).describe(
+  "Idempotency key: the same key from the same sender within 24 hours stores one message",
+);
+
+/** Body of `POST .../messages`. */
+export const MessageInput = z.strictObject({
+  body: z.string().max(MAX_BODY_CHARS).refine((b) => b.trim() !== "", "must not be blank"),
+  sender_id: UserId.optional().describe(
+    "A directory user who may enter the room; omitted for a system message",
+  ),
+  client_id: clientId.optional(),
+}).describe("A text message to publish.").register(requestSchemas, { id: "MessageInput" });
+
+/** Fields of the multipart body of `POST .../attachments`. */
+export const AttachmentUpload = z.strictObject({
+  file: z.array(z.file()).min(1).max(MAX_FILES_PER_MESSAGE).describe(
+    "One or more files, each at most MAX_FILE_BYTES",
+  ),
+  body: z.string().max(MAX_BODY_CHARS).optional(),
+  sender_id: UserId.optional(),
+  client_id: clientId.optional(),
+}).describe("Files (field `file`, repeatable) and an optional text for one message.").register(
+  requestSchemas,
+  { id: "AttachmentUpload" },
+);
+
+/** Every error the API returns. */
+export const ApiErrorBody = z.object({
+  status: z.number().int().describe("The HTTP status, repeated"),
+  message: z.string(),
+  issues: z.array(z.object({ path: z.string(), message: z.string() })).optional().describe(
+    "What was wrong with the request, field by field",
+  ),
+}).describe("An error.").register(responseSchemas, { id: "Error" });

@@ -1,0 +1,241 @@
+/**
+ * Directory access end to end: participants granted and revoked through the admin API (or
+ * behind its back, in the database) against real sockets of every protocol, claims for rooms
+ * the directory does not know, roles, and profile fields filled in from the directory.
+ */
+
+import { type ApiServer, apiTest, requirePostgresInCi } from "./api_helpers.ts";
+import { assertEquals } from "./assert.ts";
+import { TestClient } from "./helpers.ts";
+
+requirePostgresInCi("directory access end to end");
+
+type Json = Record<string, unknown>;
+
+async function open(s: ApiServer, path: string, claims: object): Promise<TestClient> {
+  const token = await s.token(claims);
+  const sep = path.includes("?") ? "&" : "?";
+  return await TestClient.open(`${s.wsUrl}${path}${sep}token=${token}`);
+}
+
+async function native(s: ApiServer, claims: object, rooms: string[]): Promise<TestClient> {
+  const ws = await open(s, "/ws", claims);
+  await ws.next((f) => f.type === "welcome");
+  for (const room of rooms) {
+    ws.send({ type: "join", room });
+    await ws.next((f) => f.type === "joined" && f.room === room);
+  }
+  return ws;
+}
+
+/** Publishes a system message and waits until `client` has it, proving the socket is live. */
+async function ping(s: ApiServer, room: string, client: TestClient, text: string) {
+  const [kind, id] = room.split(":");
+  assertEquals(
+    (await s.api("POST", `/api/rooms/${kind}/${id}/messages`, { json: { body: text } })).status,
+    201,
+  );
+  await client.next((f) => JSON.stringify(f).includes(text));
+}
+
+apiTest("ticket socket: a participant is let in, a removed one is closed with 4003", async (s) => {
+  await s.api("PUT", "/api/rooms/ticket/1", { json: { participants: [{ user_id: "3" }] } });
+  const stays = await open(s, "/ws/ticket/1/", { sub: "3" });
+
+  // A claim for a room the directory knows does not count.
+  const early = await open(s, "/ws/ticket/1/", { sub: "4", rooms: ["ticket:1"] });
+  assertEquals((await early.closed).code, 4003);
+
+  await s.api("POST", "/api/rooms/ticket/1/participants", { json: { user_id: "4" } });
+  const four = await open(s, "/ws/ticket/1/", { sub: "4" });
+  four.send({ body: "I am in" });
+  assertEquals((await stays.next()).body, "I am in");
+  assertEquals((await four.next()).body, "I am in");
+
+  assertEquals((await s.api("DELETE", "/api/rooms/ticket/1/participants/4")).status, 204);
+  assertEquals(await four.closed, { code: 4003, reason: "Access revoked" });
+  const again = await open(s, "/ws/ticket/1/", { sub: "4" });
+  assertEquals((await again.closed).code, 4003);
+  await ping(s, "ticket:1", stays, "still here");
+  await stays.close();
+});
+
+apiTest(
+  "a send after a revocation the socket never heard of is refused and closes it",
+  async (s) => {
+    // The application edits the directory directly: no event reaches the sockets, so the
+    // check on the next send is what stops them.
+    const directory = await s.directory();
+    for (const room of ["ticket:1", "chat:1", "service-chat:1"]) {
+      const [kind, id] = room.split(":");
+      await s.api("PUT", `/api/rooms/${kind}/${id}`, {
+        json: { participants: [{ user_id: "4" }] },
+      });
+    }
+    await s.api("PUT", "/api/users/7", { json: { role: "admin" } });
+    const ticket = await open(s, "/ws/ticket/1/", { sub: "4" });
+    const conversation = await open(s, "/ws/chat/1/", { sub: "4" });
+    await conversation.next((f) => f.type === "connection_established");
+    const service = await open(s, "/ws/service-chats/1", { sub: "4" });
+    const nat = await native(s, { sub: "4" }, ["ticket:1"]);
+    // An admin by the directory's say-so only (the token carries no role).
+    const admin = await open(s, "/ws/ticket/1/", { sub: "7" });
+
+    for (const room of ["ticket:1", "chat:1", "service-chat:1"]) {
+      const [kind, id] = room.split(":");
+      await directory.removeParticipant(kind, id, "4");
+    }
+    await directory.upsertUser({ id: "7", role: "client" });
+
+    ticket.send({ body: "after removal" });
+    assertEquals(await ticket.next(), { error: "Access denied to this room" });
+    assertEquals((await ticket.closed).code, 4003);
+    conversation.send({ type: "chat_message", message: "after removal" });
+    assertEquals((await conversation.next()).type, "error");
+    assertEquals((await conversation.closed).code, 4404);
+    service.send({ type: "message", content: "after removal" });
+    assertEquals((await service.next()).type, "error");
+    assertEquals((await service.closed).code, 4003);
+    nat.send({ type: "send", room: "ticket:1", body: "after removal" });
+    const refused = await nat.next((f) => f.type === "error");
+    assertEquals([refused.code, refused.message], ["forbidden", "Access denied to this room"]);
+    admin.send({ body: "after demotion" });
+    assertEquals((await admin.closed).code, 4003);
+
+    // Nothing was stored.
+    for (const room of ["ticket/1", "chat/1", "service-chat/1"]) {
+      const history = await s.api("GET", `/api/rooms/${room}/messages`);
+      assertEquals(history.body.messages, [], room);
+    }
+    await nat.close();
+  },
+);
+
+apiTest("native: a revoked room is left with a removed frame, the others stay", async (s) => {
+  await s.api("PUT", "/api/rooms/ticket/1", { json: { participants: [{ user_id: "4" }] } });
+  await s.api("PUT", "/api/rooms/chat/2", { json: { participants: [{ user_id: "4" }] } });
+  const ws = await native(s, { sub: "4" }, ["ticket:1", "chat:2"]);
+  await s.api("DELETE", "/api/rooms/ticket/1/participants/4");
+  assertEquals(await ws.next((f) => f.type === "removed"), {
+    type: "removed",
+    room: "ticket:1",
+    reason: "access_revoked",
+  });
+  await ping(s, "chat:2", ws, "chat two is alive");
+  ws.send({ type: "send", room: "ticket:1", body: "x" });
+  assertEquals((await ws.next((f) => f.type === "error")).code, "not_found");
+  ws.send({ type: "join", room: "ticket:1" });
+  assertEquals((await ws.next((f) => f.type === "error")).code, "forbidden");
+  await s.api("POST", "/api/rooms/ticket/1/messages", { json: { body: "not for you" } });
+  await ws.nothing((f) => f.type === "message");
+  await ws.close();
+});
+
+apiTest("replacing participants closes exactly those who lost access", async (s) => {
+  await s.api("PUT", "/api/users/8", { json: { role: "support" } });
+  await s.api("PUT", "/api/rooms/support-chat/1", {
+    json: {
+      owner_id: "5",
+      participants: [{ user_id: "3" }, { user_id: "4" }, { user_id: "8" }],
+    },
+  });
+  const path = "/ws/support-chats/1";
+  const three = await open(s, path, { sub: "3" });
+  const four = await open(s, path, { sub: "4" });
+  const owner = await open(s, path, { sub: "5" });
+  const admin = await open(s, path, { sub: "6", role: "admin" });
+  const support = await open(s, path, { sub: "8" });
+
+  const res = await s.api("PUT", "/api/rooms/support-chat/1", {
+    json: { participants: [{ user_id: "3" }] },
+  });
+  assertEquals(res.body.participants, [{ user_id: "3", role: "member" }]);
+  assertEquals((await four.closed).code, 4003);
+  for (const client of [three, owner, admin, support]) {
+    await ping(s, "support-chat:1", client, "who is left");
+  }
+
+  // Taking the room from its owner closes the owner's socket too.
+  await s.api("PUT", "/api/rooms/support-chat/1", { json: { owner_id: "3" } });
+  assertEquals((await owner.closed).code, 4003);
+  for (const client of [three, admin, support]) await client.close();
+});
+
+apiTest("deleting a room closes every socket in it; deleting a user closes theirs", async (s) => {
+  await s.api("PUT", "/api/users/4", { json: { username: "four" } });
+  await s.api("PUT", "/api/rooms/ticket/1", { json: { participants: [{ user_id: "4" }] } });
+  await s.api("PUT", "/api/rooms/chat/1", {
+    json: { participants: [{ user_id: "4" }, { user_id: "5" }] },
+  });
+  const ticket = await open(s, "/ws/ticket/1/", { sub: "4" });
+  const admin = await open(s, "/ws/ticket/1/", { sub: "9", role: "super_admin" });
+  const nat = await native(s, { sub: "4" }, ["ticket:1", "chat:1"]);
+  const conversation = await open(s, "/ws/chat/1/", { sub: "4" });
+  const other = await open(s, "/ws/chat/1/", { sub: "5" });
+
+  assertEquals((await s.api("DELETE", "/api/rooms/ticket/1")).status, 204);
+  assertEquals(await ticket.closed, { code: 4004, reason: "Room deleted" });
+  assertEquals((await admin.closed).code, 4004);
+  assertEquals((await nat.next((f) => f.type === "removed")).reason, "room_deleted");
+
+  assertEquals((await s.api("DELETE", "/api/users/4")).status, 204);
+  assertEquals((await conversation.closed).code, 4404);
+  assertEquals((await nat.next((f) => f.type === "removed")).room, "chat:1");
+  await ping(s, "chat:1", other, "five stays");
+  for (const client of [nat, other]) await client.close();
+});
+
+apiTest("claims for unknown rooms, roles, and open chat rooms keep working", async (s) => {
+  await s.api("PUT", "/api/rooms/support-chat/2", { json: {} });
+  const byClaim = await open(s, "/ws/ticket/9/", { sub: "3", rooms: ["ticket:*"] });
+  const noClaim = await open(s, "/ws/ticket/9/", { sub: "4" });
+  assertEquals((await noClaim.closed).code, 4003);
+  const support = await open(s, "/ws/support-chats/2", { sub: "5", role: "support" });
+  const notSupport = await open(s, "/ws/service-chats/2", { sub: "5", role: "support" });
+  assertEquals((await notSupport.closed).code, 4003);
+  const lobby = await open(s, "/ws/rooms/lobby/", { sub: "6" });
+  await lobby.next((f) => f.type === "room_users_list");
+  // The ticket becomes known: from now on the directory decides, and the claim no longer does.
+  await s.api("PUT", "/api/rooms/ticket/9", { json: { participants: [{ user_id: "8" }] } });
+  byClaim.send({ body: "x" });
+  assertEquals((await byClaim.closed).code, 4003);
+  await ping(s, "support-chat:2", support, "support is in");
+  await ping(s, "room:lobby", lobby, "lobby is open");
+  for (const client of [support, lobby]) await client.close();
+});
+
+apiTest("profile fields the token lacks come from the directory", async (s) => {
+  await s.api("PUT", "/api/users/3", {
+    json: {
+      username: "stored3",
+      full_name: "Stored Three",
+      email: "three@example.com",
+      phone: "09123456789",
+      profile_image: "http://cdn.example/3.png",
+      user_type: "talker",
+    },
+  });
+  await s.api("PUT", "/api/rooms/ticket/1", { json: { participants: [{ user_id: "3" }] } });
+  await s.api("PUT", "/api/rooms/chat/1", { json: { participants: [{ user_id: "3" }] } });
+  const ticket = await open(s, "/ws/ticket/1/", { sub: "3" });
+  ticket.send({ body: "hi" });
+  assertEquals((await ticket.next()).sender, {
+    id: 3,
+    username: "stored3",
+    phone: "09123456789",
+    profile_image: "http://cdn.example/3.png",
+  });
+  // The token's own values win.
+  const conversation = await open(s, "/ws/chat/1/", { sub: "3", full_name: "Token Three" });
+  await conversation.next((f) => f.type === "connection_established");
+  conversation.send({ type: "chat_message", message: "hello" });
+  const message = await conversation.next((f) => f.content === "hello");
+  assertEquals(message.sender as Json, {
+    id: 3,
+    email: "three@example.com",
+    user_type: "talker",
+    full_name: "Token Three",
+  });
+  await ticket.close();
+  await conversation.close();
+});

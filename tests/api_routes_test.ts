@@ -1,0 +1,499 @@
+/**
+ * The admin REST API end to end: every route with good and bad input and without credentials,
+ * on SQLite and (with `TEST_POSTGRES_URL`) Postgres.
+ */
+
+import { loadConfig } from "../src/config.ts";
+import { API_ROUTES } from "../src/http/api/mod.ts";
+import { ADMIN_TOKEN, apiTest, requirePostgresInCi } from "./api_helpers.ts";
+import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
+import { TestClient } from "./helpers.ts";
+
+requirePostgresInCi("admin API");
+
+type Json = Record<string, unknown>;
+
+/** A concrete path for a documented one: sample values for its parameters. */
+const samplePath = (path: string) =>
+  path.replace("{kind}", "ticket").replace("{id}", "1").replace("{user_id}", "1");
+
+apiTest("admin API: every route refuses missing, wrong and non-admin credentials", async (s) => {
+  const client = await s.token({ sub: "1", username: "one", role: "client" });
+  const expiredAdmin = await s.token({ sub: "2", role: "admin" }, -60);
+  for (const route of API_ROUTES.filter((r) => !r.public)) {
+    const path = samplePath(route.path);
+    const method = route.method.toUpperCase();
+    const what = `${method} ${path}`;
+    const none = await s.api(method, path, { token: null });
+    assertEquals(none.status, 401, what);
+    assertEquals(none.body.status, 401, what);
+    assertMatch(none.body.message as string, /Bearer/, what);
+    assertEquals(none.headers.get("www-authenticate"), 'Bearer realm="chat-admin"', what);
+    assertEquals((await s.api(method, path, { token: ADMIN_TOKEN + "x" })).status, 401, what);
+    assertEquals((await s.api(method, path, { token: expiredAdmin })).status, 401, what);
+    const forbidden = await s.api(method, path, { token: client });
+    assertEquals(forbidden.status, 403, what);
+    assertEquals(forbidden.body.message, 'User "1" has role "client", not admin', what);
+  }
+  // Basic auth and a token in the query string are not credentials here.
+  assertEquals(
+    (await s.api("GET", `/api/users/1?token=${ADMIN_TOKEN}`, { token: null })).status,
+    401,
+  );
+  assertEquals(
+    (await s.api("GET", "/api/users/1", {
+      token: null,
+      headers: { authorization: `Basic ${btoa(`admin:${ADMIN_TOKEN}`)}` },
+    })).status,
+    401,
+  );
+  // A JWT with an admin role is as good as ADMIN_TOKEN; the OpenAPI document is public.
+  for (const role of ["admin", "super_admin"]) {
+    const admin = await s.token({ sub: "9", role });
+    assertEquals((await s.api("GET", "/api/users/nobody", { token: admin })).status, 404);
+  }
+  assertEquals((await s.api("GET", "/api/openapi.json", { token: null })).status, 200);
+});
+
+Deno.test("admin API: a short ADMIN_TOKEN stops the server without being echoed", async () => {
+  const err = await assertRejects(() => loadConfig({ ADMIN_TOKEN: "short-secret" }));
+  assertMatch(err.message, /ADMIN_TOKEN: expected at least 16 characters/);
+  assert(!err.message.includes("short-secret"));
+  assertEquals(loadConfig({ ADMIN_TOKEN: " " }).adminToken, undefined);
+  assertEquals(loadConfig({ ADMIN_TOKEN: ADMIN_TOKEN }).adminToken, ADMIN_TOKEN);
+});
+
+apiTest("admin API: without ADMIN_TOKEN only admin tokens get in", async (s) => {
+  assertEquals((await s.api("GET", "/api/users/1", { token: "anything" })).status, 401);
+  const admin = await s.token({ sub: "9", role: "admin" });
+  assertEquals((await s.api("GET", "/api/users/1", { token: admin })).status, 404);
+}, { ADMIN_TOKEN: "" });
+
+apiTest("users: upsert, read, partial update, delete, and bad input", async (s) => {
+  const full = {
+    username: "alice",
+    full_name: "Alice Liddell",
+    email: "alice@example.com",
+    phone: "+1 555 0100",
+    profile_image: "https://cdn.example/a.png",
+    company: "Wonderland Ltd",
+    role: "client",
+    user_type: "talker",
+  };
+  const put = await s.api("PUT", "/api/users/42", { json: full });
+  assertEquals(put.status, 200);
+  assertEquals(put.body, { id: "42", ...full });
+  assertEquals((await s.api("GET", "/api/users/42")).body, { id: "42", ...full });
+
+  const partial = await s.api("PUT", "/api/users/42", {
+    json: { phone: null, company: "Looking" },
+  });
+  assertEquals(partial.body, { id: "42", ...full, phone: null, company: "Looking" });
+  const empty = await s.api("PUT", "/api/users/new", { json: {} });
+  assertEquals(empty.body.username, null);
+
+  // Ids are text: non-ASCII and odd characters round-trip through the path.
+  const odd = "auth0|Zoë 7";
+  assertEquals(
+    (await s.api("PUT", `/api/users/${encodeURIComponent(odd)}`, { json: {} })).body.id,
+    odd,
+  );
+  assertEquals((await s.api("GET", `/api/users/${encodeURIComponent(odd)}`)).status, 200);
+
+  const bad = async (init: Parameters<typeof s.api>[2], status: number, message: RegExp) => {
+    const res = await s.api("PUT", "/api/users/42", init);
+    assertEquals(res.status, status, JSON.stringify(res.body));
+    assertEquals(res.body.status, status);
+    assertMatch(res.body.message as string, message);
+    return res;
+  };
+  const unknownField = await bad({ json: { nickname: "al" } }, 400, /Invalid body/);
+  assertEquals((unknownField.body.issues as Json[])[0].message, 'Unrecognized key: "nickname"');
+  const wrongType = await bad({ json: { email: 5 } }, 400, /"email"/);
+  assertEquals((wrongType.body.issues as Json[])[0].path, "email");
+  await bad({ json: { username: "x".repeat(151) } }, 400, /"username"/);
+  await bad({ json: [1, 2] }, 400, /Invalid body/);
+  await bad(
+    {
+      body: "{not json",
+      headers: { "content-type": "application/json" },
+    },
+    400,
+    /not valid JSON/,
+  );
+  await bad({ body: "", headers: { "content-type": "application/json" } }, 400, /required/);
+  await bad({ body: "username=al", headers: { "content-type": "text/plain" } }, 415, /text\/plain/);
+  await bad(
+    {
+      body: new Uint8Array([0x7b, 0xff, 0x7d]),
+      headers: { "content-type": "application/json" },
+    },
+    400,
+    /UTF-8/,
+  );
+  const huge = await s.api("PUT", "/api/users/42", {
+    body: JSON.stringify({ username: "x".repeat(5 * 1024 * 1024) }),
+    headers: { "content-type": "application/json" },
+  });
+  assertEquals(huge.status, 413);
+  assertEquals((await s.api("PUT", `/api/users/${"x".repeat(257)}`, { json: {} })).status, 400);
+  assertEquals((await s.api("GET", "/api/users/42")).body.company, "Looking");
+
+  const missing = await s.api("GET", "/api/users/43");
+  assertEquals(missing.status, 404);
+  assertEquals(missing.body, { status: 404, message: 'User "43" not found' });
+  assertEquals((await s.api("DELETE", "/api/users/42")).status, 204);
+  assertEquals((await s.api("DELETE", "/api/users/42")).status, 404);
+  assertEquals((await s.api("GET", "/api/users/42")).status, 404);
+
+  const nowhere = await s.api("GET", "/api/nothing/here");
+  assertEquals(nowhere.body, { status: 404, message: "No API route GET /api/nothing/here" });
+  const wrongMethod = await s.api("PATCH", "/api/users/1", { json: {} });
+  assertEquals(wrongMethod.status, 405);
+  assertEquals(wrongMethod.headers.get("allow"), "PUT, GET, DELETE");
+});
+
+apiTest("rooms: create, update, participants, list by kind, delete, and bad input", async (s) => {
+  const created = await s.api("PUT", "/api/rooms/ticket/1", {
+    json: {
+      title: "Printer",
+      owner_id: "3",
+      participants: [{ user_id: "4" }, { user_id: "5", role: "agent" }],
+    },
+  });
+  assertEquals(created.status, 201);
+  assertMatch(created.body.created_at as string, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
+  assertEquals({ ...created.body, created_at: "" }, {
+    kind: "ticket",
+    id: "1",
+    title: "Printer",
+    owner_id: "3",
+    created_at: "",
+    participants: [{ user_id: "4", role: "member" }, { user_id: "5", role: "agent" }],
+  });
+  const retitled = await s.api("PUT", "/api/rooms/ticket/1", { json: { title: "On fire" } });
+  assertEquals(retitled.status, 200);
+  assertEquals([retitled.body.title, retitled.body.owner_id], ["On fire", "3"]);
+  assertEquals((retitled.body.participants as Json[]).length, 2);
+  const replaced = await s.api("PUT", "/api/rooms/ticket/1", {
+    json: { participants: [{ user_id: "6" }], owner_id: null },
+  });
+  assertEquals(replaced.body.participants, [{ user_id: "6", role: "member" }]);
+  assertEquals(replaced.body.owner_id, null);
+  assertEquals((await s.api("GET", "/api/rooms/ticket/1")).body, replaced.body);
+
+  const added = await s.api("POST", "/api/rooms/ticket/1/participants", {
+    json: { user_id: "7", role: "agent" },
+  });
+  assertEquals(added.status, 200);
+  assertEquals(added.body.participants, [
+    { user_id: "6", role: "member" },
+    { user_id: "7", role: "agent" },
+  ]);
+  assertEquals((await s.api("DELETE", "/api/rooms/ticket/1/participants/6")).status, 204);
+  const gone = await s.api("DELETE", "/api/rooms/ticket/1/participants/6");
+  assertEquals(gone.body, {
+    status: 404,
+    message: 'User "6" is not a participant of "ticket:1"',
+  });
+  assertEquals(
+    (await s.api("POST", "/api/rooms/ticket/2/participants", { json: { user_id: "7" } })).body,
+    { status: 404, message: 'Room "ticket:2" not found' },
+  );
+  assertEquals(
+    (await s.api("POST", "/api/rooms/ticket/1/participants", { json: { role: "x" } })).status,
+    400,
+  );
+
+  for (const id of ["b", "a", "c", "_under"]) {
+    await s.api("PUT", `/api/rooms/room/${id}`, { json: { title: id } });
+  }
+  const page1 = await s.api("GET", "/api/rooms/room?limit=2");
+  assertEquals((page1.body.rooms as Json[]).map((r) => r.id), ["_under", "a"]);
+  assertEquals(page1.body.next_after, "a");
+  const page2 = await s.api("GET", "/api/rooms/room?limit=2&after=a");
+  assertEquals((page2.body.rooms as Json[]).map((r) => r.id), ["b", "c"]);
+  const page3 = await s.api("GET", "/api/rooms/room?limit=2&after=c");
+  assertEquals(page3.body, { rooms: [], next_after: null });
+  assertEquals((await s.api("GET", "/api/rooms/ticket")).body.next_after, null);
+  assert(!("participants" in ((await s.api("GET", "/api/rooms/ticket")).body.rooms as Json[])[0]));
+
+  for (
+    const [method, path, json] of [
+      ["GET", "/api/rooms/planet", undefined],
+      ["GET", "/api/rooms/room?limit=0", undefined],
+      ["GET", "/api/rooms/room?limit=abc", undefined],
+      ["GET", "/api/rooms/room?limit=1&limit=2", undefined],
+      ["PUT", "/api/rooms/planet/1", {}],
+      ["PUT", "/api/rooms/ticket/bad%20id", {}],
+      ["PUT", "/api/rooms/ticket/1", { title: 5 }],
+      ["PUT", "/api/rooms/ticket/1", { participants: [{ user_id: "" }] }],
+      ["PUT", "/api/rooms/ticket/1", { participants: "4,5" }],
+      ["PUT", "/api/rooms/ticket/1", { owner: "3" }],
+      ["GET", "/api/rooms/ticket/bad%20id", undefined],
+      ["DELETE", "/api/rooms/planet/1", undefined],
+      ["POST", "/api/rooms/ticket/1/participants", { user_id: "7", role: "" }],
+      ["DELETE", "/api/rooms/ticket/1/participants/%01", undefined],
+      ["GET", `/api/users/${"x".repeat(257)}`, undefined],
+      ["DELETE", "/api/users/a%7Fb", undefined],
+      ["GET", "/api/rooms/ticket/1/messages?limit=x", undefined],
+      ["POST", "/api/rooms/ticket/no%20such/messages", { body: "x" }],
+    ] as const
+  ) {
+    const res = await s.api(method, path, { json });
+    assertEquals(res.status, 400, `${method} ${path} ${JSON.stringify(json)}`);
+    assert((res.body.issues as Json[]).length > 0);
+  }
+  const badKind = await s.api("GET", "/api/rooms/planet");
+  assertMatch(badKind.body.message as string, /^Invalid path parameters: "kind" /);
+
+  assertEquals((await s.api("DELETE", "/api/rooms/ticket/1")).status, 204);
+  assertEquals((await s.api("GET", "/api/rooms/ticket/1")).status, 404);
+  assertEquals((await s.api("DELETE", "/api/rooms/ticket/1")).body, {
+    status: 404,
+    message: 'Room "ticket:1" not found',
+  });
+});
+
+apiTest(
+  "messages: publish as the system or a user reaches every protocol; history by cursor",
+  async (s) => {
+    await s.api("PUT", "/api/users/3", {
+      json: { username: "agent3", full_name: "Agent Three", phone: "0912", user_type: "listener" },
+    });
+    await s.api("PUT", "/api/users/8", { json: { username: "outsider" } });
+    await s.api("PUT", "/api/rooms/ticket/1", { json: { participants: [{ user_id: "3" }] } });
+    await s.api("PUT", "/api/rooms/chat/1", { json: { participants: [{ user_id: "3" }] } });
+
+    const token = await s.token({ sub: "3" });
+    const ticket = await TestClient.open(`${s.wsUrl}/ws/ticket/1/?token=${token}`);
+    const native = await TestClient.open(`${s.wsUrl}/ws?token=${token}`);
+    await native.next((f) => f.type === "welcome");
+    native.send({ type: "join", room: "ticket:1" });
+    await native.next((f) => f.type === "joined");
+    const conversation = await TestClient.open(`${s.wsUrl}/ws/chat/1/?token=${token}`);
+    await conversation.next((f) => f.type === "connection_established");
+
+    const system = await s.api("POST", "/api/rooms/ticket/1/messages", {
+      json: { body: "Your ticket was assigned" },
+    });
+    assertEquals(system.status, 201);
+    assertEquals(system.body.sender, null);
+    assertEquals([system.body.type, system.body.room, system.body.seq], ["message", "ticket:1", 1]);
+    assertEquals((await ticket.next()).sender, {
+      id: null,
+      username: "system",
+      phone: null,
+      profile_image: null,
+    });
+    const live = await native.next((f) => f.type === "message");
+    assertEquals(live, system.body);
+
+    const asUser = await s.api("POST", "/api/rooms/ticket/1/messages", {
+      json: { body: "On my way", sender_id: "3", client_id: "c-1" },
+    });
+    assertEquals(asUser.status, 201);
+    assertEquals(asUser.body.sender, {
+      id: 3,
+      username: "agent3",
+      name: "Agent Three",
+      email: null,
+      profile_image: null,
+      role: null,
+    });
+    assertEquals((await ticket.next()).sender, {
+      id: 3,
+      username: "agent3",
+      phone: "0912",
+      profile_image: null,
+    });
+    assertEquals(await native.next((f) => f.type === "message"), asUser.body);
+    const retry = await s.api("POST", "/api/rooms/ticket/1/messages", {
+      json: { body: "On my way (again)", sender_id: "3", client_id: "c-1" },
+    });
+    assertEquals(retry.status, 200);
+    assertEquals(retry.body.id, asUser.body.id);
+    await ticket.nothing();
+
+    const chat = await s.api("POST", "/api/rooms/chat/1/messages", {
+      json: { body: "Hello", sender_id: "3" },
+    });
+    assertEquals(chat.status, 201);
+    const rendered = await conversation.next((f) => f.content === "Hello");
+    assertEquals(rendered.sender, {
+      id: 3,
+      email: null,
+      user_type: "listener",
+      full_name: "Agent Three",
+    });
+
+    const refusals: [Json, number, RegExp][] = [
+      [{ body: "x", sender_id: "404" }, 404, /^User "404" not found$/],
+      [{ body: "x", sender_id: "8" }, 403, /^User "8" may not post in room "ticket:1"$/],
+      [{ body: "   " }, 400, /"body" must not be blank/],
+      [{ body: "x".repeat(20_001) }, 400, /"body"/],
+      [{ body: 5 }, 400, /"body"/],
+      [{ body: "x", client_id: "" }, 400, /"client_id"/],
+      [{ body: "x", extra: 1 }, 400, /extra/],
+    ];
+    for (const [json, status, message] of refusals) {
+      const res = await s.api("POST", "/api/rooms/ticket/1/messages", { json });
+      assertEquals(res.status, status, JSON.stringify(json));
+      assertMatch(res.body.message as string, message);
+    }
+
+    // History of any room, known to the directory or not.
+    for (let i = 0; i < 5; i++) {
+      await s.api("POST", "/api/rooms/service-chat/77/messages", { json: { body: `m${i + 1}` } });
+    }
+    const seqs = async (query: string) => {
+      const res = await s.api("GET", `/api/rooms/service-chat/77/messages${query}`);
+      assertEquals(res.status, 200, JSON.stringify(res.body));
+      return [
+        (res.body.messages as Json[]).map((m) => m.seq),
+        res.body.has_more,
+        res.body.first_seq,
+        res.body.last_seq,
+      ];
+    };
+    assertEquals(await seqs(""), [[1, 2, 3, 4, 5], false, 1, 5]);
+    assertEquals(await seqs("?limit=2"), [[4, 5], true, 4, 5]);
+    assertEquals(await seqs("?limit=2&before=4"), [[2, 3], true, 2, 3]);
+    assertEquals(await seqs("?after=3"), [[4, 5], false, 4, 5]);
+    assertEquals(await seqs("?after=1&limit=2"), [[2, 3], true, 2, 3]);
+    assertEquals(await seqs("?after=5"), [[], false, null, null]);
+    const history = await s.api("GET", "/api/rooms/ticket/1/messages");
+    assertEquals(history.body.messages, [system.body, asUser.body]);
+    assertEquals(history.body.room, "ticket:1");
+    for (const query of ["?limit=0", "?limit=201", "?before=-1", "?after=x", "?limit=1.5"]) {
+      const res = await s.api("GET", `/api/rooms/ticket/1/messages${query}`);
+      assertEquals(res.status, 400, query);
+    }
+    for (const client of [ticket, native, conversation]) await client.close();
+  },
+);
+
+apiTest(
+  "attachments: a multipart upload is one message on every protocol; limits hold",
+  async (s) => {
+    await s.api("PUT", "/api/users/3", { json: { username: "agent3" } });
+    await s.api("PUT", "/api/rooms/ticket/5", { json: { participants: [{ user_id: "3" }] } });
+    const token = await s.token({ sub: "3" });
+    const ticket = await TestClient.open(`${s.wsUrl}/ws/ticket/5/?token=${token}`);
+
+    const png = new Uint8Array(3000).map((_, i) => i % 251);
+    png.set([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+    const form = new FormData();
+    form.append("file", new File([png], "screen shot.png"));
+    form.append("file", new File(["hello"], "notes.txt"));
+    form.append("body", "Two files");
+    form.append("sender_id", "3");
+    const res = await s.api("POST", "/api/rooms/ticket/5/attachments", { body: form });
+    assertEquals(res.status, 201, JSON.stringify(res.body));
+    const attachments = res.body.attachments as Json[];
+    assertEquals(attachments.map((a) => [a.name, a.mime, a.size]), [
+      ["screen shot.png", "image/png", 3000],
+      ["notes.txt", "text/plain", 5],
+    ]);
+    assertEquals(attachments[0].url, `${s.url}/media/files/ticket_5/screen%20shot.png`);
+    const frame = await ticket.next();
+    assertEquals([frame.body, frame.file, frame.pk], ["Two files", attachments[0].url, 1]);
+    const served = await fetch(attachments[0].url as string);
+    assertEquals(new Uint8Array(await served.arrayBuffer()), png);
+
+    // A chat upload goes where the conversation chat keeps its files.
+    const chatForm = new FormData();
+    chatForm.append("file", new File(["x"], "a.txt"));
+    const chat = await s.api("POST", "/api/rooms/chat/5/attachments", { body: chatForm });
+    assertEquals(chat.status, 201);
+    assertMatch(
+      (chat.body.attachments as Json[])[0].url as string,
+      /\/media\/chat_files\/\d{4}\/\d\d\/\d\d\/a\.txt$/,
+    );
+    assertEquals(chat.body.sender, null);
+
+    const upload = (build: (f: FormData) => void) => {
+      const f = new FormData();
+      build(f);
+      return s.api("POST", "/api/rooms/ticket/5/attachments", { body: f });
+    };
+    const tooBig = await upload((f) =>
+      f.append("file", new File([new Uint8Array(4097)], "big.bin"))
+    );
+    assertEquals(tooBig.status, 413);
+    assertEquals(
+      tooBig.body.message,
+      'File "big.bin" is too large: 4097 bytes, the limit is 4096 bytes',
+    );
+    const declared = await s.api("POST", "/api/rooms/ticket/5/attachments", {
+      body: new Uint8Array(300 * 1024),
+      headers: { "content-type": "multipart/form-data; boundary=x" },
+    });
+    assertEquals(declared.status, 413);
+    assertMatch(declared.body.message as string, /^Upload is too large: 307200 bytes/);
+    // A chunked body with no length is cut off at the cap instead of being buffered whole.
+    let sent = 0;
+    const endless = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        sent += 64 * 1024;
+        if (sent > 64 * 1024 * 1024) controller.close();
+        else controller.enqueue(new Uint8Array(64 * 1024));
+      },
+    });
+    const chunked = await s.api("POST", "/api/rooms/ticket/5/attachments", {
+      body: endless,
+      headers: { "content-type": "multipart/form-data; boundary=x" },
+    });
+    assertEquals(chunked.status, 413);
+    assert(sent < 8 * 1024 * 1024, `the server read ${sent} bytes`);
+
+    const badRequests: [(f: FormData) => void, number, RegExp][] = [
+      [(f) => f.append("body", "no file"), 400, /"file"/],
+      [(f) => f.append("file", "not a file"), 400, /"file/],
+      [
+        (f) => {
+          f.append("file", new File(["x"], "a.txt"));
+          f.append("sender_id", "404");
+        },
+        404,
+        /User "404" not found/,
+      ],
+      [
+        (f) => {
+          f.append("file", new File(["x"], "a.txt"));
+          f.append("colour", "red");
+        },
+        400,
+        /colour/,
+      ],
+    ];
+    for (const [build, status, message] of badRequests) {
+      const bad = await upload(build);
+      assertEquals(bad.status, status, JSON.stringify(bad.body));
+      assertMatch(bad.body.message as string, message);
+    }
+    const notMultipart = await s.api("POST", "/api/rooms/ticket/5/attachments", { json: {} });
+    assertEquals(notMultipart.status, 415);
+    const broken = await s.api("POST", "/api/rooms/ticket/5/attachments", {
+      body: "garbage",
+      headers: { "content-type": "multipart/form-data; boundary=x" },
+    });
+    assertEquals(broken.status, 400);
+    await ticket.nothing();
+    await ticket.close();
+  },
+  { MAX_FILE_BYTES: "4096" },
+);
+
+apiTest("healthz answers with KV and directory; metrics count API requests", async (s) => {
+  const health = await fetch(`${s.url}/healthz`);
+  assertEquals(health.status, 200);
+  assertEquals((await health.json()).status, "ok");
+  await s.api("GET", "/api/users/none");
+  await s.api("GET", "/api/users/none", { token: null });
+  const metrics = await (await fetch(`${s.url}/metrics`)).text();
+  assertMatch(metrics, /chat_api_requests_total\{method="GET",status="404"\} 1/);
+  assertMatch(metrics, /chat_api_requests_total\{method="GET",status="401"\} 1/);
+  assertMatch(metrics, /# TYPE chat_connections gauge/);
+  assertMatch(metrics, /chat_commit_seconds_sum/);
+});
