@@ -99,6 +99,12 @@ apiTest(
     nat.send({ type: "send", room: "ticket:1", body: "after removal" });
     const refused = await nat.next((f) => f.type === "error");
     assertEquals([refused.code, refused.message], ["forbidden", "Access denied to this room"]);
+    // The native socket stays open but leaves the room, as a revoke through the API would.
+    assertEquals(await nat.next((f) => f.type === "removed"), {
+      type: "removed",
+      room: "ticket:1",
+      reason: "access_revoked",
+    });
     admin.send({ body: "after demotion" });
     assertEquals((await admin.closed).code, 4003);
 

@@ -171,15 +171,9 @@ function nativeSession(ctx: DialectContext, user: Principal, baseUrl: string) {
       render: (event) => renderEvent(event, baseUrl),
       send: (frame) => conn.send(frame),
       evict: (event) => {
-        if (rooms.get(room) !== member) return;
-        rooms.delete(room);
-        ctx.hub.leave(room, member);
-        conn.send(JSON.stringify({
-          type: "removed",
-          room,
-          reason: event.type === "closed" ? "room_deleted" : "access_revoked",
-        }));
-        ctx.chat.exit(user, room, connId).catch(() => {});
+        if (rooms.get(room) === member) {
+          drop(conn, room, event.type === "closed" ? "room_deleted" : "access_revoked");
+        }
       },
     };
     rooms.set(room, member);
@@ -188,6 +182,13 @@ function nativeSession(ctx: DialectContext, user: Principal, baseUrl: string) {
     const head = await ctx.hub.join(room, member, from === undefined ? {} : { since: from });
     const present = await ctx.chat.present(room);
     reply(conn, { type: "joined", room, head, presence: present.map(nativeUser) }, ref);
+  }
+
+  /** Takes the socket out of a room it may no longer be in, and says so. */
+  function drop(conn: Connection, room: string, reason: "room_deleted" | "access_revoked") {
+    if (!rooms.has(room)) return;
+    leave(room).catch((err) => console.error("native: leave failed:", err));
+    conn.send(JSON.stringify({ type: "removed", room, reason }));
   }
 
   async function leave(room: string) {
@@ -239,6 +240,12 @@ function nativeSession(ctx: DialectContext, user: Principal, baseUrl: string) {
             const file = (typeof f === "object" && f !== null ? f : {}) as Record<string, unknown>;
             return { name: optionalString(file, "name"), data: optionalString(file, "data") ?? "" };
           }),
+        }).catch((err) => {
+          // Access was withdrawn since the join: leave the room as a revoke would.
+          if (err instanceof ChatError && err.code === "forbidden") {
+            drop(conn, room, "access_revoked");
+          }
+          throw err;
         });
         reply(conn, {
           type: "ack",
