@@ -147,6 +147,11 @@ export interface RouteSpec<
   tag: string;
   /** True for a route that needs no credentials. */
   public?: boolean;
+  /**
+   * True for a route any authenticated user may call (not only admins); the handler decides
+   * what such a caller may do (e.g. post as themselves in rooms they may enter).
+   */
+  members?: boolean;
   /** Path parameters (an object schema whose keys match the `{names}` in `path`). */
   params?: P;
   /** Query parameters (an object schema). */
@@ -178,6 +183,8 @@ export interface ApiRoute {
   tag: string;
   /** True when no credentials are needed. */
   public: boolean;
+  /** True when any authenticated user may call it. */
+  members: boolean;
   /** Path parameter schema. */
   params?: z.ZodType;
   /** Query schema. */
@@ -212,7 +219,11 @@ export function defineRoute<
   }
   if (!spec.public) {
     responses[401] ??= error("No credentials, or neither ADMIN_TOKEN nor a valid token.");
-    responses[403] ??= error("The token is valid but carries no admin role.");
+    responses[403] ??= error(
+      spec.members
+        ? "The caller may not do this in this room."
+        : "The token is valid but carries no admin role.",
+    );
   }
   if (spec.body?.type === "json") {
     responses[413] ??= error(`The body is over ${MAX_JSON_BYTES} bytes.`);
@@ -227,7 +238,7 @@ export function defineRoute<
     const req = c.req.raw;
     let response: Response;
     try {
-      const caller = spec.public ? undefined : await authenticate(req, deps);
+      const caller = spec.public ? undefined : await authenticate(req, deps, spec.members ?? false);
       const params = validate(spec.params, c.req.param(), "path parameters");
       const query = validate(spec.query, queryObject(req), "query");
       let body: unknown = undefined;
@@ -264,6 +275,7 @@ export function defineRoute<
     description: spec.description,
     tag: spec.tag,
     public: spec.public ?? false,
+    members: spec.members ?? false,
     params: spec.params,
     query: spec.query,
     body: spec.body as BodySpec<z.ZodType> | undefined,
@@ -340,8 +352,11 @@ function queryObject(req: Request): Record<string, string | string[]> {
   return out;
 }
 
-/** Who is calling: ADMIN_TOKEN, or a JWT with an admin role; throws 401 or 403 otherwise. */
-async function authenticate(req: Request, deps: ApiDeps): Promise<Caller> {
+/**
+ * Who is calling: ADMIN_TOKEN, or a JWT with an admin role (any valid JWT with `members`);
+ * throws 401 or 403 otherwise.
+ */
+async function authenticate(req: Request, deps: ApiDeps, members: boolean): Promise<Caller> {
   const header = req.headers.get("authorization");
   const token = header?.match(/^Bearer\s+(\S+)\s*$/i)?.[1];
   if (!token) throw new ApiError(401, "Authorization: Bearer <token> is required");
@@ -351,7 +366,7 @@ async function authenticate(req: Request, deps: ApiDeps): Promise<Caller> {
   }
   const user = await deps.auth.authenticate(token);
   if (!user) throw new ApiError(401, "The token is not ADMIN_TOKEN and not a valid token");
-  if (!isAdminRole(user.role)) {
+  if (!members && !isAdminRole(user.role)) {
     throw new ApiError(403, `User "${user.id}" has role "${user.role ?? "none"}", not admin`);
   }
   return { kind: "user", user };

@@ -1,7 +1,7 @@
 /** The admin API's route table: users, rooms, participants, messages and attachments. */
 
 import { z } from "zod";
-import { normalizeUserId } from "../../auth/principal.ts";
+import { isAdminRole, normalizeUserId } from "../../auth/principal.ts";
 import { storedRoleGrantsAccess } from "../../auth/directory_access.ts";
 import type { SendInput } from "../../core/chat_service.ts";
 import type { DirectoryRoom, DirectoryUser, Participant } from "../../core/directory.ts";
@@ -488,6 +488,7 @@ export const API_ROUTES: ApiRoute[] = [
       "protocol's clients like one sent over a socket. Each file is at most MAX_FILE_BYTES, " +
       "and all of them together too.",
     tag: "messages",
+    members: true,
     params: RoomPath,
     body: { type: "multipart", schema: AttachmentUpload, arrays: ["file"] },
     responses: {
@@ -499,9 +500,19 @@ export const API_ROUTES: ApiRoute[] = [
         schema: ApiErrorBody,
       },
     },
-    async handle({ params, body, req }, deps) {
+    async handle({ params, body, req, caller }, deps) {
       const room = roomKeyOf(params.kind, params.id);
-      const sender = await senderOf(deps, body.sender_id, room);
+      // An admin may post as anyone (or as the system); any other user only as themselves, in
+      // rooms they may enter: the browser client's upload path.
+      let sender: Principal | null;
+      if (caller?.kind === "user" && !isAdminRole(caller.user.role)) {
+        if (body.sender_id !== undefined && body.sender_id !== String(caller.user.id)) {
+          throw new ApiError(403, `User "${caller.user.id}" may only post as themselves`);
+        }
+        sender = caller.user;
+      } else {
+        sender = await senderOf(deps, body.sender_id, room);
+      }
       const files = await Promise.all(
         body.file.map(async (f) => ({ name: f.name, data: new Uint8Array(await f.arrayBuffer()) })),
       );
