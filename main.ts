@@ -19,6 +19,7 @@ import { serviceChatRoutes } from "./src/dialects/service_chats/service_chats.ts
 import { createSocketIoTicketChat } from "./src/dialects/socketio_ticket/socketio_ticket.ts";
 import type { SocketIOServer } from "./src/engine_io/mod.ts";
 import { createHttpApp, matchWsRoute } from "./src/http/app.ts";
+import { mountWeb } from "./src/http/web_routes.ts";
 import { ApiCounters, createApi } from "./src/http/api/mod.ts";
 import { openDirectory } from "./src/directory/open.ts";
 import { Hub } from "./src/hub/hub.ts";
@@ -153,6 +154,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     }),
     extraMetrics: () => apiCounters.render(),
   });
+  // The chat page at `/`; the dev sign-in only while tokens are signed with the dev secret.
+  mountWeb(http, { devSecret });
 
   const originAllowed = (req: Request) => {
     const origin = req.headers.get("origin");

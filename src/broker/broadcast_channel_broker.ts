@@ -17,6 +17,15 @@ interface RoomChannel {
 export class BroadcastChannelBroker implements Broker {
   #rooms = new Map<string, RoomChannel>();
   #prefix: string;
+  /**
+   * Held open for the broker's lifetime. Deno (2.9) loses its per-isolate subscription when the
+   * isolate's last BroadcastChannel closes and another opens in the same turn of the event loop:
+   * the old receive loop ends afterwards and clears the new subscription, so every post throws
+   * "expected i32" and nothing is received until yet another channel is created. A room's channel
+   * closing when its last member leaves, then the leave's presence event opening one, is exactly
+   * that; with this channel open the count never drops to zero.
+   */
+  #keepalive: BroadcastChannel;
 
   /**
    * Channels are named after `namespace` (the KV location): two servers that share a process
@@ -24,6 +33,7 @@ export class BroadcastChannelBroker implements Broker {
    */
   constructor(namespace: string) {
     this.#prefix = `chat:${namespace}:`;
+    this.#keepalive = new BroadcastChannel(`${this.#prefix}keepalive`);
   }
 
   #open(room: string): RoomChannel {
@@ -52,7 +62,14 @@ export class BroadcastChannelBroker implements Broker {
   /** Posts the event to the room's channel in every other isolate. */
   publish(event: RoomEvent): void {
     const entry = this.#open(event.room);
-    entry.channel.postMessage(event);
+    try {
+      entry.channel.postMessage(event);
+    } catch {
+      // The same Deno bug across brokers (a server closed and another started at once): a new
+      // channel subscribes the isolate again, for sending and receiving.
+      new BroadcastChannel(`${this.#prefix}revive`).close();
+      entry.channel.postMessage(event);
+    }
     if (entry.handlers.size === 0) this.#scheduleIdleClose(event.room, entry);
   }
 
@@ -73,6 +90,7 @@ export class BroadcastChannelBroker implements Broker {
 
   /** Closes every channel. */
   close(): void {
+    this.#keepalive.close();
     for (const entry of this.#rooms.values()) {
       clearTimeout(entry.idleTimer);
       entry.channel.close();

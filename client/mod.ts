@@ -1,0 +1,1251 @@
+/**
+ * A typed client for the server's native protocol (docs/protocol.md), for browsers and Deno, with
+ * no dependencies: one socket, many rooms, acknowledged idempotent sends, typing, read cursors,
+ * history paging, presence and attachments. It reconnects by itself with backoff and recovers
+ * every room by seq, so the application sees each room's messages once, in order, without gaps.
+ *
+ * ```ts
+ * import { ChatClient } from "./client/mod.ts";
+ * const chat = new ChatClient({ url: "ws://localhost:8000/ws", token });
+ * chat.on("message", (m) => console.log(m.room, m.seq, m.sender?.username, m.body));
+ * await chat.connect();
+ * await chat.join("room:general", { history: 50 });
+ * await chat.send("room:general", { body: "Hello" });
+ * ```
+ *
+ * @module
+ */
+
+/** A user as the server shows it. */
+export interface ChatUser {
+  /** Stable id from the token. */
+  id: string | number;
+  /** Display handle. */
+  username: string;
+  /** Full name, when the token has one. */
+  name: string | null;
+  /** Email, when the token has one. */
+  email: string | null;
+  /** Avatar URL, when the token has one. */
+  profile_image: string | null;
+  /** Role such as `admin` or `support`. */
+  role: string | null;
+}
+
+/** A stored file of a message. */
+export interface ChatAttachment {
+  /** Opaque id. */
+  id: string;
+  /** The name the sender gave, made safe. */
+  name: string;
+  /** Media type. */
+  mime: string;
+  /** Size in bytes. */
+  size: number;
+  /** Absolute URL of the file. */
+  url: string;
+}
+
+/** A message, exactly as the `message` frame carries it. */
+export interface ChatMessage {
+  /** Always `"message"`. */
+  type: "message";
+  /** Room key, e.g. `room:general`. */
+  room: string;
+  /** Position in the room: 1, 2, 3, … with no gaps. */
+  seq: number;
+  /** Globally unique id. */
+  id: string;
+  /** Who sent it; null for system messages. */
+  sender: ChatUser | null;
+  /** Text; may be empty when there are attachments. */
+  body: string;
+  /** Files sent with it. */
+  attachments: ChatAttachment[];
+  /** Commit time, ISO 8601 UTC. */
+  created_at: string;
+  /** The sender's idempotency key, when one was given. */
+  client_id: string | null;
+}
+
+/** The server's acknowledgement of a durable send. */
+export interface ChatAck {
+  /** Room key. */
+  room: string;
+  /** The idempotency key the message was stored under. */
+  client_id: string | null;
+  /** Message id. */
+  id: string;
+  /** The message's seq. */
+  seq: number;
+  /** Commit time. */
+  created_at: string;
+  /** True when this `client_id` had been stored before and this is the original's ack. */
+  duplicate: boolean;
+}
+
+/** One page of a room's history, oldest first. */
+export interface HistoryPage {
+  /** The messages. */
+  messages: ChatMessage[];
+  /** True when there are more in the direction asked. */
+  has_more: boolean;
+  /** Seq of the first message, or null for an empty page. */
+  first_seq: number | null;
+  /** Seq of the last message, or null for an empty page. */
+  last_seq: number | null;
+}
+
+/** What {@link ChatClient.join} resolves with. */
+export interface JoinResult {
+  /** Room key. */
+  room: string;
+  /** Seq of the newest message when the socket went live in the room. */
+  head: number;
+  /** Users present. */
+  presence: ChatUser[];
+  /** The initial page asked for with `history`, already emitted as `message` events. */
+  messages: ChatMessage[];
+  /** True when the room has messages older than `messages`. */
+  has_more: boolean;
+}
+
+/** Where the connection is. */
+export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
+
+/** A change of {@link ConnectionState}. */
+export interface StateEvent {
+  /** The new state. */
+  state: ConnectionState;
+  /** Reconnect attempts since the last successful connection. */
+  attempt: number;
+  /** Wait before the next attempt, when reconnecting. */
+  delay_ms?: number;
+  /** Close code of the socket that went away, when known. */
+  code?: number;
+  /** Why the client stopped, when it did (`unauthorized`, `closed`). */
+  reason?: string;
+}
+
+/** Someone started or stopped typing; `typers` is everyone typing in the room now. */
+export interface TypingEvent {
+  /** Room key. */
+  room: string;
+  /** Who. */
+  user: ChatUser;
+  /** Whether they are typing now. */
+  is_typing: boolean;
+  /** Everyone else typing in the room now. */
+  typers: ChatUser[];
+}
+
+/** Another user's read cursor moved. */
+export interface ReadEvent {
+  /** Room key. */
+  room: string;
+  /** Who read. */
+  user: ChatUser;
+  /** Newest seq they have read. */
+  seq: number;
+}
+
+/** Presence changed: a user came or went, or a (re)join brought the full list (`sync`). */
+export interface PresenceEvent {
+  /** Room key. */
+  room: string;
+  /** What happened. */
+  action: "join" | "leave" | "sync";
+  /** Who came or went; absent for `sync`. */
+  user?: ChatUser;
+  /** Everyone present now. */
+  users: ChatUser[];
+}
+
+/** History no longer reaches back to what the client had: drop the room's messages and rebuild. */
+export interface ResyncEvent {
+  /** Room key. */
+  room: string;
+  /** `history_truncated` or `ahead_of_history`. */
+  reason: string;
+  /** Oldest seq the server still has; messages from it follow. */
+  first_seq: number;
+  /** Newest seq. */
+  head: number;
+}
+
+/** The server took the client out of a room. */
+export interface RemovedEvent {
+  /** Room key. */
+  room: string;
+  /** `access_revoked` or `room_deleted`. */
+  reason: string;
+}
+
+/** Progress of an attachment on its way to the server. */
+export interface UploadProgress {
+  /** Bytes sent so far. */
+  loaded: number;
+  /** Bytes in all. */
+  total: number;
+  /** `inline` (in a `send` frame) or `upload` (the HTTP upload route). */
+  via: "inline" | "upload";
+}
+
+/** Everything a {@link ChatClient} emits, by event name. */
+export interface ChatEventMap {
+  /** The connection state changed. */
+  state: StateEvent;
+  /** The server greeted a (re)connected socket. */
+  welcome: ChatUser;
+  /** A message, once, in seq order per room. */
+  message: ChatMessage;
+  /** Someone else started or stopped typing. */
+  typing: TypingEvent;
+  /** Someone else's read cursor moved. */
+  read: ReadEvent;
+  /** Presence changed. */
+  presence: PresenceEvent;
+  /** The room must be rebuilt from the messages that follow. */
+  resync: ResyncEvent;
+  /** The server took the client out of a room. */
+  removed: RemovedEvent;
+  /** An error no request was waiting for. */
+  error: ChatError;
+}
+
+/** A file to attach: a Blob or File, or bytes with a name. */
+export type FileSource = Blob | { name: string; data: Uint8Array | Blob; type?: string };
+
+/** What to send. */
+export interface SendOptions {
+  /** Text. */
+  body?: string;
+  /** Files to send inline (each up to the server's MAX_FILE_BYTES). */
+  files?: FileSource[];
+  /** Idempotency key; a fresh one when absent. Reuse it to retry safely. */
+  clientId?: string;
+}
+
+/** How to send a file. */
+export interface SendFileOptions {
+  /** Text to send with the file. */
+  body?: string;
+  /** Idempotency key; a fresh one when absent. */
+  clientId?: string;
+  /** Called as bytes go out. */
+  onProgress?: (progress: UploadProgress) => void;
+  /** Force a path: `inline` (a `send` frame) or `upload` (HTTP); by size when absent. */
+  via?: "inline" | "upload";
+}
+
+/** Backoff between reconnect attempts. */
+export interface ReconnectOptions {
+  /** First delay (ms). */
+  minDelayMs?: number;
+  /** Longest delay (ms). */
+  maxDelayMs?: number;
+  /** Growth per attempt. */
+  factor?: number;
+  /** Share of each delay that is random, 0 to 1, so clients do not all return at once. */
+  jitter?: number;
+}
+
+/** Settings of a {@link ChatClient}. */
+export interface ChatClientOptions {
+  /** `ws(s)://host/ws`; an `http(s)://host` base works too. */
+  url: string;
+  /** The JWT, or a function that returns a fresh one before each connection. */
+  token: string | (() => string | Promise<string>);
+  /** Base of the HTTP routes (uploads); derived from `url` when absent. */
+  httpUrl?: string;
+  /** Backoff settings. */
+  reconnect?: ReconnectOptions;
+  /** Interval of application pings that detect a dead connection (ms); 0 turns them off. */
+  heartbeatMs?: number;
+  /** How long a ping, or a connection attempt, may go unanswered before reconnecting (ms). */
+  timeoutMs?: number;
+  /** Files up to this size go inline in a `send` frame; larger ones over HTTP. */
+  inlineMaxBytes?: number;
+  /** Largest file the server takes (its MAX_FILE_BYTES). */
+  maxFileBytes?: number;
+  /** How often a continuing typing state is renewed (ms); the server ends it after 5 s. */
+  typingRenewMs?: number;
+  /** Typing stops by itself after this long without a `typing(room)` call (ms). */
+  typingIdleMs?: number;
+  /** WebSocket constructor, for environments without a global one. */
+  WebSocket?: typeof WebSocket;
+}
+
+/** An error from the server (`code` as in docs/protocol.md) or from the client itself. */
+export class ChatError extends Error {
+  /** Protocol error code (`forbidden`, `not_found`, …) or `closed`, `unauthorized`, `http`. */
+  readonly code: string;
+  /** HTTP status for upload errors. */
+  readonly status?: number;
+
+  /** Builds an error with a code. */
+  constructor(code: string, message: string, status?: number) {
+    super(message);
+    this.name = "ChatError";
+    this.code = code;
+    this.status = status;
+  }
+}
+
+/** A fresh idempotency key; works outside secure contexts too, where `randomUUID` is missing. */
+export function newClientId(): string {
+  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** Encodes bytes as standard base64, without relying on `Uint8Array.prototype.toBase64`. */
+export function bytesToBase64(bytes: Uint8Array): string {
+  const native = (bytes as Uint8Array & { toBase64?: () => string }).toBase64;
+  if (typeof native === "function") return native.call(bytes);
+  let binary = "";
+  // Chunks keep String.fromCharCode's argument list far below engine limits.
+  for (let i = 0; i < bytes.length; i += 0x8000) {
+    binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  }
+  return btoa(binary);
+}
+
+/** Human-readable size: `512 B`, `1.5 KB`, `2.0 MB`. */
+export function formatBytes(size: number): string {
+  if (size < 1024) return `${size} B`;
+  if (size < 1024 * 1024) return `${(size / 1024).toFixed(1)} KB`;
+  return `${(size / 1024 / 1024).toFixed(1)} MB`;
+}
+
+const DEFAULTS = {
+  minDelayMs: 250,
+  maxDelayMs: 10_000,
+  factor: 2,
+  jitter: 0.3,
+  heartbeatMs: 25_000,
+  timeoutMs: 10_000,
+  inlineMaxBytes: 256 * 1024,
+  maxFileBytes: 10 * 1024 * 1024,
+  typingRenewMs: 2_000,
+  typingIdleMs: 3_000,
+};
+
+// Close codes after which reconnecting with the same token cannot help.
+const UNAUTHORIZED = 4001;
+const RATE_LIMITED = 4029;
+// Typing states of others expire here too, in case their `is_typing: false` never comes.
+const TYPING_EXPIRY_MS = 7_000;
+
+type Frame = Record<string, unknown>;
+type Listener<T> = (event: T) => void;
+
+interface Pending {
+  frame: Frame;
+  resolve(frame: Frame): void;
+  reject(err: ChatError): void;
+  /** Room the request needs to be joined first (`send`, `read`). */
+  needsRoom?: string;
+  /** Socket generation it was last written on. */
+  sentOn: number;
+  retries: number;
+}
+
+interface RoomState {
+  /** Newest seq delivered to the application. */
+  lastSeq?: number;
+  /** The socket generation a join frame went out on. */
+  joinSentOn: number;
+  /** Joins the server failed (not refused) in a row. */
+  joinRetries: number;
+  /** True once `joined` arrived on the current socket. */
+  live: boolean;
+  /** The last `joined` frame. */
+  joinedFrame?: Frame;
+  presence: Map<string, ChatUser>;
+  typers: Map<string, { user: ChatUser; timer: ReturnType<typeof setTimeout> }>;
+  /** Deliveries of the room, one after another, so a gap can be filled before what follows. */
+  chain: Promise<void>;
+  waiters: { resolve(frame: Frame): void; reject(err: ChatError): void }[];
+  /** Our own typing state. */
+  typingSentAt: number;
+  typingIdle?: ReturnType<typeof setTimeout>;
+}
+
+/**
+ * A connection to the server's native protocol that survives disconnects: rooms are rejoined
+ * with `since`, unacknowledged requests are resent (sends keep their `client_id`, so none is
+ * stored twice), and messages reach the application once each, in seq order per room.
+ */
+export class ChatClient {
+  #options: ChatClientOptions;
+  #socket: WebSocket | null = null;
+  #generation = 0;
+  #state: ConnectionState = "idle";
+  #attempt = 0;
+  #user: ChatUser | null = null;
+  #listeners = new Map<keyof ChatEventMap, Set<Listener<never>>>();
+  #rooms = new Map<string, RoomState>();
+  #pending = new Map<number, Pending>();
+  #joinRefs = new Map<number, string>();
+  #nextRef = 1;
+  #reconnectTimer?: ReturnType<typeof setTimeout>;
+  #heartbeatTimer?: ReturnType<typeof setInterval>;
+  #deadline?: ReturnType<typeof setTimeout>;
+  #connectWaiters: { resolve(user: ChatUser): void; reject(err: ChatError): void }[] = [];
+  #retriedToken = false;
+  #onOnline = () => {
+    if (this.#state === "reconnecting") this.#retryNow();
+  };
+
+  /** Creates a client; nothing happens until {@link connect}. */
+  constructor(options: ChatClientOptions) {
+    this.#options = options;
+  }
+
+  /** Where the connection is now. */
+  get state(): ConnectionState {
+    return this.#state;
+  }
+
+  /** The user the server greeted us as, once connected. */
+  get user(): ChatUser | null {
+    return this.#user;
+  }
+
+  /** Base URL of the HTTP routes. */
+  get httpUrl(): string {
+    if (this.#options.httpUrl) return this.#options.httpUrl.replace(/\/$/, "");
+    const url = new URL(this.#options.url);
+    url.protocol = url.protocol === "wss:"
+      ? "https:"
+      : url.protocol === "ws:"
+      ? "http:"
+      : url.protocol;
+    return url.origin;
+  }
+
+  /** Subscribes to an event; returns the function that unsubscribes. */
+  on<K extends keyof ChatEventMap>(type: K, listener: Listener<ChatEventMap[K]>): () => void {
+    let set = this.#listeners.get(type);
+    if (!set) this.#listeners.set(type, set = new Set());
+    set.add(listener as Listener<never>);
+    return () => set.delete(listener as Listener<never>);
+  }
+
+  /** Opens the socket; resolves with our user at the first welcome and reconnects from then on. */
+  connect(): Promise<ChatUser> {
+    const promise = new Promise<ChatUser>((resolve, reject) => {
+      this.#connectWaiters.push({ resolve, reject });
+    });
+    if (this.#state === "open" && this.#user) {
+      this.#settleConnect(this.#user);
+    } else if (this.#state === "idle" || this.#state === "closed") {
+      this.#attempt = 0;
+      globalThis.addEventListener?.("online", this.#onOnline);
+      this.#open();
+    }
+    return promise;
+  }
+
+  /** Closes the socket for good: no reconnect; waiting requests fail with code `closed`. */
+  close(): void {
+    globalThis.removeEventListener?.("online", this.#onOnline);
+    clearTimeout(this.#reconnectTimer);
+    this.#stopTimers();
+    const socket = this.#socket;
+    this.#socket = null;
+    this.#generation++;
+    if (socket && socket.readyState <= 1) socket.close(1000, "Client closed");
+    this.#failAll(new ChatError("closed", "The client was closed"));
+    for (const [name, room] of this.#rooms) this.#clearTypers(name, room);
+    this.#rooms.clear();
+    this.#setState({ state: "closed", attempt: this.#attempt, reason: "closed" });
+  }
+
+  /** Rooms joined (or being joined). */
+  rooms(): string[] {
+    return [...this.#rooms.keys()];
+  }
+
+  /** Users present in a room, as of the last join and presence events. */
+  presence(room: string): ChatUser[] {
+    return [...(this.#rooms.get(room)?.presence.values() ?? [])];
+  }
+
+  /** Other users typing in a room now. */
+  typers(room: string): ChatUser[] {
+    return [...(this.#rooms.get(room)?.typers.values() ?? [])].map((t) => t.user);
+  }
+
+  /** Newest seq of a room delivered to the application. */
+  lastSeq(room: string): number | undefined {
+    return this.#rooms.get(room)?.lastSeq;
+  }
+
+  /**
+   * Joins a room. `history: n` first delivers the newest n messages as `message` events, then
+   * everything after them; `since: seq` delivers everything after that seq. With neither, only
+   * messages committed from now on. Either way, messages follow on without gap or duplicate, and
+   * after a reconnect the room is rejoined from the last seq delivered.
+   */
+  async join(
+    room: string,
+    options: { since?: number; history?: number } = {},
+  ): Promise<JoinResult> {
+    let messages: ChatMessage[] = [];
+    let hasMore = false;
+    let state = this.#rooms.get(room);
+    if (!state) {
+      let since = options.since;
+      if (since === undefined && options.history) {
+        const page = await this.history(room, { limit: options.history });
+        messages = page.messages;
+        hasMore = page.has_more;
+        since = page.last_seq ?? 0;
+        if (this.#rooms.has(room)) return await this.join(room, options);
+      }
+      state = this.#newRoom(since);
+      this.#rooms.set(room, state);
+      for (const m of messages) this.#emit("message", m);
+    }
+    const current = state;
+    const joined = current.live && current.joinedFrame
+      ? Promise.resolve(current.joinedFrame)
+      : new Promise<Frame>((resolve, reject) => current.waiters.push({ resolve, reject }));
+    if (this.#ready() && current.joinSentOn !== this.#generation) this.#sendJoin(room, current);
+    const frame = await joined;
+    return {
+      room,
+      head: frame.head as number,
+      presence: frame.presence as ChatUser[],
+      messages,
+      has_more: hasMore,
+    };
+  }
+
+  /** Leaves a room: no more messages, presence or typing from it. */
+  async leave(room: string): Promise<void> {
+    const state = this.#rooms.get(room);
+    if (!state) return;
+    this.#clearTypers(room, state);
+    this.#rooms.delete(room);
+    for (const w of state.waiters) w.reject(new ChatError("left", `Left room "${room}"`));
+    if (this.#ready()) await this.#request({ type: "leave", room }).catch(() => {});
+  }
+
+  /**
+   * Sends a message and resolves with the server's ack once it is durable. Queued while
+   * disconnected and resent with the same `client_id` after reconnecting, so it is stored once.
+   */
+  async send(room: string, options: SendOptions): Promise<ChatAck> {
+    const files = await Promise.all((options.files ?? []).map(encodeFile));
+    const frame: Frame = {
+      type: "send",
+      room,
+      body: options.body ?? "",
+      client_id: options.clientId ?? newClientId(),
+    };
+    if (files.length > 0) frame.files = files;
+    const ack = await this.#request(frame, { needsRoom: room });
+    const { type: _type, ref: _ref, ...rest } = ack;
+    return rest as unknown as ChatAck;
+  }
+
+  /**
+   * Sends one file: inline in a `send` frame up to `inlineMaxBytes`, else over the HTTP upload
+   * route with progress events (in browsers; Deno reports the start and the end). When the
+   * upload route is missing or refuses the token, a file the server takes inline goes inline.
+   */
+  async sendFile(room: string, file: FileSource, options: SendFileOptions = {}): Promise<ChatAck> {
+    const blob = toBlob(file);
+    const clientId = options.clientId ?? newClientId();
+    const inlineMax = this.#options.inlineMaxBytes ?? DEFAULTS.inlineMaxBytes;
+    const via = options.via ?? (blob.size <= inlineMax ? "inline" : "upload");
+    if (via === "upload") {
+      try {
+        return await this.upload(room, file, { ...options, clientId });
+      } catch (err) {
+        const status = err instanceof ChatError ? err.status : undefined;
+        // A server without the route, or one that keeps it for admins, still takes the file
+        // inline; a room the user may not post in refuses the inline send just the same.
+        const routeUnusable = status === 401 || status === 403 || status === 404 ||
+          status === 405 || status === 501;
+        if (!routeUnusable || blob.size > (this.#options.maxFileBytes ?? DEFAULTS.maxFileBytes)) {
+          throw err;
+        }
+      }
+    }
+    return await this.#sendInline(room, file, blob, clientId, options);
+  }
+
+  /**
+   * Uploads one file over `POST /api/rooms/{kind}/{id}/attachments` (multipart, field `file`,
+   * optional `body` and `client_id`) and resolves with the stored message's ack; the message
+   * itself also arrives as a `message` event.
+   */
+  async upload(room: string, file: FileSource, options: SendFileOptions = {}): Promise<ChatAck> {
+    const blob = toBlob(file);
+    const name = fileName(file);
+    const at = room.indexOf(":");
+    const url = `${this.httpUrl}/api/rooms/${encodeURIComponent(room.slice(0, at))}/${
+      encodeURIComponent(room.slice(at + 1))
+    }/attachments`;
+    const form = new FormData();
+    form.append("file", blob, name);
+    if (options.body) form.append("body", options.body);
+    const clientId = options.clientId ?? newClientId();
+    form.append("client_id", clientId);
+    const token = await this.#token();
+    let reported = -1;
+    const progress = (loaded: number) => {
+      if (loaded === reported) return;
+      reported = loaded;
+      options.onProgress?.({ loaded, total: blob.size, via: "upload" });
+    };
+    const { status, text } = await postWithProgress(
+      url,
+      form,
+      token,
+      (share) => progress(Math.round(share * blob.size)),
+    );
+    let json: Frame = {};
+    try {
+      json = JSON.parse(text);
+    } catch {
+      // A non-JSON answer (a proxy's error page) is reported by status below.
+    }
+    if (status < 200 || status >= 300) {
+      const message = typeof json.message === "string"
+        ? json.message
+        : typeof json.error === "string"
+        ? json.error
+        : `Upload failed with HTTP ${status}`;
+      const code = typeof json.code === "string" ? json.code : "http";
+      throw new ChatError(code, message, status);
+    }
+    progress(blob.size);
+    const message =
+      (json.message && typeof json.message === "object" ? json.message : json) as Frame;
+    return {
+      room: (message.room as string) ?? room,
+      client_id: (message.client_id as string | null) ?? clientId,
+      id: message.id as string,
+      seq: message.seq as number,
+      created_at: message.created_at as string,
+      // The route answers 201 for a new message and 200 with the original for a repeated client_id.
+      duplicate: json.duplicate === true || status === 200,
+    };
+  }
+
+  /**
+   * Says we are typing (default) or stopped. Call it on every keystroke: it sends at most one
+   * frame per `typingRenewMs`, renews while typing goes on, and stops by itself when it pauses.
+   */
+  typing(room: string, isTyping = true): void {
+    const state = this.#rooms.get(room);
+    if (!state) return;
+    clearTimeout(state.typingIdle);
+    const now = Date.now();
+    if (isTyping) {
+      const renew = this.#options.typingRenewMs ?? DEFAULTS.typingRenewMs;
+      if (
+        now - state.typingSentAt >= renew && this.#write({ type: "typing", room, is_typing: true })
+      ) {
+        state.typingSentAt = now;
+      }
+      state.typingIdle = setTimeout(
+        () => this.typing(room, false),
+        this.#options.typingIdleMs ?? DEFAULTS.typingIdleMs,
+      );
+    } else if (state.typingSentAt > 0) {
+      state.typingSentAt = 0;
+      this.#write({ type: "typing", room, is_typing: false });
+    }
+  }
+
+  /** Moves our read cursor forward (to the room's head without `seq`); resolves with it. */
+  async read(room: string, seq?: number): Promise<number> {
+    const reply = await this.#request({ type: "read", room, seq }, { needsRoom: room });
+    return reply.seq as number;
+  }
+
+  /** Reads a page of history, oldest first: the newest, `before` a seq, or `after` one. */
+  async history(
+    room: string,
+    options: { before?: number; after?: number; limit?: number } = {},
+  ): Promise<HistoryPage> {
+    const reply = await this.#request({ type: "history", room, ...options });
+    return {
+      messages: reply.messages as ChatMessage[],
+      has_more: reply.has_more as boolean,
+      first_seq: reply.first_seq as number | null,
+      last_seq: reply.last_seq as number | null,
+    };
+  }
+
+  // ---- connection ----
+
+  async #open(): Promise<void> {
+    const generation = ++this.#generation;
+    this.#setState({
+      state: this.#attempt === 0 ? "connecting" : "reconnecting",
+      attempt: this.#attempt,
+    });
+    let token: string;
+    try {
+      token = await this.#token();
+    } catch (err) {
+      if (generation !== this.#generation) return;
+      this.#scheduleReconnect(undefined, err);
+      return;
+    }
+    if (generation !== this.#generation) return;
+    const Ctor = this.#options.WebSocket ?? globalThis.WebSocket;
+    const url = new URL(this.#options.url);
+    if (url.protocol === "http:") url.protocol = "ws:";
+    if (url.protocol === "https:") url.protocol = "wss:";
+    if (url.pathname === "/") url.pathname = "/ws";
+    let socket: WebSocket;
+    try {
+      // The token rides in a subprotocol so it stays out of URLs and access logs.
+      socket = new Ctor(url.toString(), [`bearer.${token}`]);
+    } catch (err) {
+      this.#scheduleReconnect(undefined, err);
+      return;
+    }
+    this.#socket = socket;
+    this.#armDeadline(socket);
+    socket.onmessage = (e) => {
+      if (this.#socket !== socket) return;
+      let frame: Frame;
+      try {
+        frame = JSON.parse(typeof e.data === "string" ? e.data : "");
+      } catch {
+        return;
+      }
+      this.#handle(frame);
+    };
+    socket.onclose = (e) => {
+      if (this.#socket !== socket) return;
+      this.#socket = null;
+      this.#disconnected(e.code);
+    };
+    socket.onerror = () => {
+      // A close event always follows; reconnecting happens there.
+    };
+  }
+
+  #disconnected(code: number): void {
+    this.#stopTimers();
+    this.#generation++;
+    this.#joinRefs.clear();
+    for (const [name, room] of this.#rooms) {
+      room.live = false;
+      room.typingSentAt = 0;
+      this.#clearTypers(name, room);
+    }
+    if (code === UNAUTHORIZED) {
+      // A token function may have a fresh token; a fixed token will not get better.
+      if (typeof this.#options.token === "function" && !this.#retriedToken) {
+        this.#retriedToken = true;
+        this.#scheduleReconnect(code);
+        return;
+      }
+      const err = new ChatError("unauthorized", "The server refused the token");
+      this.#failAll(err);
+      this.#setState({ state: "closed", attempt: this.#attempt, code, reason: "unauthorized" });
+      return;
+    }
+    this.#scheduleReconnect(code);
+  }
+
+  #scheduleReconnect(code?: number, err?: unknown): void {
+    if (err) console.warn("chat client: connection attempt failed:", err);
+    const r = { ...DEFAULTS, ...this.#options.reconnect };
+    this.#attempt++;
+    let delay = Math.min(r.maxDelayMs, r.minDelayMs * r.factor ** (this.#attempt - 1));
+    if (code === RATE_LIMITED) delay = Math.max(delay, 5_000);
+    delay = Math.round(delay * (1 - r.jitter * Math.random()));
+    this.#setState({ state: "reconnecting", attempt: this.#attempt, delay_ms: delay, code });
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = setTimeout(() => this.#open(), delay);
+  }
+
+  #retryNow(): void {
+    clearTimeout(this.#reconnectTimer);
+    if (this.#socket) return;
+    this.#open();
+  }
+
+  #armDeadline(socket: WebSocket): void {
+    clearTimeout(this.#deadline);
+    const timeout = this.#options.timeoutMs ?? DEFAULTS.timeoutMs;
+    this.#deadline = setTimeout(() => {
+      if (this.#socket !== socket) return;
+      // No welcome or pong in time: the connection is dead even if the socket does not know it.
+      this.#socket = null;
+      try {
+        socket.close(4000, "Timed out");
+      } catch {
+        // Closing a socket that never opened can throw; it is abandoned either way.
+      }
+      this.#disconnected(1006);
+    }, timeout);
+  }
+
+  #stopTimers(): void {
+    clearTimeout(this.#deadline);
+    clearInterval(this.#heartbeatTimer);
+    this.#deadline = undefined;
+    this.#heartbeatTimer = undefined;
+  }
+
+  #welcomed(user: ChatUser): void {
+    clearTimeout(this.#deadline);
+    this.#deadline = undefined;
+    this.#user = user;
+    this.#attempt = 0;
+    this.#retriedToken = false;
+    this.#setState({ state: "open", attempt: 0 });
+    this.#emit("welcome", user);
+    const heartbeat = this.#options.heartbeatMs ?? DEFAULTS.heartbeatMs;
+    if (heartbeat > 0) {
+      const socket = this.#socket;
+      this.#heartbeatTimer = setInterval(() => {
+        if (!socket || this.#socket !== socket) return;
+        this.#write({ type: "ping" });
+        if (this.#deadline === undefined) this.#armDeadline(socket);
+      }, heartbeat);
+    }
+    // Rooms first, then every unanswered request in its original order: the server handles a
+    // socket's frames one after another, so each send finds its room joined.
+    for (const [room, state] of this.#rooms) this.#sendJoin(room, state);
+    this.#flush();
+    this.#settleConnect(user);
+  }
+
+  #settleConnect(user: ChatUser): void {
+    const waiters = this.#connectWaiters;
+    this.#connectWaiters = [];
+    for (const w of waiters) w.resolve(user);
+  }
+
+  #ready(): boolean {
+    return this.#state === "open" && this.#socket !== null;
+  }
+
+  async #token(): Promise<string> {
+    const t = this.#options.token;
+    return typeof t === "function" ? await t() : t;
+  }
+
+  #setState(event: StateEvent): void {
+    this.#state = event.state;
+    this.#emit("state", event);
+  }
+
+  // ---- requests ----
+
+  #request(frame: Frame, options: { needsRoom?: string } = {}): Promise<Frame> {
+    if (this.#state === "closed" || this.#state === "idle") {
+      return Promise.reject(new ChatError("closed", "Not connected: call connect() first"));
+    }
+    const ref = this.#nextRef++;
+    return new Promise<Frame>((resolve, reject) => {
+      const pending: Pending = {
+        frame: { ...frame, ref },
+        resolve,
+        reject,
+        needsRoom: options.needsRoom,
+        sentOn: -1,
+        retries: 0,
+      };
+      this.#pending.set(ref, pending);
+      this.#flush();
+    });
+  }
+
+  /** Writes every request not yet written on this socket whose room is joined (or being joined). */
+  #flush(): void {
+    if (!this.#ready()) return;
+    for (const pending of this.#pending.values()) {
+      if (pending.sentOn === this.#generation) continue;
+      const room = pending.needsRoom ? this.#rooms.get(pending.needsRoom) : undefined;
+      if (room && room.joinSentOn !== this.#generation) continue;
+      if (this.#write(pending.frame)) pending.sentOn = this.#generation;
+    }
+  }
+
+  #write(frame: Frame): boolean {
+    const socket = this.#socket;
+    if (!socket || socket.readyState !== 1 || this.#state !== "open") return false;
+    socket.send(JSON.stringify(frame));
+    return true;
+  }
+
+  #sendJoin(room: string, state: RoomState): void {
+    const ref = this.#nextRef++;
+    this.#joinRefs.set(ref, room);
+    const frame: Frame = { type: "join", room, ref };
+    if (state.lastSeq !== undefined) frame.since = state.lastSeq;
+    if (this.#write(frame)) {
+      state.joinSentOn = this.#generation;
+      this.#flush();
+    }
+  }
+
+  #failAll(err: ChatError): void {
+    const pending = [...this.#pending.values()];
+    this.#pending.clear();
+    this.#joinRefs.clear();
+    for (const p of pending) p.reject(err);
+    for (const room of this.#rooms.values()) {
+      for (const w of room.waiters) w.reject(err);
+      room.waiters = [];
+    }
+    const waiters = this.#connectWaiters;
+    this.#connectWaiters = [];
+    for (const w of waiters) w.reject(err);
+  }
+
+  // ---- incoming frames ----
+
+  #handle(frame: Frame): void {
+    const ref = typeof frame.ref === "number" ? frame.ref : undefined;
+    switch (frame.type) {
+      case "welcome":
+        this.#welcomed(frame.user as ChatUser);
+        return;
+      case "pong":
+        clearTimeout(this.#deadline);
+        this.#deadline = undefined;
+        return;
+      case "message":
+        this.#enqueue(
+          frame.room as string,
+          (room) => this.#deliver(room, frame as unknown as ChatMessage),
+        );
+        return;
+      case "resync":
+        this.#enqueue(frame.room as string, (room) => {
+          // Everything from first_seq follows; what the application holds must be rebuilt.
+          room.lastSeq = (frame.first_seq as number) - 1;
+          this.#emit("resync", frame as unknown as ResyncEvent);
+        });
+        return;
+      case "joined":
+        if (ref !== undefined && this.#joinRefs.has(ref)) {
+          this.#joinRefs.delete(ref);
+          this.#joined(frame);
+          return;
+        }
+        break;
+      case "presence":
+        this.#presence(frame);
+        return;
+      case "typing":
+        this.#typingEvent(frame);
+        return;
+      case "read":
+        if (frame.user) this.#emit("read", frame as unknown as ReadEvent);
+        return;
+      case "removed": {
+        const state = this.#rooms.get(frame.room as string);
+        if (state) {
+          this.#clearTypers(frame.room as string, state);
+          this.#rooms.delete(frame.room as string);
+          const err = new ChatError(String(frame.reason), `Removed from "${frame.room}"`);
+          for (const w of state.waiters) w.reject(err);
+        }
+        this.#emit("removed", frame as unknown as RemovedEvent);
+        return;
+      }
+      case "error":
+        if (ref !== undefined && this.#joinRefs.has(ref)) {
+          this.#joinFailed(this.#joinRefs.get(ref)!, frame);
+          this.#joinRefs.delete(ref);
+          return;
+        }
+        if (ref !== undefined && this.#pending.has(ref)) {
+          this.#requestFailed(ref, frame);
+          return;
+        }
+        this.#emit("error", new ChatError(String(frame.code), String(frame.message)));
+        return;
+    }
+    if (ref !== undefined) {
+      const pending = this.#pending.get(ref);
+      if (pending) {
+        this.#pending.delete(ref);
+        pending.resolve(frame);
+      }
+    }
+  }
+
+  #requestFailed(ref: number, frame: Frame): void {
+    const pending = this.#pending.get(ref)!;
+    const code = String(frame.code);
+    // Both are worth another go with the same frame (and client_id), a little later.
+    if ((code === "rate_limited" || code === "internal") && pending.retries < 5) {
+      pending.retries++;
+      pending.sentOn = -1;
+      setTimeout(() => this.#flush(), 500 * pending.retries);
+      return;
+    }
+    // The room's join failed in front of this request and is being retried: wait for it.
+    const room = pending.needsRoom ? this.#rooms.get(pending.needsRoom) : undefined;
+    if (code === "not_found" && room && !room.live && pending.retries < 5) {
+      pending.retries++;
+      pending.sentOn = -1;
+      return;
+    }
+    this.#pending.delete(ref);
+    pending.reject(new ChatError(code, String(frame.message)));
+  }
+
+  #joined(frame: Frame): void {
+    const name = frame.room as string;
+    const state = this.#rooms.get(name);
+    if (!state) return;
+    state.live = true;
+    state.joinRetries = 0;
+    state.joinedFrame = frame;
+    state.presence = new Map((frame.presence as ChatUser[]).map((u) => [String(u.id), u]));
+    this.#emit("presence", { room: name, action: "sync", users: this.presence(name) });
+    // Through the chain: replayed messages queued before this frame are delivered first.
+    this.#enqueue(name, (room) => {
+      if (room.lastSeq === undefined) room.lastSeq = frame.head as number;
+      const waiters = room.waiters;
+      room.waiters = [];
+      for (const w of waiters) w.resolve(frame);
+    });
+  }
+
+  #joinFailed(name: string, frame: Frame): void {
+    const state = this.#rooms.get(name);
+    if (!state) return;
+    const code = String(frame.code);
+    if ((code === "internal" || code === "rate_limited") && state.joinRetries < 5) {
+      // The server failed, not the request: join again a little later on this socket.
+      state.joinRetries++;
+      state.joinSentOn = -1;
+      const generation = this.#generation;
+      setTimeout(() => {
+        if (this.#rooms.get(name) === state && generation === this.#generation && this.#ready()) {
+          this.#sendJoin(name, state);
+        }
+      }, 500 * state.joinRetries);
+      return;
+    }
+    const err = new ChatError(code, String(frame.message));
+    // A refused join will be refused again after a reconnect: forget the room.
+    this.#rooms.delete(name);
+    for (const w of state.waiters) w.reject(err);
+    this.#emit("error", err);
+  }
+
+  #enqueue(name: string, task: (room: RoomState) => void | Promise<void>): void {
+    const room = this.#rooms.get(name);
+    if (!room) return;
+    room.chain = room.chain.then(() => {
+      if (this.#rooms.get(name) === room) return task(room);
+    }).catch((err) => console.error("chat client: delivery failed:", err));
+  }
+
+  async #deliver(room: RoomState, message: ChatMessage): Promise<void> {
+    if (room.lastSeq !== undefined) {
+      if (message.seq <= room.lastSeq) return;
+      if (message.seq > room.lastSeq + 1) await this.#fillGap(room, message);
+    }
+    if (room.lastSeq !== undefined && message.seq <= room.lastSeq) return;
+    room.lastSeq = message.seq;
+    this.#emit("message", message);
+  }
+
+  /** The server promises no gaps; should one appear anyway, read it back before going on. */
+  async #fillGap(room: RoomState, upTo: ChatMessage): Promise<void> {
+    while (room.lastSeq !== undefined && room.lastSeq + 1 < upTo.seq) {
+      let page: HistoryPage;
+      try {
+        page = await this.history(upTo.room, {
+          after: room.lastSeq,
+          limit: Math.min(200, upTo.seq - room.lastSeq - 1),
+        });
+      } catch {
+        return;
+      }
+      const older = page.messages.filter((m) => m.seq < upTo.seq && m.seq > room.lastSeq!);
+      if (older.length === 0) return;
+      for (const m of older) {
+        room.lastSeq = m.seq;
+        this.#emit("message", m);
+      }
+    }
+  }
+
+  #presence(frame: Frame): void {
+    const name = frame.room as string;
+    const state = this.#rooms.get(name);
+    if (!state || !frame.user) return;
+    const user = frame.user as ChatUser;
+    const action = frame.action === "leave" ? "leave" : "join";
+    if (action === "join") state.presence.set(String(user.id), user);
+    else state.presence.delete(String(user.id));
+    this.#emit("presence", { room: name, action, user, users: this.presence(name) });
+  }
+
+  #typingEvent(frame: Frame): void {
+    const name = frame.room as string;
+    const state = this.#rooms.get(name);
+    if (!state || !frame.user) return;
+    const user = frame.user as ChatUser;
+    const key = String(user.id);
+    clearTimeout(state.typers.get(key)?.timer);
+    const isTyping = frame.is_typing === true;
+    if (isTyping) {
+      const timer = setTimeout(() => {
+        state.typers.delete(key);
+        this.#emit("typing", { room: name, user, is_typing: false, typers: this.typers(name) });
+      }, TYPING_EXPIRY_MS);
+      state.typers.set(key, { user, timer });
+    } else {
+      state.typers.delete(key);
+    }
+    this.#emit("typing", { room: name, user, is_typing: isTyping, typers: this.typers(name) });
+  }
+
+  /** Others' typing states end with the socket that brought them: nobody renews them now. */
+  #clearTypers(name: string, room: RoomState): void {
+    for (const t of room.typers.values()) clearTimeout(t.timer);
+    clearTimeout(room.typingIdle);
+    const had = [...room.typers.values()];
+    room.typers.clear();
+    for (const t of had) {
+      this.#emit("typing", { room: name, user: t.user, is_typing: false, typers: [] });
+    }
+  }
+
+  #newRoom(since?: number): RoomState {
+    return {
+      lastSeq: since,
+      joinSentOn: -1,
+      joinRetries: 0,
+      live: false,
+      presence: new Map(),
+      typers: new Map(),
+      chain: Promise.resolve(),
+      waiters: [],
+      typingSentAt: 0,
+    };
+  }
+
+  #emit<K extends keyof ChatEventMap>(type: K, event: ChatEventMap[K]): void {
+    for (const listener of this.#listeners.get(type) ?? []) {
+      try {
+        (listener as Listener<ChatEventMap[K]>)(event);
+      } catch (err) {
+        console.error(`chat client: ${type} listener failed:`, err);
+      }
+    }
+  }
+
+  async #sendInline(
+    room: string,
+    file: FileSource,
+    blob: Blob,
+    clientId: string,
+    options: SendFileOptions,
+  ): Promise<ChatAck> {
+    const total = blob.size;
+    const report = (loaded: number) => options.onProgress?.({ loaded, total, via: "inline" });
+    report(0);
+    // The socket's outgoing buffer drains as the frame goes out: that is the inline progress.
+    const socket = this.#socket;
+    const before = socket?.bufferedAmount ?? 0;
+    let seen = false;
+    const poll = setInterval(() => {
+      if (!socket || this.#socket !== socket) return;
+      // Base64 makes the frame 4/3 of the file; until it is queued there is nothing to report.
+      const left = Math.max(0, socket.bufferedAmount - before) * 3 / 4;
+      if (left > 0) seen = true;
+      if (seen) report(Math.max(0, Math.min(total, Math.round(total - left))));
+    }, 100);
+    try {
+      const ack = await this.send(room, { body: options.body, files: [file], clientId });
+      report(total);
+      return ack;
+    } finally {
+      clearInterval(poll);
+    }
+  }
+}
+
+function fileName(file: FileSource): string {
+  if (file instanceof Blob) return (file as Blob & { name?: string }).name || "file";
+  return file.name;
+}
+
+function toBlob(file: FileSource): Blob {
+  if (file instanceof Blob) return file;
+  return file.data instanceof Blob
+    ? file.data
+    : new Blob([file.data as Uint8Array<ArrayBuffer>], { type: file.type ?? "" });
+}
+
+async function encodeFile(file: FileSource): Promise<{ name: string; data: string }> {
+  const name = fileName(file);
+  const bytes = !(file instanceof Blob) && file.data instanceof Uint8Array
+    ? file.data
+    : new Uint8Array(await toBlob(file).arrayBuffer());
+  return { name, data: bytesToBase64(bytes) };
+}
+
+// The few members of XMLHttpRequest used here; Deno has no XHR and its types do not declare one.
+interface Xhr {
+  open(method: string, url: string): void;
+  setRequestHeader(name: string, value: string): void;
+  send(body: FormData): void;
+  upload: {
+    onprogress: ((e: { loaded: number; total: number; lengthComputable: boolean }) => void) | null;
+  };
+  onload: (() => void) | null;
+  onerror: (() => void) | null;
+  onabort: (() => void) | null;
+  status: number;
+  responseText: string;
+}
+
+/**
+ * POSTs a form; XHR in browsers for upload progress, fetch elsewhere (progress at start and end).
+ * `progress` gets the share of the request sent, 0 to 1.
+ */
+function postWithProgress(
+  url: string,
+  form: FormData,
+  token: string,
+  progress: (share: number) => void,
+): Promise<{ status: number; text: string }> {
+  const XhrCtor = (globalThis as unknown as { XMLHttpRequest?: new () => Xhr }).XMLHttpRequest;
+  progress(0);
+  if (!XhrCtor) {
+    return fetch(url, { method: "POST", body: form, headers: { authorization: `Bearer ${token}` } })
+      .then(async (res) => ({ status: res.status, text: await res.text() }))
+      .catch((err) => {
+        throw new ChatError("network", `Upload failed: ${(err as Error).message}`);
+      });
+  }
+  return new Promise((resolve, reject) => {
+    const xhr = new XhrCtor();
+    xhr.open("POST", url);
+    xhr.setRequestHeader("authorization", `Bearer ${token}`);
+    xhr.upload.onprogress = (e) => {
+      // The request body is the file plus multipart framing: report the share, in file bytes.
+      if (e.lengthComputable && e.total > 0) progress(e.loaded / e.total);
+    };
+    xhr.onload = () => resolve({ status: xhr.status, text: xhr.responseText });
+    xhr.onerror = () => reject(new ChatError("network", "Upload failed: network error"));
+    xhr.onabort = () => reject(new ChatError("network", "Upload aborted"));
+    xhr.send(form);
+  });
+}

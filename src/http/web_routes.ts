@@ -1,0 +1,142 @@
+/** The chat page at `/`, its assets, and the development sign-in that mints tokens for it. */
+
+import type { Hono } from "hono";
+import { signDevToken } from "../auth/verifier.ts";
+
+/** What the page needs from the composition root. */
+export interface WebOptions {
+  /** The development secret; when set (no JWT key configured), `POST /dev/token` exists. */
+  devSecret?: string;
+  /** Folder of the page's files; `web/` next to the sources by default. */
+  webDir?: URL;
+}
+
+/** Room patterns a dev sign-in grants when the page does not ask for others. */
+export const DEV_ROOMS = ["room:*", "ticket:*", "chat:*"];
+
+/** How long a dev token lives. */
+export const DEV_TOKEN_TTL = "12h";
+
+// A fixed list, so no request path ever reaches the file system.
+const ASSETS: Record<string, { file: string; type: string }> = {
+  "/app.js": { file: "app.js", type: "text/javascript; charset=utf-8" },
+  "/client.js": { file: "client.js", type: "text/javascript; charset=utf-8" },
+  "/styles.css": { file: "styles.css", type: "text/css; charset=utf-8" },
+};
+
+// Scripts and styles only from here; media URLs may be absolute (PUBLIC_URL), so any http(s) image.
+const PAGE_CSP = [
+  "default-src 'self'",
+  "script-src 'self'",
+  "style-src 'self'",
+  "img-src 'self' data: blob: http: https:",
+  "connect-src 'self' ws: wss: http: https:",
+  "object-src 'none'",
+  "base-uri 'none'",
+  "frame-ancestors 'none'",
+  "form-action 'self'",
+].join("; ");
+
+const ROOM_GRANT = /^(\*|[a-z-]{1,20}:(\*|[A-Za-z0-9*][A-Za-z0-9_.@*-]{0,127}))$/;
+
+/** A user id for a display name: `dev-` and a slug, or a hash when the name has no latin letters. */
+export async function devUserId(name: string): Promise<string> {
+  const slug = name.normalize("NFKD").toLowerCase().replace(/[\u0300-\u036f]/g, "")
+    .replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 40);
+  if (slug) return `dev-${slug}`;
+  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(name));
+  const hex = [...new Uint8Array(digest).slice(0, 6)]
+    .map((b) => b.toString(16).padStart(2, "0")).join("");
+  return `dev-${hex}`;
+}
+
+/** Checks a dev sign-in request; returns the name and grants, or an error message. */
+export function parseDevSignIn(
+  input: unknown,
+): { name: string; rooms: string[] } | { error: string } {
+  if (typeof input !== "object" || input === null || Array.isArray(input)) {
+    return { error: 'Expected a JSON object {"name": "...", "rooms"?: ["room:*", ...]}' };
+  }
+  const record = input as Record<string, unknown>;
+  const name = typeof record.name === "string" ? record.name.trim() : "";
+  // deno-lint-ignore no-control-regex
+  if (!name || name.length > 64 || /[\u0000-\u001f\u007f]/.test(name)) {
+    return { error: 'Field "name" must be 1 to 64 printable characters' };
+  }
+  if (record.rooms === undefined || record.rooms === null) return { name, rooms: DEV_ROOMS };
+  if (
+    !Array.isArray(record.rooms) || record.rooms.length === 0 || record.rooms.length > 50 ||
+    !record.rooms.every((r) => typeof r === "string" && ROOM_GRANT.test(r))
+  ) {
+    return {
+      error:
+        'Field "rooms" must be a list of 1 to 50 room keys or patterns (room:general, ticket:*)',
+    };
+  }
+  return { name, rooms: [...new Set(record.rooms as string[])] };
+}
+
+/** Serves the page at `/` and its assets; adds `POST /dev/token` only with a development secret. */
+export function mountWeb(app: Hono, options: WebOptions = {}): void {
+  const webDir = options.webDir ?? new URL("../../web/", import.meta.url);
+  const devSignIn = options.devSecret !== undefined;
+  const common = {
+    "cache-control": "no-cache",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+  };
+
+  app.get("/", async () => {
+    let html: string;
+    try {
+      html = await Deno.readTextFile(new URL("index.html", webDir));
+    } catch {
+      return new Response("The page is not installed", { status: 404 });
+    }
+    // The page offers the dev sign-in only when the server mints tokens for it.
+    html = html.replace('data-dev-sign-in="off"', `data-dev-sign-in="${devSignIn ? "on" : "off"}"`);
+    return new Response(html, {
+      headers: {
+        ...common,
+        "content-type": "text/html; charset=utf-8",
+        "content-security-policy": PAGE_CSP,
+      },
+    });
+  });
+
+  for (const [path, asset] of Object.entries(ASSETS)) {
+    app.get(path, async () => {
+      try {
+        const body = await Deno.readFile(new URL(asset.file, webDir));
+        return new Response(body, { headers: { ...common, "content-type": asset.type } });
+      } catch {
+        return new Response("Not found", { status: 404 });
+      }
+    });
+  }
+
+  const secret = options.devSecret;
+  if (secret === undefined) return;
+  app.post("/dev/token", async (c) => {
+    let input: unknown;
+    try {
+      input = await c.req.json();
+    } catch {
+      return c.json({ error: "Expected a JSON body" }, 400);
+    }
+    const parsed = parseDevSignIn(input);
+    if ("error" in parsed) return c.json({ error: parsed.error }, 400);
+    const sub = await devUserId(parsed.name);
+    const username = sub.slice("dev-".length);
+    const token = await signDevToken(
+      secret,
+      { sub, username, name: parsed.name, rooms: parsed.rooms },
+      DEV_TOKEN_TTL,
+    );
+    return c.json(
+      { token, user: { id: sub, username, name: parsed.name }, expires_in: DEV_TOKEN_TTL },
+      200,
+      { "cache-control": "no-store" },
+    );
+  });
+}

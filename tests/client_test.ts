@@ -1,0 +1,598 @@
+/**
+ * The TypeScript client (client/mod.ts) against a real server, and against a scripted socket for
+ * the cases a healthy server never produces (a gap, a resync, a dead connection); the web routes
+ * (page, assets, dev sign-in); and the committed browser bundles against their sources.
+ */
+
+import { type RunningServer, startServer } from "../main.ts";
+import { loadConfig } from "../src/config.ts";
+import { signDevToken } from "../src/auth/verifier.ts";
+import {
+  type ChatAck,
+  ChatClient,
+  type ChatClientOptions,
+  type ChatError,
+  type ChatMessage,
+  type PresenceEvent,
+  type ReadEvent,
+  type StateEvent,
+  type TypingEvent,
+  type UploadProgress,
+} from "../client/mod.ts";
+import { bundle, BUNDLES, ROOT } from "../web/build.ts";
+import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { eventually, freePort, startTestServer, TEST_SECRET, type TestServer } from "./helpers.ts";
+
+const FAST = { minDelayMs: 30, maxDelayMs: 200, jitter: 0 };
+
+/** A client whose every event is recorded. */
+function recorder(options: ChatClientOptions) {
+  const client = new ChatClient({ reconnect: FAST, ...options });
+  const messages: ChatMessage[] = [];
+  const states: StateEvent[] = [];
+  const typing: TypingEvent[] = [];
+  const reads: ReadEvent[] = [];
+  const presence: PresenceEvent[] = [];
+  client.on("message", (m) => messages.push(m));
+  client.on("state", (s) => states.push(s));
+  client.on("typing", (t) => typing.push(t));
+  client.on("read", (r) => reads.push(r));
+  client.on("presence", (p) => presence.push(p));
+  const bodies = (room?: string) =>
+    messages.filter((m) => !room || m.room === room).map((m) => m.body);
+  const seqs = (room: string) => messages.filter((m) => m.room === room).map((m) => m.seq);
+  return { client, messages, states, typing, reads, presence, bodies, seqs };
+}
+
+async function userClient(server: TestServer, sub: string, claims: object = {}) {
+  const token = await server.token({
+    sub,
+    username: sub,
+    rooms: ["ticket:*", "chat:*"],
+    ...claims,
+  });
+  return recorder({ url: `${server.wsUrl}/ws`, token });
+}
+
+/** Random bytes of any length (getRandomValues fills at most 64 KiB at a time). */
+function randomBytes(size: number): Uint8Array<ArrayBuffer> {
+  const bytes = new Uint8Array(size);
+  for (let i = 0; i < size; i += 65536) crypto.getRandomValues(bytes.subarray(i, i + 65536));
+  return bytes;
+}
+
+function fixedServer(dataDir: string, port: number): Promise<RunningServer> {
+  const config = loadConfig({
+    PORT: String(port),
+    HOST: "127.0.0.1",
+    DATA_DIR: dataDir,
+    JWT_SECRET: TEST_SECRET,
+  });
+  return startServer(config, { log: () => {} });
+}
+
+Deno.test("client: join with history, send with a client id and await the ack, each message once", async () => {
+  const server = await startTestServer();
+  const a = await userClient(server, "1");
+  const b = await userClient(server, "2");
+  try {
+    await a.client.connect();
+    await b.client.connect();
+    await a.client.join("ticket:1");
+    for (let i = 1; i <= 5; i++) await a.client.send("ticket:1", { body: `old ${i}` });
+    // b joins two rooms; the newest 3 of ticket:1 first, then live messages, no gap between.
+    const joined = await b.client.join("ticket:1", { history: 3 });
+    assertEquals(joined.messages.map((m) => m.seq), [3, 4, 5]);
+    assertEquals(joined.has_more, true);
+    assertEquals((await b.client.join("chat:1", { history: 50 })).messages, []);
+    assertEquals(b.bodies("ticket:1"), ["old 3", "old 4", "old 5"]);
+
+    const ack = await a.client.send("ticket:1", { body: "hello", clientId: "c-1" });
+    assertEquals([ack.seq, ack.client_id, ack.duplicate], [6, "c-1", false]);
+    // The same client id again: the original's ack, and nobody sees a second message.
+    const again = await a.client.send("ticket:1", { body: "hello again", clientId: "c-1" });
+    assertEquals([again.seq, again.id, again.duplicate], [6, ack.id, true]);
+    await b.client.send("chat:1", { body: "in chat" });
+    await eventually(() => b.messages.length === 5 && a.bodies("ticket:1").length === 6);
+    await new Promise((r) => setTimeout(r, 100));
+    assertEquals(b.seqs("ticket:1"), [3, 4, 5, 6]);
+    assertEquals(b.bodies("chat:1"), ["in chat"]);
+    assertEquals(a.bodies("ticket:1"), ["old 1", "old 2", "old 3", "old 4", "old 5", "hello"]);
+
+    // Paging back from the oldest message b holds.
+    const page = await b.client.history("ticket:1", { before: 3, limit: 10 });
+    assertEquals([page.messages.map((m) => m.body), page.has_more], [["old 1", "old 2"], false]);
+
+    // Errors carry the protocol's code.
+    const err = await assertRejects(() => b.client.join("ticket:x!")) as ChatError;
+    assertEquals(err.code, "invalid_frame");
+    const denied = await assertRejects(() => b.client.history("service-chat:9")) as ChatError;
+    assertEquals(denied.code, "forbidden");
+    assertEquals(b.client.rooms().sort(), ["chat:1", "ticket:1"]);
+  } finally {
+    a.client.close();
+    b.client.close();
+    await server.close();
+  }
+});
+
+Deno.test("client: presence, typing (throttled, ends by itself), read cursors", async () => {
+  const server = await startTestServer();
+  const a = await userClient(server, "1");
+  const b = await userClient(server, "2");
+  const typingFrames: unknown[] = [];
+  try {
+    await a.client.connect();
+    await a.client.join("chat:3");
+    await b.client.connect();
+    const joined = await b.client.join("chat:3");
+    assertEquals(joined.presence.map((u) => u.id).sort(), [1, 2]);
+    await eventually(() => a.client.presence("chat:3").length === 2, 3000, "a sees b");
+    assert(a.presence.some((p) => p.action === "join" && p.user?.id === 2));
+
+    // Many keystrokes, one typing frame.
+    const spy = server.app.context.chat;
+    const original = spy.typing.bind(spy);
+    spy.typing = (user, room, isTyping) => {
+      typingFrames.push({ user: user.id, isTyping });
+      return original(user, room, isTyping);
+    };
+    for (let i = 0; i < 10; i++) b.client.typing("chat:3");
+    await eventually(() => a.client.typers("chat:3").length === 1, 3000, "typing shown");
+    assertEquals(a.client.typers("chat:3")[0].id, 2);
+    assertEquals(typingFrames, [{ user: 2, isTyping: true }]);
+    b.client.typing("chat:3", false);
+    await eventually(() => a.client.typers("chat:3").length === 0, 3000, "typing ended");
+    assertEquals(a.typing.map((t) => t.is_typing), [true, false]);
+
+    const ack = await a.client.send("chat:3", { body: "read me" });
+    assertEquals(await b.client.read("chat:3", ack.seq), ack.seq);
+    await eventually(() => a.reads.length === 1, 3000, "read event");
+    assertEquals([a.reads[0].user.id, a.reads[0].seq], [2, ack.seq]);
+
+    await b.client.leave("chat:3");
+    await eventually(() => a.client.presence("chat:3").length === 1, 3000, "b left");
+    assertEquals(a.presence.at(-1)?.action, "leave");
+  } finally {
+    a.client.close();
+    b.client.close();
+    await server.close();
+  }
+});
+
+Deno.test("client: reconnects after a dropped socket and recovers what it missed, once each", async () => {
+  const server = await startTestServer();
+  const reader = await userClient(server, "1");
+  const writer = await userClient(server, "2");
+  try {
+    await reader.client.connect();
+    await reader.client.join("ticket:7");
+    await writer.client.connect();
+    await writer.client.join("ticket:7");
+    await writer.client.send("ticket:7", { body: "m1" });
+    await eventually(() => reader.messages.length === 1);
+    // The server drops the reader (as a slow consumer would be); the writer goes on.
+    for (const conn of server.app.context.connections) {
+      if (conn.open) {
+        conn.close(4008, "Slow consumer");
+        break;
+      }
+    }
+    await eventually(() => reader.client.state !== "open" || writer.client.state !== "open");
+    const writerDropped = writer.client.state !== "open";
+    const sends: Promise<ChatAck>[] = [];
+    for (let i = 2; i <= 6; i++) sends.push(writer.client.send("ticket:7", { body: `m${i}` }));
+    // Sent while (maybe) offline too: queued and delivered once.
+    sends.push(reader.client.send("ticket:7", { body: "from reader" }));
+    await Promise.all(sends);
+    await eventually(() => reader.messages.length === 7 && writer.messages.length === 7, 5000);
+    await new Promise((r) => setTimeout(r, 150));
+    for (const c of [reader, writer]) {
+      assertEquals(c.seqs("ticket:7"), [1, 2, 3, 4, 5, 6, 7]);
+      assertEquals(c.bodies().filter((b) => b === "from reader").length, 1);
+    }
+    const dropped = writerDropped ? writer : reader;
+    assert(dropped.states.some((s) => s.state === "reconnecting"));
+    assertEquals(dropped.client.state, "open");
+  } finally {
+    reader.client.close();
+    writer.client.close();
+    await server.close();
+  }
+});
+
+Deno.test("client: survives a server restart; sends made while it is down go out once", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-client-" });
+  const port = freePort();
+  let server = await fixedServer(dataDir, port);
+  const url = `ws://127.0.0.1:${port}/ws`;
+  const token = (sub: string) => signDevToken(TEST_SECRET, { sub, rooms: ["chat:*"] });
+  const a = recorder({ url, token: await token("1") });
+  const b = recorder({ url, token: await token("2") });
+  try {
+    await a.client.connect();
+    await b.client.connect();
+    await a.client.join("chat:5", { history: 20 });
+    await b.client.join("chat:5", { history: 20 });
+    await a.client.send("chat:5", { body: "before" });
+    await eventually(() => b.messages.length === 1);
+
+    await server.close();
+    await eventually(() => a.client.state === "reconnecting" && b.client.state === "reconnecting");
+    const offline = a.client.send("chat:5", { body: "while down" });
+    await new Promise((r) => setTimeout(r, 300));
+    server = await fixedServer(dataDir, port);
+    assertEquals((await offline).seq, 2);
+    await b.client.send("chat:5", { body: "after" });
+    await eventually(() => a.messages.length === 3 && b.messages.length === 3, 5000);
+    await new Promise((r) => setTimeout(r, 150));
+    for (const c of [a, b]) {
+      assertEquals(c.bodies(), ["before", "while down", "after"]);
+      assertEquals(c.seqs("chat:5"), [1, 2, 3]);
+      assertEquals(c.client.state, "open");
+      assert(c.states.some((s) => s.state === "reconnecting" && s.code === 1001));
+    }
+    // Presence came back with the rejoin.
+    await eventually(() => a.client.presence("chat:5").length === 2, 3000, "presence restored");
+  } finally {
+    a.client.close();
+    b.client.close();
+    await server.close();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("client: an ack lost with the socket is recovered by resending the same client id", async () => {
+  const server = await startTestServer();
+  const a = await userClient(server, "1");
+  const bystander = await userClient(server, "2");
+  try {
+    await bystander.client.connect();
+    await bystander.client.join("ticket:9");
+    const others = new Set(server.app.context.connections);
+    await a.client.connect();
+    await a.client.join("ticket:9");
+    for (let round = 0; round < 5; round++) {
+      const sending = a.client.send("ticket:9", { body: `round ${round}` });
+      // Drop the socket right behind the frame: the server may or may not have stored it.
+      await new Promise((r) => setTimeout(r, round * 3));
+      for (const conn of server.app.context.connections) {
+        if (!others.has(conn)) conn.close(4008, "Slow consumer");
+      }
+      await sending;
+    }
+    await eventually(() => a.messages.length === 5, 5000);
+    const page = await a.client.history("ticket:9", { limit: 50 });
+    assertEquals(page.messages.map((m) => m.body), [0, 1, 2, 3, 4].map((i) => `round ${i}`));
+    assertEquals(a.seqs("ticket:9"), [1, 2, 3, 4, 5]);
+    await eventually(() => bystander.messages.length === 5);
+    assertEquals(bystander.seqs("ticket:9"), [1, 2, 3, 4, 5]);
+  } finally {
+    a.client.close();
+    bystander.client.close();
+    await server.close();
+  }
+});
+
+Deno.test("client: files inline with progress; over the upload route with progress; bytes intact", async () => {
+  const server = await startTestServer({ ADMIN_TOKEN: "admin-secret-for-client-tests-0123456789" });
+  const user = await userClient(server, "1");
+  const admin = recorder({
+    url: `${server.wsUrl}/ws`,
+    token: await server.token({ sub: "99", username: "boss", role: "admin" }),
+  });
+  try {
+    await user.client.connect();
+    await user.client.join("ticket:4");
+    const small = randomBytes(3000);
+    const progress: UploadProgress[] = [];
+    const ack = await user.client.sendFile(
+      "ticket:4",
+      new File([small], "small.bin", { type: "application/octet-stream" }),
+      { body: "inline", onProgress: (p) => progress.push(p) },
+    );
+    assertEquals(progress[0], { loaded: 0, total: 3000, via: "inline" });
+    assertEquals(progress.at(-1), { loaded: 3000, total: 3000, via: "inline" });
+    await eventually(() => user.messages.length === 1);
+    const inline = user.messages[0];
+    assertEquals([inline.seq, inline.body, inline.attachments[0].name], [
+      ack.seq,
+      "inline",
+      "small.bin",
+    ]);
+    const fetched = new Uint8Array(await (await fetch(inline.attachments[0].url)).arrayBuffer());
+    assertEquals(fetched, small);
+
+    // Over HTTP (an admin token: the route's own access rules decide who may upload).
+    await admin.client.connect();
+    await admin.client.join("ticket:4");
+    const big = randomBytes(600 * 1024);
+    const uploads: UploadProgress[] = [];
+    const uploaded = await admin.client.sendFile(
+      "ticket:4",
+      { name: "big.bin", data: big },
+      { clientId: "up-1", onProgress: (p) => uploads.push(p) },
+    );
+    assertEquals(uploads[0], { loaded: 0, total: big.length, via: "upload" });
+    assertEquals(uploads.at(-1), { loaded: big.length, total: big.length, via: "upload" });
+    assertEquals([uploaded.seq, uploaded.client_id, uploaded.duplicate], [2, "up-1", false]);
+    await eventually(() => user.messages.length === 2);
+    const viaHttp = user.messages[1];
+    assertEquals([viaHttp.seq, viaHttp.attachments[0].size], [2, big.length]);
+    const bigBack = new Uint8Array(await (await fetch(viaHttp.attachments[0].url)).arrayBuffer());
+    assertEquals(bigBack, big);
+    // Retrying the upload with its client id stores nothing new.
+    const retried = await admin.client.upload("ticket:4", { name: "big.bin", data: big }, {
+      clientId: "up-1",
+    });
+    assertEquals([retried.seq, retried.duplicate], [2, true]);
+
+    // A large file from a user: over the route when it takes user tokens, else inline.
+    const medium = randomBytes(300 * 1024);
+    const userUpload = await user.client.sendFile("ticket:4", { name: "medium.bin", data: medium });
+    await eventually(() => user.messages.length === 3);
+    assertEquals([user.messages[2].seq, user.messages[2].attachments[0].size], [
+      userUpload.seq,
+      medium.length,
+    ]);
+  } finally {
+    user.client.close();
+    admin.client.close();
+    await server.close();
+  }
+});
+
+Deno.test("client: a refused token fails connect and stops; no reconnect loop", async () => {
+  const server = await startTestServer();
+  const c = recorder({ url: `${server.wsUrl}/ws`, token: "not-a-token" });
+  try {
+    const err = await assertRejects(() => c.client.connect()) as ChatError;
+    assertEquals(err.code, "unauthorized");
+    assertEquals(c.client.state, "closed");
+    await new Promise((r) => setTimeout(r, 300));
+    assertEquals(c.states.filter((s) => s.state === "reconnecting").length, 0);
+  } finally {
+    c.client.close();
+    await server.close();
+  }
+});
+
+// ---- a scripted socket: what a healthy server never sends ----
+
+class FakeSocket {
+  static instances: FakeSocket[] = [];
+  readyState = 0;
+  bufferedAmount = 0;
+  sent: Record<string, unknown>[] = [];
+  onopen: (() => void) | null = null;
+  onmessage: ((e: { data: string }) => void) | null = null;
+  onclose: ((e: { code: number }) => void) | null = null;
+  onerror: (() => void) | null = null;
+  constructor(readonly url: string, readonly protocols: string[]) {
+    FakeSocket.instances.push(this);
+    queueMicrotask(() => {
+      this.readyState = 1;
+      this.onopen?.();
+    });
+  }
+  send(data: string) {
+    this.sent.push(JSON.parse(data));
+  }
+  close() {
+    this.readyState = 3;
+  }
+  push(frame: Record<string, unknown>) {
+    this.onmessage?.({ data: JSON.stringify(frame) });
+  }
+  drop(code = 1006) {
+    this.readyState = 3;
+    this.onclose?.({ code });
+  }
+  async take(type: string): Promise<Record<string, unknown>> {
+    await eventually(() => this.sent.some((f) => f.type === type), 2000, `a ${type} frame`);
+    return this.sent.splice(this.sent.findIndex((f) => f.type === type), 1)[0];
+  }
+}
+
+const USER = { id: 1, username: "one", name: null, email: null, profile_image: null, role: null };
+const msg = (seq: number, body = `m${seq}`) => ({
+  type: "message",
+  room: "room:x",
+  seq,
+  id: `id${seq}`,
+  sender: USER,
+  body,
+  attachments: [],
+  created_at: new Date().toISOString(),
+  client_id: null,
+});
+
+Deno.test("client: fills a gap from history, drops duplicates, rebuilds on resync, detects a dead socket", async () => {
+  FakeSocket.instances = [];
+  const c = recorder({
+    url: "ws://fake/ws",
+    token: "t",
+    heartbeatMs: 60,
+    timeoutMs: 150,
+    WebSocket: FakeSocket as unknown as typeof WebSocket,
+  });
+  const resyncs: unknown[] = [];
+  c.client.on("resync", (e) => resyncs.push(e));
+  try {
+    const connecting = c.client.connect();
+    await eventually(() => FakeSocket.instances.length === 1);
+    let socket = FakeSocket.instances[0];
+    assertEquals(socket.protocols, ["bearer.t"]);
+    socket.push({ type: "welcome", user: USER, conn_id: "x" });
+    await connecting;
+
+    const joining = c.client.join("room:x");
+    const join = await socket.take("join");
+    assertEquals(join.since, undefined);
+    socket.push({ type: "joined", room: "room:x", head: 0, presence: [USER], ref: join.ref });
+    await joining;
+    socket.push(msg(1));
+    socket.push(msg(3));
+    const fill = await socket.take("history");
+    assertEquals([fill.after, fill.limit], [1, 1]);
+    socket.push(msg(2));
+    socket.push(msg(3));
+    socket.push({
+      type: "history",
+      room: "room:x",
+      messages: [msg(2)],
+      has_more: false,
+      first_seq: 2,
+      last_seq: 2,
+      ref: fill.ref,
+    });
+    socket.push(msg(4));
+    await eventually(() => c.messages.length === 4);
+    assertEquals(c.seqs("room:x"), [1, 2, 3, 4]);
+
+    // Disconnected: a send waits, the room is rejoined from seq 4 before the send goes out.
+    socket.drop();
+    const sending = c.client.send("room:x", { body: "queued", clientId: "q1" });
+    await eventually(() => FakeSocket.instances.length === 2, 2000, "a reconnect");
+    socket = FakeSocket.instances[1];
+    socket.push({ type: "welcome", user: USER, conn_id: "y" });
+    const rejoin = await socket.take("join");
+    assertEquals(rejoin.since, 4);
+    const send = await socket.take("send");
+    assertEquals(send.client_id, "q1");
+    // History was cut past 4: the server says so and replays from 10.
+    socket.push({
+      type: "resync",
+      room: "room:x",
+      reason: "history_truncated",
+      first_seq: 10,
+      head: 11,
+      ref: rejoin.ref,
+    });
+    socket.push(msg(10));
+    socket.push(msg(11));
+    socket.push({ type: "joined", room: "room:x", head: 11, presence: [USER], ref: rejoin.ref });
+    socket.push({
+      type: "ack",
+      room: "room:x",
+      client_id: "q1",
+      id: "id12",
+      seq: 12,
+      created_at: "",
+      duplicate: false,
+      ref: send.ref,
+    });
+    socket.push(msg(12, "queued"));
+    assertEquals((await sending).seq, 12);
+    await eventually(() => c.messages.length === 7);
+    assertEquals(c.seqs("room:x"), [1, 2, 3, 4, 10, 11, 12]);
+    assertEquals(resyncs.length, 1);
+
+    // No pong: the client gives up on the socket and connects again.
+    await socket.take("ping");
+    await eventually(() => FakeSocket.instances.length === 3, 2000, "reconnect after silence");
+  } finally {
+    c.client.close();
+  }
+});
+
+// ---- web routes ----
+
+Deno.test("web: the page and its assets are served; the dev sign-in mints working tokens", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-web-" });
+  // No JWT key: the server creates a development secret and offers the dev sign-in.
+  const server = await startServer(
+    loadConfig({ PORT: "0", HOST: "127.0.0.1", DATA_DIR: dataDir }),
+    { log: () => {} },
+  );
+  try {
+    assert(server.app.devSecret);
+    const page = await fetch(`${server.url}/`);
+    assertEquals(page.status, 200);
+    assert(page.headers.get("content-type")!.startsWith("text/html"));
+    assert(page.headers.get("content-security-policy")!.includes("script-src 'self'"));
+    const html = await page.text();
+    assert(html.includes('data-dev-sign-in="on"'));
+    for (const [path, type] of [["/app.js", "text/javascript"], ["/styles.css", "text/css"]]) {
+      const res = await fetch(`${server.url}${path}`);
+      assertEquals(res.status, 200, path);
+      assert(res.headers.get("content-type")!.startsWith(type));
+      await res.body?.cancel();
+    }
+    const clientJs = await (await fetch(`${server.url}/client.js`)).text();
+    assert(clientJs.includes("class ChatClient") || clientJs.includes("ChatClient = class"));
+    assertEquals((await fetch(`${server.url}/index.html/../../deno.json`)).status, 404);
+
+    const res = await fetch(`${server.url}/dev/token`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ name: "Zoë Ann" }),
+    });
+    assertEquals(res.status, 200);
+    const { token, user } = await res.json();
+    assertEquals(user, { id: "dev-zoe-ann", username: "zoe-ann", name: "Zoë Ann" });
+    const chat = recorder({ url: `${server.url.replace("http", "ws")}/ws`, token });
+    try {
+      const me = await chat.client.connect();
+      assertEquals([me.id, me.username, me.name], ["dev-zoe-ann", "zoe-ann", "Zoë Ann"]);
+      await chat.client.join("room:lobby");
+      await chat.client.join("ticket:12");
+      const denied = await assertRejects(() => chat.client.join("service-chat:1")) as ChatError;
+      assertEquals(denied.code, "forbidden");
+    } finally {
+      chat.client.close();
+    }
+    // Asked-for grants replace the defaults.
+    const narrow = await (await fetch(`${server.url}/dev/token`, {
+      method: "POST",
+      body: JSON.stringify({ name: "Amir", rooms: ["service-chat:1"] }),
+    })).json();
+    const claims = JSON.parse(
+      atob(narrow.token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")),
+    );
+    assertEquals([claims.sub, claims.rooms], ["dev-amir", ["service-chat:1"]]);
+    // Names without latin letters still get a stable id.
+    const cyrillic = await (await fetch(`${server.url}/dev/token`, {
+      method: "POST",
+      body: JSON.stringify({ name: "Аня" }),
+    })).json();
+    assert(/^dev-[0-9a-f]{12}$/.test(cyrillic.user.id), cyrillic.user.id);
+
+    for (const body of ["{", "[]", '{"name": ""}', '{"name": 5}', '{"name": "x", "rooms": "*"}']) {
+      const bad = await fetch(`${server.url}/dev/token`, { method: "POST", body });
+      assertEquals(bad.status, 400, body);
+      assert(typeof (await bad.json()).error === "string");
+    }
+  } finally {
+    await server.close();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("web: with a JWT key configured there is no dev sign-in, and the page asks for a token", async () => {
+  const server = await startTestServer();
+  try {
+    assertEquals(server.app.devSecret, undefined);
+    const res = await fetch(`${server.url}/dev/token`, {
+      method: "POST",
+      body: JSON.stringify({ name: "Mallory" }),
+    });
+    assertEquals(res.status, 404);
+    await res.body?.cancel();
+    const html = await (await fetch(`${server.url}/`)).text();
+    assert(html.includes('data-dev-sign-in="off"'));
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("web: the committed bundles web/app.js and web/client.js match their sources (run `deno run -A web/build.ts`)", async () => {
+  for (const { entry, output } of BUNDLES) {
+    const committed = await Deno.readTextFile(new URL(output, ROOT));
+    const fresh = await bundle(entry);
+    assert(
+      committed === fresh,
+      `${output} is stale: run \`deno run -A web/build.ts\` and commit the result`,
+    );
+  }
+});

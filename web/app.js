@@ -1,0 +1,1521 @@
+// deno-fmt-ignore-file
+// deno-lint-ignore-file
+// Generated from web/app.ts by `deno run -A web/build.ts`: do not edit by hand.
+// client/mod.ts
+var ChatError = class extends Error {
+  /** Protocol error code (`forbidden`, `not_found`, …) or `closed`, `unauthorized`, `http`. */
+  code;
+  /** HTTP status for upload errors. */
+  status;
+  /** Builds an error with a code. */
+  constructor(code, message, status) {
+    super(message);
+    this.name = "ChatError";
+    this.code = code;
+    this.status = status;
+  }
+};
+function newClientId() {
+  if (typeof crypto.randomUUID === "function") return crypto.randomUUID();
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return [
+    ...bytes
+  ].map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+function bytesToBase64(bytes) {
+  const native = bytes.toBase64;
+  if (typeof native === "function") return native.call(bytes);
+  let binary = "";
+  for (let i = 0; i < bytes.length; i += 32768) {
+    binary += String.fromCharCode(...bytes.subarray(i, i + 32768));
+  }
+  return btoa(binary);
+}
+function formatBytes(size) {
+  if (size < 1024) return `${size} B`;
+  if (size < 1024 * 1024) return `${(size / 1024).toFixed(1)} KB`;
+  return `${(size / 1024 / 1024).toFixed(1)} MB`;
+}
+var DEFAULTS = {
+  minDelayMs: 250,
+  maxDelayMs: 1e4,
+  factor: 2,
+  jitter: 0.3,
+  heartbeatMs: 25e3,
+  timeoutMs: 1e4,
+  inlineMaxBytes: 256 * 1024,
+  maxFileBytes: 10 * 1024 * 1024,
+  typingRenewMs: 2e3,
+  typingIdleMs: 3e3
+};
+var UNAUTHORIZED = 4001;
+var RATE_LIMITED = 4029;
+var TYPING_EXPIRY_MS = 7e3;
+var ChatClient = class {
+  #options;
+  #socket = null;
+  #generation = 0;
+  #state = "idle";
+  #attempt = 0;
+  #user = null;
+  #listeners = /* @__PURE__ */ new Map();
+  #rooms = /* @__PURE__ */ new Map();
+  #pending = /* @__PURE__ */ new Map();
+  #joinRefs = /* @__PURE__ */ new Map();
+  #nextRef = 1;
+  #reconnectTimer;
+  #heartbeatTimer;
+  #deadline;
+  #connectWaiters = [];
+  #retriedToken = false;
+  #onOnline = () => {
+    if (this.#state === "reconnecting") this.#retryNow();
+  };
+  /** Creates a client; nothing happens until {@link connect}. */
+  constructor(options) {
+    this.#options = options;
+  }
+  /** Where the connection is now. */
+  get state() {
+    return this.#state;
+  }
+  /** The user the server greeted us as, once connected. */
+  get user() {
+    return this.#user;
+  }
+  /** Base URL of the HTTP routes. */
+  get httpUrl() {
+    if (this.#options.httpUrl) return this.#options.httpUrl.replace(/\/$/, "");
+    const url = new URL(this.#options.url);
+    url.protocol = url.protocol === "wss:" ? "https:" : url.protocol === "ws:" ? "http:" : url.protocol;
+    return url.origin;
+  }
+  /** Subscribes to an event; returns the function that unsubscribes. */
+  on(type, listener) {
+    let set = this.#listeners.get(type);
+    if (!set) this.#listeners.set(type, set = /* @__PURE__ */ new Set());
+    set.add(listener);
+    return () => set.delete(listener);
+  }
+  /** Opens the socket; resolves with our user at the first welcome and reconnects from then on. */
+  connect() {
+    const promise = new Promise((resolve, reject) => {
+      this.#connectWaiters.push({
+        resolve,
+        reject
+      });
+    });
+    if (this.#state === "open" && this.#user) {
+      this.#settleConnect(this.#user);
+    } else if (this.#state === "idle" || this.#state === "closed") {
+      this.#attempt = 0;
+      globalThis.addEventListener?.("online", this.#onOnline);
+      this.#open();
+    }
+    return promise;
+  }
+  /** Closes the socket for good: no reconnect; waiting requests fail with code `closed`. */
+  close() {
+    globalThis.removeEventListener?.("online", this.#onOnline);
+    clearTimeout(this.#reconnectTimer);
+    this.#stopTimers();
+    const socket = this.#socket;
+    this.#socket = null;
+    this.#generation++;
+    if (socket && socket.readyState <= 1) socket.close(1e3, "Client closed");
+    this.#failAll(new ChatError("closed", "The client was closed"));
+    for (const [name, room] of this.#rooms) this.#clearTypers(name, room);
+    this.#rooms.clear();
+    this.#setState({
+      state: "closed",
+      attempt: this.#attempt,
+      reason: "closed"
+    });
+  }
+  /** Rooms joined (or being joined). */
+  rooms() {
+    return [
+      ...this.#rooms.keys()
+    ];
+  }
+  /** Users present in a room, as of the last join and presence events. */
+  presence(room) {
+    return [
+      ...this.#rooms.get(room)?.presence.values() ?? []
+    ];
+  }
+  /** Other users typing in a room now. */
+  typers(room) {
+    return [
+      ...this.#rooms.get(room)?.typers.values() ?? []
+    ].map((t) => t.user);
+  }
+  /** Newest seq of a room delivered to the application. */
+  lastSeq(room) {
+    return this.#rooms.get(room)?.lastSeq;
+  }
+  /**
+   * Joins a room. `history: n` first delivers the newest n messages as `message` events, then
+   * everything after them; `since: seq` delivers everything after that seq. With neither, only
+   * messages committed from now on. Either way, messages follow on without gap or duplicate, and
+   * after a reconnect the room is rejoined from the last seq delivered.
+   */
+  async join(room, options = {}) {
+    let messages = [];
+    let hasMore = false;
+    let state = this.#rooms.get(room);
+    if (!state) {
+      let since = options.since;
+      if (since === void 0 && options.history) {
+        const page = await this.history(room, {
+          limit: options.history
+        });
+        messages = page.messages;
+        hasMore = page.has_more;
+        since = page.last_seq ?? 0;
+        if (this.#rooms.has(room)) return await this.join(room, options);
+      }
+      state = this.#newRoom(since);
+      this.#rooms.set(room, state);
+      for (const m of messages) this.#emit("message", m);
+    }
+    const current2 = state;
+    const joined = current2.live && current2.joinedFrame ? Promise.resolve(current2.joinedFrame) : new Promise((resolve, reject) => current2.waiters.push({
+      resolve,
+      reject
+    }));
+    if (this.#ready() && current2.joinSentOn !== this.#generation) this.#sendJoin(room, current2);
+    const frame = await joined;
+    return {
+      room,
+      head: frame.head,
+      presence: frame.presence,
+      messages,
+      has_more: hasMore
+    };
+  }
+  /** Leaves a room: no more messages, presence or typing from it. */
+  async leave(room) {
+    const state = this.#rooms.get(room);
+    if (!state) return;
+    this.#clearTypers(room, state);
+    this.#rooms.delete(room);
+    for (const w of state.waiters) w.reject(new ChatError("left", `Left room "${room}"`));
+    if (this.#ready()) await this.#request({
+      type: "leave",
+      room
+    }).catch(() => {
+    });
+  }
+  /**
+   * Sends a message and resolves with the server's ack once it is durable. Queued while
+   * disconnected and resent with the same `client_id` after reconnecting, so it is stored once.
+   */
+  async send(room, options) {
+    const files = await Promise.all((options.files ?? []).map(encodeFile));
+    const frame = {
+      type: "send",
+      room,
+      body: options.body ?? "",
+      client_id: options.clientId ?? newClientId()
+    };
+    if (files.length > 0) frame.files = files;
+    const ack = await this.#request(frame, {
+      needsRoom: room
+    });
+    const { type: _type, ref: _ref, ...rest } = ack;
+    return rest;
+  }
+  /**
+   * Sends one file: inline in a `send` frame up to `inlineMaxBytes`, else over the HTTP upload
+   * route with progress events (in browsers; Deno reports the start and the end). When the
+   * upload route is missing or refuses the token, a file the server takes inline goes inline.
+   */
+  async sendFile(room, file, options = {}) {
+    const blob = toBlob(file);
+    const clientId = options.clientId ?? newClientId();
+    const inlineMax = this.#options.inlineMaxBytes ?? DEFAULTS.inlineMaxBytes;
+    const via = options.via ?? (blob.size <= inlineMax ? "inline" : "upload");
+    if (via === "upload") {
+      try {
+        return await this.upload(room, file, {
+          ...options,
+          clientId
+        });
+      } catch (err) {
+        const status = err instanceof ChatError ? err.status : void 0;
+        const routeUnusable = status === 401 || status === 403 || status === 404 || status === 405 || status === 501;
+        if (!routeUnusable || blob.size > (this.#options.maxFileBytes ?? DEFAULTS.maxFileBytes)) {
+          throw err;
+        }
+      }
+    }
+    return await this.#sendInline(room, file, blob, clientId, options);
+  }
+  /**
+   * Uploads one file over `POST /api/rooms/{kind}/{id}/attachments` (multipart, field `file`,
+   * optional `body` and `client_id`) and resolves with the stored message's ack; the message
+   * itself also arrives as a `message` event.
+   */
+  async upload(room, file, options = {}) {
+    const blob = toBlob(file);
+    const name = fileName(file);
+    const at = room.indexOf(":");
+    const url = `${this.httpUrl}/api/rooms/${encodeURIComponent(room.slice(0, at))}/${encodeURIComponent(room.slice(at + 1))}/attachments`;
+    const form = new FormData();
+    form.append("file", blob, name);
+    if (options.body) form.append("body", options.body);
+    const clientId = options.clientId ?? newClientId();
+    form.append("client_id", clientId);
+    const token = await this.#token();
+    let reported = -1;
+    const progress = (loaded) => {
+      if (loaded === reported) return;
+      reported = loaded;
+      options.onProgress?.({
+        loaded,
+        total: blob.size,
+        via: "upload"
+      });
+    };
+    const { status, text } = await postWithProgress(url, form, token, (share) => progress(Math.round(share * blob.size)));
+    let json = {};
+    try {
+      json = JSON.parse(text);
+    } catch {
+    }
+    if (status < 200 || status >= 300) {
+      const message2 = typeof json.message === "string" ? json.message : typeof json.error === "string" ? json.error : `Upload failed with HTTP ${status}`;
+      const code = typeof json.code === "string" ? json.code : "http";
+      throw new ChatError(code, message2, status);
+    }
+    progress(blob.size);
+    const message = json.message && typeof json.message === "object" ? json.message : json;
+    return {
+      room: message.room ?? room,
+      client_id: message.client_id ?? clientId,
+      id: message.id,
+      seq: message.seq,
+      created_at: message.created_at,
+      // The route answers 201 for a new message and 200 with the original for a repeated client_id.
+      duplicate: json.duplicate === true || status === 200
+    };
+  }
+  /**
+   * Says we are typing (default) or stopped. Call it on every keystroke: it sends at most one
+   * frame per `typingRenewMs`, renews while typing goes on, and stops by itself when it pauses.
+   */
+  typing(room, isTyping = true) {
+    const state = this.#rooms.get(room);
+    if (!state) return;
+    clearTimeout(state.typingIdle);
+    const now = Date.now();
+    if (isTyping) {
+      const renew = this.#options.typingRenewMs ?? DEFAULTS.typingRenewMs;
+      if (now - state.typingSentAt >= renew && this.#write({
+        type: "typing",
+        room,
+        is_typing: true
+      })) {
+        state.typingSentAt = now;
+      }
+      state.typingIdle = setTimeout(() => this.typing(room, false), this.#options.typingIdleMs ?? DEFAULTS.typingIdleMs);
+    } else if (state.typingSentAt > 0) {
+      state.typingSentAt = 0;
+      this.#write({
+        type: "typing",
+        room,
+        is_typing: false
+      });
+    }
+  }
+  /** Moves our read cursor forward (to the room's head without `seq`); resolves with it. */
+  async read(room, seq) {
+    const reply = await this.#request({
+      type: "read",
+      room,
+      seq
+    }, {
+      needsRoom: room
+    });
+    return reply.seq;
+  }
+  /** Reads a page of history, oldest first: the newest, `before` a seq, or `after` one. */
+  async history(room, options = {}) {
+    const reply = await this.#request({
+      type: "history",
+      room,
+      ...options
+    });
+    return {
+      messages: reply.messages,
+      has_more: reply.has_more,
+      first_seq: reply.first_seq,
+      last_seq: reply.last_seq
+    };
+  }
+  // ---- connection ----
+  async #open() {
+    const generation = ++this.#generation;
+    this.#setState({
+      state: this.#attempt === 0 ? "connecting" : "reconnecting",
+      attempt: this.#attempt
+    });
+    let token;
+    try {
+      token = await this.#token();
+    } catch (err) {
+      if (generation !== this.#generation) return;
+      this.#scheduleReconnect(void 0, err);
+      return;
+    }
+    if (generation !== this.#generation) return;
+    const Ctor = this.#options.WebSocket ?? globalThis.WebSocket;
+    const url = new URL(this.#options.url);
+    if (url.protocol === "http:") url.protocol = "ws:";
+    if (url.protocol === "https:") url.protocol = "wss:";
+    if (url.pathname === "/") url.pathname = "/ws";
+    let socket;
+    try {
+      socket = new Ctor(url.toString(), [
+        `bearer.${token}`
+      ]);
+    } catch (err) {
+      this.#scheduleReconnect(void 0, err);
+      return;
+    }
+    this.#socket = socket;
+    this.#armDeadline(socket);
+    socket.onmessage = (e) => {
+      if (this.#socket !== socket) return;
+      let frame;
+      try {
+        frame = JSON.parse(typeof e.data === "string" ? e.data : "");
+      } catch {
+        return;
+      }
+      this.#handle(frame);
+    };
+    socket.onclose = (e) => {
+      if (this.#socket !== socket) return;
+      this.#socket = null;
+      this.#disconnected(e.code);
+    };
+    socket.onerror = () => {
+    };
+  }
+  #disconnected(code) {
+    this.#stopTimers();
+    this.#generation++;
+    this.#joinRefs.clear();
+    for (const [name, room] of this.#rooms) {
+      room.live = false;
+      room.typingSentAt = 0;
+      this.#clearTypers(name, room);
+    }
+    if (code === UNAUTHORIZED) {
+      if (typeof this.#options.token === "function" && !this.#retriedToken) {
+        this.#retriedToken = true;
+        this.#scheduleReconnect(code);
+        return;
+      }
+      const err = new ChatError("unauthorized", "The server refused the token");
+      this.#failAll(err);
+      this.#setState({
+        state: "closed",
+        attempt: this.#attempt,
+        code,
+        reason: "unauthorized"
+      });
+      return;
+    }
+    this.#scheduleReconnect(code);
+  }
+  #scheduleReconnect(code, err) {
+    if (err) console.warn("chat client: connection attempt failed:", err);
+    const r = {
+      ...DEFAULTS,
+      ...this.#options.reconnect
+    };
+    this.#attempt++;
+    let delay = Math.min(r.maxDelayMs, r.minDelayMs * r.factor ** (this.#attempt - 1));
+    if (code === RATE_LIMITED) delay = Math.max(delay, 5e3);
+    delay = Math.round(delay * (1 - r.jitter * Math.random()));
+    this.#setState({
+      state: "reconnecting",
+      attempt: this.#attempt,
+      delay_ms: delay,
+      code
+    });
+    clearTimeout(this.#reconnectTimer);
+    this.#reconnectTimer = setTimeout(() => this.#open(), delay);
+  }
+  #retryNow() {
+    clearTimeout(this.#reconnectTimer);
+    if (this.#socket) return;
+    this.#open();
+  }
+  #armDeadline(socket) {
+    clearTimeout(this.#deadline);
+    const timeout = this.#options.timeoutMs ?? DEFAULTS.timeoutMs;
+    this.#deadline = setTimeout(() => {
+      if (this.#socket !== socket) return;
+      this.#socket = null;
+      try {
+        socket.close(4e3, "Timed out");
+      } catch {
+      }
+      this.#disconnected(1006);
+    }, timeout);
+  }
+  #stopTimers() {
+    clearTimeout(this.#deadline);
+    clearInterval(this.#heartbeatTimer);
+    this.#deadline = void 0;
+    this.#heartbeatTimer = void 0;
+  }
+  #welcomed(user) {
+    clearTimeout(this.#deadline);
+    this.#deadline = void 0;
+    this.#user = user;
+    this.#attempt = 0;
+    this.#retriedToken = false;
+    this.#setState({
+      state: "open",
+      attempt: 0
+    });
+    this.#emit("welcome", user);
+    const heartbeat = this.#options.heartbeatMs ?? DEFAULTS.heartbeatMs;
+    if (heartbeat > 0) {
+      const socket = this.#socket;
+      this.#heartbeatTimer = setInterval(() => {
+        if (!socket || this.#socket !== socket) return;
+        this.#write({
+          type: "ping"
+        });
+        if (this.#deadline === void 0) this.#armDeadline(socket);
+      }, heartbeat);
+    }
+    for (const [room, state] of this.#rooms) this.#sendJoin(room, state);
+    this.#flush();
+    this.#settleConnect(user);
+  }
+  #settleConnect(user) {
+    const waiters = this.#connectWaiters;
+    this.#connectWaiters = [];
+    for (const w of waiters) w.resolve(user);
+  }
+  #ready() {
+    return this.#state === "open" && this.#socket !== null;
+  }
+  async #token() {
+    const t = this.#options.token;
+    return typeof t === "function" ? await t() : t;
+  }
+  #setState(event) {
+    this.#state = event.state;
+    this.#emit("state", event);
+  }
+  // ---- requests ----
+  #request(frame, options = {}) {
+    if (this.#state === "closed" || this.#state === "idle") {
+      return Promise.reject(new ChatError("closed", "Not connected: call connect() first"));
+    }
+    const ref = this.#nextRef++;
+    return new Promise((resolve, reject) => {
+      const pending = {
+        frame: {
+          ...frame,
+          ref
+        },
+        resolve,
+        reject,
+        needsRoom: options.needsRoom,
+        sentOn: -1,
+        retries: 0
+      };
+      this.#pending.set(ref, pending);
+      this.#flush();
+    });
+  }
+  /** Writes every request not yet written on this socket whose room is joined (or being joined). */
+  #flush() {
+    if (!this.#ready()) return;
+    for (const pending of this.#pending.values()) {
+      if (pending.sentOn === this.#generation) continue;
+      const room = pending.needsRoom ? this.#rooms.get(pending.needsRoom) : void 0;
+      if (room && room.joinSentOn !== this.#generation) continue;
+      if (this.#write(pending.frame)) pending.sentOn = this.#generation;
+    }
+  }
+  #write(frame) {
+    const socket = this.#socket;
+    if (!socket || socket.readyState !== 1 || this.#state !== "open") return false;
+    socket.send(JSON.stringify(frame));
+    return true;
+  }
+  #sendJoin(room, state) {
+    const ref = this.#nextRef++;
+    this.#joinRefs.set(ref, room);
+    const frame = {
+      type: "join",
+      room,
+      ref
+    };
+    if (state.lastSeq !== void 0) frame.since = state.lastSeq;
+    if (this.#write(frame)) {
+      state.joinSentOn = this.#generation;
+      this.#flush();
+    }
+  }
+  #failAll(err) {
+    const pending = [
+      ...this.#pending.values()
+    ];
+    this.#pending.clear();
+    this.#joinRefs.clear();
+    for (const p of pending) p.reject(err);
+    for (const room of this.#rooms.values()) {
+      for (const w of room.waiters) w.reject(err);
+      room.waiters = [];
+    }
+    const waiters = this.#connectWaiters;
+    this.#connectWaiters = [];
+    for (const w of waiters) w.reject(err);
+  }
+  // ---- incoming frames ----
+  #handle(frame) {
+    const ref = typeof frame.ref === "number" ? frame.ref : void 0;
+    switch (frame.type) {
+      case "welcome":
+        this.#welcomed(frame.user);
+        return;
+      case "pong":
+        clearTimeout(this.#deadline);
+        this.#deadline = void 0;
+        return;
+      case "message":
+        this.#enqueue(frame.room, (room) => this.#deliver(room, frame));
+        return;
+      case "resync":
+        this.#enqueue(frame.room, (room) => {
+          room.lastSeq = frame.first_seq - 1;
+          this.#emit("resync", frame);
+        });
+        return;
+      case "joined":
+        if (ref !== void 0 && this.#joinRefs.has(ref)) {
+          this.#joinRefs.delete(ref);
+          this.#joined(frame);
+          return;
+        }
+        break;
+      case "presence":
+        this.#presence(frame);
+        return;
+      case "typing":
+        this.#typingEvent(frame);
+        return;
+      case "read":
+        if (frame.user) this.#emit("read", frame);
+        return;
+      case "removed": {
+        const state = this.#rooms.get(frame.room);
+        if (state) {
+          this.#clearTypers(frame.room, state);
+          this.#rooms.delete(frame.room);
+          const err = new ChatError(String(frame.reason), `Removed from "${frame.room}"`);
+          for (const w of state.waiters) w.reject(err);
+        }
+        this.#emit("removed", frame);
+        return;
+      }
+      case "error":
+        if (ref !== void 0 && this.#joinRefs.has(ref)) {
+          this.#joinFailed(this.#joinRefs.get(ref), frame);
+          this.#joinRefs.delete(ref);
+          return;
+        }
+        if (ref !== void 0 && this.#pending.has(ref)) {
+          this.#requestFailed(ref, frame);
+          return;
+        }
+        this.#emit("error", new ChatError(String(frame.code), String(frame.message)));
+        return;
+    }
+    if (ref !== void 0) {
+      const pending = this.#pending.get(ref);
+      if (pending) {
+        this.#pending.delete(ref);
+        pending.resolve(frame);
+      }
+    }
+  }
+  #requestFailed(ref, frame) {
+    const pending = this.#pending.get(ref);
+    const code = String(frame.code);
+    if ((code === "rate_limited" || code === "internal") && pending.retries < 5) {
+      pending.retries++;
+      pending.sentOn = -1;
+      setTimeout(() => this.#flush(), 500 * pending.retries);
+      return;
+    }
+    const room = pending.needsRoom ? this.#rooms.get(pending.needsRoom) : void 0;
+    if (code === "not_found" && room && !room.live && pending.retries < 5) {
+      pending.retries++;
+      pending.sentOn = -1;
+      return;
+    }
+    this.#pending.delete(ref);
+    pending.reject(new ChatError(code, String(frame.message)));
+  }
+  #joined(frame) {
+    const name = frame.room;
+    const state = this.#rooms.get(name);
+    if (!state) return;
+    state.live = true;
+    state.joinRetries = 0;
+    state.joinedFrame = frame;
+    state.presence = new Map(frame.presence.map((u) => [
+      String(u.id),
+      u
+    ]));
+    this.#emit("presence", {
+      room: name,
+      action: "sync",
+      users: this.presence(name)
+    });
+    this.#enqueue(name, (room) => {
+      if (room.lastSeq === void 0) room.lastSeq = frame.head;
+      const waiters = room.waiters;
+      room.waiters = [];
+      for (const w of waiters) w.resolve(frame);
+    });
+  }
+  #joinFailed(name, frame) {
+    const state = this.#rooms.get(name);
+    if (!state) return;
+    const code = String(frame.code);
+    if ((code === "internal" || code === "rate_limited") && state.joinRetries < 5) {
+      state.joinRetries++;
+      state.joinSentOn = -1;
+      const generation = this.#generation;
+      setTimeout(() => {
+        if (this.#rooms.get(name) === state && generation === this.#generation && this.#ready()) {
+          this.#sendJoin(name, state);
+        }
+      }, 500 * state.joinRetries);
+      return;
+    }
+    const err = new ChatError(code, String(frame.message));
+    this.#rooms.delete(name);
+    for (const w of state.waiters) w.reject(err);
+    this.#emit("error", err);
+  }
+  #enqueue(name, task) {
+    const room = this.#rooms.get(name);
+    if (!room) return;
+    room.chain = room.chain.then(() => {
+      if (this.#rooms.get(name) === room) return task(room);
+    }).catch((err) => console.error("chat client: delivery failed:", err));
+  }
+  async #deliver(room, message) {
+    if (room.lastSeq !== void 0) {
+      if (message.seq <= room.lastSeq) return;
+      if (message.seq > room.lastSeq + 1) await this.#fillGap(room, message);
+    }
+    if (room.lastSeq !== void 0 && message.seq <= room.lastSeq) return;
+    room.lastSeq = message.seq;
+    this.#emit("message", message);
+  }
+  /** The server promises no gaps; should one appear anyway, read it back before going on. */
+  async #fillGap(room, upTo) {
+    while (room.lastSeq !== void 0 && room.lastSeq + 1 < upTo.seq) {
+      let page;
+      try {
+        page = await this.history(upTo.room, {
+          after: room.lastSeq,
+          limit: Math.min(200, upTo.seq - room.lastSeq - 1)
+        });
+      } catch {
+        return;
+      }
+      const older = page.messages.filter((m) => m.seq < upTo.seq && m.seq > room.lastSeq);
+      if (older.length === 0) return;
+      for (const m of older) {
+        room.lastSeq = m.seq;
+        this.#emit("message", m);
+      }
+    }
+  }
+  #presence(frame) {
+    const name = frame.room;
+    const state = this.#rooms.get(name);
+    if (!state || !frame.user) return;
+    const user = frame.user;
+    const action = frame.action === "leave" ? "leave" : "join";
+    if (action === "join") state.presence.set(String(user.id), user);
+    else state.presence.delete(String(user.id));
+    this.#emit("presence", {
+      room: name,
+      action,
+      user,
+      users: this.presence(name)
+    });
+  }
+  #typingEvent(frame) {
+    const name = frame.room;
+    const state = this.#rooms.get(name);
+    if (!state || !frame.user) return;
+    const user = frame.user;
+    const key = String(user.id);
+    clearTimeout(state.typers.get(key)?.timer);
+    const isTyping = frame.is_typing === true;
+    if (isTyping) {
+      const timer = setTimeout(() => {
+        state.typers.delete(key);
+        this.#emit("typing", {
+          room: name,
+          user,
+          is_typing: false,
+          typers: this.typers(name)
+        });
+      }, TYPING_EXPIRY_MS);
+      state.typers.set(key, {
+        user,
+        timer
+      });
+    } else {
+      state.typers.delete(key);
+    }
+    this.#emit("typing", {
+      room: name,
+      user,
+      is_typing: isTyping,
+      typers: this.typers(name)
+    });
+  }
+  /** Others' typing states end with the socket that brought them: nobody renews them now. */
+  #clearTypers(name, room) {
+    for (const t of room.typers.values()) clearTimeout(t.timer);
+    clearTimeout(room.typingIdle);
+    const had = [
+      ...room.typers.values()
+    ];
+    room.typers.clear();
+    for (const t of had) {
+      this.#emit("typing", {
+        room: name,
+        user: t.user,
+        is_typing: false,
+        typers: []
+      });
+    }
+  }
+  #newRoom(since) {
+    return {
+      lastSeq: since,
+      joinSentOn: -1,
+      joinRetries: 0,
+      live: false,
+      presence: /* @__PURE__ */ new Map(),
+      typers: /* @__PURE__ */ new Map(),
+      chain: Promise.resolve(),
+      waiters: [],
+      typingSentAt: 0
+    };
+  }
+  #emit(type, event) {
+    for (const listener of this.#listeners.get(type) ?? []) {
+      try {
+        listener(event);
+      } catch (err) {
+        console.error(`chat client: ${type} listener failed:`, err);
+      }
+    }
+  }
+  async #sendInline(room, file, blob, clientId, options) {
+    const total = blob.size;
+    const report = (loaded) => options.onProgress?.({
+      loaded,
+      total,
+      via: "inline"
+    });
+    report(0);
+    const socket = this.#socket;
+    const before = socket?.bufferedAmount ?? 0;
+    let seen = false;
+    const poll = setInterval(() => {
+      if (!socket || this.#socket !== socket) return;
+      const left = Math.max(0, socket.bufferedAmount - before) * 3 / 4;
+      if (left > 0) seen = true;
+      if (seen) report(Math.max(0, Math.min(total, Math.round(total - left))));
+    }, 100);
+    try {
+      const ack = await this.send(room, {
+        body: options.body,
+        files: [
+          file
+        ],
+        clientId
+      });
+      report(total);
+      return ack;
+    } finally {
+      clearInterval(poll);
+    }
+  }
+};
+function fileName(file) {
+  if (file instanceof Blob) return file.name || "file";
+  return file.name;
+}
+function toBlob(file) {
+  if (file instanceof Blob) return file;
+  return file.data instanceof Blob ? file.data : new Blob([
+    file.data
+  ], {
+    type: file.type ?? ""
+  });
+}
+async function encodeFile(file) {
+  const name = fileName(file);
+  const bytes = !(file instanceof Blob) && file.data instanceof Uint8Array ? file.data : new Uint8Array(await toBlob(file).arrayBuffer());
+  return {
+    name,
+    data: bytesToBase64(bytes)
+  };
+}
+function postWithProgress(url, form, token, progress) {
+  const XhrCtor = globalThis.XMLHttpRequest;
+  progress(0);
+  if (!XhrCtor) {
+    return fetch(url, {
+      method: "POST",
+      body: form,
+      headers: {
+        authorization: `Bearer ${token}`
+      }
+    }).then(async (res) => ({
+      status: res.status,
+      text: await res.text()
+    })).catch((err) => {
+      throw new ChatError("network", `Upload failed: ${err.message}`);
+    });
+  }
+  return new Promise((resolve, reject) => {
+    const xhr = new XhrCtor();
+    xhr.open("POST", url);
+    xhr.setRequestHeader("authorization", `Bearer ${token}`);
+    xhr.upload.onprogress = (e) => {
+      if (e.lengthComputable && e.total > 0) progress(e.loaded / e.total);
+    };
+    xhr.onload = () => resolve({
+      status: xhr.status,
+      text: xhr.responseText
+    });
+    xhr.onerror = () => reject(new ChatError("network", "Upload failed: network error"));
+    xhr.onabort = () => reject(new ChatError("network", "Upload aborted"));
+    xhr.send(form);
+  });
+}
+
+// web/app.ts
+var ROOM_KEY = /^(ticket|chat|service-chat|support-chat|room):[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$/;
+var DEV_GRANTS = [
+  "room:*",
+  "ticket:*",
+  "chat:*"
+];
+var SESSION_KEY = "chat-session";
+var PAGE_SIZE = 50;
+var $ = (id) => document.getElementById(id);
+var ui = {
+  signin: $("signin"),
+  signinForm: $("signin-form"),
+  signinName: $("signin-name"),
+  signinRooms: $("signin-rooms"),
+  signinTokenField: $("signin-token-field"),
+  signinToken: $("signin-token"),
+  signinHint: $("signin-hint"),
+  signinError: $("signin-error"),
+  chat: $("chat"),
+  me: $("me"),
+  status: $("status"),
+  banner: $("banner"),
+  signout: $("signout"),
+  rooms: $("rooms"),
+  addRoom: $("add-room"),
+  addRoomInput: $("add-room-input"),
+  people: $("people"),
+  roomTitle: $("room-title"),
+  roomCount: $("room-count"),
+  messages: $("messages"),
+  older: $("older"),
+  lists: $("lists"),
+  typing: $("typing"),
+  upload: $("upload"),
+  uploadName: $("upload-name"),
+  uploadProgress: $("upload-progress"),
+  uploadPercent: $("upload-percent"),
+  sendError: $("send-error"),
+  composer: $("composer"),
+  text: $("text"),
+  file: $("file")
+};
+var devSignIn = document.body.dataset.devSignIn === "on";
+var client = null;
+var session = null;
+var current = null;
+var views = /* @__PURE__ */ new Map();
+function normalizeRoom(text) {
+  const trimmed = text.trim();
+  if (!trimmed) return null;
+  const key = trimmed.includes(":") ? trimmed : `room:${trimmed}`;
+  return ROOM_KEY.test(key) ? key : null;
+}
+function parseRooms(text) {
+  const rooms = [];
+  for (const part of text.split(",")) {
+    if (!part.trim()) continue;
+    const key = normalizeRoom(part);
+    if (!key) return `"${part.trim()}" is not a room: use kind:id, e.g. room:general or ticket:1`;
+    if (!rooms.includes(key)) rooms.push(key);
+  }
+  return rooms.length > 0 ? rooms : "Name at least one room";
+}
+function displayName(user) {
+  if (!user) return "System";
+  return user.name || user.username || String(user.id);
+}
+function isMe(user) {
+  return !!user && !!client?.user && String(user.id) === String(client.user.id);
+}
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== void 0) node.textContent = text;
+  return node;
+}
+function safeUrl(url) {
+  try {
+    const parsed = new URL(url, location.href);
+    return parsed.protocol === "http:" || parsed.protocol === "https:" ? parsed.href : null;
+  } catch {
+    return null;
+  }
+}
+function showSignIn(error = "") {
+  ui.chat.hidden = true;
+  ui.signin.hidden = false;
+  ui.signinTokenField.hidden = devSignIn;
+  ui.signinHint.textContent = devSignIn ? "Development sign-in: pick any name. Open a second window to chat with yourself." : "Paste a token signed with the server's key, and pick the rooms to join.";
+  ui.signinError.textContent = error;
+  if (session?.name) ui.signinName.value = session.name;
+  ui.signinName.focus();
+}
+async function mintDevToken(name, rooms) {
+  const grants = [
+    .../* @__PURE__ */ new Set([
+      ...DEV_GRANTS,
+      ...rooms
+    ])
+  ];
+  const res = await fetch("/dev/token", {
+    method: "POST",
+    headers: {
+      "content-type": "application/json"
+    },
+    body: JSON.stringify({
+      name,
+      rooms: grants
+    })
+  });
+  const json = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(json.error ?? `Sign-in failed with HTTP ${res.status}`);
+  return json.token;
+}
+ui.signinForm.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  ui.signinError.textContent = "";
+  const rooms = parseRooms(ui.signinRooms.value);
+  if (typeof rooms === "string") {
+    ui.signinError.textContent = rooms;
+    return;
+  }
+  const name = ui.signinName.value.trim();
+  try {
+    let token;
+    if (devSignIn) {
+      if (!name) throw new Error("Pick a name");
+      token = await mintDevToken(name, rooms);
+    } else {
+      token = ui.signinToken.value.trim();
+      if (!token) throw new Error("Paste a token");
+    }
+    session = {
+      token,
+      name,
+      rooms
+    };
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
+    await start(session);
+  } catch (err) {
+    ui.signinError.textContent = err.message;
+  }
+});
+ui.signout.addEventListener("click", () => {
+  sessionStorage.removeItem(SESSION_KEY);
+  stop();
+  showSignIn();
+});
+function stop() {
+  client?.close();
+  client = null;
+  current = null;
+  views.clear();
+  ui.lists.replaceChildren();
+  ui.rooms.replaceChildren();
+  ui.people.replaceChildren();
+}
+async function start(s) {
+  stop();
+  const chat = new ChatClient({
+    url: `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`,
+    token: s.token,
+    reconnect: {
+      minDelayMs: 300,
+      maxDelayMs: 5e3
+    }
+  });
+  client = chat;
+  chat.on("state", renderState);
+  chat.on("message", onMessage);
+  chat.on("resync", (e) => resetRoom(e.room));
+  chat.on("presence", (e) => {
+    if (e.room === current) renderPeople();
+  });
+  chat.on("typing", (e) => {
+    if (e.room === current) renderTyping();
+  });
+  chat.on("read", (e) => {
+    const view = views.get(e.room);
+    if (!view) return;
+    view.reads.set(String(e.user.id), {
+      user: e.user,
+      seq: e.seq
+    });
+    const nearBottom = isNearBottom(120);
+    renderReceipts(view);
+    if (nearBottom && e.room === current) scrollToBottom(true);
+  });
+  chat.on("removed", (e) => {
+    showError(`You were removed from ${e.room} (${e.reason.replace("_", " ")})`);
+    dropRoom(e.room);
+  });
+  chat.on("error", (e) => showError(e.message));
+  ui.signin.hidden = true;
+  ui.chat.hidden = false;
+  try {
+    const user = await chat.connect();
+    if (client !== chat) return;
+    ui.me.textContent = `signed in as ${displayName(user)}`;
+  } catch (err) {
+    if (client !== chat) return;
+    stop();
+    sessionStorage.removeItem(SESSION_KEY);
+    showSignIn(`Could not sign in: ${err.message}`);
+    return;
+  }
+  for (const room of s.rooms) addRoom(room);
+  selectRoom(roomFromHash() ?? s.rooms[0]);
+}
+function renderState(e) {
+  ui.status.dataset.state = e.state;
+  ui.status.textContent = e.state === "open" ? "Connected" : e.state === "connecting" ? "Connecting\u2026" : e.state === "reconnecting" ? `Reconnecting\u2026${e.attempt > 1 ? ` (attempt ${e.attempt})` : ""}` : e.state === "closed" ? "Disconnected" : "";
+  ui.banner.hidden = e.state !== "reconnecting";
+  if (e.state === "closed" && e.reason === "unauthorized") {
+    stop();
+    sessionStorage.removeItem(SESSION_KEY);
+    showSignIn("Your session expired or was refused: sign in again.");
+  }
+  if (e.state === "open" && current) renderPeople();
+}
+function addRoom(name) {
+  if (views.has(name) || !client) return;
+  const list = el("ol", "message-list");
+  list.dataset.room = name;
+  list.hidden = true;
+  ui.lists.append(list);
+  const item = el("li");
+  item.dataset.room = name;
+  item.append(el("span", "room-name", name), el("span", "unread"));
+  item.addEventListener("click", () => selectRoom(name));
+  ui.rooms.append(item);
+  const view = {
+    name,
+    list,
+    item,
+    rendered: /* @__PURE__ */ new Map(),
+    hasMore: false,
+    unread: 0,
+    reads: /* @__PURE__ */ new Map(),
+    pending: /* @__PURE__ */ new Map(),
+    readSent: 0
+  };
+  views.set(name, view);
+  renderUnread(view);
+  const chat = client;
+  chat.join(name, {
+    history: PAGE_SIZE
+  }).then((joined) => {
+    if (views.get(name) !== view) return;
+    view.hasMore = joined.has_more;
+    if (name === current) {
+      renderOlderButton();
+      renderPeople();
+      markRead(view);
+    }
+  }).catch((err) => {
+    if (views.get(name) !== view) return;
+    showError(`Could not join ${name}: ${err.message}`);
+    dropRoom(name);
+  });
+}
+function dropRoom(name) {
+  const view = views.get(name);
+  if (!view) return;
+  views.delete(name);
+  view.list.remove();
+  view.item.remove();
+  if (session) {
+    session.rooms = session.rooms.filter((r) => r !== name);
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
+  }
+  if (current === name) selectRoom([
+    ...views.keys()
+  ][0] ?? null);
+}
+function selectRoom(name) {
+  current = name && views.has(name) ? name : null;
+  for (const view of views.values()) {
+    const on = view.name === current;
+    view.list.hidden = !on;
+    view.item.classList.toggle("current", on);
+  }
+  ui.roomTitle.textContent = current ?? "No room";
+  ui.text.placeholder = current ? `Message ${current}` : "Join a room first";
+  if (current) {
+    history.replaceState(null, "", `#${current}`);
+    const view = views.get(current);
+    view.unread = 0;
+    renderUnread(view);
+    markRead(view);
+  }
+  renderOlderButton();
+  renderPeople();
+  renderTyping();
+  scrollToBottom(true);
+}
+function roomFromHash() {
+  const name = decodeURIComponent(location.hash.slice(1));
+  return views.has(name) ? name : null;
+}
+ui.addRoom.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const name = normalizeRoom(ui.addRoomInput.value);
+  if (!name) {
+    showError("Use kind:id, e.g. room:random or ticket:2");
+    return;
+  }
+  ui.addRoomInput.value = "";
+  addRoom(name);
+  if (session && !session.rooms.includes(name)) {
+    session.rooms.push(name);
+    sessionStorage.setItem(SESSION_KEY, JSON.stringify(session));
+  }
+  selectRoom(name);
+});
+function renderUnread(view) {
+  const badge = view.item.querySelector(".unread");
+  badge.textContent = view.unread > 0 ? String(view.unread) : "";
+  badge.hidden = view.unread === 0;
+  const total = [
+    ...views.values()
+  ].reduce((n, v) => n + v.unread, 0);
+  document.title = total > 0 ? `(${total}) Chat` : "Chat";
+}
+function renderPeople() {
+  const users = current && client ? client.presence(current) : [];
+  const typing = new Set((current && client ? client.typers(current) : []).map((u) => String(u.id)));
+  ui.people.replaceChildren(...users.map((u) => {
+    const li = el("li", "", displayName(u) + (isMe(u) ? " (you)" : ""));
+    li.dataset.userId = String(u.id);
+    if (typing.has(String(u.id))) li.append(el("span", "tag", "typing\u2026"));
+    return li;
+  }));
+  ui.roomCount.textContent = current ? `${users.length} here` : "";
+}
+function renderTyping() {
+  const typers = current && client ? client.typers(current) : [];
+  const names = typers.map(displayName);
+  ui.typing.textContent = names.length === 0 ? "" : names.length === 1 ? `${names[0]} is typing\u2026` : names.length === 2 ? `${names[0]} and ${names[1]} are typing\u2026` : "Several people are typing\u2026";
+  renderPeople();
+}
+function renderOlderButton() {
+  const view = current ? views.get(current) : void 0;
+  ui.older.hidden = !view || !view.hasMore;
+}
+function onMessage(message) {
+  const view = views.get(message.room);
+  if (!view) return;
+  const nearBottom = isNearBottom();
+  if (message.client_id && view.pending.has(message.client_id)) {
+    view.pending.get(message.client_id).el.remove();
+    view.pending.delete(message.client_id);
+  }
+  const li = renderMessage(message);
+  const firstPending = view.list.querySelector("li.pending");
+  view.list.insertBefore(li, firstPending);
+  view.rendered.set(message.seq, li);
+  view.firstSeq = Math.min(view.firstSeq ?? message.seq, message.seq);
+  view.lastSeq = Math.max(view.lastSeq ?? 0, message.seq);
+  if (message.room === current) {
+    if (nearBottom || isMe(message.sender)) scrollToBottom(true);
+    markRead(view);
+  } else if (!isMe(message.sender)) {
+    view.unread++;
+    renderUnread(view);
+  }
+  renderReceipts(view);
+}
+function renderMessage(message) {
+  const li = el("li", "msg");
+  if (isMe(message.sender)) li.classList.add("mine");
+  li.dataset.seq = String(message.seq);
+  li.dataset.id = message.id;
+  li.dataset.senderId = message.sender ? String(message.sender.id) : "";
+  const meta = el("div", "meta");
+  const time = el("time", "", formatTime(message.created_at));
+  time.dateTime = message.created_at;
+  time.title = new Date(message.created_at).toLocaleString();
+  meta.append(el("span", "author", displayName(message.sender)), time);
+  li.append(meta);
+  if (message.body) li.append(el("div", "body", message.body));
+  if (message.attachments.length > 0) {
+    const files = el("div", "files");
+    for (const a of message.attachments) {
+      const url = safeUrl(a.url);
+      if (!url) continue;
+      const link = el("a", "file");
+      link.href = url;
+      link.target = "_blank";
+      link.rel = "noopener";
+      if (a.mime.startsWith("image/") && a.mime !== "image/svg+xml") {
+        const img = el("img");
+        img.src = url;
+        img.alt = a.name;
+        img.loading = "lazy";
+        img.addEventListener("load", () => {
+          if (message.room === current && isNearBottom(240)) scrollToBottom(true);
+        });
+        link.append(img);
+      } else {
+        const ext = a.name.includes(".") ? a.name.split(".").pop().slice(0, 4) : "file";
+        link.append(el("span", "file-ext", ext.toUpperCase()), el("span", "file-name", a.name), el("span", "file-size", formatBytes(a.size)));
+      }
+      files.append(link);
+    }
+    li.append(files);
+  }
+  li.append(el("div", "receipts"));
+  return li;
+}
+function renderPending(view, clientId, text) {
+  const li = el("li", "msg mine pending");
+  li.dataset.clientId = clientId;
+  const meta = el("div", "meta");
+  meta.append(el("span", "author", displayName(client?.user ?? null)), el("span", "", "sending\u2026"));
+  li.append(meta, el("div", "body", text));
+  view.list.append(li);
+  view.pending.set(clientId, {
+    el: li
+  });
+  scrollToBottom(true);
+  return li;
+}
+function formatTime(iso) {
+  const date = new Date(iso);
+  const sameDay = date.toDateString() === (/* @__PURE__ */ new Date()).toDateString();
+  return sameDay ? date.toLocaleTimeString([], {
+    hour: "2-digit",
+    minute: "2-digit"
+  }) : date.toLocaleString([], {
+    month: "short",
+    day: "numeric",
+    hour: "2-digit",
+    minute: "2-digit"
+  });
+}
+function renderReceipts(view) {
+  for (const li of view.list.querySelectorAll(".receipts")) li.textContent = "";
+  const bySeq = /* @__PURE__ */ new Map();
+  const seqs = [
+    ...view.rendered.keys()
+  ].sort((a, b) => a - b);
+  for (const { user, seq } of view.reads.values()) {
+    let target;
+    for (const s of seqs) {
+      if (s > seq) break;
+      const sender = view.rendered.get(s)?.dataset.senderId;
+      if (sender !== String(user.id)) target = s;
+    }
+    if (target === void 0) continue;
+    bySeq.set(target, [
+      ...bySeq.get(target) ?? [],
+      displayName(user)
+    ]);
+  }
+  for (const [seq, names] of bySeq) {
+    const receipts = view.rendered.get(seq)?.querySelector(".receipts");
+    if (receipts) receipts.textContent = `Seen by ${names.join(", ")}`;
+  }
+}
+function resetRoom(name) {
+  const view = views.get(name);
+  if (!view) return;
+  for (const li of view.rendered.values()) li.remove();
+  view.rendered.clear();
+  view.firstSeq = view.lastSeq = void 0;
+  view.hasMore = true;
+  renderOlderButton();
+}
+function markRead(view) {
+  if (!client || view.name !== current || document.visibilityState !== "visible") return;
+  const seq = view.lastSeq;
+  if (seq === void 0 || seq <= view.readSent) return;
+  view.readSent = seq;
+  client.read(view.name, seq).catch(() => {
+    view.readSent = 0;
+  });
+}
+document.addEventListener("visibilitychange", () => {
+  const view = current ? views.get(current) : void 0;
+  if (view) markRead(view);
+});
+ui.older.addEventListener("click", async () => {
+  const view = current ? views.get(current) : void 0;
+  if (!view || !client) return;
+  ui.older.disabled = true;
+  try {
+    const page = await client.history(view.name, {
+      before: view.firstSeq ?? (view.lastSeq ?? 0) + 1,
+      limit: PAGE_SIZE
+    });
+    const height = ui.messages.scrollHeight;
+    const anchor = view.list.firstChild;
+    for (const m of page.messages) {
+      if (view.rendered.has(m.seq)) continue;
+      const li = renderMessage(m);
+      view.list.insertBefore(li, anchor);
+      view.rendered.set(m.seq, li);
+      view.firstSeq = Math.min(view.firstSeq ?? m.seq, m.seq);
+    }
+    view.hasMore = page.has_more;
+    ui.messages.scrollTop += ui.messages.scrollHeight - height;
+    renderReceipts(view);
+  } catch (err) {
+    showError(err.message);
+  } finally {
+    ui.older.disabled = false;
+    renderOlderButton();
+  }
+});
+function isNearBottom(slack = 80) {
+  const m = ui.messages;
+  return m.scrollHeight - m.scrollTop - m.clientHeight < slack;
+}
+function scrollToBottom(force = false) {
+  if (force || isNearBottom()) ui.messages.scrollTop = ui.messages.scrollHeight;
+}
+function showError(text) {
+  ui.sendError.textContent = text;
+  if (text) {
+    setTimeout(() => ui.sendError.textContent === text && (ui.sendError.textContent = ""), 6e3);
+  }
+}
+ui.composer.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const view = current ? views.get(current) : void 0;
+  const body = ui.text.value;
+  if (!view || !client || !body.trim()) return;
+  ui.text.value = "";
+  client.typing(view.name, false);
+  const clientId = newClientId();
+  const pending = renderPending(view, clientId, body);
+  client.send(view.name, {
+    body,
+    clientId
+  }).catch((err) => {
+    pending.remove();
+    view.pending.delete(clientId);
+    showError(`Not sent: ${err.message}`);
+    if (!ui.text.value) ui.text.value = body;
+  });
+});
+ui.text.addEventListener("input", () => {
+  if (!current || !client) return;
+  client.typing(current, ui.text.value.trim() !== "");
+});
+async function sendFiles(files) {
+  const view = current ? views.get(current) : void 0;
+  if (!view || !client) return;
+  for (const file of files) {
+    ui.upload.hidden = false;
+    ui.uploadName.textContent = file.name;
+    ui.uploadProgress.value = 0;
+    ui.uploadPercent.textContent = "0%";
+    try {
+      await client.sendFile(view.name, file, {
+        onProgress: ({ loaded, total }) => {
+          const share = total > 0 ? loaded / total : 1;
+          ui.uploadProgress.value = share;
+          ui.uploadPercent.textContent = `${Math.round(share * 100)}%`;
+        }
+      });
+    } catch (err) {
+      showError(`${file.name} not sent: ${err.message}`);
+    }
+  }
+  ui.upload.hidden = true;
+}
+ui.file.addEventListener("change", () => {
+  const files = [
+    ...ui.file.files ?? []
+  ];
+  ui.file.value = "";
+  sendFiles(files);
+});
+ui.messages.addEventListener("dragover", (e) => {
+  if (!e.dataTransfer?.types.includes("Files")) return;
+  e.preventDefault();
+  ui.messages.classList.add("dragging");
+});
+ui.messages.addEventListener("dragleave", () => ui.messages.classList.remove("dragging"));
+ui.messages.addEventListener("drop", (e) => {
+  e.preventDefault();
+  ui.messages.classList.remove("dragging");
+  sendFiles([
+    ...e.dataTransfer?.files ?? []
+  ]);
+});
+try {
+  session = JSON.parse(sessionStorage.getItem(SESSION_KEY) ?? "null");
+} catch {
+  session = null;
+}
+if (session?.token && Array.isArray(session.rooms) && session.rooms.length > 0) {
+  start(session);
+} else {
+  showSignIn();
+}
