@@ -241,14 +241,12 @@ Deno.test({
         );
         assert(seen.shown, "the upload bar was never shown");
         assertEquals(seen.max, 1);
-        // Over the HTTP route when it takes user tokens; inline otherwise (see the report).
+        // Large files go over the HTTP upload route as the signed-in user, with progress.
         const ok = uploads.filter((u) => u.status >= 200 && u.status < 300);
-        console.log(
-          ok.length > 0
-            ? "large file went over POST /api/rooms/.../attachments"
-            : `large file went inline (upload route answered ${
-              uploads.map((u) => u.status).join(", ") || "nothing"
-            })`,
+        assertEquals(
+          ok.length,
+          1,
+          `upload route answered ${uploads.map((u) => u.status).join(", ")}`,
         );
       });
 
