@@ -577,3 +577,30 @@ Deno.test({
     }
   },
 });
+
+contract("roomAccess tells known, owner and participation in one call", async (d) => {
+  const none = { known: false, ownerId: null, participant: false };
+  assertEquals(await d.roomAccess("ticket", "9", "u1"), none);
+  await d.upsertRoom({ kind: "ticket", id: "9", ownerId: "boss" });
+  assertEquals(await d.roomAccess("ticket", "9", "u1"), {
+    known: true,
+    ownerId: "boss",
+    participant: false,
+  });
+  await d.addParticipant("ticket", "9", { userId: "u1", role: "member" });
+  assertEquals(await d.roomAccess("ticket", "9", "u1"), {
+    known: true,
+    ownerId: "boss",
+    participant: true,
+  });
+  assertEquals((await d.roomAccess("ticket", "9", "u2")).participant, false);
+  // A participant of a room the directory has no row for still counts.
+  await d.addParticipant("chat", "77", { userId: "u1", role: "member" });
+  assertEquals(await d.roomAccess("chat", "77", "u1"), {
+    known: false,
+    ownerId: null,
+    participant: true,
+  });
+  await d.removeParticipant("ticket", "9", "u1");
+  assertEquals((await d.roomAccess("ticket", "9", "u1")).participant, false);
+});

@@ -48,16 +48,17 @@ export class DirectoryAccessPolicy implements AccessPolicy {
     const id = colon > 0 ? room.slice(colon + 1) : "";
     const userId = String(user.id);
     const lookups = kind !== "" && id !== "";
-    const [stored, known, participant] = await Promise.all([
+    const [stored, access] = await Promise.all([
       roleIsStored ? this.#directory.getUser(userId) : Promise.resolve(null),
-      lookups ? this.#directory.getRoom(kind, id) : Promise.resolve(null),
-      lookups ? this.#directory.getParticipant(kind, id, userId) : Promise.resolve(null),
+      lookups
+        ? this.#directory.roomAccess(kind, id, userId)
+        : Promise.resolve({ known: false, ownerId: null, participant: false }),
     ]);
     if (roleIsStored && roleGrantsAccess({ ...user, role: stored?.role ?? undefined }, room)) {
       return true;
     }
-    if (participant || (known !== null && known.ownerId === userId)) return true;
-    if (known) return false;
+    if (access.participant || (access.known && access.ownerId === userId)) return true;
+    if (access.known) return false;
     return user.grants.some((g) => grantMatches(g, room));
   }
 }

@@ -77,6 +77,15 @@ export interface Directory {
   removeParticipant(kind: string, id: string, userId: string): Promise<boolean>;
   /** Lists a room's participants. */
   listParticipants(kind: string, id: string): Promise<Participant[]>;
+  /**
+   * What access needs to know in one round trip: whether the room is known, its owner, and
+   * whether `userId` is a participant (participants of rooms the directory has no row for count).
+   */
+  roomAccess(
+    kind: string,
+    id: string,
+    userId: string,
+  ): Promise<{ known: boolean; ownerId: string | null; participant: boolean }>;
   /** The participant entry of `userId` in the room, or null. */
   getParticipant(kind: string, id: string, userId: string): Promise<Participant | null>;
   /** Closes the connection pool. */

@@ -275,6 +275,32 @@ export class KyselyDirectory implements Directory {
     return row ? { userId: row.user_id, role: row.role } : null;
   }
 
+  /** Room known, owner and participation in one query: access is checked on every send. */
+  async roomAccess(
+    kind: string,
+    id: string,
+    userId: string,
+  ): Promise<{ known: boolean; ownerId: string | null; participant: boolean }> {
+    const row = await this.#db.selectNoFrom((eb) => [
+      eb.selectFrom("rooms").select("owner_id")
+        .where("kind", "=", kind).where("id", "=", id).as("owner_id"),
+      eb.exists(
+        eb.selectFrom("rooms").select(eb.lit(1).as("one"))
+          .where("kind", "=", kind).where("id", "=", id),
+      ).as("known"),
+      eb.exists(
+        eb.selectFrom("room_participants").select(eb.lit(1).as("one"))
+          .where("room_kind", "=", kind).where("room_id", "=", id).where("user_id", "=", userId),
+      ).as("participant"),
+    ]).executeTakeFirstOrThrow();
+    // SQLite answers 0/1, Postgres true/false.
+    return {
+      known: Number(row.known) === 1,
+      ownerId: row.owner_id ?? null,
+      participant: Number(row.participant) === 1,
+    };
+  }
+
   /** Closes the connection pool; later calls are harmless. */
   async close(): Promise<void> {
     await this.#db.destroy();

@@ -190,17 +190,33 @@ class NodeSqliteDriver implements Driver {
   }
 }
 
+/** Prepared statements kept per connection; past this many the cache starts over. */
+const STATEMENT_CACHE_SIZE = 256;
+
 /** Runs compiled queries on the `DatabaseSync`. */
 class NodeSqliteConnection implements DatabaseConnection {
   readonly #db: DatabaseSync;
+  // Access is checked on every send with the same few queries: preparing each once saves
+  // SQLite's parse and plan on the hot path.
+  readonly #statements = new Map<string, StatementSync>();
 
   constructor(db: DatabaseSync) {
     this.#db = db;
   }
 
+  #prepare(sql: string): StatementSync {
+    let statement = this.#statements.get(sql);
+    if (!statement) {
+      if (this.#statements.size >= STATEMENT_CACHE_SIZE) this.#statements.clear();
+      statement = this.#db.prepare(sql);
+      this.#statements.set(sql, statement);
+    }
+    return statement;
+  }
+
   executeQuery<R>(compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
     try {
-      const statement = this.#db.prepare(compiledQuery.sql);
+      const statement = this.#prepare(compiledQuery.sql);
       const parameters = compiledQuery.parameters.map(toSqliteValue);
       // A statement with result columns (SELECT, or a write with RETURNING) yields rows; the
       // rest report their changes, which Kysely needs for `numDeletedRows` and friends.

@@ -35,11 +35,14 @@ export const KV_KEYS = {
   reads: (room: string): Deno.KvKey => ["read", room],
 };
 
-// Deno KV refuses an atomic operation over 800 KiB or 1000 mutations, and values over 64 KiB.
-const MAX_BATCH_MESSAGES = 64;
+// Deno KV refuses an atomic operation with over 100 checks, 1000 mutations or 800 KiB, and
+// values over 64 KiB. A message costs up to 3 mutations (message, idempotency key, retention).
+const MAX_BATCH_MESSAGES = 300;
+const MAX_BATCH_ROOMS = 90;
 const MAX_BATCH_BYTES = 512 * 1024;
 
 interface PendingAppend {
+  room: string;
   draft: MessageDraft;
   size: number;
   resolve: (result: AppendResult) => void;
@@ -75,13 +78,17 @@ async function commitRetryingLocks(
 }
 
 /**
- * Appends group the concurrent sends of a room into shared commits: each message still gets its
- * own seq and resolves only once its commit is durable. The head key is checked in every commit,
- * so several isolates or instances appending to one room never assign the same seq.
+ * Concurrent appends, to any rooms, share KV commits: local KV manages a few thousand commits a
+ * second but tens of thousands of messages when they share one. Each message still gets its own
+ * seq and resolves only once its commit is durable. Every commit checks the head key of each
+ * room it writes, so several isolates or instances appending to one room never assign the same
+ * seq; since every idempotency key is written together with its room's head, that one check
+ * also keeps two writers from storing the same client id twice.
  */
 export class KvMessageStore implements MessageStore, ReadCursorStore {
   #kv: Deno.Kv;
-  #queues = new Map<string, PendingAppend[]>();
+  #pending: PendingAppend[] = [];
+  #draining = false;
   /** Called after every commit with its duration in ms, for metrics. */
   onCommit?: (ms: number, messages: number) => void;
 
@@ -101,42 +108,43 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     return this.#kv;
   }
 
-  /** Queues the draft for the room's next commit and resolves once it is durable. */
+  /** Queues the draft for the next shared commit and resolves once it is durable. */
   append(room: string, draft: MessageDraft): Promise<AppendResult> {
     return new Promise((resolve, reject) => {
-      let queue = this.#queues.get(room);
-      const entry = { draft, size: estimateSize(draft), resolve, reject };
-      if (queue) {
-        queue.push(entry);
-        return;
-      }
-      queue = [entry];
-      this.#queues.set(room, queue);
+      this.#pending.push({ room, draft, size: estimateSize(draft), resolve, reject });
+      if (this.#draining) return;
+      this.#draining = true;
       // Let the sends of this tick join the first batch.
-      queueMicrotask(() => this.#drain(room));
+      queueMicrotask(() => this.#drain());
     });
   }
 
   /** Waits until every queued append has been committed or refused. */
   async flush(): Promise<void> {
-    while (this.#queues.size > 0) await new Promise((r) => setTimeout(r, 5));
+    while (this.#draining) await new Promise((r) => setTimeout(r, 5));
   }
 
-  async #drain(room: string): Promise<void> {
-    const queue = this.#queues.get(room)!;
-    while (queue.length > 0) {
-      let bytes = 0;
-      let count = 0;
-      while (
-        count < queue.length && count < MAX_BATCH_MESSAGES &&
-        (count === 0 || bytes + queue[count].size <= MAX_BATCH_BYTES)
-      ) {
-        bytes += queue[count].size;
-        count++;
-      }
-      const batch = queue.splice(0, count);
+  /** Takes the longest prefix of the queue that fits one commit (order within a room is kept). */
+  #nextBatch(): PendingAppend[] {
+    const rooms = new Set<string>();
+    let bytes = 0;
+    let count = 0;
+    for (const p of this.#pending) {
+      if (count >= MAX_BATCH_MESSAGES) break;
+      if (count > 0 && bytes + p.size > MAX_BATCH_BYTES) break;
+      if (!rooms.has(p.room) && rooms.size >= MAX_BATCH_ROOMS) break;
+      rooms.add(p.room);
+      bytes += p.size;
+      count++;
+    }
+    return this.#pending.splice(0, count);
+  }
+
+  async #drain(): Promise<void> {
+    while (this.#pending.length > 0) {
+      const batch = this.#nextBatch();
       try {
-        const results = await this.#commit(room, batch.map((p) => p.draft));
+        const results = await this.#commit(batch);
         batch.forEach((p, i) => p.resolve(results[i]));
       } catch (err) {
         if (batch.length === 1) {
@@ -146,51 +154,58 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
         // One bad value must not fail its neighbours: commit them one by one.
         for (const p of batch) {
           try {
-            p.resolve((await this.#commit(room, [p.draft]))[0]);
+            p.resolve((await this.#commit([p]))[0]);
           } catch (e) {
             p.reject(e);
           }
         }
       }
     }
-    this.#queues.delete(room);
+    this.#draining = false;
   }
 
-  async #commit(room: string, drafts: MessageDraft[]): Promise<AppendResult[]> {
+  async #commit(batch: PendingAppend[]): Promise<AppendResult[]> {
     const started = performance.now();
+    const rooms = [...new Set(batch.map((p) => p.room))];
+    const idemKeys = batch.map((p) =>
+      p.draft.clientId ? KV_KEYS.idempotency(p.room, senderKey(p.draft), p.draft.clientId) : null
+    );
     for (let attempt = 0;; attempt++) {
-      const headEntry = await this.#kv.get<number>(KV_KEYS.head(room));
-      const head = headEntry.value ?? 0;
-
+      const [headEntries, idemEntries] = await Promise.all([
+        this.#getMany<number>(rooms.map(KV_KEYS.head)),
+        this.#getMany<number>(idemKeys.filter((k) => k !== null)),
+      ]);
       // Client ids already stored (or repeated inside this batch) resolve to the first message.
-      const idemKeys = drafts.map((d) =>
-        d.clientId ? KV_KEYS.idempotency(room, senderKey(d), d.clientId) : null
-      );
-      const idemEntries = await this.#getMany<number>(idemKeys.filter((k) => k !== null));
       const known = new Map<string, number>();
       for (const entry of idemEntries) {
         if (entry.value !== null) known.set(JSON.stringify(entry.key), entry.value);
       }
-
-      const op = this.#kv.atomic().check(headEntry);
+      const op = this.#kv.atomic();
+      const heads = new Map<string, number>();
+      const startHeads = new Map<string, number>();
+      headEntries.forEach((entry, i) => {
+        heads.set(rooms[i], entry.value ?? 0);
+        startHeads.set(rooms[i], entry.value ?? 0);
+        op.check(entry);
+      });
       const now = Date.now();
       const createdAt = new Date(now).toISOString();
-      const results: (AppendResult | { pendingSeq: number })[] = [];
+      const results: (AppendResult | { room: string; pendingSeq: number })[] = [];
       const inBatch = new Map<string, Message>();
-      let seq = head;
-      for (let i = 0; i < drafts.length; i++) {
-        const draft = drafts[i];
+      for (let i = 0; i < batch.length; i++) {
+        const { room, draft } = batch[i];
         const idemKey = idemKeys[i];
         const idemText = idemKey ? JSON.stringify(idemKey) : "";
         if (idemKey && known.has(idemText)) {
-          results.push({ pendingSeq: known.get(idemText)! });
+          results.push({ room, pendingSeq: known.get(idemText)! });
           continue;
         }
         if (idemKey && inBatch.has(idemText)) {
           results.push({ message: inBatch.get(idemText)!, duplicate: true });
           continue;
         }
-        seq++;
+        const seq = heads.get(room)! + 1;
+        heads.set(room, seq);
         const message: Message = {
           room,
           seq,
@@ -206,40 +221,44 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
           op.delete(KV_KEYS.message(room, seq - this.#historyLimit));
         }
         if (idemKey) {
-          op.check({ key: idemKey, versionstamp: null });
           op.set(idemKey, seq, { expireIn: IDEMPOTENCY_WINDOW_MS });
           inBatch.set(idemText, message);
         }
         results.push({ message, duplicate: false });
       }
-      if (seq > head) op.set(KV_KEYS.head(room), seq);
-      const res = seq > head ? await commitRetryingLocks(op) : { ok: true };
+      let written = 0;
+      for (const room of rooms) {
+        const grown = heads.get(room)! - startHeads.get(room)!;
+        if (grown > 0) op.set(KV_KEYS.head(room), heads.get(room)!);
+        written += grown;
+      }
+      const res = written > 0 ? await commitRetryingLocks(op) : { ok: true };
       if (!res.ok) {
-        // Another isolate or instance committed first: read the new head and try again.
-        if (attempt > 200) throw new Error(`Could not append to ${room}: too much contention`);
+        // Another isolate or instance committed to one of these rooms first: read again.
+        if (attempt > 200) {
+          throw new Error(`Could not append to ${rooms.join(", ")}: too much contention`);
+        }
         await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, 2 + attempt * 2)));
         continue;
       }
       const final: AppendResult[] = [];
       for (const r of results) {
         if ("pendingSeq" in r) {
-          const original = await this.get(room, r.pendingSeq);
-          if (!original) throw new Error(`Message ${room}#${r.pendingSeq} vanished`);
+          const original = await this.get(r.room, r.pendingSeq);
+          if (!original) throw new Error(`Message ${r.room}#${r.pendingSeq} vanished`);
           final.push({ message: original, duplicate: true });
         } else final.push(r);
       }
-      if (seq > head) this.onCommit?.(performance.now() - started, seq - head);
+      if (written > 0) this.onCommit?.(performance.now() - started, written);
       return final;
     }
   }
 
   async #getMany<T>(keys: Deno.KvKey[]): Promise<Deno.KvEntryMaybe<T>[]> {
-    const out: Deno.KvEntryMaybe<T>[] = [];
-    // kv.getMany takes at most 10 keys.
-    for (let i = 0; i < keys.length; i += 10) {
-      out.push(...await this.#kv.getMany<T[]>(keys.slice(i, i + 10)));
-    }
-    return out;
+    // kv.getMany takes at most 10 keys; the chunks are read side by side.
+    const chunks: Deno.KvKey[][] = [];
+    for (let i = 0; i < keys.length; i += 10) chunks.push(keys.slice(i, i + 10));
+    return (await Promise.all(chunks.map((c) => this.#kv.getMany<T[]>(c)))).flat();
   }
 
   /** Reads a slice of history in ascending seq order. */

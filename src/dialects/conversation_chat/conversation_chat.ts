@@ -133,7 +133,8 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
       }
     },
     errorFrame: (e) => error(e.message),
-    beforeJoin(s) {
+    // Sent once the socket is live in the room, so a client that waits for it misses nothing.
+    afterJoin(s) {
       s.conn.send(JSON.stringify({
         type: "connection_established",
         message: `Connected to conversation ${s.id}`,

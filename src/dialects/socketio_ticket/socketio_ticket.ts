@@ -113,12 +113,13 @@ export function createSocketIoTicketChat(
     relay: options.relay,
   });
   const nsp = io.of("/");
-  const bridges = new Map<string, Member>();
+  /** Bridge members by engine room, with the hub join each one waits for. */
+  const bridges = new Map<string, { member: Member; joined: Promise<unknown> }>();
   const state = (socket: Socket) => socket.data as SocketState;
   const engineRoom = (ticketId: string, baseUrl: string) => `ticket:${ticketId}\u0000${baseUrl}`;
   const userRoom = (user: Principal) => `user:${user.id}`;
 
-  function bridge(ticketId: string, baseUrl: string): Member {
+  function bridge(ticketId: string, baseUrl: string): Promise<unknown> {
     const name = engineRoom(ticketId, baseUrl);
     const room = roomKey("ticket", ticketId);
     const member: Member = {
@@ -152,9 +153,9 @@ export function createSocketIoTicketChat(
         }
       },
     };
-    bridges.set(name, member);
-    ctx.hub.join(room, member).catch((err) => console.error("socket.io: bridge join failed:", err));
-    return member;
+    const joined = ctx.hub.join(room, member);
+    bridges.set(name, { member, joined });
+    return joined;
   }
 
   function leaveTicket(socket: Socket, ticketId: string): void {
@@ -164,10 +165,10 @@ export function createSocketIoTicketChat(
     socket.leave(name);
     if (s.user) ctx.chat.stopTyping(s.user, roomKey("ticket", ticketId));
     if ((nsp.rooms.get(name)?.size ?? 0) === 0) {
-      const member = bridges.get(name);
-      if (member) {
+      const entry = bridges.get(name);
+      if (entry) {
         bridges.delete(name);
-        ctx.hub.leave(roomKey("ticket", ticketId), member);
+        ctx.hub.leave(roomKey("ticket", ticketId), entry.member);
       }
     }
   }
@@ -274,7 +275,8 @@ export function createSocketIoTicketChat(
         s.tickets.add(id);
         const name = engineRoom(id, s.baseUrl);
         socket.join(name);
-        if (!bridges.has(name)) bridge(id, s.baseUrl);
+        // `joined_ticket` only once the bridge is live, so nothing sent after it can be missed.
+        await (bridges.get(name)?.joined ?? bridge(id, s.baseUrl));
       }
       socket.emit("joined_ticket", { ticketId: id });
       ack?.({ ticketId: id });
