@@ -1,0 +1,914 @@
+/** Turns a run's results into docs/benchmarks.md, its two SVG charts, and a target verdict list. */
+
+import { barChart, type BarGroup, latencyChart, type Panel, PEER_STYLE } from "./charts.ts";
+import type { ProfileSummary } from "./profile.ts";
+import type {
+  AttachmentPhase,
+  ConnectionStep,
+  FanoutResult,
+  IngestResult,
+  Ladder,
+  ParallelResult,
+  RoomsResult,
+  StepResult,
+} from "./scenarios.ts";
+import type { Settings } from "./settings.ts";
+
+/** Everything one run measured. */
+export interface Results {
+  /** How, where and when. */
+  meta: {
+    date: string;
+    command: string;
+    mode: "quick" | "full";
+    durationSec: number;
+    machine: { cores: number; cpu: string; memoryGiB: number; kernel: string };
+    versions: Record<string, string>;
+    commit: string;
+    dirty: boolean;
+    pinning: { server: string | null; clients: string | null };
+    fdLimit: number;
+    settings: Settings;
+  };
+  /** Scenario 1. */
+  fanout?: FanoutResult;
+  /** Scenario 2. */
+  rooms?: RoomsResult;
+  /** Scenario 3. */
+  ingest?: IngestResult;
+  /** Scenario 4. */
+  connections?: { steps: ConnectionStep[]; fdLimit: number };
+  /** Scenario 5. */
+  attachments?: AttachmentPhase[];
+  /** Scenario 6. */
+  parallel?: ParallelResult;
+  /** CPU profiles of ours under fan-out and under ingest. */
+  profile?: {
+    fanout?: ProfileRun;
+    ingest?: ProfileRun;
+  };
+  /** Scenarios that failed to run. */
+  errors: { scenario: string; message: string }[];
+}
+
+/** One profiling run. */
+export interface ProfileRun {
+  /** The profile's top functions, or null when no profile was written. */
+  summary: ProfileSummary | null;
+  /** The steps run under the profiler (slower than unprofiled). */
+  steps: StepResult[];
+  /** Their rates. */
+  rates: number[];
+}
+
+/** One target's verdict. */
+export interface Verdict {
+  /** The target as the issue states it. */
+  target: string;
+  /** What was measured. */
+  measured: string;
+  /** Met, missed, or not measured. */
+  status: "met" | "missed" | "n/a";
+  /** By how much, in words. */
+  margin: string;
+}
+
+const label = (peer: string) => PEER_STYLE[peer]?.label ?? peer;
+const ms = (us: number | undefined) => {
+  if (us === undefined || !Number.isFinite(us)) return "–";
+  const v = us / 1000;
+  return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
+};
+const int = (n: number) => Number.isFinite(n) ? Math.round(n).toLocaleString("en-US") : "–";
+const mib = (b: number) => Number.isFinite(b) ? (b / 1024 / 1024).toFixed(1) : "–";
+const ratio = (r: number) => Number.isFinite(r) ? `${r.toFixed(2)}×` : "–";
+/** A fraction as a percentage with two significant digits for small values. */
+const pct = (x: number) => `${x * 100 >= 10 ? (x * 100).toFixed(0) : (x * 100).toPrecision(2)}%`;
+/** Fixed decimals, "–" for a missing value (NaN becomes null in the JSON). */
+const fx = (n: number | null | undefined, digits: number) =>
+  typeof n === "number" && Number.isFinite(n) ? n.toFixed(digits) : "–";
+
+function ladderOf(ladders: Ladder[], peer: string): Ladder | undefined {
+  return ladders.find((l) => l.peer === peer);
+}
+
+/** The step at a rate (the median repeat when repeated). */
+function stepAt(ladder: Ladder | undefined, rate: number): StepResult | undefined {
+  if (!ladder) return undefined;
+  if (ladder.base && ladder.base.step.rate === rate) return ladder.base.step;
+  return ladder.steps.find((s) => s.rate === rate);
+}
+
+function bestText(l: Ladder | undefined, unit = "msg/s"): string {
+  if (!l) return "–";
+  if (l.best === 0) return `< ${int(Math.min(...l.steps.map((s) => s.rate)))} ${unit}`;
+  return `${l.capped ? "≥ " : ""}${int(l.best)} ${unit}`;
+}
+
+function upper(target: string, measured: number, bound: number, text: string): Verdict {
+  if (!Number.isFinite(measured)) {
+    return { target, measured: text, status: "n/a", margin: "not measured" };
+  }
+  const r = measured / bound;
+  return {
+    target,
+    measured: text,
+    status: r <= 1 ? "met" : "missed",
+    margin: r <= 1
+      ? `${pct(1 - r)} under the bound`
+      : `${pct(r - 1)} over the bound (${r.toFixed(2)}× it)`,
+  };
+}
+
+function lower(
+  target: string,
+  measured: number,
+  bound: number,
+  text: string,
+  atLeast = false,
+): Verdict {
+  if (!Number.isFinite(measured)) {
+    return { target, measured: text, status: "n/a", margin: "not measured" };
+  }
+  const r = measured / bound;
+  return {
+    target,
+    measured: text,
+    status: r >= 1 ? "met" : "missed",
+    margin: r >= 1
+      ? `${r.toFixed(2)}× the bound${atLeast ? " (a lower bound)" : ""}`
+      : `${pct(1 - r)} short (reaches ${pct(r)} of the bound)`,
+  };
+}
+
+/**
+ * `ours.best / peer.best ≥ k`, minding ladders that ended before a peer failed: such a peer's
+ * best is only a lower bound, so some ratios are bounds rather than values.
+ */
+function capacity(target: string, ours: Ladder, peer: Ladder, k: number, name: string): Verdict {
+  const measured = `ours ${bestText(ours)} / ${name} ${bestText(peer)}`;
+  if (ours.best === 0 && peer.best === 0) {
+    return { target, measured, status: "n/a", margin: "neither passed even the lowest rate" };
+  }
+  if (peer.best === 0) return { target, measured: `${measured} = ∞`, status: "met", margin: "met" };
+  const r = ours.best / peer.best;
+  const text = `${measured} = ${ratio(r)}`;
+  if (ours.capped && peer.capped) {
+    return { target, measured: text, status: "n/a", margin: "both passed every rate tried" };
+  }
+  if (peer.capped && r >= k) {
+    return { target, measured: text, status: "n/a", margin: `${name} passed every rate tried` };
+  }
+  if (ours.capped && r < k) {
+    return {
+      target,
+      measured: text,
+      status: "n/a",
+      margin: `at least ${ratio(r)}: ours passed every rate tried`,
+    };
+  }
+  const verdict = lower(target, r, k, text, ours.capped);
+  const notes: string[] = [];
+  const saturated = (l: Ladder) => l.stopReason?.includes("server was not") ?? false;
+  if (saturated(peer)) {
+    notes.push(
+      `${name} failed with the load generator saturated and its server not (its own limit is higher)`,
+    );
+  }
+  if (saturated(ours)) {
+    notes.push(
+      "ours failed with the load generator saturated and its server not (its own limit is higher)",
+    );
+  }
+  if (notes.length > 0) verdict.margin += `; ${notes.join("; ")}`;
+  return verdict;
+}
+
+/**
+ * Server time of an attachment phase: for each file, from the moment its frame had left the
+ * client (the socket took the last byte, so the server has it or is reading the tail) until the
+ * last member had the broadcast; the largest over the phase's files, ms.
+ */
+export function serverTimeMs(a: AttachmentPhase): number | null {
+  if (a.timings.length === 0 || a.allDeliveredMs === null) return null;
+  const times = a.timings.map((t) =>
+    t.lastMs !== null && t.writtenMs !== null ? t.lastMs - t.writtenMs : NaN
+  );
+  return times.every(Number.isFinite) ? Math.max(...times) : null;
+}
+
+/** Checks every target of the issue against the results. */
+export function verdicts(results: Results): Verdict[] {
+  const out: Verdict[] = [];
+  const s = results.meta.settings;
+  const f = results.fanout;
+  if (f) {
+    const ref = f.sizes.find((x) => x.members === s.fanout.referenceSize) ?? f.sizes[0];
+    if (ref) {
+      const p99 = (peer: string) => {
+        const l = ladderOf(ref.ladders, peer);
+        return l?.base?.p99 ?? stepAt(l, s.fanout.referenceRate)?.latency.p99 ?? NaN;
+      };
+      const ours = p99("ours_ticket");
+      const raw = p99("raw_deno");
+      const sio = p99("socketio");
+      const at = `${int(ref.members)} members × ${s.fanout.referenceRate} msg/s`;
+      out.push(upper(
+        `Fan-out p99 at ${at}, history on: ≤ 1.2× raw Deno`,
+        ours / raw,
+        1.2,
+        `ours ${ms(ours)} ms / raw Deno ${ms(raw)} ms = ${ratio(ours / raw)}`,
+      ));
+      out.push(upper(
+        `Fan-out p99 at ${at}: ≤ 0.5× Socket.IO`,
+        ours / sio,
+        0.5,
+        `ours ${ms(ours)} ms / Socket.IO ${ms(sio)} ms = ${ratio(ours / sio)}`,
+      ));
+    }
+    for (const size of f.sizes) {
+      const o = ladderOf(size.ladders, "ours_ticket");
+      const bound = `p99 ≤ ${s.fanout.maxP99Ms} ms, 1 room × ${int(size.members)}`;
+      const r = ladderOf(size.ladders, "raw_deno");
+      const io = ladderOf(size.ladders, "socketio");
+      if (o && r) {
+        out.push(
+          capacity(`Highest fan-out load with ${bound}: ≥ 0.9× raw Deno`, o, r, 0.9, "raw Deno"),
+        );
+      }
+      if (o && io) {
+        out.push(
+          capacity(`Highest fan-out load with ${bound}: ≥ 2× Socket.IO`, o, io, 2, "Socket.IO"),
+        );
+      }
+    }
+  }
+  const ing = results.ingest;
+  if (ing) {
+    const o = ladderOf(ing.ladders, "ours_ticket");
+    const step = o ? stepAt(o, o.best) : undefined;
+    out.push(lower(
+      `Persisted ingest ≥ 50,000 msg/s over ${ing.rooms} rooms with p99 ≤ ${ing.maxP99Ms} ms`,
+      o?.best ?? NaN,
+      50_000,
+      o ? `${bestText(o)} (p99 ${ms(step?.latency.p99)} ms there)` : "–",
+      o?.capped,
+    ));
+  }
+  for (const c of (results.connections?.steps ?? []).filter((x) => x.peer === "ours_ticket")) {
+    out.push(upper(
+      `≤ 20 KB RSS per idle socket (${int(c.target)} sockets)`,
+      c.perConnection / 1000,
+      20,
+      `${fx(c.perConnection / 1000, 1)} KB per socket (${int(c.connected)} joined)`,
+    ));
+  }
+  const one = results.attachments?.find((a) => a.peer === "ours_ticket" && a.files === 1);
+  const none = results.attachments?.find((a) => a.peer === "ours_ticket" && a.files === 0);
+  if (one) {
+    const size = `${mib(one.bytes)} MiB`;
+    const server = serverTimeMs(one);
+    out.push(upper(
+      `${size} attachment broadcast in ≤ 150 ms server time`,
+      server ?? NaN,
+      150,
+      `${
+        server?.toFixed(0) ?? "–"
+      } ms from the frame fully sent to all ${one.members} members having the broadcast (${
+        one.allDeliveredMs?.toFixed(0) ?? "–"
+      } ms from the start of the send; raw Deno ${
+        fx(
+          serverTimeMs(results.attachments!.find((a) => a.peer === "raw_deno" && a.files === 1)!),
+          0,
+        )
+      } ms)`,
+    ));
+    out.push(upper(
+      `RSS growth for one ${size} attachment ≤ 3× the file`,
+      one.growth / one.bytes,
+      3,
+      `+${mib(one.growth)} MiB = ${(one.growth / one.bytes).toFixed(2)}× the file${
+        none ? ` (the same window without a file: +${mib(none.growth)} MiB)` : ""
+      }`,
+    ));
+  }
+  const par = results.parallel;
+  if (par) {
+    const l = ladderOf(par.ladders, "ours_parallel");
+    if (l) {
+      const gaps = l.steps.reduce((t, x) => t + x.gaps, 0);
+      const dups = l.steps.reduce((t, x) => t + x.dups, 0);
+      const delivered = l.steps.reduce((t, x) => t + x.received, 0);
+      if (delivered === 0) {
+        out.push({
+          target: "deno serve --parallel fan-out: gaps and duplicates per client = 0",
+          measured: "nothing was delivered",
+          status: "n/a",
+          margin: "not measured",
+        });
+      } else {out.push({
+          target: "deno serve --parallel fan-out: gaps and duplicates per client = 0",
+          measured: `${gaps} gaps, ${dups} duplicates over ${
+            int(l.steps.reduce((t, x) => t + x.received, 0))
+          } deliveries`,
+          status: gaps === 0 && dups === 0 ? "met" : "missed",
+          margin: gaps === 0 && dups === 0
+            ? "every member saw pk grow by exactly one"
+            : `${gaps + dups} ordering faults`,
+        });}
+    }
+  }
+  return out;
+}
+
+function stepsTable(steps: StepResult[], withRooms = false): string[] {
+  const rows = [
+    `| peer | ${
+      withRooms ? "rooms × members | " : ""
+    }offered msg/s | p50 ms | p99 ms | p99.9 ms | max ms | deliveries/s | lost | server CPU | CPU s per 1M deliveries | server RSS MiB | load-gen CPU | result |`,
+    `| --- | ${
+      withRooms ? "--- | " : ""
+    }--: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --- |`,
+  ];
+  for (const s of steps) {
+    rows.push(
+      `| ${label(s.peer)} | ${withRooms ? `${s.rooms} × ${int(s.members)} | ` : ""}${
+        int(s.rate)
+      } | ${ms(s.latency.p50)} | ${ms(s.latency.p99)} | ${ms(s.latency.p999)} | ${
+        ms(s.latency.max)
+      } | ${int(s.deliveriesPerSec)} | ${fx(s.lossRatio * 100, s.lossRatio > 0 ? 2 : 0)}% | ${
+        fx(s.serverCpuPct, 0)
+      }% | ${fx(s.cpuPerMillion, 2)} | ${mib(s.rss)} | ${fx(s.clientCpuPct, 0)}%${
+        s.clientBound ? " ⚠" : ""
+      } | ${s.pass ? "ok" : `over: ${s.reason}`} |`,
+    );
+  }
+  return rows;
+}
+
+function spread(l: Ladder | undefined, key: "p50s" | "p99s"): string {
+  const b = l?.base;
+  if (!b) return "–";
+  const xs = b[key];
+  const mid = key === "p50s" ? b.p50 : b.p99;
+  if (xs.length < 2) return ms(mid);
+  return `${ms(mid)} (${ms(Math.min(...xs))}–${ms(Math.max(...xs))})`;
+}
+
+function ladderSummary(
+  ladders: Ladder[],
+  baseRate: number,
+  unit: string,
+  perMessage = false,
+): string[] {
+  const raw = ladderOf(ladders, "raw_deno");
+  const rows = [
+    `| peer | p50 ms at ${int(baseRate)} msg/s | p99 ms at ${
+      int(baseRate)
+    } msg/s | p99 vs raw Deno | highest load within the bound | deliveries/s there | CPU s per 1M deliveries at ${
+      int(baseRate)
+    } msg/s | server RSS MiB | first step over the bound |`,
+    `| --- | --: | --: | --: | --: | --: | --: | --: | --- |`,
+  ];
+  for (const l of ladders) {
+    const base = l.base?.step ?? stepAt(l, baseRate) ?? l.steps[0];
+    const p99 = l.base?.p99 ?? base?.latency.p99;
+    const rawP99 = raw?.base?.p99 ?? stepAt(raw, baseRate)?.latency.p99;
+    const bestStep = stepAt(l, l.best);
+    rows.push(
+      `| ${label(l.peer)} | ${l.base ? spread(l, "p50s") : ms(base?.latency.p50)} | ${
+        l.base ? spread(l, "p99s") : ms(p99)
+      } | ${raw && p99 !== undefined && rawP99 ? ratio(p99 / rawP99) : "–"} | ${
+        bestText(l, unit)
+      } | ${bestStep ? int(bestStep.deliveriesPerSec) : "–"} | ${fx(base?.cpuPerMillion, 2)} | ${
+        base ? mib(Math.max(...l.steps.map((s) => s.rss).filter(Number.isFinite))) : "–"
+      } | ${l.capped ? "none (ladder ended)" : l.stopReason ?? "–"} |`,
+    );
+  }
+  if (perMessage) rows.push("");
+  return rows;
+}
+
+/** Both charts as SVG text. */
+export function renderCharts(results: Results): { fanout?: string; capacity?: string } {
+  const out: { fanout?: string; capacity?: string } = {};
+  const f = results.fanout;
+  if (f && f.sizes.length > 0) {
+    const panels: Panel[] = f.sizes.map((size) => ({
+      title: `1 room × ${int(size.members)} members`,
+      series: size.ladders.map((l) => {
+        const byRate = new Map<number, StepResult>();
+        for (const s of l.steps) if (!byRate.has(s.rate)) byRate.set(s.rate, s);
+        if (l.base) {
+          byRate.set(l.base.step.rate, {
+            ...l.base.step,
+            latency: { ...l.base.step.latency, p99: l.base.p99 },
+          });
+        }
+        return {
+          peer: l.peer,
+          points: [...byRate.values()].sort((a, b) => a.rate - b.rate).map((s) => ({
+            x: s.rate,
+            y: s.latency.p99 / 1000,
+            pass: s.pass,
+          })),
+        };
+      }),
+    }));
+    out.fanout = latencyChart(
+      "Open-loop fan-out: p99 delivery latency vs offered rate (same machine, same run)",
+      panels,
+      results.meta.settings.fanout.maxP99Ms,
+      "messages per second into the room (log)",
+    );
+  }
+  const groups: BarGroup[] = [];
+  const group = (
+    name: string,
+    ladders: Ladder[] | undefined,
+    value: (l: Ladder) => number | null,
+    text: (l: Ladder) => string,
+  ) => {
+    if (!ladders) return;
+    groups.push({
+      label: name,
+      values: ladders.map((l) => ({ peer: l.peer, value: value(l), text: text(l) })),
+    });
+  };
+  for (const size of f?.sizes ?? []) {
+    group(
+      `Fan-out, 1 room × ${
+        int(size.members)
+      }: deliveries/s with p99 ≤ ${results.meta.settings.fanout.maxP99Ms} ms`,
+      size.ladders,
+      (l) => (l.best > 0 ? stepAt(l, l.best)?.deliveriesPerSec ?? null : 0),
+      (l) =>
+        `${l.best > 0 ? int(stepAt(l, l.best)?.deliveriesPerSec ?? 0) : "0"}${l.capped ? "+" : ""}`,
+    );
+  }
+  const r = results.rooms;
+  if (r) {
+    group(
+      `${r.rooms} rooms × ${r.members}, all sending: msg/s with p99 ≤ ${results.meta.settings.rooms.maxP99Ms} ms`,
+      r.ladders,
+      (l) => l.best,
+      (l) => `${int(l.best)}${l.capped ? "+" : ""}`,
+    );
+  }
+  const ing = results.ingest;
+  if (ing) {
+    group(
+      `Ingest, ${ing.rooms} rooms: msg/s with p99 ≤ ${ing.maxP99Ms} ms (ours persists every message)`,
+      ing.ladders,
+      (l) => l.best,
+      (l) => `${int(l.best)}${l.capped ? "+" : ""}`,
+    );
+  }
+  if (groups.length > 0) {
+    out.capacity = barChart(
+      "Highest load within the latency bound (longer is better)",
+      "Each group is scaled to its own largest bar; “+” = the ladder ended before the peer failed.",
+      groups,
+    );
+  }
+  return out;
+}
+
+/** One table with the headline number of every scenario for every peer. */
+function atAGlance(results: Results): string[] {
+  const s = results.meta.settings;
+  const ids = new Set([
+    ...(results.fanout?.sizes.flatMap((x) => x.ladders.map((l) => l.peer)) ?? []),
+    ...(results.ingest?.ladders.map((l) => l.peer) ?? []),
+    ...(results.connections?.steps.map((x) => x.peer) ?? []),
+  ]);
+  const peers = ["raw_deno", "ours_ticket", "ours_native", "socketio"].filter((p) => ids.has(p));
+  const rows: [string, (peer: string) => string][] = [];
+  const f = results.fanout;
+  const ref = f?.sizes.find((x) => x.members === s.fanout.referenceSize);
+  if (ref) {
+    const at = `${int(ref.members)} × ${s.fanout.referenceRate} msg/s`;
+    const l = (peer: string) => ladderOf(ref.ladders, peer);
+    rows.push([
+      `Fan-out ${at}: p50 ms, median (min–max of ${s.fanout.baseRepeats})`,
+      (p) => spread(l(p), "p50s"),
+    ]);
+    rows.push([`Fan-out ${at}: p99 ms, median (min–max)`, (p) => spread(l(p), "p99s")]);
+    rows.push([
+      `Fan-out ${at}: server CPU s per 1M deliveries`,
+      (p) =>
+        fx(
+          l(p)?.base?.step.cpuPerMillion ?? stepAt(l(p), s.fanout.referenceRate)?.cpuPerMillion,
+          2,
+        ),
+    ]);
+  }
+  for (const size of f?.sizes ?? []) {
+    rows.push([
+      `Fan-out 1 room × ${
+        int(size.members)
+      }: highest rate with p99 ≤ ${s.fanout.maxP99Ms} ms (deliveries/s)`,
+      (p) => {
+        const l = ladderOf(size.ladders, p);
+        if (!l) return "–";
+        const d = stepAt(l, l.best)?.deliveriesPerSec;
+        return `${bestText(l)}${d ? ` (${int(d)})` : ""}`;
+      },
+    ]);
+  }
+  if (results.rooms) {
+    const r = results.rooms;
+    rows.push([
+      `${r.rooms} rooms × ${r.members}, all sending: highest total rate with p99 ≤ ${s.rooms.maxP99Ms} ms`,
+      (p) => bestText(ladderOf(r.ladders, p)),
+    ]);
+  }
+  if (results.ingest) {
+    const r = results.ingest;
+    rows.push([
+      `Ingest over ${r.rooms} rooms: highest rate with p99 ≤ ${r.maxP99Ms} ms (only ours persists)`,
+      (p) => bestText(ladderOf(r.ladders, p)),
+    ]);
+  }
+  for (const target of [...new Set(results.connections?.steps.map((x) => x.target) ?? [])]) {
+    const at = (p: string) =>
+      results.connections!.steps.find((x) => x.peer === p && x.target === target);
+    rows.push([
+      `${int(target)} idle sockets: KB RSS per socket; sockets opened per s`,
+      (p) => {
+        const x = at(p);
+        return x ? `${fx(x.perConnection / 1000, 1)}; ${int(x.perSec)}/s` : "–";
+      },
+    ]);
+  }
+  const att = (p: string, files: number) =>
+    results.attachments?.find((a) => a.peer === p && a.files === files);
+  if (results.attachments) {
+    const mb = mib(s.attachments.bytes);
+    rows.push([`One ${mb} MiB attachment: server time ms; RSS growth`, (p) => {
+      const a = att(p, 1);
+      return a ? `${fx(serverTimeMs(a), 0)}; +${mib(a.growth)} MiB` : "–";
+    }]);
+    rows.push([
+      `${s.attachments.many} × ${mb} MiB at once: send → all delivered ms; RSS growth`,
+      (p) => {
+        const a = att(p, s.attachments.many);
+        return a ? `${fx(a.allDeliveredMs, 0)}; +${mib(a.growth)} MiB` : "–";
+      },
+    ]);
+    rows.push([`Background room p99 ms: no file / 1 file / ${s.attachments.many} files`, (p) => {
+      return [0, 1, s.attachments.many].map((n) => ms(att(p, n)?.background.latency.p99)).join(
+        " / ",
+      );
+    }]);
+  }
+  if (rows.length === 0) return [];
+  const out = [
+    "## At a glance",
+    "",
+    `| measurement | ${peers.map(label).join(" | ")} |`,
+    `| --- | ${peers.map(() => "--:").join(" | ")} |`,
+  ];
+  for (const [name, cell] of rows) out.push(`| ${name} | ${peers.map(cell).join(" | ")} |`);
+  if (ref) {
+    const busy = ref.ladders.flatMap((
+      l,
+    ) => (l.base ? l.steps.filter((x) => x.rate === s.fanout.referenceRate) : []))
+      .map((x) => x.clientCpuPct).filter(Number.isFinite);
+    if (busy.length > 0 && Math.max(...busy) >= 80) {
+      out.push(
+        "",
+        `At ${int(ref.members)} × ${s.fanout.referenceRate} msg/s the load generators' core was ${
+          fx(Math.min(...busy), 0)
+        }–${fx(Math.max(...busy), 0)}% busy ` +
+          "for every peer, so the p99 there includes client-side queueing and its spread is wide; compare the medians, and the CPU per delivery, which the client does not affect.",
+      );
+    }
+  }
+  const par = results.parallel;
+  if (par) {
+    const one = ladderOf(par.ladders, "ours_ticket");
+    const two = ladderOf(par.ladders, "ours_parallel");
+    out.push(
+      "",
+      `Under \`deno serve --parallel\` (2 isolates, unpinned, 1 room × ${
+        int(par.members)
+      }): highest rate with p99 ≤ ${s.fanout.maxP99Ms} ms ${bestText(two)} ` +
+        `(ours in one process under the same conditions: ${bestText(one)}); ${
+          two ? two.steps.reduce((t, x) => t + x.gaps, 0) : "–"
+        } gaps and ` +
+        `${two ? two.steps.reduce((t, x) => t + x.dups, 0) : "–"} duplicates over ${
+          two ? int(two.steps.reduce((t, x) => t + x.received, 0)) : "–"
+        } deliveries.`,
+    );
+  }
+  return out;
+}
+
+/** The whole benchmarks page. */
+export function renderMarkdown(
+  results: Results,
+  charts: { fanout?: string; capacity?: string },
+): string {
+  const m = results.meta;
+  const s = m.settings;
+  const L: string[] = [];
+  L.push("# Benchmarks", "");
+  L.push(
+    "Every number below was measured side by side in one run on one machine, with the peers " +
+      "started by the benchmark itself. The machine is small and shared (noisy), so compare ratios " +
+      "between peers of the same run rather than absolute values, and read the spreads.",
+    "",
+  );
+  L.push(
+    `- Date: ${m.date.slice(0, 10)} (${m.date}); run took ${
+      (m.durationSec / 60).toFixed(1)
+    } min (${m.mode} mode).`,
+    `- Machine: ${m.machine.cores} cores (${m.machine.cpu}), ${
+      m.machine.memoryGiB.toFixed(0)
+    } GiB RAM, Linux ${m.machine.kernel}; open-files hard limit ${int(m.fdLimit)}.`,
+    `- Software: ${Object.entries(m.versions).map(([k, v]) => `${k} ${v}`).join(", ")}.`,
+    `- Server under test: commit \`${m.commit.slice(0, 12)}\`${
+      m.dirty ? " plus uncommitted changes in the work tree" : ""
+    }.`,
+    `- Command: \`${m.command}\` (raw data: \`bench/results/latest.json\`).`,
+    `- Pinning: server on core ${m.pinning.server ?? "any"}, load generators on core ${
+      m.pinning.clients ?? "any"
+    } (\`taskset\`), except scenario 6.`,
+    "",
+  );
+  if (charts.fanout) L.push("![Fan-out latency chart](benchmarks_fanout.svg)", "");
+  if (charts.capacity) L.push("![Capacity chart](benchmarks_capacity.svg)", "");
+
+  const v = verdicts(results);
+  L.push("## Targets", "");
+  L.push(
+    "Evaluated on ours through the ticket socket, as the issue specifies (the native protocol's numbers are in the tables). " +
+      "Ratios use medians of the repeated steps where there are repeats.",
+    "",
+  );
+  L.push("| target | measured | verdict |", "| --- | --- | --- |");
+  for (const x of v) {
+    L.push(
+      `| ${x.target} | ${x.measured} | **${x.status}**${` — ${x.margin}`} |`,
+    );
+  }
+  L.push("");
+  if (results.errors.length > 0) {
+    L.push("Scenarios that did not complete in this run:", "");
+    for (const e of results.errors) L.push(`- ${e.scenario}: ${e.message.split("\n")[0]}`);
+    L.push("");
+  }
+
+  L.push(...atAGlance(results), "");
+  L.push("## Method", "");
+  L.push(
+    "- **Peers.** *raw Deno* (`bench/peers/raw_deno.ts`): `Deno.serve` + `Deno.upgradeWebSocket`, one `Set` per room, " +
+      "`JSON.stringify` once per message, `idleTimeout` 30 s, no auth, no history: the local limit. " +
+      "*Socket.IO 4.8* (`bench/peers/socketio_node.mjs`) on the machine's Node: `ws` engine, websocket transport only, " +
+      "`perMessageDeflate: false`, `httpCompression: false`, `io.to(room).emit`. " +
+      "*ours*: `deno run -A main.ts` (or `deno serve --parallel` in scenario 6), JWT-authenticated, every message committed to Deno KV before it is broadcast, " +
+      'spoken to through the ticket socket (`/ws/ticket/<id>/?token=`, frames `{"body"}`) and, as a fourth peer, through the native protocol ' +
+      "(`/ws`, `join` then `send` with a fresh `client_id`, so every send is also idempotent). " +
+      "All three broadcast the same JSON shape (`pk`, `body`, `sender`, `file`, `created_at`) to every member, sender included; " +
+      "the raw and Socket.IO peers also decode and write attachments to disk and broadcast a URL, like ours. " +
+      "Ours runs with its send-rate limits lifted (`RATE_LIMIT_PER_SECOND`, `RATE_LIMIT_USER_PER_SECOND`), since the peers have none.",
+    "- **Load.** Node `ws` clients in " + `${s.workers}` +
+      " processes (`bench/load/worker.mjs`), the same client library for every peer " +
+      "(Socket.IO is spoken over `ws` by a minimal Engine.IO v4 client, so no peer pays for a heavier client). " +
+      "Sending is open loop: message *k* of a sender is due at a fixed time and carries that due time (the shared monotonic clock, µs) " +
+      "at the start of its body; a receiver records *now − due* in an HDR histogram (`hdr-histogram-js`), so any stall, " +
+      "including the load generator's own, counts against the latency (up to ~1 ms of timer granularity is included in every peer's numbers).",
+    `- **Steps.** Each step: ${s.warmupMs / 1000} s warm-up, ${
+      s.measureMs / 1000
+    } s measured window, up to ${s.drainMs / 1000} s for the window's deliveries to arrive. ` +
+      "A step is *within the bound* when its p99 is under the bound, at most 0.1% of the window's deliveries are missing after the drain, and no socket was closed. " +
+      "Rates go up until a peer's first step over the bound (its server is stopped at once so a backlog cannot steal the core); the " +
+      `highest step within the bound is reported. The first rate of scenarios 1 and 2 is repeated ${s.fanout.baseRepeats}× per peer, interleaved, and reported as median (min–max).`,
+    "- **Server cost.** CPU seconds from `/proc/<pid>/stat` (utime + stime, all threads) over the window, divided by the window's deliveries; RSS from `/proc/<pid>/status` (VmRSS, peak VmHWM, reset through `clear_refs` for the attachment phases).",
+    `- **A shared machine.** CPU used by processes the benchmark did not start (other work on the machine) is metered over each window from \`/proc/stat\`; ` +
+      `a step where it exceeds ${s.disturbedPct}% of a core is run again after the machine calms down (up to ${s.retries} more times), and the column *other processes' CPU* shows what remained. ` +
+      "After every step the benchmark waits until the server has delivered its whole backlog; a server that cannot within " +
+      `${
+        s.quiesceMs / 1000
+      } s has its members dropped and rejoined, so no peer's backlog runs into another peer's step.`,
+    `- **Load-generator saturation.** The load generators share ${
+      m.pinning.clients ? "one core" : "the machine"
+    }; the *load-gen CPU* column shows how busy ` +
+      "it was (⚠ = 90% or more). Near 100% the client, not the server, sets the limit, and the step says more about the load generator than the peer.",
+    "",
+  );
+
+  if (results.fanout) {
+    L.push("## 1. Fan-out: one room, open loop", "");
+    L.push(
+      `One room of N members; ${s.workers} senders (one per load process) share the offered rate; every member, sender included, receives every message. ` +
+        `Rates stepped ${
+          s.fanout.rates.join(", ")
+        } msg/s until p99 passed ${s.fanout.maxP99Ms} ms.`,
+      "",
+    );
+    for (const size of results.fanout.sizes) {
+      L.push(`### 1 room × ${int(size.members)} members`, "");
+      L.push(...ladderSummary(size.ladders, s.fanout.rates[0], "msg/s"), "");
+    }
+    L.push("<details><summary>Every fan-out step</summary>", "");
+    L.push(
+      ...stepsTable(results.fanout.sizes.flatMap((x) => x.ladders.flatMap((l) => l.steps)), true),
+      "",
+    );
+    L.push("</details>", "");
+  }
+
+  if (results.rooms) {
+    const r = results.rooms;
+    L.push("## 2. Many rooms, every member sending", "");
+    L.push(
+      `${r.rooms} rooms × ${r.members} members; all ${
+        int(r.rooms * r.members)
+      } members send at the same rate; the offered rate is the total over all rooms ` +
+        `(each message reaches the ${r.members} members of its room). Bound: p99 ${s.rooms.maxP99Ms} ms.`,
+      "",
+    );
+    L.push(...ladderSummary(r.ladders, s.rooms.rates[0], "msg/s"), "");
+    L.push("<details><summary>Every step</summary>", "");
+    L.push(...stepsTable(r.ladders.flatMap((l) => l.steps)), "");
+    L.push("</details>", "");
+  }
+
+  if (results.ingest) {
+    const r = results.ingest;
+    L.push("## 3. Persisted ingest", "");
+    L.push(
+      `${r.rooms} rooms with one member each, who sends; latency is from the send's due time to the sender's own echo, which ours only sends ` +
+        `after the message is committed to Deno KV. The raw and Socket.IO peers keep nothing, so their numbers are the ceiling of the transport. Bound: p99 ${r.maxP99Ms} ms.`,
+      "",
+    );
+    L.push(...ladderSummary(r.ladders, s.ingest.rates[0], "msg/s"), "");
+    L.push("<details><summary>Every step</summary>", "");
+    L.push(...stepsTable(r.ladders.flatMap((l) => l.steps)), "");
+    L.push("</details>", "");
+  }
+
+  if (results.connections) {
+    const c = results.connections;
+    L.push("## 4. Idle connections", "");
+    L.push(
+      `Sockets opened from ${s.workers} load processes (source addresses 127.0.0.2–127.0.0.${
+        1 + s.workers
+      }), ` +
+        `${s.connections.concurrency} handshakes in flight per process, spread over rooms of 20; then left idle ${
+          s.connections.idleMs / 1000
+        } s. ` +
+        `RSS per socket = (RSS with the sockets − RSS before) / sockets. Each process may hold at most ${
+          int(c.fdLimit)
+        } files ` +
+        `(hard limit, not raisable here), so the "20k" level is ${
+          int(Math.max(...c.steps.map((x) => x.target)))
+        } sockets.`,
+      "",
+    );
+    L.push(
+      "| peer | sockets | joined | connect time s | sockets/s | server CPU s | RSS before MiB | RSS after MiB | KB per socket | open after idle |",
+      "| --- | --: | --: | --: | --: | --: | --: | --: | --: | --: |",
+    );
+    for (const x of c.steps) {
+      L.push(
+        `| ${label(x.peer)} | ${int(x.target)} | ${int(x.connected)}${
+          x.failed ? ` (${int(x.failed)} failed)` : ""
+        } | ${(x.ms / 1000).toFixed(2)} | ${int(x.perSec)} | ${fx(x.cpuSec, 2)} | ${
+          mib(x.rssBefore)
+        } | ${mib(x.rssAfter)} | ${fx(x.perConnection / 1000, 1)} | ${int(x.stillOpen)} |`,
+      );
+    }
+    L.push("");
+  }
+
+  if (results.attachments) {
+    const a = s.attachments;
+    L.push("## 5. Attachments during fan-out", "");
+    L.push(
+      `A background room of ${a.backgroundMembers} members runs at ${a.backgroundRate} msg/s. In a second room of ${a.fileMembers} members ` +
+        `(held by a load process of its own), one member sends one ${
+          mib(a.bytes)
+        } MiB file (base64 in the JSON frame), then ${a.many} members send one each at once. ` +
+        "*Send → all delivered* is from the first send until every member of the file room has every file's broadcast. " +
+        "*Frame fully sent* is when the client's socket took the frame's last byte (the server has it, or is reading the tail from the kernel); " +
+        "*server time* is from then until the last member had the broadcast (the worst file of the phase) — the target's measure, as it leaves out " +
+        "the load generator's own work of building and masking a 14 MB frame. Peak RSS is VmHWM after a reset just before the phase; " +
+        "the *none* row is the same window without files.",
+      "",
+    );
+    L.push(
+      "| peer | files | send → all delivered ms | frame fully sent ms (last file) | server time ms (frame sent → all delivered, worst file) | RSS before MiB | peak RSS MiB | growth MiB | growth ÷ bytes sent | background p99 ms | background p99.9 ms |",
+      "| --- | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: |",
+    );
+    for (const x of results.attachments) {
+      const written = x.timings.map((t) => t.writtenMs ?? NaN).filter(Number.isFinite);
+      L.push(
+        `| ${label(x.peer)} | ${x.files === 0 ? "none" : x.files} | ${
+          x.files === 0 ? "–" : x.allDeliveredMs?.toFixed(0) ?? "not all delivered"
+        } | ${written.length ? Math.max(...written).toFixed(0) : "–"} | ${
+          fx(serverTimeMs(x), 0)
+        } | ${mib(x.rssBefore)} | ${mib(x.peak)} | ${mib(x.growth)} | ${
+          x.files === 0 ? "–" : (x.growth / (x.bytes * x.files)).toFixed(2)
+        } | ${ms(x.background.latency.p99)} | ${ms(x.background.latency.p999)} |`,
+      );
+    }
+    L.push("");
+  }
+
+  if (results.parallel) {
+    const p = results.parallel;
+    L.push("## 6. Under `deno serve --parallel`", "");
+    L.push(
+      `\`deno serve --parallel\` with \`DENO_JOBS=2\` (two isolates sharing the KV file), 1 room × ${
+        int(p.members)
+      } members spread over the isolates by the kernel, ` +
+        "next to ours in one process under the same conditions. Nothing is pinned here (two isolates need both cores), so the load generators share the cores with the server; " +
+        "every member checks that `pk` grows by exactly one (gaps and duplicates must be 0). " +
+        `Connections per isolate (sampled from \`/healthz\`): ${
+          Object.values(p.isolates).map(int).join(" and ") || "–"
+        }.`,
+      "",
+    );
+    L.push(...ladderSummary(p.ladders, s.parallel.rates[0], "msg/s"), "");
+    L.push(
+      "| peer | offered msg/s | p50 ms | p99 ms | deliveries/s | gaps | duplicates | server CPU | result |",
+      "| --- | --: | --: | --: | --: | --: | --: | --: | --- |",
+    );
+    for (const x of p.ladders.flatMap((l) => l.steps)) {
+      L.push(
+        `| ${label(x.peer)} | ${int(x.rate)} | ${ms(x.latency.p50)} | ${ms(x.latency.p99)} | ${
+          int(x.deliveriesPerSec)
+        } | ${x.gaps} | ${x.dups} | ${fx(x.serverCpuPct, 0)}% | ${
+          x.pass ? "ok" : `over: ${x.reason}`
+        } |`,
+      );
+    }
+    L.push("");
+  }
+
+  const profiles = [
+    ["fan-out", results.profile?.fanout, `1 room × ${int(s.profile.members)} members`],
+    ["ingest", results.profile?.ingest, `${s.ingest.rooms} rooms, one sender each`],
+  ] as const;
+  if (profiles.some(([, run]) => run?.summary)) {
+    L.push("## Where our server spends its time", "");
+    L.push(
+      "Separate runs (not used in the tables above) of ours under `deno run --cpu-prof`, pinned to one core like the measured runs. " +
+        "Each profile covers the whole process life, joins included. Self time by function as a share of the busy (non-idle) time; " +
+        "`op_*` entries are Deno's native operations (socket writes, KV reads and commits). Hot spots to look at first:",
+      "",
+    );
+    for (const [name, run, shape] of profiles) {
+      const p = run?.summary;
+      if (!run || !p) continue;
+      L.push(
+        `### Under ${name}: ${shape} at ${run.rates.map(int).join(" then ")} msg/s`,
+        "",
+        `${(p.durationMs / 1000).toFixed(0)} s profiled, ${
+          (p.busyMs / 1000).toFixed(1)
+        } s of it busy on the JavaScript thread, while the process as a whole used ${
+          fx(run.steps.reduce((t, x) => t + x.serverCpuSec, 0), 1)
+        } CPU-s in the measured windows alone: much of the work (KV's SQLite commits, socket I/O) runs on Deno's other threads and shows here only as the \`op_*\` calls that wait for it. The profiled steps: ${
+          run.steps.map((x) =>
+            `${int(x.rate)} msg/s → p99 ${ms(x.latency.p99)} ms, server CPU ${
+              fx(x.serverCpuPct, 0)
+            }%`
+          ).join("; ")
+        }.`,
+        "",
+        "| # | function (file:line) | self ms | % of busy | inclusive ms |",
+        "| --: | --- | --: | --: | --: |",
+      );
+      p.top.forEach((x, i) => {
+        L.push(
+          `| ${i + 1} | \`${x.name.replace(/\|/g, "\\|")}\` | ${x.selfMs.toFixed(0)} | ${
+            x.pct.toFixed(1)
+          }% | ${x.totalMs.toFixed(0)} |`,
+        );
+      });
+      L.push(
+        "",
+        `By area: ${p.areas.map((a) => `${a.area} ${a.pct.toFixed(1)}%`).join(", ")}.`,
+        "",
+      );
+    }
+  }
+
+  L.push("## Reproducing", "");
+  L.push(
+    "```sh",
+    "deno task bench              # full run, ~20 min on 2 cores; rewrites this page and its charts",
+    "deno task bench -- --quick   # smoke run, under 2 min; prints results, leaves this page alone",
+    "deno task bench -- --only=fanout,ingest   # a subset (fanout, rooms, ingest, connections, attachments, parallel, profile)",
+    "deno task bench -- --report=bench/results/latest.json   # re-render this page from saved results",
+    "```",
+    "",
+    "The runner installs the Node side with `npm ci --prefix bench` when `bench/node_modules` is missing, starts and kills every process itself (also on Ctrl-C or failure), " +
+      "and keeps logs, the CPU profile and the full JSON of each run under `bench/results/raw/` (ignored by git).",
+    "",
+  );
+  return L.join("\n");
+}
