@@ -65,6 +65,8 @@ function parseArgs(args: string[]) {
     else if (key === "--no-docs") out.docs = false;
     else if (key === "--report") out.report = value;
     else if (key === "--snapshot") out.snapshot = true;
+    // `deno task bench -- --quick` hands the script the separator itself.
+    else if (arg === "--") continue;
     else if (key === "--help" || key === "-h") {
       console.log(
         "deno task bench [-- --quick] [--only=" + SCENARIOS.join(",") +
