@@ -88,6 +88,8 @@ async function commitRetryingLocks(
 export class KvMessageStore implements MessageStore, ReadCursorStore {
   #kv: Deno.Kv;
   #pending: PendingAppend[] = [];
+  /** The last head entry this store read or wrote, per room. */
+  #heads = new Map<string, Deno.KvEntryMaybe<number>>();
   #draining = false;
   /** Called after every commit with its duration in ms, for metrics. */
   onCommit?: (ms: number, messages: number) => void;
@@ -171,10 +173,15 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       p.draft.clientId ? KV_KEYS.idempotency(p.room, senderKey(p.draft), p.draft.clientId) : null
     );
     for (let attempt = 0;; attempt++) {
-      const [headEntries, idemEntries] = await Promise.all([
-        this.#getMany<number>(rooms.map(KV_KEYS.head)),
+      // Heads this store committed last are taken from memory; a stale one (another writer got
+      // there first) fails its check, and the retry reads every head afresh.
+      const unknown = attempt === 0 ? rooms.filter((r) => !this.#heads.has(r)) : rooms;
+      const [readHeads, idemEntries] = await Promise.all([
+        this.#getMany<number>(unknown.map(KV_KEYS.head)),
         this.#getMany<number>(idemKeys.filter((k) => k !== null)),
       ]);
+      const fresh = new Map(unknown.map((r, i) => [r, readHeads[i]]));
+      const headEntries = rooms.map((r) => fresh.get(r) ?? this.#heads.get(r)!);
       // Client ids already stored (or repeated inside this batch) resolve to the first message.
       const known = new Map<string, number>();
       for (const entry of idemEntries) {
@@ -234,6 +241,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       }
       const res = written > 0 ? await commitRetryingLocks(op) : { ok: true };
       if (!res.ok) {
+        for (const room of rooms) this.#heads.delete(room);
         // Another isolate or instance committed to one of these rooms first: read again.
         if (attempt > 200) {
           throw new Error(`Could not append to ${rooms.join(", ")}: too much contention`);
@@ -241,6 +249,17 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
         await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, 2 + attempt * 2)));
         continue;
       }
+      if (this.#heads.size > 10_000) this.#heads.clear();
+      headEntries.forEach((entry, i) => {
+        const room = rooms[i];
+        const grown = heads.get(room)! !== startHeads.get(room)!;
+        this.#heads.set(
+          room,
+          grown && "versionstamp" in res
+            ? { key: entry.key, value: heads.get(room)!, versionstamp: res.versionstamp }
+            : entry,
+        );
+      });
       const final: AppendResult[] = [];
       for (const r of results) {
         if ("pendingSeq" in r) {
