@@ -30,10 +30,19 @@ export function parseRoomKey(key: string): { kind: RoomKind; id: string } | null
   return { kind, id };
 }
 
+// Grants are checked on every send; a token's few patterns are compiled once.
+const compiled = new Map<string, RegExp>();
+
 /** True when a grant pattern (`ticket:1`, `ticket:*`, `*`) covers the room key. */
 export function grantMatches(pattern: string, room: string): boolean {
   if (pattern === room || pattern === "*") return true;
   if (!pattern.includes("*")) return false;
-  const escaped = pattern.split("*").map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&"));
-  return new RegExp(`^${escaped.join(".*")}$`).test(room);
+  let regex = compiled.get(pattern);
+  if (!regex) {
+    const escaped = pattern.split("*").map((part) => part.replace(/[.+?^${}()|[\]\\]/g, "\\$&"));
+    regex = new RegExp(`^${escaped.join(".*")}$`);
+    if (compiled.size >= 1000) compiled.clear();
+    compiled.set(pattern, regex);
+  }
+  return regex.test(room);
 }

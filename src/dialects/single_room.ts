@@ -77,14 +77,8 @@ export function singleRoomRoute(ctx: DialectContext, dialect: SingleRoomDialect)
         refuse = dialect.codes.forbidden;
       }
       if (refuse !== undefined) {
-        // Accepted, then closed: browser clients only see a close code, never an HTTP status.
-        const code = refuse;
-        return Connection.upgrade(req, options, {
-          open: (conn) =>
-            conn.close(code, code === dialect.codes.unauthorized ? "Unauthorized" : "Forbidden"),
-          message: () => {},
-          closed: () => {},
-        });
+        const reason = refuse === dialect.codes.unauthorized ? "Unauthorized" : "Forbidden";
+        return Connection.refuse(req, options, refuse, reason);
       }
       let session: RoomSession;
       const baseUrl = baseUrlOf(ctx.config, req);

@@ -35,8 +35,6 @@ interface RoomState {
 
 /** Counters the metrics endpoint reads. */
 export interface HubStats {
-  /** Frames written to sockets. */
-  framesOut: number;
   /** Messages read back from the store to fill a gap. */
   gapFills: number;
   /** Events dropped as already delivered. */
@@ -57,7 +55,7 @@ export class Hub {
   #heads?: HeadWatcher;
   #catchUpDelayMs: number;
   /** Delivery counters. */
-  readonly stats: HubStats = { framesOut: 0, gapFills: 0, duplicatesDropped: 0 };
+  readonly stats: HubStats = { gapFills: 0, duplicatesDropped: 0 };
 
   /**
    * Creates a hub over the store it fills gaps from and the broker it shares events through.
@@ -175,10 +173,7 @@ export class Hub {
           frame = member.render(event);
           frames.set(member.renderKey, frame);
         }
-        if (frame !== undefined) {
-          member.send(frame);
-          this.stats.framesOut++;
-        }
+        if (frame !== undefined) member.send(frame);
       } catch (err) {
         console.error("hub: delivery to a member failed:", err);
       }

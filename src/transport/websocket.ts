@@ -74,6 +74,18 @@ export class Connection {
     socket.onerror = () => this.#cleanup();
   }
 
+  /**
+   * Upgrades, then closes at once with `code`: a browser client only ever sees a close code,
+   * never an HTTP status, so refusals (bad token, no access) are told this way.
+   */
+  static refuse(req: Request, options: SocketOptions, code: number, reason: string): Response {
+    return Connection.upgrade(req, options, {
+      open: (conn) => conn.close(code, reason),
+      message: () => {},
+      closed: () => {},
+    });
+  }
+
   /** Upgrades the request and attaches the handler; returns the 101 response. */
   static upgrade(req: Request, options: SocketOptions, handler: SocketHandler): Response {
     const { socket, response } = Deno.upgradeWebSocket(req, {

@@ -118,11 +118,7 @@ export function nativeRoute(ctx: DialectContext): WsRoute {
       const user = await ctx.auth.authenticate(token);
       const baseUrl = baseUrlOf(ctx.config, req);
       if (!user) {
-        return Connection.upgrade(req, options, {
-          open: (conn) => conn.close(NATIVE_CLOSE.unauthorized, "Unauthorized"),
-          message: () => {},
-          closed: () => {},
-        });
+        return Connection.refuse(req, options, NATIVE_CLOSE.unauthorized, "Unauthorized");
       }
       return Connection.upgrade(req, options, nativeSession(ctx, user, baseUrl));
     },
