@@ -4,6 +4,7 @@ import { DirectoryAccessPolicy, directoryProfileEnricher } from "./src/auth/dire
 import { Authenticator } from "./src/auth/authenticator.ts";
 import { createVerifier, ensureDevSecret } from "./src/auth/verifier.ts";
 import { BroadcastChannelBroker } from "./src/broker/broadcast_channel_broker.ts";
+import { InstanceRegistry, SharedOnlyBroker } from "./src/broker/instance_registry.ts";
 import { KvHeadWatcher } from "./src/broker/kv_head_watcher.ts";
 import { type Config, loadConfig } from "./src/config.ts";
 import { ChatService } from "./src/core/chat_service.ts";
@@ -83,9 +84,21 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     metrics.commitSeconds += ms / 1000;
     metrics.commits++;
   };
-  const broker = overrides.broker ?? new BroadcastChannelBroker(config.kvPath);
+  // Alone on the store, a server skips the channel posts and the head watches (nobody else
+  // commits or listens); both start as soon as another instance or isolate registers.
+  const registry = await InstanceRegistry.start(kv);
+  const broker = new SharedOnlyBroker(
+    overrides.broker ?? new BroadcastChannelBroker(config.kvPath),
+    () => !registry.alone,
+  );
   const hub = new Hub(store, broker, {
-    heads: (h) => new KvHeadWatcher(kv, (room, head) => h.headAdvanced(room, head)),
+    heads: (h) => {
+      const watcher = new KvHeadWatcher(kv, (room, head) => h.headAdvanced(room, head), {
+        active: !registry.alone,
+      });
+      registry.onChange((alone) => watcher.setActive(!alone));
+      return watcher;
+    },
   });
   const media = new LocalMediaStore(config.mediaDir);
   const chat = new ChatService({
@@ -137,7 +150,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     metrics,
     hub,
     media,
-    isolateId: crypto.randomUUID().slice(0, 8),
+    isolateId: registry.id.slice(0, 8),
+    peers: () => registry.others,
     healthCheck: async () => {
       await kv.get(["health"]);
       await directory.ping().catch((err) => {
@@ -195,6 +209,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       chat.close();
       hub.close();
       broker.close();
+      await registry.close();
       kv.close();
       await directory.close();
     },

@@ -30,17 +30,36 @@ export class KvHeadWatcher implements HeadWatcher {
   #onHead: (room: string, head: number) => void;
   #buckets: Bucket[] = [];
   #closed = false;
+  #active: boolean;
 
-  /** Watches through `kv` and reports each new head to `onHead`. */
-  constructor(kv: Deno.Kv, onHead: (room: string, head: number) => void) {
+  /**
+   * Watches through `kv` and reports each new head to `onHead`. An inactive watcher only keeps
+   * its list of rooms (see {@link setActive}).
+   */
+  constructor(
+    kv: Deno.Kv,
+    onHead: (room: string, head: number) => void,
+    options: { active?: boolean } = {},
+  ) {
     this.#kv = kv;
     this.#onHead = onHead;
+    this.#active = options.active ?? true;
+  }
+
+  /**
+   * Starts or stops the watches. A server alone on its store stops them: nobody else commits.
+   * Watches that start report the current heads first, so commits made meanwhile are caught up.
+   */
+  setActive(active: boolean): void {
+    if (this.#active === active) return;
+    this.#active = active;
+    for (const bucket of this.#buckets) this.#restart(bucket);
   }
 
   #restart(bucket: Bucket): void {
     bucket.reader?.cancel().catch(() => {});
     bucket.reader = undefined;
-    if (this.#closed || bucket.rooms.length === 0) return;
+    if (this.#closed || !this.#active || bucket.rooms.length === 0) return;
     const rooms = [...bucket.rooms];
     const reader = this.#kv.watch(rooms.map(KV_KEYS.head)).getReader();
     bucket.reader = reader;

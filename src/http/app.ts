@@ -19,6 +19,8 @@ export interface HttpDeps {
   healthCheck(): Promise<void>;
   /** Identifies this isolate in health output. */
   isolateId: string;
+  /** Other live servers (instances or isolates) sharing the store, for health output. */
+  peers?: () => number;
   /** The admin REST API, its routes under `/api` (see src/http/api/). */
   api?: Hono;
   /** More Prometheus text appended to /metrics (the API's request counters). */
@@ -90,6 +92,7 @@ export function createHttpApp(deps: HttpDeps): Hono {
         status: "ok",
         isolate: deps.isolateId,
         connections: deps.metrics.openConnections,
+        ...(deps.peers ? { peers: deps.peers() } : {}),
       });
     } catch (err) {
       return c.json({ status: "error", message: (err as Error).message }, 503);

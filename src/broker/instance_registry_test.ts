@@ -1,0 +1,86 @@
+/** Servers sharing a KV store find each other; a lone one publishes nothing. */
+
+import { assert, assertEquals } from "../../tests/assert.ts";
+import { eventually } from "../../tests/helpers.ts";
+import type { RoomEvent } from "../core/types.ts";
+import { InstanceRegistry, SharedOnlyBroker } from "./instance_registry.ts";
+import { MemoryBroker, MemoryBus } from "./memory_broker.ts";
+
+async function withKv(fn: (path: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir();
+  try {
+    await fn(`${dir}/kv.sqlite3`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("instance registry: arrivals and departures are seen by the others", async () => {
+  await withKv(async (path) => {
+    const kvA = await Deno.openKv(path);
+    const kvB = await Deno.openKv(path);
+    const a = await InstanceRegistry.start(kvA, { heartbeatMs: 100 });
+    const changes: boolean[] = [];
+    a.onChange((alone) => changes.push(alone));
+    assert(a.alone, "the first server is alone");
+
+    const b = await InstanceRegistry.start(kvB, { heartbeatMs: 100 });
+    // The newcomer sees the first at once; the first learns of it through the watch.
+    assertEquals([b.alone, b.others], [false, 1]);
+    await eventually(() => !a.alone && a.others === 1, 5000, "the first to see the newcomer");
+
+    await b.close();
+    await eventually(() => a.alone, 5000, "the first to be alone again after the other left");
+    assertEquals(changes, [false, true]);
+    await a.close();
+    kvA.close();
+    kvB.close();
+  });
+});
+
+Deno.test("instance registry: an entry that stopped renewing counts for nobody", async () => {
+  await withKv(async (path) => {
+    const kv = await Deno.openKv(path);
+    // A server that died without removing its entry, its last heartbeat long ago.
+    await kv.set(["instance", "crashed"], { seenAt: Date.now() - 60_000, pid: 1 });
+    const a = await InstanceRegistry.start(kv, { heartbeatMs: 100, staleMs: 30_000 });
+    assert(a.alone);
+    // One that is alive, but whose renewals stop: it lapses after staleMs.
+    await kv.set(["instance", "fading"], { seenAt: Date.now(), pid: 2 });
+    await kv.atomic().sum(["instance_epoch"], 1n).commit();
+    await eventually(() => a.others === 1);
+    await a.close();
+    const b = await InstanceRegistry.start(kv, { heartbeatMs: 100, staleMs: 200 });
+    await eventually(() => b.alone, 5000, "the silent entry to go stale");
+    await b.close();
+    kv.close();
+  });
+});
+
+Deno.test("shared-only broker: posts only while someone else shares the store", async () => {
+  const bus = new MemoryBus();
+  let shared = false;
+  const mine = new SharedOnlyBroker(new MemoryBroker(bus), () => shared);
+  const theirs = new MemoryBroker(bus);
+  const heard: RoomEvent[] = [];
+  theirs.subscribe("room:a", (e) => heard.push(e));
+  const event: RoomEvent = {
+    type: "typing",
+    room: "room:a",
+    user: { id: 1, username: "one" },
+    isTyping: true,
+  };
+  mine.publish(event);
+  await new Promise((r) => setTimeout(r, 10));
+  assertEquals(heard.length, 0);
+  shared = true;
+  mine.publish(event);
+  await eventually(() => heard.length === 1);
+  // Subscriptions work either way.
+  const got: RoomEvent[] = [];
+  mine.subscribe("room:a", (e) => got.push(e));
+  theirs.publish(event);
+  await eventually(() => got.length === 1);
+  mine.close();
+  theirs.close();
+});
