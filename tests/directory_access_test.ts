@@ -6,6 +6,7 @@
 import { DirectoryAccessPolicy, directoryProfileEnricher } from "../src/auth/directory_access.ts";
 import { principalFromClaims } from "../src/auth/principal.ts";
 import type { Directory } from "../src/core/directory.ts";
+import { openDirectory } from "../src/directory/open.ts";
 import type { Principal } from "../src/core/types.ts";
 import { BACKENDS, openBackendDirectory, requirePostgresInCi } from "./api_helpers.ts";
 import { assert, assertEquals } from "./assert.ts";
@@ -161,4 +162,43 @@ Deno.test("directory access: a directory that does not answer leaves the token's
     console.warn = warn;
   }
   assert(warnings.length === 1);
+});
+
+Deno.test("directory access [sqlite file]: decisions are reused until anyone commits, even another process's connection", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = `${dir}/directory.sqlite3`;
+  const directory = await openDirectory(path, dir);
+  // The application's own connection to the same file, as Django's would be.
+  const other = await openDirectory(path, dir);
+  try {
+    let lookups = 0;
+    const counting: Directory = Object.create(directory);
+    counting.roomAccess = (...args) => {
+      lookups++;
+      return directory.roomAccess(...args);
+    };
+    counting.changeToken = () => directory.changeToken!();
+    const policy = new DirectoryAccessPolicy(counting);
+    await directory.upsertRoom({ kind: "ticket", id: "1" });
+    await directory.setParticipants("ticket", "1", [{ userId: "4", role: "member" }]);
+    const four = user({ sub: "4" });
+    assert(await policy.canAccess(four, "ticket:1"));
+    assert(await policy.canAccess(four, "ticket:1"));
+    assert(await policy.canAccess(four, "ticket:1"));
+    assertEquals(lookups, 1, "one read while nothing changed");
+    // Another principal (another connection of the same user) decides on its own.
+    assert(await policy.canAccess(user({ sub: "4" }), "ticket:1"));
+    assertEquals(lookups, 2);
+
+    await other.removeParticipant("ticket", "1", "4");
+    assertEquals(await policy.canAccess(four, "ticket:1"), false, "the other connection's commit");
+    assertEquals(lookups, 3);
+    await directory.addParticipant("ticket", "1", { userId: "4", role: "member" });
+    assert(await policy.canAccess(four, "ticket:1"), "this connection's own commit");
+    assertEquals(lookups, 4);
+  } finally {
+    await other.close();
+    await directory.close();
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -13,8 +13,10 @@
  *    access even for tokens minted before the removal.
  * 4. A room the directory does not know falls back to the token's `rooms` claim.
  *
- * Nothing is cached: every check reads the directory, so a removal takes effect on the next
- * send on every isolate and instance (two indexed primary-key reads, issued together).
+ * A removal takes effect on the next send on every isolate and instance. Where the directory
+ * can say cheaply whether anything changed (SQLite: a commit by anyone moves its change token),
+ * a decision is reused until it does; otherwise (Postgres) every check reads the directory (two
+ * indexed primary-key reads, issued together).
  */
 
 import type { Directory, DirectoryUser } from "../core/directory.ts";
@@ -32,14 +34,34 @@ const roleFromDirectory = new WeakSet<Principal>();
 /** The {@link AccessPolicy} on the directory; see the module comment for the rule. */
 export class DirectoryAccessPolicy implements AccessPolicy {
   #directory: Directory;
+  /**
+   * Decisions per principal (one per authenticated connection, so a token's own claims and
+   * role stay with it) and room, each valid while the directory's change token is the same.
+   */
+  #decided = new WeakMap<Principal, Map<string, { token: string; allowed: boolean }>>();
 
-  /** Decides with `directory`, read on every check. */
+  /** Decides with `directory`, read again whenever its data may have changed. */
   constructor(directory: Directory) {
     this.#directory = directory;
   }
 
   /** True when the user may read and write the room now. */
   async canAccess(user: Principal, room: string): Promise<boolean> {
+    const token = this.#directory.changeToken?.() ?? null;
+    if (token === null) return await this.#decide(user, room);
+    let rooms = this.#decided.get(user);
+    const known = rooms?.get(room);
+    if (known && known.token === token) return known.allowed;
+    const allowed = await this.#decide(user, room);
+    // A decision read across a commit belongs to the token taken before it, which the next
+    // check sees as stale; reads never see half a commit.
+    if (!rooms) this.#decided.set(user, rooms = new Map());
+    if (rooms.size >= 64) rooms.clear();
+    rooms.set(room, { token, allowed });
+    return allowed;
+  }
+
+  async #decide(user: Principal, room: string): Promise<boolean> {
     const roleIsStored = roleFromDirectory.has(user);
     // Open rooms need no role; a stored role must be read fresh before it counts.
     if (roleGrantsAccess(roleIsStored ? { ...user, role: undefined } : user, room)) return true;

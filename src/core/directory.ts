@@ -86,6 +86,11 @@ export interface Directory {
     id: string,
     userId: string,
   ): Promise<{ known: boolean; ownerId: string | null; participant: boolean }>;
+  /**
+   * A value that differs whenever anyone may have changed the directory since it was last
+   * taken, read without a round trip; absent or null when the engine cannot tell cheaply.
+   */
+  changeToken?(): string | null;
   /** The participant entry of `userId` in the room, or null. */
   getParticipant(kind: string, id: string, userId: string): Promise<Participant | null>;
   /** Closes the connection pool. */

@@ -21,6 +21,8 @@ import {
 export interface KyselyDirectoryOptions {
   /** The engine behind the Kysely instance. */
   dialect: DirectoryDialect;
+  /** See {@link Directory.changeToken}; SQLite can answer it, Postgres cannot cheaply. */
+  changeToken?: () => string | null;
 }
 
 /** The user fields the directory stores, with their column names. */
@@ -55,11 +57,18 @@ export class KyselyDirectory implements Directory {
   readonly #db: Kysely<DirectoryDatabase>;
   #roomAccessSql?: string;
   readonly #dialect: DirectoryDialect;
+  readonly #changeToken?: () => string | null;
 
   /** Wraps a Kysely instance; the directory owns it from now on and destroys it in `close()`. */
   constructor(db: Kysely<DirectoryDatabase>, options: KyselyDirectoryOptions) {
     this.#db = db;
     this.#dialect = options.dialect;
+    this.#changeToken = options.changeToken;
+  }
+
+  /** A token that changes with every commit to the database, null when the engine can't tell. */
+  changeToken(): string | null {
+    return this.#changeToken?.() ?? null;
   }
 
   /** The underlying Kysely instance, for tests and maintenance scripts. */

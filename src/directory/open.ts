@@ -77,8 +77,9 @@ export async function openDirectory(
 /** A directory on a SQLite file, or in memory for `:memory:`. */
 async function openSqlite(path: string): Promise<KyselyDirectory> {
   if (path !== ":memory:") await mkdir(dirname(path), { recursive: true });
-  const db = new Kysely<DirectoryDatabase>({ dialect: new NodeSqliteDialect({ database: path }) });
-  return new KyselyDirectory(db, { dialect: "sqlite" });
+  const dialect = new NodeSqliteDialect({ database: path });
+  const db = new Kysely<DirectoryDatabase>({ dialect });
+  return new KyselyDirectory(db, { dialect: "sqlite", changeToken: () => dialect.changeToken() });
 }
 
 /** A directory on a Postgres connection pool. */

@@ -33,6 +33,7 @@ export interface NodeSqliteDialectConfig {
 /** The Kysely dialect for `node:sqlite`: SQLite's compiler and introspector on a `DatabaseSync`. */
 export class NodeSqliteDialect implements Dialect {
   readonly #config: NodeSqliteDialectConfig;
+  #driver?: NodeSqliteDriver;
 
   /** Keeps the settings; the database opens when Kysely first needs a connection. */
   constructor(config: NodeSqliteDialectConfig) {
@@ -41,7 +42,15 @@ export class NodeSqliteDialect implements Dialect {
 
   /** Creates the driver that owns the single connection. */
   createDriver(): Driver {
-    return new NodeSqliteDriver(this.#config);
+    return this.#driver = new NodeSqliteDriver(this.#config);
+  }
+
+  /**
+   * A token that changes whenever a commit reached the database, from this connection or any
+   * other (another process, an application sharing the file); null before the database opens.
+   */
+  changeToken(): string | null {
+    return this.#driver?.changeToken() ?? null;
   }
 
   /** Creates SQLite's query compiler. */
@@ -93,9 +102,21 @@ class NodeSqliteDriver implements Driver {
   #db: DatabaseSync | undefined;
   #connection: NodeSqliteConnection | undefined;
   #release: (() => void) | undefined;
+  #version: StatementSync | undefined;
 
   constructor(config: NodeSqliteDialectConfig) {
     this.#config = config;
+  }
+
+  changeToken(): string | null {
+    if (!this.#db || !this.#connection) return null;
+    // `data_version` moves when another connection commits, `total_changes()` when this one
+    // writes; together they change whenever the data may have. One statement, no I/O.
+    this.#version ??= this.#db.prepare(
+      "select (select data_version from pragma_data_version) as v, total_changes() as c",
+    );
+    const row = this.#version.get() as { v: number; c: number };
+    return `${row.v}:${row.c}`;
   }
 
   init(): Promise<void> {
@@ -183,6 +204,7 @@ class NodeSqliteDriver implements Driver {
       const db = this.#db;
       this.#db = undefined;
       this.#connection = undefined;
+      this.#version = undefined;
       if (db?.isOpen) db.close();
     } finally {
       release();
