@@ -7,7 +7,7 @@
  */
 
 import { Fleet } from "./lib/load.ts";
-import { mintTokens, type PeerContext } from "./lib/peers.ts";
+import { mintTokens, type PeerContext, PEERS } from "./lib/peers.ts";
 import { summariseProfile } from "./lib/profile.ts";
 import { initClockTicks, killAllNow, stopAll, taskset, waitForQuiet } from "./lib/procs.ts";
 import { renderCharts, renderMarkdown, type Results, verdicts } from "./lib/report.ts";
@@ -46,6 +46,7 @@ function parseArgs(args: string[]) {
     docs: undefined as boolean | undefined,
     report: undefined as string | undefined,
     snapshot: false,
+    peers: undefined as string[] | undefined,
   };
   for (const arg of args) {
     const [key, value] = arg.includes("=")
@@ -65,12 +66,14 @@ function parseArgs(args: string[]) {
     else if (key === "--no-docs") out.docs = false;
     else if (key === "--report") out.report = value;
     else if (key === "--snapshot") out.snapshot = true;
+    else if (key === "--peers") out.peers = value.split(",").map((s) => s.trim()).filter(Boolean);
     // `deno task bench -- --quick` hands the script the separator itself.
     else if (arg === "--") continue;
     else if (key === "--help" || key === "-h") {
       console.log(
         "deno task bench [-- --quick] [--only=" + SCENARIOS.join(",") +
-          "] [--server-dir=PATH | --snapshot] [--docs|--no-docs] [--report=results.json]\n" +
+          "] [--peers=raw_deno,ours_ticket,ours_native,socketio]\n" +
+          "  [--server-dir=PATH | --snapshot] [--docs|--no-docs] [--report=results.json]\n" +
           "  --snapshot: measure the committed HEAD (exported with git archive), not the work tree",
       );
       Deno.exit(0);
@@ -196,6 +199,12 @@ async function main(): Promise<number> {
   await initClockTicks();
   const fdLimit = Number(await run("bash", ["-c", "ulimit -Hn"])) || 1024;
   const settings = settingsFor(args.quick, fdLimit);
+  if (args.peers) {
+    // A partial run for iterating on one peer; never written to the docs as a full run.
+    const keep = PEERS.filter((p) => args.peers!.includes(p.id));
+    if (keep.length === 0) throw new Error(`--peers matched none of ${PEERS.map((p) => p.id)}`);
+    PEERS.splice(0, PEERS.length, ...keep);
+  }
   const cores = navigator.hardwareConcurrency;
   const pin = taskset() !== null && cores >= 2;
   const serverCpus = pin ? "0" : undefined;
@@ -355,7 +364,7 @@ async function main(): Promise<number> {
   results.meta.durationSec = (performance.now() - started) / 1000;
   const json = JSON.stringify(results, null, 1);
   await Deno.writeTextFile(`${rawDir}/results.json`, json);
-  const complete = SCENARIOS.every((s) => args.only.includes(s));
+  const complete = !args.peers && SCENARIOS.every((s) => args.only.includes(s));
   const summaryPath = `${benchDir}/results/${
     args.quick ? "quick" : complete ? "latest" : "partial"
   }.json`;
