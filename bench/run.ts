@@ -47,6 +47,7 @@ function parseArgs(args: string[]) {
     report: undefined as string | undefined,
     snapshot: false,
     peers: undefined as string[] | undefined,
+    sizes: undefined as number[] | undefined,
   };
   for (const arg of args) {
     const [key, value] = arg.includes("=")
@@ -66,13 +67,14 @@ function parseArgs(args: string[]) {
     else if (key === "--no-docs") out.docs = false;
     else if (key === "--report") out.report = value;
     else if (key === "--snapshot") out.snapshot = true;
+    else if (key === "--sizes") out.sizes = value.split(",").map(Number).filter((n) => n > 0);
     else if (key === "--peers") out.peers = value.split(",").map((s) => s.trim()).filter(Boolean);
     // `deno task bench -- --quick` hands the script the separator itself.
     else if (arg === "--") continue;
     else if (key === "--help" || key === "-h") {
       console.log(
         "deno task bench [-- --quick] [--only=" + SCENARIOS.join(",") +
-          "] [--peers=raw_deno,ours_ticket,ours_native,socketio]\n" +
+          "] [--peers=raw_deno,ours_ticket,ours_native,socketio] [--sizes=1000]\n" +
           "  [--server-dir=PATH | --snapshot] [--docs|--no-docs] [--report=results.json]\n" +
           "  --snapshot: measure the committed HEAD (exported with git archive), not the work tree",
       );
@@ -199,6 +201,11 @@ async function main(): Promise<number> {
   await initClockTicks();
   const fdLimit = Number(await run("bash", ["-c", "ulimit -Hn"])) || 1024;
   const settings = settingsFor(args.quick, fdLimit);
+  if (args.sizes) {
+    // Fan-out room sizes for an iteration run; a run with its own sizes is never "latest".
+    settings.fanout.sizes = args.sizes;
+    settings.fanout.referenceSize = args.sizes[0];
+  }
   if (args.peers) {
     // A partial run for iterating on one peer; never written to the docs as a full run.
     const keep = PEERS.filter((p) => args.peers!.includes(p.id));
@@ -364,7 +371,7 @@ async function main(): Promise<number> {
   results.meta.durationSec = (performance.now() - started) / 1000;
   const json = JSON.stringify(results, null, 1);
   await Deno.writeTextFile(`${rawDir}/results.json`, json);
-  const complete = !args.peers && SCENARIOS.every((s) => args.only.includes(s));
+  const complete = !args.peers && !args.sizes && SCENARIOS.every((s) => args.only.includes(s));
   const summaryPath = `${benchDir}/results/${
     args.quick ? "quick" : complete ? "latest" : "partial"
   }.json`;
