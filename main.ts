@@ -86,7 +86,12 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   };
   // Alone on the store, a server skips the channel posts and the head watches (nobody else
   // commits or listens); both start as soon as another instance or isolate registers.
-  const registry = await InstanceRegistry.start(kv);
+  // The registry entry is also the lease of this server's presence entries: it lapses, and
+  // they with it, a presence TTL after the server stops renewing it.
+  const registry = await InstanceRegistry.start(kv, {
+    staleMs: config.presenceTtlSeconds * 1000,
+    heartbeatMs: config.presenceTtlSeconds * 1000 / 3,
+  });
   const broker = new SharedOnlyBroker(
     overrides.broker ?? new BroadcastChannelBroker(config.kvPath),
     () => !registry.alone,
@@ -107,9 +112,9 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     attachments: new MediaAttachmentStore(media, config.maxFileBytes),
     access: new DirectoryAccessPolicy(directory),
     metrics,
-    presence: new KvPresenceStore(kv, config.presenceTtlSeconds * 1000),
+    presence: new KvPresenceStore(kv, registry),
     typingTimeoutMs: config.typingTimeoutSeconds * 1000,
-    presenceRenewMs: config.presenceTtlSeconds * 1000 / 3,
+    presenceSweepMs: config.presenceTtlSeconds * 1000 / 3,
   });
   const connections = new Set<Connection>();
   const context: DialectContext = {

@@ -145,11 +145,14 @@ Deno.test("chat rooms: a user whose isolate died leaves after the presence TTL",
     // Another instance records presence and dies without cleaning up.
     const kv = await Deno.openKv(`${server.dataDir}/chat.kv`);
     const { KvPresenceStore } = await import("../src/store/kv_presence_store.ts");
-    await new KvPresenceStore(kv, 1000).enter(
+    const { InstanceRegistry } = await import("../src/broker/instance_registry.ts");
+    const dying = await InstanceRegistry.start(kv, { staleMs: 1000, heartbeatMs: 300 });
+    await new KvPresenceStore(kv, dying).enter(
       "room:ghosts",
       { id: "ghost", username: "ghost" },
       "c1",
     );
+    dying.abandon();
     kv.close();
     const late = await enter(server, "ghosts", user(3));
     const list = await late.next();

@@ -85,6 +85,16 @@ export class InstanceRegistry {
     return this.#others;
   }
 
+  /** Ids of the servers alive now (this one included), read from the store, not a cache. */
+  async live(): Promise<ReadonlySet<string>> {
+    const cutoff = Date.now() - this.#staleMs;
+    const out = new Set<string>([this.#id]);
+    for await (const entry of this.#kv.list<EntryValue>({ prefix: ENTRIES })) {
+      if (entry.value.seenAt >= cutoff) out.add(String(entry.key[1]));
+    }
+    return out;
+  }
+
   /** Calls `listener` whenever {@link alone} changes; returns the function that stops it. */
   onChange(listener: (alone: boolean) => void): () => void {
     this.#listeners.add(listener);
@@ -137,13 +147,18 @@ export class InstanceRegistry {
     })();
   }
 
-  /** Removes this server's entry and tells the others it left. */
-  async close(): Promise<void> {
-    if (this.#closed) return;
+  /** Stops renewing and following without removing the entry, as a crash would (for tests). */
+  abandon(): void {
     this.#closed = true;
     clearInterval(this.#timer);
     this.#watch?.cancel().catch(() => {});
     this.#listeners.clear();
+  }
+
+  /** Removes this server's entry and tells the others it left. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.abandon();
     try {
       await this.#kv.atomic().delete(ENTRY(this.#id)).sum(EPOCH, 1n).commit();
     } catch {

@@ -57,8 +57,8 @@ export interface ChatServiceDeps {
   presence: PresenceStore;
   /** A typing state not renewed within this many ms ends by itself (default 5000). */
   typingTimeoutMs?: number;
-  /** How often live presence entries are renewed and lapsed ones swept (default 10000). */
-  presenceRenewMs?: number;
+  /** How often the rooms with members here are swept of dead servers' presence (default 10000). */
+  presenceSweepMs?: number;
 }
 
 /** The core: one instance per isolate, shared by every dialect. */
@@ -67,7 +67,7 @@ export class ChatService {
   #typing = new Map<string, { timer: ReturnType<typeof setTimeout>; user: Principal }>();
   /** Presence entries of this isolate's connections: room → connection id → user. */
   #present = new Map<string, Map<string, Principal>>();
-  #renewTimer?: ReturnType<typeof setInterval>;
+  #sweepTimer?: ReturnType<typeof setInterval>;
   #inflight = new Set<Promise<unknown>>();
 
   /** Wires the core to its stores and fan-out. */
@@ -170,7 +170,7 @@ export class ChatService {
 
   /**
    * Records a connection's presence; the room hears `join` only for the user's first
-   * connection. Entries are renewed while the connection lives.
+   * connection. The entry lives as long as this server does (see the presence store).
    */
   enter(user: Principal, room: string, connId: string): Promise<{ first: boolean }> {
     return this.#track(this.#enter(user, room, connId));
@@ -180,7 +180,7 @@ export class ChatService {
     let conns = this.#present.get(room);
     if (!conns) this.#present.set(room, conns = new Map());
     conns.set(connId, user);
-    this.#startRenewing();
+    this.#startSweeping();
     const result = await this.#deps.presence.enter(room, profileOf(user), connId);
     if (result.first) {
       this.#deps.fanout.publish({ type: "presence", room, user: profileOf(user), action: "join" });
@@ -197,7 +197,7 @@ export class ChatService {
     const conns = this.#present.get(room);
     conns?.delete(connId);
     if (conns?.size === 0) this.#present.delete(room);
-    if (this.#present.size === 0) this.#stopRenewing();
+    if (this.#present.size === 0) this.#stopSweeping();
     const result = await this.#deps.presence.exit(room, user.id, connId);
     if (result.last) {
       this.stopTyping(user, room);
@@ -211,24 +211,21 @@ export class ChatService {
     return this.#deps.presence.list(room);
   }
 
-  #startRenewing(): void {
-    if (this.#renewTimer !== undefined) return;
-    this.#renewTimer = setInterval(() => {
-      this.renewPresence().catch((err) => console.error("presence renewal failed:", err));
-    }, this.#deps.presenceRenewMs ?? 10_000);
+  #startSweeping(): void {
+    if (this.#sweepTimer !== undefined) return;
+    this.#sweepTimer = setInterval(() => {
+      this.sweepPresence().catch((err) => console.error("presence sweep failed:", err));
+    }, this.#deps.presenceSweepMs ?? 10_000);
   }
 
-  #stopRenewing(): void {
-    clearInterval(this.#renewTimer);
-    this.#renewTimer = undefined;
+  #stopSweeping(): void {
+    clearInterval(this.#sweepTimer);
+    this.#sweepTimer = undefined;
   }
 
-  /** Renews this isolate's presence entries and announces users whose entries lapsed elsewhere. */
-  async renewPresence(): Promise<void> {
-    for (const [room, conns] of this.#present) {
-      for (const [connId, user] of conns) {
-        await this.#deps.presence.renew(room, profileOf(user), connId);
-      }
+  /** Announces the users of this isolate's rooms whose servers died (their entries lapsed). */
+  async sweepPresence(): Promise<void> {
+    for (const room of [...this.#present.keys()]) {
       for (const user of await this.#deps.presence.sweep(room)) {
         this.#deps.fanout.publish({ type: "presence", room, user, action: "leave" });
       }
@@ -246,9 +243,9 @@ export class ChatService {
     while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
   }
 
-  /** Stops the timers (typing expiry, presence renewal). */
+  /** Stops the timers (typing expiry, presence sweeps). */
   close(): void {
-    this.#stopRenewing();
+    this.#stopSweeping();
     for (const { timer } of this.#typing.values()) clearTimeout(timer);
     this.#typing.clear();
   }

@@ -199,10 +199,11 @@ export interface PresenceStore {
   enter(room: string, user: UserProfile, connId: string): Promise<{ first: boolean }>;
   /** Removes a connection; `last` is true when it was the user's last live one there. */
   exit(room: string, userId: UserId, connId: string): Promise<{ last: boolean }>;
-  /** Extends a live connection's entry. */
-  renew(room: string, user: UserProfile, connId: string): Promise<void>;
   /** The users with at least one live connection, each once. */
   list(room: string): Promise<UserProfile[]>;
-  /** Removes users whose every entry has lapsed and returns them (each reported once overall). */
+  /**
+   * Removes the entries of servers that died and returns the users left with none (each
+   * reported once overall, whichever server sweeps).
+   */
   sweep(room: string): Promise<UserProfile[]>;
 }

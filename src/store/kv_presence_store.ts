@@ -1,10 +1,21 @@
-/** Presence on Deno KV: one entry per connection, a per-user key that serialises join and leave. */
+/** Presence on Deno KV: one entry per connection, alive as long as the server that wrote it. */
 
 import type { PresenceStore, UserId, UserProfile } from "../core/types.ts";
 
+/** The servers whose presence entries count: each entry names the one that wrote it. */
+export interface PresenceLeases {
+  /** The id this server writes into its entries. */
+  readonly id: string;
+  /** Ids of the servers alive now, read fresh (this one included). */
+  live(): Promise<ReadonlySet<string>>;
+}
+
 interface ConnEntry {
   user: UserProfile;
-  expiresAt: number;
+  /** The server holding the socket. */
+  instance?: string;
+  /** Entries written before leases had a deadline of their own instead. */
+  expiresAt?: number;
 }
 
 const connKey = (room: string, user: UserId, conn: string): Deno.KvKey => [
@@ -17,29 +28,36 @@ const userPrefix = (room: string, user: UserId): Deno.KvKey => ["presence", room
 const roomPrefix = (room: string): Deno.KvKey => ["presence", room];
 /** Changed by every enter and exit of the user, so concurrent ones on other isolates conflict. */
 const userLock = (room: string, user: UserId): Deno.KvKey => ["presence_user", room, String(user)];
+const LOCK_TTL_MS = 5 * 60_000;
 
 /**
- * Entries carry their own deadline (KV deletes expired keys lazily, so reads filter by it) and are
- * renewed while the socket lives; a killed isolate's entries lapse after the TTL and the next
- * sweep reports those users as gone.
+ * An entry lives exactly as long as the server that holds its socket: servers renew one lease
+ * each (their instance registry entry), never an entry per connection, so ten thousand idle
+ * sockets cost no writes at all. A killed server's lease lapses after the registry's stale time,
+ * and the next sweep of a room removes its entries and reports the users who are gone.
  */
 export class KvPresenceStore implements PresenceStore {
   #kv: Deno.Kv;
-  #ttlMs: number;
+  #leases: PresenceLeases;
 
-  /** Keeps entries for `ttlMs` after their last renewal. */
-  constructor(kv: Deno.Kv, ttlMs = 30_000) {
+  /** Writes entries under `leases.id` and counts those of live servers only. */
+  constructor(kv: Deno.Kv, leases: PresenceLeases) {
     this.#kv = kv;
-    this.#ttlMs = ttlMs;
+    this.#leases = leases;
+  }
+
+  #alive(entry: ConnEntry, live: ReadonlySet<string>, now: number): boolean {
+    if (entry.instance !== undefined) return live.has(entry.instance);
+    return (entry.expiresAt ?? 0) > now;
   }
 
   async #live(room: string, user: UserId): Promise<Deno.KvEntry<ConnEntry>[]> {
+    const [live, entries] = await Promise.all([
+      this.#leases.live(),
+      Array.fromAsync(this.#kv.list<ConnEntry>({ prefix: userPrefix(room, user) })),
+    ]);
     const now = Date.now();
-    const out: Deno.KvEntry<ConnEntry>[] = [];
-    for await (const e of this.#kv.list<ConnEntry>({ prefix: userPrefix(room, user) })) {
-      if (e.value.expiresAt > now) out.push(e);
-    }
-    return out;
+    return entries.filter((e) => this.#alive(e.value, live, now));
   }
 
   async #serialised<T>(
@@ -52,7 +70,7 @@ export class KvPresenceStore implements PresenceStore {
       const live = await this.#live(room, user);
       const op = this.#kv.atomic().check(lock);
       const result = build(op, live);
-      op.set(userLock(room, user), Date.now(), { expireIn: this.#ttlMs * 4 });
+      op.set(userLock(room, user), Date.now(), { expireIn: LOCK_TTL_MS });
       try {
         if ((await op.commit()).ok) return result;
       } catch (err) {
@@ -65,9 +83,8 @@ export class KvPresenceStore implements PresenceStore {
   /** Records a connection; `first` when the user had no other live one in the room. */
   enter(room: string, user: UserProfile, connId: string): Promise<{ first: boolean }> {
     return this.#serialised(room, user.id, (op, live) => {
-      op.set(connKey(room, user.id, connId), { user, expiresAt: Date.now() + this.#ttlMs }, {
-        expireIn: this.#ttlMs * 2,
-      });
+      const entry: ConnEntry = { user, instance: this.#leases.id };
+      op.set(connKey(room, user.id, connId), entry);
       return { first: !live.some((e) => e.key[3] !== connId) };
     });
   }
@@ -81,20 +98,16 @@ export class KvPresenceStore implements PresenceStore {
     });
   }
 
-  /** Pushes the entry's deadline a TTL into the future. */
-  async renew(room: string, user: UserProfile, connId: string): Promise<void> {
-    await this.#kv.set(connKey(room, user.id, connId), {
-      user,
-      expiresAt: Date.now() + this.#ttlMs,
-    }, { expireIn: this.#ttlMs * 2 });
-  }
-
   /** The users with a live connection in the room, each once, in order of id. */
   async list(room: string): Promise<UserProfile[]> {
+    const [live, entries] = await Promise.all([
+      this.#leases.live(),
+      Array.fromAsync(this.#kv.list<ConnEntry>({ prefix: roomPrefix(room) })),
+    ]);
     const now = Date.now();
     const users = new Map<string, UserProfile>();
-    for await (const e of this.#kv.list<ConnEntry>({ prefix: roomPrefix(room) })) {
-      if (e.value.expiresAt > now && !users.has(String(e.key[2]))) {
+    for (const e of entries) {
+      if (this.#alive(e.value, live, now) && !users.has(String(e.key[2]))) {
         users.set(String(e.key[2]), e.value.user);
       }
     }
@@ -103,24 +116,28 @@ export class KvPresenceStore implements PresenceStore {
 
   /** Deletes lapsed entries; users left with none are returned once, whichever isolate sweeps. */
   async sweep(room: string): Promise<UserProfile[]> {
+    const [live, all] = await Promise.all([
+      this.#leases.live(),
+      Array.fromAsync(this.#kv.list<ConnEntry>({ prefix: roomPrefix(room) })),
+    ]);
     const now = Date.now();
     const byUser = new Map<string, Deno.KvEntry<ConnEntry>[]>();
-    for await (const e of this.#kv.list<ConnEntry>({ prefix: roomPrefix(room) })) {
+    for (const e of all) {
       const list = byUser.get(String(e.key[2])) ?? [];
       list.push(e);
       byUser.set(String(e.key[2]), list);
     }
     const gone: UserProfile[] = [];
     for (const entries of byUser.values()) {
-      const lapsed = entries.filter((e) => e.value.expiresAt <= now);
+      const lapsed = entries.filter((e) => !this.#alive(e.value, live, now));
       if (lapsed.length === 0) continue;
       const user = lapsed[0].value.user;
       const stillLive = entries.length > lapsed.length;
       const lock = await this.#kv.get(userLock(room, user.id));
       const op = this.#kv.atomic().check(lock);
-      // Checking each lapsed entry means only one sweeper (or a racing renewal) wins.
+      // Checking each lapsed entry means only one sweeper wins.
       for (const e of lapsed) op.check(e).delete(e.key);
-      op.set(userLock(room, user.id), now, { expireIn: this.#ttlMs * 4 });
+      op.set(userLock(room, user.id), now, { expireIn: LOCK_TTL_MS });
       const res = await op.commit().catch(() => ({ ok: false }));
       if (res.ok && !stillLive) gone.push(user);
     }
