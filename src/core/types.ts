@@ -163,8 +163,12 @@ export interface StoredFile {
 
 /** Where attachment bytes live. */
 export interface MediaStore {
-  /** Writes `bytes` as `filename` (already safe) inside `dir`, renaming on collision. */
-  put(dir: string, filename: string, bytes: Uint8Array): Promise<StoredFile>;
+  /**
+   * Writes the bytes, or the chunks in order (each written before the next is asked for), as
+   * `filename` (already safe) inside `dir`, renaming on collision. A chunk source that throws
+   * leaves nothing behind.
+   */
+  put(dir: string, filename: string, bytes: Uint8Array | Iterable<Uint8Array>): Promise<StoredFile>;
   /** Removes a stored file; true when it existed. */
   delete(key: string): Promise<boolean>;
 }

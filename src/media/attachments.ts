@@ -3,14 +3,20 @@
 import { ChatError } from "../core/errors.ts";
 import { objectId } from "../core/ids.ts";
 import type { Attachment, AttachmentStore, FileInput, MediaStore } from "../core/types.ts";
-import { decodeAttachment } from "./base64.ts";
+import { decodeAttachmentChunks } from "./base64.ts";
 import { safeFilename } from "./filename.ts";
 import { detectMime } from "./mime.ts";
 
 /** Longest filename a client may send, in characters. */
 export const MAX_FILENAME_CHARS = 255;
 
-/** Validates all files before writing any, so a bad one leaves nothing behind. */
+/** Bytes kept from the start of each file to tell its type. */
+const SNIFF_BYTES = 64;
+
+/**
+ * Names and sizes of all files are checked before anything is written; base64 is decoded while
+ * it is written, and a file that turns out bad takes every file of the message with it.
+ */
 export class MediaAttachmentStore implements AttachmentStore {
   #media: MediaStore;
   #maxBytes: number;
@@ -32,28 +38,36 @@ export class MediaAttachmentStore implements AttachmentStore {
           `Filename is too long: the limit is ${MAX_FILENAME_CHARS} characters`,
         );
       }
-      const bytes = typeof file.data === "string"
-        ? decodeAttachment(file.data, this.#maxBytes)
-        : file.data;
-      if (bytes.length > this.#maxBytes) {
+      const chunks = typeof file.data === "string"
+        ? decodeAttachmentChunks(file.data, this.#maxBytes)
+        : [file.data];
+      if (typeof file.data !== "string" && file.data.length > this.#maxBytes) {
         throw new ChatError(
           "file_too_large",
-          `File is too large: ${bytes.length} bytes, the limit is ${this.#maxBytes} bytes`,
+          `File is too large: ${file.data.length} bytes, the limit is ${this.#maxBytes} bytes`,
         );
       }
-      const safe = safeFilename(name);
-      return { bytes, originalName: safe, mime: detectMime(bytes, safe) };
+      return { chunks, originalName: safeFilename(name) };
     });
     const stored: Attachment[] = [];
     try {
       for (const file of prepared) {
-        const put = await this.#media.put(dir, file.originalName, file.bytes);
+        let head: Uint8Array | undefined;
+        const put = await this.#media.put(dir, file.originalName, {
+          *[Symbol.iterator]() {
+            for (const chunk of file.chunks) {
+              // Chunks share one buffer: the start is copied before the next overwrites it.
+              head ??= chunk.slice(0, SNIFF_BYTES);
+              yield chunk;
+            }
+          },
+        });
         stored.push({
           id: objectId(),
           key: put.key,
           name: put.name,
           originalName: file.originalName,
-          mime: file.mime,
+          mime: detectMime(head ?? new Uint8Array(), file.originalName),
           size: put.size,
           uploadedAt: new Date().toISOString(),
         });

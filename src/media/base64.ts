@@ -2,15 +2,24 @@
 
 import { ChatError } from "../core/errors.ts";
 
-/** Decoded size of a base64 text without decoding it (whitespace ignored, padding optional). */
-export function decodedLength(data: string): number {
-  let length = data.length;
-  // Whitespace is legal inside base64; counting it exactly only matters when it is present.
-  if (/\s/.test(data)) length = data.replace(/\s+/g, "").length;
-  let pad = 0;
-  if (length > 0 && data.trimEnd().endsWith("==")) pad = 2;
-  else if (length > 0 && data.trimEnd().endsWith("=")) pad = 1;
-  return Math.floor((length - pad) * 3 / 4);
+/** Padding characters at the end of a base64 text, trailing whitespace skipped. */
+function padding(data: string): number {
+  let end = data.length;
+  while (end > 0 && /\s/.test(data[end - 1])) end--;
+  if (end > 1 && data[end - 1] === "=" && data[end - 2] === "=") return 2;
+  return end > 0 && data[end - 1] === "=" ? 1 : 0;
+}
+
+/**
+ * Decoded size of a base64 text without decoding it, or an upper bound of it: whitespace, which
+ * is legal inside base64, is only counted (a pass over megabytes) when `limit` says the exact
+ * size could matter, that is when the bound without it exceeds the limit.
+ */
+export function decodedLength(data: string, limit = 0): number {
+  const pad = padding(data);
+  const bound = Math.floor((data.length - pad) * 3 / 4);
+  if (bound <= limit || !/\s/.test(data)) return bound;
+  return Math.floor((data.replace(/\s+/g, "").length - pad) * 3 / 4);
 }
 
 /** Human-readable size in MiB, for error messages. */
@@ -19,12 +28,8 @@ function mib(bytes: number): string {
   return Number.isInteger(value) ? `${value} MiB` : `${value.toFixed(1)} MiB`;
 }
 
-/**
- * Decodes base64 (a `data:...;base64,` prefix is tolerated) into bytes, refusing with a
- * ChatError a text that decodes to more than `maxBytes` before decoding, and any character or
- * length that is not valid base64 rather than decoding garbage.
- */
-export function decodeAttachment(data: string, maxBytes: number): Uint8Array {
+/** The base64 text of an attachment, its `data:...;base64,` prefix removed, size checked. */
+function attachmentText(data: string, maxBytes: number): string {
   let text = data;
   if (text.startsWith("data:")) {
     const comma = text.indexOf(",");
@@ -33,16 +38,63 @@ export function decodeAttachment(data: string, maxBytes: number): Uint8Array {
     }
     text = text.slice(comma + 1);
   }
-  const size = decodedLength(text);
+  const size = decodedLength(text, maxBytes);
   if (size > maxBytes) {
     throw new ChatError(
       "file_too_large",
       `File is too large: ${size} bytes, the limit is ${maxBytes} bytes (${mib(maxBytes)})`,
     );
   }
+  return text;
+}
+
+/**
+ * Decodes base64 (a `data:...;base64,` prefix is tolerated) into bytes, refusing with a
+ * ChatError a text that decodes to more than `maxBytes` before decoding, and any character or
+ * length that is not valid base64 rather than decoding garbage.
+ */
+export function decodeAttachment(data: string, maxBytes: number): Uint8Array {
+  const text = attachmentText(data, maxBytes);
   try {
     return Uint8Array.fromBase64(text, { lastChunkHandling: "strict" });
   } catch {
     throw new ChatError("bad_base64", "File is not valid base64");
   }
+}
+
+/** Bytes decoded per step by {@link decodeAttachmentChunks}. */
+export const DECODE_CHUNK_BYTES = 1024 * 1024;
+
+/**
+ * The same checks as {@link decodeAttachment}, the size one at once, but the bytes come out a
+ * chunk at a time into one reused buffer (each chunk is valid until the next is asked for), so
+ * a 10 MiB file never sits in memory whole next to the frame that carried it. A character that
+ * is not base64 throws `bad_base64` when its chunk is reached.
+ */
+export function decodeAttachmentChunks(
+  data: string,
+  maxBytes: number,
+  chunkBytes = DECODE_CHUNK_BYTES,
+): Iterable<Uint8Array> {
+  const text = attachmentText(data, maxBytes);
+  return {
+    *[Symbol.iterator]() {
+      const buffer = new Uint8Array(Math.max(3, chunkBytes));
+      let pos = 0;
+      while (pos < text.length) {
+        let step: { read: number; written: number };
+        try {
+          // A slice of a flat string shares its characters: nothing is copied.
+          step = buffer.setFromBase64(pos === 0 ? text : text.slice(pos), {
+            lastChunkHandling: "strict",
+          });
+        } catch {
+          throw new ChatError("bad_base64", "File is not valid base64");
+        }
+        if (step.read === 0) break;
+        pos += step.read;
+        if (step.written > 0) yield buffer.subarray(0, step.written);
+      }
+    },
+  };
 }

@@ -28,20 +28,35 @@ export class LocalMediaStore implements MediaStore {
   }
 
   /** Writes the bytes as `dir/filename`, or `dir/filename_N` when that name is taken. */
-  async put(dir: string, filename: string, bytes: Uint8Array): Promise<StoredFile> {
+  async put(
+    dir: string,
+    filename: string,
+    bytes: Uint8Array | Iterable<Uint8Array>,
+  ): Promise<StoredFile> {
     const folder = resolveKey(this.root, join(dir, filename));
     if (!folder) throw new RangeError(`Media path "${dir}/${filename}" leaves the media root`);
     const target = dirname(folder);
     await Deno.mkdir(target, { recursive: true });
     const temp = join(target, `.upload-${crypto.randomUUID()}`);
-    await Deno.writeFile(temp, bytes, { createNew: true });
+    let size = 0;
+    try {
+      // Written under a temporary name, then linked: a reader never sees half a file.
+      using file = await Deno.open(temp, { write: true, createNew: true });
+      for (const chunk of bytes instanceof Uint8Array ? [bytes] : bytes) {
+        for (let done = 0; done < chunk.length;) done += await file.write(chunk.subarray(done));
+        size += chunk.length;
+      }
+    } catch (err) {
+      await Deno.remove(temp).catch(() => {});
+      throw err;
+    }
     try {
       for (let n = 0; n < 10_000; n++) {
         const name = n === 0 ? filename : numberedName(filename, n);
         try {
           await Deno.link(temp, join(target, name));
           const key = relative(this.root, join(target, name)).split(sep).join("/");
-          return { key, name, size: bytes.length };
+          return { key, name, size };
         } catch (err) {
           if (!(err instanceof Deno.errors.AlreadyExists)) throw err;
         }

@@ -1,5 +1,7 @@
 import { assertEquals, assertMatch, assertRejects } from "../../tests/assert.ts";
-import { decodeAttachment, decodedLength } from "./base64.ts";
+import { decodeAttachment, decodeAttachmentChunks, decodedLength } from "./base64.ts";
+import { MediaAttachmentStore } from "./attachments.ts";
+import { LocalMediaStore } from "./local_media_store.ts";
 import { numberedName, safeFilename } from "./filename.ts";
 import { detectMime, formatSize, isActiveContent } from "./mime.ts";
 
@@ -20,6 +22,11 @@ Deno.test("decodeAttachment() refuses oversize input before decoding and bad inp
   assertEquals(decodedLength("QUJD"), 3);
   assertEquals(decodedLength("QUI="), 2);
   assertEquals(decodedLength("QQ=="), 1);
+  // Whitespace is counted out when the size matters, and skipped when even the bound fits.
+  assertEquals(decodedLength("QU JD\n", 0), 3);
+  assertEquals(decodedLength("QQ==\n "), 1);
+  assertEquals(decodedLength("QU JD\n", 100), 4);
+  assertEquals(decodeAttachment("QU\nJD", 3), new TextEncoder().encode("ABC"));
   assertEquals(decodeAttachment("QUJD", 3), new TextEncoder().encode("ABC"));
   assertEquals(decodeAttachment("data:text/plain;base64,QUJD", 3), new TextEncoder().encode("ABC"));
   await assertRejects(() => decodeAttachment("QUJD", 2), /too large/);
@@ -43,4 +50,68 @@ Deno.test("detectMime() trusts conclusive bytes and otherwise the name", () => {
   assertEquals(formatSize(102400), "100.0 KB");
   assertEquals(formatSize(500), "500 bytes");
   assertEquals(formatSize(10 * 1024 * 1024), "10.0 MB");
+});
+
+/** Concatenates chunks, copying each before the shared buffer is reused. */
+function joined(chunks: Iterable<Uint8Array>): Uint8Array {
+  const parts = [...(function* () {
+    for (const c of chunks) yield c.slice();
+  })()];
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) out.set(p, (at += p.length) - p.length);
+  return out;
+}
+
+Deno.test("decodeAttachmentChunks() decodes across chunk edges, with whitespace and a data URL", async () => {
+  const bytes = new Uint8Array(1000).map((_, i) => (i * 7) % 256);
+  const text = bytes.toBase64();
+  for (const size of [3, 4, 5, 64, 999, 1000, 4096]) {
+    assertEquals(joined(decodeAttachmentChunks(text, 1000, size)), bytes, `chunks of ${size}`);
+  }
+  const spaced = text.replace(/(.{76})/g, "$1\r\n");
+  assertEquals(joined(decodeAttachmentChunks(spaced, 1000, 7)), bytes);
+  assertEquals(joined(decodeAttachmentChunks(`data:x/y;base64,${text}`, 1000, 10)), bytes);
+  assertEquals(joined(decodeAttachmentChunks("", 10)), new Uint8Array());
+  // The size is refused before anything is decoded; bad characters when their chunk comes.
+  await assertRejects(() => joined(decodeAttachmentChunks(text, 999)), /too large/);
+  const bad = text.slice(0, 800) + "*" + text.slice(801);
+  await assertRejects(
+    () => joined(decodeAttachmentChunks(bad, 1000, 30)),
+    /not valid base64/,
+  );
+  await assertRejects(
+    () => joined(decodeAttachmentChunks("QUJDR", 10, 3)),
+    /not valid base64/,
+  );
+});
+
+Deno.test("attachment store: a file whose base64 breaks late leaves no file, not even its neighbours", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    const store = new MediaAttachmentStore(new LocalMediaStore(root), 10 * 1024 * 1024);
+    const big = new Uint8Array(3 * 1024 * 1024).map((_, i) => i % 251);
+    const good = big.toBase64();
+    // The bad character sits past the first decoded megabyte.
+    const broken = good.slice(0, 3_500_000) + "!" + good.slice(3_500_001);
+    await assertRejects(
+      () =>
+        store.save("files/t", [{ name: "ok.bin", data: good }, { name: "bad.bin", data: broken }]),
+      /not valid base64/,
+    );
+    const left: string[] = [];
+    for await (const e of Deno.readDir(`${root}/files/t`)) left.push(e.name);
+    assertEquals(left, []);
+    // The good one alone is stored whole, its type told from its first bytes.
+    const [stored] = await store.save("files/t", [{
+      name: "pic.bin",
+      data: new Uint8Array([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, ...big]).toBase64(),
+    }]);
+    assertEquals(stored.size, big.length + 8);
+    assertEquals(stored.mime, "image/png");
+    const onDisk = await Deno.readFile(`${root}/${stored.key}`);
+    assertEquals(onDisk.subarray(8), big);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
 });
