@@ -35,3 +35,18 @@ export async function assertRejects(
   }
   throw new nodeAssert.AssertionError({ message: "Expected the function to throw" });
 }
+
+/** Fails unless `fn` throws synchronously an instance of `type`. */
+export function assertThrows(fn: () => unknown, type: new (...args: never[]) => Error): Error {
+  try {
+    fn();
+  } catch (err) {
+    if (!(err instanceof type)) {
+      throw new nodeAssert.AssertionError({
+        message: `Expected ${type.name}, got ${(err as Error)?.name}: ${(err as Error)?.message}`,
+      });
+    }
+    return err;
+  }
+  throw new nodeAssert.AssertionError({ message: "Expected the function to throw" });
+}

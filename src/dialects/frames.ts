@@ -1,12 +1,13 @@
 /** Reading fields of client JSON frames, with errors clients can act on. */
 
 import { ChatError } from "../core/errors.ts";
+import { parseJson } from "../core/json.ts";
 
 /** Parses a frame that must be a JSON object; `Invalid JSON` or `shapeMessage` otherwise. */
 export function parseObject(text: string, shapeMessage: string): Record<string, unknown> {
   let frame: unknown;
   try {
-    frame = JSON.parse(text);
+    frame = parseJson(text);
   } catch {
     throw new ChatError("invalid_json", "Invalid JSON");
   }

@@ -7,6 +7,8 @@
  * @module
  */
 
+import { parseJson } from "../core/json.ts";
+
 /** Socket.IO packet type codes. */
 export const PacketType = {
   CONNECT: 0,
@@ -188,7 +190,7 @@ function decodeString(text: string, maxAttachments: number): PendingPacket {
   let data: unknown;
   if (i < text.length) {
     try {
-      data = JSON.parse(text.slice(i));
+      data = parseJson(text.slice(i));
     } catch {
       throw new SocketParseError("invalid payload");
     }

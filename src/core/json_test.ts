@@ -1,0 +1,46 @@
+/** parseJson answers exactly what JSON.parse answers, long strings included. */
+
+import { assertEquals, assertThrows } from "../../tests/assert.ts";
+import { parseJson } from "./json.ts";
+
+const long = (n: number, c = "A") => c.repeat(n);
+
+Deno.test("parseJson() equals JSON.parse on large frames, lifted strings or not", () => {
+  const file = long(300_000, "QUJD");
+  const texts = [
+    JSON.stringify({ body: "hi", file, filename: "a.bin" }),
+    JSON.stringify({ type: "send", files: [{ name: "a", data: file }, { name: "b", data: file }] }),
+    JSON.stringify(["message", { body: 'quote " and \\ backslash', file }]),
+    // Escaped quotes and backslashes just before and inside the long values.
+    JSON.stringify({ a: 'x\\"', b: "\\", file, c: `${long(70_000)}"${long(10)}` }),
+    JSON.stringify({ nested: { deeper: [[{ file }]] }, n: 1.5, t: true, z: null }),
+    JSON.stringify(file),
+    JSON.stringify({ small: long(1000) }) + " ".repeat(300_000),
+    // A string that looks like a key inside another string.
+    JSON.stringify({ body: '"file":"', file, tail: "\u2063" }),
+  ];
+  const lifted: number[] = [];
+  for (const text of texts) {
+    const stats = { lifted: -1 };
+    assertEquals(parseJson(text, stats), JSON.parse(text));
+    lifted.push(stats.lifted);
+  }
+  // Every long escape-free value is lifted; the one with a quote inside is parsed.
+  assertEquals(lifted, [1, 2, 1, 1, 1, 1, 0, 1]);
+});
+
+Deno.test("parseJson() refuses what JSON.parse refuses", () => {
+  const file = long(300_000);
+  const bad = [
+    `{"file":"${file}"`, // unterminated object
+    `{"file":"${file}`, // unterminated string
+    `{"file":"${file}\n"}`, // a raw newline inside a string
+    `{"file":"${file}", x}`,
+    `{"a": x"${file}"}`,
+    `{"file":"${file}\\q"}`, // a bad escape
+  ];
+  for (const text of bad) {
+    assertThrows(() => JSON.parse(text), SyntaxError);
+    assertThrows(() => parseJson(text), SyntaxError);
+  }
+});
