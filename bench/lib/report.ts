@@ -251,7 +251,15 @@ export function verdicts(results: Results): Verdict[] {
       `Persisted ingest ≥ 50,000 msg/s over ${ing.rooms} rooms with p99 ≤ ${ing.maxP99Ms} ms`,
       o?.best ?? NaN,
       50_000,
-      o ? `${bestText(o)} (p99 ${ms(step?.latency.p99)} ms there)` : "–",
+      o
+        ? `${bestText(o)} (p99 ${ms(step?.latency.p99)} ms there)${
+          ing.storeCeiling
+            ? `; the message store alone on the same core: ${
+              int(ing.storeCeiling.messagesPerSec)
+            } msg/s`
+            : ""
+        }`
+        : "–",
       o?.capped,
     ));
   }
@@ -749,6 +757,20 @@ export function renderMarkdown(
       "",
     );
     L.push(...ladderSummary(r.ladders, s.ingest.rates[0], "msg/s"), "");
+    if (r.storeCeiling) {
+      const c = r.storeCeiling;
+      L.push(
+        `**The store's own ceiling.** \`bench/peers/store_ceiling.ts\` runs this server's message store alone (\`KvMessageStore.append\` ` +
+          `into a fresh Deno KV file, no sockets, no JSON, no auth) on the server's core, ${c.rooms} rooms each keeping ${c.depth} appends ` +
+          `outstanding: ${int(c.messagesPerSec)} msg/s in ${int(c.commitsPerSec)} commits/s (p50 ${ms(c.p50Ms)} ms, p99 ${
+            ms(c.p99Ms)
+          } ms per append). ` +
+          "Every message is one KV write (plus one head write per room and commit), and Deno KV's SQLite does that work on a thread of " +
+          "its own that shares the pinned core with the JavaScript thread. That number is an upper bound for the whole server, which " +
+          "also reads frames, checks access, encodes and writes the echo.",
+        "",
+      );
+    }
     L.push("<details><summary>Every step</summary>", "");
     L.push(...stepsTable(r.ladders.flatMap((l) => l.steps)), "");
     L.push("</details>", "");

@@ -10,7 +10,15 @@ import {
   type RunningPeer,
   startPeer,
 } from "./peers.ts";
-import { cpuSeconds, foreignMeter, memory, resetPeak, sleep, waitForQuiet } from "./procs.ts";
+import {
+  cpuSeconds,
+  foreignMeter,
+  memory,
+  resetPeak,
+  sleep,
+  taskset,
+  waitForQuiet,
+} from "./procs.ts";
 import type { Settings } from "./settings.ts";
 
 /** Everything a scenario needs. */
@@ -644,6 +652,61 @@ export interface IngestResult {
   maxP99Ms: number;
   /** Per peer. */
   ladders: Ladder[];
+  /** This server's message store alone on the server's core, when it could be measured. */
+  storeCeiling?: StoreCeiling;
+}
+
+/** `bench/peers/store_ceiling.ts`: the store's own limit, no sockets, no JSON, no auth. */
+export interface StoreCeiling {
+  /** Rooms appended to. */
+  rooms: number;
+  /** Appends each room keeps outstanding. */
+  depth: number;
+  /** Measured seconds. */
+  seconds: number;
+  /** Appends completed per second. */
+  messagesPerSec: number;
+  /** KV commits per second. */
+  commitsPerSec: number;
+  /** Append latency, ms. */
+  p50Ms: number;
+  /** Append latency, ms. */
+  p99Ms: number;
+}
+
+/** Runs the store-ceiling probe pinned like the servers, at one and at four appends per room. */
+async function storeCeiling(bench: Bench, rooms: number): Promise<StoreCeiling | undefined> {
+  const script = new URL("../peers/store_ceiling.ts", import.meta.url).pathname;
+  let best: StoreCeiling | undefined;
+  for (const depth of [1, 4]) {
+    const tool = taskset();
+    const run = [Deno.execPath(), "run", "-A", "--unstable-kv", script];
+    const cmd = tool && bench.serverCpus ? [tool, "-c", bench.serverCpus, ...run] : run;
+    const out = await new Deno.Command(cmd[0], {
+      args: cmd.slice(1),
+      cwd: bench.ctx.serverDir,
+      env: {
+        SERVER_DIR: bench.ctx.serverDir,
+        ROOMS: String(rooms),
+        DEPTH: String(depth),
+        SECONDS: bench.settings.quick ? "1" : "5",
+        NO_COLOR: "1",
+      },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    if (!out.success) {
+      bench.log(`  store ceiling failed: ${new TextDecoder().decode(out.stderr).slice(0, 300)}`);
+      return best;
+    }
+    const r = JSON.parse(new TextDecoder().decode(out.stdout).trim()) as StoreCeiling;
+    bench.log(
+      `  store alone, ${rooms} rooms x ${depth} outstanding: ${r.messagesPerSec.toFixed(0)} msg/s, ` +
+        `${r.commitsPerSec.toFixed(0)} commits/s, p50 ${r.p50Ms.toFixed(1)} p99 ${r.p99Ms.toFixed(1)} ms`,
+    );
+    if (!best || r.messagesPerSec > best.messagesPerSec) best = r;
+  }
+  return best;
 }
 
 /** Scenario 3. */
@@ -688,7 +751,8 @@ export async function ingest(bench: Bench): Promise<IngestResult> {
       }
     }
   }
-  return { rooms, maxP99Ms, ladders: entries.map((e) => e.ladder) };
+  const ceiling = PEERS.some((p) => p.persists) ? await storeCeiling(bench, rooms) : undefined;
+  return { rooms, maxP99Ms, ladders: entries.map((e) => e.ladder), storeCeiling: ceiling };
 }
 
 /** Scenario 4 result of one peer at one count. */

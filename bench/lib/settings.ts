@@ -147,7 +147,7 @@ export function settingsFor(quick: boolean, fdLimit: number): Settings {
     },
     ingest: {
       rooms: 100,
-      rates: [1000, 2000, 5000, 10000, 20000, 30000, 40000, 50000, 60000, 80000, 100000],
+      rates: [1000, 2000, 5000, 7500, 10000, 20000, 30000, 40000, 50000, 60000, 80000, 100000],
       lowerRates: [500, 200, 100],
       maxP99Ms: 25,
     },
