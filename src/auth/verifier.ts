@@ -84,7 +84,14 @@ export async function createVerifier(options: VerifierOptions): Promise<TokenVer
     };
   }
   if (!options.secret) throw new Error("No JWT key configured");
-  const key = new TextEncoder().encode(options.secret);
+  // Imported once: given raw bytes, jose would import the key again for every token.
+  const key = await crypto.subtle.importKey(
+    "raw",
+    new TextEncoder().encode(options.secret),
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["verify"],
+  );
   return {
     description: "HS256 secret",
     async verify(token) {
