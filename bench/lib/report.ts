@@ -762,9 +762,9 @@ export function renderMarkdown(
       L.push(
         `**The store's own ceiling.** \`bench/peers/store_ceiling.ts\` runs this server's message store alone (\`KvMessageStore.append\` ` +
           `into a fresh Deno KV file, no sockets, no JSON, no auth) on the server's core, ${c.rooms} rooms each keeping ${c.depth} appends ` +
-          `outstanding: ${int(c.messagesPerSec)} msg/s in ${int(c.commitsPerSec)} commits/s (p50 ${ms(c.p50Ms)} ms, p99 ${
-            ms(c.p99Ms)
-          } ms per append). ` +
+          `outstanding: ${int(c.messagesPerSec)} msg/s in ${int(c.commitsPerSec)} commits/s (p50 ${
+            ms(c.p50Ms)
+          } ms, p99 ${ms(c.p99Ms)} ms per append). ` +
           "Every message is one KV write (plus one head write per room and commit), and Deno KV's SQLite does that work on a thread of " +
           "its own that shares the pinned core with the JavaScript thread. That number is an upper bound for the whole server, which " +
           "also reads frames, checks access, encodes and writes the echo.",

@@ -701,8 +701,12 @@ async function storeCeiling(bench: Bench, rooms: number): Promise<StoreCeiling |
     }
     const r = JSON.parse(new TextDecoder().decode(out.stdout).trim()) as StoreCeiling;
     bench.log(
-      `  store alone, ${rooms} rooms x ${depth} outstanding: ${r.messagesPerSec.toFixed(0)} msg/s, ` +
-        `${r.commitsPerSec.toFixed(0)} commits/s, p50 ${r.p50Ms.toFixed(1)} p99 ${r.p99Ms.toFixed(1)} ms`,
+      `  store alone, ${rooms} rooms x ${depth} outstanding: ${
+        r.messagesPerSec.toFixed(0)
+      } msg/s, ` +
+        `${r.commitsPerSec.toFixed(0)} commits/s, p50 ${r.p50Ms.toFixed(1)} p99 ${
+          r.p99Ms.toFixed(1)
+        } ms`,
     );
     if (!best || r.messagesPerSec > best.messagesPerSec) best = r;
   }

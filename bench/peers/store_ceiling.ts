@@ -55,7 +55,8 @@ await Promise.all(loops);
 await store.flush();
 kv.close();
 latencies.sort((a, b) => a - b);
-const q = (p: number) => latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))];
+const q = (p: number) =>
+  latencies[Math.min(latencies.length - 1, Math.floor(p * latencies.length))];
 console.log(JSON.stringify({
   rooms,
   depth,
