@@ -116,6 +116,9 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     typingTimeoutMs: config.typingTimeoutSeconds * 1000,
     presenceSweepMs: config.presenceTtlSeconds * 1000 / 3,
   });
+  registry.onLapse(() => {
+    chat.restorePresence().catch((err) => console.error("restoring presence failed:", err));
+  });
   const connections = new Set<Connection>();
   const context: DialectContext = {
     config,
@@ -206,17 +209,21 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     async close() {
       if (closed) return;
       closed = true;
-      for (const conn of [...connections]) conn.close(CLOSE.goingAway, "Server shutting down");
-      await io.close();
-      await chat.settle();
-      await store.flush();
-      await hub.idle();
-      chat.close();
-      hub.close();
-      broker.close();
-      await registry.close();
-      kv.close();
-      await directory.close();
+      try {
+        for (const conn of [...connections]) conn.close(CLOSE.goingAway, "Server shutting down");
+        await io.close();
+        await chat.settle();
+        await store.flush();
+        await hub.idle();
+      } finally {
+        // Whatever failed above, the watches, timers and handles must go, or the process stays.
+        chat.close();
+        hub.close();
+        broker.close();
+        await registry.close();
+        kv.close();
+        await directory.close();
+      }
     },
   };
 }

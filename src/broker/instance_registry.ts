@@ -18,6 +18,14 @@ interface EntryValue {
   pid: number;
 }
 
+/** Who is alive, as read at one moment. */
+export interface LeaseSnapshot {
+  /** Ids of the live servers, this one included. */
+  ids: ReadonlySet<string>;
+  /** Adds to `op` a check that fails if server `id`'s entry changed since this read. */
+  check(op: Deno.AtomicOperation, id: string): void;
+}
+
 /** Settings of {@link InstanceRegistry.start}. */
 export interface InstanceRegistryOptions {
   /** How often the entry is renewed and the others read again (default 10 s). */
@@ -31,7 +39,9 @@ export interface InstanceRegistryOptions {
  * epoch key that arrivals and departures bump, so others learn of a newcomer at once and of a
  * crashed server once its entry goes stale. A newcomer registers before it serves anything; the
  * servers already running find it within a watch round trip and then replay what they missed
- * from the store (the head watch reports current heads when it starts).
+ * from the store (the head watch reports current heads when it starts). A server that stalled
+ * past the stale time (its entry lapsed, others may have swept its presence) comes back as an
+ * arrival and tells its `onLapse` listeners, which write their presence again.
  */
 export class InstanceRegistry {
   #kv: Deno.Kv;
@@ -40,10 +50,14 @@ export class InstanceRegistry {
   #staleMs: number;
   #others = 0;
   #listeners = new Set<(alone: boolean) => void>();
+  #lapseListeners = new Set<() => void>();
   #timer?: ReturnType<typeof setInterval>;
   #watch?: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]>;
   #closed = false;
   #refreshing: Promise<void> = Promise.resolve();
+  #beating: Promise<void> = Promise.resolve();
+  /** When this server's entry was last written, on this server's clock. */
+  #lastBeat = 0;
 
   private constructor(kv: Deno.Kv, options: InstanceRegistryOptions) {
     this.#kv = kv;
@@ -51,17 +65,20 @@ export class InstanceRegistry {
     this.#staleMs = options.staleMs ?? 30_000;
   }
 
-  /** Registers this server in `kv`, reads who else is there, and starts following changes. */
+  /**
+   * Registers this server in `kv`, reads who else is there (failing the start when it cannot),
+   * and starts following changes.
+   */
   static async start(
     kv: Deno.Kv,
     options: InstanceRegistryOptions = {},
   ): Promise<InstanceRegistry> {
     const registry = new InstanceRegistry(kv, options);
     await registry.#announce(true);
-    await registry.#refresh();
+    registry.#others = await registry.#countOthers();
     registry.#follow();
     const timer = setInterval(() => {
-      registry.#announce(false).then(() => registry.#refresh()).catch((err) => {
+      registry.#beating = registry.#beat().catch((err) => {
         if (!registry.#closed) console.error("instance registry: heartbeat failed:", err);
       });
     }, registry.#heartbeatMs);
@@ -85,14 +102,22 @@ export class InstanceRegistry {
     return this.#others;
   }
 
-  /** Ids of the servers alive now (this one included), read from the store, not a cache. */
-  async live(): Promise<ReadonlySet<string>> {
+  /**
+   * The servers alive now (this one included), read from the store, not a cache, and a check
+   * that fails an atomic operation if a given server's entry changed since (it renewed).
+   */
+  async live(): Promise<LeaseSnapshot> {
     const cutoff = Date.now() - this.#staleMs;
-    const out = new Set<string>([this.#id]);
+    const ids = new Set<string>([this.#id]);
+    const read = new Map<string, Deno.KvEntry<EntryValue>>();
     for await (const entry of this.#kv.list<EntryValue>({ prefix: ENTRIES })) {
-      if (entry.value.seenAt >= cutoff) out.add(String(entry.key[1]));
+      read.set(String(entry.key[1]), entry);
+      if (entry.value.seenAt >= cutoff) ids.add(String(entry.key[1]));
     }
-    return out;
+    return {
+      ids,
+      check: (op, id) => op.check(read.get(id) ?? { key: ENTRY(id), versionstamp: null }),
+    };
   }
 
   /** Calls `listener` whenever {@link alone} changes; returns the function that stops it. */
@@ -101,29 +126,57 @@ export class InstanceRegistry {
     return () => this.#listeners.delete(listener);
   }
 
+  /** Calls `listener` when this server's own entry had lapsed and was written again. */
+  onLapse(listener: () => void): () => void {
+    this.#lapseListeners.add(listener);
+    return () => this.#lapseListeners.delete(listener);
+  }
+
   async #announce(arriving: boolean): Promise<void> {
-    const value: EntryValue = { seenAt: Date.now(), pid: Deno.pid };
+    const now = Date.now();
+    const value: EntryValue = { seenAt: now, pid: Deno.pid };
     const op = this.#kv.atomic().set(ENTRY(this.#id), value, { expireIn: this.#staleMs * 2 });
     // Only arrivals wake the others; a heartbeat changes nothing they need to act on.
     if (arriving) op.sum(EPOCH, 1n);
     await op.commit();
+    this.#lastBeat = now;
+  }
+
+  async #beat(): Promise<void> {
+    if (this.#closed) return;
+    // Others count an entry older than the stale time as dead: after a stall that long this
+    // server must come back as a newcomer (they stopped listening) and restore its presence.
+    const lapsed = Date.now() - this.#lastBeat >= this.#staleMs ||
+      (await this.#kv.get(ENTRY(this.#id))).value === null;
+    await this.#announce(lapsed);
+    if (lapsed && !this.#closed) {
+      console.warn("instance registry: this server's entry had lapsed; registered again");
+      for (const listener of this.#lapseListeners) listener();
+    }
+    await this.#refresh();
+  }
+
+  async #countOthers(): Promise<number> {
+    const cutoff = Date.now() - this.#staleMs;
+    let others = 0;
+    for await (const entry of this.#kv.list<EntryValue>({ prefix: ENTRIES })) {
+      if (entry.key[1] !== this.#id && entry.value.seenAt >= cutoff) others++;
+    }
+    return others;
   }
 
   /** Reads the entries again; serialised so that a late answer never overwrites a newer one. */
   #refresh(): Promise<void> {
     this.#refreshing = this.#refreshing.then(async () => {
       if (this.#closed) return;
-      const cutoff = Date.now() - this.#staleMs;
-      let others = 0;
-      for await (const entry of this.#kv.list<EntryValue>({ prefix: ENTRIES })) {
-        if (entry.key[1] !== this.#id && entry.value.seenAt >= cutoff) others++;
-      }
+      const others = await this.#countOthers();
       const wasAlone = this.alone;
       this.#others = others;
       if (wasAlone !== this.alone && !this.#closed) {
         for (const listener of this.#listeners) listener(this.alone);
       }
     }).catch((err) => {
+      // Not knowing, the server keeps what it knew; the next heartbeat reads again.
       if (!this.#closed) console.error("instance registry: reading the entries failed:", err);
     });
     return this.#refreshing;
@@ -153,12 +206,15 @@ export class InstanceRegistry {
     clearInterval(this.#timer);
     this.#watch?.cancel().catch(() => {});
     this.#listeners.clear();
+    this.#lapseListeners.clear();
   }
 
   /** Removes this server's entry and tells the others it left. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.abandon();
+    // A heartbeat under way would write the entry back after the delete.
+    await this.#beating;
     try {
       await this.#kv.atomic().delete(ENTRY(this.#id)).sum(EPOCH, 1n).commit();
     } catch {
@@ -182,9 +238,14 @@ export class SharedOnlyBroker implements Broker {
     this.#shared = shared;
   }
 
-  /** Posts the event when the store is shared, drops it otherwise. */
+  /**
+   * Posts the event when the store is shared, drops it otherwise. Revocations and deletions
+   * always go: they are rare, and a newcomer not yet known must not miss one.
+   */
   publish(event: RoomEvent): void {
-    if (this.#shared()) this.#inner.publish(event);
+    if (this.#shared() || event.type === "revoked" || event.type === "closed") {
+      this.#inner.publish(event);
+    }
   }
 
   /** Subscribes through the inner broker. */

@@ -84,3 +84,44 @@ Deno.test("shared-only broker: posts only while someone else shares the store", 
   mine.close();
   theirs.close();
 });
+
+Deno.test("instance registry: an entry that lapsed is written again as an arrival, and said so", async () => {
+  await withKv(async (path) => {
+    const kvA = await Deno.openKv(path);
+    const kvB = await Deno.openKv(path);
+    const a = await InstanceRegistry.start(kvA, { heartbeatMs: 100 });
+    const b = await InstanceRegistry.start(kvB, { heartbeatMs: 100 });
+    let lapses = 0;
+    a.onLapse(() => lapses++);
+    // What others would do to a server that stalled: its entry is gone.
+    await kvB.delete(["instance", a.id]);
+    await eventually(() => lapses === 1, 5000, "the lapse to be noticed");
+    assertEquals((await kvB.get(["instance", a.id])).value !== null, true);
+    assert((await b.live()).ids.has(a.id), "the others count it again");
+    await a.close();
+    await b.close();
+    kvA.close();
+    kvB.close();
+  });
+});
+
+Deno.test("instance registry: a check taken from a read fails once the server renewed", async () => {
+  await withKv(async (path) => {
+    const kv = await Deno.openKv(path);
+    const a = await InstanceRegistry.start(kv, { heartbeatMs: 100 });
+    const b = await InstanceRegistry.start(kv, { heartbeatMs: 100 });
+    const before = await a.live();
+    const stale = kv.atomic();
+    before.check(stale, b.id);
+    // Wait for b's next heartbeat to rewrite its entry.
+    const seen = (await kv.get(["instance", b.id])).versionstamp;
+    await eventually(async () => (await kv.get(["instance", b.id])).versionstamp !== seen);
+    assertEquals((await stale.commit()).ok, false);
+    const fresh = kv.atomic();
+    (await a.live()).check(fresh, b.id);
+    assertEquals((await fresh.commit()).ok, true);
+    await a.close();
+    await b.close();
+    kv.close();
+  });
+});

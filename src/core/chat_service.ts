@@ -68,6 +68,8 @@ export class ChatService {
   /** Presence entries of this isolate's connections: room → connection id → user. */
   #present = new Map<string, Map<string, Principal>>();
   #sweepTimer?: ReturnType<typeof setInterval>;
+  /** Enters under way, by room and connection, so that an exit waits for its own enter. */
+  #entering = new Map<string, Promise<unknown>>();
   #inflight = new Set<Promise<unknown>>();
 
   /** Wires the core to its stores and fan-out. */
@@ -173,7 +175,14 @@ export class ChatService {
    * connection. The entry lives as long as this server does (see the presence store).
    */
   enter(user: Principal, room: string, connId: string): Promise<{ first: boolean }> {
-    return this.#track(this.#enter(user, room, connId));
+    const key = `${room}\u0000${connId}`;
+    const entering = this.#track(this.#enter(user, room, connId));
+    this.#entering.set(key, entering);
+    const done = () => {
+      if (this.#entering.get(key) === entering) this.#entering.delete(key);
+    };
+    entering.then(done, done);
+    return entering;
   }
 
   async #enter(user: Principal, room: string, connId: string): Promise<{ first: boolean }> {
@@ -194,6 +203,8 @@ export class ChatService {
   }
 
   async #exit(user: Principal, room: string, connId: string): Promise<{ last: boolean }> {
+    // An exit that overtook its own enter would be undone by it: the entry would stay forever.
+    await this.#entering.get(`${room}\u0000${connId}`)?.catch(() => {});
     const conns = this.#present.get(room);
     conns?.delete(connId);
     if (conns?.size === 0) this.#present.delete(room);
@@ -223,11 +234,38 @@ export class ChatService {
     this.#sweepTimer = undefined;
   }
 
-  /** Announces the users of this isolate's rooms whose servers died (their entries lapsed). */
+  /**
+   * Announces the users of this isolate's rooms whose servers died (their entries lapsed), and
+   * removes entries of this isolate's connections that are gone (an exit that failed).
+   */
   async sweepPresence(): Promise<void> {
     for (const room of [...this.#present.keys()]) {
-      for (const user of await this.#deps.presence.sweep(room)) {
+      const open = (connId: string) => this.#present.get(room)?.has(connId) ?? false;
+      for (const user of await this.#deps.presence.sweep(room, open)) {
         this.#deps.fanout.publish({ type: "presence", room, user, action: "leave" });
+      }
+    }
+  }
+
+  /**
+   * Writes every presence entry of this isolate again, after its lease had lapsed and others may
+   * have swept them; users who come back as first are announced again.
+   */
+  async restorePresence(): Promise<void> {
+    for (const [room, conns] of [...this.#present]) {
+      for (const [connId, user] of [...conns]) {
+        if (!this.#present.get(room)?.has(connId)) continue;
+        const { first } = await this.#track(
+          this.#deps.presence.enter(room, profileOf(user), connId),
+        );
+        if (first) {
+          this.#deps.fanout.publish({
+            type: "presence",
+            room,
+            user: profileOf(user),
+            action: "join",
+          });
+        }
       }
     }
   }

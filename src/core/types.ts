@@ -206,8 +206,9 @@ export interface PresenceStore {
   /** The users with at least one live connection, each once. */
   list(room: string): Promise<UserProfile[]>;
   /**
-   * Removes the entries of servers that died and returns the users left with none (each
-   * reported once overall, whichever server sweeps).
+   * Removes the entries of servers that died, and this server's entries whose connection `open`
+   * says is gone; returns the users left with none (each reported once overall, whichever
+   * server sweeps).
    */
-  sweep(room: string): Promise<UserProfile[]>;
+  sweep(room: string, open?: (connId: string) => boolean): Promise<UserProfile[]>;
 }
