@@ -12,7 +12,7 @@ const MIN_STRING = 64 * 1024;
 const PLACEHOLDER = `\u2063lifted:${crypto.randomUUID()}:`;
 /** A backslash or a character JSON forbids raw inside a string. */
 // deno-lint-ignore no-control-regex -- control characters are exactly what it looks for
-const ESCAPE_OR_CONTROL = /[\u0000-\u001f\\]/g;
+const ESCAPE_OR_CONTROL = /[\u0000-\u001f\\]/;
 
 /** True when the quote at `at` is escaped (preceded by an odd run of backslashes). */
 function escaped(text: string, at: number): boolean {
@@ -23,9 +23,15 @@ function escaped(text: string, at: number): boolean {
 
 /** True when `text[from, to)` needs JSON's own string parsing (escapes or raw controls). */
 function needsParsing(text: string, from: number, to: number): boolean {
-  ESCAPE_OR_CONTROL.lastIndex = from;
-  const hit = ESCAPE_OR_CONTROL.exec(text);
-  return hit !== null && hit.index < to;
+  // The slice shares the text's characters, and bounds the scan to this one literal.
+  return ESCAPE_OR_CONTROL.test(text.slice(from, to));
+}
+
+/** True when the literal closing at `close` is an object key (a colon follows). */
+function isKey(text: string, close: number): boolean {
+  let i = close + 1;
+  while (i < text.length && " \t\n\r".includes(text[i])) i++;
+  return text[i] === ":";
 }
 
 /** Puts the lifted strings back where their placeholders are, without recursion. */
@@ -55,7 +61,8 @@ function restore(root: unknown, lifted: string[]): unknown {
 
 /**
  * Parses like `JSON.parse` (and throws its SyntaxError for text that is not JSON). String
- * values of 64 Ki characters or more, free of escapes, come back as slices of `text`; `stats`,
+ * values (not keys) of 64 Ki characters or more, free of escapes, come back as slices of `text`;
+ * `stats`,
  * when given, learns how many.
  */
 export function parseJson(text: string, stats?: { lifted: number }): unknown {
@@ -71,7 +78,10 @@ export function parseJson(text: string, stats?: { lifted: number }): unknown {
     let close = text.indexOf('"', open + 1);
     while (close >= 0 && escaped(text, close)) close = text.indexOf('"', close + 1);
     if (close < 0) break;
-    if (close - open - 1 >= MIN_STRING && !needsParsing(text, open + 1, close)) {
+    if (
+      close - open - 1 >= MIN_STRING && !isKey(text, close) &&
+      !needsParsing(text, open + 1, close)
+    ) {
       parts.push(text.slice(copied, open), `"${PLACEHOLDER}${lifted.length}"`);
       lifted.push(text.slice(open + 1, close));
       copied = close + 1;

@@ -91,7 +91,8 @@ export function decodeAttachmentChunks(
         } catch {
           throw new ChatError("bad_base64", "File is not valid base64");
         }
-        if (step.read === 0) break;
+        // No progress means input the decoder would not take: never end a file silently.
+        if (step.read === 0) throw new ChatError("bad_base64", "File is not valid base64");
         pos += step.read;
         if (step.written > 0) yield buffer.subarray(0, step.written);
       }
