@@ -7,11 +7,23 @@
  * @module
  */
 
-/** Each bundle: its entry point and output, relative to the repository root. */
-export const BUNDLES = [
-  { entry: "web/app.ts", output: "web/app.js" },
+/**
+ * Each bundle: its entry point and output, relative to the repository root. The page does not
+ * carry the client a second time: its import of the client module is left out of the bundle and
+ * pointed at `./client.js`, which the server serves next to it.
+ */
+export const BUNDLES: readonly {
+  entry: string;
+  output: string;
+  external?: { specifier: string; url: string };
+}[] = [
+  {
+    entry: "web/app.ts",
+    output: "web/app.js",
+    external: { specifier: "../client/mod.ts", url: "./client.js" },
+  },
   { entry: "client/mod.ts", output: "web/client.js" },
-] as const;
+];
 
 /** The repository root. */
 export const ROOT = new URL("../", import.meta.url);
@@ -24,13 +36,25 @@ const HEADER = (entry: string) =>
     "",
   ].join("\n");
 
-/** Bundles one entry point with `deno bundle` and returns the JavaScript, header included. */
+/** Bundles one entry point of {@link BUNDLES} with `deno bundle`; the JavaScript, header included. */
 export async function bundle(entry: string): Promise<string> {
+  const external = BUNDLES.find((b) => b.entry === entry)?.external;
   const dir = await Deno.makeTempDir({ prefix: "chat-bundle-" });
   try {
     const out = `${dir}/out.js`;
     const { code, stderr } = await new Deno.Command(Deno.execPath(), {
-      args: ["bundle", "--quiet", "--platform", "browser", "--format", "esm", "-o", out, entry],
+      args: [
+        "bundle",
+        "--quiet",
+        "--platform",
+        "browser",
+        "--format",
+        "esm",
+        ...(external ? ["--external", external.specifier] : []),
+        "-o",
+        out,
+        entry,
+      ],
       cwd: ROOT,
       stdout: "null",
       stderr: "piped",
@@ -39,7 +63,13 @@ export async function bundle(entry: string): Promise<string> {
     if (code !== 0) {
       throw new Error(`deno bundle ${entry} failed:\n${new TextDecoder().decode(stderr)}`);
     }
-    return HEADER(entry) + await Deno.readTextFile(out);
+    let js = await Deno.readTextFile(out);
+    if (external) {
+      const from = `from ${JSON.stringify(external.specifier)}`;
+      if (!js.includes(from)) throw new Error(`${entry}: no import of ${external.specifier}`);
+      js = js.replaceAll(from, `from ${JSON.stringify(external.url)}`);
+    }
+    return HEADER(entry) + js;
   } finally {
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
