@@ -595,17 +595,23 @@ export interface RoomsResult {
   ladders: Ladder[];
 }
 
-/** Scenario 2. */
-export async function manyRooms(bench: Bench): Promise<RoomsResult> {
-  const { settings, fleet } = bench;
-  const { rooms, members } = settings.rooms;
-  bench.log(`rooms: ${rooms} rooms x ${members} members, every member sending`);
+/**
+ * Joins `all` on every peer, each member sending its share of the offered rate to `fanout`
+ * recipients, and runs the ladder of `rates` on them; stops every peer it started.
+ */
+async function everyMemberSends(
+  bench: Bench,
+  scenario: "rooms" | "ingest",
+  all: { room: string; user: number }[],
+  fanout: number,
+  ladder: { rates: number[]; lowerRates: number[]; repeats: number; maxP99Ms: number },
+  shape: { rooms: number; members: number },
+): Promise<Ladder[]> {
   const entries: LadderPeer[] = [];
-  const all = roomMembers("mr", rooms, members);
   try {
     for (const spec of PEERS) {
-      const group = `rooms-${spec.id}`;
-      const joined = await joinPeer(bench, "rooms", spec, "rooms", bench.serverCpus, group, all);
+      const group = `${scenario}-${spec.id}`;
+      const joined = await joinPeer(bench, scenario, spec, scenario, bench.serverCpus, group, all);
       if (!joined) continue;
       const counts = joined.res.layout.map((l) => l.length);
       entries.push({
@@ -614,34 +620,45 @@ export async function manyRooms(bench: Bench): Promise<RoomsResult> {
         members: all,
         plans: (rate) =>
           counts.map((n) =>
-            Array.from({ length: n }, (_, j) => ({
-              client: j,
-              rate: rate / all.length,
-              fanout: members,
-            }))
+            Array.from({ length: n }, (_, j) => ({ client: j, rate: rate / all.length, fanout }))
           ),
         ladder: { peer: spec.id, steps: [], best: 0, bestDeliveries: 0, capped: false },
         done: false,
       });
     }
-    await sleep(settings.settleMs);
+    await sleep(bench.settings.settleMs);
     await runLadder(
       bench,
       entries,
-      settings.rooms.rates,
-      settings.rooms.lowerRates,
-      settings.rooms.baseRepeats,
-      (rate) => ({ rooms, members, rate, maxP99Ms: settings.rooms.maxP99Ms }),
+      ladder.rates,
+      ladder.lowerRates,
+      ladder.repeats,
+      (rate) => ({ ...shape, rate, maxP99Ms: ladder.maxP99Ms }),
     );
   } finally {
     for (const e of entries) {
       if (!e.done) {
-        await fleet.close(e.group).catch(() => {});
+        await bench.fleet.close(e.group).catch(() => {});
         await e.peer.stop();
       }
     }
   }
-  return { rooms, members, ladders: entries.map((e) => e.ladder) };
+  return entries.map((e) => e.ladder);
+}
+
+/** Scenario 2. */
+export async function manyRooms(bench: Bench): Promise<RoomsResult> {
+  const r = bench.settings.rooms;
+  bench.log(`rooms: ${r.rooms} rooms x ${r.members} members, every member sending`);
+  const ladders = await everyMemberSends(
+    bench,
+    "rooms",
+    roomMembers("mr", r.rooms, r.members),
+    r.members,
+    { rates: r.rates, lowerRates: r.lowerRates, repeats: r.baseRepeats, maxP99Ms: r.maxP99Ms },
+    { rooms: r.rooms, members: r.members },
+  );
+  return { rooms: r.rooms, members: r.members, ladders };
 }
 
 /** Scenario 3: ingest: one sender per room, latency to the sender's own echo. */
@@ -715,48 +732,18 @@ async function storeCeiling(bench: Bench, rooms: number): Promise<StoreCeiling |
 
 /** Scenario 3. */
 export async function ingest(bench: Bench): Promise<IngestResult> {
-  const { settings, fleet } = bench;
-  const { rooms, maxP99Ms } = settings.ingest;
+  const { rooms, maxP99Ms, rates, lowerRates } = bench.settings.ingest;
   bench.log(`ingest: ${rooms} rooms, one sender each, p99 to own echo <= ${maxP99Ms} ms`);
-  const entries: LadderPeer[] = [];
-  const all = roomMembers("in", rooms, 1);
-  try {
-    for (const spec of PEERS) {
-      const group = `ingest-${spec.id}`;
-      const joined = await joinPeer(bench, "ingest", spec, "ingest", bench.serverCpus, group, all);
-      if (!joined) continue;
-      const counts = joined.res.layout.map((l) => l.length);
-      entries.push({
-        peer: joined.peer,
-        group,
-        members: all,
-        plans: (rate) =>
-          counts.map((n) =>
-            Array.from({ length: n }, (_, j) => ({ client: j, rate: rate / rooms, fanout: 1 }))
-          ),
-        ladder: { peer: spec.id, steps: [], best: 0, bestDeliveries: 0, capped: false },
-        done: false,
-      });
-    }
-    await sleep(settings.settleMs);
-    await runLadder(
-      bench,
-      entries,
-      settings.ingest.rates,
-      settings.ingest.lowerRates,
-      1,
-      (rate) => ({ rooms, members: 1, rate, maxP99Ms }),
-    );
-  } finally {
-    for (const e of entries) {
-      if (!e.done) {
-        await fleet.close(e.group).catch(() => {});
-        await e.peer.stop();
-      }
-    }
-  }
+  const ladders = await everyMemberSends(
+    bench,
+    "ingest",
+    roomMembers("in", rooms, 1),
+    1,
+    { rates, lowerRates, repeats: 1, maxP99Ms },
+    { rooms, members: 1 },
+  );
   const ceiling = PEERS.some((p) => p.persists) ? await storeCeiling(bench, rooms) : undefined;
-  return { rooms, maxP99Ms, ladders: entries.map((e) => e.ladder), storeCeiling: ceiling };
+  return { rooms, maxP99Ms, ladders, storeCeiling: ceiling };
 }
 
 /** Scenario 4 result of one peer at one count. */
