@@ -157,12 +157,7 @@ export class InstanceRegistry {
   }
 
   async #countOthers(): Promise<number> {
-    const cutoff = Date.now() - this.#staleMs;
-    let others = 0;
-    for await (const entry of this.#kv.list<EntryValue>({ prefix: ENTRIES })) {
-      if (entry.key[1] !== this.#id && entry.value.seenAt >= cutoff) others++;
-    }
-    return others;
+    return (await this.live()).ids.size - 1;
   }
 
   /** Reads the entries again; serialised so that a late answer never overwrites a newer one. */
