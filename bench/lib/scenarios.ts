@@ -343,6 +343,8 @@ export interface Ladder {
   steps: StepResult[];
   /** Repeats of the base rate. */
   base?: Repeated;
+  /** Steps that failed once and were run again (`confirmRuns`), with the majority's verdict. */
+  confirmed?: Repeated[];
   /** Highest offered rate that passed (0 when none did). */
   best: number;
   /** Deliveries per second at that rate. */
@@ -419,9 +421,26 @@ async function runLadder(
       }
     }
     for (const e of active) {
-      const steps = results.get(e)!;
+      let steps = results.get(e)!;
+      if (steps.length === 1 && !swamped.has(e) && !steps[0].pass) {
+        // A failure that drained its backlog may be one stall: run the step again, and let
+        // the majority of `confirmRuns` decide.
+        for (let r = 1; r < bench.settings.confirmRuns; r++) {
+          bench.log(`    ${e.peer.spec.id}: confirming the failure at ${rate} msg/s`);
+          const again = await measureStep(bench, e.peer, e.group, e.plans(rate), shape(rate));
+          steps = [...steps, again];
+          if (!again.quiesced) {
+            swamped.add(e);
+            await reset(e);
+            break;
+          }
+          await sleep(bench.settings.pauseMs);
+          if (steps.filter((s) => !s.pass).length * 2 > bench.settings.confirmRuns) break;
+        }
+      }
       const agg = steps.length > 1 ? repeated(steps) : undefined;
-      if (agg) e.ladder.base = agg;
+      if (agg && i === 0) e.ladder.base = agg;
+      else if (agg) e.ladder.confirmed = [...(e.ladder.confirmed ?? []), agg];
       e.ladder.steps.push(...steps);
       const step = swamped.has(e) ? steps.at(-1)! : agg ? agg.step : steps[0];
       const passed = !swamped.has(e) && step.pass;

@@ -26,6 +26,11 @@ export interface Settings {
   retryBudgetMs: number;
   /** Longest wait after a step for the server's backlog to be delivered, ms. */
   quiesceMs: number;
+  /**
+   * Runs of a ladder step that failed without leaving a backlog, the failed one included; the
+   * majority decides, so a single stall cannot end a ladder. 1 takes every failure as it is.
+   */
+  confirmRuns: number;
   /** The whole run is aborted (and every process killed) after this many ms. */
   deadlineMs: number;
   /** Scenario 1. */
@@ -83,6 +88,7 @@ export function settingsFor(quick: boolean, fdLimit: number): Settings {
       retries: 0,
       retryBudgetMs: 0,
       quiesceMs: 3000,
+      confirmRuns: 1,
       deadlineMs: 5 * 60_000,
       fanout: {
         sizes: [200],
@@ -127,6 +133,7 @@ export function settingsFor(quick: boolean, fdLimit: number): Settings {
     retries: 2,
     retryBudgetMs: 20 * 60_000,
     quiesceMs: 10_000,
+    confirmRuns: 3,
     deadlineMs: 75 * 60_000,
     fanout: {
       sizes: [500, 1000, 2000],

@@ -22,6 +22,27 @@ Deno.test("KvMessageStore.append() assigns 1, 2, 3 ... to concurrent appends in 
   kv.close();
 });
 
+Deno.test("KvMessageStore.append() lets sends of later ticks join a commit within the interval", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv, { commitIntervalMs: 500 });
+  const commits: number[] = [];
+  store.onCommit = (_ms, messages) => commits.push(messages);
+  const appends = [];
+  for (let i = 0; i < 20; i++) {
+    appends.push(store.append(`r${i % 3}`, draft(`m${i}`)));
+    // Each send in a task of its own, as sends from separate sockets arrive.
+    await new Promise((r) => setTimeout(r, 0));
+  }
+  const results = await Promise.all(appends);
+  assertEquals(
+    results.map((r) => r.message.seq),
+    Array.from({ length: 20 }, (_, i) => Math.floor(i / 3) + 1),
+  );
+  // The first send commits at once; the other 19 wait out the interval together.
+  assertEquals(commits, [1, 19]);
+  kv.close();
+});
+
 Deno.test("KvMessageStore.append() never gives two writers on separate handles the same seq", async () => {
   const path = await Deno.makeTempFile({ suffix: ".kv" });
   const kvA = await Deno.openKv(path);
