@@ -31,14 +31,23 @@ import type { ProfileEnricher } from "./authenticator.ts";
  */
 const roleFromDirectory = new WeakSet<Principal>();
 
+/** One access decision and the directory change token it was read under. */
+interface Decision {
+  room: string;
+  token: string;
+  allowed: boolean;
+}
+
 /** The {@link AccessPolicy} on the directory; see the module comment for the rule. */
 export class DirectoryAccessPolicy implements AccessPolicy {
   #directory: Directory;
   /**
    * Decisions per principal (one per authenticated connection, so a token's own claims and
    * role stay with it) and room, each valid while the directory's change token is the same.
+   * Most connections enter one room, so the first decision is kept bare and a map is made only
+   * for a second room: idle sockets are many.
    */
-  #decided = new WeakMap<Principal, Map<string, { token: string; allowed: boolean }>>();
+  #decided = new WeakMap<Principal, Decision | Map<string, Decision>>();
 
   /** Decides with `directory`, read again whenever its data may have changed. */
   constructor(directory: Directory) {
@@ -49,15 +58,22 @@ export class DirectoryAccessPolicy implements AccessPolicy {
   async canAccess(user: Principal, room: string): Promise<boolean> {
     const token = this.#directory.changeToken?.() ?? null;
     if (token === null) return await this.#decide(user, room);
-    let rooms = this.#decided.get(user);
-    const known = rooms?.get(room);
+    const held = this.#decided.get(user);
+    const known = held instanceof Map ? held.get(room) : held?.room === room ? held : undefined;
     if (known && known.token === token) return known.allowed;
     const allowed = await this.#decide(user, room);
     // A decision read across a commit belongs to the token taken before it, which the next
     // check sees as stale; reads never see half a commit.
-    if (!rooms) this.#decided.set(user, rooms = new Map());
-    if (rooms.size >= 64) rooms.clear();
-    rooms.set(room, { token, allowed });
+    const decision: Decision = { room, token, allowed };
+    const now = this.#decided.get(user);
+    if (now === undefined || (!(now instanceof Map) && now.room === room)) {
+      this.#decided.set(user, decision);
+    } else if (now instanceof Map) {
+      if (now.size >= 64) now.clear();
+      now.set(room, decision);
+    } else {
+      this.#decided.set(user, new Map([[now.room, now], [room, decision]]));
+    }
     return allowed;
   }
 

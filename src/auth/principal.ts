@@ -13,6 +13,8 @@ export function normalizeUserId(value: unknown): UserId | undefined {
   return /^(0|[1-9]\d{0,15})$/.test(v) && Number.isSafeInteger(Number(v)) ? Number(v) : v;
 }
 
+const NO_GRANTS: string[] = [];
+
 /**
  * Builds a principal from verified claims: id from `sub`, else `user_id` (Django SimpleJWT),
  * else `id`; returns null when none is present.
@@ -23,11 +25,15 @@ export function principalFromClaims(claims: Record<string, unknown>): Principal 
   if (id === undefined) return null;
   const name = text(claims.name) ?? text(claims.full_name);
   const email = text(claims.email);
+  // The principal lives as long as its socket: it keeps the claim's own array when that is
+  // already clean (a filtered copy reserves room for 16 entries), and one shared empty list.
   const rooms = Array.isArray(claims.rooms)
-    ? claims.rooms.filter((r): r is string => typeof r === "string")
+    ? claims.rooms.every((r) => typeof r === "string")
+      ? claims.rooms as string[]
+      : claims.rooms.filter((r): r is string => typeof r === "string")
     : typeof claims.rooms === "string"
     ? claims.rooms.split(/[\s,]+/).filter(Boolean)
-    : [];
+    : NO_GRANTS;
   return {
     id,
     username: text(claims.username) ?? text(claims.preferred_username) ?? name ?? email ??

@@ -34,9 +34,20 @@ export interface WsRoute {
   handle(req: Request, params: Record<string, string | undefined>): Promise<Response>;
 }
 
+const origins = new Map<string, string>();
+
 /** Base of absolute URLs for a request: PUBLIC_URL, else the request's own origin. */
 export function baseUrlOf(config: Config, req: Request): string {
-  return config.publicUrl ?? new URL(req.url).origin;
+  if (config.publicUrl) return config.publicUrl;
+  // The origin is a slice of the request's whole URL (token included), which a session would
+  // keep alive for as long as it lasts; sessions share one copy per origin instead.
+  const origin = new URL(req.url).origin;
+  const known = origins.get(origin);
+  if (known !== undefined) return known;
+  if (origins.size >= 1000) origins.clear();
+  const flat = [...origin].join("");
+  origins.set(flat, flat);
+  return flat;
 }
 
 /** Largest inbound frame: the biggest attachment in base64 plus room for the JSON around it. */
@@ -44,13 +55,21 @@ export function maxFrameSize(config: Config): number {
   return Math.ceil(config.maxFileBytes / 3) * 4 + 64 * 1024;
 }
 
-/** Socket options for a dialect's connections. */
+const optionSets = new WeakMap<DialectContext, Map<string, SocketOptions>>();
+
+/** Socket options for a dialect's connections, one shared object per protocol and subprotocol. */
 export function socketOptions(
   ctx: DialectContext,
   protocol: string,
   subprotocol?: string,
 ): SocketOptions {
-  return {
+  let sets = optionSets.get(ctx);
+  if (!sets) optionSets.set(ctx, sets = new Map());
+  // A subprotocol may be a client's token (Sec-WebSocket-Protocol auth): those are not kept.
+  const key = subprotocol === undefined ? protocol : undefined;
+  const known = key === undefined ? undefined : sets.get(key);
+  if (known) return known;
+  const options: SocketOptions = {
     protocol,
     maxFrameSize: maxFrameSize(ctx.config),
     maxBufferedBytes: ctx.config.slowConsumerBytes,
@@ -59,4 +78,6 @@ export function socketOptions(
     metrics: ctx.metrics,
     registry: ctx.connections,
   };
+  if (key !== undefined) sets.set(key, options);
+  return options;
 }

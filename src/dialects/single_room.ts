@@ -4,7 +4,7 @@ import { findToken } from "../auth/token.ts";
 import { asChatError, ChatError } from "../core/errors.ts";
 import type { AppendResult, Principal, RoomEvent } from "../core/types.ts";
 import type { Member } from "../hub/hub.ts";
-import { Connection } from "../transport/websocket.ts";
+import { Connection, type SocketHandler } from "../transport/websocket.ts";
 import { baseUrlOf, type DialectContext, socketOptions, type WsRoute } from "./context.ts";
 
 /** One open socket of a single-room protocol. */
@@ -80,73 +80,157 @@ export function singleRoomRoute(ctx: DialectContext, dialect: SingleRoomDialect)
         const reason = refuse === dialect.codes.unauthorized ? "Unauthorized" : "Forbidden";
         return Connection.refuse(req, options, refuse, reason);
       }
-      let session: RoomSession;
-      const baseUrl = baseUrlOf(ctx.config, req);
-      return Connection.upgrade(req, options, {
-        async open(conn) {
-          session = { conn, user: user!, room: room!, id, baseUrl, connId: crypto.randomUUID() };
-          await dialect.beforeJoin?.(session);
-          if (!conn.open) return;
-          const member: Member = {
-            user: user!,
-            renderKey: dialect.renderKey?.(session) ?? `${dialect.name}|${baseUrl}`,
-            wants: (event) => dialect.wants(session, event),
-            render: (event) => dialect.render(session, event),
-            send: (frame) => conn.send(frame),
-            evict: (event) =>
-              conn.close(
-                event.type === "closed" ? 4004 : dialect.codes.forbidden,
-                event.type === "closed" ? "Room deleted" : "Access revoked",
-              ),
-          };
-          await ctx.hub.join(session.room, member, await dialect.joinFrom?.(session) ?? {});
-          session.member = member;
-          if (!conn.open) {
-            ctx.hub.leave(session.room, member);
-            return;
-          }
-          await dialect.afterJoin?.(session);
-        },
-        async message(conn, text) {
-          try {
-            const verdict = ctx.limiter.take(session.user.id, session.connId);
-            if (verdict === "close") {
-              conn.close(4029, "Rate limit exceeded");
-              return;
-            }
-            if (verdict === "limited") {
-              throw new ChatError("rate_limited", "Too many messages: slow down");
-            }
-            const result = await dialect.message(session, text);
-            // The retry of a client id gets the original back (to this socket only), as the
-            // first attempt's broadcast may be what the client missed.
-            if (result?.duplicate && session.member) {
-              const event = {
-                type: "message",
-                room: session.room,
-                message: result.message,
-              } as const;
-              const frame = session.member.wants(event)
-                ? dialect.render(session, event)
-                : undefined;
-              if (frame !== undefined) conn.send(frame);
-            }
-          } catch (err) {
-            const error = asChatError(err);
-            ctx.metrics.error(error.code);
-            conn.send(dialect.errorFrame(error));
-            if (error.code === "forbidden") conn.close(dialect.codes.forbidden, "Forbidden");
-          }
-        },
-        closed() {
-          if (!session) return;
-          ctx.limiter.forget(session.connId);
-          if (session.member) ctx.hub.leave(session.room, session.member);
-          dialect.closed?.(session).catch((err) =>
-            console.error(`${dialect.name}: cleanup failed:`, err)
-          );
-        },
-      });
+      return Connection.upgrade(
+        req,
+        options,
+        new RoomSocket(ctx, dialect, user!, room!, id, baseUrlOf(ctx.config, req)),
+      );
     },
   };
+}
+
+// A socket's handler and its hub membership are classes rather than object literals of
+// closures: with tens of thousands of idle sockets, the closures and their contexts were about
+// half a kilobyte per socket.
+
+/** The hub membership of one session. */
+class SessionMember implements Member {
+  readonly user: Principal;
+  readonly renderKey: string;
+  #session: RoomSession;
+  #dialect: SingleRoomDialect;
+
+  constructor(session: RoomSession, dialect: SingleRoomDialect) {
+    this.user = session.user;
+    this.#session = session;
+    this.#dialect = dialect;
+    this.renderKey = dialect.renderKey?.(session) ?? renderKeyOf(dialect.name, session.baseUrl);
+  }
+
+  wants(event: RoomEvent): boolean {
+    return this.#dialect.wants(this.#session, event);
+  }
+
+  render(event: RoomEvent): string | undefined {
+    return this.#dialect.render(this.#session, event);
+  }
+
+  send(frame: string): void {
+    this.#session.conn.send(frame);
+  }
+
+  evict(event: RoomEvent & { type: "closed" | "revoked" }): void {
+    this.#session.conn.close(
+      event.type === "closed" ? 4004 : this.#dialect.codes.forbidden,
+      event.type === "closed" ? "Room deleted" : "Access revoked",
+    );
+  }
+}
+
+const renderKeys = new Map<string, string>();
+
+/** One string per protocol and base URL, shared by every member that renders alike. */
+function renderKeyOf(name: string, baseUrl: string): string {
+  const key = `${name}|${baseUrl}`;
+  const known = renderKeys.get(key);
+  if (known !== undefined) return known;
+  if (renderKeys.size >= 1000) renderKeys.clear();
+  renderKeys.set(key, key);
+  return key;
+}
+
+/** The socket handler of one accepted session: join on open, commands, leave on close. */
+class RoomSocket implements SocketHandler {
+  #ctx: DialectContext;
+  #dialect: SingleRoomDialect;
+  #user: Principal;
+  #room: string;
+  #id: string;
+  #baseUrl: string;
+  #session?: RoomSession;
+
+  constructor(
+    ctx: DialectContext,
+    dialect: SingleRoomDialect,
+    user: Principal,
+    room: string,
+    id: string,
+    baseUrl: string,
+  ) {
+    this.#ctx = ctx;
+    this.#dialect = dialect;
+    this.#user = user;
+    this.#room = room;
+    this.#id = id;
+    this.#baseUrl = baseUrl;
+  }
+
+  async open(conn: Connection): Promise<void> {
+    const ctx = this.#ctx;
+    const dialect = this.#dialect;
+    const session: RoomSession = {
+      conn,
+      user: this.#user,
+      room: this.#room,
+      id: this.#id,
+      baseUrl: this.#baseUrl,
+      connId: crypto.randomUUID(),
+      member: undefined,
+    };
+    this.#session = session;
+    await dialect.beforeJoin?.(session);
+    if (!conn.open) return;
+    const member = new SessionMember(session, dialect);
+    await ctx.hub.join(session.room, member, await dialect.joinFrom?.(session) ?? {});
+    session.member = member;
+    if (!conn.open) {
+      ctx.hub.leave(session.room, member);
+      return;
+    }
+    await dialect.afterJoin?.(session);
+  }
+
+  async message(conn: Connection, text: string): Promise<void> {
+    const ctx = this.#ctx;
+    const dialect = this.#dialect;
+    const session = this.#session;
+    if (!session) return;
+    try {
+      const verdict = ctx.limiter.take(session.user.id, session.connId);
+      if (verdict === "close") {
+        conn.close(4029, "Rate limit exceeded");
+        return;
+      }
+      if (verdict === "limited") {
+        throw new ChatError("rate_limited", "Too many messages: slow down");
+      }
+      const result = await dialect.message(session, text);
+      // The retry of a client id gets the original back (to this socket only), as the
+      // first attempt's broadcast may be what the client missed.
+      if (result?.duplicate && session.member) {
+        const event = {
+          type: "message",
+          room: session.room,
+          message: result.message,
+        } as const;
+        const frame = session.member.wants(event) ? dialect.render(session, event) : undefined;
+        if (frame !== undefined) conn.send(frame);
+      }
+    } catch (err) {
+      const error = asChatError(err);
+      ctx.metrics.error(error.code);
+      conn.send(dialect.errorFrame(error));
+      if (error.code === "forbidden") conn.close(dialect.codes.forbidden, "Forbidden");
+    }
+  }
+
+  closed(): void {
+    const session = this.#session;
+    if (!session) return;
+    this.#ctx.limiter.forget(session.connId);
+    if (session.member) this.#ctx.hub.leave(session.room, session.member);
+    this.#dialect.closed?.(session).catch((err) =>
+      console.error(`${this.#dialect.name}: cleanup failed:`, err)
+    );
+  }
 }

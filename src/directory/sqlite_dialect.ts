@@ -103,6 +103,9 @@ class NodeSqliteDriver implements Driver {
   #connection: NodeSqliteConnection | undefined;
   #release: (() => void) | undefined;
   #version: StatementSync | undefined;
+  #lastVersion = -1;
+  #lastChanges = -1;
+  #token = "";
 
   constructor(config: NodeSqliteDialectConfig) {
     this.#config = config;
@@ -116,7 +119,13 @@ class NodeSqliteDriver implements Driver {
       "select (select data_version from pragma_data_version) as v, total_changes() as c",
     );
     const row = this.#version.get() as { v: number; c: number };
-    return `${row.v}:${row.c}`;
+    // The same string while nothing changed: decisions cached per socket share it.
+    if (row.v !== this.#lastVersion || row.c !== this.#lastChanges) {
+      this.#lastVersion = row.v;
+      this.#lastChanges = row.c;
+      this.#token = `${row.v}:${row.c}`;
+    }
+    return this.#token;
   }
 
   init(): Promise<void> {

@@ -56,8 +56,11 @@ export class Connection {
   #sinceCheck = 0;
   /** Bytes written since `bufferedAmount` was last read. */
   #bytesSinceCheck = 0;
-  /** Frames are handled one after another, so a slow one (a file) keeps its place in order. */
-  #inbound: Promise<void> = Promise.resolve();
+  /**
+   * Frames are handled one after another, so a slow one (a file) keeps its place in order.
+   * Undefined while nothing is queued, so an idle socket holds no promise.
+   */
+  #inbound?: Promise<void>;
 
   private constructor(socket: WebSocket, options: SocketOptions, handler: SocketHandler) {
     this.#socket = socket;
@@ -97,9 +100,12 @@ export class Connection {
   }
 
   #run(task: () => void | Promise<void>): void {
-    this.#inbound = this.#inbound.then(task).catch((err) => {
+    const next: Promise<void> = (this.#inbound ?? Promise.resolve()).then(task).catch((err) => {
       console.error(`${this.#options.protocol}: handler failed:`, err);
+    }).then(() => {
+      if (this.#inbound === next) this.#inbound = undefined;
     });
+    this.#inbound = next;
   }
 
   #onMessage(data: unknown): void {
