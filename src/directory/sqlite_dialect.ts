@@ -229,29 +229,31 @@ class NodeSqliteConnection implements DatabaseConnection {
   readonly #db: DatabaseSync;
   // Access is checked on every send with the same few queries: preparing each once saves
   // SQLite's parse and plan on the hot path.
-  readonly #statements = new Map<string, StatementSync>();
+  // Whether it yields rows is kept with it: `columns()` builds a descriptor per column per call.
+  readonly #statements = new Map<string, { statement: StatementSync; returnsRows: boolean }>();
 
   constructor(db: DatabaseSync) {
     this.#db = db;
   }
 
-  #prepare(sql: string): StatementSync {
-    let statement = this.#statements.get(sql);
-    if (!statement) {
+  #prepare(sql: string): { statement: StatementSync; returnsRows: boolean } {
+    let prepared = this.#statements.get(sql);
+    if (!prepared) {
       if (this.#statements.size >= STATEMENT_CACHE_SIZE) this.#statements.clear();
-      statement = this.#db.prepare(sql);
-      this.#statements.set(sql, statement);
+      const statement = this.#db.prepare(sql);
+      prepared = { statement, returnsRows: statement.columns().length > 0 };
+      this.#statements.set(sql, prepared);
     }
-    return statement;
+    return prepared;
   }
 
   executeQuery<R>(compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
     try {
-      const statement = this.#prepare(compiledQuery.sql);
+      const { statement, returnsRows } = this.#prepare(compiledQuery.sql);
       const parameters = compiledQuery.parameters.map(toSqliteValue);
       // A statement with result columns (SELECT, or a write with RETURNING) yields rows; the
       // rest report their changes, which Kysely needs for `numDeletedRows` and friends.
-      if (statement.columns().length > 0) {
+      if (returnsRows) {
         return Promise.resolve({ rows: statement.all(...parameters).map(plainRow<R>) });
       }
       const { changes, lastInsertRowid } = statement.run(...parameters);
