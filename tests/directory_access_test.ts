@@ -79,6 +79,26 @@ accessTest("a removed participant is refused on the very next check", async (d) 
   assertEquals(await policy.canAccess(u, "chat:1"), true);
 });
 
+accessTest("one connection moving between rooms keeps each room's decision apart", async (d) => {
+  const policy = new DirectoryAccessPolicy(d);
+  const u = user({ sub: "8" });
+  for (const id of ["1", "2", "3"]) {
+    await d.upsertRoom({ kind: "chat", id });
+    await d.addParticipant("chat", id, { userId: "8", role: "member" });
+  }
+  // The first room's decision is kept bare, the second turns it into a map, the third joins it.
+  assertEquals(await policy.canAccess(u, "chat:1"), true);
+  assertEquals(await policy.canAccess(u, "chat:2"), true);
+  assertEquals(await policy.canAccess(u, "chat:3"), true);
+  assertEquals(await policy.canAccess(u, "chat:4"), false, "a known-nowhere room with no claim");
+  await d.removeParticipant("chat", "1", "8");
+  assertEquals(await policy.canAccess(u, "chat:1"), false);
+  assertEquals(await policy.canAccess(u, "chat:2"), true);
+  await d.removeParticipant("chat", "3", "8");
+  assertEquals(await policy.canAccess(u, "chat:3"), false);
+  assertEquals(await policy.canAccess(u, "chat:2"), true);
+});
+
 accessTest("the enricher fills what the token lacks and never overrides it", async (d) => {
   const enrich = directoryProfileEnricher(d);
   await d.upsertUser({

@@ -367,9 +367,10 @@ interface LadderPeer {
 
 /**
  * Runs rates in ascending order on every peer, interleaved (rate r on each peer, then the next
- * rate), repeating the first rate `repeats` times. A peer stops at its first failing step (its
- * server is stopped at once so a backlog cannot steal the core); when even the first rate fails,
- * `lower` rates are tried downwards.
+ * rate), repeating the first rate `repeats` times. A step that fails without leaving a backlog
+ * is run again, up to `confirmRuns` runs in all, and the majority decides. A peer stops at its
+ * first failing rate (its server is stopped at once so a backlog cannot steal the core); when
+ * even the first rate fails, `lower` rates are tried downwards.
  */
 async function runLadder(
   bench: Bench,
@@ -439,7 +440,7 @@ async function runLadder(
         }
       }
       const agg = steps.length > 1 ? repeated(steps) : undefined;
-      if (agg && i === 0) e.ladder.base = agg;
+      if (agg && i === 0 && repeats > 1) e.ladder.base = agg;
       else if (agg) e.ladder.confirmed = [...(e.ladder.confirmed ?? []), agg];
       e.ladder.steps.push(...steps);
       const step = swamped.has(e) ? steps.at(-1)! : agg ? agg.step : steps[0];

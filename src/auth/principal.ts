@@ -13,7 +13,8 @@ export function normalizeUserId(value: unknown): UserId | undefined {
   return /^(0|[1-9]\d{0,15})$/.test(v) && Number.isSafeInteger(Number(v)) ? Number(v) : v;
 }
 
-const NO_GRANTS: string[] = [];
+// Frozen, so a change meant for one principal fails loudly instead of reaching every other.
+const NO_GRANTS = Object.freeze([]) as unknown as string[];
 
 /**
  * Builds a principal from verified claims: id from `sub`, else `user_id` (Django SimpleJWT),

@@ -35,17 +35,21 @@ export interface WsRoute {
 }
 
 const origins = new Map<string, string>();
+const MAX_KEPT_ORIGIN = 300;
 
 /** Base of absolute URLs for a request: PUBLIC_URL, else the request's own origin. */
 export function baseUrlOf(config: Config, req: Request): string {
   if (config.publicUrl) return config.publicUrl;
   // The origin is a slice of the request's whole URL (token included), which a session would
   // keep alive for as long as it lasts; sessions share one copy per origin instead.
+  // Only origins a DNS name fits in are kept: the Host header is the client's to choose.
   const origin = new URL(req.url).origin;
+  if (origin.length > MAX_KEPT_ORIGIN) return origin;
   const known = origins.get(origin);
   if (known !== undefined) return known;
   if (origins.size >= 1000) origins.clear();
-  const flat = [...origin].join("");
+  // A copy of its own, so the cached string does not keep its request's URL alive either.
+  const flat = (" " + origin).slice(1);
   origins.set(flat, flat);
   return flat;
 }
@@ -57,7 +61,10 @@ export function maxFrameSize(config: Config): number {
 
 const optionSets = new WeakMap<DialectContext, Map<string, SocketOptions>>();
 
-/** Socket options for a dialect's connections, one shared object per protocol and subprotocol. */
+/**
+ * Socket options for a dialect's connections: one shared object per protocol and subprotocol,
+ * except for a subprotocol that carries a token (`bearer.<token>`), which is never kept.
+ */
 export function socketOptions(
   ctx: DialectContext,
   protocol: string,
@@ -65,8 +72,11 @@ export function socketOptions(
 ): SocketOptions {
   let sets = optionSets.get(ctx);
   if (!sets) optionSets.set(ctx, sets = new Map());
-  // A subprotocol may be a client's token (Sec-WebSocket-Protocol auth): those are not kept.
-  const key = subprotocol === undefined ? protocol : undefined;
+  const key = subprotocol === undefined
+    ? protocol
+    : subprotocol.length <= 64 && !subprotocol.startsWith("bearer.")
+    ? `${protocol}\n${subprotocol}`
+    : undefined;
   const known = key === undefined ? undefined : sets.get(key);
   if (known) return known;
   const options: SocketOptions = {
@@ -78,6 +88,7 @@ export function socketOptions(
     metrics: ctx.metrics,
     registry: ctx.connections,
   };
-  if (key !== undefined) sets.set(key, options);
+  // Clients name their subprotocols: a few dozen sets at most are kept.
+  if (key !== undefined && sets.size < 64) sets.set(key, options);
   return options;
 }

@@ -183,7 +183,7 @@ class LocalFrameSocket implements FrameSocket {
       const data = event.data;
       this.onmessage?.(typeof data === "string" ? data : new Uint8Array(data));
     };
-    // An error is always followed by a close event, which is what matters here.
+    // On an open socket an error is always followed by a close event, which is what matters.
     ws.onerror = () => {};
     ws.onclose = (event) => {
       resolve();

@@ -73,8 +73,9 @@ export class Connection {
       this.#run(() => handler.open(this));
     };
     socket.onmessage = (e) => this.#onMessage(e.data);
-    // No error handler: Deno follows every error event with a close event, and each handler
-    // costs an idle socket a listener and its wrapper.
+    // No error handler: on an open socket Deno follows every error event with a close event
+    // (an upgrade that fails sends only the error, but then nothing was opened to clean up),
+    // and each handler costs an idle socket a listener and its wrapper.
     socket.onclose = () => this.#cleanup();
   }
 
