@@ -684,7 +684,8 @@ export function renderMarkdown(
       "`JSON.stringify` once per message, `idleTimeout` 30 s, no auth, no history: the local limit. " +
       "*Socket.IO 4.8* (`bench/peers/socketio_node.mjs`) on the machine's Node: `ws` engine, websocket transport only, " +
       "`perMessageDeflate: false`, `httpCompression: false`, `io.to(room).emit`. " +
-      "*ours*: `deno run -A main.ts` (or `deno serve --parallel` in scenario 6), JWT-authenticated, every message committed to Deno KV before it is broadcast, " +
+      "*ours*: `deno run -A main.ts` (or `deno serve --parallel` in scenario 6) with the V8 flags of `deno task start` " +
+      "(`--max-semi-space-size=2`: a smaller young generation, see the README's Tuning section; raw Deno runs with V8's defaults), JWT-authenticated, every message committed to Deno KV before it is broadcast, " +
       'spoken to through the ticket socket (`/ws/ticket/<id>/?token=`, frames `{"body"}`) and, as a fourth peer, through the native protocol ' +
       "(`/ws`, `join` then `send` with a fresh `client_id`, so every send is also idempotent). " +
       "All three broadcast the same JSON shape (`pk`, `body`, `sender`, `file`, `created_at`) to every member, sender included; " +
