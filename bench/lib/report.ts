@@ -355,6 +355,18 @@ function stepsTable(steps: StepResult[], withRooms = false): string[] {
   return rows;
 }
 
+/** Every step's row, folded away under a summary line. */
+function stepsDetails(summary: string, steps: StepResult[], withRooms = false): string[] {
+  return [
+    `<details><summary>${summary}</summary>`,
+    "",
+    ...stepsTable(steps, withRooms),
+    "",
+    "</details>",
+    "",
+  ];
+}
+
 function spread(l: Ladder | undefined, key: "p50s" | "p99s"): string {
   const b = l?.base;
   if (!b) return "–";
@@ -730,12 +742,11 @@ export function renderMarkdown(
       L.push(`### 1 room × ${int(size.members)} members`, "");
       L.push(...ladderSummary(size.ladders, s.fanout.rates[0], "msg/s"), "");
     }
-    L.push("<details><summary>Every fan-out step</summary>", "");
-    L.push(
-      ...stepsTable(results.fanout.sizes.flatMap((x) => x.ladders.flatMap((l) => l.steps)), true),
-      "",
-    );
-    L.push("</details>", "");
+    L.push(...stepsDetails(
+      "Every fan-out step",
+      results.fanout.sizes.flatMap((x) => x.ladders.flatMap((l) => l.steps)),
+      true,
+    ));
   }
 
   if (results.rooms) {
@@ -749,9 +760,7 @@ export function renderMarkdown(
       "",
     );
     L.push(...ladderSummary(r.ladders, s.rooms.rates[0], "msg/s"), "");
-    L.push("<details><summary>Every step</summary>", "");
-    L.push(...stepsTable(r.ladders.flatMap((l) => l.steps)), "");
-    L.push("</details>", "");
+    L.push(...stepsDetails("Every step", r.ladders.flatMap((l) => l.steps)));
   }
 
   if (results.ingest) {
@@ -777,9 +786,7 @@ export function renderMarkdown(
         "",
       );
     }
-    L.push("<details><summary>Every step</summary>", "");
-    L.push(...stepsTable(r.ladders.flatMap((l) => l.steps)), "");
-    L.push("</details>", "");
+    L.push(...stepsDetails("Every step", r.ladders.flatMap((l) => l.steps)));
   }
 
   if (results.connections) {

@@ -142,13 +142,21 @@ const median = (xs: number[]) => {
     : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };
 
+/** What a step offers: its rooms and members, the total rate, and its p99 bound. */
+export interface StepShape {
+  rooms: number;
+  members: number;
+  rate: number;
+  maxP99Ms: number;
+}
+
 /** Runs one open-loop window on a group and measures it. */
 export async function runStep(
   bench: Bench,
   peer: RunningPeer,
   group: string,
   plans: SenderPlan[],
-  shape: { rooms: number; members: number; rate: number; maxP99Ms: number },
+  shape: StepShape,
 ): Promise<StepResult> {
   const { fleet, settings } = bench;
   const now = await fleet.now();
@@ -199,7 +207,7 @@ export async function measureStep(
   peer: RunningPeer,
   group: string,
   plans: SenderPlan[],
-  shape: { rooms: number; members: number; rate: number; maxP99Ms: number },
+  shape: StepShape,
 ): Promise<StepResult> {
   for (let attempt = 1;; attempt++) {
     const started = performance.now();
@@ -225,7 +233,7 @@ async function summarise(
   bench: Bench,
   peer: RunningPeer,
   reports: GroupReport[],
-  shape: { rooms: number; members: number; rate: number; maxP99Ms: number },
+  shape: StepShape,
   m: {
     seconds: number;
     serverCpu: number;
@@ -378,7 +386,7 @@ async function runLadder(
   rates: number[],
   lower: number[],
   repeats: number,
-  shape: (rate: number) => { rooms: number; members: number; rate: number; maxP99Ms: number },
+  shape: (rate: number) => StepShape,
 ): Promise<void> {
   const stopPeer = async (e: LadderPeer) => {
     e.done = true;

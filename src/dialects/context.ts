@@ -34,24 +34,29 @@ export interface WsRoute {
   handle(req: Request, params: Record<string, string | undefined>): Promise<Response>;
 }
 
-const origins = new Map<string, string>();
-const MAX_KEPT_ORIGIN = 300;
+const interned = new Map<string, string>();
+/** Longest string kept: an origin's host is the client's to choose, and DNS names fit in this. */
+const MAX_INTERNED = 300;
+
+/**
+ * One shared copy of a string that every idle socket would otherwise hold its own of (origins,
+ * render keys). The copy is flat, so it never keeps a longer string (a request URL) alive.
+ */
+export function intern(text: string): string {
+  if (text.length > MAX_INTERNED) return text;
+  const known = interned.get(text);
+  if (known !== undefined) return known;
+  if (interned.size >= 1000) interned.clear();
+  const flat = (" " + text).slice(1);
+  interned.set(flat, flat);
+  return flat;
+}
 
 /** Base of absolute URLs for a request: PUBLIC_URL, else the request's own origin. */
 export function baseUrlOf(config: Config, req: Request): string {
-  if (config.publicUrl) return config.publicUrl;
   // The origin is a slice of the request's whole URL (token included), which a session would
-  // keep alive for as long as it lasts; sessions share one copy per origin instead.
-  // Only origins a DNS name fits in are kept: the Host header is the client's to choose.
-  const origin = new URL(req.url).origin;
-  if (origin.length > MAX_KEPT_ORIGIN) return origin;
-  const known = origins.get(origin);
-  if (known !== undefined) return known;
-  if (origins.size >= 1000) origins.clear();
-  // A copy of its own, so the cached string does not keep its request's URL alive either.
-  const flat = (" " + origin).slice(1);
-  origins.set(flat, flat);
-  return flat;
+  // keep alive for as long as it lasts.
+  return config.publicUrl ?? intern(new URL(req.url).origin);
 }
 
 /** Largest inbound frame: the biggest attachment in base64 plus room for the JSON around it. */

@@ -5,7 +5,7 @@ import { asChatError, ChatError } from "../core/errors.ts";
 import type { AppendResult, Principal, RoomEvent } from "../core/types.ts";
 import type { Member } from "../hub/hub.ts";
 import { Connection, type SocketHandler } from "../transport/websocket.ts";
-import { baseUrlOf, type DialectContext, socketOptions, type WsRoute } from "./context.ts";
+import { baseUrlOf, type DialectContext, intern, socketOptions, type WsRoute } from "./context.ts";
 
 /** One open socket of a single-room protocol. */
 export interface RoomSession {
@@ -104,7 +104,7 @@ class SessionMember implements Member {
     this.user = session.user;
     this.#session = session;
     this.#dialect = dialect;
-    this.renderKey = dialect.renderKey?.(session) ?? renderKeyOf(dialect.name, session.baseUrl);
+    this.renderKey = dialect.renderKey?.(session) ?? intern(`${dialect.name}|${session.baseUrl}`);
   }
 
   wants(event: RoomEvent): boolean {
@@ -125,18 +125,6 @@ class SessionMember implements Member {
       event.type === "closed" ? "Room deleted" : "Access revoked",
     );
   }
-}
-
-const renderKeys = new Map<string, string>();
-
-/** One string per protocol and base URL, shared by every member that renders alike. */
-function renderKeyOf(name: string, baseUrl: string): string {
-  const key = `${name}|${baseUrl}`;
-  const known = renderKeys.get(key);
-  if (known !== undefined) return known;
-  if (renderKeys.size >= 1000) renderKeys.clear();
-  renderKeys.set(key, key);
-  return key;
 }
 
 /** The socket handler of one accepted session: join on open, commands, leave on close. */

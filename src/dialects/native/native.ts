@@ -10,7 +10,7 @@ import type { Message, Principal, RoomEvent, UserProfile } from "../../core/type
 import type { Member } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
 import { Connection } from "../../transport/websocket.ts";
-import { baseUrlOf, type DialectContext, socketOptions, type WsRoute } from "../context.ts";
+import { baseUrlOf, type DialectContext, intern, socketOptions, type WsRoute } from "../context.ts";
 import { optionalClientId, optionalString, parseObject } from "../frames.ts";
 
 /** Close codes of the native protocol. */
@@ -159,7 +159,7 @@ function nativeSession(ctx: DialectContext, user: Principal, baseUrl: string) {
     }
     const member: Member = {
       user,
-      renderKey: `native|${baseUrl}`,
+      renderKey: intern(`native|${baseUrl}`),
       wants: (event) =>
         event.type === "message" || event.type === "presence" ||
         ((event.type === "typing" || event.type === "read") &&
