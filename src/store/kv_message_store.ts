@@ -10,6 +10,7 @@ import type {
   ReadCursorStore,
   UserId,
 } from "../core/types.ts";
+import { getManyChunked } from "./kv_reads.ts";
 
 /** How long a client id protects against a duplicate send. */
 export const IDEMPOTENCY_WINDOW_MS = 24 * 60 * 60 * 1000;
@@ -198,8 +199,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       // there first) fails its check, and the retry reads every head afresh.
       const unknown = attempt === 0 ? rooms.filter((r) => !this.#heads.has(r)) : rooms;
       const [readHeads, idemEntries] = await Promise.all([
-        this.#getMany<number>(unknown.map(KV_KEYS.head)),
-        this.#getMany<number>(idemKeys.filter((k) => k !== null)),
+        getManyChunked<number>(this.#kv, unknown.map(KV_KEYS.head)),
+        getManyChunked<number>(this.#kv, idemKeys.filter((k) => k !== null)),
       ]);
       const fresh = new Map(unknown.map((r, i) => [r, readHeads[i]]));
       const headEntries = rooms.map((r) => fresh.get(r) ?? this.#heads.get(r)!);
@@ -292,13 +293,6 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       if (written > 0) this.onCommit?.(performance.now() - started, written);
       return final;
     }
-  }
-
-  async #getMany<T>(keys: Deno.KvKey[]): Promise<Deno.KvEntryMaybe<T>[]> {
-    // kv.getMany takes at most 10 keys; the chunks are read side by side.
-    const chunks: Deno.KvKey[][] = [];
-    for (let i = 0; i < keys.length; i += 10) chunks.push(keys.slice(i, i + 10));
-    return (await Promise.all(chunks.map((c) => this.#kv.getMany<T[]>(c)))).flat();
   }
 
   /** Reads a slice of history in ascending seq order. */

@@ -1,6 +1,7 @@
 /** Presence on Deno KV: one entry per connection, alive as long as the server that wrote it. */
 
 import type { PresenceStore, UserId, UserProfile } from "../core/types.ts";
+import { FreshReads, getManyChunked } from "./kv_reads.ts";
 
 /** Who was alive at one read, and how to make a commit depend on it. */
 export interface Liveness {
@@ -37,6 +38,84 @@ const roomPrefix = (room: string): Deno.KvKey => ["presence", room];
 /** Changed by every enter and exit of the user, so concurrent ones on other isolates conflict. */
 const userLock = (room: string, user: UserId): Deno.KvKey => ["presence_user", room, String(user)];
 const LOCK_TTL_MS = 5 * 60_000;
+/** Users per commit: each adds a check of its lock, and Deno KV allows 100 checks. */
+const MAX_USERS_PER_COMMIT = 100;
+/** Changes per commit, well inside Deno KV's 1000 mutations and 80 KiB of keys. */
+const MAX_CHANGES_PER_COMMIT = 200;
+
+/** One connection entering or leaving; resolves to `first` or `last`. */
+interface Change {
+  kind: "enter" | "exit";
+  room: string;
+  user: string;
+  connId: string;
+  /** The entering user's profile, stored in the entry. */
+  profile?: UserProfile;
+}
+
+interface Queued extends Change {
+  resolve(result: boolean): void;
+  reject(err: unknown): void;
+}
+
+/** The queued changes of one user in one room, in the order they came. */
+interface Group {
+  room: string;
+  user: string;
+  changes: Queued[];
+}
+
+/**
+ * Takes the next batch off the queue: whole users (all their waiting changes, so each user's
+ * stay in order), as many as one commit can hold.
+ */
+function takeBatch(queue: Queued[]): Group[] {
+  const groups = new Map<string, Group>();
+  // A user with a change left behind leaves the later ones behind too, so they stay in order.
+  const behind = new Set<string>();
+  const rest: Queued[] = [];
+  let changes = 0;
+  for (const change of queue) {
+    const id = `${change.room}\u0000${change.user}`;
+    let group = behind.has(id) ? undefined : groups.get(id);
+    if (!group && !behind.has(id) && groups.size < MAX_USERS_PER_COMMIT) {
+      groups.set(id, group = { room: change.room, user: change.user, changes: [] });
+    }
+    if (group && changes < MAX_CHANGES_PER_COMMIT) {
+      group.changes.push(change);
+      changes++;
+    } else {
+      behind.add(id);
+      rest.push(change);
+    }
+  }
+  queue.splice(0, queue.length, ...rest);
+  return [...groups.values()].filter((g) => g.changes.length > 0);
+}
+
+/**
+ * Adds one change to `op`, given the user's live connections as they stand after the changes
+ * before it in the batch (`conns`, updated here), and returns `first` or `last`.
+ */
+function apply(
+  op: Deno.AtomicOperation,
+  group: Group,
+  change: Change,
+  conns: Set<string>,
+  instance: string,
+): boolean {
+  const key = connKey(group.room, change.user, change.connId);
+  const others = conns.size > (conns.has(change.connId) ? 1 : 0);
+  if (change.kind === "enter") {
+    const entry: ConnEntry = { user: change.profile!, instance };
+    op.set(key, entry);
+    conns.add(change.connId);
+    return !others;
+  }
+  op.delete(key);
+  const had = conns.delete(change.connId);
+  return had && !others;
+}
 
 /**
  * An entry lives as long as the server that holds its socket: servers renew one lease each
@@ -53,6 +132,10 @@ const LOCK_TTL_MS = 5 * 60_000;
 export class KvPresenceStore implements PresenceStore {
   #kv: Deno.Kv;
   #leases: PresenceLeases;
+  #queue: Queued[] = [];
+  #writing = false;
+  #livenessReads = new FreshReads<Liveness>();
+  #listReads = new FreshReads<UserProfile[]>();
 
   /** Writes entries under `leases.id` and counts those of live servers only. */
   constructor(kv: Deno.Kv, leases: PresenceLeases) {
@@ -67,55 +150,121 @@ export class KvPresenceStore implements PresenceStore {
 
   async #read(prefix: Deno.KvKey): Promise<[Deno.KvEntry<ConnEntry>[], Liveness]> {
     const entries = await Array.fromAsync(this.#kv.list<ConnEntry>({ prefix }));
-    return [entries, await this.#leases.live()];
+    return [entries, await this.#liveness()];
   }
 
-  async #live(room: string, user: UserId): Promise<Deno.KvEntry<ConnEntry>[]> {
-    const [entries, live] = await this.#read(userPrefix(room, user));
-    const now = Date.now();
-    return entries.filter((e) => this.#alive(e.value, live.ids, now));
+  /**
+   * Queues a change of one connection's entry; changes waiting together commit together, so a
+   * burst of joins costs a few commits (each one an fsync) instead of one per join.
+   */
+  #change(change: Change): Promise<boolean> {
+    return new Promise<boolean>((resolve, reject) => {
+      this.#queue.push({ ...change, resolve, reject });
+      if (!this.#writing) {
+        this.#writing = true;
+        void this.#drain();
+      }
+    });
   }
 
-  async #serialised<T>(
-    room: string,
-    user: UserId,
-    build: (op: Deno.AtomicOperation, live: Deno.KvEntry<ConnEntry>[]) => T,
-  ): Promise<T> {
+  async #drain(): Promise<void> {
+    try {
+      while (this.#queue.length > 0) {
+        const batch = takeBatch(this.#queue);
+        try {
+          await this.#commit(batch);
+        } catch (err) {
+          for (const group of batch) for (const c of group.changes) c.reject(err);
+        }
+      }
+    } finally {
+      // In the same turn as the last look at the queue: a change queued after it starts anew.
+      this.#writing = false;
+    }
+  }
+
+  /**
+   * Commits the changes of a batch, each user's in order, on the entries as read now. The
+   * commit checks each user's lock, so a change of the same user on another isolate meanwhile
+   * makes it read and try again; after a conflict half the batch waits for the next round, so
+   * a busy user cannot hold the others back for long.
+   */
+  async #commit(batch: Group[]): Promise<void> {
     for (let attempt = 0;; attempt++) {
-      const lock = await this.#kv.get(userLock(room, user));
-      const live = await this.#live(room, user);
-      const op = this.#kv.atomic().check(lock);
-      const result = build(op, live);
-      op.set(userLock(room, user), Date.now(), { expireIn: LOCK_TTL_MS });
+      // Locks before entries: a change committed after the lock read fails the lock's check.
+      const locks = await getManyChunked(this.#kv, batch.map((g) => userLock(g.room, g.user)));
+      const entries = await Promise.all(
+        batch.map((g) =>
+          Array.fromAsync(this.#kv.list<ConnEntry>({ prefix: userPrefix(g.room, g.user) }))
+        ),
+      );
+      const live = await this.#liveness();
+      const now = Date.now();
+      const op = this.#kv.atomic();
+      const results: boolean[][] = [];
+      for (const [i, group] of batch.entries()) {
+        op.check(locks[i]);
+        const conns = new Set(
+          entries[i].filter((e) => this.#alive(e.value, live.ids, now)).map((e) =>
+            String(e.key[3])
+          ),
+        );
+        results.push(group.changes.map((c) => apply(op, group, c, conns, this.#leases.id)));
+        op.set(userLock(group.room, group.user), now, { expireIn: LOCK_TTL_MS });
+      }
+      let ok = false;
       try {
-        if ((await op.commit()).ok) return result;
+        ok = (await op.commit()).ok;
       } catch (err) {
         if (!/database is locked/i.test((err as Error).message) || attempt > 100) throw err;
+      }
+      if (ok) {
+        for (const [i, group] of batch.entries()) {
+          group.changes.forEach((c, k) => c.resolve(results[i][k]));
+        }
+        return;
+      }
+      if (batch.length > 1) {
+        const later = batch.splice(batch.length >> 1);
+        this.#queue.unshift(...later.flatMap((g) => g.changes));
       }
       await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, 2 + attempt * 2)));
     }
   }
 
+  /** Which servers are alive: one read shared by the callers waiting for one. */
+  #liveness(): Promise<Liveness> {
+    return this.#livenessReads.read("", () => this.#leases.live());
+  }
+
   /** Records a connection; `first` when the user had no other live one in the room. */
-  enter(room: string, user: UserProfile, connId: string): Promise<{ first: boolean }> {
-    return this.#serialised(room, user.id, (op, live) => {
-      const entry: ConnEntry = { user, instance: this.#leases.id };
-      op.set(connKey(room, user.id, connId), entry);
-      return { first: !live.some((e) => e.key[3] !== connId) };
-    });
+  async enter(room: string, user: UserProfile, connId: string): Promise<{ first: boolean }> {
+    return {
+      first: await this.#change({
+        kind: "enter",
+        room,
+        user: String(user.id),
+        connId,
+        profile: user,
+      }),
+    };
   }
 
   /** Removes a connection; `last` when no other live one of the user remains in the room. */
-  exit(room: string, userId: UserId, connId: string): Promise<{ last: boolean }> {
-    return this.#serialised(room, userId, (op, live) => {
-      op.delete(connKey(room, userId, connId));
-      const had = live.some((e) => e.key[3] === connId);
-      return { last: had && !live.some((e) => e.key[3] !== connId) };
-    });
+  async exit(room: string, userId: UserId, connId: string): Promise<{ last: boolean }> {
+    return { last: await this.#change({ kind: "exit", room, user: String(userId), connId }) };
   }
 
-  /** The users with a live connection in the room, each once, in order of id. */
+  /**
+   * The users with a live connection in the room, each once, in order of id. Callers that ask
+   * while a read of the room is under way share the next one: a burst of joins to one room
+   * reads it a few times, not once per join.
+   */
   async list(room: string): Promise<UserProfile[]> {
+    return [...await this.#listReads.read(room, () => this.#list(room))];
+  }
+
+  async #list(room: string): Promise<UserProfile[]> {
     const [entries, live] = await this.#read(roomPrefix(room));
     const now = Date.now();
     const users = new Map<string, UserProfile>();

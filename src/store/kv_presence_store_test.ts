@@ -119,3 +119,82 @@ Deno.test("presence: an exit that overtakes its own enter waits for it, leaving 
     chat.close();
   });
 });
+
+/** `kv`, counting the atomic commits made through it. */
+function counting(kv: Deno.Kv): { kv: Deno.Kv; commits: () => number } {
+  let commits = 0;
+  const proxy = new Proxy(kv, {
+    get(target, prop) {
+      if (prop === "atomic") {
+        return () => {
+          const op = target.atomic();
+          const commit = op.commit.bind(op);
+          op.commit = () => {
+            commits++;
+            return commit();
+          };
+          return op;
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  return { kv: proxy, commits: () => commits };
+}
+
+Deno.test("presence: a burst of enters and exits commits together, first and last once per user", async () => {
+  await withKv(async (raw) => {
+    const { kv, commits } = counting(raw);
+    const store = new KvPresenceStore(kv, leases(raw, "A", new Set()));
+    // 40 users with 3 connections each, entering at once.
+    const conns = Array.from({ length: 120 }, (_, i) => ({ user: String(i % 40), conn: `c${i}` }));
+    const entered = await Promise.all(
+      conns.map((c) => store.enter("room:x", user(c.user), c.conn)),
+    );
+    assertEquals(entered.filter((r) => r.first).length, 40, "one first per user");
+    for (let u = 0; u < 40; u++) {
+      assertEquals(conns.filter((c, i) => c.user === String(u) && entered[i].first).length, 1);
+    }
+    assertEquals((await store.list("room:x")).length, 40);
+    const enterCommits = commits();
+    assertEquals(enterCommits <= 5, true, `120 enters took ${enterCommits} commits`);
+
+    const exited = await Promise.all(conns.map((c) => store.exit("room:x", c.user, c.conn)));
+    assertEquals(exited.filter((r) => r.last).length, 40, "one last per user");
+    assertEquals(await store.list("room:x"), []);
+    assertEquals(commits() - enterCommits <= 5, true, `120 exits took ${commits() - enterCommits}`);
+  });
+});
+
+Deno.test("presence: two isolates entering and leaving for one user agree on first and last", async () => {
+  const dir = await Deno.makeTempDir();
+  const kvA = await Deno.openKv(`${dir}/kv.sqlite3`);
+  const kvB = await Deno.openKv(`${dir}/kv.sqlite3`);
+  try {
+    const alive = new Set(["A", "B"]);
+    const a = new KvPresenceStore(kvA, leases(kvA, "A", alive));
+    const b = new KvPresenceStore(kvB, leases(kvB, "B", alive));
+    // User 1 on both isolates at once, among others who keep each batch full.
+    const plan = Array.from({ length: 60 }, (_, i) => ({
+      store: i % 2 === 0 ? a : b,
+      user: i % 3 === 0 ? "1" : String(100 + i),
+      conn: `k${i}`,
+    }));
+    const entered = await Promise.all(
+      plan.map((p) => p.store.enter("room:y", user(p.user), p.conn)),
+    );
+    assertEquals(plan.filter((p, i) => p.user === "1" && entered[i].first).length, 1);
+    assertEquals(
+      entered.filter((r) => r.first).length,
+      1 + plan.filter((p) => p.user !== "1").length,
+    );
+    const exited = await Promise.all(plan.map((p) => p.store.exit("room:y", p.user, p.conn)));
+    assertEquals(plan.filter((p, i) => p.user === "1" && exited[i].last).length, 1);
+    assertEquals(await a.list("room:y"), []);
+  } finally {
+    kvA.close();
+    kvB.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -9,7 +9,7 @@ import { parseRoomKey } from "../../core/rooms.ts";
 import type { Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import type { Member } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
-import { Connection } from "../../transport/websocket.ts";
+import { Connection, type SocketHandler } from "../../transport/websocket.ts";
 import { baseUrlOf, type DialectContext, intern, socketOptions, type WsRoute } from "../context.ts";
 import { optionalClientId, optionalString, parseObject } from "../frames.ts";
 
@@ -120,22 +120,87 @@ export function nativeRoute(ctx: DialectContext): WsRoute {
       if (!user) {
         return Connection.refuse(req, options, NATIVE_CLOSE.unauthorized, "Unauthorized");
       }
-      return Connection.upgrade(req, options, nativeSession(ctx, user, baseUrl));
+      return Connection.upgrade(req, options, new NativeSession(ctx, user, baseUrl));
     },
   };
 }
 
-function nativeSession(ctx: DialectContext, user: Principal, baseUrl: string) {
-  const connId = crypto.randomUUID();
-  const rooms = new Map<string, Member>();
+// The session and its hub memberships are classes rather than object literals of closures:
+// with tens of thousands of idle sockets, the closures and their contexts cost about a
+// kilobyte per socket.
 
-  const reply = (conn: Connection, frame: Record<string, unknown>, ref: unknown) =>
+/** One socket's membership of one room. */
+class NativeMember implements Member {
+  readonly user: Principal;
+  readonly renderKey: string;
+  #session: NativeSession;
+  #conn: Connection;
+  #room: string;
+
+  constructor(session: NativeSession, conn: Connection, room: string) {
+    this.user = session.user;
+    this.renderKey = session.renderKey;
+    this.#session = session;
+    this.#conn = conn;
+    this.#room = room;
+  }
+
+  wants(event: RoomEvent): boolean {
+    return event.type === "message" || event.type === "presence" ||
+      ((event.type === "typing" || event.type === "read") &&
+        String(event.user.id) !== String(this.user.id));
+  }
+
+  render(event: RoomEvent): string | undefined {
+    return renderEvent(event, this.#session.baseUrl);
+  }
+
+  send(frame: string): void {
+    this.#conn.send(frame);
+  }
+
+  evict(event: RoomEvent & { type: "closed" | "revoked" }): void {
+    if (this.#session.memberOf(this.#room) === this) {
+      this.#session.drop(
+        this.#conn,
+        this.#room,
+        event.type === "closed" ? "room_deleted" : "access_revoked",
+      );
+    }
+  }
+}
+
+/** One authenticated socket of the native protocol: its rooms and its commands. */
+class NativeSession implements SocketHandler {
+  readonly user: Principal;
+  readonly baseUrl: string;
+  readonly renderKey: string;
+  #ctx: DialectContext;
+  #connId = crypto.randomUUID();
+  #rooms = new Map<string, NativeMember>();
+
+  constructor(ctx: DialectContext, user: Principal, baseUrl: string) {
+    this.#ctx = ctx;
+    this.user = user;
+    this.baseUrl = baseUrl;
+    this.renderKey = intern(`native|${baseUrl}`);
+  }
+
+  /** The socket's membership of `room`, if it joined it. */
+  memberOf(room: string): NativeMember | undefined {
+    return this.#rooms.get(room);
+  }
+
+  #reply(conn: Connection, frame: Record<string, unknown>, ref: unknown): void {
     conn.send(JSON.stringify(ref === undefined ? frame : { ...frame, ref }));
+  }
 
-  async function join(conn: Connection, room: string, since: number | undefined, ref: unknown) {
-    if (!(await ctx.chat.canAccess(user, room))) {
+  async #join(conn: Connection, room: string, since: number | undefined, ref: unknown) {
+    const ctx = this.#ctx;
+    if (!(await ctx.chat.canAccess(this.user, room))) {
       throw new ChatError("forbidden", `Access denied to room "${room}"`);
     }
+    const rooms = this.#rooms;
     if (!rooms.has(room) && rooms.size >= MAX_ROOMS_PER_SOCKET) {
       throw new ChatError("invalid_frame", `At most ${MAX_ROOMS_PER_SOCKET} rooms per socket`);
     }
@@ -147,7 +212,7 @@ function nativeSession(ctx: DialectContext, user: Principal, baseUrl: string) {
       // History no longer reaches back to what the client has, or the client is ahead of the
       // store (it was reset): say so instead of leaving a silent gap.
       if (since + 1 < tail || since > head) {
-        reply(conn, {
+        this.#reply(conn, {
           type: "resync",
           room,
           reason: since > head ? "ahead_of_history" : "history_truncated",
@@ -157,46 +222,34 @@ function nativeSession(ctx: DialectContext, user: Principal, baseUrl: string) {
         from = tail - 1;
       }
     }
-    const member: Member = {
-      user,
-      renderKey: intern(`native|${baseUrl}`),
-      wants: (event) =>
-        event.type === "message" || event.type === "presence" ||
-        ((event.type === "typing" || event.type === "read") &&
-          String(event.user.id) !== String(user.id)),
-      render: (event) => renderEvent(event, baseUrl),
-      send: (frame) => conn.send(frame),
-      evict: (event) => {
-        if (rooms.get(room) === member) {
-          drop(conn, room, event.type === "closed" ? "room_deleted" : "access_revoked");
-        }
-      },
-    };
+    const member = new NativeMember(this, conn, room);
     rooms.set(room, member);
     // Presence first: the others hear the join, the joiner sees itself in `presence`.
-    if (!existing) await ctx.chat.enter(user, room, connId);
+    if (!existing) await ctx.chat.enter(this.user, room, this.#connId);
     const head = await ctx.hub.join(room, member, from === undefined ? {} : { since: from });
     const present = await ctx.chat.present(room);
-    reply(conn, { type: "joined", room, head, presence: present.map(nativeUser) }, ref);
+    this.#reply(conn, { type: "joined", room, head, presence: present.map(nativeUser) }, ref);
   }
 
   /** Takes the socket out of a room it may no longer be in, and says so. */
-  function drop(conn: Connection, room: string, reason: "room_deleted" | "access_revoked") {
-    if (!rooms.has(room)) return;
-    leave(room).catch((err) => console.error("native: leave failed:", err));
+  drop(conn: Connection, room: string, reason: "room_deleted" | "access_revoked"): void {
+    if (!this.#rooms.has(room)) return;
+    this.#leave(room).catch((err) => console.error("native: leave failed:", err));
     conn.send(JSON.stringify({ type: "removed", room, reason }));
   }
 
-  async function leave(room: string) {
-    const member = rooms.get(room);
+  async #leave(room: string): Promise<boolean> {
+    const member = this.#rooms.get(room);
     if (!member) return false;
-    rooms.delete(room);
-    ctx.hub.leave(room, member);
-    await ctx.chat.exit(user, room, connId);
+    this.#rooms.delete(room);
+    this.#ctx.hub.leave(room, member);
+    await this.#ctx.chat.exit(this.user, room, this.#connId);
     return true;
   }
 
-  async function handle(conn: Connection, record: Record<string, unknown>) {
+  async #handle(conn: Connection, record: Record<string, unknown>): Promise<void> {
+    const ctx = this.#ctx;
+    const user = this.user;
     const ref = record.ref;
     switch (record.type) {
       case "join": {
@@ -212,19 +265,19 @@ function nativeSession(ctx: DialectContext, user: Principal, baseUrl: string) {
             );
           }
           const entry = item as Record<string, unknown>;
-          await join(conn, requireRoom(entry), optionalSeq(entry, "since"), ref);
+          await this.#join(conn, requireRoom(entry), optionalSeq(entry, "since"), ref);
         }
         return;
       }
       case "leave": {
         const room = requireRoom(record);
-        await leave(room);
-        reply(conn, { type: "left", room }, ref);
+        await this.#leave(room);
+        this.#reply(conn, { type: "left", room }, ref);
         return;
       }
       case "send": {
         const room = requireRoom(record);
-        if (!rooms.has(room)) {
+        if (!this.#rooms.has(room)) {
           throw new ChatError("not_found", `Join room "${room}" before sending`);
         }
         const files = Array.isArray(record.files) ? record.files : [];
@@ -239,11 +292,11 @@ function nativeSession(ctx: DialectContext, user: Principal, baseUrl: string) {
         }).catch((err) => {
           // Access was withdrawn since the join: leave the room as a revoke would.
           if (err instanceof ChatError && err.code === "forbidden") {
-            drop(conn, room, "access_revoked");
+            this.drop(conn, room, "access_revoked");
           }
           throw err;
         });
-        reply(conn, {
+        this.#reply(conn, {
           type: "ack",
           room,
           client_id: result.message.clientId ?? null,
@@ -256,15 +309,15 @@ function nativeSession(ctx: DialectContext, user: Principal, baseUrl: string) {
       }
       case "typing": {
         const room = requireRoom(record);
-        if (!rooms.has(room)) throw new ChatError("not_found", `Join room "${room}" first`);
+        if (!this.#rooms.has(room)) throw new ChatError("not_found", `Join room "${room}" first`);
         ctx.chat.typing(user, room, record.is_typing !== false);
         return;
       }
       case "read": {
         const room = requireRoom(record);
-        if (!rooms.has(room)) throw new ChatError("not_found", `Join room "${room}" first`);
+        if (!this.#rooms.has(room)) throw new ChatError("not_found", `Join room "${room}" first`);
         const seq = await ctx.chat.markRead(user, room, optionalSeq(record, "seq"));
-        reply(conn, { type: "read_ok", room, seq }, ref);
+        this.#reply(conn, { type: "read_ok", room, seq }, ref);
         return;
       }
       case "history": {
@@ -280,10 +333,10 @@ function nativeSession(ctx: DialectContext, user: Principal, baseUrl: string) {
         const last = messages.at(-1)?.seq;
         const hasMore = messages.length === limit ||
           (after === undefined && first !== undefined && first > (await ctx.chat.tail(room)));
-        reply(conn, {
+        this.#reply(conn, {
           type: "history",
           room,
-          messages: messages.map((m) => nativeMessage(m, baseUrl)),
+          messages: messages.map((m) => nativeMessage(m, this.baseUrl)),
           has_more: messages.length === 0 ? false : hasMore,
           first_seq: first ?? null,
           last_seq: last ?? null,
@@ -291,7 +344,7 @@ function nativeSession(ctx: DialectContext, user: Principal, baseUrl: string) {
         return;
       }
       case "ping":
-        reply(conn, { type: "pong" }, ref);
+        this.#reply(conn, { type: "pong" }, ref);
         return;
       default:
         throw new ChatError(
@@ -303,35 +356,37 @@ function nativeSession(ctx: DialectContext, user: Principal, baseUrl: string) {
     }
   }
 
-  return {
-    open(conn: Connection) {
-      conn.send(JSON.stringify({ type: "welcome", user: nativeUser(user), conn_id: connId }));
-    },
-    async message(conn: Connection, text: string) {
-      let ref: unknown;
-      try {
-        const record = parseObject(text, "Expected a JSON object with a type");
-        ref = record.ref;
-        const verdict = ctx.limiter.take(user.id, connId);
-        if (verdict === "close") {
-          conn.close(NATIVE_CLOSE.rateLimited, "Rate limit exceeded");
-          return;
-        }
-        if (verdict === "limited") {
-          throw new ChatError("rate_limited", "Too many messages: slow down");
-        }
-        await handle(conn, record);
-      } catch (err) {
-        const error = asChatError(err);
-        ctx.metrics.error(error.code);
-        reply(conn, { type: "error", code: error.code, message: error.message }, ref);
+  open(conn: Connection): void {
+    conn.send(
+      JSON.stringify({ type: "welcome", user: nativeUser(this.user), conn_id: this.#connId }),
+    );
+  }
+
+  async message(conn: Connection, text: string): Promise<void> {
+    let ref: unknown;
+    try {
+      const record = parseObject(text, "Expected a JSON object with a type");
+      ref = record.ref;
+      const verdict = this.#ctx.limiter.take(this.user.id, this.#connId);
+      if (verdict === "close") {
+        conn.close(NATIVE_CLOSE.rateLimited, "Rate limit exceeded");
+        return;
       }
-    },
-    closed() {
-      ctx.limiter.forget(connId);
-      for (const room of [...rooms.keys()]) {
-        leave(room).catch((err) => console.error("native: leave failed:", err));
+      if (verdict === "limited") {
+        throw new ChatError("rate_limited", "Too many messages: slow down");
       }
-    },
-  };
+      await this.#handle(conn, record);
+    } catch (err) {
+      const error = asChatError(err);
+      this.#ctx.metrics.error(error.code);
+      this.#reply(conn, { type: "error", code: error.code, message: error.message }, ref);
+    }
+  }
+
+  closed(): void {
+    this.#ctx.limiter.forget(this.#connId);
+    for (const room of [...this.#rooms.keys()]) {
+      this.#leave(room).catch((err) => console.error("native: leave failed:", err));
+    }
+  }
 }

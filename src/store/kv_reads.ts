@@ -1,0 +1,45 @@
+/** Reads from Deno KV that many callers share: chunked `getMany`, and coalesced fresh reads. */
+
+/** Reads any number of keys: `kv.getMany` takes at most 10, so the chunks are read side by side. */
+export async function getManyChunked<T>(
+  kv: Deno.Kv,
+  keys: readonly Deno.KvKey[],
+): Promise<Deno.KvEntryMaybe<T>[]> {
+  const chunks: Deno.KvKey[][] = [];
+  for (let i = 0; i < keys.length; i += 10) chunks.push(keys.slice(i, i + 10));
+  return (await Promise.all(chunks.map((c) => kv.getMany<T[]>(c)))).flat();
+}
+
+interface Slot<T> {
+  running?: Promise<T>;
+  queued?: Promise<T>;
+}
+
+/**
+ * Shares reads of one key among the callers that wait for it, without ever handing a caller a
+ * read that started before it asked: a caller joins the read queued behind the running one,
+ * which starts when that one ends. A burst of callers thus costs at most two reads, and each
+ * sees every write that finished before it called.
+ */
+export class FreshReads<T> {
+  #slots = new Map<string, Slot<T>>();
+
+  /** Runs `read` for `key`, or joins a queued run of it that has not started yet. */
+  read(key: string, read: () => Promise<T>): Promise<T> {
+    let slot = this.#slots.get(key);
+    if (!slot) this.#slots.set(key, slot = {});
+    if (slot.queued) return slot.queued;
+    const s = slot;
+    const after = s.running?.then(() => {}, () => {}) ?? Promise.resolve();
+    const run: Promise<T> = after.then(() => {
+      s.queued = undefined;
+      s.running = run;
+      return read();
+    }).finally(() => {
+      if (s.running === run) s.running = undefined;
+      if (!s.running && !s.queued && this.#slots.get(key) === s) this.#slots.delete(key);
+    });
+    s.queued = run;
+    return run;
+  }
+}
