@@ -40,8 +40,14 @@ const userLock = (room: string, user: UserId): Deno.KvKey => ["presence_user", r
 const LOCK_TTL_MS = 5 * 60_000;
 /** Users per commit: each adds a check of its lock, and Deno KV allows 100 checks. */
 const MAX_USERS_PER_COMMIT = 100;
-/** Changes per commit, well inside Deno KV's 1000 mutations and 80 KiB of keys. */
+/** Changes per commit, well inside Deno KV's 1000 mutations. */
 const MAX_CHANGES_PER_COMMIT = 200;
+/** Key bytes per commit (checks and mutations together), under Deno KV's 80 KiB. */
+const MAX_KEY_BYTES_PER_COMMIT = 60_000;
+/** Value bytes per commit, well under Deno KV's 800 KiB of mutations. */
+const MAX_VALUE_BYTES_PER_COMMIT = 400_000;
+/** Failed checks a change may meet (another isolate changing the same user) before it fails. */
+const MAX_CONFLICTS = 100;
 
 /** One connection entering or leaving; resolves to `first` or `last`. */
 interface Change {
@@ -54,6 +60,14 @@ interface Change {
 }
 
 interface Queued extends Change {
+  /** Bytes of the user's lock key, which a commit checks and writes once per user. */
+  lockBytes: number;
+  /** Bytes of the entry's key. */
+  keyBytes: number;
+  /** Rough bytes of the entry's value. */
+  valueBytes: number;
+  /** Commits this change was part of that failed a check. */
+  conflicts: number;
   resolve(result: boolean): void;
   reject(err: unknown): void;
 }
@@ -65,9 +79,23 @@ interface Group {
   changes: Queued[];
 }
 
+/** Bytes of `s` in UTF-8, without encoding it. */
+function utf8Length(s: string): number {
+  let n = s.length;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0x80) n += c >= 0x800 && (c < 0xd800 || c > 0xdfff) ? 2 : 1;
+  }
+  return n;
+}
+
+/** Rough encoded size of a KV key: its parts plus a few bytes of framing each. */
+const keyBytes = (...parts: string[]) => parts.reduce((sum, p) => sum + utf8Length(p) + 3, 0);
+
 /**
  * Takes the next batch off the queue: whole users (all their waiting changes, so each user's
- * stay in order), as many as one commit can hold.
+ * stay in order), as many as one commit can hold. The first change is always taken, so a change
+ * too large for any commit fails alone.
  */
 function takeBatch(queue: Queued[]): Group[] {
   const groups = new Map<string, Group>();
@@ -75,23 +103,34 @@ function takeBatch(queue: Queued[]): Group[] {
   const behind = new Set<string>();
   const rest: Queued[] = [];
   let changes = 0;
+  let keys = 0;
+  let values = 0;
   for (const change of queue) {
     const id = `${change.room}\u0000${change.user}`;
     let group = behind.has(id) ? undefined : groups.get(id);
-    if (!group && !behind.has(id) && groups.size < MAX_USERS_PER_COMMIT) {
-      groups.set(id, group = { room: change.room, user: change.user, changes: [] });
-    }
-    if (group && changes < MAX_CHANGES_PER_COMMIT) {
+    const cost = change.keyBytes + (group ? 0 : 2 * change.lockBytes);
+    const fits = changes === 0 ||
+      (changes < MAX_CHANGES_PER_COMMIT && keys + cost <= MAX_KEY_BYTES_PER_COMMIT &&
+        values + change.valueBytes <= MAX_VALUE_BYTES_PER_COMMIT &&
+        (group !== undefined || groups.size < MAX_USERS_PER_COMMIT));
+    if (!behind.has(id) && fits) {
+      if (!group) groups.set(id, group = { room: change.room, user: change.user, changes: [] });
       group.changes.push(change);
       changes++;
+      keys += cost;
+      values += change.valueBytes;
     } else {
       behind.add(id);
       rest.push(change);
     }
   }
   queue.splice(0, queue.length, ...rest);
-  return [...groups.values()].filter((g) => g.changes.length > 0);
+  return [...groups.values()];
 }
+
+/** Waits a random moment that grows with the attempts, so racing isolates fall out of step. */
+const backoff = (attempt: number) =>
+  new Promise((r) => setTimeout(r, Math.random() * Math.min(50, 2 + attempt * 2)));
 
 /**
  * Adds one change to `op`, given the user's live connections as they stand after the changes
@@ -159,7 +198,15 @@ export class KvPresenceStore implements PresenceStore {
    */
   #change(change: Change): Promise<boolean> {
     return new Promise<boolean>((resolve, reject) => {
-      this.#queue.push({ ...change, resolve, reject });
+      this.#queue.push({
+        ...change,
+        lockBytes: keyBytes("presence_user", change.room, change.user),
+        keyBytes: keyBytes("presence", change.room, change.user, change.connId),
+        valueBytes: change.profile ? JSON.stringify(change.profile).length + 64 : 0,
+        conflicts: 0,
+        resolve,
+        reject,
+      });
       if (!this.#writing) {
         this.#writing = true;
         void this.#drain();
@@ -185,38 +232,45 @@ export class KvPresenceStore implements PresenceStore {
 
   /**
    * Commits the changes of a batch, each user's in order, on the entries as read now. The
-   * commit checks each user's lock, so a change of the same user on another isolate meanwhile
-   * makes it read and try again; after a conflict half the batch waits for the next round, so
-   * a busy user cannot hold the others back for long.
+   * commit checks each user's lock; when another isolate changed some of these users meanwhile,
+   * the rest commit at once and those go back to the front of the queue, to be read again, so
+   * one busy user holds nobody else up. A batch that breaks a KV limit is halved.
    */
   async #commit(batch: Group[]): Promise<void> {
     for (let attempt = 0;; attempt++) {
-      // Locks before entries: a change committed after the lock read fails the lock's check.
-      const locks = await getManyChunked(this.#kv, batch.map((g) => userLock(g.room, g.user)));
-      const entries = await Promise.all(
-        batch.map((g) =>
-          Array.fromAsync(this.#kv.list<ConnEntry>({ prefix: userPrefix(g.room, g.user) }))
-        ),
-      );
-      const live = await this.#liveness();
-      const now = Date.now();
-      const op = this.#kv.atomic();
-      const results: boolean[][] = [];
-      for (const [i, group] of batch.entries()) {
-        op.check(locks[i]);
-        const conns = new Set(
-          entries[i].filter((e) => this.#alive(e.value, live.ids, now)).map((e) =>
-            String(e.key[3])
-          ),
-        );
-        results.push(group.changes.map((c) => apply(op, group, c, conns, this.#leases.id)));
-        op.set(userLock(group.room, group.user), now, { expireIn: LOCK_TTL_MS });
-      }
+      let locks: Deno.KvEntryMaybe<unknown>[];
+      let results: boolean[][];
       let ok = false;
       try {
+        // Locks before entries: a change committed after the lock read fails the lock's check.
+        locks = await getManyChunked(this.#kv, batch.map((g) => userLock(g.room, g.user)));
+        const entries = await Promise.all(
+          batch.map((g) =>
+            Array.fromAsync(this.#kv.list<ConnEntry>({ prefix: userPrefix(g.room, g.user) }))
+          ),
+        );
+        const live = await this.#liveness();
+        const now = Date.now();
+        const op = this.#kv.atomic();
+        results = [];
+        for (const [i, group] of batch.entries()) {
+          op.check(locks[i]);
+          const conns = new Set<string>();
+          for (const e of entries[i]) {
+            if (this.#alive(e.value, live.ids, now)) conns.add(String(e.key[3]));
+          }
+          results.push(group.changes.map((c) => apply(op, group, c, conns, this.#leases.id)));
+          op.set(userLock(group.room, group.user), now, { expireIn: LOCK_TTL_MS });
+        }
         ok = (await op.commit()).ok;
       } catch (err) {
-        if (!/database is locked/i.test((err as Error).message) || attempt > 100) throw err;
+        if (/database is locked/i.test((err as Error).message) && attempt < 100) {
+          await backoff(attempt);
+          continue;
+        }
+        // Deno KV's limits (key or value size, totals per commit) throw TypeError.
+        if (err instanceof TypeError && this.#split(batch)) continue;
+        throw err;
       }
       if (ok) {
         for (const [i, group] of batch.entries()) {
@@ -224,12 +278,42 @@ export class KvPresenceStore implements PresenceStore {
         }
         return;
       }
-      if (batch.length > 1) {
-        const later = batch.splice(batch.length >> 1);
-        this.#queue.unshift(...later.flatMap((g) => g.changes));
+      const current = await getManyChunked(this.#kv, batch.map((g) => userLock(g.room, g.user)));
+      const moved = batch.filter((_, i) => current[i].versionstamp !== locks[i].versionstamp);
+      const stay = batch.filter((g) => !moved.includes(g));
+      if (moved.length === 0 || stay.length === 0) {
+        this.#requeue(batch);
+        batch.length = 0;
+        await backoff(attempt);
+        return;
       }
-      await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, 2 + attempt * 2)));
+      this.#requeue(moved);
+      batch.splice(0, batch.length, ...stay);
     }
+  }
+
+  /** Puts the changes of `groups` back at the front of the queue, failing those tried too often. */
+  #requeue(groups: Group[]): void {
+    const back: Queued[] = [];
+    for (const group of groups) {
+      for (const change of group.changes) {
+        if (++change.conflicts <= MAX_CONFLICTS) back.push(change);
+        else change.reject(new Error(`Presence of user ${change.user} is changing too often`));
+      }
+    }
+    this.#queue.unshift(...back);
+  }
+
+  /** Moves the back half of the batch (users, or one user's changes) to the queue's front. */
+  #split(batch: Group[]): boolean {
+    if (batch.length > 1) {
+      this.#queue.unshift(...batch.splice(batch.length >> 1).flatMap((g) => g.changes));
+      return true;
+    }
+    const changes = batch[0]?.changes;
+    if (!changes || changes.length < 2) return false;
+    this.#queue.unshift(...changes.splice(changes.length >> 1));
+    return true;
   }
 
   /** Which servers are alive: one read shared by the callers waiting for one. */

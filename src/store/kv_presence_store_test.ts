@@ -198,3 +198,56 @@ Deno.test("presence: two isolates entering and leaving for one user agree on fir
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("presence: long ids fit the batches, and a change too big for KV fails alone", async () => {
+  await withKv(async (kv) => {
+    const store = new KvPresenceStore(kv, leases(kv, "A", new Set()));
+    // 100 users with 230-byte ids, two connections each: 200 changes that no single commit holds.
+    const room = "support-chat:" + "r".repeat(128);
+    const id = (i: number) => String(i).padStart(3, "0") + "x".repeat(227);
+    const burst = await Promise.allSettled(
+      Array.from({ length: 200 }, (_, i) => store.enter(room, user(id(i % 100)), `c${i}`)),
+    );
+    assertEquals(burst.filter((r) => r.status === "rejected").length, 0);
+    assertEquals((await store.list(room)).length, 100);
+
+    const results = await Promise.allSettled([
+      store.enter("room:z", user("a"), "c1"),
+      store.enter("room:z", user("b".repeat(3000)), "c2"), // over KV's 2 KiB key limit
+      store.enter("room:z", user("c"), "c3"),
+    ]);
+    assertEquals(results.map((r) => r.status), ["fulfilled", "rejected", "fulfilled"]);
+    assertEquals((await store.list("room:z")).map((u) => u.id), ["a", "c"]);
+  });
+});
+
+Deno.test("presence: a user another isolate keeps changing holds nobody else up", async () => {
+  const dir = await Deno.makeTempDir();
+  const kvA = await Deno.openKv(`${dir}/kv.sqlite3`);
+  const kvB = await Deno.openKv(`${dir}/kv.sqlite3`);
+  try {
+    let busy = true;
+    let n = 0;
+    const base = leases(kvA, "A", new Set());
+    // Between every read and commit of A, isolate B changes user X (a storm of X's reconnects).
+    const a = new KvPresenceStore(kvA, {
+      id: "A",
+      async live() {
+        if (busy) await kvB.set(["presence_user", "room:x", "X"], n++);
+        return await base.live();
+      },
+    });
+    const x = a.enter("room:x", user("X"), "cx");
+    const y = await Promise.race([
+      a.enter("room:x", user("Y"), "cy").then(() => "entered"),
+      new Promise((r) => setTimeout(() => r("held up"), 1000)),
+    ]);
+    busy = false;
+    assertEquals(y, "entered");
+    assertEquals((await x).first, true, "X gets through once B is quiet");
+  } finally {
+    kvA.close();
+    kvB.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -19,7 +19,8 @@ interface Slot<T> {
  * Shares reads of one key among the callers that wait for it, without ever handing a caller a
  * read that started before it asked: a caller joins the read queued behind the running one,
  * which starts when that one ends. A burst of callers thus costs at most two reads, and each
- * sees every write that finished before it called.
+ * sees every write that finished before it called. A read that never settled would hold up
+ * the callers queued behind it; Deno KV's reads settle or fail.
  */
 export class FreshReads<T> {
   #slots = new Map<string, Slot<T>>();

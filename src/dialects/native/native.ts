@@ -23,6 +23,9 @@ export const NATIVE_CLOSE = {
   rateLimited: 4029,
 } as const;
 
+/** How every presence frame of this protocol begins (see `renderEvent`). */
+const PRESENCE_FRAME = '{"type":"presence"';
+
 /** Most rooms one socket may join. */
 export const MAX_ROOMS_PER_SOCKET = 100;
 
@@ -136,6 +139,11 @@ class NativeMember implements Member {
   #session: NativeSession;
   #conn: Connection;
   #room: string;
+  // A presence event can reach a new member before the `joined` reply whose snapshot was read
+  // before that change committed; sent first, the snapshot would undo it. Held back until the
+  // reply is out, the event lands after it (or repeats what the snapshot has, which is harmless).
+  #holding = true;
+  #held?: string[];
 
   constructor(session: NativeSession, conn: Connection, room: string) {
     this.user = session.user;
@@ -156,7 +164,16 @@ class NativeMember implements Member {
   }
 
   send(frame: string): void {
-    this.#conn.send(frame);
+    if (this.#holding && frame.startsWith(PRESENCE_FRAME)) (this.#held ??= []).push(frame);
+    else this.#conn.send(frame);
+  }
+
+  /** Sends the presence frames held back while the join read its snapshot, and stops holding. */
+  release(): void {
+    this.#holding = false;
+    const held = this.#held;
+    this.#held = undefined;
+    for (const frame of held ?? []) this.#conn.send(frame);
   }
 
   evict(event: RoomEvent & { type: "closed" | "revoked" }): void {
@@ -224,11 +241,15 @@ class NativeSession implements SocketHandler {
     }
     const member = new NativeMember(this, conn, room);
     rooms.set(room, member);
-    // Presence first: the others hear the join, the joiner sees itself in `presence`.
-    if (!existing) await ctx.chat.enter(this.user, room, this.#connId);
-    const head = await ctx.hub.join(room, member, from === undefined ? {} : { since: from });
-    const present = await ctx.chat.present(room);
-    this.#reply(conn, { type: "joined", room, head, presence: present.map(nativeUser) }, ref);
+    try {
+      // Presence first: the others hear the join, the joiner sees itself in `presence`.
+      if (!existing) await ctx.chat.enter(this.user, room, this.#connId);
+      const head = await ctx.hub.join(room, member, from === undefined ? {} : { since: from });
+      const present = await ctx.chat.present(room);
+      this.#reply(conn, { type: "joined", room, head, presence: present.map(nativeUser) }, ref);
+    } finally {
+      member.release();
+    }
   }
 
   /** Takes the socket out of a room it may no longer be in, and says so. */
