@@ -11,7 +11,7 @@ import { ChatService } from "./src/core/chat_service.ts";
 import { Metrics } from "./src/core/metrics.ts";
 import { RateLimiter } from "./src/core/rate_limiter.ts";
 import { nativeRoute } from "./src/dialects/native/native.ts";
-import type { Broker } from "./src/core/types.ts";
+import type { Broker, PresenceStore } from "./src/core/types.ts";
 import type { DialectContext, WsRoute } from "./src/dialects/context.ts";
 import { ticketSocketRoute } from "./src/dialects/ticket_socket/ticket_socket.ts";
 import { conversationChatRoute } from "./src/dialects/conversation_chat/conversation_chat.ts";
@@ -53,6 +53,8 @@ export interface AppOverrides {
   log?: (line: string) => void;
   /** Relay Socket.IO polling between isolates (`deno serve --parallel`). */
   socketIoRelay?: boolean;
+  /** Wraps the presence store (tests slow it down to hold a race open). */
+  presence?: (store: PresenceStore) => PresenceStore;
 }
 
 /** Opens the stores and wires every seam for one isolate. */
@@ -112,7 +114,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     attachments: new MediaAttachmentStore(media, config.maxFileBytes),
     access: new DirectoryAccessPolicy(directory),
     metrics,
-    presence: new KvPresenceStore(kv, registry),
+    presence: (overrides.presence ?? ((p) => p))(new KvPresenceStore(kv, registry)),
     typingTimeoutMs: config.typingTimeoutSeconds * 1000,
     presenceSweepMs: config.presenceTtlSeconds * 1000 / 3,
   });

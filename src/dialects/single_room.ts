@@ -49,6 +49,12 @@ export interface SingleRoomDialect {
   beforeJoin?(session: RoomSession): Promise<void>;
   /** Where the member's live stream starts: `since` replays stored messages after that seq. */
   joinFrom?(session: RoomSession): Promise<{ since?: number }>;
+  /**
+   * Sends a snapshot of the room (a user list) read once the member is in the room. Whatever the
+   * room delivers meanwhile (the replay of `joinFrom`, live events) is held back and sent after
+   * it, so a change the snapshot missed still reaches the socket, and after the snapshot.
+   */
+  snapshot?(session: RoomSession): Promise<void>;
   /** Runs once the member is live. */
   afterJoin?(session: RoomSession): Promise<void>;
   /**
@@ -99,12 +105,22 @@ class SessionMember implements Member {
   readonly renderKey: string;
   #session: RoomSession;
   #dialect: SingleRoomDialect;
+  /** Frames held back until the dialect's snapshot is out; undefined when not holding. */
+  #held?: string[];
 
   constructor(session: RoomSession, dialect: SingleRoomDialect) {
     this.user = session.user;
     this.#session = session;
     this.#dialect = dialect;
     this.renderKey = dialect.renderKey?.(session) ?? intern(`${dialect.name}|${session.baseUrl}`);
+    if (dialect.snapshot) this.#held = [];
+  }
+
+  /** Sends the frames held back while the snapshot was read, and stops holding. */
+  release(): void {
+    const held = this.#held;
+    this.#held = undefined;
+    for (const frame of held ?? []) this.#session.conn.send(frame);
   }
 
   wants(event: RoomEvent): boolean {
@@ -116,7 +132,8 @@ class SessionMember implements Member {
   }
 
   send(frame: string): void {
-    this.#session.conn.send(frame);
+    if (this.#held) this.#held.push(frame);
+    else this.#session.conn.send(frame);
   }
 
   evict(event: RoomEvent & { type: "closed" | "revoked" }): void {
@@ -169,11 +186,16 @@ class RoomSocket implements SocketHandler {
     await dialect.beforeJoin?.(session);
     if (!conn.open) return;
     const member = new SessionMember(session, dialect);
-    await ctx.hub.join(session.room, member, await dialect.joinFrom?.(session) ?? {});
-    session.member = member;
-    if (!conn.open) {
-      ctx.hub.leave(session.room, member);
-      return;
+    try {
+      await ctx.hub.join(session.room, member, await dialect.joinFrom?.(session) ?? {});
+      session.member = member;
+      if (!conn.open) {
+        ctx.hub.leave(session.room, member);
+        return;
+      }
+      await dialect.snapshot?.(session);
+    } finally {
+      member.release();
     }
     await dialect.afterJoin?.(session);
   }

@@ -46,6 +46,9 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
     errorFrame: (e) => JSON.stringify({ error: e.message }),
     async beforeJoin(s) {
       await ctx.chat.enter(s.user, s.room, s.connId);
+    },
+    // Read once the socket is in the room: a join or leave after the read still reaches it.
+    async snapshot(s) {
       const users = await ctx.chat.present(s.room);
       s.conn.send(JSON.stringify({
         type: "room_users_list",
