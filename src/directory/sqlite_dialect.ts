@@ -80,6 +80,9 @@ export class NodeSqliteAdapter extends SqliteAdapter {
   }
 }
 
+/** How long a change token read from the database is reused, ms. */
+const TOKEN_REUSE_MS = 1;
+
 /** A promise-based lock for the one connection; waiters are served first come, first served. */
 class Mutex {
   #tail: Promise<void> = Promise.resolve();
@@ -106,6 +109,8 @@ class NodeSqliteDriver implements Driver {
   #lastVersion = -1;
   #lastChanges = -1;
   #token = "";
+  /** When `#token` was last read from the database; -Infinity after a statement of ours. */
+  #checkedAt = -Infinity;
 
   constructor(config: NodeSqliteDialectConfig) {
     this.#config = config;
@@ -113,6 +118,11 @@ class NodeSqliteDriver implements Driver {
 
   changeToken(): string | null {
     if (!this.#db || !this.#connection) return null;
+    // Every send asks: within a moment of the last look, and with no statement of ours since,
+    // the answer stands (another process's commit shows at most that moment late).
+    const now = performance.now();
+    if (now - this.#checkedAt < TOKEN_REUSE_MS) return this.#token;
+    this.#checkedAt = now;
     // `data_version` moves when another connection commits, `total_changes()` when this one
     // writes; together they change whenever the data may have. One statement, no I/O.
     this.#version ??= this.#db.prepare(
@@ -163,6 +173,8 @@ class NodeSqliteDriver implements Driver {
   }
 
   releaseConnection(): Promise<void> {
+    // Whatever ran may have written: the next change token is read afresh.
+    this.#checkedAt = -Infinity;
     const release = this.#release;
     this.#release = undefined;
     release?.();
