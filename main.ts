@@ -81,7 +81,13 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const directory = await openDirectory(config.databaseUrl, config.dataDir);
   const kv = await Deno.openKv(config.kvPath);
   const metrics = new Metrics();
-  const store = new KvMessageStore(kv, { historyLimit: config.historyLimit });
+  const media = new LocalMediaStore(config.mediaDir);
+  const attachments = new MediaAttachmentStore(media, config.maxFileBytes);
+  const store = new KvMessageStore(kv, {
+    historyLimit: config.historyLimit,
+    // Retention drops messages; their files go too.
+    discard: (dropped) => attachments.discard(dropped),
+  });
   store.onCommit = (ms) => {
     metrics.commitSeconds += ms / 1000;
     metrics.commits++;
@@ -107,11 +113,10 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       return watcher;
     },
   });
-  const media = new LocalMediaStore(config.mediaDir);
   const chat = new ChatService({
     store,
     fanout: hub,
-    attachments: new MediaAttachmentStore(media, config.maxFileBytes),
+    attachments,
     access: new DirectoryAccessPolicy(directory),
     metrics,
     presence: (overrides.presence ?? ((p) => p))(new KvPresenceStore(kv, registry)),

@@ -1,6 +1,6 @@
 /** The ticket socket (shared/specs/ticket-socket.md) end to end against a real server. */
 
-import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
 import {
   eventually,
   listFiles,
@@ -278,4 +278,27 @@ Deno.test("ticket socket: a retried client_id stores one message and answers the
     await a.close();
     await b.close();
   });
+});
+
+Deno.test("ticket socket: files of messages past HISTORY_LIMIT are deleted with them", async () => {
+  await withServer(async (server) => {
+    const a = await ticketClient(server, 8, { sub: 3, username: "user3" });
+    const urls: string[] = [];
+    for (const n of [1, 2, 3]) {
+      a.send({ body: `file ${n}`, file: new Uint8Array([n, n, n]).toBase64(), filename: "f.bin" });
+      urls.push((await a.next()).file as string);
+    }
+    const onDisk = (url: string) =>
+      `${server.dataDir}/media/${new URL(url).pathname.replace(/^\/media\//, "")}`;
+    // The third message pushed the first out of a two-message history: its file goes too.
+    await eventually(async () => (await fetch(urls[0])).status === 404, 5000, "file 1 gone");
+    await assertRejects(() => Deno.stat(onDisk(urls[0])));
+    for (const url of urls.slice(1)) {
+      const res = await fetch(url);
+      assertEquals(res.status, 200);
+      assertEquals((await res.arrayBuffer()).byteLength, 3);
+      await Deno.stat(onDisk(url));
+    }
+    await a.close();
+  }, { HISTORY_LIMIT: "2" });
 });

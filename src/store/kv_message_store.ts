@@ -3,6 +3,7 @@
 import { objectId } from "../core/ids.ts";
 import type {
   AppendResult,
+  Attachment,
   HistoryQuery,
   Message,
   MessageDraft,
@@ -34,11 +35,19 @@ export const KV_KEYS = {
   read: (room: string, user: string): Deno.KvKey => ["read", room, user],
   /** Prefix of a room's read cursors. */
   reads: (room: string): Deno.KvKey => ["read", room],
+  /** The attachments of a message that retention will drop, so their files go with it. */
+  files: (room: string, seq: number): Deno.KvKey => ["files", room, seq],
+  /** Prefix of a room's attachment records. */
+  roomFiles: (room: string): Deno.KvKey => ["files", room],
 };
 
 // Deno KV refuses an atomic operation with over 100 checks, 1000 mutations or 800 KiB, and
-// values over 64 KiB. A message costs up to 3 mutations (message, idempotency key, retention).
+// values over 64 KiB. A message costs up to 4 mutations (message, idempotency key, retention,
+// attachment record), a room 1 (its head); batches count them.
 const MAX_BATCH_MESSAGES = 300;
+const MAX_BATCH_MUTATIONS = 990;
+/** How long after retention drops messages their files are deleted, ms. */
+const DEFAULT_FILE_SWEEP_MS = 1000;
 const MAX_BATCH_ROOMS = 90;
 const MAX_BATCH_BYTES = 512 * 1024;
 
@@ -107,16 +116,34 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   onCommit?: (ms: number, messages: number) => void;
 
   #historyLimit: number;
+  #discard?: (attachments: Attachment[]) => Promise<void>;
+  #fileSweepMs: number;
+  /** Rooms whose commits dropped messages since the last file sweep. */
+  #dropped = new Set<string>();
+  #fileSweep?: ReturnType<typeof setTimeout>;
 
   /**
    * Wraps an open KV handle (the caller owns and closes it). With `historyLimit` > 0 a room
-   * keeps only its newest that many messages: each commit deletes the ones it pushes out.
-   * `commitIntervalMs` is the shortest time between two commits' starts.
+   * keeps only its newest that many messages: each commit deletes the ones it pushes out, and
+   * `discard`, when given, deletes their files shortly after. `commitIntervalMs` is the
+   * shortest time between two commits' starts.
    */
-  constructor(kv: Deno.Kv, options: { historyLimit?: number; commitIntervalMs?: number } = {}) {
+  constructor(kv: Deno.Kv, options: {
+    historyLimit?: number;
+    commitIntervalMs?: number;
+    discard?: (attachments: Attachment[]) => Promise<void>;
+    fileSweepMs?: number;
+  } = {}) {
     this.#kv = kv;
     this.#historyLimit = options.historyLimit ?? 0;
     this.#commitIntervalMs = options.commitIntervalMs ?? DEFAULT_COMMIT_INTERVAL_MS;
+    this.#discard = options.discard;
+    this.#fileSweepMs = options.fileSweepMs ?? DEFAULT_FILE_SWEEP_MS;
+  }
+
+  /** Whether commits keep a record of attachments for retention to delete their files. */
+  get #recordsFiles(): boolean {
+    return this.#historyLimit > 0 && this.#discard !== undefined;
   }
 
   /** The KV handle, for watchers that follow the same keys. */
@@ -145,12 +172,17 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     const rooms = new Set<string>();
     let bytes = 0;
     let count = 0;
+    let mutations = 0;
+    const perMessage = 1 + (this.#historyLimit > 0 ? 1 : 0);
     for (const p of this.#pending) {
-      if (count >= MAX_BATCH_MESSAGES) break;
+      const cost = perMessage + (p.draft.clientId ? 1 : 0) + (rooms.has(p.room) ? 0 : 1) +
+        (this.#recordsFiles && p.draft.attachments.length > 0 ? 1 : 0);
+      if (count >= MAX_BATCH_MESSAGES || mutations + cost > MAX_BATCH_MUTATIONS) break;
       if (count > 0 && bytes + p.size > MAX_BATCH_BYTES) break;
       if (!rooms.has(p.room) && rooms.size >= MAX_BATCH_ROOMS) break;
       rooms.add(p.room);
       bytes += p.size;
+      mutations += cost;
       count++;
     }
     return count;
@@ -220,6 +252,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       const now = Date.now();
       const createdAt = new Date(now).toISOString();
       const results: (AppendResult | { room: string; pendingSeq: number })[] = [];
+      const dropping = new Set<string>();
       const inBatch = new Map<string, Message>();
       for (let i = 0; i < batch.length; i++) {
         const { room, draft } = batch[i];
@@ -246,8 +279,12 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
           ...(draft.clientId ? { clientId: draft.clientId } : {}),
         };
         op.set(KV_KEYS.message(room, seq), message);
+        if (this.#recordsFiles && message.attachments.length > 0) {
+          op.set(KV_KEYS.files(room, seq), message.attachments);
+        }
         if (this.#historyLimit > 0 && seq > this.#historyLimit) {
           op.delete(KV_KEYS.message(room, seq - this.#historyLimit));
+          dropping.add(room);
         }
         if (idemKey) {
           op.set(idemKey, seq, { expireIn: IDEMPOTENCY_WINDOW_MS });
@@ -291,7 +328,39 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
         } else final.push(r);
       }
       if (written > 0) this.onCommit?.(performance.now() - started, written);
+      if (this.#recordsFiles && dropping.size > 0) this.#sweepFilesSoon(dropping);
       return final;
+    }
+  }
+
+  /** Schedules the deletion of the files of messages these rooms dropped. */
+  #sweepFilesSoon(rooms: Iterable<string>): void {
+    for (const room of rooms) this.#dropped.add(room);
+    if (this.#fileSweep !== undefined) return;
+    this.#fileSweep = setTimeout(() => {
+      this.#fileSweep = undefined;
+      this.sweepFiles().catch((err) =>
+        console.error("history: deleting dropped files failed:", err)
+      );
+    }, this.#fileSweepMs);
+    // Files a shutdown leaves behind go with the room's next drop: the sweep takes all below.
+    Deno.unrefTimer(this.#fileSweep);
+  }
+
+  /**
+   * Deletes the files of messages retention has dropped, in the rooms that dropped some since
+   * the last sweep. Any isolate may sweep a room; deleting twice is harmless.
+   */
+  async sweepFiles(): Promise<void> {
+    const rooms = [...this.#dropped];
+    this.#dropped.clear();
+    for (const room of rooms) {
+      const tail = (await this.head(room)) - this.#historyLimit + 1;
+      const prefix = KV_KEYS.roomFiles(room);
+      for await (const e of this.#kv.list<Attachment[]>({ prefix, end: [...prefix, tail] })) {
+        await this.#discard?.(e.value);
+        await this.#kv.delete(e.key);
+      }
     }
   }
 

@@ -123,3 +123,48 @@ Deno.test("KvMessageStore.append() refuses a value KV cannot hold without failin
   assert((await store.list("r", { limit: 10 })).every((m, i) => m.seq === i + 1));
   kv.close();
 });
+
+Deno.test("KvMessageStore with a history limit deletes the files of the messages it drops", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const discarded: string[] = [];
+  const store = new KvMessageStore(kv, {
+    historyLimit: 2,
+    fileSweepMs: 10,
+    discard: (attachments) => {
+      discarded.push(...attachments.map((a) => a.key));
+      return Promise.resolve();
+    },
+  });
+  const file = (key: string) => ({
+    id: key,
+    key,
+    name: key,
+    originalName: key,
+    mime: "text/plain",
+    size: 1,
+    uploadedAt: new Date().toISOString(),
+  });
+  const withFiles = (body: string, ...keys: string[]): MessageDraft => ({
+    ...draft(body),
+    attachments: keys.map(file),
+  });
+  await store.append("r", withFiles("one", "a/1", "a/2"));
+  await store.append("r", draft("two"));
+  await store.append("other", withFiles("elsewhere", "b/1"));
+  await new Promise((r) => setTimeout(r, 50));
+  assertEquals(discarded, [], "nothing dropped yet");
+  await store.append("r", withFiles("three", "a/3"));
+  await store.append("r", draft("four")); // drops "two", which had no files
+  await new Promise((r) => setTimeout(r, 50));
+  assertEquals(discarded, ["a/1", "a/2"]);
+  await store.append("r", draft("five")); // drops "three"
+  await new Promise((r) => setTimeout(r, 50));
+  assertEquals(discarded, ["a/1", "a/2", "a/3"]);
+  assertEquals((await store.list("r", { limit: 10 })).map((m) => m.body), ["four", "five"]);
+  assertEquals(
+    (await Array.fromAsync(kv.list({ prefix: ["files"] }))).map((e) => e.key),
+    [["files", "other", 1]],
+    "records of dropped messages go with their files",
+  );
+  kv.close();
+});
