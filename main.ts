@@ -227,6 +227,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         chat.close();
         hub.close();
         broker.close();
+        await store.close();
         await registry.close();
         kv.close();
         await directory.close();

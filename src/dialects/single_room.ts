@@ -4,7 +4,7 @@ import { findToken } from "../auth/token.ts";
 import { asChatError, ChatError } from "../core/errors.ts";
 import type { AppendResult, Principal, RoomEvent } from "../core/types.ts";
 import type { Member } from "../hub/hub.ts";
-import { Connection, type SocketHandler } from "../transport/websocket.ts";
+import { CLOSE, Connection, type SocketHandler } from "../transport/websocket.ts";
 import { baseUrlOf, type DialectContext, intern, socketOptions, type WsRoute } from "./context.ts";
 
 /** One open socket of a single-room protocol. */
@@ -171,6 +171,16 @@ class RoomSocket implements SocketHandler {
   }
 
   async open(conn: Connection): Promise<void> {
+    try {
+      await this.#join(conn);
+    } catch (err) {
+      // Half joined (no user list, or not in the room) is worse than a close to reconnect on.
+      console.error(`${this.#dialect.name}: join failed:`, err);
+      conn.close(CLOSE.internalError, "Internal error");
+    }
+  }
+
+  async #join(conn: Connection): Promise<void> {
     const ctx = this.#ctx;
     const dialect = this.#dialect;
     const session: RoomSession = {

@@ -121,6 +121,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   /** Rooms whose commits dropped messages since the last file sweep. */
   #dropped = new Set<string>();
   #fileSweep?: ReturnType<typeof setTimeout>;
+  #sweeping?: Promise<void>;
+  #closed = false;
 
   /**
    * Wraps an open KV handle (the caller owns and closes it). With `historyLimit` > 0 a room
@@ -154,7 +156,10 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   /** Queues the draft for the next shared commit and resolves once it is durable. */
   append(room: string, draft: MessageDraft): Promise<AppendResult> {
     return new Promise((resolve, reject) => {
-      this.#pending.push({ room, draft, size: estimateSize(draft), resolve, reject });
+      // With records kept, the attachments are written twice: in the message and the record.
+      const size = estimateSize(draft) +
+        (this.#recordsFiles ? JSON.stringify(draft.attachments).length : 0);
+      this.#pending.push({ room, draft, size, resolve, reject });
       if (this.#draining) return;
       this.#draining = true;
       // Let the sends of this tick join the first batch.
@@ -336,12 +341,10 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   /** Schedules the deletion of the files of messages these rooms dropped. */
   #sweepFilesSoon(rooms: Iterable<string>): void {
     for (const room of rooms) this.#dropped.add(room);
-    if (this.#fileSweep !== undefined) return;
+    if (this.#fileSweep !== undefined || this.#closed) return;
     this.#fileSweep = setTimeout(() => {
       this.#fileSweep = undefined;
-      this.sweepFiles().catch((err) =>
-        console.error("history: deleting dropped files failed:", err)
-      );
+      this.#sweeping = this.sweepFiles().finally(() => this.#sweeping = undefined);
     }, this.#fileSweepMs);
     // Files a shutdown leaves behind go with the room's next drop: the sweep takes all below.
     Deno.unrefTimer(this.#fileSweep);
@@ -349,19 +352,37 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
 
   /**
    * Deletes the files of messages retention has dropped, in the rooms that dropped some since
-   * the last sweep. Any isolate may sweep a room; deleting twice is harmless.
+   * the last sweep. Each record is claimed (deleted, on condition that it is still there and
+   * its message is gone) before its files are: file names are reused once free, so a second
+   * sweeper, or a record a crash left behind, must never delete a file twice.
    */
   async sweepFiles(): Promise<void> {
     const rooms = [...this.#dropped];
     this.#dropped.clear();
     for (const room of rooms) {
-      const tail = (await this.head(room)) - this.#historyLimit + 1;
-      const prefix = KV_KEYS.roomFiles(room);
-      for await (const e of this.#kv.list<Attachment[]>({ prefix, end: [...prefix, tail] })) {
-        await this.#discard?.(e.value);
-        await this.#kv.delete(e.key);
+      try {
+        const tail = (await this.head(room)) - this.#historyLimit + 1;
+        const prefix = KV_KEYS.roomFiles(room);
+        for await (const e of this.#kv.list<Attachment[]>({ prefix, end: [...prefix, tail] })) {
+          const message = KV_KEYS.message(room, e.key[2] as number);
+          const claim = await this.#kv.atomic().check(e).check({ key: message, versionstamp: null })
+            .delete(e.key).commit();
+          if (claim.ok) await this.#discard?.(e.value);
+        }
+      } catch (err) {
+        // Looked at again with the room's next drop.
+        this.#dropped.add(room);
+        if (!this.#closed) console.error("history: deleting dropped files failed:", err);
       }
     }
+  }
+
+  /** Stops deleting files of dropped messages (the sweep under way finishes first). */
+  async close(): Promise<void> {
+    this.#closed = true;
+    clearTimeout(this.#fileSweep);
+    this.#fileSweep = undefined;
+    await this.#sweeping;
   }
 
   /** Reads a slice of history in ascending seq order. */

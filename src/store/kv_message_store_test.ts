@@ -168,3 +168,46 @@ Deno.test("KvMessageStore with a history limit deletes the files of the messages
   );
   kv.close();
 });
+
+Deno.test("KvMessageStore: two sweepers delete a dropped message's files once; a kept message's never", async () => {
+  const dir = await Deno.makeTempDir();
+  const kvA = await Deno.openKv(`${dir}/kv.sqlite3`);
+  const kvB = await Deno.openKv(`${dir}/kv.sqlite3`);
+  try {
+    const discarded: string[] = [];
+    const options = (limit: number) => ({
+      historyLimit: limit,
+      fileSweepMs: 1e9,
+      discard: async (attachments: { key: string }[]) => {
+        await new Promise((r) => setTimeout(r, 5));
+        discarded.push(...attachments.map((a) => a.key));
+      },
+    });
+    const file = (key: string) => ({
+      id: key,
+      key,
+      name: key,
+      originalName: key,
+      mime: "text/plain",
+      size: 1,
+      uploadedAt: "",
+    });
+    const a = new KvMessageStore(kvA, options(3));
+    for (let i = 1; i <= 3; i++) {
+      await a.append("r", { ...draft(`m${i}`), attachments: [file(`f${i}`)] });
+    }
+    // Lowered to 1: the next commit drops only message 3 (4 - 1), so 1 and 2, still stored
+    // though below the new tail, keep their files.
+    const b = new KvMessageStore(kvB, options(1));
+    await b.append("r", draft("m4"));
+    const c = new KvMessageStore(kvA, options(1));
+    await c.append("r", draft("m5")); // drops 4 (no files): c will sweep too
+    await Promise.all([b.sweepFiles(), c.sweepFiles()]);
+    assertEquals(discarded, ["f3"], "once, though both swept");
+    assertEquals((await c.list("r", { limit: 10 })).map((m) => m.body), ["m1", "m2", "m5"]);
+  } finally {
+    kvA.close();
+    kvB.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

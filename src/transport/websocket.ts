@@ -8,6 +8,8 @@ export const CLOSE = {
   goingAway: 1001,
   /** A frame over the size limit. */
   tooBig: 1009,
+  /** The server failed to set the socket up (a store error); clients may reconnect. */
+  internalError: 1011,
   /** The client could not keep up with the room; it should reconnect and recover by seq. */
   slowConsumer: 4008,
 } as const;

@@ -245,8 +245,19 @@ class NativeSession implements SocketHandler {
       // Presence first: the others hear the join, the joiner sees itself in `presence`.
       if (!existing) await ctx.chat.enter(this.user, room, this.#connId);
       const head = await ctx.hub.join(room, member, from === undefined ? {} : { since: from });
+      if (!conn.open || rooms.get(room) !== member) {
+        // Closed (or left) while joining: the leave could not take out a member not yet in.
+        ctx.hub.leave(room, member);
+        return;
+      }
       const present = await ctx.chat.present(room);
       this.#reply(conn, { type: "joined", room, head, presence: present.map(nativeUser) }, ref);
+    } catch (err) {
+      // Undone, so that trying again starts afresh (and records the presence again).
+      if (rooms.get(room) === member) {
+        this.#leave(room).catch((e) => console.error("native: leave failed:", e));
+      }
+      throw err;
     } finally {
       member.release();
     }

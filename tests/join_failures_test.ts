@@ -1,0 +1,101 @@
+/** Joins that fail or are cut short leave nothing behind: no hub member, no missing presence. */
+
+import type { PresenceStore } from "../src/core/types.ts";
+import { assertEquals } from "./assert.ts";
+import { startTestServer, TestClient, type TestServer } from "./helpers.ts";
+
+/** Wraps the presence store; `enter` runs `before` first (which may wait or throw). */
+function faulty(
+  before: { enter?: () => Promise<void>; list?: () => Promise<void> },
+): (inner: PresenceStore) => PresenceStore {
+  return (inner) => ({
+    enter: async (room, user, connId) => {
+      await before.enter?.();
+      return await inner.enter(room, user, connId);
+    },
+    exit: (room, user, connId) => inner.exit(room, user, connId),
+    sweep: (room, open) => inner.sweep(room, open),
+    list: async (room) => {
+      await before.list?.();
+      return await inner.list(room);
+    },
+  });
+}
+
+async function nativeClient(server: TestServer, sub: string) {
+  const token = await server.token({ sub, username: `u${sub}`, rooms: ["chat:*"] });
+  const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+  await ws.next((f) => f.type === "welcome");
+  return ws;
+}
+
+Deno.test("join failures: a native join whose presence write failed is whole when retried", async () => {
+  let fail = true;
+  const server = await startTestServer({}, {
+    presence: faulty({
+      enter: () => {
+        if (!fail) return Promise.resolve();
+        fail = false;
+        return Promise.reject(new Error("store hiccup"));
+      },
+    }),
+  });
+  try {
+    const ws = await nativeClient(server, "1");
+    ws.send({ type: "join", room: "chat:7", ref: 1 });
+    assertEquals((await ws.next()).type, "error");
+    ws.send({ type: "join", room: "chat:7", ref: 2 });
+    const joined = await ws.next((f) => f.type === "joined");
+    assertEquals((joined.presence as { id: unknown }[]).map((u) => String(u.id)), ["1"]);
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("join failures: a native socket closed while its join waits leaves no member behind", async () => {
+  let open = () => {};
+  const gate = new Promise<void>((r) => open = r);
+  let reached = () => {};
+  const waiting = new Promise<void>((r) => reached = r);
+  const server = await startTestServer({}, {
+    presence: faulty({
+      enter: async () => {
+        reached();
+        await gate;
+      },
+    }),
+  });
+  try {
+    const ws = await nativeClient(server, "1");
+    ws.send({ type: "join", room: "chat:7", ref: 1 });
+    await waiting;
+    await ws.close();
+    await new Promise((r) => setTimeout(r, 50));
+    open();
+    await new Promise((r) => setTimeout(r, 200));
+    assertEquals(server.app.context.hub.members("chat:7").size, 0);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("join failures: a chat-rooms socket whose user list cannot be read is closed with 1011", async () => {
+  const server = await startTestServer({}, {
+    presence: faulty({ list: () => Promise.reject(new Error("store hiccup")) }),
+  });
+  try {
+    const token = await server.token({ sub: "user-1", username: "user1" });
+    const ws = await TestClient.open(`${server.wsUrl}/ws/rooms/general/?token=${token}`);
+    const closed = await Promise.race([
+      ws.closed,
+      new Promise<{ code: number; reason: string }>((r) =>
+        setTimeout(() => r({ code: 0, reason: "still open" }), 3000)
+      ),
+    ]);
+    assertEquals([closed.code, closed.reason], [1011, "Internal error"]);
+    assertEquals(server.app.context.hub.members("room:general").size, 0);
+  } finally {
+    await server.close();
+  }
+});
