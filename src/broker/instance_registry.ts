@@ -22,6 +22,8 @@ interface EntryValue {
 export interface LeaseSnapshot {
   /** Ids of the live servers, this one included. */
   ids: ReadonlySet<string>;
+  /** Ids of every entry read, live or lapsed (a lapsed one stays until KV expires it). */
+  seen: ReadonlySet<string>;
   /** Adds to `op` a check that fails if server `id`'s entry changed since this read. */
   check(op: Deno.AtomicOperation, id: string): void;
 }
@@ -116,6 +118,7 @@ export class InstanceRegistry {
     }
     return {
       ids,
+      seen: new Set(read.keys()),
       check: (op, id) => op.check(read.get(id) ?? { key: ENTRY(id), versionstamp: null }),
     };
   }

@@ -252,6 +252,14 @@ export class ChatService {
    * have swept them; users who come back as first are announced again.
    */
   async restorePresence(): Promise<void> {
+    try {
+      await this.#restore();
+    } finally {
+      this.#deps.presence.invalidateSweeps?.();
+    }
+  }
+
+  async #restore(): Promise<void> {
     for (const [room, conns] of [...this.#present]) {
       for (const [connId, user] of [...conns]) {
         if (!this.#present.get(room)?.has(connId)) continue;

@@ -211,4 +211,9 @@ export interface PresenceStore {
    * server sweeps).
    */
   sweep(room: string, open?: (connId: string) => boolean): Promise<UserProfile[]>;
+  /**
+   * Makes the next sweeps read every room, for a store that skips rooms it swept clean: the
+   * server wrote entries again (after its lease lapsed) and an exit may have raced them.
+   */
+  invalidateSweeps?(): void;
 }

@@ -7,6 +7,8 @@ import { FreshReads, getManyChunked } from "./kv_reads.ts";
 export interface Liveness {
   /** Ids of the live servers, this one included. */
   ids: ReadonlySet<string>;
+  /** Ids of every server read, live or lapsed; lapsed ones stay readable for a while. */
+  seen?: ReadonlySet<string>;
   /** Adds a check to `op` that fails if server `id` renewed (or appeared) since the read. */
   check(op: Deno.AtomicOperation, id: string): void;
 }
@@ -48,6 +50,10 @@ const MAX_KEY_BYTES_PER_COMMIT = 60_000;
 const MAX_VALUE_BYTES_PER_COMMIT = 400_000;
 /** Failed checks a change may meet (another isolate changing the same user) before it fails. */
 const MAX_CONFLICTS = 100;
+/** How long the lease read that decides whether a sweep is needed is reused, ms. */
+const DEFAULT_SWEEP_RECHECK_MS = 1000;
+/** Every room is swept at least this often, whatever the leases say, ms. */
+const DEFAULT_FULL_SWEEP_MS = 60_000;
 
 /** One connection entering or leaving; resolves to `first` or `last`. */
 interface Change {
@@ -175,11 +181,35 @@ export class KvPresenceStore implements PresenceStore {
   #writing = false;
   #livenessReads = new FreshReads<Liveness>();
   #listReads = new FreshReads<UserProfile[]>();
+  // Sweeps read every room they cover; with nobody dead there is nothing to find, so a room
+  // swept since the last death is skipped. Deaths are seen in the lease reads: a live server
+  // gone from the next read, or a lapsed entry (it stays readable for a while) not seen before.
+  /** Rooms swept with nothing left to remove since the last death seen. */
+  #sweptRooms = new Set<string>();
+  /** Servers seen lapsed (not live) in a lease read. */
+  #knownDead = new Set<string>();
+  #lastLive?: ReadonlySet<string>;
+  #recheckedAt = -Infinity;
+  #fullSweepAt = -Infinity;
+  /** Counts the times every room became due for a sweep. */
+  #rounds = 0;
+  #skipping = false;
+  #recheckMs: number;
+  #fullSweepMs: number;
 
-  /** Writes entries under `leases.id` and counts those of live servers only. */
-  constructor(kv: Deno.Kv, leases: PresenceLeases) {
+  /**
+   * Writes entries under `leases.id` and counts those of live servers only. `recheckMs` and
+   * `fullSweepMs` tune how sweeps skip rooms (see {@link sweep}).
+   */
+  constructor(
+    kv: Deno.Kv,
+    leases: PresenceLeases,
+    options: { recheckMs?: number; fullSweepMs?: number } = {},
+  ) {
     this.#kv = kv;
     this.#leases = leases;
+    this.#recheckMs = options.recheckMs ?? DEFAULT_SWEEP_RECHECK_MS;
+    this.#fullSweepMs = options.fullSweepMs ?? DEFAULT_FULL_SWEEP_MS;
   }
 
   #alive(entry: ConnEntry, live: ReadonlySet<string>, now: number): boolean {
@@ -336,7 +366,13 @@ export class KvPresenceStore implements PresenceStore {
 
   /** Removes a connection; `last` when no other live one of the user remains in the room. */
   async exit(room: string, userId: UserId, connId: string): Promise<{ last: boolean }> {
-    return { last: await this.#change({ kind: "exit", room, user: String(userId), connId }) };
+    try {
+      return { last: await this.#change({ kind: "exit", room, user: String(userId), connId }) };
+    } catch (err) {
+      // The entry may be left behind: the next sweep of the room must look.
+      this.#sweptRooms.delete(room);
+      throw err;
+    }
   }
 
   /**
@@ -366,6 +402,8 @@ export class KvPresenceStore implements PresenceStore {
    * isolate sweeps.
    */
   async sweep(room: string, open?: (connId: string) => boolean): Promise<UserProfile[]> {
+    if (!(await this.#mayNeedSweep(room))) return [];
+    const round = this.#rounds;
     const [all, live] = await this.#read(roomPrefix(room));
     const now = Date.now();
     const dead = (e: Deno.KvEntry<ConnEntry>) =>
@@ -378,6 +416,8 @@ export class KvPresenceStore implements PresenceStore {
       byUser.set(String(e.key[2]), list);
     }
     const gone: UserProfile[] = [];
+    // Entries of servers from before leases lapse by their own clock: look again next time.
+    let clean = !all.some((e) => e.value.instance === undefined);
     for (const entries of byUser.values()) {
       const lapsed = entries.filter(dead);
       if (lapsed.length === 0) continue;
@@ -394,7 +434,45 @@ export class KvPresenceStore implements PresenceStore {
       op.set(userLock(room, user.id), now, { expireIn: LOCK_TTL_MS });
       const res = await op.commit().catch(() => ({ ok: false }));
       if (res.ok && !stillLive) gone.push(user);
+      if (!res.ok) clean = false;
     }
+    // A death seen while this sweep ran may have come after its read: no mark then.
+    if (clean && round === this.#rounds) this.#sweptRooms.add(room);
     return gone;
+  }
+
+  /**
+   * False when `room` was swept clean since the last death seen in the leases (read at most
+   * every `recheckMs`), and within `fullSweepMs` of the last full round.
+   */
+  async #mayNeedSweep(room: string): Promise<boolean> {
+    const now = performance.now();
+    if (now - this.#recheckedAt >= this.#recheckMs) {
+      this.#recheckedAt = now;
+      const live = await this.#liveness();
+      let death = this.#lastLive !== undefined &&
+        [...this.#lastLive].some((id) => !live.ids.has(id));
+      if (this.#knownDead.size > 1000) this.#knownDead.clear();
+      for (const id of live.seen ?? []) {
+        if (live.ids.has(id) || this.#knownDead.has(id)) continue;
+        this.#knownDead.add(id);
+        death = true;
+      }
+      this.#lastLive = live.ids;
+      // Leases that cannot name the dead leave nothing to go by: every sweep reads its room.
+      this.#skipping = live.seen !== undefined;
+      if (death || now - this.#fullSweepAt >= this.#fullSweepMs) {
+        this.#sweptRooms.clear();
+        this.#fullSweepAt = now;
+        this.#rounds++;
+      }
+    }
+    return !this.#skipping || !this.#sweptRooms.has(room);
+  }
+
+  /** Forgets which rooms were swept clean, so the next sweep reads every room. */
+  invalidateSweeps(): void {
+    this.#sweptRooms.clear();
+    this.#rounds++;
   }
 }

@@ -251,3 +251,79 @@ Deno.test("presence: a user another isolate keeps changing holds nobody else up"
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+/** Leases that also name the servers seen lapsed: `seen` minus `alive` are the dead. */
+function namingLeases(id: string, alive: Set<string>, seen: Set<string>): PresenceLeases {
+  return {
+    id,
+    live: () =>
+      Promise.resolve({
+        ids: new Set([id, ...alive]),
+        seen: new Set([id, ...seen]),
+        check: () => {},
+      }),
+  };
+}
+
+/** `kv`, counting the lists of one room's presence entries. */
+function countingRoomLists(kv: Deno.Kv, room: string): { kv: Deno.Kv; lists: () => number } {
+  let lists = 0;
+  const proxy = new Proxy(kv, {
+    get(target, prop) {
+      if (prop === "list") {
+        return (selector: { prefix?: Deno.KvKey }, options?: Deno.KvListOptions) => {
+          const p = selector.prefix;
+          if (p?.length === 2 && p[0] === "presence" && p[1] === room) lists++;
+          return target.list(selector as Deno.KvListSelector, options);
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  return { kv: proxy, lists: () => lists };
+}
+
+Deno.test("presence: sweeps skip a room swept clean until the leases show a death", async () => {
+  await withKv(async (raw) => {
+    const { kv, lists } = countingRoomLists(raw, "room:x");
+    const alive = new Set(["B"]);
+    const seen = new Set(["B"]);
+    const a = new KvPresenceStore(kv, namingLeases("A", alive, seen), { recheckMs: 0 });
+    const b = new KvPresenceStore(raw, namingLeases("B", alive, seen));
+    await b.enter("room:x", user("2"), "b1");
+    assertEquals(await a.sweep("room:x"), []);
+    assertEquals(await a.sweep("room:x"), []);
+    assertEquals(lists(), 1, "the second sweep had nothing to look for");
+
+    alive.delete("B"); // B dies; its lapsed lease is still readable
+    assertEquals((await a.sweep("room:x")).map((u) => u.id), ["2"]);
+    assertEquals(await a.sweep("room:x"), []);
+    assertEquals(lists(), 2);
+
+    // C comes and dies between two lease reads: only its lapsed lease tells.
+    const c = new KvPresenceStore(raw, namingLeases("C", new Set(["C"]), new Set(["C"])));
+    await c.enter("room:x", user("3"), "c1");
+    seen.add("C");
+    assertEquals((await a.sweep("room:x")).map((u) => u.id), ["3"]);
+    assertEquals(await a.list("room:x"), []);
+
+    // After the server wrote its entries again, every room is read again.
+    const before = lists();
+    a.invalidateSweeps();
+    await a.sweep("room:x");
+    assertEquals(lists(), before + 1);
+  });
+});
+
+Deno.test("presence: a room is swept in full at least every fullSweepMs", async () => {
+  await withKv(async (raw) => {
+    const { kv, lists } = countingRoomLists(raw, "room:x");
+    const a = new KvPresenceStore(kv, namingLeases("A", new Set(), new Set()), {
+      recheckMs: 0,
+      fullSweepMs: 0,
+    });
+    for (let i = 0; i < 3; i++) await a.sweep("room:x");
+    assertEquals(lists(), 3);
+  });
+});
