@@ -246,10 +246,12 @@ async function main(): Promise<number> {
     dirty = false;
   }
   const ctx: PeerContext = { logDir, serverDir: args.serverDir, secret, tmpRoot };
+  const given = Deno.args.filter((a) => a !== "--");
   const results: Results = {
     meta: {
       date: new Date().toISOString(),
-      command: `deno task bench${Deno.args.length ? " -- " + Deno.args.join(" ") : ""}`,
+      // `deno task bench -- --x` hands over the separator too: it is not an argument.
+      command: `deno task bench${given.length ? " -- " + given.join(" ") : ""}`,
       mode: args.quick ? "quick" : "full",
       durationSec: 0,
       machine: await machine(),
