@@ -214,7 +214,11 @@ export class InstanceRegistry {
     // A heartbeat under way would write the entry back after the delete.
     await this.#beating;
     try {
-      await this.#kv.atomic().delete(ENTRY(this.#id)).sum(EPOCH, 1n).commit();
+      // A lapsed entry rather than none: a server that reads the registry only after this one
+      // came and went still sees that it died, and sweeps what it may have left behind.
+      const tombstone: EntryValue = { seenAt: 0, pid: Deno.pid };
+      await this.#kv.atomic().set(ENTRY(this.#id), tombstone, { expireIn: this.#staleMs * 2 })
+        .sum(EPOCH, 1n).commit();
     } catch {
       // The store may already be closed; the entry then goes stale on its own.
     }

@@ -32,6 +32,9 @@ Deno.test("instance registry: arrivals and departures are seen by the others", a
     await b.close();
     await eventually(() => a.alone, 5000, "the first to be alone again after the other left");
     assertEquals(changes, [false, true]);
+    // The leaver stays readable as lapsed, for presence sweeps that never saw it alive.
+    const leases = await a.live();
+    assertEquals([leases.ids.has(b.id), leases.seen.has(b.id)], [false, true]);
     await a.close();
     kvA.close();
     kvB.close();

@@ -369,8 +369,10 @@ export class KvPresenceStore implements PresenceStore {
     try {
       return { last: await this.#change({ kind: "exit", room, user: String(userId), connId }) };
     } catch (err) {
-      // The entry may be left behind: the next sweep of the room must look.
+      // The entry may be left behind: the next sweep of the room must look, and a sweep under
+      // way, which may have read the connection as open, must not mark the room clean.
       this.#sweptRooms.delete(room);
+      this.#rounds++;
       throw err;
     }
   }

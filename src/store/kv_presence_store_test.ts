@@ -308,6 +308,16 @@ Deno.test("presence: sweeps skip a room swept clean until the leases show a deat
     assertEquals((await a.sweep("room:x")).map((u) => u.id), ["3"]);
     assertEquals(await a.list("room:x"), []);
 
+    // D is seen alive, then gone from the registry altogether (its entry expired).
+    alive.add("D");
+    seen.add("D");
+    assertEquals(await a.sweep("room:x"), []);
+    const d = new KvPresenceStore(raw, namingLeases("D", new Set(["D"]), new Set(["D"])));
+    await d.enter("room:x", user("4"), "d1");
+    alive.delete("D");
+    seen.delete("D");
+    assertEquals((await a.sweep("room:x")).map((u) => u.id), ["4"]);
+
     // After the server wrote its entries again, every room is read again.
     const before = lists();
     a.invalidateSweeps();
@@ -325,5 +335,83 @@ Deno.test("presence: a room is swept in full at least every fullSweepMs", async 
     });
     for (let i = 0; i < 3; i++) await a.sweep("room:x");
     assertEquals(lists(), 3);
+  });
+});
+
+Deno.test("presence: an exit that fails while a sweep runs keeps the room due for the next", async () => {
+  await withKv(async (raw) => {
+    let failReads = false;
+    let duringSweep: (() => Promise<void>) | undefined;
+    // The sweep reads user 2's lock before its commit: that is where the exit fails meanwhile.
+    const kv = new Proxy(raw, {
+      get(target, prop) {
+        if (prop === "getMany") {
+          return (keys: Deno.KvKey[]) =>
+            failReads ? Promise.reject(new Error("store hiccup")) : target.getMany(keys);
+        }
+        if (prop === "get") {
+          return async (key: Deno.KvKey) => {
+            if (key[0] === "presence_user" && key[2] === "2" && duringSweep) {
+              const run = duringSweep;
+              duringSweep = undefined;
+              await run();
+            }
+            return await target.get(key);
+          };
+        }
+        const value = Reflect.get(target, prop, target);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    const alive = new Set(["B"]);
+    const seen = new Set(["B"]);
+    const a = new KvPresenceStore(kv, namingLeases("A", alive, seen), { recheckMs: 0 });
+    const b = new KvPresenceStore(raw, namingLeases("B", alive, seen));
+    const open = new Set(["a1"]);
+    const isOpen = (conn: string) => open.has(conn);
+    await a.enter("room:x", user("1"), "a1");
+    await b.enter("room:x", user("2"), "b1");
+    assertEquals(await a.sweep("room:x", isOpen), []);
+    alive.delete("B");
+    duringSweep = async () => {
+      open.delete("a1"); // the socket closes, and its exit fails
+      failReads = true;
+      const failed = await a.exit("room:x", "1", "a1").then(() => false, () => true);
+      failReads = false;
+      assertEquals(failed, true);
+    };
+    assertEquals((await a.sweep("room:x", isOpen)).map((u) => u.id), ["2"]);
+    assertEquals((await a.sweep("room:x", isOpen)).map((u) => u.id), ["1"], "the orphan goes");
+  });
+});
+
+Deno.test("presence: restoring presence after a lapse makes the next sweeps read every room", async () => {
+  await withKv(async (kv) => {
+    const store = new KvPresenceStore(kv, namingLeases("A", new Set(), new Set()), {
+      recheckMs: 0,
+    });
+    let invalidated = 0;
+    const presence: PresenceStore = {
+      enter: (...args) => store.enter(...args),
+      exit: (...args) => store.exit(...args),
+      list: (room) => store.list(room),
+      sweep: (room, open) => store.sweep(room, open),
+      invalidateSweeps: () => {
+        invalidated++;
+        store.invalidateSweeps();
+      },
+    };
+    const chat = new ChatService({
+      presence,
+      fanout: { committed: () => {}, publish: () => {} },
+      store: {} as never,
+      attachments: {} as never,
+      access: {} as never,
+      metrics: {} as never,
+    });
+    await chat.enter({ ...user("1"), grants: [] }, "room:x", "c1");
+    await chat.restorePresence();
+    assertEquals(invalidated, 1);
+    chat.close();
   });
 });
