@@ -1,5 +1,5 @@
 import { assert, assertEquals } from "../../tests/assert.ts";
-import type { MessageDraft } from "../core/types.ts";
+import type { Attachment, MessageDraft } from "../core/types.ts";
 import { KvMessageStore } from "./kv_message_store.ts";
 
 const draft = (body: string, clientId?: string): MessageDraft => ({
@@ -7,6 +7,17 @@ const draft = (body: string, clientId?: string): MessageDraft => ({
   body,
   attachments: [],
   clientId,
+});
+
+/** A stored attachment record named `key` (no file behind it: the store only keeps records). */
+const file = (key: string): Attachment => ({
+  id: key,
+  key,
+  name: key,
+  originalName: key,
+  mime: "text/plain",
+  size: 1,
+  uploadedAt: "2026-01-01T00:00:00.000Z",
 });
 
 Deno.test("KvMessageStore.append() assigns 1, 2, 3 ... to concurrent appends in call order", async () => {
@@ -135,15 +146,6 @@ Deno.test("KvMessageStore with a history limit deletes the files of the messages
       return Promise.resolve();
     },
   });
-  const file = (key: string) => ({
-    id: key,
-    key,
-    name: key,
-    originalName: key,
-    mime: "text/plain",
-    size: 1,
-    uploadedAt: new Date().toISOString(),
-  });
   const withFiles = (body: string, ...keys: string[]): MessageDraft => ({
     ...draft(body),
     attachments: keys.map(file),
@@ -182,15 +184,6 @@ Deno.test("KvMessageStore: two sweepers delete a dropped message's files once; a
         await new Promise((r) => setTimeout(r, 5));
         discarded.push(...attachments.map((a) => a.key));
       },
-    });
-    const file = (key: string) => ({
-      id: key,
-      key,
-      name: key,
-      originalName: key,
-      mime: "text/plain",
-      size: 1,
-      uploadedAt: "",
     });
     const a = new KvMessageStore(kvA, options(3));
     for (let i = 1; i <= 3; i++) {
