@@ -117,6 +117,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
 
   #historyLimit: number;
   #discard?: (attachments: Attachment[]) => Promise<void>;
+  /** Whether commits keep a record of attachments for retention to delete their files. */
+  readonly #recordsFiles: boolean;
   #fileSweepMs: number;
   /** Rooms whose commits dropped messages since the last file sweep. */
   #dropped = new Set<string>();
@@ -140,12 +142,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     this.#historyLimit = options.historyLimit ?? 0;
     this.#commitIntervalMs = options.commitIntervalMs ?? DEFAULT_COMMIT_INTERVAL_MS;
     this.#discard = options.discard;
+    this.#recordsFiles = this.#historyLimit > 0 && this.#discard !== undefined;
     this.#fileSweepMs = options.fileSweepMs ?? DEFAULT_FILE_SWEEP_MS;
-  }
-
-  /** Whether commits keep a record of attachments for retention to delete their files. */
-  get #recordsFiles(): boolean {
-    return this.#historyLimit > 0 && this.#discard !== undefined;
   }
 
   /** The KV handle, for watchers that follow the same keys. */

@@ -369,10 +369,9 @@ export class KvPresenceStore implements PresenceStore {
     try {
       return { last: await this.#change({ kind: "exit", room, user: String(userId), connId }) };
     } catch (err) {
-      // The entry may be left behind: the next sweep of the room must look, and a sweep under
-      // way, which may have read the connection as open, must not mark the room clean.
-      this.#sweptRooms.delete(room);
-      this.#rounds++;
+      // The entry may be left behind: the next sweep must look, and a sweep under way, which
+      // may have read the connection as open, must not mark the room clean.
+      this.invalidateSweeps();
       throw err;
     }
   }
@@ -401,7 +400,8 @@ export class KvPresenceStore implements PresenceStore {
   /**
    * Deletes lapsed entries, and this server's own entries whose connection `open` says is gone
    * (an enter that lost a race with its exit); users left with none are returned once, whichever
-   * isolate sweeps.
+   * isolate sweeps. A room swept clean is skipped until the leases show a death, an exit fails,
+   * {@link invalidateSweeps} is called or `fullSweepMs` has passed.
    */
   async sweep(room: string, open?: (connId: string) => boolean): Promise<UserProfile[]> {
     if (!(await this.#mayNeedSweep(room))) return [];
@@ -464,9 +464,8 @@ export class KvPresenceStore implements PresenceStore {
       // Leases that cannot name the dead leave nothing to go by: every sweep reads its room.
       this.#skipping = live.seen !== undefined;
       if (death || now - this.#fullSweepAt >= this.#fullSweepMs) {
-        this.#sweptRooms.clear();
+        this.invalidateSweeps();
         this.#fullSweepAt = now;
-        this.#rounds++;
       }
     }
     return !this.#skipping || !this.#sweptRooms.has(room);

@@ -120,27 +120,30 @@ Deno.test("presence: an exit that overtakes its own enter waits for it, leaving 
   });
 });
 
-/** `kv`, counting the atomic commits made through it. */
-function counting(kv: Deno.Kv): { kv: Deno.Kv; commits: () => number } {
-  let commits = 0;
-  const proxy = new Proxy(kv, {
+/** `kv` with some of its methods replaced; the others are its own. */
+function intercept(kv: Deno.Kv, replaced: Partial<Deno.Kv>): Deno.Kv {
+  return new Proxy(kv, {
     get(target, prop) {
-      if (prop === "atomic") {
-        return () => {
-          const op = target.atomic();
-          const commit = op.commit.bind(op);
-          op.commit = () => {
-            commits++;
-            return commit();
-          };
-          return op;
-        };
-      }
+      if (prop in replaced) return replaced[prop as keyof Deno.Kv];
       const value = Reflect.get(target, prop, target);
       return typeof value === "function" ? value.bind(target) : value;
     },
   });
-  return { kv: proxy, commits: () => commits };
+}
+
+/** `kv`, counting the atomic commits made through it. */
+function counting(kv: Deno.Kv): { kv: Deno.Kv; commits: () => number } {
+  let commits = 0;
+  const atomic = () => {
+    const op = kv.atomic();
+    const commit = op.commit.bind(op);
+    op.commit = () => {
+      commits++;
+      return commit();
+    };
+    return op;
+  };
+  return { kv: intercept(kv, { atomic }), commits: () => commits };
 }
 
 Deno.test("presence: a burst of enters and exits commits together, first and last once per user", async () => {
@@ -268,20 +271,12 @@ function namingLeases(id: string, alive: Set<string>, seen: Set<string>): Presen
 /** `kv`, counting the lists of one room's presence entries. */
 function countingRoomLists(kv: Deno.Kv, room: string): { kv: Deno.Kv; lists: () => number } {
   let lists = 0;
-  const proxy = new Proxy(kv, {
-    get(target, prop) {
-      if (prop === "list") {
-        return (selector: { prefix?: Deno.KvKey }, options?: Deno.KvListOptions) => {
-          const p = selector.prefix;
-          if (p?.length === 2 && p[0] === "presence" && p[1] === room) lists++;
-          return target.list(selector as Deno.KvListSelector, options);
-        };
-      }
-      const value = Reflect.get(target, prop, target);
-      return typeof value === "function" ? value.bind(target) : value;
-    },
-  });
-  return { kv: proxy, lists: () => lists };
+  const list = ((selector: Deno.KvListSelector, options?: Deno.KvListOptions) => {
+    const p = "prefix" in selector ? selector.prefix : undefined;
+    if (p?.length === 2 && p[0] === "presence" && p[1] === room) lists++;
+    return kv.list(selector, options);
+  }) as Deno.Kv["list"];
+  return { kv: intercept(kv, { list }), lists: () => lists };
 }
 
 Deno.test("presence: sweeps skip a room swept clean until the leases show a death", async () => {
@@ -343,25 +338,19 @@ Deno.test("presence: an exit that fails while a sweep runs keeps the room due fo
     let failReads = false;
     let duringSweep: (() => Promise<void>) | undefined;
     // The sweep reads user 2's lock before its commit: that is where the exit fails meanwhile.
-    const kv = new Proxy(raw, {
-      get(target, prop) {
-        if (prop === "getMany") {
-          return (keys: Deno.KvKey[]) =>
-            failReads ? Promise.reject(new Error("store hiccup")) : target.getMany(keys);
+    const kv = intercept(raw, {
+      getMany: ((keys: Deno.KvKey[]) =>
+        failReads ? Promise.reject(new Error("store hiccup")) : raw.getMany(keys)) as Deno.Kv[
+          "getMany"
+        ],
+      get: (async (key: Deno.KvKey) => {
+        if (key[0] === "presence_user" && key[2] === "2" && duringSweep) {
+          const run = duringSweep;
+          duringSweep = undefined;
+          await run();
         }
-        if (prop === "get") {
-          return async (key: Deno.KvKey) => {
-            if (key[0] === "presence_user" && key[2] === "2" && duringSweep) {
-              const run = duringSweep;
-              duringSweep = undefined;
-              await run();
-            }
-            return await target.get(key);
-          };
-        }
-        const value = Reflect.get(target, prop, target);
-        return typeof value === "function" ? value.bind(target) : value;
-      },
+        return await raw.get(key);
+      }) as Deno.Kv["get"],
     });
     const alive = new Set(["B"]);
     const seen = new Set(["B"]);
