@@ -363,8 +363,9 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
         const prefix = KV_KEYS.roomFiles(room);
         for await (const e of this.#kv.list<Attachment[]>({ prefix, end: [...prefix, tail] })) {
           const message = KV_KEYS.message(room, e.key[2] as number);
-          const claim = await this.#kv.atomic().check(e).check({ key: message, versionstamp: null })
-            .delete(e.key).commit();
+          const claim = await commitRetryingLocks(
+            this.#kv.atomic().check(e).check({ key: message, versionstamp: null }).delete(e.key),
+          );
           if (claim.ok) await this.#discard?.(e.value);
         }
       } catch (err) {
@@ -430,7 +431,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   /** Raises the user's read cursor; KV's `max` keeps it monotonic without a read. */
   async markRead(room: string, user: UserId, seq: number): Promise<number> {
     const key = KV_KEYS.read(room, String(user));
-    await this.#kv.atomic().max(key, BigInt(Math.max(0, seq))).commit();
+    await commitRetryingLocks(this.#kv.atomic().max(key, BigInt(Math.max(0, seq))));
     return await this.cursor(room, user);
   }
 
