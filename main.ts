@@ -28,6 +28,7 @@ import { MediaAttachmentStore } from "./src/media/attachments.ts";
 import { LocalMediaStore } from "./src/media/local_media_store.ts";
 import { KvMessageStore } from "./src/store/kv_message_store.ts";
 import { KvPresenceStore } from "./src/store/kv_presence_store.ts";
+import { FrameBudget } from "./src/transport/frame_budget.ts";
 import type { Connection } from "./src/transport/websocket.ts";
 import { CLOSE } from "./src/transport/websocket.ts";
 
@@ -127,6 +128,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     chat.restorePresence().catch((err) => console.error("restoring presence failed:", err));
   });
   const connections = new Set<Connection>();
+  const frames = new FrameBudget(config.frameMemoryBudgetBytes);
   const context: DialectContext = {
     config,
     chat,
@@ -138,6 +140,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       perConnection: config.rateLimitPerSecond,
       perUser: config.rateLimitUserPerSecond,
     }),
+    frames,
   };
   // `/ws/chat/` is claimed by two documents; CHAT_PATH_PROTOCOL picks which one it speaks.
   const roomsOnChatPath = config.chatPathProtocol === "rooms";
@@ -181,6 +184,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       config,
       counters: apiCounters,
     }),
+    frames,
     extraMetrics: () => apiCounters.render(),
   });
   // The chat page at `/`; the dev sign-in only while tokens are signed with the dev secret.

@@ -15,6 +15,17 @@ const positiveInt = (fallback: number) =>
     return Number(v);
   });
 
+/** A whole number ≥ 0 with a default; `zero` says what 0 means, in the error text. */
+const wholeNumber = (fallback: number, zero: string) =>
+  z.string().trim().optional().transform((v, ctx) => {
+    if (v === undefined || v === "") return fallback;
+    if (!/^\d+$/.test(v) || !Number.isSafeInteger(Number(v))) {
+      ctx.addIssue({ code: "custom", message: `expected a whole number (${zero}), got "${v}"` });
+      return z.NEVER;
+    }
+    return Number(v);
+  });
+
 const url = z.string().trim().optional().transform((v, ctx) => {
   if (v === undefined || v === "") return undefined;
   try {
@@ -56,17 +67,8 @@ const EnvSchema = z.object({
   RATE_LIMIT_PER_SECOND: positiveInt(20),
   SLOW_CONSUMER_BYTES: positiveInt(4 * 1024 * 1024),
   RATE_LIMIT_USER_PER_SECOND: positiveInt(50),
-  HISTORY_LIMIT: z.string().trim().optional().transform((v, ctx) => {
-    if (v === undefined || v === "") return 0;
-    if (!/^\d+$/.test(v)) {
-      ctx.addIssue({
-        code: "custom",
-        message: `expected a whole number (0 keeps everything), got "${v}"`,
-      });
-      return z.NEVER;
-    }
-    return Number(v);
-  }),
+  HISTORY_LIMIT: wholeNumber(0, "0 keeps everything"),
+  FRAME_MEMORY_BUDGET_BYTES: wholeNumber(256 * 1024 * 1024, "0 turns the bound off"),
   PRESENCE_TTL_SECONDS: positiveInt(30),
   DATABASE_URL: optionalText,
   KV_PATH: optionalText,
@@ -120,6 +122,11 @@ export interface Config {
   rateLimitUserPerSecond: number;
   /** Messages kept per room, oldest dropped first; 0 keeps everything. */
   historyLimit: number;
+  /**
+   * Bytes Deno may keep, per isolate, for the largest frames of open sockets before the quietest
+   * of them are closed (1001) to free it; 0 leaves it unbounded.
+   */
+  frameMemoryBudgetBytes: number;
   /** Socket.IO: milliseconds between server pings. */
   socketIoPingIntervalMs: number;
   /** Socket.IO: milliseconds a client has to answer a ping before it is dropped. */
@@ -168,6 +175,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     slowConsumerBytes: e.SLOW_CONSUMER_BYTES,
     rateLimitUserPerSecond: e.RATE_LIMIT_USER_PER_SECOND,
     historyLimit: e.HISTORY_LIMIT,
+    frameMemoryBudgetBytes: e.FRAME_MEMORY_BUDGET_BYTES,
     presenceTtlSeconds: e.PRESENCE_TTL_SECONDS,
     databaseUrl: e.DATABASE_URL,
     kvPath: e.KV_PATH ?? join(e.DATA_DIR, "chat.kv"),

@@ -35,3 +35,16 @@ Deno.test("loadConfig() splits origins and trims trailing slashes from URLs", ()
   assertEquals(c.allowedOrigins, ["https://a.example", "https://b.example"]);
   assertEquals(c.publicUrl, "https://chat.example");
 });
+
+Deno.test("loadConfig() bounds frame memory at 256 MiB by default, takes 0 as off, refuses the rest", async () => {
+  assertEquals(loadConfig({}).frameMemoryBudgetBytes, 256 * 1024 * 1024);
+  assertEquals(loadConfig({ FRAME_MEMORY_BUDGET_BYTES: "0" }).frameMemoryBudgetBytes, 0);
+  const err = await assertRejects(() => loadConfig({ FRAME_MEMORY_BUDGET_BYTES: "1e9" }));
+  assertEquals(
+    err.message.includes(
+      'FRAME_MEMORY_BUDGET_BYTES: expected a whole number (0 turns the bound off), got "1e9"',
+    ),
+    true,
+    err.message,
+  );
+});

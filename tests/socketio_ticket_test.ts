@@ -326,3 +326,40 @@ Deno.test("socket.io ticket chat: Socket.IO and ticket-socket clients share the 
     await ws.close();
   });
 });
+
+Deno.test("socket.io ticket chat: past FRAME_MEMORY_BUDGET_BYTES the quietest file sender's transport closes and the client reconnects", async () => {
+  await withChat(async (server, client) => {
+    const token = await server.token({ sub: "9", name: "Bob Admin", role: "super_admin" });
+    const [alice, bob] = [
+      client({ transports: ["websocket"] }),
+      client({ transports: ["websocket"] }),
+    ];
+    for (const socket of [alice, bob]) {
+      await authenticated(socket, token);
+      await joined(socket, "t-2");
+    }
+    // About 1.07 MB of base64 per frame: one fits the 1.5 MB budget, two do not.
+    const data = new Uint8Array(800_000).map((_, i) => i % 253);
+    const send = async (socket: ClientSocket, message: string) => {
+      const arrival = next<{ data: Payload }>(socket, "new_message");
+      socket.emit("send_message", {
+        ticketId: "t-2",
+        message,
+        attachments: [{ name: "big.bin", type: "application/octet-stream", data: data.toBase64() }],
+      });
+      return (await arrival).data;
+    };
+    await send(alice, "first");
+    const dropped = next<string>(alice, "disconnect");
+    const second = await send(bob, "second");
+    assertEquals(await dropped, "transport close");
+    assertEquals(bob.connected, true);
+    const [file] = second.attachments as Payload[];
+    assertEquals(new Uint8Array(await (await fetch(file.url as string)).arrayBuffer()), data);
+    // The client reconnects on its own; both messages are in the history it reloads.
+    await authenticated(alice, token);
+    alice.emit("get_messages", { ticketId: "t-2" });
+    const loaded = await next<{ messages: Payload[] }>(alice, "messages_loaded");
+    assertEquals(loaded.messages.map((m) => m.message), ["first", "second"]);
+  }, { FRAME_MEMORY_BUDGET_BYTES: "1500000" });
+});

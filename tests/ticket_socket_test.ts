@@ -302,3 +302,38 @@ Deno.test("ticket socket: files of messages past HISTORY_LIMIT are deleted with 
     await a.close();
   }, { HISTORY_LIMIT: "2" });
 });
+
+Deno.test("ticket socket: past FRAME_MEMORY_BUDGET_BYTES the quietest file sender is closed 1001 and may reconnect", async () => {
+  await withServer(async (server) => {
+    const [a, b, c] = await Promise.all(
+      ["3", "4", "5"].map((sub) => ticketClient(server, 9, { sub, username: `user${sub}` })),
+    );
+    // Each frame carries ~1.07 MB of base64: two fit the 2.5 MB budget, a third does not.
+    const bytes = (n: number) => new Uint8Array(800_000).map((_, i) => (i * n) % 251);
+    const sendFile = async (from: TestClient, n: number) => {
+      from.send({ body: `file ${n}`, file: bytes(n).toBase64(), filename: `f${n}.bin` });
+      const url = (await from.next((f) => f.body === `file ${n}`)).file as string;
+      assertEquals(new Uint8Array(await (await fetch(url)).arrayBuffer()), bytes(n));
+    };
+    const metric = async (name: string) => {
+      const text = await (await fetch(`${server.url}/metrics`)).text();
+      return Number(new RegExp(`^${name} (\\d+)$`, "m").exec(text)?.[1]);
+    };
+    await sendFile(a, 1);
+    await sendFile(b, 2);
+    assert(await metric("chat_frame_buffer_bytes") > 2_000_000);
+    // A small frame does not count, but it makes `a` the more recently active of the two.
+    a.send({ body: "still here" });
+    await a.next((f) => f.body === "still here");
+    await sendFile(c, 3);
+    assertEquals(await b.closed, { code: 1001, reason: "Server reclaiming memory; reconnect" });
+    assertEquals([a.socket.readyState, c.socket.readyState], [WebSocket.OPEN, WebSocket.OPEN]);
+    assertEquals(await metric("chat_sockets_reclaimed_total"), 1);
+    // Nothing stored was lost, and the closed user is back with one reconnect.
+    const again = await ticketClient(server, 9, { sub: "4", username: "user4" });
+    again.send({ body: "back" });
+    const back = await c.next<{ body: string; sender: { id: number } }>((f) => f.body === "back");
+    assertEquals(back.sender.id, 4);
+    for (const client of [a, c, again]) await client.close();
+  }, { FRAME_MEMORY_BUDGET_BYTES: "2500000" });
+});

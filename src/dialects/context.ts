@@ -6,6 +6,7 @@ import type { ChatService } from "../core/chat_service.ts";
 import type { Metrics } from "../core/metrics.ts";
 import type { RateLimiter } from "../core/rate_limiter.ts";
 import type { Hub } from "../hub/hub.ts";
+import type { FrameBudget } from "../transport/frame_budget.ts";
 import type { Connection, SocketOptions } from "../transport/websocket.ts";
 
 /** Shared services, one set per isolate. */
@@ -24,6 +25,8 @@ export interface DialectContext {
   connections: Set<Connection>;
   /** Inbound frame budgets per connection and per user. */
   limiter: RateLimiter;
+  /** Bounds what the runtime keeps for sockets' large frames. */
+  frames?: FrameBudget;
 }
 
 /** A WebSocket route: a URL pattern and the handler that upgrades matching requests. */
@@ -92,6 +95,7 @@ export function socketOptions(
     subprotocol,
     metrics: ctx.metrics,
     registry: ctx.connections,
+    frames: ctx.frames,
   };
   // Clients name their subprotocols: a few dozen sets at most are kept.
   if (key !== undefined && sets.size < 64) sets.set(key, options);

@@ -50,6 +50,19 @@ export interface EngineOptions {
    * implementation. Default none, for a single-isolate deployment.
    */
   relay?: boolean | SessionRelay;
+  /**
+   * Told of every WebSocket message's size, and of each socket's close; may close a quiet
+   * socket (through `reclaim`) to free what the runtime keeps for the large frames it received.
+   */
+  frameBudget?: FrameBudgetHook;
+}
+
+/** What {@linkcode EngineOptions.frameBudget} is given: the socket, which it may close. */
+export interface FrameBudgetHook {
+  /** A message of `size` bytes arrived on `socket`. */
+  received(socket: { reclaim(): void }, size: number): void;
+  /** `socket` closed. */
+  forget(socket: { reclaim(): void }): void;
 }
 
 /** The first HTTP request of a session, kept for the application. */
@@ -135,6 +148,7 @@ interface ResolvedOptions {
   transports: readonly TransportName[];
   allowUpgrades: boolean;
   allowedOrigins: AllowedOrigins;
+  frameBudget?: FrameBudgetHook;
 }
 
 const OK: Reply = { status: 200, body: "ok", contentType: "text/html" };
@@ -168,7 +182,7 @@ class LocalFrameSocket implements FrameSocket {
   #queue: (string | Uint8Array)[] | null = [];
   #closeRequest: { code?: number; reason?: string } | null = null;
 
-  constructor(ws: WebSocket) {
+  constructor(ws: WebSocket, budget?: FrameBudgetHook) {
     this.#ws = ws;
     const { promise, resolve } = Promise.withResolvers<void>();
     this.closed = promise;
@@ -181,11 +195,13 @@ class LocalFrameSocket implements FrameSocket {
     };
     ws.onmessage = (event: MessageEvent<string | ArrayBuffer>) => {
       const data = event.data;
+      budget?.received(this, typeof data === "string" ? data.length : data.byteLength);
       this.onmessage?.(typeof data === "string" ? data : new Uint8Array(data));
     };
     // On an open socket an error is always followed by a close event, which is what matters.
     ws.onerror = () => {};
     ws.onclose = (event) => {
+      budget?.forget(this);
       resolve();
       const onclose = this.onclose;
       this.onclose = null;
@@ -200,6 +216,11 @@ class LocalFrameSocket implements FrameSocket {
     } else {
       this.#write(data);
     }
+  }
+
+  /** Closes without a code: Socket.IO clients take a transport close as a cue to reconnect. */
+  reclaim(): void {
+    this.close();
   }
 
   close(code?: number, reason?: string): void {
@@ -659,6 +680,7 @@ export class EngineServer {
       transports: options.transports ?? ["polling", "websocket"],
       allowUpgrades: options.allowUpgrades ?? true,
       allowedOrigins: options.allowedOrigins ?? "*",
+      frameBudget: options.frameBudget,
     };
     this.#base = path.slice(0, -1);
     const relay = options.relay === true
@@ -729,7 +751,7 @@ export class EngineServer {
         } catch {
           return fail(ErrorCode.BAD_REQUEST);
         }
-        const frames = new LocalFrameSocket(upgraded.socket);
+        const frames = new LocalFrameSocket(upgraded.socket, this.#options.frameBudget);
         this.#open(request, new WebSocketTransport(frames, this.#options.maxPayload));
         return upgraded.response;
       }
@@ -747,7 +769,7 @@ export class EngineServer {
       } catch {
         return fail(ErrorCode.BAD_REQUEST);
       }
-      const frames = new LocalFrameSocket(upgraded.socket);
+      const frames = new LocalFrameSocket(upgraded.socket, this.#options.frameBudget);
       session.upgrade(new WebSocketTransport(frames, this.#options.maxPayload));
       return upgraded.response;
     }
@@ -817,7 +839,7 @@ export class EngineServer {
         bridge.close();
         return this.#respond(errorReply(ErrorCode.BAD_REQUEST), origin);
       }
-      pipe(new LocalFrameSocket(upgraded.socket), bridge);
+      pipe(new LocalFrameSocket(upgraded.socket, this.#options.frameBudget), bridge);
       return upgraded.response;
     }
     let reply: Reply | null;

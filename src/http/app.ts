@@ -3,6 +3,7 @@
 import { Hono } from "hono";
 import type { Metrics } from "../core/metrics.ts";
 import type { Hub } from "../hub/hub.ts";
+import type { FrameBudget } from "../transport/frame_budget.ts";
 import type { LocalMediaStore } from "../media/local_media_store.ts";
 import type { WsRoute } from "../dialects/context.ts";
 import { mountMedia } from "./media_routes.ts";
@@ -23,12 +24,14 @@ export interface HttpDeps {
   peers?: () => number;
   /** The admin REST API, its routes under `/api` (see src/http/api/). */
   api?: Hono;
+  /** The bound on sockets' large frames, whose state /metrics shows. */
+  frames?: FrameBudget;
   /** More Prometheus text appended to /metrics (the API's request counters). */
   extraMetrics?: () => string;
 }
 
 /** Renders the counters in Prometheus text format. */
-export function renderMetrics(metrics: Metrics, hub: Hub): string {
+export function renderMetrics(metrics: Metrics, hub: Hub, frames?: FrameBudget): string {
   const lines: string[] = [];
   const metric = (name: string, type: string, help: string, samples: [string, number][]) => {
     lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
@@ -79,6 +82,20 @@ export function renderMetrics(metrics: Metrics, hub: Hub): string {
     "",
     hub.stats.duplicatesDropped,
   ]]);
+  if (frames) {
+    metric(
+      "chat_frame_buffer_bytes",
+      "gauge",
+      "Bytes the runtime keeps for open sockets' largest frames (frames of 64 KiB or more).",
+      [["", frames.heldBytes]],
+    );
+    metric(
+      "chat_sockets_reclaimed_total",
+      "counter",
+      "Quiet sockets closed (1001) to keep frame buffers under FRAME_MEMORY_BUDGET_BYTES.",
+      [["", frames.reclaimed]],
+    );
+  }
   return lines.join("\n") + "\n";
 }
 
@@ -101,9 +118,13 @@ export function createHttpApp(deps: HttpDeps): Hono {
   app.get(
     "/metrics",
     (c) =>
-      c.body(renderMetrics(deps.metrics, deps.hub) + (deps.extraMetrics?.() ?? ""), 200, {
-        "content-type": "text/plain; version=0.0.4; charset=utf-8",
-      }),
+      c.body(
+        renderMetrics(deps.metrics, deps.hub, deps.frames) + (deps.extraMetrics?.() ?? ""),
+        200,
+        {
+          "content-type": "text/plain; version=0.0.4; charset=utf-8",
+        },
+      ),
   );
   if (deps.api) app.route("/", deps.api);
   mountMedia(app, deps.media);

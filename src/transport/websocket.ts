@@ -1,6 +1,7 @@
 /** The WebSocket transport: upgrade, frame size cap, slow-consumer guard, one-shot cleanup. */
 
 import type { Metrics } from "../core/metrics.ts";
+import type { FrameBudget, FrameHolder } from "./frame_budget.ts";
 
 /** Close codes the transport itself uses. */
 export const CLOSE = {
@@ -30,6 +31,8 @@ export interface SocketOptions {
   metrics: Metrics;
   /** Every open connection of the isolate, for shutdown. */
   registry?: Set<Connection>;
+  /** Bounds what the runtime keeps for sockets' large frames (see frame_budget.ts). */
+  frames?: FrameBudget;
 }
 
 /** What a dialect does with a socket. */
@@ -48,7 +51,7 @@ const decoder = new TextDecoder();
  * One socket. Cleanup runs once, as soon as either side closes: Deno can leave a socket the
  * server closed in CLOSING for long, so nothing waits for its close event.
  */
-export class Connection {
+export class Connection implements FrameHolder {
   #socket: WebSocket;
   #options: SocketOptions;
   #handler: SocketHandler;
@@ -124,6 +127,7 @@ export class Connection {
       return;
     }
     this.#options.metrics.bytesIn += size;
+    this.#options.frames?.received(this, size);
     const text = typeof data === "string"
       ? data
       : data instanceof ArrayBuffer
@@ -163,6 +167,11 @@ export class Connection {
     this.#options.metrics.framesOut++;
   }
 
+  /** Closes with 1001, which every dialect's clients take as "reconnect", to free its frame buffer. */
+  reclaim(): void {
+    this.close(CLOSE.goingAway, "Server reclaiming memory; reconnect");
+  }
+
   /** Closes with a code and reason and cleans up at once. */
   close(code: number, reason = ""): void {
     if (
@@ -182,6 +191,7 @@ export class Connection {
     this.#done = true;
     if (this.#counted) this.#options.metrics.connection(this.#options.protocol, -1);
     this.#options.registry?.delete(this);
+    this.#options.frames?.forget(this);
     try {
       this.#handler.closed(this);
     } catch (err) {

@@ -111,6 +111,7 @@ export function createSocketIoTicketChat(
     pingTimeout: options.pingTimeout,
     allowedOrigins: origins.length > 0 ? origins : "*",
     relay: options.relay,
+    frameBudget: ctx.frames,
   });
   const nsp = io.of("/");
   /** Bridge members by engine room, with the hub join each one waits for. */
