@@ -137,7 +137,7 @@ export function settingsFor(quick: boolean, fdLimit: number): Settings {
     deadlineMs: 75 * 60_000,
     fanout: {
       sizes: [500, 1000, 2000],
-      rates: [100, 150, 200, 300, 400, 600, 800, 1200, 1600, 2400, 3200],
+      rates: [100, 150, 200, 250, 300, 400, 500, 600, 800, 1200, 1600, 2400, 3200],
       lowerRates: [50, 25, 10],
       baseRepeats: 3,
       maxP99Ms: 100,
