@@ -68,7 +68,7 @@ const EnvSchema = z.object({
   SLOW_CONSUMER_BYTES: positiveInt(4 * 1024 * 1024),
   RATE_LIMIT_USER_PER_SECOND: positiveInt(50),
   HISTORY_LIMIT: wholeNumber(0, "0 keeps everything"),
-  FRAME_MEMORY_BUDGET_BYTES: wholeNumber(256 * 1024 * 1024, "0 turns the bound off"),
+  FRAME_MEMORY_BUDGET_BYTES: wholeNumber(0, "0 turns the bound off"),
   PRESENCE_TTL_SECONDS: positiveInt(30),
   DATABASE_URL: optionalText,
   KV_PATH: optionalText,
@@ -124,7 +124,8 @@ export interface Config {
   historyLimit: number;
   /**
    * Bytes Deno may keep, per isolate, for the largest frames of open sockets before the quietest
-   * of them are closed (1001) to free it; 0 leaves it unbounded.
+   * of them are closed (1001; Socket.IO: a close without a code) to free it; 0 (the default)
+   * leaves it unbounded, since not every protocol's clients reconnect.
    */
   frameMemoryBudgetBytes: number;
   /** Socket.IO: milliseconds between server pings. */

@@ -36,9 +36,12 @@ Deno.test("loadConfig() splits origins and trims trailing slashes from URLs", ()
   assertEquals(c.publicUrl, "https://chat.example");
 });
 
-Deno.test("loadConfig() bounds frame memory at 256 MiB by default, takes 0 as off, refuses the rest", async () => {
-  assertEquals(loadConfig({}).frameMemoryBudgetBytes, 256 * 1024 * 1024);
-  assertEquals(loadConfig({ FRAME_MEMORY_BUDGET_BYTES: "0" }).frameMemoryBudgetBytes, 0);
+Deno.test("loadConfig() leaves frame memory unbounded by default, takes a byte count, refuses the rest", async () => {
+  assertEquals(loadConfig({}).frameMemoryBudgetBytes, 0);
+  assertEquals(
+    loadConfig({ FRAME_MEMORY_BUDGET_BYTES: "268435456" }).frameMemoryBudgetBytes,
+    2 ** 28,
+  );
   const err = await assertRejects(() => loadConfig({ FRAME_MEMORY_BUDGET_BYTES: "1e9" }));
   assertEquals(
     err.message.includes(

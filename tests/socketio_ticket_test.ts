@@ -2,7 +2,7 @@
 
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
-import { startTestServer, TestClient, type TestServer } from "./helpers.ts";
+import { eventually, startTestServer, TestClient, type TestServer } from "./helpers.ts";
 
 type Payload = Record<string, unknown>;
 
@@ -330,14 +330,13 @@ Deno.test("socket.io ticket chat: Socket.IO and ticket-socket clients share the 
 Deno.test("socket.io ticket chat: past FRAME_MEMORY_BUDGET_BYTES the quietest file sender's transport closes and the client reconnects", async () => {
   await withChat(async (server, client) => {
     const token = await server.token({ sub: "9", name: "Bob Admin", role: "super_admin" });
-    const [alice, bob] = [
-      client({ transports: ["websocket"] }),
-      client({ transports: ["websocket"] }),
-    ];
+    // Alice starts on polling and upgrades, Bob opens a WebSocket at once: both kinds are counted.
+    const [alice, bob] = [client(), client({ transports: ["websocket"] })];
     for (const socket of [alice, bob]) {
       await authenticated(socket, token);
       await joined(socket, "t-2");
     }
+    await eventually(() => alice.io.engine.transport.name === "websocket", 3000, "upgrade");
     // About 1.07 MB of base64 per frame: one fits the 1.5 MB budget, two do not.
     const data = new Uint8Array(800_000).map((_, i) => i % 253);
     const send = async (socket: ClientSocket, message: string) => {

@@ -317,18 +317,24 @@ Deno.test("ticket socket: past FRAME_MEMORY_BUDGET_BYTES the quietest file sende
     };
     const metric = async (name: string) => {
       const text = await (await fetch(`${server.url}/metrics`)).text();
-      return Number(new RegExp(`^${name} (\\d+)$`, "m").exec(text)?.[1]);
+      const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+      return Number(line?.slice(name.length + 1));
     };
     await sendFile(a, 1);
     await sendFile(b, 2);
-    assert(await metric("chat_frame_buffer_bytes") > 2_000_000);
+    assert(await metric('chat_frame_buffer_bytes{state="open"}') > 2_000_000);
     // A small frame does not count, but it makes `a` the more recently active of the two.
     a.send({ body: "still here" });
     await a.next((f) => f.body === "still here");
     await sendFile(c, 3);
+    await eventually(() => b.socket.readyState === WebSocket.CLOSED, 5000, "b closed");
     assertEquals(await b.closed, { code: 1001, reason: "Server reclaiming memory; reconnect" });
     assertEquals([a.socket.readyState, c.socket.readyState], [WebSocket.OPEN, WebSocket.OPEN]);
     assertEquals(await metric("chat_sockets_reclaimed_total"), 1);
+    // `b` counts until its close completes; `a` and `c` still hold their ~1.07 MB each.
+    await eventually(async () => await metric('chat_frame_buffer_bytes{state="closing"}') === 0);
+    const open = await metric('chat_frame_buffer_bytes{state="open"}');
+    assert(open > 2_000_000 && open < 2_500_000, String(open));
     // Nothing stored was lost, and the closed user is back with one reconnect.
     const again = await ticketClient(server, 9, { sub: "4", username: "user4" });
     again.send({ body: "back" });

@@ -81,6 +81,8 @@ const ms = (us: number | undefined) => {
 };
 const int = (n: number) => Number.isFinite(n) ? Math.round(n).toLocaleString("en-US") : "–";
 const mib = (b: number) => Number.isFinite(b) ? (b / 1024 / 1024).toFixed(1) : "–";
+/** Length of a file's base64 text, which is (to within the JSON around it) the frame's size. */
+const frameBytes = (fileBytes: number) => Math.ceil(fileBytes / 3) * 4;
 const ratio = (r: number) => Number.isFinite(r) ? `${r.toFixed(2)}×` : "–";
 /** A fraction as a percentage with two significant digits for small values. */
 const pct = (x: number) => `${x * 100 >= 10 ? (x * 100).toFixed(0) : (x * 100).toPrecision(2)}%`;
@@ -298,7 +300,11 @@ export function verdicts(results: Results): Verdict[] {
       3,
       `+${mib(one.growth)} MiB = ${(one.growth / one.bytes).toFixed(2)}× the file${
         none ? ` (the same window without a file: +${mib(none.growth)} MiB)` : ""
-      }${raw ? `; raw Deno ${(raw.growth / raw.bytes).toFixed(2)}×` : ""}`,
+      }${raw ? `; raw Deno ${(raw.growth / raw.bytes).toFixed(2)}×` : ""}; Deno's own ${
+        repeat ? "two" : "three"
+      } copies of the ${mib(frameBytes(one.bytes))} MiB frame: ${
+        ((repeat ? 2 : 3) * frameBytes(one.bytes) / one.bytes).toFixed(2)
+      }×`,
     ));
   }
   const par = results.parallel;
@@ -835,8 +841,11 @@ export function renderMarkdown(
         "*Frame fully sent* is when the client's socket took the frame's last byte (the server has it, or is reading the tail from the kernel); " +
         "*server time* is from then until the last member had the broadcast (the worst file of the phase) — the target's measure, as it leaves out " +
         "the load generator's own work of building and masking a 14 MB frame. Peak RSS is VmHWM after a reset just before the phase; " +
-        "the *none* row is the same window without files. The single file is sent twice: the first since the server started also pays " +
-        "for the V8 heap and the allocator's arenas growing to hold a 14 MB frame, the second (*1 (again)*) shows the steady state.",
+        "the *none* row is the same window without files. The single file is sent twice by the same socket. Deno itself holds three " +
+        "copies of a text frame at the peak, whatever the server then does with it: the socket's read buffer (it grows to the largest " +
+        "frame the socket has received and keeps that size until the socket closes), a copy of the text in Rust, and the V8 string made " +
+        "from that. A socket's first large frame pays for all three; the second file (*1 (again)*) reuses the read buffer. The README's " +
+        "Tuning section has the measurements, and the bound this server can put on what sockets keep.",
       "",
     );
     L.push(

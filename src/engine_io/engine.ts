@@ -51,8 +51,9 @@ export interface EngineOptions {
    */
   relay?: boolean | SessionRelay;
   /**
-   * Told of every WebSocket message's size, and of each socket's close; may close a quiet
-   * socket (through `reclaim`) to free what the runtime keeps for the large frames it received.
+   * Told of every WebSocket message's size (characters for text), and of each socket's close;
+   * may close a quiet socket (through `reclaim`, a close without a code) to free what the
+   * runtime keeps for the large frames it received.
    */
   frameBudget?: FrameBudgetHook;
 }
@@ -195,7 +196,9 @@ class LocalFrameSocket implements FrameSocket {
     };
     ws.onmessage = (event: MessageEvent<string | ArrayBuffer>) => {
       const data = event.data;
-      budget?.received(this, typeof data === "string" ? data.length : data.byteLength);
+      if (!this.#closeRequest) {
+        budget?.received(this, typeof data === "string" ? data.length : data.byteLength);
+      }
       this.onmessage?.(typeof data === "string" ? data : new Uint8Array(data));
     };
     // On an open socket an error is always followed by a close event, which is what matters.
@@ -218,7 +221,7 @@ class LocalFrameSocket implements FrameSocket {
     }
   }
 
-  /** Closes without a code: Socket.IO clients take a transport close as a cue to reconnect. */
+  /** Closes without a code (the client sees 1005): Socket.IO clients reconnect on a transport close. */
   reclaim(): void {
     this.close();
   }

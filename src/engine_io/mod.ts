@@ -19,6 +19,7 @@ export {
   EngineServer,
   type EngineSocket,
   ErrorCode,
+  type FrameBudgetHook,
   type TransportName,
 } from "./engine.ts";
 export {

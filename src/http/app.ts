@@ -86,13 +86,13 @@ export function renderMetrics(metrics: Metrics, hub: Hub, frames?: FrameBudget):
     metric(
       "chat_frame_buffer_bytes",
       "gauge",
-      "Bytes the runtime keeps for open sockets' largest frames (frames of 64 KiB or more).",
-      [["", frames.heldBytes]],
+      "Bytes the runtime keeps for sockets' largest frames (64 KiB or more): open, and reclaimed but not yet closed.",
+      [['{state="open"}', frames.heldBytes], ['{state="closing"}', frames.closingBytes]],
     );
     metric(
       "chat_sockets_reclaimed_total",
       "counter",
-      "Quiet sockets closed (1001) to keep frame buffers under FRAME_MEMORY_BUDGET_BYTES.",
+      "Quiet sockets closed to keep frame buffers under FRAME_MEMORY_BUDGET_BYTES.",
       [["", frames.reclaimed]],
     );
   }

@@ -43,9 +43,37 @@ Deno.test("FrameBudget: a socket holds its largest frame, and is never reclaimed
   assertEquals(budget.heldBytes, 0);
 });
 
-Deno.test("FrameBudget: a limit of 0 tracks nothing", () => {
+Deno.test("FrameBudget: a limit of 0 counts what sockets hold and never reclaims", () => {
   const budget = new FrameBudget(0);
-  const { made: [a], reclaimed } = holders(budget, ["a"]);
+  const { made: [a, b], reclaimed } = holders(budget, ["a", "b"]);
   budget.received(a, 64 * 1024 * 1024);
-  assertEquals([budget.heldBytes, reclaimed], [0, []]);
+  budget.received(b, 64 * 1024 * 1024);
+  assertEquals([budget.heldBytes, reclaimed], [128 * 1024 * 1024, []]);
+});
+
+Deno.test("FrameBudget: a busy socket is passed over, and a reclaimed one counts until its close", () => {
+  const budget = new FrameBudget(150, { minTrackedBytes: 10 });
+  let busy = true;
+  const reclaimed: string[] = [];
+  const a: FrameHolder = {
+    reclaim: () => reclaimed.push("a"),
+    get busy() {
+      return busy;
+    },
+  };
+  const b: FrameHolder = { reclaim: () => reclaimed.push("b") };
+  const c: FrameHolder = { reclaim: () => reclaimed.push("c") };
+  budget.received(a, 100);
+  budget.received(b, 100);
+  assertEquals(reclaimed, []);
+  budget.received(c, 100);
+  // `a` is oldest but still handling its frame: `b` goes instead.
+  assertEquals([reclaimed, budget.heldBytes, budget.closingBytes], [["b"], 200, 100]);
+  budget.received(b, 500); // a frame on a closing socket is not counted again
+  busy = false;
+  budget.received(c, 100);
+  assertEquals([reclaimed, budget.heldBytes, budget.closingBytes], [["b", "a"], 100, 200]);
+  budget.forget(b);
+  budget.forget(a);
+  assertEquals([budget.heldBytes, budget.closingBytes, budget.reclaimed], [100, 0, 2]);
 });

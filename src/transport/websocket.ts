@@ -81,7 +81,11 @@ export class Connection implements FrameHolder {
     // No error handler: on an open socket Deno follows every error event with a close event
     // (an upgrade that fails sends only the error, but then nothing was opened to clean up),
     // and each handler costs an idle socket a listener and its wrapper.
-    socket.onclose = () => this.#cleanup();
+    socket.onclose = () => {
+      // Only now has Deno dropped the socket's buffers: a close this side started may take long.
+      options.frames?.forget(this);
+      this.#cleanup();
+    };
   }
 
   /**
@@ -167,7 +171,12 @@ export class Connection implements FrameHolder {
     this.#options.metrics.framesOut++;
   }
 
-  /** Closes with 1001, which every dialect's clients take as "reconnect", to free its frame buffer. */
+  /** True while a frame of this socket is being handled. */
+  get busy(): boolean {
+    return this.#inbound !== undefined;
+  }
+
+  /** Closes with 1001 ("going away": reconnect), so that Deno frees the socket's frame buffer. */
   reclaim(): void {
     this.close(CLOSE.goingAway, "Server reclaiming memory; reconnect");
   }
@@ -191,7 +200,6 @@ export class Connection implements FrameHolder {
     this.#done = true;
     if (this.#counted) this.#options.metrics.connection(this.#options.protocol, -1);
     this.#options.registry?.delete(this);
-    this.#options.frames?.forget(this);
     try {
       this.#handler.closed(this);
     } catch (err) {
