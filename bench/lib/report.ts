@@ -284,6 +284,9 @@ export function verdicts(results: Results): Verdict[] {
     const which = repeat ? "a later file" : "the first file since the start";
     const server = serverTimeMs(one);
     const raw = single("raw_deno", repeat);
+    // Inside Deno: the socket's read buffer (new on its first large frame), a Rust copy, a V8 string.
+    const copies = repeat ? 2 : 3;
+    const frame = frameBytes(one.bytes);
     out.push(upper(
       `${size} attachment broadcast in ≤ 150 ms server time (${which})`,
       server ?? NaN,
@@ -301,10 +304,8 @@ export function verdicts(results: Results): Verdict[] {
       `+${mib(one.growth)} MiB = ${(one.growth / one.bytes).toFixed(2)}× the file${
         none ? ` (the same window without a file: +${mib(none.growth)} MiB)` : ""
       }${raw ? `; raw Deno ${(raw.growth / raw.bytes).toFixed(2)}×` : ""}; Deno's own ${
-        repeat ? "two" : "three"
-      } copies of the ${mib(frameBytes(one.bytes))} MiB frame: ${
-        ((repeat ? 2 : 3) * frameBytes(one.bytes) / one.bytes).toFixed(2)
-      }×`,
+        copies === 2 ? "two" : "three"
+      } copies of the ${mib(frame)} MiB frame: ${(copies * frame / one.bytes).toFixed(2)}×`,
     ));
   }
   const par = results.parallel;

@@ -55,10 +55,10 @@ export class FrameBudget {
 
   /** Notes a frame of `size` bytes from `holder`; may reclaim other, quieter sockets. */
   received(holder: FrameHolder, size: number): void {
-    if (this.#closing.has(holder)) return;
     const held = this.#held.get(holder);
     if (held === undefined) {
-      if (size < this.#minTracked) return;
+      // A reclaimed socket left `#held`: a frame still arriving on it is not counted again.
+      if (size < this.#minTracked || this.#closing.has(holder)) return;
       this.#held.set(holder, size);
       this.#total += size;
     } else {
