@@ -11,7 +11,7 @@ import type {
   ReadCursorStore,
   UserId,
 } from "../core/types.ts";
-import { getManyChunked } from "./kv_reads.ts";
+import { getManyChunked, isLocked } from "./kv_reads.ts";
 
 /** How long a client id protects against a duplicate send. */
 export const IDEMPOTENCY_WINDOW_MS = 24 * 60 * 60 * 1000;
@@ -75,11 +75,6 @@ const senderKey = (draft: MessageDraft) =>
 function estimateSize(draft: MessageDraft): number {
   return draft.body.length * 2 + JSON.stringify(draft.sender).length +
     JSON.stringify(draft.attachments).length + 256;
-}
-
-/** True for SQLite's "database is locked": another isolate of this process holds the write lock. */
-function isLocked(err: unknown): boolean {
-  return err instanceof Error && /database is locked|SQLITE_BUSY/i.test(err.message);
 }
 
 /** Commits, waiting out the moments another isolate of the process holds the SQLite write lock. */

@@ -1,7 +1,7 @@
 /** Presence on Deno KV: one entry per connection, alive as long as the server that wrote it. */
 
 import type { PresenceStore, UserId, UserProfile } from "../core/types.ts";
-import { FreshReads, getManyChunked } from "./kv_reads.ts";
+import { FreshReads, getManyChunked, isLocked } from "./kv_reads.ts";
 
 /** Who was alive at one read, and how to make a commit depend on it. */
 export interface Liveness {
@@ -294,7 +294,7 @@ export class KvPresenceStore implements PresenceStore {
         }
         ok = (await op.commit()).ok;
       } catch (err) {
-        if (/database is locked/i.test((err as Error).message) && attempt < 100) {
+        if (isLocked(err) && attempt < 100) {
           await backoff(attempt);
           continue;
         }

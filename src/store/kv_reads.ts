@@ -1,4 +1,12 @@
-/** Reads from Deno KV that many callers share: chunked `getMany`, and coalesced fresh reads. */
+/**
+ * Deno KV helpers the stores share: chunked `getMany`, coalesced fresh reads, and telling a
+ * commit refused for SQLite's write lock.
+ */
+
+/** True for SQLite's "database is locked": another isolate of this process holds the write lock. */
+export function isLocked(err: unknown): boolean {
+  return err instanceof Error && /database is locked|SQLITE_BUSY/i.test(err.message);
+}
 
 /** Reads any number of keys: `kv.getMany` takes at most 10, so the chunks are read side by side. */
 export async function getManyChunked<T>(
