@@ -147,14 +147,14 @@ export function settingsFor(quick: boolean, fdLimit: number): Settings {
     rooms: {
       rooms: 100,
       members: 10,
-      rates: [500, 1000, 2000, 4000, 8000, 16000, 32000],
+      rates: [500, 1000, 2000, 3000, 4000, 6000, 8000, 12000, 16000, 32000],
       lowerRates: [250, 100],
       baseRepeats: 3,
       maxP99Ms: 100,
     },
     ingest: {
       rooms: 100,
-      rates: [1000, 2000, 5000, 7500, 10000, 20000, 30000, 40000, 50000, 60000, 80000, 100000],
+      rates: [1, 2, 3, 5, 6, 7.5, 10, 20, 30, 40, 50, 60, 80, 100].map((k) => k * 1000),
       lowerRates: [500, 200, 100],
       maxP99Ms: 25,
     },
