@@ -1,6 +1,6 @@
 /** Our native protocol at /ws: rooms, acks, idempotency, recovery, history, presence, limits. */
 
-import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
 import {
   eventually,
   sendRawText,
@@ -150,6 +150,66 @@ Deno.test("native: past retention the client is told to resync, never left with 
     for (const ws of [a, b, c]) await ws.close();
   } finally {
     await server.close();
+  }
+});
+
+Deno.test("native: a lowered HISTORY_LIMIT drops a room's older messages and files at its next message", async () => {
+  // Two servers in turn on one data directory: the KV file and the media directory outlive them.
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-retention-" });
+  const history = async (ws: TestClient) => {
+    ws.send({ type: "history", room: "ticket:9", limit: 100 });
+    return ((await ws.next((f) => f.type === "history")).messages as Frame[]).map((m) => m.body);
+  };
+  try {
+    const urls: string[] = [];
+    const first = await startTestServer({ DATA_DIR: dataDir });
+    try {
+      const ws = await connect(first);
+      await join(ws, "ticket:9");
+      for (let i = 1; i <= 4; i++) {
+        const data = new Uint8Array([i, i, i]).toBase64();
+        ws.send({
+          type: "send",
+          room: "ticket:9",
+          body: `m${i}`,
+          files: [{ name: "f.bin", data }],
+        });
+        const message = await ws.next((f) => f.type === "message");
+        urls.push((message.attachments as Frame[])[0].url as string);
+      }
+      await ws.close();
+    } finally {
+      await first.close();
+    }
+    const onDisk = (url: string) =>
+      `${dataDir}/media/${new URL(url).pathname.slice("/media/".length)}`;
+    for (const url of urls) await Deno.stat(onDisk(url));
+    const second = await startTestServer({ DATA_DIR: dataDir, HISTORY_LIMIT: "2" });
+    try {
+      const ws = await connect(second);
+      await join(ws, "ticket:9");
+      assertEquals(
+        await history(ws),
+        ["m1", "m2", "m3", "m4"],
+        "kept until the room's next message",
+      );
+      ws.send({ type: "send", room: "ticket:9", body: "m5" });
+      await ws.next((f) => f.type === "ack");
+      await eventually(async () => (await history(ws)).length === 2, 5000, "history trimmed");
+      assertEquals(await history(ws), ["m4", "m5"]);
+      const at = (url: string) => url.replace(/^http:\/\/[^/]+/, second.url);
+      for (const url of urls.slice(0, 3)) {
+        await eventually(async () => (await fetch(at(url))).status === 404, 5000, `${url} gone`);
+        await assertRejects(() => Deno.stat(onDisk(url)));
+      }
+      const kept = await fetch(at(urls[3]));
+      assertEquals(new Uint8Array(await kept.arrayBuffer()), new Uint8Array([4, 4, 4]));
+      await ws.close();
+    } finally {
+      await second.close();
+    }
+  } finally {
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
 });
 

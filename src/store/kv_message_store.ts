@@ -39,17 +39,31 @@ export const KV_KEYS = {
   files: (room: string, seq: number): Deno.KvKey => ["files", room, seq],
   /** Prefix of a room's attachment records. */
   roomFiles: (room: string): Deno.KvKey => ["files", room],
+  /** The history limit a room's stored messages and attachment records were last checked against. */
+  retention: (room: string): Deno.KvKey => ["retention", room],
 };
+
+/** What `KV_KEYS.retention` holds. */
+interface RetentionMark {
+  limit: number;
+  /** Whether every message with attachments had a record then. */
+  files: boolean;
+}
 
 // Deno KV refuses an atomic operation with over 100 checks, 1000 mutations or 800 KiB, and
 // values over 64 KiB. A message costs up to 4 mutations (message, idempotency key, retention,
-// attachment record), a room 1 (its head); batches count them.
+// attachment record), a room 2 (its head, and its retention mark once per process); batches
+// count them.
 const MAX_BATCH_MESSAGES = 300;
 const MAX_BATCH_MUTATIONS = 990;
 /** How long after retention drops messages their files are deleted, ms. */
 const DEFAULT_FILE_SWEEP_MS = 1000;
 const MAX_BATCH_ROOMS = 90;
 const MAX_BATCH_BYTES = 512 * 1024;
+/** Messages read, and records or deletions written, per KV call while a room's history is checked. */
+const RETENTION_BATCH = 50;
+/** Rooms remembered as checked; past it the memory is dropped and rooms are checked again. */
+const MAX_CHECKED_ROOMS = 10_000;
 
 /**
  * Shortest time between the starts of two commits, unless the queue already fills a commit.
@@ -119,13 +133,22 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   #dropped = new Set<string>();
   #fileSweep?: ReturnType<typeof setTimeout>;
   #sweeping?: Promise<void>;
+  /** Rooms committed to since the start, whose history is being or was checked against the limit. */
+  #checked = new Set<string>();
+  /** Rooms whose check is done: only their commits drop the messages they push out. */
+  #retained = new Set<string>();
+  #retainQueue: string[] = [];
+  #retaining?: Promise<void>;
+  /** The commit under way, if any. */
+  #committing?: Promise<unknown>;
   #closed = false;
 
   /**
    * Wraps an open KV handle (the caller owns and closes it). With `historyLimit` > 0 a room
    * keeps only its newest that many messages: each commit deletes the ones it pushes out, and
-   * `discard`, when given, deletes their files shortly after. `commitIntervalMs` is the
-   * shortest time between two commits' starts.
+   * `discard`, when given, deletes their files shortly after. A room stored under another limit
+   * (a lowered one, or none) is brought in line after its first commit since the start.
+   * `commitIntervalMs` is the shortest time between two commits' starts.
    */
   constructor(kv: Deno.Kv, options: {
     historyLimit?: number;
@@ -173,7 +196,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     let mutations = 0;
     const perMessage = 1 + (this.#historyLimit > 0 ? 1 : 0);
     for (const p of this.#pending) {
-      const cost = perMessage + (p.draft.clientId ? 1 : 0) + (rooms.has(p.room) ? 0 : 1) +
+      const cost = perMessage + (p.draft.clientId ? 1 : 0) + (rooms.has(p.room) ? 0 : 2) +
         (this.#recordsFiles && p.draft.attachments.length > 0 ? 1 : 0);
       if (count >= MAX_BATCH_MESSAGES || mutations + cost > MAX_BATCH_MUTATIONS) break;
       if (count > 0 && bytes + p.size > MAX_BATCH_BYTES) break;
@@ -198,7 +221,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       // Order within a room is kept: a batch is always a prefix of the queue.
       const batch = this.#pending.splice(0, this.#batchLength());
       try {
-        const results = await this.#commit(batch);
+        const results = await this.#tracked(batch);
         batch.forEach((p, i) => p.resolve(results[i]));
       } catch (err) {
         if (batch.length === 1) {
@@ -208,7 +231,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
         // One bad value must not fail its neighbours: commit them one by one.
         for (const p of batch) {
           try {
-            p.resolve((await this.#commit([p]))[0]);
+            p.resolve((await this.#tracked([p]))[0]);
           } catch (e) {
             p.reject(e);
           }
@@ -216,6 +239,17 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       }
     }
     this.#draining = false;
+  }
+
+  /** Commits a batch as the one in flight, which a room's check waits out. */
+  #tracked(batch: PendingAppend[]): Promise<AppendResult[]> {
+    const commit = this.#commit(batch);
+    this.#committing = commit;
+    const done = () => {
+      if (this.#committing === commit) this.#committing = undefined;
+    };
+    commit.then(done, done);
+    return commit;
   }
 
   async #commit(batch: PendingAppend[]): Promise<AppendResult[]> {
@@ -280,7 +314,9 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
         if (this.#recordsFiles && message.attachments.length > 0) {
           op.set(KV_KEYS.files(room, seq), message.attachments);
         }
-        if (this.#historyLimit > 0 && seq > this.#historyLimit) {
+        // Until the room is checked, what it pushes out is left to the check, which may also
+        // have to write the records of older messages first (see #retain).
+        if (this.#historyLimit > 0 && seq > this.#historyLimit && this.#retained.has(room)) {
           op.delete(KV_KEYS.message(room, seq - this.#historyLimit));
           dropping.add(room);
         }
@@ -294,6 +330,11 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       for (const room of rooms) {
         const grown = heads.get(room)! - startHeads.get(room)!;
         if (grown > 0) op.set(KV_KEYS.head(room), heads.get(room)!);
+        // Keeping everything drops nothing and writes no records: a later limit must check
+        // the room afresh, so its mark goes.
+        if (grown > 0 && this.#historyLimit === 0 && !this.#checked.has(room)) {
+          op.delete(KV_KEYS.retention(room));
+        }
         written += grown;
       }
       const res = written > 0 ? await commitRetryingLocks(op) : { ok: true };
@@ -327,8 +368,117 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       }
       if (written > 0) this.onCommit?.(performance.now() - started, written);
       if (this.#recordsFiles && dropping.size > 0) this.#sweepFilesSoon(dropping);
+      if (written > 0) this.#checkSoon(rooms);
       return final;
     }
+  }
+
+  /** Queues the rooms not yet checked since the start for `#retain`, one room at a time. */
+  #checkSoon(rooms: string[]): void {
+    if (this.#checked.size > MAX_CHECKED_ROOMS) {
+      this.#checked.clear();
+      this.#retained.clear();
+    }
+    for (const room of rooms) {
+      if (this.#checked.has(room)) continue;
+      this.#checked.add(room);
+      if (this.#historyLimit > 0) this.#retainQueue.push(room);
+    }
+    if (this.#retainQueue.length === 0 || this.#retaining) return;
+    this.#retaining = (async () => {
+      while (this.#retainQueue.length > 0 && !this.#closed) {
+        const room = this.#retainQueue.shift()!;
+        try {
+          await this.#retain(room);
+        } catch (err) {
+          // Checked again after its next commit.
+          this.#checked.delete(room);
+          if (!this.#closed) console.error(`history: applying the limit to ${room} failed:`, err);
+        }
+      }
+    })().finally(() => this.#retaining = undefined);
+  }
+
+  /**
+   * Brings a room's stored history in line with this store's limit. A room last checked under
+   * the same limit only loses what its commits kept while it was unchecked. Otherwise (the
+   * limit was lowered, or was none) every message with attachments first gets the record
+   * retention needs to delete its files, including messages kept for now, which later commits
+   * drop without reading; then everything below the limit goes, its files with the next sweep.
+   */
+  async #retain(room: string): Promise<void> {
+    const markKey = KV_KEYS.retention(room);
+    const mark = await this.#kv.get<RetentionMark>(markKey);
+    const want: RetentionMark = { limit: this.#historyLimit, files: this.#recordsFiles };
+    if (mark.value?.limit !== want.limit || mark.value.files !== want.files) {
+      if (this.#recordsFiles) await this.#recordFiles(room);
+      if (this.#closed) return;
+      await commitRetryingLocks(this.#kv.atomic().set(markKey, want));
+    }
+    this.#retained.add(room);
+    // A commit built before the room counted as checked dropped nothing of it; the head is read
+    // after that commit, and every later one drops its own push-outs.
+    await this.#committing?.catch(() => {});
+    const end = [...KV_KEYS.messages(room), (await this.head(room)) - this.#historyLimit + 1];
+    let dropped = false;
+    let batch: Deno.KvKey[] = [];
+    const deleteBatch = async () => {
+      const op = this.#kv.atomic();
+      for (const key of batch) op.delete(key);
+      await commitRetryingLocks(op);
+      dropped = true;
+      batch = [];
+    };
+    for await (const e of this.#kv.list({ prefix: KV_KEYS.messages(room), end })) {
+      if (this.#closed) break;
+      batch.push(e.key);
+      if (batch.length >= RETENTION_BATCH) await deleteBatch();
+    }
+    if (batch.length > 0) await deleteBatch();
+    if (dropped && this.#recordsFiles) this.#sweepFilesSoon([room]);
+  }
+
+  /**
+   * Writes the missing attachment records of a room's messages. A record is only ever added
+   * where none is, so the sweep's claim still deletes each file once, and a message dropped
+   * meanwhile has its record all the same.
+   */
+  async #recordFiles(room: string): Promise<void> {
+    const recorded = new Set<number>();
+    for await (const e of this.#kv.list({ prefix: KV_KEYS.roomFiles(room) })) {
+      recorded.add(e.key[2] as number);
+    }
+    let missing: Message[] = [];
+    const write = async () => {
+      const op = this.#kv.atomic();
+      for (const m of missing) {
+        const key = KV_KEYS.files(room, m.seq);
+        op.check({ key, versionstamp: null }).set(key, m.attachments);
+      }
+      const res = await commitRetryingLocks(op);
+      // Another store recorded one of them first: the rest one by one, keeping what is there.
+      if (!res.ok) {
+        for (const m of missing) {
+          const key = KV_KEYS.files(room, m.seq);
+          await commitRetryingLocks(
+            this.#kv.atomic().check({ key, versionstamp: null }).set(key, m.attachments),
+          );
+        }
+      }
+      missing = [];
+    };
+    for await (const e of this.#kv.list<Message>({ prefix: KV_KEYS.messages(room) })) {
+      if (this.#closed) return;
+      if (e.value.attachments.length === 0 || recorded.has(e.value.seq)) continue;
+      missing.push(e.value);
+      if (missing.length >= RETENTION_BATCH) await write();
+    }
+    if (missing.length > 0) await write();
+  }
+
+  /** Waits until every room committed to so far has been checked against the history limit. */
+  async retained(): Promise<void> {
+    while (this.#retaining) await this.#retaining;
   }
 
   /** Schedules the deletion of the files of messages these rooms dropped. */
@@ -371,12 +521,13 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     }
   }
 
-  /** Stops deleting files of dropped messages (the sweep under way finishes first). */
+  /** Stops deleting files of dropped messages and checking rooms (the work under way ends first). */
   async close(): Promise<void> {
     this.#closed = true;
     clearTimeout(this.#fileSweep);
     this.#fileSweep = undefined;
     await this.#sweeping;
+    await this.#retaining;
   }
 
   /** Reads a slice of history in ascending seq order. */

@@ -168,6 +168,7 @@ Deno.test("KvMessageStore with a history limit deletes the files of the messages
     [["files", "other", 1]],
     "records of dropped messages go with their files",
   );
+  await store.close();
   kv.close();
 });
 
@@ -189,18 +190,86 @@ Deno.test("KvMessageStore: two sweepers delete a dropped message's files once; a
     for (let i = 1; i <= 3; i++) {
       await a.append("r", { ...draft(`m${i}`), attachments: [file(`f${i}`)] });
     }
-    // Lowered to 1: the next commit drops only message 3 (4 - 1), so 1 and 2, still stored
-    // though below the new tail, keep their files.
-    const b = new KvMessageStore(kvB, options(1));
-    await b.append("r", draft("m4"));
-    const c = new KvMessageStore(kvA, options(1));
-    await c.append("r", draft("m5")); // drops 4 (no files): c will sweep too
+    const b = new KvMessageStore(kvB, options(3));
+    await b.append("r", { ...draft("m4"), attachments: [file("f4")] }); // drops 1
+    const c = new KvMessageStore(kvA, options(3));
+    await c.append("r", draft("m5")); // drops 2: c will sweep too
+    await Promise.all([a.retained(), b.retained(), c.retained()]);
     await Promise.all([b.sweepFiles(), c.sweepFiles()]);
-    assertEquals(discarded, ["f3"], "once, though both swept");
-    assertEquals((await c.list("r", { limit: 10 })).map((m) => m.body), ["m1", "m2", "m5"]);
+    assertEquals(discarded.sort(), ["f1", "f2"], "once each, though both swept");
+    assertEquals((await c.list("r", { limit: 10 })).map((m) => m.body), ["m3", "m4", "m5"]);
+    for (const store of [a, b, c]) await store.close();
   } finally {
     kvA.close();
     kvB.close();
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("KvMessageStore: a lowered limit drops a room's older messages and their files at its next commit", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const discarded: string[] = [];
+  const options = (limit: number) => ({
+    historyLimit: limit,
+    fileSweepMs: 10,
+    discard: (attachments: Attachment[]) => {
+      discarded.push(...attachments.map((a) => a.key));
+      return Promise.resolve();
+    },
+  });
+  const before = new KvMessageStore(kv, options(4));
+  for (let i = 1; i <= 4; i++) {
+    await before.append("r", { ...draft(`m${i}`), attachments: [file(`f${i}`)] });
+  }
+  await before.append("quiet", { ...draft("q1"), attachments: [file("q")] });
+  await before.close();
+  const after = new KvMessageStore(kv, options(1));
+  await after.append("r", draft("m5"));
+  await after.retained();
+  await new Promise((r) => setTimeout(r, 50));
+  assertEquals((await after.list("r", { limit: 10 })).map((m) => m.body), ["m5"]);
+  assertEquals(await after.tail("r"), 5);
+  assertEquals(discarded.sort(), ["f1", "f2", "f3", "f4"]);
+  // A room nobody writes to keeps its history until its next message.
+  assertEquals((await after.list("quiet", { limit: 10 })).length, 1);
+  await after.close();
+  kv.close();
+});
+
+Deno.test("KvMessageStore: messages stored with no limit get the records a later limit deletes their files by", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const discarded: string[] = [];
+  const options = (limit: number) => ({
+    historyLimit: limit,
+    fileSweepMs: 10,
+    discard: (attachments: Attachment[]) => {
+      discarded.push(...attachments.map((a) => a.key));
+      return Promise.resolve();
+    },
+  });
+  const withFile = (n: number) => ({ ...draft(`m${n}`), attachments: [file(`f${n}`)] });
+  // Limited first: the room is checked and marked, and message 1 has its record.
+  const first = new KvMessageStore(kv, options(3));
+  await first.append("r", withFile(1));
+  await first.retained();
+  await first.close();
+  // Keeping everything writes no records; the mark goes, so the next limit checks afresh.
+  const unlimited = new KvMessageStore(kv, options(0));
+  for (const n of [2, 3, 4]) await unlimited.append("r", withFile(n));
+  await unlimited.close();
+  assertEquals((await Array.fromAsync(kv.list({ prefix: ["files"] }))).length, 1);
+  const limited = new KvMessageStore(kv, options(3));
+  await limited.append("r", draft("m5")); // 1 and 2 go: one had a record, one gets it now
+  await limited.retained();
+  await new Promise((r) => setTimeout(r, 50));
+  assertEquals(discarded.sort(), ["f1", "f2"]);
+  // 3 and 4 were kept, but their records were written then: later commits drop them blind.
+  await limited.append("r", draft("m6"));
+  await limited.append("r", draft("m7"));
+  await new Promise((r) => setTimeout(r, 50));
+  assertEquals(discarded.sort(), ["f1", "f2", "f3", "f4"]);
+  assertEquals((await limited.list("r", { limit: 10 })).map((m) => m.body), ["m5", "m6", "m7"]);
+  assertEquals((await Array.fromAsync(kv.list({ prefix: ["files"] }))).length, 0);
+  await limited.close();
+  kv.close();
 });
