@@ -35,35 +35,32 @@ export const KV_KEYS = {
   read: (room: string, user: string): Deno.KvKey => ["read", room, user],
   /** Prefix of a room's read cursors. */
   reads: (room: string): Deno.KvKey => ["read", room],
-  /** The attachments of a message that retention will drop, so their files go with it. */
+  /** The attachments of a message, so that retention, which drops it unread, deletes its files. */
   files: (room: string, seq: number): Deno.KvKey => ["files", room, seq],
   /** Prefix of a room's attachment records. */
   roomFiles: (room: string): Deno.KvKey => ["files", room],
-  /** The history limit a room's stored messages and attachment records were last checked against. */
-  retention: (room: string): Deno.KvKey => ["retention", room],
+  /**
+   * Present once every message of the room with attachments has its record: messages stored
+   * before records existed get theirs when a history limit first applies to the room.
+   */
+  filesRecorded: (room: string): Deno.KvKey => ["files_recorded", room],
 };
-
-/** What `KV_KEYS.retention` holds. */
-interface RetentionMark {
-  limit: number;
-  /** Whether every message with attachments had a record then. */
-  files: boolean;
-}
 
 // Deno KV refuses an atomic operation with over 100 checks, 1000 mutations or 800 KiB, and
 // values over 64 KiB. A message costs up to 4 mutations (message, idempotency key, retention,
-// attachment record), a room 2 (its head, and its retention mark once per process); batches
-// count them.
+// attachment record), a room 1 (its head); batches count them.
 const MAX_BATCH_MESSAGES = 300;
 const MAX_BATCH_MUTATIONS = 990;
 /** How long after retention drops messages their files are deleted, ms. */
 const DEFAULT_FILE_SWEEP_MS = 1000;
 const MAX_BATCH_ROOMS = 90;
 const MAX_BATCH_BYTES = 512 * 1024;
-/** Messages read, and records or deletions written, per KV call while a room's history is checked. */
-const RETENTION_BATCH = 50;
-/** Rooms remembered as checked; past it the memory is dropped and rooms are checked again. */
+/** Records or deletions per commit while a room is checked (a record costs 2 of KV's 100 checks). */
+const RETENTION_BATCH = 40;
+/** Rooms remembered as checked; past it the least recently written are forgotten (and rechecked). */
 const MAX_CHECKED_ROOMS = 10_000;
+/** Rooms checked at once, so that one long history does not hold up the others. */
+const CHECK_CONCURRENCY = 4;
 
 /**
  * Shortest time between the starts of two commits, unless the queue already fills a commit.
@@ -126,19 +123,21 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
 
   #historyLimit: number;
   #discard?: (attachments: Attachment[]) => Promise<void>;
-  /** Whether commits keep a record of attachments for retention to delete their files. */
+  /** Whether commits keep a record of attachments for retention to delete their files by. */
   readonly #recordsFiles: boolean;
   #fileSweepMs: number;
   /** Rooms whose commits dropped messages since the last file sweep. */
   #dropped = new Set<string>();
   #fileSweep?: ReturnType<typeof setTimeout>;
   #sweeping?: Promise<void>;
-  /** Rooms committed to since the start, whose history is being or was checked against the limit. */
+  /** Rooms checked against the limit since the start, or waiting for it; least recently written first. */
   #checked = new Set<string>();
   /** Rooms whose check is done: only their commits drop the messages they push out. */
   #retained = new Set<string>();
-  #retainQueue: string[] = [];
-  #retaining?: Promise<void>;
+  /** Rooms waiting for their check, in order, and the same plus those being checked. */
+  #checkQueue: string[] = [];
+  #checking = new Set<string>();
+  #checkers = new Set<Promise<void>>();
   /** The commit under way, if any. */
   #committing?: Promise<unknown>;
   #closed = false;
@@ -160,7 +159,9 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     this.#historyLimit = options.historyLimit ?? 0;
     this.#commitIntervalMs = options.commitIntervalMs ?? DEFAULT_COMMIT_INTERVAL_MS;
     this.#discard = options.discard;
-    this.#recordsFiles = this.#historyLimit > 0 && this.#discard !== undefined;
+    // Records are kept with no limit too: instances with different limits may share the KV, and
+    // a limit set later must find them.
+    this.#recordsFiles = this.#discard !== undefined;
     this.#fileSweepMs = options.fileSweepMs ?? DEFAULT_FILE_SWEEP_MS;
   }
 
@@ -196,8 +197,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     let mutations = 0;
     const perMessage = 1 + (this.#historyLimit > 0 ? 1 : 0);
     for (const p of this.#pending) {
-      const cost = perMessage + (p.draft.clientId ? 1 : 0) + (rooms.has(p.room) ? 0 : 2) +
-        (this.#recordsFiles && p.draft.attachments.length > 0 ? 1 : 0);
+      const cost = perMessage + (p.draft.clientId ? 1 : 0) + (rooms.has(p.room) ? 0 : 1) +
+        (p.draft.attachments.length > 0 ? 1 : 0);
       if (count >= MAX_BATCH_MESSAGES || mutations + cost > MAX_BATCH_MUTATIONS) break;
       if (count > 0 && bytes + p.size > MAX_BATCH_BYTES) break;
       if (!rooms.has(p.room) && rooms.size >= MAX_BATCH_ROOMS) break;
@@ -311,8 +312,9 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
           ...(draft.clientId ? { clientId: draft.clientId } : {}),
         };
         op.set(KV_KEYS.message(room, seq), message);
-        if (this.#recordsFiles && message.attachments.length > 0) {
-          op.set(KV_KEYS.files(room, seq), message.attachments);
+        if (message.attachments.length > 0) {
+          if (this.#recordsFiles) op.set(KV_KEYS.files(room, seq), message.attachments);
+          else op.delete(KV_KEYS.filesRecorded(room));
         }
         // Until the room is checked, what it pushes out is left to the check, which may also
         // have to write the records of older messages first (see #retain).
@@ -330,11 +332,6 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       for (const room of rooms) {
         const grown = heads.get(room)! - startHeads.get(room)!;
         if (grown > 0) op.set(KV_KEYS.head(room), heads.get(room)!);
-        // Keeping everything drops nothing and writes no records: a later limit must check
-        // the room afresh, so its mark goes.
-        if (grown > 0 && this.#historyLimit === 0 && !this.#checked.has(room)) {
-          op.delete(KV_KEYS.retention(room));
-        }
         written += grown;
       }
       const res = written > 0 ? await commitRetryingLocks(op) : { ok: true };
@@ -373,47 +370,60 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     }
   }
 
-  /** Queues the rooms not yet checked since the start for `#retain`, one room at a time. */
+  /** Queues the rooms not checked since the start (or since they were forgotten) for `#retain`. */
   #checkSoon(rooms: string[]): void {
-    if (this.#checked.size > MAX_CHECKED_ROOMS) {
-      this.#checked.clear();
-      this.#retained.clear();
-    }
+    if (this.#historyLimit === 0) return;
     for (const room of rooms) {
-      if (this.#checked.has(room)) continue;
-      this.#checked.add(room);
-      if (this.#historyLimit > 0) this.#retainQueue.push(room);
-    }
-    if (this.#retainQueue.length === 0 || this.#retaining) return;
-    this.#retaining = (async () => {
-      while (this.#retainQueue.length > 0 && !this.#closed) {
-        const room = this.#retainQueue.shift()!;
-        try {
-          await this.#retain(room);
-        } catch (err) {
-          // Checked again after its next commit.
-          this.#checked.delete(room);
-          if (!this.#closed) console.error(`history: applying the limit to ${room} failed:`, err);
-        }
+      // Re-adding keeps the set in order of the last write.
+      if (this.#checked.delete(room)) {
+        this.#checked.add(room);
+        continue;
       }
-    })().finally(() => this.#retaining = undefined);
+      this.#checked.add(room);
+      this.#checking.add(room);
+      this.#checkQueue.push(room);
+    }
+    if (this.#checked.size > MAX_CHECKED_ROOMS) {
+      let excess = this.#checked.size - MAX_CHECKED_ROOMS * 0.9;
+      for (const room of this.#checked) {
+        if (excess-- <= 0) break;
+        if (this.#checking.has(room)) continue;
+        this.#checked.delete(room);
+        this.#retained.delete(room);
+      }
+    }
+    while (this.#checkers.size < CHECK_CONCURRENCY && this.#checkQueue.length > 0) {
+      const checker: Promise<void> = (async () => {
+        while (this.#checkQueue.length > 0 && !this.#closed) {
+          const room = this.#checkQueue.shift()!;
+          try {
+            await this.#retain(room);
+          } catch (err) {
+            // Checked again after its next commit.
+            this.#checked.delete(room);
+            if (!this.#closed) console.error(`history: applying the limit to ${room} failed:`, err);
+          } finally {
+            this.#checking.delete(room);
+          }
+        }
+      })().finally(() => this.#checkers.delete(checker));
+      this.#checkers.add(checker);
+    }
   }
 
   /**
-   * Brings a room's stored history in line with this store's limit. A room last checked under
-   * the same limit only loses what its commits kept while it was unchecked. Otherwise (the
-   * limit was lowered, or was none) every message with attachments first gets the record
-   * retention needs to delete its files, including messages kept for now, which later commits
-   * drop without reading; then everything below the limit goes, its files with the next sweep.
+   * Brings a room's stored history in line with this store's limit: whatever is below it goes
+   * (all of it when the limit was lowered, or was none; otherwise what the room's commits kept
+   * while it was unchecked), its files with the next sweep. Messages with attachments stored
+   * before records existed first get theirs, kept ones too: later commits drop them unread.
    */
   async #retain(room: string): Promise<void> {
-    const markKey = KV_KEYS.retention(room);
-    const mark = await this.#kv.get<RetentionMark>(markKey);
-    const want: RetentionMark = { limit: this.#historyLimit, files: this.#recordsFiles };
-    if (mark.value?.limit !== want.limit || mark.value.files !== want.files) {
-      if (this.#recordsFiles) await this.#recordFiles(room);
-      if (this.#closed) return;
-      await commitRetryingLocks(this.#kv.atomic().set(markKey, want));
+    if (this.#recordsFiles) {
+      const mark = KV_KEYS.filesRecorded(room);
+      if ((await this.#kv.get(mark)).versionstamp === null) {
+        if (!(await this.#recordFiles(room))) return;
+        await commitRetryingLocks(this.#kv.atomic().set(mark, true));
+      }
     }
     this.#retained.add(room);
     // A commit built before the room counted as checked dropped nothing of it; the head is read
@@ -439,46 +449,43 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   }
 
   /**
-   * Writes the missing attachment records of a room's messages. A record is only ever added
-   * where none is, so the sweep's claim still deletes each file once, and a message dropped
-   * meanwhile has its record all the same.
+   * Writes the missing attachment records of a room's messages; false when cut short by close.
+   * A record is written only where none is and while its message is still stored: a record
+   * claimed by a sweep (its message gone, its files deleted) must never come back, or the
+   * files, whose names are reused, would be deleted twice.
    */
-  async #recordFiles(room: string): Promise<void> {
+  async #recordFiles(room: string): Promise<boolean> {
     const recorded = new Set<number>();
     for await (const e of this.#kv.list({ prefix: KV_KEYS.roomFiles(room) })) {
       recorded.add(e.key[2] as number);
     }
-    let missing: Message[] = [];
+    let missing: Deno.KvEntry<Message>[] = [];
+    const record = (op: Deno.AtomicOperation, e: Deno.KvEntry<Message>) => {
+      const key = KV_KEYS.files(room, e.value.seq);
+      return op.check(e).check({ key, versionstamp: null }).set(key, e.value.attachments);
+    };
     const write = async () => {
       const op = this.#kv.atomic();
-      for (const m of missing) {
-        const key = KV_KEYS.files(room, m.seq);
-        op.check({ key, versionstamp: null }).set(key, m.attachments);
-      }
-      const res = await commitRetryingLocks(op);
-      // Another store recorded one of them first: the rest one by one, keeping what is there.
-      if (!res.ok) {
-        for (const m of missing) {
-          const key = KV_KEYS.files(room, m.seq);
-          await commitRetryingLocks(
-            this.#kv.atomic().check({ key, versionstamp: null }).set(key, m.attachments),
-          );
-        }
+      for (const e of missing) record(op, e);
+      // Another store recorded, or retention dropped, one of them meanwhile: the rest one by one.
+      if (!(await commitRetryingLocks(op)).ok) {
+        for (const e of missing) await commitRetryingLocks(record(this.#kv.atomic(), e));
       }
       missing = [];
     };
     for await (const e of this.#kv.list<Message>({ prefix: KV_KEYS.messages(room) })) {
-      if (this.#closed) return;
+      if (this.#closed) return false;
       if (e.value.attachments.length === 0 || recorded.has(e.value.seq)) continue;
-      missing.push(e.value);
+      missing.push(e);
       if (missing.length >= RETENTION_BATCH) await write();
     }
     if (missing.length > 0) await write();
+    return true;
   }
 
   /** Waits until every room committed to so far has been checked against the history limit. */
   async retained(): Promise<void> {
-    while (this.#retaining) await this.#retaining;
+    while (this.#checkers.size > 0) await Promise.all(this.#checkers);
   }
 
   /** Schedules the deletion of the files of messages these rooms dropped. */
@@ -527,7 +534,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     clearTimeout(this.#fileSweep);
     this.#fileSweep = undefined;
     await this.#sweeping;
-    await this.#retaining;
+    await this.retained();
   }
 
   /** Reads a slice of history in ascending seq order. */

@@ -172,29 +172,50 @@ Deno.test("KvMessageStore with a history limit deletes the files of the messages
   kv.close();
 });
 
+/** Polls `ok` until it holds (or fails the test after `ms`). */
+async function until(ok: () => boolean | Promise<boolean>, what: string, ms = 5000) {
+  const deadline = Date.now() + ms;
+  while (!(await ok())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** Store options with a history limit whose discarded file keys are pushed to `into`. */
+const limited = (limit: number, into: string[], fileSweepMs = 10) => ({
+  historyLimit: limit,
+  fileSweepMs,
+  discard: (attachments: Attachment[]) => {
+    into.push(...attachments.map((a) => a.key));
+    return Promise.resolve();
+  },
+});
+
+const withFile = (n: number): MessageDraft => ({ ...draft(`m${n}`), attachments: [file(`f${n}`)] });
+
 Deno.test("KvMessageStore: two sweepers delete a dropped message's files once; a kept message's never", async () => {
   const dir = await Deno.makeTempDir();
   const kvA = await Deno.openKv(`${dir}/kv.sqlite3`);
   const kvB = await Deno.openKv(`${dir}/kv.sqlite3`);
   try {
     const discarded: string[] = [];
-    const options = (limit: number) => ({
-      historyLimit: limit,
-      fileSweepMs: 1e9,
+    const options = () => ({
+      ...limited(3, discarded, 1e9),
       discard: async (attachments: { key: string }[]) => {
         await new Promise((r) => setTimeout(r, 5));
         discarded.push(...attachments.map((a) => a.key));
       },
     });
-    const a = new KvMessageStore(kvA, options(3));
-    for (let i = 1; i <= 3; i++) {
-      await a.append("r", { ...draft(`m${i}`), attachments: [file(`f${i}`)] });
-    }
-    const b = new KvMessageStore(kvB, options(3));
-    await b.append("r", { ...draft("m4"), attachments: [file("f4")] }); // drops 1
-    const c = new KvMessageStore(kvA, options(3));
-    await c.append("r", draft("m5")); // drops 2: c will sweep too
-    await Promise.all([a.retained(), b.retained(), c.retained()]);
+    const a = new KvMessageStore(kvA, options());
+    for (let i = 1; i <= 3; i++) await a.append("r", withFile(i));
+    await a.retained();
+    // b's and c's first commits drop nothing: their checks, which both sweep, drop 1 and 2.
+    const b = new KvMessageStore(kvB, options());
+    await b.append("r", withFile(4));
+    await b.retained();
+    const c = new KvMessageStore(kvA, options());
+    await c.append("r", draft("m5"));
+    await c.retained();
     await Promise.all([b.sweepFiles(), c.sweepFiles()]);
     assertEquals(discarded.sort(), ["f1", "f2"], "once each, though both swept");
     assertEquals((await c.list("r", { limit: 10 })).map((m) => m.body), ["m3", "m4", "m5"]);
@@ -209,67 +230,101 @@ Deno.test("KvMessageStore: two sweepers delete a dropped message's files once; a
 Deno.test("KvMessageStore: a lowered limit drops a room's older messages and their files at its next commit", async () => {
   const kv = await Deno.openKv(":memory:");
   const discarded: string[] = [];
-  const options = (limit: number) => ({
-    historyLimit: limit,
-    fileSweepMs: 10,
-    discard: (attachments: Attachment[]) => {
-      discarded.push(...attachments.map((a) => a.key));
-      return Promise.resolve();
-    },
-  });
-  const before = new KvMessageStore(kv, options(4));
-  for (let i = 1; i <= 4; i++) {
-    await before.append("r", { ...draft(`m${i}`), attachments: [file(`f${i}`)] });
-  }
-  await before.append("quiet", { ...draft("q1"), attachments: [file("q")] });
+  const before = new KvMessageStore(kv, limited(4, discarded));
+  for (let i = 1; i <= 4; i++) await before.append("r", withFile(i));
+  await before.append("quiet", withFile(9));
   await before.close();
-  const after = new KvMessageStore(kv, options(1));
+  const after = new KvMessageStore(kv, limited(1, discarded));
   await after.append("r", draft("m5"));
   await after.retained();
-  await new Promise((r) => setTimeout(r, 50));
+  await until(() => discarded.length === 4, "the dropped files");
+  assertEquals(discarded.sort(), ["f1", "f2", "f3", "f4"]);
   assertEquals((await after.list("r", { limit: 10 })).map((m) => m.body), ["m5"]);
   assertEquals(await after.tail("r"), 5);
-  assertEquals(discarded.sort(), ["f1", "f2", "f3", "f4"]);
   // A room nobody writes to keeps its history until its next message.
   assertEquals((await after.list("quiet", { limit: 10 })).length, 1);
   await after.close();
   kv.close();
 });
 
-Deno.test("KvMessageStore: messages stored with no limit get the records a later limit deletes their files by", async () => {
+Deno.test("KvMessageStore: messages stored without records get them when a limit first applies", async () => {
   const kv = await Deno.openKv(":memory:");
   const discarded: string[] = [];
-  const options = (limit: number) => ({
-    historyLimit: limit,
-    fileSweepMs: 10,
-    discard: (attachments: Attachment[]) => {
-      discarded.push(...attachments.map((a) => a.key));
-      return Promise.resolve();
+  // A store without `discard` keeps no records, like the versions before them.
+  const unrecorded = new KvMessageStore(kv);
+  for (const n of [1, 2, 3, 4]) await unrecorded.append("r", withFile(n));
+  await unrecorded.close();
+  assertEquals((await Array.fromAsync(kv.list({ prefix: ["files"] }))).length, 0);
+  const store = new KvMessageStore(kv, limited(2, discarded));
+  await store.append("r", draft("m5")); // 1 to 3 go with the check, each with a record now
+  await store.retained();
+  await until(() => discarded.length === 3, "the dropped files");
+  assertEquals(discarded.sort(), ["f1", "f2", "f3"]);
+  // 4 was kept, but its record was written then: a later commit drops it unread.
+  await store.append("r", draft("m6"));
+  await until(() => discarded.length === 4, "the file of message 4");
+  assertEquals((await store.list("r", { limit: 10 })).map((m) => m.body), ["m5", "m6"]);
+  assertEquals((await Array.fromAsync(kv.list({ prefix: ["files"] }))).length, 0);
+  await store.close();
+  kv.close();
+});
+
+Deno.test("KvMessageStore: a store keeping everything writes records, so one with a limit deletes its files", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const discarded: string[] = [];
+  const withLimit = new KvMessageStore(kv, limited(2, discarded));
+  await withLimit.append("r", withFile(1));
+  await withLimit.retained();
+  // Another instance on the same KV, during a rolling change of the limit.
+  const unlimited = new KvMessageStore(kv, limited(0, discarded));
+  for (const n of [2, 3]) await unlimited.append("r", withFile(n));
+  await unlimited.close();
+  for (const n of [4, 5]) await withLimit.append("r", draft(`m${n}`)); // drop 2 and 3 unread
+  await until(() => discarded.length === 2, "the dropped files");
+  assertEquals(discarded.sort(), ["f2", "f3"]);
+  await withLimit.close();
+  kv.close();
+});
+
+Deno.test("KvMessageStore: a record a slow check writes late never brings back one a sweep claimed", async () => {
+  const dir = await Deno.makeTempDir();
+  const kvA = await Deno.openKv(`${dir}/kv.sqlite3`);
+  const kvB = await Deno.openKv(`${dir}/kv.sqlite3`);
+  // B lists messages slowly (a long history, or a busy disk): A checks, drops and sweeps first.
+  const slowB = new Proxy(kvB, {
+    get(target, prop) {
+      if (prop !== "list") return Reflect.get(target, prop, target).bind(target);
+      return (selector: Deno.KvListSelector, options?: Deno.KvListOptions) => {
+        const entries = target.list(selector, options);
+        if (!("prefix" in selector) || selector.prefix[0] !== "msg" || "end" in selector) {
+          return entries;
+        }
+        return (async function* () {
+          for await (const e of entries) {
+            await new Promise((r) => setTimeout(r, 100));
+            yield e;
+          }
+        })();
+      };
     },
   });
-  const withFile = (n: number) => ({ ...draft(`m${n}`), attachments: [file(`f${n}`)] });
-  // Limited first: the room is checked and marked, and message 1 has its record.
-  const first = new KvMessageStore(kv, options(3));
-  await first.append("r", withFile(1));
-  await first.retained();
-  await first.close();
-  // Keeping everything writes no records; the mark goes, so the next limit checks afresh.
-  const unlimited = new KvMessageStore(kv, options(0));
-  for (const n of [2, 3, 4]) await unlimited.append("r", withFile(n));
-  await unlimited.close();
-  assertEquals((await Array.fromAsync(kv.list({ prefix: ["files"] }))).length, 1);
-  const limited = new KvMessageStore(kv, options(3));
-  await limited.append("r", draft("m5")); // 1 and 2 go: one had a record, one gets it now
-  await limited.retained();
-  await new Promise((r) => setTimeout(r, 50));
-  assertEquals(discarded.sort(), ["f1", "f2"]);
-  // 3 and 4 were kept, but their records were written then: later commits drop them blind.
-  await limited.append("r", draft("m6"));
-  await limited.append("r", draft("m7"));
-  await new Promise((r) => setTimeout(r, 50));
-  assertEquals(discarded.sort(), ["f1", "f2", "f3", "f4"]);
-  assertEquals((await limited.list("r", { limit: 10 })).map((m) => m.body), ["m5", "m6", "m7"]);
-  assertEquals((await Array.fromAsync(kv.list({ prefix: ["files"] }))).length, 0);
-  await limited.close();
-  kv.close();
+  try {
+    const unrecorded = new KvMessageStore(kvA);
+    for (const n of [1, 2, 3]) await unrecorded.append("r", withFile(n));
+    const discarded: string[] = [];
+    const a = new KvMessageStore(kvA, limited(1, discarded));
+    const b = new KvMessageStore(slowB, limited(1, discarded));
+    await b.append("r", draft("m4"));
+    await a.append("r", draft("m5"));
+    await Promise.all([a.retained(), b.retained()]);
+    await a.append("r", draft("m6")); // another drop, another sweep
+    await until(() => discarded.length >= 3, "the dropped files");
+    await new Promise((r) => setTimeout(r, 100));
+    assertEquals(discarded.sort(), ["f1", "f2", "f3"]);
+    for (const store of [unrecorded, a, b]) await store.close();
+  } finally {
+    kvA.close();
+    kvB.close();
+    await Deno.remove(dir, { recursive: true });
+  }
 });
