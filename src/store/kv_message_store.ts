@@ -11,6 +11,7 @@ import type {
   ReadCursorStore,
   UserId,
 } from "../core/types.ts";
+import { ChatError } from "../core/errors.ts";
 import { getManyChunked, isLocked } from "./kv_reads.ts";
 
 /** How long a client id protects against a duplicate send. */
@@ -57,8 +58,12 @@ const MAX_BATCH_ROOMS = 90;
 const MAX_BATCH_BYTES = 512 * 1024;
 /** Records or deletions per commit while a room is checked (a record costs 2 of KV's 100 checks). */
 const RETENTION_BATCH = 40;
-/** Rooms remembered as checked; past it the least recently written are forgotten (and rechecked). */
-const MAX_CHECKED_ROOMS = 10_000;
+/**
+ * Rooms remembered as checked; past it the least recently written tenth is forgotten (and checked
+ * again at its next write). Large, as rooms written in rotation past it would be checked anew at
+ * every write; a remembered room costs tens of bytes.
+ */
+const MAX_CHECKED_ROOMS = 100_000;
 /** Rooms checked at once, so that one long history does not hold up the others. */
 const CHECK_CONCURRENCY = 4;
 
@@ -71,12 +76,21 @@ const CHECK_CONCURRENCY = 4;
  */
 export const DEFAULT_COMMIT_INTERVAL_MS = 2;
 
+/** What a commit gives each append: its result, or why that one append alone is refused. */
+type Outcome = AppendResult | { error: unknown };
+
 interface PendingAppend {
   room: string;
   draft: MessageDraft;
   size: number;
   resolve: (result: AppendResult) => void;
   reject: (error: unknown) => void;
+}
+
+/** Resolves or rejects one append with its outcome. */
+function settle(p: PendingAppend, outcome: Outcome): void {
+  if ("error" in outcome) p.reject(outcome.error);
+  else p.resolve(outcome);
 }
 
 const senderKey = (draft: MessageDraft) =>
@@ -138,6 +152,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   #checkQueue: string[] = [];
   #checking = new Set<string>();
   #checkers = new Set<Promise<void>>();
+  #activeCheckers = 0;
   /** The commit under way, if any. */
   #committing?: Promise<unknown>;
   #closed = false;
@@ -222,8 +237,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       // Order within a room is kept: a batch is always a prefix of the queue.
       const batch = this.#pending.splice(0, this.#batchLength());
       try {
-        const results = await this.#tracked(batch);
-        batch.forEach((p, i) => p.resolve(results[i]));
+        const outcomes = await this.#tracked(batch);
+        batch.forEach((p, i) => settle(p, outcomes[i]));
       } catch (err) {
         if (batch.length === 1) {
           batch[0].reject(err);
@@ -232,7 +247,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
         // One bad value must not fail its neighbours: commit them one by one.
         for (const p of batch) {
           try {
-            p.resolve((await this.#tracked([p]))[0]);
+            settle(p, (await this.#tracked([p]))[0]);
           } catch (e) {
             p.reject(e);
           }
@@ -243,7 +258,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   }
 
   /** Commits a batch as the one in flight, which a room's check waits out. */
-  #tracked(batch: PendingAppend[]): Promise<AppendResult[]> {
+  #tracked(batch: PendingAppend[]): Promise<Outcome[]> {
     const commit = this.#commit(batch);
     this.#committing = commit;
     const done = () => {
@@ -253,7 +268,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     return commit;
   }
 
-  async #commit(batch: PendingAppend[]): Promise<AppendResult[]> {
+  async #commit(batch: PendingAppend[]): Promise<Outcome[]> {
     const started = performance.now();
     const rooms = [...new Set(batch.map((p) => p.room))];
     const idemKeys = batch.map((p) =>
@@ -355,13 +370,27 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
             : entry,
         );
       });
-      const final: AppendResult[] = [];
+      // Nothing below may throw: the batch is committed, and a retry would store it twice.
+      const final: Outcome[] = [];
       for (const r of results) {
-        if ("pendingSeq" in r) {
+        if (!("pendingSeq" in r)) {
+          final.push(r);
+          continue;
+        }
+        try {
           const original = await this.get(r.room, r.pendingSeq);
-          if (!original) throw new Error(`Message ${r.room}#${r.pendingSeq} vanished`);
-          final.push({ message: original, duplicate: true });
-        } else final.push(r);
+          final.push(
+            original ? { message: original, duplicate: true } : {
+              // Retention dropped it within the idempotency window.
+              error: new ChatError(
+                "not_found",
+                "The message first sent with this client_id is no longer kept",
+              ),
+            },
+          );
+        } catch (error) {
+          final.push({ error });
+        }
       }
       if (written > 0) this.onCommit?.(performance.now() - started, written);
       if (this.#recordsFiles && dropping.size > 0) this.#sweepFilesSoon(dropping);
@@ -386,25 +415,34 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     if (this.#checked.size > MAX_CHECKED_ROOMS) {
       let excess = this.#checked.size - MAX_CHECKED_ROOMS * 0.9;
       for (const room of this.#checked) {
-        if (excess-- <= 0) break;
+        if (excess <= 0) break;
         if (this.#checking.has(room)) continue;
         this.#checked.delete(room);
         this.#retained.delete(room);
+        excess--;
       }
     }
-    while (this.#checkers.size < CHECK_CONCURRENCY && this.#checkQueue.length > 0) {
+    while (this.#activeCheckers < CHECK_CONCURRENCY && this.#checkQueue.length > 0) {
+      this.#activeCheckers++;
       const checker: Promise<void> = (async () => {
-        while (this.#checkQueue.length > 0 && !this.#closed) {
-          const room = this.#checkQueue.shift()!;
-          try {
-            await this.#retain(room);
-          } catch (err) {
-            // Checked again after its next commit.
-            this.#checked.delete(room);
-            if (!this.#closed) console.error(`history: applying the limit to ${room} failed:`, err);
-          } finally {
-            this.#checking.delete(room);
+        try {
+          while (this.#checkQueue.length > 0 && !this.#closed) {
+            const room = this.#checkQueue.shift()!;
+            try {
+              await this.#retain(room);
+            } catch (err) {
+              // Checked again after its next commit.
+              this.#checked.delete(room);
+              if (!this.#closed) {
+                console.error(`history: applying the limit to ${room} failed:`, err);
+              }
+            } finally {
+              this.#checking.delete(room);
+            }
           }
+        } finally {
+          // In the same turn as the empty queue was seen: a room queued next starts a checker.
+          this.#activeCheckers--;
         }
       })().finally(() => this.#checkers.delete(checker));
       this.#checkers.add(checker);

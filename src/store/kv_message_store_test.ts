@@ -328,3 +328,72 @@ Deno.test("KvMessageStore: a record a slow check writes late never brings back o
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("KvMessageStore: a client id whose message retention dropped is refused alone; its batch is stored once", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const discarded: string[] = [];
+  const store = new KvMessageStore(kv, limited(1, discarded));
+  await store.append("r", draft("m1", "c1"));
+  await store.retained();
+  await store.append("r", draft("m2")); // drops 1
+  // One batch: the resend, and a message with a file.
+  const [resend, sent] = await Promise.allSettled([
+    store.append("r", draft("m1 again", "c1")),
+    store.append("r", withFile(3)),
+  ]);
+  assert(resend.status === "rejected" && resend.reason.code === "not_found", resend.status);
+  assert(sent.status === "fulfilled" && sent.value.message.seq === 3, sent.status);
+  assertEquals(await store.head("r"), 3, "stored once");
+  await store.append("r", draft("m4")); // drops 3
+  await until(() => discarded.length > 0, "the file of message 3");
+  await new Promise((r) => setTimeout(r, 50));
+  assertEquals(discarded, ["f3"]);
+  await store.close();
+  kv.close();
+});
+
+Deno.test("KvMessageStore: a check waits out the commit in flight, so what that commit pushed out goes too", async () => {
+  const kv = await Deno.openKv(":memory:");
+  let openGate!: () => void;
+  const gate = new Promise<void>((r) => openGate = r);
+  let slowCommits = 0;
+  // The check stops at its first read until the gate opens; the next commit takes 200 ms.
+  const gated = new Proxy(kv, {
+    get(target, prop) {
+      if (prop === "get") {
+        return async (key: Deno.KvKey) => {
+          if (key[0] === "files_recorded") await gate;
+          return await target.get(key);
+        };
+      }
+      if (prop === "atomic") {
+        return () => {
+          const op = target.atomic();
+          if (slowCommits > 0) {
+            slowCommits--;
+            const commit = op.commit.bind(op);
+            op.commit = async () => {
+              await new Promise((r) => setTimeout(r, 200));
+              return await commit();
+            };
+          }
+          return op;
+        };
+      }
+      return Reflect.get(target, prop, target).bind(target);
+    },
+  });
+  const unlimited = new KvMessageStore(kv);
+  for (const n of [1, 2, 3]) await unlimited.append("r", draft(`m${n}`));
+  const store = new KvMessageStore(gated, limited(1, []));
+  await store.append("r", draft("m4")); // the room's check starts, and waits at the gate
+  slowCommits = 1;
+  const fifth = store.append("r", draft("m5")); // built before the room counts as checked
+  await new Promise((r) => setTimeout(r, 50));
+  openGate();
+  await fifth;
+  await store.retained();
+  assertEquals((await store.list("r", { limit: 10 })).map((m) => m.body), ["m5"]);
+  for (const s of [unlimited, store]) await s.close();
+  kv.close();
+});
