@@ -181,6 +181,20 @@ async function until(ok: () => boolean | Promise<boolean>, what: string, ms = 50
   }
 }
 
+/** Runs `fn` with two KV handles on one fresh file: two isolates' view of one store. */
+async function withSharedKv(fn: (kvA: Deno.Kv, kvB: Deno.Kv) => Promise<void>) {
+  const dir = await Deno.makeTempDir();
+  const kvA = await Deno.openKv(`${dir}/kv.sqlite3`);
+  const kvB = await Deno.openKv(`${dir}/kv.sqlite3`);
+  try {
+    await fn(kvA, kvB);
+  } finally {
+    kvA.close();
+    kvB.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
 /** Store options with a history limit whose discarded file keys are pushed to `into`. */
 const limited = (limit: number, into: string[], fileSweepMs = 10) => ({
   historyLimit: limit,
@@ -194,10 +208,7 @@ const limited = (limit: number, into: string[], fileSweepMs = 10) => ({
 const withFile = (n: number): MessageDraft => ({ ...draft(`m${n}`), attachments: [file(`f${n}`)] });
 
 Deno.test("KvMessageStore: two sweepers delete a dropped message's files once; a kept message's never", async () => {
-  const dir = await Deno.makeTempDir();
-  const kvA = await Deno.openKv(`${dir}/kv.sqlite3`);
-  const kvB = await Deno.openKv(`${dir}/kv.sqlite3`);
-  try {
+  await withSharedKv(async (kvA, kvB) => {
     const discarded: string[] = [];
     const options = () => ({
       ...limited(3, discarded, 1e9),
@@ -220,11 +231,7 @@ Deno.test("KvMessageStore: two sweepers delete a dropped message's files once; a
     assertEquals(discarded.sort(), ["f1", "f2"], "once each, though both swept");
     assertEquals((await c.list("r", { limit: 10 })).map((m) => m.body), ["m3", "m4", "m5"]);
     for (const store of [a, b, c]) await store.close();
-  } finally {
-    kvA.close();
-    kvB.close();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("KvMessageStore: a lowered limit drops a room's older messages and their files at its next commit", async () => {
@@ -287,28 +294,25 @@ Deno.test("KvMessageStore: a store keeping everything writes records, so one wit
 });
 
 Deno.test("KvMessageStore: a record a slow check writes late never brings back one a sweep claimed", async () => {
-  const dir = await Deno.makeTempDir();
-  const kvA = await Deno.openKv(`${dir}/kv.sqlite3`);
-  const kvB = await Deno.openKv(`${dir}/kv.sqlite3`);
-  // B lists messages slowly (a long history, or a busy disk): A checks, drops and sweeps first.
-  const slowB = new Proxy(kvB, {
-    get(target, prop) {
-      if (prop !== "list") return Reflect.get(target, prop, target).bind(target);
-      return (selector: Deno.KvListSelector, options?: Deno.KvListOptions) => {
-        const entries = target.list(selector, options);
-        if (!("prefix" in selector) || selector.prefix[0] !== "msg" || "end" in selector) {
-          return entries;
-        }
-        return (async function* () {
-          for await (const e of entries) {
-            await new Promise((r) => setTimeout(r, 100));
-            yield e;
+  await withSharedKv(async (kvA, kvB) => {
+    // B lists messages slowly (a long history, or a busy disk): A checks, drops and sweeps first.
+    const slowB = new Proxy(kvB, {
+      get(target, prop) {
+        if (prop !== "list") return Reflect.get(target, prop, target).bind(target);
+        return (selector: Deno.KvListSelector, options?: Deno.KvListOptions) => {
+          const entries = target.list(selector, options);
+          if (!("prefix" in selector) || selector.prefix[0] !== "msg" || "end" in selector) {
+            return entries;
           }
-        })();
-      };
-    },
-  });
-  try {
+          return (async function* () {
+            for await (const e of entries) {
+              await new Promise((r) => setTimeout(r, 100));
+              yield e;
+            }
+          })();
+        };
+      },
+    });
     const unrecorded = new KvMessageStore(kvA);
     for (const n of [1, 2, 3]) await unrecorded.append("r", withFile(n));
     const discarded: string[] = [];
@@ -322,11 +326,7 @@ Deno.test("KvMessageStore: a record a slow check writes late never brings back o
     await new Promise((r) => setTimeout(r, 100));
     assertEquals(discarded.sort(), ["f1", "f2", "f3"]);
     for (const store of [unrecorded, a, b]) await store.close();
-  } finally {
-    kvA.close();
-    kvB.close();
-    await Deno.remove(dir, { recursive: true });
-  }
+  });
 });
 
 Deno.test("KvMessageStore: a client id whose message retention dropped is refused alone; its batch is stored once", async () => {
