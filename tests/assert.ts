@@ -50,3 +50,16 @@ export function assertThrows(fn: () => unknown, type: new (...args: never[]) => 
   }
   throw new nodeAssert.AssertionError({ message: "Expected the function to throw" });
 }
+
+/** Waits until `check` returns true, polling, or fails after `timeoutMs`. */
+export async function eventually(
+  check: () => boolean | Promise<boolean>,
+  timeoutMs = 5000,
+  what = "condition",
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

@@ -151,18 +151,8 @@ export class TestClient {
   }
 }
 
-/** Waits until `check` returns true, polling, or fails after `timeoutMs`. */
-export async function eventually(
-  check: () => boolean | Promise<boolean>,
-  timeoutMs = 5000,
-  what = "condition",
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+/** Polling wait, kept in assert.ts so that unit tests can use it without starting a server. */
+export { eventually } from "./assert.ts";
 
 /** Lists every file below a directory, relative paths with forward slashes. */
 export async function listFiles(root: string): Promise<string[]> {

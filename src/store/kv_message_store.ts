@@ -148,9 +148,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   #checked = new Set<string>();
   /** Rooms whose check is done: only their commits drop the messages they push out. */
   #retained = new Set<string>();
-  /** Rooms waiting for their check, in order, and the same plus those being checked. */
+  /** Rooms waiting for their check, in order. */
   #checkQueue: string[] = [];
-  #checking = new Set<string>();
   #checkers = new Set<Promise<void>>();
   #activeCheckers = 0;
   /** The commit under way, if any. */
@@ -409,14 +408,14 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
         continue;
       }
       this.#checked.add(room);
-      this.#checking.add(room);
       this.#checkQueue.push(room);
     }
     if (this.#checked.size > MAX_CHECKED_ROOMS) {
       let excess = this.#checked.size - MAX_CHECKED_ROOMS * 0.9;
       for (const room of this.#checked) {
         if (excess <= 0) break;
-        if (this.#checking.has(room)) continue;
+        // Not yet retained: queued or being checked, and kept so that it is not queued twice.
+        if (!this.#retained.has(room)) continue;
         this.#checked.delete(room);
         this.#retained.delete(room);
         excess--;
@@ -424,28 +423,29 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     }
     while (this.#activeCheckers < CHECK_CONCURRENCY && this.#checkQueue.length > 0) {
       this.#activeCheckers++;
-      const checker: Promise<void> = (async () => {
-        try {
-          while (this.#checkQueue.length > 0 && !this.#closed) {
-            const room = this.#checkQueue.shift()!;
-            try {
-              await this.#retain(room);
-            } catch (err) {
-              // Checked again after its next commit.
-              this.#checked.delete(room);
-              if (!this.#closed) {
-                console.error(`history: applying the limit to ${room} failed:`, err);
-              }
-            } finally {
-              this.#checking.delete(room);
-            }
-          }
-        } finally {
-          // In the same turn as the empty queue was seen: a room queued next starts a checker.
-          this.#activeCheckers--;
-        }
-      })().finally(() => this.#checkers.delete(checker));
+      const checker: Promise<void> = this.#runChecks().finally(() =>
+        this.#checkers.delete(checker)
+      );
       this.#checkers.add(checker);
+    }
+  }
+
+  /** One checker of the pool: checks queued rooms until none is left. */
+  async #runChecks(): Promise<void> {
+    try {
+      while (this.#checkQueue.length > 0 && !this.#closed) {
+        const room = this.#checkQueue.shift()!;
+        try {
+          await this.#retain(room);
+        } catch (err) {
+          // Checked again after its next commit.
+          this.#checked.delete(room);
+          if (!this.#closed) console.error(`history: applying the limit to ${room} failed:`, err);
+        }
+      }
+    } finally {
+      // In the same turn as the empty queue was seen: a room queued next starts a checker.
+      this.#activeCheckers--;
     }
   }
 

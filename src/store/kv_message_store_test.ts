@@ -1,4 +1,4 @@
-import { assert, assertEquals } from "../../tests/assert.ts";
+import { assert, assertEquals, eventually } from "../../tests/assert.ts";
 import type { Attachment, MessageDraft } from "../core/types.ts";
 import { KvMessageStore } from "./kv_message_store.ts";
 
@@ -172,15 +172,6 @@ Deno.test("KvMessageStore with a history limit deletes the files of the messages
   kv.close();
 });
 
-/** Polls `ok` until it holds (or fails the test after `ms`). */
-async function until(ok: () => boolean | Promise<boolean>, what: string, ms = 5000) {
-  const deadline = Date.now() + ms;
-  while (!(await ok())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
 /** Runs `fn` with two KV handles on one fresh file: two isolates' view of one store. */
 async function withSharedKv(fn: (kvA: Deno.Kv, kvB: Deno.Kv) => Promise<void>) {
   const dir = await Deno.makeTempDir();
@@ -244,7 +235,7 @@ Deno.test("KvMessageStore: a lowered limit drops a room's older messages and the
   const after = new KvMessageStore(kv, limited(1, discarded));
   await after.append("r", draft("m5"));
   await after.retained();
-  await until(() => discarded.length === 4, "the dropped files");
+  await eventually(() => discarded.length === 4, 5000, "the dropped files");
   assertEquals(discarded.sort(), ["f1", "f2", "f3", "f4"]);
   assertEquals((await after.list("r", { limit: 10 })).map((m) => m.body), ["m5"]);
   assertEquals(await after.tail("r"), 5);
@@ -265,11 +256,11 @@ Deno.test("KvMessageStore: messages stored without records get them when a limit
   const store = new KvMessageStore(kv, limited(2, discarded));
   await store.append("r", draft("m5")); // 1 to 3 go with the check, each with a record now
   await store.retained();
-  await until(() => discarded.length === 3, "the dropped files");
+  await eventually(() => discarded.length === 3, 5000, "the dropped files");
   assertEquals(discarded.sort(), ["f1", "f2", "f3"]);
   // 4 was kept, but its record was written then: a later commit drops it unread.
   await store.append("r", draft("m6"));
-  await until(() => discarded.length === 4, "the file of message 4");
+  await eventually(() => discarded.length === 4, 5000, "the file of message 4");
   assertEquals((await store.list("r", { limit: 10 })).map((m) => m.body), ["m5", "m6"]);
   assertEquals((await Array.fromAsync(kv.list({ prefix: ["files"] }))).length, 0);
   await store.close();
@@ -287,7 +278,7 @@ Deno.test("KvMessageStore: a store keeping everything writes records, so one wit
   for (const n of [2, 3]) await unlimited.append("r", withFile(n));
   await unlimited.close();
   for (const n of [4, 5]) await withLimit.append("r", draft(`m${n}`)); // drop 2 and 3 unread
-  await until(() => discarded.length === 2, "the dropped files");
+  await eventually(() => discarded.length === 2, 5000, "the dropped files");
   assertEquals(discarded.sort(), ["f2", "f3"]);
   await withLimit.close();
   kv.close();
@@ -322,7 +313,7 @@ Deno.test("KvMessageStore: a record a slow check writes late never brings back o
     await a.append("r", draft("m5"));
     await Promise.all([a.retained(), b.retained()]);
     await a.append("r", draft("m6")); // another drop, another sweep
-    await until(() => discarded.length >= 3, "the dropped files");
+    await eventually(() => discarded.length >= 3, 5000, "the dropped files");
     await new Promise((r) => setTimeout(r, 100));
     assertEquals(discarded.sort(), ["f1", "f2", "f3"]);
     for (const store of [unrecorded, a, b]) await store.close();
@@ -345,7 +336,7 @@ Deno.test("KvMessageStore: a client id whose message retention dropped is refuse
   assert(sent.status === "fulfilled" && sent.value.message.seq === 3, sent.status);
   assertEquals(await store.head("r"), 3, "stored once");
   await store.append("r", draft("m4")); // drops 3
-  await until(() => discarded.length > 0, "the file of message 3");
+  await eventually(() => discarded.length > 0, 5000, "the file of message 3");
   await new Promise((r) => setTimeout(r, 50));
   assertEquals(discarded, ["f3"]);
   await store.close();
