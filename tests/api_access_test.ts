@@ -191,6 +191,42 @@ apiTest("deleting a room closes every socket in it; deleting a user closes their
   for (const client of [nat, other]) await client.close();
 });
 
+apiTest(
+  "deleting a room deletes its history and files; created again, it goes on after the last pk",
+  async (s) => {
+    await s.api("PUT", "/api/rooms/ticket/5", { json: { participants: [{ user_id: "4" }] } });
+    const ticket = await open(s, "/ws/ticket/5/", { sub: "4" });
+    const bytes = new TextEncoder().encode("the ticket's screenshot");
+    ticket.send({ body: "see attached", file: bytes.toBase64(), filename: "shot.png" });
+    const sent = await ticket.next((f) => f.body === "see attached");
+    ticket.send({ body: "and a second line" });
+    await ticket.next((f) => f.body === "and a second line");
+    const url = String(sent.file);
+    const onDisk = `${s.dataDir}/media/files/ticket_5/shot.png`;
+    assertEquals(new Uint8Array(await (await fetch(url)).arrayBuffer()), bytes);
+    assertEquals((await Deno.stat(onDisk)).size, bytes.length);
+    // Another room's history and files stay.
+    await s.api("PUT", "/api/rooms/ticket/6", { json: { participants: [{ user_id: "4" }] } });
+    await s.api("POST", "/api/rooms/ticket/6/messages", { json: { body: "elsewhere" } });
+
+    assertEquals((await s.api("DELETE", "/api/rooms/ticket/5")).status, 204);
+    assertEquals((await ticket.closed).code, 4004);
+    const gone = await fetch(url);
+    await gone.body?.cancel();
+    assertEquals(gone.status, 404);
+    assertEquals(await Deno.stat(onDisk).then(() => "still there", () => "gone"), "gone");
+    assertEquals((await s.api("GET", "/api/rooms/ticket/5/messages")).body.messages, []);
+    const kept = (await s.api("GET", "/api/rooms/ticket/6/messages")).body.messages as Json[];
+    assertEquals(kept.map((m) => m.body), ["elsewhere"]);
+
+    await s.api("PUT", "/api/rooms/ticket/5", { json: { participants: [{ user_id: "4" }] } });
+    const reopened = await open(s, "/ws/ticket/5/", { sub: "4" });
+    reopened.send({ body: "a new start" });
+    assertEquals((await reopened.next((f) => f.body === "a new start")).pk, 3);
+    await reopened.close();
+  },
+);
+
 apiTest("claims for unknown rooms, roles, and open chat rooms keep working", async (s) => {
   await s.api("PUT", "/api/rooms/support-chat/2", { json: {} });
   const byClaim = await open(s, "/ws/ticket/9/", { sub: "3", rooms: ["ticket:*"] });

@@ -135,6 +135,11 @@ export class ChatService {
     return this.#deps.store.list(room, query);
   }
 
+  /** Deletes the room's history, with its files; resolves to how many messages went. */
+  deleteHistory(room: string): Promise<number> {
+    return this.#deps.store.purge(room);
+  }
+
   /** The lowest seq the room's history still holds. */
   tail(room: string): Promise<number> {
     return this.#deps.store.tail(room);

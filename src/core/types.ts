@@ -114,6 +114,8 @@ export interface MessageStore {
   get(room: string, seq: number): Promise<Message | null>;
   /** The lowest seq still kept (1 unless retention removed older messages; head + 1 when empty). */
   tail(room: string): Promise<number>;
+  /** Deletes the room's messages, their files and its read cursors; resolves to how many messages went. */
+  purge(room: string): Promise<number>;
 }
 
 /** Per-user read cursors: the highest seq each user has read in a room. */

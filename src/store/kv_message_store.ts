@@ -32,6 +32,8 @@ export const KV_KEYS = {
     sender,
     clientId,
   ],
+  /** Prefix of a room's idempotency records. */
+  roomIdempotency: (room: string): Deno.KvKey => ["idem", room],
   /** A user's read cursor. */
   read: (room: string, user: string): Deno.KvKey => ["read", room, user],
   /** Prefix of a room's read cursors. */
@@ -468,22 +470,28 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     // after that commit, and every later one drops its own push-outs.
     await this.#committing?.catch(() => {});
     const end = [...KV_KEYS.messages(room), (await this.head(room)) - this.#historyLimit + 1];
-    let dropped = false;
+    const dropped = await this.#deleteAll({ prefix: KV_KEYS.messages(room), end });
+    if (dropped > 0 && this.#recordsFiles) this.#sweepFilesSoon([room]);
+  }
+
+  /** Deletes every key the selector lists, a batch per commit; resolves to how many went. */
+  async #deleteAll(selector: Deno.KvListSelector): Promise<number> {
+    let deleted = 0;
     let batch: Deno.KvKey[] = [];
     const deleteBatch = async () => {
       const op = this.#kv.atomic();
       for (const key of batch) op.delete(key);
       await commitRetryingLocks(op);
-      dropped = true;
+      deleted += batch.length;
       batch = [];
     };
-    for await (const e of this.#kv.list({ prefix: KV_KEYS.messages(room), end })) {
+    for await (const e of this.#kv.list(selector)) {
       if (this.#closed) break;
       batch.push(e.key);
       if (batch.length >= RETENTION_BATCH) await deleteBatch();
     }
     if (batch.length > 0) await deleteBatch();
-    if (dropped && this.#recordsFiles) this.#sweepFilesSoon([room]);
+    return deleted;
   }
 
   /**
@@ -550,20 +558,76 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     for (const room of rooms) {
       try {
         const tail = (await this.head(room)) - this.#historyLimit + 1;
-        const prefix = KV_KEYS.roomFiles(room);
-        for await (const e of this.#kv.list<Attachment[]>({ prefix, end: [...prefix, tail] })) {
-          const message = KV_KEYS.message(room, e.key[2] as number);
-          const claim = await commitRetryingLocks(
-            this.#kv.atomic().check(e).check({ key: message, versionstamp: null }).delete(e.key),
-          );
-          if (claim.ok) await this.#discard?.(e.value);
-        }
+        await this.#claimRecords(room, { end: [...KV_KEYS.roomFiles(room), tail] });
       } catch (err) {
         // Looked at again with the room's next drop.
         this.#dropped.add(room);
         if (!this.#closed) console.error("history: deleting dropped files failed:", err);
       }
     }
+  }
+
+  /** Deletes the files of the room's records (below `end`, if given) whose messages are gone. */
+  async #claimRecords(room: string, range: { end?: Deno.KvKey } = {}): Promise<void> {
+    const prefix = KV_KEYS.roomFiles(room);
+    const selector = range.end ? { prefix, end: range.end } : { prefix };
+    for await (const e of this.#kv.list<Attachment[]>(selector)) {
+      const message = KV_KEYS.message(room, e.key[2] as number);
+      const claim = await commitRetryingLocks(
+        this.#kv.atomic().check(e).check({ key: message, versionstamp: null }).delete(e.key),
+      );
+      if (claim.ok) await this.#discard?.(e.value);
+    }
+  }
+
+  /**
+   * Deletes a room's whole history: its messages, their files, read cursors and idempotency
+   * records; resolves to the number of messages deleted. The head stays, so a room re-created
+   * under the same id never hands out a seq (a ticket's `pk`) a second time. Messages committed
+   * while it runs may stay.
+   */
+  async purge(room: string): Promise<number> {
+    let deleted = 0;
+    let batch: Deno.KvEntry<Message>[] = [];
+    // A message goes together with its attachment record, on condition that neither changed:
+    // whoever deletes the pair (this, or retention's sweep) is the one that deletes the files.
+    const deletePairs = async (entries: Deno.KvEntry<Message>[]): Promise<boolean> => {
+      const records = await getManyChunked<Attachment[]>(
+        this.#kv,
+        entries.map((e) => KV_KEYS.files(room, e.value.seq)),
+      );
+      const op = this.#kv.atomic();
+      entries.forEach((e, i) => op.check(e).check(records[i]).delete(e.key).delete(records[i].key));
+      if (!(await commitRetryingLocks(op)).ok) return false;
+      deleted += entries.length;
+      for (const e of entries) {
+        if (e.value.attachments.length > 0) await this.#discard?.(e.value.attachments);
+      }
+      return true;
+    };
+    const deleteBatch = async () => {
+      if (!(await deletePairs(batch))) {
+        // Retention dropped one meanwhile, or a check recorded its files: the rest one by one,
+        // each read afresh.
+        for (const e of batch) {
+          for (let attempt = 0; attempt < 10; attempt++) {
+            const now = await this.#kv.get<Message>(e.key);
+            if (now.versionstamp === null || (await deletePairs([now]))) break;
+          }
+        }
+      }
+      batch = [];
+    };
+    for await (const e of this.#kv.list<Message>({ prefix: KV_KEYS.messages(room) })) {
+      batch.push(e);
+      if (batch.length >= RETENTION_BATCH) await deleteBatch();
+    }
+    if (batch.length > 0) await deleteBatch();
+    // Records of messages retention dropped before the sweep came by.
+    await this.#claimRecords(room);
+    await this.#deleteAll({ prefix: KV_KEYS.reads(room) });
+    await this.#deleteAll({ prefix: KV_KEYS.roomIdempotency(room) });
+    return deleted;
   }
 
   /** Stops deleting files of dropped messages and checking rooms (the work under way ends first). */

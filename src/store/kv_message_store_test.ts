@@ -388,3 +388,59 @@ Deno.test("KvMessageStore: a check waits out the commit in flight, so what that 
   for (const s of [unlimited, store]) await s.close();
   kv.close();
 });
+
+Deno.test("KvMessageStore.purge() deletes a room's messages, files, cursors and client ids", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const discarded: string[] = [];
+  // Message 1 is stored without a record, as by versions before records existed.
+  const unrecorded = new KvMessageStore(kv);
+  await unrecorded.append("r", withFile(1));
+  await unrecorded.close();
+  // The sweep never comes by on its own: 1 to 3 are dropped with their records left behind.
+  const store = new KvMessageStore(kv, limited(3, discarded, 1e9));
+  for (const n of [2, 3, 4, 5]) await store.append("r", withFile(n));
+  await store.append("r", draft("m6", "c6"));
+  await store.retained();
+  await store.append("other", withFile(9));
+  await store.markRead("r", 1, 5);
+  assertEquals((await store.list("r", { limit: 10 })).map((m) => m.seq), [4, 5, 6]);
+
+  assertEquals(await store.purge("r"), 3);
+  assertEquals(discarded.sort(), ["f1", "f2", "f3", "f4", "f5"]);
+  assertEquals(await store.list("r", { limit: 10 }), []);
+  assertEquals(await store.cursor("r", 1), 0);
+  const left = await Array.fromAsync(kv.list({ prefix: [] }));
+  assertEquals(
+    left.map((e) => e.key).filter((k) =>
+      k[1] === "r" && k[0] !== "head" && k[0] !== "files_recorded"
+    ),
+    [],
+    "no message, record, cursor or client id of the room is left",
+  );
+  assertEquals(await store.purge("r"), 0);
+  assertEquals(discarded.length, 5, "a second purge deletes nothing twice");
+
+  // The room goes on where it stopped; the client id is free again; the other room is untouched.
+  const again = await store.append("r", draft("m7", "c6"));
+  assertEquals([again.message.seq, again.duplicate], [7, false]);
+  assertEquals(await store.tail("r"), 7);
+  assertEquals((await store.list("other", { limit: 10 })).map((m) => m.body), ["m9"]);
+  await store.close();
+  kv.close();
+});
+
+Deno.test("KvMessageStore.purge(): two purges and a sweep at once delete each file once", async () => {
+  await withSharedKv(async (kvA, kvB) => {
+    const discarded: string[] = [];
+    const a = new KvMessageStore(kvA, limited(3, discarded, 1e9));
+    for (let n = 1; n <= 8; n++) await a.append("r", withFile(n));
+    await a.retained();
+    await a.append("r", withFile(9)); // 1 to 6 dropped, their records left for a sweep
+    const b = new KvMessageStore(kvB, limited(3, discarded, 1e9));
+    const [fromA, fromB] = await Promise.all([a.purge("r"), b.purge("r"), a.sweepFiles()]);
+    assertEquals(fromA + fromB, 3, "7, 8 and 9, each counted by one purge");
+    assertEquals(discarded.sort(), [1, 2, 3, 4, 5, 6, 7, 8, 9].map((n) => `f${n}`));
+    assertEquals(await b.list("r", { limit: 10 }), []);
+    for (const store of [a, b]) await store.close();
+  });
+});

@@ -356,10 +356,11 @@ export const API_ROUTES: ApiRoute[] = [
     method: "delete",
     path: "/api/rooms/{kind}/{id}",
     operationId: "deleteRoom",
-    summary: "Delete a room and close its sockets",
+    summary: "Delete a room, close its sockets and delete its history",
     description: "Every socket in the room is closed (ticket socket: 4004; native protocol: a " +
-      "`removed` frame). The history stays; the room, now unknown to the directory, falls " +
-      "back to token claims.",
+      "`removed` frame), then its messages, their files and its read cursors are deleted. " +
+      "Message numbers are not reused: a room created again under the same id continues " +
+      "after the last one. The room, now unknown to the directory, falls back to token claims.",
     tag: "rooms",
     params: RoomPath,
     responses: { 204: { description: "Deleted." }, 404: notFound("The room") },
@@ -369,6 +370,7 @@ export const API_ROUTES: ApiRoute[] = [
         throw new ApiError(404, `Room "${roomKeyOf(kind, id)}" not found`);
       }
       deps.events.publish({ type: "closed", room: roomKeyOf(kind, id), reason: "Room deleted" });
+      await deps.chat.deleteHistory(roomKeyOf(kind, id));
       return { status: 204 };
     },
   }),
