@@ -205,7 +205,7 @@ apiTest(
     const onDisk = `${s.dataDir}/media/files/ticket_5/shot.png`;
     assertEquals(new Uint8Array(await (await fetch(url)).arrayBuffer()), bytes);
     assertEquals((await Deno.stat(onDisk)).size, bytes.length);
-    // Another room's history and files stay.
+    // Another room's history stays.
     await s.api("PUT", "/api/rooms/ticket/6", { json: { participants: [{ user_id: "4" }] } });
     await s.api("POST", "/api/rooms/ticket/6/messages", { json: { body: "elsewhere" } });
 

@@ -114,7 +114,7 @@ export interface MessageStore {
   get(room: string, seq: number): Promise<Message | null>;
   /** The lowest seq still kept (1 unless retention removed older messages; head + 1 when empty). */
   tail(room: string): Promise<number>;
-  /** Deletes the room's messages, their files and its read cursors; resolves to how many messages went. */
+  /** Deletes the room's messages, their files, read cursors and client ids; resolves to how many messages went. */
   purge(room: string): Promise<number>;
 }
 

@@ -581,12 +581,15 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   }
 
   /**
-   * Deletes a room's whole history: its messages, their files, read cursors and idempotency
-   * records; resolves to the number of messages deleted. The head stays, so a room re-created
-   * under the same id never hands out a seq (a ticket's `pk`) a second time. Messages committed
-   * while it runs may stay.
+   * Deletes a room's history up to its head at the start: its messages, their files, read
+   * cursors and idempotency records; resolves to the number of messages deleted. The head stays,
+   * so a room re-created under the same id never hands out a seq (a ticket's `pk`) a second time.
    */
   async purge(room: string): Promise<number> {
+    if (this.#closed) throw new Error("The message store is closed");
+    // Bounded, so that a room written to meanwhile (re-created, or by token claims) keeps what
+    // came after the deletion.
+    const end = [...KV_KEYS.messages(room), (await this.head(room)) + 1];
     let deleted = 0;
     let batch: Deno.KvEntry<Message>[] = [];
     // A message goes together with its attachment record, on condition that neither changed:
@@ -618,13 +621,13 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       }
       batch = [];
     };
-    for await (const e of this.#kv.list<Message>({ prefix: KV_KEYS.messages(room) })) {
+    for await (const e of this.#kv.list<Message>({ prefix: KV_KEYS.messages(room), end })) {
       batch.push(e);
       if (batch.length >= RETENTION_BATCH) await deleteBatch();
     }
     if (batch.length > 0) await deleteBatch();
     // Records of messages retention dropped before the sweep came by.
-    await this.#claimRecords(room);
+    await this.#claimRecords(room, { end: [...KV_KEYS.roomFiles(room), end[2]] });
     await this.#deleteAll({ prefix: KV_KEYS.reads(room) });
     await this.#deleteAll({ prefix: KV_KEYS.roomIdempotency(room) });
     return deleted;

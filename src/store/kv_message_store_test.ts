@@ -392,7 +392,8 @@ Deno.test("KvMessageStore: a check waits out the commit in flight, so what that 
 Deno.test("KvMessageStore.purge() deletes a room's messages, files, cursors and client ids", async () => {
   const kv = await Deno.openKv(":memory:");
   const discarded: string[] = [];
-  // Message 1 is stored without a record, as by versions before records existed.
+  // Message 1 is stored without a record, as by versions before records existed (the room's
+  // check records it before dropping it).
   const unrecorded = new KvMessageStore(kv);
   await unrecorded.append("r", withFile(1));
   await unrecorded.close();
@@ -443,4 +444,38 @@ Deno.test("KvMessageStore.purge(): two purges and a sweep at once delete each fi
     assertEquals(await b.list("r", { limit: 10 }), []);
     for (const store of [a, b]) await store.close();
   });
+});
+
+Deno.test("KvMessageStore.purge() deletes the files of kept messages stored without records, and stops at the head", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const discarded: string[] = [];
+  const unrecorded = new KvMessageStore(kv);
+  for (const n of [1, 2]) await unrecorded.append("r", withFile(n));
+  // The purge's listing waits for the gate, so a message can be committed after it read the head.
+  let listing = false;
+  let open!: () => void;
+  const gate = new Promise<void>((r) => open = r);
+  const gated = new Proxy(kv, {
+    get(target, prop) {
+      if (prop !== "list") return Reflect.get(target, prop, target).bind(target);
+      return (selector: Deno.KvListSelector, options?: Deno.KvListOptions) => {
+        listing = true;
+        return (async function* () {
+          await gate;
+          yield* target.list(selector, options);
+        })();
+      };
+    },
+  });
+  // Without a limit no check runs: 1 and 2 are still without records when the purge reads them.
+  const store = new KvMessageStore(gated, limited(0, discarded));
+  const purging = store.purge("r");
+  await eventually(() => listing, 5000, "the purge's listing");
+  assertEquals((await unrecorded.append("r", withFile(3))).message.seq, 3);
+  open();
+  assertEquals(await purging, 2);
+  assertEquals(discarded.sort(), ["f1", "f2"]);
+  assertEquals((await store.list("r", { limit: 10 })).map((m) => m.body), ["m3"]);
+  for (const s of [unrecorded, store]) await s.close();
+  kv.close();
 });

@@ -358,9 +358,10 @@ export const API_ROUTES: ApiRoute[] = [
     operationId: "deleteRoom",
     summary: "Delete a room, close its sockets and delete its history",
     description: "Every socket in the room is closed (ticket socket: 4004; native protocol: a " +
-      "`removed` frame), then its messages, their files and its read cursors are deleted. " +
-      "Message numbers are not reused: a room created again under the same id continues " +
-      "after the last one. The room, now unknown to the directory, falls back to token claims.",
+      "`removed` frame), then its messages, their files, read cursors and client ids are " +
+      "deleted. Message numbers are not reused: a room created again under the same id " +
+      "continues after the last one. The room, now unknown to the directory, falls back to " +
+      "token claims; what is sent to it after the deletion stays.",
     tag: "rooms",
     params: RoomPath,
     responses: { 204: { description: "Deleted." }, 404: notFound("The room") },
@@ -370,7 +371,12 @@ export const API_ROUTES: ApiRoute[] = [
         throw new ApiError(404, `Room "${roomKeyOf(kind, id)}" not found`);
       }
       deps.events.publish({ type: "closed", room: roomKeyOf(kind, id), reason: "Room deleted" });
-      await deps.chat.deleteHistory(roomKeyOf(kind, id));
+      try {
+        await deps.chat.deleteHistory(roomKeyOf(kind, id));
+      } catch (err) {
+        console.error(`api: deleting the history of ${roomKeyOf(kind, id)} failed:`, err);
+        throw new ApiError(500, "The room is deleted, but deleting its history failed");
+      }
       return { status: 204 };
     },
   }),
