@@ -35,7 +35,7 @@ Deno.test("KvMessageStore.append() assigns 1, 2, 3 ... to concurrent appends in 
 
 Deno.test("KvMessageStore.append() lets sends of later ticks join a commit within the interval", async () => {
   const kv = await Deno.openKv(":memory:");
-  const store = new KvMessageStore(kv, { commitIntervalMs: 500 });
+  const store = new KvMessageStore(kv, { commitIntervalMs: 500, pauseAboveCpu: 0 });
   const commits: number[] = [];
   store.onCommit = (_ms, messages) => commits.push(messages);
   const appends = [];
@@ -51,6 +51,40 @@ Deno.test("KvMessageStore.append() lets sends of later ticks join a commit withi
   );
   // The first send commits at once; the other 19 wait out the interval together.
   assertEquals(commits, [1, 19]);
+  kv.close();
+});
+
+/** Keeps the thread busy for `ms`, as a loaded server's would be. */
+function burnCpu(ms: number): void {
+  const until = performance.now() + ms;
+  while (performance.now() < until) { /* busy */ }
+}
+
+Deno.test("KvMessageStore.append() pauses between commits only while the process is busy", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv, { commitIntervalMs: 400, pauseAboveCpu: 0.05 });
+  const commits: number[] = [];
+  store.onCommit = (_ms, messages) => commits.push(messages);
+  const sendInTurn = async (n: number) => {
+    const appends = [];
+    for (let i = 0; i < n; i++) {
+      appends.push(store.append("r", draft(`m${i}`)));
+      await new Promise((r) => setTimeout(r, 0));
+    }
+    return await Promise.all(appends);
+  };
+  await store.append("r", draft("first"));
+  // Idle: later sends do not wait out the interval, each commits as soon as it can.
+  const idle = await Promise.race([
+    sendInTurn(3).then(() => "committed"),
+    new Promise((r) => setTimeout(() => r("waited"), 300)),
+  ]);
+  assertEquals(idle, "committed");
+  assertEquals(commits, [1, 1, 1, 1]);
+  // Busy: the next sends wait, and share one commit.
+  burnCpu(150);
+  await sendInTurn(3);
+  assertEquals(commits.slice(4), [3]);
   kv.close();
 });
 
