@@ -3,6 +3,7 @@
  */
 
 import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
+import { eventually } from "./assert.ts";
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import {
   ConnectError,
@@ -74,14 +75,6 @@ function next<T extends unknown[] = unknown[]>(
   });
 }
 
-async function until(check: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error("condition not met in time");
-    await delay(10);
-  }
-}
-
 function bytes(size: number): Uint8Array {
   const data = new Uint8Array(size);
   for (let i = 0; i < size; i++) data[i] = (i * 31 + 7) & 0xff;
@@ -108,9 +101,9 @@ Deno.test("default options: polling first, then upgrade to websocket; events and
     const welcome = next<[{ id: string }]>(client, "welcome");
     await next(client, "connect");
     strictEqual((await welcome)[0].id, client.id);
-    await until(() => client.io.engine.transport.name === "websocket");
+    await eventually(() => client.io.engine.transport.name === "websocket");
     strictEqual(client.io.engine.transport.name, "websocket");
-    await until(() => serverSockets[0]?.conn.transport === "websocket");
+    await eventually(() => serverSockets[0]?.conn.transport === "websocket");
 
     // client → server with ack
     deepStrictEqual(await client.emitWithAck("echo", { n: 1, s: "é😀" }), { n: 1, s: "é😀" });
@@ -214,12 +207,12 @@ Deno.test("rooms and broadcasts reach the right sockets", async () => {
 
     a.emit("shout", "room1", "one"); // b only
     a.emit("announce", "room1", "two"); // a and b
-    await until(() => heard.get("a")!.length === 1 && heard.get("b")!.length === 2);
+    await eventually(() => heard.get("a")!.length === 1 && heard.get("b")!.length === 2);
     c.emit("all-but-me", "three"); // a and b
-    await until(() => heard.get("a")!.length === 2 && heard.get("b")!.length === 3);
+    await eventually(() => heard.get("a")!.length === 2 && heard.get("b")!.length === 3);
     await b.emitWithAck("leave", "room1");
     a.emit("announce", "room1", "four"); // a only
-    await until(() => heard.get("a")!.length === 3);
+    await eventually(() => heard.get("a")!.length === 3);
     await delay(50);
     deepStrictEqual(heard.get("a"), ["two", "three", "four"]);
     deepStrictEqual(heard.get("b"), ["one", "two", "three"]);
@@ -328,7 +321,7 @@ Deno.test("the client reconnects by itself after the server drops the transport"
       deepStrictEqual(reasons, ["forced close"]);
       strictEqual(await client.emitWithAck("echo", "again"), "again");
       client.disconnect();
-      await until(() => h.io.engine.clientsCount === 0);
+      await eventually(() => h.io.engine.clientsCount === 0);
     }
   });
 });
@@ -350,6 +343,6 @@ Deno.test("server-side disconnect: namespace only, then the whole connection", a
     client.emit("kick", true);
     strictEqual((await next<[string]>(client, "disconnect"))[0], "io server disconnect");
     deepStrictEqual(reasons, ["server namespace disconnect", "server namespace disconnect"]);
-    await until(() => h.io.engine.clientsCount === 0);
+    await eventually(() => h.io.engine.clientsCount === 0);
   });
 });

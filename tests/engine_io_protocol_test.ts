@@ -4,6 +4,7 @@
  */
 
 import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
+import { eventually } from "./assert.ts";
 import { type Socket, SocketIOServer, type SocketIOServerOptions } from "../src/engine_io/mod.ts";
 
 interface Context {
@@ -51,14 +52,6 @@ async function withServer(
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-async function until(check: () => boolean, ms = 3000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error("condition not met in time");
-    await delay(5);
-  }
 }
 
 interface Reply {
@@ -252,7 +245,7 @@ Deno.test("binary attachments: b-prefixed base64 over polling, binary frames ove
     await post(ctx, sid, "40");
     await poll(ctx, sid);
     await post(ctx, sid, '451-["echo",{"_placeholder":true,"num":0}]\x1ebAQID');
-    await until(() => ctx.events.length === 1);
+    await eventually(() => ctx.events.length === 1);
     ok(ctx.events[0][1] instanceof Uint8Array);
     deepStrictEqual(ctx.events[0][1], new Uint8Array([1, 2, 3]));
     strictEqual(
@@ -321,7 +314,7 @@ Deno.test("probe and upgrade: 2probe/3probe, noop to the parked GET, 5, then web
     ctx.sockets[0].emit("during", "upgrade");
     peer.send("5");
     strictEqual(await peer.next(), '42["during","upgrade"]');
-    await until(() => ctx.sockets[0].conn.transport === "websocket");
+    await eventually(() => ctx.sockets[0].conn.transport === "websocket");
     peer.send('42["echo","after"]');
     strictEqual(await peer.next(), '42["echo","after"]');
     // Polling is over for this session, and a second WebSocket is refused.
@@ -332,7 +325,7 @@ Deno.test("probe and upgrade: 2probe/3probe, noop to the parked GET, 5, then web
     peer.send('42["echo","still"]');
     strictEqual(await peer.next(), '42["echo","still"]');
     await peer.close();
-    await until(() => ctx.reasons.length === 1);
+    await eventually(() => ctx.reasons.length === 1);
     deepStrictEqual(ctx.reasons, ["transport close"]);
   });
 });
@@ -377,7 +370,7 @@ Deno.test("malformed Socket.IO packets close the connection", async () => {
     strictEqual((await post(ctx, second.sid, "4abc")).status, 200);
     strictEqual((await poll(ctx, second.sid)).text, "1");
     strictEqual((await poll(ctx, second.sid)).status, 400);
-    await until(() => ctx.reasons.filter((r) => r === "parse error").length === 4);
+    await eventually(() => ctx.reasons.filter((r) => r === "parse error").length === 4);
   });
 });
 
@@ -395,7 +388,7 @@ Deno.test("namespaces: connect, unknown namespace, disconnect packets", async ()
     peer.send('42["echo","main still works"]');
     strictEqual(await peer.next(), '42["echo","main still works"]');
     peer.send("41");
-    await until(() => ctx.reasons.length === 1);
+    await eventually(() => ctx.reasons.length === 1);
     deepStrictEqual(ctx.reasons, ["client namespace disconnect"]);
     ctx.io.of("/custom").disconnectSockets();
     await peer.close();
@@ -422,9 +415,9 @@ Deno.test("heartbeat: pings are answered over polling; a silent peer is dropped 
     // A silent peer: handshake, join the namespace, then never poll nor pong.
     const silent = await handshake(ctx);
     await post(ctx, silent.sid, "40");
-    await until(() => ctx.sockets.length === 1);
+    await eventually(() => ctx.sockets.length === 1);
     const started = Date.now();
-    await until(() => ctx.reasons.length === 1, 1000);
+    await eventually(() => ctx.reasons.length === 1, 1000);
     const elapsed = Date.now() - started;
     deepStrictEqual(ctx.reasons, ["ping timeout"]);
     ok(elapsed <= 400, `dropped after ${elapsed} ms`);
@@ -448,7 +441,7 @@ Deno.test("a 10 MiB attachment as base64 JSON fits maxPayload; a larger body is 
     const event = `42["echo",${JSON.stringify({ name: "f.bin", base64 })}]`;
     const accepted = await post(ctx, sid, event);
     strictEqual(accepted.status, 200);
-    await until(() => ctx.events.length === 1);
+    await eventually(() => ctx.events.length === 1);
     const [, received] = ctx.events[0] as [string, { base64: string }];
     strictEqual(received.base64.length, base64.length);
     deepStrictEqual(Uint8Array.fromBase64(received.base64), file);
@@ -479,7 +472,7 @@ Deno.test("a broadcast is encoded once: every recipient gets the same packet obj
       peer.send("40");
       await peer.next();
     }
-    await until(() => ctx.sockets.length === 3);
+    await eventually(() => ctx.sockets.length === 3);
     const sent: unknown[][] = [];
     for (const socket of ctx.sockets) {
       const conn = socket.conn;

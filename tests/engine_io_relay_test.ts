@@ -5,6 +5,7 @@
  */
 
 import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
+import { eventually } from "./assert.ts";
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import {
   BroadcastChannelRelay,
@@ -154,7 +155,7 @@ function startProxy(
           if (ws.readyState === WebSocket.OPEN) ws.close();
         }
       }
-      await until(() => pipes.size === 0).catch(() => {});
+      await eventually(() => pipes.size === 0).catch(() => {});
       await server.shutdown();
     },
   };
@@ -162,14 +163,6 @@ function startProxy(
 
 function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-async function until(check: () => boolean, ms = 3000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error("condition not met in time");
-    await delay(5);
-  }
 }
 
 function next<T extends unknown[] = unknown[]>(
@@ -252,7 +245,7 @@ Deno.test("relay: heartbeats through the non-owner keep the session alive", asyn
     // Silence, even with a GET parked on the non-owner, ends in a ping timeout on the owner.
     const parked = poll(b, sid);
     strictEqual((await parked).text, "2");
-    await until(() => a.reasons.length === 1, 1000);
+    await eventually(() => a.reasons.length === 1, 1000);
     deepStrictEqual(a.reasons, ["ping timeout"]);
     strictEqual((await poll(b, sid)).status, 400);
   });
@@ -326,7 +319,7 @@ Deno.test("relay: socket.io-client over polling, requests alternating between th
       strictEqual(client.io.engine.transport.name, "polling");
     } finally {
       client.disconnect();
-      await until(() => a.reasons.length === 1).catch(() => {});
+      await eventually(() => a.reasons.length === 1).catch(() => {});
       await proxy.stop();
     }
     deepStrictEqual(a.reasons, ["client namespace disconnect"]);
@@ -343,9 +336,9 @@ Deno.test("relay: a websocket upgrade that lands on the non-owner is bridged to 
     const client: ClientSocket = connect(proxy.url, { forceNew: true, reconnection: false });
     try {
       await next(client, "connect");
-      await until(() => client.io.engine.transport.name === "websocket");
+      await eventually(() => client.io.engine.transport.name === "websocket");
       strictEqual(b.hits.websocket, 1, "the upgrade reached B");
-      await until(() => a.sockets[0]?.conn.transport === "websocket");
+      await eventually(() => a.sockets[0]?.conn.transport === "websocket");
       strictEqual(b.io.engine.clientsCount, 0, "B holds no session, only the bridge");
       deepStrictEqual(await client.emitWithAck("echo", ["over", "the", "bridge"]), [
         "over",
