@@ -89,6 +89,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     // Retention drops messages; their files go too.
     discard: (dropped) => attachments.discard(dropped),
   });
+  // Deletions of rooms a crash or a failure cut short are finished in the background.
+  void store.resumePurges();
   store.onCommit = (ms) => {
     metrics.commitSeconds += ms / 1000;
     metrics.commits++;

@@ -213,6 +213,54 @@ Deno.test("native: a lowered HISTORY_LIMIT drops a room's older messages and fil
   }
 });
 
+Deno.test("native: a room deletion a crash cut short is finished when the next server starts", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-purge-" });
+  try {
+    const first = await startTestServer({ DATA_DIR: dataDir });
+    let url: string;
+    try {
+      const ws = await connect(first);
+      await join(ws, "ticket:4");
+      const data = new Uint8Array([7, 7, 7]).toBase64();
+      ws.send({ type: "send", room: "ticket:4", body: "m1", files: [{ name: "f.bin", data }] });
+      url = ((await ws.next((f) => f.type === "message")).attachments as Frame[])[0].url as string;
+      await ws.close();
+    } finally {
+      await first.close();
+    }
+    // What a purge stores before it deletes anything: the head it deletes up to.
+    const kv = await Deno.openKv(`${dataDir}/chat.kv`);
+    await kv.atomic().max(["purging", "ticket:4"], 1n).commit();
+    kv.close();
+    const onDisk = `${dataDir}/media/${new URL(url).pathname.slice("/media/".length)}`;
+    await Deno.stat(onDisk);
+
+    const second = await startTestServer({ DATA_DIR: dataDir });
+    try {
+      const at = url.replace(/^http:\/\/[^/]+/, second.url);
+      await eventually(
+        async () => {
+          const res = await fetch(at);
+          await res.body?.cancel();
+          return res.status === 404;
+        },
+        5000,
+        "the file of the deleted room",
+      );
+      await assertRejects(() => Deno.stat(onDisk));
+      const ws = await connect(second);
+      await join(ws, "ticket:4");
+      ws.send({ type: "history", room: "ticket:4", limit: 100 });
+      assertEquals((await ws.next((f) => f.type === "history")).messages, []);
+      await ws.close();
+    } finally {
+      await second.close();
+    }
+  } finally {
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
 Deno.test("native: history pages by cursor both ways; typing, read and presence events", async () => {
   const server = await startTestServer();
   try {

@@ -43,6 +43,10 @@ export const KV_KEYS = {
   files: (room: string, seq: number): Deno.KvKey => ["files", room, seq],
   /** Prefix of a room's attachment records. */
   roomFiles: (room: string): Deno.KvKey => ["files", room],
+  /** A purge under way: the head it deletes up to, kept until it is done so that it can resume. */
+  purging: (room: string): Deno.KvKey => ["purging", room],
+  /** Prefix of the purges under way. */
+  purges: ["purging"] as Deno.KvKey,
   /**
    * Present once every message of the room with attachments has its record: messages stored
    * before records existed get theirs when a history limit first applies to the room.
@@ -67,6 +71,8 @@ const RETENTION_BATCH = 40;
  * every write; a remembered room costs tens of bytes.
  */
 const MAX_CHECKED_ROOMS = 100_000;
+/** How long after a purge failed it is tried again, ms. */
+const DEFAULT_PURGE_RETRY_MS = 30_000;
 /** Rooms checked at once, so that one long history does not hold up the others. */
 const CHECK_CONCURRENCY = 4;
 
@@ -172,6 +178,9 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   #activeCheckers = 0;
   /** The commit under way, if any. */
   #committing?: Promise<unknown>;
+  #purgeRetryMs: number;
+  #purgeRetry?: ReturnType<typeof setTimeout>;
+  #resuming?: Promise<void>;
   #closed = false;
 
   /**
@@ -188,6 +197,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     pauseAboveCpu?: number;
     discard?: (attachments: Attachment[]) => Promise<void>;
     fileSweepMs?: number;
+    purgeRetryMs?: number;
   } = {}) {
     this.#kv = kv;
     this.#historyLimit = options.historyLimit ?? 0;
@@ -198,6 +208,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     // a limit set later must find them.
     this.#recordsFiles = this.#discard !== undefined;
     this.#fileSweepMs = options.fileSweepMs ?? DEFAULT_FILE_SWEEP_MS;
+    this.#purgeRetryMs = options.purgeRetryMs ?? DEFAULT_PURGE_RETRY_MS;
   }
 
   /** The KV handle, for watchers that follow the same keys. */
@@ -619,12 +630,57 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
    * Deletes a room's history up to its head at the start: its messages, their files, read
    * cursors and idempotency records; resolves to the number of messages deleted. The head stays,
    * so a room re-created under the same id never hands out a seq (a ticket's `pk`) a second time.
+   * A purge that fails, or that a crash cuts short, is finished by {@link resumePurges}: this
+   * store tries again `purgeRetryMs` later, and a server calls it when it starts.
    */
   async purge(room: string): Promise<number> {
     if (this.#closed) throw new Error("The message store is closed");
     // Bounded, so that a room written to meanwhile (re-created, or by token claims) keeps what
-    // came after the deletion.
-    const end = [...KV_KEYS.messages(room), (await this.head(room)) + 1];
+    // came after the deletion; the bound is stored first, so that a resumed purge keeps it.
+    const head = await this.head(room);
+    try {
+      await commitRetryingLocks(
+        this.#kv.atomic().max(KV_KEYS.purging(room), BigInt(head)),
+      );
+      return await this.#purgeTo(room, head);
+    } catch (err) {
+      this.#retryPurgesLater();
+      throw err;
+    }
+  }
+
+  /** Finishes the purges left unfinished; a failure is logged and tried again later. */
+  resumePurges(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    this.#resuming ??= (async () => {
+      try {
+        for await (const e of this.#kv.list<Deno.KvU64>({ prefix: KV_KEYS.purges })) {
+          if (this.#closed) return;
+          await this.#purgeTo(e.key[1] as string, Number(e.value.value));
+        }
+      } catch (err) {
+        if (this.#closed) return;
+        console.error("history: finishing a room's deletion failed:", err);
+        this.#retryPurgesLater();
+      } finally {
+        this.#resuming = undefined;
+      }
+    })();
+    return this.#resuming;
+  }
+
+  #retryPurgesLater(): void {
+    if (this.#closed || this.#purgeRetry !== undefined) return;
+    this.#purgeRetry = setTimeout(() => {
+      this.#purgeRetry = undefined;
+      this.resumePurges();
+    }, this.#purgeRetryMs);
+    Deno.unrefTimer(this.#purgeRetry);
+  }
+
+  /** The work of {@link purge}, up to seq `head`; the purge's mark goes when it is done. */
+  async #purgeTo(room: string, head: number): Promise<number> {
+    const end = [...KV_KEYS.messages(room), head + 1];
     let deleted = 0;
     let batch: Deno.KvEntry<Message>[] = [];
     // A message goes together with its attachment record, on condition that neither changed:
@@ -665,6 +721,12 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     await this.#claimRecords(room, { end: [...KV_KEYS.roomFiles(room), end[2]] });
     await this.#deleteAll({ prefix: KV_KEYS.reads(room) });
     await this.#deleteAll({ prefix: KV_KEYS.roomIdempotency(room) });
+    if (this.#closed) throw new Error("The message store closed during the purge");
+    // A later purge of the room (re-created and deleted again) raised the mark: it stays for that.
+    const mark = await this.#kv.get<Deno.KvU64>(KV_KEYS.purging(room));
+    if (mark.value !== null && Number(mark.value.value) <= head) {
+      await commitRetryingLocks(this.#kv.atomic().check(mark).delete(mark.key));
+    }
     return deleted;
   }
 
@@ -673,6 +735,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     this.#closed = true;
     clearTimeout(this.#fileSweep);
     this.#fileSweep = undefined;
+    clearTimeout(this.#purgeRetry);
+    await this.#resuming;
     await this.#sweeping;
     await this.retained();
   }

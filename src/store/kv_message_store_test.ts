@@ -513,3 +513,37 @@ Deno.test("KvMessageStore.purge() deletes the files of kept messages stored with
   for (const s of [unrecorded, store]) await s.close();
   kv.close();
 });
+
+Deno.test("KvMessageStore.purge() cut short by a failed commit is finished later, up to the same head", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const discarded: string[] = [];
+  // Commits past `commitsLeft` fail, as on a full disk.
+  let commitsLeft = Infinity;
+  const failing = new Proxy(kv, {
+    get(target, prop) {
+      if (prop !== "atomic") return Reflect.get(target, prop, target).bind(target);
+      return () => {
+        const op = target.atomic();
+        const commit = op.commit.bind(op);
+        op.commit = () => commitsLeft-- > 0 ? commit() : Promise.reject(new Error("disk full"));
+        return op;
+      };
+    },
+  });
+  const store = new KvMessageStore(failing, { ...limited(0, discarded), purgeRetryMs: 1e9 });
+  for (let n = 1; n <= 50; n++) await store.append("r", withFile(n));
+  commitsLeft = 2; // the mark, then the first 40 messages
+  const failed = await store.purge("r").then(() => "purged", (e) => String(e));
+  assertEquals(failed, "Error: disk full");
+  commitsLeft = Infinity;
+  assertEquals(discarded.length, 40);
+  assertEquals((await store.list("r", { limit: 100 })).length, 10);
+  await store.append("r", draft("after")); // sent after the deletion: it stays
+
+  await store.resumePurges();
+  assertEquals(discarded.sort(), Array.from({ length: 50 }, (_, i) => `f${i + 1}`).sort());
+  assertEquals((await store.list("r", { limit: 100 })).map((m) => m.body), ["after"]);
+  assertEquals((await Array.fromAsync(kv.list({ prefix: ["purging"] }))).length, 0);
+  await store.close();
+  kv.close();
+});

@@ -375,7 +375,10 @@ export const API_ROUTES: ApiRoute[] = [
         await deps.chat.deleteHistory(roomKeyOf(kind, id));
       } catch (err) {
         console.error(`api: deleting the history of ${roomKeyOf(kind, id)} failed:`, err);
-        throw new ApiError(500, "The room is deleted, but deleting its history failed");
+        throw new ApiError(
+          500,
+          "The room is deleted, but deleting its history failed; the server tries again later",
+        );
       }
       return { status: 204 };
     },
