@@ -124,6 +124,9 @@ Deno.test("ticket socket: bad frames get {error} and the connection stays open",
       [{ file: "QUJD", filename: "" }, /Filename is required/],
       [{ file: "QUJD" }, /Filename is required/],
       [{ file: "QUJD", filename: "x".repeat(256) }, /Filename is too long/],
+      // Raw control characters inside a long file: refused, whitespace as JSON, others as base64.
+      [`{"file":"${"QUJD".repeat(70_000)}\n","filename":"x.png"}`, /^Invalid JSON$/],
+      [`{"file":"${"QUJD".repeat(70_000)}\u0001","filename":"x.png"}`, /not valid base64/],
     ];
     for (const [frame, pattern] of cases) {
       a.send(frame);
