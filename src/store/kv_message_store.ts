@@ -181,6 +181,9 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   #purgeRetryMs: number;
   #purgeRetry?: ReturnType<typeof setTimeout>;
   #resuming?: Promise<void>;
+  #resumeAgain = false;
+  /** Rooms whose purge failed before its mark was stored. */
+  #unmarked = new Set<string>();
   #closed = false;
 
   /**
@@ -635,36 +638,57 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
    */
   async purge(room: string): Promise<number> {
     if (this.#closed) throw new Error("The message store is closed");
-    // Bounded, so that a room written to meanwhile (re-created, or by token claims) keeps what
-    // came after the deletion; the bound is stored first, so that a resumed purge keeps it.
-    const head = await this.head(room);
+    let marked = false;
     try {
-      await commitRetryingLocks(
-        this.#kv.atomic().max(KV_KEYS.purging(room), BigInt(head)),
-      );
+      // Bounded, so that a room written to meanwhile (re-created, or by token claims) keeps what
+      // came after the deletion; the bound is stored first, so that a resumed purge keeps it.
+      const head = await this.head(room);
+      await commitRetryingLocks(this.#kv.atomic().max(KV_KEYS.purging(room), BigInt(head)));
+      marked = true;
       return await this.#purgeTo(room, head);
     } catch (err) {
+      // Without its mark stored, only this store remembers the room: it starts again from there.
+      if (!marked) this.#unmarked.add(room);
       this.#retryPurgesLater();
       throw err;
     }
   }
 
-  /** Finishes the purges left unfinished; a failure is logged and tried again later. */
+  /** Finishes the purges left unfinished; a room whose purge fails is logged and tried later. */
   resumePurges(): Promise<void> {
     if (this.#closed) return Promise.resolve();
+    // A mark stored while a resume runs may sit behind its listing: that resume goes round again.
+    this.#resumeAgain = this.#resuming !== undefined;
     this.#resuming ??= (async () => {
-      try {
-        for await (const e of this.#kv.list<Deno.KvU64>({ prefix: KV_KEYS.purges })) {
-          if (this.#closed) return;
-          await this.#purgeTo(e.key[1] as string, Number(e.value.value));
+      let failed = false;
+      const attempt = async (what: () => Promise<unknown>, room: string) => {
+        try {
+          await what();
+        } catch (err) {
+          failed = true;
+          if (!this.#closed) console.error(`history: deleting ${room} failed:`, err);
         }
+      };
+      try {
+        do {
+          this.#resumeAgain = false;
+          for (const room of [...this.#unmarked]) {
+            this.#unmarked.delete(room);
+            await attempt(() => this.purge(room), room);
+          }
+          for await (const e of this.#kv.list<Deno.KvU64>({ prefix: KV_KEYS.purges })) {
+            if (this.#closed) return;
+            const room = e.key[1] as string;
+            await attempt(() => this.#purgeTo(room, Number(e.value.value)), room);
+          }
+        } while (this.#resumeAgain && !this.#closed);
       } catch (err) {
-        if (this.#closed) return;
-        console.error("history: finishing a room's deletion failed:", err);
-        this.#retryPurgesLater();
+        failed = true;
+        if (!this.#closed) console.error("history: listing the unfinished deletions failed:", err);
       } finally {
         this.#resuming = undefined;
       }
+      if (failed) this.#retryPurgesLater();
     })();
     return this.#resuming;
   }
@@ -678,7 +702,11 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     Deno.unrefTimer(this.#purgeRetry);
   }
 
-  /** The work of {@link purge}, up to seq `head`; the purge's mark goes when it is done. */
+  /**
+   * The work of {@link purge}, up to seq `head`; the purge's mark goes when it is done. Read
+   * cursors and client ids go only where they point at or below `head`: a purge resumed after
+   * the room took new messages keeps theirs.
+   */
   async #purgeTo(room: string, head: number): Promise<number> {
     const end = [...KV_KEYS.messages(room), head + 1];
     let deleted = 0;
@@ -713,14 +741,19 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       batch = [];
     };
     for await (const e of this.#kv.list<Message>({ prefix: KV_KEYS.messages(room), end })) {
+      if (this.#closed) break;
       batch.push(e);
       if (batch.length >= RETENTION_BATCH) await deleteBatch();
     }
-    if (batch.length > 0) await deleteBatch();
+    if (batch.length > 0 && !this.#closed) await deleteBatch();
     // Records of messages retention dropped before the sweep came by.
-    await this.#claimRecords(room, { end: [...KV_KEYS.roomFiles(room), end[2]] });
-    await this.#deleteAll({ prefix: KV_KEYS.reads(room) });
-    await this.#deleteAll({ prefix: KV_KEYS.roomIdempotency(room) });
+    if (!this.#closed) {
+      await this.#claimRecords(room, { end: [...KV_KEYS.roomFiles(room), head + 1] });
+    }
+    const upToHead = (value: unknown) =>
+      Number(value instanceof Deno.KvU64 ? value.value : value) <= head;
+    await this.#deleteWhere({ prefix: KV_KEYS.reads(room) }, upToHead);
+    await this.#deleteWhere({ prefix: KV_KEYS.roomIdempotency(room) }, upToHead);
     if (this.#closed) throw new Error("The message store closed during the purge");
     // A later purge of the room (re-created and deleted again) raised the mark: it stays for that.
     const mark = await this.#kv.get<Deno.KvU64>(KV_KEYS.purging(room));
@@ -728,6 +761,30 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       await commitRetryingLocks(this.#kv.atomic().check(mark).delete(mark.key));
     }
     return deleted;
+  }
+
+  /** Deletes the listed entries whose value passes `test`, each on condition it is unchanged. */
+  async #deleteWhere(
+    selector: Deno.KvListSelector,
+    test: (value: unknown) => boolean,
+  ): Promise<void> {
+    let batch: Deno.KvEntry<unknown>[] = [];
+    const deleteBatch = async () => {
+      const op = this.#kv.atomic();
+      for (const e of batch) op.check(e).delete(e.key);
+      // One changed meanwhile (a cursor raised, say): the rest one by one, the changed one kept.
+      if (!(await commitRetryingLocks(op)).ok) {
+        for (const e of batch) await commitRetryingLocks(this.#kv.atomic().check(e).delete(e.key));
+      }
+      batch = [];
+    };
+    for await (const e of this.#kv.list(selector)) {
+      if (this.#closed) return;
+      if (!test(e.value)) continue;
+      batch.push(e);
+      if (batch.length >= RETENTION_BATCH) await deleteBatch();
+    }
+    if (batch.length > 0) await deleteBatch();
   }
 
   /** Stops deleting files of dropped messages and checking rooms (the work under way ends first). */

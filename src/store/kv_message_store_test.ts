@@ -514,36 +514,62 @@ Deno.test("KvMessageStore.purge() deletes the files of kept messages stored with
   kv.close();
 });
 
-Deno.test("KvMessageStore.purge() cut short by a failed commit is finished later, up to the same head", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const discarded: string[] = [];
-  // Commits past `commitsLeft` fail, as on a full disk.
-  let commitsLeft = Infinity;
-  const failing = new Proxy(kv, {
+/** The KV handle, whose commits fail with "disk full" whenever `fails()` says so. */
+function failingCommits(kv: Deno.Kv, fails: () => boolean): Deno.Kv {
+  return new Proxy(kv, {
     get(target, prop) {
       if (prop !== "atomic") return Reflect.get(target, prop, target).bind(target);
       return () => {
         const op = target.atomic();
         const commit = op.commit.bind(op);
-        op.commit = () => commitsLeft-- > 0 ? commit() : Promise.reject(new Error("disk full"));
+        op.commit = () => fails() ? Promise.reject(new Error("disk full")) : commit();
         return op;
       };
     },
   });
+}
+
+Deno.test("KvMessageStore.purge() cut short by a failed commit is finished later, up to the same head", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const discarded: string[] = [];
+  // Commits past `commitsLeft` fail, as on a full disk.
+  let commitsLeft = Infinity;
+  const failing = failingCommits(kv, () => commitsLeft-- <= 0);
   const store = new KvMessageStore(failing, { ...limited(0, discarded), purgeRetryMs: 1e9 });
   for (let n = 1; n <= 50; n++) await store.append("r", withFile(n));
+  await store.markRead("r", 8, 10);
   commitsLeft = 2; // the mark, then the first 40 messages
   const failed = await store.purge("r").then(() => "purged", (e) => String(e));
   assertEquals(failed, "Error: disk full");
   commitsLeft = Infinity;
   assertEquals(discarded.length, 40);
   assertEquals((await store.list("r", { limit: 100 })).length, 10);
-  await store.append("r", draft("after")); // sent after the deletion: it stays
+  // Sent and read after the deletion: the message, its client id and the cursor stay.
+  await store.append("r", draft("after", "c-after"));
+  await store.markRead("r", 7, 51);
 
   await store.resumePurges();
   assertEquals(discarded.sort(), Array.from({ length: 50 }, (_, i) => `f${i + 1}`).sort());
   assertEquals((await store.list("r", { limit: 100 })).map((m) => m.body), ["after"]);
   assertEquals((await Array.fromAsync(kv.list({ prefix: ["purging"] }))).length, 0);
+  assertEquals([await store.cursor("r", 7), await store.cursor("r", 8)], [51, 0]);
+  assertEquals((await store.append("r", draft("again", "c-after"))).duplicate, true);
+  await store.close();
+  kv.close();
+});
+
+Deno.test("KvMessageStore.purge() that failed before storing its mark is tried again by the store", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const discarded: string[] = [];
+  let failing = false;
+  const flaky = failingCommits(kv, () => failing);
+  const store = new KvMessageStore(flaky, { ...limited(0, discarded), purgeRetryMs: 20 });
+  for (let n = 1; n <= 3; n++) await store.append("r", withFile(n));
+  failing = true;
+  assertEquals(await store.purge("r").then(() => "purged", (e) => String(e)), "Error: disk full");
+  failing = false;
+  await eventually(() => discarded.length === 3, 5000, "the retried purge");
+  assertEquals(await store.list("r", { limit: 10 }), []);
   await store.close();
   kv.close();
 });
