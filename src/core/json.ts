@@ -18,8 +18,8 @@ const PLACEHOLDER = `\u2063lifted:${crypto.randomUUID()}:`;
  * Characters that keep a literal from being lifted: JSON's escape, and the whitespace controls
  * JSON forbids raw inside a string, which a base64 decoder would skip where JSON.parse refuses.
  * Each is found with `includes` (a memchr): a regular expression over the character range took
- * 14 ms on a 10 MiB file's text, and 55 ms in a busy server, where V8 drops the compiled code of
- * a rarely used expression and interprets it.
+ * 14 ms on a 10 MiB file's text, and 55 ms in the benchmark's busy server (probably V8 dropping
+ * the compiled code of an expression used this rarely, and interpreting it).
  */
 const NOT_LIFTED = ["\\", "\n", "\r", "\t", "\f"];
 
