@@ -519,28 +519,48 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     // after that commit, and every later one drops its own push-outs.
     await this.#committing?.catch(() => {});
     const end = [...KV_KEYS.messages(room), (await this.head(room)) - this.#historyLimit + 1];
-    const dropped = await this.#deleteAll({ prefix: KV_KEYS.messages(room), end });
+    const dropped = await this.#deleteListed({ prefix: KV_KEYS.messages(room), end });
     if (dropped > 0 && this.#recordsFiles) this.#sweepFilesSoon([room]);
   }
 
-  /** Deletes every key the selector lists, a batch per commit; resolves to how many went. */
-  async #deleteAll(selector: Deno.KvListSelector): Promise<number> {
-    let deleted = 0;
-    let batch: Deno.KvKey[] = [];
+  /**
+   * Deletes the listed entries that pass `test`, a batch per commit, each on condition that it
+   * is unchanged; resolves to how many it found.
+   */
+  async #deleteListed(
+    selector: Deno.KvListSelector,
+    test: (value: unknown) => boolean = () => true,
+  ): Promise<number> {
+    let found = 0;
+    let batch: Deno.KvEntry<unknown>[] = [];
     const deleteBatch = async () => {
-      const op = this.#kv.atomic();
-      for (const key of batch) op.delete(key);
-      await commitRetryingLocks(op);
-      deleted += batch.length;
+      await this.#commitEach(batch, (op, e) => op.check(e).delete(e.key));
+      found += batch.length;
       batch = [];
     };
     for await (const e of this.#kv.list(selector)) {
       if (this.#closed) break;
-      batch.push(e.key);
+      if (!test(e.value)) continue;
+      batch.push(e);
       if (batch.length >= RETENTION_BATCH) await deleteBatch();
     }
-    if (batch.length > 0) await deleteBatch();
-    return deleted;
+    if (batch.length > 0 && !this.#closed) await deleteBatch();
+    return found;
+  }
+
+  /**
+   * Commits `add` for all entries in one operation; when a check fails (one of them changed
+   * meanwhile), commits each alone, so that only the changed ones are left out.
+   */
+  async #commitEach<T>(
+    entries: T[],
+    add: (op: Deno.AtomicOperation, entry: T) => Deno.AtomicOperation,
+  ): Promise<void> {
+    const op = this.#kv.atomic();
+    for (const e of entries) add(op, e);
+    if (!(await commitRetryingLocks(op)).ok) {
+      for (const e of entries) await commitRetryingLocks(add(this.#kv.atomic(), e));
+    }
   }
 
   /**
@@ -560,12 +580,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       return op.check(e).check({ key, versionstamp: null }).set(key, e.value.attachments);
     };
     const write = async () => {
-      const op = this.#kv.atomic();
-      for (const e of missing) record(op, e);
-      // Another store recorded, or retention dropped, one of them meanwhile: the rest one by one.
-      if (!(await commitRetryingLocks(op)).ok) {
-        for (const e of missing) await commitRetryingLocks(record(this.#kv.atomic(), e));
-      }
+      // Another store may have recorded, or retention dropped, one of them meanwhile.
+      await this.#commitEach(missing, record);
       missing = [];
     };
     for await (const e of this.#kv.list<Message>({ prefix: KV_KEYS.messages(room) })) {
@@ -752,8 +768,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     }
     const upToHead = (value: unknown) =>
       Number(value instanceof Deno.KvU64 ? value.value : value) <= head;
-    await this.#deleteWhere({ prefix: KV_KEYS.reads(room) }, upToHead);
-    await this.#deleteWhere({ prefix: KV_KEYS.roomIdempotency(room) }, upToHead);
+    await this.#deleteListed({ prefix: KV_KEYS.reads(room) }, upToHead);
+    await this.#deleteListed({ prefix: KV_KEYS.roomIdempotency(room) }, upToHead);
     if (this.#closed) throw new Error("The message store closed during the purge");
     // A later purge of the room (re-created and deleted again) raised the mark: it stays for that.
     const mark = await this.#kv.get<Deno.KvU64>(KV_KEYS.purging(room));
@@ -761,30 +777,6 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       await commitRetryingLocks(this.#kv.atomic().check(mark).delete(mark.key));
     }
     return deleted;
-  }
-
-  /** Deletes the listed entries whose value passes `test`, each on condition it is unchanged. */
-  async #deleteWhere(
-    selector: Deno.KvListSelector,
-    test: (value: unknown) => boolean,
-  ): Promise<void> {
-    let batch: Deno.KvEntry<unknown>[] = [];
-    const deleteBatch = async () => {
-      const op = this.#kv.atomic();
-      for (const e of batch) op.check(e).delete(e.key);
-      // One changed meanwhile (a cursor raised, say): the rest one by one, the changed one kept.
-      if (!(await commitRetryingLocks(op)).ok) {
-        for (const e of batch) await commitRetryingLocks(this.#kv.atomic().check(e).delete(e.key));
-      }
-      batch = [];
-    };
-    for await (const e of this.#kv.list(selector)) {
-      if (this.#closed) return;
-      if (!test(e.value)) continue;
-      batch.push(e);
-      if (batch.length >= RETENTION_BATCH) await deleteBatch();
-    }
-    if (batch.length > 0) await deleteBatch();
   }
 
   /** Stops deleting files of dropped messages and checking rooms (the work under way ends first). */
