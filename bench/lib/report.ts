@@ -2,6 +2,7 @@
 
 import { barChart, type BarGroup, latencyChart, type Panel, PEER_STYLE } from "./charts.ts";
 import type { ProfileSummary } from "./profile.ts";
+import { THREAD_KINDS } from "./procs.ts";
 import type {
   AttachmentPhase,
   ConnectionStep,
@@ -338,13 +339,16 @@ export function verdicts(results: Results): Verdict[] {
 }
 
 function stepsTable(steps: StepResult[], withRooms = false): string[] {
+  const byThread = steps.some((x) => x.serverThreadsPct);
   const rows = [
     `| peer | ${
       withRooms ? "rooms × members | " : ""
-    }offered msg/s | p50 ms | p99 ms | p99.9 ms | max ms | deliveries/s | lost | server CPU | CPU s per 1M deliveries | server RSS MiB | load-gen CPU | result |`,
-    `| --- | ${
-      withRooms ? "--- | " : ""
-    }--: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --: | --- |`,
+    }offered msg/s | p50 ms | p99 ms | p99.9 ms | max ms | deliveries/s | lost | server CPU | ${
+      byThread ? "main / KV / V8 / other | " : ""
+    }CPU s per 1M deliveries | server RSS MiB | load-gen CPU | result |`,
+    `| --- | ${withRooms ? "--- | " : ""}--: | --: | --: | --: | --: | --: | --: | --: | ${
+      byThread ? "--: | " : ""
+    }--: | --: | --: | --- |`,
   ];
   for (const s of steps) {
     rows.push(
@@ -354,12 +358,91 @@ function stepsTable(steps: StepResult[], withRooms = false): string[] {
         ms(s.latency.max)
       } | ${int(s.deliveriesPerSec)} | ${fx(s.lossRatio * 100, s.lossRatio > 0 ? 2 : 0)}% | ${
         fx(s.serverCpuPct, 0)
-      }% | ${fx(s.cpuPerMillion, 2)} | ${mib(s.rss)} | ${fx(s.clientCpuPct, 0)}%${
-        s.clientBound ? " ⚠" : ""
-      } | ${s.pass ? "ok" : `over: ${s.reason}`} |`,
+      }% | ${byThread ? `${threadSplit(s)} | ` : ""}${fx(s.cpuPerMillion, 2)} | ${mib(s.rss)} | ${
+        fx(s.clientCpuPct, 0)
+      }%${s.clientBound ? " ⚠" : ""} | ${s.pass ? "ok" : `over: ${s.reason}`} |`,
     );
   }
   return rows;
+}
+
+/**
+ * The server's CPU by kind of thread at the steps the targets turn on: fan-out at the reference
+ * size and rate, ingest at its first rate and at the highest rate ours reached.
+ */
+function threadSection(results: Results): string[] {
+  const s = results.meta.settings;
+  const rows: { what: string; step: StepResult }[] = [];
+  const ref = results.fanout?.sizes.find((x) => x.members === s.fanout.referenceSize);
+  for (const l of ref?.ladders ?? []) {
+    const step = l.base?.step ?? stepAt(l, s.fanout.referenceRate);
+    if (step) {
+      rows.push({ what: `fan-out 1 room × ${int(ref!.members)}`, step });
+    }
+  }
+  const ing = results.ingest;
+  const oursBest = ing ? ladderOf(ing.ladders, "ours_ticket")?.best ?? 0 : 0;
+  const ingestRates = [
+    ...new Set([s.ingest.rates[0], oursBest].filter((r) => r > 0)),
+  ];
+  for (const rate of ingestRates) {
+    for (const l of ing?.ladders ?? []) {
+      const step = stepAt(l, rate);
+      if (step) rows.push({ what: `ingest over ${ing!.rooms} rooms`, step });
+    }
+  }
+  const shown = rows.filter((r) => r.step.serverThreadsPct);
+  if (shown.length === 0) return [];
+  const L = [
+    "## Server CPU by thread",
+    "",
+    "The server's CPU in the measured window, read per thread from `/proc/<pid>/task`, in % of one core. " +
+    "_main_ is the JavaScript thread (Node's event loop for Socket.IO); _KV_ is Deno KV's SQLite thread (`sw-0`), " +
+    "which runs every KV read and commit, fsync and WAL checkpoints included; _V8_ is V8's helper threads " +
+    "(parallel and concurrent garbage collection, background compiles); _other_ is the rest (Deno's tokio runtime; " +
+    "Node names all its threads alike, so Socket.IO's helper threads count here). A CPU profile of the JavaScript " +
+    "thread (next section) cannot show the KV thread's work: on one pinned core it appears there as self time of " +
+    "`op_kv_atomic_write`, the moment the commit is handed over.",
+    "",
+    "| step | peer | offered msg/s | server CPU | main | KV | V8 | other | KV thread µs per message |",
+    "| --- | --- | --: | --: | --: | --: | --: | --: | --: |",
+  ];
+  for (const { what, step } of shown) {
+    const t = step.serverThreadsPct!;
+    L.push(
+      `| ${what} | ${label(step.peer)} | ${int(step.rate)} | ${fx(step.serverCpuPct, 0)}% | ${
+        fx(t.main, 0)
+      }% | ${fx(t.kv, 0)}% | ${fx(t.v8, 0)}% | ${fx(t.other, 0)}% | ${
+        t.kv > 0 ? fx((t.kv / 100 / step.rate) * 1e6, 0) : "–"
+      } |`,
+    );
+  }
+  const best = ing && oursBest > 0
+    ? stepAt(ladderOf(ing.ladders, "ours_ticket"), oursBest)
+    : undefined;
+  const bt = best?.serverThreadsPct;
+  if (best && bt) {
+    L.push(
+      "",
+      `At ${
+        int(best.rate)
+      } msg/s of ingest, the highest rate ours kept within the bound, Deno KV's SQLite thread used ${
+        fx(bt.kv, 0)
+      }% of the server's core (${
+        fx((bt.kv / 100 / best.rate) * 1e6, 0)
+      } µs per message) and the JavaScript thread ${
+        fx(bt.main, 0)
+      }%. The KV thread's share is the cost of one KV write per message plus each commit's fixed work (the WAL write and its sync), on the same core as the JavaScript thread.`,
+    );
+  }
+  L.push("");
+  return L;
+}
+
+/** A step's server CPU by kind of thread, % of one core: "main / KV / V8 / other". */
+function threadSplit(s: StepResult): string {
+  const t = s.serverThreadsPct;
+  return t ? THREAD_KINDS.map((k) => fx(t[k], 0)).join(" / ") : "–";
 }
 
 /** Every step's row, folded away under a summary line. */
@@ -722,7 +805,7 @@ export function renderMarkdown(
       "A step is *within the bound* when its p99 is under the bound, at most 0.1% of the window's deliveries are missing after the drain, and no socket was closed. " +
       "Rates go up until a peer's first step over the bound (its server is stopped at once so a backlog cannot steal the core); the " +
       `highest step within the bound is reported. The first rate of scenarios 1 and 2 is repeated ${s.fanout.baseRepeats}× per peer, interleaved, and reported as median (min–max).`,
-    "- **Server cost.** CPU seconds from `/proc/<pid>/stat` (utime + stime, all threads) over the window, divided by the window's deliveries; RSS from `/proc/<pid>/status` (VmRSS, peak VmHWM, reset through `clear_refs` for the attachment phases).",
+    "- **Server cost.** CPU seconds from `/proc/<pid>/stat` (utime + stime, all threads) over the window, divided by the window's deliveries, and per thread from `/proc/<pid>/task/<tid>/stat` (the _main / KV / V8 / other_ column, see _Server CPU by thread_); RSS from `/proc/<pid>/status` (VmRSS, peak VmHWM, reset through `clear_refs` for the attachment phases).",
     `- **A shared machine.** CPU used by processes the benchmark did not start (other work on the machine) is metered over each window from \`/proc/stat\`; ` +
       `a step where it exceeds ${s.disturbedPct}% of a core is run again after the machine calms down (up to ${s.retries} more times), and the column *other processes' CPU* shows what remained. ` +
       "After every step the benchmark waits until the server has delivered its whole backlog; a server that cannot within " +
@@ -899,6 +982,8 @@ export function renderMarkdown(
     L.push("");
   }
 
+  L.push(...threadSection(results));
+
   const profiles = [
     ["fan-out", results.profile?.fanout, `1 room × ${int(s.profile.members)} members`],
     ["ingest", results.profile?.ingest, `${s.ingest.rooms} rooms, one sender each`],
@@ -921,7 +1006,9 @@ export function renderMarkdown(
           (p.busyMs / 1000).toFixed(1)
         } s of it busy on the JavaScript thread, while the process as a whole used ${
           fx(run.steps.reduce((t, x) => t + x.serverCpuSec, 0), 1)
-        } CPU-s in the measured windows alone: much of the work (KV's SQLite commits, socket I/O) runs on Deno's other threads and shows here only as the \`op_*\` calls that wait for it. The profiled steps: ${
+        } CPU-s in the measured windows alone: KV's SQLite work runs on a thread of its own${
+          run.steps.some((x) => x.serverThreadsPct) ? " (see _Server CPU by thread_)" : ""
+        } and shows here only as the \`op_*\` calls that hand it over, which on one pinned core also absorb the moments that thread runs. The profiled steps: ${
           run.steps.map((x) =>
             `${int(x.rate)} msg/s → p99 ${ms(x.latency.p99)} ms, server CPU ${
               fx(x.serverCpuPct, 0)

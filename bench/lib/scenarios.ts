@@ -17,6 +17,9 @@ import {
   resetPeak,
   sleep,
   taskset,
+  THREAD_KINDS,
+  threadCpuSeconds,
+  type ThreadKind,
   waitForQuiet,
 } from "./procs.ts";
 import type { Settings } from "./settings.ts";
@@ -98,6 +101,8 @@ export interface StepResult {
   cpuPerMillion: number;
   /** Server CPU use in the window, % of one core. */
   serverCpuPct: number;
+  /** The same by kind of server thread (see `threadCpuSeconds`), % of one core. */
+  serverThreadsPct?: Record<ThreadKind, number>;
   /** Load generators' CPU use in the window, % of their cores. */
   clientCpuPct: number;
   /** The load generators were near saturation (≥ 90%): the limit may be theirs. */
@@ -176,11 +181,13 @@ export async function runStep(
   ));
   await sleep((from - now) / 1000);
   const cpu0 = cpuSeconds(peer.pid);
+  const threads0 = threadCpuSeconds(peer.pid);
   const client0 = fleet.cpu();
   const foreign = foreignMeter();
   const t0 = performance.now();
   await sleep(settings.measureMs);
   const cpu1 = cpuSeconds(peer.pid);
+  const threads1 = threadCpuSeconds(peer.pid);
   const client1 = fleet.cpu();
   const foreignPct = foreign();
   const seconds = (performance.now() - t0) / 1000;
@@ -191,6 +198,9 @@ export async function runStep(
   return summarise(bench, peer, reports, shape, {
     seconds,
     serverCpu: cpu1 - cpu0,
+    serverThreads: Object.fromEntries(
+      THREAD_KINDS.map((k) => [k, threads1[k] - threads0[k]]),
+    ) as Record<ThreadKind, number>,
     clientCpu: client1 - client0,
     mem,
     foreignPct,
@@ -237,6 +247,7 @@ async function summarise(
   m: {
     seconds: number;
     serverCpu: number;
+    serverThreads: Record<ThreadKind, number>;
     clientCpu: number;
     mem: { rss: number; hwm: number };
     foreignPct: number;
@@ -266,6 +277,9 @@ async function summarise(
     serverCpuSec: m.serverCpu,
     cpuPerMillion: received > 0 ? m.serverCpu / (received / 1e6) : NaN,
     serverCpuPct: (m.serverCpu / m.seconds) * 100,
+    serverThreadsPct: Object.fromEntries(
+      THREAD_KINDS.map((k) => [k, (m.serverThreads[k] / m.seconds) * 100]),
+    ) as Record<ThreadKind, number>,
     clientCpuPct: (m.clientCpu / m.seconds / clientCores) * 100,
     clientBound: m.clientCpu / m.seconds / clientCores >= 0.9,
     foreignCpuPct: m.foreignPct,
@@ -297,11 +311,11 @@ async function summarise(
       fmtMs(latency.p50)
     }  p99 ${fmtMs(latency.p99)}  max ${fmtMs(latency.max)} ms  ${
       Math.round(result.deliveriesPerSec)
-    } deliv/s  srv ${result.serverCpuPct.toFixed(0)}%  cli ${result.clientCpuPct.toFixed(0)}%  ${
-      result.pass ? "ok" : "over: " + result.reason
-    }${result.clientBound ? " [load generator saturated]" : ""}${
-      result.disturbed ? ` [others used ${m.foreignPct.toFixed(0)}% of a core]` : ""
-    }`,
+    } deliv/s  srv ${result.serverCpuPct.toFixed(0)}% (${
+      THREAD_KINDS.map((k) => `${k} ${result.serverThreadsPct![k].toFixed(0)}`).join(" ")
+    })  cli ${result.clientCpuPct.toFixed(0)}%  ${result.pass ? "ok" : "over: " + result.reason}${
+      result.clientBound ? " [load generator saturated]" : ""
+    }${result.disturbed ? ` [others used ${m.foreignPct.toFixed(0)}% of a core]` : ""}`,
   );
   return result;
 }
