@@ -2,6 +2,7 @@
 
 import { z } from "zod";
 import { join, resolve } from "node:path";
+import { DEFAULT_COMMIT_INTERVAL_MS, DEFAULT_PAUSE_ABOVE_CPU } from "./store/kv_message_store.ts";
 
 const optionalText = z.string().trim().optional().transform((v) => v === "" ? undefined : v);
 
@@ -68,6 +69,11 @@ const EnvSchema = z.object({
   SLOW_CONSUMER_BYTES: positiveInt(4 * 1024 * 1024),
   RATE_LIMIT_USER_PER_SECOND: positiveInt(50),
   HISTORY_LIMIT: wholeNumber(0, "0 keeps everything"),
+  COMMIT_PAUSE_CPU_PERCENT: wholeNumber(
+    Math.round(DEFAULT_PAUSE_ABOVE_CPU * 100),
+    "0 always pauses",
+  ),
+  COMMIT_INTERVAL_MS: positiveInt(DEFAULT_COMMIT_INTERVAL_MS),
   FRAME_MEMORY_BUDGET_BYTES: wholeNumber(0, "0 turns the bound off"),
   PRESENCE_TTL_SECONDS: positiveInt(30),
   DATABASE_URL: optionalText,
@@ -123,6 +129,13 @@ export interface Config {
   /** Messages kept per room, oldest dropped first; 0 keeps everything. */
   historyLimit: number;
   /**
+   * Process CPU, in % of one core, above which commits start at least `commitIntervalMs` apart
+   * so that more sends share one commit and its fsync; 0 always pauses.
+   */
+  commitPauseCpuPercent: number;
+  /** Shortest time between the starts of two commits while pausing, ms. */
+  commitIntervalMs: number;
+  /**
    * Bytes Deno may keep, per isolate, for the largest frames of open sockets before the quietest
    * of them are closed (1001; Socket.IO: a close without a code) to free it; 0 (the default)
    * leaves it unbounded, since not every protocol's clients reconnect.
@@ -176,6 +189,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     slowConsumerBytes: e.SLOW_CONSUMER_BYTES,
     rateLimitUserPerSecond: e.RATE_LIMIT_USER_PER_SECOND,
     historyLimit: e.HISTORY_LIMIT,
+    commitPauseCpuPercent: e.COMMIT_PAUSE_CPU_PERCENT,
+    commitIntervalMs: e.COMMIT_INTERVAL_MS,
     frameMemoryBudgetBytes: e.FRAME_MEMORY_BUDGET_BYTES,
     presenceTtlSeconds: e.PRESENCE_TTL_SECONDS,
     databaseUrl: e.DATABASE_URL,

@@ -51,3 +51,21 @@ Deno.test("loadConfig() leaves frame memory unbounded by default, takes a byte c
     err.message,
   );
 });
+
+Deno.test("loadConfig() reads when commits pause: the CPU share and the interval, with the store's defaults", async () => {
+  const defaults = loadConfig({});
+  assertEquals(defaults.commitPauseCpuPercent, 85);
+  assertEquals(defaults.commitIntervalMs, 2);
+  const tuned = loadConfig({ COMMIT_PAUSE_CPU_PERCENT: "0", COMMIT_INTERVAL_MS: "5" });
+  assertEquals(tuned.commitPauseCpuPercent, 0);
+  assertEquals(tuned.commitIntervalMs, 5);
+  const err = await assertRejects(() =>
+    loadConfig({ COMMIT_PAUSE_CPU_PERCENT: "0.5", COMMIT_INTERVAL_MS: "0" })
+  );
+  for (
+    const line of [
+      'COMMIT_PAUSE_CPU_PERCENT: expected a whole number (0 always pauses), got "0.5"',
+      'COMMIT_INTERVAL_MS: expected a positive whole number, got "0"',
+    ]
+  ) assertEquals(err.message.includes(line), true, err.message);
+});
