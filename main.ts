@@ -86,7 +86,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const attachments = new MediaAttachmentStore(media, config.maxFileBytes);
   const store = new KvMessageStore(kv, {
     historyLimit: config.historyLimit,
-    pauseAboveCpu: config.commitPauseCpuPercent / 100,
+    pauseAboveCpu: config.commitPauseAboveCpu,
     commitIntervalMs: config.commitIntervalMs,
     // Retention drops messages; their files go too.
     discard: (dropped) => attachments.discard(dropped),

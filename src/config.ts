@@ -73,7 +73,7 @@ const EnvSchema = z.object({
     Math.round(DEFAULT_PAUSE_ABOVE_CPU * 100),
     "0 always pauses",
   ),
-  COMMIT_INTERVAL_MS: positiveInt(DEFAULT_COMMIT_INTERVAL_MS),
+  COMMIT_INTERVAL_MS: wholeNumber(DEFAULT_COMMIT_INTERVAL_MS, "0 never pauses"),
   FRAME_MEMORY_BUDGET_BYTES: wholeNumber(0, "0 turns the bound off"),
   PRESENCE_TTL_SECONDS: positiveInt(30),
   DATABASE_URL: optionalText,
@@ -129,11 +129,11 @@ export interface Config {
   /** Messages kept per room, oldest dropped first; 0 keeps everything. */
   historyLimit: number;
   /**
-   * Process CPU, in % of one core, above which commits start at least `commitIntervalMs` apart
-   * so that more sends share one commit and its fsync; 0 always pauses.
+   * Process CPU, as a share of one core (`COMMIT_PAUSE_CPU_PERCENT` / 100), above which commits
+   * start at least `commitIntervalMs` apart so that more sends share one commit and its fsync.
    */
-  commitPauseCpuPercent: number;
-  /** Shortest time between the starts of two commits while pausing, ms. */
+  commitPauseAboveCpu: number;
+  /** Shortest time between the starts of two commits while pausing, ms; 0 never pauses. */
   commitIntervalMs: number;
   /**
    * Bytes Deno may keep, per isolate, for the largest frames of open sockets before the quietest
@@ -189,7 +189,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     slowConsumerBytes: e.SLOW_CONSUMER_BYTES,
     rateLimitUserPerSecond: e.RATE_LIMIT_USER_PER_SECOND,
     historyLimit: e.HISTORY_LIMIT,
-    commitPauseCpuPercent: e.COMMIT_PAUSE_CPU_PERCENT,
+    commitPauseAboveCpu: e.COMMIT_PAUSE_CPU_PERCENT / 100,
     commitIntervalMs: e.COMMIT_INTERVAL_MS,
     frameMemoryBudgetBytes: e.FRAME_MEMORY_BUDGET_BYTES,
     presenceTtlSeconds: e.PRESENCE_TTL_SECONDS,

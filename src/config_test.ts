@@ -54,18 +54,19 @@ Deno.test("loadConfig() leaves frame memory unbounded by default, takes a byte c
 
 Deno.test("loadConfig() reads when commits pause: the CPU share and the interval, with the store's defaults", async () => {
   const defaults = loadConfig({});
-  assertEquals(defaults.commitPauseCpuPercent, 85);
+  assertEquals(defaults.commitPauseAboveCpu, 0.85);
   assertEquals(defaults.commitIntervalMs, 2);
-  const tuned = loadConfig({ COMMIT_PAUSE_CPU_PERCENT: "0", COMMIT_INTERVAL_MS: "5" });
-  assertEquals(tuned.commitPauseCpuPercent, 0);
-  assertEquals(tuned.commitIntervalMs, 5);
+  const always = loadConfig({ COMMIT_PAUSE_CPU_PERCENT: "0", COMMIT_INTERVAL_MS: "5" });
+  assertEquals([always.commitPauseAboveCpu, always.commitIntervalMs], [0, 5]);
+  const never = loadConfig({ COMMIT_PAUSE_CPU_PERCENT: "150", COMMIT_INTERVAL_MS: "0" });
+  assertEquals([never.commitPauseAboveCpu, never.commitIntervalMs], [1.5, 0]);
   const err = await assertRejects(() =>
-    loadConfig({ COMMIT_PAUSE_CPU_PERCENT: "0.5", COMMIT_INTERVAL_MS: "0" })
+    loadConfig({ COMMIT_PAUSE_CPU_PERCENT: "0.5", COMMIT_INTERVAL_MS: "-1" })
   );
   for (
     const line of [
       'COMMIT_PAUSE_CPU_PERCENT: expected a whole number (0 always pauses), got "0.5"',
-      'COMMIT_INTERVAL_MS: expected a positive whole number, got "0"',
+      'COMMIT_INTERVAL_MS: expected a whole number (0 never pauses), got "-1"',
     ]
   ) assertEquals(err.message.includes(line), true, err.message);
 });

@@ -154,29 +154,27 @@ export type ThreadKind = "main" | "kv" | "v8" | "other";
 /** Every {@link ThreadKind}, in the order tables show them. */
 export const THREAD_KINDS: readonly ThreadKind[] = ["main", "kv", "v8", "other"];
 
+/** One reading of a process's threads: CPU seconds and kind, by thread id; null when it is gone. */
+export type ThreadReading = Map<string, { kind: ThreadKind; seconds: number }> | null;
+
 /**
- * CPU seconds of a process by kind of thread: its main (JavaScript) thread, Deno KV's SQLite
- * thread (`sw-N`, which runs every KV read and commit, fsyncs included), V8's helper threads
- * (`V8 DefaultWorke`: parallel and concurrent GC, background compiles) and the rest (Deno's
- * tokio runtime, Node's libuv and V8 threads, which Node names all alike). Threads that ended
- * since an earlier reading are missing from this one, so differences can undercount slightly.
+ * Reads the CPU seconds of each thread of a process, with its kind: the main (JavaScript)
+ * thread, Deno KV's SQLite thread (`sw-N`), V8's helpers (`V8 DefaultWorke`) or other.
  */
-export function threadCpuSeconds(pid: number): Record<ThreadKind, number> {
-  const out: Record<ThreadKind, number> = { main: 0, kv: 0, v8: 0, other: 0 };
+export function readThreads(pid: number): ThreadReading {
+  const out = new Map<string, { kind: ThreadKind; seconds: number }>();
   let tids: string[];
   try {
     tids = [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => e.name);
   } catch {
-    return { main: NaN, kv: NaN, v8: NaN, other: NaN };
+    return null;
   }
   for (const tid of tids) {
     try {
       const stat = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/stat`);
-      const open = stat.indexOf("(");
       const close = stat.lastIndexOf(")");
-      const name = stat.slice(open + 1, close);
+      const name = stat.slice(stat.indexOf("(") + 1, close);
       const fields = stat.slice(close + 2).split(" ");
-      const seconds = (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
       const kind: ThreadKind = tid === String(pid)
         ? "main"
         : /^sw-\d+$/.test(name)
@@ -184,11 +182,24 @@ export function threadCpuSeconds(pid: number): Record<ThreadKind, number> {
         : name.startsWith("V8 ")
         ? "v8"
         : "other";
-      out[kind] += seconds;
+      out.set(tid, { kind, seconds: (Number(fields[11]) + Number(fields[12])) / CLK_TCK });
     } catch {
       // The thread ended between the listing and the read.
     }
   }
+  return out.size > 0 ? out : null;
+}
+
+/** CPU seconds each kind of thread used between two readings (NaN when either is missing). */
+export function threadCpuBetween(
+  before: ThreadReading,
+  after: ThreadReading,
+): Record<ThreadKind, number> {
+  if (!before || !after) return { main: NaN, kv: NaN, v8: NaN, other: NaN };
+  const out: Record<ThreadKind, number> = { main: 0, kv: 0, v8: 0, other: 0 };
+  // Per thread, so a thread that ended in between takes nothing away; what it used in the
+  // window before it ended is lost, and a thread started in between counts from zero.
+  for (const [tid, t] of after) out[t.kind] += t.seconds - (before.get(tid)?.seconds ?? 0);
   return out;
 }
 

@@ -421,7 +421,7 @@ function threadSection(results: Results): string[] {
     ? stepAt(ladderOf(ing.ladders, "ours_ticket"), oursBest)
     : undefined;
   const bt = best?.serverThreadsPct;
-  if (best && bt) {
+  if (best && bt && bt.kv > 0) {
     L.push(
       "",
       `At ${

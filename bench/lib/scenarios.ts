@@ -14,11 +14,12 @@ import {
   cpuSeconds,
   foreignMeter,
   memory,
+  readThreads,
   resetPeak,
   sleep,
   taskset,
   THREAD_KINDS,
-  threadCpuSeconds,
+  threadCpuBetween,
   type ThreadKind,
   waitForQuiet,
 } from "./procs.ts";
@@ -101,7 +102,7 @@ export interface StepResult {
   cpuPerMillion: number;
   /** Server CPU use in the window, % of one core. */
   serverCpuPct: number;
-  /** The same by kind of server thread (see `threadCpuSeconds`), % of one core. */
+  /** The same by kind of server thread (see `readThreads`), % of one core. */
   serverThreadsPct?: Record<ThreadKind, number>;
   /** Load generators' CPU use in the window, % of their cores. */
   clientCpuPct: number;
@@ -181,13 +182,13 @@ export async function runStep(
   ));
   await sleep((from - now) / 1000);
   const cpu0 = cpuSeconds(peer.pid);
-  const threads0 = threadCpuSeconds(peer.pid);
+  const threads0 = readThreads(peer.pid);
   const client0 = fleet.cpu();
   const foreign = foreignMeter();
   const t0 = performance.now();
   await sleep(settings.measureMs);
   const cpu1 = cpuSeconds(peer.pid);
-  const threads1 = threadCpuSeconds(peer.pid);
+  const threads1 = readThreads(peer.pid);
   const client1 = fleet.cpu();
   const foreignPct = foreign();
   const seconds = (performance.now() - t0) / 1000;
@@ -198,9 +199,7 @@ export async function runStep(
   return summarise(bench, peer, reports, shape, {
     seconds,
     serverCpu: cpu1 - cpu0,
-    serverThreads: Object.fromEntries(
-      THREAD_KINDS.map((k) => [k, threads1[k] - threads0[k]]),
-    ) as Record<ThreadKind, number>,
+    serverThreads: threadCpuBetween(threads0, threads1),
     clientCpu: client1 - client0,
     mem,
     foreignPct,
