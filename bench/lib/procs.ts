@@ -137,12 +137,17 @@ export async function initClockTicks(): Promise<void> {
   }
 }
 
+/** User + system CPU seconds from the text of a `/proc/.../stat` file (a process's or a thread's). */
+function statCpuSeconds(stat: string): number {
+  // The name, in parentheses, may hold spaces: fields are counted after its closing one.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+}
+
 /** User + system CPU seconds of a process (all its threads), or NaN when it is gone. */
 export function cpuSeconds(pid: number): number {
   try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+    return statCpuSeconds(Deno.readTextFileSync(`/proc/${pid}/stat`));
   } catch {
     return NaN;
   }
@@ -172,9 +177,7 @@ export function readThreads(pid: number): ThreadReading {
   for (const tid of tids) {
     try {
       const stat = Deno.readTextFileSync(`/proc/${pid}/task/${tid}/stat`);
-      const close = stat.lastIndexOf(")");
-      const name = stat.slice(stat.indexOf("(") + 1, close);
-      const fields = stat.slice(close + 2).split(" ");
+      const name = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
       const kind: ThreadKind = tid === String(pid)
         ? "main"
         : /^sw-\d+$/.test(name)
@@ -182,7 +185,7 @@ export function readThreads(pid: number): ThreadReading {
         : name.startsWith("V8 ")
         ? "v8"
         : "other";
-      out.set(tid, { kind, seconds: (Number(fields[11]) + Number(fields[12])) / CLK_TCK });
+      out.set(tid, { kind, seconds: statCpuSeconds(stat) });
     } catch {
       // The thread ended between the listing and the read.
     }

@@ -366,6 +366,9 @@ function stepsTable(steps: StepResult[], withRooms = false): string[] {
   return rows;
 }
 
+/** CPU µs Deno KV's SQLite thread spent per offered message in a step. */
+const kvMicrosPerMessage = (s: StepResult) => (s.serverThreadsPct!.kv / 100 / s.rate) * 1e6;
+
 /**
  * The server's CPU by kind of thread at the steps the targets turn on: fan-out at the reference
  * size and rate, ingest at its first rate and at the highest rate ours reached.
@@ -413,7 +416,7 @@ function threadSection(results: Results): string[] {
       `| ${what} | ${label(step.peer)} | ${int(step.rate)} | ${fx(step.serverCpuPct, 0)}% | ${
         fx(t.main, 0)
       }% | ${fx(t.kv, 0)}% | ${fx(t.v8, 0)}% | ${fx(t.other, 0)}% | ${
-        t.kv > 0 ? fx((t.kv / 100 / step.rate) * 1e6, 0) : "–"
+        t.kv > 0 ? fx(kvMicrosPerMessage(step), 0) : "–"
       } |`,
     );
   }
@@ -429,7 +432,7 @@ function threadSection(results: Results): string[] {
       } msg/s of ingest, the highest rate ours kept within the bound, Deno KV's SQLite thread used ${
         fx(bt.kv, 0)
       }% of the server's core (${
-        fx((bt.kv / 100 / best.rate) * 1e6, 0)
+        fx(kvMicrosPerMessage(best), 0)
       } µs per message) and the JavaScript thread ${
         fx(bt.main, 0)
       }%. The KV thread's share is the cost of one KV write per message plus each commit's fixed work (the WAL write and its sync), on the same core as the JavaScript thread.`,
