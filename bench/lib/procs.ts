@@ -137,17 +137,18 @@ export async function initClockTicks(): Promise<void> {
   }
 }
 
-/** User + system CPU seconds from the text of a `/proc/.../stat` file (a process's or a thread's). */
-function statCpuSeconds(stat: string): number {
+/** User and system (kernel) CPU seconds from the text of a `/proc/.../stat` file. */
+function statCpuSeconds(stat: string): { user: number; kernel: number } {
   // The name, in parentheses, may hold spaces: fields are counted after its closing one.
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
+  return { user: Number(fields[11]) / CLK_TCK, kernel: Number(fields[12]) / CLK_TCK };
 }
 
 /** User + system CPU seconds of a process (all its threads), or NaN when it is gone. */
 export function cpuSeconds(pid: number): number {
   try {
-    return statCpuSeconds(Deno.readTextFileSync(`/proc/${pid}/stat`));
+    const t = statCpuSeconds(Deno.readTextFileSync(`/proc/${pid}/stat`));
+    return t.user + t.kernel;
   } catch {
     return NaN;
   }
@@ -159,15 +160,17 @@ export type ThreadKind = "main" | "kv" | "v8" | "other";
 /** Every {@link ThreadKind}, in the order tables show them. */
 export const THREAD_KINDS: readonly ThreadKind[] = ["main", "kv", "v8", "other"];
 
-/** One reading of a process's threads: CPU seconds and kind, by thread id; null when it is gone. */
-export type ThreadReading = Map<string, { kind: ThreadKind; seconds: number }> | null;
+/** One reading of a process's threads: kind and CPU seconds (all, and in the kernel), by thread id; null when it is gone. */
+export type ThreadReading =
+  | Map<string, { kind: ThreadKind; seconds: number; kernel: number }>
+  | null;
 
 /**
  * Reads the CPU seconds of each thread of a process, with its kind: the main (JavaScript)
  * thread, Deno KV's SQLite thread (`sw-N`), V8's helpers (`V8 DefaultWorke`) or other.
  */
 export function readThreads(pid: number): ThreadReading {
-  const out = new Map<string, { kind: ThreadKind; seconds: number }>();
+  const out = new Map<string, { kind: ThreadKind; seconds: number; kernel: number }>();
   let tids: string[];
   try {
     tids = [...Deno.readDirSync(`/proc/${pid}/task`)].map((e) => e.name);
@@ -185,7 +188,8 @@ export function readThreads(pid: number): ThreadReading {
         : name.startsWith("V8 ")
         ? "v8"
         : "other";
-      out.set(tid, { kind, seconds: statCpuSeconds(stat) });
+      const t = statCpuSeconds(stat);
+      out.set(tid, { kind, seconds: t.user + t.kernel, kernel: t.kernel });
     } catch {
       // The thread ended between the listing and the read.
     }
@@ -193,16 +197,26 @@ export function readThreads(pid: number): ThreadReading {
   return out.size > 0 ? out : null;
 }
 
+/** CPU seconds by kind of thread between two readings. */
+export interface ThreadCpu {
+  /** All CPU seconds. */
+  total: Record<ThreadKind, number>;
+  /** The part of `total` spent in the kernel (system calls: socket writes, file writes, fsync). */
+  kernel: Record<ThreadKind, number>;
+}
+
 /** CPU seconds each kind of thread used between two readings (NaN when either is missing). */
-export function threadCpuBetween(
-  before: ThreadReading,
-  after: ThreadReading,
-): Record<ThreadKind, number> {
-  if (!before || !after) return { main: NaN, kv: NaN, v8: NaN, other: NaN };
-  const out: Record<ThreadKind, number> = { main: 0, kv: 0, v8: 0, other: 0 };
+export function threadCpuBetween(before: ThreadReading, after: ThreadReading): ThreadCpu {
+  const zero = (n: number): Record<ThreadKind, number> => ({ main: n, kv: n, v8: n, other: n });
+  if (!before || !after) return { total: zero(NaN), kernel: zero(NaN) };
+  const out: ThreadCpu = { total: zero(0), kernel: zero(0) };
   // Per thread, so a thread that ended in between takes nothing away; what it used in the
   // window before it ended is lost, and a thread started in between counts from zero.
-  for (const [tid, t] of after) out[t.kind] += t.seconds - (before.get(tid)?.seconds ?? 0);
+  for (const [tid, t] of after) {
+    const was = before.get(tid);
+    out.total[t.kind] += t.seconds - (was?.seconds ?? 0);
+    out.kernel[t.kind] += t.kernel - (was?.kernel ?? 0);
+  }
   return out;
 }
 

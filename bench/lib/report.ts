@@ -405,21 +405,25 @@ function threadSection(results: Results): string[] {
     "(parallel and concurrent garbage collection, background compiles); _other_ is the rest (Deno's tokio runtime; " +
     "Node names all its threads alike, so Socket.IO's helper threads count here). A CPU profile of the JavaScript " +
     "thread (next section) cannot show the KV thread's work: on one pinned core it appears there as self time of " +
-    "`op_kv_atomic_write`, the moment the commit is handed over.",
+    "`op_kv_atomic_write`, the moment the commit is handed over. _in kernel_ is the part of a thread's " +
+    "time spent in system calls: on the main thread mostly socket writes (over loopback a write also does " +
+    "much of the receiving side's work), on the KV thread the WAL writes and their syncs.",
     "",
-    "| step | peer | offered msg/s | server CPU | main | KV | V8 | other | KV thread µs per message |",
-    "| --- | --- | --: | --: | --: | --: | --: | --: | --: |",
+    "| step | peer | offered msg/s | server CPU | main | main in kernel | KV | KV in kernel | V8 | other | KV thread µs per message |",
+    "| --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --: |",
   ];
   for (const { what, step } of shown) {
     const t = step.serverThreadsPct!;
+    const k = step.serverThreadsKernelPct;
     L.push(
       `| ${what} | ${label(step.peer)} | ${int(step.rate)} | ${fx(step.serverCpuPct, 0)}% | ${
         fx(t.main, 0)
-      }% | ${fx(t.kv, 0)}% | ${fx(t.v8, 0)}% | ${fx(t.other, 0)}% | ${
-        t.kv > 0 ? fx(kvMicrosPerMessage(step), 0) : "–"
-      } |`,
+      }% | ${k ? `${fx(k.main, 0)}%` : "–"} | ${fx(t.kv, 0)}% | ${k ? `${fx(k.kv, 0)}%` : "–"} | ${
+        fx(t.v8, 0)
+      }% | ${fx(t.other, 0)}% | ${t.kv > 0 ? fx(kvMicrosPerMessage(step), 0) : "–"} |`,
     );
   }
+  L.push(...fanoutKernelSentence(shown.filter((r) => r.what.startsWith("fan-out"))));
   const best = ing && oursBest > 0
     ? stepAt(ladderOf(ing.ladders, "ours_ticket"), oursBest)
     : undefined;
@@ -440,6 +444,31 @@ function threadSection(results: Results): string[] {
   }
   L.push("");
   return L;
+}
+
+/**
+ * Where raw Deno's and ours' fan-out CPU goes on the main thread, per delivery: in the kernel
+ * (the socket writes both pay alike) and in user space (JavaScript and Deno's own code).
+ */
+function fanoutKernelSentence(rows: { what: string; step: StepResult }[]): string[] {
+  const perDelivery = (peer: string) => {
+    const step = rows.find((r) => r.step.peer === peer)?.step;
+    const k = step?.serverThreadsKernelPct;
+    if (!step || !k || !(step.deliveriesPerSec > 0)) return undefined;
+    const us = (pct: number) => (pct / 100 / step.deliveriesPerSec) * 1e6;
+    return { kernel: us(k.main), user: us(step.serverThreadsPct!.main - k.main) };
+  };
+  const raw = perDelivery("raw_deno");
+  const ours = perDelivery("ours_ticket");
+  if (!raw || !ours) return [];
+  return [
+    "",
+    `Per delivery in that fan-out step, the main thread spent ${
+      fx(raw.kernel, 2)
+    } µs in the kernel for raw Deno and ${fx(ours.kernel, 2)} µs for ours (ticket socket), and ${
+      fx(raw.user, 2)
+    } µs and ${fx(ours.user, 2)} µs in user space (JavaScript and Deno's own code).`,
+  ];
 }
 
 /** A step's server CPU by kind of thread, % of one core: "main / KV / V8 / other". */

@@ -19,6 +19,7 @@ import {
   sleep,
   taskset,
   THREAD_KINDS,
+  type ThreadCpu,
   threadCpuBetween,
   type ThreadKind,
   waitForQuiet,
@@ -104,6 +105,8 @@ export interface StepResult {
   serverCpuPct: number;
   /** The same by kind of server thread (see `readThreads`), % of one core. */
   serverThreadsPct?: Record<ThreadKind, number>;
+  /** The kernel's part of {@link StepResult.serverThreadsPct}, % of one core. */
+  serverThreadsKernelPct?: Record<ThreadKind, number>;
   /** Load generators' CPU use in the window, % of their cores. */
   clientCpuPct: number;
   /** The load generators were near saturation (≥ 90%): the limit may be theirs. */
@@ -238,6 +241,13 @@ export async function measureStep(
   }
 }
 
+/** Seconds by kind of thread as % of one core over a window of `seconds`. */
+const perKindPct = (byKind: Record<ThreadKind, number>, seconds: number) =>
+  Object.fromEntries(THREAD_KINDS.map((k) => [k, (byKind[k] / seconds) * 100])) as Record<
+    ThreadKind,
+    number
+  >;
+
 async function summarise(
   bench: Bench,
   peer: RunningPeer,
@@ -246,7 +256,7 @@ async function summarise(
   m: {
     seconds: number;
     serverCpu: number;
-    serverThreads: Record<ThreadKind, number>;
+    serverThreads: ThreadCpu;
     clientCpu: number;
     mem: { rss: number; hwm: number };
     foreignPct: number;
@@ -276,9 +286,8 @@ async function summarise(
     serverCpuSec: m.serverCpu,
     cpuPerMillion: received > 0 ? m.serverCpu / (received / 1e6) : NaN,
     serverCpuPct: (m.serverCpu / m.seconds) * 100,
-    serverThreadsPct: Object.fromEntries(
-      THREAD_KINDS.map((k) => [k, (m.serverThreads[k] / m.seconds) * 100]),
-    ) as Record<ThreadKind, number>,
+    serverThreadsPct: perKindPct(m.serverThreads.total, m.seconds),
+    serverThreadsKernelPct: perKindPct(m.serverThreads.kernel, m.seconds),
     clientCpuPct: (m.clientCpu / m.seconds / clientCores) * 100,
     clientBound: m.clientCpu / m.seconds / clientCores >= 0.9,
     foreignCpuPct: m.foreignPct,
@@ -312,6 +321,8 @@ async function summarise(
       Math.round(result.deliveriesPerSec)
     } deliv/s  srv ${result.serverCpuPct.toFixed(0)}% (${
       THREAD_KINDS.map((k) => `${k} ${result.serverThreadsPct![k].toFixed(0)}`).join(" ")
+    }; kernel: main ${result.serverThreadsKernelPct!.main.toFixed(0)} kv ${
+      result.serverThreadsKernelPct!.kv.toFixed(0)
     })  cli ${result.clientCpuPct.toFixed(0)}%  ${result.pass ? "ok" : "over: " + result.reason}${
       result.clientBound ? " [load generator saturated]" : ""
     }${result.disturbed ? ` [others used ${m.foreignPct.toFixed(0)}% of a core]` : ""}`,
