@@ -160,7 +160,7 @@ export type ThreadKind = "main" | "kv" | "v8" | "other";
 /** Every {@link ThreadKind}, in the order tables show them. */
 export const THREAD_KINDS: readonly ThreadKind[] = ["main", "kv", "v8", "other"];
 
-/** One reading of a process's threads: kind and CPU seconds (all, and in the kernel), by thread id; null when it is gone. */
+/** A process's threads by id, with kind and CPU seconds (all, and in the kernel); null when gone. */
 export type ThreadReading =
   | Map<string, { kind: ThreadKind; seconds: number; kernel: number }>
   | null;
@@ -207,9 +207,9 @@ export interface ThreadCpu {
 
 /** CPU seconds each kind of thread used between two readings (NaN when either is missing). */
 export function threadCpuBetween(before: ThreadReading, after: ThreadReading): ThreadCpu {
-  const zero = (n: number): Record<ThreadKind, number> => ({ main: n, kv: n, v8: n, other: n });
-  if (!before || !after) return { total: zero(NaN), kernel: zero(NaN) };
-  const out: ThreadCpu = { total: zero(0), kernel: zero(0) };
+  const filled = (n: number): Record<ThreadKind, number> => ({ main: n, kv: n, v8: n, other: n });
+  if (!before || !after) return { total: filled(NaN), kernel: filled(NaN) };
+  const out: ThreadCpu = { total: filled(0), kernel: filled(0) };
   // Per thread, so a thread that ended in between takes nothing away; what it used in the
   // window before it ended is lost, and a thread started in between counts from zero.
   for (const [tid, t] of after) {

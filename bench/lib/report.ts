@@ -366,8 +366,11 @@ function stepsTable(steps: StepResult[], withRooms = false): string[] {
   return rows;
 }
 
+/** CPU µs per unit of work from a share of one core (%) and that work's rate per second. */
+const microsPer = (pct: number, perSec: number) => (pct / 100 / perSec) * 1e6;
+
 /** CPU µs Deno KV's SQLite thread spent per offered message in a step. */
-const kvMicrosPerMessage = (s: StepResult) => (s.serverThreadsPct!.kv / 100 / s.rate) * 1e6;
+const kvMicrosPerMessage = (s: StepResult) => microsPer(s.serverThreadsPct!.kv, s.rate);
 
 /**
  * The server's CPU by kind of thread at the steps the targets turn on: fan-out at the reference
@@ -396,6 +399,7 @@ function threadSection(results: Results): string[] {
   }
   const shown = rows.filter((r) => r.step.serverThreadsPct);
   if (shown.length === 0) return [];
+  const withKernel = shown.some((r) => r.step.serverThreadsKernelPct);
   const L = [
     "## Server CPU by thread",
     "",
@@ -405,22 +409,31 @@ function threadSection(results: Results): string[] {
     "(parallel and concurrent garbage collection, background compiles); _other_ is the rest (Deno's tokio runtime; " +
     "Node names all its threads alike, so Socket.IO's helper threads count here). A CPU profile of the JavaScript " +
     "thread (next section) cannot show the KV thread's work: on one pinned core it appears there as self time of " +
-    "`op_kv_atomic_write`, the moment the commit is handed over. _in kernel_ is the part of a thread's " +
-    "time spent in system calls: on the main thread mostly socket writes (over loopback a write also does " +
-    "much of the receiving side's work), on the KV thread the WAL writes and their syncs.",
+    "`op_kv_atomic_write`, the moment the commit is handed over." +
+    (withKernel
+      ? " _in kernel_ is the part of a thread's time the kernel spent on its behalf (system calls above all, " +
+        "and page faults): the main thread's socket writes (over loopback a write also does much of the " +
+        "receiving side's work), the KV thread's WAL writes and their syncs."
+      : ""),
     "",
-    "| step | peer | offered msg/s | server CPU | main | main in kernel | KV | KV in kernel | V8 | other | KV thread µs per message |",
-    "| --- | --- | --: | --: | --: | --: | --: | --: | --: | --: | --: |",
+    `| step | peer | offered msg/s | server CPU | main | ${
+      withKernel ? "main in kernel | " : ""
+    }KV | ${withKernel ? "KV in kernel | " : ""}V8 | other | KV thread µs per message |`,
+    `| --- | --- | --: | --: | --: | ${withKernel ? "--: | " : ""}--: | ${
+      withKernel ? "--: | " : ""
+    }--: | --: | --: |`,
   ];
   for (const { what, step } of shown) {
     const t = step.serverThreadsPct!;
     const k = step.serverThreadsKernelPct;
+    const kernel = (pct: number | undefined) =>
+      withKernel ? `${k ? `${fx(pct ?? NaN, 0)}%` : "–"} | ` : "";
     L.push(
       `| ${what} | ${label(step.peer)} | ${int(step.rate)} | ${fx(step.serverCpuPct, 0)}% | ${
         fx(t.main, 0)
-      }% | ${k ? `${fx(k.main, 0)}%` : "–"} | ${fx(t.kv, 0)}% | ${k ? `${fx(k.kv, 0)}%` : "–"} | ${
-        fx(t.v8, 0)
-      }% | ${fx(t.other, 0)}% | ${t.kv > 0 ? fx(kvMicrosPerMessage(step), 0) : "–"} |`,
+      }% | ${kernel(k?.main)}${fx(t.kv, 0)}% | ${kernel(k?.kv)}${fx(t.v8, 0)}% | ${
+        fx(t.other, 0)
+      }% | ${t.kv > 0 ? fx(kvMicrosPerMessage(step), 0) : "–"} |`,
     );
   }
   L.push(...fanoutKernelSentence(shown.filter((r) => r.what.startsWith("fan-out"))));
@@ -447,16 +460,21 @@ function threadSection(results: Results): string[] {
 }
 
 /**
- * Where raw Deno's and ours' fan-out CPU goes on the main thread, per delivery: in the kernel
- * (the socket writes both pay alike) and in user space (JavaScript and Deno's own code).
+ * Raw Deno's and ours' main-thread CPU per delivery in the fan-out step, split into kernel and
+ * user space: the split tells the socket writes, which any server pays, from its own code.
  */
 function fanoutKernelSentence(rows: { what: string; step: StepResult }[]): string[] {
   const perDelivery = (peer: string) => {
     const step = rows.find((r) => r.step.peer === peer)?.step;
-    const k = step?.serverThreadsKernelPct;
-    if (!step || !k || !(step.deliveriesPerSec > 0)) return undefined;
-    const us = (pct: number) => (pct / 100 / step.deliveriesPerSec) * 1e6;
-    return { kernel: us(k.main), user: us(step.serverThreadsPct!.main - k.main) };
+    const main = step?.serverThreadsPct?.main;
+    // NaN (a server gone mid-window) is saved as null in the results file.
+    const kernel = step?.serverThreadsKernelPct?.main;
+    if (!step || !Number.isFinite(main) || !Number.isFinite(kernel)) return undefined;
+    if (!(step.deliveriesPerSec > 0)) return undefined;
+    return {
+      kernel: microsPer(kernel!, step.deliveriesPerSec),
+      user: microsPer(main! - kernel!, step.deliveriesPerSec),
+    };
   };
   const raw = perDelivery("raw_deno");
   const ours = perDelivery("ours_ticket");
@@ -464,10 +482,10 @@ function fanoutKernelSentence(rows: { what: string; step: StepResult }[]): strin
   return [
     "",
     `Per delivery in that fan-out step, the main thread spent ${
-      fx(raw.kernel, 2)
-    } µs in the kernel for raw Deno and ${fx(ours.kernel, 2)} µs for ours (ticket socket), and ${
-      fx(raw.user, 2)
-    } µs and ${fx(ours.user, 2)} µs in user space (JavaScript and Deno's own code).`,
+      fx(raw.kernel, 1)
+    } µs in the kernel for raw Deno and ${fx(ours.kernel, 1)} µs for ours (ticket socket), and ${
+      fx(raw.user, 1)
+    } µs and ${fx(ours.user, 1)} µs in user space (JavaScript and Deno's own code).`,
   ];
 }
 
