@@ -65,6 +65,33 @@ Deno.test("chat rooms: the document's flow for two users", async () => {
   }
 });
 
+Deno.test("chat rooms: numeric user ids are sent as strings, as the document shows them", async () => {
+  const server = await startTestServer();
+  try {
+    // A string `sub` that looks like a number, and a number `sub`: the core keeps both as numbers.
+    const a = await enter(server, "ids", { sub: "5", username: "ann" });
+    assertEquals(await a.next(), {
+      type: "room_users_list",
+      users: [{ id: "5", username: "ann" }],
+    });
+    a.send({ message: "before" });
+    assertEquals((await a.next()).sender_id, "5");
+    const b = await enter(server, "ids", { sub: 6, username: "ben" });
+    const list = await b.next();
+    assertEquals((list.users as { id: unknown }[]).map((u) => u.id).sort(), ["5", "6"]);
+    const history = await b.next();
+    assertEquals([history.message, history.sender_id], ["before", "5"]);
+    assertEquals(await a.next(), { type: "user_join", user_id: "6", username: "ben" });
+    b.send({ message: "live" });
+    for (const ws of [a, b]) assertEquals((await ws.next()).sender_id, "6");
+    await b.close();
+    assertEquals(await a.next(), { type: "user_leave", user_id: "6", username: "ben" });
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("chat rooms: history on connect comes after the users list, oldest first, last N only", async () => {
   const server = await startTestServer({ HISTORY_ON_CONNECT: "3" });
   try {

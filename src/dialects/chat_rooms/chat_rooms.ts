@@ -5,12 +5,19 @@
 
 import { ChatError } from "../../core/errors.ts";
 import { isoSeconds } from "../../core/time.ts";
+import type { UserId } from "../../core/types.ts";
 import type { DialectContext, WsRoute } from "../context.ts";
 import { optionalClientId, optionalString, parseObject } from "../frames.ts";
 import { singleRoomRoute } from "../single_room.ts";
 
 /** Close codes of this protocol. */
 export const CHAT_ROOMS_CLOSE = { unauthorized: 4001, badRoom: 4000 } as const;
+
+/**
+ * The document shows every user id as a string (`"sender_id": "user-id"`), so a numeric `sub`
+ * (which the core keeps as a number, as the Django protocols render it) is sent as its string.
+ */
+const idText = (id: UserId) => String(id);
 
 /** Channels group names: ASCII letters, digits, hyphens, underscores, periods, under 100. */
 const ROOM_NAME = /^[A-Za-z0-9_.-]{1,99}$/;
@@ -30,14 +37,14 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
           type: "chat_message",
           message: m.body,
           sender_username: m.sender?.username ?? "system",
-          sender_id: m.sender?.id ?? null,
+          sender_id: m.sender ? idText(m.sender.id) : null,
           timestamp: isoSeconds(m.createdAt),
         });
       }
       if (event.type === "presence") {
         return JSON.stringify({
           type: event.action === "join" ? "user_join" : "user_leave",
-          user_id: event.user.id,
+          user_id: idText(event.user.id),
           username: event.user.username,
         });
       }
@@ -52,7 +59,7 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
       const users = await ctx.chat.present(s.room);
       s.conn.send(JSON.stringify({
         type: "room_users_list",
-        users: users.map((u) => ({ id: u.id, username: u.username })),
+        users: users.map((u) => ({ id: idText(u.id), username: u.username })),
       }));
     },
     async joinFrom(s) {
