@@ -40,14 +40,18 @@ Deno.test("ClaimsAccessPolicy admits admins everywhere and others by grant patte
   assertEquals(grantMatches("ticket:1.", "ticket:12"), false);
 });
 
-Deno.test("findToken() reads query, cookie, bearer header and bearer subprotocol", () => {
+Deno.test("findToken() reads query, cookie, bearer header and bearer subprotocol, and says which", () => {
   const req = (url: string, headers: Record<string, string> = {}) =>
     new Request(`http://h${url}`, { headers });
-  assertEquals(findToken(req("/?token=q")).token, "q");
-  assertEquals(findToken(req("/", { cookie: "a=1; access_token=c" })).token, "c");
-  assertEquals(findToken(req("/", { authorization: "Bearer h" })).token, "h");
+  const found = (r: Request) => {
+    const { token, source } = findToken(r);
+    return [token, source];
+  };
+  assertEquals(found(req("/?token=q", { cookie: "access_token=c" })), ["q", "query"]);
+  assertEquals(found(req("/", { cookie: "a=1; access_token=c" })), ["c", "cookie"]);
+  assertEquals(found(req("/", { authorization: "Bearer h" })), ["h", "header"]);
   const viaProtocol = findToken(req("/", { "sec-websocket-protocol": "bearer.p, chat" }));
-  assertEquals(viaProtocol, { token: "p", protocol: "chat" });
+  assertEquals(viaProtocol, { token: "p", source: "subprotocol", protocol: "chat" });
   assertEquals(findToken(req("/", { "sec-websocket-protocol": "bearer.p" })).protocol, "bearer.p");
   assertEquals(findToken(req("/")).token, undefined);
 });

@@ -6,6 +6,8 @@ const BEARER_PROTOCOL = "bearer.";
 export interface FoundToken {
   /** The raw JWT, if any source carried one. */
   token?: string;
+  /** Which source carried it: an ambient cookie is told apart from a token sent on purpose. */
+  source?: "query" | "cookie" | "header" | "subprotocol";
   /** Subprotocol to echo in the upgrade response, when the client offered any. */
   protocol?: string;
 }
@@ -42,12 +44,14 @@ export function findToken(req: Request): FoundToken {
   const protocol = other ?? bearerEntry;
 
   const query = new URL(req.url).searchParams.get("token")?.trim();
-  if (query) return { token: query, protocol };
+  if (query) return { token: query, source: "query", protocol };
   const cookie = readCookie(req.headers.get("cookie"), "access_token");
-  if (cookie) return { token: cookie.replace(/^Bearer\s+/i, ""), protocol };
+  if (cookie) return { token: cookie.replace(/^Bearer\s+/i, ""), source: "cookie", protocol };
   const auth = req.headers.get("authorization");
   const match = auth?.match(/^Bearer\s+(\S+)\s*$/i);
-  if (match) return { token: match[1], protocol };
-  if (bearerEntry) return { token: bearerEntry.slice(BEARER_PROTOCOL.length), protocol };
+  if (match) return { token: match[1], source: "header", protocol };
+  if (bearerEntry) {
+    return { token: bearerEntry.slice(BEARER_PROTOCOL.length), source: "subprotocol", protocol };
+  }
   return { protocol };
 }

@@ -9,7 +9,7 @@ import { findToken } from "../../auth/token.ts";
 import { asChatError, ChatError } from "../../core/errors.ts";
 import { isValidRoomId, roomKey } from "../../core/rooms.ts";
 import type { FileInput, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
-import { ConnectError, type Socket, SocketIOServer } from "../../engine_io/mod.ts";
+import { type Socket, SocketIOServer } from "../../engine_io/mod.ts";
 import type { Member } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
 import { baseUrlOf, type DialectContext, maxFrameSize } from "../context.ts";
@@ -26,6 +26,8 @@ export const SIO_ERRORS = {
 
 interface SocketState {
   user?: Principal;
+  /** The handshake carried a token, not in a cookie, that did not verify: told once connected. */
+  badToken?: boolean;
   baseUrl: string;
   /** Ticket ids this socket joined. */
   tickets: Set<string>;
@@ -64,8 +66,10 @@ export function socketIoMessage(message: Message, ticketId: string, baseUrl: str
   };
 }
 
+// The source system's ids are Mongo ObjectIds, strings everywhere; a numeric `sub` is rendered as
+// a string too, so `message.sender._id === user.id` holds as it did there.
 const publicUser = (user: Principal) => ({
-  id: user.id,
+  id: String(user.id),
   name: user.name ?? user.username,
   email: user.email ?? null,
   type: senderModel(user),
@@ -137,7 +141,11 @@ export function createSocketIoTicketChat(
         } else if (event.type === "typing") {
           nsp.to(name).except(`user:${event.user.id}`).emit(
             event.isTyping ? "user_typing" : "user_stopped_typing",
-            { userId: event.user.id, userName: event.user.name ?? event.user.username, ticketId },
+            {
+              userId: String(event.user.id),
+              userName: event.user.name ?? event.user.username,
+              ticketId,
+            },
           );
         }
       },
@@ -218,21 +226,24 @@ export function createSocketIoTicketChat(
     });
   }
 
+  // A handshake token is our addition: the document authenticates with the `authenticate` event
+  // only. So a bad one never refuses the connection (the client would stop there, never
+  // reconnecting): the socket connects unauthenticated and can still send `authenticate`. A bad
+  // token the client sent on purpose is reported with `authentication_error`; a stale
+  // `access_token` cookie, which another app on the host may have left, is passed over quietly.
   nsp.use(async (socket, next) => {
     const req = socket.conn.request;
+    const request = new Request(req.url, { headers: req.headers });
     const fromAuth = socket.handshake.auth?.token;
-    const token = typeof fromAuth === "string" && fromAuth !== ""
-      ? fromAuth
-      : findToken(new Request(req.url, { headers: req.headers })).token;
-    const data: SocketState = {
-      baseUrl: baseUrlOf(ctx.config, new Request(req.url, { headers: req.headers })),
-      tickets: new Set(),
-    };
+    const found = typeof fromAuth === "string" && fromAuth !== ""
+      ? { token: fromAuth, source: "auth" }
+      : findToken(request);
+    const data: SocketState = { baseUrl: baseUrlOf(ctx.config, request), tickets: new Set() };
     socket.data = data;
-    if (token) {
-      const user = await ctx.auth.authenticate(token);
-      if (!user) return next(new ConnectError(SIO_ERRORS.invalidToken));
-      data.user = user;
+    if (found.token) {
+      const user = await ctx.auth.authenticate(found.token);
+      if (user) data.user = user;
+      else data.badToken = found.source !== "cookie";
     }
     next();
   });
@@ -243,6 +254,8 @@ export function createSocketIoTicketChat(
     if (s.user) {
       socket.join(userRoom(s.user));
       socket.emit("authenticated", { user: publicUser(s.user) });
+    } else if (s.badToken) {
+      socket.emit("authentication_error", { message: SIO_ERRORS.invalidToken });
     }
 
     socket.on("authenticate", async (payload: unknown, ack?: unknown) => {
