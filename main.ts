@@ -18,6 +18,8 @@ import { conversationChatRoute } from "./src/dialects/conversation_chat/conversa
 import { chatRoomsRoute } from "./src/dialects/chat_rooms/chat_rooms.ts";
 import { serviceChatRoutes } from "./src/dialects/service_chats/service_chats.ts";
 import { createSocketIoTicketChat } from "./src/dialects/socketio_ticket/socketio_ticket.ts";
+// Pages written for the Node server load the client from it: `<script src="/socket.io/socket.io.js">`.
+import socketIoClientBundle from "socket.io-client/dist/socket.io.js" with { type: "text" };
 import type { SocketIOServer } from "./src/engine_io/mod.ts";
 import { createHttpApp, matchWsRoute } from "./src/http/app.ts";
 import { mountWeb } from "./src/http/web_routes.ts";
@@ -166,6 +168,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     relay: overrides.socketIoRelay ?? false,
     pingInterval: config.socketIoPingIntervalMs,
     pingTimeout: config.socketIoPingTimeoutMs,
+    clientBundle: socketIoClientBundle,
   });
   const apiCounters = new ApiCounters();
   const http = createHttpApp({

@@ -364,3 +364,87 @@ Deno.test({
     }
   },
 });
+
+/** The part of socket.io-client's browser global the next test uses. */
+declare const io: (url: string) => {
+  emit(event: string, payload: unknown): void;
+  on(event: string, listener: (payload: Record<string, unknown>) => void): void;
+  disconnect(): void;
+};
+declare const location: { origin: string };
+
+Deno.test({
+  name: skip
+    ? "browser: a page written for the Node Socket.IO server loads /socket.io/socket.io.js and chats " +
+      "(SKIPPED: no Chromium at /usr/bin/chromium; `apt-get install chromium` or set CI=true)"
+    : "browser: a page written for the Node Socket.IO server loads /socket.io/socket.io.js and chats",
+  ignore: skip,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    if (!haveChromium) {
+      throw new Error(
+        `CI=true but there is no Chromium at ${CHROMIUM}: .ci/chromium.sh installs it`,
+      );
+    }
+    const dataDir = await Deno.makeTempDir({ prefix: "chat-browser-sio-" });
+    const profile = await Deno.makeTempDir({ prefix: "chat-chromium-sio-" });
+    const port = freePort();
+    const url = `http://127.0.0.1:${port}/`;
+    const server = await serve(dataDir, port);
+    let context: BrowserContext | null = null;
+    try {
+      const signIn = await fetch(`${url}dev/token`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ name: "Sam", rooms: ["ticket:*"] }),
+      });
+      const { token } = await signIn.json();
+      context = await chromium.launchPersistentContext(profile, {
+        executablePath: CHROMIUM,
+        headless: true,
+        args: FLAGS,
+      });
+      context.setDefaultTimeout(10_000);
+      const page = context.pages()[0] ?? await context.newPage();
+      await page.goto(`${url}healthz`);
+      // The way such pages load the client: a script tag pointing at the chat server.
+      await page.addScriptTag({ url: `${url}socket.io/socket.io.js` });
+      const seen = await page.evaluate(
+        (token: string) =>
+          new Promise<unknown[]>((resolve, reject) => {
+            const timer = setTimeout(() => reject(new Error("no new_message")), 8000);
+            const socket = io(location.origin);
+            const events: unknown[] = [];
+            socket.on("connect", () => socket.emit("authenticate", { token }));
+            socket.on("authenticated", (data) => {
+              events.push(["authenticated", (data.user as { name: string }).name]);
+              socket.emit("join_ticket", { ticketId: "12" });
+            });
+            socket.on("joined_ticket", (data) => {
+              events.push(["joined_ticket", data.ticketId]);
+              socket.emit("send_message", { ticketId: "12", message: "from a script tag" });
+            });
+            socket.on("new_message", (data) => {
+              const message = data.data as { message: string; ticketId: string };
+              events.push(["new_message", message.ticketId, message.message]);
+              clearTimeout(timer);
+              socket.disconnect();
+              resolve(events);
+            });
+          }),
+        token,
+      );
+      assertEquals(seen, [
+        ["authenticated", "Sam"],
+        ["joined_ticket", "12"],
+        ["new_message", "12", "from a script tag"],
+      ]);
+    } finally {
+      await context?.close().catch(() => {});
+      await server.close();
+      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+      await Deno.remove(profile, { recursive: true }).catch(() => {});
+    }
+  },
+});

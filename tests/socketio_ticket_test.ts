@@ -294,6 +294,23 @@ Deno.test("socket.io ticket chat: a bad handshake token never refuses the connec
   });
 });
 
+Deno.test("socket.io ticket chat: the browser client is served at /socket.io/socket.io.js, as Node's server serves it", async () => {
+  await withChat(async (server) => {
+    const res = await fetch(`${server.url}/socket.io/socket.io.js`);
+    assertEquals(res.status, 200);
+    assertEquals(res.headers.get("content-type"), "application/javascript; charset=utf-8");
+    const body = await res.text();
+    assertMatch(body.slice(0, 200), /Socket\.IO v4\.\d+\.\d+/);
+    assert(body.length > 50_000);
+    const head = await fetch(`${server.url}/socket.io/socket.io.js`, { method: "HEAD" });
+    assertEquals([head.status, await head.text()], [200, ""]);
+    // Every other path under /socket.io/ is still Engine.IO's.
+    const other = await fetch(`${server.url}/socket.io/socket.io.min.js`);
+    assertEquals(other.status, 400);
+    await other.body?.cancel();
+  });
+});
+
 Deno.test("socket.io ticket chat: the client's own reconnection, then re-authenticate and rejoin", async () => {
   await withChat(async (server, client) => {
     const token = await server.token({ sub: "1", rooms: ["ticket:8"] });

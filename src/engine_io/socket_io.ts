@@ -72,6 +72,11 @@ export interface SocketIOServerOptions extends EngineOptions {
   connectTimeout?: number;
   /** Most binary attachments one packet may carry; default 10. */
   maxAttachments?: number;
+  /**
+   * The socket.io-client browser bundle, served at `<path>socket.io.js` as Node's server does by
+   * default (`serveClient`), for pages that load it with a script tag; not served when unset.
+   */
+  clientBundle?: string;
 }
 
 /** An `Error` whose `data` is sent to the client along with the message in CONNECT_ERROR. */
@@ -873,10 +878,12 @@ export class SocketIOServer<Data = SocketData> {
   #namespaces = new Map<string, Namespace<Data>>();
   #clients = new Set<Client>();
   #clientOptions: ClientOptions;
+  #clientBundle?: string;
 
   /** Creates a server with the main namespace `/`. */
   constructor(options: SocketIOServerOptions = {}) {
     this.engine = new EngineServer(options);
+    this.#clientBundle = options.clientBundle;
     this.#clientOptions = {
       connectTimeout: options.connectTimeout ?? 45_000,
       maxAttachments: options.maxAttachments ?? 10,
@@ -948,6 +955,19 @@ export class SocketIOServer<Data = SocketData> {
 
   /** Answers a request under the path (see {@linkcode EngineServer.handleRequest}). */
   handleRequest(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response> {
+    if (
+      this.#clientBundle !== undefined && (req.method === "GET" || req.method === "HEAD") &&
+      new URL(req.url).pathname === `${this.engine.path}socket.io.js`
+    ) {
+      return Promise.resolve(
+        new Response(req.method === "HEAD" ? null : this.#clientBundle, {
+          headers: {
+            "content-type": "application/javascript; charset=utf-8",
+            "cache-control": "public, max-age=3600",
+          },
+        }),
+      );
+    }
     return this.engine.handleRequest(req, info);
   }
 

@@ -96,6 +96,8 @@ export interface SocketIoTicketOptions {
   pingInterval?: number;
   /** Milliseconds a client has to answer a ping. */
   pingTimeout?: number;
+  /** The socket.io-client browser bundle to serve at `/socket.io/socket.io.js`. */
+  clientBundle?: string;
 }
 
 /**
@@ -116,6 +118,7 @@ export function createSocketIoTicketChat(
     allowedOrigins: origins.length > 0 ? origins : "*",
     relay: options.relay,
     frameBudget: ctx.frames,
+    clientBundle: options.clientBundle,
   });
   const nsp = io.of("/");
   /** Bridge members by engine room, with the hub join each one waits for. */
