@@ -1,6 +1,6 @@
 /**
  * Prints a signed token for development and tests:
- * `deno task token -- --sub 3 --username user3 --rooms ticket:1`.
+ * `deno task token --sub 3 --username user3 --rooms ticket:1` (a `--` before the options works too).
  * Signs with JWT_SECRET when set, else with the development secret under DATA_DIR.
  */
 
@@ -8,8 +8,10 @@ import { parseArgs } from "node:util";
 import { loadConfig } from "../src/config.ts";
 import { ensureDevSecret, signDevToken } from "../src/auth/verifier.ts";
 
+// `deno task token -- --sub 3` hands the script the `--` too (Deno 2.9 does; older ones dropped
+// it), and parseArgs would take everything after it as positionals.
 const { values } = parseArgs({
-  args: Deno.args,
+  args: Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args,
   options: {
     sub: { type: "string" },
     username: { type: "string" },
@@ -27,7 +29,7 @@ const { values } = parseArgs({
 
 if (values.help || !values.sub) {
   console.error(
-    "Usage: deno task token -- --sub <user id> [--username u] [--name n] [--email e] [--phone p]\n" +
+    "Usage: deno task token --sub <user id> [--username u] [--name n] [--email e] [--phone p]\n" +
       "         [--company c] [--role admin|super_admin|support|client] [--user-type t]\n" +
       "         [--rooms ticket:1 --rooms 'chat:*' | --rooms ticket:1,chat:2] [--expires 12h]",
   );
