@@ -131,7 +131,8 @@ Deno.test("native: past retention the client is told to resync, never left with 
     for (let i = 1; i <= 12; i++) a.send({ type: "send", room: "ticket:6", body: `m${i}` });
     for (let i = 1; i <= 12; i++) await a.next((f) => f.type === "ack");
     const b = await connect(server);
-    b.send({ type: "join", room: "ticket:6", since: 2 });
+    // The join's ref goes on its reply (`joined`), not on the resync before it.
+    b.send({ type: "join", room: "ticket:6", since: 2, ref: "j6" });
     const resync = await b.next();
     assertEquals(resync, {
       type: "resync",
@@ -143,6 +144,7 @@ Deno.test("native: past retention the client is told to resync, never left with 
     const seqs: number[] = [];
     while (seqs.length < 5) seqs.push((await b.next((f) => f.type === "message")).seq as number);
     assertEquals(seqs, [8, 9, 10, 11, 12]);
+    assertEquals((await b.next((f) => f.type === "joined")).ref, "j6");
     // A client ahead of the store (it was reset) is told too.
     const c = await connect(server);
     c.send({ type: "join", room: "ticket:6", since: 99 });
@@ -290,6 +292,14 @@ Deno.test("native: history pages by cursor both ways; typing, read and presence 
     const forward = await a.next((f) => f.type === "history");
     assertEquals((forward.messages as Frame[]).map((m) => m.seq), [6, 7]);
     assertEquals(forward.has_more, false);
+    // A full page that reaches either end of the history says there is no more.
+    for (const [query, seqs] of [[{ before: 4 }, [1, 2, 3]], [{ after: 4 }, [5, 6, 7]]] as const) {
+      a.send({ type: "history", room: "chat:1", limit: 3, ...query });
+      const page = await a.next((f) => f.type === "history");
+      assertEquals([(page.messages as Frame[]).map((m) => m.seq), page.has_more], [seqs, false]);
+    }
+    a.send({ type: "history", room: "chat:1", after: 3, limit: 3 });
+    assertEquals((await a.next((f) => f.type === "history")).has_more, true);
 
     b.send({ type: "typing", room: "chat:1", is_typing: true });
     assertEquals((await a.next((f) => f.type === "typing")).is_typing, true);
@@ -300,6 +310,49 @@ Deno.test("native: history pages by cursor both ways; typing, read and presence 
     await b.close();
     const left = await a.next((f) => f.type === "presence");
     assertEquals([left.action, (left.user as Frame).id], ["leave", 2]);
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: a batch join answers every entry, naming the room of each error; malformed files and is_typing are invalid_frame and store nothing", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await connect(server);
+    a.send({
+      type: "join",
+      rooms: ["chat:1", "service-chat:9", 42, { room: "chat:2", since: 0 }],
+      ref: "batch",
+    });
+    const replies: Frame[] = [];
+    while (replies.length < 4) {
+      replies.push(await a.next((f) => f.type === "joined" || f.type === "error"));
+    }
+    assertEquals(replies.map((f) => [f.type, f.room, f.code, f.ref]), [
+      ["joined", "chat:1", undefined, "batch"],
+      ["error", "service-chat:9", "forbidden", "batch"],
+      ["error", undefined, "invalid_frame", "batch"],
+      ["joined", "chat:2", undefined, "batch"],
+    ]);
+    const bad: [Frame, string][] = [
+      [{ files: "x" }, '"files" must be a list of {name, data}'],
+      [{ files: ["x"] }, 'Each entry of "files" must be {name, data}'],
+      [{ files: [{ name: "a.txt" }] }, 'Each file needs its base64 "data"'],
+      [{ files: [{ name: "a.txt", data: "" }] }, 'Each file needs its base64 "data"'],
+    ];
+    for (const [fields, message] of bad) {
+      a.send({ type: "send", room: "chat:1", body: "with a bad file", ...fields });
+      assertEquals(await a.next(), { type: "error", code: "invalid_frame", message });
+    }
+    a.send({ type: "typing", room: "chat:1", is_typing: "no" });
+    assertEquals(await a.next(), {
+      type: "error",
+      code: "invalid_frame",
+      message: '"is_typing" must be true or false',
+    });
+    a.send({ type: "history", room: "chat:1" });
+    assertEquals((await a.next((f) => f.type === "history")).messages, []);
     await a.close();
   } finally {
     await server.close();

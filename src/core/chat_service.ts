@@ -135,6 +135,23 @@ export class ChatService {
     return this.#deps.store.list(room, query);
   }
 
+  /**
+   * One page of history in ascending seq order, and whether more lies beyond it in the paging
+   * direction (past the newest with `after`, before the oldest without). One message more than
+   * `limit` is read, so a full page that happens to end the history does not claim more.
+   */
+  async historyPage(
+    room: string,
+    query: HistoryQuery,
+  ): Promise<{ messages: Message[]; hasMore: boolean }> {
+    const messages = await this.#deps.store.list(room, { ...query, limit: query.limit + 1 });
+    if (messages.length <= query.limit) return { messages, hasMore: false };
+    return {
+      messages: query.after !== undefined ? messages.slice(0, query.limit) : messages.slice(1),
+      hasMore: true,
+    };
+  }
+
   /** Deletes the room's history, with its files; resolves to how many messages went. */
   deleteHistory(room: string): Promise<number> {
     return this.#deps.store.purge(room);

@@ -102,6 +102,23 @@ const optionalSeq = (record: Record<string, unknown>, field: string): number | u
   return value;
 };
 
+/** A send's `files`: absent, or a list of `{name, data}` objects whose data is a non-empty string. */
+function optionalFiles(record: Record<string, unknown>): { name?: string; data: string }[] {
+  if (record.files === undefined || record.files === null) return [];
+  if (!Array.isArray(record.files)) {
+    throw new ChatError("invalid_frame", '"files" must be a list of {name, data}');
+  }
+  return record.files.map((f) => {
+    if (typeof f !== "object" || f === null || Array.isArray(f)) {
+      throw new ChatError("invalid_frame", 'Each entry of "files" must be {name, data}');
+    }
+    const file = f as Record<string, unknown>;
+    const data = optionalString(file, "data");
+    if (!data) throw new ChatError("invalid_frame", 'Each file needs its base64 "data"');
+    return { name: optionalString(file, "name"), data };
+  });
+}
+
 const requireRoom = (record: Record<string, unknown>): string => {
   const room = optionalString(record, "room");
   if (!room) throw new ChatError("invalid_frame", 'Field "room" is required');
@@ -229,13 +246,15 @@ class NativeSession implements SocketHandler {
       // History no longer reaches back to what the client has, or the client is ahead of the
       // store (it was reset): say so instead of leaving a silent gap.
       if (since + 1 < tail || since > head) {
-        this.#reply(conn, {
+        // No `ref`: it is not the join's reply, and a client settling the join on the first frame
+        // carrying its ref must get `joined` (or the error).
+        conn.send(JSON.stringify({
           type: "resync",
           room,
           reason: since > head ? "ahead_of_history" : "history_truncated",
           first_seq: tail,
           head,
-        }, ref);
+        }));
         from = tail - 1;
       }
     }
@@ -289,15 +308,30 @@ class NativeSession implements SocketHandler {
         const list = Array.isArray(record.rooms)
           ? record.rooms.map((r) => typeof r === "string" ? { room: r } : r)
           : [{ room: record.room, since: record.since }];
+        // Every entry gets its own `joined` or error (naming the room), so one refused room
+        // neither stops the rest nor leaves the client waiting for a reply that never comes.
         for (const item of list) {
-          if (typeof item !== "object" || item === null) {
-            throw new ChatError(
-              "invalid_frame",
-              'Each entry of "rooms" must be a room or {room, since}',
-            );
+          let room: string | undefined;
+          try {
+            if (typeof item !== "object" || item === null) {
+              throw new ChatError(
+                "invalid_frame",
+                'Each entry of "rooms" must be a room or {room, since}',
+              );
+            }
+            const entry = item as Record<string, unknown>;
+            room = requireRoom(entry);
+            await this.#join(conn, room, optionalSeq(entry, "since"), ref);
+          } catch (err) {
+            const error = asChatError(err);
+            ctx.metrics.error(error.code);
+            this.#reply(conn, {
+              type: "error",
+              code: error.code,
+              message: error.message,
+              ...(room === undefined ? {} : { room }),
+            }, ref);
           }
-          const entry = item as Record<string, unknown>;
-          await this.#join(conn, requireRoom(entry), optionalSeq(entry, "since"), ref);
         }
         return;
       }
@@ -312,15 +346,12 @@ class NativeSession implements SocketHandler {
         if (!this.#rooms.has(room)) {
           throw new ChatError("not_found", `Join room "${room}" before sending`);
         }
-        const files = Array.isArray(record.files) ? record.files : [];
+        const files = optionalFiles(record);
         const result = await ctx.chat.send(user, room, {
           body: optionalString(record, "body") ?? "",
           clientId: optionalClientId(record, "client_id"),
           mediaDir: `native/${room.replace(":", "_")}`,
-          files: files.map((f) => {
-            const file = (typeof f === "object" && f !== null ? f : {}) as Record<string, unknown>;
-            return { name: optionalString(file, "name"), data: optionalString(file, "data") ?? "" };
-          }),
+          files,
         }).catch((err) => {
           // Access was withdrawn since the join: leave the room as a revoke would.
           if (err instanceof ChatError && err.code === "forbidden") {
@@ -342,6 +373,9 @@ class NativeSession implements SocketHandler {
       case "typing": {
         const room = requireRoom(record);
         if (!this.#rooms.has(room)) throw new ChatError("not_found", `Join room "${room}" first`);
+        if (record.is_typing !== undefined && typeof record.is_typing !== "boolean") {
+          throw new ChatError("invalid_frame", '"is_typing" must be true or false');
+        }
         ctx.chat.typing(user, room, record.is_typing !== false);
         return;
       }
@@ -360,18 +394,14 @@ class NativeSession implements SocketHandler {
         const limit = Math.min(Math.max(optionalSeq(record, "limit") ?? 50, 1), 200);
         const before = optionalSeq(record, "before");
         const after = optionalSeq(record, "after");
-        const messages = await ctx.chat.history(room, { before, after, limit });
-        const first = messages[0]?.seq;
-        const last = messages.at(-1)?.seq;
-        const hasMore = messages.length === limit ||
-          (after === undefined && first !== undefined && first > (await ctx.chat.tail(room)));
+        const { messages, hasMore } = await ctx.chat.historyPage(room, { before, after, limit });
         this.#reply(conn, {
           type: "history",
           room,
           messages: messages.map((m) => nativeMessage(m, this.baseUrl)),
-          has_more: messages.length === 0 ? false : hasMore,
-          first_seq: first ?? null,
-          last_seq: last ?? null,
+          has_more: hasMore,
+          first_seq: messages[0]?.seq ?? null,
+          last_seq: messages.at(-1)?.seq ?? null,
         }, ref);
         return;
       }

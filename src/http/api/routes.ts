@@ -442,20 +442,16 @@ export const API_ROUTES: ApiRoute[] = [
     async handle({ params, query, req }, deps) {
       const room = roomKeyOf(params.kind, params.id);
       const { before, after, limit } = query;
-      const messages = await deps.chat.history(room, { before, after, limit });
-      const first = messages[0]?.seq;
-      const last = messages.at(-1)?.seq;
-      const hasMore = messages.length === limit ||
-        (after === undefined && first !== undefined && first > (await deps.chat.tail(room)));
+      const { messages, hasMore } = await deps.chat.historyPage(room, { before, after, limit });
       const baseUrl = baseUrlOf(deps.config, req);
       return {
         status: 200,
         body: {
           room,
           messages: messages.map((m) => nativeMessage(m, baseUrl)),
-          has_more: messages.length === 0 ? false : hasMore,
-          first_seq: first ?? null,
-          last_seq: last ?? null,
+          has_more: hasMore,
+          first_seq: messages[0]?.seq ?? null,
+          last_seq: messages.at(-1)?.seq ?? null,
         },
       };
     },
