@@ -525,3 +525,27 @@ apiTest(
     await listener.close();
   },
 );
+
+apiTest(
+  "a room only token claims open is deleted with its history; empty query parameters count as absent",
+  async (s) => {
+    for (let i = 1; i <= 3; i++) {
+      const res = await s.api("POST", "/api/rooms/chat/55/messages", { json: { body: `m${i}` } });
+      assertEquals(res.status, 201);
+    }
+    // `?before=&after=&limit=` as a URL template filled with nothing: the newest page.
+    const page = await s.api("GET", "/api/rooms/chat/55/messages?before=&after=&limit=");
+    assertEquals(page.status, 200);
+    assertEquals((page.body.messages as Json[]).map((m) => m.body), ["m1", "m2", "m3"]);
+    assertEquals(page.body.has_more, false);
+
+    assertEquals((await s.api("GET", "/api/rooms/chat/55")).status, 404);
+    assertEquals((await s.api("DELETE", "/api/rooms/chat/55")).status, 204);
+    const after = await s.api("GET", "/api/rooms/chat/55/messages");
+    assertEquals(after.body.messages, []);
+    assertEquals((await s.api("DELETE", "/api/rooms/chat/55")).body, {
+      status: 404,
+      message: 'Room "chat:55" not found',
+    });
+  },
+);

@@ -115,7 +115,8 @@ export function buildOpenApiDocument(routes: ApiRoute[]): Json {
         bearerAuth: {
           type: "http",
           scheme: "bearer",
-          description: "ADMIN_TOKEN, or a JWT whose role is admin or super_admin.",
+          description: "ADMIN_TOKEN, or a JWT whose role is admin or super_admin (the " +
+            "attachments upload also takes any user's JWT, for rooms that user may enter).",
         },
       },
     },

@@ -361,13 +361,18 @@ export const API_ROUTES: ApiRoute[] = [
       "`removed` frame), then its messages, their files, read cursors and client ids are " +
       "deleted. Message numbers are not reused: a room created again under the same id " +
       "continues after the last one. The room, now unknown to the directory, falls back to " +
-      "token claims; what is sent to it after the deletion stays.",
+      "token claims; what is sent to it after the deletion stays. A room the directory does " +
+      "not know (one that token claims open) is deleted the same way when it has history.",
     tag: "rooms",
     params: RoomPath,
-    responses: { 204: { description: "Deleted." }, 404: notFound("The room") },
+    responses: {
+      204: { description: "Deleted." },
+      404: notFound("The room (neither in the directory nor with history)"),
+    },
     async handle({ params }, deps) {
       const { kind, id } = params;
-      if (!(await deps.directory.deleteRoom(kind, id))) {
+      const known = await deps.directory.deleteRoom(kind, id);
+      if (!known && (await deps.chat.history(roomKeyOf(kind, id), { limit: 1 })).length === 0) {
         throw new ApiError(404, `Room "${roomKeyOf(kind, id)}" not found`);
       }
       deps.events.publish({ type: "closed", room: roomKeyOf(kind, id), reason: "Room deleted" });
@@ -493,7 +498,9 @@ export const API_ROUTES: ApiRoute[] = [
     summary: "Upload files as one message (multipart/form-data)",
     description: "For files too large for a socket frame: the message reaches every " +
       "protocol's clients like one sent over a socket. Each file is at most MAX_FILE_BYTES, " +
-      "and all of them together too.",
+      "and the whole request at most MAX_FILE_BYTES plus 256 KiB. Besides ADMIN_TOKEN and " +
+      "admin tokens, any user's token may call it, to post as that user in a room they may " +
+      "enter (the chat page uploads this way).",
     tag: "messages",
     members: true,
     params: RoomPath,
@@ -503,7 +510,8 @@ export const API_ROUTES: ApiRoute[] = [
       200: { description: "A repeated client_id: the original message.", schema: Message },
       404: notFound("The sender"),
       413: {
-        description: "A file, or the whole upload, is over MAX_FILE_BYTES.",
+        description: "A file is over MAX_FILE_BYTES, or the whole request over MAX_FILE_BYTES " +
+          "plus 256 KiB.",
         schema: ApiErrorBody,
       },
     },

@@ -172,13 +172,22 @@ export const History = z.object({
   last_seq: z.number().int().nullable(),
 }).describe("A slice of a room's history.").register(responseSchemas, { id: "History" });
 
+/**
+ * A query parameter given empty (`?before=`, as a URL template filled with nothing) counts as
+ * absent: coerced, it would be 0, and `before=0` is an empty page.
+ */
+const emptyIsAbsent = <T extends z.ZodType>(schema: T) =>
+  z.preprocess((v) => (v === "" ? undefined : v), schema);
+
 const seq = z.coerce.number().int().min(0);
 
 /** Query of `GET .../messages`. */
 export const HistoryQuery = z.object({
-  before: seq.optional().describe("Only messages with a lower seq"),
-  after: seq.optional().describe("Only messages with a higher seq (oldest first)"),
-  limit: z.coerce.number().int().min(1).max(200).default(50).describe("At most this many"),
+  before: emptyIsAbsent(seq.optional()).describe("Only messages with a lower seq"),
+  after: emptyIsAbsent(seq.optional()).describe("Only messages with a higher seq (oldest first)"),
+  limit: emptyIsAbsent(z.coerce.number().int().min(1).max(200).default(50)).describe(
+    "At most this many",
+  ),
 });
 
 const clientId = z.string().min(1).max(128).describe(
