@@ -307,6 +307,9 @@ Deno.test("native: history pages by cursor both ways; typing, read and presence 
     assertEquals((await b.next((f) => f.type === "read_ok")).seq, 6);
     const read = await a.next((f) => f.type === "read");
     assertEquals([read.seq, (read.user as Frame).id], [6, 2]);
+    // A cursor past the head stops at the head: it could never come back down.
+    a.send({ type: "read", room: "chat:1", seq: 999 });
+    assertEquals((await a.next((f) => f.type === "read_ok")).seq, 7);
     await b.close();
     const left = await a.next((f) => f.type === "presence");
     assertEquals([left.action, (left.user as Frame).id], ["leave", 2]);

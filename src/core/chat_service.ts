@@ -318,9 +318,13 @@ export class ChatService {
     this.#typing.clear();
   }
 
-  /** Raises the user's read cursor (to the head when `seq` is omitted) and tells the room. */
+  /**
+   * Raises the user's read cursor (to the head when `seq` is omitted, and never past it) and
+   * tells the room. Past the head it could never come back, as cursors only move forward.
+   */
   async markRead(user: Principal, room: string, seq?: number): Promise<number> {
-    const target = seq ?? await this.#deps.store.head(room);
+    const head = await this.#deps.store.head(room);
+    const target = seq === undefined ? head : Math.min(seq, head);
     const cursor = await this.#deps.store.markRead(room, user.id, target);
     this.#deps.fanout.publish({ type: "read", room, user: profileOf(user), seq: cursor });
     return cursor;
