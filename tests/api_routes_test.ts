@@ -534,13 +534,20 @@ apiTest(
       assertEquals(res.status, 201);
     }
     // `?before=&after=&limit=` as a URL template filled with nothing: the newest page.
-    const page = await s.api("GET", "/api/rooms/chat/55/messages?before=&after=&limit=");
-    assertEquals(page.status, 200);
-    assertEquals((page.body.messages as Json[]).map((m) => m.body), ["m1", "m2", "m3"]);
-    assertEquals(page.body.has_more, false);
+    for (const query of ["before=&after=&limit=", "before=%20"]) {
+      const page = await s.api("GET", `/api/rooms/chat/55/messages?${query}`);
+      assertEquals(page.status, 200);
+      assertEquals((page.body.messages as Json[]).map((m) => m.body), ["m1", "m2", "m3"]);
+      assertEquals(page.body.has_more, false);
+    }
+    assertEquals((await s.api("GET", "/api/rooms/chat?limit=&after=")).status, 200);
 
     assertEquals((await s.api("GET", "/api/rooms/chat/55")).status, 404);
+    const token = await s.token({ sub: "9", rooms: ["chat:55"] });
+    const socket = await TestClient.open(`${s.wsUrl}/ws/chat/55/?token=${token}`);
+    await socket.next((f) => f.type === "connection_established");
     assertEquals((await s.api("DELETE", "/api/rooms/chat/55")).status, 204);
+    assertEquals((await socket.closed).code, 4004);
     const after = await s.api("GET", "/api/rooms/chat/55/messages");
     assertEquals(after.body.messages, []);
     assertEquals((await s.api("DELETE", "/api/rooms/chat/55")).body, {

@@ -53,7 +53,7 @@ Deno.test("join failures: a native join whose presence write failed is whole whe
   }
 });
 
-Deno.test("join failures: a native socket closed while its join waits leaves no member behind", async () => {
+Deno.test("join failures: a native socket closed while its batch join waits leaves no member and no presence behind", async () => {
   let open = () => {};
   const gate = new Promise<void>((r) => open = r);
   let reached = () => {};
@@ -68,13 +68,18 @@ Deno.test("join failures: a native socket closed while its join waits leaves no 
   });
   try {
     const ws = await nativeClient(server, "1");
-    ws.send({ type: "join", room: "chat:7", ref: 1 });
+    const rooms = ["chat:7", "chat:8", "chat:9"];
+    ws.send({ type: "join", rooms, ref: 1 });
     await waiting;
     await ws.close();
     await new Promise((r) => setTimeout(r, 50));
+    // The close's presence exit has run; the join's presence write lands only now.
     open();
     await new Promise((r) => setTimeout(r, 200));
-    assertEquals(server.app.context.hub.members("chat:7").size, 0);
+    for (const room of rooms) {
+      assertEquals(server.app.context.hub.members(room).size, 0);
+      assertEquals(await server.app.context.chat.present(room), [], room);
+    }
   } finally {
     await server.close();
   }

@@ -338,6 +338,15 @@ Deno.test("native: a batch join answers every entry, naming the room of each err
       ["error", undefined, "invalid_frame", "batch"],
       ["joined", "chat:2", undefined, "batch"],
     ]);
+    for (const rooms of [[], Array.from({ length: 101 }, (_, i) => `chat:${i}`)]) {
+      a.send({ type: "join", rooms, ref: "size" });
+      assertEquals(await a.next(), {
+        type: "error",
+        code: "invalid_frame",
+        message: '"rooms" must list 1 to 100 rooms',
+        ref: "size",
+      });
+    }
     const bad: [Frame, string][] = [
       [{ files: "x" }, '"files" must be a list of {name, data}'],
       [{ files: ["x"] }, 'Each entry of "files" must be {name, data}'],

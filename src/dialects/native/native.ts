@@ -305,12 +305,21 @@ class NativeSession implements SocketHandler {
     switch (record.type) {
       case "join": {
         // One room (`room`, `since`) or several (`rooms`: names or {room, since}).
-        const list = Array.isArray(record.rooms)
-          ? record.rooms.map((r) => typeof r === "string" ? { room: r } : r)
+        const list: unknown[] = Array.isArray(record.rooms)
+          ? record.rooms
           : [{ room: record.room, since: record.since }];
+        // Checked before any work: each entry costs an access check and a reply.
+        if (list.length === 0 || list.length > MAX_ROOMS_PER_SOCKET) {
+          throw new ChatError(
+            "invalid_frame",
+            `"rooms" must list 1 to ${MAX_ROOMS_PER_SOCKET} rooms`,
+          );
+        }
         // Every entry gets its own `joined` or error (naming the room), so one refused room
         // neither stops the rest nor leaves the client waiting for a reply that never comes.
-        for (const item of list) {
+        for (const raw of list) {
+          if (!conn.open) return;
+          const item = typeof raw === "string" ? { room: raw } : raw;
           let room: string | undefined;
           try {
             if (typeof item !== "object" || item === null) {

@@ -122,10 +122,17 @@ export const RoomList = z.object({
   next_after: z.string().nullable().describe("Pass as `after` for the next page; null at the end"),
 }).describe("Rooms of one kind, by id.").register(responseSchemas, { id: "RoomList" });
 
+/**
+ * A query parameter given empty or blank (`?before=`, a URL template filled with nothing) counts
+ * as absent: coerced, it would be 0, and `before=0` is an empty page.
+ */
+const emptyIsAbsent = <T extends z.ZodType>(schema: T) =>
+  z.preprocess((v) => (typeof v === "string" && v.trim() === "" ? undefined : v), schema);
+
 /** Query of `GET /api/rooms/{kind}`. */
 export const RoomListQuery = z.object({
-  limit: z.coerce.number().int().min(1).max(500).default(100).describe("Page size"),
-  after: RoomId.optional().describe("Only rooms whose id sorts after this one"),
+  limit: emptyIsAbsent(z.coerce.number().int().min(1).max(500).default(100)).describe("Page size"),
+  after: emptyIsAbsent(RoomId.optional()).describe("Only rooms whose id sorts after this one"),
 });
 
 /** A user as a message shows it (the native protocol's shape). */
@@ -171,13 +178,6 @@ export const History = z.object({
   first_seq: z.number().int().nullable(),
   last_seq: z.number().int().nullable(),
 }).describe("A slice of a room's history.").register(responseSchemas, { id: "History" });
-
-/**
- * A query parameter given empty (`?before=`, as a URL template filled with nothing) counts as
- * absent: coerced, it would be 0, and `before=0` is an empty page.
- */
-const emptyIsAbsent = <T extends z.ZodType>(schema: T) =>
-  z.preprocess((v) => (v === "" ? undefined : v), schema);
 
 const seq = z.coerce.number().int().min(0);
 
