@@ -304,6 +304,13 @@ Deno.test("socket.io ticket chat: the browser client is served at /socket.io/soc
     assert(body.length > 50_000);
     const head = await fetch(`${server.url}/socket.io/socket.io.js`, { method: "HEAD" });
     assertEquals([head.status, await head.text()], [200, ""]);
+    // No version in the URL: revalidated each time, by ETag.
+    const etag = res.headers.get("etag")!;
+    assertEquals(res.headers.get("cache-control"), "public, max-age=0");
+    const again = await fetch(`${server.url}/socket.io/socket.io.js`, {
+      headers: { "if-none-match": etag },
+    });
+    assertEquals([again.status, await again.text()], [304, ""]);
     // Every other path under /socket.io/ is still Engine.IO's.
     const other = await fetch(`${server.url}/socket.io/socket.io.min.js`);
     assertEquals(other.status, 400);

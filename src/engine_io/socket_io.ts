@@ -871,6 +871,13 @@ interface ClientOptions {
   maxAttachments: number;
 }
 
+/** 32-bit FNV-1a of some bytes: a cheap, stable ETag for a fixed file. */
+function fnv1a(bytes: Uint8Array): number {
+  let hash = 0x811c9dc5;
+  for (const b of bytes) hash = Math.imul(hash ^ b, 0x01000193) >>> 0;
+  return hash;
+}
+
 /** A Socket.IO v5 server; plug `handleRequest` into `Deno.serve` or a router for its path. */
 export class SocketIOServer<Data = SocketData> {
   /** The Engine.IO server underneath. */
@@ -878,12 +885,15 @@ export class SocketIOServer<Data = SocketData> {
   #namespaces = new Map<string, Namespace<Data>>();
   #clients = new Set<Client>();
   #clientOptions: ClientOptions;
-  #clientBundle?: string;
+  #clientBundle?: { bytes: Uint8Array<ArrayBuffer>; etag: string };
 
   /** Creates a server with the main namespace `/`. */
   constructor(options: SocketIOServerOptions = {}) {
     this.engine = new EngineServer(options);
-    this.#clientBundle = options.clientBundle;
+    if (options.clientBundle !== undefined) {
+      const bytes = new TextEncoder().encode(options.clientBundle);
+      this.#clientBundle = { bytes, etag: `"${fnv1a(bytes).toString(16)}-${bytes.length}"` };
+    }
     this.#clientOptions = {
       connectTimeout: options.connectTimeout ?? 45_000,
       maxAttachments: options.maxAttachments ?? 10,
@@ -955,16 +965,24 @@ export class SocketIOServer<Data = SocketData> {
 
   /** Answers a request under the path (see {@linkcode EngineServer.handleRequest}). */
   handleRequest(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response> {
+    const bundle = this.#clientBundle;
     if (
-      this.#clientBundle !== undefined && (req.method === "GET" || req.method === "HEAD") &&
+      bundle && (req.method === "GET" || req.method === "HEAD") &&
       new URL(req.url).pathname === `${this.engine.path}socket.io.js`
     ) {
+      // Revalidated every time, as Node's server does: the URL carries no version, so a cached
+      // copy must not outlive an upgrade.
+      const headers = {
+        "content-type": "application/javascript; charset=utf-8",
+        "cache-control": "public, max-age=0",
+        etag: bundle.etag,
+      };
+      if (req.headers.get("if-none-match") === bundle.etag) {
+        return Promise.resolve(new Response(null, { status: 304, headers }));
+      }
       return Promise.resolve(
-        new Response(req.method === "HEAD" ? null : this.#clientBundle, {
-          headers: {
-            "content-type": "application/javascript; charset=utf-8",
-            "cache-control": "public, max-age=3600",
-          },
+        new Response(req.method === "HEAD" ? null : bundle.bytes, {
+          headers: { ...headers, "content-length": String(bundle.bytes.length) },
         }),
       );
     }
