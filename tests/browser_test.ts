@@ -43,6 +43,19 @@ const inCi = Deno.env.get("CI") === "true";
 const haveChromium = exists(CHROMIUM);
 const skip = !haveChromium && !inCi;
 
+/** A browser test's name, which says so when the test is skipped for want of Chromium. */
+const named = (name: string) =>
+  skip
+    ? `${name} (SKIPPED: no Chromium at ${CHROMIUM}; \`apt-get install chromium\` or set CI=true)`
+    : name;
+
+/** Under CI=true the browser tests must run: a missing Chromium fails them. */
+function requireChromium(): void {
+  if (!haveChromium) {
+    throw new Error(`CI=true but there is no Chromium at ${CHROMIUM}: .ci/chromium.sh installs it`);
+  }
+}
+
 /** No JWT key: the server creates a development secret in the data dir and offers dev sign-in. */
 function serve(dataDir: string, port: number): Promise<RunningServer> {
   return startServer(
@@ -121,19 +134,14 @@ async function watchProgress(page: Page): Promise<void> {
 }
 
 Deno.test({
-  name: skip
-    ? "browser: two users chat, share files, see typing, presence and receipts, survive a restart " +
-      "(SKIPPED: no Chromium at /usr/bin/chromium; `apt-get install chromium` or set CI=true)"
-    : "browser: two users chat, share files, see typing, presence and receipts, survive a restart",
+  name: named(
+    "browser: two users chat, share files, see typing, presence and receipts, survive a restart",
+  ),
   ignore: skip,
   sanitizeOps: false,
   sanitizeResources: false,
   async fn(t) {
-    if (!haveChromium) {
-      throw new Error(
-        `CI=true but there is no Chromium at ${CHROMIUM}: .ci/chromium.sh installs it`,
-      );
-    }
+    requireChromium();
     const dataDir = await Deno.makeTempDir({ prefix: "chat-browser-" });
     const profile = await Deno.makeTempDir({ prefix: "chat-chromium-" });
     const port = freePort();
@@ -374,19 +382,14 @@ declare const io: (url: string) => {
 declare const location: { origin: string };
 
 Deno.test({
-  name: skip
-    ? "browser: a page written for the Node Socket.IO server loads /socket.io/socket.io.js and chats " +
-      "(SKIPPED: no Chromium at /usr/bin/chromium; `apt-get install chromium` or set CI=true)"
-    : "browser: a page written for the Node Socket.IO server loads /socket.io/socket.io.js and chats",
+  name: named(
+    "browser: a page written for the Node Socket.IO server loads /socket.io/socket.io.js and chats",
+  ),
   ignore: skip,
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    if (!haveChromium) {
-      throw new Error(
-        `CI=true but there is no Chromium at ${CHROMIUM}: .ci/chromium.sh installs it`,
-      );
-    }
+    requireChromium();
     const dataDir = await Deno.makeTempDir({ prefix: "chat-browser-sio-" });
     const profile = await Deno.makeTempDir({ prefix: "chat-chromium-sio-" });
     const port = freePort();
