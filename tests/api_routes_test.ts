@@ -427,6 +427,12 @@ apiTest(
       tooBig.body.message,
       'File "big.bin" is too large: 4097 bytes, the limit is 4096 bytes',
     );
+    // Refusals the sockets share carry the native protocol's code, for clients that switch on it.
+    assertEquals(tooBig.body.code, "file_too_large");
+    const longName = await upload((f) =>
+      f.append("file", new File(["x"], `${"n".repeat(300)}.txt`))
+    );
+    assertEquals([longName.status, longName.body.code], [400, "filename_too_long"]);
     const declared = await s.api("POST", "/api/rooms/ticket/5/attachments", {
       body: new Uint8Array(300 * 1024),
       headers: { "content-type": "multipart/form-data; boundary=x" },

@@ -63,19 +63,22 @@ export interface Issue {
   message: string;
 }
 
-/** An error answered as JSON `{status, message, issues?}`. */
+/** An error answered as JSON `{status, message, code?, issues?}`. */
 export class ApiError extends Error {
   /** HTTP status. */
   readonly status: number;
   /** Field-level details of a validation error. */
   readonly issues?: Issue[];
+  /** The chat error code (docs/protocol.md), when the refusal is one the sockets share. */
+  readonly code?: string;
 
   /** Creates an error with a status and a client-facing message. */
-  constructor(status: number, message: string, issues?: Issue[]) {
+  constructor(status: number, message: string, issues?: Issue[], code?: string) {
     super(message);
     this.name = "ApiError";
     this.status = status;
     this.issues = issues;
+    this.code = code;
   }
 }
 
@@ -285,17 +288,20 @@ export function defineRoute<
 }
 
 /** A JSON error response. */
-export function errorJson(status: number, message: string, issues?: Issue[]): Response {
+export function errorJson(
+  status: number,
+  message: string,
+  issues?: Issue[],
+  code?: string,
+): Response {
   const headers: Record<string, string> = { "content-type": "application/json; charset=utf-8" };
   if (status === 401) headers["www-authenticate"] = 'Bearer realm="chat-admin"';
-  return new Response(JSON.stringify({ status, message, ...(issues ? { issues } : {}) }), {
-    status,
-    headers,
-  });
+  const body = { status, message, ...(code ? { code } : {}), ...(issues ? { issues } : {}) };
+  return new Response(JSON.stringify(body), { status, headers });
 }
 
 function errorResponse(err: unknown, where: string): Response {
-  if (err instanceof ApiError) return errorJson(err.status, err.message, err.issues);
+  if (err instanceof ApiError) return errorJson(err.status, err.message, err.issues, err.code);
   console.error(`api: ${where} failed:`, err);
   return errorJson(500, "Internal server error");
 }
@@ -459,6 +465,8 @@ async function readMultipart(req: Request, cap: number, maxFileBytes: number): P
       throw new ApiError(
         413,
         `File "${value.name}" is too large: ${value.size} bytes, the limit is ${maxFileBytes} bytes`,
+        undefined,
+        "file_too_large",
       );
     }
   }

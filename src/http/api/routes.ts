@@ -97,7 +97,7 @@ async function send(
     return await deps.chat.send(sender, room, input);
   } catch (err) {
     if (err instanceof ChatError) {
-      throw new ApiError(CHAT_ERROR_STATUS[err.code] ?? 400, err.message);
+      throw new ApiError(CHAT_ERROR_STATUS[err.code] ?? 400, err.message, undefined, err.code);
     }
     throw err;
   }

@@ -220,6 +220,10 @@ export const AttachmentUpload = z.strictObject({
 export const ApiErrorBody = z.object({
   status: z.number().int().describe("The HTTP status, repeated"),
   message: z.string(),
+  code: z.string().optional().describe(
+    "The chat error code (as in the native protocol: file_too_large, bad_base64, forbidden, ...) " +
+      "when the refusal is one the sockets share",
+  ),
   issues: z.array(z.object({ path: z.string(), message: z.string() })).optional().describe(
     "What was wrong with the request, field by field",
   ),
