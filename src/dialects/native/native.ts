@@ -102,7 +102,7 @@ const optionalSeq = (record: Record<string, unknown>, field: string): number | u
   return value;
 };
 
-/** A send's `files`: absent, or a list of `{name, data}` objects whose data is a non-empty string. */
+/** A send's `files`: absent, or a list of `{name, data}` whose data is a non-empty string. */
 function optionalFiles(record: Record<string, unknown>): { name?: string; data: string }[] {
   if (record.files === undefined || record.files === null) return [];
   if (!Array.isArray(record.files)) {
@@ -332,14 +332,7 @@ class NativeSession implements SocketHandler {
             room = requireRoom(entry);
             await this.#join(conn, room, optionalSeq(entry, "since"), ref);
           } catch (err) {
-            const error = asChatError(err);
-            ctx.metrics.error(error.code);
-            this.#reply(conn, {
-              type: "error",
-              code: error.code,
-              message: error.message,
-              ...(room === undefined ? {} : { room }),
-            }, ref);
+            this.#replyError(conn, err, ref, room);
           }
         }
         return;
@@ -448,10 +441,20 @@ class NativeSession implements SocketHandler {
       }
       await this.#handle(conn, record);
     } catch (err) {
-      const error = asChatError(err);
-      this.#ctx.metrics.error(error.code);
-      this.#reply(conn, { type: "error", code: error.code, message: error.message }, ref);
+      this.#replyError(conn, err, ref);
     }
+  }
+
+  /** Answers a refused request with an `error` frame, naming the room when given one. */
+  #replyError(conn: Connection, err: unknown, ref: unknown, room?: string): void {
+    const error = asChatError(err);
+    this.#ctx.metrics.error(error.code);
+    this.#reply(conn, {
+      type: "error",
+      code: error.code,
+      message: error.message,
+      ...(room === undefined ? {} : { room }),
+    }, ref);
   }
 
   closed(): void {
