@@ -265,11 +265,18 @@ export async function startServer(
   overrides: AppOverrides = {},
 ): Promise<RunningServer> {
   const app = await buildApp(config, overrides);
-  const server = Deno.serve({
-    port: config.port,
-    hostname: config.host,
-    onListen: () => {},
-  }, app.fetch);
+  let server: Deno.HttpServer<Deno.NetAddr>;
+  try {
+    server = Deno.serve(
+      { port: config.port, hostname: config.host, onListen: () => {} },
+      app.fetch,
+    );
+  } catch (err) {
+    await app.close();
+    throw new Error(
+      `Cannot listen on HOST=${config.host} PORT=${config.port}: ${(err as Error).message}`,
+    );
+  }
   const addr = server.addr as Deno.NetAddr;
   const host = config.host === "0.0.0.0" || config.host === "::" ? "127.0.0.1" : config.host;
   return {
@@ -292,7 +299,15 @@ if (import.meta.main) {
     console.error((err as Error).message);
     Deno.exit(1);
   }
-  const server = await startServer(config);
+  let server: RunningServer;
+  try {
+    server = await startServer(config);
+  } catch (err) {
+    // A setting the server could not use (DATABASE_URL, JWT_PUBLIC_KEY, HOST, ...): its message
+    // names it; a stack trace would only bury it.
+    console.error(`Could not start: ${(err as Error).message}`);
+    Deno.exit(1);
+  }
   console.log(`Chat server listening on ${server.url} (data in ${config.dataDir})`);
   let stopping = false;
   const stop = async () => {

@@ -55,6 +55,9 @@ const claims: Record<string, unknown> = {
   role: values.role,
   user_type: values["user-type"],
   rooms: rooms.length > 0 ? rooms : undefined,
+  // The server requires these claims when it is configured with them.
+  iss: config.jwtIssuer,
+  aud: config.jwtAudience,
 };
 for (const key of Object.keys(claims)) if (claims[key] === undefined) delete claims[key];
 console.log(await signDevToken(secret, claims, values.expires));

@@ -57,9 +57,25 @@ const EnvSchema = z.object({
   JWT_ISSUER: optionalText,
   JWT_AUDIENCE: optionalText,
   MAX_FILE_BYTES: positiveInt(10 * 1024 * 1024),
-  ALLOWED_ORIGINS: optionalText.transform((v) =>
-    (v ?? "").split(",").map((s) => s.trim().replace(/\/$/, "")).filter(Boolean)
-  ),
+  ALLOWED_ORIGINS: optionalText.transform((v, ctx) => {
+    const origins = (v ?? "").split(",").map((s) => s.trim().replace(/\/$/, "")).filter(Boolean);
+    // Compared with the Origin header as is: anything but scheme://host[:port] never matches.
+    for (const origin of origins) {
+      let parsed: URL | undefined;
+      try {
+        parsed = new URL(origin);
+      } catch {
+        // Reported below.
+      }
+      if (!parsed || !/^https?:$/.test(parsed.protocol) || parsed.origin !== origin) {
+        ctx.addIssue({
+          code: "custom",
+          message: `"${origin}" is not an origin like https://app.example.com`,
+        });
+      }
+    }
+    return origins;
+  }),
   HEARTBEAT_SECONDS: positiveInt(30),
   HISTORY_ON_CONNECT: positiveInt(50),
   TYPING_TIMEOUT_SECONDS: positiveInt(5),

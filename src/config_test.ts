@@ -27,13 +27,26 @@ Deno.test("loadConfig() names every bad value", async () => {
   }
 });
 
-Deno.test("loadConfig() splits origins and trims trailing slashes from URLs", () => {
+Deno.test("loadConfig() splits origins and trims trailing slashes from URLs; refuses what is not an origin", async () => {
   const c = loadConfig({
     ALLOWED_ORIGINS: "https://a.example/, https://b.example",
     PUBLIC_URL: "https://chat.example/",
   });
   assertEquals(c.allowedOrigins, ["https://a.example", "https://b.example"]);
   assertEquals(c.publicUrl, "https://chat.example");
+  assertEquals(loadConfig({ ALLOWED_ORIGINS: "http://localhost:5173" }).allowedOrigins, [
+    "http://localhost:5173",
+  ]);
+  for (const bad of ["notaurl", "https://a.example/app", "ftp://a.example"]) {
+    const err = await assertRejects(() =>
+      loadConfig({ ALLOWED_ORIGINS: `https://ok.example,${bad}` })
+    );
+    assertEquals(
+      err.message.includes(`ALLOWED_ORIGINS: "${bad}" is not an origin`),
+      true,
+      err.message,
+    );
+  }
 });
 
 Deno.test("loadConfig() leaves frame memory unbounded by default, takes a byte count, refuses the rest", async () => {
