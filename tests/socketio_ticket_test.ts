@@ -318,6 +318,23 @@ Deno.test("socket.io ticket chat: the browser client is served at /socket.io/soc
   });
 });
 
+Deno.test("socket.io ticket chat: a flood of authenticate events, even without a token, is rate-limited, then disconnected", async () => {
+  await withChat(async (_server, client) => {
+    const socket = client({ reconnection: false, transports: ["websocket"] });
+    await next(socket, "connect");
+    let checked = 0;
+    socket.on("authentication_error", (e: Payload) => {
+      if (e.message === "Invalid token") checked++;
+    });
+    const gone = next<string>(socket, "disconnect");
+    for (let i = 0; i < 200; i++) socket.emit("authenticate", { token: "garbage" });
+    // Closed by the server (its disconnect packet may or may not beat the transport's close).
+    assert(["io server disconnect", "transport close"].includes(await gone));
+    // Only the burst allowance was verified (40), not all 200.
+    assert(checked > 0 && checked <= 50, `${checked} tokens checked`);
+  });
+});
+
 Deno.test("socket.io ticket chat: the client's own reconnection, then re-authenticate and rejoin", async () => {
   await withChat(async (server, client) => {
     const token = await server.token({ sub: "1", rooms: ["ticket:8"] });

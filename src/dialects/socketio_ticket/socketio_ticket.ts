@@ -261,7 +261,9 @@ export function createSocketIoTicketChat(
       socket.emit("authentication_error", { message: SIO_ERRORS.invalidToken });
     }
 
-    socket.on("authenticate", async (payload: unknown, ack?: unknown) => {
+    // Rate-limited like every other event: it is the one a socket without a token may send, and
+    // each costs a signature check.
+    on(socket, "authenticate", "authentication_error", async (payload, ack) => {
       const token = typeof payload === "object" && payload !== null
         ? (payload as Record<string, unknown>).token
         : undefined;
@@ -269,12 +271,12 @@ export function createSocketIoTicketChat(
         ? await ctx.auth.authenticate(token)
         : null;
       if (!user) {
-        const message = typeof token === "string" && token !== ""
-          ? SIO_ERRORS.invalidToken
-          : SIO_ERRORS.tokenRequired;
-        socket.emit("authentication_error", { message });
-        if (typeof ack === "function") ack({ error: message });
-        return;
+        throw new ChatError(
+          "not_authenticated",
+          typeof token === "string" && token !== ""
+            ? SIO_ERRORS.invalidToken
+            : SIO_ERRORS.tokenRequired,
+        );
       }
       if (s.user && String(s.user.id) !== String(user.id)) {
         for (const id of [...s.tickets]) leaveTicket(socket, id);
@@ -283,7 +285,7 @@ export function createSocketIoTicketChat(
       s.user = user;
       socket.join(userRoom(user));
       socket.emit("authenticated", { user: publicUser(user) });
-      if (typeof ack === "function") ack({ user: publicUser(user) });
+      ack?.({ user: publicUser(user) });
     });
 
     on(socket, "join_ticket", "join_ticket_error", async (payload, ack) => {
