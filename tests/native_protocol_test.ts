@@ -371,6 +371,28 @@ Deno.test("native: a batch join answers every entry, naming the room of each err
   }
 });
 
+Deno.test("native: the access_token cookie does not sign in a page of another site (cross-site WebSocket hijacking)", async () => {
+  const server = await startTestServer();
+  try {
+    const token = await server.token({ sub: "1", username: "one", rooms: ["chat:*"] });
+    const host = new URL(server.url).host;
+    const open = (origin: string) =>
+      TestClient.open(`${server.wsUrl}/ws`, {
+        headers: { cookie: `access_token=${token}`, origin },
+      });
+    const own = await open(`http://${host}`);
+    assertEquals((await own.next()).type, "welcome");
+    await own.close();
+    const evil = await open("https://evil.example");
+    // Refused: closed with 4001, no welcome first.
+    const first = await evil.next().then((f) => f.type as string, () => "no frame");
+    assertEquals(first, "no frame");
+    assertEquals((await evil.closed).code, 4001);
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("native: errors come with codes; bad token 4001; no access is an error, not a close", async () => {
   const server = await startTestServer();
   try {

@@ -56,6 +56,28 @@ Deno.test("findToken() reads query, cookie, bearer header and bearer subprotocol
   assertEquals(findToken(req("/")).token, undefined);
 });
 
+Deno.test("findToken() takes the cookie only without an Origin, from this host, or from a trusted origin", () => {
+  const req = (origin?: string) =>
+    new Request("http://chat.example/ws", {
+      headers: {
+        host: "chat.example",
+        cookie: "access_token=c",
+        ...(origin ? { origin } : {}),
+      },
+    });
+  assertEquals(findToken(req()).token, "c");
+  assertEquals(findToken(req("http://chat.example")).token, "c");
+  // Another site's page: the browser sends the cookie, the server must not act on it.
+  assertEquals(findToken(req("https://evil.example")).token, undefined);
+  assertEquals(findToken(req("https://app.example"), ["https://app.example"]).token, "c");
+  assertEquals(findToken(req("null")).token, undefined);
+  // A token sent on purpose is not the browser's doing, whatever the Origin.
+  const query = new Request("http://chat.example/ws?token=q", {
+    headers: { host: "chat.example", origin: "https://evil.example" },
+  });
+  assertEquals(findToken(query).token, "q");
+});
+
 Deno.test("createVerifier() pins algorithms to the key type", async () => {
   const secret = "s".repeat(32);
   const hs = await createVerifier({ secret, issuer: "me" });

@@ -31,11 +31,30 @@ export function readCookie(header: string | null, name: string): string | undefi
 }
 
 /**
- * Looks for a token in the `token` query parameter, the `access_token` cookie, an
- * `Authorization: Bearer` header, and a `Sec-WebSocket-Protocol` entry `bearer.<token>`
- * (browsers cannot set headers on a WebSocket), in that order.
+ * Whether the request's cookie may authenticate it. A browser sends cookies with cross-site
+ * WebSocket handshakes and credentialed requests too, so another site's page could act as the
+ * user (cross-site WebSocket hijacking): the cookie counts only without an `Origin`, from this
+ * host, or from one of `trustedOrigins`.
  */
-export function findToken(req: Request): FoundToken {
+function cookieMayAuthenticate(req: Request, trustedOrigins: readonly string[]): boolean {
+  const origin = req.headers.get("origin");
+  if (!origin) return true;
+  let host: string;
+  try {
+    host = new URL(origin).host;
+  } catch {
+    return false;
+  }
+  return host === req.headers.get("host") || trustedOrigins.includes(origin.replace(/\/$/, ""));
+}
+
+/**
+ * Looks for a token in the `token` query parameter, the `access_token` cookie (see
+ * {@link cookieMayAuthenticate}), an `Authorization: Bearer` header, and a
+ * `Sec-WebSocket-Protocol` entry `bearer.<token>` (browsers cannot set headers on a WebSocket),
+ * in that order.
+ */
+export function findToken(req: Request, trustedOrigins: readonly string[] = []): FoundToken {
   const offered = (req.headers.get("sec-websocket-protocol") ?? "")
     .split(",").map((s) => s.trim()).filter(Boolean);
   const bearerEntry = offered.find((p) => p.startsWith(BEARER_PROTOCOL));
@@ -45,7 +64,9 @@ export function findToken(req: Request): FoundToken {
 
   const query = new URL(req.url).searchParams.get("token")?.trim();
   if (query) return { token: query, source: "query", protocol };
-  const cookie = readCookie(req.headers.get("cookie"), "access_token");
+  const cookie = cookieMayAuthenticate(req, trustedOrigins)
+    ? readCookie(req.headers.get("cookie"), "access_token")
+    : undefined;
   if (cookie) return { token: cookie.replace(/^Bearer\s+/i, ""), source: "cookie", protocol };
   const auth = req.headers.get("authorization");
   const match = auth?.match(/^Bearer\s+(\S+)\s*$/i);

@@ -55,6 +55,13 @@ export function intern(text: string): string {
   return flat;
 }
 
+/** Origins besides the server's own host whose pages may sign in by the `access_token` cookie. */
+export function cookieOrigins(config: Config): string[] {
+  return config.publicUrl
+    ? [...config.allowedOrigins, new URL(config.publicUrl).origin]
+    : config.allowedOrigins;
+}
+
 /** Base of absolute URLs for a request: PUBLIC_URL, else the request's own origin. */
 export function baseUrlOf(config: Config, req: Request): string {
   // The origin is a slice of the request's whole URL (token included), which a session would

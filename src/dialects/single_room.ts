@@ -5,7 +5,14 @@ import { asChatError, ChatError } from "../core/errors.ts";
 import type { AppendResult, Principal, RoomEvent } from "../core/types.ts";
 import type { Member } from "../hub/hub.ts";
 import { CLOSE, Connection, type SocketHandler } from "../transport/websocket.ts";
-import { baseUrlOf, type DialectContext, intern, socketOptions, type WsRoute } from "./context.ts";
+import {
+  baseUrlOf,
+  cookieOrigins,
+  type DialectContext,
+  intern,
+  socketOptions,
+  type WsRoute,
+} from "./context.ts";
 
 /** One open socket of a single-room protocol. */
 export interface RoomSession {
@@ -71,7 +78,7 @@ export function singleRoomRoute(ctx: DialectContext, dialect: SingleRoomDialect)
   return {
     pattern: dialect.pattern,
     async handle(req, params) {
-      const { token, protocol } = findToken(req);
+      const { token, protocol } = findToken(req, cookieOrigins(ctx.config));
       const options = socketOptions(ctx, dialect.name, protocol);
       const user = await ctx.auth.authenticate(token);
       const id = params.id ?? "";

@@ -10,7 +10,14 @@ import type { Message, Principal, RoomEvent, UserProfile } from "../../core/type
 import type { Member } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
 import { Connection, type SocketHandler } from "../../transport/websocket.ts";
-import { baseUrlOf, type DialectContext, intern, socketOptions, type WsRoute } from "../context.ts";
+import {
+  baseUrlOf,
+  cookieOrigins,
+  type DialectContext,
+  intern,
+  socketOptions,
+  type WsRoute,
+} from "../context.ts";
 import { optionalClientId, optionalString, parseObject } from "../frames.ts";
 
 /** Close codes of the native protocol. */
@@ -133,7 +140,7 @@ export function nativeRoute(ctx: DialectContext): WsRoute {
   return {
     pattern: new URLPattern({ pathname: "/ws{/}?" }),
     async handle(req) {
-      const { token, protocol } = findToken(req);
+      const { token, protocol } = findToken(req, cookieOrigins(ctx.config));
       const options = socketOptions(ctx, "native", protocol);
       const user = await ctx.auth.authenticate(token);
       const baseUrl = baseUrlOf(ctx.config, req);

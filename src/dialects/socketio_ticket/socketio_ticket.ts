@@ -12,7 +12,7 @@ import type { FileInput, Message, Principal, RoomEvent, UserProfile } from "../.
 import { type Socket, SocketIOServer } from "../../engine_io/mod.ts";
 import type { Member } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
-import { baseUrlOf, type DialectContext, maxFrameSize } from "../context.ts";
+import { baseUrlOf, cookieOrigins, type DialectContext, maxFrameSize } from "../context.ts";
 
 /** The texts the document's clients match on. */
 export const SIO_ERRORS = {
@@ -240,7 +240,7 @@ export function createSocketIoTicketChat(
     const fromAuth = socket.handshake.auth?.token;
     const found = typeof fromAuth === "string" && fromAuth !== ""
       ? { token: fromAuth, source: "auth" }
-      : findToken(request);
+      : findToken(request, cookieOrigins(ctx.config));
     const data: SocketState = { baseUrl: baseUrlOf(ctx.config, request), tickets: new Set() };
     socket.data = data;
     if (found.token) {
