@@ -84,6 +84,10 @@ Deno.test("createVerifier() pins algorithms to the key type", async () => {
   const good = await new jose.SignJWT({ sub: "1" }).setProtectedHeader({ alg: "HS256" })
     .setIssuer("me").setExpirationTime("1h").sign(new TextEncoder().encode(secret));
   assertEquals((await hs.verify(good)).sub, "1");
+  // Without `exp` a token would never expire.
+  const forever = await new jose.SignJWT({ sub: "1" }).setProtectedHeader({ alg: "HS256" })
+    .setIssuer("me").sign(new TextEncoder().encode(secret));
+  await assertRejects(() => hs.verify(forever), /"exp" claim/);
   const wrongIssuer = await new jose.SignJWT({ sub: "1" }).setProtectedHeader({ alg: "HS256" })
     .setIssuer("other").setExpirationTime("1h").sign(new TextEncoder().encode(secret));
   await assertRejects(() => hs.verify(wrongIssuer));

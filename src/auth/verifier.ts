@@ -58,7 +58,8 @@ export async function createVerifier(options: VerifierOptions): Promise<TokenVer
     issuer: options.issuer,
     audience: options.audience,
     clockTolerance: 5,
-    requiredClaims: [] as string[],
+    // A token without `exp` would never expire: refused, as the systems we replace never issue one.
+    requiredClaims: ["exp"],
   };
   if (options.jwksUrl) {
     const jwks = jose.createRemoteJWKSet(new URL(options.jwksUrl));

@@ -26,14 +26,15 @@ function truncateBytes(text: string, max: number): string {
 
 /**
  * Reduces a client filename to a basename that is safe on disk and in a URL path segment: no
- * directory part (either slash), no control characters, not `.` or `..`, at most 255 UTF-8
- * bytes with the extension kept. Returns `file` when nothing usable is left.
+ * directory part (either slash), no control characters, no bidirectional controls (which can
+ * make `x\u202Egpj.html` read as `xlmth.jpg`), not `.` or `..`, at most 255 UTF-8 bytes with the
+ * extension kept. Returns `file` when nothing usable is left.
  */
 export function safeFilename(input: string): string {
   const base = input.split(/[\\/]/).pop() ?? "";
   let name = base
     // deno-lint-ignore no-control-regex
-    .replace(/[\u0000-\u001f\u007f-\u009f]/g, "")
+    .replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, "")
     .replace(/[<>:"|?*]/g, "_")
     .trim()
     .replace(/^\.+/, "")

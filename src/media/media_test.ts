@@ -10,6 +10,8 @@ Deno.test("safeFilename() keeps only a harmless basename", () => {
   assertEquals(safeFilename("a/b\\c.png"), "c.png");
   assertEquals(safeFilename(".."), "file");
   assertEquals(safeFilename(".htaccess"), "htaccess");
+  assertEquals(safeFilename("invoice\u202Egpj.html"), "invoicegpj.html");
+  assertEquals(safeFilename("a\u2066b\u2069\u200Fc.txt"), "abc.txt");
   assertEquals(safeFilename("re\u0000po\u001frt.pdf"), "report.pdf");
   assertEquals(safeFilename("what?.txt"), "what_.txt");
   const long = safeFilename("é".repeat(300) + ".jpeg");
