@@ -190,6 +190,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       auth: context.auth,
       config,
       counters: apiCounters,
+      limiter: context.limiter,
     }),
     frames,
     extraMetrics: () => apiCounters.render(),

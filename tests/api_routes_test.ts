@@ -562,3 +562,33 @@ apiTest(
     });
   },
 );
+
+apiTest(
+  "an ordinary user's uploads count against the per-user send limit the sockets apply",
+  async (s) => {
+    const token = await s.token({ sub: "3", username: "three" });
+    const statuses: number[] = [];
+    let limited: Json | undefined;
+    for (let i = 0; i < 8; i++) {
+      const form = new FormData();
+      form.append("file", new File([`${i}`], `f${i}.txt`));
+      const res = await s.api("POST", "/api/rooms/room/pub/attachments", { body: form, token });
+      statuses.push(res.status);
+      if (res.status === 429) limited = res.body;
+    }
+    // Burst: twice the per-second rate (2), then refused until tokens refill.
+    assert(statuses.slice(0, 4).every((code) => code === 201), String(statuses));
+    assert(statuses.includes(429), String(statuses));
+    assertEquals(limited, {
+      status: 429,
+      message: "Too many messages: slow down",
+      code: "rate_limited",
+    });
+    const stored = await s.api("GET", "/api/rooms/room/pub/messages");
+    assertEquals(
+      (stored.body.messages as Json[]).length,
+      statuses.filter((code) => code === 201).length,
+    );
+  },
+  { RATE_LIMIT_USER_PER_SECOND: "2" },
+);

@@ -11,6 +11,7 @@ import type { Authenticator } from "../../auth/authenticator.ts";
 import type { Config } from "../../config.ts";
 import type { ChatService } from "../../core/chat_service.ts";
 import type { Directory } from "../../core/directory.ts";
+import type { RateLimiter } from "../../core/rate_limiter.ts";
 import type { Principal, RoomEvent } from "../../core/types.ts";
 import { ApiErrorBody } from "./schemas.ts";
 
@@ -28,6 +29,8 @@ export interface ApiDeps {
   config: Config;
   /** Counts requests by status, for /metrics. */
   counters?: ApiCounters;
+  /** The sockets' send limits, applied to ordinary users' uploads too. */
+  limiter?: RateLimiter;
 }
 
 /** Requests served, by method and status. */

@@ -509,6 +509,10 @@ export const API_ROUTES: ApiRoute[] = [
       201: { description: "Stored and delivered.", schema: Message },
       200: { description: "A repeated client_id: the original message.", schema: Message },
       404: notFound("The sender"),
+      429: {
+        description: "An ordinary user over the per-user send limit the sockets apply.",
+        schema: ApiErrorBody,
+      },
       413: {
         description: "A file is over MAX_FILE_BYTES, or the whole request over MAX_FILE_BYTES " +
           "plus 256 KiB.",
@@ -523,6 +527,11 @@ export const API_ROUTES: ApiRoute[] = [
       if (caller?.kind === "user" && !isAdminRole(caller.user.role)) {
         if (body.sender_id !== undefined && body.sender_id !== String(caller.user.id)) {
           throw new ApiError(403, `User "${caller.user.id}" may only post as themselves`);
+        }
+        // The same per-user send limit as on the sockets, or this route would be the way around it.
+        const verdict = deps.limiter?.take(caller.user.id, `api:${caller.user.id}`) ?? "ok";
+        if (verdict !== "ok") {
+          throw new ApiError(429, "Too many messages: slow down", undefined, "rate_limited");
         }
         sender = caller.user;
       } else {
