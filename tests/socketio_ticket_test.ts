@@ -318,6 +318,31 @@ Deno.test("socket.io ticket chat: the browser client is served at /socket.io/soc
   });
 });
 
+Deno.test("socket.io ticket chat: get_messages before a time returns the messages created before it", async () => {
+  await withChat(async (server, client) => {
+    const socket = client({ transports: ["websocket"] });
+    await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:30"] }));
+    await joined(socket, "30");
+    const sent: Payload[] = [];
+    for (let i = 1; i <= 7; i++) {
+      const arrival = next<{ data: Payload }>(socket, "new_message");
+      socket.emit("send_message", { ticketId: "30", message: `m${i}` });
+      sent.push((await arrival).data);
+      await new Promise((r) => setTimeout(r, 3));
+    }
+    const load = async (before: string, limit?: number) => {
+      socket.emit("get_messages", { ticketId: "30", before, limit });
+      const { messages } = await next<{ messages: Payload[] }>(socket, "messages_loaded");
+      return messages.map((m) => m.message);
+    };
+    assertEquals(await load(sent[4].createdAt as string), ["m1", "m2", "m3", "m4"]);
+    assertEquals(await load(sent[4].createdAt as string, 2), ["m3", "m4"]);
+    assertEquals(await load(sent[0].createdAt as string), []);
+    assertEquals(await load("1970-01-01T00:00:00Z"), []);
+    assertEquals(await load("2999-01-01T00:00:00Z", 3), ["m5", "m6", "m7"]);
+  });
+});
+
 Deno.test("socket.io ticket chat: a flood of authenticate events, even without a token, is rate-limited, then disconnected", async () => {
   await withChat(async (_server, client) => {
     const socket = client({ reconnection: false, transports: ["websocket"] });

@@ -152,6 +152,25 @@ export class ChatService {
     };
   }
 
+  /**
+   * A seq bound for "created before `time`" (an ISO time): every stored message below it is
+   * older, none from it up is. Seq order is time order, so a binary search finds it in a few
+   * reads however long the history (walking back page by page read all of it).
+   */
+  async seqBefore(room: string, time: string): Promise<number> {
+    let lo = await this.#deps.store.tail(room);
+    let hi = (await this.#deps.store.head(room)) + 1;
+    while (lo < hi) {
+      const mid = Math.floor((lo + hi) / 2);
+      // The first stored message from `mid` up: seqs between `mid` and it are gone, so moving
+      // `hi` to `mid` bounds the same messages as moving it to that message's seq.
+      const [m] = await this.#deps.store.list(room, { after: mid - 1, limit: 1 });
+      if (m && m.seq < hi && m.createdAt < time) lo = m.seq + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
   /** Deletes the room's history, with its files; resolves to how many messages went. */
   deleteHistory(room: string): Promise<number> {
     return this.#deps.store.purge(room);

@@ -321,19 +321,8 @@ export function createSocketIoTicketChat(
       } else if (typeof record.before === "string" && !Number.isNaN(Date.parse(record.before))) {
         beforeTime = new Date(record.before).toISOString();
       }
-      let messages = await ctx.chat.history(room, { before, limit });
-      // A time cursor walks back page by page: seq order is time order.
-      while (beforeTime !== undefined && messages.length > 0) {
-        const older = messages.filter((m) => m.createdAt < beforeTime!);
-        if (older.length > 0 || messages[0].seq <= 1) {
-          const more = older.length === messages.length && older.length < limit
-            ? await ctx.chat.history(room, { before: messages[0].seq, limit: limit - older.length })
-            : [];
-          messages = [...more, ...older].slice(-limit);
-          break;
-        }
-        messages = await ctx.chat.history(room, { before: messages[0].seq, limit });
-      }
+      if (beforeTime !== undefined) before = await ctx.chat.seqBefore(room, beforeTime);
+      const messages = await ctx.chat.history(room, { before, limit });
       const rendered = messages.map((m) => socketIoMessage(m, id, s.baseUrl));
       socket.emit("messages_loaded", { messages: rendered, ticketId: id });
       ack?.({ messages: rendered });
