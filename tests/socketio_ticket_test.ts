@@ -2,7 +2,14 @@
 
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
-import { eventually, startTestServer, TestClient, type TestServer } from "./helpers.ts";
+import {
+  eventually,
+  sendRawText,
+  silentPeer,
+  startTestServer,
+  TestClient,
+  type TestServer,
+} from "./helpers.ts";
 
 type Payload = Record<string, unknown>;
 
@@ -341,6 +348,51 @@ Deno.test("socket.io ticket chat: get_messages before a time returns the message
     assertEquals(await load("1970-01-01T00:00:00Z"), []);
     assertEquals(await load("2999-01-01T00:00:00Z", 3), ["m5", "m6", "m7"]);
   });
+});
+
+Deno.test("socket.io ticket chat: a WebSocket peer that stops reading is closed as a slow consumer", async () => {
+  const server = await startTestServer({
+    RATE_LIMIT_PER_SECOND: "100000",
+    RATE_LIMIT_USER_PER_SECOND: "100000",
+    SLOW_CONSUMER_BYTES: String(1024 * 1024),
+  });
+  let writer: ClientSocket | undefined;
+  try {
+    const token = await server.token({ sub: "9", rooms: ["ticket:*"] });
+    const sockets = server.app.io.of("/").sockets;
+    // A raw peer that connects, joins ticket 3 and never reads again (nor answers pings, which
+    // take 45 s to matter at the default settings).
+    const conn = await silentPeer(
+      server.port,
+      `/socket.io/?EIO=4&transport=websocket&token=${token}`,
+    );
+    await sendRawText(conn, "40");
+    await sendRawText(conn, '42["join_ticket",{"ticketId":"3"}]');
+    await eventually(() => sockets.size === 1, 3000, "the raw peer's socket");
+    await new Promise((r) => setTimeout(r, 200));
+    writer = connect(server.url, { forceNew: true, transports: ["websocket"] });
+    await authenticated(writer, token);
+    await joined(writer, "3");
+    const message = "y".repeat(19_000);
+    let sent = 0;
+    // 2,000 messages of 19 kB would be 38 MB for the stalled reader: far past any kernel buffer.
+    while (sent < 2000 && sockets.size === 2) {
+      await Promise.all(
+        Array.from(
+          { length: 25 },
+          () => writer!.emitWithAck("send_message", { ticketId: "3", message }),
+        ),
+      );
+      sent += 25;
+    }
+    await eventually(() => sockets.size === 1, 5000, "the slow consumer's eviction");
+    assert(sent < 2000, "the stalled reader was never closed");
+    assert(writer.connected);
+    conn.close();
+  } finally {
+    writer?.disconnect();
+    await server.close();
+  }
 });
 
 Deno.test("socket.io ticket chat: a flood of authenticate events, even without a token, is rate-limited, then disconnected", async () => {

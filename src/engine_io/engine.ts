@@ -56,6 +56,11 @@ export interface EngineOptions {
    * runtime keeps for the large frames it received.
    */
   frameBudget?: FrameBudgetHook;
+  /**
+   * Bytes a WebSocket peer may leave unread before it is closed as a slow consumer (code 4008;
+   * Socket.IO clients reconnect); default unlimited.
+   */
+  maxBufferedBytes?: number;
 }
 
 /** What {@linkcode EngineOptions.frameBudget} is given: the socket, which it may close. */
@@ -150,6 +155,7 @@ interface ResolvedOptions {
   allowUpgrades: boolean;
   allowedOrigins: AllowedOrigins;
   frameBudget?: FrameBudgetHook;
+  maxBufferedBytes: number;
 }
 
 const OK: Reply = { status: 200, body: "ok", contentType: "text/html" };
@@ -182,9 +188,19 @@ class LocalFrameSocket implements FrameSocket {
   #ws: WebSocket;
   #queue: (string | Uint8Array)[] | null = [];
   #closeRequest: { code?: number; reason?: string } | null = null;
+  #maxBuffered: number;
+  /** Frames and bytes written since `bufferedAmount` was last read. */
+  #sinceCheck = { frames: 0, bytes: 0 };
 
-  constructor(ws: WebSocket, budget?: FrameBudgetHook) {
+  constructor(
+    ws: WebSocket,
+    { frameBudget: budget, maxBufferedBytes }: Pick<
+      ResolvedOptions,
+      "frameBudget" | "maxBufferedBytes"
+    >,
+  ) {
     this.#ws = ws;
+    this.#maxBuffered = maxBufferedBytes;
     const { promise, resolve } = Promise.withResolvers<void>();
     this.closed = promise;
     ws.binaryType = "arraybuffer";
@@ -206,9 +222,7 @@ class LocalFrameSocket implements FrameSocket {
     ws.onclose = (event) => {
       budget?.forget(this);
       resolve();
-      const onclose = this.onclose;
-      this.onclose = null;
-      onclose?.(event.code, event.reason);
+      this.#gone(event.code, event.reason);
     };
   }
 
@@ -238,7 +252,28 @@ class LocalFrameSocket implements FrameSocket {
       this.#ws.send(data);
     } catch {
       // The peer went away between the state check and the write; onclose follows.
+      return;
     }
+    // Reading `bufferedAmount` is a call into the runtime: every 32 frames or 64 KiB.
+    const since = this.#sinceCheck;
+    since.bytes += typeof data === "string" ? data.length : data.byteLength;
+    if (++since.frames >= 32 || since.bytes >= 65_536) {
+      since.frames = 0;
+      since.bytes = 0;
+      if (this.#ws.bufferedAmount > this.#maxBuffered) {
+        this.close(4008, "Slow consumer");
+        // The close frame waits behind everything the peer has not read, so the close event may
+        // not come for long: the session ends now.
+        this.#gone(4008, "Slow consumer");
+      }
+    }
+  }
+
+  /** Tells the owner, once, that the socket is gone. */
+  #gone(code: number, reason: string): void {
+    const onclose = this.onclose;
+    this.onclose = null;
+    onclose?.(code, reason);
   }
 
   #shut(code?: number, reason?: string): void {
@@ -684,6 +719,7 @@ export class EngineServer {
       allowUpgrades: options.allowUpgrades ?? true,
       allowedOrigins: options.allowedOrigins ?? "*",
       frameBudget: options.frameBudget,
+      maxBufferedBytes: options.maxBufferedBytes ?? Infinity,
     };
     this.#base = path.slice(0, -1);
     const relay = options.relay === true
@@ -754,7 +790,7 @@ export class EngineServer {
         } catch {
           return fail(ErrorCode.BAD_REQUEST);
         }
-        const frames = new LocalFrameSocket(upgraded.socket, this.#options.frameBudget);
+        const frames = new LocalFrameSocket(upgraded.socket, this.#options);
         this.#open(request, new WebSocketTransport(frames, this.#options.maxPayload));
         return upgraded.response;
       }
@@ -772,7 +808,7 @@ export class EngineServer {
       } catch {
         return fail(ErrorCode.BAD_REQUEST);
       }
-      const frames = new LocalFrameSocket(upgraded.socket, this.#options.frameBudget);
+      const frames = new LocalFrameSocket(upgraded.socket, this.#options);
       session.upgrade(new WebSocketTransport(frames, this.#options.maxPayload));
       return upgraded.response;
     }
@@ -842,7 +878,7 @@ export class EngineServer {
         bridge.close();
         return this.#respond(errorReply(ErrorCode.BAD_REQUEST), origin);
       }
-      pipe(new LocalFrameSocket(upgraded.socket, this.#options.frameBudget), bridge);
+      pipe(new LocalFrameSocket(upgraded.socket, this.#options), bridge);
       return upgraded.response;
     }
     let reply: Reply | null;

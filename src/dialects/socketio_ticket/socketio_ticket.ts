@@ -118,6 +118,7 @@ export function createSocketIoTicketChat(
     allowedOrigins: origins.length > 0 ? origins : "*",
     relay: options.relay,
     frameBudget: ctx.frames,
+    maxBufferedBytes: ctx.config.slowConsumerBytes,
     clientBundle: options.clientBundle,
   });
   const nsp = io.of("/");
