@@ -395,6 +395,42 @@ Deno.test("socket.io ticket chat: a WebSocket peer that stops reading is closed 
   }
 });
 
+Deno.test("socket.io ticket chat: a polling client that keeps sending but never fetches is closed past SLOW_CONSUMER_BYTES", async () => {
+  const server = await startTestServer({ SLOW_CONSUMER_BYTES: "20000" });
+  let writer: ClientSocket | undefined;
+  try {
+    const token = await server.token({ sub: "9", rooms: ["ticket:*"] });
+    writer = connect(server.url, { forceNew: true, transports: ["websocket"] });
+    await authenticated(writer, token);
+    await joined(writer, "4");
+    for (let i = 0; i < 10; i++) {
+      await writer.emitWithAck("send_message", { ticketId: "4", message: "z".repeat(1000) });
+    }
+    const base = `${server.url}/socket.io/?EIO=4&transport=polling`;
+    const open = await (await fetch(`${base}&token=${token}`)).text();
+    const sid = JSON.parse(open.slice(1)).sid as string;
+    const post = async (packet: string) => {
+      const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body: packet });
+      await res.body?.cancel();
+      return res.status;
+    };
+    assertEquals(await post("40"), 200);
+    await (await fetch(`${base}&sid=${sid}`)).text(); // the CONNECT reply
+    assertEquals(await post('42["join_ticket",{"ticketId":"4"}]'), 200);
+    // Each answer is some 10 kB that the client never fetches.
+    for (let i = 0; i < 4; i++) await post('42["get_messages",{"ticketId":"4"}]');
+    await new Promise((r) => setTimeout(r, 100));
+    const poll = await fetch(`${base}&sid=${sid}`);
+    assertEquals([poll.status, await poll.json()], [400, {
+      code: 1,
+      message: "Session ID unknown",
+    }]);
+  } finally {
+    writer?.disconnect();
+    await server.close();
+  }
+});
+
 Deno.test("socket.io ticket chat: a flood of authenticate events, even without a token, is rate-limited, then disconnected", async () => {
   await withChat(async (_server, client) => {
     const socket = client({ reconnection: false, transports: ["websocket"] });

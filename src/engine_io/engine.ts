@@ -366,6 +366,8 @@ class Session implements EngineSocket {
   #poll: ((reply: Reply) => void) | null = null;
   #posting = false;
   #buffer: Packet[] = [];
+  /** Bytes of message data in `#buffer`: what a polling client has not fetched yet. */
+  #buffered = 0;
   #pingTimer: Timer | undefined;
   #pongTimer: Timer | undefined;
   #upgradeTimer: Timer | undefined;
@@ -414,8 +416,17 @@ class Session implements EngineSocket {
 
   sendPackets(packets: readonly Packet[]): void {
     if (this.#state !== "open") return;
-    for (const packet of packets) this.#buffer.push(packet);
+    for (const packet of packets) {
+      this.#buffer.push(packet);
+      const data = packet.data;
+      this.#buffered += typeof data === "string" ? data.length : data?.byteLength ?? 0;
+    }
     this.#flush();
+    // Still buffered after the flush: a polling client that sends but does not fetch. Pongs in
+    // its POSTs keep it from timing out, so only this bound ends it.
+    if (this.#buffered > this.#host.options.maxBufferedBytes) {
+      this.#close("transport error", "slow consumer");
+    }
   }
 
   close(): void {
@@ -604,6 +615,7 @@ class Session implements EngineSocket {
       if (this.#buffer.length === 0) return;
       const packets = this.#buffer;
       this.#buffer = [];
+      this.#buffered = 0;
       this.#ws.send(packets);
       return;
     }
@@ -612,6 +624,7 @@ class Session implements EngineSocket {
     if (this.#buffer.length === 0 && !closing && !this.#probed) return;
     const packets = this.#buffer;
     this.#buffer = [];
+    this.#buffered = 0;
     if (closing) {
       packets.push(CLOSE);
     } else if (packets.length === 0) {
@@ -636,6 +649,7 @@ class Session implements EngineSocket {
     clearTimeout(this.#upgradeTimer);
     clearTimeout(this.#closeTimer);
     this.#buffer = [];
+    this.#buffered = 0;
     this.#answerPoll([pollPacket]);
     this.#ws?.close();
     this.#candidate?.close();
