@@ -29,6 +29,11 @@ export class ChatError extends Error {
   }
 }
 
+/** The refusal of a frame (or upload) over the send rate limits, the same text everywhere. */
+export function rateLimited(): ChatError {
+  return new ChatError("rate_limited", "Too many messages: slow down");
+}
+
 /** The error as a ChatError: unexpected ones are logged and become a generic `internal` error. */
 export function asChatError(err: unknown): ChatError {
   if (err instanceof ChatError) return err;

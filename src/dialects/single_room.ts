@@ -1,7 +1,7 @@
 /** The shape shared by the protocols whose socket URL names one room: auth, access, join, leave. */
 
 import { findToken } from "../auth/token.ts";
-import { asChatError, ChatError } from "../core/errors.ts";
+import { asChatError, ChatError, rateLimited } from "../core/errors.ts";
 import type { AppendResult, Principal, RoomEvent } from "../core/types.ts";
 import type { Member } from "../hub/hub.ts";
 import { CLOSE, Connection, type SocketHandler } from "../transport/websocket.ts";
@@ -229,7 +229,7 @@ class RoomSocket implements SocketHandler {
         return;
       }
       if (verdict === "limited") {
-        throw new ChatError("rate_limited", "Too many messages: slow down");
+        throw rateLimited();
       }
       const result = await dialect.message(session, text);
       // The retry of a client id gets the original back (to this socket only), as the

@@ -967,7 +967,9 @@ export class SocketIOServer<Data = SocketData> {
   handleRequest(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response> {
     const bundle = this.#clientBundle;
     if (
+      // Every polling request passes here: the URL is parsed only when it can be the bundle's.
       bundle && (req.method === "GET" || req.method === "HEAD") &&
+      req.url.includes("socket.io.js") &&
       new URL(req.url).pathname === `${this.engine.path}socket.io.js`
     ) {
       // Revalidated every time, as Node's server does: the URL carries no version, so a cached

@@ -4,7 +4,7 @@
  */
 
 import { findToken } from "../../auth/token.ts";
-import { asChatError, ChatError } from "../../core/errors.ts";
+import { asChatError, ChatError, rateLimited } from "../../core/errors.ts";
 import { parseRoomKey } from "../../core/rooms.ts";
 import type { Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import type { Member } from "../../hub/hub.ts";
@@ -444,7 +444,7 @@ class NativeSession implements SocketHandler {
         return;
       }
       if (verdict === "limited") {
-        throw new ChatError("rate_limited", "Too many messages: slow down");
+        throw rateLimited();
       }
       await this.#handle(conn, record);
     } catch (err) {

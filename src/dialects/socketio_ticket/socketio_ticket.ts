@@ -6,7 +6,7 @@
 
 import { isAdminRole } from "../../auth/principal.ts";
 import { findToken } from "../../auth/token.ts";
-import { asChatError, ChatError } from "../../core/errors.ts";
+import { asChatError, ChatError, rateLimited } from "../../core/errors.ts";
 import { isValidRoomId, roomKey } from "../../core/rooms.ts";
 import type { FileInput, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import { type Socket, SocketIOServer } from "../../engine_io/mod.ts";
@@ -218,7 +218,7 @@ export function createSocketIoTicketChat(
           return;
         }
         if (verdict === "limited") {
-          throw new ChatError("rate_limited", "Too many messages: slow down");
+          throw rateLimited();
         }
         await handler(args[0], ack);
       } catch (err) {

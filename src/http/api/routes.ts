@@ -5,7 +5,7 @@ import { isAdminRole, normalizeUserId } from "../../auth/principal.ts";
 import { storedRoleGrantsAccess } from "../../auth/directory_access.ts";
 import type { SendInput } from "../../core/chat_service.ts";
 import type { DirectoryRoom, DirectoryUser, Participant } from "../../core/directory.ts";
-import { ChatError, type ChatErrorCode } from "../../core/errors.ts";
+import { ChatError, type ChatErrorCode, rateLimited } from "../../core/errors.ts";
 import type { AppendResult, Principal } from "../../core/types.ts";
 import { baseUrlOf } from "../../dialects/context.ts";
 import { nativeMessage } from "../../dialects/native/native.ts";
@@ -86,6 +86,10 @@ const CHAT_ERROR_STATUS: Partial<Record<ChatErrorCode, number>> = {
   internal: 500,
 };
 
+/** A refusal of the core as an API error: its status, its message and its code. */
+const apiErrorOf = (err: ChatError) =>
+  new ApiError(CHAT_ERROR_STATUS[err.code] ?? 400, err.message, undefined, err.code);
+
 /** Sends through the core, turning its refusals into API errors. */
 async function send(
   deps: ApiDeps,
@@ -96,9 +100,7 @@ async function send(
   try {
     return await deps.chat.send(sender, room, input);
   } catch (err) {
-    if (err instanceof ChatError) {
-      throw new ApiError(CHAT_ERROR_STATUS[err.code] ?? 400, err.message, undefined, err.code);
-    }
+    if (err instanceof ChatError) throw apiErrorOf(err);
     throw err;
   }
 }
@@ -530,9 +532,7 @@ export const API_ROUTES: ApiRoute[] = [
         }
         // The same per-user send limit as on the sockets, or this route would be the way around it.
         const verdict = deps.limiter?.take(caller.user.id, `api:${caller.user.id}`) ?? "ok";
-        if (verdict !== "ok") {
-          throw new ApiError(429, "Too many messages: slow down", undefined, "rate_limited");
-        }
+        if (verdict !== "ok") throw apiErrorOf(rateLimited());
         sender = caller.user;
       } else {
         sender = await senderOf(deps, body.sender_id, room);
