@@ -258,6 +258,38 @@ Deno.test("ticket socket: a silent peer is pinged, dropped and cleaned up", asyn
   }, { HEARTBEAT_SECONDS: "1" });
 });
 
+Deno.test("ticket socket: a member that stops reading is closed as a slow consumer; the room goes on", async () => {
+  await withServer(async (server) => {
+    const hub = server.app.context.hub;
+    const token = await server.token({ sub: 9, rooms: ["ticket:14"] });
+    // Joins, then never reads: what the room sends it piles up in the server.
+    const conn = await silentPeer(server.port, `/ws/ticket/14/?token=${token}`);
+    await eventually(() => hub.members("ticket:14").size === 1, 3000, "join");
+    const writer = await ticketClient(server, 14, { sub: 1 });
+    const healthy = await ticketClient(server, 14, { sub: 2 });
+    const body = "y".repeat(19_000);
+    let sent = 0;
+    // 2,000 frames of 19 kB would be 38 MB for the stalled reader: far past any kernel buffer.
+    while (sent < 2000 && hub.members("ticket:14").size === 3) {
+      for (let i = 0; i < 25; i++) writer.send({ body });
+      for (let i = 0; i < 25; i++) await writer.next();
+      sent += 25;
+    }
+    await eventually(() => hub.members("ticket:14").size === 2, 5000, "eviction");
+    assert(sent < 2000, "the stalled reader was never closed");
+    const pks = new Set<number>();
+    while (pks.size < sent) pks.add((await healthy.next()).pk as number);
+    assertEquals(pks.size, sent);
+    conn.close();
+    await writer.close();
+    await healthy.close();
+  }, {
+    RATE_LIMIT_PER_SECOND: "100000",
+    RATE_LIMIT_USER_PER_SECOND: "100000",
+    SLOW_CONSUMER_BYTES: String(MiB),
+  });
+});
+
 Deno.test("ticket socket: a plain GET to a socket URL is told to upgrade", async () => {
   await withServer(async (server) => {
     const res = await fetch(`${server.url}/ws/ticket/1/`);

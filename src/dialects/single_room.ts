@@ -3,7 +3,7 @@
 import { findToken } from "../auth/token.ts";
 import { asChatError, ChatError, rateLimited } from "../core/errors.ts";
 import type { AppendResult, Principal, RoomEvent } from "../core/types.ts";
-import type { Member } from "../hub/hub.ts";
+import type { DirectSocket, Member } from "../hub/hub.ts";
 import { CLOSE, Connection, type SocketHandler } from "../transport/websocket.ts";
 import {
   baseUrlOf,
@@ -48,6 +48,11 @@ export interface SingleRoomDialect {
   renderKey?(session: RoomSession): string;
   /** Whether this member wants an event at all. */
   wants(session: RoomSession, event: RoomEvent): boolean;
+  /**
+   * True when `wants` takes every message event: without a snapshot to hold frames for, the
+   * hub then writes message frames straight to the socket (see the hub's `Member.direct`).
+   */
+  everyMessage?: boolean;
   /** The event in this protocol's shape, or undefined to send nothing. */
   render(session: RoomSession, event: RoomEvent): string | undefined;
   /** The error frame for a refused command. */
@@ -110,6 +115,7 @@ export function singleRoomRoute(ctx: DialectContext, dialect: SingleRoomDialect)
 class SessionMember implements Member {
   readonly user: Principal;
   readonly renderKey: string;
+  readonly direct?: DirectSocket;
   #session: RoomSession;
   #dialect: SingleRoomDialect;
   /** Frames held back until the dialect's snapshot is out; undefined when not holding. */
@@ -121,6 +127,7 @@ class SessionMember implements Member {
     this.#dialect = dialect;
     this.renderKey = dialect.renderKey?.(session) ?? intern(`${dialect.name}|${session.baseUrl}`);
     if (dialect.snapshot) this.#held = [];
+    else if (dialect.everyMessage) this.direct = session.conn;
   }
 
   /** Sends the frames held back while the snapshot was read, and stops holding. */

@@ -53,7 +53,7 @@ export function renderMetrics(metrics: Metrics, hub: Hub, frames?: FrameBudget):
   ]]);
   metric("chat_frames_out_total", "counter", "Frames written to sockets.", [[
     "",
-    metrics.framesOut,
+    metrics.framesOut + hub.stats.directFrames,
   ]]);
   metric("chat_bytes_in_total", "counter", "Bytes received in client frames.", [[
     "",

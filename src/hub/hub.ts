@@ -22,10 +22,49 @@ export interface Member {
    * sockets and fans out further (the Socket.IO bridge encodes once for all its sockets).
    */
   deliver?(event: RoomEvent): void;
+  /**
+   * Set (for the whole membership) by a member that takes every message event and sends its
+   * `render` unchanged: the hub then writes each message to all such members of a room in one
+   * pass over an array of their sockets, instead of calling `wants`, `render` and `send` for each.
+   */
+  readonly direct?: DirectSocket;
 }
+
+/** A socket the hub writes message frames to itself, for a member with {@link Member.direct}. */
+export interface DirectSocket {
+  /** Writes a frame with none of the socket's per-frame bookkeeping (see `checkBuffer`). */
+  readonly writer: { send(frame: string): void };
+  /** Closes the socket as a slow consumer if it has more unsent bytes than it allows. */
+  checkBuffer(): void;
+}
+
+/**
+ * A room's direct members with one render key. The arrays stay dense (a leaving member's slot
+ * takes the last one), so a message is one loop over `writers`.
+ */
+interface Lane {
+  members: Member[];
+  writers: { send(frame: string): void }[];
+  /** Each member's slot in the arrays. */
+  slots: Map<Member, number>;
+  /** Where the next message's buffer checks start. */
+  cursor: number;
+}
+
+/**
+ * Direct members have their outbound buffer checked in turns: each message checks this share of
+ * a lane (more for large frames, 64 KiB's worth of frames per check), so every socket is checked
+ * at least once in 32 messages, as a socket's own sends are.
+ */
+const CHECK_SHARE = 1 / 32;
+const CHECK_BYTES = 65_536;
 
 interface RoomState {
   members: Set<Member>;
+  /** Direct members by render key; created with the first. */
+  lanes?: Map<string, Lane>;
+  /** Members without `direct`, which message events reach one call at a time. */
+  others: number;
   /** Highest seq delivered to this room's members. */
   last: number;
   /** Serialises message delivery so seq order holds while gaps are read back. */
@@ -39,6 +78,8 @@ export interface HubStats {
   gapFills: number;
   /** Events dropped as already delivered. */
   duplicatesDropped: number;
+  /** Frames written to direct members' sockets (their own counters do not see them). */
+  directFrames: number;
 }
 
 const PAGE = 500;
@@ -55,7 +96,7 @@ export class Hub {
   #heads?: HeadWatcher;
   #catchUpDelayMs: number;
   /** Delivery counters. */
-  readonly stats: HubStats = { gapFills: 0, duplicatesDropped: 0 };
+  readonly stats: HubStats = { gapFills: 0, duplicatesDropped: 0, directFrames: 0 };
 
   /**
    * Creates a hub over the store it fills gaps from and the broker it shares events through.
@@ -78,6 +119,7 @@ export class Hub {
     if (state) return state;
     const created: RoomState = {
       members: new Set(),
+      others: 0,
       last: 0,
       chain: Promise.resolve(),
       unsubscribe: () => {},
@@ -161,7 +203,20 @@ export class Hub {
       return;
     }
     const frames = new Map<string, string | undefined>();
+    if (event.type === "message" && state.lanes) {
+      for (const [key, lane] of state.lanes) {
+        try {
+          const frame = lane.members[0].render(event);
+          frames.set(key, frame);
+          if (frame !== undefined) this.#write(lane, frame);
+        } catch (err) {
+          console.error("hub: delivery to a member failed:", err);
+        }
+      }
+      if (state.others === 0) return;
+    }
     for (const member of state.members) {
+      if (member.direct && event.type === "message") continue;
       try {
         if (!member.wants(event)) continue;
         if (member.deliver) {
@@ -203,15 +258,65 @@ export class Hub {
           }
         }
       }
-      state.members.add(member);
+      if (!state.members.has(member)) {
+        state.members.add(member);
+        if (member.direct) this.#addDirect(state, member);
+        else state.others++;
+      }
       head = state.last;
     }).then(() => head);
+  }
+
+  /** Writes a message frame to every socket of a lane, then checks a share of their buffers. */
+  #write(lane: Lane, frame: string): void {
+    const writers = lane.writers;
+    for (let i = 0; i < writers.length; i++) writers[i].send(frame);
+    this.stats.directFrames += writers.length;
+    const share = Math.max(CHECK_SHARE, frame.length / CHECK_BYTES);
+    let checks = Math.min(writers.length, Math.ceil(writers.length * share));
+    // A check that closes a socket takes its member out of the lane at once.
+    for (let i = lane.cursor; checks > 0 && lane.members.length > 0; checks--, i++) {
+      if (i >= lane.members.length) i = 0;
+      lane.members[i].direct!.checkBuffer();
+      lane.cursor = i + 1;
+    }
+  }
+
+  #addDirect(state: RoomState, member: Member): void {
+    state.lanes ??= new Map();
+    let lane = state.lanes.get(member.renderKey);
+    if (!lane) {
+      lane = { members: [], writers: [], slots: new Map(), cursor: 0 };
+      state.lanes.set(member.renderKey, lane);
+    }
+    lane.slots.set(member, lane.members.length);
+    lane.members.push(member);
+    lane.writers.push(member.direct!.writer);
+  }
+
+  #removeDirect(state: RoomState, member: Member): void {
+    const lane = state.lanes?.get(member.renderKey);
+    const slot = lane?.slots.get(member);
+    if (!lane || slot === undefined) return;
+    lane.slots.delete(member);
+    const last = lane.members.length - 1;
+    if (slot !== last) {
+      const moved = lane.members[last];
+      lane.members[slot] = moved;
+      lane.writers[slot] = lane.writers[last];
+      lane.slots.set(moved, slot);
+    }
+    lane.members.pop();
+    lane.writers.pop();
+    if (lane.members.length === 0) state.lanes!.delete(member.renderKey);
   }
 
   /** Removes a member from a room, releasing the room's channel when it was the last. */
   leave(room: string, member: Member): void {
     const state = this.#rooms.get(room);
     if (!state || !state.members.delete(member)) return;
+    if (member.direct) this.#removeDirect(state, member);
+    else state.others--;
     if (state.members.size === 0) {
       // Let queued deliveries finish before the state goes; a re-join creates a fresh one.
       this.#enqueue(state, () => {

@@ -26,6 +26,42 @@ function recorder(): Member & { seqs: number[]; renders: number } {
   return m;
 }
 
+/** A member whose socket the hub writes message frames to itself; `onCheck` runs in each check. */
+function directRecorder(renderKey = "test", frameOf = (seq: number) => String(seq)) {
+  const m = {
+    user,
+    renderKey,
+    /** Frames the hub wrote to the socket itself. */
+    written: [] as string[],
+    /** Frames sent through the member. */
+    sent: [] as string[],
+    renders: 0,
+    checks: 0,
+    onCheck: undefined as (() => void) | undefined,
+    wants: () => true,
+    render(event: RoomEvent) {
+      m.renders++;
+      return event.type === "message"
+        ? frameOf(event.message.seq)
+        : event.type === "typing"
+        ? "typing"
+        : undefined;
+    },
+    send(frame: string) {
+      m.sent.push(frame);
+    },
+    evict() {},
+    direct: {
+      writer: { send: (frame: string) => void m.written.push(frame) },
+      checkBuffer() {
+        m.checks++;
+        m.onCheck?.();
+      },
+    },
+  };
+  return m;
+}
+
 /** A broker that loses every other message, like a BroadcastChannel whose receiver lagged. */
 class LossyBroker implements Broker {
   #inner: Broker;
@@ -141,4 +177,80 @@ Deno.test("Hub with a head watch sees commits of another instance that shares no
   kvA.close();
   kvB.close();
   await Deno.remove(path);
+});
+
+Deno.test("Hub writes a message to direct members' sockets once per render key, other events through the member", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const hub = new Hub(store, new MemoryBroker());
+  const a = Array.from({ length: 5 }, () => directRecorder("a", (seq) => `a${seq}`));
+  const b = Array.from({ length: 3 }, () => directRecorder("b", (seq) => `b${seq}`));
+  const plain = recorder();
+  for (const m of [...a, plain, ...b]) await hub.join("r", m);
+  hub.committed((await store.append("r", { sender: null, body: "x", attachments: [] })).message);
+  await hub.idle();
+  assertEquals(a.map((m) => m.written), a.map(() => ["a1"]));
+  assertEquals(b.map((m) => m.written), b.map(() => ["b1"]));
+  assertEquals([...a, ...b].every((m) => m.sent.length === 0), true);
+  assertEquals(plain.seqs, [1]);
+  // One render per key: a, b, and the plain member's "test".
+  assertEquals([...a, ...b].reduce((n, m) => n + m.renders, 0) + plain.renders, 3);
+  assertEquals(hub.stats.directFrames, 8);
+  hub.publish({ type: "typing", room: "r", user, isTyping: true });
+  assertEquals(
+    [...a, ...b].every((m) => m.sent.join() === "typing" && m.written.length === 1),
+    true,
+  );
+  hub.close();
+  kv.close();
+});
+
+Deno.test("Hub keeps delivering to the right direct members as they leave and join in any order", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const hub = new Hub(store, new MemoryBroker());
+  const members = Array.from({ length: 10 }, () => directRecorder());
+  for (const m of members) await hub.join("r", m);
+  const gone = [members[0], members[9], members[4], members[5]];
+  for (const m of gone) hub.leave("r", m);
+  hub.leave("r", members[4]); // twice: nothing happens
+  await hub.join("r", members[5]);
+  await hub.join("r", members[3]); // already in: still one delivery
+  hub.committed((await store.append("r", { sender: null, body: "x", attachments: [] })).message);
+  await hub.idle();
+  assertEquals(
+    members.map((m) => m.written.length),
+    members.map((m) => (m === members[5] || !gone.includes(m) ? 1 : 0)),
+  );
+  for (const m of members) hub.leave("r", m);
+  assertEquals(hub.members("r").size, 0);
+  hub.close();
+  kv.close();
+});
+
+Deno.test("Hub checks every direct socket's buffer within 32 messages, every one for large frames, and survives a check that closes", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const hub = new Hub(store, new MemoryBroker());
+  const members = Array.from({ length: 100 }, () => directRecorder());
+  for (const m of members) await hub.join("r", m);
+  // A slow consumer: its check closes the socket, which takes it out of the room at once.
+  const slow = members[7];
+  slow.onCheck = () => hub.leave("r", slow);
+  const send = async () => {
+    hub.committed((await store.append("r", { sender: null, body: "x", attachments: [] })).message);
+    await hub.idle();
+  };
+  for (let i = 0; i < 32; i++) await send();
+  assertEquals(members.every((m) => m.checks >= 1), true);
+  assertEquals(slow.checks, 1);
+  assertEquals(slow.written.length < 32, true);
+  assertEquals(members.filter((m) => m !== slow).every((m) => m.written.length === 32), true);
+  const big = Array.from({ length: 4 }, () => directRecorder("big", () => "x".repeat(70_000)));
+  for (const m of big) await hub.join("r", m);
+  await send();
+  await send();
+  assertEquals(big.map((m) => m.checks), [2, 2, 2, 2]);
+  hub.close();
+  kv.close();
 });

@@ -162,13 +162,26 @@ export class Connection implements FrameHolder {
     if (++this.#sinceCheck >= 32 || this.#bytesSinceCheck >= 65_536) {
       this.#sinceCheck = 0;
       this.#bytesSinceCheck = 0;
-      if (this.#socket.bufferedAmount > this.#options.maxBufferedBytes) {
-        this.close(CLOSE.slowConsumer, "Slow consumer");
-        return;
-      }
+      if (this.checkBuffer()) return;
     }
     this.#socket.send(frame);
     this.#options.metrics.framesOut++;
+  }
+
+  /**
+   * The socket itself, for a fan-out that writes one frame to many sockets in a tight loop: it
+   * skips `send`'s state check and counters (Deno's own send ignores a closing socket), so its
+   * user counts the frames and calls `checkBuffer` for a share of them.
+   */
+  get writer(): { send(frame: string): void } {
+    return this.#socket;
+  }
+
+  /** Closes the socket as a slow consumer if it holds more unsent bytes than allowed; true then. */
+  checkBuffer(): boolean {
+    if (this.#done || this.#socket.bufferedAmount <= this.#options.maxBufferedBytes) return false;
+    this.close(CLOSE.slowConsumer, "Slow consumer");
+    return true;
   }
 
   /** True while a frame of this socket is being handled. */

@@ -30,6 +30,7 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
     roomOf: (name) => ROOM_NAME.test(name) ? `room:${name}` : null,
     codes: { unauthorized: 4001, forbidden: 4003, badRoom: 4000 },
     wants: (_s, event) => event.type === "message" || event.type === "presence",
+    everyMessage: true,
     render(_s, event) {
       if (event.type === "message") {
         const m = event.message;

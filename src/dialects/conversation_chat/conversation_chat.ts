@@ -108,6 +108,7 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
     pattern: new URLPattern({ pathname: path }),
     roomOf: (id) => isValidRoomId(id) ? roomKey("chat", id) : null,
     codes: { unauthorized: 4001, forbidden: 4404, badRoom: 4404 },
+    everyMessage: true,
     wants(s, event) {
       if (event.type === "message") return true;
       if (event.type === "typing" || event.type === "read") {

@@ -7,7 +7,7 @@ import { findToken } from "../../auth/token.ts";
 import { asChatError, ChatError, rateLimited } from "../../core/errors.ts";
 import { parseRoomKey } from "../../core/rooms.ts";
 import type { Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
-import type { Member } from "../../hub/hub.ts";
+import type { DirectSocket, Member } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
 import { Connection, type SocketHandler } from "../../transport/websocket.ts";
 import {
@@ -160,6 +160,8 @@ export function nativeRoute(ctx: DialectContext): WsRoute {
 class NativeMember implements Member {
   readonly user: Principal;
   readonly renderKey: string;
+  /** Message frames are never held back (only presence is), so the hub may write them itself. */
+  readonly direct: DirectSocket;
   #session: NativeSession;
   #conn: Connection;
   #room: string;
@@ -172,6 +174,7 @@ class NativeMember implements Member {
   constructor(session: NativeSession, conn: Connection, room: string) {
     this.user = session.user;
     this.renderKey = session.renderKey;
+    this.direct = conn;
     this.#session = session;
     this.#conn = conn;
     this.#room = room;

@@ -72,6 +72,7 @@ export function ticketSocketRoute(ctx: DialectContext): WsRoute {
     roomOf: (id) => isValidRoomId(id) ? roomKey("ticket", id) : null,
     codes: { unauthorized: 4001, forbidden: 4003, badRoom: 4003 },
     wants: (_s, event) => event.type === "message",
+    everyMessage: true,
     render: (s, event) =>
       event.type === "message" ? renderTicketMessage(event.message, s.baseUrl) : undefined,
     errorFrame: (error) => JSON.stringify({ error: error.message }),
