@@ -270,7 +270,14 @@ export class Hub {
   /** Writes a message frame to every socket of a lane, then checks a share of their buffers. */
   #write(lane: Lane, frame: string): void {
     const writers = lane.writers;
-    for (let i = 0; i < writers.length; i++) writers[i].send(frame);
+    for (let i = 0; i < writers.length; i++) {
+      // One socket's failure (its resource gone before its close event) must not skip the rest.
+      try {
+        writers[i].send(frame);
+      } catch (err) {
+        console.error("hub: delivery to a member failed:", err);
+      }
+    }
     this.stats.directFrames += writers.length;
     const share = Math.max(CHECK_SHARE, frame.length / CHECK_BYTES);
     let checks = Math.min(writers.length, Math.ceil(writers.length * share));

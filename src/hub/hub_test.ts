@@ -254,3 +254,35 @@ Deno.test("Hub checks every direct socket's buffer within 32 messages, every one
   hub.close();
   kv.close();
 });
+
+Deno.test("Hub goes on writing a message to the rest of a lane when one socket throws", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const hub = new Hub(store, new MemoryBroker());
+  const members = Array.from({ length: 5 }, () => directRecorder());
+  const broken = {
+    ...directRecorder(),
+    direct: {
+      writer: {
+        send(): void {
+          throw new Error("resource gone");
+        },
+      },
+      checkBuffer() {},
+    },
+  };
+  await hub.join("r", members[0]);
+  await hub.join("r", broken);
+  for (const m of members.slice(1)) await hub.join("r", m);
+  const logged = console.error;
+  console.error = () => {};
+  try {
+    hub.committed((await store.append("r", { sender: null, body: "x", attachments: [] })).message);
+    await hub.idle();
+  } finally {
+    console.error = logged;
+  }
+  assertEquals(members.map((m) => m.written), members.map(() => ["1"]));
+  hub.close();
+  kv.close();
+});
