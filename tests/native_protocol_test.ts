@@ -499,3 +499,33 @@ Deno.test("native: a reader that stops reading is closed with 4008; memory stays
     await server.close();
   }
 });
+
+Deno.test("native: a socket's first four rooms are written to directly, later ones through its own send, and all get every message", async () => {
+  const server = await startTestServer();
+  try {
+    const hub = server.app.context.hub;
+    const a = await connect(server);
+    const rooms = Array.from({ length: 6 }, (_, i) => `ticket:${70 + i}`);
+    for (const room of rooms) await join(a, room);
+    const direct = rooms.map((room) => [...hub.members(room)].every((m) => m.direct));
+    assertEquals(direct, [true, true, true, true, false, false]);
+    // Leaving one of the first four and joining again: still at most four direct.
+    a.send({ type: "leave", room: rooms[0] });
+    await eventually(() => hub.members(rooms[0]).size === 0, 3000, "leave");
+    await join(a, rooms[0]);
+    assertEquals([...hub.members(rooms[0])].every((m) => !m.direct), true);
+    const b = await connect(server, { sub: "2" });
+    for (const room of rooms) await join(b, room);
+    for (const room of rooms) {
+      b.send({ type: "send", room, body: `in ${room}`, client_id: room });
+      assertEquals(
+        (await a.next((f) => f.type === "message" && f.room === room)).body,
+        `in ${room}`,
+      );
+    }
+    await a.close();
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});

@@ -489,6 +489,157 @@ function fanoutKernelSentence(rows: { what: string; step: StepResult }[]): strin
   ];
 }
 
+/**
+ * For each missed target, what in this run's own numbers stands in its way: the local limit
+ * (raw Deno) where the bound asks for more than it reaches, the store's ceiling, Deno's copies of a
+ * large frame, the server's time per delivery.
+ */
+function whyMissed(results: Results, v: Verdict[]): string[] {
+  const s = results.meta.settings;
+  const missed = (prefix: string) =>
+    v.filter((x) => x.status === "missed" && x.target.startsWith(prefix));
+  const out: string[] = [];
+  const ref = results.fanout?.sizes.find((x) => x.members === s.fanout.referenceSize);
+  const refStep = (peer: string) => {
+    const l = ref ? ladderOf(ref.ladders, peer) : undefined;
+    return l?.base?.step ?? stepAt(l, s.fanout.referenceRate);
+  };
+  const refP99 = (peer: string) => {
+    const l = ref ? ladderOf(ref.ladders, peer) : undefined;
+    return l?.base?.p99 ?? refStep(peer)?.latency.p99 ?? NaN;
+  };
+  /** Main-thread µs per delivery, and the kernel's part of it. */
+  const perDelivery = (step: StepResult | undefined) => {
+    const main = step?.serverThreadsPct?.main;
+    const kernel = step?.serverThreadsKernelPct?.main;
+    if (!step || !Number.isFinite(main) || !(step.deliveriesPerSec > 0)) {
+      return undefined;
+    }
+    return {
+      all: microsPer(main!, step.deliveriesPerSec),
+      kernel: Number.isFinite(kernel) ? microsPer(kernel!, step.deliveriesPerSec) : NaN,
+    };
+  };
+  if (ref && missed("Fan-out p99").some((x) => x.target.includes("raw Deno"))) {
+    const ours = perDelivery(refStep("ours_ticket"));
+    const raw = perDelivery(refStep("raw_deno"));
+    const o = refStep("ours_ticket");
+    const r = refStep("raw_deno");
+    out.push(
+      `- **Fan-out p99 against raw Deno.** Latency at this step is mostly queueing behind earlier messages' fan-outs, so it follows the server's time per message: ${
+        ours && raw
+          ? `the main thread spent ${fx(ours.all, 1)} µs per delivery (${
+            fx(ours.kernel, 1)
+          } in the kernel) against raw Deno's ${fx(raw.all, 1)} (${fx(raw.kernel, 1)}), `
+          : ""
+      }and every message waits for its KV commit before it is broadcast (p50 ${
+        ms(o?.latency.p50)
+      } ms against ${ms(r?.latency.p50)}). The load generators' core was ${
+        fx(o?.clientCpuPct ?? NaN, 0)
+      }% busy for ours and ${
+        fx(r?.clientCpuPct ?? NaN, 0)
+      }% for raw Deno, so part of either p99 is the clients' own queueing.`,
+    );
+  }
+  if (
+    ref && missed("Fan-out p99").some((x) => x.target.includes("Socket.IO"))
+  ) {
+    const raw = refP99("raw_deno");
+    const sio = refP99("socketio");
+    out.push(
+      `- **Fan-out p99 against Socket.IO.** Raw Deno, the local limit, measured ${
+        ratio(raw / sio)
+      } Socket.IO's p99 here (${ms(raw)} / ${
+        ms(sio)
+      } ms): a server that adds nothing to raw Deno still misses 0.5× by ${
+        ratio(raw / sio / 0.5)
+      }. At this load every peer's p99 is set by per-delivery socket writes, which cost Deno and Node alike.`,
+    );
+  }
+  for (const size of results.fanout?.sizes ?? []) {
+    const hit = missed("Highest fan-out load").find((x) =>
+      x.target.includes("Socket.IO") &&
+      x.target.includes(`× ${int(size.members)}:`)
+    );
+    if (!hit) continue;
+    const raw = ladderOf(size.ladders, "raw_deno");
+    const sio = ladderOf(size.ladders, "socketio");
+    const ours = ladderOf(size.ladders, "ours_ticket");
+    if (!raw || !sio || !ours || !(sio.best > 0)) continue;
+    const rawStep = stepAt(raw, raw.best);
+    const pd = perDelivery(rawStep);
+    out.push(
+      `- **Highest load against Socket.IO, 1 room × ${int(size.members)}.** Raw Deno reached ${
+        bestText(raw)
+      }, ${ratio(raw.best / sio.best)} Socket.IO's ${bestText(sio)}; ours reached ${
+        ratio(ours.best / raw.best)
+      } raw Deno. 2× would take more than the local limit${
+        pd
+          ? `: there raw Deno's main thread spent ${fx(pd.all, 1)} µs per delivery, ${
+            fx(pd.kernel, 1)
+          } of them in the kernel writing the frame (one write per member and message), with its core ${
+            fx(rawStep!.serverCpuPct, 0)
+          }% busy`
+          : ""
+      }.`,
+    );
+  }
+  const ing = results.ingest;
+  if (ing && missed("Persisted ingest").length > 0) {
+    const o = ladderOf(ing.ladders, "ours_ticket");
+    const best = o && o.best > 0 ? stepAt(o, o.best) : undefined;
+    const over = o?.steps.find((x) => x.rate > (o?.best ?? 0));
+    const bt = best?.serverThreadsPct;
+    const c = ing.storeCeiling;
+    out.push(
+      `- **Persisted ingest.** ${
+        c
+          ? `The message store alone, with no sockets, commits ${
+            int(c.messagesPerSec)
+          } msg/s on the server's core (${
+            int(c.commitsPerSec)
+          } commits/s, each of up to 90 rooms): the bound is above what Deno KV's SQLite commits there. `
+          : ""
+      }${
+        best && bt
+          ? `At ${int(best.rate)} msg/s ours used ${fx(best.serverCpuPct, 0)}% of the core, ${
+            fx(bt.kv, 0)
+          }% of it in KV's SQLite thread (${
+            fx(kvMicrosPerMessage(best), 0)
+          } µs per message: every commit writes its pages to the WAL and syncs it, and every thousand pages SQLite copies the WAL back into the database file, stalling the next commits). `
+          : ""
+      }${
+        over
+          ? `The next step, ${int(over.rate)} msg/s, had p99 ${
+            ms(over.latency.p99)
+          } ms with the core ${
+            fx(over.serverCpuPct, 0)
+          }% busy: commits run one at a time, so a stall in one delays every message queued behind it.`
+          : ""
+      }`,
+    );
+  }
+  if (missed("RSS growth").some((x) => x.target.includes("first file"))) {
+    out.push(
+      "- **RSS growth, first file.** While a frame is read Deno holds it three times (the socket's read buffer, which it grows to the frame's size the first time and keeps, a Rust copy, and the V8 string), 4× the file for a base64 frame before the server sees a byte. Later files reuse the buffer: two copies.",
+    );
+  }
+  for (const x of v.filter((y) => y.status === "missed")) {
+    const covered = [
+      "Fan-out p99",
+      "Highest fan-out load",
+      "Persisted ingest",
+      "RSS growth",
+    ]
+      .some((p) => x.target.startsWith(p));
+    if (!covered) {
+      out.push(`- **${x.target}.** Missed: ${x.margin}; see the tables below.`);
+    }
+  }
+  if (out.length === 0) return [];
+  return ["### Why the missed targets are missed", "", ...out, ""];
+}
+
 /** A step's server CPU by kind of thread, % of one core: "main / KV / V8 / other". */
 function threadSplit(s: StepResult): string {
   const t = s.serverThreadsPct;
@@ -823,6 +974,7 @@ export function renderMarkdown(
     );
   }
   L.push("");
+  L.push(...whyMissed(results, v));
   if (results.errors.length > 0) {
     L.push("Scenarios that did not complete in this run:", "");
     for (const e of results.errors) L.push(`- ${e.scenario}: ${e.message.split("\n")[0]}`);

@@ -54,7 +54,8 @@ interface Lane {
 /**
  * Direct members have their outbound buffer checked in turns: each message checks this share of
  * a lane (more for large frames, 64 KiB's worth of frames per check), so every socket is checked
- * at least once in 32 messages, as a socket's own sends are.
+ * at least once in 32 of the room's messages, as a socket's own sends are in 32 of its frames. A
+ * socket in several rooms is checked by each, so a dialect makes few of its rooms direct.
  */
 const CHECK_SHARE = 1 / 32;
 const CHECK_BYTES = 65_536;
@@ -65,6 +66,8 @@ interface RoomState {
   lanes?: Map<string, Lane>;
   /** Members without `direct`, which message events reach one call at a time. */
   others: number;
+  /** Joins queued and not yet done: the state must outlive them even with no members. */
+  joining: number;
   /** Highest seq delivered to this room's members. */
   last: number;
   /** Serialises message delivery so seq order holds while gaps are read back. */
@@ -120,6 +123,7 @@ export class Hub {
     const created: RoomState = {
       members: new Set(),
       others: 0,
+      joining: 0,
       last: 0,
       chain: Promise.resolve(),
       unsubscribe: () => {},
@@ -242,8 +246,12 @@ export class Hub {
    */
   join(room: string, member: Member, options: { since?: number } = {}): Promise<number> {
     const state = this.#state(room);
+    // Counted until the task has run: a teardown queued before it (the last member left in this
+    // tick, or while a delivery was under way) must not drop the state this member is joining.
+    state.joining++;
     let head = 0;
     return this.#enqueue(state, async () => {
+      state.joining--;
       if (options.since !== undefined && options.since < state.last) {
         let after = options.since;
         while (after < state.last) {
@@ -264,7 +272,10 @@ export class Hub {
         else state.others++;
       }
       head = state.last;
-    }).then(() => head);
+    }).then(() => head, (err) => {
+      this.#releaseIfEmpty(room, state);
+      throw err;
+    });
   }
 
   /** Writes a message frame to every socket of a lane, then checks a share of their buffers. */
@@ -282,10 +293,13 @@ export class Hub {
     const share = Math.max(CHECK_SHARE, frame.length / CHECK_BYTES);
     let checks = Math.min(writers.length, Math.ceil(writers.length * share));
     // A check that closes a socket takes its member out of the lane at once.
-    for (let i = lane.cursor; checks > 0 && lane.members.length > 0; checks--, i++) {
+    for (let i = lane.cursor; checks > 0 && lane.members.length > 0; checks--) {
       if (i >= lane.members.length) i = 0;
-      lane.members[i].direct!.checkBuffer();
-      lane.cursor = i + 1;
+      const member = lane.members[i];
+      member.direct!.checkBuffer();
+      // Closed: the last member moved into this slot, and its turn is next.
+      if (lane.members[i] === member) i++;
+      lane.cursor = i;
     }
   }
 
@@ -324,15 +338,19 @@ export class Hub {
     if (!state || !state.members.delete(member)) return;
     if (member.direct) this.#removeDirect(state, member);
     else state.others--;
-    if (state.members.size === 0) {
-      // Let queued deliveries finish before the state goes; a re-join creates a fresh one.
-      this.#enqueue(state, () => {
-        if (state.members.size === 0 && this.#rooms.get(room) === state) {
-          state.unsubscribe();
-          this.#rooms.delete(room);
-        }
-      });
-    }
+    this.#releaseIfEmpty(room, state);
+  }
+
+  /** Drops a room's state once it has neither members nor joins under way. */
+  #releaseIfEmpty(room: string, state: RoomState): void {
+    if (state.members.size > 0 || state.joining > 0) return;
+    // Let queued deliveries finish before the state goes; a later join creates a fresh one.
+    this.#enqueue(state, () => {
+      if (state.members.size === 0 && state.joining === 0 && this.#rooms.get(room) === state) {
+        state.unsubscribe();
+        this.#rooms.delete(room);
+      }
+    });
   }
 
   /** Delivers a freshly committed message here and publishes it to the other hubs. */

@@ -286,3 +286,49 @@ Deno.test("Hub goes on writing a message to the rest of a lane when one socket t
   hub.close();
   kv.close();
 });
+
+Deno.test("Hub keeps a room whose last member leaves while another joins in the same moment", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const hub = new Hub(store, new MemoryBroker());
+  const first = directRecorder();
+  await hub.join("r", first);
+  // A socket re-joining (leave, then join at once), or a reload's new socket racing the old one.
+  const second = directRecorder();
+  const plain = recorder();
+  hub.leave("r", first);
+  const joined = Promise.all([hub.join("r", second), hub.join("r", plain)]);
+  await joined;
+  hub.committed((await store.append("r", { sender: null, body: "x", attachments: [] })).message);
+  await hub.idle();
+  assertEquals(second.written, ["1"]);
+  assertEquals(plain.seqs, [1]);
+  assertEquals(first.written, []);
+  hub.leave("r", second);
+  hub.leave("r", plain);
+  await hub.idle();
+  assertEquals([...hub.rooms()], []);
+  hub.close();
+  kv.close();
+});
+
+Deno.test("Hub checks next the member that a closing check moved into the freed slot", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const hub = new Hub(store, new MemoryBroker());
+  // Three members and small frames: one check per message, in turn.
+  const [a, b, c] = Array.from({ length: 3 }, () => directRecorder());
+  for (const m of [a, b, c]) await hub.join("r", m);
+  a.onCheck = () => hub.leave("r", a);
+  const send = async () => {
+    hub.committed((await store.append("r", { sender: null, body: "x", attachments: [] })).message);
+    await hub.idle();
+  };
+  await send();
+  assertEquals([a.checks, b.checks, c.checks], [1, 0, 0]);
+  await send();
+  // c took a's slot: its turn comes before b's.
+  assertEquals([b.checks, c.checks], [0, 1]);
+  hub.close();
+  kv.close();
+});

@@ -35,6 +35,13 @@ const PRESENCE_FRAME = '{"type":"presence"';
 
 /** Most rooms one socket may join. */
 export const MAX_ROOMS_PER_SOCKET = 100;
+/**
+ * Rooms of one socket whose messages the hub may write straight to it. The hub checks a direct
+ * socket's outbound buffer per room (every 32 messages or 64 KiB of each), so a socket in many
+ * busy rooms could go unchecked for that much from every one; past this many rooms, messages go
+ * through the socket's own send, which checks across all of them.
+ */
+const MAX_DIRECT_ROOMS = 4;
 
 /** A user as the native protocol shows it. */
 export function nativeUser(user: UserProfile | null) {
@@ -160,8 +167,11 @@ export function nativeRoute(ctx: DialectContext): WsRoute {
 class NativeMember implements Member {
   readonly user: Principal;
   readonly renderKey: string;
-  /** Message frames are never held back (only presence is), so the hub may write them itself. */
-  readonly direct: DirectSocket;
+  /**
+   * Message frames are never held back (only presence is), so the hub may write them itself, for
+   * the socket's first few rooms (see {@link MAX_DIRECT_ROOMS}).
+   */
+  readonly direct?: DirectSocket;
   #session: NativeSession;
   #conn: Connection;
   #room: string;
@@ -171,10 +181,10 @@ class NativeMember implements Member {
   #holding = true;
   #held?: string[];
 
-  constructor(session: NativeSession, conn: Connection, room: string) {
+  constructor(session: NativeSession, conn: Connection, room: string, direct: boolean) {
     this.user = session.user;
     this.renderKey = session.renderKey;
-    this.direct = conn;
+    this.direct = direct ? conn : undefined;
     this.#session = session;
     this.#conn = conn;
     this.#room = room;
@@ -268,7 +278,9 @@ class NativeSession implements SocketHandler {
         from = tail - 1;
       }
     }
-    const member = new NativeMember(this, conn, room);
+    // At most MAX_DIRECT_ROOMS direct members at once: each had fewer other rooms when made.
+    const others = rooms.size - (existing ? 1 : 0);
+    const member = new NativeMember(this, conn, room, others < MAX_DIRECT_ROOMS);
     rooms.set(room, member);
     try {
       // Presence first: the others hear the join, the joiner sees itself in `presence`.
