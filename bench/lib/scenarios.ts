@@ -919,6 +919,8 @@ export interface AttachmentPhase {
   files: number;
   /** A second single file right after the first: the steady state, past allocator warm-up. */
   repeat?: boolean;
+  /** Which fresh server of the peer (0 first; see `settings.attachments.runs`). */
+  run?: number;
   /** Bytes of each file. */
   bytes: number;
   /** Members of the file room. */
@@ -959,54 +961,65 @@ export async function attachments(bench: Bench, logDir: string): Promise<Attachm
     } MiB x1 and x${a.many}, background 1 room x ${a.backgroundMembers} at ${a.backgroundRate} msg/s`,
   );
   const sender = await LoadWorker.start(0, bench.clientCpus, logDir, "load-files");
+  const runs = Math.max(1, a.runs ?? 1);
   try {
     await sender.request("payload", { bytes: a.bytes });
-    for (const spec of PEERS) {
-      let peer: RunningPeer | undefined;
-      const bg = `att-bg-${spec.id}`;
-      const files = `att-files-${spec.id}`;
-      try {
-        peer = await startPeer(spec, bench.ctx, { cpus: bench.serverCpus, tag: "attach" });
-        await connectOrThrow(bench, peer, bg, roomMembers("ab", 1, a.backgroundMembers));
-        if (bench.ctx.tokens) await sender.request("tokens", { list: bench.ctx.tokens });
-        const joined = await sender.request<{ connected: number; errors: Record<string, number> }>(
-          "connect",
-          {
-            group: files,
-            adapter: spec.adapter,
-            base: peer.base,
-            rooms: Array.from({ length: a.fileMembers }, () => "af0"),
-            users: Array.from({ length: a.fileMembers }, (_, i) => 5000 + i),
-            concurrency: 16,
-          },
-        );
-        if (joined.connected !== a.fileMembers) {
-          throw new Error(`${spec.id}: file room members failed: ${JSON.stringify(joined.errors)}`);
+    // A first file is one measurement per server start, and a noisy one: it is taken on several
+    // fresh servers, peers interleaved, and the targets use the median.
+    for (let run = 0; run < runs; run++) {
+      if (runs > 1) bench.log(`  fresh servers, round ${run + 1} of ${runs}`);
+      for (const spec of PEERS) {
+        let peer: RunningPeer | undefined;
+        const bg = `att-bg-${spec.id}`;
+        const files = `att-files-${spec.id}`;
+        try {
+          peer = await startPeer(spec, bench.ctx, { cpus: bench.serverCpus, tag: "attach" });
+          await connectOrThrow(bench, peer, bg, roomMembers("ab", 1, a.backgroundMembers));
+          if (bench.ctx.tokens) await sender.request("tokens", { list: bench.ctx.tokens });
+          const joined = await sender.request<
+            { connected: number; errors: Record<string, number> }
+          >(
+            "connect",
+            {
+              group: files,
+              adapter: spec.adapter,
+              base: peer.base,
+              rooms: Array.from({ length: a.fileMembers }, () => "af0"),
+              users: Array.from({ length: a.fileMembers }, (_, i) => 5000 + i),
+              concurrency: 16,
+            },
+          );
+          if (joined.connected !== a.fileMembers) {
+            throw new Error(
+              `${spec.id}: file room members failed: ${JSON.stringify(joined.errors)}`,
+            );
+          }
+          await sleep(settings.settleMs);
+          const plans = fleet.workers.map(() => [{
+            client: 0,
+            rate: a.backgroundRate / fleet.workers.length,
+            fanout: a.backgroundMembers,
+          }]);
+          // The window without files is the baseline; the smoke run skips it. One file is sent
+          // twice by the same socket: the first also grows that socket's read buffer in Deno,
+          // which the second reuses.
+          const counts = run > 0 ? [1, 1] : settings.quick ? [1, 1, a.many] : [0, 1, 1, a.many];
+          for (const [i, count] of counts.entries()) {
+            const phase = await attachmentPhase(bench, peer, sender, bg, files, plans, count);
+            if (count === 1 && counts.indexOf(1) !== i) phase.repeat = true;
+            if (run > 0) phase.run = run;
+            out.push(phase);
+            await sleep(settings.pauseMs);
+          }
+        } catch (err) {
+          const message = err instanceof Error ? err.message : String(err);
+          bench.log(`  ${spec.id}: left out of attachments: ${message}`);
+          bench.errors.push({ scenario: `attachments (${spec.id})`, message });
+        } finally {
+          await fleet.close(bg).catch(() => {});
+          await sender.request("close", { group: files }).catch(() => {});
+          await peer?.stop();
         }
-        await sleep(settings.settleMs);
-        const plans = fleet.workers.map(() => [{
-          client: 0,
-          rate: a.backgroundRate / fleet.workers.length,
-          fanout: a.backgroundMembers,
-        }]);
-        // The window without files is the baseline; the smoke run skips it. One file is sent
-        // twice by the same socket: the first also grows that socket's read buffer in Deno,
-        // which the second reuses.
-        const counts = settings.quick ? [1, 1, a.many] : [0, 1, 1, a.many];
-        for (const [i, count] of counts.entries()) {
-          const phase = await attachmentPhase(bench, peer, sender, bg, files, plans, count);
-          if (count === 1 && counts.indexOf(1) !== i) phase.repeat = true;
-          out.push(phase);
-          await sleep(settings.pauseMs);
-        }
-      } catch (err) {
-        const message = err instanceof Error ? err.message : String(err);
-        bench.log(`  ${spec.id}: left out of attachments: ${message}`);
-        bench.errors.push({ scenario: `attachments (${spec.id})`, message });
-      } finally {
-        await fleet.close(bg).catch(() => {});
-        await sender.request("close", { group: files }).catch(() => {});
-        await peer?.stop();
       }
     }
   } finally {

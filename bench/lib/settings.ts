@@ -60,6 +60,8 @@ export interface Settings {
   attachments: {
     bytes: number;
     many: number;
+    /** Fresh servers per peer the single file is measured on (only the first also sends many). */
+    runs: number;
     fileMembers: number;
     backgroundMembers: number;
     backgroundRate: number;
@@ -112,6 +114,7 @@ export function settingsFor(quick: boolean, fdLimit: number): Settings {
       attachments: {
         bytes: 1024 * 1024,
         many: 3,
+        runs: 1,
         fileMembers: 3,
         backgroundMembers: 100,
         backgroundRate: 50,
@@ -162,6 +165,7 @@ export function settingsFor(quick: boolean, fdLimit: number): Settings {
     attachments: {
       bytes: 10 * 1024 * 1024,
       many: 10,
+      runs: 3,
       fileMembers: 10,
       backgroundMembers: 500,
       backgroundRate: 100,
