@@ -548,6 +548,10 @@ function whyMissed(results: Results, v: Verdict[]): string[] {
     const l = ref ? ladderOf(ref.ladders, peer) : undefined;
     return l?.base?.p99 ?? refStep(peer)?.latency.p99 ?? NaN;
   };
+  const refP50 = (peer: string) => {
+    const l = ref ? ladderOf(ref.ladders, peer) : undefined;
+    return l?.base?.p50 ?? refStep(peer)?.latency.p50 ?? NaN;
+  };
   /** Main-thread µs per delivery, and the kernel's part of it. */
   const perDelivery = (step: StepResult | undefined) => {
     const main = step?.serverThreadsPct?.main;
@@ -573,8 +577,8 @@ function whyMissed(results: Results, v: Verdict[]): string[] {
           } in the kernel) against raw Deno's ${fx(raw.all, 1)} (${fx(raw.kernel, 1)}), `
           : ""
       }and every message waits for its KV commit before it is broadcast (p50 ${
-        ms(o?.latency.p50)
-      } ms against ${ms(r?.latency.p50)}). The load generators' core was ${
+        ms(refP50("ours_ticket"))
+      } ms against ${ms(refP50("raw_deno"))}). The load generators' core was ${
         fx(o?.clientCpuPct ?? NaN, 0)
       }% busy for ours and ${
         fx(r?.clientCpuPct ?? NaN, 0)
@@ -594,6 +598,34 @@ function whyMissed(results: Results, v: Verdict[]): string[] {
       } ms): a server that adds nothing to raw Deno still misses 0.5× by ${
         ratio(raw / sio / 0.5)
       }. At this load every peer's p99 is set by per-delivery socket writes, which cost Deno and Node alike.`,
+    );
+  }
+  for (const size of results.fanout?.sizes ?? []) {
+    const hit = missed("Highest fan-out load").find((x) =>
+      x.target.includes("raw Deno") && x.target.includes(`× ${int(size.members)}:`)
+    );
+    const raw = ladderOf(size.ladders, "raw_deno");
+    const ours = ladderOf(size.ladders, "ours_ticket");
+    if (!hit || !raw || !ours) continue;
+    // Compared where ours last passed: how much of the core each needed for the same load.
+    const [os, rs] = [stepAt(ours, ours.best), stepAt(raw, ours.best)];
+    const [o, r] = [perDelivery(os), perDelivery(rs)];
+    out.push(
+      `- **Highest load against raw Deno, 1 room × ${int(size.members)}.** Ours passed ${
+        bestText(ours)
+      } and raw Deno ${bestText(raw)}; ours' next step failed (${ours.stopReason ?? "–"})${
+        os && rs && o && r
+          ? `. At ${int(ours.best)} msg/s ours' server used ${
+            fx(os.serverCpuPct, 0)
+          }% of its core (main thread ${
+            fx(o.all, 1)
+          } µs per delivery, the rest mostly KV) and raw Deno's ${fx(rs.serverCpuPct, 0)}% (${
+            fx(r.all, 1)
+          } µs): the step above needs more core than ours has left, and the load generators were at ${
+            fx(os.clientCpuPct, 0)
+          }%`
+          : ""
+      }.`,
     );
   }
   for (const size of results.fanout?.sizes ?? []) {
