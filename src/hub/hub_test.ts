@@ -179,156 +179,137 @@ Deno.test("Hub with a head watch sees commits of another instance that shares no
   await Deno.remove(path);
 });
 
-Deno.test("Hub writes a message to direct members' sockets once per render key, other events through the member", async () => {
+/** A hub over an in-memory store; `commit` stores a message in room "r" and waits for its delivery. */
+async function withHub(fn: (hub: Hub, commit: () => Promise<void>) => Promise<void>) {
   const kv = await Deno.openKv(":memory:");
   const store = new KvMessageStore(kv);
   const hub = new Hub(store, new MemoryBroker());
-  const a = Array.from({ length: 5 }, () => directRecorder("a", (seq) => `a${seq}`));
-  const b = Array.from({ length: 3 }, () => directRecorder("b", (seq) => `b${seq}`));
-  const plain = recorder();
-  for (const m of [...a, plain, ...b]) await hub.join("r", m);
-  hub.committed((await store.append("r", { sender: null, body: "x", attachments: [] })).message);
-  await hub.idle();
-  assertEquals(a.map((m) => m.written), a.map(() => ["a1"]));
-  assertEquals(b.map((m) => m.written), b.map(() => ["b1"]));
-  assertEquals([...a, ...b].every((m) => m.sent.length === 0), true);
-  assertEquals(plain.seqs, [1]);
-  // One render per key: a, b, and the plain member's "test".
-  assertEquals([...a, ...b].reduce((n, m) => n + m.renders, 0) + plain.renders, 3);
-  assertEquals(hub.stats.directFrames, 8);
-  hub.publish({ type: "typing", room: "r", user, isTyping: true });
-  assertEquals(
-    [...a, ...b].every((m) => m.sent.join() === "typing" && m.written.length === 1),
-    true,
-  );
-  hub.close();
-  kv.close();
-});
-
-Deno.test("Hub keeps delivering to the right direct members as they leave and join in any order", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const store = new KvMessageStore(kv);
-  const hub = new Hub(store, new MemoryBroker());
-  const members = Array.from({ length: 10 }, () => directRecorder());
-  for (const m of members) await hub.join("r", m);
-  const gone = [members[0], members[9], members[4], members[5]];
-  for (const m of gone) hub.leave("r", m);
-  hub.leave("r", members[4]); // twice: nothing happens
-  await hub.join("r", members[5]);
-  await hub.join("r", members[3]); // already in: still one delivery
-  hub.committed((await store.append("r", { sender: null, body: "x", attachments: [] })).message);
-  await hub.idle();
-  assertEquals(
-    members.map((m) => m.written.length),
-    members.map((m) => (m === members[5] || !gone.includes(m) ? 1 : 0)),
-  );
-  for (const m of members) hub.leave("r", m);
-  assertEquals(hub.members("r").size, 0);
-  hub.close();
-  kv.close();
-});
-
-Deno.test("Hub checks every direct socket's buffer within 32 messages, every one for large frames, and survives a check that closes", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const store = new KvMessageStore(kv);
-  const hub = new Hub(store, new MemoryBroker());
-  const members = Array.from({ length: 100 }, () => directRecorder());
-  for (const m of members) await hub.join("r", m);
-  // A slow consumer: its check closes the socket, which takes it out of the room at once.
-  const slow = members[7];
-  slow.onCheck = () => hub.leave("r", slow);
-  const send = async () => {
+  const commit = async () => {
     hub.committed((await store.append("r", { sender: null, body: "x", attachments: [] })).message);
     await hub.idle();
   };
-  for (let i = 0; i < 32; i++) await send();
-  assertEquals(members.every((m) => m.checks >= 1), true);
-  assertEquals(slow.checks, 1);
-  assertEquals(slow.written.length < 32, true);
-  assertEquals(members.filter((m) => m !== slow).every((m) => m.written.length === 32), true);
-  const big = Array.from({ length: 4 }, () => directRecorder("big", () => "x".repeat(70_000)));
-  for (const m of big) await hub.join("r", m);
-  await send();
-  await send();
-  assertEquals(big.map((m) => m.checks), [2, 2, 2, 2]);
-  hub.close();
-  kv.close();
-});
-
-Deno.test("Hub goes on writing a message to the rest of a lane when one socket throws", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const store = new KvMessageStore(kv);
-  const hub = new Hub(store, new MemoryBroker());
-  const members = Array.from({ length: 5 }, () => directRecorder());
-  const broken = {
-    ...directRecorder(),
-    direct: {
-      writer: {
-        send(): void {
-          throw new Error("resource gone");
-        },
-      },
-      checkBuffer() {},
-    },
-  };
-  await hub.join("r", members[0]);
-  await hub.join("r", broken);
-  for (const m of members.slice(1)) await hub.join("r", m);
-  const logged = console.error;
-  console.error = () => {};
   try {
-    hub.committed((await store.append("r", { sender: null, body: "x", attachments: [] })).message);
-    await hub.idle();
+    await fn(hub, commit);
   } finally {
-    console.error = logged;
+    hub.close();
+    kv.close();
   }
-  assertEquals(members.map((m) => m.written), members.map(() => ["1"]));
-  hub.close();
-  kv.close();
-});
+}
 
-Deno.test("Hub keeps a room whose last member leaves while another joins in the same moment", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const store = new KvMessageStore(kv);
-  const hub = new Hub(store, new MemoryBroker());
-  const first = directRecorder();
-  await hub.join("r", first);
-  // A socket re-joining (leave, then join at once), or a reload's new socket racing the old one.
-  const second = directRecorder();
-  const plain = recorder();
-  hub.leave("r", first);
-  const joined = Promise.all([hub.join("r", second), hub.join("r", plain)]);
-  await joined;
-  hub.committed((await store.append("r", { sender: null, body: "x", attachments: [] })).message);
-  await hub.idle();
-  assertEquals(second.written, ["1"]);
-  assertEquals(plain.seqs, [1]);
-  assertEquals(first.written, []);
-  hub.leave("r", second);
-  hub.leave("r", plain);
-  await hub.idle();
-  assertEquals([...hub.rooms()], []);
-  hub.close();
-  kv.close();
-});
+Deno.test("Hub writes a message to direct members' sockets once per render key, other events through the member", () =>
+  withHub(async (hub, commit) => {
+    const a = Array.from({ length: 5 }, () => directRecorder("a", (seq) => `a${seq}`));
+    const b = Array.from({ length: 3 }, () => directRecorder("b", (seq) => `b${seq}`));
+    const plain = recorder();
+    for (const m of [...a, plain, ...b]) await hub.join("r", m);
+    await commit();
+    assertEquals(a.map((m) => m.written), a.map(() => ["a1"]));
+    assertEquals(b.map((m) => m.written), b.map(() => ["b1"]));
+    assertEquals([...a, ...b].every((m) => m.sent.length === 0), true);
+    assertEquals(plain.seqs, [1]);
+    // One render per key: a, b, and the plain member's "test".
+    assertEquals([...a, ...b].reduce((n, m) => n + m.renders, 0) + plain.renders, 3);
+    assertEquals(hub.stats.directFrames, 8);
+    hub.publish({ type: "typing", room: "r", user, isTyping: true });
+    assertEquals(
+      [...a, ...b].every((m) => m.sent.join() === "typing" && m.written.length === 1),
+      true,
+    );
+  }));
 
-Deno.test("Hub checks next the member that a closing check moved into the freed slot", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const store = new KvMessageStore(kv);
-  const hub = new Hub(store, new MemoryBroker());
-  // Three members and small frames: one check per message, in turn.
-  const [a, b, c] = Array.from({ length: 3 }, () => directRecorder());
-  for (const m of [a, b, c]) await hub.join("r", m);
-  a.onCheck = () => hub.leave("r", a);
-  const send = async () => {
-    hub.committed((await store.append("r", { sender: null, body: "x", attachments: [] })).message);
+Deno.test("Hub keeps delivering to the right direct members as they leave and join in any order", () =>
+  withHub(async (hub, commit) => {
+    const members = Array.from({ length: 10 }, () => directRecorder());
+    for (const m of members) await hub.join("r", m);
+    const gone = [members[0], members[9], members[4], members[5]];
+    for (const m of gone) hub.leave("r", m);
+    hub.leave("r", members[4]); // twice: nothing happens
+    await hub.join("r", members[5]);
+    await hub.join("r", members[3]); // already in: still one delivery
+    await commit();
+    assertEquals(
+      members.map((m) => m.written.length),
+      members.map((m) => (m === members[5] || !gone.includes(m) ? 1 : 0)),
+    );
+    for (const m of members) hub.leave("r", m);
+    assertEquals(hub.members("r").size, 0);
+  }));
+
+Deno.test("Hub checks every direct socket's buffer within 32 messages, every one for large frames, and survives a check that closes", () =>
+  withHub(async (hub, commit) => {
+    const members = Array.from({ length: 100 }, () => directRecorder());
+    for (const m of members) await hub.join("r", m);
+    // A slow consumer: its check closes the socket, which takes it out of the room at once.
+    const slow = members[7];
+    slow.onCheck = () => hub.leave("r", slow);
+    for (let i = 0; i < 32; i++) await commit();
+    assertEquals(members.every((m) => m.checks >= 1), true);
+    assertEquals(slow.checks, 1);
+    assertEquals(slow.written.length < 32, true);
+    assertEquals(members.filter((m) => m !== slow).every((m) => m.written.length === 32), true);
+    const big = Array.from({ length: 4 }, () => directRecorder("big", () => "x".repeat(70_000)));
+    for (const m of big) await hub.join("r", m);
+    await commit();
+    await commit();
+    assertEquals(big.map((m) => m.checks), [2, 2, 2, 2]);
+  }));
+
+Deno.test("Hub goes on writing a message to the rest of a lane when one socket throws", () =>
+  withHub(async (hub, commit) => {
+    const members = Array.from({ length: 5 }, () => directRecorder());
+    const broken = {
+      ...directRecorder(),
+      direct: {
+        writer: {
+          send(): void {
+            throw new Error("resource gone");
+          },
+        },
+        checkBuffer() {},
+      },
+    };
+    await hub.join("r", members[0]);
+    await hub.join("r", broken);
+    for (const m of members.slice(1)) await hub.join("r", m);
+    const logged = console.error;
+    console.error = () => {};
+    try {
+      await commit();
+    } finally {
+      console.error = logged;
+    }
+    assertEquals(members.map((m) => m.written), members.map(() => ["1"]));
+  }));
+
+Deno.test("Hub keeps a room whose last member leaves while another joins in the same moment", () =>
+  withHub(async (hub, commit) => {
+    const first = directRecorder();
+    await hub.join("r", first);
+    // A socket re-joining (leave, then join at once), or a reload's new socket racing the old one.
+    const second = directRecorder();
+    const plain = recorder();
+    hub.leave("r", first);
+    const joined = Promise.all([hub.join("r", second), hub.join("r", plain)]);
+    await joined;
+    await commit();
+    assertEquals(second.written, ["1"]);
+    assertEquals(plain.seqs, [1]);
+    assertEquals(first.written, []);
+    hub.leave("r", second);
+    hub.leave("r", plain);
     await hub.idle();
-  };
-  await send();
-  assertEquals([a.checks, b.checks, c.checks], [1, 0, 0]);
-  await send();
-  // c took a's slot: its turn comes before b's.
-  assertEquals([b.checks, c.checks], [0, 1]);
-  hub.close();
-  kv.close();
-});
+    assertEquals([...hub.rooms()], []);
+  }));
+
+Deno.test("Hub checks next the member that a closing check moved into the freed slot", () =>
+  withHub(async (hub, commit) => {
+    // Three members and small frames: one check per message, in turn.
+    const [a, b, c] = Array.from({ length: 3 }, () => directRecorder());
+    for (const m of [a, b, c]) await hub.join("r", m);
+    a.onCheck = () => hub.leave("r", a);
+    await commit();
+    assertEquals([a.checks, b.checks, c.checks], [1, 0, 0]);
+    await commit();
+    // c took a's slot: its turn comes before b's.
+    assertEquals([b.checks, c.checks], [0, 1]);
+  }));
