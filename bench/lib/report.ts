@@ -239,18 +239,52 @@ function singleFileSummary(phases: AttachmentPhase[]) {
   };
 }
 
+/**
+ * The fan-out step the targets name (reference size and rate), per peer: the step whose p99 is
+ * its repeats' median, and the medians themselves.
+ */
+function fanoutReference(results: Results) {
+  const s = results.meta.settings;
+  const sizes = results.fanout?.sizes ?? [];
+  const ref = sizes.find((x) => x.members === s.fanout.referenceSize) ?? sizes[0];
+  const ladder = (peer: string) => ref ? ladderOf(ref.ladders, peer) : undefined;
+  const step = (peer: string) => {
+    const l = ladder(peer);
+    return l?.base?.step ?? stepAt(l, s.fanout.referenceRate);
+  };
+  return {
+    ref,
+    step,
+    p99: (peer: string) => ladder(peer)?.base?.p99 ?? step(peer)?.latency.p99 ?? NaN,
+    p50: (peer: string) => ladder(peer)?.base?.p50 ?? step(peer)?.latency.p50 ?? NaN,
+  };
+}
+
+/**
+ * A step's main-thread CPU per delivery in µs: all of it, the kernel's part (NaN when not read)
+ * and the rest (user space); undefined when the step has no main-thread reading or deliveries.
+ */
+function mainPerDelivery(step: StepResult | undefined) {
+  const main = step?.serverThreadsPct?.main;
+  // NaN (a server gone mid-window) is saved as null in the results file.
+  const kernel = step?.serverThreadsKernelPct?.main;
+  if (!step || !Number.isFinite(main) || !(step.deliveriesPerSec > 0)) return undefined;
+  const k = Number.isFinite(kernel) ? kernel! : NaN;
+  return {
+    all: microsPer(main!, step.deliveriesPerSec),
+    kernel: microsPer(k, step.deliveriesPerSec),
+    user: microsPer(main! - k, step.deliveriesPerSec),
+  };
+}
+
 /** Checks every target of the issue against the results. */
 export function verdicts(results: Results): Verdict[] {
   const out: Verdict[] = [];
   const s = results.meta.settings;
   const f = results.fanout;
   if (f) {
-    const ref = f.sizes.find((x) => x.members === s.fanout.referenceSize) ?? f.sizes[0];
+    const { ref, p99 } = fanoutReference(results);
     if (ref) {
-      const p99 = (peer: string) => {
-        const l = ladderOf(ref.ladders, peer);
-        return l?.base?.p99 ?? stepAt(l, s.fanout.referenceRate)?.latency.p99 ?? NaN;
-      };
       const ours = p99("ours_ticket");
       const raw = p99("raw_deno");
       const sio = p99("socketio");
@@ -419,9 +453,9 @@ const kvMicrosPerMessage = (s: StepResult) => microsPer(s.serverThreadsPct!.kv, 
 function threadSection(results: Results): string[] {
   const s = results.meta.settings;
   const rows: { what: string; step: StepResult }[] = [];
-  const ref = results.fanout?.sizes.find((x) => x.members === s.fanout.referenceSize);
+  const { ref, step: refStep } = fanoutReference(results);
   for (const l of ref?.ladders ?? []) {
-    const step = l.base?.step ?? stepAt(l, s.fanout.referenceRate);
+    const step = refStep(l.peer);
     if (step) {
       rows.push({ what: `fan-out 1 room × ${int(ref!.members)}`, step });
     }
@@ -505,16 +539,8 @@ function threadSection(results: Results): string[] {
  */
 function fanoutKernelSentence(rows: { what: string; step: StepResult }[]): string[] {
   const perDelivery = (peer: string) => {
-    const step = rows.find((r) => r.step.peer === peer)?.step;
-    const main = step?.serverThreadsPct?.main;
-    // NaN (a server gone mid-window) is saved as null in the results file.
-    const kernel = step?.serverThreadsKernelPct?.main;
-    if (!step || !Number.isFinite(main) || !Number.isFinite(kernel)) return undefined;
-    if (!(step.deliveriesPerSec > 0)) return undefined;
-    return {
-      kernel: microsPer(kernel!, step.deliveriesPerSec),
-      user: microsPer(main! - kernel!, step.deliveriesPerSec),
-    };
+    const d = mainPerDelivery(rows.find((r) => r.step.peer === peer)?.step);
+    return d && Number.isFinite(d.kernel) ? d : undefined;
   };
   const raw = perDelivery("raw_deno");
   const ours = perDelivery("ours_ticket");
@@ -535,38 +561,13 @@ function fanoutKernelSentence(rows: { what: string; step: StepResult }[]): strin
  * large frame, the server's time per delivery.
  */
 function whyMissed(results: Results, v: Verdict[]): string[] {
-  const s = results.meta.settings;
   const missed = (prefix: string) =>
     v.filter((x) => x.status === "missed" && x.target.startsWith(prefix));
   const out: string[] = [];
-  const ref = results.fanout?.sizes.find((x) => x.members === s.fanout.referenceSize);
-  const refStep = (peer: string) => {
-    const l = ref ? ladderOf(ref.ladders, peer) : undefined;
-    return l?.base?.step ?? stepAt(l, s.fanout.referenceRate);
-  };
-  const refP99 = (peer: string) => {
-    const l = ref ? ladderOf(ref.ladders, peer) : undefined;
-    return l?.base?.p99 ?? refStep(peer)?.latency.p99 ?? NaN;
-  };
-  const refP50 = (peer: string) => {
-    const l = ref ? ladderOf(ref.ladders, peer) : undefined;
-    return l?.base?.p50 ?? refStep(peer)?.latency.p50 ?? NaN;
-  };
-  /** Main-thread µs per delivery, and the kernel's part of it. */
-  const perDelivery = (step: StepResult | undefined) => {
-    const main = step?.serverThreadsPct?.main;
-    const kernel = step?.serverThreadsKernelPct?.main;
-    if (!step || !Number.isFinite(main) || !(step.deliveriesPerSec > 0)) {
-      return undefined;
-    }
-    return {
-      all: microsPer(main!, step.deliveriesPerSec),
-      kernel: Number.isFinite(kernel) ? microsPer(kernel!, step.deliveriesPerSec) : NaN,
-    };
-  };
+  const { ref, step: refStep, p99: refP99, p50: refP50 } = fanoutReference(results);
   if (ref && missed("Fan-out p99").some((x) => x.target.includes("raw Deno"))) {
-    const ours = perDelivery(refStep("ours_ticket"));
-    const raw = perDelivery(refStep("raw_deno"));
+    const ours = mainPerDelivery(refStep("ours_ticket"));
+    const raw = mainPerDelivery(refStep("raw_deno"));
     const o = refStep("ours_ticket");
     const r = refStep("raw_deno");
     out.push(
@@ -609,7 +610,7 @@ function whyMissed(results: Results, v: Verdict[]): string[] {
     if (!hit || !raw || !ours) continue;
     // Compared where ours last passed: how much of the core each needed for the same load.
     const [os, rs] = [stepAt(ours, ours.best), stepAt(raw, ours.best)];
-    const [o, r] = [perDelivery(os), perDelivery(rs)];
+    const [o, r] = [mainPerDelivery(os), mainPerDelivery(rs)];
     out.push(
       `- **Highest load against raw Deno, 1 room × ${int(size.members)}.** Ours passed ${
         bestText(ours)
@@ -639,7 +640,7 @@ function whyMissed(results: Results, v: Verdict[]): string[] {
     const ours = ladderOf(size.ladders, "ours_ticket");
     if (!raw || !sio || !ours || !(sio.best > 0)) continue;
     const rawStep = stepAt(raw, raw.best);
-    const pd = perDelivery(rawStep);
+    const pd = mainPerDelivery(rawStep);
     out.push(
       `- **Highest load against Socket.IO, 1 room × ${int(size.members)}.** Raw Deno reached ${
         bestText(raw)

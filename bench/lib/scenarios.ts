@@ -952,7 +952,7 @@ export interface AttachmentPhase {
  * room's clients, and one process times every send and delivery.
  */
 export async function attachments(bench: Bench, logDir: string): Promise<AttachmentPhase[]> {
-  const { settings, fleet } = bench;
+  const { settings } = bench;
   const a = settings.attachments;
   const out: AttachmentPhase[] = [];
   bench.log(
@@ -969,56 +969,12 @@ export async function attachments(bench: Bench, logDir: string): Promise<Attachm
     for (let run = 0; run < runs; run++) {
       if (runs > 1) bench.log(`  fresh servers, round ${run + 1} of ${runs}`);
       for (const spec of PEERS) {
-        let peer: RunningPeer | undefined;
-        const bg = `att-bg-${spec.id}`;
-        const files = `att-files-${spec.id}`;
         try {
-          peer = await startPeer(spec, bench.ctx, { cpus: bench.serverCpus, tag: "attach" });
-          await connectOrThrow(bench, peer, bg, roomMembers("ab", 1, a.backgroundMembers));
-          if (bench.ctx.tokens) await sender.request("tokens", { list: bench.ctx.tokens });
-          const joined = await sender.request<
-            { connected: number; errors: Record<string, number> }
-          >(
-            "connect",
-            {
-              group: files,
-              adapter: spec.adapter,
-              base: peer.base,
-              rooms: Array.from({ length: a.fileMembers }, () => "af0"),
-              users: Array.from({ length: a.fileMembers }, (_, i) => 5000 + i),
-              concurrency: 16,
-            },
-          );
-          if (joined.connected !== a.fileMembers) {
-            throw new Error(
-              `${spec.id}: file room members failed: ${JSON.stringify(joined.errors)}`,
-            );
-          }
-          await sleep(settings.settleMs);
-          const plans = fleet.workers.map(() => [{
-            client: 0,
-            rate: a.backgroundRate / fleet.workers.length,
-            fanout: a.backgroundMembers,
-          }]);
-          // The window without files is the baseline; the smoke run skips it. One file is sent
-          // twice by the same socket: the first also grows that socket's read buffer in Deno,
-          // which the second reuses.
-          const counts = run > 0 ? [1, 1] : settings.quick ? [1, 1, a.many] : [0, 1, 1, a.many];
-          for (const [i, count] of counts.entries()) {
-            const phase = await attachmentPhase(bench, peer, sender, bg, files, plans, count);
-            if (count === 1 && counts.indexOf(1) !== i) phase.repeat = true;
-            if (run > 0) phase.run = run;
-            out.push(phase);
-            await sleep(settings.pauseMs);
-          }
+          await attachmentsOnFreshServer(bench, sender, spec, run, out);
         } catch (err) {
           const message = err instanceof Error ? err.message : String(err);
           bench.log(`  ${spec.id}: left out of attachments: ${message}`);
           bench.errors.push({ scenario: `attachments (${spec.id})`, message });
-        } finally {
-          await fleet.close(bg).catch(() => {});
-          await sender.request("close", { group: files }).catch(() => {});
-          await peer?.stop();
         }
       }
     }
@@ -1026,6 +982,65 @@ export async function attachments(bench: Bench, logDir: string): Promise<Attachm
     await sender.stop();
   }
   return out;
+}
+
+/**
+ * One peer's attachment phases on a server started for them, each added to `out` as it ends: the
+ * background room, the file room on `sender`, then the files (the first run also measures the
+ * window without files and the many files at once).
+ */
+async function attachmentsOnFreshServer(
+  bench: Bench,
+  sender: LoadWorker,
+  spec: PeerSpec,
+  run: number,
+  out: AttachmentPhase[],
+): Promise<void> {
+  const { settings, fleet } = bench;
+  const a = settings.attachments;
+  let peer: RunningPeer | undefined;
+  const bg = `att-bg-${spec.id}`;
+  const files = `att-files-${spec.id}`;
+  try {
+    peer = await startPeer(spec, bench.ctx, { cpus: bench.serverCpus, tag: "attach" });
+    await connectOrThrow(bench, peer, bg, roomMembers("ab", 1, a.backgroundMembers));
+    if (bench.ctx.tokens) await sender.request("tokens", { list: bench.ctx.tokens });
+    const joined = await sender.request<{ connected: number; errors: Record<string, number> }>(
+      "connect",
+      {
+        group: files,
+        adapter: spec.adapter,
+        base: peer.base,
+        rooms: Array.from({ length: a.fileMembers }, () => "af0"),
+        users: Array.from({ length: a.fileMembers }, (_, i) => 5000 + i),
+        concurrency: 16,
+      },
+    );
+    if (joined.connected !== a.fileMembers) {
+      throw new Error(`${spec.id}: file room members failed: ${JSON.stringify(joined.errors)}`);
+    }
+    await sleep(settings.settleMs);
+    const plans = fleet.workers.map(() => [{
+      client: 0,
+      rate: a.backgroundRate / fleet.workers.length,
+      fanout: a.backgroundMembers,
+    }]);
+    // The window without files is the baseline; the smoke run skips it. One file is sent
+    // twice by the same socket: the first also grows that socket's read buffer in Deno,
+    // which the second reuses.
+    const counts = run > 0 ? [1, 1] : settings.quick ? [1, 1, a.many] : [0, 1, 1, a.many];
+    for (const [i, count] of counts.entries()) {
+      const phase = await attachmentPhase(bench, peer, sender, bg, files, plans, count);
+      if (count === 1 && counts.indexOf(1) !== i) phase.repeat = true;
+      if (run > 0) phase.run = run;
+      out.push(phase);
+      await sleep(settings.pauseMs);
+    }
+  } finally {
+    await fleet.close(bg).catch(() => {});
+    await sender.request("close", { group: files }).catch(() => {});
+    await peer?.stop();
+  }
 }
 
 async function attachmentPhase(

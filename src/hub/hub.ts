@@ -30,10 +30,16 @@ export interface Member {
   readonly direct?: DirectSocket;
 }
 
+/** Anything a text frame can be written to (a WebSocket). */
+export interface FrameWriter {
+  /** Writes one frame. */
+  send(frame: string): void;
+}
+
 /** A socket the hub writes message frames to itself, for a member with {@link Member.direct}. */
 export interface DirectSocket {
   /** Writes a frame with none of the socket's per-frame bookkeeping (see `checkBuffer`). */
-  readonly writer: { send(frame: string): void };
+  readonly writer: FrameWriter;
   /** Closes the socket as a slow consumer if it has more unsent bytes than it allows. */
   checkBuffer(): void;
 }
@@ -44,7 +50,7 @@ export interface DirectSocket {
  */
 interface Lane {
   members: Member[];
-  writers: { send(frame: string): void }[];
+  writers: FrameWriter[];
   /** Each member's slot in the arrays. */
   slots: Map<Member, number>;
   /** Where the next message's buffer checks start. */
