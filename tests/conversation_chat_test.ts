@@ -119,6 +119,25 @@ Deno.test("conversation chat: typing goes to the others only and expires when no
   }
 });
 
+Deno.test("conversation chat: get_history right behind the socket's own messages includes them", async () => {
+  // Commits start 300 ms apart, so the messages are still committing when the history is asked.
+  const server = await startTestServer({
+    COMMIT_PAUSE_CPU_PERCENT: "0",
+    COMMIT_INTERVAL_MS: "300",
+  });
+  try {
+    const a = await join(server, 7, talker);
+    for (const message of ["one", "two", "three"]) a.send({ type: "chat_message", message });
+    a.send({ type: "get_history" });
+    const history = await a.next((f) => f.type === "history");
+    const messages = history.messages as Record<string, unknown>[];
+    assertEquals(messages.map((m) => m.content), ["one", "two", "three"]);
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("conversation chat: mark_read sends a receipt and is persisted across a reconnect", async () => {
   const server = await startTestServer();
   try {

@@ -29,6 +29,48 @@ async function join(ws: TestClient, room: string, since?: number) {
   return await ws.next((f) => f.type === "joined" && f.room === room);
 }
 
+Deno.test("native: sends back to back share commits; replies keep frame order; history after them sees them", async () => {
+  // Commits start 300 ms apart: one per send if each waited for its commit, two here.
+  const server = await startTestServer({
+    COMMIT_PAUSE_CPU_PERCENT: "0",
+    COMMIT_INTERVAL_MS: "300",
+  });
+  try {
+    const metrics = server.app.context.metrics;
+    const a = await connect(server);
+    await join(a, "ticket:1");
+    const before = metrics.commits;
+    const frames = [
+      { type: "send", room: "ticket:1", body: "one", ref: 1 },
+      { type: "send", room: "ticket:1", body: "two", ref: 2 },
+      { type: "send", room: "ticket:9", body: "not joined", ref: 3 },
+      { type: "send", room: "ticket:1", body: "three", ref: 4 },
+      { type: "send", room: "ticket:1", body: " ", ref: 5 },
+      { type: "send", room: "ticket:1", body: "four", ref: 6 },
+      { type: "history", room: "ticket:1", ref: 7 },
+    ];
+    for (const frame of frames) a.send(frame);
+    const replies: Frame[] = [];
+    for (let i = 0; i < frames.length; i++) replies.push(await a.next((f) => "ref" in f));
+    assertEquals(replies.map((r) => [r.ref, r.type, r.seq ?? r.code ?? null]), [
+      [1, "ack", 1],
+      [2, "ack", 2],
+      [3, "error", "not_found"],
+      [4, "ack", 3],
+      [5, "error", "empty_message"],
+      [6, "ack", 4],
+      [7, "history", null],
+    ]);
+    const history = replies[6].messages as Frame[];
+    assertEquals(history.map((m) => m.body), ["one", "two", "three", "four"]);
+    const commits = metrics.commits - before;
+    assert(commits <= 2, `expected the four messages in at most two commits, got ${commits}`);
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("native: send is acknowledged with id and seq, and reaches every member once", async () => {
   const server = await startTestServer();
   try {
@@ -439,6 +481,31 @@ Deno.test("native: a flood is refused with rate_limited, then closed with 4029",
     bystander.send({ type: "send", room: "ticket:1", body: "unaffected" });
     assertEquals((await bystander.next((f) => f.type === "ack")).seq, 1);
     await bystander.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: a flood of sends is closed with 4029 only after the acks of the sends it queued", async () => {
+  // Commits start 300 ms apart, so the accepted sends are still committing when the flood
+  // is told to close: their acks must come first, or the client cannot know what was stored.
+  const server = await startTestServer({
+    RATE_LIMIT_PER_SECOND: "5",
+    COMMIT_PAUSE_CPU_PERCENT: "0",
+    COMMIT_INTERVAL_MS: "300",
+  });
+  try {
+    const a = await connect(server);
+    await join(a, "ticket:1");
+    for (let i = 0; i < 40; i++) a.send({ type: "send", room: "ticket:1", body: `m${i}`, ref: i });
+    assertEquals((await a.closed).code, 4029);
+    const replies = a.frames.filter((f) => "ref" in (f as Frame)) as Frame[];
+    const acks = replies.filter((f) => f.type === "ack");
+    assert(acks.length > 0, "no send was accepted before the flood was refused");
+    assert(replies.some((f) => f.code === "rate_limited"), "no send was refused before the close");
+    // Every send made before the close got its reply, in order, and each ack names a stored seq.
+    assertEquals(replies.map((f) => f.ref), replies.map((_, i) => i));
+    assertEquals(acks.map((f) => f.seq), acks.map((_, i) => i + 1));
   } finally {
     await server.close();
   }

@@ -11,6 +11,30 @@ async function open(server: TestServer, kind: string, id: number, claims: object
     : await TestClient.open(`${url}?token=${token}`);
 }
 
+Deno.test("service chats: a ping right behind a refused message is answered after its error", async () => {
+  // Commits start 300 ms apart: "m1" waits for its commit, and the error of the empty message
+  // after it waits its turn; a pong sent at once would overtake both.
+  const server = await startTestServer({
+    COMMIT_PAUSE_CPU_PERCENT: "0",
+    COMMIT_INTERVAL_MS: "300",
+  });
+  try {
+    const master = await open(server, "service-chats", 2, { sub: 1, rooms: ["service-chat:2"] });
+    const client = await open(server, "service-chats", 2, { sub: 2, rooms: ["service-chat:2"] });
+    master.send({ type: "message", content: "m0" });
+    assertEquals((await client.next()).content, "m0");
+    master.send({ type: "message", content: "m1" });
+    master.send({ type: "message", content: " " });
+    master.send({ type: "ping" });
+    assertEquals((await master.next()).type, "error");
+    assertEquals(await master.next(), { type: "pong" });
+    assertEquals((await client.next()).content, "m1");
+    for (const ws of [master, client]) await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("service chats: a message reaches every participant except the sender", async () => {
   const server = await startTestServer();
   try {

@@ -298,6 +298,30 @@ Deno.test("ticket socket: a plain GET to a socket URL is told to upgrade", async
   });
 });
 
+Deno.test("ticket socket: frames sent back to back share commits, keep their order, and a bad one is answered", async () => {
+  // Commits start 300 ms apart: a socket that waited for each commit before reading its next
+  // frame would need five commits for five messages; read on while committing, two.
+  await withServer(async (server) => {
+    const metrics = server.app.context.metrics;
+    const a = await ticketClient(server, 1, { sub: "3", username: "user3" });
+    const b = await ticketClient(server, 1, { sub: "4", username: "user4" });
+    const before = metrics.commits;
+    for (const body of ["m1", "m2", "", "m3", "m4", "m5"]) a.send({ body });
+    for (const client of [a, b]) {
+      for (let pk = 1; pk <= 5; pk++) {
+        const msg = await client.next((f) => "pk" in f);
+        assertEquals([msg.pk, msg.body], [pk, `m${pk}`]);
+      }
+    }
+    assertEquals(await a.next((f) => "error" in f), { error: "Either body or file is required" });
+    const commits = metrics.commits - before;
+    assert(commits <= 2, `expected the five messages in at most two commits, got ${commits}`);
+    await b.nothing((f) => "error" in f);
+    await a.close();
+    await b.close();
+  }, { COMMIT_PAUSE_CPU_PERCENT: "0", COMMIT_INTERVAL_MS: "300" });
+});
+
 Deno.test("ticket socket: a retried client_id stores one message and answers the retry with it", async () => {
   await withServer(async (server) => {
     const a = await ticketClient(server, 13, { sub: 1 });

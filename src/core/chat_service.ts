@@ -5,6 +5,7 @@ import type { Metrics } from "./metrics.ts";
 import type {
   AccessPolicy,
   AppendResult,
+  Attachment,
   AttachmentStore,
   Fanout,
   FileInput,
@@ -33,6 +34,12 @@ export interface SendInput {
   mediaDir?: string;
   /** Idempotency key. */
   clientId?: string;
+}
+
+/** A send queued for the store: messages queued one after another are stored in that order. */
+export interface QueuedSend {
+  /** Settles once the message is durable and fanned out, or refused. */
+  result: Promise<AppendResult>;
 }
 
 /** The profile part of a principal, as stored with messages. */
@@ -87,6 +94,14 @@ export class ChatService {
    * once it is durable. A repeated client id returns the original message and sends nothing.
    */
   async send(user: Principal | null, room: string, input: SendInput): Promise<AppendResult> {
+    return await (await this.queue(user, room, input)).result;
+  }
+
+  /**
+   * {@link send} in two steps: resolves once the message is queued for its commit, so that a
+   * socket can take its next frame while this one commits. Sends queued in order keep it.
+   */
+  async queue(user: Principal | null, room: string, input: SendInput): Promise<QueuedSend> {
     const body = input.body ?? "";
     const files = input.files ?? [];
     if (body.trim() === "" && files.length === 0) {
@@ -107,14 +122,22 @@ export class ChatService {
     const attachments = files.length > 0
       ? await this.#deps.attachments.save(input.mediaDir ?? "files", files)
       : [];
+    const appended = this.#deps.store.append(room, {
+      sender: user ? profileOf(user) : null,
+      body,
+      attachments,
+      clientId: input.clientId,
+    });
+    return { result: this.#committed(appended, attachments) };
+  }
+
+  async #committed(
+    appended: Promise<AppendResult>,
+    attachments: Attachment[],
+  ): Promise<AppendResult> {
     let result: AppendResult;
     try {
-      result = await this.#deps.store.append(room, {
-        sender: user ? profileOf(user) : null,
-        body,
-        attachments,
-        clientId: input.clientId,
-      });
+      result = await appended;
     } catch (err) {
       await this.#deps.attachments.discard(attachments);
       throw err;

@@ -104,7 +104,10 @@ export interface HistoryQuery {
 
 /** Durable, ordered message history per room. */
 export interface MessageStore {
-  /** Stores a message with the room's next seq; resolves only once it is durable. */
+  /**
+   * Stores a message with the room's next seq; resolves only once it is durable. Appends get
+   * seqs in the order of the calls, so a caller need not wait for one before making the next.
+   */
   append(room: string, draft: MessageDraft): Promise<AppendResult>;
   /** Reads a slice of history in ascending seq order. */
   list(room: string, query: HistoryQuery): Promise<Message[]>;

@@ -2,6 +2,7 @@
 
 import { findToken } from "../auth/token.ts";
 import { asChatError, ChatError, rateLimited } from "../core/errors.ts";
+import type { QueuedSend } from "../core/chat_service.ts";
 import type { AppendResult, Principal, RoomEvent } from "../core/types.ts";
 import type { DirectSocket, Member } from "../hub/hub.ts";
 import { CLOSE, Connection, type SocketHandler } from "../transport/websocket.ts";
@@ -70,12 +71,25 @@ export interface SingleRoomDialect {
   /** Runs once the member is live. */
   afterJoin?(session: RoomSession): Promise<void>;
   /**
-   * Handles one client frame; a thrown ChatError becomes an error frame. A send returns its
-   * result, so a retried client id can be answered with the original message.
+   * Handles one client frame; a thrown ChatError becomes an error frame. A send returns it
+   * queued (`ctx.chat.queue`): the socket's next frame is handled while it commits, its error
+   * or the original message of a retried client id is sent in frame order. A frame that reads
+   * what earlier frames sent (history, read marks) or answers directly (a pong) awaits
+   * {@link settled} first.
    */
-  message(session: RoomSession, text: string): Promise<AppendResult | void>;
+  message(session: RoomSession, text: string): Promise<QueuedSend | void>;
   /** Runs once when the socket is gone. */
   closed?(session: RoomSession): Promise<void>;
+}
+
+/**
+ * Waits until the socket's earlier frames are answered (their sends committed), so that a frame
+ * reading what they wrote, or answering after them, may go on; false when the socket closed
+ * meanwhile (a refused send's reply may close it), and the frame should be dropped.
+ */
+export async function settled(session: RoomSession): Promise<boolean> {
+  await session.conn.finished();
+  return session.conn.open;
 }
 
 /** Builds the WebSocket route of a single-room protocol. */
@@ -229,18 +243,33 @@ class RoomSocket implements SocketHandler {
     const dialect = this.#dialect;
     const session = this.#session;
     if (!session) return;
+    let work: Promise<AppendResult | undefined>;
     try {
       const verdict = ctx.limiter.take(session.user.id, session.connId);
       if (verdict === "close") {
+        // After the replies still owed (errors, echoes of retries) for the frames before.
+        await conn.finished();
         conn.close(4029, "Rate limit exceeded");
         return;
       }
       if (verdict === "limited") {
         throw rateLimited();
       }
-      const result = await dialect.message(session, text);
+      work = (await dialect.message(session, text))?.result ?? Promise.resolve(undefined);
+    } catch (err) {
+      work = Promise.reject(err);
+    }
+    conn.finishInOrder(work, (outcome) => {
+      if (!outcome.ok) {
+        const error = asChatError(outcome.error);
+        ctx.metrics.error(error.code);
+        conn.send(dialect.errorFrame(error));
+        if (error.code === "forbidden") conn.close(dialect.codes.forbidden, "Forbidden");
+        return;
+      }
       // The retry of a client id gets the original back (to this socket only), as the
       // first attempt's broadcast may be what the client missed.
+      const result = outcome.value;
       if (result?.duplicate && session.member) {
         const event = {
           type: "message",
@@ -250,12 +279,7 @@ class RoomSocket implements SocketHandler {
         const frame = session.member.wants(event) ? dialect.render(session, event) : undefined;
         if (frame !== undefined) conn.send(frame);
       }
-    } catch (err) {
-      const error = asChatError(err);
-      ctx.metrics.error(error.code);
-      conn.send(dialect.errorFrame(error));
-      if (error.code === "forbidden") conn.close(dialect.codes.forbidden, "Forbidden");
-    }
+    });
   }
 
   closed(): void {

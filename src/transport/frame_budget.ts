@@ -72,8 +72,9 @@ export class FrameBudget {
       if (this.#total <= this.#limit) break;
       // The socket that just sent is the newest entry: it is never reclaimed for its own frame.
       if (other === holder) break;
-      // Closing a socket whose frame is still being handled would cut off its reply (a file's
-      // echo) while freeing nothing: the handler holds the frame.
+      // Closing a socket whose frame is still being handled, or whose replies are still owed,
+      // would cut off those replies (a file's echo, an ack) while freeing nothing: the handler,
+      // or the commit, holds the frame's data.
       if (other.busy) continue;
       this.#held.delete(other);
       this.#total -= bytes;

@@ -35,6 +35,15 @@ export interface SocketOptions {
   frames?: FrameBudget;
 }
 
+/** How a frame's slow part ended: its value, or what it threw. */
+export type Outcome<T> = { ok: true; value: T } | { ok: false; error: unknown };
+
+/**
+ * Finishes a socket may owe before its next frame waits for all of them: a client sending faster
+ * than commits complete has at most this many sends queued ahead of their replies.
+ */
+const MAX_OWED_FINISHES = 64;
+
 /** What a dialect does with a socket. */
 export interface SocketHandler {
   /** The socket is open. */
@@ -66,6 +75,9 @@ export class Connection implements FrameHolder {
    * Undefined while nothing is queued, so an idle socket holds no promise.
    */
   #inbound?: Promise<void>;
+  /** Finishes not yet run (see {@link finishInOrder}), and the promise of the last one. */
+  #owed = 0;
+  #finishes?: Promise<void>;
 
   private constructor(socket: WebSocket, options: SocketOptions, handler: SocketHandler) {
     this.#socket = socket;
@@ -138,7 +150,42 @@ export class Connection implements FrameHolder {
       ? decoder.decode(data)
       : undefined;
     if (text === undefined) return;
-    this.#run(() => this.#done ? undefined : this.#handler.message(this, text));
+    this.#run(async () => {
+      if (this.#owed >= MAX_OWED_FINISHES) await this.finished();
+      if (!this.#done) await this.#handler.message(this, text);
+    });
+  }
+
+  /**
+   * Lets a frame's slow part (a commit) overlap the frames after it while its reply keeps its
+   * place: `finish` gets the outcome of `work` once the finishes of every earlier frame have run.
+   * The next frame is handled as soon as the handler returns, so a client sending one message
+   * after another is not held to one commit per message. The outcome is taken at once, so a
+   * `work` that fails before its turn is never an unhandled rejection.
+   */
+  finishInOrder<T>(work: Promise<T>, finish: (outcome: Outcome<T>) => void | Promise<void>): void {
+    const outcome = work.then(
+      (value): Outcome<T> => ({ ok: true, value }),
+      (error): Outcome<T> => ({ ok: false, error }),
+    );
+    this.#owed++;
+    const next: Promise<void> = (this.#finishes ?? Promise.resolve())
+      .then(() => outcome)
+      .then(finish)
+      .catch((err) => console.error(`${this.#options.protocol}: reply failed:`, err))
+      .then(() => {
+        this.#owed--;
+        if (this.#finishes === next) this.#finishes = undefined;
+      });
+    this.#finishes = next;
+  }
+
+  /**
+   * Resolves once every finish owed so far has run: a frame that reads what the socket's earlier
+   * frames wrote (history, a read mark) or answers after them waits for this first.
+   */
+  finished(): Promise<void> {
+    return this.#finishes ?? Promise.resolve();
   }
 
   /** True until either side has closed. */
@@ -184,9 +231,9 @@ export class Connection implements FrameHolder {
     return true;
   }
 
-  /** True while a frame of this socket is being handled. */
+  /** True while a frame of this socket is being handled or its reply is owed. */
   get busy(): boolean {
-    return this.#inbound !== undefined;
+    return this.#inbound !== undefined || this.#owed > 0;
   }
 
   /** Closes with 1001 ("going away": reconnect), so that Deno frees the socket's frame buffer. */

@@ -71,7 +71,7 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
       const record = parseObject(text, "Expected a JSON object with a message");
       const message = optionalString(record, "message") ?? "";
       if (message.trim() === "") throw new ChatError("empty_message", "Message is required");
-      return await ctx.chat.send(s.user, s.room, {
+      return await ctx.chat.queue(s.user, s.room, {
         body: message,
         clientId: optionalClientId(record, "client_id", "id"),
       });

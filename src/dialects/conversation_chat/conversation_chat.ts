@@ -6,12 +6,13 @@
 import { ChatError } from "../../core/errors.ts";
 import { isValidRoomId, roomKey } from "../../core/rooms.ts";
 import { isoSeconds } from "../../core/time.ts";
-import type { AppendResult, Attachment, Message } from "../../core/types.ts";
+import type { QueuedSend } from "../../core/chat_service.ts";
+import type { Attachment, Message } from "../../core/types.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
 import { formatSize } from "../../media/mime.ts";
 import type { DialectContext, WsRoute } from "../context.ts";
 import { optionalClientId, optionalString, parseObject } from "../frames.ts";
-import { type RoomSession, singleRoomRoute } from "../single_room.ts";
+import { type RoomSession, settled, singleRoomRoute } from "../single_room.ts";
 
 /** Close codes of this protocol. */
 export const CONVERSATION_CLOSE = { unauthorized: 4001, notParticipant: 4404 } as const;
@@ -81,21 +82,21 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
     s: RoomSession,
     record: Record<string, unknown>,
     file: boolean,
-  ): Promise<AppendResult> => {
+  ): Promise<QueuedSend> => {
     const content = optionalString(record, "message") ?? "";
     const clientId = optionalClientId(record, "client_id");
     if (!file) {
       if (content.trim() === "") {
         throw new ChatError("empty_message", "Message content is required");
       }
-      return await ctx.chat.send(s.user, s.room, { body: content, clientId });
+      return await ctx.chat.queue(s.user, s.room, { body: content, clientId });
     }
     const data = optionalString(record, "file");
     const filename = optionalString(record, "filename");
     if (!data || !filename?.trim()) {
       throw new ChatError("filename_required", "File data and filename are required");
     }
-    return await ctx.chat.send(s.user, s.room, {
+    return await ctx.chat.queue(s.user, s.room, {
       body: content,
       files: [{ name: filename, data }],
       mediaDir: datedFolder(),
@@ -151,12 +152,16 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
         case "file_message":
           return await sendFrom(s, record, true);
         case "typing":
+          if (!(await settled(s))) return;
           ctx.chat.typing(s.user, s.room, record.is_typing !== false);
           return;
         case "mark_read":
+          // Up to the socket's own messages sent before it too.
+          if (!(await settled(s))) return;
           await ctx.chat.markRead(s.user, s.room);
           return;
         case "get_history": {
+          if (!(await settled(s))) return;
           // Our extension: the conversation's messages with their read state, oldest first.
           const limit = Math.min(Math.max(Number(record.limit ?? 50) || 50, 1), 200);
           const before = Number.isSafeInteger(record.before) ? Number(record.before) : undefined;

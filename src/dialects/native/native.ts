@@ -6,7 +6,7 @@
 import { findToken } from "../../auth/token.ts";
 import { asChatError, ChatError, rateLimited } from "../../core/errors.ts";
 import { parseRoomKey } from "../../core/rooms.ts";
-import type { Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
+import type { AppendResult, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import type { DirectSocket, Member } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
 import { Connection, type SocketHandler } from "../../transport/websocket.ts";
@@ -371,27 +371,38 @@ class NativeSession implements SocketHandler {
           throw new ChatError("not_found", `Join room "${room}" before sending`);
         }
         const files = optionalFiles(record);
-        const result = await ctx.chat.send(user, room, {
-          body: optionalString(record, "body") ?? "",
-          clientId: optionalClientId(record, "client_id"),
-          mediaDir: `native/${room.replace(":", "_")}`,
-          files,
-        }).catch((err) => {
-          // Access was withdrawn since the join: leave the room as a revoke would.
-          if (err instanceof ChatError && err.code === "forbidden") {
-            this.drop(conn, room, "access_revoked");
+        // The next frame is taken while this one commits; the ack or error keeps its place.
+        let work: Promise<AppendResult>;
+        try {
+          work = (await ctx.chat.queue(user, room, {
+            body: optionalString(record, "body") ?? "",
+            clientId: optionalClientId(record, "client_id"),
+            mediaDir: `native/${room.replace(":", "_")}`,
+            files,
+          })).result;
+        } catch (err) {
+          work = Promise.reject(err);
+        }
+        conn.finishInOrder(work, (outcome) => {
+          if (!outcome.ok) {
+            // Access was withdrawn since the join: leave the room as a revoke would.
+            if (outcome.error instanceof ChatError && outcome.error.code === "forbidden") {
+              this.drop(conn, room, "access_revoked");
+            }
+            this.#replyError(conn, outcome.error, ref);
+            return;
           }
-          throw err;
+          const result = outcome.value;
+          this.#reply(conn, {
+            type: "ack",
+            room,
+            client_id: result.message.clientId ?? null,
+            id: result.message.id,
+            seq: result.message.seq,
+            created_at: result.message.createdAt,
+            duplicate: result.duplicate,
+          }, ref);
         });
-        this.#reply(conn, {
-          type: "ack",
-          room,
-          client_id: result.message.clientId ?? null,
-          id: result.message.id,
-          seq: result.message.seq,
-          created_at: result.message.createdAt,
-          duplicate: result.duplicate,
-        }, ref);
         return;
       }
       case "typing": {
@@ -455,15 +466,25 @@ class NativeSession implements SocketHandler {
       ref = record.ref;
       const verdict = this.#ctx.limiter.take(this.user.id, this.#connId);
       if (verdict === "close") {
+        // After the replies still owed: the acks of sends already queued say what was stored.
+        await conn.finished();
         conn.close(NATIVE_CLOSE.rateLimited, "Rate limit exceeded");
         return;
       }
       if (verdict === "limited") {
         throw rateLimited();
       }
+      // Sends overlap their commits; anything else sees, and answers after, what they did.
+      if (record.type !== "send") {
+        await conn.finished();
+        // A reply owed before (a refused send's `forbidden`) may have closed the socket.
+        if (!conn.open) return;
+      }
       await this.#handle(conn, record);
     } catch (err) {
-      this.#replyError(conn, err, ref);
+      conn.finishInOrder(Promise.reject(err), (outcome) => {
+        if (!outcome.ok) this.#replyError(conn, outcome.error, ref);
+      });
     }
   }
 

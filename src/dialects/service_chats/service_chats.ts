@@ -10,7 +10,7 @@ import { isoNaive } from "../../core/time.ts";
 import { idValue } from "../conversation_chat/conversation_chat.ts";
 import type { DialectContext, WsRoute } from "../context.ts";
 import { optionalClientId, optionalString, parseObject } from "../frames.ts";
-import { singleRoomRoute } from "../single_room.ts";
+import { settled, singleRoomRoute } from "../single_room.ts";
 
 /** Close codes of this protocol. */
 export const SERVICE_CLOSE = { unauthorized: 4001, forbidden: 4003 } as const;
@@ -38,13 +38,14 @@ export function serviceChatRoutes(ctx: DialectContext): WsRoute[] {
           : undefined,
       errorFrame: (e) => JSON.stringify({ type: "error", message: e.message }),
       async message(s, text) {
+        // A pong comes after the replies owed to the frames before the ping.
         if (text.trim() === "ping") {
-          s.conn.send("pong");
+          if (await settled(s)) s.conn.send("pong");
           return;
         }
         const record = parseObject(text, "Expected a JSON object with a type");
         if (record.type === "ping") {
-          s.conn.send(JSON.stringify({ type: "pong" }));
+          if (await settled(s)) s.conn.send(JSON.stringify({ type: "pong" }));
           return;
         }
         if (record.type === "pong") return;
@@ -60,7 +61,7 @@ export function serviceChatRoutes(ctx: DialectContext): WsRoute[] {
         if (content.trim() === "") {
           throw new ChatError("empty_message", "Message content is required");
         }
-        return await ctx.chat.send(s.user, s.room, {
+        return await ctx.chat.queue(s.user, s.room, {
           body: content,
           clientId: optionalClientId(record, "client_id", "id"),
         });

@@ -78,7 +78,7 @@ export function ticketSocketRoute(ctx: DialectContext): WsRoute {
     errorFrame: (error) => JSON.stringify({ error: error.message }),
     async message(s, text) {
       const frame = parseTicketFrame(text);
-      return await ctx.chat.send(s.user, s.room, {
+      return await ctx.chat.queue(s.user, s.room, {
         body: frame.body,
         files: frame.file ? [{ name: frame.filename, data: frame.file }] : [],
         mediaDir: `files/ticket_${s.id}`,
