@@ -245,6 +245,39 @@ Deno.test("socket.io ticket chat: acks return the stored message; a retried clie
   });
 });
 
+Deno.test("socket.io ticket chat: one socket's messages are stored in the order it sent them, a file's included", async () => {
+  await withChat(async (server, client) => {
+    const socket = client({
+      auth: { token: await server.token({ sub: "1", rooms: ["ticket:6"] }) },
+      transports: ["websocket"],
+    });
+    await next(socket, "authenticated");
+    await joined(socket, "6");
+    const seen: string[] = [];
+    socket.on("new_message", (m: Payload) => seen.push((m.data as Payload).message as string));
+    // The file takes longer to store than the text behind it; the text must still come second.
+    const acks = Promise.all([
+      socket.timeout(5000).emitWithAck("send_message", {
+        ticketId: "6",
+        message: "first, with a file",
+        attachments: [{ name: "big.bin", data: new Uint8Array(4 * 1024 * 1024).fill(7) }],
+      }),
+      socket.timeout(5000).emitWithAck("send_message", { ticketId: "6", message: "second" }),
+      socket.timeout(5000).emitWithAck("send_message", { ticketId: "6", message: "third" }),
+    ]);
+    const [first, second, third] = await acks;
+    assertEquals([first.message, second.message, third.message], [
+      "first, with a file",
+      "second",
+      "third",
+    ]);
+    await eventually(() => seen.length === 3);
+    assertEquals(seen, ["first, with a file", "second", "third"]);
+    const history = await socket.timeout(3000).emitWithAck("get_messages", { ticketId: "6" });
+    assertEquals((history.messages as Payload[]).map((m) => m.message), seen);
+  });
+});
+
 Deno.test("socket.io ticket chat: typing goes to the others in the ticket and expires", async () => {
   await withChat(async (server, client) => {
     const a = client({

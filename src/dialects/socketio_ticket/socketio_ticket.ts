@@ -7,6 +7,7 @@
 import { isAdminRole } from "../../auth/principal.ts";
 import { findToken } from "../../auth/token.ts";
 import { asChatError, ChatError, rateLimited } from "../../core/errors.ts";
+import type { QueuedSend } from "../../core/chat_service.ts";
 import { isValidRoomId, roomKey } from "../../core/rooms.ts";
 import type { FileInput, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import { type Socket, SocketIOServer } from "../../engine_io/mod.ts";
@@ -31,6 +32,8 @@ interface SocketState {
   baseUrl: string;
   /** Ticket ids this socket joined. */
   tickets: Set<string>;
+  /** The last send's way to the store (see `inTurn`). */
+  sendTurn?: Promise<void>;
 }
 
 /** `Client` or `SuperAdmin`, the Mongo model the source system keeps senders in. */
@@ -200,6 +203,17 @@ export function createSocketIoTicketChat(
     return { user, room, id };
   }
 
+  /**
+   * Runs a socket's sends' way to the store one after another, in the order the events came:
+   * Socket.IO runs handlers side by side, and a file's save must not let the text sent after it
+   * be stored first. Only the commits overlap.
+   */
+  function inTurn<T>(s: SocketState, task: () => Promise<T>): Promise<T> {
+    const run = (s.sendTurn ?? Promise.resolve()).then(task);
+    s.sendTurn = run.then(() => {}, () => {});
+    return run;
+  }
+
   /** Runs a handler, answering failures on `errorEvent` (and the ack, when there is one). */
   function on(
     socket: Socket,
@@ -330,6 +344,13 @@ export function createSocketIoTicketChat(
     });
 
     on(socket, "send_message", "send_message_error", async (payload, ack) => {
+      const { id, queued } = await inTurn(s, () => queueSend(payload));
+      const result = await queued.result;
+      ack?.(socketIoMessage(result.message, id, s.baseUrl));
+    });
+
+    /** Checks a `send_message` and queues it for the store; the commit is not waited for. */
+    async function queueSend(payload: unknown): Promise<{ id: string; queued: QueuedSend }> {
       const { user, room, id } = await authorize(socket, payload);
       const record = payload as Record<string, unknown>;
       const text = typeof record.message === "string" ? record.message : "";
@@ -355,14 +376,14 @@ export function createSocketIoTicketChat(
       const clientId = typeof rawClientId === "string" || typeof rawClientId === "number"
         ? String(rawClientId).slice(0, 128)
         : undefined;
-      const result = await ctx.chat.send(user, room, {
+      const queued = await ctx.chat.queue(user, room, {
         body: text,
         files,
         mediaDir: "uploads/chat",
         clientId,
       });
-      ack?.(socketIoMessage(result.message, id, s.baseUrl));
-    });
+      return { id, queued };
+    }
 
     on(socket, "typing_start", null, async (payload) => {
       const { user, room } = await authorize(socket, payload);
