@@ -1,5 +1,8 @@
 /** Token buckets per connection and per user: a burst is allowed, a flood is refused, then closed. */
 
+/** Buckets a map holds before its first sweep of idle ones. */
+const PRUNE_FROM = 10_000;
+
 /** What to do with one inbound frame. */
 export type RateVerdict = "ok" | "limited" | "close";
 
@@ -25,6 +28,11 @@ export class RateLimiter {
   #limits: RateLimits;
   #conns = new Map<string, Bucket>();
   #users = new Map<string, Bucket>();
+  /** Size at which each map is next swept of idle buckets (see `#prune`). */
+  #pruneAt = new Map<Map<string, Bucket>, number>([[this.#conns, PRUNE_FROM], [
+    this.#users,
+    PRUNE_FROM,
+  ]]);
   #now: () => number;
 
   /** Uses `limits`; `now` is injectable for tests. */
@@ -40,9 +48,32 @@ export class RateLimiter {
 
   #bucket(map: Map<string, Bucket>, key: string, rate: number, now: number): Bucket {
     let bucket = map.get(key);
-    if (!bucket) map.set(key, bucket = { tokens: rate * 2, at: now, strikes: 0 });
-    else this.#refill(bucket, rate, now);
+    if (bucket) {
+      this.#refill(bucket, rate, now);
+      return bucket;
+    }
+    if (map.size >= this.#pruneAt.get(map)!) this.#prune(map, rate, now);
+    map.set(key, bucket = { tokens: rate * 2, at: now, strikes: 0 });
     return bucket;
+  }
+
+  /**
+   * Drops the buckets that have refilled: the same as no bucket (the next frame is let through
+   * either way, which clears strikes), so the maps hold only senders active in the last seconds. Keys no close ever forgets (the REST
+   * API's `api:<user>`, a user's own bucket) would otherwise grow with every distinct caller.
+   * The next sweep waits until the map has doubled, so sweeping stays linear overall.
+   */
+  #prune(map: Map<string, Bucket>, rate: number, now: number): void {
+    for (const [key, bucket] of map) {
+      this.#refill(bucket, rate, now);
+      if (bucket.tokens >= rate * 2) map.delete(key);
+    }
+    this.#pruneAt.set(map, Math.max(PRUNE_FROM, map.size * 2));
+  }
+
+  /** Buckets held, connections' and users' together (for tests and metrics). */
+  get size(): number {
+    return this.#conns.size + this.#users.size;
   }
 
   /** Takes a token for one frame of `connId` (owned by `user`). */
@@ -60,15 +91,8 @@ export class RateLimiter {
     return conn.strikes > this.#limits.perConnection * 2 ? "close" : "limited";
   }
 
-  /** Drops a closed connection's bucket (and idle user buckets now and then). */
+  /** Drops a closed connection's bucket. */
   forget(connId: string): void {
     this.#conns.delete(connId);
-    if (this.#users.size > 10_000) {
-      const now = this.#now();
-      for (const [user, bucket] of this.#users) {
-        this.#refill(bucket, this.#limits.perUser, now);
-        if (bucket.tokens >= this.#limits.perUser * 2) this.#users.delete(user);
-      }
-    }
   }
 }

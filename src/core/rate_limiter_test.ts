@@ -1,4 +1,4 @@
-import { assertEquals } from "../../tests/assert.ts";
+import { assert, assertEquals } from "../../tests/assert.ts";
 import { RateLimiter } from "./rate_limiter.ts";
 
 Deno.test("RateLimiter allows a burst, refuses a flood, then says close", () => {
@@ -23,4 +23,20 @@ Deno.test("RateLimiter shares one budget across a user's connections", () => {
   assertEquals(limiter.take("u", "d"), "ok");
   assertEquals(limiter.take("u", "e"), "limited");
   assertEquals(limiter.take("other", "f"), "ok");
+});
+
+Deno.test("RateLimiter forgets buckets that refilled, so keys never closed do not pile up", () => {
+  let now = 0;
+  const limiter = new RateLimiter({ perConnection: 5, perUser: 5 }, () => now);
+  // The REST API's key per user is never forgotten by a close: 100,000 callers, one each.
+  for (let i = 0; i < 100_000; i++) {
+    assertEquals(limiter.take(`u${i}`, `api:u${i}`), "ok");
+    now += 1;
+  }
+  assert(limiter.size < 2 * 30_000, `expected idle buckets swept, ${limiter.size} held`);
+  // A flooding connection's bucket is not idle: a sweep keeps it, and the flood is still closed.
+  const flood = Array.from({ length: 21 }, () => limiter.take("f", "flood"));
+  assertEquals(flood[20], "close");
+  for (let i = 0; i < 30_000; i++) limiter.take(`v${i}`, `api:v${i}`);
+  assertEquals(limiter.take("f", "flood"), "close");
 });
