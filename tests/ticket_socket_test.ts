@@ -322,6 +322,30 @@ Deno.test("ticket socket: frames sent back to back share commits, keep their ord
   }, { COMMIT_PAUSE_CPU_PERCENT: "0", COMMIT_INTERVAL_MS: "300" });
 });
 
+Deno.test("ticket socket: a socket owes at most 64 replies; the frame after waits for them", async () => {
+  // Commits start 300 ms apart. 100 messages back to back: the first commits alone, the next 63
+  // share the second commit, and the 65th is read only once those are answered, so a third
+  // commit is needed; without the bound two would do.
+  await withServer(async (server) => {
+    const metrics = server.app.context.metrics;
+    const a = await ticketClient(server, 1, { sub: "3", username: "user3" });
+    const before = metrics.commits;
+    for (let i = 1; i <= 100; i++) a.send({ body: `m${i}` });
+    for (let pk = 1; pk <= 100; pk++) {
+      const msg = await a.next((f) => "pk" in f);
+      assertEquals([msg.pk, msg.body], [pk, `m${pk}`]);
+    }
+    const commits = metrics.commits - before;
+    assert(commits >= 3, `expected the 65th message to wait for a later commit, got ${commits}`);
+    await a.close();
+  }, {
+    COMMIT_PAUSE_CPU_PERCENT: "0",
+    COMMIT_INTERVAL_MS: "300",
+    RATE_LIMIT_PER_SECOND: "1000",
+    RATE_LIMIT_USER_PER_SECOND: "1000",
+  });
+});
+
 Deno.test("ticket socket: a retried client_id stores one message and answers the retry with it", async () => {
   await withServer(async (server) => {
     const a = await ticketClient(server, 13, { sub: 1 });
