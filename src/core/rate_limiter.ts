@@ -14,6 +14,12 @@ export interface RateLimits {
   perUser: number;
 }
 
+/** One map of buckets, and the size at which it is next swept of idle ones (see `#prune`). */
+interface Buckets {
+  map: Map<string, Bucket>;
+  pruneAt: number;
+}
+
 interface Bucket {
   tokens: number;
   at: number;
@@ -26,13 +32,8 @@ interface Bucket {
  */
 export class RateLimiter {
   #limits: RateLimits;
-  #conns = new Map<string, Bucket>();
-  #users = new Map<string, Bucket>();
-  /** Size at which each map is next swept of idle buckets (see `#prune`). */
-  #pruneAt = new Map<Map<string, Bucket>, number>([[this.#conns, PRUNE_FROM], [
-    this.#users,
-    PRUNE_FROM,
-  ]]);
+  #conns: Buckets = { map: new Map(), pruneAt: PRUNE_FROM };
+  #users: Buckets = { map: new Map(), pruneAt: PRUNE_FROM };
   #now: () => number;
 
   /** Uses `limits`; `now` is injectable for tests. */
@@ -46,34 +47,35 @@ export class RateLimiter {
     bucket.at = now;
   }
 
-  #bucket(map: Map<string, Bucket>, key: string, rate: number, now: number): Bucket {
-    let bucket = map.get(key);
+  #bucket(buckets: Buckets, key: string, rate: number, now: number): Bucket {
+    let bucket = buckets.map.get(key);
     if (bucket) {
       this.#refill(bucket, rate, now);
       return bucket;
     }
-    if (map.size >= this.#pruneAt.get(map)!) this.#prune(map, rate, now);
-    map.set(key, bucket = { tokens: rate * 2, at: now, strikes: 0 });
+    if (buckets.map.size >= buckets.pruneAt) this.#prune(buckets, rate, now);
+    buckets.map.set(key, bucket = { tokens: rate * 2, at: now, strikes: 0 });
     return bucket;
   }
 
   /**
    * Drops the buckets that have refilled: the same as no bucket (the next frame is let through
-   * either way, which clears strikes), so the maps hold only senders active in the last seconds. Keys no close ever forgets (the REST
-   * API's `api:<user>`, a user's own bucket) would otherwise grow with every distinct caller.
-   * The next sweep waits until the map has doubled, so sweeping stays linear overall.
+   * either way, which clears strikes), so the maps hold only senders active in the last seconds.
+   * Keys no close ever forgets (the REST API's `api:<user>`, a user's own bucket) would otherwise
+   * grow with every distinct caller. The next sweep waits until the map has doubled, so sweeping
+   * stays linear overall.
    */
-  #prune(map: Map<string, Bucket>, rate: number, now: number): void {
-    for (const [key, bucket] of map) {
+  #prune(buckets: Buckets, rate: number, now: number): void {
+    for (const [key, bucket] of buckets.map) {
       this.#refill(bucket, rate, now);
-      if (bucket.tokens >= rate * 2) map.delete(key);
+      if (bucket.tokens >= rate * 2) buckets.map.delete(key);
     }
-    this.#pruneAt.set(map, Math.max(PRUNE_FROM, map.size * 2));
+    buckets.pruneAt = Math.max(PRUNE_FROM, buckets.map.size * 2);
   }
 
   /** Buckets held, connections' and users' together (for tests and metrics). */
   get size(): number {
-    return this.#conns.size + this.#users.size;
+    return this.#conns.map.size + this.#users.map.size;
   }
 
   /** Takes a token for one frame of `connId` (owned by `user`). */
@@ -93,6 +95,6 @@ export class RateLimiter {
 
   /** Drops a closed connection's bucket. */
   forget(connId: string): void {
-    this.#conns.delete(connId);
+    this.#conns.map.delete(connId);
   }
 }

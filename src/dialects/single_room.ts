@@ -75,21 +75,11 @@ export interface SingleRoomDialect {
    * queued (`ctx.chat.queue`): the socket's next frame is handled while it commits, its error
    * or the original message of a retried client id is sent in frame order. A frame that reads
    * what earlier frames sent (history, read marks) or answers directly (a pong) awaits
-   * {@link settled} first.
+   * `session.conn.settled()` first.
    */
   message(session: RoomSession, text: string): Promise<QueuedSend | void>;
   /** Runs once when the socket is gone. */
   closed?(session: RoomSession): Promise<void>;
-}
-
-/**
- * Waits until the socket's earlier frames are answered (their sends committed), so that a frame
- * reading what they wrote, or answering after them, may go on; false when the socket closed
- * meanwhile (a refused send's reply may close it), and the frame should be dropped.
- */
-export async function settled(session: RoomSession): Promise<boolean> {
-  await session.conn.finished();
-  return session.conn.open;
 }
 
 /** Builds the WebSocket route of a single-room protocol. */
@@ -248,7 +238,7 @@ class RoomSocket implements SocketHandler {
       const verdict = ctx.limiter.take(session.user.id, session.connId);
       if (verdict === "close") {
         // After the replies still owed (errors, echoes of retries) for the frames before.
-        await conn.finished();
+        await conn.settled();
         conn.close(4029, "Rate limit exceeded");
         return;
       }

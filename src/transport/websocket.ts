@@ -151,7 +151,7 @@ export class Connection implements FrameHolder {
       : undefined;
     if (text === undefined) return;
     this.#run(async () => {
-      if (this.#owed >= MAX_OWED_FINISHES) await this.finished();
+      if (this.#owed >= MAX_OWED_FINISHES) await this.settled();
       if (!this.#done) await this.#handler.message(this, text);
     });
   }
@@ -181,11 +181,13 @@ export class Connection implements FrameHolder {
   }
 
   /**
-   * Resolves once every finish owed so far has run: a frame that reads what the socket's earlier
-   * frames wrote (history, a read mark) or answers after them waits for this first.
+   * Resolves once every finish owed so far has run, to whether the socket is still open: a frame
+   * that reads what the socket's earlier frames wrote (history, a read mark) or answers after
+   * them waits for this first, and is dropped on false (a refused send's reply may close it).
    */
-  finished(): Promise<void> {
-    return this.#finishes ?? Promise.resolve();
+  async settled(): Promise<boolean> {
+    await this.#finishes;
+    return !this.#done;
   }
 
   /** True until either side has closed. */

@@ -12,7 +12,7 @@ import { mediaUrlPath } from "../../media/local_media_store.ts";
 import { formatSize } from "../../media/mime.ts";
 import type { DialectContext, WsRoute } from "../context.ts";
 import { optionalClientId, optionalString, parseObject } from "../frames.ts";
-import { type RoomSession, settled, singleRoomRoute } from "../single_room.ts";
+import { type RoomSession, singleRoomRoute } from "../single_room.ts";
 
 /** Close codes of this protocol. */
 export const CONVERSATION_CLOSE = { unauthorized: 4001, notParticipant: 4404 } as const;
@@ -152,16 +152,16 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
         case "file_message":
           return await sendFrom(s, record, true);
         case "typing":
-          if (!(await settled(s))) return;
+          if (!(await s.conn.settled())) return;
           ctx.chat.typing(s.user, s.room, record.is_typing !== false);
           return;
         case "mark_read":
           // Up to the socket's own messages sent before it too.
-          if (!(await settled(s))) return;
+          if (!(await s.conn.settled())) return;
           await ctx.chat.markRead(s.user, s.room);
           return;
         case "get_history": {
-          if (!(await settled(s))) return;
+          if (!(await s.conn.settled())) return;
           // Our extension: the conversation's messages with their read state, oldest first.
           const limit = Math.min(Math.max(Number(record.limit ?? 50) || 50, 1), 200);
           const before = Number.isSafeInteger(record.before) ? Number(record.before) : undefined;

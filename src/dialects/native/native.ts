@@ -467,19 +467,16 @@ class NativeSession implements SocketHandler {
       const verdict = this.#ctx.limiter.take(this.user.id, this.#connId);
       if (verdict === "close") {
         // After the replies still owed: the acks of sends already queued say what was stored.
-        await conn.finished();
+        await conn.settled();
         conn.close(NATIVE_CLOSE.rateLimited, "Rate limit exceeded");
         return;
       }
       if (verdict === "limited") {
         throw rateLimited();
       }
-      // Sends overlap their commits; anything else sees, and answers after, what they did.
-      if (record.type !== "send") {
-        await conn.finished();
-        // A reply owed before (a refused send's `forbidden`) may have closed the socket.
-        if (!conn.open) return;
-      }
+      // Sends overlap their commits; anything else sees, and answers after, what they did (and
+      // is dropped if one of their replies closed the socket).
+      if (record.type !== "send" && !(await conn.settled())) return;
       await this.#handle(conn, record);
     } catch (err) {
       conn.finishInOrder(Promise.reject(err), (outcome) => {

@@ -10,7 +10,7 @@ import { isoNaive } from "../../core/time.ts";
 import { idValue } from "../conversation_chat/conversation_chat.ts";
 import type { DialectContext, WsRoute } from "../context.ts";
 import { optionalClientId, optionalString, parseObject } from "../frames.ts";
-import { settled, singleRoomRoute } from "../single_room.ts";
+import { singleRoomRoute } from "../single_room.ts";
 
 /** Close codes of this protocol. */
 export const SERVICE_CLOSE = { unauthorized: 4001, forbidden: 4003 } as const;
@@ -40,12 +40,12 @@ export function serviceChatRoutes(ctx: DialectContext): WsRoute[] {
       async message(s, text) {
         // A pong comes after the replies owed to the frames before the ping.
         if (text.trim() === "ping") {
-          if (await settled(s)) s.conn.send("pong");
+          if (await s.conn.settled()) s.conn.send("pong");
           return;
         }
         const record = parseObject(text, "Expected a JSON object with a type");
         if (record.type === "ping") {
-          if (await settled(s)) s.conn.send(JSON.stringify({ type: "pong" }));
+          if (await s.conn.settled()) s.conn.send(JSON.stringify({ type: "pong" }));
           return;
         }
         if (record.type === "pong") return;
