@@ -13,10 +13,10 @@
  *    access even for tokens minted before the removal.
  * 4. A room the directory does not know falls back to the token's `rooms` claim.
  *
- * A removal takes effect on the next send on every isolate and instance. Where the directory
- * can say cheaply whether anything changed (SQLite: a commit by anyone moves its change token),
- * a decision is reused until it does; otherwise (Postgres) every check reads the directory (two
- * indexed primary-key reads, issued together).
+ * A removal takes effect on the next send once it is seen, on every isolate and instance. Where
+ * the directory can say cheaply whether anything changed (SQLite: a commit by anyone moves its
+ * change token, read at most every 25 ms), a decision is reused until it does; otherwise
+ * (Postgres) every check reads the directory (two indexed primary-key reads, issued together).
  */
 
 import type { Directory, DirectoryUser } from "../core/directory.ts";
