@@ -609,18 +609,22 @@ function whyMissed(results: Results, v: Verdict[]): string[] {
     const ours = ladderOf(size.ladders, "ours_ticket");
     if (!hit || !raw || !ours) continue;
     // Compared where ours last passed: how much of the core each needed for the same load.
-    const [os, rs] = [stepAt(ours, ours.best), stepAt(raw, ours.best)];
+    // Raw Deno may not have run ours' rate (a midpoint of ours' own): its highest step below.
+    const rawBelow = raw.steps.filter((x) => x.rate <= ours.best && x.pass).at(-1)?.rate;
+    const [os, rs] = [stepAt(ours, ours.best), stepAt(raw, rawBelow ?? ours.best)];
     const [o, r] = [mainPerDelivery(os), mainPerDelivery(rs)];
     out.push(
       `- **Highest load against raw Deno, 1 room × ${int(size.members)}.** Ours passed ${
         bestText(ours)
-      } and raw Deno ${bestText(raw)}; ours' next step failed (${ours.stopReason ?? "–"})${
+      } and raw Deno ${bestText(raw)}; ours failed at ${ours.stopReason ?? "–"}${
         os && rs && o && r
           ? `. At ${int(ours.best)} msg/s ours' server used ${
             fx(os.serverCpuPct, 0)
           }% of its core (main thread ${
             fx(o.all, 1)
-          } µs per delivery, the rest mostly KV) and raw Deno's ${fx(rs.serverCpuPct, 0)}% (${
+          } µs per delivery, the rest mostly KV) and raw Deno's ${fx(rs.serverCpuPct, 0)}%${
+            rs.rate !== ours.best ? ` at ${int(rs.rate)} msg/s` : ""
+          } (${
             fx(r.all, 1)
           } µs): the step above needs more core than ours has left, and the load generators were at ${
             fx(os.clientCpuPct, 0)
@@ -1104,9 +1108,15 @@ export function renderMarkdown(
     L.push("## 1. Fan-out: one room, open loop", "");
     L.push(
       `One room of N members; ${s.workers} senders (one per load process) share the offered rate; every member, sender included, receives every message. ` +
-        `Rates stepped ${
-          s.fanout.rates.join(", ")
-        } msg/s until p99 passed ${s.fanout.maxP99Ms} ms.`,
+        `Rates stepped ${s.fanout.rates.join(", ")} msg/s until p99 passed ${s.fanout.maxP99Ms} ms${
+          (s.fanout.refineSteps ?? 0) > 0
+            ? `; then the gap between a peer's last passed and first failed rate was halved ${
+              s.fanout.refineSteps === 1 ? "once" : `${s.fanout.refineSteps} times`
+            } (each midpoint decided like any step), so highest loads are known to within ${
+              s.fanout.refineSteps === 1 ? "half" : `1/${2 ** s.fanout.refineSteps}`
+            } of a step`
+            : ""
+        }.`,
       "",
     );
     for (const size of results.fanout.sizes) {

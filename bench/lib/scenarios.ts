@@ -402,7 +402,9 @@ interface LadderPeer {
  * rate), repeating the first rate `repeats` times. A step that fails without leaving a backlog
  * is run again, up to `confirmRuns` runs in all, and the majority decides. A peer stops at its
  * first failing rate (its server is stopped at once so a backlog cannot steal the core); when
- * even the first rate fails, `lower` rates are tried downwards.
+ * even the first rate fails, `lower` rates are tried downwards. With `refine` > 0, a peer that
+ * failed above a passed rate first has the gap halved that many times (each midpoint decided
+ * the same way), so that the highest load is known to better than the ladder's step.
  */
 async function runLadder(
   bench: Bench,
@@ -411,6 +413,7 @@ async function runLadder(
   lower: number[],
   repeats: number,
   shape: (rate: number) => StepShape,
+  refine = 0,
 ): Promise<void> {
   const stopPeer = async (e: LadderPeer) => {
     e.done = true;
@@ -423,6 +426,41 @@ async function runLadder(
     await waitServerIdle(e.peer, 10_000);
     await connectOrThrow(bench, e.peer, e.group, e.members);
     await sleep(bench.settings.settleMs);
+  };
+  /**
+   * Decides a rate from the runs made so far: a single failure that drained its backlog may be
+   * one stall, so the step is run again and the majority of `confirmRuns` decides. Records the
+   * runs in the ladder (as its base when `base`).
+   */
+  const decide = async (
+    e: LadderPeer,
+    rate: number,
+    made: StepResult[],
+    swampedBefore: boolean,
+    base: boolean,
+  ): Promise<{ step: StepResult; passed: boolean }> => {
+    let steps = made;
+    let swamped = swampedBefore;
+    if (steps.length === 1 && !swamped && !steps[0].pass) {
+      for (let r = 1; r < bench.settings.confirmRuns; r++) {
+        bench.log(`    ${e.peer.spec.id}: confirming the failure at ${rate} msg/s`);
+        const again = await measureStep(bench, e.peer, e.group, e.plans(rate), shape(rate));
+        steps = [...steps, again];
+        if (!again.quiesced) {
+          swamped = true;
+          await reset(e);
+          break;
+        }
+        await sleep(bench.settings.pauseMs);
+        if (steps.filter((s) => !s.pass).length * 2 > bench.settings.confirmRuns) break;
+      }
+    }
+    const agg = steps.length > 1 ? repeated(steps) : undefined;
+    if (agg && base) e.ladder.base = agg;
+    else if (agg) e.ladder.confirmed = [...(e.ladder.confirmed ?? []), agg];
+    e.ladder.steps.push(...steps);
+    const step = swamped ? steps.at(-1)! : agg ? agg.step : steps[0];
+    return { step, passed: !swamped && step.pass };
   };
   for (const e of entries) {
     // Unrecorded: lets every peer's JIT and buffers warm up at the first rate.
@@ -454,35 +492,39 @@ async function runLadder(
       }
     }
     for (const e of active) {
-      let steps = results.get(e)!;
-      if (steps.length === 1 && !swamped.has(e) && !steps[0].pass) {
-        // A failure that drained its backlog may be one stall: run the step again, and let
-        // the majority of `confirmRuns` decide.
-        for (let r = 1; r < bench.settings.confirmRuns; r++) {
-          bench.log(`    ${e.peer.spec.id}: confirming the failure at ${rate} msg/s`);
-          const again = await measureStep(bench, e.peer, e.group, e.plans(rate), shape(rate));
-          steps = [...steps, again];
-          if (!again.quiesced) {
-            swamped.add(e);
-            await reset(e);
-            break;
-          }
-          await sleep(bench.settings.pauseMs);
-          if (steps.filter((s) => !s.pass).length * 2 > bench.settings.confirmRuns) break;
-        }
-      }
-      const agg = steps.length > 1 ? repeated(steps) : undefined;
-      if (agg && i === 0 && repeats > 1) e.ladder.base = agg;
-      else if (agg) e.ladder.confirmed = [...(e.ladder.confirmed ?? []), agg];
-      e.ladder.steps.push(...steps);
-      const step = swamped.has(e) ? steps.at(-1)! : agg ? agg.step : steps[0];
-      const passed = !swamped.has(e) && step.pass;
+      const { step, passed } = await decide(
+        e,
+        rate,
+        results.get(e)!,
+        swamped.has(e),
+        i === 0 && repeats > 1,
+      );
       if (passed) {
         e.ladder.best = rate;
         e.ladder.bestDeliveries = step.deliveriesPerSec;
         continue;
       }
       e.ladder.stopReason = `${rate} msg/s: ${step.reason}${saturation(step)}`;
+      if (i > 0) {
+        let [lo, hi] = [rates[i - 1], rate];
+        for (let k = 0; k < refine; k++) {
+          const mid = Math.round((lo + hi) / 2);
+          if (mid <= lo || mid >= hi) break;
+          bench.log(`    ${e.peer.spec.id}: between ${lo} and ${hi} msg/s, trying ${mid}`);
+          const first = await measureStep(bench, e.peer, e.group, e.plans(mid), shape(mid));
+          if (!first.quiesced) await reset(e);
+          const m = await decide(e, mid, [first], !first.quiesced, false);
+          if (m.passed) {
+            lo = mid;
+            e.ladder.best = mid;
+            e.ladder.bestDeliveries = m.step.deliveriesPerSec;
+          } else {
+            hi = mid;
+            e.ladder.stopReason = `${mid} msg/s: ${m.step.reason}${saturation(m.step)}`;
+          }
+          await sleep(bench.settings.pauseMs);
+        }
+      }
       if (i === 0) {
         for (const low of lower) {
           const s = await measureStep(bench, e.peer, e.group, e.plans(low), shape(low));
@@ -617,6 +659,7 @@ async function fanoutLadders(
         settings.fanout.lowerRates,
         settings.fanout.baseRepeats,
         (rate) => ({ rooms: 1, members: size, rate, maxP99Ms: settings.fanout.maxP99Ms }),
+        settings.fanout.refineSteps,
       );
     } finally {
       for (const e of entries) {

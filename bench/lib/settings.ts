@@ -42,6 +42,8 @@ export interface Settings {
     maxP99Ms: number;
     referenceSize: number;
     referenceRate: number;
+    /** Halvings of the gap between a peer's last passed and first failed rate. */
+    refineSteps: number;
   };
   /** Scenario 2 (rates are total messages per second over all rooms). */
   rooms: {
@@ -100,6 +102,7 @@ export function settingsFor(quick: boolean, fdLimit: number): Settings {
         maxP99Ms: 100,
         referenceSize: 200,
         referenceRate: 100,
+        refineSteps: 1,
       },
       rooms: {
         rooms: 20,
@@ -148,6 +151,9 @@ export function settingsFor(quick: boolean, fdLimit: number): Settings {
       maxP99Ms: 100,
       referenceSize: 1000,
       referenceRate: 100,
+      // The targets compare highest loads to within 10%, finer than the ladder's 20–50% steps:
+      // two halvings narrow the gap to a quarter of a step.
+      refineSteps: 2,
     },
     rooms: {
       rooms: 100,
