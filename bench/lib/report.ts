@@ -1110,7 +1110,7 @@ export function renderMarkdown(
       `One room of N members; ${s.workers} senders (one per load process) share the offered rate; every member, sender included, receives every message. ` +
         `Rates stepped ${s.fanout.rates.join(", ")} msg/s until p99 passed ${s.fanout.maxP99Ms} ms${
           (s.fanout.refineSteps ?? 0) > 0
-            ? `; then the gap between a peer's last passed and first failed rate was halved ${
+            ? `; then the gap between a peer's highest passed and lowest failed rate was halved ${
               s.fanout.refineSteps === 1 ? "once" : `${s.fanout.refineSteps} times`
             } (each midpoint decided like any step), so highest loads are known to within ${
               s.fanout.refineSteps === 1 ? "half" : `1/${2 ** s.fanout.refineSteps}`

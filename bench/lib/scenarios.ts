@@ -402,9 +402,10 @@ interface LadderPeer {
  * rate), repeating the first rate `repeats` times. A step that fails without leaving a backlog
  * is run again, up to `confirmRuns` runs in all, and the majority decides. A peer stops at its
  * first failing rate (its server is stopped at once so a backlog cannot steal the core); when
- * even the first rate fails, `lower` rates are tried downwards. With `refine` > 0, a peer that
- * failed above a passed rate first has the gap halved that many times (each midpoint decided
- * the same way), so that the highest load is known to better than the ladder's step.
+ * even the first rate fails, `lower` rates are tried downwards. With `refine` > 0, the gap
+ * between a peer's highest passed and lowest failed rate is then halved that many times (each
+ * midpoint decided like a step), so that the highest load is known to better than the ladder's
+ * step.
  */
 async function runLadder(
   bench: Bench,
@@ -505,26 +506,10 @@ async function runLadder(
         continue;
       }
       e.ladder.stopReason = `${rate} msg/s: ${step.reason}${saturation(step)}`;
-      if (i > 0) {
-        let [lo, hi] = [rates[i - 1], rate];
-        for (let k = 0; k < refine; k++) {
-          const mid = Math.round((lo + hi) / 2);
-          if (mid <= lo || mid >= hi) break;
-          bench.log(`    ${e.peer.spec.id}: between ${lo} and ${hi} msg/s, trying ${mid}`);
-          const first = await measureStep(bench, e.peer, e.group, e.plans(mid), shape(mid));
-          if (!first.quiesced) await reset(e);
-          const m = await decide(e, mid, [first], !first.quiesced, false);
-          if (m.passed) {
-            lo = mid;
-            e.ladder.best = mid;
-            e.ladder.bestDeliveries = m.step.deliveriesPerSec;
-          } else {
-            hi = mid;
-            e.ladder.stopReason = `${mid} msg/s: ${m.step.reason}${saturation(m.step)}`;
-          }
-          await sleep(bench.settings.pauseMs);
-        }
-      }
+      // The highest rate passed and the lowest failed so far, lower rates tried first when even
+      // the first rate failed; then the gap between them is narrowed.
+      let lo = i > 0 ? rates[i - 1] : undefined;
+      let hi = rate;
       if (i === 0) {
         for (const low of lower) {
           const s = await measureStep(bench, e.peer, e.group, e.plans(low), shape(low));
@@ -533,9 +518,29 @@ async function runLadder(
           if (s.pass) {
             e.ladder.best = low;
             e.ladder.bestDeliveries = s.deliveriesPerSec;
+            lo = low;
             break;
           }
+          hi = low;
+          e.ladder.stopReason = `${low} msg/s: ${s.reason}${saturation(s)}`;
         }
+      }
+      for (let k = 0; lo !== undefined && k < refine; k++) {
+        const mid = Math.round((lo + hi) / 2);
+        if (mid <= lo || mid >= hi) break;
+        bench.log(`    ${e.peer.spec.id}: between ${lo} and ${hi} msg/s, trying ${mid}`);
+        const first = await measureStep(bench, e.peer, e.group, e.plans(mid), shape(mid));
+        if (!first.quiesced) await reset(e);
+        const m = await decide(e, mid, [first], !first.quiesced, false);
+        if (m.passed) {
+          lo = mid;
+          e.ladder.best = mid;
+          e.ladder.bestDeliveries = m.step.deliveriesPerSec;
+        } else {
+          hi = mid;
+          e.ladder.stopReason = `${mid} msg/s: ${m.step.reason}${saturation(m.step)}`;
+        }
+        await sleep(bench.settings.pauseMs);
       }
       await stopPeer(e);
     }
