@@ -610,8 +610,9 @@ function whyMissed(results: Results, v: Verdict[]): string[] {
     if (!hit || !raw || !ours) continue;
     // Compared where ours last passed: how much of the core each needed for the same load.
     // Raw Deno may not have run ours' rate (a midpoint of ours' own): its highest step below.
-    const rawBelow = raw.steps.filter((x) => x.rate <= ours.best && x.pass).at(-1)?.rate;
-    const [os, rs] = [stepAt(ours, ours.best), stepAt(raw, rawBelow ?? ours.best)];
+    const below = raw.steps.filter((x) => x.rate <= ours.best && x.pass).map((x) => x.rate);
+    const rawRate = below.length > 0 ? Math.max(...below) : ours.best;
+    const [os, rs] = [stepAt(ours, ours.best), stepAt(raw, rawRate)];
     const [o, r] = [mainPerDelivery(os), mainPerDelivery(rs)];
     out.push(
       `- **Highest load against raw Deno, 1 room × ${int(size.members)}.** Ours passed ${
