@@ -248,9 +248,15 @@ export class Hub {
   /**
    * Adds a member to a room. With `since`, the member first gets every stored message after that
    * seq, then live ones, with neither gap nor duplicate between the two. Resolves to the room's
-   * head seq at the moment the member became live.
+   * head seq at the moment the member became live. Messages retention (or a purge) removed before
+   * the replay read them are a gap the member cannot fill: `onGap` hears of it, with the first
+   * seq replayed after it and the head, before that message is sent.
    */
-  join(room: string, member: Member, options: { since?: number } = {}): Promise<number> {
+  join(
+    room: string,
+    member: Member,
+    options: { since?: number; onGap?: (firstSeq: number, head: number) => void } = {},
+  ): Promise<number> {
     const state = this.#state(room);
     // Counted until the task has run: a teardown queued before it (the last member left in this
     // tick, or while a delivery was under way) must not drop the state this member is joining.
@@ -262,6 +268,10 @@ export class Hub {
         let after = options.since;
         while (after < state.last) {
           const page = await this.#store.list(room, { after, before: state.last + 1, limit: PAGE });
+          // Seqs are dense, so a first seq past the next one means deleted messages. Checked on
+          // what is read, not on an earlier look at the tail: retention may move it meanwhile.
+          const next = page.length > 0 ? page[0].seq : state.last + 1;
+          if (next > after + 1) options.onGap?.(next, state.last);
           if (page.length === 0) break;
           for (const m of page) {
             const frame = member.render({ type: "message", room, message: m });

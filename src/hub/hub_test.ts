@@ -129,6 +129,34 @@ Deno.test("Hub.join() with since replays what the member missed, then goes live 
   kv.close();
 });
 
+Deno.test("Hub.join() with since reports messages deleted before the replay read them, before the first one after", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const hub = new Hub(store, new MemoryBroker());
+  for (let i = 0; i < 12; i++) {
+    await store.append("r", { sender: null, body: "x", attachments: [] });
+  }
+  // As retention does, between a client's look at the oldest message and its replay.
+  for (let seq = 1; seq <= 7; seq++) await kv.delete(["msg", "r", seq]);
+  const events: string[] = [];
+  const behind = recorder();
+  behind.send = (frame) => void events.push(frame);
+  const head = await hub.join("r", behind, {
+    since: 2,
+    onGap: (first, last) => events.push(`gap ${first} ${last}`),
+  });
+  assertEquals(head, 12);
+  assertEquals(events, ["gap 8 12", "8", "9", "10", "11", "12"]);
+  // Up to date with the oldest kept message: nothing is missing.
+  const gaps: number[] = [];
+  const current = recorder();
+  await hub.join("r", current, { since: 7, onGap: (first) => gaps.push(first) });
+  assertEquals(current.seqs, [8, 9, 10, 11, 12]);
+  assertEquals(gaps, []);
+  hub.close();
+  kv.close();
+});
+
 Deno.test("Hub renders a frame once per render key, not once per member", async () => {
   const kv = await Deno.openKv(":memory:");
   const store = new KvMessageStore(kv);

@@ -260,21 +260,17 @@ class NativeSession implements SocketHandler {
     }
     const existing = rooms.get(room);
     if (existing) ctx.hub.leave(room, existing);
+    // No `ref` on a resync: it is not the join's reply, and a client settling the join on the
+    // first frame carrying its ref must get `joined` (or the error).
+    const resync = (reason: string, firstSeq: number, head: number) =>
+      conn.send(JSON.stringify({ type: "resync", room, reason, first_seq: firstSeq, head }));
     let from = since;
     if (since !== undefined) {
-      const [tail, head] = await Promise.all([ctx.chat.tail(room), ctx.chat.head(room)]);
-      // History no longer reaches back to what the client has, or the client is ahead of the
-      // store (it was reset): say so instead of leaving a silent gap.
-      if (since + 1 < tail || since > head) {
-        // No `ref`: it is not the join's reply, and a client settling the join on the first frame
-        // carrying its ref must get `joined` (or the error).
-        conn.send(JSON.stringify({
-          type: "resync",
-          room,
-          reason: since > head ? "ahead_of_history" : "history_truncated",
-          first_seq: tail,
-          head,
-        }));
+      const head = await ctx.chat.head(room);
+      // The client is ahead of the store (it was reset): say so, and replay what there is.
+      if (since > head) {
+        const tail = await ctx.chat.tail(room);
+        resync("ahead_of_history", tail, head);
         from = tail - 1;
       }
     }
@@ -285,7 +281,16 @@ class NativeSession implements SocketHandler {
     try {
       // Presence first: the others hear the join, the joiner sees itself in `presence`.
       if (!existing) await ctx.chat.enter(this.user, room, this.#connId);
-      const head = await ctx.hub.join(room, member, from === undefined ? {} : { since: from });
+      // History no longer reaching back to `since` is found by the replay itself, on what it
+      // reads: retention may move the oldest message while the join waits for its turn.
+      const head = await ctx.hub.join(
+        room,
+        member,
+        from === undefined ? {} : {
+          since: from,
+          onGap: (firstSeq, head) => resync("history_truncated", firstSeq, head),
+        },
+      );
       if (!conn.open || rooms.get(room) !== member) {
         // Closed (or left) while joining: the leave could not take out a member not yet in.
         ctx.hub.leave(room, member);
