@@ -610,7 +610,9 @@ function whyMissed(results: Results, v: Verdict[]): string[] {
     if (!hit || !raw || !ours) continue;
     // Compared where ours last passed: how much of the core each needed for the same load.
     // Raw Deno may not have run ours' rate (a midpoint of ours' own): its highest step below.
-    const below = raw.steps.filter((x) => x.rate <= ours.best && x.pass).map((x) => x.rate);
+    const below = raw.steps.map((x) => x.rate).filter((r) =>
+      r <= ours.best && stepAt(raw, r)?.pass
+    );
     const rawRate = below.length > 0 ? Math.max(...below) : ours.best;
     const [os, rs] = [stepAt(ours, ours.best), stepAt(raw, rawRate)];
     const [o, r] = [mainPerDelivery(os), mainPerDelivery(rs)];

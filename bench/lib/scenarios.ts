@@ -381,7 +381,7 @@ export interface Ladder {
   best: number;
   /** Deliveries per second at that rate. */
   bestDeliveries: number;
-  /** The first failing step's reason. */
+  /** The reason of the lowest rate that failed. */
   stopReason?: string;
   /** True when the ladder ran out of rates before failing. */
   capped: boolean;

@@ -270,6 +270,8 @@ export class Hub {
           const page = await this.#store.list(room, { after, before: state.last + 1, limit: PAGE });
           // Seqs are dense, so a first seq past the next one means deleted messages. Checked on
           // what is read, not on an earlier look at the tail: retention may move it meanwhile.
+          // Only a page's start can show a gap: a page is one snapshot read (PAGE is at most
+          // KV's batch of 500), and retention deletes oldest first.
           const next = page.length > 0 ? page[0].seq : state.last + 1;
           if (next > after + 1) options.onGap?.(next, state.last);
           if (page.length === 0) break;

@@ -1,6 +1,6 @@
 import { assertEquals } from "../../tests/assert.ts";
 import { MemoryBroker, MemoryBus } from "../broker/memory_broker.ts";
-import type { Broker, Principal, RoomEvent } from "../core/types.ts";
+import type { Broker, MessageStore, Principal, RoomEvent } from "../core/types.ts";
 import { KvHeadWatcher } from "../broker/kv_head_watcher.ts";
 import { KvMessageStore } from "../store/kv_message_store.ts";
 import { Hub, type Member } from "./hub.ts";
@@ -153,6 +153,47 @@ Deno.test("Hub.join() with since reports messages deleted before the replay read
   await hub.join("r", current, { since: 7, onGap: (first) => gaps.push(first) });
   assertEquals(current.seqs, [8, 9, 10, 11, 12]);
   assertEquals(gaps, []);
+  hub.close();
+  kv.close();
+});
+
+Deno.test("Hub.join() with since reports a gap that retention opens while the replay reads", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  for (let i = 0; i < 12; i++) {
+    await Promise.all(
+      Array.from(
+        { length: 50 },
+        () => store.append("r", { sender: null, body: "x", attachments: [] }),
+      ),
+    );
+  }
+  // After the replay's first page (seqs 1-500), retention deletes the next 50 before it reads on.
+  let pages = 0;
+  const racing: MessageStore = {
+    append: (room, draft) => store.append(room, draft),
+    head: (room) => store.head(room),
+    get: (room, seq) => store.get(room, seq),
+    tail: (room) => store.tail(room),
+    purge: (room) => store.purge(room),
+    list: async (room, query) => {
+      const page = await store.list(room, query);
+      if (pages++ === 0) {
+        for (let seq = 501; seq <= 550; seq++) await kv.delete(["msg", "r", seq]);
+      }
+      return page;
+    },
+  };
+  const hub = new Hub(racing, new MemoryBroker());
+  const member = recorder();
+  const gaps: string[] = [];
+  await hub.join("r", member, {
+    since: 0,
+    onGap: (first, last) => gaps.push(`${first} ${last} after ${member.seqs.length}`),
+  });
+  assertEquals(gaps, ["551 600 after 500"]);
+  assertEquals(member.seqs.length, 550);
+  assertEquals(member.seqs[500], 551);
   hub.close();
   kv.close();
 });

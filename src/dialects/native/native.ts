@@ -266,11 +266,12 @@ class NativeSession implements SocketHandler {
       conn.send(JSON.stringify({ type: "resync", room, reason, first_seq: firstSeq, head }));
     let from = since;
     if (since !== undefined) {
-      const head = await ctx.chat.head(room);
-      // The client is ahead of the store (it was reset): say so, and replay what there is.
-      if (since > head) {
-        const tail = await ctx.chat.tail(room);
-        resync("ahead_of_history", tail, head);
+      const [tail, head] = await Promise.all([ctx.chat.tail(room), ctx.chat.head(room)]);
+      // History no longer reaches back to what the client has, or the client is ahead of the
+      // store (it was reset): say so instead of leaving a silent gap. Read from the store, as
+      // this isolate's hub may not have delivered its newest messages yet.
+      if (since + 1 < tail || since > head) {
+        resync(since > head ? "ahead_of_history" : "history_truncated", tail, head);
         from = tail - 1;
       }
     }
@@ -281,8 +282,8 @@ class NativeSession implements SocketHandler {
     try {
       // Presence first: the others hear the join, the joiner sees itself in `presence`.
       if (!existing) await ctx.chat.enter(this.user, room, this.#connId);
-      // History no longer reaching back to `since` is found by the replay itself, on what it
-      // reads: retention may move the oldest message while the join waits for its turn.
+      // Retention may delete past the tail read above before the replay reads: the replay
+      // reports what it finds missing.
       const head = await ctx.hub.join(
         room,
         member,
