@@ -463,6 +463,15 @@ async function runLadder(
     const step = swamped ? steps.at(-1)! : agg ? agg.step : steps[0];
     return { step, passed: !swamped && step.pass };
   };
+  /** Records a decided rate: the new best, or the lowest failure so far. */
+  const record = (e: LadderPeer, at: number, step: StepResult, passed: boolean) => {
+    if (passed) {
+      e.ladder.best = at;
+      e.ladder.bestDeliveries = step.deliveriesPerSec;
+    } else {
+      e.ladder.stopReason = `${at} msg/s: ${step.reason}${saturation(step)}`;
+    }
+  };
   for (const e of entries) {
     // Unrecorded: lets every peer's JIT and buffers warm up at the first rate.
     const quiet: Bench = {
@@ -500,12 +509,8 @@ async function runLadder(
         swamped.has(e),
         i === 0 && repeats > 1,
       );
-      if (passed) {
-        e.ladder.best = rate;
-        e.ladder.bestDeliveries = step.deliveriesPerSec;
-        continue;
-      }
-      e.ladder.stopReason = `${rate} msg/s: ${step.reason}${saturation(step)}`;
+      record(e, rate, step, passed);
+      if (passed) continue;
       // The highest rate passed and the lowest failed so far, lower rates tried first when even
       // the first rate failed; then the gap between them is narrowed.
       let lo = i > 0 ? rates[i - 1] : undefined;
@@ -515,14 +520,12 @@ async function runLadder(
           const s = await measureStep(bench, e.peer, e.group, e.plans(low), shape(low));
           e.ladder.steps.push(s);
           if (!s.quiesced) await reset(e);
+          record(e, low, s, s.pass);
           if (s.pass) {
-            e.ladder.best = low;
-            e.ladder.bestDeliveries = s.deliveriesPerSec;
             lo = low;
             break;
           }
           hi = low;
-          e.ladder.stopReason = `${low} msg/s: ${s.reason}${saturation(s)}`;
         }
       }
       for (let k = 0; lo !== undefined && k < refine; k++) {
@@ -532,14 +535,9 @@ async function runLadder(
         const first = await measureStep(bench, e.peer, e.group, e.plans(mid), shape(mid));
         if (!first.quiesced) await reset(e);
         const m = await decide(e, mid, [first], !first.quiesced, false);
-        if (m.passed) {
-          lo = mid;
-          e.ladder.best = mid;
-          e.ladder.bestDeliveries = m.step.deliveriesPerSec;
-        } else {
-          hi = mid;
-          e.ladder.stopReason = `${mid} msg/s: ${m.step.reason}${saturation(m.step)}`;
-        }
+        record(e, mid, m.step, m.passed);
+        if (m.passed) lo = mid;
+        else hi = mid;
         await sleep(bench.settings.pauseMs);
       }
       await stopPeer(e);

@@ -42,7 +42,7 @@ export interface Settings {
     maxP99Ms: number;
     referenceSize: number;
     referenceRate: number;
-    /** Halvings of the gap between a peer's last passed and first failed rate. */
+    /** Halvings of the gap between a peer's highest passed and lowest failed rate. */
     refineSteps: number;
   };
   /** Scenario 2 (rates are total messages per second over all rooms). */

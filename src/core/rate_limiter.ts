@@ -73,7 +73,7 @@ export class RateLimiter {
     buckets.pruneAt = Math.max(PRUNE_FROM, buckets.map.size * 2);
   }
 
-  /** Buckets held, connections' and users' together (for tests and metrics). */
+  /** Buckets held, connections' and users' together (what the sweep's test checks). */
   get size(): number {
     return this.#conns.map.size + this.#users.map.size;
   }

@@ -250,7 +250,7 @@ export class Hub {
    * seq, then live ones, with neither gap nor duplicate between the two. Resolves to the room's
    * head seq at the moment the member became live. Messages retention (or a purge) removed before
    * the replay read them are a gap the member cannot fill: `onGap` hears of it, with the first
-   * seq replayed after it and the head, before that message is sent.
+   * seq still stored after it (head + 1 when none is) and the head, before that message is sent.
    */
   join(
     room: string,

@@ -485,9 +485,7 @@ class NativeSession implements SocketHandler {
       if (record.type !== "send" && !(await conn.settled())) return;
       await this.#handle(conn, record);
     } catch (err) {
-      conn.finishInOrder(Promise.reject(err), (outcome) => {
-        if (!outcome.ok) this.#replyError(conn, outcome.error, ref);
-      });
+      conn.finishInOrder(Promise.resolve(), () => this.#replyError(conn, err, ref));
     }
   }
 
