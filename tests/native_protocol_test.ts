@@ -526,6 +526,28 @@ Deno.test("native: a frame over the size cap is refused with close 1009", async 
   }
 });
 
+Deno.test("native: sends made before an oversized frame get their replies before the 1009 close", async () => {
+  const server = await startTestServer({ MAX_FILE_BYTES: "1000" });
+  try {
+    const a = await connect(server);
+    await join(a, "ticket:4");
+    for (let i = 0; i < 3; i++) a.send({ type: "send", room: "ticket:4", body: `m${i}`, ref: i });
+    a.send({ type: "ping", pad: "x".repeat(100_000) });
+    a.send({ type: "send", room: "ticket:4", body: "after", ref: 9 });
+    assertEquals((await a.closed).code, 1009);
+    const acks = (a.frames as Frame[]).filter((f) => f.type === "ack");
+    assertEquals(acks.map((f) => [f.ref, f.seq]), [[0, 1], [1, 2], [2, 3]]);
+    // Only the three sends before it were stored; the frame after it was never read.
+    const b = await connect(server);
+    b.send({ type: "history", room: "ticket:4", ref: 1 });
+    const history = (await b.next((f) => f.type === "history")).messages as Frame[];
+    assertEquals(history.map((m) => m.body), ["m0", "m1", "m2"]);
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("native: a reader that stops reading is closed with 4008; memory stays bounded; others unaffected", async () => {
   const server = await startTestServer({
     RATE_LIMIT_PER_SECOND: "100000",

@@ -78,6 +78,8 @@ export class Connection implements FrameHolder {
   /** Finishes not yet run (see {@link finishInOrder}), and the promise of the last one. */
   #owed = 0;
   #finishes?: Promise<void>;
+  /** A frame over the size limit arrived: the socket closes once the frames before it are done. */
+  #refusing = false;
 
   private constructor(socket: WebSocket, options: SocketOptions, handler: SocketHandler) {
     this.#socket = socket;
@@ -132,14 +134,20 @@ export class Connection implements FrameHolder {
   }
 
   #onMessage(data: unknown): void {
-    if (this.#done) return;
+    if (this.#done || this.#refusing) return;
     const size = typeof data === "string"
       ? data.length
       : data instanceof ArrayBuffer
       ? data.byteLength
       : (data as Blob).size ?? 0;
     if (size > this.#options.maxFrameSize) {
-      this.close(CLOSE.tooBig, "Message too big");
+      // The frames before it are still handled and their replies sent, so that the client learns
+      // what became of each; nothing after it is read.
+      this.#refusing = true;
+      this.#run(async () => {
+        await this.settled();
+        this.close(CLOSE.tooBig, "Message too big");
+      });
       return;
     }
     this.#options.metrics.bytesIn += size;
