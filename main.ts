@@ -58,6 +58,8 @@ export interface AppOverrides {
   socketIoRelay?: boolean;
   /** Wraps the presence store (tests slow it down to hold a race open). */
   presence?: (store: PresenceStore) => PresenceStore;
+  /** How long the hub lets the broker bring a commit the head watch saw (tests hold it back). */
+  catchUpDelayMs?: number;
 }
 
 /** Opens the stores and wires every seam for one isolate. */
@@ -119,6 +121,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       registry.onChange((alone) => watcher.setActive(!alone));
       return watcher;
     },
+    catchUpDelayMs: overrides.catchUpDelayMs,
   });
   const chat = new ChatService({
     store,

@@ -186,3 +186,64 @@ Deno.test("durability: two instances on one KV with no shared broadcast channel 
     await b.close();
   }
 });
+
+Deno.test("durability: an instance that falls behind retention tells its native clients with a resync", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-behind-" });
+  const env = {
+    DATA_DIR: dataDir,
+    HISTORY_LIMIT: "5",
+    RATE_LIMIT_PER_SECOND: "100000",
+    RATE_LIMIT_USER_PER_SECOND: "100000",
+  };
+  const a = await startTestServer({ ...env, DATABASE_URL: `${dataDir}/dir-a.sqlite3` }, {
+    broker: new MemoryBroker(),
+  });
+  // B learns of A's commits only through its head watch, and waits 1.5 s before reading them:
+  // by then retention has deleted all but A's last five messages.
+  const b = await startTestServer({ ...env, DATABASE_URL: `${dataDir}/dir-b.sqlite3` }, {
+    broker: new MemoryBroker(),
+    catchUpDelayMs: 1500,
+  });
+  try {
+    const onA = await nativeClient(a.port, "1");
+    const onB = await nativeClient(b.port, "2");
+    for (const ws of [onA, onB]) {
+      ws.send({ type: "join", room: "ticket:8" });
+      await ws.next((f) => f.type === "joined");
+    }
+    for (let i = 0; i < 30; i++) {
+      onA.send({ type: "send", room: "ticket:8", body: `m${i}`, ref: i });
+    }
+    for (let i = 0; i < 30; i++) await onA.next((f) => f.type === "ack");
+    // B's client gets the five kept messages, and before the first of them a resync saying
+    // where its view starts again: no silent jump.
+    let last = 0;
+    const resyncs: Frame[] = [];
+    while (last < 30) {
+      const f = await onB.next((f) => f.type === "message" || f.type === "resync", 10_000);
+      if (f.type === "resync") {
+        resyncs.push(f);
+        continue;
+      }
+      const seq = f.seq as number;
+      assert(
+        seq === last + 1 || resyncs.at(-1)?.first_seq === seq,
+        `seq ${seq} after ${last} with no resync: ${JSON.stringify(resyncs)}`,
+      );
+      last = seq;
+    }
+    assert(resyncs.length > 0, "no resync");
+    assertEquals(resyncs.at(-1), {
+      type: "resync",
+      room: "ticket:8",
+      reason: "history_truncated",
+      first_seq: 26,
+      head: 30,
+    });
+    await onA.close();
+    await onB.close();
+  } finally {
+    await a.close();
+    await b.close();
+  }
+});

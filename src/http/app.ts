@@ -78,6 +78,12 @@ export function renderMetrics(metrics: Metrics, hub: Hub, frames?: FrameBudget):
     "",
     hub.stats.gapFills,
   ]]);
+  metric(
+    "chat_delivery_gaps_total",
+    "counter",
+    "Runs of messages deleted before the hub delivered them, told to members that can hear it.",
+    [["", hub.stats.gapsReported]],
+  );
   metric("chat_duplicates_dropped_total", "counter", "Repeated deliveries dropped.", [[
     "",
     hub.stats.duplicatesDropped,

@@ -28,6 +28,12 @@ export interface Member {
    * pass over an array of their sockets, instead of calling `wants`, `render` and `send` for each.
    */
   readonly direct?: DirectSocket;
+  /**
+   * Messages of the room were deleted (retention, a purge) before this member got them, while the
+   * hub was behind the store: `firstSeq` is the first one still delivered (`head` + 1 when none
+   * is), told before that message.
+   */
+  gap?(firstSeq: number, head: number): void;
 }
 
 /** Anything a text frame can be written to (a WebSocket). */
@@ -89,6 +95,8 @@ export interface HubStats {
   duplicatesDropped: number;
   /** Frames written to direct members' sockets (their own counters do not see them). */
   directFrames: number;
+  /** Runs of messages deleted before the hub could deliver them, told to the members. */
+  gapsReported: number;
 }
 
 const PAGE = 500;
@@ -105,7 +113,12 @@ export class Hub {
   #heads?: HeadWatcher;
   #catchUpDelayMs: number;
   /** Delivery counters. */
-  readonly stats: HubStats = { gapFills: 0, duplicatesDropped: 0, directFrames: 0 };
+  readonly stats: HubStats = {
+    gapFills: 0,
+    duplicatesDropped: 0,
+    directFrames: 0,
+    gapsReported: 0,
+  };
 
   /**
    * Creates a hub over the store it fills gaps from and the broker it shares events through.
@@ -172,7 +185,11 @@ export class Hub {
     state.last = message.seq;
   }
 
-  /** Reads and delivers every stored message after the last delivered one up to `seq`. */
+  /**
+   * Reads and delivers every stored message after the last delivered one up to `seq`, which is
+   * committed. Seqs are dense, so a page starting past the next one (or an empty page) means
+   * messages deleted before they were read: the members hear of the gap instead of missing it.
+   */
   async #fillTo(state: RoomState, room: string, seq: number): Promise<void> {
     while (seq > state.last) {
       const missing = await this.#store.list(room, {
@@ -180,7 +197,18 @@ export class Hub {
         before: seq + 1,
         limit: PAGE,
       });
-      if (missing.length === 0) break;
+      const next = missing.length > 0 ? missing[0].seq : seq + 1;
+      if (next > state.last + 1) {
+        this.stats.gapsReported++;
+        for (const member of state.members) {
+          try {
+            member.gap?.(next, seq);
+          } catch (err) {
+            console.error("hub: telling a member of a gap failed:", err);
+          }
+        }
+        state.last = next - 1;
+      }
       for (const m of missing) {
         if (m.seq <= state.last) continue;
         this.stats.gapFills++;

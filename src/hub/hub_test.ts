@@ -198,6 +198,43 @@ Deno.test("Hub.join() with since reports a gap that retention opens while the re
   kv.close();
 });
 
+Deno.test("Hub tells live members of messages deleted before it caught up, then delivers the rest", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const hub = new Hub(store, new MemoryBroker(), { catchUpDelayMs: 0 });
+  const events: string[] = [];
+  const live = recorder();
+  live.send = (frame) => void events.push(frame);
+  const member: Member = {
+    ...live,
+    gap: (first, head) => void events.push(`gap ${first} ${head}`),
+  };
+  // A member without `gap` (a protocol that cannot say it) still gets the rest, in order.
+  const plain = recorder();
+  await hub.join("r", member);
+  await hub.join("r", plain);
+  // Another instance commits twelve messages that reach this hub only through the head watch,
+  // and retention deletes the oldest seven first.
+  for (let i = 0; i < 12; i++) {
+    await store.append("r", { sender: null, body: "x", attachments: [] });
+  }
+  for (let seq = 1; seq <= 7; seq++) await kv.delete(["msg", "r", seq]);
+  hub.headAdvanced("r", 12);
+  await settle();
+  await hub.idle();
+  assertEquals(events, ["gap 8 12", "8", "9", "10", "11", "12"]);
+  assertEquals(plain.seqs, [8, 9, 10, 11, 12]);
+  // Every message of a run deleted: the gap is told, and the next message follows it.
+  for (let i = 0; i < 3; i++) await store.append("r", { sender: null, body: "x", attachments: [] });
+  for (let seq = 13; seq <= 15; seq++) await kv.delete(["msg", "r", seq]);
+  hub.committed((await store.append("r", { sender: null, body: "x", attachments: [] })).message);
+  await hub.idle();
+  assertEquals(events.slice(6), ["gap 16 15", "16"]);
+  assertEquals(hub.stats.gapsReported, 2);
+  hub.close();
+  kv.close();
+});
+
 Deno.test("Hub renders a frame once per render key, not once per member", async () => {
   const kv = await Deno.openKv(":memory:");
   const store = new KvMessageStore(kv);

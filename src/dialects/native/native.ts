@@ -163,6 +163,11 @@ export function nativeRoute(ctx: DialectContext): WsRoute {
 // with tens of thousands of idle sockets, the closures and their contexts cost about a
 // kilobyte per socket.
 
+/** Tells a client to rebuild its view of a room from `firstSeq` (see docs/protocol.md). */
+function resyncFrame(room: string, reason: string, firstSeq: number, head: number): string {
+  return JSON.stringify({ type: "resync", room, reason, first_seq: firstSeq, head });
+}
+
 /** One socket's membership of one room. */
 class NativeMember implements Member {
   readonly user: Principal;
@@ -203,6 +208,10 @@ class NativeMember implements Member {
   send(frame: string): void {
     if (this.#holding && frame.startsWith(PRESENCE_FRAME)) (this.#held ??= []).push(frame);
     else this.#conn.send(frame);
+  }
+
+  gap(firstSeq: number, head: number): void {
+    this.#conn.send(resyncFrame(this.#room, "history_truncated", firstSeq, head));
   }
 
   /** Sends the presence frames held back while the join read its snapshot, and stops holding. */
@@ -263,7 +272,7 @@ class NativeSession implements SocketHandler {
     // No `ref` on a resync: it is not the join's reply, and a client settling the join on the
     // first frame carrying its ref must get `joined` (or the error).
     const resync = (reason: string, firstSeq: number, head: number) =>
-      conn.send(JSON.stringify({ type: "resync", room, reason, first_seq: firstSeq, head }));
+      conn.send(resyncFrame(room, reason, firstSeq, head));
     let from = since;
     if (since !== undefined) {
       const [tail, head] = await Promise.all([ctx.chat.tail(room), ctx.chat.head(room)]);
