@@ -161,15 +161,15 @@ export interface PresenceEvent {
   users: ChatUser[];
 }
 
-/** History no longer reaches back to what the client had: drop the room's messages and rebuild. */
+/** Messages between what the client had and `first_seq` are gone: drop the room's and rebuild. */
 export interface ResyncEvent {
   /** Room key. */
   room: string;
   /** `history_truncated` or `ahead_of_history`. */
   reason: string;
-  /** Oldest seq the server still has; messages from it follow. */
+  /** Seq of the next message the room delivers; the ones before it that the client lacks are gone. */
   first_seq: number;
-  /** Newest seq. */
+  /** Newest seq the server knew of when it sent this. */
   head: number;
 }
 

@@ -81,7 +81,7 @@ export function renderMetrics(metrics: Metrics, hub: Hub, frames?: FrameBudget):
   metric(
     "chat_delivery_gaps_total",
     "counter",
-    "Runs of messages deleted before the hub delivered them, told to members that can hear it.",
+    "Runs of messages found deleted before the hub delivered them (native sockets get a resync).",
     [["", hub.stats.gapsReported]],
   );
   metric("chat_duplicates_dropped_total", "counter", "Repeated deliveries dropped.", [[

@@ -30,8 +30,8 @@ export interface Member {
   readonly direct?: DirectSocket;
   /**
    * Messages of the room were deleted (retention, a purge) before this member got them, while the
-   * hub was behind the store: `firstSeq` is the first one still delivered (`head` + 1 when none
-   * is), told before that message.
+   * hub was behind the store: told before `firstSeq`, the next message it gets (`head` + 1 when
+   * nothing up to `head` is left), with `head`, the newest seq the hub knows of.
    */
   gap?(firstSeq: number, head: number): void;
 }
@@ -95,7 +95,7 @@ export interface HubStats {
   duplicatesDropped: number;
   /** Frames written to direct members' sockets (their own counters do not see them). */
   directFrames: number;
-  /** Runs of messages deleted before the hub could deliver them, told to the members. */
+  /** Runs of messages found deleted before the hub could deliver them. */
   gapsReported: number;
 }
 
@@ -180,17 +180,18 @@ export class Hub {
       this.stats.duplicatesDropped++;
       return;
     }
-    await this.#fillTo(state, message.room, message.seq - 1);
+    await this.#fillTo(state, message.room, message.seq - 1, message.seq);
     this.#fanout(state, { type: "message", room: message.room, message });
     state.last = message.seq;
   }
 
   /**
    * Reads and delivers every stored message after the last delivered one up to `seq`, which is
-   * committed. Seqs are dense, so a page starting past the next one (or an empty page) means
-   * messages deleted before they were read: the members hear of the gap instead of missing it.
+   * committed (`head`, the newest seq known, is at least that). Seqs are dense, so a page
+   * starting past the next one (or an empty page) means messages deleted before they were read:
+   * the members hear of the gap instead of missing it.
    */
-  async #fillTo(state: RoomState, room: string, seq: number): Promise<void> {
+  async #fillTo(state: RoomState, room: string, seq: number, head = seq): Promise<void> {
     while (seq > state.last) {
       const missing = await this.#store.list(room, {
         after: state.last,
@@ -202,7 +203,7 @@ export class Hub {
         this.stats.gapsReported++;
         for (const member of state.members) {
           try {
-            member.gap?.(next, seq);
+            member.gap?.(next, head);
           } catch (err) {
             console.error("hub: telling a member of a gap failed:", err);
           }

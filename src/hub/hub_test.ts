@@ -229,7 +229,7 @@ Deno.test("Hub tells live members of messages deleted before it caught up, then 
   for (let seq = 13; seq <= 15; seq++) await kv.delete(["msg", "r", seq]);
   hub.committed((await store.append("r", { sender: null, body: "x", attachments: [] })).message);
   await hub.idle();
-  assertEquals(events.slice(6), ["gap 16 15", "16"]);
+  assertEquals(events.slice(6), ["gap 16 16", "16"]);
   assertEquals(hub.stats.gapsReported, 2);
   hub.close();
   kv.close();

@@ -141,6 +141,8 @@ export class Connection implements FrameHolder {
       ? data.byteLength
       : (data as Blob).size ?? 0;
     if (size > this.#options.maxFrameSize) {
+      // Deno's read buffer grew to hold it, and stays so until the close.
+      this.#options.frames?.received(this, size);
       // The frames before it are still handled and their replies sent, so that the client learns
       // what became of each; nothing after it is read.
       this.#refusing = true;

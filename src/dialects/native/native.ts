@@ -159,14 +159,14 @@ export function nativeRoute(ctx: DialectContext): WsRoute {
   };
 }
 
-// The session and its hub memberships are classes rather than object literals of closures:
-// with tens of thousands of idle sockets, the closures and their contexts cost about a
-// kilobyte per socket.
-
 /** Tells a client to rebuild its view of a room from `firstSeq` (see docs/protocol.md). */
 function resyncFrame(room: string, reason: string, firstSeq: number, head: number): string {
   return JSON.stringify({ type: "resync", room, reason, first_seq: firstSeq, head });
 }
+
+// The session and its hub memberships are classes rather than object literals of closures:
+// with tens of thousands of idle sockets, the closures and their contexts cost about a
+// kilobyte per socket.
 
 /** One socket's membership of one room. */
 class NativeMember implements Member {
