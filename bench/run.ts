@@ -7,7 +7,13 @@
  */
 
 import { Fleet } from "./lib/load.ts";
-import { mintTokens, type PeerContext, PEERS } from "./lib/peers.ts";
+import {
+  FANOUT_ONLY_PEERS,
+  mintTokens,
+  type PeerContext,
+  PEERS,
+  type PeerSpec,
+} from "./lib/peers.ts";
 import { summariseProfile } from "./lib/profile.ts";
 import { initClockTicks, killAllNow, stopAll, taskset, waitForQuiet } from "./lib/procs.ts";
 import { renderCharts, renderMarkdown, type Results, verdicts } from "./lib/report.ts";
@@ -74,7 +80,7 @@ function parseArgs(args: string[]) {
     else if (key === "--help" || key === "-h") {
       console.log(
         "deno task bench [-- --quick] [--only=" + SCENARIOS.join(",") +
-          "] [--peers=raw_deno,ours_ticket,ours_native,socketio] [--sizes=1000]\n" +
+          "] [--peers=raw_deno,raw_deno_kv,ours_ticket,ours_native,socketio] [--sizes=1000]\n" +
           "  [--server-dir=PATH | --snapshot] [--docs|--no-docs] [--report=results.json]\n" +
           "  --snapshot: measure the committed HEAD (exported with git archive), not the work tree",
       );
@@ -208,9 +214,11 @@ async function main(): Promise<number> {
   }
   if (args.peers) {
     // A partial run for iterating on one peer; never written to the docs as a full run.
-    const keep = PEERS.filter((p) => args.peers!.includes(p.id));
-    if (keep.length === 0) throw new Error(`--peers matched none of ${PEERS.map((p) => p.id)}`);
-    PEERS.splice(0, PEERS.length, ...keep);
+    const all = [...PEERS, ...FANOUT_ONLY_PEERS];
+    const keep = (list: PeerSpec[]) => list.filter((p) => args.peers!.includes(p.id));
+    if (keep(all).length === 0) throw new Error(`--peers matched none of ${all.map((p) => p.id)}`);
+    PEERS.splice(0, PEERS.length, ...keep(PEERS));
+    FANOUT_ONLY_PEERS.splice(0, FANOUT_ONLY_PEERS.length, ...keep(FANOUT_ONLY_PEERS));
   }
   const cores = navigator.hardwareConcurrency;
   const pin = taskset() !== null && cores >= 2;

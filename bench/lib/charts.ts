@@ -3,6 +3,7 @@
 /** Colours and labels of the peers in charts. */
 export const PEER_STYLE: Record<string, { color: string; label: string }> = {
   raw_deno: { color: "#6b7280", label: "raw Deno" },
+  raw_deno_kv: { color: "#0d9488", label: "raw Deno + KV commit" },
   ours_ticket: { color: "#2563eb", label: "ours (ticket socket, history on)" },
   ours_native: { color: "#7c3aed", label: "ours (native protocol, history on)" },
   socketio: { color: "#d97706", label: "Socket.IO 4.8 (Node)" },

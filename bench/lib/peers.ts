@@ -113,6 +113,26 @@ export const RAW_DENO: PeerSpec = {
   cwd: () => benchDir,
 };
 
+/**
+ * Raw Deno committing each message to Deno KV before the broadcast: the local limit of a server
+ * that persists, which tells the price of durability from the rest of this server's cost.
+ */
+export const RAW_DENO_KV: PeerSpec = {
+  ...RAW_DENO,
+  id: "raw_deno_kv",
+  label: "raw Deno + KV commit",
+  persists: true,
+  command: (_ctx, _port, options) => [
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--unstable-kv",
+    ...profileFlags(options),
+    `${benchDir}/peers/raw_deno.ts`,
+  ],
+  env: (ctx, port, dataDir) => ({ ...RAW_DENO.env(ctx, port, dataDir), PERSIST: "kv" }),
+};
+
 /** This server, ticket socket, history in Deno KV. */
 export const OURS_TICKET: PeerSpec = {
   id: "ours_ticket",
@@ -179,6 +199,9 @@ export const OURS_PARALLEL: PeerSpec = {
 
 /** The peers of scenarios 1–5, in the order they run. */
 export const PEERS: PeerSpec[] = [RAW_DENO, OURS_TICKET, OURS_NATIVE, SOCKET_IO];
+
+/** Peers of the fan-out ladders only, after those of {@link PEERS}. */
+export const FANOUT_ONLY_PEERS: PeerSpec[] = [RAW_DENO_KV];
 
 /** Starts a peer on a free port and waits for its health endpoint. */
 export async function startPeer(

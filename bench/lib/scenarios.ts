@@ -2,6 +2,7 @@
 
 import { Fleet, type GroupReport, type LatencySummary, LoadWorker } from "./load.ts";
 import {
+  FANOUT_ONLY_PEERS,
   OURS_PARALLEL,
   OURS_TICKET,
   type PeerContext,
@@ -680,7 +681,8 @@ async function fanoutLadders(
 /** Scenario 1. */
 export async function fanout(bench: Bench): Promise<FanoutResult> {
   const s = bench.settings.fanout;
-  return { sizes: await fanoutLadders(bench, PEERS, s.sizes, s.rates, "fanout", bench.serverCpus) };
+  const peers = [...PEERS, ...FANOUT_ONLY_PEERS];
+  return { sizes: await fanoutLadders(bench, peers, s.sizes, s.rates, "fanout", bench.serverCpus) };
 }
 
 /** Scenario 2: many rooms, every member sending. */

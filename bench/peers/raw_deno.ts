@@ -5,12 +5,16 @@
  *
  * `/ws/<room>?user=<n>`: frames `{"body", "file"?, "filename"?}`; everyone in the room, the sender
  * included, receives `{"pk", "body", "sender", "file", "created_at"}`.
- * Env: `PORT`, `HOST` (127.0.0.1), `DATA_DIR` (where files go).
+ * Env: `PORT`, `HOST` (127.0.0.1), `DATA_DIR` (where files go), `PERSIST=kv` (the benchmark's
+ * raw Deno + KV peer: each message is committed to Deno KV, with the room's head, before it is
+ * broadcast; commits are not batched, and each room's broadcasts keep commit order).
  */
 
 interface Room {
   members: Set<WebSocket>;
   seq: number;
+  /** The last broadcast queued behind its commit (PERSIST=kv). */
+  chain: Promise<unknown>;
 }
 
 const rooms = new Map<string, Room>();
@@ -19,20 +23,29 @@ const hostname = Deno.env.get("HOST") ?? "127.0.0.1";
 const dataDir = Deno.env.get("DATA_DIR") ?? Deno.makeTempDirSync({ prefix: "raw-deno-" });
 let connections = 0;
 let files = 0;
+const kv = Deno.env.get("PERSIST") === "kv" ? await Deno.openKv(`${dataDir}/raw.kv`) : null;
 
 function broadcast(roomName: string, body: string, user: string, file: string | null): void {
   const room = rooms.get(roomName);
   if (!room) return;
-  const text = JSON.stringify({
+  const message = {
     pk: ++room.seq,
     body,
     sender: { id: user, username: `user${user}` },
     file,
     created_at: new Date().toISOString(),
-  });
-  for (const socket of room.members) {
-    if (socket.readyState === WebSocket.OPEN) socket.send(text);
-  }
+  };
+  const text = JSON.stringify(message);
+  const send = () => {
+    for (const socket of room.members) {
+      if (socket.readyState === WebSocket.OPEN) socket.send(text);
+    }
+  };
+  if (!kv) return send();
+  // Committed at once (KV applies commits in order), broadcast in seq order once durable.
+  const commit = kv.atomic().set(["msg", roomName, message.pk], message)
+    .set(["head", roomName], message.pk).commit();
+  room.chain = room.chain.then(() => commit).then(send, (err) => console.error(err));
 }
 
 async function onMessage(roomName: string, user: string, base: string, data: unknown) {
@@ -69,7 +82,7 @@ Deno.serve({ port, hostname, onListen: () => {} }, (req) => {
     opened = true;
     connections++;
     let room = rooms.get(roomName);
-    if (!room) rooms.set(roomName, room = { members: new Set(), seq: 0 });
+    if (!room) rooms.set(roomName, room = { members: new Set(), seq: 0, chain: Promise.resolve() });
     room.members.add(socket);
   };
   socket.onmessage = (e) => {
