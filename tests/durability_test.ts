@@ -4,6 +4,7 @@ import { assert, assertEquals } from "./assert.ts";
 import { freePort, startTestServer, TEST_SECRET, TestClient } from "./helpers.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 import { MemoryBroker } from "../src/broker/memory_broker.ts";
+import type { AppOverrides } from "../main.ts";
 
 type Frame = Record<string, unknown>;
 
@@ -148,27 +149,53 @@ Deno.test("durability: SIGTERM closes sockets with 1001, exits cleanly, and clie
   }
 });
 
-Deno.test("durability: two instances on one KV with no shared broadcast channel see each other's messages", async () => {
+/**
+ * Two servers on one KV with separate brokers, so that only kv.watch on the rooms' head keys links
+ * them, and a native client of each joined to `room`.
+ */
+async function twoInstancesIn(
+  room: string,
+  env: Record<string, string> = {},
+  bOverrides: AppOverrides = {},
+) {
   const dataDir = await Deno.makeTempDir({ prefix: "chat-two-" });
-  const env = {
+  const shared = {
     DATA_DIR: dataDir,
     RATE_LIMIT_PER_SECOND: "100000",
     RATE_LIMIT_USER_PER_SECOND: "100000",
+    ...env,
   };
-  // Separate brokers: the only path between the two is kv.watch on the rooms' head keys.
-  const a = await startTestServer({ ...env, DATABASE_URL: `${dataDir}/dir-a.sqlite3` }, {
+  const a = await startTestServer({ ...shared, DATABASE_URL: `${dataDir}/dir-a.sqlite3` }, {
     broker: new MemoryBroker(),
   });
-  const b = await startTestServer({ ...env, DATABASE_URL: `${dataDir}/dir-b.sqlite3` }, {
+  const b = await startTestServer({ ...shared, DATABASE_URL: `${dataDir}/dir-b.sqlite3` }, {
     broker: new MemoryBroker(),
+    ...bOverrides,
   });
+  const clients: TestClient[] = [];
+  const close = async () => {
+    for (const ws of clients) await ws.close();
+    await a.close();
+    await b.close();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  };
   try {
-    const onA = await nativeClient(a.port, "1");
-    const onB = await nativeClient(b.port, "2");
-    for (const ws of [onA, onB]) {
-      ws.send({ type: "join", room: "ticket:3" });
+    for (const [server, sub] of [[a, "1"], [b, "2"]] as const) {
+      const ws = await nativeClient(server.port, sub);
+      clients.push(ws);
+      ws.send({ type: "join", room });
       await ws.next((f) => f.type === "joined");
     }
+  } catch (err) {
+    await close();
+    throw err;
+  }
+  return { onA: clients[0], onB: clients[1], close };
+}
+
+Deno.test("durability: two instances on one KV with no shared broadcast channel see each other's messages", async () => {
+  const { onA, onB, close } = await twoInstancesIn("ticket:3");
+  try {
     for (let i = 0; i < 50; i++) {
       (i % 2 ? onA : onB).send({ type: "send", room: "ticket:3", body: `m${i}` });
     }
@@ -179,38 +206,18 @@ Deno.test("durability: two instances on one KV with no shared broadcast channel 
       }
       assertEquals(seqs, Array.from({ length: 50 }, (_, i) => i + 1));
     }
-    await onA.close();
-    await onB.close();
   } finally {
-    await a.close();
-    await b.close();
+    await close();
   }
 });
 
 Deno.test("durability: an instance that falls behind retention tells its native clients with a resync", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "chat-behind-" });
-  const env = {
-    DATA_DIR: dataDir,
-    HISTORY_LIMIT: "5",
-    RATE_LIMIT_PER_SECOND: "100000",
-    RATE_LIMIT_USER_PER_SECOND: "100000",
-  };
-  const a = await startTestServer({ ...env, DATABASE_URL: `${dataDir}/dir-a.sqlite3` }, {
-    broker: new MemoryBroker(),
-  });
   // B learns of A's commits only through its head watch, and waits 1.5 s before reading them:
   // by then retention has deleted all but A's last five messages.
-  const b = await startTestServer({ ...env, DATABASE_URL: `${dataDir}/dir-b.sqlite3` }, {
-    broker: new MemoryBroker(),
+  const { onA, onB, close } = await twoInstancesIn("ticket:8", { HISTORY_LIMIT: "5" }, {
     catchUpDelayMs: 1500,
   });
   try {
-    const onA = await nativeClient(a.port, "1");
-    const onB = await nativeClient(b.port, "2");
-    for (const ws of [onA, onB]) {
-      ws.send({ type: "join", room: "ticket:8" });
-      await ws.next((f) => f.type === "joined");
-    }
     for (let i = 0; i < 30; i++) {
       onA.send({ type: "send", room: "ticket:8", body: `m${i}`, ref: i });
     }
@@ -238,10 +245,7 @@ Deno.test("durability: an instance that falls behind retention tells its native 
     assert(lastResync, "no resync");
     assertEquals([lastResync.reason, lastResync.first_seq], ["history_truncated", 26]);
     assert((lastResync.head as number) >= 26 && (lastResync.head as number) <= 30);
-    await onA.close();
-    await onB.close();
   } finally {
-    await a.close();
-    await b.close();
+    await close();
   }
 });
