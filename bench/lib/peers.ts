@@ -106,6 +106,8 @@ export const RAW_DENO: PeerSpec = {
     Deno.execPath(),
     "run",
     "-A",
+    // Only the + KV variant opens Deno KV; the flag changes nothing else.
+    "--unstable-kv",
     ...profileFlags(options),
     `${benchDir}/peers/raw_deno.ts`,
   ],
@@ -122,14 +124,6 @@ export const RAW_DENO_KV: PeerSpec = {
   id: "raw_deno_kv",
   label: "raw Deno + KV commit",
   persists: true,
-  command: (_ctx, _port, options) => [
-    Deno.execPath(),
-    "run",
-    "-A",
-    "--unstable-kv",
-    ...profileFlags(options),
-    `${benchDir}/peers/raw_deno.ts`,
-  ],
   env: (ctx, port, dataDir) => ({ ...RAW_DENO.env(ctx, port, dataDir), PERSIST: "kv" }),
 };
 

@@ -102,6 +102,17 @@ export interface HubStats {
 const PAGE = 500;
 
 /**
+ * The first seq a history page shows after `after`, when messages before it are missing: seqs
+ * are dense, so a page of `after < seq <= upTo` that starts past `after + 1` (or is empty) means
+ * messages deleted before they were read. Only a page's start can show it: a page is one
+ * snapshot read (PAGE is at most KV's batch of 500), and deletions take the oldest first.
+ */
+function gapBefore(page: Message[], after: number, upTo: number): number | undefined {
+  const next = page.length > 0 ? page[0].seq : upTo + 1;
+  return next > after + 1 ? next : undefined;
+}
+
+/**
  * Every message, local or from the broker, passes through the room's chain: a seq already
  * delivered is dropped, a seq beyond the next one first reads the missing ones from the store.
  * So each member gets every message once, in seq order, whatever the broker drops or repeats.
@@ -187,9 +198,8 @@ export class Hub {
 
   /**
    * Reads and delivers every stored message after the last delivered one up to `seq`, which is
-   * committed (`head`, the newest seq known, is at least that). Seqs are dense, so a page
-   * starting past the next one (or an empty page) means messages deleted before they were read:
-   * the members hear of the gap instead of missing it.
+   * committed (`head`, the newest seq known, is at least that); messages deleted before they were
+   * read are told to the members as a gap instead of being skipped.
    */
   async #fillTo(state: RoomState, room: string, seq: number, head = seq): Promise<void> {
     while (seq > state.last) {
@@ -198,8 +208,8 @@ export class Hub {
         before: seq + 1,
         limit: PAGE,
       });
-      const next = missing.length > 0 ? missing[0].seq : seq + 1;
-      if (next > state.last + 1) {
+      const next = gapBefore(missing, state.last, seq);
+      if (next !== undefined) {
         this.stats.gapsReported++;
         for (const member of state.members) {
           try {
@@ -297,12 +307,9 @@ export class Hub {
         let after = options.since;
         while (after < state.last) {
           const page = await this.#store.list(room, { after, before: state.last + 1, limit: PAGE });
-          // Seqs are dense, so a first seq past the next one means deleted messages. Checked on
-          // what is read, not on an earlier look at the tail: retention may move it meanwhile.
-          // Only a page's start can show a gap: a page is one snapshot read (PAGE is at most
-          // KV's batch of 500), and retention deletes oldest first.
-          const next = page.length > 0 ? page[0].seq : state.last + 1;
-          if (next > after + 1) options.onGap?.(next, state.last);
+          // Checked on what is read, not on an earlier look at the tail: retention may move it.
+          const next = gapBefore(page, after, state.last);
+          if (next !== undefined) options.onGap?.(next, state.last);
           if (page.length === 0) break;
           for (const m of page) {
             const frame = member.render({ type: "message", room, message: m });
