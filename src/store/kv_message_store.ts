@@ -63,6 +63,8 @@ const MAX_BATCH_MUTATIONS = 990;
 const DEFAULT_FILE_SWEEP_MS = 1000;
 const MAX_BATCH_ROOMS = 90;
 const MAX_BATCH_BYTES = 512 * 1024;
+/** Queued appends looked at when picking a commit's, so that a long queue costs no more. */
+const MAX_BATCH_SCAN = 4 * MAX_BATCH_MESSAGES;
 /** Records or deletions per commit while a room is checked (a record costs 2 of KV's 100 checks). */
 const RETENTION_BATCH = 40;
 /**
@@ -238,25 +240,61 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     while (this.#draining) await new Promise((r) => setTimeout(r, 5));
   }
 
-  /** Length of the longest prefix of the queue that fits one commit. */
-  #batchLength(): number {
+  /**
+   * Positions in the queue of the next commit's appends, ascending: rooms in the order of their
+   * oldest queued append, each with its queued appends in order for as long as they fit. Taking
+   * only the queue's prefix capped a commit at one append per room once senders in more rooms
+   * than a commit may check interleave, however far behind the commits had fallen.
+   */
+  #pick(): number[] {
     const rooms = new Set<string>();
+    // A room with an append left out keeps its later ones out too: a room's order is its seqs.
+    const held = new Set<string>();
+    const taken: number[] = [];
     let bytes = 0;
-    let count = 0;
     let mutations = 0;
     const perMessage = 1 + (this.#historyLimit > 0 ? 1 : 0);
-    for (const p of this.#pending) {
-      const cost = perMessage + (p.draft.clientId ? 1 : 0) + (rooms.has(p.room) ? 0 : 1) +
+    const scan = Math.min(this.#pending.length, MAX_BATCH_SCAN);
+    for (let i = 0; i < scan && taken.length < MAX_BATCH_MESSAGES; i++) {
+      const p = this.#pending[i];
+      if (held.has(p.room)) continue;
+      const fresh = !rooms.has(p.room);
+      const cost = perMessage + (p.draft.clientId ? 1 : 0) + (fresh ? 1 : 0) +
         (p.draft.attachments.length > 0 ? 1 : 0);
-      if (count >= MAX_BATCH_MESSAGES || mutations + cost > MAX_BATCH_MUTATIONS) break;
-      if (count > 0 && bytes + p.size > MAX_BATCH_BYTES) break;
-      if (!rooms.has(p.room) && rooms.size >= MAX_BATCH_ROOMS) break;
+      if (
+        mutations + cost > MAX_BATCH_MUTATIONS ||
+        (taken.length > 0 && bytes + p.size > MAX_BATCH_BYTES) ||
+        (fresh && rooms.size >= MAX_BATCH_ROOMS)
+      ) {
+        held.add(p.room);
+        continue;
+      }
       rooms.add(p.room);
       bytes += p.size;
       mutations += cost;
-      count++;
+      taken.push(i);
     }
-    return count;
+    return taken;
+  }
+
+  /** Takes the appends at `positions` (ascending) out of the queue, keeping the rest in order. */
+  #take(positions: number[]): PendingAppend[] {
+    const pending = this.#pending;
+    if (positions.length === pending.length) {
+      this.#pending = [];
+      return pending;
+    }
+    const batch: PendingAppend[] = [];
+    const rest: PendingAppend[] = [];
+    let next = 0;
+    for (let i = 0; i < pending.length; i++) {
+      if (next < positions.length && positions[next] === i) {
+        batch.push(pending[i]);
+        next++;
+      } else rest.push(pending[i]);
+    }
+    this.#pending = rest;
+    return batch;
   }
 
   async #drain(): Promise<void> {
@@ -264,12 +302,11 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       // Sends that arrive during the pause join this commit instead of paying for one each;
       // a queue that already fills a commit has nothing to wait for.
       const pause = this.#lastCommitStart + this.#commitIntervalMs - performance.now();
-      if (pause > 0 && this.#busy() && this.#batchLength() === this.#pending.length) {
+      if (pause > 0 && this.#busy() && this.#pick().length === this.#pending.length) {
         await new Promise((r) => setTimeout(r, pause));
       }
       this.#lastCommitStart = performance.now();
-      // Order within a room is kept: a batch is always a prefix of the queue.
-      const batch = this.#pending.splice(0, this.#batchLength());
+      const batch = this.#take(this.#pick());
       try {
         const outcomes = await this.#tracked(batch);
         batch.forEach((p, i) => settle(p, outcomes[i]));

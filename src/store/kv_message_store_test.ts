@@ -54,6 +54,48 @@ Deno.test("KvMessageStore.append() lets sends of later ticks join a commit withi
   kv.close();
 });
 
+Deno.test("KvMessageStore.append() commits each room's queued appends together when more rooms queue than a commit may check", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv, { pauseAboveCpu: 0 });
+  const commits: number[] = [];
+  store.onCommit = (_ms, messages) => commits.push(messages);
+  // Three rounds over 100 rooms, interleaved as senders in many rooms queue them.
+  const appends = [];
+  for (let round = 0; round < 3; round++) {
+    for (let r = 0; r < 100; r++) appends.push(store.append(`r${r}`, draft(`${r}.${round}`)));
+  }
+  const results = await Promise.all(appends);
+  // A commit checks at most 90 rooms: all three of theirs, then the other ten rooms' three.
+  assertEquals(commits, [270, 30]);
+  for (let i = 0; i < results.length; i++) {
+    assertEquals(results[i].message.seq, Math.floor(i / 100) + 1);
+    assertEquals(results[i].message.body, `${i % 100}.${Math.floor(i / 100)}`);
+  }
+  kv.close();
+});
+
+Deno.test("KvMessageStore.append() keeps a room's later appends back with one that does not fit", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv, { pauseAboveCpu: 0 });
+  const commits: number[] = [];
+  store.onCommit = (_ms, messages) => commits.push(messages);
+  const big = "x".repeat(30_000);
+  const appends = [];
+  for (let i = 0; i < 10; i++) {
+    appends.push(store.append("small", draft(`s${i}`)));
+    appends.push(store.append("big", draft(`${i}${big}`)));
+  }
+  const results = await Promise.all(appends);
+  // Eight big ones fill a commit's bytes; the ninth and the tenth wait, the small room does not.
+  assertEquals(commits, [18, 2]);
+  for (let i = 0; i < 10; i++) {
+    assertEquals(results[2 * i].message.seq, i + 1);
+    assertEquals(results[2 * i + 1].message.seq, i + 1);
+    assertEquals((await store.list("big", { after: i, limit: 1 }))[0].body[0], `${i}`);
+  }
+  kv.close();
+});
+
 /** Keeps the thread busy for `ms`, as a loaded server's would be. */
 function burnCpu(ms: number): void {
   const until = performance.now() + ms;
