@@ -668,7 +668,10 @@ function whyMissed(results: Results, v: Verdict[]): string[] {
   if (ing && missed("Persisted ingest").length > 0) {
     const o = ladderOf(ing.ladders, "ours_ticket");
     const best = o && o.best > 0 ? stepAt(o, o.best) : undefined;
-    const over = o?.steps.find((x) => x.rate > (o?.best ?? 0));
+    // The lowest rate over the bound: with refined steps, the first one run above it is higher.
+    const above = o?.steps.filter((x) => x.rate > (o?.best ?? 0)) ?? [];
+    const lowest = Math.min(...above.map((x) => x.rate));
+    const over = above.find((x) => x.rate === lowest);
     const bt = best?.serverThreadsPct;
     const c = ing.storeCeiling;
     out.push(

@@ -704,7 +704,13 @@ async function everyMemberSends(
   scenario: "rooms" | "ingest",
   all: { room: string; user: number }[],
   fanout: number,
-  ladder: { rates: number[]; lowerRates: number[]; repeats: number; maxP99Ms: number },
+  ladder: {
+    rates: number[];
+    lowerRates: number[];
+    repeats: number;
+    maxP99Ms: number;
+    refine?: number;
+  },
   shape: { rooms: number; members: number },
 ): Promise<Ladder[]> {
   const entries: LadderPeer[] = [];
@@ -734,6 +740,7 @@ async function everyMemberSends(
       ladder.lowerRates,
       ladder.repeats,
       (rate) => ({ ...shape, rate, maxP99Ms: ladder.maxP99Ms }),
+      ladder.refine,
     );
   } finally {
     for (const e of entries) {
@@ -832,14 +839,14 @@ async function storeCeiling(bench: Bench, rooms: number): Promise<StoreCeiling |
 
 /** Scenario 3. */
 export async function ingest(bench: Bench): Promise<IngestResult> {
-  const { rooms, maxP99Ms, rates, lowerRates } = bench.settings.ingest;
+  const { rooms, maxP99Ms, rates, lowerRates, refineSteps } = bench.settings.ingest;
   bench.log(`ingest: ${rooms} rooms, one sender each, p99 to own echo <= ${maxP99Ms} ms`);
   const ladders = await everyMemberSends(
     bench,
     "ingest",
     roomMembers("in", rooms, 1),
     1,
-    { rates, lowerRates, repeats: 1, maxP99Ms },
+    { rates, lowerRates, repeats: 1, maxP99Ms, refine: refineSteps },
     { rooms, members: 1 },
   );
   const ceiling = PEERS.some((p) => p.persists) ? await storeCeiling(bench, rooms) : undefined;

@@ -55,7 +55,14 @@ export interface Settings {
     maxP99Ms: number;
   };
   /** Scenario 3 (rates are total messages per second over all rooms). */
-  ingest: { rooms: number; rates: number[]; lowerRates: number[]; maxP99Ms: number };
+  ingest: {
+    rooms: number;
+    rates: number[];
+    lowerRates: number[];
+    maxP99Ms: number;
+    /** Halvings of the gap between the highest passed and the lowest failed rate. */
+    refineSteps: number;
+  };
   /** Scenario 4. */
   connections: { counts: number[]; concurrency: number; idleMs: number; fdLimit: number };
   /** Scenario 5. */
@@ -112,7 +119,7 @@ export function settingsFor(quick: boolean, fdLimit: number): Settings {
         baseRepeats: 1,
         maxP99Ms: 100,
       },
-      ingest: { rooms: 20, rates: [500, 2000], lowerRates: [], maxP99Ms: 25 },
+      ingest: { rooms: 20, rates: [500, 2000], lowerRates: [], maxP99Ms: 25, refineSteps: 0 },
       connections: { counts: [500], concurrency: 50, idleMs: 500, fdLimit },
       attachments: {
         bytes: 1024 * 1024,
@@ -168,6 +175,8 @@ export function settingsFor(quick: boolean, fdLimit: number): Settings {
       rates: [1, 2, 3, 5, 6, 7.5, 10, 20, 30, 40, 50, 60, 80, 100].map((k) => k * 1000),
       lowerRates: [500, 200, 100],
       maxP99Ms: 25,
+      // Above 10,000 the ladder doubles: two halvings tell 12,500 from 17,500.
+      refineSteps: 2,
     },
     connections: { counts: [10_000, twentyK], concurrency: 50, idleMs: 5000, fdLimit },
     attachments: {
