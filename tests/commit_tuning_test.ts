@@ -1,4 +1,4 @@
-/** When commits pause to share an fsync: the COMMIT_* settings, end to end on the ticket socket. */
+/** How sends share commits, end to end on the ticket socket: the COMMIT_* settings, and a commit taking whole rooms. */
 
 import { assert, assertEquals } from "./assert.ts";
 import { startTestServer, TestClient } from "./helpers.ts";
@@ -41,4 +41,45 @@ Deno.test("commit tuning: COMMIT_PAUSE_CPU_PERCENT=0 starts commits COMMIT_INTER
     COMMIT_INTERVAL_MS: "400",
   });
   assert(idle < 395, `expected no pause on an idle server, both took ${idle} ms`);
+});
+
+Deno.test("commit tuning: sends queued in 100 rooms share commits room by room; each room's echoes keep their order", async () => {
+  // Commits 600 ms apart, except when the queue holds more rooms than one commit may check (90).
+  const server = await startTestServer({
+    COMMIT_PAUSE_CPU_PERCENT: "0",
+    COMMIT_INTERVAL_MS: "600",
+  });
+  try {
+    const clients = await Promise.all(
+      Array.from({ length: 100 }, async (_, i) => {
+        const token = await server.token({
+          sub: `${i + 1}`,
+          username: `u${i}`,
+          rooms: ["ticket:*"],
+        });
+        return await TestClient.open(`${server.wsUrl}/ws/ticket/${i + 1}/?token=${token}`);
+      }),
+    );
+    const before = server.app.context.metrics.commits;
+    for (let round = 0; round < 5; round++) {
+      for (const [i, client] of clients.entries()) client.send({ body: `${i}.${round}` });
+      // A pause between rounds, so that they reach the queue one after another.
+      await new Promise((r) => setTimeout(r, 40));
+    }
+    for (const [i, client] of clients.entries()) {
+      for (let round = 0; round < 5; round++) {
+        const echo = await client.next();
+        assertEquals([echo.pk, echo.body], [round + 1, `${i}.${round}`]);
+      }
+    }
+    // The first sends commit at once, and once 90 rooms wait so do they: two commits for round
+    // 0 at most. The other 410 or so wait out the interval and take two more: 300 (the most one
+    // commit holds), every send queued for the rooms it writes, then the rest. Taking only the
+    // queue's head instead, rooms in turn, holds about 90 sends a commit: four or more.
+    const commits = server.app.context.metrics.commits - before;
+    assert(commits <= 5, `expected 500 sends in at most 5 commits, got ${commits}`);
+    await Promise.all(clients.map((c) => c.close()));
+  } finally {
+    await server.close();
+  }
 });
