@@ -54,17 +54,18 @@ export const KV_KEYS = {
   filesRecorded: (room: string): Deno.KvKey => ["files_recorded", room],
 };
 
-// Deno KV refuses an atomic operation with over 100 checks, 1000 mutations or 800 KiB, and
-// values over 64 KiB. A message costs up to 4 mutations (message, idempotency key, retention,
-// attachment record), a room 1 (its head); batches count them.
-const MAX_BATCH_MESSAGES = 300;
+// Deno KV refuses an atomic operation with over 100 checks, 1000 mutations, 800 KiB or 80 KiB of
+// keys (checks' and mutations' together), and values over 64 KiB. A message costs up to 4
+// mutations (message, idempotency key, retention, attachment record), a room 1 (its head) and a
+// check; batches count them, and their keys' bytes.
 const MAX_BATCH_MUTATIONS = 990;
+const MAX_BATCH_KEY_BYTES = 76 * 1024;
 /** How long after retention drops messages their files are deleted, ms. */
 const DEFAULT_FILE_SWEEP_MS = 1000;
 const MAX_BATCH_ROOMS = 90;
 const MAX_BATCH_BYTES = 512 * 1024;
 /** Queued appends looked at when picking a commit's, so that a long queue costs no more. */
-const MAX_BATCH_SCAN = 4 * MAX_BATCH_MESSAGES;
+const MAX_BATCH_SCAN = 4 * MAX_BATCH_MUTATIONS;
 /** Records or deletions per commit while a room is checked (a record costs 2 of KV's 100 checks). */
 const RETENTION_BATCH = 40;
 /**
@@ -118,6 +119,29 @@ function settle(p: PendingAppend, outcome: Outcome): void {
 
 const senderKey = (draft: MessageDraft) =>
   draft.sender === null ? "system" : String(draft.sender.id);
+
+/** Bytes of a string in UTF-8, as KV encodes the string parts of a key. */
+function utf8Length(text: string): number {
+  let bytes = text.length;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    // Surrogate pairs count 2 + 2, their 4 bytes.
+    if (c >= 0x80) bytes += c >= 0x800 && (c < 0xd800 || c > 0xdfff) ? 2 : 1;
+  }
+  return bytes;
+}
+
+/**
+ * Upper bound of the key bytes a message adds to a commit: `roomKeys` keys made of its room's
+ * name (`room` bytes) and a number (message, retention delete, attachment record), and its
+ * idempotency key; a room's first message also brings the head's check and write.
+ */
+function keyBytes(room: number, draft: MessageDraft, roomKeys: number, fresh: boolean): number {
+  // A string part costs its bytes and 2 (type and end), a number 9, each key's tag up to 16.
+  const roomKey = room + 2 + 9 + 16;
+  return (roomKeys + (fresh ? 2 : 0)) * roomKey +
+    (draft.clientId ? roomKey + utf8Length(senderKey(draft)) + utf8Length(draft.clientId) + 4 : 0);
+}
 
 /** Rough size of a message's stored value, to keep a batch under KV's commit limit. */
 function estimateSize(draft: MessageDraft): number {
@@ -247,30 +271,37 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
    * than a commit may check interleave, however far behind the commits had fallen.
    */
   #pick(): number[] {
-    const rooms = new Set<string>();
     // A room with an append left out keeps its later ones out too: a room's order is its seqs.
     const held = new Set<string>();
     const taken: number[] = [];
+    // Rooms' names in UTF-8 bytes, measured once per pick.
+    const rooms = new Map<string, number>();
     let bytes = 0;
+    let keys = 0;
     let mutations = 0;
     const perMessage = 1 + (this.#historyLimit > 0 ? 1 : 0);
     const scan = Math.min(this.#pending.length, MAX_BATCH_SCAN);
-    for (let i = 0; i < scan && taken.length < MAX_BATCH_MESSAGES; i++) {
+    for (let i = 0; i < scan && mutations < MAX_BATCH_MUTATIONS; i++) {
       const p = this.#pending[i];
       if (held.has(p.room)) continue;
-      const fresh = !rooms.has(p.room);
-      const cost = perMessage + (p.draft.clientId ? 1 : 0) + (fresh ? 1 : 0) +
-        (p.draft.attachments.length > 0 ? 1 : 0);
+      let room = rooms.get(p.room);
+      const fresh = room === undefined;
+      room ??= utf8Length(p.room);
+      const roomKeys = perMessage + (p.draft.attachments.length > 0 ? 1 : 0);
+      const cost = roomKeys + (p.draft.clientId ? 1 : 0) + (fresh ? 1 : 0);
+      const keyCost = keyBytes(room, p.draft, roomKeys, fresh);
+      // The first append always goes: alone, whatever KV refuses of it is refused alone.
       if (
-        mutations + cost > MAX_BATCH_MUTATIONS ||
-        (taken.length > 0 && bytes + p.size > MAX_BATCH_BYTES) ||
-        (fresh && rooms.size >= MAX_BATCH_ROOMS)
+        taken.length > 0 &&
+        (mutations + cost > MAX_BATCH_MUTATIONS || bytes + p.size > MAX_BATCH_BYTES ||
+          keys + keyCost > MAX_BATCH_KEY_BYTES || (fresh && rooms.size >= MAX_BATCH_ROOMS))
       ) {
         held.add(p.room);
         continue;
       }
-      rooms.add(p.room);
+      rooms.set(p.room, room);
       bytes += p.size;
+      keys += keyCost;
       mutations += cost;
       taken.push(i);
     }

@@ -74,6 +74,31 @@ Deno.test("KvMessageStore.append() commits each room's queued appends together w
   kv.close();
 });
 
+Deno.test("KvMessageStore.append() fills a commit up to KV's limits on mutations and on key bytes", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv, { pauseAboveCpu: 0 });
+  const commits: number[] = [];
+  store.onCommit = (_ms, messages) => commits.push(messages);
+  // 901 of KV's 1000 mutations: one commit.
+  const short = await Promise.all(
+    Array.from({ length: 900 }, (_, i) => store.append("r", draft(`${i}`))),
+  );
+  assertEquals(commits, [900]);
+  assertEquals(short.map((r) => r.message.seq), Array.from({ length: 900 }, (_, i) => i + 1));
+  // 300 keys of over 300 bytes each pass KV's 80 KiB of keys per commit (it refuses the commit,
+  // and each append would then be committed alone): two commits, in order.
+  const room = "n".repeat(300);
+  commits.length = 0;
+  const long = await Promise.all(
+    Array.from({ length: 300 }, (_, i) => store.append(room, draft(`${i}`))),
+  );
+  assertEquals(commits.length, 2);
+  assertEquals(commits[0] + commits[1], 300);
+  assertEquals(long.map((r) => r.message.body), Array.from({ length: 300 }, (_, i) => `${i}`));
+  assertEquals(long.map((r) => r.message.seq), Array.from({ length: 300 }, (_, i) => i + 1));
+  kv.close();
+});
+
 Deno.test("KvMessageStore.append() keeps a room's later appends back with one that does not fit", async () => {
   const kv = await Deno.openKv(":memory:");
   const store = new KvMessageStore(kv, { pauseAboveCpu: 0 });
