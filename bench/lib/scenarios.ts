@@ -778,6 +778,8 @@ export interface IngestResult {
   ladders: Ladder[];
   /** This server's message store alone on the server's core, when it could be measured. */
   storeCeiling?: StoreCeiling;
+  /** Every store-alone run: the ingest's rooms at several depths, and one room as deep. */
+  storeRuns?: StoreCeiling[];
 }
 
 /** `bench/peers/store_ceiling.ts`: the store's own limit, no sockets, no JSON, no auth. */
@@ -798,11 +800,20 @@ export interface StoreCeiling {
   p99Ms: number;
 }
 
-/** Runs the store-ceiling probe pinned like the servers, at one and at four appends per room. */
-async function storeCeiling(bench: Bench, rooms: number): Promise<StoreCeiling | undefined> {
+/**
+ * Runs the store-ceiling probe pinned like the servers: the ingest's rooms with 1, 4 and 10
+ * appends outstanding each (the best is the ceiling), then one room with as many outstanding as
+ * the first run had in all, which tells the cost of a commit's rooms from that of its messages.
+ */
+async function storeCeiling(
+  bench: Bench,
+  rooms: number,
+): Promise<{ best?: StoreCeiling; runs: StoreCeiling[] }> {
   const script = new URL("../peers/store_ceiling.ts", import.meta.url).pathname;
   let best: StoreCeiling | undefined;
-  for (const depth of [1, 4]) {
+  const runs: StoreCeiling[] = [];
+  const shapes = [[rooms, 1], [rooms, 4], [rooms, 10], [1, rooms]];
+  for (const [roomCount, depth] of shapes) {
     const tool = taskset();
     const run = [Deno.execPath(), "run", "-A", "--unstable-kv", script];
     const cmd = tool && bench.serverCpus ? [tool, "-c", bench.serverCpus, ...run] : run;
@@ -811,7 +822,7 @@ async function storeCeiling(bench: Bench, rooms: number): Promise<StoreCeiling |
       cwd: bench.ctx.serverDir,
       env: {
         SERVER_DIR: bench.ctx.serverDir,
-        ROOMS: String(rooms),
+        ROOMS: String(roomCount),
         DEPTH: String(depth),
         SECONDS: bench.settings.quick ? "1" : "5",
         NO_COLOR: "1",
@@ -821,20 +832,21 @@ async function storeCeiling(bench: Bench, rooms: number): Promise<StoreCeiling |
     }).output();
     if (!out.success) {
       bench.log(`  store ceiling failed: ${new TextDecoder().decode(out.stderr).slice(0, 300)}`);
-      return best;
+      return { best, runs };
     }
     const r = JSON.parse(new TextDecoder().decode(out.stdout).trim()) as StoreCeiling;
     bench.log(
-      `  store alone, ${rooms} rooms x ${depth} outstanding: ${
+      `  store alone, ${roomCount} rooms x ${depth} outstanding: ${
         r.messagesPerSec.toFixed(0)
       } msg/s, ` +
         `${r.commitsPerSec.toFixed(0)} commits/s, p50 ${r.p50Ms.toFixed(1)} p99 ${
           r.p99Ms.toFixed(1)
         } ms`,
     );
-    if (!best || r.messagesPerSec > best.messagesPerSec) best = r;
+    runs.push(r);
+    if (roomCount === rooms && (!best || r.messagesPerSec > best.messagesPerSec)) best = r;
   }
-  return best;
+  return { best, runs };
 }
 
 /** Scenario 3. */
@@ -850,7 +862,7 @@ export async function ingest(bench: Bench): Promise<IngestResult> {
     { rooms, members: 1 },
   );
   const ceiling = PEERS.some((p) => p.persists) ? await storeCeiling(bench, rooms) : undefined;
-  return { rooms, maxP99Ms, ladders, storeCeiling: ceiling };
+  return { rooms, maxP99Ms, ladders, storeCeiling: ceiling?.best, storeRuns: ceiling?.runs };
 }
 
 /** Scenario 4 result of one peer at one count. */
