@@ -363,6 +363,21 @@ Deno.test("ticket socket: a retried client_id stores one message and answers the
   });
 });
 
+Deno.test("ticket socket: a client_id over 128 characters is refused; the socket stays open and nothing is stored", async () => {
+  await withServer(async (server) => {
+    const a = await ticketClient(server, 14, { sub: 1 });
+    a.send({ body: "too long an id", client_id: "x".repeat(129) });
+    assertEquals(await a.next(), {
+      error: 'Field "client_id" must be a string of at most 128 characters',
+    });
+    // The refused send took no seq: the next one is the room's first.
+    a.send({ body: "fits", client_id: "x".repeat(128) });
+    const echo = await a.next();
+    assertEquals([echo.pk, echo.body], [1, "fits"]);
+    await a.close();
+  });
+});
+
 Deno.test("ticket socket: files of messages past HISTORY_LIMIT are deleted with them", async () => {
   await withServer(async (server) => {
     const a = await ticketClient(server, 8, { sub: 3, username: "user3" });

@@ -54,10 +54,11 @@ export const KV_KEYS = {
   filesRecorded: (room: string): Deno.KvKey => ["files_recorded", room],
 };
 
-// Deno KV refuses an atomic operation with over 100 checks, 1000 mutations, 800 KiB or 80 KiB of
-// keys (checks' and mutations' together), and values over 64 KiB. A message costs up to 4
+// Deno KV refuses an atomic operation with over 100 checks, 1000 mutations, 800 KiB in all or
+// 80 KiB of the keys it writes values to, and values over 64 KiB. A message costs up to 4
 // mutations (message, idempotency key, retention, attachment record), a room 1 (its head) and a
-// check; batches count them, and their keys' bytes.
+// check; batches count them, and the bytes of all their keys (deletes' and checks' too, which
+// only the 800 KiB counts: an over-estimate that keeps the count simple).
 const MAX_BATCH_MUTATIONS = 990;
 const MAX_BATCH_KEY_BYTES = 76 * 1024;
 /** How long after retention drops messages their files are deleted, ms. */
@@ -120,13 +121,16 @@ function settle(p: PendingAppend, outcome: Outcome): void {
 const senderKey = (draft: MessageDraft) =>
   draft.sender === null ? "system" : String(draft.sender.id);
 
-/** Bytes of a string in UTF-8, as KV encodes the string parts of a key. */
+/**
+ * Upper bound of the bytes KV encodes a key's string part in: its UTF-8, a NUL escaped as two
+ * bytes, a lone surrogate replaced by U+FFFD (three bytes; a pair, four, counts six).
+ */
 function utf8Length(text: string): number {
   let bytes = text.length;
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
-    // Surrogate pairs count 2 + 2, their 4 bytes.
-    if (c >= 0x80) bytes += c >= 0x800 && (c < 0xd800 || c > 0xdfff) ? 2 : 1;
+    if (c === 0) bytes += 1;
+    else if (c >= 0x80) bytes += c < 0x800 ? 1 : 2;
   }
   return bytes;
 }
@@ -290,7 +294,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       const roomKeys = perMessage + (p.draft.attachments.length > 0 ? 1 : 0);
       const cost = roomKeys + (p.draft.clientId ? 1 : 0) + (fresh ? 1 : 0);
       const keyCost = keyBytes(room, p.draft, roomKeys, fresh);
-      // The first append always goes: alone, whatever KV refuses of it is refused alone.
+      // The first append always goes: one over a cap still commits, and alone, as it then holds
+      // back every later one.
       if (
         taken.length > 0 &&
         (mutations + cost > MAX_BATCH_MUTATIONS || bytes + p.size > MAX_BATCH_BYTES ||
@@ -311,20 +316,21 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   /** Takes the appends at `positions` (ascending) out of the queue, keeping the rest in order. */
   #take(positions: number[]): PendingAppend[] {
     const pending = this.#pending;
-    if (positions.length === pending.length) {
-      this.#pending = [];
-      return pending;
+    const last = positions[positions.length - 1];
+    if (positions.length === last + 1) {
+      this.#pending = pending.slice(last + 1);
+      return pending.slice(0, last + 1);
     }
     const batch: PendingAppend[] = [];
     const rest: PendingAppend[] = [];
     let next = 0;
-    for (let i = 0; i < pending.length; i++) {
-      if (next < positions.length && positions[next] === i) {
+    for (let i = 0; i <= last; i++) {
+      if (positions[next] === i) {
         batch.push(pending[i]);
         next++;
       } else rest.push(pending[i]);
     }
-    this.#pending = rest;
+    this.#pending = rest.concat(pending.slice(last + 1));
     return batch;
   }
 

@@ -96,6 +96,13 @@ Deno.test("KvMessageStore.append() fills a commit up to KV's limits on mutations
   assertEquals(commits[0] + commits[1], 300);
   assertEquals(long.map((r) => r.message.body), Array.from({ length: 300 }, (_, i) => `${i}`));
   assertEquals(long.map((r) => r.message.seq), Array.from({ length: 300 }, (_, i) => i + 1));
+  // A NUL in a key takes two bytes, and client ids come from users.
+  commits.length = 0;
+  const nul = "\0".repeat(120);
+  await Promise.all(
+    Array.from({ length: 400 }, (_, i) => store.append("n", draft(`${i}`, `${i}${nul}`))),
+  );
+  assertEquals(commits.length, 2);
   kv.close();
 });
 
@@ -108,7 +115,8 @@ Deno.test("KvMessageStore.append() keeps a room's later appends back with one th
   const appends = [];
   for (let i = 0; i < 10; i++) {
     appends.push(store.append("small", draft(`s${i}`)));
-    appends.push(store.append("big", draft(`${i}${big}`)));
+    // The last of "big" is small: it would fit, but must not pass the ninth.
+    appends.push(store.append("big", draft(i < 9 ? `${i}${big}` : `${i}`)));
   }
   const results = await Promise.all(appends);
   // Eight big ones fill a commit's bytes; the ninth and the tenth wait, the small room does not.

@@ -10,7 +10,7 @@ import { isoSeconds } from "../../core/time.ts";
 import type { Message } from "../../core/types.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
 import type { DialectContext, WsRoute } from "../context.ts";
-import { optionalString, parseObject } from "../frames.ts";
+import { optionalClientId, optionalString, parseObject } from "../frames.ts";
 import { singleRoomRoute } from "../single_room.ts";
 
 /** Close codes of this protocol. */
@@ -54,7 +54,7 @@ export function parseTicketFrame(text: string): {
   const body = optionalString(record, "body") ?? "";
   const file = optionalString(record, "file") || undefined;
   const filename = optionalString(record, "filename");
-  const clientId = optionalString(record, "client_id");
+  const clientId = optionalClientId(record, "client_id");
   if (body.trim() === "" && !file) {
     throw new ChatError("empty_message", "Either body or file is required");
   }
