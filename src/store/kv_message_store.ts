@@ -137,12 +137,17 @@ function utf8Length(text: string): number {
 
 /**
  * Upper bound of the key bytes a message adds to a commit: `roomKeys` keys made of its room's
- * name (`room` bytes) and a number (message, retention delete, attachment record), and its
+ * name (`roomBytes` bytes) and a number (message, retention delete, attachment record), and its
  * idempotency key; a room's first message also brings the head's check and write.
  */
-function keyBytes(room: number, draft: MessageDraft, roomKeys: number, fresh: boolean): number {
+function keyBytes(
+  roomBytes: number,
+  draft: MessageDraft,
+  roomKeys: number,
+  fresh: boolean,
+): number {
   // A string part costs its bytes and 2 (type and end), a number 9, each key's tag up to 16.
-  const roomKey = room + 2 + 9 + 16;
+  const roomKey = roomBytes + 2 + 9 + 16;
   return (roomKeys + (fresh ? 2 : 0)) * roomKey +
     (draft.clientId ? roomKey + utf8Length(senderKey(draft)) + utf8Length(draft.clientId) + 4 : 0);
 }
@@ -288,12 +293,12 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     for (let i = 0; i < scan && mutations < MAX_BATCH_MUTATIONS; i++) {
       const p = this.#pending[i];
       if (held.has(p.room)) continue;
-      let room = rooms.get(p.room);
-      const fresh = room === undefined;
-      room ??= utf8Length(p.room);
+      let roomBytes = rooms.get(p.room);
+      const fresh = roomBytes === undefined;
+      roomBytes ??= utf8Length(p.room);
       const roomKeys = perMessage + (p.draft.attachments.length > 0 ? 1 : 0);
       const cost = roomKeys + (p.draft.clientId ? 1 : 0) + (fresh ? 1 : 0);
-      const keyCost = keyBytes(room, p.draft, roomKeys, fresh);
+      const keyCost = keyBytes(roomBytes, p.draft, roomKeys, fresh);
       // The first append always goes: one over a cap still commits, and alone, as it then holds
       // back every later one.
       if (
@@ -304,7 +309,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
         held.add(p.room);
         continue;
       }
-      rooms.set(p.room, room);
+      rooms.set(p.room, roomBytes);
       bytes += p.size;
       keys += keyCost;
       mutations += cost;
@@ -339,11 +344,13 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       // Sends that arrive during the pause join this commit instead of paying for one each;
       // a queue that already fills a commit has nothing to wait for.
       const pause = this.#lastCommitStart + this.#commitIntervalMs - performance.now();
-      if (pause > 0 && this.#busy() && this.#pick().length === this.#pending.length) {
+      let positions = pause > 0 && this.#busy() ? this.#pick() : undefined;
+      if (positions?.length === this.#pending.length) {
         await new Promise((r) => setTimeout(r, pause));
+        positions = undefined;
       }
       this.#lastCommitStart = performance.now();
-      const batch = this.#take(this.#pick());
+      const batch = this.#take(positions ?? this.#pick());
       try {
         const outcomes = await this.#tracked(batch);
         batch.forEach((p, i) => settle(p, outcomes[i]));

@@ -20,6 +20,15 @@ const file = (key: string): Attachment => ({
   uploadedAt: "2026-01-01T00:00:00.000Z",
 });
 
+/** A store on an in-memory KV that lists the messages of each of its commits. */
+async function countingCommits(options: ConstructorParameters<typeof KvMessageStore>[1]) {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv, options);
+  const commits: number[] = [];
+  store.onCommit = (_ms, messages) => commits.push(messages);
+  return { kv, store, commits };
+}
+
 Deno.test("KvMessageStore.append() assigns 1, 2, 3 ... to concurrent appends in call order", async () => {
   const kv = await Deno.openKv(":memory:");
   const store = new KvMessageStore(kv);
@@ -34,10 +43,7 @@ Deno.test("KvMessageStore.append() assigns 1, 2, 3 ... to concurrent appends in 
 });
 
 Deno.test("KvMessageStore.append() lets sends of later ticks join a commit within the interval", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const store = new KvMessageStore(kv, { commitIntervalMs: 500, pauseAboveCpu: 0 });
-  const commits: number[] = [];
-  store.onCommit = (_ms, messages) => commits.push(messages);
+  const { kv, store, commits } = await countingCommits({ commitIntervalMs: 500, pauseAboveCpu: 0 });
   const appends = [];
   for (let i = 0; i < 20; i++) {
     appends.push(store.append(`r${i % 3}`, draft(`m${i}`)));
@@ -55,10 +61,7 @@ Deno.test("KvMessageStore.append() lets sends of later ticks join a commit withi
 });
 
 Deno.test("KvMessageStore.append() commits each room's queued appends together when more rooms queue than a commit may check", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const store = new KvMessageStore(kv, { pauseAboveCpu: 0 });
-  const commits: number[] = [];
-  store.onCommit = (_ms, messages) => commits.push(messages);
+  const { kv, store, commits } = await countingCommits({ pauseAboveCpu: 0 });
   // Three rounds over 100 rooms, interleaved as senders in many rooms queue them.
   const appends = [];
   for (let round = 0; round < 3; round++) {
@@ -75,10 +78,7 @@ Deno.test("KvMessageStore.append() commits each room's queued appends together w
 });
 
 Deno.test("KvMessageStore.append() fills a commit up to KV's limits on mutations and on key bytes", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const store = new KvMessageStore(kv, { pauseAboveCpu: 0 });
-  const commits: number[] = [];
-  store.onCommit = (_ms, messages) => commits.push(messages);
+  const { kv, store, commits } = await countingCommits({ pauseAboveCpu: 0 });
   // 901 of KV's 1000 mutations: one commit.
   const short = await Promise.all(
     Array.from({ length: 900 }, (_, i) => store.append("r", draft(`${i}`))),
@@ -107,10 +107,7 @@ Deno.test("KvMessageStore.append() fills a commit up to KV's limits on mutations
 });
 
 Deno.test("KvMessageStore.append() keeps a room's later appends back with one that does not fit", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const store = new KvMessageStore(kv, { pauseAboveCpu: 0 });
-  const commits: number[] = [];
-  store.onCommit = (_ms, messages) => commits.push(messages);
+  const { kv, store, commits } = await countingCommits({ pauseAboveCpu: 0 });
   const big = "x".repeat(30_000);
   const appends = [];
   for (let i = 0; i < 10; i++) {
@@ -136,10 +133,10 @@ function burnCpu(ms: number): void {
 }
 
 Deno.test("KvMessageStore.append() pauses between commits only while the process is busy", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const store = new KvMessageStore(kv, { commitIntervalMs: 400, pauseAboveCpu: 0.05 });
-  const commits: number[] = [];
-  store.onCommit = (_ms, messages) => commits.push(messages);
+  const { kv, store, commits } = await countingCommits({
+    commitIntervalMs: 400,
+    pauseAboveCpu: 0.05,
+  });
   const sendInTurn = async (n: number) => {
     const appends = [];
     for (let i = 0; i < n; i++) {
