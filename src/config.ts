@@ -91,6 +91,7 @@ const EnvSchema = z.object({
   ),
   COMMIT_INTERVAL_MS: wholeNumber(DEFAULT_COMMIT_INTERVAL_MS, "0 never pauses"),
   FRAME_MEMORY_BUDGET_BYTES: wholeNumber(0, "0 turns the bound off"),
+  INBOUND_QUEUE_BYTES: positiveInt(0).transform((v) => v === 0 ? undefined : v),
   PRESENCE_TTL_SECONDS: positiveInt(30),
   DATABASE_URL: optionalText,
   KV_PATH: optionalText,
@@ -157,6 +158,11 @@ export interface Config {
    * leaves it unbounded, since not every protocol's clients reconnect.
    */
   frameMemoryBudgetBytes: number;
+  /**
+   * Bytes of received frames one socket may have waiting to be handled before it is closed
+   * (1008; Socket.IO: the session ends); unset, four of the largest frames.
+   */
+  inboundQueueBytes?: number;
   /** Socket.IO: milliseconds between server pings. */
   socketIoPingIntervalMs: number;
   /** Socket.IO: milliseconds a client has to answer a ping before it is dropped. */
@@ -208,6 +214,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     commitPauseAboveCpu: e.COMMIT_PAUSE_CPU_PERCENT / 100,
     commitIntervalMs: e.COMMIT_INTERVAL_MS,
     frameMemoryBudgetBytes: e.FRAME_MEMORY_BUDGET_BYTES,
+    inboundQueueBytes: e.INBOUND_QUEUE_BYTES,
     presenceTtlSeconds: e.PRESENCE_TTL_SECONDS,
     databaseUrl: e.DATABASE_URL,
     kvPath: e.KV_PATH ?? join(e.DATA_DIR, "chat.kv"),

@@ -1,5 +1,6 @@
 import { assertEquals, assertRejects } from "../tests/assert.ts";
 import { loadConfig } from "./config.ts";
+import { maxFrameSize, maxQueuedBytes } from "./dialects/context.ts";
 
 Deno.test("loadConfig() fills the documented defaults", () => {
   const c = loadConfig({});
@@ -82,4 +83,18 @@ Deno.test("loadConfig() reads when commits pause: the CPU share and the interval
       'COMMIT_INTERVAL_MS: expected a whole number (0 never pauses), got "-1"',
     ]
   ) assertEquals(err.message.includes(line), true, err.message);
+});
+
+Deno.test("loadConfig() bounds a socket's waiting frames at four of the largest unless told a positive byte count", async () => {
+  const c = loadConfig({ MAX_FILE_BYTES: "3000000" });
+  assertEquals(c.inboundQueueBytes, undefined);
+  assertEquals(maxQueuedBytes(c), 4 * maxFrameSize(c));
+  assertEquals(maxQueuedBytes(c), 4 * (4_000_000 + 65_536));
+  assertEquals(maxQueuedBytes(loadConfig({ INBOUND_QUEUE_BYTES: "5000000" })), 5_000_000);
+  const err = await assertRejects(() => loadConfig({ INBOUND_QUEUE_BYTES: "0" }));
+  assertEquals(
+    err.message.includes('INBOUND_QUEUE_BYTES: expected a positive whole number, got "0"'),
+    true,
+    err.message,
+  );
 });

@@ -3,6 +3,7 @@
 import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
 import {
   eventually,
+  listFiles,
   sendRawText,
   silentPeer,
   startTestServer,
@@ -542,6 +543,50 @@ Deno.test("native: sends made before an oversized frame get their replies before
     b.send({ type: "history", room: "ticket:4", ref: 1 });
     const history = (await b.next((f) => f.type === "history")).messages as Frame[];
     assertEquals(history.map((m) => m.body), ["m0", "m1", "m2"]);
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: file sends one at a time pass INBOUND_QUEUE_BYTES; a burst past it is answered up to the refused frame, stored exactly so, then closed 1008", async () => {
+  const server = await startTestServer({ INBOUND_QUEUE_BYTES: "1" });
+  try {
+    const a = await connect(server);
+    await join(a, "ticket:6");
+    // About 200 kB per frame: each alone is over the bound, and is taken while nothing waits.
+    const data = new Uint8Array(150_000).fill(7).toBase64();
+    const send = (i: number) =>
+      a.send({
+        type: "send",
+        room: "ticket:6",
+        body: `m${i}`,
+        files: [{ name: `f${i}.bin`, data }],
+        ref: i,
+      });
+    for (let i = 0; i < 3; i++) {
+      send(i);
+      assertEquals((await a.next((f) => f.ref === i)).type, "ack");
+    }
+    // A burst: the frames arriving while an earlier one is being handled pass the bound.
+    for (let i = 3; i < 23; i++) send(i);
+    await eventually(() => a.socket.readyState === WebSocket.CLOSED, 5000, "the close");
+    assertEquals(await a.closed, { code: 1008, reason: "Too much data queued" });
+    const replies = (a.frames as Frame[]).filter((f) => typeof f.ref === "number");
+    assert(replies.length < 20, `all ${replies.length} sends of the burst were taken`);
+    // Every frame before the refused one got its ack, in order; none after it was read.
+    assertEquals(
+      replies.map((f) => [f.type, f.ref, f.seq]),
+      replies.map((_, i) => ["ack", i + 3, i + 4]),
+    );
+    const stored = 3 + replies.length;
+    assertEquals(server.app.context.metrics.errors.get("too_much_queued"), 1);
+    // History and the media directory hold exactly the answered sends.
+    const b = await connect(server);
+    b.send({ type: "history", room: "ticket:6", ref: 1, limit: 100 });
+    const history = (await b.next((f) => f.type === "history")).messages as Frame[];
+    assertEquals(history.map((m) => m.body), Array.from({ length: stored }, (_, i) => `m${i}`));
+    assertEquals((await listFiles(`${server.dataDir}/media`)).length, stored);
     await b.close();
   } finally {
     await server.close();

@@ -572,3 +572,39 @@ Deno.test("socket.io ticket chat: past FRAME_MEMORY_BUDGET_BYTES the quietest fi
     assertEquals(loaded.messages.map((m) => m.message), ["first", "second"]);
   }, { FRAME_MEMORY_BUDGET_BYTES: "1500000" });
 });
+
+Deno.test("socket.io ticket chat: a burst of file sends past INBOUND_QUEUE_BYTES ends the session; exactly the acked ones are stored", async () => {
+  await withChat(async (server, client) => {
+    const token = await server.token({ sub: "1", rooms: ["ticket:8"] });
+    const socket = client({ auth: { token }, transports: ["websocket"] });
+    await next(socket, "authenticated");
+    await joined(socket, "8");
+    const data = new Uint8Array(150_000).fill(7);
+    const send = (i: number) =>
+      socket.timeout(3000).emitWithAck("send_message", {
+        ticketId: "8",
+        message: `m${i}`,
+        attachments: [{ name: `f${i}.bin`, data }],
+      });
+    // One at a time, each over the bound on its own: every one is taken.
+    for (let i = 0; i < 3; i++) assertEquals((await send(i)).message, `m${i}`);
+    const dropped = next<string>(socket, "disconnect");
+    const burst = await Promise.allSettled(Array.from({ length: 20 }, (_, i) => send(i + 3)));
+    assertEquals(await dropped, "transport close");
+    const acked = burst.filter((r) => r.status === "fulfilled").length;
+    assert(acked < 20, "every send of the burst was taken");
+    // The acked sends are the ones before the refused one, in order.
+    assertEquals(
+      burst.slice(0, acked).map((r) => r.status === "fulfilled" && r.value.message),
+      Array.from({ length: acked }, (_, i) => `m${i + 3}`),
+    );
+    assertEquals(server.app.context.metrics.errors.get("too_much_queued"), 1);
+    // The client reconnects on its own and reloads exactly those messages.
+    await next(socket, "authenticated");
+    const history = await socket.timeout(3000).emitWithAck("get_messages", { ticketId: "8" });
+    assertEquals(
+      (history.messages as Payload[]).map((m) => m.message),
+      Array.from({ length: 3 + acked }, (_, i) => `m${i}`),
+    );
+  }, { INBOUND_QUEUE_BYTES: "1" });
+});

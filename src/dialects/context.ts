@@ -74,6 +74,14 @@ export function maxFrameSize(config: Config): number {
   return Math.ceil(config.maxFileBytes / 3) * 4 + 64 * 1024;
 }
 
+/**
+ * Most bytes of received frames a socket may have waiting to be handled: four of the largest
+ * frames unless configured, so a client may send a few files back to back, not a flood of them.
+ */
+export function maxQueuedBytes(config: Config): number {
+  return config.inboundQueueBytes ?? 4 * maxFrameSize(config);
+}
+
 const optionSets = new WeakMap<DialectContext, Map<string, SocketOptions>>();
 
 /**
@@ -97,6 +105,7 @@ export function socketOptions(
   const options: SocketOptions = {
     protocol,
     maxFrameSize: maxFrameSize(ctx.config),
+    maxQueuedBytes: maxQueuedBytes(ctx.config),
     maxBufferedBytes: ctx.config.slowConsumerBytes,
     idleTimeout: ctx.config.heartbeatSeconds,
     subprotocol,

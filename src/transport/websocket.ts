@@ -7,6 +7,8 @@ import type { FrameBudget, FrameHolder } from "./frame_budget.ts";
 export const CLOSE = {
   /** Server going away (shutdown); clients should reconnect. */
   goingAway: 1001,
+  /** More received data waiting to be handled than the socket may hold (a flood of large frames). */
+  tooMuchQueued: 1008,
   /** A frame over the size limit. */
   tooBig: 1009,
   /** The server failed to set the socket up (a store error); clients may reconnect. */
@@ -21,6 +23,13 @@ export interface SocketOptions {
   protocol: string;
   /** Largest inbound frame in characters (text) or bytes (binary). */
   maxFrameSize: number;
+  /**
+   * Most frame bytes (counted like `maxFrameSize`) a socket may have received and not yet
+   * handled, the frame being handled included; a frame past it is refused like one over the size
+   * limit, but with 1008. A frame that arrives while nothing is queued is always taken. Unbounded
+   * when absent.
+   */
+  maxQueuedBytes?: number;
   /** Seconds of silence before Deno pings; a peer that does not answer is closed. */
   idleTimeout: number;
   /** Outbound buffer above which the socket counts as a slow consumer. */
@@ -78,8 +87,14 @@ export class Connection implements FrameHolder {
   /** Finishes not yet run (see {@link finishInOrder}), and the promise of the last one. */
   #owed = 0;
   #finishes?: Promise<void>;
-  /** A frame over the size limit arrived: the socket closes once the frames before it are done. */
+  /** A frame was refused: the socket closes once the frames before it are done. */
   #refusing = false;
+  /**
+   * Bytes of the frames received and not yet handled. Deno reads a socket as fast as the peer
+   * sends, with no way to pause it, so without a bound a burst of large frames behind a slow one
+   * (files being written) is held in memory whole.
+   */
+  #queuedBytes = 0;
 
   private constructor(socket: WebSocket, options: SocketOptions, handler: SocketHandler) {
     this.#socket = socket;
@@ -141,15 +156,13 @@ export class Connection implements FrameHolder {
       ? data.byteLength
       : (data as Blob).size ?? 0;
     if (size > this.#options.maxFrameSize) {
-      // Deno's read buffer grew to hold it, and stays so until the close.
-      this.#options.frames?.received(this, size);
-      // The frames before it are still handled and their replies sent, so that the client learns
-      // what became of each; nothing after it is read.
-      this.#refusing = true;
-      this.#run(async () => {
-        await this.settled();
-        this.close(CLOSE.tooBig, "Message too big");
-      });
+      this.#refuse(size, CLOSE.tooBig, "Message too big");
+      return;
+    }
+    const maxQueued = this.#options.maxQueuedBytes;
+    if (maxQueued !== undefined && this.#queuedBytes > 0 && this.#queuedBytes + size > maxQueued) {
+      this.#options.metrics.error("too_much_queued");
+      this.#refuse(size, CLOSE.tooMuchQueued, "Too much data queued");
       return;
     }
     this.#options.metrics.bytesIn += size;
@@ -160,9 +173,28 @@ export class Connection implements FrameHolder {
       ? decoder.decode(data)
       : undefined;
     if (text === undefined) return;
+    this.#queuedBytes += size;
     this.#run(async () => {
-      if (this.#owed >= MAX_OWED_FINISHES) await this.settled();
-      if (!this.#done) await this.#handler.message(this, text);
+      try {
+        if (this.#owed >= MAX_OWED_FINISHES) await this.settled();
+        if (!this.#done) await this.#handler.message(this, text);
+      } finally {
+        this.#queuedBytes -= size;
+      }
+    });
+  }
+
+  /**
+   * Drops a frame and reads no more: the frames before it are still handled and their replies
+   * sent, so that the client learns what became of each, and then the socket closes with `code`.
+   */
+  #refuse(size: number, code: number, reason: string): void {
+    // Deno's read buffer grew to hold it, and stays so until the close.
+    this.#options.frames?.received(this, size);
+    this.#refusing = true;
+    this.#run(async () => {
+      await this.settled();
+      this.close(code, reason);
     });
   }
 

@@ -13,7 +13,13 @@ import type { FileInput, Message, Principal, RoomEvent, UserProfile } from "../.
 import { type Socket, SocketIOServer } from "../../engine_io/mod.ts";
 import type { Member } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
-import { baseUrlOf, cookieOrigins, type DialectContext, maxFrameSize } from "../context.ts";
+import {
+  baseUrlOf,
+  cookieOrigins,
+  type DialectContext,
+  maxFrameSize,
+  maxQueuedBytes,
+} from "../context.ts";
 
 /** The texts the document's clients match on. */
 export const SIO_ERRORS = {
@@ -34,6 +40,28 @@ interface SocketState {
   tickets: Set<string>;
   /** The last send's way to the store (see `inTurn`). */
   sendTurn?: Promise<void>;
+  /** Characters and bytes of the sends received and not yet on their way to the store. */
+  queuedBytes: number;
+  /** Events being handled, each settled once answered. */
+  handling: Set<Promise<void>>;
+  /** A send was refused: the session ends once `handling` is done. */
+  ending?: boolean;
+}
+
+/** Characters of a send's text and characters or bytes of its files: about what its packet held. */
+function sendBytes(payload: unknown): number {
+  if (typeof payload !== "object" || payload === null) return 0;
+  const record = payload as Record<string, unknown>;
+  let size = typeof record.message === "string" ? record.message.length : 0;
+  if (!Array.isArray(record.attachments)) return size;
+  for (const item of record.attachments) {
+    const data = typeof item === "object" && item !== null
+      ? (item as Record<string, unknown>).data
+      : undefined;
+    if (typeof data === "string") size += data.length;
+    else if (data instanceof Uint8Array || data instanceof ArrayBuffer) size += data.byteLength;
+  }
+  return size;
 }
 
 /** `Client` or `SuperAdmin`, the Mongo model the source system keeps senders in. */
@@ -128,6 +156,7 @@ export function createSocketIoTicketChat(
   /** Bridge members by engine room, with the hub join each one waits for. */
   const bridges = new Map<string, { member: Member; joined: Promise<unknown> }>();
   const state = (socket: Socket) => socket.data as SocketState;
+  const queueBound = maxQueuedBytes(ctx.config);
   const engineRoom = (ticketId: string, baseUrl: string) => `ticket:${ticketId}\u0000${baseUrl}`;
   const userRoom = (user: Principal) => `user:${user.id}`;
 
@@ -221,7 +250,17 @@ export function createSocketIoTicketChat(
     errorEvent: string | null,
     handler: (payload: unknown, ack?: (...args: unknown[]) => void) => Promise<void>,
   ): void {
-    socket.on(event, async (...args: unknown[]) => {
+    socket.on(event, (...args: unknown[]) => {
+      const s = state(socket);
+      // Past a refused send nothing more is taken: the session ends once the events before it
+      // are answered.
+      if (s.ending) return;
+      const run = handle(args);
+      s.handling.add(run);
+      run.then(() => s.handling.delete(run));
+    });
+
+    async function handle(args: unknown[]): Promise<void> {
       const ack = typeof args.at(-1) === "function"
         ? args.pop() as (...a: unknown[]) => void
         : undefined;
@@ -241,7 +280,7 @@ export function createSocketIoTicketChat(
         if (errorEvent) socket.emit(errorEvent, { message: error.message });
         ack?.({ error: error.message });
       }
-    });
+    }
   }
 
   // A handshake token is our addition: the document authenticates with the `authenticate` event
@@ -256,7 +295,12 @@ export function createSocketIoTicketChat(
     const found = typeof fromAuth === "string" && fromAuth !== ""
       ? { token: fromAuth, source: "auth" }
       : findToken(request, cookieOrigins(ctx.config));
-    const data: SocketState = { baseUrl: baseUrlOf(ctx.config, request), tickets: new Set() };
+    const data: SocketState = {
+      baseUrl: baseUrlOf(ctx.config, request),
+      tickets: new Set(),
+      queuedBytes: 0,
+      handling: new Set(),
+    };
     socket.data = data;
     if (found.token) {
       const user = await ctx.auth.authenticate(found.token);
@@ -344,7 +388,24 @@ export function createSocketIoTicketChat(
     });
 
     on(socket, "send_message", "send_message_error", async (payload, ack) => {
-      const { id, queued } = await inTurn(s, () => queueSend(payload));
+      // Held until its files are written: a flood of them waits in memory whole. Like a frame
+      // past the bound on a WebSocket, the events before it are answered, then the session ends
+      // (the client reconnects, as after a packet over the size limit).
+      const size = sendBytes(payload);
+      if (s.queuedBytes > 0 && s.queuedBytes + size > queueBound) {
+        s.ending = true;
+        ctx.metrics.error("too_much_queued");
+        Promise.all(s.handling).then(() => socket.conn.close());
+        return;
+      }
+      s.queuedBytes += size;
+      let turn: { id: string; queued: QueuedSend };
+      try {
+        turn = await inTurn(s, () => queueSend(payload));
+      } finally {
+        s.queuedBytes -= size;
+      }
+      const { id, queued } = turn;
       const result = await queued.result;
       ack?.(socketIoMessage(result.message, id, s.baseUrl));
     });
