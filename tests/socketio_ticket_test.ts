@@ -242,6 +242,20 @@ Deno.test("socket.io ticket chat: acks return the stored message; a retried clie
     assertEquals(await none, null);
     const failed = await socket.timeout(3000).emitWithAck("send_message", { ticketId: "5" });
     assertEquals(failed, { error: "Message or at least one file is required" });
+    // Ids that differ only past 128 characters must not be taken for one: the long one is refused.
+    const bad: [string, unknown][] = [["clientId", "x".repeat(129)], ["client_id", { id: 1 }]];
+    for (const [field, value] of bad) {
+      const refused = await socket.timeout(3000).emitWithAck("send_message", {
+        ticketId: "5",
+        message: "long id",
+        [field]: value,
+      });
+      assertEquals(refused, {
+        error: `Field "${field}" must be a string of at most 128 characters`,
+      });
+    }
+    const history = await socket.timeout(3000).emitWithAck("get_messages", { ticketId: "5" });
+    assertEquals((history.messages as Payload[]).map((m) => m.message), ["at least once"]);
   });
 });
 

@@ -20,6 +20,7 @@ import {
   maxFrameSize,
   maxQueuedBytes,
 } from "../context.ts";
+import { optionalClientId } from "../frames.ts";
 
 /** The texts the document's clients match on. */
 export const SIO_ERRORS = {
@@ -433,10 +434,9 @@ export function createSocketIoTicketChat(
       if (text.trim() === "" && files.length === 0) {
         throw new ChatError("empty_message", SIO_ERRORS.emptyMessage);
       }
-      const rawClientId = record.clientId ?? record.client_id;
-      const clientId = typeof rawClientId === "string" || typeof rawClientId === "number"
-        ? String(rawClientId).slice(0, 128)
-        : undefined;
+      // Refused past 128 characters, as in every protocol: cut short, two ids could become one,
+      // and the second send would be answered with the first message instead of being stored.
+      const clientId = optionalClientId(record, "clientId", "client_id");
       const queued = await ctx.chat.queue(user, room, {
         body: text,
         files,
