@@ -463,6 +463,23 @@ Deno.test("native: errors come with codes; bad token 4001; no access is an error
       message: "Message body or file is required",
       ref: "e",
     });
+    // A ref is a number, a string of up to 128 characters or null; anything else is refused, not
+    // echoed, and nothing is stored.
+    a.send({ type: "ping", ref: "r".repeat(128) });
+    assertEquals(await a.next(), { type: "pong", ref: "r".repeat(128) });
+    for (const ref of ["r".repeat(129), { big: "x".repeat(1000) }, [1, 2]]) {
+      a.send({ type: "send", room: "ticket:1", body: "not stored", ref });
+      assertEquals(await a.next(), {
+        type: "error",
+        code: "invalid_frame",
+        message: 'Field "ref" must be a number or a string of at most 128 characters',
+      });
+    }
+    a.send({ type: "ping", ref: null });
+    assertEquals(await a.next(), { type: "pong", ref: null });
+    a.send({ type: "history", room: "ticket:1", ref: 2.5 });
+    const history = await a.next();
+    assertEquals([history.type, history.ref, history.messages], ["history", 2.5, []]);
     await a.close();
   } finally {
     await server.close();

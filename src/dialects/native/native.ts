@@ -233,6 +233,12 @@ class NativeMember implements Member {
   }
 }
 
+/** True for a `ref` the protocol allows: absent (or null), a number, a short string. */
+function isRef(ref: unknown): boolean {
+  return ref === undefined || ref === null || typeof ref === "number" ||
+    (typeof ref === "string" && ref.length <= 128);
+}
+
 /** One authenticated socket of the native protocol: its rooms and its commands. */
 class NativeSession implements SocketHandler {
   readonly user: Principal;
@@ -478,6 +484,13 @@ class NativeSession implements SocketHandler {
     let ref: unknown;
     try {
       const record = parseObject(text, "Expected a JSON object with a type");
+      // Copied into the reply: an unbounded one would let a client make the server echo megabytes.
+      if (!isRef(record.ref)) {
+        throw new ChatError(
+          "invalid_frame",
+          'Field "ref" must be a number or a string of at most 128 characters',
+        );
+      }
       ref = record.ref;
       const verdict = this.#ctx.limiter.take(this.user.id, this.#connId);
       if (verdict === "close") {
