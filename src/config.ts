@@ -160,7 +160,8 @@ export interface Config {
   frameMemoryBudgetBytes: number;
   /**
    * Bytes of received frames one socket may have waiting to be handled before it is closed
-   * (1008; Socket.IO: the session ends); unset, four of the largest frames.
+   * (1008; Socket.IO: the session ends); unset, four of the largest frames, and never under one
+   * largest frame and 64 KiB.
    */
   inboundQueueBytes?: number;
   /** Socket.IO: milliseconds between server pings. */

@@ -85,12 +85,15 @@ Deno.test("loadConfig() reads when commits pause: the CPU share and the interval
   ) assertEquals(err.message.includes(line), true, err.message);
 });
 
-Deno.test("loadConfig() bounds a socket's waiting frames at four of the largest unless told a positive byte count", async () => {
+Deno.test("loadConfig() bounds a socket's waiting frames at four of the largest unless told a positive byte count, never under one and 64 KiB", async () => {
   const c = loadConfig({ MAX_FILE_BYTES: "3000000" });
   assertEquals(c.inboundQueueBytes, undefined);
   assertEquals(maxQueuedBytes(c), 4 * maxFrameSize(c));
   assertEquals(maxQueuedBytes(c), 4 * (4_000_000 + 65_536));
-  assertEquals(maxQueuedBytes(loadConfig({ INBOUND_QUEUE_BYTES: "5000000" })), 5_000_000);
+  assertEquals(maxQueuedBytes(loadConfig({ INBOUND_QUEUE_BYTES: "50000000" })), 50_000_000);
+  // Never under one largest frame and 64 KiB: a client waiting for each reply is never refused.
+  const small = loadConfig({ MAX_FILE_BYTES: "3000000", INBOUND_QUEUE_BYTES: "1" });
+  assertEquals(maxQueuedBytes(small), 4_000_000 + 2 * 65_536);
   const err = await assertRejects(() => loadConfig({ INBOUND_QUEUE_BYTES: "0" }));
   assertEquals(
     err.message.includes('INBOUND_QUEUE_BYTES: expected a positive whole number, got "0"'),

@@ -76,10 +76,13 @@ export function maxFrameSize(config: Config): number {
 
 /**
  * Most bytes of received frames a socket may have waiting to be handled: four of the largest
- * frames unless configured, so a client may send a few files back to back, not a flood of them.
+ * frames unless configured, so a client may send a few files back to back, not a flood of them;
+ * never under one largest frame and 64 KiB, so a client that waits for each reply (and pings or
+ * types meanwhile) is never refused.
  */
 export function maxQueuedBytes(config: Config): number {
-  return config.inboundQueueBytes ?? 4 * maxFrameSize(config);
+  const largest = maxFrameSize(config);
+  return Math.max(config.inboundQueueBytes ?? 4 * largest, largest + 64 * 1024);
 }
 
 const optionSets = new WeakMap<DialectContext, Map<string, SocketOptions>>();

@@ -41,26 +41,34 @@ interface SocketState {
   tickets: Set<string>;
   /** The last send's way to the store (see `inTurn`). */
   sendTurn?: Promise<void>;
-  /** Characters and bytes of the sends received and not yet on their way to the store. */
+  /** Characters and bytes of the events received and not yet answered. */
   queuedBytes: number;
   /** Events being handled, each settled once answered. */
   handling: Set<Promise<void>>;
-  /** A send was refused: the session ends once `handling` is done. */
+  /** An event was refused: the session ends once `handling` is done. */
   ending?: boolean;
 }
 
-/** Characters of a send's text and characters or bytes of its files: about what its packet held. */
-function sendBytes(payload: unknown): number {
-  if (typeof payload !== "object" || payload === null) return 0;
-  const record = payload as Record<string, unknown>;
-  let size = typeof record.message === "string" ? record.message.length : 0;
-  if (!Array.isArray(record.attachments)) return size;
-  for (const item of record.attachments) {
-    const data = typeof item === "object" && item !== null
-      ? (item as Record<string, unknown>).data
-      : undefined;
-    if (typeof data === "string") size += data.length;
-    else if (data instanceof Uint8Array || data instanceof ArrayBuffer) size += data.byteLength;
+/**
+ * Characters of every string and bytes of every binary value in an event's arguments (keys
+ * included): about what its packets held. Walked without recursion, as the depth is the client's.
+ */
+function eventBytes(args: unknown[]): number {
+  let size = 0;
+  const stack: unknown[] = [...args];
+  while (stack.length > 0) {
+    const value = stack.pop();
+    if (typeof value === "string") size += value.length;
+    else if (value instanceof Uint8Array || value instanceof ArrayBuffer) size += value.byteLength;
+    else if (Array.isArray(value)) {
+      // Not spread into push: a long array would overflow the call's arguments.
+      for (const item of value) stack.push(item);
+    } else if (typeof value === "object" && value !== null) {
+      for (const [key, item] of Object.entries(value)) {
+        size += key.length;
+        stack.push(item);
+      }
+    }
   }
   return size;
 }
@@ -253,12 +261,27 @@ export function createSocketIoTicketChat(
   ): void {
     socket.on(event, (...args: unknown[]) => {
       const s = state(socket);
-      // Past a refused send nothing more is taken: the session ends once the events before it
-      // are answered.
+      // Past a refused event nothing more is taken: the session ends once the ones before it are
+      // answered.
       if (s.ending) return;
-      const run = handle(args);
+      // An event holds its arguments until answered: a flood of files waits in memory whole.
+      // Refused like a frame past the bound on a WebSocket: the events before it are answered,
+      // then the session ends (the client reconnects, as after a packet over the size limit).
+      const size = eventBytes(args);
+      if (s.queuedBytes > 0 && s.queuedBytes + size > queueBound) {
+        s.ending = true;
+        ctx.metrics.error("too_much_queued");
+        Promise.allSettled(s.handling).then(() => socket.conn.close());
+        return;
+      }
+      s.queuedBytes += size;
+      const run: Promise<void> = handle(args)
+        .catch((err) => console.error(`socket.io: ${event} failed:`, err))
+        .finally(() => {
+          s.queuedBytes -= size;
+          s.handling.delete(run);
+        });
       s.handling.add(run);
-      run.then(() => s.handling.delete(run));
     });
 
     async function handle(args: unknown[]): Promise<void> {
@@ -389,24 +412,7 @@ export function createSocketIoTicketChat(
     });
 
     on(socket, "send_message", "send_message_error", async (payload, ack) => {
-      // Held until its files are written: a flood of them waits in memory whole. Like a frame
-      // past the bound on a WebSocket, the events before it are answered, then the session ends
-      // (the client reconnects, as after a packet over the size limit).
-      const size = sendBytes(payload);
-      if (s.queuedBytes > 0 && s.queuedBytes + size > queueBound) {
-        s.ending = true;
-        ctx.metrics.error("too_much_queued");
-        Promise.all(s.handling).then(() => socket.conn.close());
-        return;
-      }
-      s.queuedBytes += size;
-      let turn: { id: string; queued: QueuedSend };
-      try {
-        turn = await inTurn(s, () => queueSend(payload));
-      } finally {
-        s.queuedBytes -= size;
-      }
-      const { id, queued } = turn;
+      const { id, queued } = await inTurn(s, () => queueSend(payload));
       const result = await queued.result;
       ack?.(socketIoMessage(result.message, id, s.baseUrl));
     });
