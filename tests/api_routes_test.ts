@@ -499,7 +499,15 @@ apiTest("healthz answers with KV and directory; metrics count API requests", asy
   assertEquals((await health.json()).status, "ok");
   await s.api("GET", "/api/users/none");
   await s.api("GET", "/api/users/none", { token: null });
+  // Made-up methods share one series: the label must not grow with what clients send.
+  for (const method of ["FOO", "BAR1", "BAZ2"]) {
+    const res = await fetch(`${s.url}/api/nothing`, { method });
+    await res.body?.cancel();
+    assertEquals(res.status, 404);
+  }
   const metrics = await (await fetch(`${s.url}/metrics`)).text();
+  assertMatch(metrics, /chat_api_requests_total\{method="OTHER",status="404"\} 3/);
+  assertEquals(/method="(FOO|BAR1|BAZ2)"/.test(metrics), false);
   assertMatch(metrics, /chat_api_requests_total\{method="GET",status="404"\} 1/);
   assertMatch(metrics, /chat_api_requests_total\{method="GET",status="401"\} 1/);
   assertMatch(metrics, /# TYPE chat_connections gauge/);

@@ -33,6 +33,8 @@ export interface ApiDeps {
   limiter?: RateLimiter;
 }
 
+const KNOWN_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
+
 /** Requests served, by method and status. */
 export class ApiCounters {
   /** `METHOD status` → count. */
@@ -40,7 +42,8 @@ export class ApiCounters {
 
   /** Counts one response. */
   count(method: string, status: number): void {
-    const key = `${method} ${status}`;
+    // The label comes from the request: an unknown method must not add a series per spelling.
+    const key = `${KNOWN_METHODS.has(method) ? method : "OTHER"} ${status}`;
     this.requests.set(key, (this.requests.get(key) ?? 0) + 1);
   }
 
