@@ -563,6 +563,13 @@ Deno.test("web: the page and its assets are served; the dev sign-in mints workin
       assertEquals(bad.status, 400, body);
       assert(typeof (await bad.json()).error === "string");
     }
+    // The route needs no token, so a huge body is refused rather than read whole.
+    const huge = await fetch(`${server.url}/dev/token`, {
+      method: "POST",
+      body: JSON.stringify({ name: "x".repeat(100_000) }),
+    });
+    assertEquals(huge.status, 413);
+    assert(/too large/.test((await huge.json()).error));
   } finally {
     await server.close();
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});

@@ -2,6 +2,10 @@
 
 import type { Hono } from "hono";
 import { signDevToken } from "../auth/verifier.ts";
+import { ApiError, readCapped } from "./api/framework.ts";
+
+/** Largest body the dev sign-in reads. */
+const DEV_TOKEN_BODY_BYTES = 16_384;
 
 /** What the page needs from the composition root. */
 export interface WebOptions {
@@ -120,8 +124,14 @@ export function mountWeb(app: Hono, options: WebOptions = {}): void {
   app.post("/dev/token", async (c) => {
     let input: unknown;
     try {
-      input = await c.req.json();
-    } catch {
+      // Unauthenticated: a sign-in is a few hundred bytes, so a body past the cap is not read on.
+      input = JSON.parse(
+        new TextDecoder().decode(await readCapped(c.req.raw, DEV_TOKEN_BODY_BYTES, "Body")),
+      );
+    } catch (err) {
+      if (err instanceof ApiError) {
+        return c.json({ error: err.message }, err.status as 413);
+      }
       return c.json({ error: "Expected a JSON body" }, 400);
     }
     const parsed = parseDevSignIn(input);
