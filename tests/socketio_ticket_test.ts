@@ -524,6 +524,59 @@ Deno.test("socket.io ticket chat: the client's own reconnection, then re-authent
   });
 });
 
+Deno.test("socket.io ticket chat: a leave or disconnect during a join leaves nothing behind; a later joiner gets each message once", async () => {
+  await withChat(async (server, client) => {
+    const hub = server.app.context.hub;
+    const token = await server.token({ sub: "3", username: "user3", rooms: ["ticket:*"] });
+    const leaver = client({ auth: { token }, transports: ["websocket"] });
+    await next(leaver, "authenticated");
+    const ids = Array.from({ length: 60 }, (_, i) => `race-${i}`);
+    const acks: Promise<unknown>[] = [];
+    for (const [i, ticketId] of ids.entries()) {
+      leaver.emit("join_ticket", { ticketId });
+      // The leave lands anywhere from before the access check to after the bridge is live.
+      for (let k = 0; k < i % 10; k++) await new Promise((r) => setTimeout(r, 0));
+      acks.push(leaver.emitWithAck("leave_ticket", { ticketId }));
+    }
+    await Promise.all(acks);
+    // Sockets that go away in the middle of their joins.
+    const gone = Array.from({ length: 30 }, (_, i) => `gone-${i}`);
+    for (const [i, ticketId] of gone.entries()) {
+      const quitter = client({ auth: { token }, transports: ["websocket"] });
+      await next(quitter, "authenticated");
+      quitter.emit("join_ticket", { ticketId });
+      for (let k = 0; k < i % 10; k++) await new Promise((r) => setTimeout(r, 0));
+      quitter.disconnect();
+    }
+    const all = [...ids, ...gone];
+    await eventually(
+      () => all.every((id) => hub.members(`ticket:${id}`).size === 0),
+      5000,
+      "every ticket to be empty in the hub",
+    );
+
+    let leaverGot = 0;
+    leaver.on("new_message", () => leaverGot++);
+    const later = client({ auth: { token }, transports: ["websocket"] });
+    await next(later, "authenticated");
+    const seen = new Map<string, number>();
+    later.on("new_message", ({ data }: { data: Payload }) => {
+      const id = data.ticketId as string;
+      seen.set(id, (seen.get(id) ?? 0) + 1);
+    });
+    for (const ticketId of all) await joined(later, ticketId);
+    await Promise.all(
+      all.map((ticketId) => later.emitWithAck("send_message", { ticketId, message: "once" })),
+    );
+    await eventually(() => seen.size === all.length, 3000, "a message in every ticket");
+    // A second copy would come from a bridge a raced join left in the room.
+    await new Promise((r) => setTimeout(r, 300));
+    assertEquals(all.filter((id) => seen.get(id) !== 1), []);
+    assertEquals(all.filter((id) => hub.members(`ticket:${id}`).size !== 1), []);
+    assertEquals(leaverGot, 0);
+  }, { RATE_LIMIT_PER_SECOND: "1000", RATE_LIMIT_USER_PER_SECOND: "1000" });
+});
+
 Deno.test("socket.io ticket chat: Socket.IO and ticket-socket clients share the ticket", async () => {
   await withChat(async (server, client) => {
     const token = await server.token({

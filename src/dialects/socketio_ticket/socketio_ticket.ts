@@ -41,6 +41,8 @@ interface SocketState {
   tickets: Set<string>;
   /** The last send's way to the store (see `inTurn`). */
   sendTurn?: Promise<void>;
+  /** The last join, leave or typing event (see `inTurn`): each takes effect in the order sent. */
+  roomTurn?: Promise<void>;
   /** Characters and bytes of the events received and not yet answered. */
   queuedBytes: number;
   /** Events being handled, each settled once answered. */
@@ -208,7 +210,18 @@ export function createSocketIoTicketChat(
       },
     };
     const joined = ctx.hub.join(room, member);
-    bridges.set(name, { member, joined });
+    const entry = { member, joined };
+    bridges.set(name, entry);
+    // A leave or disconnect while the join was under way found no member to take out of the
+    // room; left there, it would deliver every message a second time beside a later bridge.
+    joined.then(() => {
+      const current = bridges.get(name);
+      if (current === entry && (nsp.rooms.get(name)?.size ?? 0) > 0) return;
+      if (current === entry) bridges.delete(name);
+      ctx.hub.leave(room, member);
+    }, () => {
+      if (bridges.get(name) === entry) bridges.delete(name);
+    });
     return joined;
   }
 
@@ -246,9 +259,13 @@ export function createSocketIoTicketChat(
    * Socket.IO runs handlers side by side, and a file's save must not let the text sent after it
    * be stored first. Only the commits overlap.
    */
-  function inTurn<T>(s: SocketState, task: () => Promise<T>): Promise<T> {
-    const run = (s.sendTurn ?? Promise.resolve()).then(task);
-    s.sendTurn = run.then(() => {}, () => {});
+  function inTurn<T>(
+    s: SocketState,
+    task: () => Promise<T>,
+    lane: "sendTurn" | "roomTurn" = "sendTurn",
+  ): Promise<T> {
+    const run = (s[lane] ?? Promise.resolve()).then(task);
+    s[lane] = run.then(() => {}, () => {});
     return run;
   }
 
@@ -371,25 +388,29 @@ export function createSocketIoTicketChat(
       ack?.({ user: publicUser(user) });
     });
 
-    on(socket, "join_ticket", "join_ticket_error", async (payload, ack) => {
-      const { id } = await authorize(socket, payload);
-      if (!s.tickets.has(id)) {
-        s.tickets.add(id);
-        const name = engineRoom(id, s.baseUrl);
-        socket.join(name);
-        // `joined_ticket` only once the bridge is live, so nothing sent after it can be missed.
-        await (bridges.get(name)?.joined ?? bridge(id, s.baseUrl));
-      }
-      socket.emit("joined_ticket", { ticketId: id });
-      ack?.({ ticketId: id });
-    });
+    on(socket, "join_ticket", "join_ticket_error", (payload, ack) =>
+      inTurn(s, async () => {
+        const { id } = await authorize(socket, payload);
+        // Gone while its access was checked: its disconnect has already left every ticket.
+        if (!socket.connected) return;
+        if (!s.tickets.has(id)) {
+          s.tickets.add(id);
+          const name = engineRoom(id, s.baseUrl);
+          socket.join(name);
+          // `joined_ticket` only once the bridge is live, so nothing sent after it can be missed.
+          await (bridges.get(name)?.joined ?? bridge(id, s.baseUrl));
+        }
+        socket.emit("joined_ticket", { ticketId: id });
+        ack?.({ ticketId: id });
+      }, "roomTurn"));
 
-    on(socket, "leave_ticket", null, (payload, ack) => {
-      const id = ticketIdOf(payload);
-      if (s.tickets.has(id)) leaveTicket(socket, id);
-      ack?.({ ticketId: id });
-      return Promise.resolve();
-    });
+    on(socket, "leave_ticket", null, (payload, ack) =>
+      inTurn(s, () => {
+        const id = ticketIdOf(payload);
+        if (s.tickets.has(id)) leaveTicket(socket, id);
+        ack?.({ ticketId: id });
+        return Promise.resolve();
+      }, "roomTurn"));
 
     on(socket, "get_messages", "messages_error", async (payload, ack) => {
       const { room, id } = await authorize(socket, payload);
@@ -452,14 +473,13 @@ export function createSocketIoTicketChat(
       return { id, queued };
     }
 
-    on(socket, "typing_start", null, async (payload) => {
-      const { user, room } = await authorize(socket, payload);
-      ctx.chat.typing(user, room, true);
-    });
-    on(socket, "typing_stop", null, async (payload) => {
-      const { user, room } = await authorize(socket, payload);
-      ctx.chat.typing(user, room, false);
-    });
+    for (const [event, isTyping] of [["typing_start", true], ["typing_stop", false]] as const) {
+      on(socket, event, null, (payload) =>
+        inTurn(s, async () => {
+          const { user, room } = await authorize(socket, payload);
+          ctx.chat.typing(user, room, isTyping);
+        }, "roomTurn"));
+    }
 
     socket.on("disconnect", () => {
       ctx.metrics.connection("socket.io", -1);
