@@ -11,7 +11,7 @@ import { ChatService } from "./src/core/chat_service.ts";
 import { Metrics } from "./src/core/metrics.ts";
 import { RateLimiter } from "./src/core/rate_limiter.ts";
 import { nativeRoute } from "./src/dialects/native/native.ts";
-import type { Broker, PresenceStore } from "./src/core/types.ts";
+import type { AccessPolicy, Broker, PresenceStore } from "./src/core/types.ts";
 import type { DialectContext, WsRoute } from "./src/dialects/context.ts";
 import { ticketSocketRoute } from "./src/dialects/ticket_socket/ticket_socket.ts";
 import { conversationChatRoute } from "./src/dialects/conversation_chat/conversation_chat.ts";
@@ -58,6 +58,8 @@ export interface AppOverrides {
   socketIoRelay?: boolean;
   /** Wraps the presence store (tests slow it down to hold a race open). */
   presence?: (store: PresenceStore) => PresenceStore;
+  /** Wraps the access policy (tests hold a check open to race it). */
+  access?: (policy: AccessPolicy) => AccessPolicy;
   /** How long the hub lets the broker bring a commit the head watch saw (tests hold it back). */
   catchUpDelayMs?: number;
 }
@@ -127,7 +129,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     store,
     fanout: hub,
     attachments,
-    access: new DirectoryAccessPolicy(directory),
+    access: (overrides.access ?? ((a) => a))(new DirectoryAccessPolicy(directory)),
     metrics,
     presence: (overrides.presence ?? ((p) => p))(new KvPresenceStore(kv, registry)),
     typingTimeoutMs: config.typingTimeoutSeconds * 1000,

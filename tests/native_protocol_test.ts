@@ -306,6 +306,44 @@ Deno.test("native: a room deletion a crash cut short is finished when the next s
   }
 });
 
+Deno.test("native: a socket closed while its join's access check is under way leaves no presence and no member behind", async () => {
+  let checking!: () => void;
+  const held = new Promise<void>((r) => checking = r);
+  let release!: () => void;
+  const gate = new Promise<void>((r) => release = r);
+  const server = await startTestServer({}, {
+    access: (inner) => ({
+      async canAccess(user, room) {
+        const ok = await inner.canAccess(user, room);
+        if (room === "chat:slow") {
+          checking();
+          await gate;
+        }
+        return ok;
+      },
+    }),
+  });
+  try {
+    const { chat, hub } = server.app.context;
+    const a = await connect(server, { sub: "5", username: "five" });
+    a.send({ type: "join", room: "chat:slow", ref: 1 });
+    await held;
+    await a.close();
+    release();
+    // The join goes on after the close: give it time to record what it would.
+    await new Promise((r) => setTimeout(r, 300));
+    assertEquals(await chat.present("chat:slow"), []);
+    assertEquals(hub.members("chat:slow").size, 0);
+    // Someone joining later does not see the closed socket's user there.
+    const b = await connect(server, { sub: "6", username: "six" });
+    const joined = await join(b, "chat:slow");
+    assertEquals((joined.presence as Frame[]).map((u) => u.id), [6]);
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("native: history pages by cursor both ways; typing, read and presence events", async () => {
   const server = await startTestServer();
   try {

@@ -290,6 +290,9 @@ class NativeSession implements SocketHandler {
         from = tail - 1;
       }
     }
+    // Closed while its access or history was read: the close found no room to leave, and
+    // presence recorded now would never be taken back.
+    if (!conn.open) return;
     // At most MAX_DIRECT_ROOMS direct members at once: each had fewer other rooms when made.
     const others = rooms.size - (existing ? 1 : 0);
     const member = new NativeMember(this, conn, room, others < MAX_DIRECT_ROOMS);
