@@ -5,6 +5,7 @@
  */
 
 import { join } from "node:path";
+import type { AppOverrides } from "../main.ts";
 import type { Directory } from "../src/core/directory.ts";
 import { DEFAULT_SQLITE_FILE, openDirectory } from "../src/directory/open.ts";
 import { createPgPool } from "../src/directory/pg_pool.ts";
@@ -124,6 +125,7 @@ export interface ApiServer extends TestServer {
 export async function startApiServer(
   backend: Backend,
   env: Record<string, string> = {},
+  overrides: AppOverrides = {},
 ): Promise<ApiServer> {
   const database = await backend.create();
   let server: TestServer;
@@ -132,7 +134,7 @@ export async function startApiServer(
       ADMIN_TOKEN,
       ...(database.url ? { DATABASE_URL: database.url } : {}),
       ...env,
-    });
+    }, overrides);
   } catch (err) {
     await database.drop();
     throw err;

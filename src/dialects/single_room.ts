@@ -221,6 +221,12 @@ class RoomSocket implements SocketHandler {
         ctx.hub.leave(session.room, member);
         return;
       }
+      // Access removed since the upgrade's check was published before this member was in the
+      // room to be evicted: asked again now that any later removal will find it.
+      if (!(await ctx.chat.canAccess(session.user, session.room))) {
+        member.evict({ type: "revoked", room: session.room, userId: session.user.id });
+        return;
+      }
       await dialect.snapshot?.(session);
     } finally {
       member.release();

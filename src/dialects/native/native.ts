@@ -315,6 +315,11 @@ class NativeSession implements SocketHandler {
         ctx.hub.leave(room, member);
         return;
       }
+      // Access removed since the check above was published before this member was in the
+      // room to be evicted: asked again now that any later removal will find it.
+      if (!(await ctx.chat.canAccess(this.user, room))) {
+        throw new ChatError("forbidden", `Access denied to room "${room}"`);
+      }
       const present = await ctx.chat.present(room);
       this.#reply(conn, { type: "joined", room, head, presence: present.map(nativeUser) }, ref);
     } catch (err) {

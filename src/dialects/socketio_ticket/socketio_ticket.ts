@@ -390,7 +390,7 @@ export function createSocketIoTicketChat(
 
     on(socket, "join_ticket", "join_ticket_error", (payload, ack) =>
       inTurn(s, async () => {
-        const { id } = await authorize(socket, payload);
+        const { user, id } = await authorize(socket, payload);
         // Gone while its access was checked: its disconnect has already left every ticket.
         if (!socket.connected) return;
         if (!s.tickets.has(id)) {
@@ -399,6 +399,12 @@ export function createSocketIoTicketChat(
           socket.join(name);
           // `joined_ticket` only once the bridge is live, so nothing sent after it can be missed.
           await (bridges.get(name)?.joined ?? bridge(id, s.baseUrl));
+          // Access removed since the check above was published before this socket was in the
+          // room to be evicted: asked again now that any later removal will find it.
+          if (!(await ctx.chat.canAccess(user, roomKey("ticket", id)))) {
+            if (s.tickets.has(id)) leaveTicket(socket, id);
+            throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
+          }
         }
         socket.emit("joined_ticket", { ticketId: id });
         ack?.({ ticketId: id });
