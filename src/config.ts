@@ -1,7 +1,7 @@
 /** Environment → typed configuration, validated with zod; a bad value fails fast with a readable message. */
 
 import { z } from "zod";
-import { join, resolve } from "node:path";
+import { isAbsolute, join, relative, resolve, sep } from "node:path";
 import { DEFAULT_COMMIT_INTERVAL_MS, DEFAULT_PAUSE_ABOVE_CPU } from "./store/kv_message_store.ts";
 
 const optionalText = z.string().trim().optional().transform((v) => v === "" ? undefined : v);
@@ -190,11 +190,30 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     throw new Error(`Invalid configuration:\n${lines.join("\n")}`);
   }
   const e = parsed.data;
+  const mediaDir = e.MEDIA_DIR ? resolve(e.MEDIA_DIR) : join(e.DATA_DIR, "media");
+  const kvPath = e.KV_PATH ?? join(e.DATA_DIR, "chat.kv");
+  // Everything under the media directory is served to anyone: the data directory holds the
+  // development secret and the SQLite files, the KV file every message.
+  const served = (path: string) => {
+    const from = relative(mediaDir, resolve(path));
+    return from === "" || (from !== ".." && !from.startsWith(`..${sep}`) && !isAbsolute(from));
+  };
+  const exposed = [
+    ...(served(e.DATA_DIR) ? [`DATA_DIR (${e.DATA_DIR})`] : []),
+    ...(served(kvPath) ? [`KV_PATH (${kvPath})`] : []),
+  ];
+  if (exposed.length > 0) {
+    throw new Error(
+      `Invalid configuration:\n  MEDIA_DIR: ${mediaDir} is served over HTTP and must not contain ${
+        exposed.join(" or ")
+      }`,
+    );
+  }
   return {
     port: e.PORT,
     host: e.HOST,
     dataDir: e.DATA_DIR,
-    mediaDir: e.MEDIA_DIR ? resolve(e.MEDIA_DIR) : join(e.DATA_DIR, "media"),
+    mediaDir,
     publicUrl: e.PUBLIC_URL,
     jwtSecret: e.JWT_SECRET,
     jwtPublicKey: e.JWT_PUBLIC_KEY,
@@ -218,7 +237,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     inboundQueueBytes: e.INBOUND_QUEUE_BYTES,
     presenceTtlSeconds: e.PRESENCE_TTL_SECONDS,
     databaseUrl: e.DATABASE_URL,
-    kvPath: e.KV_PATH ?? join(e.DATA_DIR, "chat.kv"),
+    kvPath,
     adminToken: e.ADMIN_TOKEN,
     chatPathProtocol: e.CHAT_PATH_PROTOCOL,
   };

@@ -101,3 +101,21 @@ Deno.test("loadConfig() bounds a socket's waiting frames at four of the largest 
     err.message,
   );
 });
+
+Deno.test("loadConfig() refuses a MEDIA_DIR that holds the data directory or the KV file, takes one beside or under it", async () => {
+  for (
+    const env of [
+      { DATA_DIR: "/srv/chat", MEDIA_DIR: "/srv/chat" },
+      { DATA_DIR: "/srv/chat", MEDIA_DIR: "/srv" },
+      { DATA_DIR: "/srv/chat", MEDIA_DIR: "/srv/media", KV_PATH: "/srv/media/chat.kv" },
+    ]
+  ) {
+    const err = await assertRejects(() => loadConfig(env));
+    assertEquals(/MEDIA_DIR: .* must not contain/.test(err.message), true, err.message);
+  }
+  for (
+    const MEDIA_DIR of ["/srv/media", "/srv/chat/media", "/srv/chat-media", "/srv/chat/..media"]
+  ) {
+    assertEquals(loadConfig({ DATA_DIR: "/srv/chat", MEDIA_DIR }).mediaDir, MEDIA_DIR);
+  }
+});

@@ -7,9 +7,19 @@ async function start(env: Record<string, string>): Promise<{ code: number; stder
   try {
     const out = await new Deno.Command(Deno.execPath(), {
       args: ["run", "-A", new URL("../main.ts", import.meta.url).pathname],
-      env: { DATA_DIR: dataDir, PORT: "0", NO_COLOR: "1", ...env },
+      env: {
+        DATA_DIR: dataDir,
+        PORT: "0",
+        NO_COLOR: "1",
+        // `$DATA_DIR` in a value stands for the fresh data directory.
+        ...Object.fromEntries(
+          Object.entries(env).map(([k, v]) => [k, v.replaceAll("$DATA_DIR", dataDir)]),
+        ),
+      },
       stdout: "null",
       stderr: "piped",
+      // A server that starts instead of refusing is killed, and the test fails on its code.
+      signal: AbortSignal.timeout(15_000),
     }).output();
     return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
   } finally {
@@ -29,6 +39,23 @@ Deno.test("startup: a HOST or DATABASE_URL the server cannot use stops it with a
     const { code, stderr } = await start(env);
     assertEquals(code, 1, stderr);
     assert(stderr.includes(expected), stderr);
+    assert(!/\n\s+at /.test(stderr), `a stack trace: ${stderr}`);
+  }
+});
+
+Deno.test("startup: a MEDIA_DIR that would serve the data directory or the KV file stops the server", async () => {
+  const cases: [Record<string, string>, RegExp][] = [
+    [
+      { MEDIA_DIR: "$DATA_DIR" },
+      /MEDIA_DIR: \S+ is served over HTTP and must not contain DATA_DIR/,
+    ],
+    [{ MEDIA_DIR: "$DATA_DIR/.." }, /must not contain DATA_DIR/],
+    [{ MEDIA_DIR: "$DATA_DIR/m", KV_PATH: "$DATA_DIR/m/x/chat.kv" }, /must not contain KV_PATH/],
+  ];
+  for (const [env, expected] of cases) {
+    const { code, stderr } = await start(env);
+    assertEquals(code, 1, stderr);
+    assert(expected.test(stderr), stderr);
     assert(!/\n\s+at /.test(stderr), `a stack trace: ${stderr}`);
   }
 });
