@@ -86,6 +86,77 @@ Deno.test("ticket socket: a file message reaches both users and its URL serves t
   });
 });
 
+Deno.test("ticket socket: a file's URL answers byte ranges (206, 416) and revalidation (ETag, 304)", async () => {
+  await withServer(async (server) => {
+    const a = await ticketClient(server, 8, { sub: 3 });
+    const bytes = new Uint8Array(300_000).map((_, i) => (i * 31 + (i >> 8)) % 256);
+    a.send({ body: "", file: bytes.toBase64(), filename: "clip.mp4" });
+    const url = (await a.next()).file as string;
+    const get = (headers: Record<string, string> = {}, method = "GET") =>
+      fetch(url, { method, headers });
+
+    const whole = await get();
+    assertEquals(whole.headers.get("accept-ranges"), "bytes");
+    const etag = whole.headers.get("etag")!;
+    assertMatch(etag, /^"[^"]+"$/);
+    assertEquals(new Uint8Array(await whole.arrayBuffer()), bytes);
+
+    const cases: [string, number, number][] = [
+      ["bytes=0-99", 0, 99],
+      ["bytes=100000-", 100000, 299999],
+      ["bytes=-500", 299500, 299999],
+      ["bytes=299990-400000", 299990, 299999],
+      // Past one read of the server's.
+      ["bytes=1-200000", 1, 200000],
+    ];
+    for (const [range, start, end] of cases) {
+      const res = await get({ range });
+      assertEquals(res.status, 206, range);
+      assertEquals(res.headers.get("content-range"), `bytes ${start}-${end}/300000`, range);
+      assertEquals(res.headers.get("content-length"), String(end - start + 1), range);
+      assertEquals(new Uint8Array(await res.arrayBuffer()), bytes.subarray(start, end + 1), range);
+    }
+    const head = await get({ range: "bytes=10-19" }, "HEAD");
+    assertEquals([head.status, head.headers.get("content-length")], [206, "10"]);
+
+    const past = await get({ range: "bytes=300000-" });
+    assertEquals([past.status, past.headers.get("content-range")], [416, "bytes */300000"]);
+    await past.body?.cancel();
+    // Several ranges, another unit, a range the client's copy is not of: the whole file.
+    const wholeAgain: Record<string, string>[] = [
+      { range: "bytes=0-1,5-6" },
+      { range: "items=0-1" },
+      { range: "bytes=0-1", "if-range": '"another"' },
+    ];
+    for (const headers of wholeAgain) {
+      const res = await get(headers);
+      assertEquals(res.status, 200, JSON.stringify(headers));
+      assertEquals((await res.arrayBuffer()).byteLength, 300000);
+    }
+    const ranged = await get({ range: "bytes=0-1", "if-range": etag });
+    assertEquals(ranged.status, 206);
+    await ranged.body?.cancel();
+
+    const cached = await get({ "if-none-match": `W/"x", ${etag}` });
+    assertEquals([cached.status, cached.headers.get("etag")], [304, etag]);
+    assertEquals(await cached.text(), "");
+    const stale = await get({ "if-none-match": '"x"' });
+    assertEquals(stale.status, 200);
+    await stale.body?.cancel();
+
+    // Another file under the same name (once the first is gone) is another version.
+    const path = `${server.dataDir}/media/${new URL(url).pathname.slice("/media/".length)}`;
+    await Deno.remove(path);
+    await new Promise((r) => setTimeout(r, 5));
+    a.send({ body: "", file: new Uint8Array([1, 2, 3]).toBase64(), filename: "clip.mp4" });
+    assertEquals((await a.next()).file, url);
+    const replaced = await get({ "if-none-match": etag });
+    assertEquals(replaced.status, 200);
+    assertEquals(new Uint8Array(await replaced.arrayBuffer()), new Uint8Array([1, 2, 3]));
+    await a.close();
+  });
+});
+
 Deno.test("ticket socket: exactly 10 MiB is accepted, one byte more is refused with nothing written", async () => {
   await withServer(async (server) => {
     const a = await ticketClient(server, 2, { sub: 1 });

@@ -12,7 +12,7 @@ export function mediaHeaders(name: string, size: number): Headers {
     "content-length": String(size),
     "x-content-type-options": "nosniff",
     "cache-control": "public, max-age=3600",
-    "accept-ranges": "none",
+    "accept-ranges": "bytes",
   });
   if (isActiveContent(type) || type.startsWith("text/")) {
     headers.set("content-security-policy", "default-src 'none'; sandbox");
@@ -23,9 +23,77 @@ export function mediaHeaders(name: string, size: number): Headers {
   return headers;
 }
 
-/** Serves `/media/<key>` and `/uploads/<key>` from the media store, GET and HEAD. */
+/**
+ * The byte range a `Range` header asks of a `size`-byte file: undefined to send it whole (no
+ * header, a unit other than bytes, or several ranges, which a server may answer whole), null
+ * when no byte of it exists (416).
+ */
+export function byteRange(
+  header: string | undefined,
+  size: number,
+): { start: number; end: number } | null | undefined {
+  const m = header === undefined ? null : /^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$/i.exec(header);
+  if (!m || (m[1] === "" && m[2] === "")) return undefined;
+  if (m[1] === "") {
+    // A suffix: the last N bytes.
+    const n = Number(m[2]);
+    if (n === 0 || size === 0) return null;
+    return { start: Math.max(0, size - n), end: size - 1 };
+  }
+  const start = Number(m[1]);
+  const end = m[2] === "" ? size - 1 : Math.min(Number(m[2]), size - 1);
+  if (m[2] !== "" && Number(m[2]) < start) return undefined;
+  if (start >= size) return null;
+  return { start, end };
+}
+
+/** True when an `If-None-Match` list names `etag` (weak comparison, as RFC 9110 says). */
+function noneMatch(header: string, etag: string): boolean {
+  if (header.trim() === "*") return true;
+  return header.split(",").some((tag) => tag.trim().replace(/^W\//, "") === etag);
+}
+
+/** A stream of `length` bytes of `file` from `start`, closing the file when done or cancelled. */
+function slice(file: Deno.FsFile, start: number, length: number): ReadableStream<Uint8Array> {
+  let left = length;
+  let positioned = false;
+  return new ReadableStream({
+    async pull(controller) {
+      try {
+        if (!positioned) {
+          await file.seek(start, Deno.SeekMode.Start);
+          positioned = true;
+        }
+        const chunk = new Uint8Array(Math.min(left, 64 * 1024));
+        const n = await file.read(chunk);
+        if (n === null || n === 0) throw new Error("The file ended before its range");
+        left -= n;
+        controller.enqueue(chunk.subarray(0, n));
+        if (left === 0) {
+          file.close();
+          controller.close();
+        }
+      } catch (err) {
+        file.close();
+        controller.error(err);
+      }
+    },
+    cancel() {
+      file.close();
+    },
+  });
+}
+
+/**
+ * Serves `/media/<key>` and `/uploads/<key>` from the media store, GET and HEAD, with an ETag
+ * (answered 304 when the client has it) and single byte ranges (206, or 416 past the end), which
+ * a browser needs to seek in an audio or video attachment.
+ */
 export function mountMedia(app: Hono, media: LocalMediaStore): void {
-  const serve = (prefix: string) => async (c: { req: { path: string; method: string } }) => {
+  const serve = (prefix: string) =>
+  async (
+    c: { req: { path: string; method: string; header(name: string): string | undefined } },
+  ) => {
     let key: string;
     try {
       key = decodeURIComponent(c.req.path.slice(prefix.length));
@@ -49,11 +117,41 @@ export function mountMedia(app: Hono, media: LocalMediaStore): void {
       return new Response("Not found", { status: 404 });
     }
     const headers = mediaHeaders(path.split("/").pop()!, info.size);
+    // Files are never rewritten in place, but a name freed by a failed send's cleanup can be
+    // used again: that is another inode written at another time.
+    const etag = `"${info.size.toString(36)}-${(info.mtime?.getTime() ?? 0).toString(36)}-${
+      (info.ino ?? 0).toString(36)
+    }"`;
+    headers.set("etag", etag);
+    const ifNoneMatch = c.req.header("if-none-match");
+    if (ifNoneMatch !== undefined && noneMatch(ifNoneMatch, etag)) {
+      file.close();
+      headers.delete("content-length");
+      return new Response(null, { status: 304, headers });
+    }
+    const ifRange = c.req.header("if-range");
+    const range = ifRange === undefined || ifRange.trim() === etag
+      ? byteRange(c.req.header("range"), info.size)
+      : undefined;
+    if (range === null) {
+      file.close();
+      return new Response("Range not satisfiable", {
+        status: 416,
+        headers: { "content-range": `bytes */${info.size}`, "etag": etag },
+      });
+    }
+    let status = 200;
+    if (range) {
+      status = 206;
+      headers.set("content-range", `bytes ${range.start}-${range.end}/${info.size}`);
+      headers.set("content-length", String(range.end - range.start + 1));
+    }
     if (c.req.method === "HEAD") {
       file.close();
-      return new Response(null, { headers });
+      return new Response(null, { status, headers });
     }
-    return new Response(file.readable, { headers });
+    const body = range ? slice(file, range.start, range.end - range.start + 1) : file.readable;
+    return new Response(body, { status, headers });
   };
   app.on(["GET", "HEAD"], "/media/*", serve("/media/"));
   app.on(["GET", "HEAD"], "/uploads/*", serve("/"));
