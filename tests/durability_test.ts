@@ -190,7 +190,7 @@ async function twoInstancesIn(
     await close();
     throw err;
   }
-  return { onA: clients[0], onB: clients[1], close };
+  return { onA: clients[0], onB: clients[1], b, close };
 }
 
 Deno.test("durability: two instances on one KV with no shared broadcast channel see each other's messages", async () => {
@@ -246,6 +246,32 @@ Deno.test("durability: an instance that falls behind retention tells its native 
     assertEquals([lastResync.reason, lastResync.first_seq], ["history_truncated", 26]);
     assert((lastResync.head as number) >= 26 && (lastResync.head as number) <= 30);
   } finally {
+    await close();
+  }
+});
+
+Deno.test("durability: a client that rejoins with a seq this instance has not delivered yet does not get those messages again", async () => {
+  // B learns of A's commits only through its head watch, 1.5 s late.
+  const { onA, onB, b, close } = await twoInstancesIn("ticket:12", {}, { catchUpDelayMs: 1500 });
+  let moved: TestClient | undefined;
+  try {
+    for (let i = 1; i <= 3; i++) onA.send({ type: "send", room: "ticket:12", body: `m${i}` });
+    for (let i = 1; i <= 3; i++) await onA.next((f) => f.type === "ack");
+    // A client that had seq 3 from A comes back on B before B has delivered it.
+    moved = await nativeClient(b.port, "3");
+    moved.send({ type: "join", room: "ticket:12", since: 3, ref: "j" });
+    assertEquals((await moved.next((f) => f.ref === "j")).type, "joined");
+    // B's own client still gets all three, once each.
+    const seqs: number[] = [];
+    while (seqs.length < 3) seqs.push((await onB.next((f) => f.type === "message")).seq as number);
+    assertEquals(seqs, [1, 2, 3]);
+    onA.send({ type: "send", room: "ticket:12", body: "m4" });
+    // Past B's catch-up delay: anything of 1..3 still owed would have come by now.
+    const next = await moved.next((f) => f.type === "message", 10_000);
+    assertEquals([next.seq, next.body], [4, "m4"]);
+    await moved.nothing((f) => f.type === "message", 1800);
+  } finally {
+    await moved?.close();
     await close();
   }
 });

@@ -82,6 +82,8 @@ interface RoomState {
   joining: number;
   /** Highest seq delivered to this room's members. */
   last: number;
+  /** The store's head could not be read when the state was made: `last` means nothing yet. */
+  headUnknown?: boolean;
   /** Serialises message delivery so seq order holds while gaps are read back. */
   chain: Promise<void>;
   unsubscribe: () => void;
@@ -166,10 +168,33 @@ export class Hub {
       unsubscribe();
       this.#heads?.remove(room);
     };
-    this.#enqueue(created, async () => {
-      created.last = Math.max(created.last, await this.#store.head(room));
-    });
+    this.#enqueue(created, () => this.#learnHead(created, room));
     return created;
+  }
+
+  /**
+   * Starts the room's view at the store's head. A failed read is tried again by the next task:
+   * left at 0, `last` would have the next message replay the room's whole history to everyone.
+   */
+  async #learnHead(state: RoomState, room: string): Promise<void> {
+    try {
+      state.last = Math.max(state.last, await this.#store.head(room));
+      state.headUnknown = false;
+    } catch (err) {
+      state.headUnknown = true;
+      console.error("hub: reading a room's head failed:", err);
+    }
+  }
+
+  /**
+   * Before a delivery relies on `last` while the head is unknown: everything before `seq` is
+   * taken as delivered. That may skip what this hub missed, where reading from 0 would repeat
+   * the room's whole history to every member. (A read now would count the message itself.)
+   */
+  #knowHead(state: RoomState, seq: number): void {
+    if (!state.headUnknown) return;
+    state.last = Math.max(state.last, seq);
+    state.headUnknown = false;
   }
 
   #enqueue(state: RoomState, task: () => Promise<void> | void): Promise<void> {
@@ -187,6 +212,7 @@ export class Hub {
   }
 
   async #deliverInOrder(state: RoomState, message: Message): Promise<void> {
+    this.#knowHead(state, message.seq - 1);
     if (message.seq <= state.last) {
       this.stats.duplicatesDropped++;
       return;
@@ -238,7 +264,10 @@ export class Hub {
     if (!state || head <= state.last) return;
     setTimeout(() => {
       if (this.#rooms.get(room) !== state || head <= state.last) return;
-      this.#enqueue(state, () => this.#fillTo(state, room, head));
+      this.#enqueue(state, () => {
+        this.#knowHead(state, head - 1);
+        return this.#fillTo(state, room, head);
+      });
     }, this.#catchUpDelayMs);
   }
 
@@ -303,6 +332,14 @@ export class Hub {
     let head = 0;
     return this.#enqueue(state, async () => {
       state.joining--;
+      if (state.headUnknown) await this.#learnHead(state, room);
+      if (options.since !== undefined && options.since > state.last && !state.headUnknown) {
+        // The client has messages this hub has not delivered yet (committed elsewhere, on
+        // their way here): delivered later, they would reach it a second time. Read up to
+        // there now, as far as the store has them; the members already in need them too.
+        const upTo = Math.min(options.since, await this.#store.head(room));
+        if (upTo > state.last) await this.#fillTo(state, room, upTo);
+      }
       if (options.since !== undefined && options.since < state.last) {
         let after = options.since;
         while (after < state.last) {

@@ -419,3 +419,38 @@ Deno.test("Hub checks next the member that a closing check moved into the freed 
     // c took a's slot: its turn comes before b's.
     assertEquals([b.checks, c.checks], [0, 1]);
   }));
+
+Deno.test("Hub whose first read of a room's head fails does not replay the room's history to its members", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  for (let i = 0; i < 5; i++) await store.append("r", { sender: null, body: "x", attachments: [] });
+  for (const failures of [1, 2, Infinity]) {
+    let left = failures;
+    const flaky = new Proxy(store, {
+      get(target, name) {
+        if (name === "head") {
+          return (room: string) =>
+            left-- > 0 ? Promise.reject(new Error("KV busy")) : target.head(room);
+        }
+        const value = Reflect.get(target, name);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    const hub = new Hub(flaky, new MemoryBroker());
+    const member = recorder();
+    const logged = console.error;
+    console.error = () => {};
+    try {
+      await hub.join("r", member);
+      const sent = (await store.append("r", { sender: null, body: "x", attachments: [] })).message;
+      hub.committed(sent);
+      await hub.idle();
+      // Read again (once, twice) or, if the store never answers, taken from the message.
+      assertEquals(member.seqs, [sent.seq], `head failing ${failures} times`);
+    } finally {
+      console.error = logged;
+      hub.close();
+    }
+  }
+  kv.close();
+});
