@@ -84,6 +84,12 @@ export function renderMetrics(metrics: Metrics, hub: Hub, frames?: FrameBudget):
     "Runs of messages found deleted before the hub delivered them (native sockets get a resync).",
     [["", hub.stats.gapsReported]],
   );
+  metric(
+    "chat_publish_failures_total",
+    "counter",
+    "Events the broker could not carry to the other isolates (messages still reach them through their head watches).",
+    [["", hub.stats.publishFailures]],
+  );
   metric("chat_duplicates_dropped_total", "counter", "Repeated deliveries dropped.", [[
     "",
     hub.stats.duplicatesDropped,

@@ -99,6 +99,8 @@ export interface HubStats {
   directFrames: number;
   /** Runs of messages found deleted before the hub could deliver them. */
   gapsReported: number;
+  /** Events the broker refused to carry to the other isolates. */
+  publishFailures: number;
 }
 
 const PAGE = 500;
@@ -131,6 +133,7 @@ export class Hub {
     duplicatesDropped: 0,
     directFrames: 0,
     gapsReported: 0,
+    publishFailures: 0,
   };
 
   /**
@@ -275,7 +278,12 @@ export class Hub {
     if (event.type === "closed" || event.type === "revoked") {
       for (const member of [...state.members]) {
         if (event.type === "closed" || String(member.user.id) === String(event.userId)) {
-          member.evict(event);
+          // One member's failure must not leave the others in a room they may not see.
+          try {
+            member.evict(event);
+          } catch (err) {
+            console.error("hub: evicting a member failed:", err);
+          }
         }
       }
       return;
@@ -446,16 +454,29 @@ export class Hub {
 
   /** Delivers a freshly committed message here and publishes it to the other hubs. */
   committed(message: Message): void {
-    this.#broker.publish({ type: "message", room: message.room, message });
+    this.#share({ type: "message", room: message.room, message });
     const state = this.#rooms.get(message.room);
     if (state) this.#enqueue(state, () => this.#deliverInOrder(state, message));
   }
 
   /** Delivers an ephemeral event (typing, read, presence) here and publishes it. */
   publish(event: RoomEvent): void {
-    this.#broker.publish(event);
+    this.#share(event);
     const state = this.#rooms.get(event.room);
     if (state) this.#fanout(state, event);
+  }
+
+  /**
+   * Publishes to the other hubs. A broker that throws must not cost this isolate's members the
+   * event: a committed message still reaches the other isolates through their head watches.
+   */
+  #share(event: RoomEvent): void {
+    try {
+      this.#broker.publish(event);
+    } catch (err) {
+      this.stats.publishFailures++;
+      console.error("hub: publishing to the other isolates failed:", err);
+    }
   }
 
   /** Hands an event that arrived by another route (a KV watch) to the room, if it has members. */

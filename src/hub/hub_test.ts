@@ -454,3 +454,40 @@ Deno.test("Hub whose first read of a room's head fails does not replay the room'
   }
   kv.close();
 });
+
+Deno.test("Hub delivers to its own members when the broker throws, and evicts the rest when one eviction throws", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const broken: Broker = {
+    publish() {
+      throw new Error("DataCloneError");
+    },
+    subscribe: () => () => {},
+    close() {},
+  };
+  const hub = new Hub(store, broken);
+  const member = recorder();
+  const evicted: string[] = [];
+  const failing = {
+    ...recorder(),
+    evict: () => {
+      throw new Error("socket gone");
+    },
+  };
+  const second = { ...recorder(), evict: () => void evicted.push("second") };
+  const logged = console.error;
+  console.error = () => {};
+  try {
+    for (const m of [member, failing, second]) await hub.join("r", m);
+    hub.committed((await store.append("r", { sender: null, body: "x", attachments: [] })).message);
+    await hub.idle();
+    assertEquals(member.seqs, [1]);
+    assertEquals(hub.stats.publishFailures, 1);
+    hub.publish({ type: "closed", room: "r", reason: "deleted" });
+    assertEquals(evicted, ["second"]);
+  } finally {
+    console.error = logged;
+    hub.close();
+    kv.close();
+  }
+});
