@@ -92,6 +92,7 @@ const EnvSchema = z.object({
   COMMIT_INTERVAL_MS: wholeNumber(DEFAULT_COMMIT_INTERVAL_MS, "0 never pauses"),
   FRAME_MEMORY_BUDGET_BYTES: wholeNumber(0, "0 turns the bound off"),
   INBOUND_QUEUE_BYTES: positiveInt(0).transform((v) => v === 0 ? undefined : v),
+  UPLOAD_MEMORY_BYTES: positiveInt(0).transform((v) => v === 0 ? undefined : v),
   PRESENCE_TTL_SECONDS: positiveInt(30),
   DATABASE_URL: optionalText,
   KV_PATH: optionalText,
@@ -164,6 +165,8 @@ export interface Config {
    * largest frame and 64 KiB.
    */
   inboundQueueBytes?: number;
+  /** Bytes of API uploads one isolate reads at once (default: four of the largest). */
+  uploadMemoryBytes?: number;
   /** Socket.IO: milliseconds between server pings. */
   socketIoPingIntervalMs: number;
   /** Socket.IO: milliseconds a client has to answer a ping before it is dropped. */
@@ -235,6 +238,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     commitIntervalMs: e.COMMIT_INTERVAL_MS,
     frameMemoryBudgetBytes: e.FRAME_MEMORY_BUDGET_BYTES,
     inboundQueueBytes: e.INBOUND_QUEUE_BYTES,
+    uploadMemoryBytes: e.UPLOAD_MEMORY_BYTES,
     presenceTtlSeconds: e.PRESENCE_TTL_SECONDS,
     databaseUrl: e.DATABASE_URL,
     kvPath,

@@ -1,6 +1,7 @@
 import { assertEquals, assertRejects } from "../tests/assert.ts";
 import { loadConfig } from "./config.ts";
 import { maxFrameSize, maxQueuedBytes } from "./dialects/context.ts";
+import { uploadMemoryBytes } from "./http/api/framework.ts";
 
 Deno.test("loadConfig() fills the documented defaults", () => {
   const c = loadConfig({});
@@ -118,4 +119,17 @@ Deno.test("loadConfig() refuses a MEDIA_DIR that holds the data directory or the
   ) {
     assertEquals(loadConfig({ DATA_DIR: "/srv/chat", MEDIA_DIR }).mediaDir, MEDIA_DIR);
   }
+});
+
+Deno.test("loadConfig() bounds the upload bytes read at once at four of the largest unless told a positive byte count, never under one", async () => {
+  const largest = 10 * 1024 * 1024 + 256 * 1024;
+  assertEquals(uploadMemoryBytes(loadConfig({})), 4 * largest);
+  assertEquals(uploadMemoryBytes(loadConfig({ UPLOAD_MEMORY_BYTES: "100000000" })), 100000000);
+  assertEquals(uploadMemoryBytes(loadConfig({ UPLOAD_MEMORY_BYTES: "1" })), largest);
+  assertEquals(
+    uploadMemoryBytes(loadConfig({ MAX_FILE_BYTES: "4096", UPLOAD_MEMORY_BYTES: "1" })),
+    4096 + 256 * 1024,
+  );
+  const err = await assertRejects(() => loadConfig({ UPLOAD_MEMORY_BYTES: "0" }));
+  assertEquals(err.message.includes("UPLOAD_MEMORY_BYTES"), true, err.message);
 });

@@ -7,7 +7,7 @@ import { loadConfig } from "../src/config.ts";
 import { API_ROUTES } from "../src/http/api/mod.ts";
 import { ADMIN_TOKEN, apiTest, requirePostgresInCi } from "./api_helpers.ts";
 import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
-import { TestClient } from "./helpers.ts";
+import { eventually, TestClient } from "./helpers.ts";
 
 requirePostgresInCi("admin API");
 
@@ -599,4 +599,74 @@ apiTest(
     );
   },
   { RATE_LIMIT_USER_PER_SECOND: "2" },
+);
+
+apiTest(
+  "uploads: the bytes read at once are bounded, 503 with Retry-After past it; an outsider is refused before the upload is read",
+  async (s) => {
+    await s.api("PUT", "/api/rooms/ticket/7", { json: { participants: [{ user_id: "3" }] } });
+    const boundary = { "content-type": "multipart/form-data; boundary=x" };
+    const part = '--x\r\ncontent-disposition: form-data; name="file"; filename="slow.txt"\r\n' +
+      "content-type: text/plain\r\n\r\nslow";
+    // An upload still arriving, with no length: it holds the most it may be, the whole bound.
+    let release!: () => void;
+    const gate = new Promise<void>((r) => release = r);
+    const held = new ReadableStream<Uint8Array>({
+      async start(controller) {
+        controller.enqueue(new TextEncoder().encode(part));
+        await gate;
+        controller.enqueue(new TextEncoder().encode("\r\n--x--\r\n"));
+        controller.close();
+      },
+    });
+    const slow = s.api("POST", "/api/rooms/ticket/7/attachments", {
+      body: held,
+      headers: boundary,
+    });
+    const heldBytes = async () => {
+      const text = await (await fetch(`${s.url}/metrics`)).text();
+      return Number(/^chat_api_upload_bytes (\d+)$/m.exec(text)?.[1]);
+    };
+    const quick = () => {
+      const form = new FormData();
+      form.append("file", new File(["x"], "quick.txt"));
+      return s.api("POST", "/api/rooms/ticket/7/attachments", { body: form });
+    };
+    try {
+      await eventually(async () => (await heldBytes()) > 0, 5000, "the upload to be held");
+      const busy = await quick();
+      assertEquals([busy.status, busy.headers.get("retry-after")], [503, "1"]);
+      assertEquals(busy.body.message, "Too many uploads are being read at once: try again shortly");
+    } finally {
+      // Also when an assertion failed: the held upload would keep the server from closing.
+      release();
+    }
+    assertEquals((await slow).status, 201);
+    assertEquals(await heldBytes(), 0);
+    assertEquals((await quick()).status, 201);
+    const history = await s.api("GET", "/api/rooms/ticket/7/messages");
+    assertEquals(
+      (history.body.messages as Json[]).map((m) => (m.attachments as Json[])[0].name),
+      ["slow.txt", "quick.txt"],
+    );
+
+    // Refused before the upload is read: read first, a body this long would have been cut
+    // off at the cap with 413.
+    const outsider = await s.token({ sub: "4" });
+    let sent = 0;
+    const long = new ReadableStream<Uint8Array>({
+      pull(controller) {
+        sent += 64 * 1024;
+        if (sent > 16 * 1024 * 1024) controller.close();
+        else controller.enqueue(new Uint8Array(64 * 1024));
+      },
+    });
+    const refused = await s.api("POST", "/api/rooms/ticket/7/attachments", {
+      body: long,
+      headers: boundary,
+      token: outsider,
+    });
+    assertEquals([refused.status, refused.body.message], [403, "Access denied to this room"]);
+  },
+  { MAX_FILE_BYTES: "4096", UPLOAD_MEMORY_BYTES: "1" },
 );

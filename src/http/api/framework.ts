@@ -39,6 +39,8 @@ const KNOWN_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", 
 export class ApiCounters {
   /** `METHOD status` → count. */
   readonly requests = new Map<string, number>();
+  /** Bytes of uploads being read or handled now (bounded by UPLOAD_MEMORY_BYTES). */
+  uploadBytes = 0;
 
   /** Counts one response. */
   count(method: string, status: number): void {
@@ -57,6 +59,11 @@ export class ApiCounters {
       const [method, status] = key.split(" ");
       lines.push(`chat_api_requests_total{method="${method}",status="${status}"} ${n}`);
     }
+    lines.push(
+      "# HELP chat_api_upload_bytes Bytes of uploads being read or handled (UPLOAD_MEMORY_BYTES bounds them).",
+      "# TYPE chat_api_upload_bytes gauge",
+      `chat_api_upload_bytes ${this.uploadBytes}`,
+    );
     return lines.join("\n") + "\n";
   }
 }
@@ -169,6 +176,11 @@ export interface RouteSpec<
   body?: BodySpec<B>;
   /** Responses by status, apart from the generic 400/401/403/500 added for every route. */
   responses: Record<number, ResponseSpec>;
+  /**
+   * Refuses a request before its body is read (throws an {@link ApiError}): a refusal after
+   * reading megabytes of upload would have cost the memory anyway.
+   */
+  admit?(input: { params: z.output<P>; caller?: Caller }, deps: ApiDeps): Promise<void>;
   /** Handles a validated request. */
   handle(
     input: RouteInput<z.output<P>, z.output<Q>, z.output<B>>,
@@ -240,6 +252,10 @@ export function defineRoute<
   }
   if (spec.body?.type === "multipart") {
     responses[415] ??= error("The body is not multipart/form-data.");
+    responses[503] ??= error(
+      "Uploads being read on this server already hold UPLOAD_MEMORY_BYTES; `Retry-After` says " +
+        "when to try again.",
+    );
   }
   responses[500] ??= error("Something failed on the server; it is logged.");
 
@@ -250,25 +266,37 @@ export function defineRoute<
       const caller = spec.public ? undefined : await authenticate(req, deps, spec.members ?? false);
       const params = validate(spec.params, c.req.param(), "path parameters");
       const query = validate(spec.query, queryObject(req), "query");
+      await spec.admit?.({ params: params as z.output<P>, caller }, deps);
       let body: unknown = undefined;
-      if (spec.body?.type === "json") {
-        body = validate(spec.body.schema, await readJson(req), "body");
-      } else if (spec.body?.type === "multipart") {
-        const cap = deps.config.maxFileBytes + MULTIPART_OVERHEAD_BYTES;
-        const form = await readMultipart(req, cap, deps.config.maxFileBytes);
-        body = validate(spec.body.schema, formObject(form, spec.body.arrays), "form");
+      let held = 0;
+      try {
+        if (spec.body?.type === "json") {
+          body = validate(spec.body.schema, await readJson(req), "body");
+        } else if (spec.body?.type === "multipart") {
+          const cap = deps.config.maxFileBytes + MULTIPART_OVERHEAD_BYTES;
+          // Held until the handler is done with the files (written, or refused).
+          held = holdUploadBytes(req, cap, deps);
+          const form = await readMultipart(req, cap, deps.config.maxFileBytes);
+          body = validate(spec.body.schema, formObject(form, spec.body.arrays), "form");
+        }
+        const reply = await spec.handle(
+          {
+            params: params as z.output<P>,
+            query: query as z.output<Q>,
+            body: body as z.output<B>,
+            req,
+            caller,
+          },
+          deps,
+        );
+        response = render(spec, responses, reply);
+      } finally {
+        if (held > 0) {
+          const budget = uploadsOf(deps);
+          budget.used -= held;
+          if (deps.counters) deps.counters.uploadBytes = budget.used;
+        }
       }
-      const reply = await spec.handle(
-        {
-          params: params as z.output<P>,
-          query: query as z.output<Q>,
-          body: body as z.output<B>,
-          req,
-          caller,
-        },
-        deps,
-      );
-      response = render(spec, responses, reply);
     } catch (err) {
       response = errorResponse(err, `${spec.method.toUpperCase()} ${spec.path}`);
     }
@@ -307,7 +335,11 @@ export function errorJson(
 }
 
 function errorResponse(err: unknown, where: string): Response {
-  if (err instanceof ApiError) return errorJson(err.status, err.message, err.issues, err.code);
+  if (err instanceof ApiError) {
+    const response = errorJson(err.status, err.message, err.issues, err.code);
+    if (err.status === 503) response.headers.set("retry-after", "1");
+    return response;
+  }
   console.error(`api: ${where} failed:`, err);
   return errorJson(500, "Internal server error");
 }
@@ -450,6 +482,46 @@ async function readJson(req: Request): Promise<unknown> {
   }
 }
 
+/** Bytes of upload bodies being read or handled on this isolate, against the bound. */
+const uploads = new WeakMap<ApiDeps, { used: number; limit: number }>();
+
+function uploadsOf(deps: ApiDeps): { used: number; limit: number } {
+  let budget = uploads.get(deps);
+  if (!budget) {
+    budget = { used: 0, limit: uploadMemoryBytes(deps.config) };
+    uploads.set(deps, budget);
+  }
+  return budget;
+}
+
+/**
+ * The bytes of upload bodies one isolate reads and handles at once: UPLOAD_MEMORY_BYTES, by
+ * default four of the largest, never under one.
+ */
+export function uploadMemoryBytes(config: Config): number {
+  const largest = config.maxFileBytes + MULTIPART_OVERHEAD_BYTES;
+  return Math.max(config.uploadMemoryBytes ?? 4 * largest, largest);
+}
+
+/**
+ * Counts an upload's bytes (as declared, or the most it may be) against the isolate's bound, or
+ * refuses it with 503: each upload is held in memory several times over while it is parsed and
+ * written, and uploads at once were unbounded.
+ */
+function holdUploadBytes(req: Request, cap: number, deps: ApiDeps): number {
+  const declared = Number(req.headers.get("content-length") ?? NaN);
+  // Over the cap: refused with 413 before a byte is read.
+  if (declared > cap) return 0;
+  const bytes = Number.isFinite(declared) && declared >= 0 ? declared : cap;
+  const budget = uploadsOf(deps);
+  if (budget.used > 0 && budget.used + bytes > budget.limit) {
+    throw new ApiError(503, "Too many uploads are being read at once: try again shortly");
+  }
+  budget.used += bytes;
+  if (deps.counters) deps.counters.uploadBytes = budget.used;
+  return bytes;
+}
+
 /**
  * Reads a multipart body of at most `cap` bytes; a single file over `maxFileBytes` is refused
  * with 413 naming it. The bounded buffer is parsed by the platform's FormData parser.
@@ -459,11 +531,27 @@ async function readMultipart(req: Request, cap: number, maxFileBytes: number): P
   if (!/^multipart\/form-data\s*;/i.test(type)) {
     throw new ApiError(415, `Expected Content-Type multipart/form-data, got "${type}"`);
   }
-  const bytes = await readCapped(req, cap, "Upload");
+  const declared = Number(req.headers.get("content-length") ?? NaN);
+  if (declared > cap) {
+    throw new ApiError(413, `Upload is too large: ${declared} bytes, the limit is ${cap} bytes`);
+  }
+  // Streamed into the parser through a counter, not gathered into one more copy first.
+  let total = 0;
+  const counted = req.body?.pipeThrough(
+    new TransformStream<Uint8Array, Uint8Array>({
+      transform(chunk, controller) {
+        total += chunk.length;
+        // Erroring here cancels the request body: nothing more is read.
+        if (total > cap) controller.error(new RangeError("over the cap"));
+        else controller.enqueue(chunk);
+      },
+    }),
+  );
   let form: FormData;
   try {
-    form = await new Response(bytes, { headers: { "content-type": type } }).formData();
+    form = await new Response(counted ?? null, { headers: { "content-type": type } }).formData();
   } catch (err) {
+    if (total > cap) throw new ApiError(413, `Upload is too large: over ${cap} bytes`);
     throw new ApiError(400, `Body is not valid multipart/form-data: ${(err as Error).message}`);
   }
   for (const value of form.values()) {

@@ -521,6 +521,17 @@ export const API_ROUTES: ApiRoute[] = [
         schema: ApiErrorBody,
       },
     },
+    // Before the upload is read, so that a user over the limit or outside the room costs no
+    // memory; the send checks access again.
+    async admit({ params, caller }, deps) {
+      if (caller?.kind !== "user" || isAdminRole(caller.user.role)) return;
+      // The same per-user send limit as on the sockets, or this route would be the way around it.
+      const verdict = deps.limiter?.take(caller.user.id, `api:${caller.user.id}`) ?? "ok";
+      if (verdict !== "ok") throw apiErrorOf(rateLimited());
+      if (!(await deps.chat.canAccess(caller.user, roomKeyOf(params.kind, params.id)))) {
+        throw apiErrorOf(new ChatError("forbidden", "Access denied to this room"));
+      }
+    },
     async handle({ params, body, req, caller }, deps) {
       const room = roomKeyOf(params.kind, params.id);
       // An admin may post as anyone (or as the system); any other user only as themselves, in
@@ -530,9 +541,6 @@ export const API_ROUTES: ApiRoute[] = [
         if (body.sender_id !== undefined && body.sender_id !== String(caller.user.id)) {
           throw new ApiError(403, `User "${caller.user.id}" may only post as themselves`);
         }
-        // The same per-user send limit as on the sockets, or this route would be the way around it.
-        const verdict = deps.limiter?.take(caller.user.id, `api:${caller.user.id}`) ?? "ok";
-        if (verdict !== "ok") throw apiErrorOf(rateLimited());
         sender = caller.user;
       } else {
         sender = await senderOf(deps, body.sender_id, room);
