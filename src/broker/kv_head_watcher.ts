@@ -61,22 +61,34 @@ export class KvHeadWatcher implements HeadWatcher {
     bucket.reader = undefined;
     if (this.#closed || !this.#active || bucket.rooms.length === 0) return;
     const rooms = [...bucket.rooms];
-    const reader = this.#kv.watch(rooms.map(KV_KEYS.head)).getReader();
+    let reader: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]>;
+    try {
+      reader = this.#kv.watch(rooms.map(KV_KEYS.head)).getReader();
+    } catch (err) {
+      console.error("kv watch could not start, trying again:", err);
+      const retry = setTimeout(() => bucket.reader === undefined && this.#restart(bucket), 500);
+      Deno.unrefTimer(retry);
+      return;
+    }
     bucket.reader = reader;
+    // Ended or failed, and not by us: without a restart, this group's rooms would stop hearing
+    // the other instances' commits, silently.
+    const again = (why: string, err?: unknown) => {
+      if (this.#closed || bucket.reader !== reader) return;
+      console.error(`kv watch ${why}, restarting:`, ...(err === undefined ? [] : [err]));
+      setTimeout(() => bucket.reader === reader && this.#restart(bucket), 500);
+    };
     (async () => {
       try {
         while (true) {
           const { value, done } = await reader.read();
-          if (done) return;
+          if (done) return again("ended");
           value.forEach((entry, i) => {
             if (typeof entry.value === "number") this.#onHead(rooms[i], entry.value);
           });
         }
       } catch (err) {
-        if (!this.#closed && bucket.reader === reader) {
-          console.error("kv watch failed, restarting:", err);
-          setTimeout(() => bucket.reader === reader && this.#restart(bucket), 500);
-        }
+        again("failed", err);
       }
     })();
   }
