@@ -21,7 +21,8 @@ import { createSocketIoTicketChat } from "./src/dialects/socketio_ticket/socketi
 // Pages written for the Node server load the client from it: `<script src="/socket.io/socket.io.js">`.
 import socketIoClientBundle from "socket.io-client/dist/socket.io.js" with { type: "text" };
 import type { SocketIOServer } from "./src/engine_io/mod.ts";
-import { createHttpApp, matchWsRoute } from "./src/http/app.ts";
+import { createHttpApp, type HttpDeps, matchWsRoute, ownMetrics } from "./src/http/app.ts";
+import { MetricsExchange } from "./src/http/metrics_exchange.ts";
 import { mountWeb } from "./src/http/web_routes.ts";
 import { ApiCounters, createApi } from "./src/http/api/mod.ts";
 import { openDirectory } from "./src/directory/open.ts";
@@ -176,11 +177,12 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     clientBundle: socketIoClientBundle,
   });
   const apiCounters = new ApiCounters();
-  const http = createHttpApp({
+  const isolateId = registry.id.slice(0, 8);
+  const httpDeps: HttpDeps = {
     metrics,
     hub,
     media,
-    isolateId: registry.id.slice(0, 8),
+    isolateId,
     peers: () => registry.others,
     healthCheck: async () => {
       await kv.get(["health"]);
@@ -199,7 +201,14 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     }),
     frames,
     extraMetrics: () => apiCounters.render(),
-  });
+    // Under `deno serve --parallel` a scrape reaches one isolate: it answers for all of them.
+    gatherMetrics: async () => {
+      const others = registry.alone ? 0 : (await registry.live()).here.size - 1;
+      return await exchange.gather(others);
+    },
+  };
+  const exchange = new MetricsExchange(config.kvPath, isolateId, () => ownMetrics(httpDeps));
+  const http = createHttpApp(httpDeps);
   // The chat page at `/`; the dev sign-in only while tokens are signed with the dev secret.
   mountWeb(http, { devSecret });
 
@@ -244,6 +253,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         chat.close();
         hub.close();
         broker.close();
+        exchange.close();
         await store.close();
         await registry.close();
         kv.close();

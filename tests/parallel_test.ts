@@ -84,7 +84,7 @@ export async function startParallelServer(env: Record<string, string> = {}) {
   return server;
 }
 
-Deno.test("parallel: a burst of 200 messages per client across isolates reaches every client in order, once", async () => {
+Deno.test("parallel: a burst of 200 messages per client across isolates reaches every client in order, once; /metrics from any isolate counts them all", async () => {
   const server = await startParallelServer();
   const clients: TestClient[] = [];
   try {
@@ -111,6 +111,21 @@ Deno.test("parallel: a burst of 200 messages per client across isolates reaches 
       assertEquals(pks, Array.from({ length: total }, (_, i) => i + 1));
     }
     await clients[0].nothing(undefined, 200);
+
+    // Whichever isolate a scrape reaches answers for both, each series labelled with its own.
+    const sum = (text: string, name: string) =>
+      [...text.matchAll(new RegExp(`^${name}\\{isolate="([^"]+)"[^}]*\\} (\\d+)$`, "gm"))]
+        .reduce((n, m) => n + Number(m[2]), 0);
+    for (let i = 0; i < 6; i++) {
+      const client = Deno.createHttpClient({ poolMaxIdlePerHost: 0 });
+      const text = await (await fetch(`${server.url}/metrics`, { client })).text();
+      client.close();
+      const labelled = new Set([...text.matchAll(/isolate="([^"]+)"/g)].map((m) => m[1]));
+      assertEquals([...labelled].sort(), [...isolates.keys()].sort(), text);
+      assertEquals(sum(text, "chat_connections"), clients.length);
+      assertEquals(sum(text, "chat_messages_in_total"), total);
+      assertEquals(text.match(/^# TYPE chat_connections gauge$/gm)?.length, 1);
+    }
   } finally {
     for (const c of clients) await c.close();
     await server.close();

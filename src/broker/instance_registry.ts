@@ -24,6 +24,8 @@ export interface LeaseSnapshot {
   ids: ReadonlySet<string>;
   /** Ids of every entry read, live or lapsed (a lapsed one stays until KV expires it). */
   seen: ReadonlySet<string>;
+  /** Ids of the live servers in this process (isolates of one `deno serve --parallel`), this one included. */
+  here: ReadonlySet<string>;
   /** Adds to `op` a check that fails if server `id`'s entry changed since this read. */
   check(op: Deno.AtomicOperation, id: string): void;
 }
@@ -111,13 +113,17 @@ export class InstanceRegistry {
   async live(): Promise<LeaseSnapshot> {
     const cutoff = Date.now() - this.#staleMs;
     const ids = new Set<string>([this.#id]);
+    const here = new Set<string>([this.#id]);
     const read = new Map<string, Deno.KvEntry<EntryValue>>();
     for await (const entry of this.#kv.list<EntryValue>({ prefix: ENTRIES })) {
       read.set(String(entry.key[1]), entry);
-      if (entry.value.seenAt >= cutoff) ids.add(String(entry.key[1]));
+      if (entry.value.seenAt < cutoff) continue;
+      ids.add(String(entry.key[1]));
+      if (entry.value.pid === Deno.pid) here.add(String(entry.key[1]));
     }
     return {
       ids,
+      here,
       seen: new Set(read.keys()),
       check: (op, id) => op.check(read.get(id) ?? { key: ENTRY(id), versionstamp: null }),
     };

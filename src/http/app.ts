@@ -28,6 +28,16 @@ export interface HttpDeps {
   frames?: FrameBudget;
   /** More Prometheus text appended to /metrics (the API's request counters). */
   extraMetrics?: () => string;
+  /**
+   * The whole /metrics text, when more than this isolate's counters may belong in it (the
+   * other isolates of a `deno serve --parallel` process); otherwise this isolate's.
+   */
+  gatherMetrics?: () => Promise<string>;
+}
+
+/** This isolate's /metrics text. */
+export function ownMetrics(deps: HttpDeps): string {
+  return renderMetrics(deps.metrics, deps.hub, deps.frames) + (deps.extraMetrics?.() ?? "");
 }
 
 /** Renders the counters in Prometheus text format. */
@@ -127,17 +137,10 @@ export function createHttpApp(deps: HttpDeps): Hono {
       return c.json({ status: "error", message: (err as Error).message }, 503);
     }
   });
-  app.get(
-    "/metrics",
-    (c) =>
-      c.body(
-        renderMetrics(deps.metrics, deps.hub, deps.frames) + (deps.extraMetrics?.() ?? ""),
-        200,
-        {
-          "content-type": "text/plain; version=0.0.4; charset=utf-8",
-        },
-      ),
-  );
+  app.get("/metrics", async (c) =>
+    c.body(await (deps.gatherMetrics?.() ?? ownMetrics(deps)), 200, {
+      "content-type": "text/plain; version=0.0.4; charset=utf-8",
+    }));
   if (deps.api) app.route("/", deps.api);
   mountMedia(app, deps.media);
   return app;
