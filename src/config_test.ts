@@ -1,6 +1,6 @@
 import { assertEquals, assertRejects } from "../tests/assert.ts";
 import { loadConfig } from "./config.ts";
-import { maxFrameSize, maxQueuedBytes } from "./dialects/context.ts";
+import { maxEventSize, maxFrameSize, maxQueuedBytes } from "./dialects/context.ts";
 import { uploadMemoryBytes } from "./http/api/framework.ts";
 
 Deno.test("loadConfig() fills the documented defaults", () => {
@@ -132,4 +132,17 @@ Deno.test("loadConfig() bounds the upload bytes read at once at four of the larg
   );
   const err = await assertRejects(() => loadConfig({ UPLOAD_MEMORY_BYTES: "0" }));
   assertEquals(err.message.includes("UPLOAD_MEMORY_BYTES"), true, err.message);
+});
+
+Deno.test("maxEventSize() lets a Socket.IO event carry a message's files, as far as Deno reads one message", () => {
+  assertEquals(maxEventSize(loadConfig({})), 64 * 1024 * 1024);
+  const small = loadConfig({ MAX_FILE_BYTES: "3000" });
+  assertEquals(maxEventSize(small), 10 * 4000 + 64 * 1024);
+  const huge = loadConfig({ MAX_FILE_BYTES: String(60 * 1024 * 1024) });
+  assertEquals(maxEventSize(huge), maxFrameSize(huge));
+  // The queue never refuses one such event with a ping behind it.
+  assertEquals(
+    maxQueuedBytes(loadConfig({}), maxEventSize(loadConfig({}))),
+    64 * 1024 * 1024 + 65536,
+  );
 });

@@ -2,7 +2,7 @@
 
 import type { Authenticator } from "../auth/authenticator.ts";
 import type { Config } from "../config.ts";
-import type { ChatService } from "../core/chat_service.ts";
+import { type ChatService, MAX_FILES_PER_MESSAGE } from "../core/chat_service.ts";
 import type { Metrics } from "../core/metrics.ts";
 import type { RateLimiter } from "../core/rate_limiter.ts";
 import type { Hub } from "../hub/hub.ts";
@@ -74,15 +74,27 @@ export function maxFrameSize(config: Config): number {
   return Math.ceil(config.maxFileBytes / 3) * 4 + 64 * 1024;
 }
 
+/** The largest WebSocket message Deno reads: past it, it closes the socket itself. */
+export const DENO_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+
+/**
+ * Largest Socket.IO event: as many files as a message may carry, each up to MAX_FILE_BYTES, as
+ * far as Deno reads one message (64 MiB: four files of 10 MiB), never under one largest frame.
+ * Its document sends every selected file in one `send_message`.
+ */
+export function maxEventSize(config: Config): number {
+  const all = MAX_FILES_PER_MESSAGE * (maxFrameSize(config) - 64 * 1024) + 64 * 1024;
+  return Math.max(maxFrameSize(config), Math.min(all, DENO_MAX_MESSAGE_BYTES));
+}
+
 /**
  * Most bytes of received frames a socket may have waiting to be handled: four of the largest
  * frames unless configured, so a client may send a few files back to back, not a flood of them;
- * never under one largest frame and 64 KiB, so a client that waits for each reply (and pings or
- * types meanwhile) is never refused.
+ * never under the `largest` message the socket may send and 64 KiB, so a client that waits for
+ * each reply (and pings or types meanwhile) is never refused.
  */
-export function maxQueuedBytes(config: Config): number {
-  const largest = maxFrameSize(config);
-  return Math.max(config.inboundQueueBytes ?? 4 * largest, largest + 64 * 1024);
+export function maxQueuedBytes(config: Config, largest = maxFrameSize(config)): number {
+  return Math.max(config.inboundQueueBytes ?? 4 * maxFrameSize(config), largest + 64 * 1024);
 }
 
 const optionSets = new WeakMap<DialectContext, Map<string, SocketOptions>>();

@@ -17,7 +17,7 @@ import {
   baseUrlOf,
   cookieOrigins,
   type DialectContext,
-  maxFrameSize,
+  maxEventSize,
   maxQueuedBytes,
 } from "../context.ts";
 import { optionalClientId } from "../frames.ts";
@@ -154,7 +154,7 @@ export function createSocketIoTicketChat(
   const origins = ctx.config.allowedOrigins;
   const io = new SocketIOServer({
     path: "/socket.io/",
-    maxPayload: maxFrameSize(ctx.config),
+    maxPayload: maxEventSize(ctx.config),
     pingInterval: options.pingInterval,
     pingTimeout: options.pingTimeout,
     allowedOrigins: origins.length > 0 ? origins : "*",
@@ -167,7 +167,7 @@ export function createSocketIoTicketChat(
   /** Bridge members by engine room, with the hub join each one waits for. */
   const bridges = new Map<string, { member: Member; joined: Promise<unknown> }>();
   const state = (socket: Socket) => socket.data as SocketState;
-  const queueBound = maxQueuedBytes(ctx.config);
+  const queueBound = maxQueuedBytes(ctx.config, maxEventSize(ctx.config));
   const engineRoom = (ticketId: string, baseUrl: string) => `ticket:${ticketId}\u0000${baseUrl}`;
   const userRoom = (user: Principal) => `user:${user.id}`;
 
