@@ -93,6 +93,7 @@ const EnvSchema = z.object({
   FRAME_MEMORY_BUDGET_BYTES: wholeNumber(0, "0 turns the bound off"),
   INBOUND_QUEUE_BYTES: positiveInt(0).transform((v) => v === 0 ? undefined : v),
   UPLOAD_MEMORY_BYTES: positiveInt(0).transform((v) => v === 0 ? undefined : v),
+  UPLOAD_IDLE_SECONDS: positiveInt(20),
   PRESENCE_TTL_SECONDS: positiveInt(30),
   DATABASE_URL: optionalText,
   KV_PATH: optionalText,
@@ -167,6 +168,8 @@ export interface Config {
   inboundQueueBytes?: number;
   /** Bytes of API uploads one isolate reads at once (default: four of the largest). */
   uploadMemoryBytes?: number;
+  /** Seconds an API upload may send nothing before it is ended with 408. */
+  uploadIdleSeconds: number;
   /** Socket.IO: milliseconds between server pings. */
   socketIoPingIntervalMs: number;
   /** Socket.IO: milliseconds a client has to answer a ping before it is dropped. */
@@ -239,6 +242,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     frameMemoryBudgetBytes: e.FRAME_MEMORY_BUDGET_BYTES,
     inboundQueueBytes: e.INBOUND_QUEUE_BYTES,
     uploadMemoryBytes: e.UPLOAD_MEMORY_BYTES,
+    uploadIdleSeconds: e.UPLOAD_IDLE_SECONDS,
     presenceTtlSeconds: e.PRESENCE_TTL_SECONDS,
     databaseUrl: e.DATABASE_URL,
     kvPath,

@@ -130,6 +130,10 @@ Deno.test("loadConfig() bounds the upload bytes read at once at four of the larg
     uploadMemoryBytes(loadConfig({ MAX_FILE_BYTES: "4096", UPLOAD_MEMORY_BYTES: "1" })),
     4096 + 256 * 1024,
   );
+  assertEquals([
+    loadConfig({}).uploadIdleSeconds,
+    loadConfig({ UPLOAD_IDLE_SECONDS: "5" }).uploadIdleSeconds,
+  ], [20, 5]);
   const err = await assertRejects(() => loadConfig({ UPLOAD_MEMORY_BYTES: "0" }));
   assertEquals(err.message.includes("UPLOAD_MEMORY_BYTES"), true, err.message);
 });

@@ -670,3 +670,46 @@ apiTest(
   },
   { MAX_FILE_BYTES: "4096", UPLOAD_MEMORY_BYTES: "1" },
 );
+
+apiTest(
+  "uploads: one that stops arriving is ended with 408 and gives its share of the bound back",
+  async (s) => {
+    const part = '--x\r\ncontent-disposition: form-data; name="file"; filename="a.txt"\r\n\r\nab';
+    let stop!: () => void;
+    const stopped = new Promise<void>((r) => stop = r);
+    const stalled = new ReadableStream<Uint8Array>({
+      async start(controller) {
+        controller.enqueue(new TextEncoder().encode(part));
+        // Nothing more until the test is over.
+        await stopped;
+        controller.close();
+      },
+    });
+    // Should the server wait for ever, the body ends after 10 s and the status shows it.
+    const guard = setTimeout(stop, 10_000);
+    try {
+      const started = Date.now();
+      const res = await s.api("POST", "/api/rooms/ticket/8/attachments", {
+        body: stalled,
+        headers: { "content-type": "multipart/form-data; boundary=x" },
+      });
+      assertEquals([res.status, res.body.message], [
+        408,
+        "Upload stalled: nothing arrived for 1 s",
+      ]);
+      assert(Date.now() - started < 10_000);
+    } finally {
+      clearTimeout(guard);
+      stop();
+    }
+    const metrics = await (await fetch(`${s.url}/metrics`)).text();
+    assertMatch(metrics, /^chat_api_upload_bytes 0$/m);
+    const form = new FormData();
+    form.append("file", new File(["x"], "after.txt"));
+    assertEquals(
+      (await s.api("POST", "/api/rooms/ticket/8/attachments", { body: form })).status,
+      201,
+    );
+  },
+  { MAX_FILE_BYTES: "4096", UPLOAD_MEMORY_BYTES: "1", UPLOAD_IDLE_SECONDS: "1" },
+);

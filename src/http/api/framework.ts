@@ -252,6 +252,7 @@ export function defineRoute<
   }
   if (spec.body?.type === "multipart") {
     responses[415] ??= error("The body is not multipart/form-data.");
+    responses[408] ??= error("Nothing of the body arrived for UPLOAD_IDLE_SECONDS.");
     responses[503] ??= error(
       "Uploads being read on this server already hold UPLOAD_MEMORY_BYTES; `Retry-After` says " +
         "when to try again.",
@@ -266,17 +267,21 @@ export function defineRoute<
       const caller = spec.public ? undefined : await authenticate(req, deps, spec.members ?? false);
       const params = validate(spec.params, c.req.param(), "path parameters");
       const query = validate(spec.query, queryObject(req), "query");
-      await spec.admit?.({ params: params as z.output<P>, caller }, deps);
       let body: unknown = undefined;
       let held = 0;
       try {
+        const cap = deps.config.maxFileBytes + MULTIPART_OVERHEAD_BYTES;
+        if (spec.body?.type === "multipart") {
+          requireMultipart(req);
+          // Before `admit`: a client told to come back later has not spent its send allowance.
+          // Held until the handler is done with the files (written, or refused).
+          held = holdUploadBytes(req, cap, deps);
+        }
+        await spec.admit?.({ params: params as z.output<P>, caller }, deps);
         if (spec.body?.type === "json") {
           body = validate(spec.body.schema, await readJson(req), "body");
         } else if (spec.body?.type === "multipart") {
-          const cap = deps.config.maxFileBytes + MULTIPART_OVERHEAD_BYTES;
-          // Held until the handler is done with the files (written, or refused).
-          held = holdUploadBytes(req, cap, deps);
-          const form = await readMultipart(req, cap, deps.config.maxFileBytes);
+          const form = await readMultipart(req, cap, deps.config);
           body = validate(spec.body.schema, formObject(form, spec.body.arrays), "form");
         }
         const reply = await spec.handle(
@@ -522,28 +527,52 @@ function holdUploadBytes(req: Request, cap: number, deps: ApiDeps): number {
   return bytes;
 }
 
-/**
- * Reads a multipart body of at most `cap` bytes; a single file over `maxFileBytes` is refused
- * with 413 naming it. The bounded buffer is parsed by the platform's FormData parser.
- */
-async function readMultipart(req: Request, cap: number, maxFileBytes: number): Promise<FormData> {
+/** Refuses with 415 a body that is not multipart/form-data; returns its content type. */
+function requireMultipart(req: Request): string {
   const type = req.headers.get("content-type") ?? "";
   if (!/^multipart\/form-data\s*;/i.test(type)) {
     throw new ApiError(415, `Expected Content-Type multipart/form-data, got "${type}"`);
   }
+  return type;
+}
+
+/**
+ * Reads a multipart body of at most `cap` bytes; a single file over `maxFileBytes` is refused
+ * with 413 naming it. The bounded buffer is parsed by the platform's FormData parser.
+ */
+async function readMultipart(req: Request, cap: number, config: Config): Promise<FormData> {
+  const type = requireMultipart(req);
+  const maxFileBytes = config.maxFileBytes;
   const declared = Number(req.headers.get("content-length") ?? NaN);
   if (declared > cap) {
     throw new ApiError(413, `Upload is too large: ${declared} bytes, the limit is ${cap} bytes`);
   }
-  // Streamed into the parser through a counter, not gathered into one more copy first.
+  // Streamed into the parser through a counter, not gathered into one more copy first. An upload
+  // that stops arriving is ended: it holds its share of UPLOAD_MEMORY_BYTES while it waits.
+  const idleMs = config.uploadIdleSeconds * 1000;
   let total = 0;
+  let stalled = false;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let onIdle = () => {};
   const counted = req.body?.pipeThrough(
     new TransformStream<Uint8Array, Uint8Array>({
+      start(controller) {
+        onIdle = () => {
+          stalled = true;
+          controller.error(new RangeError("stalled"));
+        };
+        timer = setTimeout(onIdle, idleMs);
+      },
       transform(chunk, controller) {
+        clearTimeout(timer);
         total += chunk.length;
         // Erroring here cancels the request body: nothing more is read.
-        if (total > cap) controller.error(new RangeError("over the cap"));
-        else controller.enqueue(chunk);
+        if (total > cap) return controller.error(new RangeError("over the cap"));
+        controller.enqueue(chunk);
+        timer = setTimeout(onIdle, idleMs);
+      },
+      flush() {
+        clearTimeout(timer);
       },
     }),
   );
@@ -552,7 +581,15 @@ async function readMultipart(req: Request, cap: number, maxFileBytes: number): P
     form = await new Response(counted ?? null, { headers: { "content-type": type } }).formData();
   } catch (err) {
     if (total > cap) throw new ApiError(413, `Upload is too large: over ${cap} bytes`);
+    if (stalled) {
+      throw new ApiError(
+        408,
+        `Upload stalled: nothing arrived for ${config.uploadIdleSeconds} s`,
+      );
+    }
     throw new ApiError(400, `Body is not valid multipart/form-data: ${(err as Error).message}`);
+  } finally {
+    clearTimeout(timer);
   }
   for (const value of form.values()) {
     if (typeof value !== "string" && value.size > maxFileBytes) {
