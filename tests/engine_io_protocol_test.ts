@@ -521,6 +521,24 @@ Deno.test("maxPayload is enforced on streamed bodies and websocket messages", as
   });
 });
 
+Deno.test("maxPollingPayload bounds polling POSTs below maxPayload; WebSocket messages keep maxPayload", async () => {
+  await withServer({ maxPayload: 4000, maxPollingPayload: 1000 }, async (ctx) => {
+    const { sid, open } = await handshake(ctx);
+    // The handshake tells clients the size to batch polling POSTs by.
+    strictEqual(open.maxPayload, 1000);
+    strictEqual((await post(ctx, sid, `42["echo","${"b".repeat(1200)}"]`)).status, 413);
+
+    const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket`);
+    await peer.next();
+    peer.send("40");
+    await peer.next();
+    const big = `42["echo","${"c".repeat(3000)}"]`;
+    peer.send(big);
+    strictEqual(await peer.next(), big);
+    peer.close();
+  });
+});
+
 Deno.test("CORS: origins are echoed with credentials, preflights answered, others refused", async () => {
   await withServer({}, async (ctx) => {
     const reply = await get(ctx, "EIO=4&transport=polling", {

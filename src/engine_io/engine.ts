@@ -39,6 +39,8 @@ export interface EngineOptions {
   upgradeTimeout?: number;
   /** Largest HTTP body or WebSocket message in bytes; default 16 MiB. */
   maxPayload?: number;
+  /** Largest long-polling POST body in bytes, when it should be under `maxPayload`. */
+  maxPollingPayload?: number;
   /** Enabled transports; default both. */
   transports?: readonly TransportName[];
   /** Whether polling sessions may upgrade to WebSocket; default true. */
@@ -151,6 +153,7 @@ interface ResolvedOptions {
   pingTimeout: number;
   upgradeTimeout: number;
   maxPayload: number;
+  maxPollingPayload: number;
   transports: readonly TransportName[];
   allowUpgrades: boolean;
   allowedOrigins: AllowedOrigins;
@@ -390,7 +393,8 @@ class Session implements EngineSocket {
       upgrades: canUpgrade ? ["websocket"] : [],
       pingInterval: options.pingInterval,
       pingTimeout: options.pingTimeout,
-      maxPayload: options.maxPayload,
+      // Clients size their polling batches by it; WebSocket messages are sent one by one.
+      maxPayload: options.maxPollingPayload,
     };
     this.#buffer.push({ type: "open", data: JSON.stringify(open) });
     this.#flush();
@@ -729,6 +733,10 @@ export class EngineServer {
       pingTimeout: options.pingTimeout ?? 20_000,
       upgradeTimeout: options.upgradeTimeout ?? 10_000,
       maxPayload: options.maxPayload ?? DEFAULT_MAX_PAYLOAD,
+      maxPollingPayload: Math.min(
+        options.maxPollingPayload ?? Infinity,
+        options.maxPayload ?? DEFAULT_MAX_PAYLOAD,
+      ),
       transports: options.transports ?? ["polling", "websocket"],
       allowUpgrades: options.allowUpgrades ?? true,
       allowedOrigins: options.allowedOrigins ?? "*",
@@ -835,7 +843,7 @@ export class EngineServer {
       return fail(ErrorCode.BAD_REQUEST);
     }
     if (!session.beginPost()) return fail(ErrorCode.BAD_REQUEST);
-    const body = await readBody(req, this.#options.maxPayload);
+    const body = await readBody(req, this.#options.maxPollingPayload);
     session.endPost();
     if (!body.ok) {
       session.fail("transport error", body.tooLarge ? "payload too large" : "POST aborted");
@@ -904,7 +912,7 @@ export class EngineServer {
       if (req.headers.get("content-type")?.startsWith("application/octet-stream")) {
         return this.#respond(errorReply(ErrorCode.BAD_REQUEST), origin);
       }
-      const body = await readBody(req, this.#options.maxPayload);
+      const body = await readBody(req, this.#options.maxPollingPayload);
       if (!body.ok && !body.tooLarge) {
         return this.#respond(errorReply(ErrorCode.BAD_REQUEST), origin);
       }

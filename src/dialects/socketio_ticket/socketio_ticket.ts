@@ -18,6 +18,7 @@ import {
   cookieOrigins,
   type DialectContext,
   maxEventSize,
+  maxFrameSize,
   maxQueuedBytes,
 } from "../context.ts";
 import { optionalClientId } from "../frames.ts";
@@ -155,6 +156,10 @@ export function createSocketIoTicketChat(
   const io = new SocketIOServer({
     path: "/socket.io/",
     maxPayload: maxEventSize(ctx.config),
+    // A polling POST is read whole before anyone is authenticated, and under `--parallel` may
+    // be relayed: one file's frame, as before. Several files go over the WebSocket the client
+    // moves to at once, whose messages Deno reads up to 64 MiB whatever the limit is.
+    maxPollingPayload: maxFrameSize(ctx.config),
     pingInterval: options.pingInterval,
     pingTimeout: options.pingTimeout,
     allowedOrigins: origins.length > 0 ? origins : "*",
