@@ -1,7 +1,7 @@
 /** Environment → typed configuration, validated with zod; a bad value fails fast with a readable message. */
 
 import { z } from "zod";
-import { isAbsolute, join, relative, resolve, sep } from "node:path";
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
 import { DEFAULT_COMMIT_INTERVAL_MS, DEFAULT_PAUSE_ABOVE_CPU } from "./store/kv_message_store.ts";
 
 const optionalText = z.string().trim().optional().transform((v) => v === "" ? undefined : v);
@@ -188,6 +188,35 @@ export interface Config {
   chatPathProtocol: "conversations" | "rooms";
 }
 
+/** `path` with every link in its existing part followed; the rest as written. */
+function realPath(path: string): string {
+  const rest: string[] = [];
+  let at = resolve(path);
+  while (true) {
+    try {
+      return join(Deno.realPathSync(at), ...rest);
+    } catch {
+      const parent = dirname(at);
+      if (parent === at) return resolve(path);
+      rest.unshift(basename(at));
+      at = parent;
+    }
+  }
+}
+
+/** False for what is not a file: an in-memory store or a URL. */
+function isLocalPath(path: string): boolean {
+  return path !== ":memory:" && !/^[a-z][a-z0-9+.-]+:\/\//i.test(path);
+}
+
+/** The SQLite file a DATABASE_URL names, if it names one (see src/directory/open.ts). */
+function localDatabaseFile(url: string | undefined): string | undefined {
+  const value = url?.trim() ?? "";
+  if (value === "" || /^postgres(ql)?:/i.test(value)) return undefined;
+  const path = value.replace(/^(sqlite|file):(\/\/)?/i, "");
+  return path !== "" && isLocalPath(path) ? path : undefined;
+}
+
 /** Reads the configuration from an environment map; throws an Error listing every bad value. */
 export function loadConfig(env: Record<string, string | undefined>): Config {
   const parsed = EnvSchema.safeParse(env);
@@ -199,14 +228,18 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   const mediaDir = e.MEDIA_DIR ? resolve(e.MEDIA_DIR) : join(e.DATA_DIR, "media");
   const kvPath = e.KV_PATH ?? join(e.DATA_DIR, "chat.kv");
   // Everything under the media directory is served to anyone: the data directory holds the
-  // development secret and the SQLite files, the KV file every message.
+  // development secret and the SQLite files, the KV file every message. Compared with links
+  // followed, as the media route follows them.
+  const media = realPath(mediaDir);
   const served = (path: string) => {
-    const from = relative(mediaDir, resolve(path));
+    const from = relative(media, realPath(path));
     return from === "" || (from !== ".." && !from.startsWith(`..${sep}`) && !isAbsolute(from));
   };
+  const sqliteFile = localDatabaseFile(e.DATABASE_URL);
   const exposed = [
     ...(served(e.DATA_DIR) ? [`DATA_DIR (${e.DATA_DIR})`] : []),
-    ...(served(kvPath) ? [`KV_PATH (${kvPath})`] : []),
+    ...(isLocalPath(kvPath) && served(kvPath) ? [`KV_PATH (${kvPath})`] : []),
+    ...(sqliteFile && served(sqliteFile) ? [`DATABASE_URL (${sqliteFile})`] : []),
   ];
   if (exposed.length > 0) {
     throw new Error(

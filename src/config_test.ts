@@ -150,3 +150,38 @@ Deno.test("maxEventSize() lets a Socket.IO event carry a message's files, as far
     64 * 1024 * 1024 + 65536,
   );
 });
+
+Deno.test("loadConfig() follows links when it compares MEDIA_DIR with the data, and checks a SQLite DATABASE_URL too", async () => {
+  const root = await Deno.makeTempDir({ prefix: "chat-config-" });
+  try {
+    const data = `${root}/data`;
+    await Deno.mkdir(data);
+    await Deno.symlink(data, `${root}/public`);
+    for (
+      const env of [
+        { DATA_DIR: data, MEDIA_DIR: `${root}/public` },
+        { DATA_DIR: `${root}/public`, MEDIA_DIR: data },
+        { DATA_DIR: data, MEDIA_DIR: `${root}/pub`, DATABASE_URL: `${root}/pub/dir.sqlite3` },
+        { DATA_DIR: data, MEDIA_DIR: `${root}/pub`, DATABASE_URL: `sqlite:${root}/pub/d.db` },
+      ]
+    ) {
+      const err = await assertRejects(() => loadConfig(env));
+      assertEquals(/MEDIA_DIR: .* must not contain/.test(err.message), true, JSON.stringify(env));
+    }
+    // An in-memory KV or a Postgres directory is no file to serve.
+    for (
+      const env of [
+        { DATA_DIR: data, MEDIA_DIR: root + "/m", KV_PATH: ":memory:" },
+        { DATA_DIR: data, MEDIA_DIR: root + "/m", DATABASE_URL: "postgres://u@h/db" },
+      ]
+    ) {
+      assertEquals(loadConfig(env).mediaDir, `${root}/m`);
+    }
+    assertEquals(
+      loadConfig({ DATA_DIR: "/srv/chat", MEDIA_DIR: root, KV_PATH: ":memory:" }).mediaDir,
+      root,
+    );
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
