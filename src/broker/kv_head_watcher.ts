@@ -18,6 +18,13 @@ export interface HeadWatcher {
 interface Bucket {
   rooms: string[];
   reader?: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]>;
+  /** Restarts since the watch last delivered: each waits twice as long, up to 30 s. */
+  failures?: number;
+}
+
+/** How long to wait before restarting a watch that ended or failed `failures` times running. */
+function backoffMs(failures: number): number {
+  return Math.min(500 * 2 ** failures, 30_000);
 }
 
 /**
@@ -65,8 +72,12 @@ export class KvHeadWatcher implements HeadWatcher {
     try {
       reader = this.#kv.watch(rooms.map(KV_KEYS.head)).getReader();
     } catch (err) {
-      console.error("kv watch could not start, trying again:", err);
-      const retry = setTimeout(() => bucket.reader === undefined && this.#restart(bucket), 500);
+      const failures = bucket.failures = (bucket.failures ?? 0) + 1;
+      if (failures === 1) console.error("kv watch could not start, trying again:", err);
+      const retry = setTimeout(
+        () => bucket.reader === undefined && this.#restart(bucket),
+        backoffMs(failures),
+      );
       Deno.unrefTimer(retry);
       return;
     }
@@ -75,14 +86,23 @@ export class KvHeadWatcher implements HeadWatcher {
     // the other instances' commits, silently.
     const again = (why: string, err?: unknown) => {
       if (this.#closed || bucket.reader !== reader) return;
-      console.error(`kv watch ${why}, restarting:`, ...(err === undefined ? [] : [err]));
-      setTimeout(() => bucket.reader === reader && this.#restart(bucket), 500);
+      // Logged once per run of failures: a store that is gone would otherwise fill the log.
+      const failures = bucket.failures = (bucket.failures ?? 0) + 1;
+      if (failures === 1) {
+        console.error(`kv watch ${why}, restarting:`, ...(err === undefined ? [] : [err]));
+      }
+      const retry = setTimeout(
+        () => bucket.reader === reader && this.#restart(bucket),
+        backoffMs(failures),
+      );
+      Deno.unrefTimer(retry);
     };
     (async () => {
       try {
         while (true) {
           const { value, done } = await reader.read();
           if (done) return again("ended");
+          bucket.failures = 0;
           value.forEach((entry, i) => {
             if (typeof entry.value === "number") this.#onHead(rooms[i], entry.value);
           });
