@@ -24,8 +24,13 @@ export class MetricsExchange {
     this.#channel.onmessage = (e: MessageEvent<Note>) => {
       const note = e.data;
       if (note.kind === "ask") {
-        const text = this.#render();
-        this.#channel.postMessage({ kind: "answer", nonce: note.nonce, isolate, text });
+        // A throw in a channel's handler would end the isolate: the asker just goes without.
+        try {
+          const text = this.#render();
+          this.#channel.postMessage({ kind: "answer", nonce: note.nonce, isolate, text });
+        } catch (err) {
+          console.error("metrics: answering another isolate failed:", err);
+        }
       } else {
         this.#waiting.get(note.nonce)?.(note.isolate, note.text);
       }
@@ -75,7 +80,6 @@ export function mergeMetrics(texts: ReadonlyMap<string, string>): string {
       const comment = /^# (HELP|TYPE) (\S+)/.exec(line);
       const name = comment ? comment[2] : /^[a-zA-Z_:][a-zA-Z0-9_:]*/.exec(line)?.[0];
       if (!name) continue;
-      // A histogram's or summary's _sum and _count belong with the family that declared them.
       let family = families.get(name);
       if (!family) {
         family = { head: [], series: [] };
