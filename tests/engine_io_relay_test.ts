@@ -30,6 +30,8 @@ interface Node {
 interface Cluster {
   a: Node;
   b: Node;
+  /** The relay's channel name. */
+  name: string;
 }
 
 function setup(io: SocketIOServer, node: Pick<Node, "sockets" | "reasons">): void {
@@ -90,7 +92,7 @@ async function withCluster(
   const a = await startNode(name, options);
   const b = await startNode(name, options);
   try {
-    await fn({ a, b });
+    await fn({ a, b, name });
   } finally {
     await stopNode(a);
     await stopNode(b);
@@ -326,8 +328,12 @@ Deno.test("relay: socket.io-client over polling, requests alternating between th
   });
 });
 
-Deno.test("relay: a websocket upgrade that lands on the non-owner is bridged to the owner", async () => {
-  await withCluster({ pingInterval: 200, pingTimeout: 400 }, async ({ a, b }) => {
+Deno.test("relay: a websocket upgrade that lands on the non-owner is bridged to the owner, its frames addressed to it alone", async () => {
+  await withCluster({ pingInterval: 200, pingTimeout: 400 }, async ({ a, b, name }) => {
+    // A third isolate of the process: frames of up to 64 MiB must not be copied to it.
+    const bystander = new BroadcastChannel(name);
+    let overheard = 0;
+    bystander.onmessage = () => overheard++;
     const proxy = startProxy((req, url, count) => {
       if (!url.searchParams.has("sid")) return a;
       if (req.headers.get("upgrade")) return b;
@@ -347,6 +353,7 @@ Deno.test("relay: a websocket upgrade that lands on the non-owner is bridged to 
       ]);
       const bytes = new Uint8Array(512 * 1024).map((_, i) => (i * 7) & 0xff);
       deepStrictEqual(new Uint8Array(await client.emitWithAck("echo", bytes)), bytes);
+      strictEqual(overheard, 0, "messages heard by an isolate they were not for");
       client.on("question", (n: number, ack: (v: number) => void) => ack(n + 1));
       strictEqual(await a.sockets[0].timeout(2000).emitWithAck("question", 1), 2);
       // Pings and pongs cross the bridge; the session outlives several heartbeats.
@@ -360,6 +367,7 @@ Deno.test("relay: a websocket upgrade that lands on the non-owner is bridged to 
       strictEqual((await closed)[0], "transport close");
     } finally {
       client.disconnect();
+      bystander.close();
       await proxy.stop();
     }
     deepStrictEqual(a.reasons, ["forced close"]);

@@ -100,6 +100,9 @@ interface Call {
   resolve(result: Result | null): void;
 }
 
+/** Channels to other nodes kept open at once (isolates of a process are a handful). */
+const MAX_PEER_CHANNELS = 32;
+
 const NODE_PATTERN = /^p([0-9a-z]+)n[0-9a-f]{8}$/;
 
 function randomHex(bytes: number): string {
@@ -117,6 +120,11 @@ export class BroadcastChannelRelay implements SessionRelay {
   #ackTimeout: number;
   #replyTimeout: number;
   #channel: BroadcastChannel | null = null;
+  /**
+   * One channel per node written to, named after it: a message (a polling body, a WebSocket
+   * frame of up to 64 MiB) is copied to its addressee only, not to every isolate.
+   */
+  #peers = new Map<string, BroadcastChannel>();
   #owner: RelayOwner | null = null;
   #seq = 0;
   #calls = new Map<string, Call>();
@@ -135,7 +143,7 @@ export class BroadcastChannelRelay implements SessionRelay {
   attach(owner: RelayOwner): void {
     if (this.#closed || this.#channel) return;
     this.#owner = owner;
-    this.#channel = new BroadcastChannel(this.#name);
+    this.#channel = new BroadcastChannel(`${this.#name}:${this.nodeId}`);
     this.#channel.onmessage = (event: MessageEvent<Message>) => this.#receive(event.data);
   }
 
@@ -179,11 +187,25 @@ export class BroadcastChannelRelay implements SessionRelay {
       await new Promise((resolve) => setTimeout(resolve, 0));
       this.#channel.close();
       this.#channel = null;
+      for (const peer of this.#peers.values()) peer.close();
+      this.#peers.clear();
     }
   }
 
   #send(message: Message): void {
-    this.#channel?.postMessage(message);
+    if (!this.#channel) return;
+    let peer = this.#peers.get(message.to);
+    if (!peer) {
+      // Node ids come from sids a client sends: the oldest channel goes past a few dozen.
+      if (this.#peers.size >= MAX_PEER_CHANNELS) {
+        const [oldest, channel] = this.#peers.entries().next().value!;
+        channel.close();
+        this.#peers.delete(oldest);
+      }
+      peer = new BroadcastChannel(`${this.#name}:${message.to}`);
+      this.#peers.set(message.to, peer);
+    }
+    peer.postMessage(message);
   }
 
   #bridge(id: string, peer: string): Bridge {
