@@ -24,7 +24,7 @@ interface Bucket {
 
 /** How long to wait before restarting a watch that ended or failed `failures` times running. */
 function backoffMs(failures: number): number {
-  return Math.min(500 * 2 ** failures, 30_000);
+  return Math.min(500 * 2 ** (failures - 1), 30_000);
 }
 
 /**
