@@ -341,7 +341,11 @@ export class Hub {
     return this.#enqueue(state, async () => {
       state.joining--;
       if (state.headUnknown) await this.#learnHead(state, room);
-      if (options.since !== undefined && options.since > state.last && !state.headUnknown) {
+      // Not knowing where the room stands, a replay would skip messages without a word.
+      if (state.headUnknown && options.since !== undefined) {
+        throw new Error(`The head of room "${room}" could not be read; try again`);
+      }
+      if (options.since !== undefined && options.since > state.last) {
         // The client has messages this hub has not delivered yet (committed elsewhere, on
         // their way here): delivered later, they would reach it a second time. Read up to
         // there now, as far as the store has them; the members already in need them too.
@@ -461,21 +465,24 @@ export class Hub {
 
   /** Delivers an ephemeral event (typing, read, presence) here and publishes it. */
   publish(event: RoomEvent): void {
-    this.#share(event);
+    const failure = this.#share(event);
     const state = this.#rooms.get(event.room);
     if (state) this.#fanout(state, event);
+    // Nothing brings a lost eviction to the other isolates later: the caller must know.
+    if (failure && (event.type === "closed" || event.type === "revoked")) throw failure.error;
   }
 
   /**
    * Publishes to the other hubs. A broker that throws must not cost this isolate's members the
    * event: a committed message still reaches the other isolates through their head watches.
    */
-  #share(event: RoomEvent): void {
+  #share(event: RoomEvent): { error: unknown } | undefined {
     try {
       this.#broker.publish(event);
-    } catch (err) {
+    } catch (error) {
       this.stats.publishFailures++;
-      console.error("hub: publishing to the other isolates failed:", err);
+      console.error("hub: publishing to the other isolates failed:", error);
+      return { error };
     }
   }
 
