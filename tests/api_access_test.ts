@@ -311,8 +311,8 @@ for (const backend of BACKENDS) {
       let held: { checking: () => void; gate: Promise<void> } | undefined;
       const s = await startApiServer(backend, {}, {
         access: (inner) => ({
-          async canAccess(user, room) {
-            const allowed = await inner.canAccess(user, room);
+          async canAccess(user, room, options) {
+            const allowed = await inner.canAccess(user, room, options);
             const hold = held;
             if (hold && String(user.id) === "4" && room === "ticket:1") {
               held = undefined;

@@ -219,6 +219,13 @@ Deno.test("directory access [sqlite file]: decisions are reused until anyone com
     await directory.addParticipant("ticket", "1", { userId: "4", role: "member" });
     assert(await policy.canAccess(four, "ticket:1"), "this connection's own commit");
     assertEquals(lookups, 4);
+
+    // A fresh check (a join's second, once it is in the room) reads past the cache at once.
+    assert(await policy.canAccess(four, "ticket:1"), "from the cache");
+    assertEquals(lookups, 4);
+    await other.removeParticipant("ticket", "1", "4");
+    assertEquals(await policy.canAccess(four, "ticket:1", { fresh: true }), false, "fresh");
+    assertEquals(lookups, 5);
   } finally {
     await other.close();
     await directory.close();

@@ -313,8 +313,8 @@ Deno.test("native: a socket closed while its join's access check is under way le
   const gate = new Promise<void>((r) => release = r);
   const server = await startTestServer({}, {
     access: (inner) => ({
-      async canAccess(user, room) {
-        const ok = await inner.canAccess(user, room);
+      async canAccess(user, room, options) {
+        const ok = await inner.canAccess(user, room, options);
         if (room === "chat:slow") {
           checking();
           await gate;

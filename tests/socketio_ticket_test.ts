@@ -1,6 +1,7 @@
 /** The Socket.IO ticket chat (shared/specs/socketio-ticket-chat.md) with the official client. */
 
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
+import type { AppOverrides } from "../main.ts";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import {
   eventually,
@@ -27,12 +28,13 @@ function next<T = Payload>(socket: ClientSocket, event: string, ms = 5000): Prom
 async function withChat(
   fn: (s: TestServer, client: (o?: object) => ClientSocket) => Promise<void>,
   env = {},
+  overrides: AppOverrides = {},
 ) {
   const server = await startTestServer({
     SOCKETIO_PING_INTERVAL_MS: "500",
     SOCKETIO_PING_TIMEOUT_MS: "500",
     ...env,
-  });
+  }, overrides);
   const clients: ClientSocket[] = [];
   try {
     await fn(server, (options = {}) => {
@@ -621,6 +623,54 @@ Deno.test("socket.io ticket chat: a leave or disconnect during a join leaves not
     assertEquals(all.filter((id) => hub.members(`ticket:${id}`).size !== 1), []);
     assertEquals(leaverGot, 0);
   }, { RATE_LIMIT_PER_SECOND: "1000", RATE_LIMIT_USER_PER_SECOND: "1000" });
+});
+
+Deno.test("socket.io ticket chat: a slow join holds up only its own ticket; a join whose second access check fails is undone", async () => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => release = r);
+  let failNext = true;
+  await withChat(
+    async (server, client) => {
+      const token = await server.token({ sub: "1", rooms: ["ticket:*"] });
+      const socket = client({ auth: { token }, transports: ["websocket"] });
+      await next(socket, "authenticated");
+      await joined(socket, "other");
+      socket.emit("join_ticket", { ticketId: "slow" });
+      // Other tickets' joins and leaves go on while that one's access check waits.
+      await joined(socket, "fast");
+      assertEquals(await socket.timeout(2000).emitWithAck("leave_ticket", { ticketId: "other" }), {
+        ticketId: "other",
+      });
+      const slowJoined = next(socket, "joined_ticket");
+      release();
+      assertEquals(await slowJoined, { ticketId: "slow" });
+
+      // The directory fails on the check after the bridge is live: refused, and not half joined.
+      const refused = next(socket, "join_ticket_error");
+      socket.emit("join_ticket", { ticketId: "err" });
+      assertEquals(await refused, { message: "Internal server error" });
+      assertEquals(server.app.context.hub.members("ticket:err").size, 0);
+      const stray = next(socket, "new_message", 300).catch(() => null);
+      await server.app.context.chat.send(null, "ticket:err", { body: "not for you" });
+      assertEquals(await stray, null);
+      // Joining again does the whole join, not an ack of the half one.
+      await joined(socket, "err");
+      assertEquals(server.app.context.hub.members("ticket:err").size, 1);
+    },
+    {},
+    {
+      access: (inner) => ({
+        async canAccess(user, room, options) {
+          if (room === "ticket:slow" && !options?.fresh) await gate;
+          if (room === "ticket:err" && options?.fresh && failNext) {
+            failNext = false;
+            throw new Error("directory down");
+          }
+          return await inner.canAccess(user, room, options);
+        },
+      }),
+    },
+  );
 });
 
 Deno.test("socket.io ticket chat: Socket.IO and ticket-socket clients share the ticket", async () => {

@@ -55,9 +55,10 @@ export class DirectoryAccessPolicy implements AccessPolicy {
   }
 
   /** True when the user may read and write the room now. */
-  async canAccess(user: Principal, room: string): Promise<boolean> {
+  async canAccess(user: Principal, room: string, options?: { fresh?: boolean }): Promise<boolean> {
     const token = this.#directory.changeToken?.() ?? null;
-    if (token === null) return await this.#decide(user, room);
+    // Fresh: another process's commit may be up to TOKEN_REUSE_MS behind the change token.
+    if (token === null || options?.fresh) return await this.#decide(user, room);
     const held = this.#decided.get(user);
     const known = held instanceof Map ? held.get(room) : held?.room === room ? held : undefined;
     if (known && known.token === token) return known.allowed;

@@ -85,8 +85,8 @@ export class ChatService {
   }
 
   /** True when the user may enter the room. */
-  canAccess(user: Principal, room: string): Promise<boolean> {
-    return this.#deps.access.canAccess(user, room);
+  canAccess(user: Principal, room: string, options?: { fresh?: boolean }): Promise<boolean> {
+    return this.#deps.access.canAccess(user, room, options);
   }
 
   /**

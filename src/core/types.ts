@@ -152,8 +152,11 @@ export interface Broker {
 
 /** Decides who may enter a room. */
 export interface AccessPolicy {
-  /** True when `user` may read and write `room`. */
-  canAccess(user: Principal, room: string): Promise<boolean>;
+  /**
+   * True when `user` may read and write `room`; `fresh` asks past any cached decision (a join
+   * checking again after it entered the room).
+   */
+  canAccess(user: Principal, room: string, options?: { fresh?: boolean }): Promise<boolean>;
 }
 
 /** A file the media store has written. */

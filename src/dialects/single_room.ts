@@ -222,8 +222,12 @@ class RoomSocket implements SocketHandler {
         return;
       }
       // Access removed since the upgrade's check was published before this member was in the
-      // room to be evicted: asked again now that any later removal will find it.
-      if (!(await ctx.chat.canAccess(session.user, session.room))) {
+      // room to be evicted: asked again, past any cache, now that a later removal will find it.
+      const { user, room } = session;
+      if (
+        !(await (dialect.canEnter?.(user, room) ??
+          ctx.chat.canAccess(user, room, { fresh: true })))
+      ) {
         member.evict({ type: "revoked", room: session.room, userId: session.user.id });
         return;
       }

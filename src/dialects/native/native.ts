@@ -316,8 +316,8 @@ class NativeSession implements SocketHandler {
         return;
       }
       // Access removed since the check above was published before this member was in the
-      // room to be evicted: asked again now that any later removal will find it.
-      if (!(await ctx.chat.canAccess(this.user, room))) {
+      // room to be evicted: asked again, past any cache, now that a later removal will find it.
+      if (!(await ctx.chat.canAccess(this.user, room, { fresh: true }))) {
         throw new ChatError("forbidden", `Access denied to room "${room}"`);
       }
       const present = await ctx.chat.present(room);

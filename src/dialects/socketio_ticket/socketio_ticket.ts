@@ -42,8 +42,8 @@ interface SocketState {
   tickets: Set<string>;
   /** The last send's way to the store (see `inTurn`). */
   sendTurn?: Promise<void>;
-  /** The last join, leave or typing event (see `inTurn`): each takes effect in the order sent. */
-  roomTurn?: Promise<void>;
+  /** The last join, leave or typing event per ticket (see `inTicketTurn`). */
+  ticketTurns?: Map<string, Promise<void>>;
   /** Characters and bytes of the events received and not yet answered. */
   queuedBytes: number;
   /** Events being handled, each settled once answered. */
@@ -264,13 +264,32 @@ export function createSocketIoTicketChat(
    * Socket.IO runs handlers side by side, and a file's save must not let the text sent after it
    * be stored first. Only the commits overlap.
    */
-  function inTurn<T>(
-    s: SocketState,
-    task: () => Promise<T>,
-    lane: "sendTurn" | "roomTurn" = "sendTurn",
-  ): Promise<T> {
-    const run = (s[lane] ?? Promise.resolve()).then(task);
-    s[lane] = run.then(() => {}, () => {});
+  function inTurn<T>(s: SocketState, task: () => Promise<T>): Promise<T> {
+    const run = (s.sendTurn ?? Promise.resolve()).then(task);
+    s.sendTurn = run.then(() => {}, () => {});
+    return run;
+  }
+
+  /**
+   * Runs a join, leave or typing event after the socket's earlier ones for the same ticket, as
+   * Socket.IO runs handlers side by side and a leave must not overtake its join, nor a stop its
+   * start. Other tickets' events do not wait: a slow join holds up nothing else.
+   */
+  function inTicketTurn(s: SocketState, payload: unknown, task: () => Promise<void>) {
+    let key: string;
+    try {
+      key = ticketIdOf(payload);
+    } catch {
+      // Refused the same way inside the task, with nothing to order it after.
+      return task();
+    }
+    const turns = s.ticketTurns ??= new Map();
+    const run = (turns.get(key) ?? Promise.resolve()).then(task);
+    const settled = run.then(() => {}, () => {});
+    turns.set(key, settled);
+    settled.then(() => {
+      if (turns.get(key) === settled) turns.delete(key);
+    });
     return run;
   }
 
@@ -393,35 +412,46 @@ export function createSocketIoTicketChat(
       ack?.({ user: publicUser(user) });
     });
 
-    on(socket, "join_ticket", "join_ticket_error", (payload, ack) =>
-      inTurn(s, async () => {
-        const { user, id } = await authorize(socket, payload);
-        // Gone while its access was checked: its disconnect has already left every ticket.
-        if (!socket.connected) return;
-        if (!s.tickets.has(id)) {
-          s.tickets.add(id);
-          const name = engineRoom(id, s.baseUrl);
-          socket.join(name);
-          // `joined_ticket` only once the bridge is live, so nothing sent after it can be missed.
-          await (bridges.get(name)?.joined ?? bridge(id, s.baseUrl));
-          // Access removed since the check above was published before this socket was in the
-          // room to be evicted: asked again now that any later removal will find it.
-          if (!(await ctx.chat.canAccess(user, roomKey("ticket", id)))) {
-            if (s.tickets.has(id)) leaveTicket(socket, id);
-            throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
+    on(
+      socket,
+      "join_ticket",
+      "join_ticket_error",
+      (payload, ack) =>
+        inTicketTurn(s, payload, async () => {
+          const { user, id } = await authorize(socket, payload);
+          // Gone while its access was checked: its disconnect has already left every ticket.
+          if (!socket.connected) return;
+          if (!s.tickets.has(id)) {
+            s.tickets.add(id);
+            const name = engineRoom(id, s.baseUrl);
+            socket.join(name);
+            try {
+              // `joined_ticket` only once the bridge is live, so nothing sent after it is missed.
+              await (bridges.get(name)?.joined ?? bridge(id, s.baseUrl));
+              // Access removed since the check above was published before this socket was in
+              // the room to be evicted: asked again, past any cache, now that a later removal
+              // will find it.
+              if (!(await ctx.chat.canAccess(user, roomKey("ticket", id), { fresh: true }))) {
+                throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
+              }
+            } catch (err) {
+              // Not left half joined: a later join_ticket must try again, not be acked at once.
+              if (s.tickets.has(id)) leaveTicket(socket, id);
+              throw err;
+            }
           }
-        }
-        socket.emit("joined_ticket", { ticketId: id });
-        ack?.({ ticketId: id });
-      }, "roomTurn"));
+          socket.emit("joined_ticket", { ticketId: id });
+          ack?.({ ticketId: id });
+        }),
+    );
 
     on(socket, "leave_ticket", null, (payload, ack) =>
-      inTurn(s, () => {
+      inTicketTurn(s, payload, () => {
         const id = ticketIdOf(payload);
         if (s.tickets.has(id)) leaveTicket(socket, id);
         ack?.({ ticketId: id });
         return Promise.resolve();
-      }, "roomTurn"));
+      }));
 
     on(socket, "get_messages", "messages_error", async (payload, ack) => {
       const { room, id } = await authorize(socket, payload);
@@ -486,10 +516,11 @@ export function createSocketIoTicketChat(
 
     for (const [event, isTyping] of [["typing_start", true], ["typing_stop", false]] as const) {
       on(socket, event, null, (payload) =>
-        inTurn(s, async () => {
+        inTicketTurn(s, payload, async () => {
           const { user, room } = await authorize(socket, payload);
-          ctx.chat.typing(user, room, isTyping);
-        }, "roomTurn"));
+          // Queued behind a join and run after the disconnect: nobody is typing any more.
+          if (socket.connected) ctx.chat.typing(user, room, isTyping);
+        }));
     }
 
     socket.on("disconnect", () => {
