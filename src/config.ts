@@ -2,6 +2,7 @@
 
 import { z } from "zod";
 import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
+import { parseDatabaseUrl } from "./directory/open.ts";
 import { DEFAULT_COMMIT_INTERVAL_MS, DEFAULT_PAUSE_ABOVE_CPU } from "./store/kv_message_store.ts";
 
 const optionalText = z.string().trim().optional().transform((v) => v === "" ? undefined : v);
@@ -209,12 +210,17 @@ function isLocalPath(path: string): boolean {
   return path !== ":memory:" && !/^[a-z][a-z0-9+.-]+:\/\//i.test(path);
 }
 
-/** The SQLite file a DATABASE_URL names, if it names one (see src/directory/open.ts). */
-function localDatabaseFile(url: string | undefined): string | undefined {
-  const value = url?.trim() ?? "";
-  if (value === "" || /^postgres(ql)?:/i.test(value)) return undefined;
-  const path = value.replace(/^(sqlite|file):(\/\/)?/i, "");
-  return path !== "" && isLocalPath(path) ? path : undefined;
+/** The SQLite file a DATABASE_URL names, if it names one (read as the directory reads it). */
+function localDatabaseFile(url: string | undefined, dataDir: string): string | undefined {
+  // Unset: the default file is in DATA_DIR, checked on its own.
+  if (!url?.trim()) return undefined;
+  try {
+    const target = parseDatabaseUrl(url, dataDir);
+    return target.dialect === "sqlite" && isLocalPath(target.path) ? target.path : undefined;
+  } catch {
+    // A malformed URL stops the server when the directory opens, with its own message.
+    return undefined;
+  }
 }
 
 /** Reads the configuration from an environment map; throws an Error listing every bad value. */
@@ -235,7 +241,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     const from = relative(media, realPath(path));
     return from === "" || (from !== ".." && !from.startsWith(`..${sep}`) && !isAbsolute(from));
   };
-  const sqliteFile = localDatabaseFile(e.DATABASE_URL);
+  const sqliteFile = localDatabaseFile(e.DATABASE_URL, e.DATA_DIR);
   const exposed = [
     ...(served(e.DATA_DIR) ? [`DATA_DIR (${e.DATA_DIR})`] : []),
     ...(isLocalPath(kvPath) && served(kvPath) ? [`KV_PATH (${kvPath})`] : []),
