@@ -65,6 +65,21 @@ async function joined(socket: ClientSocket, ticketId: string) {
   assertEquals(await next(socket, "joined_ticket"), { ticketId });
 }
 
+/** A WebSocket client of user 1, authenticated by its handshake and joined to `ticketId`. */
+async function inTicket(
+  server: TestServer,
+  client: (o?: object) => ClientSocket,
+  ticketId: string,
+): Promise<ClientSocket> {
+  const socket = client({
+    auth: { token: await server.token({ sub: "1", rooms: [`ticket:${ticketId}`] }) },
+    transports: ["websocket"],
+  });
+  await next(socket, "authenticated");
+  await joined(socket, ticketId);
+  return socket;
+}
+
 Deno.test("socket.io ticket chat: the document's whole flow for two users, polling+upgrade and websocket", async () => {
   await withChat(async (server, client) => {
     const aliceToken = await server.token({
@@ -263,12 +278,7 @@ Deno.test("socket.io ticket chat: acks return the stored message; a retried clie
 
 Deno.test("socket.io ticket chat: over WebSocket one send_message may carry several files of up to 10 MiB each, as the document's example sends every selected file", async () => {
   await withChat(async (server, client) => {
-    const socket = client({
-      auth: { token: await server.token({ sub: "1", rooms: ["ticket:6"] }) },
-      transports: ["websocket"],
-    });
-    await next(socket, "authenticated");
-    await joined(socket, "6");
+    const socket = await inTicket(server, client, "6");
     // Long-polling keeps one file's limit: its POSTs are read whole before anyone authenticates.
     // Three files of 9 MiB: 36 MiB of base64 in one event, over any one file's frame.
     const files = [1, 2, 3].map((k) =>
@@ -309,12 +319,7 @@ Deno.test("socket.io ticket chat: over WebSocket one send_message may carry seve
 
 Deno.test("socket.io ticket chat: one socket's messages are stored in the order it sent them, a file's included", async () => {
   await withChat(async (server, client) => {
-    const socket = client({
-      auth: { token: await server.token({ sub: "1", rooms: ["ticket:6"] }) },
-      transports: ["websocket"],
-    });
-    await next(socket, "authenticated");
-    await joined(socket, "6");
+    const socket = await inTicket(server, client, "6");
     const seen: string[] = [];
     socket.on("new_message", (m: Payload) => seen.push((m.data as Payload).message as string));
     // The file takes longer to store than the text behind it; the text must still come second.
