@@ -133,9 +133,9 @@ Deno.test("client: presence, typing (throttled, ends by itself), read cursors", 
     // Many keystrokes, one typing frame.
     const spy = server.app.context.chat;
     const original = spy.typing.bind(spy);
-    spy.typing = (user, room, isTyping) => {
+    spy.typing = (user, room, isTyping, connId) => {
       typingFrames.push({ user: user.id, isTyping });
-      return original(user, room, isTyping);
+      return original(user, room, isTyping, connId);
     };
     for (let i = 0; i < 10; i++) b.client.typing("chat:3");
     await eventually(() => a.client.typers("chat:3").length === 1, 3000, "typing shown");

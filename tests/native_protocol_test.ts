@@ -400,6 +400,34 @@ Deno.test("native: history pages by cursor both ways; typing, read and presence 
   }
 });
 
+Deno.test("native: a typing tab that closes ends its typing while the user's other tab stays", async () => {
+  const server = await startTestServer({ TYPING_TIMEOUT_SECONDS: "30" });
+  try {
+    const a = await connect(server);
+    const typingTab = await connect(server, { sub: "2", username: "two" });
+    const otherTab = await connect(server, { sub: "2", username: "two" });
+    for (const c of [a, typingTab, otherTab]) await join(c, "chat:1");
+    typingTab.send({ type: "typing", room: "chat:1", is_typing: true });
+    assertEquals((await a.next((f) => f.type === "typing")).is_typing, true);
+    await typingTab.close();
+    const stopped = await a.next(
+      (f) => f.type === "typing" || (f.type === "presence" && f.action === "leave"),
+      3000,
+    );
+    assertEquals([stopped.type, stopped.is_typing, (stopped.user as Frame).id], [
+      "typing",
+      false,
+      2,
+    ]);
+    await otherTab.close();
+    const left = await a.next((f) => f.type === "presence" && f.action === "leave");
+    assertEquals((left.user as Frame).id, 2);
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("native: a batch join answers every entry, naming the room of each error; malformed files and is_typing are invalid_frame and store nothing", async () => {
   const server = await startTestServer();
   try {

@@ -373,6 +373,41 @@ Deno.test("socket.io ticket chat: typing goes to the others in the ticket and ex
   }, { TYPING_TIMEOUT_SECONDS: "1" });
 });
 
+Deno.test("socket.io ticket chat: one tab leaving does not stop the typing shown from another", async () => {
+  await withChat(async (server, client) => {
+    const tab = async () => {
+      const socket = client({
+        auth: { token: await server.token({ sub: "1", name: "Ann", rooms: ["ticket:7"] }) },
+        transports: ["websocket"],
+      });
+      await next(socket, "authenticated");
+      await joined(socket, "7");
+      return socket;
+    };
+    const [typingTab, otherTab] = [await tab(), await tab()];
+    const b = client({
+      auth: { token: await server.token({ sub: "2", name: "Ben", rooms: ["ticket:7"] }) },
+    });
+    await next(b, "authenticated");
+    await joined(b, "7");
+    const seen: string[] = [];
+    b.onAny((event: string) => seen.push(event));
+    typingTab.emit("typing_start", { ticketId: "7" });
+    await eventually(() => seen.includes("user_typing"));
+    // The other tab leaves; its join afterwards is answered only once the leave has run.
+    otherTab.emit("leave_ticket", { ticketId: "7" });
+    await joined(otherTab, "7");
+    const marker = next(b, "new_message");
+    typingTab.emit("send_message", { ticketId: "7", message: "still typing" });
+    await marker;
+    assertEquals(seen, ["user_typing", "new_message"]);
+    // The typing tab going away does end it, long before the typing timeout.
+    const stopped = next(b, "user_stopped_typing", 3000);
+    typingTab.disconnect();
+    assertEquals(await stopped, { userId: "1", userName: "Ann", ticketId: "7" });
+  }, { TYPING_TIMEOUT_SECONDS: "30" });
+});
+
 Deno.test("socket.io ticket chat: a bad handshake token never refuses the connection; the authenticate event still works", async () => {
   await withChat(async (server, client) => {
     const token = await server.token({ sub: "3", name: "Cy", rooms: ["ticket:4"] });

@@ -71,7 +71,11 @@ export interface ChatServiceDeps {
 /** The core: one instance per isolate, shared by every dialect. */
 export class ChatService {
   #deps: ChatServiceDeps;
-  #typing = new Map<string, { timer: ReturnType<typeof setTimeout>; user: Principal }>();
+  /** Typing states: room and user → the timeout and the user's connections typing here. */
+  #typing = new Map<
+    string,
+    { timer: ReturnType<typeof setTimeout>; user: Principal; conns: Set<string> }
+  >();
   /** Presence entries of this isolate's connections: room → connection id → user. */
   #present = new Map<string, Map<string, Principal>>();
   #sweepTimer?: ReturnType<typeof setInterval>;
@@ -210,28 +214,37 @@ export class ChatService {
   }
 
   /**
-   * Tells the room that the user started or stopped typing. A start not renewed within the
-   * typing timeout ends by itself, so a client that vanishes mid-sentence does not type forever.
+   * Tells the room that the user started or stopped typing on one connection. A start not renewed
+   * within the typing timeout ends by itself, so a client that vanishes mid-sentence does not type
+   * forever; a stop ends the user's state only once no other tab of theirs here is typing.
    */
-  typing(user: Principal, room: string, isTyping: boolean): void {
+  typing(user: Principal, room: string, isTyping: boolean, connId: string): void {
     const key = `${room}\u0000${user.id}`;
     const current = this.#typing.get(key);
-    if (current) clearTimeout(current.timer);
     if (isTyping) {
+      if (current) clearTimeout(current.timer);
+      const conns = current?.conns ?? new Set<string>();
+      conns.add(connId);
       const timer = setTimeout(() => {
         this.#typing.delete(key);
         this.#deps.fanout.publish({ type: "typing", room, user: profileOf(user), isTyping: false });
       }, this.#deps.typingTimeoutMs ?? 5000);
-      this.#typing.set(key, { timer, user });
-    } else {
+      this.#typing.set(key, { timer, user, conns });
+    } else if (current) {
+      current.conns.delete(connId);
+      // Another tab still typing keeps the indicator; its own stop or the timeout ends it.
+      if (current.conns.size > 0) return;
+      clearTimeout(current.timer);
       this.#typing.delete(key);
     }
     this.#deps.fanout.publish({ type: "typing", room, user: profileOf(user), isTyping });
   }
 
-  /** Ends the user's typing state in the room if one is running (e.g. on disconnect). */
-  stopTyping(user: Principal, room: string): void {
-    if (this.#typing.has(`${room}\u0000${user.id}`)) this.typing(user, room, false);
+  /** Ends the connection's typing state in the room if it has one (e.g. on leave or close). */
+  stopTyping(user: Principal, room: string, connId: string): void {
+    if (this.#typing.get(`${room}\u0000${user.id}`)?.conns.has(connId)) {
+      this.typing(user, room, false, connId);
+    }
   }
 
   /**
@@ -273,9 +286,10 @@ export class ChatService {
     conns?.delete(connId);
     if (conns?.size === 0) this.#present.delete(room);
     if (this.#present.size === 0) this.#stopSweeping();
+    // Before the presence write: the typing tab is gone whether or not others of the user stay.
+    this.stopTyping(user, room, connId);
     const result = await this.#deps.presence.exit(room, user.id, connId);
     if (result.last) {
-      this.stopTyping(user, room);
       this.#deps.fanout.publish({ type: "presence", room, user: profileOf(user), action: "leave" });
     }
     return result;

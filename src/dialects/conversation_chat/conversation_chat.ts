@@ -153,7 +153,7 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
           return await sendFrom(s, record, true);
         case "typing":
           if (!(await s.conn.settled())) return;
-          ctx.chat.typing(s.user, s.room, record.is_typing !== false);
+          ctx.chat.typing(s.user, s.room, record.is_typing !== false, s.connId);
           return;
         case "mark_read":
           // Up to the socket's own messages sent before it too.
@@ -185,7 +185,7 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
       }
     },
     closed(s) {
-      ctx.chat.stopTyping(s.user, s.room);
+      ctx.chat.stopTyping(s.user, s.room, s.connId);
       return Promise.resolve();
     },
   });

@@ -440,7 +440,7 @@ class NativeSession implements SocketHandler {
         if (record.is_typing !== undefined && typeof record.is_typing !== "boolean") {
           throw new ChatError("invalid_frame", '"is_typing" must be true or false');
         }
-        ctx.chat.typing(user, room, record.is_typing !== false);
+        ctx.chat.typing(user, room, record.is_typing !== false, this.#connId);
         return;
       }
       case "read": {

@@ -235,7 +235,7 @@ export function createSocketIoTicketChat(
     const name = engineRoom(ticketId, s.baseUrl);
     s.tickets.delete(ticketId);
     socket.leave(name);
-    if (s.user) ctx.chat.stopTyping(s.user, roomKey("ticket", ticketId));
+    if (s.user) ctx.chat.stopTyping(s.user, roomKey("ticket", ticketId), socket.id);
     if ((nsp.rooms.get(name)?.size ?? 0) === 0) {
       const entry = bridges.get(name);
       if (entry) {
@@ -519,7 +519,7 @@ export function createSocketIoTicketChat(
         inTicketTurn(s, payload, async () => {
           const { user, room } = await authorize(socket, payload);
           // Queued behind a join and run after the disconnect: nobody is typing any more.
-          if (socket.connected) ctx.chat.typing(user, room, isTyping);
+          if (socket.connected) ctx.chat.typing(user, room, isTyping, socket.id);
         }));
     }
 
