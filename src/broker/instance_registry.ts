@@ -14,8 +14,41 @@ const EPOCH: Deno.KvKey = ["instance_epoch"];
 interface EntryValue {
   /** Milliseconds since the epoch of the last heartbeat. */
   seenAt: number;
-  /** The process, to tell isolates of one process from other instances in logs. */
+  /** The process id, for logs. */
   pid: number;
+  /** The process across hosts (see {@link PROCESS}); absent in entries of older versions. */
+  process?: string;
+}
+
+/**
+ * This OS process, told apart from processes of other hosts and containers: host name, pid and
+ * the process's start time. A pid alone is not enough: containers sharing one KV volume often all
+ * run as PID 1. Isolates of one `deno serve --parallel` share it.
+ */
+const PROCESS = `${hostName()}/${Deno.pid}/${startTicks()}`;
+
+function hostName(): string {
+  try {
+    // Asked first so that a run without the permission is never prompted for it.
+    const granted = Deno.permissions.querySync({ name: "sys", kind: "hostname" }).state;
+    return granted === "granted" ? Deno.hostname() : "";
+  } catch {
+    return "";
+  }
+}
+
+/** The process's start time in clock ticks after boot (Linux), or "" where it cannot be read. */
+function startTicks(): string {
+  try {
+    const path = "/proc/self/stat";
+    if (Deno.permissions.querySync({ name: "read", path }).state !== "granted") return "";
+    const stat = Deno.readTextFileSync(path);
+    // The command name (field 2) is in parentheses and may hold spaces; counting from field 3
+    // after it, the start time (field 22) is the 20th.
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[19] ?? "";
+  } catch {
+    return "";
+  }
 }
 
 /** Who is alive, as read at one moment. */
@@ -119,7 +152,10 @@ export class InstanceRegistry {
       read.set(String(entry.key[1]), entry);
       if (entry.value.seenAt < cutoff) continue;
       ids.add(String(entry.key[1]));
-      if (entry.value.pid === Deno.pid) here.add(String(entry.key[1]));
+      const { pid, process } = entry.value;
+      if (process === undefined ? pid === Deno.pid : process === PROCESS) {
+        here.add(String(entry.key[1]));
+      }
     }
     return {
       ids,
@@ -143,7 +179,7 @@ export class InstanceRegistry {
 
   async #announce(arriving: boolean): Promise<void> {
     const now = Date.now();
-    const value: EntryValue = { seenAt: now, pid: Deno.pid };
+    const value: EntryValue = { seenAt: now, pid: Deno.pid, process: PROCESS };
     const op = this.#kv.atomic().set(ENTRY(this.#id), value, { expireIn: this.#staleMs * 2 });
     // Only arrivals wake the others; a heartbeat changes nothing they need to act on.
     if (arriving) op.sum(EPOCH, 1n);
@@ -222,7 +258,7 @@ export class InstanceRegistry {
     try {
       // A lapsed entry rather than none: a server that reads the registry only after this one
       // came and went still sees that it died, and sweeps what it may have left behind.
-      const tombstone: EntryValue = { seenAt: 0, pid: Deno.pid };
+      const tombstone: EntryValue = { seenAt: 0, pid: Deno.pid, process: PROCESS };
       await this.#kv.atomic().set(ENTRY(this.#id), tombstone, { expireIn: this.#staleMs * 2 })
         .sum(EPOCH, 1n).commit();
     } catch {

@@ -60,6 +60,26 @@ Deno.test("instance registry: an entry that stopped renewing counts for nobody",
   });
 });
 
+Deno.test("instance registry: a server with this pid on another host is not counted as an isolate here", async () => {
+  await withKv(async (path) => {
+    const kv = await Deno.openKv(path);
+    const a = await InstanceRegistry.start(kv, { heartbeatMs: 100 });
+    const b = await InstanceRegistry.start(kv, { heartbeatMs: 100 });
+    // Containers sharing a KV volume often all run as PID 1: the pid matches, the host does not.
+    await kv.set(["instance", "container"], {
+      seenAt: Date.now(),
+      pid: Deno.pid,
+      process: `another-host/${Deno.pid}/1`,
+    });
+    const leases = await a.live();
+    assertEquals(leases.ids.size, 3);
+    assertEquals([...leases.here].sort(), [a.id, b.id].sort());
+    await b.close();
+    await a.close();
+    kv.close();
+  });
+});
+
 Deno.test("shared-only broker: posts only while someone else shares the store", async () => {
   const bus = new MemoryBus();
   let shared = false;
