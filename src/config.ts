@@ -95,6 +95,8 @@ const EnvSchema = z.object({
   INBOUND_QUEUE_BYTES: positiveInt(0).transform((v) => v === 0 ? undefined : v),
   UPLOAD_MEMORY_BYTES: positiveInt(0).transform((v) => v === 0 ? undefined : v),
   UPLOAD_IDLE_SECONDS: positiveInt(20),
+  UPLOAD_TIMEOUT_SECONDS: positiveInt(300),
+  UPLOADS_PER_USER: positiveInt(2),
   PRESENCE_TTL_SECONDS: positiveInt(30),
   DATABASE_URL: optionalText,
   KV_PATH: optionalText,
@@ -171,6 +173,10 @@ export interface Config {
   uploadMemoryBytes?: number;
   /** Seconds an API upload may send nothing before it is ended with 408. */
   uploadIdleSeconds: number;
+  /** Seconds an API upload's body may take in all before it is ended with 408. */
+  uploadTimeoutSeconds: number;
+  /** API uploads one user may have under way at once on one isolate; past it 429. */
+  uploadsPerUser: number;
   /** Socket.IO: milliseconds between server pings. */
   socketIoPingIntervalMs: number;
   /** Socket.IO: milliseconds a client has to answer a ping before it is dropped. */
@@ -282,6 +288,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     inboundQueueBytes: e.INBOUND_QUEUE_BYTES,
     uploadMemoryBytes: e.UPLOAD_MEMORY_BYTES,
     uploadIdleSeconds: e.UPLOAD_IDLE_SECONDS,
+    uploadTimeoutSeconds: e.UPLOAD_TIMEOUT_SECONDS,
+    uploadsPerUser: e.UPLOADS_PER_USER,
     presenceTtlSeconds: e.PRESENCE_TTL_SECONDS,
     databaseUrl: e.DATABASE_URL,
     kvPath,

@@ -713,3 +713,71 @@ apiTest(
   },
   { MAX_FILE_BYTES: "4096", UPLOAD_MEMORY_BYTES: "1", UPLOAD_IDLE_SECONDS: "1" },
 );
+
+apiTest(
+  "uploads: a user with UPLOADS_PER_USER under way is refused with 429; a body that drips past UPLOAD_TIMEOUT_SECONDS is ended with 408",
+  async (s) => {
+    await s.api("PUT", "/api/rooms/ticket/9", { json: { participants: [{ user_id: "3" }] } });
+    const token = await s.token({ sub: "3", username: "three" });
+    const part = '--x\r\ncontent-disposition: form-data; name="file"; filename="drip.txt"\r\n\r\n';
+    // A byte every 200 ms: never idle for UPLOAD_IDLE_SECONDS, never done either.
+    let dripping = true;
+    let next = part;
+    const drip = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        if (!dripping) return controller.close();
+        await new Promise((r) => setTimeout(r, 200));
+        controller.enqueue(new TextEncoder().encode(next));
+        next = "a";
+      },
+    });
+    const quick = (who?: string) => {
+      const form = new FormData();
+      form.append("file", new File(["x"], "quick.txt"));
+      return s.api("POST", "/api/rooms/ticket/9/attachments", { body: form, token: who });
+    };
+    // Should the server wait for ever, the body ends after 15 s and the status shows it.
+    const guard = setTimeout(() => dripping = false, 15_000);
+    try {
+      const started = Date.now();
+      const slow = s.api("POST", "/api/rooms/ticket/9/attachments", {
+        body: drip,
+        headers: { "content-type": "multipart/form-data; boundary=x" },
+        token,
+      });
+      await eventually(
+        async () => {
+          const text = await (await fetch(`${s.url}/metrics`)).text();
+          return Number(/^chat_api_upload_bytes (\d+)$/m.exec(text)?.[1]) > 0;
+        },
+        5000,
+        "the dripping upload to be held",
+      );
+      const refused = await quick(token);
+      assertEquals([refused.status, refused.headers.get("retry-after"), refused.body], [429, "1", {
+        status: 429,
+        message: "Too many uploads at once: at most 1 per user; try again when one is done",
+        code: "rate_limited",
+      }]);
+      // Someone else is not held up by this user's upload.
+      assertEquals((await quick()).status, 201);
+      const ended = await slow;
+      assertEquals([ended.status, ended.body.message], [
+        408,
+        "Upload too slow: not all of it arrived within 2 s",
+      ]);
+      assert(Date.now() - started < 15_000);
+    } finally {
+      clearTimeout(guard);
+      dripping = false;
+    }
+    // Its turn given back: the user uploads again.
+    assertEquals((await quick(token)).status, 201);
+    const history = await s.api("GET", "/api/rooms/ticket/9/messages");
+    assertEquals(
+      (history.body.messages as Json[]).map((m) => (m.attachments as Json[])[0].name),
+      ["quick.txt", "quick.txt"],
+    );
+  },
+  { MAX_FILE_BYTES: "4096", UPLOADS_PER_USER: "1", UPLOAD_TIMEOUT_SECONDS: "2" },
+);

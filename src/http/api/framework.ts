@@ -85,13 +85,17 @@ export class ApiError extends Error {
   /** The chat error code (docs/protocol.md), when the refusal is one the sockets share. */
   readonly code?: string;
 
+  /** True when the response should say `Retry-After` (a refusal that passes by itself). */
+  readonly retry: boolean;
+
   /** Creates an error with a status and a client-facing message. */
-  constructor(status: number, message: string, issues?: Issue[], code?: string) {
+  constructor(status: number, message: string, issues?: Issue[], code?: string, retry = false) {
     super(message);
     this.name = "ApiError";
     this.status = status;
     this.issues = issues;
     this.code = code;
+    this.retry = retry;
   }
 }
 
@@ -252,7 +256,11 @@ export function defineRoute<
   }
   if (spec.body?.type === "multipart") {
     responses[415] ??= error("The body is not multipart/form-data.");
-    responses[408] ??= error("Nothing of the body arrived for UPLOAD_IDLE_SECONDS.");
+    responses[408] ??= error(
+      "Nothing of the body arrived for UPLOAD_IDLE_SECONDS, or all of it not within " +
+        "UPLOAD_TIMEOUT_SECONDS.",
+    );
+    responses[429] ??= error("The user already has UPLOADS_PER_USER uploads under way.");
     responses[503] ??= error(
       "Uploads being read on this server already hold UPLOAD_MEMORY_BYTES; `Retry-After` says " +
         "when to try again.",
@@ -268,14 +276,14 @@ export function defineRoute<
       const params = validate(spec.params, c.req.param(), "path parameters");
       const query = validate(spec.query, queryObject(req), "query");
       let body: unknown = undefined;
-      let held = 0;
+      let release = () => {};
       try {
         const cap = deps.config.maxFileBytes + MULTIPART_OVERHEAD_BYTES;
         if (spec.body?.type === "multipart") {
           requireMultipart(req);
           // Before `admit`: a client told to come back later has not spent its send allowance.
           // Held until the handler is done with the files (written, or refused).
-          held = holdUploadBytes(req, cap, deps);
+          release = holdUpload(req, cap, deps, caller);
         }
         await spec.admit?.({ params: params as z.output<P>, caller }, deps);
         if (spec.body?.type === "json") {
@@ -296,11 +304,7 @@ export function defineRoute<
         );
         response = render(spec, responses, reply);
       } finally {
-        if (held > 0) {
-          const budget = uploadsOf(deps);
-          budget.used -= held;
-          if (deps.counters) deps.counters.uploadBytes = budget.used;
-        }
+        release();
       }
     } catch (err) {
       response = errorResponse(err, `${spec.method.toUpperCase()} ${spec.path}`);
@@ -342,7 +346,7 @@ export function errorJson(
 function errorResponse(err: unknown, where: string): Response {
   if (err instanceof ApiError) {
     const response = errorJson(err.status, err.message, err.issues, err.code);
-    if (err.status === 503) response.headers.set("retry-after", "1");
+    if (err.status === 503 || err.retry) response.headers.set("retry-after", "1");
     return response;
   }
   console.error(`api: ${where} failed:`, err);
@@ -487,13 +491,19 @@ async function readJson(req: Request): Promise<unknown> {
   }
 }
 
-/** Bytes of upload bodies being read or handled on this isolate, against the bound. */
-const uploads = new WeakMap<ApiDeps, { used: number; limit: number }>();
+/** Uploads being read or handled on this isolate: their bytes, against the bound, and by user. */
+interface UploadBudget {
+  used: number;
+  limit: number;
+  byUser: Map<string, number>;
+}
 
-function uploadsOf(deps: ApiDeps): { used: number; limit: number } {
+const uploads = new WeakMap<ApiDeps, UploadBudget>();
+
+function uploadsOf(deps: ApiDeps): UploadBudget {
   let budget = uploads.get(deps);
   if (!budget) {
-    budget = { used: 0, limit: uploadMemoryBytes(deps.config) };
+    budget = { used: 0, limit: uploadMemoryBytes(deps.config), byUser: new Map() };
     uploads.set(deps, budget);
   }
   return budget;
@@ -511,20 +521,44 @@ export function uploadMemoryBytes(config: Config): number {
 /**
  * Counts an upload's bytes (as declared, or the most it may be) against the isolate's bound, or
  * refuses it with 503: each upload is held in memory several times over while it is parsed and
- * written, and uploads at once were unbounded.
+ * written, and uploads at once were unbounded. An ordinary user past UPLOADS_PER_USER uploads
+ * under way is refused with 429, so that one client cannot hold the whole bound with slow
+ * uploads. Returns what gives both back.
  */
-function holdUploadBytes(req: Request, cap: number, deps: ApiDeps): number {
+function holdUpload(req: Request, cap: number, deps: ApiDeps, caller?: Caller): () => void {
   const declared = Number(req.headers.get("content-length") ?? NaN);
   // Over the cap: refused with 413 before a byte is read.
-  if (declared > cap) return 0;
-  const bytes = Number.isFinite(declared) && declared >= 0 ? declared : cap;
+  if (declared > cap) return () => {};
   const budget = uploadsOf(deps);
+  const user = caller?.kind === "user" && !isAdminRole(caller.user.role)
+    ? String(caller.user.id)
+    : undefined;
+  const perUser = deps.config.uploadsPerUser;
+  if (user !== undefined && (budget.byUser.get(user) ?? 0) >= perUser) {
+    throw new ApiError(
+      429,
+      `Too many uploads at once: at most ${perUser} per user; try again when one is done`,
+      undefined,
+      "rate_limited",
+      true,
+    );
+  }
+  const bytes = Number.isFinite(declared) && declared >= 0 ? declared : cap;
   if (budget.used > 0 && budget.used + bytes > budget.limit) {
     throw new ApiError(503, "Too many uploads are being read at once: try again shortly");
   }
   budget.used += bytes;
+  if (user !== undefined) budget.byUser.set(user, (budget.byUser.get(user) ?? 0) + 1);
   if (deps.counters) deps.counters.uploadBytes = budget.used;
-  return bytes;
+  return () => {
+    budget.used -= bytes;
+    if (user !== undefined) {
+      const left = (budget.byUser.get(user) ?? 1) - 1;
+      if (left > 0) budget.byUser.set(user, left);
+      else budget.byUser.delete(user);
+    }
+    if (deps.counters) deps.counters.uploadBytes = budget.used;
+  };
 }
 
 /** Refuses with 415 a body that is not multipart/form-data; returns its content type. */
@@ -552,7 +586,9 @@ async function readMultipart(req: Request, cap: number, config: Config): Promise
   const idleMs = config.uploadIdleSeconds * 1000;
   let total = 0;
   let stalled = false;
+  let overdue = false;
   let timer: ReturnType<typeof setTimeout> | undefined;
+  let deadline: ReturnType<typeof setTimeout> | undefined;
   let onIdle = () => {};
   const counted = req.body?.pipeThrough(
     new TransformStream<Uint8Array, Uint8Array>({
@@ -562,6 +598,11 @@ async function readMultipart(req: Request, cap: number, config: Config): Promise
           controller.error(new RangeError("stalled"));
         };
         timer = setTimeout(onIdle, idleMs);
+        // A byte now and then resets the idle timer; the whole body still has an end.
+        deadline = setTimeout(() => {
+          overdue = true;
+          controller.error(new RangeError("overdue"));
+        }, config.uploadTimeoutSeconds * 1000);
       },
       transform(chunk, controller) {
         clearTimeout(timer);
@@ -573,6 +614,7 @@ async function readMultipart(req: Request, cap: number, config: Config): Promise
       },
       flush() {
         clearTimeout(timer);
+        clearTimeout(deadline);
       },
     }),
   );
@@ -587,9 +629,16 @@ async function readMultipart(req: Request, cap: number, config: Config): Promise
         `Upload stalled: nothing arrived for ${config.uploadIdleSeconds} s`,
       );
     }
+    if (overdue) {
+      throw new ApiError(
+        408,
+        `Upload too slow: not all of it arrived within ${config.uploadTimeoutSeconds} s`,
+      );
+    }
     throw new ApiError(400, `Body is not valid multipart/form-data: ${(err as Error).message}`);
   } finally {
     clearTimeout(timer);
+    clearTimeout(deadline);
   }
   for (const value of form.values()) {
     if (typeof value !== "string" && value.size > maxFileBytes) {

@@ -512,7 +512,8 @@ export const API_ROUTES: ApiRoute[] = [
       200: { description: "A repeated client_id: the original message.", schema: Message },
       404: notFound("The sender"),
       429: {
-        description: "An ordinary user over the per-user send limit the sockets apply.",
+        description: "An ordinary user over the per-user send limit the sockets apply, or with " +
+          "UPLOADS_PER_USER uploads already under way.",
         schema: ApiErrorBody,
       },
       413: {
