@@ -150,6 +150,23 @@ Deno.test("chat rooms: bad token 4001, invalid room name 4000, and the /ws/chat/
     assertEquals((await badName.closed).code, 4000);
     const weird = TestClient.connect(`${server.wsUrl}/ws/rooms/a%20b/?token=${token}`);
     assertEquals((await weird.closed).code, 4000);
+    // A SimpleJWT refresh token (or a Keycloak one) is not an access token; an explicit
+    // `token_type: "access"` is.
+    for (const claims of [{ token_type: "refresh" }, { typ: "Refresh" }]) {
+      const refresh = await server.token({ ...user(1), ...claims });
+      const refused = TestClient.connect(`${server.wsUrl}/ws/rooms/general/?token=${refresh}`);
+      // Admitted, it would be sent the room's users instead of being closed.
+      const outcome = await Promise.race([
+        refused.closed.then((c) => c.code),
+        refused.next().then((f) => f.type),
+      ]);
+      refused.socket.close();
+      assertEquals(outcome, 4001);
+    }
+    const access = await server.token({ ...user(3), token_type: "access" });
+    const admitted = await TestClient.open(`${server.wsUrl}/ws/rooms/general/?token=${access}`);
+    assertEquals((await admitted.next()).type, "room_users_list");
+    await admitted.close();
     // With CHAT_PATH_PROTOCOL=rooms, /ws/chat/<name>/ is the chat-rooms protocol.
     const onChatPath = await enter(server, "general", user(1), "header", "chat");
     assertEquals((await onChatPath.next()).type, "room_users_list");

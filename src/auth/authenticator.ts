@@ -33,8 +33,20 @@ export class Authenticator {
     } catch {
       return null;
     }
+    if (!isAccessToken(claims)) return null;
     const user = principalFromClaims(claims);
     if (!user) return null;
     return this.#enrich ? await this.#enrich(user, claims) : user;
   }
+}
+
+/**
+ * False for a token its issuer marked as for another use: a SimpleJWT `token_type` other than
+ * `access` (a refresh token lives for days and must only buy new access tokens), or a Keycloak
+ * `typ` of `Refresh`, `Offline` or `ID`. A token that says nothing of its use is taken.
+ */
+export function isAccessToken(claims: Record<string, unknown>): boolean {
+  if (claims.token_type !== undefined && claims.token_type !== "access") return false;
+  const typ = typeof claims.typ === "string" ? claims.typ.toLowerCase() : undefined;
+  return typ !== "refresh" && typ !== "offline" && typ !== "id";
 }
