@@ -163,6 +163,17 @@ Deno.test("chat rooms: bad token 4001, invalid room name 4000, and the /ws/chat/
       refused.socket.close();
       assertEquals(outcome, 4001);
     }
+    // A client whose cookie jar holds an expired access_token still signs in by its header.
+    const stale = await server.token(user(4), -60);
+    const jarred = TestClient.connect(`${server.wsUrl}/ws/rooms/general/`, {
+      headers: { authorization: `Bearer ${token}`, cookie: `access_token=${stale}` },
+    });
+    const jarredOutcome = await Promise.race([
+      jarred.closed.then((c) => c.code),
+      jarred.next().then((f) => f.type),
+    ]);
+    jarred.socket.close();
+    assertEquals(jarredOutcome, "room_users_list");
     const access = await server.token({ ...user(3), token_type: "access" });
     const admitted = await TestClient.open(`${server.wsUrl}/ws/rooms/general/?token=${access}`);
     assertEquals((await admitted.next()).type, "room_users_list");

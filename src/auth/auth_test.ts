@@ -40,7 +40,7 @@ Deno.test("ClaimsAccessPolicy admits admins everywhere and others by grant patte
   assertEquals(grantMatches("ticket:1.", "ticket:12"), false);
 });
 
-Deno.test("findToken() reads query, cookie, bearer header and bearer subprotocol, and says which", () => {
+Deno.test("findToken() reads query, bearer header, bearer subprotocol and cookie, and says which", () => {
   const req = (url: string, headers: Record<string, string> = {}) =>
     new Request(`http://h${url}`, { headers });
   const found = (r: Request) => {
@@ -50,6 +50,11 @@ Deno.test("findToken() reads query, cookie, bearer header and bearer subprotocol
   assertEquals(found(req("/?token=q", { cookie: "access_token=c" })), ["q", "query"]);
   assertEquals(found(req("/", { cookie: "a=1; access_token=c" })), ["c", "cookie"]);
   assertEquals(found(req("/", { authorization: "Bearer h" })), ["h", "header"]);
+  // A stale cookie in the client's jar does not stand in front of a token sent on purpose.
+  const both = { cookie: "access_token=c", authorization: "Bearer h" };
+  assertEquals(found(req("/", both)), ["h", "header"]);
+  const withProtocol = { cookie: "access_token=c", "sec-websocket-protocol": "bearer.p" };
+  assertEquals(found(req("/", withProtocol)), ["p", "subprotocol"]);
   const viaProtocol = findToken(req("/", { "sec-websocket-protocol": "bearer.p, chat" }));
   assertEquals(viaProtocol, { token: "p", source: "subprotocol", protocol: "chat" });
   assertEquals(findToken(req("/", { "sec-websocket-protocol": "bearer.p" })).protocol, "bearer.p");

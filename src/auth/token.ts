@@ -49,10 +49,10 @@ function cookieMayAuthenticate(req: Request, trustedOrigins: readonly string[]):
 }
 
 /**
- * Looks for a token in the `token` query parameter, the `access_token` cookie (see
- * {@link cookieMayAuthenticate}), an `Authorization: Bearer` header, and a
+ * Looks for a token in the `token` query parameter, an `Authorization: Bearer` header, a
  * `Sec-WebSocket-Protocol` entry `bearer.<token>` (browsers cannot set headers on a WebSocket),
- * in that order.
+ * and the `access_token` cookie (see {@link cookieMayAuthenticate}), in that order: the cookie
+ * last, as a client's cookie jar may hold a stale one beside the token it sends on purpose.
  */
 export function findToken(req: Request, trustedOrigins: readonly string[] = []): FoundToken {
   const offered = (req.headers.get("sec-websocket-protocol") ?? "")
@@ -64,15 +64,15 @@ export function findToken(req: Request, trustedOrigins: readonly string[] = []):
 
   const query = new URL(req.url).searchParams.get("token")?.trim();
   if (query) return { token: query, source: "query", protocol };
-  const cookie = cookieMayAuthenticate(req, trustedOrigins)
-    ? readCookie(req.headers.get("cookie"), "access_token")
-    : undefined;
-  if (cookie) return { token: cookie.replace(/^Bearer\s+/i, ""), source: "cookie", protocol };
   const auth = req.headers.get("authorization");
   const match = auth?.match(/^Bearer\s+(\S+)\s*$/i);
   if (match) return { token: match[1], source: "header", protocol };
   if (bearerEntry) {
     return { token: bearerEntry.slice(BEARER_PROTOCOL.length), source: "subprotocol", protocol };
   }
+  const cookie = cookieMayAuthenticate(req, trustedOrigins)
+    ? readCookie(req.headers.get("cookie"), "access_token")
+    : undefined;
+  if (cookie) return { token: cookie.replace(/^Bearer\s+/i, ""), source: "cookie", protocol };
   return { protocol };
 }
