@@ -172,7 +172,7 @@ Deno.test("conversation chat: mark_read sends a receipt and is persisted across 
   }
 });
 
-Deno.test("conversation chat: errors keep the socket open; bad token 4001, not a participant 4404", async () => {
+Deno.test("conversation chat: errors keep the socket open; bad token 4001, not a participant 4404; a frame over the cap is told why, then closed 1009", async () => {
   const server = await startTestServer({ MAX_FILE_BYTES: "1000" });
   try {
     const a = await join(server, 4, talker);
@@ -198,6 +198,20 @@ Deno.test("conversation chat: errors keep the socket open; bad token 4001, not a
     a.send({ type: "chat_message", message: "still open" });
     assertEquals((await a.next()).content, "still open");
     await a.close();
+
+    // Past the frame cap (a file's base64 plus 64 KiB) the socket closes, but says why first.
+    const big = await join(server, 4, talker);
+    const frame = JSON.stringify({
+      type: "file_message",
+      file: new Uint8Array(100_000).toBase64(),
+      filename: "huge.bin",
+    });
+    big.send(frame);
+    assertEquals(await big.closed, { code: 1009, reason: "Message too big" });
+    assertEquals(big.frames, [{
+      type: "error",
+      message: `Message is too large: ${frame.length} characters, the limit is 66872`,
+    }]);
 
     const bad = TestClient.connect(`${server.wsUrl}/ws/chat/4/?token=nope`);
     assertEquals((await bad.closed).code, 4001);

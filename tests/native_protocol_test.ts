@@ -601,6 +601,16 @@ Deno.test("native: a frame over the size cap is refused with close 1009", async 
     const a = await connect(server);
     a.send({ type: "ping", pad: "x".repeat(100_000) });
     assertEquals((await a.closed).code, 1009);
+    // Told why before the close, in the protocol's error shape.
+    assertEquals((a.frames as Frame[]).map((f) => [f.type, f.code]), [[
+      "error",
+      "frame_too_large",
+    ]]);
+    assertMatch(
+      (a.frames as Frame[])[0].message as string,
+      /^Message is too large: 1000\d\d characters, the limit is 66872$/,
+    );
+    assertEquals(server.app.context.metrics.errors.get("frame_too_large"), 1);
     const b = await connect(server);
     b.send({ type: "ping" });
     assertEquals((await b.next()).type, "pong");
@@ -621,6 +631,8 @@ Deno.test("native: sends made before an oversized frame get their replies before
     assertEquals((await a.closed).code, 1009);
     const acks = (a.frames as Frame[]).filter((f) => f.type === "ack");
     assertEquals(acks.map((f) => [f.ref, f.seq]), [[0, 1], [1, 2], [2, 3]]);
+    // The refusal is the last thing said, after the replies to the frames before it.
+    assertEquals((a.frames as Frame[]).at(-1)?.code, "frame_too_large");
     // Only the three sends before it were stored.
     const b = await connect(server);
     b.send({ type: "history", room: "ticket:4", ref: 1 });
@@ -666,6 +678,11 @@ Deno.test("native: file sends one at a time pass INBOUND_QUEUE_BYTES; a burst pa
     for (let i = 4; i < 12; i++) sendFile(i);
     await eventually(() => a.socket.readyState === WebSocket.CLOSED, 5000, "the close");
     assertEquals(await a.closed, { code: 1008, reason: "Too much data queued" });
+    assertEquals((a.frames as Frame[]).at(-1), {
+      type: "error",
+      code: "rate_limited",
+      message: "Too much data queued: send the next message after the reply to the last one",
+    });
     // Every frame before the refused one got its reply, in order; none after it was read.
     const replies = (a.frames as Frame[]).filter((f) => typeof f.ref === "number");
     const acked = replies.filter((f) => f.type === "ack").map((f) => f.ref as number);

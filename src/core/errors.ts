@@ -10,6 +10,7 @@ export type ChatErrorCode =
   | "filename_too_long"
   | "bad_base64"
   | "file_too_large"
+  | "frame_too_large"
   | "forbidden"
   | "not_authenticated"
   | "not_found"

@@ -282,6 +282,11 @@ class RoomSocket implements SocketHandler {
     });
   }
 
+  refused(conn: Connection, error: ChatError): void {
+    // Before the join, the protocol's own close code is all the client gets.
+    if (this.#session) conn.send(this.#dialect.errorFrame(error));
+  }
+
   closed(): void {
     const session = this.#session;
     if (!session) return;

@@ -1,5 +1,6 @@
 /** The WebSocket transport: upgrade, frame size cap, slow-consumer guard, one-shot cleanup. */
 
+import { ChatError } from "../core/errors.ts";
 import type { Metrics } from "../core/metrics.ts";
 import type { FrameBudget, FrameHolder } from "./frame_budget.ts";
 
@@ -61,6 +62,11 @@ export interface SocketHandler {
   message(conn: Connection, text: string): void | Promise<void>;
   /** The socket is gone, whoever closed it; called exactly once. */
   closed(conn: Connection): void;
+  /**
+   * A frame was refused (too large, or too much queued) and the socket is about to close:
+   * the last chance to tell the client why, in its protocol's own error shape.
+   */
+  refused?(conn: Connection, error: ChatError): void;
 }
 
 const decoder = new TextDecoder();
@@ -156,13 +162,23 @@ export class Connection implements FrameHolder {
       ? data.byteLength
       : (data as Blob).size ?? 0;
     if (size > this.#options.maxFrameSize) {
-      this.#refuse(size, CLOSE.tooBig, "Message too big");
+      const error = new ChatError(
+        "frame_too_large",
+        `Message is too large: ${size} ${typeof data === "string" ? "characters" : "bytes"}, ` +
+          `the limit is ${this.#options.maxFrameSize}`,
+      );
+      this.#options.metrics.error("frame_too_large");
+      this.#refuse(size, CLOSE.tooBig, "Message too big", error);
       return;
     }
     const maxQueued = this.#options.maxQueuedBytes;
     if (maxQueued !== undefined && this.#queuedBytes > 0 && this.#queuedBytes + size > maxQueued) {
       this.#options.metrics.error("too_much_queued");
-      this.#refuse(size, CLOSE.tooMuchQueued, "Too much data queued");
+      const error = new ChatError(
+        "rate_limited",
+        "Too much data queued: send the next message after the reply to the last one",
+      );
+      this.#refuse(size, CLOSE.tooMuchQueued, "Too much data queued", error);
       return;
     }
     this.#options.metrics.bytesIn += size;
@@ -188,12 +204,19 @@ export class Connection implements FrameHolder {
    * Drops a frame and reads no more: the frames before it are still handled and their replies
    * sent, so that the client learns what became of each, and then the socket closes with `code`.
    */
-  #refuse(size: number, code: number, reason: string): void {
+  #refuse(size: number, code: number, reason: string, error: ChatError): void {
     // Deno's read buffer grew to hold it, and stays so until the close.
     this.#options.frames?.received(this, size);
     this.#refusing = true;
     this.#run(async () => {
       await this.settled();
+      if (!this.#done) {
+        try {
+          this.#handler.refused?.(this, error);
+        } catch (err) {
+          console.error(`${this.#options.protocol}: refusal reply failed:`, err);
+        }
+      }
       this.close(code, reason);
     });
   }

@@ -519,6 +519,12 @@ class NativeSession implements SocketHandler {
     }
   }
 
+  /** Tells the client why the socket is closing for a frame it sent (too large, too many). */
+  refused(conn: Connection, error: ChatError): void {
+    // Counted by the transport, which refused it.
+    this.#reply(conn, { type: "error", code: error.code, message: error.message }, undefined);
+  }
+
   /** Answers a refused request with an `error` frame, naming the room when given one. */
   #replyError(conn: Connection, err: unknown, ref: unknown, room?: string): void {
     const error = asChatError(err);
