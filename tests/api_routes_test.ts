@@ -560,8 +560,17 @@ apiTest(
     const token = await s.token({ sub: "9", rooms: ["chat:55"] });
     const socket = await TestClient.open(`${s.wsUrl}/ws/chat/55/?token=${token}`);
     await socket.next((f) => f.type === "connection_established");
+    // A chat-rooms client in a named room with history, deleted too.
+    const lobby = await TestClient.open(`${s.wsUrl}/ws/rooms/lobby55/?token=${token}`);
+    await lobby.next((f) => f.type === "room_users_list");
+    lobby.send({ message: "hello" });
+    await lobby.next((f) => f.type === "chat_message");
     assertEquals((await s.api("DELETE", "/api/rooms/chat/55")).status, 204);
-    assertEquals((await socket.closed).code, 4004);
+    // Each protocol's own code for a room that is not there: the conversation's 4404.
+    assertEquals(await socket.closed, { code: 4404, reason: "Room deleted" });
+    assertEquals((await s.api("DELETE", "/api/rooms/room/lobby55")).status, 204);
+    // The chat rooms' "Room not found or could not be created".
+    assertEquals(await lobby.closed, { code: 4000, reason: "Room deleted" });
     const after = await s.api("GET", "/api/rooms/chat/55/messages");
     assertEquals(after.body.messages, []);
     assertEquals((await s.api("DELETE", "/api/rooms/chat/55")).body, {

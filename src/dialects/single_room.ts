@@ -41,8 +41,11 @@ export interface SingleRoomDialect {
   pattern: URLPattern;
   /** Room key for the URL's id, or null when the id cannot name a room. */
   roomOf(id: string): string | null;
-  /** Close codes: bad token, no access, a URL id that names no room. */
-  codes: { unauthorized: number; forbidden: number; badRoom: number };
+  /**
+   * Close codes: bad token, no access, a URL id that names no room, the room deleted (the
+   * document's own code for a room that is not there, where it has one).
+   */
+  codes: { unauthorized: number; forbidden: number; badRoom: number; deleted: number };
   /** Access rule; the core's access policy when omitted. */
   canEnter?(user: Principal, room: string): Promise<boolean>;
   /** Cache key for rendered frames (defaults to the protocol name plus the base URL). */
@@ -156,7 +159,7 @@ class SessionMember implements Member {
 
   evict(event: RoomEvent & { type: "closed" | "revoked" }): void {
     this.#session.conn.close(
-      event.type === "closed" ? 4004 : this.#dialect.codes.forbidden,
+      event.type === "closed" ? this.#dialect.codes.deleted : this.#dialect.codes.forbidden,
       event.type === "closed" ? "Room deleted" : "Access revoked",
     );
   }

@@ -28,7 +28,8 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
     name: "chat-rooms",
     pattern: new URLPattern({ pathname: path }),
     roomOf: (name) => ROOM_NAME.test(name) ? `room:${name}` : null,
-    codes: { unauthorized: 4001, forbidden: 4003, badRoom: 4000 },
+    // 4000 is the document's "Room not found or could not be created".
+    codes: { unauthorized: 4001, forbidden: 4003, badRoom: 4000, deleted: 4000 },
     wants: (_s, event) => event.type === "message" || event.type === "presence",
     everyMessage: true,
     render(_s, event) {

@@ -108,7 +108,8 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
     name: "conversation",
     pattern: new URLPattern({ pathname: path }),
     roomOf: (id) => isValidRoomId(id) ? roomKey("chat", id) : null,
-    codes: { unauthorized: 4001, forbidden: 4404, badRoom: 4404 },
+    // The document's one code past 4001: the user is not (or no longer) in the conversation.
+    codes: { unauthorized: 4001, forbidden: 4404, badRoom: 4404, deleted: 4404 },
     everyMessage: true,
     wants(s, event) {
       if (event.type === "message") return true;

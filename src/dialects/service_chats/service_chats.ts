@@ -22,7 +22,7 @@ export function serviceChatRoutes(ctx: DialectContext): WsRoute[] {
       name: kind,
       pattern: new URLPattern({ pathname: `/ws/${kind}s/:id{/}?` }),
       roomOf: (id) => isValidRoomId(id) ? roomKey(kind, id) : null,
-      codes: { unauthorized: 4001, forbidden: 4003, badRoom: 4003 },
+      codes: { unauthorized: 4001, forbidden: 4003, badRoom: 4003, deleted: 4004 },
       wants: (s, event) =>
         event.type === "message" && String(event.message.sender?.id) !== String(s.user.id),
       render: (s, event) =>

@@ -70,7 +70,7 @@ export function ticketSocketRoute(ctx: DialectContext): WsRoute {
     name: "ticket",
     pattern: new URLPattern({ pathname: "/ws/ticket/:id{/}?" }),
     roomOf: (id) => isValidRoomId(id) ? roomKey("ticket", id) : null,
-    codes: { unauthorized: 4001, forbidden: 4003, badRoom: 4003 },
+    codes: { unauthorized: 4001, forbidden: 4003, badRoom: 4003, deleted: TICKET_CLOSE.deleted },
     wants: (_s, event) => event.type === "message",
     everyMessage: true,
     render: (s, event) =>

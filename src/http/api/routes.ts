@@ -359,7 +359,8 @@ export const API_ROUTES: ApiRoute[] = [
     path: "/api/rooms/{kind}/{id}",
     operationId: "deleteRoom",
     summary: "Delete a room, close its sockets and delete its history",
-    description: "Every socket in the room is closed (ticket socket: 4004; native protocol: a " +
+    description: "Every socket in the room is closed (ticket socket and service chats: 4004; " +
+      "conversation chat: 4404; chat rooms: 4000; native protocol: a " +
       "`removed` frame), then its messages, their files, read cursors and client ids are " +
       "deleted. Message numbers are not reused: a room created again under the same id " +
       "continues after the last one. The room, now unknown to the directory, falls back to " +
