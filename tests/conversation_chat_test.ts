@@ -111,6 +111,13 @@ Deno.test("conversation chat: typing goes to the others only and expires when no
     await b.next((f) => f.is_typing === true);
     a.send({ type: "typing", is_typing: false });
     await b.next((f) => f.is_typing === false);
+    // Falsy as Python reads it: a client that sends 0 or null has stopped typing.
+    for (const flag of [0, null, ""]) {
+      a.send({ type: "typing", is_typing: true });
+      await b.next((f) => f.is_typing === true);
+      a.send({ type: "typing", is_typing: flag });
+      assertEquals((await b.next()).is_typing, false);
+    }
     await a.nothing((f) => f.type === "typing");
     await a.close();
     await b.close();

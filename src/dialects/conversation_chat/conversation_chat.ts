@@ -154,7 +154,7 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
           return await sendFrom(s, record, true);
         case "typing":
           if (!(await s.conn.settled())) return;
-          ctx.chat.typing(s.user, s.room, record.is_typing !== false, s.connId);
+          ctx.chat.typing(s.user, s.room, typingFlag(record.is_typing), s.connId);
           return;
         case "mark_read":
           // Up to the socket's own messages sent before it too.
@@ -190,4 +190,15 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
       return Promise.resolve();
     },
   });
+}
+
+/**
+ * `is_typing` read as the Python consumer we replace reads it: absent means typing, and `0`,
+ * `null`, `""` and empty lists or objects are false like `false`.
+ */
+function typingFlag(value: unknown): boolean {
+  if (value === undefined) return true;
+  if (Array.isArray(value)) return value.length > 0;
+  if (value !== null && typeof value === "object") return Object.keys(value).length > 0;
+  return Boolean(value);
 }
