@@ -247,3 +247,44 @@ Deno.test("chat rooms: a peer that stops answering pings is dropped and leaves p
     await server.close();
   }
 });
+
+Deno.test("chat rooms: a message with files (posted through the API) carries their URLs, which serve the bytes", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await enter(server, "files", user(1));
+    await a.next((f) => f.type === "room_users_list");
+    const token = await server.token(user(2));
+    const upload = async (body: string, name: string, bytes: Uint8Array<ArrayBuffer>) => {
+      const form = new FormData();
+      if (body) form.append("body", body);
+      form.append("file", new File([bytes], name));
+      const res = await fetch(`${server.url}/api/rooms/room/files/attachments`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${token}` },
+        body: form,
+      });
+      assertEquals(res.status, 201, await res.clone().text());
+      await res.body?.cancel();
+    };
+    const bytes = crypto.getRandomValues(new Uint8Array(3000));
+    await upload("", "photo.png", bytes);
+    const fileOnly = await a.next((f) => f.type === "chat_message");
+    const url = fileOnly.message as string;
+    assertMatch(url, /^http:\/\/127\.0\.0\.1:\d+\/media\/\S+photo\.png$/);
+    assertEquals(new Uint8Array(await (await fetch(url)).arrayBuffer()), bytes);
+    await upload("see this", "notes.txt", new TextEncoder().encode("notes"));
+    const withText = (await a.next((f) => f.type === "chat_message")).message as string;
+    const [text, link] = withText.split("\n");
+    assertEquals(text, "see this");
+    assertEquals(await (await fetch(link)).text(), "notes");
+    // The history sent on connect renders them the same way.
+    const b = await enter(server, "files", user(3));
+    const history = [];
+    for (let i = 0; i < 2; i++) history.push(await b.next((f) => f.type === "chat_message"));
+    assertEquals(history.map((f) => f.message), [url, withText]);
+    await a.close();
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});
