@@ -3,7 +3,13 @@
 import { assertEquals, assertMatch } from "./assert.ts";
 import { startTestServer, TestClient, type TestServer } from "./helpers.ts";
 
-async function open(server: TestServer, kind: string, id: number, claims: object, via = "query") {
+async function open(
+  server: TestServer,
+  kind: string,
+  id: number | string,
+  claims: object,
+  via = "query",
+) {
   const token = await server.token(claims);
   const url = `${server.wsUrl}/ws/${kind}/${id}`;
   return via === "cookie"
@@ -66,6 +72,23 @@ Deno.test("service chats: a message reaches every participant except the sender"
     // The sender's other tab is the same user: it gets nothing either.
     await secondTab.nothing();
     for (const ws of [master, client, secondTab]) await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("service chats: /ws/service-chats/007 and /ws/service-chats/7 are one chat, as its integer id is", async () => {
+  const server = await startTestServer();
+  try {
+    const master = await open(server, "service-chats", "007", {
+      sub: 1,
+      rooms: ["service-chat:7"],
+    });
+    const client = await open(server, "service-chats", 7, { sub: 2, rooms: ["service-chat:7"] });
+    master.send({ type: "message", content: "one chat" });
+    const m = await client.next();
+    assertEquals([m.content, m.chat_id], ["one chat", 7]);
+    for (const ws of [master, client]) await ws.close();
   } finally {
     await server.close();
   }

@@ -4,7 +4,7 @@
  */
 
 import { ChatError } from "../../core/errors.ts";
-import { isValidRoomId, roomKey } from "../../core/rooms.ts";
+import { isValidRoomId, roomKey, type RoomKind } from "../../core/rooms.ts";
 import { isoSeconds } from "../../core/time.ts";
 import type { QueuedSend } from "../../core/chat_service.ts";
 import type { Attachment, Message } from "../../core/types.ts";
@@ -19,6 +19,13 @@ export const CONVERSATION_CLOSE = { unauthorized: 4001, notParticipant: 4404 } a
 
 /** Numeric ids render as numbers, as Django's integer primary keys do. */
 export const idValue = (id: string): string | number => /^\d{1,15}$/.test(id) ? Number(id) : id;
+
+/**
+ * The room key of a URL id that {@link idValue} renders as a number: `007` and `7` are one
+ * integer key, as the server we replace parses them, so they are one room.
+ */
+export const numericRoom = (kind: RoomKind, id: string): string | null =>
+  isValidRoomId(id) ? roomKey(kind, String(idValue(id))) : null;
 
 function renderAttachment(a: Attachment, seq: number, baseUrl: string) {
   const path = mediaUrlPath(a.key);
@@ -107,7 +114,7 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
   return singleRoomRoute(ctx, {
     name: "conversation",
     pattern: new URLPattern({ pathname: path }),
-    roomOf: (id) => isValidRoomId(id) ? roomKey("chat", id) : null,
+    roomOf: (id) => numericRoom("chat", id),
     // The document's one code past 4001: the user is not (or no longer) in the conversation.
     codes: { unauthorized: 4001, forbidden: 4404, badRoom: 4404, deleted: 4404 },
     everyMessage: true,

@@ -5,9 +5,8 @@
  */
 
 import { ChatError } from "../../core/errors.ts";
-import { isValidRoomId, roomKey } from "../../core/rooms.ts";
 import { isoNaive } from "../../core/time.ts";
-import { idValue } from "../conversation_chat/conversation_chat.ts";
+import { idValue, numericRoom } from "../conversation_chat/conversation_chat.ts";
 import type { DialectContext, WsRoute } from "../context.ts";
 import { optionalClientId, optionalString, parseObject } from "../frames.ts";
 import { singleRoomRoute } from "../single_room.ts";
@@ -21,7 +20,7 @@ export function serviceChatRoutes(ctx: DialectContext): WsRoute[] {
     singleRoomRoute(ctx, {
       name: kind,
       pattern: new URLPattern({ pathname: `/ws/${kind}s/:id{/}?` }),
-      roomOf: (id) => isValidRoomId(id) ? roomKey(kind, id) : null,
+      roomOf: (id) => numericRoom(kind, id),
       codes: { unauthorized: 4001, forbidden: 4003, badRoom: 4003, deleted: 4004 },
       wants: (s, event) =>
         event.type === "message" && String(event.message.sender?.id) !== String(s.user.id),
