@@ -713,6 +713,49 @@ Deno.test("socket.io ticket chat: a slow join holds up only its own ticket; a jo
   );
 });
 
+Deno.test("socket.io ticket chat: a socket that becomes another user during its join is refused, not told it joined", async () => {
+  let started!: () => void;
+  const checking = new Promise<void>((r) => started = r);
+  let release!: () => void;
+  const gate = new Promise<void>((r) => release = r);
+  await withChat(
+    async (server, client) => {
+      const socket = client({ transports: ["websocket"] });
+      await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:swap"] }));
+      const answer = Promise.race([
+        next(socket, "joined_ticket").then((p) => ["joined_ticket", p]),
+        next(socket, "join_ticket_error").then((p) => ["join_ticket_error", p]),
+      ]);
+      socket.emit("join_ticket", { ticketId: "swap" });
+      // Held in the check made once the socket is in the room; meanwhile it signs in as user 2.
+      await checking;
+      try {
+        await authenticated(socket, await server.token({ sub: "2", rooms: ["ticket:swap"] }));
+      } finally {
+        release();
+      }
+      assertEquals(await answer, ["join_ticket_error", {
+        message: "Access denied to this ticket",
+      }]);
+      assertEquals(server.app.context.hub.members("ticket:swap").size, 0);
+      // As user 2 it joins like anyone else.
+      await joined(socket, "swap");
+    },
+    {},
+    {
+      access: (inner) => ({
+        async canAccess(user, room, options) {
+          if (room === "ticket:swap" && options?.fresh && String(user.id) === "1") {
+            started();
+            await gate;
+          }
+          return await inner.canAccess(user, room, options);
+        },
+      }),
+    },
+  );
+});
+
 Deno.test("socket.io ticket chat: Socket.IO and ticket-socket clients share the ticket", async () => {
   await withChat(async (server, client) => {
     const token = await server.token({

@@ -434,6 +434,9 @@ export function createSocketIoTicketChat(
               if (!(await ctx.chat.canAccess(user, roomKey("ticket", id), { fresh: true }))) {
                 throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
               }
+              // Signed in as someone else meanwhile, which left every ticket, this one too: the
+              // join was the first user's, and the new one has not asked for it.
+              if (!s.tickets.has(id)) throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
             } catch (err) {
               // Not left half joined: a later join_ticket must try again, not be acked at once.
               if (s.tickets.has(id)) leaveTicket(socket, id);
