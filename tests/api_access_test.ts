@@ -12,8 +12,8 @@ import {
   requirePostgresInCi,
   startApiServer,
 } from "./api_helpers.ts";
-import { assertEquals } from "./assert.ts";
-import { TestClient } from "./helpers.ts";
+import { assert, assertEquals } from "./assert.ts";
+import { eventually, TestClient } from "./helpers.ts";
 
 requirePostgresInCi("directory access end to end");
 
@@ -66,6 +66,52 @@ apiTest("ticket socket: a participant is let in, a removed one is closed with 40
   await ping(s, "ticket:1", stays, "still here");
   await stays.close();
 });
+
+apiTest(
+  "socket.io: a participant removed through the API is told, and hears no more of the ticket",
+  async (s) => {
+    await s.api("PUT", "/api/rooms/ticket/1", {
+      json: { participants: [{ user_id: "3" }, { user_id: "4" }] },
+    });
+    const stays = await open(s, "/ws/ticket/1/", { sub: "3" });
+    // Both sockets share the ticket's one bridge into the room: the removal must pick one of them.
+    const sockets = await Promise.all(["3", "4"].map(async (sub) => {
+      const sio = connect(s.url, {
+        forceNew: true,
+        transports: ["websocket"],
+        auth: { token: await s.token({ sub }) },
+      });
+      await within(new Promise((r) => sio.once("authenticated", r)), "authenticated");
+      sio.emit("join_ticket", { ticketId: "1" });
+      await within(new Promise((r) => sio.once("joined_ticket", r)), "joined_ticket");
+      return sio;
+    }));
+    const [three, four] = sockets;
+    const heard: Record<string, string[]> = { three: [], four: [] };
+    three.on("new_message", ({ data }: { data: Json }) => heard.three.push(data.message as string));
+    four.on("new_message", ({ data }: { data: Json }) => heard.four.push(data.message as string));
+    const typing: unknown[] = [];
+    four.on("user_typing", (p: unknown) => typing.push(p));
+    try {
+      await ping(s, "ticket:1", stays, "before");
+      const refused = new Promise((r) => four.once("join_ticket_error", r));
+      assertEquals((await s.api("DELETE", "/api/rooms/ticket/1/participants/4")).status, 204);
+      assertEquals(await within(refused, "join_ticket_error"), {
+        message: "Access denied to this ticket",
+      });
+      three.emit("typing_start", { ticketId: "1" });
+      await ping(s, "ticket:1", stays, "after");
+      await eventually(() => heard.three.includes("after"));
+      await new Promise((r) => setTimeout(r, 200));
+      assertEquals(heard, { three: ["before", "after"], four: ["before"] });
+      assertEquals(typing, []);
+      assert(four.connected);
+    } finally {
+      for (const sio of sockets) sio.disconnect();
+      await stays.close();
+    }
+  },
+);
 
 apiTest(
   "a send after a revocation the socket never heard of is refused and closes it",

@@ -15,7 +15,10 @@ export interface Member {
   render(event: RoomEvent): string | undefined;
   /** Writes a frame to the socket. */
   send(frame: string): void;
-  /** Called when the room is closed or the member's access is revoked. */
+  /**
+   * Called when the room is closed or the member's access is revoked; a member that stands for
+   * sockets of several users (one with `deliver`) gets every revocation and picks its sockets.
+   */
   evict(event: RoomEvent & { type: "closed" | "revoked" }): void;
   /**
    * Takes the event itself instead of `render` + `send`: for a member that stands for many
@@ -277,7 +280,10 @@ export class Hub {
   #fanout(state: RoomState, event: RoomEvent): void {
     if (event.type === "closed" || event.type === "revoked") {
       for (const member of [...state.members]) {
-        if (event.type === "closed" || String(member.user.id) === String(event.userId)) {
+        if (
+          event.type === "closed" || member.deliver !== undefined ||
+          String(member.user.id) === String(event.userId)
+        ) {
           // One member's failure must not leave the others in a room they may not see.
           try {
             member.evict(event);
