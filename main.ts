@@ -5,7 +5,7 @@ import { Authenticator } from "./src/auth/authenticator.ts";
 import { createVerifier, ensureDevSecret } from "./src/auth/verifier.ts";
 import { BroadcastChannelBroker } from "./src/broker/broadcast_channel_broker.ts";
 import { InstanceRegistry, SharedOnlyBroker } from "./src/broker/instance_registry.ts";
-import { KvHeadWatcher } from "./src/broker/kv_head_watcher.ts";
+import { KvHeadWatcher, LOCAL_HEAD_POLL_MS } from "./src/broker/kv_head_watcher.ts";
 import { type Config, loadConfig } from "./src/config.ts";
 import { ChatService } from "./src/core/chat_service.ts";
 import { Metrics } from "./src/core/metrics.ts";
@@ -108,9 +108,13 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   // commits or listens); both start as soon as another instance or isolate registers.
   // The registry entry is also the lease of this server's presence entries: it lapses, and
   // they with it, a presence TTL after the server stops renewing it.
+  // Deno wakes a watch on a local KV file only for commits of its own process: servers of other
+  // processes sharing the file are found, and their commits seen, by reading the keys instead.
+  const localKv = !/^https?:\/\//i.test(config.kvPath);
   const registry = await InstanceRegistry.start(kv, {
     staleMs: config.presenceTtlSeconds * 1000,
     heartbeatMs: config.presenceTtlSeconds * 1000 / 3,
+    pollMs: localKv ? 1000 : undefined,
   });
   const broker = new SharedOnlyBroker(
     overrides.broker ?? new BroadcastChannelBroker(config.kvPath),
@@ -120,8 +124,13 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     heads: (h) => {
       const watcher = new KvHeadWatcher(kv, (room, head) => h.headAdvanced(room, head), {
         active: !registry.alone,
+        pollMs: localKv ? LOCAL_HEAD_POLL_MS : undefined,
       });
-      registry.onChange((alone) => watcher.setActive(!alone));
+      watcher.setPolling(registry.elsewhere > 0);
+      registry.onChange(() => {
+        watcher.setActive(!registry.alone);
+        watcher.setPolling(registry.elsewhere > 0);
+      });
       return watcher;
     },
     catchUpDelayMs: overrides.catchUpDelayMs,

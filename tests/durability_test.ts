@@ -149,6 +149,36 @@ Deno.test("durability: SIGTERM closes sockets with 1001, exits cleanly, and clie
   }
 });
 
+Deno.test("durability: two server processes on one local KV file deliver each other's messages in a quiet room", async () => {
+  // Deno wakes a watch on a local file only for its own process's commits; these two share no
+  // channel and no process, and nobody on the receiving side sends anything that would read back.
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-procs-" });
+  const ports = [freePort(), freePort()];
+  const servers: Deno.ChildProcess[] = [];
+  try {
+    for (const port of ports) servers.push(await spawnServer(dataDir, port));
+    const [a, b] = await Promise.all(ports.map((port, i) => nativeClient(port, String(i + 1))));
+    for (const ws of [a, b]) {
+      ws.send({ type: "join", room: "ticket:7" });
+      await ws.next((f) => f.type === "joined");
+    }
+    // Each way: the first server learns of the second only through the registry's own reads.
+    for (const [from, to, body] of [[a, b, "from a"], [b, a, "from b"], [a, b, "again"]] as const) {
+      from.send({ type: "send", room: "ticket:7", body });
+      await from.next((f) => f.type === "ack");
+      await to.next((f) => f.type === "message" && f.body === body, 5000);
+    }
+    await a.close();
+    await b.close();
+  } finally {
+    for (const server of servers) {
+      server.kill("SIGKILL");
+      await server.status.catch(() => {});
+    }
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
 /**
  * Two servers on one KV with separate brokers, so that only kv.watch on the rooms' head keys links
  * them, and a native client of each joined to `room`.

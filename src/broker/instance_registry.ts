@@ -69,6 +69,11 @@ export interface InstanceRegistryOptions {
   heartbeatMs?: number;
   /** An entry not renewed for this long belongs to a dead server (default 30 s). */
   staleMs?: number;
+  /**
+   * Also read the epoch key this often (ms): on a local KV file a commit by another OS process
+   * wakes no watch here, so a newcomer there would otherwise be seen only at the next heartbeat.
+   */
+  pollMs?: number;
 }
 
 /**
@@ -86,6 +91,9 @@ export class InstanceRegistry {
   #heartbeatMs: number;
   #staleMs: number;
   #others = 0;
+  #elsewhere = 0;
+  #pollMs?: number;
+  #poll?: ReturnType<typeof setInterval>;
   #listeners = new Set<(alone: boolean) => void>();
   #lapseListeners = new Set<() => void>();
   #timer?: ReturnType<typeof setInterval>;
@@ -100,6 +108,7 @@ export class InstanceRegistry {
     this.#kv = kv;
     this.#heartbeatMs = options.heartbeatMs ?? 10_000;
     this.#staleMs = options.staleMs ?? 30_000;
+    this.#pollMs = options.pollMs;
   }
 
   /**
@@ -112,7 +121,7 @@ export class InstanceRegistry {
   ): Promise<InstanceRegistry> {
     const registry = new InstanceRegistry(kv, options);
     await registry.#announce(true);
-    registry.#others = await registry.#countOthers();
+    registry.#count(await registry.live());
     registry.#follow();
     const timer = setInterval(() => {
       registry.#beating = registry.#beat().catch((err) => {
@@ -137,6 +146,11 @@ export class InstanceRegistry {
   /** Live servers besides this one. */
   get others(): number {
     return this.#others;
+  }
+
+  /** Live servers in other OS processes (other instances, not isolates of this process). */
+  get elsewhere(): number {
+    return this.#elsewhere;
   }
 
   /**
@@ -165,7 +179,10 @@ export class InstanceRegistry {
     };
   }
 
-  /** Calls `listener` whenever {@link alone} changes; returns the function that stops it. */
+  /**
+   * Calls `listener` whenever {@link alone} changes, or whether any server is
+   * {@link elsewhere}; returns the function that stops it.
+   */
   onChange(listener: (alone: boolean) => void): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
@@ -201,18 +218,19 @@ export class InstanceRegistry {
     await this.#refresh();
   }
 
-  async #countOthers(): Promise<number> {
-    return (await this.live()).ids.size - 1;
+  #count(live: LeaseSnapshot): void {
+    this.#others = live.ids.size - 1;
+    this.#elsewhere = live.ids.size - live.here.size;
   }
 
   /** Reads the entries again; serialised so that a late answer never overwrites a newer one. */
   #refresh(): Promise<void> {
     this.#refreshing = this.#refreshing.then(async () => {
       if (this.#closed) return;
-      const others = await this.#countOthers();
-      const wasAlone = this.alone;
-      this.#others = others;
-      if (wasAlone !== this.alone && !this.#closed) {
+      const live = await this.live();
+      const was = [this.alone, this.#elsewhere > 0];
+      this.#count(live);
+      if ((was[0] !== this.alone || was[1] !== this.#elsewhere > 0) && !this.#closed) {
         for (const listener of this.#listeners) listener(this.alone);
       }
     }).catch((err) => {
@@ -223,6 +241,25 @@ export class InstanceRegistry {
   }
 
   #follow(): void {
+    if (this.#pollMs !== undefined && this.#poll === undefined) {
+      let seen: string | null | undefined;
+      let reading = false;
+      this.#poll = setInterval(async () => {
+        if (reading || this.#closed) return;
+        reading = true;
+        try {
+          const { versionstamp } = await this.#kv.get(EPOCH);
+          // The first read too: a server may have arrived since the start's own read.
+          if (versionstamp !== seen) await this.#refresh();
+          seen = versionstamp;
+        } catch {
+          // The heartbeat reports a store that does not answer.
+        } finally {
+          reading = false;
+        }
+      }, this.#pollMs);
+      Deno.unrefTimer(this.#poll);
+    }
     const reader = this.#kv.watch([EPOCH]).getReader();
     this.#watch = reader;
     (async () => {
@@ -244,6 +281,7 @@ export class InstanceRegistry {
   abandon(): void {
     this.#closed = true;
     clearInterval(this.#timer);
+    clearInterval(this.#poll);
     this.#watch?.cancel().catch(() => {});
     this.#listeners.clear();
     this.#lapseListeners.clear();

@@ -5,6 +5,12 @@ import { KV_KEYS } from "../store/kv_message_store.ts";
 /** Deno KV watches at most 10 keys per call. */
 const KEYS_PER_WATCH = 10;
 
+/**
+ * How often heads are read where a watch cannot see the commits (other processes on a local KV
+ * file): the most a message from there waits, beside the hub's catch-up delay.
+ */
+export const LOCAL_HEAD_POLL_MS = 50;
+
 /** Tells the hub about new heads of the rooms it follows. */
 export interface HeadWatcher {
   /** Starts following a room's head. */
@@ -38,19 +44,75 @@ export class KvHeadWatcher implements HeadWatcher {
   #buckets: Bucket[] = [];
   #closed = false;
   #active: boolean;
+  #pollMs?: number;
+  #polling = false;
+  #poll?: ReturnType<typeof setInterval>;
+  /** Versionstamps of the heads as last polled, so only a head that moved is reported. */
+  #polled = new Map<string, string | null>();
 
   /**
    * Watches through `kv` and reports each new head to `onHead`. An inactive watcher only keeps
-   * its list of rooms (see {@link setActive}).
+   * its list of rooms (see {@link setActive}); `pollMs` is how often heads are read while
+   * {@link setPolling} says so.
    */
   constructor(
     kv: Deno.Kv,
     onHead: (room: string, head: number) => void,
-    options: { active?: boolean } = {},
+    options: { active?: boolean; pollMs?: number } = {},
   ) {
     this.#kv = kv;
     this.#onHead = onHead;
     this.#active = options.active ?? true;
+    this.#pollMs = options.pollMs;
+  }
+
+  /**
+   * Also reads the heads every `pollMs` while `polling` (and active): on a local KV file, a
+   * commit by another OS process wakes no watch here (Deno notifies only its own process).
+   */
+  setPolling(polling: boolean): void {
+    this.#polling = polling && this.#pollMs !== undefined;
+    this.#schedulePoll();
+  }
+
+  #schedulePoll(): void {
+    const wanted = this.#polling && this.#active && !this.#closed;
+    if (!wanted) {
+      clearInterval(this.#poll);
+      this.#poll = undefined;
+      this.#polled.clear();
+      return;
+    }
+    if (this.#poll !== undefined) return;
+    let reading = false;
+    this.#poll = setInterval(async () => {
+      if (reading) return;
+      reading = true;
+      try {
+        await this.#readHeads();
+      } catch {
+        // A store that does not answer is reported by the registry's heartbeat.
+      } finally {
+        reading = false;
+      }
+    }, this.#pollMs);
+    Deno.unrefTimer(this.#poll);
+  }
+
+  async #readHeads(): Promise<void> {
+    for (const bucket of this.#buckets) {
+      const rooms = [...bucket.rooms];
+      if (rooms.length === 0) continue;
+      const entries = await this.#kv.getMany(rooms.map(KV_KEYS.head));
+      if (this.#poll === undefined) return;
+      entries.forEach((entry, i) => {
+        const room = rooms[i];
+        // The first read reports too: a commit there since the watch's first report woke nothing.
+        if (this.#polled.get(room) === entry.versionstamp) return;
+        this.#polled.set(room, entry.versionstamp);
+        if (typeof entry.value === "number") this.#onHead(room, entry.value);
+      });
+    }
   }
 
   /**
@@ -61,6 +123,7 @@ export class KvHeadWatcher implements HeadWatcher {
     if (this.#active === active) return;
     this.#active = active;
     for (const bucket of this.#buckets) this.#restart(bucket);
+    this.#schedulePoll();
   }
 
   #restart(bucket: Bucket): void {
@@ -127,6 +190,7 @@ export class KvHeadWatcher implements HeadWatcher {
     const bucket = this.#buckets.find((b) => b.rooms.includes(room));
     if (!bucket) return;
     bucket.rooms.splice(bucket.rooms.indexOf(room), 1);
+    this.#polled.delete(room);
     this.#restart(bucket);
     if (bucket.rooms.length === 0) this.#buckets.splice(this.#buckets.indexOf(bucket), 1);
   }
@@ -134,6 +198,7 @@ export class KvHeadWatcher implements HeadWatcher {
   /** Stops every watch. */
   close(): void {
     this.#closed = true;
+    this.#schedulePoll();
     for (const bucket of this.#buckets) bucket.reader?.cancel().catch(() => {});
     this.#buckets = [];
   }
