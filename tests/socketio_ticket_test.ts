@@ -226,11 +226,32 @@ Deno.test("socket.io ticket chat: every documented error text", async () => {
       (await next<Payload>(socket, "send_message_error")).message as string,
       /not valid base64/,
     );
-    // Still connected and working.
+    // Malformed attachments are refused, not stored as empty files or dropped beside the text.
+    for (
+      const [attachments, text] of [
+        [
+          [{ name: "a.png", type: "image/png" }],
+          'Each attachment needs its "data" (bytes or base64)',
+        ],
+        ["nope", '"attachments" must be a list of {name, data}'],
+        [["a.png"], 'Each entry of "attachments" must be {name, data}'],
+      ] as const
+    ) {
+      socket.emit("send_message", { ticketId: "1", message: "with files", attachments });
+      assertEquals(await next(socket, "send_message_error"), { message: text });
+    }
+    // Still connected and working; an empty file (a zero-byte upload's base64) is a file.
     await joined(socket, "1");
     const arrival = next<{ data: Payload }>(socket, "new_message");
     socket.emit("send_message", { ticketId: "1", message: "fine" });
     assertEquals((await arrival).data.message, "fine");
+    const empty = next<{ data: Payload }>(socket, "new_message");
+    socket.emit("send_message", { ticketId: "1", attachments: [{ name: "empty.txt", data: "" }] });
+    const [file] = (await empty).data.attachments as Payload[];
+    assertEquals([file.originalname, file.size], ["empty.txt", 0]);
+    const history = next<{ messages: Payload[] }>(socket, "messages_loaded");
+    socket.emit("get_messages", { ticketId: "1" });
+    assertEquals((await history).messages.map((m) => m.message), ["fine", ""]);
   }, { MAX_FILE_BYTES: "2048" });
 });
 

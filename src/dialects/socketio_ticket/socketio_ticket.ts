@@ -144,6 +144,35 @@ export interface SocketIoTicketOptions {
 }
 
 /**
+ * A `send_message`'s `attachments`: absent, or a list of `{name, data}` whose data is bytes or a
+ * (base64) string. Refused when malformed: stored as it was, a file without data became an empty
+ * file, and attachments that were not a list were dropped while the text went out.
+ */
+function attachmentsOf(value: unknown): FileInput[] {
+  if (value === undefined || value === null) return [];
+  if (!Array.isArray(value)) {
+    throw new ChatError("invalid_frame", '"attachments" must be a list of {name, data}');
+  }
+  return value.map((item) => {
+    if (typeof item !== "object" || item === null || Array.isArray(item)) {
+      throw new ChatError("invalid_frame", 'Each entry of "attachments" must be {name, data}');
+    }
+    const a = item as Record<string, unknown>;
+    const data = a.data instanceof Uint8Array
+      ? a.data
+      : a.data instanceof ArrayBuffer
+      ? new Uint8Array(a.data)
+      : typeof a.data === "string"
+      ? a.data
+      : undefined;
+    if (data === undefined) {
+      throw new ChatError("invalid_frame", 'Each attachment needs its "data" (bytes or base64)');
+    }
+    return { name: typeof a.name === "string" ? a.name : undefined, data };
+  });
+}
+
+/**
  * Builds the Socket.IO server for the ticket chat. Fan-out uses one hub member per ticket (and
  * base URL) on this isolate: the bridge encodes each event once for every Socket.IO socket in
  * the ticket here.
@@ -487,21 +516,7 @@ export function createSocketIoTicketChat(
       const { user, room, id } = await authorize(socket, payload);
       const record = payload as Record<string, unknown>;
       const text = typeof record.message === "string" ? record.message : "";
-      const list = Array.isArray(record.attachments) ? record.attachments : [];
-      const files: FileInput[] = list.map((item) => {
-        const a = (typeof item === "object" && item !== null ? item : {}) as Record<
-          string,
-          unknown
-        >;
-        const data = a.data instanceof Uint8Array
-          ? a.data
-          : a.data instanceof ArrayBuffer
-          ? new Uint8Array(a.data)
-          : typeof a.data === "string"
-          ? a.data
-          : "";
-        return { name: typeof a.name === "string" ? a.name : undefined, data };
-      });
+      const files = attachmentsOf(record.attachments);
       if (text.trim() === "" && files.length === 0) {
         throw new ChatError("empty_message", SIO_ERRORS.emptyMessage);
       }
