@@ -793,13 +793,33 @@ Deno.test("socket.io ticket chat: Socket.IO and ticket-socket clients share the 
     ws.send({ body: "from the ticket socket" });
     assertEquals((await arrival).data.message, "from the ticket socket");
     assertEquals((await ws.next()).body, "from the ticket socket");
+    const own = next<{ data: Payload }>(sio, "new_message");
     sio.emit("send_message", { ticketId: "42", message: "from socket.io" });
+    assertEquals((await own).data.message, "from socket.io");
     const seen = await ws.next();
     assertEquals([seen.pk, seen.body, (seen.sender as Payload).username], [
       2,
       "from socket.io",
       "user3",
     ]);
+    // The document's one `file` is the first; the others follow the body as URLs, which serve.
+    const png = (n: number) => ({ name: `p${n}.png`, data: new Uint8Array([n, n, n]).toBase64() });
+    for (const message of ["two files", ""]) {
+      const echo = next<{ data: Payload }>(sio, "new_message");
+      sio.emit("send_message", { ticketId: "42", message, attachments: [png(1), png(2), png(3)] });
+      const { file, body } = await ws.next();
+      const [first, second, third] = (await echo).data.attachments as Payload[];
+      assertEquals(file, first.url);
+      const urls = [second.url, third.url] as string[];
+      assertEquals(body, (message === "" ? urls : [message, ...urls]).join("\n"));
+      for (const [i, url] of [first.url as string, ...urls].entries()) {
+        assertEquals([...new Uint8Array(await (await fetch(url)).arrayBuffer())], [
+          i + 1,
+          i + 1,
+          i + 1,
+        ]);
+      }
+    }
     await ws.close();
   });
 });

@@ -23,13 +23,23 @@ export const TICKET_CLOSE = {
   deleted: 4004,
 } as const;
 
-/** Renders a stored message in the ticket socket's broadcast shape. */
+/**
+ * Renders a stored message in the ticket socket's broadcast shape. The document has one `file`;
+ * a message with more (sent through Socket.IO, the native protocol or the API) carries the
+ * absolute URLs of the others one per line after its body, so a client shows them rather than
+ * nothing.
+ */
 export function renderTicketMessage(message: Message, baseUrl: string): string {
   const sender = message.sender;
-  const file = message.attachments[0];
+  const [file, ...more] = message.attachments;
+  let body = message.body;
+  if (more.length > 0) {
+    const urls = more.map((a) => baseUrl + mediaUrlPath(a.key));
+    body = (body === "" ? urls : [body, ...urls]).join("\n");
+  }
   return JSON.stringify({
     pk: message.seq,
-    body: message.body,
+    body,
     sender: sender
       ? {
         id: sender.id,
