@@ -100,6 +100,11 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   });
   // Deletions of rooms a crash or a failure cut short are finished in the background.
   void store.resumePurges();
+  // So are files a crash left half written: an hour old, no write of any instance is under way.
+  void media.sweepTemporary(60 * 60_000).then(
+    (n) => n > 0 && console.warn(`media: removed ${n} files a crash left half written`),
+    (err) => console.error("media: sweeping half-written files failed:", err),
+  );
   store.onCommit = (ms) => {
     metrics.commitSeconds += ms / 1000;
     metrics.commits++;
@@ -193,8 +198,15 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     media,
     isolateId,
     peers: () => registry.others,
+    // Writes, not reads: a full disk or a read-only volume still answers reads while every send
+    // fails, and a check that only read would call such a server healthy.
     healthCheck: async () => {
-      await kv.get(["health"]);
+      await kv.set(["health", isolateId], Date.now(), { expireIn: 60_000 }).catch((err) => {
+        throw new Error(`KV does not accept writes: ${(err as Error).message}`);
+      });
+      await media.probe().catch((err) => {
+        throw new Error(`Media directory does not accept files: ${(err as Error).message}`);
+      });
       await directory.ping().catch((err) => {
         throw new Error(`Directory does not answer: ${(err as Error).message}`);
       });

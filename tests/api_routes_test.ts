@@ -7,7 +7,7 @@ import { loadConfig } from "../src/config.ts";
 import { API_ROUTES } from "../src/http/api/mod.ts";
 import { ADMIN_TOKEN, apiTest, requirePostgresInCi } from "./api_helpers.ts";
 import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
-import { eventually, TestClient } from "./helpers.ts";
+import { eventually, startTestServer, TestClient } from "./helpers.ts";
 
 requirePostgresInCi("admin API");
 
@@ -512,6 +512,49 @@ apiTest("healthz answers with KV and directory; metrics count API requests", asy
   assertMatch(metrics, /chat_api_requests_total\{method="GET",status="401"\} 1/);
   assertMatch(metrics, /# TYPE chat_connections gauge/);
   assertMatch(metrics, /chat_commit_seconds_sum/);
+});
+
+Deno.test("healthz says so while the media directory takes no files, and recovers; files a crash left half written are swept at start", async () => {
+  const media = await Deno.makeTempDir({ prefix: "chat-media-" });
+  // A write a crash cut short two hours ago, and one another instance may still be making.
+  await Deno.mkdir(`${media}/files/ticket_1`, { recursive: true });
+  const old = `${media}/files/ticket_1/.upload-old`;
+  const young = `${media}/files/ticket_1/.upload-young`;
+  const kept = `${media}/files/ticket_1/kept.png`;
+  for (const path of [old, young, kept]) await Deno.writeTextFile(path, "x");
+  const twoHoursAgo = new Date(Date.now() - 2 * 3600_000);
+  await Deno.utime(old, twoHoursAgo, twoHoursAgo);
+  await Deno.utime(kept, twoHoursAgo, twoHoursAgo);
+  const server = await startTestServer({ MEDIA_DIR: media });
+  try {
+    const health = async () => {
+      const res = await fetch(`${server.url}/healthz`);
+      return { status: res.status, body: await res.json() };
+    };
+    assertEquals((await health()).status, 200);
+    await eventually(async () => !(await Deno.stat(old).then(() => true, () => false)));
+    for (const path of [young, kept]) await Deno.stat(path);
+
+    // The volume goes away under the server: a file where the directory was.
+    await Deno.rename(media, `${media}-away`);
+    await Deno.writeTextFile(media, "not a directory");
+    const down = await health();
+    assertEquals(down.status, 503);
+    assertEquals(down.body.status, "error");
+    assertMatch(down.body.message, /^Media directory does not accept files: /);
+
+    await Deno.remove(media);
+    await Deno.rename(`${media}-away`, media);
+    assertEquals((await health()).status, 200);
+    assertEquals(
+      (await Array.fromAsync(Deno.readDir(media))).filter((e) => e.name.startsWith(".health")),
+      [],
+    );
+  } finally {
+    await server.close();
+    await Deno.remove(media, { recursive: true }).catch(() => {});
+    await Deno.remove(`${media}-away`, { recursive: true }).catch(() => {});
+  }
 });
 
 apiTest(

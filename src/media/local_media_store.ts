@@ -80,6 +80,55 @@ export class LocalMediaStore implements MediaStore {
     }
   }
 
+  /**
+   * Creates and removes a one-byte file at the root; throws what the write threw (a volume that
+   * is read-only, full, or no longer a directory), for the health check.
+   */
+  async probe(): Promise<void> {
+    await Deno.mkdir(this.root, { recursive: true });
+    const path = join(this.root, `.health-${crypto.randomUUID()}`);
+    try {
+      await Deno.writeFile(path, new Uint8Array(1), { createNew: true });
+    } finally {
+      await Deno.remove(path).catch(() => {});
+    }
+  }
+
+  /**
+   * Removes the temporary files of writes that a crash cut short (`.upload-*`) older than
+   * `olderThanMs`, walking the whole tree; returns how many went. Younger ones may be another
+   * instance's writes under way on a shared volume.
+   */
+  async sweepTemporary(olderThanMs: number): Promise<number> {
+    const cutoff = Date.now() - olderThanMs;
+    let removed = 0;
+    const walk = async (dir: string): Promise<void> => {
+      let entries: Deno.DirEntry[];
+      try {
+        entries = await Array.fromAsync(Deno.readDir(dir));
+      } catch {
+        return;
+      }
+      for (const entry of entries) {
+        const path = join(dir, entry.name);
+        if (entry.isDirectory) await walk(path);
+        else if (entry.isFile && entry.name.startsWith(".upload-")) {
+          try {
+            const { mtime } = await Deno.stat(path);
+            if (mtime && mtime.getTime() < cutoff) {
+              await Deno.remove(path);
+              removed++;
+            }
+          } catch {
+            // Gone already, or renamed into place meanwhile.
+          }
+        }
+      }
+    };
+    await walk(this.root);
+    return removed;
+  }
+
   /** Absolute path of a key, or null when it is outside the root. */
   pathOf(key: string): string | null {
     return resolveKey(this.root, key);
