@@ -65,10 +65,14 @@ export interface AppOverrides {
   catchUpDelayMs?: number;
 }
 
+const message = (err: unknown) => err instanceof Error ? err.message : String(err);
+
 /** Opens the stores and wires every seam for one isolate. */
 export async function buildApp(config: Config, overrides: AppOverrides = {}): Promise<App> {
   const log = overrides.log ?? ((line: string) => console.log(line));
-  await Deno.mkdir(config.dataDir, { recursive: true });
+  await Deno.mkdir(config.dataDir, { recursive: true }).catch((err) => {
+    throw new Error(`DATA_DIR (${config.dataDir}) is not a usable directory: ${message(err)}`);
+  });
   let devSecret: string | undefined;
   let secret = config.jwtSecret;
   if (!secret && !config.jwtPublicKey && !config.jwtJwksUrl) {
@@ -86,8 +90,16 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     audience: config.jwtAudience,
   });
 
-  const directory = await openDirectory(config.databaseUrl, config.dataDir);
-  const kv = await Deno.openKv(config.kvPath);
+  const directory = await openDirectory(config.databaseUrl, config.dataDir).catch((err) => {
+    // Its own checks of the URL already name it.
+    if (message(err).startsWith("DATABASE_URL")) throw err;
+    const which = config.databaseUrl ? "DATABASE_URL" : "The directory's SQLite file in DATA_DIR";
+    throw new Error(`${which}: the directory could not be opened: ${message(err)}`);
+  });
+  const kv = await Deno.openKv(config.kvPath).catch(async (err) => {
+    await directory.close();
+    throw new Error(`KV_PATH (${config.kvPath}) could not be opened: ${message(err)}`);
+  });
   const metrics = new Metrics();
   const media = new LocalMediaStore(config.mediaDir);
   const attachments = new MediaAttachmentStore(media, config.maxFileBytes);

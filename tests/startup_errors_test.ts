@@ -2,7 +2,9 @@
 
 import { assert, assertEquals } from "./assert.ts";
 
-async function start(env: Record<string, string>): Promise<{ code: number; stderr: string }> {
+async function start(
+  env: Record<string, string>,
+): Promise<{ code: number; stderr: string; dataDir: string }> {
   const dataDir = await Deno.makeTempDir({ prefix: "chat-startup-" });
   try {
     const out = await new Deno.Command(Deno.execPath(), {
@@ -21,25 +23,38 @@ async function start(env: Record<string, string>): Promise<{ code: number; stder
       // A server that starts instead of refusing is killed, and the test fails on its code.
       signal: AbortSignal.timeout(15_000),
     }).output();
-    return { code: out.code, stderr: new TextDecoder().decode(out.stderr) };
+    return { code: out.code, stderr: new TextDecoder().decode(out.stderr), dataDir };
   } finally {
     await Deno.remove(dataDir, { recursive: true });
   }
 }
 
-Deno.test("startup: a HOST or DATABASE_URL the server cannot use stops it with a message naming it", async () => {
+Deno.test("startup: a HOST, DATABASE_URL, KV_PATH or DATA_DIR the server cannot use stops it with a message naming it", async () => {
   const cases: [Record<string, string>, string][] = [
     [{ HOST: "nonexistent.invalid" }, "Could not start: Cannot listen on HOST=nonexistent.invalid"],
     [
       { DATABASE_URL: "mysql://x" },
       'Could not start: DATABASE_URL "mysql://x" has unsupported scheme',
     ],
+    [
+      { DATABASE_URL: "postgres://u:secret@127.0.0.1:1/db" },
+      "Could not start: DATABASE_URL: the directory could not be opened: ",
+    ],
+    [
+      { KV_PATH: "$DATA_DIR/no/such/dir/chat.kv" },
+      "Could not start: KV_PATH ($DATA_DIR/no/such/dir/chat.kv) could not be opened: ",
+    ],
+    [
+      { DATA_DIR: "/etc/hostname" },
+      "Could not start: DATA_DIR (/etc/hostname) is not a usable directory: ",
+    ],
   ];
   for (const [env, expected] of cases) {
-    const { code, stderr } = await start(env);
+    const { code, stderr, dataDir } = await start(env);
     assertEquals(code, 1, stderr);
-    assert(stderr.includes(expected), stderr);
+    assert(stderr.includes(expected.replaceAll("$DATA_DIR", dataDir)), stderr);
     assert(!/\n\s+at /.test(stderr), `a stack trace: ${stderr}`);
+    assert(!stderr.includes("secret@"), `the password: ${stderr}`);
   }
 });
 
