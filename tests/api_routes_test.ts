@@ -399,7 +399,12 @@ apiTest(
     ]);
     assertEquals(attachments[0].url, `${s.url}/media/files/ticket_5/screen%20shot.png`);
     const frame = await ticket.next();
-    assertEquals([frame.body, frame.file, frame.pk], ["Two files", attachments[0].url, 1]);
+    // The ticket socket's one `file` is the first; the second follows the body as its URL.
+    assertEquals([frame.body, frame.file, frame.pk], [
+      `Two files\n${attachments[1].url}`,
+      attachments[0].url,
+      1,
+    ]);
     const served = await fetch(attachments[0].url as string);
     assertEquals(new Uint8Array(await served.arrayBuffer()), png);
 
@@ -554,6 +559,53 @@ Deno.test("healthz says so while the media directory takes no files, and recover
     await server.close();
     await Deno.remove(media, { recursive: true }).catch(() => {});
     await Deno.remove(`${media}-away`, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("uploads: a body cut off by the server stopping is answered 503 with Retry-After, not 400", async () => {
+  const server = await startTestServer({ UPLOAD_IDLE_SECONDS: "30" });
+  let closing: Promise<void> | undefined;
+  let release = () => {};
+  const stalled = new Promise<void>((r) => release = r);
+  try {
+    const token = await server.token({ sub: "3", rooms: ["ticket:9"] });
+    const head = '--x\r\ncontent-disposition: form-data; name="file"; filename="a.txt"\r\n\r\n';
+    let sent = false;
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        if (!sent) {
+          sent = true;
+          return controller.enqueue(new TextEncoder().encode(head));
+        }
+        // The rest never comes before the server stops.
+        await stalled;
+        controller.close();
+      },
+    });
+    const upload = fetch(`${server.url}/api/rooms/ticket/9/attachments`, {
+      method: "POST",
+      body,
+      headers: {
+        authorization: `Bearer ${token}`,
+        "content-type": "multipart/form-data; boundary=x",
+      },
+    });
+    await eventually(async () => {
+      const text = await (await fetch(`${server.url}/metrics`)).text();
+      return Number(/^chat_api_upload_bytes (\d+)$/m.exec(text)?.[1]) > 0;
+    });
+    closing = server.close();
+    const res = await upload;
+    assertEquals([res.status, res.headers.get("retry-after"), (await res.json()).message], [
+      503,
+      "1",
+      "The upload was cut off before its end (the server is restarting or the connection " +
+      "failed): send it again",
+    ]);
+    release();
+  } finally {
+    release();
+    await (closing ?? server.close());
   }
 });
 

@@ -262,8 +262,8 @@ export function defineRoute<
     );
     responses[429] ??= error("The user already has UPLOADS_PER_USER uploads under way.");
     responses[503] ??= error(
-      "Uploads being read on this server already hold UPLOAD_MEMORY_BYTES; `Retry-After` says " +
-        "when to try again.",
+      "Uploads being read on this server already hold UPLOAD_MEMORY_BYTES, or the body was cut " +
+        "off (the server stopping); `Retry-After` says when to try again.",
     );
   }
   responses[500] ??= error("Something failed on the server; it is logged.");
@@ -590,7 +590,25 @@ async function readMultipart(req: Request, cap: number, config: Config): Promise
   let timer: ReturnType<typeof setTimeout> | undefined;
   let deadline: ReturnType<typeof setTimeout> | undefined;
   let onIdle = () => {};
-  const counted = req.body?.pipeThrough(
+  // A read of the body that fails (the server stopping, the connection gone) is not the client's
+  // malformed form: told apart from the parser's errors, it is answered as a retryable 503.
+  let cutOff = false;
+  const reader = req.body?.getReader();
+  const source = reader && new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      let read: ReadableStreamReadResult<Uint8Array>;
+      try {
+        read = await reader.read();
+      } catch (err) {
+        cutOff = true;
+        return controller.error(err);
+      }
+      if (read.done) controller.close();
+      else controller.enqueue(read.value);
+    },
+    cancel: (reason) => reader.cancel(reason),
+  });
+  const counted = source?.pipeThrough(
     new TransformStream<Uint8Array, Uint8Array>({
       start(controller) {
         onIdle = () => {
@@ -633,6 +651,16 @@ async function readMultipart(req: Request, cap: number, config: Config): Promise
       throw new ApiError(
         408,
         `Upload too slow: not all of it arrived within ${config.uploadTimeoutSeconds} s`,
+      );
+    }
+    if (cutOff) {
+      throw new ApiError(
+        503,
+        "The upload was cut off before its end (the server is restarting or the connection " +
+          "failed): send it again",
+        undefined,
+        undefined,
+        true,
       );
     }
     throw new ApiError(400, `Body is not valid multipart/form-data: ${(err as Error).message}`);
