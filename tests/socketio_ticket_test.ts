@@ -148,14 +148,19 @@ Deno.test("socket.io ticket chat: the document's whole flow for two users, polli
     const { data } = await fileArrivals[0];
     assertEquals(data.senderModel, "SuperAdmin");
     const [photo, notes] = data.attachments as Payload[];
-    assertEquals([photo.filename, photo.originalname, photo.mimetype, photo.size], [
-      "photo.jpg",
+    // Stored as the document's "unique-filename.jpg": not guessable from the client's name.
+    assertEquals([photo.originalname, photo.mimetype, photo.size], [
       "photo.jpg",
       "image/jpeg",
       3000,
     ]);
-    assertEquals(photo.path, "/uploads/chat/photo.jpg");
-    assertEquals(photo.url, `${server.url}/uploads/chat/photo.jpg`);
+    assertMatch(photo.filename as string, /^[0-9a-f]{32}\.jpg$/);
+    assertMatch(notes.filename as string, /^[0-9a-f]{32}\.txt$/);
+    assertEquals(photo.path, `/uploads/chat/${photo.filename}`);
+    assertEquals(photo.url, `${server.url}/uploads/chat/${photo.filename}`);
+    const guessed = await fetch(`${server.url}/uploads/chat/photo.jpg`);
+    await guessed.body?.cancel();
+    assertEquals(guessed.status, 404);
     assertMatch(photo.uploadedAt as string, /Z$/);
     assertEquals(new Uint8Array(await (await fetch(photo.url as string)).arrayBuffer()), jpeg);
     assertEquals(await (await fetch(notes.url as string)).text(), "hello");

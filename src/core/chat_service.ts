@@ -32,6 +32,8 @@ export interface SendInput {
   files?: FileInput[];
   /** Media folder for the files (`files/ticket_1`). */
   mediaDir?: string;
+  /** Store the files under random names (with their extensions) instead of their own. */
+  uniqueNames?: boolean;
   /** Idempotency key. */
   clientId?: string;
 }
@@ -124,7 +126,9 @@ export class ChatService {
       throw new ChatError("forbidden", "Access denied to this room");
     }
     const attachments = files.length > 0
-      ? await this.#deps.attachments.save(input.mediaDir ?? "files", files)
+      ? await this.#deps.attachments.save(input.mediaDir ?? "files", files, {
+        unique: input.uniqueNames,
+      })
       : [];
     const appended = this.#deps.store.append(room, {
       sender: user ? profileOf(user) : null,

@@ -191,8 +191,11 @@ export interface FileInput {
 
 /** Checks, decodes and stores the files of one message, all or nothing. */
 export interface AttachmentStore {
-  /** Validates every file first (name, size, encoding), then writes them under `dir`. */
-  save(dir: string, files: FileInput[]): Promise<Attachment[]>;
+  /**
+   * Validates every file first (name, size, encoding), then writes them under `dir`, each as its
+   * client name or, with `unique`, as a random name with the client name's extension.
+   */
+  save(dir: string, files: FileInput[], options?: { unique?: boolean }): Promise<Attachment[]>;
   /** Removes stored files, e.g. when the message turned out to be a duplicate. */
   discard(attachments: Attachment[]): Promise<void>;
 }

@@ -7,6 +7,15 @@ import { decodeAttachmentChunks } from "./base64.ts";
 import { safeFilename } from "./filename.ts";
 import { detectMime } from "./mime.ts";
 
+/**
+ * 122 random bits in hex and the client name's extension, when it has a short plain one (files
+ * are served by it): a name nobody can guess from the original's.
+ */
+function randomName(original: string): string {
+  const ext = /\.[A-Za-z0-9]{1,16}$/.exec(original)?.[0] ?? "";
+  return crypto.randomUUID().replaceAll("-", "") + ext;
+}
+
 /** Longest filename a client may send, in characters. */
 export const MAX_FILENAME_CHARS = 255;
 
@@ -28,7 +37,11 @@ export class MediaAttachmentStore implements AttachmentStore {
   }
 
   /** Decodes and checks every file, then writes them all under `dir`. */
-  async save(dir: string, files: FileInput[]): Promise<Attachment[]> {
+  async save(
+    dir: string,
+    files: FileInput[],
+    options: { unique?: boolean } = {},
+  ): Promise<Attachment[]> {
     const prepared = files.map((file) => {
       const name = file.name?.trim();
       if (!name) throw new ChatError("filename_required", "Filename is required with a file");
@@ -53,15 +66,19 @@ export class MediaAttachmentStore implements AttachmentStore {
     try {
       for (const file of prepared) {
         let head: Uint8Array | undefined;
-        const put = await this.#media.put(dir, file.originalName, {
-          *[Symbol.iterator]() {
-            for (const chunk of file.chunks) {
-              // Chunks share one buffer: the start is copied before the next overwrites it.
-              head ??= chunk.slice(0, SNIFF_BYTES);
-              yield chunk;
-            }
+        const put = await this.#media.put(
+          dir,
+          options.unique ? randomName(file.originalName) : file.originalName,
+          {
+            *[Symbol.iterator]() {
+              for (const chunk of file.chunks) {
+                // Chunks share one buffer: the start is copied before the next overwrites it.
+                head ??= chunk.slice(0, SNIFF_BYTES);
+                yield chunk;
+              }
+            },
           },
-        });
+        );
         stored.push({
           id: objectId(),
           key: put.key,

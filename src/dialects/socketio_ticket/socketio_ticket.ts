@@ -527,6 +527,9 @@ export function createSocketIoTicketChat(
         body: text,
         files,
         mediaDir: "uploads/chat",
+        // The document's `"filename": "unique-filename.jpg"`: one folder holds every ticket's
+        // files and serves them without a token, so a name like `invoice.pdf` must not find one.
+        uniqueNames: true,
         clientId,
       });
       return { id, queued };
