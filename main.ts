@@ -39,7 +39,12 @@ import { CLOSE } from "./src/transport/websocket.ts";
 export interface App {
   /** Handles one HTTP request or WebSocket upgrade. */
   fetch(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response>;
-  /** Closes sockets with 1001, flushes pending commits and closes the stores. */
+  /**
+   * Refuses new sockets and waits, up to 2 s, until the frames being handled are answered: the
+   * first step of {@link close}, and to run before a listener's own shutdown closes the sockets.
+   */
+  drain(): Promise<void>;
+  /** Drains, closes sockets with 1001, flushes pending commits and closes the stores. */
   close(): Promise<void>;
   /** The shared services, for tests and tools. */
   context: DialectContext;
@@ -64,6 +69,9 @@ export interface AppOverrides {
   /** How long the hub lets the broker bring a commit the head watch saw (tests hold it back). */
   catchUpDelayMs?: number;
 }
+
+/** How long a shutdown waits for frames being handled to be answered before closing sockets. */
+const SHUTDOWN_DRAIN_MS = 2000;
 
 const message = (err: unknown) => err instanceof Error ? err.message : String(err);
 
@@ -252,6 +260,18 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   };
 
   let closed = false;
+  let draining: Promise<void> | undefined;
+  // A frame being handled (a file being stored, a send waiting for its commit) gets its reply
+  // before the close, for a while: the older protocols have no resend to recover it.
+  const drain = () =>
+    draining ??= (async () => {
+      const until = Date.now() + SHUTDOWN_DRAIN_MS;
+      while (Date.now() < until && [...connections].some((c) => c.open && c.busy)) {
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      // A committed send's echo is the room's delivery, which may still be queued.
+      await hub.idle();
+    })();
   return {
     context,
     devSecret,
@@ -259,6 +279,9 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     fetch(req, info) {
       if (new URL(req.url).pathname.startsWith("/socket.io/")) return io.handleRequest(req, info);
       const matched = matchWsRoute(routes, req.url);
+      if (matched && draining) {
+        return Promise.resolve(new Response("Server shutting down", { status: 503 }));
+      }
       if (matched) {
         if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
           return Promise.resolve(
@@ -268,14 +291,21 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         if (!originAllowed(req)) {
           return Promise.resolve(new Response("Origin not allowed", { status: 403 }));
         }
-        return matched.route.handle(req, matched.params);
+        // The checks before the upgrade read the directory: one that does not answer is a
+        // passing failure (503), logged with the path, which an unlabelled pool error was not.
+        return matched.route.handle(req, matched.params).catch((err) => {
+          console.error(`${new URL(req.url).pathname}: the socket could not be opened:`, err);
+          return new Response("Service unavailable: try again", { status: 503 });
+        });
       }
       return Promise.resolve(http.fetch(req, info));
     },
+    drain,
     async close() {
       if (closed) return;
       closed = true;
       try {
+        await drain();
         for (const conn of [...connections]) conn.close(CLOSE.goingAway, "Server shutting down");
         await io.close();
         await chat.settle();
@@ -333,6 +363,9 @@ export async function startServer(
     port: addr.port,
     url: `http://${host}:${addr.port}`,
     async close() {
+      // Deno's shutdown closes upgraded sockets at once (1001): the frames they are still
+      // answering get their replies first.
+      await app.drain();
       const finished = server.shutdown();
       await app.close();
       await finished;

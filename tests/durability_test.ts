@@ -179,6 +179,77 @@ Deno.test("durability: two server processes on one local KV file deliver each ot
   }
 });
 
+Deno.test("durability: a shutdown answers the frame being handled before it closes the socket with 1001", async () => {
+  // The send's access check is held open, so the frame is being handled when the stop begins.
+  let held: { checking: () => void; gate: Promise<void> } | undefined;
+  const server = await startTestServer({}, {
+    access: (inner) => ({
+      async canAccess(user, room, options) {
+        const hold = held;
+        if (hold && !options?.fresh) {
+          held = undefined;
+          hold.checking();
+          await hold.gate;
+        }
+        return await inner.canAccess(user, room, options);
+      },
+    }),
+  });
+  let closing: Promise<void> | undefined;
+  try {
+    const token = await server.token({ sub: "1", rooms: ["ticket:5"] });
+    const ws = await TestClient.open(`${server.wsUrl}/ws/ticket/5/?token=${token}`);
+    ws.send({ body: "before" });
+    assertEquals((await ws.next()).body, "before");
+    let checking!: () => void;
+    let release!: () => void;
+    const checked = new Promise<void>((r) => checking = r);
+    held = { checking, gate: new Promise<void>((r) => release = r) };
+    ws.send({ body: "in flight" });
+    await checked;
+    closing = server.close();
+    await new Promise((r) => setTimeout(r, 100));
+    release();
+    assertEquals((await ws.next()).body, "in flight");
+    assertEquals((await ws.closed).code, 1001);
+  } finally {
+    await (closing ?? server.close());
+  }
+});
+
+Deno.test("durability: a socket whose checks before the upgrade fail (the directory down) is refused with 503", async () => {
+  const server = await startTestServer({}, {
+    access: (inner) => ({
+      canAccess(user, room, options) {
+        if (room === "ticket:13") return Promise.reject(new Error("connect ECONNREFUSED"));
+        return inner.canAccess(user, room, options);
+      },
+    }),
+  });
+  try {
+    const token = await server.token({ sub: "1", rooms: ["ticket:13"] });
+    const conn = await Deno.connect({
+      hostname: "127.0.0.1",
+      port: Number(new URL(server.url).port),
+    });
+    try {
+      await conn.write(new TextEncoder().encode(
+        `GET /ws/ticket/13/?token=${token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n` +
+          "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
+          "Sec-WebSocket-Version: 13\r\n\r\n",
+      ));
+      const buf = new Uint8Array(1024);
+      const n = await conn.read(buf);
+      const head = new TextDecoder().decode(buf.subarray(0, n ?? 0));
+      assert(head.startsWith("HTTP/1.1 503"), head);
+    } finally {
+      conn.close();
+    }
+  } finally {
+    await server.close();
+  }
+});
+
 /**
  * Two servers on one KV with separate brokers, so that only kv.watch on the rooms' head keys links
  * them, and a native client of each joined to `room`.

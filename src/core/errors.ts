@@ -35,9 +35,15 @@ export function rateLimited(): ChatError {
   return new ChatError("rate_limited", "Too many messages: slow down");
 }
 
-/** The error as a ChatError: unexpected ones are logged and become a generic `internal` error. */
-export function asChatError(err: unknown): ChatError {
+/**
+ * The error as a ChatError: unexpected ones are logged, with `where` (protocol, room, user) for
+ * the operator, and become a generic `internal` error.
+ */
+export function asChatError(err: unknown, where?: string): ChatError {
   if (err instanceof ChatError) return err;
-  console.error("Unexpected error while handling a client frame:", err);
+  console.error(
+    `Unexpected error while handling a client frame${where ? ` (${where})` : ""}:`,
+    err,
+  );
   return new ChatError("internal", "Internal server error");
 }

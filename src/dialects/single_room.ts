@@ -264,7 +264,10 @@ class RoomSocket implements SocketHandler {
     }
     conn.finishInOrder(work, (outcome) => {
       if (!outcome.ok) {
-        const error = asChatError(outcome.error);
+        const error = asChatError(
+          outcome.error,
+          `${dialect.name}, room ${session.room}, user ${session.user.id}`,
+        );
         ctx.metrics.error(error.code);
         conn.send(dialect.errorFrame(error));
         if (error.code === "forbidden") conn.close(dialect.codes.forbidden, "Forbidden");

@@ -527,7 +527,7 @@ class NativeSession implements SocketHandler {
 
   /** Answers a refused request with an `error` frame, naming the room when given one. */
   #replyError(conn: Connection, err: unknown, ref: unknown, room?: string): void {
-    const error = asChatError(err);
+    const error = asChatError(err, `native, room ${room ?? "none"}, user ${this.user.id}`);
     this.#ctx.metrics.error(error.code);
     this.#reply(conn, {
       type: "error",

@@ -369,7 +369,7 @@ export function createSocketIoTicketChat(
         }
         await handler(args[0], ack);
       } catch (err) {
-        const error = asChatError(err);
+        const error = asChatError(err, `socket.io, user ${state(socket).user?.id ?? "none"}`);
         ctx.metrics.error(error.code);
         if (errorEvent) socket.emit(errorEvent, { message: error.message });
         ack?.({ error: error.message });
