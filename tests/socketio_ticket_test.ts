@@ -343,6 +343,31 @@ Deno.test("socket.io ticket chat: over WebSocket one send_message may carry seve
   });
 });
 
+Deno.test("socket.io ticket chat: an event over the size limit is answered on send_message_error and its ack before the session ends", async () => {
+  await withChat(async (server, client) => {
+    const socket = await inTicket(server, client, "8");
+    const error = next<Payload>(socket, "send_message_error");
+    const disconnected = next<string>(socket, "disconnect");
+    const acked = new Promise((resolve) =>
+      socket.emit("send_message", { ticketId: "8", message: "x".repeat(200_000) }, resolve)
+    );
+    const { message } = await error;
+    assertMatch(message as string, /^Message is too large: 2000\d\d bytes, the limit is \d+$/);
+    assertEquals(await acked, { error: message });
+    // The session ends as Node's does past its limit; the client reconnects and carries on.
+    assertEquals(await disconnected, "transport close");
+    await next(socket, "authenticated");
+    await joined(socket, "8");
+    const stored = await socket.timeout(3000).emitWithAck("send_message", {
+      ticketId: "8",
+      message: "after",
+    });
+    assertEquals(stored.message, "after");
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    assertMatch(metrics, /chat_errors_total\{code="frame_too_large"\} 1/);
+  }, { MAX_FILE_BYTES: "2048" });
+});
+
 Deno.test("socket.io ticket chat: one socket's messages are stored in the order it sent them, a file's included", async () => {
   await withChat(async (server, client) => {
     const socket = await inTicket(server, client, "6");

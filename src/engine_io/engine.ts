@@ -114,6 +114,11 @@ export interface EngineSocket {
   onclose: ((reason: EngineCloseReason, description?: string) => void) | null;
   /** Called when the session has moved from polling to WebSocket. */
   onupgrade: (() => void) | null;
+  /**
+   * Called with the start of a WebSocket message refused for its size (`maxPayload`) and its
+   * size in bytes, just before the session closes for it: a last chance to say why.
+   */
+  ontoolarge: ((head: string, size: number) => void) | null;
   /** Queues one message. */
   send(data: string | Uint8Array): void;
   /** Queues already built packets; the same objects may be handed to many sessions. */
@@ -301,6 +306,7 @@ class WebSocketTransport {
   onpacket: (packet: Packet) => void = () => {};
   onerror: (reason: string) => void = () => {};
   onclose: () => void = () => {};
+  ontoolarge: (head: string, size: number) => void = () => {};
   readonly frames: FrameSocket;
   #maxPayload: number;
   #closed = false;
@@ -335,6 +341,10 @@ class WebSocketTransport {
       ? data.length
       : utf8Length(data);
     if (size > max) {
+      // A message packet ("4..."): the start is enough to tell which event it carried.
+      if (typeof data === "string" && data.startsWith("4")) {
+        this.ontoolarge(data.slice(1, 513), size);
+      }
       this.onerror("payload too large");
       return;
     }
@@ -361,6 +371,7 @@ class Session implements EngineSocket {
   onmessage: ((data: string | Uint8Array) => void) | null = null;
   onclose: ((reason: EngineCloseReason, description?: string) => void) | null = null;
   onupgrade: (() => void) | null = null;
+  ontoolarge: ((head: string, size: number) => void) | null = null;
   #host: SessionHost;
   #state: "open" | "closing" | "closed" = "open";
   #ws: WebSocketTransport | null = null;
@@ -570,6 +581,13 @@ class Session implements EngineSocket {
   #useWebSocket(ws: WebSocketTransport): void {
     this.#ws = ws;
     ws.onpacket = (packet) => this.#receive(packet);
+    ws.ontoolarge = (head, size) => {
+      try {
+        this.ontoolarge?.(head, size);
+      } catch (error) {
+        report(error);
+      }
+    };
     ws.onerror = (reason) => {
       this.#close(reason === "parse error" ? "parse error" : "transport error", reason);
     };

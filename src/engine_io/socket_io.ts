@@ -77,6 +77,13 @@ export interface SocketIOServerOptions extends EngineOptions {
    * default (`serveClient`), for pages that load it with a script tag; not served when unset.
    */
   clientBundle?: string;
+  /**
+   * Told of an event refused over WebSocket for its size (`maxPayload`), with the client's ack
+   * when it asked for one, just before the session ends for it: a chance to say why on the
+   * application's own error event. Node's server has no such hook; its session just ends.
+   */
+  // deno-lint-ignore no-explicit-any
+  oversized?: (socket: Socket<any>, event: string, size: number, ack?: Ack) => void;
 }
 
 /** An `Error` whose `data` is sent to the client along with the message in CONNECT_ERROR. */
@@ -112,6 +119,7 @@ const kRun = Symbol("run");
 const kBroadcast = Symbol("broadcast");
 const kWrite = Symbol("write");
 const kWriteFrames = Symbol("writeFrames");
+const kAck = Symbol("ack");
 
 function report(error: unknown): void {
   console.error("socket.io: listener failed:", error);
@@ -460,6 +468,11 @@ export class Socket<Data = SocketData> extends Emitter {
     this.dispatch(String(args[0]), args.slice(1));
   }
 
+  /** The acknowledgement function for the client's packet `id`. */
+  [kAck](id: number): Ack {
+    return this.#ackFor(id);
+  }
+
   #ackFor(id: number): Ack {
     let sent = false;
     return (...args: unknown[]) => {
@@ -753,6 +766,22 @@ class Client {
     this.#decoder = new Decoder({ maxAttachments: options.maxAttachments });
     conn.onmessage = (data) => this.#receive(data);
     conn.onclose = (reason, description) => this.#closed(reason, description);
+    const oversized = options.oversized;
+    if (oversized) {
+      conn.ontoolarge = (head, size) => {
+        const match = EVENT_HEAD.exec(head);
+        if (!match) return;
+        const socket = this.#sockets.get(match[1] ?? "/");
+        if (!socket?.connected) return;
+        let event: string;
+        try {
+          event = JSON.parse(`"${match[3]}"`);
+        } catch {
+          return;
+        }
+        oversized(socket, event, size, match[2] ? socket[kAck](Number(match[2])) : undefined);
+      };
+    }
     this.#connectTimer = setTimeout(() => {
       if (this.#sockets.size === 0) conn.close();
     }, options.connectTimeout);
@@ -869,7 +898,12 @@ const MAX_EARLY_PACKETS = 1000;
 interface ClientOptions {
   connectTimeout: number;
   maxAttachments: number;
+  // deno-lint-ignore no-explicit-any
+  oversized?: (socket: Socket<any>, event: string, size: number, ack?: Ack) => void;
 }
+
+/** An EVENT packet's namespace, ack id and event name, read from its start. */
+const EVENT_HEAD = /^2(?:(\/[^,]*),)?(\d*)\["((?:[^"\\]|\\.)*)"/;
 
 /** 32-bit FNV-1a of some bytes: a cheap, stable ETag for a fixed file. */
 function fnv1a(bytes: Uint8Array): number {
@@ -897,6 +931,7 @@ export class SocketIOServer<Data = SocketData> {
     this.#clientOptions = {
       connectTimeout: options.connectTimeout ?? 45_000,
       maxAttachments: options.maxAttachments ?? 10,
+      oversized: options.oversized,
     };
     this.engine.onconnection = (conn) => {
       const client = new Client(this, conn, this.#clientOptions);

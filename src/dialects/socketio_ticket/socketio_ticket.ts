@@ -33,6 +33,14 @@ export const SIO_ERRORS = {
   ticketRequired: "Ticket ID is required",
 } as const;
 
+/** The error event each client event is answered on when refused. */
+const ERROR_EVENTS: Record<string, string> = {
+  authenticate: "authentication_error",
+  join_ticket: "join_ticket_error",
+  get_messages: "messages_error",
+  send_message: "send_message_error",
+};
+
 interface SocketState {
   user?: Principal;
   /** The handshake carried a token, not in a cookie, that did not verify: told once connected. */
@@ -196,6 +204,17 @@ export function createSocketIoTicketChat(
     frameBudget: ctx.frames,
     maxBufferedBytes: ctx.config.slowConsumerBytes,
     clientBundle: options.clientBundle,
+    // The session still ends, as Node's does over its limit, but the client is told why on the
+    // event's own error event (and its ack) rather than left with a bare "transport close".
+    oversized(socket, event, size, ack) {
+      const message = `Message is too large: ${size} bytes, the limit is ${
+        maxEventSize(ctx.config)
+      }`;
+      ctx.metrics.error("frame_too_large");
+      const errorEvent = ERROR_EVENTS[event];
+      if (errorEvent) socket.emit(errorEvent, { message });
+      ack?.({ error: message });
+    },
   });
   const nsp = io.of("/");
   /** Bridge members by engine room, with the hub join each one waits for. */
