@@ -519,7 +519,7 @@ apiTest("healthz answers with KV and directory; metrics count API requests", asy
   assertMatch(metrics, /chat_commit_seconds_sum/);
 });
 
-Deno.test("healthz says so while the media directory takes no files, and recovers; files a crash left half written are swept at start", async () => {
+Deno.test("healthz says so while the media directory takes no files, and recovers; an unreadable file is 503, not 404; files a crash left half written are swept at start", async () => {
   const media = await Deno.makeTempDir({ prefix: "chat-media-" });
   // A write a crash cut short two hours ago, and one another instance may still be making.
   await Deno.mkdir(`${media}/files/ticket_1`, { recursive: true });
@@ -555,6 +555,15 @@ Deno.test("healthz says so while the media directory takes no files, and recover
       (await Array.fromAsync(Deno.readDir(media))).filter((e) => e.name.startsWith(".health")),
       [],
     );
+    // A file the server cannot read (as root, permissions do not apply: a symlink loop stands in
+    // for them) is not a deleted file: 503, not 404.
+    await Deno.symlink("loop.png", `${media}/files/ticket_1/loop.png`);
+    const unreadable = await fetch(`${server.url}/media/files/ticket_1/loop.png`);
+    await unreadable.body?.cancel();
+    assertEquals(unreadable.status, 503);
+    const missing = await fetch(`${server.url}/media/files/ticket_1/missing.png`);
+    await missing.body?.cancel();
+    assertEquals(missing.status, 404);
   } finally {
     await server.close();
     await Deno.remove(media, { recursive: true }).catch(() => {});

@@ -108,8 +108,13 @@ export function mountMedia(app: Hono, media: LocalMediaStore): void {
     let file: Deno.FsFile;
     try {
       file = await Deno.open(path, { read: true });
-    } catch {
-      return new Response("Not found", { status: 404 });
+    } catch (err) {
+      if (err instanceof Deno.errors.NotFound || err instanceof Deno.errors.NotADirectory) {
+        return new Response("Not found", { status: 404 });
+      }
+      // A volume the server cannot read (permissions, I/O) is not a file that was deleted.
+      console.error(`media: cannot read ${key}:`, err);
+      return new Response("Media unavailable", { status: 503 });
     }
     const info = await file.stat();
     if (!info.isFile) {
