@@ -11,6 +11,9 @@ const KEYS_PER_WATCH = 10;
  */
 export const LOCAL_HEAD_POLL_MS = 50;
 
+/** Watch groups (of ten rooms) read in one polling round: 200 rooms, 400 reads a second at most. */
+const POLL_BUCKETS_PER_ROUND = 20;
+
 /** Tells the hub about new heads of the rooms it follows. */
 export interface HeadWatcher {
   /** Starts following a room's head. */
@@ -47,6 +50,7 @@ export class KvHeadWatcher implements HeadWatcher {
   #pollMs?: number;
   #polling = false;
   #poll?: ReturnType<typeof setInterval>;
+  #pollCursor = 0;
   /** Versionstamps of the heads as last polled, so only a head that moved is reported. */
   #polled = new Map<string, string | null>();
 
@@ -100,7 +104,12 @@ export class KvHeadWatcher implements HeadWatcher {
   }
 
   async #readHeads(): Promise<void> {
-    for (const bucket of this.#buckets) {
+    // A round reads at most POLL_BUCKETS_PER_ROUND groups, taking turns: with many rooms a room
+    // is read less often, rather than the store more often.
+    const buckets = this.#buckets;
+    const count = Math.min(buckets.length, POLL_BUCKETS_PER_ROUND);
+    for (let n = 0; n < count; n++) {
+      const bucket = buckets[(this.#pollCursor + n) % buckets.length];
       const rooms = [...bucket.rooms];
       if (rooms.length === 0) continue;
       const entries = await this.#kv.getMany(rooms.map(KV_KEYS.head));
@@ -113,6 +122,7 @@ export class KvHeadWatcher implements HeadWatcher {
         if (typeof entry.value === "number") this.#onHead(room, entry.value);
       });
     }
+    this.#pollCursor = buckets.length === 0 ? 0 : (this.#pollCursor + count) % buckets.length;
   }
 
   /**

@@ -31,3 +31,52 @@ Deno.test("KvHeadWatcher starts a watch again when KV ends it, as when it fails"
     console.error = logged;
   }
 });
+
+Deno.test("KvHeadWatcher polls heads while told to, 20 groups a round in turns, and reports only those that moved", async () => {
+  // Watches that never report, as for another process's commits on a local file.
+  const heads = new Map<string, { value: number; versionstamp: string }>();
+  const rounds: number[] = [];
+  let reads = 0;
+  const kv = {
+    watch: () => new ReadableStream<Deno.KvEntryMaybe<unknown>[]>(),
+    getMany(keys: Deno.KvKey[]) {
+      reads++;
+      return Promise.resolve(keys.map((key) => {
+        const head = heads.get(String(key.at(-1)));
+        return head ? { key, ...head } : { key, value: null, versionstamp: null };
+      }));
+    },
+  } as unknown as Deno.Kv;
+  const seen: [string, number][] = [];
+  const watcher = new KvHeadWatcher(kv, (room, head) => seen.push([room, head]), { pollMs: 200 });
+  const rooms = Array.from({ length: 250 }, (_, i) => `ticket:${i}`);
+  try {
+    for (const room of rooms) watcher.add(room);
+    const last = rooms.at(-1)!;
+    heads.set(last, { value: 3, versionstamp: "a" });
+    await new Promise((r) => setTimeout(r, 100));
+    assertEquals([reads, seen], [0, []]);
+
+    watcher.setPolling(true);
+    // Sampled four times a round: a round's reads, back to back, fall in one sample.
+    const timer = setInterval(() => rounds.push(reads), 50);
+    await eventually(() => seen.length > 0, 2000, "the polled head");
+    clearInterval(timer);
+    assertEquals(seen, [[last, 3]]);
+    // 25 groups of ten rooms: never more than 20 read in one round.
+    const perRound = rounds.map((r, i) => r - (rounds[i - 1] ?? 0));
+    assertEquals(perRound.every((n) => n <= 20), true, String(perRound));
+    // Unchanged, it is not reported again; moved, it is.
+    await new Promise((r) => setTimeout(r, 500));
+    assertEquals(seen.length, 1);
+    heads.set(last, { value: 4, versionstamp: "b" });
+    await eventually(() => seen.length === 2, 2000, "the moved head");
+    assertEquals(seen[1], [last, 4]);
+    watcher.setPolling(false);
+    const stopped = reads;
+    await new Promise((r) => setTimeout(r, 300));
+    assertEquals(reads, stopped);
+  } finally {
+    watcher.close();
+  }
+});
