@@ -17,7 +17,10 @@ import { ticketSocketRoute } from "./src/dialects/ticket_socket/ticket_socket.ts
 import { conversationChatRoute } from "./src/dialects/conversation_chat/conversation_chat.ts";
 import { chatRoomsRoute } from "./src/dialects/chat_rooms/chat_rooms.ts";
 import { serviceChatRoutes } from "./src/dialects/service_chats/service_chats.ts";
-import { createSocketIoTicketChat } from "./src/dialects/socketio_ticket/socketio_ticket.ts";
+import {
+  createSocketIoTicketChat,
+  socketIoBusy,
+} from "./src/dialects/socketio_ticket/socketio_ticket.ts";
 // Pages written for the Node server load the client from it: `<script src="/socket.io/socket.io.js">`.
 import socketIoClientBundle from "socket.io-client/dist/socket.io.js" with { type: "text" };
 import type { SocketIOServer } from "./src/engine_io/mod.ts";
@@ -73,6 +76,15 @@ export interface AppOverrides {
 /** How long a shutdown waits for frames being handled to be answered before closing sockets. */
 const SHUTDOWN_DRAIN_MS = 2000;
 
+/** The KV key of the lease that lets one server sweep MEDIA_DIR's half-written files. */
+const MEDIA_SWEEP_KEY = ["media_sweep"];
+
+/** How long a health probe's answer stands: the probe writes, and `/healthz` is public. */
+const HEALTH_PROBE_MS = 1000;
+
+/** An error message without the paths it names (`: mkdir '/data/media'`), for public answers. */
+const withoutPaths = (text: string) => text.replace(/:\s*\w*\s*['"]?\/.*$/s, "");
+
 const message = (err: unknown) => err instanceof Error ? err.message : String(err);
 
 /** Opens the stores and wires every seam for one isolate. */
@@ -121,16 +133,23 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   // Deletions of rooms a crash or a failure cut short are finished in the background.
   void store.resumePurges();
   // So are files a crash left half written: an hour old, no write of any instance is under way.
-  void media.sweepTemporary(60 * 60_000).then(
-    (n) => n > 0 && console.warn(`media: removed ${n} files a crash left half written`),
-    (err) => console.error("media: sweeping half-written files failed:", err),
-  );
+  // One server walks the tree (a ten-minute lease in KV): the isolates of a process and the
+  // instances sharing the volume would otherwise all walk it at once.
+  void kv.atomic().check({ key: MEDIA_SWEEP_KEY, versionstamp: null })
+    .set(MEDIA_SWEEP_KEY, Date.now(), { expireIn: 10 * 60_000 }).commit()
+    .then(async (lease) => {
+      if (!lease.ok) return;
+      const n = await media.sweepTemporary(60 * 60_000);
+      if (n > 0) console.warn(`media: removed ${n} files a crash left half written`);
+    })
+    .catch((err) => console.error("media: sweeping half-written files failed:", err));
   store.onCommit = (ms) => {
     metrics.commitSeconds += ms / 1000;
     metrics.commits++;
   };
   // Alone on the store, a server skips the channel posts and the head watches (nobody else
-  // commits or listens); both start as soon as another instance or isolate registers.
+  // commits or listens); both start as soon as another instance or isolate registers. The
+  // channel reaches only this process's isolates, and so, on a local file, does the watch.
   // The registry entry is also the lease of this server's presence entries: it lapses, and
   // they with it, a presence TTL after the server stops renewing it.
   // Deno wakes a watch on a local KV file only for commits of its own process: servers of other
@@ -143,17 +162,18 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   });
   const broker = new SharedOnlyBroker(
     overrides.broker ?? new BroadcastChannelBroker(config.kvPath),
-    () => !registry.alone,
+    () => registry.nearby > 0,
   );
+  const watching = () => localKv ? registry.nearby > 0 : !registry.alone;
   const hub = new Hub(store, broker, {
     heads: (h) => {
       const watcher = new KvHeadWatcher(kv, (room, head) => h.headAdvanced(room, head), {
-        active: !registry.alone,
+        active: watching(),
         pollMs: localKv ? LOCAL_HEAD_POLL_MS : undefined,
       });
       watcher.setPolling(registry.elsewhere > 0);
       registry.onChange(() => {
-        watcher.setActive(!registry.alone);
+        watcher.setActive(watching());
         watcher.setPolling(registry.elsewhere > 0);
       });
       return watcher;
@@ -212,24 +232,46 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   });
   const apiCounters = new ApiCounters();
   const isolateId = registry.id.slice(0, 8);
+  /** Set once a shutdown has begun (see `drain` below). */
+  let draining: Promise<void> | undefined;
+  // Writes, not reads: a full disk or a read-only volume still answers reads while every send
+  // fails, and a check that only read would call such a server healthy. Anyone may ask, so one
+  // probe runs at a time and its answer stands for a second; the answer names no path.
+  let probe: { at: number; done: Promise<void> } | undefined;
+  let probeFailed = false;
+  const probeStores = () => {
+    if (probe && Date.now() - probe.at < HEALTH_PROBE_MS) return probe.done;
+    const done = (async () => {
+      const step = async (what: string, run: () => Promise<unknown>) => {
+        try {
+          await run();
+        } catch (err) {
+          if (!probeFailed) console.error(`healthz: ${what}:`, err);
+          probeFailed = true;
+          throw new Error(`${what}: ${withoutPaths(message(err))}`);
+        }
+      };
+      await step(
+        "KV does not accept writes",
+        () => kv.set(["health", isolateId], Date.now(), { expireIn: 60_000 }),
+      );
+      await step("Media directory does not accept files", () => media.probe());
+      await step("Directory does not answer", () => directory.ping());
+      probeFailed = false;
+    })();
+    probe = { at: Date.now(), done };
+    done.catch(() => {});
+    return done;
+  };
   const httpDeps: HttpDeps = {
     metrics,
     hub,
     media,
     isolateId,
     peers: () => registry.others,
-    // Writes, not reads: a full disk or a read-only volume still answers reads while every send
-    // fails, and a check that only read would call such a server healthy.
     healthCheck: async () => {
-      await kv.set(["health", isolateId], Date.now(), { expireIn: 60_000 }).catch((err) => {
-        throw new Error(`KV does not accept writes: ${(err as Error).message}`);
-      });
-      await media.probe().catch((err) => {
-        throw new Error(`Media directory does not accept files: ${(err as Error).message}`);
-      });
-      await directory.ping().catch((err) => {
-        throw new Error(`Directory does not answer: ${(err as Error).message}`);
-      });
+      if (draining) throw new Error("Shutting down");
+      await probeStores();
     },
     api: createApi({
       directory,
@@ -239,6 +281,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       config,
       counters: apiCounters,
       limiter: context.limiter,
+      stopping: () => draining !== undefined,
     }),
     frames,
     extraMetrics: () => apiCounters.render(),
@@ -260,13 +303,13 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   };
 
   let closed = false;
-  let draining: Promise<void> | undefined;
   // A frame being handled (a file being stored, a send waiting for its commit) gets its reply
   // before the close, for a while: the older protocols have no resend to recover it.
   const drain = () =>
     draining ??= (async () => {
       const until = Date.now() + SHUTDOWN_DRAIN_MS;
-      while (Date.now() < until && [...connections].some((c) => c.open && c.busy)) {
+      const busy = () => [...connections].some((c) => c.open && c.busy) || socketIoBusy(io);
+      while (Date.now() < until && busy()) {
         await new Promise((r) => setTimeout(r, 10));
       }
       // A committed send's echo is the room's delivery, which may still be queued.
@@ -277,7 +320,14 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     devSecret,
     io,
     fetch(req, info) {
-      if (new URL(req.url).pathname.startsWith("/socket.io/")) return io.handleRequest(req, info);
+      const url = new URL(req.url);
+      if (url.pathname.startsWith("/socket.io/")) {
+        // Sessions already open keep polling through the drain; a new one is told to go elsewhere.
+        if (draining && !url.searchParams.has("sid") && !url.pathname.endsWith(".js")) {
+          return Promise.resolve(new Response("Server shutting down", { status: 503 }));
+        }
+        return io.handleRequest(req, info);
+      }
       const matched = matchWsRoute(routes, req.url);
       if (matched && draining) {
         return Promise.resolve(new Response("Server shutting down", { status: 503 }));
@@ -294,7 +344,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         // The checks before the upgrade read the directory: one that does not answer is a
         // passing failure (503), logged with the path, which an unlabelled pool error was not.
         return matched.route.handle(req, matched.params).catch((err) => {
-          console.error(`${new URL(req.url).pathname}: the socket could not be opened:`, err);
+          const path = JSON.stringify(new URL(req.url).pathname.slice(0, 200));
+          console.error(`${path}: the socket could not be opened: ${message(err)}`);
           return new Response("Service unavailable: try again", { status: 503 });
         });
       }

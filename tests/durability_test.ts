@@ -209,6 +209,12 @@ Deno.test("durability: a shutdown answers the frame being handled before it clos
     await checked;
     closing = server.close();
     await new Promise((r) => setTimeout(r, 100));
+    // Meanwhile nothing new is taken, and a load balancer is told to look elsewhere.
+    for (const path of ["/healthz", "/socket.io/?EIO=4&transport=polling"]) {
+      const res = await fetch(`${server.url}${path}`);
+      await res.body?.cancel();
+      assertEquals(res.status, 503, path);
+    }
     release();
     assertEquals((await ws.next()).body, "in flight");
     assertEquals((await ws.closed).code, 1001);
@@ -217,7 +223,7 @@ Deno.test("durability: a shutdown answers the frame being handled before it clos
   }
 });
 
-Deno.test("durability: a socket whose checks before the upgrade fail (the directory down) is refused with 503", async () => {
+Deno.test("durability: a socket whose checks before the upgrade fail (the directory down) is refused with 503, a malformed handshake with 400", async () => {
   const server = await startTestServer({}, {
     access: (inner) => ({
       canAccess(user, room, options) {
@@ -245,6 +251,12 @@ Deno.test("durability: a socket whose checks before the upgrade fail (the direct
     } finally {
       conn.close();
     }
+    // A handshake no client library sends is the client's fault: 400, not 503.
+    const bad = await fetch(`${server.url}/ws/ticket/5/?token=${token}`, {
+      headers: { upgrade: "websocket", connection: "Upgrade" },
+    });
+    await bad.body?.cancel();
+    assertEquals(bad.status, 400);
   } finally {
     await server.close();
   }

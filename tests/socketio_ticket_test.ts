@@ -363,8 +363,22 @@ Deno.test("socket.io ticket chat: an event over the size limit is answered on se
       message: "after",
     });
     assertEquals(stored.message, "after");
+    // A file sent as bytes goes in a binary frame of its own, after the event's start.
+    const binaryError = next<Payload>(socket, "send_message_error");
+    const binaryAck = new Promise((resolve) =>
+      socket.emit("send_message", {
+        ticketId: "8",
+        attachments: [{ name: "big.bin", data: new Uint8Array(200_000) }],
+      }, resolve)
+    );
+    assertEquals(
+      (await binaryError).message,
+      "Message is too large: 200000 bytes, the limit is " +
+        /the limit is (\d+)$/.exec(message as string)![1],
+    );
+    assertEquals(await binaryAck, { error: (await binaryError).message });
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
-    assertMatch(metrics, /chat_errors_total\{code="frame_too_large"\} 1/);
+    assertMatch(metrics, /chat_errors_total\{code="frame_too_large"\} 2/);
   }, { MAX_FILE_BYTES: "2048" });
 });
 

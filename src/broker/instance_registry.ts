@@ -153,6 +153,11 @@ export class InstanceRegistry {
     return this.#elsewhere;
   }
 
+  /** Live servers in this OS process besides this one (isolates of `deno serve --parallel`). */
+  get nearby(): number {
+    return this.#others - this.#elsewhere;
+  }
+
   /**
    * The servers alive now (this one included), read from the store, not a cache, and a check
    * that fails an atomic operation if a given server's entry changed since (it renewed).
@@ -180,8 +185,8 @@ export class InstanceRegistry {
   }
 
   /**
-   * Calls `listener` whenever {@link alone} changes, or whether any server is
-   * {@link elsewhere}; returns the function that stops it.
+   * Calls `listener` whenever {@link alone} changes, or whether any server is {@link elsewhere}
+   * or {@link nearby}; returns the function that stops it.
    */
   onChange(listener: (alone: boolean) => void): () => void {
     this.#listeners.add(listener);
@@ -228,9 +233,10 @@ export class InstanceRegistry {
     this.#refreshing = this.#refreshing.then(async () => {
       if (this.#closed) return;
       const live = await this.live();
-      const was = [this.alone, this.#elsewhere > 0];
+      const state = () => `${this.alone}|${this.#elsewhere > 0}|${this.nearby > 0}`;
+      const was = state();
       this.#count(live);
-      if ((was[0] !== this.alone || was[1] !== this.#elsewhere > 0) && !this.#closed) {
+      if (was !== state() && !this.#closed) {
         for (const listener of this.#listeners) listener(this.alone);
       }
     }).catch((err) => {

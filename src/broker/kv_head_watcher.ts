@@ -71,7 +71,7 @@ export class KvHeadWatcher implements HeadWatcher {
   }
 
   /**
-   * Also reads the heads every `pollMs` while `polling` (and active): on a local KV file, a
+   * Also reads the heads every `pollMs` while `polling` (active or not): on a local KV file, a
    * commit by another OS process wakes no watch here (Deno notifies only its own process).
    */
   setPolling(polling: boolean): void {
@@ -80,7 +80,9 @@ export class KvHeadWatcher implements HeadWatcher {
   }
 
   #schedulePoll(): void {
-    const wanted = this.#polling && this.#active && !this.#closed;
+    // Apart from the watches: on a local file they may be off (no other isolate in this process)
+    // while another process shares the file.
+    const wanted = this.#polling && !this.#closed;
     if (!wanted) {
       clearInterval(this.#poll);
       this.#poll = undefined;
@@ -89,21 +91,23 @@ export class KvHeadWatcher implements HeadWatcher {
     }
     if (this.#poll !== undefined) return;
     let reading = false;
-    this.#poll = setInterval(async () => {
+    const poll: ReturnType<typeof setInterval> = setInterval(async () => {
       if (reading) return;
       reading = true;
       try {
-        await this.#readHeads();
+        await this.#readHeads(poll);
       } catch {
         // A store that does not answer is reported by the registry's heartbeat.
       } finally {
         reading = false;
       }
     }, this.#pollMs);
-    Deno.unrefTimer(this.#poll);
+    this.#poll = poll;
+    Deno.unrefTimer(poll);
   }
 
-  async #readHeads(): Promise<void> {
+  /** One polling round of `poll`, which stops at once if polling stopped (or restarted). */
+  async #readHeads(poll: ReturnType<typeof setInterval>): Promise<void> {
     // A round reads at most POLL_BUCKETS_PER_ROUND groups, taking turns: with many rooms a room
     // is read less often, rather than the store more often.
     const buckets = this.#buckets;
@@ -113,7 +117,7 @@ export class KvHeadWatcher implements HeadWatcher {
       const rooms = [...bucket.rooms];
       if (rooms.length === 0) continue;
       const entries = await this.#kv.getMany(rooms.map(KV_KEYS.head));
-      if (this.#poll === undefined) return;
+      if (this.#poll !== poll) return;
       entries.forEach((entry, i) => {
         const room = rooms[i];
         // The first read reports too: a commit there since the watch's first report woke nothing.

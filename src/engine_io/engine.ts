@@ -115,8 +115,9 @@ export interface EngineSocket {
   /** Called when the session has moved from polling to WebSocket. */
   onupgrade: (() => void) | null;
   /**
-   * Called with the start of a WebSocket message refused for its size (`maxPayload`) and its
-   * size in bytes, just before the session closes for it: a last chance to say why.
+   * Called with the start of a WebSocket message refused for its size (`maxPayload`), or "" for
+   * a binary one, and its size in bytes, just before the session closes for it: a last chance to
+   * say why.
    */
   ontoolarge: ((head: string, size: number) => void) | null;
   /** Queues one message. */
@@ -341,10 +342,10 @@ class WebSocketTransport {
       ? data.length
       : utf8Length(data);
     if (size > max) {
-      // A message packet ("4..."): the start is enough to tell which event it carried.
-      if (typeof data === "string" && data.startsWith("4")) {
-        this.ontoolarge(data.slice(1, 513), size);
-      }
+      // A message packet ("4..."): the start is enough to tell which event it carried. A binary
+      // message is an attachment of a packet whose start came before it.
+      if (typeof data !== "string") this.ontoolarge("", size);
+      else if (data.startsWith("4")) this.ontoolarge(data.slice(1, 513), size);
       this.onerror("payload too large");
       return;
     }

@@ -769,17 +769,26 @@ class Client {
     const oversized = options.oversized;
     if (oversized) {
       conn.ontoolarge = (head, size) => {
-        const match = EVENT_HEAD.exec(head);
-        if (!match) return;
-        const socket = this.#sockets.get(match[1] ?? "/");
-        if (!socket?.connected) return;
-        let event: string;
-        try {
-          event = JSON.parse(`"${match[3]}"`);
-        } catch {
-          return;
+        let nsp: string, id: number | undefined, event: string;
+        if (head === "") {
+          // An attachment: the event is the one whose attachments were being received.
+          const pending = this.#decoder.pending;
+          const name = (pending?.data as unknown[] | undefined)?.[0];
+          if (pending?.type !== PacketType.BINARY_EVENT || typeof name !== "string") return;
+          [nsp, id, event] = [pending.nsp, pending.id, name];
+        } else {
+          const match = EVENT_HEAD.exec(head);
+          if (!match) return;
+          try {
+            event = JSON.parse(`"${match[3]}"`);
+          } catch {
+            return;
+          }
+          [nsp, id] = [match[1] ?? "/", match[2] ? Number(match[2]) : undefined];
         }
-        oversized(socket, event, size, match[2] ? socket[kAck](Number(match[2])) : undefined);
+        const socket = this.#sockets.get(nsp);
+        if (!socket?.connected) return;
+        oversized(socket, event, size, id === undefined ? undefined : socket[kAck](id));
       };
     }
     this.#connectTimer = setTimeout(() => {

@@ -268,6 +268,11 @@ export class Decoder {
     return this.#finish(pending, buffers);
   }
 
+  /** The packet whose attachments are still due, if any. */
+  get pending(): SocketPacket | undefined {
+    return this.#pending?.packet;
+  }
+
   /** Drops a half-received packet. */
   reset(): void {
     this.#pending = null;

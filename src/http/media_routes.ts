@@ -84,6 +84,13 @@ function slice(file: Deno.FsFile, start: number, length: number): ReadableStream
   });
 }
 
+/** True for the open failures that say the server cannot read its volume, not that no file is. */
+function unreadable(err: unknown): boolean {
+  return err instanceof Deno.errors.PermissionDenied ||
+    err instanceof Deno.errors.FilesystemLoop ||
+    (err as { code?: string }).code === "EIO";
+}
+
 /**
  * Serves `/media/<key>` and `/uploads/<key>` from the media store, GET and HEAD, with an ETag
  * (answered 304 when the client has it) and single byte ranges (206, or 416 past the end), which
@@ -109,11 +116,10 @@ export function mountMedia(app: Hono, media: LocalMediaStore): void {
     try {
       file = await Deno.open(path, { read: true });
     } catch (err) {
-      if (err instanceof Deno.errors.NotFound || err instanceof Deno.errors.NotADirectory) {
-        return new Response("Not found", { status: 404 });
-      }
-      // A volume the server cannot read (permissions, I/O) is not a file that was deleted.
-      console.error(`media: cannot read ${key}:`, err);
+      // A volume the server cannot read (permissions, I/O) is not a file that was deleted; any
+      // other failure (a name too long, not a directory) is a name that finds no file.
+      if (!unreadable(err)) return new Response("Not found", { status: 404 });
+      console.error(`media: cannot read ${JSON.stringify(key.slice(0, 200))}: ${err}`);
       return new Response("Media unavailable", { status: 503 });
     }
     const info = await file.stat();

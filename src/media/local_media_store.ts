@@ -95,38 +95,43 @@ export class LocalMediaStore implements MediaStore {
   }
 
   /**
-   * Removes the temporary files of writes that a crash cut short (`.upload-*`) older than
-   * `olderThanMs`, walking the whole tree; returns how many went. Younger ones may be another
-   * instance's writes under way on a shared volume.
+   * Removes the temporary files that a crash cut short (`.upload-*` writes, `.health-*` probes)
+   * older than `olderThanMs`, walking the whole tree; returns how many went. Younger ones may be
+   * another instance's writes under way on a shared volume.
    */
   async sweepTemporary(olderThanMs: number): Promise<number> {
     const cutoff = Date.now() - olderThanMs;
     let removed = 0;
     const walk = async (dir: string): Promise<void> => {
-      let entries: Deno.DirEntry[];
+      const folders: string[] = [];
       try {
-        entries = await Array.fromAsync(Deno.readDir(dir));
-      } catch {
-        return;
-      }
-      for (const entry of entries) {
-        const path = join(dir, entry.name);
-        if (entry.isDirectory) await walk(path);
-        else if (entry.isFile && entry.name.startsWith(".upload-")) {
-          try {
-            const { mtime } = await Deno.stat(path);
-            if (mtime && mtime.getTime() < cutoff) {
-              await Deno.remove(path);
-              removed++;
-            }
-          } catch {
-            // Gone already, or renamed into place meanwhile.
+        // Read as it comes (a folder of every ticket's files can be long), descended after.
+        for await (const entry of Deno.readDir(dir)) {
+          const path = join(dir, entry.name);
+          if (entry.isDirectory) folders.push(path);
+          else if (entry.isFile && /^\.(upload|health)-/.test(entry.name)) {
+            if (await this.#removeIfOlder(path, cutoff)) removed++;
           }
         }
+      } catch {
+        // Unreadable, or gone meanwhile: what it holds waits for the next start.
       }
+      for (const folder of folders) await walk(folder);
     };
     await walk(this.root);
     return removed;
+  }
+
+  async #removeIfOlder(path: string, cutoff: number): Promise<boolean> {
+    try {
+      const { mtime } = await Deno.stat(path);
+      if (!mtime || mtime.getTime() >= cutoff) return false;
+      await Deno.remove(path);
+      return true;
+    } catch {
+      // Gone already, or renamed into place meanwhile.
+      return false;
+    }
   }
 
   /** Absolute path of a key, or null when it is outside the root. */

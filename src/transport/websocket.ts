@@ -137,10 +137,17 @@ export class Connection implements FrameHolder {
 
   /** Upgrades the request and attaches the handler; returns the 101 response. */
   static upgrade(req: Request, options: SocketOptions, handler: SocketHandler): Response {
-    const { socket, response } = Deno.upgradeWebSocket(req, {
-      idleTimeout: options.idleTimeout,
-      protocol: options.subprotocol,
-    });
+    let upgraded: { socket: WebSocket; response: Response };
+    try {
+      upgraded = Deno.upgradeWebSocket(req, {
+        idleTimeout: options.idleTimeout,
+        protocol: options.subprotocol,
+      });
+    } catch (err) {
+      // A handshake no client library sends (a missing Sec-WebSocket-Key): the client's fault.
+      return new Response(`Bad WebSocket handshake: ${(err as Error).message}`, { status: 400 });
+    }
+    const { socket, response } = upgraded;
     new Connection(socket, options, handler);
     return response;
   }

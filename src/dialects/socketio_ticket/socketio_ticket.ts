@@ -180,6 +180,14 @@ function attachmentsOf(value: unknown): FileInput[] {
   });
 }
 
+/** True while an event of any socket of `io` is being handled (a shutdown waits for them). */
+export function socketIoBusy(io: SocketIOServer): boolean {
+  for (const socket of io.of("/").sockets.values()) {
+    if (((socket.data as Partial<SocketState>).handling?.size ?? 0) > 0) return true;
+  }
+  return false;
+}
+
 /**
  * Builds the Socket.IO server for the ticket chat. Fan-out uses one hub member per ticket (and
  * base URL) on this isolate: the bridge encodes each event once for every Socket.IO socket in

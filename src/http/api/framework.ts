@@ -31,6 +31,8 @@ export interface ApiDeps {
   counters?: ApiCounters;
   /** The sockets' send limits, applied to ordinary users' uploads too. */
   limiter?: RateLimiter;
+  /** True once the server is shutting down: a body cut off then is the server's doing. */
+  stopping?: () => boolean;
 }
 
 const KNOWN_METHODS = new Set(["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]);
@@ -289,7 +291,7 @@ export function defineRoute<
         if (spec.body?.type === "json") {
           body = validate(spec.body.schema, await readJson(req), "body");
         } else if (spec.body?.type === "multipart") {
-          const form = await readMultipart(req, cap, deps.config);
+          const form = await readMultipart(req, cap, deps.config, deps.stopping);
           body = validate(spec.body.schema, formObject(form, spec.body.arrays), "form");
         }
         const reply = await spec.handle(
@@ -574,7 +576,12 @@ function requireMultipart(req: Request): string {
  * Reads a multipart body of at most `cap` bytes; a single file over `maxFileBytes` is refused
  * with 413 naming it. The bounded buffer is parsed by the platform's FormData parser.
  */
-async function readMultipart(req: Request, cap: number, config: Config): Promise<FormData> {
+async function readMultipart(
+  req: Request,
+  cap: number,
+  config: Config,
+  stopping?: () => boolean,
+): Promise<FormData> {
   const type = requireMultipart(req);
   const maxFileBytes = config.maxFileBytes;
   const declared = Number(req.headers.get("content-length") ?? NaN);
@@ -653,15 +660,17 @@ async function readMultipart(req: Request, cap: number, config: Config): Promise
         `Upload too slow: not all of it arrived within ${config.uploadTimeoutSeconds} s`,
       );
     }
-    if (cutOff) {
+    if (cutOff && stopping?.()) {
       throw new ApiError(
         503,
-        "The upload was cut off before its end (the server is restarting or the connection " +
-          "failed): send it again",
+        "The upload was cut off before its end by the server restarting: send it again",
         undefined,
         undefined,
         true,
       );
+    }
+    if (cutOff) {
+      throw new ApiError(400, `The upload's body ended before its end: ${(err as Error).message}`);
     }
     throw new ApiError(400, `Body is not valid multipart/form-data: ${(err as Error).message}`);
   } finally {
