@@ -237,10 +237,10 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   // Writes, not reads: a full disk or a read-only volume still answers reads while every send
   // fails, and a check that only read would call such a server healthy. Anyone may ask, so one
   // probe runs at a time and its answer stands for a second; the answer names no path.
-  let probe: { at: number; done: Promise<void> } | undefined;
+  let probe: { at: number; done: Promise<void>; settled: boolean } | undefined;
   let probeFailed = false;
   const probeStores = () => {
-    if (probe && Date.now() - probe.at < HEALTH_PROBE_MS) return probe.done;
+    if (probe && (!probe.settled || Date.now() - probe.at < HEALTH_PROBE_MS)) return probe.done;
     const done = (async () => {
       const step = async (what: string, run: () => Promise<unknown>) => {
         try {
@@ -259,8 +259,12 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       await step("Directory does not answer", () => directory.ping());
       probeFailed = false;
     })();
-    probe = { at: Date.now(), done };
-    done.catch(() => {});
+    const current: typeof probe & object = { at: Date.now(), done, settled: false };
+    probe = current;
+    done.catch(() => {}).finally(() => {
+      current.settled = true;
+      current.at = Date.now();
+    });
     return done;
   };
   const httpDeps: HttpDeps = {
