@@ -7,7 +7,7 @@ import { loadConfig } from "../src/config.ts";
 import { API_ROUTES } from "../src/http/api/mod.ts";
 import { ADMIN_TOKEN, apiTest, requirePostgresInCi } from "./api_helpers.ts";
 import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
-import { eventually, startTestServer, TestClient } from "./helpers.ts";
+import { eventually, rawExchange, startTestServer, TestClient } from "./helpers.ts";
 
 requirePostgresInCi("admin API");
 
@@ -580,30 +580,18 @@ Deno.test("uploads: a body the client cuts short is answered 400 saying so, not 
   const server = await startTestServer();
   try {
     const token = await server.token({ sub: "3", rooms: ["ticket:9"] });
-    const conn = await Deno.connect({
-      hostname: "127.0.0.1",
-      port: Number(new URL(server.url).port),
-    });
-    try {
-      const part = '--x\r\ncontent-disposition: form-data; name="file"; filename="a.txt"\r\n\r\n';
-      await conn.write(new TextEncoder().encode(
-        `POST /api/rooms/ticket/9/attachments HTTP/1.1\r\nHost: x\r\n` +
-          `Authorization: Bearer ${token}\r\n` +
-          "Content-Type: multipart/form-data; boundary=x\r\nTransfer-Encoding: chunked\r\n\r\n" +
-          `${part.length.toString(16)}\r\n${part}\r\n`,
-      ));
-      // The client stops sending in the middle of its chunked body.
-      await conn.closeWrite();
-      const buf = new Uint8Array(4096);
-      let text = "";
-      for (let n; (n = await conn.read(buf)) !== null;) {
-        text += new TextDecoder().decode(buf.subarray(0, n));
-      }
-      assert(text.startsWith("HTTP/1.1 400"), text);
-      assertMatch(text, /The upload's body ended before its end/);
-    } finally {
-      conn.close();
-    }
+    const part = '--x\r\ncontent-disposition: form-data; name="file"; filename="a.txt"\r\n\r\n';
+    // The client stops sending in the middle of its chunked body.
+    const text = await rawExchange(
+      server.url,
+      `POST /api/rooms/ticket/9/attachments HTTP/1.1\r\nHost: x\r\n` +
+        `Authorization: Bearer ${token}\r\n` +
+        "Content-Type: multipart/form-data; boundary=x\r\nTransfer-Encoding: chunked\r\n\r\n" +
+        `${part.length.toString(16)}\r\n${part}\r\n`,
+      true,
+    );
+    assert(text.startsWith("HTTP/1.1 400"), text);
+    assertMatch(text, /The upload's body ended before its end/);
   } finally {
     await server.close();
   }

@@ -1,7 +1,7 @@
 /** Delivery you can count on: kill -9, SIGTERM, and two instances sharing one KV. */
 
 import { assert, assertEquals } from "./assert.ts";
-import { freePort, startTestServer, TEST_SECRET, TestClient } from "./helpers.ts";
+import { freePort, rawExchange, startTestServer, TEST_SECRET, TestClient } from "./helpers.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 import { MemoryBroker } from "../src/broker/memory_broker.ts";
 import type { AppOverrides } from "../main.ts";
@@ -234,23 +234,13 @@ Deno.test("durability: a socket whose checks before the upgrade fail (the direct
   });
   try {
     const token = await server.token({ sub: "1", rooms: ["ticket:13"] });
-    const conn = await Deno.connect({
-      hostname: "127.0.0.1",
-      port: Number(new URL(server.url).port),
-    });
-    try {
-      await conn.write(new TextEncoder().encode(
-        `GET /ws/ticket/13/?token=${token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n` +
-          "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
-          "Sec-WebSocket-Version: 13\r\n\r\n",
-      ));
-      const buf = new Uint8Array(1024);
-      const n = await conn.read(buf);
-      const head = new TextDecoder().decode(buf.subarray(0, n ?? 0));
-      assert(head.startsWith("HTTP/1.1 503"), head);
-    } finally {
-      conn.close();
-    }
+    const head = await rawExchange(
+      server.url,
+      `GET /ws/ticket/13/?token=${token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n` +
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" +
+        "Sec-WebSocket-Version: 13\r\n\r\n",
+    );
+    assert(head.startsWith("HTTP/1.1 503"), head);
     // A handshake no client library sends is the client's fault: 400, not 503.
     const bad = await fetch(`${server.url}/ws/ticket/5/?token=${token}`, {
       headers: { upgrade: "websocket", connection: "Upgrade" },

@@ -190,6 +190,29 @@ export function freePort(): number {
   return port;
 }
 
+/** Sends `request` (raw HTTP) to the server at `url` and reads until it closes the connection. */
+export async function rawExchange(
+  url: string,
+  request: string,
+  closeWrite = false,
+): Promise<string> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: Number(new URL(url).port) });
+  try {
+    await conn.write(new TextEncoder().encode(request));
+    if (closeWrite) await conn.closeWrite();
+    // Up to the close, or a first answer's worth when the server keeps the connection.
+    const buf = new Uint8Array(4096);
+    let text = "";
+    for (let n; text.length < 4096 && (n = await conn.read(buf)) !== null;) {
+      text += new TextDecoder().decode(buf.subarray(0, n));
+      if (!closeWrite) break;
+    }
+    return text;
+  } finally {
+    conn.close();
+  }
+}
+
 /**
  * Opens a WebSocket by hand and then goes silent: it never reads, never answers pings. The
  * peer a browser tab becomes when its machine sleeps, or a reader that stalls.
