@@ -4,14 +4,15 @@ import { DirectoryAccessPolicy, directoryProfileEnricher } from "./src/auth/dire
 import { Authenticator } from "./src/auth/authenticator.ts";
 import { createVerifier, ensureDevSecret } from "./src/auth/verifier.ts";
 import { BroadcastChannelBroker } from "./src/broker/broadcast_channel_broker.ts";
-import { InstanceRegistry, SharedOnlyBroker } from "./src/broker/instance_registry.ts";
+import { InstanceRegistry, PROCESS, SharedOnlyBroker } from "./src/broker/instance_registry.ts";
+import { KvRoomEvents } from "./src/broker/kv_room_events.ts";
 import { KvHeadWatcher, LOCAL_HEAD_POLL_MS } from "./src/broker/kv_head_watcher.ts";
 import { type Config, loadConfig } from "./src/config.ts";
 import { ChatService } from "./src/core/chat_service.ts";
 import { Metrics } from "./src/core/metrics.ts";
 import { RateLimiter } from "./src/core/rate_limiter.ts";
 import { nativeRoute } from "./src/dialects/native/native.ts";
-import type { AccessPolicy, Broker, PresenceStore } from "./src/core/types.ts";
+import type { AccessPolicy, Broker, PresenceStore, RoomEvent } from "./src/core/types.ts";
 import type { DialectContext, WsRoute } from "./src/dialects/context.ts";
 import { ticketSocketRoute } from "./src/dialects/ticket_socket/ticket_socket.ts";
 import { conversationChatRoute } from "./src/dialects/conversation_chat/conversation_chat.ts";
@@ -180,6 +181,21 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     },
     catchUpDelayMs: overrides.catchUpDelayMs,
   });
+  // Revocations and deletions must close sockets in every process, not only this one's isolates.
+  const roomEvents = new KvRoomEvents(kv, PROCESS, (event) => hub.receive(event));
+  await roomEvents.start();
+  roomEvents.setPolling(localKv && registry.elsewhere > 0);
+  registry.onChange(() => roomEvents.setPolling(localKv && registry.elsewhere > 0));
+  const events = {
+    publish(event: RoomEvent): void {
+      hub.publish(event);
+      if (event.type === "revoked" || event.type === "closed") {
+        roomEvents.publish(event).catch((err) =>
+          console.error("room events: telling the other processes failed:", err)
+        );
+      }
+    },
+  };
   const chat = new ChatService({
     store,
     fanout: hub,
@@ -280,7 +296,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     api: createApi({
       directory,
       chat,
-      events: hub,
+      events,
       auth: context.auth,
       config,
       counters: apiCounters,
@@ -369,6 +385,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       } finally {
         // Whatever failed above, the watches, timers and handles must go, or the process stays.
         chat.close();
+        roomEvents.close();
         hub.close();
         broker.close();
         exchange.close();

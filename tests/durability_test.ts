@@ -9,7 +9,7 @@ import type { AppOverrides } from "../main.ts";
 type Frame = Record<string, unknown>;
 
 /** Runs main.ts as a separate process, as production does. */
-async function spawnServer(dataDir: string, port: number) {
+async function spawnServer(dataDir: string, port: number, env: Record<string, string> = {}) {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-all", new URL("../main.ts", import.meta.url).pathname],
     env: {
@@ -19,6 +19,7 @@ async function spawnServer(dataDir: string, port: number) {
       JWT_SECRET: TEST_SECRET,
       RATE_LIMIT_PER_SECOND: "100000",
       RATE_LIMIT_USER_PER_SECOND: "100000",
+      ...env,
     },
     stdout: "null",
     stderr: "null",
@@ -170,6 +171,56 @@ Deno.test("durability: two server processes on one local KV file deliver each ot
     }
     await a.close();
     await b.close();
+  } finally {
+    for (const server of servers) {
+      server.kill("SIGKILL");
+      await server.status.catch(() => {});
+    }
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("durability: a participant removed, or a room deleted, through one process is closed in another", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-evict-" });
+  const admin = "a-long-enough-admin-token-for-tests";
+  const ports = [freePort(), freePort()];
+  const servers: Deno.ChildProcess[] = [];
+  const api = (method: string, path: string, json?: unknown) =>
+    fetch(`http://127.0.0.1:${ports[0]}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
+      body: json === undefined ? undefined : JSON.stringify(json),
+    }).then(async (res) => (await res.body?.cancel(), res.status));
+  try {
+    for (const port of ports) {
+      servers.push(await spawnServer(dataDir, port, { ADMIN_TOKEN: admin }));
+    }
+    assertEquals(
+      await api("PUT", "/api/rooms/ticket/7", {
+        participants: [{ user_id: "3" }, { user_id: "4" }],
+      }),
+      201,
+    );
+    // Both on the second process; the API is asked on the first.
+    const open = async (sub: string) =>
+      await TestClient.open(
+        `ws://127.0.0.1:${ports[1]}/ws/ticket/7/?token=${await signDevToken(TEST_SECRET, {
+          sub,
+        })}`,
+      );
+    const [three, four] = [await open("3"), await open("4")];
+    three.send({ body: "both in" });
+    await four.next((f) => f.body === "both in");
+    assertEquals(await api("DELETE", "/api/rooms/ticket/7/participants/4"), 204);
+    // Bounded: without a way across, the socket would stay open for good.
+    const closed = (client: TestClient) =>
+      Promise.race([
+        client.closed,
+        new Promise((r) => setTimeout(() => r("still open after 5 s"), 5000)),
+      ]);
+    assertEquals(await closed(four), { code: 4003, reason: "Access revoked" });
+    assertEquals(await api("DELETE", "/api/rooms/ticket/7"), 204);
+    assertEquals(await closed(three), { code: 4004, reason: "Room deleted" });
   } finally {
     for (const server of servers) {
       server.kill("SIGKILL");

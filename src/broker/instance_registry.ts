@@ -25,7 +25,7 @@ interface EntryValue {
  * the process's start time. A pid alone is not enough: containers sharing one KV volume often all
  * run as PID 1. Isolates of one `deno serve --parallel` share it.
  */
-const PROCESS = `${hostName()}/${Deno.pid}/${startTicks()}`;
+export const PROCESS = `${hostName()}/${Deno.pid}/${startTicks()}`;
 
 function hostName(): string {
   try {

@@ -1,0 +1,137 @@
+/**
+ * Revocations and room deletions for every process sharing the store: the broadcast channel
+ * reaches only the isolates of one process, so these also go through one KV key, which every
+ * server watches (and, on a local file shared with another process, reads now and then).
+ */
+
+import type { RoomEvent } from "../core/types.ts";
+
+/** The events carried: the ones that must close sockets wherever they are. */
+export type EvictionEvent = RoomEvent & { type: "revoked" | "closed" };
+
+/** The key every server follows. */
+const KEY = ["room_events"];
+
+/** How many recent events the key keeps: a server that was slower than this misses the rest. */
+const KEPT = 100;
+
+interface Entry {
+  seq: number;
+  origin: string;
+  event: EvictionEvent;
+}
+
+interface Log {
+  seq: number;
+  entries: Entry[];
+}
+
+/** Publishes evictions to the other processes and hands theirs to `onEvent`. */
+export class KvRoomEvents {
+  #kv: Deno.Kv;
+  #origin: string;
+  #onEvent: (event: EvictionEvent) => void;
+  #pollMs: number;
+  #seen?: number;
+  #reader?: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]>;
+  #poll?: ReturnType<typeof setInterval>;
+  #closed = false;
+
+  /**
+   * Follows the key through `kv`; `origin` names this process (its own events reach its
+   * isolates through the channel), `pollMs` is how often the key is read while polling.
+   */
+  constructor(
+    kv: Deno.Kv,
+    origin: string,
+    onEvent: (event: EvictionEvent) => void,
+    options: { pollMs?: number } = {},
+  ) {
+    this.#kv = kv;
+    this.#origin = origin;
+    this.#onEvent = onEvent;
+    this.#pollMs = options.pollMs ?? 250;
+  }
+
+  /** Reads where the log stands (older events are not replayed) and starts watching it. */
+  async start(): Promise<void> {
+    const first = await this.#kv.get<Log>(KEY);
+    this.#seen = first.value?.seq ?? 0;
+    this.#watch();
+  }
+
+  /** Appends an event for the other processes. */
+  async publish(event: EvictionEvent): Promise<void> {
+    for (let attempt = 0;; attempt++) {
+      const current = await this.#kv.get<Log>(KEY);
+      const seq = (current.value?.seq ?? 0) + 1;
+      const entries = [...(current.value?.entries ?? []), { seq, origin: this.#origin, event }]
+        .slice(-KEPT);
+      const done = await this.#kv.atomic().check(current).set(KEY, { seq, entries }).commit();
+      if (done.ok) return;
+      if (attempt >= 20) throw new Error("room events: too many concurrent writers");
+    }
+  }
+
+  /** Also reads the key every `pollMs` while `polling` (another process on a local file). */
+  setPolling(polling: boolean): void {
+    if (!polling || this.#closed) {
+      clearInterval(this.#poll);
+      this.#poll = undefined;
+      return;
+    }
+    if (this.#poll !== undefined) return;
+    let reading = false;
+    this.#poll = setInterval(async () => {
+      if (reading) return;
+      reading = true;
+      try {
+        this.#apply((await this.#kv.get<Log>(KEY)).value);
+      } catch {
+        // A store that does not answer is reported by the registry's heartbeat.
+      } finally {
+        reading = false;
+      }
+    }, this.#pollMs);
+    Deno.unrefTimer(this.#poll);
+  }
+
+  /** Stops watching and polling. */
+  close(): void {
+    this.#closed = true;
+    this.setPolling(false);
+    this.#reader?.cancel().catch(() => {});
+  }
+
+  #watch(): void {
+    if (this.#closed) return;
+    const reader = this.#kv.watch([KEY]).getReader();
+    this.#reader = reader;
+    (async () => {
+      try {
+        while (!this.#closed) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          this.#apply(value[0].value as Log | null);
+        }
+      } catch (err) {
+        if (!this.#closed) console.error("room events: watch failed, restarting:", err);
+      }
+      if (!this.#closed) setTimeout(() => this.#watch(), 500);
+    })();
+  }
+
+  #apply(log: Log | null): void {
+    if (!log || this.#seen === undefined || log.seq <= this.#seen) return;
+    const seen = this.#seen;
+    this.#seen = log.seq;
+    for (const entry of log.entries) {
+      if (entry.seq <= seen || entry.origin === this.#origin) continue;
+      try {
+        this.#onEvent(entry.event);
+      } catch (err) {
+        console.error("room events: handling an event failed:", err);
+      }
+    }
+  }
+}
