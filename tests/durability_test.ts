@@ -38,6 +38,27 @@ async function spawnServer(dataDir: string, port: number, env: Record<string, st
   }
 }
 
+/** Runs `count` server processes on one fresh data directory, as several instances would. */
+async function withProcesses(
+  count: number,
+  env: Record<string, string>,
+  fn: (ports: number[]) => Promise<void>,
+) {
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-procs-" });
+  const servers: Deno.ChildProcess[] = [];
+  try {
+    const ports = Array.from({ length: count }, () => freePort());
+    for (const port of ports) servers.push(await spawnServer(dataDir, port, env));
+    await fn(ports);
+  } finally {
+    for (const server of servers) {
+      server.kill("SIGKILL");
+      await server.status.catch(() => {});
+    }
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+}
+
 async function nativeClient(port: number, sub = "1") {
   const token = await signDevToken(TEST_SECRET, { sub, rooms: ["ticket:*"] });
   const ws = await TestClient.open(`ws://127.0.0.1:${port}/ws?token=${token}`);
@@ -153,11 +174,7 @@ Deno.test("durability: SIGTERM closes sockets with 1001, exits cleanly, and clie
 Deno.test("durability: two server processes on one local KV file deliver each other's messages in a quiet room", async () => {
   // Deno wakes a watch on a local file only for its own process's commits; these two share no
   // channel and no process, and nobody on the receiving side sends anything that would read back.
-  const dataDir = await Deno.makeTempDir({ prefix: "chat-procs-" });
-  const ports = [freePort(), freePort()];
-  const servers: Deno.ChildProcess[] = [];
-  try {
-    for (const port of ports) servers.push(await spawnServer(dataDir, port));
+  await withProcesses(2, {}, async (ports) => {
     const [a, b] = await Promise.all(ports.map((port, i) => nativeClient(port, String(i + 1))));
     for (const ws of [a, b]) {
       ws.send({ type: "join", room: "ticket:7" });
@@ -171,30 +188,18 @@ Deno.test("durability: two server processes on one local KV file deliver each ot
     }
     await a.close();
     await b.close();
-  } finally {
-    for (const server of servers) {
-      server.kill("SIGKILL");
-      await server.status.catch(() => {});
-    }
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  });
 });
 
 Deno.test("durability: a participant removed, or a room deleted, through one process is closed in another", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "chat-evict-" });
   const admin = "a-long-enough-admin-token-for-tests";
-  const ports = [freePort(), freePort()];
-  const servers: Deno.ChildProcess[] = [];
-  const api = (method: string, path: string, json?: unknown) =>
-    fetch(`http://127.0.0.1:${ports[0]}${path}`, {
-      method,
-      headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
-      body: json === undefined ? undefined : JSON.stringify(json),
-    }).then(async (res) => (await res.body?.cancel(), res.status));
-  try {
-    for (const port of ports) {
-      servers.push(await spawnServer(dataDir, port, { ADMIN_TOKEN: admin }));
-    }
+  await withProcesses(2, { ADMIN_TOKEN: admin }, async (ports) => {
+    const api = (method: string, path: string, json?: unknown) =>
+      fetch(`http://127.0.0.1:${ports[0]}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
+        body: json === undefined ? undefined : JSON.stringify(json),
+      }).then(async (res) => (await res.body?.cancel(), res.status));
     assertEquals(
       await api("PUT", "/api/rooms/ticket/7", {
         participants: [{ user_id: "3" }, { user_id: "4" }],
@@ -221,13 +226,7 @@ Deno.test("durability: a participant removed, or a room deleted, through one pro
     assertEquals(await closed(four), { code: 4003, reason: "Access revoked" });
     assertEquals(await api("DELETE", "/api/rooms/ticket/7"), 204);
     assertEquals(await closed(three), { code: 4004, reason: "Room deleted" });
-  } finally {
-    for (const server of servers) {
-      server.kill("SIGKILL");
-      await server.status.catch(() => {});
-    }
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  });
 });
 
 Deno.test("durability: a shutdown answers the frame being handled before it closes the socket with 1001", async () => {
