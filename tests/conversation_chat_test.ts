@@ -87,6 +87,36 @@ Deno.test("conversation chat: text and file messages reach every participant in 
   }
 });
 
+Deno.test("conversation chat: a file the media volume cannot take is refused in words, nothing is stored, and the socket carries on", async () => {
+  const media = await Deno.makeTempDir({ prefix: "chat-media-" });
+  const server = await startTestServer({ MEDIA_DIR: media });
+  try {
+    const a = await join(server, 3, talker);
+    const file = { type: "file_message", filename: "a.txt", file: btoa("hello") };
+    // The volume goes away: a file where the directory was.
+    await Deno.rename(media, `${media}-away`);
+    await Deno.writeTextFile(media, "not a directory");
+    a.send(file);
+    assertEquals(await a.next(), {
+      type: "error",
+      message: "The file could not be stored: the server's storage is unavailable; try again later",
+    });
+    await Deno.remove(media);
+    await Deno.rename(`${media}-away`, media);
+    a.send(file);
+    const stored = await a.next();
+    assertEquals([stored.id, (stored.file_attachment as Record<string, unknown>).filename], [
+      1,
+      "a.txt",
+    ]);
+    await a.close();
+  } finally {
+    await server.close();
+    await Deno.remove(media, { recursive: true }).catch(() => {});
+    await Deno.remove(`${media}-away`, { recursive: true }).catch(() => {});
+  }
+});
+
 Deno.test("conversation chat: typing goes to the others only and expires when not renewed", async () => {
   const server = await startTestServer({ TYPING_TIMEOUT_SECONDS: "1" });
   try {

@@ -23,6 +23,22 @@ export const MAX_FILENAME_CHARS = 255;
 const SNIFF_BYTES = 64;
 
 /**
+ * A failure of the volume itself (permissions, a full disk, a read-only mount) as an error the
+ * client is told in words, logged here with its cause; the client's own faults pass unchanged.
+ */
+function storageError(err: unknown): unknown {
+  if (err instanceof ChatError) return err;
+  const os = Object.values(Deno.errors).some((kind) => err instanceof kind) ||
+    /\(os error \d+\)/.test(String((err as Error)?.message));
+  if (!os) return err;
+  console.error("media: storing a file failed:", err);
+  return new ChatError(
+    "internal",
+    "The file could not be stored: the server's storage is unavailable; try again later",
+  );
+}
+
+/**
  * Names and sizes of all files are checked before anything is written; base64 is decoded while
  * it is written, and a file that turns out bad takes every file of the message with it.
  */
@@ -91,7 +107,7 @@ export class MediaAttachmentStore implements AttachmentStore {
       }
     } catch (err) {
       await this.discard(stored);
-      throw err;
+      throw storageError(err);
     }
     return stored;
   }
