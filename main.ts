@@ -7,7 +7,7 @@ import { BroadcastChannelBroker } from "./src/broker/broadcast_channel_broker.ts
 import { InstanceRegistry, PROCESS, SharedOnlyBroker } from "./src/broker/instance_registry.ts";
 import { KvRoomEvents } from "./src/broker/kv_room_events.ts";
 import { KvHeadWatcher, LOCAL_HEAD_POLL_MS } from "./src/broker/kv_head_watcher.ts";
-import { type Config, loadConfig } from "./src/config.ts";
+import { type Config, isLocalPath, loadConfig } from "./src/config.ts";
 import { ChatService } from "./src/core/chat_service.ts";
 import { Metrics } from "./src/core/metrics.ts";
 import { RateLimiter } from "./src/core/rate_limiter.ts";
@@ -155,7 +155,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   // they with it, a presence TTL after the server stops renewing it.
   // Deno wakes a watch on a local KV file only for commits of its own process: servers of other
   // processes sharing the file are found, and their commits seen, by reading the keys instead.
-  const localKv = !/^https?:\/\//i.test(config.kvPath);
+  const localKv = isLocalPath(config.kvPath);
   const registry = await InstanceRegistry.start(kv, {
     staleMs: config.presenceTtlSeconds * 1000,
     heartbeatMs: config.presenceTtlSeconds * 1000 / 3,

@@ -212,7 +212,7 @@ function realPath(path: string): string {
 }
 
 /** False for what is not a file: an in-memory store or a URL. */
-function isLocalPath(path: string): boolean {
+export function isLocalPath(path: string): boolean {
   return path !== ":memory:" && !/^[a-z][a-z0-9+.-]+:\/\//i.test(path);
 }
 

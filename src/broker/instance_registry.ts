@@ -5,6 +5,7 @@
  */
 
 import type { Broker, RoomEvent } from "../core/types.ts";
+import { type Poll, pollEvery } from "./poll.ts";
 
 const ENTRY = (id: string): Deno.KvKey => ["instance", id];
 const ENTRIES: Deno.KvKey = ["instance"];
@@ -93,7 +94,7 @@ export class InstanceRegistry {
   #others = 0;
   #elsewhere = 0;
   #pollMs?: number;
-  #poll?: ReturnType<typeof setInterval>;
+  #poll?: Poll;
   #listeners = new Set<(alone: boolean) => void>();
   #lapseListeners = new Set<() => void>();
   #timer?: ReturnType<typeof setInterval>;
@@ -249,22 +250,12 @@ export class InstanceRegistry {
   #follow(): void {
     if (this.#pollMs !== undefined && this.#poll === undefined) {
       let seen: string | null | undefined;
-      let reading = false;
-      this.#poll = setInterval(async () => {
-        if (reading || this.#closed) return;
-        reading = true;
-        try {
-          const { versionstamp } = await this.#kv.get(EPOCH);
-          // The first read too: a server may have arrived since the start's own read.
-          if (versionstamp !== seen) await this.#refresh();
-          seen = versionstamp;
-        } catch {
-          // The heartbeat reports a store that does not answer.
-        } finally {
-          reading = false;
-        }
-      }, this.#pollMs);
-      Deno.unrefTimer(this.#poll);
+      this.#poll = pollEvery(this.#pollMs, async () => {
+        const { versionstamp } = await this.#kv.get(EPOCH);
+        // The first read too: a server may have arrived since the start's own read.
+        if (versionstamp !== seen) await this.#refresh();
+        seen = versionstamp;
+      });
     }
     const reader = this.#kv.watch([EPOCH]).getReader();
     this.#watch = reader;
@@ -287,7 +278,7 @@ export class InstanceRegistry {
   abandon(): void {
     this.#closed = true;
     clearInterval(this.#timer);
-    clearInterval(this.#poll);
+    this.#poll?.stop();
     this.#watch?.cancel().catch(() => {});
     this.#listeners.clear();
     this.#lapseListeners.clear();

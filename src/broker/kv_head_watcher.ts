@@ -1,6 +1,7 @@
 /** Follows rooms' head keys with `kv.watch`: the cross-instance bus and the net under the fast path. */
 
 import { KV_KEYS } from "../store/kv_message_store.ts";
+import { type Poll, pollEvery } from "./poll.ts";
 
 /** Deno KV watches at most 10 keys per call. */
 const KEYS_PER_WATCH = 10;
@@ -49,7 +50,7 @@ export class KvHeadWatcher implements HeadWatcher {
   #active: boolean;
   #pollMs?: number;
   #polling = false;
-  #poll?: ReturnType<typeof setInterval>;
+  #poll?: Poll;
   #pollCursor = 0;
   /** Versionstamps of the heads as last polled, so only a head that moved is reported. */
   #polled = new Map<string, string | null>();
@@ -84,30 +85,16 @@ export class KvHeadWatcher implements HeadWatcher {
     // while another process shares the file.
     const wanted = this.#polling && !this.#closed;
     if (!wanted) {
-      clearInterval(this.#poll);
+      this.#poll?.stop();
       this.#poll = undefined;
       this.#polled.clear();
       return;
     }
-    if (this.#poll !== undefined) return;
-    let reading = false;
-    const poll: ReturnType<typeof setInterval> = setInterval(async () => {
-      if (reading) return;
-      reading = true;
-      try {
-        await this.#readHeads(poll);
-      } catch {
-        // A store that does not answer is reported by the registry's heartbeat.
-      } finally {
-        reading = false;
-      }
-    }, this.#pollMs);
-    this.#poll = poll;
-    Deno.unrefTimer(poll);
+    this.#poll ??= pollEvery(this.#pollMs!, (poll) => this.#readHeads(poll));
   }
 
   /** One polling round of `poll`, which stops at once if polling stopped (or restarted). */
-  async #readHeads(poll: ReturnType<typeof setInterval>): Promise<void> {
+  async #readHeads(poll: Poll): Promise<void> {
     // A round reads at most POLL_BUCKETS_PER_ROUND groups, taking turns: with many rooms a room
     // is read less often, rather than the store more often.
     const buckets = this.#buckets;
@@ -117,7 +104,7 @@ export class KvHeadWatcher implements HeadWatcher {
       const rooms = [...bucket.rooms];
       if (rooms.length === 0) continue;
       const entries = await this.#kv.getMany(rooms.map(KV_KEYS.head));
-      if (this.#poll !== poll) return;
+      if (poll.stopped) return;
       entries.forEach((entry, i) => {
         const room = rooms[i];
         // The first read reports too: a commit there since the watch's first report woke nothing.

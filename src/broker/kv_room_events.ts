@@ -5,6 +5,7 @@
  */
 
 import type { RoomEvent } from "../core/types.ts";
+import { type Poll, pollEvery } from "./poll.ts";
 
 /** The events carried: the ones that must close sockets wherever they are. */
 export type EvictionEvent = RoomEvent & { type: "revoked" | "closed" };
@@ -34,7 +35,7 @@ export class KvRoomEvents {
   #pollMs: number;
   #seen?: number;
   #reader?: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]>;
-  #poll?: ReturnType<typeof setInterval>;
+  #poll?: Poll;
   #closed = false;
 
   /**
@@ -76,24 +77,13 @@ export class KvRoomEvents {
   /** Also reads the key every `pollMs` while `polling` (another process on a local file). */
   setPolling(polling: boolean): void {
     if (!polling || this.#closed) {
-      clearInterval(this.#poll);
+      this.#poll?.stop();
       this.#poll = undefined;
       return;
     }
-    if (this.#poll !== undefined) return;
-    let reading = false;
-    this.#poll = setInterval(async () => {
-      if (reading) return;
-      reading = true;
-      try {
-        this.#apply((await this.#kv.get<Log>(KEY)).value);
-      } catch {
-        // A store that does not answer is reported by the registry's heartbeat.
-      } finally {
-        reading = false;
-      }
-    }, this.#pollMs);
-    Deno.unrefTimer(this.#poll);
+    this.#poll ??= pollEvery(this.#pollMs, async () => {
+      this.#apply((await this.#kv.get<Log>(KEY)).value);
+    });
   }
 
   /** Stops watching and polling. */

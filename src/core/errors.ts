@@ -35,6 +35,18 @@ export function rateLimited(): ChatError {
   return new ChatError("rate_limited", "Too many messages: slow down");
 }
 
+/** The refusal of a message over the size limit, the same text in every protocol. */
+export function frameTooLarge(
+  size: number,
+  unit: "bytes" | "characters",
+  limit: number,
+): ChatError {
+  return new ChatError(
+    "frame_too_large",
+    `Message is too large: ${size} ${unit}, the limit is ${limit}`,
+  );
+}
+
 /**
  * The error as a ChatError: unexpected ones are logged, with `where` (protocol, room, user) for
  * the operator, and become a generic `internal` error.

@@ -4,6 +4,8 @@ import type { Authenticator } from "../auth/authenticator.ts";
 import type { Config } from "../config.ts";
 import { type ChatService, MAX_FILES_PER_MESSAGE } from "../core/chat_service.ts";
 import type { Metrics } from "../core/metrics.ts";
+import type { Attachment } from "../core/types.ts";
+import { mediaUrlPath } from "../media/local_media_store.ts";
 import type { RateLimiter } from "../core/rate_limiter.ts";
 import type { Hub } from "../hub/hub.ts";
 import type { FrameBudget } from "../transport/frame_budget.ts";
@@ -67,6 +69,16 @@ export function baseUrlOf(config: Config, req: Request): string {
   // The origin is a slice of the request's whole URL (token included), which a session would
   // keep alive for as long as it lasts.
   return config.publicUrl ?? intern(new URL(req.url).origin);
+}
+
+/**
+ * A text-only protocol's body for a message with files it has no field for: the absolute URLs
+ * of `files`, one per line after `body`, so a client shows links rather than nothing.
+ */
+export function bodyWithFileUrls(body: string, files: Attachment[], baseUrl: string): string {
+  if (files.length === 0) return body;
+  const urls = files.map((a) => baseUrl + mediaUrlPath(a.key));
+  return (body === "" ? urls : [body, ...urls]).join("\n");
 }
 
 /** Largest inbound frame: the biggest attachment in base64 plus room for the JSON around it. */

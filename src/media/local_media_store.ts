@@ -13,6 +13,16 @@ export function resolveKey(root: string, key: string): string | null {
   return path;
 }
 
+/** A file being written (`upload`) or a health probe (`health`): never served, swept if left. */
+function temporaryName(kind: "upload" | "health"): string {
+  return `.${kind}-${crypto.randomUUID()}`;
+}
+
+/** True for a name {@link LocalMediaStore} gives its temporary files. */
+export function isTemporaryName(name: string): boolean {
+  return /^\.(upload|health)-/.test(name);
+}
+
 /**
  * Files are written to a temporary name and then hard-linked to their final name: the link
  * fails when the name exists, so two writers never overwrite each other and a reader never sees
@@ -37,7 +47,7 @@ export class LocalMediaStore implements MediaStore {
     if (!folder) throw new RangeError(`Media path "${dir}/${filename}" leaves the media root`);
     const target = dirname(folder);
     await Deno.mkdir(target, { recursive: true });
-    const temp = join(target, `.upload-${crypto.randomUUID()}`);
+    const temp = join(target, temporaryName("upload"));
     let size = 0;
     try {
       // Written under a temporary name, then linked: a reader never sees half a file.
@@ -86,7 +96,7 @@ export class LocalMediaStore implements MediaStore {
    */
   async probe(): Promise<void> {
     await Deno.mkdir(this.root, { recursive: true });
-    const path = join(this.root, `.health-${crypto.randomUUID()}`);
+    const path = join(this.root, temporaryName("health"));
     try {
       await Deno.writeFile(path, new Uint8Array(1), { createNew: true });
     } finally {
@@ -109,7 +119,7 @@ export class LocalMediaStore implements MediaStore {
         for await (const entry of Deno.readDir(dir)) {
           const path = join(dir, entry.name);
           if (entry.isDirectory) folders.push(path);
-          else if (entry.isFile && /^\.(upload|health)-/.test(entry.name)) {
+          else if (entry.isFile && isTemporaryName(entry.name)) {
             if (await this.#removeIfOlder(path, cutoff)) removed++;
           }
         }

@@ -1,6 +1,6 @@
 /** The WebSocket transport: upgrade, frame size cap, slow-consumer guard, one-shot cleanup. */
 
-import { ChatError } from "../core/errors.ts";
+import { ChatError, frameTooLarge } from "../core/errors.ts";
 import type { Metrics } from "../core/metrics.ts";
 import type { FrameBudget, FrameHolder } from "./frame_budget.ts";
 
@@ -169,12 +169,9 @@ export class Connection implements FrameHolder {
       ? data.byteLength
       : (data as Blob).size ?? 0;
     if (size > this.#options.maxFrameSize) {
-      const error = new ChatError(
-        "frame_too_large",
-        `Message is too large: ${size} ${typeof data === "string" ? "characters" : "bytes"}, ` +
-          `the limit is ${this.#options.maxFrameSize}`,
-      );
-      this.#options.metrics.error("frame_too_large");
+      const unit = typeof data === "string" ? "characters" : "bytes";
+      const error = frameTooLarge(size, unit, this.#options.maxFrameSize);
+      this.#options.metrics.error(error.code);
       this.#refuse(size, CLOSE.tooBig, "Message too big", error);
       return;
     }

@@ -5,9 +5,8 @@
 
 import { ChatError } from "../../core/errors.ts";
 import { isoSeconds } from "../../core/time.ts";
-import type { Message, UserId } from "../../core/types.ts";
-import { mediaUrlPath } from "../../media/local_media_store.ts";
-import type { DialectContext, WsRoute } from "../context.ts";
+import type { UserId } from "../../core/types.ts";
+import { bodyWithFileUrls, type DialectContext, type WsRoute } from "../context.ts";
 import { optionalClientId, optionalString, parseObject } from "../frames.ts";
 import { singleRoomRoute } from "../single_room.ts";
 
@@ -19,17 +18,6 @@ export const CHAT_ROOMS_CLOSE = { unauthorized: 4001, badRoom: 4000 } as const;
  * (which the core keeps as a number, as the Django protocols render it) is sent as its string.
  */
 const idText = (id: UserId) => String(id);
-
-/**
- * The document's messages are text only; a message with files (posted through the API or another
- * protocol) carries their absolute URLs, one per line after its text, so a client shows a link
- * rather than an empty bubble.
- */
-function messageText(m: Message, baseUrl: string): string {
-  if (m.attachments.length === 0) return m.body;
-  const urls = m.attachments.map((a) => baseUrl + mediaUrlPath(a.key));
-  return (m.body === "" ? urls : [m.body, ...urls]).join("\n");
-}
 
 /** Channels group names: ASCII letters, digits, hyphens, underscores, periods, under 100. */
 const ROOM_NAME = /^[A-Za-z0-9_.-]{1,99}$/;
@@ -49,7 +37,9 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
         const m = event.message;
         return JSON.stringify({
           type: "chat_message",
-          message: messageText(m, s.baseUrl),
+          // The document's messages are text only: files (posted through the API or another
+          // protocol) follow as URLs.
+          message: bodyWithFileUrls(m.body, m.attachments, s.baseUrl),
           sender_username: m.sender?.username ?? "system",
           sender_id: m.sender ? idText(m.sender.id) : null,
           timestamp: isoSeconds(m.createdAt),

@@ -6,7 +6,7 @@
 
 import { isAdminRole } from "../../auth/principal.ts";
 import { findToken } from "../../auth/token.ts";
-import { asChatError, ChatError, rateLimited } from "../../core/errors.ts";
+import { asChatError, ChatError, frameTooLarge, rateLimited } from "../../core/errors.ts";
 import type { QueuedSend } from "../../core/chat_service.ts";
 import { isValidRoomId, roomKey } from "../../core/rooms.ts";
 import type { FileInput, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
@@ -33,7 +33,7 @@ export const SIO_ERRORS = {
   ticketRequired: "Ticket ID is required",
 } as const;
 
-/** The error event each client event is answered on when refused. */
+/** The error event each client event is answered on when refused (none: only its ack). */
 const ERROR_EVENTS: Record<string, string> = {
   authenticate: "authentication_error",
   join_ticket: "join_ticket_error",
@@ -215,10 +215,8 @@ export function createSocketIoTicketChat(
     // The session still ends, as Node's does over its limit, but the client is told why on the
     // event's own error event (and its ack) rather than left with a bare "transport close".
     oversized(socket, event, size, ack) {
-      const message = `Message is too large: ${size} bytes, the limit is ${
-        maxEventSize(ctx.config)
-      }`;
-      ctx.metrics.error("frame_too_large");
+      const { code, message } = frameTooLarge(size, "bytes", maxEventSize(ctx.config));
+      ctx.metrics.error(code);
       const errorEvent = ERROR_EVENTS[event];
       if (errorEvent) socket.emit(errorEvent, { message });
       ack?.({ error: message });
@@ -349,13 +347,13 @@ export function createSocketIoTicketChat(
     return run;
   }
 
-  /** Runs a handler, answering failures on `errorEvent` (and the ack, when there is one). */
+  /** Runs a handler, answering failures on the event's error event (and the ack, when there is one). */
   function on(
     socket: Socket,
     event: string,
-    errorEvent: string | null,
     handler: (payload: unknown, ack?: (...args: unknown[]) => void) => Promise<void>,
   ): void {
+    const errorEvent = ERROR_EVENTS[event];
     socket.on(event, (...args: unknown[]) => {
       const s = state(socket);
       // Past a refused event nothing more is taken: the session ends once the ones before it are
@@ -443,7 +441,7 @@ export function createSocketIoTicketChat(
 
     // Rate-limited like every other event: it is the one a socket without a token may send, and
     // each costs a signature check.
-    on(socket, "authenticate", "authentication_error", async (payload, ack) => {
+    on(socket, "authenticate", async (payload, ack) => {
       const token = typeof payload === "object" && payload !== null
         ? (payload as Record<string, unknown>).token
         : undefined;
@@ -471,7 +469,6 @@ export function createSocketIoTicketChat(
     on(
       socket,
       "join_ticket",
-      "join_ticket_error",
       (payload, ack) =>
         inTicketTurn(s, payload, async () => {
           const { user, id } = await authorize(socket, payload);
@@ -504,7 +501,7 @@ export function createSocketIoTicketChat(
         }),
     );
 
-    on(socket, "leave_ticket", null, (payload, ack) =>
+    on(socket, "leave_ticket", (payload, ack) =>
       inTicketTurn(s, payload, () => {
         const id = ticketIdOf(payload);
         if (s.tickets.has(id)) leaveTicket(socket, id);
@@ -512,7 +509,7 @@ export function createSocketIoTicketChat(
         return Promise.resolve();
       }));
 
-    on(socket, "get_messages", "messages_error", async (payload, ack) => {
+    on(socket, "get_messages", async (payload, ack) => {
       const { room, id } = await authorize(socket, payload);
       const record = payload as Record<string, unknown>;
       const limit = Math.min(Math.max(Number(record.limit ?? 50) || 50, 1), 200);
@@ -532,7 +529,7 @@ export function createSocketIoTicketChat(
       ack?.({ messages: rendered });
     });
 
-    on(socket, "send_message", "send_message_error", async (payload, ack) => {
+    on(socket, "send_message", async (payload, ack) => {
       const { id, queued } = await inTurn(s, () => queueSend(payload));
       const result = await queued.result;
       ack?.(socketIoMessage(result.message, id, s.baseUrl));
@@ -563,7 +560,7 @@ export function createSocketIoTicketChat(
     }
 
     for (const [event, isTyping] of [["typing_start", true], ["typing_stop", false]] as const) {
-      on(socket, event, null, (payload) =>
+      on(socket, event, (payload) =>
         inTicketTurn(s, payload, async () => {
           const { user, room } = await authorize(socket, payload);
           // Queued behind a join and run after the disconnect: nobody is typing any more.

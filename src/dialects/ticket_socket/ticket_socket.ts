@@ -9,7 +9,7 @@ import { isValidRoomId, roomKey } from "../../core/rooms.ts";
 import { isoSeconds } from "../../core/time.ts";
 import type { Message } from "../../core/types.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
-import type { DialectContext, WsRoute } from "../context.ts";
+import { bodyWithFileUrls, type DialectContext, type WsRoute } from "../context.ts";
 import { optionalClientId, optionalString, parseObject } from "../frames.ts";
 import { singleRoomRoute } from "../single_room.ts";
 
@@ -31,12 +31,10 @@ export const TICKET_CLOSE = {
  */
 export function renderTicketMessage(message: Message, baseUrl: string): string {
   const sender = message.sender;
-  const [file, ...more] = message.attachments;
-  let body = message.body;
-  if (more.length > 0) {
-    const urls = more.map((a) => baseUrl + mediaUrlPath(a.key));
-    body = (body === "" ? urls : [body, ...urls]).join("\n");
-  }
+  const file = message.attachments[0];
+  const body = message.attachments.length > 1
+    ? bodyWithFileUrls(message.body, message.attachments.slice(1), baseUrl)
+    : message.body;
   return JSON.stringify({
     pk: message.seq,
     body,
