@@ -12,7 +12,7 @@ import {
   requirePostgresInCi,
   startApiServer,
 } from "./api_helpers.ts";
-import { assert, assertEquals } from "./assert.ts";
+import { assert, assertEquals, within } from "./assert.ts";
 import { eventually, TestClient } from "./helpers.ts";
 
 requirePostgresInCi("directory access end to end");
@@ -336,15 +336,6 @@ apiTest("profile fields the token lacks come from the directory", async (s) => {
   await ticket.close();
   await conversation.close();
 });
-
-/** Resolves as `promise` does, or fails after `ms` naming `what`. */
-function within<T>(promise: Promise<T>, what: string, ms = 5000): Promise<T> {
-  let timer: ReturnType<typeof setTimeout>;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`Timed out waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 for (const backend of BACKENDS) {
   Deno.test({
