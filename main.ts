@@ -6,13 +6,14 @@ import { createVerifier, ensureDevSecret } from "./src/auth/verifier.ts";
 import { BroadcastChannelBroker } from "./src/broker/broadcast_channel_broker.ts";
 import { InstanceRegistry, PROCESS, SharedOnlyBroker } from "./src/broker/instance_registry.ts";
 import { KvRoomEvents } from "./src/broker/kv_room_events.ts";
+import { isSignal, KvRoomSignals } from "./src/broker/kv_room_signals.ts";
 import { KvHeadWatcher, LOCAL_HEAD_POLL_MS } from "./src/broker/kv_head_watcher.ts";
 import { type Config, isLocalPath, loadConfig } from "./src/config.ts";
 import { ChatService } from "./src/core/chat_service.ts";
 import { Metrics } from "./src/core/metrics.ts";
 import { RateLimiter } from "./src/core/rate_limiter.ts";
 import { nativeRoute } from "./src/dialects/native/native.ts";
-import type { AccessPolicy, Broker, PresenceStore, RoomEvent } from "./src/core/types.ts";
+import type { AccessPolicy, Broker, Message, PresenceStore, RoomEvent } from "./src/core/types.ts";
 import type { DialectContext, WsRoute } from "./src/dialects/context.ts";
 import { ticketSocketRoute } from "./src/dialects/ticket_socket/ticket_socket.ts";
 import { conversationChatRoute } from "./src/dialects/conversation_chat/conversation_chat.ts";
@@ -166,11 +167,17 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     () => registry.nearby > 0,
   );
   const watching = () => localKv ? registry.nearby > 0 : !registry.alone;
+  // Typing, read cursors and presence changes reach the other processes through their rooms'
+  // signals keys, which the head watch follows too.
+  const signals = new KvRoomSignals(kv, PROCESS, (event) => hub.receive(event), {
+    typingTimeoutMs: config.typingTimeoutSeconds * 1000,
+  });
   const hub = new Hub(store, broker, {
     heads: (h) => {
       const watcher = new KvHeadWatcher(kv, (room, head) => h.headAdvanced(room, head), {
         active: watching(),
         pollMs: localKv ? LOCAL_HEAD_POLL_MS : undefined,
+        signals,
       });
       watcher.setPolling(registry.elsewhere > 0);
       registry.onChange(() => {
@@ -187,18 +194,25 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   roomEvents.setPolling(localKv && registry.elsewhere > 0);
   registry.onChange(() => roomEvents.setPolling(localKv && registry.elsewhere > 0));
   const events = {
+    committed(message: Message): void {
+      hub.committed(message);
+    },
     publish(event: RoomEvent): void {
       hub.publish(event);
       if (event.type === "revoked" || event.type === "closed") {
         roomEvents.publish(event).catch((err) =>
           console.error("room events: telling the other processes failed:", err)
         );
+      } else if (isSignal(event) && registry.elsewhere > 0) {
+        signals.publish(event).catch((err) =>
+          console.error("room signals: telling the other processes failed:", err)
+        );
       }
     },
   };
   const chat = new ChatService({
     store,
-    fanout: hub,
+    fanout: events,
     attachments,
     access: (overrides.access ?? ((a) => a))(new DirectoryAccessPolicy(directory)),
     metrics,
@@ -386,6 +400,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         // Whatever failed above, the watches, timers and handles must go, or the process stays.
         chat.close();
         roomEvents.close();
+        signals.close();
         hub.close();
         broker.close();
         exchange.close();

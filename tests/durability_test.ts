@@ -1,6 +1,6 @@
 /** Delivery you can count on: kill -9, SIGTERM, and two instances sharing one KV. */
 
-import { assert, assertEquals, within } from "./assert.ts";
+import { assert, assertEquals, eventually, within } from "./assert.ts";
 import { freePort, rawExchange, startTestServer, TEST_SECRET, TestClient } from "./helpers.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 import { MemoryBroker } from "../src/broker/memory_broker.ts";
@@ -186,6 +186,60 @@ Deno.test("durability: two server processes on one local KV file deliver each ot
       await from.next((f) => f.type === "ack");
       await to.next((f) => f.type === "message" && f.body === body, 5000);
     }
+    await a.close();
+    await b.close();
+  });
+});
+
+/**
+ * Typing, a read cursor and presence changes made on `from`'s server reach `to` on another one;
+ * `join` opens a third user's socket on `from`'s server and joins it to the room.
+ */
+async function signalsCross(
+  from: TestClient,
+  to: TestClient,
+  room: string,
+  join: () => Promise<TestClient>,
+) {
+  // Until the servers have found each other (the registry is read every second on a local file),
+  // a signal has nobody to go to: keep typing until one arrives.
+  const typing = (f: Frame) => f.type === "typing" && f.is_typing === true;
+  await eventually(
+    async () => {
+      from.send({ type: "typing", room });
+      return await to.next(typing, 300).then(() => true, () => false);
+    },
+    10_000,
+    "typing from the other server",
+  );
+  from.send({ type: "typing", room, is_typing: false });
+  await to.next((f) => f.type === "typing" && f.is_typing === false, 5000);
+  from.send({ type: "send", room, body: "to be read" });
+  const { seq } = await to.next((f) => f.type === "message" && f.body === "to be read", 5000);
+  from.send({ type: "read", room, seq });
+  await to.next((f) => f.type === "read" && f.seq === seq, 5000);
+  const third = await join();
+  const user = (f: Frame) => (f.user as Frame).id;
+  assertEquals(user(await to.next((f) => f.type === "presence" && f.action === "join", 5000)), 3);
+  await third.close();
+  assertEquals(user(await to.next((f) => f.type === "presence" && f.action === "leave", 5000)), 3);
+}
+
+Deno.test("durability: typing, read cursors and presence changes reach the sockets of another process on one local KV file", async () => {
+  await withProcesses(2, {}, async (ports) => {
+    const [a, b] = await Promise.all(ports.map((port, i) => nativeClient(port, String(i + 1))));
+    for (const ws of [a, b]) {
+      ws.send({ type: "join", room: "ticket:8" });
+      await ws.next((f) => f.type === "joined");
+    }
+    const joinOn = (port: number) => async () => {
+      const ws = await nativeClient(port, "3");
+      ws.send({ type: "join", room: "ticket:8" });
+      await ws.next((f) => f.type === "joined");
+      return ws;
+    };
+    await signalsCross(b, a, "ticket:8", joinOn(ports[1]));
+    await signalsCross(a, b, "ticket:8", joinOn(ports[0]));
     await a.close();
     await b.close();
   });

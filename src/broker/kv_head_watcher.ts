@@ -1,7 +1,11 @@
-/** Follows rooms' head keys with `kv.watch`: the cross-instance bus and the net under the fast path. */
+/**
+ * Follows rooms' head keys with `kv.watch`: the cross-instance bus and the net under the fast
+ * path; and, when given a sink for them, the rooms' signals keys beside their heads.
+ */
 
 import { KV_KEYS } from "../store/kv_message_store.ts";
 import { type Poll, pollEvery } from "./poll.ts";
+import { signalsKey } from "./kv_room_signals.ts";
 
 /** Deno KV watches at most 10 keys per call. */
 const KEYS_PER_WATCH = 10;
@@ -12,8 +16,19 @@ const KEYS_PER_WATCH = 10;
  */
 export const LOCAL_HEAD_POLL_MS = 50;
 
-/** Watch groups (of ten rooms) read in one polling round: 200 rooms, 400 reads a second at most. */
+/**
+ * Watch groups (of ten keys) read in one polling round: 200 rooms (100 with signals), 400 reads
+ * a second at most.
+ */
 const POLL_BUCKETS_PER_ROUND = 20;
+
+/** Where the values of followed rooms' signals keys go. */
+export interface SignalsSink {
+  /** The key's value, as a watch or a read found it (null when there is none). */
+  heard(room: string, value: unknown): void;
+  /** The room is no longer followed. */
+  forget(room: string): void;
+}
 
 /** Tells the hub about new heads of the rooms it follows. */
 export interface HeadWatcher {
@@ -54,21 +69,45 @@ export class KvHeadWatcher implements HeadWatcher {
   #pollCursor = 0;
   /** Versionstamps of the heads as last polled, so only a head that moved is reported. */
   #polled = new Map<string, string | null>();
+  #signals?: SignalsSink;
 
   /**
    * Watches through `kv` and reports each new head to `onHead`. An inactive watcher only keeps
    * its list of rooms (see {@link setActive}); `pollMs` is how often heads are read while
-   * {@link setPolling} says so.
+   * {@link setPolling} says so; `signals` gets the rooms' signals keys, followed the same way.
    */
   constructor(
     kv: Deno.Kv,
     onHead: (room: string, head: number) => void,
-    options: { active?: boolean; pollMs?: number } = {},
+    options: { active?: boolean; pollMs?: number; signals?: SignalsSink } = {},
   ) {
     this.#kv = kv;
     this.#onHead = onHead;
     this.#active = options.active ?? true;
     this.#pollMs = options.pollMs;
+    this.#signals = options.signals;
+  }
+
+  /** The keys followed for a room: its head, then its signals key if they are followed. */
+  #keys(rooms: string[]): Deno.KvKey[] {
+    return this.#signals
+      ? rooms.flatMap((room) => [KV_KEYS.head(room), signalsKey(room)])
+      : rooms.map(KV_KEYS.head);
+  }
+
+  /** Hands on what a watch or a read found for `rooms`, `entries` in the order of {@link #keys}. */
+  #report(rooms: string[], entries: Deno.KvEntryMaybe<unknown>[], polled: boolean): void {
+    const step = this.#signals ? 2 : 1;
+    rooms.forEach((room, i) => {
+      const head = entries[i * step];
+      if (this.#signals) this.#signals.heard(room, entries[i * step + 1].value);
+      if (polled) {
+        // The first read reports too: a commit there since the watch's first report woke nothing.
+        if (this.#polled.get(room) === head.versionstamp) return;
+        this.#polled.set(room, head.versionstamp);
+      }
+      if (typeof head.value === "number") this.#onHead(room, head.value);
+    });
   }
 
   /**
@@ -103,15 +142,9 @@ export class KvHeadWatcher implements HeadWatcher {
       const bucket = buckets[(this.#pollCursor + n) % buckets.length];
       const rooms = [...bucket.rooms];
       if (rooms.length === 0) continue;
-      const entries = await this.#kv.getMany(rooms.map(KV_KEYS.head));
+      const entries = await this.#kv.getMany(this.#keys(rooms));
       if (poll.stopped) return;
-      entries.forEach((entry, i) => {
-        const room = rooms[i];
-        // The first read reports too: a commit there since the watch's first report woke nothing.
-        if (this.#polled.get(room) === entry.versionstamp) return;
-        this.#polled.set(room, entry.versionstamp);
-        if (typeof entry.value === "number") this.#onHead(room, entry.value);
-      });
+      this.#report(rooms, entries, true);
     }
     this.#pollCursor = buckets.length === 0 ? 0 : (this.#pollCursor + count) % buckets.length;
   }
@@ -134,7 +167,7 @@ export class KvHeadWatcher implements HeadWatcher {
     const rooms = [...bucket.rooms];
     let reader: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]>;
     try {
-      reader = this.#kv.watch(rooms.map(KV_KEYS.head)).getReader();
+      reader = this.#kv.watch(this.#keys(rooms)).getReader();
     } catch (err) {
       const failures = bucket.failures = (bucket.failures ?? 0) + 1;
       if (failures === 1) console.error("kv watch could not start, trying again:", err);
@@ -167,9 +200,7 @@ export class KvHeadWatcher implements HeadWatcher {
           const { value, done } = await reader.read();
           if (done) return again("ended");
           bucket.failures = 0;
-          value.forEach((entry, i) => {
-            if (typeof entry.value === "number") this.#onHead(rooms[i], entry.value);
-          });
+          this.#report(rooms, value, false);
         }
       } catch (err) {
         again("failed", err);
@@ -180,7 +211,8 @@ export class KvHeadWatcher implements HeadWatcher {
   /** Starts following a room's head. */
   add(room: string): void {
     if (this.#buckets.some((b) => b.rooms.includes(room))) return;
-    let bucket = this.#buckets.find((b) => b.rooms.length < KEYS_PER_WATCH);
+    const perWatch = this.#signals ? KEYS_PER_WATCH / 2 : KEYS_PER_WATCH;
+    let bucket = this.#buckets.find((b) => b.rooms.length < perWatch);
     if (!bucket) this.#buckets.push(bucket = { rooms: [] });
     bucket.rooms.push(room);
     this.#restart(bucket);
@@ -192,6 +224,7 @@ export class KvHeadWatcher implements HeadWatcher {
     if (!bucket) return;
     bucket.rooms.splice(bucket.rooms.indexOf(room), 1);
     this.#polled.delete(room);
+    this.#signals?.forget(room);
     this.#restart(bucket);
     if (bucket.rooms.length === 0) this.#buckets.splice(this.#buckets.indexOf(bucket), 1);
   }

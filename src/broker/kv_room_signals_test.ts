@@ -1,0 +1,132 @@
+import { assertEquals, eventually } from "../../tests/assert.ts";
+import type { UserProfile } from "../core/types.ts";
+import { KvHeadWatcher } from "./kv_head_watcher.ts";
+import { KvRoomSignals, type SignalEvent, TYPING_RENEW_MS } from "./kv_room_signals.ts";
+
+const ann: UserProfile = { id: 1, username: "ann" };
+const typing = (room: string, isTyping: boolean): SignalEvent => ({
+  type: "typing",
+  room,
+  user: ann,
+  isTyping,
+});
+
+/** Two servers of different processes on one KV, each following `rooms` through a head watch. */
+async function withTwo(
+  rooms: string[],
+  fn: (a: KvRoomSignals, heardByB: SignalEvent[], heardByA: SignalEvent[]) => Promise<void>,
+) {
+  const kv = await Deno.openKv(":memory:");
+  const heard = { a: [] as SignalEvent[], b: [] as SignalEvent[] };
+  const a = new KvRoomSignals(kv, "host/1/a", (e) => heard.a.push(e));
+  const b = new KvRoomSignals(kv, "host/2/b", (e) => heard.b.push(e));
+  const watchers = [a, b].map((signals) => new KvHeadWatcher(kv, () => {}, { signals }));
+  try {
+    for (const w of watchers) for (const room of rooms) w.add(room);
+    // Each watch's first report says where the room stands.
+    await new Promise((r) => setTimeout(r, 100));
+    await fn(a, heard.b, heard.a);
+  } finally {
+    for (const w of watchers) w.close();
+    kv.close();
+  }
+}
+
+Deno.test("KvRoomSignals: another process's signals arrive through the head watch in order, its own do not come back", async () => {
+  // Six rooms: more than one watch group of five rooms (two keys each).
+  const rooms = Array.from({ length: 6 }, (_, i) => `ticket:${i}`);
+  await withTwo(rooms, async (a, heardByB, heardByA) => {
+    await a.publish({ type: "presence", room: "ticket:5", user: ann, action: "join" });
+    await a.publish({ type: "read", room: "ticket:5", user: ann, seq: 3 });
+    await a.publish({ type: "presence", room: "ticket:0", user: ann, action: "leave" });
+    await eventually(() => heardByB.length === 3, 5000, "three signals");
+    assertEquals(heardByB.map((e) => [e.room, e.type]), [
+      ["ticket:5", "presence"],
+      ["ticket:5", "read"],
+      ["ticket:0", "presence"],
+    ]);
+    await new Promise((r) => setTimeout(r, 100));
+    assertEquals(heardByA, []);
+    assertEquals(heardByB.length, 3);
+  });
+});
+
+Deno.test("KvRoomSignals: signals published together are written in order; typing renewals go out once a second", async () => {
+  await withTwo(["ticket:1"], async (a, heardByB) => {
+    // Not awaited: the later ones queue behind the first write and go in one commit after it.
+    const writes = [
+      a.publish(typing("ticket:1", true)),
+      a.publish(typing("ticket:1", true)),
+      a.publish({ type: "read", room: "ticket:1", user: ann, seq: 1 }),
+      a.publish(typing("ticket:1", false)),
+      a.publish(typing("ticket:1", true)),
+    ];
+    await Promise.all(writes);
+    await eventually(() => heardByB.length === 4, 5000, "four signals");
+    assertEquals(
+      heardByB.map((e) => e.type === "typing" ? `typing ${e.isTyping}` : e.type),
+      ["typing true", "read", "typing false", "typing true"],
+    );
+    // A renewal within the second is dropped; one after it goes.
+    await a.publish(typing("ticket:1", true));
+    await new Promise((r) => setTimeout(r, TYPING_RENEW_MS));
+    await a.publish(typing("ticket:1", true));
+    await eventually(() => heardByB.length === 5, 5000, "the renewal after a second");
+    await new Promise((r) => setTimeout(r, 100));
+    assertEquals(heardByB.length, 5);
+  });
+});
+
+Deno.test("KvRoomSignals: a room first heard of replays nothing older; a room no longer followed is forgotten", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const heard: SignalEvent[] = [];
+  const a = new KvRoomSignals(kv, "host/1/a", () => {});
+  const b = new KvRoomSignals(kv, "host/2/b", (e) => heard.push(e));
+  try {
+    await a.publish(typing("ticket:1", true));
+    const [current] = await kv.getMany([["signals", "ticket:1"]]);
+    b.heard("ticket:1", current.value);
+    assertEquals(heard, []);
+    await a.publish(typing("ticket:1", false));
+    const [next] = await kv.getMany([["signals", "ticket:1"]]);
+    b.heard("ticket:1", next.value);
+    b.heard("ticket:1", next.value);
+    assertEquals(heard.map((e) => e.type === "typing" && e.isTyping), [false]);
+    // Forgotten, the room starts over: what is there now is not replayed.
+    b.forget("ticket:1");
+    b.heard("ticket:1", next.value);
+    assertEquals(heard.length, 1);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("KvRoomSignals: typing heard from a server that never ends it ends here a second after the typing timeout", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const heard: { isTyping: boolean; at: number }[] = [];
+  const a = new KvRoomSignals(kv, "host/1/a", () => {});
+  const b = new KvRoomSignals(kv, "host/2/b", (e) => {
+    if (e.type === "typing") heard.push({ isTyping: e.isTyping, at: performance.now() });
+  }, { typingTimeoutMs: 100 });
+  const read = async () => (await kv.get(["signals", "ticket:1"])).value;
+  try {
+    b.heard("ticket:1", await read());
+    await a.publish(typing("ticket:1", true));
+    const start = performance.now();
+    b.heard("ticket:1", await read());
+    await eventually(() => heard.length === 2, 5000, "the typing state's end");
+    assertEquals(heard.map((h) => h.isTyping), [true, false]);
+    const waited = heard[1].at - start;
+    if (waited < 100 + TYPING_RENEW_MS - 20) throw new Error(`ended after ${waited} ms`);
+    // Ended by its own server instead, no second end comes later.
+    await a.publish(typing("ticket:1", true));
+    b.heard("ticket:1", await read());
+    await a.publish(typing("ticket:1", false));
+    b.heard("ticket:1", await read());
+    await new Promise((r) => setTimeout(r, 100 + TYPING_RENEW_MS + 200));
+    assertEquals(heard.map((h) => h.isTyping), [true, false, true, false]);
+  } finally {
+    b.close();
+    kv.close();
+  }
+});
