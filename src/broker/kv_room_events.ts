@@ -6,6 +6,7 @@
 
 import type { RoomEvent } from "../core/types.ts";
 import { type Poll, pollEvery } from "./poll.ts";
+import { appendToLog, isLog, unseen } from "./kv_log.ts";
 
 /** The events carried: the ones that must close sockets wherever they are. */
 export type EvictionEvent = RoomEvent & { type: "revoked" | "closed" };
@@ -15,17 +16,6 @@ const KEY = ["room_events"];
 
 /** How many recent events the key keeps: a server that was slower than this misses the rest. */
 const KEPT = 100;
-
-interface Entry {
-  seq: number;
-  origin: string;
-  event: EvictionEvent;
-}
-
-interface Log {
-  seq: number;
-  entries: Entry[];
-}
 
 /** Publishes evictions to the other processes and hands theirs to `onEvent`. */
 export class KvRoomEvents {
@@ -56,22 +46,14 @@ export class KvRoomEvents {
 
   /** Reads where the log stands (older events are not replayed) and starts watching it. */
   async start(): Promise<void> {
-    const first = await this.#kv.get<Log>(KEY);
-    this.#seen = first.value?.seq ?? 0;
+    const first = await this.#kv.get(KEY);
+    this.#seen = isLog(first.value) ? first.value.seq : 0;
     this.#watch();
   }
 
   /** Appends an event for the other processes. */
-  async publish(event: EvictionEvent): Promise<void> {
-    for (let attempt = 0;; attempt++) {
-      const current = await this.#kv.get<Log>(KEY);
-      const seq = (current.value?.seq ?? 0) + 1;
-      const entries = [...(current.value?.entries ?? []), { seq, origin: this.#origin, event }]
-        .slice(-KEPT);
-      const done = await this.#kv.atomic().check(current).set(KEY, { seq, entries }).commit();
-      if (done.ok) return;
-      if (attempt >= 20) throw new Error("room events: too many concurrent writers");
-    }
+  publish(event: EvictionEvent): Promise<void> {
+    return appendToLog(this.#kv, KEY, this.#origin, [event], { kept: KEPT });
   }
 
   /** Also reads the key every `pollMs` while `polling` (another process on a local file). */
@@ -82,7 +64,7 @@ export class KvRoomEvents {
       return;
     }
     this.#poll ??= pollEvery(this.#pollMs, async () => {
-      this.#apply((await this.#kv.get<Log>(KEY)).value);
+      this.#apply((await this.#kv.get(KEY)).value);
     });
   }
 
@@ -102,7 +84,7 @@ export class KvRoomEvents {
         while (!this.#closed) {
           const { value, done } = await reader.read();
           if (done) break;
-          this.#apply(value[0].value as Log | null);
+          this.#apply(value[0].value);
         }
       } catch (err) {
         if (!this.#closed) console.error("room events: watch failed, restarting:", err);
@@ -111,14 +93,13 @@ export class KvRoomEvents {
     })();
   }
 
-  #apply(log: Log | null): void {
-    if (!log || this.#seen === undefined || log.seq <= this.#seen) return;
-    const seen = this.#seen;
-    this.#seen = log.seq;
-    for (const entry of log.entries) {
-      if (entry.seq <= seen || entry.origin === this.#origin) continue;
+  #apply(value: unknown): void {
+    if (this.#seen === undefined) return;
+    const fresh = unseen<EvictionEvent>(value, this.#seen, this.#origin);
+    this.#seen = fresh.seen;
+    for (const { event } of fresh.entries) {
       try {
-        this.#onEvent(entry.event);
+        this.#onEvent(event);
       } catch (err) {
         console.error("room events: handling an event failed:", err);
       }

@@ -5,6 +5,7 @@
  */
 
 import type { RoomEvent } from "../core/types.ts";
+import { appendToLog, isLog, unseen } from "./kv_log.ts";
 
 /** The events carried: the ephemeral ones that nothing stored brings later. */
 export type SignalEvent = RoomEvent & { type: "typing" | "read" | "presence" };
@@ -24,25 +25,9 @@ const EXPIRE_MS = 10 * 60_000;
  */
 export const TYPING_RENEW_MS = 1000;
 
-interface Entry {
-  seq: number;
-  origin: string;
-  event: SignalEvent;
-}
-
-interface Log {
-  seq: number;
-  entries: Entry[];
-}
-
 /** True for the events that go through the room's signals key. */
 export function isSignal(event: RoomEvent): event is SignalEvent {
   return event.type === "typing" || event.type === "read" || event.type === "presence";
-}
-
-function isLog(value: unknown): value is Log {
-  return typeof value === "object" && value !== null &&
-    typeof (value as Log).seq === "number" && Array.isArray((value as Log).entries);
 }
 
 /** Publishes a room's signals to the other processes and hands theirs to `onEvent`. */
@@ -101,24 +86,16 @@ export class KvRoomSignals {
   }
 
   async #write(room: string): Promise<void> {
+    const events = this.#queued.get(room)!;
     try {
-      for (let attempt = 0;; attempt++) {
-        const current = await this.#kv.get<Log>(signalsKey(room));
-        const events = this.#queued.get(room)!;
-        const log = isLog(current.value) ? current.value : { seq: 0, entries: [] };
-        // After the key expired a new log starts above any seq the old one reached.
-        let seq = Math.max(log.seq, Date.now() * 1000);
-        const added = events.map((event) => ({ seq: ++seq, origin: this.#origin, event }));
-        const done = await this.#kv.atomic().check(current).set(
-          signalsKey(room),
-          { seq, entries: [...log.entries, ...added].slice(-KEPT) },
-          { expireIn: EXPIRE_MS },
-        ).commit();
-        if (done.ok) {
-          events.splice(0, added.length);
-          if (events.length === 0) return;
-          attempt = -1;
-        } else if (attempt >= 20) throw new Error("room signals: too many concurrent writers");
+      // Signals queued meanwhile go in the next commit, all at once.
+      while (events.length > 0) {
+        const taken = events.slice();
+        await appendToLog(this.#kv, signalsKey(room), this.#origin, taken, {
+          kept: KEPT,
+          expireIn: EXPIRE_MS,
+        });
+        events.splice(0, taken.length);
       }
     } finally {
       this.#queued.delete(room);
@@ -130,18 +107,16 @@ export class KvRoomSignals {
    * for a room only says where it stands (older signals are not replayed).
    */
   heard(room: string, value: unknown): void {
-    const log = isLog(value) ? value : undefined;
     const seen = this.#seen.get(room);
     if (seen === undefined) {
-      this.#seen.set(room, log?.seq ?? 0);
+      this.#seen.set(room, isLog(value) ? value.seq : 0);
       return;
     }
-    if (!log || log.seq <= seen) return;
-    this.#seen.set(room, log.seq);
-    for (const entry of log.entries) {
-      if (entry.seq <= seen || entry.origin === this.#origin) continue;
-      if (entry.event.type === "typing") this.#expireTyping(entry.event);
-      this.#deliver(entry.event);
+    const fresh = unseen<SignalEvent>(value, seen, this.#origin);
+    this.#seen.set(room, fresh.seen);
+    for (const { event } of fresh.entries) {
+      if (event.type === "typing") this.#expireTyping(event);
+      this.#deliver(event);
     }
   }
 
