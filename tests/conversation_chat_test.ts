@@ -1,6 +1,6 @@
 /** The conversation chat (shared/specs/conversation-chat-files.md), the document's client flow. */
 
-import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { assert, assertEquals, assertMatch, eventually } from "./assert.ts";
 import { startTestServer, TestClient, type TestServer } from "./helpers.ts";
 
 const talker = {
@@ -204,6 +204,44 @@ Deno.test("conversation chat: mark_read sends a receipt and is persisted across 
     ]]);
     await a.close();
     await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("conversation chat: frames sent right before the client closes are all handled, behind ones that wait", async () => {
+  // Commits 300 ms apart: the typing and mark_read frames wait for the first reply's commit, and
+  // the close arrives while they do.
+  const server = await startTestServer({
+    COMMIT_PAUSE_CPU_PERCENT: "0",
+    COMMIT_INTERVAL_MS: "300",
+  });
+  try {
+    const a = await join(server, 4, talker);
+    const b = await join(server, 4, listener);
+    a.send({ type: "chat_message", message: "one" });
+    await b.next((f) => f.content === "one");
+    b.send({ type: "chat_message", message: "reply 1" });
+    b.send({ type: "typing", is_typing: true });
+    b.send({ type: "mark_read" });
+    b.send({ type: "chat_message", message: "reply 2" });
+    b.socket.close(1000);
+    await b.closed;
+    await a.next((f) => f.content === "reply 2");
+    await eventually(
+      async () => {
+        a.send({ type: "get_history" });
+        const history = await a.next((f) => f.type === "history");
+        const messages = history.messages as Record<string, unknown>[];
+        return JSON.stringify(messages.map((m) => [m.content, m.is_read])) ===
+          JSON.stringify([["one", true], ["reply 1", false], ["reply 2", false]]);
+      },
+      5000,
+      "both replies stored and 'one' read",
+    );
+    // The typing frame after the close started nothing: no indicator reached the talker.
+    await a.nothing((f) => f.type === "typing");
+    await a.close();
   } finally {
     await server.close();
   }

@@ -41,6 +41,30 @@ Deno.test("service chats: a ping right behind a refused message is answered afte
   }
 });
 
+Deno.test("service chats: messages sent right before the client closes, behind a ping that waits, are all delivered", async () => {
+  const server = await startTestServer({
+    COMMIT_PAUSE_CPU_PERCENT: "0",
+    COMMIT_INTERVAL_MS: "300",
+  });
+  try {
+    const master = await open(server, "service-chats", 3, { sub: 1, rooms: ["service-chat:3"] });
+    const client = await open(server, "service-chats", 3, { sub: 2, rooms: ["service-chat:3"] });
+    master.send({ type: "message", content: "m0" });
+    assertEquals((await client.next()).content, "m0");
+    // The ping waits for m1's commit, 300 ms after m0's; the close comes meanwhile.
+    master.send({ type: "message", content: "m1" });
+    master.send("ping");
+    master.send({ type: "message", content: "m2" });
+    master.socket.close(1000);
+    await master.closed;
+    assertEquals((await client.next()).content, "m1");
+    assertEquals((await client.next()).content, "m2");
+    await client.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("service chats: a message reaches every participant except the sender", async () => {
   const server = await startTestServer();
   try {

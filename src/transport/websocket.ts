@@ -58,7 +58,10 @@ const MAX_OWED_FINISHES = 64;
 export interface SocketHandler {
   /** The socket is open. */
   open(conn: Connection): void | Promise<void>;
-  /** A text frame arrived (binary frames are decoded as UTF-8). */
+  /**
+   * A text frame arrived (binary frames are decoded as UTF-8); also called, after `closed`, for
+   * the frames the peer sent before it closed, with `conn.open` false then.
+   */
   message(conn: Connection, text: string): void | Promise<void>;
   /** The socket is gone, whoever closed it; called exactly once. */
   closed(conn: Connection): void;
@@ -80,6 +83,8 @@ export class Connection implements FrameHolder {
   #options: SocketOptions;
   #handler: SocketHandler;
   #done = false;
+  /** This side closed the socket: frames received before are dropped, not handled. */
+  #stopped = false;
   #counted = false;
   /** Frames written since `bufferedAmount` was last read. */
   #sinceCheck = 0;
@@ -197,7 +202,10 @@ export class Connection implements FrameHolder {
     this.#run(async () => {
       try {
         if (this.#owed >= MAX_OWED_FINISHES) await this.settled();
-        if (!this.#done) await this.#handler.message(this, text);
+        // A frame received before the peer closed is still handled (a message it sent and then
+        // closed must not be lost behind a slow frame), but not after this side closed it (an
+        // eviction, a refusal, a shutdown).
+        if (!this.#stopped) await this.#handler.message(this, text);
       } finally {
         this.#queuedBytes -= size;
       }
@@ -259,6 +267,15 @@ export class Connection implements FrameHolder {
     return !this.#done;
   }
 
+  /**
+   * True once this side closed the socket (an eviction, a refusal, a rate limit, a shutdown);
+   * false while it is open and after the peer closed it, when the frames it sent before are
+   * still handled and what they store (a message, a read mark) still counts.
+   */
+  get stopped(): boolean {
+    return this.#stopped;
+  }
+
   /** True until either side has closed. */
   get open(): boolean {
     return !this.#done;
@@ -314,6 +331,7 @@ export class Connection implements FrameHolder {
 
   /** Closes with a code and reason and cleans up at once. */
   close(code: number, reason = ""): void {
+    this.#stopped = true;
     if (
       this.#socket.readyState === WebSocket.OPEN || this.#socket.readyState === WebSocket.CONNECTING
     ) {

@@ -164,8 +164,10 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
           ctx.chat.typing(s.user, s.room, typingFlag(record.is_typing), s.connId);
           return;
         case "mark_read":
-          // Up to the socket's own messages sent before it too.
-          if (!(await s.conn.settled())) return;
+          // Up to the socket's own messages sent before it too; a client that marks and closes
+          // at once still has its mark stored.
+          await s.conn.settled();
+          if (s.conn.stopped) return;
           await ctx.chat.markRead(s.user, s.room);
           return;
         case "get_history": {
