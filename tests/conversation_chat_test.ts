@@ -247,6 +247,34 @@ Deno.test("conversation chat: frames sent right before the client closes are all
   }
 });
 
+Deno.test("conversation chat: a message with several files (from another protocol) has the first as its attachment and the others as links after its content", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await join(server, 8, talker);
+    const native = await TestClient.open(
+      `${server.wsUrl}/ws?token=${await server.token({ sub: "7", rooms: ["chat:8"] })}`,
+    );
+    await native.next((f) => f.type === "welcome");
+    native.send({ type: "join", room: "chat:8" });
+    await native.next((f) => f.type === "joined");
+    const file = (n: number) => ({ name: `f${n}.txt`, data: new Uint8Array([n, n]).toBase64() });
+    native.send({ type: "send", room: "chat:8", body: "three files", files: [1, 2, 3].map(file) });
+    const m = await a.next((f) => f.message_type === "file");
+    const lines = (m.content as string).split("\n");
+    assertEquals(lines.length, 3);
+    assertEquals(lines[0], "three files");
+    const first = (m.file_attachment as Record<string, unknown>).file_url as string;
+    for (const [i, url] of [first, lines[1], lines[2]].entries()) {
+      const res = await fetch(url);
+      assertEquals([...new Uint8Array(await res.arrayBuffer())], [i + 1, i + 1]);
+    }
+    await native.close();
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("conversation chat: errors keep the socket open; bad token 4001, not a participant 4404; a frame over the cap is told why, then closed 1009", async () => {
   const server = await startTestServer({ MAX_FILE_BYTES: "1000" });
   try {

@@ -10,7 +10,7 @@ import type { QueuedSend } from "../../core/chat_service.ts";
 import type { Attachment, Message } from "../../core/types.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
 import { formatSize } from "../../media/mime.ts";
-import type { DialectContext, WsRoute } from "../context.ts";
+import { bodyWithFileUrls, type DialectContext, type WsRoute } from "../context.ts";
 import { optionalClientId, optionalString, parseObject } from "../frames.ts";
 import { type RoomSession, singleRoomRoute } from "../single_room.ts";
 
@@ -61,7 +61,8 @@ export function conversationMessage(
         full_name: s.name ?? s.username,
       }
       : { id: null, email: null, user_type: "system", full_name: "System" },
-    content: message.body,
+    // One file has a field; the others (a message from another protocol) go as links.
+    content: bodyWithFileUrls(message.body, message.attachments.slice(1), baseUrl),
     message_type: file ? "file" : "text",
     is_read: isRead,
     created_at: isoSeconds(message.createdAt),
