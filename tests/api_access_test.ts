@@ -172,6 +172,38 @@ apiTest(
   },
 );
 
+apiTest(
+  "service chats, conversations: the API names chat 010 and chat 10 as one, as the sockets do",
+  async (s) => {
+    assertEquals(
+      (await s.api("PUT", "/api/rooms/service-chat/010", {
+        json: { participants: [{ user_id: "5" }] },
+      })).status,
+      201,
+    );
+    assertEquals((await s.api("GET", "/api/rooms/service-chat/10")).body.id, "10");
+    const five = await open(s, "/ws/service-chats/010", { sub: "5" });
+    const peer = await open(s, "/ws/service-chats/10", { sub: "6", role: "admin" });
+    // Posted to one spelling, delivered to sockets opened with either.
+    await ping(s, "service-chat:0010", five, "to ten");
+    await ping(s, "service-chat:10", peer, "to ten again");
+    assertEquals(
+      (await s.api("DELETE", "/api/rooms/service-chat/0010/participants/5")).status,
+      204,
+    );
+    assertEquals((await five.closed).code, 4003);
+    assertEquals(
+      (await s.api("PUT", "/api/rooms/chat/07", { json: { participants: [{ user_id: "5" }] } }))
+        .status,
+      201,
+    );
+    const conversation = await open(s, "/ws/chat/7/", { sub: "5" });
+    assertEquals((await conversation.next()).type, "connection_established");
+    await conversation.close();
+    await peer.close();
+  },
+);
+
 apiTest("native: a revoked room is left with a removed frame, the others stay", async (s) => {
   await s.api("PUT", "/api/rooms/ticket/1", { json: { participants: [{ user_id: "4" }] } });
   await s.api("PUT", "/api/rooms/chat/2", { json: { participants: [{ user_id: "4" }] } });

@@ -13,6 +13,21 @@ export function isValidRoomId(id: string): boolean {
   return ID_PATTERN.test(id);
 }
 
+/** Kinds whose ids are integers in the systems we replace (Django and FastAPI primary keys). */
+const NUMERIC_KINDS: ReadonlySet<string> = new Set<RoomKind>([
+  "chat",
+  "service-chat",
+  "support-chat",
+]);
+
+/**
+ * The id a room is known by: an integer id of a numeric kind without its leading zeros (`007`
+ * and `7` are one chat, as the servers we replace parse them); any other id as given.
+ */
+export function canonicalId(kind: string, id: string): string {
+  return NUMERIC_KINDS.has(kind) && /^\d{1,15}$/.test(id) ? String(Number(id)) : id;
+}
+
 /** Builds a room key, throwing a RangeError for an id that cannot be one. */
 export function roomKey(kind: RoomKind, id: string | number): string {
   const text = String(id);

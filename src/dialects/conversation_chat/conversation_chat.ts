@@ -4,7 +4,7 @@
  */
 
 import { ChatError } from "../../core/errors.ts";
-import { isValidRoomId, roomKey, type RoomKind } from "../../core/rooms.ts";
+import { canonicalId, isValidRoomId, roomKey, type RoomKind } from "../../core/rooms.ts";
 import { isoSeconds } from "../../core/time.ts";
 import type { QueuedSend } from "../../core/chat_service.ts";
 import type { Attachment, Message } from "../../core/types.ts";
@@ -25,7 +25,7 @@ export const idValue = (id: string): string | number => /^\d{1,15}$/.test(id) ? 
  * integer key, as the server we replace parses them, so they are one room.
  */
 export const numericRoom = (kind: RoomKind, id: string): string | null =>
-  isValidRoomId(id) ? roomKey(kind, String(idValue(id))) : null;
+  isValidRoomId(id) ? roomKey(kind, canonicalId(kind, id)) : null;
 
 function renderAttachment(a: Attachment, seq: number, baseUrl: string) {
   const path = mediaUrlPath(a.key);

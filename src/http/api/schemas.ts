@@ -5,7 +5,7 @@
 
 import { z } from "zod";
 import { MAX_BODY_CHARS, MAX_FILES_PER_MESSAGE } from "../../core/chat_service.ts";
-import { ROOM_KINDS } from "../../core/rooms.ts";
+import { canonicalId, ROOM_KINDS } from "../../core/rooms.ts";
 
 /**
  * Schemas that appear in request bodies, emitted under `components.schemas` as input types.
@@ -40,14 +40,16 @@ const profileText = (max: number) => z.string().max(max).nullable().optional();
 /** Path of a user. */
 export const UserPath = z.object({ id: UserId });
 
-/** Path of a room. */
-export const RoomPath = z.object({ kind: RoomKind, id: RoomId });
+/** Path of a room; its id as the room is known by (`007` of a numeric kind is chat `7`). */
+export const RoomPath = z.object({ kind: RoomKind, id: RoomId })
+  .transform((p) => ({ ...p, id: canonicalId(p.kind, p.id) }));
 
 /** Path of a kind of room. */
 export const KindPath = z.object({ kind: RoomKind });
 
-/** Path of a participant. */
-export const ParticipantPath = z.object({ kind: RoomKind, id: RoomId, user_id: UserId });
+/** Path of a participant, its room's id as in {@link RoomPath}. */
+export const ParticipantPath = z.object({ kind: RoomKind, id: RoomId, user_id: UserId })
+  .transform((p) => ({ ...p, id: canonicalId(p.kind, p.id) }));
 
 const ROLE = z.string().min(1).max(64);
 
