@@ -1,11 +1,11 @@
 /**
  * Follows rooms' head keys with `kv.watch`: the cross-instance bus and the net under the fast
- * path; and, when given a sink for them, the rooms' signals keys beside their heads.
+ * path; and, when given a sink for them, the heads of the rooms' signals logs beside their own.
  */
 
 import { KV_KEYS } from "../store/kv_message_store.ts";
 import { type Poll, pollEvery } from "./poll.ts";
-import { signalsKey } from "./kv_room_signals.ts";
+import { signalsHead } from "./kv_room_signals.ts";
 
 /** Deno KV watches at most 10 keys per call. */
 const KEYS_PER_WATCH = 10;
@@ -22,9 +22,11 @@ export const LOCAL_HEAD_POLL_MS = 50;
  */
 const POLL_BUCKETS_PER_ROUND = 20;
 
-/** Where the values of followed rooms' signals keys go. */
+/** Where the heads of followed rooms' signals logs go. */
 export interface SignalsSink {
-  /** The key's value, as a watch or a read found it (null when there is none). */
+  /** The room is followed from now on. */
+  follow(room: string): void;
+  /** The head's value, as a watch or a read found it (null when there is none). */
   heard(room: string, value: unknown): void;
   /** The room is no longer followed. */
   forget(room: string): void;
@@ -74,7 +76,7 @@ export class KvHeadWatcher implements HeadWatcher {
   /**
    * Watches through `kv` and reports each new head to `onHead`. An inactive watcher only keeps
    * its list of rooms (see {@link setActive}); `pollMs` is how often heads are read while
-   * {@link setPolling} says so; `signals` gets the rooms' signals keys, followed the same way.
+   * {@link setPolling} says so; `signals` gets the heads of the rooms' signals logs, followed the same way.
    */
   constructor(
     kv: Deno.Kv,
@@ -88,10 +90,10 @@ export class KvHeadWatcher implements HeadWatcher {
     this.#signals = options.signals;
   }
 
-  /** The keys followed for a room: its head, then its signals key if they are followed. */
+  /** The keys followed for a room: its head, then its signals log's head if signals are followed. */
   #keys(rooms: string[]): Deno.KvKey[] {
     return this.#signals
-      ? rooms.flatMap((room) => [KV_KEYS.head(room), signalsKey(room)])
+      ? rooms.flatMap((room) => [KV_KEYS.head(room), signalsHead(room)])
       : rooms.map(KV_KEYS.head);
   }
 
@@ -212,6 +214,7 @@ export class KvHeadWatcher implements HeadWatcher {
   add(room: string): void {
     if (this.#buckets.some((b) => b.rooms.includes(room))) return;
     const perWatch = this.#signals ? KEYS_PER_WATCH / 2 : KEYS_PER_WATCH;
+    this.#signals?.follow(room);
     let bucket = this.#buckets.find((b) => b.rooms.length < perWatch);
     if (!bucket) this.#buckets.push(bucket = { rooms: [] });
     bucket.rooms.push(room);

@@ -1,72 +1,222 @@
 /**
- * A short log of events under one KV key, which servers of other processes follow: each entry
- * has a seq that only grows and the process it came from, and the key keeps the newest few.
+ * Logs of events in KV that servers of other processes follow: each log is a prefix holding a
+ * head key (the newest entry's seq) and one key per entry. Writers of one process queue their
+ * events and write them a commit at a time, so a burst is a few commits, not a race between
+ * hundreds; followers watch or read the head and list the entries past what they have seen, so
+ * a burst however large is read whole.
  */
 
 /** One event in a log. */
 export interface LogEntry<E> {
-  /** Its place in the log; later entries have higher ones. */
+  /** Its place in the log; each entry's is one more than the one before it. */
   seq: number;
   /** The process that wrote it. */
   origin: string;
+  /** When it was written, ms since the epoch, on the writer's clock. */
+  at: number;
   /** What happened. */
   event: E;
 }
 
-/** The value under a log's key. */
-export interface Log<E> {
-  /** The seq of the newest entry. */
-  seq: number;
-  /** The newest entries, oldest first. */
-  entries: LogEntry<E>[];
-}
+/** The key of a log's head (the seq of its newest entry). */
+export const logHead = (prefix: Deno.KvKey): Deno.KvKey => [...prefix, "head"];
 
-/** True for a value shaped as a log. */
-export function isLog<E>(value: unknown): value is Log<E> {
-  return typeof value === "object" && value !== null &&
-    typeof (value as Log<E>).seq === "number" && Array.isArray((value as Log<E>).entries);
-}
+const entryKey = (prefix: Deno.KvKey, seq: number): Deno.KvKey => [...prefix, "e", seq];
 
-/**
- * Appends `events` from `origin` to the log under `key`, keeping its newest `kept` entries
- * (and the key for `expireIn` ms, when given); retries while other writers get there first.
- */
-export async function appendToLog<E>(
-  kv: Deno.Kv,
-  key: Deno.KvKey,
-  origin: string,
-  events: E[],
-  options: { kept: number; expireIn?: number },
-): Promise<void> {
-  for (let attempt = 0;; attempt++) {
-    const current = await kv.get<Log<E>>(key);
-    const log: Log<E> = isLog<E>(current.value) ? current.value : { seq: 0, entries: [] };
-    // After an expired key a new log starts above any seq the old one reached.
-    let seq = Math.max(log.seq, Date.now() * 1000);
-    const added = events.map((event) => ({ seq: ++seq, origin, event }));
-    const value: Log<E> = { seq, entries: [...log.entries, ...added].slice(-options.kept) };
-    const done = await kv.atomic().check(current).set(
-      key,
-      value,
-      options.expireIn === undefined ? undefined : { expireIn: options.expireIn },
-    ).commit();
-    if (done.ok) return;
-    if (attempt >= 20) throw new Error(`${key.join("/")}: too many concurrent writers`);
+/** Entries per commit: within KV's 1,000 mutations and 80 KiB of keys for short prefixes. */
+const MAX_PER_COMMIT = 400;
+
+/** Conflicting commits (another process writing the same log) a write sits out before it fails. */
+const MAX_ATTEMPTS = 100;
+
+/** Appends events to logs, one commit at a time per log, each commit taking all that waits. */
+export class LogWriter<E> {
+  #kv: Deno.Kv;
+  #origin: string;
+  #expireIn?: number;
+  /** Events waiting per log (by prefix), with their writers' callbacks. */
+  #queued = new Map<string, { event: E; done: (error?: unknown) => void }[]>();
+
+  /**
+   * Writes through `kv` as `origin`; with `expireIn` (ms) a log's keys go away that long after
+   * they were written (a log that stays quiet then starts over above where it ended).
+   */
+  constructor(kv: Deno.Kv, origin: string, options: { expireIn?: number } = {}) {
+    this.#kv = kv;
+    this.#origin = origin;
+    this.#expireIn = options.expireIn;
+  }
+
+  /** Appends `event` to the log at `prefix`; resolves once it is committed. */
+  append(prefix: Deno.KvKey, event: E): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const id = JSON.stringify(prefix);
+      const done = (error?: unknown) => error === undefined ? resolve() : reject(error);
+      const queue = this.#queued.get(id);
+      if (queue) {
+        queue.push({ event, done });
+        return;
+      }
+      const fresh = [{ event, done }];
+      this.#queued.set(id, fresh);
+      this.#drain(id, prefix, fresh);
+    });
+  }
+
+  async #drain(
+    id: string,
+    prefix: Deno.KvKey,
+    queue: { event: E; done: (error?: unknown) => void }[],
+  ): Promise<void> {
+    while (queue.length > 0) {
+      const batch = queue.splice(0, MAX_PER_COMMIT);
+      let error: unknown;
+      try {
+        await this.#commit(prefix, batch.map((b) => b.event));
+      } catch (err) {
+        error = err ?? new Error("log write failed");
+      }
+      for (const b of batch) b.done(error);
+    }
+    this.#queued.delete(id);
+  }
+
+  async #commit(prefix: Deno.KvKey, events: E[]): Promise<void> {
+    const options = this.#expireIn === undefined ? undefined : { expireIn: this.#expireIn };
+    for (let attempt = 1;; attempt++) {
+      const head = await this.#kv.get<number>(logHead(prefix));
+      // A log that expired starts over above any seq it can have reached.
+      const first = typeof head.value === "number" ? head.value + 1 : Date.now() * 1000;
+      const at = Date.now();
+      const op = this.#kv.atomic().check(head);
+      events.forEach((event, i) => {
+        const entry: LogEntry<E> = { seq: first + i, origin: this.#origin, at, event };
+        op.set(entryKey(prefix, first + i), entry, options);
+      });
+      op.set(logHead(prefix), first + events.length - 1, options);
+      if ((await op.commit()).ok) return;
+      if (attempt >= MAX_ATTEMPTS) {
+        throw new Error(`${prefix.join("/")}: too many concurrent writers`);
+      }
+      await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, attempt * 2)));
+    }
   }
 }
 
+interface Followed {
+  prefix: Deno.KvKey;
+  /** The newest seq handled; undefined until the head is first heard. */
+  seen?: number;
+  /** With no `seen` yet, entries written from this time on (writer's clock, ms) are handed on. */
+  since?: number;
+  /** The newest head heard. */
+  target: number;
+  reading: boolean;
+}
+
+/** How many of the newest entries a first read looks at for ones written since following began. */
+const FIRST_READ_ENTRIES = 64;
+
 /**
- * The entries of `value` after `seen` written by processes other than `origin`, and the seq now
- * seen (`seen` when the value is no newer log).
+ * Follows logs: told each head a watch or a read found, it lists the entries past the last one
+ * it handled and hands on those other processes wrote, in order.
  */
-export function unseen<E>(
-  value: unknown,
-  seen: number,
-  origin: string,
-): { entries: LogEntry<E>[]; seen: number } {
-  if (!isLog<E>(value) || value.seq <= seen) return { entries: [], seen };
-  return {
-    entries: value.entries.filter((e) => e.seq > seen && e.origin !== origin),
-    seen: value.seq,
-  };
+export class LogReader<E> {
+  #kv: Deno.Kv;
+  #origin: string;
+  #onEntry: (prefix: Deno.KvKey, entry: LogEntry<E>) => void;
+  #followed = new Map<string, Followed>();
+
+  /** Lists through `kv`, skips entries `origin` wrote, and hands the others to `onEntry`. */
+  constructor(
+    kv: Deno.Kv,
+    origin: string,
+    onEntry: (prefix: Deno.KvKey, entry: LogEntry<E>) => void,
+  ) {
+    this.#kv = kv;
+    this.#origin = origin;
+    this.#onEntry = onEntry;
+  }
+
+  /**
+   * Starts following the log at `prefix`. The first head heard is where it starts: with
+   * `since` (ms since the epoch), the entries written from then on before it are handed on too,
+   * so that one written between this call and that first read is not lost.
+   */
+  follow(prefix: Deno.KvKey, since?: number): void {
+    const id = JSON.stringify(prefix);
+    if (!this.#followed.has(id)) {
+      this.#followed.set(id, { prefix, since, target: 0, reading: false });
+    }
+  }
+
+  /** Stops following the log at `prefix`. */
+  forget(prefix: Deno.KvKey): void {
+    this.#followed.delete(JSON.stringify(prefix));
+  }
+
+  /** Takes the value of a followed log's head; the entries past the last handled are read. */
+  heard(prefix: Deno.KvKey, head: unknown): Promise<void> {
+    const state = this.#followed.get(JSON.stringify(prefix));
+    if (!state || typeof head !== "number") return Promise.resolve();
+    if (state.seen === undefined && state.since === undefined) {
+      state.seen = head;
+      return Promise.resolve();
+    }
+    state.target = Math.max(state.target, head);
+    if (state.reading || (state.seen !== undefined && state.target <= state.seen)) {
+      return Promise.resolve();
+    }
+    return this.#read(state);
+  }
+
+  async #read(state: Followed): Promise<void> {
+    state.reading = true;
+    try {
+      while (state.seen === undefined || state.target > state.seen) {
+        const target = state.target;
+        const entries = state.seen === undefined
+          ? await this.#newest(state.prefix, target, state.since!)
+          : await this.#between(state.prefix, state.seen, target);
+        // Forgotten meanwhile: nobody here follows the room any more.
+        if (this.#followed.get(JSON.stringify(state.prefix)) !== state) return;
+        state.seen = target;
+        for (const entry of entries) {
+          if (entry.origin === this.#origin) continue;
+          try {
+            this.#onEntry(state.prefix, entry);
+          } catch (err) {
+            console.error("kv log: handling an entry failed:", err);
+          }
+        }
+      }
+    } finally {
+      state.reading = false;
+    }
+  }
+
+  /** The entries after `seen` up to `head`, in order (gone ones, expired, are not there). */
+  async #between(prefix: Deno.KvKey, seen: number, head: number): Promise<LogEntry<E>[]> {
+    const out: LogEntry<E>[] = [];
+    const list = this.#kv.list<LogEntry<E>>({
+      start: entryKey(prefix, seen + 1),
+      end: entryKey(prefix, head + 1),
+    });
+    for await (const { value } of list) out.push(value);
+    return out;
+  }
+
+  /** The newest entries up to `head` written at `since` or later, in order. */
+  async #newest(prefix: Deno.KvKey, head: number, since: number): Promise<LogEntry<E>[]> {
+    const out: LogEntry<E>[] = [];
+    const list = this.#kv.list<LogEntry<E>>(
+      { start: [...prefix, "e"], end: entryKey(prefix, head + 1) },
+      { reverse: true, limit: FIRST_READ_ENTRIES },
+    );
+    for await (const { value } of list) {
+      if (value.at < since) break;
+      out.push(value);
+    }
+    return out.reverse();
+  }
 }

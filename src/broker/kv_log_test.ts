@@ -1,30 +1,61 @@
 import { assertEquals } from "../../tests/assert.ts";
-import { appendToLog, type Log, unseen } from "./kv_log.ts";
+import { type LogEntry, logHead, LogReader, LogWriter } from "./kv_log.ts";
 
-Deno.test("kv log: concurrent writers all land, in seq order, and the key keeps the newest", async () => {
+const PREFIX = ["log"];
+
+Deno.test("kv log: bursts from two writers at once all land, each in its order, and a follower reads them all once", async () => {
   const kv = await Deno.openKv(":memory:");
   try {
-    // Twenty appends at once: most find the key changed under them and must read it again.
+    const heard: LogEntry<string>[] = [];
+    const reader = new LogReader<string>(kv, "c", (_, e) => heard.push(e));
+    const fromA = new LogReader<string>(kv, "a", (_, e) => assertEquals(e.origin, "b"));
+    for (const r of [reader, fromA]) {
+      r.follow(PREFIX);
+      await r.heard(PREFIX, 0);
+    }
+    const a = new LogWriter<string>(kv, "a");
+    const b = new LogWriter<string>(kv, "b");
+    // 900 events: more than a commit takes, written by two processes racing for the head.
     await Promise.all(
-      Array.from(
-        { length: 20 },
-        (_, i) => appendToLog(kv, ["log"], i % 2 ? "b" : "a", [i], { kept: 15 }),
-      ),
+      Array.from({ length: 450 }, (_, i) => [a.append(PREFIX, `a${i}`), b.append(PREFIX, `b${i}`)])
+        .flat(),
     );
-    const log = (await kv.get<Log<number>>(["log"])).value!;
-    assertEquals(log.entries.length, 15);
-    const seqs = log.entries.map((e) => e.seq);
-    assertEquals(seqs, [...seqs].sort((x, y) => x - y));
-    assertEquals(log.seq, seqs.at(-1));
-    // Seen from "a": only b's odd events, after the seq given.
-    const fromA = unseen<number>(log, seqs[9], "a");
-    assertEquals(fromA.seen, log.seq);
-    assertEquals(
-      fromA.entries.map((e) => e.event),
-      log.entries.slice(10).filter((e) => e.origin === "b").map((e) => e.event),
-    );
-    assertEquals(unseen(log, log.seq, "a").entries, []);
-    assertEquals(unseen(null, 5, "a"), { entries: [], seen: 5 });
+    const head = (await kv.get<number>(logHead(PREFIX))).value!;
+    await Promise.all([reader.heard(PREFIX, head), fromA.heard(PREFIX, head)]);
+    assertEquals(heard.length, 900);
+    assertEquals(heard.map((e) => e.seq), heard.map((_, i) => heard[0].seq + i));
+    for (const origin of ["a", "b"]) {
+      assertEquals(
+        heard.filter((e) => e.origin === origin).map((e) => e.event),
+        Array.from({ length: 450 }, (_, i) => `${origin}${i}`),
+      );
+    }
+    // Heard again, or an older head: nothing more.
+    await reader.heard(PREFIX, head);
+    await reader.heard(PREFIX, head - 5);
+    assertEquals(heard.length, 900);
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("kv log: a follower given a start time reads what was written since then before its first head; a forgotten log is not read", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const writer = new LogWriter<string>(kv, "a");
+    await writer.append(PREFIX, "before");
+    await new Promise((r) => setTimeout(r, 20));
+    const heard: string[] = [];
+    const reader = new LogReader<string>(kv, "b", (_, e) => heard.push(e.event));
+    reader.follow(PREFIX, Date.now() - 5);
+    // Written after following began, before the first head was read.
+    await writer.append(PREFIX, "meanwhile");
+    await reader.heard(PREFIX, (await kv.get(logHead(PREFIX))).value);
+    assertEquals(heard, ["meanwhile"]);
+    reader.forget(PREFIX);
+    await writer.append(PREFIX, "after");
+    await reader.heard(PREFIX, (await kv.get(logHead(PREFIX))).value);
+    assertEquals(heard, ["meanwhile"]);
   } finally {
     kv.close();
   }

@@ -1,36 +1,39 @@
 /**
  * Revocations and room deletions for every process sharing the store: the broadcast channel
- * reaches only the isolates of one process, so these also go through one KV key, which every
+ * reaches only the isolates of one process, so these also go through a KV log, whose head every
  * server watches (and, on a local file shared with another process, reads now and then).
  */
 
 import type { RoomEvent } from "../core/types.ts";
 import { type Poll, pollEvery } from "./poll.ts";
-import { appendToLog, isLog, unseen } from "./kv_log.ts";
+import { logHead, LogReader, LogWriter } from "./kv_log.ts";
 
 /** The events carried: the ones that must close sockets wherever they are. */
 export type EvictionEvent = RoomEvent & { type: "revoked" | "closed" };
 
-/** The key every server follows. */
-const KEY = ["room_events"];
+/** The log every server follows. */
+const PREFIX: Deno.KvKey = ["room_events"];
 
-/** How many recent events the key keeps: a server that was slower than this misses the rest. */
-const KEPT = 100;
+/**
+ * How long an event is kept: a server that cannot read the store for longer misses it (its
+ * sockets' access is still checked on every send).
+ */
+const EXPIRE_MS = 10 * 60_000;
 
 /** Publishes evictions to the other processes and hands theirs to `onEvent`. */
 export class KvRoomEvents {
   #kv: Deno.Kv;
-  #origin: string;
-  #onEvent: (event: EvictionEvent) => void;
+  #writer: LogWriter<EvictionEvent>;
+  #reader: LogReader<EvictionEvent>;
   #pollMs: number;
-  #seen?: number;
-  #reader?: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]>;
+  #started = false;
+  #watch?: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]>;
   #poll?: Poll;
   #closed = false;
 
   /**
-   * Follows the key through `kv`; `origin` names this process (its own events reach its
-   * isolates through the channel), `pollMs` is how often the key is read while polling.
+   * Follows the log through `kv`; `origin` names this process (its own events reach its
+   * isolates through the channel), `pollMs` is how often the head is read while polling.
    */
   constructor(
     kv: Deno.Kv,
@@ -39,24 +42,29 @@ export class KvRoomEvents {
     options: { pollMs?: number } = {},
   ) {
     this.#kv = kv;
-    this.#origin = origin;
-    this.#onEvent = onEvent;
+    this.#writer = new LogWriter(kv, origin, { expireIn: EXPIRE_MS });
+    this.#reader = new LogReader(kv, origin, (_, entry) => onEvent(entry.event));
     this.#pollMs = options.pollMs ?? 250;
   }
 
   /** Reads where the log stands (older events are not replayed) and starts watching it. */
   async start(): Promise<void> {
-    const first = await this.#kv.get(KEY);
-    this.#seen = isLog(first.value) ? first.value.seq : 0;
-    this.#watch();
+    const head = await this.#kv.get(logHead(PREFIX));
+    this.#reader.follow(PREFIX);
+    await this.#reader.heard(PREFIX, typeof head.value === "number" ? head.value : 0);
+    this.#started = true;
+    this.#follow();
   }
 
-  /** Appends an event for the other processes. */
+  /**
+   * Appends an event for the other processes; events published together share a commit, so
+   * a burst (every participant of a room removed at once) is not a race between them.
+   */
   publish(event: EvictionEvent): Promise<void> {
-    return appendToLog(this.#kv, KEY, this.#origin, [event], { kept: KEPT });
+    return this.#writer.append(PREFIX, event);
   }
 
-  /** Also reads the key every `pollMs` while `polling` (another process on a local file). */
+  /** Also reads the head every `pollMs` while `polling` (another process on a local file). */
   setPolling(polling: boolean): void {
     if (!polling || this.#closed) {
       this.#poll?.stop();
@@ -64,7 +72,7 @@ export class KvRoomEvents {
       return;
     }
     this.#poll ??= pollEvery(this.#pollMs, async () => {
-      this.#apply((await this.#kv.get(KEY)).value);
+      await this.#heard((await this.#kv.get(logHead(PREFIX))).value);
     });
   }
 
@@ -72,37 +80,28 @@ export class KvRoomEvents {
   close(): void {
     this.#closed = true;
     this.setPolling(false);
-    this.#reader?.cancel().catch(() => {});
+    this.#watch?.cancel().catch(() => {});
   }
 
-  #watch(): void {
+  #heard(head: unknown): Promise<void> {
+    return this.#started ? this.#reader.heard(PREFIX, head) : Promise.resolve();
+  }
+
+  #follow(): void {
     if (this.#closed) return;
-    const reader = this.#kv.watch([KEY]).getReader();
-    this.#reader = reader;
+    const reader = this.#kv.watch([logHead(PREFIX)]).getReader();
+    this.#watch = reader;
     (async () => {
       try {
         while (!this.#closed) {
           const { value, done } = await reader.read();
           if (done) break;
-          this.#apply(value[0].value);
+          await this.#heard(value[0].value);
         }
       } catch (err) {
         if (!this.#closed) console.error("room events: watch failed, restarting:", err);
       }
-      if (!this.#closed) setTimeout(() => this.#watch(), 500);
+      if (!this.#closed) setTimeout(() => this.#follow(), 500);
     })();
-  }
-
-  #apply(value: unknown): void {
-    if (this.#seen === undefined) return;
-    const fresh = unseen<EvictionEvent>(value, this.#seen, this.#origin);
-    this.#seen = fresh.seen;
-    for (const { event } of fresh.entries) {
-      try {
-        this.#onEvent(event);
-      } catch (err) {
-        console.error("room events: handling an event failed:", err);
-      }
-    }
   }
 }

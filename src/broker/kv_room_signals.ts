@@ -1,23 +1,28 @@
 /**
  * Typing, read cursors and presence changes for the servers of other processes: the broadcast
- * channel reaches only the isolates of one process, so each room also keeps its recent signals
- * under one KV key, which the head watcher follows beside the room's head.
+ * channel reaches only the isolates of one process, so each room also has a KV log of its
+ * signals, whose head the head watcher follows beside the room's head.
  */
 
 import type { RoomEvent } from "../core/types.ts";
-import { appendToLog, isLog, unseen } from "./kv_log.ts";
+import { logHead, LogReader, LogWriter } from "./kv_log.ts";
 
 /** The events carried: the ephemeral ones that nothing stored brings later. */
 export type SignalEvent = RoomEvent & { type: "typing" | "read" | "presence" };
 
-/** The key of a room's recent signals. */
-export const signalsKey = (room: string): Deno.KvKey => ["signals", room];
+const prefixOf = (room: string): Deno.KvKey => ["signals", room];
 
-/** Signals a room's key keeps: a server that reads it less often than this many arrive misses some. */
-const KEPT = 32;
+/** The key of the head of a room's signals log, which followers watch or read. */
+export const signalsHead = (room: string): Deno.KvKey => logHead(prefixOf(room));
 
-/** A quiet room's key goes away after this long, so rooms typed in once leave nothing behind. */
+/** A quiet room's log goes away after this long, so rooms typed in once leave nothing behind. */
 const EXPIRE_MS = 10 * 60_000;
+
+/**
+ * Signals written up to this long before a server started following a room (on the writer's
+ * clock) still reach it: one written while its first read of the room was on the way.
+ */
+const FOLLOW_MARGIN_MS = 1000;
 
 /**
  * A renewed typing state is passed on at most this often per user and room: each keystroke
@@ -25,20 +30,16 @@ const EXPIRE_MS = 10 * 60_000;
  */
 export const TYPING_RENEW_MS = 1000;
 
-/** True for the events that go through the room's signals key. */
+/** True for the events that go through a room's signals log. */
 export function isSignal(event: RoomEvent): event is SignalEvent {
   return event.type === "typing" || event.type === "read" || event.type === "presence";
 }
 
 /** Publishes a room's signals to the other processes and hands theirs to `onEvent`. */
 export class KvRoomSignals {
-  #kv: Deno.Kv;
-  #origin: string;
+  #writer: LogWriter<SignalEvent>;
+  #reader: LogReader<SignalEvent>;
   #onEvent: (event: SignalEvent) => void;
-  /** The newest seq seen per followed room. */
-  #seen = new Map<string, number>();
-  /** Signals waiting for their room's write, which takes them all at once, in order. */
-  #queued = new Map<string, SignalEvent[]>();
   /** When a user's typing in a room was last passed on, while it lasts. */
   #typing = new Map<string, number>();
   /** Typing heard from other processes: the timer that ends it if its server never does. */
@@ -57,15 +58,18 @@ export class KvRoomSignals {
     onEvent: (event: SignalEvent) => void,
     options: { typingTimeoutMs?: number } = {},
   ) {
-    this.#kv = kv;
-    this.#origin = origin;
+    this.#writer = new LogWriter(kv, origin, { expireIn: EXPIRE_MS });
+    this.#reader = new LogReader(kv, origin, (_, { event }) => {
+      if (event.type === "typing") this.#expireTyping(event);
+      this.#deliver(event);
+    });
     this.#onEvent = onEvent;
     this.#typingTimeoutMs = options.typingTimeoutMs ?? 5000;
   }
 
   /**
-   * Appends a signal to its room's key; a room's signals are written one commit at a time, so
-   * they arrive in the order they happened. A typing renewal soon after the last is dropped.
+   * Appends a signal to its room's log; a room's signals are written a commit at a time, so they
+   * arrive in the order they happened. A typing renewal soon after the last is dropped.
    */
   publish(event: SignalEvent): Promise<void> {
     if (event.type === "typing") {
@@ -76,48 +80,36 @@ export class KvRoomSignals {
         return Promise.resolve();
       } else this.#typing.set(key, now);
     }
-    const queue = this.#queued.get(event.room);
-    if (queue) {
-      queue.push(event);
-      return Promise.resolve();
-    }
-    this.#queued.set(event.room, [event]);
-    return this.#write(event.room);
+    return this.#writer.append(prefixOf(event.room), event);
   }
 
-  async #write(room: string): Promise<void> {
-    const events = this.#queued.get(room)!;
-    try {
-      // Signals queued meanwhile go in the next commit, all at once.
-      while (events.length > 0) {
-        const taken = events.slice();
-        await appendToLog(this.#kv, signalsKey(room), this.#origin, taken, {
-          kept: KEPT,
-          expireIn: EXPIRE_MS,
-        });
-        events.splice(0, taken.length);
+  /** Starts following a room: signals from about now on reach `onEvent`. */
+  follow(room: string): void {
+    this.#reader.follow(prefixOf(room), Date.now() - FOLLOW_MARGIN_MS);
+  }
+
+  /** Takes the head of a followed room's log, as a watch or a read found it. */
+  heard(room: string, head: unknown): void {
+    this.#reader.heard(prefixOf(room), head).catch((err) =>
+      console.error(`room signals: reading ${room}'s failed:`, err)
+    );
+  }
+
+  /** Stops following a room. */
+  forget(room: string): void {
+    this.#reader.forget(prefixOf(room));
+    for (const [key, timer] of this.#heardTyping) {
+      if (key.startsWith(`${room}\u0000`)) {
+        clearTimeout(timer);
+        this.#heardTyping.delete(key);
       }
-    } finally {
-      this.#queued.delete(room);
     }
   }
 
-  /**
-   * Takes the value of a followed room's key, as a watch or a read found it; the first one seen
-   * for a room only says where it stands (older signals are not replayed).
-   */
-  heard(room: string, value: unknown): void {
-    const seen = this.#seen.get(room);
-    if (seen === undefined) {
-      this.#seen.set(room, isLog(value) ? value.seq : 0);
-      return;
-    }
-    const fresh = unseen<SignalEvent>(value, seen, this.#origin);
-    this.#seen.set(room, fresh.seen);
-    for (const { event } of fresh.entries) {
-      if (event.type === "typing") this.#expireTyping(event);
-      this.#deliver(event);
-    }
+  /** Stops the timers of typing states heard from elsewhere. */
+  close(): void {
+    for (const timer of this.#heardTyping.values()) clearTimeout(timer);
+    this.#heardTyping.clear();
   }
 
   #deliver(event: SignalEvent): void {
@@ -140,22 +132,5 @@ export class KvRoomSignals {
     }, this.#typingTimeoutMs + TYPING_RENEW_MS);
     Deno.unrefTimer(timer);
     this.#heardTyping.set(key, timer);
-  }
-
-  /** Stops tracking a room nobody here follows any more. */
-  forget(room: string): void {
-    this.#seen.delete(room);
-    for (const [key, timer] of this.#heardTyping) {
-      if (key.startsWith(`${room}\u0000`)) {
-        clearTimeout(timer);
-        this.#heardTyping.delete(key);
-      }
-    }
-  }
-
-  /** Stops the timers of typing states heard from elsewhere. */
-  close(): void {
-    for (const timer of this.#heardTyping.values()) clearTimeout(timer);
-    this.#heardTyping.clear();
   }
 }

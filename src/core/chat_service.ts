@@ -15,6 +15,7 @@ import type {
   PresenceStore,
   Principal,
   ReadCursorStore,
+  RoomEvent,
   UserProfile,
 } from "./types.ts";
 
@@ -302,6 +303,17 @@ export class ChatService {
   /** The users present in a room, each once. */
   present(room: string): Promise<UserProfile[]> {
     return this.#deps.presence.list(room);
+  }
+
+  /**
+   * Whether a presence change heard from another server still holds: the user is present for a
+   * join, absent for a leave. One user's tabs closing on one server and opening on another at
+   * once send changes that may arrive in either order; the store says which came last.
+   */
+  async presenceHolds(event: RoomEvent & { type: "presence" }): Promise<boolean> {
+    const users = await this.#deps.presence.list(event.room);
+    const present = users.some((u) => String(u.id) === String(event.user.id));
+    return present === (event.action === "join");
   }
 
   #startSweeping(): void {
