@@ -19,6 +19,34 @@ async function enter(
     : await TestClient.open(`${url}?token=${token}`);
 }
 
+Deno.test("chat rooms: client_id makes a send idempotent; an id field is the client's own and stores every message", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await enter(server, "ids", user(1));
+    await a.next((f) => f.type === "room_users_list");
+    // A client that numbers its messages per page load sends id 1 again after a reload.
+    a.send({ message: "first load", id: 1 });
+    assertEquals((await a.next()).message, "first load");
+    a.send({ message: "after a reload", id: 1 });
+    assertEquals((await a.next()).message, "after a reload");
+    a.send({ message: "once", client_id: "c-1" });
+    assertEquals((await a.next()).message, "once");
+    a.send({ message: "once, resent", client_id: "c-1" });
+    // The retry gets the original back, and nothing new is stored.
+    assertEquals((await a.next()).message, "once");
+    await a.close();
+    const b = await enter(server, "ids", user(2));
+    await b.next((f) => f.type === "room_users_list");
+    const history: unknown[] = [];
+    for (let i = 0; i < 3; i++) history.push((await b.next()).message);
+    assertEquals(history, ["first load", "after a reload", "once"]);
+    await b.nothing();
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("chat rooms: the document's flow for two users", async () => {
   const server = await startTestServer();
   try {

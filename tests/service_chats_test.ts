@@ -65,6 +65,25 @@ Deno.test("service chats: messages sent right before the client closes, behind a
   }
 });
 
+Deno.test("service chats: an id field in a message is the client's own: every message is stored; client_id makes a send idempotent", async () => {
+  const server = await startTestServer();
+  try {
+    const master = await open(server, "service-chats", 4, { sub: 1, rooms: ["service-chat:4"] });
+    const client = await open(server, "service-chats", 4, { sub: 2, rooms: ["service-chat:4"] });
+    master.send({ type: "message", content: "first load", id: 1 });
+    master.send({ type: "message", content: "after a reload", id: 1 });
+    master.send({ type: "message", content: "once", client_id: "c-1" });
+    master.send({ type: "message", content: "once, resent", client_id: "c-1" });
+    const got: unknown[] = [];
+    for (let i = 0; i < 3; i++) got.push((await client.next()).content);
+    assertEquals(got, ["first load", "after a reload", "once"]);
+    await client.nothing();
+    for (const ws of [master, client]) await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("service chats: a message reaches every participant except the sender", async () => {
   const server = await startTestServer();
   try {

@@ -76,7 +76,7 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
       if (message.trim() === "") throw new ChatError("empty_message", "Message is required");
       return await ctx.chat.queue(s.user, s.room, {
         body: message,
-        clientId: optionalClientId(record, "client_id", "id"),
+        clientId: optionalClientId(record, "client_id"),
       });
     },
     async closed(s) {

@@ -62,7 +62,7 @@ export function serviceChatRoutes(ctx: DialectContext): WsRoute[] {
         }
         return await ctx.chat.queue(s.user, s.room, {
           body: content,
-          clientId: optionalClientId(record, "client_id", "id"),
+          clientId: optionalClientId(record, "client_id"),
         });
       },
     })
