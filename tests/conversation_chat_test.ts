@@ -275,6 +275,44 @@ Deno.test("conversation chat: a message with several files (from another protoco
   }
 });
 
+Deno.test("conversation chat: a deleted file's URL never serves another file, though conversations share a folder", async () => {
+  // One message kept per conversation: the next message drops the file's, and the file.
+  const server = await startTestServer({ HISTORY_LIMIT: "1" });
+  try {
+    const file = (text: string) => ({
+      type: "file_message",
+      filename: "contract.pdf",
+      file: new TextEncoder().encode(text).toBase64(),
+    });
+    const a = await join(server, 21, talker);
+    a.send(file("alice's contract"));
+    const first = (await a.next()).file_attachment as Record<string, unknown>;
+    a.send({ type: "chat_message", message: "pushes it out" });
+    await a.next();
+    await eventually(
+      async () =>
+        (await fetch(first.file_url as string).then(async (r) => {
+          await r.body?.cancel();
+          return r.status;
+        })) === 404,
+      5000,
+      "the dropped file to go",
+    );
+    const b = await join(server, 22, listener);
+    b.send(file("mallory's contract"));
+    const second = (await b.next()).file_attachment as Record<string, unknown>;
+    assert(second.file_url !== first.file_url, `${second.file_url} was given again`);
+    assertEquals(second.filename, "contract.pdf");
+    assertEquals(await (await fetch(second.file_url as string)).text(), "mallory's contract");
+    const old = await fetch(first.file_url as string);
+    assertEquals([old.status, await old.text()], [404, "Not found"]);
+    await a.close();
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("conversation chat: errors keep the socket open; bad token 4001, not a participant 4404; a frame over the cap is told why, then closed 1009", async () => {
   const server = await startTestServer({ MAX_FILE_BYTES: "1000" });
   try {

@@ -148,12 +148,12 @@ export class ChatService {
     try {
       result = await appended;
     } catch (err) {
-      await this.#deps.attachments.discard(attachments);
+      await this.#deps.attachments.discard(attachments, { unannounced: true });
       throw err;
     }
     const metrics = this.#deps.metrics;
     if (result.duplicate) {
-      await this.#deps.attachments.discard(attachments);
+      await this.#deps.attachments.discard(attachments, { unannounced: true });
       return result;
     }
     metrics.messagesIn++;

@@ -177,8 +177,11 @@ export interface MediaStore {
    * leaves nothing behind.
    */
   put(dir: string, filename: string, bytes: Uint8Array | Iterable<Uint8Array>): Promise<StoredFile>;
-  /** Removes a stored file; true when it existed. */
-  delete(key: string): Promise<boolean>;
+  /**
+   * Removes a stored file; true when it existed. Its name stays taken, as its URL may be held
+   * by anyone who saw the message, unless `unannounced` says no message carried it.
+   */
+  delete(key: string, options?: { unannounced?: boolean }): Promise<boolean>;
 }
 
 /** A file as a client sent it, before it is checked and stored. */
@@ -196,8 +199,11 @@ export interface AttachmentStore {
    * client name or, with `unique`, as a random name with the client name's extension.
    */
   save(dir: string, files: FileInput[], options?: { unique?: boolean }): Promise<Attachment[]>;
-  /** Removes stored files, e.g. when the message turned out to be a duplicate. */
-  discard(attachments: Attachment[]): Promise<void>;
+  /**
+   * Removes stored files: ones retention dropped, or, `unannounced`, ones no message carried (its
+   * commit failed, it was a duplicate), whose names may be given again.
+   */
+  discard(attachments: Attachment[], options?: { unannounced?: boolean }): Promise<void>;
 }
 
 /** Where committed messages and ephemeral events go to reach the members of a room. */

@@ -1,7 +1,7 @@
 /** Serving stored attachments over HTTP. */
 
 import type { Hono } from "hono";
-import { isTemporaryName, type LocalMediaStore } from "../media/local_media_store.ts";
+import { isHiddenName, type LocalMediaStore } from "../media/local_media_store.ts";
 import { isActiveContent, mimeFromName } from "../media/mime.ts";
 
 /** Headers for a stored file: type from its name, never sniffed, never run as a page. */
@@ -109,7 +109,7 @@ export function mountMedia(app: Hono, media: LocalMediaStore): void {
     }
     if (prefix === "/") key = key.replace(/^\/+/, "");
     const path = media.pathOf(key);
-    if (!path || key.split("/").some(isTemporaryName)) {
+    if (!path || key.split("/").some(isHiddenName)) {
       return new Response("Not found", { status: 404 });
     }
     let file: Deno.FsFile;

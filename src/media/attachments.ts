@@ -106,14 +106,14 @@ export class MediaAttachmentStore implements AttachmentStore {
         });
       }
     } catch (err) {
-      await this.discard(stored);
+      await this.discard(stored, { unannounced: true });
       throw storageError(err);
     }
     return stored;
   }
 
-  /** Deletes stored files, ignoring ones already gone. */
-  async discard(attachments: Attachment[]): Promise<void> {
-    for (const a of attachments) await this.#media.delete(a.key).catch(() => false);
+  /** Deletes stored files, ignoring ones already gone (see AttachmentStore.discard in core/types.ts). */
+  async discard(attachments: Attachment[], options?: { unannounced?: boolean }): Promise<void> {
+    for (const a of attachments) await this.#media.delete(a.key, options).catch(() => false);
   }
 }

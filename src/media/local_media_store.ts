@@ -1,6 +1,6 @@
 /** Attachment bytes in a local directory. */
 
-import { dirname, join, relative, resolve, sep } from "node:path";
+import { basename, dirname, join, relative, resolve, sep } from "node:path";
 import type { MediaStore, StoredFile } from "../core/types.ts";
 import { numberedName } from "./filename.ts";
 
@@ -23,10 +23,37 @@ export function isTemporaryName(name: string): boolean {
   return /^\.(upload|health)-/.test(name);
 }
 
+/** True for a name the store gives its own files (temporary ones, marks of deleted names). */
+export function isHiddenName(name: string): boolean {
+  return isTemporaryName(name) || name.startsWith(".gone-");
+}
+
+const encoder = new TextEncoder();
+
+/**
+ * The empty file that marks `name` as deleted, so that it is never given to another file: its
+ * URL, which someone may still hold, must not find another room's upload. Named by a hash, as a
+ * name of 255 bytes leaves no room for a prefix.
+ */
+async function goneName(name: string): Promise<string> {
+  const digest = await crypto.subtle.digest("SHA-256", encoder.encode(name));
+  return `.gone-${new Uint8Array(digest).toHex()}`;
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return false;
+    throw err;
+  }
+}
+
 /**
  * Files are written to a temporary name and then hard-linked to their final name: the link
  * fails when the name exists, so two writers never overwrite each other and a reader never sees
- * half a file.
+ * half a file. A deleted file's name stays taken (see {@link goneName}).
  */
 export class LocalMediaStore implements MediaStore {
   /** Absolute root directory. */
@@ -65,11 +92,18 @@ export class LocalMediaStore implements MediaStore {
         const name = n === 0 ? filename : numberedName(filename, n);
         try {
           await Deno.link(temp, join(target, name));
-          const key = relative(this.root, join(target, name)).split(sep).join("/");
-          return { key, name, size };
         } catch (err) {
           if (!(err instanceof Deno.errors.AlreadyExists)) throw err;
+          continue;
         }
+        // Checked after the link: a delete marks the name before it frees it, so a name freed
+        // before the link is marked by now.
+        if (await exists(join(target, await goneName(name)))) {
+          await Deno.remove(join(target, name));
+          continue;
+        }
+        const key = relative(this.root, join(target, name)).split(sep).join("/");
+        return { key, name, size };
       }
       throw new Error(`No free name for "${filename}" in ${dir}`);
     } finally {
@@ -77,17 +111,29 @@ export class LocalMediaStore implements MediaStore {
     }
   }
 
-  /** Removes a stored file. */
-  async delete(key: string): Promise<boolean> {
+  /** Removes a stored file; its name stays taken by an empty mark unless `unannounced`. */
+  async delete(key: string, options: { unannounced?: boolean } = {}): Promise<boolean> {
     const path = resolveKey(this.root, key);
     if (!path) return false;
+    if (options.unannounced) {
+      try {
+        await Deno.remove(path);
+        return true;
+      } catch (err) {
+        if (err instanceof Deno.errors.NotFound) return false;
+        throw err;
+      }
+    }
+    const mark = join(dirname(path), await goneName(basename(path)));
     try {
-      await Deno.remove(path);
-      return true;
+      // One step frees the name and marks it; the bytes go after.
+      await Deno.rename(path, mark);
     } catch (err) {
       if (err instanceof Deno.errors.NotFound) return false;
       throw err;
     }
+    await Deno.truncate(mark, 0);
+    return true;
   }
 
   /**

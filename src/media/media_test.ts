@@ -1,7 +1,7 @@
 import { assertEquals, assertMatch, assertRejects } from "../../tests/assert.ts";
 import { decodeAttachment, decodeAttachmentChunks, decodedLength } from "./base64.ts";
 import { MediaAttachmentStore } from "./attachments.ts";
-import { LocalMediaStore } from "./local_media_store.ts";
+import { isHiddenName, LocalMediaStore } from "./local_media_store.ts";
 import { numberedName, safeFilename } from "./filename.ts";
 import { detectMime, formatSize, isActiveContent } from "./mime.ts";
 
@@ -113,6 +113,29 @@ Deno.test("attachment store: a file whose base64 breaks late leaves no file, not
     assertEquals(stored.mime, "image/png");
     const onDisk = await Deno.readFile(`${root}/${stored.key}`);
     assertEquals(onDisk.subarray(8), big);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("media store: a deleted file's name is never given again, unless no message carried it", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    const media = new LocalMediaStore(root);
+    const bytes = new Uint8Array([1, 2, 3]);
+    const first = await media.put("d", "a.txt", bytes);
+    assertEquals(await media.delete(first.key), true);
+    assertEquals((await media.put("d", "a.txt", bytes)).name, "a_1.txt");
+    // The mark is empty and hidden; the bytes are gone.
+    const names: string[] = [];
+    for await (const e of Deno.readDir(`${root}/d`)) names.push(e.name);
+    const marks = names.filter(isHiddenName);
+    assertEquals(marks.length, 1);
+    assertEquals((await Deno.stat(`${root}/d/${marks[0]}`)).size, 0);
+    assertEquals(await media.delete(first.key), false);
+    const unshown = await media.put("d", "b.txt", bytes);
+    assertEquals(await media.delete(unshown.key, { unannounced: true }), true);
+    assertEquals((await media.put("d", "b.txt", bytes)).name, "b.txt");
   } finally {
     await Deno.remove(root, { recursive: true });
   }
