@@ -4,7 +4,7 @@ import { ChatError } from "../core/errors.ts";
 import { objectId } from "../core/ids.ts";
 import type { Attachment, AttachmentStore, FileInput, MediaStore } from "../core/types.ts";
 import { decodeAttachmentChunks } from "./base64.ts";
-import { safeFilename } from "./filename.ts";
+import { displayFilename, safeFilename } from "./filename.ts";
 import { detectMime } from "./mime.ts";
 
 /**
@@ -76,7 +76,7 @@ export class MediaAttachmentStore implements AttachmentStore {
           `File is too large: ${file.data.length} bytes, the limit is ${this.#maxBytes} bytes`,
         );
       }
-      return { chunks, originalName: safeFilename(name) };
+      return { chunks, originalName: displayFilename(name), diskName: safeFilename(name) };
     });
     const stored: Attachment[] = [];
     try {
@@ -84,7 +84,7 @@ export class MediaAttachmentStore implements AttachmentStore {
         let head: Uint8Array | undefined;
         const put = await this.#media.put(
           dir,
-          options.unique ? randomName(file.originalName) : file.originalName,
+          options.unique ? randomName(file.diskName) : file.diskName,
           {
             *[Symbol.iterator]() {
               for (const chunk of file.chunks) {

@@ -24,6 +24,18 @@ function truncateBytes(text: string, max: number): string {
   return out;
 }
 
+/** Control characters and bidirectional controls (which can make `x\u202Egpj.html` read as `xlmth.jpg`). */
+// deno-lint-ignore no-control-regex
+const UNSHOWABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+/**
+ * The name a file is shown by (a message's `filename`): the client's basename as it was, but for
+ * control and bidirectional characters; its name on disk is {@link safeFilename}'s.
+ */
+export function displayFilename(input: string): string {
+  return (input.split(/[\\/]/).pop() ?? "").replace(UNSHOWABLE, "").trim() || "file";
+}
+
 /**
  * Reduces a client filename to a basename that is safe on disk and in a URL path segment: no
  * directory part (either slash), no control characters, no bidirectional controls (which can
@@ -33,8 +45,7 @@ function truncateBytes(text: string, max: number): string {
 export function safeFilename(input: string): string {
   const base = input.split(/[\\/]/).pop() ?? "";
   let name = base
-    // deno-lint-ignore no-control-regex
-    .replace(/[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g, "")
+    .replace(UNSHOWABLE, "")
     .replace(/[<>:"|?*]/g, "_")
     .trim()
     .replace(/^\.+/, "")

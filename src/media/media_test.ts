@@ -140,3 +140,27 @@ Deno.test("media store: a deleted file's name is never given again, unless no me
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("attachment store: a file is shown by the client's name, stored by a safe one", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    const store = new MediaAttachmentStore(new LocalMediaStore(root), 1024);
+    const data = new Uint8Array([1]).toBase64();
+    const long = "Отчёт ".repeat(40) + "итог.pdf";
+    const names = ["Отчёт: итоги года?.pdf", 'Q1 <draft> "final".docx', long, "a\u202Egpj.html"];
+    const saved = await store.save("d", names.map((name) => ({ name, data })));
+    assertEquals(saved.map((a) => a.originalName), [
+      "Отчёт: итоги года?.pdf",
+      'Q1 <draft> "final".docx',
+      long.trim(),
+      "agpj.html",
+    ]);
+    assertEquals(saved[0].name, "Отчёт_ итоги года_.pdf");
+    assertEquals(saved[1].name, "Q1 _draft_ _final_.docx");
+    // 254 characters, over 255 bytes on disk: cut there, in full here.
+    assertEquals(new TextEncoder().encode(saved[2].name).length <= 255, true);
+    assertEquals([...saved[2].originalName].length, [...long].length);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
