@@ -23,7 +23,8 @@ Deno.test("chat rooms: client_id makes a send idempotent; an id field is the cli
   const server = await startTestServer();
   try {
     const a = await enter(server, "ids", user(1));
-    await a.next((f) => f.type === "room_users_list");
+    assertEquals((await a.next()).type, "room_users_list");
+    assertEquals((await a.next()).type, "user_join");
     // A client that numbers its messages per page load sends id 1 again after a reload.
     a.send({ message: "first load", id: 1 });
     assertEquals((await a.next()).message, "first load");
@@ -40,6 +41,7 @@ Deno.test("chat rooms: client_id makes a send idempotent; an id field is the cli
     const history: unknown[] = [];
     for (let i = 0; i < 3; i++) history.push((await b.next()).message);
     assertEquals(history, ["first load", "after a reload", "once"]);
+    assertEquals((await b.next()).type, "user_join");
     await b.nothing();
     await b.close();
   } finally {
@@ -55,6 +57,8 @@ Deno.test("chat rooms: the document's flow for two users", async () => {
       type: "room_users_list",
       users: [{ id: "user-1", username: "user1" }],
     });
+    // "All users receive user_join": the one who joined too, after the list (and history).
+    assertEquals(await a.next(), { type: "user_join", user_id: "user-1", username: "user1" });
     const b = await enter(server, "general", user(2), "query");
     const list = await b.next();
     assertEquals(list.type, "room_users_list");
@@ -62,7 +66,9 @@ Deno.test("chat rooms: the document's flow for two users", async () => {
       (list.users as { id: string }[]).map((u) => u.id).sort(),
       ["user-1", "user-2"],
     );
-    assertEquals(await a.next(), { type: "user_join", user_id: "user-2", username: "user2" });
+    for (const ws of [a, b]) {
+      assertEquals(await ws.next(), { type: "user_join", user_id: "user-2", username: "user2" });
+    }
     b.send({ message: "Hi!" });
     for (const ws of [a, b]) {
       const m = await ws.next();
@@ -102,6 +108,7 @@ Deno.test("chat rooms: numeric user ids are sent as strings, as the document sho
       type: "room_users_list",
       users: [{ id: "5", username: "ann" }],
     });
+    assertEquals(await a.next(), { type: "user_join", user_id: "5", username: "ann" });
     a.send({ message: "before" });
     assertEquals((await a.next()).sender_id, "5");
     const b = await enter(server, "ids", { sub: 6, username: "ben" });
@@ -109,7 +116,9 @@ Deno.test("chat rooms: numeric user ids are sent as strings, as the document sho
     assertEquals((list.users as { id: unknown }[]).map((u) => u.id).sort(), ["5", "6"]);
     const history = await b.next();
     assertEquals([history.message, history.sender_id], ["before", "5"]);
-    assertEquals(await a.next(), { type: "user_join", user_id: "6", username: "ben" });
+    for (const ws of [a, b]) {
+      assertEquals(await ws.next(), { type: "user_join", user_id: "6", username: "ben" });
+    }
     b.send({ message: "live" });
     for (const ws of [a, b]) assertEquals((await ws.next()).sender_id, "6");
     await b.close();
@@ -144,12 +153,15 @@ Deno.test("chat rooms: a second tab of the same user is neither a join nor, clos
   const server = await startTestServer();
   try {
     const watcher = await enter(server, "tabs", user(1));
-    await watcher.next();
+    assertEquals((await watcher.next()).type, "room_users_list");
+    assertEquals((await watcher.next()).user_id, "user-1");
     const tab1 = await enter(server, "tabs", user(2));
-    assertEquals((await watcher.next()).type, "user_join");
+    assertEquals((await watcher.next()).user_id, "user-2");
     const tab2 = await enter(server, "tabs", user(2));
     const list = await tab2.next();
     assertEquals((list.users as unknown[]).length, 2);
+    // The user was here already: no join for the others, nor for the second tab itself.
+    await tab2.nothing((f) => f.type === "user_join", 300);
     await tab1.close();
     await watcher.nothing((f) => f.type === "user_join" || f.type === "user_leave", 400);
     await tab2.close();

@@ -8,7 +8,7 @@ import { isoSeconds } from "../../core/time.ts";
 import type { UserId } from "../../core/types.ts";
 import { bodyWithFileUrls, type DialectContext, type WsRoute } from "../context.ts";
 import { optionalClientId, optionalString, parseObject } from "../frames.ts";
-import { singleRoomRoute } from "../single_room.ts";
+import { type RoomSession, singleRoomRoute } from "../single_room.ts";
 
 /** Close codes of this protocol. */
 export const CHAT_ROOMS_CLOSE = { unauthorized: 4001, badRoom: 4000 } as const;
@@ -24,6 +24,8 @@ const ROOM_NAME = /^[A-Za-z0-9_.-]{1,99}$/;
 
 /** The chat-rooms route at `path` (`/ws/rooms/:id{/}?` by default). */
 export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
+  /** Sockets whose user was not in the room before them, until they are told of their arrival. */
+  const arrived = new WeakSet<RoomSession>();
   return singleRoomRoute(ctx, {
     name: "chat-rooms",
     pattern: new URLPattern({ pathname: path }),
@@ -56,7 +58,7 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
     },
     errorFrame: (e) => JSON.stringify({ error: e.message }),
     async beforeJoin(s) {
-      await ctx.chat.enter(s.user, s.room, s.connId);
+      if ((await ctx.chat.enter(s.user, s.room, s.connId)).first) arrived.add(s);
     },
     // Read once the socket is in the room: a join or leave after the read still reaches it.
     async snapshot(s) {
@@ -65,6 +67,19 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
         type: "room_users_list",
         users: users.map((u) => ({ id: idText(u.id), username: u.username })),
       }));
+    },
+    // "All users receive user_join": the joiner too, after the list and the history, as a
+    // Channels consumer that joins its group before it announces itself; once per user, as the
+    // others hear it.
+    afterJoin(s) {
+      if (arrived.delete(s)) {
+        s.conn.send(JSON.stringify({
+          type: "user_join",
+          user_id: idText(s.user.id),
+          username: s.user.username,
+        }));
+      }
+      return Promise.resolve();
     },
     async joinFrom(s) {
       const head = await ctx.chat.head(s.room);
