@@ -78,7 +78,16 @@ export class KvRoomSignals {
       if (!event.isTyping) this.#typing.delete(key);
       else if (now - (this.#typing.get(key) ?? -Infinity) < TYPING_RENEW_MS) {
         return Promise.resolve();
-      } else this.#typing.set(key, now);
+      } else {
+        // A stop that never came through here (no other process then) would leave its entry:
+        // ones past the renewal interval throttle nothing and go.
+        if (this.#typing.size >= 1000) {
+          for (const [k, at] of this.#typing) {
+            if (now - at >= TYPING_RENEW_MS) this.#typing.delete(k);
+          }
+        }
+        this.#typing.set(key, now);
+      }
     }
     return this.#writer.append(prefixOf(event.room), event);
   }
