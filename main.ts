@@ -347,7 +347,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const drain = () =>
     draining ??= (async () => {
       const until = Date.now() + SHUTDOWN_DRAIN_MS;
-      const busy = () => [...connections].some((c) => c.open && c.busy) || socketIoBusy(io);
+      // A socket the client closed counts while the frames it sent before are handled.
+      const busy = () => [...connections].some((c) => !c.stopped && c.busy) || socketIoBusy(io);
       while (Date.now() < until && busy()) {
         await new Promise((r) => setTimeout(r, 10));
       }

@@ -398,6 +398,48 @@ Deno.test("durability: a shutdown answers the frame being handled before it clos
   }
 });
 
+Deno.test("durability: a shutdown also waits for the frames of a socket its client just closed", async () => {
+  let held: { checking: () => void; gate: Promise<void> } | undefined;
+  const server = await startTestServer({}, {
+    access: (inner) => ({
+      async canAccess(user, room, options) {
+        const hold = held;
+        if (hold && !options?.fresh) {
+          held = undefined;
+          hold.checking();
+          await hold.gate;
+        }
+        return await inner.canAccess(user, room, options);
+      },
+    }),
+  });
+  let closing: Promise<void> | undefined;
+  try {
+    const open = async (sub: string) =>
+      await TestClient.open(
+        `${server.wsUrl}/ws/ticket/6/?token=${await server.token({ sub, rooms: ["ticket:6"] })}`,
+      );
+    const [sender, observer] = [await open("1"), await open("2")];
+    let checking!: () => void;
+    let release!: () => void;
+    const checked = new Promise<void>((r) => checking = r);
+    held = { checking, gate: new Promise<void>((r) => release = r) };
+    sender.send({ body: "in flight" });
+    sender.send({ body: "behind it" });
+    await checked;
+    sender.socket.close(1000);
+    await sender.closed;
+    closing = server.close();
+    await new Promise((r) => setTimeout(r, 100));
+    release();
+    assertEquals((await observer.next()).body, "in flight");
+    assertEquals((await observer.next()).body, "behind it");
+    assertEquals((await observer.closed).code, 1001);
+  } finally {
+    await (closing ?? server.close());
+  }
+});
+
 Deno.test("durability: a socket whose checks before the upgrade fail (the directory down) is refused with 503, a malformed handshake with 400", async () => {
   const server = await startTestServer({}, {
     access: (inner) => ({

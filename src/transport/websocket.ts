@@ -39,7 +39,7 @@ export interface SocketOptions {
   subprotocol?: string;
   /** Counters. */
   metrics: Metrics;
-  /** Every open connection of the isolate, for shutdown. */
+  /** Every connection of the isolate open or still handling frames it received, for shutdown. */
   registry?: Set<Connection>;
   /** Bounds what the runtime keeps for sockets' large frames (see frame_budget.ts). */
   frames?: FrameBudget;
@@ -162,6 +162,7 @@ export class Connection implements FrameHolder {
       console.error(`${this.#options.protocol}: handler failed:`, err);
     }).then(() => {
       if (this.#inbound === next) this.#inbound = undefined;
+      this.#release();
     });
     this.#inbound = next;
   }
@@ -253,6 +254,7 @@ export class Connection implements FrameHolder {
       .then(() => {
         this.#owed--;
         if (this.#finishes === next) this.#finishes = undefined;
+        this.#release();
       });
     this.#finishes = next;
   }
@@ -344,11 +346,19 @@ export class Connection implements FrameHolder {
     this.#cleanup();
   }
 
+  /**
+   * Leaves the registry once closed and idle: a socket the client closed stays while the frames
+   * it sent before are handled, so that a shutdown waits for them too.
+   */
+  #release(): void {
+    if (this.#done && !this.busy) this.#options.registry?.delete(this);
+  }
+
   #cleanup(): void {
     if (this.#done) return;
     this.#done = true;
     if (this.#counted) this.#options.metrics.connection(this.#options.protocol, -1);
-    this.#options.registry?.delete(this);
+    this.#release();
     try {
       this.#handler.closed(this);
     } catch (err) {
