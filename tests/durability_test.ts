@@ -354,8 +354,11 @@ Deno.test("durability: a participant removed, or a room deleted, through one pro
   });
 });
 
-Deno.test("durability: a shutdown answers the frame being handled before it closes the socket with 1001", async () => {
-  // The send's access check is held open, so the frame is being handled when the stop begins.
+/**
+ * A test server whose next send can be held at its access check: `hold()` resolves, once a send
+ * is waiting there, to the function that lets it go on.
+ */
+async function serverHoldingASend() {
   let held: { checking: () => void; gate: Promise<void> } | undefined;
   const server = await startTestServer({}, {
     access: (inner) => ({
@@ -370,16 +373,26 @@ Deno.test("durability: a shutdown answers the frame being handled before it clos
       },
     }),
   });
+  const hold = (): { checked: Promise<void>; release: () => void } => {
+    let checking!: () => void;
+    let release!: () => void;
+    const checked = new Promise<void>((r) => checking = r);
+    held = { checking, gate: new Promise<void>((r) => release = r) };
+    return { checked, release };
+  };
+  return { server, hold };
+}
+
+Deno.test("durability: a shutdown answers the frame being handled before it closes the socket with 1001", async () => {
+  // The send's access check is held open, so the frame is being handled when the stop begins.
+  const { server, hold } = await serverHoldingASend();
   let closing: Promise<void> | undefined;
   try {
     const token = await server.token({ sub: "1", rooms: ["ticket:5"] });
     const ws = await TestClient.open(`${server.wsUrl}/ws/ticket/5/?token=${token}`);
     ws.send({ body: "before" });
     assertEquals((await ws.next()).body, "before");
-    let checking!: () => void;
-    let release!: () => void;
-    const checked = new Promise<void>((r) => checking = r);
-    held = { checking, gate: new Promise<void>((r) => release = r) };
+    const { checked, release } = hold();
     ws.send({ body: "in flight" });
     await checked;
     closing = server.close();
@@ -399,20 +412,7 @@ Deno.test("durability: a shutdown answers the frame being handled before it clos
 });
 
 Deno.test("durability: a shutdown also waits for the frames of a socket its client just closed", async () => {
-  let held: { checking: () => void; gate: Promise<void> } | undefined;
-  const server = await startTestServer({}, {
-    access: (inner) => ({
-      async canAccess(user, room, options) {
-        const hold = held;
-        if (hold && !options?.fresh) {
-          held = undefined;
-          hold.checking();
-          await hold.gate;
-        }
-        return await inner.canAccess(user, room, options);
-      },
-    }),
-  });
+  const { server, hold } = await serverHoldingASend();
   let closing: Promise<void> | undefined;
   try {
     const open = async (sub: string) =>
@@ -420,10 +420,7 @@ Deno.test("durability: a shutdown also waits for the frames of a socket its clie
         `${server.wsUrl}/ws/ticket/6/?token=${await server.token({ sub, rooms: ["ticket:6"] })}`,
       );
     const [sender, observer] = [await open("1"), await open("2")];
-    let checking!: () => void;
-    let release!: () => void;
-    const checked = new Promise<void>((r) => checking = r);
-    held = { checking, gate: new Promise<void>((r) => release = r) };
+    const { checked, release } = hold();
     sender.send({ body: "in flight" });
     sender.send({ body: "behind it" });
     await checked;
