@@ -358,9 +358,9 @@ Deno.test("durability: a participant removed, or a room deleted, through one pro
  * A test server whose next send can be held at its access check: `hold()` resolves, once a send
  * is waiting there, to the function that lets it go on.
  */
-async function serverHoldingASend() {
+async function serverHoldingASend(env: Record<string, string> = {}) {
   let held: { checking: () => void; gate: Promise<void> } | undefined;
-  const server = await startTestServer({}, {
+  const server = await startTestServer(env, {
     access: (inner) => ({
       async canAccess(user, room, options) {
         const hold = held;
@@ -434,6 +434,46 @@ Deno.test("durability: a shutdown also waits for the frames of a socket its clie
     assertEquals((await observer.closed).code, 1001);
   } finally {
     await (closing ?? server.close());
+  }
+});
+
+Deno.test("durability: a send the room's deletion overtakes is refused, not kept for the room's next life", async () => {
+  const admin = "a-long-enough-admin-token-for-tests";
+  const { server, hold } = await serverHoldingASend({ ADMIN_TOKEN: admin });
+  try {
+    // Token claims open the room, before and after its deletion, so only the deletion refuses.
+    const token = await server.token({ sub: "1", rooms: ["ticket:8"] });
+    const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+    ws.send({ type: "join", room: "ticket:8", ref: "j" });
+    await ws.next((f) => f.type === "joined");
+    ws.send({ type: "send", room: "ticket:8", body: "before", ref: "s1" });
+    assertEquals((await ws.next((f) => f.ref === "s1")).seq, 1);
+    const { checked, release } = hold();
+    ws.send({ type: "send", room: "ticket:8", body: "overtaken", ref: "s2" });
+    await checked;
+    const deleted = await fetch(`${server.url}/api/rooms/ticket/8`, {
+      method: "DELETE",
+      headers: { authorization: `Bearer ${admin}` },
+    });
+    assertEquals(deleted.status, 204);
+    assertEquals(await ws.next((f) => f.type === "removed"), {
+      type: "removed",
+      room: "ticket:8",
+      reason: "room_deleted",
+    });
+    release();
+    const refused = await ws.next((f) => f.ref === "s2");
+    assertEquals([refused.type, refused.code], ["error", "room_deleted"]);
+    // The room's next life starts empty, and takes messages again.
+    ws.send({ type: "join", room: "ticket:8", since: 0, ref: "j2" });
+    assertEquals((await ws.next((f) => f.ref === "j2")).head, 1);
+    ws.send({ type: "history", room: "ticket:8", ref: "h" });
+    assertEquals((await ws.next((f) => f.ref === "h")).messages, []);
+    ws.send({ type: "send", room: "ticket:8", body: "after", ref: "s3" });
+    assertEquals((await ws.next((f) => f.ref === "s3")).seq, 2);
+    await ws.close();
+  } finally {
+    await server.close();
   }
 });
 

@@ -123,6 +123,9 @@ export class ChatService {
     if (files.length > MAX_FILES_PER_MESSAGE) {
       throw new ChatError("invalid_frame", `At most ${MAX_FILES_PER_MESSAGE} files per message`);
     }
+    // Read before the access check: a deletion after that check refuses the send at its commit
+    // instead of storing it in the room's next life (a room re-created under the same id).
+    const generation = await this.#deps.store.generation(room);
     if (user && !(await this.canAccess(user, room))) {
       throw new ChatError("forbidden", "Access denied to this room");
     }
@@ -136,6 +139,7 @@ export class ChatService {
       body,
       attachments,
       clientId: input.clientId,
+      generation,
     });
     return { result: this.#committed(appended, attachments) };
   }

@@ -15,6 +15,7 @@ export type ChatErrorCode =
   | "not_authenticated"
   | "not_found"
   | "rate_limited"
+  | "room_deleted"
   | "internal";
 
 /** A refusal the client caused; `message` is safe to show to the client. */
@@ -33,6 +34,11 @@ export class ChatError extends Error {
 /** The refusal of a frame (or upload) over the send rate limits, the same text everywhere. */
 export function rateLimited(): ChatError {
   return new ChatError("rate_limited", "Too many messages: slow down");
+}
+
+/** The refusal of a send admitted to a room that was deleted before the send was stored. */
+export function roomDeleted(): ChatError {
+  return new ChatError("room_deleted", "This room was deleted");
 }
 
 /** The refusal of a message over the size limit, the same text in every protocol. */

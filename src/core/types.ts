@@ -82,6 +82,11 @@ export interface MessageDraft {
   attachments: Attachment[];
   /** Idempotency key: the same key from the same sender within its lifetime returns the first message. */
   clientId?: string;
+  /**
+   * The room's generation ({@link MessageStore.generation}) read before the sender's access was
+   * checked; a draft whose room has been deleted since is refused with `room_deleted`.
+   */
+  generation?: number;
 }
 
 /** The store's answer to an append. */
@@ -119,6 +124,8 @@ export interface MessageStore {
   tail(room: string): Promise<number>;
   /** Deletes the room's messages, their files, read cursors and client ids; resolves to how many messages went. */
   purge(room: string): Promise<number>;
+  /** How many times the room has been purged: a draft carrying an older value is refused. */
+  generation(room: string): Promise<number>;
 }
 
 /** Per-user read cursors: the highest seq each user has read in a room. */

@@ -271,6 +271,7 @@ class RoomSocket implements SocketHandler {
         ctx.metrics.error(error.code);
         conn.send(dialect.errorFrame(error));
         if (error.code === "forbidden") conn.close(dialect.codes.forbidden, "Forbidden");
+        if (error.code === "room_deleted") conn.close(dialect.codes.deleted, "Room deleted");
         return;
       }
       // The retry of a client id gets the original back (to this socket only), as the

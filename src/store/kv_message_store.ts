@@ -11,7 +11,7 @@ import type {
   ReadCursorStore,
   UserId,
 } from "../core/types.ts";
-import { ChatError } from "../core/errors.ts";
+import { ChatError, roomDeleted } from "../core/errors.ts";
 import { getManyChunked, isLocked } from "./kv_reads.ts";
 import process from "node:process";
 
@@ -48,6 +48,11 @@ export const KV_KEYS = {
   /** Prefix of the purges under way. */
   purges: ["purging"] as Deno.KvKey,
   /**
+   * How many times the room was deleted (a `Deno.KvU64`, absent for none): a send admitted
+   * under an older value is refused at its commit, as the room it was admitted to is gone.
+   */
+  generation: (room: string): Deno.KvKey => ["gen", room],
+  /**
    * Present once every message of the room with attachments has its record: messages stored
    * before records existed get theirs when a history limit first applies to the room.
    */
@@ -75,6 +80,8 @@ const RETENTION_BATCH = 40;
  * every write; a remembered room costs tens of bytes.
  */
 const MAX_CHECKED_ROOMS = 100_000;
+/** How long a room's generation read for one send serves the next ones, ms. */
+const GENERATION_REUSE_MS = 1000;
 /** How long after a purge failed it is tried again, ms. */
 const DEFAULT_PURGE_RETRY_MS = 30_000;
 /** Rooms checked at once, so that one long history does not hold up the others. */
@@ -103,6 +110,16 @@ const CPU_SAMPLE_MS = 100;
 
 /** What a commit gives each append: its result, or why that one append alone is refused. */
 type Outcome = AppendResult | { error: unknown };
+
+/** A room's head entry as last read or written, with the generation read together with it. */
+interface HeldHead {
+  entry: Deno.KvEntryMaybe<number>;
+  generation: number;
+}
+
+/** The number a generation entry holds (0 when absent). */
+const generationOf = (entry: Deno.KvEntryMaybe<unknown>): number =>
+  entry.value instanceof Deno.KvU64 ? Number(entry.value.value) : 0;
 
 interface PendingAppend {
   room: string;
@@ -183,8 +200,11 @@ async function commitRetryingLocks(
 export class KvMessageStore implements MessageStore, ReadCursorStore {
   #kv: Deno.Kv;
   #pending: PendingAppend[] = [];
-  /** The last head entry this store read or wrote, per room. */
-  #heads = new Map<string, Deno.KvEntryMaybe<number>>();
+  /** The last head entry this store read or wrote, per room, with the room's generation then. */
+  #heads = new Map<string, HeldHead>();
+  /** Generations read for sends, per room, with when the read started (performance.now()). */
+  #generations = new Map<string, { value: number; at: number }>();
+  #generationReads = new Map<string, Promise<number>>();
   #draining = false;
   #commitIntervalMs: number;
   #lastCommitStart = -Infinity;
@@ -266,6 +286,37 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       // Let the sends of this tick join the first batch.
       queueMicrotask(() => this.#drain());
     });
+  }
+
+  /**
+   * The room's generation (how many times it was deleted), for a send to carry in its draft:
+   * read before the send's access check, so that a deletion after that check refuses the send.
+   * A value read up to {@link GENERATION_REUSE_MS} before serves too: an older one can only
+   * refuse more, never less.
+   */
+  generation(room: string): Promise<number> {
+    const held = this.#generations.get(room);
+    if (held && performance.now() - held.at < GENERATION_REUSE_MS) {
+      return Promise.resolve(held.value);
+    }
+    let read = this.#generationReads.get(room);
+    if (!read) {
+      const at = performance.now();
+      read = this.#kv.get(KV_KEYS.generation(room)).then((entry) => {
+        const value = generationOf(entry);
+        this.#noteGeneration(room, value, at);
+        return value;
+      }).finally(() => this.#generationReads.delete(room));
+      this.#generationReads.set(room, read);
+    }
+    return read;
+  }
+
+  /** Remembers a generation read that started at `at`, unless a later read is held already. */
+  #noteGeneration(room: string, value: number, at: number): void {
+    const held = this.#generations.get(room);
+    if (held && held.at >= at) return;
+    this.#generations.set(room, { value, at });
   }
 
   /** Waits until every queued append has been committed or refused. */
@@ -410,11 +461,22 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       // there first) fails its check, and the retry reads every head afresh.
       const unknown = attempt === 0 ? rooms.filter((r) => !this.#heads.has(r)) : rooms;
       const [readHeads, idemEntries] = await Promise.all([
-        getManyChunked<number>(this.#kv, unknown.map(KV_KEYS.head)),
+        // A head and its generation side by side, so that one getMany (a snapshot; chunks of
+        // 10 keep pairs whole) reads both: a purge changes the two in one commit.
+        getManyChunked<unknown>(
+          this.#kv,
+          unknown.flatMap((r) => [KV_KEYS.head(r), KV_KEYS.generation(r)]),
+        ),
         getManyChunked<number>(this.#kv, idemKeys.filter((k) => k !== null)),
       ]);
-      const fresh = new Map(unknown.map((r, i) => [r, readHeads[i]]));
-      const headEntries = rooms.map((r) => fresh.get(r) ?? this.#heads.get(r)!);
+      const fresh = new Map(unknown.map((r, i): [string, HeldHead] => [r, {
+        entry: readHeads[2 * i] as Deno.KvEntryMaybe<number>,
+        generation: generationOf(readHeads[2 * i + 1]),
+      }]));
+      const held = rooms.map((r) => fresh.get(r) ?? this.#heads.get(r)!);
+      const headEntries = held.map((h) => h.entry);
+      const generations = new Map(rooms.map((r, i) => [r, held[i].generation]));
+      for (const [room, h] of fresh) this.#noteGeneration(room, h.generation, started);
       // Client ids already stored (or repeated inside this batch) resolve to the first message.
       const known = new Map<string, number>();
       for (const entry of idemEntries) {
@@ -430,11 +492,17 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       });
       const now = Date.now();
       const createdAt = new Date(now).toISOString();
-      const results: (AppendResult | { room: string; pendingSeq: number })[] = [];
+      const results: (Outcome | { room: string; pendingSeq: number })[] = [];
       const dropping = new Set<string>();
       const inBatch = new Map<string, Message>();
       for (let i = 0; i < batch.length; i++) {
         const { room, draft } = batch[i];
+        // Admitted before the room was deleted: what it was admitted to is gone. A generation
+        // never goes down, so a refusal holds without the head check the commit would add.
+        if (draft.generation !== undefined && draft.generation < generations.get(room)!) {
+          results.push({ error: roomDeleted() });
+          continue;
+        }
         const idemKey = idemKeys[i];
         const idemText = idemKey ? JSON.stringify(idemKey) : "";
         if (idemKey && known.has(idemText)) {
@@ -491,15 +559,16 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
         continue;
       }
       if (this.#heads.size > 10_000) this.#heads.clear();
+      if (this.#generations.size > 10_000) this.#generations.clear();
       headEntries.forEach((entry, i) => {
         const room = rooms[i];
         const grown = heads.get(room)! !== startHeads.get(room)!;
-        this.#heads.set(
-          room,
-          grown && "versionstamp" in res
+        this.#heads.set(room, {
+          entry: grown && "versionstamp" in res
             ? { key: entry.key, value: heads.get(room)!, versionstamp: res.versionstamp }
             : entry,
-        );
+          generation: held[i].generation,
+        });
       });
       // Nothing below may throw: the batch is committed, and a retry would store it twice.
       const final: Outcome[] = [];
@@ -739,8 +808,23 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     try {
       // Bounded, so that a room written to meanwhile (re-created, or by token claims) keeps what
       // came after the deletion; the bound is stored first, so that a resumed purge keeps it.
-      const head = await this.head(room);
-      await commitRetryingLocks(this.#kv.atomic().max(KV_KEYS.purging(room), BigInt(head)));
+      // The head is written again (same value, new versionstamp) with the generation raised, so
+      // that every commit under way to the room checks it, fails, and reads the new generation.
+      let head = 0;
+      for (let attempt = 0;; attempt++) {
+        const entry = await this.#kv.get<number>(KV_KEYS.head(room));
+        head = entry.value ?? 0;
+        const res = await commitRetryingLocks(
+          this.#kv.atomic().check(entry).set(entry.key, head)
+            .sum(KV_KEYS.generation(room), 1n)
+            .max(KV_KEYS.purging(room), BigInt(head)),
+        );
+        if (res.ok) break;
+        if (attempt >= 100) throw new Error(`Could not mark ${room} deleted: too much contention`);
+        await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, 2 + attempt * 2)));
+      }
+      this.#heads.delete(room);
+      this.#generations.delete(room);
       marked = true;
       return await this.#purgeTo(room, head);
     } catch (err) {

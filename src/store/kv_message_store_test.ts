@@ -519,7 +519,9 @@ Deno.test("KvMessageStore.purge() deletes a room's messages, files, cursors and 
   const left = await Array.fromAsync(kv.list({ prefix: [] }));
   assertEquals(
     left.map((e) => e.key).filter((k) =>
-      k[1] === "r" && k[0] !== "head" && k[0] !== "files_recorded"
+      // The head and the generation stay, so that the room's next life neither reuses a seq nor
+      // takes a send admitted to this one.
+      k[1] === "r" && k[0] !== "head" && k[0] !== "gen" && k[0] !== "files_recorded"
     ),
     [],
     "no message, record, cursor or client id of the room is left",
@@ -548,6 +550,31 @@ Deno.test("KvMessageStore.purge(): two purges and a sweep at once delete each fi
     assertEquals(fromA + fromB, 3, "7, 8 and 9, each counted by one purge");
     assertEquals(discarded.sort(), [1, 2, 3, 4, 5, 6, 7, 8, 9].map((n) => `f${n}`));
     assertEquals(await b.list("r", { limit: 10 }), []);
+    for (const store of [a, b]) await store.close();
+  });
+});
+
+Deno.test("KvMessageStore.purge() refuses appends admitted before it, on every handle, and takes the ones after", async () => {
+  await withSharedKv(async (kvA, kvB) => {
+    const a = new KvMessageStore(kvA);
+    const b = new KvMessageStore(kvB);
+    const admitted = { ...draft("admitted before"), generation: await b.generation("r") };
+    assertEquals(admitted.generation, 0);
+    // B holds the room's head and generation from its own commit; A deletes the room.
+    assertEquals((await b.append("r", { ...admitted, body: "first" })).message.seq, 1);
+    await a.purge("r");
+    const refused = await b.append("r", admitted).then(() => null, (err) => err);
+    assertEquals([refused?.code, refused?.message], ["room_deleted", "This room was deleted"]);
+    assertEquals(await a.append("r", admitted).catch((err) => err.code), "room_deleted");
+    // A refusal read the new generation; a send admitted from then on is stored, after seq 1.
+    const after = { ...draft("admitted after"), generation: await b.generation("r") };
+    assertEquals(after.generation, 1);
+    assertEquals((await b.append("r", after)).message.seq, 2);
+    assertEquals(await a.generation("r"), 1);
+    assertEquals((await a.list("r", { limit: 10 })).map((m) => m.body), ["admitted after"]);
+    // A draft without a generation (written by something that never sends to deleted rooms)
+    // is not checked.
+    assertEquals((await a.append("r", draft("unchecked"))).message.seq, 3);
     for (const store of [a, b]) await store.close();
   });
 });

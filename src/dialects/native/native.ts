@@ -414,9 +414,14 @@ class NativeSession implements SocketHandler {
         }
         conn.finishInOrder(work, (outcome) => {
           if (!outcome.ok) {
-            // Access was withdrawn since the join: leave the room as a revoke would.
+            // Access was withdrawn, or the room deleted, since the join: leave the room as the
+            // revocation or deletion would have it left.
             if (outcome.error instanceof ChatError && outcome.error.code === "forbidden") {
               this.drop(conn, room, "access_revoked");
+            } else if (
+              outcome.error instanceof ChatError && outcome.error.code === "room_deleted"
+            ) {
+              this.drop(conn, room, "room_deleted");
             }
             this.#replyError(conn, outcome.error, ref);
             return;

@@ -81,6 +81,7 @@ const roomKeyOf = (kind: string, id: string) => `${kind}:${id}`;
 const CHAT_ERROR_STATUS: Partial<Record<ChatErrorCode, number>> = {
   forbidden: 403,
   not_found: 404,
+  room_deleted: 409,
   file_too_large: 413,
   rate_limited: 429,
   internal: 500,
@@ -364,7 +365,8 @@ export const API_ROUTES: ApiRoute[] = [
       "`removed` frame), then its messages, their files, read cursors and client ids are " +
       "deleted. Message numbers are not reused: a room created again under the same id " +
       "continues after the last one. The room, now unknown to the directory, falls back to " +
-      "token claims; what is sent to it after the deletion stays. A room the directory does " +
+      "token claims; what is sent to it after the deletion stays, while a send under way when " +
+      "it is deleted is refused (`room_deleted`; 409 for this API's sends). A room the directory does " +
       "not know (one that token claims open) is deleted the same way when it has history.",
     tag: "rooms",
     params: RoomPath,
