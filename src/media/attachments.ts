@@ -100,7 +100,8 @@ export class MediaAttachmentStore implements AttachmentStore {
           key: put.key,
           name: put.name,
           originalName: file.originalName,
-          mime: detectMime(head ?? new Uint8Array(), file.originalName),
+          // The name it is served under, so that the message and the response agree.
+          mime: detectMime(head ?? new Uint8Array(), put.name),
           size: put.size,
           uploadedAt: new Date().toISOString(),
         });

@@ -160,6 +160,14 @@ Deno.test("attachment store: a file is shown by the client's name, stored by a s
     // 254 characters, over 255 bytes on disk: cut there, in full here.
     assertEquals(new TextEncoder().encode(saved[2].name).length <= 255, true);
     assertEquals([...saved[2].originalName].length, [...long].length);
+    // The type a message gives is the one the file is served with, from the name on disk.
+    const svg = new TextEncoder().encode("<svg xmlns='http://www.w3.org/2000/svg'/>").toBase64();
+    const [dotted] = await store.save("d", [{ name: "logo.svg.", data: svg }]);
+    assertEquals([dotted.originalName, dotted.name, dotted.mime], [
+      "logo.svg.",
+      "logo.svg",
+      "image/svg+xml",
+    ]);
   } finally {
     await Deno.remove(root, { recursive: true });
   }
