@@ -169,14 +169,11 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const watching = () => localKv ? registry.nearby > 0 : !registry.alone;
   // Typing, read cursors and presence changes reach the other processes through their rooms'
   // signals keys, which the head watch follows too.
-  const signals = new KvRoomSignals(kv, PROCESS, (event) => {
-    if (event.type !== "presence") return hub.receive(event);
-    // Passed on only if the store agrees: a leave from there may be older than a join here.
-    chat.presenceHolds(event).then(
-      (holds) => holds && hub.receive(event),
-      (err) => console.error("room signals: checking a presence change failed:", err),
-    );
-  }, { typingTimeoutMs: config.typingTimeoutSeconds * 1000 });
+  const signals = new KvRoomSignals(kv, PROCESS, (event) => hub.receive(event), {
+    typingTimeoutMs: config.typingTimeoutSeconds * 1000,
+    // A leave from there may be older than a join here: passed on only if the store agrees.
+    holds: (event) => chat.presenceHolds(event),
+  });
   const hub = new Hub(store, broker, {
     heads: (h) => {
       const watcher = new KvHeadWatcher(kv, (room, head) => h.headAdvanced(room, head), {

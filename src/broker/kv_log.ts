@@ -6,6 +6,8 @@
  * a burst however large is read whole.
  */
 
+import { isLocked } from "../store/kv_reads.ts";
+
 /** One event in a log. */
 export interface LogEntry<E> {
   /** Its place in the log; each entry's is one more than the one before it. */
@@ -26,8 +28,21 @@ const entryKey = (prefix: Deno.KvKey, seq: number): Deno.KvKey => [...prefix, "e
 /** Entries per commit: within KV's 1,000 mutations and 80 KiB of keys for short prefixes. */
 const MAX_PER_COMMIT = 400;
 
+/** Bytes of events (as JSON) per commit: KV refuses a commit over 800 KiB in all. */
+const MAX_COMMIT_BYTES = 512 * 1024;
+
 /** Conflicting commits (another process writing the same log) a write sits out before it fails. */
 const MAX_ATTEMPTS = 100;
+
+/** Times a write waits out SQLite's write lock, held by another isolate of the process. */
+const MAX_LOCK_WAITS = 200;
+
+interface Queued<E> {
+  event: E;
+  /** The event's size as JSON, an estimate of its stored size. */
+  size: number;
+  done: (error?: unknown) => void;
+}
 
 /** Appends events to logs, one commit at a time per log, each commit taking all that waits. */
 export class LogWriter<E> {
@@ -35,7 +50,7 @@ export class LogWriter<E> {
   #origin: string;
   #expireIn?: number;
   /** Events waiting per log (by prefix), with their writers' callbacks. */
-  #queued = new Map<string, { event: E; done: (error?: unknown) => void }[]>();
+  #queued = new Map<string, Queued<E>[]>();
 
   /**
    * Writes through `kv` as `origin`; with `expireIn` (ms) a log's keys go away that long after
@@ -52,49 +67,73 @@ export class LogWriter<E> {
     return new Promise((resolve, reject) => {
       const id = JSON.stringify(prefix);
       const done = (error?: unknown) => error === undefined ? resolve() : reject(error);
+      const item = { event, size: JSON.stringify(event)?.length ?? 0, done };
       const queue = this.#queued.get(id);
       if (queue) {
-        queue.push({ event, done });
+        queue.push(item);
         return;
       }
-      const fresh = [{ event, done }];
+      const fresh = [item];
       this.#queued.set(id, fresh);
       this.#drain(id, prefix, fresh);
     });
   }
 
-  async #drain(
-    id: string,
-    prefix: Deno.KvKey,
-    queue: { event: E; done: (error?: unknown) => void }[],
-  ): Promise<void> {
+  async #drain(id: string, prefix: Deno.KvKey, queue: Queued<E>[]): Promise<void> {
     while (queue.length > 0) {
-      const batch = queue.splice(0, MAX_PER_COMMIT);
-      let error: unknown;
-      try {
-        await this.#commit(prefix, batch.map((b) => b.event));
-      } catch (err) {
-        error = err ?? new Error("log write failed");
+      let count = 0;
+      let bytes = 0;
+      while (count < queue.length && count < MAX_PER_COMMIT) {
+        if (count > 0 && bytes + queue[count].size > MAX_COMMIT_BYTES) break;
+        bytes += queue[count++].size;
       }
-      for (const b of batch) b.done(error);
+      await this.#write(prefix, queue.splice(0, count));
     }
     this.#queued.delete(id);
   }
 
+  /** Commits `batch`; one KV refuses (an event too large, say) is halved, so only that event fails. */
+  async #write(prefix: Deno.KvKey, batch: Queued<E>[]): Promise<void> {
+    try {
+      await this.#commit(prefix, batch.map((b) => b.event));
+    } catch (err) {
+      if (batch.length > 1) {
+        const half = Math.ceil(batch.length / 2);
+        await this.#write(prefix, batch.slice(0, half));
+        await this.#write(prefix, batch.slice(half));
+        return;
+      }
+      batch[0].done(err ?? new Error("log write failed"));
+      return;
+    }
+    for (const b of batch) b.done();
+  }
+
   async #commit(prefix: Deno.KvKey, events: E[]): Promise<void> {
     const options = this.#expireIn === undefined ? undefined : { expireIn: this.#expireIn };
+    let lockWaits = 0;
     for (let attempt = 1;; attempt++) {
-      const head = await this.#kv.get<number>(logHead(prefix));
-      // A log that expired starts over above any seq it can have reached.
-      const first = typeof head.value === "number" ? head.value + 1 : Date.now() * 1000;
-      const at = Date.now();
-      const op = this.#kv.atomic().check(head);
-      events.forEach((event, i) => {
-        const entry: LogEntry<E> = { seq: first + i, origin: this.#origin, at, event };
-        op.set(entryKey(prefix, first + i), entry, options);
-      });
-      op.set(logHead(prefix), first + events.length - 1, options);
-      if ((await op.commit()).ok) return;
+      let committed: boolean;
+      try {
+        const head = await this.#kv.get<number>(logHead(prefix));
+        // A log that expired starts over above any seq it can have reached.
+        const first = typeof head.value === "number" ? head.value + 1 : Date.now() * 1000;
+        const at = Date.now();
+        const op = this.#kv.atomic().check(head);
+        events.forEach((event, i) => {
+          const entry: LogEntry<E> = { seq: first + i, origin: this.#origin, at, event };
+          op.set(entryKey(prefix, first + i), entry, options);
+        });
+        op.set(logHead(prefix), first + events.length - 1, options);
+        committed = (await op.commit()).ok;
+      } catch (err) {
+        // Another isolate of this process sharing the KV file holds SQLite's write lock.
+        if (!isLocked(err) || ++lockWaits > MAX_LOCK_WAITS) throw err;
+        attempt--;
+        await new Promise((r) => setTimeout(r, 1 + Math.random() * Math.min(20, lockWaits * 2)));
+        continue;
+      }
+      if (committed) return;
       if (attempt >= MAX_ATTEMPTS) {
         throw new Error(`${prefix.join("/")}: too many concurrent writers`);
       }
@@ -114,6 +153,12 @@ interface Followed {
   reading: boolean;
 }
 
+/** The entries of one read of a log (other processes' only, in order), and where one is among them. */
+export interface ReadEntries<E> {
+  entries: readonly LogEntry<E>[];
+  index: number;
+}
+
 /** How many of the newest entries a first read looks at for ones written since following began. */
 const FIRST_READ_ENTRIES = 64;
 
@@ -124,14 +169,17 @@ const FIRST_READ_ENTRIES = 64;
 export class LogReader<E> {
   #kv: Deno.Kv;
   #origin: string;
-  #onEntry: (prefix: Deno.KvKey, entry: LogEntry<E>) => void;
+  #onEntry: (prefix: Deno.KvKey, entry: LogEntry<E>, read: ReadEntries<E>) => void;
   #followed = new Map<string, Followed>();
 
-  /** Lists through `kv`, skips entries `origin` wrote, and hands the others to `onEntry`. */
+  /**
+   * Lists through `kv`, skips entries `origin` wrote, and hands the others to `onEntry`, each
+   * with the entries of the same read (what came after it in the log is in hand already).
+   */
   constructor(
     kv: Deno.Kv,
     origin: string,
-    onEntry: (prefix: Deno.KvKey, entry: LogEntry<E>) => void,
+    onEntry: (prefix: Deno.KvKey, entry: LogEntry<E>, read: ReadEntries<E>) => void,
   ) {
     this.#kv = kv;
     this.#origin = origin;
@@ -181,10 +229,11 @@ export class LogReader<E> {
         // Forgotten meanwhile: nobody here follows the room any more.
         if (this.#followed.get(JSON.stringify(state.prefix)) !== state) return;
         state.seen = target;
-        for (const entry of entries) {
-          if (entry.origin === this.#origin) continue;
+        const others = entries.filter((e) => e.origin !== this.#origin);
+        for (let index = 0; index < others.length; index++) {
+          const entry = others[index];
           try {
-            this.#onEntry(state.prefix, entry);
+            this.#onEntry(state.prefix, entry, { entries: others, index });
           } catch (err) {
             console.error("kv log: handling an entry failed:", err);
           }

@@ -60,3 +60,50 @@ Deno.test("kv log: a follower given a start time reads what was written since th
     kv.close();
   }
 });
+
+Deno.test("kv log: a burst too large for one commit is split by size; an entry KV cannot hold fails alone", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const writer = new LogWriter<string>(kv, "a");
+    const heard: string[] = [];
+    const reader = new LogReader<string>(kv, "b", (_, e) => heard.push(e.event));
+    reader.follow(PREFIX);
+    await reader.heard(PREFIX, 0);
+    // 400 entries of 2.5 KB: 1 MB, over KV's 800 KiB per commit. One of 70 KB, over its 64 KiB.
+    const events = Array.from({ length: 400 }, (_, i) => `${i}:`.padEnd(2500, "x"));
+    events.splice(200, 0, "huge:".padEnd(70_000, "x"));
+    const outcomes = await Promise.allSettled(events.map((e) => writer.append(PREFIX, e)));
+    const failed = events.filter((_, i) => outcomes[i].status === "rejected");
+    assertEquals(failed.map((e) => e.slice(0, 5)), ["huge:"]);
+    await reader.heard(PREFIX, (await kv.get(logHead(PREFIX))).value);
+    assertEquals(heard, events.filter((e) => !e.startsWith("huge:")));
+  } finally {
+    kv.close();
+  }
+});
+
+Deno.test("kv log: a write waits out SQLite's write lock held by another isolate", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    // The first five commits find the file locked, as when another isolate is writing.
+    let locked = 5;
+    const locking = new Proxy(kv, {
+      get(target, prop) {
+        if (prop !== "atomic") return Reflect.get(target, prop, target).bind(target);
+        return () => {
+          const op = target.atomic();
+          const commit = op.commit.bind(op);
+          op.commit = () =>
+            locked-- > 0 ? Promise.reject(new TypeError("database is locked")) : commit();
+          return op;
+        };
+      },
+    });
+    const writer = new LogWriter<string>(locking, "a");
+    await Promise.all(["one", "two", "three"].map((e) => writer.append(PREFIX, e)));
+    const entries = await Array.fromAsync(kv.list<LogEntry<string>>({ prefix: [...PREFIX, "e"] }));
+    assertEquals(entries.map((e) => e.value.event), ["one", "two", "three"]);
+  } finally {
+    kv.close();
+  }
+});

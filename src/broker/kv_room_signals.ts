@@ -5,10 +5,13 @@
  */
 
 import type { RoomEvent } from "../core/types.ts";
-import { logHead, LogReader, LogWriter } from "./kv_log.ts";
+import { type LogEntry, logHead, LogReader, LogWriter, type ReadEntries } from "./kv_log.ts";
 
 /** The events carried: the ephemeral ones that nothing stored brings later. */
 export type SignalEvent = RoomEvent & { type: "typing" | "read" | "presence" };
+
+/** A presence change. */
+type PresenceSignal = SignalEvent & { type: "presence" };
 
 const prefixOf = (room: string): Deno.KvKey => ["signals", room];
 
@@ -45,26 +48,36 @@ export class KvRoomSignals {
   /** Typing heard from other processes: the timer that ends it if its server never does. */
   #heardTyping = new Map<string, ReturnType<typeof setTimeout>>();
   #typingTimeoutMs: number;
+  #holds?: (event: PresenceSignal) => Promise<boolean>;
+  /** Per room, the signals being passed on while a presence check is under way, in order. */
+  #pending = new Map<string, Promise<void>>();
+  /** Per read, the positions of presence changes a later one of the same user and origin follows. */
+  #superseded = new WeakMap<readonly LogEntry<SignalEvent>[], Set<number>>();
 
   /**
    * Reads and writes through `kv`; `origin` names this process (its own signals reach its
    * isolates through the channel and are skipped here). A typing state heard from another
    * process ends here `typingTimeoutMs` and a second after its last renewal, in case its server
-   * died before it could say so.
+   * died before it could say so. With `holds`, a presence change from elsewhere is passed on
+   * only if it says so (the presence store still agrees), unless the same read holds a later
+   * change of that user from the same process: the changes of one process come in order, and
+   * passing them all on keeps a join and a leave a moment apart from showing as a lone leave.
+   * Signals of a room reach `onEvent` in their order, a check holding back those after it.
    */
   constructor(
     kv: Deno.Kv,
     origin: string,
     onEvent: (event: SignalEvent) => void,
-    options: { typingTimeoutMs?: number } = {},
+    options: {
+      typingTimeoutMs?: number;
+      holds?: (event: PresenceSignal) => Promise<boolean>;
+    } = {},
   ) {
     this.#writer = new LogWriter(kv, origin, { expireIn: EXPIRE_MS });
-    this.#reader = new LogReader(kv, origin, (_, { event }) => {
-      if (event.type === "typing") this.#expireTyping(event);
-      this.#deliver(event);
-    });
+    this.#reader = new LogReader(kv, origin, (_, entry, read) => this.#heard(entry, read));
     this.#onEvent = onEvent;
     this.#typingTimeoutMs = options.typingTimeoutMs ?? 5000;
+    this.#holds = options.holds;
   }
 
   /**
@@ -119,6 +132,45 @@ export class KvRoomSignals {
   close(): void {
     for (const timer of this.#heardTyping.values()) clearTimeout(timer);
     this.#heardTyping.clear();
+  }
+
+  #heard(entry: LogEntry<SignalEvent>, read: ReadEntries<SignalEvent>): void {
+    const event = entry.event;
+    if (event.type === "typing") this.#expireTyping(event);
+    const check = event.type === "presence" && this.#holds !== undefined &&
+      !this.#supersededIn(read).has(read.index);
+    const room = event.room;
+    const before = this.#pending.get(room);
+    if (!check && !before) return this.#deliver(event);
+    const pass = async () => {
+      try {
+        if (!check || await this.#holds!(event as PresenceSignal)) this.#deliver(event);
+      } catch (err) {
+        console.error("room signals: checking a presence change failed:", err);
+      }
+    };
+    const next = before ? before.then(pass) : pass();
+    this.#pending.set(room, next);
+    next.finally(() => {
+      if (this.#pending.get(room) === next) this.#pending.delete(room);
+    });
+  }
+
+  /** The positions of a read's presence changes that a later one of the same user and origin follows. */
+  #supersededIn(read: ReadEntries<SignalEvent>): Set<number> {
+    let found = this.#superseded.get(read.entries);
+    if (found) return found;
+    found = new Set();
+    const last = new Map<string, number>();
+    read.entries.forEach(({ event, origin }, i) => {
+      if (event.type !== "presence") return;
+      const key = `${origin}\u0000${event.user.id}`;
+      const previous = last.get(key);
+      if (previous !== undefined) found!.add(previous);
+      last.set(key, i);
+    });
+    this.#superseded.set(read.entries, found);
+    return found;
   }
 
   #deliver(event: SignalEvent): void {

@@ -113,3 +113,52 @@ Deno.test("KvRoomSignals: typing heard from a server that never ends it ends her
     kv.close();
   }
 });
+
+Deno.test("KvRoomSignals: a join and leave read together both pass; a lone stale one does not; a room's signals wait for the check before them", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const heard: string[] = [];
+  const checked: string[] = [];
+  const a = new KvRoomSignals(kv, "host/1/a", () => {});
+  // The store says ann is gone, and answers slowly, so that what follows a check could overtake it.
+  const b = new KvRoomSignals(kv, "host/2/b", (e) => {
+    heard.push(
+      e.type === "presence" ? e.action : e.type === "typing" ? `typing ${e.isTyping}` : e.type,
+    );
+  }, {
+    holds: async (e) => {
+      checked.push(e.action);
+      await new Promise((r) => setTimeout(r, 50));
+      return e.action === "leave";
+    },
+  });
+  const read = async () => (await kv.get(signalsHead("ticket:1"))).value;
+  const presence = (action: "join" | "leave"): SignalEvent => ({
+    type: "presence",
+    room: "ticket:1",
+    user: ann,
+    action,
+  });
+  try {
+    b.follow("ticket:1");
+    b.heard("ticket:1", await read());
+    // Connected and gone within one read: the join is not checked (the leave after it says more).
+    await Promise.all([
+      a.publish(presence("join")),
+      a.publish(typing("ticket:1", true)),
+      a.publish(presence("leave")),
+    ]);
+    b.heard("ticket:1", await read());
+    await eventually(() => heard.length === 3, 5000, "join, typing, leave");
+    assertEquals(heard, ["join", "typing true", "leave"]);
+    assertEquals(checked, ["leave"]);
+    // A lone join the store no longer agrees with is dropped; the typing behind it still waits.
+    await Promise.all([a.publish(presence("join")), a.publish(typing("ticket:1", false))]);
+    b.heard("ticket:1", await read());
+    await eventually(() => heard.length === 4, 5000, "the typing after the check");
+    assertEquals(heard, ["join", "typing true", "leave", "typing false"]);
+    assertEquals(checked, ["leave", "join"]);
+  } finally {
+    b.close();
+    kv.close();
+  }
+});
