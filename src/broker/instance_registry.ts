@@ -6,6 +6,7 @@
 
 import type { Broker, RoomEvent } from "../core/types.ts";
 import { type Poll, pollEvery } from "./poll.ts";
+import { commitRetryingLocks } from "../store/kv_reads.ts";
 
 const ENTRY = (id: string): Deno.KvKey => ["instance", id];
 const ENTRIES: Deno.KvKey = ["instance"];
@@ -206,7 +207,8 @@ export class InstanceRegistry {
     const op = this.#kv.atomic().set(ENTRY(this.#id), value, { expireIn: this.#staleMs * 2 });
     // Only arrivals wake the others; a heartbeat changes nothing they need to act on.
     if (arriving) op.sum(EPOCH, 1n);
-    await op.commit();
+    // Isolates of one process starting together contend for the SQLite write lock.
+    await commitRetryingLocks(op);
     this.#lastBeat = now;
   }
 
@@ -294,8 +296,10 @@ export class InstanceRegistry {
       // A lapsed entry rather than none: a server that reads the registry only after this one
       // came and went still sees that it died, and sweeps what it may have left behind.
       const tombstone: EntryValue = { seenAt: 0, pid: Deno.pid, process: PROCESS };
-      await this.#kv.atomic().set(ENTRY(this.#id), tombstone, { expireIn: this.#staleMs * 2 })
-        .sum(EPOCH, 1n).commit();
+      await commitRetryingLocks(
+        this.#kv.atomic().set(ENTRY(this.#id), tombstone, { expireIn: this.#staleMs * 2 })
+          .sum(EPOCH, 1n),
+      );
     } catch {
       // The store may already be closed; the entry then goes stale on its own.
     }

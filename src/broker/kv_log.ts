@@ -6,7 +6,7 @@
  * a burst however large is read whole.
  */
 
-import { isLocked } from "../store/kv_reads.ts";
+import { commitRetryingLocks } from "../store/kv_reads.ts";
 
 /** One event in a log. */
 export interface LogEntry<E> {
@@ -33,9 +33,6 @@ const MAX_COMMIT_BYTES = 512 * 1024;
 
 /** Conflicting commits (another process writing the same log) a write sits out before it fails. */
 const MAX_ATTEMPTS = 100;
-
-/** Times a write waits out SQLite's write lock, held by another isolate of the process. */
-const MAX_LOCK_WAITS = 200;
 
 interface Queued<E> {
   event: E;
@@ -111,29 +108,19 @@ export class LogWriter<E> {
 
   async #commit(prefix: Deno.KvKey, events: E[]): Promise<void> {
     const options = this.#expireIn === undefined ? undefined : { expireIn: this.#expireIn };
-    let lockWaits = 0;
     for (let attempt = 1;; attempt++) {
-      let committed: boolean;
-      try {
-        const head = await this.#kv.get<number>(logHead(prefix));
-        // A log that expired starts over above any seq it can have reached.
-        const first = typeof head.value === "number" ? head.value + 1 : Date.now() * 1000;
-        const at = Date.now();
-        const op = this.#kv.atomic().check(head);
-        events.forEach((event, i) => {
-          const entry: LogEntry<E> = { seq: first + i, origin: this.#origin, at, event };
-          op.set(entryKey(prefix, first + i), entry, options);
-        });
-        op.set(logHead(prefix), first + events.length - 1, options);
-        committed = (await op.commit()).ok;
-      } catch (err) {
-        // Another isolate of this process sharing the KV file holds SQLite's write lock.
-        if (!isLocked(err) || ++lockWaits > MAX_LOCK_WAITS) throw err;
-        attempt--;
-        await new Promise((r) => setTimeout(r, 1 + Math.random() * Math.min(20, lockWaits * 2)));
-        continue;
-      }
-      if (committed) return;
+      const head = await this.#kv.get<number>(logHead(prefix));
+      // A log that expired starts over above any seq it can have reached.
+      const first = typeof head.value === "number" ? head.value + 1 : Date.now() * 1000;
+      const at = Date.now();
+      const op = this.#kv.atomic().check(head);
+      events.forEach((event, i) => {
+        const entry: LogEntry<E> = { seq: first + i, origin: this.#origin, at, event };
+        op.set(entryKey(prefix, first + i), entry, options);
+      });
+      op.set(logHead(prefix), first + events.length - 1, options);
+      // Another isolate of this process writing to the same file is waited out, not a failure.
+      if ((await commitRetryingLocks(op)).ok) return;
       if (attempt >= MAX_ATTEMPTS) {
         throw new Error(`${prefix.join("/")}: too many concurrent writers`);
       }

@@ -12,7 +12,7 @@ import type {
   UserId,
 } from "../core/types.ts";
 import { ChatError, roomDeleted } from "../core/errors.ts";
-import { getManyChunked, isLocked } from "./kv_reads.ts";
+import { commitRetryingLocks, getManyChunked } from "./kv_reads.ts";
 import process from "node:process";
 
 /** How long a client id protects against a duplicate send. */
@@ -173,20 +173,6 @@ function keyBytes(
 function estimateSize(draft: MessageDraft): number {
   return draft.body.length * 2 + JSON.stringify(draft.sender).length +
     JSON.stringify(draft.attachments).length + 256;
-}
-
-/** Commits, waiting out the moments another isolate of the process holds the SQLite write lock. */
-async function commitRetryingLocks(
-  op: Deno.AtomicOperation,
-): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
-  for (let attempt = 0;; attempt++) {
-    try {
-      return await op.commit();
-    } catch (err) {
-      if (!isLocked(err) || attempt >= 100) throw err;
-      await new Promise((r) => setTimeout(r, 1 + Math.random() * Math.min(20, attempt * 2)));
-    }
-  }
 }
 
 /**

@@ -1,11 +1,25 @@
 /**
- * Deno KV helpers the stores share: chunked `getMany`, coalesced fresh reads, and telling a
- * commit refused for SQLite's write lock.
+ * Deno KV helpers the stores and brokers share: chunked `getMany`, coalesced fresh reads, and
+ * telling (and waiting out) a commit refused for SQLite's write lock.
  */
 
 /** True for SQLite's "database is locked": another isolate of this process holds the write lock. */
 export function isLocked(err: unknown): boolean {
   return err instanceof Error && /database is locked|SQLITE_BUSY/i.test(err.message);
+}
+
+/** Commits, waiting out the moments another isolate of the process holds the SQLite write lock. */
+export async function commitRetryingLocks(
+  op: Deno.AtomicOperation,
+): Promise<Deno.KvCommitResult | Deno.KvCommitError> {
+  for (let attempt = 0;; attempt++) {
+    try {
+      return await op.commit();
+    } catch (err) {
+      if (!isLocked(err) || attempt >= 100) throw err;
+      await new Promise((r) => setTimeout(r, 1 + Math.random() * Math.min(20, attempt * 2)));
+    }
+  }
 }
 
 /** Reads any number of keys: `kv.getMany` takes at most 10, so the chunks are read side by side. */
