@@ -302,6 +302,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   #noteGeneration(room: string, value: number, at: number): void {
     const held = this.#generations.get(room);
     if (held && held.at >= at) return;
+    if (!held && this.#generations.size >= 10_000) this.#generations.clear();
     this.#generations.set(room, { value, at });
   }
 
@@ -545,7 +546,6 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
         continue;
       }
       if (this.#heads.size > 10_000) this.#heads.clear();
-      if (this.#generations.size > 10_000) this.#generations.clear();
       headEntries.forEach((entry, i) => {
         const room = rooms[i];
         const grown = heads.get(room)! !== startHeads.get(room)!;
