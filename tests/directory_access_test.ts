@@ -212,8 +212,10 @@ Deno.test("directory access [sqlite file]: decisions are reused until anyone com
 
     assert(await policy.canAccess(four, "ticket:1"), "decided from the cache, token just read");
     await other.removeParticipant("ticket", "1", "4");
-    // Another process's commit shows within 25 ms (the token is reused that long).
-    await new Promise((r) => setTimeout(r, 40));
+    // Another process's commit shows within 25 ms (the token is reused that long), as the
+    // directory says: a room's deletion waits twice that before its purge refuses sends.
+    assertEquals(directory.changeTokenLagMs, 25);
+    await new Promise((r) => setTimeout(r, 2 * directory.changeTokenLagMs!));
     assertEquals(await policy.canAccess(four, "ticket:1"), false, "the other connection's commit");
     assertEquals(lookups, 3);
     await directory.addParticipant("ticket", "1", { userId: "4", role: "member" });

@@ -89,18 +89,20 @@ export class LogWriter<E> {
     this.#queued.delete(id);
   }
 
-  /** Commits `batch`; one KV refuses (an event too large, say) is halved, so only that event fails. */
+  /** Commits `batch`; one KV refuses as too large is halved, so that only an event it cannot hold fails. */
   async #write(prefix: Deno.KvKey, batch: Queued<E>[]): Promise<void> {
     try {
       await this.#commit(prefix, batch.map((b) => b.event));
     } catch (err) {
-      if (batch.length > 1) {
+      // Only a refusal KV makes before writing anything: after another error the commit may
+      // have landed, and writing its halves again would log their events twice.
+      if (batch.length > 1 && isRefusedAsTooLarge(err)) {
         const half = Math.ceil(batch.length / 2);
         await this.#write(prefix, batch.slice(0, half));
         await this.#write(prefix, batch.slice(half));
         return;
       }
-      batch[0].done(err ?? new Error("log write failed"));
+      for (const b of batch) b.done(err ?? new Error("log write failed"));
       return;
     }
     for (const b of batch) b.done();
@@ -127,6 +129,11 @@ export class LogWriter<E> {
       await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, attempt * 2)));
     }
   }
+}
+
+/** True for KV's refusal of a commit over its limits (sizes, mutation count): nothing was written. */
+function isRefusedAsTooLarge(err: unknown): boolean {
+  return err instanceof TypeError && /too large|too many/i.test(err.message);
 }
 
 interface Followed {

@@ -107,3 +107,35 @@ Deno.test("kv log: a write waits out SQLite's write lock held by another isolate
     kv.close();
   }
 });
+
+Deno.test("kv log: a batch whose commit failed after it may have landed fails whole, never written twice", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    // The second commit lands and then throws, as a remote KV whose connection drops would.
+    let commits = 0;
+    const flaky = new Proxy(kv, {
+      get(target, prop) {
+        if (prop !== "atomic") return Reflect.get(target, prop, target).bind(target);
+        return () => {
+          const op = target.atomic();
+          const commit = op.commit.bind(op);
+          op.commit = async () => {
+            const res = await commit();
+            if (res.ok && ++commits === 2) throw new Error("connection reset");
+            return res;
+          };
+          return op;
+        };
+      },
+    });
+    const writer = new LogWriter<string>(flaky, "a");
+    const outcomes = await Promise.allSettled(
+      ["e1", "e2", "e3", "e4"].map((e) => writer.append(PREFIX, e)),
+    );
+    assertEquals(outcomes.map((o) => o.status), ["fulfilled", "rejected", "rejected", "rejected"]);
+    const entries = await Array.fromAsync(kv.list<LogEntry<string>>({ prefix: [...PREFIX, "e"] }));
+    assertEquals(entries.map((e) => e.value.event), ["e1", "e2", "e3", "e4"]);
+  } finally {
+    kv.close();
+  }
+});

@@ -91,6 +91,11 @@ export interface Directory {
    * taken, read without a round trip; absent or null when the engine cannot tell cheaply.
    */
   changeToken?(): string | null;
+  /**
+   * How long after another connection's commit {@link changeToken} may still give the value from
+   * before it, ms (decisions reused under it are that stale); 0 or absent when never.
+   */
+  readonly changeTokenLagMs?: number;
   /** The participant entry of `userId` in the room, or null. */
   getParticipant(kind: string, id: string, userId: string): Promise<Participant | null>;
   /** Closes the connection pool. */

@@ -23,6 +23,8 @@ export interface KyselyDirectoryOptions {
   dialect: DirectoryDialect;
   /** See {@link Directory.changeToken}; SQLite can answer it, Postgres cannot cheaply. */
   changeToken?: () => string | null;
+  /** See {@link Directory.changeTokenLagMs}. */
+  changeTokenLagMs?: number;
 }
 
 /** The user fields the directory stores, with their column names. */
@@ -58,12 +60,15 @@ export class KyselyDirectory implements Directory {
   #roomAccessSql?: string;
   readonly #dialect: DirectoryDialect;
   readonly #changeToken?: () => string | null;
+  /** See {@link Directory.changeTokenLagMs}. */
+  readonly changeTokenLagMs: number;
 
   /** Wraps a Kysely instance; the directory owns it from now on and destroys it in `close()`. */
   constructor(db: Kysely<DirectoryDatabase>, options: KyselyDirectoryOptions) {
     this.#db = db;
     this.#dialect = options.dialect;
     this.#changeToken = options.changeToken;
+    this.changeTokenLagMs = options.changeTokenLagMs ?? 0;
   }
 
   /** A token that changes with every commit to the database, null when the engine can't tell. */

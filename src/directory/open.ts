@@ -7,7 +7,7 @@ import type { Directory } from "../core/directory.ts";
 import { KyselyDirectory } from "./kysely_directory.ts";
 import { createPgPool } from "./pg_pool.ts";
 import type { DirectoryDatabase } from "./schema.ts";
-import { NodeSqliteDialect } from "./sqlite_dialect.ts";
+import { NodeSqliteDialect, TOKEN_REUSE_MS } from "./sqlite_dialect.ts";
 
 /** File name of the default SQLite database inside the data directory. */
 export const DEFAULT_SQLITE_FILE = "directory.sqlite3";
@@ -79,7 +79,11 @@ async function openSqlite(path: string): Promise<KyselyDirectory> {
   if (path !== ":memory:") await mkdir(dirname(path), { recursive: true });
   const dialect = new NodeSqliteDialect({ database: path });
   const db = new Kysely<DirectoryDatabase>({ dialect });
-  return new KyselyDirectory(db, { dialect: "sqlite", changeToken: () => dialect.changeToken() });
+  return new KyselyDirectory(db, {
+    dialect: "sqlite",
+    changeToken: () => dialect.changeToken(),
+    changeTokenLagMs: TOKEN_REUSE_MS,
+  });
 }
 
 /** A directory on a Postgres connection pool. */

@@ -85,7 +85,7 @@ export class NodeSqliteAdapter extends SqliteAdapter {
  * (a read transaction with its file locks) cost 20–40 µs of the main thread per message under
  * load. Commits of this connection are seen at once; others' at most this late.
  */
-const TOKEN_REUSE_MS = 25;
+export const TOKEN_REUSE_MS = 25;
 
 /** A promise-based lock for the one connection; waiters are served first come, first served. */
 class Mutex {

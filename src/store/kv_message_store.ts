@@ -80,8 +80,11 @@ const RETENTION_BATCH = 40;
  * every write; a remembered room costs tens of bytes.
  */
 const MAX_CHECKED_ROOMS = 100_000;
-/** How long a room's generation read for one send serves the next ones, ms. */
-const GENERATION_REUSE_MS = 1000;
+/**
+ * How long a room's generation read for one send serves the next ones, ms: for that long after
+ * a deletion elsewhere, a send here may be refused as if under way when it happened.
+ */
+const GENERATION_REUSE_MS = 250;
 /** How long after a purge failed it is tried again, ms. */
 const DEFAULT_PURGE_RETRY_MS = 30_000;
 /** Rooms checked at once, so that one long history does not hold up the others. */
@@ -797,12 +800,17 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       // The head is written again (same value, new versionstamp) with the generation raised, so
       // that every commit under way to the room checks it, fails, and reads the new generation.
       let head = 0;
+      let generation = 0;
       for (let attempt = 0;; attempt++) {
-        const entry = await this.#kv.get<number>(KV_KEYS.head(room));
+        const [entry, gen] = await this.#kv.getMany<[number, Deno.KvU64]>([
+          KV_KEYS.head(room),
+          KV_KEYS.generation(room),
+        ]);
         head = entry.value ?? 0;
+        generation = generationOf(gen) + 1;
         const res = await commitRetryingLocks(
-          this.#kv.atomic().check(entry).set(entry.key, head)
-            .sum(KV_KEYS.generation(room), 1n)
+          this.#kv.atomic().check(entry, gen).set(entry.key, head)
+            .set(gen.key, new Deno.KvU64(BigInt(generation)))
             .max(KV_KEYS.purging(room), BigInt(head)),
         );
         if (res.ok) break;
@@ -810,7 +818,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
         await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, 2 + attempt * 2)));
       }
       this.#heads.delete(room);
-      this.#generations.delete(room);
+      // Held as read now, so that a read of the old value still under way does not replace it.
+      this.#generations.set(room, { value: generation, at: performance.now() });
       marked = true;
       return await this.#purgeTo(room, head);
     } catch (err) {
