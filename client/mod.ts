@@ -262,8 +262,16 @@ export interface ChatClientOptions {
   reconnect?: ReconnectOptions;
   /** Interval of application pings that detect a dead connection (ms); 0 turns them off. */
   heartbeatMs?: number;
-  /** How long a ping, or a connection attempt, may go unanswered before reconnecting (ms). */
+  /**
+   * How long a ping, or a connection attempt, may go unanswered before reconnecting (ms); a
+   * connection still sending a large frame gets more time for as long as it makes progress.
+   */
   timeoutMs?: number;
+  /**
+   * The step of the waits before a request or join the server failed (`internal`) or refused as
+   * too fast (`rate_limited`) goes again: the n-th retry waits n steps, up to a bound (ms).
+   */
+  retryMs?: number;
   /** Files up to this size go inline in a `send` frame; larger ones over HTTP. */
   inlineMaxBytes?: number;
   /** Largest file the server takes (its MAX_FILE_BYTES). */
@@ -325,6 +333,7 @@ const DEFAULTS = {
   jitter: 0.3,
   heartbeatMs: 25_000,
   timeoutMs: 10_000,
+  retryMs: 500,
   inlineMaxBytes: 256 * 1024,
   maxFileBytes: 10 * 1024 * 1024,
   typingRenewMs: 2_000,
@@ -349,6 +358,8 @@ interface Pending {
   /** Socket generation it was last written on. */
   sentOn: number;
   retries: number;
+  /** Not written again before this time (Date.now()), after the server failed it. */
+  notBefore: number;
 }
 
 interface RoomState {
@@ -392,6 +403,15 @@ export class ChatClient {
   #reconnectTimer?: ReturnType<typeof setTimeout>;
   #heartbeatTimer?: ReturnType<typeof setInterval>;
   #deadline?: ReturnType<typeof setTimeout>;
+  /** Characters written to the current socket, to tell a slow upload from a dead connection. */
+  #written = 0;
+  /** Requests are not written before this time (Date.now()): the server said to slow down. */
+  #holdUntil = 0;
+  #flushTimer?: ReturnType<typeof setTimeout>;
+
+  get #retryMs(): number {
+    return this.#options.retryMs ?? DEFAULTS.retryMs;
+  }
   #connectWaiters: { resolve(user: ChatUser): void; reject(err: ChatError): void }[] = [];
   #retriedToken = false;
   #onOnline = () => {
@@ -715,6 +735,7 @@ export class ChatClient {
       return;
     }
     this.#socket = socket;
+    this.#written = 0;
     this.#armDeadline(socket);
     socket.onmessage = (e) => {
       if (this.#socket !== socket) return;
@@ -781,8 +802,16 @@ export class ChatClient {
   #armDeadline(socket: WebSocket): void {
     clearTimeout(this.#deadline);
     const timeout = this.#options.timeoutMs ?? DEFAULTS.timeoutMs;
+    // What would be left unsent now if nothing drained from here on: below it at the deadline,
+    // the connection is moving (a large frame on a slow uplink holds the pong up behind it).
+    const outstanding = socket.bufferedAmount - this.#written;
     this.#deadline = setTimeout(() => {
       if (this.#socket !== socket) return;
+      const buffered = socket.bufferedAmount;
+      if (buffered > 0 && buffered < outstanding + this.#written) {
+        this.#armDeadline(socket);
+        return;
+      }
       // No welcome or pong in time: the connection is dead even if the socket does not know it.
       this.#socket = null;
       try {
@@ -797,6 +826,8 @@ export class ChatClient {
   #stopTimers(): void {
     clearTimeout(this.#deadline);
     clearInterval(this.#heartbeatTimer);
+    clearTimeout(this.#flushTimer);
+    this.#flushTimer = undefined;
     this.#deadline = undefined;
     this.#heartbeatTimer = undefined;
   }
@@ -860,6 +891,7 @@ export class ChatClient {
         needsRoom: options.needsRoom,
         sentOn: -1,
         retries: 0,
+        notBefore: 0,
       };
       this.#pending.set(ref, pending);
       this.#flush();
@@ -869,18 +901,35 @@ export class ChatClient {
   /** Writes every request not yet written on this socket whose room is joined (or being joined). */
   #flush(): void {
     if (!this.#ready()) return;
+    const now = Date.now();
+    if (now < this.#holdUntil) return this.#flushAt(this.#holdUntil);
     for (const pending of this.#pending.values()) {
       if (pending.sentOn === this.#generation) continue;
+      if (pending.notBefore > now) {
+        this.#flushAt(pending.notBefore);
+        continue;
+      }
       const room = pending.needsRoom ? this.#rooms.get(pending.needsRoom) : undefined;
       if (room && room.joinSentOn !== this.#generation) continue;
       if (this.#write(pending.frame)) pending.sentOn = this.#generation;
     }
   }
 
+  /** Flushes again at `time` (Date.now()), or earlier if a flush is due before it. */
+  #flushAt(time: number): void {
+    if (this.#flushTimer !== undefined) return;
+    this.#flushTimer = setTimeout(() => {
+      this.#flushTimer = undefined;
+      this.#flush();
+    }, Math.max(0, time - Date.now()));
+  }
+
   #write(frame: Frame): boolean {
     const socket = this.#socket;
     if (!socket || socket.readyState !== 1 || this.#state !== "open") return false;
-    socket.send(JSON.stringify(frame));
+    const text = JSON.stringify(frame);
+    socket.send(text);
+    this.#written += text.length;
     return true;
   }
 
@@ -986,11 +1035,24 @@ export class ChatClient {
   #requestFailed(ref: number, frame: Frame): void {
     const pending = this.#pending.get(ref)!;
     const code = String(frame.code);
-    // Both are worth another go with the same frame (and client_id), a little later.
-    if ((code === "rate_limited" || code === "internal") && pending.retries < 5) {
+    // Too fast: every request waits, as the requests after this one would be refused too; the
+    // same frame (and client_id) goes again once the server's budget has grown back.
+    if (code === "rate_limited" && pending.retries < 20) {
       pending.retries++;
       pending.sentOn = -1;
-      setTimeout(() => this.#flush(), 500 * pending.retries);
+      this.#holdUntil = Math.max(
+        this.#holdUntil,
+        Date.now() + this.#retryMs * Math.min(pending.retries, 4),
+      );
+      this.#flushAt(this.#holdUntil);
+      return;
+    }
+    // The server failed: this request gets another go a little later.
+    if (code === "internal" && pending.retries < 5) {
+      pending.retries++;
+      pending.sentOn = -1;
+      pending.notBefore = Date.now() + this.#retryMs * pending.retries;
+      this.#flushAt(pending.notBefore);
       return;
     }
     // The room's join failed in front of this request and is being retried: wait for it.
@@ -1026,16 +1088,19 @@ export class ChatClient {
     const state = this.#rooms.get(name);
     if (!state) return;
     const code = String(frame.code);
-    if ((code === "internal" || code === "rate_limited") && state.joinRetries < 5) {
-      // The server failed, not the request: join again a little later on this socket.
+    if (code === "internal" || code === "rate_limited") {
+      // The server failed, not the request: join again a little later on this socket, for as
+      // long as it takes (the room must not be dropped for a passing failure). The application
+      // hears of it once the failures go on.
       state.joinRetries++;
       state.joinSentOn = -1;
+      if (state.joinRetries === 5) this.#emit("error", new ChatError(code, String(frame.message)));
       const generation = this.#generation;
       setTimeout(() => {
         if (this.#rooms.get(name) === state && generation === this.#generation && this.#ready()) {
           this.#sendJoin(name, state);
         }
-      }, 500 * state.joinRetries);
+      }, this.#retryMs * Math.min(state.joinRetries, 10));
       return;
     }
     const err = new ChatError(code, String(frame.message));

@@ -377,6 +377,8 @@ class FakeSocket {
   }
   send(data: string) {
     this.sent.push(JSON.parse(data));
+    // Behind bytes not yet out, a frame waits too.
+    if (this.bufferedAmount > 0) this.bufferedAmount += data.length;
   }
   close() {
     this.readyState = 3;
@@ -491,6 +493,130 @@ Deno.test("client: fills a gap from history, drops duplicates, rebuilds on resyn
     // No pong: the client gives up on the socket and connects again.
     await socket.take("ping");
     await eventually(() => FakeSocket.instances.length === 3, 2000, "reconnect after silence");
+  } finally {
+    c.client.close();
+  }
+});
+
+Deno.test("client: a send refused as too fast waits, with every request after it, then goes again in order", async () => {
+  FakeSocket.instances = [];
+  const c = recorder({
+    url: "ws://fake/ws",
+    token: "t",
+    heartbeatMs: 0,
+    retryMs: 200,
+    WebSocket: FakeSocket as unknown as typeof WebSocket,
+  });
+  try {
+    const connecting = c.client.connect();
+    await eventually(() => FakeSocket.instances.length === 1);
+    const socket = FakeSocket.instances[0];
+    socket.push({ type: "welcome", user: USER, conn_id: "x" });
+    await connecting;
+    const joining = c.client.join("room:x");
+    const join = await socket.take("join");
+    socket.push({ type: "joined", room: "room:x", head: 0, presence: [USER], ref: join.ref });
+    await joining;
+
+    const first = c.client.send("room:x", { body: "one", clientId: "c1" });
+    const refused = await socket.take("send");
+    socket.push({ type: "error", code: "rate_limited", message: "slow down", ref: refused.ref });
+    await new Promise((r) => setTimeout(r, 20));
+    // The application goes on sending: nothing is written until the wait is over.
+    const second = c.client.send("room:x", { body: "two", clientId: "c2" });
+    await new Promise((r) => setTimeout(r, 120));
+    assertEquals(socket.sent.filter((f) => f.type === "send"), []);
+    const again = await socket.take("send");
+    const next = await socket.take("send");
+    assertEquals([again.client_id, again.ref, next.client_id], ["c1", refused.ref, "c2"]);
+    for (const [f, seq] of [[again, 1], [next, 2]] as const) {
+      socket.push({
+        type: "ack",
+        room: "room:x",
+        client_id: f.client_id,
+        id: `id${seq}`,
+        seq,
+        created_at: "",
+        duplicate: false,
+        ref: f.ref,
+      });
+    }
+    assertEquals([(await first).seq, (await second).seq], [1, 2]);
+  } finally {
+    c.client.close();
+  }
+});
+
+Deno.test("client: a rejoin the server keeps failing is tried until it succeeds; the room is kept", async () => {
+  FakeSocket.instances = [];
+  const c = recorder({
+    url: "ws://fake/ws",
+    token: "t",
+    heartbeatMs: 0,
+    retryMs: 10,
+    WebSocket: FakeSocket as unknown as typeof WebSocket,
+  });
+  const errors: ChatError[] = [];
+  c.client.on("error", (e) => errors.push(e));
+  try {
+    const connecting = c.client.connect();
+    await eventually(() => FakeSocket.instances.length === 1);
+    let socket = FakeSocket.instances[0];
+    socket.push({ type: "welcome", user: USER, conn_id: "x" });
+    await connecting;
+    const joining = c.client.join("room:x");
+    const join = await socket.take("join");
+    socket.push({ type: "joined", room: "room:x", head: 0, presence: [USER], ref: join.ref });
+    await joining;
+    socket.drop();
+    await eventually(() => FakeSocket.instances.length === 2, 2000, "a reconnect");
+    socket = FakeSocket.instances[1];
+    socket.push({ type: "welcome", user: USER, conn_id: "y" });
+    // Eight failures in a row (more than the five a request gets), then the server is back.
+    for (let i = 0; i < 8; i++) {
+      const failing = await socket.take("join");
+      socket.push({ type: "error", code: "internal", message: "db down", ref: failing.ref });
+    }
+    const rejoin = await socket.take("join");
+    socket.push({ type: "joined", room: "room:x", head: 1, presence: [USER], ref: rejoin.ref });
+    socket.push(msg(1, "after the trouble"));
+    await eventually(() => c.messages.length === 1, 2000, "the message after the rejoin");
+    assertEquals(c.client.rooms(), ["room:x"]);
+    assertEquals(errors.map((e) => e.code), ["internal"]);
+  } finally {
+    c.client.close();
+  }
+});
+
+Deno.test("client: a ping held up behind a large frame that is still going out does not end the connection", async () => {
+  FakeSocket.instances = [];
+  const c = recorder({
+    url: "ws://fake/ws",
+    token: "t",
+    heartbeatMs: 50,
+    timeoutMs: 100,
+    WebSocket: FakeSocket as unknown as typeof WebSocket,
+  });
+  try {
+    const connecting = c.client.connect();
+    await eventually(() => FakeSocket.instances.length === 1);
+    const socket = FakeSocket.instances[0];
+    socket.push({ type: "welcome", user: USER, conn_id: "x" });
+    await connecting;
+    // A 1 MB frame drains at 10 KB a tick: the pings behind it go unanswered for a second.
+    socket.bufferedAmount = 1_000_000;
+    const draining = setInterval(() => {
+      socket.bufferedAmount = Math.max(0, socket.bufferedAmount - 10_000);
+    }, 10);
+    try {
+      await new Promise((r) => setTimeout(r, 600));
+      assertEquals(FakeSocket.instances.length, 1, "no reconnect while the frame drains");
+    } finally {
+      clearInterval(draining);
+    }
+    // Stuck: nothing drains any more, and no pong comes.
+    socket.bufferedAmount = 500;
+    await eventually(() => FakeSocket.instances.length === 2, 2000, "reconnect once stuck");
   } finally {
     c.client.close();
   }

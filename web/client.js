@@ -43,6 +43,7 @@ var DEFAULTS = {
   jitter: 0.3,
   heartbeatMs: 25e3,
   timeoutMs: 1e4,
+  retryMs: 500,
   inlineMaxBytes: 256 * 1024,
   maxFileBytes: 10 * 1024 * 1024,
   typingRenewMs: 2e3,
@@ -66,6 +67,14 @@ var ChatClient = class {
   #reconnectTimer;
   #heartbeatTimer;
   #deadline;
+  /** Characters written to the current socket, to tell a slow upload from a dead connection. */
+  #written = 0;
+  /** Requests are not written before this time (Date.now()): the server said to slow down. */
+  #holdUntil = 0;
+  #flushTimer;
+  get #retryMs() {
+    return this.#options.retryMs ?? DEFAULTS.retryMs;
+  }
   #connectWaiters = [];
   #retriedToken = false;
   #onOnline = () => {
@@ -385,6 +394,7 @@ var ChatClient = class {
       return;
     }
     this.#socket = socket;
+    this.#written = 0;
     this.#armDeadline(socket);
     socket.onmessage = (e) => {
       if (this.#socket !== socket) return;
@@ -458,8 +468,14 @@ var ChatClient = class {
   #armDeadline(socket) {
     clearTimeout(this.#deadline);
     const timeout = this.#options.timeoutMs ?? DEFAULTS.timeoutMs;
+    const outstanding = socket.bufferedAmount - this.#written;
     this.#deadline = setTimeout(() => {
       if (this.#socket !== socket) return;
+      const buffered = socket.bufferedAmount;
+      if (buffered > 0 && buffered < outstanding + this.#written) {
+        this.#armDeadline(socket);
+        return;
+      }
       this.#socket = null;
       try {
         socket.close(4e3, "Timed out");
@@ -471,6 +487,8 @@ var ChatClient = class {
   #stopTimers() {
     clearTimeout(this.#deadline);
     clearInterval(this.#heartbeatTimer);
+    clearTimeout(this.#flushTimer);
+    this.#flushTimer = void 0;
     this.#deadline = void 0;
     this.#heartbeatTimer = void 0;
   }
@@ -532,7 +550,8 @@ var ChatClient = class {
         reject,
         needsRoom: options.needsRoom,
         sentOn: -1,
-        retries: 0
+        retries: 0,
+        notBefore: 0
       };
       this.#pending.set(ref, pending);
       this.#flush();
@@ -541,17 +560,33 @@ var ChatClient = class {
   /** Writes every request not yet written on this socket whose room is joined (or being joined). */
   #flush() {
     if (!this.#ready()) return;
+    const now = Date.now();
+    if (now < this.#holdUntil) return this.#flushAt(this.#holdUntil);
     for (const pending of this.#pending.values()) {
       if (pending.sentOn === this.#generation) continue;
+      if (pending.notBefore > now) {
+        this.#flushAt(pending.notBefore);
+        continue;
+      }
       const room = pending.needsRoom ? this.#rooms.get(pending.needsRoom) : void 0;
       if (room && room.joinSentOn !== this.#generation) continue;
       if (this.#write(pending.frame)) pending.sentOn = this.#generation;
     }
   }
+  /** Flushes again at `time` (Date.now()), or earlier if a flush is due before it. */
+  #flushAt(time) {
+    if (this.#flushTimer !== void 0) return;
+    this.#flushTimer = setTimeout(() => {
+      this.#flushTimer = void 0;
+      this.#flush();
+    }, Math.max(0, time - Date.now()));
+  }
   #write(frame) {
     const socket = this.#socket;
     if (!socket || socket.readyState !== 1 || this.#state !== "open") return false;
-    socket.send(JSON.stringify(frame));
+    const text = JSON.stringify(frame);
+    socket.send(text);
+    this.#written += text.length;
     return true;
   }
   #sendJoin(room, state) {
@@ -654,10 +689,18 @@ var ChatClient = class {
   #requestFailed(ref, frame) {
     const pending = this.#pending.get(ref);
     const code = String(frame.code);
-    if ((code === "rate_limited" || code === "internal") && pending.retries < 5) {
+    if (code === "rate_limited" && pending.retries < 20) {
       pending.retries++;
       pending.sentOn = -1;
-      setTimeout(() => this.#flush(), 500 * pending.retries);
+      this.#holdUntil = Math.max(this.#holdUntil, Date.now() + this.#retryMs * Math.min(pending.retries, 4));
+      this.#flushAt(this.#holdUntil);
+      return;
+    }
+    if (code === "internal" && pending.retries < 5) {
+      pending.retries++;
+      pending.sentOn = -1;
+      pending.notBefore = Date.now() + this.#retryMs * pending.retries;
+      this.#flushAt(pending.notBefore);
       return;
     }
     const room = pending.needsRoom ? this.#rooms.get(pending.needsRoom) : void 0;
@@ -696,15 +739,16 @@ var ChatClient = class {
     const state = this.#rooms.get(name);
     if (!state) return;
     const code = String(frame.code);
-    if ((code === "internal" || code === "rate_limited") && state.joinRetries < 5) {
+    if (code === "internal" || code === "rate_limited") {
       state.joinRetries++;
       state.joinSentOn = -1;
+      if (state.joinRetries === 5) this.#emit("error", new ChatError(code, String(frame.message)));
       const generation = this.#generation;
       setTimeout(() => {
         if (this.#rooms.get(name) === state && generation === this.#generation && this.#ready()) {
           this.#sendJoin(name, state);
         }
-      }, 500 * state.joinRetries);
+      }, this.#retryMs * Math.min(state.joinRetries, 10));
       return;
     }
     const err = new ChatError(code, String(frame.message));
