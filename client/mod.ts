@@ -326,6 +326,11 @@ export function formatBytes(size: number): string {
   return `${(size / 1024 / 1024).toFixed(1)} MB`;
 }
 
+/** A frame this large (characters) may take longer to send than a ping may wait for its pong. */
+const LARGE_FRAME_CHARS = 64 * 1024;
+/** The slowest uplink a large frame is given time for, bytes per second. */
+const SLOWEST_UPLINK_BYTES_PER_S = 4096;
+
 const DEFAULTS = {
   minDelayMs: 250,
   maxDelayMs: 10_000,
@@ -405,6 +410,11 @@ export class ChatClient {
   #deadline?: ReturnType<typeof setTimeout>;
   /** Characters written to the current socket, to tell a slow upload from a dead connection. */
   #written = 0;
+  /**
+   * Until this time (Date.now()) a missing pong does not end the connection: a large frame just
+   * written may still be crossing a slow uplink, with the pings queued behind it.
+   */
+  #graceUntil = 0;
   /** Requests are not written before this time (Date.now()): the server said to slow down. */
   #holdUntil = 0;
   #flushTimer?: ReturnType<typeof setTimeout>;
@@ -736,6 +746,7 @@ export class ChatClient {
     }
     this.#socket = socket;
     this.#written = 0;
+    this.#graceUntil = 0;
     this.#armDeadline(socket);
     socket.onmessage = (e) => {
       if (this.#socket !== socket) return;
@@ -808,7 +819,8 @@ export class ChatClient {
     this.#deadline = setTimeout(() => {
       if (this.#socket !== socket) return;
       const buffered = socket.bufferedAmount;
-      if (buffered > 0 && buffered < outstanding + this.#written) {
+      const draining = buffered > 0 && buffered < outstanding + this.#written;
+      if (draining || Date.now() < this.#graceUntil) {
         this.#armDeadline(socket);
         return;
       }
@@ -930,6 +942,12 @@ export class ChatClient {
     const text = JSON.stringify(frame);
     socket.send(text);
     this.#written += text.length;
+    // The network stack takes a large frame at once and sends it at the uplink's pace, which
+    // the socket cannot show: the frame gets the time the slowest uplink would need.
+    if (text.length > LARGE_FRAME_CHARS) {
+      this.#graceUntil = Math.max(this.#graceUntil, Date.now()) +
+        text.length / SLOWEST_UPLINK_BYTES_PER_S * 1000;
+    }
     return true;
   }
 

@@ -622,6 +622,35 @@ Deno.test("client: a ping held up behind a large frame that is still going out d
   }
 });
 
+Deno.test("client: a large frame just written holds off the dead-connection check while it may still be going out", async () => {
+  FakeSocket.instances = [];
+  const c = recorder({
+    url: "ws://fake/ws",
+    token: "t",
+    heartbeatMs: 50,
+    timeoutMs: 100,
+    WebSocket: FakeSocket as unknown as typeof WebSocket,
+  });
+  try {
+    const connecting = c.client.connect();
+    await eventually(() => FakeSocket.instances.length === 1);
+    const socket = FakeSocket.instances[0];
+    socket.push({ type: "welcome", user: USER, conn_id: "x" });
+    await connecting;
+    const joining = c.client.join("room:x");
+    const join = await socket.take("join");
+    socket.push({ type: "joined", room: "room:x", head: 0, presence: [USER], ref: join.ref });
+    await joining;
+    // The network stack took the 100 KB frame at once (nothing buffered); no pong comes back.
+    c.client.send("room:x", { body: "x".repeat(100_000) }).catch(() => {});
+    await socket.take("send");
+    await new Promise((r) => setTimeout(r, 600));
+    assertEquals(FakeSocket.instances.length, 1, "no reconnect while the frame may be crossing");
+  } finally {
+    c.client.close();
+  }
+});
+
 // ---- web routes ----
 
 Deno.test("web: the page and its assets are served; the dev sign-in mints working tokens", async () => {

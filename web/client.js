@@ -36,6 +36,8 @@ function formatBytes(size) {
   if (size < 1024 * 1024) return `${(size / 1024).toFixed(1)} KB`;
   return `${(size / 1024 / 1024).toFixed(1)} MB`;
 }
+var LARGE_FRAME_CHARS = 64 * 1024;
+var SLOWEST_UPLINK_BYTES_PER_S = 4096;
 var DEFAULTS = {
   minDelayMs: 250,
   maxDelayMs: 1e4,
@@ -69,6 +71,11 @@ var ChatClient = class {
   #deadline;
   /** Characters written to the current socket, to tell a slow upload from a dead connection. */
   #written = 0;
+  /**
+   * Until this time (Date.now()) a missing pong does not end the connection: a large frame just
+   * written may still be crossing a slow uplink, with the pings queued behind it.
+   */
+  #graceUntil = 0;
   /** Requests are not written before this time (Date.now()): the server said to slow down. */
   #holdUntil = 0;
   #flushTimer;
@@ -395,6 +402,7 @@ var ChatClient = class {
     }
     this.#socket = socket;
     this.#written = 0;
+    this.#graceUntil = 0;
     this.#armDeadline(socket);
     socket.onmessage = (e) => {
       if (this.#socket !== socket) return;
@@ -472,7 +480,8 @@ var ChatClient = class {
     this.#deadline = setTimeout(() => {
       if (this.#socket !== socket) return;
       const buffered = socket.bufferedAmount;
-      if (buffered > 0 && buffered < outstanding + this.#written) {
+      const draining = buffered > 0 && buffered < outstanding + this.#written;
+      if (draining || Date.now() < this.#graceUntil) {
         this.#armDeadline(socket);
         return;
       }
@@ -587,6 +596,9 @@ var ChatClient = class {
     const text = JSON.stringify(frame);
     socket.send(text);
     this.#written += text.length;
+    if (text.length > LARGE_FRAME_CHARS) {
+      this.#graceUntil = Math.max(this.#graceUntil, Date.now()) + text.length / SLOWEST_UPLINK_BYTES_PER_S * 1e3;
+    }
     return true;
   }
   #sendJoin(room, state) {
