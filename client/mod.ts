@@ -594,7 +594,7 @@ export class ChatClient {
     const via = options.via ?? (blob.size <= inlineMax ? "inline" : "upload");
     if (via === "upload") {
       try {
-        return await this.upload(room, file, { ...options, clientId });
+        return await this.#uploadRetrying(room, file, { ...options, clientId });
       } catch (err) {
         const status = err instanceof ChatError ? err.status : undefined;
         // A server without the route, or one that keeps it for admins, still takes the file
@@ -607,6 +607,49 @@ export class ChatClient {
       }
     }
     return await this.#sendInline(room, file, blob, clientId, options);
+  }
+
+  /**
+   * {@link upload}, queued as sends are: it waits for the connection, and an upload the network
+   * or a server going down cut short goes again (same client id) once the client is connected
+   * again, up to five times.
+   */
+  async #uploadRetrying(
+    room: string,
+    file: FileSource,
+    options: SendFileOptions,
+  ): Promise<ChatAck> {
+    for (let attempt = 1;; attempt++) {
+      await this.#whenOpen();
+      try {
+        return await this.upload(room, file, options);
+      } catch (err) {
+        const status = err instanceof ChatError ? err.status : undefined;
+        const passing = err instanceof ChatError &&
+          (err.code === "network" || status === 429 || status === 502 || status === 503 ||
+            status === 504);
+        if (!passing || attempt >= 5 || this.#state === "closed") throw err;
+        await new Promise((r) => setTimeout(r, this.#retryMs * attempt));
+      }
+    }
+  }
+
+  /** Resolves once the socket is open; rejects if the client is closed (or was never connected). */
+  #whenOpen(): Promise<void> {
+    if (this.#state === "open") return Promise.resolve();
+    const closed = () => new ChatError("closed", "Not connected: call connect() first");
+    if (this.#state === "closed" || this.#state === "idle") return Promise.reject(closed());
+    return new Promise((resolve, reject) => {
+      const off = this.on("state", (s) => {
+        if (s.state === "open") {
+          off();
+          resolve();
+        } else if (s.state === "closed") {
+          off();
+          reject(closed());
+        }
+      });
+    });
   }
 
   /**

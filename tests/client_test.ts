@@ -242,6 +242,34 @@ Deno.test("client: survives a server restart; sends made while it is down go out
   }
 });
 
+Deno.test("client: a file sent over the upload route while the server is down goes out once it is back", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-client-" });
+  const port = freePort();
+  let server = await fixedServer(dataDir, port);
+  const token = await signDevToken(TEST_SECRET, { sub: "1", rooms: ["chat:*"] });
+  const a = recorder({ url: `ws://127.0.0.1:${port}/ws`, token, inlineMaxBytes: 1024 });
+  try {
+    await a.client.connect();
+    await a.client.join("chat:6");
+    await server.close();
+    await eventually(() => a.client.state === "reconnecting");
+    const bytes = randomBytes(50_000);
+    const sending = a.client.sendFile("chat:6", { name: "while-down.bin", data: bytes });
+    await new Promise((r) => setTimeout(r, 300));
+    server = await fixedServer(dataDir, port);
+    const ack = await sending;
+    assertEquals(ack.seq, 1);
+    await eventually(() => a.messages.length === 1, 5000, "the message");
+    const [file] = a.messages[0].attachments;
+    const res = await fetch(file.url);
+    assertEquals(new Uint8Array(await res.arrayBuffer()), bytes);
+  } finally {
+    a.client.close();
+    await server.close();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
 Deno.test("client: an ack lost with the socket is recovered by resending the same client id", async () => {
   const server = await startTestServer();
   const a = await userClient(server, "1");

@@ -254,7 +254,7 @@ var ChatClient = class {
     const via = options.via ?? (blob.size <= inlineMax ? "inline" : "upload");
     if (via === "upload") {
       try {
-        return await this.upload(room, file, {
+        return await this.#uploadRetrying(room, file, {
           ...options,
           clientId
         });
@@ -267,6 +267,41 @@ var ChatClient = class {
       }
     }
     return await this.#sendInline(room, file, blob, clientId, options);
+  }
+  /**
+   * {@link upload}, queued as sends are: it waits for the connection, and an upload the network
+   * or a server going down cut short goes again (same client id) once the client is connected
+   * again, up to five times.
+   */
+  async #uploadRetrying(room, file, options) {
+    for (let attempt = 1; ; attempt++) {
+      await this.#whenOpen();
+      try {
+        return await this.upload(room, file, options);
+      } catch (err) {
+        const status = err instanceof ChatError ? err.status : void 0;
+        const passing = err instanceof ChatError && (err.code === "network" || status === 429 || status === 502 || status === 503 || status === 504);
+        if (!passing || attempt >= 5 || this.#state === "closed") throw err;
+        await new Promise((r) => setTimeout(r, this.#retryMs * attempt));
+      }
+    }
+  }
+  /** Resolves once the socket is open; rejects if the client is closed (or was never connected). */
+  #whenOpen() {
+    if (this.#state === "open") return Promise.resolve();
+    const closed = () => new ChatError("closed", "Not connected: call connect() first");
+    if (this.#state === "closed" || this.#state === "idle") return Promise.reject(closed());
+    return new Promise((resolve, reject) => {
+      const off = this.on("state", (s) => {
+        if (s.state === "open") {
+          off();
+          resolve();
+        } else if (s.state === "closed") {
+          off();
+          reject(closed());
+        }
+      });
+    });
   }
   /**
    * Uploads one file over `POST /api/rooms/{kind}/{id}/attachments` (multipart, field `file`,
