@@ -365,6 +365,8 @@ interface Pending {
   retries: number;
   /** Not written again before this time (Date.now()), after the server failed it. */
   notBefore: number;
+  /** Why its room was dropped after it was written: the server's "join first" means this. */
+  dropped?: ChatError;
 }
 
 interface RoomState {
@@ -378,6 +380,8 @@ interface RoomState {
   live: boolean;
   /** The last `joined` frame. */
   joinedFrame?: Frame;
+  /** The room's deletion count in the last `joined`: a rejoin under a newer one is refused. */
+  epoch?: number;
   presence: Map<string, ChatUser>;
   typers: Map<string, { user: ChatUser; timer: ReturnType<typeof setTimeout> }>;
   /** Deliveries of the room, one after another, so a gap can be filled before what follows. */
@@ -998,7 +1002,11 @@ export class ChatClient {
     const ref = this.#nextRef++;
     this.#joinRefs.set(ref, room);
     const frame: Frame = { type: "join", room, ref };
-    if (state.lastSeq !== undefined) frame.since = state.lastSeq;
+    if (state.lastSeq !== undefined) {
+      frame.since = state.lastSeq;
+      // What is held belongs to this life of the room: a deletion since must not go unnoticed.
+      if (state.epoch !== undefined) frame.epoch = state.epoch;
+    }
     if (this.#write(frame)) {
       state.joinSentOn = this.#generation;
       this.#flush();
@@ -1063,10 +1071,8 @@ export class ChatClient {
       case "removed": {
         const state = this.#rooms.get(frame.room as string);
         if (state) {
-          this.#clearTypers(frame.room as string, state);
-          this.#rooms.delete(frame.room as string);
           const err = new ChatError(String(frame.reason), `Removed from "${frame.room}"`);
-          for (const w of state.waiters) w.reject(err);
+          this.#dropRoom(frame.room as string, state, err);
         }
         this.#emit("removed", frame as unknown as RemovedEvent);
         return;
@@ -1124,7 +1130,11 @@ export class ChatClient {
       return;
     }
     this.#pending.delete(ref);
-    pending.reject(new ChatError(code, String(frame.message)));
+    pending.reject(
+      code === "not_found" && pending.dropped
+        ? pending.dropped
+        : new ChatError(code, String(frame.message)),
+    );
   }
 
   #joined(frame: Frame): void {
@@ -1134,6 +1144,7 @@ export class ChatClient {
     state.live = true;
     state.joinRetries = 0;
     state.joinedFrame = frame;
+    if (typeof frame.epoch === "number") state.epoch = frame.epoch;
     state.presence = new Map((frame.presence as ChatUser[]).map((u) => [String(u.id), u]));
     this.#emit("presence", { room: name, action: "sync", users: this.presence(name) });
     // Through the chain: replayed messages queued before this frame are delivered first.
@@ -1166,9 +1177,29 @@ export class ChatClient {
     }
     const err = new ChatError(code, String(frame.message));
     // A refused join will be refused again after a reconnect: forget the room.
+    this.#dropRoom(name, state, err);
+    if (code === "room_deleted") this.#emit("removed", { room: name, reason: code });
+    else this.#emit("error", err);
+  }
+
+  /**
+   * Forgets a room the client may no longer be in: its join waiters and the requests waiting
+   * for it (sends queued while disconnected, say) fail with `err` rather than go out.
+   */
+  #dropRoom(name: string, state: RoomState, err: ChatError): void {
+    this.#clearTypers(name, state);
     this.#rooms.delete(name);
     for (const w of state.waiters) w.reject(err);
-    this.#emit("error", err);
+    for (const [ref, pending] of this.#pending) {
+      if (pending.needsRoom !== name) continue;
+      // One already written gets the server's answer (it may have been stored before).
+      if (pending.sentOn === this.#generation) {
+        pending.dropped = err;
+        continue;
+      }
+      this.#pending.delete(ref);
+      pending.reject(err);
+    }
   }
 
   #enqueue(name: string, task: (room: RoomState) => void | Promise<void>): void {

@@ -270,6 +270,63 @@ Deno.test("client: a file sent over the upload route while the server is down go
   }
 });
 
+Deno.test("client: a room deleted while the client was away is not rejoined: removed, and what was queued for it refused", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-client-" });
+  const port = freePort();
+  const admin = "a-long-enough-admin-token-for-tests";
+  const start = () =>
+    startServer(
+      loadConfig({
+        PORT: String(port),
+        HOST: "127.0.0.1",
+        DATA_DIR: dataDir,
+        JWT_SECRET: TEST_SECRET,
+        ADMIN_TOKEN: admin,
+      }),
+      { log: () => {} },
+    );
+  let server = await start();
+  const token = await signDevToken(TEST_SECRET, { sub: "1", rooms: ["chat:*"] });
+  // The reconnect waits at its token until the room is gone.
+  let gate: Promise<void> | undefined;
+  const a = recorder({ url: `ws://127.0.0.1:${port}/ws`, token: async () => (await gate, token) });
+  const removed: unknown[] = [];
+  a.client.on("removed", (e) => removed.push(e));
+  try {
+    await a.client.connect();
+    await a.client.join("chat:9");
+    await a.client.send("chat:9", { body: "one" });
+    await a.client.send("chat:9", { body: "two" });
+    let open!: () => void;
+    gate = new Promise((r) => open = r);
+    await server.close();
+    await eventually(() => a.client.state === "reconnecting");
+    const queued = a.client.send("chat:9", { body: "queued" }).then(
+      () => "stored",
+      (e: ChatError) => e.code,
+    );
+    server = await start();
+    const deleted = await fetch(`http://127.0.0.1:${port}/api/rooms/chat/9`, {
+      method: "DELETE",
+      headers: { authorization: `Bearer ${admin}` },
+    });
+    assertEquals(deleted.status, 204);
+    open();
+    assertEquals(await queued, "room_deleted");
+    assertEquals(removed, [{ room: "chat:9", reason: "room_deleted" }]);
+    assertEquals(a.client.rooms(), []);
+    // The room's next life holds nothing of the old one, nor the send queued for it.
+    const b = recorder({ url: `ws://127.0.0.1:${port}/ws`, token });
+    await b.client.connect();
+    assertEquals((await b.client.join("chat:9", { history: 10 })).messages, []);
+    b.client.close();
+  } finally {
+    a.client.close();
+    await server.close();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
 Deno.test("client: an ack lost with the socket is recovered by resending the same client id", async () => {
   const server = await startTestServer();
   const a = await userClient(server, "1");

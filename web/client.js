@@ -644,7 +644,10 @@ var ChatClient = class {
       room,
       ref
     };
-    if (state.lastSeq !== void 0) frame.since = state.lastSeq;
+    if (state.lastSeq !== void 0) {
+      frame.since = state.lastSeq;
+      if (state.epoch !== void 0) frame.epoch = state.epoch;
+    }
     if (this.#write(frame)) {
       state.joinSentOn = this.#generation;
       this.#flush();
@@ -704,10 +707,8 @@ var ChatClient = class {
       case "removed": {
         const state = this.#rooms.get(frame.room);
         if (state) {
-          this.#clearTypers(frame.room, state);
-          this.#rooms.delete(frame.room);
           const err = new ChatError(String(frame.reason), `Removed from "${frame.room}"`);
-          for (const w of state.waiters) w.reject(err);
+          this.#dropRoom(frame.room, state, err);
         }
         this.#emit("removed", frame);
         return;
@@ -757,7 +758,7 @@ var ChatClient = class {
       return;
     }
     this.#pending.delete(ref);
-    pending.reject(new ChatError(code, String(frame.message)));
+    pending.reject(code === "not_found" && pending.dropped ? pending.dropped : new ChatError(code, String(frame.message)));
   }
   #joined(frame) {
     const name = frame.room;
@@ -766,6 +767,7 @@ var ChatClient = class {
     state.live = true;
     state.joinRetries = 0;
     state.joinedFrame = frame;
+    if (typeof frame.epoch === "number") state.epoch = frame.epoch;
     state.presence = new Map(frame.presence.map((u) => [
       String(u.id),
       u
@@ -799,9 +801,30 @@ var ChatClient = class {
       return;
     }
     const err = new ChatError(code, String(frame.message));
+    this.#dropRoom(name, state, err);
+    if (code === "room_deleted") this.#emit("removed", {
+      room: name,
+      reason: code
+    });
+    else this.#emit("error", err);
+  }
+  /**
+   * Forgets a room the client may no longer be in: its join waiters and the requests waiting
+   * for it (sends queued while disconnected, say) fail with `err` rather than go out.
+   */
+  #dropRoom(name, state, err) {
+    this.#clearTypers(name, state);
     this.#rooms.delete(name);
     for (const w of state.waiters) w.reject(err);
-    this.#emit("error", err);
+    for (const [ref, pending] of this.#pending) {
+      if (pending.needsRoom !== name) continue;
+      if (pending.sentOn === this.#generation) {
+        pending.dropped = err;
+        continue;
+      }
+      this.#pending.delete(ref);
+      pending.reject(err);
+    }
   }
   #enqueue(name, task) {
     const room = this.#rooms.get(name);

@@ -217,6 +217,11 @@ export class ChatService {
     return this.#deps.store.tail(room);
   }
 
+  /** How many times the room has been deleted (0 for never); a read may be up to 250 ms old. */
+  generation(room: string): Promise<number> {
+    return this.#deps.store.generation(room);
+  }
+
   /** The room's newest seq. */
   head(room: string): Promise<number> {
     return this.#deps.store.head(room);

@@ -264,10 +264,23 @@ class NativeSession implements SocketHandler {
     conn.send(JSON.stringify(ref === undefined ? frame : { ...frame, ref }));
   }
 
-  async #join(conn: Connection, room: string, since: number | undefined, ref: unknown) {
+  async #join(
+    conn: Connection,
+    room: string,
+    since: number | undefined,
+    epoch: number | undefined,
+    ref: unknown,
+  ) {
     const ctx = this.#ctx;
     if (!(await ctx.chat.canAccess(this.user, room))) {
       throw new ChatError("forbidden", `Access denied to room "${room}"`);
+    }
+    // The room's deletions so far: a client that held the room under an earlier count holds
+    // messages that are gone, and sends meant for a room that is no more. (A count read a moment
+    // stale may be below the client's: that is no deletion.)
+    const current = await ctx.chat.generation(room);
+    if (epoch !== undefined && epoch < current) {
+      throw new ChatError("room_deleted", `Room "${room}" was deleted`);
     }
     const rooms = this.#rooms;
     if (!rooms.has(room) && rooms.size >= MAX_ROOMS_PER_SOCKET) {
@@ -321,7 +334,11 @@ class NativeSession implements SocketHandler {
         throw new ChatError("forbidden", `Access denied to room "${room}"`);
       }
       const present = await ctx.chat.present(room);
-      this.#reply(conn, { type: "joined", room, head, presence: present.map(nativeUser) }, ref);
+      this.#reply(
+        conn,
+        { type: "joined", room, head, epoch: current, presence: present.map(nativeUser) },
+        ref,
+      );
     } catch (err) {
       // Undone, so that trying again starts afresh (and records the presence again).
       if (rooms.get(room) === member) {
@@ -358,7 +375,7 @@ class NativeSession implements SocketHandler {
         // One room (`room`, `since`) or several (`rooms`: names or {room, since}).
         const list: unknown[] = Array.isArray(record.rooms)
           ? record.rooms
-          : [{ room: record.room, since: record.since }];
+          : [{ room: record.room, since: record.since, epoch: record.epoch }];
         // Checked before any work: each entry costs an access check and a reply.
         if (list.length === 0 || list.length > MAX_ROOMS_PER_SOCKET) {
           throw new ChatError(
@@ -381,7 +398,13 @@ class NativeSession implements SocketHandler {
             }
             const entry = item as Record<string, unknown>;
             room = requireRoom(entry);
-            await this.#join(conn, room, optionalSeq(entry, "since"), ref);
+            await this.#join(
+              conn,
+              room,
+              optionalSeq(entry, "since"),
+              optionalSeq(entry, "epoch"),
+              ref,
+            );
           } catch (err) {
             this.#replyError(conn, err, ref, room);
           }
