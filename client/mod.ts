@@ -1233,11 +1233,24 @@ export class ChatClient {
         return;
       }
       const older = page.messages.filter((m) => m.seq < upTo.seq && m.seq > room.lastSeq!);
-      if (older.length === 0) return;
+      // History no longer has some (retention deleted them): said as the server says it, so
+      // that the application knows it holds a hole rather than missing it quietly.
+      const skip = (next: number) => {
+        if (next <= room.lastSeq! + 1) return;
+        room.lastSeq = next - 1;
+        this.#emit("resync", {
+          room: upTo.room,
+          reason: "history_truncated",
+          first_seq: next,
+          head: upTo.seq,
+        });
+      };
       for (const m of older) {
+        skip(m.seq);
         room.lastSeq = m.seq;
         this.#emit("message", m);
       }
+      if (older.length === 0) skip(upTo.seq);
     }
   }
 

@@ -583,6 +583,49 @@ Deno.test("client: fills a gap from history, drops duplicates, rebuilds on resyn
   }
 });
 
+Deno.test("client: a gap history can no longer fill is reported with resync, not passed over", async () => {
+  FakeSocket.instances = [];
+  const c = recorder({
+    url: "ws://fake/ws",
+    token: "t",
+    heartbeatMs: 0,
+    WebSocket: FakeSocket as unknown as typeof WebSocket,
+  });
+  const resyncs: unknown[] = [];
+  c.client.on("resync", (e) => resyncs.push(e));
+  try {
+    const connecting = c.client.connect();
+    await eventually(() => FakeSocket.instances.length === 1);
+    const socket = FakeSocket.instances[0];
+    socket.push({ type: "welcome", user: USER, conn_id: "x" });
+    await connecting;
+    const joining = c.client.join("room:x");
+    const join = await socket.take("join");
+    socket.push({ type: "joined", room: "room:x", head: 0, presence: [USER], ref: join.ref });
+    await joining;
+    socket.push(msg(1));
+    socket.push(msg(5));
+    // 2 and 3 are gone: history has only 4.
+    const fill = await socket.take("history");
+    socket.push({
+      type: "history",
+      room: "room:x",
+      messages: [msg(4)],
+      has_more: false,
+      first_seq: 4,
+      last_seq: 4,
+      ref: fill.ref,
+    });
+    await eventually(() => c.messages.length === 3);
+    assertEquals(c.seqs("room:x"), [1, 4, 5]);
+    assertEquals(resyncs, [
+      { room: "room:x", reason: "history_truncated", first_seq: 4, head: 5 },
+    ]);
+  } finally {
+    c.client.close();
+  }
+});
+
 Deno.test("client: a send refused as too fast waits, with every request after it, then goes again in order", async () => {
   FakeSocket.instances = [];
   const c = recorder({

@@ -855,11 +855,22 @@ var ChatClient = class {
         return;
       }
       const older = page.messages.filter((m) => m.seq < upTo.seq && m.seq > room.lastSeq);
-      if (older.length === 0) return;
+      const skip = (next) => {
+        if (next <= room.lastSeq + 1) return;
+        room.lastSeq = next - 1;
+        this.#emit("resync", {
+          room: upTo.room,
+          reason: "history_truncated",
+          first_seq: next,
+          head: upTo.seq
+        });
+      };
       for (const m of older) {
+        skip(m.seq);
         room.lastSeq = m.seq;
         this.#emit("message", m);
       }
+      if (older.length === 0) skip(upTo.seq);
     }
   }
   #presence(frame) {
