@@ -494,6 +494,30 @@ const msg = (seq: number, body = `m${seq}`) => ({
   client_id: null,
 });
 
+/** A client on a scripted socket, connected (and joined to room:x unless told not to). */
+async function scripted(options: Partial<ChatClientOptions> = {}, join = true) {
+  FakeSocket.instances = [];
+  const c = recorder({
+    url: "ws://fake/ws",
+    token: "t",
+    heartbeatMs: 0,
+    WebSocket: FakeSocket as unknown as typeof WebSocket,
+    ...options,
+  });
+  const connecting = c.client.connect();
+  await eventually(() => FakeSocket.instances.length === 1);
+  const socket = FakeSocket.instances[0];
+  socket.push({ type: "welcome", user: USER, conn_id: "x" });
+  await connecting;
+  if (join) {
+    const joining = c.client.join("room:x");
+    const frame = await socket.take("join");
+    socket.push({ type: "joined", room: "room:x", head: 0, presence: [USER], ref: frame.ref });
+    await joining;
+  }
+  return { c, socket };
+}
+
 Deno.test("client: fills a gap from history, drops duplicates, rebuilds on resync, detects a dead socket", async () => {
   FakeSocket.instances = [];
   const c = recorder({
@@ -584,25 +608,10 @@ Deno.test("client: fills a gap from history, drops duplicates, rebuilds on resyn
 });
 
 Deno.test("client: a gap history can no longer fill is reported with resync, not passed over", async () => {
-  FakeSocket.instances = [];
-  const c = recorder({
-    url: "ws://fake/ws",
-    token: "t",
-    heartbeatMs: 0,
-    WebSocket: FakeSocket as unknown as typeof WebSocket,
-  });
+  const { c, socket } = await scripted();
   const resyncs: unknown[] = [];
   c.client.on("resync", (e) => resyncs.push(e));
   try {
-    const connecting = c.client.connect();
-    await eventually(() => FakeSocket.instances.length === 1);
-    const socket = FakeSocket.instances[0];
-    socket.push({ type: "welcome", user: USER, conn_id: "x" });
-    await connecting;
-    const joining = c.client.join("room:x");
-    const join = await socket.take("join");
-    socket.push({ type: "joined", room: "room:x", head: 0, presence: [USER], ref: join.ref });
-    await joining;
     socket.push(msg(1));
     socket.push(msg(5));
     // 2 and 3 are gone: history has only 4.
@@ -627,25 +636,8 @@ Deno.test("client: a gap history can no longer fill is reported with resync, not
 });
 
 Deno.test("client: a send refused as too fast waits, with every request after it, then goes again in order", async () => {
-  FakeSocket.instances = [];
-  const c = recorder({
-    url: "ws://fake/ws",
-    token: "t",
-    heartbeatMs: 0,
-    retryMs: 200,
-    WebSocket: FakeSocket as unknown as typeof WebSocket,
-  });
+  const { c, socket } = await scripted({ retryMs: 200 });
   try {
-    const connecting = c.client.connect();
-    await eventually(() => FakeSocket.instances.length === 1);
-    const socket = FakeSocket.instances[0];
-    socket.push({ type: "welcome", user: USER, conn_id: "x" });
-    await connecting;
-    const joining = c.client.join("room:x");
-    const join = await socket.take("join");
-    socket.push({ type: "joined", room: "room:x", head: 0, presence: [USER], ref: join.ref });
-    await joining;
-
     const first = c.client.send("room:x", { body: "one", clientId: "c1" });
     const refused = await socket.take("send");
     socket.push({ type: "error", code: "rate_limited", message: "slow down", ref: refused.ref });
@@ -676,29 +668,13 @@ Deno.test("client: a send refused as too fast waits, with every request after it
 });
 
 Deno.test("client: a rejoin the server keeps failing is tried until it succeeds; the room is kept", async () => {
-  FakeSocket.instances = [];
-  const c = recorder({
-    url: "ws://fake/ws",
-    token: "t",
-    heartbeatMs: 0,
-    retryMs: 10,
-    WebSocket: FakeSocket as unknown as typeof WebSocket,
-  });
+  const { c, socket: first } = await scripted({ retryMs: 10 });
   const errors: ChatError[] = [];
   c.client.on("error", (e) => errors.push(e));
   try {
-    const connecting = c.client.connect();
-    await eventually(() => FakeSocket.instances.length === 1);
-    let socket = FakeSocket.instances[0];
-    socket.push({ type: "welcome", user: USER, conn_id: "x" });
-    await connecting;
-    const joining = c.client.join("room:x");
-    const join = await socket.take("join");
-    socket.push({ type: "joined", room: "room:x", head: 0, presence: [USER], ref: join.ref });
-    await joining;
-    socket.drop();
+    first.drop();
     await eventually(() => FakeSocket.instances.length === 2, 2000, "a reconnect");
-    socket = FakeSocket.instances[1];
+    const socket = FakeSocket.instances[1];
     socket.push({ type: "welcome", user: USER, conn_id: "y" });
     // Eight failures in a row (more than the five a request gets), then the server is back.
     for (let i = 0; i < 8; i++) {
@@ -717,20 +693,8 @@ Deno.test("client: a rejoin the server keeps failing is tried until it succeeds;
 });
 
 Deno.test("client: a ping held up behind a large frame that is still going out does not end the connection", async () => {
-  FakeSocket.instances = [];
-  const c = recorder({
-    url: "ws://fake/ws",
-    token: "t",
-    heartbeatMs: 50,
-    timeoutMs: 100,
-    WebSocket: FakeSocket as unknown as typeof WebSocket,
-  });
+  const { c, socket } = await scripted({ heartbeatMs: 50, timeoutMs: 100 }, false);
   try {
-    const connecting = c.client.connect();
-    await eventually(() => FakeSocket.instances.length === 1);
-    const socket = FakeSocket.instances[0];
-    socket.push({ type: "welcome", user: USER, conn_id: "x" });
-    await connecting;
     // A 1 MB frame drains at 10 KB a tick: the pings behind it go unanswered for a second.
     socket.bufferedAmount = 1_000_000;
     const draining = setInterval(() => {
@@ -751,24 +715,8 @@ Deno.test("client: a ping held up behind a large frame that is still going out d
 });
 
 Deno.test("client: a large frame just written holds off the dead-connection check while it may still be going out", async () => {
-  FakeSocket.instances = [];
-  const c = recorder({
-    url: "ws://fake/ws",
-    token: "t",
-    heartbeatMs: 50,
-    timeoutMs: 100,
-    WebSocket: FakeSocket as unknown as typeof WebSocket,
-  });
+  const { c, socket } = await scripted({ heartbeatMs: 50, timeoutMs: 100 });
   try {
-    const connecting = c.client.connect();
-    await eventually(() => FakeSocket.instances.length === 1);
-    const socket = FakeSocket.instances[0];
-    socket.push({ type: "welcome", user: USER, conn_id: "x" });
-    await connecting;
-    const joining = c.client.join("room:x");
-    const join = await socket.take("join");
-    socket.push({ type: "joined", room: "room:x", head: 0, presence: [USER], ref: join.ref });
-    await joining;
     // The network stack took the 100 KB frame at once (nothing buffered); no pong comes back.
     c.client.send("room:x", { body: "x".repeat(100_000) }).catch(() => {});
     await socket.take("send");
