@@ -8,6 +8,7 @@ import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
 import { eventually } from "./assert.ts";
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import {
+  BODY_BYTES_PER_MS,
   BroadcastChannelRelay,
   type Socket,
   SocketIOServer,
@@ -284,6 +285,12 @@ Deno.test("relay: unknown sids fail at once, or after the ack timeout when the o
     strictEqual(JSON.parse(reply.text).code, 1);
     ok(elapsed >= 150 && elapsed < 1000, `answered after ${elapsed} ms`);
     strictEqual((await post(b, sid, "40")).status, 400);
+    // A large body gets longer: the owner's channel carries it first (a millisecond per
+    // BODY_BYTES_PER_MS characters), so that its upload is not called unknown while it crosses.
+    const large = `4${"x".repeat(300 * BODY_BYTES_PER_MS)}`;
+    started = Date.now();
+    strictEqual((await post(b, sid, large)).status, 400);
+    ok(Date.now() - started >= 200 + 300, `answered after ${Date.now() - started} ms`);
   });
 });
 

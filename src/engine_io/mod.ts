@@ -23,6 +23,7 @@ export {
   type TransportName,
 } from "./engine.ts";
 export {
+  BODY_BYTES_PER_MS,
   BroadcastChannelRelay,
   type BroadcastChannelRelayOptions,
   type FrameSocket,

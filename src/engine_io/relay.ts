@@ -67,7 +67,10 @@ export function nodeOfSid(sid: string): string | null {
 export interface BroadcastChannelRelayOptions {
   /** Channel name every isolate serving the same Socket.IO path must share. */
   name: string;
-  /** Milliseconds to wait for the owner to acknowledge a request before calling the sid unknown. */
+  /**
+   * Milliseconds to wait for the owner to acknowledge a request before calling the sid unknown
+   * (default 5000), plus a millisecond per {@link BODY_BYTES_PER_MS} characters of its body.
+   */
   ackTimeout?: number;
   /** Milliseconds to wait for the owner's answer to a POST or WebSocket request once acknowledged. */
   replyTimeout?: number;
@@ -99,6 +102,13 @@ interface Call {
   replyTimeout: number;
   resolve(result: Result | null): void;
 }
+
+/**
+ * Characters of a relayed body the owner is given a millisecond for, beyond the ack timeout: a
+ * 13 MB polling body takes most of a second to cross a BroadcastChannel on an idle machine, and
+ * requests queued behind it on the owner's channel wait as long.
+ */
+export const BODY_BYTES_PER_MS = 2000;
 
 /** Channels to other nodes kept open at once (isolates of a process are a handful). */
 const MAX_PEER_CHANNELS = 32;
@@ -134,7 +144,9 @@ export class BroadcastChannelRelay implements SessionRelay {
   /** Creates a relay; it listens only once attached to an engine. */
   constructor(options: BroadcastChannelRelayOptions) {
     this.#name = options.name;
-    this.#ackTimeout = options.ackTimeout ?? 1000;
+    // Long enough for the owner's channel to work through a few large bodies queued before this
+    // request: a sid called unknown ends the client's session (and its upload may be stored).
+    this.#ackTimeout = options.ackTimeout ?? 5000;
     this.#replyTimeout = options.replyTimeout ?? 30_000;
     this.nodeId = `p${Deno.pid.toString(36)}n${randomHex(4)}`;
   }
@@ -248,7 +260,10 @@ export class BroadcastChannelRelay implements SessionRelay {
         resolve(result);
       };
       this.#calls.set(id, {
-        timer: setTimeout(() => finish(null), this.#ackTimeout),
+        timer: setTimeout(
+          () => finish(null),
+          this.#ackTimeout + (body?.length ?? 0) / BODY_BYTES_PER_MS,
+        ),
         replyTimeout,
         resolve: finish,
       });
