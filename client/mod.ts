@@ -330,6 +330,8 @@ export function formatBytes(size: number): string {
 const LARGE_FRAME_CHARS = 64 * 1024;
 /** The slowest uplink a large frame is given time for, bytes per second. */
 const SLOWEST_UPLINK_BYTES_PER_S = 4096;
+/** The longest a missing pong is let pass after large frames, ms. */
+const MAX_GRACE_MS = 120_000;
 
 const DEFAULTS = {
   minDelayMs: 250,
@@ -363,8 +365,6 @@ interface Pending {
   /** Socket generation it was last written on. */
   sentOn: number;
   retries: number;
-  /** Not written again before this time (Date.now()), after the server failed it. */
-  notBefore: number;
   /** Why its room was dropped after it was written: the server's "join first" means this. */
   dropped?: ChatError;
 }
@@ -419,6 +419,8 @@ export class ChatClient {
    * written may still be crossing a slow uplink, with the pings queued behind it.
    */
   #graceUntil = 0;
+  /** The ref of the last large frame: its reply ends the grace, as every frame before it arrived. */
+  #graceRef?: unknown;
   /** Requests are not written before this time (Date.now()): the server said to slow down. */
   #holdUntil = 0;
   #flushTimer?: ReturnType<typeof setTimeout>;
@@ -794,6 +796,7 @@ export class ChatClient {
     this.#socket = socket;
     this.#written = 0;
     this.#graceUntil = 0;
+    this.#graceRef = undefined;
     this.#armDeadline(socket);
     socket.onmessage = (e) => {
       if (this.#socket !== socket) return;
@@ -950,7 +953,6 @@ export class ChatClient {
         needsRoom: options.needsRoom,
         sentOn: -1,
         retries: 0,
-        notBefore: 0,
       };
       this.#pending.set(ref, pending);
       this.#flush();
@@ -964,17 +966,13 @@ export class ChatClient {
     if (now < this.#holdUntil) return this.#flushAt(this.#holdUntil);
     for (const pending of this.#pending.values()) {
       if (pending.sentOn === this.#generation) continue;
-      if (pending.notBefore > now) {
-        this.#flushAt(pending.notBefore);
-        continue;
-      }
       const room = pending.needsRoom ? this.#rooms.get(pending.needsRoom) : undefined;
       if (room && room.joinSentOn !== this.#generation) continue;
       if (this.#write(pending.frame)) pending.sentOn = this.#generation;
     }
   }
 
-  /** Flushes again at `time` (Date.now()), or earlier if a flush is due before it. */
+  /** Flushes again at `time` (Date.now()), unless a flush is already due (the hold only grows). */
   #flushAt(time: number): void {
     if (this.#flushTimer !== undefined) return;
     this.#flushTimer = setTimeout(() => {
@@ -992,8 +990,12 @@ export class ChatClient {
     // The network stack takes a large frame at once and sends it at the uplink's pace, which
     // the socket cannot show: the frame gets the time the slowest uplink would need.
     if (text.length > LARGE_FRAME_CHARS) {
-      this.#graceUntil = Math.max(this.#graceUntil, Date.now()) +
-        text.length / SLOWEST_UPLINK_BYTES_PER_S * 1000;
+      const now = Date.now();
+      this.#graceUntil = Math.min(
+        Math.max(this.#graceUntil, now) + text.length / SLOWEST_UPLINK_BYTES_PER_S * 1000,
+        now + MAX_GRACE_MS,
+      );
+      this.#graceRef = frame.ref;
     }
     return true;
   }
@@ -1031,6 +1033,8 @@ export class ChatClient {
 
   #handle(frame: Frame): void {
     const ref = typeof frame.ref === "number" ? frame.ref : undefined;
+    // The answer to the last large frame: it arrived, and so did everything before it.
+    if (ref !== undefined && ref === this.#graceRef) this.#graceUntil = 0;
     switch (frame.type) {
       case "welcome":
         this.#welcomed(frame.user as ChatUser);
@@ -1102,9 +1106,13 @@ export class ChatClient {
   #requestFailed(ref: number, frame: Frame): void {
     const pending = this.#pending.get(ref)!;
     const code = String(frame.code);
-    // Too fast: every request waits, as the requests after this one would be refused too; the
-    // same frame (and client_id) goes again once the server's budget has grown back.
-    if (code === "rate_limited" && pending.retries < 20) {
+    // Too fast, or the server failed: the same frame (and client_id) goes again a little
+    // later, and every request waits with it, so that none overtakes it (the requests after
+    // this one would be refused too).
+    const again = code === "rate_limited"
+      ? pending.retries < 20
+      : code === "internal" && pending.retries < 5;
+    if (again) {
       pending.retries++;
       pending.sentOn = -1;
       this.#holdUntil = Math.max(
@@ -1114,18 +1122,13 @@ export class ChatClient {
       this.#flushAt(this.#holdUntil);
       return;
     }
-    // The server failed: this request gets another go a little later.
-    if (code === "internal" && pending.retries < 5) {
-      pending.retries++;
-      pending.sentOn = -1;
-      pending.notBefore = Date.now() + this.#retryMs * pending.retries;
-      this.#flushAt(pending.notBefore);
-      return;
-    }
     // The room's join failed in front of this request and is being retried: wait for it.
     const room = pending.needsRoom ? this.#rooms.get(pending.needsRoom) : undefined;
-    if (code === "not_found" && room && !room.live && pending.retries < 5) {
-      pending.retries++;
+    if (
+      code === "not_found" && room && !room.live && (pending.retries < 5 || room.joinRetries > 0)
+    ) {
+      // A join the server keeps failing is retried for as long as it takes: so is this.
+      if (room.joinRetries === 0) pending.retries++;
       pending.sentOn = -1;
       return;
     }

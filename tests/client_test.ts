@@ -667,6 +667,78 @@ Deno.test("client: a send refused as too fast waits, with every request after it
   }
 });
 
+/** The server's ack of a scripted send frame, as seq `seq`. */
+const ackOf = (f: Record<string, unknown>, seq: number) => ({
+  type: "ack",
+  room: "room:x",
+  client_id: f.client_id,
+  id: `id${seq}`,
+  seq,
+  created_at: "",
+  duplicate: false,
+  ref: f.ref,
+});
+
+Deno.test("client: a send the server failed goes again before the sends made after it", async () => {
+  const { c, socket } = await scripted({ retryMs: 100 });
+  try {
+    const first = c.client.send("room:x", { body: "one", clientId: "c1" });
+    const failed = await socket.take("send");
+    socket.push({ type: "error", code: "internal", message: "kv hiccup", ref: failed.ref });
+    await new Promise((r) => setTimeout(r, 10));
+    const second = c.client.send("room:x", { body: "two", clientId: "c2" });
+    const [a, b] = [await socket.take("send"), await socket.take("send")];
+    assertEquals([a.client_id, b.client_id], ["c1", "c2"]);
+    socket.push(ackOf(a, 1));
+    socket.push(ackOf(b, 2));
+    assertEquals([(await first).seq, (await second).seq], [1, 2]);
+  } finally {
+    c.client.close();
+  }
+});
+
+Deno.test("client: the grace of a large frame ends with its answer; a dead connection after it is noticed", async () => {
+  const { c, socket } = await scripted({ heartbeatMs: 50, timeoutMs: 100 });
+  try {
+    const sending = c.client.sendFile("room:x", { name: "a.bin", data: new Uint8Array(200_000) });
+    socket.push(ackOf(await socket.take("send"), 1));
+    await sending;
+    // Silent from now on: no pong.
+    await eventually(() => FakeSocket.instances.length >= 2, 2000, "reconnect after silence");
+  } finally {
+    c.client.close();
+  }
+});
+
+Deno.test("client: a send queued behind a rejoin the server keeps failing goes out once the room is back", async () => {
+  const { c, socket: first } = await scripted({ retryMs: 10 });
+  try {
+    first.drop();
+    const sending = c.client.send("room:x", { body: "queued", clientId: "q1" });
+    await eventually(() => FakeSocket.instances.length === 2, 2000, "a reconnect");
+    const socket = FakeSocket.instances[1];
+    socket.push({ type: "welcome", user: USER, conn_id: "y" });
+    // The join fails, and the send written behind it is refused as the server does: join first.
+    for (let i = 0; i < 8; i++) {
+      const join = await socket.take("join");
+      socket.push({ type: "error", code: "internal", message: "db down", ref: join.ref });
+      const send = await socket.take("send");
+      socket.push({
+        type: "error",
+        code: "not_found",
+        message: 'Join room "room:x" before sending',
+        ref: send.ref,
+      });
+    }
+    const join = await socket.take("join");
+    socket.push({ type: "joined", room: "room:x", head: 0, presence: [USER], ref: join.ref });
+    socket.push(ackOf(await socket.take("send"), 1));
+    assertEquals((await sending).seq, 1);
+  } finally {
+    c.client.close();
+  }
+});
+
 Deno.test("client: a rejoin the server keeps failing is tried until it succeeds; the room is kept", async () => {
   const { c, socket: first } = await scripted({ retryMs: 10 });
   const errors: ChatError[] = [];

@@ -38,6 +38,7 @@ function formatBytes(size) {
 }
 var LARGE_FRAME_CHARS = 64 * 1024;
 var SLOWEST_UPLINK_BYTES_PER_S = 4096;
+var MAX_GRACE_MS = 12e4;
 var DEFAULTS = {
   minDelayMs: 250,
   maxDelayMs: 1e4,
@@ -76,6 +77,8 @@ var ChatClient = class {
    * written may still be crossing a slow uplink, with the pings queued behind it.
    */
   #graceUntil = 0;
+  /** The ref of the last large frame: its reply ends the grace, as every frame before it arrived. */
+  #graceRef;
   /** Requests are not written before this time (Date.now()): the server said to slow down. */
   #holdUntil = 0;
   #flushTimer;
@@ -438,6 +441,7 @@ var ChatClient = class {
     this.#socket = socket;
     this.#written = 0;
     this.#graceUntil = 0;
+    this.#graceRef = void 0;
     this.#armDeadline(socket);
     socket.onmessage = (e) => {
       if (this.#socket !== socket) return;
@@ -594,8 +598,7 @@ var ChatClient = class {
         reject,
         needsRoom: options.needsRoom,
         sentOn: -1,
-        retries: 0,
-        notBefore: 0
+        retries: 0
       };
       this.#pending.set(ref, pending);
       this.#flush();
@@ -608,16 +611,12 @@ var ChatClient = class {
     if (now < this.#holdUntil) return this.#flushAt(this.#holdUntil);
     for (const pending of this.#pending.values()) {
       if (pending.sentOn === this.#generation) continue;
-      if (pending.notBefore > now) {
-        this.#flushAt(pending.notBefore);
-        continue;
-      }
       const room = pending.needsRoom ? this.#rooms.get(pending.needsRoom) : void 0;
       if (room && room.joinSentOn !== this.#generation) continue;
       if (this.#write(pending.frame)) pending.sentOn = this.#generation;
     }
   }
-  /** Flushes again at `time` (Date.now()), or earlier if a flush is due before it. */
+  /** Flushes again at `time` (Date.now()), unless a flush is already due (the hold only grows). */
   #flushAt(time) {
     if (this.#flushTimer !== void 0) return;
     this.#flushTimer = setTimeout(() => {
@@ -632,7 +631,9 @@ var ChatClient = class {
     socket.send(text);
     this.#written += text.length;
     if (text.length > LARGE_FRAME_CHARS) {
-      this.#graceUntil = Math.max(this.#graceUntil, Date.now()) + text.length / SLOWEST_UPLINK_BYTES_PER_S * 1e3;
+      const now = Date.now();
+      this.#graceUntil = Math.min(Math.max(this.#graceUntil, now) + text.length / SLOWEST_UPLINK_BYTES_PER_S * 1e3, now + MAX_GRACE_MS);
+      this.#graceRef = frame.ref;
     }
     return true;
   }
@@ -671,6 +672,7 @@ var ChatClient = class {
   // ---- incoming frames ----
   #handle(frame) {
     const ref = typeof frame.ref === "number" ? frame.ref : void 0;
+    if (ref !== void 0 && ref === this.#graceRef) this.#graceUntil = 0;
     switch (frame.type) {
       case "welcome":
         this.#welcomed(frame.user);
@@ -737,23 +739,17 @@ var ChatClient = class {
   #requestFailed(ref, frame) {
     const pending = this.#pending.get(ref);
     const code = String(frame.code);
-    if (code === "rate_limited" && pending.retries < 20) {
+    const again = code === "rate_limited" ? pending.retries < 20 : code === "internal" && pending.retries < 5;
+    if (again) {
       pending.retries++;
       pending.sentOn = -1;
       this.#holdUntil = Math.max(this.#holdUntil, Date.now() + this.#retryMs * Math.min(pending.retries, 4));
       this.#flushAt(this.#holdUntil);
       return;
     }
-    if (code === "internal" && pending.retries < 5) {
-      pending.retries++;
-      pending.sentOn = -1;
-      pending.notBefore = Date.now() + this.#retryMs * pending.retries;
-      this.#flushAt(pending.notBefore);
-      return;
-    }
     const room = pending.needsRoom ? this.#rooms.get(pending.needsRoom) : void 0;
-    if (code === "not_found" && room && !room.live && pending.retries < 5) {
-      pending.retries++;
+    if (code === "not_found" && room && !room.live && (pending.retries < 5 || room.joinRetries > 0)) {
+      if (room.joinRetries === 0) pending.retries++;
       pending.sentOn = -1;
       return;
     }

@@ -217,9 +217,12 @@ export class ChatService {
     return this.#deps.store.tail(room);
   }
 
-  /** How many times the room has been deleted (0 for never); a read may be up to 250 ms old. */
-  generation(room: string): Promise<number> {
-    return this.#deps.store.generation(room);
+  /**
+   * How many times the room has been deleted (0 for never); a read may be up to 250 ms old
+   * unless `fresh`.
+   */
+  generation(room: string, options?: { fresh?: boolean }): Promise<number> {
+    return this.#deps.store.generation(room, options);
   }
 
   /** The room's newest seq. */

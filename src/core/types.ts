@@ -125,7 +125,7 @@ export interface MessageStore {
   /** Deletes the room's messages, their files, read cursors and client ids; resolves to how many messages went. */
   purge(room: string): Promise<number>;
   /** How many times the room has been purged: a draft carrying an older value is refused. */
-  generation(room: string): Promise<number>;
+  generation(room: string, options?: { fresh?: boolean }): Promise<number>;
 }
 
 /** Per-user read cursors: the highest seq each user has read in a room. */

@@ -176,7 +176,7 @@ Deno.test("Hub.join() with since reports a gap that retention opens while the re
     get: (room, seq) => store.get(room, seq),
     tail: (room) => store.tail(room),
     purge: (room) => store.purge(room),
-    generation: (room) => store.generation(room),
+    generation: (room, options) => store.generation(room, options),
     list: async (room, query) => {
       const page = await store.list(room, query);
       if (pages++ === 0) {

@@ -280,15 +280,15 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   /**
    * The room's generation (how many times it was deleted), for a send to carry in its draft:
    * read before the send's access check, so that a deletion after that check refuses the send.
-   * A value read up to {@link GENERATION_REUSE_MS} before serves too: an older one can only
-   * refuse more, never less.
+   * A value read up to {@link GENERATION_REUSE_MS} before serves too (an older one can only
+   * refuse more, never less), unless `fresh` asks for one read after the call.
    */
-  generation(room: string): Promise<number> {
+  generation(room: string, options?: { fresh?: boolean }): Promise<number> {
     const held = this.#generations.get(room);
-    if (held && performance.now() - held.at < GENERATION_REUSE_MS) {
+    if (!options?.fresh && held && performance.now() - held.at < GENERATION_REUSE_MS) {
       return Promise.resolve(held.value);
     }
-    let read = this.#generationReads.get(room);
+    let read = options?.fresh ? undefined : this.#generationReads.get(room);
     if (!read) {
       const at = performance.now();
       read = this.#kv.get(KV_KEYS.generation(room)).then((entry) => {

@@ -276,9 +276,9 @@ class NativeSession implements SocketHandler {
       throw new ChatError("forbidden", `Access denied to room "${room}"`);
     }
     // The room's deletions so far: a client that held the room under an earlier count holds
-    // messages that are gone, and sends meant for a room that is no more. (A count read a moment
-    // stale may be below the client's: that is no deletion.)
-    const current = await ctx.chat.generation(room);
+    // messages that are gone, and sends meant for a room that is no more. Read fresh: a stale
+    // count handed out here would refuse the client's next rejoin.
+    const current = await ctx.chat.generation(room, { fresh: true });
     if (epoch !== undefined && epoch < current) {
       throw new ChatError("room_deleted", `Room "${room}" was deleted`);
     }
