@@ -354,6 +354,47 @@ Deno.test("durability: a participant removed, or a room deleted, through one pro
   });
 });
 
+Deno.test("durability: a room's epoch given out right after its deletion on another process is the new one, so the rejoin with it is taken", async () => {
+  const admin = "a-long-enough-admin-token-for-tests";
+  await withProcesses(2, { ADMIN_TOKEN: admin }, async (ports) => {
+    const token = await signDevToken(TEST_SECRET, { sub: "5", rooms: ["ticket:*"] });
+    const open = async (port: number) => {
+      const ws = await TestClient.open(`ws://127.0.0.1:${port}/ws?token=${token}`);
+      await ws.next((f) => f.type === "welcome");
+      return ws;
+    };
+    const join = async (ws: TestClient, frame: Frame = {}) => {
+      ws.send({ type: "join", room: "ticket:77", ref: "j", ...frame });
+      return await ws.next((f) => f.ref === "j");
+    };
+    const a = await open(ports[0]);
+    await join(a);
+    a.send({ type: "send", room: "ticket:77", body: "old life", ref: "s" });
+    await a.next((f) => f.ref === "s");
+    // The second process reads the room's epoch (0) for a join just before the deletion.
+    const b = await open(ports[1]);
+    assertEquals((await join(b)).epoch, 0);
+    const deleted = await fetch(`http://127.0.0.1:${ports[0]}/api/rooms/ticket/77`, {
+      method: "DELETE",
+      headers: { authorization: `Bearer ${admin}` },
+    });
+    await deleted.body?.cancel();
+    assertEquals(deleted.status, 204);
+    // Joined there after the deletion, then back through the first process with what it was told.
+    const c = await open(ports[1]);
+    const joined = await join(c);
+    assertEquals(joined.epoch, 1);
+    const again = await open(ports[0]);
+    const rejoin = await join(again, { since: joined.head, epoch: joined.epoch });
+    assertEquals([rejoin.type, rejoin.epoch], ["joined", 1]);
+    // While one that held the room's previous life is told so.
+    const old = await open(ports[0]);
+    const stale = await join(old, { since: 1, epoch: 0 });
+    assertEquals([stale.type, stale.code], ["error", "room_deleted"]);
+    for (const ws of [a, b, c, again, old]) await ws.close();
+  });
+});
+
 /**
  * A test server whose next send can be held at its access check: `hold()` resolves, once a send
  * is waiting there, to the function that lets it go on.
