@@ -297,8 +297,25 @@ Deno.test("socket.io ticket chat: acks return the stored message; a retried clie
         error: `Field "${field}" must be a string of at most 128 characters`,
       });
     }
+    // A number is its text (the reference's string schema casts it); an object is refused,
+    // not dropped while the file beside it is stored.
+    const numeric = await socket.timeout(3000).emitWithAck("send_message", {
+      ticketId: "5",
+      message: 12345,
+    });
+    assertEquals(numeric.message, "12345");
+    const file = [{ name: "a.txt", data: new TextEncoder().encode("a").toBase64() }];
+    const object = await socket.timeout(3000).emitWithAck("send_message", {
+      ticketId: "5",
+      message: { text: "hi" },
+      attachments: file,
+    });
+    assertEquals(object, { error: '"message" must be a string' });
     const history = await socket.timeout(3000).emitWithAck("get_messages", { ticketId: "5" });
-    assertEquals((history.messages as Payload[]).map((m) => m.message), ["at least once"]);
+    assertEquals((history.messages as Payload[]).map((m) => m.message), [
+      "at least once",
+      "12345",
+    ]);
   });
 });
 

@@ -33,6 +33,17 @@ export const SIO_ERRORS = {
   ticketRequired: "Ticket ID is required",
 } as const;
 
+/**
+ * The text of a `send_message`: a number or boolean is taken as its text (as the reference's
+ * string schema casts it), none as empty; anything else is refused rather than dropped.
+ */
+function messageText(value: unknown): string {
+  if (value === undefined || value === null) return "";
+  if (typeof value === "string") return value;
+  if (typeof value === "number" || typeof value === "boolean") return String(value);
+  throw new ChatError("invalid_frame", '"message" must be a string');
+}
+
 /** The error event each client event is answered on when refused (none: only its ack). */
 const ERROR_EVENTS: Record<string, string> = {
   authenticate: "authentication_error",
@@ -539,7 +550,7 @@ export function createSocketIoTicketChat(
     async function queueSend(payload: unknown): Promise<{ id: string; queued: QueuedSend }> {
       const { user, room, id } = await authorize(socket, payload);
       const record = payload as Record<string, unknown>;
-      const text = typeof record.message === "string" ? record.message : "";
+      const text = messageText(record.message);
       const files = attachmentsOf(record.attachments);
       if (text.trim() === "" && files.length === 0) {
         throw new ChatError("empty_message", SIO_ERRORS.emptyMessage);
