@@ -61,12 +61,17 @@ function randomBytes(size: number): Uint8Array<ArrayBuffer> {
   return bytes;
 }
 
-function fixedServer(dataDir: string, port: number): Promise<RunningServer> {
+function fixedServer(
+  dataDir: string,
+  port: number,
+  env: Record<string, string> = {},
+): Promise<RunningServer> {
   const config = loadConfig({
     PORT: String(port),
     HOST: "127.0.0.1",
     DATA_DIR: dataDir,
     JWT_SECRET: TEST_SECRET,
+    ...env,
   });
   return startServer(config, { log: () => {} });
 }
@@ -274,17 +279,7 @@ Deno.test("client: a room deleted while the client was away is not rejoined: rem
   const dataDir = await Deno.makeTempDir({ prefix: "chat-client-" });
   const port = freePort();
   const admin = "a-long-enough-admin-token-for-tests";
-  const start = () =>
-    startServer(
-      loadConfig({
-        PORT: String(port),
-        HOST: "127.0.0.1",
-        DATA_DIR: dataDir,
-        JWT_SECRET: TEST_SECRET,
-        ADMIN_TOKEN: admin,
-      }),
-      { log: () => {} },
-    );
+  const start = () => fixedServer(dataDir, port, { ADMIN_TOKEN: admin });
   let server = await start();
   const token = await signDevToken(TEST_SECRET, { sub: "1", rooms: ["chat:*"] });
   // The reconnect waits at its token until the room is gone.
