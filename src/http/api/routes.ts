@@ -383,9 +383,10 @@ export const API_ROUTES: ApiRoute[] = [
       deps.events.publish({ type: "closed", room: roomKeyOf(kind, id), reason: "Room deleted" });
       // The purge refuses sends whose access was decided before it. Access decisions reused under
       // a directory change token read before the deletion would admit sends after it: the purge
-      // waits until no such token is in use anywhere.
+      // waits until no such token is in use anywhere (also when another request deleted the row
+      // a moment ago and this one found it gone).
       const lag = deps.directory.changeTokenLagMs ?? 0;
-      if (known && lag > 0) await new Promise((r) => setTimeout(r, 2 * lag));
+      if (lag > 0) await new Promise((r) => setTimeout(r, 2 * lag));
       try {
         await deps.chat.deleteHistory(roomKeyOf(kind, id));
       } catch (err) {
