@@ -76,6 +76,25 @@ function fixedServer(
   return startServer(config, { log: () => {} });
 }
 
+/** A server on a fixed port and data directory that a test stops and starts again. */
+async function restartable(env: Record<string, string> = {}) {
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-client-" });
+  const port = freePort();
+  let server = await fixedServer(dataDir, port, env);
+  return {
+    port,
+    url: `ws://127.0.0.1:${port}/ws`,
+    stop: () => server.close(),
+    async start() {
+      server = await fixedServer(dataDir, port, env);
+    },
+    async dispose() {
+      await server.close();
+      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    },
+  };
+}
+
 Deno.test("client: join with history, send with a client id and await the ack, each message once", async () => {
   const server = await startTestServer();
   const a = await userClient(server, "1");
@@ -207,10 +226,8 @@ Deno.test("client: reconnects after a dropped socket and recovers what it missed
 });
 
 Deno.test("client: survives a server restart; sends made while it is down go out once", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "chat-client-" });
-  const port = freePort();
-  let server = await fixedServer(dataDir, port);
-  const url = `ws://127.0.0.1:${port}/ws`;
+  const server = await restartable();
+  const url = server.url;
   const token = (sub: string) => signDevToken(TEST_SECRET, { sub, rooms: ["chat:*"] });
   const a = recorder({ url, token: await token("1") });
   const b = recorder({ url, token: await token("2") });
@@ -222,11 +239,11 @@ Deno.test("client: survives a server restart; sends made while it is down go out
     await a.client.send("chat:5", { body: "before" });
     await eventually(() => b.messages.length === 1);
 
-    await server.close();
+    await server.stop();
     await eventually(() => a.client.state === "reconnecting" && b.client.state === "reconnecting");
     const offline = a.client.send("chat:5", { body: "while down" });
     await new Promise((r) => setTimeout(r, 300));
-    server = await fixedServer(dataDir, port);
+    await server.start();
     assertEquals((await offline).seq, 2);
     await b.client.send("chat:5", { body: "after" });
     await eventually(() => a.messages.length === 3 && b.messages.length === 3, 5000);
@@ -242,26 +259,23 @@ Deno.test("client: survives a server restart; sends made while it is down go out
   } finally {
     a.client.close();
     b.client.close();
-    await server.close();
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    await server.dispose();
   }
 });
 
 Deno.test("client: a file sent over the upload route while the server is down goes out once it is back", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "chat-client-" });
-  const port = freePort();
-  let server = await fixedServer(dataDir, port);
+  const server = await restartable();
   const token = await signDevToken(TEST_SECRET, { sub: "1", rooms: ["chat:*"] });
-  const a = recorder({ url: `ws://127.0.0.1:${port}/ws`, token, inlineMaxBytes: 1024 });
+  const a = recorder({ url: server.url, token, inlineMaxBytes: 1024 });
   try {
     await a.client.connect();
     await a.client.join("chat:6");
-    await server.close();
+    await server.stop();
     await eventually(() => a.client.state === "reconnecting");
     const bytes = randomBytes(50_000);
     const sending = a.client.sendFile("chat:6", { name: "while-down.bin", data: bytes });
     await new Promise((r) => setTimeout(r, 300));
-    server = await fixedServer(dataDir, port);
+    await server.start();
     const ack = await sending;
     assertEquals(ack.seq, 1);
     await eventually(() => a.messages.length === 1, 5000, "the message");
@@ -270,21 +284,17 @@ Deno.test("client: a file sent over the upload route while the server is down go
     assertEquals(new Uint8Array(await res.arrayBuffer()), bytes);
   } finally {
     a.client.close();
-    await server.close();
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    await server.dispose();
   }
 });
 
 Deno.test("client: a room deleted while the client was away is not rejoined: removed, and what was queued for it refused", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "chat-client-" });
-  const port = freePort();
   const admin = "a-long-enough-admin-token-for-tests";
-  const start = () => fixedServer(dataDir, port, { ADMIN_TOKEN: admin });
-  let server = await start();
+  const server = await restartable({ ADMIN_TOKEN: admin });
   const token = await signDevToken(TEST_SECRET, { sub: "1", rooms: ["chat:*"] });
   // The reconnect waits at its token until the room is gone.
   let gate: Promise<void> | undefined;
-  const a = recorder({ url: `ws://127.0.0.1:${port}/ws`, token: async () => (await gate, token) });
+  const a = recorder({ url: server.url, token: async () => (await gate, token) });
   const removed: unknown[] = [];
   a.client.on("removed", (e) => removed.push(e));
   try {
@@ -294,14 +304,14 @@ Deno.test("client: a room deleted while the client was away is not rejoined: rem
     await a.client.send("chat:9", { body: "two" });
     let open!: () => void;
     gate = new Promise((r) => open = r);
-    await server.close();
+    await server.stop();
     await eventually(() => a.client.state === "reconnecting");
     const queued = a.client.send("chat:9", { body: "queued" }).then(
       () => "stored",
       (e: ChatError) => e.code,
     );
-    server = await start();
-    const deleted = await fetch(`http://127.0.0.1:${port}/api/rooms/chat/9`, {
+    await server.start();
+    const deleted = await fetch(`http://127.0.0.1:${server.port}/api/rooms/chat/9`, {
       method: "DELETE",
       headers: { authorization: `Bearer ${admin}` },
     });
@@ -311,14 +321,13 @@ Deno.test("client: a room deleted while the client was away is not rejoined: rem
     assertEquals(removed, [{ room: "chat:9", reason: "room_deleted" }]);
     assertEquals(a.client.rooms(), []);
     // The room's next life holds nothing of the old one, nor the send queued for it.
-    const b = recorder({ url: `ws://127.0.0.1:${port}/ws`, token });
+    const b = recorder({ url: server.url, token });
     await b.client.connect();
     assertEquals((await b.client.join("chat:9", { history: 10 })).messages, []);
     b.client.close();
   } finally {
     a.client.close();
-    await server.close();
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    await server.dispose();
   }
 });
 
