@@ -12,7 +12,7 @@ import type {
   UserId,
 } from "../core/types.ts";
 import { ChatError, roomDeleted } from "../core/errors.ts";
-import { commitRetryingLocks, getManyChunked } from "./kv_reads.ts";
+import { commitRetryingLocks, FreshReads, getManyChunked } from "./kv_reads.ts";
 import process from "node:process";
 
 /** How long a client id protects against a duplicate send. */
@@ -193,7 +193,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   #heads = new Map<string, HeldHead>();
   /** Generations read for sends, per room, with when the read started (performance.now()). */
   #generations = new Map<string, { value: number; at: number }>();
-  #generationReads = new Map<string, Promise<number>>();
+  #generationReads = new FreshReads<number>();
   #draining = false;
   #commitIntervalMs: number;
   #lastCommitStart = -Infinity;
@@ -281,24 +281,20 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
    * The room's generation (how many times it was deleted), for a send to carry in its draft:
    * read before the send's access check, so that a deletion after that check refuses the send.
    * A value read up to {@link GENERATION_REUSE_MS} before serves too (an older one can only
-   * refuse more, never less), unless `fresh` asks for one read after the call.
+   * refuse more, never less), unless `fresh`; a read goes to KV only after the call (callers
+   * at once share one).
    */
   generation(room: string, options?: { fresh?: boolean }): Promise<number> {
     const held = this.#generations.get(room);
     if (!options?.fresh && held && performance.now() - held.at < GENERATION_REUSE_MS) {
       return Promise.resolve(held.value);
     }
-    let read = options?.fresh ? undefined : this.#generationReads.get(room);
-    if (!read) {
+    return this.#generationReads.read(room, async () => {
       const at = performance.now();
-      read = this.#kv.get(KV_KEYS.generation(room)).then((entry) => {
-        const value = generationOf(entry);
-        this.#noteGeneration(room, value, at);
-        return value;
-      }).finally(() => this.#generationReads.delete(room));
-      this.#generationReads.set(room, read);
-    }
-    return read;
+      const value = generationOf(await this.#kv.get(KV_KEYS.generation(room)));
+      this.#noteGeneration(room, value, at);
+      return value;
+    });
   }
 
   /** Remembers a generation read that started at `at`, unless a later read is held already. */
