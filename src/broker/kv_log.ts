@@ -6,7 +6,7 @@
  * a burst however large is read whole.
  */
 
-import { commitRetryingLocks } from "../store/kv_reads.ts";
+import { commitUntilChecked } from "../store/kv_reads.ts";
 
 /** One event in a log. */
 export interface LogEntry<E> {
@@ -110,24 +110,24 @@ export class LogWriter<E> {
 
   async #commit(prefix: Deno.KvKey, events: E[]): Promise<void> {
     const options = this.#expireIn === undefined ? undefined : { expireIn: this.#expireIn };
-    for (let attempt = 1;; attempt++) {
-      const head = await this.#kv.get<number>(logHead(prefix));
-      // A log that expired starts over above any seq it can have reached.
-      const first = typeof head.value === "number" ? head.value + 1 : Date.now() * 1000;
-      const at = Date.now();
-      const op = this.#kv.atomic().check(head);
-      events.forEach((event, i) => {
-        const entry: LogEntry<E> = { seq: first + i, origin: this.#origin, at, event };
-        op.set(entryKey(prefix, first + i), entry, options);
-      });
-      op.set(logHead(prefix), first + events.length - 1, options);
-      // Another isolate of this process writing to the same file is waited out, not a failure.
-      if ((await commitRetryingLocks(op)).ok) return;
-      if (attempt >= MAX_ATTEMPTS) {
-        throw new Error(`${prefix.join("/")}: too many concurrent writers`);
-      }
-      await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, attempt * 2)));
-    }
+    // Another process writing the same log, or another isolate holding the file's write lock,
+    // is waited out, not a failure.
+    await commitUntilChecked(
+      async () => {
+        const head = await this.#kv.get<number>(logHead(prefix));
+        // A log that expired starts over above any seq it can have reached.
+        const first = typeof head.value === "number" ? head.value + 1 : Date.now() * 1000;
+        const at = Date.now();
+        const op = this.#kv.atomic().check(head);
+        events.forEach((event, i) => {
+          const entry: LogEntry<E> = { seq: first + i, origin: this.#origin, at, event };
+          op.set(entryKey(prefix, first + i), entry, options);
+        });
+        return op.set(logHead(prefix), first + events.length - 1, options);
+      },
+      () => `${prefix.join("/")}: too many concurrent writers`,
+      MAX_ATTEMPTS,
+    );
   }
 }
 

@@ -12,7 +12,7 @@ import type {
   UserId,
 } from "../core/types.ts";
 import { ChatError, roomDeleted } from "../core/errors.ts";
-import { commitRetryingLocks, FreshReads, getManyChunked } from "./kv_reads.ts";
+import { commitRetryingLocks, commitUntilChecked, FreshReads, getManyChunked } from "./kv_reads.ts";
 import process from "node:process";
 
 /** How long a client id protects against a duplicate send. */
@@ -797,22 +797,17 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       // that every commit under way to the room checks it, fails, and reads the new generation.
       let head = 0;
       let generation = 0;
-      for (let attempt = 0;; attempt++) {
+      await commitUntilChecked(async () => {
         const [entry, gen] = await this.#kv.getMany<[number, Deno.KvU64]>([
           KV_KEYS.head(room),
           KV_KEYS.generation(room),
         ]);
         head = entry.value ?? 0;
         generation = generationOf(gen) + 1;
-        const res = await commitRetryingLocks(
-          this.#kv.atomic().check(entry, gen).set(entry.key, head)
-            .set(gen.key, new Deno.KvU64(BigInt(generation)))
-            .max(KV_KEYS.purging(room), BigInt(head)),
-        );
-        if (res.ok) break;
-        if (attempt >= 100) throw new Error(`Could not mark ${room} deleted: too much contention`);
-        await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, 2 + attempt * 2)));
-      }
+        return this.#kv.atomic().check(entry, gen).set(entry.key, head)
+          .set(gen.key, new Deno.KvU64(BigInt(generation)))
+          .max(KV_KEYS.purging(room), BigInt(head));
+      }, () => `Could not mark ${room} deleted: too much contention`);
       this.#heads.delete(room);
       // Held as read now, so that a read of the old value still under way does not replace it.
       this.#generations.set(room, { value: generation, at: performance.now() });

@@ -22,6 +22,24 @@ export async function commitRetryingLocks(
   }
 }
 
+/**
+ * Builds and commits an atomic operation until its checks hold, sitting out writers that got
+ * there first with short random waits (and SQLite's write lock with {@link commitRetryingLocks});
+ * past `maxAttempts` conflicts it fails with `contention`'s message.
+ */
+export async function commitUntilChecked(
+  build: () => Promise<Deno.AtomicOperation>,
+  contention: () => string,
+  maxAttempts = 100,
+): Promise<Deno.KvCommitResult> {
+  for (let attempt = 1;; attempt++) {
+    const res = await commitRetryingLocks(await build());
+    if (res.ok) return res;
+    if (attempt >= maxAttempts) throw new Error(contention());
+    await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, attempt * 2)));
+  }
+}
+
 /** Reads any number of keys: `kv.getMany` takes at most 10, so the chunks are read side by side. */
 export async function getManyChunked<T>(
   kv: Deno.Kv,
