@@ -123,7 +123,7 @@ export class LogWriter<E> {
           const entry: LogEntry<E> = { seq: first + i, origin: this.#origin, at, event };
           op.set(entryKey(prefix, first + i), entry, options);
         });
-        return op.set(logHead(prefix), first + events.length - 1, options);
+        return { op: op.set(logHead(prefix), first + events.length - 1, options) };
       },
       () => `${prefix.join("/")}: too many concurrent writers`,
       MAX_ATTEMPTS,

@@ -804,9 +804,11 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
         ]);
         head = entry.value ?? 0;
         generation = generationOf(gen) + 1;
-        return this.#kv.atomic().check(entry, gen).set(entry.key, head)
-          .set(gen.key, new Deno.KvU64(BigInt(generation)))
-          .max(KV_KEYS.purging(room), BigInt(head));
+        return {
+          op: this.#kv.atomic().check(entry, gen).set(entry.key, head)
+            .set(gen.key, new Deno.KvU64(BigInt(generation)))
+            .max(KV_KEYS.purging(room), BigInt(head)),
+        };
       }, () => `Could not mark ${room} deleted: too much contention`);
       this.#heads.delete(room);
       // Held as read now, so that a read of the old value still under way does not replace it.

@@ -28,12 +28,13 @@ export async function commitRetryingLocks(
  * past `maxAttempts` conflicts it fails with `contention`'s message.
  */
 export async function commitUntilChecked(
-  build: () => Promise<Deno.AtomicOperation>,
+  // Wrapped: Deno refuses to resolve a promise with an operation (it takes it for a missed commit).
+  build: () => Promise<{ op: Deno.AtomicOperation }>,
   contention: () => string,
   maxAttempts = 100,
 ): Promise<Deno.KvCommitResult> {
   for (let attempt = 1;; attempt++) {
-    const res = await commitRetryingLocks(await build());
+    const res = await commitRetryingLocks((await build()).op);
     if (res.ok) return res;
     if (attempt >= maxAttempts) throw new Error(contention());
     await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, attempt * 2)));
