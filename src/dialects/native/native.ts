@@ -233,6 +233,12 @@ class NativeMember implements Member {
   }
 }
 
+/** The `removed` reason of a send refused because the socket may no longer be in the room. */
+const REMOVED_BY: Partial<Record<string, "access_revoked" | "room_deleted">> = {
+  forbidden: "access_revoked",
+  room_deleted: "room_deleted",
+};
+
 /** True for a `ref` the protocol allows: absent (or null), a number, a short string. */
 function isRef(ref: unknown): boolean {
   return ref === undefined || ref === null || typeof ref === "number" ||
@@ -439,13 +445,10 @@ class NativeSession implements SocketHandler {
           if (!outcome.ok) {
             // Access was withdrawn, or the room deleted, since the join: leave the room as the
             // revocation or deletion would have it left.
-            if (outcome.error instanceof ChatError && outcome.error.code === "forbidden") {
-              this.drop(conn, room, "access_revoked");
-            } else if (
-              outcome.error instanceof ChatError && outcome.error.code === "room_deleted"
-            ) {
-              this.drop(conn, room, "room_deleted");
-            }
+            const reason = outcome.error instanceof ChatError
+              ? REMOVED_BY[outcome.error.code]
+              : undefined;
+            if (reason) this.drop(conn, room, reason);
             this.#replyError(conn, outcome.error, ref);
             return;
           }
