@@ -21,7 +21,14 @@ import {
 } from "../client/mod.ts";
 import { bundle, BUNDLES, ROOT } from "../web/build.ts";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
-import { eventually, freePort, startTestServer, TEST_SECRET, type TestServer } from "./helpers.ts";
+import {
+  adminCall,
+  eventually,
+  freePort,
+  startTestServer,
+  TEST_SECRET,
+  type TestServer,
+} from "./helpers.ts";
 
 const FAST = { minDelayMs: 30, maxDelayMs: 200, jitter: 0 };
 
@@ -311,11 +318,10 @@ Deno.test("client: a room deleted while the client was away is not rejoined: rem
       (e: ChatError) => e.code,
     );
     await server.start();
-    const deleted = await fetch(`http://127.0.0.1:${server.port}/api/rooms/chat/9`, {
-      method: "DELETE",
-      headers: { authorization: `Bearer ${admin}` },
-    });
-    assertEquals(deleted.status, 204);
+    assertEquals(
+      await adminCall(`http://127.0.0.1:${server.port}`, admin, "DELETE", "/api/rooms/chat/9"),
+      204,
+    );
     open();
     assertEquals(await queued, "room_deleted");
     assertEquals(removed, [{ room: "chat:9", reason: "room_deleted" }]);

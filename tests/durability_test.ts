@@ -1,7 +1,14 @@
 /** Delivery you can count on: kill -9, SIGTERM, and two instances sharing one KV. */
 
 import { assert, assertEquals, eventually, within } from "./assert.ts";
-import { freePort, rawExchange, startTestServer, TEST_SECRET, TestClient } from "./helpers.ts";
+import {
+  adminCall,
+  freePort,
+  rawExchange,
+  startTestServer,
+  TEST_SECRET,
+  TestClient,
+} from "./helpers.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 import { MemoryBroker } from "../src/broker/memory_broker.ts";
 import type { AppOverrides } from "../main.ts";
@@ -295,11 +302,9 @@ Deno.test("durability: every participant removed at once through one process is 
   await withProcesses(2, { ADMIN_TOKEN: admin }, async (ports) => {
     const users = Array.from({ length: 120 }, (_, i) => String(100 + i));
     const put = (participants: string[]) =>
-      fetch(`http://127.0.0.1:${ports[0]}/api/rooms/ticket/12`, {
-        method: "PUT",
-        headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
-        body: JSON.stringify({ participants: participants.map((user_id) => ({ user_id })) }),
-      }).then(async (res) => (await res.body?.cancel(), res.status));
+      adminCall(`http://127.0.0.1:${ports[0]}`, admin, "PUT", "/api/rooms/ticket/12", {
+        participants: participants.map((user_id) => ({ user_id })),
+      });
     assertEquals(await put(users), 201);
     const sockets = await Promise.all(users.map(async (sub) =>
       await TestClient.open(
@@ -319,11 +324,7 @@ Deno.test("durability: a participant removed, or a room deleted, through one pro
   const admin = "a-long-enough-admin-token-for-tests";
   await withProcesses(2, { ADMIN_TOKEN: admin }, async (ports) => {
     const api = (method: string, path: string, json?: unknown) =>
-      fetch(`http://127.0.0.1:${ports[0]}${path}`, {
-        method,
-        headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
-        body: json === undefined ? undefined : JSON.stringify(json),
-      }).then(async (res) => (await res.body?.cancel(), res.status));
+      adminCall(`http://127.0.0.1:${ports[0]}`, admin, method, path, json);
     assertEquals(
       await api("PUT", "/api/rooms/ticket/7", {
         participants: [{ user_id: "3" }, { user_id: "4" }],
@@ -374,12 +375,10 @@ Deno.test("durability: a room's epoch given out right after its deletion on anot
     // The second process reads the room's epoch (0) for a join just before the deletion.
     const b = await open(ports[1]);
     assertEquals((await join(b)).epoch, 0);
-    const deleted = await fetch(`http://127.0.0.1:${ports[0]}/api/rooms/ticket/77`, {
-      method: "DELETE",
-      headers: { authorization: `Bearer ${admin}` },
-    });
-    await deleted.body?.cancel();
-    assertEquals(deleted.status, 204);
+    assertEquals(
+      await adminCall(`http://127.0.0.1:${ports[0]}`, admin, "DELETE", "/api/rooms/ticket/77"),
+      204,
+    );
     // Joined there after the deletion, then back through the first process with what it was told.
     const c = await open(ports[1]);
     const joined = await join(c);
@@ -492,11 +491,7 @@ Deno.test("durability: a send the room's deletion overtakes is refused, not kept
     const { checked, release } = hold();
     ws.send({ type: "send", room: "ticket:8", body: "overtaken", ref: "s2" });
     await checked;
-    const deleted = await fetch(`${server.url}/api/rooms/ticket/8`, {
-      method: "DELETE",
-      headers: { authorization: `Bearer ${admin}` },
-    });
-    assertEquals(deleted.status, 204);
+    assertEquals(await adminCall(server.url, admin, "DELETE", "/api/rooms/ticket/8"), 204);
     assertEquals(await ws.next((f) => f.type === "removed"), {
       type: "removed",
       room: "ticket:8",

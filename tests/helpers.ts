@@ -182,6 +182,23 @@ function parseFrame(text: string): unknown {
   }
 }
 
+/** Calls the admin API at `base` with the bearer `token` and answers the status, body discarded. */
+export async function adminCall(
+  base: string,
+  token: string,
+  method: string,
+  path: string,
+  json?: unknown,
+): Promise<number> {
+  const res = await fetch(`${base}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    body: json === undefined ? undefined : JSON.stringify(json),
+  });
+  await res.body?.cancel();
+  return res.status;
+}
+
 /** A free TCP port on loopback, for servers that must bind a known port (restarts, `--parallel`). */
 export function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
