@@ -313,6 +313,35 @@ Deno.test("conversation chat: a deleted file's URL never serves another file, th
   }
 });
 
+Deno.test("conversation chat: a common file name every number of which is taken in the shared folder still stores, under a random tag", async () => {
+  const server = await startTestServer();
+  try {
+    // What a user uploading "image.png" over and over in their own conversation leaves behind.
+    const today = new Date().toISOString().slice(0, 10).replaceAll("-", "/");
+    const folder = `${server.dataDir}/media/chat_files/${today}`;
+    await Deno.mkdir(folder, { recursive: true });
+    for (let n = 0; n < 100; n++) {
+      await Deno.writeTextFile(`${folder}/${n === 0 ? "image.png" : `image_${n}.png`}`, "taken");
+    }
+    const ws = await join(server, 23, talker);
+    ws.send({
+      type: "file_message",
+      filename: "image.png",
+      file: new TextEncoder().encode("mine").toBase64(),
+    });
+    const att = (await ws.next()).file_attachment as Record<string, unknown>;
+    assertMatch(
+      att.file as string,
+      new RegExp(`^/media/chat_files/${today}/image_[0-9a-f]{12}\\.png$`),
+    );
+    assertEquals(att.filename, "image.png");
+    assertEquals(await (await fetch(att.file_url as string)).text(), "mine");
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("conversation chat: errors keep the socket open; bad token 4001, not a participant 4404; a frame over the cap is told why, then closed 1009", async () => {
   const server = await startTestServer({ MAX_FILE_BYTES: "1000" });
   try {

@@ -57,8 +57,10 @@ export function safeFilename(input: string): string {
     "file";
 }
 
-/** The n-th alternative of a name taken already: `a.png` → `a_1.png`, within 255 bytes. */
-export function numberedName(name: string, n: number): string {
+/**
+ * An alternative to a name taken already, by number or tag: `a.png` → `a_1.png`, within 255 bytes.
+ */
+export function numberedName(name: string, n: number | string): string {
   const [stem, ext] = splitExtension(name);
   const suffix = `_${n}${ext}`;
   return truncateBytes(stem, MAX_NAME_BYTES - encoder.encode(suffix).length) + suffix;

@@ -40,6 +40,15 @@ async function goneName(name: string): Promise<string> {
   return `.gone-${new Uint8Array(digest).toHex()}`;
 }
 
+/** Numbers tried for a taken name before random tags. */
+const NUMBERED_NAMES = 100;
+/** Random tags tried after the numbers (one in 2^48 collides: any retry is rare). */
+const RANDOM_NAMES = 10;
+
+function randomTag(): string {
+  return crypto.getRandomValues(new Uint8Array(6)).toHex();
+}
+
 async function exists(path: string): Promise<boolean> {
   try {
     await Deno.lstat(path);
@@ -88,8 +97,12 @@ export class LocalMediaStore implements MediaStore {
       throw err;
     }
     try {
-      for (let n = 0; n < 10_000; n++) {
-        const name = n === 0 ? filename : numberedName(filename, n);
+      for (let n = 0; n < NUMBERED_NAMES + RANDOM_NAMES; n++) {
+        // Past the first numbers, random ones: a folder several rooms share (conversations' dated
+        // one) would otherwise let one user take every number of a common name ("image.png").
+        const name = n === 0
+          ? filename
+          : numberedName(filename, n < NUMBERED_NAMES ? n : randomTag());
         try {
           await Deno.link(temp, join(target, name));
         } catch (err) {
