@@ -399,6 +399,42 @@ Deno.test("socket.io ticket chat: an event over the size limit is answered on se
   }, { MAX_FILE_BYTES: "2048" });
 });
 
+Deno.test("socket.io ticket chat: a large event before authenticating ends the session; after it, over either way to WebSocket, the same event is stored", async () => {
+  await withChat(async (server, client) => {
+    const big = [{ name: "big.bin", data: new Uint8Array(100_000) }];
+    const stranger = client({ transports: ["websocket"] });
+    await next(stranger, "connect");
+    const error = next<Payload>(stranger, "send_message_error");
+    const disconnected = next<string>(stranger, "disconnect");
+    const acked = new Promise((resolve) =>
+      stranger.emit("send_message", { ticketId: "8", attachments: big }, resolve)
+    );
+    assertEquals(await error, { message: "User not authenticated" });
+    assertEquals(await acked, { error: "User not authenticated" });
+    assertEquals(await disconnected, "transport close");
+    stranger.disconnect();
+    const token = await server.token({ sub: "1", rooms: ["ticket:8"] });
+    const upgraded = (socket: ClientSocket) =>
+      eventually(() => socket.io.engine?.transport.name === "websocket", 5000, "the upgrade");
+    // Authenticated while still polling, then upgraded; and upgraded first, then authenticated.
+    const early = client();
+    await authenticated(early, token);
+    await upgraded(early);
+    const late = client();
+    await next(late, "connect");
+    await upgraded(late);
+    await authenticated(late, token);
+    for (const socket of [early, late]) {
+      await joined(socket, "8");
+      const stored = await socket.timeout(5000).emitWithAck("send_message", {
+        ticketId: "8",
+        attachments: big,
+      });
+      assertEquals((stored.attachments as Payload[])[0].size, 100_000);
+    }
+  });
+});
+
 Deno.test("socket.io ticket chat: one socket's messages are stored in the order it sent them, a file's included", async () => {
   await withChat(async (server, client) => {
     const socket = await inTicket(server, client, "6");

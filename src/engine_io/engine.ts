@@ -41,6 +41,12 @@ export interface EngineOptions {
   maxPayload?: number;
   /** Largest long-polling POST body in bytes, when it should be under `maxPayload`. */
   maxPollingPayload?: number;
+  /**
+   * Largest WebSocket message in bytes a new session takes until the application raises its
+   * {@linkcode EngineSocket.maxPayload} (say once the client has authenticated): Deno keeps a
+   * socket's read buffer as large as the largest message it read; default `maxPayload`.
+   */
+  initialMaxPayload?: number;
   /** Enabled transports; default both. */
   transports?: readonly TransportName[];
   /** Whether polling sessions may upgrade to WebSocket; default true. */
@@ -120,6 +126,8 @@ export interface EngineSocket {
    * say why.
    */
   ontoolarge: ((head: string, size: number) => void) | null;
+  /** Largest WebSocket message in bytes this session takes from now on. */
+  maxPayload: number;
   /** Queues one message. */
   send(data: string | Uint8Array): void;
   /** Queues already built packets; the same objects may be handed to many sessions. */
@@ -159,6 +167,7 @@ interface ResolvedOptions {
   pingTimeout: number;
   upgradeTimeout: number;
   maxPayload: number;
+  initialMaxPayload: number;
   maxPollingPayload: number;
   transports: readonly TransportName[];
   allowUpgrades: boolean;
@@ -309,12 +318,12 @@ class WebSocketTransport {
   onclose: () => void = () => {};
   ontoolarge: (head: string, size: number) => void = () => {};
   readonly frames: FrameSocket;
-  #maxPayload: number;
+  /** Largest message taken; its session sets it. */
+  maxPayload = 0;
   #closed = false;
 
-  constructor(frames: FrameSocket, maxPayload: number) {
+  constructor(frames: FrameSocket) {
     this.frames = frames;
-    this.#maxPayload = maxPayload;
     frames.onmessage = (data) => this.#receive(data);
     frames.onclose = () => {
       this.#closed = true;
@@ -335,7 +344,7 @@ class WebSocketTransport {
 
   #receive(data: string | Uint8Array): void {
     if (this.#closed) return;
-    const max = this.#maxPayload;
+    const max = this.maxPayload;
     const size = typeof data !== "string"
       ? data.byteLength
       : data.length * 3 <= max
@@ -378,6 +387,7 @@ class Session implements EngineSocket {
   #ws: WebSocketTransport | null = null;
   #candidate: WebSocketTransport | null = null;
   #probed = false;
+  #maxPayload: number;
   #poll: ((reply: Reply) => void) | null = null;
   #posting = false;
   #buffer: Packet[] = [];
@@ -398,7 +408,11 @@ class Session implements EngineSocket {
     this.id = id;
     this.request = request;
     const options = host.options;
-    if (ws) this.#useWebSocket(ws);
+    this.#maxPayload = options.initialMaxPayload;
+    if (ws) {
+      ws.maxPayload = this.#maxPayload;
+      this.#useWebSocket(ws);
+    }
     const canUpgrade = !ws && options.allowUpgrades && options.transports.includes("websocket");
     const open = {
       sid: id,
@@ -419,6 +433,16 @@ class Session implements EngineSocket {
 
   get readyState(): "open" | "closing" | "closed" {
     return this.#state;
+  }
+
+  get maxPayload(): number {
+    return this.#maxPayload;
+  }
+
+  set maxPayload(bytes: number) {
+    this.#maxPayload = bytes;
+    if (this.#ws) this.#ws.maxPayload = bytes;
+    if (this.#candidate) this.#candidate.maxPayload = bytes;
   }
 
   /** Whether another WebSocket may still try to take over this polling session. */
@@ -532,6 +556,7 @@ class Session implements EngineSocket {
   /** Takes a WebSocket that wants to replace polling; false when that is not possible now. */
   upgrade(ws: WebSocketTransport): boolean {
     if (!this.upgradable) return false;
+    ws.maxPayload = this.#maxPayload;
     this.#candidate = ws;
     this.#probed = false;
     const abandon = () => {
@@ -752,6 +777,10 @@ export class EngineServer {
       pingTimeout: options.pingTimeout ?? 20_000,
       upgradeTimeout: options.upgradeTimeout ?? 10_000,
       maxPayload: options.maxPayload ?? DEFAULT_MAX_PAYLOAD,
+      initialMaxPayload: Math.min(
+        options.initialMaxPayload ?? Infinity,
+        options.maxPayload ?? DEFAULT_MAX_PAYLOAD,
+      ),
       maxPollingPayload: Math.min(
         options.maxPollingPayload ?? Infinity,
         options.maxPayload ?? DEFAULT_MAX_PAYLOAD,
@@ -832,7 +861,7 @@ export class EngineServer {
           return fail(ErrorCode.BAD_REQUEST);
         }
         const frames = new LocalFrameSocket(upgraded.socket, this.#options);
-        this.#open(request, new WebSocketTransport(frames, this.#options.maxPayload));
+        this.#open(request, new WebSocketTransport(frames));
         return upgraded.response;
       }
       const session = this.#open(request, null);
@@ -850,7 +879,7 @@ export class EngineServer {
         return fail(ErrorCode.BAD_REQUEST);
       }
       const frames = new LocalFrameSocket(upgraded.socket, this.#options);
-      session.upgrade(new WebSocketTransport(frames, this.#options.maxPayload));
+      session.upgrade(new WebSocketTransport(frames));
       return upgraded.response;
     }
     if (session.transport !== "polling") return fail(ErrorCode.BAD_REQUEST);
@@ -965,7 +994,7 @@ export class EngineServer {
       relayWebSocket: (sid, frames) => {
         const session = find(sid);
         if (!session || !this.#options.allowUpgrades) return false;
-        return session.upgrade(new WebSocketTransport(frames, this.#options.maxPayload));
+        return session.upgrade(new WebSocketTransport(frames));
       },
     };
   }

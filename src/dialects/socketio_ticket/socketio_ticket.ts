@@ -199,6 +199,9 @@ export function socketIoBusy(io: SocketIOServer): boolean {
   return false;
 }
 
+/** Largest WebSocket message of a session whose client has not authenticated (64 KiB). */
+export const UNAUTHENTICATED_MAX_BYTES = 64 * 1024;
+
 /**
  * Builds the Socket.IO server for the ticket chat. Fan-out uses one hub member per ticket (and
  * base URL) on this isolate: the bridge encodes each event once for every Socket.IO socket in
@@ -216,6 +219,10 @@ export function createSocketIoTicketChat(
     // be relayed: one file's frame, as before. Several files go over the WebSocket the client
     // moves to at once, whose messages Deno reads up to 64 MiB whatever the limit is.
     maxPollingPayload: maxFrameSize(ctx.config),
+    // Until the client has authenticated, nothing it may send is large (`authenticate` carries a
+    // token): Deno keeps a socket's read buffer as large as the largest message it read, so one
+    // big frame from a client without a token would hold that memory as long as it stays.
+    initialMaxPayload: UNAUTHENTICATED_MAX_BYTES,
     pingInterval: options.pingInterval,
     pingTimeout: options.pingTimeout,
     allowedOrigins: origins.length > 0 ? origins : "*",
@@ -226,7 +233,9 @@ export function createSocketIoTicketChat(
     // The session still ends, as Node's does over its limit, but the client is told why on the
     // event's own error event (and its ack) rather than left with a bare "transport close".
     oversized(socket, event, size, ack) {
-      const { code, message } = frameTooLarge(size, "bytes", maxEventSize(ctx.config));
+      const { code, message } = state(socket).user
+        ? frameTooLarge(size, "bytes", maxEventSize(ctx.config))
+        : { code: "not_authenticated", message: SIO_ERRORS.notAuthenticated };
       ctx.metrics.error(code);
       const errorEvent = ERROR_EVENTS[event];
       if (errorEvent) socket.emit(errorEvent, { message });
@@ -237,6 +246,11 @@ export function createSocketIoTicketChat(
   /** Bridge members by engine room, with the hub join each one waits for. */
   const bridges = new Map<string, { member: Member; joined: Promise<unknown> }>();
   const state = (socket: Socket) => socket.data as SocketState;
+  /** Makes the socket `user`'s and lets its session take events as large as a message's files. */
+  const signedIn = (socket: Socket, user: Principal) => {
+    state(socket).user = user;
+    socket.conn.maxPayload = maxEventSize(ctx.config);
+  };
   const queueBound = maxQueuedBytes(ctx.config, maxEventSize(ctx.config));
   const engineRoom = (ticketId: string, baseUrl: string) => `ticket:${ticketId}\u0000${baseUrl}`;
   const userRoom = (user: Principal) => `user:${user.id}`;
@@ -434,7 +448,7 @@ export function createSocketIoTicketChat(
     socket.data = data;
     if (found.token) {
       const user = await ctx.auth.authenticate(found.token);
-      if (user) data.user = user;
+      if (user) signedIn(socket, user);
       else data.badToken = found.source !== "cookie";
     }
     next();
@@ -471,7 +485,7 @@ export function createSocketIoTicketChat(
         for (const id of [...s.tickets]) leaveTicket(socket, id);
         socket.leave(userRoom(s.user));
       }
-      s.user = user;
+      signedIn(socket, user);
       socket.join(userRoom(user));
       socket.emit("authenticated", { user: publicUser(user) });
       ack?.({ user: publicUser(user) });
