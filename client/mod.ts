@@ -1051,8 +1051,14 @@ export class ChatClient {
         return;
       case "resync":
         this.#enqueue(frame.room as string, (room) => {
+          const firstSeq = frame.first_seq as number;
+          // More had come than one join replays: nothing is lost, the older ones are read back
+          // from history before the replay goes on.
+          if (frame.reason === "replay_limited") {
+            return this.#fillGap(room, { room: frame.room, seq: firstSeq } as ChatMessage);
+          }
           // Everything from first_seq follows; what the application holds must be rebuilt.
-          room.lastSeq = (frame.first_seq as number) - 1;
+          room.lastSeq = firstSeq - 1;
           this.#emit("resync", frame as unknown as ResyncEvent);
         });
         return;

@@ -79,6 +79,7 @@ const EnvSchema = z.object({
   }),
   HEARTBEAT_SECONDS: positiveInt(30),
   HISTORY_ON_CONNECT: positiveInt(50),
+  REPLAY_LIMIT: positiveInt(1000),
   TYPING_TIMEOUT_SECONDS: positiveInt(5),
   SOCKETIO_PING_INTERVAL_MS: positiveInt(25_000),
   SOCKETIO_PING_TIMEOUT_MS: positiveInt(20_000),
@@ -142,6 +143,8 @@ export interface Config {
   heartbeatSeconds: number;
   /** How many recent messages the chat-rooms protocol replays on connect. */
   historyOnConnect: number;
+  /** Most messages one native join replays after `since`; older ones are left to `history`. */
+  replayLimit: number;
   /** A socket whose unsent outbound bytes exceed this is closed as a slow consumer (4008). */
   slowConsumerBytes: number;
   /** Sustained inbound frames per second per connection (bursts up to twice that). */
@@ -275,6 +278,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     allowedOrigins: e.ALLOWED_ORIGINS,
     heartbeatSeconds: e.HEARTBEAT_SECONDS,
     historyOnConnect: e.HISTORY_ON_CONNECT,
+    replayLimit: e.REPLAY_LIMIT,
     typingTimeoutSeconds: e.TYPING_TIMEOUT_SECONDS,
     socketIoPingIntervalMs: e.SOCKETIO_PING_INTERVAL_MS,
     socketIoPingTimeoutMs: e.SOCKETIO_PING_TIMEOUT_MS,

@@ -232,6 +232,30 @@ Deno.test("client: reconnects after a dropped socket and recovers what it missed
   }
 });
 
+Deno.test("client: more missed than one join replays is read back from history, each once, in order", async () => {
+  const server = await startTestServer({ REPLAY_LIMIT: "3" });
+  const reader = await userClient(server, "1");
+  const writer = await userClient(server, "2");
+  try {
+    await writer.client.connect();
+    await writer.client.join("ticket:7");
+    for (let i = 1; i <= 10; i++) await writer.client.send("ticket:7", { body: `m${i}` });
+    const resyncs: unknown[] = [];
+    reader.client.on("resync", (r) => resyncs.push(r));
+    await reader.client.connect();
+    await reader.client.join("ticket:7", { since: 0 });
+    await writer.client.send("ticket:7", { body: "m11" });
+    await eventually(() => reader.messages.length >= 11, 5000);
+    await new Promise((r) => setTimeout(r, 100));
+    assertEquals(reader.seqs("ticket:7"), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    assertEquals(resyncs, []);
+  } finally {
+    reader.client.close();
+    writer.client.close();
+    await server.close();
+  }
+});
+
 Deno.test("client: survives a server restart; sends made while it is down go out once", async () => {
   const server = await restartable();
   const url = server.url;

@@ -198,6 +198,63 @@ Deno.test("native: past retention the client is told to resync, never left with 
   }
 });
 
+Deno.test("native: a join replays at most REPLAY_LIMIT messages, the rest left to history; rejoins draw on an allowance; a room listed twice is refused", async () => {
+  const server = await startTestServer({ REPLAY_LIMIT: "4" });
+  try {
+    const a = await connect(server);
+    await join(a, "ticket:7");
+    for (let i = 1; i <= 10; i++) a.send({ type: "send", room: "ticket:7", body: `m${i}` });
+    for (let i = 1; i <= 10; i++) await a.next((f) => f.type === "ack");
+    const b = await connect(server);
+    b.send({ type: "join", room: "ticket:7", since: 0, ref: "j" });
+    assertEquals(await b.next(), {
+      type: "resync",
+      room: "ticket:7",
+      reason: "replay_limited",
+      first_seq: 7,
+      head: 10,
+    });
+    const seqs: number[] = [];
+    while (seqs.length < 4) seqs.push((await b.next((f) => f.type === "message")).seq as number);
+    assertEquals(seqs, [7, 8, 9, 10]);
+    assertEquals((await b.next()).type, "joined");
+    // The ones before first_seq, by history.
+    b.send({ type: "history", room: "ticket:7", after: 0, limit: 200, ref: "h" });
+    const page = await b.next((f) => f.ref === "h");
+    assertEquals((page.messages as Frame[]).map((m) => m.seq), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    // Rejoining over and over replays the allowance (ten joins' worth, refilled at one a
+    // second) and then next to nothing, not the room again and again.
+    const started = performance.now();
+    let replayed = 4;
+    for (let i = 0; i < 15; i++) {
+      b.send({ type: "join", room: "ticket:7", since: 0, ref: `r${i}` });
+      for (;;) {
+        const f = await b.next();
+        if (f.type === "message") replayed++;
+        if (f.type === "joined") break;
+      }
+    }
+    const refilled = Math.ceil((performance.now() - started) / 1000 * 4);
+    assert(replayed >= 40 && replayed <= 40 + refilled, `${replayed} replayed`);
+    // One frame naming a room twice replays it once.
+    const c = await connect(server);
+    c.send({ type: "join", rooms: [{ room: "ticket:7", since: 8 }, "ticket:7"], ref: "d" });
+    assertEquals((await c.next((f) => f.type === "message")).seq, 9);
+    assertEquals((await c.next((f) => f.type === "message")).seq, 10);
+    assertEquals((await c.next()).type, "joined");
+    assertEquals(await c.next(), {
+      type: "error",
+      code: "invalid_frame",
+      message: 'Room "ticket:7" is listed twice',
+      room: "ticket:7",
+      ref: "d",
+    });
+    for (const ws of [a, b, c]) await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("native: a lowered HISTORY_LIMIT drops a room's older messages and files at its next message", async () => {
   // Two servers in turn on one data directory: the KV file and the media directory outlive them.
   const dataDir = await Deno.makeTempDir({ prefix: "chat-retention-" });

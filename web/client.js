@@ -686,7 +686,14 @@ var ChatClient = class {
         return;
       case "resync":
         this.#enqueue(frame.room, (room) => {
-          room.lastSeq = frame.first_seq - 1;
+          const firstSeq = frame.first_seq;
+          if (frame.reason === "replay_limited") {
+            return this.#fillGap(room, {
+              room: frame.room,
+              seq: firstSeq
+            });
+          }
+          room.lastSeq = firstSeq - 1;
           this.#emit("resync", frame);
         });
         return;

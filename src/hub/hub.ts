@@ -337,7 +337,12 @@ export class Hub {
   join(
     room: string,
     member: Member,
-    options: { since?: number; onGap?: (firstSeq: number, head: number) => void } = {},
+    options: {
+      since?: number;
+      onGap?: (firstSeq: number, head: number) => void;
+      /** True once the member is gone (its socket closed): the replay stops reading. */
+      stopped?: () => boolean;
+    } = {},
   ): Promise<number> {
     const state = this.#state(room);
     // Counted until the task has run: a teardown queued before it (the last member left in this
@@ -360,7 +365,7 @@ export class Hub {
       }
       if (options.since !== undefined && options.since < state.last) {
         let after = options.since;
-        while (after < state.last) {
+        while (after < state.last && !options.stopped?.()) {
           const page = await this.#store.list(room, { after, before: state.last + 1, limit: PAGE });
           // Checked on what is read, not on an earlier look at the tail: retention may move it.
           const next = gapBefore(page, after, state.last);

@@ -129,6 +129,24 @@ Deno.test("Hub.join() with since replays what the member missed, then goes live 
   kv.close();
 });
 
+Deno.test("Hub.join() stops a replay whose member is gone at the next page", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const hub = new Hub(store, new MemoryBroker());
+  await Promise.all(
+    Array.from(
+      { length: 1200 },
+      () => store.append("r", { sender: null, body: "x", attachments: [] }),
+    ),
+  );
+  const gone = recorder();
+  // Its socket closed while the first page was being written.
+  await hub.join("r", gone, { since: 0, stopped: () => gone.seqs.length > 0 });
+  assertEquals(gone.seqs.length, 500);
+  hub.close();
+  kv.close();
+});
+
 Deno.test("Hub.join() with since reports messages deleted before the replay read them, before the first one after", async () => {
   const kv = await Deno.openKv(":memory:");
   const store = new KvMessageStore(kv);

@@ -36,6 +36,11 @@ const PRESENCE_FRAME = '{"type":"presence"';
 /** Most rooms one socket may join. */
 export const MAX_ROOMS_PER_SOCKET = 100;
 /**
+ * A socket's replay allowance is this many joins' worth of `REPLAY_LIMIT` messages, refilled at
+ * one join's worth a second: a reconnect to many rooms replays in full, a loop of rejoins does not.
+ */
+const REPLAY_BURST_JOINS = 10;
+/**
  * Rooms of one socket whose messages the hub may write straight to it. The hub checks a direct
  * socket's outbound buffer per room (every 32 messages or 64 KiB of each), so a socket in many
  * busy rooms could go unchecked for that much from every one; past this many rooms, messages go
@@ -253,12 +258,33 @@ class NativeSession implements SocketHandler {
   #ctx: DialectContext;
   #connId = crypto.randomUUID();
   #rooms = new Map<string, NativeMember>();
+  /** Messages this socket may still have replayed, and when that was last worked out. */
+  #replayBudget: number;
+  #replayAt = performance.now();
 
   constructor(ctx: DialectContext, user: Principal, baseUrl: string) {
     this.#ctx = ctx;
     this.user = user;
     this.baseUrl = baseUrl;
     this.renderKey = intern(`native|${baseUrl}`);
+    this.#replayBudget = ctx.config.replayLimit * REPLAY_BURST_JOINS;
+  }
+
+  /**
+   * How many of `wanted` messages a join may replay (at most `REPLAY_LIMIT`, within what the
+   * socket's allowance holds), taken from the allowance.
+   */
+  #replayAllowance(wanted: number): number {
+    const limit = this.#ctx.config.replayLimit;
+    const now = performance.now();
+    this.#replayBudget = Math.min(
+      limit * REPLAY_BURST_JOINS,
+      this.#replayBudget + (now - this.#replayAt) / 1000 * limit,
+    );
+    this.#replayAt = now;
+    const allowed = Math.max(0, Math.min(wanted, limit, Math.floor(this.#replayBudget)));
+    this.#replayBudget -= allowed;
+    return allowed;
   }
 
   /** The socket's membership of `room`, if it joined it. */
@@ -301,11 +327,22 @@ class NativeSession implements SocketHandler {
     let from = since;
     if (since !== undefined) {
       const [tail, head] = await Promise.all([ctx.chat.tail(room), ctx.chat.head(room)]);
-      // History no longer reaches back to what the client has, or the client is ahead of the
-      // store (it was reset): say so instead of leaving a silent gap. Read from the store, as
-      // this isolate's hub may not have delivered its newest messages yet.
-      if (since + 1 < tail || since > head) {
-        resync(since > head ? "ahead_of_history" : "history_truncated", tail, head);
+      // Read from the store, as this isolate's hub may not have delivered its newest messages.
+      const start = since > head ? tail - 1 : Math.max(since, tail - 1);
+      const allowed = this.#replayAllowance(head - start);
+      if (since > head) {
+        // The client is ahead of the store (it was reset): it must rebuild from what follows.
+        from = head - allowed;
+        resync("ahead_of_history", from + 1, head);
+      } else if (head - start > allowed) {
+        // More than one join replays: the newest ones come, the older ones are the client's to
+        // read with `history` (one frame a page, so a loop of rejoins cannot make the server
+        // write a room's whole history again and again).
+        from = head - allowed;
+        resync("replay_limited", from + 1, head);
+      } else if (since + 1 < tail) {
+        // History no longer reaches back to what the client has: said, not left a silent gap.
+        resync("history_truncated", tail, head);
         from = tail - 1;
       }
     }
@@ -327,6 +364,7 @@ class NativeSession implements SocketHandler {
         from === undefined ? {} : {
           since: from,
           onGap: (firstSeq, head) => resync("history_truncated", firstSeq, head),
+          stopped: () => !conn.open || rooms.get(room) !== member,
         },
       );
       if (!conn.open || rooms.get(room) !== member) {
@@ -391,6 +429,7 @@ class NativeSession implements SocketHandler {
         }
         // Every entry gets its own `joined` or error (naming the room), so one refused room
         // neither stops the rest nor leaves the client waiting for a reply that never comes.
+        const listed = new Set<string>();
         for (const raw of list) {
           if (!conn.open) return;
           const item = typeof raw === "string" ? { room: raw } : raw;
@@ -404,6 +443,11 @@ class NativeSession implements SocketHandler {
             }
             const entry = item as Record<string, unknown>;
             room = requireRoom(entry);
+            // A second entry would leave and rejoin the room, replaying its history again.
+            if (listed.has(room)) {
+              throw new ChatError("invalid_frame", `Room "${room}" is listed twice`);
+            }
+            listed.add(room);
             await this.#join(
               conn,
               room,
