@@ -531,6 +531,14 @@ Deno.test("native: a batch join answers every entry, naming the room of each err
     });
     a.send({ type: "history", room: "chat:1" });
     assertEquals((await a.next((f) => f.type === "history")).messages, []);
+    // Chat 7 is `chat:7`, as /ws/chat/007/ and the API take it: `chat:007` is not a room apart.
+    a.send({ type: "join", room: "chat:007", ref: "zeros" });
+    assertEquals(await a.next(), {
+      type: "error",
+      code: "invalid_frame",
+      message: 'Invalid room "chat:007": write it chat:7',
+      ref: "zeros",
+    });
     await a.close();
   } finally {
     await server.close();

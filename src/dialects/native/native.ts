@@ -5,7 +5,7 @@
 
 import { findToken } from "../../auth/token.ts";
 import { asChatError, ChatError, rateLimited } from "../../core/errors.ts";
-import { parseRoomKey } from "../../core/rooms.ts";
+import { canonicalId, parseRoomKey } from "../../core/rooms.ts";
 import type { AppendResult, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import type { DirectSocket, Member } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
@@ -141,8 +141,18 @@ function optionalFiles(record: Record<string, unknown>): { name?: string; data: 
 const requireRoom = (record: Record<string, unknown>): string => {
   const room = optionalString(record, "room");
   if (!room) throw new ChatError("invalid_frame", 'Field "room" is required');
-  if (!parseRoomKey(room)) {
+  const key = parseRoomKey(room);
+  if (!key) {
     throw new ChatError("invalid_frame", `Invalid room "${room}": expected kind:id, e.g. ticket:1`);
+  }
+  // `chat:007` is chat 7 on every other way in (URLs, the API): as a room of its own it would be
+  // one that no participant list covers and no API call can delete.
+  const canonical = canonicalId(key.kind, key.id);
+  if (canonical !== key.id) {
+    throw new ChatError(
+      "invalid_frame",
+      `Invalid room "${room}": write it ${key.kind}:${canonical}`,
+    );
   }
   return room;
 };
