@@ -83,6 +83,8 @@ const MEDIA_SWEEP_KEY = ["media_sweep"];
 
 /** How long a health probe's answer stands: the probe writes, and `/healthz` is public. */
 const HEALTH_PROBE_MS = 1000;
+/** How long one store may take to answer the health check before it counts as failed. */
+const HEALTH_STEP_MS = 3000;
 
 /** An error message without the paths it names (`: mkdir '/data/media'`), for public answers. */
 const withoutPaths = (text: string) => text.replace(/:\s*\w*\s*['"]?\/.*$/s, "");
@@ -112,7 +114,10 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     audience: config.jwtAudience,
   });
 
-  const directory = await openDirectory(config.databaseUrl, config.dataDir).catch((err) => {
+  const directory = await openDirectory(config.databaseUrl, config.dataDir, {
+    poolMax: config.databasePoolMax,
+    timeoutMs: config.databaseTimeoutMs,
+  }).catch((err) => {
     // Its own checks of the URL already name it.
     if (message(err).startsWith("DATABASE_URL")) throw err;
     const which = config.databaseUrl ? "DATABASE_URL" : "The directory's SQLite file in DATA_DIR";
@@ -274,13 +279,25 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const probeStores = () => {
     if (probe && (!probe.settled || Date.now() - probe.at < HEALTH_PROBE_MS)) return probe.done;
     const done = (async () => {
-      const step = async (what: string, run: () => Promise<unknown>) => {
+      const step = async (what: string, run: () => Promise<unknown>, detail = true) => {
+        let timer: ReturnType<typeof setTimeout> | undefined;
         try {
-          await run();
+          // A store that hangs (a stalled database) must make the check fail, not hang with it.
+          await Promise.race([
+            run(),
+            new Promise((_, reject) => {
+              timer = setTimeout(
+                () => reject(new Error(`no answer within ${HEALTH_STEP_MS} ms`)),
+                HEALTH_STEP_MS,
+              );
+            }),
+          ]);
         } catch (err) {
           if (!probeFailed) console.error(`healthz: ${what}:`, err);
           probeFailed = true;
-          throw new Error(`${what}: ${withoutPaths(message(err))}`);
+          throw new Error(detail ? `${what}: ${withoutPaths(message(err))}` : what);
+        } finally {
+          clearTimeout(timer);
         }
       };
       await step(
@@ -288,7 +305,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         () => kv.set(["health", isolateId], Date.now(), { expireIn: 60_000 }),
       );
       await step("Media directory does not accept files", () => media.probe());
-      await step("Directory does not answer", () => directory.ping());
+      // Its errors name the database's host and port: logged, not told to anyone who asks.
+      await step("Directory does not answer", () => directory.ping(), false);
       probeFailed = false;
     })();
     const current: typeof probe & object = { at: Date.now(), done, settled: false };

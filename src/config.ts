@@ -100,6 +100,8 @@ const EnvSchema = z.object({
   UPLOADS_PER_USER: positiveInt(2),
   PRESENCE_TTL_SECONDS: positiveInt(30),
   DATABASE_URL: optionalText,
+  DATABASE_POOL_MAX: positiveInt(10),
+  DATABASE_TIMEOUT_MS: positiveInt(5_000),
   KV_PATH: optionalText,
   // A short static admin secret is guessable; the value itself is never echoed back.
   ADMIN_TOKEN: optionalText.refine((v) => v === undefined || v.length >= 16, {
@@ -190,6 +192,10 @@ export interface Config {
   presenceTtlSeconds: number;
   /** Directory database: a path, `sqlite:` URL or `postgres://` URL. */
   databaseUrl?: string;
+  /** Most connections of each isolate's Postgres pool. */
+  databasePoolMax: number;
+  /** Milliseconds a Postgres connection or query may take before it fails. */
+  databaseTimeoutMs: number;
   /** Deno KV location: a path, `:memory:`, or a remote KV URL; DATA_DIR/chat.kv by default. */
   kvPath: string;
   /** Static admin Bearer token for the REST API. */
@@ -296,6 +302,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     uploadsPerUser: e.UPLOADS_PER_USER,
     presenceTtlSeconds: e.PRESENCE_TTL_SECONDS,
     databaseUrl: e.DATABASE_URL,
+    databasePoolMax: e.DATABASE_POOL_MAX,
+    databaseTimeoutMs: e.DATABASE_TIMEOUT_MS,
     kvPath,
     adminToken: e.ADMIN_TOKEN,
     chatPathProtocol: e.CHAT_PATH_PROTOCOL,

@@ -60,10 +60,11 @@ export function parseDatabaseUrl(
 export async function openDirectory(
   databaseUrl: string | undefined,
   dataDir: string,
+  postgres: PostgresSettings = {},
 ): Promise<Directory> {
   const target = parseDatabaseUrl(databaseUrl, dataDir);
   const directory = target.dialect === "postgres"
-    ? openPostgres(target.url)
+    ? openPostgres(target.url, postgres)
     : await openSqlite(target.path);
   try {
     await directory.migrate();
@@ -86,9 +87,27 @@ async function openSqlite(path: string): Promise<KyselyDirectory> {
   });
 }
 
+/** Settings of the Postgres pool (each isolate and process has its own). */
+export interface PostgresSettings {
+  /** Most connections open at once; default 10. */
+  poolMax?: number;
+  /** Milliseconds a connection, and then a query, may take before it fails; default 5,000. */
+  timeoutMs?: number;
+}
+
 /** A directory on a Postgres connection pool. */
-function openPostgres(url: string): KyselyDirectory {
-  const pool = createPgPool({ connectionString: url });
+function openPostgres(url: string, settings: PostgresSettings): KyselyDirectory {
+  const timeout = settings.timeoutMs ?? 5_000;
+  // Bounded everywhere: a stalled or unreachable server (a paused VM, a network partition) would
+  // otherwise hold every handshake, send and health check for as long as TCP keeps trying.
+  const pool = createPgPool({
+    connectionString: url,
+    max: settings.poolMax ?? 10,
+    connectionTimeoutMillis: timeout,
+    query_timeout: timeout,
+    statement_timeout: timeout,
+    keepAlive: true,
+  });
   // An idle client whose server went away emits `error` on the pool, and an unhandled `error`
   // event would end the process; the pool drops that client and the next query reconnects.
   pool.on("error", (error) => {

@@ -17,6 +17,12 @@ export interface PgPoolOptions {
   max?: number;
   /** Milliseconds to wait for a connection before failing; pg waits forever by default. */
   connectionTimeoutMillis?: number;
+  /** Milliseconds a query may take before the client gives up on it; none by default. */
+  query_timeout?: number;
+  /** Milliseconds the server lets a statement run before cancelling it; none by default. */
+  statement_timeout?: number;
+  /** TCP keep-alive on connections, so that a dead peer is noticed; off by default. */
+  keepAlive?: boolean;
 }
 
 /** The part of `pg.Pool` the directory and its tests use. */
