@@ -235,6 +235,10 @@ apiTest("rooms: create, update, participants, list by kind, delete, and bad inpu
       ["GET", "/api/rooms/ticket/bad%20id", undefined],
       ["DELETE", "/api/rooms/planet/1", undefined],
       ["POST", "/api/rooms/ticket/1/participants", { user_id: "7", role: "" }],
+      // NUL: Postgres cannot store it (a 500 there), SQLite would cut the text short at it.
+      ["PUT", "/api/rooms/ticket/1", { title: "a\u0000b" }],
+      ["PUT", "/api/users/7", { username: "a\u0000b" }],
+      ["POST", "/api/rooms/ticket/1/participants", { user_id: "7", role: "x\u0000" }],
       ["DELETE", "/api/rooms/ticket/1/participants/%01", undefined],
       ["GET", `/api/users/${"x".repeat(257)}`, undefined],
       ["DELETE", "/api/users/a%7Fb", undefined],

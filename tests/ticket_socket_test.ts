@@ -287,6 +287,9 @@ Deno.test("ticket socket: bad tokens close with 4001, no access closes with 4003
     await expect(`${url}?token=${none}`, 4001);
     const noSubject = await server.token({ rooms: ["ticket:9"] });
     await expect(`${url}?token=${noSubject}`, 4001);
+    // A user id no directory can hold (Postgres cannot store a NUL) is no user id.
+    const control = await server.token({ sub: "7\u00008", rooms: ["ticket:9"] });
+    await expect(`${url}?token=${control}`, 4001);
     const other = await server.token({ sub: "1", rooms: ["ticket:10"] });
     await expect(`${url}?token=${other}`, 4003);
     // Admin roles and wildcard grants enter.

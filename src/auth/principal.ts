@@ -10,6 +10,10 @@ export function normalizeUserId(value: unknown): UserId | undefined {
   if (typeof value === "number" && Number.isSafeInteger(value)) return value;
   if (typeof value !== "string" || value.trim() === "") return undefined;
   const v = value.trim();
+  // As the directory takes user ids (its API refuses the rest): a NUL cannot be stored on
+  // Postgres at all.
+  // deno-lint-ignore no-control-regex
+  if (v.length > 256 || /[\u0000-\u001f\u007f]/.test(v)) return undefined;
   return /^(0|[1-9]\d{0,15})$/.test(v) && Number.isSafeInteger(Number(v)) ? Number(v) : v;
 }
 

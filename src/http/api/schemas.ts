@@ -35,7 +35,11 @@ export const UserId = z.string().min(1).max(256).regex(
   "expected no control characters",
 ).describe("User id as text (the token's sub, user_id or id)");
 
-const profileText = (max: number) => z.string().max(max).nullable().optional();
+/** Text without NUL, which Postgres cannot store (SQLite would cut the text short there). */
+const text = (max: number) =>
+  z.string().max(max).refine((s) => !s.includes("\u0000"), "expected no NUL character");
+
+const profileText = (max: number) => text(max).nullable().optional();
 
 /** Path of a user. */
 export const UserPath = z.object({ id: UserId });
@@ -51,7 +55,7 @@ export const KindPath = z.object({ kind: RoomKind });
 export const ParticipantPath = z.object({ kind: RoomKind, id: RoomId, user_id: UserId })
   .transform((p) => ({ ...p, id: canonicalId(p.kind, p.id) }));
 
-const ROLE = z.string().min(1).max(64);
+const ROLE = text(64).min(1);
 
 /** Body of `PUT /api/users/{id}`: fields left out keep their stored value, null clears one. */
 export const UserInput = z.strictObject({
@@ -95,7 +99,7 @@ export const Participant = z.object({ user_id: z.string(), role: z.string() })
 
 /** Body of `PUT /api/rooms/{kind}/{id}`. */
 export const RoomInput = z.strictObject({
-  title: z.string().max(500).nullable().optional(),
+  title: text(500).nullable().optional(),
   owner_id: UserId.nullable().optional().describe("The owner may always enter the room"),
   participants: z.array(ParticipantInput).max(10_000).optional().describe(
     "Replaces the participant list exactly; users who lose access are removed from the room",
