@@ -4,16 +4,23 @@ import type { PresenceStore } from "../src/core/types.ts";
 import { assertEquals } from "./assert.ts";
 import { startTestServer, TestClient, type TestServer } from "./helpers.ts";
 
-/** Wraps the presence store; `enter` runs `before` first (which may wait or throw). */
+/** Wraps the presence store; `enter`, `exit`, `list` run `before`'s first (which may wait or throw). */
 function faulty(
-  before: { enter?: () => Promise<void>; list?: () => Promise<void> },
+  before: {
+    enter?: () => Promise<void>;
+    exit?: () => Promise<void>;
+    list?: () => Promise<void>;
+  },
 ): (inner: PresenceStore) => PresenceStore {
   return (inner) => ({
     enter: async (room, user, connId) => {
       await before.enter?.();
       return await inner.enter(room, user, connId);
     },
-    exit: (room, user, connId) => inner.exit(room, user, connId),
+    exit: async (room, user, connId) => {
+      await before.exit?.();
+      return await inner.exit(room, user, connId);
+    },
     sweep: (room, open) => inner.sweep(room, open),
     list: async (room) => {
       await before.list?.();
@@ -48,6 +55,34 @@ Deno.test("join failures: a native join whose presence write failed is whole whe
     const joined = await ws.next((f) => f.type === "joined");
     assertEquals((joined.presence as { id: unknown }[]).map((u) => String(u.id)), ["1"]);
     await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("join failures: a presence exit that failed is written again by the sweep, so no ghost stays in the room", async () => {
+  let failures = 0;
+  const server = await startTestServer({ PRESENCE_TTL_SECONDS: "3" }, {
+    presence: faulty({
+      exit: () => {
+        if (failures++ > 0) return Promise.resolve();
+        return Promise.reject(new Error("database is locked"));
+      },
+    }),
+  });
+  try {
+    const goes = await nativeClient(server, "1");
+    goes.send({ type: "join", room: "chat:8" });
+    await goes.next((f) => f.type === "joined");
+    // The room's only socket on this server: no sweep of the room would follow its failed exit.
+    await goes.close();
+    // The sweep (every second here) writes the exit again.
+    await new Promise((r) => setTimeout(r, 2500));
+    const comes = await nativeClient(server, "3");
+    comes.send({ type: "join", room: "chat:8" });
+    const joined = await comes.next((f) => f.type === "joined");
+    assertEquals((joined.presence as { id: unknown }[]).map((u) => String(u.id)), ["3"]);
+    await comes.close();
   } finally {
     await server.close();
   }

@@ -81,6 +81,8 @@ export class ChatService {
   >();
   /** Presence entries of this isolate's connections: room → connection id → user. */
   #present = new Map<string, Map<string, Principal>>();
+  /** Exits whose presence write failed, by room and connection: the sweep writes them again. */
+  #failedExits = new Map<string, { user: Principal; room: string; connId: string }>();
   #sweepTimer?: ReturnType<typeof setInterval>;
   /** Enters under way, by room and connection, so that an exit waits for its own enter. */
   #entering = new Map<string, Promise<unknown>>();
@@ -283,6 +285,7 @@ export class ChatService {
     let conns = this.#present.get(room);
     if (!conns) this.#present.set(room, conns = new Map());
     conns.set(connId, user);
+    this.#failedExits.delete(`${room}\u0000${connId}`);
     this.#startSweeping();
     const result = await this.#deps.presence.enter(room, profileOf(user), connId);
     if (result.first) {
@@ -302,10 +305,20 @@ export class ChatService {
     const conns = this.#present.get(room);
     conns?.delete(connId);
     if (conns?.size === 0) this.#present.delete(room);
-    if (this.#present.size === 0) this.#stopSweeping();
+    this.#failedExits.delete(`${room}\u0000${connId}`);
+    if (this.#present.size === 0 && this.#failedExits.size === 0) this.#stopSweeping();
     // Before the presence write: the typing tab is gone whether or not others of the user stay.
     this.stopTyping(user, room, connId);
-    const result = await this.#deps.presence.exit(room, user.id, connId);
+    let result: { last: boolean };
+    try {
+      result = await this.#deps.presence.exit(room, user.id, connId);
+    } catch (err) {
+      // The entry stays in the store, and its server is alive: nothing else would ever take it
+      // out (a ghost for as long as this server runs). The sweep writes the exit again.
+      this.#failedExits.set(`${room}\u0000${connId}`, { user, room, connId });
+      this.#startSweeping();
+      throw err;
+    }
     if (result.last) {
       this.#deps.fanout.publish({ type: "presence", room, user: profileOf(user), action: "leave" });
     }
@@ -345,6 +358,29 @@ export class ChatService {
    * removes entries of this isolate's connections that are gone (an exit that failed).
    */
   async sweepPresence(): Promise<void> {
+    for (const [key, { user, room, connId }] of [...this.#failedExits]) {
+      if (this.#failedExits.get(key)?.user !== user) continue;
+      // Back in the room on the same connection (a leave, then a join): its entry is wanted.
+      if (this.#present.get(room)?.has(connId)) {
+        this.#failedExits.delete(key);
+        continue;
+      }
+      try {
+        const { last } = await this.#track(this.#deps.presence.exit(room, user.id, connId));
+        if (this.#failedExits.get(key)?.user === user) this.#failedExits.delete(key);
+        if (last) {
+          this.#deps.fanout.publish({
+            type: "presence",
+            room,
+            user: profileOf(user),
+            action: "leave",
+          });
+        }
+      } catch (err) {
+        console.error("presence: an exit failed again:", err);
+      }
+    }
+    if (this.#present.size === 0 && this.#failedExits.size === 0) this.#stopSweeping();
     for (const room of [...this.#present.keys()]) {
       const open = (connId: string) => this.#present.get(room)?.has(connId) ?? false;
       for (const user of await this.#deps.presence.sweep(room, open)) {
