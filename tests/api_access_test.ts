@@ -182,6 +182,15 @@ apiTest(
       201,
     );
     assertEquals((await s.api("GET", "/api/rooms/service-chat/10")).body.id, "10");
+    // However long the zeros: past 15 digits too.
+    assertEquals(
+      (await s.api("GET", `/api/rooms/service-chat/${"0".repeat(20)}10`)).body.id,
+      "10",
+    );
+    assertEquals(
+      (await s.api("PUT", "/api/rooms/service-chat/0000123456789012345678", { json: {} })).body.id,
+      "123456789012345678",
+    );
     const five = await open(s, "/ws/service-chats/010", { sub: "5" });
     const peer = await open(s, "/ws/service-chats/10", { sub: "6", role: "admin" });
     // Posted to one spelling, delivered to sockets opened with either.

@@ -25,7 +25,8 @@ const NUMERIC_KINDS: ReadonlySet<string> = new Set<RoomKind>([
  * and `7` are one chat, as the servers we replace parse them); any other id as given.
  */
 export function canonicalId(kind: string, id: string): string {
-  return NUMERIC_KINDS.has(kind) && /^\d{1,15}$/.test(id) ? String(Number(id)) : id;
+  // By text, not by Number: an id past 15 digits would lose its last ones as a float.
+  return NUMERIC_KINDS.has(kind) && /^\d+$/.test(id) ? id.replace(/^0+(?=\d)/, "") : id;
 }
 
 /** Builds a room key, throwing a RangeError for an id that cannot be one. */
