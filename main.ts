@@ -31,6 +31,7 @@ import { MetricsExchange } from "./src/http/metrics_exchange.ts";
 import { mountWeb } from "./src/http/web_routes.ts";
 import { ApiCounters, createApi } from "./src/http/api/mod.ts";
 import { openDirectory } from "./src/directory/open.ts";
+import { commitRetryingLocks } from "./src/store/kv_reads.ts";
 import { Hub } from "./src/hub/hub.ts";
 import { MediaAttachmentStore } from "./src/media/attachments.ts";
 import { LocalMediaStore } from "./src/media/local_media_store.ts";
@@ -142,8 +143,11 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   // So are files a crash left half written: an hour old, no write of any instance is under way.
   // One server walks the tree (a ten-minute lease in KV): the isolates of a process and the
   // instances sharing the volume would otherwise all walk it at once.
-  void kv.atomic().check({ key: MEDIA_SWEEP_KEY, versionstamp: null })
-    .set(MEDIA_SWEEP_KEY, Date.now(), { expireIn: 10 * 60_000 }).commit()
+  // Isolates starting together write at once: the lease waits out SQLite's write lock.
+  void commitRetryingLocks(
+    kv.atomic().check({ key: MEDIA_SWEEP_KEY, versionstamp: null })
+      .set(MEDIA_SWEEP_KEY, Date.now(), { expireIn: 10 * 60_000 }),
+  )
     .then(async (lease) => {
       if (!lease.ok) return;
       const n = await media.sweepTemporary(60 * 60_000);
