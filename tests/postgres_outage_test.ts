@@ -76,6 +76,7 @@ Deno.test({
     const server = await startTestServer({
       DATABASE_URL: url.toString(),
       DATABASE_TIMEOUT_MS: "1000",
+      ADMIN_TOKEN: "admin-token-for-the-outage-test",
     });
     try {
       const token = await server.token({ sub: "1", rooms: ["ticket:*"] });
@@ -93,6 +94,13 @@ Deno.test({
       assert(performance.now() - started < 5000, "the health check waited for the directory");
       // Whatever the error was, the database's address is not told to anyone who asks.
       assert(!JSON.stringify(body).includes(String(proxy.port)), JSON.stringify(body));
+      // The admin API says the directory is away (503, come back later), not that it broke.
+      const api = await fetch(`${server.url}/api/rooms/ticket/1`, {
+        headers: { authorization: "Bearer admin-token-for-the-outage-test" },
+        signal: AbortSignal.timeout(8000),
+      });
+      assertEquals([api.status, api.headers.get("retry-after")], [503, "5"]);
+      assertEquals((await api.json()).message, "The directory does not answer; try again shortly");
       // A newcomer, whose access the directory must decide, is answered (refused), not left
       // hanging: the handshake fails, or the socket closes or says something.
       const other = await server.token({ sub: "2", rooms: ["ticket:*"] });

@@ -352,7 +352,26 @@ function errorResponse(err: unknown, where: string): Response {
     return response;
   }
   console.error(`api: ${where} failed:`, err);
+  if (unavailable(err)) {
+    // The store is down or overloaded, not the request wrong: a client should come back later.
+    const response = errorJson(503, "The directory does not answer; try again shortly");
+    response.headers.set("retry-after", "5");
+    return response;
+  }
   return errorJson(500, "Internal server error");
+}
+
+/** Connection-class failures of a database (network errors, Postgres classes 08, 53, 57P). */
+const UNAVAILABLE_CODES =
+  /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|EPIPE|08...|53...|57P0[1-4])$/;
+
+/** True for an error that says the database could not be reached or answered in time. */
+function unavailable(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === "string" && UNAVAILABLE_CODES.test(code)) return true;
+  return /Query read timeout|timeout exceeded when trying to connect|Connection terminated|database is locked/i
+    .test(err.message);
 }
 
 function render(
