@@ -14,6 +14,7 @@ import { Metrics } from "./src/core/metrics.ts";
 import { RateLimiter } from "./src/core/rate_limiter.ts";
 import { nativeRoute } from "./src/dialects/native/native.ts";
 import type { AccessPolicy, Broker, Message, PresenceStore, RoomEvent } from "./src/core/types.ts";
+import type { Directory } from "./src/core/directory.ts";
 import type { DialectContext, WsRoute } from "./src/dialects/context.ts";
 import { ticketSocketRoute } from "./src/dialects/ticket_socket/ticket_socket.ts";
 import { conversationChatRoute } from "./src/dialects/conversation_chat/conversation_chat.ts";
@@ -72,6 +73,8 @@ export interface AppOverrides {
   presence?: (store: PresenceStore) => PresenceStore;
   /** Wraps the access policy (tests hold a check open to race it). */
   access?: (policy: AccessPolicy) => AccessPolicy;
+  /** Wraps the directory (tests make its reads fail at a chosen moment). */
+  directory?: (directory: Directory) => Directory;
   /** How long the hub lets the broker bring a commit the head watch saw (tests hold it back). */
   catchUpDelayMs?: number;
 }
@@ -115,7 +118,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     audience: config.jwtAudience,
   });
 
-  const directory = await openDirectory(config.databaseUrl, config.dataDir, {
+  const opened = await openDirectory(config.databaseUrl, config.dataDir, {
     poolMax: config.databasePoolMax,
     timeoutMs: config.databaseTimeoutMs,
   }).catch((err) => {
@@ -124,6 +127,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     const which = config.databaseUrl ? "DATABASE_URL" : "The directory's SQLite file in DATA_DIR";
     throw new Error(`${which}: the directory could not be opened: ${message(err)}`);
   });
+  const directory = (overrides.directory ?? ((d) => d))(opened);
   const kv = await Deno.openKv(config.kvPath).catch(async (err) => {
     await directory.close();
     throw new Error(`KV_PATH (${config.kvPath}) could not be opened: ${message(err)}`);

@@ -233,6 +233,51 @@ apiTest("native: a revoked room is left with a removed frame, the others stay", 
   await ws.close();
 });
 
+/** Whether the directory's next participant list fails (as a lost connection would). */
+const failNextList = { armed: false };
+
+apiTest(
+  "a removal whose reads after it fail still closes the removed user's socket",
+  async (s) => {
+    await s.api("PUT", "/api/rooms/ticket/1", {
+      json: { participants: [{ user_id: "3" }, { user_id: "4" }] },
+    });
+    const four = await open(s, "/ws/ticket/1/", { sub: "4" });
+    four.send({ body: "in" });
+    await four.next();
+    failNextList.armed = true;
+    assertEquals((await s.api("DELETE", "/api/rooms/ticket/1/participants/4")).status, 503);
+    assertEquals(await within(four.closed, "the removed user's close"), {
+      code: 4003,
+      reason: "Access revoked",
+    });
+    // Gone for good: a retry finds nothing to remove, and the user is refused.
+    assertEquals((await s.api("DELETE", "/api/rooms/ticket/1/participants/4")).status, 404);
+    assertEquals((await (await open(s, "/ws/ticket/1/", { sub: "4" })).closed).code, 4003);
+  },
+  {},
+  {
+    // A proxy keeps the directory's class (the API asks for it) and its private fields.
+    directory: (d) =>
+      new Proxy(d, {
+        get(target, key) {
+          const value = Reflect.get(target, key, target);
+          if (typeof value !== "function") return value;
+          if (key === "listParticipants") {
+            return (...args: unknown[]) => {
+              if (failNextList.armed) {
+                failNextList.armed = false;
+                return Promise.reject(new Error("Connection terminated unexpectedly"));
+              }
+              return value.apply(target, args);
+            };
+          }
+          return value.bind(target);
+        },
+      }),
+  },
+);
+
 apiTest("replacing participants closes exactly those who lost access", async (s) => {
   await s.api("PUT", "/api/users/8", { json: { role: "support" } });
   await s.api("PUT", "/api/rooms/support-chat/1", {

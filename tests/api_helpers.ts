@@ -185,13 +185,14 @@ export function apiTest(
   name: string,
   fn: (server: ApiServer) => Promise<void>,
   env: Record<string, string> = {},
+  overrides: AppOverrides = {},
 ): void {
   for (const backend of BACKENDS) {
     Deno.test({
       name: `${name} [${backend.name}]`,
       ignore: backend.ignore,
       async fn() {
-        const server = await startApiServer(backend, env);
+        const server = await startApiServer(backend, env, overrides);
         try {
           await fn(server);
         } finally {

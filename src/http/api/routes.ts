@@ -134,16 +134,28 @@ async function revokeLost(
   before: Iterable<string>,
 ): Promise<void> {
   const room = roomKeyOf(kind, id);
-  const [stored, participants] = await Promise.all([
-    deps.directory.getRoom(kind, id),
-    deps.directory.listParticipants(kind, id),
-  ]);
-  const keep = new Set(participants.map((p) => p.userId));
-  if (stored?.ownerId) keep.add(stored.ownerId);
-  for (const userId of new Set(before)) {
-    if (keep.has(userId)) continue;
-    if (storedRoleGrantsAccess(await deps.directory.getUser(userId), room)) continue;
+  const revoke = (userId: string) =>
     deps.events.publish({ type: "revoked", room, userId: normalizeUserId(userId) ?? userId });
+  const pending = new Set(before);
+  try {
+    const [stored, participants] = await Promise.all([
+      deps.directory.getRoom(kind, id),
+      deps.directory.listParticipants(kind, id),
+    ]);
+    const keep = new Set(participants.map((p) => p.userId));
+    if (stored?.ownerId) keep.add(stored.ownerId);
+    for (const userId of [...pending]) {
+      const keeps = keep.has(userId) ||
+        storedRoleGrantsAccess(await deps.directory.getUser(userId), room);
+      pending.delete(userId);
+      if (!keeps) revoke(userId);
+    }
+  } catch (err) {
+    // The change is committed, but who keeps access could not be read: take out everyone it may
+    // have cut off (a rejoin checks access again), rather than leave a removed user reading the
+    // room with nothing left to publish the eviction (a retry finds nothing to remove).
+    for (const userId of pending) revoke(userId);
+    throw err;
   }
 }
 
