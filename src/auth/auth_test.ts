@@ -12,6 +12,10 @@ Deno.test("principalFromClaims() takes sub, else user_id, else id, numbers as nu
   assertEquals(principalFromClaims({ id: "abc" })?.id, "abc");
   assertEquals(principalFromClaims({ sub: "007" })?.id, "007");
   assertEquals(principalFromClaims({ email: "a@b" }), null);
+  // A claim that names no valid user is nobody: the next claim does not stand in for it.
+  assertEquals(principalFromClaims({ sub: "alice\u0000", user_id: 7 }), null);
+  assertEquals(principalFromClaims({ sub: "x".repeat(300), id: "admin-bot" }), null);
+  assertEquals(principalFromClaims({ sub: "", user_id: 7 })?.id, 7);
   const p = principalFromClaims({
     sub: "5",
     full_name: "John Talker",

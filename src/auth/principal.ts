@@ -25,8 +25,12 @@ const NO_GRANTS = Object.freeze([]) as unknown as string[];
  * else `id`; returns null when none is present.
  */
 export function principalFromClaims(claims: Record<string, unknown>): Principal | null {
-  const id = normalizeUserId(claims.sub) ?? normalizeUserId(claims.user_id) ??
-    normalizeUserId(claims.id);
+  // The first claim given decides: one that names no valid user does not hand the choice to
+  // the next (`{sub: "alice\u0000", user_id: 7}` is nobody, not user 7).
+  const given = [claims.sub, claims.user_id, claims.id].find((v) =>
+    v !== undefined && v !== null && !(typeof v === "string" && v.trim() === "")
+  );
+  const id = normalizeUserId(given);
   if (id === undefined) return null;
   const name = text(claims.name) ?? text(claims.full_name);
   const email = text(claims.email);

@@ -99,14 +99,16 @@ export interface PostgresSettings {
 function openPostgres(url: string, settings: PostgresSettings): KyselyDirectory {
   const timeout = settings.timeoutMs ?? 5_000;
   // Bounded everywhere: a stalled or unreachable server (a paused VM, a network partition) would
-  // otherwise hold every handshake, send and health check for as long as TCP keeps trying.
+  // otherwise hold every handshake, send and health check for as long as TCP keeps trying. The
+  // bound is the client's (`query_timeout`): a server-side `statement_timeout` goes in the
+  // startup message, which PgBouncer (Supabase's, Neon's pooled endpoints) refuses.
   const pool = createPgPool({
     connectionString: url,
     max: settings.poolMax ?? 10,
     connectionTimeoutMillis: timeout,
     query_timeout: timeout,
-    statement_timeout: timeout,
     keepAlive: true,
+    keepAliveInitialDelayMillis: 10_000,
   });
   // An idle client whose server went away emits `error` on the pool, and an unhandled `error`
   // event would end the process; the pool drops that client and the next query reconnects.

@@ -19,10 +19,10 @@ export interface PgPoolOptions {
   connectionTimeoutMillis?: number;
   /** Milliseconds a query may take before the client gives up on it; none by default. */
   query_timeout?: number;
-  /** Milliseconds the server lets a statement run before cancelling it; none by default. */
-  statement_timeout?: number;
   /** TCP keep-alive on connections, so that a dead peer is noticed; off by default. */
   keepAlive?: boolean;
+  /** Idle milliseconds before the first keep-alive probe; the system's default (hours) if unset. */
+  keepAliveInitialDelayMillis?: number;
 }
 
 /** The part of `pg.Pool` the directory and its tests use. */

@@ -361,16 +361,19 @@ function errorResponse(err: unknown, where: string): Response {
   return errorJson(500, "Internal server error");
 }
 
-/** Connection-class failures of a database (network errors, Postgres classes 08, 53, 57P). */
+/**
+ * Connection-class failures of the directory: network errors, Postgres's lost connections (08,
+ * not 08P01, a protocol error that stays), too many connections, cancelled or shut down.
+ */
 const UNAVAILABLE_CODES =
-  /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|EPIPE|08...|53...|57P0[1-4])$/;
+  /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|EPIPE|0800[0-46]|53300|57014|57P0[1-3])$/;
 
-/** True for an error that says the database could not be reached or answered in time. */
+/** True for an error that says the directory could not be reached or answer in time. */
 function unavailable(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
   const code = (err as { code?: unknown }).code;
   if (typeof code === "string" && UNAVAILABLE_CODES.test(code)) return true;
-  return /Query read timeout|timeout exceeded when trying to connect|Connection terminated|database is locked/i
+  return /^(Query read timeout|timeout exceeded when trying to connect|Connection terminated)/i
     .test(err.message);
 }
 
