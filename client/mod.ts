@@ -423,6 +423,8 @@ export class ChatClient {
   #graceRef?: unknown;
   /** Requests are not written before this time (Date.now()): the server said to slow down. */
   #holdUntil = 0;
+  /** Gap fills, one history read at a time (see `#fillTurn`). */
+  #fills: Promise<unknown> = Promise.resolve();
   #flushTimer?: ReturnType<typeof setTimeout>;
 
   get #retryMs(): number {
@@ -1229,15 +1231,25 @@ export class ChatClient {
     this.#emit("message", message);
   }
 
+  /**
+   * Runs one gap's history read after the others': gaps in many rooms at once (a rejoin past the
+   * server's replay limit) would otherwise send a burst of requests the rate limit refuses.
+   */
+  #fillTurn<T>(read: () => Promise<T>): Promise<T> {
+    const run = this.#fills.then(read, read);
+    this.#fills = run.catch(() => {});
+    return run;
+  }
+
   /** The server promises no gaps; should one appear anyway, read it back before going on. */
   async #fillGap(room: RoomState, upTo: ChatMessage): Promise<void> {
     while (room.lastSeq !== undefined && room.lastSeq + 1 < upTo.seq) {
       let page: HistoryPage;
       try {
-        page = await this.history(upTo.room, {
-          after: room.lastSeq,
-          limit: Math.min(200, upTo.seq - room.lastSeq - 1),
-        });
+        const after = room.lastSeq;
+        page = await this.#fillTurn(() =>
+          this.history(upTo.room, { after, limit: Math.min(200, upTo.seq - after - 1) })
+        );
       } catch {
         return;
       }

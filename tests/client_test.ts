@@ -256,6 +256,33 @@ Deno.test("client: more missed than one join replays is read back from history, 
   }
 });
 
+Deno.test("client: gaps left by limited replays in many rooms at once are read back one page at a time, without being cut off for flooding", async () => {
+  const admin = "an-admin-token-for-the-client-tests";
+  const server = await startTestServer({ REPLAY_LIMIT: "1", ADMIN_TOKEN: admin });
+  const reader = await userClient(server, "1");
+  try {
+    const rooms = Array.from({ length: 50 }, (_, i) => `ticket:${i + 1}`);
+    for (const room of rooms) {
+      for (let k = 1; k <= 4; k++) {
+        await adminCall(server.url, admin, "POST", `/api/rooms/ticket/${room.slice(7)}/messages`, {
+          body: `m${k}`,
+        });
+      }
+    }
+    const resyncs: unknown[] = [];
+    reader.client.on("resync", (r) => resyncs.push(r));
+    await reader.client.connect();
+    await Promise.all(rooms.map((room) => reader.client.join(room, { since: 0 })));
+    await eventually(() => reader.messages.length >= 200, 20_000, "every message");
+    for (const room of rooms) assertEquals(reader.seqs(room), [1, 2, 3, 4], room);
+    assertEquals(resyncs, []);
+    assertEquals(reader.states.map((s) => s.state), ["connecting", "open"]);
+  } finally {
+    reader.client.close();
+    await server.close();
+  }
+});
+
 Deno.test("client: survives a server restart; sends made while it is down go out once", async () => {
   const server = await restartable();
   const url = server.url;

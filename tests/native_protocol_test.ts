@@ -255,6 +255,34 @@ Deno.test("native: a join replays at most REPLAY_LIMIT messages, the rest left t
   }
 });
 
+Deno.test("native: a limited replay past what retention kept says history_truncated before replay_limited", async () => {
+  const server = await startTestServer({ HISTORY_LIMIT: "5", REPLAY_LIMIT: "2" });
+  try {
+    const a = await connect(server);
+    await join(a, "ticket:8");
+    for (let i = 1; i <= 10; i++) a.send({ type: "send", room: "ticket:8", body: `m${i}` });
+    for (let i = 1; i <= 10; i++) await a.next((f) => f.type === "ack");
+    const b = await connect(server);
+    b.send({ type: "join", room: "ticket:8", since: 0 });
+    const frames: Frame[] = [];
+    for (;;) {
+      const f = await b.next();
+      frames.push(f);
+      if (f.type === "joined") break;
+    }
+    assertEquals(frames.map((f) => [f.type, f.reason ?? f.seq ?? null, f.first_seq ?? null]), [
+      ["resync", "history_truncated", 6],
+      ["resync", "replay_limited", 9],
+      ["message", 9, null],
+      ["message", 10, null],
+      ["joined", null, null],
+    ]);
+    for (const ws of [a, b]) await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("native: a lowered HISTORY_LIMIT drops a room's older messages and files at its next message", async () => {
   // Two servers in turn on one data directory: the KV file and the media directory outlive them.
   const dataDir = await Deno.makeTempDir({ prefix: "chat-retention-" });

@@ -345,6 +345,9 @@ class NativeSession implements SocketHandler {
         from = head - allowed;
         resync("ahead_of_history", from + 1, head);
       } else if (head - start > allowed) {
+        // History lost past `since` is said first, as a client that reads history from `since`
+        // would find a hole without a word.
+        if (since + 1 < tail) resync("history_truncated", tail, head);
         // More than one join replays: the newest ones come, the older ones are the client's to
         // read with `history` (one frame a page, so a loop of rejoins cannot make the server
         // write a room's whole history again and again).
