@@ -289,7 +289,7 @@ export class ChatService {
     this.#startSweeping();
     const result = await this.#deps.presence.enter(room, profileOf(user), connId);
     if (result.first) {
-      this.#deps.fanout.publish({ type: "presence", room, user: profileOf(user), action: "join" });
+      this.#announce(room, profileOf(user), "join");
     }
     return result;
   }
@@ -320,7 +320,7 @@ export class ChatService {
       throw err;
     }
     if (result.last) {
-      this.#deps.fanout.publish({ type: "presence", room, user: profileOf(user), action: "leave" });
+      this.#announce(room, profileOf(user), "leave");
     }
     return result;
   }
@@ -368,14 +368,7 @@ export class ChatService {
       try {
         const { last } = await this.#track(this.#deps.presence.exit(room, user.id, connId));
         if (this.#failedExits.get(key)?.user === user) this.#failedExits.delete(key);
-        if (last) {
-          this.#deps.fanout.publish({
-            type: "presence",
-            room,
-            user: profileOf(user),
-            action: "leave",
-          });
-        }
+        if (last) this.#announce(room, profileOf(user), "leave");
       } catch (err) {
         console.error("presence: an exit failed again:", err);
       }
@@ -384,7 +377,7 @@ export class ChatService {
     for (const room of [...this.#present.keys()]) {
       const open = (connId: string) => this.#present.get(room)?.has(connId) ?? false;
       for (const user of await this.#deps.presence.sweep(room, open)) {
-        this.#deps.fanout.publish({ type: "presence", room, user, action: "leave" });
+        this.#announce(room, user, "leave");
       }
     }
   }
@@ -408,16 +401,14 @@ export class ChatService {
         const { first } = await this.#track(
           this.#deps.presence.enter(room, profileOf(user), connId),
         );
-        if (first) {
-          this.#deps.fanout.publish({
-            type: "presence",
-            room,
-            user: profileOf(user),
-            action: "join",
-          });
-        }
+        if (first) this.#announce(room, profileOf(user), "join");
       }
     }
+  }
+
+  /** Tells the room's members that a user came or went. */
+  #announce(room: string, user: UserProfile, action: "join" | "leave"): void {
+    this.#deps.fanout.publish({ type: "presence", room, user, action });
   }
 
   #track<T>(promise: Promise<T>): Promise<T> {
