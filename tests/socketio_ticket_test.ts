@@ -491,6 +491,26 @@ Deno.test("socket.io ticket chat: typing goes to the others in the ticket and ex
   }, { TYPING_TIMEOUT_SECONDS: "1" });
 });
 
+Deno.test("socket.io ticket chat: typing in a ticket the socket never joined ends with its disconnect", async () => {
+  await withChat(async (server, client) => {
+    const a = client({
+      auth: { token: await server.token({ sub: "1", name: "Ann", rooms: ["ticket:7"] }) },
+    });
+    const b = client({
+      auth: { token: await server.token({ sub: "2", name: "Ben", rooms: ["ticket:7"] }) },
+    });
+    await Promise.all([next(a, "authenticated"), next(b, "authenticated")]);
+    await joined(b, "7");
+    const typing = next(b, "user_typing");
+    a.emit("typing_start", { ticketId: "7" });
+    assertEquals(await typing, { userId: "1", userName: "Ann", ticketId: "7" });
+    // Well before TYPING_TIMEOUT_SECONDS (5 s).
+    const stopped = next(b, "user_stopped_typing", 2000);
+    a.disconnect();
+    assertEquals(await stopped, { userId: "1", userName: "Ann", ticketId: "7" });
+  });
+});
+
 Deno.test("socket.io ticket chat: one tab leaving does not stop the typing shown from another", async () => {
   await withChat(async (server, client) => {
     const tab = async () => {

@@ -59,6 +59,8 @@ interface SocketState {
   baseUrl: string;
   /** Ticket ids this socket joined. */
   tickets: Set<string>;
+  /** Ticket ids this socket said it is typing in without joining them (the document allows it). */
+  typingOutside?: Set<string>;
   /** The last send's way to the store (see `inTurn`). */
   sendTurn?: Promise<void>;
   /** The last join, leave or typing event per ticket (see `inTicketTurn`). */
@@ -198,6 +200,9 @@ export function socketIoBusy(io: SocketIOServer): boolean {
   }
   return false;
 }
+
+/** Tickets a socket's typing outside its joined ones is remembered for (past it, the timeout ends it). */
+const MAX_TYPING_OUTSIDE = 100;
 
 /** Largest WebSocket message of a session whose client has not authenticated (64 KiB). */
 export const UNAUTHENTICATED_MAX_BYTES = 64 * 1024;
@@ -587,9 +592,16 @@ export function createSocketIoTicketChat(
     for (const [event, isTyping] of [["typing_start", true], ["typing_stop", false]] as const) {
       on(socket, event, (payload) =>
         inTicketTurn(s, payload, async () => {
-          const { user, room } = await authorize(socket, payload);
+          const { user, room, id } = await authorize(socket, payload);
           // Queued behind a join and run after the disconnect: nobody is typing any more.
-          if (socket.connected) ctx.chat.typing(user, room, isTyping, socket.id);
+          if (!socket.connected) return;
+          ctx.chat.typing(user, room, isTyping, socket.id);
+          // Ended by the disconnect like a joined ticket's, not a typing timeout later.
+          if (!s.tickets.has(id)) {
+            const outside = s.typingOutside ??= new Set();
+            if (!isTyping) outside.delete(id);
+            else if (outside.size < MAX_TYPING_OUTSIDE) outside.add(id);
+          }
         }));
     }
 
@@ -597,6 +609,9 @@ export function createSocketIoTicketChat(
       ctx.metrics.connection("socket.io", -1);
       ctx.limiter.forget(socket.id);
       for (const id of [...s.tickets]) leaveTicket(socket, id);
+      for (const id of s.typingOutside ?? []) {
+        if (s.user) ctx.chat.stopTyping(s.user, roomKey("ticket", id), socket.id);
+      }
     });
   });
 
