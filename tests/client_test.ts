@@ -61,6 +61,18 @@ async function userClient(server: TestServer, sub: string, claims: object = {}) 
   return recorder({ url: `${server.wsUrl}/ws`, token });
 }
 
+/** The server's ack of a scripted send frame, as seq `seq`. */
+const ackOf = (f: Record<string, unknown>, seq: number) => ({
+  type: "ack",
+  room: "room:x",
+  client_id: f.client_id,
+  id: `id${seq}`,
+  seq,
+  created_at: "",
+  duplicate: false,
+  ref: f.ref,
+});
+
 /** Random bytes of any length (getRandomValues fills at most 64 KiB at a time). */
 function randomBytes(size: number): Uint8Array<ArrayBuffer> {
   const bytes = new Uint8Array(size);
@@ -644,16 +656,7 @@ Deno.test("client: fills a gap from history, drops duplicates, rebuilds on resyn
     socket.push(msg(10));
     socket.push(msg(11));
     socket.push({ type: "joined", room: "room:x", head: 11, presence: [USER], ref: rejoin.ref });
-    socket.push({
-      type: "ack",
-      room: "room:x",
-      client_id: "q1",
-      id: "id12",
-      seq: 12,
-      created_at: "",
-      duplicate: false,
-      ref: send.ref,
-    });
+    socket.push(ackOf(send, 12));
     socket.push(msg(12, "queued"));
     assertEquals((await sending).seq, 12);
     await eventually(() => c.messages.length === 7);
@@ -710,34 +713,12 @@ Deno.test("client: a send refused as too fast waits, with every request after it
     const again = await socket.take("send");
     const next = await socket.take("send");
     assertEquals([again.client_id, again.ref, next.client_id], ["c1", refused.ref, "c2"]);
-    for (const [f, seq] of [[again, 1], [next, 2]] as const) {
-      socket.push({
-        type: "ack",
-        room: "room:x",
-        client_id: f.client_id,
-        id: `id${seq}`,
-        seq,
-        created_at: "",
-        duplicate: false,
-        ref: f.ref,
-      });
-    }
+    socket.push(ackOf(again, 1));
+    socket.push(ackOf(next, 2));
     assertEquals([(await first).seq, (await second).seq], [1, 2]);
   } finally {
     c.client.close();
   }
-});
-
-/** The server's ack of a scripted send frame, as seq `seq`. */
-const ackOf = (f: Record<string, unknown>, seq: number) => ({
-  type: "ack",
-  room: "room:x",
-  client_id: f.client_id,
-  id: `id${seq}`,
-  seq,
-  created_at: "",
-  duplicate: false,
-  ref: f.ref,
 });
 
 Deno.test("client: a send the server failed goes again before the sends made after it", async () => {
