@@ -72,6 +72,9 @@ export interface ChatServiceDeps {
 }
 
 /** The core: one instance per isolate, shared by every dialect. */
+/** The key of one connection's membership of one room, in the maps below. */
+const connKey = (room: string, connId: string) => `${room}\u0000${connId}`;
+
 export class ChatService {
   #deps: ChatServiceDeps;
   /** Typing states: room and user → the timeout and the user's connections typing here. */
@@ -271,7 +274,7 @@ export class ChatService {
    * connection. The entry lives as long as this server does (see the presence store).
    */
   enter(user: Principal, room: string, connId: string): Promise<{ first: boolean }> {
-    const key = `${room}\u0000${connId}`;
+    const key = connKey(room, connId);
     const entering = this.#track(this.#enter(user, room, connId));
     this.#entering.set(key, entering);
     const done = () => {
@@ -285,7 +288,7 @@ export class ChatService {
     let conns = this.#present.get(room);
     if (!conns) this.#present.set(room, conns = new Map());
     conns.set(connId, user);
-    this.#failedExits.delete(`${room}\u0000${connId}`);
+    this.#failedExits.delete(connKey(room, connId));
     this.#startSweeping();
     const result = await this.#deps.presence.enter(room, profileOf(user), connId);
     if (result.first) {
@@ -301,11 +304,11 @@ export class ChatService {
 
   async #exit(user: Principal, room: string, connId: string): Promise<{ last: boolean }> {
     // An exit that overtook its own enter would be undone by it: the entry would stay forever.
-    await this.#entering.get(`${room}\u0000${connId}`)?.catch(() => {});
+    await this.#entering.get(connKey(room, connId))?.catch(() => {});
     const conns = this.#present.get(room);
     conns?.delete(connId);
     if (conns?.size === 0) this.#present.delete(room);
-    this.#failedExits.delete(`${room}\u0000${connId}`);
+    this.#failedExits.delete(connKey(room, connId));
     if (this.#present.size === 0 && this.#failedExits.size === 0) this.#stopSweeping();
     // Before the presence write: the typing tab is gone whether or not others of the user stay.
     this.stopTyping(user, room, connId);
@@ -315,7 +318,7 @@ export class ChatService {
     } catch (err) {
       // The entry stays in the store, and its server is alive: nothing else would ever take it
       // out (a ghost for as long as this server runs). The sweep writes the exit again.
-      this.#failedExits.set(`${room}\u0000${connId}`, { user, room, connId });
+      this.#failedExits.set(connKey(room, connId), { user, room, connId });
       this.#startSweeping();
       throw err;
     }

@@ -20,9 +20,19 @@ interface Buckets {
   pruneAt: number;
 }
 
-interface Bucket {
+/** Tokens a bucket holds, and when (performance.now()) that was last worked out. */
+export interface TokenBucket {
   tokens: number;
   at: number;
+}
+
+/** Adds what `rate` tokens a second have brought since the bucket's last look, up to `burst`. */
+export function refill(bucket: TokenBucket, rate: number, burst: number, now: number): void {
+  bucket.tokens = Math.min(burst, bucket.tokens + (now - bucket.at) / 1000 * rate);
+  bucket.at = now;
+}
+
+interface Bucket extends TokenBucket {
   strikes: number;
 }
 
@@ -42,15 +52,10 @@ export class RateLimiter {
     this.#now = now;
   }
 
-  #refill(bucket: Bucket, rate: number, now: number): void {
-    bucket.tokens = Math.min(rate * 2, bucket.tokens + (now - bucket.at) / 1000 * rate);
-    bucket.at = now;
-  }
-
   #bucket(buckets: Buckets, key: string, rate: number, now: number): Bucket {
     let bucket = buckets.map.get(key);
     if (bucket) {
-      this.#refill(bucket, rate, now);
+      refill(bucket, rate, rate * 2, now);
       return bucket;
     }
     if (buckets.map.size >= buckets.pruneAt) this.#prune(buckets, rate, now);
@@ -67,7 +72,7 @@ export class RateLimiter {
    */
   #prune(buckets: Buckets, rate: number, now: number): void {
     for (const [key, bucket] of buckets.map) {
-      this.#refill(bucket, rate, now);
+      refill(bucket, rate, rate * 2, now);
       if (bucket.tokens >= rate * 2) buckets.map.delete(key);
     }
     buckets.pruneAt = Math.max(PRUNE_FROM, buckets.map.size * 2);

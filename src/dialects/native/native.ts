@@ -5,6 +5,7 @@
 
 import { findToken } from "../../auth/token.ts";
 import { asChatError, ChatError, rateLimited } from "../../core/errors.ts";
+import { refill, type TokenBucket } from "../../core/rate_limiter.ts";
 import { canonicalId, parseRoomKey } from "../../core/rooms.ts";
 import type { AppendResult, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import type { DirectSocket, Member } from "../../hub/hub.ts";
@@ -268,16 +269,18 @@ class NativeSession implements SocketHandler {
   #ctx: DialectContext;
   #connId = crypto.randomUUID();
   #rooms = new Map<string, NativeMember>();
-  /** Messages this socket may still have replayed, and when that was last worked out. */
-  #replayBudget: number;
-  #replayAt = performance.now();
+  /** Messages this socket may still have replayed. */
+  #replayBudget: TokenBucket;
 
   constructor(ctx: DialectContext, user: Principal, baseUrl: string) {
     this.#ctx = ctx;
     this.user = user;
     this.baseUrl = baseUrl;
     this.renderKey = intern(`native|${baseUrl}`);
-    this.#replayBudget = ctx.config.replayLimit * REPLAY_BURST_JOINS;
+    this.#replayBudget = {
+      tokens: ctx.config.replayLimit * REPLAY_BURST_JOINS,
+      at: performance.now(),
+    };
   }
 
   /**
@@ -286,14 +289,10 @@ class NativeSession implements SocketHandler {
    */
   #replayAllowance(wanted: number): number {
     const limit = this.#ctx.config.replayLimit;
-    const now = performance.now();
-    this.#replayBudget = Math.min(
-      limit * REPLAY_BURST_JOINS,
-      this.#replayBudget + (now - this.#replayAt) / 1000 * limit,
-    );
-    this.#replayAt = now;
-    const allowed = Math.max(0, Math.min(wanted, limit, Math.floor(this.#replayBudget)));
-    this.#replayBudget -= allowed;
+    const budget = this.#replayBudget;
+    refill(budget, limit, limit * REPLAY_BURST_JOINS, performance.now());
+    const allowed = Math.max(0, Math.min(wanted, limit, Math.floor(budget.tokens)));
+    budget.tokens -= allowed;
     return allowed;
   }
 

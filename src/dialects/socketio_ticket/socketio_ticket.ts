@@ -314,12 +314,18 @@ export function createSocketIoTicketChat(
     return joined;
   }
 
+  /** Ends the socket's typing in a ticket, if it is typing there. */
+  function stopTypingIn(socket: Socket, ticketId: string): void {
+    const user = state(socket).user;
+    if (user) ctx.chat.stopTyping(user, roomKey("ticket", ticketId), socket.id);
+  }
+
   function leaveTicket(socket: Socket, ticketId: string): void {
     const s = state(socket);
     const name = engineRoom(ticketId, s.baseUrl);
     s.tickets.delete(ticketId);
     socket.leave(name);
-    if (s.user) ctx.chat.stopTyping(s.user, roomKey("ticket", ticketId), socket.id);
+    stopTypingIn(socket, ticketId);
     if ((nsp.rooms.get(name)?.size ?? 0) === 0) {
       const entry = bridges.get(name);
       if (entry) {
@@ -609,9 +615,7 @@ export function createSocketIoTicketChat(
       ctx.metrics.connection("socket.io", -1);
       ctx.limiter.forget(socket.id);
       for (const id of [...s.tickets]) leaveTicket(socket, id);
-      for (const id of s.typingOutside ?? []) {
-        if (s.user) ctx.chat.stopTyping(s.user, roomKey("ticket", id), socket.id);
-      }
+      for (const id of s.typingOutside ?? []) stopTypingIn(socket, id);
     });
   });
 
