@@ -262,6 +262,68 @@ apiTest("rooms: create, update, participants, list by kind, delete, and bad inpu
 });
 
 apiTest(
+  "rooms: of concurrent first saves exactly one answers 201, each with its own participants",
+  async (s) => {
+    for (let round = 0; round < 5; round++) {
+      const saves = await Promise.all(
+        Array.from({ length: 8 }, (_, i) =>
+          s.api("PUT", `/api/rooms/chat/new${round}`, {
+            json: { title: `save ${i}`, participants: [{ user_id: `p${i}` }] },
+          })),
+      );
+      assertEquals(
+        saves.map((r) => r.status).sort(),
+        [200, 200, 200, 200, 200, 200, 200, 201],
+        `round ${round}`,
+      );
+      // Room and participants are saved together: the last save's pair, never a mix.
+      const stored = (await s.api("GET", `/api/rooms/chat/new${round}`)).body;
+      const i = (stored.title as string).slice("save ".length);
+      assertEquals(stored.participants, [{ user_id: `p${i}`, role: "member" }]);
+    }
+  },
+);
+
+/** Set to hold the next participant addition back this long, ms, before it reaches the directory. */
+const slowAddition = { ms: 0 };
+
+apiTest(
+  "rooms: an addition the room's deletion overtakes is refused 404 and leaves no participant behind",
+  async (s) => {
+    const path = "/api/rooms/ticket/race";
+    assertEquals((await s.api("PUT", path, { json: {} })).status, 201);
+    slowAddition.ms = 300;
+    const adding = s.api("POST", `${path}/participants`, { json: { user_id: "late" } });
+    await new Promise((r) => setTimeout(r, 50));
+    assertEquals((await s.api("DELETE", path)).status, 204);
+    // Before, the addition had found the room before the deletion and inserted its row after
+    // it: the user was a participant of the room once it was created again.
+    assertEquals((await adding).body, { status: 404, message: 'Room "ticket:race" not found' });
+    assertEquals((await s.api("PUT", path, { json: {} })).status, 201);
+    assertEquals((await s.api("GET", path)).body.participants, []);
+  },
+  {},
+  {
+    directory: (d) =>
+      new Proxy(d, {
+        get(target, key) {
+          const value = Reflect.get(target, key, target);
+          if (typeof value !== "function") return value;
+          if (key === "addParticipant") {
+            return async (...args: unknown[]) => {
+              const ms = slowAddition.ms;
+              slowAddition.ms = 0;
+              if (ms > 0) await new Promise((r) => setTimeout(r, ms));
+              return value.apply(target, args);
+            };
+          }
+          return value.bind(target);
+        },
+      }),
+  },
+);
+
+apiTest(
   "messages: publish as the system or a user reaches every protocol; history by cursor",
   async (s) => {
     await s.api("PUT", "/api/users/3", {

@@ -309,6 +309,40 @@ contract("upsertRoom inserts, keeps createdAt and fields left undefined", async 
   assertEquals(await d.getRoom("ticket", "1"), cleared);
 });
 
+contract(
+  "saveRoom says whether it created the room and replaces participants with it",
+  async (d) => {
+    const first = await d.saveRoom({ kind: "chat", id: "1", title: "one" }, [
+      { userId: "a", role: "owner" },
+    ]);
+    assertEquals([first.created, first.room.title], [true, "one"]);
+    const again = await d.saveRoom({ kind: "chat", id: "1" }, [{ userId: "b", role: "member" }]);
+    assertEquals([again.created, again.room], [false, first.room]);
+    assertEquals(await d.listParticipants("chat", "1"), [{ userId: "b", role: "member" }]);
+    // Without a list the participants stay.
+    assertEquals((await d.saveRoom({ kind: "chat", id: "1", title: "uno" })).room.title, "uno");
+    assertEquals(await d.listParticipants("chat", "1"), [{ userId: "b", role: "member" }]);
+    const saves = await Promise.all(
+      Array.from({ length: 6 }, () => d.saveRoom({ kind: "chat", id: "2" })),
+    );
+    assertEquals(saves.filter((s) => s.created).length, 1);
+  },
+);
+
+contract("addParticipant with roomMustExist adds only to a stored room", async (d) => {
+  assertEquals(
+    await d.addParticipant("chat", "9", { userId: "a", role: "member" }, { roomMustExist: true }),
+    false,
+  );
+  assertEquals(await d.listParticipants("chat", "9"), []);
+  await d.upsertRoom({ kind: "chat", id: "9" });
+  assertEquals(
+    await d.addParticipant("chat", "9", { userId: "a", role: "member" }, { roomMustExist: true }),
+    true,
+  );
+  assertEquals(await d.listParticipants("chat", "9"), [{ userId: "a", role: "member" }]);
+});
+
 contract("upsertRoom without title or owner stores nulls", async (d) => {
   const room = await d.upsertRoom({ kind: "chat", id: "x" });
   assertEquals(room.title, null);

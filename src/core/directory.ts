@@ -63,6 +63,14 @@ export interface Directory {
   upsertRoom(
     room: { kind: string; id: string; title?: string | null; ownerId?: string | null },
   ): Promise<DirectoryRoom>;
+  /**
+   * Inserts or updates a room and, when `participants` is given, replaces its participants, in
+   * one transaction; `created` is true for exactly one of several concurrent first saves.
+   */
+  saveRoom(
+    room: { kind: string; id: string; title?: string | null; ownerId?: string | null },
+    participants?: Participant[],
+  ): Promise<{ room: DirectoryRoom; created: boolean }>;
   /** Reads a room. */
   getRoom(kind: string, id: string): Promise<DirectoryRoom | null>;
   /** Deletes a room and its participants; true when it existed. */
@@ -71,8 +79,16 @@ export interface Directory {
   listRooms(kind: string, options?: { limit?: number; after?: string }): Promise<DirectoryRoom[]>;
   /** Replaces a room's participants with exactly this list. */
   setParticipants(kind: string, id: string, participants: Participant[]): Promise<void>;
-  /** Adds or updates one participant. */
-  addParticipant(kind: string, id: string, participant: Participant): Promise<void>;
+  /**
+   * Adds or updates one participant; with `roomMustExist`, only while the directory stores the
+   * room (false when it does not, and nothing is written).
+   */
+  addParticipant(
+    kind: string,
+    id: string,
+    participant: Participant,
+    options?: { roomMustExist?: boolean },
+  ): Promise<boolean>;
   /** Removes one participant; true when they were one. */
   removeParticipant(kind: string, id: string, userId: string): Promise<boolean>;
   /** Lists a room's participants. */

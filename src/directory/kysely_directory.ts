@@ -147,10 +147,39 @@ export class KyselyDirectory implements Directory {
   ): Promise<DirectoryRoom> {
     requireId("room kind", room.kind);
     requireId("room id", room.id);
+    return await this.#upsertRoomRow(this.#db, room);
+  }
+
+  /**
+   * Inserts or updates a room and, when `participants` is given, replaces its participants, in
+   * one transaction; `created` is true for exactly one of several concurrent first saves.
+   */
+  async saveRoom(
+    room: { kind: string; id: string; title?: string | null; ownerId?: string | null },
+    participants?: Participant[],
+  ): Promise<{ room: DirectoryRoom; created: boolean }> {
+    requireId("room kind", room.kind);
+    requireId("room id", room.id);
+    const wanted = participants && wantedParticipants(participants);
+    return await this.#db.transaction().execute(async (trx) => {
+      // The room's lock (Postgres; SQLite's `begin immediate` is one already) orders this save
+      // after or before a deletion or another save, so that the existence read stays true.
+      await this.#lockParticipants(trx, room.kind, room.id);
+      const existed = await roomExists(trx, room.kind, room.id);
+      const saved = await this.#upsertRoomRow(trx, room);
+      if (wanted) await this.#replaceParticipants(trx, room.kind, room.id, wanted);
+      return { room: saved, created: !existed };
+    });
+  }
+
+  async #upsertRoomRow(
+    db: Kysely<DirectoryDatabase>,
+    room: { kind: string; id: string; title?: string | null; ownerId?: string | null },
+  ): Promise<DirectoryRoom> {
     const given: { title?: string | null; owner_id?: string | null } = {};
     if (room.title !== undefined) given.title = room.title;
     if (room.ownerId !== undefined) given.owner_id = room.ownerId;
-    const insert = this.#db.insertInto("rooms")
+    const insert = db.insertInto("rooms")
       .values({ kind: room.kind, id: room.id, ...given, created_at: new Date().toISOString() });
     const row = await (
       Object.keys(given).length === 0
@@ -180,6 +209,9 @@ export class KyselyDirectory implements Directory {
   /** Deletes a room and its participants; true when it existed. */
   async deleteRoom(kind: string, id: string): Promise<boolean> {
     return await this.#db.transaction().execute(async (trx) => {
+      // Under the room's lock, an addition that found the room waits until it is gone, and one
+      // that got in first is deleted here.
+      await this.#lockParticipants(trx, kind, id);
       await trx.deleteFrom("room_participants")
         .where("room_kind", "=", kind).where("room_id", "=", id)
         .execute();
@@ -214,62 +246,75 @@ export class KyselyDirectory implements Directory {
   async setParticipants(kind: string, id: string, participants: Participant[]): Promise<void> {
     requireId("room kind", kind);
     requireId("room id", id);
-    const wanted = new Map<string, string>();
-    for (const p of participants) {
-      requireId("participant user id", p.userId);
-      wanted.set(p.userId, p.role ?? "member");
-    }
+    const wanted = wantedParticipants(participants);
     await this.#db.transaction().execute(async (trx) => {
       await this.#lockParticipants(trx, kind, id);
-      // Rows of users who stay are updated rather than replaced, so that they keep their
-      // `created_at` (when they joined).
-      const existing = await trx.selectFrom("room_participants").select("user_id")
-        .where("room_kind", "=", kind).where("room_id", "=", id)
-        .execute();
-      const leaving = existing.map((r) => r.user_id).filter((userId) => !wanted.has(userId));
-      for (const batch of chunks(leaving, DELETE_BATCH)) {
-        await trx.deleteFrom("room_participants")
-          .where("room_kind", "=", kind).where("room_id", "=", id)
-          .where("user_id", "in", batch)
-          .execute();
-      }
-      const now = new Date().toISOString();
-      const rows = [...wanted].map(([userId, role]) => ({
-        room_kind: kind,
-        room_id: id,
-        user_id: userId,
-        role,
-        created_at: now,
-      }));
-      for (const batch of chunks(rows, INSERT_BATCH)) {
-        await trx.insertInto("room_participants").values(batch)
-          .onConflict((oc) =>
-            oc.columns(["room_kind", "room_id", "user_id"])
-              .doUpdateSet((eb) => ({ role: eb.ref("excluded.role") }))
-          )
-          .execute();
-      }
+      await this.#replaceParticipants(trx, kind, id, wanted);
     });
   }
 
-  /** Adds or updates one participant. */
-  async addParticipant(kind: string, id: string, participant: Participant): Promise<void> {
+  /** Replaces the room's participant rows with `wanted` (user id → role), inside `trx`. */
+  async #replaceParticipants(
+    trx: Transaction<DirectoryDatabase>,
+    kind: string,
+    id: string,
+    wanted: Map<string, string>,
+  ): Promise<void> {
+    // Rows of users who stay are updated rather than replaced, so that they keep their
+    // `created_at` (when they joined).
+    const existing = await trx.selectFrom("room_participants").select("user_id")
+      .where("room_kind", "=", kind).where("room_id", "=", id)
+      .execute();
+    const leaving = existing.map((r) => r.user_id).filter((userId) => !wanted.has(userId));
+    for (const batch of chunks(leaving, DELETE_BATCH)) {
+      await trx.deleteFrom("room_participants")
+        .where("room_kind", "=", kind).where("room_id", "=", id)
+        .where("user_id", "in", batch)
+        .execute();
+    }
+    const now = new Date().toISOString();
+    const rows = [...wanted].map(([userId, role]) => ({
+      room_kind: kind,
+      room_id: id,
+      user_id: userId,
+      role,
+      created_at: now,
+    }));
+    for (const batch of chunks(rows, INSERT_BATCH)) {
+      await trx.insertInto("room_participants").values(batch)
+        .onConflict((oc) =>
+          oc.columns(["room_kind", "room_id", "user_id"])
+            .doUpdateSet((eb) => ({ role: eb.ref("excluded.role") }))
+        )
+        .execute();
+    }
+  }
+
+  /**
+   * Adds or updates one participant; with `roomMustExist`, only while the directory stores the
+   * room (false when it does not, and nothing is written).
+   */
+  async addParticipant(
+    kind: string,
+    id: string,
+    participant: Participant,
+    options: { roomMustExist?: boolean } = {},
+  ): Promise<boolean> {
     requireId("room kind", kind);
     requireId("room id", id);
     requireId("participant user id", participant.userId);
-    await this.#db.insertInto("room_participants")
-      .values({
-        room_kind: kind,
-        room_id: id,
-        user_id: participant.userId,
-        role: participant.role ?? "member",
-        created_at: new Date().toISOString(),
-      })
-      .onConflict((oc) =>
-        oc.columns(["room_kind", "room_id", "user_id"])
-          .doUpdateSet((eb) => ({ role: eb.ref("excluded.role") }))
-      )
-      .execute();
+    if (!options.roomMustExist) {
+      await insertParticipant(this.#db, kind, id, participant);
+      return true;
+    }
+    return await this.#db.transaction().execute(async (trx) => {
+      // Checked under the room's lock: a deletion between the check and the insert would leave
+      // the row behind, granting the user the room if it is ever created again.
+      await this.#lockParticipants(trx, kind, id);
+      if (!(await roomExists(trx, kind, id))) return false;
+      await insertParticipant(trx, kind, id, participant);
+      return true;
+    });
   }
 
   /** Removes one participant; true when they were one. */
@@ -352,6 +397,50 @@ export class KyselyDirectory implements Directory {
       sql.lit(PARTICIPANTS_LOCK_CLASS)
     }, hashtext(${kind} || chr(1) || ${id}))`.execute(trx);
   }
+}
+
+/** Participants as user id → role; the last entry for a user wins. */
+function wantedParticipants(participants: Participant[]): Map<string, string> {
+  const wanted = new Map<string, string>();
+  for (const p of participants) {
+    requireId("participant user id", p.userId);
+    wanted.set(p.userId, p.role ?? "member");
+  }
+  return wanted;
+}
+
+/** Inserts a participant row, or updates the role of one already there. */
+async function insertParticipant(
+  db: Kysely<DirectoryDatabase>,
+  kind: string,
+  id: string,
+  participant: Participant,
+): Promise<void> {
+  await db.insertInto("room_participants")
+    .values({
+      room_kind: kind,
+      room_id: id,
+      user_id: participant.userId,
+      role: participant.role ?? "member",
+      created_at: new Date().toISOString(),
+    })
+    .onConflict((oc) =>
+      oc.columns(["room_kind", "room_id", "user_id"])
+        .doUpdateSet((eb) => ({ role: eb.ref("excluded.role") }))
+    )
+    .execute();
+}
+
+/** Whether the directory stores the room, read inside `trx`. */
+async function roomExists(
+  trx: Transaction<DirectoryDatabase>,
+  kind: string,
+  id: string,
+): Promise<boolean> {
+  const row = await trx.selectFrom("rooms").select("id")
+    .where("kind", "=", kind).where("id", "=", id)
+    .executeTakeFirst();
+  return row !== undefined;
 }
 
 /** Rejects an empty key, which is always a caller's bug and would be hard to delete later. */

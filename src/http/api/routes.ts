@@ -330,25 +330,17 @@ export const API_ROUTES: ApiRoute[] = [
     },
     async handle({ params, body }, deps) {
       const { kind, id } = params;
-      const existed = await deps.directory.getRoom(kind, id);
       const changesAccess = body.participants !== undefined || body.owner_id !== undefined;
       const before = changesAccess ? await holders(deps, kind, id) : [];
-      const room = await deps.directory.upsertRoom({
-        kind,
-        id,
-        title: body.title,
-        ownerId: body.owner_id,
-      });
-      if (body.participants !== undefined) {
-        await deps.directory.setParticipants(
-          kind,
-          id,
-          body.participants.map((p) => ({ userId: p.user_id, role: p.role ?? "member" })),
-        );
-      }
+      // One transaction: a deletion at the same time comes wholly before or after, never between
+      // the room and its participants, and of two first saves only one answers 201.
+      const { room, created } = await deps.directory.saveRoom(
+        { kind, id, title: body.title, ownerId: body.owner_id },
+        body.participants?.map((p) => ({ userId: p.user_id, role: p.role ?? "member" })),
+      );
       if (changesAccess) await revokeLost(deps, kind, id, before);
       const participants = await deps.directory.listParticipants(kind, id);
-      return { status: existed ? 200 : 201, body: roomBody(room, participants) };
+      return { status: created ? 201 : 200, body: roomBody(room, participants) };
     },
   }),
 
@@ -425,11 +417,12 @@ export const API_ROUTES: ApiRoute[] = [
       404: notFound("The room"),
     },
     async handle({ params, body }, deps) {
-      const room = await requireRoom(deps, params.kind, params.id);
-      await deps.directory.addParticipant(params.kind, params.id, {
+      const added = await deps.directory.addParticipant(params.kind, params.id, {
         userId: body.user_id,
         role: body.role ?? "member",
-      });
+      }, { roomMustExist: true });
+      if (!added) throw new ApiError(404, `Room "${roomKeyOf(params.kind, params.id)}" not found`);
+      const room = await requireRoom(deps, params.kind, params.id);
       const participants = await deps.directory.listParticipants(params.kind, params.id);
       return { status: 200, body: roomBody(room, participants) };
     },
