@@ -5,13 +5,15 @@
  * with messages per second, commits and the append latency percentiles.
  *
  * Env: `SERVER_DIR` (the server whose store is measured), `ROOMS` (100), `DEPTH` (4),
- * `SECONDS` (5), `DATA_DIR` (where the KV file goes).
+ * `SECONDS` (5), `DATA_DIR` (where the KV file goes), `CLIENT_IDS` (1: every append carries a
+ * fresh client id, as the native protocol's sends do).
  */
 
 const serverDir = Deno.env.get("SERVER_DIR") ?? new URL("../..", import.meta.url).pathname;
 const rooms = Number(Deno.env.get("ROOMS") ?? 100);
 const depth = Number(Deno.env.get("DEPTH") ?? 4);
 const seconds = Number(Deno.env.get("SECONDS") ?? 5);
+const clientIds = Deno.env.get("CLIENT_IDS") === "1";
 const dataDir = Deno.env.get("DATA_DIR") ?? await Deno.makeTempDir({ prefix: "store-ceiling-" });
 
 const { KvMessageStore } = await import(`${serverDir}/src/store/kv_message_store.ts`);
@@ -24,6 +26,7 @@ const sender = { id: 1, username: "user1", name: null, email: null, profileImage
 const latencies: number[] = [];
 let measuring = false;
 let sent = 0;
+let ids = 0;
 const warmupMs = 1000;
 const started = performance.now();
 const stopAt = started + warmupMs + seconds * 1000;
@@ -35,6 +38,7 @@ async function loop(room: string): Promise<void> {
       sender,
       body: `${Math.round(t0 * 1000)}|store ceiling message of a typical length`,
       attachments: [],
+      ...(clientIds ? { clientId: `c${++ids}` } : {}),
     });
     if (measuring) {
       latencies.push(performance.now() - t0);
@@ -61,6 +65,7 @@ console.log(JSON.stringify({
   rooms,
   depth,
   seconds,
+  clientIds,
   messagesPerSec: sent / seconds,
   commitsPerSec: commits / seconds,
   p50Ms: q(0.5),

@@ -446,15 +446,20 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       // Heads this store committed last are taken from memory; a stale one (another writer got
       // there first) fails its check, and the retry reads every head afresh.
       const unknown = attempt === 0 ? rooms.filter((r) => !this.#heads.has(r)) : rooms;
-      const [readHeads, idemEntries] = await Promise.all([
-        // A head and its generation side by side, so that one getMany (a snapshot; chunks of
-        // 10 keep pairs whole) reads both: a purge changes the two in one commit.
-        getManyChunked<unknown>(
-          this.#kv,
-          unknown.flatMap((r) => [KV_KEYS.head(r), KV_KEYS.generation(r)]),
-        ),
-        getManyChunked<number>(this.#kv, idemKeys.filter((k) => k !== null)),
-      ]);
+      // A head and its generation side by side, so that one getMany (a snapshot; chunks of 10
+      // keep pairs whole) reads both: a purge changes the two in one commit.
+      const readHeads = await getManyChunked<unknown>(
+        this.#kv,
+        unknown.flatMap((r) => [KV_KEYS.head(r), KV_KEYS.generation(r)]),
+      );
+      // Client ids are read after the heads the commit checks: another writer's id stored
+      // between the two reads changed its head too, so the check fails and the retry sees it.
+      // Read the other way round, a head read after that writer's commit would pass the check
+      // with its id unseen, and the message would be stored twice.
+      const idemEntries = await getManyChunked<number>(
+        this.#kv,
+        idemKeys.filter((k) => k !== null),
+      );
       const fresh = new Map(unknown.map((r, i): [string, HeldHead] => [r, {
         entry: readHeads[2 * i] as Deno.KvEntryMaybe<number>,
         generation: generationOf(readHeads[2 * i + 1]),

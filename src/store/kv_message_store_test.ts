@@ -198,6 +198,42 @@ Deno.test("KvMessageStore.append() with a repeated client id returns the origina
   kv.close();
 });
 
+Deno.test("KvMessageStore.append() reads a room's head before its client ids, so another writer's same id in between is seen", async () => {
+  const path = await Deno.makeTempFile({ suffix: ".kv" });
+  const kvA = await Deno.openKv(path);
+  const kvB = await Deno.openKv(path);
+  const a = new KvMessageStore(kvA);
+  let idsRead!: () => void;
+  const idsReadOnce = new Promise<void>((r) => idsRead = r);
+  // B's head read waits for its client id read (or 300 ms), and A stores the same client id
+  // between B's client id read and B's head read: the order that stored it twice.
+  const slowB = new Proxy(kvB, {
+    get(target, key) {
+      const value = Reflect.get(target, key, target);
+      if (key !== "getMany") return typeof value === "function" ? value.bind(target) : value;
+      return async (keys: Deno.KvKey[]) => {
+        if (keys[0]?.[0] === "head") {
+          await Promise.race([idsReadOnce, new Promise((r) => setTimeout(r, 300))]);
+          return await target.getMany(keys);
+        }
+        const entries = await target.getMany(keys);
+        if (keys[0]?.[0] === "idem") {
+          await a.append("r", draft("from A", "same"));
+          idsRead();
+        }
+        return entries;
+      };
+    },
+  });
+  const b = new KvMessageStore(slowB);
+  const fromB = await b.append("r", draft("from B", "same"));
+  assertEquals([fromB.duplicate, fromB.message.body, fromB.message.seq], [true, "from A", 1]);
+  assertEquals(await b.head("r"), 1);
+  kvA.close();
+  kvB.close();
+  await Deno.remove(path);
+});
+
 Deno.test("KvMessageStore.list() pages by cursor in both directions, oldest first", async () => {
   const kv = await Deno.openKv(":memory:");
   const store = new KvMessageStore(kv);
