@@ -692,6 +692,39 @@ Deno.test("native: a flood of sends is closed with 4029 only after the acks of t
   }
 });
 
+Deno.test("native: frames that waited behind a slow commit are rate limited as they were sent, not all at once", async () => {
+  // The second send's commit starts 3 s after the first; the pings after it wait for it (they
+  // answer after what the sends did). 4 a second is under the limit of 5 (bursts up to 10).
+  const server = await startTestServer({
+    RATE_LIMIT_PER_SECOND: "5",
+    COMMIT_PAUSE_CPU_PERCENT: "0",
+    COMMIT_INTERVAL_MS: "3000",
+  });
+  try {
+    const a = await connect(server);
+    await join(a, "ticket:1");
+    a.send({ type: "send", room: "ticket:1", body: "first", ref: "s0" });
+    await a.next((f) => f.type === "ack");
+    a.send({ type: "send", room: "ticket:1", body: "second", ref: "s1" });
+    for (let i = 0; i < 16; i++) {
+      await new Promise((r) => setTimeout(r, 250));
+      a.send({ type: "ping", ref: i });
+    }
+    const pongs = [];
+    while (pongs.length < 16) {
+      const reply = await a.next((f) => typeof f.ref === "number", 10_000);
+      assertEquals(reply.type, "pong", JSON.stringify(reply));
+      // They did wait: the second send's ack came before the first pong.
+      if (pongs.length === 0) assert(a.frames.some((f) => (f as Frame).ref === "s1"));
+      pongs.push(reply.ref);
+    }
+    assertEquals(pongs, Array.from({ length: 16 }, (_, i) => i));
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("native: a frame over the size cap is refused with close 1009", async () => {
   const server = await startTestServer({ MAX_FILE_BYTES: "1000" });
   try {

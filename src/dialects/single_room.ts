@@ -248,7 +248,7 @@ class RoomSocket implements SocketHandler {
     if (!session) return;
     let work: Promise<AppendResult | undefined>;
     try {
-      const verdict = ctx.limiter.take(session.user.id, session.connId);
+      const verdict = ctx.limiter.take(session.user.id, session.connId, conn.frameReceivedAt);
       if (verdict === "close") {
         // After the replies still owed (errors, echoes of retries) for the frames before.
         await conn.settled();

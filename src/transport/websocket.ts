@@ -106,6 +106,8 @@ export class Connection implements FrameHolder {
    * (files being written) is held in memory whole.
    */
   #queuedBytes = 0;
+  /** When (performance.now()) the frame being handled arrived. */
+  #frameAt = 0;
 
   private constructor(socket: WebSocket, options: SocketOptions, handler: SocketHandler) {
     this.#socket = socket;
@@ -200,8 +202,10 @@ export class Connection implements FrameHolder {
       : undefined;
     if (text === undefined) return;
     this.#queuedBytes += size;
+    const at = performance.now();
     this.#run(async () => {
       try {
+        this.#frameAt = at;
         if (this.#owed >= MAX_OWED_FINISHES) await this.settled();
         // A frame received before the peer closed is still handled (a message it sent and then
         // closed must not be lost behind a slow frame), but not after this side closed it (an
@@ -276,6 +280,14 @@ export class Connection implements FrameHolder {
    */
   get stopped(): boolean {
     return this.#stopped;
+  }
+
+  /**
+   * When (performance.now()) the frame being handled arrived: frames wait in order behind a slow
+   * one, and a rate limit must count them as the client sent them, not as they are reached.
+   */
+  get frameReceivedAt(): number {
+    return this.#frameAt;
   }
 
   /** True until either side has closed. */

@@ -587,7 +587,7 @@ class NativeSession implements SocketHandler {
         );
       }
       ref = record.ref;
-      const verdict = this.#ctx.limiter.take(this.user.id, this.#connId);
+      const verdict = this.#ctx.limiter.take(this.user.id, this.#connId, conn.frameReceivedAt);
       if (verdict === "close") {
         // After the replies still owed: the acks of sends already queued say what was stored.
         await conn.settled();
