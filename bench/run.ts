@@ -10,6 +10,7 @@ import { Fleet } from "./lib/load.ts";
 import {
   FANOUT_ONLY_PEERS,
   mintTokens,
+  OURS_TICKET,
   type PeerContext,
   PEERS,
   type PeerSpec,
@@ -347,12 +348,15 @@ async function main(): Promise<number> {
     results.connections = await attempt("connections", () => connections(bench));
     if (settings.profile.members > 0) {
       results.profile = await attempt("profile", async () => {
+        // The ticket socket, as the targets use; the native protocol when only it was asked for.
+        const profiled = PEERS.find((p) => p.id === "ours_ticket") ??
+          PEERS.find((p) => p.id === "ours_native") ?? OURS_TICKET;
         const ours = results.fanout?.sizes.find((s) => s.members === settings.fanout.referenceSize)
-          ?.ladders.find((l) => l.peer === "ours_ticket");
+          ?.ladders.find((l) => l.peer === profiled.id);
         const fanoutRates = [settings.fanout.referenceRate];
         if (ours && ours.best > settings.fanout.referenceRate) fanoutRates.push(ours.best);
         // Ingest: ours's highest rate within the bound and the next one up, where it failed.
-        const ing = results.ingest?.ladders.find((l) => l.peer === "ours_ticket");
+        const ing = results.ingest?.ladders.find((l) => l.peer === profiled.id);
         const ladder = settings.ingest.rates;
         const ingestRates = ing && ing.best > 0
           ? [ing.best, ladder.find((r) => r > ing.best) ?? ing.best * 2]
@@ -364,7 +368,13 @@ async function main(): Promise<number> {
             ["ingest", ingestProfileLoad(bench), ingestRates],
           ] as const
         ) {
-          const run = await profileRun(bench, `${rawDir}/profile-${name}`, load, [...rates]);
+          const run = await profileRun(
+            bench,
+            `${rawDir}/profile-${name}`,
+            load,
+            [...rates],
+            profiled,
+          );
           const summary = run.path ? await summariseProfile(run.path, args.serverDir) : null;
           out[name] = { summary, steps: run.steps, rates: [...rates] };
         }

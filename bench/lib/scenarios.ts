@@ -1319,15 +1319,16 @@ export async function profileRun(
   profileDir: string,
   load: ProfileLoad,
   rates: number[],
+  spec: PeerSpec = OURS_TICKET,
 ): Promise<{ path: string | null; steps: StepResult[] }> {
   const { settings, fleet } = bench;
   await Deno.mkdir(profileDir, { recursive: true });
   bench.log(
-    `profile ${load.name}: ours with --cpu-prof, ${load.rooms} room(s) x ${load.perRoom} at ${
+    `profile ${load.name}: ${spec.id} with --cpu-prof, ${load.rooms} room(s) x ${load.perRoom} at ${
       rates.join(", ")
     } msg/s`,
   );
-  const peer = await startPeer(OURS_TICKET, bench.ctx, {
+  const peer = await startPeer(spec, bench.ctx, {
     cpus: bench.serverCpus,
     tag: `profile-${load.name}`,
     profileDir,

@@ -9,6 +9,10 @@ const draft = (body: string, clientId?: string): MessageDraft => ({
   clientId,
 });
 
+/** The whole numbers from `from` to `to`, both included. */
+const range = (from: number, to: number) =>
+  Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
 /** A stored attachment record named `key` (no file behind it: the store only keeps records). */
 const file = (key: string): Attachment => ({
   id: key,
@@ -198,7 +202,7 @@ Deno.test("KvMessageStore.append() with a repeated client id returns the origina
   kv.close();
 });
 
-Deno.test("KvMessageStore.append() reads a room's head before its client ids, so another writer's same id in between is seen", async () => {
+Deno.test("KvMessageStore.append() reads a room's head before the client ids it reads, so another writer's same id in between is seen", async () => {
   const path = await Deno.makeTempFile({ suffix: ".kv" });
   const kvA = await Deno.openKv(path);
   const kvB = await Deno.openKv(path);
@@ -226,12 +230,44 @@ Deno.test("KvMessageStore.append() reads a room's head before its client ids, so
     },
   });
   const b = new KvMessageStore(slowB);
+  // The commit checks the first 99 client ids itself (100 checks, one for the head); the last
+  // one is read.
+  const others = Array.from({ length: 99 }, (_, i) => b.append("r", draft(`b${i}`, `b${i}`)));
   const fromB = await b.append("r", draft("from B", "same"));
   assertEquals([fromB.duplicate, fromB.message.body, fromB.message.seq], [true, "from A", 1]);
-  assertEquals(await b.head("r"), 1);
+  assertEquals((await Promise.all(others)).map((r) => r.message.seq), range(2, 100));
+  assertEquals(await b.head("r"), 100);
   kvA.close();
   kvB.close();
   await Deno.remove(path);
+});
+
+Deno.test("KvMessageStore.append() checks new client ids in the commit instead of reading them, and reads past KV's 100 checks", async () => {
+  const kv = await Deno.openKv(":memory:");
+  let reads = 0;
+  const counted = new Proxy(kv, {
+    get(target, key) {
+      const value = Reflect.get(target, key, target);
+      if (key !== "getMany") return typeof value === "function" ? value.bind(target) : value;
+      return (keys: Deno.KvKey[]) => {
+        reads += keys.filter((k) => k[0] === "idem").length;
+        return target.getMany(keys);
+      };
+    },
+  });
+  const store = new KvMessageStore(counted);
+  // Two rooms take two checks: 98 ids are checked, the other 12 read.
+  await Promise.all(
+    Array.from({ length: 110 }, (_, i) => store.append(`r${i % 2}`, draft(`m${i}`, `c${i}`))),
+  );
+  assertEquals(reads, 12);
+  // A repeated id fails its check; the retry reads it and answers with the first message.
+  reads = 0;
+  const again = await store.append("r0", draft("m0 again", "c0"));
+  assertEquals([again.duplicate, again.message.body, again.message.seq], [true, "m0", 1]);
+  assertEquals(reads, 1);
+  assertEquals(await store.head("r0"), 55);
+  kv.close();
 });
 
 Deno.test("KvMessageStore.list() pages by cursor in both directions, oldest first", async () => {
