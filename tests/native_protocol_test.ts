@@ -238,8 +238,21 @@ Deno.test("native: a join replays at most REPLAY_LIMIT messages, the rest left t
     }
     const refilled = Math.ceil((performance.now() - started) / 1000 * 4);
     assert(replayed >= 40 && replayed <= 40 + refilled, `${replayed} replayed`);
-    // One frame naming a room twice replays it once.
-    const c = await connect(server);
+    // The allowance is the user's: a new socket of theirs gets what refilled since, not a fresh
+    // allowance of its own.
+    const drained = performance.now();
+    const d = await connect(server);
+    d.send({ type: "join", room: "ticket:7", since: 0, ref: "d0" });
+    let again = 0;
+    for (;;) {
+      const f = await d.next();
+      if (f.type === "message") again++;
+      if (f.type === "joined") break;
+    }
+    const since = Math.floor((performance.now() - drained) / 1000 * 4) + 1;
+    assert(again <= Math.min(since, 3), `a new socket of the same user replayed ${again}`);
+    // One frame naming a room twice replays it once (another user, with an allowance of theirs).
+    const c = await connect(server, { sub: "3" });
     c.send({ type: "join", rooms: [{ room: "ticket:7", since: 8 }, "ticket:7"], ref: "d" });
     assertEquals((await c.next((f) => f.type === "message")).seq, 9);
     assertEquals((await c.next((f) => f.type === "message")).seq, 10);
@@ -251,7 +264,7 @@ Deno.test("native: a join replays at most REPLAY_LIMIT messages, the rest left t
       room: "ticket:7",
       ref: "d",
     });
-    for (const ws of [a, b, c]) await ws.close();
+    for (const ws of [a, b, c, d]) await ws.close();
   } finally {
     await server.close();
   }

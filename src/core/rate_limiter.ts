@@ -14,12 +14,6 @@ export interface RateLimits {
   perUser: number;
 }
 
-/** One map of buckets, and the size at which it is next swept of idle ones (see `#prune`). */
-interface Buckets {
-  map: Map<string, Bucket>;
-  pruneAt: number;
-}
-
 /** Tokens a bucket holds, and when (performance.now()) that was last worked out. */
 export interface TokenBucket {
   tokens: number;
@@ -35,9 +29,70 @@ export function refill(bucket: TokenBucket, rate: number, burst: number, now: nu
   bucket.at = now;
 }
 
+/**
+ * Token buckets by key, each refilled at `rate` a second up to `burst` and created full. Full
+ * buckets are swept out as the map grows: a full bucket is the same as none, so the map holds only
+ * keys active in the last seconds, also keys no close ever forgets (the REST API's `api:<user>`,
+ * a user's own). The next sweep waits until the map has doubled, so sweeping stays linear overall.
+ */
+export class TokenBuckets<B extends TokenBucket = TokenBucket> {
+  #map = new Map<string, B>();
+  #pruneAt = PRUNE_FROM;
+  readonly #rate: number;
+  readonly #burst: number;
+  readonly #make: (tokens: number, at: number) => B;
+
+  /** Buckets of `rate` tokens a second up to `burst`; `make` builds a new one with its fields. */
+  constructor(rate: number, burst: number, make: (tokens: number, at: number) => B) {
+    this.#rate = rate;
+    this.#burst = burst;
+    this.#make = make;
+  }
+
+  /** The key's bucket, refilled up to `now` (a new one is full). */
+  get(key: string, now: number): B {
+    let bucket = this.#map.get(key);
+    if (bucket) {
+      refill(bucket, this.#rate, this.#burst, now);
+      return bucket;
+    }
+    if (this.#map.size >= this.#pruneAt) this.#prune(now);
+    this.#map.set(key, bucket = this.#make(this.#burst, now));
+    return bucket;
+  }
+
+  /** Takes up to `wanted` whole tokens from the key's bucket as of `now`; returns how many. */
+  take(key: string, wanted: number, now: number): number {
+    const bucket = this.get(key, now);
+    const taken = Math.max(0, Math.min(wanted, Math.floor(bucket.tokens)));
+    bucket.tokens -= taken;
+    return taken;
+  }
+
+  /** Forgets the key's bucket. */
+  delete(key: string): void {
+    this.#map.delete(key);
+  }
+
+  /** Buckets held. */
+  get size(): number {
+    return this.#map.size;
+  }
+
+  #prune(now: number): void {
+    for (const [key, bucket] of this.#map) {
+      refill(bucket, this.#rate, this.#burst, now);
+      if (bucket.tokens >= this.#burst) this.#map.delete(key);
+    }
+    this.#pruneAt = Math.max(PRUNE_FROM, this.#map.size * 2);
+  }
+}
+
 interface Bucket extends TokenBucket {
   strikes: number;
 }
+
+const strikeBucket = (tokens: number, at: number): Bucket => ({ tokens, at, strikes: 0 });
 
 /**
  * Refused frames count as strikes; a connection that keeps sending after as many refusals as its
@@ -45,45 +100,21 @@ interface Bucket extends TokenBucket {
  */
 export class RateLimiter {
   #limits: RateLimits;
-  #conns: Buckets = { map: new Map(), pruneAt: PRUNE_FROM };
-  #users: Buckets = { map: new Map(), pruneAt: PRUNE_FROM };
+  #conns: TokenBuckets<Bucket>;
+  #users: TokenBuckets<Bucket>;
   #now: () => number;
 
   /** Uses `limits`; `now` is injectable for tests. */
   constructor(limits: RateLimits, now: () => number = () => performance.now()) {
     this.#limits = limits;
     this.#now = now;
-  }
-
-  #bucket(buckets: Buckets, key: string, rate: number, now: number): Bucket {
-    let bucket = buckets.map.get(key);
-    if (bucket) {
-      refill(bucket, rate, rate * 2, now);
-      return bucket;
-    }
-    if (buckets.map.size >= buckets.pruneAt) this.#prune(buckets, rate, now);
-    buckets.map.set(key, bucket = { tokens: rate * 2, at: now, strikes: 0 });
-    return bucket;
-  }
-
-  /**
-   * Drops the buckets that have refilled: the same as no bucket (the next frame is let through
-   * either way, which clears strikes), so the maps hold only senders active in the last seconds.
-   * Keys no close ever forgets (the REST API's `api:<user>`, a user's own bucket) would otherwise
-   * grow with every distinct caller. The next sweep waits until the map has doubled, so sweeping
-   * stays linear overall.
-   */
-  #prune(buckets: Buckets, rate: number, now: number): void {
-    for (const [key, bucket] of buckets.map) {
-      refill(bucket, rate, rate * 2, now);
-      if (bucket.tokens >= rate * 2) buckets.map.delete(key);
-    }
-    buckets.pruneAt = Math.max(PRUNE_FROM, buckets.map.size * 2);
+    this.#conns = new TokenBuckets(limits.perConnection, limits.perConnection * 2, strikeBucket);
+    this.#users = new TokenBuckets(limits.perUser, limits.perUser * 2, strikeBucket);
   }
 
   /** Buckets held, connections' and users' together (what the sweep's test checks). */
   get size(): number {
-    return this.#conns.map.size + this.#users.map.size;
+    return this.#conns.size + this.#users.size;
   }
 
   /**
@@ -92,8 +123,8 @@ export class RateLimiter {
    */
   take(user: string | number, connId: string, at?: number): RateVerdict {
     const now = at ?? this.#now();
-    const conn = this.#bucket(this.#conns, connId, this.#limits.perConnection, now);
-    const owner = this.#bucket(this.#users, String(user), this.#limits.perUser, now);
+    const conn = this.#conns.get(connId, now);
+    const owner = this.#users.get(String(user), now);
     if (conn.tokens >= 1 && owner.tokens >= 1) {
       conn.tokens -= 1;
       owner.tokens -= 1;
@@ -106,6 +137,6 @@ export class RateLimiter {
 
   /** Drops a closed connection's bucket. */
   forget(connId: string): void {
-    this.#conns.map.delete(connId);
+    this.#conns.delete(connId);
   }
 }

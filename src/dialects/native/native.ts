@@ -5,7 +5,7 @@
 
 import { findToken } from "../../auth/token.ts";
 import { asChatError, ChatError, rateLimited } from "../../core/errors.ts";
-import { refill, type TokenBucket } from "../../core/rate_limiter.ts";
+import { TokenBuckets } from "../../core/rate_limiter.ts";
 import { canonicalId, parseRoomKey } from "../../core/rooms.ts";
 import type { AppendResult, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import type { DirectSocket, Member } from "../../hub/hub.ts";
@@ -37,8 +37,9 @@ const PRESENCE_FRAME = '{"type":"presence"';
 /** Most rooms one socket may join. */
 export const MAX_ROOMS_PER_SOCKET = 100;
 /**
- * A socket's replay allowance is this many joins' worth of `REPLAY_LIMIT` messages, refilled at
- * one join's worth a second: a reconnect to many rooms replays in full, a loop of rejoins does not.
+ * A user's replay allowance (all their sockets on this isolate together) is this many joins'
+ * worth of `REPLAY_LIMIT` messages, refilled at one join's worth a second: a reconnect to many
+ * rooms replays in full, a loop of rejoins does not, nor do many sockets each rejoining.
  */
 const REPLAY_BURST_JOINS = 10;
 /**
@@ -160,6 +161,11 @@ const requireRoom = (record: Record<string, unknown>): string => {
 
 /** The native protocol's route: `/ws`. */
 export function nativeRoute(ctx: DialectContext): WsRoute {
+  const limit = ctx.config.replayLimit;
+  const replay = new TokenBuckets(limit, limit * REPLAY_BURST_JOINS, (tokens, at) => ({
+    tokens,
+    at,
+  }));
   return {
     pattern: new URLPattern({ pathname: "/ws{/}?" }),
     async handle(req) {
@@ -170,7 +176,7 @@ export function nativeRoute(ctx: DialectContext): WsRoute {
       if (!user) {
         return Connection.refuse(req, options, NATIVE_CLOSE.unauthorized, "Unauthorized");
       }
-      return Connection.upgrade(req, options, new NativeSession(ctx, user, baseUrl));
+      return Connection.upgrade(req, options, new NativeSession(ctx, user, baseUrl, replay));
     },
   };
 }
@@ -269,31 +275,24 @@ class NativeSession implements SocketHandler {
   #ctx: DialectContext;
   #connId = crypto.randomUUID();
   #rooms = new Map<string, NativeMember>();
-  /** Messages this socket may still have replayed. */
-  #replayBudget: TokenBucket;
+  /** Messages each user may still have replayed, shared by the route's sockets. */
+  #replay: TokenBuckets;
 
-  constructor(ctx: DialectContext, user: Principal, baseUrl: string) {
+  constructor(ctx: DialectContext, user: Principal, baseUrl: string, replay: TokenBuckets) {
     this.#ctx = ctx;
     this.user = user;
     this.baseUrl = baseUrl;
     this.renderKey = intern(`native|${baseUrl}`);
-    this.#replayBudget = {
-      tokens: ctx.config.replayLimit * REPLAY_BURST_JOINS,
-      at: performance.now(),
-    };
+    this.#replay = replay;
   }
 
   /**
    * How many of `wanted` messages a join may replay (at most `REPLAY_LIMIT`, within what the
-   * socket's allowance holds), taken from the allowance.
+   * user's allowance holds), taken from the allowance.
    */
   #replayAllowance(wanted: number): number {
     const limit = this.#ctx.config.replayLimit;
-    const budget = this.#replayBudget;
-    refill(budget, limit, limit * REPLAY_BURST_JOINS, performance.now());
-    const allowed = Math.max(0, Math.min(wanted, limit, Math.floor(budget.tokens)));
-    budget.tokens -= allowed;
-    return allowed;
+    return this.#replay.take(String(this.user.id), Math.min(wanted, limit), performance.now());
   }
 
   /** The socket's membership of `room`, if it joined it. */
