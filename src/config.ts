@@ -83,6 +83,8 @@ const EnvSchema = z.object({
   TYPING_TIMEOUT_SECONDS: positiveInt(5),
   SOCKETIO_PING_INTERVAL_MS: positiveInt(25_000),
   SOCKETIO_PING_TIMEOUT_MS: positiveInt(20_000),
+  SOCKETIO_AUTH_TIMEOUT_MS: positiveInt(60_000),
+  SOCKETIO_MAX_UNAUTHENTICATED: positiveInt(10_000),
   RATE_LIMIT_PER_SECOND: positiveInt(20),
   SLOW_CONSUMER_BYTES: positiveInt(4 * 1024 * 1024),
   RATE_LIMIT_USER_PER_SECOND: positiveInt(50),
@@ -186,6 +188,10 @@ export interface Config {
   socketIoPingIntervalMs: number;
   /** Socket.IO: milliseconds a client has to answer a ping before it is dropped. */
   socketIoPingTimeoutMs: number;
+  /** Socket.IO: milliseconds a connection may stay without authenticating before it is closed. */
+  socketIoAuthTimeoutMs: number;
+  /** Socket.IO, per isolate: connections not yet authenticated past which handshakes get 503. */
+  socketIoMaxUnauthenticated: number;
   /** A typing state not renewed within this many seconds ends by itself. */
   typingTimeoutSeconds: number;
   /** Presence entries lapse this long after their last renewal (a crashed isolate's users leave). */
@@ -288,6 +294,8 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     typingTimeoutSeconds: e.TYPING_TIMEOUT_SECONDS,
     socketIoPingIntervalMs: e.SOCKETIO_PING_INTERVAL_MS,
     socketIoPingTimeoutMs: e.SOCKETIO_PING_TIMEOUT_MS,
+    socketIoAuthTimeoutMs: e.SOCKETIO_AUTH_TIMEOUT_MS,
+    socketIoMaxUnauthenticated: e.SOCKETIO_MAX_UNAUTHENTICATED,
     rateLimitPerSecond: e.RATE_LIMIT_PER_SECOND,
     slowConsumerBytes: e.SLOW_CONSUMER_BYTES,
     rateLimitUserPerSecond: e.RATE_LIMIT_USER_PER_SECOND,

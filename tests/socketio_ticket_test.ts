@@ -574,6 +574,54 @@ Deno.test("socket.io ticket chat: a bad handshake token never refuses the connec
   });
 });
 
+Deno.test("socket.io ticket chat: connections that never authenticate are bounded: past the cap handshakes get 503, and each is closed after the auth timeout", async () => {
+  await withChat(async (server, client) => {
+    const handshake = () => fetch(`${server.url}/socket.io/?EIO=4&transport=polling`);
+    // Two raw sessions that never join, and one client that joins but never authenticates.
+    const sids: string[] = [];
+    for (let i = 0; i < 2; i++) {
+      const res = await handshake();
+      assertEquals(res.status, 200);
+      sids.push(JSON.parse((await res.text()).slice(1)).sid);
+    }
+    const quiet = client({ transports: ["websocket"] });
+    await next(quiet, "connect");
+    const refused = await handshake();
+    assertEquals(refused.status, 503);
+    assertEquals(await refused.json(), {
+      code: 4,
+      message: "Server busy: too many connections waiting to authenticate; try again shortly",
+    });
+    // Authenticated connections do not count, and are let in once one waiting closes.
+    const closeSession = (sid: string) =>
+      fetch(`${server.url}/socket.io/?EIO=4&transport=polling&sid=${sid}`, {
+        method: "POST",
+        body: "1",
+      }).then((r) => r.text());
+    await closeSession(sids[0]);
+    const token = await server.token({ sub: "3", name: "Cy", rooms: ["ticket:4"] });
+    const member = client({ auth: { token }, transports: ["websocket"] });
+    await next(member, "authenticated");
+    const again = client({ transports: ["websocket"] });
+    await next(again, "connect");
+    assertEquals((await handshake()).status, 503);
+    // The quiet client is closed like a lost transport, so it reconnects by itself, and can
+    // authenticate then; the signed-in one stays.
+    const reason = await next<string>(quiet, "disconnect", 5000);
+    assertEquals(reason, "transport close");
+    await next(quiet, "connect", 5000);
+    await authenticated(quiet, token);
+    assert(member.connected);
+    await closeSession(sids[1]);
+  }, {
+    SOCKETIO_MAX_UNAUTHENTICATED: "3",
+    SOCKETIO_AUTH_TIMEOUT_MS: "1500",
+    // The raw sessions never answer pings: they must outlive the test.
+    SOCKETIO_PING_INTERVAL_MS: "20000",
+    SOCKETIO_PING_TIMEOUT_MS: "20000",
+  });
+});
+
 Deno.test("socket.io ticket chat: the browser client is served at /socket.io/socket.io.js, as Node's server serves it", async () => {
   await withChat(async (server) => {
     const res = await fetch(`${server.url}/socket.io/socket.io.js`);

@@ -69,6 +69,12 @@ export interface EngineOptions {
    * Socket.IO clients reconnect); default unlimited.
    */
   maxBufferedBytes?: number;
+  /**
+   * Asked before each new session: a refusal (its text) is answered with 503 and Engine.IO's
+   * error body, so that nothing is held for it (clients retry with their backoff). Default: all
+   * are let in.
+   */
+  refuseHandshake?: () => string | null;
 }
 
 /** What {@linkcode EngineOptions.frameBudget} is given: the socket, which it may close. */
@@ -174,6 +180,7 @@ interface ResolvedOptions {
   allowedOrigins: AllowedOrigins;
   frameBudget?: FrameBudgetHook;
   maxBufferedBytes: number;
+  refuseHandshake?: () => string | null;
 }
 
 const OK: Reply = { status: 200, body: "ok", contentType: "text/html" };
@@ -790,6 +797,7 @@ export class EngineServer {
       allowedOrigins: options.allowedOrigins ?? "*",
       frameBudget: options.frameBudget,
       maxBufferedBytes: options.maxBufferedBytes ?? Infinity,
+      refuseHandshake: options.refuseHandshake,
     };
     this.#base = path.slice(0, -1);
     const relay = options.relay === true
@@ -843,6 +851,10 @@ export class EngineServer {
 
     if (sid === null) {
       if (req.method !== "GET") return fail(ErrorCode.BAD_HANDSHAKE_METHOD);
+      const refusal = this.#options.refuseHandshake?.() ?? null;
+      if (refusal !== null) {
+        return this.#respond(errorReply(ErrorCode.FORBIDDEN, 503, refusal), origin);
+      }
       // Captured before any upgrade: an upgraded request no longer exposes headers or address.
       const addr = info?.remoteAddr;
       const request: EngineRequest = {

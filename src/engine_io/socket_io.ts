@@ -70,6 +70,7 @@ export interface Handshake {
 export interface SocketIOServerOptions extends EngineOptions {
   /** Milliseconds a new connection has to join a namespace before it is closed; default 45 000. */
   connectTimeout?: number;
+
   /** Most binary attachments one packet may carry; default 10. */
   maxAttachments?: number;
   /**
@@ -120,6 +121,7 @@ const kBroadcast = Symbol("broadcast");
 const kWrite = Symbol("write");
 const kWriteFrames = Symbol("writeFrames");
 const kAck = Symbol("ack");
+const kJoined = Symbol("joined");
 
 function report(error: unknown): void {
   console.error("socket.io: listener failed:", error);
@@ -886,6 +888,7 @@ class Client {
     }
     this.#sockets.set(name, socket);
     clearTimeout(this.#connectTimer);
+    this.#server[kJoined](this);
     nsp[kAdd](socket);
     for (const packet of early) {
       if (!socket.connected) break;
@@ -927,6 +930,8 @@ export class SocketIOServer<Data = SocketData> {
   readonly engine: EngineServer;
   #namespaces = new Map<string, Namespace<Data>>();
   #clients = new Set<Client>();
+  /** Clients that have not joined a namespace yet. */
+  #waiting = new Set<Client>();
   #clientOptions: ClientOptions;
   #clientBundle?: { bytes: Uint8Array<ArrayBuffer>; etag: string };
 
@@ -945,13 +950,28 @@ export class SocketIOServer<Data = SocketData> {
     this.engine.onconnection = (conn) => {
       const client = new Client(this, conn, this.#clientOptions);
       this.#clients.add(client);
+      this.#waiting.add(client);
       const onclose = conn.onclose;
       conn.onclose = (reason, description) => {
         this.#clients.delete(client);
+        this.#waiting.delete(client);
         onclose?.(reason, description);
       };
     };
     this.of("/");
+  }
+
+  /**
+   * Connections that have not joined a namespace yet: each is held for up to `connectTimeout`
+   * without a word from the client, so `refuseHandshake` may want to bound them.
+   */
+  get waitingConnections(): number {
+    return this.#waiting.size;
+  }
+
+  /** Notes that a client joined its first namespace: it no longer counts as waiting. */
+  [kJoined](client: Client): void {
+    this.#waiting.delete(client);
   }
 
   /** Namespaces by name. */

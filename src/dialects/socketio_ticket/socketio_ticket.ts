@@ -217,7 +217,7 @@ export function createSocketIoTicketChat(
   options: SocketIoTicketOptions,
 ): SocketIOServer {
   const origins = ctx.config.allowedOrigins;
-  const io = new SocketIOServer({
+  const io: SocketIOServer = new SocketIOServer({
     path: "/socket.io/",
     maxPayload: maxEventSize(ctx.config),
     // A polling POST is read whole before anyone is authenticated, and under `--parallel` may
@@ -235,6 +235,13 @@ export function createSocketIoTicketChat(
     frameBudget: ctx.frames,
     maxBufferedBytes: ctx.config.slowConsumerBytes,
     clientBundle: options.clientBundle,
+    // A connection is held for a while before anyone knows whose it is (up to the connect
+    // timeout before it joins, up to the auth timeout after): without a bound, handshakes alone
+    // fill the memory. Past it new ones are refused, and clients retry with their backoff.
+    refuseHandshake: (): string | null =>
+      io.waitingConnections + unsigned.size >= ctx.config.socketIoMaxUnauthenticated
+        ? "Server busy: too many connections waiting to authenticate; try again shortly"
+        : null,
     // The session still ends, as Node's does over its limit, but the client is told why on the
     // event's own error event (and its ack) rather than left with a bare "transport close".
     oversized(socket, event, size, ack) {
@@ -248,6 +255,8 @@ export function createSocketIoTicketChat(
     },
   });
   const nsp = io.of("/");
+  /** Sockets in the namespace whose client has not authenticated, with their deadlines. */
+  const unsigned = new Map<Socket, ReturnType<typeof setTimeout>>();
   /** Bridge members by engine room, with the hub join each one waits for. */
   const bridges = new Map<string, { member: Member; joined: Promise<unknown> }>();
   const state = (socket: Socket) => socket.data as SocketState;
@@ -255,6 +264,8 @@ export function createSocketIoTicketChat(
   const signedIn = (socket: Socket, user: Principal) => {
     state(socket).user = user;
     socket.conn.maxPayload = maxEventSize(ctx.config);
+    clearTimeout(unsigned.get(socket));
+    unsigned.delete(socket);
   };
   const queueBound = maxQueuedBytes(ctx.config, maxEventSize(ctx.config));
   const engineRoom = (ticketId: string, baseUrl: string) => `ticket:${ticketId}\u0000${baseUrl}`;
@@ -474,6 +485,16 @@ export function createSocketIoTicketChat(
     } else if (s.badToken) {
       socket.emit("authentication_error", { message: SIO_ERRORS.invalidToken });
     }
+    if (!s.user) {
+      // Closed as a transport would be, so that the client reconnects (and may authenticate
+      // then) rather than stop as after a server-side disconnect.
+      unsigned.set(
+        socket,
+        setTimeout(() => {
+          if (!s.user) socket.conn.close();
+        }, ctx.config.socketIoAuthTimeoutMs),
+      );
+    }
 
     // Rate-limited like every other event: it is the one a socket without a token may send, and
     // each costs a signature check.
@@ -612,6 +633,8 @@ export function createSocketIoTicketChat(
     }
 
     socket.on("disconnect", () => {
+      clearTimeout(unsigned.get(socket));
+      unsigned.delete(socket);
       ctx.metrics.connection("socket.io", -1);
       ctx.limiter.forget(socket.id);
       for (const id of [...s.tickets]) leaveTicket(socket, id);
