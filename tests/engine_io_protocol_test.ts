@@ -539,6 +539,38 @@ Deno.test("maxPollingPayload bounds polling POSTs below maxPayload; WebSocket me
   });
 });
 
+Deno.test("initialMaxPayload holds until raised; raised during an upgrade, the WebSocket being probed gets it too", async () => {
+  await withServer({ maxPayload: 8000, initialMaxPayload: 1000 }, async (ctx) => {
+    const big = `42["echo","${"c".repeat(3000)}"]`;
+    // Straight over WebSocket: refused until raised.
+    const early = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket`);
+    await early.next();
+    early.send("40");
+    await early.next();
+    early.send(big);
+    await early.closed;
+    // Raised while the WebSocket is the upgrade's candidate (probed, not yet switched to).
+    const { sid } = await handshake(ctx);
+    await post(ctx, sid, "40");
+    match((await poll(ctx, sid)).text, /^40/);
+    const parked = poll(ctx, sid);
+    await delay(20);
+    const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket&sid=${sid}`);
+    await peer.opened;
+    peer.send("2probe");
+    strictEqual(await peer.next(), "3probe");
+    strictEqual((await parked).text, "6");
+    const conn = ctx.sockets.at(-1)!.conn;
+    strictEqual(conn.maxPayload, 1000);
+    conn.maxPayload = 8000;
+    peer.send("5");
+    await eventually(() => conn.transport === "websocket");
+    peer.send(big);
+    strictEqual(await peer.next(), big);
+    await peer.close();
+  });
+});
+
 Deno.test("CORS: origins are echoed with credentials, preflights answered, others refused", async () => {
   await withServer({}, async (ctx) => {
     const reply = await get(ctx, "EIO=4&transport=polling", {
