@@ -9,6 +9,7 @@ import {
   type ApiServer,
   apiTest,
   BACKENDS,
+  directoryWith,
   requirePostgresInCi,
   startApiServer,
 } from "./api_helpers.ts";
@@ -257,24 +258,13 @@ apiTest(
   },
   {},
   {
-    // A proxy keeps the directory's class (the API asks for it) and its private fields.
-    directory: (d) =>
-      new Proxy(d, {
-        get(target, key) {
-          const value = Reflect.get(target, key, target);
-          if (typeof value !== "function") return value;
-          if (key === "listParticipants") {
-            return (...args: unknown[]) => {
-              if (failNextList.armed) {
-                failNextList.armed = false;
-                return Promise.reject(new Error("Connection terminated unexpectedly"));
-              }
-              return value.apply(target, args);
-            };
-          }
-          return value.bind(target);
-        },
-      }),
+    directory: directoryWith("listParticipants", (list) => (...args) => {
+      if (failNextList.armed) {
+        failNextList.armed = false;
+        return Promise.reject(new Error("Connection terminated unexpectedly"));
+      }
+      return list(...args);
+    }),
   },
 );
 

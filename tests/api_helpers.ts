@@ -202,3 +202,23 @@ export function apiTest(
     });
   }
 }
+
+/**
+ * An `AppOverrides.directory` that replaces one method of the server's directory with `wrap`
+ * (given the original, bound); a proxy keeps the directory's class (the API asks for it) and its
+ * private fields.
+ */
+export function directoryWith<K extends keyof Directory>(
+  method: K,
+  wrap: (original: Directory[K]) => Directory[K],
+): (directory: Directory) => Directory {
+  return (d) =>
+    new Proxy(d, {
+      get(target, key) {
+        const value = Reflect.get(target, key, target);
+        if (typeof value !== "function") return value;
+        const bound = value.bind(target);
+        return key === method ? wrap(bound) : bound;
+      },
+    });
+}

@@ -5,7 +5,7 @@
 
 import { loadConfig } from "../src/config.ts";
 import { API_ROUTES } from "../src/http/api/mod.ts";
-import { ADMIN_TOKEN, apiTest, requirePostgresInCi } from "./api_helpers.ts";
+import { ADMIN_TOKEN, apiTest, directoryWith, requirePostgresInCi } from "./api_helpers.ts";
 import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
 import { eventually, rawExchange, startTestServer, TestClient } from "./helpers.ts";
 
@@ -304,22 +304,12 @@ apiTest(
   },
   {},
   {
-    directory: (d) =>
-      new Proxy(d, {
-        get(target, key) {
-          const value = Reflect.get(target, key, target);
-          if (typeof value !== "function") return value;
-          if (key === "addParticipant") {
-            return async (...args: unknown[]) => {
-              const ms = slowAddition.ms;
-              slowAddition.ms = 0;
-              if (ms > 0) await new Promise((r) => setTimeout(r, ms));
-              return value.apply(target, args);
-            };
-          }
-          return value.bind(target);
-        },
-      }),
+    directory: directoryWith("addParticipant", (add) => async (...args) => {
+      const ms = slowAddition.ms;
+      slowAddition.ms = 0;
+      if (ms > 0) await new Promise((r) => setTimeout(r, ms));
+      return await add(...args);
+    }),
   },
 );
 

@@ -298,18 +298,27 @@ Deno.test("a close packet from the client releases the parked GET with a noop", 
   });
 });
 
+/**
+ * A polling session joined to `/`, and a WebSocket that has probed its upgrade (`2probe` →
+ * `3probe`, the parked GET released with a noop) and not yet sent `5`.
+ */
+async function probedUpgrade(ctx: Context): Promise<{ peer: Peer; sid: string }> {
+  const { sid } = await handshake(ctx);
+  await post(ctx, sid, "40");
+  match((await poll(ctx, sid)).text, /^40/);
+  const parked = poll(ctx, sid);
+  await delay(20);
+  const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket&sid=${sid}`);
+  await peer.opened;
+  peer.send("2probe");
+  strictEqual(await peer.next(), "3probe");
+  strictEqual((await parked).text, "6");
+  return { peer, sid };
+}
+
 Deno.test("probe and upgrade: 2probe/3probe, noop to the parked GET, 5, then websocket only", async () => {
   await withServer({}, async (ctx) => {
-    const { sid } = await handshake(ctx);
-    await post(ctx, sid, "40");
-    match((await poll(ctx, sid)).text, /^40/);
-    const parked = poll(ctx, sid);
-    await delay(20);
-    const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket&sid=${sid}`);
-    await peer.opened;
-    peer.send("2probe");
-    strictEqual(await peer.next(), "3probe");
-    strictEqual((await parked).text, "6");
+    const { peer, sid } = await probedUpgrade(ctx);
     // Packets emitted while the client pauses polling wait for the new transport.
     ctx.sockets[0].emit("during", "upgrade");
     peer.send("5");
@@ -550,16 +559,7 @@ Deno.test("initialMaxPayload holds until raised; raised during an upgrade, the W
     early.send(big);
     await early.closed;
     // Raised while the WebSocket is the upgrade's candidate (probed, not yet switched to).
-    const { sid } = await handshake(ctx);
-    await post(ctx, sid, "40");
-    match((await poll(ctx, sid)).text, /^40/);
-    const parked = poll(ctx, sid);
-    await delay(20);
-    const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket&sid=${sid}`);
-    await peer.opened;
-    peer.send("2probe");
-    strictEqual(await peer.next(), "3probe");
-    strictEqual((await parked).text, "6");
+    const { peer } = await probedUpgrade(ctx);
     const conn = ctx.sockets.at(-1)!.conn;
     strictEqual(conn.maxPayload, 1000);
     conn.maxPayload = 8000;
