@@ -298,6 +298,37 @@ apiTest("replacing participants closes exactly those who lost access", async (s)
   for (const client of [three, admin, support]) await client.close();
 });
 
+/** Set to hold the next room save back this long, ms, before it reaches the directory. */
+const slowSave = { ms: 0 };
+
+apiTest(
+  "of two concurrent replacements, the later one closes the sockets of the earlier one's participants",
+  async (s) => {
+    const path = "/api/rooms/ticket/9";
+    await s.api("PUT", path, { json: { participants: [{ user_id: "3" }] } });
+    slowSave.ms = 300;
+    const later = s.api("PUT", path, { json: { participants: [{ user_id: "5" }] } });
+    await new Promise((r) => setTimeout(r, 50));
+    await s.api("PUT", path, { json: { participants: [{ user_id: "4" }] } });
+    const four = await open(s, "/ws/ticket/9/", { sub: "4" });
+    four.send({ body: "in between" });
+    assertEquals((await four.next()).body, "in between");
+    // Before, the later replacement took who held the room before it started (3), not before
+    // its save (4): 4 kept reading a room it no longer belonged to.
+    assertEquals((await later).body.participants, [{ user_id: "5", role: "member" }]);
+    assertEquals(await within(four.closed, "4's close"), { code: 4003, reason: "Access revoked" });
+  },
+  {},
+  {
+    directory: directoryWith("saveRoom", (save) => async (...args) => {
+      const ms = slowSave.ms;
+      slowSave.ms = 0;
+      if (ms > 0) await new Promise((r) => setTimeout(r, ms));
+      return await save(...args);
+    }),
+  },
+);
+
 apiTest("deleting a room closes every socket in it; deleting a user closes theirs", async (s) => {
   await s.api("PUT", "/api/users/4", { json: { username: "four" } });
   await s.api("PUT", "/api/rooms/ticket/1", { json: { participants: [{ user_id: "4" }] } });

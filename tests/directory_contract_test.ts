@@ -319,8 +319,12 @@ contract(
     const again = await d.saveRoom({ kind: "chat", id: "1" }, [{ userId: "b", role: "member" }]);
     assertEquals([again.created, again.room], [false, first.room]);
     assertEquals(await d.listParticipants("chat", "1"), [{ userId: "b", role: "member" }]);
-    // Without a list the participants stay.
-    assertEquals((await d.saveRoom({ kind: "chat", id: "1", title: "uno" })).room.title, "uno");
+    assertEquals(again.replaced, ["a"]);
+    // An owner given is replaced too; without a list the participants stay.
+    await d.saveRoom({ kind: "chat", id: "1", ownerId: "o1" });
+    assertEquals((await d.saveRoom({ kind: "chat", id: "1", ownerId: "o2" })).replaced, ["o1"]);
+    const retitled = await d.saveRoom({ kind: "chat", id: "1", title: "uno" });
+    assertEquals([retitled.room.title, retitled.replaced], ["uno", []]);
     assertEquals(await d.listParticipants("chat", "1"), [{ userId: "b", role: "member" }]);
     const saves = await Promise.all(
       Array.from({ length: 6 }, () => d.saveRoom({ kind: "chat", id: "2" })),

@@ -65,12 +65,14 @@ export interface Directory {
   ): Promise<DirectoryRoom>;
   /**
    * Inserts or updates a room and, when `participants` is given, replaces its participants, in
-   * one transaction; `created` is true for exactly one of several concurrent first saves.
+   * one transaction; `created` is true for exactly one of several concurrent first saves, and
+   * `replaced` names who held the room by what the save replaced (the participants before, when
+   * given; the owner before, when `ownerId` is given), for the caller to check who lost access.
    */
   saveRoom(
     room: { kind: string; id: string; title?: string | null; ownerId?: string | null },
     participants?: Participant[],
-  ): Promise<{ room: DirectoryRoom; created: boolean }>;
+  ): Promise<{ room: DirectoryRoom; created: boolean; replaced: string[] }>;
   /** Reads a room. */
   getRoom(kind: string, id: string): Promise<DirectoryRoom | null>;
   /** Deletes a room and its participants; true when it existed. */

@@ -157,18 +157,23 @@ export class KyselyDirectory implements Directory {
   async saveRoom(
     room: { kind: string; id: string; title?: string | null; ownerId?: string | null },
     participants?: Participant[],
-  ): Promise<{ room: DirectoryRoom; created: boolean }> {
+  ): Promise<{ room: DirectoryRoom; created: boolean; replaced: string[] }> {
     requireId("room kind", room.kind);
     requireId("room id", room.id);
     const wanted = participants && wantedParticipants(participants);
     return await this.#db.transaction().execute(async (trx) => {
       // The room's lock (Postgres; SQLite's `begin immediate` is one already) orders this save
-      // after or before a deletion or another save, so that the existence read stays true.
+      // after or before a deletion or another save, so that what it reads before stays true.
       await this.#lockParticipants(trx, room.kind, room.id);
-      const existed = await roomExists(trx, room.kind, room.id);
+      const before = await trx.selectFrom("rooms").select("owner_id")
+        .where("kind", "=", room.kind).where("id", "=", room.id)
+        .executeTakeFirst();
       const saved = await this.#upsertRoomRow(trx, room);
-      if (wanted) await this.#replaceParticipants(trx, room.kind, room.id, wanted);
-      return { room: saved, created: !existed };
+      const replaced = wanted
+        ? await this.#replaceParticipants(trx, room.kind, room.id, wanted)
+        : [];
+      if (room.ownerId !== undefined && before?.owner_id) replaced.push(before.owner_id);
+      return { room: saved, created: before === undefined, replaced };
     });
   }
 
@@ -253,13 +258,16 @@ export class KyselyDirectory implements Directory {
     });
   }
 
-  /** Replaces the room's participant rows with `wanted` (user id → role), inside `trx`. */
+  /**
+   * Replaces the room's participant rows with `wanted` (user id → role), inside `trx`; returns
+   * the user ids of the rows there were before.
+   */
   async #replaceParticipants(
     trx: Transaction<DirectoryDatabase>,
     kind: string,
     id: string,
     wanted: Map<string, string>,
-  ): Promise<void> {
+  ): Promise<string[]> {
     // Rows of users who stay are updated rather than replaced, so that they keep their
     // `created_at` (when they joined).
     const existing = await trx.selectFrom("room_participants").select("user_id")
@@ -288,6 +296,7 @@ export class KyselyDirectory implements Directory {
         )
         .execute();
     }
+    return existing.map((r) => r.user_id);
   }
 
   /**

@@ -159,15 +159,6 @@ async function revokeLost(
   }
 }
 
-/** Who may enter a room through the directory now: its owner and its participants. */
-async function holders(deps: ApiDeps, kind: string, id: string): Promise<string[]> {
-  const [room, participants] = await Promise.all([
-    deps.directory.getRoom(kind, id),
-    deps.directory.listParticipants(kind, id),
-  ]);
-  return [...participants.map((p) => p.userId), ...(room?.ownerId ? [room.ownerId] : [])];
-}
-
 /** The rooms a user takes part in, so that deleting the user can close their sockets there. */
 async function participationsOf(
   deps: ApiDeps,
@@ -330,15 +321,14 @@ export const API_ROUTES: ApiRoute[] = [
     },
     async handle({ params, body }, deps) {
       const { kind, id } = params;
-      const changesAccess = body.participants !== undefined || body.owner_id !== undefined;
-      const before = changesAccess ? await holders(deps, kind, id) : [];
       // One transaction: a deletion at the same time comes wholly before or after, never between
-      // the room and its participants, and of two first saves only one answers 201.
-      const { room, created } = await deps.directory.saveRoom(
+      // the room and its participants; of two first saves only one answers 201; and who held the
+      // room before is read in it, so that a concurrent save's participants are not missed.
+      const { room, created, replaced } = await deps.directory.saveRoom(
         { kind, id, title: body.title, ownerId: body.owner_id },
         body.participants?.map((p) => ({ userId: p.user_id, role: p.role ?? "member" })),
       );
-      if (changesAccess) await revokeLost(deps, kind, id, before);
+      if (replaced.length > 0) await revokeLost(deps, kind, id, replaced);
       const participants = await deps.directory.listParticipants(kind, id);
       return { status: created ? 201 : 200, body: roomBody(room, participants) };
     },
