@@ -329,6 +329,45 @@ apiTest(
   },
 );
 
+/** Set to hold the next user deletion back this long, ms, before it reaches the directory. */
+const slowUserDeletion = { ms: 0 };
+
+apiTest(
+  "deleting a user closes their sockets in rooms they joined while the deletion was on its way, and a user never stored's too",
+  async (s) => {
+    await s.api("PUT", "/api/users/4", { json: { username: "four" } });
+    await s.api("PUT", "/api/rooms/ticket/1", { json: { participants: [{ user_id: "4" }] } });
+    await s.api("PUT", "/api/rooms/ticket/2", { json: {} });
+    slowUserDeletion.ms = 300;
+    const deleting = s.api("DELETE", "/api/users/4");
+    await new Promise((r) => setTimeout(r, 50));
+    await s.api("POST", "/api/rooms/ticket/2/participants", { json: { user_id: "4" } });
+    const joinedLate = await open(s, "/ws/ticket/2/", { sub: "4" });
+    joinedLate.send({ body: "in" });
+    assertEquals((await joinedLate.next()).body, "in");
+    assertEquals((await deleting).status, 204);
+    assertEquals((await within(joinedLate.closed, "the late room's close")).code, 4003);
+
+    // Participations of a user the directory never stored go, and their sockets with them,
+    // though the answer is 404.
+    await s.api("POST", "/api/rooms/ticket/1/participants", { json: { user_id: "ghost" } });
+    const ghost = await open(s, "/ws/ticket/1/", { sub: "ghost" });
+    ghost.send({ body: "boo" });
+    assertEquals((await ghost.next()).body, "boo");
+    assertEquals((await s.api("DELETE", "/api/users/ghost")).status, 404);
+    assertEquals((await within(ghost.closed, "the ghost's close")).code, 4003);
+  },
+  {},
+  {
+    directory: directoryWith("deleteUser", (remove) => async (...args) => {
+      const ms = slowUserDeletion.ms;
+      slowUserDeletion.ms = 0;
+      if (ms > 0) await new Promise((r) => setTimeout(r, ms));
+      return await remove(...args);
+    }),
+  },
+);
+
 apiTest("deleting a room closes every socket in it; deleting a user closes theirs", async (s) => {
   await s.api("PUT", "/api/users/4", { json: { username: "four" } });
   await s.api("PUT", "/api/rooms/ticket/1", { json: { participants: [{ user_id: "4" }] } });

@@ -254,10 +254,10 @@ contract("upsertUser partial update keeps fields left undefined, null clears", a
 contract("deleteUser deletes and tells whether the user existed", async (d) => {
   await d.upsertUser({ id: "u1", username: "alice" });
   await d.upsertUser({ id: "u2", username: "bob" });
-  assertEquals(await d.deleteUser("u1"), true);
+  assertEquals((await d.deleteUser("u1")).existed, true);
   assertEquals(await d.getUser("u1"), null);
-  assertEquals(await d.deleteUser("u1"), false);
-  assertEquals(await d.deleteUser("nobody"), false);
+  assertEquals((await d.deleteUser("u1")).existed, false);
+  assertEquals(await d.deleteUser("nobody"), { existed: false, rooms: [] });
   assertEquals((await d.getUser("u2"))?.username, "bob");
 });
 
@@ -270,7 +270,12 @@ contract("deleteUser removes the user's participations in every room", async (d)
     role: "member",
   }]);
   await d.addParticipant("ticket", "1", { userId: "u1", role: "agent" });
-  assertEquals(await d.deleteUser("u1"), true);
+  const deleted = await d.deleteUser("u1");
+  assertEquals(deleted.existed, true);
+  assertEquals(
+    deleted.rooms.sort((x, y) => x.kind.localeCompare(y.kind)),
+    [{ kind: "chat", id: "1" }, { kind: "ticket", id: "1" }],
+  );
   assertEquals(await d.listParticipants("chat", "1"), [{ userId: "u2", role: "member" }]);
   assertEquals(await d.listParticipants("ticket", "1"), []);
   assertEquals(await d.getParticipant("chat", "1", "u1"), null);
@@ -280,7 +285,10 @@ contract(
   "deleteUser also removes participations of a user the directory never stored",
   async (d) => {
     await d.addParticipant("chat", "1", { userId: "ghost", role: "member" });
-    assertEquals(await d.deleteUser("ghost"), false);
+    assertEquals(await d.deleteUser("ghost"), {
+      existed: false,
+      rooms: [{ kind: "chat", id: "1" }],
+    });
     assertEquals(await d.listParticipants("chat", "1"), []);
   },
 );
@@ -438,7 +446,7 @@ contract("non-ASCII and numeric-looking ids round-trip and stay distinct", async
   }
   assertEquals(await d.getUser("1.00"), null);
   assertEquals(await d.getUser("٣"), null);
-  assertEquals(await d.deleteUser("007"), true);
+  assertEquals((await d.deleteUser("007")).existed, true);
   assertEquals((await d.getUser("7"))?.username, "user 7");
 });
 

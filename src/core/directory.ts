@@ -57,8 +57,11 @@ export interface Directory {
   upsertUser(user: Partial<DirectoryUser> & { id: string }): Promise<DirectoryUser>;
   /** Reads a user. */
   getUser(id: string): Promise<DirectoryUser | null>;
-  /** Deletes a user and their participations; true when it existed. */
-  deleteUser(id: string): Promise<boolean>;
+  /**
+   * Deletes a user and their participations (also those of a user it never stored); says
+   * whether the user existed, and which rooms they took part in, read in the same transaction.
+   */
+  deleteUser(id: string): Promise<{ existed: boolean; rooms: { kind: string; id: string }[] }>;
   /** Inserts or updates a room; fields left undefined keep their stored value. */
   upsertRoom(
     room: { kind: string; id: string; title?: string | null; ownerId?: string | null },

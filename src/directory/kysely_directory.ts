@@ -132,12 +132,18 @@ export class KyselyDirectory implements Directory {
     return row ? toUser(row) : null;
   }
 
-  /** Deletes a user and their participations; true when it existed. */
-  async deleteUser(id: string): Promise<boolean> {
+  /** Deletes a user and their participations; says whether it existed, and which rooms it left. */
+  async deleteUser(
+    id: string,
+  ): Promise<{ existed: boolean; rooms: { kind: string; id: string }[] }> {
     return await this.#db.transaction().execute(async (trx) => {
-      await trx.deleteFrom("room_participants").where("user_id", "=", id).execute();
+      const left = await trx.deleteFrom("room_participants").where("user_id", "=", id)
+        .returning(["room_kind", "room_id"]).execute();
       const result = await trx.deleteFrom("users").where("id", "=", id).executeTakeFirst();
-      return result.numDeletedRows > 0n;
+      return {
+        existed: result.numDeletedRows > 0n,
+        rooms: left.map((r) => ({ kind: r.room_kind, id: r.room_id })),
+      };
     });
   }
 

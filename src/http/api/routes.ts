@@ -9,7 +9,6 @@ import { ChatError, type ChatErrorCode, rateLimited } from "../../core/errors.ts
 import type { AppendResult, Principal } from "../../core/types.ts";
 import { baseUrlOf } from "../../dialects/context.ts";
 import { nativeMessage } from "../../dialects/native/native.ts";
-import { KyselyDirectory } from "../../directory/kysely_directory.ts";
 import { type ApiDeps, ApiError, type ApiRoute, defineRoute } from "./framework.ts";
 import { buildOpenApiDocument } from "./openapi.ts";
 import {
@@ -159,18 +158,6 @@ async function revokeLost(
   }
 }
 
-/** The rooms a user takes part in, so that deleting the user can close their sockets there. */
-async function participationsOf(
-  deps: ApiDeps,
-  userId: string,
-): Promise<{ kind: string; id: string }[]> {
-  // The Directory contract has no such query; every directory we open is a KyselyDirectory.
-  if (!(deps.directory instanceof KyselyDirectory)) return [];
-  const rows = await deps.directory.db.selectFrom("room_participants")
-    .select(["room_kind", "room_id"]).where("user_id", "=", userId).execute();
-  return rows.map((r) => ({ kind: r.room_kind, id: r.room_id }));
-}
-
 /** Where uploaded files go: the folder the room's own protocol uses. */
 export function uploadFolder(kind: string, id: string, now = new Date()): string {
   if (kind === "ticket") return `files/ticket_${id}`;
@@ -265,11 +252,11 @@ export const API_ROUTES: ApiRoute[] = [
     params: UserPath,
     responses: { 204: { description: "Deleted." }, 404: notFound("The user") },
     async handle({ params }, deps) {
-      const rooms = await participationsOf(deps, params.id);
-      if (!(await deps.directory.deleteUser(params.id))) {
-        throw new ApiError(404, `User "${params.id}" not found`);
-      }
+      // The rooms come from the deletion itself: read before it, a participation added in
+      // between was deleted without its sockets being closed.
+      const { existed, rooms } = await deps.directory.deleteUser(params.id);
       for (const room of rooms) await revokeLost(deps, room.kind, room.id, [params.id]);
+      if (!existed) throw new ApiError(404, `User "${params.id}" not found`);
       return { status: 204 };
     },
   }),
