@@ -71,6 +71,11 @@ const DEFAULT_FILE_SWEEP_MS = 1000;
 const MAX_BATCH_ROOMS = 90;
 /** KV's bound on an atomic operation's checks. */
 const MAX_CHECKS = 100;
+/**
+ * How long client ids are read rather than checked after one checked as new was found stored:
+ * each such id costs its whole commit, and clients resending after a reconnect come in bursts.
+ */
+const IDEM_CHECKS_OFF_MS = 1000;
 const MAX_BATCH_BYTES = 512 * 1024;
 /** Queued appends looked at when picking a commit's, so that a long queue costs no more. */
 const MAX_BATCH_SCAN = 4 * MAX_BATCH_MUTATIONS;
@@ -231,6 +236,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   /** Rooms whose purge failed before its mark was stored. */
   #unmarked = new Set<string>();
   #closed = false;
+  /** Until when (performance.now()) new client ids are read, not checked by the commit. */
+  #idemChecksOffUntil = -Infinity;
 
   /**
    * Wraps an open KV handle (the caller owns and closes it). With `historyLimit` > 0 a room
@@ -445,6 +452,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       p.draft.clientId ? KV_KEYS.idempotency(p.room, senderKey(p.draft), p.draft.clientId) : null
     );
     const idemTexts = idemKeys.map((k) => k ? JSON.stringify(k) : "");
+    /** The ids the first attempt checked, to tell whether its failure was one of them. */
+    let checkedFirst: Set<string> | undefined;
     for (let attempt = 0;; attempt++) {
       // Heads this store committed last are taken from memory; a stale one (another writer got
       // there first) fails its check, and the retry reads every head afresh.
@@ -463,7 +472,9 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       // be absent by the commit itself rather than read before it. A failed check looks like a
       // stale head, and the retry reads every one.
       const checked = new Set<string>();
-      let spare = attempt === 0 ? MAX_CHECKS - rooms.length : 0;
+      let spare = attempt === 0 && started >= this.#idemChecksOffUntil
+        ? MAX_CHECKS - rooms.length
+        : 0;
       for (const text of idemTexts) {
         if (spare === 0) break;
         if (text === "" || checked.has(text)) continue;
@@ -486,6 +497,11 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       const known = new Map<string, number>();
       for (const entry of idemEntries) {
         if (entry.value !== null) known.set(JSON.stringify(entry.key), entry.value);
+      }
+      if (attempt === 0) checkedFirst = checked;
+      else if (checkedFirst && [...checkedFirst].some((text) => known.has(text))) {
+        this.#idemChecksOffUntil = performance.now() + IDEM_CHECKS_OFF_MS;
+        checkedFirst = undefined;
       }
       const op = this.#kv.atomic();
       const heads = new Map<string, number>();
