@@ -707,14 +707,17 @@ Deno.test("native: a flood of sends is closed with 4029 only after the acks of t
 
 Deno.test("native: frames that waited behind a slow commit are rate limited as they were sent, not all at once", async () => {
   // The second send's commit starts 3 s after the first; the pings after it wait for it (they
-  // answer after what the sends did). 4 a second is under the limit of 5 (bursts up to 10).
+  // answer after what the sends did). 4 a second is under the limits of 5 (bursts up to 10),
+  // the user's too, with a frame from another socket of theirs in between.
   const server = await startTestServer({
     RATE_LIMIT_PER_SECOND: "5",
+    RATE_LIMIT_USER_PER_SECOND: "5",
     COMMIT_PAUSE_CPU_PERCENT: "0",
     COMMIT_INTERVAL_MS: "3000",
   });
   try {
     const a = await connect(server);
+    const b = await connect(server);
     await join(a, "ticket:1");
     a.send({ type: "send", room: "ticket:1", body: "first", ref: "s0" });
     await a.next((f) => f.type === "ack");
@@ -722,7 +725,9 @@ Deno.test("native: frames that waited behind a slow commit are rate limited as t
     for (let i = 0; i < 16; i++) {
       await new Promise((r) => setTimeout(r, 250));
       a.send({ type: "ping", ref: i });
+      if (i === 10) b.send({ type: "ping", ref: "b" });
     }
+    assertEquals((await b.next((f) => f.ref === "b")).type, "pong");
     const pongs = [];
     while (pongs.length < 16) {
       const reply = await a.next((f) => typeof f.ref === "number", 10_000);
@@ -733,6 +738,7 @@ Deno.test("native: frames that waited behind a slow commit are rate limited as t
     }
     assertEquals(pongs, Array.from({ length: 16 }, (_, i) => i));
     await a.close();
+    await b.close();
   } finally {
     await server.close();
   }

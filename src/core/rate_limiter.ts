@@ -22,9 +22,6 @@ export interface TokenBucket {
 
 /** Adds what `rate` tokens a second have brought since the bucket's last look, up to `burst`. */
 export function refill(bucket: TokenBucket, rate: number, burst: number, now: number): void {
-  // A frame that arrived before the bucket's last look (another connection's frame was counted
-  // first) brings nothing; counting it must not take back what was refilled.
-  if (now <= bucket.at) return;
   bucket.tokens = Math.min(burst, bucket.tokens + (now - bucket.at) / 1000 * rate);
   bucket.at = now;
 }
@@ -117,12 +114,9 @@ export class RateLimiter {
     return this.#conns.size + this.#users.size;
   }
 
-  /**
-   * Takes a token for one frame of `connId` (owned by `user`), as of `at` (when the frame
-   * arrived; now when left out).
-   */
-  take(user: string | number, connId: string, at?: number): RateVerdict {
-    const now = at ?? this.#now();
+  /** Takes a token for one frame of `connId` (owned by `user`). */
+  take(user: string | number, connId: string): RateVerdict {
+    const now = this.#now();
     const conn = this.#conns.get(connId, now);
     const owner = this.#users.get(String(user), now);
     if (conn.tokens >= 1 && owner.tokens >= 1) {

@@ -3,6 +3,7 @@
 import { findToken } from "../auth/token.ts";
 import { asChatError, ChatError, rateLimited } from "../core/errors.ts";
 import type { QueuedSend } from "../core/chat_service.ts";
+import type { RateVerdict } from "../core/rate_limiter.ts";
 import type { AppendResult, Principal, RoomEvent } from "../core/types.ts";
 import type { DirectSocket, Member } from "../hub/hub.ts";
 import { CLOSE, Connection, type SocketHandler } from "../transport/websocket.ts";
@@ -241,6 +242,12 @@ class RoomSocket implements SocketHandler {
     await dialect.afterJoin?.(session);
   }
 
+  /** Counts a frame against the rate limits as it arrives (see `SocketHandler.admit`). */
+  admit(): RateVerdict {
+    const session = this.#session;
+    return session ? this.#ctx.limiter.take(session.user.id, session.connId) : "ok";
+  }
+
   async message(conn: Connection, text: string): Promise<void> {
     const ctx = this.#ctx;
     const dialect = this.#dialect;
@@ -248,7 +255,7 @@ class RoomSocket implements SocketHandler {
     if (!session) return;
     let work: Promise<AppendResult | undefined>;
     try {
-      const verdict = ctx.limiter.take(session.user.id, session.connId, conn.frameReceivedAt);
+      const verdict = conn.admission;
       if (verdict === "close") {
         // After the replies still owed (errors, echoes of retries) for the frames before.
         await conn.settled();

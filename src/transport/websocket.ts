@@ -1,5 +1,6 @@
 /** The WebSocket transport: upgrade, frame size cap, slow-consumer guard, one-shot cleanup. */
 
+import type { RateVerdict } from "../core/rate_limiter.ts";
 import { ChatError, frameTooLarge } from "../core/errors.ts";
 import type { Metrics } from "../core/metrics.ts";
 import type { FrameBudget, FrameHolder } from "./frame_budget.ts";
@@ -63,6 +64,13 @@ export interface SocketHandler {
    * the frames the peer sent before it closed, with `conn.open` false then.
    */
   message(conn: Connection, text: string): void | Promise<void>;
+  /**
+   * Called as each text frame arrives, before it waits its turn behind slower ones: the rate
+   * limit's verdict on it, which `conn.admission` gives while it is handled. A limit counted
+   * as frames are reached instead would take a burst after a stall (a slow commit, a directory
+   * that does not answer) for a flood.
+   */
+  admit?(conn: Connection): RateVerdict;
   /** The socket is gone, whoever closed it; called exactly once. */
   closed(conn: Connection): void;
   /**
@@ -106,8 +114,8 @@ export class Connection implements FrameHolder {
    * (files being written) is held in memory whole.
    */
   #queuedBytes = 0;
-  /** When (performance.now()) the frame being handled arrived. */
-  #frameAt = 0;
+  /** The rate limit's verdict on the frame being handled, from `admit` as it arrived. */
+  #admission: RateVerdict = "ok";
 
   private constructor(socket: WebSocket, options: SocketOptions, handler: SocketHandler) {
     this.#socket = socket;
@@ -202,10 +210,10 @@ export class Connection implements FrameHolder {
       : undefined;
     if (text === undefined) return;
     this.#queuedBytes += size;
-    const at = performance.now();
+    const admission = this.#handler.admit?.(this) ?? "ok";
     this.#run(async () => {
       try {
-        this.#frameAt = at;
+        this.#admission = admission;
         if (this.#owed >= MAX_OWED_FINISHES) await this.settled();
         // A frame received before the peer closed is still handled (a message it sent and then
         // closed must not be lost behind a slow frame), but not after this side closed it (an
@@ -282,12 +290,9 @@ export class Connection implements FrameHolder {
     return this.#stopped;
   }
 
-  /**
-   * When (performance.now()) the frame being handled arrived: frames wait in order behind a slow
-   * one, and a rate limit must count them as the client sent them, not as they are reached.
-   */
-  get frameReceivedAt(): number {
-    return this.#frameAt;
+  /** The rate limit's verdict on the frame being handled, given as it arrived (see `admit`). */
+  get admission(): RateVerdict {
+    return this.#admission;
   }
 
   /** True until either side has closed. */

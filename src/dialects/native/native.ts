@@ -5,7 +5,7 @@
 
 import { findToken } from "../../auth/token.ts";
 import { asChatError, ChatError, rateLimited } from "../../core/errors.ts";
-import { TokenBuckets } from "../../core/rate_limiter.ts";
+import { type RateVerdict, TokenBuckets } from "../../core/rate_limiter.ts";
 import { canonicalId, parseRoomKey } from "../../core/rooms.ts";
 import type { AppendResult, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import type { DirectSocket, Member } from "../../hub/hub.ts";
@@ -574,6 +574,11 @@ class NativeSession implements SocketHandler {
     );
   }
 
+  /** Counts a frame against the rate limits as it arrives (see `SocketHandler.admit`). */
+  admit(): RateVerdict {
+    return this.#ctx.limiter.take(this.user.id, this.#connId);
+  }
+
   async message(conn: Connection, text: string): Promise<void> {
     let ref: unknown;
     try {
@@ -586,7 +591,7 @@ class NativeSession implements SocketHandler {
         );
       }
       ref = record.ref;
-      const verdict = this.#ctx.limiter.take(this.user.id, this.#connId, conn.frameReceivedAt);
+      const verdict = conn.admission;
       if (verdict === "close") {
         // After the replies still owed: the acks of sends already queued say what was stored.
         await conn.settled();
