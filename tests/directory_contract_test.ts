@@ -341,6 +341,60 @@ contract(
   },
 );
 
+/** Registers a case for Postgres only: SQLite lets one writer in at a time by itself. */
+function postgresOnly(name: string, fn: (directory: KyselyDirectory) => Promise<void>): void {
+  Deno.test({
+    name: `directory contract [${postgres.name}]: ${name}`,
+    ignore: postgres.ignore,
+    async fn() {
+      const { directory, cleanup } = await postgres.open();
+      try {
+        await fn(directory as KyselyDirectory);
+      } finally {
+        await cleanup();
+      }
+    },
+  });
+}
+
+postgresOnly("an addition that needs the room waits for a deletion under way", async (d) => {
+  await d.upsertRoom({ kind: "chat", id: "1" });
+  let adding!: Promise<boolean>;
+  // What deleteRoom does, held open: the addition must not find the room before it commits.
+  await d.db.transaction().execute(async (trx) => {
+    await d.lockRoom(trx, "chat", "1");
+    await trx.deleteFrom("room_participants").where("room_kind", "=", "chat")
+      .where("room_id", "=", "1").execute();
+    await trx.deleteFrom("rooms").where("kind", "=", "chat").where("id", "=", "1").execute();
+    adding = d.addParticipant("chat", "1", { userId: "late", role: "member" }, {
+      roomMustExist: true,
+    });
+    await new Promise((r) => setTimeout(r, 200));
+  });
+  assertEquals(await adding, false);
+  assertEquals(await d.listParticipants("chat", "1"), []);
+});
+
+postgresOnly("a deletion waits for an addition under way, and deletes what it added", async (d) => {
+  await d.upsertRoom({ kind: "chat", id: "1" });
+  let deleting!: Promise<boolean>;
+  // What addParticipant does, held open: the deletion must see its row once it commits.
+  await d.db.transaction().execute(async (trx) => {
+    await d.lockRoom(trx, "chat", "1");
+    await trx.insertInto("room_participants").values({
+      room_kind: "chat",
+      room_id: "1",
+      user_id: "late",
+      role: "member",
+      created_at: new Date().toISOString(),
+    }).execute();
+    deleting = d.deleteRoom("chat", "1");
+    await new Promise((r) => setTimeout(r, 200));
+  });
+  assertEquals(await deleting, true);
+  assertEquals(await d.listParticipants("chat", "1"), []);
+});
+
 contract("addParticipant with roomMustExist adds only to a stored room", async (d) => {
   assertEquals(
     await d.addParticipant("chat", "9", { userId: "a", role: "member" }, { roomMustExist: true }),

@@ -170,7 +170,7 @@ export class KyselyDirectory implements Directory {
     return await this.#db.transaction().execute(async (trx) => {
       // The room's lock (Postgres; SQLite's `begin immediate` is one already) orders this save
       // after or before a deletion or another save, so that what it reads before stays true.
-      await this.#lockParticipants(trx, room.kind, room.id);
+      await this.lockRoom(trx, room.kind, room.id);
       const before = await trx.selectFrom("rooms").select("owner_id")
         .where("kind", "=", room.kind).where("id", "=", room.id)
         .executeTakeFirst();
@@ -222,7 +222,7 @@ export class KyselyDirectory implements Directory {
     return await this.#db.transaction().execute(async (trx) => {
       // Under the room's lock, an addition that found the room waits until it is gone, and one
       // that got in first is deleted here.
-      await this.#lockParticipants(trx, kind, id);
+      await this.lockRoom(trx, kind, id);
       await trx.deleteFrom("room_participants")
         .where("room_kind", "=", kind).where("room_id", "=", id)
         .execute();
@@ -259,7 +259,7 @@ export class KyselyDirectory implements Directory {
     requireId("room id", id);
     const wanted = wantedParticipants(participants);
     await this.#db.transaction().execute(async (trx) => {
-      await this.#lockParticipants(trx, kind, id);
+      await this.lockRoom(trx, kind, id);
       await this.#replaceParticipants(trx, kind, id, wanted);
     });
   }
@@ -325,7 +325,7 @@ export class KyselyDirectory implements Directory {
     return await this.#db.transaction().execute(async (trx) => {
       // Checked under the room's lock: a deletion between the check and the insert would leave
       // the row behind, granting the user the room if it is ever created again.
-      await this.#lockParticipants(trx, kind, id);
+      await this.lockRoom(trx, kind, id);
       if (!(await roomExists(trx, kind, id))) return false;
       await insertParticipant(trx, kind, id, participant);
       return true;
@@ -395,13 +395,15 @@ export class KyselyDirectory implements Directory {
   }
 
   /**
-   * Serializes `setParticipants` calls on one room.
-   *
-   * Under Postgres's read committed, two concurrent replacements would each read the list
-   * before the other's insert and end with the union of both. SQLite needs nothing: its
-   * `begin immediate` already lets one writer in at a time.
+   * Takes the room's lock inside `trx`, held until it ends: every change to a room's row or its
+   * participants that reads before it writes takes it first (saves, replacements, additions that
+   * need the room, deletion). Under Postgres's read committed, two concurrent replacements would
+   * each read the list before the other's insert and end with the union of both, and an
+   * addition could find the room just before a deletion and insert after it. SQLite needs
+   * nothing: its `begin immediate` already lets one writer in at a time. Public so that tests
+   * can hold it as another writer would.
    */
-  async #lockParticipants(
+  async lockRoom(
     trx: Transaction<DirectoryDatabase>,
     kind: string,
     id: string,
