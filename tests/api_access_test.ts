@@ -368,6 +368,37 @@ apiTest(
   },
 );
 
+/** Set to fail the server's next room read. */
+const failNextGetRoom = { armed: false };
+
+apiTest(
+  "deleting a user whose revocation fails in one room still closes their sockets in the others",
+  async (s) => {
+    await s.api("PUT", "/api/users/4", { json: { username: "four" } });
+    for (const id of ["1", "2", "3"]) {
+      await s.api("PUT", `/api/rooms/ticket/${id}`, { json: { participants: [{ user_id: "4" }] } });
+    }
+    const sockets = [];
+    for (const id of ["1", "2", "3"]) {
+      sockets.push(await open(s, `/ws/ticket/${id}/`, { sub: "4" }));
+    }
+    failNextGetRoom.armed = true;
+    assertEquals((await s.api("DELETE", "/api/users/4")).status, 503);
+    // Before, the rooms after the failed one were left open, and a retry found none of them.
+    for (const ws of sockets) assertEquals((await within(ws.closed, "a room's close")).code, 4003);
+  },
+  {},
+  {
+    directory: directoryWith("getRoom", (get) => (...args) => {
+      if (failNextGetRoom.armed) {
+        failNextGetRoom.armed = false;
+        return Promise.reject(new Error("Connection terminated unexpectedly"));
+      }
+      return get(...args);
+    }),
+  },
+);
+
 apiTest("deleting a room closes every socket in it; deleting a user closes theirs", async (s) => {
   await s.api("PUT", "/api/users/4", { json: { username: "four" } });
   await s.api("PUT", "/api/rooms/ticket/1", { json: { participants: [{ user_id: "4" }] } });

@@ -255,7 +255,11 @@ export const API_ROUTES: ApiRoute[] = [
       // The rooms come from the deletion itself: read before it, a participation added in
       // between was deleted without its sockets being closed.
       const { existed, rooms } = await deps.directory.deleteUser(params.id);
-      for (const room of rooms) await revokeLost(deps, room.kind, room.id, [params.id]);
+      // Every room is tried: the deletion is committed, so a retry would find none of them.
+      const failures = (await Promise.allSettled(
+        rooms.map((room) => revokeLost(deps, room.kind, room.id, [params.id])),
+      )).filter((r): r is PromiseRejectedResult => r.status === "rejected");
+      if (failures.length > 0) throw failures[0].reason;
       if (!existed) throw new ApiError(404, `User "${params.id}" not found`);
       return { status: 204 };
     },
