@@ -413,6 +413,23 @@ Deno.test("connectTimeout closes a connection that never joins a namespace", asy
   });
 });
 
+Deno.test("a connection that leaves its last namespace waits again, and connectTimeout closes it", async () => {
+  await withServer({ connectTimeout: 300 }, async (ctx) => {
+    const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket`);
+    await peer.next();
+    strictEqual(ctx.io.waitingConnections, 1);
+    peer.send("40");
+    match(String(await peer.next()), /^40/);
+    strictEqual(ctx.io.waitingConnections, 0);
+    // Past the first timeout in the namespace, then out of it: kept alive by pings alone before.
+    await delay(400);
+    peer.send("41");
+    await eventually(() => ctx.io.waitingConnections === 1);
+    await peer.closed;
+    strictEqual(ctx.io.waitingConnections, 0);
+  });
+});
+
 Deno.test("heartbeat: pings are answered over polling; a silent peer is dropped after interval + timeout", async () => {
   await withServer({ pingInterval: 100, pingTimeout: 100 }, async (ctx) => {
     // A live peer answering three pings.

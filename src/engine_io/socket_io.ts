@@ -122,6 +122,7 @@ const kWrite = Symbol("write");
 const kWriteFrames = Symbol("writeFrames");
 const kAck = Symbol("ack");
 const kJoined = Symbol("joined");
+const kWaiting = Symbol("waiting");
 
 function report(error: unknown): void {
   console.error("socket.io: listener failed:", error);
@@ -760,6 +761,7 @@ class Client {
   // Packets for a namespace whose middlewares are still running, delivered once it is joined.
   #connecting = new Map<string, SocketPacket[]>();
   #connectTimer: Timer | undefined;
+  #connectTimeout = 0;
 
   // deno-lint-ignore no-explicit-any
   constructor(server: SocketIOServer<any>, conn: EngineSocket, options: ClientOptions) {
@@ -793,9 +795,16 @@ class Client {
         oversized(socket, event, size, id === undefined ? undefined : socket[kAck](id));
       };
     }
+    this.#connectTimeout = options.connectTimeout;
+    this.#armConnectTimer();
+  }
+
+  /** Closes the connection unless it is in a namespace by the connect timeout. */
+  #armConnectTimer(): void {
+    clearTimeout(this.#connectTimer);
     this.#connectTimer = setTimeout(() => {
-      if (this.#sockets.size === 0) conn.close();
-    }, options.connectTimeout);
+      if (this.#sockets.size === 0) this.conn.close();
+    }, this.#connectTimeout);
   }
 
   /** Encodes and queues one packet. */
@@ -811,7 +820,14 @@ class Client {
   /** Forgets a socket that left its namespace. */
   // deno-lint-ignore no-explicit-any
   remove(socket: Socket<any>): void {
-    if (this.#sockets.get(socket.nsp.name) === socket) this.#sockets.delete(socket.nsp.name);
+    if (this.#sockets.get(socket.nsp.name) !== socket) return;
+    this.#sockets.delete(socket.nsp.name);
+    // A connection that left every namespace is waiting again, under the same timeout as a new
+    // one: kept alive by pings alone, it would otherwise escape both forever.
+    if (this.#sockets.size === 0 && this.conn.readyState === "open") {
+      this.#server[kWaiting](this);
+      this.#armConnectTimer();
+    }
   }
 
   /** Disconnects every namespace, then closes the connection once the packets are out. */
@@ -972,6 +988,11 @@ export class SocketIOServer<Data = SocketData> {
   /** Notes that a client joined its first namespace: it no longer counts as waiting. */
   [kJoined](client: Client): void {
     this.#waiting.delete(client);
+  }
+
+  /** Notes that a client left its last namespace: it counts as waiting again. */
+  [kWaiting](client: Client): void {
+    if (this.#clients.has(client)) this.#waiting.add(client);
   }
 
   /** Namespaces by name. */
