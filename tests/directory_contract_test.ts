@@ -114,9 +114,13 @@ async function withPostgresClient<T>(url: string, fn: (client: PgPool) => Promis
   }
 }
 
-/** Registers one contract case for every implementation. */
-function contract(name: string, fn: (directory: Directory) => Promise<void>): void {
-  for (const impl of [sqliteFile, sqliteMemory, postgres]) {
+/** Registers one contract case for every implementation (or the ones given). */
+function contract(
+  name: string,
+  fn: (directory: Directory) => Promise<void>,
+  impls = [sqliteFile, sqliteMemory, postgres],
+): void {
+  for (const impl of impls) {
     Deno.test({
       name: `directory contract [${impl.name}]: ${name}`,
       ignore: impl.ignore,
@@ -343,18 +347,7 @@ contract(
 
 /** Registers a case for Postgres only: SQLite lets one writer in at a time by itself. */
 function postgresOnly(name: string, fn: (directory: KyselyDirectory) => Promise<void>): void {
-  Deno.test({
-    name: `directory contract [${postgres.name}]: ${name}`,
-    ignore: postgres.ignore,
-    async fn() {
-      const { directory, cleanup } = await postgres.open();
-      try {
-        await fn(directory as KyselyDirectory);
-      } finally {
-        await cleanup();
-      }
-    },
-  });
+  contract(name, (d) => fn(d as KyselyDirectory), [postgres]);
 }
 
 postgresOnly("an addition that needs the room waits for a deletion under way", async (d) => {

@@ -24,6 +24,22 @@ const file = (key: string): Attachment => ({
   uploadedAt: "2026-01-01T00:00:00.000Z",
 });
 
+/** `kv` with one method replaced by `wrap` (given the original, bound); the rest pass through. */
+function kvWith<K extends keyof Deno.Kv>(
+  kv: Deno.Kv,
+  method: K,
+  wrap: (original: Deno.Kv[K]) => Deno.Kv[K],
+): Deno.Kv {
+  return new Proxy(kv, {
+    get(target, key) {
+      const value = Reflect.get(target, key, target);
+      if (typeof value !== "function") return value;
+      const bound = value.bind(target);
+      return key === method ? wrap(bound) : bound;
+    },
+  });
+}
+
 /** A store on an in-memory KV that lists the messages of each of its commits. */
 async function countingCommits(options: ConstructorParameters<typeof KvMessageStore>[1]) {
   const kv = await Deno.openKv(":memory:");
@@ -211,24 +227,19 @@ Deno.test("KvMessageStore.append() reads a room's head before the client ids it 
   const idsReadOnce = new Promise<void>((r) => idsRead = r);
   // B's head read waits for its client id read (or 300 ms), and A stores the same client id
   // between B's client id read and B's head read: the order that stored it twice.
-  const slowB = new Proxy(kvB, {
-    get(target, key) {
-      const value = Reflect.get(target, key, target);
-      if (key !== "getMany") return typeof value === "function" ? value.bind(target) : value;
-      return async (keys: Deno.KvKey[]) => {
-        if (keys[0]?.[0] === "head") {
-          await Promise.race([idsReadOnce, new Promise((r) => setTimeout(r, 300))]);
-          return await target.getMany(keys);
-        }
-        const entries = await target.getMany(keys);
-        if (keys[0]?.[0] === "idem") {
-          await a.append("r", draft("from A", "same"));
-          idsRead();
-        }
-        return entries;
-      };
-    },
-  });
+  const slowB = kvWith(kvB, "getMany", (getMany) =>
+    (async (keys: Deno.KvKey[]) => {
+      if (keys[0]?.[0] === "head") {
+        await Promise.race([idsReadOnce, new Promise((r) => setTimeout(r, 300))]);
+        return await getMany(keys);
+      }
+      const entries = await getMany(keys);
+      if (keys[0]?.[0] === "idem") {
+        await a.append("r", draft("from A", "same"));
+        idsRead();
+      }
+      return entries;
+    }) as Deno.Kv["getMany"]);
   const b = new KvMessageStore(slowB);
   // The commit checks the first 99 client ids itself (100 checks, one for the head); the last
   // one is read.
@@ -245,16 +256,11 @@ Deno.test("KvMessageStore.append() reads a room's head before the client ids it 
 Deno.test("KvMessageStore.append() checks new client ids in the commit instead of reading them, and reads past KV's 100 checks", async () => {
   const kv = await Deno.openKv(":memory:");
   let reads = 0;
-  const counted = new Proxy(kv, {
-    get(target, key) {
-      const value = Reflect.get(target, key, target);
-      if (key !== "getMany") return typeof value === "function" ? value.bind(target) : value;
-      return (keys: Deno.KvKey[]) => {
-        reads += keys.filter((k) => k[0] === "idem").length;
-        return target.getMany(keys);
-      };
-    },
-  });
+  const counted = kvWith(kv, "getMany", (getMany) =>
+    ((keys: Deno.KvKey[]) => {
+      reads += keys.filter((k) => k[0] === "idem").length;
+      return getMany(keys);
+    }) as Deno.Kv["getMany"]);
   const store = new KvMessageStore(counted);
   // Two rooms take two checks: 98 ids are checked, the other 12 read.
   await Promise.all(
@@ -273,21 +279,15 @@ Deno.test("KvMessageStore.append() checks new client ids in the commit instead o
 Deno.test("KvMessageStore.append() reads client ids for a while after a checked one turned out stored, rather than failing commit after commit", async () => {
   const kv = await Deno.openKv(":memory:");
   let failed = 0;
-  const counted = new Proxy(kv, {
-    get(target, key) {
-      const value = Reflect.get(target, key, target);
-      if (key !== "atomic") return typeof value === "function" ? value.bind(target) : value;
-      return () => {
-        const op = target.atomic();
-        const commit = op.commit.bind(op);
-        op.commit = async () => {
-          const res = await commit();
-          if (!res.ok) failed++;
-          return res;
-        };
-        return op;
-      };
-    },
+  const counted = kvWith(kv, "atomic", (atomic) => () => {
+    const op = atomic();
+    const commit = op.commit.bind(op);
+    op.commit = async () => {
+      const res = await commit();
+      if (!res.ok) failed++;
+      return res;
+    };
+    return op;
   });
   const store = new KvMessageStore(counted);
   for (let i = 0; i < 20; i++) await store.append("r", draft(`old ${i}`, `old${i}`));
