@@ -1,6 +1,6 @@
 /** Our native protocol at /ws: rooms, acks, idempotency, recovery, history, presence, limits. */
 
-import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
+import { assert, assertEquals, assertMatch, assertRejects, within } from "./assert.ts";
 import {
   eventually,
   listFiles,
@@ -675,6 +675,22 @@ Deno.test("native: a flood is refused with rate_limited, then closed with 4029",
     bystander.send({ type: "send", room: "ticket:1", body: "unaffected" });
     assertEquals((await bystander.next((f) => f.type === "ack")).seq, 1);
     await bystander.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: a flood of malformed frames is refused with rate_limited, then closed with 4029", async () => {
+  const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
+  try {
+    const a = await connect(server);
+    for (let i = 0; i < 60; i++) a.send(i % 2 ? "not json" : `{"type":"ping","ref":${i}`);
+    // Closed by the flood itself, not on a later well-formed frame.
+    assertEquals((await within(a.closed, "the close")).code, 4029);
+    const codes = (a.frames as Frame[]).filter((f) => f.type === "error").map((f) => f.code);
+    assertEquals(codes.slice(0, 10), Array(10).fill("invalid_json"));
+    assert(codes.includes("rate_limited"), "no frame was refused as rate limited before the close");
+    assert(codes.length < 60, "every malformed frame was answered");
   } finally {
     await server.close();
   }

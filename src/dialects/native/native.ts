@@ -580,6 +580,14 @@ class NativeSession implements SocketHandler {
   }
 
   async message(conn: Connection, text: string): Promise<void> {
+    // Before parsing: a flood of malformed frames is a flood too.
+    const verdict = conn.admission;
+    if (verdict === "close") {
+      // After the replies still owed: the acks of sends already queued say what was stored.
+      await conn.settled();
+      conn.close(NATIVE_CLOSE.rateLimited, "Rate limit exceeded");
+      return;
+    }
     let ref: unknown;
     try {
       const record = parseObject(text, "Expected a JSON object with a type");
@@ -591,13 +599,6 @@ class NativeSession implements SocketHandler {
         );
       }
       ref = record.ref;
-      const verdict = conn.admission;
-      if (verdict === "close") {
-        // After the replies still owed: the acks of sends already queued say what was stored.
-        await conn.settled();
-        conn.close(NATIVE_CLOSE.rateLimited, "Rate limit exceeded");
-        return;
-      }
       if (verdict === "limited") {
         throw rateLimited();
       }
@@ -606,7 +607,8 @@ class NativeSession implements SocketHandler {
       if (record.type !== "send" && !(await conn.settled())) return;
       await this.#handle(conn, record);
     } catch (err) {
-      conn.finishInOrder(Promise.resolve(), () => this.#replyError(conn, err, ref));
+      const error = verdict === "limited" ? rateLimited() : err;
+      conn.finishInOrder(Promise.resolve(), () => this.#replyError(conn, error, ref));
     }
   }
 
