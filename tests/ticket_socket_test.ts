@@ -1,6 +1,6 @@
 /** The ticket socket (shared/specs/ticket-socket.md) end to end against a real server. */
 
-import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
+import { assert, assertEquals, assertMatch, assertRejects, within } from "./assert.ts";
 import {
   eventually,
   listFiles,
@@ -362,6 +362,35 @@ Deno.test("ticket socket: a member that stops reading is closed as a slow consum
     RATE_LIMIT_USER_PER_SECOND: "100000",
     SLOW_CONSUMER_BYTES: String(MiB),
   });
+});
+
+Deno.test("ticket socket: a flood is refused with the rate-limit error, then closed with 4029; what was taken reaches the room", async () => {
+  await withServer(async (server) => {
+    const a = await ticketClient(server, 1, { sub: "3", username: "user3" });
+    const bystander = await ticketClient(server, 1, { sub: "4", username: "user4" });
+    for (let i = 0; i < 60; i++) a.send({ body: `m${i}` });
+    assertEquals((await within(a.closed, "the close")).code, 4029);
+    const stored = (a.frames as Record<string, unknown>[]).filter((f) => "pk" in f);
+    assert(stored.length > 0 && stored.length < 60, `${stored.length} of 60 sends were taken`);
+    assertEquals(stored.map((f) => f.body), stored.map((_, i) => `m${i}`));
+    assertEquals(a.frames.at(-1), { error: "Too many messages: slow down" });
+    // The other user got exactly what was stored and is not limited by the flood.
+    for (const f of stored) assertEquals((await bystander.next()).pk, f.pk);
+    bystander.send({ body: "unaffected" });
+    assertEquals((await bystander.next()).body, "unaffected");
+    await bystander.close();
+  }, { RATE_LIMIT_PER_SECOND: "5" });
+});
+
+Deno.test("ticket socket: a flood of malformed frames is closed with 4029 too", async () => {
+  await withServer(async (server) => {
+    const a = await ticketClient(server, 1, { sub: "3", username: "user3" });
+    for (let i = 0; i < 60; i++) a.send("not json");
+    assertEquals((await within(a.closed, "the close")).code, 4029);
+    const errors = (a.frames as Record<string, unknown>[]).map((f) => f.error);
+    assert(errors.includes("Too many messages: slow down"), "no rate-limit error before the close");
+    assert(errors.length < 60, "every malformed frame was answered");
+  }, { RATE_LIMIT_PER_SECOND: "5" });
 });
 
 Deno.test("ticket socket: a plain GET to a socket URL is told to upgrade", async () => {
