@@ -522,9 +522,9 @@ export class ChatClient {
   }
 
   /**
-   * Joins a room. `history: n` first delivers the newest n messages as `message` events, then
-   * everything after them; `since: seq` delivers everything after that seq. With neither, only
-   * messages committed from now on. Either way, messages follow on without gap or duplicate, and
+   * Joins a room. `history: n` (1 to 200) first delivers the newest n messages as `message`
+   * events, then everything after them; `since: seq` delivers everything after that seq. With
+   * neither, only messages committed from now on. Either way, messages follow on without gap or duplicate, and
    * after a reconnect the room is rejoined from the last seq delivered.
    */
   async join(

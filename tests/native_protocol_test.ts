@@ -483,6 +483,18 @@ Deno.test("native: history pages by cursor both ways; typing, read and presence 
     }
     a.send({ type: "history", room: "chat:1", after: 3, limit: 3 });
     assertEquals((await a.next((f) => f.type === "history")).has_more, true);
+    // A limit outside 1 to 200 is refused, not quietly changed.
+    for (const limit of [0, 201, 1000, 2.5, "10"]) {
+      a.send({ type: "history", room: "chat:1", limit, ref: `limit ${limit}` });
+      assertEquals(await a.next((f) => f.ref === `limit ${limit}`), {
+        type: "error",
+        code: "invalid_frame",
+        message: 'Field "limit" must be a whole number from 1 to 200',
+        ref: `limit ${limit}`,
+      });
+    }
+    a.send({ type: "history", room: "chat:1", limit: 200 });
+    assertEquals(((await a.next((f) => f.type === "history")).messages as Frame[]).length, 7);
 
     b.send({ type: "typing", room: "chat:1", is_typing: true });
     assertEquals((await a.next((f) => f.type === "typing")).is_typing, true);

@@ -541,7 +541,13 @@ class NativeSession implements SocketHandler {
         if (!(await ctx.chat.canAccess(user, room))) {
           throw new ChatError("forbidden", `Access denied to room "${room}"`);
         }
-        const limit = Math.min(Math.max(optionalSeq(record, "limit") ?? 50, 1), 200);
+        const limit = record.limit ?? 50;
+        if (typeof limit !== "number" || !Number.isInteger(limit) || limit < 1 || limit > 200) {
+          throw new ChatError(
+            "invalid_frame",
+            'Field "limit" must be a whole number from 1 to 200',
+          );
+        }
         const before = optionalSeq(record, "before");
         const after = optionalSeq(record, "after");
         const { messages, hasMore } = await ctx.chat.historyPage(room, { before, after, limit });
