@@ -13,7 +13,14 @@ import { ChatService } from "./src/core/chat_service.ts";
 import { Metrics } from "./src/core/metrics.ts";
 import { RateLimiter } from "./src/core/rate_limiter.ts";
 import { nativeRoute } from "./src/dialects/native/native.ts";
-import type { AccessPolicy, Broker, Message, PresenceStore, RoomEvent } from "./src/core/types.ts";
+import {
+  type AccessPolicy,
+  type Broker,
+  isEviction,
+  type Message,
+  type PresenceStore,
+  type RoomEvent,
+} from "./src/core/types.ts";
 import type { Directory } from "./src/core/directory.ts";
 import type { DialectContext, WsRoute } from "./src/dialects/context.ts";
 import { ticketSocketRoute } from "./src/dialects/ticket_socket/ticket_socket.ts";
@@ -202,6 +209,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       return watcher;
     },
     catchUpDelayMs: overrides.catchUpDelayMs,
+    access: (user, room) => chat.canAccess(user, room, { fresh: true }),
   });
   // Revocations and deletions must close sockets in every process, not only this one's isolates.
   const roomEvents = new KvRoomEvents(kv, PROCESS, (event) => hub.receive(event));
@@ -214,7 +222,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     },
     publish(event: RoomEvent): void {
       hub.publish(event);
-      if (event.type === "revoked" || event.type === "closed") {
+      if (isEviction(event)) {
         roomEvents.publish(event).catch((err) =>
           console.error("room events: telling the other processes failed:", err)
         );

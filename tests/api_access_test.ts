@@ -478,6 +478,47 @@ apiTest("claims for unknown rooms, roles, and open chat rooms keep working", asy
   for (const client of [support, lobby]) await client.close();
 });
 
+apiTest(
+  "a room the directory takes over from token claims closes the claim holders' sockets at once",
+  async (s) => {
+    const claim = { rooms: ["ticket:9"] };
+    const ticket = await open(s, "/ws/ticket/9/", { sub: "3", ...claim });
+    const nat = await native(s, { sub: "4", ...claim }, ["ticket:9"]);
+    const sio = connect(s.url, {
+      forceNew: true,
+      transports: ["websocket"],
+      auth: { token: await s.token({ sub: "5", ...claim }) },
+    });
+    try {
+      await within(new Promise((r) => sio.once("authenticated", r)), "authenticated");
+      sio.emit("join_ticket", { ticketId: "9" });
+      await within(new Promise((r) => sio.once("joined_ticket", r)), "joined_ticket");
+      // Holds a claim and is named a participant: stays.
+      const stays = await open(s, "/ws/ticket/9/", { sub: "8", ...claim });
+      const refused = new Promise((r) => sio.once("join_ticket_error", r));
+      const created = await s.api("PUT", "/api/rooms/ticket/9", {
+        json: { participants: [{ user_id: "8" }] },
+      });
+      assertEquals(created.status, 201);
+      // None of them sends: the eviction comes from the creation, not from a later check.
+      assertEquals((await within(ticket.closed, "the ticket socket's close")).code, 4003);
+      assertEquals(await within(nat.next((f) => f.type === "removed"), "removed"), {
+        type: "removed",
+        room: "ticket:9",
+        reason: "access_revoked",
+      });
+      assertEquals(await within(refused, "join_ticket_error"), {
+        message: "Access denied to this ticket",
+      });
+      await ping(s, "ticket:9", stays, "the participant is still in");
+      await stays.close();
+    } finally {
+      sio.disconnect();
+      await nat.close();
+    }
+  },
+);
+
 apiTest("profile fields the token lacks come from the directory", async (s) => {
   await s.api("PUT", "/api/users/3", {
     json: {

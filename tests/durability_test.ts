@@ -320,7 +320,7 @@ Deno.test("durability: every participant removed at once through one process is 
   });
 });
 
-Deno.test("durability: a participant removed, or a room deleted, through one process is closed in another", async () => {
+Deno.test("durability: a participant removed, a room deleted, or a claimed room taken over by the directory, through one process is closed in another", async () => {
   const admin = "a-long-enough-admin-token-for-tests";
   await withProcesses(2, { ADMIN_TOKEN: admin }, async (ports) => {
     const api = (method: string, path: string, json?: unknown) =>
@@ -351,6 +351,23 @@ Deno.test("durability: a participant removed, or a room deleted, through one pro
     assertEquals(await within(three.closed, "the deleted room's close"), {
       code: 4004,
       reason: "Room deleted",
+    });
+    // A room token claims opened, taken over by the directory without its holder.
+    const byClaim = await TestClient.open(
+      `ws://127.0.0.1:${ports[1]}/ws/ticket/8/?token=${await signDevToken(TEST_SECRET, {
+        sub: "3",
+        rooms: ["ticket:8"],
+      })}`,
+    );
+    byClaim.send({ body: "in by claim" });
+    await byClaim.next((f) => f.body === "in by claim");
+    assertEquals(
+      await api("PUT", "/api/rooms/ticket/8", { participants: [{ user_id: "4" }] }),
+      201,
+    );
+    assertEquals(await within(byClaim.closed, "the claim holder's close"), {
+      code: 4003,
+      reason: "Access revoked",
     });
   });
 });

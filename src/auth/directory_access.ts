@@ -10,7 +10,8 @@
  *    knows may enter.
  * 3. A room the directory knows (a `rooms` row) is decided by the directory alone: a token
  *    whose `rooms` claim covers it is refused all the same, so removing a participant revokes
- *    access even for tokens minted before the removal.
+ *    access even for tokens minted before the removal (and creating the room, which publishes
+ *    a `recheck`, ends the access its claim holders had).
  * 4. A room the directory does not know falls back to the token's `rooms` claim.
  *
  * A removal takes effect on the next send once it is seen, on every isolate and instance. Where

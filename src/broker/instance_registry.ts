@@ -4,7 +4,7 @@
  * cross-isolate channel and the KV watches, which together cost as much as the commits do.
  */
 
-import type { Broker, RoomEvent } from "../core/types.ts";
+import { type Broker, isEviction, type RoomEvent } from "../core/types.ts";
 import { type Poll, pollEvery } from "./poll.ts";
 import { commitRetryingLocks } from "../store/kv_reads.ts";
 
@@ -326,7 +326,7 @@ export class SharedOnlyBroker implements Broker {
    * always go: they are rare, and a newcomer not yet known must not miss one.
    */
   publish(event: RoomEvent): void {
-    if (this.#shared() || event.type === "revoked" || event.type === "closed") {
+    if (this.#shared() || isEviction(event)) {
       this.#inner.publish(event);
     }
   }

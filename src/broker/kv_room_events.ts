@@ -1,15 +1,12 @@
 /**
- * Revocations and room deletions for every process sharing the store: the broadcast channel
+ * Revocations, access rechecks and room deletions for every process sharing the store: the broadcast channel
  * reaches only the isolates of one process, so these also go through a KV log, whose head every
  * server watches (and, on a local file shared with another process, reads now and then).
  */
 
-import type { RoomEvent } from "../core/types.ts";
+import type { EvictionEvent } from "../core/types.ts";
 import { type Poll, pollEvery } from "./poll.ts";
 import { logHead, LogReader, LogWriter } from "./kv_log.ts";
-
-/** The events carried: the ones that must close sockets wherever they are. */
-export type EvictionEvent = RoomEvent & { type: "revoked" | "closed" };
 
 /** The log every server follows. */
 const PREFIX: Deno.KvKey = ["room_events"];

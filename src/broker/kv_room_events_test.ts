@@ -1,5 +1,6 @@
 import { assertEquals, eventually } from "../../tests/assert.ts";
-import { type EvictionEvent, KvRoomEvents } from "./kv_room_events.ts";
+import type { EvictionEvent } from "../core/types.ts";
+import { KvRoomEvents } from "./kv_room_events.ts";
 
 Deno.test("KvRoomEvents: another origin's evictions arrive through the watch, once; older ones and this origin's own do not", async () => {
   const kv = await Deno.openKv(":memory:");

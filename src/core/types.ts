@@ -145,7 +145,20 @@ export type RoomEvent =
   | { type: "read"; room: string; user: UserProfile; seq: number }
   | { type: "presence"; room: string; user: UserProfile; action: "join" | "leave" }
   | { type: "closed"; room: string; reason: string }
-  | { type: "revoked"; room: string; userId: UserId };
+  | { type: "revoked"; room: string; userId: UserId }
+  /**
+   * The room's access rule changed for users it does not name (the directory took over a room
+   * that token claims opened): every member's access is checked again.
+   */
+  | { type: "recheck"; room: string };
+
+/** The events that take members out of rooms, which must reach every isolate and instance. */
+export type EvictionEvent = RoomEvent & { type: "revoked" | "closed" | "recheck" };
+
+/** True for the events that must reach every isolate and instance (see {@link EvictionEvent}). */
+export function isEviction(event: RoomEvent): event is EvictionEvent {
+  return event.type === "revoked" || event.type === "closed" || event.type === "recheck";
+}
 
 /** Publish/subscribe of room events between hubs (isolates and instances). */
 export interface Broker {

@@ -1,7 +1,14 @@
 /** This isolate's connections by room: local delivery, seq bookkeeping, gap filling. */
 
 import type { HeadWatcher } from "../broker/kv_head_watcher.ts";
-import type { Broker, Message, MessageStore, Principal, RoomEvent } from "../core/types.ts";
+import {
+  type Broker,
+  isEviction,
+  type Message,
+  type MessageStore,
+  type Principal,
+  type RoomEvent,
+} from "../core/types.ts";
 
 /** A connection's membership of rooms, as the hub sees it. */
 export interface Member {
@@ -25,6 +32,11 @@ export interface Member {
    * sockets and fans out further (the Socket.IO bridge encodes once for all its sockets).
    */
   deliver?(event: RoomEvent): void;
+  /**
+   * For a member with `deliver`: the users of the sockets it stands for, whose access a
+   * `recheck` event checks again (the others' is `user`'s).
+   */
+  principals?(): Iterable<Principal>;
   /**
    * Set (for the whole membership) by a member that takes every message event and sends its
    * `render` unchanged: the hub then writes each message to all such members of a room in one
@@ -109,6 +121,12 @@ export interface HubStats {
 const PAGE = 500;
 
 /**
+ * Access checks a `recheck` runs at once: a room of thousands must not send thousands of reads
+ * to the directory together.
+ */
+const RECHECKS_AT_ONCE = 16;
+
+/**
  * The first seq a history page shows after `after`, when messages before it are missing: seqs
  * are dense, so a page of `after < seq <= upTo` that starts past `after + 1` (or is empty) means
  * messages deleted before they were read. Only a page's start can show it: a page is one
@@ -130,6 +148,7 @@ export class Hub {
   #broker: Broker;
   #heads?: HeadWatcher;
   #catchUpDelayMs: number;
+  #access?: (user: Principal, room: string) => Promise<boolean>;
   /** Delivery counters. */
   readonly stats: HubStats = {
     gapFills: 0,
@@ -143,14 +162,20 @@ export class Hub {
    * Creates a hub over the store it fills gaps from and the broker it shares events through.
    * `heads`, built with the hub's {@link Hub.headAdvanced} as its callback, reports commits the
    * broker did not bring (other instances, dropped posts, the last message of a burst).
+   * `access` decides, past any cache, whether a member may stay when a `recheck` comes.
    */
   constructor(
     store: MessageStore,
     broker: Broker,
-    options: { heads?: (hub: Hub) => HeadWatcher; catchUpDelayMs?: number } = {},
+    options: {
+      heads?: (hub: Hub) => HeadWatcher;
+      catchUpDelayMs?: number;
+      access?: (user: Principal, room: string) => Promise<boolean>;
+    } = {},
   ) {
     this.#store = store;
     this.#broker = broker;
+    this.#access = options.access;
     this.#heads = options.heads?.(this);
     this.#catchUpDelayMs = options.catchUpDelayMs ?? 25;
   }
@@ -278,6 +303,10 @@ export class Hub {
   }
 
   #fanout(state: RoomState, event: RoomEvent): void {
+    if (event.type === "recheck") {
+      this.#recheck(state, event.room).catch((err) => console.error("hub: recheck failed:", err));
+      return;
+    }
     if (event.type === "closed" || event.type === "revoked") {
       for (const member of [...state.members]) {
         if (
@@ -480,7 +509,7 @@ export class Hub {
     const state = this.#rooms.get(event.room);
     if (state) this.#fanout(state, event);
     // Nothing brings a lost eviction to the other isolates later: the caller must know.
-    if (failure && (event.type === "closed" || event.type === "revoked")) throw failure.error;
+    if (failure && isEviction(event)) throw failure.error;
   }
 
   /**
@@ -494,6 +523,40 @@ export class Hub {
       this.stats.publishFailures++;
       console.error("hub: publishing to the other isolates failed:", error);
       return { error };
+    }
+  }
+
+  /**
+   * Evicts the members whose access is now refused. One whose check fails stays (its next send
+   * checks again): a directory hiccup must not throw a room's rightful members out.
+   */
+  async #recheck(state: RoomState, room: string): Promise<void> {
+    const access = this.#access;
+    if (!access) return;
+    const checks: { member: Member; user: Principal }[] = [];
+    for (const member of state.members) {
+      for (const user of member.deliver ? member.principals?.() ?? [] : [member.user]) {
+        checks.push({ member, user });
+      }
+    }
+    for (let i = 0; i < checks.length; i += RECHECKS_AT_ONCE) {
+      await Promise.all(
+        checks.slice(i, i + RECHECKS_AT_ONCE).map(async ({ member, user }) => {
+          try {
+            if (await access(user, room)) return;
+          } catch (err) {
+            console.error("hub: checking a member's access again failed:", err);
+            return;
+          }
+          if (!state.members.has(member)) return; // left meanwhile
+
+          try {
+            member.evict({ type: "revoked", room, userId: user.id });
+          } catch (err) {
+            console.error("hub: evicting a member failed:", err);
+          }
+        }),
+      );
     }
   }
 

@@ -525,3 +525,54 @@ Deno.test("Hub delivers to its own members when the broker throws, and evicts th
     kv.close();
   }
 });
+
+Deno.test("Hub's recheck evicts the members whose access is now refused, each user of a bridging member apart, and keeps those whose check fails", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const refused = new Set<string>(["2", "5", "bridged-2"]);
+  let checks = 0;
+  let answerFive = () => {};
+  const hub = new Hub(store, new MemoryBroker(new MemoryBus()), {
+    access: async (who) => {
+      checks++;
+      if (who.id === "3") throw new Error("directory down");
+      // Refused, but only once its member has left the room.
+      if (who.id === "5") await new Promise<void>((r) => answerFive = r);
+      return !refused.has(String(who.id));
+    },
+  });
+  const evicted: string[] = [];
+  const plain = (id: string): Member => ({
+    ...recorder(),
+    user: { id, username: id, grants: [] },
+    evict: (event) => void evicted.push(`${id}:${event.type}`),
+  });
+  const bridge: Member = {
+    ...recorder(),
+    user: { id: "bridge", username: "bridge", grants: [] },
+    deliver() {},
+    principals: () =>
+      ["bridged-1", "bridged-2"].map((id) => ({ id, username: id, grants: [] as string[] })),
+    evict: (event) => void evicted.push(`bridge:${event.type === "revoked" && event.userId}`),
+  };
+  const logged = console.error;
+  console.error = () => {};
+  try {
+    const [one, two, three, five] = [plain("1"), plain("2"), plain("3"), plain("5")];
+    for (const m of [one, two, three, bridge, five]) await hub.join("r", m);
+    const gone = plain("4");
+    await hub.join("r", gone);
+    hub.leave("r", gone);
+    hub.publish({ type: "recheck", room: "r" });
+    await new Promise((r) => setTimeout(r, 20));
+    hub.leave("r", five);
+    answerFive();
+    await new Promise((r) => setTimeout(r, 20));
+    assertEquals(checks, 6);
+    assertEquals(evicted.sort(), ["2:revoked", "bridge:bridged-2"]);
+  } finally {
+    console.error = logged;
+    hub.close();
+    kv.close();
+  }
+});

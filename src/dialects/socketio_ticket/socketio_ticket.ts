@@ -296,6 +296,12 @@ export function createSocketIoTicketChat(
           );
         }
       },
+      *principals() {
+        for (const socket of nsp.rooms.get(name) ?? []) {
+          const user = state(socket).user;
+          if (user) yield user;
+        }
+      },
       evict(event) {
         for (const socket of nsp.rooms.get(name) ?? []) {
           const s = state(socket);

@@ -301,7 +301,8 @@ export const API_ROUTES: ApiRoute[] = [
     summary: "Create or update a room",
     description: "A room the directory knows is entered only by its owner, its participants " +
       "and admin roles (support staff: every support chat); the token's `rooms` claim no " +
-      "longer counts for it. `participants` replaces the list; users who lose access have " +
+      "longer counts for it, and sockets that entered by the claim alone are closed when the " +
+      "room is created. `participants` replaces the list; users who lose access have " +
       "their sockets in the room closed.",
     tag: "rooms",
     params: RoomPath,
@@ -320,6 +321,8 @@ export const API_ROUTES: ApiRoute[] = [
         body.participants?.map((p) => ({ userId: p.user_id, role: p.role ?? "member" })),
       );
       if (replaced.length > 0) await revokeLost(deps, kind, id, replaced);
+      // Token claims opened the room until now; the directory alone decides from here on.
+      if (created) deps.events.publish({ type: "recheck", room: roomKeyOf(kind, id) });
       const participants = await deps.directory.listParticipants(kind, id);
       return { status: created ? 201 : 200, body: roomBody(room, participants) };
     },
