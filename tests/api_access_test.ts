@@ -519,6 +519,41 @@ apiTest(
   },
 );
 
+apiTest(
+  "a user whose stored role is lowered or deleted leaves at once the rooms only the role opened",
+  async (s) => {
+    await s.api("PUT", "/api/users/7", { json: { role: "admin" } });
+    await s.api("PUT", "/api/users/9", { json: { role: "support" } });
+    await s.api("PUT", "/api/rooms/ticket/1", { json: { participants: [{ user_id: "3" }] } });
+    await s.api("PUT", "/api/rooms/support-chat/2", { json: {} });
+    // Their tokens carry no role: the directory's is what opens the rooms.
+    const admin = await open(s, "/ws/ticket/1/", { sub: "7" });
+    const nat = await native(s, { sub: "7" }, ["ticket:1", "room:lobby"]);
+    const support = await open(s, "/ws/support-chats/2", { sub: "9" });
+    const stays = await open(s, "/ws/ticket/1/", { sub: "3" });
+    try {
+      assertEquals(
+        (await s.api("PUT", "/api/users/7", { json: { role: "client" } })).status,
+        200,
+      );
+      // Nobody sends: the change itself takes them out.
+      assertEquals((await within(admin.closed, "the demoted admin's close")).code, 4003);
+      assertEquals(await within(nat.next((f) => f.type === "removed"), "removed"), {
+        type: "removed",
+        room: "ticket:1",
+        reason: "access_revoked",
+      });
+      await ping(s, "room:lobby", nat, "the lobby is open to all");
+      assertEquals((await s.api("DELETE", "/api/users/9")).status, 204);
+      assertEquals((await within(support.closed, "the deleted support user's close")).code, 4003);
+      await ping(s, "ticket:1", stays, "the participant is still in");
+    } finally {
+      await nat.close();
+      await stays.close();
+    }
+  },
+);
+
 apiTest("profile fields the token lacks come from the directory", async (s) => {
   await s.api("PUT", "/api/users/3", {
     json: {

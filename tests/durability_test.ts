@@ -320,7 +320,7 @@ Deno.test("durability: every participant removed at once through one process is 
   });
 });
 
-Deno.test("durability: a participant removed, a room deleted, or a claimed room taken over by the directory, through one process is closed in another", async () => {
+Deno.test("durability: a participant removed, a room deleted, a claimed room taken over by the directory or an admin demoted, through one process is closed in another", async () => {
   const admin = "a-long-enough-admin-token-for-tests";
   await withProcesses(2, { ADMIN_TOKEN: admin }, async (ports) => {
     const api = (method: string, path: string, json?: unknown) =>
@@ -366,6 +366,20 @@ Deno.test("durability: a participant removed, a room deleted, or a claimed room 
       201,
     );
     assertEquals(await within(byClaim.closed, "the claim holder's close"), {
+      code: 4003,
+      reason: "Access revoked",
+    });
+    // An admin by the directory's say-so alone, demoted there.
+    assertEquals(await api("PUT", "/api/users/20", { role: "admin" }), 200);
+    const byRole = await TestClient.open(
+      `ws://127.0.0.1:${ports[1]}/ws/ticket/8/?token=${await signDevToken(TEST_SECRET, {
+        sub: "20",
+      })}`,
+    );
+    byRole.send({ body: "in by role" });
+    await byRole.next((f) => f.body === "in by role");
+    assertEquals(await api("PUT", "/api/users/20", { role: null }), 200);
+    assertEquals(await within(byRole.closed, "the demoted admin's close"), {
       code: 4003,
       reason: "Access revoked",
     });

@@ -147,10 +147,14 @@ export type RoomEvent =
   | { type: "closed"; room: string; reason: string }
   | { type: "revoked"; room: string; userId: UserId }
   /**
-   * The room's access rule changed for users it does not name (the directory took over a room
-   * that token claims opened): every member's access is checked again.
+   * Access changed for members the change does not name: the directory took over a room that
+   * token claims opened (every member is checked again), or a user's stored role changed (with
+   * `userId` and room {@link EVERY_ROOM}: that user's members in every room are).
    */
-  | { type: "recheck"; room: string };
+  | { type: "recheck"; room: string; userId?: UserId };
+
+/** The room of events meant for every room (a user's role opens rooms nobody lists). */
+export const EVERY_ROOM = "*";
 
 /** The events that take members out of rooms, which must reach every isolate and instance. */
 export type EvictionEvent = RoomEvent & { type: "revoked" | "closed" | "recheck" };

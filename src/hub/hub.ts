@@ -3,11 +3,13 @@
 import type { HeadWatcher } from "../broker/kv_head_watcher.ts";
 import {
   type Broker,
+  EVERY_ROOM,
   isEviction,
   type Message,
   type MessageStore,
   type Principal,
   type RoomEvent,
+  type UserId,
 } from "../core/types.ts";
 
 /** A connection's membership of rooms, as the hub sees it. */
@@ -149,6 +151,7 @@ export class Hub {
   #heads?: HeadWatcher;
   #catchUpDelayMs: number;
   #access?: (user: Principal, room: string) => Promise<boolean>;
+  #unsubscribeEveryRoom: () => void;
   /** Delivery counters. */
   readonly stats: HubStats = {
     gapFills: 0,
@@ -176,6 +179,7 @@ export class Hub {
     this.#store = store;
     this.#broker = broker;
     this.#access = options.access;
+    this.#unsubscribeEveryRoom = broker.subscribe(EVERY_ROOM, (event) => this.receive(event));
     this.#heads = options.heads?.(this);
     this.#catchUpDelayMs = options.catchUpDelayMs ?? 25;
   }
@@ -304,7 +308,9 @@ export class Hub {
 
   #fanout(state: RoomState, event: RoomEvent): void {
     if (event.type === "recheck") {
-      this.#recheck(state, event.room).catch((err) => console.error("hub: recheck failed:", err));
+      this.#recheck(state, event.room, event.userId).catch((err) =>
+        console.error("hub: recheck failed:", err)
+      );
       return;
     }
     if (event.type === "closed" || event.type === "revoked") {
@@ -506,8 +512,12 @@ export class Hub {
   /** Delivers an ephemeral event (typing, read, presence) here and publishes it. */
   publish(event: RoomEvent): void {
     const failure = this.#share(event);
-    const state = this.#rooms.get(event.room);
-    if (state) this.#fanout(state, event);
+    if (event.room === EVERY_ROOM) {
+      this.receive(event);
+    } else {
+      const state = this.#rooms.get(event.room);
+      if (state) this.#fanout(state, event);
+    }
     // Nothing brings a lost eviction to the other isolates later: the caller must know.
     if (failure && isEviction(event)) throw failure.error;
   }
@@ -527,16 +537,19 @@ export class Hub {
   }
 
   /**
-   * Evicts the members whose access is now refused. One whose check fails stays (its next send
-   * checks again): a directory hiccup must not throw a room's rightful members out.
+   * Evicts the members (only `userId`'s, when given) whose access is now refused. One whose
+   * check fails stays (its next send checks again): a directory hiccup must not throw a room's
+   * rightful members out.
    */
-  async #recheck(state: RoomState, room: string): Promise<void> {
+  async #recheck(state: RoomState, room: string, userId?: UserId): Promise<void> {
     const access = this.#access;
     if (!access) return;
     const checks: { member: Member; user: Principal }[] = [];
     for (const member of state.members) {
       for (const user of member.deliver ? member.principals?.() ?? [] : [member.user]) {
-        checks.push({ member, user });
+        if (userId === undefined || String(user.id) === String(userId)) {
+          checks.push({ member, user });
+        }
       }
     }
     for (let i = 0; i < checks.length; i += RECHECKS_AT_ONCE) {
@@ -562,6 +575,15 @@ export class Hub {
 
   /** Hands an event that arrived by another route (a KV watch) to the room, if it has members. */
   receive(event: RoomEvent): void {
+    if (event.room === EVERY_ROOM) {
+      if (event.type !== "recheck") return;
+      for (const [room, state] of this.#rooms) {
+        this.#recheck(state, room, event.userId).catch((err) =>
+          console.error("hub: recheck failed:", err)
+        );
+      }
+      return;
+    }
     const state = this.#rooms.get(event.room);
     if (state) this.#receive(state, event);
   }
@@ -588,6 +610,7 @@ export class Hub {
 
   /** Drops every room and unsubscribes from the broker and the head watch. */
   close(): void {
+    this.#unsubscribeEveryRoom();
     for (const state of this.#rooms.values()) state.unsubscribe();
     this.#rooms.clear();
     this.#heads?.close();

@@ -576,3 +576,36 @@ Deno.test("Hub's recheck evicts the members whose access is now refused, each us
     kv.close();
   }
 });
+
+Deno.test("Hub's recheck of one user in every room reaches the other hubs and checks only that user's members", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const bus = new MemoryBus();
+  const checked: string[] = [];
+  const access = (who: Principal, room: string) => {
+    checked.push(`${who.id}@${room}`);
+    return Promise.resolve(room === "open");
+  };
+  const here = new Hub(store, new MemoryBroker(bus), { access });
+  const there = new Hub(store, new MemoryBroker(bus), { access });
+  const evicted: string[] = [];
+  const plain = (id: string | number, room: string): Member => ({
+    ...recorder(),
+    user: { id, username: String(id), grants: [] },
+    evict: (event) => void evicted.push(`${id}@${room}:${event.type}`),
+  });
+  try {
+    await here.join("a", plain(7, "a"));
+    await there.join("b", plain(7, "b"));
+    await there.join("open", plain(7, "open"));
+    await there.join("b", plain(8, "b"));
+    here.publish({ type: "recheck", room: "*", userId: "7" });
+    await new Promise((r) => setTimeout(r, 20));
+    assertEquals(checked.sort(), ["7@a", "7@b", "7@open"]);
+    assertEquals(evicted.sort(), ["7@a:revoked", "7@b:revoked"]);
+  } finally {
+    here.close();
+    there.close();
+    kv.close();
+  }
+});

@@ -6,7 +6,7 @@ import { storedRoleGrantsAccess } from "../../auth/directory_access.ts";
 import type { SendInput } from "../../core/chat_service.ts";
 import type { DirectoryRoom, DirectoryUser, Participant } from "../../core/directory.ts";
 import { ChatError, type ChatErrorCode, rateLimited } from "../../core/errors.ts";
-import type { AppendResult, Principal } from "../../core/types.ts";
+import { type AppendResult, EVERY_ROOM, type Principal } from "../../core/types.ts";
 import { baseUrlOf } from "../../dialects/context.ts";
 import { nativeMessage } from "../../dialects/native/native.ts";
 import { type ApiDeps, ApiError, type ApiRoute, defineRoute } from "./framework.ts";
@@ -158,6 +158,19 @@ async function revokeLost(
   }
 }
 
+/**
+ * Checks the user's sockets in every room again, on every isolate and instance: their stored
+ * role changed or went, and a role opens rooms (all of them, every support chat) without a list
+ * that could say which ones to revoke.
+ */
+function recheckUser(deps: ApiDeps, userId: string): void {
+  deps.events.publish({
+    type: "recheck",
+    room: EVERY_ROOM,
+    userId: normalizeUserId(userId) ?? userId,
+  });
+}
+
 /** Where uploaded files go: the folder the room's own protocol uses. */
 export function uploadFolder(kind: string, id: string, now = new Date()): string {
   if (kind === "ticket") return `files/ticket_${id}`;
@@ -211,6 +224,8 @@ export const API_ROUTES: ApiRoute[] = [
     body: { type: "json", schema: UserInput },
     responses: { 200: { description: "The user as stored.", schema: User } },
     async handle({ params, body }, deps) {
+      // Read before: a stored role that changes may have opened rooms nobody lists.
+      const before = body.role === undefined ? null : await deps.directory.getUser(params.id);
       const user = await deps.directory.upsertUser({
         id: params.id,
         username: body.username,
@@ -222,6 +237,7 @@ export const API_ROUTES: ApiRoute[] = [
         role: body.role,
         userType: body.user_type,
       });
+      if (before?.role && before.role !== user.role) recheckUser(deps, params.id);
       return { status: 200, body: userBody(user) };
     },
   }),
@@ -254,7 +270,9 @@ export const API_ROUTES: ApiRoute[] = [
     async handle({ params }, deps) {
       // The rooms come from the deletion itself: read before it, a participation added in
       // between was deleted without its sockets being closed.
+      const stored = await deps.directory.getUser(params.id);
       const { existed, rooms } = await deps.directory.deleteUser(params.id);
+      if (stored?.role) recheckUser(deps, params.id);
       // Every room is tried: the deletion is committed, so a retry would find none of them.
       const failures = (await Promise.allSettled(
         rooms.map((room) => revokeLost(deps, room.kind, room.id, [params.id])),
