@@ -192,6 +192,16 @@ apiTest("rooms: create, update, participants, list by kind, delete, and bad inpu
     { user_id: "6", role: "member" },
     { user_id: "7", role: "agent" },
   ]);
+  // Added again without a role: the stored one stays; a new participant is a member.
+  for (const user_id of ["7", "8"]) {
+    await s.api("POST", "/api/rooms/ticket/1/participants", { json: { user_id } });
+  }
+  assertEquals((await s.api("GET", "/api/rooms/ticket/1")).body.participants, [
+    { user_id: "6", role: "member" },
+    { user_id: "7", role: "agent" },
+    { user_id: "8", role: "member" },
+  ]);
+  assertEquals((await s.api("DELETE", "/api/rooms/ticket/1/participants/8")).status, 204);
   assertEquals((await s.api("DELETE", "/api/rooms/ticket/1/participants/6")).status, 204);
   const gone = await s.api("DELETE", "/api/rooms/ticket/1/participants/6");
   assertEquals(gone.body, {
@@ -385,18 +395,30 @@ apiTest(
       full_name: "Agent Three",
     });
 
-    const refusals: [Json, number, RegExp][] = [
+    // The core's refusals carry the code every protocol gives them.
+    const refusals: [Json, number, RegExp, string?][] = [
       [{ body: "x", sender_id: "404" }, 404, /^User "404" not found$/],
-      [{ body: "x", sender_id: "8" }, 403, /^User "8" may not post in room "ticket:1"$/],
-      [{ body: "   " }, 400, /"body" must not be blank/],
-      [{ body: "x".repeat(20_001) }, 400, /"body"/],
+      [
+        { body: "x", sender_id: "8" },
+        403,
+        /^User "8" may not post in room "ticket:1"$/,
+        "forbidden",
+      ],
+      [{ body: "   " }, 400, /^Message body or file is required$/, "empty_message"],
+      [
+        { body: "x".repeat(20_001) },
+        400,
+        /^Message is too long: 20001 characters/,
+        "body_too_long",
+      ],
+      [{ body: "😀".repeat(10_001) }, 400, /^Message is too long: 20002 /, "body_too_long"],
       [{ body: 5 }, 400, /"body"/],
       [{ body: "x", client_id: "" }, 400, /"client_id"/],
       [{ body: "x", extra: 1 }, 400, /extra/],
     ];
-    for (const [json, status, message] of refusals) {
+    for (const [json, status, message, code] of refusals) {
       const res = await s.api("POST", "/api/rooms/ticket/1/messages", { json });
-      assertEquals(res.status, status, JSON.stringify(json));
+      assertEquals([res.status, res.body.code], [status, code], JSON.stringify(json));
       assertMatch(res.body.message as string, message);
     }
 
@@ -719,6 +741,11 @@ apiTest(
     assertEquals((await listener.next()).file, (ok.body.attachments as Json[])[0].url);
     assertEquals((await upload(member, "ticket/6", { sender_id: "9" })).status, 403);
     assertEquals((await upload(outsider, "ticket/6")).status, 403);
+    // An admin by token role, with no sender_id (as the chat page uploads): as themselves too.
+    const admin = await s.token({ sub: "5", username: "boss", role: "admin" });
+    const own = await upload(admin, "ticket/6");
+    assertEquals([own.status, (own.body.sender as Json)?.id], [201, 5]);
+    assertEquals(((await listener.next()).sender as Json).id, 5);
     // Everything else in the API still needs an admin.
     assertEquals((await s.api("GET", "/api/rooms/ticket/6", { token: member })).status, 403);
     await listener.close();
@@ -771,12 +798,13 @@ apiTest(
     const token = await s.token({ sub: "3", username: "three" });
     const statuses: number[] = [];
     let limited: Json | undefined;
+    let retryAfter: string | null = null;
     for (let i = 0; i < 8; i++) {
       const form = new FormData();
       form.append("file", new File([`${i}`], `f${i}.txt`));
       const res = await s.api("POST", "/api/rooms/room/pub/attachments", { body: form, token });
       statuses.push(res.status);
-      if (res.status === 429) limited = res.body;
+      if (res.status === 429) [limited, retryAfter] = [res.body, res.headers.get("retry-after")];
     }
     // Burst: twice the per-second rate (2), then refused until tokens refill.
     assert(statuses.slice(0, 4).every((code) => code === 201), String(statuses));
@@ -786,6 +814,7 @@ apiTest(
       message: "Too many messages: slow down",
       code: "rate_limited",
     });
+    assertEquals(retryAfter, "1");
     const stored = await s.api("GET", "/api/rooms/room/pub/messages");
     assertEquals(
       (stored.body.messages as Json[]).length,

@@ -85,13 +85,14 @@ export interface Directory {
   /** Replaces a room's participants with exactly this list. */
   setParticipants(kind: string, id: string, participants: Participant[]): Promise<void>;
   /**
-   * Adds or updates one participant; with `roomMustExist`, only while the directory stores the
-   * room (false when it does not, and nothing is written).
+   * Adds or updates one participant (without `role`: `member` when new, the stored role kept
+   * otherwise); with `roomMustExist`, only while the directory stores the room (false when it
+   * does not, and nothing is written).
    */
   addParticipant(
     kind: string,
     id: string,
-    participant: Participant,
+    participant: Participant | { userId: string; role?: undefined },
     options?: { roomMustExist?: boolean },
   ): Promise<boolean>;
   /** Removes one participant; true when they were one. */

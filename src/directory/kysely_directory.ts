@@ -312,7 +312,7 @@ export class KyselyDirectory implements Directory {
   async addParticipant(
     kind: string,
     id: string,
-    participant: Participant,
+    participant: Participant | { userId: string; role?: undefined },
     options: { roomMustExist?: boolean } = {},
   ): Promise<boolean> {
     requireId("room kind", kind);
@@ -431,7 +431,7 @@ async function insertParticipant(
   db: Kysely<DirectoryDatabase>,
   kind: string,
   id: string,
-  participant: Participant,
+  participant: Participant | { userId: string; role?: undefined },
 ): Promise<void> {
   await db.insertInto("room_participants")
     .values({
@@ -441,10 +441,13 @@ async function insertParticipant(
       role: participant.role ?? "member",
       created_at: new Date().toISOString(),
     })
-    .onConflict((oc) =>
-      oc.columns(["room_kind", "room_id", "user_id"])
-        .doUpdateSet((eb) => ({ role: eb.ref("excluded.role") }))
-    )
+    .onConflict((oc) => {
+      const columns = oc.columns(["room_kind", "room_id", "user_id"]);
+      // Without a role, adding someone already there changes nothing.
+      return participant.role === undefined
+        ? columns.doNothing()
+        : columns.doUpdateSet((eb) => ({ role: eb.ref("excluded.role") }));
+    })
     .execute();
 }
 

@@ -88,7 +88,13 @@ const CHAT_ERROR_STATUS: Partial<Record<ChatErrorCode, number>> = {
 
 /** A refusal of the core as an API error: its status, its message and its code. */
 const apiErrorOf = (err: ChatError) =>
-  new ApiError(CHAT_ERROR_STATUS[err.code] ?? 400, err.message, undefined, err.code);
+  new ApiError(
+    CHAT_ERROR_STATUS[err.code] ?? 400,
+    err.message,
+    undefined,
+    err.code,
+    err.code === "rate_limited",
+  );
 
 /** Sends through the core, turning its refusals into API errors. */
 async function send(
@@ -116,7 +122,12 @@ async function senderOf(
   if (!stored) throw new ApiError(404, `User "${senderId}" not found`);
   const sender = principalOf(stored);
   if (!(await deps.chat.canAccess(sender, room))) {
-    throw new ApiError(403, `User "${senderId}" may not post in room "${room}"`);
+    throw new ApiError(
+      403,
+      `User "${senderId}" may not post in room "${room}"`,
+      undefined,
+      "forbidden",
+    );
   }
   return sender;
 }
@@ -421,7 +432,7 @@ export const API_ROUTES: ApiRoute[] = [
     async handle({ params, body }, deps) {
       const added = await deps.directory.addParticipant(params.kind, params.id, {
         userId: body.user_id,
-        role: body.role ?? "member",
+        role: body.role,
       }, { roomMustExist: true });
       if (!added) throw new ApiError(404, `Room "${roomKeyOf(params.kind, params.id)}" not found`);
       const room = await requireRoom(deps, params.kind, params.id);
@@ -552,12 +563,15 @@ export const API_ROUTES: ApiRoute[] = [
     async handle({ params, body, req, caller }, deps) {
       const room = roomKeyOf(params.kind, params.id);
       // An admin may post as anyone (or as the system); any other user only as themselves, in
-      // rooms they may enter: the browser client's upload path.
+      // rooms they may enter: the browser client's upload path. A user's token without
+      // `sender_id` posts as that user, an admin's too (the chat page sends none).
       let sender: Principal | null;
       if (caller?.kind === "user" && !isAdminRole(caller.user.role)) {
         if (body.sender_id !== undefined && body.sender_id !== String(caller.user.id)) {
           throw new ApiError(403, `User "${caller.user.id}" may only post as themselves`);
         }
+        sender = caller.user;
+      } else if (caller?.kind === "user" && body.sender_id === undefined) {
         sender = caller.user;
       } else {
         sender = await senderOf(deps, body.sender_id, room);

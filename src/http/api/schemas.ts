@@ -90,7 +90,10 @@ export const User = z.object({
 /** One participant to add. */
 export const ParticipantInput = z.strictObject({
   user_id: UserId,
-  role: ROLE.optional().describe("Role in the room (member, owner, agent, ...); member by default"),
+  role: ROLE.optional().describe(
+    "Role in the room (member, owner, agent, ...); omitted: member for a new participant, " +
+      "the stored role kept for one already there",
+  ),
 }).describe("A participant to add.").register(requestSchemas, { id: "ParticipantInput" });
 
 /** A participant of a room. */
@@ -202,7 +205,11 @@ const clientId = z.string().min(1).max(128).describe(
 
 /** Body of `POST .../messages`. */
 export const MessageInput = z.strictObject({
-  body: z.string().max(MAX_BODY_CHARS).refine((b) => b.trim() !== "", "must not be blank"),
+  // Length and blankness are the core's to refuse, with the codes every protocol gives.
+  body: z.string().describe(
+    `At most ${MAX_BODY_CHARS} characters (UTF-16 code units), not blank ` +
+      "(`body_too_long`, `empty_message`)",
+  ),
   sender_id: UserId.optional().describe(
     "A directory user who may enter the room; omitted for a system message",
   ),
@@ -214,8 +221,13 @@ export const AttachmentUpload = z.strictObject({
   file: z.array(z.file()).min(1).max(MAX_FILES_PER_MESSAGE).describe(
     "One or more files, each at most MAX_FILE_BYTES",
   ),
-  body: z.string().max(MAX_BODY_CHARS).optional(),
-  sender_id: UserId.optional(),
+  body: z.string().describe(
+    `At most ${MAX_BODY_CHARS} characters (UTF-16 code units) (\`body_too_long\`)`,
+  ).optional(),
+  sender_id: UserId.optional().describe(
+    "Admins only: a directory user who may enter the room. Omitted: the caller of a user's " +
+      "token, or a system message for ADMIN_TOKEN",
+  ),
   client_id: clientId.optional(),
 }).describe("Files (field `file`, repeatable) and an optional text for one message.").register(
   requestSchemas,
