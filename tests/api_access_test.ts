@@ -554,6 +554,19 @@ apiTest(
   },
 );
 
+apiTest("deleting a user closes their sockets in the rooms they owned", async (s) => {
+  await s.api("PUT", "/api/users/40", { json: { username: "owner" } });
+  await s.api("PUT", "/api/rooms/ticket/40", { json: { owner_id: "40" } });
+  const owner = await open(s, "/ws/ticket/40/", { sub: "40" });
+  owner.send({ body: "mine" });
+  await owner.next((f) => f.body === "mine");
+  assertEquals((await s.api("DELETE", "/api/users/40")).status, 204);
+  assertEquals((await within(owner.closed, "the deleted owner's close")).code, 4003);
+  assertEquals((await s.api("GET", "/api/rooms/ticket/40")).body.owner_id, null);
+  const again = await open(s, "/ws/ticket/40/", { sub: "40" });
+  assertEquals((await within(again.closed, "the refused rejoin")).code, 4003);
+});
+
 apiTest("profile fields the token lacks come from the directory", async (s) => {
   await s.api("PUT", "/api/users/3", {
     json: {

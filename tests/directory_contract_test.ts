@@ -285,6 +285,26 @@ contract("deleteUser removes the user's participations in every room", async (d)
   assertEquals(await d.getParticipant("chat", "1", "u1"), null);
 });
 
+contract("deleteUser clears the user as owner of their rooms, and names those rooms", async (d) => {
+  await d.upsertUser({ id: "u1" });
+  await d.upsertRoom({ kind: "ticket", id: "1", ownerId: "u1", title: "kept" });
+  await d.upsertRoom({ kind: "ticket", id: "2", ownerId: "u1" });
+  await d.upsertRoom({ kind: "ticket", id: "3", ownerId: "u2" });
+  await d.addParticipant("ticket", "2", { userId: "u1", role: "agent" });
+  const deleted = await d.deleteUser("u1");
+  assertEquals(
+    deleted.rooms.sort((x, y) => x.id.localeCompare(y.id)),
+    [{ kind: "ticket", id: "1" }, { kind: "ticket", id: "2" }],
+  );
+  assertEquals((await d.getRoom("ticket", "1"))?.ownerId, null);
+  assertEquals((await d.getRoom("ticket", "1"))?.title, "kept");
+  assertEquals((await d.getRoom("ticket", "2"))?.ownerId, null);
+  assertEquals((await d.getRoom("ticket", "3"))?.ownerId, "u2");
+  // Created again under the same id, the user owns nothing.
+  await d.upsertUser({ id: "u1" });
+  assertEquals((await d.getRoom("ticket", "1"))?.ownerId, null);
+});
+
 contract(
   "deleteUser also removes participations of a user the directory never stored",
   async (d) => {

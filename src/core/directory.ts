@@ -58,8 +58,9 @@ export interface Directory {
   /** Reads a user. */
   getUser(id: string): Promise<DirectoryUser | null>;
   /**
-   * Deletes a user and their participations (also those of a user it never stored); says
-   * whether the user existed, and which rooms they took part in, read in the same transaction.
+   * Deletes a user and their participations (also those of a user it never stored) and clears
+   * them as owner of their rooms; says whether the user existed, and which rooms they took part
+   * in or owned, read in the same transaction.
    */
   deleteUser(id: string): Promise<{ existed: boolean; rooms: { kind: string; id: string }[] }>;
   /** Inserts or updates a room; fields left undefined keep their stored value. */

@@ -139,11 +139,17 @@ export class KyselyDirectory implements Directory {
     return await this.#db.transaction().execute(async (trx) => {
       const left = await trx.deleteFrom("room_participants").where("user_id", "=", id)
         .returning(["room_kind", "room_id"]).execute();
+      // An owner_id left behind would still let them in, and a user created again under the
+      // same id would own the rooms without anyone saying so.
+      const owned = await trx.updateTable("rooms").set({ owner_id: null })
+        .where("owner_id", "=", id).returning(["kind", "id"]).execute();
       const result = await trx.deleteFrom("users").where("id", "=", id).executeTakeFirst();
-      return {
-        existed: result.numDeletedRows > 0n,
-        rooms: left.map((r) => ({ kind: r.room_kind, id: r.room_id })),
-      };
+      const rooms = new Map<string, { kind: string; id: string }>();
+      for (const r of left) {
+        rooms.set(`${r.room_kind}:${r.room_id}`, { kind: r.room_kind, id: r.room_id });
+      }
+      for (const r of owned) rooms.set(`${r.kind}:${r.id}`, { kind: r.kind, id: r.id });
+      return { existed: result.numDeletedRows > 0n, rooms: [...rooms.values()] };
     });
   }
 

@@ -273,8 +273,8 @@ export const API_ROUTES: ApiRoute[] = [
     path: "/api/users/{id}",
     operationId: "deleteUser",
     summary: "Delete a user and their participations",
-    description: "Their sockets in rooms they took part in are closed. Rooms they own keep " +
-      "their owner_id.",
+    description: "Their participations end and rooms they own lose their owner_id; their " +
+      "sockets in those rooms are closed (unless a role still lets them in).",
     tag: "users",
     params: UserPath,
     responses: { 204: { description: "Deleted." }, 404: notFound("The user") },
