@@ -570,6 +570,26 @@ apiTest(
       headers: { "content-type": "multipart/form-data; boundary=x" },
     });
     assertEquals(broken.status, 400);
+    // Whole parts but no closing delimiter (a cut-off body with its length to match): the
+    // platform's parser would take the first file alone and drop the client_id after it.
+    const part = (headers: string, content: string) => `--x\r\n${headers}\r\n\r\n${content}\r\n`;
+    const first = part('Content-Disposition: form-data; name="file"; filename="one.txt"', "ONE");
+    const clientId = part('Content-Disposition: form-data; name="client_id"', "cut-1");
+    for (const body of [first, first + clientId.slice(0, -8), first + clientId]) {
+      const cut = await s.api("POST", "/api/rooms/ticket/5/attachments", {
+        body,
+        headers: { "content-type": "multipart/form-data; boundary=x" },
+      });
+      assertEquals(cut.status, 400, JSON.stringify(cut.body));
+      assertMatch(cut.body.message as string, /ends before its closing boundary/);
+    }
+    // The same parts, closed: stored once.
+    const whole = await s.api("POST", "/api/rooms/ticket/5/attachments", {
+      body: first + clientId + "--x--\r\n",
+      headers: { "content-type": 'multipart/form-data; boundary="x"' },
+    });
+    assertEquals([whole.status, whole.body.client_id], [201, "cut-1"]);
+    assertEquals((await ticket.next()).body, "");
     await ticket.nothing();
     await ticket.close();
   },

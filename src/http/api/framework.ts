@@ -594,6 +594,19 @@ function requireMultipart(req: Request): string {
   return type;
 }
 
+/** How much of a multipart body's end is kept to find its closing delimiter (and an epilogue). */
+const TAIL_BYTES = 4096;
+
+/** The last `n` bytes of `tail` followed by `chunk`. */
+function lastBytes(tail: Uint8Array, chunk: Uint8Array, n: number): Uint8Array {
+  if (chunk.length >= n) return chunk.slice(chunk.length - n);
+  const keep = Math.min(tail.length, n - chunk.length);
+  const out = new Uint8Array(keep + chunk.length);
+  out.set(tail.subarray(tail.length - keep));
+  out.set(chunk, keep);
+  return out;
+}
+
 /**
  * Reads a multipart body of at most `cap` bytes; a single file over `maxFileBytes` is refused
  * with 413 naming it. The bounded buffer is parsed by the platform's FormData parser.
@@ -622,6 +635,10 @@ async function readMultipart(
   // A read of the body that fails (the server stopping, the connection gone) is not the client's
   // malformed form: told apart from the parser's errors, it is answered as a retryable 503.
   let cutOff = false;
+  // The platform's parser takes a body that stops after a complete part as the whole form: a
+  // truncated upload would be stored without its later files and fields (a client_id among
+  // them). The last bytes say whether the closing delimiter came.
+  let tail: Uint8Array = new Uint8Array(0);
   const reader = req.body?.getReader();
   const source = reader && new ReadableStream<Uint8Array>({
     async pull(controller) {
@@ -657,6 +674,7 @@ async function readMultipart(
         // Erroring here cancels the request body: nothing more is read.
         if (total > cap) return controller.error(new RangeError("over the cap"));
         controller.enqueue(chunk);
+        tail = lastBytes(tail, chunk, TAIL_BYTES);
         timer = setTimeout(onIdle, idleMs);
       },
       flush() {
@@ -698,6 +716,14 @@ async function readMultipart(
   } finally {
     clearTimeout(timer);
     clearTimeout(deadline);
+  }
+  const boundary = /;\s*boundary=(?:"([^"]+)"|([^;\s]+))/i.exec(type);
+  const close = `--${boundary?.[1] ?? boundary?.[2]}--`;
+  if (!new TextDecoder("latin1").decode(tail).includes(close)) {
+    throw new ApiError(
+      400,
+      "Body is not valid multipart/form-data: it ends before its closing boundary (cut off?)",
+    );
   }
   for (const value of form.values()) {
     if (typeof value !== "string" && value.size > maxFileBytes) {
