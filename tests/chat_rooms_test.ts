@@ -328,3 +328,25 @@ Deno.test("chat rooms: a message with files (posted through the API) carries the
     await server.close();
   }
 });
+
+Deno.test("chat rooms: a room whose name starts with '_' or '.' is the native protocol's room:<name> too", async () => {
+  const server = await startTestServer();
+  try {
+    for (const name of ["_private", ".dot", "-dash"]) {
+      const a = await enter(server, name, user(1));
+      await a.next((f) => f.type === "user_join");
+      const native = await TestClient.open(
+        `${server.wsUrl}/ws?token=${await server.token(user(2))}`,
+      );
+      await native.next((f) => f.type === "welcome");
+      native.send({ type: "join", room: `room:${name}`, ref: "j" });
+      assertEquals((await native.next((f) => f.ref === "j")).type, "joined");
+      native.send({ type: "send", room: `room:${name}`, body: `into ${name}` });
+      assertEquals((await a.next((f) => f.type === "chat_message")).message, `into ${name}`);
+      await native.close();
+      await a.close();
+    }
+  } finally {
+    await server.close();
+  }
+});

@@ -768,7 +768,7 @@ Deno.test("client: a send queued behind a rejoin the server keeps failing goes o
       socket.push({
         type: "error",
         code: "not_found",
-        message: 'Join room "room:x" before sending',
+        message: 'Join room "room:x" first',
         ref: send.ref,
       });
     }

@@ -596,6 +596,24 @@ Deno.test("native: a batch join answers every entry, naming the room of each err
       message: 'Invalid room "chat:007": write it chat:7',
       ref: "zeros",
     });
+    // What a client sent is quoted in an error only in part.
+    const long = "x".repeat(100_000);
+    for (
+      const [frame, message] of [
+        [
+          { type: "join", room: long },
+          `Invalid room "${"x".repeat(64)}…": expected kind:id, e.g. ticket:1`,
+        ],
+        [{ type: long }, `Unknown type "${"x".repeat(64)}…"`],
+        [
+          { type: "join", room: "room:.." },
+          'Invalid room "room:..": expected kind:id, e.g. ticket:1',
+        ],
+      ] as const
+    ) {
+      a.send(frame);
+      assertEquals(await a.next(), { type: "error", code: "invalid_frame", message });
+    }
     await a.close();
   } finally {
     await server.close();

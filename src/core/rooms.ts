@@ -6,11 +6,15 @@ export const ROOM_KINDS = ["ticket", "chat", "service-chat", "support-chat", "ro
 /** One of {@link ROOM_KINDS}. */
 export type RoomKind = typeof ROOM_KINDS[number];
 
-const ID_PATTERN = /^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$/;
+/**
+ * Room ids, as every protocol, URL and the API take them (`.` and `..` could never be in a URL
+ * path).
+ */
+export const ROOM_ID_PATTERN = /^(?!\.\.?$)[A-Za-z0-9_.@-]{1,128}$/;
 
-/** True when `id` can be part of a room key: 1 to 128 URL-safe characters. */
+/** True when `id` can be part of a room key: 1 to 128 URL-safe characters, not `.` or `..`. */
 export function isValidRoomId(id: string): boolean {
-  return ID_PATTERN.test(id);
+  return ROOM_ID_PATTERN.test(id);
 }
 
 /** Kinds whose ids are integers in the systems we replace (Django and FastAPI primary keys). */

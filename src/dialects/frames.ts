@@ -17,6 +17,14 @@ export function parseObject(text: string, shapeMessage: string): Record<string, 
   return frame as Record<string, unknown>;
 }
 
+/**
+ * A client's text quoted in an error, cut to `max` characters: echoed whole, a megabyte-long
+ * field would make the server send a megabyte back.
+ */
+export function clip(text: string, max = 64): string {
+  return text.length <= max ? text : `${text.slice(0, max)}…`;
+}
+
 /** An optional string field; another type is refused with a message naming the field. */
 export function optionalString(frame: Record<string, unknown>, field: string): string | undefined {
   const value = frame[field];

@@ -11,7 +11,7 @@ import type { Attachment, Message } from "../../core/types.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
 import { formatSize } from "../../media/mime.ts";
 import { bodyWithFileUrls, type DialectContext, type WsRoute } from "../context.ts";
-import { optionalClientId, optionalString, parseObject } from "../frames.ts";
+import { clip, optionalClientId, optionalString, parseObject } from "../frames.ts";
 import { type RoomSession, singleRoomRoute } from "../single_room.ts";
 
 /** Close codes of this protocol. */
@@ -191,7 +191,9 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
         default:
           throw new ChatError(
             "invalid_frame",
-            typeof type === "string" ? `Unknown message type: ${type}` : "Message type is required",
+            typeof type === "string"
+              ? `Unknown message type: ${clip(type)}`
+              : "Message type is required",
           );
       }
     },

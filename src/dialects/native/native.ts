@@ -19,7 +19,7 @@ import {
   socketOptions,
   type WsRoute,
 } from "../context.ts";
-import { optionalClientId, optionalString, parseObject } from "../frames.ts";
+import { clip, optionalClientId, optionalString, parseObject } from "../frames.ts";
 
 /** Close codes of the native protocol. */
 export const NATIVE_CLOSE = {
@@ -145,7 +145,10 @@ const requireRoom = (record: Record<string, unknown>): string => {
   if (!room) throw new ChatError("invalid_frame", 'Field "room" is required');
   const key = parseRoomKey(room);
   if (!key) {
-    throw new ChatError("invalid_frame", `Invalid room "${room}": expected kind:id, e.g. ticket:1`);
+    throw new ChatError(
+      "invalid_frame",
+      `Invalid room "${clip(room)}": expected kind:id, e.g. ticket:1`,
+    );
   }
   // `chat:007` is chat 7 on every other way in (URLs, the API): as a room of its own it would be
   // one that no participant list covers and no API call can delete.
@@ -481,7 +484,7 @@ class NativeSession implements SocketHandler {
       case "send": {
         const room = requireRoom(record);
         if (!this.#rooms.has(room)) {
-          throw new ChatError("not_found", `Join room "${room}" before sending`);
+          throw new ChatError("not_found", `Join room "${room}" first`);
         }
         const files = optionalFiles(record);
         // The next frame is taken while this one commits; the ack or error keeps its place.
@@ -568,7 +571,7 @@ class NativeSession implements SocketHandler {
         throw new ChatError(
           "invalid_frame",
           typeof record.type === "string"
-            ? `Unknown type "${record.type}"`
+            ? `Unknown type "${clip(record.type)}"`
             : 'Field "type" is required',
         );
     }

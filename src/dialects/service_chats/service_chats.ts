@@ -8,7 +8,7 @@ import { ChatError } from "../../core/errors.ts";
 import { isoNaive } from "../../core/time.ts";
 import { idValue, numericRoom } from "../conversation_chat/conversation_chat.ts";
 import type { DialectContext, WsRoute } from "../context.ts";
-import { optionalClientId, optionalString, parseObject } from "../frames.ts";
+import { clip, optionalClientId, optionalString, parseObject } from "../frames.ts";
 import { singleRoomRoute } from "../single_room.ts";
 
 /** Close codes of this protocol. */
@@ -52,7 +52,7 @@ export function serviceChatRoutes(ctx: DialectContext): WsRoute[] {
           throw new ChatError(
             "invalid_frame",
             typeof record.type === "string"
-              ? `Unknown message type: ${record.type}`
+              ? `Unknown message type: ${clip(record.type)}`
               : "Message type is required",
           );
         }

@@ -269,6 +269,9 @@ export function defineRoute<
     );
   }
   responses[500] ??= error("Something failed on the server; it is logged.");
+  responses[503] ??= error(
+    "The directory does not answer; `Retry-After` says when to try again.",
+  );
 
   const run = async (c: Context, deps: ApiDeps): Promise<Response> => {
     const req = c.req.raw;

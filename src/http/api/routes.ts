@@ -76,6 +76,13 @@ function principalOf(user: DirectoryUser): Principal {
 
 const roomKeyOf = (kind: string, id: string) => `${kind}:${id}`;
 
+/** The 409 of a send the room's deletion overtook. */
+const roomDeletedMidSend = {
+  description: "The room was deleted while the message was being stored (`room_deleted`); " +
+    "nothing was stored.",
+  schema: ApiErrorBody,
+};
+
 /** The HTTP status for a refusal of the core. */
 const CHAT_ERROR_STATUS: Partial<Record<ChatErrorCode, number>> = {
   forbidden: 403,
@@ -329,7 +336,8 @@ export const API_ROUTES: ApiRoute[] = [
     operationId: "upsertRoom",
     summary: "Create or update a room",
     description: "A room the directory knows is entered only by its owner, its participants " +
-      "and admin roles (support staff: every support chat); the token's `rooms` claim no " +
+      "and admin roles (support staff: every support chat), except named chat rooms " +
+      "(`room`), which stay open to anyone with a valid token; the token's `rooms` claim no " +
       "longer counts for it, and sockets that entered by the claim alone are closed when the " +
       "room is created. `participants` replaces the list; users who lose access have " +
       "their sockets in the room closed.",
@@ -504,7 +512,12 @@ export const API_ROUTES: ApiRoute[] = [
     responses: {
       201: { description: "Stored and delivered.", schema: Message },
       200: { description: "A repeated client_id: the original message.", schema: Message },
+      403: {
+        description: "The caller carries no admin role, or the sender may not enter the room.",
+        schema: ApiErrorBody,
+      },
       404: notFound("The sender"),
+      409: roomDeletedMidSend,
     },
     async handle({ params, body, req }, deps) {
       const room = roomKeyOf(params.kind, params.id);
@@ -538,6 +551,7 @@ export const API_ROUTES: ApiRoute[] = [
       201: { description: "Stored and delivered.", schema: Message },
       200: { description: "A repeated client_id: the original message.", schema: Message },
       404: notFound("The sender"),
+      409: roomDeletedMidSend,
       429: {
         description: "An ordinary user over the per-user send limit the sockets apply, or with " +
           "UPLOADS_PER_USER uploads already under way.",

@@ -5,7 +5,7 @@
 
 import { z } from "zod";
 import { MAX_BODY_CHARS, MAX_FILES_PER_MESSAGE } from "../../core/chat_service.ts";
-import { canonicalId, ROOM_KINDS } from "../../core/rooms.ts";
+import { canonicalId, ROOM_ID_PATTERN, ROOM_KINDS } from "../../core/rooms.ts";
 
 /**
  * Schemas that appear in request bodies, emitted under `components.schemas` as input types.
@@ -20,12 +20,12 @@ export const responseSchemas = z.registry<{ id: string }>();
 export const RoomKind = z.enum(ROOM_KINDS).describe("Room kind");
 
 /**
- * A room id in a path: what the socket URLs accept, including chat-room names that start with
- * `_` or `.`; 1 to 128 characters.
+ * A room id in a path: what the socket URLs and the native protocol accept (`isValidRoomId`),
+ * including chat-room names that start with `_` or `.`; 1 to 128 characters.
  */
 export const RoomId = z.string().regex(
-  /^[A-Za-z0-9_.@-]{1,128}$/,
-  "expected 1 to 128 letters, digits, '_', '.', '@' or '-'",
+  ROOM_ID_PATTERN,
+  "expected 1 to 128 letters, digits, '_', '.', '@' or '-' (not '.' or '..')",
 ).describe("Room id within its kind");
 
 /** A user id in a path or body: the token's `sub` as text. */
