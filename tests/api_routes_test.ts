@@ -71,6 +71,44 @@ apiTest("admin API: without ADMIN_TOKEN only admin tokens get in", async (s) => 
   assertEquals((await s.api("GET", "/api/users/1", { token: admin })).status, 404);
 }, { ADMIN_TOKEN: "" });
 
+apiTest(
+  "admin API: pages of another origin may call it (CORS), with the token they hold",
+  async (s) => {
+    const preflight = await fetch(`${s.url}/api/rooms/ticket/1/attachments`, {
+      method: "OPTIONS",
+      headers: {
+        origin: "https://app.example",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization",
+      },
+    });
+    await preflight.body?.cancel();
+    assertEquals(preflight.status, 204);
+    assertEquals(preflight.headers.get("access-control-allow-origin"), "*");
+    assertMatch(preflight.headers.get("access-control-allow-methods") ?? "", /POST/);
+    assertMatch(preflight.headers.get("access-control-allow-headers") ?? "", /authorization/i);
+    // No credentials: the API reads no cookie, so none is asked for.
+    assertEquals(preflight.headers.get("access-control-allow-credentials"), null);
+    const read = await s.api("GET", "/api/users/none", {
+      headers: { origin: "https://app.example" },
+    });
+    assertEquals([read.status, read.headers.get("access-control-allow-origin")], [404, "*"]);
+  },
+);
+
+apiTest(
+  "admin API: with ALLOWED_ORIGINS, only those origins get CORS headers",
+  async (s) => {
+    for (
+      const [origin, allowed] of [["https://app.example", true], ["https://evil.example", false]]
+    ) {
+      const res = await s.api("GET", "/api/users/none", { headers: { origin: origin as string } });
+      assertEquals(res.headers.get("access-control-allow-origin"), allowed ? origin : null);
+    }
+  },
+  { ALLOWED_ORIGINS: "https://app.example" },
+);
+
 apiTest("users: upsert, read, partial update, delete, and bad input", async (s) => {
   const full = {
     username: "alice",

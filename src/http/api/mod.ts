@@ -1,6 +1,8 @@
 /** The admin REST API under /api: a Hono app built from the route table. */
 
 import { Hono } from "hono";
+import { cors } from "hono/cors";
+import { cookieOrigins } from "../../dialects/context.ts";
 import { type ApiDeps, errorJson } from "./framework.ts";
 import { honoPath } from "./openapi.ts";
 import { API_ROUTES } from "./routes.ts";
@@ -16,6 +18,19 @@ const patterns = API_ROUTES.map((r) => ({
 /** Builds the Hono app of the admin API; its routes carry their full `/api/...` paths. */
 export function createApi(deps: ApiDeps): Hono {
   const app = new Hono();
+  // Pages on other origins may call the API (the browser client's uploads): it takes only an
+  // Authorization header, never a cookie, so a page can act only with a token it was given.
+  const origins = cookieOrigins(deps.config);
+  app.use(
+    "/api/*",
+    cors({
+      origin: origins.length > 0 ? origins : "*",
+      allowMethods: ["GET", "HEAD", "PUT", "POST", "DELETE"],
+      allowHeaders: ["authorization", "content-type"],
+      exposeHeaders: ["retry-after", "allow"],
+      maxAge: 600,
+    }),
+  );
   for (const route of API_ROUTES) {
     app.on(route.method.toUpperCase(), honoPath(route.path), (c) => route.run(c, deps));
   }
