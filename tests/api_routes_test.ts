@@ -290,6 +290,8 @@ apiTest("rooms: create, update, participants, list by kind, delete, and bad inpu
       ["DELETE", "/api/rooms/ticket/1/participants/%01", undefined],
       ["GET", `/api/users/${"x".repeat(257)}`, undefined],
       ["DELETE", "/api/users/a%7Fb", undefined],
+      ["PUT", "/api/users/%207", {}],
+      ["PUT", "/api/rooms/ticket/1", { participants: [{ user_id: "7 " }] }],
       ["GET", "/api/rooms/ticket/1/messages?limit=x", undefined],
       ["POST", "/api/rooms/ticket/no%20such/messages", { body: "x" }],
     ] as const
@@ -298,6 +300,10 @@ apiTest("rooms: create, update, participants, list by kind, delete, and bad inpu
     assertEquals(res.status, 400, `${method} ${path} ${JSON.stringify(json)}`);
     assert((res.body.issues as Json[]).length > 0);
   }
+  assertEquals(
+    (await s.api("GET", "/api/rooms/room?limit=1&limit=2")).body.message,
+    'Invalid query: "limit" given more than once',
+  );
   const badKind = await s.api("GET", "/api/rooms/planet");
   assertMatch(badKind.body.message as string, /^Invalid path parameters: "kind" /);
 

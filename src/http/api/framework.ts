@@ -422,12 +422,15 @@ function validate(schema: z.ZodType | undefined, value: unknown, what: string): 
   );
 }
 
-/** The query string as an object; a repeated parameter becomes an array (and fails validation). */
-function queryObject(req: Request): Record<string, string | string[]> {
-  const out: Record<string, string | string[]> = {};
+/** The query string as an object; a parameter given twice is refused (none takes a list). */
+function queryObject(req: Request): Record<string, string> {
+  const out: Record<string, string> = {};
   for (const [key, value] of new URL(req.url).searchParams) {
-    const prev = out[key];
-    out[key] = prev === undefined ? value : [...(Array.isArray(prev) ? prev : [prev]), value];
+    if (Object.hasOwn(out, key)) {
+      const message = "given more than once";
+      throw new ApiError(400, `Invalid query: "${key}" ${message}`, [{ path: key, message }]);
+    }
+    out[key] = value;
   }
   return out;
 }
