@@ -609,6 +609,8 @@ Deno.test("native: a batch join answers every entry, naming the room of each err
           { type: "join", room: "room:.." },
           'Invalid room "room:..": expected kind:id, e.g. ticket:1',
         ],
+        [{ type: "join", rooms: "room:a" }, '"rooms" must be a list of rooms or {room, since}'],
+        [{ type: 5 }, 'Field "type" must be a string'],
       ] as const
     ) {
       a.send(frame);

@@ -22,9 +22,10 @@ export function decodedLength(data: string, limit = 0): number {
   return Math.floor((data.replace(/\s+/g, "").length - pad) * 3 / 4);
 }
 
-/** Human-readable size in MiB, for error messages. */
+/** Human-readable size, for error messages: in MiB, or in KiB below a tenth of one. */
 function mib(bytes: number): string {
   const value = bytes / (1024 * 1024);
+  if (value < 0.1) return `${Math.round(bytes / 1024)} KiB`;
   return Number.isInteger(value) ? `${value} MiB` : `${value.toFixed(1)} MiB`;
 }
 

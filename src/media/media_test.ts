@@ -32,6 +32,11 @@ Deno.test("decodeAttachment() refuses oversize input before decoding and bad inp
   assertEquals(decodeAttachment("QUJD", 3), new TextEncoder().encode("ABC"));
   assertEquals(decodeAttachment("data:text/plain;base64,QUJD", 3), new TextEncoder().encode("ABC"));
   await assertRejects(() => decodeAttachment("QUJD", 2), /too large/);
+  // A small limit is told in KiB, not as "0.0 MiB".
+  await assertRejects(
+    () => decodeAttachment("QUJD".repeat(10_001), 30_000),
+    /the limit is 30000 bytes \(29 KiB\)$/,
+  );
   await assertRejects(() => decodeAttachment("QUJ*", 10), /not valid base64/);
   await assertRejects(() => decodeAttachment("QUJDR", 10), /not valid base64/);
   await assertRejects(() => decodeAttachment("data:text/plain,hello", 10), /not valid base64/);

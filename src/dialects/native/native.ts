@@ -431,6 +431,9 @@ class NativeSession implements SocketHandler {
     switch (record.type) {
       case "join": {
         // One room (`room`, `since`) or several (`rooms`: names or {room, since}).
+        if (record.rooms !== undefined && record.rooms !== null && !Array.isArray(record.rooms)) {
+          throw new ChatError("invalid_frame", '"rooms" must be a list of rooms or {room, since}');
+        }
         const list: unknown[] = Array.isArray(record.rooms)
           ? record.rooms
           : [{ room: record.room, since: record.since, epoch: record.epoch }];
@@ -572,7 +575,9 @@ class NativeSession implements SocketHandler {
           "invalid_frame",
           typeof record.type === "string"
             ? `Unknown type "${clip(record.type)}"`
-            : 'Field "type" is required',
+            : record.type === undefined || record.type === null
+            ? 'Field "type" is required'
+            : 'Field "type" must be a string',
         );
     }
   }
