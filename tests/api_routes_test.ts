@@ -643,7 +643,16 @@ apiTest(
 apiTest("healthz answers with KV and directory; metrics count API requests", async (s) => {
   const health = await fetch(`${s.url}/healthz`);
   assertEquals(health.status, 200);
-  assertEquals((await health.json()).status, "ok");
+  const healthText = await health.text();
+  assertEquals(JSON.parse(healthText).status, "ok");
+  // HEAD says the length the GET has, not 0.
+  for (const path of ["/healthz", "/api/openapi.json"]) {
+    const bytes = (await (await fetch(`${s.url}${path}`)).arrayBuffer()).byteLength;
+    const head = await fetch(`${s.url}${path}`, { method: "HEAD" });
+    assert(bytes > 0, path);
+    assertEquals(Number(head.headers.get("content-length")), bytes, path);
+  }
+
   await s.api("GET", "/api/users/none");
   await s.api("GET", "/api/users/none", { token: null });
   // Made-up methods share one series: the label must not grow with what clients send.

@@ -124,6 +124,17 @@ export function renderMetrics(metrics: Metrics, hub: Hub, frames?: FrameBudget):
 /** Builds the Hono app for everything that is not a socket. */
 export function createHttpApp(deps: HttpDeps): Hono {
   const app = new Hono();
+  // Hono answers HEAD with the GET's headers and no body, which Deno sends as Content-Length 0:
+  // the GET's length is what HEAD is asked for. Media responses state theirs already.
+  app.use("*", async (c, next) => {
+    await next();
+    if (c.req.raw.method !== "HEAD" || c.res.headers.has("content-length") || !c.res.body) return;
+    const body = await c.res.arrayBuffer();
+    const res = new Response(body, c.res);
+    res.headers.set("content-length", String(body.byteLength));
+    c.res = undefined;
+    c.res = res;
+  });
   app.get("/healthz", async (c) => {
     try {
       await deps.healthCheck();
