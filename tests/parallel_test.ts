@@ -1,7 +1,7 @@
 /** Fan-out across the isolates of `deno serve --parallel`, the local model of a multi-isolate deployment. */
 
-import { assert, assertEquals } from "./assert.ts";
-import { freePort, TEST_SECRET, TestClient } from "./helpers.ts";
+import { assert, assertEquals, within } from "./assert.ts";
+import { adminCall, freePort, TEST_SECRET, TestClient } from "./helpers.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 
 /** Runs `deno serve --parallel` on serve.ts with two isolates. */
@@ -164,6 +164,38 @@ Deno.test("parallel: Socket.IO clients on polling and websocket work with no sti
     }
   } finally {
     for (const c of clients) c.disconnect();
+    await server.close();
+  }
+});
+
+Deno.test("parallel: a demoted admin and the claim holders of a room the directory takes over are closed on every isolate", async () => {
+  const admin = "a-long-enough-admin-token-for-tests";
+  const server = await startParallelServer({ ADMIN_TOKEN: admin });
+  const clients: TestClient[] = [];
+  try {
+    const api = (method: string, path: string, json: unknown) =>
+      adminCall(server.url, admin, method, path, json);
+    assertEquals(await api("PUT", "/api/users/20", { role: "admin" }), 200);
+    const byRole = await signDevToken(TEST_SECRET, { sub: "20" });
+    const byClaim = await signDevToken(TEST_SECRET, { sub: "30", rooms: ["ticket:6"] });
+    // Alternating, until both isolates hold sockets of each kind (connections land at random).
+    let isolates = new Map<string, number>();
+    while (clients.length < 12 || [...isolates.values()].some((n) => n < 2)) {
+      assert(clients.length < 60, `connections per isolate: ${JSON.stringify([...isolates])}`);
+      const even = clients.length % 2 === 0;
+      clients.push(
+        await TestClient.open(
+          `${server.wsUrl}/ws/ticket/${even ? 5 : 6}/?token=${even ? byRole : byClaim}`,
+        ),
+      );
+      if (clients.length >= 12) isolates = await server.isolates();
+    }
+    assertEquals(await api("PUT", "/api/users/20", { role: null }), 200);
+    assertEquals(await api("PUT", "/api/rooms/ticket/6", { participants: [] }), 201);
+    const closes = await within(Promise.all(clients.map((c) => c.closed)), "every close");
+    assertEquals(new Set(closes.map((c) => c.code)), new Set([4003]));
+  } finally {
+    for (const c of clients) await c.close();
     await server.close();
   }
 });
