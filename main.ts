@@ -221,12 +221,20 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       hub.committed(message);
     },
     publish(event: RoomEvent): void {
-      hub.publish(event);
       if (isEviction(event)) {
-        roomEvents.publish(event).catch((err) =>
-          console.error("room events: telling the other processes failed:", err)
-        );
-      } else if (isSignal(event) && registry.elsewhere > 0) {
+        // The other processes are told even when this one's channel refused it (the hub throws
+        // so that the caller knows): a retry of the request may find nothing left to publish.
+        try {
+          hub.publish(event);
+        } finally {
+          roomEvents.publish(event).catch((err) =>
+            console.error("room events: telling the other processes failed:", err)
+          );
+        }
+        return;
+      }
+      hub.publish(event);
+      if (isSignal(event) && registry.elsewhere > 0) {
         signals.publish(event).catch((err) =>
           console.error("room signals: telling the other processes failed:", err)
         );

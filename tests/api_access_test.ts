@@ -554,6 +554,45 @@ apiTest(
   },
 );
 
+apiTest(
+  "socket.io: a recheck takes out only the sockets whose token it refuses, not the user's others",
+  async (s) => {
+    await s.api("PUT", "/api/users/20", { json: { role: "admin" } });
+    await s.api("PUT", "/api/rooms/ticket/1", { json: {} });
+    // The same user twice: admin by the directory's role, and by the token's own.
+    const sockets = await Promise.all([{ sub: "20" }, { sub: "20", role: "admin" }].map(
+      async (claims) => {
+        const sio = connect(s.url, {
+          forceNew: true,
+          transports: ["websocket"],
+          auth: { token: await s.token(claims) },
+        });
+        await within(new Promise((r) => sio.once("authenticated", r)), "authenticated");
+        sio.emit("join_ticket", { ticketId: "1" });
+        await within(new Promise((r) => sio.once("joined_ticket", r)), "joined_ticket");
+        return sio;
+      },
+    ));
+    const [byDirectory, byToken] = sockets;
+    const heard: string[] = [];
+    byToken.on("new_message", ({ data }: { data: Json }) => heard.push(data.message as string));
+    const refused: unknown[] = [];
+    byToken.on("join_ticket_error", (e: unknown) => refused.push(e));
+    try {
+      const out = new Promise((r) => byDirectory.once("join_ticket_error", r));
+      await s.api("PUT", "/api/users/20", { json: { role: null } });
+      assertEquals(await within(out, "join_ticket_error"), {
+        message: "Access denied to this ticket",
+      });
+      await s.api("POST", "/api/rooms/ticket/1/messages", { json: { body: "still here" } });
+      await eventually(() => heard.includes("still here"));
+      assertEquals(refused, []);
+    } finally {
+      for (const sio of sockets) sio.disconnect();
+    }
+  },
+);
+
 apiTest("deleting a user closes their sockets in the rooms they owned", async (s) => {
   await s.api("PUT", "/api/users/40", { json: { username: "owner" } });
   await s.api("PUT", "/api/rooms/ticket/40", { json: { owner_id: "40" } });

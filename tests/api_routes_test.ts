@@ -97,6 +97,17 @@ apiTest(
 );
 
 apiTest(
+  "admin API: PUBLIC_URL alone does not narrow CORS",
+  async (s) => {
+    const res = await s.api("GET", "/api/users/none", {
+      headers: { origin: "https://app.example" },
+    });
+    assertEquals(res.headers.get("access-control-allow-origin"), "*");
+  },
+  { PUBLIC_URL: "https://chat.example" },
+);
+
+apiTest(
   "admin API: with ALLOWED_ORIGINS, only those origins get CORS headers",
   async (s) => {
     for (
@@ -291,6 +302,7 @@ apiTest("rooms: create, update, participants, list by kind, delete, and bad inpu
       ["GET", `/api/users/${"x".repeat(257)}`, undefined],
       ["DELETE", "/api/users/a%7Fb", undefined],
       ["PUT", "/api/users/%207", {}],
+      ["PUT", "/api/users/a%E2%80%A8b%20", {}],
       ["PUT", "/api/rooms/ticket/1", { participants: [{ user_id: "7 " }] }],
       ["GET", "/api/rooms/ticket/1/messages?limit=x", undefined],
       ["POST", "/api/rooms/ticket/no%20such/messages", { body: "x" }],

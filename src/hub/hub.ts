@@ -26,9 +26,10 @@ export interface Member {
   send(frame: string): void;
   /**
    * Called when the room is closed or the member's access is revoked; a member that stands for
-   * sockets of several users (one with `deliver`) gets every revocation and picks its sockets.
+   * sockets of several users (one with `deliver`) gets every revocation and picks its sockets:
+   * the user's, or with `principal` (a recheck refused that one), only those signed in by it.
    */
-  evict(event: RoomEvent & { type: "closed" | "revoked" }): void;
+  evict(event: RoomEvent & { type: "closed" | "revoked" }, principal?: Principal): void;
   /**
    * Takes the event itself instead of `render` + `send`: for a member that stands for many
    * sockets and fans out further (the Socket.IO bridge encodes once for all its sockets).
@@ -152,6 +153,8 @@ export class Hub {
   #catchUpDelayMs: number;
   #access?: (user: Principal, room: string) => Promise<boolean>;
   #unsubscribeEveryRoom: () => void;
+  /** The rechecks under way, one after another. */
+  #rechecks: Promise<void> = Promise.resolve();
   /** Delivery counters. */
   readonly stats: HubStats = {
     gapFills: 0,
@@ -308,9 +311,7 @@ export class Hub {
 
   #fanout(state: RoomState, event: RoomEvent): void {
     if (event.type === "recheck") {
-      this.#recheck(state, event.room, event.userId).catch((err) =>
-        console.error("hub: recheck failed:", err)
-      );
+      this.#recheck([[event.room, state]], event.userId);
       return;
     }
     if (event.type === "closed" || event.type === "revoked") {
@@ -537,51 +538,50 @@ export class Hub {
   }
 
   /**
-   * Evicts the members (only `userId`'s, when given) whose access is now refused. One whose
-   * check fails stays (its next send checks again): a directory hiccup must not throw a room's
-   * rightful members out.
+   * Evicts the members (only `userId`'s, when given) of `rooms` whose access is now refused.
+   * Rechecks run one after another, so that all of them together make at most
+   * {@link RECHECKS_AT_ONCE} checks at a time. One whose check fails stays (its next send checks
+   * again): a directory hiccup must not throw a room's rightful members out.
    */
-  async #recheck(state: RoomState, room: string, userId?: UserId): Promise<void> {
+  #recheck(rooms: [string, RoomState][], userId?: UserId): void {
     const access = this.#access;
     if (!access) return;
-    const checks: { member: Member; user: Principal }[] = [];
-    for (const member of state.members) {
-      for (const user of member.deliver ? member.principals?.() ?? [] : [member.user]) {
-        if (userId === undefined || String(user.id) === String(userId)) {
-          checks.push({ member, user });
+    const checks: { room: string; state: RoomState; member: Member; user: Principal }[] = [];
+    for (const [room, state] of rooms) {
+      for (const member of state.members) {
+        for (const user of member.deliver ? member.principals?.() ?? [] : [member.user]) {
+          if (userId === undefined || String(user.id) === String(userId)) {
+            checks.push({ room, state, member, user });
+          }
         }
       }
     }
-    for (let i = 0; i < checks.length; i += RECHECKS_AT_ONCE) {
-      await Promise.all(
-        checks.slice(i, i + RECHECKS_AT_ONCE).map(async ({ member, user }) => {
-          try {
-            if (await access(user, room)) return;
-          } catch (err) {
-            console.error("hub: checking a member's access again failed:", err);
-            return;
-          }
-          if (!state.members.has(member)) return; // left meanwhile
-
-          try {
-            member.evict({ type: "revoked", room, userId: user.id });
-          } catch (err) {
-            console.error("hub: evicting a member failed:", err);
-          }
-        }),
-      );
-    }
+    if (checks.length === 0) return;
+    const check = async ({ room, state, member, user }: (typeof checks)[number]) => {
+      try {
+        if (await access(user, room)) return;
+      } catch (err) {
+        console.error("hub: checking a member's access again failed:", err);
+        return;
+      }
+      if (!state.members.has(member)) return; // left meanwhile
+      try {
+        member.evict({ type: "revoked", room, userId: user.id }, user);
+      } catch (err) {
+        console.error("hub: evicting a member failed:", err);
+      }
+    };
+    this.#rechecks = this.#rechecks.then(async () => {
+      for (let i = 0; i < checks.length; i += RECHECKS_AT_ONCE) {
+        await Promise.all(checks.slice(i, i + RECHECKS_AT_ONCE).map(check));
+      }
+    }).catch((err) => console.error("hub: recheck failed:", err));
   }
 
   /** Hands an event that arrived by another route (a KV watch) to the room, if it has members. */
   receive(event: RoomEvent): void {
     if (event.room === EVERY_ROOM) {
-      if (event.type !== "recheck") return;
-      for (const [room, state] of this.#rooms) {
-        this.#recheck(state, room, event.userId).catch((err) =>
-          console.error("hub: recheck failed:", err)
-        );
-      }
+      if (event.type === "recheck") this.#recheck([...this.#rooms], event.userId);
       return;
     }
     const state = this.#rooms.get(event.room);

@@ -609,3 +609,37 @@ Deno.test("Hub's recheck of one user in every room reaches the other hubs and ch
     kv.close();
   }
 });
+
+Deno.test("Hub's rechecks of one user in many rooms make at most 16 access checks at a time, all together", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  let running = 0;
+  let peak = 0;
+  const hub = new Hub(store, new MemoryBroker(new MemoryBus()), {
+    access: async () => {
+      peak = Math.max(peak, ++running);
+      await new Promise((r) => setTimeout(r, 1));
+      running--;
+      return false;
+    },
+  });
+  let evicted = 0;
+  try {
+    for (let i = 0; i < 200; i++) {
+      await hub.join(`r${i}`, {
+        ...recorder(),
+        user: { id: 7, username: "7", grants: [] },
+        evict: () => void evicted++,
+      });
+    }
+    // Two events at once: the second waits for the first.
+    hub.publish({ type: "recheck", room: "*", userId: 7 });
+    hub.publish({ type: "recheck", room: "*", userId: "7" });
+    const deadline = Date.now() + 5000;
+    while (evicted < 200 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    assertEquals([evicted >= 200, peak], [true, 16]);
+  } finally {
+    hub.close();
+    kv.close();
+  }
+});

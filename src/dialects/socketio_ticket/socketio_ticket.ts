@@ -302,10 +302,12 @@ export function createSocketIoTicketChat(
           if (user) yield user;
         }
       },
-      evict(event) {
-        for (const socket of nsp.rooms.get(name) ?? []) {
+      evict(event, principal) {
+        for (const socket of [...nsp.rooms.get(name) ?? []]) {
           const s = state(socket);
           if (event.type === "revoked" && String(s.user?.id) !== String(event.userId)) continue;
+          // A recheck refused one token: the user's other sockets may hold a better one.
+          if (principal && s.user !== principal) continue;
           leaveTicket(socket, ticketId);
           socket.emit("join_ticket_error", {
             message: event.type === "closed"

@@ -20,11 +20,12 @@ export function createApi(deps: ApiDeps): Hono {
   const app = new Hono();
   // Pages on other origins may call the API (the browser client's uploads): it takes only an
   // Authorization header, never a cookie, so a page can act only with a token it was given.
-  const origins = cookieOrigins(deps.config);
+  // ALLOWED_ORIGINS narrows it as it does the sockets; PUBLIC_URL alone does not.
+  const origins = deps.config.allowedOrigins;
   app.use(
     "/api/*",
     cors({
-      origin: origins.length > 0 ? origins : "*",
+      origin: origins.length > 0 ? cookieOrigins(deps.config) : "*",
       allowMethods: ["GET", "HEAD", "PUT", "POST", "DELETE"],
       allowHeaders: ["authorization", "content-type"],
       exposeHeaders: ["retry-after", "allow"],

@@ -255,7 +255,8 @@ export const API_ROUTES: ApiRoute[] = [
         role: body.role,
         userType: body.user_type,
       });
-      if (before?.role && before.role !== user.role) recheckUser(deps, params.id);
+      // Also when the role stays: a retry of a request whose recheck failed must send it again.
+      if (before?.role) recheckUser(deps, params.id);
       return { status: 200, body: userBody(user) };
     },
   }),
@@ -290,11 +291,11 @@ export const API_ROUTES: ApiRoute[] = [
       // between was deleted without its sockets being closed.
       const stored = await deps.directory.getUser(params.id);
       const { existed, rooms } = await deps.directory.deleteUser(params.id);
-      if (stored?.role) recheckUser(deps, params.id);
       // Every room is tried: the deletion is committed, so a retry would find none of them.
-      const failures = (await Promise.allSettled(
-        rooms.map((room) => revokeLost(deps, room.kind, room.id, [params.id])),
-      )).filter((r): r is PromiseRejectedResult => r.status === "rejected");
+      const failures = (await Promise.allSettled([
+        ...(stored?.role ? [(async () => recheckUser(deps, params.id))()] : []),
+        ...rooms.map((room) => revokeLost(deps, room.kind, room.id, [params.id])),
+      ])).filter((r): r is PromiseRejectedResult => r.status === "rejected");
       if (failures.length > 0) throw failures[0].reason;
       if (!existed) throw new ApiError(404, `User "${params.id}" not found`);
       return { status: 204 };
@@ -357,9 +358,11 @@ export const API_ROUTES: ApiRoute[] = [
         { kind, id, title: body.title, ownerId: body.owner_id },
         body.participants?.map((p) => ({ userId: p.user_id, role: p.role ?? "member" })),
       );
+      // Every member is checked again: a save can shut out more than the participants it drops
+      // (token claims, when it creates the room; the previous owner), and a retry of one whose
+      // publish failed finds nothing created or replaced any more.
+      deps.events.publish({ type: "recheck", room: roomKeyOf(kind, id) });
       if (replaced.length > 0) await revokeLost(deps, kind, id, replaced);
-      // Token claims opened the room until now; the directory alone decides from here on.
-      if (created) deps.events.publish({ type: "recheck", room: roomKeyOf(kind, id) });
       const participants = await deps.directory.listParticipants(kind, id);
       return { status: created ? 201 : 200, body: roomBody(room, participants) };
     },

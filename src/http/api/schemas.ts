@@ -32,7 +32,7 @@ export const RoomId = z.string().regex(
 export const UserId = z.string().min(1).max(256).regex(
   // A token's subject is trimmed: an id with spaces at an end could never sign in.
   // deno-lint-ignore no-control-regex
-  /^(?!\s)(?!.*\s$)[^\u0000-\u001f\u007f]+$/,
+  /^(?!\s)(?![\s\S]*\s$)[^\u0000-\u001f\u007f]+$/,
   "expected no control characters and no space at either end",
 ).describe("User id as text (the token's sub, user_id or id)");
 
