@@ -14,6 +14,11 @@ export function roleGrantsAccess(user: Principal, room: string): boolean {
   return user.role === "support" && room.startsWith("support-chat:");
 }
 
+/** True for the roles that open rooms by themselves (see {@link roleGrantsAccess}). */
+export function roleOpensRooms(role: string | null | undefined): boolean {
+  return isAdminRole(role ?? undefined) || role === "support";
+}
+
 /** The role rules, then the rooms the token's `rooms` claim lists. */
 export class ClaimsAccessPolicy implements AccessPolicy {
   /** True when the token's role or grants cover the room. */

@@ -3,6 +3,7 @@
 import { z } from "zod";
 import { isAdminRole, normalizeUserId } from "../../auth/principal.ts";
 import { storedRoleGrantsAccess } from "../../auth/directory_access.ts";
+import { roleOpensRooms } from "../../auth/access.ts";
 import type { SendInput } from "../../core/chat_service.ts";
 import type { DirectoryRoom, DirectoryUser, Participant } from "../../core/directory.ts";
 import { ChatError, type ChatErrorCode, rateLimited } from "../../core/errors.ts";
@@ -256,7 +257,8 @@ export const API_ROUTES: ApiRoute[] = [
         userType: body.user_type,
       });
       // Also when the role stays: a retry of a request whose recheck failed must send it again.
-      if (before?.role) recheckUser(deps, params.id);
+      // Other roles open nothing that a change could close.
+      if (roleOpensRooms(before?.role)) recheckUser(deps, params.id);
       return { status: 200, body: userBody(user) };
     },
   }),
@@ -293,7 +295,7 @@ export const API_ROUTES: ApiRoute[] = [
       const { existed, rooms } = await deps.directory.deleteUser(params.id);
       // Every room is tried: the deletion is committed, so a retry would find none of them.
       const failures = (await Promise.allSettled([
-        ...(stored?.role ? [(async () => recheckUser(deps, params.id))()] : []),
+        ...(roleOpensRooms(stored?.role) ? [(async () => recheckUser(deps, params.id))()] : []),
         ...rooms.map((room) => revokeLost(deps, room.kind, room.id, [params.id])),
       ])).filter((r): r is PromiseRejectedResult => r.status === "rejected");
       if (failures.length > 0) throw failures[0].reason;
