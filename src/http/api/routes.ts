@@ -295,7 +295,9 @@ export const API_ROUTES: ApiRoute[] = [
       const { existed, rooms } = await deps.directory.deleteUser(params.id);
       // Every room is tried: the deletion is committed, so a retry would find none of them.
       const failures = (await Promise.allSettled([
-        ...(roleOpensRooms(stored?.role) ? [(async () => recheckUser(deps, params.id))()] : []),
+        ...(roleOpensRooms(stored?.role)
+          ? [Promise.resolve().then(() => recheckUser(deps, params.id))]
+          : []),
         ...rooms.map((room) => revokeLost(deps, room.kind, room.id, [params.id])),
       ])).filter((r): r is PromiseRejectedResult => r.status === "rejected");
       if (failures.length > 0) throw failures[0].reason;
