@@ -580,6 +580,15 @@ Deno.test("native: a batch join answers every entry, naming the room of each err
       a.send({ type: "send", room: "chat:1", body: "with a bad file", ...fields });
       assertEquals(await a.next(), { type: "error", code: "invalid_frame", message });
     }
+    // A name with nothing to show is no name, as a blank one is.
+    for (const name of ["  ", "/", "\u0000\u202e", "dir/\u200f"]) {
+      a.send({ type: "send", room: "chat:1", files: [{ name, data: "QUJD" }] });
+      assertEquals(await a.next(), {
+        type: "error",
+        code: "filename_required",
+        message: "Filename is required with a file",
+      });
+    }
     a.send({ type: "typing", room: "chat:1", is_typing: "no" });
     assertEquals(await a.next(), {
       type: "error",

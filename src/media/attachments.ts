@@ -4,7 +4,7 @@ import { ChatError } from "../core/errors.ts";
 import { objectId } from "../core/ids.ts";
 import type { Attachment, AttachmentStore, FileInput, MediaStore } from "../core/types.ts";
 import { decodeAttachmentChunks } from "./base64.ts";
-import { displayFilename, safeFilename } from "./filename.ts";
+import { displayFilename, safeFilename, shownPart } from "./filename.ts";
 import { detectMime } from "./mime.ts";
 
 /**
@@ -60,7 +60,10 @@ export class MediaAttachmentStore implements AttachmentStore {
   ): Promise<Attachment[]> {
     const prepared = files.map((file) => {
       const name = file.name?.trim();
-      if (!name) throw new ChatError("filename_required", "Filename is required with a file");
+      // A name with nothing showable (`/`, control characters alone) is no name either.
+      if (!name || !shownPart(name)) {
+        throw new ChatError("filename_required", "Filename is required with a file");
+      }
       if ([...name].length > MAX_FILENAME_CHARS) {
         throw new ChatError(
           "filename_too_long",

@@ -33,7 +33,12 @@ const UNSHOWABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u
  * control and bidirectional characters; its name on disk is {@link safeFilename}'s.
  */
 export function displayFilename(input: string): string {
-  return (input.split(/[\\/]/).pop() ?? "").replace(UNSHOWABLE, "").trim() || "file";
+  return shownPart(input) || "file";
+}
+
+/** What of a client's filename can be shown: its basename without unshowable characters. */
+export function shownPart(input: string): string {
+  return (input.split(/[\\/]/).pop() ?? "").replace(UNSHOWABLE, "").trim();
 }
 
 /**
