@@ -426,6 +426,8 @@ export class ChatClient {
   /** Gap fills, one history read at a time (see `#fillTurn`). */
   #fills: Promise<unknown> = Promise.resolve();
   #flushTimer?: ReturnType<typeof setTimeout>;
+  /** Rooms whose join is reading its first history page, by joins under way. */
+  #joining = new Map<string, number>();
 
   get #retryMs(): number {
     return this.#options.retryMs ?? DEFAULTS.retryMs;
@@ -537,7 +539,16 @@ export class ChatClient {
     if (!state) {
       let since = options.since;
       if (since === undefined && options.history) {
-        const page = await this.history(room, { limit: options.history });
+        // Sends to the room made meanwhile wait for its join instead of going out before it.
+        this.#joining.set(room, (this.#joining.get(room) ?? 0) + 1);
+        let page: HistoryPage;
+        try {
+          page = await this.history(room, { limit: options.history });
+        } finally {
+          const left = this.#joining.get(room)! - 1;
+          if (left > 0) this.#joining.set(room, left);
+          else this.#joining.delete(room);
+        }
         messages = page.messages;
         hasMore = page.has_more;
         since = page.last_seq ?? 0;
@@ -970,6 +981,7 @@ export class ChatClient {
       if (pending.sentOn === this.#generation) continue;
       const room = pending.needsRoom ? this.#rooms.get(pending.needsRoom) : undefined;
       if (room && room.joinSentOn !== this.#generation) continue;
+      if (!room && pending.needsRoom && this.#joining.has(pending.needsRoom)) continue;
       if (this.#write(pending.frame)) pending.sentOn = this.#generation;
     }
   }
@@ -1165,6 +1177,8 @@ export class ChatClient {
       room.waiters = [];
       for (const w of waiters) w.resolve(frame);
     });
+    // Requests the server refused for arriving before the join (`not_found`) go again now.
+    this.#flush();
   }
 
   #joinFailed(name: string, frame: Frame): void {

@@ -20,7 +20,7 @@ import {
   type UploadProgress,
 } from "../client/mod.ts";
 import { bundle, BUNDLES, ROOT } from "../web/build.ts";
-import { assert, assertEquals, assertRejects } from "./assert.ts";
+import { assert, assertEquals, assertRejects, within } from "./assert.ts";
 import {
   adminCall,
   eventually,
@@ -329,6 +329,34 @@ Deno.test("client: survives a server restart; sends made while it is down go out
   } finally {
     a.client.close();
     b.client.close();
+    await server.dispose();
+  }
+});
+
+Deno.test("client: a send made while its room's join is still reading history waits for the join, online and offline", async () => {
+  const server = await restartable();
+  const token = await signDevToken(TEST_SECRET, { sub: "1", rooms: ["chat:*"] });
+  const a = recorder({ url: server.url, token });
+  try {
+    await a.client.connect();
+    // Not awaited: the send is made while the join reads its history page.
+    const joined = a.client.join("chat:6", { history: 20 });
+    const sent = a.client.send("chat:6", { body: "right away" });
+    assertEquals((await within(sent, "the send's ack")).seq, 1);
+    await joined;
+    // The same with the server away: both go out once it is back, the join first.
+    await server.stop();
+    await eventually(() => a.client.state === "reconnecting");
+    const offJoin = a.client.join("chat:7", { history: 20 });
+    const offSend = a.client.send("chat:7", { body: "while down" });
+    await new Promise((r) => setTimeout(r, 300));
+    await server.start();
+    assertEquals((await within(offSend, "the offline send's ack")).seq, 1);
+    await offJoin;
+    const page = await a.client.history("chat:7");
+    assertEquals(page.messages.map((m) => m.body), ["while down"]);
+  } finally {
+    a.client.close();
     await server.dispose();
   }
 });

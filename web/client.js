@@ -84,6 +84,8 @@ var ChatClient = class {
   /** Gap fills, one history read at a time (see `#fillTurn`). */
   #fills = Promise.resolve();
   #flushTimer;
+  /** Rooms whose join is reading its first history page, by joins under way. */
+  #joining = /* @__PURE__ */ new Map();
   get #retryMs() {
     return this.#options.retryMs ?? DEFAULTS.retryMs;
   }
@@ -188,9 +190,17 @@ var ChatClient = class {
     if (!state) {
       let since = options.since;
       if (since === void 0 && options.history) {
-        const page = await this.history(room, {
-          limit: options.history
-        });
+        this.#joining.set(room, (this.#joining.get(room) ?? 0) + 1);
+        let page;
+        try {
+          page = await this.history(room, {
+            limit: options.history
+          });
+        } finally {
+          const left = this.#joining.get(room) - 1;
+          if (left > 0) this.#joining.set(room, left);
+          else this.#joining.delete(room);
+        }
         messages = page.messages;
         hasMore = page.has_more;
         since = page.last_seq ?? 0;
@@ -615,6 +625,7 @@ var ChatClient = class {
       if (pending.sentOn === this.#generation) continue;
       const room = pending.needsRoom ? this.#rooms.get(pending.needsRoom) : void 0;
       if (room && room.joinSentOn !== this.#generation) continue;
+      if (!room && pending.needsRoom && this.#joining.has(pending.needsRoom)) continue;
       if (this.#write(pending.frame)) pending.sentOn = this.#generation;
     }
   }
@@ -788,6 +799,7 @@ var ChatClient = class {
       room.waiters = [];
       for (const w of waiters) w.resolve(frame);
     });
+    this.#flush();
   }
   #joinFailed(name, frame) {
     const state = this.#rooms.get(name);
