@@ -15,7 +15,7 @@ import { loadConfig } from "../src/config.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 import type * as ClientModule from "../client/mod.ts";
 import type { PageDocument, PageImage, PageProgress } from "../web/dom.ts";
-import { assert, assertEquals } from "./assert.ts";
+import { assert, assertEquals, within } from "./assert.ts";
 import { freePort } from "./helpers.ts";
 
 // The functions handed to page.evaluate run in the page, where `document` exists.
@@ -443,6 +443,87 @@ Deno.test({
         ["joined_ticket", "12"],
         ["new_message", "12", "from a script tag"],
       ]);
+    } finally {
+      await context?.close().catch(() => {});
+      await server.close();
+      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+      await Deno.remove(profile, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
+  name: named(
+    "browser: a room with history opens with one read cursor, not one per message; a long name stays on screen; signing out clears the draft",
+  ),
+  ignore: skip,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    requireChromium();
+    const dataDir = await Deno.makeTempDir({ prefix: "chat-browser-reads-" });
+    const profile = await Deno.makeTempDir({ prefix: "chat-chromium-reads-" });
+    const port = freePort();
+    const url = `http://127.0.0.1:${port}/`;
+    const server = await serve(dataDir, port);
+    let context: BrowserContext | null = null;
+    try {
+      // 30 messages in the room before the page opens it (under the send limit's burst).
+      const minted = await fetch(`${url}dev/token`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ name: "Writer", rooms: [ROOM] }),
+      });
+      const { token } = await minted.json();
+      const ws = new WebSocket(`ws://127.0.0.1:${port}/ws?token=${token}`);
+      const acks = new Promise<void>((resolve) => {
+        let n = 0;
+        ws.onmessage = (e) => {
+          const frame = JSON.parse(e.data);
+          if (frame.type === "welcome") ws.send(JSON.stringify({ type: "join", room: ROOM }));
+          if (frame.type === "joined") {
+            for (let i = 1; i <= 30; i++) {
+              ws.send(JSON.stringify({ type: "send", room: ROOM, body: `m${i}` }));
+            }
+          }
+          if (frame.type === "error") console.error("writer:", frame);
+          if (frame.type === "ack" && ++n === 30) resolve();
+        };
+      });
+      await within(acks, "the writer's acks");
+      ws.close();
+
+      context = await chromium.launchPersistentContext(profile, {
+        executablePath: CHROMIUM,
+        headless: true,
+        args: FLAGS,
+        viewport: { width: 900, height: 700 },
+      });
+      context.setDefaultTimeout(10_000);
+      const page = context.pages()[0] ?? await context.newPage();
+      let reads = 0;
+      page.on("websocket", (socket) => {
+        socket.on("framesent", ({ payload }) => {
+          if (String(payload).includes('"type":"read"')) reads++;
+        });
+      });
+      await signIn(page, url, "W".repeat(64), ROOM);
+      await page.waitForSelector(`ol.message-list[data-room="${ROOM}"] li.msg:nth-child(30)`);
+      await new Promise((r) => setTimeout(r, 1000));
+      assert(reads >= 1 && reads <= 2, `${reads} read frames for opening a room`);
+      // The 64-character name neither widens the page nor pushes the status off it.
+      const layout = await page.evaluate(
+        // A string: web/dom.ts types only what the page's own code uses.
+        `({ width: Math.max(document.documentElement.scrollWidth,
+              document.querySelector(".topbar").scrollWidth),
+            status: document.getElementById("signout").getBoundingClientRect().right })`,
+      ) as { width: number; status: number };
+      assert(layout.width <= 900 && layout.status <= 900, JSON.stringify(layout));
+
+      await page.fill("#text", "a draft");
+      await page.click("#signout");
+      await signIn(page, url, "Dan", ROOM);
+      assertEquals(await page.inputValue("#text"), "");
     } finally {
       await context?.close().catch(() => {});
       await server.close();

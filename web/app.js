@@ -155,6 +155,8 @@ function stop() {
   client?.close();
   client = null;
   current = null;
+  ui.text.value = "";
+  ui.typing.textContent = "";
   views.clear();
   ui.lists.replaceChildren();
   ui.rooms.replaceChildren();
@@ -473,7 +475,16 @@ function resetRoom(name) {
   renderOlderButton();
 }
 function markRead(view) {
-  if (!client || view.name !== current || document.visibilityState !== "visible") return;
+  if (view.readDue !== void 0) return;
+  view.readDue = setTimeout(() => {
+    view.readDue = void 0;
+    sendRead(view);
+  }, READ_DELAY_MS);
+}
+var READ_DELAY_MS = 250;
+function sendRead(view) {
+  if (!client || views.get(view.name) !== view) return;
+  if (view.name !== current || document.visibilityState !== "visible") return;
   const seq = view.lastSeq;
   if (seq === void 0 || seq <= view.readSent) return;
   view.readSent = seq;

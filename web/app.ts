@@ -59,6 +59,8 @@ interface RoomView {
   /** Our messages not yet acknowledged, by client id. */
   pending: Map<string, PendingItem>;
   readSent: number;
+  /** Set while a read cursor is due to go out (see `markRead`). */
+  readDue?: ReturnType<typeof setTimeout>;
 }
 
 const $ = <T extends PageElement = PageElement>(id: string) => document.getElementById(id) as T;
@@ -216,6 +218,9 @@ function stop(): void {
   client?.close();
   client = null;
   current = null;
+  // The next user must not find the last one's draft.
+  ui.text.value = "";
+  ui.typing.textContent = "";
   views.clear();
   ui.lists.replaceChildren();
   ui.rooms.replaceChildren();
@@ -560,9 +565,24 @@ function resetRoom(name: string): void {
   renderOlderButton();
 }
 
-/** Our read cursor follows what is on screen: the current room, in a visible page. */
+/**
+ * Our read cursor follows what is on screen: the current room, in a visible page. One `read` per
+ * READ_DELAY_MS at most, with the newest seq then: a frame per message of a burst (or of the
+ * history a join shows) would trip the server's rate limit and hold up our own sends.
+ */
 function markRead(view: RoomView): void {
-  if (!client || view.name !== current || document.visibilityState !== "visible") return;
+  if (view.readDue !== undefined) return;
+  view.readDue = setTimeout(() => {
+    view.readDue = undefined;
+    sendRead(view);
+  }, READ_DELAY_MS);
+}
+
+const READ_DELAY_MS = 250;
+
+function sendRead(view: RoomView): void {
+  if (!client || views.get(view.name) !== view) return;
+  if (view.name !== current || document.visibilityState !== "visible") return;
   const seq = view.lastSeq;
   if (seq === undefined || seq <= view.readSent) return;
   view.readSent = seq;
