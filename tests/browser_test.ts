@@ -472,7 +472,7 @@ Deno.test({
       const minted = await fetch(`${url}dev/token`, {
         method: "POST",
         headers: { "content-type": "application/json" },
-        body: JSON.stringify({ name: "Writer", rooms: [ROOM] }),
+        body: JSON.stringify({ name: "Writer", rooms: [ROOM, "room:other"] }),
       });
       const { token } = await minted.json();
       const ws = new WebSocket(`ws://127.0.0.1:${port}/ws?token=${token}`);
@@ -480,14 +480,21 @@ Deno.test({
         let n = 0;
         ws.onmessage = (e) => {
           const frame = JSON.parse(e.data);
-          if (frame.type === "welcome") ws.send(JSON.stringify({ type: "join", room: ROOM }));
-          if (frame.type === "joined") {
+          if (frame.type === "welcome") {
+            ws.send(JSON.stringify({ type: "join", rooms: [ROOM, "room:other"] }));
+          }
+          if (frame.type === "joined" && frame.room === ROOM) {
             for (let i = 1; i <= 30; i++) {
               ws.send(JSON.stringify({ type: "send", room: ROOM, body: `m${i}` }));
             }
           }
+          if (frame.type === "joined" && frame.room === "room:other") {
+            for (let i = 1; i <= 3; i++) {
+              ws.send(JSON.stringify({ type: "send", room: "room:other", body: `o${i}` }));
+            }
+          }
           if (frame.type === "error") console.error("writer:", frame);
-          if (frame.type === "ack" && ++n === 30) resolve();
+          if (frame.type === "ack" && ++n === 33) resolve();
         };
       });
       await within(acks, "the writer's acks");
@@ -507,10 +514,16 @@ Deno.test({
           if (String(payload).includes('"type":"read"')) reads++;
         });
       });
-      await signIn(page, url, "W".repeat(64), ROOM);
+      await signIn(page, url, "W".repeat(64), `${ROOM}, room:other`);
       await page.waitForSelector(`ol.message-list[data-room="${ROOM}"] li.msg:nth-child(30)`);
+      await page.waitForSelector(`ol.message-list[data-room="room:other"] li.msg:nth-child(3)`, {
+        state: "attached",
+      });
       await new Promise((r) => setTimeout(r, 1000));
       assert(reads >= 1 && reads <= 2, `${reads} read frames for opening a room`);
+      // The other room's history is not news: no unread badge, none in the title.
+      assertEquals(await page.textContent('#rooms li[data-room="room:other"] .unread'), "");
+      assert(!(await page.title()).startsWith("("), await page.title());
       // The 64-character name neither widens the page nor pushes the status off it.
       const layout = await page.evaluate(
         // A string: web/dom.ts types only what the page's own code uses.

@@ -245,7 +245,8 @@ function addRoom(name) {
     unread: 0,
     reads: /* @__PURE__ */ new Map(),
     pending: /* @__PURE__ */ new Map(),
-    readSent: 0
+    readSent: 0,
+    joined: false
   };
   views.set(name, view);
   renderUnread(view);
@@ -254,6 +255,7 @@ function addRoom(name) {
     history: PAGE_SIZE
   }).then((joined) => {
     if (views.get(name) !== view) return;
+    view.joined = true;
     view.hasMore = joined.has_more;
     if (name === current) {
       renderOlderButton();
@@ -364,10 +366,11 @@ function onMessage(message) {
   view.rendered.set(message.seq, li);
   view.firstSeq = Math.min(view.firstSeq ?? message.seq, message.seq);
   view.lastSeq = Math.max(view.lastSeq ?? 0, message.seq);
-  if (message.room === current) {
-    if (nearBottom || isMe(message.sender)) scrollToBottom(true);
+  const seen = message.room === current && document.visibilityState === "visible";
+  if (message.room === current && (nearBottom || isMe(message.sender))) scrollToBottom(true);
+  if (seen) {
     markRead(view);
-  } else if (!isMe(message.sender)) {
+  } else if (!isMe(message.sender) && view.joined) {
     view.unread++;
     renderUnread(view);
   }
@@ -494,7 +497,10 @@ function sendRead(view) {
 }
 document.addEventListener("visibilitychange", () => {
   const view = current ? views.get(current) : void 0;
-  if (view) markRead(view);
+  if (!view || document.visibilityState !== "visible") return;
+  view.unread = 0;
+  renderUnread(view);
+  markRead(view);
 });
 ui.older.addEventListener("click", async () => {
   const view = current ? views.get(current) : void 0;

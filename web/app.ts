@@ -59,6 +59,8 @@ interface RoomView {
   /** Our messages not yet acknowledged, by client id. */
   pending: Map<string, PendingItem>;
   readSent: number;
+  /** True once the join is done: the history it shows is not news, what comes after is. */
+  joined: boolean;
   /** Set while a read cursor is due to go out (see `markRead`). */
   readDue?: ReturnType<typeof setTimeout>;
 }
@@ -319,12 +321,14 @@ function addRoom(name: string): void {
     reads: new Map(),
     pending: new Map(),
     readSent: 0,
+    joined: false,
   };
   views.set(name, view);
   renderUnread(view);
   const chat = client;
   chat.join(name, { history: PAGE_SIZE }).then((joined) => {
     if (views.get(name) !== view) return;
+    view.joined = true;
     view.hasMore = joined.has_more;
     if (name === current) {
       renderOlderButton();
@@ -451,10 +455,12 @@ function onMessage(message: ChatMessage): void {
   view.rendered.set(message.seq, li);
   view.firstSeq = Math.min(view.firstSeq ?? message.seq, message.seq);
   view.lastSeq = Math.max(view.lastSeq ?? 0, message.seq);
-  if (message.room === current) {
-    if (nearBottom || isMe(message.sender)) scrollToBottom(true);
+  const seen = message.room === current && document.visibilityState === "visible";
+  if (message.room === current && (nearBottom || isMe(message.sender))) scrollToBottom(true);
+  if (seen) {
     markRead(view);
-  } else if (!isMe(message.sender)) {
+  } else if (!isMe(message.sender) && view.joined) {
+    // History a join shows is not news; a hidden tab's current room is not seen.
     view.unread++;
     renderUnread(view);
   }
@@ -593,7 +599,11 @@ function sendRead(view: RoomView): void {
 
 document.addEventListener("visibilitychange", () => {
   const view = current ? views.get(current) : undefined;
-  if (view) markRead(view);
+  if (!view || document.visibilityState !== "visible") return;
+  // What came while the tab was hidden counted as unread (the title says so); now it is seen.
+  view.unread = 0;
+  renderUnread(view);
+  markRead(view);
 });
 
 ui.older.addEventListener("click", async () => {
