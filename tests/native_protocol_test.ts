@@ -574,7 +574,6 @@ Deno.test("native: a batch join answers every entry, naming the room of each err
       [{ files: "x" }, '"files" must be a list of {name, data}'],
       [{ files: ["x"] }, 'Each entry of "files" must be {name, data}'],
       [{ files: [{ name: "a.txt" }] }, 'Each file needs its base64 "data"'],
-      [{ files: [{ name: "a.txt", data: "" }] }, 'Each file needs its base64 "data"'],
     ];
     for (const [fields, message] of bad) {
       a.send({ type: "send", room: "chat:1", body: "with a bad file", ...fields });
@@ -975,6 +974,25 @@ Deno.test("native: a socket's first four rooms are written to directly, later on
     }
     await a.close();
     await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: an empty file is a file, stored and served with no bytes", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await connect(server);
+    await join(a, "chat:1");
+    a.send({ type: "send", room: "chat:1", files: [{ name: "empty.txt", data: "" }], ref: "e" });
+    const ack = await a.next((f) => f.ref === "e");
+    assertEquals(ack.type, "ack", JSON.stringify(ack));
+    const shown = await a.next((f) => f.type === "message");
+    const file = (shown.attachments as Frame[])[0];
+    assertEquals([file.name, file.size], ["empty.txt", 0]);
+    const served = await fetch(file.url as string);
+    assertEquals([served.status, (await served.arrayBuffer()).byteLength], [200, 0]);
+    await a.close();
   } finally {
     await server.close();
   }

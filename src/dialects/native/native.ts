@@ -135,7 +135,10 @@ function optionalFiles(record: Record<string, unknown>): { name?: string; data: 
     }
     const file = f as Record<string, unknown>;
     const data = optionalString(file, "data");
-    if (!data) throw new ChatError("invalid_frame", 'Each file needs its base64 "data"');
+    // "" is an empty file, which the upload route takes too.
+    if (data === undefined) {
+      throw new ChatError("invalid_frame", 'Each file needs its base64 "data"');
+    }
     return { name: optionalString(file, "name"), data };
   });
 }
