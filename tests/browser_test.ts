@@ -533,6 +533,34 @@ Deno.test({
       ) as { width: number; status: number };
       assert(layout.width <= 900 && layout.status <= 900, JSON.stringify(layout));
 
+      // On a phone's width the rooms are still there to switch between and to join.
+      await page.setViewportSize({ width: 400, height: 700 });
+      await page.click('#rooms li[data-room="room:other"]', { timeout: 3000 });
+      await page.waitForSelector('#rooms li.current[data-room="room:other"]');
+      assert(await page.isVisible("#add-room-input"), "no way to join a room at 400 px");
+      await page.setViewportSize({ width: 900, height: 700 });
+
+      // A file picked while another is going goes after it, not past it.
+      await page.setInputFiles("#file", {
+        name: "big.bin",
+        mimeType: "application/octet-stream",
+        buffer: Buffer.from(new Uint8Array(3 * 1024 * 1024)),
+      });
+      await page.setInputFiles("#file", {
+        name: "small.txt",
+        mimeType: "text/plain",
+        buffer: Buffer.from("small"),
+      });
+      const files = 'ol.message-list[data-room="room:other"] li.msg:not(.pending) a.file';
+      await page.waitForFunction((s) => document.querySelectorAll(s).length === 2, files);
+      assertEquals(
+        await page.$$eval(
+          files,
+          (links) => links.map((a) => a.querySelector(".file-name")?.textContent),
+        ),
+        ["big.bin", "small.txt"],
+      );
+
       await page.fill("#text", "a draft");
       await page.click("#signout");
       await signIn(page, url, "Dan", ROOM);

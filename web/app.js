@@ -566,8 +566,14 @@ ui.text.addEventListener("input", () => {
   if (!current || !client) return;
   client.typing(current, ui.text.value.trim() !== "");
 });
-async function sendFiles(files) {
-  const view = current ? views.get(current) : void 0;
+var uploads = Promise.resolve();
+function sendFiles(files) {
+  const room = current;
+  if (!room || !client) return;
+  uploads = uploads.then(() => upload(room, files));
+}
+async function upload(room, files) {
+  const view = views.get(room);
   if (!view || !client) return;
   for (const file of files) {
     ui.upload.hidden = false;

@@ -677,8 +677,17 @@ ui.text.addEventListener("input", () => {
   client.typing(current, ui.text.value.trim() !== "");
 });
 
-async function sendFiles(files: File[]): Promise<void> {
-  const view = current ? views.get(current) : undefined;
+/** Uploads one after another: files picked while others go share the one progress bar. */
+let uploads: Promise<void> = Promise.resolve();
+
+function sendFiles(files: File[]): void {
+  const room = current;
+  if (!room || !client) return;
+  uploads = uploads.then(() => upload(room, files));
+}
+
+async function upload(room: string, files: File[]): Promise<void> {
+  const view = views.get(room);
   if (!view || !client) return;
   for (const file of files) {
     ui.upload.hidden = false;
