@@ -560,6 +560,15 @@ Deno.test({
         ),
         ["big.bin", "small.txt"],
       );
+      // Named like an image but not one: shown as the file's link, not a broken picture.
+      await page.setInputFiles("#file", {
+        name: "fake.png",
+        mimeType: "image/png",
+        buffer: Buffer.from("not an image"),
+      });
+      await page.waitForSelector(
+        'ol.message-list[data-room="room:other"] a.file .file-name:text("fake.png")',
+      );
 
       await page.fill("#text", "a draft");
       await page.click("#signout");

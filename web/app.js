@@ -406,10 +406,10 @@ function renderMessage(message) {
         img.addEventListener("load", () => {
           if (message.room === current && isNearBottom(240)) scrollToBottom(true);
         });
+        img.addEventListener("error", () => link.replaceChildren(...fileLabel(a)));
         link.append(img);
       } else {
-        const ext = a.name.includes(".") ? a.name.split(".").pop().slice(0, 4) : "file";
-        link.append(el("span", "file-ext", ext.toUpperCase()), el("span", "file-name", a.name), el("span", "file-size", formatBytes(a.size)));
+        link.append(...fileLabel(a));
       }
       files.append(link);
     }
@@ -417,6 +417,14 @@ function renderMessage(message) {
   }
   li.append(el("div", "receipts"));
   return li;
+}
+function fileLabel(a) {
+  const ext = a.name.includes(".") ? a.name.split(".").pop().slice(0, 4) : "file";
+  return [
+    el("span", "file-ext", ext.toUpperCase()),
+    el("span", "file-name", a.name),
+    el("span", "file-size", formatBytes(a.size))
+  ];
 }
 function renderPending(view, clientId, text) {
   const li = el("li", "msg mine pending");

@@ -498,14 +498,11 @@ function renderMessage(message: ChatMessage): PageElement {
         img.addEventListener("load", () => {
           if (message.room === current && isNearBottom(240)) scrollToBottom(true);
         });
+        // Named like an image but not one: the file's link instead of a broken picture.
+        img.addEventListener("error", () => link.replaceChildren(...fileLabel(a)));
         link.append(img);
       } else {
-        const ext = a.name.includes(".") ? a.name.split(".").pop()!.slice(0, 4) : "file";
-        link.append(
-          el("span", "file-ext", ext.toUpperCase()),
-          el("span", "file-name", a.name),
-          el("span", "file-size", formatBytes(a.size)),
-        );
+        link.append(...fileLabel(a));
       }
       files.append(link);
     }
@@ -513,6 +510,16 @@ function renderMessage(message: ChatMessage): PageElement {
   }
   li.append(el("div", "receipts"));
   return li;
+}
+
+/** A file's extension, name and size, as a link shows them. */
+function fileLabel(a: { name: string; size: number }): PageElement[] {
+  const ext = a.name.includes(".") ? a.name.split(".").pop()!.slice(0, 4) : "file";
+  return [
+    el("span", "file-ext", ext.toUpperCase()),
+    el("span", "file-name", a.name),
+    el("span", "file-size", formatBytes(a.size)),
+  ];
 }
 
 function renderPending(view: RoomView, clientId: string, text: string): PageElement {
