@@ -428,6 +428,8 @@ export class ChatClient {
   #flushTimer?: ReturnType<typeof setTimeout>;
   /** Rooms whose join is reading its first history page, by joins under way. */
   #joining = new Map<string, number>();
+  /** Rooms left while their join read its history page. */
+  #leftWhileJoining = new Set<string>();
 
   get #retryMs(): number {
     return this.#options.retryMs ?? DEFAULTS.retryMs;
@@ -544,11 +546,17 @@ export class ChatClient {
         let page: HistoryPage;
         try {
           page = await this.history(room, { limit: options.history });
-        } finally {
-          const left = this.#joining.get(room)! - 1;
-          if (left > 0) this.#joining.set(room, left);
-          else this.#joining.delete(room);
+        } catch (err) {
+          // What waited for this join goes now, to be refused by the server.
+          this.#doneJoining(room, true);
+          throw err;
         }
+        if (this.#leftWhileJoining.has(room) && !this.#rooms.has(room)) {
+          this.#doneJoining(room, true);
+          throw new ChatError("left", `Left room "${room}"`);
+        }
+        // No flush: the join below goes out first, and its own flush sends what waited.
+        this.#doneJoining(room, false);
         messages = page.messages;
         hasMore = page.has_more;
         since = page.last_seq ?? 0;
@@ -574,8 +582,19 @@ export class ChatClient {
   }
 
   /** Leaves a room: no more messages, presence or typing from it. */
+  /** Ends one join's history phase; `flush` sends what waited when no other join of it is left. */
+  #doneJoining(room: string, flush: boolean): void {
+    const left = this.#joining.get(room)! - 1;
+    if (left > 0) return void this.#joining.set(room, left);
+    this.#joining.delete(room);
+    this.#leftWhileJoining.delete(room);
+    if (flush) this.#flush();
+  }
+
   async leave(room: string): Promise<void> {
     const state = this.#rooms.get(room);
+    // A join still reading its history page ends there instead of joining after the leave.
+    if (!state && this.#joining.has(room)) this.#leftWhileJoining.add(room);
     if (!state) return;
     this.#clearTypers(room, state);
     this.#rooms.delete(room);

@@ -361,6 +361,30 @@ Deno.test("client: a send made while its room's join is still reading history wa
   }
 });
 
+Deno.test("client: sends held for a join whose history read fails are refused at once; a leave during that read ends the join", async () => {
+  const server = await startTestServer();
+  const a = await userClient(server, "1", { rooms: ["chat:*"] });
+  try {
+    await a.client.connect();
+    const refusedJoin = a.client.join("ticket:9", { history: 20 });
+    const held = a.client.send("ticket:9", { body: "never" });
+    assertEquals((await assertRejects(() => refusedJoin) as ChatError).code, "forbidden");
+    assertEquals(
+      (await within(assertRejects(() => held), "the held send's refusal") as ChatError)
+        .code,
+      "not_found",
+    );
+    // Left while the join read its history: not joined afterwards.
+    const joining = a.client.join("chat:2", { history: 20 });
+    await a.client.leave("chat:2");
+    assertEquals((await assertRejects(() => joining) as ChatError).code, "left");
+    assertEquals(a.client.rooms(), []);
+  } finally {
+    a.client.close();
+    await server.close();
+  }
+});
+
 Deno.test("client: a file sent over the upload route while the server is down goes out once it is back", async () => {
   const server = await restartable();
   const token = await signDevToken(TEST_SECRET, { sub: "1", rooms: ["chat:*"] });

@@ -86,6 +86,8 @@ var ChatClient = class {
   #flushTimer;
   /** Rooms whose join is reading its first history page, by joins under way. */
   #joining = /* @__PURE__ */ new Map();
+  /** Rooms left while their join read its history page. */
+  #leftWhileJoining = /* @__PURE__ */ new Set();
   get #retryMs() {
     return this.#options.retryMs ?? DEFAULTS.retryMs;
   }
@@ -196,11 +198,15 @@ var ChatClient = class {
           page = await this.history(room, {
             limit: options.history
           });
-        } finally {
-          const left = this.#joining.get(room) - 1;
-          if (left > 0) this.#joining.set(room, left);
-          else this.#joining.delete(room);
+        } catch (err) {
+          this.#doneJoining(room, true);
+          throw err;
         }
+        if (this.#leftWhileJoining.has(room) && !this.#rooms.has(room)) {
+          this.#doneJoining(room, true);
+          throw new ChatError("left", `Left room "${room}"`);
+        }
+        this.#doneJoining(room, false);
         messages = page.messages;
         hasMore = page.has_more;
         since = page.last_seq ?? 0;
@@ -226,8 +232,17 @@ var ChatClient = class {
     };
   }
   /** Leaves a room: no more messages, presence or typing from it. */
+  /** Ends one join's history phase; `flush` sends what waited when no other join of it is left. */
+  #doneJoining(room, flush) {
+    const left = this.#joining.get(room) - 1;
+    if (left > 0) return void this.#joining.set(room, left);
+    this.#joining.delete(room);
+    this.#leftWhileJoining.delete(room);
+    if (flush) this.#flush();
+  }
   async leave(room) {
     const state = this.#rooms.get(room);
+    if (!state && this.#joining.has(room)) this.#leftWhileJoining.add(room);
     if (!state) return;
     this.#clearTypers(room, state);
     this.#rooms.delete(room);
