@@ -570,10 +570,37 @@ Deno.test({
         'ol.message-list[data-room="room:other"] a.file .file-name:text("fake.png")',
       );
 
+      // Files still queued at sign-out are not sent as the next user.
+      await page.click(`#rooms li[data-room="${ROOM}"]`);
+      await page.route("**/attachments", async (route) => {
+        await new Promise((r) => setTimeout(r, 1500));
+        await route.continue();
+      });
+      await page.setInputFiles("#file", {
+        name: "slow.bin",
+        mimeType: "application/octet-stream",
+        buffer: Buffer.from(new Uint8Array(1024 * 1024)),
+      });
+      await page.setInputFiles("#file", {
+        name: "secret.txt",
+        mimeType: "text/plain",
+        buffer: Buffer.from("secret"),
+      });
       await page.fill("#text", "a draft");
       await page.click("#signout");
-      await signIn(page, url, "Dan", ROOM);
+      // The same page, not reloaded: what the last user left behind is still in memory.
+      await page.fill("#signin-name", "Dan");
+      await page.fill("#signin-rooms", ROOM);
+      await page.click("#signin-submit");
+      await page.waitForSelector('#status[data-state="open"]');
       assertEquals(await page.inputValue("#text"), "");
+      assert(await page.isHidden("#upload"), "the last user's upload bar shows");
+      await new Promise((r) => setTimeout(r, 2500));
+      const sent = await page.$$eval(
+        `ol.message-list[data-room="${ROOM}"] li.msg:not(.pending) .file-name`,
+        (names) => names.map((n) => n.textContent),
+      );
+      assert(!sent.includes("secret.txt"), `sent after sign-out: ${JSON.stringify(sent)}`);
     } finally {
       await context?.close().catch(() => {});
       await server.close();

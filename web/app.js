@@ -152,6 +152,8 @@ ui.signout.addEventListener("click", () => {
   showSignIn();
 });
 function stop() {
+  for (const view of views.values()) readNow(view);
+  ui.upload.hidden = true;
   client?.close();
   client = null;
   current = null;
@@ -283,6 +285,8 @@ function dropRoom(name) {
   ][0] ?? null);
 }
 function selectRoom(name) {
+  const leaving = current ? views.get(current) : void 0;
+  if (leaving) readNow(leaving);
   current = name && views.has(name) ? name : null;
   for (const view of views.values()) {
     const on = view.name === current;
@@ -493,6 +497,12 @@ function markRead(view) {
   }, READ_DELAY_MS);
 }
 var READ_DELAY_MS = 250;
+function readNow(view) {
+  if (view.readDue === void 0) return;
+  clearTimeout(view.readDue);
+  view.readDue = void 0;
+  sendRead(view);
+}
 function sendRead(view) {
   if (!client || views.get(view.name) !== view) return;
   if (view.name !== current || document.visibilityState !== "visible") return;
@@ -577,30 +587,31 @@ ui.text.addEventListener("input", () => {
 var uploads = Promise.resolve();
 function sendFiles(files) {
   const room = current;
-  if (!room || !client) return;
-  uploads = uploads.then(() => upload(room, files));
+  const chat = client;
+  if (!room || !chat) return;
+  uploads = uploads.then(() => upload(chat, room, files));
 }
-async function upload(room, files) {
-  const view = views.get(room);
-  if (!view || !client) return;
+async function upload(chat, room, files) {
   for (const file of files) {
+    if (client !== chat || !views.has(room)) break;
     ui.upload.hidden = false;
     ui.uploadName.textContent = file.name;
     ui.uploadProgress.value = 0;
     ui.uploadPercent.textContent = "0%";
     try {
-      await client.sendFile(view.name, file, {
+      await chat.sendFile(room, file, {
         onProgress: ({ loaded, total }) => {
+          if (client !== chat) return;
           const share = total > 0 ? loaded / total : 1;
           ui.uploadProgress.value = share;
           ui.uploadPercent.textContent = `${Math.round(share * 100)}%`;
         }
       });
     } catch (err) {
-      showError(`${file.name} not sent: ${err.message}`);
+      if (client === chat) showError(`${file.name} not sent: ${err.message}`);
     }
   }
-  ui.upload.hidden = true;
+  if (client === chat) ui.upload.hidden = true;
 }
 ui.file.addEventListener("change", () => {
   const files = [

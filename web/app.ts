@@ -217,6 +217,8 @@ ui.signout.addEventListener("click", () => {
 // ---- connection ----
 
 function stop(): void {
+  for (const view of views.values()) readNow(view);
+  ui.upload.hidden = true;
   client?.close();
   client = null;
   current = null;
@@ -356,6 +358,9 @@ function dropRoom(name: string): void {
 }
 
 function selectRoom(name: string | null): void {
+  // A read due for the room being left goes now: it was on screen.
+  const leaving = current ? views.get(current) : undefined;
+  if (leaving) readNow(leaving);
   current = name && views.has(name) ? name : null;
   for (const view of views.values()) {
     const on = view.name === current;
@@ -593,6 +598,14 @@ function markRead(view: RoomView): void {
 
 const READ_DELAY_MS = 250;
 
+/** Sends a read that is due at once (the room is about to leave the screen). */
+function readNow(view: RoomView): void {
+  if (view.readDue === undefined) return;
+  clearTimeout(view.readDue);
+  view.readDue = undefined;
+  sendRead(view);
+}
+
 function sendRead(view: RoomView): void {
   if (!client || views.get(view.name) !== view) return;
   if (view.name !== current || document.visibilityState !== "visible") return;
@@ -689,31 +702,33 @@ let uploads: Promise<void> = Promise.resolve();
 
 function sendFiles(files: File[]): void {
   const room = current;
-  if (!room || !client) return;
-  uploads = uploads.then(() => upload(room, files));
+  const chat = client;
+  if (!room || !chat) return;
+  uploads = uploads.then(() => upload(chat, room, files));
 }
 
-async function upload(room: string, files: File[]): Promise<void> {
-  const view = views.get(room);
-  if (!view || !client) return;
+/** Sends `files` as `chat`'s user; files still queued when that user signs out are dropped. */
+async function upload(chat: ChatClient, room: string, files: File[]): Promise<void> {
   for (const file of files) {
+    if (client !== chat || !views.has(room)) break;
     ui.upload.hidden = false;
     ui.uploadName.textContent = file.name;
     ui.uploadProgress.value = 0;
     ui.uploadPercent.textContent = "0%";
     try {
-      await client.sendFile(view.name, file, {
+      await chat.sendFile(room, file, {
         onProgress: ({ loaded, total }) => {
+          if (client !== chat) return;
           const share = total > 0 ? loaded / total : 1;
           ui.uploadProgress.value = share;
           ui.uploadPercent.textContent = `${Math.round(share * 100)}%`;
         },
       });
     } catch (err) {
-      showError(`${file.name} not sent: ${(err as Error).message}`);
+      if (client === chat) showError(`${file.name} not sent: ${(err as Error).message}`);
     }
   }
-  ui.upload.hidden = true;
+  if (client === chat) ui.upload.hidden = true;
 }
 
 ui.file.addEventListener("change", () => {
