@@ -580,7 +580,7 @@ Deno.test("native: a batch join answers every entry, naming the room of each err
       assertEquals(await a.next(), { type: "error", code: "invalid_frame", message });
     }
     // A name with nothing to show is no name, as a blank one is.
-    for (const name of ["  ", "/", "\u0000\u202e", "dir/\u200f"]) {
+    for (const name of ["  ", "/", "\u0000\u202e", "dir/\u200f", "\u200b\u2060\ufeff"]) {
       a.send({ type: "send", room: "chat:1", files: [{ name, data: "QUJD" }] });
       assertEquals(await a.next(), {
         type: "error",

@@ -24,9 +24,13 @@ function truncateBytes(text: string, max: number): string {
   return out;
 }
 
-/** Control characters and bidirectional controls (which can make `x\u202Egpj.html` read as `xlmth.jpg`). */
+/**
+ * Control characters, bidirectional controls (which can make `x\u202Egpj.html` read as
+ * `xlmth.jpg`) and invisible spaces (zero-width space, word joiner, BOM).
+ */
 // deno-lint-ignore no-control-regex
-const UNSHOWABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+const UNSHOWABLE =
+  /[\u0000-\u001f\u007f-\u009f\u061c\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]/g;
 
 /**
  * The name a file is shown by (a message's `filename`): the client's basename as it was, but for
