@@ -28,8 +28,8 @@ function truncateBytes(text: string, max: number): string {
  * Control characters, bidirectional controls (which can make `x\u202Egpj.html` read as
  * `xlmth.jpg`) and invisible spaces (zero-width space, word joiner, BOM).
  */
-// deno-lint-ignore no-control-regex
 const UNSHOWABLE =
+  // deno-lint-ignore no-control-regex
   /[\u0000-\u001f\u007f-\u009f\u061c\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]/g;
 
 /**
