@@ -426,10 +426,8 @@ export class ChatClient {
   /** Gap fills, one history read at a time (see `#fillTurn`). */
   #fills: Promise<unknown> = Promise.resolve();
   #flushTimer?: ReturnType<typeof setTimeout>;
-  /** Rooms whose join is reading its first history page, by joins under way. */
-  #joining = new Map<string, number>();
-  /** Rooms left while their join read its history page. */
-  #leftWhileJoining = new Set<string>();
+  /** Rooms whose join is reading its first history page: joins under way, and a leave since. */
+  #joining = new Map<string, { joins: number; left: boolean }>();
 
   get #retryMs(): number {
     return this.#options.retryMs ?? DEFAULTS.retryMs;
@@ -528,8 +526,8 @@ export class ChatClient {
   /**
    * Joins a room. `history: n` (1 to 200) first delivers the newest n messages as `message`
    * events, then everything after them; `since: seq` delivers everything after that seq. With
-   * neither, only messages committed from now on. Either way, messages follow on without gap or duplicate, and
-   * after a reconnect the room is rejoined from the last seq delivered.
+   * neither, only messages committed from now on. Either way, messages follow on without gap or
+   * duplicate, and after a reconnect the room is rejoined from the last seq delivered.
    */
   async join(
     room: string,
@@ -542,7 +540,9 @@ export class ChatClient {
       let since = options.since;
       if (since === undefined && options.history) {
         // Sends to the room made meanwhile wait for its join instead of going out before it.
-        this.#joining.set(room, (this.#joining.get(room) ?? 0) + 1);
+        const joining = this.#joining.get(room) ?? { joins: 0, left: false };
+        joining.joins++;
+        this.#joining.set(room, joining);
         let page: HistoryPage;
         try {
           page = await this.history(room, { limit: options.history });
@@ -551,7 +551,7 @@ export class ChatClient {
           this.#doneJoining(room, true);
           throw err;
         }
-        if (this.#leftWhileJoining.has(room) && !this.#rooms.has(room)) {
+        if (joining.left && !this.#rooms.has(room)) {
           this.#doneJoining(room, true);
           throw new ChatError("left", `Left room "${room}"`);
         }
@@ -584,17 +584,17 @@ export class ChatClient {
   /** Leaves a room: no more messages, presence or typing from it. */
   /** Ends one join's history phase; `flush` sends what waited when no other join of it is left. */
   #doneJoining(room: string, flush: boolean): void {
-    const left = this.#joining.get(room)! - 1;
-    if (left > 0) return void this.#joining.set(room, left);
+    const joining = this.#joining.get(room)!;
+    if (--joining.joins > 0) return;
     this.#joining.delete(room);
-    this.#leftWhileJoining.delete(room);
     if (flush) this.#flush();
   }
 
   async leave(room: string): Promise<void> {
     const state = this.#rooms.get(room);
     // A join still reading its history page ends there instead of joining after the leave.
-    if (!state && this.#joining.has(room)) this.#leftWhileJoining.add(room);
+    const joining = this.#joining.get(room);
+    if (!state && joining) joining.left = true;
     if (!state) return;
     this.#clearTypers(room, state);
     this.#rooms.delete(room);

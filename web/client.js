@@ -84,10 +84,8 @@ var ChatClient = class {
   /** Gap fills, one history read at a time (see `#fillTurn`). */
   #fills = Promise.resolve();
   #flushTimer;
-  /** Rooms whose join is reading its first history page, by joins under way. */
+  /** Rooms whose join is reading its first history page: joins under way, and a leave since. */
   #joining = /* @__PURE__ */ new Map();
-  /** Rooms left while their join read its history page. */
-  #leftWhileJoining = /* @__PURE__ */ new Set();
   get #retryMs() {
     return this.#options.retryMs ?? DEFAULTS.retryMs;
   }
@@ -182,8 +180,8 @@ var ChatClient = class {
   /**
    * Joins a room. `history: n` (1 to 200) first delivers the newest n messages as `message`
    * events, then everything after them; `since: seq` delivers everything after that seq. With
-   * neither, only messages committed from now on. Either way, messages follow on without gap or duplicate, and
-   * after a reconnect the room is rejoined from the last seq delivered.
+   * neither, only messages committed from now on. Either way, messages follow on without gap or
+   * duplicate, and after a reconnect the room is rejoined from the last seq delivered.
    */
   async join(room, options = {}) {
     let messages = [];
@@ -192,7 +190,12 @@ var ChatClient = class {
     if (!state) {
       let since = options.since;
       if (since === void 0 && options.history) {
-        this.#joining.set(room, (this.#joining.get(room) ?? 0) + 1);
+        const joining = this.#joining.get(room) ?? {
+          joins: 0,
+          left: false
+        };
+        joining.joins++;
+        this.#joining.set(room, joining);
         let page;
         try {
           page = await this.history(room, {
@@ -202,7 +205,7 @@ var ChatClient = class {
           this.#doneJoining(room, true);
           throw err;
         }
-        if (this.#leftWhileJoining.has(room) && !this.#rooms.has(room)) {
+        if (joining.left && !this.#rooms.has(room)) {
           this.#doneJoining(room, true);
           throw new ChatError("left", `Left room "${room}"`);
         }
@@ -234,15 +237,15 @@ var ChatClient = class {
   /** Leaves a room: no more messages, presence or typing from it. */
   /** Ends one join's history phase; `flush` sends what waited when no other join of it is left. */
   #doneJoining(room, flush) {
-    const left = this.#joining.get(room) - 1;
-    if (left > 0) return void this.#joining.set(room, left);
+    const joining = this.#joining.get(room);
+    if (--joining.joins > 0) return;
     this.#joining.delete(room);
-    this.#leftWhileJoining.delete(room);
     if (flush) this.#flush();
   }
   async leave(room) {
     const state = this.#rooms.get(room);
-    if (!state && this.#joining.has(room)) this.#leftWhileJoining.add(room);
+    const joining = this.#joining.get(room);
+    if (!state && joining) joining.left = true;
     if (!state) return;
     this.#clearTypers(room, state);
     this.#rooms.delete(room);

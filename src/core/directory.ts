@@ -47,6 +47,9 @@ export interface Participant {
   role: string;
 }
 
+/** A participant to add: without `role`, `member` when new and the stored role kept otherwise. */
+export type ParticipantInput = Pick<Participant, "userId"> & { role?: string };
+
 /** Users, rooms and participants, on SQLite or Postgres. */
 export interface Directory {
   /** Creates or upgrades the schema. */
@@ -93,7 +96,7 @@ export interface Directory {
   addParticipant(
     kind: string,
     id: string,
-    participant: Participant | { userId: string; role?: undefined },
+    participant: ParticipantInput,
     options?: { roomMustExist?: boolean },
   ): Promise<boolean>;
   /** Removes one participant; true when they were one. */

@@ -255,14 +255,8 @@ class RoomSocket implements SocketHandler {
     if (!session) return;
     let work: Promise<AppendResult | undefined>;
     try {
-      const verdict = conn.admission;
-      if (verdict === "close") {
-        // After the replies still owed (errors, echoes of retries) for the frames before.
-        await conn.settled();
-        conn.close(4029, "Rate limit exceeded");
-        return;
-      }
-      if (verdict === "limited") {
+      // `close` the transport acts on itself.
+      if (conn.admission === "limited") {
         throw rateLimited();
       }
       work = (await dialect.message(session, text))?.result ?? Promise.resolve(undefined);

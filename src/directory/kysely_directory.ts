@@ -8,7 +8,13 @@ import {
   sql,
   type Transaction,
 } from "kysely";
-import type { Directory, DirectoryRoom, DirectoryUser, Participant } from "../core/directory.ts";
+import type {
+  Directory,
+  DirectoryRoom,
+  DirectoryUser,
+  Participant,
+  ParticipantInput,
+} from "../core/directory.ts";
 import {
   type DirectoryDatabase,
   type DirectoryDialect,
@@ -318,7 +324,7 @@ export class KyselyDirectory implements Directory {
   async addParticipant(
     kind: string,
     id: string,
-    participant: Participant | { userId: string; role?: undefined },
+    participant: ParticipantInput,
     options: { roomMustExist?: boolean } = {},
   ): Promise<boolean> {
     requireId("room kind", kind);
@@ -437,7 +443,7 @@ async function insertParticipant(
   db: Kysely<DirectoryDatabase>,
   kind: string,
   id: string,
-  participant: Participant | { userId: string; role?: undefined },
+  participant: ParticipantInput,
 ): Promise<void> {
   await db.insertInto("room_participants")
     .values({

@@ -17,6 +17,8 @@ export const CLOSE = {
   internalError: 1011,
   /** The client could not keep up with the room; it should reconnect and recover by seq. */
   slowConsumer: 4008,
+  /** The client kept flooding after being told to slow down (`admit` said `close`). */
+  rateLimited: 4029,
 } as const;
 
 /** Settings of one socket. */
@@ -66,7 +68,9 @@ export interface SocketHandler {
   message(conn: Connection, text: string): void | Promise<void>;
   /**
    * Called as each text frame arrives, before it waits its turn behind slower ones: the rate
-   * limit's verdict on it, which `conn.admission` gives while it is handled. A limit counted
+   * limit's verdict on it. `close` closes the socket with 4029 when the frame's turn comes
+   * (after the replies owed for the frames before it); `limited` is the handler's to refuse in
+   * its protocol's shape, which `conn.admission` tells it while it handles the frame. A limit counted
    * as frames are reached instead would take a burst after a stall (a slow commit, a directory
    * that does not answer) for a flood.
    */
@@ -218,7 +222,14 @@ export class Connection implements FrameHolder {
         // A frame received before the peer closed is still handled (a message it sent and then
         // closed must not be lost behind a slow frame), but not after this side closed it (an
         // eviction, a refusal, a shutdown).
-        if (!this.#stopped) await this.#handler.message(this, text);
+        if (this.#stopped) return;
+        if (admission === "close") {
+          // After the replies still owed: the acks of frames already queued say what was stored.
+          await this.settled();
+          this.close(CLOSE.rateLimited, "Rate limit exceeded");
+          return;
+        }
+        await this.#handler.message(this, text);
       } finally {
         this.#queuedBytes -= size;
       }

@@ -10,7 +10,7 @@ import { canonicalId, parseRoomKey } from "../../core/rooms.ts";
 import type { AppendResult, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import type { DirectSocket, Member } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
-import { Connection, type SocketHandler } from "../../transport/websocket.ts";
+import { CLOSE, Connection, type SocketHandler } from "../../transport/websocket.ts";
 import {
   baseUrlOf,
   cookieOrigins,
@@ -28,7 +28,7 @@ export const NATIVE_CLOSE = {
   /** The client could not keep up; reconnect and recover with `since`. */
   slowConsumer: 4008,
   /** The client kept flooding after being told to slow down. */
-  rateLimited: 4029,
+  rateLimited: CLOSE.rateLimited,
 } as const;
 
 /** How every presence frame of this protocol begins (see `renderEvent`). */
@@ -597,14 +597,9 @@ class NativeSession implements SocketHandler {
   }
 
   async message(conn: Connection, text: string): Promise<void> {
-    // Before parsing: a flood of malformed frames is a flood too.
+    // Taken before parsing: a flood of malformed frames is a flood too (the transport closes
+    // one that goes on).
     const verdict = conn.admission;
-    if (verdict === "close") {
-      // After the replies still owed: the acks of sends already queued say what was stored.
-      await conn.settled();
-      conn.close(NATIVE_CLOSE.rateLimited, "Rate limit exceeded");
-      return;
-    }
     let ref: unknown;
     try {
       const record = parseObject(text, "Expected a JSON object with a type");
