@@ -7,10 +7,12 @@
  */
 
 import type { Directory, DirectoryRoom, Participant } from "../src/core/directory.ts";
-import { sql } from "kysely";
+import { type Kysely, sql } from "kysely";
+import { Migrator } from "kysely/migration";
 import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
 import { KyselyDirectory } from "../src/directory/kysely_directory.ts";
 import { openDirectory } from "../src/directory/open.ts";
+import { directoryMigrations } from "../src/directory/schema.ts";
 import { createPgPool, type PgPool } from "../src/directory/pg_pool.ts";
 
 /** A directory to run one case on, and how to throw it away afterwards. */
@@ -192,6 +194,58 @@ contract("migrate twice, and concurrently, is harmless and keeps the data", asyn
   assertEquals((await d.getUser("u1"))?.username, "alice");
   await d.ping();
 });
+
+/** The directory's database without its table types, for the bookkeeping table. */
+function untyped(d: Directory): Kysely<Record<string, Record<string, unknown>>> {
+  assert(d instanceof KyselyDirectory);
+  return d.db as unknown as Kysely<Record<string, Record<string, unknown>>>;
+}
+
+/** The rows of the migrations' bookkeeping table. */
+async function migrationRows(d: Directory): Promise<unknown[]> {
+  return (await sql`select name, timestamp from kysely_migration order by name`
+    .execute(untyped(d))).rows;
+}
+
+contract(
+  "a migration this version does not know (a newer server's) stops migrate, naming it",
+  async (d) => {
+    await d.upsertUser({ id: "u1", username: "alice" });
+    await sql`insert into kysely_migration (name, timestamp) values ('9999_from_a_newer_version', 'x')`
+      .execute(untyped(d));
+    const error = await assertRejects(() => d.migrate());
+    assertMatch(String(error), /9999_from_a_newer_version.*newer version/);
+    assertEquals((await d.getUser("u1"))?.username, "alice");
+  },
+);
+
+contract(
+  "the bookkeeping Kysely's migrator left (the directory's earlier versions) is read as it is",
+  async (d) => {
+    await d.upsertUser({ id: "u1", username: "alice" });
+    const db = untyped(d);
+    await sql`drop table kysely_migration`.execute(db);
+    const dialect = (d as KyselyDirectory).dialect;
+    const kysely = new Migrator({
+      db,
+      provider: { getMigrations: () => Promise.resolve(directoryMigrations(dialect)) },
+    });
+    assertEquals((await kysely.migrateToLatest()).error, undefined);
+    const before = await migrationRows(d);
+    assertEquals(before.length, 1);
+    await d.migrate();
+    assertEquals(await migrationRows(d), before);
+    // It is the table read, not a new one of its own: a newer migration in it is seen.
+    await sql`insert into kysely_migration (name, timestamp) values ('9999_newer', 'x')`.execute(
+      db,
+    );
+    await assertRejects(() => d.migrate());
+    assertEquals((await d.getUser("u1"))?.username, "alice");
+  },
+  // Kysely's migrator on Postgres reads every schema of the database, which the other test
+  // files create and drop meanwhile; its tables are the same on both engines.
+  [sqliteFile, sqliteMemory],
+);
 
 contract("upsertUser inserts, returns and getUser reads all fields", async (d) => {
   const full = {
@@ -687,6 +741,51 @@ Deno.test({
       }
     } finally {
       await first.cleanup();
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "directory [postgres]: opening is not disturbed by other schemas coming and going, nor waits for another Kysely app's migrations",
+  ignore: postgresUrl === undefined,
+  async fn() {
+    const pool = createPgPool({ connectionString: postgresUrl!, max: 8 });
+    const holder = await pool.connect();
+    let stop = false;
+    // Other applications' schemas with tables, created and dropped all along.
+    const churn = async (k: number) => {
+      for (let i = 0; !stop; i++) {
+        const schema = `churn_${crypto.randomUUID().replaceAll("-", "")}`;
+        await pool.query(
+          `create schema "${schema}"; create table "${schema}".t (id serial primary key)`,
+        );
+        await pool.query(`drop schema "${schema}" cascade`);
+      }
+      return k;
+    };
+    const churns = [0, 1, 2, 3, 4].map(churn);
+    try {
+      // Kysely's migrator takes this one lock for every schema of the database; another
+      // application migrating (here: holding it) must not keep this directory from opening.
+      await holder.query("select pg_advisory_lock(3853314791062309107)", []);
+      const failures: string[] = [];
+      for (let round = 0; round < 4; round++) {
+        await Promise.all([0, 1, 2, 3].map(async () => {
+          try {
+            const { cleanup } = await openPostgresInFreshSchema(postgresUrl!);
+            await cleanup();
+          } catch (error) {
+            failures.push(String(error));
+          }
+        }));
+      }
+      assertEquals(failures, []);
+    } finally {
+      stop = true;
+      await Promise.allSettled(churns);
+      holder.release(true);
+      await pool.end();
     }
   },
 });

@@ -4,7 +4,7 @@
  */
 
 import { type ColumnType, type Kysely, sql } from "kysely";
-import { type Migration, type MigrationProvider, Migrator } from "kysely/migration";
+import type { Migration } from "kysely/migration";
 
 /** The SQL engine under the directory; a few column types and locks differ between them. */
 export type DirectoryDialect = "sqlite" | "postgres";
@@ -157,42 +157,74 @@ export function directoryMigrations(dialect: DirectoryDialect): Record<string, M
   };
 }
 
-/** Serves {@link directoryMigrations} from code, so nothing is looked up on the file system. */
-export class DirectoryMigrationProvider implements MigrationProvider {
-  readonly #dialect: DirectoryDialect;
+/**
+ * The table that records which migrations ran: the name and columns Kysely's migrator gives it,
+ * which migrated the directory before, so that databases it set up are read as they are.
+ */
+const MIGRATION_TABLE = "kysely_migration";
 
-  /** Serves the migrations for this dialect. */
-  constructor(dialect: DirectoryDialect) {
-    this.#dialect = dialect;
-  }
+/** The first half of the Postgres advisory lock key; the second is the schema's hash. */
+const MIGRATION_LOCK_CLASS = 0x63686174; // "chat"
 
-  /** The migrations by name. */
-  getMigrations(): Promise<Record<string, Migration>> {
-    return Promise.resolve(directoryMigrations(this.#dialect));
-  }
-}
+/** The bookkeeping table as the migrator reads and writes it. */
+type MigrationTables = {
+  /** One row per migration that ran. */
+  [MIGRATION_TABLE]: { name: string; timestamp: string };
+};
 
 /**
  * Brings the schema up to the latest migration; running it again, or from several processes at
  * once, is harmless.
+ *
+ * Kysely's own migrator is not used: on Postgres it introspects every table of every schema in
+ * the database, by name, so a schema that another application (or a test) dropped meanwhile
+ * failed our start with `schema "theirs" does not exist`, and all of its migrations share one
+ * database-wide session lock.
  */
 export async function migrateDirectory(
   db: Kysely<DirectoryDatabase>,
   dialect: DirectoryDialect,
 ): Promise<void> {
-  const migrator = new Migrator({
-    db,
-    provider: new DirectoryMigrationProvider(dialect),
-    // Kysely looks for its bookkeeping tables in every schema it can see; naming the current
-    // one keeps a `kysely_migration` table of another schema (another app, another test run)
-    // from being taken for ours.
-    migrationTableSchema: dialect === "postgres" ? await currentSchema(db) : undefined,
-  });
-  const { error, results } = await migrator.migrateToLatest();
-  if (error !== undefined) {
-    const failed = results?.find((r) => r.status === "Error")?.migrationName;
+  const migrations = Object.entries(directoryMigrations(dialect))
+    .sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0);
+  const schema = dialect === "postgres" ? await currentSchema(db) : undefined;
+  let running: string | undefined;
+  try {
+    await db.withTables<MigrationTables>().transaction().execute(async (trx) => {
+      if (schema !== undefined) {
+        // Migrations of the same schema wait for each other, and only they; a transaction's
+        // lock also ends when a client that timed out abandons it.
+        await sql`select pg_advisory_xact_lock(${MIGRATION_LOCK_CLASS}, hashtext(${schema}))`
+          .execute(trx);
+      }
+      // SQLite's transaction is `begin immediate`: it holds the file's write lock already.
+      await trx.schema.createTable(MIGRATION_TABLE).ifNotExists()
+        .addColumn("name", "varchar(255)", (c) => c.notNull().primaryKey())
+        .addColumn("timestamp", "varchar(255)", (c) => c.notNull())
+        .execute();
+      const done = new Set(
+        (await trx.selectFrom(MIGRATION_TABLE).select("name").execute()).map((r) => r.name),
+      );
+      const unknown = [...done].filter((name) => !migrations.some(([known]) => known === name));
+      if (unknown.length > 0) {
+        throw new Error(
+          `the database has migrations this version does not know (${unknown.join(", ")}); ` +
+            "a newer version of the server migrated it",
+        );
+      }
+      for (const [name, migration] of migrations) {
+        if (done.has(name)) continue;
+        running = name;
+        await migration.up(trx);
+        await trx.insertInto(MIGRATION_TABLE)
+          .values({ name, timestamp: new Date().toISOString() })
+          .execute();
+        running = undefined;
+      }
+    });
+  } catch (error) {
     throw new Error(
-      `directory migration ${failed ? `"${failed}" ` : ""}failed: ${errorMessage(error)}`,
+      `directory migration ${running ? `"${running}" ` : ""}failed: ${errorMessage(error)}`,
       { cause: error },
     );
   }
