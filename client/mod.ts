@@ -32,6 +32,18 @@ export interface ChatUser {
   role: string | null;
 }
 
+/** What the server takes in one message, as its `welcome` says. */
+export interface ServerLimits {
+  /** Longest `body`, in UTF-16 code units. */
+  maxBodyChars: number;
+  /** Most files in one message. */
+  maxFiles: number;
+  /** Largest file, in bytes (the server's MAX_FILE_BYTES). */
+  maxFileBytes: number;
+  /** Largest frame, in characters of its JSON: the files of one `send` share it, in base64. */
+  maxFrameChars: number;
+}
+
 /** A stored file of a message. */
 export interface ChatAttachment {
   /** Opaque id. */
@@ -274,7 +286,7 @@ export interface ChatClientOptions {
   retryMs?: number;
   /** Files up to this size go inline in a `send` frame; larger ones over HTTP. */
   inlineMaxBytes?: number;
-  /** Largest file the server takes (its MAX_FILE_BYTES). */
+  /** Largest file the server takes (its MAX_FILE_BYTES) until its `welcome` says. */
   maxFileBytes?: number;
   /** How often a continuing typing state is renewed (ms); the server ends it after 5 s. */
   typingRenewMs?: number;
@@ -404,6 +416,7 @@ export class ChatClient {
   #state: ConnectionState = "idle";
   #attempt = 0;
   #user: ChatUser | null = null;
+  #limits?: ServerLimits;
   #listeners = new Map<keyof ChatEventMap, Set<Listener<never>>>();
   #rooms = new Map<string, RoomState>();
   #pending = new Map<number, Pending>();
@@ -451,6 +464,18 @@ export class ChatClient {
   /** The user the server greeted us as, once connected. */
   get user(): ChatUser | null {
     return this.#user;
+  }
+
+  /** What the server takes in one message: its `welcome`'s word, or the options' until then. */
+  get limits(): ServerLimits {
+    if (this.#limits) return this.#limits;
+    const maxFileBytes = this.#options.maxFileBytes ?? DEFAULTS.maxFileBytes;
+    return {
+      maxBodyChars: 20_000,
+      maxFiles: 10,
+      maxFileBytes,
+      maxFrameChars: Math.ceil(maxFileBytes / 3) * 4 + 64 * 1024,
+    };
   }
 
   /** Base URL of the HTTP routes. */
@@ -607,14 +632,33 @@ export class ChatClient {
    * disconnected and resent with the same `client_id` after reconnecting, so it is stored once.
    */
   async send(room: string, options: SendOptions): Promise<ChatAck> {
+    const limits = this.limits;
+    const body = options.body ?? "";
+    if (body.length > limits.maxBodyChars) {
+      throw new ChatError(
+        "body_too_long",
+        `Message is too long: ${body.length} characters, the limit is ${limits.maxBodyChars}`,
+      );
+    }
+    for (const file of options.files ?? []) this.#checkFileSize(file);
     const files = await Promise.all((options.files ?? []).map(encodeFile));
     const frame: Frame = {
       type: "send",
       room,
-      body: options.body ?? "",
+      body,
       client_id: options.clientId ?? newClientId(),
     };
     if (files.length > 0) frame.files = files;
+    // The server closes a socket whose frame is too large, and the frame would go again after
+    // every reconnect: it is refused here instead (counted with the largest ref it may get).
+    const size = JSON.stringify({ ...frame, ref: Number.MAX_SAFE_INTEGER }).length;
+    if (size > limits.maxFrameChars) {
+      throw new ChatError(
+        "frame_too_large",
+        `Message is too large: ${size} characters, the limit is ${limits.maxFrameChars}; ` +
+          "send large files one per message (sendFile)",
+      );
+    }
     const ack = await this.#request(frame, { needsRoom: room });
     const { type: _type, ref: _ref, ...rest } = ack;
     return rest as unknown as ChatAck;
@@ -626,6 +670,7 @@ export class ChatClient {
    * upload route is missing or refuses the token, a file the server takes inline goes inline.
    */
   async sendFile(room: string, file: FileSource, options: SendFileOptions = {}): Promise<ChatAck> {
+    this.#checkFileSize(file);
     const blob = toBlob(file);
     const clientId = options.clientId ?? newClientId();
     const inlineMax = this.#options.inlineMaxBytes ?? DEFAULTS.inlineMaxBytes;
@@ -639,12 +684,26 @@ export class ChatClient {
         // inline; a room the user may not post in refuses the inline send just the same.
         const routeUnusable = status === 401 || status === 403 || status === 404 ||
           status === 405 || status === 501;
-        if (!routeUnusable || blob.size > (this.#options.maxFileBytes ?? DEFAULTS.maxFileBytes)) {
+        if (!routeUnusable || blob.size > this.limits.maxFileBytes) {
           throw err;
         }
       }
     }
     return await this.#sendInline(room, file, blob, clientId, options);
+  }
+
+  /** Refuses a file larger than the server takes, before a byte of it is sent. */
+  #checkFileSize(file: FileSource): void {
+    const size = toBlob(file).size;
+    const max = this.limits.maxFileBytes;
+    if (size > max) {
+      throw new ChatError(
+        "file_too_large",
+        `File "${fileName(file)}" is too large: ${formatBytes(size)}, the limit is ${
+          formatBytes(max)
+        }`,
+      );
+    }
   }
 
   /**
@@ -696,6 +755,7 @@ export class ChatClient {
    * itself also arrives as a `message` event.
    */
   async upload(room: string, file: FileSource, options: SendFileOptions = {}): Promise<ChatAck> {
+    this.#checkFileSize(file);
     const blob = toBlob(file);
     const name = fileName(file);
     const at = room.indexOf(":");
@@ -1070,6 +1130,7 @@ export class ChatClient {
     if (ref !== undefined && ref === this.#graceRef) this.#graceUntil = 0;
     switch (frame.type) {
       case "welcome":
+        this.#limits = parseLimits(frame.limits) ?? this.#limits;
         this.#welcomed(frame.user as ChatUser);
         return;
       case "pong":
@@ -1408,6 +1469,20 @@ export class ChatClient {
 function fileName(file: FileSource): string {
   if (file instanceof Blob) return (file as Blob & { name?: string }).name || "file";
   return file.name;
+}
+
+/** The limits a `welcome` frame carries, or undefined when it has none (or they are malformed). */
+function parseLimits(value: unknown): ServerLimits | undefined {
+  if (typeof value !== "object" || value === null) return undefined;
+  const v = value as Record<string, unknown>;
+  const limits = {
+    maxBodyChars: v.max_body_chars,
+    maxFiles: v.max_files,
+    maxFileBytes: v.max_file_bytes,
+    maxFrameChars: v.max_frame_chars,
+  };
+  const valid = Object.values(limits).every((n) => typeof n === "number" && n > 0);
+  return valid ? limits as ServerLimits : undefined;
 }
 
 function toBlob(file: FileSource): Blob {

@@ -570,6 +570,30 @@ Deno.test({
         'ol.message-list[data-room="room:other"] a.file .file-name:text("fake.png")',
       );
 
+      // Too large for the server (its welcome says how large): refused at once, nothing sent.
+      let uploadRequests = 0;
+      page.on("request", (r) => {
+        if (r.url().includes("/attachments")) uploadRequests++;
+      });
+      await page.setInputFiles("#file", {
+        name: "huge.bin",
+        mimeType: "application/octet-stream",
+        buffer: Buffer.from(new Uint8Array(10 * 1024 * 1024 + 1)),
+      });
+      await page.waitForSelector('#send-error:text("huge.bin")', { timeout: 3000 });
+      assert(
+        (await page.textContent("#send-error"))!.includes("too large"),
+        (await page.textContent("#send-error"))!,
+      );
+      // A message over the length limit is refused, and the draft stays whole to be cut.
+      const long = "y".repeat(20_001);
+      await page.fill("#text", long);
+      await page.press("#text", "Enter");
+      await page.waitForSelector('#send-error:text("20001 characters")', { timeout: 3000 });
+      assertEquals((await page.inputValue("#text")).length, 20_001);
+      await page.fill("#text", "");
+      assertEquals(uploadRequests, 0);
+
       // Files still queued at sign-out are not sent as the next user.
       await page.click(`#rooms li[data-room="${ROOM}"]`);
       await page.route("**/attachments", async (route) => {

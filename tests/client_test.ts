@@ -552,6 +552,49 @@ Deno.test("client: files inline with progress; over the upload route with progre
   }
 });
 
+Deno.test("client: a file, body or frame larger than the server's welcome says is refused before sending; the socket stays", async () => {
+  // Smaller than the client's own default (10 MiB), so only the welcome can tell it.
+  const server = await startTestServer({ MAX_FILE_BYTES: "100000" });
+  const user = await userClient(server, "1");
+  try {
+    await user.client.connect();
+    assertEquals(user.client.limits, {
+      maxBodyChars: 20_000,
+      maxFiles: 10,
+      maxFileBytes: 100_000,
+      maxFrameChars: 198_872,
+    });
+    await user.client.join("ticket:5");
+    const refused = async (send: () => Promise<unknown>) =>
+      ((await within(assertRejects(send), "a refusal")) as ChatError).code;
+    // Under the inline threshold (256 KiB): it would have gone in a frame the server closes on.
+    const tooBig = { name: "big.bin", data: randomBytes(100_001) };
+    assertEquals(await refused(() => user.client.sendFile("ticket:5", tooBig)), "file_too_large");
+    assertEquals(await refused(() => user.client.upload("ticket:5", tooBig)), "file_too_large");
+    // Two files the server takes, which one frame cannot carry together.
+    const files = [1, 2].map((i) => ({ name: `${i}.bin`, data: randomBytes(90_000) }));
+    assertEquals(await refused(() => user.client.send("ticket:5", { files })), "frame_too_large");
+    const long = "x".repeat(20_001);
+    assertEquals(
+      await refused(() => user.client.send("ticket:5", { body: long })),
+      "body_too_long",
+    );
+    // Each on its own goes; nothing refused was sent, and the socket never closed.
+    await user.client.send("ticket:5", { files: files.slice(0, 1) });
+    await user.client.sendFile("ticket:5", { name: "ok.bin", data: randomBytes(100_000) });
+    await eventually(() => user.messages.length === 2);
+    assertEquals(user.messages.map((m) => m.attachments.map((a) => a.size)), [[90_000], [
+      100_000,
+    ]]);
+    assertEquals(user.states.filter((s) => s.state !== "open").map((s) => s.state), [
+      "connecting",
+    ]);
+  } finally {
+    user.client.close();
+    await server.close();
+  }
+});
+
 Deno.test("client: a refused token fails connect and stops; no reconnect loop", async () => {
   const server = await startTestServer();
   const c = recorder({ url: `${server.wsUrl}/ws`, token: "not-a-token" });
@@ -884,7 +927,8 @@ Deno.test("client: a large frame just written holds off the dead-connection chec
   const { c, socket } = await scripted({ heartbeatMs: 50, timeoutMs: 100 });
   try {
     // The network stack took the 100 KB frame at once (nothing buffered); no pong comes back.
-    c.client.send("room:x", { body: "x".repeat(100_000) }).catch(() => {});
+    const files = [{ name: "a.bin", data: new Uint8Array(75_000) }];
+    c.client.send("room:x", { files }).catch(() => {});
     await socket.take("send");
     await new Promise((r) => setTimeout(r, 600));
     assertEquals(FakeSocket.instances.length, 1, "no reconnect while the frame may be crossing");

@@ -800,6 +800,31 @@ Deno.test("native: frames that waited behind a slow commit are rate limited as t
   }
 });
 
+Deno.test("native: welcome tells what one send may carry, by the server's MAX_FILE_BYTES", async () => {
+  const server = await startTestServer({ MAX_FILE_BYTES: "1000" });
+  try {
+    const token = await server.token({ sub: "1", rooms: ["ticket:*"] });
+    const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+    const welcome = await ws.next();
+    assertEquals([welcome.type, welcome.limits], ["welcome", {
+      max_body_chars: 20_000,
+      max_files: 10,
+      max_file_bytes: 1000,
+      max_frame_chars: 66872,
+    }]);
+    // The frame limit told is the one kept: one character more is refused.
+    const frame = { type: "ping", pad: "" };
+    frame.pad = "x".repeat(66872 - JSON.stringify(frame).length);
+    ws.send(frame);
+    assertEquals((await ws.next()).type, "pong");
+    frame.pad += "x";
+    ws.send(frame);
+    assertEquals((await ws.closed).code, 1009);
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("native: a frame over the size cap is refused with close 1009", async () => {
   const server = await startTestServer({ MAX_FILE_BYTES: "1000" });
   try {

@@ -566,6 +566,11 @@ ui.composer.addEventListener("submit", (e) => {
   const view = current ? views.get(current) : void 0;
   const body = ui.text.value;
   if (!view || !client || !body.trim()) return;
+  const max = client.limits.maxBodyChars;
+  if (body.length > max) {
+    showError(`Not sent: the message has ${body.length} characters; the limit is ${max}`);
+    return;
+  }
   ui.text.value = "";
   client.typing(view.name, false);
   const clientId = newClientId();

@@ -679,6 +679,12 @@ ui.composer.addEventListener("submit", (e) => {
   const view = current ? views.get(current) : undefined;
   const body = ui.text.value;
   if (!view || !client || !body.trim()) return;
+  // Said before the draft is taken: the input has no maxlength, which would cut a paste silently.
+  const max = client.limits.maxBodyChars;
+  if (body.length > max) {
+    showError(`Not sent: the message has ${body.length} characters; the limit is ${max}`);
+    return;
+  }
   ui.text.value = "";
   client.typing(view.name, false);
   const clientId = newClientId();

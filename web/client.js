@@ -62,6 +62,7 @@ var ChatClient = class {
   #state = "idle";
   #attempt = 0;
   #user = null;
+  #limits;
   #listeners = /* @__PURE__ */ new Map();
   #rooms = /* @__PURE__ */ new Map();
   #pending = /* @__PURE__ */ new Map();
@@ -105,6 +106,17 @@ var ChatClient = class {
   /** The user the server greeted us as, once connected. */
   get user() {
     return this.#user;
+  }
+  /** What the server takes in one message: its `welcome`'s word, or the options' until then. */
+  get limits() {
+    if (this.#limits) return this.#limits;
+    const maxFileBytes = this.#options.maxFileBytes ?? DEFAULTS.maxFileBytes;
+    return {
+      maxBodyChars: 2e4,
+      maxFiles: 10,
+      maxFileBytes,
+      maxFrameChars: Math.ceil(maxFileBytes / 3) * 4 + 64 * 1024
+    };
   }
   /** Base URL of the HTTP routes. */
   get httpUrl() {
@@ -261,14 +273,27 @@ var ChatClient = class {
    * disconnected and resent with the same `client_id` after reconnecting, so it is stored once.
    */
   async send(room, options) {
+    const limits = this.limits;
+    const body = options.body ?? "";
+    if (body.length > limits.maxBodyChars) {
+      throw new ChatError("body_too_long", `Message is too long: ${body.length} characters, the limit is ${limits.maxBodyChars}`);
+    }
+    for (const file of options.files ?? []) this.#checkFileSize(file);
     const files = await Promise.all((options.files ?? []).map(encodeFile));
     const frame = {
       type: "send",
       room,
-      body: options.body ?? "",
+      body,
       client_id: options.clientId ?? newClientId()
     };
     if (files.length > 0) frame.files = files;
+    const size = JSON.stringify({
+      ...frame,
+      ref: Number.MAX_SAFE_INTEGER
+    }).length;
+    if (size > limits.maxFrameChars) {
+      throw new ChatError("frame_too_large", `Message is too large: ${size} characters, the limit is ${limits.maxFrameChars}; send large files one per message (sendFile)`);
+    }
     const ack = await this.#request(frame, {
       needsRoom: room
     });
@@ -281,6 +306,7 @@ var ChatClient = class {
    * upload route is missing or refuses the token, a file the server takes inline goes inline.
    */
   async sendFile(room, file, options = {}) {
+    this.#checkFileSize(file);
     const blob = toBlob(file);
     const clientId = options.clientId ?? newClientId();
     const inlineMax = this.#options.inlineMaxBytes ?? DEFAULTS.inlineMaxBytes;
@@ -294,12 +320,20 @@ var ChatClient = class {
       } catch (err) {
         const status = err instanceof ChatError ? err.status : void 0;
         const routeUnusable = status === 401 || status === 403 || status === 404 || status === 405 || status === 501;
-        if (!routeUnusable || blob.size > (this.#options.maxFileBytes ?? DEFAULTS.maxFileBytes)) {
+        if (!routeUnusable || blob.size > this.limits.maxFileBytes) {
           throw err;
         }
       }
     }
     return await this.#sendInline(room, file, blob, clientId, options);
+  }
+  /** Refuses a file larger than the server takes, before a byte of it is sent. */
+  #checkFileSize(file) {
+    const size = toBlob(file).size;
+    const max = this.limits.maxFileBytes;
+    if (size > max) {
+      throw new ChatError("file_too_large", `File "${fileName(file)}" is too large: ${formatBytes(size)}, the limit is ${formatBytes(max)}`);
+    }
   }
   /**
    * {@link upload}, queued as sends are: it waits for the connection, and an upload the network
@@ -342,6 +376,7 @@ var ChatClient = class {
    * itself also arrives as a `message` event.
    */
   async upload(room, file, options = {}) {
+    this.#checkFileSize(file);
     const blob = toBlob(file);
     const name = fileName(file);
     const at = room.indexOf(":");
@@ -706,6 +741,7 @@ var ChatClient = class {
     if (ref !== void 0 && ref === this.#graceRef) this.#graceUntil = 0;
     switch (frame.type) {
       case "welcome":
+        this.#limits = parseLimits(frame.limits) ?? this.#limits;
         this.#welcomed(frame.user);
         return;
       case "pong":
@@ -1040,6 +1076,18 @@ var ChatClient = class {
 function fileName(file) {
   if (file instanceof Blob) return file.name || "file";
   return file.name;
+}
+function parseLimits(value) {
+  if (typeof value !== "object" || value === null) return void 0;
+  const v = value;
+  const limits = {
+    maxBodyChars: v.max_body_chars,
+    maxFiles: v.max_files,
+    maxFileBytes: v.max_file_bytes,
+    maxFrameChars: v.max_frame_chars
+  };
+  const valid = Object.values(limits).every((n) => typeof n === "number" && n > 0);
+  return valid ? limits : void 0;
 }
 function toBlob(file) {
   if (file instanceof Blob) return file;

@@ -4,6 +4,7 @@
  */
 
 import { findToken } from "../../auth/token.ts";
+import { MAX_BODY_CHARS, MAX_FILES_PER_MESSAGE } from "../../core/chat_service.ts";
 import { asChatError, ChatError, rateLimited } from "../../core/errors.ts";
 import { type RateVerdict, TokenBuckets } from "../../core/rate_limiter.ts";
 import { canonicalId, parseRoomKey } from "../../core/rooms.ts";
@@ -16,6 +17,7 @@ import {
   cookieOrigins,
   type DialectContext,
   intern,
+  maxFrameSize,
   socketOptions,
   type WsRoute,
 } from "../context.ts";
@@ -586,9 +588,20 @@ class NativeSession implements SocketHandler {
   }
 
   open(conn: Connection): void {
-    conn.send(
-      JSON.stringify({ type: "welcome", user: nativeUser(this.user), conn_id: this.#connId }),
-    );
+    const config = this.#ctx.config;
+    conn.send(JSON.stringify({
+      type: "welcome",
+      user: nativeUser(this.user),
+      conn_id: this.#connId,
+      // So that a client refuses a file or frame too large before sending it: a frame over the
+      // limit closes the socket, and a client resending it after reconnecting would loop.
+      limits: {
+        max_body_chars: MAX_BODY_CHARS,
+        max_files: MAX_FILES_PER_MESSAGE,
+        max_file_bytes: config.maxFileBytes,
+        max_frame_chars: maxFrameSize(config),
+      },
+    }));
   }
 
   /** Counts a frame against the rate limits as it arrives (see `SocketHandler.admit`). */
