@@ -205,6 +205,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   #commitIntervalMs: number;
   #lastCommitStart = -Infinity;
   #pauseAboveCpu: number;
+  /** The CPU time the process has used, ms; the whole process's, so any test may replace it. */
+  #cpuTimeMs: () => number;
   /** The last CPU sample: when (ms), the process CPU time then (ms), and whether it was busy. */
   #cpu = { at: -Infinity, used: 0, busy: false };
   /** Called after every commit with its duration in ms, for metrics. */
@@ -245,12 +247,14 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
    * `discard`, when given, deletes their files shortly after. A room stored under another limit
    * (a lowered one, or none) is brought in line after its first commit since the start.
    * `commitIntervalMs` is the shortest time between two commits' starts while the process
-   * uses more than `pauseAboveCpu` of a core (0: always).
+   * uses more than `pauseAboveCpu` of a core (0: always), as `cpuTimeMs` counts it (the process's
+   * CPU time by default).
    */
   constructor(kv: Deno.Kv, options: {
     historyLimit?: number;
     commitIntervalMs?: number;
     pauseAboveCpu?: number;
+    cpuTimeMs?: () => number;
     discard?: (attachments: Attachment[]) => Promise<void>;
     fileSweepMs?: number;
     purgeRetryMs?: number;
@@ -259,6 +263,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     this.#historyLimit = options.historyLimit ?? 0;
     this.#commitIntervalMs = options.commitIntervalMs ?? DEFAULT_COMMIT_INTERVAL_MS;
     this.#pauseAboveCpu = options.pauseAboveCpu ?? DEFAULT_PAUSE_ABOVE_CPU;
+    this.#cpuTimeMs = options.cpuTimeMs ?? processCpuTimeMs;
     this.#discard = options.discard;
     // Records are kept with no limit too: instances with different limits may share the KV, and
     // a limit set later must find them.
@@ -423,8 +428,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     if (this.#pauseAboveCpu <= 0) return true;
     const now = performance.now();
     if (now - this.#cpu.at >= CPU_SAMPLE_MS) {
-      const { user, system } = process.cpuUsage();
-      const used = (user + system) / 1000;
+      const used = this.#cpuTimeMs();
       this.#cpu = {
         at: now,
         used,
@@ -1044,4 +1048,10 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     }
     return out;
   }
+}
+
+/** CPU time this process has used, ms, on every thread (KV's and the runtime's included). */
+function processCpuTimeMs(): number {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000;
 }
