@@ -161,6 +161,22 @@ export interface ReadEvent {
   seq: number;
 }
 
+/** A read cursor: who has read a room up to which seq. */
+export interface ReadCursor {
+  /** The reader's user id (as `ChatUser.id`). */
+  userId: string | number;
+  /** Newest seq they have read. */
+  seq: number;
+}
+
+/** A (re)join brought the room's read cursors, ours included (absent for rooms of over 100). */
+export interface ReadsEvent {
+  /** Room key. */
+  room: string;
+  /** Every cursor known for the room, as {@link ChatClient.reads} gives them. */
+  reads: ReadCursor[];
+}
+
 /** Presence changed: a user came or went, or a (re)join brought the full list (`sync`). */
 export interface PresenceEvent {
   /** Room key. */
@@ -215,6 +231,8 @@ export interface ChatEventMap {
   typing: TypingEvent;
   /** Someone else's read cursor moved. */
   read: ReadEvent;
+  /** A (re)join brought the room's read cursors, so that receipts survive a reload. */
+  reads: ReadsEvent;
   /** Presence changed. */
   presence: PresenceEvent;
   /** The room must be rebuilt from the messages that follow. */
@@ -395,6 +413,8 @@ interface RoomState {
   /** The room's deletion count in the last `joined`: a rejoin under a newer one is refused. */
   epoch?: number;
   presence: Map<string, ChatUser>;
+  /** Read cursors by user id as text, from `joined` and `read` frames. */
+  reads: Map<string, ReadCursor>;
   typers: Map<string, { user: ChatUser; timer: ReturnType<typeof setTimeout> }>;
   /** Deliveries of the room, one after another, so a gap can be filled before what follows. */
   chain: Promise<void>;
@@ -536,6 +556,11 @@ export class ChatClient {
   /** Users present in a room, as of the last join and presence events. */
   presence(room: string): ChatUser[] {
     return [...(this.#rooms.get(room)?.presence.values() ?? [])];
+  }
+
+  /** Read cursors of a room (ours included), as of its last join and the `read` events since. */
+  reads(room: string): ReadCursor[] {
+    return [...(this.#rooms.get(room)?.reads.values() ?? [])];
   }
 
   /** Other users typing in a room now. */
@@ -1169,9 +1194,14 @@ export class ChatClient {
       case "typing":
         this.#typingEvent(frame);
         return;
-      case "read":
-        if (frame.user) this.#emit("read", frame as unknown as ReadEvent);
+      case "read": {
+        const user = frame.user as ChatUser | undefined;
+        if (!user) return;
+        const state = this.#rooms.get(frame.room as string);
+        if (state) moveCursor(state.reads, user.id, frame.seq as number);
+        this.#emit("read", frame as unknown as ReadEvent);
         return;
+      }
       case "removed": {
         const state = this.#rooms.get(frame.room as string);
         if (state) {
@@ -1250,6 +1280,12 @@ export class ChatClient {
     if (typeof frame.epoch === "number") state.epoch = frame.epoch;
     state.presence = new Map((frame.presence as ChatUser[]).map((u) => [String(u.id), u]));
     this.#emit("presence", { room: name, action: "sync", users: this.presence(name) });
+    if (Array.isArray(frame.reads)) {
+      for (const r of frame.reads as { user_id: string | number; seq: number }[]) {
+        moveCursor(state.reads, r.user_id, r.seq);
+      }
+      this.#emit("reads", { room: name, reads: this.reads(name) });
+    }
     // Through the chain: replayed messages queued before this frame are delivered first.
     this.#enqueue(name, (room) => {
       if (room.lastSeq === undefined) room.lastSeq = frame.head as number;
@@ -1418,6 +1454,7 @@ export class ChatClient {
       joinRetries: 0,
       live: false,
       presence: new Map(),
+      reads: new Map(),
       typers: new Map(),
       chain: Promise.resolve(),
       waiters: [],
@@ -1469,6 +1506,13 @@ export class ChatClient {
 function fileName(file: FileSource): string {
   if (file instanceof Blob) return (file as Blob & { name?: string }).name || "file";
   return file.name;
+}
+
+/** Moves a user's cursor forward (cursors never go back; frames may come in any order). */
+function moveCursor(reads: Map<string, ReadCursor>, userId: string | number, seq: number): void {
+  if (typeof seq !== "number") return;
+  const known = reads.get(String(userId));
+  if (!known || known.seq < seq) reads.set(String(userId), { userId, seq });
 }
 
 /** The limits a `welcome` frame carries, or undefined when it has none (or they are malformed). */

@@ -327,6 +327,8 @@ Deno.test({
         await ben.waitForSelector('#status[data-state="open"]');
         await waitForBodies(ben, [...before, "Sent while the server was down", "Back again"]);
         await ben.waitForSelector('li.msg img[alt="chart.png"]');
+        // The receipts too: Ann read before the reload and has not read since.
+        await ben.waitForSelector("li.msg .receipts:text('Seen by Ann')", { timeout: 3000 });
       });
 
       if (Deno.env.get("UPDATE_SCREENSHOT")) {

@@ -15,6 +15,7 @@ import {
   type ChatMessage,
   type PresenceEvent,
   type ReadEvent,
+  type ReadsEvent,
   type StateEvent,
   type TypingEvent,
   type UploadProgress,
@@ -192,6 +193,19 @@ Deno.test("client: presence, typing (throttled, ends by itself), read cursors", 
     assertEquals(await b.client.read("chat:3", ack.seq), ack.seq);
     await eventually(() => a.reads.length === 1, 3000, "read event");
     assertEquals([a.reads[0].user.id, a.reads[0].seq], [2, ack.seq]);
+    assertEquals(a.client.reads("chat:3"), [{ userId: 2, seq: ack.seq }]);
+    // Another tab of user 1, opened later, learns the cursors from its join.
+    const later = await userClient(server, "1");
+    const listed: ReadsEvent[] = [];
+    later.client.on("reads", (e) => listed.push(e));
+    try {
+      await later.client.connect();
+      await later.client.join("chat:3");
+      assertEquals(listed, [{ room: "chat:3", reads: [{ userId: 2, seq: ack.seq }] }]);
+      assertEquals(later.client.reads("chat:3"), [{ userId: 2, seq: ack.seq }]);
+    } finally {
+      later.client.close();
+    }
 
     await b.client.leave("chat:3");
     await eventually(() => a.client.presence("chat:3").length === 1, 3000, "b left");

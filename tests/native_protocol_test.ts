@@ -514,6 +514,45 @@ Deno.test("native: history pages by cursor both ways; typing, read and presence 
   }
 });
 
+Deno.test("native: joined lists the room's read cursors (absent readers' and ours), up to 100 readers", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await connect(server);
+    const b = await connect(server, { sub: "bob", username: "bob" });
+    for (const c of [a, b]) await join(c, "chat:3");
+    for (let i = 1; i <= 3; i++) a.send({ type: "send", room: "chat:3", body: `m${i}`, ref: i });
+    await a.next((f) => f.ref === 3);
+    b.send({ type: "read", room: "chat:3", seq: 2, ref: "r" });
+    await b.next((f) => f.ref === "r");
+    a.send({ type: "read", room: "chat:3", ref: "r" });
+    await a.next((f) => f.ref === "r");
+    await b.close();
+    // A reload: bob is gone, his cursor is not; ids keep their types (1 a number, bob text).
+    const again = await connect(server);
+    const joined = await join(again, "chat:3");
+    const reads = (joined.reads as Frame[]).toSorted((x, y) =>
+      String(x.user_id) < String(y.user_id) ? -1 : 1
+    );
+    assertEquals(reads, [{ user_id: 1, seq: 3 }, { user_id: "bob", seq: 2 }]);
+    assertEquals(
+      (await join(await connect(server), "chat:4")).reads,
+      [],
+      "a room nobody read lists none",
+    );
+    // A room of more than 100 readers leaves the list out rather than cost each join a read per
+    // reader.
+    const chat = server.app.context.chat;
+    for (let i = 0; i < 101; i++) {
+      await chat.markRead({ id: `reader${i}`, username: `r${i}`, grants: [] } as never, "chat:3");
+    }
+    const crowded = await join(await connect(server), "chat:3");
+    assertEquals("reads" in crowded, false);
+    for (const c of [a, again]) await c.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("native: a typing tab that closes ends its typing while the user's other tab stays", async () => {
   const server = await startTestServer({ TYPING_TIMEOUT_SECONDS: "30" });
   try {

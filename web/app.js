@@ -187,13 +187,29 @@ async function start(s) {
   chat.on("read", (e) => {
     const view = views.get(e.room);
     if (!view) return;
+    const known = view.reads.get(String(e.user.id));
     view.reads.set(String(e.user.id), {
       user: e.user,
-      seq: e.seq
+      seq: Math.max(e.seq, known?.seq ?? 0)
     });
     const nearBottom = isNearBottom(120);
     renderReceipts(view);
     if (nearBottom && e.room === current) scrollToBottom(true);
+  });
+  chat.on("reads", (e) => {
+    const view = views.get(e.room);
+    if (!view) return;
+    const me = chat.user ? String(chat.user.id) : void 0;
+    for (const { userId, seq } of e.reads) {
+      const id = String(userId);
+      if (id === me) continue;
+      const known = view.reads.get(id);
+      if (!known || known.seq < seq) view.reads.set(id, {
+        user: known?.user,
+        seq
+      });
+    }
+    renderReceipts(view);
   });
   chat.on("removed", (e) => {
     showError(`You were removed from ${e.room} (${e.reason.replace("_", " ")})`);
@@ -246,6 +262,7 @@ function addRoom(name) {
     hasMore: false,
     unread: 0,
     reads: /* @__PURE__ */ new Map(),
+    people: /* @__PURE__ */ new Map(),
     pending: /* @__PURE__ */ new Map(),
     readSent: 0,
     joined: false
@@ -364,6 +381,7 @@ function onMessage(message) {
     view.pending.get(message.client_id).el.remove();
     view.pending.delete(message.client_id);
   }
+  if (message.sender) view.people.set(String(message.sender.id), message.sender);
   const li = renderMessage(message);
   const firstPending = view.list.querySelector("li.pending");
   view.list.insertBefore(li, firstPending);
@@ -462,17 +480,20 @@ function renderReceipts(view) {
   const seqs = [
     ...view.rendered.keys()
   ].sort((a, b) => a - b);
-  for (const { user, seq } of view.reads.values()) {
+  const present = client?.presence(view.name) ?? [];
+  for (const [id, { user, seq }] of view.reads) {
     let target;
     for (const s of seqs) {
       if (s > seq) break;
       const sender = view.rendered.get(s)?.dataset.senderId;
-      if (sender !== String(user.id)) target = s;
+      if (sender !== id) target = s;
     }
     if (target === void 0) continue;
+    const reader = user ?? view.people.get(id) ?? present.find((u) => String(u.id) === id);
+    const name = reader ? displayName(reader) : `user ${id}`;
     bySeq.set(target, [
       ...bySeq.get(target) ?? [],
-      displayName(user)
+      name
     ]);
   }
   for (const [seq, names] of bySeq) {

@@ -54,8 +54,10 @@ interface RoomView {
   lastSeq?: number;
   hasMore: boolean;
   unread: number;
-  /** Other users' read cursors, by user id. */
-  reads: Map<string, { user: ChatUser; seq: number }>;
+  /** Other users' read cursors, by user id; `user` once a `read` frame named them. */
+  reads: Map<string, { user?: ChatUser; seq: number }>;
+  /** Senders of the messages shown, by user id: the names of readers a join listed by id. */
+  people: Map<string, ChatUser>;
   /** Our messages not yet acknowledged, by client id. */
   pending: Map<string, PendingItem>;
   readSent: number;
@@ -251,11 +253,25 @@ async function start(s: Session): Promise<void> {
   chat.on("read", (e) => {
     const view = views.get(e.room);
     if (!view) return;
-    view.reads.set(String(e.user.id), { user: e.user, seq: e.seq });
+    const known = view.reads.get(String(e.user.id));
+    view.reads.set(String(e.user.id), { user: e.user, seq: Math.max(e.seq, known?.seq ?? 0) });
     const nearBottom = isNearBottom(120);
     renderReceipts(view);
     // A receipt under the newest message makes it taller: keep it in view.
     if (nearBottom && e.room === current) scrollToBottom(true);
+  });
+  // The cursors a (re)join lists: receipts of readers who are not here survive a reload.
+  chat.on("reads", (e) => {
+    const view = views.get(e.room);
+    if (!view) return;
+    const me = chat.user ? String(chat.user.id) : undefined;
+    for (const { userId, seq } of e.reads) {
+      const id = String(userId);
+      if (id === me) continue;
+      const known = view.reads.get(id);
+      if (!known || known.seq < seq) view.reads.set(id, { user: known?.user, seq });
+    }
+    renderReceipts(view);
   });
   chat.on("removed", (e) => {
     showError(`You were removed from ${e.room} (${e.reason.replace("_", " ")})`);
@@ -321,6 +337,7 @@ function addRoom(name: string): void {
     hasMore: false,
     unread: 0,
     reads: new Map(),
+    people: new Map(),
     pending: new Map(),
     readSent: 0,
     joined: false,
@@ -453,6 +470,7 @@ function onMessage(message: ChatMessage): void {
     view.pending.get(message.client_id)!.el.remove();
     view.pending.delete(message.client_id);
   }
+  if (message.sender) view.people.set(String(message.sender.id), message.sender);
   const li = renderMessage(message);
   // Live messages go after everything rendered, but before our own still-pending ones.
   const firstPending = view.list.querySelector("li.pending");
@@ -557,15 +575,18 @@ function renderReceipts(view: RoomView): void {
   for (const li of view.list.querySelectorAll(".receipts")) li.textContent = "";
   const bySeq = new Map<number, string[]>();
   const seqs = [...view.rendered.keys()].sort((a, b) => a - b);
-  for (const { user, seq } of view.reads.values()) {
+  const present = client?.presence(view.name) ?? [];
+  for (const [id, { user, seq }] of view.reads) {
     let target: number | undefined;
     for (const s of seqs) {
       if (s > seq) break;
       const sender = view.rendered.get(s)?.dataset.senderId;
-      if (sender !== String(user.id)) target = s;
+      if (sender !== id) target = s;
     }
     if (target === undefined) continue;
-    bySeq.set(target, [...(bySeq.get(target) ?? []), displayName(user)]);
+    const reader = user ?? view.people.get(id) ?? present.find((u) => String(u.id) === id);
+    const name = reader ? displayName(reader) : `user ${id}`;
+    bySeq.set(target, [...(bySeq.get(target) ?? []), name]);
   }
   for (const [seq, names] of bySeq) {
     const receipts = view.rendered.get(seq)?.querySelector(".receipts");

@@ -179,6 +179,12 @@ var ChatClient = class {
       ...this.#rooms.get(room)?.presence.values() ?? []
     ];
   }
+  /** Read cursors of a room (ours included), as of its last join and the `read` events since. */
+  reads(room) {
+    return [
+      ...this.#rooms.get(room)?.reads.values() ?? []
+    ];
+  }
   /** Other users typing in a room now. */
   typers(room) {
     return [
@@ -777,9 +783,14 @@ var ChatClient = class {
       case "typing":
         this.#typingEvent(frame);
         return;
-      case "read":
-        if (frame.user) this.#emit("read", frame);
+      case "read": {
+        const user = frame.user;
+        if (!user) return;
+        const state = this.#rooms.get(frame.room);
+        if (state) moveCursor(state.reads, user.id, frame.seq);
+        this.#emit("read", frame);
         return;
+      }
       case "removed": {
         const state = this.#rooms.get(frame.room);
         if (state) {
@@ -847,6 +858,15 @@ var ChatClient = class {
       action: "sync",
       users: this.presence(name)
     });
+    if (Array.isArray(frame.reads)) {
+      for (const r of frame.reads) {
+        moveCursor(state.reads, r.user_id, r.seq);
+      }
+      this.#emit("reads", {
+        room: name,
+        reads: this.reads(name)
+      });
+    }
     this.#enqueue(name, (room) => {
       if (room.lastSeq === void 0) room.lastSeq = frame.head;
       const waiters = room.waiters;
@@ -1026,6 +1046,7 @@ var ChatClient = class {
       joinRetries: 0,
       live: false,
       presence: /* @__PURE__ */ new Map(),
+      reads: /* @__PURE__ */ new Map(),
       typers: /* @__PURE__ */ new Map(),
       chain: Promise.resolve(),
       waiters: [],
@@ -1076,6 +1097,14 @@ var ChatClient = class {
 function fileName(file) {
   if (file instanceof Blob) return file.name || "file";
   return file.name;
+}
+function moveCursor(reads, userId, seq) {
+  if (typeof seq !== "number") return;
+  const known = reads.get(String(userId));
+  if (!known || known.seq < seq) reads.set(String(userId), {
+    userId,
+    seq
+  });
 }
 function parseLimits(value) {
   if (typeof value !== "object" || value === null) return void 0;

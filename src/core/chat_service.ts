@@ -444,8 +444,8 @@ export class ChatService {
     return cursor;
   }
 
-  /** Every user's read cursor in a room. */
-  readCursors(room: string): Promise<Map<string, number>> {
-    return this.#deps.store.cursors(room);
+  /** Every user's read cursor in a room (by user id as text), or the first `limit` of them. */
+  readCursors(room: string, limit?: number): Promise<Map<string, number>> {
+    return this.#deps.store.cursors(room, limit);
   }
 }

@@ -134,8 +134,8 @@ export interface ReadCursorStore {
   markRead(room: string, user: UserId, seq: number): Promise<number>;
   /** The user's cursor, 0 when unset. */
   cursor(room: string, user: UserId): Promise<number>;
-  /** Every user's cursor in the room. */
-  cursors(room: string): Promise<Map<string, number>>;
+  /** Every user's cursor in the room, or the first `limit` of them by user id. */
+  cursors(room: string, limit?: number): Promise<Map<string, number>>;
 }
 
 /** Something that happens in a room and is fanned out to its members. */

@@ -1040,10 +1040,11 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     return entry.value ? Number(entry.value.value) : 0;
   }
 
-  /** Every user's read cursor in the room. */
-  async cursors(room: string): Promise<Map<string, number>> {
+  /** Every user's read cursor in the room, or the first `limit` of them by user id. */
+  async cursors(room: string, limit?: number): Promise<Map<string, number>> {
     const out = new Map<string, number>();
-    for await (const e of this.#kv.list<Deno.KvU64>({ prefix: KV_KEYS.reads(room) })) {
+    const entries = this.#kv.list<Deno.KvU64>({ prefix: KV_KEYS.reads(room) }, { limit });
+    for await (const e of entries) {
       out.set(String(e.key[2]), Number(e.value.value));
     }
     return out;

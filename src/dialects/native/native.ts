@@ -3,6 +3,7 @@
  * idempotent sends with acknowledgements, typing, read cursors, history paging and presence.
  */
 
+import { normalizeUserId } from "../../auth/principal.ts";
 import { findToken } from "../../auth/token.ts";
 import { MAX_BODY_CHARS, MAX_FILES_PER_MESSAGE } from "../../core/chat_service.ts";
 import { asChatError, ChatError, rateLimited } from "../../core/errors.ts";
@@ -51,6 +52,11 @@ const REPLAY_BURST_JOINS = 10;
  * through the socket's own send, which checks across all of them.
  */
 const MAX_DIRECT_ROOMS = 4;
+/**
+ * Most read cursors a `joined` lists; a room with more leaves them out (listing every reader of
+ * a large room on every join would cost each join a read per reader, and show no one anything).
+ */
+const READS_IN_JOINED = 100;
 
 /** A user as the native protocol shows it. */
 export function nativeUser(user: UserProfile | null) {
@@ -396,12 +402,26 @@ class NativeSession implements SocketHandler {
       if (!(await ctx.chat.canAccess(this.user, room, { fresh: true }))) {
         throw new ChatError("forbidden", `Access denied to room "${room}"`);
       }
-      const present = await ctx.chat.present(room);
-      this.#reply(
-        conn,
-        { type: "joined", room, head, epoch: current, presence: present.map(nativeUser) },
-        ref,
-      );
+      const [present, cursors] = await Promise.all([
+        ctx.chat.present(room),
+        ctx.chat.readCursors(room, READS_IN_JOINED + 1),
+      ]);
+      const joined: Record<string, unknown> = {
+        type: "joined",
+        room,
+        head,
+        epoch: current,
+        presence: present.map(nativeUser),
+      };
+      // Read before `joined` goes, with the socket already in the room: a cursor that moves
+      // meanwhile comes as a `read` frame after it, and cursors only move forward.
+      if (cursors.size <= READS_IN_JOINED) {
+        joined.reads = [...cursors].map(([id, seq]) => ({
+          user_id: normalizeUserId(id) ?? id,
+          seq,
+        }));
+      }
+      this.#reply(conn, joined, ref);
     } catch (err) {
       // Undone, so that trying again starts afresh (and records the presence again).
       if (rooms.get(room) === member) {
