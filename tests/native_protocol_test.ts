@@ -759,6 +759,22 @@ Deno.test("native: a flood is refused with rate_limited, then closed with 4029",
   }
 });
 
+Deno.test("native: a flood still arriving when the server closes gets its replies and 4029, not a dropped connection", async () => {
+  const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
+  try {
+    const a = await connect(server);
+    // Far more than the server reads before it decides to close: most are still on the way.
+    for (let i = 0; i < 400; i++) a.send({ type: "ping", ref: i, pad: "x".repeat(200) });
+    const closed = await within(a.closed, "the close");
+    assertEquals(closed.code, 4029);
+    const frames = a.frames as Frame[];
+    assertEquals(frames.filter((f) => f.type === "pong").map((f) => f.ref), [...Array(10).keys()]);
+    assertEquals(frames.at(-1)?.code, "rate_limited");
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("native: a flood of malformed frames is refused with rate_limited, then closed with 4029", async () => {
   const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
   try {

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { closeWhenQuiet } from "../transport/close_when_quiet.ts";
 import {
   decodePacket,
   decodePayload,
@@ -216,6 +217,8 @@ class LocalFrameSocket implements FrameSocket {
   #maxBuffered: number;
   /** Frames and bytes written since `bufferedAmount` was last read. */
   #sinceCheck = { frames: 0, bytes: 0 };
+  /** When the peer's last frame arrived (performance.now()): a close waits for a quiet peer. */
+  #lastFrameAt = 0;
 
   constructor(
     ws: WebSocket,
@@ -236,6 +239,7 @@ class LocalFrameSocket implements FrameSocket {
       if (this.#closeRequest) this.#shut(this.#closeRequest.code, this.#closeRequest.reason);
     };
     ws.onmessage = (event: MessageEvent<string | ArrayBuffer>) => {
+      this.#lastFrameAt = performance.now();
       const data = event.data;
       if (!this.#closeRequest) {
         budget?.received(this, typeof data === "string" ? data.length : data.byteLength);
@@ -305,16 +309,10 @@ class LocalFrameSocket implements FrameSocket {
     if (this.#ws.readyState === WebSocket.CLOSING || this.#ws.readyState === WebSocket.CLOSED) {
       return;
     }
-    try {
-      // Script may only send 1000 or 3000-4999; other codes (1009, 1006, ...) become a plain close.
-      if (code === 1000 || (code !== undefined && code >= 3000 && code <= 4999)) {
-        this.#ws.close(code, reason);
-      } else {
-        this.#ws.close();
-      }
-    } catch {
-      // Already closing.
-    }
+    // Script may only send 1000 or 3000-4999; other codes (1009, 1006, ...) become a plain close.
+    const allowed = code === 1000 || (code !== undefined && code >= 3000 && code <= 4999);
+    // Once the peer stops sending, or what was just sent before the close would be lost.
+    closeWhenQuiet(this.#ws, () => this.#lastFrameAt, allowed ? code : undefined, reason);
   }
 }
 
@@ -481,6 +479,8 @@ class Session implements EngineSocket {
     this.#state = "closing";
     this.#candidate?.close();
     if (this.#ws) {
+      // What was said before the close goes first, as a parked GET gets it with the close.
+      this.#flush();
       this.#ws.close();
       this.#close("forced close");
     } else if (this.#poll) {

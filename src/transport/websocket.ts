@@ -4,6 +4,7 @@ import type { RateVerdict } from "../core/rate_limiter.ts";
 import { ChatError, frameTooLarge } from "../core/errors.ts";
 import type { Metrics } from "../core/metrics.ts";
 import type { FrameBudget, FrameHolder } from "./frame_budget.ts";
+import { closeWhenQuiet } from "./close_when_quiet.ts";
 
 /** Close codes the transport itself uses. */
 export const CLOSE = {
@@ -120,6 +121,8 @@ export class Connection implements FrameHolder {
   #queuedBytes = 0;
   /** The rate limit's verdict on the frame being handled, from `admit` as it arrived. */
   #admission: RateVerdict = "ok";
+  /** When the peer's last frame arrived (performance.now()): a close waits for a quiet peer. */
+  #lastFrameAt = 0;
 
   private constructor(socket: WebSocket, options: SocketOptions, handler: SocketHandler) {
     this.#socket = socket;
@@ -182,6 +185,7 @@ export class Connection implements FrameHolder {
   }
 
   #onMessage(data: unknown): void {
+    this.#lastFrameAt = performance.now();
     if (this.#done || this.#refusing) return;
     const size = typeof data === "string"
       ? data.length
@@ -365,11 +369,9 @@ export class Connection implements FrameHolder {
     if (
       this.#socket.readyState === WebSocket.OPEN || this.#socket.readyState === WebSocket.CONNECTING
     ) {
-      try {
-        this.#socket.close(code, reason);
-      } catch {
-        // Already closing: cleanup below is what matters.
-      }
+      // The session ends now (cleanup below); the socket itself once the peer stops sending,
+      // or it would lose the replies just sent and the close code.
+      closeWhenQuiet(this.#socket, () => this.#lastFrameAt, code, reason);
     }
     this.#cleanup();
   }

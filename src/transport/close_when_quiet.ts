@@ -1,0 +1,41 @@
+/**
+ * Closing a server-side WebSocket while the peer is still sending loses what this side sent just
+ * before: Deno drops the connection when frames keep coming after its close, so the peer gets
+ * neither the last replies (the `error` that says why) nor the close code, only 1006. A flood
+ * closed with 4029 or a refused client that sends at once is exactly that case.
+ */
+
+/** The peer has stopped sending once nothing came for this long, ms. */
+export const CLOSE_QUIET_MS = 100;
+/** The longest a close waits for the peer to stop, ms: a peer that never does is cut off. */
+export const CLOSE_LINGER_MAX_MS = 2_000;
+
+/**
+ * Closes `socket` with `code` once `lastFrameAt()` (performance.now() of the peer's last frame)
+ * is {@link CLOSE_QUIET_MS} in the past, at once when it already is, and after
+ * {@link CLOSE_LINGER_MAX_MS} whatever the peer does. The caller stops handling frames meanwhile.
+ */
+export function closeWhenQuiet(
+  socket: WebSocket,
+  lastFrameAt: () => number,
+  code?: number,
+  reason?: string,
+): void {
+  const deadline = performance.now() + CLOSE_LINGER_MAX_MS;
+  const attempt = () => {
+    if (socket.readyState === WebSocket.CLOSING || socket.readyState === WebSocket.CLOSED) return;
+    const now = performance.now();
+    const wait = lastFrameAt() + CLOSE_QUIET_MS - now;
+    if (wait > 0 && now < deadline) {
+      setTimeout(attempt, Math.min(wait, deadline - now));
+      return;
+    }
+    try {
+      if (code === undefined) socket.close();
+      else socket.close(code, reason);
+    } catch {
+      // Already closing.
+    }
+  };
+  attempt();
+}
