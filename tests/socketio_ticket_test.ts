@@ -752,20 +752,88 @@ Deno.test("socket.io ticket chat: a polling client that keeps sending but never 
   }
 });
 
-Deno.test("socket.io ticket chat: a flood of authenticate events, even without a token, is rate-limited, then disconnected", async () => {
+Deno.test("socket.io ticket chat: a flood of authenticate events, even without a token, is rate-limited, then the transport closed (the client reconnects)", async () => {
   await withChat(async (_server, client) => {
-    const socket = client({ reconnection: false, transports: ["websocket"] });
+    const socket = client({ transports: ["websocket"] });
     await next(socket, "connect");
     let checked = 0;
+    const errors: string[] = [];
     socket.on("authentication_error", (e: Payload) => {
+      errors.push(String(e.message));
       if (e.message === "Invalid token") checked++;
     });
     const gone = next<string>(socket, "disconnect");
     for (let i = 0; i < 200; i++) socket.emit("authenticate", { token: "garbage" });
-    // Closed by the server (its disconnect packet may or may not beat the transport's close).
-    assert(["io server disconnect", "transport close"].includes(await gone));
-    // Only the burst allowance was verified (40), not all 200.
+    // A transport close: after a Socket.IO disconnect packet the client would stop for good.
+    assertEquals(await gone, "transport close");
+    assert(socket.active, "the client gave up reconnecting");
+    await next(socket, "connect");
+    // Only the burst allowance was verified (40), not all 200; the last word says why.
     assert(checked > 0 && checked <= 50, `${checked} tokens checked`);
+    assertEquals(errors.at(-1), "Too many messages: slow down");
+  });
+});
+
+Deno.test("socket.io ticket chat: get_messages without a limit returns the ticket's history whole (up to 500), and says when more is left", async () => {
+  await withChat(async (server, client) => {
+    const chat = server.app.context.chat;
+    // System messages (no sender): what the admin API posts.
+    for (let i = 1; i <= 60; i++) await chat.send(null, "ticket:9", { body: `m${i}` });
+    const socket = client({ transports: ["websocket"] });
+    await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:9"] }));
+    const all = next<Payload>(socket, "messages_loaded");
+    socket.emit("get_messages", { ticketId: "9" });
+    const loaded = await all;
+    assertEquals((loaded.messages as Payload[]).length, 60);
+    assertEquals([(loaded.messages as Payload[])[0].message, loaded.hasMore], ["m1", false]);
+    const page = next<Payload>(socket, "messages_loaded");
+    socket.emit("get_messages", { ticketId: "9", limit: 10 });
+    const newest = await page;
+    assertEquals((newest.messages as Payload[]).map((m) => m.message).at(0), "m51");
+    assertEquals(newest.hasMore, true);
+  });
+});
+
+Deno.test("socket.io ticket chat: typing on every keystroke past the rate limit is dropped, not a reason to disconnect", async () => {
+  await withChat(async (server, client) => {
+    const socket = client({ transports: ["websocket"] });
+    await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:3"] }));
+    await joined(socket, "3");
+    let disconnected = false;
+    socket.on("disconnect", () => disconnected = true);
+    // What socket.io-client sends at once after an outage, when the page emitted typing_start
+    // on every input event meanwhile.
+    for (let i = 0; i < 150; i++) socket.emit("typing_start", { ticketId: "3" });
+    socket.emit("typing_stop", { ticketId: "3" });
+    await new Promise((r) => setTimeout(r, 300));
+    const sent = next<{ data: Payload }>(socket, "new_message");
+    socket.emit("send_message", { ticketId: "3", message: "still here" });
+    assertEquals((await sent).data.message, "still here");
+    assertEquals(disconnected, false);
+  });
+});
+
+Deno.test("socket.io ticket chat: events sent right after authenticate, without waiting for its answer, are handled as signed in", async () => {
+  await withChat(async (server, client) => {
+    const token = await server.token({ sub: "1", rooms: ["ticket:6"] });
+    const socket = client();
+    const errors: unknown[] = [];
+    for (const e of ["join_ticket_error", "messages_error", "send_message_error"]) {
+      socket.on(e, (m: Payload) => errors.push([e, m.message]));
+    }
+    const joinedTicket = next(socket, "joined_ticket");
+    const loading = next<Payload>(socket, "messages_loaded");
+    // The document's connect handler: authenticate, then at once join and load the history.
+    socket.on("connect", () => {
+      socket.emit("authenticate", { token });
+      socket.emit("join_ticket", { ticketId: "6" });
+      socket.emit("send_message", { ticketId: "6", message: "first" });
+      socket.emit("get_messages", { ticketId: "6" });
+    });
+    assertEquals(await joinedTicket, { ticketId: "6" });
+    const loaded = await loading;
+    assertEquals((loaded.messages as Payload[]).map((m) => m.message), ["first"]);
+    assertEquals(errors, []);
   });
 });
 

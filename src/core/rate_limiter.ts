@@ -114,8 +114,11 @@ export class RateLimiter {
     return this.#conns.size + this.#users.size;
   }
 
-  /** Takes a token for one frame of `connId` (owned by `user`). */
-  take(user: string | number, connId: string): RateVerdict {
+  /**
+   * Takes a token for one frame of `connId` (owned by `user`); a refused frame counts as a strike
+   * unless `strike` is false (a frame the caller drops at no cost).
+   */
+  take(user: string | number, connId: string, strike = true): RateVerdict {
     const now = this.#now();
     const conn = this.#conns.get(connId, now);
     const owner = this.#users.get(String(user), now);
@@ -125,7 +128,7 @@ export class RateLimiter {
       conn.strikes = 0;
       return "ok";
     }
-    conn.strikes++;
+    if (strike) conn.strikes++;
     return conn.strikes > this.#limits.perConnection * 2 ? "close" : "limited";
   }
 

@@ -8,6 +8,7 @@ import { isAdminRole } from "../../auth/principal.ts";
 import { findToken } from "../../auth/token.ts";
 import { asChatError, ChatError, frameTooLarge, rateLimited } from "../../core/errors.ts";
 import type { QueuedSend } from "../../core/chat_service.ts";
+import type { RateVerdict } from "../../core/rate_limiter.ts";
 import { isValidRoomId, roomKey } from "../../core/rooms.ts";
 import type { FileInput, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import { type Socket, SocketIOServer } from "../../engine_io/mod.ts";
@@ -45,6 +46,12 @@ function messageText(value: unknown): string {
 }
 
 /** The error event each client event is answered on when refused (none: only its ack). */
+/** Messages one `get_messages` returns, by default and at most. */
+const HISTORY_DEFAULT = 500;
+
+/** Typing events: dropped when over the rate limit, since a lost one is harmless. */
+const TYPING = new Set(["typing_start", "typing_stop"]);
+
 const ERROR_EVENTS: Record<string, string> = {
   authenticate: "authentication_error",
   join_ticket: "join_ticket_error",
@@ -71,6 +78,10 @@ interface SocketState {
   handling: Set<Promise<void>>;
   /** An event was refused: the session ends once `handling` is done. */
   ending?: boolean;
+  /** Settles once every send made so far is stored or refused (see `get_messages`). */
+  sendsDone?: Promise<void>;
+  /** The `authenticate` being handled: events after it wait for it, as they were sent after it. */
+  authenticating?: Promise<void>;
 }
 
 /**
@@ -425,25 +436,47 @@ export function createSocketIoTicketChat(
         return;
       }
       s.queuedBytes += size;
-      const run: Promise<void> = handle(args)
+      // Counted as it arrives, in the order sent.
+      const verdict = ctx.limiter.take(s.user?.id ?? socket.id, socket.id, !TYPING.has(event));
+      if (verdict !== "ok" && TYPING.has(event)) {
+        // Sent on every keystroke by the document's own advice, and a lost one is harmless:
+        // dropped, without counting towards the close a flood of other events earns.
+        s.queuedBytes -= size;
+        return;
+      }
+      if (verdict === "close") {
+        // A transport close, not a Socket.IO disconnect: after that the client would never
+        // reconnect. The events before this one are answered first, then this one says why.
+        s.ending = true;
+        s.queuedBytes -= size;
+        ctx.metrics.error("rate_limited");
+        Promise.allSettled(s.handling).then(() => {
+          if (errorEvent) socket.emit(errorEvent, { message: rateLimited().message });
+          socket.conn.close();
+        });
+        return;
+      }
+      // The client sent it after its `authenticate`, usually without waiting for the answer
+      // (`connect` → authenticate, join_ticket): it is handled as signed in, if that succeeds.
+      const after = event === "authenticate" ? undefined : s.authenticating;
+      const run: Promise<void> = (after
+        ? after.then(() => handle(args, verdict))
+        : handle(args, verdict))
         .catch((err) => console.error(`socket.io: ${event} failed:`, err))
         .finally(() => {
           s.queuedBytes -= size;
           s.handling.delete(run);
+          if (s.authenticating === run) s.authenticating = undefined;
         });
       s.handling.add(run);
+      if (event === "authenticate") s.authenticating = run;
     });
 
-    async function handle(args: unknown[]): Promise<void> {
+    async function handle(args: unknown[], verdict: RateVerdict): Promise<void> {
       const ack = typeof args.at(-1) === "function"
         ? args.pop() as (...a: unknown[]) => void
         : undefined;
-      const verdict = ctx.limiter.take(state(socket).user?.id ?? socket.id, socket.id);
       try {
-        if (verdict === "close") {
-          socket.disconnect(true);
-          return;
-        }
         if (verdict === "limited") {
           throw rateLimited();
         }
@@ -575,9 +608,17 @@ export function createSocketIoTicketChat(
       }));
 
     on(socket, "get_messages", async (payload, ack) => {
+      // After the sends this socket made before asking, as the native protocol answers: a
+      // client that sends and then loads the ticket sees its message.
+      const sends = s.sendsDone;
       const { room, id } = await authorize(socket, payload);
       const record = payload as Record<string, unknown>;
-      const limit = Math.min(Math.max(Number(record.limit ?? 50) || 50, 1), 200);
+      // The document's clients load a ticket's messages with no paging, so the default is a
+      // ticket's whole history as far as one event sensibly carries it; `hasMore` tells the rest.
+      const limit = Math.min(
+        Math.max(Number(record.limit ?? HISTORY_DEFAULT) || HISTORY_DEFAULT, 1),
+        HISTORY_DEFAULT,
+      );
       let before: number | undefined;
       let beforeTime: string | undefined;
       if (typeof record.before === "number" && Number.isSafeInteger(record.before)) {
@@ -588,15 +629,23 @@ export function createSocketIoTicketChat(
         beforeTime = new Date(record.before).toISOString();
       }
       if (beforeTime !== undefined) before = await ctx.chat.seqBefore(room, beforeTime);
-      const messages = await ctx.chat.history(room, { before, limit });
-      const rendered = messages.map((m) => socketIoMessage(m, id, s.baseUrl));
-      socket.emit("messages_loaded", { messages: rendered, ticketId: id });
-      ack?.({ messages: rendered });
+      await sends;
+      const page = await ctx.chat.historyPage(room, { before, limit });
+      const rendered = page.messages.map((m) => socketIoMessage(m, id, s.baseUrl));
+      socket.emit("messages_loaded", { messages: rendered, ticketId: id, hasMore: page.hasMore });
+      ack?.({ messages: rendered, hasMore: page.hasMore });
     });
 
     on(socket, "send_message", async (payload, ack) => {
-      const { id, queued } = await inTurn(s, () => queueSend(payload));
-      const result = await queued.result;
+      const sending = inTurn(s, () => queueSend(payload));
+      const stored = sending.then(({ queued }) => queued.result);
+      const done = Promise.allSettled([s.sendsDone, stored]).then(() => {});
+      s.sendsDone = done;
+      done.then(() => {
+        if (s.sendsDone === done) s.sendsDone = undefined;
+      });
+      const { id } = await sending;
+      const result = await stored;
       ack?.(socketIoMessage(result.message, id, s.baseUrl));
     });
 
