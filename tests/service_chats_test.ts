@@ -120,6 +120,37 @@ Deno.test("service chats: a message reaches every participant except the sender"
   }
 });
 
+Deno.test("service chats: a message with files (sent in another protocol) carries their URLs after its text", async () => {
+  const server = await startTestServer();
+  try {
+    const client = await open(server, "service-chats", 4, { sub: 2, rooms: ["service-chat:4"] });
+    // The native protocol (and the chat page) can send files into the same chat.
+    const token = await server.token({ sub: 1, rooms: ["service-chat:4"] });
+    const master = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+    await master.next((f) => f.type === "welcome");
+    master.send({ type: "join", room: "service-chat:4", ref: "j" });
+    await master.next((f) => f.ref === "j");
+    const data = new TextEncoder().encode("счёт").toBase64();
+    master.send({
+      type: "send",
+      room: "service-chat:4",
+      body: "see file",
+      files: [{ name: "a.txt", data }],
+    });
+    master.send({ type: "send", room: "service-chat:4", files: [{ name: "b.txt", data }] });
+    const [withText, fileOnly] = [await client.next(), await client.next()];
+    const [text, url] = (withText.content as string).split("\n");
+    assertEquals(text, "see file");
+    assertEquals(await (await fetch(url)).text(), "счёт");
+    // A file alone is its link, not an empty message.
+    assertMatch(fileOnly.content as string, /^http:\/\/127\.0\.0\.1:\d+\/media\/\S+$/);
+    assertEquals(await (await fetch(fileOnly.content as string)).text(), "счёт");
+    for (const ws of [client, master]) await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("service chats: /ws/service-chats/007 and /ws/service-chats/7 are one chat, as its integer id is", async () => {
   const server = await startTestServer();
   try {

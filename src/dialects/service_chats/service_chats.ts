@@ -7,7 +7,7 @@
 import { ChatError } from "../../core/errors.ts";
 import { isoNaive } from "../../core/time.ts";
 import { idValue, numericRoom } from "../conversation_chat/conversation_chat.ts";
-import type { DialectContext, WsRoute } from "../context.ts";
+import { bodyWithFileUrls, type DialectContext, type WsRoute } from "../context.ts";
 import { clip, optionalClientId, optionalString, parseObject } from "../frames.ts";
 import { singleRoomRoute } from "../single_room.ts";
 
@@ -29,7 +29,9 @@ export function serviceChatRoutes(ctx: DialectContext): WsRoute[] {
           ? JSON.stringify({
             type: "message",
             id: event.message.seq,
-            content: event.message.body,
+            // Its shape has no field for files: their URLs follow the text, as in the other
+            // text-only protocols, rather than a file-only message arriving empty.
+            content: bodyWithFileUrls(event.message.body, event.message.attachments, s.baseUrl),
             sender_id: event.message.sender?.id ?? null,
             chat_id: idValue(s.id),
             created_at: isoNaive(event.message.createdAt),
