@@ -409,7 +409,7 @@ Deno.test("ticket socket: frames sent back to back share commits, keep their ord
     const a = await ticketClient(server, 1, { sub: "3", username: "user3" });
     const b = await ticketClient(server, 1, { sub: "4", username: "user4" });
     const before = metrics.commits;
-    for (const body of ["m1", "m2", "", "m3", "m4", "m5"]) a.send({ body });
+    for (const body of ["m1", "m2", "m3", "m4", "m5", ""]) a.send({ body });
     for (const client of [a, b]) {
       for (let pk = 1; pk <= 5; pk++) {
         const msg = await client.next((f) => "pk" in f);
@@ -423,6 +423,23 @@ Deno.test("ticket socket: frames sent back to back share commits, keep their ord
     await a.close();
     await b.close();
   }, { COMMIT_PAUSE_CPU_PERCENT: "0", COMMIT_INTERVAL_MS: "300" });
+});
+
+Deno.test("ticket socket: with no request ids, an error comes between the echoes of the sends around it, in the order sent", async () => {
+  await withServer(async (server) => {
+    const a = await ticketClient(server, 1, { sub: "3", username: "user3" });
+    for (let i = 0; i < 5; i++) {
+      a.send({ body: `m${i}` });
+      a.send("not json");
+    }
+    const seen: string[] = [];
+    while (seen.length < 10) {
+      const f = await a.next();
+      seen.push("error" in f ? "error" : String(f.body));
+    }
+    assertEquals(seen, ["m0", "error", "m1", "error", "m2", "error", "m3", "error", "m4", "error"]);
+    await a.close();
+  }, { COMMIT_PAUSE_CPU_PERCENT: "0", COMMIT_INTERVAL_MS: "100" });
 });
 
 Deno.test("ticket socket: a socket owes at most 64 replies; the frame after waits for them", async () => {

@@ -175,6 +175,8 @@ class RoomSocket implements SocketHandler {
   #id: string;
   #baseUrl: string;
   #session?: RoomSession;
+  /** A frame was refused and its error is not yet sent (see `message`). */
+  #errorOwed = false;
 
   constructor(
     ctx: DialectContext,
@@ -253,6 +255,14 @@ class RoomSocket implements SocketHandler {
     const dialect = this.#dialect;
     const session = this.#session;
     if (!session) return;
+    // These protocols have no request ids: a client tells which frame an error answers by the
+    // order of what it receives. An error waits for the sends before it to commit, and the echo
+    // of a send after it, committed with them, would come first; so that send waits for the
+    // error to be out.
+    if (this.#errorOwed) {
+      this.#errorOwed = false;
+      if (!(await conn.settled())) return;
+    }
     let work: Promise<AppendResult | undefined>;
     try {
       // `close` the transport acts on itself.
@@ -262,6 +272,7 @@ class RoomSocket implements SocketHandler {
       work = (await dialect.message(session, text))?.result ?? Promise.resolve(undefined);
     } catch (err) {
       work = Promise.reject(err);
+      this.#errorOwed = true;
     }
     conn.finishInOrder(work, (outcome) => {
       if (!outcome.ok) {
