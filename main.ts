@@ -31,7 +31,8 @@ import {
   createSocketIoTicketChat,
   socketIoBusy,
 } from "./src/dialects/socketio_ticket/socketio_ticket.ts";
-// Pages written for the Node server load the client from it: `<script src="/socket.io/socket.io.js">`.
+// Pages written for the Node server load the client from it: `<script src="/socket.io/socket.io.js">`
+// (or `socket.io.min.js`: the package exports only the full bundle, which serves for both).
 import socketIoClientBundle from "socket.io-client/dist/socket.io.js" with { type: "text" };
 import type { SocketIOServer } from "./src/engine_io/mod.ts";
 import { createHttpApp, type HttpDeps, matchWsRoute, ownMetrics } from "./src/http/app.ts";
@@ -289,7 +290,10 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     relay: overrides.socketIoRelay ?? false,
     pingInterval: config.socketIoPingIntervalMs,
     pingTimeout: config.socketIoPingTimeoutMs,
-    clientBundle: socketIoClientBundle,
+    clientBundle: {
+      "socket.io.js": socketIoClientBundle,
+      "socket.io.min.js": socketIoClientBundle,
+    },
   });
   const apiCounters = new ApiCounters();
   const isolateId = registry.id.slice(0, 8);

@@ -622,7 +622,7 @@ Deno.test("socket.io ticket chat: connections that never authenticate are bounde
   });
 });
 
-Deno.test("socket.io ticket chat: the browser client is served at /socket.io/socket.io.js, as Node's server serves it", async () => {
+Deno.test("socket.io ticket chat: the browser client is served at /socket.io/socket.io.js (and .min.js), as Node's server serves it", async () => {
   await withChat(async (server) => {
     const res = await fetch(`${server.url}/socket.io/socket.io.js`);
     assertEquals(res.status, 200);
@@ -639,8 +639,11 @@ Deno.test("socket.io ticket chat: the browser client is served at /socket.io/soc
       headers: { "if-none-match": etag },
     });
     assertEquals([again.status, await again.text()], [304, ""]);
+    // At the minified bundle's name too (the same client), for pages that load that one.
+    const min = await fetch(`${server.url}/socket.io/socket.io.min.js`);
+    assertEquals([min.status, await min.text()], [200, body]);
     // Every other path under /socket.io/ is still Engine.IO's.
-    const other = await fetch(`${server.url}/socket.io/socket.io.min.js`);
+    const other = await fetch(`${server.url}/socket.io/socket.io.msgpack.min.js`);
     assertEquals(other.status, 400);
     await other.body?.cancel();
   });

@@ -171,8 +171,8 @@ export interface SocketIoTicketOptions {
   pingInterval?: number;
   /** Milliseconds a client has to answer a ping. */
   pingTimeout?: number;
-  /** The socket.io-client browser bundle to serve at `/socket.io/socket.io.js`. */
-  clientBundle?: string;
+  /** The socket.io-client browser bundles to serve under `/socket.io/`, by file name. */
+  clientBundle?: string | Readonly<Record<string, string>>;
 }
 
 /**
