@@ -350,6 +350,11 @@ Deno.test("conversation chat: errors keep the socket open; bad token 4001, not a
       ["not json", "Invalid JSON"],
       [{ type: "file_message", filename: "a.txt" }, "File data and filename are required"],
       [{ type: "file_message", file: "QUJD" }, "File data and filename are required"],
+      // A name with nothing left once made safe is no name either, in the document's words.
+      [
+        { type: "file_message", file: "QUJD", filename: "/" },
+        "File data and filename are required",
+      ],
       [{ type: "file_message", file: "QUJD", filename: "x".repeat(256) }, /Filename is too long/],
       [
         { type: "file_message", file: new Uint8Array(1001).toBase64(), filename: "big.bin" },

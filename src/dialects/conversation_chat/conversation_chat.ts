@@ -143,7 +143,10 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
           return undefined;
       }
     },
-    errorFrame: (e) => error(e.message),
+    // A filename with nothing showable left (`/`) is refused by the media store in words of its
+    // own; the document has one text for a missing file or name.
+    errorFrame: (e) =>
+      error(e.code === "filename_required" ? "File data and filename are required" : e.message),
     // Sent once the socket is live in the room, so a client that waits for it misses nothing.
     afterJoin(s) {
       s.conn.send(JSON.stringify({
