@@ -777,6 +777,16 @@ Deno.test("socket.io ticket chat: a flood of authenticate events, even without a
   });
 });
 
+Deno.test("socket.io ticket chat: a token whose role is the document's model name, SuperAdmin, is an admin", async () => {
+  await withChat(async (server, client) => {
+    const socket = client({ transports: ["websocket"] });
+    const token = await server.token({ sub: "7", name: "Eve", role: "SuperAdmin" });
+    assertEquals(((await authenticated(socket, token)).user as Payload).type, "SuperAdmin");
+    // No `rooms` claim: every ticket is open to a super admin.
+    await joined(socket, "any-ticket");
+  });
+});
+
 Deno.test("socket.io ticket chat: get_messages without a limit returns the ticket's history whole (up to 500), and says when more is left", async () => {
   await withChat(async (server, client) => {
     const chat = server.app.context.chat;

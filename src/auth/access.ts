@@ -2,7 +2,7 @@
 
 import { grantMatches } from "../core/rooms.ts";
 import type { AccessPolicy, Principal } from "../core/types.ts";
-import { isAdminRole } from "./principal.ts";
+import { isAdminRole, isSupportRole } from "./principal.ts";
 
 /**
  * The rules that need no database: admins enter every room, support staff every support chat,
@@ -11,12 +11,12 @@ import { isAdminRole } from "./principal.ts";
 export function roleGrantsAccess(user: Principal, room: string): boolean {
   if (isAdminRole(user.role)) return true;
   if (room.startsWith("room:")) return true;
-  return user.role === "support" && room.startsWith("support-chat:");
+  return isSupportRole(user.role) && room.startsWith("support-chat:");
 }
 
 /** True for the roles that open rooms by themselves (see {@link roleGrantsAccess}). */
 export function roleOpensRooms(role: string | null | undefined): boolean {
-  return isAdminRole(role ?? undefined) || role === "support";
+  return isAdminRole(role) || isSupportRole(role);
 }
 
 /** The role rules, then the rooms the token's `rooms` claim lists. */

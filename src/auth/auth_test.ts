@@ -42,6 +42,18 @@ Deno.test("ClaimsAccessPolicy admits admins everywhere and others by grant patte
   assertEquals(await policy.canAccess(user({ grants: ["ticket:1"] }), "ticket:10"), false);
   assertEquals(grantMatches("ticket:1*", "ticket:12"), true);
   assertEquals(grantMatches("ticket:1.", "ticket:12"), false);
+  // A role however the system we replace spells it; nothing that merely contains one.
+  for (const role of ["SuperAdmin", "superadmin", "Super Admin", "super-admin", "Admin"]) {
+    assertEquals(await policy.canAccess(user({ role }), "ticket:9"), true, role);
+  }
+  for (const role of ["Support", "SUPPORT"]) {
+    assertEquals(await policy.canAccess(user({ role }), "support-chat:3"), true, role);
+    assertEquals(await policy.canAccess(user({ role }), "ticket:9"), false, role);
+  }
+  for (const role of ["administrator", "not_admin", "admin2", "supporter", ""]) {
+    assertEquals(await policy.canAccess(user({ role }), "ticket:9"), false, role);
+    assertEquals(await policy.canAccess(user({ role }), "support-chat:3"), false, role);
+  }
 });
 
 Deno.test("findToken() reads query, bearer header, bearer subprotocol and cookie, and says which", () => {

@@ -58,7 +58,22 @@ export function principalFromClaims(claims: Record<string, unknown>): Principal 
   };
 }
 
-/** True for the roles that may enter every room. */
-export function isAdminRole(role: string | undefined): boolean {
-  return role === "admin" || role === "super_admin";
+/**
+ * A role as the access rules compare it: case, spaces, `_` and `-` aside, since the systems we
+ * replace spell one role several ways (`super_admin`, `SuperAdmin`, the Socket.IO document's
+ * model name; `Support`).
+ */
+export function roleName(role: string | null | undefined): string {
+  return role ? role.toLowerCase().replace(/[\s_-]/g, "") : "";
+}
+
+/** True for the roles that may enter every room (`admin`, `super_admin`, however spelt). */
+export function isAdminRole(role: string | null | undefined): boolean {
+  const name = roleName(role);
+  return name === "admin" || name === "superadmin";
+}
+
+/** True for support staff, who enter every support chat (`support`, however spelt). */
+export function isSupportRole(role: string | null | undefined): boolean {
+  return roleName(role) === "support";
 }
