@@ -903,7 +903,10 @@ export class EngineServer {
       return fail(ErrorCode.BAD_REQUEST);
     }
     if (!session.beginPost()) return fail(ErrorCode.BAD_REQUEST);
-    const body = await readBody(req, this.#options.maxPollingPayload);
+    // A session whose `maxPayload` was raised (the application trusts it: it signed in) may
+    // POST as much as it may send in one WebSocket message; the others keep the polling limit.
+    const limit = Math.max(this.#options.maxPollingPayload, session.maxPayload);
+    const body = await readBody(req, limit);
     session.endPost();
     if (!body.ok) {
       session.fail("transport error", body.tooLarge ? "payload too large" : "POST aborted");

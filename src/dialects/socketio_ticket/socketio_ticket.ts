@@ -231,9 +231,9 @@ export function createSocketIoTicketChat(
   const io: SocketIOServer = new SocketIOServer({
     path: "/socket.io/",
     maxPayload: maxEventSize(ctx.config),
-    // A polling POST is read whole before anyone is authenticated, and under `--parallel` may
-    // be relayed: one file's frame, as before. Several files go over the WebSocket the client
-    // moves to at once, whose messages Deno reads up to 64 MiB whatever the limit is.
+    // A polling POST is read whole, before anyone is authenticated, and under `--parallel` may
+    // be relayed by an isolate that does not know the session: one file's frame. A session
+    // signed in here may POST as much as a WebSocket message (`signedIn` raises its limit).
     maxPollingPayload: maxFrameSize(ctx.config),
     // Until the client has authenticated, nothing it may send is large (`authenticate` carries a
     // token): Deno keeps a socket's read buffer as large as the largest message it read, so one
