@@ -442,6 +442,23 @@ Deno.test("ticket socket: with no request ids, an error comes between the echoes
   }, { COMMIT_PAUSE_CPU_PERCENT: "0", COMMIT_INTERVAL_MS: "100" });
 });
 
+Deno.test("ticket socket: a send after a refused frame, just before the client closes, is still stored", async () => {
+  await withServer(async (server) => {
+    const a = await ticketClient(server, 2, { sub: "3", username: "user3" });
+    for (let i = 0; i < 3; i++) a.send({ body: `first${i}` });
+    a.send("not json");
+    a.send({ body: "after the error" });
+    await a.close();
+    await eventually(
+      async () => (await server.app.context.chat.history("ticket:2", { limit: 10 })).length === 4,
+      5000,
+      "the four messages stored",
+    );
+    const stored = await server.app.context.chat.history("ticket:2", { limit: 10 });
+    assertEquals(stored.map((m) => m.body), ["first0", "first1", "first2", "after the error"]);
+  }, { COMMIT_PAUSE_CPU_PERCENT: "0", COMMIT_INTERVAL_MS: "1000" });
+});
+
 Deno.test("ticket socket: a socket owes at most 64 replies; the frame after waits for them", async () => {
   // Commits start 300 ms apart. 100 messages back to back: the first commits alone, the next 63
   // share the second commit, and the 65th is read only once those are answered, so a third

@@ -261,7 +261,10 @@ class RoomSocket implements SocketHandler {
     // error to be out.
     if (this.#errorOwed) {
       this.#errorOwed = false;
-      if (!(await conn.settled())) return;
+      await conn.settled();
+      // Closed by the peer meanwhile, the frame is still handled (it was sent before the close);
+      // closed by this side (a refusal that closes), it is not.
+      if (conn.stopped) return;
     }
     let work: Promise<AppendResult | undefined>;
     try {
