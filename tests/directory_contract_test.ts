@@ -790,6 +790,38 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "directory [postgres]: processes opening one fresh schema at once migrate it once, whatever the database's default isolation",
+  ignore: postgresUrl === undefined,
+  async fn() {
+    for (const isolation of ["serializable", "repeatable read", "read committed"]) {
+      const schema = `directory_test_${crypto.randomUUID().replaceAll("-", "")}`;
+      await withPostgresClient(postgresUrl!, (c) => c.query(`create schema "${schema}"`));
+      try {
+        const url = new URL(postgresUrl!);
+        url.searchParams.set(
+          "options",
+          `-c search_path=${schema} -c default_transaction_isolation=${
+            isolation.replace(" ", "\\ ")
+          }`,
+        );
+        const opened = await Promise.allSettled(
+          [1, 2, 3, 4].map(() => openDirectory(url.toString(), "/nonexistent-unused")),
+        );
+        for (const o of opened) if (o.status === "fulfilled") await o.value.close();
+        assertEquals(
+          opened.map((o) => o.status === "rejected" ? String(o.reason) : "ok"),
+          ["ok", "ok", "ok", "ok"],
+          isolation,
+        );
+      } finally {
+        await dropSchema(postgresUrl!, schema);
+      }
+    }
+  },
+});
+
 contract("roomAccess tells known, owner and participation in one call", async (d) => {
   const none = { known: false, ownerId: null, participant: false };
   assertEquals(await d.roomAccess("ticket", "9", "u1"), none);

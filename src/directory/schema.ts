@@ -190,38 +190,44 @@ export async function migrateDirectory(
   const schema = dialect === "postgres" ? await currentSchema(db) : undefined;
   let running: string | undefined;
   try {
-    await db.withTables<MigrationTables>().transaction().execute(async (trx) => {
-      if (schema !== undefined) {
-        // Migrations of the same schema wait for each other, and only they; a transaction's
-        // lock also ends when a client that timed out abandons it.
-        await sql`select pg_advisory_xact_lock(${MIGRATION_LOCK_CLASS}, hashtext(${schema}))`
-          .execute(trx);
-      }
-      // SQLite's transaction is `begin immediate`: it holds the file's write lock already.
-      await trx.schema.createTable(MIGRATION_TABLE).ifNotExists()
-        .addColumn("name", "varchar(255)", (c) => c.notNull().primaryKey())
-        .addColumn("timestamp", "varchar(255)", (c) => c.notNull())
-        .execute();
-      const done = new Set(
-        (await trx.selectFrom(MIGRATION_TABLE).select("name").execute()).map((r) => r.name),
-      );
-      const unknown = [...done].filter((name) => !migrations.some(([known]) => known === name));
-      if (unknown.length > 0) {
-        throw new Error(
-          `the database has migrations this version does not know (${unknown.join(", ")}); ` +
-            "a newer version of the server migrated it",
-        );
-      }
-      for (const [name, migration] of migrations) {
-        if (done.has(name)) continue;
-        running = name;
-        await migration.up(trx);
-        await trx.insertInto(MIGRATION_TABLE)
-          .values({ name, timestamp: new Date().toISOString() })
+    // Read committed whatever the database's default: the rows of a migration another process
+    // committed while this one waited for the lock must be seen after it (under repeatable read
+    // the snapshot is taken at the lock, and the migration would run twice).
+    const transaction = db.withTables<MigrationTables>().transaction();
+    await (schema !== undefined ? transaction.setIsolationLevel("read committed") : transaction)
+      .execute(async (trx) => {
+        if (schema !== undefined) {
+          // Migrations of the same schema wait for each other, and only they, for as long as a
+          // query may take (DATABASE_TIMEOUT_MS); a transaction's lock also ends when a client
+          // that timed out abandons it.
+          await sql`select pg_advisory_xact_lock(${MIGRATION_LOCK_CLASS}, hashtext(${schema}))`
+            .execute(trx);
+        }
+        // SQLite's transaction is `begin immediate`: it holds the file's write lock already.
+        await trx.schema.createTable(MIGRATION_TABLE).ifNotExists()
+          .addColumn("name", "varchar(255)", (c) => c.notNull().primaryKey())
+          .addColumn("timestamp", "varchar(255)", (c) => c.notNull())
           .execute();
-        running = undefined;
-      }
-    });
+        const done = new Set(
+          (await trx.selectFrom(MIGRATION_TABLE).select("name").execute()).map((r) => r.name),
+        );
+        const unknown = [...done].filter((name) => !migrations.some(([known]) => known === name));
+        if (unknown.length > 0) {
+          throw new Error(
+            `the database has migrations this version does not know (${unknown.join(", ")}); ` +
+              "a newer version of the server migrated it",
+          );
+        }
+        for (const [name, migration] of migrations) {
+          if (done.has(name)) continue;
+          running = name;
+          await migration.up(trx);
+          await trx.insertInto(MIGRATION_TABLE)
+            .values({ name, timestamp: new Date().toISOString() })
+            .execute();
+          running = undefined;
+        }
+      });
   } catch (error) {
     throw new Error(
       `directory migration ${running ? `"${running}" ` : ""}failed: ${errorMessage(error)}`,
