@@ -775,6 +775,28 @@ Deno.test("native: a flood still arriving when the server closes gets its replie
   }
 });
 
+Deno.test("native: a closing socket waits for its peer to stop sending, but not through a large frame", async () => {
+  const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
+  try {
+    const a = await connect(server);
+    // A peer that never stops: the close would wait its longest (2 s) for quiet.
+    const ticker = setInterval(() => a.send({ type: "ping" }), 20);
+    try {
+      for (let i = 0; i < 40; i++) a.send({ type: "ping" });
+      await a.next((f) => f.code === "rate_limited");
+      await new Promise((r) => setTimeout(r, 100));
+      // Deno would hold a buffer this large for the socket, out of the frame budget's sight.
+      a.send({ type: "ping", pad: "x".repeat(200_000) });
+      // Closed under a peer still sending, so with whatever code got through.
+      await within(a.closed, "the close", 1500);
+    } finally {
+      clearInterval(ticker);
+    }
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("native: a flood of malformed frames is refused with rate_limited, then closed with 4029", async () => {
   const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
   try {

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { closeWhenQuiet } from "../transport/close_when_quiet.ts";
+import { CLOSE_LINGER_MAX_FRAME, closeWhenQuiet } from "../transport/close_when_quiet.ts";
 import {
   decodePacket,
   decodePayload,
@@ -219,6 +219,8 @@ class LocalFrameSocket implements FrameSocket {
   #sinceCheck = { frames: 0, bytes: 0 };
   /** When the peer's last frame arrived (performance.now()): a close waits for a quiet peer. */
   #lastFrameAt = 0;
+  /** Set while a close waits for the peer to stop sending: closes at once. */
+  #closeNow?: () => void;
 
   constructor(
     ws: WebSocket,
@@ -241,6 +243,13 @@ class LocalFrameSocket implements FrameSocket {
     ws.onmessage = (event: MessageEvent<string | ArrayBuffer>) => {
       this.#lastFrameAt = performance.now();
       const data = event.data;
+      if (this.#closeNow) {
+        // Closing: nothing more is taken, and a large frame is not waited out (see
+        // close_when_quiet.ts).
+        const size = typeof data === "string" ? data.length : data.byteLength;
+        if (size > CLOSE_LINGER_MAX_FRAME) this.#closeNow();
+        return;
+      }
       if (!this.#closeRequest) {
         budget?.received(this, typeof data === "string" ? data.length : data.byteLength);
       }
@@ -312,7 +321,12 @@ class LocalFrameSocket implements FrameSocket {
     // Script may only send 1000 or 3000-4999; other codes (1009, 1006, ...) become a plain close.
     const allowed = code === 1000 || (code !== undefined && code >= 3000 && code <= 4999);
     // Once the peer stops sending, or what was just sent before the close would be lost.
-    closeWhenQuiet(this.#ws, () => this.#lastFrameAt, allowed ? code : undefined, reason);
+    this.#closeNow = closeWhenQuiet(
+      this.#ws,
+      () => this.#lastFrameAt,
+      allowed ? code : undefined,
+      reason,
+    );
   }
 }
 

@@ -9,27 +9,29 @@
 export const CLOSE_QUIET_MS = 100;
 /** The longest a close waits for the peer to stop, ms: a peer that never does is cut off. */
 export const CLOSE_LINGER_MAX_MS = 2_000;
+/**
+ * A frame larger than this, arriving while a close waits, ends the wait: Deno holds a read
+ * buffer as large as the largest frame, and the frame budget no longer counts a closing socket.
+ */
+export const CLOSE_LINGER_MAX_FRAME = 64 * 1024;
 
 /**
  * Closes `socket` with `code` once `lastFrameAt()` (performance.now() of the peer's last frame)
  * is {@link CLOSE_QUIET_MS} in the past, at once when it already is, and after
- * {@link CLOSE_LINGER_MAX_MS} whatever the peer does. The caller stops handling frames meanwhile.
+ * {@link CLOSE_LINGER_MAX_MS} whatever the peer does. The caller stops handling frames meanwhile;
+ * the function returned closes at once (for a frame over {@link CLOSE_LINGER_MAX_FRAME}).
  */
 export function closeWhenQuiet(
   socket: WebSocket,
   lastFrameAt: () => number,
   code?: number,
   reason?: string,
-): void {
+): () => void {
   const deadline = performance.now() + CLOSE_LINGER_MAX_MS;
-  const attempt = () => {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const closeNow = () => {
+    clearTimeout(timer);
     if (socket.readyState === WebSocket.CLOSING || socket.readyState === WebSocket.CLOSED) return;
-    const now = performance.now();
-    const wait = lastFrameAt() + CLOSE_QUIET_MS - now;
-    if (wait > 0 && now < deadline) {
-      setTimeout(attempt, Math.min(wait, deadline - now));
-      return;
-    }
     try {
       if (code === undefined) socket.close();
       else socket.close(code, reason);
@@ -37,5 +39,15 @@ export function closeWhenQuiet(
       // Already closing.
     }
   };
+  const attempt = () => {
+    const now = performance.now();
+    const wait = lastFrameAt() + CLOSE_QUIET_MS - now;
+    if (wait > 0 && now < deadline) {
+      timer = setTimeout(attempt, Math.min(wait, deadline - now));
+      return;
+    }
+    closeNow();
+  };
   attempt();
+  return closeNow;
 }

@@ -4,7 +4,7 @@ import type { RateVerdict } from "../core/rate_limiter.ts";
 import { ChatError, frameTooLarge } from "../core/errors.ts";
 import type { Metrics } from "../core/metrics.ts";
 import type { FrameBudget, FrameHolder } from "./frame_budget.ts";
-import { closeWhenQuiet } from "./close_when_quiet.ts";
+import { CLOSE_LINGER_MAX_FRAME, closeWhenQuiet } from "./close_when_quiet.ts";
 
 /** Close codes the transport itself uses. */
 export const CLOSE = {
@@ -123,6 +123,8 @@ export class Connection implements FrameHolder {
   #admission: RateVerdict = "ok";
   /** When the peer's last frame arrived (performance.now()): a close waits for a quiet peer. */
   #lastFrameAt = 0;
+  /** Set while a close waits for the peer to stop sending: closes at once. */
+  #closeNow?: () => void;
 
   private constructor(socket: WebSocket, options: SocketOptions, handler: SocketHandler) {
     this.#socket = socket;
@@ -186,12 +188,16 @@ export class Connection implements FrameHolder {
 
   #onMessage(data: unknown): void {
     this.#lastFrameAt = performance.now();
-    if (this.#done || this.#refusing) return;
+    if (this.#done && !this.#closeNow) return;
     const size = typeof data === "string"
       ? data.length
       : data instanceof ArrayBuffer
       ? data.byteLength
       : (data as Blob).size ?? 0;
+    if (this.#done || this.#refusing) {
+      if (this.#closeNow && size > CLOSE_LINGER_MAX_FRAME) this.#closeNow();
+      return;
+    }
     if (size > this.#options.maxFrameSize) {
       const unit = typeof data === "string" ? "characters" : "bytes";
       const error = frameTooLarge(size, unit, this.#options.maxFrameSize);
@@ -371,7 +377,7 @@ export class Connection implements FrameHolder {
     ) {
       // The session ends now (cleanup below); the socket itself once the peer stops sending,
       // or it would lose the replies just sent and the close code.
-      closeWhenQuiet(this.#socket, () => this.#lastFrameAt, code, reason);
+      this.#closeNow = closeWhenQuiet(this.#socket, () => this.#lastFrameAt, code, reason);
     }
     this.#cleanup();
   }
