@@ -1281,6 +1281,8 @@ export class ChatClient {
     state.presence = new Map((frame.presence as ChatUser[]).map((u) => [String(u.id), u]));
     this.#emit("presence", { room: name, action: "sync", users: this.presence(name) });
     if (Array.isArray(frame.reads)) {
+      // The whole list, read with the socket in the room: what it leaves out is gone (a purge).
+      state.reads = new Map();
       for (const r of frame.reads as { user_id: string | number; seq: number }[]) {
         moveCursor(state.reads, r.user_id, r.seq);
       }

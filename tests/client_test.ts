@@ -861,6 +861,47 @@ Deno.test("client: the grace of a large frame ends with its answer; a dead conne
   }
 });
 
+Deno.test("client: read cursors come with each join, replace what the last one said, and move with read events", async () => {
+  const { c, socket: first } = await scripted({}, false);
+  try {
+    const joining = c.client.join("room:x");
+    const join = await first.take("join");
+    first.push({
+      type: "joined",
+      room: "room:x",
+      head: 5,
+      presence: [USER],
+      reads: [{ user_id: 2, seq: 5 }, { user_id: "bob", seq: 3 }],
+      ref: join.ref,
+    });
+    await joining;
+    first.push({ type: "read", room: "room:x", user: { ...USER, id: "bob" }, seq: 4 });
+    await eventually(() => c.reads.length === 1);
+    assertEquals(c.client.reads("room:x"), [{ userId: 2, seq: 5 }, { userId: "bob", seq: 4 }]);
+    // A read frame older than what is known does not move a cursor back.
+    first.push({ type: "read", room: "room:x", user: { ...USER, id: "bob" }, seq: 2 });
+    await eventually(() => c.reads.length === 2);
+    assertEquals(c.client.reads("room:x")[1], { userId: "bob", seq: 4 });
+    // After a reconnect the rejoin's list is the whole truth (the room was purged meanwhile).
+    first.drop();
+    await eventually(() => FakeSocket.instances.length === 2, 2000, "a reconnect");
+    const socket = FakeSocket.instances[1];
+    socket.push({ type: "welcome", user: USER, conn_id: "y" });
+    const rejoin = await socket.take("join");
+    socket.push({
+      type: "joined",
+      room: "room:x",
+      head: 0,
+      presence: [],
+      reads: [],
+      ref: rejoin.ref,
+    });
+    await eventually(() => c.client.reads("room:x").length === 0, 2000, "the cursors dropped");
+  } finally {
+    c.client.close();
+  }
+});
+
 Deno.test("client: a send queued behind a rejoin the server keeps failing goes out once the room is back", async () => {
   const { c, socket: first } = await scripted({ retryMs: 10 });
   try {

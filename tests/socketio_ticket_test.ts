@@ -824,6 +824,15 @@ Deno.test("socket.io ticket chat: get_messages without a limit returns the ticke
     const newest = await page;
     assertEquals((newest.messages as Payload[]).map((m) => m.message).at(0), "m51");
     assertEquals(newest.hasMore, true);
+    // Long messages: the newest that fit in about 1 MiB of JSON, the rest left for `before`.
+    for (let i = 1; i <= 60; i++) await chat.send(null, "ticket:10", { body: "y".repeat(20_000) });
+    await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:10"] }));
+    const long = next<Payload>(socket, "messages_loaded");
+    socket.emit("get_messages", { ticketId: "10" });
+    const fitted = await long;
+    const count = (fitted.messages as Payload[]).length;
+    assert(count >= 40 && count < 60 && fitted.hasMore === true, `${count} ${fitted.hasMore}`);
+    assertEquals((fitted.messages as Payload[]).at(-1)!.message, "y".repeat(20_000));
   });
 });
 
@@ -843,6 +852,24 @@ Deno.test("socket.io ticket chat: typing on every keystroke past the rate limit 
     socket.emit("send_message", { ticketId: "3", message: "still here" });
     assertEquals((await sent).data.message, "still here");
     assertEquals(disconnected, false);
+  });
+});
+
+Deno.test("socket.io ticket chat: a typing_stop after a flood of typing_start still goes out", async () => {
+  await withChat(async (server, client) => {
+    const a = client({ transports: ["websocket"] });
+    const b = client({ transports: ["websocket"] });
+    await authenticated(a, await server.token({ sub: "1", rooms: ["ticket:4"] }));
+    await authenticated(b, await server.token({ sub: "2", rooms: ["ticket:4"] }));
+    await joined(a, "4");
+    await joined(b, "4");
+    const started = next<Payload>(b, "user_typing");
+    for (let i = 0; i < 150; i++) a.emit("typing_start", { ticketId: "4" });
+    await started;
+    // Well within the typing timeout (5 s), which would end it anyway.
+    const stopped = next<Payload>(b, "user_stopped_typing", 2000);
+    a.emit("typing_stop", { ticketId: "4" });
+    assertEquals((await stopped).userId, "1");
   });
 });
 

@@ -859,6 +859,7 @@ var ChatClient = class {
       users: this.presence(name)
     });
     if (Array.isArray(frame.reads)) {
+      state.reads = /* @__PURE__ */ new Map();
       for (const r of frame.reads) {
         moveCursor(state.reads, r.user_id, r.seq);
       }

@@ -48,6 +48,8 @@ function messageText(value: unknown): string {
 /** The error event each client event is answered on when refused (none: only its ack). */
 /** Messages one `get_messages` returns, by default and at most. */
 const HISTORY_DEFAULT = 500;
+/** Characters of JSON past which `get_messages` leaves older messages for `before`. */
+const HISTORY_MAX_CHARS = 1024 * 1024;
 
 /** Typing events: dropped when over the rate limit, since a lost one is harmless. */
 const TYPING = new Set(["typing_start", "typing_stop"]);
@@ -78,6 +80,8 @@ interface SocketState {
   handling: Set<Promise<void>>;
   /** An event was refused: the session ends once `handling` is done. */
   ending?: boolean;
+  /** The last typing event taken was a start (see the rate limit in `on`). */
+  typing?: boolean;
   /** Settles once every send made so far is stored or refused (see `get_messages`). */
   sendsDone?: Promise<void>;
   /** The `authenticate` being handled: events after it wait for it, as they were sent after it. */
@@ -437,13 +441,19 @@ export function createSocketIoTicketChat(
       }
       s.queuedBytes += size;
       // Counted as it arrives, in the order sent.
-      const verdict = ctx.limiter.take(s.user?.id ?? socket.id, socket.id, !TYPING.has(event));
+      let verdict = ctx.limiter.take(s.user?.id ?? socket.id, socket.id, !TYPING.has(event));
       if (verdict !== "ok" && TYPING.has(event)) {
-        // Sent on every keystroke by the document's own advice, and a lost one is harmless:
-        // dropped, without counting towards the close a flood of other events earns.
-        s.queuedBytes -= size;
-        return;
+        // Sent on every keystroke by the document's own advice: a start past the limit is
+        // dropped, without counting towards the close a flood of other events earns. A stop
+        // after a start that went through still goes (once), or the others would see the user
+        // typing until the typing timeout.
+        if (event === "typing_start" || !s.typing) {
+          s.queuedBytes -= size;
+          return;
+        }
+        verdict = "ok";
       }
+      if (TYPING.has(event)) s.typing = event === "typing_start";
       if (verdict === "close") {
         // A transport close, not a Socket.IO disconnect: after that the client would never
         // reconnect. The events before this one are answered first, then this one says why.
@@ -458,7 +468,8 @@ export function createSocketIoTicketChat(
       }
       // The client sent it after its `authenticate`, usually without waiting for the answer
       // (`connect` → authenticate, join_ticket): it is handled as signed in, if that succeeds.
-      const after = event === "authenticate" ? undefined : s.authenticating;
+      // A second `authenticate` waits for the first too, so the last one sent is who it is.
+      const after = s.authenticating;
       const run: Promise<void> = (after
         ? after.then(() => handle(args, verdict))
         : handle(args, verdict))
@@ -632,8 +643,17 @@ export function createSocketIoTicketChat(
       await sends;
       const page = await ctx.chat.historyPage(room, { before, limit });
       const rendered = page.messages.map((m) => socketIoMessage(m, id, s.baseUrl));
-      socket.emit("messages_loaded", { messages: rendered, ticketId: id, hasMore: page.hasMore });
-      ack?.({ messages: rendered, hasMore: page.hasMore });
+      // Messages of up to 20,000 characters: the newest that fit in about 1 MiB, so that one
+      // answer (twice, with an ack) does not pass a slow reader's SLOW_CONSUMER_BYTES alone.
+      let first = rendered.length;
+      for (let chars = 0; first > 0; first--) {
+        chars += JSON.stringify(rendered[first - 1]).length;
+        if (chars > HISTORY_MAX_CHARS && first < rendered.length) break;
+      }
+      const messages = first > 0 ? rendered.slice(first) : rendered;
+      const hasMore = page.hasMore || first > 0;
+      socket.emit("messages_loaded", { messages, ticketId: id, hasMore });
+      ack?.({ messages, hasMore });
     });
 
     on(socket, "send_message", async (payload, ack) => {
