@@ -547,12 +547,19 @@ Deno.test("maxPayload is enforced on streamed bodies and websocket messages", as
   });
 });
 
-Deno.test("maxPollingPayload bounds polling POSTs below maxPayload; WebSocket messages keep maxPayload", async () => {
+Deno.test("maxPollingPayload bounds polling POSTs below maxPayload, unless the application set the session's maxPayload; WebSocket messages keep maxPayload", async () => {
   await withServer({ maxPayload: 4000, maxPollingPayload: 1000 }, async (ctx) => {
     const { sid, open } = await handshake(ctx);
     // The handshake tells clients the size to batch polling POSTs by.
     strictEqual(open.maxPayload, 1000);
     strictEqual((await post(ctx, sid, `42["echo","${"b".repeat(1200)}"]`)).status, 413);
+    // A session whose maxPayload the application set (say once signed in) may POST that much.
+    const second = await handshake(ctx);
+    strictEqual((await post(ctx, second.sid, "40")).status, 200);
+    await eventually(() => ctx.sockets.length === 1);
+    ctx.sockets[0].conn.maxPayload = 4000;
+    strictEqual((await post(ctx, second.sid, `42["echo","${"b".repeat(1200)}"]`)).status, 200);
+    strictEqual((await post(ctx, second.sid, `42["echo","${"b".repeat(4200)}"]`)).status, 413);
 
     const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket`);
     await peer.next();

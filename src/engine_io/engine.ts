@@ -133,7 +133,10 @@ export interface EngineSocket {
    * say why.
    */
   ontoolarge: ((head: string, size: number) => void) | null;
-  /** Largest WebSocket message in bytes this session takes from now on. */
+  /**
+   * Largest WebSocket message in bytes this session takes from now on; once set, a polling POST
+   * of this session may be as large too (when over the server's `maxPollingPayload`).
+   */
   maxPayload: number;
   /** Queues one message. */
   send(data: string | Uint8Array): void;
@@ -407,6 +410,8 @@ class Session implements EngineSocket {
   #candidate: WebSocketTransport | null = null;
   #probed = false;
   #maxPayload: number;
+  /** Largest polling POST past `maxPollingPayload`: what the application set as `maxPayload`. */
+  #maxPost = 0;
   #poll: ((reply: Reply) => void) | null = null;
   #posting = false;
   #buffer: Packet[] = [];
@@ -458,8 +463,14 @@ class Session implements EngineSocket {
     return this.#maxPayload;
   }
 
+  /** Largest polling POST the application allowed this session (0: the server's limit). */
+  get maxPost(): number {
+    return this.#maxPost;
+  }
+
   set maxPayload(bytes: number) {
     this.#maxPayload = bytes;
+    this.#maxPost = bytes;
     if (this.#ws) this.#ws.maxPayload = bytes;
     if (this.#candidate) this.#candidate.maxPayload = bytes;
   }
@@ -917,9 +928,9 @@ export class EngineServer {
       return fail(ErrorCode.BAD_REQUEST);
     }
     if (!session.beginPost()) return fail(ErrorCode.BAD_REQUEST);
-    // A session whose `maxPayload` was raised (the application trusts it: it signed in) may
-    // POST as much as it may send in one WebSocket message; the others keep the polling limit.
-    const limit = Math.max(this.#options.maxPollingPayload, session.maxPayload);
+    // A session whose `maxPayload` the application set (it trusts it: it signed in) may POST as
+    // much as it may send in one WebSocket message; the others keep the polling limit.
+    const limit = Math.max(this.#options.maxPollingPayload, session.maxPost);
     const body = await readBody(req, limit);
     session.endPost();
     if (!body.ok) {
