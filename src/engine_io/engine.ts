@@ -463,16 +463,16 @@ class Session implements EngineSocket {
     return this.#maxPayload;
   }
 
-  /** Largest polling POST the application allowed this session (0: the server's limit). */
-  get maxPost(): number {
-    return this.#maxPost;
-  }
-
   set maxPayload(bytes: number) {
     this.#maxPayload = bytes;
     this.#maxPost = bytes;
     if (this.#ws) this.#ws.maxPayload = bytes;
     if (this.#candidate) this.#candidate.maxPayload = bytes;
+  }
+
+  /** Largest polling POST the application allowed this session (0: the server's limit). */
+  get maxPost(): number {
+    return this.#maxPost;
   }
 
   /** Whether another WebSocket may still try to take over this polling session. */
