@@ -3,7 +3,7 @@
 import { ChatError } from "../core/errors.ts";
 import { objectId } from "../core/ids.ts";
 import type { Attachment, AttachmentStore, FileInput, MediaStore } from "../core/types.ts";
-import { decodeAttachmentChunks } from "./base64.ts";
+import { decodeAttachmentChunks, fileTooLarge } from "./base64.ts";
 import { displayFilename, safeFilename, shownPart } from "./filename.ts";
 import { detectMime } from "./mime.ts";
 
@@ -74,10 +74,7 @@ export class MediaAttachmentStore implements AttachmentStore {
         ? decodeAttachmentChunks(file.data, this.#maxBytes)
         : [file.data];
       if (typeof file.data !== "string" && file.data.length > this.#maxBytes) {
-        throw new ChatError(
-          "file_too_large",
-          `File is too large: ${file.data.length} bytes, the limit is ${this.#maxBytes} bytes`,
-        );
+        throw fileTooLarge(file.data.length, this.#maxBytes);
       }
       return { chunks, originalName: displayFilename(name), diskName: safeFilename(name) };
     });

@@ -40,13 +40,16 @@ function attachmentText(data: string, maxBytes: number): string {
     text = text.slice(comma + 1);
   }
   const size = decodedLength(text, maxBytes);
-  if (size > maxBytes) {
-    throw new ChatError(
-      "file_too_large",
-      `File is too large: ${size} bytes, the limit is ${maxBytes} bytes (${mib(maxBytes)})`,
-    );
-  }
+  if (size > maxBytes) throw fileTooLarge(size, maxBytes);
   return text;
+}
+
+/** The refusal of a file of `size` bytes over `maxBytes`, however it came (base64 or binary). */
+export function fileTooLarge(size: number, maxBytes: number): ChatError {
+  return new ChatError(
+    "file_too_large",
+    `File is too large: ${size} bytes, the limit is ${maxBytes} bytes (${mib(maxBytes)})`,
+  );
 }
 
 /**

@@ -37,7 +37,9 @@ const UNSHOWABLE =
  * control and bidirectional characters; its name on disk is {@link safeFilename}'s.
  */
 export function displayFilename(input: string): string {
-  return shownPart(input) || "file";
+  const shown = shownPart(input);
+  // A directory's names, not a file's: shown as they are stored.
+  return shown === "." || shown === ".." ? safeFilename(shown) : shown || "file";
 }
 
 /** What of a client's filename can be shown: its basename without unshowable characters. */

@@ -177,3 +177,32 @@ Deno.test("attachment store: a file is shown by the client's name, stored by a s
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("attachment store: `.` and `..` are shown as stored; a binary file too large is told like a base64 one", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    const store = new MediaAttachmentStore(new LocalMediaStore(root), 1024);
+    const data = new Uint8Array([1]).toBase64();
+    // Accepted as the hostile names they are, and shown as they are stored.
+    const dots = await store.save("d", [".", "..", "a/..", " .. "].map((name) => ({ name, data })));
+    assertEquals(dots.map((a) => [a.originalName, a.name]), [
+      ["file", "file"],
+      ["file", "file_1"],
+      ["file", "file_2"],
+      ["file", "file_3"],
+    ]);
+    const binary = await assertRejects(() =>
+      store.save("d", [{ name: "big.bin", data: new Uint8Array(1025) }])
+    );
+    const base64 = await assertRejects(() =>
+      store.save("d", [{ name: "big.bin", data: new Uint8Array(1025).toBase64() }])
+    );
+    assertEquals((binary as Error).message, (base64 as Error).message);
+    assertEquals(
+      (binary as Error).message,
+      "File is too large: 1025 bytes, the limit is 1024 bytes (1 KiB)",
+    );
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
