@@ -150,8 +150,12 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     // Retention drops messages; their files go too.
     discard: (dropped) => attachments.discard(dropped),
   });
-  // Deletions of rooms a crash or a failure cut short are finished in the background.
+  // Deletions of rooms a crash or a failure cut short are finished in the background, and the
+  // files of deleted messages a crash left on the volume go.
   void store.resumePurges();
+  store.finishFileDeletions().catch((err) =>
+    console.error("history: deleting the files a crash left failed:", err)
+  );
   // So are files a crash left half written: an hour old, no write of any instance is under way.
   // One server walks the tree (a ten-minute lease in KV): the isolates of a process and the
   // instances sharing the volume would otherwise all walk it at once.

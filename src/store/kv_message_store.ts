@@ -43,6 +43,14 @@ export const KV_KEYS = {
   files: (room: string, seq: number): Deno.KvKey => ["files", room, seq],
   /** Prefix of a room's attachment records. */
   roomFiles: (room: string): Deno.KvKey => ["files", room],
+  /**
+   * The files of a message deleted from KV, until they are deleted from the volume: written in
+   * the commit that deletes the message's record, so that a crash before the files go does not
+   * lose the last word of them.
+   */
+  filesDue: (room: string, seq: number): Deno.KvKey => ["files_due", room, seq],
+  /** Prefix of the files due for deletion. */
+  allFilesDue: ["files_due"] as Deno.KvKey,
   /** A purge under way: the head it deletes up to, kept until it is done so that it can resume. */
   purging: (room: string): Deno.KvKey => ["purging", room],
   /** Prefix of the purges under way. */
@@ -813,10 +821,32 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     const selector = range.end ? { prefix, end: range.end } : { prefix };
     for await (const e of this.#kv.list<Attachment[]>(selector)) {
       const message = KV_KEYS.message(room, e.key[2] as number);
+      const due = KV_KEYS.filesDue(room, e.key[2] as number);
       const claim = await commitRetryingLocks(
-        this.#kv.atomic().check(e).check({ key: message, versionstamp: null }).delete(e.key),
+        this.#kv.atomic().check(e).check({ key: message, versionstamp: null }).delete(e.key)
+          .set(due, e.value),
       );
-      if (claim.ok) await this.#discard?.(e.value);
+      if (claim.ok) await this.#discardDue(due, e.value);
+    }
+  }
+
+  /** Deletes files whose message is gone, then the record that said they were due. */
+  async #discardDue(due: Deno.KvKey, files: Attachment[]): Promise<void> {
+    if (!this.#discard) return;
+    await this.#discard(files);
+    await this.#kv.delete(due);
+  }
+
+  /**
+   * Deletes the files a crash left due (their messages deleted, the files not yet): a server
+   * calls it when it starts. Another server deleting the same files meanwhile is harmless: a
+   * deleted name is marked and never given again, so a second deletion finds nothing.
+   */
+  async finishFileDeletions(): Promise<void> {
+    if (!this.#discard) return;
+    for await (const e of this.#kv.list<Attachment[]>({ prefix: KV_KEYS.allFilesDue })) {
+      if (this.#closed) return;
+      await this.#discardDue(e.key, e.value);
     }
   }
 
@@ -928,11 +958,17 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
         entries.map((e) => KV_KEYS.files(room, e.value.seq)),
       );
       const op = this.#kv.atomic();
-      entries.forEach((e, i) => op.check(e).check(records[i]).delete(e.key).delete(records[i].key));
+      entries.forEach((e, i) => {
+        op.check(e).check(records[i]).delete(e.key).delete(records[i].key);
+        const files = e.value.attachments;
+        if (this.#discard && files.length > 0) op.set(KV_KEYS.filesDue(room, e.value.seq), files);
+      });
       if (!(await commitRetryingLocks(op)).ok) return false;
       deleted += entries.length;
       for (const e of entries) {
-        if (e.value.attachments.length > 0) await this.#discard?.(e.value.attachments);
+        if (e.value.attachments.length > 0) {
+          await this.#discardDue(KV_KEYS.filesDue(room, e.value.seq), e.value.attachments);
+        }
       }
       return true;
     };

@@ -780,3 +780,42 @@ Deno.test("KvMessageStore.purge() that failed before storing its mark is tried a
   await store.close();
   kv.close();
 });
+
+Deno.test("KvMessageStore: files of deleted messages that a crash left undeleted go at the next start", async () => {
+  const path = await Deno.makeTempFile({ suffix: ".kv" });
+  const kv = await Deno.openKv(path);
+  // A server that fails (dies) as it deletes files, after its commit deleted their messages.
+  let attempts = 0;
+  const failing = new KvMessageStore(kv, {
+    historyLimit: 1,
+    fileSweepMs: 10,
+    purgeRetryMs: 1e9,
+    discard: () => {
+      attempts++;
+      return Promise.reject(new Error("killed"));
+    },
+  });
+  // Retention: message 1 is dropped by message 2, and its files' deletion fails.
+  await failing.append("kept", withFile(1));
+  await failing.append("kept", withFile(2));
+  await eventually(() => attempts === 1, 5000, "retention's deletion");
+  // A room deletion: its messages go, its files' deletion fails.
+  await failing.append("gone", withFile(3));
+  await failing.purge("gone").catch(() => {});
+  assertEquals(attempts, 2);
+  assertEquals(await failing.list("gone", { limit: 10 }), []);
+  await failing.close();
+  kv.close();
+
+  const discarded: string[] = [];
+  const restarted = await Deno.openKv(path);
+  const store = new KvMessageStore(restarted, limited(1, discarded));
+  await store.finishFileDeletions();
+  assertEquals(discarded.sort(), ["f1", "f3"]);
+  // Said once: the next start finds nothing left to delete.
+  await store.finishFileDeletions();
+  assertEquals(discarded.length, 2);
+  await store.close();
+  restarted.close();
+  await Deno.remove(path);
+});
