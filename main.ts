@@ -156,6 +156,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   store.finishFileDeletions().catch((err) =>
     console.error("history: deleting the files a crash left failed:", err)
   );
+  // And the files of sends a crash cut short before their commit, once they are old enough.
+  store.keepSweepingPendingFiles();
   // So are files a crash left half written: an hour old, no write of any instance is under way.
   // One server walks the tree (a ten-minute lease in KV): the isolates of a process and the
   // instances sharing the volume would otherwise all walk it at once.
@@ -253,6 +255,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     access: (overrides.access ?? ((a) => a))(new DirectoryAccessPolicy(directory)),
     metrics,
     presence: (overrides.presence ?? ((p) => p))(new KvPresenceStore(kv, registry)),
+    pending: store,
     typingTimeoutMs: config.typingTimeoutSeconds * 1000,
     presenceSweepMs: config.presenceTtlSeconds * 1000 / 3,
   });

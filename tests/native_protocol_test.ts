@@ -797,6 +797,50 @@ Deno.test("native: a closing socket waits for its peer to stop sending, but not 
   }
 });
 
+Deno.test("native: a send's files are named in KV until its commit, so that a crash before it cannot leave them unowned", async () => {
+  // The first commit starts at once, the next 1 s later: the second send waits in between.
+  const server = await startTestServer({
+    COMMIT_PAUSE_CPU_PERCENT: "0",
+    COMMIT_INTERVAL_MS: "1000",
+  });
+  const kv = await Deno.openKv(`${server.dataDir}/chat.kv`);
+  const pending = async () =>
+    (await Array.fromAsync(kv.list<{ files: { name: string }[] }>({ prefix: ["files_pending"] })))
+      .flatMap((e) => e.value.files.map((f) => f.name));
+  try {
+    const a = await connect(server);
+    await join(a, "ticket:7");
+    const data = new TextEncoder().encode("x").toBase64();
+    a.send({ type: "send", room: "ticket:7", body: "first", ref: 0 });
+    a.send({
+      type: "send",
+      room: "ticket:7",
+      files: [{ name: "a.txt", data }],
+      client_id: "c",
+      ref: 1,
+    });
+    await eventually(async () => (await pending()).length === 1, 900, "the named file");
+    assertEquals(await pending(), ["a.txt"]);
+    assertEquals((await a.next((f) => f.ref === 1)).duplicate, false);
+    assertEquals(await pending(), [], "the commit took the name off");
+    // A repeat's files are its own to delete, and so is their entry.
+    a.send({
+      type: "send",
+      room: "ticket:7",
+      files: [{ name: "b.txt", data }],
+      client_id: "c",
+      ref: 2,
+    });
+    assertEquals((await a.next((f) => f.ref === 2)).duplicate, true);
+    assertEquals(await pending(), []);
+    assertEquals(await listFiles(`${server.dataDir}/media`), ["native/ticket_7/a.txt"]);
+    await a.close();
+  } finally {
+    kv.close();
+    await server.close();
+  }
+});
+
 Deno.test("native: a flood of malformed frames is refused with rate_limited, then closed with 4029", async () => {
   const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
   try {

@@ -1,6 +1,7 @@
 /** The commands every dialect shares: access, send, history, typing, read. */
 
 import { ChatError } from "./errors.ts";
+import { objectId } from "./ids.ts";
 import type { Metrics } from "./metrics.ts";
 import type {
   AccessPolicy,
@@ -12,6 +13,7 @@ import type {
   HistoryQuery,
   Message,
   MessageStore,
+  PendingFiles,
   PresenceStore,
   Principal,
   ReadCursorStore,
@@ -65,6 +67,8 @@ export interface ChatServiceDeps {
   metrics: Metrics;
   /** Who is in which room. */
   presence: PresenceStore;
+  /** Names the files of sends not yet committed; without it a crash may leave them served. */
+  pending?: PendingFiles;
   /** A typing state not renewed within this many ms ends by itself (default 5000). */
   typingTimeoutMs?: number;
   /** How often the rooms with members here are swept of dead servers' presence (default 10000). */
@@ -134,41 +138,60 @@ export class ChatService {
     if (user && !(await this.canAccess(user, room))) {
       throw new ChatError("forbidden", "Access denied to this room");
     }
-    const attachments = files.length > 0
-      ? await this.#deps.attachments.save(input.mediaDir ?? "files", files, {
+    const pending = files.length > 0 ? this.#deps.pending : undefined;
+    const pendingId = pending ? objectId() : undefined;
+    let attachments: Attachment[] = [];
+    if (files.length > 0) {
+      attachments = await this.#deps.attachments.save(input.mediaDir ?? "files", files, {
         unique: input.uniqueNames,
-      })
-      : [];
+        // Named before the next file is written: a crash leaves at most one file unnamed.
+        onStored: pending ? (stored) => pending.note(pendingId!, stored) : undefined,
+        // Forgotten before the files go: once gone, their names may be given to other files,
+        // which a sweep of a forgotten entry left behind would delete.
+        onAbandon: pending ? () => pending.forget(pendingId!) : undefined,
+      });
+    }
     const appended = this.#deps.store.append(room, {
       sender: user ? profileOf(user) : null,
       body,
       attachments,
       clientId: input.clientId,
       generation,
+      ...(pendingId ? { pendingFiles: pendingId } : {}),
     });
-    return { result: this.#committed(appended, attachments) };
+    return { result: this.#committed(appended, attachments, pendingId) };
   }
 
   async #committed(
     appended: Promise<AppendResult>,
     attachments: Attachment[],
+    pendingId?: string,
   ): Promise<AppendResult> {
     let result: AppendResult;
     try {
       result = await appended;
     } catch (err) {
-      await this.#deps.attachments.discard(attachments, { unannounced: true });
+      await this.#discardUnsent(attachments, pendingId);
       throw err;
     }
     const metrics = this.#deps.metrics;
     if (result.duplicate) {
-      await this.#deps.attachments.discard(attachments, { unannounced: true });
+      await this.#discardUnsent(attachments, pendingId);
       return result;
     }
     metrics.messagesIn++;
     for (const a of attachments) metrics.attachmentBytes += a.size;
     this.#deps.fanout.committed(result.message);
     return result;
+  }
+
+  /**
+   * Deletes the files of a send no message holds, after the entry that named them: the names
+   * are free once the files go, and a sweep must never find them named for this send then.
+   */
+  async #discardUnsent(attachments: Attachment[], pendingId?: string): Promise<void> {
+    if (pendingId) await this.#deps.pending?.forget(pendingId).catch(() => {});
+    await this.#deps.attachments.discard(attachments, { unannounced: true });
   }
 
   /** Reads history in ascending seq order. */

@@ -87,6 +87,23 @@ export interface MessageDraft {
    * checked; a draft whose room has been deleted since is refused with `room_deleted`.
    */
   generation?: number;
+  /**
+   * The {@link PendingFiles} entry naming its files until its commit, which deletes it: a crash
+   * before the commit leaves the entry, and the files go when it is swept.
+   */
+  pendingFiles?: string;
+}
+
+/**
+ * The files of sends not yet committed, named in the store as they are stored under public
+ * names: a crash before a send's commit would otherwise leave its files served, though no message
+ * names them. An entry the commit did not delete is swept later, its files deleted.
+ */
+export interface PendingFiles {
+  /** Names (again) every file stored so far for the send `id`. */
+  note(id: string, files: Attachment[]): Promise<void>;
+  /** Forgets the send `id` (its files were discarded, or another message holds them). */
+  forget(id: string): Promise<void>;
 }
 
 /** The store's answer to an append. */
@@ -222,7 +239,17 @@ export interface AttachmentStore {
    * Validates every file first (name, size, encoding), then writes them under `dir`, each as its
    * client name or, with `unique`, as a random name with the client name's extension.
    */
-  save(dir: string, files: FileInput[], options?: { unique?: boolean }): Promise<Attachment[]>;
+  save(
+    dir: string,
+    files: FileInput[],
+    options?: {
+      unique?: boolean;
+      /** Told, before the next file is written, of every file stored so far under its name. */
+      onStored?: (stored: Attachment[]) => Promise<void>;
+      /** Told when the save fails, before the files it stored are deleted. */
+      onAbandon?: () => Promise<void>;
+    },
+  ): Promise<Attachment[]>;
   /**
    * Removes stored files: ones retention dropped, or, `unannounced`, ones no message carried (its
    * commit failed, it was a duplicate), whose names may be given again.

@@ -56,7 +56,11 @@ export class MediaAttachmentStore implements AttachmentStore {
   async save(
     dir: string,
     files: FileInput[],
-    options: { unique?: boolean } = {},
+    options: {
+      unique?: boolean;
+      onStored?: (stored: Attachment[]) => Promise<void>;
+      onAbandon?: () => Promise<void>;
+    } = {},
   ): Promise<Attachment[]> {
     const prepared = files.map((file) => {
       const name = file.name?.trim();
@@ -105,8 +109,11 @@ export class MediaAttachmentStore implements AttachmentStore {
           size: put.size,
           uploadedAt: new Date().toISOString(),
         });
+        await options.onStored?.(stored);
       }
     } catch (err) {
+      // Told first: the names are free once the files go.
+      if (stored.length > 0) await options.onAbandon?.().catch(() => {});
       await this.discard(stored, { unannounced: true });
       throw storageError(err);
     }

@@ -101,11 +101,28 @@ Deno.test("attachment store: a file whose base64 breaks late leaves no file, not
     const good = big.toBase64();
     // The bad character sits past the first decoded megabyte.
     const broken = good.slice(0, 3_500_000) + "!" + good.slice(3_500_001);
+    // Told of each file as it is stored, and of the failure while the files are still there.
+    const told: string[] = [];
+    const listed = () => [...Deno.readDirSync(`${root}/files/t`)].map((e) => e.name).sort();
     await assertRejects(
       () =>
-        store.save("files/t", [{ name: "ok.bin", data: good }, { name: "bad.bin", data: broken }]),
+        store.save(
+          "files/t",
+          [{ name: "ok.bin", data: good }, { name: "bad.bin", data: broken }],
+          {
+            onStored: (stored) => {
+              told.push(`stored ${stored.map((a) => a.name)}`);
+              return Promise.resolve();
+            },
+            onAbandon: () => {
+              told.push(`abandoned with ${listed().filter((n) => !n.startsWith("."))}`);
+              return Promise.resolve();
+            },
+          },
+        ),
       /not valid base64/,
     );
+    assertEquals(told, ["stored ok.bin", "abandoned with ok.bin"]);
     const left: string[] = [];
     for await (const e of Deno.readDir(`${root}/files/t`)) left.push(e.name);
     assertEquals(left, []);

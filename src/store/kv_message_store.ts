@@ -8,6 +8,7 @@ import type {
   Message,
   MessageDraft,
   MessageStore,
+  PendingFiles,
   ReadCursorStore,
   UserId,
 } from "../core/types.ts";
@@ -51,6 +52,10 @@ export const KV_KEYS = {
   filesDue: (room: string, seq: number): Deno.KvKey => ["files_due", room, seq],
   /** Prefix of the files due for deletion. */
   allFilesDue: ["files_due"] as Deno.KvKey,
+  /** The files a send stored before its commit, which deletes this (see `PendingFiles`). */
+  pendingFiles: (id: string): Deno.KvKey => ["files_pending", id],
+  /** Prefix of the sends' pending files. */
+  allPendingFiles: ["files_pending"] as Deno.KvKey,
   /** A purge under way: the head it deletes up to, kept until it is done so that it can resume. */
   purging: (room: string): Deno.KvKey => ["purging", room],
   /** Prefix of the purges under way. */
@@ -74,6 +79,11 @@ export const KV_KEYS = {
 // only the 800 KiB counts: an over-estimate that keeps the count simple).
 const MAX_BATCH_MUTATIONS = 990;
 const MAX_BATCH_KEY_BYTES = 76 * 1024;
+/**
+ * How old a send's pending files must be before a sweep takes them for a crash's (a send's files
+ * and its commit normally take well under a second), and how often the sweep comes, ms.
+ */
+const PENDING_FILES_MAX_AGE_MS = 10 * 60_000;
 /** How long after retention drops messages their files are deleted, ms. */
 const DEFAULT_FILE_SWEEP_MS = 1000;
 const MAX_BATCH_ROOMS = 90;
@@ -201,7 +211,7 @@ function estimateSize(draft: MessageDraft): number {
  * seq; since every idempotency key is written together with its room's head, that one check
  * also keeps two writers from storing the same client id twice.
  */
-export class KvMessageStore implements MessageStore, ReadCursorStore {
+export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFiles {
   #kv: Deno.Kv;
   #pending: PendingAppend[] = [];
   /** The last head entry this store read or wrote, per room, with the room's generation then. */
@@ -222,6 +232,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
 
   #historyLimit: number;
   #discard?: (attachments: Attachment[]) => Promise<void>;
+  #pendingSweep?: ReturnType<typeof setInterval>;
   /** Whether commits keep a record of attachments for retention to delete their files by. */
   readonly #recordsFiles: boolean;
   #fileSweepMs: number;
@@ -356,7 +367,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
       const fresh = roomBytes === undefined;
       roomBytes ??= utf8Length(p.room);
       const roomKeys = perMessage + (p.draft.attachments.length > 0 ? 1 : 0);
-      const cost = roomKeys + (p.draft.clientId ? 1 : 0) + (fresh ? 1 : 0);
+      const cost = roomKeys + (p.draft.clientId ? 1 : 0) + (fresh ? 1 : 0) +
+        (p.draft.pendingFiles ? 1 : 0);
       const keyCost = keyBytes(roomBytes, p.draft, roomKeys, fresh);
       // The first append always goes: one over a cap still commits, and alone, as it then holds
       // back every later one.
@@ -559,6 +571,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
           ...(draft.clientId ? { clientId: draft.clientId } : {}),
         };
         op.set(KV_KEYS.message(room, seq), message);
+        // Its files are a message's from now on: no longer the sweep's to delete.
+        if (draft.pendingFiles) op.delete(KV_KEYS.pendingFiles(draft.pendingFiles));
         if (message.attachments.length > 0) {
           if (this.#recordsFiles) op.set(KV_KEYS.files(room, seq), message.attachments);
           else op.delete(KV_KEYS.filesRecorded(room));
@@ -837,6 +851,50 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
     await this.#kv.delete(due);
   }
 
+  /** Names the files a send stored so far, until its commit deletes the entry. */
+  async note(id: string, files: Attachment[]): Promise<void> {
+    await this.#kv.set(KV_KEYS.pendingFiles(id), { at: Date.now(), files });
+  }
+
+  /** Forgets a send's pending files (discarded, or held by the original of a duplicate). */
+  async forget(id: string): Promise<void> {
+    await this.#kv.delete(KV_KEYS.pendingFiles(id));
+  }
+
+  /**
+   * Deletes the files of sends named more than `olderThanMs` ago whose commit never came (a
+   * crash between storing the files and the commit). Each entry is claimed first, so two
+   * servers sweeping at once delete its files once; the deletion marks the names, which are
+   * never given again, so a late commit of such a send finds its files gone, not replaced.
+   */
+  async sweepPendingFiles(olderThanMs = PENDING_FILES_MAX_AGE_MS): Promise<void> {
+    if (!this.#discard) return;
+    const entries = this.#kv.list<{ at: number; files: Attachment[] }>({
+      prefix: KV_KEYS.allPendingFiles,
+    });
+    for await (const e of entries) {
+      if (this.#closed) return;
+      if (Date.now() - e.value.at < olderThanMs) continue;
+      const claim = await commitRetryingLocks(this.#kv.atomic().check(e).delete(e.key));
+      if (claim.ok) await this.#discard(e.value.files);
+    }
+  }
+
+  /** Sweeps the sends' pending files every `everyMs` (and at once) until the store closes. */
+  keepSweepingPendingFiles(everyMs = PENDING_FILES_MAX_AGE_MS): void {
+    const sweep = () => {
+      this.sweepPendingFiles().catch((err) => {
+        if (!this.#closed) {
+          console.error("history: deleting the files of unsent messages failed:", err);
+        }
+      });
+    };
+    sweep();
+    clearInterval(this.#pendingSweep);
+    this.#pendingSweep = setInterval(sweep, everyMs);
+    Deno.unrefTimer(this.#pendingSweep);
+  }
+
   /**
    * Deletes the files a crash left due (their messages deleted, the files not yet): a server
    * calls it when it starts. Another server deleting the same files meanwhile is harmless: a
@@ -1011,6 +1069,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore {
   /** Stops deleting files of dropped messages and checking rooms (the work under way ends first). */
   async close(): Promise<void> {
     this.#closed = true;
+    clearInterval(this.#pendingSweep);
     clearTimeout(this.#fileSweep);
     this.#fileSweep = undefined;
     clearTimeout(this.#purgeRetry);

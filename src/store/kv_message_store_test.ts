@@ -819,3 +819,30 @@ Deno.test("KvMessageStore: files of deleted messages that a crash left undeleted
   restarted.close();
   await Deno.remove(path);
 });
+
+Deno.test("KvMessageStore: a send's files are named until its commit; a sweep deletes those a crash left, once, and only old ones", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const discarded: string[] = [];
+  const store = new KvMessageStore(kv, limited(0, discarded));
+  const pending = () => Array.fromAsync(kv.list({ prefix: ["files_pending"] }));
+  // Committed: the commit deletes the entry with the message.
+  await store.note("sent", [file("f1")]);
+  await store.append("r", { ...withFile(1), pendingFiles: "sent" });
+  assertEquals(await pending(), []);
+  // A send a crash cut short: named, never committed. Too recent for the sweep, then taken.
+  await store.note("cut", [file("f2"), file("f3")]);
+  await store.sweepPendingFiles();
+  assertEquals(discarded, []);
+  await store.sweepPendingFiles(0);
+  assertEquals(discarded, ["f2", "f3"]);
+  assertEquals(await pending(), []);
+  await store.sweepPendingFiles(0);
+  assertEquals(discarded.length, 2, "deleted once");
+  // Forgotten (a duplicate, or files discarded with a failure): nothing for the sweep.
+  await store.note("dup", [file("f4")]);
+  await store.forget("dup");
+  await store.sweepPendingFiles(0);
+  assertEquals(discarded.length, 2);
+  await store.close();
+  kv.close();
+});
