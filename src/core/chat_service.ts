@@ -148,7 +148,7 @@ export class ChatService {
         onStored: pending ? (stored) => pending.note(pendingId!, stored) : undefined,
         // Forgotten before the files go: once gone, their names may be given to other files,
         // which a sweep of a forgotten entry left behind would delete.
-        onAbandon: pending ? () => pending.forget(pendingId!) : undefined,
+        onAbandon: pending ? () => this.#forget(pendingId) : undefined,
       });
     }
     const appended = this.#deps.store.append(room, {
@@ -190,8 +190,17 @@ export class ChatService {
    * are free once the files go, and a sweep must never find them named for this send then.
    */
   async #discardUnsent(attachments: Attachment[], pendingId?: string): Promise<void> {
-    if (pendingId) await this.#deps.pending?.forget(pendingId).catch(() => {});
-    await this.#deps.attachments.discard(attachments, { unannounced: true });
+    // Not forgotten (the store failing), the entry stays for the sweep: the files then go as
+    // dropped ones do, their names marked, so that the sweep cannot delete another file by them.
+    const forgotten = await this.#forget(pendingId);
+    await this.#deps.attachments.discard(attachments, forgotten ? { unannounced: true } : {});
+  }
+
+  /** Forgets a send's pending files; resolves to whether that worked (true without any). */
+  async #forget(pendingId?: string): Promise<boolean> {
+    const pending = this.#deps.pending;
+    if (!pendingId || !pending) return true;
+    return await pending.forget(pendingId).then(() => true, () => false);
   }
 
   /** Reads history in ascending seq order. */

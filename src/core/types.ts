@@ -246,8 +246,11 @@ export interface AttachmentStore {
       unique?: boolean;
       /** Told, before the next file is written, of every file stored so far under its name. */
       onStored?: (stored: Attachment[]) => Promise<void>;
-      /** Told when the save fails, before the files it stored are deleted. */
-      onAbandon?: () => Promise<void>;
+      /**
+       * Told when the save fails, before the files it stored are deleted: resolves to whether
+       * their names may be given again (else they are marked, as dropped files' are).
+       */
+      onAbandon?: () => Promise<boolean>;
     },
   ): Promise<Attachment[]>;
   /**

@@ -59,7 +59,7 @@ export class MediaAttachmentStore implements AttachmentStore {
     options: {
       unique?: boolean;
       onStored?: (stored: Attachment[]) => Promise<void>;
-      onAbandon?: () => Promise<void>;
+      onAbandon?: () => Promise<boolean>;
     } = {},
   ): Promise<Attachment[]> {
     const prepared = files.map((file) => {
@@ -112,9 +112,10 @@ export class MediaAttachmentStore implements AttachmentStore {
         await options.onStored?.(stored);
       }
     } catch (err) {
-      // Told first: the names are free once the files go.
-      if (stored.length > 0) await options.onAbandon?.().catch(() => {});
-      await this.discard(stored, { unannounced: true });
+      // Told first: the names are free once the files go, unless it says they may not be.
+      const free = stored.length === 0 || !options.onAbandon ||
+        await options.onAbandon().catch(() => false);
+      await this.discard(stored, free ? { unannounced: true } : {});
       throw storageError(err);
     }
     return stored;

@@ -116,7 +116,7 @@ Deno.test("attachment store: a file whose base64 breaks late leaves no file, not
             },
             onAbandon: () => {
               told.push(`abandoned with ${listed().filter((n) => !n.startsWith("."))}`);
-              return Promise.resolve();
+              return Promise.resolve(true);
             },
           },
         ),

@@ -56,6 +56,8 @@ export const KV_KEYS = {
   pendingFiles: (id: string): Deno.KvKey => ["files_pending", id],
   /** Prefix of the sends' pending files. */
   allPendingFiles: ["files_pending"] as Deno.KvKey,
+  /** A swept send's files until they are deleted (no room name lacks a `:`, unlike this). */
+  pendingDue: (id: string): Deno.KvKey => ["files_due", "pending", id],
   /** A purge under way: the head it deletes up to, kept until it is done so that it can resume. */
   purging: (room: string): Deno.KvKey => ["purging", room],
   /** Prefix of the purges under way. */
@@ -233,6 +235,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   #historyLimit: number;
   #discard?: (attachments: Attachment[]) => Promise<void>;
   #pendingSweep?: ReturnType<typeof setInterval>;
+  /** File deletions under way in the background (see `#inBackground`). */
+  #background = new Set<Promise<void>>();
   /** Whether commits keep a record of attachments for retention to delete their files by. */
   readonly #recordsFiles: boolean;
   #fileSweepMs: number;
@@ -848,36 +852,51 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   async #discardDue(due: Deno.KvKey, files: Attachment[]): Promise<void> {
     if (!this.#discard) return;
     await this.#discard(files);
-    await this.#kv.delete(due);
+    // One left behind only has the next start delete files already gone: a deleted name is
+    // marked and never given again.
+    await commitRetryingLocks(this.#kv.atomic().delete(due)).catch(() => {});
   }
 
   /** Names the files a send stored so far, until its commit deletes the entry. */
   async note(id: string, files: Attachment[]): Promise<void> {
-    await this.#kv.set(KV_KEYS.pendingFiles(id), { at: Date.now(), files });
+    const named = await commitRetryingLocks(
+      this.#kv.atomic().set(KV_KEYS.pendingFiles(id), { at: Date.now(), files }),
+    );
+    if (!named.ok) throw new Error("Could not name the files of a send");
   }
 
   /** Forgets a send's pending files (discarded, or held by the original of a duplicate). */
   async forget(id: string): Promise<void> {
-    await this.#kv.delete(KV_KEYS.pendingFiles(id));
+    const forgotten = await commitRetryingLocks(
+      this.#kv.atomic().delete(KV_KEYS.pendingFiles(id)),
+    );
+    if (!forgotten.ok) throw new Error("Could not forget the files of a send");
   }
 
   /**
    * Deletes the files of sends named more than `olderThanMs` ago whose commit never came (a
-   * crash between storing the files and the commit). Each entry is claimed first, so two
-   * servers sweeping at once delete its files once; the deletion marks the names, which are
-   * never given again, so a late commit of such a send finds its files gone, not replaced.
+   * crash between storing the files and the commit). Each entry is claimed first, turned into
+   * a due record in the same commit, so two servers sweeping at once delete its files once and
+   * a crash during the deletion leaves it for the next start; the deletion marks the names,
+   * which are never given again, so a late commit of such a send finds its files gone, not
+   * replaced.
    */
-  async sweepPendingFiles(olderThanMs = PENDING_FILES_MAX_AGE_MS): Promise<void> {
-    if (!this.#discard) return;
-    const entries = this.#kv.list<{ at: number; files: Attachment[] }>({
-      prefix: KV_KEYS.allPendingFiles,
-    });
-    for await (const e of entries) {
-      if (this.#closed) return;
-      if (Date.now() - e.value.at < olderThanMs) continue;
-      const claim = await commitRetryingLocks(this.#kv.atomic().check(e).delete(e.key));
-      if (claim.ok) await this.#discard(e.value.files);
-    }
+  sweepPendingFiles(olderThanMs = PENDING_FILES_MAX_AGE_MS): Promise<void> {
+    return this.#inBackground((async () => {
+      if (!this.#discard) return;
+      const entries = this.#kv.list<{ at: number; files: Attachment[] }>({
+        prefix: KV_KEYS.allPendingFiles,
+      });
+      for await (const e of entries) {
+        if (this.#closed) return;
+        if (Date.now() - e.value.at < olderThanMs) continue;
+        const due = KV_KEYS.pendingDue(e.key[1] as string);
+        const claim = await commitRetryingLocks(
+          this.#kv.atomic().check(e).delete(e.key).set(due, e.value.files),
+        );
+        if (claim.ok) await this.#discardDue(due, e.value.files);
+      }
+    })());
   }
 
   /** Sweeps the sends' pending files every `everyMs` (and at once) until the store closes. */
@@ -900,12 +919,22 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
    * calls it when it starts. Another server deleting the same files meanwhile is harmless: a
    * deleted name is marked and never given again, so a second deletion finds nothing.
    */
-  async finishFileDeletions(): Promise<void> {
-    if (!this.#discard) return;
-    for await (const e of this.#kv.list<Attachment[]>({ prefix: KV_KEYS.allFilesDue })) {
-      if (this.#closed) return;
-      await this.#discardDue(e.key, e.value);
-    }
+  finishFileDeletions(): Promise<void> {
+    return this.#inBackground((async () => {
+      if (!this.#discard) return;
+      for await (const e of this.#kv.list<Attachment[]>({ prefix: KV_KEYS.allFilesDue })) {
+        if (this.#closed) return;
+        await this.#discardDue(e.key, e.value);
+      }
+    })());
+  }
+
+  /** Work that `close` waits for, so that none of it writes to a closed KV. */
+  #inBackground(work: Promise<void>): Promise<void> {
+    this.#background.add(work);
+    const done = () => this.#background.delete(work);
+    work.then(done, done);
+    return work;
   }
 
   /**
@@ -1070,6 +1099,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   async close(): Promise<void> {
     this.#closed = true;
     clearInterval(this.#pendingSweep);
+    await Promise.allSettled(this.#background);
     clearTimeout(this.#fileSweep);
     this.#fileSweep = undefined;
     clearTimeout(this.#purgeRetry);

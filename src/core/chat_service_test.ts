@@ -1,0 +1,88 @@
+/** ChatService with a real KV store and media directory: what a failed send leaves behind. */
+
+import { assertEquals, assertRejects } from "../../tests/assert.ts";
+import { MediaAttachmentStore } from "../media/attachments.ts";
+import { LocalMediaStore } from "../media/local_media_store.ts";
+import { KvMessageStore } from "../store/kv_message_store.ts";
+import { ChatService, type ChatServiceDeps } from "./chat_service.ts";
+import type { MessageDraft, PendingFiles } from "./types.ts";
+
+/** A chat on a real KV and media directory whose store's next append and forget can fail. */
+async function failingChat() {
+  const root = await Deno.makeTempDir();
+  const kv = await Deno.openKv(":memory:");
+  const attachments = new MediaAttachmentStore(new LocalMediaStore(root), 1 << 20);
+  const store = new KvMessageStore(kv, { discard: (files) => attachments.discard(files) });
+  const fail = { append: false, forget: false };
+  const append = store.append.bind(store);
+  store.append = (room: string, draft: MessageDraft) =>
+    fail.append ? Promise.reject(new Error("KV down")) : append(room, draft);
+  const pending: PendingFiles = {
+    note: (id, files) => store.note(id, files),
+    forget: (id) => fail.forget ? Promise.reject(new Error("KV down")) : store.forget(id),
+  };
+  const chat = new ChatService({
+    store,
+    attachments,
+    pending,
+    fanout: { committed: () => {}, publish: () => {} } as unknown as ChatServiceDeps["fanout"],
+    access: { canAccess: () => Promise.resolve(true) },
+    metrics: { messagesIn: 0, attachmentBytes: 0 } as unknown as ChatServiceDeps["metrics"],
+    presence: {} as ChatServiceDeps["presence"],
+  });
+  const files = () => [...Deno.readDirSync(`${root}/d`)].map((e) => e.name).sort();
+  return {
+    chat,
+    store,
+    fail,
+    files,
+    async close() {
+      chat.close();
+      await store.close();
+      kv.close();
+      await Deno.remove(root, { recursive: true });
+    },
+  };
+}
+
+const file = (name: string, text: string) => ({
+  name,
+  data: new TextEncoder().encode(text).toBase64(),
+});
+
+Deno.test("ChatService: a failed send whose pending entry could not be forgotten marks its files' names, so the sweep of that entry never deletes another message's file", async () => {
+  const t = await failingChat();
+  try {
+    t.fail.append = true;
+    t.fail.forget = true;
+    await assertRejects(() =>
+      t.chat.send(null, "r", { files: [file("a.png", "A")], mediaDir: "d" })
+    );
+    t.fail.append = false;
+    t.fail.forget = false;
+    // The name was not given back: the next a.png is stored under another.
+    const next = await t.chat.send(null, "r", { files: [file("a.png", "B")], mediaDir: "d" });
+    assertEquals(next.message.attachments[0].name, "a_1.png");
+    await t.store.sweepPendingFiles(0);
+    assertEquals(t.files().filter((n) => !n.startsWith(".")), ["a_1.png"]);
+  } finally {
+    await t.close();
+  }
+});
+
+Deno.test("ChatService: a failed send forgets its pending entry, then frees its files' names", async () => {
+  const t = await failingChat();
+  try {
+    t.fail.append = true;
+    await assertRejects(() =>
+      t.chat.send(null, "r", { files: [file("a.png", "A")], mediaDir: "d" })
+    );
+    t.fail.append = false;
+    const next = await t.chat.send(null, "r", { files: [file("a.png", "B")], mediaDir: "d" });
+    assertEquals(next.message.attachments[0].name, "a.png");
+    await t.store.sweepPendingFiles(0);
+    assertEquals(t.files().filter((n) => !n.startsWith(".")), ["a.png"]);
+  } finally {
+    await t.close();
+  }
+});
