@@ -1,5 +1,5 @@
 import * as jose from "jose";
-import { assertEquals, assertRejects } from "../../tests/assert.ts";
+import { assert, assertEquals, assertRejects } from "../../tests/assert.ts";
 import { grantMatches } from "../core/rooms.ts";
 import { ClaimsAccessPolicy } from "./access.ts";
 import { principalFromClaims } from "./principal.ts";
@@ -86,12 +86,24 @@ Deno.test("findToken() takes the cookie only without an Origin, from this host, 
         ...(origin ? { origin } : {}),
       },
     });
-  assertEquals(findToken(req()).token, "c");
-  assertEquals(findToken(req("http://chat.example")).token, "c");
-  // Another site's page: the browser sends the cookie, the server must not act on it.
-  assertEquals(findToken(req("https://evil.example")).token, undefined);
-  assertEquals(findToken(req("https://app.example"), ["https://app.example"]).token, "c");
-  assertEquals(findToken(req("null")).token, undefined);
+  const warnings: string[] = [];
+  const warn = console.warn;
+  console.warn = (message: string) => warnings.push(message);
+  try {
+    assertEquals(findToken(req()).token, "c");
+    assertEquals(findToken(req("http://chat.example")).token, "c");
+    // Another site's page: the browser sends the cookie, the server must not act on it.
+    assertEquals(findToken(req("https://evil.example")).token, undefined);
+    assertEquals(findToken(req("https://evil.example")).token, undefined);
+    assertEquals(findToken(req("https://app.example"), ["https://app.example"]).token, "c");
+    assertEquals(findToken(req("null")).token, undefined);
+  } finally {
+    console.warn = warn;
+  }
+  // The client sees only 4001: the log says why, once per origin.
+  assertEquals(warnings.length, 2, warnings.join("\n"));
+  assert(warnings[0].includes('"https://evil.example"') && warnings[0].includes("ALLOWED_ORIGINS"));
+  assert(warnings[1].includes('"null"'));
   // A token sent on purpose is not the browser's doing, whatever the Origin.
   const query = new Request("http://chat.example/ws?token=q", {
     headers: { host: "chat.example", origin: "https://evil.example" },

@@ -70,9 +70,27 @@ export function findToken(req: Request, trustedOrigins: readonly string[] = []):
   if (bearerEntry) {
     return { token: bearerEntry.slice(BEARER_PROTOCOL.length), source: "subprotocol", protocol };
   }
-  const cookie = cookieMayAuthenticate(req, trustedOrigins)
-    ? readCookie(req.headers.get("cookie"), "access_token")
-    : undefined;
-  if (cookie) return { token: cookie.replace(/^Bearer\s+/i, ""), source: "cookie", protocol };
+  const cookie = readCookie(req.headers.get("cookie"), "access_token");
+  if (cookie && cookieMayAuthenticate(req, trustedOrigins)) {
+    return { token: cookie.replace(/^Bearer\s+/i, ""), source: "cookie", protocol };
+  }
+  if (cookie) warnCookieOrigin(req.headers.get("origin") ?? "");
   return { protocol };
+}
+
+/** Origins already told of (a bounded few: the Origin header is the client's to choose). */
+const warnedOrigins = new Set<string>();
+
+/**
+ * Says once per origin why a cookie was not used: the client only sees 4001, and a page served
+ * from another origin (a dev server on another port) is the usual reason.
+ */
+function warnCookieOrigin(origin: string): void {
+  if (warnedOrigins.has(origin) || warnedOrigins.size >= 20) return;
+  warnedOrigins.add(origin);
+  console.warn(
+    `auth: a WebSocket from origin ${JSON.stringify(origin.slice(0, 200))} carried an ` +
+      "access_token cookie that was not used: only the server's own origin, PUBLIC_URL's and " +
+      "ALLOWED_ORIGINS may sign in by cookie",
+  );
 }
