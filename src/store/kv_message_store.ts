@@ -14,6 +14,7 @@ import type {
 } from "../core/types.ts";
 import { ChatError, roomDeleted } from "../core/errors.ts";
 import { commitRetryingLocks, commitUntilChecked, FreshReads, getManyChunked } from "./kv_reads.ts";
+import { type Poll, pollEvery } from "../broker/poll.ts";
 import process from "node:process";
 
 /** How long a client id protects against a duplicate send. */
@@ -81,6 +82,12 @@ export const KV_KEYS = {
 // only the 800 KiB counts: an over-estimate that keeps the count simple).
 const MAX_BATCH_MUTATIONS = 990;
 const MAX_BATCH_KEY_BYTES = 76 * 1024;
+/** Files to delete, and the KV record that says so. */
+interface DueFiles {
+  key: Deno.KvKey;
+  files: Attachment[];
+}
+
 /**
  * How old a send's pending files must be before a sweep takes them for a crash's (a send's files
  * and its commit normally take well under a second), and how often the sweep comes, ms.
@@ -234,7 +241,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
 
   #historyLimit: number;
   #discard?: (attachments: Attachment[]) => Promise<void>;
-  #pendingSweep?: ReturnType<typeof setInterval>;
+  #pendingSweep?: Poll;
   /** File deletions under way in the background (see `#inBackground`). */
   #background = new Set<Promise<void>>();
   /** Whether commits keep a record of attachments for retention to delete their files by. */
@@ -837,6 +844,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   async #claimRecords(room: string, range: { end?: Deno.KvKey } = {}): Promise<void> {
     const prefix = KV_KEYS.roomFiles(room);
     const selector = range.end ? { prefix, end: range.end } : { prefix };
+    let claimed: DueFiles[] = [];
     for await (const e of this.#kv.list<Attachment[]>(selector)) {
       const message = KV_KEYS.message(room, e.key[2] as number);
       const due = KV_KEYS.filesDue(room, e.key[2] as number);
@@ -844,17 +852,27 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
         this.#kv.atomic().check(e).check({ key: message, versionstamp: null }).delete(e.key)
           .set(due, e.value),
       );
-      if (claim.ok) await this.#discardDue(due, e.value);
+      if (claim.ok) claimed.push({ key: due, files: e.value });
+      if (claimed.length >= RETENTION_BATCH) {
+        await this.#discardDue(claimed);
+        claimed = [];
+      }
     }
+    await this.#discardDue(claimed);
   }
 
-  /** Deletes files whose message is gone, then the record that said they were due. */
-  async #discardDue(due: Deno.KvKey, files: Attachment[]): Promise<void> {
-    if (!this.#discard) return;
-    await this.#discard(files);
+  /**
+   * Deletes files whose messages are gone, then, in one commit, the records that said they were
+   * due (at most {@link RETENTION_BATCH} of them).
+   */
+  async #discardDue(due: DueFiles[]): Promise<void> {
+    if (!this.#discard || due.length === 0) return;
+    for (const { files } of due) await this.#discard(files);
+    const op = this.#kv.atomic();
+    for (const { key } of due) op.delete(key);
     // One left behind only has the next start delete files already gone: a deleted name is
     // marked and never given again.
-    await commitRetryingLocks(this.#kv.atomic().delete(due)).catch(() => {});
+    await commitRetryingLocks(op).catch(() => {});
   }
 
   /** Names the files a send stored so far, until its commit deletes the entry. */
@@ -894,24 +912,22 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
         const claim = await commitRetryingLocks(
           this.#kv.atomic().check(e).delete(e.key).set(due, e.value.files),
         );
-        if (claim.ok) await this.#discardDue(due, e.value.files);
+        if (claim.ok) await this.#discardDue([{ key: due, files: e.value.files }]);
       }
     })());
   }
 
-  /** Sweeps the sends' pending files every `everyMs` (and at once) until the store closes. */
-  keepSweepingPendingFiles(everyMs = PENDING_FILES_MAX_AGE_MS): void {
-    const sweep = () => {
+  /** Sweeps the sends' pending files now and every 10 minutes, until the store closes. */
+  keepSweepingPendingFiles(): void {
+    const sweep = () =>
       this.sweepPendingFiles().catch((err) => {
         if (!this.#closed) {
           console.error("history: deleting the files of unsent messages failed:", err);
         }
       });
-    };
-    sweep();
-    clearInterval(this.#pendingSweep);
-    this.#pendingSweep = setInterval(sweep, everyMs);
-    Deno.unrefTimer(this.#pendingSweep);
+    void sweep();
+    this.#pendingSweep?.stop();
+    this.#pendingSweep = pollEvery(PENDING_FILES_MAX_AGE_MS, sweep);
   }
 
   /**
@@ -922,10 +938,16 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   finishFileDeletions(): Promise<void> {
     return this.#inBackground((async () => {
       if (!this.#discard) return;
+      let due: DueFiles[] = [];
       for await (const e of this.#kv.list<Attachment[]>({ prefix: KV_KEYS.allFilesDue })) {
         if (this.#closed) return;
-        await this.#discardDue(e.key, e.value);
+        due.push({ key: e.key, files: e.value });
+        if (due.length >= RETENTION_BATCH) {
+          await this.#discardDue(due);
+          due = [];
+        }
       }
+      await this.#discardDue(due);
     })());
   }
 
@@ -1052,11 +1074,10 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       });
       if (!(await commitRetryingLocks(op)).ok) return false;
       deleted += entries.length;
-      for (const e of entries) {
-        if (e.value.attachments.length > 0) {
-          await this.#discardDue(KV_KEYS.filesDue(room, e.value.seq), e.value.attachments);
-        }
-      }
+      await this.#discardDue(
+        entries.filter((e) => e.value.attachments.length > 0)
+          .map((e) => ({ key: KV_KEYS.filesDue(room, e.value.seq), files: e.value.attachments })),
+      );
       return true;
     };
     const deleteBatch = async () => {
@@ -1098,7 +1119,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   /** Stops deleting files of dropped messages and checking rooms (the work under way ends first). */
   async close(): Promise<void> {
     this.#closed = true;
-    clearInterval(this.#pendingSweep);
+    this.#pendingSweep?.stop();
     await Promise.allSettled(this.#background);
     clearTimeout(this.#fileSweep);
     this.#fileSweep = undefined;

@@ -45,15 +45,17 @@ function messageText(value: unknown): string {
   throw new ChatError("invalid_frame", '"message" must be a string');
 }
 
-/** The error event each client event is answered on when refused (none: only its ack). */
 /** Messages one `get_messages` returns, by default and at most. */
 const HISTORY_DEFAULT = 500;
-/** Characters of JSON past which `get_messages` leaves older messages for `before`. */
+/** Characters of messages past which `get_messages` leaves older ones for `before`. */
 const HISTORY_MAX_CHARS = 1024 * 1024;
+/** Roughly what a message's rendering adds to its text, and each attachment's, in characters. */
+const RENDERED_OVERHEAD_CHARS = 512;
 
 /** Typing events: dropped when over the rate limit, since a lost one is harmless. */
 const TYPING = new Set(["typing_start", "typing_stop"]);
 
+/** The error event each client event is answered on when refused (none: only its ack). */
 const ERROR_EVENTS: Record<string, string> = {
   authenticate: "authentication_error",
   join_ticket: "join_ticket_error",
@@ -441,8 +443,9 @@ export function createSocketIoTicketChat(
       }
       s.queuedBytes += size;
       // Counted as it arrives, in the order sent.
-      let verdict = ctx.limiter.take(s.user?.id ?? socket.id, socket.id, !TYPING.has(event));
-      if (verdict !== "ok" && TYPING.has(event)) {
+      const typing = TYPING.has(event);
+      let verdict = ctx.limiter.take(s.user?.id ?? socket.id, socket.id, !typing);
+      if (verdict !== "ok" && typing) {
         // Sent on every keystroke by the document's own advice: a start past the limit is
         // dropped, without counting towards the close a flood of other events earns. A stop
         // after a start that went through still goes (once), or the others would see the user
@@ -453,7 +456,7 @@ export function createSocketIoTicketChat(
         }
         verdict = "ok";
       }
-      if (TYPING.has(event)) s.typing = event === "typing_start";
+      if (typing) s.typing = event === "typing_start";
       if (verdict === "close") {
         // A transport close, not a Socket.IO disconnect: after that the client would never
         // reconnect. The events before this one are answered first, then this one says why.
@@ -642,15 +645,15 @@ export function createSocketIoTicketChat(
       if (beforeTime !== undefined) before = await ctx.chat.seqBefore(room, beforeTime);
       await sends;
       const page = await ctx.chat.historyPage(room, { before, limit });
-      const rendered = page.messages.map((m) => socketIoMessage(m, id, s.baseUrl));
       // Messages of up to 20,000 characters: the newest that fit in about 1 MiB, so that one
       // answer (twice, with an ack) does not pass a slow reader's SLOW_CONSUMER_BYTES alone.
-      let first = rendered.length;
+      let first = page.messages.length;
       for (let chars = 0; first > 0; first--) {
-        chars += JSON.stringify(rendered[first - 1]).length;
-        if (chars > HISTORY_MAX_CHARS && first < rendered.length) break;
+        const m = page.messages[first - 1];
+        chars += m.body.length + RENDERED_OVERHEAD_CHARS * (1 + m.attachments.length);
+        if (chars > HISTORY_MAX_CHARS && first < page.messages.length) break;
       }
-      const messages = first > 0 ? rendered.slice(first) : rendered;
+      const messages = page.messages.slice(first).map((m) => socketIoMessage(m, id, s.baseUrl));
       const hasMore = page.hasMore || first > 0;
       socket.emit("messages_loaded", { messages, ticketId: id, hasMore });
       ack?.({ messages, hasMore });
