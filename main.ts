@@ -31,8 +31,7 @@ import {
   createSocketIoTicketChat,
   socketIoBusy,
 } from "./src/dialects/socketio_ticket/socketio_ticket.ts";
-// Pages written for the Node server load the client from it: `<script src="/socket.io/socket.io.js">`
-// (or `socket.io.min.js`: the package exports only the full bundle, which serves for both).
+// Pages written for the Node server load the client from it: `<script src="/socket.io/socket.io.js">`.
 import socketIoClientBundle from "socket.io-client/dist/socket.io.js" with { type: "text" };
 import type { SocketIOServer } from "./src/engine_io/mod.ts";
 import { createHttpApp, type HttpDeps, matchWsRoute, ownMetrics } from "./src/http/app.ts";
@@ -228,19 +227,18 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       hub.committed(message);
     },
     publish(event: RoomEvent): void {
-      if (isEviction(event)) {
-        // The other processes are told even when this one's channel refused it (the hub throws
-        // so that the caller knows): a retry of the request may find nothing left to publish.
-        try {
-          hub.publish(event);
-        } finally {
+      try {
+        hub.publish(event);
+      } finally {
+        // The other processes are told of an eviction even when this one's channel refused it
+        // (the hub throws so that the caller knows): a retry of the request may find nothing
+        // left to publish.
+        if (isEviction(event)) {
           roomEvents.publish(event).catch((err) =>
             console.error("room events: telling the other processes failed:", err)
           );
         }
-        return;
       }
-      hub.publish(event);
       if (isSignal(event) && registry.elsewhere > 0) {
         signals.publish(event).catch((err) =>
           console.error("room signals: telling the other processes failed:", err)
@@ -297,10 +295,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     relay: overrides.socketIoRelay ?? false,
     pingInterval: config.socketIoPingIntervalMs,
     pingTimeout: config.socketIoPingTimeoutMs,
-    clientBundle: {
-      "socket.io.js": socketIoClientBundle,
-      "socket.io.min.js": socketIoClientBundle,
-    },
+    clientBundle: socketIoClientBundle,
   });
   const apiCounters = new ApiCounters();
   const isolateId = registry.id.slice(0, 8);

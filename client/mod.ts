@@ -373,6 +373,8 @@ const DEFAULTS = {
   retryMs: 500,
   inlineMaxBytes: 256 * 1024,
   maxFileBytes: 10 * 1024 * 1024,
+  maxBodyChars: 20_000,
+  maxFiles: 10,
   typingRenewMs: 2_000,
   typingIdleMs: 3_000,
 };
@@ -491,8 +493,8 @@ export class ChatClient {
     if (this.#limits) return this.#limits;
     const maxFileBytes = this.#options.maxFileBytes ?? DEFAULTS.maxFileBytes;
     return {
-      maxBodyChars: 20_000,
-      maxFiles: 10,
+      maxBodyChars: DEFAULTS.maxBodyChars,
+      maxFiles: DEFAULTS.maxFiles,
       maxFileBytes,
       maxFrameChars: Math.ceil(maxFileBytes / 3) * 4 + 64 * 1024,
     };
@@ -631,7 +633,6 @@ export class ChatClient {
     };
   }
 
-  /** Leaves a room: no more messages, presence or typing from it. */
   /** Ends one join's history phase; `flush` sends what waited when no other join of it is left. */
   #doneJoining(room: string, flush: boolean): void {
     const joining = this.#joining.get(room)!;
@@ -640,12 +641,15 @@ export class ChatClient {
     if (flush) this.#flush();
   }
 
+  /** Leaves a room: no more messages, presence or typing from it. */
   async leave(room: string): Promise<void> {
     const state = this.#rooms.get(room);
-    // A join still reading its history page ends there instead of joining after the leave.
-    const joining = this.#joining.get(room);
-    if (!state && joining) joining.left = true;
-    if (!state) return;
+    if (!state) {
+      // A join still reading its history page ends there instead of joining after the leave.
+      const joining = this.#joining.get(room);
+      if (joining) joining.left = true;
+      return;
+    }
     this.#clearTypers(room, state);
     this.#rooms.delete(room);
     for (const w of state.waiters) w.reject(new ChatError("left", `Left room "${room}"`));

@@ -187,29 +187,14 @@ async function start(s) {
   chat.on("read", (e) => {
     const view = views.get(e.room);
     if (!view) return;
-    const known = view.reads.get(String(e.user.id));
-    view.reads.set(String(e.user.id), {
-      user: e.user,
-      seq: Math.max(e.seq, known?.seq ?? 0)
-    });
+    view.people.set(String(e.user.id), e.user);
     const nearBottom = isNearBottom(120);
     renderReceipts(view);
     if (nearBottom && e.room === current) scrollToBottom(true);
   });
   chat.on("reads", (e) => {
     const view = views.get(e.room);
-    if (!view) return;
-    const me = chat.user ? String(chat.user.id) : void 0;
-    for (const { userId, seq } of e.reads) {
-      const id = String(userId);
-      if (id === me) continue;
-      const known = view.reads.get(id);
-      if (!known || known.seq < seq) view.reads.set(id, {
-        user: known?.user,
-        seq
-      });
-    }
-    renderReceipts(view);
+    if (view) renderReceipts(view);
   });
   chat.on("removed", (e) => {
     showError(`You were removed from ${e.room} (${e.reason.replace("_", " ")})`);
@@ -261,7 +246,6 @@ function addRoom(name) {
     rendered: /* @__PURE__ */ new Map(),
     hasMore: false,
     unread: 0,
-    reads: /* @__PURE__ */ new Map(),
     people: /* @__PURE__ */ new Map(),
     pending: /* @__PURE__ */ new Map(),
     readSent: 0,
@@ -481,7 +465,10 @@ function renderReceipts(view) {
     ...view.rendered.keys()
   ].sort((a, b) => a - b);
   const present = client?.presence(view.name) ?? [];
-  for (const [id, { user, seq }] of view.reads) {
+  const me = client?.user ? String(client.user.id) : void 0;
+  for (const { userId, seq } of client?.reads(view.name) ?? []) {
+    const id = String(userId);
+    if (id === me) continue;
     let target;
     for (const s of seqs) {
       if (s > seq) break;
@@ -489,7 +476,7 @@ function renderReceipts(view) {
       if (sender !== id) target = s;
     }
     if (target === void 0) continue;
-    const reader = user ?? view.people.get(id) ?? present.find((u) => String(u.id) === id);
+    const reader = view.people.get(id) ?? present.find((u) => String(u.id) === id);
     const name = reader ? displayName(reader) : `user ${id}`;
     bySeq.set(target, [
       ...bySeq.get(target) ?? [],

@@ -54,9 +54,10 @@ interface RoomView {
   lastSeq?: number;
   hasMore: boolean;
   unread: number;
-  /** Other users' read cursors, by user id; `user` once a `read` frame named them. */
-  reads: Map<string, { user?: ChatUser; seq: number }>;
-  /** Senders of the messages shown, by user id: the names of readers a join listed by id. */
+  /**
+   * Senders of the messages shown and readers a `read` frame named, by user id: the names of
+   * the readers the client's cursors list by id.
+   */
   people: Map<string, ChatUser>;
   /** Our messages not yet acknowledged, by client id. */
   pending: Map<string, PendingItem>;
@@ -253,8 +254,7 @@ async function start(s: Session): Promise<void> {
   chat.on("read", (e) => {
     const view = views.get(e.room);
     if (!view) return;
-    const known = view.reads.get(String(e.user.id));
-    view.reads.set(String(e.user.id), { user: e.user, seq: Math.max(e.seq, known?.seq ?? 0) });
+    view.people.set(String(e.user.id), e.user);
     const nearBottom = isNearBottom(120);
     renderReceipts(view);
     // A receipt under the newest message makes it taller: keep it in view.
@@ -263,15 +263,7 @@ async function start(s: Session): Promise<void> {
   // The cursors a (re)join lists: receipts of readers who are not here survive a reload.
   chat.on("reads", (e) => {
     const view = views.get(e.room);
-    if (!view) return;
-    const me = chat.user ? String(chat.user.id) : undefined;
-    for (const { userId, seq } of e.reads) {
-      const id = String(userId);
-      if (id === me) continue;
-      const known = view.reads.get(id);
-      if (!known || known.seq < seq) view.reads.set(id, { user: known?.user, seq });
-    }
-    renderReceipts(view);
+    if (view) renderReceipts(view);
   });
   chat.on("removed", (e) => {
     showError(`You were removed from ${e.room} (${e.reason.replace("_", " ")})`);
@@ -336,7 +328,6 @@ function addRoom(name: string): void {
     rendered: new Map(),
     hasMore: false,
     unread: 0,
-    reads: new Map(),
     people: new Map(),
     pending: new Map(),
     readSent: 0,
@@ -576,7 +567,10 @@ function renderReceipts(view: RoomView): void {
   const bySeq = new Map<number, string[]>();
   const seqs = [...view.rendered.keys()].sort((a, b) => a - b);
   const present = client?.presence(view.name) ?? [];
-  for (const [id, { user, seq }] of view.reads) {
+  const me = client?.user ? String(client.user.id) : undefined;
+  for (const { userId, seq } of client?.reads(view.name) ?? []) {
+    const id = String(userId);
+    if (id === me) continue;
     let target: number | undefined;
     for (const s of seqs) {
       if (s > seq) break;
@@ -584,7 +578,7 @@ function renderReceipts(view: RoomView): void {
       if (sender !== id) target = s;
     }
     if (target === undefined) continue;
-    const reader = user ?? view.people.get(id) ?? present.find((u) => String(u.id) === id);
+    const reader = view.people.get(id) ?? present.find((u) => String(u.id) === id);
     const name = reader ? displayName(reader) : `user ${id}`;
     bySeq.set(target, [...(bySeq.get(target) ?? []), name]);
   }

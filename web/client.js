@@ -49,6 +49,8 @@ var DEFAULTS = {
   retryMs: 500,
   inlineMaxBytes: 256 * 1024,
   maxFileBytes: 10 * 1024 * 1024,
+  maxBodyChars: 2e4,
+  maxFiles: 10,
   typingRenewMs: 2e3,
   typingIdleMs: 3e3
 };
@@ -112,8 +114,8 @@ var ChatClient = class {
     if (this.#limits) return this.#limits;
     const maxFileBytes = this.#options.maxFileBytes ?? DEFAULTS.maxFileBytes;
     return {
-      maxBodyChars: 2e4,
-      maxFiles: 10,
+      maxBodyChars: DEFAULTS.maxBodyChars,
+      maxFiles: DEFAULTS.maxFiles,
       maxFileBytes,
       maxFrameChars: Math.ceil(maxFileBytes / 3) * 4 + 64 * 1024
     };
@@ -252,7 +254,6 @@ var ChatClient = class {
       has_more: hasMore
     };
   }
-  /** Leaves a room: no more messages, presence or typing from it. */
   /** Ends one join's history phase; `flush` sends what waited when no other join of it is left. */
   #doneJoining(room, flush) {
     const joining = this.#joining.get(room);
@@ -260,11 +261,14 @@ var ChatClient = class {
     this.#joining.delete(room);
     if (flush) this.#flush();
   }
+  /** Leaves a room: no more messages, presence or typing from it. */
   async leave(room) {
     const state = this.#rooms.get(room);
-    const joining = this.#joining.get(room);
-    if (!state && joining) joining.left = true;
-    if (!state) return;
+    if (!state) {
+      const joining = this.#joining.get(room);
+      if (joining) joining.left = true;
+      return;
+    }
     this.#clearTypers(room, state);
     this.#rooms.delete(room);
     for (const w of state.waiters) w.reject(new ChatError("left", `Left room "${room}"`));

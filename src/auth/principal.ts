@@ -63,7 +63,7 @@ export function principalFromClaims(claims: Record<string, unknown>): Principal 
  * replace spell one role several ways (`super_admin`, `SuperAdmin`, the Socket.IO document's
  * model name; `Support`).
  */
-export function roleName(role: string | null | undefined): string {
+function roleName(role: string | null | undefined): string {
   return role ? role.toLowerCase().replace(/[\s_-]/g, "") : "";
 }
 

@@ -74,11 +74,11 @@ export interface SocketIOServerOptions extends EngineOptions {
   /** Most binary attachments one packet may carry; default 10. */
   maxAttachments?: number;
   /**
-   * The socket.io-client browser bundles by file name (`socket.io.js`, `socket.io.min.js`, ...),
-   * served at `<path><name>` as Node's server does by default (`serveClient`), for pages that
-   * load the client with a script tag; a string is `socket.io.js` alone. None when unset.
+   * The socket.io-client browser bundle, served at `<path>socket.io.js` and at
+   * `<path>socket.io.min.js`, as Node's server does by default (`serveClient`), for pages that
+   * load the client with a script tag; not served when unset.
    */
-  clientBundle?: string | Readonly<Record<string, string>>;
+  clientBundle?: string;
   /**
    * Told of an event refused over WebSocket for its size (`maxPayload`), with the client's ack
    * when it asked for one, just before the session ends for it: a chance to say why on the
@@ -950,18 +950,19 @@ export class SocketIOServer<Data = SocketData> {
   /** Clients that have not joined a namespace yet. */
   #waiting = new Set<Client>();
   #clientOptions: ClientOptions;
-  #clientBundles = new Map<string, { bytes: Uint8Array<ArrayBuffer>; etag: string }>();
+  #clientBundle?: { bytes: Uint8Array<ArrayBuffer>; etag: string };
+  /** The paths it is served at. */
+  #clientBundlePaths: string[] = [];
 
   /** Creates a server with the main namespace `/`. */
   constructor(options: SocketIOServerOptions = {}) {
     this.engine = new EngineServer(options);
-    const bundles = typeof options.clientBundle === "string"
-      ? { "socket.io.js": options.clientBundle }
-      : options.clientBundle ?? {};
-    for (const [name, text] of Object.entries(bundles)) {
-      const bytes = new TextEncoder().encode(text);
-      const etag = `"${fnv1a(bytes).toString(16)}-${bytes.length}"`;
-      this.#clientBundles.set(`${this.engine.path}${name}`, { bytes, etag });
+    if (options.clientBundle !== undefined) {
+      const bytes = new TextEncoder().encode(options.clientBundle);
+      this.#clientBundle = { bytes, etag: `"${fnv1a(bytes).toString(16)}-${bytes.length}"` };
+      // The package exports only the full bundle, which serves for the minified one's name too.
+      this.#clientBundlePaths = ["socket.io.js", "socket.io.min.js"]
+        .map((name) => this.engine.path + name);
     }
     this.#clientOptions = {
       connectTimeout: options.connectTimeout ?? 45_000,
@@ -1055,12 +1056,12 @@ export class SocketIOServer<Data = SocketData> {
 
   /** Answers a request under the path (see {@linkcode EngineServer.handleRequest}). */
   handleRequest(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response> {
-    // Every polling request passes here: the URL is parsed only when it can be a bundle's.
-    const bundle = this.#clientBundles.size > 0 &&
-        (req.method === "GET" || req.method === "HEAD") && req.url.includes(".js")
-      ? this.#clientBundles.get(new URL(req.url).pathname)
-      : undefined;
-    if (bundle) {
+    const bundle = this.#clientBundle;
+    if (
+      // Every polling request passes here: the URL is parsed only when it can be the bundle's.
+      bundle && (req.method === "GET" || req.method === "HEAD") && req.url.includes(".js") &&
+      this.#clientBundlePaths.includes(new URL(req.url).pathname)
+    ) {
       // Revalidated every time, as Node's server does: the URL carries no version, so a cached
       // copy must not outlive an upgrade.
       const headers = {

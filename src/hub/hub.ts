@@ -310,26 +310,8 @@ export class Hub {
   }
 
   #fanout(state: RoomState, event: RoomEvent): void {
-    if (event.type === "recheck") {
-      this.#recheck([[event.room, state]], event.userId);
-      return;
-    }
-    if (event.type === "closed" || event.type === "revoked") {
-      for (const member of [...state.members]) {
-        if (
-          event.type === "closed" || member.deliver !== undefined ||
-          String(member.user.id) === String(event.userId)
-        ) {
-          // One member's failure must not leave the others in a room they may not see.
-          try {
-            member.evict(event);
-          } catch (err) {
-            console.error("hub: evicting a member failed:", err);
-          }
-        }
-      }
-      return;
-    }
+    // Messages, the per-message path, pass one test; the rare control events are handled apart.
+    if (event.type !== "message" && this.#control(state, event)) return;
     const frames = new Map<string, string | undefined>();
     if (event.type === "message" && state.lanes) {
       for (const [key, lane] of state.lanes) {
@@ -361,6 +343,29 @@ export class Hub {
         console.error("hub: delivery to a member failed:", err);
       }
     }
+  }
+
+  /** Handles a recheck or an eviction; false for an event members receive (typing, ...). */
+  #control(state: RoomState, event: RoomEvent): boolean {
+    if (event.type === "recheck") {
+      this.#recheck([[event.room, state]], event.userId);
+      return true;
+    }
+    if (!isEviction(event)) return false;
+    for (const member of [...state.members]) {
+      if (
+        event.type === "closed" || member.deliver !== undefined ||
+        String(member.user.id) === String(event.userId)
+      ) {
+        // One member's failure must not leave the others in a room they may not see.
+        try {
+          member.evict(event);
+        } catch (err) {
+          console.error("hub: evicting a member failed:", err);
+        }
+      }
+    }
+    return true;
   }
 
   /**

@@ -188,13 +188,13 @@ export class Connection implements FrameHolder {
 
   #onMessage(data: unknown): void {
     this.#lastFrameAt = performance.now();
-    if (this.#done && !this.#closeNow) return;
     const size = typeof data === "string"
       ? data.length
       : data instanceof ArrayBuffer
       ? data.byteLength
       : (data as Blob).size ?? 0;
     if (this.#done || this.#refusing) {
+      // Closing, and waiting for the peer to stop: a large frame is not waited out.
       if (this.#closeNow && size > CLOSE_LINGER_MAX_FRAME) this.#closeNow();
       return;
     }

@@ -177,8 +177,8 @@ export interface SocketIoTicketOptions {
   pingInterval?: number;
   /** Milliseconds a client has to answer a ping. */
   pingTimeout?: number;
-  /** The socket.io-client browser bundles to serve under `/socket.io/`, by file name. */
-  clientBundle?: string | Readonly<Record<string, string>>;
+  /** The socket.io-client browser bundle to serve at `/socket.io/socket.io.js` (and `.min.js`). */
+  clientBundle?: string;
 }
 
 /**
@@ -419,6 +419,19 @@ export function createSocketIoTicketChat(
     return run;
   }
 
+  /**
+   * Takes no more events from the socket and ends its session once the ones taken are answered,
+   * with a transport close (after a Socket.IO disconnect the client would never reconnect);
+   * `last` says why, just before.
+   */
+  function endSession(s: SocketState, socket: Socket, last?: () => void): void {
+    s.ending = true;
+    Promise.allSettled(s.handling).then(() => {
+      last?.();
+      socket.conn.close();
+    });
+  }
+
   /** Runs a handler, answering failures on the event's error event (and the ack, when there is one). */
   function on(
     socket: Socket,
@@ -436,12 +449,10 @@ export function createSocketIoTicketChat(
       // then the session ends (the client reconnects, as after a packet over the size limit).
       const size = eventBytes(args);
       if (s.queuedBytes > 0 && s.queuedBytes + size > queueBound) {
-        s.ending = true;
         ctx.metrics.error("too_much_queued");
-        Promise.allSettled(s.handling).then(() => socket.conn.close());
+        endSession(s, socket);
         return;
       }
-      s.queuedBytes += size;
       // Counted as it arrives, in the order sent.
       const typing = TYPING.has(event);
       let verdict = ctx.limiter.take(s.user?.id ?? socket.id, socket.id, !typing);
@@ -450,25 +461,18 @@ export function createSocketIoTicketChat(
         // dropped, without counting towards the close a flood of other events earns. A stop
         // after a start that went through still goes (once), or the others would see the user
         // typing until the typing timeout.
-        if (event === "typing_start" || !s.typing) {
-          s.queuedBytes -= size;
-          return;
-        }
+        if (event === "typing_start" || !s.typing) return;
         verdict = "ok";
       }
       if (typing) s.typing = event === "typing_start";
       if (verdict === "close") {
-        // A transport close, not a Socket.IO disconnect: after that the client would never
-        // reconnect. The events before this one are answered first, then this one says why.
-        s.ending = true;
-        s.queuedBytes -= size;
         ctx.metrics.error("rate_limited");
-        Promise.allSettled(s.handling).then(() => {
+        endSession(s, socket, () => {
           if (errorEvent) socket.emit(errorEvent, { message: rateLimited().message });
-          socket.conn.close();
         });
         return;
       }
+      s.queuedBytes += size;
       // The client sent it after its `authenticate`, usually without waiting for the answer
       // (`connect` → authenticate, join_ticket): it is handled as signed in, if that succeeds.
       // A second `authenticate` waits for the first too, so the last one sent is who it is.
