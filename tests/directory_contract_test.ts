@@ -754,17 +754,16 @@ Deno.test({
     const holder = await pool.connect();
     let stop = false;
     // Other applications' schemas with tables, created and dropped all along.
-    const churn = async (k: number) => {
-      for (let i = 0; !stop; i++) {
+    const churn = async () => {
+      while (!stop) {
         const schema = `churn_${crypto.randomUUID().replaceAll("-", "")}`;
         await pool.query(
           `create schema "${schema}"; create table "${schema}".t (id serial primary key)`,
         );
         await pool.query(`drop schema "${schema}" cascade`);
       }
-      return k;
     };
-    const churns = [0, 1, 2, 3, 4].map(churn);
+    const churns = Array.from({ length: 5 }, churn);
     try {
       // Kysely's migrator takes this one lock for every schema of the database; another
       // application migrating (here: holding it) must not keep this directory from opening.

@@ -838,9 +838,7 @@ Deno.test("socket.io ticket chat: get_messages without a limit returns the ticke
 
 Deno.test("socket.io ticket chat: typing on every keystroke past the rate limit is dropped, not a reason to disconnect", async () => {
   await withChat(async (server, client) => {
-    const socket = client({ transports: ["websocket"] });
-    await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:3"] }));
-    await joined(socket, "3");
+    const socket = await inTicket(server, client, "3");
     let disconnected = false;
     socket.on("disconnect", () => disconnected = true);
     // What socket.io-client sends at once after an outage, when the page emitted typing_start
