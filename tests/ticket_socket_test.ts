@@ -328,6 +328,9 @@ Deno.test("ticket socket: a silent peer is pinged, dropped and cleaned up", asyn
     // Never answer: the server pings after a second of silence and closes without a pong.
     await eventually(() => server.app.context.metrics.openConnections === 0, 8000, "drop");
     assertEquals([...server.app.context.hub.members("ticket:12")].length, 0);
+    // Counted once, though Deno reports that close twice.
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    assert(metrics.includes("\nchat_ping_timeouts_total 1\n"), metrics);
     conn.close();
   }, { HEARTBEAT_SECONDS: "1" });
 });

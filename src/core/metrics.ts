@@ -18,6 +18,8 @@ export class Metrics {
   commitSeconds = 0;
   /** Number of commits measured. */
   commits = 0;
+  /** Sockets the runtime closed because its heartbeat ping went unanswered. */
+  pingTimeouts = 0;
 
   /** Adjusts the open connection gauge of a protocol. */
   connection(protocol: string, delta: number): void {

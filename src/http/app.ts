@@ -100,6 +100,12 @@ export function renderMetrics(metrics: Metrics, hub: Hub, frames?: FrameBudget):
     "Events the broker could not carry to the other isolates (messages still reach them through their head watches).",
     [["", hub.stats.publishFailures]],
   );
+  metric(
+    "chat_ping_timeouts_total",
+    "counter",
+    "Sockets closed because the heartbeat ping went unanswered (HEARTBEAT_SECONDS).",
+    [["", metrics.pingTimeouts]],
+  );
   metric("chat_duplicates_dropped_total", "counter", "Repeated deliveries dropped.", [[
     "",
     hub.stats.duplicatesDropped,

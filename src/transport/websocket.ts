@@ -22,6 +22,9 @@ export const CLOSE = {
   rateLimited: 4029,
 } as const;
 
+/** The reason Deno closes a socket with when the peer did not answer its heartbeat ping. */
+const PING_TIMEOUT_REASON = "No response from ping frame.";
+
 /** Settings of one socket. */
 export interface SocketOptions {
   /** Protocol name for metrics. */
@@ -140,7 +143,11 @@ export class Connection implements FrameHolder {
     // No error handler: on an open socket Deno follows every error event with a close event
     // (an upgrade that fails sends only the error, but then nothing was opened to clean up),
     // and each handler costs an idle socket a listener and its wrapper.
-    socket.onclose = () => {
+    socket.onclose = (event) => {
+      // Deno's own heartbeat gave up on the peer (it also follows with a second close event).
+      if (!this.#done && event.code === 1001 && event.reason === PING_TIMEOUT_REASON) {
+        options.metrics.pingTimeouts++;
+      }
       // Only now has Deno dropped the socket's buffers: a close this side started may take long.
       options.frames?.forget(this);
       this.#cleanup();
