@@ -290,7 +290,10 @@ export interface ChatClientOptions {
   httpUrl?: string;
   /** Backoff settings. */
   reconnect?: ReconnectOptions;
-  /** Interval of application pings that detect a dead connection (ms); 0 turns them off. */
+  /**
+   * Interval of application pings that detect a dead connection (ms); 0 turns them off. Shortened
+   * to a third of the server's `heartbeat_ms`, so that the server never needs to ping.
+   */
   heartbeatMs?: number;
   /**
    * How long a ping, or a connection attempt, may go unanswered before reconnecting (ms); a
@@ -446,6 +449,8 @@ export class ChatClient {
   #nextRef = 1;
   #reconnectTimer?: ReturnType<typeof setTimeout>;
   #heartbeatTimer?: ReturnType<typeof setInterval>;
+  /** The server's heartbeat period from `welcome`, ms. */
+  #serverHeartbeatMs?: number;
   #deadline?: ReturnType<typeof setTimeout>;
   /** Characters written to the current socket, to tell a slow upload from a dead connection. */
   #written = 0;
@@ -1023,7 +1028,11 @@ export class ChatClient {
     this.#retriedToken = false;
     this.#setState({ state: "open", attempt: 0 });
     this.#emit("welcome", user);
-    const heartbeat = this.#options.heartbeatMs ?? DEFAULTS.heartbeatMs;
+    let heartbeat = this.#options.heartbeatMs ?? DEFAULTS.heartbeatMs;
+    // Often enough that the server never pings this socket (see docs/protocol.md, Heartbeat).
+    if (heartbeat > 0 && this.#serverHeartbeatMs !== undefined) {
+      heartbeat = Math.min(heartbeat, Math.max(100, Math.floor(this.#serverHeartbeatMs / 3)));
+    }
     if (heartbeat > 0) {
       const socket = this.#socket;
       this.#heartbeatTimer = setInterval(() => {
@@ -1160,6 +1169,9 @@ export class ChatClient {
     switch (frame.type) {
       case "welcome":
         this.#limits = parseLimits(frame.limits) ?? this.#limits;
+        this.#serverHeartbeatMs = typeof frame.heartbeat_ms === "number" && frame.heartbeat_ms > 0
+          ? frame.heartbeat_ms
+          : undefined;
         this.#welcomed(frame.user as ChatUser);
         return;
       case "pong":

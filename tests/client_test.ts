@@ -780,6 +780,34 @@ Deno.test("client: fills a gap from history, drops duplicates, rebuilds on resyn
   }
 });
 
+Deno.test("client: pings a third of the server's heartbeat_ms apart, so the server never pings it", async () => {
+  FakeSocket.instances = [];
+  // The default of 25 s would leave the socket silent past the server's 15 s (half of 30 s).
+  const c = recorder({
+    url: "ws://fake/ws",
+    token: "t",
+    timeoutMs: 5000,
+    WebSocket: FakeSocket as unknown as typeof WebSocket,
+  });
+  try {
+    const connecting = c.client.connect();
+    await eventually(() => FakeSocket.instances.length === 1);
+    const socket = FakeSocket.instances[0];
+    socket.push({ type: "welcome", user: USER, conn_id: "x", heartbeat_ms: 600 });
+    await connecting;
+    const started = performance.now();
+    for (let i = 0; i < 3; i++) {
+      await socket.take("ping");
+      socket.push({ type: "pong" });
+    }
+    const elapsed = performance.now() - started;
+    // Three pings 200 ms apart (each `take` waits at most 2 s, far from the default's 25 s).
+    assert(elapsed >= 500, `three pings in ${elapsed} ms: more often than asked`);
+  } finally {
+    c.client.close();
+  }
+});
+
 Deno.test("client: a gap history can no longer fill is reported with resync, not passed over", async () => {
   const { c, socket } = await scripted();
   const resyncs: unknown[] = [];

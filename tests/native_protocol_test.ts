@@ -921,8 +921,8 @@ Deno.test("native: frames that waited behind a slow commit are rate limited as t
   }
 });
 
-Deno.test("native: welcome tells what one send may carry, by the server's MAX_FILE_BYTES", async () => {
-  const server = await startTestServer({ MAX_FILE_BYTES: "1000" });
+Deno.test("native: welcome tells what one send may carry, by the server's MAX_FILE_BYTES, and the heartbeat", async () => {
+  const server = await startTestServer({ MAX_FILE_BYTES: "1000", HEARTBEAT_SECONDS: "7" });
   try {
     const token = await server.token({ sub: "1", rooms: ["ticket:*"] });
     const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
@@ -933,6 +933,7 @@ Deno.test("native: welcome tells what one send may carry, by the server's MAX_FI
       max_file_bytes: 1000,
       max_frame_chars: 66872,
     }]);
+    assertEquals(welcome.heartbeat_ms, 7000);
     // The frame limit told is the one kept: one character more is refused.
     const frame = { type: "ping", pad: "" };
     frame.pad = "x".repeat(66872 - JSON.stringify(frame).length);

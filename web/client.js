@@ -72,6 +72,8 @@ var ChatClient = class {
   #nextRef = 1;
   #reconnectTimer;
   #heartbeatTimer;
+  /** The server's heartbeat period from `welcome`, ms. */
+  #serverHeartbeatMs;
   #deadline;
   /** Characters written to the current socket, to tell a slow upload from a dead connection. */
   #written = 0;
@@ -626,7 +628,10 @@ var ChatClient = class {
       attempt: 0
     });
     this.#emit("welcome", user);
-    const heartbeat = this.#options.heartbeatMs ?? DEFAULTS.heartbeatMs;
+    let heartbeat = this.#options.heartbeatMs ?? DEFAULTS.heartbeatMs;
+    if (heartbeat > 0 && this.#serverHeartbeatMs !== void 0) {
+      heartbeat = Math.min(heartbeat, Math.max(100, Math.floor(this.#serverHeartbeatMs / 3)));
+    }
     if (heartbeat > 0) {
       const socket = this.#socket;
       this.#heartbeatTimer = setInterval(() => {
@@ -752,6 +757,7 @@ var ChatClient = class {
     switch (frame.type) {
       case "welcome":
         this.#limits = parseLimits(frame.limits) ?? this.#limits;
+        this.#serverHeartbeatMs = typeof frame.heartbeat_ms === "number" && frame.heartbeat_ms > 0 ? frame.heartbeat_ms : void 0;
         this.#welcomed(frame.user);
         return;
       case "pong":

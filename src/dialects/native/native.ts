@@ -621,6 +621,9 @@ class NativeSession implements SocketHandler {
         max_file_bytes: config.maxFileBytes,
         max_frame_chars: maxFrameSize(config),
       },
+      // A client that sends something (a ping) more often than every half of this is never
+      // pinged by the runtime, whose heartbeat can close a healthy silent socket under load.
+      heartbeat_ms: config.heartbeatSeconds * 1000,
     }));
   }
 
