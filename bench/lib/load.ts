@@ -42,10 +42,12 @@ export interface GroupReport {
   gaps: number;
   /** Repeated or out-of-order `pk`s seen by members. */
   dups: number;
-  /** Members whose socket closed. */
+  /** Members whose socket closed since the previous report. */
   closed: number;
-  /** Close codes seen. */
+  /** Their close codes, with the reason when there was one (`1001 No response from ping frame.`). */
   closeCodes: Record<string, number>;
+  /** Open members in a room that got the window's messages, yet given none of them. */
+  silent: number;
   /** Members still open. */
   open: number;
   /** Frames that were not deliveries (errors, acks). */

@@ -128,8 +128,12 @@ export interface StepResult {
   gaps: number;
   /** `pk` duplicates seen by members. */
   dups: number;
-  /** Members whose socket closed. */
+  /** Members whose socket closed since the previous step's report. */
   closed: number;
+  /** Their close codes and reasons. */
+  closeCodes?: Record<string, number>;
+  /** Open members that received none of the window's messages. */
+  silent?: number;
   /** Non-delivery frames (errors) received. */
   others: number;
   /** A few of those. */
@@ -242,6 +246,10 @@ export async function measureStep(
   }
 }
 
+/** `{"1001 No response from ping frame.": 3}` as `3× 1001 No response from ping frame.`. */
+const describeCodes = (codes: Record<string, number>) =>
+  Object.entries(codes).map(([c, n]) => `${n}× ${c}`).join(", ");
+
 /** Seconds by kind of thread as % of one core over a window of `seconds`. */
 const perKindPct = (byKind: Record<ThreadKind, number>, seconds: number) =>
   Object.fromEntries(THREAD_KINDS.map((k) => [k, (byKind[k] / seconds) * 100])) as Record<
@@ -272,6 +280,11 @@ async function summarise(
   const lossRatio = expected > 0 ? Math.max(0, expected - received) / expected : 1;
   const windowSec = bench.settings.measureMs / 1000;
   const closed = sum((r) => r.closed);
+  const closeCodes: Record<string, number> = {};
+  for (const r of reports) {
+    for (const [c, n] of Object.entries(r.closeCodes)) closeCodes[c] = (closeCodes[c] ?? 0) + n;
+  }
+  const silent = sum((r) => r.silent ?? 0);
   const clientCores = bench.clientCpus ? bench.clientCpus.split(",").length : 2;
   const result: StepResult = {
     peer: peer.spec.id,
@@ -300,6 +313,8 @@ async function summarise(
     gaps: sum((r) => r.gaps),
     dups: sum((r) => r.dups),
     closed,
+    closeCodes,
+    silent,
     others: sum((r) => r.others),
     otherSamples: reports.flatMap((r) => r.otherSamples).slice(0, 3),
     pass: true,
@@ -308,7 +323,8 @@ async function summarise(
   if (expected === 0) reasons.push("nothing sent");
   if (latency.p99 > shape.maxP99Ms * 1000) reasons.push(`p99 ${fmtMs(latency.p99)} ms`);
   if (lossRatio > 0.001) reasons.push(`${(lossRatio * 100).toFixed(1)}% not delivered`);
-  if (closed > 0) reasons.push(`${closed} sockets closed`);
+  if (closed > 0) reasons.push(`${closed} sockets closed (${describeCodes(closeCodes)})`);
+  if (silent > 0) reasons.push(`${silent} open members received nothing`);
   if (result.others > 0) reasons.push(`${result.others} error frames`);
   if (!m.quiesced) reasons.push(`backlog not delivered ${bench.settings.quiesceMs / 1000} s later`);
   if (reasons.length > 0) {
@@ -430,6 +446,15 @@ async function runLadder(
     await sleep(bench.settings.settleMs);
   };
   /**
+   * Measures one step. Members closed since the last step are counted against this one, then all
+   * are connected again, so that the next step has a whole room (the caller resets a backlog).
+   */
+  const measure = async (e: LadderPeer, rate: number): Promise<StepResult> => {
+    const step = await measureStep(bench, e.peer, e.group, e.plans(rate), shape(rate));
+    if (step.quiesced && step.closed > 0) await reset(e);
+    return step;
+  };
+  /**
    * Decides a rate from the runs made so far: a single failure that drained its backlog may be
    * one stall, so the step is run again and the majority of `confirmRuns` decides. Records the
    * runs in the ladder (as its base when `base`).
@@ -446,7 +471,7 @@ async function runLadder(
     if (steps.length === 1 && !swamped && !steps[0].pass) {
       for (let r = 1; r < bench.settings.confirmRuns; r++) {
         bench.log(`    ${e.peer.spec.id}: confirming the failure at ${rate} msg/s`);
-        const again = await measureStep(bench, e.peer, e.group, e.plans(rate), shape(rate));
+        const again = await measure(e, rate);
         steps = [...steps, again];
         if (!again.quiesced) {
           swamped = true;
@@ -492,7 +517,7 @@ async function runLadder(
     for (let r = 0; r < (i === 0 ? repeats : 1); r++) {
       for (const e of active) {
         if (swamped.has(e)) continue;
-        const step = await measureStep(bench, e.peer, e.group, e.plans(rate), shape(rate));
+        const step = await measure(e, rate);
         results.set(e, [...(results.get(e) ?? []), step]);
         if (!step.quiesced) {
           // Its backlog would steal the core from the next peer's step, and repeats are moot.
@@ -518,7 +543,7 @@ async function runLadder(
       let hi = rate;
       if (i === 0) {
         for (const low of lower) {
-          const s = await measureStep(bench, e.peer, e.group, e.plans(low), shape(low));
+          const s = await measure(e, low);
           e.ladder.steps.push(s);
           if (!s.quiesced) await reset(e);
           record(e, low, s, s.pass);
@@ -533,7 +558,7 @@ async function runLadder(
         const mid = Math.round((lo + hi) / 2);
         if (mid <= lo || mid >= hi) break;
         bench.log(`    ${e.peer.spec.id}: between ${lo} and ${hi} msg/s, trying ${mid}`);
-        const first = await measureStep(bench, e.peer, e.group, e.plans(mid), shape(mid));
+        const first = await measure(e, mid);
         if (!first.quiesced) await reset(e);
         const m = await decide(e, mid, [first], !first.quiesced, false);
         record(e, mid, m.step, m.passed);

@@ -125,9 +125,10 @@ function openMember(url, options, hooks) {
     ws.on("error", (err) => {
       if (!ready) reject(err);
     });
-    ws.on("close", (code) => {
+    ws.on("close", (code, reason) => {
+      hooks.onClosed?.();
       if (!ready) reject(new Error(`closed with ${code} before joining`));
-      else options.onClose?.(code);
+      else options.onClose?.(code, reason.toString());
     });
   });
 }
@@ -158,6 +159,8 @@ function startsWith(bytes, prefix) {
 }
 
 let nativeIds = 0;
+const HEARTBEAT_MS = Buffer.from('"heartbeat_ms":');
+const PING = '{"type":"ping"}';
 
 /** Client adapters by name. */
 export const adapters = {
@@ -173,13 +176,15 @@ export const adapters = {
    * This server's native protocol: `/ws?token=`, `welcome` → `{"type":"join","room":"ticket:R"}`
    * → member on `joined`; sends carry a fresh `client_id` (idempotent, as the protocol asks);
    * deliveries are `{"type":"message",...,"seq":n,...,"body":"<ts>|..."}`. Acks, presence and
-   * other events are ignored; only `error` frames count as errors.
+   * other events are ignored; only `error` frames count as errors. Like the typed client, a
+   * member pings every third of the `welcome`'s `heartbeat_ms`, so the server never pings it.
    */
   native: {
     connect(options) {
       const room = `ticket:${options.room}`;
       const url = `${options.base}/ws?token=${options.token}`;
       const out = { ts: 0, pk: 0 };
+      let heartbeat;
       return openMember(url, options, {
         frame: (body) =>
           `{"type":"send","room":"${room}","body":"${body}","client_id":"${++nativeIds}-${
@@ -191,9 +196,13 @@ export const adapters = {
         handshake: (ws, data) => {
           if (data.indexOf('"type":"welcome"') >= 0) {
             ws.send(`{"type":"join","room":"${room}","ref":1}`);
+            const at = data.indexOf(HEARTBEAT_MS);
+            const ms = at < 0 ? -1 : readInt(data, at + HEARTBEAT_MS.length);
+            if (ms > 0) heartbeat = setInterval(() => ws.send(PING), Math.max(100, ms / 3));
           }
           return data.indexOf('"type":"joined"') >= 0;
         },
+        onClosed: () => clearInterval(heartbeat),
         onFrame: (_ws, data) => {
           if (startsWith(data, TYPE_MESSAGE)) {
             const b = data.indexOf(BODY);

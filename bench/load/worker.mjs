@@ -48,6 +48,7 @@ function newGroup(name) {
     timer: null,
     attach: null,
     closeCodes: {},
+    closed: 0,
     others: 0,
     otherSamples: [],
   };
@@ -66,7 +67,7 @@ function resetCounters(group) {
   group.recvTotal = 0;
   group.gaps = 0;
   group.dups = 0;
-  group.closed = 0;
+  for (const c of group.clients) c.win = 0;
 }
 
 function onDelivery(group, client, ts, pk, bytes) {
@@ -74,6 +75,7 @@ function onDelivery(group, client, ts, pk, bytes) {
   group.recvTotal++;
   if (ts >= group.from && ts < group.to) {
     group.recvWindow++;
+    client.win++;
     record(group.hist, now - ts);
   }
   if (pk > 0) {
@@ -134,7 +136,8 @@ const commands = {
     const offset = group.clients.length;
     const slots = new Array(rooms.length);
     await pool(rooms, concurrency ?? 64, async (room, i) => {
-      const client = { lastPk: 0, member: null, room };
+      // `win`: deliveries of the window's messages, to find members that got none.
+      const client = { lastPk: 0, member: null, room, win: 0 };
       const user = users[i];
       try {
         client.member = await connectAdapter.connect({
@@ -150,9 +153,10 @@ const commands = {
               group.otherSamples.push(bytes.toString("utf8", 0, Math.min(200, bytes.length)));
             }
           },
-          onClose: (code) => {
+          onClose: (code, reason) => {
+            const key = reason ? `${code} ${reason}` : String(code);
             group.closed++;
-            group.closeCodes[code] = (group.closeCodes[code] ?? 0) + 1;
+            group.closeCodes[key] = (group.closeCodes[key] ?? 0) + 1;
           },
         });
       } catch (err) {
@@ -233,10 +237,22 @@ const commands = {
     };
   },
 
-  /** The window's histogram (compressed base64) and counters; counters are kept until next load. */
+  /**
+   * The window's histogram (compressed base64) and counters; counters are kept until next load,
+   * except the closes, counted from one report to the next (a socket closed between two windows
+   * is still reported, by the next one).
+   */
   report({ group: name }) {
     const g = groups.get(name);
     if (!g) throw new Error(`no group ${name}`);
+    const { closed, closeCodes } = g;
+    g.closed = 0;
+    g.closeCodes = {};
+    // Members open in a room that got window messages, yet given none of them.
+    const busy = new Set(g.clients.filter((c) => c.win > 0).map((c) => c.room));
+    const silent =
+      g.clients.filter((c) => c.win === 0 && busy.has(c.room) && c.member?.ws.readyState === 1)
+        .length;
     return {
       histogram: hdr.encodeIntoCompressedBase64(g.hist),
       lag: hdr.encodeIntoCompressedBase64(g.lag),
@@ -247,8 +263,9 @@ const commands = {
       recvTotal: g.recvTotal,
       gaps: g.gaps,
       dups: g.dups,
-      closed: g.closed,
-      closeCodes: g.closeCodes,
+      closed,
+      closeCodes,
+      silent,
       open: g.clients.filter((c) => c.member?.ws.readyState === 1).length,
       others: g.others,
       otherSamples: g.otherSamples,
