@@ -676,8 +676,15 @@ const msg = (seq: number, body = `m${seq}`) => ({
   client_id: null,
 });
 
-/** A client on a scripted socket, connected (and joined to room:x unless told not to). */
-async function scripted(options: Partial<ChatClientOptions> = {}, join = true) {
+/**
+ * A client on a scripted socket, connected (and joined to room:x unless told not to); `welcome`
+ * adds fields to the server's greeting.
+ */
+async function scripted(
+  options: Partial<ChatClientOptions> = {},
+  join = true,
+  welcome: Record<string, unknown> = {},
+) {
   FakeSocket.instances = [];
   const c = recorder({
     url: "ws://fake/ws",
@@ -689,7 +696,7 @@ async function scripted(options: Partial<ChatClientOptions> = {}, join = true) {
   const connecting = c.client.connect();
   await eventually(() => FakeSocket.instances.length === 1);
   const socket = FakeSocket.instances[0];
-  socket.push({ type: "welcome", user: USER, conn_id: "x" });
+  socket.push({ type: "welcome", user: USER, conn_id: "x", ...welcome });
   await connecting;
   if (join) {
     const joining = c.client.join("room:x");
@@ -781,20 +788,11 @@ Deno.test("client: fills a gap from history, drops duplicates, rebuilds on resyn
 });
 
 Deno.test("client: pings a third of the server's heartbeat_ms apart, so the server never pings it", async () => {
-  FakeSocket.instances = [];
   // The default of 25 s would leave the socket silent past the server's 15 s (half of 30 s).
-  const c = recorder({
-    url: "ws://fake/ws",
-    token: "t",
-    timeoutMs: 5000,
-    WebSocket: FakeSocket as unknown as typeof WebSocket,
+  const { c, socket } = await scripted({ heartbeatMs: undefined, timeoutMs: 5000 }, false, {
+    heartbeat_ms: 600,
   });
   try {
-    const connecting = c.client.connect();
-    await eventually(() => FakeSocket.instances.length === 1);
-    const socket = FakeSocket.instances[0];
-    socket.push({ type: "welcome", user: USER, conn_id: "x", heartbeat_ms: 600 });
-    await connecting;
     const started = performance.now();
     for (let i = 0; i < 3; i++) {
       await socket.take("ping");
