@@ -46,7 +46,7 @@ export interface GroupReport {
   closed: number;
   /** Their close codes, with the reason when there was one (`1001 No response from ping frame.`). */
   closeCodes: Record<string, number>;
-  /** Open members in a room that got the window's messages, yet given none of them. */
+  /** Open members given none of the window's messages where others of their room got 5 or more. */
   silent: number;
   /** Members still open. */
   open: number;

@@ -1126,7 +1126,7 @@ export function renderMarkdown(
     `- **Steps.** Each step: ${s.warmupMs / 1000} s warm-up, ${
       s.measureMs / 1000
     } s measured window, up to ${s.drainMs / 1000} s for the window's deliveries to arrive. ` +
-      "A step is *within the bound* when its p99 is under the bound, at most 0.1% of the window's deliveries are missing after the drain, no socket was closed since the step before (a step that finds one closed reconnects the room for the next) and every open member received the window's messages. " +
+      "A step is *within the bound* when its p99 is under the bound, at most 0.1% of the window's deliveries are missing after the drain, no socket was closed since the step before, and no open member got none of the window's messages where others of its room got five or more (a step that finds either reconnects the room for the next). " +
       "Rates go up until a peer's first step over the bound (its server is stopped at once so a backlog cannot steal the core); the " +
       `highest step within the bound is reported. The first rate of scenarios 1 and 2 is repeated ${s.fanout.baseRepeats}× per peer, interleaved, and reported as median (min–max).`,
     "- **Server cost.** CPU seconds from `/proc/<pid>/stat` (utime + stime, all threads) over the window, divided by the window's deliveries, and per thread from `/proc/<pid>/task/<tid>/stat` (the _main / KV / V8 / other_ column, see _Server CPU by thread_); RSS from `/proc/<pid>/status` (VmRSS, peak VmHWM, reset through `clear_refs` for the attachment phases).",

@@ -248,8 +248,9 @@ const commands = {
     const { closed, closeCodes } = g;
     g.closed = 0;
     g.closeCodes = {};
-    // Members open in a room that got window messages, yet given none of them.
-    const busy = new Set(g.clients.filter((c) => c.win > 0).map((c) => c.room));
+    // Members open in a room whose other members here got several window messages, yet given none
+    // of them (several: in a room with one or two, a single lost delivery is not a silent member).
+    const busy = new Set(g.clients.filter((c) => c.win >= 5).map((c) => c.room));
     const silent =
       g.clients.filter((c) => c.win === 0 && busy.has(c.room) && c.member?.ws.readyState === 1)
         .length;
