@@ -5,6 +5,7 @@ import { ChatError, frameTooLarge } from "../core/errors.ts";
 import type { Metrics } from "../core/metrics.ts";
 import type { FrameBudget, FrameHolder } from "./frame_budget.ts";
 import { CLOSE_LINGER_MAX_FRAME, closeWhenQuiet } from "./close_when_quiet.ts";
+import { fixHeartbeat } from "./deno_heartbeat.ts";
 
 /** Close codes the transport itself uses. */
 export const CLOSE = {
@@ -179,6 +180,7 @@ export class Connection implements FrameHolder {
       return new Response(`Bad WebSocket handshake: ${(err as Error).message}`, { status: 400 });
     }
     const { socket, response } = upgraded;
+    fixHeartbeat(socket, options.idleTimeout);
     new Connection(socket, options, handler);
     return response;
   }

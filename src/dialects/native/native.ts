@@ -622,7 +622,7 @@ class NativeSession implements SocketHandler {
         max_frame_chars: maxFrameSize(config),
       },
       // A client that sends something (a ping) more often than every half of this is never
-      // pinged by the runtime, whose heartbeat can close a healthy silent socket under load.
+      // pinged by the runtime: fewer frames, and no reliance on Deno's heartbeat.
       heartbeat_ms: config.heartbeatSeconds * 1000,
     }));
   }
