@@ -18,6 +18,7 @@
 
 const HANDLE = "[[serverHandleIdleTimeout]]";
 const TIMER = "[[idleTimeoutTimeout]]";
+const DURATION = "[[idleTimeout]]";
 
 const symbolOf = (target: object, description: string) =>
   Object.getOwnPropertySymbols(target).find((s) => s.description === description);
@@ -30,15 +31,20 @@ function originalHandler(): { symbol: symbol; fn: () => void } | undefined {
   const fn = (WebSocket.prototype as any)[symbol];
   if (typeof fn !== "function") return undefined;
   const code = String(fn);
-  const arms = code.split("createSystemTimer(").length - 1;
-  const known = arms === 2 && code.includes("No response from ping frame.") &&
-    code.includes("cancelTimer(");
+  // Both timers, the ping's and the close's, are kept in one slot, and the close's is armed
+  // after the ping's write: what the fix relies on.
+  const slots = [...code.matchAll(/this\[(\w+)\]\s*=\s*[\w.]+\.createSystemTimer\(/g)].map((m) =>
+    m[1]
+  );
+  const known = slots.length === 2 && slots[0] === slots[1] &&
+    code.includes("No response from ping frame.") && code.includes("cancelTimer(") &&
+    code.indexOf("await") < code.lastIndexOf("createSystemTimer(");
   return known ? { symbol, fn } : undefined;
 }
 
 const ORIGINAL = originalHandler();
 const STATE = Symbol("heartbeat");
-/** How often a held activity looks whether the close timer is armed yet, ms. */
+/** The first wait of a held activity for the close timer, ms; it doubles up to a quarter period. */
 const POLL_MS = 20;
 
 interface State {
@@ -64,12 +70,21 @@ function rearm(socket: Patched): void {
   state.firesAt = performance.now() + state.halfMs;
 }
 
-/** Replays held activity once Deno's ping callback has armed the close timer. */
-function replayWhenArmed(socket: Patched): void {
+/** Waits `ms`, without keeping the process alive, then looks again. */
+function pollLater(socket: Patched, ms: number): void {
+  Deno.unrefTimer(setTimeout(replayWhenArmed, ms, socket, ms));
+}
+
+/**
+ * Replays held activity once Deno's ping callback has armed the close timer, which waits half a
+ * period: looking at growing intervals up to a quarter of it is soon enough, and cheap while a
+ * ping's write waits long behind queued output.
+ */
+function replayWhenArmed(socket: Patched, waited: number): void {
   const state = socket[STATE];
   if (!state.held || socket.readyState !== WebSocket.OPEN) return;
   if (socket[state.slot] === state.armed) {
-    setTimeout(replayWhenArmed, POLL_MS, socket);
+    pollLater(socket, Math.min(waited * 2, state.halfMs / 4));
     return;
   }
   // Deno's own method cancels the close timer now in the slot and arms a fresh ping timer.
@@ -84,7 +99,7 @@ function handleIdleTimeout(this: Patched): void {
   if (performance.now() >= state.firesAt - 2 && this[state.slot] === state.armed) {
     if (!state.held) {
       state.held = true;
-      setTimeout(replayWhenArmed, POLL_MS, this);
+      pollLater(this, POLL_MS);
     }
     return;
   }
@@ -103,11 +118,15 @@ export function fixHeartbeat(socket: WebSocket, idleSeconds: number): void {
   const slot = symbolOf(socket, TIMER);
   if (!slot) return;
   const patched = socket as Patched;
+  // Deno's own duration, as its timers use it (the argument when it cannot be read).
+  const durationSlot = symbolOf(socket, DURATION);
+  const duration = durationSlot ? patched[durationSlot] : undefined;
+  const seconds = typeof duration === "number" && duration > 0 ? duration : idleSeconds;
   patched[STATE] = {
     slot,
     armed: undefined,
     firesAt: Infinity,
-    halfMs: (idleSeconds / 2) * 1000,
+    halfMs: (seconds / 2) * 1000,
     held: false,
   };
   // An own property in front of the prototype's method; the slot itself is left as it is (an
