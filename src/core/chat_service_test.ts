@@ -50,39 +50,34 @@ const file = (name: string, text: string) => ({
   data: new TextEncoder().encode(text).toBase64(),
 });
 
-Deno.test("ChatService: a failed send whose pending entry could not be forgotten marks its files' names, so the sweep of that entry never deletes another message's file", async () => {
+/**
+ * A send fails (its pending entry not forgotten either, with `forgetFails`); the next a.png is
+ * stored as `nextName`, and a sweep of what is left keeps exactly that file.
+ */
+async function failedSendThenAnother(forgetFails: boolean, nextName: string) {
   const t = await failingChat();
   try {
     t.fail.append = true;
-    t.fail.forget = true;
+    t.fail.forget = forgetFails;
     await assertRejects(() =>
       t.chat.send(null, "r", { files: [file("a.png", "A")], mediaDir: "d" })
     );
     t.fail.append = false;
     t.fail.forget = false;
-    // The name was not given back: the next a.png is stored under another.
     const next = await t.chat.send(null, "r", { files: [file("a.png", "B")], mediaDir: "d" });
-    assertEquals(next.message.attachments[0].name, "a_1.png");
+    assertEquals(next.message.attachments[0].name, nextName);
     await t.store.sweepPendingFiles(0);
-    assertEquals(t.files().filter((n) => !n.startsWith(".")), ["a_1.png"]);
+    assertEquals(t.files().filter((n) => !n.startsWith(".")), [nextName]);
   } finally {
     await t.close();
   }
+}
+
+Deno.test("ChatService: a failed send whose pending entry could not be forgotten marks its files' names, so the sweep of that entry never deletes another message's file", async () => {
+  // The name was not given back: the next a.png is stored under another.
+  await failedSendThenAnother(true, "a_1.png");
 });
 
 Deno.test("ChatService: a failed send forgets its pending entry, then frees its files' names", async () => {
-  const t = await failingChat();
-  try {
-    t.fail.append = true;
-    await assertRejects(() =>
-      t.chat.send(null, "r", { files: [file("a.png", "A")], mediaDir: "d" })
-    );
-    t.fail.append = false;
-    const next = await t.chat.send(null, "r", { files: [file("a.png", "B")], mediaDir: "d" });
-    assertEquals(next.message.attachments[0].name, "a.png");
-    await t.store.sweepPendingFiles(0);
-    assertEquals(t.files().filter((n) => !n.startsWith(".")), ["a.png"]);
-  } finally {
-    await t.close();
-  }
+  await failedSendThenAnother(false, "a.png");
 });

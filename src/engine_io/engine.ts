@@ -5,7 +5,7 @@
  * @module
  */
 
-import { CLOSE_LINGER_MAX_FRAME, closeWhenQuiet } from "../transport/close_when_quiet.ts";
+import { QuietClose } from "../transport/close_when_quiet.ts";
 import {
   decodePacket,
   decodePayload,
@@ -220,10 +220,8 @@ class LocalFrameSocket implements FrameSocket {
   #maxBuffered: number;
   /** Frames and bytes written since `bufferedAmount` was last read. */
   #sinceCheck = { frames: 0, bytes: 0 };
-  /** When the peer's last frame arrived (performance.now()): a close waits for a quiet peer. */
-  #lastFrameAt = 0;
-  /** Set while a close waits for the peer to stop sending: closes at once. */
-  #closeNow?: () => void;
+  /** A close waits for a quiet peer. */
+  #quiet = new QuietClose();
 
   constructor(
     ws: WebSocket,
@@ -244,18 +242,11 @@ class LocalFrameSocket implements FrameSocket {
       if (this.#closeRequest) this.#shut(this.#closeRequest.code, this.#closeRequest.reason);
     };
     ws.onmessage = (event: MessageEvent<string | ArrayBuffer>) => {
-      this.#lastFrameAt = performance.now();
       const data = event.data;
-      if (this.#closeNow) {
-        // Closing: nothing more is taken, and a large frame is not waited out (see
-        // close_when_quiet.ts).
-        const size = typeof data === "string" ? data.length : data.byteLength;
-        if (size > CLOSE_LINGER_MAX_FRAME) this.#closeNow();
-        return;
-      }
-      if (!this.#closeRequest) {
-        budget?.received(this, typeof data === "string" ? data.length : data.byteLength);
-      }
+      const size = typeof data === "string" ? data.length : data.byteLength;
+      // Closing: nothing more is taken.
+      if (this.#quiet.frame(size)) return;
+      if (!this.#closeRequest) budget?.received(this, size);
       this.onmessage?.(typeof data === "string" ? data : new Uint8Array(data));
     };
     // On an open socket an error is always followed by a close event, which is what matters.
@@ -324,12 +315,7 @@ class LocalFrameSocket implements FrameSocket {
     // Script may only send 1000 or 3000-4999; other codes (1009, 1006, ...) become a plain close.
     const allowed = code === 1000 || (code !== undefined && code >= 3000 && code <= 4999);
     // Once the peer stops sending, or what was just sent before the close would be lost.
-    this.#closeNow = closeWhenQuiet(
-      this.#ws,
-      () => this.#lastFrameAt,
-      allowed ? code : undefined,
-      reason,
-    );
+    this.#quiet.close(this.#ws, allowed ? code : undefined, reason);
   }
 }
 

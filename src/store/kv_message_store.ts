@@ -844,21 +844,30 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   async #claimRecords(room: string, range: { end?: Deno.KvKey } = {}): Promise<void> {
     const prefix = KV_KEYS.roomFiles(room);
     const selector = range.end ? { prefix, end: range.end } : { prefix };
-    let claimed: DueFiles[] = [];
-    for await (const e of this.#kv.list<Attachment[]>(selector)) {
-      const message = KV_KEYS.message(room, e.key[2] as number);
-      const due = KV_KEYS.filesDue(room, e.key[2] as number);
-      const claim = await commitRetryingLocks(
-        this.#kv.atomic().check(e).check({ key: message, versionstamp: null }).delete(e.key)
-          .set(due, e.value),
-      );
-      if (claim.ok) claimed.push({ key: due, files: e.value });
-      if (claimed.length >= RETENTION_BATCH) {
-        await this.#discardDue(claimed);
-        claimed = [];
+    const kv = this.#kv;
+    await this.#discardInBatches((async function* () {
+      for await (const e of kv.list<Attachment[]>(selector)) {
+        const message = KV_KEYS.message(room, e.key[2] as number);
+        const due = KV_KEYS.filesDue(room, e.key[2] as number);
+        const claim = await commitRetryingLocks(
+          kv.atomic().check(e).check({ key: message, versionstamp: null }).delete(e.key)
+            .set(due, e.value),
+        );
+        if (claim.ok) yield { key: due, files: e.value };
       }
+    })());
+  }
+
+  /** Deletes due files as they come, {@link RETENTION_BATCH} at a time (see `#discardDue`). */
+  async #discardInBatches(due: AsyncIterable<DueFiles>): Promise<void> {
+    let batch: DueFiles[] = [];
+    for await (const d of due) {
+      batch.push(d);
+      if (batch.length < RETENTION_BATCH) continue;
+      await this.#discardDue(batch);
+      batch = [];
     }
-    await this.#discardDue(claimed);
+    await this.#discardDue(batch);
   }
 
   /**
@@ -938,17 +947,16 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   finishFileDeletions(): Promise<void> {
     return this.#inBackground((async () => {
       if (!this.#discard) return;
-      let due: DueFiles[] = [];
-      for await (const e of this.#kv.list<Attachment[]>({ prefix: KV_KEYS.allFilesDue })) {
-        if (this.#closed) return;
-        due.push({ key: e.key, files: e.value });
-        if (due.length >= RETENTION_BATCH) {
-          await this.#discardDue(due);
-          due = [];
-        }
-      }
-      await this.#discardDue(due);
+      await this.#discardInBatches(this.#allDue());
     })());
+  }
+
+  /** Every record of files due, until the store closes. */
+  async *#allDue(): AsyncGenerator<DueFiles> {
+    for await (const e of this.#kv.list<Attachment[]>({ prefix: KV_KEYS.allFilesDue })) {
+      if (this.#closed) return;
+      yield { key: e.key, files: e.value };
+    }
   }
 
   /** Work that `close` waits for, so that none of it writes to a closed KV. */
@@ -1067,17 +1075,15 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
         entries.map((e) => KV_KEYS.files(room, e.value.seq)),
       );
       const op = this.#kv.atomic();
-      entries.forEach((e, i) => {
-        op.check(e).check(records[i]).delete(e.key).delete(records[i].key);
-        const files = e.value.attachments;
-        if (this.#discard && files.length > 0) op.set(KV_KEYS.filesDue(room, e.value.seq), files);
-      });
+      entries.forEach((e, i) => op.check(e).check(records[i]).delete(e.key).delete(records[i].key));
+      const due: DueFiles[] = this.#discard
+        ? entries.filter((e) => e.value.attachments.length > 0)
+          .map((e) => ({ key: KV_KEYS.filesDue(room, e.value.seq), files: e.value.attachments }))
+        : [];
+      for (const d of due) op.set(d.key, d.files);
       if (!(await commitRetryingLocks(op)).ok) return false;
       deleted += entries.length;
-      await this.#discardDue(
-        entries.filter((e) => e.value.attachments.length > 0)
-          .map((e) => ({ key: KV_KEYS.filesDue(room, e.value.seq), files: e.value.attachments })),
-      );
+      await this.#discardDue(due);
       return true;
     };
     const deleteBatch = async () => {

@@ -51,3 +51,28 @@ export function closeWhenQuiet(
   attempt();
   return closeNow;
 }
+
+/**
+ * A socket's side of {@link closeWhenQuiet}: told of every frame as it arrives, it knows when the
+ * peer last sent, and whether a close waits (during which frames are not to be handled).
+ */
+export class QuietClose {
+  #lastFrameAt = 0;
+  #closeNow?: () => void;
+
+  /**
+   * Notes a frame of `size` (characters or bytes) arriving; true while a close waits, when the
+   * frame is to be dropped (one over {@link CLOSE_LINGER_MAX_FRAME} ends the wait at once).
+   */
+  frame(size: number): boolean {
+    this.#lastFrameAt = performance.now();
+    if (!this.#closeNow) return false;
+    if (size > CLOSE_LINGER_MAX_FRAME) this.#closeNow();
+    return true;
+  }
+
+  /** Closes `socket` once the peer is quiet (see {@link closeWhenQuiet}). */
+  close(socket: WebSocket, code?: number, reason?: string): void {
+    this.#closeNow = closeWhenQuiet(socket, () => this.#lastFrameAt, code, reason);
+  }
+}

@@ -4,7 +4,7 @@ import type { RateVerdict } from "../core/rate_limiter.ts";
 import { ChatError, frameTooLarge } from "../core/errors.ts";
 import type { Metrics } from "../core/metrics.ts";
 import type { FrameBudget, FrameHolder } from "./frame_budget.ts";
-import { CLOSE_LINGER_MAX_FRAME, closeWhenQuiet } from "./close_when_quiet.ts";
+import { QuietClose } from "./close_when_quiet.ts";
 import { fixHeartbeat } from "./deno_heartbeat.ts";
 
 /** Close codes the transport itself uses. */
@@ -125,10 +125,8 @@ export class Connection implements FrameHolder {
   #queuedBytes = 0;
   /** The rate limit's verdict on the frame being handled, from `admit` as it arrived. */
   #admission: RateVerdict = "ok";
-  /** When the peer's last frame arrived (performance.now()): a close waits for a quiet peer. */
-  #lastFrameAt = 0;
-  /** Set while a close waits for the peer to stop sending: closes at once. */
-  #closeNow?: () => void;
+  /** A close waits for a quiet peer. */
+  #quiet = new QuietClose();
 
   private constructor(socket: WebSocket, options: SocketOptions, handler: SocketHandler) {
     this.#socket = socket;
@@ -196,17 +194,12 @@ export class Connection implements FrameHolder {
   }
 
   #onMessage(data: unknown): void {
-    this.#lastFrameAt = performance.now();
     const size = typeof data === "string"
       ? data.length
       : data instanceof ArrayBuffer
       ? data.byteLength
       : (data as Blob).size ?? 0;
-    if (this.#done || this.#refusing) {
-      // Closing, and waiting for the peer to stop: a large frame is not waited out.
-      if (this.#closeNow && size > CLOSE_LINGER_MAX_FRAME) this.#closeNow();
-      return;
-    }
+    if (this.#quiet.frame(size) || this.#done || this.#refusing) return;
     if (size > this.#options.maxFrameSize) {
       const unit = typeof data === "string" ? "characters" : "bytes";
       const error = frameTooLarge(size, unit, this.#options.maxFrameSize);
@@ -386,7 +379,7 @@ export class Connection implements FrameHolder {
     ) {
       // The session ends now (cleanup below); the socket itself once the peer stops sending,
       // or it would lose the replies just sent and the close code.
-      this.#closeNow = closeWhenQuiet(this.#socket, () => this.#lastFrameAt, code, reason);
+      this.#quiet.close(this.#socket, code, reason);
     }
     this.#cleanup();
   }
