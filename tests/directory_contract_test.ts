@@ -259,13 +259,13 @@ contract("upsertUser inserts, returns and getUser reads all fields", async (d) =
     role: "admin",
     userType: "talker",
   };
-  assertEquals(await d.upsertUser(full), full);
+  assertEquals(await d.upsertUser(full), { user: full, previous: null });
   assertEquals(await d.getUser("42"), full);
   assertEquals(await d.getUser("43"), null);
 });
 
 contract("upsertUser with only an id stores nulls", async (d) => {
-  assertEquals(await d.upsertUser({ id: "u" }), {
+  const empty = {
     id: "u",
     username: null,
     fullName: null,
@@ -275,11 +275,13 @@ contract("upsertUser with only an id stores nulls", async (d) => {
     company: null,
     role: null,
     userType: null,
-  });
+  };
+  assertEquals(await d.upsertUser({ id: "u" }), { user: empty, previous: null });
+  assertEquals(await d.upsertUser({ id: "u" }), { user: empty, previous: empty });
 });
 
 contract("upsertUser partial update keeps fields left undefined, null clears", async (d) => {
-  await d.upsertUser({
+  const first = {
     id: "u1",
     username: "alice",
     fullName: "Alice",
@@ -289,7 +291,8 @@ contract("upsertUser partial update keeps fields left undefined, null clears", a
     company: "ACME",
     role: "client",
     userType: "talker",
-  });
+  };
+  await d.upsertUser(first);
   const updated = await d.upsertUser({ id: "u1", email: "new@example.com", phone: null });
   const expected = {
     id: "u1",
@@ -302,20 +305,20 @@ contract("upsertUser partial update keeps fields left undefined, null clears", a
     role: "client",
     userType: "talker",
   };
-  assertEquals(updated, expected);
+  assertEquals(updated, { user: expected, previous: first });
   assertEquals(await d.getUser("u1"), expected);
   // Explicit undefined is the same as leaving the field out.
-  assertEquals(await d.upsertUser({ id: "u1", role: undefined }), expected);
-  assertEquals(await d.upsertUser({ id: "u1" }), expected);
+  assertEquals((await d.upsertUser({ id: "u1", role: undefined })).user, expected);
+  assertEquals((await d.upsertUser({ id: "u1" })).user, expected);
 });
 
-contract("deleteUser deletes and tells whether the user existed", async (d) => {
-  await d.upsertUser({ id: "u1", username: "alice" });
+contract("deleteUser deletes and tells whether the user existed, and their role", async (d) => {
+  await d.upsertUser({ id: "u1", username: "alice", role: "support" });
   await d.upsertUser({ id: "u2", username: "bob" });
-  assertEquals((await d.deleteUser("u1")).existed, true);
+  assertEquals(await d.deleteUser("u1"), { existed: true, role: "support", rooms: [] });
   assertEquals(await d.getUser("u1"), null);
   assertEquals((await d.deleteUser("u1")).existed, false);
-  assertEquals(await d.deleteUser("nobody"), { existed: false, rooms: [] });
+  assertEquals(await d.deleteUser("nobody"), { existed: false, role: null, rooms: [] });
   assertEquals((await d.getUser("u2"))?.username, "bob");
 });
 
@@ -365,6 +368,7 @@ contract(
     await d.addParticipant("chat", "1", { userId: "ghost", role: "member" });
     assertEquals(await d.deleteUser("ghost"), {
       existed: false,
+      role: null,
       rooms: [{ kind: "chat", id: "1" }],
     });
     assertEquals(await d.listParticipants("chat", "1"), []);
@@ -677,7 +681,15 @@ contract("concurrent upserts of the same user do not fail", async (d) => {
   const stored = await d.getUser("same");
   assert(stored?.username?.startsWith("name-"));
   // The rows each call returned are whole users, whatever order the writes landed in.
-  assert(results.every((u) => u.id === "same" && u.username?.startsWith("name-")));
+  assert(results.every(({ user: u }) => u.id === "same" && u.username?.startsWith("name-")));
+  // Each write replaced the one before it: exactly one found no user, and the others form one
+  // chain from it to the stored row (a write reading a row another was changing would break it).
+  assertEquals(results.filter((r) => r.previous === null).length, 1);
+  const next = new Map(results.map((r) => [r.previous?.username ?? null, r.user.username]));
+  assertEquals(next.size, 25);
+  let at: string | null = null;
+  for (let i = 0; i < 25; i++) at = next.get(at) ?? "missing";
+  assertEquals(at, stored?.username);
 });
 
 contract("concurrent upserts of the same room and participant do not fail", async (d) => {

@@ -56,16 +56,23 @@ export interface Directory {
   migrate(): Promise<void>;
   /** Checks that the database answers. */
   ping(): Promise<void>;
-  /** Inserts or updates a user; fields left undefined keep their stored value. */
-  upsertUser(user: Partial<DirectoryUser> & { id: string }): Promise<DirectoryUser>;
+  /**
+   * Inserts or updates a user (fields left undefined keep their stored value); returns it as
+   * stored and as it was just before this write, read in the same transaction (null when new).
+   */
+  upsertUser(
+    user: Partial<DirectoryUser> & { id: string },
+  ): Promise<{ user: DirectoryUser; previous: DirectoryUser | null }>;
   /** Reads a user. */
   getUser(id: string): Promise<DirectoryUser | null>;
   /**
    * Deletes a user and their participations (also those of a user it never stored) and clears
-   * them as owner of their rooms; says whether the user existed, and which rooms they took part
-   * in or owned, read in the same transaction.
+   * them as owner of their rooms; says whether the user existed, the role they had, and which
+   * rooms they took part in or owned, all read in the same transaction.
    */
-  deleteUser(id: string): Promise<{ existed: boolean; rooms: { kind: string; id: string }[] }>;
+  deleteUser(
+    id: string,
+  ): Promise<{ existed: boolean; role: string | null; rooms: { kind: string; id: string }[] }>;
   /** Inserts or updates a room; fields left undefined keep their stored value. */
   upsertRoom(
     room: { kind: string; id: string; title?: string | null; ownerId?: string | null },

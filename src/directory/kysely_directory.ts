@@ -1,13 +1,6 @@
 /** The directory on Kysely: the same queries on SQLite (`node:sqlite`) and Postgres (`pg`). */
 
-import {
-  CompiledQuery,
-  type Expression,
-  type Kysely,
-  type Selectable,
-  sql,
-  type Transaction,
-} from "kysely";
+import { CompiledQuery, type Kysely, type Selectable, sql, type Transaction } from "kysely";
 import type {
   Directory,
   DirectoryRoom,
@@ -103,7 +96,9 @@ export class KyselyDirectory implements Directory {
   }
 
   /** Inserts or updates a user; fields left undefined keep their stored value. */
-  async upsertUser(user: Partial<DirectoryUser> & { id: string }): Promise<DirectoryUser> {
+  async upsertUser(
+    user: Partial<DirectoryUser> & { id: string },
+  ): Promise<{ user: DirectoryUser; previous: DirectoryUser | null }> {
     requireId("user id", user.id);
     const now = new Date().toISOString();
     const given: Partial<Record<UserColumn, string | null>> = {};
@@ -111,24 +106,25 @@ export class KyselyDirectory implements Directory {
       const value = user[field];
       if (value !== undefined) given[column] = value;
     }
-    const row = await this.#db.insertInto("users")
-      .values({ id: user.id, ...given, created_at: now, updated_at: now })
-      .onConflict((oc) =>
-        oc.column("id").doUpdateSet((eb) => {
-          // Only the given columns are overwritten, and from `excluded` so that the values are
-          // bound once.
-          const set: { [C in UserColumn]?: Expression<string | null> } & {
-            updated_at: Expression<string>;
-          } = { updated_at: eb.ref("excluded.updated_at") };
-          for (const column of Object.keys(given) as UserColumn[]) {
-            set[column] = eb.ref(`excluded.${column}`);
-          }
-          return set;
-        })
-      )
-      .returningAll()
-      .executeTakeFirstOrThrow();
-    return toUser(row);
+    return await this.#db.transaction().execute(async (trx) => {
+      // The row exists (and is locked) before it is read: a concurrent first save of the same
+      // user waits here, so `previous` is always what this write replaced, never a stale read.
+      const created = await trx.insertInto("users")
+        .values({ id: user.id, created_at: now, updated_at: now })
+        .onConflict((oc) => oc.column("id").doNothing())
+        .returning("id")
+        .executeTakeFirst();
+      let read = trx.selectFrom("users").selectAll().where("id", "=", user.id);
+      // SQLite's `begin immediate` already holds the database's write lock.
+      if (this.#dialect === "postgres") read = read.forUpdate();
+      const before = await read.executeTakeFirstOrThrow();
+      const row = await trx.updateTable("users")
+        .set({ ...given, updated_at: now })
+        .where("id", "=", user.id)
+        .returningAll()
+        .executeTakeFirstOrThrow();
+      return { user: toUser(row), previous: created ? null : toUser(before) };
+    });
   }
 
   /** Reads a user. */
@@ -141,7 +137,7 @@ export class KyselyDirectory implements Directory {
   /** Deletes a user and their participations; says whether it existed, and which rooms it left. */
   async deleteUser(
     id: string,
-  ): Promise<{ existed: boolean; rooms: { kind: string; id: string }[] }> {
+  ): Promise<{ existed: boolean; role: string | null; rooms: { kind: string; id: string }[] }> {
     return await this.#db.transaction().execute(async (trx) => {
       const left = await trx.deleteFrom("room_participants").where("user_id", "=", id)
         .returning(["room_kind", "room_id"]).execute();
@@ -149,13 +145,18 @@ export class KyselyDirectory implements Directory {
       // same id would own the rooms without anyone saying so.
       const owned = await trx.updateTable("rooms").set({ owner_id: null })
         .where("owner_id", "=", id).returning(["kind", "id"]).execute();
-      const result = await trx.deleteFrom("users").where("id", "=", id).executeTakeFirst();
+      const deleted = await trx.deleteFrom("users").where("id", "=", id).returning("role")
+        .executeTakeFirst();
       const rooms = new Map<string, { kind: string; id: string }>();
       for (const r of left) {
         rooms.set(`${r.room_kind}:${r.room_id}`, { kind: r.room_kind, id: r.room_id });
       }
       for (const r of owned) rooms.set(`${r.kind}:${r.id}`, { kind: r.kind, id: r.id });
-      return { existed: result.numDeletedRows > 0n, rooms: [...rooms.values()] };
+      return {
+        existed: deleted !== undefined,
+        role: deleted?.role ?? null,
+        rooms: [...rooms.values()],
+      };
     });
   }
 

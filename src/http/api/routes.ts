@@ -243,9 +243,7 @@ export const API_ROUTES: ApiRoute[] = [
     body: { type: "json", schema: UserInput },
     responses: { 200: { description: "The user as stored.", schema: User } },
     async handle({ params, body }, deps) {
-      // Read before: a stored role that changes may have opened rooms nobody lists.
-      const before = body.role === undefined ? null : await deps.directory.getUser(params.id);
-      const user = await deps.directory.upsertUser({
+      const { user, previous } = await deps.directory.upsertUser({
         id: params.id,
         username: body.username,
         fullName: body.full_name,
@@ -256,9 +254,13 @@ export const API_ROUTES: ApiRoute[] = [
         role: body.role,
         userType: body.user_type,
       });
+      // The role this write replaced, read under the row's lock: one read before the write could
+      // miss a concurrent change that opened rooms, and this write would close them unchecked.
       // Also when the role stays: a retry of a request whose recheck failed must send it again.
       // Other roles open nothing that a change could close.
-      if (roleOpensRooms(before?.role)) recheckUser(deps, params.id);
+      if (body.role !== undefined && roleOpensRooms(previous?.role)) {
+        recheckUser(deps, params.id);
+      }
       return { status: 200, body: userBody(user) };
     },
   }),
@@ -289,13 +291,12 @@ export const API_ROUTES: ApiRoute[] = [
     params: UserPath,
     responses: { 204: { description: "Deleted." }, 404: notFound("The user") },
     async handle({ params }, deps) {
-      // The rooms come from the deletion itself: read before it, a participation added in
-      // between was deleted without its sockets being closed.
-      const stored = await deps.directory.getUser(params.id);
-      const { existed, rooms } = await deps.directory.deleteUser(params.id);
+      // The rooms and the role come from the deletion itself: read before it, a participation
+      // added or a role given in between was deleted without its sockets being closed.
+      const { existed, role, rooms } = await deps.directory.deleteUser(params.id);
       // Every room is tried: the deletion is committed, so a retry would find none of them.
       const failures = (await Promise.allSettled([
-        ...(roleOpensRooms(stored?.role)
+        ...(roleOpensRooms(role)
           ? [Promise.resolve().then(() => recheckUser(deps, params.id))]
           : []),
         ...rooms.map((room) => revokeLost(deps, room.kind, room.id, [params.id])),
