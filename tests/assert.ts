@@ -72,3 +72,23 @@ export function within<T>(promise: Promise<T>, what: string, ms = 5000): Promise
   });
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
+
+/** Resolves after `ms`. */
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** Resolves with the arguments of an emitter's next `event`, or fails after `ms`. */
+export function nextEvent<T extends unknown[] = unknown[]>(
+  emitter: { once(event: string, fn: (...args: never[]) => void): unknown },
+  event: string,
+  ms = 5000,
+): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${event}`)), ms);
+    emitter.once(event, (...args: never[]) => {
+      clearTimeout(timer);
+      resolve(args as unknown as T);
+    });
+  });
+}

@@ -3,7 +3,7 @@
  */
 
 import { deepStrictEqual, ok, strictEqual } from "node:assert/strict";
-import { eventually } from "./assert.ts";
+import { delay, eventually, nextEvent as next } from "./assert.ts";
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import {
   ConnectError,
@@ -54,25 +54,6 @@ async function withServer(
     // Let the client's sockets observe the close before the sanitizers look.
     await delay(50);
   }
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-/** Resolves with the arguments of the next `event`, or rejects after `ms`. */
-function next<T extends unknown[] = unknown[]>(
-  emitter: { once(event: string, fn: (...args: never[]) => void): unknown },
-  event: string,
-  ms = 5000,
-): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${event}`)), ms);
-    emitter.once(event, (...args: never[]) => {
-      clearTimeout(timer);
-      resolve(args as unknown as T);
-    });
-  });
 }
 
 function bytes(size: number): Uint8Array {

@@ -4,7 +4,7 @@
  */
 
 import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
-import { eventually } from "./assert.ts";
+import { delay, eventually } from "./assert.ts";
 import { type Socket, SocketIOServer, type SocketIOServerOptions } from "../src/engine_io/mod.ts";
 
 interface Context {
@@ -48,10 +48,6 @@ async function withServer(
     await io.close();
     await server.shutdown();
   }
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 interface Reply {

@@ -5,7 +5,7 @@
  */
 
 import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
-import { eventually } from "./assert.ts";
+import { delay, eventually, nextEvent as next } from "./assert.ts";
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import {
   BODY_BYTES_PER_MS,
@@ -162,24 +162,6 @@ function startProxy(
       await server.shutdown();
     },
   };
-}
-
-function delay(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-function next<T extends unknown[] = unknown[]>(
-  emitter: { once(event: string, fn: (...args: never[]) => void): unknown },
-  event: string,
-  ms = 5000,
-): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${event}`)), ms);
-    emitter.once(event, (...args: never[]) => {
-      clearTimeout(timer);
-      resolve(args as unknown as T);
-    });
-  });
 }
 
 async function request(url: string, init?: RequestInit): Promise<{ status: number; text: string }> {
