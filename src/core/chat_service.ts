@@ -244,9 +244,12 @@ export class ChatService {
     return lo;
   }
 
-  /** Deletes the room's history, with its files; resolves to how many messages went. */
-  deleteHistory(room: string): Promise<number> {
-    return this.#deps.store.purge(room);
+  /**
+   * Deletes the room's history, with its files; resolves to how many messages went. `marked`
+   * hears the room's new generation once it is stored, before the deleting starts.
+   */
+  deleteHistory(room: string, marked?: (generation: number) => void): Promise<number> {
+    return this.#deps.store.purge(room, marked);
   }
 
   /** The lowest seq the room's history still holds. */

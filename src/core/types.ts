@@ -139,8 +139,12 @@ export interface MessageStore {
   get(room: string, seq: number): Promise<Message | null>;
   /** The lowest seq still kept (1 unless retention removed older messages; head + 1 when empty). */
   tail(room: string): Promise<number>;
-  /** Deletes the room's messages, their files, read cursors and client ids; resolves to how many messages went. */
-  purge(room: string): Promise<number>;
+  /**
+   * Deletes the room's messages, their files, read cursors and client ids; resolves to how many
+   * messages went. `marked` hears the room's new generation as soon as it is stored, before the
+   * deleting starts.
+   */
+  purge(room: string, marked?: (generation: number) => void): Promise<number>;
   /** How many times the room has been purged: a draft carrying an older value is refused. */
   generation(room: string, options?: { fresh?: boolean }): Promise<number>;
 }
@@ -161,7 +165,12 @@ export type RoomEvent =
   | { type: "typing"; room: string; user: UserProfile; isTyping: boolean }
   | { type: "read"; room: string; user: UserProfile; seq: number }
   | { type: "presence"; room: string; user: UserProfile; action: "join" | "leave" }
-  | { type: "closed"; room: string; reason: string }
+  /**
+   * The room was deleted. With `generation` (the count the deletion raised the room's to), only
+   * members that joined under an older count leave: those that entered between the first notice
+   * and the raise, which a join only reads before it enters.
+   */
+  | { type: "closed"; room: string; reason: string; generation?: number }
   | { type: "revoked"; room: string; userId: UserId }
   /**
    * Access changed for members the change does not name: the directory took over a room that

@@ -52,6 +52,11 @@ export interface Member {
    * nothing up to `head` is left), with `head`, the newest seq the hub knows of.
    */
   gap?(firstSeq: number, head: number): void;
+  /**
+   * The room's generation (deletion count) the member joined under, for members that know it:
+   * a deletion notice naming a generation evicts only members with an older one.
+   */
+  readonly epoch?: number;
 }
 
 /** Anything a text frame can be written to (a WebSocket). */
@@ -353,6 +358,11 @@ export class Hub {
     }
     if (!isEviction(event)) return false;
     for (const member of [...state.members]) {
+      // A repeated deletion notice spares the members that know nothing older than it.
+      if (
+        event.type === "closed" && event.generation !== undefined &&
+        (member.epoch === undefined || member.epoch >= event.generation)
+      ) continue;
       if (
         event.type === "closed" || member.deliver !== undefined ||
         String(member.user.id) === String(event.userId)

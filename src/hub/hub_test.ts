@@ -642,3 +642,28 @@ Deno.test("Hub's rechecks of one user in many rooms make at most 16 access check
     kv.close();
   }
 });
+
+Deno.test("Hub: a deletion notice naming a generation evicts only the members that joined under an older one", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const hub = new Hub(store, new MemoryBroker());
+  const evicted: string[] = [];
+  const member = (name: string, epoch?: number): Member => ({
+    ...recorder(),
+    ...(epoch === undefined ? {} : { epoch }),
+    evict: () => void evicted.push(name),
+  });
+  try {
+    for (const m of [member("old", 0), member("new", 1), member("newer", 2), member("unknown")]) {
+      await hub.join("r", m);
+    }
+    hub.publish({ type: "closed", room: "r", reason: "deleted", generation: 1 });
+    assertEquals(evicted, ["old"]);
+    // Without a generation, every member leaves, whatever it knows.
+    hub.publish({ type: "closed", room: "r", reason: "deleted" });
+    assertEquals(evicted.sort(), ["new", "newer", "old", "old", "unknown"].sort());
+  } finally {
+    hub.close();
+    kv.close();
+  }
+});

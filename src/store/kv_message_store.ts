@@ -974,9 +974,9 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
    * A purge that fails, or that a crash cuts short, is finished by {@link resumePurges}: this
    * store tries again `purgeRetryMs` later, and a server calls it when it starts.
    */
-  async purge(room: string): Promise<number> {
+  async purge(room: string, marked?: (generation: number) => void): Promise<number> {
     if (this.#closed) throw new Error("The message store is closed");
-    let marked = false;
+    let isMarked = false;
     try {
       // Bounded, so that a room written to meanwhile (re-created, or by token claims) keeps what
       // came after the deletion; the bound is stored first, so that a resumed purge keeps it.
@@ -1000,11 +1000,16 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       this.#heads.delete(room);
       // Held as read now, so that a read of the old value still under way does not replace it.
       this.#generations.set(room, { value: generation, at: performance.now() });
-      marked = true;
+      isMarked = true;
+      try {
+        marked?.(generation);
+      } catch (err) {
+        console.error(`store: the purge of ${room} could not tell it was marked:`, err);
+      }
       return await this.#purgeTo(room, head);
     } catch (err) {
       // Without its mark stored, only this store remembers the room: it starts again from there.
-      if (!marked) this.#unmarked.add(room);
+      if (!isMarked) this.#unmarked.add(room);
       this.#retryPurgesLater();
       throw err;
     }

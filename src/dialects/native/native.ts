@@ -221,9 +221,20 @@ class NativeMember implements Member {
   // reply is out, the event lands after it (or repeats what the snapshot has, which is harmless).
   #holding = true;
   #held?: string[];
+  /** The room's generation when the join read it. */
+  readonly epoch: number;
+  /** Why the socket was taken out of the room, once it was (see `drop`). */
+  droppedFor?: "access_revoked" | "room_deleted";
 
-  constructor(session: NativeSession, conn: Connection, room: string, direct: boolean) {
+  constructor(
+    session: NativeSession,
+    conn: Connection,
+    room: string,
+    direct: boolean,
+    epoch: number,
+  ) {
     this.user = session.user;
+    this.epoch = epoch;
     this.renderKey = session.renderKey;
     this.direct = direct ? conn : undefined;
     this.#session = session;
@@ -255,6 +266,8 @@ class NativeMember implements Member {
     this.#holding = false;
     const held = this.#held;
     this.#held = undefined;
+    // Out of the room already (the join failed, or the socket was taken out): none of it goes.
+    if (this.#session.memberOf(this.#room) !== this) return;
     for (const frame of held ?? []) this.#conn.send(frame);
   }
 
@@ -376,7 +389,7 @@ class NativeSession implements SocketHandler {
     if (!conn.open) return;
     // At most MAX_DIRECT_ROOMS direct members at once: each had fewer other rooms when made.
     const others = rooms.size - (existing ? 1 : 0);
-    const member = new NativeMember(this, conn, room, others < MAX_DIRECT_ROOMS);
+    const member = new NativeMember(this, conn, room, others < MAX_DIRECT_ROOMS, current);
     rooms.set(room, member);
     try {
       // Presence first: the others hear the join, the joiner sees itself in `presence`.
@@ -392,8 +405,8 @@ class NativeSession implements SocketHandler {
           stopped: () => !conn.open || rooms.get(room) !== member,
         },
       );
-      if (!conn.open || rooms.get(room) !== member) {
-        // Closed (or left) while joining: the leave could not take out a member not yet in.
+      if (!this.#stillJoining(conn, room, member)) {
+        // Closed while joining: the leave could not take out a member not yet in.
         ctx.hub.leave(room, member);
         return;
       }
@@ -402,10 +415,17 @@ class NativeSession implements SocketHandler {
       if (!(await ctx.chat.canAccess(this.user, room, { fresh: true }))) {
         throw new ChatError("forbidden", `Access denied to room "${room}"`);
       }
+      // The same for a deletion: its notices went before this member was in the room, or
+      // spared it as joined under the new generation, which it was not.
+      if ((await ctx.chat.generation(room, { fresh: true })) > current) {
+        throw new ChatError("room_deleted", `Room "${room}" was deleted`);
+      }
       const [present, cursors] = await Promise.all([
         ctx.chat.present(room),
         ctx.chat.readCursors(room, READS_IN_JOINED + 1),
       ]);
+      // Taken out meanwhile (`removed` is sent): a `joined` now would say the opposite.
+      if (!this.#stillJoining(conn, room, member)) return;
       const joined: Record<string, unknown> = {
         type: "joined",
         room,
@@ -435,9 +455,27 @@ class NativeSession implements SocketHandler {
 
   /** Takes the socket out of a room it may no longer be in, and says so. */
   drop(conn: Connection, room: string, reason: "room_deleted" | "access_revoked"): void {
-    if (!this.#rooms.has(room)) return;
+    const member = this.#rooms.get(room);
+    if (!member) return;
+    member.droppedFor = reason;
     this.#leave(room).catch((err) => console.error("native: leave failed:", err));
     conn.send(JSON.stringify({ type: "removed", room, reason }));
+  }
+
+  /**
+   * False when the socket closed while `member` was joining; throws the reason when it was taken
+   * out of the room meanwhile (after `removed`, the join's reply is that error).
+   */
+  #stillJoining(conn: Connection, room: string, member: NativeMember): boolean {
+    if (!conn.open) return false;
+    if (this.#rooms.get(room) === member) return true;
+    if (member.droppedFor === "room_deleted") {
+      throw new ChatError("room_deleted", `Room "${room}" was deleted`);
+    }
+    if (member.droppedFor === "access_revoked") {
+      throw new ChatError("forbidden", `Access denied to room "${room}"`);
+    }
+    return false;
   }
 
   async #leave(room: string): Promise<boolean> {

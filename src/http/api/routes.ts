@@ -421,7 +421,15 @@ export const API_ROUTES: ApiRoute[] = [
       const lag = deps.directory.changeTokenLagMs ?? 0;
       if (lag > 0) await new Promise((r) => setTimeout(r, 2 * lag));
       try {
-        await deps.chat.deleteHistory(roomKeyOf(kind, id));
+        // Said again once the room's generation is raised: a join that read the old one and
+        // entered the room after the notice above is still in it, under a count now gone.
+        await deps.chat.deleteHistory(roomKeyOf(kind, id), (generation) =>
+          deps.events.publish({
+            type: "closed",
+            room: roomKeyOf(kind, id),
+            reason: "Room deleted",
+            generation,
+          }));
       } catch (err) {
         console.error(`api: deleting the history of ${roomKeyOf(kind, id)} failed:`, err);
         throw new ApiError(

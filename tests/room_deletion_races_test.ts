@@ -1,0 +1,156 @@
+/**
+ * A room deleted through the admin API while native sockets are joining it: every socket ends
+ * either in the room under its new generation or told it is out, never in it under the old one.
+ */
+
+import type { Directory } from "../src/core/directory.ts";
+import type { PresenceStore } from "../src/core/types.ts";
+import { assertEquals } from "./assert.ts";
+import { adminCall, startTestServer, TestClient, type TestServer } from "./helpers.ts";
+
+const ADMIN = "an-admin-token-for-the-deletion-races";
+
+async function nativeClient(server: TestServer, sub: string): Promise<TestClient> {
+  const token = await server.token({ sub, rooms: ["ticket:*"] });
+  const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+  await ws.next((f) => f.type === "welcome");
+  return ws;
+}
+
+/** Joins and sends one message, so that the room has history to delete. */
+async function roomWithHistory(server: TestServer, room: string): Promise<TestClient> {
+  const a = await nativeClient(server, "1");
+  a.send({ type: "join", room, ref: "j" });
+  await a.next((f) => f.ref === "j");
+  a.send({ type: "send", room, body: "old life", ref: "s" });
+  await a.next((f) => f.ref === "s");
+  return a;
+}
+
+/** A socket that is not in `room` is refused a send there. */
+async function assertOutOf(ws: TestClient, room: string): Promise<void> {
+  ws.send({ type: "send", room, body: "still here?", ref: "probe" });
+  const reply = await ws.next((f) => f.ref === "probe");
+  assertEquals([reply.type, reply.code], ["error", "not_found"]);
+}
+
+Deno.test("room deletion races: a join whose presence write spans the deletion is refused with room_deleted", async () => {
+  let hold: Promise<void> | undefined;
+  let reached = () => {};
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, {
+    presence: (inner: PresenceStore): PresenceStore => ({
+      enter: async (room, user, connId) => {
+        if (hold && String(user.id) === "2") {
+          reached();
+          await hold;
+        }
+        return await inner.enter(room, user, connId);
+      },
+      exit: (room, user, connId) => inner.exit(room, user, connId),
+      sweep: (room, open) => inner.sweep(room, open),
+      list: (room) => inner.list(room),
+    }),
+  });
+  try {
+    const a = await roomWithHistory(server, "ticket:8");
+    let release = () => {};
+    hold = new Promise<void>((r) => release = r);
+    const entering = new Promise<void>((r) => reached = r);
+    const b = await nativeClient(server, "2");
+    b.send({ type: "join", room: "ticket:8", since: 0, ref: "j" });
+    // B has read the room's generation (0) and is writing its presence.
+    await entering;
+    assertEquals(await adminCall(server.url, ADMIN, "DELETE", "/api/rooms/ticket/8"), 204);
+    assertEquals((await a.next((f) => f.type === "removed")).reason, "room_deleted");
+    release();
+    const reply = await b.next((f) => f.ref === "j");
+    assertEquals([reply.type, reply.code], ["error", "room_deleted"]);
+    await assertOutOf(b, "ticket:8");
+    // Joined again, B is in the room's new life.
+    b.send({ type: "join", room: "ticket:8", ref: "again" });
+    assertEquals((await b.next((f) => f.ref === "again")).epoch, 1);
+    await a.close();
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("room deletion races: a socket deleted out of the room while its `joined` is prepared gets `removed`, then the join's error, never `joined`", async () => {
+  let hold: { reached: () => void; gate: Promise<void> } | undefined;
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, {
+    access: (inner) => ({
+      async canAccess(user, room, options) {
+        const h = hold;
+        if (h && options?.fresh && String(user.id) === "2") {
+          hold = undefined;
+          h.reached();
+          await h.gate;
+        }
+        return await inner.canAccess(user, room, options);
+      },
+    }),
+  });
+  try {
+    const a = await roomWithHistory(server, "ticket:9");
+    let release = () => {};
+    let reached = () => {};
+    const inRoom = new Promise<void>((r) => reached = r);
+    hold = { reached, gate: new Promise<void>((r) => release = r) };
+    const b = await nativeClient(server, "2");
+    b.send({ type: "join", room: "ticket:9", ref: "j" });
+    // B is a member of the room's hub; its `joined` is not sent yet.
+    await inRoom;
+    assertEquals(await adminCall(server.url, ADMIN, "DELETE", "/api/rooms/ticket/9"), 204);
+    assertEquals((await b.next((f) => f.type === "removed")).reason, "room_deleted");
+    release();
+    const reply = await b.next((f) => f.ref === "j");
+    assertEquals([reply.type, reply.code], ["error", "room_deleted"]);
+    assertEquals(b.frames.some((f) => (f as { type?: string }).type === "joined"), false);
+    await assertOutOf(b, "ticket:9");
+    await a.close();
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("room deletion races: a socket that joined between the deletion's notice and the raise of the generation is removed once it is raised", async () => {
+  // The deletion waits twice the directory's change-token lag between its notice and the purge:
+  // a long lag holds that window open for a whole join.
+  const lagMs = 400;
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, {
+    directory: (inner: Directory): Directory =>
+      new Proxy(inner, {
+        get(target, key) {
+          if (key === "changeTokenLagMs") return lagMs;
+          const value = Reflect.get(target, key, target);
+          return typeof value === "function" ? value.bind(target) : value;
+        },
+      }),
+  });
+  try {
+    const a = await roomWithHistory(server, "ticket:10");
+    const deleting = adminCall(server.url, ADMIN, "DELETE", "/api/rooms/ticket/10");
+    assertEquals((await a.next((f) => f.type === "removed")).reason, "room_deleted");
+    // Inside the window: the generation is not raised yet, so B joins the old one.
+    const b = await nativeClient(server, "2");
+    b.send({ type: "join", room: "ticket:10", ref: "j" });
+    const joined = await b.next((f) => f.ref === "j");
+    assertEquals([joined.type, joined.epoch], ["joined", 0]);
+    assertEquals(await deleting, 204);
+    assertEquals((await b.next((f) => f.type === "removed")).reason, "room_deleted");
+    await assertOutOf(b, "ticket:10");
+    // A socket joining now is in the new life, and stays.
+    const c = await nativeClient(server, "3");
+    c.send({ type: "join", room: "ticket:10", ref: "j" });
+    assertEquals((await c.next((f) => f.ref === "j")).epoch, 1);
+    c.send({ type: "send", room: "ticket:10", body: "new life", ref: "s" });
+    assertEquals((await c.next((f) => f.ref === "s")).type, "ack");
+    await a.close();
+    await b.close();
+    await c.close();
+  } finally {
+    await server.close();
+  }
+});
