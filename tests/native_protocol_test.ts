@@ -1144,3 +1144,56 @@ Deno.test("native: an empty file is a file, stored and served with no bytes", as
     await server.close();
   }
 });
+
+Deno.test("native: sends (and a join) a client made just before closing its socket are stored, behind a slow frame", async () => {
+  let held: { checking: () => void; gate: Promise<void> } | undefined;
+  const server = await startTestServer({}, {
+    access: (inner) => ({
+      async canAccess(user, room, options) {
+        const hold = held;
+        if (hold && !options?.fresh && String(user.id) === "1") {
+          held = undefined;
+          hold.checking();
+          await hold.gate;
+        }
+        return await inner.canAccess(user, room, options);
+      },
+    }),
+  });
+  try {
+    const sender = await connect(server);
+    await join(sender, "ticket:3");
+    const observer = await connect(server, { sub: "2", username: "two" });
+    await join(observer, "ticket:3");
+    await join(observer, "ticket:4");
+    let checking = () => {};
+    let release = () => {};
+    const checked = new Promise<void>((r) => checking = r);
+    held = { checking, gate: new Promise<void>((r) => release = r) };
+    // The first send's access check is slow; everything after it waits its turn.
+    sender.send({ type: "send", room: "ticket:3", body: "in flight", client_id: "a" });
+    sender.send({ type: "send", room: "ticket:3", body: "behind it", client_id: "b" });
+    sender.send({ type: "join", room: "ticket:4", ref: "late join" });
+    sender.send({ type: "send", room: "ticket:4", body: "after the join", client_id: "c" });
+    sender.send({ type: "leave", room: "ticket:3", ref: "left" });
+    sender.send({ type: "send", room: "ticket:3", body: "after leaving", client_id: "d" });
+    await checked;
+    sender.socket.close(1000);
+    await sender.closed;
+    release();
+    const bodies = async (room: string) => {
+      const got: unknown[] = [];
+      for (;;) {
+        const f = await observer.next((f) => f.type === "message" && f.room === room, 1500)
+          .catch(() => undefined);
+        if (!f) return got;
+        got.push(f.body);
+      }
+    };
+    assertEquals(await bodies("ticket:3"), ["in flight", "behind it"]);
+    assertEquals(await bodies("ticket:4"), ["after the join"]);
+    await observer.close();
+  } finally {
+    await server.close();
+  }
+});

@@ -288,6 +288,9 @@ const REMOVED_BY: Partial<Record<string, "access_revoked" | "room_deleted">> = {
   room_deleted: "room_deleted",
 };
 
+/** Frames still handled after the client closed its socket (see `message`). */
+const KEPT_AFTER_CLOSE = new Set(["join", "leave", "read"]);
+
 /** True for a `ref` the protocol allows: absent (or null), a number, a short string. */
 function isRef(ref: unknown): boolean {
   return ref === undefined || ref === null || typeof ref === "number" ||
@@ -302,6 +305,11 @@ class NativeSession implements SocketHandler {
   #ctx: DialectContext;
   #connId = crypto.randomUUID();
   #rooms = new Map<string, NativeMember>();
+  /**
+   * The rooms the socket was in when its client closed it: frames it sent before closing are
+   * still handled (see the transport), and its sends to those rooms are still stored.
+   */
+  #roomsAtClose = new Set<string>();
   /** Messages each user may still have replayed, shared by the route's sockets. */
   #replay: TokenBuckets;
 
@@ -385,8 +393,12 @@ class NativeSession implements SocketHandler {
       }
     }
     // Closed while its access or history was read: the close found no room to leave, and
-    // presence recorded now would never be taken back.
-    if (!conn.open) return;
+    // presence recorded now would never be taken back. The sends the client made after this
+    // join, before closing, are still stored.
+    if (!conn.open) {
+      this.#roomsAtClose.add(room);
+      return;
+    }
     // At most MAX_DIRECT_ROOMS direct members at once: each had fewer other rooms when made.
     const others = rooms.size - (existing ? 1 : 0);
     const member = new NativeMember(this, conn, room, others < MAX_DIRECT_ROOMS, current);
@@ -453,6 +465,11 @@ class NativeSession implements SocketHandler {
     }
   }
 
+  /** Whether a send or read mark for `room` counts: the socket is in it, or was at its close. */
+  #inRoom(conn: Connection, room: string): boolean {
+    return this.#rooms.has(room) || (!conn.open && this.#roomsAtClose.has(room));
+  }
+
   /** Takes the socket out of a room it may no longer be in, and says so. */
   drop(conn: Connection, room: string, reason: "room_deleted" | "access_revoked"): void {
     const member = this.#rooms.get(room);
@@ -511,7 +528,9 @@ class NativeSession implements SocketHandler {
         // neither stops the rest nor leaves the client waiting for a reply that never comes.
         const listed = new Set<string>();
         for (const raw of list) {
-          if (!conn.open) return;
+          // Closed by this side: nothing more. Closed by the client: each entry is still checked,
+          // so that its sends made before closing are stored (see `#join`).
+          if (conn.stopped) return;
           const item = typeof raw === "string" ? { room: raw } : raw;
           let room: string | undefined;
           try {
@@ -543,13 +562,14 @@ class NativeSession implements SocketHandler {
       }
       case "leave": {
         const room = requireRoom(record);
+        this.#roomsAtClose.delete(room);
         await this.#leave(room);
         this.#reply(conn, { type: "left", room }, ref);
         return;
       }
       case "send": {
         const room = requireRoom(record);
-        if (!this.#rooms.has(room)) {
+        if (!this.#inRoom(conn, room)) {
           throw new ChatError("not_found", `Join room "${room}" first`);
         }
         const files = optionalFiles(record);
@@ -600,7 +620,9 @@ class NativeSession implements SocketHandler {
       }
       case "read": {
         const room = requireRoom(record);
-        if (!this.#rooms.has(room)) throw new ChatError("not_found", `Join room "${room}" first`);
+        if (!this.#inRoom(conn, room)) {
+          throw new ChatError("not_found", `Join room "${room}" first`);
+        }
         const seq = await ctx.chat.markRead(user, room, optionalSeq(record, "seq"));
         this.#reply(conn, { type: "read_ok", room, seq }, ref);
         return;
@@ -688,9 +710,14 @@ class NativeSession implements SocketHandler {
       if (verdict === "limited") {
         throw rateLimited();
       }
-      // Sends overlap their commits; anything else sees, and answers after, what they did (and
-      // is dropped if one of their replies closed the socket).
-      if (record.type !== "send" && !(await conn.settled())) return;
+      // Sends overlap their commits; anything else sees, and answers after, what they did. Once
+      // this side closed the socket (one of their replies, an eviction) nothing more is done;
+      // once the client did, what its frames store still counts: sends, read marks, and the
+      // joins and leaves they depend on.
+      if (
+        record.type !== "send" && !(await conn.settled()) &&
+        (conn.stopped || !KEPT_AFTER_CLOSE.has(record.type as string))
+      ) return;
       await this.#handle(conn, record);
     } catch (err) {
       const error = verdict === "limited" ? rateLimited() : err;
@@ -719,6 +746,8 @@ class NativeSession implements SocketHandler {
   closed(): void {
     this.#ctx.limiter.forget(this.#connId);
     for (const room of [...this.#rooms.keys()]) {
+      // Taken out by the server (revoked, deleted) is not in `#rooms`: those sends are refused.
+      this.#roomsAtClose.add(room);
       this.#leave(room).catch((err) => console.error("native: leave failed:", err));
     }
   }
