@@ -1197,3 +1197,25 @@ Deno.test("native: sends (and a join) a client made just before closing its sock
     await server.close();
   }
 });
+
+Deno.test("native: a long frame nested deeper than any frame needs is refused as too complex, and the socket goes on", async () => {
+  const server = await startTestServer();
+  try {
+    const ws = await connect(server);
+    await join(ws, "ticket:5");
+    const padding = "A".repeat(300_000);
+    const deep = "[".repeat(100) + "]".repeat(100);
+    ws.socket.send(
+      `{"type":"send","room":"ticket:5","body":"deep","ref":"deep","x":${deep},"pad":"${padding}"}`,
+    );
+    // Unparsed, its `ref` is unknown: the error carries none.
+    const refused = await ws.next((f) => f.type === "error");
+    assertEquals(refused.code, "invalid_json");
+    assertMatch(String(refused.message), /^JSON too complex: at most 64 levels/);
+    ws.send({ type: "send", room: "ticket:5", body: "plain", ref: "plain" });
+    assertEquals((await ws.next((f) => f.ref === "plain")).type, "ack");
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});

@@ -10,6 +10,14 @@
 
 /** Texts shorter than this are parsed as they are. */
 const MIN_TEXT = 256 * 1024;
+/**
+ * Bounds on the structure of a long text, outside its strings. A frame that long is a file
+ * (one long string) in a small record; 12 MB of nested or countless arrays and objects made
+ * `JSON.parse` spend seconds and hundreds of MB, before any check of who sent it.
+ */
+const MAX_DEPTH = 64;
+const MAX_CONTAINERS = 10_000;
+const MAX_VALUES = 100_000;
 /** String literals at least this long are lifted out before parsing. */
 const MIN_STRING = 64 * 1024;
 /** Stands in for a lifted string; random per process, so no client can forge one. */
@@ -73,7 +81,8 @@ function restore(root: unknown, lifted: string[]): unknown {
  * Parses like `JSON.parse` (and throws its SyntaxError for text that is not JSON, but for the
  * one difference in the module comment). String values (not keys) of 64 Ki characters or more,
  * free of escapes and raw whitespace controls, come back as slices of `text`; `stats`, when
- * given, learns how many.
+ * given, learns how many. A text of 256 Ki characters or more whose structure is deeper, or has
+ * more arrays, objects or values, than any frame needs throws {@link JsonTooComplexError}.
  */
 export function parseJson(text: string, stats?: { lifted: number }): unknown {
   if (text.length < MIN_TEXT) return JSON.parse(text);
@@ -99,7 +108,40 @@ export function parseJson(text: string, stats?: { lifted: number }): unknown {
     open = text.indexOf('"', close + 1);
   }
   if (stats) stats.lifted = lifted.length;
-  if (lifted.length === 0) return JSON.parse(text);
   parts.push(text.slice(copied));
-  return restore(JSON.parse(parts.join("")), lifted);
+  const skeleton = lifted.length === 0 ? text : parts.join("");
+  refuseComplex(skeleton);
+  if (lifted.length === 0) return JSON.parse(text);
+  return restore(JSON.parse(skeleton), lifted);
+}
+
+/** A long text refused for its structure (see {@link parseJson}); its message says the bounds. */
+export class JsonTooComplexError extends SyntaxError {}
+
+/** Throws when `text`, outside its strings, passes a bound on its structure. */
+function refuseComplex(text: string): void {
+  let depth = 0;
+  let containers = 0;
+  let values = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 34) {
+      // A string: to its closing quote, over escapes.
+      for (i++; i < text.length && text.charCodeAt(i) !== 34; i++) {
+        if (text.charCodeAt(i) === 92) i++;
+      }
+    } else if (c === 91 || c === 123) {
+      if (++depth > MAX_DEPTH || ++containers > MAX_CONTAINERS) break;
+    } else if (c === 93 || c === 125) {
+      depth--;
+    } else if (c === 44 && ++values > MAX_VALUES) {
+      break;
+    }
+  }
+  if (depth > MAX_DEPTH || containers > MAX_CONTAINERS || values > MAX_VALUES) {
+    throw new JsonTooComplexError(
+      `JSON too complex: at most ${MAX_DEPTH} levels, ${MAX_CONTAINERS} arrays and objects, ` +
+        `${MAX_VALUES} values in a text this long`,
+    );
+  }
 }

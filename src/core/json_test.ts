@@ -55,3 +55,28 @@ Deno.test("parseJson() hands a long value with a raw control other than whitespa
   assertThrows(() => JSON.parse(text), SyntaxError);
   assertEquals(parseJson(text), { file: `${file}\u0001` });
 });
+
+Deno.test("parseJson() refuses a long text whose structure passes its bounds, before JSON.parse builds it", () => {
+  const file = long(300_000);
+  const nested = (levels: number) => "[".repeat(levels) + "]".repeat(levels);
+  const refused = [
+    `{"file":"${file}","x":${nested(65)}}`,
+    `{"file":"${file}","x":[${Array(10_001).fill("{}").join(",")}]}`,
+    `{"file":"${file}","x":[${Array(100_001).fill("0").join(",")}]}`,
+    // No long string to lift: the whole text is the structure.
+    nested(3_000_000),
+  ];
+  for (const text of refused) {
+    assertEquals(JSON.parse(text) !== undefined, true);
+    assertThrows(() => parseJson(text), SyntaxError);
+  }
+  // Brackets and commas inside strings are text, and the bounds themselves are allowed.
+  const allowed = [
+    `{"file":"${file}","x":${nested(63)}}`,
+    `{"file":"${file}","body":"${"[{,".repeat(40_000)}","y":"${'[\\"'.repeat(30_000)}"}`,
+    `{"file":"${file}","x":[${Array(9_998).fill("{}").join(",")}]}`,
+  ];
+  for (const text of allowed) assertEquals(parseJson(text), JSON.parse(text));
+  // Short texts cost little whatever their shape, and are parsed as they are.
+  assertEquals(parseJson(nested(1000)), JSON.parse(nested(1000)));
+});

@@ -1,15 +1,18 @@
 /** Reading fields of client JSON frames, with errors clients can act on. */
 
 import { ChatError } from "../core/errors.ts";
-import { parseJson } from "../core/json.ts";
+import { JsonTooComplexError, parseJson } from "../core/json.ts";
 
 /** Parses a frame that must be a JSON object; `Invalid JSON` or `shapeMessage` otherwise. */
 export function parseObject(text: string, shapeMessage: string): Record<string, unknown> {
   let frame: unknown;
   try {
     frame = parseJson(text);
-  } catch {
-    throw new ChatError("invalid_json", "Invalid JSON");
+  } catch (err) {
+    throw new ChatError(
+      "invalid_json",
+      err instanceof JsonTooComplexError ? err.message : "Invalid JSON",
+    );
   }
   if (typeof frame !== "object" || frame === null || Array.isArray(frame)) {
     throw new ChatError("invalid_frame", shapeMessage);
