@@ -6,6 +6,7 @@
 import { deepStrictEqual, match, ok, strictEqual } from "node:assert/strict";
 import { delay, eventually } from "./assert.ts";
 import { type Socket, SocketIOServer, type SocketIOServerOptions } from "../src/engine_io/mod.ts";
+import { MAX_PACKETS_PER_POST } from "../src/engine_io/engine.ts";
 
 interface Context {
   io: SocketIOServer;
@@ -641,5 +642,22 @@ Deno.test("only the enabled transports are served", async () => {
   await withServer({ allowUpgrades: false }, async (ctx) => {
     const { open } = await handshake(ctx);
     deepStrictEqual(open.upgrades, []);
+  });
+});
+
+Deno.test("a polling POST of more packets than a client ever batches closes the session, counted before splitting", async () => {
+  await withServer({}, async (ctx) => {
+    const { sid } = await handshake(ctx);
+    strictEqual((await post(ctx, sid, "40")).status, 200);
+    await eventually(() => ctx.sockets.length === 1);
+    strictEqual(
+      (await post(ctx, sid, Array(MAX_PACKETS_PER_POST).fill("6").join("\x1e"))).status,
+      200,
+    );
+    strictEqual(ctx.reasons.length, 0);
+    const flood = Array(MAX_PACKETS_PER_POST + 1).fill("6").join("\x1e");
+    strictEqual((await post(ctx, sid, flood)).status, 400);
+    await eventually(() => ctx.reasons.length === 1);
+    deepStrictEqual(ctx.reasons, ["transport error"]);
   });
 });

@@ -12,6 +12,7 @@ import {
   encodeFrame,
   encodePayload,
   type Packet,
+  SEPARATOR,
   utf8Length,
 } from "./parser.ts";
 import {
@@ -166,6 +167,23 @@ const ERROR_MESSAGES = [
 ];
 
 const DEFAULT_MAX_PAYLOAD = 16 * 1024 * 1024;
+
+/**
+ * Packets one polling POST may carry. A client batches what it queued while its last POST was
+ * out, a handful; a body of millions of two-byte packets (allowed by the byte limit) took
+ * seconds and hundreds of MB to split and handle, from a session nobody had signed in.
+ */
+export const MAX_PACKETS_PER_POST = 1000;
+
+/** True when `body` holds more than `max` packets (counted without splitting it). */
+function tooManyPackets(body: string, max: number): boolean {
+  let at = -1;
+  for (let n = 0; n < max; n++) {
+    at = body.indexOf(SEPARATOR, at + 1);
+    if (at < 0) return false;
+  }
+  return true;
+}
 
 type Timer = ReturnType<typeof setTimeout>;
 
@@ -552,6 +570,10 @@ class Session implements EngineSocket {
   post(body: string): Reply {
     if (this.#state === "closed") return errorReply(ErrorCode.UNKNOWN_SID);
     if (this.#ws) return errorReply(ErrorCode.BAD_REQUEST);
+    if (tooManyPackets(body, MAX_PACKETS_PER_POST)) {
+      this.#close("transport error", `more than ${MAX_PACKETS_PER_POST} packets in one POST`);
+      return errorReply(ErrorCode.BAD_REQUEST);
+    }
     let packets: Packet[];
     try {
       packets = decodePayload(body);
