@@ -310,7 +310,8 @@ Deno.test("chat rooms: a message with files (posted through the API) carries the
     await upload("", "photo.png", bytes);
     const fileOnly = await a.next((f) => f.type === "chat_message");
     const url = fileOnly.message as string;
-    assertMatch(url, /^http:\/\/127\.0\.0\.1:\d+\/media\/\S+photo\.png$/);
+    // Named unguessably: the client's name, a random tag, its extension.
+    assertMatch(url, /^http:\/\/127\.0\.0\.1:\d+\/media\/\S+\/photo_[0-9a-f]{32}\.png$/);
     assertEquals(new Uint8Array(await (await fetch(url)).arrayBuffer()), bytes);
     await upload("see this", "notes.txt", new TextEncoder().encode("notes"));
     const withText = (await a.next((f) => f.type === "chat_message")).message as string;

@@ -820,7 +820,7 @@ Deno.test("native: a send's files are named in KV until its commit, so that a cr
       ref: 1,
     });
     await eventually(async () => (await pending()).length === 1, 900, "the named file");
-    assertEquals(await pending(), ["a.txt"]);
+    assertEquals((await pending()).map((name) => name.replace(/_[0-9a-f]{32}\./, ".")), ["a.txt"]);
     assertEquals((await a.next((f) => f.ref === 1)).duplicate, false);
     assertEquals(await pending(), [], "the commit took the name off");
     // A repeat's files are its own to delete, and so is their entry.
@@ -833,7 +833,10 @@ Deno.test("native: a send's files are named in KV until its commit, so that a cr
     });
     assertEquals((await a.next((f) => f.ref === 2)).duplicate, true);
     assertEquals(await pending(), []);
-    assertEquals(await listFiles(`${server.dataDir}/media`), ["native/ticket_7/a.txt"]);
+    assertEquals(
+      (await listFiles(`${server.dataDir}/media`)).map((n) => n.replace(/_[0-9a-f]{32}\./, ".")),
+      ["native/ticket_7/a.txt"],
+    );
     await a.close();
   } finally {
     kv.close();
@@ -1214,6 +1217,33 @@ Deno.test("native: a long frame nested deeper than any frame needs is refused as
     assertMatch(String(refused.message), /^JSON too complex: at most 64 levels/);
     ws.send({ type: "send", room: "ticket:5", body: "plain", ref: "plain" });
     assertEquals((await ws.next((f) => f.ref === "plain")).type, "ack");
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: a file is stored under its name with a random tag, so its URL cannot be guessed from the name", async () => {
+  const server = await startTestServer();
+  try {
+    const ws = await connect(server);
+    await join(ws, "ticket:6");
+    const bytes = crypto.getRandomValues(new Uint8Array(500));
+    ws.send({
+      type: "send",
+      room: "ticket:6",
+      files: [{ name: "passport scan.pdf", data: bytes.toBase64() }],
+      ref: "f",
+    });
+    assertEquals((await ws.next((f) => f.ref === "f")).type, "ack");
+    const message = await ws.next((f) => f.type === "message");
+    const [file] = message.attachments as { name: string; url: string }[];
+    assertEquals(file.name, "passport scan.pdf");
+    assertMatch(file.url, /\/media\/native\/ticket_6\/passport%20scan_[0-9a-f]{32}\.pdf$/);
+    assertEquals(new Uint8Array(await (await fetch(file.url)).arrayBuffer()), bytes);
+    const guessed = await fetch(`${server.url}/media/native/ticket_6/passport%20scan.pdf`);
+    await guessed.body?.cancel();
+    assertEquals(guessed.status, 404);
     await ws.close();
   } finally {
     await server.close();

@@ -18,6 +18,7 @@ import type {
   Principal,
   ReadCursorStore,
   RoomEvent,
+  StoredNames,
   UserProfile,
 } from "./types.ts";
 
@@ -35,8 +36,8 @@ export interface SendInput {
   files?: FileInput[];
   /** Media folder for the files (`files/ticket_1`). */
   mediaDir?: string;
-  /** Store the files under random names (with their extensions) instead of their own. */
-  uniqueNames?: boolean;
+  /** How the files are named on disk (their client names by default). */
+  names?: StoredNames;
   /** Idempotency key. */
   clientId?: string;
 }
@@ -143,7 +144,7 @@ export class ChatService {
     let attachments: Attachment[] = [];
     if (files.length > 0) {
       attachments = await this.#deps.attachments.save(input.mediaDir ?? "files", files, {
-        unique: input.uniqueNames,
+        names: input.names,
         // Named before the next file is written: a crash leaves at most one file unnamed.
         onStored: pending ? (stored) => pending.note(pendingId!, stored) : undefined,
         // Forgotten before the files go: once gone, their names may be given to other files,

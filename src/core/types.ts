@@ -242,17 +242,25 @@ export interface FileInput {
   data: string | Uint8Array;
 }
 
+/**
+ * How stored files are named: `client`, as the client named them (the Django protocols, whose
+ * documents show such URLs); `random`, 32 random hex digits and the client name's extension
+ * (Socket.IO's `unique-filename.jpg`); `tagged`, the client name with 32 random hex digits
+ * before its extension (`a_3f…9c.png`). Media URLs are public: only the last two are unguessable.
+ */
+export type StoredNames = "client" | "random" | "tagged";
+
 /** Checks, decodes and stores the files of one message, all or nothing. */
 export interface AttachmentStore {
   /**
-   * Validates every file first (name, size, encoding), then writes them under `dir`, each as its
-   * client name or, with `unique`, as a random name with the client name's extension.
+   * Validates every file first (name, size, encoding), then writes them under `dir`, each named
+   * as `names` says (its client name by default).
    */
   save(
     dir: string,
     files: FileInput[],
     options?: {
-      unique?: boolean;
+      names?: StoredNames;
       /** Told, before the next file is written, of every file stored so far under its name. */
       onStored?: (stored: Attachment[]) => Promise<void>;
       /**

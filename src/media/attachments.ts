@@ -2,9 +2,15 @@
 
 import { ChatError } from "../core/errors.ts";
 import { objectId } from "../core/ids.ts";
-import type { Attachment, AttachmentStore, FileInput, MediaStore } from "../core/types.ts";
+import type {
+  Attachment,
+  AttachmentStore,
+  FileInput,
+  MediaStore,
+  StoredNames,
+} from "../core/types.ts";
 import { decodeAttachmentChunks, fileTooLarge } from "./base64.ts";
-import { displayFilename, safeFilename, shownPart } from "./filename.ts";
+import { displayFilename, numberedName, safeFilename, shownPart } from "./filename.ts";
 import { detectMime } from "./mime.ts";
 
 /**
@@ -13,7 +19,18 @@ import { detectMime } from "./mime.ts";
  */
 function randomName(original: string): string {
   const ext = /\.[A-Za-z0-9]{1,16}$/.exec(original)?.[0] ?? "";
-  return crypto.randomUUID().replaceAll("-", "") + ext;
+  return randomHex() + ext;
+}
+
+/** 122 random bits as 32 hex digits. */
+const randomHex = () => crypto.randomUUID().replaceAll("-", "");
+
+/** The disk name of a file named `diskName` by its client, as `names` says. */
+function storedName(diskName: string, names: StoredNames = "client"): string {
+  if (names === "random") return randomName(diskName);
+  // Within the 255 bytes a name may have: a long client name gives up the end of its stem.
+  if (names === "tagged") return numberedName(diskName, randomHex());
+  return diskName;
 }
 
 /** Longest filename a client may send, in characters. */
@@ -57,7 +74,7 @@ export class MediaAttachmentStore implements AttachmentStore {
     dir: string,
     files: FileInput[],
     options: {
-      unique?: boolean;
+      names?: StoredNames;
       onStored?: (stored: Attachment[]) => Promise<void>;
       onAbandon?: () => Promise<boolean>;
     } = {},
@@ -88,7 +105,7 @@ export class MediaAttachmentStore implements AttachmentStore {
         let head: Uint8Array | undefined;
         const put = await this.#media.put(
           dir,
-          options.unique ? randomName(file.diskName) : file.diskName,
+          storedName(file.diskName, options.names),
           {
             *[Symbol.iterator]() {
               for (const chunk of file.chunks) {

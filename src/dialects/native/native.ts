@@ -580,6 +580,8 @@ class NativeSession implements SocketHandler {
             body: optionalString(record, "body") ?? "",
             clientId: optionalClientId(record, "client_id"),
             mediaDir: `native/${room.replace(":", "_")}`,
+            // No document fixes these URLs, and media is public: names nobody can guess.
+            names: "tagged",
             files,
           })).result;
         } catch (err) {

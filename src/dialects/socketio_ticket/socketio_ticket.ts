@@ -694,7 +694,7 @@ export function createSocketIoTicketChat(
         mediaDir: "uploads/chat",
         // The document's `"filename": "unique-filename.jpg"`: one folder holds every ticket's
         // files and serves them without a token, so a name like `invoice.pdf` must not find one.
-        uniqueNames: true,
+        names: "random",
         clientId,
       });
       return { id, queued };

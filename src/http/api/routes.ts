@@ -7,7 +7,12 @@ import { roleOpensRooms } from "../../auth/access.ts";
 import type { SendInput } from "../../core/chat_service.ts";
 import type { DirectoryRoom, DirectoryUser, Participant } from "../../core/directory.ts";
 import { ChatError, type ChatErrorCode, rateLimited } from "../../core/errors.ts";
-import { type AppendResult, EVERY_ROOM, type Principal } from "../../core/types.ts";
+import {
+  type AppendResult,
+  EVERY_ROOM,
+  type Principal,
+  type StoredNames,
+} from "../../core/types.ts";
 import { baseUrlOf } from "../../dialects/context.ts";
 import { nativeMessage } from "../../dialects/native/native.ts";
 import { type ApiDeps, ApiError, type ApiRoute, defineRoute } from "./framework.ts";
@@ -188,6 +193,14 @@ function recheckUser(deps: ApiDeps, userId: string): void {
     room: EVERY_ROOM,
     userId: normalizeUserId(userId) ?? userId,
   });
+}
+
+/**
+ * How uploaded files are named: as the client named them in the rooms of the Django protocols
+ * (their documents show such URLs), unguessably elsewhere.
+ */
+export function uploadNames(kind: string): StoredNames {
+  return kind === "ticket" || kind === "chat" ? "client" : "tagged";
 }
 
 /** Where uploaded files go: the folder the room's own protocol uses. */
@@ -613,6 +626,7 @@ export const API_ROUTES: ApiRoute[] = [
         body: body.body ?? "",
         files,
         mediaDir: uploadFolder(params.kind, params.id),
+        names: uploadNames(params.kind),
         clientId: body.client_id,
       });
       return {
