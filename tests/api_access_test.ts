@@ -174,6 +174,41 @@ apiTest(
 );
 
 apiTest(
+  "conversation chat: history and read marks after a removal the socket never heard of are refused, and close it with 4404",
+  async (s) => {
+    await s.api("PUT", "/api/rooms/chat/2", {
+      json: { participants: [{ user_id: "4" }, { user_id: "5" }] },
+    });
+    const five = await open(s, "/ws/chat/2/", { sub: "5" });
+    await five.next((f) => f.type === "connection_established");
+    five.send({ type: "chat_message", message: "before the removal" });
+    await five.next((f) => f.content === "before the removal");
+    const reading = await open(s, "/ws/chat/2/", { sub: "4" });
+    const marking = await open(s, "/ws/chat/2/", { sub: "4" });
+    for (const ws of [reading, marking]) {
+      await ws.next((f) => f.type === "connection_established");
+    }
+    // The application edits the directory directly: no event reaches the sockets.
+    await (await s.directory()).removeParticipant("chat", "2", "4");
+    // Another process's commit is seen at most 25 ms late (see directory_access.ts).
+    await new Promise((r) => setTimeout(r, 30));
+    five.send({ type: "chat_message", message: "after the removal" });
+    await five.next((f) => f.content === "after the removal");
+
+    reading.send({ type: "get_history" });
+    assertEquals(
+      (await reading.next((f) => f.type === "error" || f.type === "history")).type,
+      "error",
+    );
+    assertEquals((await reading.closed).code, 4404);
+    marking.send({ type: "mark_read" });
+    assertEquals((await marking.next((f) => f.type === "error")).type, "error");
+    assertEquals((await marking.closed).code, 4404);
+    await five.close();
+  },
+);
+
+apiTest(
   "service chats, conversations: the API names chat 010 and chat 10 as one, as the sockets do",
   async (s) => {
     assertEquals(

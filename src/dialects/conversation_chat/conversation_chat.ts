@@ -86,6 +86,12 @@ const datedFolder = (now = new Date()) =>
 /** The conversation chat route at `path` (`/ws/chat/:id{/}?` by default). */
 export function conversationChatRoute(ctx: DialectContext, path: string): WsRoute {
   const error = (message: string) => JSON.stringify({ type: "error", message });
+  /** Refuses (the socket then closes with 4404) a user who may no longer see the room. */
+  const requireAccess = async (s: RoomSession) => {
+    if (!(await ctx.chat.canAccess(s.user, s.room))) {
+      throw new ChatError("forbidden", "Access denied to this room");
+    }
+  };
   const sendFrom = async (
     s: RoomSession,
     record: Record<string, unknown>,
@@ -172,10 +178,14 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
           // at once still has its mark stored.
           await s.conn.settled();
           if (s.conn.stopped) return;
+          await requireAccess(s);
           await ctx.chat.markRead(s.user, s.room);
           return;
         case "get_history": {
           if (!(await s.conn.settled())) return;
+          // Asked again, as sends are: a participant the application removed in the database
+          // (no event reaches this socket) must not read on.
+          await requireAccess(s);
           // Our extension: the conversation's messages with their read state, oldest first.
           const limit = Math.min(Math.max(Number(record.limit ?? 50) || 50, 1), 200);
           const before = Number.isSafeInteger(record.before) ? Number(record.before) : undefined;
