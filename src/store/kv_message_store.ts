@@ -469,6 +469,31 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     return this.#cpu.busy;
   }
 
+  /**
+   * The client ids among `entries` that name a message of a deleted life of their room: one a
+   * purge under way has yet to delete (at or below its mark). A send with such an id belongs to
+   * the room's new life: it is stored, not answered with a message that is going.
+   */
+  async #staleIds(
+    entries: Deno.KvEntryMaybe<number>[],
+    generations: Map<string, number>,
+  ): Promise<Map<string, Deno.KvEntryMaybe<number>>> {
+    const stale = new Map<string, Deno.KvEntryMaybe<number>>();
+    // A room never deleted has no mark: the common case reads nothing more.
+    const found = entries.filter((e) =>
+      e.value !== null && (generations.get(String(e.key[1])) ?? 0) > 0
+    );
+    if (found.length === 0) return stale;
+    const rooms = [...new Set(found.map((e) => String(e.key[1])))];
+    const marks = await getManyChunked<Deno.KvU64>(this.#kv, rooms.map(KV_KEYS.purging));
+    const bounds = new Map(rooms.map((r, i) => [r, marks[i].value?.value]));
+    for (const e of found) {
+      const bound = bounds.get(String(e.key[1]));
+      if (bound !== undefined && e.value! <= Number(bound)) stale.set(JSON.stringify(e.key), e);
+    }
+    return stale;
+  }
+
   /** Commits a batch as the one in flight, which a room's check waits out. */
   #tracked(batch: PendingAppend[]): Promise<Outcome[]> {
     const commit = this.#commit(batch);
@@ -533,6 +558,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       for (const entry of idemEntries) {
         if (entry.value !== null) known.set(JSON.stringify(entry.key), entry.value);
       }
+      const stale = await this.#staleIds(idemEntries, generations);
+      for (const text of stale.keys()) known.delete(text);
       if (attempt === 0) checkedFirst = checked;
       else if (checkedFirst && [...checkedFirst].some((text) => known.has(text))) {
         this.#idemChecksOffUntil = performance.now() + IDEM_CHECKS_OFF_MS;
@@ -596,6 +623,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
         }
         if (idemKey) {
           if (checked.has(idemText)) op.check({ key: idemKey, versionstamp: null });
+          // Replaced as read: the purge deletes it only as it read it too.
+          else if (stale.has(idemText)) op.check(stale.get(idemText)!);
           op.set(idemKey, seq, { expireIn: IDEMPOTENCY_WINDOW_MS });
           inBatch.set(idemText, message);
         }

@@ -687,6 +687,35 @@ Deno.test("KvMessageStore.purge() refuses appends admitted before it, on every h
   });
 });
 
+Deno.test("KvMessageStore.purge(): a client id of the room's deleted life, sent again while the purge deletes, is stored in the new life", async () => {
+  await withSharedKv(async (kvA, kvB) => {
+    const a = new KvMessageStore(kvA);
+    const b = new KvMessageStore(kvB);
+    await Promise.all(range(1, 1500).map((i) => a.append("r", draft(`m${i}`))));
+    assertEquals((await a.append("r", draft("old life", "x"))).message.seq, 1501);
+    // Sent from the other handle as soon as the room's generation is raised, before the purge
+    // reaches the client ids (it deletes the 1,501 messages first).
+    let marked!: (resent: Promise<unknown>) => void;
+    const resending = new Promise<Promise<unknown>>((r) => marked = r);
+    const purged = a.purge("r", (generation) => {
+      marked(
+        b.append("r", { ...draft("new life", "x"), generation }).then(
+          (r) => [r.message.seq, r.message.body, r.duplicate],
+          (err) => err.code,
+        ),
+      );
+    });
+    const resent = await resending;
+    assertEquals(await resent, [1502, "new life", false]);
+    assertEquals(await purged, 1501);
+    assertEquals((await a.list("r", { limit: 10 })).map((m) => m.body), ["new life"]);
+    // Its client id is the new life's now: the next repeat is a duplicate of it.
+    const again = await a.append("r", { ...draft("new life", "x"), generation: 1 });
+    assertEquals([again.message.seq, again.duplicate], [1502, true]);
+    for (const store of [a, b]) await store.close();
+  });
+});
+
 Deno.test("KvMessageStore.purge() deletes the files of kept messages stored without records, and stops at the head", async () => {
   const kv = await Deno.openKv(":memory:");
   const discarded: string[] = [];
