@@ -193,7 +193,10 @@ export interface PresenceEvent {
 export interface ResyncEvent {
   /** Room key. */
   room: string;
-  /** `history_truncated` or `ahead_of_history`. */
+  /**
+   * `history_truncated` or `ahead_of_history` (from the server), or `history_unavailable`: the
+   * client could not read the messages before `first_seq` back (its history reads kept failing).
+   */
   reason: string;
   /** Seq of the next message the room delivers; the ones before it that the client lacks are gone. */
   first_seq: number;
@@ -1399,6 +1402,15 @@ export class ChatClient {
           this.history(upTo.room, { after, limit: Math.min(200, upTo.seq - after - 1) })
         );
       } catch {
+        // Its retries spent: said, so that the application knows it holds a hole (which its own
+        // `history` may read later) rather than missing it quietly.
+        room.lastSeq = upTo.seq - 1;
+        this.#emit("resync", {
+          room: upTo.room,
+          reason: "history_unavailable",
+          first_seq: upTo.seq,
+          head: upTo.seq,
+        });
         return;
       }
       const older = page.messages.filter((m) => m.seq < upTo.seq && m.seq > room.lastSeq!);

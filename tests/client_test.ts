@@ -1125,3 +1125,32 @@ Deno.test("web: the committed bundles web/app.js and web/client.js match their s
     );
   }
 });
+
+Deno.test("client: a gap its history reads cannot fill is told as a resync, not passed over quietly", async () => {
+  const { c, socket } = await scripted({ retryMs: 1 });
+  const resyncs: unknown[] = [];
+  c.client.on("resync", (e) => resyncs.push(e));
+  try {
+    socket.push(msg(1));
+    socket.push(msg(5));
+    // Every read of the missing 2-4 fails, the retries included.
+    for (;;) {
+      const read = await socket.take("history").catch(() => undefined);
+      if (!read) break;
+      socket.push({ type: "error", code: "internal", message: "store hiccup", ref: read.ref });
+    }
+    await eventually(() => c.seqs("room:x").length === 2);
+    assertEquals(c.seqs("room:x"), [1, 5]);
+    assertEquals(resyncs, [{
+      room: "room:x",
+      reason: "history_unavailable",
+      first_seq: 5,
+      head: 5,
+    }]);
+    // What follows comes in order, as after any resync.
+    socket.push(msg(6));
+    await eventually(() => c.seqs("room:x").length === 3);
+  } finally {
+    c.client.close();
+  }
+});

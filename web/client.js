@@ -965,6 +965,13 @@ var ChatClient = class {
           limit: Math.min(200, upTo.seq - after - 1)
         }));
       } catch {
+        room.lastSeq = upTo.seq - 1;
+        this.#emit("resync", {
+          room: upTo.room,
+          reason: "history_unavailable",
+          first_seq: upTo.seq,
+          head: upTo.seq
+        });
         return;
       }
       const older = page.messages.filter((m) => m.seq < upTo.seq && m.seq > room.lastSeq);
