@@ -1249,3 +1249,31 @@ Deno.test("native: a file is stored under its name with a random tag, so its URL
     await server.close();
   }
 });
+
+Deno.test("native: a rejoin refused for access takes the socket out of the room it was in, with removed", async () => {
+  let refusing = false;
+  const server = await startTestServer({}, {
+    access: (inner) => ({
+      canAccess: (user, room, options) =>
+        refusing && String(user.id) === "1"
+          ? Promise.resolve(false)
+          : inner.canAccess(user, room, options),
+    }),
+  });
+  try {
+    const ws = await connect(server);
+    await join(ws, "ticket:8");
+    refusing = true;
+    ws.send({ type: "join", room: "ticket:8", since: 0, ref: "again" });
+    const removed = await ws.next((f) => f.type === "removed" || f.ref === "again");
+    assertEquals(removed, { type: "removed", room: "ticket:8", reason: "access_revoked" });
+    const refused = await ws.next((f) => f.ref === "again");
+    assertEquals([refused.type, refused.code], ["error", "forbidden"]);
+    // Out of the room: it hears nothing of it, and may not send there.
+    ws.send({ type: "send", room: "ticket:8", body: "still here?", ref: "s" });
+    assertEquals((await ws.next((f) => f.ref === "s")).code, "not_found");
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});

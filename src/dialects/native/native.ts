@@ -347,15 +347,21 @@ class NativeSession implements SocketHandler {
     ref: unknown,
   ) {
     const ctx = this.#ctx;
+    // A rejoin refused takes the socket out of the room too (with `removed`): it may not be in
+    // it, whatever membership it had before.
+    const refuse = (reason: "access_revoked" | "room_deleted", error: ChatError) => {
+      if (conn.open) this.drop(conn, room, reason);
+      return error;
+    };
     if (!(await ctx.chat.canAccess(this.user, room))) {
-      throw new ChatError("forbidden", `Access denied to room "${room}"`);
+      throw refuse("access_revoked", new ChatError("forbidden", `Access denied to room "${room}"`));
     }
     // The room's deletions so far: a client that held the room under an earlier count holds
     // messages that are gone, and sends meant for a room that is no more. Read fresh: a stale
     // count handed out here would refuse the client's next rejoin.
     const current = await ctx.chat.generation(room, { fresh: true });
     if (epoch !== undefined && epoch < current) {
-      throw new ChatError("room_deleted", `Room "${room}" was deleted`);
+      throw refuse("room_deleted", new ChatError("room_deleted", `Room "${room}" was deleted`));
     }
     const rooms = this.#rooms;
     if (!rooms.has(room) && rooms.size >= MAX_ROOMS_PER_SOCKET) {
@@ -369,7 +375,17 @@ class NativeSession implements SocketHandler {
       conn.send(resyncFrame(room, reason, firstSeq, head));
     let from = since;
     if (since !== undefined) {
-      const [tail, head] = await Promise.all([ctx.chat.tail(room), ctx.chat.head(room)]);
+      let tail: number, head: number;
+      try {
+        [tail, head] = await Promise.all([ctx.chat.tail(room), ctx.chat.head(room)]);
+      } catch (err) {
+        // The membership this rejoin replaces is out of the hub already: left whole, so that
+        // the socket is not kept in a room it hears nothing of (the error says to join again).
+        if (existing && rooms.get(room) === existing) {
+          await this.#leave(room).catch((e) => console.error("native: leave failed:", e));
+        }
+        throw err;
+      }
       // Read from the store, as this isolate's hub may not have delivered its newest messages.
       const start = since > head ? tail - 1 : Math.max(since, tail - 1);
       const allowed = this.#replayAllowance(head - start);
