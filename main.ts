@@ -217,8 +217,11 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     catchUpDelayMs: overrides.catchUpDelayMs,
     access: (user, room) => chat.canAccess(user, room, { fresh: true }),
   });
-  // Revocations and deletions must close sockets in every process, not only this one's isolates.
-  const roomEvents = new KvRoomEvents(kv, PROCESS, (event) => hub.receive(event));
+  // Revocations and deletions must close sockets in every process and every isolate. The
+  // channel drops messages when an isolate falls behind (Deno's buffer holds 256 for the whole
+  // process), so the other isolates of this process read the log too: it names each isolate as
+  // its own origin, and a notice heard twice is harmless (see the `closed` event's generation).
+  const roomEvents = new KvRoomEvents(kv, registry.id, (event) => hub.receive(event));
   await roomEvents.start();
   roomEvents.setPolling(localKv && registry.elsewhere > 0);
   registry.onChange(() => roomEvents.setPolling(localKv && registry.elsewhere > 0));

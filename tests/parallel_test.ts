@@ -199,3 +199,45 @@ Deno.test("parallel: a demoted admin and the claim holders of a room the directo
     await server.close();
   }
 });
+
+Deno.test("parallel: a participant removed during a burst of traffic is closed on every isolate, though the channel drops", async () => {
+  const admin = "a-long-enough-admin-token-for-tests";
+  const server = await startParallelServer({ ADMIN_TOKEN: admin });
+  const all: TestClient[] = [];
+  try {
+    for (let round = 1; round <= 4; round++) {
+      const room = 100 + round;
+      await adminCall(server.url, admin, "PUT", `/api/rooms/ticket/${room}`, {
+        participants: [{ user_id: "4" }, { user_id: "5" }],
+      });
+      // Sixteen sockets of the user: both isolates hold some.
+      const token = await signDevToken(TEST_SECRET, { sub: "4" });
+      const removed: TestClient[] = [];
+      for (let i = 0; i < 16; i++) {
+        removed.push(await TestClient.open(`${server.wsUrl}/ws/ticket/${room}/?token=${token}`));
+      }
+      const busyToken = await signDevToken(TEST_SECRET, { sub: "9", rooms: ["ticket:*"] });
+      const busy: TestClient[] = [];
+      for (let i = 0; i < 16; i++) {
+        busy.push(
+          await TestClient.open(`${server.wsUrl}/ws/ticket/${900 + i % 4}/?token=${busyToken}`),
+        );
+      }
+      all.push(...removed, ...busy);
+      // Thousands of messages in other rooms keep the isolates' shared channel full (Deno keeps
+      // 256 messages for the whole process, and drops for an isolate that falls behind).
+      for (let n = 0; n < 4000; n++) busy[n % busy.length].send({ body: `b${n}` });
+      await new Promise((r) => setTimeout(r, 30));
+      const path = `/api/rooms/ticket/${room}/participants/4`;
+      assertEquals(await adminCall(server.url, admin, "DELETE", path), 204);
+      await within(
+        Promise.all(removed.map((ws) => ws.closed)),
+        `round ${round}: every socket of the removed participant closed`,
+        10_000,
+      );
+    }
+  } finally {
+    for (const c of all) await c.close().catch(() => {});
+    await server.close();
+  }
+});

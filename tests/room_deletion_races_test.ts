@@ -1,11 +1,13 @@
 /**
- * A room deleted through the admin API while native sockets are joining it: every socket ends
- * either in the room under its new generation or told it is out, never in it under the old one.
+ * A room deleted through the admin API while sockets are joining it (native, ticket socket, chat
+ * rooms, Socket.IO): every socket ends either in the room's new life or told it is out, never in
+ * the room's new life while joined under the old one.
  */
 
+import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import type { Directory } from "../src/core/directory.ts";
 import type { PresenceStore } from "../src/core/types.ts";
-import { assertEquals } from "./assert.ts";
+import { assertEquals, nextEvent } from "./assert.ts";
 import { adminCall, startTestServer, TestClient, type TestServer } from "./helpers.ts";
 
 const ADMIN = "an-admin-token-for-the-deletion-races";
@@ -152,5 +154,162 @@ Deno.test("room deletion races: a socket that joined between the deletion's noti
     await c.close();
   } finally {
     await server.close();
+  }
+});
+
+Deno.test("room deletion races: a ticket socket whose access check spans the deletion is closed with 4004, never in the new life", async () => {
+  let hold: { reached: () => void; gate: Promise<void> } | undefined;
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, {
+    access: (inner) => ({
+      async canAccess(user, room, options) {
+        const allowed = await inner.canAccess(user, room, options);
+        const h = hold;
+        if (h && !options?.fresh && String(user.id) === "2") {
+          hold = undefined;
+          h.reached();
+          await h.gate;
+        }
+        return allowed;
+      },
+    }),
+  });
+  try {
+    const tok = (sub: string) => server.token({ sub, rooms: ["ticket:8"] });
+    const a = await TestClient.open(`${server.wsUrl}/ws/ticket/8/?token=${await tok("1")}`);
+    a.send({ body: "old life" });
+    assertEquals((await a.next()).body, "old life");
+    let release = () => {};
+    let reached = () => {};
+    const checking = new Promise<void>((r) => reached = r);
+    hold = { reached, gate: new Promise<void>((r) => release = r) };
+    // B's upgrade: its access is decided (allowed) before the deletion.
+    const b = TestClient.connect(`${server.wsUrl}/ws/ticket/8/?token=${await tok("2")}`);
+    await checking;
+    assertEquals(await adminCall(server.url, ADMIN, "DELETE", "/api/rooms/ticket/8"), 204);
+    assertEquals((await a.closed).code, 4004);
+    release();
+    await b.opened;
+    // The room's new life: a message sent after the deletion.
+    const c = await TestClient.open(`${server.wsUrl}/ws/ticket/8/?token=${await tok("3")}`);
+    await new Promise((r) => setTimeout(r, 200));
+    c.send({ body: "new life" });
+    await c.next();
+    const outcome = await Promise.race([
+      b.closed.then((e) => `closed ${e.code}`),
+      b.next((f) => f.body === "new life", 2000).then(() => "received the new life"),
+    ]);
+    assertEquals(outcome, "closed 4004");
+    await b.close();
+    await c.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("room deletion races: a chat-rooms socket whose presence write spans the deletion is closed with 4000", async () => {
+  let hold: Promise<void> | undefined;
+  let reached = () => {};
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, {
+    presence: (inner: PresenceStore): PresenceStore => ({
+      ...inner,
+      enter: async (room, user, connId) => {
+        if (hold && String(user.id) === "2") {
+          reached();
+          await hold;
+        }
+        return await inner.enter(room, user, connId);
+      },
+      exit: (room, user, connId) => inner.exit(room, user, connId),
+      sweep: (room, open) => inner.sweep(room, open),
+      list: (room) => inner.list(room),
+    }),
+  });
+  try {
+    const url = async (sub: string) =>
+      `${server.wsUrl}/ws/rooms/lobby/?token=${await server.token({ sub, username: `u${sub}` })}`;
+    const a = await TestClient.open(await url("1"));
+    await a.next((f) => f.type === "room_users_list");
+    a.send({ message: "old life" });
+    await a.next((f) => f.type === "chat_message");
+    let release = () => {};
+    hold = new Promise<void>((r) => release = r);
+    const entering = new Promise<void>((r) => reached = r);
+    const b = await TestClient.open(await url("2"));
+    await entering;
+    assertEquals(await adminCall(server.url, ADMIN, "DELETE", "/api/rooms/room/lobby"), 204);
+    assertEquals((await a.closed).code, 4000);
+    release();
+    const c = await TestClient.open(await url("3"));
+    await c.next((f) => f.type === "room_users_list");
+    c.send({ message: "new life" });
+    const outcome = await Promise.race([
+      b.closed.then((e) => `closed ${e.code}`),
+      b.next((f) => f.message === "new life", 2000).then(() => "received the new life"),
+    ]);
+    assertEquals(outcome, "closed 4000");
+    await b.close();
+    await c.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("room deletion races: a Socket.IO join_ticket whose access check spans the deletion is refused, never joined to the new life", async () => {
+  let hold: { reached: () => void; gate: Promise<void> } | undefined;
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, {
+    access: (inner) => ({
+      async canAccess(user, room, options) {
+        const allowed = await inner.canAccess(user, room, options);
+        const h = hold;
+        if (h && !options?.fresh && String(user.id) === "2") {
+          hold = undefined;
+          h.reached();
+          await h.gate;
+        }
+        return allowed;
+      },
+    }),
+  });
+  const sockets: ClientSocket[] = [];
+  try {
+    const tok = (sub: string) => server.token({ sub, rooms: ["ticket:8"] });
+    const a = await TestClient.open(`${server.wsUrl}/ws/ticket/8/?token=${await tok("1")}`);
+    a.send({ body: "old life" });
+    await a.next();
+    const b = connect(server.url, {
+      forceNew: true,
+      reconnection: false,
+      transports: ["websocket"],
+      auth: { token: await tok("2") },
+    });
+    sockets.push(b);
+    await nextEvent(b, "authenticated");
+    let release = () => {};
+    let reached = () => {};
+    const checking = new Promise<void>((r) => reached = r);
+    hold = { reached, gate: new Promise<void>((r) => release = r) };
+    const events: string[] = [];
+    b.on("joined_ticket", () => events.push("joined_ticket"));
+    b.on("join_ticket_error", (e: { message: string }) => events.push(`error: ${e.message}`));
+    b.on(
+      "new_message",
+      (e: { data: { message: string } }) => events.push(`new: ${e.data.message}`),
+    );
+    b.emit("join_ticket", { ticketId: "8" });
+    await checking;
+    assertEquals(await adminCall(server.url, ADMIN, "DELETE", "/api/rooms/ticket/8"), 204);
+    assertEquals((await a.closed).code, 4004);
+    release();
+    await new Promise((r) => setTimeout(r, 300));
+    const c = await TestClient.open(`${server.wsUrl}/ws/ticket/8/?token=${await tok("3")}`);
+    c.send({ body: "new life" });
+    await c.next();
+    await new Promise((r) => setTimeout(r, 300));
+    assertEquals(events.includes("joined_ticket"), false, JSON.stringify(events));
+    await c.close();
+  } finally {
+    for (const s of sockets) s.disconnect();
+    await server.close();
+    await new Promise((r) => setTimeout(r, 50));
   }
 });

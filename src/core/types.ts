@@ -166,9 +166,9 @@ export type RoomEvent =
   | { type: "read"; room: string; user: UserProfile; seq: number }
   | { type: "presence"; room: string; user: UserProfile; action: "join" | "leave" }
   /**
-   * The room was deleted. With `generation` (the count the deletion raised the room's to), only
-   * members that joined under an older count leave: those that entered between the first notice
-   * and the raise, which a join only reads before it enters.
+   * The room was deleted. With `generation` (the count the deletion raises the room's to), only
+   * members that joined under an older count leave: a notice that comes twice (once through
+   * each of two paths), or late, leaves the room's next life alone.
    */
   | { type: "closed"; room: string; reason: string; generation?: number }
   | { type: "revoked"; room: string; userId: UserId }

@@ -32,6 +32,8 @@ export interface RoomSession {
   connId: string;
   /** The hub membership, once joined. */
   member?: Member;
+  /** The room's generation (deletion count) read with the socket's access check. */
+  epoch: number;
 }
 
 /** What a protocol supplies to {@link singleRoomRoute}. */
@@ -97,10 +99,18 @@ export function singleRoomRoute(ctx: DialectContext, dialect: SingleRoomDialect)
       const id = params.id ?? "";
       const room = dialect.roomOf(id);
       let refuse: number | undefined;
+      let epoch = 0;
       if (!user) refuse = dialect.codes.unauthorized;
       else if (!room) refuse = dialect.codes.badRoom;
-      else if (!(await (dialect.canEnter?.(user, room) ?? ctx.chat.canAccess(user, room)))) {
-        refuse = dialect.codes.forbidden;
+      else {
+        // Read with the check: a deletion after it is found, once the socket is in the room, as
+        // a generation past this one (see `#join`).
+        const [allowed, generation] = await Promise.all([
+          dialect.canEnter?.(user, room) ?? ctx.chat.canAccess(user, room),
+          ctx.chat.generation(room, { fresh: true }),
+        ]);
+        if (!allowed) refuse = dialect.codes.forbidden;
+        epoch = generation;
       }
       if (refuse !== undefined) {
         const reason = refuse === dialect.codes.unauthorized ? "Unauthorized" : "Forbidden";
@@ -109,7 +119,7 @@ export function singleRoomRoute(ctx: DialectContext, dialect: SingleRoomDialect)
       return Connection.upgrade(
         req,
         options,
-        new RoomSocket(ctx, dialect, user!, room!, id, baseUrlOf(ctx.config, req)),
+        new RoomSocket(ctx, dialect, user!, room!, id, baseUrlOf(ctx.config, req), epoch),
       );
     },
   };
@@ -124,6 +134,7 @@ class SessionMember implements Member {
   readonly user: Principal;
   readonly renderKey: string;
   readonly direct?: DirectSocket;
+  readonly epoch: number;
   #session: RoomSession;
   #dialect: SingleRoomDialect;
   /** Frames held back until the dialect's snapshot is out; undefined when not holding. */
@@ -131,6 +142,7 @@ class SessionMember implements Member {
 
   constructor(session: RoomSession, dialect: SingleRoomDialect) {
     this.user = session.user;
+    this.epoch = session.epoch;
     this.#session = session;
     this.#dialect = dialect;
     this.renderKey = dialect.renderKey?.(session) ?? intern(`${dialect.name}|${session.baseUrl}`);
@@ -174,6 +186,7 @@ class RoomSocket implements SocketHandler {
   #room: string;
   #id: string;
   #baseUrl: string;
+  #epoch: number;
   #session?: RoomSession;
   /** A frame was refused and its error is not yet sent (see `message`). */
   #errorOwed = false;
@@ -185,6 +198,7 @@ class RoomSocket implements SocketHandler {
     room: string,
     id: string,
     baseUrl: string,
+    epoch: number,
   ) {
     this.#ctx = ctx;
     this.#dialect = dialect;
@@ -192,6 +206,7 @@ class RoomSocket implements SocketHandler {
     this.#room = room;
     this.#id = id;
     this.#baseUrl = baseUrl;
+    this.#epoch = epoch;
   }
 
   async open(conn: Connection): Promise<void> {
@@ -215,6 +230,7 @@ class RoomSocket implements SocketHandler {
       baseUrl: this.#baseUrl,
       connId: crypto.randomUUID(),
       member: undefined,
+      epoch: this.#epoch,
     };
     this.#session = session;
     await dialect.beforeJoin?.(session);
@@ -235,6 +251,12 @@ class RoomSocket implements SocketHandler {
           ctx.chat.canAccess(user, room, { fresh: true })))
       ) {
         member.evict({ type: "revoked", room: session.room, userId: session.user.id });
+        return;
+      }
+      // The same for a deletion: its notices went before this member was in the room, or
+      // spared it as joined under the new generation, which it was not.
+      if ((await ctx.chat.generation(room, { fresh: true })) > session.epoch) {
+        member.evict({ type: "closed", room, reason: "Room deleted" });
         return;
       }
       await dialect.snapshot?.(session);

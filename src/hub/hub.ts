@@ -54,7 +54,8 @@ export interface Member {
   gap?(firstSeq: number, head: number): void;
   /**
    * The room's generation (deletion count) the member joined under, for members that know it:
-   * a deletion notice naming a generation evicts only members with an older one.
+   * a deletion notice naming a generation evicts only members with an older one. A member that
+   * stands for many sockets leaves it out and sorts them in `evict`.
    */
   readonly epoch?: number;
 }
@@ -358,10 +359,12 @@ export class Hub {
     }
     if (!isEviction(event)) return false;
     for (const member of [...state.members]) {
-      // A repeated deletion notice spares the members that know nothing older than it.
+      // A deletion notice naming a generation spares the members that joined under it or later
+      // (a repeated or late notice must not evict the room's next life); a member that does not
+      // know its epoch decides itself (see `evict`).
       if (
         event.type === "closed" && event.generation !== undefined &&
-        (member.epoch === undefined || member.epoch >= event.generation)
+        member.epoch !== undefined && member.epoch >= event.generation
       ) continue;
       if (
         event.type === "closed" || member.deliver !== undefined ||

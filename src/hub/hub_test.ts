@@ -643,7 +643,7 @@ Deno.test("Hub's rechecks of one user in many rooms make at most 16 access check
   }
 });
 
-Deno.test("Hub: a deletion notice naming a generation evicts only the members that joined under an older one", async () => {
+Deno.test("Hub: a deletion notice naming a generation evicts only the members that joined under an older one, and those that do not know theirs", async () => {
   const kv = await Deno.openKv(":memory:");
   const store = new KvMessageStore(kv);
   const hub = new Hub(store, new MemoryBroker());
@@ -658,10 +658,10 @@ Deno.test("Hub: a deletion notice naming a generation evicts only the members th
       await hub.join("r", m);
     }
     hub.publish({ type: "closed", room: "r", reason: "deleted", generation: 1 });
-    assertEquals(evicted, ["old"]);
+    assertEquals(evicted, ["old", "unknown"]);
     // Without a generation, every member leaves, whatever it knows.
     hub.publish({ type: "closed", room: "r", reason: "deleted" });
-    assertEquals(evicted.sort(), ["new", "newer", "old", "old", "unknown"].sort());
+    assertEquals(evicted.sort(), ["new", "newer", "old", "old", "unknown", "unknown"].sort());
   } finally {
     hub.close();
     kv.close();

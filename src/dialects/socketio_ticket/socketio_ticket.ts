@@ -70,6 +70,8 @@ interface SocketState {
   baseUrl: string;
   /** Ticket ids this socket joined. */
   tickets: Set<string>;
+  /** Each joined ticket's generation (deletion count) when its join read it. */
+  epochs?: Map<string, number>;
   /** Ticket ids this socket said it is typing in without joining them (the document allows it). */
   typingOutside?: Set<string>;
   /** The last send's way to the store (see `inTurn`). */
@@ -224,6 +226,9 @@ const MAX_TYPING_OUTSIDE = 100;
 /** Largest WebSocket message of a session whose client has not authenticated (64 KiB). */
 export const UNAUTHENTICATED_MAX_BYTES = 64 * 1024;
 
+/** What a socket in a ticket that was deleted is told, on `join_ticket_error`. */
+const TICKET_DELETED = "This ticket no longer exists";
+
 /**
  * Builds the Socket.IO server for the ticket chat. Fan-out uses one hub member per ticket (and
  * base URL) on this isolate: the bridge encodes each event once for every Socket.IO socket in
@@ -323,13 +328,16 @@ export function createSocketIoTicketChat(
         for (const socket of [...nsp.rooms.get(name) ?? []]) {
           const s = state(socket);
           if (event.type === "revoked" && String(s.user?.id) !== String(event.userId)) continue;
+          // Joined under the generation the deletion raised the room to, or a later one.
+          if (
+            event.type === "closed" && event.generation !== undefined &&
+            (s.epochs?.get(ticketId) ?? -1) >= event.generation
+          ) continue;
           // A recheck refused one token: the user's other sockets may hold a better one.
           if (principal && s.user !== principal) continue;
           leaveTicket(socket, ticketId);
           socket.emit("join_ticket_error", {
-            message: event.type === "closed"
-              ? "This ticket no longer exists"
-              : SIO_ERRORS.accessDenied,
+            message: event.type === "closed" ? TICKET_DELETED : SIO_ERRORS.accessDenied,
           });
         }
       },
@@ -360,6 +368,7 @@ export function createSocketIoTicketChat(
     const s = state(socket);
     const name = engineRoom(ticketId, s.baseUrl);
     s.tickets.delete(ticketId);
+    s.epochs?.delete(ticketId);
     socket.leave(name);
     stopTypingIn(socket, ticketId);
     if ((nsp.rooms.get(name)?.size ?? 0) === 0) {
@@ -587,11 +596,19 @@ export function createSocketIoTicketChat(
       "join_ticket",
       (payload, ack) =>
         inTicketTurn(s, payload, async () => {
-          const { user, id } = await authorize(socket, payload);
+          // The generation read with the check: a deletion after it is found, once the socket is
+          // in the room, as a generation past this one (below). Errors are authorize's first.
+          const [{ user, room, id }, epoch] = await Promise.all([
+            authorize(socket, payload),
+            Promise.resolve().then(() =>
+              ctx.chat.generation(roomKey("ticket", ticketIdOf(payload)), { fresh: true })
+            ),
+          ]);
           // Gone while its access was checked: its disconnect has already left every ticket.
           if (!socket.connected) return;
           if (!s.tickets.has(id)) {
             s.tickets.add(id);
+            (s.epochs ??= new Map()).set(id, epoch);
             const name = engineRoom(id, s.baseUrl);
             socket.join(name);
             try {
@@ -600,8 +617,13 @@ export function createSocketIoTicketChat(
               // Access removed since the check above was published before this socket was in
               // the room to be evicted: asked again, past any cache, now that a later removal
               // will find it.
-              if (!(await ctx.chat.canAccess(user, roomKey("ticket", id), { fresh: true }))) {
+              if (!(await ctx.chat.canAccess(user, room, { fresh: true }))) {
                 throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
+              }
+              // The same for a deletion: its notices went before this socket was in the room,
+              // or spared it as joined under the new generation, which it was not.
+              if ((await ctx.chat.generation(room, { fresh: true })) > epoch) {
+                throw new ChatError("room_deleted", TICKET_DELETED);
               }
               // Signed in as someone else meanwhile, which left every ticket, this one too: the
               // join was the first user's, and the new one has not asked for it.

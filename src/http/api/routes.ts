@@ -426,7 +426,16 @@ export const API_ROUTES: ApiRoute[] = [
       if (!known && (await deps.chat.history(roomKeyOf(kind, id), { limit: 1 })).length === 0) {
         throw new ApiError(404, `Room "${roomKeyOf(kind, id)}" not found`);
       }
-      deps.events.publish({ type: "closed", room: roomKeyOf(kind, id), reason: "Room deleted" });
+      // Named with the generation this deletion raises the room to: every member of the room's
+      // life so far leaves, and a copy of the notice that comes late (each isolate hears it
+      // through two paths) does not evict a member of the next one.
+      const next = await deps.chat.generation(roomKeyOf(kind, id), { fresh: true }) + 1;
+      deps.events.publish({
+        type: "closed",
+        room: roomKeyOf(kind, id),
+        reason: "Room deleted",
+        generation: next,
+      });
       // The purge refuses sends whose access was decided before it. Access decisions reused under
       // a directory change token read before the deletion would admit sends after it: the purge
       // waits until no such token is in use anywhere (also when another request deleted the row
