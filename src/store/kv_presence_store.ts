@@ -100,10 +100,10 @@ const keyBytes = (...parts: string[]) => parts.reduce((sum, p) => sum + utf8Leng
 
 /**
  * Takes the next batch off the queue: whole users (all their waiting changes, so each user's
- * stay in order), as many as one commit can hold. The first change is always taken, so a change
- * too large for any commit fails alone.
+ * stay in order), as many as one commit can hold; the rest stays queued, in order. The first
+ * change is always taken, so a change too large for any commit fails alone.
  */
-function takeBatch(queue: Queued[]): Group[] {
+function takeBatch(queue: Queued[]): { batch: Group[]; rest: Queued[] } {
   const groups = new Map<string, Group>();
   // A user with a change left behind leaves the later ones behind too, so they stay in order.
   const behind = new Set<string>();
@@ -111,7 +111,15 @@ function takeBatch(queue: Queued[]): Group[] {
   let changes = 0;
   let keys = 0;
   let values = 0;
-  for (const change of queue) {
+  let i = 0;
+  // Once the commit is full nothing more fits: the queue past that point stays as it is, so a
+  // batch costs what it takes, not the length of a backlog.
+  for (
+    ;
+    i < queue.length && changes < MAX_CHANGES_PER_COMMIT && groups.size < MAX_USERS_PER_COMMIT;
+    i++
+  ) {
+    const change = queue[i];
     const id = `${change.room}\u0000${change.user}`;
     let group = behind.has(id) ? undefined : groups.get(id);
     const cost = change.keyBytes + (group ? 0 : 2 * change.lockBytes);
@@ -130,8 +138,9 @@ function takeBatch(queue: Queued[]): Group[] {
       rest.push(change);
     }
   }
-  queue.splice(0, queue.length, ...rest);
-  return [...groups.values()];
+  // Appended one by one: spread into a call, a backlog of 100,000 changes overflowed the stack.
+  for (; i < queue.length; i++) rest.push(queue[i]);
+  return { batch: [...groups.values()], rest };
 }
 
 /** Waits a random moment that grows with the attempts, so racing isolates fall out of step. */
@@ -247,13 +256,20 @@ export class KvPresenceStore implements PresenceStore {
   async #drain(): Promise<void> {
     try {
       while (this.#queue.length > 0) {
-        const batch = takeBatch(this.#queue);
+        const { batch, rest } = takeBatch(this.#queue);
+        this.#queue = rest;
         try {
           await this.#commit(batch);
         } catch (err) {
           for (const group of batch) for (const c of group.changes) c.reject(err);
         }
       }
+    } catch (err) {
+      // Nothing above should throw; if it does, the waiting changes fail rather than wait for
+      // ever, and the process goes on (an unhandled rejection would end it).
+      const stuck = this.#queue;
+      this.#queue = [];
+      for (const c of stuck) c.reject(err);
     } finally {
       // In the same turn as the last look at the queue: a change queued after it starts anew.
       this.#writing = false;
@@ -331,18 +347,18 @@ export class KvPresenceStore implements PresenceStore {
         else change.reject(new Error(`Presence of user ${change.user} is changing too often`));
       }
     }
-    this.#queue.unshift(...back);
+    this.#queue = back.concat(this.#queue);
   }
 
   /** Moves the back half of the batch (users, or one user's changes) to the queue's front. */
   #split(batch: Group[]): boolean {
     if (batch.length > 1) {
-      this.#queue.unshift(...batch.splice(batch.length >> 1).flatMap((g) => g.changes));
+      this.#queue = batch.splice(batch.length >> 1).flatMap((g) => g.changes).concat(this.#queue);
       return true;
     }
     const changes = batch[0]?.changes;
     if (!changes || changes.length < 2) return false;
-    this.#queue.unshift(...changes.splice(changes.length >> 1));
+    this.#queue = changes.splice(changes.length >> 1).concat(this.#queue);
     return true;
   }
 

@@ -404,3 +404,22 @@ Deno.test("presence: restoring presence after a lapse makes the next sweeps read
     chat.close();
   });
 });
+
+Deno.test("presence: a backlog of 150,000 changes drains, each user's in order, without overflowing the stack", async () => {
+  await withKv(async (kv) => {
+    const store = new KvPresenceStore(kv, leases(kv, "A", new Set()));
+    // Queued while the first commit is under way: a spread of this many into one call (as the
+    // queue once was rebuilt) overflowed the stack, and the drain's rejection ended the process.
+    const users = 15_000;
+    const entered: Promise<{ first: boolean }>[] = [];
+    for (let i = 0; i < 150_000; i++) {
+      entered.push(store.enter("room:busy", user(String(i % users)), `c${i}`));
+    }
+    // Every change settles (a drain that died would leave them waiting), each user's in order:
+    // each user's first enter is its first.
+    const results = await Promise.all(entered);
+    assertEquals(results.filter((r) => r.first).length, users);
+    assertEquals(results.slice(0, users).every((r) => r.first), true);
+    assertEquals((await store.list("room:busy")).length, users);
+  });
+});
