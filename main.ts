@@ -12,6 +12,7 @@ import { type Config, isLocalPath, loadConfig } from "./src/config.ts";
 import { ChatService } from "./src/core/chat_service.ts";
 import { Metrics } from "./src/core/metrics.ts";
 import { RateLimiter } from "./src/core/rate_limiter.ts";
+import { UserSockets } from "./src/core/user_sockets.ts";
 import { nativeRoute } from "./src/dialects/native/native.ts";
 import {
   type AccessPolicy,
@@ -276,6 +277,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       perConnection: config.rateLimitPerSecond,
       perUser: config.rateLimitUserPerSecond,
     }),
+    sockets: new UserSockets(config.socketsPerUser, config.rateLimitUserPerSecond),
     frames,
   };
   // `/ws/chat/` is claimed by two documents; CHAT_PATH_PROTOCOL picks which one it speaks.

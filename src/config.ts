@@ -88,6 +88,7 @@ const EnvSchema = z.object({
   RATE_LIMIT_PER_SECOND: positiveInt(20),
   SLOW_CONSUMER_BYTES: positiveInt(4 * 1024 * 1024),
   RATE_LIMIT_USER_PER_SECOND: positiveInt(50),
+  SOCKETS_PER_USER: positiveInt(100),
   HISTORY_LIMIT: wholeNumber(0, "0 keeps everything"),
   COMMIT_PAUSE_CPU_PERCENT: wholeNumber(
     Math.round(DEFAULT_PAUSE_ABOVE_CPU * 100),
@@ -153,8 +154,10 @@ export interface Config {
   slowConsumerBytes: number;
   /** Sustained inbound frames per second per connection (bursts up to twice that). */
   rateLimitPerSecond: number;
-  /** Sustained inbound frames per second per user on one isolate. */
+  /** Sustained inbound frames per second per user on one isolate; also sockets opened. */
   rateLimitUserPerSecond: number;
+  /** Sockets one user may hold at once on one isolate, over every route. */
+  socketsPerUser: number;
   /** Messages kept per room, oldest dropped first; 0 keeps everything. */
   historyLimit: number;
   /**
@@ -299,6 +302,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     rateLimitPerSecond: e.RATE_LIMIT_PER_SECOND,
     slowConsumerBytes: e.SLOW_CONSUMER_BYTES,
     rateLimitUserPerSecond: e.RATE_LIMIT_USER_PER_SECOND,
+    socketsPerUser: e.SOCKETS_PER_USER,
     historyLimit: e.HISTORY_LIMIT,
     commitPauseAboveCpu: e.COMMIT_PAUSE_CPU_PERCENT / 100,
     commitIntervalMs: e.COMMIT_INTERVAL_MS,

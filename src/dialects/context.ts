@@ -7,6 +7,7 @@ import type { Metrics } from "../core/metrics.ts";
 import type { Attachment } from "../core/types.ts";
 import { mediaUrlPath } from "../media/local_media_store.ts";
 import type { RateLimiter } from "../core/rate_limiter.ts";
+import type { UserSockets } from "../core/user_sockets.ts";
 import type { Hub } from "../hub/hub.ts";
 import type { FrameBudget } from "../transport/frame_budget.ts";
 import type { Connection, SocketOptions } from "../transport/websocket.ts";
@@ -27,6 +28,8 @@ export interface DialectContext {
   connections: Set<Connection>;
   /** Inbound frame budgets per connection and per user. */
   limiter: RateLimiter;
+  /** Sockets per user, and how fast a user opens them. */
+  sockets: UserSockets;
   /** Bounds what the runtime keeps for sockets' large frames. */
   frames?: FrameBudget;
 }

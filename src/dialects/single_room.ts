@@ -6,6 +6,7 @@ import type { QueuedSend } from "../core/chat_service.ts";
 import type { RateVerdict } from "../core/rate_limiter.ts";
 import type { AppendResult, Principal, RoomEvent } from "../core/types.ts";
 import type { DirectSocket, Member } from "../hub/hub.ts";
+import { SOCKET_REFUSALS } from "../core/user_sockets.ts";
 import { CLOSE, Connection, type SocketHandler } from "../transport/websocket.ts";
 import {
   baseUrlOf,
@@ -190,6 +191,8 @@ class RoomSocket implements SocketHandler {
   #session?: RoomSession;
   /** A frame was refused and its error is not yet sent (see `message`). */
   #errorOwed = false;
+  /** Counted among the user's sockets (see `open`). */
+  #counted = false;
 
   constructor(
     ctx: DialectContext,
@@ -210,6 +213,14 @@ class RoomSocket implements SocketHandler {
   }
 
   async open(conn: Connection): Promise<void> {
+    const refusal = this.#ctx.sockets.admit(this.#user.id);
+    if (refusal) {
+      // Before the join, the close code is all the client gets.
+      this.#ctx.metrics.error("too_many_sockets");
+      conn.close(CLOSE.rateLimited, SOCKET_REFUSALS[refusal]);
+      return;
+    }
+    this.#counted = true;
     try {
       await this.#join(conn);
     } catch (err) {
@@ -332,6 +343,7 @@ class RoomSocket implements SocketHandler {
   }
 
   closed(): void {
+    if (this.#counted) this.#ctx.sockets.release(this.#user.id);
     const session = this.#session;
     if (!session) return;
     this.#ctx.limiter.forget(session.connId);

@@ -12,6 +12,7 @@ import { canonicalId, parseRoomKey } from "../../core/rooms.ts";
 import type { AppendResult, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import type { DirectSocket, Member } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
+import { SOCKET_REFUSALS } from "../../core/user_sockets.ts";
 import { CLOSE, Connection, type SocketHandler } from "../../transport/websocket.ts";
 import {
   baseUrlOf,
@@ -310,6 +311,8 @@ class NativeSession implements SocketHandler {
    * still handled (see the transport), and its sends to those rooms are still stored.
    */
   #roomsAtClose = new Set<string>();
+  /** Counted among the user's sockets (see `open`). */
+  #counted = false;
   /** Messages each user may still have replayed, shared by the route's sockets. */
   #replay: TokenBuckets;
 
@@ -687,6 +690,13 @@ class NativeSession implements SocketHandler {
 
   open(conn: Connection): void {
     const config = this.#ctx.config;
+    const refusal = this.#ctx.sockets.admit(this.user.id);
+    if (refusal) {
+      this.#ctx.metrics.error("too_many_sockets");
+      conn.close(CLOSE.rateLimited, SOCKET_REFUSALS[refusal]);
+      return;
+    }
+    this.#counted = true;
     conn.send(JSON.stringify({
       type: "welcome",
       user: nativeUser(this.user),
@@ -763,6 +773,7 @@ class NativeSession implements SocketHandler {
 
   closed(): void {
     this.#ctx.limiter.forget(this.#connId);
+    if (this.#counted) this.#ctx.sockets.release(this.user.id);
     for (const room of [...this.#rooms.keys()]) {
       // Taken out by the server (revoked, deleted) is not in `#rooms`: those sends are refused.
       this.#roomsAtClose.add(room);

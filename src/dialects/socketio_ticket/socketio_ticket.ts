@@ -9,6 +9,7 @@ import { findToken } from "../../auth/token.ts";
 import { asChatError, ChatError, frameTooLarge, rateLimited } from "../../core/errors.ts";
 import type { QueuedSend } from "../../core/chat_service.ts";
 import type { RateVerdict } from "../../core/rate_limiter.ts";
+import { SOCKET_REFUSALS } from "../../core/user_sockets.ts";
 import { isValidRoomId, roomKey } from "../../core/rooms.ts";
 import type { FileInput, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import { type Socket, SocketIOServer } from "../../engine_io/mod.ts";
@@ -72,6 +73,8 @@ interface SocketState {
   tickets: Set<string>;
   /** Each joined ticket's generation (deletion count) when its join read it. */
   epochs?: Map<string, number>;
+  /** The user the socket is counted for among their sockets (see `admitAs`). */
+  counted?: string;
   /** Ticket ids this socket said it is typing in without joining them (the document allows it). */
   typingOutside?: Set<string>;
   /** The last send's way to the store (see `inTurn`). */
@@ -283,6 +286,21 @@ export function createSocketIoTicketChat(
   const bridges = new Map<string, { member: Member; joined: Promise<unknown> }>();
   const state = (socket: Socket) => socket.data as SocketState;
   /** Makes the socket `user`'s and lets its session take events as large as a message's files. */
+  /**
+   * Counts the socket among `user`'s sockets (once per user it signs in as); throws when that
+   * user holds too many, or opens them too fast.
+   */
+  const admitAs = (socket: Socket, user: Principal) => {
+    const s = state(socket);
+    if (s.counted === String(user.id)) return;
+    const refusal = ctx.sockets.admit(user.id);
+    if (refusal) {
+      ctx.metrics.error("too_many_sockets");
+      throw new ChatError("rate_limited", SOCKET_REFUSALS[refusal]);
+    }
+    if (s.counted !== undefined) ctx.sockets.release(s.counted);
+    s.counted = String(user.id);
+  };
   const signedIn = (socket: Socket, user: Principal) => {
     state(socket).user = user;
     socket.conn.maxPayload = maxEventSize(ctx.config);
@@ -538,8 +556,15 @@ export function createSocketIoTicketChat(
     socket.data = data;
     if (found.token) {
       const user = await ctx.auth.authenticate(found.token);
-      if (user) signedIn(socket, user);
-      else data.badToken = found.source !== "cookie";
+      if (user) {
+        try {
+          admitAs(socket, user);
+        } catch (err) {
+          // The client's `connect_error`, with the reason.
+          return next(err as Error);
+        }
+        signedIn(socket, user);
+      } else data.badToken = found.source !== "cookie";
     }
     next();
   });
@@ -581,6 +606,7 @@ export function createSocketIoTicketChat(
             : SIO_ERRORS.tokenRequired,
         );
       }
+      admitAs(socket, user);
       if (s.user && String(s.user.id) !== String(user.id)) {
         for (const id of [...s.tickets]) leaveTicket(socket, id);
         socket.leave(userRoom(s.user));
@@ -743,6 +769,7 @@ export function createSocketIoTicketChat(
       unsigned.delete(socket);
       ctx.metrics.connection("socket.io", -1);
       ctx.limiter.forget(socket.id);
+      if (s.counted !== undefined) ctx.sockets.release(s.counted);
       for (const id of [...s.tickets]) leaveTicket(socket, id);
       for (const id of s.typingOutside ?? []) stopTypingIn(socket, id);
     });
