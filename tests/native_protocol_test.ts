@@ -1277,3 +1277,23 @@ Deno.test("native: a rejoin refused for access takes the socket out of the room 
     await server.close();
   }
 });
+
+Deno.test("native: a client_id with a lone surrogate is refused, so two such ids are never taken for one", async () => {
+  const server = await startTestServer();
+  try {
+    const ws = await connect(server);
+    await join(ws, "ticket:9");
+    // JSON escapes keep the lone surrogates as they are until the server parses them.
+    ws.socket.send(`{"type":"send","room":"ticket:9","body":"a","client_id":"\\ud800","ref":1}`);
+    const refused = await ws.next((f) => f.ref === 1);
+    assertEquals([refused.code, refused.message], [
+      "invalid_frame",
+      "client_id must be well-formed Unicode",
+    ]);
+    ws.socket.send(`{"type":"send","room":"ticket:9","body":"b","client_id":"\\ufffd","ref":2}`);
+    assertEquals((await ws.next((f) => f.ref === 2)).duplicate, false);
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});

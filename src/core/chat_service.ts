@@ -133,6 +133,11 @@ export class ChatService {
     if (files.length > MAX_FILES_PER_MESSAGE) {
       throw new ChatError("invalid_frame", `At most ${MAX_FILES_PER_MESSAGE} files per message`);
     }
+    // A lone surrogate is stored as U+FFFD in a KV key: two different ids would be one, and the
+    // second message taken for a repeat of the first.
+    if (input.clientId !== undefined && !input.clientId.isWellFormed()) {
+      throw new ChatError("invalid_frame", "client_id must be well-formed Unicode");
+    }
     // Read before the access check: a deletion after that check refuses the send at its commit
     // instead of storing it in the room's next life (a room re-created under the same id).
     const generation = await this.#deps.store.generation(room);
