@@ -6,7 +6,7 @@
 
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import type { Directory } from "../src/core/directory.ts";
-import type { PresenceStore } from "../src/core/types.ts";
+import type { AccessPolicy, PresenceStore } from "../src/core/types.ts";
 import { assertEquals, nextEvent } from "./assert.ts";
 import { adminCall, startTestServer, TestClient, type TestServer } from "./helpers.ts";
 
@@ -36,28 +36,55 @@ async function assertOutOf(ws: TestClient, room: string): Promise<void> {
   assertEquals([reply.type, reply.code], ["error", "not_found"]);
 }
 
+/** Holds the first call that passes it once armed, until released: a race's window, held open. */
+class Gate {
+  #armed?: { reached: () => void; open: Promise<void> };
+
+  /** Arms it: `reached` settles once a call is held, which goes on at `release`. */
+  arm(): { reached: Promise<void>; release: () => void } {
+    let release = () => {};
+    let reached = () => {};
+    const held = new Promise<void>((r) => reached = r);
+    this.#armed = { reached, open: new Promise<void>((r) => release = r) };
+    return { reached: held, release };
+  }
+
+  /** Waits here when armed (the first call only). */
+  async pass(): Promise<void> {
+    const armed = this.#armed;
+    if (!armed) return;
+    this.#armed = undefined;
+    armed.reached();
+    await armed.open;
+  }
+}
+
+/** Presence whose enters for user 2 pass `gate` first. */
+const enterHeld = (gate: Gate) => (inner: PresenceStore): PresenceStore => ({
+  enter: async (room, user, connId) => {
+    if (String(user.id) === "2") await gate.pass();
+    return await inner.enter(room, user, connId);
+  },
+  exit: (room, user, connId) => inner.exit(room, user, connId),
+  sweep: (room, open) => inner.sweep(room, open),
+  list: (room) => inner.list(room),
+});
+
+/** Access whose checks for user 2 (fresh ones, or the others) pass `gate` once decided. */
+const checkHeld = (gate: Gate, fresh: boolean) => (inner: AccessPolicy): AccessPolicy => ({
+  async canAccess(user, room, options) {
+    const allowed = await inner.canAccess(user, room, options);
+    if (String(user.id) === "2" && Boolean(options?.fresh) === fresh) await gate.pass();
+    return allowed;
+  },
+});
+
 Deno.test("room deletion races: a join whose presence write spans the deletion is refused with room_deleted", async () => {
-  let hold: Promise<void> | undefined;
-  let reached = () => {};
-  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, {
-    presence: (inner: PresenceStore): PresenceStore => ({
-      enter: async (room, user, connId) => {
-        if (hold && String(user.id) === "2") {
-          reached();
-          await hold;
-        }
-        return await inner.enter(room, user, connId);
-      },
-      exit: (room, user, connId) => inner.exit(room, user, connId),
-      sweep: (room, open) => inner.sweep(room, open),
-      list: (room) => inner.list(room),
-    }),
-  });
+  const gate = new Gate();
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, { presence: enterHeld(gate) });
   try {
     const a = await roomWithHistory(server, "ticket:8");
-    let release = () => {};
-    hold = new Promise<void>((r) => release = r);
-    const entering = new Promise<void>((r) => reached = r);
+    const { reached: entering, release } = gate.arm();
     const b = await nativeClient(server, "2");
     b.send({ type: "join", room: "ticket:8", since: 0, ref: "j" });
     // B has read the room's generation (0) and is writing its presence.
@@ -79,26 +106,11 @@ Deno.test("room deletion races: a join whose presence write spans the deletion i
 });
 
 Deno.test("room deletion races: a socket deleted out of the room while its `joined` is prepared gets `removed`, then the join's error, never `joined`", async () => {
-  let hold: { reached: () => void; gate: Promise<void> } | undefined;
-  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, {
-    access: (inner) => ({
-      async canAccess(user, room, options) {
-        const h = hold;
-        if (h && options?.fresh && String(user.id) === "2") {
-          hold = undefined;
-          h.reached();
-          await h.gate;
-        }
-        return await inner.canAccess(user, room, options);
-      },
-    }),
-  });
+  const gate = new Gate();
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, { access: checkHeld(gate, true) });
   try {
     const a = await roomWithHistory(server, "ticket:9");
-    let release = () => {};
-    let reached = () => {};
-    const inRoom = new Promise<void>((r) => reached = r);
-    hold = { reached, gate: new Promise<void>((r) => release = r) };
+    const { reached: inRoom, release } = gate.arm();
     const b = await nativeClient(server, "2");
     b.send({ type: "join", room: "ticket:9", ref: "j" });
     // B is a member of the room's hub; its `joined` is not sent yet.
@@ -158,30 +170,14 @@ Deno.test("room deletion races: a socket that joined between the deletion's noti
 });
 
 Deno.test("room deletion races: a ticket socket whose access check spans the deletion is closed with 4004, never in the new life", async () => {
-  let hold: { reached: () => void; gate: Promise<void> } | undefined;
-  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, {
-    access: (inner) => ({
-      async canAccess(user, room, options) {
-        const allowed = await inner.canAccess(user, room, options);
-        const h = hold;
-        if (h && !options?.fresh && String(user.id) === "2") {
-          hold = undefined;
-          h.reached();
-          await h.gate;
-        }
-        return allowed;
-      },
-    }),
-  });
+  const gate = new Gate();
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, { access: checkHeld(gate, false) });
   try {
     const tok = (sub: string) => server.token({ sub, rooms: ["ticket:8"] });
     const a = await TestClient.open(`${server.wsUrl}/ws/ticket/8/?token=${await tok("1")}`);
     a.send({ body: "old life" });
     assertEquals((await a.next()).body, "old life");
-    let release = () => {};
-    let reached = () => {};
-    const checking = new Promise<void>((r) => reached = r);
-    hold = { reached, gate: new Promise<void>((r) => release = r) };
+    const { reached: checking, release } = gate.arm();
     // B's upgrade: its access is decided (allowed) before the deletion.
     const b = TestClient.connect(`${server.wsUrl}/ws/ticket/8/?token=${await tok("2")}`);
     await checking;
@@ -207,23 +203,8 @@ Deno.test("room deletion races: a ticket socket whose access check spans the del
 });
 
 Deno.test("room deletion races: a chat-rooms socket whose presence write spans the deletion is closed with 4000", async () => {
-  let hold: Promise<void> | undefined;
-  let reached = () => {};
-  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, {
-    presence: (inner: PresenceStore): PresenceStore => ({
-      ...inner,
-      enter: async (room, user, connId) => {
-        if (hold && String(user.id) === "2") {
-          reached();
-          await hold;
-        }
-        return await inner.enter(room, user, connId);
-      },
-      exit: (room, user, connId) => inner.exit(room, user, connId),
-      sweep: (room, open) => inner.sweep(room, open),
-      list: (room) => inner.list(room),
-    }),
-  });
+  const gate = new Gate();
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, { presence: enterHeld(gate) });
   try {
     const url = async (sub: string) =>
       `${server.wsUrl}/ws/rooms/lobby/?token=${await server.token({ sub, username: `u${sub}` })}`;
@@ -231,9 +212,7 @@ Deno.test("room deletion races: a chat-rooms socket whose presence write spans t
     await a.next((f) => f.type === "room_users_list");
     a.send({ message: "old life" });
     await a.next((f) => f.type === "chat_message");
-    let release = () => {};
-    hold = new Promise<void>((r) => release = r);
-    const entering = new Promise<void>((r) => reached = r);
+    const { reached: entering, release } = gate.arm();
     const b = await TestClient.open(await url("2"));
     await entering;
     assertEquals(await adminCall(server.url, ADMIN, "DELETE", "/api/rooms/room/lobby"), 204);
@@ -255,21 +234,8 @@ Deno.test("room deletion races: a chat-rooms socket whose presence write spans t
 });
 
 Deno.test("room deletion races: a Socket.IO join_ticket whose access check spans the deletion is refused, never joined to the new life", async () => {
-  let hold: { reached: () => void; gate: Promise<void> } | undefined;
-  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, {
-    access: (inner) => ({
-      async canAccess(user, room, options) {
-        const allowed = await inner.canAccess(user, room, options);
-        const h = hold;
-        if (h && !options?.fresh && String(user.id) === "2") {
-          hold = undefined;
-          h.reached();
-          await h.gate;
-        }
-        return allowed;
-      },
-    }),
-  });
+  const gate = new Gate();
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, { access: checkHeld(gate, false) });
   const sockets: ClientSocket[] = [];
   try {
     const tok = (sub: string) => server.token({ sub, rooms: ["ticket:8"] });
@@ -284,10 +250,7 @@ Deno.test("room deletion races: a Socket.IO join_ticket whose access check spans
     });
     sockets.push(b);
     await nextEvent(b, "authenticated");
-    let release = () => {};
-    let reached = () => {};
-    const checking = new Promise<void>((r) => reached = r);
-    hold = { reached, gate: new Promise<void>((r) => release = r) };
+    const { reached: checking, release } = gate.arm();
     const events: string[] = [];
     b.on("joined_ticket", () => events.push("joined_ticket"));
     b.on("join_ticket_error", (e: { message: string }) => events.push(`error: ${e.message}`));
