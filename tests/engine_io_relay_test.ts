@@ -362,3 +362,40 @@ Deno.test("relay: a websocket upgrade that lands on the non-owner is bridged to 
     deepStrictEqual(a.reasons, ["forced close"]);
   });
 });
+
+Deno.test("relay: a bridge that loses a frame between isolates ends, so the client reconnects instead of missing packets", async () => {
+  await withCluster({}, async ({ a, b }) => {
+    const proxy = startProxy((req, url, count) => {
+      if (!url.searchParams.has("sid")) return a;
+      if (req.headers.get("upgrade")) return b;
+      return count % 2 ? a : b;
+    });
+    const client: ClientSocket = connect(proxy.url, { forceNew: true, reconnection: false });
+    // Deno's channel drops posts for an isolate that falls behind; here the next frame is.
+    const post = BroadcastChannel.prototype.postMessage;
+    let dropping = false;
+    BroadcastChannel.prototype.postMessage = function (message: unknown) {
+      if (dropping && (message as { k?: string }).k === "frame") {
+        dropping = false;
+        return;
+      }
+      return post.call(this, message);
+    };
+    try {
+      await next(client, "connect");
+      await eventually(() => client.io.engine.transport.name === "websocket");
+      await eventually(() => a.sockets[0]?.conn.transport === "websocket");
+      deepStrictEqual(await client.emitWithAck("echo", "before"), "before");
+      const disconnected = next<[string]>(client, "disconnect");
+      dropping = true;
+      a.sockets[0].emit("echo", "lost");
+      a.sockets[0].emit("echo", "after the hole");
+      strictEqual((await disconnected)[0], "transport close");
+      await eventually(() => a.reasons.length === 1);
+    } finally {
+      BroadcastChannel.prototype.postMessage = post;
+      client.disconnect();
+      await proxy.stop();
+    }
+  });
+});

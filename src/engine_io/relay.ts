@@ -92,7 +92,7 @@ type Message =
   }
   | { k: "ack"; to: string; id: string }
   | { k: "res"; to: string; id: string; reply?: RelayReply; ok?: boolean }
-  | { k: "frame"; to: string; id: string; data: string | Uint8Array }
+  | { k: "frame"; to: string; id: string; n: number; data: string | Uint8Array }
   | { k: "close"; to: string; id: string; code: number; reason: string };
 
 type Result = Extract<Message, { k: "res" }>;
@@ -298,7 +298,7 @@ export class BroadcastChannelRelay implements SessionRelay {
         this.#calls.get(message.id)?.resolve(message);
         break;
       case "frame":
-        this.#bridges.get(message.id)?.deliver(message.data);
+        this.#bridges.get(message.id)?.deliver(message.data, message.n);
         break;
       case "close":
         this.#bridges.get(message.id)?.closedByPeer(message.code, message.reason);
@@ -349,6 +349,9 @@ class Bridge implements FrameSocket {
   #peer: string;
   #held: (string | Uint8Array)[] | null = null;
   #closed = false;
+  /** Frames posted, and frames received, numbered from 1: a gap is a frame the channel dropped. */
+  #sent = 0;
+  #received = 0;
 
   constructor(post: (message: Message) => void, forget: () => void, id: string, peer: string) {
     this.#post = post;
@@ -389,7 +392,7 @@ class Bridge implements FrameSocket {
     const payload = typeof data === "string" || data.byteLength === data.buffer.byteLength
       ? data
       : data.slice();
-    this.#post({ k: "frame", to: this.#peer, id: this.#id, data: payload });
+    this.#post({ k: "frame", to: this.#peer, id: this.#id, n: ++this.#sent, data: payload });
   }
 
   close(code = 1000, reason = ""): void {
@@ -400,8 +403,15 @@ class Bridge implements FrameSocket {
     queueMicrotask(() => this.#notifyClose(code, reason));
   }
 
-  deliver(data: string | Uint8Array): void {
+  deliver(data: string | Uint8Array, n: number): void {
     if (this.#closed) return;
+    // Deno drops channel messages for an isolate that falls behind (it keeps 256 for the whole
+    // process) without a word: a stream with a hole must end, so that the client reconnects
+    // rather than missing packets while it seems connected.
+    if (n !== ++this.#received) {
+      this.close(1011, "Frames were lost between isolates");
+      return;
+    }
     if (this.#onmessage) {
       this.#onmessage(data);
     } else {
