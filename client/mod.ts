@@ -1402,6 +1402,8 @@ export class ChatClient {
           this.history(upTo.room, { after, limit: Math.min(200, upTo.seq - after - 1) })
         );
       } catch {
+        // Left, or the client closed, meanwhile: nothing is owed to a room no longer followed.
+        if (this.#rooms.get(upTo.room) !== room) return;
         // Its retries spent: said, so that the application knows it holds a hole (which its own
         // `history` may read later) rather than missing it quietly.
         room.lastSeq = upTo.seq - 1;

@@ -965,6 +965,7 @@ var ChatClient = class {
           limit: Math.min(200, upTo.seq - after - 1)
         }));
       } catch {
+        if (this.#rooms.get(upTo.room) !== room) return;
         room.lastSeq = upTo.seq - 1;
         this.#emit("resync", {
           room: upTo.room,

@@ -17,7 +17,8 @@ const MIN_TEXT = 256 * 1024;
  */
 const MAX_DEPTH = 64;
 const MAX_CONTAINERS = 10_000;
-const MAX_VALUES = 100_000;
+/** Commas outside strings: values in arrays and members of objects, all but one of each. */
+const MAX_COMMAS = 100_000;
 /** String literals at least this long are lifted out before parsing. */
 const MIN_STRING = 64 * 1024;
 /** Stands in for a lifted string; random per process, so no client can forge one. */
@@ -82,7 +83,7 @@ function restore(root: unknown, lifted: string[]): unknown {
  * one difference in the module comment). String values (not keys) of 64 Ki characters or more,
  * free of escapes and raw whitespace controls, come back as slices of `text`; `stats`, when
  * given, learns how many. A text of 256 Ki characters or more whose structure is deeper, or has
- * more arrays, objects or values, than any frame needs throws {@link JsonTooComplexError}.
+ * more arrays, objects or commas, than any frame needs throws {@link JsonTooComplexError}.
  */
 export function parseJson(text: string, stats?: { lifted: number }): unknown {
   if (text.length < MIN_TEXT) return JSON.parse(text);
@@ -122,7 +123,7 @@ export class JsonTooComplexError extends SyntaxError {}
 function refuseComplex(text: string): void {
   let depth = 0;
   let containers = 0;
-  let values = 0;
+  let commas = 0;
   for (let i = 0; i < text.length; i++) {
     const c = text.charCodeAt(i);
     if (c === 34) {
@@ -134,14 +135,14 @@ function refuseComplex(text: string): void {
       if (++depth > MAX_DEPTH || ++containers > MAX_CONTAINERS) break;
     } else if (c === 93 || c === 125) {
       depth--;
-    } else if (c === 44 && ++values > MAX_VALUES) {
+    } else if (c === 44 && ++commas > MAX_COMMAS) {
       break;
     }
   }
-  if (depth > MAX_DEPTH || containers > MAX_CONTAINERS || values > MAX_VALUES) {
+  if (depth > MAX_DEPTH || containers > MAX_CONTAINERS || commas > MAX_COMMAS) {
     throw new JsonTooComplexError(
-      `JSON too complex: at most ${MAX_DEPTH} levels, ${MAX_CONTAINERS} arrays and objects, ` +
-        `${MAX_VALUES} values in a text this long`,
+      `JSON too complex: at most ${MAX_DEPTH} levels, ${MAX_CONTAINERS} arrays and objects and ` +
+        `${MAX_COMMAS} commas (outside strings) in a text this long`,
     );
   }
 }

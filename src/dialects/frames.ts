@@ -3,15 +3,23 @@
 import { ChatError } from "../core/errors.ts";
 import { JsonTooComplexError, parseJson } from "../core/json.ts";
 
-/** Parses a frame that must be a JSON object; `Invalid JSON` or `shapeMessage` otherwise. */
-export function parseObject(text: string, shapeMessage: string): Record<string, unknown> {
+/**
+ * Parses a frame that must be a JSON object; `Invalid JSON` or `shapeMessage` otherwise. With
+ * `explain`, a long frame refused for its structure says so (the other protocols' documents fix
+ * the text of this error).
+ */
+export function parseObject(
+  text: string,
+  shapeMessage: string,
+  explain = false,
+): Record<string, unknown> {
   let frame: unknown;
   try {
     frame = parseJson(text);
   } catch (err) {
     throw new ChatError(
       "invalid_json",
-      err instanceof JsonTooComplexError ? err.message : "Invalid JSON",
+      explain && err instanceof JsonTooComplexError ? err.message : "Invalid JSON",
     );
   }
   if (typeof frame !== "object" || frame === null || Array.isArray(frame)) {

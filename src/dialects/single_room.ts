@@ -108,7 +108,8 @@ export function singleRoomRoute(ctx: DialectContext, dialect: SingleRoomDialect)
         // a generation past this one (see `#join`).
         const [allowed, generation] = await Promise.all([
           dialect.canEnter?.(user, room) ?? ctx.chat.canAccess(user, room),
-          ctx.chat.generation(room, { fresh: true }),
+          // Cached: one deletion older only closes a socket that connected as the room was deleted.
+          ctx.chat.generation(room),
         ]);
         if (!allowed) refuse = dialect.codes.forbidden;
         epoch = generation;

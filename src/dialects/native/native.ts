@@ -310,7 +310,7 @@ class NativeSession implements SocketHandler {
    * The rooms the socket was in when its client closed it: frames it sent before closing are
    * still handled (see the transport), and its sends to those rooms are still stored.
    */
-  #roomsAtClose = new Set<string>();
+  #roomsAtClose?: Set<string>;
   /** Counted among the user's sockets (see `open`). */
   #counted = false;
   /** Messages each user may still have replayed, shared by the route's sockets. */
@@ -415,7 +415,7 @@ class NativeSession implements SocketHandler {
     // presence recorded now would never be taken back. The sends the client made after this
     // join, before closing, are still stored.
     if (!conn.open) {
-      this.#roomsAtClose.add(room);
+      (this.#roomsAtClose ??= new Set()).add(room);
       return;
     }
     // At most MAX_DIRECT_ROOMS direct members at once: each had fewer other rooms when made.
@@ -486,7 +486,7 @@ class NativeSession implements SocketHandler {
 
   /** Whether a send or read mark for `room` counts: the socket is in it, or was at its close. */
   #inRoom(conn: Connection, room: string): boolean {
-    return this.#rooms.has(room) || (!conn.open && this.#roomsAtClose.has(room));
+    return this.#rooms.has(room) || (!conn.open && this.#roomsAtClose?.has(room) === true);
   }
 
   /** Takes the socket out of a room it may no longer be in, and says so. */
@@ -581,7 +581,7 @@ class NativeSession implements SocketHandler {
       }
       case "leave": {
         const room = requireRoom(record);
-        this.#roomsAtClose.delete(room);
+        this.#roomsAtClose?.delete(room);
         await this.#leave(room);
         this.#reply(conn, { type: "left", room }, ref);
         return;
@@ -726,7 +726,7 @@ class NativeSession implements SocketHandler {
     const verdict = conn.admission;
     let ref: unknown;
     try {
-      const record = parseObject(text, "Expected a JSON object with a type");
+      const record = parseObject(text, "Expected a JSON object with a type", true);
       // Copied into the reply: an unbounded one would let a client make the server echo megabytes.
       if (!isRef(record.ref)) {
         throw new ChatError(
@@ -776,7 +776,7 @@ class NativeSession implements SocketHandler {
     if (this.#counted) this.#ctx.sockets.release(this.user.id);
     for (const room of [...this.#rooms.keys()]) {
       // Taken out by the server (revoked, deleted) is not in `#rooms`: those sends are refused.
-      this.#roomsAtClose.add(room);
+      (this.#roomsAtClose ??= new Set()).add(room);
       this.#leave(room).catch((err) => console.error("native: leave failed:", err));
     }
   }

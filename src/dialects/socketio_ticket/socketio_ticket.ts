@@ -75,6 +75,8 @@ interface SocketState {
   epochs?: Map<string, number>;
   /** The user the socket is counted for among their sockets (see `admitAs`). */
   counted?: string;
+  /** Who the handshake's token names, signed in once the socket connects. */
+  handshakeUser?: Principal;
   /** Ticket ids this socket said it is typing in without joining them (the document allows it). */
   typingOutside?: Set<string>;
   /** The last send's way to the store (see `inTurn`). */
@@ -285,10 +287,10 @@ export function createSocketIoTicketChat(
   /** Bridge members by engine room, with the hub join each one waits for. */
   const bridges = new Map<string, { member: Member; joined: Promise<unknown> }>();
   const state = (socket: Socket) => socket.data as SocketState;
-  /** Makes the socket `user`'s and lets its session take events as large as a message's files. */
   /**
    * Counts the socket among `user`'s sockets (once per user it signs in as); throws when that
-   * user holds too many, or opens them too fast.
+   * user holds too many, or opens them too fast. Only for a connected socket: its `disconnect`
+   * gives the count back.
    */
   const admitAs = (socket: Socket, user: Principal) => {
     const s = state(socket);
@@ -301,6 +303,7 @@ export function createSocketIoTicketChat(
     if (s.counted !== undefined) ctx.sockets.release(s.counted);
     s.counted = String(user.id);
   };
+  /** Makes the socket `user`'s and lets its session take events as large as a message's files. */
   const signedIn = (socket: Socket, user: Principal) => {
     state(socket).user = user;
     socket.conn.maxPayload = maxEventSize(ctx.config);
@@ -556,15 +559,10 @@ export function createSocketIoTicketChat(
     socket.data = data;
     if (found.token) {
       const user = await ctx.auth.authenticate(found.token);
-      if (user) {
-        try {
-          admitAs(socket, user);
-        } catch (err) {
-          // The client's `connect_error`, with the reason.
-          return next(err as Error);
-        }
-        signedIn(socket, user);
-      } else data.badToken = found.source !== "cookie";
+      // Signed in (and counted) once connected: a handshake that never completes has no
+      // `disconnect` to give the count back.
+      if (user) data.handshakeUser = user;
+      else data.badToken = found.source !== "cookie";
     }
     next();
   });
@@ -572,9 +570,24 @@ export function createSocketIoTicketChat(
   nsp.on("connection", (socket) => {
     ctx.metrics.connection("socket.io", 1);
     const s = state(socket);
+    const handshakeUser = s.handshakeUser;
+    s.handshakeUser = undefined;
+    let refused: string | undefined;
+    if (handshakeUser) {
+      try {
+        admitAs(socket, handshakeUser);
+        signedIn(socket, handshakeUser);
+      } catch (err) {
+        // Connected unsigned, as with a bad token: a refused handshake (`connect_error`) would
+        // stop the client for good, and the limit is one to wait out.
+        refused = (err as Error).message;
+      }
+    }
     if (s.user) {
       socket.join(userRoom(s.user));
       socket.emit("authenticated", { user: publicUser(s.user) });
+    } else if (refused) {
+      socket.emit("authentication_error", { message: refused });
     } else if (s.badToken) {
       socket.emit("authentication_error", { message: SIO_ERRORS.invalidToken });
     }
@@ -606,6 +619,9 @@ export function createSocketIoTicketChat(
             : SIO_ERRORS.tokenRequired,
         );
       }
+      // Gone while the token was checked: its `disconnect` has run, and would not give back a
+      // count taken now.
+      if (!socket.connected) return;
       admitAs(socket, user);
       if (s.user && String(s.user.id) !== String(user.id)) {
         for (const id of [...s.tickets]) leaveTicket(socket, id);
@@ -622,12 +638,15 @@ export function createSocketIoTicketChat(
       "join_ticket",
       (payload, ack) =>
         inTicketTurn(s, payload, async () => {
-          // The generation read with the check: a deletion after it is found, once the socket is
-          // in the room, as a generation past this one (below). Errors are authorize's first.
+          // Refused before any read when nobody signed in.
+          if (!s.user) throw new ChatError("not_authenticated", SIO_ERRORS.notAuthenticated);
+          // The generation read with the check (a cached one: one deletion older only closes a
+          // socket that joined as the room was deleted): a deletion after it is found, once the
+          // socket is in the room, as a generation past this one (below).
           const [{ user, room, id }, epoch] = await Promise.all([
             authorize(socket, payload),
             Promise.resolve().then(() =>
-              ctx.chat.generation(roomKey("ticket", ticketIdOf(payload)), { fresh: true })
+              ctx.chat.generation(roomKey("ticket", ticketIdOf(payload)))
             ),
           ]);
           // Gone while its access was checked: its disconnect has already left every ticket.
