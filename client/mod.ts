@@ -1376,6 +1376,8 @@ export class ChatClient {
     if (room.lastSeq !== undefined) {
       if (message.seq <= room.lastSeq) return;
       if (message.seq > room.lastSeq + 1) await this.#fillGap(room, message);
+      // Left (or left and joined again) while the gap was read: this room is no longer followed.
+      if (this.#rooms.get(message.room) !== room) return;
     }
     if (room.lastSeq !== undefined && message.seq <= room.lastSeq) return;
     room.lastSeq = message.seq;
@@ -1415,6 +1417,7 @@ export class ChatClient {
         });
         return;
       }
+      if (this.#rooms.get(upTo.room) !== room) return;
       const older = page.messages.filter((m) => m.seq < upTo.seq && m.seq > room.lastSeq!);
       // History no longer has some (retention deleted them): said as the server says it, so
       // that the application knows it holds a hole rather than missing it quietly.

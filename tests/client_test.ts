@@ -1154,3 +1154,29 @@ Deno.test("client: a gap its history reads cannot fill is told as a resync, not 
     c.client.close();
   }
 });
+
+Deno.test("client: a room left while its gap was being read delivers nothing more, and says nothing of the gap", async () => {
+  const { c, socket } = await scripted({ retryMs: 1 });
+  const resyncs: unknown[] = [];
+  c.client.on("resync", (e) => resyncs.push(e));
+  try {
+    socket.push(msg(1));
+    socket.push(msg(5));
+    const first = await socket.take("history");
+    const leaving = c.client.leave("room:x");
+    const leave = await socket.take("leave");
+    socket.push({ type: "left", room: "room:x", ref: leave.ref });
+    await leaving;
+    socket.push({ type: "error", code: "internal", message: "store hiccup", ref: first.ref });
+    for (;;) {
+      const read = await socket.take("history").catch(() => undefined);
+      if (!read) break;
+      socket.push({ type: "error", code: "internal", message: "store hiccup", ref: read.ref });
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    assertEquals(resyncs, []);
+    assertEquals(c.seqs("room:x"), [1]);
+  } finally {
+    c.client.close();
+  }
+});

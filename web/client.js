@@ -939,6 +939,7 @@ var ChatClient = class {
     if (room.lastSeq !== void 0) {
       if (message.seq <= room.lastSeq) return;
       if (message.seq > room.lastSeq + 1) await this.#fillGap(room, message);
+      if (this.#rooms.get(message.room) !== room) return;
     }
     if (room.lastSeq !== void 0 && message.seq <= room.lastSeq) return;
     room.lastSeq = message.seq;
@@ -975,6 +976,7 @@ var ChatClient = class {
         });
         return;
       }
+      if (this.#rooms.get(upTo.room) !== room) return;
       const older = page.messages.filter((m) => m.seq < upTo.seq && m.seq > room.lastSeq);
       const skip = (next) => {
         if (next <= room.lastSeq + 1) return;
