@@ -33,17 +33,41 @@ async function spawnServer(dataDir: string, port: number, env: Record<string, st
     stdout: "null",
     stderr: "null",
   }).spawn();
+  let exited = false;
+  child.status.then(() => exited = true);
   const deadline = Date.now() + 30_000;
   while (true) {
+    // Gone before it answered: most often the port was taken meanwhile (freePort only finds one
+    // free at the moment it looks, and other tests' sockets take ports too).
+    if (exited) throw new ServerExited(port);
     try {
       const res = await fetch(`http://127.0.0.1:${port}/healthz`);
       await res.body?.cancel();
-      if (res.ok) return child;
+      if (res.ok && !exited) return child;
     } catch {
       // not up yet
     }
     if (Date.now() > deadline) throw new Error("server did not start");
     await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** A server process that exited before it answered. */
+class ServerExited extends Error {
+  constructor(port: number) {
+    super(`the server on port ${port} exited before it answered`);
+  }
+}
+
+/** Starts a server on a free port, trying another when the one found was taken meanwhile. */
+async function spawnOnFreePort(dataDir: string, env: Record<string, string> = {}) {
+  for (let attempt = 1;; attempt++) {
+    const port = freePort();
+    try {
+      return { port, child: await spawnServer(dataDir, port, env) };
+    } catch (err) {
+      if (!(err instanceof ServerExited) || attempt >= 3) throw err;
+    }
   }
 }
 
@@ -56,8 +80,12 @@ async function withProcesses(
   const dataDir = await Deno.makeTempDir({ prefix: "chat-procs-" });
   const servers: Deno.ChildProcess[] = [];
   try {
-    const ports = Array.from({ length: count }, () => freePort());
-    for (const port of ports) servers.push(await spawnServer(dataDir, port, env));
+    const ports: number[] = [];
+    for (let i = 0; i < count; i++) {
+      const { port, child } = await spawnOnFreePort(dataDir, env);
+      ports.push(port);
+      servers.push(child);
+    }
     await fn(ports, dataDir);
   } finally {
     for (const server of servers) {
@@ -89,8 +117,7 @@ async function allMessages(ws: TestClient, room: string): Promise<Frame[]> {
 
 Deno.test("durability: kill -9 mid-stream loses no acknowledged message and retries store once", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "chat-kill-" });
-  const port = freePort();
-  let server = await spawnServer(dataDir, port);
+  let { port, child: server } = await spawnOnFreePort(dataDir);
   try {
     let ws = await nativeClient(port);
     ws.send({ type: "join", room: "ticket:1" });
@@ -142,8 +169,7 @@ Deno.test("durability: kill -9 mid-stream loses no acknowledged message and retr
 
 Deno.test("durability: SIGTERM closes sockets with 1001, exits cleanly, and clients recover by seq", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "chat-term-" });
-  const port = freePort();
-  let server = await spawnServer(dataDir, port);
+  let { port, child: server } = await spawnOnFreePort(dataDir);
   try {
     const writer = await nativeClient(port, "2");
     let reader = await nativeClient(port);
