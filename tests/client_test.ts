@@ -1126,6 +1126,15 @@ Deno.test("web: the committed bundles web/app.js and web/client.js match their s
   }
 });
 
+/** Answers `first` and every history read that follows (retries included) with an error. */
+async function failHistoryReads(socket: FakeSocket, first?: Record<string, unknown>) {
+  for (let read = first;; read = undefined) {
+    read ??= await socket.take("history").catch(() => undefined);
+    if (!read) return;
+    socket.push({ type: "error", code: "internal", message: "store hiccup", ref: read.ref });
+  }
+}
+
 Deno.test("client: a gap its history reads cannot fill is told as a resync, not passed over quietly", async () => {
   const { c, socket } = await scripted({ retryMs: 1 });
   const resyncs: unknown[] = [];
@@ -1134,11 +1143,7 @@ Deno.test("client: a gap its history reads cannot fill is told as a resync, not 
     socket.push(msg(1));
     socket.push(msg(5));
     // Every read of the missing 2-4 fails, the retries included.
-    for (;;) {
-      const read = await socket.take("history").catch(() => undefined);
-      if (!read) break;
-      socket.push({ type: "error", code: "internal", message: "store hiccup", ref: read.ref });
-    }
+    await failHistoryReads(socket);
     await eventually(() => c.seqs("room:x").length === 2);
     assertEquals(c.seqs("room:x"), [1, 5]);
     assertEquals(resyncs, [{
@@ -1167,12 +1172,7 @@ Deno.test("client: a room left while its gap was being read delivers nothing mor
     const leave = await socket.take("leave");
     socket.push({ type: "left", room: "room:x", ref: leave.ref });
     await leaving;
-    socket.push({ type: "error", code: "internal", message: "store hiccup", ref: first.ref });
-    for (;;) {
-      const read = await socket.take("history").catch(() => undefined);
-      if (!read) break;
-      socket.push({ type: "error", code: "internal", message: "store hiccup", ref: read.ref });
-    }
+    await failHistoryReads(socket, first);
     await new Promise((r) => setTimeout(r, 200));
     assertEquals(resyncs, []);
     assertEquals(c.seqs("room:x"), [1]);

@@ -271,6 +271,14 @@ export class ChatService {
     return this.#deps.store.generation(room, options);
   }
 
+  /**
+   * True when the room was deleted since `generation` was read (read fresh): a socket that
+   * joined under it entered after the deletion's notices, and must be told it is out.
+   */
+  async deletedSince(room: string, generation: number): Promise<boolean> {
+    return (await this.generation(room, { fresh: true })) > generation;
+  }
+
   /** The room's newest seq. */
   head(room: string): Promise<number> {
     return this.#deps.store.head(room);

@@ -7,7 +7,7 @@ import type { Metrics } from "../core/metrics.ts";
 import type { Attachment } from "../core/types.ts";
 import { mediaUrlPath } from "../media/local_media_store.ts";
 import type { RateLimiter } from "../core/rate_limiter.ts";
-import type { UserSockets } from "../core/user_sockets.ts";
+import { SOCKET_REFUSALS, type UserSockets } from "../core/user_sockets.ts";
 import type { Hub } from "../hub/hub.ts";
 import type { FrameBudget } from "../transport/frame_budget.ts";
 import type { Connection, SocketOptions } from "../transport/websocket.ts";
@@ -146,4 +146,15 @@ export function socketOptions(
   // Clients name their subprotocols: a few dozen sets at most are kept.
   if (key !== undefined && sets.size < 64) sets.set(key, options);
   return options;
+}
+
+/**
+ * Counts a new socket of `user` (give it back with `ctx.sockets.release` once it closes), or
+ * says, counted in the metrics, why it may not open.
+ */
+export function admitSocket(ctx: DialectContext, user: string | number): string | undefined {
+  const refusal = ctx.sockets.admit(user);
+  if (!refusal) return undefined;
+  ctx.metrics.error("too_many_sockets");
+  return SOCKET_REFUSALS[refusal];
 }

@@ -6,9 +6,9 @@ import type { QueuedSend } from "../core/chat_service.ts";
 import type { RateVerdict } from "../core/rate_limiter.ts";
 import type { AppendResult, Principal, RoomEvent } from "../core/types.ts";
 import type { DirectSocket, Member } from "../hub/hub.ts";
-import { SOCKET_REFUSALS } from "../core/user_sockets.ts";
 import { CLOSE, Connection, type SocketHandler } from "../transport/websocket.ts";
 import {
+  admitSocket,
   baseUrlOf,
   cookieOrigins,
   type DialectContext,
@@ -214,11 +214,10 @@ class RoomSocket implements SocketHandler {
   }
 
   async open(conn: Connection): Promise<void> {
-    const refusal = this.#ctx.sockets.admit(this.#user.id);
-    if (refusal) {
+    const refused = admitSocket(this.#ctx, this.#user.id);
+    if (refused) {
       // Before the join, the close code is all the client gets.
-      this.#ctx.metrics.error("too_many_sockets");
-      conn.close(CLOSE.rateLimited, SOCKET_REFUSALS[refusal]);
+      conn.close(CLOSE.rateLimited, refused);
       return;
     }
     this.#counted = true;
@@ -267,7 +266,7 @@ class RoomSocket implements SocketHandler {
       }
       // The same for a deletion: its notices went before this member was in the room, or
       // spared it as joined under the new generation, which it was not.
-      if ((await ctx.chat.generation(room, { fresh: true })) > session.epoch) {
+      if (await ctx.chat.deletedSince(room, session.epoch)) {
         member.evict({ type: "closed", room, reason: "Room deleted" });
         return;
       }

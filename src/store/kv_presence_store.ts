@@ -112,8 +112,8 @@ function takeBatch(queue: Queued[]): { batch: Group[]; rest: Queued[] } {
   let keys = 0;
   let values = 0;
   let i = 0;
-  // Once the commit is full nothing more fits: the queue past that point stays as it is, so a
-  // batch costs what it takes, not the length of a backlog.
+  // Once the commit is full nothing more fits: the queue past that point is not looked at, only
+  // copied over whole, so a batch's work in JavaScript is what it takes, not a backlog's length.
   for (
     ;
     i < queue.length && changes < MAX_CHANGES_PER_COMMIT && groups.size < MAX_USERS_PER_COMMIT;
@@ -138,9 +138,8 @@ function takeBatch(queue: Queued[]): { batch: Group[]; rest: Queued[] } {
       rest.push(change);
     }
   }
-  // Appended one by one: spread into a call, a backlog of 100,000 changes overflowed the stack.
-  for (; i < queue.length; i++) rest.push(queue[i]);
-  return { batch: [...groups.values()], rest };
+  // Not spread into a call: a backlog of 100,000 changes overflowed the stack.
+  return { batch: [...groups.values()], rest: rest.concat(queue.slice(i)) };
 }
 
 /** Waits a random moment that grows with the attempts, so racing isolates fall out of step. */

@@ -12,9 +12,9 @@ import { canonicalId, parseRoomKey } from "../../core/rooms.ts";
 import type { AppendResult, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import type { DirectSocket, Member } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
-import { SOCKET_REFUSALS } from "../../core/user_sockets.ts";
 import { CLOSE, Connection, type SocketHandler } from "../../transport/websocket.ts";
 import {
+  admitSocket,
   baseUrlOf,
   cookieOrigins,
   type DialectContext,
@@ -448,7 +448,7 @@ class NativeSession implements SocketHandler {
       }
       // The same for a deletion: its notices went before this member was in the room, or
       // spared it as joined under the new generation, which it was not.
-      if ((await ctx.chat.generation(room, { fresh: true })) > current) {
+      if (await ctx.chat.deletedSince(room, current)) {
         throw new ChatError("room_deleted", `Room "${room}" was deleted`);
       }
       const [present, cursors] = await Promise.all([
@@ -690,10 +690,9 @@ class NativeSession implements SocketHandler {
 
   open(conn: Connection): void {
     const config = this.#ctx.config;
-    const refusal = this.#ctx.sockets.admit(this.user.id);
-    if (refusal) {
-      this.#ctx.metrics.error("too_many_sockets");
-      conn.close(CLOSE.rateLimited, SOCKET_REFUSALS[refusal]);
+    const refused = admitSocket(this.#ctx, this.user.id);
+    if (refused) {
+      conn.close(CLOSE.rateLimited, refused);
       return;
     }
     this.#counted = true;

@@ -9,13 +9,13 @@ import { findToken } from "../../auth/token.ts";
 import { asChatError, ChatError, frameTooLarge, rateLimited } from "../../core/errors.ts";
 import type { QueuedSend } from "../../core/chat_service.ts";
 import type { RateVerdict } from "../../core/rate_limiter.ts";
-import { SOCKET_REFUSALS } from "../../core/user_sockets.ts";
 import { isValidRoomId, roomKey } from "../../core/rooms.ts";
 import type { FileInput, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import { type Socket, SocketIOServer } from "../../engine_io/mod.ts";
 import type { Member } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
 import {
+  admitSocket,
   baseUrlOf,
   cookieOrigins,
   type DialectContext,
@@ -73,8 +73,6 @@ interface SocketState {
   tickets: Set<string>;
   /** Each joined ticket's generation (deletion count) when its join read it. */
   epochs?: Map<string, number>;
-  /** The user the socket is counted for among their sockets (see `admitAs`). */
-  counted?: string;
   /** Who the handshake's token names, signed in once the socket connects. */
   handshakeUser?: Principal;
   /** Ticket ids this socket said it is typing in without joining them (the document allows it). */
@@ -288,20 +286,16 @@ export function createSocketIoTicketChat(
   const bridges = new Map<string, { member: Member; joined: Promise<unknown> }>();
   const state = (socket: Socket) => socket.data as SocketState;
   /**
-   * Counts the socket among `user`'s sockets (once per user it signs in as); throws when that
-   * user holds too many, or opens them too fast. Only for a connected socket: its `disconnect`
-   * gives the count back.
+   * Counts the socket among `user`'s sockets (a signed-in socket is counted for its user); throws
+   * when that user holds too many, or opens them too fast. Only for a connected socket: its
+   * `disconnect` gives the count back. Followed by `signedIn`.
    */
   const admitAs = (socket: Socket, user: Principal) => {
-    const s = state(socket);
-    if (s.counted === String(user.id)) return;
-    const refusal = ctx.sockets.admit(user.id);
-    if (refusal) {
-      ctx.metrics.error("too_many_sockets");
-      throw new ChatError("rate_limited", SOCKET_REFUSALS[refusal]);
-    }
-    if (s.counted !== undefined) ctx.sockets.release(s.counted);
-    s.counted = String(user.id);
+    const current = state(socket).user;
+    if (current && String(current.id) === String(user.id)) return;
+    const refused = admitSocket(ctx, user.id);
+    if (refused) throw new ChatError("rate_limited", refused);
+    if (current) ctx.sockets.release(current.id);
   };
   /** Makes the socket `user`'s and lets its session take events as large as a message's files. */
   const signedIn = (socket: Socket, user: Principal) => {
@@ -667,7 +661,7 @@ export function createSocketIoTicketChat(
               }
               // The same for a deletion: its notices went before this socket was in the room,
               // or spared it as joined under the new generation, which it was not.
-              if ((await ctx.chat.generation(room, { fresh: true })) > epoch) {
+              if (await ctx.chat.deletedSince(room, epoch)) {
                 throw new ChatError("room_deleted", TICKET_DELETED);
               }
               // Signed in as someone else meanwhile, which left every ticket, this one too: the
@@ -788,7 +782,7 @@ export function createSocketIoTicketChat(
       unsigned.delete(socket);
       ctx.metrics.connection("socket.io", -1);
       ctx.limiter.forget(socket.id);
-      if (s.counted !== undefined) ctx.sockets.release(s.counted);
+      if (s.user) ctx.sockets.release(s.user.id);
       for (const id of [...s.tickets]) leaveTicket(socket, id);
       for (const id of s.typingOutside ?? []) stopTypingIn(socket, id);
     });
