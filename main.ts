@@ -4,7 +4,7 @@ import { DirectoryAccessPolicy, directoryProfileEnricher } from "./src/auth/dire
 import { Authenticator } from "./src/auth/authenticator.ts";
 import { createVerifier, ensureDevSecret } from "./src/auth/verifier.ts";
 import { BroadcastChannelBroker } from "./src/broker/broadcast_channel_broker.ts";
-import { InstanceRegistry, PROCESS, SharedOnlyBroker } from "./src/broker/instance_registry.ts";
+import { InstanceRegistry, SharedOnlyBroker } from "./src/broker/instance_registry.ts";
 import { KvRoomEvents } from "./src/broker/kv_room_events.ts";
 import { isSignal, KvRoomSignals } from "./src/broker/kv_room_signals.ts";
 import { KvHeadWatcher, LOCAL_HEAD_POLL_MS } from "./src/broker/kv_head_watcher.ts";
@@ -194,12 +194,15 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     () => registry.nearby > 0,
   );
   const watching = () => localKv ? registry.nearby > 0 : !registry.alone;
-  // Typing, read cursors and presence changes reach the other processes through their rooms'
-  // signals keys, which the head watch follows too.
-  const signals = new KvRoomSignals(kv, PROCESS, (event) => hub.receive(event), {
+  // Typing, read cursors and presence changes reach the other servers through their rooms'
+  // signals keys, which the head watch follows too: those of other processes only so, this
+  // process's isolates by the channel as well, which is faster but drops posts under load
+  // (members would keep seeing users who left). The hub keeps the first copy of each.
+  const signals = new KvRoomSignals(kv, registry.id, (event) => hub.receive(event), {
     typingTimeoutMs: config.typingTimeoutSeconds * 1000,
     // A leave from there may be older than a join here: passed on only if the store agrees.
     holds: (event) => chat.presenceHolds(event),
+    heard: (event): boolean => hub.heard(event),
   });
   const hub = new Hub(store, broker, {
     heads: (h) => {
@@ -221,16 +224,19 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   // Revocations and deletions must close sockets in every process and every isolate. The
   // channel drops messages when an isolate falls behind (Deno's buffer holds 256 for the whole
   // process), so the other isolates of this process read the log too: it names each isolate as
-  // its own origin, and a notice heard twice is harmless (see the `closed` event's generation).
+  // its own origin, and the hub keeps the first copy of each event (by its `eventId`).
   const roomEvents = new KvRoomEvents(kv, registry.id, (event) => hub.receive(event));
   await roomEvents.start();
   roomEvents.setPolling(localKv && registry.elsewhere > 0);
   registry.onChange(() => roomEvents.setPolling(localKv && registry.elsewhere > 0));
+  let eventCount = 0;
   const events = {
     committed(message: Message): void {
       hub.committed(message);
     },
-    publish(event: RoomEvent): void {
+    publish(unnamed: RoomEvent): void {
+      // Named, so that an isolate that hears it by both routes hands it on once.
+      const event = { ...unnamed, eventId: `${registry.id}:${(eventCount++).toString(36)}` };
       try {
         hub.publish(event);
       } finally {
@@ -243,7 +249,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
           );
         }
       }
-      if (isSignal(event) && registry.elsewhere > 0) {
+      if (isSignal(event) && !registry.alone) {
         signals.publish(event).catch((err) =>
           console.error("room signals: telling the other processes failed:", err)
         );

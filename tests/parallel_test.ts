@@ -1,12 +1,11 @@
 /** Fan-out across the isolates of `deno serve --parallel`, the local model of a multi-isolate deployment. */
 
-import { assert, assertEquals, within } from "./assert.ts";
+import { assert, assertEquals, delay, eventually, within } from "./assert.ts";
 import { adminCall, freePort, TEST_SECRET, TestClient } from "./helpers.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 
-/** Runs `deno serve --parallel` on serve.ts with two isolates. */
-export async function startParallelServer(env: Record<string, string> = {}) {
-  const dataDir = await Deno.makeTempDir({ prefix: "chat-parallel-" });
+/** Spawns `deno serve --parallel` on a free port; no child when it exits or stays silent. */
+async function spawnParallel(dataDir: string, env: Record<string, string>, deadline: number) {
   const port = freePort();
   const child = new Deno.Command(Deno.execPath(), {
     args: [
@@ -28,21 +27,54 @@ export async function startParallelServer(env: Record<string, string> = {}) {
       ...env,
     },
     stdout: "null",
-    stderr: "null",
+    stderr: "piped",
   }).spawn();
+  // The end of what it says, for when it does not start.
+  let said = "";
+  const reading = child.stderr.pipeThrough(new TextDecoderStream()).pipeTo(
+    new WritableStream({ write: (text) => void (said = (said + text).slice(-2000)) }),
+  ).catch(() => {});
+  let exited: Deno.CommandStatus | undefined;
+  child.status.then((status) => exited = status);
   const url = `http://127.0.0.1:${port}`;
-  const deadline = Date.now() + 30_000;
   while (true) {
+    if (exited) {
+      await reading;
+      return { url, why: `exited with ${exited.code} on port ${port}: ${said}` };
+    }
     try {
       const res = await fetch(`${url}/healthz`, { headers: { connection: "close" } });
       await res.body?.cancel();
-      if (res.ok) break;
+      if (res.ok) return { url, child, reading };
     } catch {
       // Not listening yet.
     }
-    if (Date.now() > deadline) throw new Error("deno serve --parallel did not start");
+    if (Date.now() > deadline) {
+      child.kill("SIGKILL");
+      await child.status;
+      await reading;
+      return { url, why: `no answer in 30 s on port ${port}: ${said}`, stop: true };
+    }
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** Runs `deno serve --parallel` on serve.ts with two isolates. */
+export async function startParallelServer(env: Record<string, string> = {}) {
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-parallel-" });
+  const deadline = Date.now() + 30_000;
+  let started: Awaited<ReturnType<typeof spawnParallel>>;
+  for (let attempt = 1;; attempt++) {
+    started = await spawnParallel(dataDir, env, deadline);
+    if (started.child) break;
+    // Gone before it answered: most often its port was taken meanwhile (freePort only finds one
+    // free at the moment it looks).
+    if (attempt >= 3 || started.stop) {
+      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+      throw new Error(`deno serve --parallel did not start: ${started.why}`);
+    }
+  }
+  const { child, url, reading } = started;
   const server = {
     url,
     wsUrl: url.replace(/^http/, "ws"),
@@ -70,6 +102,7 @@ export async function startParallelServer(env: Record<string, string> = {}) {
         child.kill("SIGKILL");
         await child.status;
       }
+      await reading;
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
       if (outcome === "stuck") throw new Error("deno serve did not exit after SIGTERM");
       if (!outcome.success) throw new Error(`deno serve exited with code ${outcome.code}`);
@@ -235,6 +268,75 @@ Deno.test("parallel: a participant removed during a burst of traffic is closed o
         `round ${round}: every socket of the removed participant closed`,
         10_000,
       );
+    }
+  } finally {
+    for (const c of all) await c.close().catch(() => {});
+    await server.close();
+  }
+});
+
+Deno.test("parallel: members that leave during a burst of traffic are told as left on every isolate, though the channel drops", async () => {
+  const server = await startParallelServer();
+  const all: TestClient[] = [];
+  const native = async (sub: string) => {
+    const token = await signDevToken(TEST_SECRET, { sub, rooms: ["ticket:*"] });
+    const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+    all.push(ws);
+    return ws;
+  };
+  try {
+    // Observers on both isolates (the kernel spreads the connections).
+    const observers: TestClient[] = [];
+    for (let i = 0; i < 8; i++) {
+      const ws = await native(`obs${i}`);
+      ws.send({ type: "join", room: "ticket:500" });
+      await ws.next((f) => f.type === "joined");
+      observers.push(ws);
+    }
+    const busyToken = await signDevToken(TEST_SECRET, { sub: "9", rooms: ["ticket:*"] });
+    const busy: TestClient[] = [];
+    for (let i = 0; i < 16; i++) {
+      const ws = await TestClient.open(
+        `${server.wsUrl}/ws/ticket/${900 + i % 4}/?token=${busyToken}`,
+      );
+      all.push(ws);
+      busy.push(ws);
+    }
+    const leaving: TestClient[] = [];
+    for (let i = 0; i < 20; i++) {
+      const ws = await native(`leaver${i}`);
+      ws.send({ type: "join", room: "ticket:500" });
+      await ws.next((f) => f.type === "joined");
+      leaving.push(ws);
+    }
+    const user = (f: Record<string, unknown>) => String((f.user as { id: unknown }).id);
+    const heard = (ws: TestClient, action: string) =>
+      ws.frames.filter((f) => {
+        const frame = f as Record<string, unknown>;
+        return frame.type === "presence" && frame.action === action &&
+          user(frame).startsWith("leaver");
+      }).length;
+    await eventually(
+      () => observers.every((ws) => heard(ws, "join") === 20),
+      10_000,
+      "every observer hearing every join",
+    );
+    // Thousands of messages in other rooms keep the isolates' shared channel full, while every
+    // leaver closes.
+    for (let n = 0; n < 4000; n++) busy[n % busy.length].send({ body: `b${n}` });
+    await new Promise((r) => setTimeout(r, 30));
+    await Promise.all(leaving.map((ws) => ws.close()));
+    await eventually(
+      () => observers.every((ws) => heard(ws, "leave") === 20),
+      15_000,
+      "every observer hearing every leave",
+    ).catch((err) => {
+      throw new Error(`${err.message}: ${observers.map((ws) => heard(ws, "leave")).join(", ")}`);
+    });
+    // Once each: the copies the channel brought are not repeated by the log's.
+    await delay(1500);
+    for (const ws of observers) {
+      assertEquals([heard(ws, "join"), heard(ws, "leave")], [20, 20]);
     }
   } finally {
     for (const c of all) await c.close().catch(() => {});

@@ -1,7 +1,8 @@
 /**
- * Typing, read cursors and presence changes for the servers of other processes: the broadcast
- * channel reaches only the isolates of one process, so each room also has a KV log of its
- * signals, whose head the head watcher follows beside the room's head.
+ * Typing, read cursors and presence changes for the other servers: the broadcast channel reaches
+ * only the isolates of one process, and drops posts for an isolate that falls behind, so each
+ * room also has a KV log of its signals, whose head the head watcher follows beside the room's
+ * head. An isolate of the same process hears most of them twice and keeps the first.
  */
 
 import type { RoomEvent } from "../core/types.ts";
@@ -51,18 +52,21 @@ export class KvRoomSignals {
   #holds?: (event: PresenceSignal) => Promise<boolean>;
   /** Per room, the signals being passed on while a presence check is under way, in order. */
   #pending = new Map<string, Promise<void>>();
-  /** Per read, the positions of presence changes a later one of the same user and origin follows. */
-  #superseded = new WeakMap<readonly LogEntry<SignalEvent>[], Set<number>>();
+  /** Per read, where the next presence change of the same user and origin is (see `#laterIn`). */
+  #later = new WeakMap<readonly LogEntry<SignalEvent>[], Map<number, number>>();
+  #heardHere: (event: SignalEvent) => boolean;
 
   /**
-   * Reads and writes through `kv`; `origin` names this process (its own signals reach its
-   * isolates through the channel and are skipped here). A typing state heard from another
-   * process ends here `typingTimeoutMs` and a second after its last renewal, in case its server
-   * died before it could say so. With `holds`, a presence change from elsewhere is passed on
-   * only if it says so (the presence store still agrees), unless the same read holds a later
-   * change of that user from the same process: the changes of one process come in order, and
-   * passing them all on keeps a join and a leave a moment apart from showing as a lone leave.
-   * Signals of a room reach `onEvent` in their order, a check holding back those after it.
+   * Reads and writes through `kv`; `origin` names this server (its own signals are skipped
+   * here). A typing state heard from another server ends here `typingTimeoutMs` and a second
+   * after its last renewal, in case its server died before it could say so. `heard` says which
+   * signals already arrived by the channel: those are skipped, and so is a presence change that
+   * a later one of the same user, already heard, overtook. With `holds`, a presence change from
+   * elsewhere is passed on only if it says so (the presence store still agrees), unless the
+   * same read holds a later change of that user from the same server: the changes of one server
+   * come in order, and passing them all on keeps a join and a leave a moment apart from showing
+   * as a lone leave. Signals of a room reach `onEvent` in their order, a check holding back
+   * those after it.
    */
   constructor(
     kv: Deno.Kv,
@@ -71,6 +75,7 @@ export class KvRoomSignals {
     options: {
       typingTimeoutMs?: number;
       holds?: (event: PresenceSignal) => Promise<boolean>;
+      heard?: (event: SignalEvent) => boolean;
     } = {},
   ) {
     this.#writer = new LogWriter(kv, origin, { expireIn: EXPIRE_MS });
@@ -78,6 +83,7 @@ export class KvRoomSignals {
     this.#onEvent = onEvent;
     this.#typingTimeoutMs = options.typingTimeoutMs ?? 5000;
     this.#holds = options.holds;
+    this.#heardHere = options.heard ?? (() => false);
   }
 
   /**
@@ -137,13 +143,18 @@ export class KvRoomSignals {
   #heard(entry: LogEntry<SignalEvent>, read: ReadEntries<SignalEvent>): void {
     const event = entry.event;
     if (event.type === "typing") this.#expireTyping(event);
-    const check = event.type === "presence" && this.#holds !== undefined &&
-      !this.#supersededIn(read).has(read.index);
+    // An isolate of this process wrote it, and the channel brought it already.
+    if (this.#heardHere(event)) return;
+    const later = event.type === "presence" ? this.#laterIn(read).get(read.index) : undefined;
+    const check = event.type === "presence" && this.#holds !== undefined && later === undefined;
     const room = event.room;
     const before = this.#pending.get(room);
-    if (!check && !before) return this.#deliver(event);
+    // A change a later one of the same user already overtook (through the channel) is stale.
+    const stale = () => later !== undefined && this.#heardHere(read.entries[later].event);
+    if (!check && !before) return stale() ? undefined : this.#deliver(event);
     const pass = async () => {
       try {
+        if (stale()) return;
         if (!check || await this.#holds!(event as PresenceSignal)) this.#deliver(event);
       } catch (err) {
         console.error("room signals: checking a presence change failed:", err);
@@ -156,20 +167,23 @@ export class KvRoomSignals {
     });
   }
 
-  /** The positions of a read's presence changes that a later one of the same user and origin follows. */
-  #supersededIn(read: ReadEntries<SignalEvent>): Set<number> {
-    let found = this.#superseded.get(read.entries);
+  /**
+   * For each of a read's presence changes that a later one of the same user and origin follows,
+   * the position of that later one.
+   */
+  #laterIn(read: ReadEntries<SignalEvent>): Map<number, number> {
+    let found = this.#later.get(read.entries);
     if (found) return found;
-    found = new Set();
+    found = new Map();
     const last = new Map<string, number>();
     read.entries.forEach(({ event, origin }, i) => {
       if (event.type !== "presence") return;
       const key = `${origin}\u0000${event.user.id}`;
       const previous = last.get(key);
-      if (previous !== undefined) found!.add(previous);
+      if (previous !== undefined) found!.set(previous, i);
       last.set(key, i);
     });
-    this.#superseded.set(read.entries, found);
+    this.#later.set(read.entries, found);
     return found;
   }
 
@@ -189,7 +203,7 @@ export class KvRoomSignals {
     if (!event.isTyping) return;
     const timer = setTimeout(() => {
       this.#heardTyping.delete(key);
-      this.#deliver({ ...event, isTyping: false });
+      this.#deliver({ ...event, isTyping: false, eventId: undefined });
     }, this.#typingTimeoutMs + TYPING_RENEW_MS);
     Deno.unrefTimer(timer);
     this.#heardTyping.set(key, timer);

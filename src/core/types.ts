@@ -160,7 +160,15 @@ export interface ReadCursorStore {
 }
 
 /** Something that happens in a room and is fanned out to its members. */
-export type RoomEvent =
+export type RoomEvent = RoomEventKind & {
+  /**
+   * Names an event that travels to the other isolates by two routes (the channel, and a KV log
+   * for when the channel drops): a hub hands each one on once.
+   */
+  eventId?: string;
+};
+
+type RoomEventKind =
   | { type: "message"; room: string; message: Message }
   | { type: "typing"; room: string; user: UserProfile; isTyping: boolean }
   | { type: "read"; room: string; user: UserProfile; seq: number }

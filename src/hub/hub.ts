@@ -130,6 +130,13 @@ export interface HubStats {
 const PAGE = 500;
 
 /**
+ * How long, and how many, ids of events heard are remembered: a KV log's copy of an event follows
+ * the channel's by a watch's latency (well under a second, seconds when the store is slow).
+ */
+const REMEMBER_EVENT_MS = 60_000;
+const REMEMBER_EVENTS = 100_000;
+
+/**
  * Access checks a `recheck` runs at once: a room of thousands must not send thousands of reads
  * to the directory together.
  */
@@ -161,6 +168,8 @@ export class Hub {
   #unsubscribeEveryRoom: () => void;
   /** The rechecks under way, one after another. */
   #rechecks: Promise<void> = Promise.resolve();
+  /** Ids of events handed on here, oldest first, with when (see {@link RoomEvent.eventId}). */
+  #heardIds = new Map<string, number>();
   /** Delivery counters. */
   readonly stats: HubStats = {
     gapFills: 0,
@@ -248,6 +257,7 @@ export class Hub {
   }
 
   #receive(state: RoomState, event: RoomEvent): void {
+    if (!this.#firstHearing(event)) return;
     if (event.type === "message") {
       this.#enqueue(state, () => this.#deliverInOrder(state, event.message));
     } else {
@@ -599,11 +609,35 @@ export class Hub {
   /** Hands an event that arrived by another route (a KV watch) to the room, if it has members. */
   receive(event: RoomEvent): void {
     if (event.room === EVERY_ROOM) {
-      if (event.type === "recheck") this.#recheck([...this.#rooms], event.userId);
+      if (event.type === "recheck" && this.#firstHearing(event)) {
+        this.#recheck([...this.#rooms], event.userId);
+      }
       return;
     }
     const state = this.#rooms.get(event.room);
     if (state) this.#receive(state, event);
+  }
+
+  /** True when an event with `event`'s id has been handed on here already (by either route). */
+  heard(event: RoomEvent): boolean {
+    return event.eventId !== undefined && this.#heardIds.has(event.eventId);
+  }
+
+  /** Remembers the event's id; false when it was heard before (the second route's copy). */
+  #firstHearing(event: RoomEvent): boolean {
+    const id = event.eventId;
+    if (id === undefined) return true;
+    if (this.#heardIds.has(id)) {
+      this.stats.duplicatesDropped++;
+      return false;
+    }
+    const now = performance.now();
+    for (const [old, at] of this.#heardIds) {
+      if (now - at < REMEMBER_EVENT_MS && this.#heardIds.size < REMEMBER_EVENTS) break;
+      this.#heardIds.delete(old);
+    }
+    this.#heardIds.set(id, now);
+    return true;
   }
 
   /** The members of a room on this isolate. */

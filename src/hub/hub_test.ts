@@ -667,3 +667,54 @@ Deno.test("Hub: a deletion notice naming a generation evicts only the members th
     kv.close();
   }
 });
+
+Deno.test("Hub hands on an event named by an id once, whichever route brings it first, and a recheck of every room once", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const bus = new MemoryBus();
+  const checked: string[] = [];
+  const access = (who: Principal, room: string) => {
+    checked.push(`${who.id}@${room}`);
+    return Promise.resolve(true);
+  };
+  const here = new Hub(store, new MemoryBroker(bus), { access });
+  const there = new Hub(store, new MemoryBroker(bus), { access });
+  const typed: string[] = [];
+  const member: Member = {
+    ...recorder(),
+    render: (event) => event.type === "typing" ? String(event.isTyping) : undefined,
+    send: (frame) => void typed.push(frame),
+  };
+  const typing = (isTyping: boolean, eventId?: string): RoomEvent => ({
+    type: "typing",
+    room: "a",
+    user: { id: 2, username: "b" },
+    isTyping,
+    eventId,
+  });
+  try {
+    await there.join("a", member);
+    // By the channel, then the log: once.
+    here.publish(typing(true, "e1"));
+    await settle();
+    assertEquals(there.heard(typing(true, "e1")), true);
+    there.receive(typing(true, "e1"));
+    // By the log first, then the channel: once.
+    there.receive(typing(false, "e2"));
+    here.publish(typing(false, "e2"));
+    // Events without an id are never taken for repeats.
+    here.publish(typing(true));
+    here.publish(typing(true));
+    await settle();
+    assertEquals(typed, ["true", "false", "true", "true"]);
+    assertEquals(there.stats.duplicatesDropped, 2);
+    here.publish({ type: "recheck", room: "*", userId: "1", eventId: "e3" });
+    there.receive({ type: "recheck", room: "*", userId: "1", eventId: "e3" });
+    await settle();
+    assertEquals(checked, ["1@a"]);
+  } finally {
+    here.close();
+    there.close();
+    kv.close();
+  }
+});
