@@ -91,7 +91,8 @@ type Message =
     body?: string | null;
   }
   | { k: "ack"; to: string; id: string }
-  | { k: "res"; to: string; id: string; reply?: RelayReply; ok?: boolean }
+  | { k: "res"; to: string; from: string; id: string; reply?: RelayReply; ok?: boolean }
+  | { k: "got"; to: string; id: string }
   | { k: "frame"; to: string; id: string; n: number; data: string | Uint8Array }
   | { k: "close"; to: string; id: string; code: number; reason: string };
 
@@ -101,7 +102,26 @@ interface Call {
   timer: Timer;
   replyTimeout: number;
   resolve(result: Result | null): void;
+  /** Sends the request again until the owner acknowledges it. */
+  resend?: Timer;
+  acked?: boolean;
 }
+
+/** A request this isolate serves: its answer is sent again until the requester has it. */
+interface Served {
+  reply?: Result;
+  resend?: Timer;
+}
+
+/**
+ * First wait before a request or answer not yet confirmed is posted again (then doubling, plus a
+ * millisecond per {@link BODY_BYTES_PER_MS} characters): Deno drops channel messages for an
+ * isolate that falls behind, without a word to either side.
+ */
+const RESEND_MS = 250;
+
+/** How long an answer is posted again for a requester that never confirms it (gone, or stuck). */
+const RESEND_FOR_MS = 30_000;
 
 /**
  * Characters of a relayed body the owner is given a millisecond for, beyond the ack timeout: a
@@ -139,6 +159,8 @@ export class BroadcastChannelRelay implements SessionRelay {
   #seq = 0;
   #calls = new Map<string, Call>();
   #bridges = new Map<string, Bridge>();
+  /** Requests of other isolates served here, by id, until their answer is confirmed. */
+  #served = new Map<string, Served>();
   #closed = false;
 
   /** Creates a relay; it listens only once attached to an engine. */
@@ -188,9 +210,12 @@ export class BroadcastChannelRelay implements SessionRelay {
     this.#closed = true;
     for (const call of this.#calls.values()) {
       clearTimeout(call.timer);
+      clearTimeout(call.resend);
       call.resolve(null);
     }
     this.#calls.clear();
+    for (const served of this.#served.values()) clearTimeout(served.resend);
+    this.#served.clear();
     for (const bridge of [...this.#bridges.values()]) bridge.close(1001, "relay closed");
     this.#bridges.clear();
     this.#owner = null;
@@ -256,17 +281,19 @@ export class BroadcastChannelRelay implements SessionRelay {
         const call = this.#calls.get(id);
         if (!call) return;
         clearTimeout(call.timer);
+        clearTimeout(call.resend);
         this.#calls.delete(id);
         resolve(result);
       };
-      this.#calls.set(id, {
+      const call: Call = {
         timer: setTimeout(
           () => finish(null),
           this.#ackTimeout + (body?.length ?? 0) / BODY_BYTES_PER_MS,
         ),
         replyTimeout,
         resolve: finish,
-      });
+      };
+      this.#calls.set(id, call);
       const message: Extract<Message, { k: "req" }> = {
         k: "req",
         to,
@@ -277,6 +304,15 @@ export class BroadcastChannelRelay implements SessionRelay {
       };
       if (body !== undefined) message.body = body;
       this.#send(message);
+      // The owner serves a request once, however many copies reach it.
+      const resend = (wait: number) => {
+        call.resend = setTimeout(() => {
+          if (call.acked || this.#calls.get(id) !== call) return;
+          this.#send(message);
+          resend(wait * 2);
+        }, wait);
+      };
+      resend(RESEND_MS + (body?.length ?? 0) / BODY_BYTES_PER_MS);
     });
   }
 
@@ -288,15 +324,28 @@ export class BroadcastChannelRelay implements SessionRelay {
         break;
       case "ack": {
         const call = this.#calls.get(message.id);
-        if (call) {
+        // A repeated ack (for a repeated request) must not push the reply's deadline back.
+        if (call && !call.acked) {
+          call.acked = true;
+          clearTimeout(call.resend);
           clearTimeout(call.timer);
           call.timer = setTimeout(() => call.resolve(null), call.replyTimeout);
         }
         break;
       }
       case "res":
+        // Confirmed even when repeated or late, so that the owner stops sending it.
+        this.#send({ k: "got", to: message.from, id: message.id });
         this.#calls.get(message.id)?.resolve(message);
         break;
+      case "got": {
+        const served = this.#served.get(message.id);
+        if (served?.reply) {
+          clearTimeout(served.resend);
+          this.#served.delete(message.id);
+        }
+        break;
+      }
       case "frame":
         this.#bridges.get(message.id)?.deliver(message.data, message.n);
         break;
@@ -306,26 +355,57 @@ export class BroadcastChannelRelay implements SessionRelay {
     }
   }
 
+  /** Posts an answer, and again until the requester confirms it or {@link RESEND_FOR_MS} pass. */
+  #answer(id: string, served: Served, result: Result): void {
+    served.reply = result;
+    this.#send(result);
+    // Closing: sent once (a shutdown answers parked polls), while the channel is still open.
+    if (this.#served.get(id) !== served) return;
+    const until = performance.now() + RESEND_FOR_MS;
+    const resend = (wait: number) => {
+      served.resend = setTimeout(() => {
+        if (this.#served.get(id) !== served) return;
+        if (performance.now() >= until) {
+          this.#served.delete(id);
+          return;
+        }
+        this.#send(result);
+        resend(wait * 2);
+      }, wait);
+    };
+    resend(RESEND_MS + sizeOf(result) / BODY_BYTES_PER_MS);
+  }
+
   #serve(request: Extract<Message, { k: "req" }>): void {
     const owner = this.#owner;
     if (!owner) return;
     const { from, id, sid } = request;
     this.#send({ k: "ack", to: from, id });
+    // A copy of a request served already (its ack was lost): served once, its answer repeated.
+    const known = this.#served.get(id);
+    if (known) {
+      if (known.reply) this.#send(known.reply);
+      return;
+    }
+    const served: Served = {};
+    this.#served.set(id, served);
+    const answer = (reply: Omit<Result, "k" | "to" | "from" | "id">) =>
+      this.#answer(id, served, { k: "res", to: from, from: this.nodeId, id, ...reply });
     switch (request.op) {
       case "poll":
         // Sent even while closing: a shutdown answers parked polls with a close packet, and the
         // channel stays open until those answers are out.
-        owner.relayPoll(sid).then((reply) => this.#send({ k: "res", to: from, id, reply }));
+        owner.relayPoll(sid).then((reply) => answer({ reply }));
         break;
       case "post":
-        this.#send({ k: "res", to: from, id, reply: owner.relayPost(sid, request.body ?? null) });
+        answer({ reply: owner.relayPost(sid, request.body ?? null) });
         break;
       case "ws": {
         const bridge = this.#bridge(id, from);
         // Frames the owner writes while deciding are held until the answer has been posted.
         bridge.hold();
         const ok = owner.relayWebSocket(sid, bridge);
-        this.#send({ k: "res", to: from, id, ok });
+        answer({ ok });
         if (ok) {
           bridge.release();
         } else {
@@ -335,6 +415,11 @@ export class BroadcastChannelRelay implements SessionRelay {
       }
     }
   }
+}
+
+/** Characters of an answer as posted, for the wait before it is posted again. */
+function sizeOf(result: Result): number {
+  return result.reply?.body.length ?? 0;
 }
 
 /** One end of a WebSocket bridged between two isolates. */
