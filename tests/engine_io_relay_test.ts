@@ -53,8 +53,9 @@ async function startNode(
   name: string,
   options: SocketIOServerOptions,
   ackTimeout = 200,
+  giveUpMs?: number,
 ): Promise<Node> {
-  const relay = new BroadcastChannelRelay({ name, ackTimeout });
+  const relay = new BroadcastChannelRelay({ name, ackTimeout, giveUpMs });
   const io = new SocketIOServer({ pingInterval: 10_000, pingTimeout: 5_000, ...options, relay });
   const node = {
     io,
@@ -92,11 +93,12 @@ async function withCluster(
   options: SocketIOServerOptions,
   fn: (cluster: Cluster) => Promise<void>,
   ackTimeout?: number,
+  giveUpMs?: number,
 ): Promise<void> {
   // A unique channel per test: parallel test workers of one process must not hear each other.
   const name = `engine.io-relay-test:${crypto.randomUUID()}`;
-  const a = await startNode(name, options, ackTimeout);
-  const b = await startNode(name, options, ackTimeout);
+  const a = await startNode(name, options, ackTimeout, giveUpMs);
+  const b = await startNode(name, options, ackTimeout, giveUpMs);
   try {
     await fn({ a, b, name });
   } finally {
@@ -368,7 +370,7 @@ Deno.test("relay: a websocket upgrade that lands on the non-owner is bridged to 
   });
 });
 
-Deno.test("relay: a bridge that loses a frame between isolates ends, so the client reconnects instead of missing packets", async () => {
+Deno.test("relay: frames, confirmations and the close a bridge loses between isolates are posted again, so the client misses nothing", async () => {
   await withCluster({}, async ({ a, b }) => {
     const proxy = startProxy((req, url, count) => {
       if (!url.searchParams.has("sid")) return a;
@@ -376,33 +378,83 @@ Deno.test("relay: a bridge that loses a frame between isolates ends, so the clie
       return count % 2 ? a : b;
     });
     const client: ClientSocket = connect(proxy.url, { forceNew: true, reconnection: false });
-    // Deno's channel drops posts for an isolate that falls behind; here the next frame is.
+    // Deno's channel drops posts for an isolate that falls behind; here the next few of a kind.
     const post = BroadcastChannel.prototype.postMessage;
-    let dropping = false;
+    const dropping = new Map<string, number>();
     BroadcastChannel.prototype.postMessage = function (message: unknown) {
-      if (dropping && (message as { k?: string }).k === "frame") {
-        dropping = false;
+      const kind = (message as { k?: string }).k ?? "";
+      const left = dropping.get(kind) ?? 0;
+      if (left > 0) {
+        dropping.set(kind, left - 1);
         return;
       }
       return post.call(this, message);
     };
+    const pushed: string[] = [];
+    client.on("push", (text: string) => pushed.push(text));
     try {
       await next(client, "connect");
       await eventually(() => client.io.engine.transport.name === "websocket");
       await eventually(() => a.sockets[0]?.conn.transport === "websocket");
       deepStrictEqual(await client.emitWithAck("echo", "before"), "before");
-      const disconnected = next<[string]>(client, "disconnect");
-      dropping = true;
-      a.sockets[0].emit("echo", "lost");
-      a.sockets[0].emit("echo", "after the hole");
-      strictEqual((await disconnected)[0], "transport close");
-      await eventually(() => a.reasons.length === 1);
+      // A run of frames lost both ways, then the confirmations of what came after.
+      dropping.set("frame", 3);
+      for (let i = 1; i <= 5; i++) a.sockets[0].emit("push", `p${i}`);
+      deepStrictEqual(await client.timeout(5000).emitWithAck("echo", "after"), "after");
+      dropping.set("fack", 2);
+      deepStrictEqual(await client.timeout(5000).emitWithAck("echo", "again"), "again");
+      await eventually(() => pushed.length === 5, 5000, "every push");
+      deepStrictEqual(pushed, ["p1", "p2", "p3", "p4", "p5"]);
+      ok(client.connected);
+      deepStrictEqual(a.reasons, []);
+      // The client's socket closing, its close lost once, still ends the session on the owner.
+      dropping.set("close", 1);
+      client.io.engine.close();
+      await eventually(() => a.reasons.length === 1, 5000, "the session's end");
+      deepStrictEqual([dropping.get("close"), a.reasons], [0, ["transport close"]]);
     } finally {
       BroadcastChannel.prototype.postMessage = post;
       client.disconnect();
       await proxy.stop();
     }
   });
+});
+
+Deno.test("relay: a bridge whose other isolate confirms nothing ends, and the session with it", async () => {
+  await withCluster(
+    {},
+    async ({ a, b }) => {
+      const proxy = startProxy((req, url, count) => {
+        if (!url.searchParams.has("sid")) return a;
+        if (req.headers.get("upgrade")) return b;
+        return count % 2 ? a : b;
+      });
+      const client: ClientSocket = connect(proxy.url, { forceNew: true, reconnection: false });
+      const post = BroadcastChannel.prototype.postMessage;
+      let stuck = false;
+      BroadcastChannel.prototype.postMessage = function (message: unknown) {
+        // The client's isolate has stopped reading: its frames go out, nothing reaches it.
+        if (stuck && (message as { to?: string }).to === b.relay.nodeId) return;
+        return post.call(this, message);
+      };
+      try {
+        await next(client, "connect");
+        await eventually(() => client.io.engine.transport.name === "websocket");
+        await eventually(() => a.sockets[0]?.conn.transport === "websocket");
+        stuck = true;
+        a.sockets[0].emit("push", "never confirmed");
+        // Long before a heartbeat would tell (10 s and 5 s here).
+        await eventually(() => a.reasons.length === 1, 5000, "the owner's end of the session");
+        deepStrictEqual(a.reasons, ["transport close"]);
+      } finally {
+        BroadcastChannel.prototype.postMessage = post;
+        client.disconnect();
+        await proxy.stop();
+      }
+    },
+    undefined,
+    1000,
+  );
 });
 
 Deno.test("relay: requests, answers, acks and confirmations the channel drops are posted again, so a polling session loses nothing", async () => {

@@ -201,6 +201,74 @@ Deno.test("parallel: Socket.IO clients on polling and websocket work with no sti
   }
 });
 
+Deno.test("parallel: Socket.IO clients bridged or relayed to another isolate get every message of a burst once, in order, and stay connected", async () => {
+  const server = await startParallelServer();
+  const { io } = await import("socket.io-client");
+  const clients: ReturnType<typeof io>[] = [];
+  const others: TestClient[] = [];
+  try {
+    const token = await signDevToken(TEST_SECRET, { sub: "1", rooms: ["ticket:*"] });
+    const once = (socket: ReturnType<typeof io>, event: string) =>
+      new Promise<Record<string, unknown>>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`timed out waiting for ${event}`)), 10_000);
+        socket.once(event, (arg: Record<string, unknown>) => {
+          clearTimeout(timer);
+          resolve(arg);
+        });
+      });
+    const received: string[][] = [];
+    const disconnects: string[] = [];
+    for (let i = 0; i < 8; i++) {
+      // Without sticky sessions about half the polls and upgrades reach the other isolate.
+      const socket = io(server.url, {
+        forceNew: true,
+        reconnection: false,
+        auth: { token },
+        transports: i % 2 ? ["polling"] : ["polling", "websocket"],
+      });
+      clients.push(socket);
+      await once(socket, "authenticated");
+      socket.emit("join_ticket", { ticketId: "78" });
+      await once(socket, "joined_ticket");
+      const mine: string[] = [];
+      received.push(mine);
+      socket.on("new_message", (m: { data: { message: string } }) => mine.push(m.data.message));
+      socket.on("disconnect", (reason: string) => disconnects.push(`${i}: ${reason}`));
+    }
+    const busyToken = await signDevToken(TEST_SECRET, { sub: "9", rooms: ["ticket:*"] });
+    for (let i = 0; i < 8; i++) {
+      others.push(
+        await TestClient.open(`${server.wsUrl}/ws/ticket/${900 + i % 4}/?token=${busyToken}`),
+      );
+    }
+    const sender = await TestClient.open(`${server.wsUrl}/ws/ticket/78/?token=${busyToken}`);
+    others.push(sender);
+    // Thousands of messages in other rooms keep the isolates' shared channel full, the relay's
+    // messages among them, while the room's 300 go out.
+    const expected: string[] = [];
+    for (let n = 0; n < 3000; n++) {
+      others[n % 8].send({ body: `b${n}` });
+      if (n % 10 === 0) {
+        expected.push(`m${n / 10}`);
+        sender.send({ body: `m${n / 10}` });
+      }
+    }
+    await eventually(
+      () => received.every((r) => r.length >= expected.length) || disconnects.length > 0,
+      30_000,
+      "every message at every client",
+    ).catch((err) => {
+      throw new Error(`${err.message}: ${received.map((r) => r.length).join(", ")}`);
+    });
+    assertEquals(disconnects, []);
+    for (const r of received) assertEquals(r, expected);
+  } finally {
+    for (const c of clients) c.disconnect();
+    for (const c of others) await c.close().catch(() => {});
+    await server.close();
+  }
+});
+
 Deno.test("parallel: a demoted admin and the claim holders of a room the directory takes over are closed on every isolate", async () => {
   const admin = "a-long-enough-admin-token-for-tests";
   const server = await startParallelServer({ ADMIN_TOKEN: admin });

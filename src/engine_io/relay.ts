@@ -74,6 +74,11 @@ export interface BroadcastChannelRelayOptions {
   ackTimeout?: number;
   /** Milliseconds to wait for the owner's answer to a POST or WebSocket request once acknowledged. */
   replyTimeout?: number;
+  /**
+   * Milliseconds a bridged WebSocket waits for the other isolate to confirm anything new before
+   * it ends (default 10000).
+   */
+  giveUpMs?: number;
 }
 
 type Timer = ReturnType<typeof setTimeout>;
@@ -94,7 +99,12 @@ type Message =
   | { k: "res"; to: string; from: string; id: string; reply?: RelayReply; ok?: boolean }
   | { k: "got"; to: string; id: string }
   | { k: "frame"; to: string; id: string; n: number; data: string | Uint8Array }
-  | { k: "close"; to: string; id: string; code: number; reason: string };
+  | { k: "close"; to: string; from: string; id: string; n: number; code: number; reason: string }
+  /** Everything up to `n` arrived; with `gap`, `n + 1` to `gap` are missing and later ones came. */
+  | { k: "fack"; to: string; id: string; n: number; gap?: number };
+
+/** What a bridge numbers: its frames, then its close. */
+type Numbered = Extract<Message, { k: "frame" | "close" }>;
 
 type Result = Extract<Message, { k: "res" }>;
 
@@ -149,6 +159,7 @@ export class BroadcastChannelRelay implements SessionRelay {
   #name: string;
   #ackTimeout: number;
   #replyTimeout: number;
+  #giveUpMs: number;
   #channel: BroadcastChannel | null = null;
   /**
    * One channel per node written to, named after it: a message (a polling body, a WebSocket
@@ -170,6 +181,7 @@ export class BroadcastChannelRelay implements SessionRelay {
     // request: a sid called unknown ends the client's session (and its upload may be stored).
     this.#ackTimeout = options.ackTimeout ?? 5000;
     this.#replyTimeout = options.replyTimeout ?? 30_000;
+    this.#giveUpMs = options.giveUpMs ?? 10_000;
     this.nodeId = `p${Deno.pid.toString(36)}n${randomHex(4)}`;
   }
 
@@ -216,7 +228,7 @@ export class BroadcastChannelRelay implements SessionRelay {
     this.#calls.clear();
     for (const served of this.#served.values()) clearTimeout(served.resend);
     this.#served.clear();
-    for (const bridge of [...this.#bridges.values()]) bridge.close(1001, "relay closed");
+    for (const bridge of [...this.#bridges.values()]) bridge.shutdown(1001, "relay closed");
     this.#bridges.clear();
     this.#owner = null;
     if (this.#channel) {
@@ -248,9 +260,10 @@ export class BroadcastChannelRelay implements SessionRelay {
   #bridge(id: string, peer: string): Bridge {
     const bridge = new Bridge(
       (message) => this.#send(message),
-      () => this.#bridges.delete(id),
-      id,
-      peer,
+      () => {
+        if (this.#bridges.get(id) === bridge) this.#bridges.delete(id);
+      },
+      { id, peer, self: this.nodeId, giveUpMs: this.#giveUpMs },
     );
     this.#bridges.set(id, bridge);
     return bridge;
@@ -347,10 +360,18 @@ export class BroadcastChannelRelay implements SessionRelay {
         break;
       }
       case "frame":
-        this.#bridges.get(message.id)?.deliver(message.data, message.n);
+      case "close": {
+        const bridge = this.#bridges.get(message.id);
+        if (bridge) {
+          bridge.receive(message);
+        } else if (message.k === "close") {
+          // Ended here already: the peer only needs to hear that its close arrived.
+          this.#send({ k: "fack", to: message.from, id: message.id, n: message.n });
+        }
         break;
-      case "close":
-        this.#bridges.get(message.id)?.closedByPeer(message.code, message.reason);
+      }
+      case "fack":
+        this.#bridges.get(message.id)?.acked(message.n, message.gap);
         break;
     }
   }
@@ -422,7 +443,36 @@ function sizeOf(result: Result): number {
   return result.reply?.body.length ?? 0;
 }
 
-/** One end of a WebSocket bridged between two isolates. */
+/** A frame, or the close, posted and not yet confirmed by the peer. */
+interface Unconfirmed {
+  message: Numbered;
+  size: number;
+  postedAt: number;
+}
+
+/** How long a bridge waits before confirming what it received (one confirmation for a burst). */
+const CONFIRM_DELAY_MS = 20;
+
+/** Bytes a bridge holds unconfirmed, or received past a hole, before it ends: above a 64 MiB frame. */
+const MAX_HELD_BYTES = 80 * 1024 * 1024;
+
+/** Bytes posted again per attempt, so that a long run of lost frames is not copied at once. */
+const RESEND_BYTES = 4 * 1024 * 1024;
+
+/** Longest wait between attempts to post unconfirmed frames again. */
+const MAX_RESEND_MS = 2000;
+
+function frameSize(message: Numbered): number {
+  if (message.k === "close") return 0;
+  return typeof message.data === "string" ? message.data.length : message.data.byteLength;
+}
+
+/**
+ * One end of a WebSocket bridged between two isolates. Deno drops channel messages for an
+ * isolate that falls behind without a word, so frames and the close are numbered, confirmed by
+ * the peer, and posted again until they are: the peer hands them on once and in order, holding
+ * those that arrive past a hole. A bridge whose peer confirms nothing new for a while ends.
+ */
 class Bridge implements FrameSocket {
   onclose: ((code: number, reason: string) => void) | null = null;
   #onmessage: ((data: string | Uint8Array) => void) | null = null;
@@ -432,17 +482,40 @@ class Bridge implements FrameSocket {
   #forget: () => void;
   #id: string;
   #peer: string;
+  #self: string;
+  #giveUpMs: number;
   #held: (string | Uint8Array)[] | null = null;
+  /** Closed for this side: nothing more is sent or handed on. */
   #closed = false;
-  /** Frames posted, and frames received, numbered from 1: a gap is a frame the channel dropped. */
+  /** Forgotten by the relay: timers stopped, nothing more posted. */
+  #ended = false;
+  /** Numbers given to frames and the close posted, and the highest handed on in order, from 1. */
   #sent = 0;
   #received = 0;
+  #unconfirmed: Unconfirmed[] = [];
+  #unconfirmedBytes = 0;
+  /** Frames (or the close) received past a hole, by number. */
+  #early = new Map<number, Numbered>();
+  #earlyBytes = 0;
+  #confirmTimer?: Timer;
+  #resendTimer?: Timer;
+  #resendWait = RESEND_MS;
+  /** When the peer last confirmed something new (or the first frame went out). */
+  #progressAt = 0;
+  /** The hole last told to the peer (its last missing number), and when. */
+  #gapTold = { until: 0, at: -Infinity };
 
-  constructor(post: (message: Message) => void, forget: () => void, id: string, peer: string) {
+  constructor(
+    post: (message: Message) => void,
+    forget: () => void,
+    ids: { id: string; peer: string; self: string; giveUpMs: number },
+  ) {
     this.#post = post;
     this.#forget = forget;
-    this.#id = id;
-    this.#peer = peer;
+    this.#id = ids.id;
+    this.#peer = ids.peer;
+    this.#self = ids.self;
+    this.#giveUpMs = ids.giveUpMs;
   }
 
   get onmessage(): ((data: string | Uint8Array) => void) | null {
@@ -477,38 +550,196 @@ class Bridge implements FrameSocket {
     const payload = typeof data === "string" || data.byteLength === data.buffer.byteLength
       ? data
       : data.slice();
-    this.#post({ k: "frame", to: this.#peer, id: this.#id, n: ++this.#sent, data: payload });
+    this.#postNumbered({
+      k: "frame",
+      to: this.#peer,
+      id: this.#id,
+      n: ++this.#sent,
+      data: payload,
+    });
   }
 
+  /** Closes this side; the close reaches the peer after every frame sent before it. */
   close(code = 1000, reason = ""): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#forget();
-    this.#post({ k: "close", to: this.#peer, id: this.#id, code, reason });
+    this.#postNumbered(this.#closeMessage(code, reason));
     queueMicrotask(() => this.#notifyClose(code, reason));
   }
 
-  deliver(data: string | Uint8Array, n: number): void {
-    if (this.#closed) return;
-    // Deno drops channel messages for an isolate that falls behind (it keeps 256 for the whole
-    // process) without a word: a stream with a hole must end, so that the client reconnects
-    // rather than missing packets while it seems connected.
-    if (n !== ++this.#received) {
-      this.close(1011, "Frames were lost between isolates");
+  /** Closes at once, telling the peer without waiting for its confirmation (the relay stops). */
+  shutdown(code: number, reason: string): void {
+    if (!this.#closed) {
+      this.#closed = true;
+      this.#post(this.#closeMessage(code, reason));
+      queueMicrotask(() => this.#notifyClose(code, reason));
+    }
+    this.#end();
+  }
+
+  /** Takes a numbered frame or close from the peer: handed on once, in order. */
+  receive(message: Numbered): void {
+    if (this.#ended) return;
+    const n = message.n;
+    this.#confirmSoon();
+    if (n <= this.#received || this.#early.has(n)) return; // posted again
+    if (n !== this.#received + 1) {
+      this.#early.set(n, message);
+      this.#earlyBytes += frameSize(message);
+      if (this.#earlyBytes > MAX_HELD_BYTES) this.#fail();
+      else this.#tellGap();
       return;
     }
+    this.#take(message);
+    let next: Numbered | undefined;
+    while (!this.#ended && (next = this.#early.get(this.#received + 1))) {
+      this.#early.delete(next.n);
+      this.#earlyBytes -= frameSize(next);
+      this.#take(next);
+    }
+    this.#tellGap();
+  }
+
+  /**
+   * Tells the peer at once of the first hole among what arrived, so that it posts the missing
+   * frames again without waiting: once per hole (a hole filling up is the same hole), again if it
+   * stays open.
+   */
+  #tellGap(): void {
+    if (this.#ended || this.#early.size === 0) return;
+    let next = Infinity;
+    for (const n of this.#early.keys()) next = Math.min(next, n);
+    const until = next - 1;
+    const now = performance.now();
+    if (this.#gapTold.until === until && now - this.#gapTold.at < RESEND_MS) return;
+    this.#gapTold = { until, at: now };
+    clearTimeout(this.#confirmTimer);
+    this.#confirmTimer = undefined;
+    this.#post({ k: "fack", to: this.#peer, id: this.#id, n: this.#received, gap: until });
+  }
+
+  /** The peer has everything up to `n`; with `gap`, it misses `n + 1` to `gap`, posted again now. */
+  acked(n: number, gap?: number): void {
+    let count = 0;
+    while (count < this.#unconfirmed.length && this.#unconfirmed[count].message.n <= n) {
+      this.#unconfirmedBytes -= this.#unconfirmed[count++].size;
+    }
+    if (gap !== undefined && !this.#ended) {
+      const now = performance.now();
+      let bytes = 0;
+      for (let i = count; i < this.#unconfirmed.length && bytes <= RESEND_BYTES; i++) {
+        const item = this.#unconfirmed[i];
+        if (item.message.n > gap) break;
+        // Posted again just now, for an earlier word of the same hole: still on its way.
+        if (now - item.postedAt < RESEND_MS / 2) continue;
+        this.#post(item.message);
+        item.postedAt = now;
+        bytes += item.size;
+      }
+    }
+    if (count === 0) return;
+    this.#unconfirmed.splice(0, count);
+    this.#progressAt = performance.now();
+    this.#resendWait = RESEND_MS;
+    if (this.#unconfirmed.length > 0) return;
+    clearTimeout(this.#resendTimer);
+    this.#resendTimer = undefined;
+    // Our close is confirmed: nothing more to do.
+    if (this.#closed) this.#end();
+  }
+
+  #closeMessage(code: number, reason: string): Numbered {
+    return {
+      k: "close",
+      to: this.#peer,
+      from: this.#self,
+      id: this.#id,
+      n: ++this.#sent,
+      code,
+      reason,
+    };
+  }
+
+  #take(message: Numbered): void {
+    this.#received = message.n;
+    if (message.k === "close") {
+      // The peer's side is gone: what this side still had for it no longer matters.
+      this.#unconfirmed = [];
+      this.#unconfirmedBytes = 0;
+      if (!this.#closed) {
+        this.#closed = true;
+        this.#notifyClose(message.code, message.reason);
+      }
+      this.#confirmNow();
+      this.#end();
+      return;
+    }
+    if (this.#closed) return;
     if (this.#onmessage) {
-      this.#onmessage(data);
+      this.#onmessage(message.data);
     } else {
-      this.#inbox.push(data);
+      this.#inbox.push(message.data);
     }
   }
 
-  closedByPeer(code: number, reason: string): void {
-    if (this.#closed) return;
-    this.#closed = true;
+  #postNumbered(message: Numbered): void {
+    if (this.#ended) return;
+    const size = frameSize(message);
+    const now = performance.now();
+    if (this.#unconfirmed.length === 0) this.#progressAt = now;
+    this.#unconfirmed.push({ message, size, postedAt: now });
+    this.#unconfirmedBytes += size;
+    this.#post(message);
+    if (this.#unconfirmedBytes > MAX_HELD_BYTES + size) {
+      this.#fail();
+      return;
+    }
+    this.#resendTimer ??= setTimeout(() => this.#resend(), this.#resendWait);
+  }
+
+  /** Posts again what the peer has not confirmed for a while, oldest first. */
+  #resend(): void {
+    this.#resendTimer = undefined;
+    if (this.#ended || this.#unconfirmed.length === 0) return;
+    const now = performance.now();
+    if (now - this.#progressAt > this.#giveUpMs) {
+      this.#fail();
+      return;
+    }
+    let bytes = 0;
+    for (const item of this.#unconfirmed) {
+      if (now - item.postedAt < this.#resendWait || bytes > RESEND_BYTES) break;
+      this.#post(item.message);
+      item.postedAt = now;
+      bytes += item.size;
+    }
+    this.#resendWait = Math.min(this.#resendWait * 2, MAX_RESEND_MS);
+    this.#resendTimer = setTimeout(() => this.#resend(), this.#resendWait);
+  }
+
+  #confirmSoon(): void {
+    this.#confirmTimer ??= setTimeout(() => this.#confirmNow(), CONFIRM_DELAY_MS);
+  }
+
+  #confirmNow(): void {
+    clearTimeout(this.#confirmTimer);
+    this.#confirmTimer = undefined;
+    this.#post({ k: "fack", to: this.#peer, id: this.#id, n: this.#received });
+  }
+
+  /** The peer stopped confirming, or fell too far behind: both sides end, the client reconnects. */
+  #fail(): void {
+    this.shutdown(1011, "Frames were lost between isolates");
+  }
+
+  #end(): void {
+    if (this.#ended) return;
+    this.#ended = true;
+    clearTimeout(this.#resendTimer);
+    clearTimeout(this.#confirmTimer);
+    this.#unconfirmed = [];
+    this.#early.clear();
     this.#forget();
-    this.#notifyClose(code, reason);
   }
 
   #notifyClose(code: number, reason: string): void {
