@@ -197,7 +197,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   // Typing, read cursors and presence changes reach the other servers through their rooms'
   // signals keys, which the head watch follows too: those of other processes only so, this
   // process's isolates by the channel as well, which is faster but drops posts under load
-  // (members would keep seeing users who left). The hub keeps the first copy of each.
+  // (members would keep seeing users who left). The hub keeps the first copy of each, in order.
   const signals = new KvRoomSignals(kv, registry.id, (event) => hub.receive(event), {
     typingTimeoutMs: config.typingTimeoutSeconds * 1000,
     // A leave from there may be older than a join here: passed on only if the store agrees.
@@ -224,7 +224,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   // Revocations and deletions must close sockets in every process and every isolate. The
   // channel drops messages when an isolate falls behind (Deno's buffer holds 256 for the whole
   // process), so the other isolates of this process read the log too: it names each isolate as
-  // its own origin, and the hub keeps the first copy of each event (by its `eventId`).
+  // its own origin, and the hub keeps the first copy of each event (by its origin and serial).
   const roomEvents = new KvRoomEvents(kv, registry.id, (event) => hub.receive(event));
   await roomEvents.start();
   roomEvents.setPolling(localKv && registry.elsewhere > 0);
@@ -235,8 +235,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       hub.committed(message);
     },
     publish(unnamed: RoomEvent): void {
-      // Named, so that an isolate that hears it by both routes hands it on once.
-      const event = { ...unnamed, eventId: `${registry.id}:${(eventCount++).toString(36)}` };
+      // Numbered, so that an isolate that hears it by both routes hands it on once, in order.
+      const event = { ...unnamed, origin: registry.id, serial: eventCount++ };
       try {
         hub.publish(event);
       } finally {
@@ -249,7 +249,11 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
           );
         }
       }
-      if (isSignal(event) && !registry.alone) {
+      // Read cursors, the most frequent and the least harm when one is lost (the next read
+      // carries the cursor, and a join reads them all), skip the log between isolates.
+      if (
+        isSignal(event) && (registry.elsewhere > 0 || (!registry.alone && event.type !== "read"))
+      ) {
         signals.publish(event).catch((err) =>
           console.error("room signals: telling the other processes failed:", err)
         );

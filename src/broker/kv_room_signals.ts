@@ -52,16 +52,16 @@ export class KvRoomSignals {
   #holds?: (event: PresenceSignal) => Promise<boolean>;
   /** Per room, the signals being passed on while a presence check is under way, in order. */
   #pending = new Map<string, Promise<void>>();
-  /** Per read, where the next presence change of the same user and origin is (see `#laterIn`). */
-  #later = new WeakMap<readonly LogEntry<SignalEvent>[], Map<number, number>>();
+  /** Per read, the positions of presence changes a later one of the same user and origin follows. */
+  #superseded = new WeakMap<readonly LogEntry<SignalEvent>[], Set<number>>();
   #heardHere: (event: SignalEvent) => boolean;
 
   /**
    * Reads and writes through `kv`; `origin` names this server (its own signals are skipped
    * here). A typing state heard from another server ends here `typingTimeoutMs` and a second
    * after its last renewal, in case its server died before it could say so. `heard` says which
-   * signals already arrived by the channel: those are skipped, and so is a presence change that
-   * a later one of the same user, already heard, overtook. With `holds`, a presence change from
+   * signals already arrived by the channel, or are stale: those are skipped (`onEvent` must
+   * drop those that became so meanwhile). With `holds`, a presence change from
    * elsewhere is passed on only if it says so (the presence store still agrees), unless the
    * same read holds a later change of that user from the same server: the changes of one server
    * come in order, and passing them all on keeps a join and a leave a moment apart from showing
@@ -143,18 +143,16 @@ export class KvRoomSignals {
   #heard(entry: LogEntry<SignalEvent>, read: ReadEntries<SignalEvent>): void {
     const event = entry.event;
     if (event.type === "typing") this.#expireTyping(event);
-    // An isolate of this process wrote it, and the channel brought it already.
+    // An isolate of this process wrote it, and the channel brought it (or a later one) already;
+    // `onEvent` drops one that became so while it waited.
     if (this.#heardHere(event)) return;
-    const later = event.type === "presence" ? this.#laterIn(read).get(read.index) : undefined;
-    const check = event.type === "presence" && this.#holds !== undefined && later === undefined;
+    const check = event.type === "presence" && this.#holds !== undefined &&
+      !this.#supersededIn(read).has(read.index);
     const room = event.room;
     const before = this.#pending.get(room);
-    // A change a later one of the same user already overtook (through the channel) is stale.
-    const stale = () => later !== undefined && this.#heardHere(read.entries[later].event);
-    if (!check && !before) return stale() ? undefined : this.#deliver(event);
+    if (!check && !before) return this.#deliver(event);
     const pass = async () => {
       try {
-        if (stale()) return;
         if (!check || await this.#holds!(event as PresenceSignal)) this.#deliver(event);
       } catch (err) {
         console.error("room signals: checking a presence change failed:", err);
@@ -167,23 +165,20 @@ export class KvRoomSignals {
     });
   }
 
-  /**
-   * For each of a read's presence changes that a later one of the same user and origin follows,
-   * the position of that later one.
-   */
-  #laterIn(read: ReadEntries<SignalEvent>): Map<number, number> {
-    let found = this.#later.get(read.entries);
+  /** The positions of a read's presence changes that a later one of the same user and origin follows. */
+  #supersededIn(read: ReadEntries<SignalEvent>): Set<number> {
+    let found = this.#superseded.get(read.entries);
     if (found) return found;
-    found = new Map();
+    found = new Set();
     const last = new Map<string, number>();
     read.entries.forEach(({ event, origin }, i) => {
       if (event.type !== "presence") return;
       const key = `${origin}\u0000${event.user.id}`;
       const previous = last.get(key);
-      if (previous !== undefined) found!.set(previous, i);
+      if (previous !== undefined) found!.add(previous);
       last.set(key, i);
     });
-    this.#later.set(read.entries, found);
+    this.#superseded.set(read.entries, found);
     return found;
   }
 
@@ -203,7 +198,10 @@ export class KvRoomSignals {
     if (!event.isTyping) return;
     const timer = setTimeout(() => {
       this.#heardTyping.delete(key);
-      this.#deliver({ ...event, isTyping: false, eventId: undefined });
+      // Ordered right after the start it ends: a later event of that origin (a renewal the
+      // channel brought) makes it stale.
+      const serial = event.serial === undefined ? undefined : event.serial + 0.5;
+      this.#deliver({ ...event, isTyping: false, serial });
     }, this.#typingTimeoutMs + TYPING_RENEW_MS);
     Deno.unrefTimer(timer);
     this.#heardTyping.set(key, timer);

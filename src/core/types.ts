@@ -162,10 +162,16 @@ export interface ReadCursorStore {
 /** Something that happens in a room and is fanned out to its members. */
 export type RoomEvent = RoomEventKind & {
   /**
-   * Names an event that travels to the other isolates by two routes (the channel, and a KV log
-   * for when the channel drops): a hub hands each one on once.
+   * The server that published it, for events that reach the other isolates by two routes (the
+   * channel, and a KV log for when the channel drops): see `serial`.
    */
-  eventId?: string;
+  origin?: string;
+  /**
+   * How many events `origin` published before this one: a hub hands each event on once, and
+   * none of a user's typing, read or presence events in a room after a later one of the same
+   * origin (the two routes do not keep each other's order).
+   */
+  serial?: number;
 };
 
 type RoomEventKind =

@@ -110,6 +110,12 @@ export function renderMetrics(metrics: Metrics, hub: Hub, frames?: FrameBudget):
     "",
     hub.stats.duplicatesDropped,
   ]]);
+  metric(
+    "chat_event_repeats_dropped_total",
+    "counter",
+    "Typing, read, presence and eviction events heard by both routes between isolates (channel and KV log), or after a later one of the same user, dropped.",
+    [["", hub.stats.repeatsDropped]],
+  );
   if (frames) {
     metric(
       "chat_frame_buffer_bytes",

@@ -125,13 +125,24 @@ export interface HubStats {
   gapsReported: number;
   /** Events the broker refused to carry to the other isolates. */
   publishFailures: number;
+  /** Events heard a second time (by the other route), or after a later one of their kind. */
+  repeatsDropped: number;
 }
 
 const PAGE = 500;
 
+/** What `#firstHearing` orders an event by: a user's signals in a room, or the event alone. */
+function heardKey(event: RoomEvent): string {
+  const what = event.type === "typing" || event.type === "read" || event.type === "presence"
+    ? `${event.type}\u0000${event.user.id}`
+    : `#${event.serial}`;
+  return `${event.origin}\u0000${event.room}\u0000${what}`;
+}
+
 /**
- * How long, and how many, ids of events heard are remembered: a KV log's copy of an event follows
- * the channel's by a watch's latency (well under a second, seconds when the store is slow).
+ * How long, and how many, events heard are remembered (see `#firstHearing`): a KV log's copy of
+ * an event follows the channel's by a watch's latency (well under a second, seconds when the
+ * store is slow).
  */
 const REMEMBER_EVENT_MS = 60_000;
 const REMEMBER_EVENTS = 100_000;
@@ -168,8 +179,11 @@ export class Hub {
   #unsubscribeEveryRoom: () => void;
   /** The rechecks under way, one after another. */
   #rechecks: Promise<void> = Promise.resolve();
-  /** Ids of events handed on here, oldest first, with when (see {@link RoomEvent.eventId}). */
-  #heardIds = new Map<string, number>();
+  /**
+   * The newest serial handed on here per origin and room, kind and user of signals (per event
+   * for the others), least recently heard first, with when (see {@link RoomEvent.serial}).
+   */
+  #heard = new Map<string, { serial: number; at: number }>();
   /** Delivery counters. */
   readonly stats: HubStats = {
     gapFills: 0,
@@ -177,6 +191,7 @@ export class Hub {
     directFrames: 0,
     gapsReported: 0,
     publishFailures: 0,
+    repeatsDropped: 0,
   };
 
   /**
@@ -618,25 +633,33 @@ export class Hub {
     if (state) this.#receive(state, event);
   }
 
-  /** True when an event with `event`'s id has been handed on here already (by either route). */
+  /**
+   * True when `event` was handed on here already, or a later one that makes it stale (a user's
+   * typing, read or presence in a room, from the same origin).
+   */
   heard(event: RoomEvent): boolean {
-    return event.eventId !== undefined && this.#heardIds.has(event.eventId);
+    if (event.origin === undefined || event.serial === undefined) return false;
+    const last = this.#heard.get(heardKey(event));
+    return last !== undefined && last.serial >= event.serial;
   }
 
-  /** Remembers the event's id; false when it was heard before (the second route's copy). */
+  /** Remembers the event; false when it, or a later one it must not follow, was heard before. */
   #firstHearing(event: RoomEvent): boolean {
-    const id = event.eventId;
-    if (id === undefined) return true;
-    if (this.#heardIds.has(id)) {
-      this.stats.duplicatesDropped++;
+    if (event.origin === undefined || event.serial === undefined) return true;
+    const key = heardKey(event);
+    const last = this.#heard.get(key);
+    if (last !== undefined && last.serial >= event.serial) {
+      this.stats.repeatsDropped++;
       return false;
     }
     const now = performance.now();
-    for (const [old, at] of this.#heardIds) {
-      if (now - at < REMEMBER_EVENT_MS && this.#heardIds.size < REMEMBER_EVENTS) break;
-      this.#heardIds.delete(old);
+    for (const [old, { at }] of this.#heard) {
+      if (now - at < REMEMBER_EVENT_MS && this.#heard.size < REMEMBER_EVENTS) break;
+      this.#heard.delete(old);
     }
-    this.#heardIds.set(id, now);
+    // Moved to the end: the map stays in the order keys were last heard.
+    this.#heard.delete(key);
+    this.#heard.set(key, { serial: event.serial, at: now });
     return true;
   }
 

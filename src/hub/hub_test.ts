@@ -668,7 +668,7 @@ Deno.test("Hub: a deletion notice naming a generation evicts only the members th
   }
 });
 
-Deno.test("Hub hands on an event named by an id once, whichever route brings it first, and a recheck of every room once", async () => {
+Deno.test("Hub hands on an event once whichever route brings it first, and none of a user's signals after a later one of the same origin", async () => {
   const kv = await Deno.openKv(":memory:");
   const store = new KvMessageStore(kv);
   const bus = new MemoryBus();
@@ -679,37 +679,67 @@ Deno.test("Hub hands on an event named by an id once, whichever route brings it 
   };
   const here = new Hub(store, new MemoryBroker(bus), { access });
   const there = new Hub(store, new MemoryBroker(bus), { access });
-  const typed: string[] = [];
+  const seen: string[] = [];
   const member: Member = {
     ...recorder(),
-    render: (event) => event.type === "typing" ? String(event.isTyping) : undefined,
-    send: (frame) => void typed.push(frame),
+    render: (event) =>
+      event.type === "typing"
+        ? `${event.user.id} ${event.isTyping}`
+        : event.type === "presence"
+        ? `${event.user.id} ${event.action}`
+        : undefined,
+    send: (frame) => void seen.push(frame),
   };
-  const typing = (isTyping: boolean, eventId?: string): RoomEvent => ({
+  const typing = (isTyping: boolean, serial?: number, origin = "here", id = 2): RoomEvent => ({
     type: "typing",
     room: "a",
-    user: { id: 2, username: "b" },
+    user: { id, username: "b" },
     isTyping,
-    eventId,
+    origin: serial === undefined ? undefined : origin,
+    serial,
   });
   try {
     await there.join("a", member);
     // By the channel, then the log: once.
-    here.publish(typing(true, "e1"));
+    here.publish(typing(true, 1));
     await settle();
-    assertEquals(there.heard(typing(true, "e1")), true);
-    there.receive(typing(true, "e1"));
+    assertEquals(there.heard(typing(true, 1)), true);
+    there.receive(typing(true, 1));
     // By the log first, then the channel: once.
-    there.receive(typing(false, "e2"));
-    here.publish(typing(false, "e2"));
-    // Events without an id are never taken for repeats.
+    there.receive(typing(false, 2));
+    here.publish(typing(false, 2));
+    // The channel lost a start the log brings after the stop that followed it: stale.
+    there.receive(typing(true, 4));
+    assertEquals(there.heard(typing(false, 3)), true);
+    there.receive(typing(false, 3));
+    // Another user's, or another origin's, are not ordered against these.
+    there.receive(typing(false, 3, "there"));
+    there.receive(typing(false, 3, "here", 5));
+    // A presence change is ordered apart from typing; events without a serial never repeat.
+    there.receive({
+      type: "presence",
+      room: "a",
+      user: { id: 2, username: "b" },
+      action: "leave",
+      origin: "here",
+      serial: 3,
+    });
     here.publish(typing(true));
     here.publish(typing(true));
     await settle();
-    assertEquals(typed, ["true", "false", "true", "true"]);
-    assertEquals(there.stats.duplicatesDropped, 2);
-    here.publish({ type: "recheck", room: "*", userId: "1", eventId: "e3" });
-    there.receive({ type: "recheck", room: "*", userId: "1", eventId: "e3" });
+    assertEquals(seen, [
+      "2 true",
+      "2 false",
+      "2 true",
+      "2 false",
+      "5 false",
+      "2 leave",
+      "2 true",
+      "2 true",
+    ]);
+    assertEquals(there.stats.repeatsDropped, 3);
+    here.publish({ type: "recheck", room: "*", userId: "1", origin: "here", serial: 9 });
+    there.receive({ type: "recheck", room: "*", userId: "1", origin: "here", serial: 9 });
     await settle();
     assertEquals(checked, ["1@a"]);
   } finally {
