@@ -73,6 +73,8 @@ Deno.test("ticket socket: a file message reaches both users and its URL serves t
     assertEquals(res.status, 200);
     assertEquals(res.headers.get("content-type"), "image/png");
     assertEquals(res.headers.get("x-content-type-options"), "nosniff");
+    // Browsers may keep it; shared caches may not, or a deleted room's files would outlive it.
+    assertEquals(res.headers.get("cache-control"), "private, max-age=3600");
     assertEquals(new Uint8Array(await res.arrayBuffer()), bytes);
 
     // The same name again is stored under a new name, not over the first file.

@@ -11,7 +11,9 @@ export function mediaHeaders(name: string, size: number): Headers {
     "content-type": type.startsWith("text/") ? `${type}; charset=utf-8` : type,
     "content-length": String(size),
     "x-content-type-options": "nosniff",
-    "cache-control": "public, max-age=3600",
+    // Not kept by shared caches (a CDN): a deleted message's or room's files must stop being
+    // served when the server stops serving them.
+    "cache-control": "private, max-age=3600",
     "accept-ranges": "bytes",
   });
   if (isActiveContent(type) || type.startsWith("text/")) {
