@@ -156,6 +156,30 @@ Deno.test("conversation chat: typing goes to the others only and expires when no
   }
 });
 
+Deno.test("conversation chat: typing past the rate limit (a held key) is dropped without an error, its stop still goes, and the next message is taken", async () => {
+  const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
+  try {
+    const a = await join(server, 2, talker);
+    const b = await join(server, 2, listener);
+    // Far past the burst (10) and the strikes that close a flood (10).
+    for (let i = 0; i < 60; i++) a.send({ type: "typing", is_typing: true });
+    a.send({ type: "typing", is_typing: false });
+    await b.next((f) => f.type === "typing" && f.is_typing === false);
+    const told = b.frames.filter((f) => (f as Record<string, unknown>).type === "typing");
+    assert(told.length <= 10, `${told.length} typing frames passed on`);
+    await a.nothing((f) => f.type === "error");
+    assertEquals(a.socket.readyState, WebSocket.OPEN);
+    // The bucket refills (5 a second) while the message waits for a token's worth of time.
+    await new Promise((r) => setTimeout(r, 400));
+    a.send({ type: "chat_message", message: "after typing" });
+    assertEquals((await b.next((f) => f.content !== undefined)).content, "after typing");
+    await a.close();
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("conversation chat: get_history right behind the socket's own messages includes them", async () => {
   // Commits start 300 ms apart, so the messages are still committing when the history is asked.
   const server = await startTestServer({

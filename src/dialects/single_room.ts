@@ -37,6 +37,9 @@ export interface RoomSession {
   epoch: number;
 }
 
+/** Longest frame `typingOf` is asked about: a typing frame is a few dozen characters. */
+const MAX_TYPING_FRAME = 256;
+
 /** What a protocol supplies to {@link singleRoomRoute}. */
 export interface SingleRoomDialect {
   /** Name for metrics and logs. */
@@ -65,6 +68,11 @@ export interface SingleRoomDialect {
   render(session: RoomSession, event: RoomEvent): string | undefined;
   /** The error frame for a refused command. */
   errorFrame(error: ChatError): string;
+  /**
+   * For a frame that only says whether the user is typing: true for a start, false for a stop;
+   * undefined for any other frame. Typing past the rate limit is dropped without an error.
+   */
+  typingOf?(text: string): boolean | undefined;
   /** Runs after the socket opens and before it joins the room (greetings, user lists). */
   beforeJoin?(session: RoomSession): Promise<void>;
   /** Where the member's live stream starts: `since` replays stored messages after that seq. */
@@ -194,6 +202,8 @@ class RoomSocket implements SocketHandler {
   #errorOwed = false;
   /** Counted among the user's sockets (see `open`). */
   #counted = false;
+  /** The last typing state that went through: a stop past the rate limit still goes after a start. */
+  #typing = false;
 
   constructor(
     ctx: DialectContext,
@@ -277,10 +287,24 @@ class RoomSocket implements SocketHandler {
     await dialect.afterJoin?.(session);
   }
 
-  /** Counts a frame against the rate limits as it arrives (see `SocketHandler.admit`). */
-  admit(): RateVerdict {
+  /**
+   * Counts a frame against the rate limits as it arrives (see `SocketHandler.admit`). Typing
+   * frames past the limit are not counted towards the close a flood earns: the documents send
+   * one on every keystroke, and a held key repeats faster than the limit.
+   */
+  admit(_conn: Connection, text: string): RateVerdict {
     const session = this.#session;
-    return session ? this.#ctx.limiter.take(session.user.id, session.connId) : "ok";
+    if (!session) return "ok";
+    return this.#ctx.limiter.take(
+      session.user.id,
+      session.connId,
+      this.#typingOf(text) === undefined,
+    );
+  }
+
+  /** What `typingOf` says of a frame short enough to be a typing frame. */
+  #typingOf(text: string): boolean | undefined {
+    return text.length <= MAX_TYPING_FRAME ? this.#dialect.typingOf?.(text) : undefined;
   }
 
   async message(conn: Connection, text: string): Promise<void> {
@@ -301,10 +325,15 @@ class RoomSocket implements SocketHandler {
     }
     let work: Promise<AppendResult | undefined>;
     try {
-      // `close` the transport acts on itself.
+      const typing = this.#typingOf(text);
+      // `close` the transport acts on itself. A typing start past the limit is dropped without
+      // a word, and so is a stop unless a start went through (the others would see the user
+      // typing until the typing timeout).
       if (conn.admission === "limited") {
-        throw rateLimited();
+        if (typing === undefined) throw rateLimited();
+        if (typing || !this.#typing) return;
       }
+      if (typing !== undefined) this.#typing = typing;
       work = (await dialect.message(session, text))?.result ?? Promise.resolve(undefined);
     } catch (err) {
       work = Promise.reject(err);

@@ -79,7 +79,7 @@ export interface SocketHandler {
    * as frames are reached instead would take a burst after a stall (a slow commit, a directory
    * that does not answer) for a flood.
    */
-  admit?(conn: Connection): RateVerdict;
+  admit?(conn: Connection, text: string): RateVerdict;
   /** The socket is gone, whoever closed it; called exactly once. */
   closed(conn: Connection): void;
   /**
@@ -226,7 +226,7 @@ export class Connection implements FrameHolder {
       : undefined;
     if (text === undefined) return;
     this.#queuedBytes += size;
-    const admission = this.#handler.admit?.(this) ?? "ok";
+    const admission = this.#handler.admit?.(this, text) ?? "ok";
     this.#run(async () => {
       try {
         this.#admission = admission;

@@ -161,6 +161,15 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
       }));
       return Promise.resolve();
     },
+    typingOf(text) {
+      if (!text.includes('"typing"')) return undefined;
+      try {
+        const record = JSON.parse(text);
+        return record?.type === "typing" ? typingFlag(record.is_typing) : undefined;
+      } catch {
+        return undefined;
+      }
+    },
     async message(s, text) {
       const record = parseObject(text, "Expected a JSON object with a type");
       const type = record.type;
