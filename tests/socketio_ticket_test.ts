@@ -895,6 +895,33 @@ Deno.test("socket.io ticket chat: events sent right after authenticate, without 
   });
 });
 
+Deno.test("socket.io ticket chat: events emitted while offline, which the client sends before its connect handler's authenticate, wait for it and are handled as signed in", async () => {
+  await withChat(async (server, client) => {
+    const token = await server.token({ sub: "1", rooms: ["ticket:9"] });
+    const other = client({ transports: ["websocket"] });
+    await authenticated(other, await server.token({ sub: "2", rooms: ["ticket:9"] }));
+    await joined(other, "9");
+    const arrival = next<{ data: Payload }>(other, "new_message");
+    const socket = client({ autoConnect: false });
+    const errors: unknown[] = [];
+    socket.on("send_message_error", (m: Payload) => errors.push(m.message));
+    // The document's connect handler.
+    socket.on("connect", () => socket.emit("authenticate", { token }));
+    // Emitted while offline: socket.io-client buffers it and sends it first thing on connect.
+    const acked = socket.emitWithAck("send_message", { ticketId: "9", message: "from offline" });
+    socket.connect();
+    assertEquals((await arrival).data.message, "from offline");
+    assertEquals(((await acked) as Payload).message, "from offline");
+    assertEquals(errors, []);
+    // Without any authenticate, such an event is refused, after the wait.
+    const stranger = client({ autoConnect: false, transports: ["websocket"] });
+    const refused = next<Payload>(stranger, "send_message_error", 5000);
+    stranger.emit("send_message", { ticketId: "9", message: "never signed in" });
+    stranger.connect();
+    assertEquals((await refused).message, "User not authenticated");
+  });
+});
+
 Deno.test("socket.io ticket chat: the client's own reconnection, then re-authenticate and rejoin", async () => {
   await withChat(async (server, client) => {
     const token = await server.token({ sub: "1", rooms: ["ticket:8"] });

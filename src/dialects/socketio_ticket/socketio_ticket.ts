@@ -93,6 +93,32 @@ interface SocketState {
   sendsDone?: Promise<void>;
   /** The `authenticate` being handled: events after it wait for it, as they were sent after it. */
   authenticating?: Promise<void>;
+  /** Events sent before any `authenticate` wait for one (see `PRE_AUTH_WAIT_MS`) on this. */
+  early?: { promise: Promise<void>; release: () => void };
+}
+
+/**
+ * How long events sent before any `authenticate` wait for one: socket.io-client sends what was
+ * emitted while it was offline as soon as it connects, before its `connect` handler (the
+ * document's) emits `authenticate`.
+ */
+const PRE_AUTH_WAIT_MS = 2000;
+
+/** The wait of events sent before any `authenticate` (see {@link PRE_AUTH_WAIT_MS}). */
+function awaitAuthenticate(s: SocketState): Promise<void> {
+  if (s.early) return s.early.promise;
+  let release!: () => void;
+  const promise = new Promise<void>((resolve) => {
+    const timer = setTimeout(() => early.release(), PRE_AUTH_WAIT_MS);
+    release = () => {
+      clearTimeout(timer);
+      if (s.early === early) s.early = undefined;
+      resolve();
+    };
+  });
+  const early = { promise, release };
+  s.early = early;
+  return promise;
 }
 
 /**
@@ -500,7 +526,11 @@ export function createSocketIoTicketChat(
       // The client sent it after its `authenticate`, usually without waiting for the answer
       // (`connect` → authenticate, join_ticket): it is handled as signed in, if that succeeds.
       // A second `authenticate` waits for the first too, so the last one sent is who it is.
-      const after = s.authenticating;
+      // Sent before any, it waits for one a moment, and is handled right after it.
+      const after = s.authenticating ??
+        (!s.user && event !== "authenticate" ? awaitAuthenticate(s) : undefined);
+      // What later events wait for: this `authenticate`, then the events that waited for one.
+      let gate: Promise<void> | undefined;
       const run: Promise<void> = (after
         ? after.then(() => handle(args, verdict))
         : handle(args, verdict))
@@ -508,10 +538,14 @@ export function createSocketIoTicketChat(
         .finally(() => {
           s.queuedBytes -= size;
           s.handling.delete(run);
-          if (s.authenticating === run) s.authenticating = undefined;
+          if (s.authenticating === gate) s.authenticating = undefined;
         });
       s.handling.add(run);
-      if (event === "authenticate") s.authenticating = run;
+      if (event === "authenticate") {
+        const early = s.early;
+        gate = early ? run.finally(early.release) : run;
+        s.authenticating = gate;
+      }
     });
 
     async function handle(args: unknown[], verdict: RateVerdict): Promise<void> {
@@ -778,6 +812,7 @@ export function createSocketIoTicketChat(
     }
 
     socket.on("disconnect", () => {
+      s.early?.release();
       clearTimeout(unsigned.get(socket));
       unsigned.delete(socket);
       ctx.metrics.connection("socket.io", -1);
