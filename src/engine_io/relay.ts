@@ -98,10 +98,12 @@ type Message =
   | { k: "ack"; to: string; id: string }
   | { k: "res"; to: string; from: string; id: string; reply?: RelayReply; ok?: boolean }
   | { k: "got"; to: string; id: string }
-  | { k: "frame"; to: string; id: string; n: number; data: string | Uint8Array }
+  | { k: "frame"; to: string; from: string; id: string; n: number; data: string | Uint8Array }
   | { k: "close"; to: string; from: string; id: string; n: number; code: number; reason: string }
   /** Everything up to `n` arrived; with `gap`, `n + 1` to `gap` are missing and later ones came. */
-  | { k: "fack"; to: string; id: string; n: number; gap?: number };
+  | { k: "fack"; to: string; from: string; id: string; n: number; gap?: number }
+  /** The bridge ended at once, whatever was lost before (see `Bridge.shutdown`). */
+  | { k: "abort"; to: string; from: string; id: string; code: number; reason: string };
 
 /** What a bridge numbers: its frames, then its close. */
 type Numbered = Extract<Message, { k: "frame" | "close" }>;
@@ -129,6 +131,9 @@ interface Served {
  * isolate that falls behind, without a word to either side.
  */
 const RESEND_MS = 250;
+
+/** How long a closing relay waits for its last answers to be confirmed. */
+const CLOSE_CONFIRM_MS = 1000;
 
 /** How long an answer is posted again for a requester that never confirms it (gone, or stuck). */
 const RESEND_FOR_MS = 30_000;
@@ -172,6 +177,8 @@ export class BroadcastChannelRelay implements SessionRelay {
   #bridges = new Map<string, Bridge>();
   /** Requests of other isolates served here, by id, until their answer is confirmed. */
   #served = new Map<string, Served>();
+  /** Bridges told they ended (see `#abortUnknown`), with when. */
+  #aborted = new Map<string, number>();
   #closed = false;
 
   /** Creates a relay; it listens only once attached to an engine. */
@@ -211,12 +218,21 @@ export class BroadcastChannelRelay implements SessionRelay {
     // Registered before asking, so frames the owner sends right after accepting are not lost.
     const bridge = this.#bridge(id, nodeOfSid(sid) ?? "");
     const result = await this.#call(sid, "ws", undefined, this.#replyTimeout, id);
+    // Even closed by the owner already (its frames and close came before its answer was
+    // handled): they are handed on once someone listens.
     if (result?.ok) return bridge;
-    this.#bridges.delete(id);
+    // No answer: the owner may have taken it, and must hear that nobody will use it.
+    if (result === null && this.#reachable(nodeOfSid(sid))) {
+      bridge.shutdown(1011, "Upgrade abandoned");
+    } else bridge.aborted(1011, "Upgrade refused");
     return null;
   }
 
-  /** Closes every bridge, fails pending calls and leaves the channel. */
+  /**
+   * Closes every bridge, fails pending calls and leaves the channel. Answers to polls the
+   * shutdown ended, and the last frames and closes of bridged sockets it closed, are posted
+   * again until the other isolates confirm them, for a second at most.
+   */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
@@ -226,19 +242,31 @@ export class BroadcastChannelRelay implements SessionRelay {
       call.resolve(null);
     }
     this.#calls.clear();
-    for (const served of this.#served.values()) clearTimeout(served.resend);
-    this.#served.clear();
-    for (const bridge of [...this.#bridges.values()]) bridge.shutdown(1001, "relay closed");
-    this.#bridges.clear();
     this.#owner = null;
     if (this.#channel) {
-      // Let the close notices and the answers to polls ended by the shutdown leave first.
+      // Let the answers to polls, and the closes of sockets, the shutdown ended leave first.
       await new Promise((resolve) => setTimeout(resolve, 0));
+      for (const bridge of [...this.#bridges.values()]) {
+        if (!bridge.closing) bridge.shutdown(1001, "relay closed");
+      }
+      const deadline = performance.now() + CLOSE_CONFIRM_MS;
+      while (
+        ([...this.#served.values()].some((served) => served.reply) || this.#bridges.size > 0) &&
+        performance.now() < deadline
+      ) {
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    }
+    for (const bridge of [...this.#bridges.values()]) bridge.shutdown(1001, "relay closed");
+    this.#bridges.clear();
+    if (this.#channel) {
       this.#channel.close();
       this.#channel = null;
       for (const peer of this.#peers.values()) peer.close();
       this.#peers.clear();
     }
+    for (const served of this.#served.values()) clearTimeout(served.resend);
+    this.#served.clear();
   }
 
   #send(message: Message): void {
@@ -330,7 +358,11 @@ export class BroadcastChannelRelay implements SessionRelay {
   }
 
   #receive(message: Message): void {
-    if (this.#closed || message.to !== this.nodeId) return;
+    // Closing, it still hears the confirmations of what it posts again (see `close`).
+    if (
+      message.to !== this.nodeId ||
+      (this.#closed && message.k !== "got" && message.k !== "fack")
+    ) return;
     switch (message.k) {
       case "req":
         this.#serve(message);
@@ -366,12 +398,26 @@ export class BroadcastChannelRelay implements SessionRelay {
           bridge.receive(message);
         } else if (message.k === "close") {
           // Ended here already: the peer only needs to hear that its close arrived.
-          this.#send({ k: "fack", to: message.from, id: message.id, n: message.n });
+          this.#send({
+            k: "fack",
+            to: message.from,
+            from: this.nodeId,
+            id: message.id,
+            n: message.n,
+          });
+        } else {
+          this.#abortUnknown(message);
         }
         break;
       }
-      case "fack":
-        this.#bridges.get(message.id)?.acked(message.n, message.gap);
+      case "fack": {
+        const bridge = this.#bridges.get(message.id);
+        if (bridge) bridge.acked(message.n, message.gap);
+        else this.#abortUnknown(message);
+        break;
+      }
+      case "abort":
+        this.#bridges.get(message.id)?.aborted(message.code, message.reason);
         break;
     }
   }
@@ -380,7 +426,7 @@ export class BroadcastChannelRelay implements SessionRelay {
   #answer(id: string, served: Served, result: Result): void {
     served.reply = result;
     this.#send(result);
-    // Closing: sent once (a shutdown answers parked polls), while the channel is still open.
+    // Confirmed already, or the relay closed for good: sent this once.
     if (this.#served.get(id) !== served) return;
     const until = performance.now() + RESEND_FOR_MS;
     const resend = (wait: number) => {
@@ -395,6 +441,25 @@ export class BroadcastChannelRelay implements SessionRelay {
       }, wait);
     };
     resend(RESEND_MS + sizeOf(result) / BODY_BYTES_PER_MS);
+  }
+
+  /**
+   * Tells a peer still sending for a bridge that ended here (its abort lost) that it is over;
+   * once per bridge and second at most.
+   */
+  #abortUnknown(message: { from: string; id: string }): void {
+    const now = performance.now();
+    if (now - (this.#aborted.get(message.id) ?? -Infinity) < 1000) return;
+    if (this.#aborted.size >= 1000) this.#aborted.clear();
+    this.#aborted.set(message.id, now);
+    this.#send({
+      k: "abort",
+      to: message.from,
+      from: this.nodeId,
+      id: message.id,
+      code: 1011,
+      reason: "Frames were lost between isolates",
+    });
   }
 
   #serve(request: Extract<Message, { k: "req" }>): void {
@@ -447,7 +512,8 @@ function sizeOf(result: Result): number {
 interface Unconfirmed {
   message: Numbered;
   size: number;
-  postedAt: number;
+  /** When it was last posted again (not when first posted): a resend is not repeated at once. */
+  resentAt: number;
 }
 
 /** How long a bridge waits before confirming what it received (one confirmation for a burst). */
@@ -456,35 +522,49 @@ const CONFIRM_DELAY_MS = 20;
 /** Bytes a bridge holds unconfirmed, or received past a hole, before it ends: above a 64 MiB frame. */
 const MAX_HELD_BYTES = 80 * 1024 * 1024;
 
-/** Bytes posted again per attempt, so that a long run of lost frames is not copied at once. */
+/** What a held frame costs beyond its payload, for that bound (small frames are mostly this). */
+const HELD_OVERHEAD_BYTES = 256;
+
+/**
+ * Messages, and bytes, posted again at once: the channel keeps 256 messages for the whole
+ * process, and a resend that overflows it makes the losses it repairs.
+ */
+const RESEND_COUNT = 64;
 const RESEND_BYTES = 4 * 1024 * 1024;
 
 /** Longest wait between attempts to post unconfirmed frames again. */
 const MAX_RESEND_MS = 2000;
 
 function frameSize(message: Numbered): number {
-  if (message.k === "close") return 0;
-  return typeof message.data === "string" ? message.data.length : message.data.byteLength;
+  if (message.k === "close") return HELD_OVERHEAD_BYTES;
+  const data = message.data;
+  return HELD_OVERHEAD_BYTES + (typeof data === "string" ? data.length : data.byteLength);
 }
 
 /**
  * One end of a WebSocket bridged between two isolates. Deno drops channel messages for an
  * isolate that falls behind without a word, so frames and the close are numbered, confirmed by
  * the peer, and posted again until they are: the peer hands them on once and in order, holding
- * those that arrive past a hole. A bridge whose peer confirms nothing new for a while ends.
+ * those that arrive past a hole, and names the first hole so that it is posted again at once. A
+ * bridge whose peer confirms nothing new for a while ends, with an abort the peer applies at once
+ * (it is not numbered, so nothing lost before it holds it back).
  */
 class Bridge implements FrameSocket {
-  onclose: ((code: number, reason: string) => void) | null = null;
+  #onclose: ((code: number, reason: string) => void) | null = null;
   #onmessage: ((data: string | Uint8Array) => void) | null = null;
-  // Frames that arrive before anyone listens (between the owner's answer and the piping).
+  // Frames, and the close, that arrive before anyone listens (between the owner's answer and
+  // the piping; the owner's frames may come before its answer is handled).
   #inbox: (string | Uint8Array)[] = [];
+  #closedUnheard?: { code: number; reason: string };
   #post: (message: Message) => void;
   #forget: () => void;
   #id: string;
   #peer: string;
   #self: string;
   #giveUpMs: number;
+  /** Frames, then perhaps the close, written while the owner decides (see `hold`). */
   #held: (string | Uint8Array)[] | null = null;
+  #heldClose?: { code: number; reason: string };
   /** Closed for this side: nothing more is sent or handed on. */
   #closed = false;
   /** Forgotten by the relay: timers stopped, nothing more posted. */
@@ -494,15 +574,16 @@ class Bridge implements FrameSocket {
   #received = 0;
   #unconfirmed: Unconfirmed[] = [];
   #unconfirmedBytes = 0;
-  /** Frames (or the close) received past a hole, by number. */
+  /** Frames (or the close) received past a hole, by number, and the lowest of those numbers. */
   #early = new Map<number, Numbered>();
   #earlyBytes = 0;
+  #earlyMin = Infinity;
   #confirmTimer?: Timer;
   #resendTimer?: Timer;
   #resendWait = RESEND_MS;
   /** When the peer last confirmed something new (or the first frame went out). */
   #progressAt = 0;
-  /** The hole last told to the peer (its last missing number), and when. */
+  /** The last hole named to the peer: the end of the batch it posts again for it, and when. */
   #gapTold = { until: 0, at: -Infinity };
 
   constructor(
@@ -518,6 +599,11 @@ class Bridge implements FrameSocket {
     this.#giveUpMs = ids.giveUpMs;
   }
 
+  /** True while this side has closed and waits for the peer to confirm its last frames. */
+  get closing(): boolean {
+    return this.#closed && !this.#ended;
+  }
+
   get onmessage(): ((data: string | Uint8Array) => void) | null {
     return this.#onmessage;
   }
@@ -530,14 +616,30 @@ class Bridge implements FrameSocket {
     for (const data of inbox) listener(data);
   }
 
+  get onclose(): ((code: number, reason: string) => void) | null {
+    return this.#onclose;
+  }
+
+  set onclose(listener: ((code: number, reason: string) => void) | null) {
+    this.#onclose = listener;
+    const unheard = this.#closedUnheard;
+    if (!listener || !unheard) return;
+    this.#closedUnheard = undefined;
+    this.#notifyClose(unheard.code, unheard.reason);
+  }
+
   hold(): void {
     this.#held = [];
   }
 
+  /** Posts what was written while held: its frames, then its close. */
   release(): void {
     const held = this.#held ?? [];
     this.#held = null;
-    for (const data of held) this.send(data);
+    for (const data of held) this.#sendNow(data);
+    const close = this.#heldClose;
+    this.#heldClose = undefined;
+    if (close) this.#postNumbered(this.#closeMessage(close.code, close.reason));
   }
 
   send(data: string | Uint8Array): void {
@@ -546,6 +648,10 @@ class Bridge implements FrameSocket {
       this.#held.push(data);
       return;
     }
+    this.#sendNow(data);
+  }
+
+  #sendNow(data: string | Uint8Array): void {
     // Structured clone copies a view's whole buffer; copy just the bytes when the view is partial.
     const payload = typeof data === "string" || data.byteLength === data.buffer.byteLength
       ? data
@@ -553,6 +659,7 @@ class Bridge implements FrameSocket {
     this.#postNumbered({
       k: "frame",
       to: this.#peer,
+      from: this.#self,
       id: this.#id,
       n: ++this.#sent,
       data: payload,
@@ -563,15 +670,25 @@ class Bridge implements FrameSocket {
   close(code = 1000, reason = ""): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.#postNumbered(this.#closeMessage(code, reason));
+    if (this.#held) this.#heldClose = { code, reason };
+    else this.#postNumbered(this.#closeMessage(code, reason));
     queueMicrotask(() => this.#notifyClose(code, reason));
   }
 
-  /** Closes at once, telling the peer without waiting for its confirmation (the relay stops). */
+  /**
+   * Ends both sides at once (the relay stops, or the peer stopped confirming): the peer is told
+   * with an abort, which nothing lost before it holds back.
+   */
   shutdown(code: number, reason: string): void {
+    if (this.#ended) return;
+    this.#post({ k: "abort", to: this.#peer, from: this.#self, id: this.#id, code, reason });
+    this.aborted(code, reason);
+  }
+
+  /** The peer ended the bridge at once (see `shutdown`). */
+  aborted(code: number, reason: string): void {
     if (!this.#closed) {
       this.#closed = true;
-      this.#post(this.#closeMessage(code, reason));
       queueMicrotask(() => this.#notifyClose(code, reason));
     }
     this.#end();
@@ -586,6 +703,7 @@ class Bridge implements FrameSocket {
     if (n !== this.#received + 1) {
       this.#early.set(n, message);
       this.#earlyBytes += frameSize(message);
+      this.#earlyMin = Math.min(this.#earlyMin, n);
       if (this.#earlyBytes > MAX_HELD_BYTES) this.#fail();
       else this.#tellGap();
       return;
@@ -597,45 +715,25 @@ class Bridge implements FrameSocket {
       this.#earlyBytes -= frameSize(next);
       this.#take(next);
     }
+    if (this.#earlyMin <= this.#received) {
+      // The lowest held was handed on: found again once per hole filled, not per frame.
+      this.#earlyMin = Infinity;
+      for (const k of this.#early.keys()) this.#earlyMin = Math.min(this.#earlyMin, k);
+    }
     this.#tellGap();
   }
 
   /**
-   * Tells the peer at once of the first hole among what arrived, so that it posts the missing
-   * frames again without waiting: once per hole (a hole filling up is the same hole), again if it
-   * stays open.
+   * The peer has everything up to `n`; with `gap`, it misses `n + 1` to `gap`: the first
+   * {@link RESEND_COUNT} of those are posted again now, unless just posted again.
    */
-  #tellGap(): void {
-    if (this.#ended || this.#early.size === 0) return;
-    let next = Infinity;
-    for (const n of this.#early.keys()) next = Math.min(next, n);
-    const until = next - 1;
-    const now = performance.now();
-    if (this.#gapTold.until === until && now - this.#gapTold.at < RESEND_MS) return;
-    this.#gapTold = { until, at: now };
-    clearTimeout(this.#confirmTimer);
-    this.#confirmTimer = undefined;
-    this.#post({ k: "fack", to: this.#peer, id: this.#id, n: this.#received, gap: until });
-  }
-
-  /** The peer has everything up to `n`; with `gap`, it misses `n + 1` to `gap`, posted again now. */
   acked(n: number, gap?: number): void {
     let count = 0;
     while (count < this.#unconfirmed.length && this.#unconfirmed[count].message.n <= n) {
       this.#unconfirmedBytes -= this.#unconfirmed[count++].size;
     }
     if (gap !== undefined && !this.#ended) {
-      const now = performance.now();
-      let bytes = 0;
-      for (let i = count; i < this.#unconfirmed.length && bytes <= RESEND_BYTES; i++) {
-        const item = this.#unconfirmed[i];
-        if (item.message.n > gap) break;
-        // Posted again just now, for an earlier word of the same hole: still on its way.
-        if (now - item.postedAt < RESEND_MS / 2) continue;
-        this.#post(item.message);
-        item.postedAt = now;
-        bytes += item.size;
-      }
+      this.#resendFrom(count, performance.now(), (item) => item.message.n <= gap);
     }
     if (count === 0) return;
     this.#unconfirmed.splice(0, count);
@@ -645,7 +743,30 @@ class Bridge implements FrameSocket {
     clearTimeout(this.#resendTimer);
     this.#resendTimer = undefined;
     // Our close is confirmed: nothing more to do.
-    if (this.#closed) this.#end();
+    if (this.#closed && this.#held === null) this.#end();
+  }
+
+  /**
+   * Names the first hole to the peer at once, so that it posts it again without waiting: once per
+   * batch it posts again (a long hole takes several), and again if one does not come.
+   */
+  #tellGap(): void {
+    if (this.#ended || this.#early.size === 0) return;
+    const now = performance.now();
+    // The batch posted again for the hole last named is still on its way.
+    if (this.#received < this.#gapTold.until && now - this.#gapTold.at < RESEND_MS) return;
+    const until = Math.min(this.#earlyMin - 1, this.#received + RESEND_COUNT);
+    this.#gapTold = { until, at: now };
+    clearTimeout(this.#confirmTimer);
+    this.#confirmTimer = undefined;
+    this.#post({
+      k: "fack",
+      to: this.#peer,
+      from: this.#self,
+      id: this.#id,
+      n: this.#received,
+      gap: this.#earlyMin - 1,
+    });
   }
 
   #closeMessage(code: number, reason: string): Numbered {
@@ -685,9 +806,8 @@ class Bridge implements FrameSocket {
   #postNumbered(message: Numbered): void {
     if (this.#ended) return;
     const size = frameSize(message);
-    const now = performance.now();
-    if (this.#unconfirmed.length === 0) this.#progressAt = now;
-    this.#unconfirmed.push({ message, size, postedAt: now });
+    if (this.#unconfirmed.length === 0) this.#progressAt = performance.now();
+    this.#unconfirmed.push({ message, size, resentAt: -Infinity });
     this.#unconfirmedBytes += size;
     this.#post(message);
     if (this.#unconfirmedBytes > MAX_HELD_BYTES + size) {
@@ -697,7 +817,29 @@ class Bridge implements FrameSocket {
     this.#resendTimer ??= setTimeout(() => this.#resend(), this.#resendWait);
   }
 
-  /** Posts again what the peer has not confirmed for a while, oldest first. */
+  /**
+   * Posts again, from position `from` of the unconfirmed, those `wanted` says, oldest first, at
+   * most {@link RESEND_COUNT} and {@link RESEND_BYTES}; one posted again within half a resend
+   * wait is still on its way.
+   */
+  #resendFrom(from: number, now: number, wanted: (item: Unconfirmed) => boolean): void {
+    let count = 0;
+    let bytes = 0;
+    for (let i = from; i < this.#unconfirmed.length; i++) {
+      const item = this.#unconfirmed[i];
+      if (!wanted(item) || count >= RESEND_COUNT || bytes > RESEND_BYTES) break;
+      if (now - item.resentAt < RESEND_MS / 2) continue;
+      this.#post(item.message);
+      item.resentAt = now;
+      count++;
+      bytes += item.size;
+    }
+  }
+
+  /**
+   * Posts again the oldest frames the peer has not confirmed for a resend wait: the peer confirms
+   * in order, so the first of them is what it misses (the hole it would name, were its word lost).
+   */
   #resend(): void {
     this.#resendTimer = undefined;
     if (this.#ended || this.#unconfirmed.length === 0) return;
@@ -706,14 +848,10 @@ class Bridge implements FrameSocket {
       this.#fail();
       return;
     }
-    let bytes = 0;
-    for (const item of this.#unconfirmed) {
-      if (now - item.postedAt < this.#resendWait || bytes > RESEND_BYTES) break;
-      this.#post(item.message);
-      item.postedAt = now;
-      bytes += item.size;
+    if (now - this.#progressAt >= this.#resendWait) {
+      this.#resendFrom(0, now, () => true);
+      this.#resendWait = Math.min(this.#resendWait * 2, MAX_RESEND_MS);
     }
-    this.#resendWait = Math.min(this.#resendWait * 2, MAX_RESEND_MS);
     this.#resendTimer = setTimeout(() => this.#resend(), this.#resendWait);
   }
 
@@ -724,7 +862,7 @@ class Bridge implements FrameSocket {
   #confirmNow(): void {
     clearTimeout(this.#confirmTimer);
     this.#confirmTimer = undefined;
-    this.#post({ k: "fack", to: this.#peer, id: this.#id, n: this.#received });
+    this.#post({ k: "fack", to: this.#peer, from: this.#self, id: this.#id, n: this.#received });
   }
 
   /** The peer stopped confirming, or fell too far behind: both sides end, the client reconnects. */
@@ -743,8 +881,9 @@ class Bridge implements FrameSocket {
   }
 
   #notifyClose(code: number, reason: string): void {
-    const onclose = this.onclose;
-    this.onclose = null;
-    onclose?.(code, reason);
+    const onclose = this.#onclose;
+    this.#onclose = null;
+    if (onclose) onclose(code, reason);
+    else this.#closedUnheard = { code, reason };
   }
 }

@@ -1,0 +1,247 @@
+/**
+ * The relay's reliability between two isolates, seen from its two ends: two relays in one
+ * isolate stand for two isolates, and the channel's drops and delays are simulated by routing
+ * every post through a function (Deno drops posts for an isolate that falls behind).
+ */
+
+import { ok, strictEqual } from "node:assert/strict";
+import { delay, eventually } from "./assert.ts";
+import {
+  BroadcastChannelRelay,
+  type FrameSocket,
+  type RelayOwner,
+  type RelayReply,
+} from "../src/engine_io/mod.ts";
+
+type Posted = { k: string; to: string; n?: number; gap?: number };
+
+const realPost = BroadcastChannel.prototype.postMessage;
+
+/** Routes every post through `fn`, which may drop it, delay it, or `send()` it. */
+function intercept(fn: (m: Posted, send: () => void) => void): void {
+  BroadcastChannel.prototype.postMessage = function (this: BroadcastChannel, m: unknown) {
+    fn(m as Posted, () => realPost.call(this, m));
+  };
+}
+
+const idle: RelayOwner = {
+  relayPoll: () => new Promise<RelayReply>(() => {}),
+  relayPost: () => ({ status: 200, body: "ok", contentType: "text/html" }),
+  relayWebSocket: () => false,
+};
+
+interface Pair {
+  /** The isolate owning the session. */
+  owner: BroadcastChannelRelay;
+  /** The isolate a request reached. */
+  requester: BroadcastChannelRelay;
+  sid: string;
+}
+
+async function withPair(
+  owner: Partial<RelayOwner>,
+  fn: (p: Pair) => Promise<void>,
+  options: { giveUpMs?: number } = {},
+): Promise<void> {
+  const name = `relay-bridge-test:${crypto.randomUUID()}`;
+  const a = new BroadcastChannelRelay({ name, ackTimeout: 1000, ...options });
+  const b = new BroadcastChannelRelay({ name, ackTimeout: 1000, ...options });
+  a.attach({ ...idle, ...owner });
+  b.attach(idle);
+  try {
+    await fn({ owner: a, requester: b, sid: `${a.nodeId}.SID` });
+  } finally {
+    BroadcastChannel.prototype.postMessage = realPost;
+    await a.close();
+    await b.close();
+  }
+}
+
+/** An owner that takes every bridged WebSocket, and the ends it took. */
+function taking(): { owned: FrameSocket[]; owner: Partial<RelayOwner> } {
+  const owned: FrameSocket[] = [];
+  return {
+    owned,
+    owner: {
+      relayWebSocket: (_sid, frames) => {
+        owned.push(frames);
+        return true;
+      },
+    },
+  };
+}
+
+/** Opens a bridge from the requester to the owner; returns the requester's end. */
+async function bridge(p: Pair, owned: FrameSocket[]): Promise<FrameSocket> {
+  const end = await p.requester.openWebSocket(p.sid);
+  ok(end, "the bridge opened");
+  await eventually(() => owned.length === 1);
+  return end;
+}
+
+Deno.test("relay bridge: one that gives up ends the other side too, though the frame before its end was lost", async () => {
+  const { owned, owner } = taking();
+  await withPair(owner, async (p) => {
+    const end = await bridge(p, owned);
+    let endClosed: number | null = null;
+    end.onclose = (code) => endClosed = code;
+    let ownerClosed: number | null = null;
+    owned[0].onclose = (code) => ownerClosed = code;
+    // The requester's isolate lags: frame 1 to it and every confirmation from it are lost.
+    intercept((m, send) => {
+      if (m.k === "frame" && m.to === p.requester.nodeId && m.n === 1) return;
+      if (m.k === "fack" && m.to === p.owner.nodeId) return;
+      send();
+    });
+    owned[0].send("one");
+    owned[0].send("two");
+    await eventually(() => ownerClosed !== null, 5000, "the owner's side giving up");
+    strictEqual(ownerClosed, 1011);
+    BroadcastChannel.prototype.postMessage = realPost;
+    await eventually(() => endClosed !== null, 3000, "the requester's side to close");
+    strictEqual(endClosed, 1011);
+  }, { giveUpMs: 600 });
+});
+
+Deno.test("relay bridge: a closing owner's last frame and close reach the requester, the frame lost once", async () => {
+  const { owned, owner } = taking();
+  await withPair(owner, async (p) => {
+    const end = await bridge(p, owned);
+    const got: unknown[] = [];
+    let endClosed: number | null = null;
+    end.onmessage = (d) => got.push(d);
+    end.onclose = (code) => endClosed = code;
+    let dropped = false;
+    intercept((m, send) => {
+      if (!dropped && m.k === "frame" && m.to === p.requester.nodeId) {
+        dropped = true;
+        return;
+      }
+      send();
+    });
+    // EngineServer.close(): sessions close their transports, then the relay closes.
+    owned[0].send("bye");
+    owned[0].close(4000, "done");
+    await p.owner.close();
+    BroadcastChannel.prototype.postMessage = realPost;
+    await eventually(() => endClosed !== null, 3000, "the requester's side to close");
+    strictEqual(endClosed, 4000);
+    strictEqual(got.join(), "bye");
+  });
+});
+
+Deno.test("relay bridge: an owner that closes while its answer to the upgrade is posted again still gets the close to the requester", async () => {
+  await withPair({
+    relayWebSocket: (_sid, frames) => {
+      // The owner abandons the candidate soon (the session closed, the upgrade abandoned).
+      setTimeout(() => frames.close(), 30);
+      return true;
+    },
+  }, async (p) => {
+    let dropped = false;
+    intercept((m, send) => {
+      if (!dropped && m.k === "res") {
+        dropped = true;
+        return;
+      }
+      send();
+    });
+    const end = await p.requester.openWebSocket(p.sid);
+    ok(end, "the owner took it");
+    let closed = false;
+    end.onclose = () => closed = true;
+    await eventually(() => closed, 2000, "the close to be heard");
+  });
+});
+
+Deno.test("relay bridge: a frame written and the bridge closed while the owner decides both reach the requester", async () => {
+  await withPair({
+    relayWebSocket: (_sid, frames) => {
+      frames.send("last words");
+      frames.close(4000, "bye");
+      return true;
+    },
+  }, async (p) => {
+    const end = await p.requester.openWebSocket(p.sid);
+    ok(end, "the owner took it");
+    const got: unknown[] = [];
+    let closed: number | null = null;
+    end.onmessage = (d) => got.push(d);
+    end.onclose = (code) => closed = code;
+    await eventually(() => closed !== null, 2000, "the close");
+    strictEqual(closed, 4000);
+    strictEqual(got.join(), "last words");
+  });
+});
+
+Deno.test("relay bridge: a parked poll answered by the owner's shutdown reaches the requester, the answer lost once", async () => {
+  let answer!: (r: RelayReply) => void;
+  await withPair({
+    relayPoll: () => new Promise<RelayReply>((resolve) => answer = resolve),
+  }, async (p) => {
+    const reply = p.requester.poll(p.sid, 3000);
+    await eventually(() => answer !== undefined);
+    let dropped = false;
+    intercept((m, send) => {
+      if (!dropped && m.k === "res") {
+        dropped = true;
+        return;
+      }
+      send();
+    });
+    // EngineServer.close(): sessions answer parked polls with a close packet, then the relay closes.
+    answer({ status: 200, body: "1", contentType: "text/plain" });
+    await p.owner.close();
+    strictEqual((await reply)?.body, "1");
+  });
+});
+
+Deno.test("relay bridge: one frame lost in a burst of 1000 is posted again, not the window after it", async () => {
+  const { owned, owner } = taking();
+  await withPair(owner, async (p) => {
+    const end = await bridge(p, owned);
+    const got: unknown[] = [];
+    end.onmessage = (d) => got.push(d);
+    let posts = 0;
+    let dropped = false;
+    intercept((m, send) => {
+      if (m.k === "frame" && m.to === p.requester.nodeId) {
+        posts++;
+        if (!dropped) {
+          dropped = true;
+          return;
+        }
+      }
+      send();
+    });
+    for (let i = 0; i < 1000; i++) owned[0].send(`f${i}`);
+    await eventually(() => got.length === 1000, 5000, "every frame");
+    strictEqual(got.join(), Array.from({ length: 1000 }, (_, i) => `f${i}`).join());
+    await delay(600);
+    ok(posts <= 1010, `1000 frames, 1 lost: posted ${posts} times`);
+  });
+});
+
+Deno.test("relay bridge: a merely slow peer gets at most a batch again, not every frame", async () => {
+  const { owned, owner } = taking();
+  await withPair(owner, async (p) => {
+    const end = await bridge(p, owned);
+    const got: unknown[] = [];
+    end.onmessage = (d) => got.push(d);
+    let posts = 0;
+    intercept((m, send) => {
+      if (m.k === "frame" && m.to === p.requester.nodeId) {
+        posts++;
+        // Delivered, late: past the first wait before a resend.
+        setTimeout(send, 300);
+        return;
+      }
+      send();
+    });
+    for (let i = 0; i < 1000; i++) owned[0].send(`f${i}`);
+    await eventually(() => got.length === 1000, 5000, "every frame");
+    await delay(800);
+    strictEqual(got.length, 1000);
+    ok(posts <= 1100, `1000 frames, none lost, posted ${posts} times`);
+  });
+});
