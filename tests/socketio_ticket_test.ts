@@ -1,5 +1,6 @@
 /** The Socket.IO ticket chat (shared/specs/socketio-ticket-chat.md) with the official client. */
 
+import type { Directory } from "../src/core/directory.ts";
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import type { AppOverrides } from "../main.ts";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
@@ -853,6 +854,23 @@ Deno.test("socket.io ticket chat: typing on every keystroke past the rate limit 
   });
 });
 
+Deno.test("socket.io ticket chat: a held key (typing_start ~30/s) then Enter: the message sent right after is taken", async () => {
+  await withChat(async (server, client) => {
+    const socket = await inTicket(server, client, "5");
+    const errors: unknown[] = [];
+    socket.on("send_message_error", (m: Payload) => errors.push(m.message));
+    for (let i = 0; i < 60; i++) {
+      if (i > 0) await new Promise((r) => setTimeout(r, 33));
+      socket.emit("typing_start", { ticketId: "5" });
+    }
+    socket.emit("typing_stop", { ticketId: "5" });
+    const sent = next<{ data: Payload }>(socket, "new_message");
+    socket.emit("send_message", { ticketId: "5", message: "after typing" });
+    assertEquals((await sent).data.message, "after typing");
+    assertEquals(errors, []);
+  }, { RATE_LIMIT_PER_SECOND: "5" });
+});
+
 Deno.test("socket.io ticket chat: a typing_stop after a flood of typing_start still goes out", async () => {
   await withChat(async (server, client) => {
     const a = client({ transports: ["websocket"] });
@@ -920,6 +938,44 @@ Deno.test("socket.io ticket chat: events emitted while offline, which the client
     stranger.connect();
     assertEquals((await refused).message, "User not authenticated");
   });
+});
+
+Deno.test("socket.io ticket chat: an event sent while offline waits for an authenticate however long its check takes", async () => {
+  let slow = false;
+  await withChat(
+    async (server, client) => {
+      const token = await server.token({ sub: "1", rooms: ["ticket:9"] });
+      const socket = client({ autoConnect: false, transports: ["websocket"] });
+      const errors: unknown[] = [];
+      socket.on("send_message_error", (m: Payload) => errors.push(m.message));
+      socket.on("connect", () => socket.emit("authenticate", { token }));
+      // The directory takes longer than the 2 s an event waits for an authenticate to come.
+      slow = true;
+      const acked = socket.timeout(8000).emitWithAck("send_message", {
+        ticketId: "9",
+        message: "from offline",
+      });
+      socket.connect();
+      assertEquals(((await acked) as Payload).message, "from offline");
+      assertEquals(errors, []);
+    },
+    {},
+    {
+      directory: (inner: Directory): Directory =>
+        new Proxy(inner, {
+          get(target, key) {
+            const value = Reflect.get(target, key, target);
+            if (key === "getUser") {
+              return async (id: string) => {
+                if (slow) await new Promise((r) => setTimeout(r, 2500));
+                return await (value as (id: string) => Promise<unknown>).call(target, id);
+              };
+            }
+            return typeof value === "function" ? value.bind(target) : value;
+          },
+        }),
+    },
+  );
 });
 
 Deno.test("socket.io ticket chat: the client's own reconnection, then re-authenticate and rejoin", async () => {

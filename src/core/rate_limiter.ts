@@ -6,6 +6,13 @@ const PRUNE_FROM = 10_000;
 /** What to do with one inbound frame. */
 export type RateVerdict = "ok" | "limited" | "close";
 
+/**
+ * A typing start repeated within this long of the last one taken says nothing new (clients send
+ * one per keystroke; a held key repeats ~30 a second): dropped without taking a token a message
+ * needs. The others' indicators live far longer than this (`TYPING_TIMEOUT_SECONDS`).
+ */
+export const TYPING_REPEAT_MS = 1000;
+
 /** Limits: frames per second (sustained) for one connection and for all of a user's here. */
 export interface RateLimits {
   /** Sustained frames per second per connection; bursts up to twice that. */

@@ -3,7 +3,7 @@
 import { findToken } from "../auth/token.ts";
 import { asChatError, ChatError, rateLimited } from "../core/errors.ts";
 import type { QueuedSend } from "../core/chat_service.ts";
-import type { RateVerdict } from "../core/rate_limiter.ts";
+import { type RateVerdict, TYPING_REPEAT_MS } from "../core/rate_limiter.ts";
 import type { AppendResult, Principal, RoomEvent } from "../core/types.ts";
 import type { DirectSocket, Member } from "../hub/hub.ts";
 import { CLOSE, Connection, type SocketHandler } from "../transport/websocket.ts";
@@ -202,8 +202,9 @@ class RoomSocket implements SocketHandler {
   #errorOwed = false;
   /** Counted among the user's sockets (see `open`). */
   #counted = false;
-  /** The last typing state that went through: a stop past the rate limit still goes after a start. */
+  /** Whether the last typing frame taken was a start, and when it was taken (see `admit`). */
   #typing = false;
+  #typingAt = -Infinity;
 
   constructor(
     ctx: DialectContext,
@@ -288,18 +289,33 @@ class RoomSocket implements SocketHandler {
   }
 
   /**
-   * Counts a frame against the rate limits as it arrives (see `SocketHandler.admit`). Typing
-   * frames past the limit are not counted towards the close a flood earns: the documents send
-   * one on every keystroke, and a held key repeats faster than the limit.
+   * Counts a frame against the rate limits as it arrives (see `SocketHandler.admit`), typing
+   * frames apart: the documents send one on every keystroke, and a held key repeats faster than
+   * the limit. A start repeated within {@link TYPING_REPEAT_MS} is dropped without a token; a
+   * stop after a start that was taken always goes (the others would see the user typing until
+   * the typing timeout). A typing frame refused is dropped without an error (`message`).
    */
   admit(_conn: Connection, text: string): RateVerdict {
     const session = this.#session;
     if (!session) return "ok";
-    return this.#ctx.limiter.take(
-      session.user.id,
-      session.connId,
-      this.#typingOf(text) === undefined,
-    );
+    const limiter = this.#ctx.limiter;
+    const typing = this.#typingOf(text);
+    if (typing === undefined || (!typing && !this.#typing)) {
+      return limiter.take(session.user.id, session.connId);
+    }
+    const now = performance.now();
+    if (!typing) {
+      this.#typing = false;
+      limiter.take(session.user.id, session.connId, false);
+      return "ok";
+    }
+    if (this.#typing && now - this.#typingAt < TYPING_REPEAT_MS) return "limited";
+    const verdict = limiter.take(session.user.id, session.connId);
+    if (verdict === "ok") {
+      this.#typing = true;
+      this.#typingAt = now;
+    }
+    return verdict;
   }
 
   /** What `typingOf` says of a frame short enough to be a typing frame. */
@@ -325,15 +341,11 @@ class RoomSocket implements SocketHandler {
     }
     let work: Promise<AppendResult | undefined>;
     try {
-      const typing = this.#typingOf(text);
-      // `close` the transport acts on itself. A typing start past the limit is dropped without
-      // a word, and so is a stop unless a start went through (the others would see the user
-      // typing until the typing timeout).
+      // `close` the transport acts on itself; typing refused is dropped without a word (`admit`).
       if (conn.admission === "limited") {
-        if (typing === undefined) throw rateLimited();
-        if (typing || !this.#typing) return;
+        if (this.#typingOf(text) === undefined) throw rateLimited();
+        return;
       }
-      if (typing !== undefined) this.#typing = typing;
       work = (await dialect.message(session, text))?.result ?? Promise.resolve(undefined);
     } catch (err) {
       work = Promise.reject(err);

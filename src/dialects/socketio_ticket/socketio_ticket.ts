@@ -8,7 +8,7 @@ import { isAdminRole } from "../../auth/principal.ts";
 import { findToken } from "../../auth/token.ts";
 import { asChatError, ChatError, frameTooLarge, rateLimited } from "../../core/errors.ts";
 import type { QueuedSend } from "../../core/chat_service.ts";
-import type { RateVerdict } from "../../core/rate_limiter.ts";
+import { type RateVerdict, TYPING_REPEAT_MS } from "../../core/rate_limiter.ts";
 import { isValidRoomId, roomKey } from "../../core/rooms.ts";
 import type { FileInput, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import { type Socket, SocketIOServer } from "../../engine_io/mod.ts";
@@ -87,14 +87,15 @@ interface SocketState {
   handling: Set<Promise<void>>;
   /** An event was refused: the session ends once `handling` is done. */
   ending?: boolean;
-  /** The last typing event taken was a start (see the rate limit in `on`). */
+  /** The last typing event taken was a start (see the rate limit in `on`), for which ticket, when. */
   typing?: boolean;
+  typingStart?: { ticket: unknown; at: number };
   /** Settles once every send made so far is stored or refused (see `get_messages`). */
   sendsDone?: Promise<void>;
   /** The `authenticate` being handled: events after it wait for it, as they were sent after it. */
   authenticating?: Promise<void>;
   /** Events sent before any `authenticate` wait for one (see `PRE_AUTH_WAIT_MS`) on this. */
-  early?: { promise: Promise<void>; release: () => void };
+  early?: { promise: Promise<void>; release: () => void; hold: () => void };
 }
 
 /**
@@ -107,16 +108,18 @@ const PRE_AUTH_WAIT_MS = 2000;
 /** The wait of events sent before any `authenticate` (see {@link PRE_AUTH_WAIT_MS}). */
 function awaitAuthenticate(s: SocketState): Promise<void> {
   if (s.early) return s.early.promise;
-  let release!: () => void;
-  const promise = new Promise<void>((resolve) => {
-    const timer = setTimeout(() => early.release(), PRE_AUTH_WAIT_MS);
-    release = () => {
+  const { promise, resolve } = Promise.withResolvers<void>();
+  const timer = setTimeout(() => early.release(), PRE_AUTH_WAIT_MS);
+  const early = {
+    promise,
+    release: () => {
       clearTimeout(timer);
       if (s.early === early) s.early = undefined;
       resolve();
-    };
-  });
-  const early = { promise, release };
+    },
+    // An `authenticate` came: they wait for it, however long its check takes.
+    hold: () => clearTimeout(timer),
+  };
   s.early = early;
   return promise;
 }
@@ -186,6 +189,13 @@ const publicUser = (user: Principal) => ({
   email: user.email ?? null,
   type: senderModel(user),
 });
+
+/** The `ticketId` of an event payload as sent, for comparing two typing events. */
+function ticketKey(payload: unknown): unknown {
+  return typeof payload === "object" && payload !== null
+    ? (payload as Record<string, unknown>).ticketId
+    : undefined;
+}
 
 /** Reads `ticketId` from an event payload. */
 function ticketIdOf(payload: unknown): string {
@@ -505,6 +515,16 @@ export function createSocketIoTicketChat(
       }
       // Counted as it arrives, in the order sent.
       const typing = TYPING.has(event);
+      // Sent on every keystroke by the document's own advice: a start repeated for the same
+      // ticket within a second of the last one taken says nothing new, and is dropped without
+      // taking a token a message needs.
+      const now = performance.now();
+      const ticket = typing ? ticketKey(args[0]) : undefined;
+      const last = s.typingStart;
+      if (
+        event === "typing_start" && s.typing && last !== undefined && last.ticket === ticket &&
+        now - last.at < TYPING_REPEAT_MS
+      ) return;
       let verdict = ctx.limiter.take(s.user?.id ?? socket.id, socket.id, !typing);
       if (verdict !== "ok" && typing) {
         // Sent on every keystroke by the document's own advice: a start past the limit is
@@ -515,6 +535,7 @@ export function createSocketIoTicketChat(
         verdict = "ok";
       }
       if (typing) s.typing = event === "typing_start";
+      if (event === "typing_start") s.typingStart = { ticket, at: now };
       if (verdict === "close") {
         ctx.metrics.error("rate_limited");
         endSession(s, socket, () => {
@@ -543,6 +564,7 @@ export function createSocketIoTicketChat(
       s.handling.add(run);
       if (event === "authenticate") {
         const early = s.early;
+        early?.hold();
         gate = early ? run.finally(early.release) : run;
         s.authenticating = gate;
       }
