@@ -438,6 +438,21 @@ apiTest(
     assertEquals(retry.status, 200);
     assertEquals(retry.body.id, asUser.body.id);
     await ticket.nothing();
+    // Read as every protocol reads it: a number is its digits, an empty one is none.
+    await s.api("PUT", "/api/rooms/ticket/2", { json: { participants: [{ user_id: "3" }] } });
+    const numbered = await s.api("POST", "/api/rooms/ticket/2/messages", {
+      json: { body: "numbered", sender_id: "3", client_id: 42 },
+    });
+    const again = await s.api("POST", "/api/rooms/ticket/2/messages", {
+      json: { body: "numbered", sender_id: "3", client_id: "42" },
+    });
+    assertEquals([numbered.status, again.status, again.body.id], [201, 200, numbered.body.id]);
+    for (let i = 0; i < 2; i++) {
+      const none = await s.api("POST", "/api/rooms/ticket/2/messages", {
+        json: { body: "no id", sender_id: "3", client_id: "" },
+      });
+      assertEquals(none.status, 201);
+    }
 
     const chat = await s.api("POST", "/api/rooms/chat/1/messages", {
       json: { body: "Hello", sender_id: "3" },
@@ -469,7 +484,8 @@ apiTest(
       ],
       [{ body: "😀".repeat(10_001) }, 400, /^Message is too long: 20002 /, "body_too_long"],
       [{ body: 5 }, 400, /"body"/],
-      [{ body: "x", client_id: "" }, 400, /"client_id"/],
+      [{ body: "x", client_id: "x".repeat(129) }, 400, /"client_id"/],
+      [{ body: "x", client_id: { id: 1 } }, 400, /"client_id"/],
       [{ body: "x", extra: 1 }, 400, /extra/],
     ];
     for (const [json, status, message, code] of refusals) {

@@ -276,13 +276,22 @@ Deno.test("socket.io ticket chat: acks return the stored message; a retried clie
     });
     assertEquals(first.message, "at least once");
     assertEquals((await broadcast).data, first);
-    const none = next(socket, "new_message", 300).catch(() => null);
+    // The retry gets the original back, by its ack and as a `new_message` to this socket alone
+    // (the document's client marks a send as sent when its `new_message` comes).
+    const other = client({
+      auth: { token: await server.token({ sub: "2", rooms: ["ticket:5"] }) },
+    });
+    await next(other, "authenticated");
+    await joined(other, "5");
+    const again = next<{ data: Payload }>(socket, "new_message");
+    const none = next(other, "new_message", 300).catch(() => null);
     const retry = await socket.timeout(3000).emitWithAck("send_message", {
       ticketId: "5",
       message: "at least once",
       clientId: "abc",
     });
     assertEquals(retry._id, first._id);
+    assertEquals((await again).data, first);
     assertEquals(await none, null);
     const failed = await socket.timeout(3000).emitWithAck("send_message", { ticketId: "5" });
     assertEquals(failed, { error: "Message or at least one file is required" });

@@ -790,7 +790,12 @@ export function createSocketIoTicketChat(
       });
       const { id } = await sending;
       const result = await stored;
-      ack?.(socketIoMessage(result.message, id, s.baseUrl));
+      const message = socketIoMessage(result.message, id, s.baseUrl);
+      // A retry of a stored client id gets the original back, as in every protocol: the
+      // document's client marks a send as sent when its `new_message` comes, which the first
+      // attempt's broadcast may be what it missed.
+      if (result.duplicate && socket.connected) socket.emit("new_message", { data: message });
+      ack?.(message);
     });
 
     /** Checks a `send_message` and queues it for the store; the commit is not waited for. */

@@ -200,7 +200,11 @@ export const HistoryQuery = z.object({
   ),
 });
 
-const clientId = z.string().min(1).max(128).describe(
+/** Read as every protocol reads it: a number is its digits, an empty one is none. */
+const clientId = z.preprocess(
+  (v) => v === "" || v === null ? undefined : typeof v === "number" ? String(v) : v,
+  z.string().max(128).optional(),
+).describe(
   "Idempotency key: the same key from the same sender within 24 hours stores one message",
 );
 
@@ -214,7 +218,7 @@ export const MessageInput = z.strictObject({
   sender_id: UserId.optional().describe(
     "A directory user who may enter the room; omitted for a system message",
   ),
-  client_id: clientId.optional(),
+  client_id: clientId,
 }).describe("A text message to publish.").register(requestSchemas, { id: "MessageInput" });
 
 /** Fields of the multipart body of `POST .../attachments`. */
@@ -229,7 +233,7 @@ export const AttachmentUpload = z.strictObject({
     "Admins only: a directory user who may enter the room. Omitted: the caller of a user's " +
       "token, or a system message for ADMIN_TOKEN",
   ),
-  client_id: clientId.optional(),
+  client_id: clientId,
 }).describe("Files (field `file`, repeatable) and an optional text for one message.").register(
   requestSchemas,
   { id: "AttachmentUpload" },
