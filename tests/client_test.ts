@@ -1180,3 +1180,83 @@ Deno.test("client: a room left while its gap was being read delivers nothing mor
     c.client.close();
   }
 });
+
+/** A TCP proxy to `port` that delays every chunk `delayMs` each way, keeping order. */
+function slowLink(port: number, delayMs: number) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.Conn>();
+  const pipe = async (from: Deno.Conn, to: Deno.Conn) => {
+    let chain = Promise.resolve();
+    const buf = new Uint8Array(65536);
+    try {
+      while (true) {
+        const n = await from.read(buf);
+        if (n === null) break;
+        const chunk = buf.slice(0, n);
+        const due = performance.now() + delayMs;
+        chain = chain.then(async () => {
+          const wait = due - performance.now();
+          if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+          for (let off = 0; off < chunk.length;) off += await to.write(chunk.subarray(off));
+        }).catch(() => {});
+      }
+    } catch {
+      // Closed under the read.
+    }
+    await chain;
+    await to.closeWrite().catch(() => {});
+  };
+  const accepting = (async () => {
+    for await (const conn of listener) {
+      conns.add(conn);
+      const upstream = await Deno.connect({ hostname: "127.0.0.1", port });
+      conns.add(upstream);
+      Promise.all([pipe(conn, upstream), pipe(upstream, conn)]).finally(() => {
+        for (const c of [conn, upstream]) {
+          try {
+            c.close();
+          } catch {
+            // Closed already.
+          }
+          conns.delete(c);
+        }
+      });
+    }
+  })().catch(() => {});
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    async close() {
+      listener.close();
+      await accepting;
+      await eventually(() => conns.size === 0, 5000, "the proxied sockets to close");
+    },
+  };
+}
+
+Deno.test("client: sends past the rate limit over a slow link are stored in the order sent", async () => {
+  const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "10" });
+  const link = slowLink(server.port, 100);
+  const { client } = recorder({
+    url: `ws://127.0.0.1:${link.port}/ws`,
+    token: await server.token({ sub: "1", rooms: ["ticket:*"] }),
+    timeoutMs: 30_000,
+  });
+  try {
+    await client.connect();
+    await client.join("ticket:1");
+    // 25 a second against 10 (bursts of 20): refusals after the first second; the sends after a
+    // refused one are already on the wire when it is refused.
+    const sends: Promise<unknown>[] = [];
+    for (let i = 0; i < 80; i++) {
+      sends.push(client.send("ticket:1", { body: `m${i}` }));
+      await new Promise((r) => setTimeout(r, 40));
+    }
+    await within(Promise.all(sends), "every send", 30_000);
+    const page = await client.history("ticket:1", { limit: 200 });
+    assertEquals(page.messages.map((m) => m.body), Array.from({ length: 80 }, (_, i) => `m${i}`));
+  } finally {
+    client.close();
+    await server.close();
+    await link.close();
+  }
+});

@@ -289,6 +289,9 @@ const REMOVED_BY: Partial<Record<string, "access_revoked" | "room_deleted">> = {
   room_deleted: "room_deleted",
 };
 
+/** Longest a send refused for the rate limit holds back the connection's later sends. */
+const SEND_HOLD_MS = 5000;
+
 /** Frames still handled after the client closed its socket (see `message`). */
 const KEPT_AFTER_CLOSE = new Set(["join", "leave", "read"]);
 
@@ -305,6 +308,8 @@ class NativeSession implements SocketHandler {
   readonly renderKey: string;
   #ctx: DialectContext;
   #connId = crypto.randomUUID();
+  /** A send refused for the rate limit, until it comes again (see `#keepSendOrder`). */
+  #heldSend?: { clientId: string; until: number };
   #rooms = new Map<string, NativeMember>();
   /**
    * The rooms the socket was in when its client closed it: frames it sent before closing are
@@ -734,6 +739,7 @@ class NativeSession implements SocketHandler {
         );
       }
       ref = record.ref;
+      if (record.type === "send") this.#keepSendOrder(record, verdict);
       if (verdict === "limited") {
         throw rateLimited();
       }
@@ -749,6 +755,26 @@ class NativeSession implements SocketHandler {
     } catch (err) {
       const error = verdict === "limited" ? rateLimited() : err;
       conn.finishInOrder(Promise.resolve(), () => this.#replyError(conn, error, ref));
+    }
+  }
+
+  /**
+   * A send refused for the rate limit is sent again by a client that retries with its
+   * `client_id` (the typed client does), and the sends after it must not overtake it, though on
+   * a slow link the bucket has refilled by the time they arrive. So until that send comes again,
+   * or {@link SEND_HOLD_MS} pass, the connection's later sends are refused the same way.
+   */
+  #keepSendOrder(record: Record<string, unknown>, verdict: RateVerdict): void {
+    const raw = record.client_id;
+    const clientId = typeof raw === "string" || typeof raw === "number" ? String(raw) : undefined;
+    const held = this.#heldSend;
+    const now = performance.now();
+    if (held) {
+      if (clientId !== held.clientId && now < held.until) throw rateLimited();
+      this.#heldSend = undefined;
+    }
+    if (verdict === "limited" && clientId) {
+      this.#heldSend = { clientId, until: now + SEND_HOLD_MS };
     }
   }
 
