@@ -245,3 +245,116 @@ Deno.test("relay bridge: a merely slow peer gets at most a batch again, not ever
     ok(posts <= 1100, `1000 frames, none lost, posted ${posts} times`);
   });
 });
+
+Deno.test("relay bridge: a give-up whose first abort is lost still ends the quiet side", async () => {
+  const { owned, owner } = taking();
+  await withPair(owner, async (p) => {
+    const end = await bridge(p, owned);
+    let endClosed: number | null = null;
+    end.onclose = (code) => endClosed = code;
+    let ownerClosed: number | null = null;
+    owned[0].onclose = (code) => ownerClosed = code;
+    // The requester's isolate lags: the frame to it, its confirmations and the abort are lost.
+    intercept((m, send) => {
+      if (m.to === p.requester.nodeId && (m.k === "frame" || m.k === "abort")) return;
+      if (m.k === "fack" && m.to === p.owner.nodeId) return;
+      send();
+    });
+    owned[0].send("one");
+    await eventually(() => ownerClosed !== null, 5000, "the owner's side giving up");
+    BroadcastChannel.prototype.postMessage = realPost;
+    // The channel works again; the requester's client is idle, and sends nothing to answer.
+    await eventually(() => endClosed !== null, 3000, "the requester's side to close");
+    strictEqual(endClosed, 1011);
+  }, { giveUpMs: 600 });
+});
+
+Deno.test("relay bridge: both isolates shutting down together confirm each other's closes at once", async () => {
+  const { owned, owner } = taking();
+  await withPair(owner, async (p) => {
+    const end = await bridge(p, owned);
+    let endClosed: number | null = null;
+    end.onclose = (code) => endClosed = code;
+    // EngineServer.close() on every isolate (SIGTERM to deno serve --parallel): the owner's
+    // session closes its transport, then both relays close.
+    owned[0].close(1001, "server shutting down");
+    let settled = false;
+    const closing = Promise.all([p.owner.close(), p.requester.close()]).then(() => settled = true);
+    // Well before the second a closing relay waits at most for its closes to be confirmed.
+    await eventually(() => settled, 800, "both relays to close");
+    await closing;
+    strictEqual(endClosed, 1001);
+  });
+});
+
+Deno.test("relay bridge: 32 bridges to a lagging isolate get every frame through, in order, none ended", async () => {
+  const { owned, owner } = taking();
+  await withPair(owner, async (p) => {
+    const ends: FrameSocket[] = [];
+    for (let i = 0; i < 32; i++) ends.push((await p.requester.openWebSocket(p.sid))!);
+    await eventually(() => owned.length === 32);
+    const got = ends.map(() => [] as unknown[]);
+    const closed = ends.map(() => null as number | null);
+    ends.forEach((end, i) => {
+      end.onmessage = (d) => got[i].push(d);
+      end.onclose = (code) => closed[i] = code;
+    });
+    // The requester's isolate: what is posted to it waits in one queue of 256, the oldest
+    // dropped when it is full, as Deno does; it reads 64 messages every 4 ms.
+    const queue: (() => void)[] = [];
+    let frames = 0;
+    intercept((m, send) => {
+      if (m.to !== p.requester.nodeId) return send();
+      if (m.k === "frame") frames++;
+      queue.push(send);
+      if (queue.length > 256) queue.shift();
+    });
+    const reading = setInterval(() => {
+      for (let i = 0; i < 64 && queue.length > 0; i++) queue.shift()!();
+    }, 4);
+    try {
+      for (let f = 0; f < 100; f++) for (let i = 0; i < 32; i++) owned[i].send(`b${i}f${f}`);
+      await eventually(
+        () => got.every((g) => g.length === 100) || closed.some((c) => c !== null),
+        20_000,
+        "every frame",
+      );
+      strictEqual(closed.filter((c) => c !== null).length, 0);
+      got.forEach((g, i) =>
+        strictEqual(g.join(), Array.from({ length: 100 }, (_, f) => `b${i}f${f}`).join())
+      );
+      ok(frames <= 2 * 3200, `3,200 frames posted ${frames} times`);
+    } finally {
+      clearInterval(reading);
+    }
+  });
+});
+
+Deno.test("relay: requests for sids naming nodes that never answer are not posted over and over", async () => {
+  const relay = new BroadcastChannelRelay({ name: `relay-forged:${crypto.randomUUID()}` });
+  relay.attach(idle);
+  let posts = 0;
+  intercept((_m, send) => {
+    posts++;
+    send();
+  });
+  try {
+    // Sids of this process's form, naming isolates that do not exist (a client can make them).
+    const pid = relay.nodeId.slice(0, relay.nodeId.indexOf("n"));
+    const sids = Array.from(
+      { length: 300 },
+      (_, i) => `${pid}n${i.toString(16).padStart(8, "0")}.x`,
+    );
+    const replies = await Promise.all(sids.map((sid) => relay.poll(sid, 1000)));
+    ok(replies.every((r) => r === null));
+    // A few are asked (a real sibling must still be reachable before it ever answered).
+    ok(posts <= 100, `300 requests for made-up nodes: ${posts} posts`);
+    // One that never acknowledged is taken for gone: its sids fail at once.
+    posts = 0;
+    strictEqual(await relay.poll(sids[0], 1000), null);
+    strictEqual(posts, 0);
+  } finally {
+    BroadcastChannel.prototype.postMessage = realPost;
+    await relay.close();
+  }
+});

@@ -117,6 +117,9 @@ interface Call {
   /** Sends the request again until the owner acknowledges it. */
   resend?: Timer;
   acked?: boolean;
+  /** The owner asked, and whether it was not yet heard from when asked (see `#unproven`). */
+  to?: string;
+  unproven?: boolean;
 }
 
 /** A request this isolate serves: its answer is sent again until the requester has it. */
@@ -167,8 +170,9 @@ export class BroadcastChannelRelay implements SessionRelay {
   #giveUpMs: number;
   #channel: BroadcastChannel | null = null;
   /**
-   * One channel per node written to, named after it: a message (a polling body, a WebSocket
-   * frame of up to 64 MiB) is copied to its addressee only, not to every isolate.
+   * One channel per node written to, named after it, so that only the addressee handles a
+   * message (a polling body, a WebSocket frame of up to 64 MiB); Deno still queues every post in
+   * every isolate of the process. Least recently used first.
    */
   #peers = new Map<string, BroadcastChannel>();
   #owner: RelayOwner | null = null;
@@ -179,6 +183,15 @@ export class BroadcastChannelRelay implements SessionRelay {
   #served = new Map<string, Served>();
   /** Bridges told they ended (see `#abortUnknown`), with when. */
   #aborted = new Map<string, number>();
+  /** Aborts to be posted again (see `#abort`). */
+  #abortTimers = new Set<Timer>();
+  /** Per node, what its bridges may still post again (see `#mayResend`). */
+  #resendBudgets = new Map<string, { tokens: number; at: number }>();
+  /** Nodes heard from (they exist), and nodes that never acknowledged, with until when. */
+  #known = new Set<string>();
+  #silent = new Map<string, number>();
+  /** Requests to nodes not yet heard from, waiting for an acknowledgement. */
+  #unproven = 0;
   #closed = false;
 
   /** Creates a relay; it listens only once attached to an engine. */
@@ -267,13 +280,18 @@ export class BroadcastChannelRelay implements SessionRelay {
     }
     for (const served of this.#served.values()) clearTimeout(served.resend);
     this.#served.clear();
+    for (const timer of this.#abortTimers) clearTimeout(timer);
+    this.#abortTimers.clear();
   }
 
   #send(message: Message): void {
     if (!this.#channel) return;
     let peer = this.#peers.get(message.to);
-    if (!peer) {
-      // Node ids come from sids a client sends: the oldest channel goes past a few dozen.
+    if (peer) {
+      this.#peers.delete(message.to);
+      this.#peers.set(message.to, peer);
+    } else {
+      // Node ids come from sids a client sends: the least used channel goes past a few dozen.
       if (this.#peers.size >= MAX_PEER_CHANNELS) {
         const [oldest, channel] = this.#peers.entries().next().value!;
         channel.close();
@@ -292,6 +310,7 @@ export class BroadcastChannelRelay implements SessionRelay {
         if (this.#bridges.get(id) === bridge) this.#bridges.delete(id);
       },
       { id, peer, self: this.nodeId, giveUpMs: this.#giveUpMs },
+      { mayResend: () => this.#mayResend(peer), abort: (message) => this.#abort(message) },
     );
     this.#bridges.set(id, bridge);
     return bridge;
@@ -301,11 +320,57 @@ export class BroadcastChannelRelay implements SessionRelay {
     return `${this.nodeId}:${++this.#seq}`;
   }
 
+  /** Takes one message from the budget of what may be posted again to `peer` now. */
+  #mayResend(peer: string): boolean {
+    const now = performance.now();
+    let budget = this.#resendBudgets.get(peer);
+    if (!budget) {
+      if (this.#resendBudgets.size >= MAX_PEER_CHANNELS) this.#resendBudgets.clear();
+      budget = { tokens: RESEND_BUDGET, at: now };
+      this.#resendBudgets.set(peer, budget);
+    }
+    budget.tokens = Math.min(
+      RESEND_BUDGET,
+      budget.tokens + (now - budget.at) * RESEND_BUDGET / RESEND_BUDGET_MS,
+    );
+    budget.at = now;
+    if (budget.tokens < 1) return false;
+    budget.tokens--;
+    return true;
+  }
+
+  /**
+   * Posts an abort now and again a little later: a quiet peer sends nothing that an abort for
+   * an unknown bridge would answer, and would stay open until its heartbeat.
+   */
+  #abort(message: Message): void {
+    this.#send(message);
+    for (const wait of ABORT_AGAIN_MS) {
+      const timer = setTimeout(() => {
+        this.#abortTimers.delete(timer);
+        this.#send(message);
+      }, wait);
+      this.#abortTimers.add(timer);
+    }
+  }
+
+  /** Notes that `node` exists (it posted to this one, or acknowledged a request). */
+  #heardFrom(node: string): void {
+    if (this.#known.has(node)) return;
+    if (this.#known.size >= 1000) this.#known.clear();
+    this.#known.add(node);
+    this.#silent.delete(node);
+  }
+
   #reachable(node: string | null): node is string {
     if (node === null || node === this.nodeId) return false;
     const match = NODE_PATTERN.exec(node);
-    // A sid minted by another process (a previous run) has no owner here: fail fast.
-    return match !== null && match[1] === Deno.pid.toString(36);
+    // A sid minted by another process (a previous run) has no owner here: fail fast. So does
+    // one of a node that never acknowledged (gone, or made up).
+    if (match === null || match[1] !== Deno.pid.toString(36)) return false;
+    const silent = this.#silent.get(node);
+    if (silent !== undefined && performance.now() < silent) return false;
+    return this.#known.has(node) || this.#unproven < MAX_UNPROVEN_CALLS;
   }
 
   #call(
@@ -318,12 +383,22 @@ export class BroadcastChannelRelay implements SessionRelay {
     const to = nodeOfSid(sid);
     if (this.#closed || !this.#channel || !this.#reachable(to)) return Promise.resolve(null);
     return new Promise((resolve) => {
+      const unproven = !this.#known.has(to);
+      if (unproven) this.#unproven++;
       const finish = (result: Result | null) => {
         const call = this.#calls.get(id);
         if (!call) return;
         clearTimeout(call.timer);
         clearTimeout(call.resend);
         this.#calls.delete(id);
+        if (call.unproven) {
+          this.#unproven--;
+          // Never acknowledged: taken for gone a while, so that its sids fail at once.
+          if (result === null && !this.#closed) {
+            if (this.#silent.size >= 1000) this.#silent.clear();
+            this.#silent.set(to, performance.now() + SILENT_NODE_MS);
+          }
+        }
         resolve(result);
       };
       const call: Call = {
@@ -333,6 +408,8 @@ export class BroadcastChannelRelay implements SessionRelay {
         ),
         replyTimeout,
         resolve: finish,
+        to,
+        unproven,
       };
       this.#calls.set(id, call);
       const message: Extract<Message, { k: "req" }> = {
@@ -358,11 +435,10 @@ export class BroadcastChannelRelay implements SessionRelay {
   }
 
   #receive(message: Message): void {
-    // Closing, it still hears the confirmations of what it posts again (see `close`).
-    if (
-      message.to !== this.nodeId ||
-      (this.#closed && message.k !== "got" && message.k !== "fack")
-    ) return;
+    // Closing, it takes no more requests, but still confirms and ends what it is told of (the
+    // other isolates may be closing too, and wait for that).
+    if (message.to !== this.nodeId || (this.#closed && message.k === "req")) return;
+    if ("from" in message) this.#heardFrom(message.from);
     switch (message.k) {
       case "req":
         this.#serve(message);
@@ -372,6 +448,11 @@ export class BroadcastChannelRelay implements SessionRelay {
         // A repeated ack (for a repeated request) must not push the reply's deadline back.
         if (call && !call.acked) {
           call.acked = true;
+          if (call.unproven) {
+            call.unproven = false;
+            this.#unproven--;
+          }
+          if (call.to) this.#heardFrom(call.to);
           clearTimeout(call.resend);
           clearTimeout(call.timer);
           call.timer = setTimeout(() => call.resolve(null), call.replyTimeout);
@@ -532,8 +613,36 @@ const HELD_OVERHEAD_BYTES = 256;
 const RESEND_COUNT = 64;
 const RESEND_BYTES = 4 * 1024 * 1024;
 
+/**
+ * Messages every bridge to one isolate together may post again per {@link RESEND_BUDGET_MS}:
+ * Deno queues every post in every isolate of the process (256 each, whatever the channel's
+ * name), so resends beyond what the lagging isolate reads make the losses they repair.
+ */
+const RESEND_BUDGET = 128;
+const RESEND_BUDGET_MS = 100;
+
+/** When an abort is posted again after the first (see `BroadcastChannelRelay.#abort`). */
+const ABORT_AGAIN_MS = [300, 1200];
+
+/** How long a node that never acknowledged a request is taken for gone. */
+const SILENT_NODE_MS = 30_000;
+
+/**
+ * Requests to nodes not yet heard from that may wait for an acknowledgement at once: node ids
+ * come from sids a client sends, and each such request is posted several times.
+ */
+const MAX_UNPROVEN_CALLS = 8;
+
 /** Longest wait between attempts to post unconfirmed frames again. */
 const MAX_RESEND_MS = 2000;
+
+/**
+ * A wait spread over ±25%: bridges that lost their frames together must not post them again
+ * together, round after round.
+ */
+function jittered(ms: number): number {
+  return ms * (0.75 + Math.random() / 2);
+}
 
 function frameSize(message: Numbered): number {
   if (message.k === "close") return HELD_OVERHEAD_BYTES;
@@ -562,6 +671,7 @@ class Bridge implements FrameSocket {
   #peer: string;
   #self: string;
   #giveUpMs: number;
+  #link: { mayResend: () => boolean; abort: (message: Message) => void };
   /** Frames, then perhaps the close, written while the owner decides (see `hold`). */
   #held: (string | Uint8Array)[] | null = null;
   #heldClose?: { code: number; reason: string };
@@ -590,6 +700,12 @@ class Bridge implements FrameSocket {
     post: (message: Message) => void,
     forget: () => void,
     ids: { id: string; peer: string; self: string; giveUpMs: number },
+    link: {
+      /** Whether one more message may be posted again to the peer now (see `#mayResend`). */
+      mayResend: () => boolean;
+      /** Posts an abort, and again a little later in case the channel drops it. */
+      abort: (message: Message) => void;
+    },
   ) {
     this.#post = post;
     this.#forget = forget;
@@ -597,6 +713,7 @@ class Bridge implements FrameSocket {
     this.#peer = ids.peer;
     this.#self = ids.self;
     this.#giveUpMs = ids.giveUpMs;
+    this.#link = link;
   }
 
   /** True while this side has closed and waits for the peer to confirm its last frames. */
@@ -681,7 +798,7 @@ class Bridge implements FrameSocket {
    */
   shutdown(code: number, reason: string): void {
     if (this.#ended) return;
-    this.#post({ k: "abort", to: this.#peer, from: this.#self, id: this.#id, code, reason });
+    this.#link.abort({ k: "abort", to: this.#peer, from: this.#self, id: this.#id, code, reason });
     this.aborted(code, reason);
   }
 
@@ -814,7 +931,7 @@ class Bridge implements FrameSocket {
       this.#fail();
       return;
     }
-    this.#resendTimer ??= setTimeout(() => this.#resend(), this.#resendWait);
+    this.#resendTimer ??= setTimeout(() => this.#resend(), jittered(this.#resendWait));
   }
 
   /**
@@ -829,6 +946,8 @@ class Bridge implements FrameSocket {
       const item = this.#unconfirmed[i];
       if (!wanted(item) || count >= RESEND_COUNT || bytes > RESEND_BYTES) break;
       if (now - item.resentAt < RESEND_MS / 2) continue;
+      // The peer's other bridges are owed their turn too.
+      if (!this.#link.mayResend()) break;
       this.#post(item.message);
       item.resentAt = now;
       count++;
@@ -852,7 +971,7 @@ class Bridge implements FrameSocket {
       this.#resendFrom(0, now, () => true);
       this.#resendWait = Math.min(this.#resendWait * 2, MAX_RESEND_MS);
     }
-    this.#resendTimer = setTimeout(() => this.#resend(), this.#resendWait);
+    this.#resendTimer = setTimeout(() => this.#resend(), jittered(this.#resendWait));
   }
 
   #confirmSoon(): void {
