@@ -631,7 +631,7 @@ const SILENT_NODE_MS = 30_000;
  * Requests to nodes not yet heard from that may wait for an acknowledgement at once: node ids
  * come from sids a client sends, and each such request is posted several times.
  */
-const MAX_UNPROVEN_CALLS = 8;
+const MAX_UNPROVEN_CALLS = 32;
 
 /** Longest wait between attempts to post unconfirmed frames again. */
 const MAX_RESEND_MS = 2000;
