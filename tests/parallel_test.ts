@@ -3,6 +3,7 @@
 import { assert, assertEquals, delay, eventually, within } from "./assert.ts";
 import { adminCall, freePort, TEST_SECRET, TestClient } from "./helpers.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
+import type { Socket as ClientSocket } from "socket.io-client";
 
 /** Spawns `deno serve --parallel` on a free port; no child when it exits or stays silent. */
 async function spawnParallel(dataDir: string, env: Record<string, string>, deadline: number) {
@@ -165,20 +166,23 @@ Deno.test("parallel: a burst of 200 messages per client across isolates reaches 
   }
 });
 
+/** The next `event` of a Socket.IO client, failing after 10 s. */
+function once(socket: ClientSocket, event: string) {
+  return new Promise<Record<string, unknown>>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`timed out waiting for ${event}`)), 10_000);
+    socket.once(event, (arg: Record<string, unknown>) => {
+      clearTimeout(timer);
+      resolve(arg);
+    });
+  });
+}
+
 Deno.test("parallel: Socket.IO clients on polling and websocket work with no sticky sessions", async () => {
   const server = await startParallelServer();
   const { io } = await import("socket.io-client");
   const clients: ReturnType<typeof io>[] = [];
   try {
     const token = await signDevToken(TEST_SECRET, { sub: "1", rooms: ["ticket:*"] });
-    const once = (socket: ReturnType<typeof io>, event: string) =>
-      new Promise<Record<string, unknown>>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`timed out waiting for ${event}`)), 10_000);
-        socket.once(event, (arg: Record<string, unknown>) => {
-          clearTimeout(timer);
-          resolve(arg);
-        });
-      });
     for (let i = 0; i < 8; i++) {
       const socket = io(server.url, {
         forceNew: true,
@@ -208,14 +212,6 @@ Deno.test("parallel: Socket.IO clients bridged or relayed to another isolate get
   const others: TestClient[] = [];
   try {
     const token = await signDevToken(TEST_SECRET, { sub: "1", rooms: ["ticket:*"] });
-    const once = (socket: ReturnType<typeof io>, event: string) =>
-      new Promise<Record<string, unknown>>((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`timed out waiting for ${event}`)), 10_000);
-        socket.once(event, (arg: Record<string, unknown>) => {
-          clearTimeout(timer);
-          resolve(arg);
-        });
-      });
     const received: string[][] = [];
     const disconnects: string[] = [];
     for (let i = 0; i < 8; i++) {
