@@ -358,3 +358,41 @@ Deno.test("relay: requests for sids naming nodes that never answer are not poste
     await relay.close();
   }
 });
+
+Deno.test("relay: siblings greet each other: made-up node ids never make a sibling unreachable, nor does one request's lost ack", async () => {
+  const name = `relay-greet:${crypto.randomUUID()}`;
+  const a = new BroadcastChannelRelay({ name, ackTimeout: 1000 });
+  const b = new BroadcastChannelRelay({ name, ackTimeout: 1000 });
+  a.attach(idle);
+  b.attach(idle);
+  try {
+    // The greeting is a round trip of the channel.
+    await delay(50);
+    const pid = Deno.pid.toString(36);
+    const madeUp = Array.from(
+      { length: 40 },
+      (_, i) => b.post(`p${pid}n${(0xdead0000 + i).toString(16)}.X`, "x"),
+    );
+    ok(await b.post(`${a.nodeId}.SID`, "real"), "the sibling answered");
+    // Every copy of one request is lost (a lagging isolate); the sibling stays reachable.
+    intercept((m, send) => {
+      if (m.k === "req" && (m as { body?: string }).body === "lost") return;
+      send();
+    });
+    const [lost, fine] = await Promise.all([
+      b.post(`${a.nodeId}.SID`, "lost"),
+      b.post(`${a.nodeId}.SID`, "fine"),
+    ]);
+    strictEqual(lost, null);
+    ok(fine, "the sibling answered");
+    BroadcastChannel.prototype.postMessage = realPost;
+    ok(await b.post(`${a.nodeId}.SID`, "again"), "the sibling is still reachable");
+    await Promise.all(madeUp);
+  } finally {
+    BroadcastChannel.prototype.postMessage = realPost;
+    await a.close();
+    await b.close();
+  }
+  // Closed: nothing more is opened (nor an abort scheduled for it).
+  strictEqual(await b.openWebSocket(`${a.nodeId}.SID`), null);
+});

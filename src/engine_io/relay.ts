@@ -176,6 +176,8 @@ export class BroadcastChannelRelay implements SessionRelay {
    */
   #peers = new Map<string, BroadcastChannel>();
   #owner: RelayOwner | null = null;
+  /** Where the isolates greet each other (see `attach`). */
+  #hello: BroadcastChannel | null = null;
   #seq = 0;
   #calls = new Map<string, Call>();
   #bridges = new Map<string, Bridge>();
@@ -211,6 +213,17 @@ export class BroadcastChannelRelay implements SessionRelay {
     this.#owner = owner;
     this.#channel = new BroadcastChannel(`${this.#name}:${this.nodeId}`);
     this.#channel.onmessage = (event: MessageEvent<Message>) => this.#receive(event.data);
+    // The isolates of the process greet each other, so that each knows its siblings before a
+    // request names one (requests to nodes never heard from are few at a time: see `#reachable`).
+    const hello = new BroadcastChannel(`${this.#name}:*`);
+    hello.onmessage = (event: MessageEvent<{ k?: unknown; from?: unknown; reply?: unknown }>) => {
+      const { k, from, reply } = event.data ?? {};
+      if (k !== "hello" || typeof from !== "string" || from === this.nodeId) return;
+      this.#heardFrom(from);
+      if (!reply) hello.postMessage({ k: "hello", from: this.nodeId, reply: true });
+    };
+    hello.postMessage({ k: "hello", from: this.nodeId });
+    this.#hello = hello;
   }
 
   /** Forwards a GET and waits up to `timeout` ms after the owner's ack for its answer. */
@@ -227,6 +240,7 @@ export class BroadcastChannelRelay implements SessionRelay {
 
   /** Asks the owner to take a WebSocket; the returned bridge carries its frames. */
   async openWebSocket(sid: string): Promise<FrameSocket | null> {
+    if (this.#closed) return null;
     const id = this.#nextId();
     // Registered before asking, so frames the owner sends right after accepting are not lost.
     const bridge = this.#bridge(id, nodeOfSid(sid) ?? "");
@@ -275,6 +289,8 @@ export class BroadcastChannelRelay implements SessionRelay {
     if (this.#channel) {
       this.#channel.close();
       this.#channel = null;
+      this.#hello?.close();
+      this.#hello = null;
       for (const peer of this.#peers.values()) peer.close();
       this.#peers.clear();
     }
@@ -356,10 +372,10 @@ export class BroadcastChannelRelay implements SessionRelay {
 
   /** Notes that `node` exists (it posted to this one, or acknowledged a request). */
   #heardFrom(node: string): void {
+    this.#silent.delete(node);
     if (this.#known.has(node)) return;
     if (this.#known.size >= 1000) this.#known.clear();
     this.#known.add(node);
-    this.#silent.delete(node);
   }
 
   #reachable(node: string | null): node is string {
@@ -368,9 +384,10 @@ export class BroadcastChannelRelay implements SessionRelay {
     // A sid minted by another process (a previous run) has no owner here: fail fast. So does
     // one of a node that never acknowledged (gone, or made up).
     if (match === null || match[1] !== Deno.pid.toString(36)) return false;
+    if (this.#known.has(node)) return true;
     const silent = this.#silent.get(node);
     if (silent !== undefined && performance.now() < silent) return false;
-    return this.#known.has(node) || this.#unproven < MAX_UNPROVEN_CALLS;
+    return this.#unproven < MAX_UNPROVEN_CALLS;
   }
 
   #call(
@@ -394,7 +411,7 @@ export class BroadcastChannelRelay implements SessionRelay {
         if (call.unproven) {
           this.#unproven--;
           // Never acknowledged: taken for gone a while, so that its sids fail at once.
-          if (result === null && !this.#closed) {
+          if (result === null && !this.#closed && !this.#known.has(to)) {
             if (this.#silent.size >= 1000) this.#silent.clear();
             this.#silent.set(to, performance.now() + SILENT_NODE_MS);
           }
