@@ -741,6 +741,31 @@ Deno.test("native: errors come with codes; bad token 4001; no access is an error
   }
 });
 
+Deno.test("native: a held key (typing ~30/s) costs no errors and no tokens: the send right after is taken", async () => {
+  const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
+  try {
+    const a = await connect(server);
+    const b = await connect(server, { sub: "3" });
+    await join(a, "ticket:1");
+    await join(b, "ticket:1");
+    for (let i = 0; i < 60; i++) {
+      if (i > 0) await new Promise((r) => setTimeout(r, 33));
+      a.send({ type: "typing", room: "ticket:1" });
+    }
+    a.send({ type: "typing", room: "ticket:1", is_typing: false });
+    a.send({ type: "send", room: "ticket:1", body: "after typing", ref: 1 });
+    assertEquals((await a.next((f) => f.ref === 1)).type, "ack");
+    const told = b.frames.filter((f) => (f as Record<string, unknown>).type === "typing");
+    // A start about once a second (the others' indicator needs no more), and the stop.
+    assert(told.length >= 2 && told.length <= 5, `typing frames passed on: ${told.length}`);
+    await a.nothing((f) => f.type === "error");
+    await a.close();
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("native: a flood is refused with rate_limited, then closed with 4029", async () => {
   const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
   try {

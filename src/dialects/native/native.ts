@@ -7,7 +7,7 @@ import { normalizeUserId } from "../../auth/principal.ts";
 import { findToken } from "../../auth/token.ts";
 import { MAX_BODY_CHARS, MAX_FILES_PER_MESSAGE } from "../../core/chat_service.ts";
 import { asChatError, ChatError, rateLimited } from "../../core/errors.ts";
-import { type RateVerdict, TokenBuckets } from "../../core/rate_limiter.ts";
+import { type RateVerdict, TokenBuckets, TYPING_REPEAT_MS } from "../../core/rate_limiter.ts";
 import { canonicalId, parseRoomKey } from "../../core/rooms.ts";
 import type { AppendResult, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import type { DirectSocket, Member } from "../../hub/hub.ts";
@@ -289,6 +289,20 @@ const REMOVED_BY: Partial<Record<string, "access_revoked" | "room_deleted">> = {
   room_deleted: "room_deleted",
 };
 
+/** The room of a typing start frame (`is_typing` absent or true), else undefined. */
+function typingStartRoom(text: string): string | undefined {
+  if (!text.includes('"typing"')) return undefined;
+  try {
+    const record = JSON.parse(text);
+    return record?.type === "typing" && record.is_typing !== false &&
+        typeof record.room === "string"
+      ? record.room
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** Longest a send refused for the rate limit holds back the connection's later sends. */
 const SEND_HOLD_MS = 5000;
 
@@ -308,6 +322,8 @@ class NativeSession implements SocketHandler {
   readonly renderKey: string;
   #ctx: DialectContext;
   #connId = crypto.randomUUID();
+  /** When a typing start was last taken, per room (see `admit`). */
+  #typingAt = new Map<string, number>();
   /** A send refused for the rate limit, until it comes again (see `#keepSendOrder`). */
   #heldSend?: { clientId: string; until: number };
   #rooms = new Map<string, NativeMember>();
@@ -719,9 +735,24 @@ class NativeSession implements SocketHandler {
     }));
   }
 
-  /** Counts a frame against the rate limits as it arrives (see `SocketHandler.admit`). */
-  admit(): RateVerdict {
-    return this.#ctx.limiter.take(this.user.id, this.#connId);
+  /**
+   * Counts a frame against the rate limits as it arrives (see `SocketHandler.admit`). A typing
+   * start for a room repeated within {@link TYPING_REPEAT_MS} of the last one taken (one per
+   * keystroke, a held key) is refused without taking a token a message needs, and typing refused
+   * is dropped without an error (see `message`).
+   */
+  admit(_conn: Connection, text: string): RateVerdict {
+    const room = text.length <= 512 ? typingStartRoom(text) : undefined;
+    const now = performance.now();
+    if (room !== undefined && now - (this.#typingAt.get(room) ?? -Infinity) < TYPING_REPEAT_MS) {
+      return "limited";
+    }
+    const verdict = this.#ctx.limiter.take(this.user.id, this.#connId);
+    if (room !== undefined && verdict === "ok") {
+      if (this.#typingAt.size >= MAX_ROOMS_PER_SOCKET) this.#typingAt.clear();
+      this.#typingAt.set(room, now);
+    }
+    return verdict;
   }
 
   async message(conn: Connection, text: string): Promise<void> {
@@ -740,7 +771,12 @@ class NativeSession implements SocketHandler {
       }
       ref = record.ref;
       if (record.type === "send") this.#keepSendOrder(record, verdict);
+      if (record.type === "typing" && record.is_typing === false) {
+        this.#typingAt.delete(String(record.room));
+      }
       if (verdict === "limited") {
+        // Typing says nothing a later frame does not say again.
+        if (record.type === "typing") return;
         throw rateLimited();
       }
       // Sends overlap their commits; anything else sees, and answers after, what they did. Once
