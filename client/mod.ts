@@ -316,6 +316,13 @@ export interface ChatClientOptions {
   typingRenewMs?: number;
   /** Typing stops by itself after this long without a `typing(room)` call (ms). */
   typingIdleMs?: number;
+  /**
+   * A send not acknowledged this long after it was made (offline all along, say) is refused with
+   * `send_expired` instead of going again (ms; 23 hours by default): the server recognises a
+   * `client_id` for 24 hours, and a later resend of one already stored would be stored twice.
+   * Such a send may or may not have been stored.
+   */
+  sendExpiryMs?: number;
   /** WebSocket constructor, for environments without a global one. */
   WebSocket?: typeof WebSocket;
 }
@@ -383,6 +390,8 @@ const DEFAULTS = {
   maxFiles: 10,
   typingRenewMs: 2_000,
   typingIdleMs: 3_000,
+  // Under the server's 24 hours of recognising a client_id, with an hour to spare.
+  sendExpiryMs: 23 * 3600_000,
 };
 
 // Close codes after which reconnecting with the same token cannot help.
@@ -405,6 +414,8 @@ interface Pending {
   retries: number;
   /** Why its room was dropped after it was written: the server's "join first" means this. */
   dropped?: ChatError;
+  /** When it was made (Date.now()). */
+  madeAt: number;
 }
 
 interface RoomState {
@@ -1086,6 +1097,7 @@ export class ChatClient {
         needsRoom: options.needsRoom,
         sentOn: -1,
         retries: 0,
+        madeAt: Date.now(),
       };
       this.#pending.set(ref, pending);
       this.#flush();
@@ -1097,8 +1109,19 @@ export class ChatClient {
     if (!this.#ready()) return;
     const now = Date.now();
     if (now < this.#holdUntil) return this.#flushAt(this.#holdUntil);
-    for (const pending of this.#pending.values()) {
+    const expiry = this.#options.sendExpiryMs ?? DEFAULTS.sendExpiryMs;
+    for (const [ref, pending] of this.#pending) {
       if (pending.sentOn === this.#generation) continue;
+      if (pending.frame.type === "send" && now - pending.madeAt > expiry) {
+        this.#pending.delete(ref);
+        pending.reject(
+          new ChatError(
+            "send_expired",
+            "Not acknowledged in time to be sent again safely: it may or may not have been stored",
+          ),
+        );
+        continue;
+      }
       const room = pending.needsRoom ? this.#rooms.get(pending.needsRoom) : undefined;
       if (room && room.joinSentOn !== this.#generation) continue;
       if (!room && pending.needsRoom && this.#joining.has(pending.needsRoom)) continue;

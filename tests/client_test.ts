@@ -1260,3 +1260,27 @@ Deno.test("client: sends past the rate limit over a slow link are stored in the 
     await link.close();
   }
 });
+
+Deno.test("client: a send still unacknowledged past sendExpiryMs is refused, not sent again; a fresher one goes", async () => {
+  const server = await restartable();
+  const token = await signDevToken(TEST_SECRET, { sub: "1", rooms: ["chat:*"] });
+  const a = recorder({ url: server.url, token, sendExpiryMs: 600 });
+  try {
+    await a.client.connect();
+    await a.client.join("chat:6", { history: 20 });
+    await server.stop();
+    await eventually(() => a.client.state === "reconnecting");
+    const stale = a.client.send("chat:6", { body: "too old" });
+    stale.catch(() => {});
+    await new Promise((r) => setTimeout(r, 700));
+    const fresh = a.client.send("chat:6", { body: "fresh" });
+    await server.start();
+    assertEquals((await assertRejects(() => stale) as ChatError).code, "send_expired");
+    assertEquals((await fresh).seq, 1);
+    const page = await a.client.history("chat:6", { limit: 10 });
+    assertEquals(page.messages.map((m) => m.body), ["fresh"]);
+  } finally {
+    a.client.close();
+    await server.dispose();
+  }
+});

@@ -52,7 +52,9 @@ var DEFAULTS = {
   maxBodyChars: 2e4,
   maxFiles: 10,
   typingRenewMs: 2e3,
-  typingIdleMs: 3e3
+  typingIdleMs: 3e3,
+  // Under the server's 24 hours of recognising a client_id, with an hour to spare.
+  sendExpiryMs: 23 * 36e5
 };
 var UNAUTHORIZED = 4001;
 var RATE_LIMITED = 4029;
@@ -678,7 +680,8 @@ var ChatClient = class {
         reject,
         needsRoom: options.needsRoom,
         sentOn: -1,
-        retries: 0
+        retries: 0,
+        madeAt: Date.now()
       };
       this.#pending.set(ref, pending);
       this.#flush();
@@ -689,8 +692,14 @@ var ChatClient = class {
     if (!this.#ready()) return;
     const now = Date.now();
     if (now < this.#holdUntil) return this.#flushAt(this.#holdUntil);
-    for (const pending of this.#pending.values()) {
+    const expiry = this.#options.sendExpiryMs ?? DEFAULTS.sendExpiryMs;
+    for (const [ref, pending] of this.#pending) {
       if (pending.sentOn === this.#generation) continue;
+      if (pending.frame.type === "send" && now - pending.madeAt > expiry) {
+        this.#pending.delete(ref);
+        pending.reject(new ChatError("send_expired", "Not acknowledged in time to be sent again safely: it may or may not have been stored"));
+        continue;
+      }
       const room = pending.needsRoom ? this.#rooms.get(pending.needsRoom) : void 0;
       if (room && room.joinSentOn !== this.#generation) continue;
       if (!room && pending.needsRoom && this.#joining.has(pending.needsRoom)) continue;
