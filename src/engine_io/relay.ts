@@ -9,6 +9,8 @@
  * @module
  */
 
+import { TokenBuckets } from "../core/rate_limiter.ts";
+
 /** A two-way stream of WebSocket frames: a real socket, or one bridged through a relay. */
 export interface FrameSocket {
   /** Sends one frame. */
@@ -118,7 +120,7 @@ interface Call {
   resend?: Timer;
   acked?: boolean;
   /** The owner asked, and whether it was not yet heard from when asked (see `#unproven`). */
-  to?: string;
+  to: string;
   unproven?: boolean;
 }
 
@@ -129,11 +131,15 @@ interface Served {
 }
 
 /**
- * First wait before a request or answer not yet confirmed is posted again (then doubling, plus a
- * millisecond per {@link BODY_BYTES_PER_MS} characters): Deno drops channel messages for an
- * isolate that falls behind, without a word to either side.
+ * First wait before a request, answer or bridged frame not yet confirmed is posted again (then
+ * doubling; a request or answer waits a millisecond more per {@link BODY_BYTES_PER_MS}
+ * characters): Deno drops channel messages for an isolate that falls behind, without a word to
+ * either side.
  */
 const RESEND_MS = 250;
+
+/** Why a bridge ended that its other isolate stopped confirming. */
+const FRAMES_LOST = "Frames were lost between isolates";
 
 /** How long a closing relay waits for its last answers to be confirmed. */
 const CLOSE_CONFIRM_MS = 1000;
@@ -158,8 +164,9 @@ function randomHex(bytes: number): string {
 }
 
 /**
- * A {@linkcode SessionRelay} over one `BroadcastChannel`, which Deno shares between the isolates
- * of a process (so between the workers of `deno serve --parallel`).
+ * A {@linkcode SessionRelay} over `BroadcastChannel`s (one per isolate, and one where they greet
+ * each other), which Deno shares between the isolates of a process (so between the workers of
+ * `deno serve --parallel`).
  */
 export class BroadcastChannelRelay implements SessionRelay {
   /** This isolate's id: the process id and a random part. */
@@ -175,6 +182,7 @@ export class BroadcastChannelRelay implements SessionRelay {
    * every isolate of the process. Least recently used first.
    */
   #peers = new Map<string, BroadcastChannel>();
+  #lastTo?: string;
   #owner: RelayOwner | null = null;
   /** Where the isolates greet each other (see `attach`). */
   #hello: BroadcastChannel | null = null;
@@ -188,7 +196,11 @@ export class BroadcastChannelRelay implements SessionRelay {
   /** Aborts to be posted again (see `#abort`). */
   #abortTimers = new Set<Timer>();
   /** Per node, what its bridges may still post again (see `#mayResend`). */
-  #resendBudgets = new Map<string, { tokens: number; at: number }>();
+  #resendBudgets = new TokenBuckets(
+    RESEND_BUDGET * 1000 / RESEND_BUDGET_MS,
+    RESEND_BUDGET,
+    (tokens, at) => ({ tokens, at }),
+  );
   /** Nodes heard from (they exist), and nodes that never acknowledged, with until when. */
   #known = new Set<string>();
   #silent = new Map<string, number>();
@@ -242,14 +254,15 @@ export class BroadcastChannelRelay implements SessionRelay {
   async openWebSocket(sid: string): Promise<FrameSocket | null> {
     if (this.#closed) return null;
     const id = this.#nextId();
+    const owner = nodeOfSid(sid);
     // Registered before asking, so frames the owner sends right after accepting are not lost.
-    const bridge = this.#bridge(id, nodeOfSid(sid) ?? "");
+    const bridge = this.#bridge(id, owner ?? "");
     const result = await this.#call(sid, "ws", undefined, this.#replyTimeout, id);
     // Even closed by the owner already (its frames and close came before its answer was
     // handled): they are handed on once someone listens.
     if (result?.ok) return bridge;
     // No answer: the owner may have taken it, and must hear that nobody will use it.
-    if (result === null && this.#reachable(nodeOfSid(sid))) {
+    if (result === null && this.#reachable(owner)) {
       bridge.shutdown(1011, "Upgrade abandoned");
     } else bridge.aborted(1011, "Upgrade refused");
     return null;
@@ -304,8 +317,11 @@ export class BroadcastChannelRelay implements SessionRelay {
     if (!this.#channel) return;
     let peer = this.#peers.get(message.to);
     if (peer) {
-      this.#peers.delete(message.to);
-      this.#peers.set(message.to, peer);
+      // Kept in order of last use; the last one used is at the end already.
+      if (message.to !== this.#lastTo) {
+        this.#peers.delete(message.to);
+        this.#peers.set(message.to, peer);
+      }
     } else {
       // Node ids come from sids a client sends: the least used channel goes past a few dozen.
       if (this.#peers.size >= MAX_PEER_CHANNELS) {
@@ -316,6 +332,7 @@ export class BroadcastChannelRelay implements SessionRelay {
       peer = new BroadcastChannel(`${this.#name}:${message.to}`);
       this.#peers.set(message.to, peer);
     }
+    this.#lastTo = message.to;
     peer.postMessage(message);
   }
 
@@ -338,21 +355,7 @@ export class BroadcastChannelRelay implements SessionRelay {
 
   /** Takes one message from the budget of what may be posted again to `peer` now. */
   #mayResend(peer: string): boolean {
-    const now = performance.now();
-    let budget = this.#resendBudgets.get(peer);
-    if (!budget) {
-      if (this.#resendBudgets.size >= MAX_PEER_CHANNELS) this.#resendBudgets.clear();
-      budget = { tokens: RESEND_BUDGET, at: now };
-      this.#resendBudgets.set(peer, budget);
-    }
-    budget.tokens = Math.min(
-      RESEND_BUDGET,
-      budget.tokens + (now - budget.at) * RESEND_BUDGET / RESEND_BUDGET_MS,
-    );
-    budget.at = now;
-    if (budget.tokens < 1) return false;
-    budget.tokens--;
-    return true;
+    return this.#resendBudgets.take(peer, 1, performance.now()) === 1;
   }
 
   /**
@@ -372,8 +375,9 @@ export class BroadcastChannelRelay implements SessionRelay {
 
   /** Notes that `node` exists (it posted to this one, or acknowledged a request). */
   #heardFrom(node: string): void {
-    this.#silent.delete(node);
+    // A known node is never taken for gone (see `#call`): nothing to do on the hot path.
     if (this.#known.has(node)) return;
+    this.#silent.delete(node);
     if (this.#known.size >= 1000) this.#known.clear();
     this.#known.add(node);
   }
@@ -469,7 +473,7 @@ export class BroadcastChannelRelay implements SessionRelay {
             call.unproven = false;
             this.#unproven--;
           }
-          if (call.to) this.#heardFrom(call.to);
+          this.#heardFrom(call.to);
           clearTimeout(call.resend);
           clearTimeout(call.timer);
           call.timer = setTimeout(() => call.resolve(null), call.replyTimeout);
@@ -556,7 +560,7 @@ export class BroadcastChannelRelay implements SessionRelay {
       from: this.nodeId,
       id: message.id,
       code: 1011,
-      reason: "Frames were lost between isolates",
+      reason: FRAMES_LOST,
     });
   }
 
@@ -624,8 +628,8 @@ const MAX_HELD_BYTES = 80 * 1024 * 1024;
 const HELD_OVERHEAD_BYTES = 256;
 
 /**
- * Messages, and bytes, posted again at once: the channel keeps 256 messages for the whole
- * process, and a resend that overflows it makes the losses it repairs.
+ * Messages, and bytes, one bridge posts again at once: Deno keeps 256 messages for each isolate,
+ * and a resend that overflows them makes the losses it repairs.
  */
 const RESEND_COUNT = 64;
 const RESEND_BYTES = 4 * 1024 * 1024;
@@ -708,7 +712,7 @@ class Bridge implements FrameSocket {
   #confirmTimer?: Timer;
   #resendTimer?: Timer;
   #resendWait = RESEND_MS;
-  /** When the peer last confirmed something new (or the first frame went out). */
+  /** When the peer last confirmed something new (or a frame went out with nothing unconfirmed). */
   #progressAt = 0;
   /** The last hole named to the peer: the end of the batch it posts again for it, and when. */
   #gapTold = { until: 0, at: -Infinity };
@@ -891,16 +895,7 @@ class Bridge implements FrameSocket {
     if (this.#received < this.#gapTold.until && now - this.#gapTold.at < RESEND_MS) return;
     const until = Math.min(this.#earlyMin - 1, this.#received + RESEND_COUNT);
     this.#gapTold = { until, at: now };
-    clearTimeout(this.#confirmTimer);
-    this.#confirmTimer = undefined;
-    this.#post({
-      k: "fack",
-      to: this.#peer,
-      from: this.#self,
-      id: this.#id,
-      n: this.#received,
-      gap: this.#earlyMin - 1,
-    });
+    this.#confirmNow(this.#earlyMin - 1);
   }
 
   #closeMessage(code: number, reason: string): Numbered {
@@ -918,9 +913,7 @@ class Bridge implements FrameSocket {
   #take(message: Numbered): void {
     this.#received = message.n;
     if (message.k === "close") {
-      // The peer's side is gone: what this side still had for it no longer matters.
-      this.#unconfirmed = [];
-      this.#unconfirmedBytes = 0;
+      // The peer's side is gone: what this side still had for it no longer matters (`#end`).
       if (!this.#closed) {
         this.#closed = true;
         this.#notifyClose(message.code, message.reason);
@@ -995,15 +988,24 @@ class Bridge implements FrameSocket {
     this.#confirmTimer ??= setTimeout(() => this.#confirmNow(), CONFIRM_DELAY_MS);
   }
 
-  #confirmNow(): void {
+  /** Confirms what arrived in order, naming the first hole (its last missing number) if given. */
+  #confirmNow(gap?: number): void {
     clearTimeout(this.#confirmTimer);
     this.#confirmTimer = undefined;
-    this.#post({ k: "fack", to: this.#peer, from: this.#self, id: this.#id, n: this.#received });
+    const fack: Message = {
+      k: "fack",
+      to: this.#peer,
+      from: this.#self,
+      id: this.#id,
+      n: this.#received,
+    };
+    if (gap !== undefined) fack.gap = gap;
+    this.#post(fack);
   }
 
   /** The peer stopped confirming, or fell too far behind: both sides end, the client reconnects. */
   #fail(): void {
-    this.shutdown(1011, "Frames were lost between isolates");
+    this.shutdown(1011, FRAMES_LOST);
   }
 
   #end(): void {
