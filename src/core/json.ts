@@ -109,8 +109,11 @@ export function parseJson(text: string, stats?: { lifted: number }): unknown {
     open = text.indexOf('"', close + 1);
   }
   if (stats) stats.lifted = lifted.length;
-  parts.push(text.slice(copied));
-  const skeleton = lifted.length === 0 ? text : parts.join("");
+  let skeleton = text;
+  if (lifted.length > 0) {
+    parts.push(text.slice(copied));
+    skeleton = parts.join("");
+  }
   refuseComplex(skeleton);
   if (lifted.length === 0) return JSON.parse(text);
   return restore(JSON.parse(skeleton), lifted);

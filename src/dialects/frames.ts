@@ -64,3 +64,17 @@ export function optionalClientId(
   }
   return undefined;
 }
+
+/**
+ * The record of a frame whose `type` is `typing` (read without errors, for the rate limit's
+ * look at a frame before it is handled), else undefined.
+ */
+export function typingRecord(text: string): Record<string, unknown> | undefined {
+  if (!text.includes('"typing"')) return undefined;
+  try {
+    const record = JSON.parse(text);
+    return record?.type === "typing" ? record : undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -131,6 +131,14 @@ export interface HubStats {
 
 const PAGE = 500;
 
+/**
+ * True for a deletion notice naming a generation a member joined under, or before: a notice
+ * heard twice, or late, must not evict the room's next life.
+ */
+export function spares(event: RoomEvent, epoch: number): boolean {
+  return event.type === "closed" && event.generation !== undefined && epoch >= event.generation;
+}
+
 /** What `#firstHearing` orders an event by: a user's signals in a room, or the event alone. */
 function heardKey(event: RoomEvent): string {
   const what = event.type === "typing" || event.type === "read" || event.type === "presence"
@@ -387,10 +395,7 @@ export class Hub {
       // A deletion notice naming a generation spares the members that joined under it or later
       // (a repeated or late notice must not evict the room's next life); a member that does not
       // know its epoch decides itself (see `evict`).
-      if (
-        event.type === "closed" && event.generation !== undefined &&
-        member.epoch !== undefined && member.epoch >= event.generation
-      ) continue;
+      if (member.epoch !== undefined && spares(event, member.epoch)) continue;
       if (
         event.type === "closed" || member.deliver !== undefined ||
         String(member.user.id) === String(event.userId)

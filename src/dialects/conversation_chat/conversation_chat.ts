@@ -11,7 +11,7 @@ import type { Attachment, Message } from "../../core/types.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
 import { formatSize } from "../../media/mime.ts";
 import { bodyWithFileUrls, type DialectContext, type WsRoute } from "../context.ts";
-import { clip, optionalClientId, optionalString, parseObject } from "../frames.ts";
+import { clip, optionalClientId, optionalString, parseObject, typingRecord } from "../frames.ts";
 import { type RoomSession, singleRoomRoute } from "../single_room.ts";
 
 /** Close codes of this protocol. */
@@ -162,13 +162,8 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
       return Promise.resolve();
     },
     typingOf(text) {
-      if (!text.includes('"typing"')) return undefined;
-      try {
-        const record = JSON.parse(text);
-        return record?.type === "typing" ? typingFlag(record.is_typing) : undefined;
-      } catch {
-        return undefined;
-      }
+      const record = typingRecord(text);
+      return record ? typingFlag(record.is_typing) : undefined;
     },
     async message(s, text) {
       const record = parseObject(text, "Expected a JSON object with a type");

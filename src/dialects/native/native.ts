@@ -23,7 +23,7 @@ import {
   socketOptions,
   type WsRoute,
 } from "../context.ts";
-import { clip, optionalClientId, optionalString, parseObject } from "../frames.ts";
+import { clip, optionalClientId, optionalString, parseObject, typingRecord } from "../frames.ts";
 
 /** Close codes of the native protocol. */
 export const NATIVE_CLOSE = {
@@ -291,17 +291,14 @@ const REMOVED_BY: Partial<Record<string, "access_revoked" | "room_deleted">> = {
 
 /** The room of a typing start frame (`is_typing` absent or true), else undefined. */
 function typingStartRoom(text: string): string | undefined {
-  if (!text.includes('"typing"')) return undefined;
-  try {
-    const record = JSON.parse(text);
-    return record?.type === "typing" && record.is_typing !== false &&
-        typeof record.room === "string"
-      ? record.room
-      : undefined;
-  } catch {
-    return undefined;
-  }
+  const record = text.length <= MAX_TYPING_FRAME ? typingRecord(text) : undefined;
+  return record && record.is_typing !== false && typeof record.room === "string"
+    ? record.room
+    : undefined;
 }
+
+/** Longest frame looked at for a typing start: one is well under this, its room included. */
+const MAX_TYPING_FRAME = 512;
 
 /** Longest a send refused for the rate limit holds back the connection's later sends. */
 const SEND_HOLD_MS = 5000;
@@ -742,7 +739,7 @@ class NativeSession implements SocketHandler {
    * is dropped without an error (see `message`).
    */
   admit(_conn: Connection, text: string): RateVerdict {
-    const room = text.length <= 512 ? typingStartRoom(text) : undefined;
+    const room = typingStartRoom(text);
     const now = performance.now();
     if (room !== undefined && now - (this.#typingAt.get(room) ?? -Infinity) < TYPING_REPEAT_MS) {
       return "limited";

@@ -12,7 +12,7 @@ import { type RateVerdict, TYPING_REPEAT_MS } from "../../core/rate_limiter.ts";
 import { isValidRoomId, roomKey } from "../../core/rooms.ts";
 import type { FileInput, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import { type Socket, SocketIOServer } from "../../engine_io/mod.ts";
-import type { Member } from "../../hub/hub.ts";
+import { type Member, spares } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
 import {
   admitSocket,
@@ -199,9 +199,7 @@ function ticketKey(payload: unknown): unknown {
 
 /** Reads `ticketId` from an event payload. */
 function ticketIdOf(payload: unknown): string {
-  const raw = typeof payload === "object" && payload !== null
-    ? (payload as Record<string, unknown>).ticketId
-    : undefined;
+  const raw = ticketKey(payload);
   if (typeof raw === "number" && Number.isSafeInteger(raw)) return String(raw);
   if (typeof raw !== "string" || raw.trim() === "") {
     throw new ChatError("invalid_frame", SIO_ERRORS.ticketRequired);
@@ -380,10 +378,7 @@ export function createSocketIoTicketChat(
           const s = state(socket);
           if (event.type === "revoked" && String(s.user?.id) !== String(event.userId)) continue;
           // Joined under the generation the deletion raised the room to, or a later one.
-          if (
-            event.type === "closed" && event.generation !== undefined &&
-            (s.epochs?.get(ticketId) ?? -1) >= event.generation
-          ) continue;
+          if (spares(event, s.epochs?.get(ticketId) ?? -1)) continue;
           // A recheck refused one token: the user's other sockets may hold a better one.
           if (principal && s.user !== principal) continue;
           leaveTicket(socket, ticketId);
@@ -515,27 +510,27 @@ export function createSocketIoTicketChat(
       }
       // Counted as it arrives, in the order sent.
       const typing = TYPING.has(event);
-      // Sent on every keystroke by the document's own advice: a start repeated for the same
-      // ticket within a second of the last one taken says nothing new, and is dropped without
-      // taking a token a message needs.
-      const now = performance.now();
-      const ticket = typing ? ticketKey(args[0]) : undefined;
+      // Typing is sent on every keystroke by the document's own advice. A start repeated for the
+      // same ticket within a second of the last one taken says nothing new, and is dropped
+      // without taking a token a message needs.
+      const start = event === "typing_start"
+        ? { ticket: ticketKey(args[0]), at: performance.now() }
+        : undefined;
       const last = s.typingStart;
       if (
-        event === "typing_start" && s.typing && last !== undefined && last.ticket === ticket &&
-        now - last.at < TYPING_REPEAT_MS
+        start && s.typing && last !== undefined && last.ticket === start.ticket &&
+        start.at - last.at < TYPING_REPEAT_MS
       ) return;
       let verdict = ctx.limiter.take(s.user?.id ?? socket.id, socket.id, !typing);
       if (verdict !== "ok" && typing) {
-        // Sent on every keystroke by the document's own advice: a start past the limit is
-        // dropped, without counting towards the close a flood of other events earns. A stop
-        // after a start that went through still goes (once), or the others would see the user
-        // typing until the typing timeout.
+        // A start past the limit is dropped, without counting towards the close a flood of
+        // other events earns. A stop after a start that went through still goes (once), or the
+        // others would see the user typing until the typing timeout.
         if (event === "typing_start" || !s.typing) return;
         verdict = "ok";
       }
       if (typing) s.typing = event === "typing_start";
-      if (event === "typing_start") s.typingStart = { ticket, at: now };
+      if (start) s.typingStart = start;
       if (verdict === "close") {
         ctx.metrics.error("rate_limited");
         endSession(s, socket, () => {

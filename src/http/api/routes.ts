@@ -422,20 +422,17 @@ export const API_ROUTES: ApiRoute[] = [
     },
     async handle({ params }, deps) {
       const { kind, id } = params;
+      const room = roomKeyOf(kind, id);
       const known = await deps.directory.deleteRoom(kind, id);
-      if (!known && (await deps.chat.history(roomKeyOf(kind, id), { limit: 1 })).length === 0) {
-        throw new ApiError(404, `Room "${roomKeyOf(kind, id)}" not found`);
+      if (!known && (await deps.chat.history(room, { limit: 1 })).length === 0) {
+        throw new ApiError(404, `Room "${room}" not found`);
       }
+      const closed = (generation: number) =>
+        deps.events.publish({ type: "closed", room, reason: "Room deleted", generation });
       // Named with the generation this deletion raises the room to: every member of the room's
       // life so far leaves, and a copy of the notice that comes late (each isolate hears it
       // through two paths) does not evict a member of the next one.
-      const next = await deps.chat.generation(roomKeyOf(kind, id), { fresh: true }) + 1;
-      deps.events.publish({
-        type: "closed",
-        room: roomKeyOf(kind, id),
-        reason: "Room deleted",
-        generation: next,
-      });
+      closed(await deps.chat.generation(room, { fresh: true }) + 1);
       // The purge refuses sends whose access was decided before it. Access decisions reused under
       // a directory change token read before the deletion would admit sends after it: the purge
       // waits until no such token is in use anywhere (also when another request deleted the row
@@ -445,15 +442,9 @@ export const API_ROUTES: ApiRoute[] = [
       try {
         // Said again once the room's generation is raised: a join that read the old one and
         // entered the room after the notice above is still in it, under a count now gone.
-        await deps.chat.deleteHistory(roomKeyOf(kind, id), (generation) =>
-          deps.events.publish({
-            type: "closed",
-            room: roomKeyOf(kind, id),
-            reason: "Room deleted",
-            generation,
-          }));
+        await deps.chat.deleteHistory(room, closed);
       } catch (err) {
-        console.error(`api: deleting the history of ${roomKeyOf(kind, id)} failed:`, err);
+        console.error(`api: deleting the history of ${room} failed:`, err);
         throw new ApiError(
           500,
           "The room is deleted, but deleting its history failed; the server tries again later",
