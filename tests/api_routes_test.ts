@@ -696,6 +696,9 @@ apiTest("healthz answers with KV and directory; metrics count API requests", asy
   assertMatch(metrics, /chat_api_requests_total\{method="GET",status="401"\} 1/);
   assertMatch(metrics, /# TYPE chat_connections gauge/);
   assertMatch(metrics, /chat_commit_seconds_sum/);
+  // A server alone labels nothing, its isolate's heap included.
+  assertMatch(metrics, /^deno_heap_used_bytes [1-9]\d*$/m);
+  assertEquals(metrics.match(/^process_resident_memory_bytes [1-9]\d*$/gm)?.length, 1);
 });
 
 Deno.test("healthz says so while the media directory takes no files, and recovers; an unreadable file is 503, not 404; files a crash left half written are swept at start", async () => {

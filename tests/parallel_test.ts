@@ -80,6 +80,7 @@ export async function startParallelServer(env: Record<string, string> = {}) {
     url,
     wsUrl: url.replace(/^http/, "ws"),
     dataDir,
+    pid: child.pid,
     /** Asks fresh connections which isolate answers and how many sockets it holds. */
     async isolates(samples = 40): Promise<Map<string, number>> {
       const seen = new Map<string, number>();
@@ -119,6 +120,7 @@ export async function startParallelServer(env: Record<string, string> = {}) {
 }
 
 Deno.test("parallel: a burst of 200 messages per client across isolates reaches every client in order, once; /metrics from any isolate counts them all", async () => {
+  const spawned = Date.now();
   const server = await startParallelServer();
   const clients: TestClient[] = [];
   try {
@@ -159,6 +161,29 @@ Deno.test("parallel: a burst of 200 messages per client across isolates reaches 
       assertEquals(sum(text, "chat_connections"), clients.length);
       assertEquals(sum(text, "chat_messages_in_total"), total);
       assertEquals(text.match(/^# TYPE chat_connections gauge$/gm)?.length, 1);
+      // Each isolate has a heap of its own; the process's memory, CPU and descriptors are one.
+      assertEquals(text.match(/^deno_heap_used_bytes\{isolate="[^"]+"\} \d+$/gm)?.length, 2);
+      const one = (name: string) => {
+        const found = [...text.matchAll(new RegExp(`^${name}(\\S*) (\\S+)$`, "gm"))];
+        assertEquals(found.map((m) => m[1]), [""], `${name} in ${text}`);
+        return Number(found[0][2]);
+      };
+      const rssKb = Number(
+        /^VmRSS:\s+(\d+) kB$/m.exec(
+          await Deno.readTextFile(`/proc/${server.pid}/status`),
+        )![1],
+      );
+      const rss = one("process_resident_memory_bytes");
+      assert(rss > rssKb * 1024 * 0.75 && rss < rssKb * 1024 * 1.25, `${rss} vs ${rssKb} kB`);
+      const stat = (await Deno.readTextFile(`/proc/${server.pid}/stat`)).split(") ")[1].split(" ");
+      const cpu = one("process_cpu_seconds_total");
+      assert(cpu > 0 && cpu <= (Number(stat[11]) + Number(stat[12])) / 100 + 0.05, `cpu ${cpu}`);
+      const start = one("process_start_time_seconds") * 1000;
+      assert(start > spawned - 1000 && start < Date.now(), `started ${start}, spawned ${spawned}`);
+      const fds = one("process_open_fds");
+      const listed = [...Deno.readDirSync(`/proc/${server.pid}/fd`)].length;
+      assert(fds >= clients.length && Math.abs(fds - listed) <= 4, `fds ${fds}, listed ${listed}`);
+      assert(one("process_max_fds") >= fds);
     }
   } finally {
     for (const c of clients) await c.close();

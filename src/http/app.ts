@@ -7,6 +7,7 @@ import type { FrameBudget } from "../transport/frame_budget.ts";
 import type { LocalMediaStore } from "../media/local_media_store.ts";
 import type { WsRoute } from "../dialects/context.ts";
 import { mountMedia } from "./media_routes.ts";
+import { renderIsolateMemory, renderProcessMetrics } from "./process_metrics.ts";
 
 /** What the HTTP layer needs. */
 export interface HttpDeps {
@@ -37,7 +38,8 @@ export interface HttpDeps {
 
 /** This isolate's /metrics text. */
 export function ownMetrics(deps: HttpDeps): string {
-  return renderMetrics(deps.metrics, deps.hub, deps.frames) + (deps.extraMetrics?.() ?? "");
+  return renderMetrics(deps.metrics, deps.hub, deps.frames) + renderIsolateMemory() +
+    (deps.extraMetrics?.() ?? "");
 }
 
 /** Renders the counters in Prometheus text format. */
@@ -160,10 +162,13 @@ export function createHttpApp(deps: HttpDeps): Hono {
       return c.json({ status: "error", message: (err as Error).message }, 503);
     }
   });
-  app.get("/metrics", async (c) =>
-    c.body(await (deps.gatherMetrics?.() ?? ownMetrics(deps)), 200, {
-      "content-type": "text/plain; version=0.0.4; charset=utf-8",
-    }));
+  app.get(
+    "/metrics",
+    async (c) =>
+      c.body((await (deps.gatherMetrics?.() ?? ownMetrics(deps))) + renderProcessMetrics(), 200, {
+        "content-type": "text/plain; version=0.0.4; charset=utf-8",
+      }),
+  );
   if (deps.api) app.route("/", deps.api);
   mountMedia(app, deps.media);
   return app;
