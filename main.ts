@@ -462,6 +462,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         await chat.settle();
         await store.flush();
         await hub.idle();
+        // The leaves of this server's users, among others, go to other instances through KV.
+        await Promise.all([signals.flush(), roomEvents.flush()]);
       } finally {
         // Whatever failed above, the watches, timers and handles must go, or the process stays.
         chat.close();

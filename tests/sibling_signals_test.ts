@@ -34,7 +34,7 @@ class LossyBroker implements Broker {
 /** Two sibling servers: A's channel posts can be dropped, B's presence reads answer late. */
 async function withSiblings(
   fn: (s: {
-    a: { port: number };
+    a: { port: number; close(): Promise<void> };
     b: { port: number };
     dropOnA: (drop: (event: RoomEvent) => boolean) => void;
     slowReadsOnB: (ms: number) => void;
@@ -165,5 +165,24 @@ Deno.test("siblings: a leave the channel lost, checked against the store while t
     await join(user, "ticket:3");
     await delay(2500);
     assertEquals(told(observer, "7", "presence").at(-1), "join");
+  });
+});
+
+Deno.test("siblings: every user of a server that stops is shown leaving on the other, though the stop's channel posts are lost", async () => {
+  await withSiblings(async ({ a, b, dropOnA, client }) => {
+    const observer = await client(b.port, "1");
+    await join(observer, "ticket:4");
+    const users = Array.from({ length: 20 }, (_, i) => String(100 + i));
+    for (const user of users) await join(await client(a.port, user), "ticket:4");
+    const shown = (action: string) =>
+      users.filter((u) => told(observer, u, "presence").at(-1) === action);
+    await eventually(() => shown("join").length === users.length, 10_000, "the joins");
+    // As for another instance: only the log can tell. The stop removes its users' entries
+    // itself, so no sweep on B would ever find them gone.
+    dropOnA(() => true);
+    await a.close();
+    await eventually(() => shown("leave").length === users.length, 10_000, "the leaves").catch(
+      () => assertEquals(shown("join"), []),
+    );
   });
 });

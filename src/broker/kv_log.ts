@@ -48,6 +48,8 @@ export class LogWriter<E> {
   #expireIn?: number;
   /** Events waiting per log (by prefix), with their writers' callbacks. */
   #queued = new Map<string, Queued<E>[]>();
+  /** The logs' writes under way, which a stop waits out before it closes the KV. */
+  #draining = new Set<Promise<void>>();
 
   /**
    * Writes through `kv` as `origin`; with `expireIn` (ms) a log's keys go away that long after
@@ -72,8 +74,18 @@ export class LogWriter<E> {
       }
       const fresh = [item];
       this.#queued.set(id, fresh);
-      this.#drain(id, prefix, fresh);
+      const drain = this.#drain(id, prefix, fresh).catch(() => {});
+      this.#draining.add(drain);
+      drain.finally(() => this.#draining.delete(drain));
     });
+  }
+
+  /**
+   * Resolves once every event appended so far is committed or failed: a process that stops
+   * must not close the KV under them (a leave lost so would leave its user shown elsewhere).
+   */
+  async idle(): Promise<void> {
+    while (this.#draining.size > 0) await Promise.all(this.#draining);
   }
 
   async #drain(id: string, prefix: Deno.KvKey, queue: Queued<E>[]): Promise<void> {

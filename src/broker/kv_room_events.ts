@@ -73,6 +73,11 @@ export class KvRoomEvents {
     });
   }
 
+  /** Resolves once every event published so far is written (or failed). */
+  flush(): Promise<void> {
+    return this.#writer.idle();
+  }
+
   /** Stops watching and polling. */
   close(): void {
     this.#closed = true;

@@ -134,6 +134,11 @@ export class KvRoomSignals {
     }
   }
 
+  /** Resolves once every signal published so far is written (or failed). */
+  flush(): Promise<void> {
+    return this.#writer.idle();
+  }
+
   /** Stops the timers of typing states heard from elsewhere. */
   close(): void {
     for (const timer of this.#heardTyping.values()) clearTimeout(timer);
