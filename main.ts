@@ -8,6 +8,7 @@ import { InstanceRegistry, SharedOnlyBroker } from "./src/broker/instance_regist
 import { KvRoomEvents } from "./src/broker/kv_room_events.ts";
 import { isSignal, KvRoomSignals } from "./src/broker/kv_room_signals.ts";
 import { KvHeadWatcher, LOCAL_HEAD_POLL_MS } from "./src/broker/kv_head_watcher.ts";
+import { pollEvery } from "./src/broker/poll.ts";
 import { type Config, isLocalPath, loadConfig } from "./src/config.ts";
 import { ChatService } from "./src/core/chat_service.ts";
 import { Metrics } from "./src/core/metrics.ts";
@@ -19,6 +20,7 @@ import {
   type Broker,
   isEviction,
   type Message,
+  type PendingFiles,
   type PresenceStore,
   type RoomEvent,
 } from "./src/core/types.ts";
@@ -83,6 +85,10 @@ export interface AppOverrides {
   access?: (policy: AccessPolicy) => AccessPolicy;
   /** Wraps the directory (tests make its reads fail at a chosen moment). */
   directory?: (directory: Directory) => Directory;
+  /** Wraps the record of sends' files (tests hold a send where a crash would cut it). */
+  pending?: (pending: PendingFiles) => PendingFiles;
+  /** How often the media directory is swept for files a crash left (tests shorten it). */
+  mediaSweepMs?: number;
   /** How long the hub lets the broker bring a commit the head watch saw (tests hold it back). */
   catchUpDelayMs?: number;
 }
@@ -92,6 +98,8 @@ const SHUTDOWN_DRAIN_MS = 2000;
 
 /** The KV key of the lease that lets one server sweep MEDIA_DIR's half-written files. */
 const MEDIA_SWEEP_KEY = ["media_sweep"];
+/** How often each server tries to sweep MEDIA_DIR (one sweep's lease holds off the others for half). */
+const MEDIA_SWEEP_MS = 10 * 60_000;
 
 /** How long a health probe's answer stands: the probe writes, and `/healthz` is public. */
 const HEALTH_PROBE_MS = 1000;
@@ -158,20 +166,30 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   );
   // And the files of sends a crash cut short before their commit, once they are old enough.
   store.keepSweepingPendingFiles();
-  // So are files a crash left half written: an hour old, no write of any instance is under way.
-  // One server walks the tree (a ten-minute lease in KV): the isolates of a process and the
-  // instances sharing the volume would otherwise all walk it at once.
-  // Isolates starting together write at once: the lease waits out SQLite's write lock.
-  void commitRetryingLocks(
-    kv.atomic().check({ key: MEDIA_SWEEP_KEY, versionstamp: null })
-      .set(MEDIA_SWEEP_KEY, Date.now(), { expireIn: 10 * 60_000 }),
-  )
-    .then(async (lease) => {
+  // So are files a crash left half written (or linked and not yet named in KV): an hour old, no
+  // write of any instance is under way. Again and again, as a crash's files are younger than
+  // that at the next start. One server walks the tree (a lease in KV for half the interval):
+  // the isolates of a process and the instances sharing the volume would otherwise all walk it
+  // at once. The lease is judged by the time it holds, as KV may delete an expired key a minute
+  // late, and a killed server never gives its lease back.
+  const mediaSweepMs = overrides.mediaSweepMs ?? MEDIA_SWEEP_MS;
+  const sweepMedia = async () => {
+    try {
+      const held = await kv.get<number>(MEDIA_SWEEP_KEY);
+      if (typeof held.value === "number" && Date.now() - held.value < mediaSweepMs / 2) return;
+      // Isolates starting together write at once: the lease waits out SQLite's write lock.
+      const lease = await commitRetryingLocks(
+        kv.atomic().check(held).set(MEDIA_SWEEP_KEY, Date.now(), { expireIn: mediaSweepMs }),
+      );
       if (!lease.ok) return;
       const n = await media.sweepTemporary(60 * 60_000);
       if (n > 0) console.warn(`media: removed ${n} files a crash left half written`);
-    })
-    .catch((err) => console.error("media: sweeping half-written files failed:", err));
+    } catch (err) {
+      if (!mediaSweep.stopped) console.error("media: sweeping half-written files failed:", err);
+    }
+  };
+  const mediaSweep = pollEvery(mediaSweepMs, sweepMedia);
+  void sweepMedia();
   store.onCommit = (ms) => {
     metrics.commitSeconds += ms / 1000;
     metrics.commits++;
@@ -267,7 +285,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     access: (overrides.access ?? ((a) => a))(new DirectoryAccessPolicy(directory)),
     metrics,
     presence: (overrides.presence ?? ((p) => p))(new KvPresenceStore(kv, registry)),
-    pending: store,
+    pending: (overrides.pending ?? ((p) => p))(store),
     typingTimeoutMs: config.typingTimeoutSeconds * 1000,
     presenceSweepMs: config.presenceTtlSeconds * 1000 / 3,
   });
@@ -467,6 +485,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       } finally {
         // Whatever failed above, the watches, timers and handles must go, or the process stays.
         chat.close();
+        mediaSweep.stop();
         roomEvents.close();
         signals.close();
         hub.close();

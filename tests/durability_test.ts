@@ -1,6 +1,6 @@
 /** Delivery you can count on: kill -9, SIGTERM, and two instances sharing one KV. */
 
-import { assert, assertEquals, eventually, within } from "./assert.ts";
+import { assert, assertEquals, delay, eventually, within } from "./assert.ts";
 import {
   adminCall,
   freePort,
@@ -723,5 +723,73 @@ Deno.test("durability: a client that rejoins with a seq this instance has not de
   } finally {
     await moved?.close();
     await close();
+  }
+});
+
+Deno.test("durability: a file linked by a send that a crash cuts short before its name is recorded is found and removed by the media sweep", async () => {
+  // The record of the send's files is held where a kill -9 lands under load: the file has its
+  // name, and nothing in KV names it yet.
+  let reached!: () => void;
+  const noting = new Promise<void>((r) => reached = r);
+  let fail!: (err: Error) => void;
+  const held = new Promise<void>((_, reject) => fail = reject);
+  held.catch(() => {});
+  const server = await startTestServer({}, {
+    pending: (inner) => ({
+      note: () => {
+        reached();
+        return held;
+      },
+      forget: (id) => inner.forget(id),
+    }),
+  });
+  const mediaDir = `${server.dataDir}/media`;
+  const files = async () => {
+    const out: string[] = [];
+    const walk = async (dir: string) => {
+      for await (const e of Deno.readDir(dir)) {
+        if (e.isDirectory) await walk(`${dir}/${e.name}`);
+        else out.push(e.name);
+      }
+    };
+    await walk(mediaDir);
+    return out.sort();
+  };
+  try {
+    const token = await server.token({ sub: "1", rooms: ["ticket:6"] });
+    const ws = await TestClient.open(`${server.wsUrl}/ws/ticket/6/?token=${token}`);
+    ws.send({ body: "file", file: btoa("crash window"), filename: "cut.txt" });
+    await noting;
+    // As the restarted server would, once the temporary file is old enough.
+    const { LocalMediaStore } = await import("../src/media/local_media_store.ts");
+    assertEquals(await new LocalMediaStore(mediaDir).sweepTemporary(-60_000), 1);
+    const left = await files();
+    assertEquals(left.filter((n) => !n.startsWith(".gone-")), [], `left: ${left}`);
+    assertEquals(left.filter((n) => n.startsWith(".gone-")).length, 1, `left: ${left}`);
+    fail(new Error("the store stopped"));
+    assertEquals((await ws.next()).error !== undefined, true);
+    await ws.close();
+  } finally {
+    fail(new Error("the store stopped"));
+    await server.close();
+  }
+});
+
+Deno.test("durability: the media sweep comes again while the server runs, for what a crash left younger than its hour at the start", async () => {
+  const server = await startTestServer({}, { mediaSweepMs: 300 });
+  try {
+    // Left by a crash just before this start: too young for the first sweep.
+    const dir = `${server.dataDir}/media/ticket_7`;
+    await Deno.mkdir(dir, { recursive: true });
+    const temp = `${dir}/.upload-left-by-a-crash`;
+    await Deno.writeTextFile(temp, "half");
+    await delay(1000);
+    assertEquals((await Deno.stat(temp)).isFile, true);
+    // An hour later, as far as its age goes.
+    const old = new Date(Date.now() - 2 * 60 * 60_000);
+    await Deno.utime(temp, old, old);
+    await eventually(() => Deno.stat(temp).then(() => false, () => true), 10_000, "the sweep");
+  } finally {
+    await server.close();
   }
 });

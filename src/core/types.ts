@@ -238,9 +238,16 @@ export interface MediaStore {
   /**
    * Writes the bytes, or the chunks in order (each written before the next is asked for), as
    * `filename` (already safe) inside `dir`, renaming on collision. A chunk source that throws
-   * leaves nothing behind.
+   * leaves nothing behind. `linked` is awaited once the file has its name, while a crash would
+   * still leave it found and removed by a sweep (so that whatever records the name for later
+   * can do so first); when it throws, so does `put`, and the file stays for the caller to remove.
    */
-  put(dir: string, filename: string, bytes: Uint8Array | Iterable<Uint8Array>): Promise<StoredFile>;
+  put(
+    dir: string,
+    filename: string,
+    bytes: Uint8Array | Iterable<Uint8Array>,
+    options?: { linked?: (file: StoredFile) => Promise<void> },
+  ): Promise<StoredFile>;
   /**
    * Removes a stored file; true when it existed. Its name stays taken, as its URL may be held
    * by anyone who saw the message, unless `unannounced` says no message carried it.

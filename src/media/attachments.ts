@@ -103,7 +103,7 @@ export class MediaAttachmentStore implements AttachmentStore {
     try {
       for (const file of prepared) {
         let head: Uint8Array | undefined;
-        const put = await this.#media.put(
+        await this.#media.put(
           dir,
           storedName(file.diskName, options.names),
           {
@@ -115,18 +115,23 @@ export class MediaAttachmentStore implements AttachmentStore {
               }
             },
           },
+          {
+            // Named while a crash would still leave the file to the media sweep.
+            linked: async (put) => {
+              stored.push({
+                id: objectId(),
+                key: put.key,
+                name: put.name,
+                originalName: file.originalName,
+                // The name it is served under, so that the message and the response agree.
+                mime: detectMime(head ?? new Uint8Array(), put.name),
+                size: put.size,
+                uploadedAt: new Date().toISOString(),
+              });
+              await options.onStored?.(stored);
+            },
+          },
         );
-        stored.push({
-          id: objectId(),
-          key: put.key,
-          name: put.name,
-          originalName: file.originalName,
-          // The name it is served under, so that the message and the response agree.
-          mime: detectMime(head ?? new Uint8Array(), put.name),
-          size: put.size,
-          uploadedAt: new Date().toISOString(),
-        });
-        await options.onStored?.(stored);
       }
     } catch (err) {
       // Told first: the names are free once the files go, unless it says they may not be.

@@ -73,11 +73,16 @@ export class LocalMediaStore implements MediaStore {
     this.root = resolve(root);
   }
 
-  /** Writes the bytes as `dir/filename`, or `dir/filename_N` when that name is taken. */
+  /**
+   * Writes the bytes as `dir/filename`, or `dir/filename_N` when that name is taken. The
+   * temporary file is removed only after `linked`: until then a crash leaves it linked to the
+   * file, which is how {@link sweepTemporary} finds a file nothing may have recorded.
+   */
   async put(
     dir: string,
     filename: string,
     bytes: Uint8Array | Iterable<Uint8Array>,
+    options: { linked?: (file: StoredFile) => Promise<void> } = {},
   ): Promise<StoredFile> {
     const folder = resolveKey(this.root, join(dir, filename));
     if (!folder) throw new RangeError(`Media path "${dir}/${filename}" leaves the media root`);
@@ -116,7 +121,9 @@ export class LocalMediaStore implements MediaStore {
           continue;
         }
         const key = relative(this.root, join(target, name)).split(sep).join("/");
-        return { key, name, size };
+        const stored = { key, name, size };
+        await options.linked?.(stored);
+        return stored;
       }
       throw new Error(`No free name for "${filename}" in ${dir}`);
     } finally {
@@ -191,10 +198,25 @@ export class LocalMediaStore implements MediaStore {
     return removed;
   }
 
+  /**
+   * Removes a temporary file older than `cutoff`, and the files linked to it: a crash between
+   * a file's link and the end of `put`'s `linked` left them, and nothing may hold their names
+   * (their deletion marks the names, in case something did).
+   */
   async #removeIfOlder(path: string, cutoff: number): Promise<boolean> {
     try {
-      const { mtime } = await Deno.stat(path);
+      const { mtime, nlink, ino, dev } = await Deno.stat(path);
       if (!mtime || mtime.getTime() >= cutoff) return false;
+      if ((nlink ?? 1) > 1 && ino !== null) {
+        const dir = dirname(path);
+        for await (const entry of Deno.readDir(dir)) {
+          const twin = join(dir, entry.name);
+          if (!entry.isFile || twin === path || isHiddenName(entry.name)) continue;
+          const other = await Deno.stat(twin).catch(() => undefined);
+          if (other?.ino !== ino || other.dev !== dev) continue;
+          await this.delete(relative(this.root, twin).split(sep).join("/"));
+        }
+      }
       await Deno.remove(path);
       return true;
     } catch {
