@@ -427,9 +427,14 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       const until = Date.now() + SHUTDOWN_DRAIN_MS;
       // A socket the client closed counts while the frames it sent before are handled.
       const busy = () => [...connections].some((c) => !c.stopped && c.busy) || socketIoBusy(io);
-      while (Date.now() < until && busy()) {
-        await new Promise((r) => setTimeout(r, 10));
-      }
+      const settle = async () => {
+        while (Date.now() < until && busy()) await new Promise((r) => setTimeout(r, 10));
+      };
+      await settle();
+      // Frames that come later are dropped, not stored unanswered: the sockets close next. Those
+      // taken since the wait ended are waited for too.
+      for (const conn of connections) conn.takeNoMore();
+      await settle();
       // A committed send's echo is the room's delivery, which may still be queued.
       await hub.idle();
     })();

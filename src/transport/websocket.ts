@@ -117,6 +117,8 @@ export class Connection implements FrameHolder {
   #finishes?: Promise<void>;
   /** A frame was refused: the socket closes once the frames before it are done. */
   #refusing = false;
+  /** Set by {@link takeNoMore}. */
+  #takesNoMore = false;
   /**
    * Bytes of the frames received and not yet handled. Deno reads a socket as fast as the peer
    * sends, with no way to pause it, so without a bound a burst of large frames behind a slow one
@@ -199,7 +201,7 @@ export class Connection implements FrameHolder {
       : data instanceof ArrayBuffer
       ? data.byteLength
       : (data as Blob).size ?? 0;
-    if (this.#quiet.frame(size) || this.#done || this.#refusing) return;
+    if (this.#quiet.frame(size) || this.#done || this.#refusing || this.#takesNoMore) return;
     if (size > this.#options.maxFrameSize) {
       const unit = typeof data === "string" ? "characters" : "bytes";
       const error = frameTooLarge(size, unit, this.#options.maxFrameSize);
@@ -359,6 +361,15 @@ export class Connection implements FrameHolder {
     if (this.#done || this.#socket.bufferedAmount <= this.#options.maxBufferedBytes) return false;
     this.close(CLOSE.slowConsumer, "Slow consumer");
     return true;
+  }
+
+  /**
+   * Drops the frames that arrive from now on, for a shutdown: one handled after the drain saw
+   * the socket idle would be stored with nowhere to send its reply, and a client resending what
+   * it was never answered would store it twice.
+   */
+  takeNoMore(): void {
+    this.#takesNoMore = true;
   }
 
   /** True while a frame of this socket is being handled or its reply is owed. */
