@@ -114,7 +114,8 @@ const message = (err: unknown) => err instanceof Error ? err.message : String(er
 /** Opens the stores and wires every seam for one isolate. */
 export async function buildApp(config: Config, overrides: AppOverrides = {}): Promise<App> {
   const log = overrides.log ?? ((line: string) => console.log(line));
-  await Deno.mkdir(config.dataDir, { recursive: true }).catch((err) => {
+  // Owner only when it is new: it holds every message, the directory and the dev secret.
+  await Deno.mkdir(config.dataDir, { recursive: true, mode: 0o700 }).catch((err) => {
     throw new Error(`DATA_DIR (${config.dataDir}) is not a usable directory: ${message(err)}`);
   });
   let devSecret: string | undefined;
@@ -411,7 +412,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const exchange = new MetricsExchange(config.kvPath, isolateId, () => ownMetrics(httpDeps));
   const http = createHttpApp(httpDeps);
   // The chat page at `/`; the dev sign-in only while tokens are signed with the dev secret.
-  mountWeb(http, { devSecret });
+  mountWeb(http, { devSecret, devSignIn: config.devSignIn });
 
   const originAllowed = (req: Request) => {
     const origin = req.headers.get("origin");

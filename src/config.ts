@@ -58,6 +58,14 @@ const EnvSchema = z.object({
   JWT_ISSUER: optionalText,
   JWT_AUDIENCE: optionalText,
   MAX_FILE_BYTES: positiveInt(10 * 1024 * 1024),
+  DEV_SIGN_IN: optionalText.transform((v, ctx) => {
+    const mode = v ?? "local";
+    if (mode !== "local" && mode !== "any" && mode !== "off") {
+      ctx.addIssue({ code: "custom", message: `expected local, any or off, got "${v}"` });
+      return z.NEVER;
+    }
+    return mode;
+  }),
   ALLOWED_ORIGINS: optionalText.transform((v, ctx) => {
     const origins = (v ?? "").split(",").map((s) => s.trim().replace(/\/$/, "")).filter(Boolean);
     // Compared with the Origin header as is: anything but scheme://host[:port] never matches.
@@ -128,6 +136,11 @@ export interface Config {
   dataDir: string;
   /** Where attachment files are written. */
   mediaDir: string;
+  /**
+   * Who the development sign-in (`POST /dev/token`, only without a JWT key) answers: requests
+   * from this machine that no proxy forwarded (`local`), everyone (`any`), or nobody (`off`).
+   */
+  devSignIn: "local" | "any" | "off";
   /** Base of absolute file URLs; from the request's Host when unset. */
   publicUrl?: string;
   /** HS256 shared secret. */
@@ -283,6 +296,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     host: e.HOST,
     dataDir: e.DATA_DIR,
     mediaDir,
+    devSignIn: e.DEV_SIGN_IN,
     publicUrl: e.PUBLIC_URL,
     jwtSecret: e.JWT_SECRET,
     jwtPublicKey: e.JWT_PUBLIC_KEY,

@@ -1098,6 +1098,64 @@ Deno.test("web: the page and its assets are served; the dev sign-in mints workin
   }
 });
 
+Deno.test("web: the dev sign-in answers only this machine's unforwarded requests unless DEV_SIGN_IN says otherwise", async () => {
+  const signIn = (url: string, headers: Record<string, string> = {}) =>
+    fetch(`${url}/dev/token`, { method: "POST", headers, body: JSON.stringify({ name: "Eve" }) });
+  const page = async (url: string, headers: Record<string, string> = {}) =>
+    /data-dev-sign-in="(on|off)"/.exec(await (await fetch(`${url}/`, { headers })).text())![1];
+  // An address of this machine that is not loopback, when it has one: a request to it comes
+  // from it too, as a neighbour's would.
+  const outward = Deno.networkInterfaces().find((i) =>
+    i.family === "IPv4" && !i.address.startsWith("127.")
+  )?.address;
+  for (const mode of ["local", "any", "off"]) {
+    const dataDir = await Deno.makeTempDir({ prefix: "chat-web-" });
+    const server = await startServer(
+      loadConfig({ PORT: "0", HOST: "0.0.0.0", DATA_DIR: dataDir, DEV_SIGN_IN: mode }),
+      { log: () => {} },
+    );
+    try {
+      const local = `http://127.0.0.1:${server.port}`;
+      const minted = await signIn(local);
+      assertEquals(minted.status, mode === "off" ? 404 : 200, mode);
+      await minted.body?.cancel();
+      assertEquals(await page(local), mode === "off" ? "off" : "on", mode);
+      const proxied: Record<string, string>[] = [
+        { "x-forwarded-for": "203.0.113.9" },
+        { forwarded: "for=203.0.113.9" },
+      ];
+      for (const forwarded of proxied) {
+        const res = await signIn(local, forwarded);
+        assertEquals(res.status, { local: 403, any: 200, off: 404 }[mode], mode);
+        if (res.status === 403) assert(/JWT key/.test((await res.json()).error));
+        else await res.body?.cancel();
+        assertEquals(await page(local, forwarded), mode === "any" ? "on" : "off", mode);
+      }
+      if (outward) {
+        const from = `http://${outward}:${server.port}`;
+        const res = await signIn(from);
+        assertEquals(
+          res.status,
+          { local: 403, any: 200, off: 404 }[mode],
+          `${mode} via ${outward}`,
+        );
+        await res.body?.cancel();
+      }
+    } finally {
+      await server.close();
+      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    }
+  }
+  assert(loadConfig({ DEV_SIGN_IN: "local" }).devSignIn === "local");
+  let refused = "";
+  try {
+    loadConfig({ DEV_SIGN_IN: "yes" });
+  } catch (err) {
+    refused = (err as Error).message;
+  }
+  assert(/DEV_SIGN_IN: expected local, any or off/.test(refused), refused);
+});
+
 Deno.test("web: with a JWT key configured there is no dev sign-in, and the page asks for a token", async () => {
   const server = await startTestServer();
   try {

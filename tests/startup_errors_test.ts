@@ -74,3 +74,17 @@ Deno.test("startup: a MEDIA_DIR that would serve the data directory or the KV fi
     assert(!/\n\s+at /.test(stderr), `a stack trace: ${stderr}`);
   }
 });
+
+Deno.test("startup: a DATA_DIR the server creates is its owner's alone (history, directory, dev secret)", async () => {
+  const base = await Deno.makeTempDir({ prefix: "chat-mode-" });
+  const { startTestServer } = await import("./helpers.ts");
+  const server = await startTestServer({ DATA_DIR: `${base}/fresh/data` });
+  try {
+    for (const dir of [`${base}/fresh`, `${base}/fresh/data`]) {
+      assertEquals(((await Deno.stat(dir)).mode ?? 0) & 0o777, 0o700, dir);
+    }
+  } finally {
+    await server.close();
+    await Deno.remove(base, { recursive: true }).catch(() => {});
+  }
+});

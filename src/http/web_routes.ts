@@ -11,6 +11,8 @@ const DEV_TOKEN_BODY_BYTES = 16_384;
 export interface WebOptions {
   /** The development secret; when set (no JWT key configured), `POST /dev/token` exists. */
   devSecret?: string;
+  /** Who the dev sign-in answers (see `Config.devSignIn`); `local` by default. */
+  devSignIn?: "local" | "any" | "off";
   /** Folder of the page's files; `web/` next to the sources by default. */
   webDir?: URL;
 }
@@ -54,6 +56,21 @@ export async function devUserId(name: string): Promise<string> {
   return `dev-${hex}`;
 }
 
+/** Headers a proxy adds: a request that carries one came from elsewhere, whatever its address. */
+const FORWARDED = ["forwarded", "x-forwarded-for", "x-real-ip", "x-forwarded-host"];
+
+/**
+ * True for a request from this machine (a loopback address) that no proxy says it forwarded:
+ * the only one the development sign-in answers by default, as the server listens on every
+ * interface and the sign-in grants whatever rooms it is asked for.
+ */
+export function isLocalRequest(req: Request, remote?: Deno.Addr): boolean {
+  if (remote?.transport !== "tcp" && remote?.transport !== "udp") return false;
+  const host = remote.hostname.toLowerCase();
+  const loopback = /^127\./.test(host) || host === "::1" || /^::ffff:127\./.test(host);
+  return loopback && !FORWARDED.some((h) => req.headers.has(h));
+}
+
 /** Checks a dev sign-in request; returns the name and grants, or an error message. */
 export function parseDevSignIn(
   input: unknown,
@@ -83,14 +100,20 @@ export function parseDevSignIn(
 /** Serves the page at `/` and its assets; adds `POST /dev/token` only with a development secret. */
 export function mountWeb(app: Hono, options: WebOptions = {}): void {
   const webDir = options.webDir ?? new URL("../../web/", import.meta.url);
-  const devSignIn = options.devSecret !== undefined;
+  const mode = options.devSecret === undefined ? "off" : options.devSignIn ?? "local";
+  // The remote address is Deno's `info`, which the composition root hands Hono as its env.
+  const mayMint = (req: Request, env: unknown) =>
+    mode === "any" ||
+    (mode === "local" &&
+      isLocalRequest(req, (env as Deno.ServeHandlerInfo | undefined)?.remoteAddr));
   const common = {
     "cache-control": "no-cache",
     "x-content-type-options": "nosniff",
     "referrer-policy": "no-referrer",
   };
 
-  app.get("/", async () => {
+  app.get("/", async (c) => {
+    const devSignIn = mayMint(c.req.raw, c.env);
     let html: string;
     try {
       html = await Deno.readTextFile(new URL("index.html", webDir));
@@ -120,8 +143,14 @@ export function mountWeb(app: Hono, options: WebOptions = {}): void {
   }
 
   const secret = options.devSecret;
-  if (secret === undefined) return;
+  if (secret === undefined || mode === "off") return;
   app.post("/dev/token", async (c) => {
+    if (!mayMint(c.req.raw, c.env)) {
+      return c.json({
+        error:
+          "The development sign-in answers only requests from this machine: configure a JWT key, or set DEV_SIGN_IN=any on a server nobody else can reach",
+      }, 403);
+    }
     let input: unknown;
     try {
       // Unauthenticated: a sign-in is a few hundred bytes, so a body past the cap is not read on.
