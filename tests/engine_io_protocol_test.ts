@@ -569,6 +569,53 @@ Deno.test("maxPollingPayload bounds polling POSTs below maxPayload, unless the a
   });
 });
 
+Deno.test("unsignedPostBytes bounds what POSTs of sessions nobody signed in hold at once; past it they get 503, and signed-in sessions are not counted", async () => {
+  await withServer(
+    { maxPayload: 10_000, maxPollingPayload: 2000, unsignedPostBytes: 3100 },
+    async (ctx) => {
+      // POSTs whose first 1500 bytes have come, the rest held back.
+      const held = async () => {
+        const { sid } = await handshake(ctx);
+        let finish!: () => void;
+        const rest = new Promise<void>((r) => finish = r);
+        const body = new ReadableStream<Uint8Array>({
+          async start(controller) {
+            controller.enqueue(new TextEncoder().encode(`42["echo","${"a".repeat(1489)}`));
+            await rest;
+            controller.enqueue(new TextEncoder().encode(`"]`));
+            controller.close();
+          },
+        });
+        return { reply: post(ctx, sid, body), finish };
+      };
+      const signed = await handshake(ctx);
+      strictEqual((await post(ctx, signed.sid, "40")).status, 200);
+      await eventually(() => ctx.sockets.length === 1);
+      ctx.sockets[0].conn.maxPayload = 10_000;
+      const first = await held();
+      const second = await held();
+      try {
+        // Both have taken their 1500 bytes by the time a third comes, which 100 cannot hold.
+        await delay(300);
+        const third = await handshake(ctx);
+        const refused = await post(ctx, third.sid, `42["echo","${"t".repeat(489)}"]`);
+        strictEqual(refused.status, 503);
+        // A session signed in is not held to it.
+        const big = `42["echo","${"s".repeat(3000)}"]`;
+        strictEqual((await post(ctx, signed.sid, big)).status, 200);
+      } finally {
+        first.finish();
+        second.finish();
+      }
+      strictEqual((await first.reply).status, 200);
+      strictEqual((await second.reply).status, 200);
+      // Given back once read.
+      const fourth = await handshake(ctx);
+      strictEqual((await post(ctx, fourth.sid, `42["echo","${"b".repeat(1900)}"]`)).status, 200);
+    },
+  );
+});
+
 Deno.test("initialMaxPayload holds until raised; raised during an upgrade, the WebSocket being probed gets it too", async () => {
   await withServer({ maxPayload: 8000, initialMaxPayload: 1000 }, async (ctx) => {
     const big = `42["echo","${"c".repeat(3000)}"]`;

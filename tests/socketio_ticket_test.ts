@@ -1290,3 +1290,50 @@ Deno.test("socket.io ticket chat: a burst of file sends past INBOUND_QUEUE_BYTES
     COMMIT_INTERVAL_MS: "300",
   });
 });
+
+Deno.test("socketio: polling POSTs of sessions without a token hold at most two files' frames at once; past that they get 503", async () => {
+  // MAX_FILE_BYTES 3000: a frame is 4,000 + 64 KiB, so two hold 139,072 bytes.
+  await withChat(async (s) => {
+    const base = `${s.url}/socket.io/?EIO=4&transport=polling`;
+    const session = async () => {
+      const open = await (await fetch(base)).text();
+      return JSON.parse(open.slice(1)).sid as string;
+    };
+    // A POST whose first 60,000 bytes have come, the rest held back.
+    const held = async () => {
+      const sid = await session();
+      let finish!: () => void;
+      const rest = new Promise<void>((r) => finish = r);
+      const body = new ReadableStream<Uint8Array>({
+        async start(controller) {
+          controller.enqueue(new TextEncoder().encode(`42["x","${"a".repeat(59_992)}`));
+          await rest;
+          controller.enqueue(new TextEncoder().encode(`"]`));
+          controller.close();
+        },
+      });
+      const reply = fetch(`${base}&sid=${sid}`, { method: "POST", body });
+      return { reply, finish };
+    };
+    const first = await held();
+    const second = await held();
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      const sid = await session();
+      const refused = await fetch(`${base}&sid=${sid}`, {
+        method: "POST",
+        body: `42["x","${"b".repeat(59_992)}"]`,
+      });
+      await refused.body?.cancel();
+      assertEquals(refused.status, 503);
+    } finally {
+      first.finish();
+      second.finish();
+    }
+    for (const r of [first, second]) {
+      const res = await r.reply;
+      assertEquals(res.status, 200);
+      await res.body?.cancel();
+    }
+  }, { MAX_FILE_BYTES: "3000" });
+});

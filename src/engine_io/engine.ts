@@ -49,6 +49,14 @@ export interface EngineOptions {
    * socket's read buffer as large as the largest message it read; default `maxPayload`.
    */
   initialMaxPayload?: number;
+  /**
+   * Bytes of long-polling POST bodies read at once, in all, for sessions whose
+   * {@linkcode EngineSocket.maxPayload} the application has not raised (nobody has signed in) and
+   * for POSTs relayed from another isolate: each is read whole before anyone knows whose it is.
+   * A POST past it is refused with 503 and its session ends (clients reconnect). Default
+   * unlimited.
+   */
+  unsignedPostBytes?: number;
   /** Enabled transports; default both. */
   transports?: readonly TransportName[];
   /** Whether polling sessions may upgrade to WebSocket; default true. */
@@ -203,6 +211,11 @@ interface ResolvedOptions {
   frameBudget?: FrameBudgetHook;
   maxBufferedBytes: number;
   refuseHandshake?: () => string | null;
+}
+
+/** What the POSTs of sessions nobody signed in may hold at once, in bytes. */
+interface PostBudget {
+  left: number;
 }
 
 const OK: Reply = { status: 200, body: "ok", contentType: "text/html" };
@@ -751,18 +764,29 @@ class Session implements EngineSocket {
   }
 }
 
-type BodyResult = { ok: true; text: string } | { ok: false; tooLarge: boolean };
+type BodyResult =
+  | { ok: true; text: string }
+  | { ok: false; tooLarge: boolean; busy?: boolean };
 
-async function readBody(req: Request, limit: number): Promise<BodyResult> {
+/**
+ * Reads a POST body of at most `limit` bytes; with a `budget`, its bytes are taken from it as
+ * they come (and given back once read), and a body it cannot hold is refused as `busy`.
+ */
+async function readBody(req: Request, limit: number, budget?: PostBudget): Promise<BodyResult> {
   const declared = Number(req.headers.get("content-length"));
   if (declared > limit) {
     await req.body?.cancel().catch(() => {});
     return { ok: false, tooLarge: true };
   }
+  if (budget && declared > budget.left) {
+    await req.body?.cancel().catch(() => {});
+    return { ok: false, tooLarge: false, busy: true };
+  }
   if (!req.body) return { ok: true, text: "" };
   const reader = req.body.getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
+  let taken = 0;
   try {
     for (;;) {
       const { done, value } = await reader.read();
@@ -772,10 +796,20 @@ async function readBody(req: Request, limit: number): Promise<BodyResult> {
         await reader.cancel().catch(() => {});
         return { ok: false, tooLarge: true };
       }
+      if (budget) {
+        if (value.byteLength > budget.left) {
+          await reader.cancel().catch(() => {});
+          return { ok: false, tooLarge: false, busy: true };
+        }
+        budget.left -= value.byteLength;
+        taken += value.byteLength;
+      }
       chunks.push(value);
     }
   } catch {
     return { ok: false, tooLarge: false };
+  } finally {
+    if (budget) budget.left += taken;
   }
   if (chunks.length === 1) return { ok: true, text: new TextDecoder().decode(chunks[0]) };
   const all = new Uint8Array(size);
@@ -805,6 +839,8 @@ export class EngineServer {
   #nodeId: string;
   #closed = false;
   #host: SessionHost;
+  /** What POSTs nobody has signed in for may still hold (see `unsignedPostBytes`). */
+  #unsignedPosts: PostBudget;
 
   /** Creates a server; it handles nothing until requests are passed to `handleRequest`. */
   constructor(options: EngineOptions = {}) {
@@ -832,6 +868,7 @@ export class EngineServer {
       maxBufferedBytes: options.maxBufferedBytes ?? Infinity,
       refuseHandshake: options.refuseHandshake,
     };
+    this.#unsignedPosts = { left: options.unsignedPostBytes ?? Infinity };
     this.#base = path.slice(0, -1);
     const relay = options.relay === true
       ? new BroadcastChannelRelay({ name: `engine.io-relay:${path}` })
@@ -939,10 +976,14 @@ export class EngineServer {
     // A session whose `maxPayload` the application set (it trusts it: it signed in) may POST as
     // much as it may send in one WebSocket message; the others keep the polling limit.
     const limit = Math.max(this.#options.maxPollingPayload, session.maxPost);
-    const body = await readBody(req, limit);
+    const body = await readBody(req, limit, session.maxPost > 0 ? undefined : this.#unsignedPosts);
     session.endPost();
     if (!body.ok) {
-      session.fail("transport error", body.tooLarge ? "payload too large" : "POST aborted");
+      session.fail(
+        "transport error",
+        body.tooLarge ? "payload too large" : body.busy ? "server busy" : "POST aborted",
+      );
+      if (body.busy) return this.#busy(origin);
       return body.tooLarge ? this.#payloadTooLarge(origin) : fail(ErrorCode.BAD_REQUEST);
     }
     return this.#respond(session.post(body.text), origin);
@@ -1008,7 +1049,9 @@ export class EngineServer {
       if (req.headers.get("content-type")?.startsWith("application/octet-stream")) {
         return this.#respond(errorReply(ErrorCode.BAD_REQUEST), origin);
       }
-      const body = await readBody(req, this.#options.maxPollingPayload);
+      // Whose it is, only the owner knows: it counts as nobody's sign-in.
+      const body = await readBody(req, this.#options.maxPollingPayload, this.#unsignedPosts);
+      if (!body.ok && body.busy) return this.#busy(origin);
       if (!body.ok && !body.tooLarge) {
         return this.#respond(errorReply(ErrorCode.BAD_REQUEST), origin);
       }
@@ -1049,6 +1092,14 @@ export class EngineServer {
 
   #payloadTooLargeReply(): Reply {
     return errorReply(ErrorCode.BAD_REQUEST, 413, "Payload too large");
+  }
+
+  /** 503 for a POST the budget of unsigned POSTs could not hold: the client reconnects. */
+  #busy(origin: string | null): Response {
+    return this.#respond(
+      { status: 503, body: "Server busy: try again", contentType: "text/plain; charset=utf-8" },
+      origin,
+    );
   }
 
   #payloadTooLarge(origin: string | null): Response {

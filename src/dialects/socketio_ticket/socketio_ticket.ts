@@ -283,6 +283,10 @@ export function createSocketIoTicketChat(
     // be relayed by an isolate that does not know the session: one file's frame. A session
     // signed in here may POST as much as a WebSocket message (`signedIn` raises its limit).
     maxPollingPayload: maxFrameSize(ctx.config),
+    // And all such POSTs at once hold at most two files' frames: a client queues its emits while
+    // offline and may send them with its `authenticate`, but thousands of clients without a
+    // token POSTing a file each would otherwise hold gigabytes.
+    unsignedPostBytes: 2 * maxFrameSize(ctx.config),
     // Until the client has authenticated, nothing it may send is large (`authenticate` carries a
     // token): Deno keeps a socket's read buffer as large as the largest message it read, so one
     // big frame from a client without a token would hold that memory as long as it stays.
