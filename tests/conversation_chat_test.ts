@@ -71,8 +71,12 @@ Deno.test("conversation chat: text and file messages reach every participant in 
     const att = fa.file_attachment as Record<string, unknown>;
     const today = new Date().toISOString().slice(0, 10).replaceAll("-", "/");
     assertEquals(att.id, 2);
-    assertEquals(att.file, `/media/chat_files/${today}/document.pdf`);
-    assertEquals(att.file_url, `${server.url}/media/chat_files/${today}/document.pdf`);
+    // The client's name in the dated folder's subfolder of its own, which nobody can guess.
+    assertMatch(
+      att.file as string,
+      new RegExp(`^/media/chat_files/${today}/[0-9a-f]{32}/document\\.pdf$`),
+    );
+    assertEquals(att.file_url, `${server.url}${att.file}`);
     assertEquals(att.filename, "document.pdf");
     assertEquals(att.file_size, 102400);
     assertEquals(att.file_size_display, "100.0 KB");
@@ -339,7 +343,7 @@ Deno.test("conversation chat: a deleted file's URL never serves another file, th
   }
 });
 
-Deno.test("conversation chat: a common file name every number of which is taken in the shared folder still stores, under a random tag", async () => {
+Deno.test("conversation chat: a common file name, taken in the shared dated folder by every number, is stored under that name in a folder of its own that nobody can guess", async () => {
   const server = await startTestServer();
   try {
     // What a user uploading "image.png" over and over in their own conversation leaves behind.
@@ -358,10 +362,15 @@ Deno.test("conversation chat: a common file name every number of which is taken 
     const att = (await ws.next()).file_attachment as Record<string, unknown>;
     assertMatch(
       att.file as string,
-      new RegExp(`^/media/chat_files/${today}/image_[0-9a-f]{12}\\.png$`),
+      new RegExp(`^/media/chat_files/${today}/[0-9a-f]{32}/image\\.png$`),
     );
     assertEquals(att.filename, "image.png");
     assertEquals(await (await fetch(att.file_url as string)).text(), "mine");
+    // The name guessed in the shared folder is somebody else's file, not this one.
+    assertEquals(
+      await (await fetch(`${server.url}/media/chat_files/${today}/image.png`)).text(),
+      "taken",
+    );
     await ws.close();
   } finally {
     await server.close();

@@ -68,7 +68,11 @@ Deno.test("ticket socket: a file message reaches both users and its URL serves t
     a.send({ body: "", file: bytes.toBase64(), filename: "example.png" });
     const seen = [await a.next(), await b.next()];
     assertEquals(seen[0], seen[1]);
-    assertEquals(seen[0].file, `${server.url}/media/files/ticket_7/example.png`);
+    // The client's name, in a folder of its own nobody can guess.
+    assertMatch(
+      seen[0].file as string,
+      new RegExp(`^${server.url}/media/files/ticket_7/[0-9a-f]{32}/example\\.png$`),
+    );
     const res = await fetch(seen[0].file as string);
     assertEquals(res.status, 200);
     assertEquals(res.headers.get("content-type"), "image/png");
@@ -77,10 +81,15 @@ Deno.test("ticket socket: a file message reaches both users and its URL serves t
     assertEquals(res.headers.get("cache-control"), "private, max-age=3600");
     assertEquals(new Uint8Array(await res.arrayBuffer()), bytes);
 
-    // The same name again is stored under a new name, not over the first file.
+    // The same name again is stored in another folder, not over the first file.
     a.send({ body: "again", file: new Uint8Array([1, 2, 3]).toBase64(), filename: "example.png" });
     const second = await b.next();
-    assertEquals(second.file, `${server.url}/media/files/ticket_7/example_1.png`);
+    assertMatch(second.file as string, /\/[0-9a-f]{32}\/example\.png$/);
+    assert(second.file !== seen[0].file);
+    // Guessing the name in the ticket's folder finds nothing.
+    const guessed = await fetch(`${server.url}/media/files/ticket_7/example.png`);
+    assertEquals(guessed.status, 404);
+    await guessed.body?.cancel();
     const again = await fetch(seen[0].file as string);
     assertEquals((await again.arrayBuffer()).byteLength, bytes.length);
     await a.close();
@@ -146,12 +155,11 @@ Deno.test("ticket socket: a file's URL answers byte ranges (206, 416) and revali
     assertEquals(stale.status, 200);
     await stale.body?.cancel();
 
-    // Another file under the same name (once the first is gone) is another version.
+    // Another file under the same path (put there by hand) is another version.
     const path = `${server.dataDir}/media/${new URL(url).pathname.slice("/media/".length)}`;
     await Deno.remove(path);
     await new Promise((r) => setTimeout(r, 5));
-    a.send({ body: "", file: new Uint8Array([1, 2, 3]).toBase64(), filename: "clip.mp4" });
-    assertEquals((await a.next()).file, url);
+    await Deno.writeFile(path, new Uint8Array([1, 2, 3]));
     const replaced = await get({ "if-none-match": etag });
     assertEquals(replaced.status, 200);
     assertEquals(new Uint8Array(await replaced.arrayBuffer()), new Uint8Array([1, 2, 3]));
@@ -227,21 +235,21 @@ Deno.test("ticket socket: hostile filenames stay inside the media directory", as
       assert(typeof msg.file === "string", `${filename}: ${JSON.stringify(msg)}`);
       urls.push(msg.file as string);
     }
-    assertEquals(urls.map((u) => u.slice(`${server.url}/media/files/ticket_4/`.length)), [
+    // Each in a folder of its own under the ticket's, named as a safe part of what was sent.
+    const folder = new RegExp(`^${server.url}/media/files/ticket_4/[0-9a-f]{32}/`);
+    assert(urls.every((u) => folder.test(u)), urls.join(" "));
+    assertEquals(urls.map((u) => u.replace(folder, "")), [
       "passwd",
       "c.png",
       "file",
       "evil.txt",
-      "file_1",
+      "file",
     ]);
     const files = await listFiles(`${server.dataDir}/media`);
-    assertEquals(files, [
-      "files/ticket_4/c.png",
-      "files/ticket_4/evil.txt",
-      "files/ticket_4/file",
-      "files/ticket_4/file_1",
-      "files/ticket_4/passwd",
-    ]);
+    assertEquals(
+      files.map((f) => f.replace(/^files\/ticket_4\/[0-9a-f]{32}\//, "")).sort(),
+      ["c.png", "evil.txt", "file", "file", "passwd"],
+    );
     for (const url of urls) assertEquals((await fetch(url)).status, 200);
     // Traversal in the URL itself finds nothing outside the root.
     const escape = await fetch(`${server.url}/media/..%2f..%2fchat.kv`);

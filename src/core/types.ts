@@ -264,10 +264,11 @@ export interface FileInput {
 }
 
 /**
- * How stored files are named: `client`, as the client named them (the Django protocols, whose
- * documents show such URLs); `random`, 32 random hex digits and the client name's extension
+ * How stored files are named: `client`, as the client named them, in a folder of 32 random hex
+ * digits of its own (the Django protocols, whose documents show such names, and whose clients may
+ * show a URL's last part); `random`, 32 random hex digits and the client name's extension
  * (Socket.IO's `unique-filename.jpg`); `tagged`, the client name with 32 random hex digits
- * before its extension (`a_3f…9c.png`). Media URLs are public: only the last two are unguessable.
+ * before its extension (`a_3f…9c.png`). Media URLs are public, so none can be guessed.
  */
 export type StoredNames = "client" | "random" | "tagged";
 

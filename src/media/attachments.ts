@@ -104,7 +104,9 @@ export class MediaAttachmentStore implements AttachmentStore {
       for (const file of prepared) {
         let head: Uint8Array | undefined;
         await this.#media.put(
-          dir,
+          // A name as the client gave it is found by guessing it (`image.png` in a ticket's
+          // folder): a folder nobody can guess holds it, the name itself kept.
+          (options.names ?? "client") === "client" ? `${dir}/${randomHex()}` : dir,
           storedName(file.diskName, options.names),
           {
             *[Symbol.iterator]() {

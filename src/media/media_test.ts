@@ -103,7 +103,13 @@ Deno.test("attachment store: a file whose base64 breaks late leaves no file, not
     const broken = good.slice(0, 3_500_000) + "!" + good.slice(3_500_001);
     // Told of each file as it is stored, and of the failure while the files are still there.
     const told: string[] = [];
-    const listed = () => [...Deno.readDirSync(`${root}/files/t`)].map((e) => e.name).sort();
+    // Each file sits in a folder of its own under files/t.
+    const listed = () =>
+      [...Deno.readDirSync(`${root}/files/t`)].flatMap((e) =>
+        e.isDirectory
+          ? [...Deno.readDirSync(`${root}/files/t/${e.name}`)].map((f) => f.name)
+          : [e.name]
+      ).sort();
     await assertRejects(
       () =>
         store.save(
@@ -123,7 +129,7 @@ Deno.test("attachment store: a file whose base64 breaks late leaves no file, not
       /not valid base64/,
     );
     assertEquals(told, ["stored ok.bin", "abandoned with ok.bin"]);
-    assertEquals(listed(), []);
+    assertEquals(listed().filter((n) => !n.startsWith(".")), []);
     // The good one alone is stored whole, its type told from its first bytes.
     const [stored] = await store.save("files/t", [{
       name: "pic.bin",
@@ -200,12 +206,14 @@ Deno.test("attachment store: `.` and `..` are shown as stored; a binary file too
     const data = new Uint8Array([1]).toBase64();
     // Accepted as the hostile names they are, and shown as they are stored.
     const dots = await store.save("d", [".", "..", "a/..", " .. "].map((name) => ({ name, data })));
+    // Each in a folder of its own, so the same name four times.
     assertEquals(dots.map((a) => [a.originalName, a.name]), [
       ["file", "file"],
-      ["file", "file_1"],
-      ["file", "file_2"],
-      ["file", "file_3"],
+      ["file", "file"],
+      ["file", "file"],
+      ["file", "file"],
     ]);
+    assertEquals(new Set(dots.map((a) => a.key)).size, 4);
     const binary = await assertRejects(() =>
       store.save("d", [{ name: "big.bin", data: new Uint8Array(1025) }])
     );
