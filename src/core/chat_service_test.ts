@@ -30,8 +30,12 @@ async function failingChat() {
     metrics: { messagesIn: 0, attachmentBytes: 0 } as unknown as ChatServiceDeps["metrics"],
     presence: {} as ChatServiceDeps["presence"],
   });
-  const files = () => [...Deno.readDirSync(`${root}/d`)].map((e) => e.name).sort();
+  // Every name under d/, each file being in a folder of its own there.
+  const files = (dir = `${root}/d`): string[] =>
+    [...Deno.readDirSync(dir)].flatMap((e) => e.isDirectory ? files(`${dir}/${e.name}`) : [e.name])
+      .sort();
   return {
+    root,
     chat,
     store,
     fail,
@@ -52,9 +56,10 @@ const file = (name: string, text: string) => ({
 
 /**
  * A send fails (its pending entry not forgotten either, with `forgetFails`); the next a.png is
- * stored as `nextName`, and a sweep of what is left keeps exactly that file.
+ * stored, and a sweep of what is left keeps exactly that file; the failed one's name is marked
+ * taken unless its entry was forgotten.
  */
-async function failedSendThenAnother(forgetFails: boolean, nextName: string) {
+async function failedSendThenAnother(forgetFails: boolean) {
   const t = await failingChat();
   try {
     t.fail.append = true;
@@ -65,19 +70,22 @@ async function failedSendThenAnother(forgetFails: boolean, nextName: string) {
     t.fail.append = false;
     t.fail.forget = false;
     const next = await t.chat.send(null, "r", { files: [file("a.png", "B")], mediaDir: "d" });
-    assertEquals(next.message.attachments[0].name, nextName);
+    assertEquals(next.message.attachments[0].name, "a.png");
     await t.store.sweepPendingFiles(0);
-    assertEquals(t.files().filter((n) => !n.startsWith(".")), [nextName]);
+    const left = t.files();
+    assertEquals(left.filter((n) => !n.startsWith(".")), ["a.png"]);
+    assertEquals(await Deno.readTextFile(`${t.root}/${next.message.attachments[0].key}`), "B");
+    assertEquals(left.filter((n) => n.startsWith(".gone-")).length, forgetFails ? 1 : 0);
   } finally {
     await t.close();
   }
 }
 
 Deno.test("ChatService: a failed send whose pending entry could not be forgotten marks its files' names, so the sweep of that entry never deletes another message's file", async () => {
-  // The name was not given back: the next a.png is stored under another.
-  await failedSendThenAnother(true, "a_1.png");
+  // The name is not given back: a URL of it, which nobody was told, still finds nothing else.
+  await failedSendThenAnother(true);
 });
 
 Deno.test("ChatService: a failed send forgets its pending entry, then frees its files' names", async () => {
-  await failedSendThenAnother(false, "a.png");
+  await failedSendThenAnother(false);
 });
