@@ -56,8 +56,8 @@ const file = (name: string, text: string) => ({
 
 /**
  * A send fails (its pending entry not forgotten either, with `forgetFails`); the next a.png is
- * stored, and a sweep of what is left keeps exactly that file; the failed one's name is marked
- * taken unless its entry was forgotten.
+ * stored, and a sweep of what is left keeps exactly that file, in the one folder left (a file's
+ * folder of its own goes with it, with no mark: its random name is never given again).
  */
 async function failedSendThenAnother(forgetFails: boolean) {
   const t = await failingChat();
@@ -75,17 +75,17 @@ async function failedSendThenAnother(forgetFails: boolean) {
     const left = t.files();
     assertEquals(left.filter((n) => !n.startsWith(".")), ["a.png"]);
     assertEquals(await Deno.readTextFile(`${t.root}/${next.message.attachments[0].key}`), "B");
-    assertEquals(left.filter((n) => n.startsWith(".gone-")).length, forgetFails ? 1 : 0);
+    assertEquals(left, ["a.png"]);
+    assertEquals([...Deno.readDirSync(`${t.root}/d`)].length, 1);
   } finally {
     await t.close();
   }
 }
 
-Deno.test("ChatService: a failed send whose pending entry could not be forgotten marks its files' names, so the sweep of that entry never deletes another message's file", async () => {
-  // The name is not given back: a URL of it, which nobody was told, still finds nothing else.
+Deno.test("ChatService: a failed send whose pending entry could not be forgotten leaves nothing once swept, and the sweep of that entry never deletes another message's file", async () => {
   await failedSendThenAnother(true);
 });
 
-Deno.test("ChatService: a failed send forgets its pending entry, then frees its files' names", async () => {
+Deno.test("ChatService: a failed send forgets its pending entry, then deletes its files and their folders", async () => {
   await failedSendThenAnother(false);
 });

@@ -250,7 +250,8 @@ export interface MediaStore {
   ): Promise<StoredFile>;
   /**
    * Removes a stored file; true when it existed. Its name stays taken, as its URL may be held
-   * by anyone who saw the message, unless `unannounced` says no message carried it.
+   * by anyone who saw the message, unless `unannounced` says no message carried it or the file
+   * had a folder of its own (whose random name is never given again; the folder goes too).
    */
   delete(key: string, options?: { unannounced?: boolean }): Promise<boolean>;
 }

@@ -40,6 +40,9 @@ async function goneName(name: string): Promise<string> {
   return `.gone-${new Uint8Array(digest).toHex()}`;
 }
 
+/** The name of a folder holding one file, 32 random hex digits (see `StoredNames`). */
+const OWN_FOLDER = /^[0-9a-f]{32}$/;
+
 /** Numbers tried for a taken name before random tags. */
 const NUMBERED_NAMES = 100;
 /** Random tags tried after the numbers (one in 2^48 collides: any retry is rare). */
@@ -135,14 +138,19 @@ export class LocalMediaStore implements MediaStore {
   async delete(key: string, options: { unannounced?: boolean } = {}): Promise<boolean> {
     const path = resolveKey(this.root, key);
     if (!path) return false;
-    if (options.unannounced) {
+    // A folder of its own, named at random, is never given again: its URLs can find no other
+    // file, so the folder goes with the file and no mark is kept.
+    const ownFolder = OWN_FOLDER.test(basename(dirname(path)));
+    if (options.unannounced || ownFolder) {
       try {
         await Deno.remove(path);
-        return true;
       } catch (err) {
         if (err instanceof Deno.errors.NotFound) return false;
         throw err;
       }
+      // Not empty while a write into it is under way: an empty folder is all that stays then.
+      if (ownFolder) await Deno.remove(dirname(path)).catch(() => {});
+      return true;
     }
     const mark = join(dirname(path), await goneName(basename(path)));
     try {
