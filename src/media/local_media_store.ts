@@ -226,6 +226,10 @@ export class LocalMediaStore implements MediaStore {
         }
       }
       await Deno.remove(path);
+      // A folder of its own, now empty, goes too (one still written to is not empty).
+      if (OWN_FOLDER.test(basename(dirname(path)))) {
+        await Deno.remove(dirname(path)).catch(() => {});
+      }
       return true;
     } catch {
       // Gone already, or renamed into place meanwhile.
