@@ -1342,3 +1342,31 @@ Deno.test("client: a send still unacknowledged past sendExpiryMs is refused, not
     await server.dispose();
   }
 });
+
+Deno.test("client: a join after its token expired reconnects with a fresh token from the token function, joins, and keeps its other rooms", async () => {
+  const server = await startTestServer();
+  let calls = 0;
+  const chat = recorder({
+    url: `${server.wsUrl}/ws`,
+    // The first token expires (with the server's 5 s tolerance) 6 s from now.
+    token: () => server.token({ sub: "1", rooms: ["ticket:*"] }, ++calls === 1 ? "1s" : "1h"),
+  });
+  const other = await userClient(server, "2");
+  try {
+    await chat.client.connect();
+    await chat.client.join("ticket:81");
+    await other.client.connect();
+    await other.client.join("ticket:81");
+    await new Promise((r) => setTimeout(r, 6500));
+    const joined = await chat.client.join("ticket:82");
+    assertEquals(joined.room, "ticket:82");
+    assertEquals(calls, 2);
+    assertEquals(chat.client.rooms().sort(), ["ticket:81", "ticket:82"]);
+    await other.client.send("ticket:81", { body: "after the new token" });
+    await eventually(() => chat.bodies("ticket:81").includes("after the new token"));
+  } finally {
+    chat.client.close();
+    other.client.close();
+    await server.close();
+  }
+});

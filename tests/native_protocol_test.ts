@@ -1322,3 +1322,41 @@ Deno.test("native: a client_id with a lone surrogate is refused, so two such ids
     await server.close();
   }
 });
+
+Deno.test("native: past its token's exp a socket keeps its rooms (sends, deliveries, history) but a join or another room's history closes it with 4001", async () => {
+  const server = await startTestServer();
+  try {
+    const claims = { sub: "1", username: "one", rooms: ["ticket:*"] };
+    // Expired, with the verifier's 5 s of clock tolerance, 6 s from now.
+    const token = await server.token(claims, "1s");
+    const open = async () => {
+      const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+      assertEquals((await ws.next()).type, "welcome");
+      return ws;
+    };
+    const [ws, joiner] = [await open(), await open()];
+    await join(ws, "ticket:71");
+    const other = await connect(server, { sub: "2" });
+    await join(other, "ticket:71");
+    await new Promise((r) => setTimeout(r, 6500));
+    // The room it is in stays.
+    ws.send({ type: "send", room: "ticket:71", body: "still here", ref: 1 });
+    assertEquals((await ws.next((f) => f.type === "ack")).ref, 1);
+    other.send({ type: "send", room: "ticket:71", body: "to you", ref: 2 });
+    const delivered = await ws.next((f) => f.type === "message" && f.body === "to you");
+    assertEquals(delivered.room, "ticket:71");
+    ws.send({ type: "history", room: "ticket:71", ref: 3 });
+    assertEquals(((await ws.next((f) => f.type === "history")).messages as Frame[]).length, 2);
+    // Another room it is not in: the expired token opens nothing more.
+    ws.send({ type: "history", room: "ticket:72", ref: 4 });
+    assertEquals(await ws.closed, { code: 4001, reason: "Token expired" });
+    joiner.send({ type: "join", room: "ticket:73", ref: 5 });
+    assertEquals(await joiner.closed, { code: 4001, reason: "Token expired" });
+    // As a new socket with it is refused.
+    const again = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+    assertEquals((await again.closed).code, 4001);
+    await other.close();
+  } finally {
+    await server.close();
+  }
+});

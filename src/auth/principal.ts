@@ -1,6 +1,7 @@
 /** Token claims → the user the core works with. */
 
 import type { Principal, UserId } from "../core/types.ts";
+import { CLOCK_TOLERANCE_SECONDS } from "./verifier.ts";
 
 const text = (v: unknown): string | undefined =>
   typeof v === "string" && v.trim() !== "" ? v : typeof v === "number" ? String(v) : undefined;
@@ -55,6 +56,10 @@ export function principalFromClaims(claims: Record<string, unknown>): Principal 
     role: text(claims.role),
     userType: text(claims.user_type),
     grants: rooms,
+    // With the tolerance the token was verified with: it expires here when it would be refused.
+    ...(typeof claims.exp === "number"
+      ? { expiresAt: (claims.exp + CLOCK_TOLERANCE_SECONDS) * 1000 }
+      : {}),
   };
 }
 

@@ -52,12 +52,15 @@ async function importPem(pem: string): Promise<{ key: CryptoKey; alg: string }> 
   return { key: await jose.importSPKI(normalized, alg), alg };
 }
 
+/** Seconds by which a token's `exp` and `nbf` may be off, for clocks that disagree a little. */
+export const CLOCK_TOLERANCE_SECONDS = 5;
+
 /** Builds the verifier for the first configured key source: JWKS, then public key, then secret. */
 export async function createVerifier(options: VerifierOptions): Promise<TokenVerifier> {
   const common = {
     issuer: options.issuer,
     audience: options.audience,
-    clockTolerance: 5,
+    clockTolerance: CLOCK_TOLERANCE_SECONDS,
     // A token without `exp` would never expire: refused, as the systems we replace never issue one.
     requiredClaims: ["exp"],
   };

@@ -50,7 +50,7 @@ export interface QueuedSend {
 
 /** The profile part of a principal, as stored with messages. */
 export function profileOf(user: Principal): UserProfile {
-  const { grants: _grants, ...profile } = user;
+  const { grants: _grants, expiresAt: _expiresAt, ...profile } = user;
   return profile;
 }
 

@@ -32,6 +32,8 @@ export interface UserProfile {
 export interface Principal extends UserProfile {
   /** Room patterns granted by the token's `rooms` claim (`ticket:1`, `ticket:*`). */
   grants: string[];
+  /** When the token stops being taken (its `exp`, plus the clock tolerance), ms since the epoch. */
+  expiresAt?: number;
 }
 
 /** A stored file that belongs to a message. */

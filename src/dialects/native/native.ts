@@ -541,12 +541,26 @@ class NativeSession implements SocketHandler {
     return true;
   }
 
+  /**
+   * Closes with 4001 once the token has expired, for a frame that would reach a room the socket
+   * is not in (a join, another room's history): the rooms it is in stay as long as it does, but
+   * an expired token opens no more. Clients reconnect with a fresh token (the typed client asks
+   * its token function again) and rejoin.
+   */
+  #closeIfExpired(conn: Connection): boolean {
+    const expiresAt = this.user.expiresAt;
+    if (expiresAt === undefined || Date.now() < expiresAt) return false;
+    conn.close(NATIVE_CLOSE.unauthorized, "Token expired");
+    return true;
+  }
+
   async #handle(conn: Connection, record: Record<string, unknown>): Promise<void> {
     const ctx = this.#ctx;
     const user = this.user;
     const ref = record.ref;
     switch (record.type) {
       case "join": {
+        if (this.#closeIfExpired(conn)) return;
         // One room (`room`, `since`) or several (`rooms`: names or {room, since}).
         if (record.rooms !== undefined && record.rooms !== null && !Array.isArray(record.rooms)) {
           throw new ChatError("invalid_frame", '"rooms" must be a list of rooms or {room, since}');
@@ -668,6 +682,7 @@ class NativeSession implements SocketHandler {
       }
       case "history": {
         const room = requireRoom(record);
+        if (!this.#rooms.has(room) && this.#closeIfExpired(conn)) return;
         if (!(await ctx.chat.canAccess(user, room))) {
           throw new ChatError("forbidden", `Access denied to room "${room}"`);
         }
