@@ -26,6 +26,7 @@ import {
   adminCall,
   eventually,
   freePort,
+  rawExchange,
   startTestServer,
   TEST_SECRET,
   type TestServer,
@@ -1116,6 +1117,24 @@ Deno.test("web: the dev sign-in answers only this machine's unforwarded requests
     );
     try {
       const local = `http://127.0.0.1:${server.port}`;
+      // The name the request was sent to, which fetch does not let a caller choose: a page whose
+      // name an attacker points at 127.0.0.1 (DNS rebinding) sends its own.
+      const body = '{"name":"Eve"}';
+      const statusFor = async (host: string) =>
+        Number(
+          (await rawExchange(
+            local,
+            `POST /dev/token HTTP/1.1\r\nHost: ${host}\r\nContent-Type: application/json\r\n` +
+              `Content-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`,
+          )).split(" ")[1],
+        );
+      for (const name of ["localhost", "127.0.0.1", "[::1]", "LOCALHOST"]) {
+        assertEquals(await statusFor(`${name}:${server.port}`), mode === "off" ? 404 : 200, name);
+      }
+      for (const name of ["attacker.example", "localhost.attacker.example", "127.0.0.1.nip.io"]) {
+        const expected = { local: 403, any: 200, off: 404 }[mode];
+        assertEquals(await statusFor(`${name}:${server.port}`), expected, `${mode} ${name}`);
+      }
       const minted = await signIn(local);
       assertEquals(minted.status, mode === "off" ? 404 : 200, mode);
       await minted.body?.cancel();

@@ -59,16 +59,22 @@ export async function devUserId(name: string): Promise<string> {
 /** Headers a proxy adds: a request that carries one came from elsewhere, whatever its address. */
 const FORWARDED = ["forwarded", "x-forwarded-for", "x-real-ip", "x-forwarded-host"];
 
+/** A loopback address, as Deno gives a peer's or as a Host header names one (IPv6 bracketed). */
+const LOOPBACK = /^(127(\.\d{1,3}){3}|::1|::ffff:127(\.\d{1,3}){3}|localhost)$/;
+
 /**
- * True for a request from this machine (a loopback address) that no proxy says it forwarded:
- * the only one the development sign-in answers by default, as the server listens on every
- * interface and the sign-in grants whatever rooms it is asked for.
+ * True for a request from this machine (a loopback address) that no proxy says it forwarded,
+ * sent to a loopback name (`localhost`, `127.0.0.1`, `[::1]`): the only one the development
+ * sign-in answers by default, as the server listens on every interface and the sign-in grants
+ * whatever rooms it is asked for. The Host check stops a web page whose name an attacker points
+ * at 127.0.0.1 (DNS rebinding) from minting tokens in a developer's browser.
  */
 export function isLocalRequest(req: Request, remote?: Deno.Addr): boolean {
   if (remote?.transport !== "tcp" && remote?.transport !== "udp") return false;
-  const host = remote.hostname.toLowerCase();
-  const loopback = /^127\./.test(host) || host === "::1" || /^::ffff:127\./.test(host);
-  return loopback && !FORWARDED.some((h) => req.headers.has(h));
+  if (!LOOPBACK.test(remote.hostname.toLowerCase())) return false;
+  const host = (req.headers.get("host") ?? "").toLowerCase()
+    .replace(/^\[(.*)\](:\d+)?$/, "$1").replace(/^([^:]*)(:\d+)?$/, "$1");
+  return LOOPBACK.test(host) && !FORWARDED.some((h) => req.headers.has(h));
 }
 
 /** Checks a dev sign-in request; returns the name and grants, or an error message. */
