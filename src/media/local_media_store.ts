@@ -104,6 +104,7 @@ export class LocalMediaStore implements MediaStore {
       await Deno.remove(temp).catch(() => {});
       throw err;
     }
+    let released = false;
     try {
       for (let n = 0; n < NUMBERED_NAMES + RANDOM_NAMES; n++) {
         // Past the first numbers, random ones: a folder several rooms share (conversations' dated
@@ -111,26 +112,34 @@ export class LocalMediaStore implements MediaStore {
         const name = n === 0
           ? filename
           : numberedName(filename, n < NUMBERED_NAMES ? n : randomTag());
+        const mark = join(target, await goneName(name));
+        // A retired name is passed over before the link too: a crash right after linking would
+        // otherwise leave these bytes served at the URL of a deleted file until the sweep.
+        if (await exists(mark)) continue;
         try {
           await Deno.link(temp, join(target, name));
         } catch (err) {
           if (!(err instanceof Deno.errors.AlreadyExists)) throw err;
           continue;
         }
-        // Checked after the link: a delete marks the name before it frees it, so a name freed
-        // before the link is marked by now.
-        if (await exists(join(target, await goneName(name)))) {
+        // Checked after the link as well: a delete marks the name before it frees it, so a name
+        // freed before the link is marked by now.
+        if (await exists(mark)) {
           await Deno.remove(join(target, name));
           continue;
         }
         const key = relative(this.root, join(target, name)).split(sep).join("/");
         const stored = { key, name, size };
         await options.linked?.(stored);
+        // Before the caller commits, or not at all: a temporary name left linked to a file that
+        // a message names would have the sweep take the file for a crash's.
+        await Deno.remove(temp);
+        released = true;
         return stored;
       }
       throw new Error(`No free name for "${filename}" in ${dir}`);
     } finally {
-      await Deno.remove(temp).catch(() => {});
+      if (!released) await Deno.remove(temp).catch(() => {});
     }
   }
 

@@ -1,4 +1,4 @@
-import { assertEquals, assertMatch, assertRejects } from "../../tests/assert.ts";
+import { assert, assertEquals, assertMatch, assertRejects } from "../../tests/assert.ts";
 import { decodeAttachment, decodeAttachmentChunks, decodedLength } from "./base64.ts";
 import { MediaAttachmentStore } from "./attachments.ts";
 import { isHiddenName, LocalMediaStore } from "./local_media_store.ts";
@@ -225,6 +225,58 @@ Deno.test("attachment store: `.` and `..` are shown as stored; a binary file too
       (binary as Error).message,
       "File is too large: 1025 bytes, the limit is 1024 bytes (1 KiB)",
     );
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("media store: a retired name is passed over before any link, so a crash right after linking never leaves bytes at it", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    const media = new LocalMediaStore(root);
+    const first = await media.put("d", "a.txt", new Uint8Array([1]));
+    await media.delete(first.key);
+    // Every name that appears in the folder while the next a.txt is stored.
+    const seen: string[] = [];
+    const watcher = Deno.watchFs(`${root}/d`);
+    const watching = (async () => {
+      for await (const event of watcher) seen.push(...event.paths.map((p) => p.split("/").pop()!));
+    })();
+    assertEquals((await media.put("d", "a.txt", new Uint8Array([2]))).name, "a_1.txt");
+    await new Promise((r) => setTimeout(r, 200));
+    watcher.close();
+    await watching;
+    assert(seen.includes("a_1.txt"), seen.join(" "));
+    assertEquals(seen.filter((n) => n === "a.txt"), []);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("attachment store: a temporary name that cannot be removed fails the save, and its file goes, before any commit could name it", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    const store = new MediaAttachmentStore(new LocalMediaStore(root), 1024);
+    const noted: string[][] = [];
+    await assertRejects(() =>
+      store.save("t", [{ name: "a.txt", data: new Uint8Array([1, 2]) }], {
+        names: "random",
+        onStored: (stored) => {
+          noted.push(stored.map((a) => a.name));
+          // The volume refuses the unlink: a folder now stands where the temporary file was.
+          for (const e of Deno.readDirSync(`${root}/t`)) {
+            if (!e.name.startsWith(".upload-")) continue;
+            Deno.removeSync(`${root}/t/${e.name}`);
+            Deno.mkdirSync(`${root}/t/${e.name}/x`, { recursive: true });
+          }
+          return Promise.resolve();
+        },
+      })
+    );
+    assertEquals(noted.length, 1);
+    // What it linked is gone with it; only the stand-in folder is left.
+    const left = [...Deno.readDirSync(`${root}/t`)];
+    assertEquals(left.filter((e) => !e.name.startsWith(".")).map((e) => e.name), []);
   } finally {
     await Deno.remove(root, { recursive: true });
   }
