@@ -111,6 +111,26 @@ const withoutPaths = (text: string) => text.replace(/:\s*\w*\s*['"]?\/.*$/s, "")
 
 const message = (err: unknown) => err instanceof Error ? err.message : String(err);
 
+/**
+ * The isolate's open connections; once told to take no more frames (a shutdown's drain), so is
+ * every connection that opens after (its upgrade was under way when the drain began).
+ */
+class ConnectionRegistry extends Set<Connection> {
+  #takingNoMore = false;
+
+  /** Adds a connection, which takes no more frames if the registry said so already. */
+  override add(conn: Connection): this {
+    if (this.#takingNoMore) conn.takeNoMore();
+    return super.add(conn);
+  }
+
+  /** Tells every connection, open now or later, to drop the frames that arrive from now on. */
+  takeNoMore(): void {
+    this.#takingNoMore = true;
+    for (const conn of this) conn.takeNoMore();
+  }
+}
+
 /** Opens the stores and wires every seam for one isolate. */
 export async function buildApp(config: Config, overrides: AppOverrides = {}): Promise<App> {
   const log = overrides.log ?? ((line: string) => console.log(line));
@@ -293,7 +313,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   registry.onLapse(() => {
     chat.restorePresence().catch((err) => console.error("restoring presence failed:", err));
   });
-  const connections = new Set<Connection>();
+  const connections = new ConnectionRegistry();
   const frames = new FrameBudget(config.frameMemoryBudgetBytes);
   const context: DialectContext = {
     config,
@@ -434,7 +454,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       await settle();
       // Frames that come later are dropped, not stored unanswered: the sockets close next. Those
       // taken since the wait ended are waited for too.
-      for (const conn of connections) conn.takeNoMore();
+      connections.takeNoMore();
       await settle();
       // A committed send's echo is the room's delivery, which may still be queued.
       await hub.idle();

@@ -873,3 +873,47 @@ Deno.test("durability: once a shutdown's drain is over, a frame is dropped, not 
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
 });
+
+Deno.test("durability: a socket whose upgrade was under way when the drain began takes no frames either", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-drained-" });
+  // The upgrade's access check for user 2 is held open across the start of the drain.
+  let reached!: () => void;
+  const checking = new Promise<void>((r) => reached = r);
+  let release!: () => void;
+  const gate = new Promise<void>((r) => release = r);
+  let held = false;
+  const server = await startTestServer({ DATA_DIR: dataDir }, {
+    access: (inner) => ({
+      async canAccess(user, room, options) {
+        if (String(user.id) === "2" && !held) {
+          held = true;
+          reached();
+          await gate;
+        }
+        return await inner.canAccess(user, room, options);
+      },
+    }),
+  });
+  try {
+    const token = await server.token({ sub: "2", rooms: ["ticket:9"] });
+    const opening = TestClient.open(`${server.wsUrl}/ws/ticket/9/?token=${token}`);
+    await checking;
+    await server.app.drain();
+    release();
+    const ws = await opening;
+    ws.send({ body: "too late" });
+    await ws.nothing(undefined, 500);
+    await server.close();
+    const kv = await Deno.openKv(`${dataDir}/chat.kv`);
+    const bodies: string[] = [];
+    for await (const e of kv.list<{ body: string }>({ prefix: ["msg", "ticket:9"] })) {
+      bodies.push(e.value.body);
+    }
+    kv.close();
+    assertEquals(bodies, []);
+  } finally {
+    release();
+    await server.close();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
