@@ -569,49 +569,80 @@ Deno.test("maxPollingPayload bounds polling POSTs below maxPayload, unless the a
   });
 });
 
-Deno.test("unsignedPostBytes bounds what POSTs of sessions nobody signed in hold at once; past it they get 503, and signed-in sessions are not counted", async () => {
+/** A POST whose first `bytes` have come, the rest held back until `finish`. */
+async function heldPost(ctx: Context, bytes: number) {
+  const { sid } = await handshake(ctx);
+  let finish!: () => void;
+  const rest = new Promise<void>((r) => finish = r);
+  const body = new ReadableStream<Uint8Array>({
+    async start(controller) {
+      controller.enqueue(new TextEncoder().encode(`42["echo","${"a".repeat(bytes - 11)}`));
+      await rest;
+      controller.enqueue(new TextEncoder().encode(`"]`));
+      controller.close();
+    },
+  });
+  return { reply: post(ctx, sid, body), finish };
+}
+
+Deno.test("unsignedPostBytes bounds what POSTs of sessions nobody signed in hold at once past their first 16 KiB; past it they get 503, a CONNECT never does, and signed-in sessions are not counted", async () => {
   await withServer(
-    { maxPayload: 10_000, maxPollingPayload: 2000, unsignedPostBytes: 3100 },
+    { maxPayload: 200_000, maxPollingPayload: 100_000, unsignedPostBytes: 60_000 },
     async (ctx) => {
-      // POSTs whose first 1500 bytes have come, the rest held back.
-      const held = async () => {
-        const { sid } = await handshake(ctx);
-        let finish!: () => void;
-        const rest = new Promise<void>((r) => finish = r);
-        const body = new ReadableStream<Uint8Array>({
-          async start(controller) {
-            controller.enqueue(new TextEncoder().encode(`42["echo","${"a".repeat(1489)}`));
-            await rest;
-            controller.enqueue(new TextEncoder().encode(`"]`));
-            controller.close();
-          },
-        });
-        return { reply: post(ctx, sid, body), finish };
-      };
       const signed = await handshake(ctx);
       strictEqual((await post(ctx, signed.sid, "40")).status, 200);
       await eventually(() => ctx.sockets.length === 1);
-      ctx.sockets[0].conn.maxPayload = 10_000;
-      const first = await held();
-      const second = await held();
+      ctx.sockets[0].conn.maxPayload = 200_000;
+      // Each counts 46,384 - 16,384 = 30,000: the two hold the whole budget.
+      const first = await heldPost(ctx, 46_384);
+      const second = await heldPost(ctx, 46_384);
       try {
-        // Both have taken their 1500 bytes by the time a third comes, which 100 cannot hold.
         await delay(300);
         const third = await handshake(ctx);
-        const refused = await post(ctx, third.sid, `42["echo","${"t".repeat(489)}"]`);
-        strictEqual(refused.status, 503);
+        strictEqual((await post(ctx, third.sid, `42["echo","${"t".repeat(20_000)}"]`)).status, 503);
+        // What fits the free part still goes: a CONNECT, an authenticate.
+        const fourth = await handshake(ctx);
+        strictEqual((await post(ctx, fourth.sid, "40")).status, 200);
         // A session signed in is not held to it.
-        const big = `42["echo","${"s".repeat(3000)}"]`;
+        const big = `42["echo","${"s".repeat(80_000)}"]`;
         strictEqual((await post(ctx, signed.sid, big)).status, 200);
       } finally {
         first.finish();
         second.finish();
       }
-      strictEqual((await first.reply).status, 200);
-      strictEqual((await second.reply).status, 200);
+      // Their ends find no budget left (until one of them gives its share back).
+      for (const held of [first, second]) ok([200, 503].includes((await held.reply).status));
       // Given back once read.
-      const fourth = await handshake(ctx);
-      strictEqual((await post(ctx, fourth.sid, `42["echo","${"b".repeat(1900)}"]`)).status, 200);
+      const fifth = await handshake(ctx);
+      strictEqual((await post(ctx, fifth.sid, `42["echo","${"b".repeat(70_000)}"]`)).status, 200);
+    },
+  );
+});
+
+Deno.test("unsignedPostBytes: a POST that stalls longer than a session lasts without a poll is dropped, and its share given back", async () => {
+  await withServer(
+    {
+      maxPayload: 200_000,
+      maxPollingPayload: 100_000,
+      unsignedPostBytes: 60_000,
+      pingInterval: 300,
+      pingTimeout: 300,
+    },
+    async (ctx) => {
+      const first = await heldPost(ctx, 46_384);
+      const second = await heldPost(ctx, 46_384);
+      try {
+        await delay(1000);
+        // Past 600 ms both were dropped: the budget is whole again.
+        const next = await handshake(ctx);
+        const res = await post(ctx, next.sid, `42["echo","${"c".repeat(70_000)}"]`);
+        strictEqual(res.status, 200);
+      } finally {
+        first.finish();
+        second.finish();
+      }
+      strictEqual((await first.reply).status, 400);
+      strictEqual((await second.reply).status, 400);
     },
   );
 });

@@ -1292,21 +1292,22 @@ Deno.test("socket.io ticket chat: a burst of file sends past INBOUND_QUEUE_BYTES
 });
 
 Deno.test("socketio: polling POSTs of sessions without a token hold at most two files' frames at once; past that they get 503", async () => {
-  // MAX_FILE_BYTES 3000: a frame is 4,000 + 64 KiB, so two hold 139,072 bytes.
+  // MAX_FILE_BYTES 3000: a frame is 4,000 + 64 KiB, so two hold 139,072 bytes; each POST's
+  // first 16 KiB is not counted.
   await withChat(async (s) => {
     const base = `${s.url}/socket.io/?EIO=4&transport=polling`;
     const session = async () => {
       const open = await (await fetch(base)).text();
       return JSON.parse(open.slice(1)).sid as string;
     };
-    // A POST whose first 60,000 bytes have come, the rest held back.
+    // A POST whose first 69,000 bytes have come (52,616 counted), the rest held back.
     const held = async () => {
       const sid = await session();
       let finish!: () => void;
       const rest = new Promise<void>((r) => finish = r);
       const body = new ReadableStream<Uint8Array>({
         async start(controller) {
-          controller.enqueue(new TextEncoder().encode(`42["x","${"a".repeat(59_992)}`));
+          controller.enqueue(new TextEncoder().encode(`42["x","${"a".repeat(68_992)}`));
           await rest;
           controller.enqueue(new TextEncoder().encode(`"]`));
           controller.close();
@@ -1322,10 +1323,14 @@ Deno.test("socketio: polling POSTs of sessions without a token hold at most two 
       const sid = await session();
       const refused = await fetch(`${base}&sid=${sid}`, {
         method: "POST",
-        body: `42["x","${"b".repeat(59_992)}"]`,
+        body: `42["x","${"b".repeat(68_992)}"]`,
       });
       await refused.body?.cancel();
       assertEquals(refused.status, 503);
+      // A tokenless client's CONNECT still goes through.
+      const small = await fetch(`${base}&sid=${await session()}`, { method: "POST", body: "40" });
+      await small.body?.cancel();
+      assertEquals(small.status, 200);
     } finally {
       first.finish();
       second.finish();

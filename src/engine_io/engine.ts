@@ -53,8 +53,9 @@ export interface EngineOptions {
    * Bytes of long-polling POST bodies read at once, in all, for sessions whose
    * {@linkcode EngineSocket.maxPayload} the application has not raised (nobody has signed in) and
    * for POSTs relayed from another isolate: each is read whole before anyone knows whose it is.
-   * A POST past it is refused with 503 and its session ends (clients reconnect). Default
-   * unlimited.
+   * A POST past it is refused with 503 and its session ends (clients reconnect); the first 16
+   * KiB of each are not counted, and one that takes longer than `pingInterval + pingTimeout` to
+   * arrive is dropped. Default unlimited.
    */
   unsignedPostBytes?: number;
   /** Enabled transports; default both. */
@@ -216,7 +217,15 @@ interface ResolvedOptions {
 /** What the POSTs of sessions nobody signed in may hold at once, in bytes. */
 interface PostBudget {
   left: number;
+  /** How long one such POST may take to arrive, ms: a stalled one gives its share back then. */
+  deadlineMs: number;
 }
+
+/**
+ * Bytes of each POST that its share of the budget does not count: a CONNECT or an
+ * `authenticate` always fits, so POSTs that stall holding the whole budget lock nobody out.
+ */
+export const FREE_POST_BYTES = 16 * 1024;
 
 const OK: Reply = { status: 200, body: "ok", contentType: "text/html" };
 const PING: Packet = { type: "ping" };
@@ -769,8 +778,9 @@ type BodyResult =
   | { ok: false; tooLarge: boolean; busy?: boolean };
 
 /**
- * Reads a POST body of at most `limit` bytes; with a `budget`, its bytes are taken from it as
- * they come (and given back once read), and a body it cannot hold is refused as `busy`.
+ * Reads a POST body of at most `limit` bytes; with a `budget`, its bytes past
+ * {@link FREE_POST_BYTES} are taken from it as they come (and given back once read), a body it
+ * cannot hold is refused as `busy`, and one that takes longer than its deadline is dropped.
  */
 async function readBody(req: Request, limit: number, budget?: PostBudget): Promise<BodyResult> {
   const declared = Number(req.headers.get("content-length"));
@@ -778,7 +788,7 @@ async function readBody(req: Request, limit: number, budget?: PostBudget): Promi
     await req.body?.cancel().catch(() => {});
     return { ok: false, tooLarge: true };
   }
-  if (budget && declared > budget.left) {
+  if (budget && declared - FREE_POST_BYTES > budget.left) {
     await req.body?.cancel().catch(() => {});
     return { ok: false, tooLarge: false, busy: true };
   }
@@ -787,9 +797,17 @@ async function readBody(req: Request, limit: number, budget?: PostBudget): Promi
   const chunks: Uint8Array[] = [];
   let size = 0;
   let taken = 0;
+  let late = false;
+  const deadline = budget
+    ? setTimeout(() => {
+      late = true;
+      reader.cancel().catch(() => {});
+    }, budget.deadlineMs)
+    : undefined;
   try {
     for (;;) {
       const { done, value } = await reader.read();
+      if (late) return { ok: false, tooLarge: false };
       if (done) break;
       size += value.byteLength;
       if (size > limit) {
@@ -797,18 +815,20 @@ async function readBody(req: Request, limit: number, budget?: PostBudget): Promi
         return { ok: false, tooLarge: true };
       }
       if (budget) {
-        if (value.byteLength > budget.left) {
+        const more = Math.max(0, size - FREE_POST_BYTES) - taken;
+        if (more > budget.left) {
           await reader.cancel().catch(() => {});
           return { ok: false, tooLarge: false, busy: true };
         }
-        budget.left -= value.byteLength;
-        taken += value.byteLength;
+        budget.left -= more;
+        taken += more;
       }
       chunks.push(value);
     }
   } catch {
     return { ok: false, tooLarge: false };
   } finally {
+    clearTimeout(deadline);
     if (budget) budget.left += taken;
   }
   if (chunks.length === 1) return { ok: true, text: new TextDecoder().decode(chunks[0]) };
@@ -868,7 +888,11 @@ export class EngineServer {
       maxBufferedBytes: options.maxBufferedBytes ?? Infinity,
       refuseHandshake: options.refuseHandshake,
     };
-    this.#unsignedPosts = { left: options.unsignedPostBytes ?? Infinity };
+    // As long as a session lasts without a poll: a POST still arriving then is a stalled one.
+    this.#unsignedPosts = {
+      left: options.unsignedPostBytes ?? Infinity,
+      deadlineMs: this.#options.pingInterval + this.#options.pingTimeout,
+    };
     this.#base = path.slice(0, -1);
     const relay = options.relay === true
       ? new BroadcastChannelRelay({ name: `engine.io-relay:${path}` })
