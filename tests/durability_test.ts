@@ -52,6 +52,20 @@ async function spawnServer(dataDir: string, port: number, env: Record<string, st
   }
 }
 
+/** The bodies a stopped server's KV file holds for `room`, in order. */
+async function storedBodies(dataDir: string, room: string): Promise<string[]> {
+  const kv = await Deno.openKv(`${dataDir}/chat.kv`);
+  try {
+    const bodies: string[] = [];
+    for await (const e of kv.list<{ body: string }>({ prefix: ["msg", room] })) {
+      bodies.push(e.value.body);
+    }
+    return bodies;
+  } finally {
+    kv.close();
+  }
+}
+
 /** A server process that exited before it answered. */
 class ServerExited extends Error {
   constructor(port: number) {
@@ -820,21 +834,11 @@ Deno.test("durability: a SIGTERM under a stream of sends echoes every message it
       await Promise.all(clients.map((c) => c.closed));
       timers.forEach(clearInterval);
       assertEquals((await server.status).code, 0);
-      const kv = await Deno.openKv(`${dataDir}/chat.kv`);
-      try {
-        for (const [i, c] of clients.entries()) {
-          const echoed = new Set(c.frames.map((f) => (f as Frame).body));
-          const stored: string[] = [];
-          for await (
-            const e of kv.list<{ body: string }>({ prefix: ["msg", `ticket:${90 + i}`] })
-          ) {
-            stored.push(e.value.body);
-          }
-          assert(stored.length > 0, "nothing was stored");
-          assertEquals(stored.filter((b) => !echoed.has(b)), [], `round ${round}, client ${i}`);
-        }
-      } finally {
-        kv.close();
+      for (const [i, c] of clients.entries()) {
+        const echoed = new Set(c.frames.map((f) => (f as Frame).body));
+        const stored = await storedBodies(dataDir, `ticket:${90 + i}`);
+        assert(stored.length > 0, "nothing was stored");
+        assertEquals(stored.filter((b) => !echoed.has(b)), [], `round ${round}, client ${i}`);
       }
     } finally {
       timers.forEach(clearInterval);
@@ -861,13 +865,7 @@ Deno.test("durability: once a shutdown's drain is over, a frame is dropped, not 
     ws.send({ body: "too late" });
     await ws.nothing(undefined, 500);
     await server.close();
-    const kv = await Deno.openKv(`${dataDir}/chat.kv`);
-    const bodies: string[] = [];
-    for await (const e of kv.list<{ body: string }>({ prefix: ["msg", "ticket:8"] })) {
-      bodies.push(e.value.body);
-    }
-    kv.close();
-    assertEquals(bodies, ["before"]);
+    assertEquals(await storedBodies(dataDir, "ticket:8"), ["before"]);
   } finally {
     await server.close();
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});
@@ -904,13 +902,7 @@ Deno.test("durability: a socket whose upgrade was under way when the drain began
     ws.send({ body: "too late" });
     await ws.nothing(undefined, 500);
     await server.close();
-    const kv = await Deno.openKv(`${dataDir}/chat.kv`);
-    const bodies: string[] = [];
-    for await (const e of kv.list<{ body: string }>({ prefix: ["msg", "ticket:9"] })) {
-      bodies.push(e.value.body);
-    }
-    kv.close();
-    assertEquals(bodies, []);
+    assertEquals(await storedBodies(dataDir, "ticket:9"), []);
   } finally {
     release();
     await server.close();
