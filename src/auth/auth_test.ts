@@ -178,3 +178,11 @@ Deno.test("grantMatches: a star stands for any run of characters, and many stars
   // As a regular expression (six stars on 60 characters took 3 s), this would never end.
   assertEquals(grantMatches("room:" + "*a".repeat(30) + "*b", "room:" + "a".repeat(200)), false);
 });
+
+Deno.test("principalFromClaims() expires a token when the verifier would refuse it: exp rounded up to a whole second, plus its tolerance", () => {
+  const expiresAt = (exp: number) => principalFromClaims({ sub: "1", exp })?.expiresAt;
+  assertEquals(expiresAt(100), 105_000);
+  // jose compares a fractional exp with the time in whole seconds: accepted until 106 here.
+  assertEquals(expiresAt(100.2), 106_000);
+  assertEquals(principalFromClaims({ sub: "1" })?.expiresAt, undefined);
+});

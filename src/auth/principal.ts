@@ -56,9 +56,10 @@ export function principalFromClaims(claims: Record<string, unknown>): Principal 
     role: text(claims.role),
     userType: text(claims.user_type),
     grants: rooms,
-    // With the tolerance the token was verified with: it expires here when it would be refused.
+    // When the verifier would refuse it: it compares `exp`, tolerance added, with the time in
+    // whole seconds, so a fractional `exp` holds until the next whole second.
     ...(typeof claims.exp === "number"
-      ? { expiresAt: (claims.exp + CLOCK_TOLERANCE_SECONDS) * 1000 }
+      ? { expiresAt: (Math.ceil(claims.exp) + CLOCK_TOLERANCE_SECONDS) * 1000 }
       : {}),
   };
 }

@@ -72,7 +72,8 @@ const LOOPBACK = /^(127(\.\d{1,3}){3}|::1|::ffff:127(\.\d{1,3}){3}|localhost)$/;
 export function isLocalRequest(req: Request, remote?: Deno.Addr): boolean {
   if (remote?.transport !== "tcp" && remote?.transport !== "udp") return false;
   if (!LOOPBACK.test(remote.hostname.toLowerCase())) return false;
-  const host = (req.headers.get("host") ?? "").toLowerCase()
+  // HTTP/2 has no Host header: the name is the URL's authority there.
+  const host = (req.headers.get("host") ?? new URL(req.url).host).toLowerCase()
     .replace(/^\[(.*)\](:\d+)?$/, "$1").replace(/^([^:]*)(:\d+)?$/, "$1");
   return LOOPBACK.test(host) && !FORWARDED.some((h) => req.headers.has(h));
 }
