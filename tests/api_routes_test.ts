@@ -1111,3 +1111,49 @@ apiTest(
   },
   { MAX_FILE_BYTES: "4096", UPLOADS_PER_USER: "1", UPLOAD_TIMEOUT_SECONDS: "2" },
 );
+
+apiTest(
+  "uploads: a body that drips (a byte at a time, never idle) is ended with 408 once an idle period brings less than 16 KiB, giving its share of the upload memory back",
+  async (s) => {
+    await s.api("PUT", "/api/rooms/ticket/9", { json: { participants: [{ user_id: "3" }] } });
+    const token = await s.token({ sub: "3", username: "three" });
+    const part = '--x\r\ncontent-disposition: form-data; name="file"; filename="drip.txt"\r\n\r\n';
+    let dripping = true;
+    let next = part;
+    const drip = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        if (!dripping) return controller.close();
+        await new Promise((r) => setTimeout(r, 200));
+        controller.enqueue(new TextEncoder().encode(next));
+        next = "a";
+      },
+    });
+    const held = async () => {
+      const text = await (await fetch(`${s.url}/metrics`)).text();
+      return Number(/^chat_api_upload_bytes (\d+)$/m.exec(text)?.[1]);
+    };
+    // Should the server wait for ever, the body ends after 15 s and the status shows it.
+    const guard = setTimeout(() => dripping = false, 15_000);
+    try {
+      const started = Date.now();
+      const ended = await s.api("POST", "/api/rooms/ticket/9/attachments", {
+        body: drip,
+        headers: {
+          "content-type": "multipart/form-data; boundary=x",
+          "content-length": "4000",
+        },
+        token,
+      });
+      assertEquals([ended.status, ended.body.message], [
+        408,
+        "Upload stalled: less than 16 KiB arrived in 1 s",
+      ]);
+      assert(Date.now() - started < 5000, `${Date.now() - started} ms`);
+      assertEquals(await held(), 0);
+    } finally {
+      clearTimeout(guard);
+      dripping = false;
+    }
+  },
+  { MAX_FILE_BYTES: "4096", UPLOAD_IDLE_SECONDS: "1" },
+);

@@ -1,6 +1,6 @@
 /** The ticket socket (shared/specs/ticket-socket.md) end to end against a real server. */
 
-import { assert, assertEquals, assertMatch, assertRejects, within } from "./assert.ts";
+import { assert, assertEquals, assertMatch, assertRejects, delay, within } from "./assert.ts";
 import {
   eventually,
   listFiles,
@@ -590,4 +590,42 @@ Deno.test("ticket socket: past FRAME_MEMORY_BUDGET_BYTES the quietest file sende
     assertEquals(back.sender.id, 4);
     for (const client of [a, c, again]) await client.close();
   }, { FRAME_MEMORY_BUDGET_BYTES: "2500000" });
+});
+
+Deno.test("ticket socket: a socket closed as a slow consumer still counts against its user's SOCKETS_PER_USER while its peer holds the connection unread", async () => {
+  await withServer(async (server) => {
+    const hub = server.app.context.hub;
+    const token = await server.token({ sub: 9, rooms: ["ticket:15"] });
+    const conn = await silentPeer(server.port, `/ws/ticket/15/?token=${token}`);
+    await eventually(() => hub.members("ticket:15").size === 1, 3000, "join");
+    const writer = await ticketClient(server, 15, { sub: 1 });
+    const body = "y".repeat(19_000);
+    for (let sent = 0; sent < 2000 && hub.members("ticket:15").size === 2; sent += 25) {
+      for (let i = 0; i < 25; i++) writer.send({ body });
+      for (let i = 0; i < 25; i++) await writer.next();
+    }
+    await eventually(() => hub.members("ticket:15").size === 1, 5000, "eviction");
+    // Closed by the server, but its close frame waits behind what the peer never read: the
+    // connection, its descriptor and its buffers are still held, and still user 9's.
+    const another = await TestClient.open(`${server.wsUrl}/ws/ticket/15/?token=${token}`);
+    assertEquals((await within(another.closed, "the refusal", 3000)).code, 4029);
+    // Once the peer lets go, so does the server, and the user may connect again.
+    conn.close();
+    await eventually(
+      async () => {
+        const again = await TestClient.open(`${server.wsUrl}/ws/ticket/15/?token=${token}`);
+        const outcome = await Promise.race([again.closed, delay(300).then(() => "open")]);
+        await again.close();
+        return outcome === "open";
+      },
+      5000,
+      "the slot given back",
+    );
+    await writer.close();
+  }, {
+    SOCKETS_PER_USER: "1",
+    SLOW_CONSUMER_BYTES: String(MiB),
+    RATE_LIMIT_PER_SECOND: "100000",
+    RATE_LIMIT_USER_PER_SECOND: "100000",
+  });
 });

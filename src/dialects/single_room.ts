@@ -383,8 +383,9 @@ class RoomSocket implements SocketHandler {
     if (this.#session) conn.send(this.#dialect.errorFrame(error));
   }
 
-  closed(): void {
-    if (this.#counted) this.#ctx.sockets.release(this.#user.id);
+  closed(conn: Connection): void {
+    // Still the user's while Deno holds the connection (a peer that stopped reading).
+    if (this.#counted) conn.whenGone(() => this.#ctx.sockets.release(this.#user.id));
     const session = this.#session;
     if (!session) return;
     this.#ctx.limiter.forget(session.connId);

@@ -119,6 +119,8 @@ export class Connection implements FrameHolder {
   #refusing = false;
   /** Set by {@link takeNoMore}. */
   #takesNoMore = false;
+  /** Callbacks of {@link whenGone}, until Deno lets the socket go (then undefined). */
+  #gone: (() => void)[] | undefined = [];
   /**
    * Bytes of the frames received and not yet handled. Deno reads a socket as fast as the peer
    * sends, with no way to pause it, so without a bound a burst of large frames behind a slow one
@@ -152,6 +154,7 @@ export class Connection implements FrameHolder {
       // Only now has Deno dropped the socket's buffers: a close this side started may take long.
       options.frames?.forget(this);
       this.#cleanup();
+      this.#letGo();
     };
   }
 
@@ -375,6 +378,29 @@ export class Connection implements FrameHolder {
   /** True while a frame of this socket is being handled or its reply is owed. */
   get busy(): boolean {
     return this.#inbound !== undefined || this.#owed > 0;
+  }
+
+  /**
+   * Runs `fn` once Deno has let the socket go. A close this side started waits for its close
+   * frame to be written, and a peer that stopped reading holds the connection, its file
+   * descriptor and its queued bytes until it reads or goes: whatever bounds a user's sockets
+   * counts such a socket until then.
+   */
+  whenGone(fn: () => void): void {
+    if (this.#gone === undefined) fn();
+    else this.#gone.push(fn);
+  }
+
+  #letGo(): void {
+    const gone = this.#gone;
+    this.#gone = undefined;
+    for (const fn of gone ?? []) {
+      try {
+        fn();
+      } catch (err) {
+        console.error(`${this.#options.protocol}: a close callback failed:`, err);
+      }
+    }
   }
 
   /** Closes with 1001 ("going away": reconnect), so that Deno frees the socket's frame buffer. */

@@ -844,9 +844,10 @@ class NativeSession implements SocketHandler {
     }, ref);
   }
 
-  closed(): void {
+  closed(conn: Connection): void {
     this.#ctx.limiter.forget(this.#connId);
-    if (this.#counted) this.#ctx.sockets.release(this.user.id);
+    // Still the user's while Deno holds the connection (a peer that stopped reading).
+    if (this.#counted) conn.whenGone(() => this.#ctx.sockets.release(this.user.id));
     for (const room of [...this.#rooms.keys()]) {
       // Taken out by the server (revoked, deleted) is not in `#rooms`: those sends are refused.
       (this.#roomsAtClose ??= new Set()).add(room);

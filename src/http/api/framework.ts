@@ -601,6 +601,13 @@ function requireMultipart(req: Request): string {
 }
 
 /**
+ * Bytes an upload must bring within each UPLOAD_IDLE_SECONDS: any real connection does (it is
+ * 0.8 KB/s at the default 20 s), and one that drips a byte at a time is ended instead of holding
+ * its share of UPLOAD_MEMORY_BYTES until UPLOAD_TIMEOUT_SECONDS.
+ */
+const UPLOAD_PROGRESS_BYTES = 16 * 1024;
+
+/**
  * How much of a multipart body's end is kept to find its closing delimiter. An epilogue after
  * it (RFC 2046 allows one; no client sends one) longer than this is refused: scanning every
  * chunk instead would cost tens of milliseconds per 10 MiB upload.
@@ -637,6 +644,7 @@ async function readMultipart(
   // that stops arriving is ended: it holds its share of UPLOAD_MEMORY_BYTES while it waits.
   const idleMs = config.uploadIdleSeconds * 1000;
   let total = 0;
+  let sinceProgress = 0;
   let stalled = false;
   let overdue = false;
   let timer: ReturnType<typeof setTimeout> | undefined;
@@ -672,20 +680,26 @@ async function readMultipart(
           controller.error(new RangeError("stalled"));
         };
         timer = setTimeout(onIdle, idleMs);
-        // A byte now and then resets the idle timer; the whole body still has an end.
+        // The whole body has an end too, however it flows.
         deadline = setTimeout(() => {
           overdue = true;
           controller.error(new RangeError("overdue"));
         }, config.uploadTimeoutSeconds * 1000);
       },
       transform(chunk, controller) {
-        clearTimeout(timer);
         total += chunk.length;
         // Erroring here cancels the request body: nothing more is read.
         if (total > cap) return controller.error(new RangeError("over the cap"));
         controller.enqueue(chunk);
         tail = lastBytes(tail, chunk, TAIL_BYTES);
-        timer = setTimeout(onIdle, idleMs);
+        // A byte now and then is not progress: a body that drips holds its share of
+        // UPLOAD_MEMORY_BYTES (its declared length) as long as a flowing one.
+        sinceProgress += chunk.length;
+        if (sinceProgress >= UPLOAD_PROGRESS_BYTES) {
+          sinceProgress = 0;
+          clearTimeout(timer);
+          timer = setTimeout(onIdle, idleMs);
+        }
       },
       flush() {
         clearTimeout(timer);
@@ -701,7 +715,9 @@ async function readMultipart(
     if (stalled) {
       throw new ApiError(
         408,
-        `Upload stalled: nothing arrived for ${config.uploadIdleSeconds} s`,
+        sinceProgress === 0
+          ? `Upload stalled: nothing arrived for ${config.uploadIdleSeconds} s`
+          : `Upload stalled: less than 16 KiB arrived in ${config.uploadIdleSeconds} s`,
       );
     }
     if (overdue) {
