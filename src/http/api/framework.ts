@@ -601,9 +601,9 @@ function requireMultipart(req: Request): string {
 }
 
 /**
- * Bytes an upload must bring within each UPLOAD_IDLE_SECONDS: any real connection does (it is
- * 0.8 KB/s at the default 20 s), and one that drips a byte at a time is ended instead of holding
- * its share of UPLOAD_MEMORY_BYTES until UPLOAD_TIMEOUT_SECONDS.
+ * Bytes an upload must bring within each two UPLOAD_IDLE_SECONDS: any real connection does (it
+ * is 0.4 KB/s at the default 20 s), and one that drips a byte at a time is ended instead of
+ * holding its share of UPLOAD_MEMORY_BYTES until UPLOAD_TIMEOUT_SECONDS.
  */
 const UPLOAD_PROGRESS_BYTES = 16 * 1024;
 
@@ -645,7 +645,14 @@ async function readMultipart(
   const idleMs = config.uploadIdleSeconds * 1000;
   let total = 0;
   let sinceProgress = 0;
+  let silent = false;
   let stalled = false;
+  // Nothing at all for a period (reset by every chunk), told apart from a drip (reset by 16 KiB).
+  let quiet: ReturnType<typeof setTimeout> | undefined;
+  const onQuiet = () => {
+    silent = true;
+    onIdle();
+  };
   let overdue = false;
   let timer: ReturnType<typeof setTimeout> | undefined;
   let deadline: ReturnType<typeof setTimeout> | undefined;
@@ -679,7 +686,8 @@ async function readMultipart(
           stalled = true;
           controller.error(new RangeError("stalled"));
         };
-        timer = setTimeout(onIdle, idleMs);
+        timer = setTimeout(onIdle, 2 * idleMs);
+        quiet = setTimeout(onQuiet, idleMs);
         // The whole body has an end too, however it flows.
         deadline = setTimeout(() => {
           overdue = true;
@@ -687,6 +695,8 @@ async function readMultipart(
         }, config.uploadTimeoutSeconds * 1000);
       },
       transform(chunk, controller) {
+        clearTimeout(quiet);
+        quiet = setTimeout(onQuiet, idleMs);
         total += chunk.length;
         // Erroring here cancels the request body: nothing more is read.
         if (total > cap) return controller.error(new RangeError("over the cap"));
@@ -698,11 +708,12 @@ async function readMultipart(
         if (sinceProgress >= UPLOAD_PROGRESS_BYTES) {
           sinceProgress = 0;
           clearTimeout(timer);
-          timer = setTimeout(onIdle, idleMs);
+          timer = setTimeout(onIdle, 2 * idleMs);
         }
       },
       flush() {
         clearTimeout(timer);
+        clearTimeout(quiet);
         clearTimeout(deadline);
       },
     }),
@@ -715,9 +726,9 @@ async function readMultipart(
     if (stalled) {
       throw new ApiError(
         408,
-        sinceProgress === 0
+        silent
           ? `Upload stalled: nothing arrived for ${config.uploadIdleSeconds} s`
-          : `Upload stalled: less than 16 KiB arrived in ${config.uploadIdleSeconds} s`,
+          : `Upload stalled: less than 16 KiB arrived in ${2 * config.uploadIdleSeconds} s`,
       );
     }
     if (overdue) {
@@ -741,6 +752,7 @@ async function readMultipart(
     throw new ApiError(400, `Body is not valid multipart/form-data: ${(err as Error).message}`);
   } finally {
     clearTimeout(timer);
+    clearTimeout(quiet);
     clearTimeout(deadline);
   }
   const boundary = /;\s*boundary=(?:"([^"]+)"|([^;\s]+))/i.exec(type);
