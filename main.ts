@@ -455,6 +455,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       // Frames that come later are dropped, not stored unanswered: the sockets close next. Those
       // taken since the wait ended are waited for too.
       connections.takeNoMore();
+      io.takeNoMore();
       await settle();
       // A committed send's echo is the room's delivery, which may still be queued.
       await hub.idle();

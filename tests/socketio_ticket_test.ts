@@ -1342,3 +1342,19 @@ Deno.test("socketio: polling POSTs of sessions without a token hold at most two 
     }
   }, { MAX_FILE_BYTES: "3000" });
 });
+
+Deno.test("socketio: once a shutdown's drain is over, an event is dropped, not stored with its session about to close", async () => {
+  await withChat(async (s, client) => {
+    const socket = await inTicket(s, client, "t-drain");
+    const first = next<{ data: Payload }>(socket, "new_message");
+    socket.emit("send_message", { ticketId: "t-drain", message: "before" });
+    assertEquals((await first).data.message, "before");
+    await s.app.drain();
+    socket.emit("send_message", { ticketId: "t-drain", message: "too late" });
+    // Neither echoed nor stored.
+    const late = await next(socket, "new_message", 500).then(() => "echoed", () => "dropped");
+    assertEquals(late, "dropped");
+    const stored = await s.app.context.chat.history("ticket:t-drain", { limit: 10 });
+    assertEquals(stored.map((m) => m.body), ["before"]);
+  });
+});

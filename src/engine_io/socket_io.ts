@@ -466,6 +466,8 @@ export class Socket<Data = SocketData> extends Emitter {
   }
 
   #onEvent(packet: SocketPacket): void {
+    // A shutdown under way: handled now, its reply would have no socket to go to.
+    if (this.nsp.server.takingNoMore) return;
     const args = [...(packet.data as unknown[])];
     if (packet.id !== undefined) args.push(this.#ackFor(packet.id));
     for (const listener of [...this.#any]) call(listener, args);
@@ -953,6 +955,7 @@ export class SocketIOServer<Data = SocketData> {
   #clientBundle?: { bytes: Uint8Array<ArrayBuffer>; etag: string };
   /** The paths it is served at. */
   #clientBundlePaths: string[] = [];
+  #takingNoMore = false;
 
   /** Creates a server with the main namespace `/`. */
   constructor(options: SocketIOServerOptions = {}) {
@@ -981,6 +984,20 @@ export class SocketIOServer<Data = SocketData> {
       };
     };
     this.of("/");
+  }
+
+  /** True once {@link takeNoMore} was called. */
+  get takingNoMore(): boolean {
+    return this.#takingNoMore;
+  }
+
+  /**
+   * Drops the events clients send from now on, unanswered, for a shutdown: one handled while the
+   * sessions close would be stored with nowhere to send its acknowledgement, and a client
+   * resending what it was never answered would store it twice.
+   */
+  takeNoMore(): void {
+    this.#takingNoMore = true;
   }
 
   /**
