@@ -4,6 +4,7 @@ import { assert, assertEquals, assertMatch, assertRejects, delay, within } from 
 import {
   eventually,
   listFiles,
+  sendRawText,
   silentPeer,
   startTestServer,
   TestClient,
@@ -628,4 +629,29 @@ Deno.test("ticket socket: a socket closed as a slow consumer still counts agains
     RATE_LIMIT_PER_SECOND: "100000",
     RATE_LIMIT_USER_PER_SECOND: "100000",
   });
+});
+
+Deno.test("ticket socket: a socket whose peer took the server's close frame and never answered stops counting for its user two heartbeat periods later", async () => {
+  await withServer(async (server) => {
+    const token = await server.token({ sub: 9, rooms: ["ticket:16"] });
+    const conn = await silentPeer(server.port, `/ws/ticket/16/?token=${token}`);
+    // A flood: the server answers, then closes with 4029; the peer's kernel takes the close frame
+    // and the peer, gone quiet, never answers it.
+    for (let i = 0; i < 40; i++) await sendRawText(conn, '{"body":"x"}');
+    await eventually(() => server.app.context.metrics.openConnections === 0, 3000, "the close");
+    const refused = await TestClient.open(`${server.wsUrl}/ws/ticket/16/?token=${token}`);
+    assertEquals((await within(refused.closed, "the refusal", 3000)).code, 4029);
+    // Two heartbeat periods (2 s here) after the close, the slot is the user's again.
+    await eventually(
+      async () => {
+        const again = await TestClient.open(`${server.wsUrl}/ws/ticket/16/?token=${token}`);
+        const outcome = await Promise.race([again.closed, delay(300).then(() => "open")]);
+        await again.close();
+        return outcome === "open";
+      },
+      6000,
+      "the slot given back",
+    );
+    conn.close();
+  }, { SOCKETS_PER_USER: "1", HEARTBEAT_SECONDS: "1", RATE_LIMIT_PER_SECOND: "5" });
 });

@@ -53,6 +53,14 @@ export interface SocketOptions {
   frames?: FrameBudget;
 }
 
+/**
+ * How long after this side's close a socket whose peer never answered it stops counting for its
+ * user, ms: two heartbeat periods (a minute without a heartbeat).
+ */
+export function goneAfterMs(idleTimeoutSeconds: number): number {
+  return (idleTimeoutSeconds > 0 ? 2 * idleTimeoutSeconds : 60) * 1000;
+}
+
 /** How a frame's slow part ended: its value, or what it threw. */
 export type Outcome<T> = { ok: true; value: T } | { ok: false; error: unknown };
 
@@ -121,6 +129,8 @@ export class Connection implements FrameHolder {
   #takesNoMore = false;
   /** Callbacks of {@link whenGone}, until Deno lets the socket go (then undefined). */
   #gone: (() => void)[] | undefined = [];
+  /** Runs them anyway once a close this side started has gone unanswered for long. */
+  #goneTimer?: ReturnType<typeof setTimeout>;
   /**
    * Bytes of the frames received and not yet handled. Deno reads a socket as fast as the peer
    * sends, with no way to pause it, so without a bound a burst of large frames behind a slow one
@@ -381,10 +391,10 @@ export class Connection implements FrameHolder {
   }
 
   /**
-   * Runs `fn` once Deno has let the socket go. A close this side started waits for its close
-   * frame to be written, and a peer that stopped reading holds the connection, its file
-   * descriptor and its queued bytes until it reads or goes: whatever bounds a user's sockets
-   * counts such a socket until then.
+   * Runs `fn` once Deno has let the socket go, or {@link goneAfterMs} after this side's close
+   * went unanswered. A close this side started waits for its close frame to be written, and a
+   * peer that stopped reading holds the connection, its file descriptor and its queued bytes
+   * until it reads or goes: whatever bounds a user's sockets counts such a socket until then.
    */
   whenGone(fn: () => void): void {
     if (this.#gone === undefined) fn();
@@ -392,6 +402,7 @@ export class Connection implements FrameHolder {
   }
 
   #letGo(): void {
+    clearTimeout(this.#goneTimer);
     const gone = this.#gone;
     this.#gone = undefined;
     for (const fn of gone ?? []) {
@@ -417,6 +428,13 @@ export class Connection implements FrameHolder {
       // The session ends now (cleanup below); the socket itself once the peer stops sending,
       // or it would lose the replies just sent and the close code.
       this.#quiet.close(this.#socket, code, reason);
+      // Deno waits for the peer's answer to the close frame as long as the connection stays up,
+      // and pings no more: a peer that vanished after its kernel took the frame would hold what
+      // counts on this socket for good. Two heartbeat periods is when it would have been dropped.
+      if (this.#gone !== undefined && this.#goneTimer === undefined) {
+        this.#goneTimer = setTimeout(() => this.#letGo(), goneAfterMs(this.#options.idleTimeout));
+        Deno.unrefTimer(this.#goneTimer);
+      }
     }
     this.#cleanup();
   }
