@@ -1157,3 +1157,30 @@ apiTest(
   },
   { MAX_FILE_BYTES: "4096", UPLOAD_IDLE_SECONDS: "1" },
 );
+
+apiTest(
+  "uploads: idle and overall limits of weeks (past a timer's 2^31 ms) do not end an upload at its start",
+  async (s) => {
+    await s.api("PUT", "/api/rooms/ticket/9", { json: { participants: [{ user_id: "3" }] } });
+    // In two pieces 100 ms apart: the timers run while it arrives.
+    const pieces = [
+      '--x\r\ncontent-disposition: form-data; name="file"; filename="patient.txt"\r\n\r\nx',
+      '\r\n--x\r\ncontent-disposition: form-data; name="body"\r\n\r\nlater\r\n--x--\r\n',
+    ];
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        const piece = pieces.shift();
+        if (piece === undefined) return controller.close();
+        if (pieces.length === 0) await new Promise((r) => setTimeout(r, 100));
+        controller.enqueue(new TextEncoder().encode(piece));
+      },
+    });
+    const res = await s.api("POST", "/api/rooms/ticket/9/attachments", {
+      body,
+      headers: { "content-type": "multipart/form-data; boundary=x" },
+      token: await s.token({ sub: "3", username: "three" }),
+    });
+    assertEquals(res.status, 201, JSON.stringify(res.body));
+  },
+  { UPLOAD_IDLE_SECONDS: "1500000", UPLOAD_TIMEOUT_SECONDS: "3000000" },
+);

@@ -601,6 +601,12 @@ function requireMultipart(req: Request): string {
 }
 
 /**
+ * A delay as timers take it: past 2^31 - 1 ms they fire at once, so a setting of weeks would end
+ * every upload at its start.
+ */
+const timerMs = (ms: number) => Math.min(ms, 2 ** 31 - 1);
+
+/**
  * Bytes an upload must bring within each two UPLOAD_IDLE_SECONDS: any real connection does (it
  * is 0.4 KB/s at the default 20 s), and one that drips a byte at a time is ended instead of
  * holding its share of UPLOAD_MEMORY_BYTES until UPLOAD_TIMEOUT_SECONDS.
@@ -686,17 +692,17 @@ async function readMultipart(
           stalled = true;
           controller.error(new RangeError("stalled"));
         };
-        timer = setTimeout(onIdle, 2 * idleMs);
-        quiet = setTimeout(onQuiet, idleMs);
+        timer = setTimeout(onIdle, timerMs(2 * idleMs));
+        quiet = setTimeout(onQuiet, timerMs(idleMs));
         // The whole body has an end too, however it flows.
         deadline = setTimeout(() => {
           overdue = true;
           controller.error(new RangeError("overdue"));
-        }, config.uploadTimeoutSeconds * 1000);
+        }, timerMs(config.uploadTimeoutSeconds * 1000));
       },
       transform(chunk, controller) {
         clearTimeout(quiet);
-        quiet = setTimeout(onQuiet, idleMs);
+        quiet = setTimeout(onQuiet, timerMs(idleMs));
         total += chunk.length;
         // Erroring here cancels the request body: nothing more is read.
         if (total > cap) return controller.error(new RangeError("over the cap"));
@@ -708,7 +714,7 @@ async function readMultipart(
         if (sinceProgress >= UPLOAD_PROGRESS_BYTES) {
           sinceProgress = 0;
           clearTimeout(timer);
-          timer = setTimeout(onIdle, 2 * idleMs);
+          timer = setTimeout(onIdle, timerMs(2 * idleMs));
         }
       },
       flush() {
