@@ -1358,3 +1358,57 @@ Deno.test("socketio: once a shutdown's drain is over, an event is dropped, not s
     assertEquals(stored.map((m) => m.body), ["before"]);
   });
 });
+
+/** Sends one masked client text frame of any length below 64 KiB on a raw connection. */
+async function sendFrame(conn: Deno.TcpConn, text: string): Promise<void> {
+  const payload = new TextEncoder().encode(text);
+  const mask = [7, 1, 2, 9];
+  const head = payload.length < 126
+    ? [0x81, 0x80 | payload.length]
+    : [0x81, 0x80 | 126, payload.length >> 8, payload.length & 0xff];
+  await conn.write(new Uint8Array([...head, ...mask, ...payload.map((b, i) => b ^ mask[i % 4])]));
+}
+
+Deno.test("socketio: a WebSocket session closed as a slow consumer still counts against its user's SOCKETS_PER_USER while its peer holds the connection unread", async () => {
+  await withChat(async (s, client) => {
+    const token = await s.token({ sub: "9", rooms: ["ticket:t-z"] });
+    const conn = await silentPeer(s.port, "/socket.io/?EIO=4&transport=websocket");
+    await sendFrame(conn, `40${JSON.stringify({ token })}`);
+    await sendFrame(conn, '42["join_ticket",{"ticketId":"t-z"}]');
+    const open = () => s.app.context.metrics.connections.get("socket.io") ?? 0;
+    await eventually(() => open() === 1, 3000, "the silent session");
+    const writer = await inTicket(s, client, "t-z");
+    await new Promise((r) => setTimeout(r, 200));
+    const message = "y".repeat(19_000);
+    for (let sent = 0; sent < 2000 && open() === 2; sent += 25) {
+      const echoes = Array.from({ length: 25 }, () => next(writer, "new_message"));
+      for (let i = 0; i < 25; i++) writer.emit("send_message", { ticketId: "t-z", message });
+      await Promise.all(echoes.map((e) => e.catch(() => {})));
+    }
+    await eventually(() => open() === 1, 5000, "the eviction");
+    // Closed, but its connection is held by the peer that never reads: still user 9's.
+    const second = client({ auth: { token }, transports: ["websocket"] });
+    const refused = await next<{ message: string }>(second, "authentication_error");
+    assertMatch(refused.message, /Too many connections for this user/);
+    second.disconnect();
+    conn.close();
+    await eventually(
+      async () => {
+        const third = client({ auth: { token }, transports: ["websocket"] });
+        const outcome = await Promise.race([
+          next(third, "authenticated").then(() => "in"),
+          next(third, "authentication_error").then(() => "out"),
+        ]).catch(() => "none");
+        third.disconnect();
+        return outcome === "in";
+      },
+      5000,
+      "the slot given back",
+    );
+  }, {
+    SOCKETS_PER_USER: "1",
+    SLOW_CONSUMER_BYTES: String(1024 * 1024),
+    RATE_LIMIT_PER_SECOND: "100000",
+    RATE_LIMIT_USER_PER_SECOND: "100000",
+  });
+});

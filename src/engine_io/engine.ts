@@ -154,6 +154,12 @@ export interface EngineSocket {
   sendPackets(packets: readonly Packet[]): void;
   /** Flushes what is queued, then closes the session. */
   close(): void;
+  /**
+   * Resolves once the session's WebSocket on this isolate (if any) has let its connection go, or
+   * `ms` after it is asked: a socket closed while its peer stopped reading holds its connection
+   * until the peer reads or goes, and a peer that never answers the close, for good.
+   */
+  gone(ms: number): Promise<void>;
 }
 
 /** Engine.IO error codes sent in 400 bodies. */
@@ -544,6 +550,17 @@ class Session implements EngineSocket {
         Math.min(pingInterval + pingTimeout, 30_000),
       );
     }
+  }
+
+  gone(ms: number): Promise<void> {
+    const frames = this.#ws?.frames;
+    if (!(frames instanceof LocalFrameSocket)) return Promise.resolve();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, ms);
+      Deno.unrefTimer(timer);
+    });
+    return Promise.race([frames.closed, late]).finally(() => clearTimeout(timer));
   }
 
   /** Ends the session at once for a server shutdown; a parked GET gets the close packet. */

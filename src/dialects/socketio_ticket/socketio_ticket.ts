@@ -843,7 +843,13 @@ export function createSocketIoTicketChat(
       unsigned.delete(socket);
       ctx.metrics.connection("socket.io", -1);
       ctx.limiter.forget(socket.id);
-      if (s.user) ctx.sockets.release(s.user.id);
+      if (s.user) {
+        const id = s.user.id;
+        // Still the user's while Deno holds the connection (a peer that stopped reading), up to
+        // a ping interval and timeout: as long as a silent polling session would have lasted.
+        const { socketIoPingIntervalMs: interval, socketIoPingTimeoutMs: timeout } = ctx.config;
+        socket.conn.gone(interval + timeout).then(() => ctx.sockets.release(id));
+      }
       for (const id of [...s.tickets]) leaveTicket(socket, id);
       for (const id of s.typingOutside ?? []) stopTypingIn(socket, id);
     });
