@@ -1044,30 +1044,35 @@ apiTest(
   { MAX_FILE_BYTES: "4096", UPLOAD_MEMORY_BYTES: "1", UPLOAD_IDLE_SECONDS: "1" },
 );
 
+/** A multipart upload of one file that brings a byte every 200 ms until `stop`. */
+function dripUpload() {
+  let dripping = true;
+  let next = '--x\r\ncontent-disposition: form-data; name="file"; filename="drip.txt"\r\n\r\n';
+  const body = new ReadableStream<Uint8Array>({
+    async pull(controller) {
+      if (!dripping) return controller.close();
+      await new Promise((r) => setTimeout(r, 200));
+      controller.enqueue(new TextEncoder().encode(next));
+      next = "a";
+    },
+  });
+  return { body, stop: () => dripping = false };
+}
+
 apiTest(
   "uploads: a user with UPLOADS_PER_USER under way is refused with 429; a body that drips past UPLOAD_TIMEOUT_SECONDS is ended with 408",
   async (s) => {
     await s.api("PUT", "/api/rooms/ticket/9", { json: { participants: [{ user_id: "3" }] } });
     const token = await s.token({ sub: "3", username: "three" });
-    const part = '--x\r\ncontent-disposition: form-data; name="file"; filename="drip.txt"\r\n\r\n';
     // A byte every 200 ms: never idle for UPLOAD_IDLE_SECONDS, never done either.
-    let dripping = true;
-    let next = part;
-    const drip = new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        if (!dripping) return controller.close();
-        await new Promise((r) => setTimeout(r, 200));
-        controller.enqueue(new TextEncoder().encode(next));
-        next = "a";
-      },
-    });
+    const { body: drip, stop } = dripUpload();
     const quick = (who?: string) => {
       const form = new FormData();
       form.append("file", new File(["x"], "quick.txt"));
       return s.api("POST", "/api/rooms/ticket/9/attachments", { body: form, token: who });
     };
     // Should the server wait for ever, the body ends after 15 s and the status shows it.
-    const guard = setTimeout(() => dripping = false, 15_000);
+    const guard = setTimeout(stop, 15_000);
     try {
       const started = Date.now();
       const slow = s.api("POST", "/api/rooms/ticket/9/attachments", {
@@ -1099,7 +1104,7 @@ apiTest(
       assert(Date.now() - started < 15_000);
     } finally {
       clearTimeout(guard);
-      dripping = false;
+      stop();
     }
     // Its turn given back: the user uploads again.
     assertEquals((await quick(token)).status, 201);
@@ -1117,23 +1122,13 @@ apiTest(
   async (s) => {
     await s.api("PUT", "/api/rooms/ticket/9", { json: { participants: [{ user_id: "3" }] } });
     const token = await s.token({ sub: "3", username: "three" });
-    const part = '--x\r\ncontent-disposition: form-data; name="file"; filename="drip.txt"\r\n\r\n';
-    let dripping = true;
-    let next = part;
-    const drip = new ReadableStream<Uint8Array>({
-      async pull(controller) {
-        if (!dripping) return controller.close();
-        await new Promise((r) => setTimeout(r, 200));
-        controller.enqueue(new TextEncoder().encode(next));
-        next = "a";
-      },
-    });
+    const { body: drip, stop } = dripUpload();
     const held = async () => {
       const text = await (await fetch(`${s.url}/metrics`)).text();
       return Number(/^chat_api_upload_bytes (\d+)$/m.exec(text)?.[1]);
     };
     // Should the server wait for ever, the body ends after 15 s and the status shows it.
-    const guard = setTimeout(() => dripping = false, 15_000);
+    const guard = setTimeout(stop, 15_000);
     try {
       const started = Date.now();
       const ended = await s.api("POST", "/api/rooms/ticket/9/attachments", {
@@ -1152,7 +1147,7 @@ apiTest(
       assertEquals(await held(), 0);
     } finally {
       clearTimeout(guard);
-      dripping = false;
+      stop();
     }
   },
   { MAX_FILE_BYTES: "4096", UPLOAD_IDLE_SECONDS: "1" },

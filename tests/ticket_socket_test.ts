@@ -28,6 +28,14 @@ async function ticketClient(server: TestServer, ticket: string | number, claims:
   return await TestClient.open(`${server.wsUrl}/ws/ticket/${ticket}/?token=${token}`);
 }
 
+/** Whether a socket of `token`'s user is let into the ticket (not closed within 300 ms). */
+async function admitted(server: TestServer, ticket: number, token: string): Promise<boolean> {
+  const ws = await TestClient.open(`${server.wsUrl}/ws/ticket/${ticket}/?token=${token}`);
+  const outcome = await Promise.race([ws.closed, delay(300).then(() => "open")]);
+  await ws.close();
+  return outcome === "open";
+}
+
 Deno.test("ticket socket: two users both receive a text message in the documented shape", async () => {
   await withServer(async (server) => {
     const a = await ticketClient(server, 1, {
@@ -612,16 +620,7 @@ Deno.test("ticket socket: a socket closed as a slow consumer still counts agains
     assertEquals((await within(another.closed, "the refusal", 3000)).code, 4029);
     // Once the peer lets go, so does the server, and the user may connect again.
     conn.close();
-    await eventually(
-      async () => {
-        const again = await TestClient.open(`${server.wsUrl}/ws/ticket/15/?token=${token}`);
-        const outcome = await Promise.race([again.closed, delay(300).then(() => "open")]);
-        await again.close();
-        return outcome === "open";
-      },
-      5000,
-      "the slot given back",
-    );
+    await eventually(() => admitted(server, 15, token), 5000, "the slot given back");
     await writer.close();
   }, {
     SOCKETS_PER_USER: "1",
@@ -642,16 +641,7 @@ Deno.test("ticket socket: a socket whose peer took the server's close frame and 
     const refused = await TestClient.open(`${server.wsUrl}/ws/ticket/16/?token=${token}`);
     assertEquals((await within(refused.closed, "the refusal", 3000)).code, 4029);
     // Two heartbeat periods (2 s here) after the close, the slot is the user's again.
-    await eventually(
-      async () => {
-        const again = await TestClient.open(`${server.wsUrl}/ws/ticket/16/?token=${token}`);
-        const outcome = await Promise.race([again.closed, delay(300).then(() => "open")]);
-        await again.close();
-        return outcome === "open";
-      },
-      6000,
-      "the slot given back",
-    );
+    await eventually(() => admitted(server, 16, token), 6000, "the slot given back");
     conn.close();
   }, { SOCKETS_PER_USER: "1", HEARTBEAT_SECONDS: "1", RATE_LIMIT_PER_SECOND: "5" });
 });
