@@ -1412,3 +1412,42 @@ Deno.test("socketio: a WebSocket session closed as a slow consumer still counts 
     RATE_LIMIT_USER_PER_SECOND: "100000",
   });
 });
+
+Deno.test("socketio: a session that ends while its WebSocket upgrade is being probed keeps its user's slot until that connection goes", async () => {
+  await withChat(async (s, client) => {
+    const token = await s.token({ sub: "9", rooms: ["ticket:t-p"] });
+    const base = `${s.url}/socket.io/?EIO=4&transport=polling`;
+    const sid = JSON.parse((await (await fetch(base)).text()).slice(1)).sid as string;
+    const post = async (body: string) => {
+      const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body });
+      await res.body?.cancel();
+      assertEquals(res.status, 200);
+    };
+    await post(`40${JSON.stringify({ token })}`);
+    await (await fetch(`${base}&sid=${sid}`)).text();
+    // The upgrade is probed by a peer that then goes silent.
+    const conn = await silentPeer(s.port, `/socket.io/?EIO=4&transport=websocket&sid=${sid}`);
+    await sendFrame(conn, "2probe");
+    await new Promise((r) => setTimeout(r, 200));
+    // The client closes the session over polling: the probing WebSocket is closed unanswered.
+    await post("1");
+    const second = client({ auth: { token }, transports: ["websocket"] });
+    const refused = await next<{ message: string }>(second, "authentication_error");
+    assertMatch(refused.message, /Too many connections for this user/);
+    second.disconnect();
+    conn.close();
+    await eventually(
+      async () => {
+        const third = client({ auth: { token }, transports: ["websocket"] });
+        const outcome = await Promise.race([
+          next(third, "authenticated").then(() => "in"),
+          next(third, "authentication_error").then(() => "out"),
+        ]).catch(() => "none");
+        third.disconnect();
+        return outcome === "in";
+      },
+      5000,
+      "the slot given back",
+    );
+  }, { SOCKETS_PER_USER: "1" });
+});

@@ -233,6 +233,9 @@ interface PostBudget {
  */
 export const FREE_POST_BYTES = 16 * 1024;
 
+/** The longest delay a timer takes: past it, it fires at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 const OK: Reply = { status: 200, body: "ok", contentType: "text/html" };
 const PING: Packet = { type: "ping" };
 const CLOSE: Packet = { type: "close" };
@@ -440,6 +443,8 @@ class Session implements EngineSocket {
   #state: "open" | "closing" | "closed" = "open";
   #ws: WebSocketTransport | null = null;
   #candidate: WebSocketTransport | null = null;
+  /** The upgrade candidate the session's close closed, whose connection `gone` waits for. */
+  #closedCandidate: WebSocketTransport | null = null;
   #probed = false;
   #maxPayload: number;
   /** Largest polling POST past `maxPollingPayload`: what the application set as `maxPayload`. */
@@ -553,14 +558,18 @@ class Session implements EngineSocket {
   }
 
   gone(ms: number): Promise<void> {
-    const frames = this.#ws?.frames;
-    if (!(frames instanceof LocalFrameSocket)) return Promise.resolve();
+    // The session's WebSocket, and one that was being probed for an upgrade when it closed.
+    const held = [this.#ws, this.#closedCandidate]
+      .map((t) => t?.frames)
+      .filter((f): f is LocalFrameSocket => f instanceof LocalFrameSocket);
+    if (held.length === 0) return Promise.resolve();
     let timer: ReturnType<typeof setTimeout> | undefined;
     const late = new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, ms);
+      timer = setTimeout(resolve, Math.min(ms, MAX_TIMER_MS));
       Deno.unrefTimer(timer);
     });
-    return Promise.race([frames.closed, late]).finally(() => clearTimeout(timer));
+    return Promise.race([Promise.all(held.map((f) => f.closed)), late])
+      .then(() => {}).finally(() => clearTimeout(timer));
   }
 
   /** Ends the session at once for a server shutdown; a parked GET gets the close packet. */
@@ -780,6 +789,7 @@ class Session implements EngineSocket {
     this.#answerPoll([pollPacket]);
     this.#ws?.close();
     this.#candidate?.close();
+    this.#closedCandidate = this.#candidate;
     this.#candidate = null;
     this.#host.forget(this.id);
     try {

@@ -58,7 +58,8 @@ export interface SocketOptions {
  * user, ms: two heartbeat periods (a minute without a heartbeat).
  */
 export function goneAfterMs(idleTimeoutSeconds: number): number {
-  return (idleTimeoutSeconds > 0 ? 2 * idleTimeoutSeconds : 60) * 1000;
+  // Within what a timer takes: past 2^31 - 1 ms it fires at once.
+  return Math.min((idleTimeoutSeconds > 0 ? 2 * idleTimeoutSeconds : 60) * 1000, 2 ** 31 - 1);
 }
 
 /** How a frame's slow part ended: its value, or what it threw. */
