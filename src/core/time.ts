@@ -9,3 +9,8 @@ export function isoSeconds(iso: string): string {
 export function isoNaive(iso: string): string {
   return iso.slice(0, 19);
 }
+
+/** A delay as a timer takes it: past 2^31 - 1 ms a timer fires at once, so longer ones are cut. */
+export function timerDelay(ms: number): number {
+  return Math.min(ms, 2 ** 31 - 1);
+}

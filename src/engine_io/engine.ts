@@ -5,6 +5,7 @@
  * @module
  */
 
+import { timerDelay } from "../core/time.ts";
 import { QuietClose } from "../transport/close_when_quiet.ts";
 import {
   decodePacket,
@@ -232,9 +233,6 @@ interface PostBudget {
  * `authenticate` always fits, so POSTs that stall holding the whole budget lock nobody out.
  */
 export const FREE_POST_BYTES = 16 * 1024;
-
-/** The longest delay a timer takes: past it, it fires at once. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 const OK: Reply = { status: 200, body: "ok", contentType: "text/html" };
 const PING: Packet = { type: "ping" };
@@ -565,7 +563,7 @@ class Session implements EngineSocket {
     if (held.length === 0) return Promise.resolve();
     let timer: ReturnType<typeof setTimeout> | undefined;
     const late = new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, Math.min(ms, MAX_TIMER_MS));
+      timer = setTimeout(resolve, timerDelay(ms));
       Deno.unrefTimer(timer);
     });
     return Promise.race([Promise.all(held.map((f) => f.closed)), late])

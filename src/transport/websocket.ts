@@ -3,6 +3,7 @@
 import type { RateVerdict } from "../core/rate_limiter.ts";
 import { ChatError, frameTooLarge } from "../core/errors.ts";
 import type { Metrics } from "../core/metrics.ts";
+import { timerDelay } from "../core/time.ts";
 import type { FrameBudget, FrameHolder } from "./frame_budget.ts";
 import { QuietClose } from "./close_when_quiet.ts";
 import { fixHeartbeat } from "./deno_heartbeat.ts";
@@ -58,8 +59,7 @@ export interface SocketOptions {
  * user, ms: two heartbeat periods (a minute without a heartbeat).
  */
 export function goneAfterMs(idleTimeoutSeconds: number): number {
-  // Within what a timer takes: past 2^31 - 1 ms it fires at once.
-  return Math.min((idleTimeoutSeconds > 0 ? 2 * idleTimeoutSeconds : 60) * 1000, 2 ** 31 - 1);
+  return timerDelay((idleTimeoutSeconds > 0 ? 2 * idleTimeoutSeconds : 60) * 1000);
 }
 
 /** How a frame's slow part ended: its value, or what it threw. */

@@ -12,6 +12,7 @@ import type { Config } from "../../config.ts";
 import type { ChatService } from "../../core/chat_service.ts";
 import type { Directory } from "../../core/directory.ts";
 import type { RateLimiter } from "../../core/rate_limiter.ts";
+import { timerDelay } from "../../core/time.ts";
 import type { Principal, RoomEvent } from "../../core/types.ts";
 import { ApiErrorBody } from "./schemas.ts";
 
@@ -601,12 +602,6 @@ function requireMultipart(req: Request): string {
 }
 
 /**
- * A delay as timers take it: past 2^31 - 1 ms they fire at once, so a setting of weeks would end
- * every upload at its start.
- */
-const timerMs = (ms: number) => Math.min(ms, 2 ** 31 - 1);
-
-/**
  * Bytes an upload must bring within each two UPLOAD_IDLE_SECONDS: any real connection does (it
  * is 0.4 KB/s at the default 20 s), and one that drips a byte at a time is ended instead of
  * holding its share of UPLOAD_MEMORY_BYTES until UPLOAD_TIMEOUT_SECONDS.
@@ -692,17 +687,17 @@ async function readMultipart(
           stalled = true;
           controller.error(new RangeError("stalled"));
         };
-        timer = setTimeout(onIdle, timerMs(2 * idleMs));
-        quiet = setTimeout(onQuiet, timerMs(idleMs));
+        timer = setTimeout(onIdle, timerDelay(2 * idleMs));
+        quiet = setTimeout(onQuiet, timerDelay(idleMs));
         // The whole body has an end too, however it flows.
         deadline = setTimeout(() => {
           overdue = true;
           controller.error(new RangeError("overdue"));
-        }, timerMs(config.uploadTimeoutSeconds * 1000));
+        }, timerDelay(config.uploadTimeoutSeconds * 1000));
       },
       transform(chunk, controller) {
         clearTimeout(quiet);
-        quiet = setTimeout(onQuiet, timerMs(idleMs));
+        quiet = setTimeout(onQuiet, timerDelay(idleMs));
         total += chunk.length;
         // Erroring here cancels the request body: nothing more is read.
         if (total > cap) return controller.error(new RangeError("over the cap"));
@@ -714,7 +709,7 @@ async function readMultipart(
         if (sinceProgress >= UPLOAD_PROGRESS_BYTES) {
           sinceProgress = 0;
           clearTimeout(timer);
-          timer = setTimeout(onIdle, timerMs(2 * idleMs));
+          timer = setTimeout(onIdle, timerDelay(2 * idleMs));
         }
       },
       flush() {
