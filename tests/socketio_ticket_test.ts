@@ -1359,6 +1359,19 @@ Deno.test("socketio: once a shutdown's drain is over, an event is dropped, not s
   });
 });
 
+/** How a WebSocket client of `token` fares: "in", or the `authentication_error` it is told. */
+async function signIn(client: (o?: object) => ClientSocket, token: string): Promise<string> {
+  const socket = client({ auth: { token }, transports: ["websocket"] });
+  try {
+    return await Promise.race([
+      next(socket, "authenticated").then(() => "in"),
+      next<{ message: string }>(socket, "authentication_error").then((e) => e.message),
+    ]);
+  } finally {
+    socket.disconnect();
+  }
+}
+
 /** Sends one masked client text frame of any length below 64 KiB on a raw connection. */
 async function sendFrame(conn: Deno.TcpConn, text: string): Promise<void> {
   const payload = new TextEncoder().encode(text);
@@ -1387,24 +1400,9 @@ Deno.test("socketio: a WebSocket session closed as a slow consumer still counts 
     }
     await eventually(() => open() === 1, 5000, "the eviction");
     // Closed, but its connection is held by the peer that never reads: still user 9's.
-    const second = client({ auth: { token }, transports: ["websocket"] });
-    const refused = await next<{ message: string }>(second, "authentication_error");
-    assertMatch(refused.message, /Too many connections for this user/);
-    second.disconnect();
+    assertEquals(await signIn(client, token), "Too many connections for this user");
     conn.close();
-    await eventually(
-      async () => {
-        const third = client({ auth: { token }, transports: ["websocket"] });
-        const outcome = await Promise.race([
-          next(third, "authenticated").then(() => "in"),
-          next(third, "authentication_error").then(() => "out"),
-        ]).catch(() => "none");
-        third.disconnect();
-        return outcome === "in";
-      },
-      5000,
-      "the slot given back",
-    );
+    await eventually(async () => await signIn(client, token) === "in", 5000, "the slot back");
   }, {
     SOCKETS_PER_USER: "1",
     SLOW_CONSUMER_BYTES: String(1024 * 1024),
@@ -1431,23 +1429,8 @@ Deno.test("socketio: a session that ends while its WebSocket upgrade is being pr
     await new Promise((r) => setTimeout(r, 200));
     // The client closes the session over polling: the probing WebSocket is closed unanswered.
     await post("1");
-    const second = client({ auth: { token }, transports: ["websocket"] });
-    const refused = await next<{ message: string }>(second, "authentication_error");
-    assertMatch(refused.message, /Too many connections for this user/);
-    second.disconnect();
+    assertEquals(await signIn(client, token), "Too many connections for this user");
     conn.close();
-    await eventually(
-      async () => {
-        const third = client({ auth: { token }, transports: ["websocket"] });
-        const outcome = await Promise.race([
-          next(third, "authenticated").then(() => "in"),
-          next(third, "authentication_error").then(() => "out"),
-        ]).catch(() => "none");
-        third.disconnect();
-        return outcome === "in";
-      },
-      5000,
-      "the slot given back",
-    );
+    await eventually(async () => await signIn(client, token) === "in", 5000, "the slot back");
   }, { SOCKETS_PER_USER: "1" });
 });
