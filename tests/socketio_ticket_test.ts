@@ -1411,26 +1411,33 @@ Deno.test("socketio: a WebSocket session closed as a slow consumer still counts 
   });
 });
 
-Deno.test("socketio: a session that ends while its WebSocket upgrade is being probed keeps its user's slot until that connection goes", async () => {
-  await withChat(async (s, client) => {
-    const token = await s.token({ sub: "9", rooms: ["ticket:t-p"] });
-    const base = `${s.url}/socket.io/?EIO=4&transport=polling`;
-    const sid = JSON.parse((await (await fetch(base)).text()).slice(1)).sid as string;
-    const post = async (body: string) => {
-      const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body });
-      await res.body?.cancel();
-      assertEquals(res.status, 200);
-    };
-    await post(`40${JSON.stringify({ token })}`);
-    await (await fetch(`${base}&sid=${sid}`)).text();
-    // The upgrade is probed by a peer that then goes silent.
-    const conn = await silentPeer(s.port, `/socket.io/?EIO=4&transport=websocket&sid=${sid}`);
-    await sendFrame(conn, "2probe");
-    await new Promise((r) => setTimeout(r, 200));
-    // The client closes the session over polling: the probing WebSocket is closed unanswered.
-    await post("1");
-    assertEquals(await signIn(client, token), "Too many connections for this user");
-    conn.close();
-    await eventually(async () => await signIn(client, token) === "in", 5000, "the slot back");
-  }, { SOCKETS_PER_USER: "1" });
-});
+for (
+  const [ending, body] of [
+    ["the client closes it", "1"],
+    ["a packet it cannot parse", "49"],
+    ["its namespace is left", "41"],
+  ]
+) {
+  Deno.test(`socketio: a session that ends (${ending}) while its WebSocket upgrade is being probed keeps its user's slot until that connection goes`, async () => {
+    await withChat(async (s, client) => {
+      const token = await s.token({ sub: "9", rooms: ["ticket:t-p"] });
+      const base = `${s.url}/socket.io/?EIO=4&transport=polling`;
+      const sid = JSON.parse((await (await fetch(base)).text()).slice(1)).sid as string;
+      const post = async (text: string) => {
+        const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body: text });
+        await res.body?.cancel();
+      };
+      await post(`40${JSON.stringify({ token })}`);
+      await (await fetch(`${base}&sid=${sid}`)).text();
+      // The upgrade is probed by a peer that then goes silent.
+      const conn = await silentPeer(s.port, `/socket.io/?EIO=4&transport=websocket&sid=${sid}`);
+      await sendFrame(conn, "2probe");
+      await new Promise((r) => setTimeout(r, 200));
+      await post(body);
+      await new Promise((r) => setTimeout(r, 200));
+      assertEquals(await signIn(client, token), "Too many connections for this user");
+      conn.close();
+      await eventually(async () => await signIn(client, token) === "in", 5000, "the slot back");
+    }, { SOCKETS_PER_USER: "1" });
+  });
+}

@@ -443,6 +443,8 @@ class Session implements EngineSocket {
   #candidate: WebSocketTransport | null = null;
   /** The upgrade candidate the session's close closed, whose connection `gone` waits for. */
   #closedCandidate: WebSocketTransport | null = null;
+  /** Resolved once the session has closed. */
+  #ended = Promise.withResolvers<void>();
   #probed = false;
   #maxPayload: number;
   /** Largest polling POST past `maxPollingPayload`: what the application set as `maxPayload`. */
@@ -556,18 +558,21 @@ class Session implements EngineSocket {
   }
 
   gone(ms: number): Promise<void> {
-    // The session's WebSocket, and one that was being probed for an upgrade when it closed.
-    const held = [this.#ws, this.#closedCandidate]
-      .map((t) => t?.frames)
-      .filter((f): f is LocalFrameSocket => f instanceof LocalFrameSocket);
-    if (held.length === 0) return Promise.resolve();
     let timer: ReturnType<typeof setTimeout> | undefined;
     const late = new Promise<void>((resolve) => {
       timer = setTimeout(resolve, timerDelay(ms));
       Deno.unrefTimer(timer);
     });
-    return Promise.race([Promise.all(held.map((f) => f.closed)), late])
-      .then(() => {}).finally(() => clearTimeout(timer));
+    // The session first (the layer above may let go of it before it closes, and a probe may
+    // still complete an upgrade), then its WebSocket and the one being probed when it closed.
+    const held = async () => {
+      await this.#ended.promise;
+      const frames = [this.#ws, this.#closedCandidate]
+        .map((t) => t?.frames)
+        .filter((f): f is LocalFrameSocket => f instanceof LocalFrameSocket);
+      await Promise.all(frames.map((f) => f.closed));
+    };
+    return Promise.race([held(), late]).finally(() => clearTimeout(timer));
   }
 
   /** Ends the session at once for a server shutdown; a parked GET gets the close packet. */
@@ -789,6 +794,7 @@ class Session implements EngineSocket {
     this.#candidate?.close();
     this.#closedCandidate = this.#candidate;
     this.#candidate = null;
+    this.#ended.resolve();
     this.#host.forget(this.id);
     try {
       this.onclose?.(reason, description);
