@@ -71,6 +71,13 @@ function taking(): { owned: FrameSocket[]; owner: Partial<RelayOwner> } {
   };
 }
 
+/** The close code `socket` is closed with, once it is (`code` null until then). */
+function closeOf(socket: FrameSocket): { code: number | null } {
+  const seen: { code: number | null } = { code: null };
+  socket.onclose = (code) => seen.code = code;
+  return seen;
+}
+
 /** Opens a bridge from the requester to the owner; returns the requester's end. */
 async function bridge(p: Pair, owned: FrameSocket[]): Promise<FrameSocket> {
   const end = await p.requester.openWebSocket(p.sid);
@@ -83,10 +90,8 @@ Deno.test("relay bridge: one that gives up ends the other side too, though the f
   const { owned, owner } = taking();
   await withPair(owner, async (p) => {
     const end = await bridge(p, owned);
-    let endClosed: number | null = null;
-    end.onclose = (code) => endClosed = code;
-    let ownerClosed: number | null = null;
-    owned[0].onclose = (code) => ownerClosed = code;
+    const endClosed = closeOf(end);
+    const ownerClosed = closeOf(owned[0]);
     // The requester's isolate lags: frame 1 to it and every confirmation from it are lost.
     intercept((m, send) => {
       if (m.k === "frame" && m.to === p.requester.nodeId && m.n === 1) return;
@@ -95,11 +100,11 @@ Deno.test("relay bridge: one that gives up ends the other side too, though the f
     });
     owned[0].send("one");
     owned[0].send("two");
-    await eventually(() => ownerClosed !== null, 5000, "the owner's side giving up");
-    strictEqual(ownerClosed, 1011);
+    await eventually(() => ownerClosed.code !== null, 5000, "the owner's side giving up");
+    strictEqual(ownerClosed.code, 1011);
     BroadcastChannel.prototype.postMessage = realPost;
-    await eventually(() => endClosed !== null, 3000, "the requester's side to close");
-    strictEqual(endClosed, 1011);
+    await eventually(() => endClosed.code !== null, 3000, "the requester's side to close");
+    strictEqual(endClosed.code, 1011);
   }, { giveUpMs: 600 });
 });
 
@@ -108,9 +113,8 @@ Deno.test("relay bridge: a closing owner's last frame and close reach the reques
   await withPair(owner, async (p) => {
     const end = await bridge(p, owned);
     const got: unknown[] = [];
-    let endClosed: number | null = null;
     end.onmessage = (d) => got.push(d);
-    end.onclose = (code) => endClosed = code;
+    const endClosed = closeOf(end);
     let dropped = false;
     intercept((m, send) => {
       if (!dropped && m.k === "frame" && m.to === p.requester.nodeId) {
@@ -124,8 +128,8 @@ Deno.test("relay bridge: a closing owner's last frame and close reach the reques
     owned[0].close(4000, "done");
     await p.owner.close();
     BroadcastChannel.prototype.postMessage = realPost;
-    await eventually(() => endClosed !== null, 3000, "the requester's side to close");
-    strictEqual(endClosed, 4000);
+    await eventually(() => endClosed.code !== null, 3000, "the requester's side to close");
+    strictEqual(endClosed.code, 4000);
     strictEqual(got.join(), "bye");
   });
 });
@@ -250,10 +254,8 @@ Deno.test("relay bridge: a give-up whose first abort is lost still ends the quie
   const { owned, owner } = taking();
   await withPair(owner, async (p) => {
     const end = await bridge(p, owned);
-    let endClosed: number | null = null;
-    end.onclose = (code) => endClosed = code;
-    let ownerClosed: number | null = null;
-    owned[0].onclose = (code) => ownerClosed = code;
+    const endClosed = closeOf(end);
+    const ownerClosed = closeOf(owned[0]);
     // The requester's isolate lags: the frame to it, its confirmations and the abort are lost.
     intercept((m, send) => {
       if (m.to === p.requester.nodeId && (m.k === "frame" || m.k === "abort")) return;
@@ -261,11 +263,11 @@ Deno.test("relay bridge: a give-up whose first abort is lost still ends the quie
       send();
     });
     owned[0].send("one");
-    await eventually(() => ownerClosed !== null, 5000, "the owner's side giving up");
+    await eventually(() => ownerClosed.code !== null, 5000, "the owner's side giving up");
     BroadcastChannel.prototype.postMessage = realPost;
     // The channel works again; the requester's client is idle, and sends nothing to answer.
-    await eventually(() => endClosed !== null, 3000, "the requester's side to close");
-    strictEqual(endClosed, 1011);
+    await eventually(() => endClosed.code !== null, 3000, "the requester's side to close");
+    strictEqual(endClosed.code, 1011);
   }, { giveUpMs: 600 });
 });
 
@@ -273,8 +275,7 @@ Deno.test("relay bridge: both isolates shutting down together confirm each other
   const { owned, owner } = taking();
   await withPair(owner, async (p) => {
     const end = await bridge(p, owned);
-    let endClosed: number | null = null;
-    end.onclose = (code) => endClosed = code;
+    const endClosed = closeOf(end);
     // EngineServer.close() on every isolate (SIGTERM to deno serve --parallel): the owner's
     // session closes its transport, then both relays close.
     owned[0].close(1001, "server shutting down");
@@ -283,7 +284,7 @@ Deno.test("relay bridge: both isolates shutting down together confirm each other
     // Well before the second a closing relay waits at most for its closes to be confirmed.
     await eventually(() => settled, 800, "both relays to close");
     await closing;
-    strictEqual(endClosed, 1001);
+    strictEqual(endClosed.code, 1001);
   });
 });
 

@@ -13,6 +13,41 @@ export type RateVerdict = "ok" | "limited" | "close";
  */
 export const TYPING_REPEAT_MS = 1000;
 
+/**
+ * When a socket's typing starts were last taken, per key (a room), so that a start repeated
+ * within {@link TYPING_REPEAT_MS} is dropped; a stop that went through forgets its key.
+ */
+export class TypingStarts {
+  #at = new Map<string, number>();
+  #max: number;
+
+  /** Remembers up to `max` keys (past it, it starts over). */
+  constructor(max = 100) {
+    this.#max = max;
+  }
+
+  /** True while a start for `key` was taken and not stopped since. */
+  typing(key: string): boolean {
+    return this.#at.has(key);
+  }
+
+  /** True when a start for `key` now repeats one taken within {@link TYPING_REPEAT_MS}. */
+  repeats(key: string, now: number): boolean {
+    return now - (this.#at.get(key) ?? -Infinity) < TYPING_REPEAT_MS;
+  }
+
+  /** Notes a start for `key` taken at `now`. */
+  started(key: string, now: number): void {
+    if (!this.#at.has(key) && this.#at.size >= this.#max) this.#at.clear();
+    this.#at.set(key, now);
+  }
+
+  /** Forgets `key`: its stop went through. */
+  stopped(key: string): void {
+    this.#at.delete(key);
+  }
+}
+
 /** Limits: frames per second (sustained) for one connection and for all of a user's here. */
 export interface RateLimits {
   /** Sustained frames per second per connection; bursts up to twice that. */

@@ -1,5 +1,5 @@
 import { assert, assertEquals } from "../../tests/assert.ts";
-import { RateLimiter } from "./rate_limiter.ts";
+import { RateLimiter, TypingStarts } from "./rate_limiter.ts";
 
 Deno.test("RateLimiter allows a burst, refuses a flood, then says close", () => {
   let now = 0;
@@ -39,4 +39,22 @@ Deno.test("RateLimiter forgets buckets that refilled, so keys never closed do no
   assertEquals(flood[20], "close");
   for (let i = 0; i < 30_000; i++) limiter.take(`v${i}`, `api:v${i}`);
   assertEquals(limiter.take("f", "flood"), "close");
+});
+
+Deno.test("TypingStarts: a start within TYPING_REPEAT_MS of the last one taken repeats it; a stop forgets it", () => {
+  const starts = new TypingStarts(2);
+  assertEquals([starts.typing("a"), starts.repeats("a", 0)], [false, false]);
+  starts.started("a", 0);
+  assertEquals([starts.typing("a"), starts.repeats("a", 999), starts.repeats("a", 1000)], [
+    true,
+    true,
+    false,
+  ]);
+  starts.stopped("a");
+  assertEquals([starts.typing("a"), starts.repeats("a", 10)], [false, false]);
+  // Past its bound it starts over.
+  starts.started("a", 0);
+  starts.started("b", 0);
+  starts.started("c", 0);
+  assertEquals([starts.typing("a"), starts.typing("b"), starts.typing("c")], [false, false, true]);
 });

@@ -3,7 +3,7 @@
 import { findToken } from "../auth/token.ts";
 import { asChatError, ChatError, rateLimited } from "../core/errors.ts";
 import type { QueuedSend } from "../core/chat_service.ts";
-import { type RateVerdict, TYPING_REPEAT_MS } from "../core/rate_limiter.ts";
+import { type RateVerdict, TypingStarts } from "../core/rate_limiter.ts";
 import type { AppendResult, Principal, RoomEvent } from "../core/types.ts";
 import type { DirectSocket, Member } from "../hub/hub.ts";
 import { CLOSE, Connection, type SocketHandler } from "../transport/websocket.ts";
@@ -202,9 +202,8 @@ class RoomSocket implements SocketHandler {
   #errorOwed = false;
   /** Counted among the user's sockets (see `open`). */
   #counted = false;
-  /** Whether the last typing frame taken was a start, and when it was taken (see `admit`). */
-  #typing = false;
-  #typingAt = -Infinity;
+  /** The socket's one typing state: whether its last typing frame taken was a start, and when. */
+  #typing = new TypingStarts(1);
 
   constructor(
     ctx: DialectContext,
@@ -291,7 +290,7 @@ class RoomSocket implements SocketHandler {
   /**
    * Counts a frame against the rate limits as it arrives (see `SocketHandler.admit`), typing
    * frames apart: the documents send one on every keystroke, and a held key repeats faster than
-   * the limit. A start repeated within {@link TYPING_REPEAT_MS} is dropped without a token; a
+   * the limit. A start repeated within `TYPING_REPEAT_MS` is dropped without a token; a
    * stop after a start that was taken always goes (the others would see the user typing until
    * the typing timeout). A typing frame refused is dropped without an error (`message`).
    */
@@ -300,21 +299,18 @@ class RoomSocket implements SocketHandler {
     if (!session) return "ok";
     const limiter = this.#ctx.limiter;
     const typing = this.#typingOf(text);
-    if (typing === undefined || (!typing && !this.#typing)) {
+    if (typing === undefined || (!typing && !this.#typing.typing(""))) {
       return limiter.take(session.user.id, session.connId);
     }
-    const now = performance.now();
     if (!typing) {
-      this.#typing = false;
+      this.#typing.stopped("");
       limiter.take(session.user.id, session.connId, false);
       return "ok";
     }
-    if (this.#typing && now - this.#typingAt < TYPING_REPEAT_MS) return "limited";
+    const now = performance.now();
+    if (this.#typing.repeats("", now)) return "limited";
     const verdict = limiter.take(session.user.id, session.connId);
-    if (verdict === "ok") {
-      this.#typing = true;
-      this.#typingAt = now;
-    }
+    if (verdict === "ok") this.#typing.started("", now);
     return verdict;
   }
 

@@ -7,7 +7,7 @@ import type { FrameBudget } from "../transport/frame_budget.ts";
 import type { LocalMediaStore } from "../media/local_media_store.ts";
 import type { WsRoute } from "../dialects/context.ts";
 import { mountMedia } from "./media_routes.ts";
-import { renderIsolateMemory, renderProcessMetrics } from "./process_metrics.ts";
+import { renderFamily, renderIsolateMemory, renderProcessMetrics } from "./process_metrics.ts";
 
 /** What the HTTP layer needs. */
 export interface HttpDeps {
@@ -44,10 +44,9 @@ export function ownMetrics(deps: HttpDeps): string {
 
 /** Renders the counters in Prometheus text format. */
 export function renderMetrics(metrics: Metrics, hub: Hub, frames?: FrameBudget): string {
-  const lines: string[] = [];
+  let text = "";
   const metric = (name: string, type: string, help: string, samples: [string, number][]) => {
-    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
-    for (const [labels, value] of samples) lines.push(`${name}${labels} ${value}`);
+    text += renderFamily(name, type, help, samples);
   };
   metric(
     "chat_connections",
@@ -132,7 +131,7 @@ export function renderMetrics(metrics: Metrics, hub: Hub, frames?: FrameBudget):
       [["", frames.reclaimed]],
     );
   }
-  return lines.join("\n") + "\n";
+  return text;
 }
 
 /** Builds the Hono app for everything that is not a socket. */

@@ -66,9 +66,21 @@ function maxFds(source: ProcSource): number | undefined {
   return line && line[1] !== "unlimited" ? Number(line[1]) : undefined;
 }
 
-/** Prometheus text of one gauge or counter with a single unlabelled sample. */
+/** Prometheus text of one metric family: its HELP and TYPE, then each sample (labels, value). */
+export function renderFamily(
+  name: string,
+  type: string,
+  help: string,
+  samples: [string, number][],
+): string {
+  let text = `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n`;
+  for (const [labels, value] of samples) text += `${name}${labels} ${value}\n`;
+  return text;
+}
+
+/** One family with a single unlabelled sample. */
 const family = (name: string, type: string, help: string, value: number): string =>
-  `# HELP ${name} ${help}\n# TYPE ${name} ${type}\n${name} ${value}\n`;
+  renderFamily(name, type, help, [["", value]]);
 
 /**
  * The whole process's series (memory, CPU, descriptors, start): once per scrape, after the

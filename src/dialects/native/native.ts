@@ -7,7 +7,7 @@ import { normalizeUserId } from "../../auth/principal.ts";
 import { findToken } from "../../auth/token.ts";
 import { MAX_BODY_CHARS, MAX_FILES_PER_MESSAGE } from "../../core/chat_service.ts";
 import { asChatError, ChatError, rateLimited } from "../../core/errors.ts";
-import { type RateVerdict, TokenBuckets, TYPING_REPEAT_MS } from "../../core/rate_limiter.ts";
+import { type RateVerdict, TokenBuckets, TypingStarts } from "../../core/rate_limiter.ts";
 import { canonicalId, parseRoomKey } from "../../core/rooms.ts";
 import type { AppendResult, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import type { DirectSocket, Member } from "../../hub/hub.ts";
@@ -320,7 +320,7 @@ class NativeSession implements SocketHandler {
   #ctx: DialectContext;
   #connId = crypto.randomUUID();
   /** When a typing start was last taken, per room (see `admit`). */
-  #typingAt = new Map<string, number>();
+  #typingAt = new TypingStarts(MAX_ROOMS_PER_SOCKET);
   /** A send refused for the rate limit, until it comes again (see `#keepSendOrder`). */
   #heldSend?: { clientId: string; until: number };
   #rooms = new Map<string, NativeMember>();
@@ -749,21 +749,16 @@ class NativeSession implements SocketHandler {
 
   /**
    * Counts a frame against the rate limits as it arrives (see `SocketHandler.admit`). A typing
-   * start for a room repeated within {@link TYPING_REPEAT_MS} of the last one taken (one per
+   * start for a room repeated within `TYPING_REPEAT_MS` of the last one taken (one per
    * keystroke, a held key) is refused without taking a token a message needs, and typing refused
    * is dropped without an error (see `message`).
    */
   admit(_conn: Connection, text: string): RateVerdict {
     const room = typingStartRoom(text);
     const now = performance.now();
-    if (room !== undefined && now - (this.#typingAt.get(room) ?? -Infinity) < TYPING_REPEAT_MS) {
-      return "limited";
-    }
+    if (room !== undefined && this.#typingAt.repeats(room, now)) return "limited";
     const verdict = this.#ctx.limiter.take(this.user.id, this.#connId);
-    if (room !== undefined && verdict === "ok") {
-      if (this.#typingAt.size >= MAX_ROOMS_PER_SOCKET) this.#typingAt.clear();
-      this.#typingAt.set(room, now);
-    }
+    if (room !== undefined && verdict === "ok") this.#typingAt.started(room, now);
     return verdict;
   }
 
@@ -784,7 +779,7 @@ class NativeSession implements SocketHandler {
       ref = record.ref;
       if (record.type === "send") this.#keepSendOrder(record, verdict);
       if (record.type === "typing" && record.is_typing === false) {
-        this.#typingAt.delete(String(record.room));
+        this.#typingAt.stopped(String(record.room));
       }
       if (verdict === "limited") {
         // Typing says nothing a later frame does not say again.
