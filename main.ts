@@ -480,7 +480,11 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       if (matched) {
         if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
           return Promise.resolve(
-            new Response("This endpoint speaks WebSocket", { status: 426 }),
+            // RFC 9110 asks a 426 to name the protocol to switch to.
+            new Response("This endpoint speaks WebSocket", {
+              status: 426,
+              headers: { upgrade: "websocket", connection: "Upgrade" },
+            }),
           );
         }
         if (!originAllowed(req)) {

@@ -415,11 +415,13 @@ Deno.test("ticket socket: a flood of malformed frames is closed with 4029 too", 
   }, { RATE_LIMIT_PER_SECOND: "5" });
 });
 
-Deno.test("ticket socket: a plain GET to a socket URL is told to upgrade", async () => {
+Deno.test("ticket socket: a plain GET to a socket URL is told to upgrade, and to what", async () => {
   await withServer(async (server) => {
-    const res = await fetch(`${server.url}/ws/ticket/1/`);
-    assertEquals(res.status, 426);
-    await res.body?.cancel();
+    for (const path of ["/ws/ticket/1/", "/ws", "/ws/chat/1/"]) {
+      const res = await fetch(`${server.url}${path}`);
+      assertEquals([res.status, res.headers.get("upgrade")], [426, "websocket"], path);
+      await res.body?.cancel();
+    }
   });
 });
 
