@@ -268,6 +268,30 @@ Deno.test("ticket socket: hostile filenames stay inside the media directory", as
   });
 });
 
+Deno.test("ticket socket: a filename with a lone surrogate is stored well formed; the room's history stays readable", async () => {
+  await withServer(async (server) => {
+    const a = await ticketClient(server, 6, { sub: 1 });
+    const b = await ticketClient(server, 6, { sub: 2 });
+    // Valid JSON, but "\ud800" is half a character: no UTF-8 name on disk, no URL.
+    a.send(`{"body":"x","file":"${btoa("hello")}","filename":"\\ud800.png"}`);
+    const echo = await a.next();
+    const seen = await b.next();
+    assertEquals(seen.file, echo.file);
+    assertMatch(echo.file as string, /\/%EF%BF%BD\.png$/);
+    const res = await fetch(echo.file as string);
+    assertEquals([res.status, await res.text()], [200, "hello"]);
+    // The room's history, which renders every file's URL, still reads.
+    const api = await fetch(`${server.url}/api/rooms/ticket/6/messages`, {
+      headers: { authorization: "Bearer admin-token-for-this-test" },
+    });
+    assertEquals(api.status, 200);
+    const page = await api.json();
+    assertEquals(page.messages.length, 1, JSON.stringify(page));
+    await a.close();
+    await b.close();
+  }, { ADMIN_TOKEN: "admin-token-for-this-test" });
+});
+
 Deno.test("ticket socket: files a browser would run are served as downloads", async () => {
   await withServer(async (server) => {
     const a = await ticketClient(server, 5, { sub: 1 });

@@ -20,7 +20,10 @@ export function mediaHeaders(name: string, size: number): Headers {
     headers.set("content-security-policy", "default-src 'none'; sandbox");
   }
   if (isActiveContent(type)) {
-    headers.set("content-disposition", `attachment; filename*=UTF-8''${encodeURIComponent(name)}`);
+    headers.set(
+      "content-disposition",
+      `attachment; filename*=UTF-8''${encodeURIComponent(name.toWellFormed())}`,
+    );
   }
   return headers;
 }

@@ -80,7 +80,9 @@ export class MediaAttachmentStore implements AttachmentStore {
     } = {},
   ): Promise<Attachment[]> {
     const prepared = files.map((file) => {
-      const name = file.name?.trim();
+      // A lone surrogate (valid in JSON) has no UTF-8 form: the disk would hold another name
+      // than the message, and its URL could not be written.
+      const name = file.name?.toWellFormed().trim();
       // A name with nothing showable (`/`, control characters alone) is no name either.
       if (!name || !shownPart(name)) {
         throw new ChatError("filename_required", "Filename is required with a file");

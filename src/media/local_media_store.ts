@@ -254,6 +254,9 @@ export class LocalMediaStore implements MediaStore {
 
 /** The URL path a key is served at: `uploads/...` at the root (Socket.IO chat), the rest under /media/. */
 export function mediaUrlPath(key: string): string {
-  const encoded = key.split("/").map(encodeURIComponent).join("/");
+  // Names stored before names were made well formed may hold a lone surrogate, which
+  // encodeURIComponent throws on; the disk has it as U+FFFD, which this URL names.
+  const parts = key.split("/").map((part) => encodeURIComponent(part.toWellFormed()));
+  const encoded = parts.join("/");
   return key.startsWith("uploads/") ? `/${encoded}` : `/media/${encoded}`;
 }

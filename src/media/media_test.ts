@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertMatch, assertRejects } from "../../tests/assert.ts";
 import { decodeAttachment, decodeAttachmentChunks, decodedLength } from "./base64.ts";
 import { MediaAttachmentStore } from "./attachments.ts";
-import { isHiddenName, LocalMediaStore } from "./local_media_store.ts";
+import { isHiddenName, LocalMediaStore, mediaUrlPath } from "./local_media_store.ts";
 import { numberedName, safeFilename } from "./filename.ts";
 import { detectMime, formatSize, isActiveContent } from "./mime.ts";
 
@@ -280,4 +280,9 @@ Deno.test("attachment store: a temporary name that cannot be removed fails the s
   } finally {
     await Deno.remove(root, { recursive: true });
   }
+});
+
+Deno.test("mediaUrlPath() writes a URL for a key stored with a lone surrogate: the name the disk has", () => {
+  assertEquals(mediaUrlPath("files/ticket_1/\ud800.png"), "/media/files/ticket_1/%EF%BF%BD.png");
+  assertEquals(mediaUrlPath("uploads/a b.png"), "/uploads/a%20b.png");
 });
