@@ -447,6 +447,16 @@ apiTest(
       json: { body: "numbered", sender_id: "3", client_id: "42" },
     });
     assertEquals([numbered.status, again.status, again.body.id], [201, 200, numbered.body.id]);
+    // A number past JavaScript's exact integers would be taken for another id: refused.
+    const big = await s.api("POST", "/api/rooms/ticket/2/messages", {
+      json: { body: "big id", sender_id: "3", client_id: 2 ** 60 },
+    });
+    assertEquals(big.status, 400);
+    assertEquals(
+      (big.body.issues as Json[])[0].message,
+      "A client_id that is a number too large to be read exactly: send it as a string",
+      JSON.stringify(big.body),
+    );
     for (let i = 0; i < 2; i++) {
       const none = await s.api("POST", "/api/rooms/ticket/2/messages", {
         json: { body: "no id", sender_id: "3", client_id: "" },

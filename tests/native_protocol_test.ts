@@ -730,6 +730,15 @@ Deno.test("native: errors come with codes; bad token 4001; no access is an error
         message: 'Field "ref" must be a number or a string of at most 128 characters',
       });
     }
+    // A 64-bit number (a Python or Go client's) would come back as another: refused, not echoed.
+    a.send('{"type":"ping","ref":1152921504606846977}');
+    assertEquals(await a.next(), {
+      type: "error",
+      code: "invalid_frame",
+      message: 'Field "ref" is a number too large to be read exactly: send it as a string',
+    });
+    a.send('{"type":"ping","ref":9007199254740991}');
+    assertEquals(await a.next(), { type: "pong", ref: 9007199254740991 });
     a.send({ type: "ping", ref: null });
     assertEquals(await a.next(), { type: "pong", ref: null });
     a.send({ type: "history", room: "ticket:1", ref: 2.5 });

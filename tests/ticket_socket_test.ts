@@ -548,7 +548,7 @@ Deno.test("ticket socket: a retried client_id stores one message and answers the
   });
 });
 
-Deno.test("ticket socket: a client_id over 128 characters is refused; the socket stays open and nothing is stored", async () => {
+Deno.test("ticket socket: a client_id over 128 characters, or a number too large to read exactly, is refused; the socket stays open and nothing is stored", async () => {
   await withServer(async (server) => {
     const a = await ticketClient(server, 14, { sub: 1 });
     a.send({ body: "too long an id", client_id: "x".repeat(129) });
@@ -559,6 +559,19 @@ Deno.test("ticket socket: a client_id over 128 characters is refused; the socket
     a.send({ body: "fits", client_id: "x".repeat(128) });
     const echo = await a.next();
     assertEquals([echo.pk, echo.body], [1, "fits"]);
+    // Two 64-bit ids (what a Python or Go client sends) that JavaScript would read as one: refused,
+    // not taken for each other; the largest exact one is its digits.
+    for (const id of ["1152921504606846977", "1152921504606846976", "1e400"]) {
+      a.send(`{"body":"big id","client_id":${id}}`);
+      assertEquals(await a.next(), {
+        error: 'Field "client_id" is a number too large to be read exactly: send it as a string',
+      });
+    }
+    a.send(`{"body":"exact","client_id":9007199254740991}`);
+    a.send(`{"body":"exact again","client_id":"9007199254740991"}`);
+    const exact = await a.next();
+    assertEquals([exact.pk, exact.body], [2, "exact"]);
+    assertEquals((await a.next()).pk, 2);
     await a.close();
   });
 });

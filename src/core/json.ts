@@ -149,3 +149,15 @@ function refuseComplex(text: string): void {
     );
   }
 }
+
+/**
+ * True for a number every JSON reader takes as this very value: finite, and no larger than
+ * JavaScript's exact integers. Python, Go and Java read a larger integer exactly where
+ * JavaScript rounds it, so an id of that size would be told apart from (or echoed as) another.
+ */
+export function isExactNumber(n: number): boolean {
+  return Number.isFinite(n) && Math.abs(n) <= Number.MAX_SAFE_INTEGER;
+}
+
+/** The message for a number refused by {@link isExactNumber}. */
+export const INEXACT_NUMBER = "is a number too large to be read exactly: send it as a string";

@@ -1,7 +1,7 @@
 /** Reading fields of client JSON frames, with errors clients can act on. */
 
 import { ChatError } from "../core/errors.ts";
-import { JsonTooComplexError, parseJson } from "../core/json.ts";
+import { INEXACT_NUMBER, isExactNumber, JsonTooComplexError, parseJson } from "../core/json.ts";
 
 /**
  * Parses a frame that must be a JSON object; `Invalid JSON` or `shapeMessage` otherwise. With
@@ -46,7 +46,7 @@ export function optionalString(frame: Record<string, unknown>, field: string): s
   return value;
 }
 
-/** An optional client id: a string or a number, at most 128 characters. */
+/** An optional client id: a string or an exact number (see isExactNumber), at most 128 characters. */
 export function optionalClientId(
   frame: Record<string, unknown>,
   ...fields: string[]
@@ -59,6 +59,9 @@ export function optionalClientId(
         "invalid_frame",
         `Field "${field}" must be a string of at most 128 characters`,
       );
+    }
+    if (typeof value === "number" && !isExactNumber(value)) {
+      throw new ChatError("invalid_frame", `Field "${field}" ${INEXACT_NUMBER}`);
     }
     return String(value);
   }

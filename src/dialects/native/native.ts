@@ -8,6 +8,7 @@ import { findToken } from "../../auth/token.ts";
 import { MAX_BODY_CHARS, MAX_FILES_PER_MESSAGE } from "../../core/chat_service.ts";
 import { asChatError, ChatError, rateLimited } from "../../core/errors.ts";
 import { type RateVerdict, TokenBuckets, TypingStarts } from "../../core/rate_limiter.ts";
+import { INEXACT_NUMBER, isExactNumber } from "../../core/json.ts";
 import { canonicalId, parseRoomKey } from "../../core/rooms.ts";
 import type { AppendResult, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import type { DirectSocket, Member } from "../../hub/hub.ts";
@@ -308,7 +309,7 @@ const KEPT_AFTER_CLOSE = new Set(["join", "leave", "read"]);
 
 /** True for a `ref` the protocol allows: absent (or null), a number, a short string. */
 function isRef(ref: unknown): boolean {
-  return ref === undefined || ref === null || typeof ref === "number" ||
+  return ref === undefined || ref === null || (typeof ref === "number" && isExactNumber(ref)) ||
     (typeof ref === "string" && ref.length <= 128);
 }
 
@@ -773,7 +774,9 @@ class NativeSession implements SocketHandler {
       if (!isRef(record.ref)) {
         throw new ChatError(
           "invalid_frame",
-          'Field "ref" must be a number or a string of at most 128 characters',
+          typeof record.ref === "number"
+            ? `Field "ref" ${INEXACT_NUMBER}`
+            : 'Field "ref" must be a number or a string of at most 128 characters',
         );
       }
       ref = record.ref;

@@ -6,6 +6,7 @@
 import { z } from "zod";
 import { MAX_BODY_CHARS, MAX_FILES_PER_MESSAGE } from "../../core/chat_service.ts";
 import { canonicalId, ROOM_ID_PATTERN, ROOM_KINDS } from "../../core/rooms.ts";
+import { INEXACT_NUMBER, isExactNumber } from "../../core/json.ts";
 
 /**
  * Schemas that appear in request bodies, emitted under `components.schemas` as input types.
@@ -202,8 +203,12 @@ export const HistoryQuery = z.object({
 
 /** Read as every protocol reads it: a number is its digits, an empty one is none. */
 const clientId = z.preprocess(
-  (v) => v === "" || v === null ? undefined : typeof v === "number" ? String(v) : v,
-  z.string().max(128).optional(),
+  (v) =>
+    v === "" || v === null ? undefined : typeof v === "number" && isExactNumber(v) ? String(v) : v,
+  z.string({
+    error: (issue) =>
+      typeof issue.input === "number" ? `A client_id that ${INEXACT_NUMBER}` : undefined,
+  }).max(128).optional(),
 ).describe(
   "Idempotency key: the same key from the same sender within 24 hours stores one message",
 );
