@@ -224,10 +224,16 @@ Deno.test("ticket socket: bad frames get {error} and the connection stays open",
       assertEquals(Object.keys(reply), ["error"]);
       assertMatch(reply.error as string, pattern);
     }
+    // A binary frame is read as UTF-8: bytes that are not (Latin-1 "café") are no JSON text.
+    const utf8 = (text: string) => new TextEncoder().encode(text);
+    a.socket.send(Uint8Array.from([...utf8('{"body":"caf'), 0xe9, ...utf8('"}')]));
+    assertEquals(await a.next(), { error: "Invalid JSON" });
     await b.nothing();
     assertEquals(await listFiles(`${server.dataDir}/media`), []);
     a.send({ body: "fine" });
     assertEquals((await b.next()).pk, 1);
+    a.socket.send(utf8('{"body":"café in a binary frame"}'));
+    assertEquals((await b.next()).body, "café in a binary frame");
     await a.close();
     await b.close();
   });

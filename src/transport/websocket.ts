@@ -98,7 +98,17 @@ export interface SocketHandler {
   refused?(conn: Connection, error: ChatError): void;
 }
 
-const decoder = new TextDecoder();
+// Bytes that are not UTF-8 are no JSON text: a lenient decoder would store them as U+FFFD.
+const decoder = new TextDecoder("utf-8", { fatal: true });
+
+/** A binary frame's text; not UTF-8, it is handed on as text no JSON parser takes. */
+function binaryText(data: ArrayBuffer): string {
+  try {
+    return decoder.decode(data);
+  } catch {
+    return "";
+  }
+}
 
 /**
  * One socket. Cleanup runs once, as soon as either side closes: Deno can leave a socket the
@@ -238,7 +248,7 @@ export class Connection implements FrameHolder {
     const text = typeof data === "string"
       ? data
       : data instanceof ArrayBuffer
-      ? decoder.decode(data)
+      ? binaryText(data)
       : undefined;
     if (text === undefined) return;
     this.#queuedBytes += size;
