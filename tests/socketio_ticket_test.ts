@@ -443,6 +443,15 @@ Deno.test("socket.io ticket chat: a large event before authenticating ends the s
     assertEquals(await acked, { error: "User not authenticated" });
     assertEquals(await disconnected, "transport close");
     stranger.disconnect();
+    // An event named like a property every object has is no event with an error event of its
+    // own: only its ack is answered (a packet naming no event was a parse error to the client).
+    const odd = client({ transports: ["websocket"] });
+    await next(odd, "connect");
+    const oddEnd = next<string>(odd, "disconnect");
+    const oddAck = odd.timeout(3000).emitWithAck("constructor", { attachments: big });
+    assertEquals(await oddAck, { error: "User not authenticated" });
+    assertEquals(await oddEnd, "transport close");
+    odd.disconnect();
     const token = await server.token({ sub: "1", rooms: ["ticket:8"] });
     const upgraded = (socket: ClientSocket) =>
       eventually(() => socket.io.engine?.transport.name === "websocket", 5000, "the upgrade");

@@ -312,7 +312,8 @@ export function createSocketIoTicketChat(
         ? frameTooLarge(size, "bytes", maxEventSize(ctx.config))
         : { code: "not_authenticated", message: SIO_ERRORS.notAuthenticated };
       ctx.metrics.error(code);
-      const errorEvent = ERROR_EVENTS[event];
+      // The client names the event: `constructor` is no key of ours.
+      const errorEvent = Object.hasOwn(ERROR_EVENTS, event) ? ERROR_EVENTS[event] : undefined;
       if (errorEvent) socket.emit(errorEvent, { message });
       ack?.({ error: message });
     },
