@@ -511,11 +511,13 @@ export class ChatClient {
   get limits(): ServerLimits {
     if (this.#limits) return this.#limits;
     const maxFileBytes = this.#options.maxFileBytes ?? DEFAULTS.maxFileBytes;
+    // The server's rule: one file's base64, room for a line break every 76 characters, 64 KiB.
+    const base64 = Math.ceil(maxFileBytes / 3) * 4;
     return {
       maxBodyChars: DEFAULTS.maxBodyChars,
       maxFiles: DEFAULTS.maxFiles,
       maxFileBytes,
-      maxFrameChars: Math.ceil(maxFileBytes / 3) * 4 + 64 * 1024,
+      maxFrameChars: base64 + Math.ceil(base64 / 76) * 4 + 64 * 1024,
     };
   }
 

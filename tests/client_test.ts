@@ -577,7 +577,7 @@ Deno.test("client: a file, body or frame larger than the server's welcome says i
       maxBodyChars: 20_000,
       maxFiles: 10,
       maxFileBytes: 100_000,
-      maxFrameChars: 198_872,
+      maxFrameChars: 205_892,
     });
     await user.client.join("ticket:5");
     const refused = async (send: () => Promise<unknown>) =>

@@ -409,7 +409,7 @@ Deno.test("conversation chat: errors keep the socket open; bad token 4001, not a
     assertEquals((await a.next()).content, "still open");
     await a.close();
 
-    // Past the frame cap (a file's base64 plus 64 KiB) the socket closes, but says why first.
+    // Past the frame cap (a file's base64, line breaks allowed, plus 64 KiB) the socket closes, but says why first.
     const big = await join(server, 4, talker);
     const frame = JSON.stringify({
       type: "file_message",
@@ -420,7 +420,7 @@ Deno.test("conversation chat: errors keep the socket open; bad token 4001, not a
     assertEquals(await big.closed, { code: 1009, reason: "Message too big" });
     assertEquals(big.frames, [{
       type: "error",
-      message: `Message is too large: ${frame.length} characters, the limit is 66872`,
+      message: `Message is too large: ${frame.length} characters, the limit is 66944`,
     }]);
 
     const bad = TestClient.connect(`${server.wsUrl}/ws/chat/4/?token=nope`);

@@ -186,6 +186,13 @@ Deno.test("ticket socket: exactly 10 MiB is accepted, one byte more is refused w
     assert(typeof ok.file === "string", JSON.stringify(ok));
     const res = await fetch(ok.file as string);
     assertEquals(new Uint8Array(await res.arrayBuffer()), big);
+    // Wrapped every 76 characters, as MIME encoders (`base64`, Python's encodebytes) write it.
+    const wrapped = big.toBase64().replace(/.{76}/g, "$&\r\n");
+    a.send({ body: "wrapped", file: wrapped, filename: "wrapped.bin" });
+    const wrappedOk = await a.next(undefined, 20_000);
+    assert(typeof wrappedOk.file === "string", JSON.stringify(wrappedOk));
+    const wrappedRes = await fetch(wrappedOk.file as string);
+    assertEquals(new Uint8Array(await wrappedRes.arrayBuffer()), big);
 
     const before = await listFiles(`${server.dataDir}/media`);
     const tooBig = new Uint8Array(10 * MiB + 1);
@@ -193,9 +200,9 @@ Deno.test("ticket socket: exactly 10 MiB is accepted, one byte more is refused w
     const err = await a.next(undefined, 20_000);
     assertMatch(err.error as string, /too large/);
     assertEquals(await listFiles(`${server.dataDir}/media`), before);
-    // The connection stays open and the history has only the accepted message.
+    // The connection stays open and the history has only the accepted messages.
     a.send({ body: "still here" });
-    assertEquals((await a.next()).pk, 2);
+    assertEquals((await a.next()).pk, 3);
     await a.close();
   });
 });

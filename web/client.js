@@ -117,11 +117,12 @@ var ChatClient = class {
   get limits() {
     if (this.#limits) return this.#limits;
     const maxFileBytes = this.#options.maxFileBytes ?? DEFAULTS.maxFileBytes;
+    const base64 = Math.ceil(maxFileBytes / 3) * 4;
     return {
       maxBodyChars: DEFAULTS.maxBodyChars,
       maxFiles: DEFAULTS.maxFiles,
       maxFileBytes,
-      maxFrameChars: Math.ceil(maxFileBytes / 3) * 4 + 64 * 1024
+      maxFrameChars: base64 + Math.ceil(base64 / 76) * 4 + 64 * 1024
     };
   }
   /** Base URL of the HTTP routes. */

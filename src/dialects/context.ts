@@ -84,9 +84,14 @@ export function bodyWithFileUrls(body: string, files: Attachment[], baseUrl: str
   return (body === "" ? urls : [body, ...urls]).join("\n");
 }
 
-/** Largest inbound frame: the biggest attachment in base64 plus room for the JSON around it. */
+/**
+ * Largest inbound frame: the biggest attachment in base64, wrapped as MIME writes it (a line
+ * break every 76 characters, `\r\n` in a JSON string: what `base64`, Python's `encodebytes` and
+ * Java's MIME encoder give), plus room for the JSON around it.
+ */
 export function maxFrameSize(config: Config): number {
-  return Math.ceil(config.maxFileBytes / 3) * 4 + 64 * 1024;
+  const base64 = Math.ceil(config.maxFileBytes / 3) * 4;
+  return base64 + Math.ceil(base64 / 76) * 4 + 64 * 1024;
 }
 
 /** The largest WebSocket message Deno reads: past it, it closes the socket itself. */
