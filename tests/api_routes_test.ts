@@ -536,6 +536,58 @@ apiTest(
 );
 
 apiTest(
+  "attachments: a file named with ';', '=' or quotes keeps its name, however the client quoted it",
+  async (s) => {
+    await s.api("PUT", "/api/users/3", { json: { username: "agent3" } });
+    await s.api("PUT", "/api/rooms/ticket/6", { json: { participants: [{ user_id: "3" }] } });
+    const names = (res: { status: number; body: Json }) => {
+      assertEquals(res.status, 201, JSON.stringify(res.body));
+      return (res.body.attachments as Json[]).map((a) => [
+        a.name,
+        decodeURIComponent(new URL(a.url as string).pathname.split("/").pop()!),
+      ]);
+    };
+    // As Deno's and browsers' FormData write them: quoted, `"` as %22.
+    const form = new FormData();
+    form.append("file", new File(["a"], "Budget 2026; v2.pdf"));
+    form.append("file", new File(["b"], "a=b.txt"));
+    form.append("file", new File(["c"], 'say "hi".txt'));
+    form.append("sender_id", "3");
+    assertEquals(names(await s.api("POST", "/api/rooms/ticket/6/attachments", { body: form })), [
+      ["Budget 2026; v2.pdf", "Budget 2026; v2.pdf"],
+      ["a=b.txt", "a=b.txt"],
+      ['say "hi".txt', "say _hi_.txt"],
+    ]);
+    // Backslash escapes (curl's), and RFC 5987's filename* beside a plain fallback.
+    const boundary = "----boundary0123";
+    const body = [
+      `--${boundary}`,
+      'Content-Disposition: form-data; name="file"; filename="x \\"y\\"; z.txt"',
+      "",
+      "d",
+      `--${boundary}`,
+      'Content-Disposition: form-data; name="file"; filename="ete.txt"; filename*=UTF-8\'\'%C3%A9t%C3%A9%3B%201.txt',
+      "",
+      "e",
+      `--${boundary}`,
+      'Content-Disposition: form-data; name="sender_id"',
+      "",
+      "3",
+      `--${boundary}--`,
+      "",
+    ].join("\r\n");
+    const raw = await s.api("POST", "/api/rooms/ticket/6/attachments", {
+      body,
+      headers: { "content-type": `multipart/form-data; boundary=${boundary}` },
+    });
+    assertEquals(names(raw), [
+      ['x "y"; z.txt', "x _y_; z.txt"],
+      ["été; 1.txt", "été; 1.txt"],
+    ]);
+  },
+);
+
+apiTest(
   "attachments: a multipart upload is one message on every protocol; limits hold",
   async (s) => {
     await s.api("PUT", "/api/users/3", { json: { username: "agent3" } });
@@ -674,6 +726,13 @@ apiTest(
       headers: { "content-type": 'multipart/form-data; boundary="x"' },
     });
     assertEquals([whole.status, whole.body.client_id], [201, "cut-1"]);
+    assertEquals((await ticket.next()).body, "");
+    // An epilogue after the closing delimiter (RFC 2046 allows one), however long, is no part.
+    const epilogue = await s.api("POST", "/api/rooms/ticket/5/attachments", {
+      body: first + clientId.replace("cut-1", "cut-2") + "--x--\r\n" + "e".repeat(5000),
+      headers: { "content-type": "multipart/form-data; boundary=x" },
+    });
+    assertEquals([epilogue.status, epilogue.body.client_id], [201, "cut-2"]);
     assertEquals((await ticket.next()).body, "");
     await ticket.nothing();
     await ticket.close();

@@ -15,6 +15,7 @@ import type { RateLimiter } from "../../core/rate_limiter.ts";
 import { timerDelay } from "../../core/time.ts";
 import type { Principal, RoomEvent } from "../../core/types.ts";
 import { ApiErrorBody } from "./schemas.ts";
+import { MultipartNames } from "./multipart_names.ts";
 
 /** What the API's handlers use. */
 export interface ApiDeps {
@@ -609,23 +610,6 @@ function requireMultipart(req: Request): string {
 const UPLOAD_PROGRESS_BYTES = 16 * 1024;
 
 /**
- * How much of a multipart body's end is kept to find its closing delimiter. An epilogue after
- * it (RFC 2046 allows one; no client sends one) longer than this is refused: scanning every
- * chunk instead would cost tens of milliseconds per 10 MiB upload.
- */
-const TAIL_BYTES = 4096;
-
-/** The last `n` bytes of `tail` followed by `chunk`. */
-function lastBytes(tail: Uint8Array, chunk: Uint8Array, n: number): Uint8Array {
-  if (chunk.length >= n) return chunk.slice(chunk.length - n);
-  const keep = Math.min(tail.length, n - chunk.length);
-  const out = new Uint8Array(keep + chunk.length);
-  out.set(tail.subarray(tail.length - keep));
-  out.set(chunk, keep);
-  return out;
-}
-
-/**
  * Reads a multipart body of at most `cap` bytes; a single file over `maxFileBytes` is refused
  * with 413 naming it. The bounded buffer is parsed by the platform's FormData parser.
  */
@@ -663,8 +647,9 @@ async function readMultipart(
   let cutOff = false;
   // The platform's parser takes a body that stops after a complete part as the whole form: a
   // truncated upload would be stored without its later files and fields (a client_id among
-  // them). The last bytes say whether the closing delimiter came.
-  let tail: Uint8Array = new Uint8Array(0);
+  // them). The scan of the parts' headers also says whether the closing delimiter came.
+  const boundary = /;\s*boundary=(?:"([^"]+)"|([^;\s]+))/i.exec(type);
+  const names = new MultipartNames(boundary?.[1] ?? boundary?.[2] ?? "");
   const reader = req.body?.getReader();
   const source = reader && new ReadableStream<Uint8Array>({
     async pull(controller) {
@@ -702,7 +687,7 @@ async function readMultipart(
         // Erroring here cancels the request body: nothing more is read.
         if (total > cap) return controller.error(new RangeError("over the cap"));
         controller.enqueue(chunk);
-        tail = lastBytes(tail, chunk, TAIL_BYTES);
+        names.push(chunk);
         // A byte now and then is not progress: a body that drips holds its share of
         // UPLOAD_MEMORY_BYTES (its declared length) as long as a flowing one.
         sinceProgress += chunk.length;
@@ -756,14 +741,13 @@ async function readMultipart(
     clearTimeout(quiet);
     clearTimeout(deadline);
   }
-  const boundary = /;\s*boundary=(?:"([^"]+)"|([^;\s]+))/i.exec(type);
-  const close = `--${boundary?.[1] ?? boundary?.[2]}--`;
-  if (!new TextDecoder("latin1").decode(tail).includes(close)) {
+  if (!names.ended) {
     throw new ApiError(
       400,
       "Body is not valid multipart/form-data: it ends before its closing boundary (cut off?)",
     );
   }
+  form = renamed(form, names);
   for (const value of form.values()) {
     if (typeof value !== "string" && value.size > maxFileBytes) {
       throw new ApiError(
@@ -775,6 +759,32 @@ async function readMultipart(
     }
   }
   return form;
+}
+
+/**
+ * The form with the names its parts' headers give (see {@link MultipartNames}), where they were
+ * all read and there is one for every entry; else as the platform's parser named them.
+ */
+function renamed(form: FormData, names: MultipartNames): FormData {
+  const entries = [...form.entries()];
+  const parts = names.parts;
+  if (!names.complete || parts.length !== entries.length) return form;
+  const same = entries.every(([name, value], i) =>
+    parts[i].name === name && (typeof value === "string" || parts[i].filename === value.name)
+  );
+  if (same) return form;
+  const out = new FormData();
+  for (const [i, [name, value]] of entries.entries()) {
+    const part = parts[i];
+    if (typeof value === "string") out.append(part.name ?? name, value);
+    else {
+      const file = part.filename === undefined || part.filename === value.name
+        ? value
+        : new File([value], part.filename, { type: value.type, lastModified: value.lastModified });
+      out.append(part.name ?? name, file);
+    }
+  }
+  return out;
 }
 
 /** Form fields as an object: `arrays` fields always as arrays, others as a single value. */
