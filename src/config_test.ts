@@ -86,15 +86,19 @@ Deno.test("loadConfig() reads when commits pause: the CPU share and the interval
   ) assertEquals(err.message.includes(line), true, err.message);
 });
 
+/** Characters of `base64` characters wrapped every 76, as MIME writes it, in a JSON string. */
+const wrapped = (base64: number) => base64 + Math.ceil(base64 / 76) * 4;
+
 Deno.test("loadConfig() bounds a socket's waiting frames at four of the largest unless told a positive byte count, never under one and 64 KiB", async () => {
   const c = loadConfig({ MAX_FILE_BYTES: "3000000" });
   assertEquals(c.inboundQueueBytes, undefined);
   assertEquals(maxQueuedBytes(c), 4 * maxFrameSize(c));
-  assertEquals(maxQueuedBytes(c), 4 * (4_000_000 + 65_536));
+  // A file's base64 with room for a line break (4 characters in JSON) every 76, and 64 KiB.
+  assertEquals(maxQueuedBytes(c), 4 * (wrapped(4_000_000) + 65_536));
   assertEquals(maxQueuedBytes(loadConfig({ INBOUND_QUEUE_BYTES: "50000000" })), 50_000_000);
   // Never under one largest frame and 64 KiB: a client waiting for each reply is never refused.
   const small = loadConfig({ MAX_FILE_BYTES: "3000000", INBOUND_QUEUE_BYTES: "1" });
-  assertEquals(maxQueuedBytes(small), 4_000_000 + 2 * 65_536);
+  assertEquals(maxQueuedBytes(small), wrapped(4_000_000) + 2 * 65_536);
   const err = await assertRejects(() => loadConfig({ INBOUND_QUEUE_BYTES: "0" }));
   assertEquals(
     err.message.includes('INBOUND_QUEUE_BYTES: expected a positive whole number, got "0"'),
@@ -141,7 +145,7 @@ Deno.test("loadConfig() bounds the upload bytes read at once at four of the larg
 Deno.test("maxEventSize() lets a Socket.IO event carry a message's files, as far as Deno reads one message", () => {
   assertEquals(maxEventSize(loadConfig({})), 64 * 1024 * 1024);
   const small = loadConfig({ MAX_FILE_BYTES: "3000" });
-  assertEquals(maxEventSize(small), 10 * 4000 + 64 * 1024);
+  assertEquals(maxEventSize(small), 10 * wrapped(4000) + 64 * 1024);
   const huge = loadConfig({ MAX_FILE_BYTES: String(60 * 1024 * 1024) });
   assertEquals(maxEventSize(huge), maxFrameSize(huge));
   // The queue never refuses one such event with a ping behind it.
