@@ -30,6 +30,48 @@ async function join(ws: TestClient, room: string, since?: number) {
   return await ws.next((f) => f.type === "joined" && f.room === room);
 }
 
+Deno.test("native: a file's announced mime is the Content-Type its URL serves, read from its bytes where its name says nothing", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await connect(server);
+    await join(a, "ticket:3");
+    const jpeg = new Uint8Array(100).fill(1);
+    jpeg.set([0xff, 0xd8, 0xff, 0xe0]);
+    const m4v = new Uint8Array(100).fill(2);
+    m4v.set([0, 0, 0, 0x18, 0x66, 0x74, 0x79, 0x70, 0x69, 0x73, 0x6f, 0x6d]);
+    const files: [string, Uint8Array, string][] = [
+      ["IMG_0042", jpeg, "image/jpeg"], // No extension: the bytes say.
+      ["holiday.jfif", jpeg, "image/jpeg"], // Windows' name for a saved JPEG.
+      ["clip.m4v", m4v, "video/mp4"],
+      ["photo.png", jpeg, "image/png"], // The name says: served (and announced) by it.
+      ["notes", new TextEncoder().encode("<script>x</script>"), "application/octet-stream"],
+    ];
+    a.send({
+      type: "send",
+      room: "ticket:3",
+      files: files.map(([name, data]) => ({ name, data: data.toBase64() })),
+    });
+    const message = await a.next((f) => f.type === "message");
+    const attachments = message.attachments as { name: string; mime: string; url: string }[];
+    assertEquals(attachments.map((f) => [f.name, f.mime]), files.map(([n, , m]) => [n, m]));
+    for (const file of attachments) {
+      for (const method of ["GET", "HEAD"]) {
+        const res = await fetch(file.url, { method });
+        await res.body?.cancel();
+        assertEquals(res.headers.get("content-type"), file.mime, `${method} ${file.name}`);
+      }
+    }
+    // A range of a file read for its type still starts where it asks.
+    const range = await fetch(attachments[0].url, { headers: { range: "bytes=2-5" } });
+    assertEquals(new Uint8Array(await range.arrayBuffer()), jpeg.subarray(2, 6));
+    const whole = await fetch(attachments[0].url);
+    assertEquals(new Uint8Array(await whole.arrayBuffer()), jpeg);
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("native: sends back to back share commits; replies keep frame order; history after them sees them", async () => {
   // Commits start 300 ms apart: one per send if each waited for its commit, two here.
   const server = await startTestServer({

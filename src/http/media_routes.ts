@@ -2,11 +2,18 @@
 
 import type { Hono } from "hono";
 import { isHiddenName, type LocalMediaStore } from "../media/local_media_store.ts";
-import { isActiveContent, mimeFromName } from "../media/mime.ts";
+import { detectMime, isActiveContent, mimeFromName, SNIFF_BYTES } from "../media/mime.ts";
 
-/** Headers for a stored file: type from its name, never sniffed, never run as a page. */
-export function mediaHeaders(name: string, size: number): Headers {
-  const type = mimeFromName(name);
+/**
+ * Headers for a stored file: the type its message announced (from its name, or from its first
+ * bytes, `head`, when the name says nothing; never an active type from bytes), never run as a page.
+ */
+export function mediaHeaders(
+  name: string,
+  size: number,
+  head: Uint8Array = new Uint8Array(),
+): Headers {
+  const type = detectMime(head, name);
   const headers = new Headers({
     "content-type": type.startsWith("text/") ? `${type}; charset=utf-8` : type,
     "content-length": String(size),
@@ -142,7 +149,26 @@ export function mountMedia(app: Hono, media: LocalMediaStore): void {
       file.close();
       return new Response("Not found", { status: 404 });
     }
-    const headers = mediaHeaders(path.split("/").pop()!, info.size);
+    const name = path.split("/").pop()!;
+    let head: Uint8Array<ArrayBuffer> | undefined;
+    if (mimeFromName(name) === "application/octet-stream") {
+      // A name that says nothing (`IMG_0042`): its first bytes, as when its message was sent.
+      head = new Uint8Array(SNIFF_BYTES);
+      try {
+        let read = 0;
+        while (read < head.length) {
+          const n = await file.read(head.subarray(read));
+          if (n === null) break;
+          read += n;
+        }
+        head = head.subarray(0, read);
+        await file.seek(0, Deno.SeekMode.Start);
+      } catch (err) {
+        file.close();
+        throw err;
+      }
+    }
+    const headers = mediaHeaders(name, info.size, head);
     // Files are never rewritten in place, but a name freed by a failed send's cleanup can be
     // used again: that is another inode written at another time.
     const etag = `"${info.size.toString(36)}-${(info.mtime?.getTime() ?? 0).toString(36)}-${

@@ -11,7 +11,7 @@ import type {
 } from "../core/types.ts";
 import { decodeAttachmentChunks, fileTooLarge } from "./base64.ts";
 import { displayFilename, numberedName, safeFilename, shownPart } from "./filename.ts";
-import { detectMime } from "./mime.ts";
+import { detectMime, SNIFF_BYTES } from "./mime.ts";
 
 /**
  * 122 random bits in hex and the client name's extension, when it has a short plain one (files
@@ -35,9 +35,6 @@ function storedName(diskName: string, names: StoredNames = "client"): string {
 
 /** Longest filename a client may send, in characters. */
 export const MAX_FILENAME_CHARS = 255;
-
-/** Bytes kept from the start of each file to tell its type. */
-const SNIFF_BYTES = 64;
 
 /**
  * A failure of the volume itself (permissions, a full disk, a read-only mount) as an error the
@@ -127,7 +124,7 @@ export class MediaAttachmentStore implements AttachmentStore {
                 key: put.key,
                 name: put.name,
                 originalName: file.originalName,
-                // The name it is served under, so that the message and the response agree.
+                // What it is served as, by the name it is stored under and its first bytes.
                 mime: detectMime(head ?? new Uint8Array(), put.name),
                 size: put.size,
                 uploadedAt: new Date().toISOString(),

@@ -42,9 +42,14 @@ Deno.test("decodeAttachment() refuses oversize input before decoding and bad inp
   await assertRejects(() => decodeAttachment("data:text/plain,hello", 10), /not valid base64/);
 });
 
-Deno.test("detectMime() trusts conclusive bytes and otherwise the name", () => {
+Deno.test("detectMime() trusts the name, and conclusive bytes where the name says nothing", () => {
   assertEquals(detectMime(new TextEncoder().encode("%PDF-1.4"), "x.bin"), "application/pdf");
-  assertEquals(detectMime(new Uint8Array([0xff, 0xd8, 0xff, 0xe0]), "x.png"), "image/jpeg");
+  assertEquals(detectMime(new Uint8Array([0xff, 0xd8, 0xff, 0xe0]), "x.png"), "image/png");
+  assertEquals(detectMime(new Uint8Array([0xff, 0xd8, 0xff, 0xe0]), "IMG_1"), "image/jpeg");
+  const ftyp = (brand: string) => new TextEncoder().encode(`\0\0\0\x18ftyp${brand}`);
+  assertEquals(detectMime(ftyp("heic"), "IMG_2"), "image/heic");
+  assertEquals(detectMime(ftyp("isom"), "clip"), "video/mp4");
+  assertEquals(detectMime(new Uint8Array([0x50, 0x4b, 3, 4]), "archive"), "application/zip");
   assertEquals(
     detectMime(new Uint8Array([0x50, 0x4b, 3, 4]), "x.docx"),
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document",

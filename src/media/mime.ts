@@ -6,6 +6,8 @@ const BY_EXTENSION: Record<string, string> = {
   ".png": "image/png",
   ".jpg": "image/jpeg",
   ".jpeg": "image/jpeg",
+  ".jpe": "image/jpeg",
+  ".jfif": "image/jpeg",
   ".gif": "image/gif",
   ".webp": "image/webp",
   ".avif": "image/avif",
@@ -13,6 +15,9 @@ const BY_EXTENSION: Record<string, string> = {
   ".ico": "image/x-icon",
   ".svg": "image/svg+xml",
   ".heic": "image/heic",
+  ".heif": "image/heif",
+  ".tif": "image/tiff",
+  ".tiff": "image/tiff",
   ".pdf": "application/pdf",
   ".zip": "application/zip",
   ".gz": "application/gzip",
@@ -35,8 +40,17 @@ const BY_EXTENSION: Record<string, string> = {
   ".wav": "audio/wav",
   ".ogg": "audio/ogg",
   ".m4a": "audio/mp4",
+  ".aac": "audio/aac",
+  ".flac": "audio/flac",
+  ".oga": "audio/ogg",
+  ".opus": "audio/ogg",
+  ".weba": "audio/webm",
   ".mp4": "video/mp4",
+  ".m4v": "video/mp4",
   ".webm": "video/webm",
+  ".ogv": "video/ogg",
+  ".mkv": "video/x-matroska",
+  ".3gp": "video/3gpp",
   ".mov": "video/quicktime",
   ".doc": "application/msword",
   ".docx": "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
@@ -68,28 +82,32 @@ export function mimeFromName(name: string): string {
   return BY_EXTENSION[extname(name).toLowerCase()] ?? "application/octet-stream";
 }
 
+/** Bytes of a file's start {@link detectMime} looks at. */
+export const SNIFF_BYTES = 64;
+
 /**
- * The media type from the leading bytes where they are conclusive, else from the name. A ZIP
- * container keeps a more specific type the name gives (docx, xlsx are ZIP files).
+ * The type a file is served with: its name's, and where the name says nothing (no extension, or
+ * one not known), its leading bytes' when they are conclusive. Only passive types (images, audio,
+ * video, PDF, archives) are ever read from bytes. A message announces this same type, so that
+ * what a client shows (an image, a player) is what the URL then gives it.
  */
 export function detectMime(bytes: Uint8Array, name: string): string {
   const byName = mimeFromName(name);
+  if (byName !== "application/octet-stream") return byName;
   for (const [sig, type] of SIGNATURES) if (startsWith(bytes, sig)) return type;
   if (
     startsWith(bytes, [0x52, 0x49, 0x46, 0x46]) && startsWith(bytes, [0x57, 0x45, 0x42, 0x50], 8)
   ) {
     return "image/webp";
   }
-  if (startsWith(bytes, [0x50, 0x4b, 0x03, 0x04])) {
-    return byName.includes("openxml") || byName.includes("opendocument")
-      ? byName
-      : "application/zip";
-  }
+  if (startsWith(bytes, [0x50, 0x4b, 0x03, 0x04])) return "application/zip";
+  // ISO media (`ftyp` and a brand): HEIF and AVIF pictures, AAC audio, else video.
   if (startsWith(bytes, [0x66, 0x74, 0x79, 0x70], 4)) {
-    return byName.startsWith("video/") ||
-        byName.startsWith("audio/") || byName.startsWith("image/")
-      ? byName
-      : "video/mp4";
+    const brand = String.fromCharCode(...bytes.subarray(8, 12));
+    if (brand === "avif" || brand === "avis") return "image/avif";
+    if (["heic", "heix", "heim", "heis", "mif1", "msf1"].includes(brand)) return "image/heic";
+    if (brand === "M4A " || brand === "M4B ") return "audio/mp4";
+    return "video/mp4";
   }
   return byName;
 }
