@@ -53,6 +53,15 @@ function startTicks(): string {
   }
 }
 
+/** An entry as last read by this server, on its monotonic clock. */
+interface Observed {
+  versionstamp: string;
+  /** When the entry was last written, as far as this server can tell. */
+  changedAt: number;
+  /** When it was last read. */
+  readAt: number;
+}
+
 /** Who is alive, as read at one moment. */
 export interface LeaseSnapshot {
   /** Ids of the live servers, this one included. */
@@ -105,6 +114,10 @@ export class InstanceRegistry {
   #beating: Promise<void> = Promise.resolve();
   /** When this server's entry was last written, on this server's clock. */
   #lastBeat = 0;
+  /** Each entry as last read here (see {@link live}). */
+  #observed = new Map<string, Observed>();
+  /** Servers whose clocks were found far from this one's, said once each. */
+  #skewTold = new Set<string>();
 
   private constructor(kv: Deno.Kv, options: InstanceRegistryOptions) {
     this.#kv = kv;
@@ -165,25 +178,69 @@ export class InstanceRegistry {
    * that fails an atomic operation if a given server's entry changed since (it renewed).
    */
   async live(): Promise<LeaseSnapshot> {
-    const cutoff = Date.now() - this.#staleMs;
     const ids = new Set<string>([this.#id]);
     const here = new Set<string>([this.#id]);
     const read = new Map<string, Deno.KvEntry<EntryValue>>();
     for await (const entry of this.#kv.list<EntryValue>({ prefix: ENTRIES })) {
       read.set(String(entry.key[1]), entry);
-      if (entry.value.seenAt < cutoff) continue;
+      if (!this.#fresh(String(entry.key[1]), entry)) continue;
       ids.add(String(entry.key[1]));
       const { pid, process } = entry.value;
       if (process === undefined ? pid === Deno.pid : process === PROCESS) {
         here.add(String(entry.key[1]));
       }
     }
+    for (const id of this.#observed.keys()) if (!read.has(id)) this.#observed.delete(id);
     return {
       ids,
       here,
       seen: new Set(read.keys()),
       check: (op, id) => op.check(read.get(id) ?? { key: ENTRY(id), versionstamp: null }),
     };
+  }
+
+  /**
+   * Whether a server's entry was renewed within the stale time, judged on this server's own
+   * clock: the writer's `seenAt` is read on another host's clock, which may be ahead (its dead
+   * entry would live on) or behind (its live one would count as dead, its users' presence swept).
+   * An entry seen to change since the last read here was written since then, whatever its
+   * `seenAt` says; only an entry never read before is aged by `seenAt` alone.
+   */
+  #fresh(id: string, entry: Deno.KvEntry<EntryValue>): boolean {
+    const now = performance.now();
+    const wallNow = Date.now();
+    const { seenAt } = entry.value;
+    const known = this.#observed.get(id);
+    let changedAt: number;
+    if (known?.versionstamp === entry.versionstamp) changedAt = known.changedAt;
+    else {
+      const byClock = now - Math.max(0, wallNow - seenAt);
+      changedAt = known === undefined ? byClock : Math.max(byClock, known.readAt);
+      if (known !== undefined && seenAt > 0) this.#sayIfSkewed(id, entry.value, known, now);
+    }
+    this.#observed.set(id, { versionstamp: entry.versionstamp, changedAt, readAt: now });
+    // A server that left writes `seenAt` 0: dead at once, though its entry changed.
+    return seenAt > 0 && now - changedAt < this.#staleMs;
+  }
+
+  /** Logs, once per server, a clock found further from this one's than a third of the stale time. */
+  #sayIfSkewed(id: string, value: EntryValue, known: Observed, now: number): void {
+    if (this.#skewTold.has(id)) return;
+    const wallNow = Date.now();
+    // Written between the last read and now, on this server's clock.
+    const ahead = value.seenAt - wallNow;
+    const behind = wallNow - (now - known.readAt) - value.seenAt;
+    const skew = ahead > 0 ? ahead : behind > 0 ? -behind : 0;
+    if (Math.abs(skew) < this.#staleMs / 3) return;
+    this.#skewTold.add(id);
+    console.warn(
+      `instance registry: the clock of server ${value.process ?? value.pid} is about ${
+        Math.round(Math.abs(skew) / 1000)
+      } s ${
+        skew > 0 ? "ahead of" : "behind"
+      } this one's; liveness is judged on each server's own ` +
+        "clock, but message times (created_at) are each writer's: keep clocks in sync (NTP)",
+    );
   }
 
   /**

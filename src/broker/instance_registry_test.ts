@@ -60,6 +60,48 @@ Deno.test("instance registry: an entry that stopped renewing counts for nobody",
   });
 });
 
+Deno.test("instance registry: a server whose clock is a minute behind or ahead is judged by its renewals, not its clock", async () => {
+  await withKv(async (path) => {
+    const kv = await Deno.openKv(path);
+    const a = await InstanceRegistry.start(kv, { heartbeatMs: 50, staleMs: 500 });
+    const warn = console.warn;
+    const warnings: string[] = [];
+    console.warn = (...args: unknown[]) => warnings.push(args.join(" "));
+    // A peer renewing every 50 ms, its clock `skew` ms off this one's, until `renewing` is false.
+    let renewing = true;
+    const peer = (id: string, skew: number) => {
+      const renew = async () => {
+        while (renewing) {
+          await kv.set(["instance", id], { seenAt: Date.now() + skew, pid: 9, process: id });
+          await new Promise((r) => setTimeout(r, 50));
+        }
+      };
+      return renew();
+    };
+    try {
+      const behind = peer("behind", -60_000);
+      const ahead = peer("ahead", 60_000);
+      await kv.atomic().sum(["instance_epoch"], 1n).commit();
+      // Counted once seen renewing, and for as long as it renews.
+      await eventually(() => a.others === 2, 3000, "both peers to count");
+      for (let i = 0; i < 10; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        assertEquals(a.others, 2, `after ${i * 100} ms`);
+      }
+      assertEquals(warnings.filter((w) => w.includes("clock")).length, 2, warnings.join("\n"));
+      // Stopped, the one whose clock runs ahead is dead after the stale time, not a minute later.
+      renewing = false;
+      await Promise.all([behind, ahead]);
+      await eventually(() => a.others === 0, 3000, "the silent peers to count for nobody");
+    } finally {
+      console.warn = warn;
+      renewing = false;
+      await a.close();
+      kv.close();
+    }
+  });
+});
+
 Deno.test("instance registry: a server with this pid on another host is not counted as an isolate here", async () => {
   await withKv(async (path) => {
     const kv = await Deno.openKv(path);
