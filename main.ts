@@ -203,6 +203,9 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         kv.atomic().check(held).set(MEDIA_SWEEP_KEY, Date.now(), { expireIn: mediaSweepMs }),
       );
       if (!lease.ok) return;
+      // Deletions of rooms that another server's crash cut short, which only a start or that
+      // server's own retry would otherwise finish: the room's old messages would still be read.
+      void store.resumePurges();
       const n = await media.sweepTemporary(60 * 60_000);
       if (n > 0) console.warn(`media: removed ${n} files a crash left half written`);
     } catch (err) {

@@ -402,6 +402,32 @@ Deno.test("native: a lowered HISTORY_LIMIT drops a room's older messages and fil
   }
 });
 
+Deno.test("native: a room deletion another server's crash cut short is finished by a server still running", async () => {
+  const server = await startTestServer({}, { mediaSweepMs: 300 });
+  try {
+    const ws = await connect(server);
+    await join(ws, "ticket:4");
+    ws.send({ type: "send", room: "ticket:4", body: "m1" });
+    await ws.next((f) => f.type === "message");
+    // What the other server's purge stored before it was killed: the head it deletes up to.
+    const kv = await Deno.openKv(`${server.dataDir}/chat.kv`);
+    await kv.atomic().max(["purging", "ticket:4"], 1n).commit();
+    kv.close();
+    await eventually(
+      async () => {
+        ws.send({ type: "history", room: "ticket:4", ref: "h" });
+        const page = await ws.next((f) => f.type === "history");
+        return (page.messages as Frame[]).length === 0;
+      },
+      5000,
+      "the deleted room's messages to go",
+    );
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("native: a room deletion a crash cut short is finished when the next server starts", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "chat-purge-" });
   try {
