@@ -446,3 +446,24 @@ Deno.test("conversation chat: the unambiguous /ws/conversations/ path speaks the
     await server.close();
   }
 });
+
+Deno.test("conversation chat: a typing tab that closes stops its typing at once, not at the timeout", async () => {
+  const server = await startTestServer({ TYPING_TIMEOUT_SECONDS: "30" });
+  try {
+    const open = async (sub: string) => {
+      const token = await server.token({ sub, rooms: ["chat:2"] });
+      const ws = await TestClient.open(`${server.wsUrl}/ws/chat/2/?token=${token}`);
+      assertEquals((await ws.next()).type, "connection_established");
+      return ws;
+    };
+    const a = await open("5");
+    const b = await open("6");
+    a.send({ type: "typing", is_typing: true });
+    assertEquals((await b.next()).is_typing, true);
+    await a.close();
+    assertEquals((await b.next((f) => f.type === "typing", 3000)).is_typing, false);
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});

@@ -909,3 +909,24 @@ Deno.test("durability: a socket whose upgrade was under way when the drain began
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
 });
+
+Deno.test("durability: a socket asked for once the shutdown's drain has begun is refused with 503, so a balancer sends it elsewhere", async () => {
+  const server = await startTestServer();
+  try {
+    const token = await server.token({ sub: "3", rooms: ["ticket:1"] });
+    const draining = server.app.drain();
+    const res = await fetch(`${server.url}/ws/ticket/1/?token=${token}`, {
+      headers: {
+        upgrade: "websocket",
+        connection: "Upgrade",
+        "sec-websocket-key": btoa("0123456789abcdef"),
+        "sec-websocket-version": "13",
+      },
+    });
+    await res.body?.cancel();
+    assert(res.status === 503, `status ${res.status}`);
+    await draining;
+  } finally {
+    await server.close();
+  }
+});

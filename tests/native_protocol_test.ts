@@ -1437,3 +1437,55 @@ Deno.test("native: past its token's exp a socket keeps its rooms (sends, deliver
     await server.close();
   }
 });
+
+Deno.test("native: a client ahead of the store is told first_seq and gets the room rebuilt from it", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await connect(server);
+    a.send({ type: "join", room: "ticket:9" });
+    await a.next((f) => f.type === "joined");
+    for (let i = 1; i <= 3; i++) a.send({ type: "send", room: "ticket:9", body: `m${i}` });
+    for (let i = 1; i <= 3; i++) await a.next((f) => f.type === "ack");
+    const c = await connect(server, { sub: "2" });
+    c.send({ type: "join", room: "ticket:9", since: 99 });
+    assertEquals(await c.next(), {
+      type: "resync",
+      room: "ticket:9",
+      reason: "ahead_of_history",
+      first_seq: 1,
+      head: 3,
+    });
+    const seqs: unknown[] = [];
+    for (let i = 0; i < 3; i++) seqs.push((await c.next((f) => f.type === "message")).seq);
+    assertEquals(seqs, [1, 2, 3]);
+    await c.next((f) => f.type === "joined");
+    await a.close();
+    await c.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: typing and read events go to the other members only, not back to the sender", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await connect(server, { sub: "1" });
+    const b = await connect(server, { sub: "2" });
+    for (const ws of [a, b]) {
+      ws.send({ type: "join", room: "ticket:4" });
+      await ws.next((f) => f.type === "joined");
+    }
+    a.send({ type: "send", room: "ticket:4", body: "x" });
+    await a.next((f) => f.type === "ack");
+    a.send({ type: "typing", room: "ticket:4" });
+    await b.next((f) => f.type === "typing");
+    a.send({ type: "read", room: "ticket:4", seq: 1 });
+    await a.next((f) => f.type === "read_ok");
+    await b.next((f) => f.type === "read");
+    await a.nothing((f) => f.type === "typing" || f.type === "read");
+    await a.close();
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});

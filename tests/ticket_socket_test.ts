@@ -697,3 +697,61 @@ Deno.test("ticket socket: a socket whose peer took the server's close frame and 
     conn.close();
   }, { SOCKETS_PER_USER: "1", HEARTBEAT_SECONDS: "1", RATE_LIMIT_PER_SECOND: "5" });
 });
+
+Deno.test("ticket socket: an access_token cookie from an ALLOWED_ORIGINS page signs in the ticket socket", async () => {
+  const server = await startTestServer({ ALLOWED_ORIGINS: "https://app.example" });
+  try {
+    const token = await server.token({ sub: "3", username: "u3", rooms: ["ticket:1"] });
+    const ws = await TestClient.open(`${server.wsUrl}/ws/ticket/1/`, {
+      headers: { cookie: `access_token=${token}`, origin: "https://app.example" },
+    });
+    ws.send({ body: "hello" });
+    assertEquals((await ws.next()).body, "hello");
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("ticket socket: a Keycloak offline token (typ Offline, a refresh token) is refused with 4001", async () => {
+  const server = await startTestServer();
+  try {
+    const token = await server.token({ sub: "3", rooms: ["ticket:1"], typ: "Offline" });
+    const ws = TestClient.connect(`${server.wsUrl}/ws/ticket/1/?token=${token}`);
+    assertEquals((await within(ws.closed, "the 4001 close")).code, 4001);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("ticket socket: with JWT_AUDIENCE set, a token for another audience is refused with 4001", async () => {
+  const server = await startTestServer({ JWT_AUDIENCE: "chat" });
+  try {
+    const good = await server.token({ sub: "3", rooms: ["ticket:1"], aud: "chat" });
+    const ok = await TestClient.open(`${server.wsUrl}/ws/ticket/1/?token=${good}`);
+    ok.send({ body: "in" });
+    assertEquals((await ok.next()).body, "in");
+    await ok.close();
+    const other = await server.token({ sub: "3", rooms: ["ticket:1"], aud: "billing" });
+    const ws = TestClient.connect(`${server.wsUrl}/ws/ticket/1/?token=${other}`);
+    assertEquals((await within(ws.closed, "the 4001 close")).code, 4001);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("ticket socket: unpadded base64 and a data: URL that is not base64 are refused, nothing stored", async () => {
+  const server = await startTestServer();
+  try {
+    const token = await server.token({ sub: "3", rooms: ["ticket:1"] });
+    const ws = await TestClient.open(`${server.wsUrl}/ws/ticket/1/?token=${token}`);
+    for (const file of ["QUJDRA", "data:text/plain,QUJD"]) {
+      ws.send({ body: "f", file, filename: "a.bin" });
+      assertEquals(await ws.next(), { error: "File is not valid base64" }, file);
+    }
+    assertEquals(await server.app.context.chat.head("ticket:1"), 0);
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});
