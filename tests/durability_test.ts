@@ -426,6 +426,38 @@ Deno.test("durability: a participant removed, a room deleted, a claimed room tak
   });
 });
 
+Deno.test("durability: a member of a room deleted through another process, sending before the notice arrives, is told the room was deleted, not that access was revoked", async () => {
+  const admin = "a-long-enough-admin-token-for-tests";
+  await withProcesses(2, { ADMIN_TOKEN: admin }, async (ports) => {
+    const api = (method: string, path: string, json?: unknown) =>
+      adminCall(`http://127.0.0.1:${ports[0]}`, admin, method, path, json);
+    for (let round = 0; round < 3; round++) {
+      const ticket = 30 + round;
+      assertEquals(
+        await api("PUT", `/api/rooms/ticket/${ticket}`, { participants: [{ user_id: "5" }] }),
+        201,
+      );
+      const token = await signDevToken(TEST_SECRET, { sub: "5" });
+      const ws = await TestClient.open(
+        `ws://127.0.0.1:${ports[1]}/ws/ticket/${ticket}/?token=${token}`,
+      );
+      ws.send({ body: "hello" });
+      await ws.next((f) => f.body === "hello");
+      const native = await nativeClient(ports[1], "5");
+      native.send({ type: "join", room: `ticket:${ticket}` });
+      await native.next((f) => f.type === "joined");
+      assertEquals(await api("DELETE", `/api/rooms/ticket/${ticket}`), 204);
+      // Unaware, both send again at once.
+      ws.send({ body: "still there?" });
+      native.send({ type: "send", room: `ticket:${ticket}`, body: "still there?", ref: "s" });
+      assertEquals(await within(ws.closed, "the close"), { code: 4004, reason: "Room deleted" });
+      const removed = await native.next((f) => f.type === "removed");
+      assertEquals(removed.reason, "room_deleted", `round ${round}`);
+      await native.close();
+    }
+  });
+});
+
 Deno.test("durability: a room's epoch given out right after its deletion on another process is the new one, so the rejoin with it is taken", async () => {
   const admin = "a-long-enough-admin-token-for-tests";
   await withProcesses(2, { ADMIN_TOKEN: admin }, async (ports) => {

@@ -1,6 +1,6 @@
 /** The commands every dialect shares: access, send, history, typing, read. */
 
-import { ChatError } from "./errors.ts";
+import { ChatError, roomDeleted } from "./errors.ts";
 import { objectId } from "./ids.ts";
 import type { Metrics } from "./metrics.ts";
 import type {
@@ -142,6 +142,9 @@ export class ChatService {
     // instead of storing it in the room's next life (a room re-created under the same id).
     const generation = await this.#deps.store.generation(room);
     if (user && !(await this.canAccess(user, room))) {
+      // A deletion on another server takes the directory row before its notice arrives here:
+      // the member is out because the room is gone, not because it was turned away.
+      if (await this.#deps.store.deleting(room)) throw roomDeleted();
       throw new ChatError("forbidden", "Access denied to this room");
     }
     const pending = files.length > 0 ? this.#deps.pending : undefined;
@@ -256,6 +259,11 @@ export class ChatService {
    */
   deleteHistory(room: string, marked?: (generation: number) => void): Promise<number> {
     return this.#deps.store.purge(room, marked);
+  }
+
+  /** Notes that the room is being deleted, before its directory row goes (see MessageStore). */
+  markDeleting(room: string): Promise<void> {
+    return this.#deps.store.markDeleting(room);
   }
 
   /** The lowest seq the room's history still holds. */

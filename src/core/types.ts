@@ -149,6 +149,13 @@ export interface MessageStore {
   purge(room: string, marked?: (generation: number) => void): Promise<number>;
   /** How many times the room has been purged: a draft carrying an older value is refused. */
   generation(room: string, options?: { fresh?: boolean }): Promise<number>;
+  /**
+   * Notes that the room is being deleted, before its directory row goes: a server that finds a
+   * member's access gone before the deletion's notice reaches it can tell the two apart.
+   */
+  markDeleting(room: string): Promise<void>;
+  /** True within a minute of {@link markDeleting} for the room. */
+  deleting(room: string): Promise<boolean>;
 }
 
 /** Per-user read cursors: the highest seq each user has read in a room. */

@@ -195,6 +195,8 @@ Deno.test("Hub.join() with since reports a gap that retention opens while the re
     tail: (room) => store.tail(room),
     purge: (room) => store.purge(room),
     generation: (room, options) => store.generation(room, options),
+    markDeleting: (room) => store.markDeleting(room),
+    deleting: (room) => store.deleting(room),
     list: async (room, query) => {
       const page = await store.list(room, query);
       if (pages++ === 0) {

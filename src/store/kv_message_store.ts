@@ -68,12 +68,17 @@ export const KV_KEYS = {
    * under an older value is refused at its commit, as the room it was admitted to is gone.
    */
   generation: (room: string): Deno.KvKey => ["gen", room],
+  /** When the room's deletion began (ms since the epoch), for a minute (see `markDeleting`). */
+  deleting: (room: string): Deno.KvKey => ["deleting", room],
   /**
    * Present once every message of the room with attachments has its record: messages stored
    * before records existed get theirs when a history limit first applies to the room.
    */
   filesRecorded: (room: string): Deno.KvKey => ["files_recorded", room],
 };
+
+/** How long a room's deletion mark counts: far longer than a deletion's notice takes to come. */
+const DELETING_MARK_MS = 60_000;
 
 // Deno KV refuses an atomic operation with over 100 checks, 1000 mutations, 800 KiB in all or
 // 80 KiB of the keys it writes values to, and values over 64 KiB. A message costs up to 4
@@ -319,6 +324,17 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       // Let the sends of this tick join the first batch.
       queueMicrotask(() => this.#drain());
     });
+  }
+
+  /** Notes the room's deletion for a minute (see MessageStore.markDeleting in core/types.ts). */
+  async markDeleting(room: string): Promise<void> {
+    await this.#kv.set(KV_KEYS.deleting(room), Date.now(), { expireIn: DELETING_MARK_MS });
+  }
+
+  /** True within a minute of `markDeleting` (KV may keep an expired key a while: its time says). */
+  async deleting(room: string): Promise<boolean> {
+    const mark = await this.#kv.get<number>(KV_KEYS.deleting(room));
+    return typeof mark.value === "number" && Date.now() - mark.value < DELETING_MARK_MS;
   }
 
   /**

@@ -423,6 +423,9 @@ export const API_ROUTES: ApiRoute[] = [
     async handle({ params }, deps) {
       const { kind, id } = params;
       const room = roomKeyOf(kind, id);
+      // Before the row goes: servers that find their members' access gone before the notice
+      // below reaches them tell them the room was deleted, not that they were turned away.
+      await deps.chat.markDeleting(room);
       const known = await deps.directory.deleteRoom(kind, id);
       if (!known && (await deps.chat.history(room, { limit: 1 })).length === 0) {
         throw new ApiError(404, `Room "${room}" not found`);
