@@ -707,6 +707,13 @@ apiTest(
       headers: { "content-type": "multipart/form-data; boundary=x" },
     });
     assertEquals(broken.status, 400);
+    // A boundary past RFC 2046's 70 characters only makes every byte cost more to scan.
+    const longBoundary = await s.api("POST", "/api/rooms/ticket/5/attachments", {
+      body: `--${"b".repeat(71)}--\r\n`,
+      headers: { "content-type": `multipart/form-data; boundary=${"b".repeat(71)}` },
+    });
+    assertEquals(longBoundary.status, 400);
+    assertMatch(longBoundary.body.message as string, /boundary must be 1 to 70 characters/);
     // Whole parts but no closing delimiter (a cut-off body with its length to match): the
     // platform's parser would take the first file alone and drop the client_id after it.
     const part = (headers: string, content: string) => `--x\r\n${headers}\r\n\r\n${content}\r\n`;

@@ -649,7 +649,15 @@ async function readMultipart(
   // truncated upload would be stored without its later files and fields (a client_id among
   // them). The scan of the parts' headers also says whether the closing delimiter came.
   const boundary = /;\s*boundary=(?:"([^"]+)"|([^;\s]+))/i.exec(type);
-  const names = new MultipartNames(boundary?.[1] ?? boundary?.[2] ?? "");
+  const boundaryText = boundary?.[1] ?? boundary?.[2] ?? "";
+  // RFC 2046's bound: a longer one only makes every byte of the body cost more to scan.
+  if (boundaryText.length > 70 || /[\r\n]/.test(boundaryText)) {
+    throw new ApiError(
+      400,
+      "Body is not valid multipart/form-data: its boundary must be 1 to 70 characters",
+    );
+  }
+  const names = new MultipartNames(boundaryText);
   const reader = req.body?.getReader();
   const source = reader && new ReadableStream<Uint8Array>({
     async pull(controller) {

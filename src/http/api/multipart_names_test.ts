@@ -98,3 +98,22 @@ Deno.test("multipart names: headers too long to keep lose the names, not the end
   for (let i = 0; i < body.length; i += 1000) names.push(body.subarray(i, i + 1000));
   assertEquals([names.ended, names.complete, names.parts], [true, false, [{ name: "c" }]]);
 });
+
+Deno.test("multipart names: content made of the boundary's characters and near-delimiters", () => {
+  const boundary = "a".repeat(70);
+  const near = `\r\n--${"a".repeat(69)}b`;
+  const body = new TextEncoder().encode(
+    `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="x; y.bin"\r\n\r\n` +
+      "a".repeat(5000) + near.repeat(50) + "\r\r\n-\r\n--" +
+      `\r\n--${boundary}\r\nContent-Disposition: form-data; name="n"\r\n\r\n1` +
+      `\r\n--${boundary}--\r\n`,
+  );
+  for (const chunk of [3, 100, 4096]) {
+    const names = new MultipartNames(boundary);
+    for (let i = 0; i < body.length; i += chunk) names.push(body.subarray(i, i + chunk));
+    assertEquals([names.complete, names.parts], [true, [
+      { name: "file", filename: "x; y.bin" },
+      { name: "n" },
+    ]], `chunks of ${chunk}`);
+  }
+});
