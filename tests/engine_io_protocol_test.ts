@@ -376,7 +376,19 @@ Deno.test("malformed Socket.IO packets close the connection", async () => {
     strictEqual((await post(ctx, second.sid, "4abc")).status, 200);
     strictEqual((await poll(ctx, second.sid)).text, "1");
     strictEqual((await poll(ctx, second.sid)).status, 400);
-    await eventually(() => ctx.reasons.filter((r) => r === "parse error").length === 4);
+    // A body that is not UTF-8 (Latin-1 "café") is no packet either, not text with U+FFFD.
+    const third = await handshake(ctx);
+    await post(ctx, third.sid, "40");
+    await poll(ctx, third.sid);
+    const latin1 = Uint8Array.from([
+      ...new TextEncoder().encode('42["echo","caf'),
+      0xe9,
+      0x22,
+      0x5d,
+    ]);
+    strictEqual((await post(ctx, third.sid, latin1)).status, 400);
+    strictEqual((await poll(ctx, third.sid)).status, 400);
+    await eventually(() => ctx.reasons.filter((r) => r === "parse error").length === 5);
   });
 });
 

@@ -806,7 +806,19 @@ class Session implements EngineSocket {
 
 type BodyResult =
   | { ok: true; text: string }
-  | { ok: false; tooLarge: boolean; busy?: boolean };
+  | { ok: false; tooLarge: boolean; busy?: boolean; notUtf8?: boolean };
+
+// Packets are text: bytes that are not UTF-8 are no packets (a lenient decoder stored U+FFFD).
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+/** A body's text, or the refusal of one that is not UTF-8. */
+function bodyText(bytes: Uint8Array): BodyResult {
+  try {
+    return { ok: true, text: utf8.decode(bytes) };
+  } catch {
+    return { ok: false, tooLarge: false, notUtf8: true };
+  }
+}
 
 /**
  * Reads a POST body of at most `limit` bytes; with a `budget`, its bytes past
@@ -862,14 +874,14 @@ async function readBody(req: Request, limit: number, budget?: PostBudget): Promi
     clearTimeout(deadline);
     if (budget) budget.left += taken;
   }
-  if (chunks.length === 1) return { ok: true, text: new TextDecoder().decode(chunks[0]) };
+  if (chunks.length === 1) return bodyText(chunks[0]);
   const all = new Uint8Array(size);
   let offset = 0;
   for (const chunk of chunks) {
     all.set(chunk, offset);
     offset += chunk.byteLength;
   }
-  return { ok: true, text: new TextDecoder().decode(all) };
+  return bodyText(all);
 }
 
 function pipe(a: FrameSocket, b: FrameSocket): void {
@@ -1033,6 +1045,10 @@ export class EngineServer {
     const limit = Math.max(this.#options.maxPollingPayload, session.maxPost);
     const body = await readBody(req, limit, session.maxPost > 0 ? undefined : this.#unsignedPosts);
     session.endPost();
+    if (!body.ok && body.notUtf8) {
+      session.fail("parse error", "a POST that is not UTF-8");
+      return fail(ErrorCode.BAD_REQUEST);
+    }
     if (!body.ok) {
       session.fail(
         "transport error",
