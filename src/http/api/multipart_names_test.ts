@@ -61,31 +61,19 @@ Deno.test("multipart names: a body cut short is not complete", async () => {
 });
 
 Deno.test("multipart names: Content-Disposition values, quoted, escaped and extended", () => {
-  assertEquals(dispositionNames(' form-data; name="f"; filename="x; y=z.pdf"'), {
-    name: "f",
-    filename: "x; y=z.pdf",
-  });
-  assertEquals(dispositionNames("form-data; name=f; filename=plain.txt"), {
-    name: "f",
-    filename: "plain.txt",
-  });
-  assertEquals(dispositionNames('form-data; name="f"; filename="say \\"hi\\".txt"'), {
-    name: "f",
-    filename: 'say "hi".txt',
-  });
-  assertEquals(
-    dispositionNames('form-data; name="f"; filename="a.txt"; filename*=UTF-8\'\'%C3%A9t%C3%A9.txt'),
-    { name: "f", filename: "été.txt" },
-  );
-  // An extended name that is not UTF-8 percent-encoding leaves the plain one.
-  assertEquals(dispositionNames("form-data; name=f; filename=a.txt; filename*=UTF-8''%FF"), {
-    name: "f",
-    filename: "a.txt",
-  });
-  assertEquals(dispositionNames('form-data; name="f"; filename="unterminated; x'), {
-    name: "f",
-    filename: "unterminated; x",
-  });
+  const cases: [string, string][] = [
+    [' form-data; name="f"; filename="x; y=z.pdf"', "x; y=z.pdf"],
+    ["form-data; name=f; filename=plain.txt", "plain.txt"],
+    ['form-data; name="f"; filename="say \\"hi\\".txt"', 'say "hi".txt'],
+    ['form-data; name="f"; filename="say %22hi%22.txt"', 'say "hi".txt'],
+    ['form-data; name="f"; filename="a.txt"; filename*=UTF-8\'\'%C3%A9t%C3%A9.txt', "été.txt"],
+    // An extended name that is not UTF-8 percent-encoding leaves the plain one.
+    ["form-data; name=f; filename=a.txt; filename*=UTF-8''%FF", "a.txt"],
+    ['form-data; name="f"; filename="unterminated; x', "unterminated; x"],
+  ];
+  for (const [value, filename] of cases) {
+    assertEquals(dispositionNames(value), { name: "f", filename }, value);
+  }
 });
 
 Deno.test("multipart names: headers too long to keep lose the names, not the end", () => {
