@@ -195,6 +195,10 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   // late, and a killed server never gives its lease back.
   const mediaSweepMs = overrides.mediaSweepMs ?? MEDIA_SWEEP_MS;
   const sweepMedia = async () => {
+    // Deletions of rooms that another server's crash cut short, which only a start or that
+    // server's own retry would otherwise finish: the room's old messages would still be read.
+    // Every server, not only the lease's holder (which may be the server that crashed).
+    void store.resumePurges();
     try {
       const held = await kv.get<number>(MEDIA_SWEEP_KEY);
       if (typeof held.value === "number" && Date.now() - held.value < mediaSweepMs / 2) return;
@@ -203,9 +207,6 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         kv.atomic().check(held).set(MEDIA_SWEEP_KEY, Date.now(), { expireIn: mediaSweepMs }),
       );
       if (!lease.ok) return;
-      // Deletions of rooms that another server's crash cut short, which only a start or that
-      // server's own retry would otherwise finish: the room's old messages would still be read.
-      void store.resumePurges();
       const n = await media.sweepTemporary(60 * 60_000);
       if (n > 0) console.warn(`media: removed ${n} files a crash left half written`);
     } catch (err) {
