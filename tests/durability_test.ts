@@ -10,6 +10,7 @@ import {
   TestClient,
 } from "./helpers.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
+import { io } from "socket.io-client";
 import { MemoryBroker } from "../src/broker/memory_broker.ts";
 import type { AppOverrides } from "../main.ts";
 import { LogWriter } from "../src/broker/kv_log.ts";
@@ -454,6 +455,72 @@ Deno.test("durability: a member of a room deleted through another process, sendi
       const removed = await native.next((f) => f.type === "removed");
       assertEquals(removed.reason, "room_deleted", `round ${round}`);
       await native.close();
+    }
+  });
+});
+
+Deno.test("durability: a participant removed on another process is told access was revoked, also in a room deleted or not found a moment before it was created", async () => {
+  const admin = "a-long-enough-admin-token-for-tests";
+  await withProcesses(2, { ADMIN_TOKEN: admin }, async (ports) => {
+    const api = (method: string, path: string, json?: unknown) =>
+      adminCall(`http://127.0.0.1:${ports[0]}`, admin, method, path, json);
+    for (const before of ["nothing", "a deletion", "a deletion of no room"]) {
+      const ticket = { "nothing": 80, "a deletion": 81, "a deletion of no room": 82 }[before]!;
+      if (before === "a deletion") {
+        assertEquals(await api("PUT", `/api/rooms/ticket/${ticket}`, { participants: [] }), 201);
+        assertEquals(await api("DELETE", `/api/rooms/ticket/${ticket}`), 204);
+      }
+      if (before === "a deletion of no room") {
+        assertEquals(await api("DELETE", `/api/rooms/ticket/${ticket}`), 404);
+      }
+      const participants = [{ user_id: "5" }, { user_id: "6" }];
+      assertEquals(await api("PUT", `/api/rooms/ticket/${ticket}`, { participants }), 201);
+      const token = await signDevToken(TEST_SECRET, { sub: "6" });
+      const ws = await TestClient.open(
+        `ws://127.0.0.1:${ports[1]}/ws/ticket/${ticket}/?token=${token}`,
+      );
+      ws.send({ body: "hello" });
+      await ws.next((f) => f.body === "hello");
+      assertEquals(await api("DELETE", `/api/rooms/ticket/${ticket}/participants/6`), 204);
+      // Past the 25 ms the directory's change token may lag, before the removal's notice comes.
+      await delay(60);
+      ws.send({ body: "still there?" });
+      assertEquals((await within(ws.closed, "the close")).code, 4003, `after ${before}`);
+    }
+  });
+});
+
+Deno.test("durability: a Socket.IO member of a room deleted through another process, sending before the notice arrives, is told the room was deleted", async () => {
+  const admin = "a-long-enough-admin-token-for-tests";
+  await withProcesses(2, { ADMIN_TOKEN: admin }, async (ports) => {
+    const api = (method: string, path: string, json?: unknown) =>
+      adminCall(`http://127.0.0.1:${ports[0]}`, admin, method, path, json);
+    for (let round = 0; round < 3; round++) {
+      const ticket = String(60 + round);
+      assertEquals(
+        await api("PUT", `/api/rooms/ticket/${ticket}`, { participants: [{ user_id: "5" }] }),
+        201,
+      );
+      const token = await signDevToken(TEST_SECRET, { sub: "5" });
+      const sio = io(`http://127.0.0.1:${ports[1]}`, {
+        forceNew: true,
+        reconnection: false,
+        transports: ["websocket"],
+        auth: { token },
+      });
+      try {
+        const next = <T>(event: string) =>
+          within(new Promise<T>((resolve) => sio.once(event, resolve)), event);
+        await next("authenticated");
+        sio.emit("join_ticket", { ticketId: ticket });
+        await next("joined_ticket");
+        assertEquals(await api("DELETE", `/api/rooms/ticket/${ticket}`), 204);
+        const error = next<{ message: string }>("send_message_error");
+        sio.emit("send_message", { ticketId: ticket, message: "still there?" });
+        assertEquals((await error).message, "This room was deleted", `round ${round}`);
+      } finally {
+        sio.disconnect();
+      }
     }
   });
 });

@@ -2,6 +2,7 @@
 
 import { assert, assertEquals, assertMatch, assertRejects, within } from "./assert.ts";
 import {
+  adminCall,
   eventually,
   listFiles,
   sendRawText,
@@ -402,26 +403,57 @@ Deno.test("native: a lowered HISTORY_LIMIT drops a room's older messages and fil
   }
 });
 
-Deno.test("native: a room deletion another server's crash cut short is finished by a server still running", async () => {
+Deno.test("native: a room deletion another server's crash cut short is finished by a server still running, whoever holds the media sweep's lease", async () => {
   const server = await startTestServer({}, { mediaSweepMs: 300 });
   try {
     const ws = await connect(server);
     await join(ws, "ticket:4");
     ws.send({ type: "send", room: "ticket:4", body: "m1" });
     await ws.next((f) => f.type === "message");
-    // What the other server's purge stored before it was killed: the head it deletes up to.
+    // What the other server's purge stored before it was killed: the head it deletes up to. It
+    // held the media sweep's lease too, and its lease seems held throughout.
     const kv = await Deno.openKv(`${server.dataDir}/chat.kv`);
     await kv.atomic().max(["purging", "ticket:4"], 1n).commit();
-    kv.close();
-    await eventually(
-      async () => {
-        ws.send({ type: "history", room: "ticket:4", ref: "h" });
-        const page = await ws.next((f) => f.type === "history");
-        return (page.messages as Frame[]).length === 0;
-      },
-      5000,
-      "the deleted room's messages to go",
+    const lease = setInterval(() => kv.set(["media_sweep"], Date.now()), 50);
+    try {
+      await eventually(
+        async () => {
+          ws.send({ type: "history", room: "ticket:4", ref: "h" });
+          const page = await ws.next((f) => f.type === "history");
+          return (page.messages as Frame[]).length === 0;
+        },
+        5000,
+        "the deleted room's messages to go",
+      );
+    } finally {
+      clearInterval(lease);
+      kv.close();
+    }
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: a rejoin with the epoch of a room deleted since is refused room_deleted, also for a room of the directory", async () => {
+  const admin = "a-long-enough-admin-token-for-tests";
+  const server = await startTestServer({ ADMIN_TOKEN: admin });
+  try {
+    const api = (method: string, path: string, json?: unknown) =>
+      adminCall(server.url, admin, method, path, json);
+    assertEquals(
+      await api("PUT", "/api/rooms/ticket/41", { participants: [{ user_id: "5" }] }),
+      201,
     );
+    let ws = await connect(server, { sub: "5", rooms: [] });
+    const joined = await join(ws, "ticket:41");
+    await ws.close();
+    // Away (a network change) while the room is deleted: the directory no longer lets it in.
+    assertEquals(await api("DELETE", "/api/rooms/ticket/41"), 204);
+    ws = await connect(server, { sub: "5", rooms: [] });
+    ws.send({ type: "join", room: "ticket:41", since: 0, epoch: joined.epoch, ref: "r" });
+    const reply = await ws.next((f) => f.ref === "r");
+    assertEquals([reply.type, reply.code], ["error", "room_deleted"]);
     await ws.close();
   } finally {
     await server.close();

@@ -142,9 +142,7 @@ export class ChatService {
     // instead of storing it in the room's next life (a room re-created under the same id).
     const generation = await this.#deps.store.generation(room);
     if (user && !(await this.canAccess(user, room))) {
-      // A deletion on another server takes the directory row before its notice arrives here:
-      // the member is out because the room is gone, not because it was turned away.
-      if (await this.#deps.store.deleting(room)) throw roomDeleted();
+      if (await this.deletedPast(room, generation)) throw roomDeleted();
       throw new ChatError("forbidden", "Access denied to this room");
     }
     const pending = files.length > 0 ? this.#deps.pending : undefined;
@@ -261,9 +259,21 @@ export class ChatService {
     return this.#deps.store.purge(room, marked);
   }
 
-  /** Notes that the room is being deleted, before its directory row goes (see MessageStore). */
-  markDeleting(room: string): Promise<void> {
-    return this.#deps.store.markDeleting(room);
+  /** Notes that the room is being deleted to `generation` (null: it was not), see MessageStore. */
+  markDeleting(room: string, generation: number | null): Promise<void> {
+    return this.#deps.store.markDeleting(room, generation);
+  }
+
+  /**
+   * True when the room was deleted past `generation` (the one a member holds), or a deletion
+   * begun within the last minute takes it past: a deletion on another server takes the
+   * directory row before its notice arrives, so a member refused access meanwhile is out because
+   * the room is gone, not because it was turned away.
+   */
+  async deletedPast(room: string, generation: number): Promise<boolean> {
+    if (await this.deletedSince(room, generation)) return true;
+    const deleting = await this.#deps.store.deleting(room);
+    return deleting !== null && deleting > generation;
   }
 
   /** The lowest seq the room's history still holds. */

@@ -376,6 +376,11 @@ class NativeSession implements SocketHandler {
       return error;
     };
     if (!(await ctx.chat.canAccess(this.user, room))) {
+      // A rejoin of a room deleted since (or being deleted, its notice on the way) is told so,
+      // as the epoch check below would, before the directory's word that access is gone.
+      if (epoch !== undefined && await ctx.chat.deletedPast(room, epoch)) {
+        throw refuse("room_deleted", new ChatError("room_deleted", `Room "${room}" was deleted`));
+      }
       throw refuse("access_revoked", new ChatError("forbidden", `Access denied to room "${room}"`));
     }
     // The room's deletions so far: a client that held the room under an earlier count holds

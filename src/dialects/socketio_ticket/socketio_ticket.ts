@@ -6,7 +6,13 @@
 
 import { isAdminRole } from "../../auth/principal.ts";
 import { findToken } from "../../auth/token.ts";
-import { asChatError, ChatError, frameTooLarge, rateLimited } from "../../core/errors.ts";
+import {
+  asChatError,
+  ChatError,
+  frameTooLarge,
+  rateLimited,
+  roomDeleted,
+} from "../../core/errors.ts";
 import type { QueuedSend } from "../../core/chat_service.ts";
 import { type RateVerdict, TYPING_REPEAT_MS } from "../../core/rate_limiter.ts";
 import { isValidRoomId, roomKey } from "../../core/rooms.ts";
@@ -440,6 +446,8 @@ export function createSocketIoTicketChat(
     const id = ticketIdOf(payload);
     const room = roomKey("ticket", id);
     if (!(await ctx.chat.canAccess(user, room))) {
+      // Deleted on another server, its notice still on the way: gone, not turned away.
+      if (await ctx.chat.deletedPast(room, await ctx.chat.generation(room))) throw roomDeleted();
       throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
     }
     return { user, room, id };

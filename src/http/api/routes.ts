@@ -425,9 +425,16 @@ export const API_ROUTES: ApiRoute[] = [
       const room = roomKeyOf(kind, id);
       // Before the row goes: servers that find their members' access gone before the notice
       // below reaches them tell them the room was deleted, not that they were turned away.
-      await deps.chat.markDeleting(room);
-      const known = await deps.directory.deleteRoom(kind, id);
+      await deps.chat.markDeleting(room, await deps.chat.generation(room, { fresh: true }) + 1);
+      let known: boolean;
+      try {
+        known = await deps.directory.deleteRoom(kind, id);
+      } catch (err) {
+        await deps.chat.markDeleting(room, null).catch(() => {});
+        throw err;
+      }
       if (!known && (await deps.chat.history(room, { limit: 1 })).length === 0) {
+        await deps.chat.markDeleting(room, null);
         throw new ApiError(404, `Room "${room}" not found`);
       }
       const closed = (generation: number) =>
