@@ -223,6 +223,23 @@ Deno.test("relay: GETs and POSTs that reach the non-owner are served by the owne
   });
 });
 
+Deno.test("relay: a POST that is not UTF-8 ends the session as a parse error, whichever isolate it reaches", async () => {
+  const latin1 = Uint8Array.from([...new TextEncoder().encode('42["echo","caf'), 0xe9, 0x22, 0x5d]);
+  for (const via of ["owner", "other isolate"]) {
+    await withCluster({}, async ({ a, b }) => {
+      const sid = await handshake(a);
+      strictEqual((await post(a, sid, "40")).text, "ok");
+      await poll(a, sid);
+      const target = via === "owner" ? a : b;
+      const url = `${target.base}?EIO=4&transport=polling&sid=${sid}`;
+      strictEqual((await request(url, { method: "POST", body: latin1 })).status, 400, via);
+      await eventually(() => a.reasons.length > 0, 2000, "the session's end");
+      deepStrictEqual(a.reasons, ["parse error"], via);
+      strictEqual((await poll(a, sid)).status, 400, via);
+    });
+  }
+});
+
 Deno.test("relay: heartbeats through the non-owner keep the session alive", async () => {
   await withCluster({ pingInterval: 100, pingTimeout: 200 }, async ({ a, b }) => {
     const sid = await handshake(a);

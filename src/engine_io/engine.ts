@@ -1123,10 +1123,11 @@ export class EngineServer {
       // Whose it is, only the owner knows: it counts as nobody's sign-in.
       const body = await readBody(req, this.#options.maxPollingPayload, this.#unsignedPosts);
       if (!body.ok && body.busy) return this.#busy(origin);
-      if (!body.ok && !body.tooLarge) {
+      if (!body.ok && !body.tooLarge && !body.notUtf8) {
         return this.#respond(errorReply(ErrorCode.BAD_REQUEST), origin);
       }
-      reply = await relay.post(sid, body.ok ? body.text : null);
+      // A body refused here ends the session there, as it would have on the owner.
+      reply = await relay.post(sid, body.ok ? body.text : body.notUtf8 ? false : null);
     } else {
       return this.#respond(errorReply(ErrorCode.BAD_REQUEST), origin);
     }
@@ -1150,6 +1151,10 @@ export class EngineServer {
         if (body === null) {
           session.fail("transport error", "payload too large");
           return this.#payloadTooLargeReply();
+        }
+        if (body === false) {
+          session.fail("parse error", "a POST that is not UTF-8");
+          return errorReply(ErrorCode.BAD_REQUEST);
         }
         return session.post(body);
       },

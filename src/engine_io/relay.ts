@@ -37,8 +37,11 @@ export interface RelayReply {
 export interface RelayOwner {
   /** Serves a long-polling GET; resolves when packets are due, like a local poll. */
   relayPoll(sid: string): Promise<RelayReply>;
-  /** Handles a POST body; `null` means the body exceeded maxPayload and the session must close. */
-  relayPost(sid: string, body: string | null): RelayReply;
+  /**
+   * Handles a POST body; `null` means the body exceeded maxPayload, `false` that it was not
+   * UTF-8, and the session must close.
+   */
+  relayPost(sid: string, body: string | null | false): RelayReply;
   /** Takes a bridged WebSocket as an upgrade candidate; false refuses it. */
   relayWebSocket(sid: string, frames: FrameSocket): boolean;
 }
@@ -51,8 +54,11 @@ export interface SessionRelay {
   attach(owner: RelayOwner): void;
   /** Forwards a GET; resolves null when no isolate owns the sid. */
   poll(sid: string, timeout: number): Promise<RelayReply | null>;
-  /** Forwards a POST body (null: too large); resolves null when no isolate owns the sid. */
-  post(sid: string, body: string | null): Promise<RelayReply | null>;
+  /**
+   * Forwards a POST body (null: too large, false: not UTF-8); resolves null when no isolate owns
+   * the sid.
+   */
+  post(sid: string, body: string | null | false): Promise<RelayReply | null>;
   /** Asks the owner to accept a WebSocket upgrade; resolves the bridge, or null if refused. */
   openWebSocket(sid: string): Promise<FrameSocket | null>;
   /** Stops relaying and closes every bridge. */
@@ -95,7 +101,7 @@ type Message =
     id: string;
     op: Operation;
     sid: string;
-    body?: string | null;
+    body?: string | null | false;
   }
   | { k: "ack"; to: string; id: string }
   | { k: "res"; to: string; from: string; id: string; reply?: RelayReply; ok?: boolean }
@@ -245,7 +251,7 @@ export class BroadcastChannelRelay implements SessionRelay {
   }
 
   /** Forwards a POST body to the owner. */
-  async post(sid: string, body: string | null): Promise<RelayReply | null> {
+  async post(sid: string, body: string | null | false): Promise<RelayReply | null> {
     const result = await this.#call(sid, "post", body, this.#replyTimeout);
     return result?.reply ?? null;
   }
@@ -397,7 +403,7 @@ export class BroadcastChannelRelay implements SessionRelay {
   #call(
     sid: string,
     op: Operation,
-    body: string | null | undefined,
+    body: string | null | false | undefined,
     replyTimeout: number,
     id = this.#nextId(),
   ): Promise<Result | null> {
@@ -425,7 +431,7 @@ export class BroadcastChannelRelay implements SessionRelay {
       const call: Call = {
         timer: setTimeout(
           () => finish(null),
-          this.#ackTimeout + (body?.length ?? 0) / BODY_BYTES_PER_MS,
+          this.#ackTimeout + (body ? body.length : 0) / BODY_BYTES_PER_MS,
         ),
         replyTimeout,
         resolve: finish,
@@ -451,7 +457,7 @@ export class BroadcastChannelRelay implements SessionRelay {
           resend(wait * 2);
         }, wait);
       };
-      resend(RESEND_MS + (body?.length ?? 0) / BODY_BYTES_PER_MS);
+      resend(RESEND_MS + (body ? body.length : 0) / BODY_BYTES_PER_MS);
     });
   }
 
