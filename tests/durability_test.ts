@@ -447,6 +447,8 @@ Deno.test("durability: a member of a room deleted through another process, sendi
       const native = await nativeClient(ports[1], "5");
       native.send({ type: "join", room: `ticket:${ticket}` });
       await native.next((f) => f.type === "joined");
+      // Quiet past the 250 ms the room's generation is held: the send reads it afresh.
+      await delay(400);
       assertEquals(await api("DELETE", `/api/rooms/ticket/${ticket}`), 204);
       // Unaware, both send again at once.
       ws.send({ body: "still there?" });
@@ -514,6 +516,8 @@ Deno.test("durability: a Socket.IO member of a room deleted through another proc
         await next("authenticated");
         sio.emit("join_ticket", { ticketId: ticket });
         await next("joined_ticket");
+        // Quiet past the 250 ms the room's generation is held: the send reads it afresh.
+        await delay(400);
         assertEquals(await api("DELETE", `/api/rooms/ticket/${ticket}`), 204);
         const error = next<{ message: string }>("send_message_error");
         sio.emit("send_message", { ticketId: ticket, message: "still there?" });

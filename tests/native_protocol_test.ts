@@ -435,7 +435,7 @@ Deno.test("native: a room deletion another server's crash cut short is finished 
   }
 });
 
-Deno.test("native: a rejoin with the epoch of a room deleted since is refused room_deleted, also for a room of the directory", async () => {
+Deno.test("native: a rejoin with the epoch of a room being deleted is refused room_deleted, also for a room of the directory; an outsider's made-up epoch gets forbidden", async () => {
   const admin = "a-long-enough-admin-token-for-tests";
   const server = await startTestServer({ ADMIN_TOKEN: admin });
   try {
@@ -454,6 +454,16 @@ Deno.test("native: a rejoin with the epoch of a room deleted since is refused ro
     ws.send({ type: "join", room: "ticket:41", since: 0, epoch: joined.epoch, ref: "r" });
     const reply = await ws.next((f) => f.ref === "r");
     assertEquals([reply.type, reply.code], ["error", "room_deleted"]);
+    await ws.close();
+    // Created again: an outsider's made-up epoch learns nothing of the room's deletion.
+    assertEquals(
+      await api("PUT", "/api/rooms/ticket/41", { participants: [{ user_id: "6" }] }),
+      201,
+    );
+    ws = await connect(server, { sub: "5", rooms: [] });
+    ws.send({ type: "join", room: "ticket:41", epoch: 0, ref: "o" });
+    const outsider = await ws.next((f) => f.ref === "o");
+    assertEquals([outsider.type, outsider.code], ["error", "forbidden"]);
     await ws.close();
   } finally {
     await server.close();

@@ -259,21 +259,24 @@ export class ChatService {
     return this.#deps.store.purge(room, marked);
   }
 
-  /** Notes that the room is being deleted to `generation` (null: it was not), see MessageStore. */
-  markDeleting(room: string, generation: number | null): Promise<void> {
-    return this.#deps.store.markDeleting(room, generation);
+  /** Notes that the room is being deleted, or no longer (see MessageStore.markDeleting). */
+  markDeleting(room: string, deleting: boolean): Promise<void> {
+    return this.#deps.store.markDeleting(room, deleting);
   }
 
   /**
-   * True when the room was deleted past `generation` (the one a member holds), or a deletion
-   * begun within the last minute takes it past: a deletion on another server takes the
+   * True when the room was deleted since `generation` was read, or a deletion was begun within
+   * the last minute (and the room not created again): a deletion on another server takes the
    * directory row before its notice arrives, so a member refused access meanwhile is out because
    * the room is gone, not because it was turned away.
    */
   async deletedPast(room: string, generation: number): Promise<boolean> {
-    if (await this.deletedSince(room, generation)) return true;
-    const deleting = await this.#deps.store.deleting(room);
-    return deleting !== null && deleting > generation;
+    return await this.deletedSince(room, generation) || await this.#deps.store.deleting(room);
+  }
+
+  /** True within a minute of a room's deletion (see MessageStore.deleting). */
+  deleting(room: string): Promise<boolean> {
+    return this.#deps.store.deleting(room);
   }
 
   /** The lowest seq the room's history still holds. */

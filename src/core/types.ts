@@ -150,13 +150,13 @@ export interface MessageStore {
   /** How many times the room has been purged: a draft carrying an older value is refused. */
   generation(room: string, options?: { fresh?: boolean }): Promise<number>;
   /**
-   * Notes that the room is being deleted to `generation`, before its directory row goes: a server
-   * that finds a member's access gone before the deletion's notice reaches it can tell the two
-   * apart. `null` takes the note back (the deletion found no room).
+   * Notes that the room is being deleted (before its directory row goes: a server that finds a
+   * member's access gone before the deletion's notice reaches it can tell the two apart), or
+   * takes the note back (`false`: the deletion found no room, or the room was created again).
    */
-  markDeleting(room: string, generation: number | null): Promise<void>;
-  /** The generation a deletion noted within the last minute raises the room to, or null. */
-  deleting(room: string): Promise<number | null>;
+  markDeleting(room: string, deleting: boolean): Promise<void>;
+  /** True within a minute of a deletion {@link markDeleting} noted and did not take back. */
+  deleting(room: string): Promise<boolean>;
 }
 
 /** Per-user read cursors: the highest seq each user has read in a room. */

@@ -195,7 +195,7 @@ Deno.test("Hub.join() with since reports a gap that retention opens while the re
     tail: (room) => store.tail(room),
     purge: (room) => store.purge(room),
     generation: (room, options) => store.generation(room, options),
-    markDeleting: (room, generation) => store.markDeleting(room, generation),
+    markDeleting: (room, deleting) => store.markDeleting(room, deleting),
     deleting: (room) => store.deleting(room),
     list: async (room, query) => {
       const page = await store.list(room, query);

@@ -68,7 +68,7 @@ export const KV_KEYS = {
    * under an older value is refused at its commit, as the room it was admitted to is gone.
    */
   generation: (room: string): Deno.KvKey => ["gen", room],
-  /** When the room's deletion began (ms since the epoch) and to which generation, for a minute. */
+  /** When the room's deletion began (ms since the epoch), for a minute (see `markDeleting`). */
   deleting: (room: string): Deno.KvKey => ["deleting", room],
   /**
    * Present once every message of the room with attachments has its record: messages stored
@@ -79,12 +79,6 @@ export const KV_KEYS = {
 
 /** How long a room's deletion mark counts: far longer than a deletion's notice takes to come. */
 const DELETING_MARK_MS = 60_000;
-
-/** A room's deletion under way (see `markDeleting`). */
-interface DeletingMark {
-  at: number;
-  generation: number;
-}
 
 // Deno KV refuses an atomic operation with over 100 checks, 1000 mutations, 800 KiB in all or
 // 80 KiB of the keys it writes values to, and values over 64 KiB. A message costs up to 4
@@ -333,17 +327,15 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   }
 
   /** Notes the room's deletion for a minute (see MessageStore.markDeleting in core/types.ts). */
-  async markDeleting(room: string, generation: number | null): Promise<void> {
-    if (generation === null) return await this.#kv.delete(KV_KEYS.deleting(room));
-    const mark: DeletingMark = { at: Date.now(), generation };
-    await this.#kv.set(KV_KEYS.deleting(room), mark, { expireIn: DELETING_MARK_MS });
+  async markDeleting(room: string, deleting: boolean): Promise<void> {
+    if (!deleting) return await this.#kv.delete(KV_KEYS.deleting(room));
+    await this.#kv.set(KV_KEYS.deleting(room), Date.now(), { expireIn: DELETING_MARK_MS });
   }
 
-  /** The generation of a deletion noted within a minute (KV may keep an expired key a while). */
-  async deleting(room: string): Promise<number | null> {
-    const { value } = await this.#kv.get<DeletingMark>(KV_KEYS.deleting(room));
-    if (typeof value?.at !== "number" || Date.now() - value.at >= DELETING_MARK_MS) return null;
-    return value.generation;
+  /** True within a minute of `markDeleting` (KV may keep an expired key a while: its time says). */
+  async deleting(room: string): Promise<boolean> {
+    const { value } = await this.#kv.get<number>(KV_KEYS.deleting(room));
+    return typeof value === "number" && Date.now() - value < DELETING_MARK_MS;
   }
 
   /**

@@ -376,9 +376,9 @@ class NativeSession implements SocketHandler {
       return error;
     };
     if (!(await ctx.chat.canAccess(this.user, room))) {
-      // A rejoin of a room deleted since (or being deleted, its notice on the way) is told so,
-      // as the epoch check below would, before the directory's word that access is gone.
-      if (epoch !== undefined && await ctx.chat.deletedPast(room, epoch)) {
+      // A rejoin of a room whose deletion is under way (its notice may not have come here) is
+      // told so. Only then: told later, anyone could learn which rooms were ever deleted.
+      if (epoch !== undefined && await ctx.chat.deleting(room)) {
         throw refuse("room_deleted", new ChatError("room_deleted", `Room "${room}" was deleted`));
       }
       throw refuse("access_revoked", new ChatError("forbidden", `Access denied to room "${room}"`));

@@ -380,6 +380,8 @@ export const API_ROUTES: ApiRoute[] = [
       // (token claims, when it creates the room; the previous owner), and a retry of one whose
       // publish failed finds nothing created or replaced any more.
       deps.events.publish({ type: "recheck", room: roomKeyOf(kind, id) });
+      // A room created again is no longer being deleted: those it turns away are turned away.
+      if (created) await deps.chat.markDeleting(roomKeyOf(kind, id), false);
       if (replaced.length > 0) await revokeLost(deps, kind, id, replaced);
       const participants = await deps.directory.listParticipants(kind, id);
       return { status: created ? 201 : 200, body: roomBody(room, participants) };
@@ -425,16 +427,16 @@ export const API_ROUTES: ApiRoute[] = [
       const room = roomKeyOf(kind, id);
       // Before the row goes: servers that find their members' access gone before the notice
       // below reaches them tell them the room was deleted, not that they were turned away.
-      await deps.chat.markDeleting(room, await deps.chat.generation(room, { fresh: true }) + 1);
+      await deps.chat.markDeleting(room, true);
       let known: boolean;
       try {
         known = await deps.directory.deleteRoom(kind, id);
       } catch (err) {
-        await deps.chat.markDeleting(room, null).catch(() => {});
+        await deps.chat.markDeleting(room, false).catch(() => {});
         throw err;
       }
       if (!known && (await deps.chat.history(room, { limit: 1 })).length === 0) {
-        await deps.chat.markDeleting(room, null);
+        await deps.chat.markDeleting(room, false);
         throw new ApiError(404, `Room "${room}" not found`);
       }
       const closed = (generation: number) =>
