@@ -1045,15 +1045,14 @@ export class EngineServer {
     const limit = Math.max(this.#options.maxPollingPayload, session.maxPost);
     const body = await readBody(req, limit, session.maxPost > 0 ? undefined : this.#unsignedPosts);
     session.endPost();
-    if (!body.ok && body.notUtf8) {
-      session.fail("parse error", "a POST that is not UTF-8");
-      return fail(ErrorCode.BAD_REQUEST);
-    }
     if (!body.ok) {
-      session.fail(
-        "transport error",
-        body.tooLarge ? "payload too large" : body.busy ? "server busy" : "POST aborted",
-      );
+      if (body.notUtf8) session.fail("parse error", "a POST that is not UTF-8");
+      else {
+        session.fail(
+          "transport error",
+          body.tooLarge ? "payload too large" : body.busy ? "server busy" : "POST aborted",
+        );
+      }
       if (body.busy) return this.#busy(origin);
       return body.tooLarge ? this.#payloadTooLarge(origin) : fail(ErrorCode.BAD_REQUEST);
     }

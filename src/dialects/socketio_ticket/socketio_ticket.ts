@@ -447,7 +447,7 @@ export function createSocketIoTicketChat(
     const room = roomKey("ticket", id);
     if (!(await ctx.chat.canAccess(user, room))) {
       // Deleted on another server, its notice still on the way: gone, not turned away.
-      if (await ctx.chat.deletedPast(room, await ctx.chat.generation(room))) throw roomDeleted();
+      if (await ctx.chat.deleting(room)) throw roomDeleted();
       throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
     }
     return { user, room, id };
