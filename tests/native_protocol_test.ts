@@ -435,7 +435,7 @@ Deno.test("native: a room deletion another server's crash cut short is finished 
   }
 });
 
-Deno.test("native: a rejoin with the epoch of a room being deleted is refused room_deleted, also for a room of the directory; an outsider's made-up epoch gets forbidden", async () => {
+Deno.test("native: a rejoin with the epoch of a room being deleted is refused room_deleted, also for a room of the directory and after a retried DELETE's 404; an outsider's made-up epoch gets forbidden", async () => {
   const admin = "a-long-enough-admin-token-for-tests";
   const server = await startTestServer({ ADMIN_TOKEN: admin });
   try {
@@ -450,6 +450,8 @@ Deno.test("native: a rejoin with the epoch of a room being deleted is refused ro
     await ws.close();
     // Away (a network change) while the room is deleted: the directory no longer lets it in.
     assertEquals(await api("DELETE", "/api/rooms/ticket/41"), 204);
+    // An operator's retry finds no room: it leaves the deletion's note where it was.
+    assertEquals(await api("DELETE", "/api/rooms/ticket/41"), 404);
     ws = await connect(server, { sub: "5", rooms: [] });
     ws.send({ type: "join", room: "ticket:41", since: 0, epoch: joined.epoch, ref: "r" });
     const reply = await ws.next((f) => f.ref === "r");

@@ -259,9 +259,14 @@ export class ChatService {
     return this.#deps.store.purge(room, marked);
   }
 
-  /** Notes that the room is being deleted, or no longer (see MessageStore.markDeleting). */
-  markDeleting(room: string, deleting: boolean): Promise<void> {
-    return this.#deps.store.markDeleting(room, deleting);
+  /** Notes that the room is being deleted; resolves to the note's stamp (see MessageStore). */
+  markDeleting(room: string): Promise<string | null> {
+    return this.#deps.store.markDeleting(room);
+  }
+
+  /** Takes a deletion note back (see MessageStore.unmarkDeleting). */
+  unmarkDeleting(room: string, stamp?: string | null): Promise<void> {
+    return this.#deps.store.unmarkDeleting(room, stamp);
   }
 
   /**

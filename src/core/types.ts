@@ -151,10 +151,17 @@ export interface MessageStore {
   generation(room: string, options?: { fresh?: boolean }): Promise<number>;
   /**
    * Notes that the room is being deleted (before its directory row goes: a server that finds a
-   * member's access gone before the deletion's notice reaches it can tell the two apart), or
-   * takes the note back (`false`: the deletion found no room, or the room was created again).
+   * member's access gone before the deletion's notice reaches it can tell the two apart); resolves
+   * to the note's stamp for {@link unmarkDeleting}, or null when another deletion's note already
+   * stood (this one then never takes it back).
    */
-  markDeleting(room: string, deleting: boolean): Promise<void>;
+  markDeleting(room: string): Promise<string | null>;
+  /**
+   * Takes the room's deletion note back: only the note `stamp` names, and only if no later mark
+   * replaced it (the deletion found no room: another's note must stay), or any note when `stamp`
+   * is undefined (the room was created again).
+   */
+  unmarkDeleting(room: string, stamp?: string | null): Promise<void>;
   /** True within a minute of a deletion {@link markDeleting} noted and did not take back. */
   deleting(room: string): Promise<boolean>;
 }

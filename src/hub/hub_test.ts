@@ -195,7 +195,8 @@ Deno.test("Hub.join() with since reports a gap that retention opens while the re
     tail: (room) => store.tail(room),
     purge: (room) => store.purge(room),
     generation: (room, options) => store.generation(room, options),
-    markDeleting: (room, deleting) => store.markDeleting(room, deleting),
+    markDeleting: (room) => store.markDeleting(room),
+    unmarkDeleting: (room, stamp) => store.unmarkDeleting(room, stamp),
     deleting: (room) => store.deleting(room),
     list: async (room, query) => {
       const page = await store.list(room, query);

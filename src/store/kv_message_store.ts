@@ -327,9 +327,26 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   }
 
   /** Notes the room's deletion for a minute (see MessageStore.markDeleting in core/types.ts). */
-  async markDeleting(room: string, deleting: boolean): Promise<void> {
-    if (!deleting) return await this.#kv.delete(KV_KEYS.deleting(room));
-    await this.#kv.set(KV_KEYS.deleting(room), Date.now(), { expireIn: DELETING_MARK_MS });
+  async markDeleting(room: string): Promise<string | null> {
+    const key = KV_KEYS.deleting(room);
+    for (;;) {
+      const before = await this.#kv.get<number>(key);
+      // Checked against what was read: of two marks at once, the second learns of the first.
+      const done = await this.#kv.atomic().check(before)
+        .set(key, Date.now(), { expireIn: DELETING_MARK_MS }).commit();
+      if (!done.ok) continue;
+      const stood = typeof before.value === "number" &&
+        Date.now() - before.value < DELETING_MARK_MS;
+      return stood ? null : done.versionstamp;
+    }
+  }
+
+  /** Takes a deletion note back (see MessageStore.unmarkDeleting in core/types.ts). */
+  async unmarkDeleting(room: string, stamp?: string | null): Promise<void> {
+    const key = KV_KEYS.deleting(room);
+    if (stamp === undefined) return await this.#kv.delete(key);
+    if (stamp === null) return;
+    await this.#kv.atomic().check({ key, versionstamp: stamp }).delete(key).commit();
   }
 
   /** True within a minute of `markDeleting` (KV may keep an expired key a while: its time says). */

@@ -875,3 +875,26 @@ Deno.test("KvMessageStore: a send's files are named until its commit; a sweep de
   await store.close();
   kv.close();
 });
+
+Deno.test("KvMessageStore: a deletion note is taken back by its own stamp only while no other mark came after it, and by a creation always", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  try {
+    const alone = await store.markDeleting("a");
+    assert(alone !== null);
+    await store.unmarkDeleting("a", alone);
+    assertEquals(await store.deleting("a"), false);
+    // Two deletions at once: the first's stamp no longer names the note, the second's is null.
+    const first = await store.markDeleting("b");
+    const second = await store.markDeleting("b");
+    assertEquals(second, null);
+    await store.unmarkDeleting("b", first);
+    await store.unmarkDeleting("b", second);
+    assertEquals(await store.deleting("b"), true);
+    await store.unmarkDeleting("b");
+    assertEquals(await store.deleting("b"), false);
+  } finally {
+    await store.close();
+    kv.close();
+  }
+});

@@ -381,7 +381,7 @@ export const API_ROUTES: ApiRoute[] = [
       // publish failed finds nothing created or replaced any more.
       deps.events.publish({ type: "recheck", room: roomKeyOf(kind, id) });
       // A room created again is no longer being deleted: those it turns away are turned away.
-      if (created) await deps.chat.markDeleting(roomKeyOf(kind, id), false);
+      if (created) await deps.chat.unmarkDeleting(roomKeyOf(kind, id));
       if (replaced.length > 0) await revokeLost(deps, kind, id, replaced);
       const participants = await deps.directory.listParticipants(kind, id);
       return { status: created ? 201 : 200, body: roomBody(room, participants) };
@@ -427,16 +427,18 @@ export const API_ROUTES: ApiRoute[] = [
       const room = roomKeyOf(kind, id);
       // Before the row goes: servers that find their members' access gone before the notice
       // below reaches them tell them the room was deleted, not that they were turned away.
-      await deps.chat.markDeleting(room, true);
+      const stamp = await deps.chat.markDeleting(room);
       let known: boolean;
       try {
         known = await deps.directory.deleteRoom(kind, id);
       } catch (err) {
-        await deps.chat.markDeleting(room, false).catch(() => {});
+        await deps.chat.unmarkDeleting(room, stamp).catch(() => {});
         throw err;
       }
       if (!known && (await deps.chat.history(room, { limit: 1 })).length === 0) {
-        await deps.chat.markDeleting(room, false);
+        // Only its own note: one a deletion before it (this may be that one's retry) or beside it
+        // wrote stays.
+        await deps.chat.unmarkDeleting(room, stamp);
         throw new ApiError(404, `Room "${room}" not found`);
       }
       const closed = (generation: number) =>
