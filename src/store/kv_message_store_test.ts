@@ -1,6 +1,6 @@
 import { assert, assertEquals, eventually } from "../../tests/assert.ts";
 import type { Attachment, MessageDraft } from "../core/types.ts";
-import { KvMessageStore } from "./kv_message_store.ts";
+import { KV_KEYS, KvMessageStore } from "./kv_message_store.ts";
 
 const draft = (body: string, clientId?: string): MessageDraft => ({
   sender: { id: 1, username: "u1" },
@@ -893,6 +893,30 @@ Deno.test("KvMessageStore: a deletion note is taken back by its own stamp only w
     assertEquals(await store.deleting("b"), true);
     await store.unmarkDeleting("b");
     assertEquals(await store.deleting("b"), false);
+  } finally {
+    await store.close();
+    kv.close();
+  }
+});
+
+Deno.test("KvMessageStore: a client id is recognised for 24 hours (the typed client retries for 23)", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const kept: (number | undefined)[] = [];
+  const recorded = kvWith(kv, "atomic", (atomic) => () => {
+    const op = atomic();
+    const set = op.set.bind(op);
+    op.set = (key, value, options) => {
+      if (key[0] === KV_KEYS.idempotency("r", "1", "c")[0]) kept.push(options?.expireIn);
+      return set(key, value, options);
+    };
+    return op;
+  });
+  const store = new KvMessageStore(recorded);
+  try {
+    await store.append("r", draft("once", "c1"));
+    await store.append("r", draft("twice", "c2"));
+    assertEquals(kept, [24 * 3600_000, 24 * 3600_000]);
+    assertEquals((await store.append("r", draft("once again", "c1"))).message.body, "once");
   } finally {
     await store.close();
     kv.close();
