@@ -713,6 +713,30 @@ Deno.test("socket.io ticket chat: get_messages before a time returns the message
   });
 });
 
+Deno.test("socket.io ticket chat: paging back by the oldest message's createdAt misses none of the messages sent at once with it", async () => {
+  await withChat(async (server, client) => {
+    const socket = await inTicket(server, client, "31");
+    const arrivals: Payload[] = [];
+    const all = new Promise<void>((resolve) =>
+      socket.on("new_message", ({ data }: { data: Payload }) => {
+        if (arrivals.push(data) === 12) resolve();
+      })
+    );
+    // Sent at once, as a client sends what it held while offline: stored in one commit.
+    for (let i = 1; i <= 12; i++) socket.emit("send_message", { ticketId: "31", message: `m${i}` });
+    await all;
+    const load = async (before?: string) => {
+      socket.emit("get_messages", { ticketId: "31", before, limit: 5 });
+      return (await next<{ messages: Payload[] }>(socket, "messages_loaded")).messages;
+    };
+    const seen: string[] = [];
+    for (let page = await load(); page.length > 0; page = await load(page[0].createdAt as string)) {
+      seen.unshift(...page.map((m) => m.message as string));
+    }
+    assertEquals(seen, Array.from({ length: 12 }, (_, i) => `m${i + 1}`));
+  });
+});
+
 Deno.test("socket.io ticket chat: a WebSocket peer that stops reading is closed as a slow consumer", async () => {
   const server = await startTestServer({
     RATE_LIMIT_PER_SECOND: "100000",

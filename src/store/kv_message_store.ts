@@ -157,7 +157,13 @@ type Outcome = AppendResult | { error: unknown };
 interface HeldHead {
   entry: Deno.KvEntryMaybe<number>;
   generation: number;
+  /** The head message's creation time (ms; 0 when unknown), which the next one must pass. */
+  lastAt: number;
 }
+
+/** A stored message's creation time in ms (0 for none). */
+const timeOf = (message: Message | null): number =>
+  message ? Date.parse(message.createdAt) || 0 : 0;
 
 /** The number a generation entry holds (0 when absent). */
 const generationOf = (entry: Deno.KvEntryMaybe<unknown>): number =>
@@ -575,13 +581,23 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
         checked.add(text);
         spare--;
       }
-      const idemEntries = await getManyChunked<number>(
-        this.#kv,
-        idemKeys.filter((k, i): k is Deno.KvKey => k !== null && !checked.has(idemTexts[i])),
+      // The head messages of rooms read afresh, in the same round trip: a message's time follows
+      // the one before it (writers' clocks differ), which the head check keeps true at commit.
+      const lastSeqs = unknown.map((_, i) => (readHeads[2 * i].value as number | null) ?? 0);
+      const lastKeys = unknown.flatMap((r, i) =>
+        lastSeqs[i] > 0 ? [KV_KEYS.message(r, lastSeqs[i])] : []
       );
+      const read = await getManyChunked<unknown>(this.#kv, [
+        ...lastKeys,
+        ...idemKeys.filter((k, i): k is Deno.KvKey => k !== null && !checked.has(idemTexts[i])),
+      ]);
+      const lastMessages = read.slice(0, lastKeys.length) as Deno.KvEntryMaybe<Message>[];
+      const idemEntries = read.slice(lastKeys.length) as Deno.KvEntryMaybe<number>[];
+      let nextLast = 0;
       const fresh = new Map(unknown.map((r, i): [string, HeldHead] => [r, {
         entry: readHeads[2 * i] as Deno.KvEntryMaybe<number>,
         generation: generationOf(readHeads[2 * i + 1]),
+        lastAt: lastSeqs[i] > 0 ? timeOf(lastMessages[nextLast++].value) : 0,
       }]));
       const held = rooms.map((r) => fresh.get(r) ?? this.#heads.get(r)!);
       const headEntries = held.map((h) => h.entry);
@@ -608,7 +624,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
         op.check(entry);
       });
       const now = Date.now();
-      const createdAt = new Date(now).toISOString();
+      const lastAts = new Map(rooms.map((r, i) => [r, held[i].lastAt]));
       const results: (Outcome | { room: string; pendingSeq: number })[] = [];
       const dropping = new Set<string>();
       const inBatch = new Map<string, Message>();
@@ -632,6 +648,10 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
         }
         const seq = heads.get(room)! + 1;
         heads.set(room, seq);
+        // Each later than the one before: a time names one message, so history paged by it
+        // (the Socket.IO chat's `before`) neither skips a message nor repeats one.
+        const at = Math.max(now, lastAts.get(room)! + 1);
+        lastAts.set(room, at);
         const message: Message = {
           room,
           seq,
@@ -639,7 +659,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
           sender: draft.sender,
           body: draft.body,
           attachments: draft.attachments,
-          createdAt,
+          createdAt: new Date(at).toISOString(),
           ...(draft.clientId ? { clientId: draft.clientId } : {}),
         };
         op.set(KV_KEYS.message(room, seq), message);
@@ -689,6 +709,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
             ? { key: entry.key, value: heads.get(room)!, versionstamp: res.versionstamp }
             : entry,
           generation: held[i].generation,
+          lastAt: lastAts.get(room)!,
         });
       });
       // Nothing below may throw: the batch is committed, and a retry would store it twice.

@@ -922,3 +922,30 @@ Deno.test("KvMessageStore: a client id is recognised for 24 hours (the typed cli
     kv.close();
   }
 });
+
+Deno.test("KvMessageStore: each message of a room is created later than the one before, in one commit and after a writer whose clock is ahead", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const ahead = new KvMessageStore(kv);
+  const behind = new KvMessageStore(kv);
+  const realNow = Date.now;
+  try {
+    const batch = await Promise.all(
+      Array.from({ length: 20 }, (_, i) => ahead.append("r", draft(`m${i}`))),
+    );
+    // A server whose clock is ten seconds behind writes next.
+    Date.now = () => realNow() - 10_000;
+    const later = await behind.append("r", draft("later"));
+    Date.now = realNow;
+    const times = [...batch, later].map((r) => Date.parse(r.message.createdAt));
+    times.forEach((t, i) => i > 0 && assert(t > times[i - 1], `message ${i + 1}: ${t}`));
+    assertEquals(
+      (await behind.list("r", { after: 0, limit: 50 })).map((m) => m.createdAt),
+      [...batch, later].map((r) => r.message.createdAt),
+    );
+  } finally {
+    Date.now = realNow;
+    await ahead.close();
+    await behind.close();
+    kv.close();
+  }
+});
