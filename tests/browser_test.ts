@@ -635,3 +635,39 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: named("browser: a link whose room is cut short mid-character opens the first room"),
+  ignore: skip,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    requireChromium();
+    const dataDir = await Deno.makeTempDir({ prefix: "chat-browser-hash-" });
+    const profile = await Deno.makeTempDir({ prefix: "chat-chromium-hash-" });
+    const port = freePort();
+    const url = `http://127.0.0.1:${port}/`;
+    const server = await serve(dataDir, port);
+    let context: BrowserContext | null = null;
+    try {
+      context = await chromium.launchPersistentContext(profile, {
+        executablePath: CHROMIUM,
+        headless: true,
+        args: FLAGS,
+      });
+      context.setDefaultTimeout(10_000);
+      const page = context.pages()[0] ?? await context.newPage();
+      const errors: string[] = [];
+      page.on("pageerror", (err) => errors.push(err.message));
+      // Half of a three-byte character: decodeURIComponent throws on it.
+      await signIn(page, `${url}#room:general%E0%A4`, "Hal", "general");
+      assertEquals(await page.textContent("#room-title"), ROOM);
+      assertEquals(errors, []);
+    } finally {
+      await context?.close().catch(() => {});
+      await server.close();
+      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+      await Deno.remove(profile, { recursive: true }).catch(() => {});
+    }
+  },
+});

@@ -309,7 +309,12 @@ function selectRoom(name) {
   scrollToBottom(true);
 }
 function roomFromHash() {
-  const name = decodeURIComponent(location.hash.slice(1));
+  let name;
+  try {
+    name = decodeURIComponent(location.hash.slice(1));
+  } catch {
+    return null;
+  }
   return views.has(name) ? name : null;
 }
 ui.addRoom.addEventListener("submit", (e) => {

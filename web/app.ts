@@ -391,7 +391,13 @@ function selectRoom(name: string | null): void {
 }
 
 function roomFromHash(): string | null {
-  const name = decodeURIComponent(location.hash.slice(1));
+  let name: string;
+  try {
+    name = decodeURIComponent(location.hash.slice(1));
+  } catch {
+    // A link cut short mid-character names no room: the first one opens instead.
+    return null;
+  }
   return views.has(name) ? name : null;
 }
 
