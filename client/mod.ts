@@ -42,6 +42,8 @@ export interface ServerLimits {
   maxFileBytes: number;
   /** Largest frame, in characters of its JSON: the files of one `send` share it, in base64. */
   maxFrameChars: number;
+  /** Frames a second the server takes from one socket, in bursts of up to twice that. */
+  framesPerSecond: number;
 }
 
 /** A stored file of a message. */
@@ -392,7 +394,14 @@ const DEFAULTS = {
   typingIdleMs: 3_000,
   // Under the server's 24 hours of recognising a client_id, with an hour to spare.
   sendExpiryMs: 23 * 3600_000,
+  // The server's RATE_LIMIT_PER_SECOND by default, for servers whose welcome does not say it.
+  framesPerSecond: 20,
 };
+
+/** Rooms one join frame may name (the server's most per socket). */
+const MAX_ROOMS_PER_JOIN = 100;
+/** The share of the server's rate that waiting frames take: pings, typing and reads need some. */
+const RATE_SHARE = 0.8;
 
 // Close codes after which reconnecting with the same token cannot help.
 const UNAUTHORIZED = 4001;
@@ -416,6 +425,8 @@ interface Pending {
   dropped?: ChatError;
   /** When it was made (Date.now()). */
   madeAt: number;
+  /** The limits a `send` was last checked against. */
+  checkedAgainst?: ServerLimits;
 }
 
 interface RoomState {
@@ -425,6 +436,8 @@ interface RoomState {
   joinSentOn: number;
   /** Joins the server failed (not refused) in a row. */
   joinRetries: number;
+  /** A failed join goes again from this time on (Date.now()). */
+  joinAfter: number;
   /** True once `joined` arrived on the current socket. */
   live: boolean;
   /** The last `joined` frame. */
@@ -450,6 +463,8 @@ interface RoomState {
  */
 export class ChatClient {
   #options: ChatClientOptions;
+  /** `options.url`, absolute. */
+  #url: string;
   #socket: WebSocket | null = null;
   #generation = 0;
   #state: ConnectionState = "idle";
@@ -459,7 +474,17 @@ export class ChatClient {
   #listeners = new Map<keyof ChatEventMap, Set<Listener<never>>>();
   #rooms = new Map<string, RoomState>();
   #pending = new Map<number, Pending>();
-  #joinRefs = new Map<number, string>();
+  /** The rooms each join frame on this socket named, by its ref, until each has its reply. */
+  #joinRefs = new Map<number, Set<string>>();
+  /** Rooms whose join is to be written: together, in as few frames as the server takes. */
+  #joinQueue = new Map<string, RoomState>();
+  #joinFlushQueued = false;
+  /**
+   * Frames this socket may still write at once: the server refuses a socket's frames past its
+   * rate, and closes one that goes on (4029), so what waited (rejoins, sends queued offline) is
+   * paced to stay under it.
+   */
+  #bucket = { tokens: 0, at: 0 };
   #nextRef = 1;
   #reconnectTimer?: ReturnType<typeof setTimeout>;
   #heartbeatTimer?: ReturnType<typeof setInterval>;
@@ -495,6 +520,13 @@ export class ChatClient {
   /** Creates a client; nothing happens until {@link connect}. */
   constructor(options: ChatClientOptions) {
     this.#options = options;
+    // Checked here, where a mistake can be thrown at its caller: a page may give "/ws".
+    const base = (globalThis as { location?: { href?: string } }).location?.href;
+    try {
+      this.#url = new URL(options.url, base).toString();
+    } catch {
+      throw new TypeError(`ChatClient: "${options.url}" is not a URL the client can connect to`);
+    }
   }
 
   /** Where the connection is now. */
@@ -518,13 +550,14 @@ export class ChatClient {
       maxFiles: DEFAULTS.maxFiles,
       maxFileBytes,
       maxFrameChars: base64 + Math.ceil(base64 / 76) * 4 + 64 * 1024,
+      framesPerSecond: DEFAULTS.framesPerSecond,
     };
   }
 
   /** Base URL of the HTTP routes. */
   get httpUrl(): string {
     if (this.#options.httpUrl) return this.#options.httpUrl.replace(/\/$/, "");
-    const url = new URL(this.#options.url);
+    const url = new URL(this.#url);
     url.protocol = url.protocol === "wss:"
       ? "https:"
       : url.protocol === "ws:"
@@ -606,6 +639,10 @@ export class ChatClient {
     room: string,
     options: { since?: number; history?: number } = {},
   ): Promise<JoinResult> {
+    // No connection will come to answer it (close(), or a token the server refused).
+    if (this.#state === "closed") {
+      throw new ChatError("closed", "Not connected: call connect() first");
+    }
     let messages: ChatMessage[] = [];
     let hasMore = false;
     let state = this.#rooms.get(room);
@@ -643,7 +680,7 @@ export class ChatClient {
     const joined = current.live && current.joinedFrame
       ? Promise.resolve(current.joinedFrame)
       : new Promise<Frame>((resolve, reject) => current.waiters.push({ resolve, reject }));
-    if (this.#ready() && current.joinSentOn !== this.#generation) this.#sendJoin(room, current);
+    if (current.joinSentOn !== this.#generation) this.#sendJoin(room, current);
     const frame = await joined;
     return {
       room,
@@ -702,14 +739,8 @@ export class ChatClient {
     // The server closes a socket whose frame is too large, and the frame would go again after
     // every reconnect: it is refused here instead (counted with the largest ref it may get).
     const size = JSON.stringify({ ...frame, ref: Number.MAX_SAFE_INTEGER }).length;
-    if (size > limits.maxFrameChars) {
-      throw new ChatError(
-        "frame_too_large",
-        `Message is too large: ${size} characters, the limit is ${limits.maxFrameChars}; ` +
-          "send large files one per message (sendFile)",
-      );
-    }
-    const ack = await this.#request(frame, { needsRoom: room });
+    if (size > limits.maxFrameChars) throw tooLarge(size, limits.maxFrameChars);
+    const ack = await this.#request(frame, { needsRoom: room, checkedAgainst: limits });
     const { type: _type, ref: _ref, ...rest } = ack;
     return rest as unknown as ChatAck;
   }
@@ -909,10 +940,8 @@ export class ChatClient {
 
   async #open(): Promise<void> {
     const generation = ++this.#generation;
-    this.#setState({
-      state: this.#attempt === 0 ? "connecting" : "reconnecting",
-      attempt: this.#attempt,
-    });
+    // A reconnect was announced when it was scheduled, with its delay.
+    if (this.#attempt === 0) this.#setState({ state: "connecting", attempt: 0 });
     let token: string;
     try {
       token = await this.#token();
@@ -923,7 +952,7 @@ export class ChatClient {
     }
     if (generation !== this.#generation) return;
     const Ctor = this.#options.WebSocket ?? globalThis.WebSocket;
-    const url = new URL(this.#options.url);
+    const url = new URL(this.#url);
     if (url.protocol === "http:") url.protocol = "ws:";
     if (url.protocol === "https:") url.protocol = "wss:";
     if (url.pathname === "/") url.pathname = "/ws";
@@ -964,6 +993,7 @@ export class ChatClient {
     this.#stopTimers();
     this.#generation++;
     this.#joinRefs.clear();
+    this.#joinQueue.clear();
     for (const [name, room] of this.#rooms) {
       room.live = false;
       room.typingSentAt = 0;
@@ -1059,7 +1089,9 @@ export class ChatClient {
     }
     // Rooms first, then every unanswered request in its original order: the server handles a
     // socket's frames one after another, so each send finds its room joined.
-    for (const [room, state] of this.#rooms) this.#sendJoin(room, state);
+    const rate = this.limits.framesPerSecond;
+    this.#bucket = { tokens: burstOf(rate), at: Date.now() };
+    for (const [room, state] of this.#rooms) this.#joinQueue.set(room, state);
     this.#flush();
     this.#settleConnect(user);
   }
@@ -1086,7 +1118,10 @@ export class ChatClient {
 
   // ---- requests ----
 
-  #request(frame: Frame, options: { needsRoom?: string } = {}): Promise<Frame> {
+  #request(
+    frame: Frame,
+    options: { needsRoom?: string; checkedAgainst?: ServerLimits } = {},
+  ): Promise<Frame> {
     if (this.#state === "closed" || this.#state === "idle") {
       return Promise.reject(new ChatError("closed", "Not connected: call connect() first"));
     }
@@ -1097,6 +1132,7 @@ export class ChatClient {
         resolve,
         reject,
         needsRoom: options.needsRoom,
+        checkedAgainst: options.checkedAgainst,
         sentOn: -1,
         retries: 0,
         madeAt: Date.now(),
@@ -1106,14 +1142,30 @@ export class ChatClient {
     });
   }
 
-  /** Writes every request not yet written on this socket whose room is joined (or being joined). */
+  /**
+   * Writes the joins due, then every request not yet written on this socket whose room is joined
+   * (or being joined), as fast as the server's rate takes them.
+   */
   #flush(): void {
     if (!this.#ready()) return;
     const now = Date.now();
+    this.#writeJoins(now);
     if (now < this.#holdUntil) return this.#flushAt(this.#holdUntil);
     const expiry = this.#options.sendExpiryMs ?? DEFAULTS.sendExpiryMs;
+    const limits = this.limits;
     for (const [ref, pending] of this.#pending) {
       if (pending.sentOn === this.#generation) continue;
+      // Checked against the limits it was made under; a server since come back with lower ones
+      // would close the socket for it (1009) after every reconnect.
+      if (pending.frame.type === "send" && pending.checkedAgainst !== limits) {
+        pending.checkedAgainst = limits;
+        const size = JSON.stringify(pending.frame).length;
+        if (size > limits.maxFrameChars) {
+          this.#pending.delete(ref);
+          pending.reject(tooLarge(size, limits.maxFrameChars));
+          continue;
+        }
+      }
       if (pending.frame.type === "send" && now - pending.madeAt > expiry) {
         this.#pending.delete(ref);
         pending.reject(
@@ -1127,7 +1179,62 @@ export class ChatClient {
       const room = pending.needsRoom ? this.#rooms.get(pending.needsRoom) : undefined;
       if (room && room.joinSentOn !== this.#generation) continue;
       if (!room && pending.needsRoom && this.#joining.has(pending.needsRoom)) continue;
+      // The rest wait for the bucket, in their order (a later one never overtakes).
+      if (!this.#takeToken(now)) return;
       if (this.#write(pending.frame)) pending.sentOn = this.#generation;
+    }
+  }
+
+  /** Takes one frame from the bucket, or arranges a flush for when it holds one again. */
+  #takeToken(now: number): boolean {
+    const rate = this.limits.framesPerSecond * RATE_SHARE;
+    const b = this.#bucket;
+    b.tokens = Math.min(
+      burstOf(this.limits.framesPerSecond),
+      b.tokens + (now - b.at) / 1000 * rate,
+    );
+    b.at = now;
+    if (b.tokens >= 1) {
+      b.tokens--;
+      return true;
+    }
+    this.#flushAt(now + Math.ceil((1 - b.tokens) / rate * 1000));
+    return false;
+  }
+
+  /** Writes the queued joins that are due, up to the server's most rooms per frame in each. */
+  #writeJoins(now: number): void {
+    let later = Infinity;
+    const due: [string, RoomState][] = [];
+    for (const [room, state] of this.#joinQueue) {
+      if (this.#rooms.get(room) !== state || state.joinSentOn === this.#generation) {
+        this.#joinQueue.delete(room);
+      } else if (state.joinAfter > now) later = Math.min(later, state.joinAfter);
+      else due.push([room, state]);
+    }
+    if (later < Infinity) this.#flushAt(later);
+    for (let i = 0; i < due.length; i += MAX_ROOMS_PER_JOIN) {
+      if (!this.#takeToken(now)) return;
+      const chunk = due.slice(i, i + MAX_ROOMS_PER_JOIN);
+      const ref = this.#nextRef++;
+      const entries = chunk.map(([room, state]) => {
+        const entry: Frame = { room };
+        if (state.lastSeq !== undefined) {
+          entry.since = state.lastSeq;
+          // What is held belongs to this life of the room: a deletion since must not go unnoticed.
+          if (state.epoch !== undefined) entry.epoch = state.epoch;
+        }
+        return entry;
+      });
+      const frame: Frame = entries.length === 1
+        ? { type: "join", ...entries[0], ref }
+        : { type: "join", rooms: entries, ref };
+      if (!this.#write(frame)) return;
+      this.#joinRefs.set(ref, new Set(chunk.map(([room]) => room)));
+      for (const [room, state] of chunk) {
+        state.joinSentOn = this.#generation;
+        this.#joinQueue.delete(room);
+      }
     }
   }
 
@@ -1159,19 +1266,18 @@ export class ChatClient {
     return true;
   }
 
+  /**
+   * Queues the room's join; the joins asked for in one turn (a `Promise.all` of joins) go out
+   * together, in one frame.
+   */
   #sendJoin(room: string, state: RoomState): void {
-    const ref = this.#nextRef++;
-    this.#joinRefs.set(ref, room);
-    const frame: Frame = { type: "join", room, ref };
-    if (state.lastSeq !== undefined) {
-      frame.since = state.lastSeq;
-      // What is held belongs to this life of the room: a deletion since must not go unnoticed.
-      if (state.epoch !== undefined) frame.epoch = state.epoch;
-    }
-    if (this.#write(frame)) {
-      state.joinSentOn = this.#generation;
+    this.#joinQueue.set(room, state);
+    if (this.#joinFlushQueued) return;
+    this.#joinFlushQueued = true;
+    queueMicrotask(() => {
+      this.#joinFlushQueued = false;
       this.#flush();
-    }
+    });
   }
 
   #failAll(err: ChatError): void {
@@ -1227,7 +1333,7 @@ export class ChatClient {
         return;
       case "joined":
         if (ref !== undefined && this.#joinRefs.has(ref)) {
-          this.#joinRefs.delete(ref);
+          this.#answeredJoin(ref, frame.room);
           this.#joined(frame);
           return;
         }
@@ -1257,8 +1363,12 @@ export class ChatClient {
       }
       case "error":
         if (ref !== undefined && this.#joinRefs.has(ref)) {
-          this.#joinFailed(this.#joinRefs.get(ref)!, frame);
-          this.#joinRefs.delete(ref);
+          const rooms = this.#joinRefs.get(ref)!;
+          // An error naming a room answers its entry; one naming none refused the whole frame.
+          const named = typeof frame.room === "string" && rooms.has(frame.room);
+          const failed = named ? [frame.room as string] : [...rooms];
+          for (const room of failed) this.#answeredJoin(ref, room);
+          for (const room of failed) this.#joinFailed(room, frame);
           return;
         }
         if (ref !== undefined && this.#pending.has(ref)) {
@@ -1354,19 +1464,26 @@ export class ChatClient {
       state.joinRetries++;
       state.joinSentOn = -1;
       if (state.joinRetries === 5) this.#emit("error", new ChatError(code, String(frame.message)));
-      const generation = this.#generation;
-      setTimeout(() => {
-        if (this.#rooms.get(name) === state && generation === this.#generation && this.#ready()) {
-          this.#sendJoin(name, state);
-        }
-      }, this.#retryMs * Math.min(state.joinRetries, 10));
+      // Queued rather than timed one by one: rooms refused together go again together.
+      state.joinAfter = Date.now() + this.#retryMs * Math.min(state.joinRetries, 10);
+      this.#joinQueue.set(name, state);
+      this.#flushAt(state.joinAfter);
       return;
     }
     const err = new ChatError(code, String(frame.message));
+    // Told through the join's own promise when one waits; an automatic rejoin has only events.
+    const waited = state.waiters.length > 0;
     // A refused join will be refused again after a reconnect: forget the room.
     this.#dropRoom(name, state, err);
     if (code === "room_deleted") this.#emit("removed", { room: name, reason: code });
-    else this.#emit("error", err);
+    else if (!waited) this.#emit("error", err);
+  }
+
+  /** Notes that the join frame `ref` has its reply for `room`. */
+  #answeredJoin(ref: number, room: unknown): void {
+    const rooms = this.#joinRefs.get(ref)!;
+    rooms.delete(room as string);
+    if (rooms.size === 0) this.#joinRefs.delete(ref);
   }
 
   /**
@@ -1511,6 +1628,7 @@ export class ChatClient {
     return {
       lastSeq: since,
       joinSentOn: -1,
+      joinAfter: 0,
       joinRetries: 0,
       live: false,
       presence: new Map(),
@@ -1576,6 +1694,18 @@ function moveCursor(reads: Map<string, ReadCursor>, userId: string | number, seq
 }
 
 /** The limits a `welcome` frame carries, or undefined when it has none (or they are malformed). */
+/** The refusal of a `send` frame longer than the server takes. */
+function tooLarge(size: number, max: number): ChatError {
+  return new ChatError(
+    "frame_too_large",
+    `Message is too large: ${size} characters, the limit is ${max}; ` +
+      "send large files one per message (sendFile)",
+  );
+}
+
+/** Frames the client writes at once on a new socket: the server's burst, less a few for pings. */
+const burstOf = (framesPerSecond: number) => Math.max(1, 2 * framesPerSecond - 4);
+
 function parseLimits(value: unknown): ServerLimits | undefined {
   if (typeof value !== "object" || value === null) return undefined;
   const v = value as Record<string, unknown>;
@@ -1584,6 +1714,8 @@ function parseLimits(value: unknown): ServerLimits | undefined {
     maxFiles: v.max_files,
     maxFileBytes: v.max_file_bytes,
     maxFrameChars: v.max_frame_chars,
+    // Servers before it said nothing of their rate: theirs was the default.
+    framesPerSecond: v.frames_per_second ?? DEFAULTS.framesPerSecond,
   };
   const valid = Object.values(limits).every((n) => typeof n === "number" && n > 0);
   return valid ? limits as ServerLimits : undefined;

@@ -21,7 +21,7 @@ import {
   type UploadProgress,
 } from "../client/mod.ts";
 import { bundle, BUNDLES, ROOT } from "../web/build.ts";
-import { assert, assertEquals, assertRejects, within } from "./assert.ts";
+import { assert, assertEquals, assertRejects, assertThrows, within } from "./assert.ts";
 import {
   adminCall,
   eventually,
@@ -569,7 +569,7 @@ Deno.test("client: files inline with progress; over the upload route with progre
 
 Deno.test("client: a file, body or frame larger than the server's welcome says is refused before sending; the socket stays", async () => {
   // Smaller than the client's own default (10 MiB), so only the welcome can tell it.
-  const server = await startTestServer({ MAX_FILE_BYTES: "100000" });
+  const server = await startTestServer({ MAX_FILE_BYTES: "100000", RATE_LIMIT_PER_SECOND: "30" });
   const user = await userClient(server, "1");
   try {
     await user.client.connect();
@@ -578,6 +578,7 @@ Deno.test("client: a file, body or frame larger than the server's welcome says i
       maxFiles: 10,
       maxFileBytes: 100_000,
       maxFrameChars: 205_892,
+      framesPerSecond: 30,
     });
     await user.client.join("ticket:5");
     const refused = async (send: () => Promise<unknown>) =>
@@ -1388,4 +1389,121 @@ Deno.test("client: a join after its token expired reconnects with a fresh token 
     other.client.close();
     await server.close();
   }
+});
+
+/** How a promise came out within `ms`: "resolved", "rejected: <code>", or still pending. */
+const outcomeOf = (p: Promise<unknown>, ms = 2000) =>
+  Promise.race([
+    p.then(() => "resolved", (e: ChatError) => `rejected: ${e.code}`),
+    new Promise((r) => setTimeout(() => r(`pending after ${ms} ms`), ms)),
+  ]);
+
+const ROOMS_90 = Array.from({ length: 90 }, (_, i) => `room:r${i + 1}`);
+
+Deno.test("client: 90 rooms joined at once, and rejoined after the server drops the socket, are each joined without a flood close", async () => {
+  const server = await startTestServer();
+  const user = await userClient(server, "1");
+  try {
+    await user.client.connect();
+    await within(Promise.all(ROOMS_90.map((room) => user.client.join(room))), "90 joins", 10_000);
+    const synced = () => user.presence.filter((p) => p.action === "sync").length;
+    assertEquals(synced(), 90);
+    for (const conn of server.app.context.connections) conn.close(4008, "Slow consumer");
+    await eventually(() => synced() === 180, 10_000, "the 90 rooms joined again");
+    // Until the rejoins are answered, and a little after, nothing closes the socket for them.
+    await new Promise((r) => setTimeout(r, 300));
+    assertEquals(user.states.filter((s) => s.code === 4029), []);
+    assertEquals(user.client.state, "open");
+  } finally {
+    user.client.close();
+    await server.close();
+  }
+});
+
+Deno.test("client: 100 sends queued while offline are stored once each, in order, paced under the socket's rate", async () => {
+  const server = await startTestServer();
+  const user = await userClient(server, "1");
+  try {
+    await user.client.connect();
+    await user.client.join("room:q");
+    const dropped = new Promise<void>((resolve) => {
+      const off = user.client.on("state", (s) => s.state === "reconnecting" && (off(), resolve()));
+    });
+    for (const conn of server.app.context.connections) conn.close(4008, "Slow consumer");
+    await dropped;
+    const acks = await within(
+      Promise.all(
+        Array.from({ length: 100 }, (_, i) => user.client.send("room:q", { body: `q${i}` })),
+      ),
+      "the acks",
+      15_000,
+    );
+    assertEquals(acks.map((a) => a.seq), Array.from({ length: 100 }, (_, i) => i + 1));
+    assertEquals(user.states.filter((s) => s.code === 4029), []);
+  } finally {
+    user.client.close();
+    await server.close();
+  }
+});
+
+Deno.test("client: a send made before the welcome that is over the server's frame limit is refused, not written after every reconnect", async () => {
+  const server = await startTestServer({ MAX_FILE_BYTES: "100000" });
+  const user = await userClient(server, "1");
+  try {
+    const connecting = user.client.connect();
+    const joining = user.client.join("room:a");
+    // Checked against the client's own defaults (10 MiB): the welcome has not come yet.
+    const sending = outcomeOf(
+      user.client.send("room:a", { files: [{ name: "big.bin", data: new Uint8Array(300_000) }] }),
+      4000,
+    );
+    await connecting;
+    await joining;
+    assertEquals(await sending, "rejected: frame_too_large");
+    assertEquals(user.states.filter((s) => s.code === 1009), []);
+    assertEquals(user.client.state, "open");
+  } finally {
+    user.client.close();
+    await server.close();
+  }
+});
+
+Deno.test("client: join() after close() or after the server refused the token rejects with closed; a refused join is told by its promise alone", async () => {
+  const server = await startTestServer();
+  const user = await userClient(server, "1", { rooms: ["ticket:1"] });
+  const errors: string[] = [];
+  user.client.on("error", (e) => errors.push(e.code));
+  const refused = new ChatClient({ url: `${server.wsUrl}/ws`, token: "not-a-token" });
+  try {
+    await user.client.connect();
+    assertEquals(await outcomeOf(user.client.join("ticket:2")), "rejected: forbidden");
+    await new Promise((r) => setTimeout(r, 100));
+    assertEquals(errors, []);
+    user.client.close();
+    assertEquals(await outcomeOf(user.client.join("ticket:1")), "rejected: closed");
+    assertEquals(await outcomeOf(refused.connect()), "rejected: unauthorized");
+    assertEquals(await outcomeOf(refused.join("room:a")), "rejected: closed");
+  } finally {
+    user.client.close();
+    refused.close();
+    await server.close();
+  }
+});
+
+Deno.test("client: each reconnect attempt is announced once; a url it cannot connect to is refused by the constructor", async () => {
+  const server = await startTestServer();
+  const user = await userClient(server, "1");
+  try {
+    await user.client.connect();
+    const from = user.states.length;
+    for (const conn of server.app.context.connections) conn.close(4008, "Slow consumer");
+    await eventually(() => user.client.state === "open" && user.states.length > from, 5000, "back");
+    assertEquals(user.states.slice(from).map((s) => s.state), ["reconnecting", "open"]);
+  } finally {
+    user.client.close();
+    await server.close();
+  }
+  // Deno has no page to resolve it against.
+  const err = assertThrows(() => new ChatClient({ url: "/ws", token: "t" }), TypeError);
+  assert(err.message.includes('"/ws" is not a URL'), err.message);
 });

@@ -1070,8 +1070,12 @@ Deno.test("native: frames that waited behind a slow commit are rate limited as t
   }
 });
 
-Deno.test("native: welcome tells what one send may carry, by the server's MAX_FILE_BYTES, and the heartbeat", async () => {
-  const server = await startTestServer({ MAX_FILE_BYTES: "1000", HEARTBEAT_SECONDS: "7" });
+Deno.test("native: welcome tells what one send may carry, by the server's MAX_FILE_BYTES, the socket's rate and the heartbeat", async () => {
+  const server = await startTestServer({
+    MAX_FILE_BYTES: "1000",
+    HEARTBEAT_SECONDS: "7",
+    RATE_LIMIT_PER_SECOND: "25",
+  });
   try {
     const token = await server.token({ sub: "1", rooms: ["ticket:*"] });
     const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
@@ -1081,6 +1085,7 @@ Deno.test("native: welcome tells what one send may carry, by the server's MAX_FI
       max_files: 10,
       max_file_bytes: 1000,
       max_frame_chars: 66944,
+      frames_per_second: 25,
     }]);
     assertEquals(welcome.heartbeat_ms, 7000);
     // The frame limit told is the one kept: one character more is refused.

@@ -54,13 +54,19 @@ var DEFAULTS = {
   typingRenewMs: 2e3,
   typingIdleMs: 3e3,
   // Under the server's 24 hours of recognising a client_id, with an hour to spare.
-  sendExpiryMs: 23 * 36e5
+  sendExpiryMs: 23 * 36e5,
+  // The server's RATE_LIMIT_PER_SECOND by default, for servers whose welcome does not say it.
+  framesPerSecond: 20
 };
+var MAX_ROOMS_PER_JOIN = 100;
+var RATE_SHARE = 0.8;
 var UNAUTHORIZED = 4001;
 var RATE_LIMITED = 4029;
 var TYPING_EXPIRY_MS = 7e3;
 var ChatClient = class {
   #options;
+  /** `options.url`, absolute. */
+  #url;
   #socket = null;
   #generation = 0;
   #state = "idle";
@@ -70,7 +76,20 @@ var ChatClient = class {
   #listeners = /* @__PURE__ */ new Map();
   #rooms = /* @__PURE__ */ new Map();
   #pending = /* @__PURE__ */ new Map();
+  /** The rooms each join frame on this socket named, by its ref, until each has its reply. */
   #joinRefs = /* @__PURE__ */ new Map();
+  /** Rooms whose join is to be written: together, in as few frames as the server takes. */
+  #joinQueue = /* @__PURE__ */ new Map();
+  #joinFlushQueued = false;
+  /**
+   * Frames this socket may still write at once: the server refuses a socket's frames past its
+   * rate, and closes one that goes on (4029), so what waited (rejoins, sends queued offline) is
+   * paced to stay under it.
+   */
+  #bucket = {
+    tokens: 0,
+    at: 0
+  };
   #nextRef = 1;
   #reconnectTimer;
   #heartbeatTimer;
@@ -104,6 +123,12 @@ var ChatClient = class {
   /** Creates a client; nothing happens until {@link connect}. */
   constructor(options) {
     this.#options = options;
+    const base = globalThis.location?.href;
+    try {
+      this.#url = new URL(options.url, base).toString();
+    } catch {
+      throw new TypeError(`ChatClient: "${options.url}" is not a URL the client can connect to`);
+    }
   }
   /** Where the connection is now. */
   get state() {
@@ -122,13 +147,14 @@ var ChatClient = class {
       maxBodyChars: DEFAULTS.maxBodyChars,
       maxFiles: DEFAULTS.maxFiles,
       maxFileBytes,
-      maxFrameChars: base64 + Math.ceil(base64 / 76) * 4 + 64 * 1024
+      maxFrameChars: base64 + Math.ceil(base64 / 76) * 4 + 64 * 1024,
+      framesPerSecond: DEFAULTS.framesPerSecond
     };
   }
   /** Base URL of the HTTP routes. */
   get httpUrl() {
     if (this.#options.httpUrl) return this.#options.httpUrl.replace(/\/$/, "");
-    const url = new URL(this.#options.url);
+    const url = new URL(this.#url);
     url.protocol = url.protocol === "wss:" ? "https:" : url.protocol === "ws:" ? "http:" : url.protocol;
     return url.origin;
   }
@@ -209,6 +235,9 @@ var ChatClient = class {
    * duplicate, and after a reconnect the room is rejoined from the last seq delivered.
    */
   async join(room, options = {}) {
+    if (this.#state === "closed") {
+      throw new ChatError("closed", "Not connected: call connect() first");
+    }
     let messages = [];
     let hasMore = false;
     let state = this.#rooms.get(room);
@@ -249,7 +278,7 @@ var ChatClient = class {
       resolve,
       reject
     }));
-    if (this.#ready() && current.joinSentOn !== this.#generation) this.#sendJoin(room, current);
+    if (current.joinSentOn !== this.#generation) this.#sendJoin(room, current);
     const frame = await joined;
     return {
       room,
@@ -306,11 +335,10 @@ var ChatClient = class {
       ...frame,
       ref: Number.MAX_SAFE_INTEGER
     }).length;
-    if (size > limits.maxFrameChars) {
-      throw new ChatError("frame_too_large", `Message is too large: ${size} characters, the limit is ${limits.maxFrameChars}; send large files one per message (sendFile)`);
-    }
+    if (size > limits.maxFrameChars) throw tooLarge(size, limits.maxFrameChars);
     const ack = await this.#request(frame, {
-      needsRoom: room
+      needsRoom: room,
+      checkedAgainst: limits
     });
     const { type: _type, ref: _ref, ...rest } = ack;
     return rest;
@@ -491,9 +519,9 @@ var ChatClient = class {
   // ---- connection ----
   async #open() {
     const generation = ++this.#generation;
-    this.#setState({
-      state: this.#attempt === 0 ? "connecting" : "reconnecting",
-      attempt: this.#attempt
+    if (this.#attempt === 0) this.#setState({
+      state: "connecting",
+      attempt: 0
     });
     let token;
     try {
@@ -505,7 +533,7 @@ var ChatClient = class {
     }
     if (generation !== this.#generation) return;
     const Ctor = this.#options.WebSocket ?? globalThis.WebSocket;
-    const url = new URL(this.#options.url);
+    const url = new URL(this.#url);
     if (url.protocol === "http:") url.protocol = "ws:";
     if (url.protocol === "https:") url.protocol = "wss:";
     if (url.pathname === "/") url.pathname = "/ws";
@@ -545,6 +573,7 @@ var ChatClient = class {
     this.#stopTimers();
     this.#generation++;
     this.#joinRefs.clear();
+    this.#joinQueue.clear();
     for (const [name, room] of this.#rooms) {
       room.live = false;
       room.typingSentAt = 0;
@@ -645,7 +674,12 @@ var ChatClient = class {
         if (this.#deadline === void 0) this.#armDeadline(socket);
       }, heartbeat);
     }
-    for (const [room, state] of this.#rooms) this.#sendJoin(room, state);
+    const rate = this.limits.framesPerSecond;
+    this.#bucket = {
+      tokens: burstOf(rate),
+      at: Date.now()
+    };
+    for (const [room, state] of this.#rooms) this.#joinQueue.set(room, state);
     this.#flush();
     this.#settleConnect(user);
   }
@@ -680,6 +714,7 @@ var ChatClient = class {
         resolve,
         reject,
         needsRoom: options.needsRoom,
+        checkedAgainst: options.checkedAgainst,
         sentOn: -1,
         retries: 0,
         madeAt: Date.now()
@@ -688,14 +723,28 @@ var ChatClient = class {
       this.#flush();
     });
   }
-  /** Writes every request not yet written on this socket whose room is joined (or being joined). */
+  /**
+   * Writes the joins due, then every request not yet written on this socket whose room is joined
+   * (or being joined), as fast as the server's rate takes them.
+   */
   #flush() {
     if (!this.#ready()) return;
     const now = Date.now();
+    this.#writeJoins(now);
     if (now < this.#holdUntil) return this.#flushAt(this.#holdUntil);
     const expiry = this.#options.sendExpiryMs ?? DEFAULTS.sendExpiryMs;
+    const limits = this.limits;
     for (const [ref, pending] of this.#pending) {
       if (pending.sentOn === this.#generation) continue;
+      if (pending.frame.type === "send" && pending.checkedAgainst !== limits) {
+        pending.checkedAgainst = limits;
+        const size = JSON.stringify(pending.frame).length;
+        if (size > limits.maxFrameChars) {
+          this.#pending.delete(ref);
+          pending.reject(tooLarge(size, limits.maxFrameChars));
+          continue;
+        }
+      }
       if (pending.frame.type === "send" && now - pending.madeAt > expiry) {
         this.#pending.delete(ref);
         pending.reject(new ChatError("send_expired", "Not acknowledged in time to be sent again safely: it may or may not have been stored"));
@@ -704,7 +753,66 @@ var ChatClient = class {
       const room = pending.needsRoom ? this.#rooms.get(pending.needsRoom) : void 0;
       if (room && room.joinSentOn !== this.#generation) continue;
       if (!room && pending.needsRoom && this.#joining.has(pending.needsRoom)) continue;
+      if (!this.#takeToken(now)) return;
       if (this.#write(pending.frame)) pending.sentOn = this.#generation;
+    }
+  }
+  /** Takes one frame from the bucket, or arranges a flush for when it holds one again. */
+  #takeToken(now) {
+    const rate = this.limits.framesPerSecond * RATE_SHARE;
+    const b = this.#bucket;
+    b.tokens = Math.min(burstOf(this.limits.framesPerSecond), b.tokens + (now - b.at) / 1e3 * rate);
+    b.at = now;
+    if (b.tokens >= 1) {
+      b.tokens--;
+      return true;
+    }
+    this.#flushAt(now + Math.ceil((1 - b.tokens) / rate * 1e3));
+    return false;
+  }
+  /** Writes the queued joins that are due, up to the server's most rooms per frame in each. */
+  #writeJoins(now) {
+    let later = Infinity;
+    const due = [];
+    for (const [room, state] of this.#joinQueue) {
+      if (this.#rooms.get(room) !== state || state.joinSentOn === this.#generation) {
+        this.#joinQueue.delete(room);
+      } else if (state.joinAfter > now) later = Math.min(later, state.joinAfter);
+      else due.push([
+        room,
+        state
+      ]);
+    }
+    if (later < Infinity) this.#flushAt(later);
+    for (let i = 0; i < due.length; i += MAX_ROOMS_PER_JOIN) {
+      if (!this.#takeToken(now)) return;
+      const chunk = due.slice(i, i + MAX_ROOMS_PER_JOIN);
+      const ref = this.#nextRef++;
+      const entries = chunk.map(([room, state]) => {
+        const entry = {
+          room
+        };
+        if (state.lastSeq !== void 0) {
+          entry.since = state.lastSeq;
+          if (state.epoch !== void 0) entry.epoch = state.epoch;
+        }
+        return entry;
+      });
+      const frame = entries.length === 1 ? {
+        type: "join",
+        ...entries[0],
+        ref
+      } : {
+        type: "join",
+        rooms: entries,
+        ref
+      };
+      if (!this.#write(frame)) return;
+      this.#joinRefs.set(ref, new Set(chunk.map(([room]) => room)));
+      for (const [room, state] of chunk) {
+        state.joinSentOn = this.#generation;
+        this.#joinQueue.delete(room);
+      }
     }
   }
   /** Flushes again at `time` (Date.now()), unless a flush is already due (the hold only grows). */
@@ -728,22 +836,18 @@ var ChatClient = class {
     }
     return true;
   }
+  /**
+   * Queues the room's join; the joins asked for in one turn (a `Promise.all` of joins) go out
+   * together, in one frame.
+   */
   #sendJoin(room, state) {
-    const ref = this.#nextRef++;
-    this.#joinRefs.set(ref, room);
-    const frame = {
-      type: "join",
-      room,
-      ref
-    };
-    if (state.lastSeq !== void 0) {
-      frame.since = state.lastSeq;
-      if (state.epoch !== void 0) frame.epoch = state.epoch;
-    }
-    if (this.#write(frame)) {
-      state.joinSentOn = this.#generation;
+    this.#joinQueue.set(room, state);
+    if (this.#joinFlushQueued) return;
+    this.#joinFlushQueued = true;
+    queueMicrotask(() => {
+      this.#joinFlushQueued = false;
       this.#flush();
-    }
+    });
   }
   #failAll(err) {
     const pending = [
@@ -792,7 +896,7 @@ var ChatClient = class {
         return;
       case "joined":
         if (ref !== void 0 && this.#joinRefs.has(ref)) {
-          this.#joinRefs.delete(ref);
+          this.#answeredJoin(ref, frame.room);
           this.#joined(frame);
           return;
         }
@@ -822,8 +926,15 @@ var ChatClient = class {
       }
       case "error":
         if (ref !== void 0 && this.#joinRefs.has(ref)) {
-          this.#joinFailed(this.#joinRefs.get(ref), frame);
-          this.#joinRefs.delete(ref);
+          const rooms = this.#joinRefs.get(ref);
+          const named = typeof frame.room === "string" && rooms.has(frame.room);
+          const failed = named ? [
+            frame.room
+          ] : [
+            ...rooms
+          ];
+          for (const room of failed) this.#answeredJoin(ref, room);
+          for (const room of failed) this.#joinFailed(room, frame);
           return;
         }
         if (ref !== void 0 && this.#pending.has(ref)) {
@@ -904,21 +1015,25 @@ var ChatClient = class {
       state.joinRetries++;
       state.joinSentOn = -1;
       if (state.joinRetries === 5) this.#emit("error", new ChatError(code, String(frame.message)));
-      const generation = this.#generation;
-      setTimeout(() => {
-        if (this.#rooms.get(name) === state && generation === this.#generation && this.#ready()) {
-          this.#sendJoin(name, state);
-        }
-      }, this.#retryMs * Math.min(state.joinRetries, 10));
+      state.joinAfter = Date.now() + this.#retryMs * Math.min(state.joinRetries, 10);
+      this.#joinQueue.set(name, state);
+      this.#flushAt(state.joinAfter);
       return;
     }
     const err = new ChatError(code, String(frame.message));
+    const waited = state.waiters.length > 0;
     this.#dropRoom(name, state, err);
     if (code === "room_deleted") this.#emit("removed", {
       room: name,
       reason: code
     });
-    else this.#emit("error", err);
+    else if (!waited) this.#emit("error", err);
+  }
+  /** Notes that the join frame `ref` has its reply for `room`. */
+  #answeredJoin(ref, room) {
+    const rooms = this.#joinRefs.get(ref);
+    rooms.delete(room);
+    if (rooms.size === 0) this.#joinRefs.delete(ref);
   }
   /**
    * Forgets a room the client may no longer be in: its join waiters and the requests waiting
@@ -1074,6 +1189,7 @@ var ChatClient = class {
     return {
       lastSeq: since,
       joinSentOn: -1,
+      joinAfter: 0,
       joinRetries: 0,
       live: false,
       presence: /* @__PURE__ */ new Map(),
@@ -1137,6 +1253,10 @@ function moveCursor(reads, userId, seq) {
     seq
   });
 }
+function tooLarge(size, max) {
+  return new ChatError("frame_too_large", `Message is too large: ${size} characters, the limit is ${max}; send large files one per message (sendFile)`);
+}
+var burstOf = (framesPerSecond) => Math.max(1, 2 * framesPerSecond - 4);
 function parseLimits(value) {
   if (typeof value !== "object" || value === null) return void 0;
   const v = value;
@@ -1144,7 +1264,9 @@ function parseLimits(value) {
     maxBodyChars: v.max_body_chars,
     maxFiles: v.max_files,
     maxFileBytes: v.max_file_bytes,
-    maxFrameChars: v.max_frame_chars
+    maxFrameChars: v.max_frame_chars,
+    // Servers before it said nothing of their rate: theirs was the default.
+    framesPerSecond: v.frames_per_second ?? DEFAULTS.framesPerSecond
   };
   const valid = Object.values(limits).every((n) => typeof n === "number" && n > 0);
   return valid ? limits : void 0;

@@ -746,6 +746,9 @@ class NativeSession implements SocketHandler {
         max_files: MAX_FILES_PER_MESSAGE,
         max_file_bytes: config.maxFileBytes,
         max_frame_chars: maxFrameSize(config),
+        // So that a client with much to send (rejoins, sends queued offline) paces it rather
+        // than being refused and, going on, closed (4029).
+        frames_per_second: config.rateLimitPerSecond,
       },
       // A client that sends something (a ping) more often than every half of this is never
       // pinged by the runtime: fewer frames, and no reliance on Deno's heartbeat.
