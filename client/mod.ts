@@ -1364,9 +1364,14 @@ export class ChatClient {
       case "error":
         if (ref !== undefined && this.#joinRefs.has(ref)) {
           const rooms = this.#joinRefs.get(ref)!;
-          // An error naming a room answers its entry; one naming none refused the whole frame.
-          const named = typeof frame.room === "string" && rooms.has(frame.room);
-          const failed = named ? [frame.room as string] : [...rooms];
+          // Replies come in the frame's order: an error naming no room (one whose name the server
+          // could not read) answers the first entry not yet answered, unless the frame was
+          // refused whole for its rate.
+          const failed = typeof frame.room === "string"
+            ? (rooms.has(frame.room) ? [frame.room] : [])
+            : frame.code === "rate_limited"
+            ? [...rooms]
+            : [...rooms].slice(0, 1);
           for (const room of failed) this.#answeredJoin(ref, room);
           for (const room of failed) this.#joinFailed(room, frame);
           return;

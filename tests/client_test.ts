@@ -1507,3 +1507,19 @@ Deno.test("client: each reconnect attempt is announced once; a url it cannot con
   const err = assertThrows(() => new ChatClient({ url: "/ws", token: "t" }), TypeError);
   assert(err.message.includes('"/ws" is not a URL'), err.message);
 });
+
+Deno.test("client: of rooms joined at once, one the server cannot read fails alone", async () => {
+  const server = await startTestServer();
+  const user = await userClient(server, "1");
+  try {
+    await user.client.connect();
+    const outcomes = await Promise.all(
+      ["room:a", "room:not valid", "room:b"].map((room) => outcomeOf(user.client.join(room))),
+    );
+    assertEquals(outcomes, ["resolved", "rejected: invalid_frame", "resolved"]);
+    assertEquals(user.client.rooms().sort(), ["room:a", "room:b"]);
+  } finally {
+    user.client.close();
+    await server.close();
+  }
+});

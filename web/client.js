@@ -927,12 +927,13 @@ var ChatClient = class {
       case "error":
         if (ref !== void 0 && this.#joinRefs.has(ref)) {
           const rooms = this.#joinRefs.get(ref);
-          const named = typeof frame.room === "string" && rooms.has(frame.room);
-          const failed = named ? [
+          const failed = typeof frame.room === "string" ? rooms.has(frame.room) ? [
             frame.room
+          ] : [] : frame.code === "rate_limited" ? [
+            ...rooms
           ] : [
             ...rooms
-          ];
+          ].slice(0, 1);
           for (const room of failed) this.#answeredJoin(ref, room);
           for (const room of failed) this.#joinFailed(room, frame);
           return;
