@@ -250,6 +250,18 @@ apiTest("rooms: create, update, participants, list by kind, delete, and bad inpu
     { user_id: "7", role: "agent" },
     { user_id: "8", role: "member" },
   ]);
+  // The same in a PUT's list: the integrator sends who it knows, roles it does not change.
+  const relisted = await s.api("PUT", "/api/rooms/ticket/1", {
+    json: { participants: [{ user_id: "6", role: "agent" }, { user_id: "7" }, { user_id: "8" }] },
+  });
+  assertEquals(relisted.body.participants, [
+    { user_id: "6", role: "agent" },
+    { user_id: "7", role: "agent" },
+    { user_id: "8", role: "member" },
+  ]);
+  await s.api("PUT", "/api/rooms/ticket/1", {
+    json: { participants: [{ user_id: "6", role: "member" }, { user_id: "7" }, { user_id: "8" }] },
+  });
   assertEquals((await s.api("DELETE", "/api/rooms/ticket/1/participants/8")).status, 204);
   assertEquals((await s.api("DELETE", "/api/rooms/ticket/1/participants/6")).status, 204);
   const gone = await s.api("DELETE", "/api/rooms/ticket/1/participants/6");
@@ -274,6 +286,8 @@ apiTest("rooms: create, update, participants, list by kind, delete, and bad inpu
   assertEquals(page1.body.next_after, "a");
   const page2 = await s.api("GET", "/api/rooms/room?limit=2&after=a");
   assertEquals((page2.body.rooms as Json[]).map((r) => r.id), ["b", "c"]);
+  // The last page, though full, says it is the last.
+  assertEquals(page2.body.next_after, null);
   const page3 = await s.api("GET", "/api/rooms/room?limit=2&after=c");
   assertEquals(page3.body, { rooms: [], next_after: null });
   assertEquals((await s.api("GET", "/api/rooms/ticket")).body.next_after, null);

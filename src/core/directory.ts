@@ -82,10 +82,11 @@ export interface Directory {
    * one transaction; `created` is true for exactly one of several concurrent first saves, and
    * `replaced` names who held the room by what the save replaced (the participants before, when
    * given; the owner before, when `ownerId` is given), for the caller to check who lost access.
+   * A participant given without `role` is a `member` when new and keeps its stored role.
    */
   saveRoom(
     room: { kind: string; id: string; title?: string | null; ownerId?: string | null },
-    participants?: Participant[],
+    participants?: ParticipantInput[],
   ): Promise<{ room: DirectoryRoom; created: boolean; replaced: string[] }>;
   /** Reads a room. */
   getRoom(kind: string, id: string): Promise<DirectoryRoom | null>;
@@ -93,8 +94,8 @@ export interface Directory {
   deleteRoom(kind: string, id: string): Promise<boolean>;
   /** Lists rooms of a kind ordered by id text, after `after` when given. */
   listRooms(kind: string, options?: { limit?: number; after?: string }): Promise<DirectoryRoom[]>;
-  /** Replaces a room's participants with exactly this list. */
-  setParticipants(kind: string, id: string, participants: Participant[]): Promise<void>;
+  /** Replaces a room's participants with exactly this list (roles left out as in saveRoom). */
+  setParticipants(kind: string, id: string, participants: ParticipantInput[]): Promise<void>;
   /**
    * Adds or updates one participant (without `role`: `member` when new, the stored role kept
    * otherwise); with `roomMustExist`, only while the directory stores the room (false when it

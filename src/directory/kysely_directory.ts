@@ -175,7 +175,7 @@ export class KyselyDirectory implements Directory {
    */
   async saveRoom(
     room: { kind: string; id: string; title?: string | null; ownerId?: string | null },
-    participants?: Participant[],
+    participants?: ParticipantInput[],
   ): Promise<{ room: DirectoryRoom; created: boolean; replaced: string[] }> {
     requireId("room kind", room.kind);
     requireId("room id", room.id);
@@ -267,7 +267,11 @@ export class KyselyDirectory implements Directory {
   }
 
   /** Replaces a room's participants with exactly this list; the last entry for a user wins. */
-  async setParticipants(kind: string, id: string, participants: Participant[]): Promise<void> {
+  async setParticipants(
+    kind: string,
+    id: string,
+    participants: ParticipantInput[],
+  ): Promise<void> {
     requireId("room kind", kind);
     requireId("room id", id);
     const wanted = wantedParticipants(participants);
@@ -278,14 +282,15 @@ export class KyselyDirectory implements Directory {
   }
 
   /**
-   * Replaces the room's participant rows with `wanted` (user id → role), inside `trx`; returns
-   * the user ids of the rows there were before.
+   * Replaces the room's participant rows with `wanted` (user id → role; undefined: `member` when
+   * new, the stored role otherwise), inside `trx`; returns the user ids of the rows there were
+   * before.
    */
   async #replaceParticipants(
     trx: Transaction<DirectoryDatabase>,
     kind: string,
     id: string,
-    wanted: Map<string, string>,
+    wanted: Map<string, string | undefined>,
   ): Promise<string[]> {
     // Rows of users who stay are updated rather than replaced, so that they keep their
     // `created_at` (when they joined).
@@ -300,19 +305,26 @@ export class KyselyDirectory implements Directory {
         .execute();
     }
     const now = new Date().toISOString();
-    const rows = [...wanted].map(([userId, role]) => ({
-      room_kind: kind,
-      room_id: id,
-      user_id: userId,
-      role,
-      created_at: now,
-    }));
-    for (const batch of chunks(rows, INSERT_BATCH)) {
+    const rows = (given: boolean) =>
+      [...wanted].filter(([, role]) => (role !== undefined) === given).map(([userId, role]) => ({
+        room_kind: kind,
+        room_id: id,
+        user_id: userId,
+        role: role ?? "member",
+        created_at: now,
+      }));
+    for (const batch of chunks(rows(true), INSERT_BATCH)) {
       await trx.insertInto("room_participants").values(batch)
         .onConflict((oc) =>
           oc.columns(["room_kind", "room_id", "user_id"])
             .doUpdateSet((eb) => ({ role: eb.ref("excluded.role") }))
         )
+        .execute();
+    }
+    // Listed without a role: one already there keeps the role it has.
+    for (const batch of chunks(rows(false), INSERT_BATCH)) {
+      await trx.insertInto("room_participants").values(batch)
+        .onConflict((oc) => oc.columns(["room_kind", "room_id", "user_id"]).doNothing())
         .execute();
     }
     return existing.map((r) => r.user_id);
@@ -429,12 +441,12 @@ export class KyselyDirectory implements Directory {
   }
 }
 
-/** Participants as user id → role; the last entry for a user wins. */
-function wantedParticipants(participants: Participant[]): Map<string, string> {
-  const wanted = new Map<string, string>();
+/** Participants as user id → role (undefined when not given); the last entry for a user wins. */
+function wantedParticipants(participants: ParticipantInput[]): Map<string, string | undefined> {
+  const wanted = new Map<string, string | undefined>();
   for (const p of participants) {
     requireId("participant user id", p.userId);
-    wanted.set(p.userId, p.role ?? "member");
+    wanted.set(p.userId, p.role);
   }
   return wanted;
 }

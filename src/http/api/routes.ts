@@ -226,6 +226,13 @@ const notFound = (what: string) => ({
   schema: ApiErrorBody,
 });
 
+/** The 404 of a send: no such sender, or a client_id whose first message is gone. */
+const sendNotFound = {
+  description: "The sender does not exist, or (`code`: `not_found`) the client_id was first " +
+    "sent with a message the room no longer keeps (`HISTORY_LIMIT`): it is not stored again.",
+  schema: ApiErrorBody,
+};
+
 /** Every route of the admin API, in document order. */
 export const API_ROUTES: ApiRoute[] = [
   defineRoute({
@@ -299,10 +306,15 @@ export const API_ROUTES: ApiRoute[] = [
     operationId: "deleteUser",
     summary: "Delete a user and their participations",
     description: "Their participations end and rooms they own lose their owner_id; their " +
-      "sockets in those rooms are closed (unless a role still lets them in).",
+      "sockets in those rooms are closed (unless a role still lets them in). A user the " +
+      "directory has no row for (one only tokens know) is taken out of the rooms they take " +
+      "part in or own the same way.",
     tag: "users",
     params: UserPath,
-    responses: { 204: { description: "Deleted." }, 404: notFound("The user") },
+    responses: {
+      204: { description: "Deleted." },
+      404: notFound("The user (neither in the directory nor in any room)"),
+    },
     async handle({ params }, deps) {
       // The rooms and the role come from the deletion itself: read before it, a participation
       // added or a role given in between was deleted without its sockets being closed.
@@ -315,7 +327,8 @@ export const API_ROUTES: ApiRoute[] = [
         ...rooms.map((room) => revokeLost(deps, room.kind, room.id, [params.id])),
       ])).filter((r): r is PromiseRejectedResult => r.status === "rejected");
       if (failures.length > 0) throw failures[0].reason;
-      if (!existed) throw new ApiError(404, `User "${params.id}" not found`);
+      // A user only tokens know may still take part in rooms: removed from them, it was there.
+      if (!existed && rooms.length === 0) throw new ApiError(404, `User "${params.id}" not found`);
       return { status: 204 };
     },
   }),
@@ -332,10 +345,12 @@ export const API_ROUTES: ApiRoute[] = [
     query: RoomListQuery,
     responses: { 200: { description: "A page of rooms.", schema: RoomList } },
     async handle({ params, query }, deps) {
-      const rooms = await deps.directory.listRooms(params.kind, {
-        limit: query.limit,
+      // One more than the page: a last page that is full says so (null), not one page later.
+      const found = await deps.directory.listRooms(params.kind, {
+        limit: query.limit + 1,
         after: query.after,
       });
+      const rooms = found.slice(0, query.limit);
       return {
         status: 200,
         body: {
@@ -343,7 +358,7 @@ export const API_ROUTES: ApiRoute[] = [
             const { participants: _, ...summary } = roomBody(r, []);
             return summary;
           }),
-          next_after: rooms.length === query.limit ? rooms.at(-1)!.id : null,
+          next_after: found.length > query.limit ? rooms.at(-1)!.id : null,
         },
       };
     },
@@ -374,7 +389,7 @@ export const API_ROUTES: ApiRoute[] = [
       // room before is read in it, so that a concurrent save's participants are not missed.
       const { room, created, replaced } = await deps.directory.saveRoom(
         { kind, id, title: body.title, ownerId: body.owner_id },
-        body.participants?.map((p) => ({ userId: p.user_id, role: p.role ?? "member" })),
+        body.participants?.map((p) => ({ userId: p.user_id, role: p.role })),
       );
       // Every member is checked again: a save can shut out more than the participants it drops
       // (token claims, when it creates the room; the previous owner), and a retry of one whose
@@ -559,7 +574,7 @@ export const API_ROUTES: ApiRoute[] = [
         description: "The caller carries no admin role, or the sender may not enter the room.",
         schema: ApiErrorBody,
       },
-      404: notFound("The sender"),
+      404: sendNotFound,
       409: roomDeletedMidSend,
     },
     async handle({ params, body, req }, deps) {
@@ -593,7 +608,7 @@ export const API_ROUTES: ApiRoute[] = [
     responses: {
       201: { description: "Stored and delivered.", schema: Message },
       200: { description: "A repeated client_id: the original message.", schema: Message },
-      404: notFound("The sender"),
+      404: sendNotFound,
       409: roomDeletedMidSend,
       429: {
         description: "An ordinary user over the per-user send limit the sockets apply, or with " +
