@@ -2,7 +2,12 @@
 
 import { DirectoryAccessPolicy, directoryProfileEnricher } from "./src/auth/directory_access.ts";
 import { Authenticator } from "./src/auth/authenticator.ts";
-import { createVerifier, ensureDevSecret } from "./src/auth/verifier.ts";
+import {
+  createVerifier,
+  ensureDevSecret,
+  type KeySetState,
+  KeySetUnavailable,
+} from "./src/auth/verifier.ts";
 import { BroadcastChannelBroker } from "./src/broker/broadcast_channel_broker.ts";
 import { InstanceRegistry, SharedOnlyBroker } from "./src/broker/instance_registry.ts";
 import { KvRoomEvents } from "./src/broker/kv_room_events.ts";
@@ -39,6 +44,7 @@ import socketIoClientBundle from "socket.io-client/dist/socket.io.js" with { typ
 import type { SocketIOServer } from "./src/engine_io/mod.ts";
 import { createHttpApp, type HttpDeps, matchWsRoute, ownMetrics } from "./src/http/app.ts";
 import { MetricsExchange } from "./src/http/metrics_exchange.ts";
+import { renderFamily } from "./src/http/process_metrics.ts";
 import { mountWeb } from "./src/http/web_routes.ts";
 import { ApiCounters, createApi } from "./src/http/api/mod.ts";
 import { openDirectory } from "./src/directory/open.ts";
@@ -100,6 +106,9 @@ const SHUTDOWN_DRAIN_MS = 2000;
 const MEDIA_SWEEP_KEY = ["media_sweep"];
 /** How often each server tries to sweep MEDIA_DIR (one sweep's lease holds off the others for half). */
 const MEDIA_SWEEP_MS = 10 * 60_000;
+
+/** The Retry-After of a socket refused because the JWKS does not answer (jose waits 5 s for it). */
+const KEY_SET_RETRY_SECONDS = 5;
 
 /** How long a health probe's answer stands: the probe writes, and `/healthz` is public. */
 const HEALTH_PROBE_MS = 1000;
@@ -426,7 +435,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       stopping: () => draining !== undefined,
     }),
     frames,
-    extraMetrics: () => apiCounters.render(),
+    extraMetrics: () => apiCounters.render() + keySetMetrics(verifier.keySet),
     // Under `deno serve --parallel` a scrape reaches one isolate: it answers for all of them.
     gatherMetrics: async () => {
       const others = registry.alone ? 0 : (await registry.live()).here.size - 1;
@@ -497,6 +506,14 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         // The checks before the upgrade read the directory: one that does not answer is a
         // passing failure (503), logged with the path, which an unlabelled pool error was not.
         return matched.route.handle(req, matched.params).catch((err) => {
+          // Tokens cannot be checked (the JWKS does not answer): 4001 would tell the client its
+          // token is bad, and clients stop for good on it. The verifier logs the outage once.
+          if (err instanceof KeySetUnavailable) {
+            return new Response("Service unavailable: tokens cannot be checked now; try again", {
+              status: 503,
+              headers: { "retry-after": String(KEY_SET_RETRY_SECONDS) },
+            });
+          }
           const path = JSON.stringify(new URL(req.url).pathname.slice(0, 200));
           console.error(`${path}: the socket could not be opened: ${message(err)}`);
           return new Response("Service unavailable: try again", { status: 503 });
@@ -533,6 +550,22 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       }
     },
   };
+}
+
+/** The JWKS's state in Prometheus text, when the keys come from `JWT_JWKS_URL`. */
+function keySetMetrics(keySet: KeySetState | undefined): string {
+  if (!keySet) return "";
+  return renderFamily(
+    "chat_auth_keyset_up",
+    "gauge",
+    "1 while the key set at JWT_JWKS_URL answers, 0 from a failed fetch until one succeeds.",
+    [["", keySet.up ? 1 : 0]],
+  ) + renderFamily(
+    "chat_auth_keyset_refusals_total",
+    "counter",
+    "Tokens that could not be checked because the key set at JWT_JWKS_URL could not be fetched (refused with 503, or Socket.IO's authentication_error).",
+    [["", keySet.refusals]],
+  );
 }
 
 /** A listening server. */

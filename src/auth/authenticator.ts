@@ -2,7 +2,7 @@
 
 import type { Principal } from "../core/types.ts";
 import { principalFromClaims } from "./principal.ts";
-import type { TokenVerifier } from "./verifier.ts";
+import { KeySetUnavailable, type TokenVerifier } from "./verifier.ts";
 
 /**
  * Fills profile fields a token lacks (from the directory, when there is one); `claims` tells
@@ -24,13 +24,18 @@ export class Authenticator {
     this.#enrich = enrich;
   }
 
-  /** Null for any token that does not verify or names no user. */
+  /**
+   * Null for any token that does not verify or names no user. Throws {@link KeySetUnavailable}
+   * when the token could not be checked at all (the JWKS could not be fetched): callers answer
+   * that as a passing failure, since clients give up for good on a token called invalid.
+   */
   async authenticate(token: string | undefined): Promise<Principal | null> {
     if (!token) return null;
     let claims: Record<string, unknown>;
     try {
       claims = await this.#verifier.verify(token);
-    } catch {
+    } catch (err) {
+      if (err instanceof KeySetUnavailable) throw err;
       return null;
     }
     if (!isAccessToken(claims)) return null;

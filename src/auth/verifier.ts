@@ -6,10 +6,36 @@ import { join } from "node:path";
 
 /** Checks a token and returns its claims, or throws. */
 export interface TokenVerifier {
-  /** Verifies signature, `exp`, `nbf` and, when configured, `iss` and `aud`. */
+  /**
+   * Verifies signature, `exp`, `nbf` and, when configured, `iss` and `aud`; throws
+   * {@link KeySetUnavailable} when the keys could not be had, which says nothing of the token.
+   */
   verify(token: string): Promise<Record<string, unknown>>;
   /** Human-readable description of the key in use, for the start-up log. */
   readonly description: string;
+  /** How the remote key set fares, when the keys come from `JWT_JWKS_URL`. */
+  readonly keySet?: KeySetState;
+}
+
+/**
+ * A token could not be checked because the key set at `JWT_JWKS_URL` could not be fetched (the
+ * identity provider is down or unreachable, or answers with something that is no key set): the
+ * server's trouble, to be answered as a passing failure (503), never as the client's bad token.
+ */
+export class KeySetUnavailable extends Error {
+  /** Creates the error; `cause` is what the fetch failed with. */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "KeySetUnavailable";
+  }
+}
+
+/** Whether the remote key set answers, for the metrics. */
+export interface KeySetState {
+  /** False from a failed fetch of the key set until one succeeds. */
+  readonly up: boolean;
+  /** Tokens that could not be checked because the key set could not be fetched. */
+  readonly refusals: number;
 }
 
 /** Which key verifies tokens. */
@@ -65,15 +91,27 @@ export async function createVerifier(options: VerifierOptions): Promise<TokenVer
     requiredClaims: ["exp"],
   };
   if (options.jwksUrl) {
-    const jwks = jose.createRemoteJWKSet(new URL(options.jwksUrl));
+    const url = options.jwksUrl;
+    const state = { up: true, refusals: 0 };
+    const fetchKeySet = remoteKeySetFetch(url, state);
+    const jwks = jose.createRemoteJWKSet(new URL(url), { [jose.customFetch]: fetchKeySet });
+    // Fetched once at start, so that an unusable URL is in the log before any client meets it
+    // (and the first clients do not wait for the fetch); a failure here is logged by the fetch.
+    jwks.reload().catch(() => {});
     return {
-      description: `JWKS ${options.jwksUrl}`,
+      description: `JWKS ${url}`,
+      keySet: state,
       async verify(token) {
-        const { payload } = await jose.jwtVerify(token, jwks, {
-          ...common,
-          algorithms: ASYMMETRIC,
-        });
-        return payload as Record<string, unknown>;
+        try {
+          const { payload } = await jose.jwtVerify(token, jwks, {
+            ...common,
+            algorithms: ASYMMETRIC,
+          });
+          return payload as Record<string, unknown>;
+        } catch (err) {
+          if (err instanceof KeySetUnavailable) state.refusals++;
+          throw err;
+        }
       },
     };
   }
@@ -102,6 +140,61 @@ export async function createVerifier(options: VerifierOptions): Promise<TokenVer
       const { payload } = await jose.jwtVerify(token, key, { ...common, algorithms: ["HS256"] });
       return payload as Record<string, unknown>;
     },
+  };
+}
+
+/** Most characters of a key set fetch's failure quoted in the log. */
+const MAX_REASON = 300;
+
+/**
+ * jose's fetch of the key set, with every way it can fail (no connection, no answer in time, a
+ * status other than 200, a body that is no JWK set) thrown as {@link KeySetUnavailable}: jose
+ * throws them as errors that read like a bad token's, and a token it could not check was
+ * refused as invalid. Logs once when the key set stops answering and once when it answers again,
+ * not for every token meanwhile.
+ */
+function remoteKeySetFetch(url: string, state: { up: boolean }): jose.FetchImplementation {
+  const down = (reason: string, cause?: unknown): KeySetUnavailable => {
+    const error = new KeySetUnavailable(
+      `The key set at JWT_JWKS_URL (${url}) could not be fetched: ${reason.slice(0, MAX_REASON)}`,
+      { cause },
+    );
+    if (state.up) {
+      state.up = false;
+      console.error(
+        `auth: ${error.message}. Until it answers, tokens cannot be checked: sockets are ` +
+          "refused with 503 (Socket.IO: authentication_error), the API answers 503",
+      );
+    }
+    return error;
+  };
+  return async (input, init) => {
+    let response: Response;
+    try {
+      response = await fetch(input, init);
+    } catch (err) {
+      const timedOut = err instanceof DOMException && err.name === "TimeoutError";
+      throw down(timedOut ? "no answer in time" : (err as Error).message, err);
+    }
+    if (response.status !== 200) {
+      await response.body?.cancel().catch(() => {});
+      throw down(`it answered HTTP ${response.status}, not 200`);
+    }
+    let body: unknown;
+    try {
+      body = await response.json();
+    } catch (err) {
+      throw down("its answer is not JSON", err);
+    }
+    const keys = (body as { keys?: unknown } | null)?.keys;
+    if (!Array.isArray(keys) || !keys.every((k) => typeof k === "object" && k !== null)) {
+      throw down('its answer is not a JWK set ({"keys": [...]})');
+    }
+    if (!state.up) {
+      state.up = true;
+      console.log(`auth: the key set at JWT_JWKS_URL (${url}) answers again`);
+    }
+    return Response.json(body);
   };
 }
 

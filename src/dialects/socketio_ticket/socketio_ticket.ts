@@ -6,6 +6,7 @@
 
 import { isAdminRole } from "../../auth/principal.ts";
 import { findToken } from "../../auth/token.ts";
+import { KeySetUnavailable } from "../../auth/verifier.ts";
 import {
   asChatError,
   ChatError,
@@ -37,6 +38,7 @@ export const SIO_ERRORS = {
   accessDenied: "Access denied to this ticket",
   emptyMessage: "Message or at least one file is required",
   invalidToken: "Invalid token",
+  authUnavailable: "Tokens cannot be checked now: try again shortly",
   tokenRequired: "Token is required",
   ticketRequired: "Ticket ID is required",
 } as const;
@@ -74,6 +76,8 @@ interface SocketState {
   user?: Principal;
   /** The handshake carried a token, not in a cookie, that did not verify: told once connected. */
   badToken?: boolean;
+  /** The handshake's token could not be checked (the JWKS does not answer): told once connected. */
+  authUnavailable?: boolean;
   baseUrl: string;
   /** Ticket ids this socket joined. */
   tickets: Set<string>;
@@ -616,11 +620,19 @@ export function createSocketIoTicketChat(
     };
     socket.data = data;
     if (found.token) {
-      const user = await ctx.auth.authenticate(found.token);
+      let user;
+      try {
+        user = await ctx.auth.authenticate(found.token);
+      } catch (err) {
+        // Connected unsigned and told so, not refused (a refused handshake stops the client)
+        // and not told its token is invalid: it may `authenticate` again once the keys answer.
+        if (!(err instanceof KeySetUnavailable)) throw err;
+        data.authUnavailable = true;
+      }
       // Signed in (and counted) once connected: a handshake that never completes has no
       // `disconnect` to give the count back.
       if (user) data.handshakeUser = user;
-      else data.badToken = found.source !== "cookie";
+      else if (!data.authUnavailable) data.badToken = found.source !== "cookie";
     }
     next();
   });
@@ -648,6 +660,8 @@ export function createSocketIoTicketChat(
       socket.emit("authentication_error", { message: refused });
     } else if (s.badToken) {
       socket.emit("authentication_error", { message: SIO_ERRORS.invalidToken });
+    } else if (s.authUnavailable) {
+      socket.emit("authentication_error", { message: SIO_ERRORS.authUnavailable });
     }
     if (!s.user) {
       // Closed as a transport would be, so that the client reconnects (and may authenticate
@@ -666,9 +680,16 @@ export function createSocketIoTicketChat(
       const token = typeof payload === "object" && payload !== null
         ? (payload as Record<string, unknown>).token
         : undefined;
-      const user = typeof token === "string" && token !== ""
-        ? await ctx.auth.authenticate(token)
-        : null;
+      let user = null;
+      try {
+        if (typeof token === "string" && token !== "") user = await ctx.auth.authenticate(token);
+      } catch (err) {
+        // Not the token's fault: the text says so, and the client may try again.
+        if (err instanceof KeySetUnavailable) {
+          throw new ChatError("internal", SIO_ERRORS.authUnavailable);
+        }
+        throw err;
+      }
       if (!user) {
         throw new ChatError(
           "not_authenticated",

@@ -8,6 +8,7 @@ import type { Context } from "hono";
 import { z } from "zod";
 import { isAdminRole } from "../../auth/principal.ts";
 import type { Authenticator } from "../../auth/authenticator.ts";
+import { KeySetUnavailable } from "../../auth/verifier.ts";
 import type { Config } from "../../config.ts";
 import type { ChatService } from "../../core/chat_service.ts";
 import type { Directory } from "../../core/directory.ts";
@@ -272,7 +273,10 @@ export function defineRoute<
   }
   responses[500] ??= error("Something failed on the server; it is logged.");
   responses[503] ??= error(
-    "The directory does not answer; `Retry-After` says when to try again.",
+    spec.public
+      ? "The directory does not answer; `Retry-After` says when to try again."
+      : "The directory, or the key set that checks tokens (JWT_JWKS_URL), does not answer; " +
+        "`Retry-After` says when to try again.",
   );
 
   const run = async (c: Context, deps: ApiDeps): Promise<Response> => {
@@ -354,6 +358,16 @@ function errorResponse(err: unknown, where: string): Response {
   if (err instanceof ApiError) {
     const response = errorJson(err.status, err.message, err.issues, err.code);
     if (err.status === 503 || err.retry) response.headers.set("retry-after", "1");
+    return response;
+  }
+  if (err instanceof KeySetUnavailable) {
+    // A token that could not be checked is not a bad one (401 would say so); the verifier has
+    // logged the outage once, not once per request.
+    const response = errorJson(
+      503,
+      "Tokens cannot be checked now: the key set (JWT_JWKS_URL) does not answer; try again shortly",
+    );
+    response.headers.set("retry-after", "5");
     return response;
   }
   console.error(`api: ${where} failed:`, err);

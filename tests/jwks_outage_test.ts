@@ -1,0 +1,111 @@
+/**
+ * JWT_JWKS_URL that does not answer: a token that could not be checked is the server's passing
+ * trouble (503, Socket.IO's `authentication_error` saying so), never the client's bad token
+ * (4001, which the typed client takes as final), and the outage is logged once.
+ */
+
+import * as jose from "jose";
+import { io as connect, type Socket as ClientSocket } from "socket.io-client";
+import { assert, assertEquals, assertMatch, nextEvent } from "./assert.ts";
+import { freePort, startTestServer, TestClient } from "./helpers.ts";
+
+/** The status and Retry-After of a WebSocket handshake to `url`, its body discarded. */
+async function handshake(url: string): Promise<[number, string | null]> {
+  const res = await fetch(url, {
+    headers: {
+      upgrade: "websocket",
+      connection: "Upgrade",
+      "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+      "sec-websocket-version": "13",
+    },
+  });
+  await res.body?.cancel();
+  return [res.status, res.headers.get("retry-after")];
+}
+
+Deno.test("JWKS outage: sockets get 503, Socket.IO is told tokens cannot be checked, the API 503, logged once; then tokens work again", async () => {
+  const logged: string[] = [];
+  const originals = { error: console.error, log: console.log, warn: console.warn };
+  for (const level of ["error", "log", "warn"] as const) {
+    console[level] = (...args: unknown[]) => logged.push(args.map(String).join(" "));
+  }
+  // The identity provider's port, down until the test starts it.
+  const port = freePort();
+  const { privateKey, publicKey } = await jose.generateKeyPair("RS256");
+  const jwk = { ...await jose.exportJWK(publicKey), kid: "k1", alg: "RS256", use: "sig" };
+  const sign = (key: CryptoKey, claims: Record<string, unknown>) =>
+    new jose.SignJWT(claims).setProtectedHeader({ alg: "RS256", kid: "k1" })
+      .setExpirationTime("1h").sign(key);
+  const token = await sign(privateKey, { sub: "1", username: "one", role: "admin" });
+  let provider: Deno.HttpServer | undefined;
+  const clients: ClientSocket[] = [];
+  const server = await startTestServer({
+    JWT_JWKS_URL: `http://127.0.0.1:${port}/jwks.json`,
+    SOCKETIO_PING_INTERVAL_MS: "500",
+    SOCKETIO_PING_TIMEOUT_MS: "500",
+  });
+  try {
+    const outage = () =>
+      logged.filter((l) => /JWT_JWKS_URL .* could not be fetched/.test(l)).length;
+    const api = async () => {
+      const res = await fetch(`${server.url}/api/users/1`, {
+        headers: { authorization: `Bearer ${token}` },
+      });
+      return { status: res.status, retry: res.headers.get("retry-after"), body: await res.json() };
+    };
+
+    // Native protocol and a single-room protocol: the upgrade is refused as a passing failure.
+    assertEquals(await handshake(`${server.url}/ws?token=${token}`), [503, "5"]);
+    assertEquals(await handshake(`${server.url}/ws/ticket/1/?token=${token}`), [503, "5"]);
+    const ws = TestClient.connect(`${server.wsUrl}/ws?token=${token}`);
+    assert((await ws.closed).code !== 4001, "a JWKS outage closed the socket as unauthorized");
+    // The admin API: 503 with Retry-After, not 401.
+    const down = await api();
+    assertEquals([down.status, down.retry], [503, "5"]);
+    assertMatch(down.body.message, /cannot be checked/);
+    // Socket.IO: connected unsigned, told why in words that do not call the token invalid,
+    // by the handshake's token and by `authenticate` alike.
+    const socket = connect(server.url, {
+      forceNew: true,
+      reconnection: false,
+      transports: ["websocket"],
+      auth: { token },
+    });
+    clients.push(socket);
+    const [first] = await nextEvent<[{ message: string }]>(socket, "authentication_error");
+    assertEquals(first.message, "Tokens cannot be checked now: try again shortly");
+    socket.emit("authenticate", { token });
+    const [again] = await nextEvent<[{ message: string }]>(socket, "authentication_error");
+    assertEquals(again.message, "Tokens cannot be checked now: try again shortly");
+    // One line in the log for the whole outage, naming the URL; the metrics show it too.
+    assertEquals(outage(), 1, logged.join("\n"));
+    assert(logged.some((l) => l.includes(`127.0.0.1:${port}/jwks.json`)), logged.join("\n"));
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    assertMatch(metrics, /^chat_auth_keyset_up 0$/m);
+    assertMatch(metrics, /^chat_auth_keyset_refusals_total 6$/m);
+
+    // The identity provider comes back: the same token works everywhere, with no restart.
+    provider = Deno.serve(
+      { hostname: "127.0.0.1", port, onListen: () => {} },
+      () => Response.json({ keys: [jwk] }),
+    );
+    const native = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+    assertEquals((await native.next()).type, "welcome");
+    await native.close();
+    assertEquals((await api()).status, 404);
+    socket.emit("authenticate", { token });
+    await nextEvent(socket, "authenticated");
+    assert(logged.some((l) => /JWT_JWKS_URL .* answers again/.test(l)), logged.join("\n"));
+    assertMatch(await (await fetch(`${server.url}/metrics`)).text(), /^chat_auth_keyset_up 1$/m);
+    // And a token the key set does not vouch for is still refused as invalid.
+    const other = await sign((await jose.generateKeyPair("RS256")).privateKey, { sub: "2" });
+    const refused = TestClient.connect(`${server.wsUrl}/ws?token=${other}`);
+    assertEquals((await refused.closed).code, 4001);
+    assertEquals(outage(), 1, logged.join("\n"));
+  } finally {
+    for (const c of clients) c.disconnect();
+    await server.close();
+    await provider?.shutdown();
+    Object.assign(console, originals);
+  }
+});
