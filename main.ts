@@ -30,7 +30,7 @@ import {
   type RoomEvent,
 } from "./src/core/types.ts";
 import type { Directory } from "./src/core/directory.ts";
-import type { DialectContext, WsRoute } from "./src/dialects/context.ts";
+import { type DialectContext, socketMaxFileBytes, type WsRoute } from "./src/dialects/context.ts";
 import { ticketSocketRoute } from "./src/dialects/ticket_socket/ticket_socket.ts";
 import { conversationChatRoute } from "./src/dialects/conversation_chat/conversation_chat.ts";
 import { chatRoomsRoute } from "./src/dialects/chat_rooms/chat_rooms.ts";
@@ -155,6 +155,15 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     if (dev.created) {
       log(`No JWT key configured: created a development secret in ${config.dataDir}`);
     }
+  }
+  // Kept for the upload route, which reads HTTP bodies of any size; a socket frame past what
+  // Deno reads of one message would only be dropped with the connection.
+  if (config.maxFileBytes > socketMaxFileBytes(config)) {
+    log(
+      `MAX_FILE_BYTES (${config.maxFileBytes}) is more than one WebSocket message carries (Deno ` +
+        `reads 64 MiB): sockets take files up to ${socketMaxFileBytes(config)} bytes, larger ` +
+        "ones only the upload route (POST /api/rooms/{kind}/{id}/attachments)",
+    );
   }
   const verifier = await createVerifier({
     secret,

@@ -84,18 +84,47 @@ export function bodyWithFileUrls(body: string, files: Attachment[], baseUrl: str
   return (body === "" ? urls : [body, ...urls]).join("\n");
 }
 
+/** The largest WebSocket message Deno reads: past it, it closes the socket itself. */
+export const DENO_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+
 /**
- * Largest inbound frame: the biggest attachment in base64, wrapped as MIME writes it (a line
+ * The frame that carries a file of `fileBytes`: its base64, wrapped as MIME writes it (a line
  * break every 76 characters, `\r\n` in a JSON string: what `base64`, Python's `encodebytes` and
  * Java's MIME encoder give), plus room for the JSON around it.
  */
-export function maxFrameSize(config: Config): number {
-  const base64 = Math.ceil(config.maxFileBytes / 3) * 4;
+function fileFrameSize(fileBytes: number): number {
+  const base64 = Math.ceil(fileBytes / 3) * 4;
   return base64 + Math.ceil(base64 / 76) * 4 + 64 * 1024;
 }
 
-/** The largest WebSocket message Deno reads: past it, it closes the socket itself. */
-export const DENO_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+/** The largest file whose frame Deno still reads: 47,768,370 bytes (45.5 MiB). */
+const LARGEST_SOCKET_FILE = (() => {
+  let low = 0;
+  let high = DENO_MAX_MESSAGE_BYTES;
+  while (low < high) {
+    const mid = Math.ceil((low + high) / 2);
+    if (fileFrameSize(mid) <= DENO_MAX_MESSAGE_BYTES) low = mid;
+    else high = mid - 1;
+  }
+  return low;
+})();
+
+/**
+ * Largest inbound frame: the frame of the biggest attachment (see {@link fileFrameSize}), and
+ * never past what Deno reads of one message: a larger limit would be advertised and counted
+ * while Deno drops the connection, with no error, on any frame past 64 MiB.
+ */
+export function maxFrameSize(config: Config): number {
+  return Math.min(fileFrameSize(config.maxFileBytes), DENO_MAX_MESSAGE_BYTES);
+}
+
+/**
+ * Largest file a socket frame is sure to carry: MAX_FILE_BYTES, or, past what fits in the 64 MiB
+ * Deno reads of one WebSocket message, 47,768,370 bytes; larger files take the upload route.
+ */
+export function socketMaxFileBytes(config: Config): number {
+  return Math.min(config.maxFileBytes, LARGEST_SOCKET_FILE);
+}
 
 /**
  * Largest Socket.IO event: as many files as a message may carry, each up to MAX_FILE_BYTES, as
