@@ -47,7 +47,7 @@ import { MetricsExchange } from "./src/http/metrics_exchange.ts";
 import { renderFamily } from "./src/http/process_metrics.ts";
 import { mountWeb } from "./src/http/web_routes.ts";
 import { ApiCounters, createApi } from "./src/http/api/mod.ts";
-import { openDirectory } from "./src/directory/open.ts";
+import { openDirectory, parseDatabaseUrl } from "./src/directory/open.ts";
 import { commitRetryingLocks } from "./src/store/kv_reads.ts";
 import { Hub } from "./src/hub/hub.ts";
 import { MediaAttachmentStore } from "./src/media/attachments.ts";
@@ -147,6 +147,28 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   await Deno.mkdir(config.dataDir, { recursive: true, mode: 0o700 }).catch((err) => {
     throw new Error(`DATA_DIR (${config.dataDir}) is not a usable directory: ${message(err)}`);
   });
+  // An operator's own directory is not changed behind their back, but they are told.
+  const dataMode = ((await Deno.stat(config.dataDir)).mode ?? 0) & 0o777;
+  if ((dataMode & 0o077) !== 0) {
+    log(
+      `DATA_DIR (${config.dataDir}) can be read by other users (mode ${dataMode.toString(8)}): ` +
+        "it holds every message; chmod 700 it unless that is meant",
+    );
+  }
+  // The stores' files that this start creates are made owner-only (see `ownerOnly`); a
+  // DATABASE_URL that names no database is reported when the directory opens, below.
+  const sqliteTarget = (() => {
+    try {
+      return parseDatabaseUrl(config.databaseUrl, config.dataDir);
+    } catch {
+      return undefined;
+    }
+  })();
+  const sqlitePath = sqliteTarget?.dialect === "sqlite" && isLocalPath(sqliteTarget.path)
+    ? sqliteTarget.path
+    : undefined;
+  const kvPath = isLocalPath(config.kvPath) ? config.kvPath : undefined;
+  const [newSqlite, newKv] = await Promise.all([missing(sqlitePath), missing(kvPath)]);
   let devSecret: string | undefined;
   let secret = config.jwtSecret;
   if (!secret && !config.jwtPublicKey && !config.jwtJwksUrl) {
@@ -187,6 +209,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     await directory.close();
     throw new Error(`KV_PATH (${config.kvPath}) could not be opened: ${message(err)}`);
   });
+  await Promise.all([newSqlite && ownerOnly(sqlitePath!), newKv && ownerOnly(kvPath!)]);
   const metrics = new Metrics();
   const media = new LocalMediaStore(config.mediaDir);
   const attachments = new MediaAttachmentStore(media, config.maxFileBytes);
@@ -559,6 +582,29 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       }
     },
   };
+}
+
+/** True when `path` names no file yet (a store about to create it); false for none given. */
+async function missing(path: string | undefined): Promise<boolean> {
+  if (path === undefined || path === ":memory:") return false;
+  try {
+    await Deno.lstat(path);
+    return false;
+  } catch (err) {
+    return err instanceof Deno.errors.NotFound;
+  }
+}
+
+/**
+ * Makes a SQLite file this start created owner-only, with its `-wal` and `-shm` beside it
+ * (SQLite gives those the database file's mode): SQLite creates them readable by everyone, and
+ * KV_PATH or DATABASE_URL may put them outside DATA_DIR's owner-only directory. Where modes
+ * mean nothing (Windows) it does nothing.
+ */
+async function ownerOnly(path: string): Promise<void> {
+  await Promise.all(
+    [path, `${path}-wal`, `${path}-shm`].map((file) => Deno.chmod(file, 0o600).catch(() => {})),
+  );
 }
 
 /** The JWKS's state in Prometheus text, when the keys come from `JWT_JWKS_URL`. */

@@ -88,3 +88,60 @@ Deno.test("startup: a DATA_DIR the server creates is its owner's alone (history,
     await Deno.remove(base, { recursive: true }).catch(() => {});
   }
 });
+
+Deno.test("startup: a DATA_DIR that `deno task token` created before the first start is owner-only too; KV and SQLite files the start creates elsewhere are its owner's, existing ones and an existing open DATA_DIR are left as they are and named in the log", async () => {
+  const base = await Deno.makeTempDir({ prefix: "chat-mode-" });
+  const { startTestServer, TestClient } = await import("./helpers.ts");
+  const mode = async (path: string) => ((await Deno.stat(path)).mode ?? 0) & 0o777;
+  try {
+    // The README's order on a fresh checkout: a token first, then the server.
+    const dataDir = `${base}/data`;
+    const minted = await new Deno.Command(Deno.execPath(), {
+      args: ["task", "-q", "token", "--sub", "3", "--rooms", "ticket:1"],
+      cwd: new URL("..", import.meta.url).pathname,
+      env: { DATA_DIR: dataDir, NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assertEquals(minted.code, 0, new TextDecoder().decode(minted.stderr));
+    assertEquals(await mode(dataDir), 0o700);
+    // The stores outside DATA_DIR, in a folder others may list: one file new, one already there.
+    const shared = `${base}/shared`;
+    await Deno.mkdir(shared);
+    await Deno.chmod(shared, 0o755);
+    await Deno.writeFile(`${shared}/existing.sqlite3`, new Uint8Array());
+    await Deno.chmod(`${shared}/existing.sqlite3`, 0o644);
+    const logged: string[] = [];
+    const server = await startTestServer({
+      DATA_DIR: dataDir,
+      JWT_SECRET: "",
+      KV_PATH: `${shared}/chat.kv`,
+      DATABASE_URL: `${shared}/existing.sqlite3`,
+    }, { log: (line) => logged.push(line) });
+    try {
+      // The token works: it was signed with the development secret the server reads.
+      const token = new TextDecoder().decode(minted.stdout).trim();
+      const ws = await TestClient.open(`${server.wsUrl}/ws/ticket/1/?token=${token}`);
+      ws.send({ body: "history" });
+      await ws.next();
+      await ws.close();
+      assertEquals(await mode(`${shared}/chat.kv`), 0o600);
+      assertEquals(await mode(`${shared}/existing.sqlite3`), 0o644);
+      assertEquals(logged.filter((l) => l.includes("can be read by other users")), []);
+    } finally {
+      await server.close();
+    }
+    // A DATA_DIR the operator made open is theirs to change; the log says what it exposes.
+    const open = `${base}/open`;
+    await Deno.mkdir(open);
+    await Deno.chmod(open, 0o755);
+    const again = await startTestServer({ DATA_DIR: open }, { log: (line) => logged.push(line) });
+    await again.close();
+    assertEquals(await mode(open), 0o755);
+    assert(
+      logged.some((l) => l.includes(`DATA_DIR (${open}) can be read by other users (mode 755)`)),
+    );
+  } finally {
+    await Deno.remove(base, { recursive: true }).catch(() => {});
+  }
+});

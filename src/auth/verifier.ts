@@ -224,7 +224,9 @@ export async function ensureDevSecret(
   dataDir: string,
 ): Promise<{ secret: string; created: boolean }> {
   const path = devSecretPath(dataDir);
-  await Deno.mkdir(dataDir, { recursive: true });
+  // Owner only, as the server creates it: `deno task token` may run before its first start, and
+  // the directory goes on to hold every message and the directory database.
+  await Deno.mkdir(dataDir, { recursive: true, mode: 0o700 });
   const fresh = jose.base64url.encode(crypto.getRandomValues(new Uint8Array(32)));
   try {
     await Deno.writeTextFile(path, fresh + "\n", { createNew: true, mode: 0o600 });
