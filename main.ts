@@ -30,7 +30,12 @@ import {
   type RoomEvent,
 } from "./src/core/types.ts";
 import type { Directory } from "./src/core/directory.ts";
-import { type DialectContext, socketMaxFileBytes, type WsRoute } from "./src/dialects/context.ts";
+import {
+  type DialectContext,
+  socketMaxFileBytes,
+  socketOriginAllowed,
+  type WsRoute,
+} from "./src/dialects/context.ts";
 import { ticketSocketRoute } from "./src/dialects/ticket_socket/ticket_socket.ts";
 import { conversationChatRoute } from "./src/dialects/conversation_chat/conversation_chat.ts";
 import { chatRoomsRoute } from "./src/dialects/chat_rooms/chat_rooms.ts";
@@ -481,8 +486,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
 
   const originAllowed = (req: Request) => {
     const origin = req.headers.get("origin");
-    return !origin || config.allowedOrigins.length === 0 ||
-      config.allowedOrigins.includes(origin.replace(/\/$/, ""));
+    return !origin || socketOriginAllowed(config, origin, req);
   };
 
   let closed = false;

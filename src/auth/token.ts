@@ -38,7 +38,19 @@ export function readCookie(header: string | null, name: string): string | undefi
  */
 function cookieMayAuthenticate(req: Request, trustedOrigins: readonly string[]): boolean {
   const origin = req.headers.get("origin");
-  if (!origin) return true;
+  return !origin || trustedOrigin(origin, req, trustedOrigins);
+}
+
+/**
+ * Whether a request's `origin` is this server's own host (its `Host`, as the chat page at `/`
+ * sends it) or one of `trustedOrigins`: the pages whose cookie signs in, and, once
+ * ALLOWED_ORIGINS is set, the pages that may open sockets at all.
+ */
+export function trustedOrigin(
+  origin: string,
+  req: Request,
+  trustedOrigins: readonly string[],
+): boolean {
   let host: string;
   try {
     host = new URL(origin).host;

@@ -1,6 +1,7 @@
 /** What every dialect gets from the composition root. */
 
 import type { Authenticator } from "../auth/authenticator.ts";
+import { trustedOrigin } from "../auth/token.ts";
 import type { Config } from "../config.ts";
 import { type ChatService, MAX_FILES_PER_MESSAGE } from "../core/chat_service.ts";
 import type { Metrics } from "../core/metrics.ts";
@@ -65,6 +66,15 @@ export function cookieOrigins(config: Config): string[] {
   return config.publicUrl
     ? [...config.allowedOrigins, new URL(config.publicUrl).origin]
     : config.allowedOrigins;
+}
+
+/**
+ * Whether a page of `origin` may open a socket: any without ALLOWED_ORIGINS; with it, the origins
+ * whose cookie signs in ({@link cookieOrigins} and the server's own host, whose chat page at `/`
+ * must keep working), so that a page is never refused a socket its cookie would sign in.
+ */
+export function socketOriginAllowed(config: Config, origin: string, req: Request): boolean {
+  return config.allowedOrigins.length === 0 || trustedOrigin(origin, req, cookieOrigins(config));
 }
 
 /** Base of absolute URLs for a request: PUBLIC_URL, else the request's own origin. */

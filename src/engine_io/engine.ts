@@ -28,7 +28,14 @@ import {
 export type TransportName = "polling" | "websocket";
 
 /** Which browser origins may reach the server: all, a list, or a predicate. */
-export type AllowedOrigins = "*" | readonly string[] | ((origin: string) => boolean);
+/**
+ * Origins allowed for CORS and WebSocket: any, a list, or a predicate, which also gets the request
+ * (a page of the server's own host, named by its `Host`, may be allowed that way).
+ */
+export type AllowedOrigins =
+  | "*"
+  | readonly string[]
+  | ((origin: string, req: Request) => boolean);
 
 /** Options of an {@linkcode EngineServer}. */
 export interface EngineOptions {
@@ -967,7 +974,7 @@ export class EngineServer {
       return this.#respond(errorReply(ErrorCode.BAD_REQUEST, 404, "Not found"), null);
     }
     const origin = req.headers.get("origin");
-    if (origin !== null && !this.#originAllowed(origin)) {
+    if (origin !== null && !this.#originAllowed(origin, req)) {
       return this.#respond(errorReply(ErrorCode.FORBIDDEN, 403), null);
     }
     if (req.method === "OPTIONS") return this.#preflight(req, origin);
@@ -1181,10 +1188,10 @@ export class EngineServer {
     return this.#respond(this.#payloadTooLargeReply(), origin);
   }
 
-  #originAllowed(origin: string): boolean {
+  #originAllowed(origin: string, req: Request): boolean {
     const allowed = this.#options.allowedOrigins;
     if (allowed === "*") return true;
-    if (typeof allowed === "function") return allowed(origin);
+    if (typeof allowed === "function") return allowed(origin, req);
     return allowed.includes(origin);
   }
 

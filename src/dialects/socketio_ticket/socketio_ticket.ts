@@ -29,6 +29,7 @@ import {
   maxEventSize,
   maxFrameSize,
   maxQueuedBytes,
+  socketOriginAllowed,
 } from "../context.ts";
 import { optionalClientId } from "../frames.ts";
 
@@ -285,7 +286,6 @@ export function createSocketIoTicketChat(
   ctx: DialectContext,
   options: SocketIoTicketOptions,
 ): SocketIOServer {
-  const origins = ctx.config.allowedOrigins;
   const io: SocketIOServer = new SocketIOServer({
     path: "/socket.io/",
     maxPayload: maxEventSize(ctx.config),
@@ -303,7 +303,10 @@ export function createSocketIoTicketChat(
     initialMaxPayload: UNAUTHENTICATED_MAX_BYTES,
     pingInterval: options.pingInterval,
     pingTimeout: options.pingTimeout,
-    allowedOrigins: origins.length > 0 ? origins : "*",
+    // The same pages as the native and single-room sockets, the server's own page included.
+    allowedOrigins: ctx.config.allowedOrigins.length > 0
+      ? (origin, req) => socketOriginAllowed(ctx.config, origin, req)
+      : "*",
     relay: options.relay,
     frameBudget: ctx.frames,
     maxBufferedBytes: ctx.config.slowConsumerBytes,
