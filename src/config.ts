@@ -216,7 +216,10 @@ export interface Config {
   databaseUrl?: string;
   /** Most connections of each isolate's Postgres pool. */
   databasePoolMax: number;
-  /** Milliseconds a Postgres connection or query may take before it fails. */
+  /**
+   * Milliseconds a Postgres connection or query may take before it fails; on SQLite, how long a
+   * statement waits for another process's lock.
+   */
   databaseTimeoutMs: number;
   /** Deno KV location: a path, `:memory:`, or a remote KV URL; DATA_DIR/chat.kv by default. */
   kvPath: string;

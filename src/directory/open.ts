@@ -65,7 +65,7 @@ export async function openDirectory(
   const target = parseDatabaseUrl(databaseUrl, dataDir);
   const directory = target.dialect === "postgres"
     ? openPostgres(target.url, postgres)
-    : await openSqlite(target.path);
+    : await openSqlite(target.path, postgres.timeoutMs);
   try {
     await directory.migrate();
   } catch (error) {
@@ -75,10 +75,13 @@ export async function openDirectory(
   return directory;
 }
 
-/** A directory on a SQLite file, or in memory for `:memory:`. */
-async function openSqlite(path: string): Promise<KyselyDirectory> {
+/**
+ * A directory on a SQLite file, or in memory for `:memory:`; a statement waits up to `timeoutMs`
+ * for another process's lock, as a Postgres query may take that long before it fails.
+ */
+async function openSqlite(path: string, timeoutMs?: number): Promise<KyselyDirectory> {
   if (path !== ":memory:") await mkdir(dirname(path), { recursive: true });
-  const dialect = new NodeSqliteDialect({ database: path });
+  const dialect = new NodeSqliteDialect({ database: path, busyTimeoutMs: timeoutMs });
   const db = new Kysely<DirectoryDatabase>({ dialect });
   return new KyselyDirectory(db, {
     dialect: "sqlite",
@@ -87,11 +90,14 @@ async function openSqlite(path: string): Promise<KyselyDirectory> {
   });
 }
 
-/** Settings of the Postgres pool (each isolate and process has its own). */
+/** Settings of the Postgres pool (each isolate and process has its own), and SQLite's wait. */
 export interface PostgresSettings {
   /** Most connections open at once; default 10. */
   poolMax?: number;
-  /** Milliseconds a connection, and then a query, may take before it fails; default 5,000. */
+  /**
+   * Milliseconds a connection, and then a query, may take before it fails; on SQLite, how long a
+   * statement waits for another process's lock. Default 5,000.
+   */
   timeoutMs?: number;
 }
 

@@ -387,11 +387,22 @@ function errorResponse(err: unknown, where: string): Response {
 const UNAVAILABLE_CODES =
   /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|EPIPE|0800[0-46]|53300|57014|57P0[1-3])$/;
 
-/** True for an error that says the directory could not be reached or answer in time. */
+/** SQLite's primary result codes for a lock another connection holds: BUSY and LOCKED. */
+const SQLITE_LOCK_CODES = new Set([5, 6]);
+
+/**
+ * True for an error that says the directory could not be reached or answer in time: among them
+ * SQLite's "database is locked" once another process (the application sharing the file) has
+ * held the write lock past the busy timeout, DATABASE_TIMEOUT_MS.
+ */
 function unavailable(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
-  const code = (err as { code?: unknown }).code;
+  const { code, errcode } = err as { code?: unknown; errcode?: unknown };
   if (typeof code === "string" && UNAVAILABLE_CODES.test(code)) return true;
+  // `node:sqlite` gives the extended code (SQLITE_BUSY_SNAPSHOT is 517): its low byte is BUSY.
+  if (code === "ERR_SQLITE_ERROR" && typeof errcode === "number") {
+    return SQLITE_LOCK_CODES.has(errcode & 0xff);
+  }
   return /^(Query read timeout|timeout exceeded when trying to connect|Connection terminated)/i
     .test(err.message);
 }

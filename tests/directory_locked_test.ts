@@ -1,0 +1,82 @@
+/**
+ * The SQLite directory shared with another process (the application writing to it directly):
+ * a write lock held past DATABASE_TIMEOUT_MS is the directory not answering in time, which the
+ * API answers 503 with Retry-After, as for a Postgres that does not answer; not 500.
+ */
+
+import { assert, assertEquals } from "./assert.ts";
+import { startTestServer } from "./helpers.ts";
+
+const ADMIN = "admin-token-for-the-lock-test-0123";
+
+/** Another process holding the SQLite file's write lock until its stdin closes. */
+async function holdWriteLock(path: string): Promise<{ release(): Promise<void> }> {
+  const script = `
+    import { DatabaseSync } from "node:sqlite";
+    const db = new DatabaseSync(Deno.args[0]);
+    db.exec("pragma busy_timeout = 5000");
+    db.exec("begin immediate");
+    console.log("locked");
+    for await (const _ of Deno.stdin.readable) { /* held until the test lets go */ }
+    db.exec("commit");
+    db.close();
+  `;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--quiet", script, path],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let out = "";
+  while (!out.includes("locked")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`the lock holder ended: ${out}`);
+    out += value;
+  }
+  return {
+    async release() {
+      await child.stdin.close();
+      await reader.cancel();
+      await child.status;
+    },
+  };
+}
+
+Deno.test("directory: an API write that waits past DATABASE_TIMEOUT_MS for another process's SQLite lock is answered 503 with Retry-After, in about that time", async () => {
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN, DATABASE_TIMEOUT_MS: "300" });
+  const put = async () => {
+    const started = performance.now();
+    const res = await fetch(`${server.url}/api/users/42`, {
+      method: "PUT",
+      headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
+      body: JSON.stringify({ username: "u42" }),
+    });
+    return {
+      status: res.status,
+      retryAfter: res.headers.get("retry-after"),
+      body: await res.json(),
+      ms: performance.now() - started,
+    };
+  };
+  try {
+    const lock = await holdWriteLock(`${server.dataDir}/directory.sqlite3`);
+    let locked;
+    try {
+      locked = await put();
+    } finally {
+      await lock.release();
+    }
+    assertEquals([locked.status, locked.retryAfter, locked.body.message], [
+      503,
+      "5",
+      "The directory does not answer; try again shortly",
+    ]);
+    // The wait is DATABASE_TIMEOUT_MS's, not SQLite's default of 5 s.
+    assert(locked.ms < 3000, `answered after ${Math.round(locked.ms)} ms`);
+    // Once the lock is let go, the same write goes through.
+    assertEquals((await put()).status, 200);
+  } finally {
+    await server.close();
+  }
+});
