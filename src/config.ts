@@ -28,15 +28,31 @@ const wholeNumber = (fallback: number, zero: string) =>
     return Number(v);
   });
 
-const url = z.string().trim().optional().transform((v, ctx) => {
-  if (v === undefined || v === "") return undefined;
-  try {
-    return new URL(v).toString().replace(/\/$/, "");
-  } catch {
-    ctx.addIssue({ code: "custom", message: `expected an absolute URL, got "${v}"` });
-    return z.NEVER;
-  }
-});
+/** Hosts a JWKS may be fetched from over plain HTTP: this machine only. */
+const LOOPBACK = new Set(["localhost", "127.0.0.1", "[::1]"]);
+
+/**
+ * An http(s) URL like `example`, without its trailing slash, that `check` has no problem with.
+ * `new URL` takes far more (`chat.example.com:443` reads as the scheme `chat.example.com:`).
+ */
+const httpUrl = (example: string, check: (url: URL) => string | undefined) =>
+  z.string().trim().optional().transform((v, ctx) => {
+    if (v === undefined || v === "") return undefined;
+    let parsed: URL | undefined;
+    try {
+      parsed = new URL(v);
+    } catch {
+      // Reported below.
+    }
+    const problem = !parsed || !/^https?:$/.test(parsed.protocol) || parsed.host === ""
+      ? `expected an http(s) URL like ${example}, got "${v}"`
+      : check(parsed);
+    if (problem) {
+      ctx.addIssue({ code: "custom", message: problem });
+      return z.NEVER;
+    }
+    return parsed!.toString().replace(/\/$/, "");
+  });
 
 const EnvSchema = z.object({
   PORT: z.string().trim().optional().transform((v, ctx) => {
@@ -51,10 +67,26 @@ const EnvSchema = z.object({
   HOST: optionalText.transform((v) => v ?? "0.0.0.0"),
   DATA_DIR: optionalText.transform((v) => resolve(v ?? "./data")),
   MEDIA_DIR: optionalText,
-  PUBLIC_URL: url,
+  // The base of every file URL handed out: a query, a fragment or credentials would break them all.
+  PUBLIC_URL: httpUrl(
+    "https://chat.example.com",
+    (u) =>
+      u.username !== "" || u.password !== ""
+        ? "expected no user name or password in it"
+        : u.search !== "" || u.hash !== ""
+        ? `expected no query or fragment, got "${u.href}"`
+        : undefined,
+  ),
   JWT_SECRET: optionalText,
   JWT_PUBLIC_KEY: optionalText,
-  JWT_JWKS_URL: url,
+  // Keys fetched in the clear could be swapped by anyone on the way: HTTPS, but for this machine.
+  JWT_JWKS_URL: httpUrl(
+    "https://idp.example.com/.well-known/jwks.json",
+    (u) =>
+      u.protocol !== "https:" && !LOOPBACK.has(u.hostname)
+        ? `expected https (http only for localhost), got "${u.protocol}//${u.host}"`
+        : undefined,
+  ),
   JWT_ISSUER: optionalText,
   JWT_AUDIENCE: optionalText,
   MAX_FILE_BYTES: positiveInt(10 * 1024 * 1024),

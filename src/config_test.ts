@@ -51,6 +51,62 @@ Deno.test("loadConfig() splits origins and trims trailing slashes from URLs; ref
   }
 });
 
+Deno.test("loadConfig() takes PUBLIC_URL as an http(s) base URL only, and JWT_JWKS_URL over https (http for this machine)", async () => {
+  assertEquals(
+    loadConfig({ PUBLIC_URL: "https://chat.example/chat/" }).publicUrl,
+    "https://chat.example/chat",
+  );
+  assertEquals(
+    loadConfig({ PUBLIC_URL: "http://localhost:8000" }).publicUrl,
+    "http://localhost:8000",
+  );
+  // Each of these was taken, and every absolute file URL handed out was broken.
+  const badBases: [string, string][] = [
+    [
+      "chat.example.com:443",
+      'expected an http(s) URL like https://chat.example.com, got "chat.example.com:443"',
+    ],
+    [
+      "ftp://chat.example",
+      'expected an http(s) URL like https://chat.example.com, got "ftp://chat.example"',
+    ],
+    ["https://chat.example/?v=1", 'expected no query or fragment, got "https://chat.example/?v=1"'],
+    ["https://chat.example/#top", 'expected no query or fragment, got "https://chat.example/#top"'],
+    ["https://user:secret@chat.example", "expected no user name or password in it"],
+  ];
+  for (const [value, message] of badBases) {
+    const err = await assertRejects(() => loadConfig({ PUBLIC_URL: value }));
+    assertEquals(err.message.includes(`PUBLIC_URL: ${message}`), true, err.message);
+    assertEquals(err.message.includes("secret"), false, err.message);
+  }
+  for (
+    const ok of [
+      "https://idp.example/jwks.json",
+      "http://127.0.0.1:9/jwks.json",
+      "http://localhost/jwks",
+      "http://[::1]:8080/jwks",
+    ]
+  ) {
+    assertEquals(loadConfig({ JWT_JWKS_URL: ok }).jwtJwksUrl, ok);
+  }
+  for (
+    const [value, message] of [
+      [
+        "http://idp.example/jwks.json",
+        'expected https (http only for localhost), got "http://idp.example"',
+      ],
+      [
+        "idp.example/jwks.json",
+        "expected an http(s) URL like https://idp.example.com/.well-known/jwks.json",
+      ],
+      ["file:///etc/jwks.json", "expected an http(s) URL like"],
+    ]
+  ) {
+    const err = await assertRejects(() => loadConfig({ JWT_JWKS_URL: value }));
+    assertEquals(err.message.includes(`JWT_JWKS_URL: ${message}`), true, err.message);
+  }
+});
+
 Deno.test("loadConfig() leaves frame memory unbounded by default, takes a byte count, refuses the rest", async () => {
   assertEquals(loadConfig({}).frameMemoryBudgetBytes, 0);
   assertEquals(
