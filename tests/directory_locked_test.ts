@@ -80,3 +80,35 @@ Deno.test("directory: an API write that waits past DATABASE_TIMEOUT_MS for anoth
     await server.close();
   }
 });
+
+Deno.test("directory: while an API write waits for another process's SQLite lock, the server goes on answering", async () => {
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN, DATABASE_TIMEOUT_MS: "3000" });
+  try {
+    const lock = await holdWriteLock(`${server.dataDir}/directory.sqlite3`);
+    let settled = false;
+    let waiting: Promise<number>;
+    try {
+      waiting = fetch(`${server.url}/api/users/43`, {
+        method: "PUT",
+        headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
+        body: JSON.stringify({ username: "u43" }),
+      }).then(async (res) => {
+        await res.body?.cancel();
+        settled = true;
+        return res.status;
+      });
+      // The server holds the write; a timer here fires only once the isolate is free again.
+      await new Promise((r) => setTimeout(r, 100));
+      // Anything that needs no directory (which waits behind the write) is answered meanwhile.
+      const doc = await fetch(`${server.url}/api/openapi.json`);
+      await doc.body?.cancel();
+      assertEquals([doc.status, settled], [200, false]);
+    } finally {
+      await lock.release();
+    }
+    // Let go within DATABASE_TIMEOUT_MS: the write goes through after all.
+    assertEquals(await waiting, 200);
+  } finally {
+    await server.close();
+  }
+});

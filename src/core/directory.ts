@@ -3,6 +3,18 @@
  * Implementations live in `src/directory/` (Kysely on SQLite or Postgres).
  */
 
+/**
+ * The directory did not answer in time (a lock another process held past the wait, say): a
+ * passing trouble, which callers answer as unavailable rather than as a failure.
+ */
+export class DirectoryUnavailable extends Error {
+  /** Names what did not answer; `cause` keeps the engine's own error. */
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "DirectoryUnavailable";
+  }
+}
+
 /** A user as the directory keeps it; ids are strings (numeric ids as their decimal text). */
 export interface DirectoryUser {
   /** User id as text. */

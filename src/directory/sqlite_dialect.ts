@@ -21,12 +21,16 @@ import {
   SqliteQueryCompiler,
   type TransactionSettings,
 } from "kysely";
+import { DirectoryUnavailable } from "../core/directory.ts";
 
 /** Settings of {@link NodeSqliteDialect}. */
 export interface NodeSqliteDialectConfig {
   /** A file path or `:memory:` to open, or an open database whose ownership passes to Kysely. */
   database: string | DatabaseSync;
-  /** How long a statement waits for another process's lock before failing; 5000 ms by default. */
+  /**
+   * How long a statement waits for another process's lock before failing; 5000 ms by default.
+   * Past the first few milliseconds the wait is asynchronous: the isolate goes on meanwhile.
+   */
   busyTimeoutMs?: number;
 }
 
@@ -87,6 +91,19 @@ export class NodeSqliteAdapter extends SqliteAdapter {
  */
 export const TOKEN_REUSE_MS = 25;
 
+/**
+ * How long SQLite itself waits for a lock, ms, holding the thread (`node:sqlite` is synchronous):
+ * brief enough not to stall sockets; a statement still refused then is retried after a timer.
+ */
+const SYNC_BUSY_MS = 5;
+
+/** True for SQLite's BUSY or LOCKED (extended codes too: SQLITE_BUSY_SNAPSHOT is 517). */
+function sqliteLocked(err: unknown): boolean {
+  const { code, errcode } = (err ?? {}) as { code?: unknown; errcode?: unknown };
+  return code === "ERR_SQLITE_ERROR" && typeof errcode === "number" &&
+    ((errcode & 0xff) === 5 || (errcode & 0xff) === 6);
+}
+
 /** A promise-based lock for the one connection; waiters are served first come, first served. */
 class Mutex {
   #tail: Promise<void> = Promise.resolve();
@@ -145,21 +162,21 @@ class NodeSqliteDriver implements Driver {
   init(): Promise<void> {
     const { database } = this.#config;
     const db = typeof database === "string" ? new DatabaseSync(database) : database;
+    const busyMs = Math.max(0, Math.trunc(this.#config.busyTimeoutMs ?? 5000));
     try {
       // The busy timeout goes first so that switching to WAL, which needs a lock, waits for
-      // another process instead of failing at once.
-      db.exec(
-        `pragma busy_timeout = ${Math.max(0, Math.trunc(this.#config.busyTimeoutMs ?? 5000))}`,
-      );
+      // another process instead of failing at once (held at start, before any socket).
+      db.exec(`pragma busy_timeout = ${busyMs}`);
       // WAL lets readers in other processes go on while one writes; `:memory:` stays `memory`.
       db.exec("pragma journal_mode = wal");
       db.exec("pragma foreign_keys = on");
+      db.exec(`pragma busy_timeout = ${Math.min(busyMs, SYNC_BUSY_MS)}`);
     } catch (error) {
       db.close();
       throw error;
     }
     this.#db = db;
-    this.#connection = new NodeSqliteConnection(db);
+    this.#connection = new NodeSqliteConnection(db, busyMs);
     return Promise.resolve();
   }
 
@@ -247,9 +264,11 @@ class NodeSqliteConnection implements DatabaseConnection {
   // SQLite's parse and plan on the hot path.
   // Whether it yields rows is kept with it: `columns()` builds a descriptor per column per call.
   readonly #statements = new Map<string, { statement: StatementSync; returnsRows: boolean }>();
+  readonly #busyMs: number;
 
-  constructor(db: DatabaseSync) {
+  constructor(db: DatabaseSync, busyMs: number) {
     this.#db = db;
+    this.#busyMs = busyMs;
   }
 
   #prepare(sql: string): { statement: StatementSync; returnsRows: boolean } {
@@ -263,23 +282,37 @@ class NodeSqliteConnection implements DatabaseConnection {
     return prepared;
   }
 
-  executeQuery<R>(compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
-    try {
+  async executeQuery<R>(compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
+    const started = performance.now();
+    for (let pause = 1;; pause = Math.min(pause * 2, 50)) {
+      try {
+        return this.#run<R>(compiledQuery);
+      } catch (error) {
+        // Another process holds the lock (the application writing to the file): a statement
+        // SQLite refused for it did nothing, and is tried again once a timer has let the
+        // isolate's other work run, until the busy timeout is spent.
+        if (!sqliteLocked(error)) throw error;
+        const left = this.#busyMs - (performance.now() - started);
+        if (left <= 0) {
+          throw new DirectoryUnavailable(
+            `The SQLite directory stayed locked by another connection for ${this.#busyMs} ms`,
+            { cause: error },
+          );
+        }
+        await new Promise((resolve) => setTimeout(resolve, Math.min(pause, left)));
+      }
+    }
+  }
+
+  #run<R>(compiledQuery: CompiledQuery): QueryResult<R> {
+    {
       const { statement, returnsRows } = this.#prepare(compiledQuery.sql);
       const parameters = compiledQuery.parameters.map(toSqliteValue);
       // A statement with result columns (SELECT, or a write with RETURNING) yields rows; the
       // rest report their changes, which Kysely needs for `numDeletedRows` and friends.
-      if (returnsRows) {
-        return Promise.resolve({ rows: statement.all(...parameters).map(plainRow<R>) });
-      }
+      if (returnsRows) return { rows: statement.all(...parameters).map(plainRow<R>) };
       const { changes, lastInsertRowid } = statement.run(...parameters);
-      return Promise.resolve({
-        numAffectedRows: BigInt(changes),
-        insertId: BigInt(lastInsertRowid),
-        rows: [],
-      });
-    } catch (error) {
-      return Promise.reject(error);
+      return { numAffectedRows: BigInt(changes), insertId: BigInt(lastInsertRowid), rows: [] };
     }
   }
 

@@ -11,7 +11,7 @@ import type { Authenticator } from "../../auth/authenticator.ts";
 import { KeySetUnavailable } from "../../auth/verifier.ts";
 import type { Config } from "../../config.ts";
 import type { ChatService } from "../../core/chat_service.ts";
-import type { Directory } from "../../core/directory.ts";
+import { type Directory, DirectoryUnavailable } from "../../core/directory.ts";
 import type { RateLimiter } from "../../core/rate_limiter.ts";
 import { timerDelay } from "../../core/time.ts";
 import type { Principal, RoomEvent } from "../../core/types.ts";
@@ -387,22 +387,16 @@ function errorResponse(err: unknown, where: string): Response {
 const UNAVAILABLE_CODES =
   /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|EPIPE|0800[0-46]|53300|57014|57P0[1-3])$/;
 
-/** SQLite's primary result codes for a lock another connection holds: BUSY and LOCKED. */
-const SQLITE_LOCK_CODES = new Set([5, 6]);
-
 /**
  * True for an error that says the directory could not be reached or answer in time: among them
- * SQLite's "database is locked" once another process (the application sharing the file) has
- * held the write lock past the busy timeout, DATABASE_TIMEOUT_MS.
+ * a SQLite write lock another process (the application sharing the file) held past
+ * DATABASE_TIMEOUT_MS ({@link DirectoryUnavailable}).
  */
 function unavailable(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
-  const { code, errcode } = err as { code?: unknown; errcode?: unknown };
+  const { code } = err as { code?: unknown };
   if (typeof code === "string" && UNAVAILABLE_CODES.test(code)) return true;
-  // `node:sqlite` gives the extended code (SQLITE_BUSY_SNAPSHOT is 517): its low byte is BUSY.
-  if (code === "ERR_SQLITE_ERROR" && typeof errcode === "number") {
-    return SQLITE_LOCK_CODES.has(errcode & 0xff);
-  }
+  if (err instanceof DirectoryUnavailable) return true;
   return /^(Query read timeout|timeout exceeded when trying to connect|Connection terminated)/i
     .test(err.message);
 }
