@@ -543,13 +543,14 @@ export class ChatClient {
   get limits(): ServerLimits {
     if (this.#limits) return this.#limits;
     const maxFileBytes = this.#options.maxFileBytes ?? DEFAULTS.maxFileBytes;
-    // The server's rule: one file's base64, room for a line break every 76 characters, 64 KiB.
+    // The server's rule: one file's base64, room for a line break every 76 characters, 64 KiB,
+    // up to what Deno reads of one WebSocket message.
     const base64 = Math.ceil(maxFileBytes / 3) * 4;
     return {
       maxBodyChars: DEFAULTS.maxBodyChars,
       maxFiles: DEFAULTS.maxFiles,
       maxFileBytes,
-      maxFrameChars: base64 + Math.ceil(base64 / 76) * 4 + 64 * 1024,
+      maxFrameChars: Math.min(base64 + Math.ceil(base64 / 76) * 4 + 64 * 1024, 64 * 1024 * 1024),
       framesPerSecond: DEFAULTS.framesPerSecond,
     };
   }

@@ -147,7 +147,7 @@ var ChatClient = class {
       maxBodyChars: DEFAULTS.maxBodyChars,
       maxFiles: DEFAULTS.maxFiles,
       maxFileBytes,
-      maxFrameChars: base64 + Math.ceil(base64 / 76) * 4 + 64 * 1024,
+      maxFrameChars: Math.min(base64 + Math.ceil(base64 / 76) * 4 + 64 * 1024, 64 * 1024 * 1024),
       framesPerSecond: DEFAULTS.framesPerSecond
     };
   }
