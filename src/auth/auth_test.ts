@@ -4,7 +4,7 @@ import { grantMatches } from "../core/rooms.ts";
 import { ClaimsAccessPolicy } from "./access.ts";
 import { principalFromClaims } from "./principal.ts";
 import { findToken } from "./token.ts";
-import { createVerifier, ensureDevSecret } from "./verifier.ts";
+import { createVerifier, ensureDevSecret, KeySetUnavailable } from "./verifier.ts";
 
 Deno.test("principalFromClaims() takes sub, else user_id, else id, numbers as numbers", () => {
   assertEquals(principalFromClaims({ sub: "3" })?.id, 3);
@@ -185,4 +185,41 @@ Deno.test("principalFromClaims() expires a token when the verifier would refuse 
   // jose compares a fractional exp with the time in whole seconds: accepted until 106 here.
   assertEquals(expiresAt(100.2), 106_000);
   assertEquals(principalFromClaims({ sub: "1" })?.expiresAt, undefined);
+});
+
+Deno.test("createVerifier() with a JWKS keeps using the keys fetched last while the key set does not answer, and calls a token of another key unavailable, not invalid", async () => {
+  const { privateKey, publicKey } = await jose.generateKeyPair("RS256");
+  const other = await jose.generateKeyPair("RS256");
+  const jwk = { ...await jose.exportJWK(publicKey), kid: "k1", alg: "RS256", use: "sig" };
+  const sign = (key: CryptoKey, kid: string) =>
+    new jose.SignJWT({ sub: "1" }).setProtectedHeader({ alg: "RS256", kid })
+      .setExpirationTime("1h").sign(key);
+  let up = true;
+  const provider = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", onListen() {} },
+    () => up ? Response.json({ keys: [jwk] }) : new Response("down", { status: 502 }),
+  );
+  const logged: string[] = [];
+  const error = console.error;
+  console.error = (...args: unknown[]) => logged.push(args.map(String).join(" "));
+  try {
+    const verifier = await createVerifier({
+      jwksUrl: `http://127.0.0.1:${provider.addr.port}/jwks.json`,
+      keySetMaxAgeMs: 20,
+    });
+    assertEquals((await verifier.verify(await sign(privateKey, "k1"))).sub, "1");
+    up = false;
+    // Past the keys' age, the next token fetches again, in vain: the keys it had still count.
+    await new Promise((r) => setTimeout(r, 50));
+    assertEquals((await verifier.verify(await sign(privateKey, "k1"))).sub, "1");
+    assertEquals(verifier.keySet?.up, false);
+    assert(logged.some((l) => /checked with the keys fetched at/.test(l)), logged.join("\n"));
+    // A key it does not have may be one the provider added meanwhile.
+    const foreign = await sign(other.privateKey, "k2");
+    const err = await assertRejects(() => verifier.verify(foreign));
+    assert(err instanceof KeySetUnavailable, `${err.name}: ${err.message}`);
+  } finally {
+    console.error = error;
+    await provider.shutdown();
+  }
 });

@@ -50,7 +50,15 @@ export interface VerifierOptions {
   issuer?: string;
   /** Required audience. */
   audience?: string;
+  /** How long fetched keys are used before the key set is fetched again, ms (10 minutes). */
+  keySetMaxAgeMs?: number;
 }
+
+/**
+ * How long the keys last fetched stay in use while the key set cannot be fetched: an identity
+ * provider's outage must not refuse every token, while a key it removed is dropped within a day.
+ */
+export const KEY_SET_STALE_MS = 24 * 3600_000;
 
 const ASYMMETRIC = [
   "RS256",
@@ -94,7 +102,10 @@ export async function createVerifier(options: VerifierOptions): Promise<TokenVer
     const url = options.jwksUrl;
     const state = { up: true, refusals: 0 };
     const fetchKeySet = remoteKeySetFetch(url, state);
-    const jwks = jose.createRemoteJWKSet(new URL(url), { [jose.customFetch]: fetchKeySet });
+    const jwks = jose.createRemoteJWKSet(new URL(url), {
+      [jose.customFetch]: fetchKeySet,
+      ...(options.keySetMaxAgeMs !== undefined ? { cacheMaxAge: options.keySetMaxAgeMs } : {}),
+    });
     // Fetched once at start, so that an unusable URL is in the log before any client meets it
     // (and the first clients do not wait for the fetch); a failure here is logged by the fetch.
     jwks.reload().catch(() => {});
@@ -109,8 +120,18 @@ export async function createVerifier(options: VerifierOptions): Promise<TokenVer
           });
           return payload as Record<string, unknown>;
         } catch (err) {
-          if (err instanceof KeySetUnavailable) state.refusals++;
-          throw err;
+          // Checked against the keys last fetched while the key set is down: a key they lack
+          // may be a new one, so the token is not called invalid.
+          const unknownKey = err instanceof jose.errors.JWKSNoMatchingKey && !state.up;
+          if (!(err instanceof KeySetUnavailable) && !unknownKey) throw err;
+          state.refusals++;
+          throw unknownKey
+            ? new KeySetUnavailable(
+              `The key set at JWT_JWKS_URL (${url}) cannot be fetched, and its keys fetched ` +
+                "last lack this token's",
+              { cause: err },
+            )
+            : err;
         }
       },
     };
@@ -154,6 +175,9 @@ const MAX_REASON = 300;
  * not for every token meanwhile.
  */
 function remoteKeySetFetch(url: string, state: { up: boolean }): jose.FetchImplementation {
+  /** The last key set fetched, and when (Date.now()). */
+  let last: { body: unknown; at: number } | undefined;
+  const stale = () => last !== undefined && Date.now() - last.at < KEY_SET_STALE_MS;
   const down = (reason: string, cause?: unknown): KeySetUnavailable => {
     const error = new KeySetUnavailable(
       `The key set at JWT_JWKS_URL (${url}) could not be fetched: ${reason.slice(0, MAX_REASON)}`,
@@ -162,13 +186,18 @@ function remoteKeySetFetch(url: string, state: { up: boolean }): jose.FetchImple
     if (state.up) {
       state.up = false;
       console.error(
-        `auth: ${error.message}. Until it answers, tokens cannot be checked: sockets are ` +
-          "refused with 503 (Socket.IO: authentication_error), the API answers 503",
+        `auth: ${error.message}. ` +
+          (stale()
+            ? `Until it answers, tokens are checked with the keys fetched at ${
+              new Date(last!.at).toISOString()
+            } (for up to a day); one signed by another key is refused with 503`
+            : "Until it answers, tokens cannot be checked: sockets are refused with 503 " +
+              "(Socket.IO: authentication_error), the API answers 503"),
       );
     }
     return error;
   };
-  return async (input, init) => {
+  const fetchKeys = async (...[input, init]: Parameters<jose.FetchImplementation>) => {
     let response: Response;
     try {
       response = await fetch(input, init);
@@ -194,7 +223,17 @@ function remoteKeySetFetch(url: string, state: { up: boolean }): jose.FetchImple
       state.up = true;
       console.log(`auth: the key set at JWT_JWKS_URL (${url}) answers again`);
     }
-    return Response.json(body);
+    return body;
+  };
+  return async (...args) => {
+    try {
+      last = { body: await fetchKeys(...args), at: Date.now() };
+    } catch (err) {
+      // The keys fetched last, for a while: the outage is the identity provider's, and the
+      // tokens its keys signed are still good.
+      if (!(err instanceof KeySetUnavailable) || !stale()) throw err;
+    }
+    return Response.json(last!.body);
   };
 }
 
