@@ -205,6 +205,26 @@ Deno.test("conversation chat: get_history right behind the socket's own messages
   }
 });
 
+Deno.test("conversation chat: a fractional get_history limit is floored, not an internal error", async () => {
+  const server = await startTestServer();
+  try {
+    for (let i = 1; i <= 5; i++) {
+      await server.app.context.chat.send(null, "chat:8", { body: `m${i}` });
+    }
+    const a = await join(server, 8, talker);
+    a.send({ type: "get_history", limit: 2.5 });
+    const history = await a.next();
+    assertEquals(history.type, "history");
+    assertEquals((history.messages as Record<string, unknown>[]).map((m) => m.content), [
+      "m4",
+      "m5",
+    ]);
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("conversation chat: mark_read sends a receipt and is persisted across a reconnect", async () => {
   const server = await startTestServer();
   try {

@@ -879,6 +879,39 @@ Deno.test("socket.io ticket chat: get_messages without a limit returns the ticke
   });
 });
 
+Deno.test("socket.io ticket chat: a fractional get_messages limit is floored, not an internal error", async () => {
+  await withChat(async (server, client) => {
+    const chat = server.app.context.chat;
+    for (let i = 1; i <= 20; i++) await chat.send(null, "ticket:11", { body: `m${i}` });
+    const socket = client({ transports: ["websocket"] });
+    await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:11"] }));
+    const page = await socket.timeout(3000).emitWithAck("get_messages", {
+      ticketId: "11",
+      limit: 12.5,
+    }) as { messages: Payload[]; hasMore: boolean };
+    assertEquals(page.messages.map((m) => m.message), [
+      "m9",
+      "m10",
+      "m11",
+      "m12",
+      "m13",
+      "m14",
+      "m15",
+      "m16",
+      "m17",
+      "m18",
+      "m19",
+      "m20",
+    ]);
+    assertEquals(page.hasMore, true);
+    const tiny = await socket.timeout(3000).emitWithAck("get_messages", {
+      ticketId: "11",
+      limit: 0.5,
+    }) as { messages: Payload[] };
+    assertEquals(tiny.messages.map((m) => m.message), ["m20"]);
+  });
+});
+
 Deno.test("socket.io ticket chat: typing on every keystroke past the rate limit is dropped, not a reason to disconnect", async () => {
   await withChat(async (server, client) => {
     const socket = await inTicket(server, client, "3");

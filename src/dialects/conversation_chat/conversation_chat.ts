@@ -191,7 +191,8 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
           // (no event reaches this socket) must not read on.
           await requireAccess(s);
           // Our extension: the conversation's messages with their read state, oldest first.
-          const limit = Math.min(Math.max(Number(record.limit ?? 50) || 50, 1), 200);
+          // Floored, as a bad limit is clamped, not refused: KV's list throws on a fraction.
+          const limit = Math.floor(Math.min(Math.max(Number(record.limit ?? 50) || 50, 1), 200));
           const before = Number.isSafeInteger(record.before) ? Number(record.before) : undefined;
           const [messages, cursors] = await Promise.all([
             ctx.chat.history(s.room, { before, limit }),

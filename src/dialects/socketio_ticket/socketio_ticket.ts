@@ -782,10 +782,11 @@ export function createSocketIoTicketChat(
       const record = payload as Record<string, unknown>;
       // The document's clients load a ticket's messages with no paging, so the default is a
       // ticket's whole history as far as one event sensibly carries it; `hasMore` tells the rest.
-      const limit = Math.min(
+      // Floored, as a bad limit is clamped, not refused: KV's list throws on a fraction.
+      const limit = Math.floor(Math.min(
         Math.max(Number(record.limit ?? HISTORY_DEFAULT) || HISTORY_DEFAULT, 1),
         HISTORY_DEFAULT,
-      );
+      ));
       let before: number | undefined;
       let beforeTime: string | undefined;
       if (typeof record.before === "number" && Number.isSafeInteger(record.before)) {
