@@ -794,6 +794,32 @@ apiTest("healthz answers with KV and directory; metrics count API requests", asy
   assertEquals(metrics.match(/^process_resident_memory_bytes [1-9]\d*$/gm)?.length, 1);
 });
 
+Deno.test('admin API: a system message\'s client_id is its own, not that of a user whose id is "system"', async () => {
+  const server = await startTestServer({ ADMIN_TOKEN });
+  try {
+    const token = await server.token({ sub: "system", username: "mallory" });
+    const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+    await ws.next((f) => f.type === "welcome");
+    ws.send({ type: "join", room: "room:general" });
+    await ws.next((f) => f.type === "joined");
+    ws.send({ type: "send", room: "room:general", body: "fake notice", client_id: "maint-1" });
+    assertEquals((await ws.next((f) => f.type === "ack")).duplicate, false);
+    const post = () =>
+      fetch(`${server.url}/api/rooms/room/general/messages`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
+        body: JSON.stringify({ body: "Maintenance at 22:00", client_id: "maint-1" }),
+      }).then(async (r) => [r.status, await r.json()] as const);
+    const [status, notice] = await post();
+    assertEquals([status, notice.sender, notice.body], [201, null, "Maintenance at 22:00"]);
+    const [retried, again] = await post();
+    assertEquals([retried, again.seq], [200, notice.seq]);
+    await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("healthz says so while the media directory takes no files, and recovers; an unreadable file is 503, not 404; files a crash left half written are swept at start", async () => {
   const media = await Deno.makeTempDir({ prefix: "chat-media-" });
   // A write a crash cut short two hours ago, and one another instance may still be making.

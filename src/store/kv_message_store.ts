@@ -28,8 +28,8 @@ export const KV_KEYS = {
   message: (room: string, seq: number): Deno.KvKey => ["msg", room, seq],
   /** Prefix of a room's messages. */
   messages: (room: string): Deno.KvKey => ["msg", room],
-  /** Idempotency record: sender + client id → seq. */
-  idempotency: (room: string, sender: string, clientId: string): Deno.KvKey => [
+  /** Idempotency record: sender (see `senderKey`) + client id → seq. */
+  idempotency: (room: string, sender: string | boolean, clientId: string): Deno.KvKey => [
     "idem",
     room,
     sender,
@@ -183,8 +183,13 @@ function settle(p: PendingAppend, outcome: Outcome): void {
   else p.resolve(outcome);
 }
 
-const senderKey = (draft: MessageDraft) =>
-  draft.sender === null ? "system" : String(draft.sender.id);
+/**
+ * The sender part of a client id's key: a user's id as text, and for system messages a boolean,
+ * which no user id can equal (they shared "system" with the user of that id, who could take a
+ * notice's client id first). A user's part is unchanged, so ids stored before still count.
+ */
+const senderKey = (draft: MessageDraft): string | boolean =>
+  draft.sender === null ? true : String(draft.sender.id);
 
 /**
  * Upper bound of the bytes KV encodes a key's string part in: its UTF-8, a NUL escaped as two
@@ -200,6 +205,10 @@ function utf8Length(text: string): number {
   return bytes;
 }
 
+/** Upper bound of the bytes of a key part that is text or a boolean (its tag counted apart). */
+const keyPartLength = (part: string | boolean): number =>
+  typeof part === "string" ? utf8Length(part) : 1;
+
 /**
  * Upper bound of the key bytes a message adds to a commit: `roomKeys` keys made of its room's
  * name (`roomBytes` bytes) and a number (message, retention delete, attachment record), and its
@@ -214,7 +223,9 @@ function keyBytes(
   // A string part costs its bytes and 2 (type and end), a number 9, each key's tag up to 16.
   const roomKey = roomBytes + 2 + 9 + 16;
   return (roomKeys + (fresh ? 2 : 0)) * roomKey +
-    (draft.clientId ? roomKey + utf8Length(senderKey(draft)) + utf8Length(draft.clientId) + 4 : 0);
+    (draft.clientId
+      ? roomKey + keyPartLength(senderKey(draft)) + utf8Length(draft.clientId) + 4
+      : 0);
 }
 
 /** Rough size of a message's stored value, to keep a batch under KV's commit limit. */

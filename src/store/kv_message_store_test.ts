@@ -923,6 +923,36 @@ Deno.test("KvMessageStore: a client id is recognised for 24 hours (the typed cli
   }
 });
 
+Deno.test("KvMessageStore: a system message's client id is not a user's, even one whose id is \"system\"; a user's is kept as before", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const system = (body: string): MessageDraft => ({
+    sender: null,
+    body,
+    attachments: [],
+    clientId: "n",
+  });
+  const user = (body: string): MessageDraft => ({
+    sender: { id: "system", username: "mallory" },
+    body,
+    attachments: [],
+    clientId: "n",
+  });
+  try {
+    assertEquals((await store.append("r", user("fake notice"))).duplicate, false);
+    const notice = await store.append("r", system("notice"));
+    assertEquals([notice.duplicate, notice.message.sender], [false, null]);
+    assertEquals((await store.append("r", system("notice again"))).message.seq, notice.message.seq);
+    assertEquals((await store.append("r", user("fake again"))).message.body, "fake notice");
+    // Users' ids keep the layout they were stored under before, so a resend after an upgrade is
+    // still recognised within the day.
+    assertEquals((await kv.get(["idem", "r", "system", "n"])).value, 1);
+  } finally {
+    await store.close();
+    kv.close();
+  }
+});
+
 Deno.test("KvMessageStore: each message of a room is created later than the one before, in one commit and after a writer whose clock is ahead", async () => {
   const kv = await Deno.openKv(":memory:");
   const ahead = new KvMessageStore(kv);
