@@ -804,8 +804,8 @@ Deno.test("socket.io ticket chat: a polling client that keeps sending but never 
     assertEquals(await post("40"), 200);
     await (await fetch(`${base}&sid=${sid}`)).text(); // the CONNECT reply
     assertEquals(await post('42["join_ticket",{"ticketId":"4"}]'), 200);
-    // Each answer is some 10 kB that the client never fetches.
-    for (let i = 0; i < 4; i++) await post('42["get_messages",{"ticketId":"4"}]');
+    // Each answer is some 4 kB (a page is cut at a quarter of the bound), never fetched.
+    for (let i = 0; i < 10; i++) await post('42["get_messages",{"ticketId":"4"}]');
     await new Promise((r) => setTimeout(r, 100));
     const poll = await fetch(`${base}&sid=${sid}`);
     assertEquals([poll.status, await poll.json()], [400, {
@@ -876,6 +876,42 @@ Deno.test("socket.io ticket chat: get_messages without a limit returns the ticke
     const count = (fitted.messages as Payload[]).length;
     assert(count >= 40 && count < 60 && fitted.hasMore === true, `${count} ${fitted.hasMore}`);
     assertEquals((fitted.messages as Payload[]).at(-1)!.message, "y".repeat(20_000));
+  });
+});
+
+Deno.test("socket.io ticket chat: get_messages with an ack on long CJK messages keeps the session, and paging back brings the rest once each", async () => {
+  await withChat(async (server, client) => {
+    const chat = server.app.context.chat;
+    // 3 bytes a character on the wire: a page of 1 MiB of characters, twice, passed the 4 MiB of
+    // SLOW_CONSUMER_BYTES the moment it was written.
+    const body = "我们已经收到您的问题".repeat(1990);
+    await Promise.all(
+      Array.from(
+        { length: 60 },
+        (_, i) => chat.send(null, "ticket:12", { body: `${i + 1} ${body}` }),
+      ),
+    );
+    const socket = client({ transports: ["websocket"], reconnection: false });
+    const ended: string[] = [];
+    socket.on("disconnect", (reason) => ended.push(reason));
+    await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:12"] }));
+    const seen: number[] = [];
+    let before: string | undefined;
+    for (let hasMore = true; hasMore;) {
+      const loaded = next<Payload>(socket, "messages_loaded");
+      const page = await socket.timeout(10_000).emitWithAck("get_messages", {
+        ticketId: "12",
+        before,
+      }) as { messages: Payload[]; hasMore: boolean };
+      assertEquals((await loaded).messages, page.messages);
+      assert(page.messages.length > 0 && page.messages.length < 60, `${page.messages.length}`);
+      seen.unshift(...page.messages.map((m) => parseInt(m.message as string)));
+      before = page.messages[0].createdAt as string;
+      hasMore = page.hasMore;
+    }
+    assertEquals(seen, Array.from({ length: 60 }, (_, i) => i + 1));
+    await new Promise((r) => setTimeout(r, 300));
+    assertEquals([socket.connected, ended], [true, []]);
   });
 });
 

@@ -19,6 +19,7 @@ import { type RateVerdict, TYPING_REPEAT_MS } from "../../core/rate_limiter.ts";
 import { isValidRoomId, roomKey } from "../../core/rooms.ts";
 import type { FileInput, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import { type Socket, SocketIOServer } from "../../engine_io/mod.ts";
+import { utf8Length } from "../../engine_io/parser.ts";
 import { type Member, spares } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
 import {
@@ -57,10 +58,8 @@ function messageText(value: unknown): string {
 
 /** Messages one `get_messages` returns, by default and at most. */
 const HISTORY_DEFAULT = 500;
-/** Characters of messages past which `get_messages` leaves older ones for `before`. */
-const HISTORY_MAX_CHARS = 1024 * 1024;
-/** Roughly what a message's rendering adds to its text, and each attachment's, in characters. */
-const RENDERED_OVERHEAD_CHARS = 512;
+/** Bytes of rendered messages past which `get_messages` leaves older ones for `before`. */
+const HISTORY_MAX_BYTES = 1024 * 1024;
 
 /** Typing events: dropped when over the rate limit, since a lost one is harmless. */
 const TYPING = new Set(["typing_start", "typing_stop"]);
@@ -800,14 +799,19 @@ export function createSocketIoTicketChat(
       await sends;
       const page = await ctx.chat.historyPage(room, { before, limit });
       // Messages of up to 20,000 characters: the newest that fit in about 1 MiB, so that one
-      // answer (twice, with an ack) does not pass a slow reader's SLOW_CONSUMER_BYTES alone.
+      // answer, written twice at once (event and ack), stays within half of SLOW_CONSUMER_BYTES
+      // and a reader on loopback is not closed as slow before a byte of it went out. Counted
+      // in the UTF-8 of their JSON, as the socket counts them: CJK text is 3 bytes a character.
+      const budget = Math.min(HISTORY_MAX_BYTES, ctx.config.slowConsumerBytes / 4);
+      const messages: ReturnType<typeof socketIoMessage>[] = [];
       let first = page.messages.length;
-      for (let chars = 0; first > 0; first--) {
-        const m = page.messages[first - 1];
-        chars += m.body.length + RENDERED_OVERHEAD_CHARS * (1 + m.attachments.length);
-        if (chars > HISTORY_MAX_CHARS && first < page.messages.length) break;
+      for (let bytes = 0; first > 0; first--) {
+        const rendered = socketIoMessage(page.messages[first - 1], id, s.baseUrl);
+        bytes += utf8Length(JSON.stringify(rendered));
+        if (bytes > budget && messages.length > 0) break;
+        messages.push(rendered);
       }
-      const messages = page.messages.slice(first).map((m) => socketIoMessage(m, id, s.baseUrl));
+      messages.reverse();
       const hasMore = page.hasMore || first > 0;
       socket.emit("messages_loaded", { messages, ticketId: id, hasMore });
       ack?.({ messages, hasMore });
