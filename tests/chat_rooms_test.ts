@@ -149,6 +149,35 @@ Deno.test("chat rooms: history on connect comes after the users list, oldest fir
   }
 });
 
+Deno.test("chat rooms: history on connect of long messages is written as the socket drains, not closed as a slow consumer", async () => {
+  const server = await startTestServer({ HISTORY_ON_CONNECT: "100" });
+  try {
+    // 100 messages of 20,000 characters of CJK (3 bytes each): 6 MB, past SLOW_CONSUMER_BYTES.
+    const body = "我们已经收到您的问题".repeat(1990);
+    await Promise.all(
+      Array.from(
+        { length: 100 },
+        (_, i) => server.app.context.chat.send(null, "room:long", { body: `${i + 1} ${body}` }),
+      ),
+    );
+    const a = await enter(server, "long", user(1));
+    assertEquals((await a.next()).type, "room_users_list");
+    const history: number[] = [];
+    for (let i = 0; i < 100; i++) {
+      const f = await a.next(() => true, 10_000).catch(async (e) => {
+        const { code, reason } = await a.closed;
+        throw new Error(`closed ${code} ${reason} after ${i} messages: ${e.message.slice(0, 60)}`);
+      });
+      history.push(parseInt(f.message as string));
+    }
+    assertEquals(history, Array.from({ length: 100 }, (_, i) => i + 1));
+    assertEquals((await a.next()).type, "user_join");
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("chat rooms: a second tab of the same user is neither a join nor, closing, a leave", async () => {
   const server = await startTestServer();
   try {

@@ -160,11 +160,19 @@ class SessionMember implements Member {
     else if (dialect.everyMessage) this.direct = session.conn;
   }
 
-  /** Sends the frames held back while the snapshot was read, and stops holding. */
-  release(): void {
-    const held = this.#held;
+  /**
+   * Sends the frames held back while the snapshot was read, and stops holding. They may be a
+   * replay of long messages: written as the socket drains (frames that come meanwhile queue
+   * behind them), not in one go that would pass its slow-consumer bound before it read any.
+   */
+  async release(): Promise<void> {
+    const conn = this.#session.conn;
+    const held = this.#held ?? [];
+    for (let i = 0; i < held.length; i++) {
+      if (conn.writable() <= 0 && !(await conn.drained())) break;
+      conn.send(held[i]);
+    }
     this.#held = undefined;
-    for (const frame of held ?? []) this.#session.conn.send(frame);
   }
 
   wants(event: RoomEvent): boolean {
@@ -282,7 +290,7 @@ class RoomSocket implements SocketHandler {
       }
       await dialect.snapshot?.(session);
     } finally {
-      member.release();
+      await member.release();
     }
     await dialect.afterJoin?.(session);
   }

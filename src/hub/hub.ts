@@ -58,6 +58,22 @@ export interface Member {
    * stands for many sockets leaves it out and sorts them in `evict`.
    */
   readonly epoch?: number;
+  /**
+   * The socket a replay to this member waits on (see {@link Pacer}); `direct`, when that is
+   * one, by default. A member with neither has its replay written a page at a time.
+   */
+  readonly pacer?: Pacer;
+}
+
+/**
+ * A socket whose unsent bytes a replay (a join's `since`) keeps under its slow-consumer bound:
+ * written in one go, hundreds of long messages pass it before the peer can read a byte.
+ */
+export interface Pacer {
+  /** Bytes the socket may take now; 0 or less while it should drain first. */
+  writable(): number;
+  /** Resolves once it has drained enough to take more, to false when it closed first. */
+  drained(): Promise<boolean>;
 }
 
 /** Anything a text frame can be written to (a WebSocket). */
@@ -67,7 +83,7 @@ export interface FrameWriter {
 }
 
 /** A socket the hub writes message frames to itself, for a member with {@link Member.direct}. */
-export interface DirectSocket {
+export interface DirectSocket extends Partial<Pacer> {
   /** Writes a frame with none of the socket's per-frame bookkeeping (see `checkBuffer`). */
   readonly writer: FrameWriter;
   /** Closes the socket as a slow consumer if it has more unsent bytes than it allows. */
@@ -273,9 +289,9 @@ export class Hub {
     state.headUnknown = false;
   }
 
-  #enqueue(state: RoomState, task: () => Promise<void> | void): Promise<void> {
+  #enqueue<T = void>(state: RoomState, task: () => Promise<T> | T): Promise<T> {
     const next = state.chain.then(task);
-    state.chain = next.catch((err) => console.error("hub: delivery task failed:", err));
+    state.chain = next.then(() => {}, (err) => console.error("hub: delivery task failed:", err));
     return next;
   }
 
@@ -418,7 +434,7 @@ export class Hub {
    * the replay read them are a gap the member cannot fill: `onGap` hears of it, with the first
    * seq still stored after it (head + 1 when none is) and the head, before that message is sent.
    */
-  join(
+  async join(
     room: string,
     member: Member,
     options: {
@@ -429,51 +445,72 @@ export class Hub {
     } = {},
   ): Promise<number> {
     const state = this.#state(room);
-    // Counted until the task has run: a teardown queued before it (the last member left in this
+    // Counted until the member is in: a teardown queued before (the last member left in this
     // tick, or while a delivery was under way) must not drop the state this member is joining.
     state.joining++;
+    let counted = true;
+    const pacer = member.pacer ?? member.direct;
+    const paced = pacer?.writable && pacer.drained ? (pacer as Pacer) : undefined;
     let head = 0;
-    return this.#enqueue(state, async () => {
-      state.joining--;
-      if (state.headUnknown) await this.#learnHead(state, room);
-      // Not knowing where the room stands, a replay would skip messages without a word.
-      if (state.headUnknown && options.since !== undefined) {
-        throw new Error(`The head of room "${room}" could not be read; try again`);
-      }
-      if (options.since !== undefined && options.since > state.last) {
-        // The client has messages this hub has not delivered yet (committed elsewhere, on
-        // their way here): delivered later, they would reach it a second time. Read up to
-        // there now, as far as the store has them; the members already in need them too.
-        const upTo = Math.min(options.since, await this.#store.head(room));
-        if (upTo > state.last) await this.#fillTo(state, room, upTo);
-      }
-      if (options.since !== undefined && options.since < state.last) {
-        let after = options.since;
-        while (after < state.last && !options.stopped?.()) {
-          const page = await this.#store.list(room, { after, before: state.last + 1, limit: PAGE });
-          // Checked on what is read, not on an earlier look at the tail: retention may move it.
-          const next = gapBefore(page, after, state.last);
-          if (next !== undefined) options.onGap?.(next, state.last);
-          if (page.length === 0) break;
-          for (const m of page) {
-            const frame = member.render({ type: "message", room, message: m });
-            if (frame !== undefined && member.wants({ type: "message", room, message: m })) {
-              member.send(frame);
+    let after = options.since;
+    try {
+      for (let first = true;; first = false) {
+        // A replay that fills the socket goes on in a later task once it drained: the room's
+        // chain delivers to the others meanwhile, and the replay reads on from the store up to
+        // where the chain has got, so the member still gets each message once, in order.
+        const suspended = await this.#enqueue(state, async () => {
+          if (first) {
+            if (state.headUnknown) await this.#learnHead(state, room);
+            // Not knowing where the room stands, a replay would skip messages without a word.
+            if (state.headUnknown && options.since !== undefined) {
+              throw new Error(`The head of room "${room}" could not be read; try again`);
             }
-            after = m.seq;
+            if (options.since !== undefined && options.since > state.last) {
+              // The client has messages this hub has not delivered yet (committed elsewhere, on
+              // their way here): delivered later, they would reach it a second time. Read up to
+              // there now, as far as the store has them; the members already in need them too.
+              const upTo = Math.min(options.since, await this.#store.head(room));
+              if (upTo > state.last) await this.#fillTo(state, room, upTo);
+            }
           }
-        }
+          while (after !== undefined && after < state.last && !options.stopped?.()) {
+            const page = await this.#store.list(room, {
+              after,
+              before: state.last + 1,
+              limit: PAGE,
+            });
+            // Checked on what is read, not on an earlier look at the tail: retention may move it.
+            const next = gapBefore(page, after, state.last);
+            if (next !== undefined) options.onGap?.(next, state.last);
+            if (page.length === 0) break;
+            for (const m of page) {
+              if (paced && paced.writable() <= 0) return true;
+              const frame = member.render({ type: "message", room, message: m });
+              if (frame !== undefined && member.wants({ type: "message", room, message: m })) {
+                member.send(frame);
+              }
+              after = m.seq;
+            }
+          }
+          state.joining--;
+          counted = false;
+          if (!state.members.has(member)) {
+            state.members.add(member);
+            if (member.direct) this.#addDirect(state, member);
+            else state.others++;
+          }
+          head = state.last;
+          return false;
+        });
+        if (!suspended) return head;
+        // Closed meanwhile (the wait's own time limit closes it as slow): nothing more to write.
+        if (!(await paced!.drained())) after = undefined;
       }
-      if (!state.members.has(member)) {
-        state.members.add(member);
-        if (member.direct) this.#addDirect(state, member);
-        else state.others++;
-      }
-      head = state.last;
-    }).then(() => head, (err) => {
+    } catch (err) {
+      if (counted) state.joining--;
       this.#releaseIfEmpty(room, state);
       throw err;
-    });
+    }
   }
 
   /** Writes a message frame to every socket of a lane, then checks a share of their buffers. */

@@ -129,6 +129,47 @@ Deno.test("Hub.join() with since replays what the member missed, then goes live 
   kv.close();
 });
 
+Deno.test("Hub.join() with since writes a replay as the member's socket drains; the room's others are not held up meanwhile, and what they get then reaches the member once, in order", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const hub = new Hub(store, new MemoryBroker());
+  const first = recorder();
+  await hub.join("r", first);
+  const append = async () =>
+    hub.committed((await store.append("r", { sender: null, body: "x", attachments: [] })).message);
+  for (let i = 0; i < 10; i++) await append();
+  await hub.idle();
+  const late = recorder();
+  // A socket that takes four frames between drains.
+  let unsent = 0;
+  let waits = 0;
+  const paced: Member = Object.assign(late, {
+    send(frame: string) {
+      late.seqs.push(Number(frame));
+      unsent++;
+    },
+    pacer: {
+      writable: () => 4 - unsent,
+      async drained() {
+        waits++;
+        await append();
+        // Waited for outside the room's chain: the others get what is committed meanwhile.
+        await eventually(() => first.seqs.length === 10 + waits, 2000, "a live delivery");
+        unsent = 0;
+        return true;
+      },
+    },
+  });
+  assertEquals(await hub.join("r", paced, { since: 0 }), 12);
+  assertEquals(waits, 2);
+  await append();
+  await hub.idle();
+  assertEquals(late.seqs, Array.from({ length: 13 }, (_, i) => i + 1));
+  assertEquals(first.seqs, Array.from({ length: 13 }, (_, i) => i + 1));
+  hub.close();
+  kv.close();
+});
+
 Deno.test("Hub.join() stops a replay whose member is gone at the next page", async () => {
   const kv = await Deno.openKv(":memory:");
   const store = new KvMessageStore(kv);

@@ -62,6 +62,12 @@ export function goneAfterMs(idleTimeoutSeconds: number): number {
   return timerDelay((idleTimeoutSeconds > 0 ? 2 * idleTimeoutSeconds : 60) * 1000);
 }
 
+/**
+ * How long a writer pacing itself (see `Connection.drained`) waits for the socket to drain, ms:
+ * a peer that takes longer to read a quarter of its slow-consumer bound is a slow consumer.
+ */
+const DRAIN_TIMEOUT_MS = 30_000;
+
 /** How a frame's slow part ended: its value, or what it threw. */
 export type Outcome<T> = { ok: true; value: T } | { ok: false; error: unknown };
 
@@ -378,6 +384,33 @@ export class Connection implements FrameHolder {
    */
   get writer(): { send(frame: string): void } {
     return this.#socket;
+  }
+
+  /**
+   * Bytes the socket may take now without nearing its slow-consumer bound: half of the bound,
+   * less what it has not sent yet (0 or less: none until {@link drained}). A burst written in
+   * one go (a join's replay) is written in such parts, as the peer reads none of it meanwhile.
+   */
+  writable(): number {
+    return this.#options.maxBufferedBytes / 2 - this.#socket.bufferedAmount;
+  }
+
+  /**
+   * Resolves once the socket holds under a quarter of its slow-consumer bound unsent, to false
+   * when it closed first; a peer that has not read that far within {@link DRAIN_TIMEOUT_MS} is
+   * closed as a slow consumer. Deno tells no drain, so the amount is polled.
+   */
+  async drained(): Promise<boolean> {
+    const deadline = performance.now() + DRAIN_TIMEOUT_MS;
+    for (let wait = 1; !this.#done; wait = Math.min(2 * wait, 50)) {
+      if (this.#socket.bufferedAmount <= this.#options.maxBufferedBytes / 4) return true;
+      if (performance.now() > deadline) {
+        this.close(CLOSE.slowConsumer, "Slow consumer");
+        break;
+      }
+      await new Promise((r) => setTimeout(r, wait));
+    }
+    return false;
   }
 
   /** Closes the socket as a slow consumer if it holds more unsent bytes than allowed; true then. */
