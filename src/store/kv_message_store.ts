@@ -565,10 +565,22 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     const idemTexts = idemKeys.map((k) => k ? JSON.stringify(k) : "");
     /** The ids the first attempt checked, to tell whether its failure was one of them. */
     let checkedFirst: Set<string> | undefined;
+    /** Per room, the newest generation a draft was admitted under. */
+    const admitted = new Map<string, number>();
+    for (const { room, draft } of batch) {
+      if (draft.generation !== undefined && draft.generation > (admitted.get(room) ?? 0)) {
+        admitted.set(room, draft.generation);
+      }
+    }
     for (let attempt = 0;; attempt++) {
       // Heads this store committed last are taken from memory; a stale one (another writer got
-      // there first) fails its check, and the retry reads every head afresh.
-      const unknown = attempt === 0 ? rooms.filter((r) => !this.#heads.has(r)) : rooms;
+      // there first) fails its check, and the retry reads every head afresh. One held under an
+      // older generation than a draft's is stale for sure (the room was deleted since): read now.
+      const unknown = attempt === 0
+        ? rooms.filter((r) =>
+          !this.#heads.has(r) || (admitted.get(r) ?? 0) > this.#heads.get(r)!.generation
+        )
+        : rooms;
       // A head and its generation side by side, so that one getMany (a snapshot; chunks of 10
       // keep pairs whole) reads both: a purge changes the two in one commit.
       const readHeads = await getManyChunked<unknown>(
@@ -701,7 +713,13 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
         if (grown > 0) op.set(KV_KEYS.head(room), heads.get(room)!);
         written += grown;
       }
-      const res = written > 0 ? await commitRetryingLocks(op) : { ok: true };
+      // A client id found stored is answered with its message only once the heads it was read
+      // under are checked current: by the commit, or with nothing to write, by one of the checks
+      // alone. Held in memory, a head may predate a deletion whose purge has yet to reach the
+      // id (the purge rewrites the head as it raises the generation), and the message would be
+      // answered as stored, then deleted.
+      const duplicates = results.some((r) => "pendingSeq" in r);
+      const res = written > 0 || duplicates ? await commitRetryingLocks(op) : { ok: true };
       if (!res.ok) {
         for (const room of rooms) this.#heads.delete(room);
         // Another isolate or instance committed to one of these rooms first: read again.

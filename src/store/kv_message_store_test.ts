@@ -1,5 +1,5 @@
 import { assert, assertEquals, eventually } from "../../tests/assert.ts";
-import type { Attachment, MessageDraft } from "../core/types.ts";
+import type { AppendResult, Attachment, MessageDraft } from "../core/types.ts";
 import { KV_KEYS, KvMessageStore } from "./kv_message_store.ts";
 
 const draft = (body: string, clientId?: string): MessageDraft => ({
@@ -713,6 +713,98 @@ Deno.test("KvMessageStore.purge(): a client id of the room's deleted life, sent 
     const again = await a.append("r", { ...draft("new life", "x"), generation: 1 });
     assertEquals([again.message.seq, again.duplicate], [1502, true]);
     for (const store of [a, b]) await store.close();
+  });
+});
+
+/** `kv` whose listings (a purge's) wait until the returned `open` is called. */
+function gatedListing(kv: Deno.Kv): { kv: Deno.Kv; open: () => void } {
+  let open!: () => void;
+  const gate = new Promise<void>((r) => open = r);
+  const gated = kvWith(
+    kv,
+    "list",
+    (list) =>
+      ((selector: Deno.KvListSelector, options?: Deno.KvListOptions) =>
+        (async function* () {
+          await gate;
+          yield* list(selector, options);
+        })()) as unknown as Deno.Kv["list"],
+  );
+  return { kv: gated, open };
+}
+
+/**
+ * Another handle's purge of `r` under way (generation raised, nothing deleted yet) while `b`,
+ * which stored "c" there as seq 1, holds the room's head from before and reads client ids for a
+ * while (one it checked to be new was found stored after a conflict, in room `o`).
+ */
+async function resendDuringPurge(
+  kvA: Deno.Kv,
+  kvB: Deno.Kv,
+  resend: (b: KvMessageStore) => Promise<unknown>,
+): Promise<{ answer: unknown; kept: string[]; commits: number }> {
+  const { kv, open } = gatedListing(kvA);
+  let commits = 0;
+  const counted = kvWith(kvB, "atomic", (atomic) => () => {
+    const op = atomic();
+    const commit = op.commit.bind(op);
+    op.commit = () => (commits++, commit());
+    return op;
+  });
+  const a = new KvMessageStore(kv);
+  const b = new KvMessageStore(counted);
+  try {
+    assertEquals((await b.append("r", draft("old life", "c"))).message.seq, 1);
+    await b.append("o", draft("o1", "o"));
+    await a.append("o", draft("o2"));
+    assertEquals((await b.append("o", draft("o1 again", "o"))).duplicate, true);
+    const purged = a.purge("r");
+    await eventually(async () => (await a.generation("r", { fresh: true })) === 1);
+    commits = 0;
+    const answer = await resend(b).then(
+      (r) => {
+        const { message, duplicate } = r as AppendResult;
+        return [message.seq, message.body, duplicate];
+      },
+      (err) => err.code,
+    );
+    open();
+    await purged;
+    const resendCommits = commits;
+    return {
+      answer,
+      kept: (await a.list("r", { limit: 10 })).map((m) => m.body),
+      commits: resendCommits,
+    };
+  } finally {
+    open();
+    for (const store of [a, b]) await store.close();
+  }
+}
+
+Deno.test("KvMessageStore.purge(): a client id resent to the room's new life while the purge is under way elsewhere is stored, not answered with the deleted message", async () => {
+  await withSharedKv(async (kvA, kvB) => {
+    const { answer, kept, commits } = await resendDuringPurge(
+      kvA,
+      kvB,
+      (b) => b.append("r", { ...draft("new life", "c"), generation: 1 }),
+    );
+    assertEquals(answer, [2, "new life", false]);
+    assertEquals(kept, ["new life"]);
+    // The draft's newer generation has the held head read afresh: no commit is tried on it.
+    assertEquals(commits, 1);
+  });
+});
+
+Deno.test("KvMessageStore.purge(): a client id resent under the room's old generation while the purge is under way elsewhere is refused, not answered with the deleted message", async () => {
+  await withSharedKv(async (kvA, kvB) => {
+    const { answer, kept } = await resendDuringPurge(
+      kvA,
+      kvB,
+      (b) => b.append("r", { ...draft("old life", "c"), generation: 0 }),
+    );
+    assertEquals(answer, "room_deleted");
+    assertEquals(kept, []);
   });
 });
 
