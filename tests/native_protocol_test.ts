@@ -209,48 +209,48 @@ Deno.test("native: reconnecting with since gets exactly what was missed, in orde
   }
 });
 
-Deno.test("native: a rejoin replaying hundreds of long messages is written as the socket drains, not closed as a slow consumer; messages sent meanwhile come once, in order", async () => {
+Deno.test("native: a rejoin replaying hundreds of long messages is written as the socket drains, not closed as a slow consumer, in a socket's first room and its fifth; messages sent meanwhile come once, in order", async () => {
   const server = await startTestServer();
   try {
     const chat = server.app.context.chat;
-    // 5.7 MB of replay: written in one go it passed SLOW_CONSUMER_BYTES (4 MiB) before the
-    // reader, on loopback, could read a byte of it.
-    const body = "x".repeat(19_000);
-    await Promise.all(
-      Array.from(
-        { length: 300 },
-        (_, i) => chat.send(null, "ticket:11", { body: `${i + 1} ${body}` }),
-      ),
-    );
-    const reader = await connect(server);
-    reader.send({ type: "join", room: "ticket:11", since: 0, ref: "j" });
-    const seqs: number[] = [];
-    let joined = false;
-    let live: Promise<unknown> | undefined;
-    while (!joined || seqs.length < 320) {
-      // Sent while the replay waits for the socket to drain: the others get them live, this
-      // socket from the store, as its replay reads on.
-      if (seqs.length === 1) {
-        live = Promise.all(
-          Array.from(
-            { length: 20 },
-            (_, i) => chat.send(null, "ticket:11", { body: `${301 + i}` }),
-          ),
-        );
+    // A socket's first rooms are written to by the hub itself; the others through the session.
+    for (const [room, before] of [["ticket:11", 0], ["ticket:12", 4]] as const) {
+      // 5.7 MB of replay: written in one go it passed SLOW_CONSUMER_BYTES (4 MiB) before the
+      // reader, on loopback, could read a byte of it.
+      const body = "x".repeat(19_000);
+      await Promise.all(
+        Array.from({ length: 300 }, (_, i) => chat.send(null, room, { body: `${i + 1} ${body}` })),
+      );
+      const reader = await connect(server);
+      for (let i = 0; i < before; i++) await join(reader, `room:other${i}`);
+      reader.send({ type: "join", room, since: 0, ref: "j" });
+      const seqs: number[] = [];
+      let joined = false;
+      let live: Promise<unknown> | undefined;
+      while (!joined || seqs.length < 320) {
+        // Sent while the replay waits for the socket to drain: the others get them live, this
+        // socket from the store, as its replay reads on.
+        if (seqs.length === 1 && !live) {
+          live = Promise.all(
+            Array.from({ length: 20 }, (_, i) => chat.send(null, room, { body: `${301 + i}` })),
+          );
+        }
+        const f = await reader.next(() => true, 10_000).catch(async (e) => {
+          const { code, reason } = await reader.closed;
+          throw new Error(
+            `${room}: closed ${code} ${reason} after ${seqs.length} messages: ${
+              e.message.slice(0, 60)
+            }`,
+          );
+        });
+        if (f.type === "message" && f.room === room) seqs.push(f.seq as number);
+        if (f.type === "joined" && f.room === room) joined = true;
       }
-      const f = await reader.next(() => true, 10_000).catch(async (e) => {
-        const { code, reason } = await reader.closed;
-        throw new Error(
-          `closed ${code} ${reason} after ${seqs.length} messages: ${e.message.slice(0, 60)}`,
-        );
-      });
-      if (f.type === "message") seqs.push(f.seq as number);
-      if (f.type === "joined") joined = true;
+      await live;
+      assertEquals(seqs, Array.from({ length: 320 }, (_, i) => i + 1), room);
+      await reader.nothing((f) => f.type === "message");
+      await reader.close();
     }
-    await live;
-    assertEquals(seqs, Array.from({ length: 320 }, (_, i) => i + 1));
-    await reader.nothing((f) => f.type === "message");
-    await reader.close();
   } finally {
     await server.close();
   }

@@ -11,7 +11,7 @@ import { type RateVerdict, TokenBuckets, TypingStarts } from "../../core/rate_li
 import { INEXACT_NUMBER, isExactNumber } from "../../core/json.ts";
 import { canonicalId, parseRoomKey } from "../../core/rooms.ts";
 import type { AppendResult, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
-import type { DirectSocket, Member } from "../../hub/hub.ts";
+import type { DirectSocket, Member, Pacer } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
 import { CLOSE, Connection, type SocketHandler } from "../../transport/websocket.ts";
 import {
@@ -215,6 +215,8 @@ class NativeMember implements Member {
    * the socket's first few rooms (see {@link MAX_DIRECT_ROOMS}).
    */
   readonly direct?: DirectSocket;
+  /** The socket a join's replay waits on, in every room (not only the direct ones). */
+  readonly pacer: Pacer;
   #session: NativeSession;
   #conn: Connection;
   #room: string;
@@ -239,6 +241,7 @@ class NativeMember implements Member {
     this.epoch = epoch;
     this.renderKey = session.renderKey;
     this.direct = direct ? conn : undefined;
+    this.pacer = conn;
     this.#session = session;
     this.#conn = conn;
     this.#room = room;
