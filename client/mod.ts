@@ -1150,8 +1150,9 @@ export class ChatClient {
   #flush(): void {
     if (!this.#ready()) return;
     const now = Date.now();
-    this.#writeJoins(now);
+    // The server said to slow down: joins wait too (they would be refused the same way).
     if (now < this.#holdUntil) return this.#flushAt(this.#holdUntil);
+    this.#writeJoins(now);
     const expiry = this.#options.sendExpiryMs ?? DEFAULTS.sendExpiryMs;
     const limits = this.limits;
     for (const [ref, pending] of this.#pending) {

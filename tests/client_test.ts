@@ -836,23 +836,27 @@ Deno.test("client: a gap history can no longer fill is reported with resync, not
   }
 });
 
-Deno.test("client: a send refused as too fast waits, with every request after it, then goes again in order", async () => {
+Deno.test("client: a send refused as too fast waits, with every request and join after it, then goes again in order", async () => {
   const { c, socket } = await scripted({ retryMs: 200 });
   try {
     const first = c.client.send("room:x", { body: "one", clientId: "c1" });
     const refused = await socket.take("send");
     socket.push({ type: "error", code: "rate_limited", message: "slow down", ref: refused.ref });
     await new Promise((r) => setTimeout(r, 20));
-    // The application goes on sending: nothing is written until the wait is over.
+    // The application goes on sending and joining: nothing is written until the wait is over.
     const second = c.client.send("room:x", { body: "two", clientId: "c2" });
+    const joining = c.client.join("room:y");
     await new Promise((r) => setTimeout(r, 120));
-    assertEquals(socket.sent.filter((f) => f.type === "send"), []);
+    assertEquals(socket.sent.filter((f) => f.type === "send" || f.type === "join"), []);
     const again = await socket.take("send");
     const next = await socket.take("send");
     assertEquals([again.client_id, again.ref, next.client_id], ["c1", refused.ref, "c2"]);
     socket.push(ackOf(again, 1));
     socket.push(ackOf(next, 2));
     assertEquals([(await first).seq, (await second).seq], [1, 2]);
+    const join = await socket.take("join");
+    socket.push({ type: "joined", room: "room:y", head: 0, presence: [USER], ref: join.ref });
+    await joining;
   } finally {
     c.client.close();
   }

@@ -730,8 +730,8 @@ var ChatClient = class {
   #flush() {
     if (!this.#ready()) return;
     const now = Date.now();
-    this.#writeJoins(now);
     if (now < this.#holdUntil) return this.#flushAt(this.#holdUntil);
+    this.#writeJoins(now);
     const expiry = this.#options.sendExpiryMs ?? DEFAULTS.sendExpiryMs;
     const limits = this.limits;
     for (const [ref, pending] of this.#pending) {
