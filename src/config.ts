@@ -44,8 +44,10 @@ const httpUrl = (example: string, check: (url: URL) => string | undefined) =>
     } catch {
       // Reported below.
     }
+    // Quoted without what may sit before an `@`: a password must not reach the log.
+    const shown = v.replace(/^([^/?#]*\/\/)[^/?#]*@/, "$1…@");
     const problem = !parsed || !/^https?:$/.test(parsed.protocol) || parsed.host === ""
-      ? `expected an http(s) URL like ${example}, got "${v}"`
+      ? `expected an http(s) URL like ${example}, got "${shown}"`
       : check(parsed);
     if (problem) {
       ctx.addIssue({ code: "custom", message: problem });
@@ -73,7 +75,8 @@ const EnvSchema = z.object({
     (u) =>
       u.username !== "" || u.password !== ""
         ? "expected no user name or password in it"
-        : u.search !== "" || u.hash !== ""
+        // An empty `?` or `#` leaves search and hash empty, yet stays in the URL.
+        : /[?#]/.test(u.href)
         ? `expected no query or fragment, got "${u.href}"`
         : undefined,
   ),

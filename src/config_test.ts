@@ -73,6 +73,13 @@ Deno.test("loadConfig() takes PUBLIC_URL as an http(s) base URL only, and JWT_JW
     ["https://chat.example/?v=1", 'expected no query or fragment, got "https://chat.example/?v=1"'],
     ["https://chat.example/#top", 'expected no query or fragment, got "https://chat.example/#top"'],
     ["https://user:secret@chat.example", "expected no user name or password in it"],
+    // Empty, yet kept: every file URL would have been `https://chat.example/?/media/...`.
+    ["https://chat.example/?", 'expected no query or fragment, got "https://chat.example/?"'],
+    ["https://chat.example/#", 'expected no query or fragment, got "https://chat.example/#"'],
+    [
+      "ftp://svc:secret@chat.example",
+      'expected an http(s) URL like https://chat.example.com, got "ftp://…@chat.example"',
+    ],
   ];
   for (const [value, message] of badBases) {
     const err = await assertRejects(() => loadConfig({ PUBLIC_URL: value }));
@@ -100,10 +107,15 @@ Deno.test("loadConfig() takes PUBLIC_URL as an http(s) base URL only, and JWT_JW
         "expected an http(s) URL like https://idp.example.com/.well-known/jwks.json",
       ],
       ["file:///etc/jwks.json", "expected an http(s) URL like"],
+      [
+        "ftp://svc:secret@idp.example/jwks",
+        'expected an http(s) URL like https://idp.example.com/.well-known/jwks.json, got "ftp://…@idp.example/jwks"',
+      ],
     ]
   ) {
     const err = await assertRejects(() => loadConfig({ JWT_JWKS_URL: value }));
     assertEquals(err.message.includes(`JWT_JWKS_URL: ${message}`), true, err.message);
+    assertEquals(err.message.includes("secret"), false, err.message);
   }
 });
 
