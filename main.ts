@@ -112,8 +112,15 @@ const MEDIA_SWEEP_KEY = ["media_sweep"];
 /** How often each server tries to sweep MEDIA_DIR (one sweep's lease holds off the others for half). */
 const MEDIA_SWEEP_MS = 10 * 60_000;
 
-/** The Retry-After of a socket refused because the JWKS does not answer (jose waits 5 s for it). */
-const KEY_SET_RETRY_SECONDS = 5;
+/**
+ * The Retry-After of a socket refused for now (a shutdown, a directory or key set that does not
+ * answer; jose waits 5 s for the key set).
+ */
+const RETRY_AFTER_SECONDS = 5;
+
+/** A 503 for a handshake the server cannot take now, saying when to try again. */
+const unavailable = (text: string) =>
+  new Response(text, { status: 503, headers: { "retry-after": String(RETRY_AFTER_SECONDS) } });
 
 /** How long a health probe's answer stands: the probe writes, and `/healthz` is public. */
 const HEALTH_PROBE_MS = 1000;
@@ -518,14 +525,12 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       if (url.pathname.startsWith("/socket.io/")) {
         // Sessions already open keep polling through the drain; a new one is told to go elsewhere.
         if (draining && !url.searchParams.has("sid") && !url.pathname.endsWith(".js")) {
-          return Promise.resolve(new Response("Server shutting down", { status: 503 }));
+          return Promise.resolve(unavailable("Server shutting down"));
         }
         return io.handleRequest(req, info);
       }
       const matched = matchWsRoute(routes, req.url);
-      if (matched && draining) {
-        return Promise.resolve(new Response("Server shutting down", { status: 503 }));
-      }
+      if (matched && draining) return Promise.resolve(unavailable("Server shutting down"));
       if (matched) {
         if (req.headers.get("upgrade")?.toLowerCase() !== "websocket") {
           return Promise.resolve(
@@ -545,14 +550,11 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
           // Tokens cannot be checked (the JWKS does not answer): 4001 would tell the client its
           // token is bad, and clients stop for good on it. The verifier logs the outage once.
           if (err instanceof KeySetUnavailable) {
-            return new Response("Service unavailable: tokens cannot be checked now; try again", {
-              status: 503,
-              headers: { "retry-after": String(KEY_SET_RETRY_SECONDS) },
-            });
+            return unavailable("Service unavailable: tokens cannot be checked now; try again");
           }
           const path = JSON.stringify(new URL(req.url).pathname.slice(0, 200));
           console.error(`${path}: the socket could not be opened: ${message(err)}`);
-          return new Response("Service unavailable: try again", { status: 503 });
+          return unavailable("Service unavailable: try again");
         });
       }
       return Promise.resolve(http.fetch(req, info));

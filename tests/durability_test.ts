@@ -705,6 +705,7 @@ Deno.test("durability: a socket whose checks before the upgrade fail (the direct
         "Sec-WebSocket-Version: 13\r\n\r\n",
     );
     assert(head.startsWith("HTTP/1.1 503"), head);
+    assert(/\r\nretry-after: 5\r\n/i.test(head), head);
     // A handshake no client library sends is the client's fault: 400, not 503.
     const bad = await fetch(`${server.url}/ws/ticket/5/?token=${token}`, {
       headers: { upgrade: "websocket", connection: "Upgrade" },
@@ -1027,7 +1028,11 @@ Deno.test("durability: a socket asked for once the shutdown's drain has begun is
       },
     });
     await res.body?.cancel();
-    assert(res.status === 503, `status ${res.status}`);
+    assertEquals([res.status, res.headers.get("retry-after")], [503, "5"]);
+    // Socket.IO's handshake the same way.
+    const sio = await fetch(`${server.url}/socket.io/?EIO=4&transport=polling`);
+    await sio.body?.cancel();
+    assertEquals([sio.status, sio.headers.get("retry-after")], [503, "5"]);
     await draining;
   } finally {
     await server.close();
