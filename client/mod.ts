@@ -427,6 +427,8 @@ interface Pending {
   madeAt: number;
   /** The limits a `send` was last checked against. */
   checkedAgainst?: ServerLimits;
+  /** True once it was written on some socket (the server may have stored it). */
+  written?: boolean;
 }
 
 interface RoomState {
@@ -505,6 +507,8 @@ export class ChatClient {
   /** Gap fills, one history read at a time (see `#fillTurn`). */
   #fills: Promise<unknown> = Promise.resolve();
   #flushTimer?: ReturnType<typeof setTimeout>;
+  /** When `#flushTimer` fires (Date.now()). */
+  #flushTimerAt = 0;
   /** Rooms whose join is reading its first history page: joins under way, and a leave since. */
   #joining = new Map<string, { joins: number; left: boolean }>();
 
@@ -522,11 +526,17 @@ export class ChatClient {
     this.#options = options;
     // Checked here, where a mistake can be thrown at its caller: a page may give "/ws".
     const base = (globalThis as { location?: { href?: string } }).location?.href;
+    let url: URL | undefined;
     try {
-      this.#url = new URL(options.url, base).toString();
+      url = new URL(options.url, base);
     } catch {
+      // Said below.
+    }
+    // `localhost:8000/ws` parses, as the scheme `localhost:`: a socket would never open.
+    if (!url || !/^(wss?|https?):$/.test(url.protocol) || url.host === "") {
       throw new TypeError(`ChatClient: "${options.url}" is not a URL the client can connect to`);
     }
+    this.#url = url.toString();
   }
 
   /** Where the connection is now. */
@@ -1164,7 +1174,18 @@ export class ChatClient {
         const size = JSON.stringify(pending.frame).length;
         if (size > limits.maxFrameChars) {
           this.#pending.delete(ref);
-          pending.reject(tooLarge(size, limits.maxFrameChars));
+          // One written before may have been stored, its ack lost with the connection: sent
+          // again as told, it would be stored twice.
+          pending.reject(
+            pending.written
+              ? new ChatError(
+                "send_unconfirmed",
+                `Sent before the connection dropped and now over the server's frame limit ` +
+                  `(${size} characters, the limit is ${limits.maxFrameChars}): it may have ` +
+                  `been stored; look for client_id ${pending.frame.client_id} in the history`,
+              )
+              : tooLarge(size, limits.maxFrameChars),
+          );
           continue;
         }
       }
@@ -1183,7 +1204,10 @@ export class ChatClient {
       if (!room && pending.needsRoom && this.#joining.has(pending.needsRoom)) continue;
       // The rest wait for the bucket, in their order (a later one never overtakes).
       if (!this.#takeToken(now)) return;
-      if (this.#write(pending.frame)) pending.sentOn = this.#generation;
+      if (this.#write(pending.frame)) {
+        pending.sentOn = this.#generation;
+        pending.written = true;
+      }
     }
   }
 
@@ -1240,9 +1264,15 @@ export class ChatClient {
     }
   }
 
-  /** Flushes again at `time` (Date.now()), unless a flush is already due (the hold only grows). */
+  /**
+   * Flushes again at `time` (Date.now()), unless a flush is already due by then: the earliest
+   * wins (a token a moment away must not wait for a failed join's retry), and each flush arranges
+   * the next one it needs.
+   */
   #flushAt(time: number): void {
-    if (this.#flushTimer !== undefined) return;
+    if (this.#flushTimer !== undefined && this.#flushTimerAt <= time) return;
+    clearTimeout(this.#flushTimer);
+    this.#flushTimerAt = time;
     this.#flushTimer = setTimeout(() => {
       this.#flushTimer = undefined;
       this.#flush();

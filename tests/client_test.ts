@@ -1527,3 +1527,80 @@ Deno.test("client: of rooms joined at once, one the server cannot read fails alo
     await server.close();
   }
 });
+
+Deno.test("client: a send written before a reconnect that the new welcome's limits no longer take is refused as unconfirmed (it may be stored), one never written as too large", async () => {
+  const { c, socket: first } = await scripted();
+  try {
+    const file = { name: "a.bin", data: new Uint8Array(300_000) };
+    const written = outcomeOf(c.client.send("room:x", { files: [file], clientId: "w" }), 3000);
+    await first.take("send");
+    // Its ack is lost with the connection; the next send is made while the client is away.
+    first.drop();
+    const queued = outcomeOf(c.client.send("room:x", { files: [file], clientId: "q" }), 3000);
+    await eventually(() => FakeSocket.instances.length === 2, 2000, "a reconnect");
+    const socket = FakeSocket.instances[1];
+    // The server came back with a lower MAX_FILE_BYTES.
+    socket.push({
+      type: "welcome",
+      user: USER,
+      conn_id: "y",
+      limits: {
+        max_body_chars: 20_000,
+        max_files: 10,
+        max_file_bytes: 100_000,
+        max_frame_chars: 200_000,
+      },
+    });
+    assertEquals([await written, await queued], [
+      "rejected: send_unconfirmed",
+      "rejected: frame_too_large",
+    ]);
+    assertEquals(socket.sent.filter((f) => f.type === "send"), []);
+  } finally {
+    c.client.close();
+  }
+});
+
+Deno.test("client: a url with no WebSocket scheme or host is refused by the constructor", () => {
+  for (const url of ["localhost:8000/ws", "ftp://chat.example/ws", "mailto:chat@example.com"]) {
+    const err = assertThrows(() => new ChatClient({ url, token: "t" }), TypeError);
+    assert(err.message.includes("is not a URL the client can connect to"), err.message);
+  }
+});
+
+Deno.test("client: a request waiting for the rate's next frame is not held until a failed join's later retry", async () => {
+  const { c, socket } = await scripted({ retryMs: 5_000 }, true, {
+    // One frame a second: the room's join took the only one.
+    limits: {
+      max_body_chars: 20_000,
+      max_files: 10,
+      max_file_bytes: 100_000,
+      max_frame_chars: 200_000,
+      frames_per_second: 1,
+    },
+  });
+  try {
+    const joining = c.client.join("room:y").catch(() => {});
+    const join = await socket.take("join");
+    socket.push({
+      type: "error",
+      code: "internal",
+      message: "kv hiccup",
+      room: "room:y",
+      ref: join.ref,
+    });
+    // Its retry is due in 5 s; the send's frame is due as soon as the rate allows one.
+    const asked = Date.now();
+    const sending = c.client.send("room:x", { body: "hi", clientId: "s" });
+    sending.catch(() => {});
+    const send = await socket.take("send").catch(() => null);
+    assert(send !== null, "the send waited for the join's retry");
+    assert(Date.now() - asked < 2_000, `written after ${Date.now() - asked} ms`);
+    socket.push(ackOf(send, 1));
+    await sending;
+    c.client.close();
+    await joining;
+  } finally {
+    c.client.close();
+  }
+});

@@ -110,6 +110,8 @@ var ChatClient = class {
   /** Gap fills, one history read at a time (see `#fillTurn`). */
   #fills = Promise.resolve();
   #flushTimer;
+  /** When `#flushTimer` fires (Date.now()). */
+  #flushTimerAt = 0;
   /** Rooms whose join is reading its first history page: joins under way, and a leave since. */
   #joining = /* @__PURE__ */ new Map();
   get #retryMs() {
@@ -124,11 +126,15 @@ var ChatClient = class {
   constructor(options) {
     this.#options = options;
     const base = globalThis.location?.href;
+    let url;
     try {
-      this.#url = new URL(options.url, base).toString();
+      url = new URL(options.url, base);
     } catch {
+    }
+    if (!url || !/^(wss?|https?):$/.test(url.protocol) || url.host === "") {
       throw new TypeError(`ChatClient: "${options.url}" is not a URL the client can connect to`);
     }
+    this.#url = url.toString();
   }
   /** Where the connection is now. */
   get state() {
@@ -741,7 +747,7 @@ var ChatClient = class {
         const size = JSON.stringify(pending.frame).length;
         if (size > limits.maxFrameChars) {
           this.#pending.delete(ref);
-          pending.reject(tooLarge(size, limits.maxFrameChars));
+          pending.reject(pending.written ? new ChatError("send_unconfirmed", `Sent before the connection dropped and now over the server's frame limit (${size} characters, the limit is ${limits.maxFrameChars}): it may have been stored; look for client_id ${pending.frame.client_id} in the history`) : tooLarge(size, limits.maxFrameChars));
           continue;
         }
       }
@@ -754,7 +760,10 @@ var ChatClient = class {
       if (room && room.joinSentOn !== this.#generation) continue;
       if (!room && pending.needsRoom && this.#joining.has(pending.needsRoom)) continue;
       if (!this.#takeToken(now)) return;
-      if (this.#write(pending.frame)) pending.sentOn = this.#generation;
+      if (this.#write(pending.frame)) {
+        pending.sentOn = this.#generation;
+        pending.written = true;
+      }
     }
   }
   /** Takes one frame from the bucket, or arranges a flush for when it holds one again. */
@@ -815,9 +824,15 @@ var ChatClient = class {
       }
     }
   }
-  /** Flushes again at `time` (Date.now()), unless a flush is already due (the hold only grows). */
+  /**
+   * Flushes again at `time` (Date.now()), unless a flush is already due by then: the earliest
+   * wins (a token a moment away must not wait for a failed join's retry), and each flush arranges
+   * the next one it needs.
+   */
   #flushAt(time) {
-    if (this.#flushTimer !== void 0) return;
+    if (this.#flushTimer !== void 0 && this.#flushTimerAt <= time) return;
+    clearTimeout(this.#flushTimer);
+    this.#flushTimerAt = time;
     this.#flushTimer = setTimeout(() => {
       this.#flushTimer = void 0;
       this.#flush();
