@@ -1,5 +1,6 @@
 /** Composition root: read the config, open the stores, wire the dialects, serve. */
 
+import { join } from "node:path";
 import { DirectoryAccessPolicy, directoryProfileEnricher } from "./src/auth/directory_access.ts";
 import { Authenticator } from "./src/auth/authenticator.ts";
 import {
@@ -205,6 +206,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     jwksUrl: config.jwtJwksUrl,
     issuer: config.jwtIssuer,
     audience: config.jwtAudience,
+    keySetCachePath: join(config.dataDir, "jwks_cache.json"),
   });
 
   const opened = await openDirectory(config.databaseUrl, config.dataDir, {

@@ -223,3 +223,37 @@ Deno.test("createVerifier() with a JWKS keeps using the keys fetched last while 
     await provider.shutdown();
   }
 });
+
+Deno.test("createVerifier() with a JWKS and a cache file checks tokens with the kept keys after a restart while the key set does not answer, only for the same URL", async () => {
+  const { privateKey, publicKey } = await jose.generateKeyPair("RS256");
+  const jwk = { ...await jose.exportJWK(publicKey), kid: "k1", alg: "RS256", use: "sig" };
+  const token = await new jose.SignJWT({ sub: "1" }).setProtectedHeader({ alg: "RS256", kid: "k1" })
+    .setExpirationTime("1h").sign(privateKey);
+  let up = true;
+  const provider = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", onListen() {} },
+    () => up ? Response.json({ keys: [jwk] }) : new Response("down", { status: 502 }),
+  );
+  const dir = await Deno.makeTempDir({ prefix: "jwks-cache-" });
+  const keySetCachePath = `${dir}/jwks_cache.json`;
+  const error = console.error;
+  console.error = () => {};
+  try {
+    const jwksUrl = `http://127.0.0.1:${provider.addr.port}/jwks.json`;
+    const before = await createVerifier({ jwksUrl, keySetCachePath });
+    assertEquals((await before.verify(token)).sub, "1");
+    assertEquals((await Deno.stat(keySetCachePath)).mode! & 0o777, 0o600);
+    up = false;
+    // Restarted during the outage.
+    const after = await createVerifier({ jwksUrl, keySetCachePath });
+    assertEquals((await after.verify(token)).sub, "1");
+    // The kept keys are another URL's: not used for this one.
+    const other = await createVerifier({ jwksUrl: `${jwksUrl}?v=2`, keySetCachePath });
+    const err = await assertRejects(() => other.verify(token));
+    assert(err instanceof KeySetUnavailable, `${err.name}: ${err.message}`);
+  } finally {
+    console.error = error;
+    await provider.shutdown();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

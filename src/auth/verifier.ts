@@ -52,6 +52,11 @@ export interface VerifierOptions {
   audience?: string;
   /** How long fetched keys are used before the key set is fetched again, ms (10 minutes). */
   keySetMaxAgeMs?: number;
+  /**
+   * A file that keeps the key set last fetched (public keys), so that a server restarted while
+   * the key set cannot be fetched still checks tokens with it (see {@link KEY_SET_STALE_MS}).
+   */
+  keySetCachePath?: string;
 }
 
 /**
@@ -101,7 +106,7 @@ export async function createVerifier(options: VerifierOptions): Promise<TokenVer
   if (options.jwksUrl) {
     const url = options.jwksUrl;
     const state = { up: true, refusals: 0 };
-    const fetchKeySet = remoteKeySetFetch(url, state);
+    const fetchKeySet = remoteKeySetFetch(url, state, await readKeySetCache(options, url));
     const jwks = jose.createRemoteJWKSet(new URL(url), {
       [jose.customFetch]: fetchKeySet,
       ...(options.keySetMaxAgeMs !== undefined ? { cacheMaxAge: options.keySetMaxAgeMs } : {}),
@@ -174,9 +179,13 @@ const MAX_REASON = 300;
  * refused as invalid. Logs once when the key set stops answering and once when it answers again,
  * not for every token meanwhile.
  */
-function remoteKeySetFetch(url: string, state: { up: boolean }): jose.FetchImplementation {
+function remoteKeySetFetch(
+  url: string,
+  state: { up: boolean },
+  cache: { path?: string; last?: CachedKeySet; writtenAt?: number },
+): jose.FetchImplementation {
   /** The last key set fetched, and when (Date.now()). */
-  let last: { body: unknown; at: number } | undefined;
+  let last = cache.last;
   const stale = () => last !== undefined && Date.now() - last.at < KEY_SET_STALE_MS;
   const down = (reason: string, cause?: unknown): KeySetUnavailable => {
     const error = new KeySetUnavailable(
@@ -227,7 +236,17 @@ function remoteKeySetFetch(url: string, state: { up: boolean }): jose.FetchImple
   };
   return async (...args) => {
     try {
-      last = { body: await fetchKeys(...args), at: Date.now() };
+      const body = await fetchKeys(...args);
+      const changed = JSON.stringify(body) !== JSON.stringify(last?.body);
+      last = { body, at: Date.now() };
+      // Kept for a restart during an outage; written again when the keys change, or at most
+      // hourly to move its time on (a failed write costs only that).
+      if (cache.path && (changed || last.at - (cache.writtenAt ?? 0) > 3600_000)) {
+        cache.writtenAt = last.at;
+        await writeKeySetCache(cache.path, url, last).catch((err) =>
+          console.error(`auth: the key set could not be kept in ${cache.path}: ${err}`)
+        );
+      }
     } catch (err) {
       // The keys fetched last, for a while: the outage is the identity provider's, and the
       // tokens its keys signed are still good.
@@ -235,6 +254,43 @@ function remoteKeySetFetch(url: string, state: { up: boolean }): jose.FetchImple
     }
     return Response.json(last!.body);
   };
+}
+
+/** A key set kept on disk: what it answered, from where, and when (Date.now()). */
+interface CachedKeySet {
+  body: unknown;
+  at: number;
+}
+
+/** The key set kept at `keySetCachePath` for this URL, if any can be read. */
+async function readKeySetCache(
+  options: VerifierOptions,
+  url: string,
+): Promise<{ path?: string; last?: CachedKeySet; writtenAt?: number }> {
+  const path = options.keySetCachePath;
+  if (!path) return {};
+  try {
+    const kept = JSON.parse(await Deno.readTextFile(path));
+    // Another URL's keys (the setting changed) must not check this one's tokens.
+    if (kept?.url !== url || typeof kept.at !== "number" || !Array.isArray(kept.body?.keys)) {
+      return { path };
+    }
+    return { path, last: { body: kept.body, at: kept.at }, writtenAt: kept.at };
+  } catch {
+    return { path };
+  }
+}
+
+/** Writes the key set kept for a restart, whole or not at all (a rename). */
+async function writeKeySetCache(path: string, url: string, last: CachedKeySet): Promise<void> {
+  const temporary = `${path}.${crypto.randomUUID()}.tmp`;
+  await Deno.writeTextFile(temporary, JSON.stringify({ url, at: last.at, body: last.body }), {
+    mode: 0o600,
+  });
+  await Deno.rename(temporary, path).catch(async (err) => {
+    await Deno.remove(temporary).catch(() => {});
+    throw err;
+  });
 }
 
 /** Signs an HS256 token, for the `token` task, the dev sign-in and tests. */
