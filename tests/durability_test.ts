@@ -13,7 +13,7 @@ import { signDevToken } from "../src/auth/verifier.ts";
 import { io } from "socket.io-client";
 import { MemoryBroker } from "../src/broker/memory_broker.ts";
 import type { AppOverrides } from "../main.ts";
-import { LogWriter } from "../src/broker/kv_log.ts";
+import { type LogEntry, logHead, LogWriter } from "../src/broker/kv_log.ts";
 import type { RoomEvent } from "../src/core/types.ts";
 
 type Frame = Record<string, unknown>;
@@ -335,6 +335,52 @@ Deno.test("durability: a presence change from another process that the store no 
       7,
     );
     await observer.close();
+  });
+});
+
+Deno.test("durability: a burst of signals from another process that the room's first read finds is passed on whole", async () => {
+  await withProcesses(1, {}, async (ports, dataDir) => {
+    // In the room while its server is alone, which then writes no signals: the room's log is
+    // first read once another process has come up.
+    const observer = await nativeClient(ports[0], "1");
+    observer.send({ type: "join", room: "ticket:11" });
+    await observer.next((f) => f.type === "joined");
+    const { child } = await spawnOnFreePort(dataDir);
+    const kv = await Deno.openKv(`${dataDir}/chat.kv`);
+    try {
+      // As that server writes them (src/broker/kv_log.ts), in one commit, so that the room's
+      // first read finds them all: the room's first signals, 100 users' read marks, all written
+      // after the observer's server began following the room.
+      const prefix = ["signals", "ticket:11"];
+      const first = Date.now() * 1000;
+      const op = kv.atomic().check({ key: logHead(prefix), versionstamp: null });
+      for (let i = 0; i < 100; i++) {
+        const event: RoomEvent = {
+          type: "read",
+          room: "ticket:11",
+          user: { id: 100 + i, username: `user${100 + i}` },
+          seq: 1,
+        };
+        const entry: LogEntry<RoomEvent> = {
+          seq: first + i,
+          origin: "another-host/1/1",
+          at: Date.now(),
+          event,
+        };
+        op.set([...prefix, "e", first + i], entry);
+      }
+      assert((await op.set(logHead(prefix), first + 99).commit()).ok);
+      // Before, the first read took the newest 64 and the rest never came.
+      const readers = new Set<unknown>();
+      while (readers.size < 100) {
+        readers.add(((await observer.next((f) => f.type === "read", 5000)).user as Frame).id);
+      }
+      await observer.close();
+    } finally {
+      kv.close();
+      child.kill("SIGKILL");
+      await child.status;
+    }
   });
 });
 

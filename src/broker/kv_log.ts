@@ -165,8 +165,11 @@ export interface ReadEntries<E> {
   index: number;
 }
 
-/** How many of the newest entries a first read looks at for ones written since following began. */
-const FIRST_READ_ENTRIES = 64;
+/**
+ * Entries a first read lists at a time, going back from the head until one written before
+ * following began: a follower most often starts within a few entries of the head.
+ */
+const FIRST_READ_PAGE = 64;
 
 /**
  * Follows logs: told each head a watch or a read found, it lists the entries past the last one
@@ -261,12 +264,14 @@ export class LogReader<E> {
     return out;
   }
 
-  /** The newest entries up to `head` written at `since` or later, in order. */
+  /** Every entry up to `head` written at `since` or later, in order. */
   async #newest(prefix: Deno.KvKey, head: number, since: number): Promise<LogEntry<E>[]> {
     const out: LogEntry<E>[] = [];
+    // Paged, not cut at a page: a log first read long after following began (a room's first
+    // signals, from a server that came up meanwhile) may hold hundreds written since then.
     const list = this.#kv.list<LogEntry<E>>(
       { start: [...prefix, "e"], end: entryKey(prefix, head + 1) },
-      { reverse: true, limit: FIRST_READ_ENTRIES },
+      { reverse: true, batchSize: FIRST_READ_PAGE },
     );
     for await (const { value } of list) {
       if (value.at < since) break;

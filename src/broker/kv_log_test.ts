@@ -61,6 +61,26 @@ Deno.test("kv log: a follower given a start time reads what was written since th
   }
 });
 
+Deno.test("kv log: a follower whose first head comes after a burst reads all of it, however long", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const writer = new LogWriter<string>(kv, "a");
+    await writer.append(PREFIX, "before");
+    await new Promise((r) => setTimeout(r, 20));
+    const heard: string[] = [];
+    const reader = new LogReader<string>(kv, "b", (_, e) => heard.push(e.event));
+    reader.follow(PREFIX, Date.now() - 5);
+    // As another server coming up and joining 150 users at once: more than a page of entries,
+    // all written after following began, before the first head is read.
+    const burst = Array.from({ length: 150 }, (_, i) => `join ${i}`);
+    await Promise.all(burst.map((e) => writer.append(PREFIX, e)));
+    await reader.heard(PREFIX, (await kv.get(logHead(PREFIX))).value);
+    assertEquals(heard, burst);
+  } finally {
+    kv.close();
+  }
+});
+
 Deno.test("kv log: a burst too large for one commit is split by size; an entry KV cannot hold fails alone", async () => {
   const kv = await Deno.openKv(":memory:");
   try {
