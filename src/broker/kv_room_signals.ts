@@ -34,6 +34,12 @@ const FOLLOW_MARGIN_MS = 1000;
  */
 export const TYPING_RENEW_MS = 1000;
 
+/**
+ * Presence checks under way at once: enough that a burst's checks overlap their reads, few
+ * enough that a burst of thousands does not queue them all ahead of the store's other work.
+ */
+const CHECKS_AT_ONCE = 32;
+
 /** True for the events that go through a room's signals log. */
 export function isSignal(event: RoomEvent): event is SignalEvent {
   return event.type === "typing" || event.type === "read" || event.type === "presence";
@@ -52,6 +58,10 @@ export class KvRoomSignals {
   #holds?: (event: PresenceSignal) => Promise<boolean>;
   /** Per room, the signals being passed on while a presence check is under way, in order. */
   #pending = new Map<string, Promise<void>>();
+  /** Presence checks under way, at most {@link CHECKS_AT_ONCE}. */
+  #checking = 0;
+  /** Checks waiting for one under way to end, first come first started. */
+  #checkQueue: (() => void)[] = [];
   /** Per read, the positions of presence changes a later one of the same user and origin follows. */
   #superseded = new WeakMap<readonly LogEntry<SignalEvent>[], Set<number>>();
   #heardHere: (event: SignalEvent) => boolean;
@@ -66,7 +76,7 @@ export class KvRoomSignals {
    * same read holds a later change of that user from the same server: the changes of one server
    * come in order, and passing them all on keeps a join and a leave a moment apart from showing
    * as a lone leave. Signals of a room reach `onEvent` in their order, a check holding back
-   * those after it.
+   * those after it; the checks themselves run side by side.
    */
   constructor(
     kv: Deno.Kv,
@@ -156,18 +166,34 @@ export class KvRoomSignals {
     const room = event.room;
     const before = this.#pending.get(room);
     if (!check && !before) return this.#deliver(event);
+    // Started now, not once the signals before it are passed on: a burst of a thousand joins
+    // checked one after another held the room's typing and reads for as long.
+    const agrees = check ? this.#check(event as PresenceSignal) : Promise.resolve(true);
     const pass = async () => {
-      try {
-        if (!check || await this.#holds!(event as PresenceSignal)) this.#deliver(event);
-      } catch (err) {
-        console.error("room signals: checking a presence change failed:", err);
-      }
+      if (await agrees) this.#deliver(event);
     };
     const next = before ? before.then(pass) : pass();
     this.#pending.set(room, next);
     next.finally(() => {
       if (this.#pending.get(room) === next) this.#pending.delete(room);
     });
+  }
+
+  /** Whether the presence store still agrees with `event`; false when it cannot say. */
+  async #check(event: PresenceSignal): Promise<boolean> {
+    if (this.#checking < CHECKS_AT_ONCE) this.#checking++;
+    // The slot of a check that ends is handed on, so none starts past the bound meanwhile.
+    else await new Promise<void>((start) => this.#checkQueue.push(start));
+    try {
+      return await this.#holds!(event);
+    } catch (err) {
+      console.error("room signals: checking a presence change failed:", err);
+      return false;
+    } finally {
+      const next = this.#checkQueue.shift();
+      if (next) next();
+      else this.#checking--;
+    }
   }
 
   /** The positions of a read's presence changes that a later one of the same user and origin follows. */

@@ -206,3 +206,50 @@ Deno.test("KvRoomSignals: signals the hub has heard already (by the channel) are
     kv.close();
   }
 });
+
+Deno.test("KvRoomSignals: the presence checks of a burst run side by side, 32 at most; what they pass still comes in order", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const heard: string[] = [];
+  const started: number[] = [];
+  let open!: () => void;
+  const gate = new Promise<void>((r) => open = r);
+  const a = new KvRoomSignals(kv, "host/1/a", () => {});
+  // The store answers only once the gate opens: checked one after another, one would start.
+  const b = new KvRoomSignals(kv, "host/2/b", (e) => {
+    heard.push(e.type === "presence" ? `join ${e.user.id}` : e.type);
+  }, {
+    holds: async (e) => {
+      started.push(Number(e.user.id));
+      await gate;
+      return e.user.id !== 3;
+    },
+  });
+  const read = async () => (await kv.get(signalsHead("ticket:1"))).value;
+  const ids = Array.from({ length: 40 }, (_, i) => i + 1);
+  try {
+    b.follow("ticket:1");
+    b.heard("ticket:1", await read());
+    await Promise.all([
+      ...ids.map((id) =>
+        a.publish({
+          type: "presence",
+          room: "ticket:1",
+          user: { id, username: `u${id}` },
+          action: "join",
+        })
+      ),
+      a.publish(typing("ticket:1", true)),
+    ]);
+    b.heard("ticket:1", await read());
+    await eventually(() => started.length === 32, 5000, "32 checks started");
+    await new Promise((r) => setTimeout(r, 50));
+    assertEquals([started.length, heard], [32, []]);
+    open();
+    await eventually(() => heard.length === 40, 5000, "what the checks passed");
+    assertEquals(heard, [...ids.filter((id) => id !== 3).map((id) => `join ${id}`), "typing"]);
+    assertEquals(started, ids);
+  } finally {
+    b.close();
+    kv.close();
+  }
+});

@@ -413,6 +413,17 @@ export class KvPresenceStore implements PresenceStore {
   }
 
   /**
+   * Whether the user has a live connection in the room, read fresh from that user's entries
+   * alone: a check per presence change heard from another server must not cost a read of a room
+   * of thousands.
+   */
+  async isPresent(room: string, userId: UserId): Promise<boolean> {
+    const [entries, live] = await this.#read(userPrefix(room, userId));
+    const now = Date.now();
+    return entries.some((e) => this.#alive(e.value, live.ids, now));
+  }
+
+  /**
    * Deletes lapsed entries, and this server's own entries whose connection `open` says is gone
    * (an enter that lost a race with its exit); users left with none are returned once, whichever
    * isolate sweeps. A room swept clean is skipped until the leases show a death, an exit fails,

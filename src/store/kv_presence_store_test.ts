@@ -1,6 +1,7 @@
 /** Presence leased by servers: sweeps, orphans, a renewal racing a sweep, exit after enter. */
 
-import { assertEquals } from "../../tests/assert.ts";
+import { assertEquals, eventually } from "../../tests/assert.ts";
+import { KvRoomSignals, type SignalEvent, signalsHead } from "../broker/kv_room_signals.ts";
 import { ChatService } from "../core/chat_service.ts";
 import type { Fanout, PresenceStore, RoomEvent } from "../core/types.ts";
 import { KvPresenceStore, type Liveness, type PresenceLeases } from "./kv_presence_store.ts";
@@ -421,5 +422,65 @@ Deno.test("presence: a backlog of 150,000 changes drains, each user's in order, 
     assertEquals(results.filter((r) => r.first).length, users);
     assertEquals(results.slice(0, users).every((r) => r.first), true);
     assertEquals((await store.list("room:busy")).length, users);
+  });
+});
+
+Deno.test("presence: a burst of presence changes from another server is checked from each user's own entries, not a read of the room per change", async () => {
+  await withKv(async (raw) => {
+    // Entries of the room's presence read through B's store.
+    let read = 0;
+    const list = ((selector: Deno.KvListSelector, options?: Deno.KvListOptions) => {
+      const entries = raw.list(selector, options);
+      return (async function* () {
+        for await (const e of entries) {
+          if (e.key[0] === "presence") read++;
+          yield e;
+        }
+      })();
+    }) as unknown as Deno.Kv["list"];
+    const alive = new Set(["A", "B"]);
+    const a = new KvPresenceStore(raw, leases(raw, "A", alive));
+    const b = new KvPresenceStore(intercept(raw, { list }), leases(raw, "B", alive));
+    const ids = Array.from({ length: 200 }, (_, i) => String(i + 1));
+    await Promise.all(ids.map((id) => a.enter("room:big", user(id), `a${id}`)));
+    // A user present only through a server that died: the store no longer agrees with a join.
+    await new KvPresenceStore(raw, leases(raw, "C", new Set())).enter("room:big", user("0"), "c0");
+    const chat = new ChatService({
+      presence: b,
+      fanout: { committed: () => {}, publish: () => {} },
+      store: {} as never,
+      attachments: {} as never,
+      access: {} as never,
+      metrics: {} as never,
+    });
+    const passed: string[] = [];
+    const fromA = new KvRoomSignals(raw, "host/1/a", () => {});
+    const signals = new KvRoomSignals(raw, "host/2/b", (e) => {
+      if (e.type === "presence") passed.push(`${e.action} ${e.user.id}`);
+    }, { holds: (e) => chat.presenceHolds(e) });
+    const head = async () => (await raw.get(signalsHead("room:big"))).value;
+    try {
+      signals.follow("room:big");
+      signals.heard("room:big", await head());
+      const presence = (id: string, action: "join" | "leave"): SignalEvent => ({
+        type: "presence",
+        room: "room:big",
+        user: user(id),
+        action,
+      });
+      await Promise.all([
+        ...["0", ...ids].map((id) => fromA.publish(presence(id, "join"))),
+        fromA.publish(presence("7", "leave")),
+      ]);
+      read = 0;
+      signals.heard("room:big", await head());
+      await eventually(() => passed.length === 200, 10_000, "the joins the store agrees with");
+      assertEquals(passed, ids.map((id) => `join ${id}`));
+      // One entry per user checked; a read of the room per change would be 200 × 200.
+      assertEquals(read <= 2 * 202, true, `202 checks read ${read} presence entries`);
+    } finally {
+      signals.close();
+      chat.close();
+    }
   });
 });
