@@ -17,8 +17,9 @@ const KEYS_PER_WATCH = 10;
 export const LOCAL_HEAD_POLL_MS = 50;
 
 /**
- * Watch groups (of ten keys) read in one polling round: 200 rooms (100 with signals), 400 reads
- * a second at most.
+ * Watch groups (of ten keys) read in one polling round: 100 rooms with signals, as the server
+ * follows them (200 without), 400 reads a second at most. Each server pays that while another
+ * process shares its file, however quiet its rooms; README.md gives the latencies it makes.
  */
 const POLL_BUCKETS_PER_ROUND = 20;
 

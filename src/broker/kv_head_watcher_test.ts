@@ -1,5 +1,5 @@
 import { assertEquals, eventually } from "../../tests/assert.ts";
-import { KvHeadWatcher } from "./kv_head_watcher.ts";
+import { KvHeadWatcher, LOCAL_HEAD_POLL_MS } from "./kv_head_watcher.ts";
 
 Deno.test("KvHeadWatcher starts a watch again when KV ends it, as when it fails", async () => {
   // The first watch ends at once (as a remote KV's may when its connection drops); the second
@@ -76,6 +76,43 @@ Deno.test("KvHeadWatcher polls heads while told to, 20 groups a round in turns, 
     const stopped = reads;
     await new Promise((r) => setTimeout(r, 300));
     assertEquals(reads, stopped);
+  } finally {
+    watcher.close();
+  }
+});
+
+Deno.test("KvHeadWatcher: with signals, a polling round reads 100 rooms, and the README says so", async () => {
+  const read = new Set<string>();
+  const kv = {
+    watch: () => new ReadableStream<Deno.KvEntryMaybe<unknown>[]>(),
+    getMany(keys: Deno.KvKey[]) {
+      for (const key of keys) read.add(String(key.at(-1) === "head" ? key.at(-2) : key.at(-1)));
+      return Promise.resolve(keys.map((key) => ({ key, value: null, versionstamp: null })));
+    },
+  } as unknown as Deno.Kv;
+  const signals = { follow() {}, heard() {}, forget() {} };
+  const watcher = new KvHeadWatcher(kv, () => {}, { pollMs: 200, signals });
+  try {
+    for (let i = 0; i < 1000; i++) watcher.add(`ticket:${i}`);
+    watcher.setPolling(true);
+    await eventually(() => read.size > 0, 2000, "the first round");
+    // Halfway to the next round: the first one's reads, back to back, are done.
+    await new Promise((r) => setTimeout(r, 100));
+    const perRound = read.size;
+    assertEquals(perRound, 100);
+    // "Running several isolates and instances", on a local file shared with another process.
+    const readme = (await Deno.readTextFile(new URL("../../README.md", import.meta.url)))
+      .replace(/\s+/g, " ");
+    const every = (1000 / perRound) * LOCAL_HEAD_POLL_MS;
+    for (
+      const claim of [
+        `every ${LOCAL_HEAD_POLL_MS} ms (${perRound} rooms a round`,
+        `with 1,000 rooms each is read every ${every} ms`,
+        `with up to ${perRound} rooms, a message`,
+      ]
+    ) {
+      assertEquals(readme.includes(claim), true, `README.md should say "${claim}"`);
+    }
   } finally {
     watcher.close();
   }
