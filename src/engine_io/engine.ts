@@ -158,6 +158,11 @@ export interface EngineSocket {
   maxPayload: number;
   /** Queues one message. */
   send(data: string | Uint8Array): void;
+  /**
+   * Bytes of messages written and not yet taken by the peer (a polling client's unfetched ones,
+   * a WebSocket's unsent ones), for a large answer to wait for its reader.
+   */
+  unsent(): number;
   /** Queues already built packets; the same objects may be handed to many sessions. */
   sendPackets(packets: readonly Packet[]): void;
   /** Flushes what is queued, then closes the session. */
@@ -310,6 +315,10 @@ class LocalFrameSocket implements FrameSocket {
       resolve();
       this.#gone(event.code, event.reason);
     };
+  }
+
+  unsent(): number {
+    return this.#ws.bufferedAmount;
   }
 
   send(data: string | Uint8Array): void {
@@ -526,6 +535,10 @@ class Session implements EngineSocket {
 
   send(data: string | Uint8Array): void {
     this.sendPackets([{ type: "message", data }]);
+  }
+
+  unsent(): number {
+    return this.#ws ? this.#ws.frames.unsent?.() ?? 0 : this.#buffered;
   }
 
   sendPackets(packets: readonly Packet[]): void {

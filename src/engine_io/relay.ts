@@ -21,6 +21,8 @@ export interface FrameSocket {
   onmessage: ((data: string | Uint8Array) => void) | null;
   /** Fires once when the stream is closed, by either side. */
   onclose: ((code: number, reason: string) => void) | null;
+  /** Bytes written and not yet sent to the peer, where the stream can tell (0 otherwise). */
+  unsent?(): number;
 }
 
 /** An HTTP answer computed by the isolate that owns a session. */

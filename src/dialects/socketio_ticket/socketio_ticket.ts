@@ -18,7 +18,7 @@ import type { QueuedSend } from "../../core/chat_service.ts";
 import { type RateVerdict, TYPING_REPEAT_MS } from "../../core/rate_limiter.ts";
 import { isValidRoomId, roomKey } from "../../core/rooms.ts";
 import type { FileInput, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
-import { type Socket, SocketIOServer } from "../../engine_io/mod.ts";
+import { type EngineSocket, type Socket, SocketIOServer } from "../../engine_io/mod.ts";
 import { utf8Length } from "../../engine_io/parser.ts";
 import { type Member, spares } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
@@ -61,6 +61,21 @@ const HISTORY_DEFAULT = 500;
 /** Bytes of rendered messages past which `get_messages` leaves older ones for `before`. */
 const HISTORY_MAX_BYTES = 1024 * 1024;
 
+/** How long a `get_messages` answer waits for the reader to take the one before it, ms. */
+const PAGE_WAIT_MS = 30_000;
+
+/**
+ * Resolves once the session holds under `bytes` unsent (or closed, or after
+ * {@link PAGE_WAIT_MS}, when the transport's own bound decides); the amount is polled.
+ */
+async function unsentBelow(conn: EngineSocket, bytes: number): Promise<void> {
+  const deadline = performance.now() + PAGE_WAIT_MS;
+  for (let wait = 1; conn.unsent() > bytes; wait = Math.min(2 * wait, 50)) {
+    if (conn.readyState !== "open" || performance.now() > deadline) return;
+    await new Promise((r) => setTimeout(r, wait));
+  }
+}
+
 /** Typing events: dropped when over the rate limit, since a lost one is harmless. */
 const TYPING = new Set(["typing_start", "typing_stop"]);
 
@@ -102,6 +117,8 @@ interface SocketState {
   typingStart?: { ticket: unknown; at: number };
   /** Settles once every send made so far is stored or refused (see `get_messages`). */
   sendsDone?: Promise<void>;
+  /** Settles once the `get_messages` answers asked for so far are written (one at a time). */
+  pagesDone?: Promise<void>;
   /** The `authenticate` being handled: events after it wait for it, as they were sent after it. */
   authenticating?: Promise<void>;
   /** Events sent before any `authenticate` wait for one (see `PRE_AUTH_WAIT_MS`) on this. */
@@ -813,8 +830,20 @@ export function createSocketIoTicketChat(
       }
       messages.reverse();
       const hasMore = page.hasMore || first > 0;
-      socket.emit("messages_loaded", { messages, ticketId: id, hasMore });
-      ack?.({ messages, hasMore });
+      // One answer after another, each once the reader has taken most of the one before: a
+      // client loading several tickets at once would otherwise pass the bound with them.
+      const previous = s.pagesDone;
+      const { promise: written, resolve } = Promise.withResolvers<void>();
+      s.pagesDone = written;
+      try {
+        await previous;
+        await unsentBelow(socket.conn, ctx.config.slowConsumerBytes / 4);
+        socket.emit("messages_loaded", { messages, ticketId: id, hasMore });
+        ack?.({ messages, hasMore });
+      } finally {
+        resolve();
+        if (s.pagesDone === written) s.pagesDone = undefined;
+      }
     });
 
     on(socket, "send_message", async (payload, ack) => {
