@@ -1,7 +1,7 @@
 /** The chat-room server (shared/specs/chat-rooms.md): users list, history, joins and leaves. */
 
 import { assertEquals, assertMatch } from "./assert.ts";
-import { silentPeer, startTestServer, TestClient, type TestServer } from "./helpers.ts";
+import { eventually, silentPeer, startTestServer, TestClient, type TestServer } from "./helpers.ts";
 
 const user = (n: number) => ({ sub: `user-${n}`, username: `user${n}` });
 
@@ -375,6 +375,46 @@ Deno.test("chat rooms: a room whose name starts with '_' or '.' is the native pr
       assertEquals((await a.next((f) => f.type === "chat_message")).message, `into ${name}`);
       await native.close();
       await a.close();
+    }
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("chat rooms: a reader that stops reading while its history on connect is written is closed as a slow consumer once what waits for it passes the bound", async () => {
+  const server = await startTestServer({
+    SLOW_CONSUMER_BYTES: String(1024 * 1024),
+    HISTORY_ON_CONNECT: "500",
+    RATE_LIMIT_PER_SECOND: "100000",
+    RATE_LIMIT_USER_PER_SECOND: "100000",
+  });
+  try {
+    const chat = server.app.context.chat;
+    const hub = server.app.context.hub;
+    const body = "z".repeat(19_000);
+    const burst = (from: number) =>
+      Promise.all(
+        Array.from({ length: 50 }, (_, i) =>
+          chat.send(null, "room:busy", { body: `${from + i} ${body}` })),
+      );
+    // 9.5 MB of history: its release waits for a reader that never reads.
+    for (let i = 0; i < 500; i += 50) await burst(i);
+    const token = await server.token(user(1));
+    const peer = await silentPeer(server.port, `/ws/rooms/busy/?token=${token}`);
+    try {
+      await eventually(() => hub.members("room:busy").size === 1, 5000, "the reader in the room");
+      let sent = 0;
+      for (let i = 0; i < 100 && hub.members("room:busy").size > 0; i++) {
+        await new Promise((r) => setTimeout(r, i === 0 ? 200 : 0));
+        await burst(500 + sent);
+        sent += 50;
+      }
+      // Live frames waiting behind the release count against the bound (1 MiB): closed within
+      // a few hundred kilobytes past it, not kept in memory as the room goes on.
+      assertEquals(hub.members("room:busy").size, 0, `still in after ${sent} live messages`);
+      assertEquals(sent > 0 && sent <= 150, true, `closed after ${sent} live messages of 19 kB`);
+    } finally {
+      peer.close();
     }
   } finally {
     await server.close();

@@ -149,6 +149,8 @@ class SessionMember implements Member {
   #dialect: SingleRoomDialect;
   /** Frames held back until the dialect's snapshot is out; undefined when not holding. */
   #held?: string[];
+  /** Characters of the frames held while the release writes (bounded like unsent bytes). */
+  #queued = -1;
 
   constructor(session: RoomSession, dialect: SingleRoomDialect) {
     this.user = session.user;
@@ -168,10 +170,16 @@ class SessionMember implements Member {
   async release(): Promise<void> {
     const conn = this.#session.conn;
     const held = this.#held ?? [];
-    for (let i = 0; i < held.length; i++) {
+    // The snapshot's frames are paced; those that come meanwhile count against the socket's
+    // slow-consumer bound as they wait, so a reader slower than the room is closed, not fed
+    // into memory without end.
+    const paced = held.length;
+    this.#queued = 0;
+    for (let i = 0; i < paced; i++) {
       if (conn.writable() <= 0 && !(await conn.drained())) break;
       conn.send(held[i]);
     }
+    for (let i = paced; i < held.length; i++) conn.send(held[i]);
     this.#held = undefined;
   }
 
@@ -184,8 +192,11 @@ class SessionMember implements Member {
   }
 
   send(frame: string): void {
-    if (this.#held) this.#held.push(frame);
-    else this.#session.conn.send(frame);
+    if (!this.#held) return this.#session.conn.send(frame);
+    this.#held.push(frame);
+    if (this.#queued < 0) return;
+    this.#queued += frame.length;
+    this.#session.conn.checkBuffer(this.#queued);
   }
 
   evict(event: RoomEvent & { type: "closed" | "revoked" }): void {

@@ -413,9 +413,14 @@ export class Connection implements FrameHolder {
     return false;
   }
 
-  /** Closes the socket as a slow consumer if it holds more unsent bytes than allowed; true then. */
-  checkBuffer(): boolean {
-    if (this.#done || this.#socket.bufferedAmount <= this.#options.maxBufferedBytes) return false;
+  /**
+   * Closes the socket as a slow consumer if it holds more unsent bytes than allowed, with `held`
+   * more waiting to be written (frames queued behind a paced replay); true then.
+   */
+  checkBuffer(held = 0): boolean {
+    if (this.#done || this.#socket.bufferedAmount + held <= this.#options.maxBufferedBytes) {
+      return false;
+    }
     this.close(CLOSE.slowConsumer, "Slow consumer");
     return true;
   }
