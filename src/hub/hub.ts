@@ -453,6 +453,11 @@ export class Hub {
     const paced = pacer?.writable && pacer.drained ? (pacer as Pacer) : undefined;
     let head = 0;
     let after = options.since;
+    // Once a replay has waited for its socket, pages are sized to what the socket takes: a full
+    // page read for the megabyte it can take would be read again, in part, after every wait.
+    let limit = PAGE;
+    let chars = 0;
+    let frames = 0;
     try {
       for (let first = true;; first = false) {
         // A replay that fills the socket goes on in a later task once it drained: the room's
@@ -473,11 +478,16 @@ export class Hub {
               if (upTo > state.last) await this.#fillTo(state, room, upTo);
             }
           }
+          if (!first && frames > 0) {
+            limit = Math.max(1, Math.min(PAGE, Math.ceil(paced!.writable() / (chars / frames))));
+          }
           while (after !== undefined && after < state.last && !options.stopped?.()) {
+            // Full already: no page is read that would be dropped.
+            if (paced && paced.writable() <= 0) return true;
             const page = await this.#store.list(room, {
               after,
               before: state.last + 1,
-              limit: PAGE,
+              limit,
             });
             // Checked on what is read, not on an earlier look at the tail: retention may move it.
             const next = gapBefore(page, after, state.last);
@@ -488,6 +498,8 @@ export class Hub {
               const frame = member.render({ type: "message", room, message: m });
               if (frame !== undefined && member.wants({ type: "message", room, message: m })) {
                 member.send(frame);
+                chars += frame.length;
+                frames++;
               }
               after = m.seq;
             }
