@@ -493,6 +493,8 @@ export class ChatClient {
   /** The server's heartbeat period from `welcome`, ms. */
   #serverHeartbeatMs?: number;
   #deadline?: ReturnType<typeof setTimeout>;
+  /** When the current socket last brought a frame (Date.now()). */
+  #heardAt = 0;
   /** Characters written to the current socket, to tell a slow upload from a dead connection. */
   #written = 0;
   /**
@@ -977,11 +979,13 @@ export class ChatClient {
     }
     this.#socket = socket;
     this.#written = 0;
+    this.#heardAt = 0;
     this.#graceUntil = 0;
     this.#graceRef = undefined;
     this.#armDeadline(socket);
     socket.onmessage = (e) => {
       if (this.#socket !== socket) return;
+      this.#heardAt = Date.now();
       let frame: Frame;
       try {
         frame = JSON.parse(typeof e.data === "string" ? e.data : "");
@@ -1053,7 +1057,9 @@ export class ChatClient {
       if (this.#socket !== socket) return;
       const buffered = socket.bufferedAmount;
       const draining = buffered > 0 && buffered < outstanding + this.#written;
-      if (draining || Date.now() < this.#graceUntil) {
+      // Frames still arriving (a long replay, which the pong waits behind) say it is alive too.
+      const hearing = Date.now() - this.#heardAt < timeout;
+      if (draining || hearing || Date.now() < this.#graceUntil) {
         this.#armDeadline(socket);
         return;
       }

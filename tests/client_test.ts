@@ -1604,3 +1604,20 @@ Deno.test("client: a request waiting for the rate's next frame is not held until
     c.client.close();
   }
 });
+
+Deno.test("client: frames still arriving keep a connection whose pong is late (behind a long replay) open; silence still ends it", async () => {
+  const { c, socket } = await scripted({ heartbeatMs: 100, timeoutMs: 300 });
+  try {
+    // No pong comes, but the replay's messages do, for well past the timeout.
+    for (let seq = 1; seq <= 12; seq++) {
+      socket.push({ type: "message", room: "room:x", seq, body: `m${seq}`, sender: USER });
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assertEquals(c.states.filter((s) => s.state === "reconnecting"), []);
+    assertEquals(FakeSocket.instances.length, 1);
+    // Nothing at all, past the timeout: dead.
+    await eventually(() => FakeSocket.instances.length === 2, 3000, "a reconnect after silence");
+  } finally {
+    c.client.close();
+  }
+});

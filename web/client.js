@@ -96,6 +96,8 @@ var ChatClient = class {
   /** The server's heartbeat period from `welcome`, ms. */
   #serverHeartbeatMs;
   #deadline;
+  /** When the current socket last brought a frame (Date.now()). */
+  #heardAt = 0;
   /** Characters written to the current socket, to tell a slow upload from a dead connection. */
   #written = 0;
   /**
@@ -554,11 +556,13 @@ var ChatClient = class {
     }
     this.#socket = socket;
     this.#written = 0;
+    this.#heardAt = 0;
     this.#graceUntil = 0;
     this.#graceRef = void 0;
     this.#armDeadline(socket);
     socket.onmessage = (e) => {
       if (this.#socket !== socket) return;
+      this.#heardAt = Date.now();
       let frame;
       try {
         frame = JSON.parse(typeof e.data === "string" ? e.data : "");
@@ -635,7 +639,8 @@ var ChatClient = class {
       if (this.#socket !== socket) return;
       const buffered = socket.bufferedAmount;
       const draining = buffered > 0 && buffered < outstanding + this.#written;
-      if (draining || Date.now() < this.#graceUntil) {
+      const hearing = Date.now() - this.#heardAt < timeout;
+      if (draining || hearing || Date.now() < this.#graceUntil) {
         this.#armDeadline(socket);
         return;
       }
