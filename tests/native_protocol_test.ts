@@ -1133,6 +1133,7 @@ Deno.test("native: welcome tells what one send may carry, by the server's MAX_FI
       max_file_bytes: 1000,
       max_frame_chars: 66944,
       frames_per_second: 25,
+      user_frames_per_second: 50,
     }]);
     assertEquals(welcome.heartbeat_ms, 7000);
     // The frame limit told is the one kept: one character more is refused.

@@ -752,6 +752,8 @@ class NativeSession implements SocketHandler {
         // So that a client with much to send (rejoins, sends queued offline) paces it rather
         // than being refused and, going on, closed (4029).
         frames_per_second: config.rateLimitPerSecond,
+        // Shared by all of the user's sockets on this server (isolate).
+        user_frames_per_second: config.rateLimitUserPerSecond,
       },
       // A client that sends something (a ping) more often than every half of this is never
       // pinged by the runtime: fewer frames, and no reliance on Deno's heartbeat.
