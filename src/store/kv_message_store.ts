@@ -247,6 +247,11 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   #pending: PendingAppend[] = [];
   /** The last head entry this store read or wrote, per room, with the room's generation then. */
   #heads = new Map<string, HeldHead>();
+  /**
+   * The time of each room's head message as this store last knew it, kept past a failed commit
+   * (which drops `#heads`), so that a retry reads the head message only of rooms that moved.
+   */
+  #lastAts = new Map<string, { seq: number; at: number }>();
   /** Generations read for sends, per room, with when the read started (performance.now()). */
   #generations = new Map<string, { value: number; at: number }>();
   #generationReads = new FreshReads<number>();
@@ -606,9 +611,18 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       }
       // The head messages of rooms read afresh, in the same round trip: a message's time follows
       // the one before it (writers' clocks differ), which the head check keeps true at commit.
+      // A head message whose time this store knows (its own, or read before) is not read again:
+      // a retry after another writer's commit reads only the rooms that moved.
       const lastSeqs = unknown.map((_, i) => (readHeads[2 * i].value as number | null) ?? 0);
+      const knownAt = unknown.map((r, i) =>
+        lastSeqs[i] === 0
+          ? 0
+          : this.#lastAts.get(r)?.seq === lastSeqs[i]
+          ? this.#lastAts.get(r)!.at
+          : undefined
+      );
       const lastKeys = unknown.flatMap((r, i) =>
-        lastSeqs[i] > 0 ? [KV_KEYS.message(r, lastSeqs[i])] : []
+        knownAt[i] === undefined ? [KV_KEYS.message(r, lastSeqs[i])] : []
       );
       const read = await getManyChunked<unknown>(this.#kv, [
         ...lastKeys,
@@ -620,7 +634,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       const fresh = new Map(unknown.map((r, i): [string, HeldHead] => [r, {
         entry: readHeads[2 * i] as Deno.KvEntryMaybe<number>,
         generation: generationOf(readHeads[2 * i + 1]),
-        lastAt: lastSeqs[i] > 0 ? timeOf(lastMessages[nextLast++].value) : 0,
+        lastAt: knownAt[i] ?? timeOf(lastMessages[nextLast++].value),
       }]));
       const held = rooms.map((r) => fresh.get(r) ?? this.#heads.get(r)!);
       const headEntries = held.map((h) => h.entry);
@@ -730,8 +744,10 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
         continue;
       }
       if (this.#heads.size > 10_000) this.#heads.clear();
+      if (this.#lastAts.size > 10_000) this.#lastAts.clear();
       headEntries.forEach((entry, i) => {
         const room = rooms[i];
+        this.#lastAts.set(room, { seq: heads.get(room)!, at: lastAts.get(room)! });
         const grown = heads.get(room)! !== startHeads.get(room)!;
         this.#heads.set(room, {
           entry: grown && "versionstamp" in res

@@ -1071,3 +1071,29 @@ Deno.test("KvMessageStore: each message of a room is created later than the one 
     kv.close();
   }
 });
+
+Deno.test("KvMessageStore: a commit retried after another writer's reads the head message only of the rooms that moved", async () => {
+  const kv = await Deno.openKv(":memory:");
+  let messageReads = 0;
+  const counted = kvWith(kv, "getMany", (getMany) =>
+    ((keys: Deno.KvKey[], options) => {
+      messageReads += keys.filter((k) => k[0] === "msg").length;
+      return getMany(keys, options);
+    }) as Deno.Kv["getMany"]);
+  const a = new KvMessageStore(counted);
+  const b = new KvMessageStore(kv);
+  const rooms = Array.from({ length: 10 }, (_, i) => `r${i}`);
+  try {
+    await Promise.all(rooms.map((r) => a.append(r, draft("first"))));
+    // Another writer moves one room: a's next commit over all ten fails its check, and retries.
+    await b.append("r0", draft("other"));
+    messageReads = 0;
+    const results = await Promise.all(rooms.map((r) => a.append(r, draft("second"))));
+    assertEquals(results.map((r) => r.message.seq), [3, ...rooms.slice(1).map(() => 2)]);
+    assertEquals(messageReads, 1);
+  } finally {
+    await a.close();
+    await b.close();
+    kv.close();
+  }
+});
