@@ -398,6 +398,8 @@ const DEFAULTS = {
   framesPerSecond: 20,
 };
 
+/** How many timeouts frames still arriving may stand for a missing pong (see `#armDeadline`). */
+const MAX_HEARD_TIMEOUTS = 6;
 /** Rooms one join frame may name (the server's most per socket). */
 const MAX_ROOMS_PER_JOIN = 100;
 /** The share of the server's rate that waiting frames take: pings, typing and reads need some. */
@@ -534,8 +536,11 @@ export class ChatClient {
     } catch {
       // Said below.
     }
-    // `localhost:8000/ws` parses, as the scheme `localhost:`: a socket would never open.
-    if (!url || !/^(wss?|https?):$/.test(url.protocol) || url.host === "") {
+    // `localhost:8000/ws` parses, as the scheme `localhost:`, and WebSockets refuse a fragment:
+    // a socket would never open.
+    if (
+      !url || !/^(wss?|https?):$/.test(url.protocol) || url.host === "" || url.href.includes("#")
+    ) {
       throw new TypeError(`ChatClient: "${options.url}" is not a URL the client can connect to`);
     }
     this.#url = url.toString();
@@ -1047,7 +1052,7 @@ export class ChatClient {
     this.#open();
   }
 
-  #armDeadline(socket: WebSocket): void {
+  #armDeadline(socket: WebSocket, since = Date.now()): void {
     clearTimeout(this.#deadline);
     const timeout = this.#options.timeoutMs ?? DEFAULTS.timeoutMs;
     // What would be left unsent now if nothing drained from here on: below it at the deadline,
@@ -1057,10 +1062,14 @@ export class ChatClient {
       if (this.#socket !== socket) return;
       const buffered = socket.bufferedAmount;
       const draining = buffered > 0 && buffered < outstanding + this.#written;
-      // Frames still arriving (a long replay, which the pong waits behind) say it is alive too.
-      const hearing = Date.now() - this.#heardAt < timeout;
-      if (draining || hearing || Date.now() < this.#graceUntil) {
-        this.#armDeadline(socket);
+      // Frames still arriving while a join is answered (its replay, which the pong waits
+      // behind) say it is alive too, for a while: they say nothing of the uplink otherwise.
+      const hearing = this.#joinRefs.size > 0 && Date.now() - this.#heardAt < timeout &&
+        Date.now() - since < MAX_HEARD_TIMEOUTS * timeout;
+      const graced = Date.now() < this.#graceUntil;
+      if (draining || hearing || graced) {
+        // Only hearing keeps its first time: frames alone stand for a pong a while, no longer.
+        this.#armDeadline(socket, draining || graced ? undefined : since);
         return;
       }
       // No welcome or pong in time: the connection is dead even if the socket does not know it.

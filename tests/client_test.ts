@@ -1603,21 +1603,55 @@ Deno.test("client: a request waiting for the rate's next frame is not held until
   } finally {
     c.client.close();
   }
+  // Room traffic alone, no join answered: it says nothing of the uplink.
+  const other = await scripted({ heartbeatMs: 100, timeoutMs: 300 });
+  try {
+    for (let seq = 1; seq <= 10 && FakeSocket.instances.length === 1; seq++) {
+      other.socket.push({ type: "message", room: "room:x", seq, body: `m${seq}`, sender: USER });
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assertEquals(FakeSocket.instances.length, 2, "a dead uplink went unnoticed");
+  } finally {
+    other.c.client.close();
+  }
 });
 
-Deno.test("client: frames still arriving keep a connection whose pong is late (behind a long replay) open; silence still ends it", async () => {
+Deno.test("client: frames still arriving while a join is answered keep a connection whose pong is late (behind its replay) open; silence still ends it, and so do frames alone when no reply is due", async () => {
   const { c, socket } = await scripted({ heartbeatMs: 100, timeoutMs: 300 });
   try {
-    // No pong comes, but the replay's messages do, for well past the timeout.
+    // A join whose replay is long: no pong comes (it waits behind), but the messages do.
+    const joining = c.client.join("room:y", { since: 0 }).catch(() => {});
+    await socket.take("join");
     for (let seq = 1; seq <= 12; seq++) {
-      socket.push({ type: "message", room: "room:x", seq, body: `m${seq}`, sender: USER });
+      socket.push({ type: "message", room: "room:y", seq, body: `m${seq}`, sender: USER });
       await new Promise((r) => setTimeout(r, 100));
     }
     assertEquals(c.states.filter((s) => s.state === "reconnecting"), []);
     assertEquals(FakeSocket.instances.length, 1);
     // Nothing at all, past the timeout: dead.
     await eventually(() => FakeSocket.instances.length === 2, 3000, "a reconnect after silence");
+    c.client.close();
+    await joining;
   } finally {
     c.client.close();
   }
+  // Room traffic alone, no join answered: it says nothing of the uplink.
+  const other = await scripted({ heartbeatMs: 100, timeoutMs: 300 });
+  try {
+    for (let seq = 1; seq <= 10 && FakeSocket.instances.length === 1; seq++) {
+      other.socket.push({ type: "message", room: "room:x", seq, body: `m${seq}`, sender: USER });
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assertEquals(FakeSocket.instances.length, 2, "a dead uplink went unnoticed");
+  } finally {
+    other.c.client.close();
+  }
+});
+
+Deno.test("client: a url with a fragment, which WebSockets refuse, is refused by the constructor", () => {
+  const err = assertThrows(
+    () => new ChatClient({ url: "ws://chat.example/ws#chat", token: "t" }),
+    TypeError,
+  );
+  assert(err.message.includes("is not a URL the client can connect to"), err.message);
 });

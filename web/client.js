@@ -58,6 +58,7 @@ var DEFAULTS = {
   // The server's RATE_LIMIT_PER_SECOND by default, for servers whose welcome does not say it.
   framesPerSecond: 20
 };
+var MAX_HEARD_TIMEOUTS = 6;
 var MAX_ROOMS_PER_JOIN = 100;
 var RATE_SHARE = 0.8;
 var UNAUTHORIZED = 4001;
@@ -133,7 +134,7 @@ var ChatClient = class {
       url = new URL(options.url, base);
     } catch {
     }
-    if (!url || !/^(wss?|https?):$/.test(url.protocol) || url.host === "") {
+    if (!url || !/^(wss?|https?):$/.test(url.protocol) || url.host === "" || url.href.includes("#")) {
       throw new TypeError(`ChatClient: "${options.url}" is not a URL the client can connect to`);
     }
     this.#url = url.toString();
@@ -631,7 +632,7 @@ var ChatClient = class {
     if (this.#socket) return;
     this.#open();
   }
-  #armDeadline(socket) {
+  #armDeadline(socket, since = Date.now()) {
     clearTimeout(this.#deadline);
     const timeout = this.#options.timeoutMs ?? DEFAULTS.timeoutMs;
     const outstanding = socket.bufferedAmount - this.#written;
@@ -639,9 +640,10 @@ var ChatClient = class {
       if (this.#socket !== socket) return;
       const buffered = socket.bufferedAmount;
       const draining = buffered > 0 && buffered < outstanding + this.#written;
-      const hearing = Date.now() - this.#heardAt < timeout;
-      if (draining || hearing || Date.now() < this.#graceUntil) {
-        this.#armDeadline(socket);
+      const hearing = this.#joinRefs.size > 0 && Date.now() - this.#heardAt < timeout && Date.now() - since < MAX_HEARD_TIMEOUTS * timeout;
+      const graced = Date.now() < this.#graceUntil;
+      if (draining || hearing || graced) {
+        this.#armDeadline(socket, draining || graced ? void 0 : since);
         return;
       }
       this.#socket = null;
