@@ -44,8 +44,9 @@ const httpUrl = (example: string, check: (url: URL) => string | undefined) =>
     } catch {
       // Reported below.
     }
-    // Quoted without what may sit before an `@`: a password must not reach the log.
-    const shown = v.replace(/^([^/?#]*\/\/)[^/?#]*@/, "$1…@");
+    // Quoted without anything up to its last `@` but the scheme: a password (which may hold
+    // `/`, `?` or `#`, and may come without a scheme) must not reach the log.
+    const shown = v.replace(/^([a-z][a-z0-9+.-]*:\/\/)?.*@/i, "$1…@");
     const problem = !parsed || !/^https?:$/.test(parsed.protocol) || parsed.host === ""
       ? `expected an http(s) URL like ${example}, got "${shown}"`
       : check(parsed);
@@ -86,7 +87,10 @@ const EnvSchema = z.object({
   JWT_JWKS_URL: httpUrl(
     "https://idp.example.com/.well-known/jwks.json",
     (u) =>
-      u.protocol !== "https:" && !LOOPBACK.has(u.hostname)
+      u.username !== "" || u.password !== ""
+        // The key set is public; a password in it would be logged with every outage.
+        ? "expected no user name or password in it"
+        : u.protocol !== "https:" && !LOOPBACK.has(u.hostname)
         ? `expected https (http only for localhost), got "${u.protocol}//${u.host}"`
         : undefined,
   ),

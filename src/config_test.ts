@@ -80,6 +80,15 @@ Deno.test("loadConfig() takes PUBLIC_URL as an http(s) base URL only, and JWT_JW
       "ftp://svc:secret@chat.example",
       'expected an http(s) URL like https://chat.example.com, got "ftp://…@chat.example"',
     ],
+    // A password holding `#` (which new URL cannot read past), or no scheme at all.
+    [
+      "https://svc:p#ss-secret@chat.example",
+      'expected an http(s) URL like https://chat.example.com, got "https://…@chat.example"',
+    ],
+    [
+      "svc:secret@chat.example",
+      'expected an http(s) URL like https://chat.example.com, got "…@chat.example"',
+    ],
   ];
   for (const [value, message] of badBases) {
     const err = await assertRejects(() => loadConfig({ PUBLIC_URL: value }));
@@ -107,6 +116,7 @@ Deno.test("loadConfig() takes PUBLIC_URL as an http(s) base URL only, and JWT_JW
         "expected an http(s) URL like https://idp.example.com/.well-known/jwks.json",
       ],
       ["file:///etc/jwks.json", "expected an http(s) URL like"],
+      ["https://svc:secret@idp.example/jwks", "expected no user name or password in it"],
       [
         "ftp://svc:secret@idp.example/jwks",
         'expected an http(s) URL like https://idp.example.com/.well-known/jwks.json, got "ftp://…@idp.example/jwks"',

@@ -247,6 +247,15 @@ Deno.test("createVerifier() with a JWKS and a cache file checks tokens with the 
     // Restarted during the outage.
     const after = await createVerifier({ jwksUrl, keySetCachePath });
     assertEquals((await after.verify(token)).sub, "1");
+    // Kept keys "fetched" in the future (a clock that was ahead) are not trusted.
+    const kept = JSON.parse(await Deno.readTextFile(keySetCachePath));
+    await Deno.writeTextFile(
+      keySetCachePath,
+      JSON.stringify({ ...kept, at: Date.now() + 365 * 86_400_000 }),
+    );
+    const ahead = await createVerifier({ jwksUrl, keySetCachePath });
+    const refused = await assertRejects(() => ahead.verify(token));
+    assert(refused instanceof KeySetUnavailable, `${refused.name}: ${refused.message}`);
     // The kept keys are another URL's: not used for this one.
     const other = await createVerifier({ jwksUrl: `${jwksUrl}?v=2`, keySetCachePath });
     const err = await assertRejects(() => other.verify(token));

@@ -271,8 +271,12 @@ async function readKeySetCache(
   if (!path) return {};
   try {
     const kept = JSON.parse(await Deno.readTextFile(path));
-    // Another URL's keys (the setting changed) must not check this one's tokens.
-    if (kept?.url !== url || typeof kept.at !== "number" || !Array.isArray(kept.body?.keys)) {
+    // Another URL's keys (the setting changed) must not check this one's tokens; nor may keys
+    // "fetched" in the future (a clock that was ahead) be kept past a day from now.
+    if (
+      kept?.url !== url || typeof kept.at !== "number" || kept.at > Date.now() + 60_000 ||
+      !Array.isArray(kept.body?.keys)
+    ) {
       return { path };
     }
     return { path, last: { body: kept.body, at: kept.at }, writtenAt: kept.at };
