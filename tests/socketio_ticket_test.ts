@@ -1582,3 +1582,62 @@ Deno.test("socket.io ticket chat: get_messages for six tickets of long CJK messa
     assert(pages.every((p) => p.messages.length > 0), "a ticket loaded no messages");
   });
 });
+
+Deno.test("socket.io ticket chat: a get_messages waiting for its reader is read when its turn comes (so it holds what was sent meanwhile), and only so many wait", async () => {
+  const server = await startTestServer({
+    SOCKETIO_PING_INTERVAL_MS: "25000",
+    SOCKETIO_PING_TIMEOUT_MS: "20000",
+  });
+  try {
+    const chat = server.app.context.chat;
+    // Ticket 6: about 1 MB of history, one page; ticket 7: one short message.
+    await Promise.all(
+      Array.from({ length: 50 }, () => chat.send(null, "ticket:6", { body: "y".repeat(20_000) })),
+    );
+    await chat.send(null, "ticket:7", { body: "first" });
+    const token = await server.token({ sub: "9", rooms: ["ticket:*"] });
+    const base = `${server.url}/socket.io/?EIO=4&transport=polling`;
+    const sid = JSON.parse((await (await fetch(`${base}&token=${token}`)).text()).slice(1)).sid;
+    const post = async (body: string) => {
+      const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body });
+      await res.body?.cancel();
+      return res.status;
+    };
+    const events: [string, Record<string, unknown>][] = [];
+    const poll = async () => {
+      const text = await (await fetch(`${base}&sid=${sid}`)).text();
+      for (const p of text.split("\x1e")) {
+        if (p.startsWith("42")) events.push(JSON.parse(p.slice(2)));
+      }
+    };
+    assertEquals(await post("40"), 200);
+    await poll();
+    assertEquals(await post('42["join_ticket",{"ticketId":"7"}]'), 200);
+    await poll();
+    events.length = 0;
+    // Ticket 6's answer (with an ack, so twice) is not fetched yet: ticket 7's waits for it,
+    // and so do twenty more.
+    assertEquals(await post('421["get_messages",{"ticketId":"6"}]'), 200);
+    assertEquals(await post('42["get_messages",{"ticketId":"7"}]'), 200);
+    for (let i = 0; i < 20; i++) await post('42["get_messages",{"ticketId":"7"}]');
+    await new Promise((r) => setTimeout(r, 200));
+    await chat.send(null, "ticket:7", { body: "late" });
+    for (let i = 0; i < 40 && events.filter((e) => e[0] === "messages_loaded").length < 2; i++) {
+      await poll();
+    }
+    const refused = events.filter(([name]) => name === "messages_error");
+    assertEquals(refused.length >= 4, true, `${refused.length} refused`);
+    assertEquals(refused[0][1], { message: "Too many messages: slow down" });
+    const late = events.findIndex(([name, d]) =>
+      name === "new_message" && (d.data as { message: string }).message === "late"
+    );
+    const loaded = events.find(([name, d]) => name === "messages_loaded" && d.ticketId === "7")!;
+    assertEquals(late >= 0, true, "new_message(late)");
+    assertEquals(
+      (loaded[1].messages as { message: string }[]).map((m) => m.message),
+      ["first", "late"],
+    );
+  } finally {
+    await server.close();
+  }
+});

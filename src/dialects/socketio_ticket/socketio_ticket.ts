@@ -64,16 +64,20 @@ const HISTORY_MAX_BYTES = 1024 * 1024;
 /** How long a `get_messages` answer waits for the reader to take the one before it, ms. */
 const PAGE_WAIT_MS = 30_000;
 
+/** `get_messages` a socket may have waiting for their turn; past it, one is refused. */
+const MAX_PAGES_WAITING = 16;
+
 /**
- * Resolves once the session holds under `bytes` unsent (or closed, or after
- * {@link PAGE_WAIT_MS}, when the transport's own bound decides); the amount is polled.
+ * Resolves to true once the session holds under `bytes` unsent, to false when it closed first or
+ * has not got there within {@link PAGE_WAIT_MS} (a slow consumer); the amount is polled.
  */
-async function unsentBelow(conn: EngineSocket, bytes: number): Promise<void> {
+async function unsentBelow(conn: EngineSocket, bytes: number): Promise<boolean> {
   const deadline = performance.now() + PAGE_WAIT_MS;
   for (let wait = 1; conn.unsent() > bytes; wait = Math.min(2 * wait, 50)) {
-    if (conn.readyState !== "open" || performance.now() > deadline) return;
+    if (conn.readyState !== "open" || performance.now() > deadline) return false;
     await new Promise((r) => setTimeout(r, wait));
   }
+  return conn.readyState === "open";
 }
 
 /** Typing events: dropped when over the rate limit, since a lost one is harmless. */
@@ -119,6 +123,8 @@ interface SocketState {
   sendsDone?: Promise<void>;
   /** Settles once the `get_messages` answers asked for so far are written (one at a time). */
   pagesDone?: Promise<void>;
+  /** `get_messages` asked for and not yet answered (see {@link MAX_PAGES_WAITING}). */
+  pagesWaiting: number;
   /** The `authenticate` being handled: events after it wait for it, as they were sent after it. */
   authenticating?: Promise<void>;
   /** Events sent before any `authenticate` wait for one (see `PRE_AUTH_WAIT_MS`) on this. */
@@ -636,6 +642,7 @@ export function createSocketIoTicketChat(
       tickets: new Set(),
       queuedBytes: 0,
       handling: new Set(),
+      pagesWaiting: 0,
     };
     socket.data = data;
     if (found.token) {
@@ -812,35 +819,45 @@ export function createSocketIoTicketChat(
       } else if (typeof record.before === "string" && !Number.isNaN(Date.parse(record.before))) {
         beforeTime = new Date(record.before).toISOString();
       }
-      if (beforeTime !== undefined) before = await ctx.chat.seqBefore(room, beforeTime);
-      await sends;
-      const page = await ctx.chat.historyPage(room, { before, limit });
-      // Messages of up to 20,000 characters: the newest that fit in about 1 MiB, so that one
-      // answer, written twice at once (event and ack), stays within half of SLOW_CONSUMER_BYTES
-      // and a reader on loopback is not closed as slow before a byte of it went out. Counted
-      // in the UTF-8 of their JSON, as the socket counts them: CJK text is 3 bytes a character.
-      const budget = Math.min(HISTORY_MAX_BYTES, ctx.config.slowConsumerBytes / 4);
-      const messages: ReturnType<typeof socketIoMessage>[] = [];
-      let first = page.messages.length;
-      for (let bytes = 0; first > 0; first--) {
-        const rendered = socketIoMessage(page.messages[first - 1], id, s.baseUrl);
-        bytes += utf8Length(JSON.stringify(rendered));
-        if (bytes > budget && messages.length > 0) break;
-        messages.push(rendered);
-      }
-      messages.reverse();
-      const hasMore = page.hasMore || first > 0;
-      // One answer after another, each once the reader has taken most of the one before: a
-      // client loading several tickets at once would otherwise pass the bound with them.
+      // One answer after another, each read and written once the reader has taken most of the
+      // one before: a client loading several tickets at once would otherwise pass the bound
+      // with them. Read after the wait, a page holds what was sent meanwhile; and only so many
+      // wait, each holding nothing but its request.
+      if (s.pagesWaiting >= MAX_PAGES_WAITING) throw rateLimited();
+      s.pagesWaiting++;
       const previous = s.pagesDone;
       const { promise: written, resolve } = Promise.withResolvers<void>();
       s.pagesDone = written;
       try {
         await previous;
-        await unsentBelow(socket.conn, ctx.config.slowConsumerBytes / 4);
+        if (!(await unsentBelow(socket.conn, ctx.config.slowConsumerBytes / 4))) {
+          // Not read for that long: a slow consumer, closed as the transport closes one.
+          socket.conn.close();
+          return;
+        }
+        if (beforeTime !== undefined) before = await ctx.chat.seqBefore(room, beforeTime);
+        await sends;
+        const page = await ctx.chat.historyPage(room, { before, limit });
+        // Messages of up to 20,000 characters: the newest that fit in about 1 MiB, so that one
+        // answer, written twice at once (event and ack), stays within half of
+        // SLOW_CONSUMER_BYTES and a reader on loopback is not closed as slow before a byte of it
+        // went out. Counted in the UTF-8 of their JSON, as the socket counts them: CJK text is
+        // 3 bytes a character.
+        const budget = Math.min(HISTORY_MAX_BYTES, ctx.config.slowConsumerBytes / 4);
+        const messages: ReturnType<typeof socketIoMessage>[] = [];
+        let first = page.messages.length;
+        for (let bytes = 0; first > 0; first--) {
+          const rendered = socketIoMessage(page.messages[first - 1], id, s.baseUrl);
+          bytes += utf8Length(JSON.stringify(rendered));
+          if (bytes > budget && messages.length > 0) break;
+          messages.push(rendered);
+        }
+        messages.reverse();
+        const hasMore = page.hasMore || first > 0;
         socket.emit("messages_loaded", { messages, ticketId: id, hasMore });
         ack?.({ messages, hasMore });
       } finally {
+        s.pagesWaiting--;
         resolve();
         if (s.pagesDone === written) s.pagesDone = undefined;
       }
