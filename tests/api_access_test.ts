@@ -769,3 +769,48 @@ for (const backend of BACKENDS) {
     },
   });
 }
+
+apiTest(
+  "a Socket.IO get_messages that waits its turn behind an unread page is asked again before it is read: a participant removed meanwhile is refused, not sent what came after",
+  async (s) => {
+    const chat = s.app.context.chat;
+    // Ticket 6 (open by the token's claim): about 1 MB, one page.
+    await Promise.all(
+      Array.from({ length: 50 }, () => chat.send(null, "ticket:6", { body: "y".repeat(20_000) })),
+    );
+    assertEquals(
+      (await s.api("PUT", "/api/rooms/ticket/7", { json: { participants: [{ user_id: "9" }] } }))
+        .status,
+      201,
+    );
+    await chat.send(null, "ticket:7", { body: "before" });
+    const token = await s.token({ sub: "9", rooms: ["ticket:6"] });
+    const base = `${s.url}/socket.io/?EIO=4&transport=polling`;
+    const sid = JSON.parse((await (await fetch(`${base}&token=${token}`)).text()).slice(1)).sid;
+    const post = async (body: string) => {
+      const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body });
+      await res.body?.cancel();
+    };
+    const events: [string, Record<string, unknown>][] = [];
+    const poll = async () => {
+      const text = await (await fetch(`${base}&sid=${sid}`)).text();
+      for (const p of text.split("\x1e")) {
+        if (p.startsWith("42")) events.push(JSON.parse(p.slice(2)));
+      }
+    };
+    await post("40");
+    await poll();
+    events.length = 0;
+    // Ticket 6's page (with an ack, so twice) is not fetched: ticket 7's waits behind it.
+    await post('421["get_messages",{"ticketId":"6"}]');
+    await post('42["get_messages",{"ticketId":"7"}]');
+    await new Promise((r) => setTimeout(r, 300));
+    assertEquals((await s.api("DELETE", "/api/rooms/ticket/7/participants/9")).status, 204);
+    await chat.send(null, "ticket:7", { body: "said after the removal" });
+    for (let i = 0; i < 40 && !events.some(([n]) => n === "messages_error"); i++) await poll();
+    assertEquals(JSON.stringify(events).includes("said after the removal"), false);
+    assertEquals(events.find(([n]) => n === "messages_error")?.[1], {
+      message: "Access denied to this ticket",
+    });
+  },
+);

@@ -801,7 +801,7 @@ export function createSocketIoTicketChat(
       // After the sends this socket made before asking, as the native protocol answers: a
       // client that sends and then loads the ticket sees its message.
       const sends = s.sendsDone;
-      const { room, id } = await authorize(socket, payload);
+      const { user, room, id } = await authorize(socket, payload);
       const record = payload as Record<string, unknown>;
       // The document's clients load a ticket's messages with no paging, so the default is a
       // ticket's whole history as far as one event sensibly carries it; `hasMore` tells the rest.
@@ -834,6 +834,14 @@ export function createSocketIoTicketChat(
           // Not read for that long: a slow consumer, closed as the transport closes one.
           socket.conn.close();
           return;
+        }
+        // Asked again, past any cache: the wait may have outlasted the access (a removal, the
+        // ticket's deletion, another sign-in on this socket), and the page is read only now.
+        if (
+          state(socket).user !== user || !(await ctx.chat.canAccess(user, room, { fresh: true }))
+        ) {
+          if (await ctx.chat.deleting(room)) throw roomDeleted();
+          throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
         }
         if (beforeTime !== undefined) before = await ctx.chat.seqBefore(room, beforeTime);
         await sends;
