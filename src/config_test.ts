@@ -72,22 +72,31 @@ Deno.test("loadConfig() takes PUBLIC_URL as an http(s) base URL only, and JWT_JW
     ],
     ["https://chat.example/?v=1", 'expected no query or fragment, got "https://chat.example/?v=1"'],
     ["https://chat.example/#top", 'expected no query or fragment, got "https://chat.example/#top"'],
-    ["https://user:secret@chat.example", "expected no user name or password in it"],
+    [
+      "https://user:secret@chat.example",
+      'expected no user name or password in it, got "https://…@chat.example"',
+    ],
     // Empty, yet kept: every file URL would have been `https://chat.example/?/media/...`.
     ["https://chat.example/?", 'expected no query or fragment, got "https://chat.example/?"'],
     ["https://chat.example/#", 'expected no query or fragment, got "https://chat.example/#"'],
     [
       "ftp://svc:secret@chat.example",
-      'expected an http(s) URL like https://chat.example.com, got "ftp://…@chat.example"',
+      'expected no user name or password in it, got "ftp://…@chat.example"',
     ],
     // A password holding `#` (which new URL cannot read past), or no scheme at all.
     [
       "https://svc:p#ss-secret@chat.example",
-      'expected an http(s) URL like https://chat.example.com, got "https://…@chat.example"',
+      'expected no user name or password in it, got "https://…@chat.example"',
+    ],
+    ["svc:secret@chat.example", 'expected no user name or password in it, got "…@chat.example"'],
+    // Parsed as a port and a fragment or query: only the raw text shows the password.
+    [
+      "https://svc:2024/#secret@chat.example",
+      'expected no user name or password in it, got "https://…@chat.example"',
     ],
     [
-      "svc:secret@chat.example",
-      'expected an http(s) URL like https://chat.example.com, got "…@chat.example"',
+      "https://svc:2024/?secret@chat.example",
+      'expected no user name or password in it, got "https://…@chat.example"',
     ],
   ];
   for (const [value, message] of badBases) {
@@ -119,7 +128,11 @@ Deno.test("loadConfig() takes PUBLIC_URL as an http(s) base URL only, and JWT_JW
       ["https://svc:secret@idp.example/jwks", "expected no user name or password in it"],
       [
         "ftp://svc:secret@idp.example/jwks",
-        'expected an http(s) URL like https://idp.example.com/.well-known/jwks.json, got "ftp://…@idp.example/jwks"',
+        'expected no user name or password in it, got "ftp://…@idp.example/jwks"',
+      ],
+      [
+        "https://svc:2024/secret@idp.example.com/jwks",
+        'expected no user name or password in it, got "https://…@idp.example.com/jwks"',
       ],
     ]
   ) {
