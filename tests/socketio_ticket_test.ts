@@ -1641,3 +1641,49 @@ Deno.test("socket.io ticket chat: a get_messages waiting for its reader is read 
     await server.close();
   }
 });
+
+Deno.test("socket.io ticket chat: a get_messages waiting its turn is answered though the socket authenticated again with the same token meanwhile", async () => {
+  const server = await startTestServer({
+    SOCKETIO_PING_INTERVAL_MS: "25000",
+    SOCKETIO_PING_TIMEOUT_MS: "20000",
+  });
+  try {
+    const chat = server.app.context.chat;
+    await Promise.all(
+      Array.from({ length: 50 }, () => chat.send(null, "ticket:6", { body: "y".repeat(20_000) })),
+    );
+    await chat.send(null, "ticket:7", { body: "first" });
+    const token = await server.token({ sub: "9", rooms: ["ticket:*"] });
+    const base = `${server.url}/socket.io/?EIO=4&transport=polling`;
+    const sid = JSON.parse((await (await fetch(`${base}&token=${token}`)).text()).slice(1)).sid;
+    const post = async (body: string) => {
+      const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body });
+      await res.body?.cancel();
+    };
+    const events: [string, Record<string, unknown>][] = [];
+    const poll = async () => {
+      const text = await (await fetch(`${base}&sid=${sid}`)).text();
+      for (const p of text.split("\x1e")) {
+        if (p.startsWith("42")) events.push(JSON.parse(p.slice(2)));
+      }
+    };
+    await post("40");
+    await poll();
+    // Ticket 6's page (twice, with an ack) is not fetched: ticket 7's waits behind it.
+    await post('421["get_messages",{"ticketId":"6"}]');
+    await post('42["get_messages",{"ticketId":"7"}]');
+    await post(`42["authenticate",{"token":"${token}"}]`);
+    for (
+      let i = 0;
+      i < 40 && !events.some(([n, d]) => n === "messages_loaded" && d.ticketId === "7");
+      i++
+    ) {
+      await poll();
+    }
+    assertEquals(events.filter(([n]) => n === "messages_error"), []);
+    const loaded = events.find(([n, d]) => n === "messages_loaded" && d.ticketId === "7");
+    assertEquals((loaded?.[1].messages as { message: string }[]).map((m) => m.message), ["first"]);
+  } finally {
+    await server.close();
+  }
+});

@@ -801,7 +801,7 @@ export function createSocketIoTicketChat(
       // After the sends this socket made before asking, as the native protocol answers: a
       // client that sends and then loads the ticket sees its message.
       const sends = s.sendsDone;
-      const { user, room, id } = await authorize(socket, payload);
+      const { room, id } = await authorize(socket, payload);
       const record = payload as Record<string, unknown>;
       // The document's clients load a ticket's messages with no paging, so the default is a
       // ticket's whole history as far as one event sensibly carries it; `hasMore` tells the rest.
@@ -835,11 +835,11 @@ export function createSocketIoTicketChat(
           socket.conn.close();
           return;
         }
-        // Asked again, past any cache: the wait may have outlasted the access (a removal, the
-        // ticket's deletion, another sign-in on this socket), and the page is read only now.
-        if (
-          state(socket).user !== user || !(await ctx.chat.canAccess(user, room, { fresh: true }))
-        ) {
+        // Asked again, past any cache, for whoever is signed in on the socket now: the wait may
+        // have outlasted the access (a removal, the ticket's deletion, another sign-in), and the
+        // page is read only now.
+        const reader = state(socket).user;
+        if (!reader || !(await ctx.chat.canAccess(reader, room, { fresh: true }))) {
           if (await ctx.chat.deleting(room)) throw roomDeleted();
           throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
         }
