@@ -47,9 +47,16 @@ const httpUrl = (example: string, check: (url: URL) => string | undefined) =>
     // Quoted without anything up to its last `@` but the scheme: a password (which may hold
     // `/`, `?` or `#`, and may come without a scheme) must not reach the log.
     const shown = v.replace(/^([a-z][a-z0-9+.-]*:\/\/)?.*@/i, "$1…@");
-    // Neither of these URLs takes credentials; and `svc:2024#pass@host` parses as a port and a
-    // fragment, so only the raw text can tell one is there.
-    const problem = v.includes("@")
+    // Neither of these URLs takes credentials. `svc:2024/#pass@host` parses as the host `svc`
+    // with a port and a fragment: an `@` with a host no dot or colon names is taken for a
+    // password too. An `@` in the path of a real host (`/@team/`) is fine.
+    const authority = /^[a-z][a-z0-9+.-]*:\/\/([^/?#]*)/i.exec(v)?.[1] ?? "";
+    const credentials = authority.includes("@") ||
+      (parsed !== undefined && (parsed.username !== "" || parsed.password !== "")) ||
+      (v.includes("@") &&
+        (parsed === undefined ||
+          (!/[.:]/.test(parsed.hostname) && parsed.hostname !== "localhost")));
+    const problem = credentials
       ? `expected no user name or password in it, got "${shown}"`
       : !parsed || !/^https?:$/.test(parsed.protocol) || parsed.host === ""
       ? `expected an http(s) URL like ${example}, got "${shown}"`

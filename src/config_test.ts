@@ -104,8 +104,14 @@ Deno.test("loadConfig() takes PUBLIC_URL as an http(s) base URL only, and JWT_JW
     assertEquals(err.message.includes(`PUBLIC_URL: ${message}`), true, err.message);
     assertEquals(err.message.includes("secret"), false, err.message);
   }
+  // An `@` in the path of a real host is no password.
+  assertEquals(
+    loadConfig({ PUBLIC_URL: "https://social.example.com/@support/chat" }).publicUrl,
+    "https://social.example.com/@support/chat",
+  );
   for (
     const ok of [
+      "https://cdn.example.net/npm/@acme/keys@1.2.0/jwks.json",
       "https://idp.example/jwks.json",
       "http://127.0.0.1:9/jwks.json",
       "http://localhost/jwks",
