@@ -14,7 +14,7 @@ import {
   startApiServer,
 } from "./api_helpers.ts";
 import { assert, assertEquals, assertMatch, within } from "./assert.ts";
-import { eventually, TestClient } from "./helpers.ts";
+import { eventually, pollingSession, TestClient } from "./helpers.ts";
 
 requirePostgresInCi("directory access end to end");
 
@@ -785,19 +785,7 @@ apiTest(
     );
     await chat.send(null, "ticket:7", { body: "before" });
     const token = await s.token({ sub: "9", rooms: ["ticket:6"] });
-    const base = `${s.url}/socket.io/?EIO=4&transport=polling`;
-    const sid = JSON.parse((await (await fetch(`${base}&token=${token}`)).text()).slice(1)).sid;
-    const post = async (body: string) => {
-      const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body });
-      await res.body?.cancel();
-    };
-    const events: [string, Record<string, unknown>][] = [];
-    const poll = async () => {
-      const text = await (await fetch(`${base}&sid=${sid}`)).text();
-      for (const p of text.split("\x1e")) {
-        if (p.startsWith("42")) events.push(JSON.parse(p.slice(2)));
-      }
-    };
+    const { events, post, poll } = await pollingSession(s.url, token);
     await post("40");
     await poll();
     events.length = 0;

@@ -263,3 +263,28 @@ export async function sendRawText(conn: Deno.TcpConn, text: string): Promise<voi
     ]),
   );
 }
+
+/**
+ * A raw Engine.IO long-polling session of Socket.IO, for a client that fetches only when told:
+ * `post` sends packets, `poll` fetches once and keeps the events (`42` packets) it brought.
+ */
+export async function pollingSession(serverUrl: string, token: string) {
+  const base = `${serverUrl}/socket.io/?EIO=4&transport=polling`;
+  const sid = JSON.parse((await (await fetch(`${base}&token=${token}`)).text()).slice(1))
+    .sid as string;
+  const events: [string, Record<string, unknown>][] = [];
+  return {
+    events,
+    async post(body: string): Promise<number> {
+      const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body });
+      await res.body?.cancel();
+      return res.status;
+    },
+    async poll(): Promise<void> {
+      const text = await (await fetch(`${base}&sid=${sid}`)).text();
+      for (const p of text.split("\x1e")) {
+        if (p.startsWith("42")) events.push(JSON.parse(p.slice(2)));
+      }
+    },
+  };
+}

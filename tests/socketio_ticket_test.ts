@@ -6,6 +6,7 @@ import type { AppOverrides } from "../main.ts";
 import { assert, assertEquals, assertMatch } from "./assert.ts";
 import {
   eventually,
+  pollingSession,
   sendRawText,
   silentPeer,
   startTestServer,
@@ -1596,20 +1597,7 @@ Deno.test("socket.io ticket chat: a get_messages waiting for its reader is read 
     );
     await chat.send(null, "ticket:7", { body: "first" });
     const token = await server.token({ sub: "9", rooms: ["ticket:*"] });
-    const base = `${server.url}/socket.io/?EIO=4&transport=polling`;
-    const sid = JSON.parse((await (await fetch(`${base}&token=${token}`)).text()).slice(1)).sid;
-    const post = async (body: string) => {
-      const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body });
-      await res.body?.cancel();
-      return res.status;
-    };
-    const events: [string, Record<string, unknown>][] = [];
-    const poll = async () => {
-      const text = await (await fetch(`${base}&sid=${sid}`)).text();
-      for (const p of text.split("\x1e")) {
-        if (p.startsWith("42")) events.push(JSON.parse(p.slice(2)));
-      }
-    };
+    const { events, post, poll } = await pollingSession(server.url, token);
     assertEquals(await post("40"), 200);
     await poll();
     assertEquals(await post('42["join_ticket",{"ticketId":"7"}]'), 200);
@@ -1654,19 +1642,7 @@ Deno.test("socket.io ticket chat: a get_messages waiting its turn is answered th
     );
     await chat.send(null, "ticket:7", { body: "first" });
     const token = await server.token({ sub: "9", rooms: ["ticket:*"] });
-    const base = `${server.url}/socket.io/?EIO=4&transport=polling`;
-    const sid = JSON.parse((await (await fetch(`${base}&token=${token}`)).text()).slice(1)).sid;
-    const post = async (body: string) => {
-      const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body });
-      await res.body?.cancel();
-    };
-    const events: [string, Record<string, unknown>][] = [];
-    const poll = async () => {
-      const text = await (await fetch(`${base}&sid=${sid}`)).text();
-      for (const p of text.split("\x1e")) {
-        if (p.startsWith("42")) events.push(JSON.parse(p.slice(2)));
-      }
-    };
+    const { events, post, poll } = await pollingSession(server.url, token);
     await post("40");
     await poll();
     // Ticket 6's page (twice, with an ack) is not fetched: ticket 7's waits behind it.
