@@ -247,11 +247,6 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   #pending: PendingAppend[] = [];
   /** The last head entry this store read or wrote, per room, with the room's generation then. */
   #heads = new Map<string, HeldHead>();
-  /**
-   * The time of each room's head message as this store last knew it, kept past a failed commit
-   * (which drops `#heads`), so that a retry reads the head message only of rooms that moved.
-   */
-  #lastAts = new Map<string, { seq: number; at: number }>();
   /** Generations read for sends, per room, with when the read started (performance.now()). */
   #generations = new Map<string, { value: number; at: number }>();
   #generationReads = new FreshReads<number>();
@@ -570,6 +565,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     const idemTexts = idemKeys.map((k) => k ? JSON.stringify(k) : "");
     /** The ids the first attempt checked, to tell whether its failure was one of them. */
     let checkedFirst: Set<string> | undefined;
+    /** Per room, the head's seq and its message's time the last attempt held (see below). */
+    let heldBefore = new Map<string, { seq: number; at: number }>();
     /** Per room, the newest generation a draft was admitted under. */
     const admitted = new Map<string, number>();
     for (const { room, draft } of batch) {
@@ -611,14 +608,14 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       }
       // The head messages of rooms read afresh, in the same round trip: a message's time follows
       // the one before it (writers' clocks differ), which the head check keeps true at commit.
-      // A head message whose time this store knows (its own, or read before) is not read again:
-      // a retry after another writer's commit reads only the rooms that moved.
+      // A head message whose time the last attempt held is not read again: a retry after
+      // another writer's commit reads only the rooms that moved.
       const lastSeqs = unknown.map((_, i) => (readHeads[2 * i].value as number | null) ?? 0);
       const knownAt = unknown.map((r, i) =>
         lastSeqs[i] === 0
           ? 0
-          : this.#lastAts.get(r)?.seq === lastSeqs[i]
-          ? this.#lastAts.get(r)!.at
+          : heldBefore.get(r)?.seq === lastSeqs[i]
+          ? heldBefore.get(r)!.at
           : undefined
       );
       const lastKeys = unknown.flatMap((r, i) =>
@@ -637,6 +634,9 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
         lastAt: knownAt[i] ?? timeOf(lastMessages[nextLast++].value),
       }]));
       const held = rooms.map((r) => fresh.get(r) ?? this.#heads.get(r)!);
+      heldBefore = new Map(
+        rooms.map((r, i) => [r, { seq: held[i].entry.value ?? 0, at: held[i].lastAt }]),
+      );
       const headEntries = held.map((h) => h.entry);
       const generations = new Map(rooms.map((r, i) => [r, held[i].generation]));
       for (const [room, h] of fresh) this.#noteGeneration(room, h.generation, started);
@@ -744,10 +744,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
         continue;
       }
       if (this.#heads.size > 10_000) this.#heads.clear();
-      if (this.#lastAts.size > 10_000) this.#lastAts.clear();
       headEntries.forEach((entry, i) => {
         const room = rooms[i];
-        this.#lastAts.set(room, { seq: heads.get(room)!, at: lastAts.get(room)! });
         const grown = heads.get(room)! !== startHeads.get(room)!;
         this.#heads.set(room, {
           entry: grown && "versionstamp" in res
