@@ -14,3 +14,22 @@ export function isoNaive(iso: string): string {
 export function timerDelay(ms: number): number {
   return Math.min(ms, 2 ** 31 - 1);
 }
+
+/**
+ * Asks `ready` again and again, with pauses growing from 1 ms to 50 ms, until it holds (true),
+ * `gone` does, or `timeoutMs` has passed (false): for what the runtime tells no event of (a
+ * socket's unsent bytes, another process's lock). What `ready` throws rejects the wait.
+ */
+export async function pollUntil(
+  ready: () => boolean,
+  options: { timeoutMs: number; gone?: () => boolean },
+): Promise<boolean> {
+  const deadline = performance.now() + options.timeoutMs;
+  for (let pause = 1;; pause = Math.min(2 * pause, 50)) {
+    if (options.gone?.()) return false;
+    if (ready()) return true;
+    const left = deadline - performance.now();
+    if (left <= 0) return false;
+    await new Promise((resolve) => setTimeout(resolve, Math.min(pause, left)));
+  }
+}

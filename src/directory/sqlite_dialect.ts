@@ -22,6 +22,7 @@ import {
   type TransactionSettings,
 } from "kysely";
 import { DirectoryUnavailable } from "../core/directory.ts";
+import { pollUntil } from "../core/time.ts";
 
 /** Settings of {@link NodeSqliteDialect}. */
 export interface NodeSqliteDialectConfig {
@@ -283,25 +284,26 @@ class NodeSqliteConnection implements DatabaseConnection {
   }
 
   async executeQuery<R>(compiledQuery: CompiledQuery): Promise<QueryResult<R>> {
-    const started = performance.now();
-    for (let pause = 1;; pause = Math.min(pause * 2, 50)) {
+    let result: QueryResult<R> | undefined;
+    let locked: unknown;
+    // Another process holds the lock (the application writing to the file): a statement SQLite
+    // refused for it did nothing, and is tried again once a timer has let the isolate's other
+    // work run, until the busy timeout is spent.
+    const ran = await pollUntil(() => {
       try {
-        return this.#run<R>(compiledQuery);
+        result = this.#run<R>(compiledQuery);
+        return true;
       } catch (error) {
-        // Another process holds the lock (the application writing to the file): a statement
-        // SQLite refused for it did nothing, and is tried again once a timer has let the
-        // isolate's other work run, until the busy timeout is spent.
         if (!sqliteLocked(error)) throw error;
-        const left = this.#busyMs - (performance.now() - started);
-        if (left <= 0) {
-          throw new DirectoryUnavailable(
-            `The SQLite directory stayed locked by another connection for ${this.#busyMs} ms`,
-            { cause: error },
-          );
-        }
-        await new Promise((resolve) => setTimeout(resolve, Math.min(pause, left)));
+        locked = error;
+        return false;
       }
-    }
+    }, { timeoutMs: this.#busyMs });
+    if (ran) return result!;
+    throw new DirectoryUnavailable(
+      `The SQLite directory stayed locked by another connection for ${this.#busyMs} ms`,
+      { cause: locked },
+    );
   }
 
   #run<R>(compiledQuery: CompiledQuery): QueryResult<R> {

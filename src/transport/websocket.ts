@@ -3,7 +3,7 @@
 import type { RateVerdict } from "../core/rate_limiter.ts";
 import { ChatError, frameTooLarge } from "../core/errors.ts";
 import type { Metrics } from "../core/metrics.ts";
-import { timerDelay } from "../core/time.ts";
+import { pollUntil, timerDelay } from "../core/time.ts";
 import type { FrameBudget, FrameHolder } from "./frame_budget.ts";
 import { QuietClose } from "./close_when_quiet.ts";
 import { fixHeartbeat } from "./deno_heartbeat.ts";
@@ -401,16 +401,12 @@ export class Connection implements FrameHolder {
    * closed as a slow consumer. Deno tells no drain, so the amount is polled.
    */
   async drained(): Promise<boolean> {
-    const deadline = performance.now() + DRAIN_TIMEOUT_MS;
-    for (let wait = 1; !this.#done; wait = Math.min(2 * wait, 50)) {
-      if (this.#socket.bufferedAmount <= this.#options.maxBufferedBytes / 4) return true;
-      if (performance.now() > deadline) {
-        this.close(CLOSE.slowConsumer, "Slow consumer");
-        break;
-      }
-      await new Promise((r) => setTimeout(r, wait));
-    }
-    return false;
+    const drained = await pollUntil(
+      () => this.#socket.bufferedAmount <= this.#options.maxBufferedBytes / 4,
+      { timeoutMs: DRAIN_TIMEOUT_MS, gone: () => this.#done },
+    );
+    if (!drained && !this.#done) this.close(CLOSE.slowConsumer, "Slow consumer");
+    return drained;
   }
 
   /**

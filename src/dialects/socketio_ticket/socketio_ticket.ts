@@ -17,6 +17,7 @@ import {
 import type { QueuedSend } from "../../core/chat_service.ts";
 import { type RateVerdict, TYPING_REPEAT_MS } from "../../core/rate_limiter.ts";
 import { isValidRoomId, roomKey } from "../../core/rooms.ts";
+import { pollUntil } from "../../core/time.ts";
 import type { FileInput, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import { type EngineSocket, type Socket, SocketIOServer } from "../../engine_io/mod.ts";
 import { utf8Length } from "../../engine_io/parser.ts";
@@ -71,13 +72,11 @@ const MAX_PAGES_WAITING = 16;
  * Resolves to true once the session holds under `bytes` unsent, to false when it closed first or
  * has not got there within {@link PAGE_WAIT_MS} (a slow consumer); the amount is polled.
  */
-async function unsentBelow(conn: EngineSocket, bytes: number): Promise<boolean> {
-  const deadline = performance.now() + PAGE_WAIT_MS;
-  for (let wait = 1; conn.unsent() > bytes; wait = Math.min(2 * wait, 50)) {
-    if (conn.readyState !== "open" || performance.now() > deadline) return false;
-    await new Promise((r) => setTimeout(r, wait));
-  }
-  return conn.readyState === "open";
+function unsentBelow(conn: EngineSocket, bytes: number): Promise<boolean> {
+  return pollUntil(() => conn.unsent() <= bytes, {
+    timeoutMs: PAGE_WAIT_MS,
+    gone: () => conn.readyState !== "open",
+  });
 }
 
 /** Typing events: dropped when over the rate limit, since a lost one is harmless. */
