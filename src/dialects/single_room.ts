@@ -5,7 +5,7 @@ import { asChatError, ChatError, rateLimited } from "../core/errors.ts";
 import type { QueuedSend } from "../core/chat_service.ts";
 import { type RateVerdict, TypingStarts } from "../core/rate_limiter.ts";
 import type { AppendResult, Principal, RoomEvent } from "../core/types.ts";
-import type { DirectSocket, Member } from "../hub/hub.ts";
+import type { DirectSocket, Member, Pacer } from "../hub/hub.ts";
 import { CLOSE, Connection, type SocketHandler } from "../transport/websocket.ts";
 import {
   admitSocket,
@@ -144,6 +144,8 @@ class SessionMember implements Member {
   readonly user: Principal;
   readonly renderKey: string;
   readonly direct?: DirectSocket;
+  /** The socket a join's replay (`joinFrom`'s `since`) waits on. */
+  readonly pacer: Pacer;
   readonly epoch: number;
   #session: RoomSession;
   #dialect: SingleRoomDialect;
@@ -160,6 +162,7 @@ class SessionMember implements Member {
     this.renderKey = dialect.renderKey?.(session) ?? intern(`${dialect.name}|${session.baseUrl}`);
     if (dialect.snapshot) this.#held = [];
     else if (dialect.everyMessage) this.direct = session.conn;
+    this.pacer = session.conn;
   }
 
   /**

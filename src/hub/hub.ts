@@ -59,8 +59,8 @@ export interface Member {
    */
   readonly epoch?: number;
   /**
-   * The socket a replay to this member waits on (see {@link Pacer}); `direct`, when that is
-   * one, by default. A member with neither has its replay written a page at a time.
+   * The socket a replay to this member waits on (see {@link Pacer}); without one the replay is
+   * written a page at a time.
    */
   readonly pacer?: Pacer;
 }
@@ -83,7 +83,7 @@ export interface FrameWriter {
 }
 
 /** A socket the hub writes message frames to itself, for a member with {@link Member.direct}. */
-export interface DirectSocket extends Partial<Pacer> {
+export interface DirectSocket {
   /** Writes a frame with none of the socket's per-frame bookkeeping (see `checkBuffer`). */
   readonly writer: FrameWriter;
   /** Closes the socket as a slow consumer if it has more unsent bytes than it allows. */
@@ -449,8 +449,7 @@ export class Hub {
     // tick, or while a delivery was under way) must not drop the state this member is joining.
     state.joining++;
     let counted = true;
-    const pacer = member.pacer ?? member.direct;
-    const paced = pacer?.writable && pacer.drained ? (pacer as Pacer) : undefined;
+    const paced = member.pacer;
     let head = 0;
     let after = options.since;
     // Once a replay has waited for its socket, pages are sized to what the socket takes: a full
