@@ -468,12 +468,13 @@ export function createSocketIoTicketChat(
   async function authorize(
     socket: Socket,
     payload: unknown,
+    options: { fresh?: boolean } = {},
   ): Promise<{ user: Principal; room: string; id: string }> {
     const user = state(socket).user;
     if (!user) throw new ChatError("not_authenticated", SIO_ERRORS.notAuthenticated);
     const id = ticketIdOf(payload);
     const room = roomKey("ticket", id);
-    if (!(await ctx.chat.canAccess(user, room))) {
+    if (!(await ctx.chat.canAccess(user, room, options))) {
       // Deleted on another server, its notice still on the way: gone, not turned away.
       if (await ctx.chat.deleting(room)) throw roomDeleted();
       throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
@@ -837,11 +838,7 @@ export function createSocketIoTicketChat(
         // Asked again, past any cache, for whoever is signed in on the socket now: the wait may
         // have outlasted the access (a removal, the ticket's deletion, another sign-in), and the
         // page is read only now.
-        const reader = state(socket).user;
-        if (!reader || !(await ctx.chat.canAccess(reader, room, { fresh: true }))) {
-          if (await ctx.chat.deleting(room)) throw roomDeleted();
-          throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
-        }
+        await authorize(socket, payload, { fresh: true });
         if (beforeTime !== undefined) before = await ctx.chat.seqBefore(room, beforeTime);
         await sends;
         const page = await ctx.chat.historyPage(room, { before, limit });
