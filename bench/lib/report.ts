@@ -1398,7 +1398,9 @@ export function renderMarkdown(
   L.push("## Reproducing", "");
   L.push(
     "```sh",
-    "deno task bench              # full run, ~20 min on 2 cores; rewrites this page and its charts",
+    `deno task bench              # full run (this one took ${(m.durationSec / 60).toFixed(0)} min${
+      m.mode === "full" ? "" : ", " + m.mode + " mode"
+    }); rewrites this page and its charts`,
     "deno task bench -- --quick   # smoke run, under 2 min; prints results, leaves this page alone",
     "deno task bench -- --only=fanout,ingest   # a subset (fanout, rooms, ingest, connections, attachments, parallel, profile)",
     "deno task bench -- --report=bench/results/latest.json   # re-render this page from saved results",
