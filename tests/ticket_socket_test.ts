@@ -755,3 +755,34 @@ Deno.test("ticket socket: unpadded base64 and a data: URL that is not base64 are
     await server.close();
   }
 });
+
+Deno.test("socket paths: a percent-encoded id names the room it encodes, as the REST API reads it", async () => {
+  await withServer(async (server) => {
+    const claims = { sub: "3", username: "u3", rooms: ["ticket:*", "service-chat:*"] };
+    const token = await server.token(claims);
+    // What encodeURIComponent("a@b") builds, and the raw form, are one ticket.
+    const encoded = await TestClient.open(`${server.wsUrl}/ws/ticket/a%40b/?token=${token}`);
+    const raw = await TestClient.open(`${server.wsUrl}/ws/ticket/a@b/?token=${token}`);
+    encoded.send({ body: "via %40" });
+    assertEquals((await raw.next()).body, "via %40");
+    const history = await fetch(`${server.url}/api/rooms/ticket/a%40b/messages`, {
+      headers: { authorization: "Bearer admin-token-for-path-test" },
+    });
+    assertEquals(history.status, 200);
+    assertEquals(
+      ((await history.json()).messages as { body: string }[]).map((m) => m.body),
+      ["via %40"],
+    );
+    // "%37" is service chat 7, however it is written.
+    const seven = await TestClient.open(`${server.wsUrl}/ws/service-chats/%37?token=${token}`);
+    // The document's broadcast skips the sender: the other socket is another user's.
+    const other = await server.token({ ...claims, sub: "4", username: "u4" });
+    const plain = await TestClient.open(`${server.wsUrl}/ws/service-chats/7?token=${other}`);
+    seven.send({ type: "message", content: "to seven" });
+    assertEquals((await plain.next((f) => f.type === "message")).content, "to seven");
+    // A broken escape names no room: the route's own invalid-id close.
+    const broken = TestClient.connect(`${server.wsUrl}/ws/ticket/a%E0%A4%A/?token=${token}`);
+    assertEquals((await within(broken.closed, "the broken escape's close")).code, 4003);
+    for (const ws of [encoded, raw, seven, plain]) await ws.close();
+  }, { ADMIN_TOKEN: "admin-token-for-path-test" });
+});

@@ -180,7 +180,26 @@ export function matchWsRoute(
 ): { route: WsRoute; params: Record<string, string | undefined> } | null {
   for (const route of routes) {
     const match = route.pattern.exec(url);
-    if (match) return { route, params: match.pathname.groups };
+    if (match) return { route, params: decodeGroups(match.pathname.groups) };
   }
   return null;
+}
+
+/**
+ * Path parameters percent-decoded, as Django Channels, FastAPI and our REST API route on the
+ * decoded path (`/ws/ticket/a%40b/` is ticket `a@b`); a bad escape stays as it came, which no id
+ * rule accepts.
+ */
+function decodeGroups(
+  groups: Record<string, string | undefined>,
+): Record<string, string | undefined> {
+  const out: Record<string, string | undefined> = {};
+  for (const [name, value] of Object.entries(groups)) {
+    try {
+      out[name] = value === undefined ? value : decodeURIComponent(value);
+    } catch {
+      out[name] = value;
+    }
+  }
+  return out;
 }
