@@ -312,6 +312,11 @@ apiTest("rooms: create, update, participants, list by kind, delete, and bad inpu
       ["PUT", "/api/rooms/ticket/1", { title: "a\u0000b" }],
       ["PUT", "/api/users/7", { username: "a\u0000b" }],
       ["POST", "/api/rooms/ticket/1/participants", { user_id: "7", role: "x\u0000" }],
+      // A lone surrogate: stored as UTF-8 it would become U+FFFD, and two ids one.
+      ["PUT", "/api/rooms/ticket/1", { title: "t\udfff" }],
+      ["PUT", "/api/rooms/ticket/1", { participants: [{ user_id: "\ud800" }] }],
+      ["PUT", "/api/users/7", { username: "a\ud800b" }],
+      ["POST", "/api/rooms/ticket/1/participants", { user_id: "\udbff" }],
       ["DELETE", "/api/rooms/ticket/1/participants/%01", undefined],
       ["GET", `/api/users/${"x".repeat(257)}`, undefined],
       ["DELETE", "/api/users/a%7Fb", undefined],

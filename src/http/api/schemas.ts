@@ -29,17 +29,25 @@ export const RoomId = z.string().regex(
   "expected 1 to 128 letters, digits, '_', '.', '@' or '-' (not '.' or '..')",
 ).describe("Room id within its kind");
 
+/**
+ * Whether a string is valid Unicode: the directory stores UTF-8, where a lone surrogate (a valid
+ * JSON escape) would become U+FFFD, and two different ids one.
+ */
+const wellFormed = (s: string) => s.isWellFormed();
+const LONE_SURROGATE = "expected no lone surrogate (\\ud800-\\udfff alone is not Unicode text)";
+
 /** A user id in a path or body: the token's `sub` as text. */
 export const UserId = z.string().min(1).max(256).regex(
   // A token's subject is trimmed: an id with spaces at an end could never sign in.
   // deno-lint-ignore no-control-regex
   /^(?!\s)(?![\s\S]*\s$)[^\u0000-\u001f\u007f]+$/,
   "expected no control characters and no space at either end",
-).describe("User id as text (the token's sub, user_id or id)");
+).refine(wellFormed, LONE_SURROGATE).describe("User id as text (the token's sub, user_id or id)");
 
 /** Text without NUL, which Postgres cannot store (SQLite would cut the text short there). */
 const text = (max: number) =>
-  z.string().max(max).refine((s) => !s.includes("\u0000"), "expected no NUL character");
+  z.string().max(max).refine((s) => !s.includes("\u0000"), "expected no NUL character")
+    .refine(wellFormed, LONE_SURROGATE);
 
 const profileText = (max: number) => text(max).nullable().optional();
 
