@@ -567,6 +567,30 @@ Deno.test("client: files inline with progress; over the upload route with progre
   }
 });
 
+Deno.test("client: a file's caption keeps its line breaks whichever way the file goes, and is counted alike", async () => {
+  const server = await startTestServer();
+  const user = await userClient(server, "1");
+  try {
+    await user.client.connect();
+    await user.client.join("ticket:5");
+    const file = () => ({ name: "a.bin", data: new Uint8Array(10) });
+    // 20,000 characters (the body limit), 1,000 of them line breaks: a form encoder sends each
+    // as CRLF, 21,000 characters, which the upload route must not count nor store.
+    const caption = ("x".repeat(19) + "\n").repeat(1000);
+    assertEquals(caption.length, user.client.limits.maxBodyChars);
+    const inline = await user.client.sendFile("ticket:5", file(), { body: caption, via: "inline" });
+    const upload = await user.client.sendFile("ticket:5", file(), { body: caption, via: "upload" });
+    assertEquals(upload.seq, inline.seq + 1);
+    await eventually(() => user.messages.length === 2);
+    assert(user.messages.every((m) => m.body === caption), "a caption was altered");
+    const history = await user.client.history("ticket:5");
+    assert(history.messages.every((m) => m.body === caption), "a stored caption was altered");
+  } finally {
+    user.client.close();
+    await server.close();
+  }
+});
+
 Deno.test("client: a file, body or frame larger than the server's welcome says is refused before sending; the socket stays", async () => {
   // Smaller than the client's own default (10 MiB), so only the welcome can tell it.
   const server = await startTestServer({ MAX_FILE_BYTES: "100000", RATE_LIMIT_PER_SECOND: "30" });

@@ -652,7 +652,10 @@ export const API_ROUTES: ApiRoute[] = [
         body.file.map(async (f) => ({ name: f.name, data: new Uint8Array(await f.arrayBuffer()) })),
       );
       const result = await send(deps, sender, room, {
-        body: body.body ?? "",
+        // Every form encoder (browsers, Deno, undici) sends a text entry's line breaks as CRLF
+        // (HTML's form normalisation): taken back to LF, a caption is stored as the sender wrote
+        // it and counted as the sockets count it.
+        body: (body.body ?? "").replaceAll("\r\n", "\n"),
         files,
         mediaDir: uploadFolder(params.kind, params.id),
         names: uploadNames(params.kind),

@@ -240,7 +240,8 @@ export const AttachmentUpload = z.strictObject({
     "One or more files, each at most MAX_FILE_BYTES",
   ),
   body: z.string().describe(
-    `At most ${MAX_BODY_CHARS} characters (UTF-16 code units) (\`body_too_long\`)`,
+    `At most ${MAX_BODY_CHARS} characters (UTF-16 code units) (\`body_too_long\`); CRLF is ` +
+      "stored as LF, since form encoders send every line break as CRLF",
   ).optional(),
   sender_id: UserId.optional().describe(
     "Admins only: a directory user who may enter the room. Omitted: the caller of a user's " +
