@@ -1663,3 +1663,25 @@ Deno.test("socket.io ticket chat: a get_messages waiting its turn is answered th
     await server.close();
   }
 });
+
+Deno.test("socket.io: a connection may be in 100 tickets; the 101st join is refused on join_ticket_error and the ack, the socket stays, and a leave makes room", async () => {
+  await withChat(async (server, client) => {
+    const socket = client({ transports: ["websocket"] });
+    await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:*"] }));
+    for (let i = 1; i <= 100; i++) {
+      const acked = await socket.timeout(5000).emitWithAck("join_ticket", { ticketId: String(i) });
+      assertEquals(acked, { ticketId: String(i) });
+    }
+    const refused = next(socket, "join_ticket_error");
+    const ack = await socket.timeout(5000).emitWithAck("join_ticket", { ticketId: "101" });
+    const message = "At most 100 tickets per connection: leave one (leave_ticket) first";
+    assertEquals([ack, await refused], [{ error: message }, { message }]);
+    // Still connected and in its tickets: a message in one of them arrives.
+    socket.emit("send_message", { ticketId: "100", message: "still here" });
+    assertEquals((await next<{ data: Payload }>(socket, "new_message")).data.message, "still here");
+    await socket.timeout(5000).emitWithAck("leave_ticket", { ticketId: "1" });
+    assertEquals(await socket.timeout(5000).emitWithAck("join_ticket", { ticketId: "101" }), {
+      ticketId: "101",
+    });
+  }, { RATE_LIMIT_PER_SECOND: "100000", RATE_LIMIT_USER_PER_SECOND: "100000" });
+});

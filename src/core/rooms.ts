@@ -17,6 +17,9 @@ export function isValidRoomId(id: string): boolean {
   return ROOM_ID_PATTERN.test(id);
 }
 
+/** Most rooms one socket may be in (the native protocol's rooms, Socket.IO's tickets). */
+export const MAX_ROOMS_PER_SOCKET = 100;
+
 /** Kinds whose ids are integers in the systems we replace (Django and FastAPI primary keys). */
 const NUMERIC_KINDS: ReadonlySet<string> = new Set<RoomKind>([
   "chat",

@@ -9,7 +9,7 @@ import { MAX_BODY_CHARS, MAX_FILES_PER_MESSAGE } from "../../core/chat_service.t
 import { asChatError, ChatError, rateLimited } from "../../core/errors.ts";
 import { type RateVerdict, TokenBuckets, TypingStarts } from "../../core/rate_limiter.ts";
 import { INEXACT_NUMBER, isExactNumber } from "../../core/json.ts";
-import { canonicalId, parseRoomKey } from "../../core/rooms.ts";
+import { canonicalId, MAX_ROOMS_PER_SOCKET, parseRoomKey } from "../../core/rooms.ts";
 import type { AppendResult, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import type { DirectSocket, Member, Pacer } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
@@ -39,8 +39,6 @@ export const NATIVE_CLOSE = {
 /** How every presence frame of this protocol begins (see `renderEvent`). */
 const PRESENCE_FRAME = '{"type":"presence"';
 
-/** Most rooms one socket may join. */
-export const MAX_ROOMS_PER_SOCKET = 100;
 /**
  * A user's replay allowance (all their sockets on this isolate together) is this many joins'
  * worth of `REPLAY_LIMIT` messages, refilled at one join's worth a second: a reconnect to many

@@ -16,7 +16,7 @@ import {
 } from "../../core/errors.ts";
 import type { QueuedSend } from "../../core/chat_service.ts";
 import { type RateVerdict, TYPING_REPEAT_MS } from "../../core/rate_limiter.ts";
-import { isValidRoomId, roomKey } from "../../core/rooms.ts";
+import { isValidRoomId, MAX_ROOMS_PER_SOCKET, roomKey } from "../../core/rooms.ts";
 import { pollUntil } from "../../core/time.ts";
 import type { FileInput, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import { type EngineSocket, type Socket, SocketIOServer } from "../../engine_io/mod.ts";
@@ -56,6 +56,10 @@ function messageText(value: unknown): string {
   if (typeof value === "number" || typeof value === "boolean") return String(value);
   throw new ChatError("invalid_frame", '"message" must be a string');
 }
+
+/** The refusal of a `join_ticket` past {@link MAX_ROOMS_PER_SOCKET} tickets on one socket. */
+const TOO_MANY_TICKETS =
+  `At most ${MAX_ROOMS_PER_SOCKET} tickets per connection: leave one (leave_ticket) first`;
 
 /** Messages one `get_messages` returns, by default and at most. */
 const HISTORY_DEFAULT = 500;
@@ -757,6 +761,11 @@ export function createSocketIoTicketChat(
           // Gone while its access was checked: its disconnect has already left every ticket.
           if (!socket.connected) return;
           if (!s.tickets.has(id)) {
+            // Each ticket holds a bridge and a room of this socket's for as long as it stays:
+            // bounded as the native protocol bounds a socket's rooms.
+            if (s.tickets.size >= MAX_ROOMS_PER_SOCKET) {
+              throw new ChatError("invalid_frame", TOO_MANY_TICKETS);
+            }
             s.tickets.add(id);
             (s.epochs ??= new Map()).set(id, epoch);
             const name = engineRoom(id, s.baseUrl);
