@@ -378,6 +378,12 @@ const SLOWEST_UPLINK_BYTES_PER_S = 4096;
 /** The longest a missing pong is let pass after large frames, ms. */
 const MAX_GRACE_MS = 120_000;
 
+/**
+ * The server's cap on a frame, in characters: 64 MiB (what Deno reads of one message, in UTF-8
+ * bytes) less twice 64 KiB, as the text beside a file's base64 may take 3 bytes a character.
+ */
+const MAX_FRAME_CHARS = 64 * 1024 * 1024 - 2 * 64 * 1024;
+
 const DEFAULTS = {
   minDelayMs: 250,
   maxDelayMs: 10_000,
@@ -561,13 +567,13 @@ export class ChatClient {
     if (this.#limits) return this.#limits;
     const maxFileBytes = this.#options.maxFileBytes ?? DEFAULTS.maxFileBytes;
     // The server's rule: one file's base64, room for a line break every 76 characters, 64 KiB,
-    // up to what Deno reads of one WebSocket message.
+    // up to MAX_FRAME_CHARS.
     const base64 = Math.ceil(maxFileBytes / 3) * 4;
     return {
       maxBodyChars: DEFAULTS.maxBodyChars,
       maxFiles: DEFAULTS.maxFiles,
       maxFileBytes,
-      maxFrameChars: Math.min(base64 + Math.ceil(base64 / 76) * 4 + 64 * 1024, 64 * 1024 * 1024),
+      maxFrameChars: Math.min(base64 + Math.ceil(base64 / 76) * 4 + 64 * 1024, MAX_FRAME_CHARS),
       framesPerSecond: DEFAULTS.framesPerSecond,
     };
   }

@@ -4,7 +4,7 @@
  * in that; the upload route keeps the whole limit.
  */
 
-import { DENO_MAX_MESSAGE_BYTES, socketMaxFileBytes } from "../src/dialects/context.ts";
+import { MAX_FRAME_CHARS, socketMaxFileBytes } from "../src/dialects/context.ts";
 import { assert, assertEquals } from "./assert.ts";
 import { startTestServer, TestClient } from "./helpers.ts";
 
@@ -23,12 +23,12 @@ Deno.test("MAX_FILE_BYTES of 80 MiB: the welcome's frame limit is what Deno read
     // frame is refused by the client past what the server can read.
     assertEquals([limits.max_file_bytes, limits.max_frame_chars], [
       80 * MiB,
-      DENO_MAX_MESSAGE_BYTES,
+      MAX_FRAME_CHARS,
     ]);
     const largest = socketMaxFileBytes(server.app.context.config);
-    assertEquals(largest, 47_768_370);
+    assertEquals(largest, 47_674_980);
     assert(
-      logged.some((l) => l.includes("sockets take files up to 47768370 bytes")),
+      logged.some((l) => l.includes("sockets take files up to 47674980 bytes")),
       logged.join("\n"),
     );
 
@@ -59,6 +59,40 @@ Deno.test("MAX_FILE_BYTES of 80 MiB: the welcome's frame limit is what Deno read
     const stored = await upload.json();
     assertEquals(upload.status, 201, JSON.stringify(stored));
     assertEquals(stored.attachments[0].size, 50 * MiB);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("MAX_FILE_BYTES of 80 MiB: a send within max_frame_chars whose text is CJK (3 bytes a character in UTF-8) is answered, not dropped by Deno", async () => {
+  const server = await startTestServer({ MAX_FILE_BYTES: String(80 * MiB) });
+  try {
+    const token = await server.token({ sub: "1", username: "one", rooms: ["room:*"] });
+    const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+    const limit = ((await ws.next()).limits as Record<string, number>).max_frame_chars;
+    ws.send({ type: "join", room: "room:x", ref: "join" });
+    assertEquals((await ws.next((f) => f.ref === "join")).type, "joined");
+    // The longest body (20,000 characters, 60,000 bytes) and two files filling the frame to just
+    // under the limit: counted in characters it is within it, and so it must be in bytes.
+    const skeleton = (a: string, b: string) =>
+      JSON.stringify({
+        type: "send",
+        room: "room:x",
+        body: "中".repeat(20_000),
+        ref: "cjk",
+        files: [{ name: "a.bin", data: a }, { name: "b.bin", data: b }],
+      });
+    const half = Math.floor((limit - 1000 - skeleton("", "").length) / 8) * 4;
+    const frame = skeleton("A".repeat(half), "A".repeat(half));
+    assert(frame.length <= limit, `${frame.length} > ${limit}`);
+    assert(new TextEncoder().encode(frame).length > limit, "the frame's UTF-8 is no longer");
+    ws.send(frame);
+    const outcome = await Promise.race([
+      ws.next((f) => f.ref === "cjk", 60_000).then((f) => `answered ${f.type}`),
+      ws.closed.then((c) => `closed ${c.code}`),
+    ]);
+    assertEquals(outcome, "answered ack");
+    await ws.close();
   } finally {
     await server.close();
   }

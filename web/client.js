@@ -39,6 +39,7 @@ function formatBytes(size) {
 var LARGE_FRAME_CHARS = 64 * 1024;
 var SLOWEST_UPLINK_BYTES_PER_S = 4096;
 var MAX_GRACE_MS = 12e4;
+var MAX_FRAME_CHARS = 64 * 1024 * 1024 - 2 * 64 * 1024;
 var DEFAULTS = {
   minDelayMs: 250,
   maxDelayMs: 1e4,
@@ -156,7 +157,7 @@ var ChatClient = class {
       maxBodyChars: DEFAULTS.maxBodyChars,
       maxFiles: DEFAULTS.maxFiles,
       maxFileBytes,
-      maxFrameChars: Math.min(base64 + Math.ceil(base64 / 76) * 4 + 64 * 1024, 64 * 1024 * 1024),
+      maxFrameChars: Math.min(base64 + Math.ceil(base64 / 76) * 4 + 64 * 1024, MAX_FRAME_CHARS),
       framesPerSecond: DEFAULTS.framesPerSecond
     };
   }

@@ -94,8 +94,18 @@ export function bodyWithFileUrls(body: string, files: Attachment[], baseUrl: str
   return (body === "" ? urls : [body, ...urls]).join("\n");
 }
 
-/** The largest WebSocket message Deno reads: past it, it closes the socket itself. */
+/** The largest WebSocket message Deno reads, in UTF-8 bytes: past it, it closes the socket. */
 export const DENO_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
+
+/** Characters a frame has beside its files' base64: the JSON, the text, the file names. */
+const FRAME_TEXT_ROOM = 64 * 1024;
+
+/**
+ * The most characters (UTF-16 units) a frame may have: its files' base64 is one byte a character,
+ * but the rest may be up to 3 (CJK text, names), so that a frame within the limit is within what
+ * Deno reads even then, and gets its error, never a dropped connection.
+ */
+export const MAX_FRAME_CHARS = DENO_MAX_MESSAGE_BYTES - 2 * FRAME_TEXT_ROOM;
 
 /**
  * The frame that carries a file of `fileBytes`: its base64, wrapped as MIME writes it (a line
@@ -104,16 +114,16 @@ export const DENO_MAX_MESSAGE_BYTES = 64 * 1024 * 1024;
  */
 function fileFrameSize(fileBytes: number): number {
   const base64 = Math.ceil(fileBytes / 3) * 4;
-  return base64 + Math.ceil(base64 / 76) * 4 + 64 * 1024;
+  return base64 + Math.ceil(base64 / 76) * 4 + FRAME_TEXT_ROOM;
 }
 
-/** The largest file whose frame Deno still reads: 47,768,370 bytes (45.5 MiB). */
+/** The largest file whose frame is within {@link MAX_FRAME_CHARS}: 47,674,980 bytes. */
 const LARGEST_SOCKET_FILE = (() => {
   let low = 0;
-  let high = DENO_MAX_MESSAGE_BYTES;
+  let high = MAX_FRAME_CHARS;
   while (low < high) {
     const mid = Math.ceil((low + high) / 2);
-    if (fileFrameSize(mid) <= DENO_MAX_MESSAGE_BYTES) low = mid;
+    if (fileFrameSize(mid) <= MAX_FRAME_CHARS) low = mid;
     else high = mid - 1;
   }
   return low;
@@ -121,16 +131,16 @@ const LARGEST_SOCKET_FILE = (() => {
 
 /**
  * Largest inbound frame: the frame of the biggest attachment (see {@link fileFrameSize}), and
- * never past what Deno reads of one message: a larger limit would be advertised and counted
- * while Deno drops the connection, with no error, on any frame past 64 MiB.
+ * never past {@link MAX_FRAME_CHARS}: a larger limit would be advertised and counted while Deno
+ * drops the connection, with no error, on any frame past 64 MiB of UTF-8.
  */
 export function maxFrameSize(config: Config): number {
-  return Math.min(fileFrameSize(config.maxFileBytes), DENO_MAX_MESSAGE_BYTES);
+  return Math.min(fileFrameSize(config.maxFileBytes), MAX_FRAME_CHARS);
 }
 
 /**
  * Largest file a socket frame is sure to carry: MAX_FILE_BYTES, or, past what fits in the 64 MiB
- * Deno reads of one WebSocket message, 47,768,370 bytes; larger files take the upload route.
+ * Deno reads of one WebSocket message, 47,674,980 bytes; larger files take the upload route.
  */
 export function socketMaxFileBytes(config: Config): number {
   return Math.min(config.maxFileBytes, LARGEST_SOCKET_FILE);
@@ -142,7 +152,8 @@ export function socketMaxFileBytes(config: Config): number {
  * Its document sends every selected file in one `send_message`.
  */
 export function maxEventSize(config: Config): number {
-  const all = MAX_FILES_PER_MESSAGE * (maxFrameSize(config) - 64 * 1024) + 64 * 1024;
+  const all = MAX_FILES_PER_MESSAGE * (maxFrameSize(config) - FRAME_TEXT_ROOM) + FRAME_TEXT_ROOM;
+  // Counted in bytes (Engine.IO measures UTF-8), so Deno's own bound is the cap.
   return Math.max(maxFrameSize(config), Math.min(all, DENO_MAX_MESSAGE_BYTES));
 }
 
