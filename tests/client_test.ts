@@ -21,7 +21,14 @@ import {
   type UploadProgress,
 } from "../client/mod.ts";
 import { bundle, BUNDLES, ROOT } from "../web/build.ts";
-import { assert, assertEquals, assertRejects, assertThrows, within } from "./assert.ts";
+import {
+  assert,
+  assertEquals,
+  assertMatch,
+  assertRejects,
+  assertThrows,
+  within,
+} from "./assert.ts";
 import {
   adminCall,
   eventually,
@@ -1083,6 +1090,19 @@ Deno.test("web: the page and its assets are served; the dev sign-in mints workin
     assertEquals(res.status, 200);
     const { token, user } = await res.json();
     assertEquals(user, { id: "dev-zoe-ann", username: "zoe-ann", name: "Zoë Ann" });
+    // Names that differ only in letters the slug leaves out are different people.
+    const idOf = async (name: string) =>
+      (await (await fetch(`${server.url}/dev/token`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ name }),
+      })).json()).user.id as string;
+    for (const [a, b] of [["Иван (QA)", "Олег (QA)"], ["王伟 2", "李娜 2"], ["王伟", "李娜"]]) {
+      const [ia, ib] = [await idOf(a), await idOf(b)];
+      assert(ia !== ib, `"${a}" and "${b}" are one user ${ia}`);
+      assertEquals(ia, await idOf(a.normalize("NFD")), "the same name, decomposed, is one user");
+    }
+    assertMatch(await idOf("Иван (QA)"), /^dev-qa-[0-9a-f]{12}$/);
     const chat = recorder({ url: `${server.url.replace("http", "ws")}/ws`, token });
     try {
       const me = await chat.client.connect();

@@ -45,15 +45,23 @@ const PAGE_CSP = [
 
 const ROOM_GRANT = /^(\*|[a-z-]{1,20}:(\*|[A-Za-z0-9*][A-Za-z0-9_.@*-]{0,127}))$/;
 
-/** A user id for a display name: `dev-` and a slug, or a hash when the name has no latin letters. */
+/**
+ * A user id for a display name: `dev-` and a slug of its Latin letters and digits (accents
+ * dropped), followed by a hash of the name when the slug left other letters out, so that "Иван
+ * (QA)" and "Олег (QA)" are two people, not both `dev-qa`.
+ */
 export async function devUserId(name: string): Promise<string> {
-  const slug = name.normalize("NFKD").toLowerCase().replace(/[\u0300-\u036f]/g, "")
-    .replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 40);
-  if (slug) return `dev-${slug}`;
-  const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(name));
+  const folded = name.normalize("NFKD").toLowerCase().replace(/[\u0300-\u036f]/g, "");
+  const slug = folded.replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 40);
+  const kept = slug.replaceAll("-", "");
+  if (slug && kept === folded.replace(/[^\p{L}\p{N}]/gu, "")) return `dev-${slug}`;
+  const digest = await crypto.subtle.digest(
+    "SHA-256",
+    new TextEncoder().encode(name.normalize("NFC")),
+  );
   const hex = [...new Uint8Array(digest).slice(0, 6)]
     .map((b) => b.toString(16).padStart(2, "0")).join("");
-  return `dev-${hex}`;
+  return slug ? `dev-${slug}-${hex}` : `dev-${hex}`;
 }
 
 /** Headers a proxy adds: a request that carries one came from elsewhere, whatever its address. */
