@@ -20,7 +20,6 @@ import { isValidRoomId, MAX_ROOMS_PER_SOCKET, roomKey } from "../../core/rooms.t
 import { pollUntil } from "../../core/time.ts";
 import type { FileInput, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import { type EngineSocket, type Socket, SocketIOServer } from "../../engine_io/mod.ts";
-import { utf8Length } from "../../engine_io/parser.ts";
 import { type Member, spares } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
 import {
@@ -34,6 +33,7 @@ import {
   socketOriginAllowed,
 } from "../context.ts";
 import { optionalClientId } from "../frames.ts";
+import { fitHistory, historyBudget } from "../history_pages.ts";
 
 /** The texts the document's clients match on. */
 export const SIO_ERRORS = {
@@ -63,9 +63,6 @@ const TOO_MANY_TICKETS =
 
 /** Messages one `get_messages` returns, by default and at most. */
 const HISTORY_DEFAULT = 500;
-/** Bytes of rendered messages past which `get_messages` leaves older ones for `before`. */
-const HISTORY_MAX_BYTES = 1024 * 1024;
-
 /** How long a `get_messages` answer waits for the reader to take the one before it, ms. */
 const PAGE_WAIT_MS = 30_000;
 
@@ -856,17 +853,14 @@ export function createSocketIoTicketChat(
         // SLOW_CONSUMER_BYTES and a reader on loopback is not closed as slow before a byte of it
         // went out. Counted in the UTF-8 of their JSON, as the socket counts them: CJK text is
         // 3 bytes a character.
-        const budget = Math.min(HISTORY_MAX_BYTES, ctx.config.slowConsumerBytes / 4);
-        const messages: ReturnType<typeof socketIoMessage>[] = [];
-        let first = page.messages.length;
-        for (let bytes = 0; first > 0; first--) {
-          const rendered = socketIoMessage(page.messages[first - 1], id, s.baseUrl);
-          bytes += utf8Length(JSON.stringify(rendered));
-          if (bytes > budget && messages.length > 0) break;
-          messages.push(rendered);
-        }
-        messages.reverse();
-        const hasMore = page.hasMore || first > 0;
+        const fitted = fitHistory(
+          page.messages,
+          (m) => socketIoMessage(m, id, s.baseUrl),
+          historyBudget(ctx.config.slowConsumerBytes),
+          "newest",
+        );
+        const messages = fitted.rendered;
+        const hasMore = page.hasMore || fitted.cut;
         socket.emit("messages_loaded", { messages, ticketId: id, hasMore });
         ack?.({ messages, hasMore });
       } finally {
