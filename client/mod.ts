@@ -102,7 +102,10 @@ export interface ChatAck {
 export interface HistoryPage {
   /** The messages. */
   messages: ChatMessage[];
-  /** True when there are more in the direction asked. */
+  /**
+   * True when there are more in the direction asked: also on a page the server cut short of
+   * `limit` (at about 1 MiB of messages), so page on with `first_seq` or `last_seq`, not counts.
+   */
   has_more: boolean;
   /** Seq of the first message, or null for an empty page. */
   first_seq: number | null;
@@ -654,10 +657,11 @@ export class ChatClient {
   }
 
   /**
-   * Joins a room. `history: n` (1 to 200) first delivers the newest n messages as `message`
-   * events, then everything after them; `since: seq` delivers everything after that seq. With
-   * neither, only messages committed from now on. Either way, messages follow on without gap or
-   * duplicate, and after a reconnect the room is rejoined from the last seq delivered.
+   * Joins a room. `history: n` (1 to 200) first delivers the newest n messages (fewer when they
+   * pass the server's page of about 1 MiB: see `has_more`) as `message` events, then everything
+   * after them; `since: seq` delivers everything after that seq. With neither, only messages
+   * committed from now on. Either way, messages follow on without gap or duplicate, and after a
+   * reconnect the room is rejoined from the last seq delivered.
    */
   async join(
     room: string,

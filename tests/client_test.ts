@@ -33,10 +33,12 @@ import {
   adminCall,
   eventually,
   freePort,
+  longCjkHistory,
   rawExchange,
   startTestServer,
   TEST_SECRET,
   type TestServer,
+  throttledLink,
 } from "./helpers.ts";
 
 const FAST = { minDelayMs: 30, maxDelayMs: 200, jitter: 0 };
@@ -286,6 +288,58 @@ Deno.test("client: more missed than one join replays is read back from history, 
   } finally {
     reader.client.close();
     writer.client.close();
+    await server.close();
+  }
+});
+
+Deno.test("client: a long history in CJK, read back over a modest link while the room is live, comes across the server's cut pages once each, in order; paging back by first_seq too", async () => {
+  const server = await startTestServer({ REPLAY_LIMIT: "10" });
+  const link = throttledLink(server.port, 2_000_000);
+  const token = await server.token({ sub: "1", username: "1", rooms: ["ticket:*"] });
+  const reader = recorder({ url: `ws://127.0.0.1:${link.port}/ws`, token });
+  const writer = await userClient(server, "2");
+  try {
+    // 12 MB: the 190 the replay leaves were read back in one frame, three times
+    // SLOW_CONSUMER_BYTES, and the live messages had the reader closed as slow again and again.
+    await longCjkHistory(server, "ticket:7", 200);
+    await writer.client.connect();
+    await writer.client.join("ticket:7");
+    const resyncs: unknown[] = [];
+    reader.client.on("resync", (r) => resyncs.push(r));
+    await reader.client.connect();
+    // Live traffic from the join on: 10 messages of 4 KB a second.
+    const live = (async () => {
+      for (let i = 1; i <= 50; i++) {
+        await writer.client.send("ticket:7", { body: `live ${i} ${"x".repeat(4000)}` });
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    })();
+    await reader.client.join("ticket:7", { since: 0 });
+    await live;
+    const all = Array.from({ length: 250 }, (_, i) => i + 1);
+    await eventually(() => reader.messages.length >= 250, 30_000, "every message");
+    assertEquals(reader.seqs("ticket:7"), all);
+    assertEquals(reader.bodies().map((b) => Number(b.split(" ")[b.startsWith("live") ? 1 : 0])), [
+      ...all.slice(0, 200),
+      ...all.slice(0, 50),
+    ]);
+    assertEquals(resyncs, []);
+    assertEquals(reader.states.map((s) => s.state), ["connecting", "open"]);
+
+    // An application paging back as the page tells it to: several pages of 200 asked for.
+    let back: number[] = [];
+    let pages = 0;
+    for (let before: number | undefined, more = true; more; pages++) {
+      const page = await writer.client.history("ticket:7", { before, limit: 200 });
+      back = page.messages.map((m) => m.seq).concat(back);
+      [before, more] = [page.first_seq ?? undefined, page.has_more];
+    }
+    assertEquals(back, all);
+    assert(pages > 10, `${pages} pages`);
+  } finally {
+    reader.client.close();
+    writer.client.close();
+    await link.close();
     await server.close();
   }
 });

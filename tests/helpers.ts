@@ -207,6 +207,77 @@ export function freePort(): number {
   return port;
 }
 
+/**
+ * Stores `count` messages of 20,000 characters (the most a message may have) in `room`, CJK text
+ * of 60 KB of UTF-8 each, every one starting with its number: a long history, 12 MB per 200.
+ */
+export async function longCjkHistory(server: TestServer, room: string, count: number) {
+  const queued = [];
+  for (let i = 1; i <= count; i++) {
+    const head = `${i} `;
+    queued.push(
+      await server.app.context.chat.queue(null, room, {
+        body: head + "漢".repeat(20_000 - head.length),
+      }),
+    );
+  }
+  await Promise.all(queued.map((q) => q.result));
+}
+
+/**
+ * A TCP proxy to `port` that passes the server's bytes to the client at `bytesPerSecond` (the
+ * other way unthrottled): a client on a modest link that reads steadily.
+ */
+export function throttledLink(port: number, bytesPerSecond: number) {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.Conn>();
+  const pipe = async (from: Deno.Conn, to: Deno.Conn, throttled: boolean) => {
+    const buf = new Uint8Array(16 * 1024);
+    try {
+      while (true) {
+        const n = await from.read(buf);
+        if (n === null) break;
+        for (let off = 0; off < n;) off += await to.write(buf.subarray(off, n));
+        if (throttled) await new Promise((r) => setTimeout(r, (n / bytesPerSecond) * 1000));
+      }
+    } catch {
+      // Closed under the read or write.
+    }
+    await to.closeWrite().catch(() => {});
+  };
+  const accepting = (async () => {
+    for await (const conn of listener) {
+      conns.add(conn);
+      const upstream = await Deno.connect({ hostname: "127.0.0.1", port });
+      conns.add(upstream);
+      Promise.all([pipe(conn, upstream, false), pipe(upstream, conn, true)]).finally(() => {
+        for (const c of [conn, upstream]) {
+          try {
+            c.close();
+          } catch {
+            // Closed already.
+          }
+          conns.delete(c);
+        }
+      });
+    }
+  })().catch(() => {});
+  return {
+    port: (listener.addr as Deno.NetAddr).port,
+    async close() {
+      listener.close();
+      await accepting;
+      for (const c of conns) {
+        try {
+          c.close();
+        } catch {
+          // Closed already.
+        }
+      }
+    },
+  };
+}
+
 /** Sends `request` (raw HTTP) to the server at `url` and reads until it closes the connection. */
 export async function rawExchange(
   url: string,

@@ -5,11 +5,13 @@ import {
   adminCall,
   eventually,
   listFiles,
+  longCjkHistory,
   sendRawText,
   silentPeer,
   startTestServer,
   TestClient,
   type TestServer,
+  throttledLink,
 } from "./helpers.ts";
 
 type Frame = Record<string, unknown>;
@@ -669,6 +671,78 @@ Deno.test("native: history pages by cursor both ways; typing, read and presence 
     assertEquals([left.action, (left.user as Frame).id], ["leave", 2]);
     await a.close();
   } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: a history page of long CJK messages is cut to about 1 MiB, nearest the reader: a steady reader on a modest link is not closed as slow while the room is live, and paging by first_seq or last_seq reads every message once", async () => {
+  const server = await startTestServer();
+  const link = throttledLink(server.port, 2_000_000);
+  try {
+    await longCjkHistory(server, "chat:1", 200);
+    const token = await server.token({ sub: "1", username: "one", rooms: ["chat:*"] });
+    const reader = await TestClient.open(`ws://127.0.0.1:${link.port}/ws?token=${token}`);
+    assertEquals((await reader.next()).type, "welcome");
+    await join(reader, "chat:1");
+    const writer = await connect(server, { sub: "2", username: "two" });
+    await join(writer, "chat:1");
+    const bytes = (frame: Frame) => new TextEncoder().encode(JSON.stringify(frame)).length;
+    const range = (from: number, to: number) =>
+      Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+    // A page of 200 of them was one 12 MB frame, three times SLOW_CONSUMER_BYTES: read at
+    // 2 MB/s, it was still mostly unsent when the live messages made the server look.
+    reader.send({ type: "history", room: "chat:1", after: 0, limit: 200, ref: "h" });
+    for (let i = 1; i <= 40; i++) {
+      writer.send({ type: "send", room: "chat:1", body: `live ${i}`, ref: `live ${i}` });
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const page = await reader.next((f) => f.ref === "h" || f.type === "error", 20_000);
+    const live = reader.next((f) => f.body === "live 40", 20_000).then(() => "open", String);
+    assertEquals(await Promise.race([live, reader.closed]), "open");
+    const seqs = (page.messages as Frame[]).map((m) => m.seq as number);
+    assertEquals(page.type, "history");
+    assert(seqs.length > 1 && seqs.length < 200, `${seqs.length} messages`);
+    assert(bytes(page) <= 1024 * 1024 + 1024, `a page of ${bytes(page)} bytes`);
+    assertEquals([page.has_more, page.first_seq, page.last_seq], [true, 1, seqs.at(-1)]);
+    assertEquals(seqs, range(1, seqs.length));
+    await writer.next((f) => f.ref === "live 40");
+
+    // Pages asked for back to back (a client reading several rooms' at once) go out as the
+    // reader takes them: ten at once would be 10 MiB unsent.
+    for (let k = 0; k < 10; k++) {
+      reader.send({ type: "history", room: "chat:1", before: 200 - 20 * k, limit: 200, ref: k });
+    }
+    for (let k = 0; k < 10; k++) {
+      const p = await reader.next((f) => f.ref === k, 20_000).catch(() => "closed");
+      assertEquals(typeof p === "string" ? [p, await reader.closed] : p.has_more, true);
+    }
+
+    // Forwards from last_seq: the oldest of each page kept. Backwards from first_seq: the newest.
+    let forward: number[] = [];
+    let pages = 0;
+    for (let after = 0, more = true; more; pages++) {
+      writer.send({ type: "history", room: "chat:1", after, limit: 200, ref: `f${after}` });
+      const p = await writer.next((f) => f.ref === `f${after}`);
+      assert(bytes(p) <= 1024 * 1024 + 1024, `a page of ${bytes(p)} bytes`);
+      forward = forward.concat((p.messages as Frame[]).map((m) => m.seq as number));
+      [after, more] = [p.last_seq as number, p.has_more as boolean];
+    }
+    assertEquals(forward, range(1, 240));
+    assert(pages > 10, `${pages} pages`);
+    let backward: number[] = [];
+    for (let before: number | undefined, more = true; more;) {
+      writer.send({ type: "history", room: "chat:1", before, limit: 200, ref: `b${before}` });
+      const p = await writer.next((f) => f.ref === `b${before}`);
+      assert(bytes(p) <= 1024 * 1024 + 1024, `a page of ${bytes(p)} bytes`);
+      backward = (p.messages as Frame[]).map((m) => m.seq as number).concat(backward);
+      [before, more] = [p.first_seq as number, p.has_more as boolean];
+    }
+    assertEquals(backward, range(1, 240));
+    await reader.close();
+    await writer.close();
+  } finally {
+    await link.close();
     await server.close();
   }
 });

@@ -239,10 +239,11 @@ var ChatClient = class {
     return this.#rooms.get(room)?.lastSeq;
   }
   /**
-   * Joins a room. `history: n` (1 to 200) first delivers the newest n messages as `message`
-   * events, then everything after them; `since: seq` delivers everything after that seq. With
-   * neither, only messages committed from now on. Either way, messages follow on without gap or
-   * duplicate, and after a reconnect the room is rejoined from the last seq delivered.
+   * Joins a room. `history: n` (1 to 200) first delivers the newest n messages (fewer when they
+   * pass the server's page of about 1 MiB: see `has_more`) as `message` events, then everything
+   * after them; `since: seq` delivers everything after that seq. With neither, only messages
+   * committed from now on. Either way, messages follow on without gap or duplicate, and after a
+   * reconnect the room is rejoined from the last seq delivered.
    */
   async join(room, options = {}) {
     if (this.#state === "closed") {

@@ -25,6 +25,7 @@ import {
   type WsRoute,
 } from "../context.ts";
 import { clip, optionalClientId, optionalString, parseObject, typingRecord } from "../frames.ts";
+import { fitHistory, historyBudget } from "../history_pages.ts";
 
 /** Close codes of the native protocol. */
 export const NATIVE_CLOSE = {
@@ -690,6 +691,10 @@ class NativeSession implements SocketHandler {
       case "history": {
         const room = requireRoom(record);
         if (!this.#rooms.has(room) && this.#closeIfExpired(conn)) return;
+        // Written as the socket drains, as a join's replay is: pages asked for back to back (a
+        // gap read page after page, several rooms' at once) would pass the slow-consumer bound
+        // together before the reader could take them.
+        if (conn.writable() <= 0 && !(await conn.drained())) return;
         if (!(await ctx.chat.canAccess(user, room))) {
           throw new ChatError("forbidden", `Access denied to room "${room}"`);
         }
@@ -702,12 +707,22 @@ class NativeSession implements SocketHandler {
         }
         const before = optionalSeq(record, "before");
         const after = optionalSeq(record, "after");
-        const { messages, hasMore } = await ctx.chat.historyPage(room, { before, after, limit });
+        const page = await ctx.chat.historyPage(room, { before, after, limit });
+        // 200 messages of 20,000 characters are 12 MB in CJK text, one frame three times the
+        // default SLOW_CONSUMER_BYTES: a steady reader was closed as slow once live traffic made
+        // the socket look at its buffer. Cut on the side away from the reader, so that the next
+        // page's cursor (first_seq or last_seq) goes on from what was sent.
+        const { messages, rendered, cut } = fitHistory(
+          page.messages,
+          (m) => nativeMessage(m, this.baseUrl),
+          historyBudget(ctx.config.slowConsumerBytes),
+          after !== undefined ? "oldest" : "newest",
+        );
         this.#reply(conn, {
           type: "history",
           room,
-          messages: messages.map((m) => nativeMessage(m, this.baseUrl)),
-          has_more: hasMore,
+          messages: rendered,
+          has_more: page.hasMore || cut,
           first_seq: messages[0]?.seq ?? null,
           last_seq: messages.at(-1)?.seq ?? null,
         }, ref);
