@@ -1,7 +1,13 @@
 /** The conversation chat (shared/specs/conversation-chat-files.md), the document's client flow. */
 
 import { assert, assertEquals, assertMatch, eventually } from "./assert.ts";
-import { startTestServer, TestClient, type TestServer } from "./helpers.ts";
+import {
+  longCjkHistory,
+  startTestServer,
+  TestClient,
+  type TestServer,
+  throttledLink,
+} from "./helpers.ts";
 
 const talker = {
   sub: "5",
@@ -221,6 +227,53 @@ Deno.test("conversation chat: a fractional get_history limit is floored, not an 
     ]);
     await a.close();
   } finally {
+    await server.close();
+  }
+});
+
+Deno.test("conversation chat: get_history of long CJK messages answers the newest that fit in about 1 MiB with has_more, so a steady reader on a modest link is not closed as slow while the conversation is live; paging by the oldest id reads every message once", async () => {
+  const server = await startTestServer();
+  const link = throttledLink(server.port, 2_000_000);
+  try {
+    await longCjkHistory(server, "chat:9", 200);
+    const token = await server.token({ rooms: ["chat:9"], ...listener });
+    const reader = await TestClient.open(`ws://127.0.0.1:${link.port}/ws/chat/9/?token=${token}`);
+    assertEquals((await reader.next()).type, "connection_established");
+    const writer = await join(server, 9, talker);
+    const bytes = (frame: unknown) => new TextEncoder().encode(JSON.stringify(frame)).length;
+    type Page = { messages: { id: number; content: string }[]; has_more: boolean };
+
+    // 200 of them were one 12 MB frame, three times SLOW_CONSUMER_BYTES: read at 2 MB/s, it was
+    // still mostly unsent when the live messages made the server look.
+    reader.send({ type: "get_history", limit: 200 });
+    // Read before the live messages come (checked below: the newest it holds is the 200th).
+    await new Promise((r) => setTimeout(r, 300));
+    for (let i = 1; i <= 40; i++) {
+      writer.send({ type: "chat_message", message: `live ${i} ${"x".repeat(4000)}` });
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const page = await reader.next<Page>((f) => "messages" in f, 20_000);
+    const live = reader.next((f) => String(f.content).startsWith("live 40 "), 20_000);
+    assertEquals(await Promise.race([live.then(() => "open", String), reader.closed]), "open");
+    const ids = page.messages.map((m) => m.id);
+    assert(ids.length > 1 && ids.length < 200, `${ids.length} messages`);
+    assert(bytes(page) <= 1024 * 1024 + 1024, `a page of ${bytes(page)} bytes`);
+    assertEquals(page.has_more, true);
+    assertEquals(ids, Array.from({ length: ids.length }, (_, i) => 201 - ids.length + i));
+
+    let back: number[] = [];
+    for (let before: number | undefined, more = true; more;) {
+      writer.send({ type: "get_history", before, limit: 200 });
+      const p = await writer.next<Page>((f) => (f as Record<string, unknown>).type === "history");
+      assert(bytes(p) <= 1024 * 1024 + 1024, `a page of ${bytes(p)} bytes`);
+      back = p.messages.map((m) => m.id).concat(back);
+      [before, more] = [p.messages[0]?.id, p.has_more];
+    }
+    assertEquals(back, Array.from({ length: 240 }, (_, i) => i + 1));
+    await reader.close();
+    await writer.close();
+  } finally {
+    await link.close();
     await server.close();
   }
 });

@@ -12,6 +12,7 @@ import { mediaUrlPath } from "../../media/local_media_store.ts";
 import { formatSize } from "../../media/mime.ts";
 import { bodyWithFileUrls, type DialectContext, type WsRoute } from "../context.ts";
 import { clip, optionalClientId, optionalString, parseObject, typingRecord } from "../frames.ts";
+import { fitHistory, historyBudget } from "../history_pages.ts";
 import { type RoomSession, singleRoomRoute } from "../single_room.ts";
 
 /** Close codes of this protocol. */
@@ -187,6 +188,9 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
           return;
         case "get_history": {
           if (!(await s.conn.settled())) return;
+          // Written as the socket drains: pages asked for back to back would pass the
+          // slow-consumer bound together before the reader could take them.
+          if (s.conn.writable() <= 0 && !(await s.conn.drained())) return;
           // Asked again, as sends are: a participant the application removed in the database
           // (no event reaches this socket) must not read on.
           await requireAccess(s);
@@ -194,15 +198,23 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
           // Floored, as a bad limit is clamped, not refused: KV's list throws on a fraction.
           const limit = Math.floor(Math.min(Math.max(Number(record.limit ?? 50) || 50, 1), 200));
           const before = Number.isSafeInteger(record.before) ? Number(record.before) : undefined;
-          const [messages, cursors] = await Promise.all([
-            ctx.chat.history(s.room, { before, limit }),
+          const [page, cursors] = await Promise.all([
+            ctx.chat.historyPage(s.room, { before, limit }),
             ctx.chat.readCursors(s.room),
           ]);
+          // The newest that fit in about 1 MiB: 200 messages of 20,000 CJK characters were one
+          // 12 MB frame, which closed a steady reader as slow once live traffic came. The
+          // oldest id sent is the next page's `before`.
+          const { rendered, cut } = fitHistory(
+            page.messages,
+            (m) => conversationMessage(m, s.id, s.baseUrl, readByOthers(m, cursors)),
+            historyBudget(ctx.config.slowConsumerBytes),
+            "newest",
+          );
           s.conn.send(JSON.stringify({
             type: "history",
-            messages: messages.map((m) =>
-              conversationMessage(m, s.id, s.baseUrl, readByOthers(m, cursors))
-            ),
+            messages: rendered,
+            has_more: page.hasMore || cut,
           }));
           return;
         }
