@@ -793,7 +793,14 @@ apiTest("healthz answers with KV and directory; metrics count API requests", asy
   assertMatch(metrics, /chat_api_requests_total\{method="GET",status="404"\} 1/);
   assertMatch(metrics, /chat_api_requests_total\{method="GET",status="401"\} 1/);
   assertMatch(metrics, /# TYPE chat_connections gauge/);
-  assertMatch(metrics, /chat_commit_seconds_sum/);
+  // One summary family, its two samples under it: no counter without _total.
+  assertMatch(
+    metrics,
+    /# TYPE chat_commit_seconds summary\nchat_commit_seconds_sum \S+\nchat_commit_seconds_count \d+\n/,
+  );
+  for (const [, name] of metrics.matchAll(/^# TYPE (\S+) counter$/gm)) {
+    assert(name.endsWith("_total"), `counter ${name} does not end in _total`);
+  }
   // A server alone labels nothing, its isolate's heap included.
   assertMatch(metrics, /^deno_heap_used_bytes [1-9]\d*$/m);
   assertEquals(metrics.match(/^process_resident_memory_bytes [1-9]\d*$/gm)?.length, 1);

@@ -80,11 +80,11 @@ export function renderMetrics(metrics: Metrics, hub: Hub, frames?: FrameBudget):
     "Errors sent to clients by code.",
     [...metrics.errors].map(([c, n]) => [`{code="${c}"}`, n]),
   );
-  metric("chat_commit_seconds_sum", "counter", "Total time spent in history commits.", [[
-    "",
-    metrics.commitSeconds,
-  ]]);
-  metric("chat_commit_seconds_count", "counter", "History commits.", [["", metrics.commits]]);
+  // One summary family (its _sum and _count), as Prometheus reads a duration.
+  metric("chat_commit_seconds", "summary", "Time spent in history commits.", [
+    ["_sum", metrics.commitSeconds],
+    ["_count", metrics.commits],
+  ]);
   metric("chat_gap_fills_total", "counter", "Messages read back to fill a delivery gap.", [[
     "",
     hub.stats.gapFills,
