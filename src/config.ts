@@ -313,6 +313,15 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     throw new Error(`Invalid configuration:\n${lines.join("\n")}`);
   }
   const e = parsed.data;
+  // The handshake hands both to the client, whose timer waits their sum: past 2^31 - 1 ms a
+  // timer fires at once, and every session would end at its first ping.
+  if (e.SOCKETIO_PING_INTERVAL_MS + e.SOCKETIO_PING_TIMEOUT_MS > 2 ** 31 - 1) {
+    throw new Error(
+      "Invalid configuration:\n  SOCKETIO_PING_INTERVAL_MS + SOCKETIO_PING_TIMEOUT_MS: expected " +
+        "at most 2147483647 ms together (about 24.8 days, the longest a timer holds), got " +
+        `${e.SOCKETIO_PING_INTERVAL_MS + e.SOCKETIO_PING_TIMEOUT_MS}`,
+    );
+  }
   const mediaDir = e.MEDIA_DIR ? resolve(e.MEDIA_DIR) : join(e.DATA_DIR, "media");
   const kvPath = e.KV_PATH ?? join(e.DATA_DIR, "chat.kv");
   // Everything under the media directory is served to anyone: the data directory holds the

@@ -286,3 +286,13 @@ Deno.test("loadConfig() follows links when it compares MEDIA_DIR with the data, 
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("loadConfig() refuses Socket.IO ping settings whose sum a timer cannot hold (the client waits for it)", async () => {
+  const err = await assertRejects(() => loadConfig({ SOCKETIO_PING_INTERVAL_MS: "3000000000" }));
+  assertEquals(err.message.includes("SOCKETIO_PING_INTERVAL_MS + SOCKETIO_PING_TIMEOUT_MS"), true);
+  const longest = loadConfig({
+    SOCKETIO_PING_INTERVAL_MS: String(2 ** 31 - 1 - 20_000),
+    SOCKETIO_PING_TIMEOUT_MS: "20000",
+  });
+  assertEquals(longest.socketIoPingIntervalMs, 2 ** 31 - 1 - 20_000);
+});

@@ -1685,3 +1685,15 @@ Deno.test("socket.io: a connection may be in 100 tickets; the 101st join is refu
     });
   }, { RATE_LIMIT_PER_SECOND: "100000", RATE_LIMIT_USER_PER_SECOND: "100000" });
 });
+
+Deno.test("socket.io: SOCKETIO_AUTH_TIMEOUT_MS past a timer's 2^31 - 1 ms (35 days) leaves a connection its time, not 1 ms", async () => {
+  await withChat(async (_server, client) => {
+    const socket = client({ transports: ["websocket"], reconnection: false });
+    await next(socket, "connect");
+    const outcome = await new Promise<string>((resolve) => {
+      socket.on("disconnect", (reason) => resolve(`disconnected: ${reason}`));
+      setTimeout(() => resolve("still connected"), 1000);
+    });
+    assertEquals(outcome, "still connected");
+  }, { SOCKETIO_AUTH_TIMEOUT_MS: "3000000000" });
+});

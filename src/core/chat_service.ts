@@ -3,6 +3,7 @@
 import { ChatError, roomDeleted } from "./errors.ts";
 import { objectId } from "./ids.ts";
 import type { Metrics } from "./metrics.ts";
+import { timerDelay } from "./time.ts";
 import type {
   AccessPolicy,
   AppendResult,
@@ -335,7 +336,7 @@ export class ChatService {
       const timer = setTimeout(() => {
         this.#typing.delete(key);
         this.#deps.fanout.publish({ type: "typing", room, user: profileOf(user), isTyping: false });
-      }, this.#deps.typingTimeoutMs ?? 5000);
+      }, timerDelay(this.#deps.typingTimeoutMs ?? 5000));
       this.#typing.set(key, { timer, user, conns });
     } else if (current) {
       current.conns.delete(connId);

@@ -764,8 +764,8 @@ class Session implements EngineSocket {
       this.#pingTimer = undefined;
       this.sendPackets([PING]);
       clearTimeout(this.#pongTimer);
-      this.#pongTimer = setTimeout(() => this.#close("ping timeout"), pingTimeout);
-    }, pingInterval);
+      this.#pongTimer = setTimeout(() => this.#close("ping timeout"), timerDelay(pingTimeout));
+    }, timerDelay(pingInterval));
   }
 
   #flush(): void {

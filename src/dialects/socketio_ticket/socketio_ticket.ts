@@ -17,7 +17,7 @@ import {
 import type { QueuedSend } from "../../core/chat_service.ts";
 import { type RateVerdict, TYPING_REPEAT_MS } from "../../core/rate_limiter.ts";
 import { isValidRoomId, MAX_ROOMS_PER_SOCKET, roomKey } from "../../core/rooms.ts";
-import { pollUntil } from "../../core/time.ts";
+import { pollUntil, timerDelay } from "../../core/time.ts";
 import type { FileInput, Message, Principal, RoomEvent, UserProfile } from "../../core/types.ts";
 import { type EngineSocket, type Socket, SocketIOServer } from "../../engine_io/mod.ts";
 import { type Member, spares } from "../../hub/hub.ts";
@@ -697,7 +697,7 @@ export function createSocketIoTicketChat(
         socket,
         setTimeout(() => {
           if (!s.user) socket.conn.close();
-        }, ctx.config.socketIoAuthTimeoutMs),
+        }, timerDelay(ctx.config.socketIoAuthTimeoutMs)),
       );
     }
 
