@@ -1,6 +1,6 @@
 /** Composition root: read the config, open the stores, wire the dialects, serve. */
 
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { DirectoryAccessPolicy, directoryProfileEnricher } from "./src/auth/directory_access.ts";
 import { Authenticator } from "./src/auth/authenticator.ts";
 import {
@@ -54,7 +54,7 @@ import { renderFamily } from "./src/http/process_metrics.ts";
 import { mountWeb } from "./src/http/web_routes.ts";
 import { ApiCounters, createApi } from "./src/http/api/mod.ts";
 import { openDirectory, parseDatabaseUrl } from "./src/directory/open.ts";
-import { commitRetryingLocks } from "./src/store/kv_reads.ts";
+import { commitRetryingLocks, isStorageError } from "./src/store/kv_reads.ts";
 import { Hub } from "./src/hub/hub.ts";
 import { MediaAttachmentStore } from "./src/media/attachments.ts";
 import { LocalMediaStore } from "./src/media/local_media_store.ts";
@@ -132,6 +132,27 @@ const HEALTH_STEP_MS = 3000;
 const withoutPaths = (text: string) => text.replace(/:\s*\w*\s*['"]?\/.*$/s, "");
 
 const message = (err: unknown) => err instanceof Error ? err.message : String(err);
+
+/**
+ * What follows SQLite's words when a store's `file` could not be opened for want of space or
+ * write access: "disk I/O error" reads like failing hardware, but a database in WAL mode cannot
+ * even be opened without creating its `-shm` file beside it. "Unable to open" is also what a
+ * missing directory gets, which needs no such hint.
+ */
+async function storageHint(
+  err: unknown,
+  file: string | undefined,
+  dataDir: string,
+): Promise<string> {
+  if (file === undefined) return "";
+  const dir = dirname(resolve(file));
+  const cannotOpen = /unable to open database file/i.test(message(err)) &&
+    await Deno.stat(dir).then((s) => s.isDirectory, () => false);
+  if (!isStorageError(err) && !cannotOpen) return "";
+  const where = dir === resolve(dataDir) ? `DATA_DIR (${dataDir})` : `its directory (${dir})`;
+  return `; ${where} may be full or not writable (SQLite creates files beside the database ` +
+    "even to open it)";
+}
 
 /**
  * The isolate's open connections; once told to take no more frames (a shutdown's drain), so is
@@ -212,16 +233,18 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const opened = await openDirectory(config.databaseUrl, config.dataDir, {
     poolMax: config.databasePoolMax,
     timeoutMs: config.databaseTimeoutMs,
-  }).catch((err) => {
+  }).catch(async (err) => {
     // Its own checks of the URL already name it.
     if (message(err).startsWith("DATABASE_URL")) throw err;
     const which = config.databaseUrl ? "DATABASE_URL" : "The directory's SQLite file in DATA_DIR";
-    throw new Error(`${which}: the directory could not be opened: ${message(err)}`);
+    const hint = await storageHint(err, sqlitePath, config.dataDir);
+    throw new Error(`${which}: the directory could not be opened: ${message(err)}${hint}`);
   });
   const directory = (overrides.directory ?? ((d) => d))(opened);
   const kv = await Deno.openKv(config.kvPath).catch(async (err) => {
     await directory.close();
-    throw new Error(`KV_PATH (${config.kvPath}) could not be opened: ${message(err)}`);
+    const hint = await storageHint(err, kvPath, config.dataDir);
+    throw new Error(`KV_PATH (${config.kvPath}) could not be opened: ${message(err)}${hint}`);
   });
   await Promise.all([newSqlite && ownerOnly(sqlitePath!), newKv && ownerOnly(kvPath!)]);
   const metrics = new Metrics();

@@ -1,11 +1,22 @@
 /**
  * Deno KV helpers the stores and brokers share: chunked `getMany`, coalesced fresh reads, and
- * telling (and waiting out) a commit refused for SQLite's write lock.
+ * telling (and waiting out) a commit refused for SQLite's write lock, and telling a volume that
+ * takes no write.
  */
 
 /** True for SQLite's "database is locked": another isolate of this process holds the write lock. */
 export function isLocked(err: unknown): boolean {
   return err instanceof Error && /database is locked|SQLITE_BUSY/i.test(err.message);
+}
+
+/**
+ * True for SQLite's answers when the volume takes no write: a full disk ("database or disk is
+ * full", or "disk I/O error" when a file beside the database cannot grow), a read-only one.
+ */
+export function isStorageError(err: unknown): boolean {
+  return err instanceof Error &&
+    /database or disk is full|disk I\/O error|readonly database|read-only file system|no space left|SQLITE_(FULL|IOERR|READONLY)/i
+      .test(err.message);
 }
 
 /** Commits, waiting out the moments another isolate of the process holds the SQLite write lock. */
