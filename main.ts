@@ -293,15 +293,13 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   };
   const mediaSweep = pollEvery(mediaSweepMs, sweepMedia);
   void sweepMedia();
-  store.onCommit = (ms) => {
-    metrics.commitSeconds += ms / 1000;
-    metrics.commits++;
-  };
   // Alone on the store, a server skips the channel posts and the head watches (nobody else
   // commits or listens); both start as soon as another instance or isolate registers. The
   // channel reaches only this process's isolates, and so, on a local file, does the watch.
   // The registry entry is also the lease of this server's presence entries: it lapses, and
-  // they with it, a presence TTL after the server stops renewing it.
+  // they with it, a presence TTL after the server stops renewing it. A volume that refuses the
+  // first registration (a full disk) does not stop the start: history is still read, the
+  // registration is tried again, and /healthz says 503 until it is written.
   // Deno wakes a watch on a local KV file only for commits of its own process: servers of other
   // processes sharing the file are found, and their commits seen, by reading the keys instead.
   const localKv = isLocalPath(config.kvPath);
@@ -310,6 +308,13 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     heartbeatMs: config.presenceTtlSeconds * 1000 / 3,
     pollMs: localKv ? 1000 : undefined,
   });
+  store.onCommit = (ms) => {
+    metrics.commitSeconds += ms / 1000;
+    metrics.commits++;
+    // KV takes writes again after refusing this server's registration: the others must learn
+    // of it (and watch this commit's room) now, not at the next retry.
+    if (!registry.registered) registry.register().catch(() => {});
+  };
   const broker = new SharedOnlyBroker(
     overrides.broker ?? new BroadcastChannelBroker(config.kvPath),
     () => registry.nearby > 0,
@@ -470,6 +475,9 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         "KV does not accept writes",
         () => kv.set(["health", isolateId], Date.now(), { expireIn: 60_000 }),
       );
+      // Its first registration refused (a full disk at the start): the others do not know of
+      // this server yet, so its messages would not reach their sockets at once. Tries again now.
+      await step("This server is not registered with the others", () => registry.register());
       await step("Media directory does not accept files", () => media.probe());
       // Its errors name the database's host and port: logged, not told to anyone who asks.
       await step("Directory does not answer", () => directory.ping(), false);

@@ -1,14 +1,19 @@
 /**
- * A server (re)started while DATA_DIR is full, as a real process on a small tmpfs. After a clean
- * stop SQLite cannot even open its files (it creates the -shm file): the start fails with a
- * message naming DATA_DIR, not only "disk I/O error".
+ * A server (re)started while DATA_DIR is full, as a real process on a small tmpfs. After a crash
+ * (kill -9 leaves KV's -wal and -shm files, so SQLite opens the files with no space to spare) it
+ * serves history, says 503 on /healthz, and once space returns registers with the others, says
+ * 200 and stores sends again. After a clean stop SQLite cannot even open its files (it creates
+ * the -shm file): the start fails with a message naming DATA_DIR, not only "disk I/O error".
  *
  * Mounting a tmpfs needs root (and the right to mount): elsewhere the tests are skipped, and
  * their names say so.
  */
 
 import { assert, assertEquals, eventually } from "./assert.ts";
-import { TEST_SECRET } from "./helpers.ts";
+import { TEST_SECRET, TestClient } from "./helpers.ts";
+import { signDevToken } from "../src/auth/verifier.ts";
+
+type Frame = Record<string, unknown>;
 
 async function run(cmd: string, ...args: string[]): Promise<void> {
   const out = await new Deno.Command(cmd, { args, stdout: "null", stderr: "piped" }).output();
@@ -108,6 +113,103 @@ function spawnServer(env: Record<string, string>) {
     },
   };
 }
+
+/** A native socket of a user who may enter every ticket, past its welcome. */
+async function nativeSocket(url: string): Promise<TestClient> {
+  const token = await signDevToken(TEST_SECRET, { sub: "1", username: "one", rooms: ["ticket:*"] });
+  const ws = await TestClient.open(`${url.replace(/^http/, "ws")}/ws?token=${token}`);
+  assertEquals((await ws.next()).type, "welcome");
+  return ws;
+}
+
+/** A server's /healthz: its status and body. */
+async function health(url: string): Promise<{ status: number; body: Frame }> {
+  const res = await fetch(`${url}/healthz`);
+  return { status: res.status, body: await res.json() };
+}
+
+Deno.test({
+  name: named(
+    "disk: a server killed with -9 starts again on a full DATA_DIR: history is served, /healthz says 503 until space returns, then it is known to the other server and sends are stored",
+  ),
+  ignore: skip,
+  async fn() {
+    const disk = await smallDisk();
+    // Lapsed entries go in 2 s: the other server is soon alone after the crash.
+    const env = { DATA_DIR: disk.dir, PRESENCE_TTL_SECONDS: "2" };
+    const servers: ReturnType<typeof spawnServer>[] = [];
+    try {
+      const first = spawnServer(env);
+      servers.push(first);
+      const a = await nativeSocket(await first.url());
+      a.send({ type: "join", room: "ticket:1", ref: 0 });
+      assertEquals((await a.next((f) => f.ref === 0)).type, "joined");
+      a.send({ type: "send", room: "ticket:1", body: "kept", ref: 1 });
+      assertEquals((await a.next((f) => f.ref === 1)).seq, 1);
+      // A crash: the KV and directory files keep their -wal and -shm beside them.
+      assertEquals((await first.kill("SIGKILL")).signal, "SIGKILL");
+      await a.close();
+      // Another server on the same KV, alone once the crashed one's entry lapsed: it watches no
+      // head and posts nowhere until a newcomer registers.
+      const other = spawnServer(env);
+      servers.push(other);
+      const otherUrl = await other.url();
+      await eventually(
+        async () => (await health(otherUrl)).body.peers === 0,
+        10_000,
+        "the crashed server's entry to lapse",
+      );
+      const c = await nativeSocket(otherUrl);
+      c.send({ type: "join", room: "ticket:1", ref: 0 });
+      assertEquals((await c.next((f) => f.ref === 0)).type, "joined");
+      await disk.fill();
+
+      const again = spawnServer(env);
+      servers.push(again);
+      const url = await again.url();
+      const full = await health(url);
+      assertEquals([full.status, full.body.status], [503, "error"], JSON.stringify(full.body));
+      const b = await nativeSocket(url);
+      b.send({ type: "history", room: "ticket:1", ref: 2 });
+      const history = await b.next((f) => f.ref === 2);
+      assertEquals((history.messages as Frame[]).map((m) => m.body), ["kept"]);
+      assert(
+        /could not register, as KV takes no write/.test(again.log()),
+        `the log does not say why: ${again.log()}`,
+      );
+
+      await disk.free();
+      // Healthy only once registered with the others: the check tries the registration itself.
+      await eventually(
+        async () => (await health(url)).status === 200,
+        10_000,
+        "/healthz to say 200 once space returned",
+      );
+      assert(/registered at last/.test(again.log()), again.log());
+      await eventually(
+        async () => (await health(otherUrl)).body.peers === 1,
+        10_000,
+        "the other server to learn of it",
+      );
+      b.send({ type: "join", room: "ticket:1", ref: 3 });
+      assertEquals((await b.next((f) => f.ref === 3)).type, "joined");
+      b.send({ type: "send", room: "ticket:1", body: "after", ref: 4 });
+      assertEquals((await b.next((f) => f.ref === 4)).seq, 2);
+      // The other server's socket gets it: it follows this server's commits now.
+      const got = await c.next((f) => f.type === "message");
+      assertEquals([got.seq, got.body], [2, "after"]);
+      b.send({ type: "history", room: "ticket:1", ref: 5 });
+      const after = await b.next((f) => f.ref === 5);
+      assertEquals((after.messages as Frame[]).map((m) => m.body), ["kept", "after"]);
+      await b.close();
+      await c.close();
+      assertEquals((await again.kill("SIGTERM")).code, 0, again.log());
+    } finally {
+      for (const server of servers) await server.kill("SIGKILL");
+      await disk.unmount();
+    }
+  },
+});
 
 Deno.test({
   name: named(

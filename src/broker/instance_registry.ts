@@ -6,7 +6,7 @@
 
 import { type Broker, isEviction, type RoomEvent } from "../core/types.ts";
 import { type Poll, pollEvery } from "./poll.ts";
-import { commitRetryingLocks } from "../store/kv_reads.ts";
+import { commitRetryingLocks, isStorageError } from "../store/kv_reads.ts";
 
 const ENTRY = (id: string): Deno.KvKey => ["instance", id];
 const ENTRIES: Deno.KvKey = ["instance"];
@@ -85,6 +85,11 @@ export interface InstanceRegistryOptions {
    * wakes no watch here, so a newcomer there would otherwise be seen only at the next heartbeat.
    */
   pollMs?: number;
+  /**
+   * How often a first registration the volume refused is tried again (default 1 s; see
+   * {@link InstanceRegistry.register}).
+   */
+  retryMs?: number;
 }
 
 /**
@@ -95,6 +100,15 @@ export interface InstanceRegistryOptions {
  * from the store (the head watch reports current heads when it starts). A server that stalled
  * past the stale time (its entry lapsed, others may have swept its presence) comes back as an
  * arrival and tells its `onLapse` listeners, which write their presence again.
+ *
+ * A server whose first registration the volume refuses (a full disk, a read-only mount) starts
+ * anyway, unregistered: it reads the others' entries as usual, so it knows whom to watch, and it
+ * tries again every `retryMs` and whenever {@link register} is called; reads (history) are served
+ * meanwhile, while every write fails on that volume too. Until it is registered, the others do not
+ * know it (a server alone posts to no channel and watches no head), so nothing that must reach
+ * them may be written before: presence entries wait for {@link register}, and a message committed
+ * in the moment between the disk's return and the registration reaches them when it lands, as
+ * their head watches start by reporting the current heads. Registering late counts as a lapse.
  */
 export class InstanceRegistry {
   #kv: Deno.Kv;
@@ -108,6 +122,11 @@ export class InstanceRegistry {
   #listeners = new Set<(alone: boolean) => void>();
   #lapseListeners = new Set<() => void>();
   #timer?: ReturnType<typeof setInterval>;
+  #retryMs: number;
+  #retryTimer?: ReturnType<typeof setInterval>;
+  /** False until this server's entry is first written (see {@link register}). */
+  #registered = false;
+  #registering?: Promise<void>;
   #watch?: ReadableStreamDefaultReader<Deno.KvEntryMaybe<unknown>[]>;
   #closed = false;
   #refreshing: Promise<void> = Promise.resolve();
@@ -124,18 +143,35 @@ export class InstanceRegistry {
     this.#heartbeatMs = options.heartbeatMs ?? 10_000;
     this.#staleMs = options.staleMs ?? 30_000;
     this.#pollMs = options.pollMs;
+    this.#retryMs = options.retryMs ?? 1000;
   }
 
   /**
    * Registers this server in `kv`, reads who else is there (failing the start when it cannot),
-   * and starts following changes.
+   * and starts following changes. A registration the volume refuses (full, read-only) does not
+   * fail the start: it is tried again in the background (see {@link register}).
    */
   static async start(
     kv: Deno.Kv,
     options: InstanceRegistryOptions = {},
   ): Promise<InstanceRegistry> {
     const registry = new InstanceRegistry(kv, options);
-    await registry.#announce(true);
+    try {
+      await registry.#announce(true);
+      registry.#registered = true;
+    } catch (err) {
+      // A crashed server restarted on a full disk would otherwise stay down, history reads
+      // included, until someone frees space; running, the same server rides it out.
+      if (!isStorageError(err)) throw err;
+      console.error(
+        "instance registry: this server could not register, as KV takes no write; serving " +
+          `reads, trying again every ${registry.#retryMs} ms (/healthz says 503 until then):`,
+        err,
+      );
+      const retry = setInterval(() => registry.register().catch(() => {}), registry.#retryMs);
+      Deno.unrefTimer(retry);
+      registry.#retryTimer = retry;
+    }
     registry.#count(await registry.live());
     registry.#follow();
     const timer = setInterval(() => {
@@ -146,6 +182,37 @@ export class InstanceRegistry {
     Deno.unrefTimer(timer);
     registry.#timer = timer;
     return registry;
+  }
+
+  /** True once this server's entry is written; false while a refused first registration waits. */
+  get registered(): boolean {
+    return this.#registered;
+  }
+
+  /**
+   * Resolves once this server is registered: at once when it is, otherwise after trying to
+   * write its entry now (shared by the callers that ask meanwhile), rejecting as that write does.
+   * Anything the others must be able to judge by this server's entry (presence) waits for it.
+   */
+  register(): Promise<void> {
+    if (this.#registered) return Promise.resolve();
+    if (this.#closed) {
+      return Promise.reject(new Error("instance registry: closed before this server registered"));
+    }
+    return this.#registering ??= (async () => {
+      try {
+        await this.#announce(true);
+      } finally {
+        this.#registering = undefined;
+      }
+      this.#registered = true;
+      clearInterval(this.#retryTimer);
+      if (this.#closed) return;
+      console.warn("instance registry: registered at last (KV takes writes again)");
+      // As after a lapse: the presence of sockets that joined meanwhile was never written.
+      for (const listener of this.#lapseListeners) listener();
+      await this.#refresh();
+    })();
   }
 
   /** This server's id in the registry. */
@@ -252,7 +319,10 @@ export class InstanceRegistry {
     return () => this.#listeners.delete(listener);
   }
 
-  /** Calls `listener` when this server's own entry had lapsed and was written again. */
+  /**
+   * Calls `listener` when this server's own entry was written after a time without one: it had
+   * lapsed, or the first registration was refused and succeeded later.
+   */
   onLapse(listener: () => void): () => void {
     this.#lapseListeners.add(listener);
     return () => this.#lapseListeners.delete(listener);
@@ -271,6 +341,8 @@ export class InstanceRegistry {
 
   async #beat(): Promise<void> {
     if (this.#closed) return;
+    // Not yet registered: the retries write the entry; the others are still read.
+    if (!this.#registered) return await this.#refresh();
     // Others count an entry older than the stale time as dead: after a stall that long this
     // server must come back as a newcomer (they stopped listening) and restore its presence.
     const lapsed = Date.now() - this.#lastBeat >= this.#staleMs ||
@@ -337,6 +409,7 @@ export class InstanceRegistry {
   abandon(): void {
     this.#closed = true;
     clearInterval(this.#timer);
+    clearInterval(this.#retryTimer);
     this.#poll?.stop();
     this.#watch?.cancel().catch(() => {});
     this.#listeners.clear();
@@ -349,6 +422,9 @@ export class InstanceRegistry {
     this.abandon();
     // A heartbeat under way would write the entry back after the delete.
     await this.#beating;
+    await this.#registering?.catch(() => {});
+    // Never written: there is nothing to take back (and the volume may still refuse writes).
+    if (!this.#registered) return;
     try {
       // A lapsed entry rather than none: a server that reads the registry only after this one
       // came and went still sees that it died, and sweeps what it may have left behind.

@@ -170,6 +170,74 @@ Deno.test("instance registry: an entry that lapsed is written again as an arriva
   });
 });
 
+/** `kv` whose commits fail with `error` while `refusing()` says so (a full disk, say). */
+function refusingWrites(kv: Deno.Kv, refusing: () => boolean, error: string): Deno.Kv {
+  return new Proxy(kv, {
+    get(target, prop) {
+      if (prop === "atomic") {
+        return () => {
+          const op = target.atomic();
+          const commit = op.commit.bind(op);
+          op.commit = () => refusing() ? Promise.reject(new TypeError(error)) : commit();
+          return op;
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
+Deno.test("instance registry: a first registration the disk refuses does not fail the start; it is tried again, and counts as a lapse", async () => {
+  await withKv(async (path) => {
+    let full = true;
+    const kvA = refusingWrites(await Deno.openKv(path), () => full, "database or disk is full");
+    const kvB = await Deno.openKv(path);
+    const b = await InstanceRegistry.start(kvB, { heartbeatMs: 100 });
+    const error = console.error;
+    const errors: string[] = [];
+    console.error = (...args: unknown[]) => errors.push(args.join(" "));
+    const warn = console.warn;
+    console.warn = () => {};
+    try {
+      const a = await InstanceRegistry.start(kvA, { heartbeatMs: 100, retryMs: 50 });
+      let lapses = 0;
+      a.onLapse(() => lapses++);
+      assertEquals(a.registered, false);
+      assert(errors.some((e) => e.includes("could not register")), errors.join("\n"));
+      // It reads the others; they do not know it yet.
+      assertEquals([a.others, b.alone], [1, true]);
+      let refused = "";
+      await a.register().catch((err) => refused = err.message);
+      assertEquals(refused, "database or disk is full");
+
+      full = false;
+      await eventually(() => a.registered, 5000, "the retry to register");
+      await eventually(() => !b.alone, 5000, "the others to learn of it");
+      assertEquals(lapses, 1);
+      await a.register();
+      await a.close();
+      await eventually(() => b.alone, 5000, "its departure to be seen");
+    } finally {
+      console.error = error;
+      console.warn = warn;
+    }
+    await b.close();
+    kvA.close();
+    kvB.close();
+  });
+});
+
+Deno.test("instance registry: a first registration that fails otherwise still fails the start", async () => {
+  await withKv(async (path) => {
+    const kv = refusingWrites(await Deno.openKv(path), () => true, "something else went wrong");
+    let refused = "";
+    await InstanceRegistry.start(kv).catch((err) => refused = err.message);
+    assertEquals(refused, "something else went wrong");
+    kv.close();
+  });
+});
+
 Deno.test("instance registry: a check taken from a read fails once the server renewed", async () => {
   await withKv(async (path) => {
     const kv = await Deno.openKv(path);

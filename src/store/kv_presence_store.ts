@@ -19,6 +19,11 @@ export interface PresenceLeases {
   readonly id: string;
   /** Which servers are alive now, read fresh. */
   live(): Promise<Liveness>;
+  /**
+   * Resolves once this server's own lease is written, rejects when it cannot be: entries are
+   * written only after it, or others would sweep them as a dead server's (absent: always written).
+   */
+  register?(): Promise<void>;
 }
 
 interface ConnEntry {
@@ -258,6 +263,8 @@ export class KvPresenceStore implements PresenceStore {
         const { batch, rest } = takeBatch(this.#queue);
         this.#queue = rest;
         try {
+          // A server whose first registration the volume refused writes none until it is in.
+          await this.#leases.register?.();
           await this.#commit(batch);
         } catch (err) {
           for (const group of batch) for (const c of group.changes) c.reject(err);

@@ -53,6 +53,24 @@ Deno.test("presence: a dead server's users are swept once; live servers' users s
   });
 });
 
+Deno.test("presence: a server whose lease cannot be written yet writes no entry", async () => {
+  await withKv(async (kv) => {
+    let registered = false;
+    const a = new KvPresenceStore(kv, {
+      ...leases(kv, "A", new Set()),
+      register: () =>
+        registered ? Promise.resolve() : Promise.reject(new Error("database or disk is full")),
+    });
+    let refused = "";
+    await a.enter("room:x", user("1"), "a1").catch((err) => refused = err.message);
+    assertEquals(refused, "database or disk is full");
+    assertEquals((await Array.fromAsync(kv.list({ prefix: ["presence"] }))).length, 0);
+    registered = true;
+    assertEquals(await a.enter("room:x", user("1"), "a1"), { first: true });
+    assertEquals((await a.list("room:x")).map((u) => u.id), ["1"]);
+  });
+});
+
 Deno.test("presence: a server that renews while being swept keeps its users", async () => {
   await withKv(async (kv) => {
     await kv.set(["lease", "B"], 1);
