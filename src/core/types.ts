@@ -204,6 +204,12 @@ type RoomEventKind =
   | { type: "closed"; room: string; reason: string; generation?: number }
   | { type: "revoked"; room: string; userId: UserId }
   /**
+   * `userId` may enter none of `rooms` any more (room {@link EVERY_ROOM}): a deleted user's
+   * rooms, which may be thousands, a few events for all of them where a `revoked` per room cost
+   * every isolate a channel post per room, each slower the more channels were open.
+   */
+  | { type: "revocations"; room: string; userId: UserId; rooms: string[] }
+  /**
    * Access changed for members the change does not name: the directory took over a room that
    * token claims opened (every member is checked again), or a user's stored role changed (with
    * `userId` and room {@link EVERY_ROOM}: that user's members in every room are).
@@ -214,11 +220,14 @@ type RoomEventKind =
 export const EVERY_ROOM = "*";
 
 /** The events that take members out of rooms, which must reach every isolate and instance. */
-export type EvictionEvent = RoomEvent & { type: "revoked" | "closed" | "recheck" };
+export type EvictionEvent = RoomEvent & {
+  type: "revoked" | "revocations" | "closed" | "recheck";
+};
 
 /** True for the events that must reach every isolate and instance (see {@link EvictionEvent}). */
 export function isEviction(event: RoomEvent): event is EvictionEvent {
-  return event.type === "revoked" || event.type === "closed" || event.type === "recheck";
+  return event.type === "revoked" || event.type === "revocations" || event.type === "closed" ||
+    event.type === "recheck";
 }
 
 /** Publish/subscribe of room events between hubs (isolates and instances). */

@@ -407,6 +407,8 @@ export class Hub {
       return true;
     }
     if (!isEviction(event)) return false;
+    // Revocations name their rooms themselves and come to every room (see `receive`).
+    if (event.type === "revocations") return true;
     for (const member of [...state.members]) {
       // A deletion notice naming a generation spares the members that joined under it or later
       // (a repeated or late notice must not evict the room's next life); a member that does not
@@ -679,6 +681,11 @@ export class Hub {
     if (event.room === EVERY_ROOM) {
       if (event.type === "recheck" && this.#firstHearing(event)) {
         this.#recheck([...this.#rooms], event.userId);
+      } else if (event.type === "revocations" && this.#firstHearing(event)) {
+        for (const room of event.rooms) {
+          const state = this.#rooms.get(room);
+          if (state) this.#control(state, { type: "revoked", room, userId: event.userId });
+        }
       }
       return;
     }

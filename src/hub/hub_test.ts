@@ -654,6 +654,36 @@ Deno.test("Hub's recheck of one user in every room reaches the other hubs and ch
   }
 });
 
+Deno.test("Hub's revocations of one user evict that user's members in the rooms named, on every hub, and nobody else", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const bus = new MemoryBus();
+  const here = new Hub(store, new MemoryBroker(bus));
+  const there = new Hub(store, new MemoryBroker(bus));
+  const evicted: string[] = [];
+  const plain = (id: string | number, room: string): Member => ({
+    ...recorder(),
+    user: { id, username: String(id), grants: [] },
+    evict: (event) =>
+      void evicted.push(
+        `${id}@${room}:${event.type}:${event.room}:${event.type === "revoked" && event.userId}`,
+      ),
+  });
+  try {
+    await here.join("a", plain(7, "a"));
+    await there.join("b", plain(7, "b"));
+    await there.join("kept", plain(7, "kept"));
+    await there.join("b", plain(8, "b"));
+    here.publish({ type: "revocations", room: "*", userId: "7", rooms: ["a", "b", "none"] });
+    await new Promise((r) => setTimeout(r, 20));
+    assertEquals(evicted.sort(), ["7@a:revoked:a:7", "7@b:revoked:b:7"]);
+  } finally {
+    here.close();
+    there.close();
+    kv.close();
+  }
+});
+
 Deno.test("Hub's rechecks of one user in many rooms make at most 16 access checks at a time, all together", async () => {
   const kv = await Deno.openKv(":memory:");
   const store = new KvMessageStore(kv);
