@@ -407,7 +407,7 @@ Deno.test("durability: every participant removed at once through one process is 
   });
 });
 
-Deno.test("durability: a participant removed, a room deleted, a claimed room taken over by the directory or an admin demoted, through one process is closed in another", async () => {
+Deno.test("durability: a participant removed, a room deleted, a claimed room taken over by the directory, an admin demoted or a user deleted, through one process is closed in another", async () => {
   const admin = "a-long-enough-admin-token-for-tests";
   await withProcesses(2, { ADMIN_TOKEN: admin }, async (ports) => {
     const api = (method: string, path: string, json?: unknown) =>
@@ -470,6 +470,24 @@ Deno.test("durability: a participant removed, a room deleted, a claimed room tak
       code: 4003,
       reason: "Access revoked",
     });
+    // A user deleted, in two rooms on one native socket that sends nothing.
+    for (const ticket of ["9", "10"]) {
+      const participants = [{ user_id: "6" }];
+      assertEquals(await api("PUT", `/api/rooms/ticket/${ticket}`, { participants }), 201);
+    }
+    const six = await nativeClient(ports[1], "6");
+    for (const room of ["ticket:9", "ticket:10"]) {
+      six.send({ type: "join", room });
+      await six.next((f) => f.type === "joined" && f.room === room);
+    }
+    assertEquals(await api("DELETE", "/api/users/6"), 204);
+    const removed = [];
+    for (let i = 0; i < 2; i++) {
+      const frame = await within(six.next((f) => f.type === "removed"), "a removed frame");
+      removed.push(`${frame.room} ${frame.reason}`);
+    }
+    assertEquals(removed.sort(), ["ticket:10 access_revoked", "ticket:9 access_revoked"]);
+    await six.close();
   });
 });
 

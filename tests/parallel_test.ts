@@ -322,6 +322,36 @@ Deno.test("parallel: a demoted admin and the claim holders of a room the directo
   }
 });
 
+Deno.test("parallel: a deleted user's sockets in the rooms they were in are closed on every isolate", async () => {
+  const admin = "a-long-enough-admin-token-for-tests";
+  const server = await startParallelServer({ ADMIN_TOKEN: admin });
+  const clients: TestClient[] = [];
+  try {
+    for (const ticket of [7, 8]) {
+      const participants = [{ user_id: "40" }];
+      assertEquals(
+        await adminCall(server.url, admin, "PUT", `/api/rooms/ticket/${ticket}`, { participants }),
+        201,
+      );
+    }
+    const token = await signDevToken(TEST_SECRET, { sub: "40" });
+    // Both rooms in turn, until both isolates hold sockets (connections land at random).
+    let isolates = new Map<string, number>();
+    while (clients.length < 8 || [...isolates.values()].some((n) => n < 2)) {
+      assert(clients.length < 60, `connections per isolate: ${JSON.stringify([...isolates])}`);
+      const ticket = 7 + clients.length % 2;
+      clients.push(await TestClient.open(`${server.wsUrl}/ws/ticket/${ticket}/?token=${token}`));
+      if (clients.length >= 8) isolates = await server.isolates();
+    }
+    assertEquals(await adminCall(server.url, admin, "DELETE", "/api/users/40"), 204);
+    const closes = await within(Promise.all(clients.map((c) => c.closed)), "every close");
+    assertEquals(new Set(closes.map((c) => c.code)), new Set([4003]));
+  } finally {
+    for (const c of clients) await c.close();
+    await server.close();
+  }
+});
+
 Deno.test("parallel: a participant removed during a burst of traffic is closed on every isolate, though the channel drops", async () => {
   const admin = "a-long-enough-admin-token-for-tests";
   const server = await startParallelServer({ ADMIN_TOKEN: admin });

@@ -11,6 +11,7 @@ import {
   type AppendResult,
   EVERY_ROOM,
   type Principal,
+  type RoomEvent,
   type StoredNames,
 } from "../../core/types.ts";
 import { baseUrlOf } from "../../dialects/context.ts";
@@ -183,6 +184,45 @@ async function revokeLost(
 }
 
 /**
+ * Room keys, in characters, one `revocations` event names at most: its copy in the KV log must
+ * stay well under KV's 64 KiB a value (a key is stored in at most two bytes a character).
+ */
+const REVOCATION_CHARS = 8_000;
+
+/**
+ * The events that close a deleted user's sockets in `rooms` (those the deletion took them out
+ * of) on every isolate and instance. No room is checked: with the user went their
+ * participations, ownerships and stored role, so nothing the directory holds lets them in any
+ * more. A check per room (three reads) for a user in thousands of rooms, a support agent added
+ * to every ticket, held the directory for seconds and everyone's sends waited behind it; and a
+ * `revoked` per room cost every isolate a channel post per room.
+ */
+function revocations(userId: string, rooms: { kind: string; id: string }[]): RoomEvent[] {
+  const events: RoomEvent[] = [];
+  let batch: string[] = [];
+  let chars = 0;
+  const flush = () => {
+    if (batch.length === 0) return;
+    events.push({
+      type: "revocations",
+      room: EVERY_ROOM,
+      userId: normalizeUserId(userId) ?? userId,
+      rooms: batch,
+    });
+    batch = [];
+    chars = 0;
+  };
+  for (const { kind, id } of rooms) {
+    const room = roomKeyOf(kind, id);
+    if (chars + room.length > REVOCATION_CHARS) flush();
+    batch.push(room);
+    chars += room.length;
+  }
+  flush();
+  return events;
+}
+
+/**
  * Checks the user's sockets in every room again, on every isolate and instance: their stored
  * role changed or went, and a role opens rooms (all of them, every support chat) without a list
  * that could say which ones to revoke.
@@ -306,9 +346,9 @@ export const API_ROUTES: ApiRoute[] = [
     operationId: "deleteUser",
     summary: "Delete a user and their participations",
     description: "Their participations end and rooms they own lose their owner_id; their " +
-      "sockets in those rooms are closed (unless a role still lets them in). A user the " +
-      "directory has no row for (one only tokens know) is taken out of the rooms they take " +
-      "part in or own the same way.",
+      "sockets in those rooms are closed (a role their token carries may let them join again). " +
+      "A user the directory has no row for (one only tokens know) is taken out of the rooms " +
+      "they take part in or own the same way.",
     tag: "users",
     params: UserPath,
     responses: {
@@ -319,14 +359,20 @@ export const API_ROUTES: ApiRoute[] = [
       // The rooms and the role come from the deletion itself: read before it, a participation
       // added or a role given in between was deleted without its sockets being closed.
       const { existed, role, rooms } = await deps.directory.deleteUser(params.id);
-      // Every room is tried: the deletion is committed, so a retry would find none of them.
-      const failures = (await Promise.allSettled([
-        ...(roleOpensRooms(role)
-          ? [Promise.resolve().then(() => recheckUser(deps, params.id))]
-          : []),
-        ...rooms.map((room) => revokeLost(deps, room.kind, room.id, [params.id])),
-      ])).filter((r): r is PromiseRejectedResult => r.status === "rejected");
-      if (failures.length > 0) throw failures[0].reason;
+      const publishes = revocations(params.id, rooms).map((event) => () =>
+        deps.events.publish(event)
+      );
+      if (roleOpensRooms(role)) publishes.push(() => recheckUser(deps, params.id));
+      // Every event is tried: the deletion is committed, so a retry would find none of them.
+      let failure: { error: unknown } | undefined;
+      for (const publish of publishes) {
+        try {
+          publish();
+        } catch (error) {
+          failure ??= { error };
+        }
+      }
+      if (failure) throw failure.error;
       // A user only tokens know may still take part in rooms: removed from them, it was there.
       if (!existed && rooms.length === 0) throw new ApiError(404, `User "${params.id}" not found`);
       return { status: 204 };
