@@ -53,6 +53,15 @@ const DELETE_BATCH = 1000;
 /** Key of Postgres advisory locks on a room's participant list (two-int form, first half). */
 const PARTICIPANTS_LOCK_CLASS = 0x64697270; // "dirp"
 
+/**
+ * Postgres errors after which a write may simply run again, as nothing of it stayed: a deadlock's
+ * victim (40P01) and a serialization failure (40001).
+ */
+const RETRY_CODES = new Set(["40P01", "40001"]);
+
+/** Runs of a write that met {@link RETRY_CODES}, the first included, before its error is thrown. */
+const WRITE_ATTEMPTS = 3;
+
 /** A {@link Directory} on a Kysely instance for SQLite or Postgres. */
 export class KyselyDirectory implements Directory {
   readonly #db: Kysely<DirectoryDatabase>;
@@ -106,7 +115,7 @@ export class KyselyDirectory implements Directory {
       const value = user[field];
       if (value !== undefined) given[column] = value;
     }
-    return await this.#db.transaction().execute(async (trx) => {
+    return await this.#transaction(async (trx) => {
       // The row exists (and is locked) before it is read: a concurrent first save of the same
       // user waits here, so `previous` is always what this write replaced, never a stale read.
       const created = await trx.insertInto("users")
@@ -138,7 +147,7 @@ export class KyselyDirectory implements Directory {
   async deleteUser(
     id: string,
   ): Promise<{ existed: boolean; role: string | null; rooms: { kind: string; id: string }[] }> {
-    return await this.#db.transaction().execute(async (trx) => {
+    return await this.#transaction(async (trx) => {
       const left = await trx.deleteFrom("room_participants").where("user_id", "=", id)
         .returning(["room_kind", "room_id"]).execute();
       // An owner_id left behind would still let them in, and a user created again under the
@@ -166,7 +175,7 @@ export class KyselyDirectory implements Directory {
   ): Promise<DirectoryRoom> {
     requireId("room kind", room.kind);
     requireId("room id", room.id);
-    return await this.#upsertRoomRow(this.#db, room);
+    return await this.#retrying(() => this.#upsertRoomRow(this.#db, room));
   }
 
   /**
@@ -180,7 +189,7 @@ export class KyselyDirectory implements Directory {
     requireId("room kind", room.kind);
     requireId("room id", room.id);
     const wanted = participants && wantedParticipants(participants);
-    return await this.#db.transaction().execute(async (trx) => {
+    return await this.#transaction(async (trx) => {
       // The room's lock (Postgres; SQLite's `begin immediate` is one already) orders this save
       // after or before a deletion or another save, so that what it reads before stays true.
       await this.lockRoom(trx, room.kind, room.id);
@@ -232,7 +241,7 @@ export class KyselyDirectory implements Directory {
 
   /** Deletes a room and its participants; true when it existed. */
   async deleteRoom(kind: string, id: string): Promise<boolean> {
-    return await this.#db.transaction().execute(async (trx) => {
+    return await this.#transaction(async (trx) => {
       // Under the room's lock, an addition that found the room waits until it is gone, and one
       // that got in first is deleted here.
       await this.lockRoom(trx, kind, id);
@@ -275,7 +284,7 @@ export class KyselyDirectory implements Directory {
     requireId("room kind", kind);
     requireId("room id", id);
     const wanted = wantedParticipants(participants);
-    await this.#db.transaction().execute(async (trx) => {
+    await this.#transaction(async (trx) => {
       await this.lockRoom(trx, kind, id);
       await this.#replaceParticipants(trx, kind, id, wanted);
     });
@@ -344,10 +353,10 @@ export class KyselyDirectory implements Directory {
     requireId("room id", id);
     requireId("participant user id", participant.userId);
     if (!options.roomMustExist) {
-      await insertParticipant(this.#db, kind, id, participant);
+      await this.#retrying(() => insertParticipant(this.#db, kind, id, participant));
       return true;
     }
-    return await this.#db.transaction().execute(async (trx) => {
+    return await this.#transaction(async (trx) => {
       // Checked under the room's lock: a deletion between the check and the insert would leave
       // the row behind, granting the user the room if it is ever created again.
       await this.lockRoom(trx, kind, id);
@@ -359,9 +368,11 @@ export class KyselyDirectory implements Directory {
 
   /** Removes one participant; true when they were one. */
   async removeParticipant(kind: string, id: string, userId: string): Promise<boolean> {
-    const result = await this.#db.deleteFrom("room_participants")
-      .where("room_kind", "=", kind).where("room_id", "=", id).where("user_id", "=", userId)
-      .executeTakeFirst();
+    const result = await this.#retrying(() =>
+      this.#db.deleteFrom("room_participants")
+        .where("room_kind", "=", kind).where("room_id", "=", id).where("user_id", "=", userId)
+        .executeTakeFirst()
+    );
     return result.numDeletedRows > 0n;
   }
 
@@ -420,6 +431,39 @@ export class KyselyDirectory implements Directory {
   }
 
   /**
+   * Runs `fn` in a transaction under read committed, and again (up to {@link WRITE_ATTEMPTS} runs
+   * in all) when Postgres ends it as a deadlock's victim or for a serialization failure.
+   *
+   * The level is set on every transaction, not left to the database's default: under a
+   * `default_transaction_isolation` of repeatable read or serializable (which operators set per
+   * database or role), concurrent writes to one row fail with 40001 instead of waiting, and the
+   * room locks (see {@link lockRoom}) assume that a statement sees what was committed before it.
+   * SQLite ignores the level: its transactions are serializable, and `begin immediate` lets one
+   * writer in at a time.
+   */
+  #transaction<T>(fn: (trx: Transaction<DirectoryDatabase>) => Promise<T>): Promise<T> {
+    return this.#retrying(() =>
+      this.#db.transaction().setIsolationLevel("read committed").execute(fn)
+    );
+  }
+
+  /**
+   * Runs `write` (a transaction or a single statement, which rolled back wholly when it failed)
+   * again after a deadlock or a serialization failure, after a short random pause so that the
+   * two parties do not meet again; the last failure is thrown (the API answers it with 503).
+   */
+  async #retrying<T>(write: () => Promise<T>): Promise<T> {
+    for (let attempt = 1;; attempt++) {
+      try {
+        return await write();
+      } catch (error) {
+        if (attempt >= WRITE_ATTEMPTS || !retryable(error)) throw error;
+        await new Promise((resolve) => setTimeout(resolve, attempt * (5 + Math.random() * 20)));
+      }
+    }
+  }
+
+  /**
    * Takes the room's lock inside `trx`, held until it ends: every change to a room's row or its
    * participants that reads before it writes takes it first (saves, replacements, additions that
    * need the room, deletion). Under Postgres's read committed, two concurrent replacements would
@@ -439,6 +483,12 @@ export class KyselyDirectory implements Directory {
       sql.lit(PARTICIPANTS_LOCK_CLASS)
     }, hashtext(${kind} || chr(1) || ${id}))`.execute(trx);
   }
+}
+
+/** Whether a failed write may run again: Postgres aborted it for a deadlock or a serialization. */
+function retryable(error: unknown): boolean {
+  const { code } = (error ?? {}) as { code?: unknown };
+  return typeof code === "string" && RETRY_CODES.has(code);
 }
 
 /** Participants as user id → role (undefined when not given); the last entry for a user wins. */

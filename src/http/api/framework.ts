@@ -371,6 +371,16 @@ function errorResponse(err: unknown, where: string): Response {
     return response;
   }
   console.error(`api: ${where} failed:`, err);
+  if (conflicted(err)) {
+    // The directory ran the write again already (KyselyDirectory); nothing of it stayed, and a
+    // client that sends it again shortly will most likely get through.
+    const response = errorJson(
+      503,
+      "The directory was busy with a conflicting change; try again shortly",
+    );
+    response.headers.set("retry-after", "1");
+    return response;
+  }
   if (unavailable(err)) {
     // The store is down or overloaded, not the request wrong: a client should come back later.
     const response = errorJson(503, "The directory does not answer; try again shortly");
@@ -386,6 +396,15 @@ function errorResponse(err: unknown, where: string): Response {
  */
 const UNAVAILABLE_CODES =
   /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|EPIPE|0800[0-46]|53300|57014|57P0[1-3])$/;
+
+/**
+ * True for a directory write that Postgres kept aborting as a deadlock's victim (40P01) or for a
+ * serialization failure (40001), even when tried again.
+ */
+function conflicted(err: unknown): boolean {
+  const { code } = (err ?? {}) as { code?: unknown };
+  return code === "40P01" || code === "40001";
+}
 
 /**
  * True for an error that says the directory could not be reached or answer in time: among them
