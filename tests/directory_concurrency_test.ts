@@ -184,3 +184,77 @@ apiTest(
       )),
   },
 );
+
+Deno.test({
+  name:
+    "directory concurrency [postgres]: a user's deletion waits for the locks of the rooms they take part in and own before it writes a row",
+  ignore: postgres.ignore,
+  async fn() {
+    const server = await startApiServer(postgres);
+    try {
+      await server.api("PUT", "/api/users/u", { json: { username: "u" } });
+      await server.api("PUT", "/api/rooms/ticket/B", { json: { owner_id: "u" } });
+      await server.api("PUT", "/api/rooms/ticket/A", {
+        json: { participants: [{ user_id: "u" }, { user_id: "v" }] },
+      });
+      const directory = await secondConnection(server);
+      for (const held of ["A", "B"]) {
+        await server.api("PUT", "/api/rooms/ticket/A", {
+          json: { participants: [{ user_id: "u" }, { user_id: "v" }] },
+        });
+        await server.api("PUT", "/api/rooms/ticket/B", { json: { owner_id: "u" } });
+        // A save of the room holding its lock, as saveRoom does before it writes the room's row
+        // and participants: a deletion that wrote u's rows first and then waited for that row
+        // was a deadlock (40P01) when the save reached them.
+        let settled = false;
+        const { deleting } = await directory.db.transaction().execute(async (trx) => {
+          await directory.lockRoom(trx, "ticket", held);
+          const deleting = server.api("DELETE", "/api/users/u").finally(() => settled = true);
+          await delay(300);
+          assert(!settled, `the deletion went ahead while room ${held}'s lock was held`);
+          // Wrapped: a returned promise would be awaited before the commit lets the lock go.
+          return { deleting };
+        });
+        const deleted = await deleting;
+        assertEquals(deleted.status, 204, JSON.stringify(deleted.body));
+        const room = await server.api("GET", `/api/rooms/ticket/${held}`);
+        assertEquals(room.body.owner_id, null);
+        assert(
+          !(room.body.participants as { user_id: string }[]).some((p) => p.user_id === "u"),
+          JSON.stringify(room.body),
+        );
+      }
+    } finally {
+      await server.close();
+    }
+  },
+});
+
+apiTest(
+  "directory concurrency: deleting a user while their rooms' participants are replaced answers every request",
+  async (server) => {
+    const statuses: Record<string, number> = {};
+    for (let round = 0; round < 20; round++) {
+      const user = `u${round}`;
+      await server.api("PUT", `/api/users/${user}`, { json: { username: user } });
+      // Rooms the user owns and takes part in, each saved again while the user is deleted.
+      for (let i = 0; i < 4; i++) {
+        await server.api("PUT", `/api/rooms/ticket/r${round}-${i}`, {
+          json: { owner_id: user, participants: [{ user_id: user }, { user_id: "v" }] },
+        });
+      }
+      tally(
+        statuses,
+        await Promise.all([
+          server.api("DELETE", `/api/users/${user}`),
+          ...[0, 1, 2, 3].map((i) =>
+            server.api("PUT", `/api/rooms/ticket/r${round}-${i}`, {
+              json: { participants: [{ user_id: "v" }, { user_id: "w" }] },
+            })
+          ),
+        ]),
+      );
+    }
+    assertEquals(statuses, { "200": 80, "204": 20 });
+  },
+);

@@ -1,6 +1,13 @@
 /** The directory on Kysely: the same queries on SQLite (`node:sqlite`) and Postgres (`pg`). */
 
-import { CompiledQuery, type Kysely, type Selectable, sql, type Transaction } from "kysely";
+import {
+  CompiledQuery,
+  type Kysely,
+  type RawBuilder,
+  type Selectable,
+  sql,
+  type Transaction,
+} from "kysely";
 import type {
   Directory,
   DirectoryRoom,
@@ -148,6 +155,10 @@ export class KyselyDirectory implements Directory {
     id: string,
   ): Promise<{ existed: boolean; role: string | null; rooms: { kind: string; id: string }[] }> {
     return await this.#transaction(async (trx) => {
+      // The rooms' locks before any row, as every other writer of a room takes them: deleting
+      // the participation first and then waiting for a room row that a save held (which waited
+      // for that participation) was a deadlock, and one of the two requests failed.
+      await this.#lockRoomsOf(trx, id);
       const left = await trx.deleteFrom("room_participants").where("user_id", "=", id)
         .returning(["room_kind", "room_id"]).execute();
       // An owner_id left behind would still let them in, and a user created again under the
@@ -464,13 +475,50 @@ export class KyselyDirectory implements Directory {
   }
 
   /**
+   * Takes the locks of every room `userId` takes part in or owns, by ascending lock key, before
+   * their deletion writes a row.
+   *
+   * Lock order of the directory's writes on Postgres, which keeps them from deadlocking: room
+   * locks first, several of them (only here) by ascending key; then rows, each room's only under
+   * its lock (saves write the room row, then its participants; deletions the participants, then
+   * the room row; a user's deletion the participants and rooms rows of the rooms it locked); the
+   * `users` row last, or alone (upsertUser). Single-statement writes (removeParticipant,
+   * upsertRoom, addParticipant without `roomMustExist`) hold one row and wait for nothing while
+   * they hold it.
+   *
+   * A participation or ownership committed after the rooms were read is locked in another round,
+   * out of order; a deadlock that this causes (another user's deletion locking the same rooms)
+   * is detected by Postgres and the transaction runs again, as is one caused by a row that
+   * arrives after the last round.
+   */
+  async #lockRoomsOf(trx: Transaction<DirectoryDatabase>, userId: string): Promise<void> {
+    if (this.#dialect !== "postgres") return;
+    const held = new Set<number>();
+    for (let round = 0; round < 3; round++) {
+      const { rows } = await sql<{ key: number }>`
+        select ${roomLockKey(sql.ref("room_kind"), sql.ref("room_id"))} as key
+          from room_participants where user_id = ${userId}
+        union
+        select ${roomLockKey(sql.ref("kind"), sql.ref("id"))}
+          from rooms where owner_id = ${userId}
+      `.execute(trx);
+      const keys = rows.map((r) => r.key).filter((key) => !held.has(key)).sort((a, b) => a - b);
+      if (keys.length === 0) return;
+      // One statement; `unnest` yields the keys, and so takes the locks, in the array's order.
+      await sql`select pg_advisory_xact_lock(${sql.lit(PARTICIPANTS_LOCK_CLASS)}, key)
+        from unnest(${keys}::int4[]) as key`.execute(trx);
+      for (const key of keys) held.add(key);
+    }
+  }
+
+  /**
    * Takes the room's lock inside `trx`, held until it ends: every change to a room's row or its
    * participants that reads before it writes takes it first (saves, replacements, additions that
-   * need the room, deletion). Under Postgres's read committed, two concurrent replacements would
-   * each read the list before the other's insert and end with the union of both, and an
-   * addition could find the room just before a deletion and insert after it. SQLite needs
-   * nothing: its `begin immediate` already lets one writer in at a time. Public so that tests
-   * can hold it as another writer would.
+   * need the room, deletion, a user's deletion: see {@link #lockRoomsOf} for the order). Under
+   * Postgres's read committed, two concurrent replacements would each read the list before the
+   * other's insert and end with the union of both, and an addition could find the room just
+   * before a deletion and insert after it. SQLite needs nothing: its `begin immediate` already
+   * lets one writer in at a time. Public so that tests can hold it as another writer would.
    */
   async lockRoom(
     trx: Transaction<DirectoryDatabase>,
@@ -478,11 +526,18 @@ export class KyselyDirectory implements Directory {
     id: string,
   ): Promise<void> {
     if (this.#dialect !== "postgres") return;
-    // A hash collision only makes two rooms wait for each other, never mixes their lists.
-    await sql`select pg_advisory_xact_lock(${
-      sql.lit(PARTICIPANTS_LOCK_CLASS)
-    }, hashtext(${kind} || chr(1) || ${id}))`.execute(trx);
+    await sql`select pg_advisory_xact_lock(${sql.lit(PARTICIPANTS_LOCK_CLASS)}, ${
+      roomLockKey(sql`${kind}`, sql`${id}`)
+    })`.execute(trx);
   }
+}
+
+/**
+ * The second half of a room's advisory lock key, from its kind and id (values or columns); a hash
+ * collision only makes two rooms wait for each other, never mixes their lists.
+ */
+function roomLockKey(kind: RawBuilder<unknown>, id: RawBuilder<unknown>): RawBuilder<number> {
+  return sql<number>`hashtext(${kind} || chr(1) || ${id})`;
 }
 
 /** Whether a failed write may run again: Postgres aborted it for a deadlock or a serialization. */
