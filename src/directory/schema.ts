@@ -174,7 +174,8 @@ type MigrationTables = {
 
 /**
  * Brings the schema up to the latest migration; running it again, or from several processes at
- * once, is harmless.
+ * once, is harmless. A schema already up to date is only read, so a role without CREATE on it
+ * (one with USAGE and the tables' SELECT, INSERT, UPDATE and DELETE) opens it.
  *
  * Kysely's own migrator is not used: on Postgres it introspects every table of every schema in
  * the database, by name, so a schema that another application (or a test) dropped meanwhile
@@ -188,52 +189,107 @@ export async function migrateDirectory(
   const migrations = Object.entries(directoryMigrations(dialect))
     .sort(([a], [b]) => a < b ? -1 : a > b ? 1 : 0);
   const schema = dialect === "postgres" ? await currentSchema(db) : undefined;
+  const tables = db.withTables<MigrationTables>();
   let running: string | undefined;
+  let pending: string[] = [];
   try {
+    // Read before anything is written or locked: Postgres checks CREATE on the schema before it
+    // looks whether a table exists, so even `create table if not exists` of the bookkeeping table
+    // failed every start of a role that may not create tables, on a schema long migrated.
+    pending = pendingMigrations(await doneMigrations(tables, schema), migrations);
+    if (pending.length === 0) return;
     // Read committed whatever the database's default: the rows of a migration another process
     // committed while this one waited for the lock must be seen after it (under repeatable read
     // the snapshot is taken at the lock, and the migration would run twice).
-    const transaction = db.withTables<MigrationTables>().transaction();
-    await (schema !== undefined ? transaction.setIsolationLevel("read committed") : transaction)
-      .execute(async (trx) => {
-        if (schema !== undefined) {
-          // Migrations of the same schema wait for each other, and only they, for as long as a
-          // query may take (DATABASE_TIMEOUT_MS); a transaction's lock also ends when a client
-          // that timed out abandons it.
-          await sql`select pg_advisory_xact_lock(${MIGRATION_LOCK_CLASS}, hashtext(${schema}))`
-            .execute(trx);
-        }
-        // SQLite's transaction is `begin immediate`: it holds the file's write lock already.
+    await tables.transaction().setIsolationLevel("read committed").execute(async (trx) => {
+      if (schema !== undefined) {
+        // Migrations of the same schema wait for each other, and only they, for as long as a
+        // query may take (DATABASE_TIMEOUT_MS); a transaction's lock also ends when a client
+        // that timed out abandons it.
+        await sql`select pg_advisory_xact_lock(${MIGRATION_LOCK_CLASS}, hashtext(${schema}))`
+          .execute(trx);
+      }
+      // SQLite's transaction is `begin immediate`: it holds the file's write lock already, and
+      // ignores the isolation level (its transactions are serializable).
+      let done = await doneMigrations(trx, schema);
+      if (done === null) {
+        // Postgres may still answer "no table" from its catalog cache when another process made
+        // it while this one waited (the cache is brought up to date when a table is locked, not
+        // an advisory lock): then the create does nothing and the names are there to read.
         await trx.schema.createTable(MIGRATION_TABLE).ifNotExists()
           .addColumn("name", "varchar(255)", (c) => c.notNull().primaryKey())
           .addColumn("timestamp", "varchar(255)", (c) => c.notNull())
           .execute();
-        const done = new Set(
-          (await trx.selectFrom(MIGRATION_TABLE).select("name").execute()).map((r) => r.name),
-        );
-        const unknown = [...done].filter((name) => !migrations.some(([known]) => known === name));
-        if (unknown.length > 0) {
-          throw new Error(
-            `the database has migrations this version does not know (${unknown.join(", ")}); ` +
-              "a newer version of the server migrated it",
-          );
-        }
-        for (const [name, migration] of migrations) {
-          if (done.has(name)) continue;
-          running = name;
-          await migration.up(trx);
-          await trx.insertInto(MIGRATION_TABLE)
-            .values({ name, timestamp: new Date().toISOString() })
-            .execute();
-          running = undefined;
-        }
-      });
+        done = await migrationNames(trx);
+      }
+      pending = pendingMigrations(done, migrations);
+      for (const [name, migration] of migrations) {
+        if (!pending.includes(name)) continue;
+        running = name;
+        await migration.up(trx);
+        await trx.insertInto(MIGRATION_TABLE)
+          .values({ name, timestamp: new Date().toISOString() })
+          .execute();
+        running = undefined;
+      }
+    });
   } catch (error) {
+    const { code } = error as { code?: unknown };
+    // 42501: insufficient_privilege, which the operator can act on.
+    const hint = code === "42501" && pending.length > 0
+      ? `; the schema needs migrations (${pending.join(", ")}), which need CREATE on it: ` +
+        "start the server once with a role that has it (the schema's owner)"
+      : "";
     throw new Error(
-      `directory migration ${running ? `"${running}" ` : ""}failed: ${errorMessage(error)}`,
+      `directory migration ${running ? `"${running}" ` : ""}failed: ${errorMessage(error)}${hint}`,
       { cause: error },
     );
   }
+}
+
+/**
+ * The names of the migrations that ran on this schema (Postgres: `schema`; SQLite: undefined),
+ * or null when it has no bookkeeping table yet.
+ */
+async function doneMigrations(
+  db: Kysely<DirectoryDatabase & MigrationTables>,
+  schema: string | undefined,
+): Promise<Set<string> | null> {
+  // The schema's own table only: another schema on the search_path may have a table of that name.
+  const { rows } = schema !== undefined
+    ? await sql<{ found: unknown }>`
+      select to_regclass(format('%I.%I', ${schema}::text, ${MIGRATION_TABLE}::text)) as found
+    `.execute(db)
+    : await sql<{ found: unknown }>`
+      select name as found from sqlite_master where type = 'table' and name = ${MIGRATION_TABLE}
+    `.execute(db);
+  return rows[0]?.found == null ? null : await migrationNames(db);
+}
+
+/** The names recorded in the bookkeeping table, which exists. */
+async function migrationNames(
+  db: Kysely<DirectoryDatabase & MigrationTables>,
+): Promise<Set<string>> {
+  const names = await db.selectFrom(MIGRATION_TABLE).select("name").execute();
+  return new Set(names.map((r) => r.name));
+}
+
+/**
+ * The names of `migrations` not in `done`, in order; throws when `done` holds one this version
+ * does not know.
+ */
+function pendingMigrations(
+  done: Set<string> | null,
+  migrations: [string, Migration][],
+): string[] {
+  const unknown = [...done ?? []].filter((name) => !migrations.some(([known]) => known === name));
+  if (unknown.length > 0) {
+    throw new Error(
+      `the database has migrations this version does not know (${unknown.join(", ")}); ` +
+        "a newer version of the server migrated it",
+    );
+  }
+  return migrations.map(([name]) => name).filter((name) => !done?.has(name));
 }
 
 /** The Postgres schema that unqualified table names resolve to. */
