@@ -1157,6 +1157,10 @@ Deno.test("web: the page and its assets are served; the dev sign-in mints workin
       assertEquals(ia, await idOf(a.normalize("NFD")), "the same name, decomposed, is one user");
     }
     assertMatch(await idOf("Иван (QA)"), /^dev-qa-[0-9a-f]{12}$/);
+    // Names of Latin letters only keep the ids they had: no hash for ø, nor for a long name cut.
+    assertEquals(await idOf("Søren"), "dev-s-ren");
+    const long = "Christopher Alexander Montgomery Wellington III";
+    assertEquals(await idOf(long), "dev-christopher-alexander-montgomery-welling");
     const chat = recorder({ url: `${server.url.replace("http", "ws")}/ws`, token });
     try {
       const me = await chat.client.connect();

@@ -47,14 +47,15 @@ const ROOM_GRANT = /^(\*|[a-z-]{1,20}:(\*|[A-Za-z0-9*][A-Za-z0-9_.@*-]{0,127}))$
 
 /**
  * A user id for a display name: `dev-` and a slug of its Latin letters and digits (accents
- * dropped), followed by a hash of the name when the slug left other letters out, so that "Иван
+ * dropped), followed by a hash of the name when it has letters of another script, so that "Иван
  * (QA)" and "Олег (QA)" are two people, not both `dev-qa`.
  */
 export async function devUserId(name: string): Promise<string> {
   const folded = name.normalize("NFKD").toLowerCase().replace(/[\u0300-\u036f]/g, "");
   const slug = folded.replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 40);
-  const kept = slug.replaceAll("-", "");
-  if (slug && kept === folded.replace(/[^\p{L}\p{N}]/gu, "")) return `dev-${slug}`;
+  // Only letters of other scripts call for the hash: Latin ones the slug drops (ø, ß) and a long
+  // name's cut keep the ids they had.
+  if (slug && !/(?!\p{Script=Latin})\p{L}/u.test(folded)) return `dev-${slug}`;
   const digest = await crypto.subtle.digest(
     "SHA-256",
     new TextEncoder().encode(name.normalize("NFC")),
