@@ -7,25 +7,34 @@ import { DEFAULT_COMMIT_INTERVAL_MS, DEFAULT_PAUSE_ABOVE_CPU } from "./store/kv_
 
 const optionalText = z.string().trim().optional().transform((v) => v === "" ? undefined : v);
 
-const positiveInt = (fallback: number) =>
+/**
+ * The most a setting that becomes a timer keeps, in ms and in seconds: a timer given more than
+ * 2^31 - 1 ms fires at once, so "practically never" (weeks) would mean "now". Cut here, every
+ * use of the setting (its thirds, its sums with others, the Postgres driver's timeouts) holds.
+ */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+const MAX_TIMER_SECONDS = Math.floor(MAX_TIMER_MS / 1000);
+
+/** A positive whole number with a default, cut to `max` when given. */
+const positiveInt = (fallback: number, max = Number.MAX_SAFE_INTEGER) =>
   z.string().trim().optional().transform((v, ctx) => {
     if (v === undefined || v === "") return fallback;
     if (!/^\d+$/.test(v) || Number(v) <= 0 || !Number.isSafeInteger(Number(v))) {
       ctx.addIssue({ code: "custom", message: `expected a positive whole number, got "${v}"` });
       return z.NEVER;
     }
-    return Number(v);
+    return Math.min(Number(v), max);
   });
 
-/** A whole number ≥ 0 with a default; `zero` says what 0 means, in the error text. */
-const wholeNumber = (fallback: number, zero: string) =>
+/** A whole number ≥ 0 with a default, cut to `max`; `zero` says what 0 means, in the error text. */
+const wholeNumber = (fallback: number, zero: string, max = Number.MAX_SAFE_INTEGER) =>
   z.string().trim().optional().transform((v, ctx) => {
     if (v === undefined || v === "") return fallback;
     if (!/^\d+$/.test(v) || !Number.isSafeInteger(Number(v))) {
       ctx.addIssue({ code: "custom", message: `expected a whole number (${zero}), got "${v}"` });
       return z.NEVER;
     }
-    return Number(v);
+    return Math.min(Number(v), max);
   });
 
 /** Hosts a JWKS may be fetched from over plain HTTP: this machine only. */
@@ -127,13 +136,13 @@ const EnvSchema = z.object({
     }
     return origins;
   }),
-  HEARTBEAT_SECONDS: positiveInt(30),
+  HEARTBEAT_SECONDS: positiveInt(30, MAX_TIMER_SECONDS),
   HISTORY_ON_CONNECT: positiveInt(50),
   REPLAY_LIMIT: positiveInt(1000),
-  TYPING_TIMEOUT_SECONDS: positiveInt(5),
-  SOCKETIO_PING_INTERVAL_MS: positiveInt(25_000),
-  SOCKETIO_PING_TIMEOUT_MS: positiveInt(20_000),
-  SOCKETIO_AUTH_TIMEOUT_MS: positiveInt(60_000),
+  TYPING_TIMEOUT_SECONDS: positiveInt(5, MAX_TIMER_SECONDS),
+  SOCKETIO_PING_INTERVAL_MS: positiveInt(25_000, MAX_TIMER_MS),
+  SOCKETIO_PING_TIMEOUT_MS: positiveInt(20_000, MAX_TIMER_MS),
+  SOCKETIO_AUTH_TIMEOUT_MS: positiveInt(60_000, MAX_TIMER_MS),
   SOCKETIO_MAX_UNAUTHENTICATED: positiveInt(10_000),
   RATE_LIMIT_PER_SECOND: positiveInt(20),
   SLOW_CONSUMER_BYTES: positiveInt(4 * 1024 * 1024),
@@ -144,17 +153,17 @@ const EnvSchema = z.object({
     Math.round(DEFAULT_PAUSE_ABOVE_CPU * 100),
     "0 always pauses",
   ),
-  COMMIT_INTERVAL_MS: wholeNumber(DEFAULT_COMMIT_INTERVAL_MS, "0 never pauses"),
+  COMMIT_INTERVAL_MS: wholeNumber(DEFAULT_COMMIT_INTERVAL_MS, "0 never pauses", MAX_TIMER_MS),
   FRAME_MEMORY_BUDGET_BYTES: wholeNumber(0, "0 turns the bound off"),
   INBOUND_QUEUE_BYTES: positiveInt(0).transform((v) => v === 0 ? undefined : v),
   UPLOAD_MEMORY_BYTES: positiveInt(0).transform((v) => v === 0 ? undefined : v),
-  UPLOAD_IDLE_SECONDS: positiveInt(20),
-  UPLOAD_TIMEOUT_SECONDS: positiveInt(300),
+  UPLOAD_IDLE_SECONDS: positiveInt(20, MAX_TIMER_SECONDS),
+  UPLOAD_TIMEOUT_SECONDS: positiveInt(300, MAX_TIMER_SECONDS),
   UPLOADS_PER_USER: positiveInt(2),
-  PRESENCE_TTL_SECONDS: positiveInt(30),
+  PRESENCE_TTL_SECONDS: positiveInt(30, MAX_TIMER_SECONDS),
   DATABASE_URL: optionalText,
   DATABASE_POOL_MAX: positiveInt(10),
-  DATABASE_TIMEOUT_MS: positiveInt(5_000),
+  DATABASE_TIMEOUT_MS: positiveInt(5_000, MAX_TIMER_MS),
   KV_PATH: optionalText,
   // A short static admin secret is guessable; the value itself is never echoed back.
   ADMIN_TOKEN: optionalText.refine((v) => v === undefined || v.length >= 16, {
@@ -315,7 +324,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
   const e = parsed.data;
   // The handshake hands both to the client, whose timer waits their sum: past 2^31 - 1 ms a
   // timer fires at once, and every session would end at its first ping.
-  if (e.SOCKETIO_PING_INTERVAL_MS + e.SOCKETIO_PING_TIMEOUT_MS > 2 ** 31 - 1) {
+  if (e.SOCKETIO_PING_INTERVAL_MS + e.SOCKETIO_PING_TIMEOUT_MS > MAX_TIMER_MS) {
     throw new Error(
       "Invalid configuration:\n  SOCKETIO_PING_INTERVAL_MS + SOCKETIO_PING_TIMEOUT_MS: expected " +
         "at most 2147483647 ms together (about 24.8 days, the longest a timer holds), got " +

@@ -296,3 +296,26 @@ Deno.test("loadConfig() refuses Socket.IO ping settings whose sum a timer cannot
   });
   assertEquals(longest.socketIoPingIntervalMs, 2 ** 31 - 1 - 20_000);
 });
+
+Deno.test("loadConfig() cuts a time setting past what a timer holds (2^31 - 1 ms) to that, for every use of it", () => {
+  const long = loadConfig({
+    PRESENCE_TTL_SECONDS: "99999999",
+    TYPING_TIMEOUT_SECONDS: "3000000",
+    DATABASE_TIMEOUT_MS: "3000000000",
+    SOCKETIO_AUTH_TIMEOUT_MS: "3000000000",
+    COMMIT_INTERVAL_MS: "3000000000",
+    UPLOAD_TIMEOUT_SECONDS: "3000000",
+  });
+  assertEquals(
+    [
+      long.presenceTtlSeconds,
+      long.typingTimeoutSeconds,
+      long.databaseTimeoutMs,
+      long.socketIoAuthTimeoutMs,
+      long.commitIntervalMs,
+      long.uploadTimeoutSeconds,
+    ],
+    [2147483, 2147483, 2 ** 31 - 1, 2 ** 31 - 1, 2 ** 31 - 1, 2147483],
+  );
+  assertEquals(loadConfig({ PRESENCE_TTL_SECONDS: "600" }).presenceTtlSeconds, 600);
+});
