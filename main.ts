@@ -17,6 +17,7 @@ import { KvHeadWatcher, LOCAL_HEAD_POLL_MS } from "./src/broker/kv_head_watcher.
 import { pollEvery } from "./src/broker/poll.ts";
 import { type Config, isLocalPath, loadConfig } from "./src/config.ts";
 import { ChatService } from "./src/core/chat_service.ts";
+import { ServerStopping } from "./src/core/errors.ts";
 import { Metrics } from "./src/core/metrics.ts";
 import { RateLimiter } from "./src/core/rate_limiter.ts";
 import { UserSockets } from "./src/core/user_sockets.ts";
@@ -105,8 +106,12 @@ export interface AppOverrides {
   catchUpDelayMs?: number;
 }
 
-/** How long a shutdown waits for frames being handled to be answered before closing sockets. */
+/** How long a shutdown waits for frames being handled to be answered, still taking new ones. */
 const SHUTDOWN_DRAIN_MS = 2000;
+/** How long after that the sends taken already may still commit before the rest are refused. */
+const SHUTDOWN_QUEUE_MS = 1000;
+/** How long the sockets then stay open for the refusals and the last commit's replies. */
+const SHUTDOWN_REPLY_MS = 500;
 
 /** The KV key of the lease that lets one server sweep MEDIA_DIR's half-written files. */
 const MEDIA_SWEEP_KEY = ["media_sweep"];
@@ -531,22 +536,32 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
 
   let closed = false;
   // A frame being handled (a file being stored, a send waiting for its commit) gets its reply
-  // before the close, for a while: the older protocols have no resend to recover it.
+  // before the close, for a while: the older protocols have no resend to recover it, and those
+  // with no client id (ticket sockets, Socket.IO, conversations, service chats) store twice a
+  // message they were never answered for and the user types again. So no message is stored
+  // once the sockets close: what is still queued then is refused (and told so), never committed.
   const drain = () =>
     draining ??= (async () => {
-      const until = Date.now() + SHUTDOWN_DRAIN_MS;
+      const started = Date.now();
       // A socket the client closed counts while the frames it sent before are handled.
       const busy = () => [...connections].some((c) => !c.stopped && c.busy) || socketIoBusy(io);
-      const settle = async () => {
+      const settle = async (until: number) => {
         while (Date.now() < until && busy()) await new Promise((r) => setTimeout(r, 10));
       };
-      await settle();
-      // Frames that come later are dropped, not stored unanswered: the sockets close next. Those
-      // taken since the wait ended are waited for too.
+      await settle(started + SHUTDOWN_DRAIN_MS);
+      // Frames that come later are dropped, not stored unanswered: the sockets close next.
       connections.takeNoMore();
       io.takeNoMore();
-      await settle();
+      // Those taken before get a while more: a server behind its commits (each socket's sends
+      // queued behind a slow one) still answers most of them.
+      await settle(started + SHUTDOWN_DRAIN_MS + SHUTDOWN_QUEUE_MS);
+      // The rest are refused, in the protocol's retryable error, rather than committed once
+      // their sockets are gone; only the commit under way is waited for, and then the replies.
+      store.refuseAppends(() => new ServerStopping());
+      await store.flush();
       // A committed send's echo is the room's delivery, which may still be queued.
+      await hub.idle();
+      await settle(Date.now() + SHUTDOWN_REPLY_MS);
       await hub.idle();
     })();
   return {

@@ -1021,6 +1021,94 @@ Deno.test("durability: a SIGTERM under a stream of sends echoes every message it
   }
 });
 
+Deno.test("durability: a SIGTERM on a server behind its commits answers every message it stores and refuses the rest, in every protocol", async () => {
+  // Commits 4.5 s apart (the first at once): at the signal each socket has sends queued for a
+  // commit that comes only after the drain's wait. They were stored once the sockets had closed,
+  // their senders never answered (the ticket socket, Socket.IO and the others have no client id:
+  // the user typing it again stored it twice); now they are refused, and the senders told.
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-behind-" });
+  const { port, child: server } = await spawnOnFreePort(dataDir, {
+    COMMIT_PAUSE_CPU_PERCENT: "0",
+    COMMIT_INTERVAL_MS: "4500",
+  });
+  const sio = io(`http://127.0.0.1:${port}`, { transports: ["websocket"], reconnection: false });
+  let timer: ReturnType<typeof setInterval> | undefined;
+  try {
+    const token = (sub: string) => signDevToken(TEST_SECRET, { sub, rooms: ["ticket:*"] });
+    // Ticket socket: the room's echo is the sender's only answer.
+    const ticket = await TestClient.open(
+      `ws://127.0.0.1:${port}/ws/ticket/1/?token=${await token("1")}`,
+    );
+    const native = await nativeClient(port, "2");
+    native.send({ type: "join", room: "ticket:2" });
+    await native.next((f) => f.type === "joined");
+    if (!sio.connected) await new Promise<void>((r) => sio.once("connect", () => r()));
+    sio.emit("authenticate", { token: await token("3") });
+    await new Promise<void>((r) => sio.once("authenticated", () => r()));
+    sio.emit("join_ticket", { ticketId: "3" });
+    await new Promise<void>((r) => sio.once("joined_ticket", () => r()));
+    const sioAnswered = new Set<string>();
+    let sioRefused = 0;
+    sio.on("new_message", (d: { data: { message: string } }) => sioAnswered.add(d.data.message));
+    sio.on("send_message_error", () => sioRefused++);
+    let i = 0;
+    timer = setInterval(() => {
+      if (ticket.socket.readyState === WebSocket.OPEN) ticket.send({ body: `t${i}` });
+      if (native.socket.readyState === WebSocket.OPEN) {
+        native.send({ type: "send", room: "ticket:2", body: `n${i}`, client_id: `n${i}`, ref: i });
+      }
+      if (sio.connected) sio.emit("send_message", { ticketId: "3", message: `s${i}` });
+      i++;
+    }, 100);
+    await delay(600);
+    server.kill("SIGTERM");
+    const closes = await Promise.all([ticket.closed, native.closed]);
+    clearInterval(timer);
+    assertEquals((await server.status).code, 0);
+    assertEquals(closes.map((c) => c.code), [1001, 1001]);
+    await delay(100);
+    const frames = (c: TestClient) => c.frames as Frame[];
+    const nativeAcked = new Set(
+      frames(native).filter((f) => f.type === "ack").map((f) => f.client_id),
+    );
+    const stored = {
+      ticket: await storedBodies(dataDir, "ticket:1"),
+      native: await storedBodies(dataDir, "ticket:2"),
+      socketio: await storedBodies(dataDir, "ticket:3"),
+    };
+    const answered = {
+      ticket: new Set(frames(ticket).map((f) => f.body)),
+      native: nativeAcked,
+      socketio: sioAnswered,
+    };
+    assert(Object.values(stored).flat().length > 0, "nothing was stored");
+    for (const [protocol, bodies] of Object.entries(stored)) {
+      const has = answered[protocol as keyof typeof answered];
+      assertEquals(bodies.filter((b) => !has.has(b)), [], `${protocol}: stored, never answered`);
+    }
+    // The sends still queued were refused, and their senders told so in each protocol's error.
+    const refusal = "The server is shutting down: the message was not stored; send it again";
+    assert(frames(ticket).some((f) => f.error === refusal), "no refusal on the ticket socket");
+    assert(
+      frames(native).some((f) =>
+        f.type === "error" && f.code === "internal" && f.ref !== undefined
+      ),
+      "no refusal on the native socket",
+    );
+    assert(sioRefused > 0, "no refusal on Socket.IO");
+  } finally {
+    clearInterval(timer);
+    sio.close();
+    try {
+      server.kill("SIGKILL");
+    } catch {
+      // Exited already.
+    }
+    await server.status.catch(() => {});
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
 Deno.test("durability: once a shutdown's drain is over, a frame is dropped, not stored with its socket about to close", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "chat-drained-" });
   const server = await startTestServer({ DATA_DIR: dataDir });
@@ -1034,6 +1122,42 @@ Deno.test("durability: once a shutdown's drain is over, a frame is dropped, not 
     await ws.nothing(undefined, 500);
     await server.close();
     assertEquals(await storedBodies(dataDir, "ticket:8"), ["before"]);
+  } finally {
+    await server.close();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("durability: a REST send still waiting for its commit when the drain ends is refused with 503 and Retry-After, not stored", async () => {
+  const admin = "admin-token-0123456789";
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-drained-" });
+  const server = await startTestServer({
+    DATA_DIR: dataDir,
+    ADMIN_TOKEN: admin,
+    COMMIT_PAUSE_CPU_PERCENT: "0",
+    COMMIT_INTERVAL_MS: "60000",
+  });
+  try {
+    const post = (body: string) =>
+      fetch(`${server.url}/api/rooms/ticket/4/messages`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
+        body: JSON.stringify({ body }),
+      });
+    const first = await post("first");
+    await first.body?.cancel();
+    assertEquals(first.status, 201);
+    // The next commit may start only a minute after the first.
+    const second = post("second");
+    await delay(100);
+    await server.app.drain();
+    const res = await second;
+    assertEquals(
+      [res.status, res.headers.get("retry-after"), (await res.json()).code],
+      [503, "1", "internal"],
+    );
+    await server.close();
+    assertEquals(await storedBodies(dataDir, "ticket:4"), ["first"]);
   } finally {
     await server.close();
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});

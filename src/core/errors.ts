@@ -41,6 +41,18 @@ export function roomDeleted(): ChatError {
   return new ChatError("room_deleted", "This room was deleted");
 }
 
+/**
+ * The refusal of a send a shutdown stopped before its commit: nothing was stored, so the client
+ * may send it again (to this server once it is back, or another). `internal` in the protocols,
+ * whose clients already send such a message again; 503 in the REST API.
+ */
+export class ServerStopping extends ChatError {
+  /** Creates the refusal; its message is the same everywhere. */
+  constructor() {
+    super("internal", "The server is shutting down: the message was not stored; send it again");
+  }
+}
+
 /** The refusal of a message over the size limit, the same text in every protocol. */
 export function frameTooLarge(
   size: number,

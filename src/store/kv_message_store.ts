@@ -251,6 +251,10 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   #generations = new Map<string, { value: number; at: number }>();
   #generationReads = new FreshReads<number>();
   #draining = false;
+  /** Set by {@link refuseAppends}: what an append not yet in a commit is refused with. */
+  #refusal?: () => Error;
+  /** Ends the pause before the next commit at once (see `#drain`). */
+  #wake?: () => void;
   #commitIntervalMs: number;
   #lastCommitStart = -Infinity;
   #pauseAboveCpu: number;
@@ -332,6 +336,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   /** Queues the draft for the next shared commit and resolves once it is durable. */
   append(room: string, draft: MessageDraft): Promise<AppendResult> {
     return new Promise((resolve, reject) => {
+      if (this.#refusal) return reject(this.#refusal());
       // With records kept, the attachments are written twice: in the message and the record.
       const size = estimateSize(draft) +
         (this.#recordsFiles ? JSON.stringify(draft.attachments).length : 0);
@@ -398,6 +403,19 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     if (held && held.at >= at) return;
     if (!held && this.#generations.size >= 10_000) this.#generations.clear();
     this.#generations.set(room, { value, at });
+  }
+
+  /**
+   * Refuses every append not yet in a commit with `error`, and every later one, for a shutdown
+   * about to close the sockets: an append committed after its socket closed would be stored with
+   * its sender never answered. The commit under way still ends ({@link flush} waits for it).
+   */
+  refuseAppends(error: () => Error): void {
+    this.#refusal = error;
+    const refused = this.#pending;
+    this.#pending = [];
+    for (const p of refused) p.reject(error());
+    this.#wake?.();
   }
 
   /** Waits until every queued append has been committed or refused. */
@@ -479,8 +497,17 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       const pause = this.#lastCommitStart + this.#commitIntervalMs - performance.now();
       let positions = pause > 0 && this.#busy() ? this.#pick() : undefined;
       if (positions?.length === this.#pending.length) {
-        await new Promise((r) => setTimeout(r, pause));
+        await new Promise<void>((r) => {
+          const timer = setTimeout(r, pause);
+          this.#wake = () => {
+            clearTimeout(timer);
+            r();
+          };
+        });
+        this.#wake = undefined;
         positions = undefined;
+        // Refused meanwhile (a shutdown): nothing is left to commit.
+        if (this.#pending.length === 0) continue;
       }
       this.#lastCommitStart = performance.now();
       const batch = this.#take(positions ?? this.#pick());

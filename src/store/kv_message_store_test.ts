@@ -80,6 +80,30 @@ Deno.test("KvMessageStore.append() lets sends of later ticks join a commit withi
   kv.close();
 });
 
+Deno.test("KvMessageStore.refuseAppends() refuses the appends waiting out the interval and every later one, and ends the wait", async () => {
+  const { kv, store, commits } = await countingCommits({
+    commitIntervalMs: 60_000,
+    pauseAboveCpu: 0,
+  });
+  await store.append("r", draft("first"));
+  const waiting = [store.append("r", draft("second")), store.append("s", draft("third"))];
+  await new Promise((r) => setTimeout(r, 10));
+  store.refuseAppends(() => new Error("stopping"));
+  const outcomes = await Promise.allSettled(waiting);
+  assertEquals(outcomes.map((o) => o.status === "rejected" && o.reason.message), [
+    "stopping",
+    "stopping",
+  ]);
+  // The shutdown's flush does not wait out the minute.
+  await store.flush();
+  await store.append("r", draft("later")).then(() => assert(false), (e) => {
+    assertEquals(e.message, "stopping");
+  });
+  assertEquals(commits, [1]);
+  assertEquals(await store.head("r"), 1);
+  kv.close();
+});
+
 Deno.test("KvMessageStore.append() commits each room's queued appends together when more rooms queue than a commit may check", async () => {
   const { kv, store, commits } = await countingCommits({ pauseAboveCpu: 0 });
   // Three rounds over 100 rooms, interleaved as senders in many rooms queue them.

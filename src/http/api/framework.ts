@@ -274,9 +274,11 @@ export function defineRoute<
   responses[500] ??= error("Something failed on the server; it is logged.");
   responses[503] ??= error(
     spec.public
-      ? "The directory does not answer; `Retry-After` says when to try again."
-      : "The directory, or the key set that checks tokens (JWT_JWKS_URL), does not answer; " +
-        "`Retry-After` says when to try again.",
+      ? "The directory does not answer, or the server is shutting down; `Retry-After` says " +
+        "when to try again."
+      : "The directory, or the key set that checks tokens (JWT_JWKS_URL), does not answer, or " +
+        "the server is shutting down (a message it refused was not stored); `Retry-After` " +
+        "says when to try again.",
   );
 
   const run = async (c: Context, deps: ApiDeps): Promise<Response> => {
