@@ -112,6 +112,8 @@ const SHUTDOWN_DRAIN_MS = 2000;
 const SHUTDOWN_QUEUE_MS = 1000;
 /** How long the sockets then stay open for the refusals and the last commit's replies. */
 const SHUTDOWN_REPLY_MS = 500;
+/** How long HTTP exchanges still under way once the stores are closed may go on. */
+const SHUTDOWN_HTTP_GRACE_MS = 500;
 
 /** The KV key of the lease that lets one server sweep MEDIA_DIR's half-written files. */
 const MEDIA_SWEEP_KEY = ["media_sweep"];
@@ -719,7 +721,20 @@ export async function startServer(
       await app.drain();
       const finished = server.shutdown();
       await app.close();
-      await finished;
+      // An exchange still under way (a download a slow player reads as it plays, a body still
+      // arriving) would hold the stop for as long as its peer, and the supervisor would record a
+      // failed one: once the stores are closed it gets a moment, then is cut off.
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const cutOff = await Promise.race([
+        finished.then(() => false),
+        new Promise<boolean>((r) => timer = setTimeout(() => r(true), SHUTDOWN_HTTP_GRACE_MS)),
+      ]);
+      clearTimeout(timer);
+      if (cutOff) {
+        console.log(
+          `Shutting down: HTTP exchanges still under way after ${SHUTDOWN_HTTP_GRACE_MS} ms are cut off`,
+        );
+      }
     },
   };
 }

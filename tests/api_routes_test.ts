@@ -956,6 +956,68 @@ Deno.test("uploads: a body cut off by the server stopping is answered 503 with R
   }
 });
 
+Deno.test("api: a JSON body the client cuts short is answered 400 saying so, not 500", async () => {
+  const server = await startTestServer({ ADMIN_TOKEN });
+  try {
+    const part = '{"body":';
+    // The client stops sending in the middle of its chunked body.
+    const text = await rawExchange(
+      server.url,
+      `POST /api/rooms/ticket/9/messages HTTP/1.1\r\nHost: x\r\n` +
+        `Authorization: Bearer ${ADMIN_TOKEN}\r\n` +
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" +
+        `${part.length.toString(16)}\r\n${part}\r\n`,
+      true,
+    );
+    assert(text.startsWith("HTTP/1.1 400"), text);
+    assertMatch(text, /Body ended before its end/);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("api: a JSON body cut off by the server stopping is answered 503 with Retry-After, not 500", async () => {
+  const server = await startTestServer({ ADMIN_TOKEN });
+  let closing: Promise<void> | undefined;
+  let release = () => {};
+  const stalled = new Promise<void>((r) => release = r);
+  let reading = () => {};
+  const read = new Promise<void>((r) => reading = r);
+  try {
+    let sent = false;
+    const body = new ReadableStream<Uint8Array>({
+      async pull(controller) {
+        if (!sent) {
+          sent = true;
+          return controller.enqueue(new TextEncoder().encode('{"body":'));
+        }
+        reading();
+        // The rest never comes before the server stops.
+        await stalled;
+        controller.close();
+      },
+    });
+    const send = fetch(`${server.url}/api/rooms/ticket/9/messages`, {
+      method: "POST",
+      body,
+      headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
+    });
+    await read;
+    await new Promise((r) => setTimeout(r, 100));
+    closing = server.close();
+    const res = await send;
+    assertEquals([res.status, res.headers.get("retry-after"), (await res.json()).message], [
+      503,
+      "1",
+      "Body was cut off before its end by the server restarting: send it again",
+    ]);
+    release();
+  } finally {
+    release();
+    await (closing ?? server.close());
+  }
+});
+
 apiTest(
   "attachments: any user may upload as themselves into a room they may enter, nowhere else",
   async (s) => {

@@ -300,7 +300,7 @@ export function defineRoute<
         }
         await spec.admit?.({ params: params as z.output<P>, caller }, deps);
         if (spec.body?.type === "json") {
-          body = validate(spec.body.schema, await readJson(req), "body");
+          body = validate(spec.body.schema, await readJson(req, deps.stopping), "body");
         } else if (spec.body?.type === "multipart") {
           const form = await readMultipart(req, cap, deps.config, deps.stopping);
           body = validate(spec.body.schema, formObject(form, spec.body.arrays), "form");
@@ -509,12 +509,15 @@ async function sameSecret(a: string, b: string): Promise<boolean> {
 
 /**
  * Reads a request body, refusing with 413 as soon as it passes `cap` bytes: a declared
- * Content-Length over the cap is refused before reading, and a chunked body is cut off.
+ * Content-Length over the cap is refused before reading, and a chunked body is cut off. A body
+ * that stops before its end is refused with 400, or, cut off by the server stopping (`stopping`
+ * says so), with a retryable 503.
  */
 export async function readCapped(
   req: Request,
   cap: number,
   what: string,
+  stopping?: () => boolean,
 ): Promise<Uint8Array<ArrayBuffer>> {
   const declared = Number(req.headers.get("content-length") ?? NaN);
   if (declared > cap) {
@@ -525,7 +528,24 @@ export async function readCapped(
   const chunks: Uint8Array[] = [];
   let total = 0;
   while (true) {
-    const { done, value } = await reader.read();
+    let read: ReadableStreamReadResult<Uint8Array>;
+    try {
+      read = await reader.read();
+    } catch (err) {
+      // The connection went (the client's, or the server's shutdown): no failure of the server,
+      // so neither a 500 nor a stack trace in the log.
+      if (stopping?.()) {
+        throw new ApiError(
+          503,
+          `${what} was cut off before its end by the server restarting: send it again`,
+          undefined,
+          undefined,
+          true,
+        );
+      }
+      throw new ApiError(400, `${what} ended before its end: ${(err as Error).message}`);
+    }
+    const { done, value } = read;
     if (done) break;
     total += value.length;
     if (total > cap) {
@@ -543,12 +563,12 @@ export async function readCapped(
   return out;
 }
 
-async function readJson(req: Request): Promise<unknown> {
+async function readJson(req: Request, stopping?: () => boolean): Promise<unknown> {
   const type = req.headers.get("content-type") ?? "";
   if (!/^application\/json\s*(;|$)/i.test(type)) {
     throw new ApiError(415, `Expected Content-Type application/json, got "${type}"`);
   }
-  const bytes = await readCapped(req, MAX_JSON_BYTES, "Body");
+  const bytes = await readCapped(req, MAX_JSON_BYTES, "Body", stopping);
   let text: string;
   try {
     text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
