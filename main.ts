@@ -70,8 +70,10 @@ export interface App {
   /** Handles one HTTP request or WebSocket upgrade. */
   fetch(req: Request, info?: Deno.ServeHandlerInfo): Promise<Response>;
   /**
-   * Refuses new sockets and waits, up to 2 s, until the frames being handled are answered: the
-   * first step of {@link close}, and to run before a listener's own shutdown closes the sockets.
+   * Refuses new sockets and waits, up to 2 s, until the frames being handled are answered, then
+   * takes no more frames, gives the sends taken 1 s more, and refuses those still waiting for a
+   * commit: the first step of {@link close}, and to run before a listener's own shutdown closes
+   * the sockets.
    */
   drain(): Promise<void>;
   /** Drains, closes sockets with 1001, flushes pending commits and closes the stores. */
@@ -112,6 +114,11 @@ const SHUTDOWN_DRAIN_MS = 2000;
 const SHUTDOWN_QUEUE_MS = 1000;
 /** How long the sockets then stay open for the refusals and the last commit's replies. */
 const SHUTDOWN_REPLY_MS = 500;
+/**
+ * By when, from the start of a shutdown, the work still under way (sends writing their files,
+ * presence updates) must end before the stores close, leaving the rest of the 5 s to them.
+ */
+const SHUTDOWN_WORK_MS = 4000;
 /** How long HTTP exchanges still under way once the stores are closed may go on. */
 const SHUTDOWN_HTTP_GRACE_MS = 500;
 
@@ -537,6 +544,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   };
 
   let closed = false;
+  /** When the drain began (`Date.now()`), which the shutdown's deadlines count from. */
+  let stopStarted = 0;
   // A frame being handled (a file being stored, a send waiting for its commit) gets its reply
   // before the close, for a while: the older protocols have no resend to recover it, and those
   // with no client id (ticket sockets, Socket.IO, conversations, service chats) store twice a
@@ -544,7 +553,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   // once the sockets close: what is still queued then is refused (and told so), never committed.
   const drain = () =>
     draining ??= (async () => {
-      const started = Date.now();
+      const started = stopStarted = Date.now();
       // A socket the client closed counts while the frames it sent before are handled.
       const busy = () => [...connections].some((c) => !c.stopped && c.busy) || socketIoBusy(io);
       const settle = async (until: number) => {
@@ -559,7 +568,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       await settle(started + SHUTDOWN_DRAIN_MS + SHUTDOWN_QUEUE_MS);
       // The rest are refused, in the protocol's retryable error, rather than committed once
       // their sockets are gone; only the commit under way is waited for, and then the replies.
-      store.refuseAppends(() => new ServerStopping());
+      chat.refuseSends(() => new ServerStopping());
       await store.flush();
       // A committed send's echo is the room's delivery, which may still be queued.
       await hub.idle();
@@ -617,7 +626,15 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         await drain();
         for (const conn of [...connections]) conn.close(CLOSE.goingAway, "Server shutting down");
         await io.close();
-        await chat.settle();
+        // Sends still writing their files (refused at their append now, their files then
+        // discarded) end before the stores close, within the budget: what is cut off still
+        // leaves its files to the media sweep.
+        if (!await chat.settle(stopStarted + SHUTDOWN_WORK_MS)) {
+          console.error(
+            "Shutting down: sends still writing their files are cut off; the media sweep will " +
+              "remove what they leave",
+          );
+        }
         await store.flush();
         await hub.idle();
         // The leaves of this server's users, among others, go to other instances through KV.

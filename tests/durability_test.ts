@@ -4,6 +4,7 @@ import { assert, assertEquals, assertMatch, delay, eventually, within } from "./
 import {
   adminCall,
   freePort,
+  listFiles,
   rawExchange,
   startTestServer,
   TEST_SECRET,
@@ -712,6 +713,45 @@ Deno.test("durability: a shutdown also waits for the frames of a socket its clie
     assertEquals((await observer.closed).code, 1001);
   } finally {
     await (closing ?? server.close());
+  }
+});
+
+Deno.test("durability: a shutdown waits for a send still writing its files, refuses it and leaves none of them", async () => {
+  // The send's first file is written and linked under its name when the stop begins; the rest
+  // of the send comes only once its socket has closed. The stores closed under it (and the
+  // process exited): a temporary file and a served one no message names were left behind.
+  let reached!: () => void;
+  const noting = new Promise<void>((r) => reached = r);
+  let release!: () => void;
+  const gate = new Promise<void>((r) => release = r);
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-files-stop-" });
+  const server = await startTestServer({ DATA_DIR: dataDir }, {
+    pending: (inner) => ({
+      note: async (id, files) => {
+        reached();
+        await gate;
+        return await inner.note(id, files);
+      },
+      forget: (id) => inner.forget(id),
+    }),
+  });
+  let closing: Promise<void> | undefined;
+  try {
+    const token = await server.token({ sub: "1", rooms: ["ticket:6"] });
+    const ws = await TestClient.open(`${server.wsUrl}/ws/ticket/6/?token=${token}`);
+    ws.send({ body: "file", file: btoa("written as the server stops"), filename: "late.txt" });
+    await noting;
+    assert((await listFiles(`${dataDir}/media`)).length > 0, "the file is not written yet");
+    closing = server.close();
+    assertEquals((await ws.closed).code, 1001);
+    setTimeout(release, 200);
+    await closing;
+    assertEquals(await listFiles(`${dataDir}/media`), []);
+    assertEquals(await storedBodies(dataDir, "ticket:6"), []);
+  } finally {
+    release();
+    await (closing ?? server.close());
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
 });
 

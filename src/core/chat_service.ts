@@ -105,7 +105,10 @@ export class ChatService {
   #sweepTimer?: ReturnType<typeof setInterval>;
   /** Enters under way, by room and connection, so that an exit waits for its own enter. */
   #entering = new Map<string, Promise<unknown>>();
+  /** Work a shutdown waits for: presence updates, and sends from their files to their answer. */
   #inflight = new Set<Promise<unknown>>();
+  /** Set by {@link refuseSends}: what a send is refused with. */
+  #refusal?: () => Error;
 
   /** Wires the core to its stores and fan-out. */
   constructor(deps: ChatServiceDeps) {
@@ -130,6 +133,23 @@ export class ChatService {
    * socket can take its next frame while this one commits. Sends queued in order keep it.
    */
   async queue(user: Principal | null, room: string, input: SendInput): Promise<QueuedSend> {
+    // Tracked whole, files to answer: a shutdown that closed the stores while a send was writing
+    // its files left them (a temporary one, or one under its served name no message names).
+    let done!: () => void;
+    this.#track(new Promise<void>((r) => done = r));
+    try {
+      const queued = await this.#queue(user, room, input);
+      queued.result.then(done, done);
+      return queued;
+    } catch (err) {
+      done();
+      throw err;
+    }
+  }
+
+  async #queue(user: Principal | null, room: string, input: SendInput): Promise<QueuedSend> {
+    // Refused before its files are written, which its append would only discard.
+    if (this.#refusal) throw this.#refusal();
     const body = input.body ?? "";
     const files = input.files ?? [];
     if (body.trim() === "" && files.length === 0) {
@@ -510,9 +530,33 @@ export class ChatService {
     return promise;
   }
 
-  /** Waits for presence updates under way, so shutdown does not cut them off. */
-  async settle(): Promise<void> {
-    while (this.#inflight.size > 0) await Promise.allSettled([...this.#inflight]);
+  /**
+   * Refuses sends with `error` from now on, those waiting for their commit too (a shutdown about
+   * to close the sockets: see KvMessageStore.refuseAppends); a send writing its files is refused
+   * at its append, and its files discarded.
+   */
+  refuseSends(error: () => Error): void {
+    this.#refusal = error;
+    this.#deps.store.refuseAppends?.(error);
+  }
+
+  /**
+   * Waits for the presence updates and sends under way, so that a shutdown does not cut them off,
+   * until `deadline` (a `Date.now()` time) when given; resolves to whether they all ended.
+   */
+  async settle(deadline = Infinity): Promise<boolean> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<void>((r) => {
+      if (deadline !== Infinity) timer = setTimeout(r, Math.max(0, deadline - Date.now()));
+    });
+    try {
+      while (this.#inflight.size > 0 && Date.now() < deadline) {
+        await Promise.race([Promise.allSettled([...this.#inflight]), late]);
+      }
+      return this.#inflight.size === 0;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Stops the timers (typing expiry, presence sweeps). */

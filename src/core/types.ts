@@ -133,6 +133,11 @@ export interface MessageStore {
    * seqs in the order of the calls, so a caller need not wait for one before making the next.
    */
   append(room: string, draft: MessageDraft): Promise<AppendResult>;
+  /**
+   * Refuses with `error` every append not yet in a commit, and every later one (a shutdown);
+   * the commit under way still ends.
+   */
+  refuseAppends?(error: () => Error): void;
   /** Reads a slice of history in ascending seq order. */
   list(room: string, query: HistoryQuery): Promise<Message[]>;
   /** The seq of the room's newest message, 0 when it has none. */
