@@ -66,6 +66,9 @@ const PARTICIPANTS_LOCK_CLASS = 0x64697270; // "dirp"
  */
 const RETRY_CODES = new Set(["40P01", "40001"]);
 
+/** Most room locks a user's deletion takes (see `#lockRoomsOf`). */
+const MAX_ROOM_LOCKS = 256;
+
 /** Runs of a write that met {@link RETRY_CODES}, the first included, before its error is thrown. */
 const WRITE_ATTEMPTS = 3;
 
@@ -504,6 +507,11 @@ export class KyselyDirectory implements Directory {
       `.execute(trx);
       const keys = rows.map((r) => r.key).filter((key) => !held.has(key)).sort((a, b) => a - b);
       if (keys.length === 0) return;
+      // Postgres keeps every advisory lock in a lock table shared by all sessions (64 a
+      // connection by default): a user in 20,000 rooms ran it out ("out of shared memory"), and
+      // their deletion failed every time. Past the bound no room is locked: a save that crosses
+      // the deletion is then a deadlock Postgres detects, and the loser runs again.
+      if (held.size + keys.length > MAX_ROOM_LOCKS) return;
       // One statement; `unnest` yields the keys, and so takes the locks, in the array's order.
       await sql`select pg_advisory_xact_lock(${sql.lit(PARTICIPANTS_LOCK_CLASS)}, key)
         from unnest(${keys}::int4[]) as key`.execute(trx);

@@ -394,10 +394,11 @@ function errorResponse(err: unknown, where: string): Response {
 
 /**
  * Connection-class failures of the directory: network errors, Postgres's lost connections (08,
- * not 08P01, a protocol error that stays), too many connections, cancelled or shut down.
+ * not 08P01, a protocol error that stays), its resources running out (disk full, out of memory
+ * or lock table, too many connections), cancelled or shut down.
  */
 const UNAVAILABLE_CODES =
-  /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|EPIPE|0800[0-46]|53300|57014|57P0[1-3])$/;
+  /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|EPIPE|0800[0-46]|53[123]00|57014|57P0[1-3])$/;
 
 /**
  * True for a directory write that Postgres kept aborting as a deadlock's victim (40P01) or for a
