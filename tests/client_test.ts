@@ -36,6 +36,7 @@ import {
   longCjkHistory,
   rawExchange,
   startTestServer,
+  tcpProxy,
   TEST_SECRET,
   type TestServer,
   throttledLink,
@@ -1367,9 +1368,7 @@ Deno.test("client: a room left while its gap was being read delivers nothing mor
 
 /** A TCP proxy to `port` that delays every chunk `delayMs` each way, keeping order. */
 function slowLink(port: number, delayMs: number) {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const conns = new Set<Deno.Conn>();
-  const pipe = async (from: Deno.Conn, to: Deno.Conn) => {
+  return tcpProxy(port, async (from, to) => {
     let chain = Promise.resolve();
     const buf = new Uint8Array(65536);
     try {
@@ -1389,32 +1388,7 @@ function slowLink(port: number, delayMs: number) {
     }
     await chain;
     await to.closeWrite().catch(() => {});
-  };
-  const accepting = (async () => {
-    for await (const conn of listener) {
-      conns.add(conn);
-      const upstream = await Deno.connect({ hostname: "127.0.0.1", port });
-      conns.add(upstream);
-      Promise.all([pipe(conn, upstream), pipe(upstream, conn)]).finally(() => {
-        for (const c of [conn, upstream]) {
-          try {
-            c.close();
-          } catch {
-            // Closed already.
-          }
-          conns.delete(c);
-        }
-      });
-    }
-  })().catch(() => {});
-  return {
-    port: (listener.addr as Deno.NetAddr).port,
-    async close() {
-      listener.close();
-      await accepting;
-      await eventually(() => conns.size === 0, 5000, "the proxied sockets to close");
-    },
-  };
+  });
 }
 
 Deno.test("client: sends past the rate limit over a slow link are stored in the order sent", async () => {

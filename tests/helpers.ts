@@ -225,41 +225,32 @@ export async function longCjkHistory(server: TestServer, room: string, count: nu
 }
 
 /**
- * A TCP proxy to `port` that passes the server's bytes to the client at `bytesPerSecond` (the
- * other way unthrottled): a client on a modest link that reads steadily.
+ * A TCP proxy to `port` on 127.0.0.1 whose `pipe` carries each direction's bytes (`toClient`
+ * says which), closing what is left open when the proxy closes.
  */
-export function throttledLink(port: number, bytesPerSecond: number) {
+export function tcpProxy(
+  port: number,
+  pipe: (from: Deno.Conn, to: Deno.Conn, toClient: boolean) => Promise<void>,
+) {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const conns = new Set<Deno.Conn>();
-  const pipe = async (from: Deno.Conn, to: Deno.Conn, throttled: boolean) => {
-    const buf = new Uint8Array(16 * 1024);
-    try {
-      while (true) {
-        const n = await from.read(buf);
-        if (n === null) break;
-        for (let off = 0; off < n;) off += await to.write(buf.subarray(off, n));
-        if (throttled) await new Promise((r) => setTimeout(r, (n / bytesPerSecond) * 1000));
+  const closeAll = (list: Iterable<Deno.Conn>) => {
+    for (const c of list) {
+      try {
+        c.close();
+      } catch {
+        // Closed already.
       }
-    } catch {
-      // Closed under the read or write.
+      conns.delete(c);
     }
-    await to.closeWrite().catch(() => {});
   };
   const accepting = (async () => {
     for await (const conn of listener) {
       conns.add(conn);
       const upstream = await Deno.connect({ hostname: "127.0.0.1", port });
       conns.add(upstream);
-      Promise.all([pipe(conn, upstream, false), pipe(upstream, conn, true)]).finally(() => {
-        for (const c of [conn, upstream]) {
-          try {
-            c.close();
-          } catch {
-            // Closed already.
-          }
-          conns.delete(c);
-        }
-      });
+      Promise.all([pipe(conn, upstream, false), pipe(upstream, conn, true)])
+        .finally(() => closeAll([conn, upstream]));
     }
   })().catch(() => {});
   return {
@@ -267,15 +258,30 @@ export function throttledLink(port: number, bytesPerSecond: number) {
     async close() {
       listener.close();
       await accepting;
-      for (const c of conns) {
-        try {
-          c.close();
-        } catch {
-          // Closed already.
-        }
-      }
+      closeAll([...conns]);
     },
   };
+}
+
+/**
+ * A TCP proxy to `port` that passes the server's bytes to the client at `bytesPerSecond` (the
+ * other way unthrottled): a client on a modest link that reads steadily.
+ */
+export function throttledLink(port: number, bytesPerSecond: number) {
+  return tcpProxy(port, async (from, to, toClient) => {
+    const buf = new Uint8Array(16 * 1024);
+    try {
+      while (true) {
+        const n = await from.read(buf);
+        if (n === null) break;
+        for (let off = 0; off < n;) off += await to.write(buf.subarray(off, n));
+        if (toClient) await new Promise((r) => setTimeout(r, (n / bytesPerSecond) * 1000));
+      }
+    } catch {
+      // Closed under the read or write.
+    }
+    await to.closeWrite().catch(() => {});
+  });
 }
 
 /** Sends `request` (raw HTTP) to the server at `url` and reads until it closes the connection. */
