@@ -231,6 +231,35 @@ Deno.test("conversation chat: a fractional get_history limit is floored, not an 
   }
 });
 
+Deno.test("conversation chat: get_history reads a before of digits as limit is read, and refuses one it cannot read rather than answer the newest page again", async () => {
+  const server = await startTestServer();
+  try {
+    for (let i = 1; i <= 5; i++) {
+      await server.app.context.chat.send(null, "chat:9", { body: `m${i}` });
+    }
+    const a = await join(server, 9, talker);
+    const page = async (frame: Record<string, unknown>) => {
+      a.send({ type: "get_history", ...frame });
+      const answer = await a.next((f) => f.type === "history" || f.type === "error");
+      return answer.type === "error"
+        ? answer.message
+        : [(answer.messages as Record<string, unknown>[]).map((m) => m.id), answer.has_more];
+    };
+    // An id that went through a data- attribute or a URL is text.
+    assertEquals(await page({ before: "4", limit: "2" }), [[2, 3], true]);
+    assertEquals(await page({ before: 2, limit: 2 }), [[1], false]);
+    assertEquals(await page({ before: null, limit: 2 }), [[4, 5], true]);
+    for (const before of ["x", "4.5", -1, true, {}]) {
+      assertEquals(await page({ before }), 'Field "before" must be a message id');
+    }
+    // Still open.
+    assertEquals(await page({ limit: 1 }), [[5], true]);
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("conversation chat: get_history of long CJK messages answers the newest that fit in about 1 MiB with has_more, so a steady reader on a modest link is not closed as slow while the conversation is live; paging by the oldest id reads every message once", async () => {
   const server = await startTestServer();
   const link = throttledLink(server.port, 2_000_000);

@@ -84,6 +84,18 @@ const datedFolder = (now = new Date()) =>
     String(now.getUTCDate()).padStart(2, "0")
   }`;
 
+/**
+ * A `get_history` frame's `before`: a message id, as a number or its digits (as `limit` is
+ * read); absent or null for the newest. Anything else is refused: a cursor read as absent gave
+ * the newest page again with `has_more`, and a client paging back until it ended never did.
+ */
+function historyCursor(value: unknown): number | undefined {
+  if (value === undefined || value === null) return undefined;
+  const n = typeof value === "string" && /^\d+$/.test(value.trim()) ? Number(value) : value;
+  if (typeof n === "number" && Number.isSafeInteger(n) && n >= 0) return n;
+  throw new ChatError("invalid_frame", 'Field "before" must be a message id');
+}
+
 /** The conversation chat route at `path` (`/ws/chat/:id{/}?` by default). */
 export function conversationChatRoute(ctx: DialectContext, path: string): WsRoute {
   const error = (message: string) => JSON.stringify({ type: "error", message });
@@ -197,7 +209,7 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
           // Our extension: the conversation's messages with their read state, oldest first.
           // Floored, as a bad limit is clamped, not refused: KV's list throws on a fraction.
           const limit = Math.floor(Math.min(Math.max(Number(record.limit ?? 50) || 50, 1), 200));
-          const before = Number.isSafeInteger(record.before) ? Number(record.before) : undefined;
+          const before = historyCursor(record.before);
           const [page, cursors] = await Promise.all([
             ctx.chat.historyPage(s.room, { before, limit }),
             ctx.chat.readCursors(s.room),
