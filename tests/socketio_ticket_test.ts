@@ -714,6 +714,51 @@ Deno.test("socket.io ticket chat: get_messages before a time returns the message
   });
 });
 
+Deno.test("socket.io ticket chat: paging back by the oldest message's _id, or its createdAt in ms, reads every message once and ends; a before it cannot read is refused", async () => {
+  await withChat(async (server, client) => {
+    const socket = await inTicket(server, client, "32");
+    const arrivals: Payload[] = [];
+    const all = new Promise<void>((resolve) =>
+      socket.on("new_message", ({ data }: { data: Payload }) => {
+        if (arrivals.push(data) === 12) resolve();
+      })
+    );
+    // In one commit, within one second: one creation second for all their _ids.
+    for (let i = 1; i <= 12; i++) socket.emit("send_message", { ticketId: "32", message: `m${i}` });
+    await all;
+    const load = async (before?: unknown) => {
+      const answer = await socket.timeout(5000).emitWithAck("get_messages", {
+        ticketId: "32",
+        before,
+        limit: 5,
+      });
+      return answer as { messages: Payload[]; hasMore: boolean; error?: string };
+    };
+    // Created at distinct milliseconds (a room's times increase), so either cursor reads all.
+    for (
+      const cursor of [(m: Payload) => m._id, (m: Payload) => Date.parse(m.createdAt as string)]
+    ) {
+      const seen: string[] = [];
+      for (let page = await load(), pages = 1;; page = await load(cursor(page.messages[0]))) {
+        assert(pages++ <= 5, `paging never ends: ${seen}`);
+        seen.unshift(...page.messages.map((m) => m.message as string));
+        if (!page.hasMore) break;
+      }
+      assertEquals(seen, Array.from({ length: 12 }, (_, i) => `m${i + 1}`));
+    }
+    const message = 'Field "before" must be a message _id, a seq or a time (ISO, or ms since 1970)';
+    for (const before of ["abc", true, {}, -1]) {
+      const refused = next<Payload>(socket, "messages_error");
+      assertEquals((await load(before)).error, message);
+      assertEquals((await refused).message, message);
+    }
+    const unknown = await load("0".repeat(24));
+    assertEquals(unknown.error, 'Field "before" names no message of this ticket');
+    // Still connected.
+    assertEquals((await load()).messages.length, 5);
+  });
+});
+
 Deno.test("socket.io ticket chat: paging back by the oldest message's createdAt misses none of the messages sent at once with it", async () => {
   await withChat(async (server, client) => {
     const socket = await inTicket(server, client, "31");

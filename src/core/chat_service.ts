@@ -91,6 +91,9 @@ export interface ChatServiceDeps {
 /** The key of one connection's membership of one room, in the maps below. */
 const connKey = (room: string, connId: string) => `${room}\u0000${connId}`;
 
+/** Most messages `seqOfId` reads after an id's second before it gives up. */
+const SEQ_OF_ID_SCAN = 2000;
+
 export class ChatService {
   #deps: ChatServiceDeps;
   /** Typing states: room and user → the timeout and the user's connections typing here. */
@@ -280,6 +283,30 @@ export class ChatService {
       else hi = mid;
     }
     return lo;
+  }
+
+  /**
+   * The seq of the message of `room` whose id is `id`, found from the creation second the id
+   * starts with (see `objectId`): a client that pages by the ids it was given (Socket.IO's
+   * `_id`) has no seq. Undefined when the room holds no such message.
+   */
+  async seqOfId(room: string, id: string): Promise<number | undefined> {
+    if (!/^[0-9a-f]{24}$/.test(id)) return undefined;
+    const second = parseInt(id.slice(0, 8), 16) * 1000;
+    // A message's time is taken at its commit, after its id was: from the id's second on.
+    let after = (await this.seqBefore(room, new Date(second).toISOString())) - 1;
+    for (let read = 0; read < SEQ_OF_ID_SCAN;) {
+      const page = await this.#deps.store.list(room, { after, limit: 200 });
+      for (const m of page) {
+        if (m.id === id) return m.seq;
+        // Committed a minute after its id was made: no commit waits that long.
+        if (Date.parse(m.createdAt) > second + 61_000) return undefined;
+      }
+      if (page.length < 200) return undefined;
+      after = page[page.length - 1].seq;
+      read += page.length;
+    }
+    return undefined;
   }
 
   /**

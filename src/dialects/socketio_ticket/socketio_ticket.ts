@@ -61,6 +61,36 @@ function messageText(value: unknown): string {
 const TOO_MANY_TICKETS =
   `At most ${MAX_ROOMS_PER_SOCKET} tickets per connection: leave one (leave_ticket) first`;
 
+/** A number past any seq a room reaches: a `before` this large is a time in ms since 1970. */
+const EPOCH_MS_FROM = 1e11;
+
+/**
+ * A `get_messages` cursor: a message's `_id` (what the document's messages carry), a seq (a
+ * number or its digits), or a time (ISO, or ms since 1970 as `Date.parse(createdAt)` gives);
+ * none when absent. Anything else is refused: read as none, it answered the newest page again
+ * with `hasMore`, and a client paging back until `hasMore` ended never did.
+ */
+function historyCursor(
+  value: unknown,
+): { seq?: number; time?: string; id?: string } | undefined {
+  if (value === undefined || value === null || value === "") return undefined;
+  if (typeof value === "string" && /^[0-9a-f]{24}$/i.test(value)) {
+    return { id: value.toLowerCase() };
+  }
+  const n = typeof value === "string" && /^\d+$/.test(value) ? Number(value) : value;
+  // Past 8.64e15 ms no Date holds it.
+  if (typeof n === "number" && Number.isSafeInteger(n) && n >= 0 && n <= 8.64e15) {
+    return n >= EPOCH_MS_FROM ? { time: new Date(n).toISOString() } : { seq: n };
+  }
+  if (typeof value === "string" && !Number.isNaN(Date.parse(value))) {
+    return { time: new Date(value).toISOString() };
+  }
+  throw new ChatError(
+    "invalid_frame",
+    'Field "before" must be a message _id, a seq or a time (ISO, or ms since 1970)',
+  );
+}
+
 /** Messages one `get_messages` returns, by default and at most. */
 const HISTORY_DEFAULT = 500;
 /** How long a `get_messages` answer waits for the reader to take the one before it, ms. */
@@ -816,15 +846,8 @@ export function createSocketIoTicketChat(
         Math.max(Number(record.limit ?? HISTORY_DEFAULT) || HISTORY_DEFAULT, 1),
         HISTORY_DEFAULT,
       ));
-      let before: number | undefined;
-      let beforeTime: string | undefined;
-      if (typeof record.before === "number" && Number.isSafeInteger(record.before)) {
-        before = record.before;
-      } else if (typeof record.before === "string" && /^\d+$/.test(record.before)) {
-        before = Number(record.before);
-      } else if (typeof record.before === "string" && !Number.isNaN(Date.parse(record.before))) {
-        beforeTime = new Date(record.before).toISOString();
-      }
+      const cursor = historyCursor(record.before);
+      let before = cursor?.seq;
       // One answer after another, each read and written once the reader has taken most of the
       // one before: a client loading several tickets at once would otherwise pass the bound
       // with them. Read after the wait, a page holds what was sent meanwhile; and only so many
@@ -845,7 +868,13 @@ export function createSocketIoTicketChat(
         // have outlasted the access (a removal, the ticket's deletion, another sign-in), and the
         // page is read only now.
         await authorize(socket, payload, { fresh: true });
-        if (beforeTime !== undefined) before = await ctx.chat.seqBefore(room, beforeTime);
+        if (cursor?.time !== undefined) before = await ctx.chat.seqBefore(room, cursor.time);
+        if (cursor?.id !== undefined) {
+          before = await ctx.chat.seqOfId(room, cursor.id);
+          if (before === undefined) {
+            throw new ChatError("invalid_frame", 'Field "before" names no message of this ticket');
+          }
+        }
         await sends;
         const page = await ctx.chat.historyPage(room, { before, limit });
         // Messages of up to 20,000 characters: the newest that fit in about 1 MiB, so that one
