@@ -5,6 +5,7 @@
  * head. An isolate of the same process hears most of them twice and keeps the first.
  */
 
+import { timerDelay } from "../core/time.ts";
 import type { RoomEvent } from "../core/types.ts";
 import { type LogEntry, logHead, LogReader, LogWriter, type ReadEntries } from "./kv_log.ts";
 
@@ -233,7 +234,7 @@ export class KvRoomSignals {
       // channel brought) makes it stale.
       const serial = event.serial === undefined ? undefined : event.serial + 0.5;
       this.#deliver({ ...event, isTyping: false, serial });
-    }, this.#typingTimeoutMs + TYPING_RENEW_MS);
+    }, timerDelay(this.#typingTimeoutMs + TYPING_RENEW_MS));
     Deno.unrefTimer(timer);
     this.#heardTyping.set(key, timer);
   }

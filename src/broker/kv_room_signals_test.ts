@@ -253,3 +253,28 @@ Deno.test("KvRoomSignals: the presence checks of a burst run side by side, 32 at
     kv.close();
   }
 });
+
+Deno.test("KvRoomSignals: a typing timeout at a timer's bound (the longest the config keeps) does not end a heard typing state at once", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const heard: boolean[] = [];
+  const a = new KvRoomSignals(kv, "host/1/a", () => {});
+  const b = new KvRoomSignals(kv, "host/2/b", (e) => {
+    if (e.type === "typing") heard.push(e.isTyping);
+  }, { typingTimeoutMs: 2_147_483_000 });
+  const read = async () => (await kv.get(signalsHead("ticket:1"))).value;
+  try {
+    b.follow("ticket:1");
+    b.heard("ticket:1", await read());
+    await a.publish(typing("ticket:1", true));
+    b.heard("ticket:1", await read());
+    await eventually(() => heard.length === 1, 5000, "the typing state");
+    await new Promise((r) => setTimeout(r, 200));
+    assertEquals(heard, [true]);
+    // Ended by its own server, as it would be, so that no timer is left.
+    await a.publish(typing("ticket:1", false));
+    b.heard("ticket:1", await read());
+    await eventually(() => heard.length === 2, 5000, "the typing state's end");
+  } finally {
+    kv.close();
+  }
+});
