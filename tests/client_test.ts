@@ -1158,8 +1158,11 @@ Deno.test("web: the page and its assets are served; the dev sign-in mints workin
       assertEquals(ia, await idOf(a.normalize("NFD")), "the same name, decomposed, is one user");
     }
     assertMatch(await idOf("Иван (QA)"), /^dev-qa-[0-9a-f]{12}$/);
-    // Names of Latin letters only keep the ids they had: no hash for ø, nor for a long name cut.
-    assertEquals(await idOf("Søren"), "dev-s-ren");
+    // Latin letters NFKD keeps whole are spelled out, not dropped: Weiß is not Wei.
+    assertEquals(await idOf("Søren"), "dev-soren");
+    assertEquals([await idOf("Weiß"), await idOf("Wei")], ["dev-weiss", "dev-wei"]);
+    assertEquals(await idOf("Jærgen Łukasz"), "dev-jaergen-lukasz");
+    // A long name of Latin letters is cut, without a hash.
     const long = "Christopher Alexander Montgomery Wellington III";
     assertEquals(await idOf(long), "dev-christopher-alexander-montgomery-welling");
     const chat = recorder({ url: `${server.url.replace("http", "ws")}/ws`, token });

@@ -45,16 +45,30 @@ const PAGE_CSP = [
 
 const ROOM_GRANT = /^(\*|[a-z-]{1,20}:(\*|[A-Za-z0-9*][A-Za-z0-9_.@*-]{0,127}))$/;
 
+/** Latin letters NFKD does not take apart, as they are spelled in ASCII ("Weiß" is not "Wei"). */
+const LATIN_SPELLED: Record<string, string> = {
+  ß: "ss",
+  æ: "ae",
+  œ: "oe",
+  ø: "o",
+  ł: "l",
+  đ: "d",
+  ð: "d",
+  þ: "th",
+  ħ: "h",
+  ı: "i",
+};
+
 /**
  * A user id for a display name: `dev-` and a slug of its Latin letters and digits (accents
  * dropped), followed by a hash of the name when it has letters of another script, so that "Иван
  * (QA)" and "Олег (QA)" are two people, not both `dev-qa`.
  */
 export async function devUserId(name: string): Promise<string> {
-  const folded = name.normalize("NFKD").toLowerCase().replace(/[\u0300-\u036f]/g, "");
+  const folded = name.normalize("NFKD").toLowerCase().replace(/[\u0300-\u036f]/g, "")
+    .replace(/[ßæœøłđðþħı]/g, (c) => LATIN_SPELLED[c]);
   const slug = folded.replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 40);
-  // Only letters of other scripts call for the hash: Latin ones the slug drops (ø, ß) and a long
-  // name's cut keep the ids they had.
+  // Only letters of other scripts call for the hash: a long name's cut keeps the id it had.
   if (slug && !/(?!\p{Script=Latin})\p{L}/u.test(folded)) return `dev-${slug}`;
   const digest = await crypto.subtle.digest(
     "SHA-256",
