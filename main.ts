@@ -72,8 +72,9 @@ export interface App {
   /**
    * Refuses new sockets and waits, up to 2 s, until the frames being handled are answered, then
    * takes no more frames, gives the sends taken 1 s more, and refuses those still waiting for a
-   * commit: the first step of {@link close}, and to run before a listener's own shutdown closes
-   * the sockets.
+   * commit, and gives their replies (long-polling clients' next GETs among them) up to half a
+   * second: the first step of {@link close}, and to run before a listener's own shutdown closes
+   * the sockets or refuses those GETs.
    */
   drain(): Promise<void>;
   /** Drains, closes sockets with 1001, flushes pending commits and closes the stores. */
@@ -556,9 +557,13 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       const started = stopStarted = Date.now();
       // A socket the client closed counts while the frames it sent before are handled.
       const busy = () => [...connections].some((c) => !c.stopped && c.busy) || socketIoBusy(io);
-      const settle = async (until: number) => {
-        while (Date.now() < until && busy()) await new Promise((r) => setTimeout(r, 10));
+      const settle = async (until: number, waiting = busy) => {
+        while (Date.now() < until && waiting()) await new Promise((r) => setTimeout(r, 10));
       };
+      // A long-polling client gets what it was told only with its next GET: the close that
+      // follows the drain drops what it has not fetched, and the listener's shutdown refuses
+      // that GET. So the replies wait for those GETs too (answered until the drain returns).
+      const replying = () => busy() || io.engine.unfetchedSessions > 0;
       await settle(started + SHUTDOWN_DRAIN_MS);
       // Frames that come later are dropped, not stored unanswered: the sockets close next.
       connections.takeNoMore();
@@ -572,8 +577,11 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       await store.flush();
       // A committed send's echo is the room's delivery, which may still be queued.
       await hub.idle();
-      await settle(Date.now() + SHUTDOWN_REPLY_MS);
+      const replied = Date.now() + SHUTDOWN_REPLY_MS;
+      await settle(replied, replying);
       await hub.idle();
+      // What the last deliveries said to polling clients, within the same wait.
+      await settle(replied, replying);
     })();
   return {
     context,

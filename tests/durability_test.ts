@@ -1149,6 +1149,88 @@ Deno.test("durability: a SIGTERM on a server behind its commits answers every me
   }
 });
 
+Deno.test("durability: a SIGTERM on a server behind its commits answers a Socket.IO long-polling client too: every message stored, every send refused", async () => {
+  // A polling client gets what it is told only with its next GET: the drain's replies waited for
+  // events being handled only, then the listener's shutdown refused that GET and the sessions'
+  // close dropped what it would have fetched (the refusals, the last commit's new_message).
+  // Commits 4.5 s apart leave the drain only refusals to tell; 1.5 s apart, with nothing sent
+  // after the signal, its last step is a commit whose answers are the last packets.
+  for (const [interval, quietAtSignal] of [["4500", false], ["1500", true]] as const) {
+    const dataDir = await Deno.makeTempDir({ prefix: "chat-polling-stop-" });
+    const { port, child: server } = await spawnOnFreePort(dataDir, {
+      COMMIT_PAUSE_CPU_PERCENT: "0",
+      COMMIT_INTERVAL_MS: interval,
+    });
+    const clients: ReturnType<typeof io>[] = [];
+    let timer: ReturnType<typeof setInterval> | undefined;
+    try {
+      const answered: Set<string>[] = [];
+      const refused: number[] = [];
+      const sent: number[] = [];
+      for (let c = 0; c < 3; c++) {
+        const sio = io(`http://127.0.0.1:${port}`, {
+          transports: ["polling"],
+          reconnection: false,
+        });
+        clients.push(sio);
+        if (!sio.connected) await new Promise<void>((r) => sio.once("connect", () => r()));
+        sio.emit("authenticate", {
+          token: await signDevToken(TEST_SECRET, { sub: String(10 + c), rooms: ["ticket:*"] }),
+        });
+        await new Promise<void>((r) => sio.once("authenticated", () => r()));
+        sio.emit("join_ticket", { ticketId: String(30 + c) });
+        await new Promise<void>((r) => sio.once("joined_ticket", () => r()));
+        answered.push(new Set());
+        refused.push(0);
+        sent.push(0);
+        sio.on(
+          "new_message",
+          (d: { data: { message: string } }) => answered[c].add(d.data.message),
+        );
+        sio.on("send_message_error", () => refused[c]++);
+      }
+      let i = 0;
+      timer = setInterval(() => {
+        clients.forEach((sio, c) => {
+          if (!sio.connected) return;
+          sio.emit("send_message", { ticketId: String(30 + c), message: `s${c}-${i}` });
+          sent[c]++;
+        });
+        i++;
+      }, 100);
+      await delay(600);
+      // Each of these was taken before the drain stopped taking events: answered or refused.
+      const beforeSignal = [...sent];
+      if (quietAtSignal) clearInterval(timer);
+      server.kill("SIGTERM");
+      assertEquals((await server.status).code, 0);
+      clearInterval(timer);
+      await delay(300);
+      for (let c = 0; c < clients.length; c++) {
+        const what = `commits ${interval} ms apart, client ${c}`;
+        const stored = await storedBodies(dataDir, `ticket:${30 + c}`);
+        assertEquals(stored.filter((b) => !answered[c].has(b)), [], `${what}: never answered`);
+        const told = answered[c].size + refused[c];
+        assert(
+          told >= beforeSignal[c],
+          `${what}: ${beforeSignal[c]} sent before the signal, ${answered[c].size} answered, ` +
+            `${refused[c]} refused`,
+        );
+      }
+    } finally {
+      clearInterval(timer);
+      for (const sio of clients) sio.close();
+      try {
+        server.kill("SIGKILL");
+      } catch {
+        // Exited already.
+      }
+      await server.status.catch(() => {});
+      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    }
+  }
+});
+
 Deno.test("durability: a SIGTERM during a download a slow player reads, or a JSON body still arriving, exits with 0 at once", async () => {
   // Deno's graceful shutdown waits for every exchange under way: the stop took the 5 s of the
   // fallback timer and exited with 1, which systemd and Docker record as a failed stop.

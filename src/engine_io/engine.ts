@@ -528,6 +528,14 @@ class Session implements EngineSocket {
     return this.#maxPost;
   }
 
+  /**
+   * Whether this polling session holds packets no GET has taken yet: what it was told waits for
+   * the client's next GET, which a server about to stop must still be there to answer.
+   */
+  get unfetched(): boolean {
+    return this.#state !== "closed" && !this.#ws && this.#buffer.length > 0;
+  }
+
   /** Whether another WebSocket may still try to take over this polling session. */
   get upgradable(): boolean {
     return this.#state === "open" && !this.#ws && !this.#candidate;
@@ -978,6 +986,16 @@ export class EngineServer {
   /** Number of open sessions held by this isolate. */
   get clientsCount(): number {
     return this.#sessions.size;
+  }
+
+  /**
+   * Long-polling sessions of this isolate holding packets their client has not fetched yet: a
+   * shutdown waits for their next GETs before it closes the sessions, which drops those packets.
+   */
+  get unfetchedSessions(): number {
+    let n = 0;
+    for (const session of this.#sessions.values()) if (session.unfetched) n++;
+    return n;
   }
 
   /** Answers any request under the path: handshakes, polls, posts, WebSocket upgrades, preflights. */
