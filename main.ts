@@ -121,7 +121,9 @@ const SHUTDOWN_REPLY_MS = 500;
  */
 const SHUTDOWN_WORK_MS = 4000;
 /** How long HTTP exchanges still under way once the stores are closed may go on. */
-const SHUTDOWN_HTTP_GRACE_MS = 500;
+export const SHUTDOWN_HTTP_GRACE_MS = 500;
+/** By when, from the signal, a stop that has not ended exits with 1 (a failed stop). */
+export const SHUTDOWN_FALLBACK_MS = 5000;
 
 /** The KV key of the lease that lets one server sweep MEDIA_DIR's half-written files. */
 const MEDIA_SWEEP_KEY = ["media_sweep"];
@@ -787,7 +789,7 @@ if (import.meta.main) {
     if (stopping) return;
     stopping = true;
     console.log("Shutting down: closing sockets and flushing history");
-    const timer = setTimeout(() => Deno.exit(1), 5000);
+    const timer = setTimeout(() => Deno.exit(1), SHUTDOWN_FALLBACK_MS);
     await server.close();
     clearTimeout(timer);
     Deno.exit(0);

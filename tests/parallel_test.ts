@@ -191,6 +191,81 @@ Deno.test("parallel: a burst of 200 messages per client across isolates reaches 
   }
 });
 
+Deno.test("parallel: a SIGTERM during a download a slow player reads exits with 0 in time, once every isolate has answered its sends", async () => {
+  // Only main.ts cut off such an exchange: under deno serve the stop lasted as long as the
+  // player, and the supervisor's SIGKILL ended it. Nor may the isolate holding it end the
+  // process while the other still drains: a send waiting for its commit there holds the drain
+  // for 3 s, and a REST send waiting beside it is refused at its end.
+  const admin = "admin-token-0123456789";
+  const server = await startParallelServer({
+    ADMIN_TOKEN: admin,
+    COMMIT_PAUSE_CPU_PERCENT: "0",
+    COMMIT_INTERVAL_MS: "4500",
+  });
+  // A kept-alive connection stays on its isolate: one client on each.
+  const pinned = new Map<string, Deno.HttpClient>();
+  let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
+  let ws: TestClient | undefined;
+  try {
+    while (pinned.size < 2) {
+      const client = Deno.createHttpClient({});
+      const { isolate } = await (await fetch(`${server.url}/healthz`, { client })).json();
+      if (pinned.has(isolate)) client.close();
+      else pinned.set(isolate, client);
+    }
+    const [player, sender] = [...pinned.values()];
+    const socketsOfSender = async () =>
+      (await (await fetch(`${server.url}/healthz`, { client: sender })).json()).connections;
+    // A ticket socket on the sender's isolate.
+    const token = await signDevToken(TEST_SECRET, { sub: "1", rooms: ["ticket:*"] });
+    for (let attempt = 0; !ws; attempt++) {
+      assert(attempt < 20, "no socket reached the sender's isolate");
+      const candidate = await TestClient.open(`${server.wsUrl}/ws/ticket/4/?token=${token}`);
+      const deadline = Date.now() + 500;
+      while (Date.now() < deadline && await socketsOfSender() === 0) await delay(50);
+      if (await socketsOfSender() === 1) ws = candidate;
+      else candidate.close();
+    }
+    // That isolate's first commit comes at once, its next only 4.5 s later.
+    ws.send({ body: "first" });
+    assertEquals((await ws.next()).body, "first");
+    ws.send({ body: "held" });
+    const second = fetch(`${server.url}/api/rooms/ticket/4/messages`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
+      body: JSON.stringify({ body: "second" }),
+      client: sender,
+    }).catch((err: Error) => err);
+    const form = new FormData();
+    form.append("file", new Blob([new Uint8Array(8_000_000)]), "clip.mp4");
+    const up = await fetch(`${server.url}/api/rooms/ticket/5/attachments`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${admin}` },
+      body: form,
+      client: player,
+    });
+    assertEquals(up.status, 201);
+    const download = await fetch((await up.json()).attachments[0].url, { client: player });
+    reader = download.body!.getReader();
+    // A player reads as it plays: one chunk, then nothing for a while.
+    await reader.read();
+    const started = Date.now();
+    // Throws unless the process exits with 0 on its own.
+    await server.close();
+    const took = Date.now() - started;
+    assert(took < 5000, `the stop took ${took} ms`);
+    // Answered by the isolate the player's did not end early.
+    const res = await second;
+    assert(res instanceof Response, `the REST send was cut off: ${res}`);
+    assertEquals([res.status, (await res.json()).code], [503, "internal"]);
+  } finally {
+    ws?.close();
+    await reader?.cancel().catch(() => {});
+    for (const client of pinned.values()) client.close();
+    await server.close().catch(() => {});
+  }
+});
+
 /** The next `event` of a Socket.IO client, failing after 10 s. */
 function once(socket: ClientSocket, event: string) {
   return new Promise<Record<string, unknown>>((resolve, reject) => {
