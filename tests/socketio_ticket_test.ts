@@ -752,11 +752,39 @@ Deno.test("socket.io ticket chat: paging back by the oldest message's _id, or it
       assertEquals((await load(before)).error, message);
       assertEquals((await refused).message, message);
     }
-    const unknown = await load("0".repeat(24));
+    const unknown = await load("f".repeat(24));
     assertEquals(unknown.error, 'Field "before" names no message of this ticket');
     // Still connected.
     assertEquals((await load()).messages.length, 5);
   });
+});
+
+Deno.test("socket.io ticket chat: paging back by an _id that retention has dropped meanwhile ends the paging, as by its time", async () => {
+  await withChat(async (server, client) => {
+    const socket = await inTicket(server, client, "33");
+    const send = (text: string) =>
+      socket.timeout(5000).emitWithAck("send_message", { ticketId: "33", message: text });
+    for (let i = 1; i <= 6; i++) await send(`m${i}`);
+    const load = async (before?: unknown) =>
+      (await socket.timeout(5000).emitWithAck("get_messages", {
+        ticketId: "33",
+        before,
+        limit: 3,
+      })) as { messages: Payload[]; hasMore: boolean; error?: string };
+    const first = await load();
+    assertEquals([first.messages.map((m) => m.message), first.hasMore], [["m4", "m5", "m6"], true]);
+    const oldest = first.messages[0];
+    // The ticket goes on: retention drops m1..m4 (a second after their commit).
+    for (let i = 7; i <= 10; i++) await send(`m${i}`);
+    await eventually(async () =>
+      (await load()).messages.length === 3 &&
+      (await load(Date.parse(oldest.createdAt as string))).messages.length === 0
+    );
+    for (const cursor of [Date.parse(oldest.createdAt as string), oldest._id]) {
+      const page = await load(cursor);
+      assertEquals([page.error, page.messages, page.hasMore], [undefined, [], false]);
+    }
+  }, { HISTORY_LIMIT: "6" });
 });
 
 Deno.test("socket.io ticket chat: paging back by the oldest message's createdAt misses none of the messages sent at once with it", async () => {

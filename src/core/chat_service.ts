@@ -286,27 +286,29 @@ export class ChatService {
   }
 
   /**
-   * The seq of the message of `room` whose id is `id`, found from the creation second the id
-   * starts with (see `objectId`): a client that pages by the ids it was given (Socket.IO's
-   * `_id`) has no seq. Undefined when the room holds no such message.
+   * The seq of the message of `room` whose id is `id`, found from the second the id starts with
+   * (see `objectId`: a message's id is made from its `createdAt`): a client that pages by the ids
+   * it was given (Socket.IO's `_id`) has no seq. An id older than the room's oldest message
+   * (history since dropped) gives the oldest seq, so that a page before it is empty and says
+   * there is no more; undefined when the room holds no such message.
    */
   async seqOfId(room: string, id: string): Promise<number | undefined> {
     if (!/^[0-9a-f]{24}$/.test(id)) return undefined;
     const second = parseInt(id.slice(0, 8), 16) * 1000;
-    // A message's time is taken at its commit, after its id was: from the id's second on.
     let after = (await this.seqBefore(room, new Date(second).toISOString())) - 1;
+    // Ids stored before ids were made from `createdAt` may be of a second before it; a few pages
+    // on, whatever the times, before giving up.
     for (let read = 0; read < SEQ_OF_ID_SCAN;) {
       const page = await this.#deps.store.list(room, { after, limit: 200 });
-      for (const m of page) {
-        if (m.id === id) return m.seq;
-        // Committed a minute after its id was made: no commit waits that long.
-        if (Date.parse(m.createdAt) > second + 61_000) return undefined;
-      }
-      if (page.length < 200) return undefined;
+      for (const m of page) if (m.id === id) return m.seq;
+      if (page.length < 200) break;
       after = page[page.length - 1].seq;
       read += page.length;
     }
-    return undefined;
+    // Not kept, and of a second no later than the oldest kept message's: dropped since.
+    const tail = await this.#deps.store.tail(room);
+    const [oldest] = await this.#deps.store.list(room, { after: tail - 1, limit: 1 });
+    return oldest && second <= Date.parse(oldest.createdAt) ? oldest.seq : undefined;
   }
 
   /**

@@ -89,3 +89,45 @@ Deno.test("ChatService: a failed send whose pending entry could not be forgotten
 Deno.test("ChatService: a failed send forgets its pending entry, then deletes its files and their folders", async () => {
   await failedSendThenAnother(false);
 });
+
+/** A chat on `store` with no media, fan-out or directory behind it. */
+function plainChat(store: KvMessageStore): ChatService {
+  return new ChatService({
+    store,
+    attachments: { discard: () => Promise.resolve() } as unknown as ChatServiceDeps["attachments"],
+    fanout: { committed: () => {}, publish: () => {} } as unknown as ChatServiceDeps["fanout"],
+    access: { canAccess: () => Promise.resolve(true) },
+    metrics: { messagesIn: 0, attachmentBytes: 0 } as unknown as ChatServiceDeps["metrics"],
+    presence: {} as ChatServiceDeps["presence"],
+  });
+}
+
+Deno.test("ChatService.seqOfId: a message stored by a server whose clock is behind another's by 90 s is found by its id; an id older than the history kept gives its oldest seq", async () => {
+  const dir = await Deno.makeTempDir();
+  // Two servers on one KV file.
+  const kvs = [await Deno.openKv(`${dir}/kv`), await Deno.openKv(`${dir}/kv`)];
+  const [ahead, behind] = kvs.map((kv) => new KvMessageStore(kv, { discard: async () => {} }));
+  const chat = plainChat(behind);
+  const realNow = Date.now;
+  const draft = (body: string) => ({ sender: null, body, attachments: [] }) as MessageDraft;
+  try {
+    Date.now = () => realNow() + 90_000;
+    const first = await ahead.append("t", draft("ahead"));
+    Date.now = realNow;
+    const second = await behind.append("t", draft("behind"));
+    // Stamped after the one before, as a room's times always are.
+    assertEquals(second.message.createdAt > first.message.createdAt, true);
+    assertEquals(await chat.seqOfId("t", second.message.id), 2);
+    assertEquals(await chat.seqOfId("t", first.message.id), 1);
+    assertEquals(await chat.seqOfId("t", "f".repeat(24)), undefined);
+    // Older than anything kept: the oldest seq, before which a page is empty.
+    assertEquals(await chat.seqOfId("t", "00000001" + "0".repeat(16)), 1);
+    assertEquals(await chat.seqOfId("empty", first.message.id), undefined);
+  } finally {
+    Date.now = realNow;
+    chat.close();
+    for (const store of [ahead, behind]) await store.close();
+    for (const kv of kvs) kv.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -719,7 +719,9 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
         const message: Message = {
           room,
           seq,
-          id: objectId(now),
+          // From the time it is stamped with, not this clock's: behind another server's, the two
+          // would differ, and the id would not lead to its message (ChatService.seqOfId).
+          id: objectId(at),
           sender: draft.sender,
           body: draft.body,
           attachments: draft.attachments,
