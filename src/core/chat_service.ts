@@ -1,7 +1,7 @@
 /** The commands every dialect shares: access, send, history, typing, read. */
 
 import { ChatError, roomDeleted } from "./errors.ts";
-import { objectId } from "./ids.ts";
+import { msOfId, objectId } from "./ids.ts";
 import type { Metrics } from "./metrics.ts";
 import { timerDelay } from "./time.ts";
 import type {
@@ -286,29 +286,45 @@ export class ChatService {
   }
 
   /**
-   * The seq of the message of `room` whose id is `id`, found from the second the id starts with
-   * (see `objectId`: a message's id is made from its `createdAt`): a client that pages by the ids
-   * it was given (Socket.IO's `_id`) has no seq. An id older than the room's oldest message
+   * The seq of the message of `room` whose id is `id`, found from the time the id names (see
+   * `objectId`: a message's id is made from its `createdAt`): a client that pages by the ids it
+   * was given (Socket.IO's `_id`) has no seq. An id older than the room's oldest message
    * (history since dropped) gives the oldest seq, so that a page before it is empty and says
    * there is no more; undefined when the room holds no such message.
    */
   async seqOfId(room: string, id: string): Promise<number | undefined> {
     if (!/^[0-9a-f]{24}$/.test(id)) return undefined;
     const second = parseInt(id.slice(0, 8), 16) * 1000;
+    const tail = await this.#deps.store.tail(room);
+    const [oldest] = await this.#deps.store.list(room, { after: tail - 1, limit: 1 });
+    if (!oldest) return undefined;
+    // An id that names its millisecond leads to its message at once: a room's times are each
+    // one message's. One older than the oldest kept was dropped.
+    const at = msOfId(id);
+    if (at !== undefined) {
+      const seq = await this.seqBefore(room, new Date(at).toISOString());
+      const [found] = await this.#deps.store.list(room, { after: seq - 1, limit: 1 });
+      if (found?.id === id) return found.seq;
+      if (at < Date.parse(oldest.createdAt)) return oldest.seq;
+    }
+    // Else an id made before ids named their millisecond (or one that is no message's): looked
+    // for among the messages of its second, as such an id was made from its commit's clock, and
+    // of the minute after, as a faster clock's message before it may have stamped it later. Of
+    // a second no later than the oldest kept message's, it was dropped unless found.
+    const dropped = second <= Date.parse(oldest.createdAt);
+    const until = second + (dropped || at !== undefined ? 1000 : 61_000);
     let after = (await this.seqBefore(room, new Date(second).toISOString())) - 1;
-    // Ids stored before ids were made from `createdAt` may be of a second before it; a few pages
-    // on, whatever the times, before giving up.
     for (let read = 0; read < SEQ_OF_ID_SCAN;) {
       const page = await this.#deps.store.list(room, { after, limit: 200 });
-      for (const m of page) if (m.id === id) return m.seq;
+      for (const m of page) {
+        if (m.id === id) return m.seq;
+        if (Date.parse(m.createdAt) >= until) return dropped ? oldest.seq : undefined;
+      }
       if (page.length < 200) break;
       after = page[page.length - 1].seq;
       read += page.length;
     }
-    // Not kept, and of a second no later than the oldest kept message's: dropped since.
-    const tail = await this.#deps.store.tail(room);
-    const [oldest] = await this.#deps.store.list(room, { after: tail - 1, limit: 1 });
-    return oldest && second <= Date.parse(oldest.createdAt) ? oldest.seq : undefined;
+    return dropped ? oldest.seq : undefined;
   }
 
   /**

@@ -131,3 +131,41 @@ Deno.test("ChatService.seqOfId: a message stored by a server whose clock is behi
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("ChatService.seqOfId: an id leads to its message in a few reads, also past thousands of messages of one second; a dropped one ends at once", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv, { discard: async () => {} });
+  const chat = plainChat(store);
+  let read = 0;
+  const list = store.list.bind(store);
+  store.list = async (room, query) => {
+    const page = await list(room, query);
+    read += page.length;
+    return page;
+  };
+  try {
+    // Stamped within a second or two, each at its own millisecond.
+    const appends = [];
+    for (let i = 0; i < 2_000; i++) {
+      appends.push(store.append("t", { sender: null, body: `m${i}`, attachments: [] }));
+    }
+    const stored = (await Promise.all(appends)).map((a) => a.message);
+    for (const m of [stored[0], stored[999], stored[1999]]) {
+      read = 0;
+      assertEquals(await chat.seqOfId("t", m.id), m.seq);
+      // The binary search's single reads, not a scan of the second.
+      assertEquals(read < 40, true, `read ${read} messages`);
+    }
+    // An id of the millisecond before the oldest (dropped by retention, say).
+    const before = Date.parse(stored[0].createdAt) - 1;
+    const dropped = Math.floor(before / 1000).toString(16).padStart(8, "0") +
+      (before % 1000).toString(16).padStart(3, "0") + "0".repeat(13);
+    read = 0;
+    assertEquals(await chat.seqOfId("t", dropped), 1);
+    assertEquals(read < 40, true, `read ${read} messages`);
+  } finally {
+    chat.close();
+    await store.close();
+    kv.close();
+  }
+});
