@@ -1164,6 +1164,8 @@ Deno.test("web: the page and its assets are served; the dev sign-in mints workin
     assertEquals(await idOf("Jærgen Łukasz"), "dev-jaergen-lukasz");
     // Other letters the slug cannot spell call for the hash too: Əli is not Li.
     assertMatch(await idOf("Əli"), /^dev-li-[0-9a-f]{12}$/);
+    const [one, two] = [await idOf("Tester ١"), await idOf("Tester ٢")];
+    assert(one !== two && one !== "dev-tester", `${one}, ${two}`);
     // A long name of Latin letters is cut, without a hash.
     const long = "Christopher Alexander Montgomery Wellington III";
     assertEquals(await idOf(long), "dev-christopher-alexander-montgomery-welling");

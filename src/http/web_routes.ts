@@ -68,9 +68,9 @@ export async function devUserId(name: string): Promise<string> {
   const folded = name.normalize("NFKD").toLowerCase().replace(/[\u0300-\u036f]/g, "")
     .replace(/[ßæœøłđðþħı]/g, (c) => LATIN_SPELLED[c]);
   const slug = folded.replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 40);
-  // A letter the slug cannot spell (another script's, or a Latin one not above: ə, ŋ) calls for
-  // the hash; a long name's cut keeps the id it had.
-  if (slug && !/[^a-z]/.test(folded.replace(/[^\p{L}]/gu, ""))) return `dev-${slug}`;
+  // A letter or digit the slug cannot spell (another script's, or a Latin one not above: ə, ŋ)
+  // calls for the hash; a long name's cut keeps the id it had.
+  if (slug && !/[^a-z0-9]/.test(folded.replace(/[^\p{L}\p{N}]/gu, ""))) return `dev-${slug}`;
   const digest = await crypto.subtle.digest(
     "SHA-256",
     new TextEncoder().encode(name.normalize("NFC")),
