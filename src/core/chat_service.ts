@@ -299,20 +299,20 @@ export class ChatService {
     const [oldest] = await this.#deps.store.list(room, { after: tail - 1, limit: 1 });
     if (!oldest) return undefined;
     // An id that names its millisecond leads to its message at once: a room's times are each
-    // one message's. One older than the oldest kept was dropped.
+    // one message's. One older than the oldest kept was dropped; any other is no message here.
     const at = msOfId(id);
     if (at !== undefined) {
       const seq = await this.seqBefore(room, new Date(at).toISOString());
       const [found] = await this.#deps.store.list(room, { after: seq - 1, limit: 1 });
       if (found?.id === id) return found.seq;
-      if (at < Date.parse(oldest.createdAt)) return oldest.seq;
+      return at < Date.parse(oldest.createdAt) ? oldest.seq : undefined;
     }
-    // Else an id made before ids named their millisecond (or one that is no message's): looked
-    // for among the messages of its second, as such an id was made from its commit's clock, and
-    // of the minute after, as a faster clock's message before it may have stamped it later. Of
-    // a second no later than the oldest kept message's, it was dropped unless found.
+    // An id made before ids named their millisecond (or one that is no message's): looked for
+    // among the messages of its second, as such an id was made from its commit's clock, and of
+    // the minute after, as a faster clock's message before it may have stamped it later. Of a
+    // second no later than the oldest kept message's, it was dropped unless found.
     const dropped = second <= Date.parse(oldest.createdAt);
-    const until = second + (dropped || at !== undefined ? 1000 : 61_000);
+    const until = second + (dropped ? 1000 : 61_000);
     let after = (await this.seqBefore(room, new Date(second).toISOString())) - 1;
     for (let read = 0; read < SEQ_OF_ID_SCAN;) {
       const page = await this.#deps.store.list(room, { after, limit: 200 });

@@ -3,8 +3,9 @@
 import { assertEquals, assertRejects } from "../../tests/assert.ts";
 import { MediaAttachmentStore } from "../media/attachments.ts";
 import { LocalMediaStore } from "../media/local_media_store.ts";
-import { KvMessageStore } from "../store/kv_message_store.ts";
+import { KV_KEYS, KvMessageStore } from "../store/kv_message_store.ts";
 import { ChatService, type ChatServiceDeps } from "./chat_service.ts";
+import { objectId } from "./ids.ts";
 import type { MessageDraft, PendingFiles } from "./types.ts";
 
 /** A chat on a real KV and media directory whose store's next append and forget can fail. */
@@ -158,11 +159,45 @@ Deno.test("ChatService.seqOfId: an id leads to its message in a few reads, also 
     }
     // An id of the millisecond before the oldest (dropped by retention, say).
     const before = Date.parse(stored[0].createdAt) - 1;
-    const dropped = Math.floor(before / 1000).toString(16).padStart(8, "0") +
-      (before % 1000).toString(16).padStart(3, "0") + "0".repeat(13);
+    const dropped = objectId(before);
     read = 0;
     assertEquals(await chat.seqOfId("t", dropped), 1);
     assertEquals(read < 40, true, `read ${read} messages`);
+  } finally {
+    chat.close();
+    await store.close();
+    kv.close();
+  }
+});
+
+Deno.test("ChatService.seqOfId: ids stored before ids named their millisecond (random digits there, which may read as one) are still found, and paging by them reads every message", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv, { discard: async () => {} });
+  const chat = plainChat(store);
+  try {
+    const appends = [];
+    for (let i = 1; i <= 12; i++) {
+      appends.push(store.append("t", { sender: null, body: `m${i}`, attachments: [] }));
+    }
+    const stored = (await Promise.all(appends)).map((a) => a.message);
+    // As the release before stored them: the second, then a process's random digits ("001",
+    // a millisecond before any of these), then a counter.
+    const old = stored.map((m, i) => {
+      const second = Math.floor(Date.parse(m.createdAt) / 1000).toString(16).padStart(8, "0");
+      return { ...m, id: second + "0014e2b9c1" + (0x100 + i).toString(16).padStart(6, "0") };
+    });
+    for (const m of old) await kv.set(KV_KEYS.message("t", m.seq), m);
+    for (const m of old) assertEquals(await chat.seqOfId("t", m.id), m.seq);
+    // Paged back by the oldest id of each page, 5 at a time: all 12, once each.
+    const seen: string[] = [];
+    let before: number | undefined;
+    for (let pages = 0; pages < 5; pages++) {
+      const page = await chat.historyPage("t", { before, limit: 5 });
+      seen.unshift(...page.messages.map((m) => m.body));
+      if (!page.hasMore) break;
+      before = await chat.seqOfId("t", page.messages[0].id);
+    }
+    assertEquals(seen, old.map((m) => m.body));
   } finally {
     chat.close();
     await store.close();
