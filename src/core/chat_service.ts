@@ -308,23 +308,23 @@ export class ChatService {
       return at < Date.parse(oldest.createdAt) ? oldest.seq : undefined;
     }
     // An id made before ids named their millisecond (or one that is no message's): looked for
-    // among the messages of its second, as such an id was made from its commit's clock, and of
-    // the minute after, as a faster clock's message before it may have stamped it later. Of a
-    // second no later than the oldest kept message's, it was dropped unless found.
-    const dropped = second <= Date.parse(oldest.createdAt);
-    const until = second + (dropped ? 1000 : 61_000);
+    // from its second on, for a minute, as such an id was made from its commit's clock while its
+    // message was stamped after the one before it (a burst's run into the next seconds, a
+    // faster clock's message). Not found, and of a second no later than the oldest kept
+    // message's id, it was dropped.
+    const until = second + 61_000;
     let after = (await this.seqBefore(room, new Date(second).toISOString())) - 1;
-    for (let read = 0; read < SEQ_OF_ID_SCAN;) {
+    scan: for (let read = 0; read < SEQ_OF_ID_SCAN;) {
       const page = await this.#deps.store.list(room, { after, limit: 200 });
       for (const m of page) {
         if (m.id === id) return m.seq;
-        if (Date.parse(m.createdAt) >= until) return dropped ? oldest.seq : undefined;
+        if (Date.parse(m.createdAt) >= until) break scan;
       }
       if (page.length < 200) break;
       after = page[page.length - 1].seq;
       read += page.length;
     }
-    return dropped ? oldest.seq : undefined;
+    return second <= parseInt(oldest.id.slice(0, 8), 16) * 1000 ? oldest.seq : undefined;
   }
 
   /**

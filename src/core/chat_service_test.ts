@@ -180,12 +180,17 @@ Deno.test("ChatService.seqOfId: ids stored before ids named their millisecond (r
       appends.push(store.append("t", { sender: null, body: `m${i}`, attachments: [] }));
     }
     const stored = (await Promise.all(appends)).map((a) => a.message);
-    // As the release before stored them: the second, then a process's random digits ("001",
-    // a millisecond before any of these), then a counter.
-    const old = stored.map((m, i) => {
-      const second = Math.floor(Date.parse(m.createdAt) / 1000).toString(16).padStart(8, "0");
-      return { ...m, id: second + "0014e2b9c1" + (0x100 + i).toString(16).padStart(6, "0") };
-    });
+    // As the release before stored them: the second of the commit's clock, then a process's
+    // random digits ("001", a millisecond before any of these), then a counter. A burst's times
+    // ran on into the next seconds while its ids named the one it began in: here the first
+    // second for all, the room's first second.
+    const first = Math.floor(Date.parse(stored[0].createdAt) / 1000);
+    const old = stored.map((m, i) => ({
+      ...m,
+      id: first.toString(16).padStart(8, "0") + "0014e2b9c1" +
+        (0x100 + i).toString(16).padStart(6, "0"),
+      createdAt: new Date(first * 1000 + 700 + 50 * i).toISOString(),
+    }));
     for (const m of old) await kv.set(KV_KEYS.message("t", m.seq), m);
     for (const m of old) assertEquals(await chat.seqOfId("t", m.id), m.seq);
     // Paged back by the oldest id of each page, 5 at a time: all 12, once each.
