@@ -313,18 +313,23 @@ export class ChatService {
     // faster clock's message). Not found, and of a second no later than the oldest kept
     // message's id, it was dropped.
     const until = second + 61_000;
+    const dropped = second <= parseInt(oldest.id.slice(0, 8), 16) * 1000 ? oldest.seq : undefined;
+    // Its minute over before the oldest kept message: nothing to read.
+    if (until <= Date.parse(oldest.createdAt)) return dropped;
     let after = (await this.seqBefore(room, new Date(second).toISOString())) - 1;
-    scan: for (let read = 0; read < SEQ_OF_ID_SCAN;) {
+    for (let read = 0; read < SEQ_OF_ID_SCAN;) {
       const page = await this.#deps.store.list(room, { after, limit: 200 });
       for (const m of page) {
         if (m.id === id) return m.seq;
-        if (Date.parse(m.createdAt) >= until) break scan;
+        if (Date.parse(m.createdAt) >= until) return dropped;
       }
-      if (page.length < 200) break;
+      if (page.length < 200) return dropped;
       after = page[page.length - 1].seq;
       read += page.length;
     }
-    return second <= parseInt(oldest.id.slice(0, 8), 16) * 1000 ? oldest.seq : undefined;
+    // Read as far as it may without reaching the minute's end: not known to be dropped, and an
+    // empty page would tell the client that the history ends here.
+    return undefined;
   }
 
   /**

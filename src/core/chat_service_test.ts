@@ -209,3 +209,38 @@ Deno.test("ChatService.seqOfId: ids stored before ids named their millisecond (r
     kv.close();
   }
 });
+
+Deno.test("ChatService.seqOfId: an old-format id whose minute ended before the oldest kept message is dropped without a read of the messages; one the scan cannot reach is not taken for dropped", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv, { discard: async () => {} });
+  const chat = plainChat(store);
+  let read = 0;
+  const list = store.list.bind(store);
+  store.list = async (room, query) => {
+    const page = await list(room, query);
+    read += page.length;
+    return page;
+  };
+  try {
+    const appends = [];
+    for (let i = 0; i < 2_100; i++) {
+      appends.push(store.append("t", { sender: null, body: `m${i}`, attachments: [] }));
+    }
+    const stored = (await Promise.all(appends)).map((a) => a.message);
+    // An id of the release before (no millisecond mark), of two minutes before the oldest.
+    const hex = (n: number, digits: number) => n.toString(16).padStart(digits, "0");
+    const oldSecond = Math.floor(Date.parse(stored[0].createdAt) / 1000) - 120;
+    read = 0;
+    assertEquals(await chat.seqOfId("t", hex(oldSecond, 8) + "0014e2b9c1000001"), 1);
+    assertEquals(read < 40, true, `read ${read} messages`);
+    // Of the oldest's second but not among the 2,000 messages read from it: unknown, not an
+    // end of history.
+    const first = Math.floor(Date.parse(stored[0].createdAt) / 1000);
+    const unread = hex(first, 8) + "0014e2b9c1ffffff";
+    assertEquals(await chat.seqOfId("t", unread), undefined);
+  } finally {
+    chat.close();
+    await store.close();
+    kv.close();
+  }
+});
