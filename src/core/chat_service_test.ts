@@ -133,53 +133,60 @@ Deno.test("ChatService.seqOfId: a message stored by a server whose clock is behi
   }
 });
 
-Deno.test("ChatService.seqOfId: an id leads to its message in a few reads, also past thousands of messages of one second; a dropped one ends at once", async () => {
+/**
+ * A chat on a store in memory holding `count` messages of room "t", appended at once (stamped
+ * within a second or two, each at its own millisecond), counting the messages its lists read.
+ */
+async function storedRoom(count: number) {
   const kv = await Deno.openKv(":memory:");
   const store = new KvMessageStore(kv, { discard: async () => {} });
   const chat = plainChat(store);
-  let read = 0;
+  const counted = { read: 0 };
   const list = store.list.bind(store);
   store.list = async (room, query) => {
     const page = await list(room, query);
-    read += page.length;
+    counted.read += page.length;
     return page;
   };
+  const appends = [];
+  for (let i = 0; i < count; i++) {
+    appends.push(store.append("t", { sender: null, body: `m${i}`, attachments: [] }));
+  }
+  const stored = (await Promise.all(appends)).map((a) => a.message);
+  return {
+    kv,
+    chat,
+    stored,
+    counted,
+    async close() {
+      chat.close();
+      await store.close();
+      kv.close();
+    },
+  };
+}
+
+Deno.test("ChatService.seqOfId: an id leads to its message in a few reads, also past thousands of messages of one second; a dropped one ends at once", async () => {
+  const { chat, stored, counted, close } = await storedRoom(2_000);
   try {
-    // Stamped within a second or two, each at its own millisecond.
-    const appends = [];
-    for (let i = 0; i < 2_000; i++) {
-      appends.push(store.append("t", { sender: null, body: `m${i}`, attachments: [] }));
-    }
-    const stored = (await Promise.all(appends)).map((a) => a.message);
     for (const m of [stored[0], stored[999], stored[1999]]) {
-      read = 0;
+      counted.read = 0;
       assertEquals(await chat.seqOfId("t", m.id), m.seq);
       // The binary search's single reads, not a scan of the second.
-      assertEquals(read < 40, true, `read ${read} messages`);
+      assertEquals(counted.read < 40, true, `read ${counted.read} messages`);
     }
     // An id of the millisecond before the oldest (dropped by retention, say).
-    const before = Date.parse(stored[0].createdAt) - 1;
-    const dropped = objectId(before);
-    read = 0;
-    assertEquals(await chat.seqOfId("t", dropped), 1);
-    assertEquals(read < 40, true, `read ${read} messages`);
+    counted.read = 0;
+    assertEquals(await chat.seqOfId("t", objectId(Date.parse(stored[0].createdAt) - 1)), 1);
+    assertEquals(counted.read < 40, true, `read ${counted.read} messages`);
   } finally {
-    chat.close();
-    await store.close();
-    kv.close();
+    await close();
   }
 });
 
 Deno.test("ChatService.seqOfId: ids stored before ids named their millisecond (random digits there, which may read as one) are still found, and paging by them reads every message", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const store = new KvMessageStore(kv, { discard: async () => {} });
-  const chat = plainChat(store);
+  const { kv, chat, stored, close } = await storedRoom(12);
   try {
-    const appends = [];
-    for (let i = 1; i <= 12; i++) {
-      appends.push(store.append("t", { sender: null, body: `m${i}`, attachments: [] }));
-    }
-    const stored = (await Promise.all(appends)).map((a) => a.message);
     // As the release before stored them: the second of the commit's clock, then a process's
     // random digits ("001", a millisecond before any of these), then a counter. A burst's times
     // ran on into the next seconds while its ids named the one it began in: here the first
@@ -204,43 +211,25 @@ Deno.test("ChatService.seqOfId: ids stored before ids named their millisecond (r
     }
     assertEquals(seen, old.map((m) => m.body));
   } finally {
-    chat.close();
-    await store.close();
-    kv.close();
+    await close();
   }
 });
 
 Deno.test("ChatService.seqOfId: an old-format id whose minute ended before the oldest kept message is dropped without a read of the messages; one the scan cannot reach is not taken for dropped", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const store = new KvMessageStore(kv, { discard: async () => {} });
-  const chat = plainChat(store);
-  let read = 0;
-  const list = store.list.bind(store);
-  store.list = async (room, query) => {
-    const page = await list(room, query);
-    read += page.length;
-    return page;
-  };
+  const { chat, stored, counted, close } = await storedRoom(2_100);
   try {
-    const appends = [];
-    for (let i = 0; i < 2_100; i++) {
-      appends.push(store.append("t", { sender: null, body: `m${i}`, attachments: [] }));
-    }
-    const stored = (await Promise.all(appends)).map((a) => a.message);
     // An id of the release before (no millisecond mark), of two minutes before the oldest.
     const hex = (n: number, digits: number) => n.toString(16).padStart(digits, "0");
     const oldSecond = Math.floor(Date.parse(stored[0].createdAt) / 1000) - 120;
-    read = 0;
+    counted.read = 0;
     assertEquals(await chat.seqOfId("t", hex(oldSecond, 8) + "0014e2b9c1000001"), 1);
-    assertEquals(read < 40, true, `read ${read} messages`);
+    assertEquals(counted.read < 40, true, `read ${counted.read} messages`);
     // Of the oldest's second but not among the 2,000 messages read from it: unknown, not an
     // end of history.
     const first = Math.floor(Date.parse(stored[0].createdAt) / 1000);
     const unread = hex(first, 8) + "0014e2b9c1ffffff";
     assertEquals(await chat.seqOfId("t", unread), undefined);
   } finally {
-    chat.close();
-    await store.close();
-    kv.close();
+    await close();
   }
 });
