@@ -1166,6 +1166,10 @@ Deno.test("web: the page and its assets are served; the dev sign-in mints workin
     assertMatch(await idOf("Əli"), /^dev-li-[0-9a-f]{12}$/);
     const [one, two] = [await idOf("Tester ١"), await idOf("Tester ٢")];
     assert(one !== two && one !== "dev-tester", `${one}, ${two}`);
+    const [smile, cool] = [await idOf("Ann 🙂"), await idOf("Ann 😎")];
+    assert(smile !== cool && smile !== "dev-ann", `${smile}, ${cool}`);
+    // Spaces and punctuation are the slug's dashes, with no hash.
+    assertEquals(await idOf("Ann-Marie O'Neil"), "dev-ann-marie-o-neil");
     // A long name of Latin letters is cut, without a hash.
     const long = "Christopher Alexander Montgomery Wellington III";
     assertEquals(await idOf(long), "dev-christopher-alexander-montgomery-welling");

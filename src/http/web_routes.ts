@@ -61,16 +61,17 @@ const LATIN_SPELLED: Record<string, string> = {
 
 /**
  * A user id for a display name: `dev-` and a slug of its Latin letters and digits (accents
- * dropped), followed by a hash of the name when it has letters the slug cannot spell, so that "Иван
+ * dropped), followed by a hash of the name when it has what the slug cannot spell, so that "Иван
  * (QA)" and "Олег (QA)" are two people, not both `dev-qa`.
  */
 export async function devUserId(name: string): Promise<string> {
   const folded = name.normalize("NFKD").toLowerCase().replace(/[\u0300-\u036f]/g, "")
     .replace(/[ßæœøłđðþħı]/g, (c) => LATIN_SPELLED[c]);
   const slug = folded.replace(/[^a-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 40);
-  // A letter or digit the slug cannot spell (another script's, or a Latin one not above: ə, ŋ)
-  // calls for the hash; a long name's cut keeps the id it had.
-  if (slug && !/[^a-z0-9]/.test(folded.replace(/[^\p{L}\p{N}]/gu, ""))) return `dev-${slug}`;
+  // Anything but spaces and punctuation that the slug cannot spell (another script's letters or
+  // digits, a Latin letter not above: ə, ŋ; an emoji) calls for the hash; a long name's cut
+  // keeps the id it had.
+  if (slug && !/[^a-z0-9]/.test(folded.replace(/[\s\p{P}]/gu, ""))) return `dev-${slug}`;
   const digest = await crypto.subtle.digest(
     "SHA-256",
     new TextEncoder().encode(name.normalize("NFC")),
