@@ -1657,20 +1657,33 @@ Deno.test("socket.io ticket chat: get_messages for six tickets of long CJK messa
   });
 });
 
-Deno.test("socket.io ticket chat: a get_messages waiting for its reader is read when its turn comes (so it holds what was sent meanwhile), and only so many wait", async () => {
+/**
+ * A server whose ticket 6 holds about 1 MB of history (one page) and ticket 7 one short message
+ * ("first"), and a long-polling session of user 9 (who may enter every ticket) not yet connected
+ * to the namespace: for `get_messages` that wait behind a page not yet fetched.
+ */
+async function behindABigPage() {
   const server = await startTestServer({
     SOCKETIO_PING_INTERVAL_MS: "25000",
     SOCKETIO_PING_TIMEOUT_MS: "20000",
   });
   try {
     const chat = server.app.context.chat;
-    // Ticket 6: about 1 MB of history, one page; ticket 7: one short message.
     await Promise.all(
       Array.from({ length: 50 }, () => chat.send(null, "ticket:6", { body: "y".repeat(20_000) })),
     );
     await chat.send(null, "ticket:7", { body: "first" });
     const token = await server.token({ sub: "9", rooms: ["ticket:*"] });
-    const { events, post, poll } = await pollingSession(server.url, token);
+    return { server, chat, token, ...(await pollingSession(server.url, token)) };
+  } catch (err) {
+    await server.close();
+    throw err;
+  }
+}
+
+Deno.test("socket.io ticket chat: a get_messages waiting for its reader is read when its turn comes (so it holds what was sent meanwhile), and only so many wait", async () => {
+  const { server, chat, events, post, poll } = await behindABigPage();
+  try {
     assertEquals(await post("40"), 200);
     await poll();
     assertEquals(await post('42["join_ticket",{"ticketId":"7"}]'), 200);
@@ -1704,18 +1717,8 @@ Deno.test("socket.io ticket chat: a get_messages waiting for its reader is read 
 });
 
 Deno.test("socket.io ticket chat: a get_messages waiting its turn is answered though the socket authenticated again with the same token meanwhile", async () => {
-  const server = await startTestServer({
-    SOCKETIO_PING_INTERVAL_MS: "25000",
-    SOCKETIO_PING_TIMEOUT_MS: "20000",
-  });
+  const { server, token, events, post, poll } = await behindABigPage();
   try {
-    const chat = server.app.context.chat;
-    await Promise.all(
-      Array.from({ length: 50 }, () => chat.send(null, "ticket:6", { body: "y".repeat(20_000) })),
-    );
-    await chat.send(null, "ticket:7", { body: "first" });
-    const token = await server.token({ sub: "9", rooms: ["ticket:*"] });
-    const { events, post, poll } = await pollingSession(server.url, token);
     await post("40");
     await poll();
     // Ticket 6's page (twice, with an ack) is not fetched: ticket 7's waits behind it.
