@@ -1,7 +1,7 @@
 /** The commands every dialect shares: access, send, history, typing, read. */
 
 import { ChatError, roomDeleted } from "./errors.ts";
-import { msOfId, objectId } from "./ids.ts";
+import { msOfId, objectId, secondOfId } from "./ids.ts";
 import type { Metrics } from "./metrics.ts";
 import { timerDelay } from "./time.ts";
 import type {
@@ -293,8 +293,8 @@ export class ChatService {
    * there is no more; undefined when the room holds no such message.
    */
   async seqOfId(room: string, id: string): Promise<number | undefined> {
-    if (!/^[0-9a-f]{24}$/.test(id)) return undefined;
-    const second = parseInt(id.slice(0, 8), 16) * 1000;
+    const second = secondOfId(id);
+    if (second === undefined) return undefined;
     const tail = await this.#deps.store.tail(room);
     const [oldest] = await this.#deps.store.list(room, { after: tail - 1, limit: 1 });
     if (!oldest) return undefined;
@@ -313,7 +313,7 @@ export class ChatService {
     // faster clock's message). Not found, and of a second no later than the oldest kept
     // message's id, it was dropped.
     const until = second + 61_000;
-    const dropped = second <= parseInt(oldest.id.slice(0, 8), 16) * 1000 ? oldest.seq : undefined;
+    const dropped = second <= (secondOfId(oldest.id) ?? 0) ? oldest.seq : undefined;
     // Its minute over before the oldest kept message: nothing to read.
     if (until <= Date.parse(oldest.createdAt)) return dropped;
     let after = (await this.seqBefore(room, new Date(second).toISOString())) - 1;

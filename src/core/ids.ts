@@ -23,12 +23,18 @@ export function objectId(now = Date.now()): string {
   return seconds + ms + MS_MARK + machine + counter.toString(16).padStart(6, "0");
 }
 
+/** The start, in ms, of the second an id shaped like an ObjectId begins with; undefined for others. */
+export function secondOfId(id: string): number | undefined {
+  return /^[0-9a-f]{24}$/.test(id) ? parseInt(id.slice(0, 8), 16) * 1000 : undefined;
+}
+
 /**
  * The time in ms an id made by {@link objectId} names, or undefined for one that names none
  * (made before ids carried it, or not ours).
  */
 export function msOfId(id: string): number | undefined {
-  if (!/^[0-9a-f]{24}$/.test(id) || id.slice(11, 15) !== MS_MARK) return undefined;
+  const second = secondOfId(id);
+  if (second === undefined || id.slice(11, 15) !== MS_MARK) return undefined;
   const ms = parseInt(id.slice(8, 11), 16);
-  return ms < 1000 ? parseInt(id.slice(0, 8), 16) * 1000 + ms : undefined;
+  return ms < 1000 ? second + ms : undefined;
 }
