@@ -20,6 +20,7 @@ import { ChatService } from "./src/core/chat_service.ts";
 import { ServerStopping } from "./src/core/errors.ts";
 import { Metrics } from "./src/core/metrics.ts";
 import { RateLimiter } from "./src/core/rate_limiter.ts";
+import { pollUntil } from "./src/core/time.ts";
 import { UserSockets } from "./src/core/user_sockets.ts";
 import { nativeRoute } from "./src/dialects/native/native.ts";
 import {
@@ -559,9 +560,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       const started = stopStarted = Date.now();
       // A socket the client closed counts while the frames it sent before are handled.
       const busy = () => [...connections].some((c) => !c.stopped && c.busy) || socketIoBusy(io);
-      const settle = async (until: number, waiting = busy) => {
-        while (Date.now() < until && waiting()) await new Promise((r) => setTimeout(r, 10));
-      };
+      const settle = (until: number, waiting = busy) =>
+        pollUntil(() => !waiting(), { timeoutMs: until - Date.now() });
       // A long-polling client gets what it was told only with its next GET: the close that
       // follows the drain drops what it has not fetched, and the listener's shutdown refuses
       // that GET. So the replies wait for those GETs too (answered until the drain returns).
