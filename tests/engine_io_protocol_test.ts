@@ -611,7 +611,9 @@ Deno.test("unsignedPostBytes bounds what POSTs of sessions nobody signed in hold
       try {
         await delay(300);
         const third = await handshake(ctx);
-        strictEqual((await post(ctx, third.sid, `42["echo","${"t".repeat(20_000)}"]`)).status, 503);
+        const busy = await post(ctx, third.sid, `42["echo","${"t".repeat(20_000)}"]`);
+        strictEqual(busy.status, 503);
+        strictEqual(busy.headers.get("retry-after"), "1");
         // What fits the free part still goes: a CONNECT, an authenticate.
         const fourth = await handshake(ctx);
         strictEqual((await post(ctx, fourth.sid, "40")).status, 200);

@@ -628,6 +628,7 @@ Deno.test("socket.io ticket chat: connections that never authenticate are bounde
     await next(quiet, "connect");
     const refused = await handshake();
     assertEquals(refused.status, 503);
+    assertEquals(refused.headers.get("retry-after"), "1");
     assertEquals(await refused.json(), {
       code: 4,
       message: "Server busy: too many connections waiting to authenticate; try again shortly",

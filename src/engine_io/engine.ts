@@ -1253,6 +1253,9 @@ export class EngineServer {
       "cache-control": "no-store",
     });
     this.#corsHeaders(headers, origin);
+    // Every 503 here is a refusal that passes by itself (busy, stopping): say when to come back,
+    // like the REST API does, so proxies and HTTP clients that honour it do not hammer.
+    if (reply.status === 503) headers.set("retry-after", "1");
     return new Response(reply.body, { status: reply.status, headers });
   }
 }
