@@ -776,7 +776,8 @@ export class ChatClient {
   /**
    * Sends one file: inline in a `send` frame up to `inlineMaxBytes`, else over the HTTP upload
    * route with progress events (in browsers; Deno reports the start and the end). When the
-   * upload route is missing or refuses the token, a file the server takes inline goes inline.
+   * upload route is missing, refuses the token, or a proxy's body cap refuses the file (a 413 that
+   * is not the server's), a file one `send` frame carries goes inline.
    */
   async sendFile(room: string, file: FileSource, options: SendFileOptions = {}): Promise<ChatAck> {
     this.#checkFileSize(file);
@@ -790,10 +791,23 @@ export class ChatClient {
       } catch (err) {
         const status = err instanceof ChatError ? err.status : undefined;
         // A server without the route, or one that keeps it for admins, still takes the file
-        // inline; a room the user may not post in refuses the inline send just the same.
+        // inline; a room the user may not post in refuses the inline send just the same. A
+        // proxy's body cap (nginx's client_max_body_size, 1 MiB by default) does not apply to
+        // socket frames; the server's own 413 says the file is too large either way.
         const routeUnusable = status === 401 || status === 403 || status === 404 ||
-          status === 405 || status === 501;
-        if (!routeUnusable || blob.size > this.limits.maxFileBytes) {
+          status === 405 || status === 501 ||
+          (status === 413 && !SERVER_REFUSALS.has(err as Error));
+        const limits = this.limits;
+        const frameChars = inlineFrameChars(
+          room,
+          fileName(file),
+          blob.size,
+          options.body,
+          clientId,
+        );
+        if (
+          !routeUnusable || blob.size > limits.maxFileBytes || frameChars > limits.maxFrameChars
+        ) {
           throw err;
         }
       }
@@ -902,7 +916,12 @@ export class ChatClient {
         ? json.error
         : `Upload failed with HTTP ${status}`;
       const code = typeof json.code === "string" ? json.code : "http";
-      throw new ChatError(code, message, status);
+      const err = new ChatError(code, message, status);
+      // The server's own error body, `{status, message, code?}`; a proxy answers in its own words.
+      if (typeof json.status === "number" && typeof json.message === "string") {
+        SERVER_REFUSALS.add(err);
+      }
+      throw err;
     }
     progress(blob.size);
     const message =
@@ -1753,6 +1772,31 @@ function moveCursor(reads: Map<string, ReadCursor>, userId: string | number, seq
   if (typeof seq !== "number") return;
   const known = reads.get(String(userId));
   if (!known || known.seq < seq) reads.set(String(userId), { userId, seq });
+}
+
+/** Upload errors whose body was the server's own (`{status, message, code?}`), not a proxy's. */
+const SERVER_REFUSALS = new WeakSet<Error>();
+
+/**
+ * The characters of the `send` frame that carries one file inline, counted as `send` counts them,
+ * without encoding the file: its base64 needs no escaping in JSON.
+ */
+function inlineFrameChars(
+  room: string,
+  name: string,
+  size: number,
+  body: string | undefined,
+  clientId: string,
+): number {
+  const frame = {
+    type: "send",
+    room,
+    body: body ?? "",
+    client_id: clientId,
+    files: [{ name, data: "" }],
+    ref: Number.MAX_SAFE_INTEGER,
+  };
+  return JSON.stringify(frame).length + Math.ceil(size / 3) * 4;
 }
 
 /** The limits a `welcome` frame carries, or undefined when it has none (or they are malformed). */

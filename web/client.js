@@ -357,7 +357,8 @@ var ChatClient = class {
   /**
    * Sends one file: inline in a `send` frame up to `inlineMaxBytes`, else over the HTTP upload
    * route with progress events (in browsers; Deno reports the start and the end). When the
-   * upload route is missing or refuses the token, a file the server takes inline goes inline.
+   * upload route is missing, refuses the token, or a proxy's body cap refuses the file (a 413 that
+   * is not the server's), a file one `send` frame carries goes inline.
    */
   async sendFile(room, file, options = {}) {
     this.#checkFileSize(file);
@@ -373,8 +374,10 @@ var ChatClient = class {
         });
       } catch (err) {
         const status = err instanceof ChatError ? err.status : void 0;
-        const routeUnusable = status === 401 || status === 403 || status === 404 || status === 405 || status === 501;
-        if (!routeUnusable || blob.size > this.limits.maxFileBytes) {
+        const routeUnusable = status === 401 || status === 403 || status === 404 || status === 405 || status === 501 || status === 413 && !SERVER_REFUSALS.has(err);
+        const limits = this.limits;
+        const frameChars = inlineFrameChars(room, fileName(file), blob.size, options.body, clientId);
+        if (!routeUnusable || blob.size > limits.maxFileBytes || frameChars > limits.maxFrameChars) {
           throw err;
         }
       }
@@ -460,7 +463,11 @@ var ChatClient = class {
     if (status < 200 || status >= 300) {
       const message2 = typeof json.message === "string" ? json.message : typeof json.error === "string" ? json.error : `Upload failed with HTTP ${status}`;
       const code = typeof json.code === "string" ? json.code : "http";
-      throw new ChatError(code, message2, status);
+      const err = new ChatError(code, message2, status);
+      if (typeof json.status === "number" && typeof json.message === "string") {
+        SERVER_REFUSALS.add(err);
+      }
+      throw err;
     }
     progress(blob.size);
     const message = json.message && typeof json.message === "object" ? json.message : json;
@@ -1277,6 +1284,23 @@ function moveCursor(reads, userId, seq) {
     userId,
     seq
   });
+}
+var SERVER_REFUSALS = /* @__PURE__ */ new WeakSet();
+function inlineFrameChars(room, name, size, body, clientId) {
+  const frame = {
+    type: "send",
+    room,
+    body: body ?? "",
+    client_id: clientId,
+    files: [
+      {
+        name,
+        data: ""
+      }
+    ],
+    ref: Number.MAX_SAFE_INTEGER
+  };
+  return JSON.stringify(frame).length + Math.ceil(size / 3) * 4;
 }
 function tooLarge(size, max) {
   return new ChatError("frame_too_large", `Message is too large: ${size} characters, the limit is ${max}; send large files one per message (sendFile)`);
