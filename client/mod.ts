@@ -290,11 +290,17 @@ export interface ReconnectOptions {
 
 /** Settings of a {@link ChatClient}. */
 export interface ChatClientOptions {
-  /** `ws(s)://host/ws`; an `http(s)://host` base works too. */
+  /**
+   * `ws(s)://host/ws`, or `ws(s)://host/prefix/ws` behind a proxy that mounts the server under a
+   * path; an `http(s)://host` base works too.
+   */
   url: string;
   /** The JWT, or a function that returns a fresh one before each connection. */
   token: string | (() => string | Promise<string>);
-  /** Base of the HTTP routes (uploads); derived from `url` when absent. */
+  /**
+   * Base of the HTTP routes (uploads), such as `https://host/prefix`; when absent, `url` without
+   * its trailing `/ws` and its query (`wss://host/chat/ws` → `https://host/chat`).
+   */
   httpUrl?: string;
   /** Backoff settings. */
   reconnect?: ReconnectOptions;
@@ -581,7 +587,7 @@ export class ChatClient {
     };
   }
 
-  /** Base URL of the HTTP routes. */
+  /** Base URL of the HTTP routes: the `httpUrl` option, else `url` without its trailing `/ws`. */
   get httpUrl(): string {
     if (this.#options.httpUrl) return this.#options.httpUrl.replace(/\/$/, "");
     const url = new URL(this.#url);
@@ -590,7 +596,10 @@ export class ChatClient {
       : url.protocol === "ws:"
       ? "http:"
       : url.protocol;
-    return url.origin;
+    // A proxy that mounts the server under a path (`wss://host/chat/ws`) routes only that path to
+    // it: the origin alone would send uploads where the proxy answers 404.
+    const path = url.pathname.replace(/\/$/, "");
+    return url.origin + (path.endsWith("/ws") ? path.slice(0, -"/ws".length) : "");
   }
 
   /** Subscribes to an event; returns the function that unsubscribes. */

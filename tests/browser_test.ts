@@ -16,7 +16,7 @@ import { signDevToken } from "../src/auth/verifier.ts";
 import type * as ClientModule from "../client/mod.ts";
 import type { PageDocument, PageImage, PageProgress } from "../web/dom.ts";
 import { assert, assertEquals, within } from "./assert.ts";
-import { freePort } from "./helpers.ts";
+import { freePort, pathProxy } from "./helpers.ts";
 
 // The functions handed to page.evaluate run in the page, where `document` exists.
 declare const document: PageDocument;
@@ -665,6 +665,71 @@ Deno.test({
       assertEquals(errors, []);
     } finally {
       await context?.close().catch(() => {});
+      await server.close();
+      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+      await Deno.remove(profile, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
+  name: named(
+    "browser: the page under a proxy's path prefix (/chat/) with nginx's 1 MiB body cap loads, signs in, chats and sends files both ways",
+  ),
+  ignore: skip,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    requireChromium();
+    const dataDir = await Deno.makeTempDir({ prefix: "chat-browser-prefix-" });
+    const profile = await Deno.makeTempDir({ prefix: "chat-chromium-prefix-" });
+    const port = freePort();
+    const server = await serve(dataDir, port);
+    const proxy = pathProxy(port, { prefix: "/chat", maxBodyBytes: 1024 * 1024 });
+    let context: BrowserContext | null = null;
+    try {
+      context = await chromium.launchPersistentContext(profile, {
+        executablePath: CHROMIUM,
+        headless: true,
+        args: FLAGS,
+      });
+      context.setDefaultTimeout(10_000);
+      const page = context.pages()[0] ?? await context.newPage();
+      const errors: string[] = [];
+      page.on("pageerror", (err) => errors.push(err.message));
+      const responses: string[] = [];
+      page.on("response", (res) => responses.push(`${res.status()} ${res.url()}`));
+      const sockets: string[] = [];
+      page.on("websocket", (socket) => sockets.push(socket.url()));
+
+      await signIn(page, `${proxy.url}/`, "Pia", "general");
+      await page.fill("#text", "From under /chat/");
+      await page.press("#text", "Enter");
+      await waitForBodies(page, ["From under /chat/"]);
+      // Past the inline threshold: the upload route, under the prefix. Past the proxy's cap: its
+      // 413, then inline over the socket, which the cap does not apply to.
+      for (const [name, size] of [["medium.bin", 300 * 1024], ["large.bin", 2 * 1024 * 1024]]) {
+        await page.setInputFiles("#file", {
+          name: name as string,
+          mimeType: "application/octet-stream",
+          buffer: Buffer.from(new Uint8Array(size as number)),
+        });
+      }
+      await page.waitForSelector("li.msg:not(.pending) a.file:has-text('large.bin')");
+      await page.waitForSelector("li.msg:not(.pending) a.file:has-text('medium.bin')");
+      assertEquals(await page.textContent("#send-error"), "");
+      assertEquals(sockets, [`ws://127.0.0.1:${proxy.port}/chat/ws`]);
+      const attachments = `${proxy.url}/api/rooms/room/general/attachments`;
+      assertEquals(responses.filter((r) => r.endsWith("/attachments")), [
+        `201 ${attachments}`,
+        `413 ${attachments}`,
+      ]);
+      const failed = responses.filter((r) => !r.endsWith("/attachments") && !r.startsWith("2"));
+      assertEquals(failed, []);
+      assertEquals(errors, []);
+    } finally {
+      await context?.close().catch(() => {});
+      await proxy.close();
       await server.close();
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
       await Deno.remove(profile, { recursive: true }).catch(() => {});

@@ -1,7 +1,7 @@
 /**
  * The TypeScript client (client/mod.ts) behind a reverse proxy (tests/helpers.ts `pathProxy`, what
- * nginx does) that caps request bodies below MAX_FILE_BYTES, as nginx's default
- * `client_max_body_size 1m` does.
+ * nginx does): one that caps request bodies below MAX_FILE_BYTES, as nginx's default
+ * `client_max_body_size 1m` does, and one that mounts the server under a path prefix.
  */
 
 import { ChatClient, type ChatError, type UploadProgress } from "../client/mod.ts";
@@ -61,4 +61,38 @@ Deno.test("client: behind a proxy's 1 MiB body cap a larger file goes inline; th
     await proxy.close();
     await server.close();
   }
+});
+
+Deno.test("client: under a proxy's path prefix (wss://host/chat/ws) uploads go to /chat/api/..., over the upload route", async () => {
+  const server = await startTestServer();
+  const proxy = pathProxy(server.port, { prefix: "/chat" });
+  const token = await server.token({ sub: "1", username: "one", rooms: ["ticket:*"] });
+  const chat = new ChatClient({ url: `ws://127.0.0.1:${proxy.port}/chat/ws`, token });
+  try {
+    await chat.connect();
+    await chat.join("ticket:1");
+    const via = new Set<UploadProgress["via"]>();
+    const onProgress = (p: UploadProgress) => via.add(p.via);
+    const file = { name: "big.bin", data: new Uint8Array(300_000) };
+    const ack = await chat.sendFile("ticket:1", file, { onProgress });
+    // Not stored by an inline send after the proxy's 404 at /api/... (the host's root).
+    assertEquals([ack.seq, [...via]], [1, ["upload"]]);
+    assertEquals(chat.httpUrl, `http://127.0.0.1:${proxy.port}/chat`);
+    assertEquals((await chat.history("ticket:1")).messages.map((m) => m.seq), [1]);
+  } finally {
+    chat.close();
+    await proxy.close();
+    await server.close();
+  }
+});
+
+Deno.test("client: httpUrl is the option's, else the socket url without its trailing /ws and query", () => {
+  const httpUrl = (url: string, option?: string) =>
+    new ChatClient({ url, token: "t", httpUrl: option }).httpUrl;
+  assertEquals(httpUrl("ws://host:8000/ws"), "http://host:8000");
+  assertEquals(httpUrl("wss://host/ws/?v=1"), "https://host");
+  assertEquals(httpUrl("wss://host/chat/ws?v=1"), "https://host/chat");
+  assertEquals(httpUrl("wss://host/a/b/ws/"), "https://host/a/b");
+  assertEquals(httpUrl("https://host"), "https://host");
+  assertEquals(httpUrl("wss://host/chat/ws", "https://api.host/chat/"), "https://api.host/chat");
 });

@@ -103,7 +103,7 @@ async function mintDevToken(name, rooms) {
       ...rooms
     ])
   ];
-  const res = await fetch("/dev/token", {
+  const res = await fetch("dev/token", {
     method: "POST",
     headers: {
       "content-type": "application/json"
@@ -166,8 +166,10 @@ function stop() {
 }
 async function start(s) {
   stop();
+  const socketUrl = new URL("ws", location.href);
+  socketUrl.protocol = socketUrl.protocol === "https:" ? "wss:" : "ws:";
   const chat = new ChatClient({
-    url: `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`,
+    url: socketUrl.href,
     token: s.token,
     reconnect: {
       minDelayMs: 300,

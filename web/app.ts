@@ -175,7 +175,8 @@ function showSignIn(error = ""): void {
 async function mintDevToken(name: string, rooms: string[]): Promise<string> {
   // Grant the usual patterns plus whatever other rooms were asked for.
   const grants = [...new Set([...DEV_GRANTS, ...rooms])];
-  const res = await fetch("/dev/token", {
+  // Relative to the page, which a proxy may serve under a path (`/chat/`).
+  const res = await fetch("dev/token", {
     method: "POST",
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ name, rooms: grants }),
@@ -236,8 +237,11 @@ function stop(): void {
 
 async function start(s: Session): Promise<void> {
   stop();
+  // Next to the page, as its assets are: under a proxy's path prefix the socket is there too.
+  const socketUrl = new URL("ws", location.href);
+  socketUrl.protocol = socketUrl.protocol === "https:" ? "wss:" : "ws:";
   const chat = new ChatClient({
-    url: `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}/ws`,
+    url: socketUrl.href,
     token: s.token,
     reconnect: { minDelayMs: 300, maxDelayMs: 5_000 },
   });

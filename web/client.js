@@ -161,12 +161,13 @@ var ChatClient = class {
       framesPerSecond: DEFAULTS.framesPerSecond
     };
   }
-  /** Base URL of the HTTP routes. */
+  /** Base URL of the HTTP routes: the `httpUrl` option, else `url` without its trailing `/ws`. */
   get httpUrl() {
     if (this.#options.httpUrl) return this.#options.httpUrl.replace(/\/$/, "");
     const url = new URL(this.#url);
     url.protocol = url.protocol === "wss:" ? "https:" : url.protocol === "ws:" ? "http:" : url.protocol;
-    return url.origin;
+    const path = url.pathname.replace(/\/$/, "");
+    return url.origin + (path.endsWith("/ws") ? path.slice(0, -"/ws".length) : "");
   }
   /** Subscribes to an event; returns the function that unsubscribes. */
   on(type, listener) {
