@@ -37,6 +37,15 @@ const wholeNumber = (fallback: number, zero: string, max = Number.MAX_SAFE_INTEG
     return Math.min(Number(v), max);
   });
 
+/** An on/off switch, off unless set: `1` or `true` turns it on, `0` or `false` off; nothing else. */
+const onOff = z.string().trim().optional().transform((v, ctx) => {
+  const value = v?.toLowerCase() ?? "";
+  if (value === "" || value === "0" || value === "false") return false;
+  if (value === "1" || value === "true") return true;
+  ctx.addIssue({ code: "custom", message: `expected 1 or 0 (true or false), got "${v}"` });
+  return z.NEVER;
+});
+
 /** Hosts a JWKS may be fetched from over plain HTTP: this machine only. */
 const LOOPBACK = new Set(["localhost", "127.0.0.1", "[::1]"]);
 
@@ -96,6 +105,8 @@ const EnvSchema = z.object({
     // An empty `?` or `#` leaves search and hash empty, yet stays in the URL.
     (u) => /[?#]/.test(u.href) ? `expected no query or fragment, got "${u.href}"` : undefined,
   ),
+  // Anyone who reaches the server directly could name any host in these headers: opt-in.
+  TRUST_PROXY: onOff,
   JWT_SECRET: optionalText,
   JWT_PUBLIC_KEY: optionalText,
   // Keys fetched in the clear could be swapped by anyone on the way: HTTPS, but for this machine.
@@ -192,8 +203,14 @@ export interface Config {
    * from this machine that no proxy forwarded (`local`), everyone (`any`), or nobody (`off`).
    */
   devSignIn: "local" | "any" | "off";
-  /** Base of absolute file URLs; from the request's Host when unset. */
+  /** Base of absolute file URLs; from the request's Host (see `trustProxy`) when unset. */
   publicUrl?: string;
+  /**
+   * Whether file URLs (without PUBLIC_URL) and the server's own origin come from what a reverse
+   * proxy says it was asked for (`Forwarded`, else `X-Forwarded-Proto` / `X-Forwarded-Host`)
+   * rather than from `Host`.
+   */
+  trustProxy: boolean;
   /** HS256 shared secret. */
   jwtSecret?: string;
   /** PEM public key for RS256 or ES256. */
@@ -361,6 +378,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     mediaDir,
     devSignIn: e.DEV_SIGN_IN,
     publicUrl: e.PUBLIC_URL,
+    trustProxy: e.TRUST_PROXY,
     jwtSecret: e.JWT_SECRET,
     jwtPublicKey: e.JWT_PUBLIC_KEY,
     jwtJwksUrl: e.JWT_JWKS_URL,

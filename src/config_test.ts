@@ -51,6 +51,24 @@ Deno.test("loadConfig() splits origins and trims trailing slashes from URLs; ref
   }
 });
 
+Deno.test("loadConfig() reads TRUST_PROXY as 1 or 0 (true or false), off unless set, and nothing else", async () => {
+  assertEquals(loadConfig({}).trustProxy, false);
+  for (const on of ["1", "true", "TRUE", " 1 "]) {
+    assertEquals(loadConfig({ TRUST_PROXY: on }).trustProxy, true);
+  }
+  for (const off of ["0", "false", ""]) {
+    assertEquals(loadConfig({ TRUST_PROXY: off }).trustProxy, false);
+  }
+  for (const bad of ["yes", "2", "on", "nginx"]) {
+    const err = await assertRejects(() => loadConfig({ TRUST_PROXY: bad }));
+    assertEquals(
+      err.message.includes(`TRUST_PROXY: expected 1 or 0 (true or false), got "${bad}"`),
+      true,
+      err.message,
+    );
+  }
+});
+
 Deno.test("loadConfig() takes PUBLIC_URL as an http(s) base URL only, and JWT_JWKS_URL over https (http for this machine)", async () => {
   assertEquals(
     loadConfig({ PUBLIC_URL: "https://chat.example/chat/" }).publicUrl,

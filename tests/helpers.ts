@@ -263,6 +263,77 @@ export function tcpProxy(
   };
 }
 
+/** What {@link reverseProxy} does to each request on its way to the server. */
+export interface ReverseProxyOptions {
+  /** The path the proxy serves the server under, stripped on the way (others get 404). */
+  prefix?: string;
+  /** The Host the server gets (nginx's default `$proxy_host` names the upstream); else the client's. */
+  host?: string;
+  /** Headers added to each request: X-Forwarded-*, Forwarded. */
+  headers?: Record<string, string>;
+}
+
+/**
+ * A reverse proxy in front of the server at `port`, as nginx is one: each request goes on its own
+ * connection (`Connection: close`, WebSocket upgrades aside) with its head rewritten as `options`
+ * say; bodies and WebSocket frames pass through as they are.
+ */
+export function reverseProxy(port: number, options: ReverseProxyOptions = {}) {
+  const copy = async (from: Deno.Conn, to: Deno.Conn, first?: Uint8Array) => {
+    try {
+      if (first) {
+        for (let off = 0; off < first.length;) off += await to.write(first.subarray(off));
+      }
+      const buf = new Uint8Array(64 * 1024);
+      for (let n; (n = await from.read(buf)) !== null;) {
+        for (let off = 0; off < n;) off += await to.write(buf.subarray(off, n));
+      }
+    } catch {
+      // Closed under the read or write.
+    }
+    await to.closeWrite().catch(() => {});
+  };
+  return tcpProxy(port, async (from, to, toClient) => {
+    if (toClient) return await copy(from, to);
+    let bytes = new Uint8Array(0);
+    let end = -1;
+    const buf = new Uint8Array(16 * 1024);
+    while (end < 0) {
+      const n = await from.read(buf).catch(() => null);
+      if (n === null) return await to.closeWrite().catch(() => {});
+      bytes = new Uint8Array([...bytes, ...buf.subarray(0, n)]);
+      end = new TextDecoder().decode(bytes).indexOf("\r\n\r\n");
+    }
+    const [line, ...fields] = new TextDecoder().decode(bytes.subarray(0, end)).split("\r\n");
+    const rest = bytes.subarray(end + 4);
+    let [method, target, version] = line.split(" ");
+    const prefix = options.prefix ?? "";
+    if (prefix) {
+      const after = target.slice(prefix.length, prefix.length + 1);
+      if (!target.startsWith(prefix) || (after !== "" && after !== "/" && after !== "?")) {
+        await from.write(new TextEncoder().encode(
+          "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        )).catch(() => {});
+        return await to.closeWrite().catch(() => {});
+      }
+      target = target.slice(prefix.length).replace(/^(?=\?|$)/, "/");
+    }
+    const upgrade = fields.some((f) => /^upgrade:\s*websocket\s*$/i.test(f));
+    const kept = fields.filter((f) =>
+      !/^host:/i.test(f) && (upgrade || !/^(connection|keep-alive):/i.test(f))
+    );
+    const clientHost = fields.find((f) => /^host:/i.test(f))?.replace(/^host:\s*/i, "") ?? "";
+    const head = [
+      `${method} ${target} ${version}`,
+      `Host: ${options.host ?? clientHost}`,
+      ...kept,
+      ...(upgrade ? [] : ["Connection: close"]),
+      ...Object.entries(options.headers ?? {}).map(([k, v]) => `${k}: ${v}`),
+    ].join("\r\n") + "\r\n\r\n";
+    await copy(from, to, new Uint8Array([...new TextEncoder().encode(head), ...rest]));
+  });
+}
+
 /**
  * A TCP proxy to `port` that passes the server's bytes to the client at `bytesPerSecond` (the
  * other way unthrottled): a client on a modest link that reads steadily.

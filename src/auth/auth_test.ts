@@ -3,7 +3,8 @@ import { assert, assertEquals, assertRejects } from "../../tests/assert.ts";
 import { grantMatches } from "../core/rooms.ts";
 import { ClaimsAccessPolicy } from "./access.ts";
 import { principalFromClaims } from "./principal.ts";
-import { findToken } from "./token.ts";
+import { requestOrigin } from "./request_origin.ts";
+import { findToken, trustedOrigin } from "./token.ts";
 import { createVerifier, ensureDevSecret, KeySetUnavailable } from "./verifier.ts";
 
 Deno.test("principalFromClaims() takes sub, else user_id, else id, numbers as numbers", () => {
@@ -265,4 +266,67 @@ Deno.test("createVerifier() with a JWKS and a cache file checks tokens with the 
     await provider.shutdown();
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("requestOrigin() takes a proxy's word only when trusted: Forwarded first, else X-Forwarded-Proto/-Host, each only when well formed", () => {
+  const origin = (headers: Record<string, string>, trustProxy = true) =>
+    requestOrigin(
+      new Request("http://127.0.0.1:8000/ws?token=t", {
+        headers: { host: "127.0.0.1:8000", ...headers },
+      }),
+      trustProxy,
+    );
+  const xf = { "x-forwarded-proto": "https", "x-forwarded-host": "chat.example" };
+  assertEquals(origin(xf, false), "http://127.0.0.1:8000");
+  assertEquals(origin({}), "http://127.0.0.1:8000");
+  assertEquals(origin(xf), "https://chat.example");
+  // Each part on its own: nginx sends the scheme and keeps Host (`Host $host`).
+  assertEquals(origin({ "x-forwarded-proto": "https" }), "https://127.0.0.1:8000");
+  assertEquals(origin({ "x-forwarded-host": "chat.example:8443" }), "http://chat.example:8443");
+  // The first of a list (the proxy nearest the client), a default port dropped, case folded.
+  assertEquals(
+    origin({ "x-forwarded-proto": "HTTPS, http", "x-forwarded-host": "Chat.Example:443, lb" }),
+    "https://chat.example",
+  );
+  // Forwarded wins, quoted values and its first element only.
+  assertEquals(
+    origin({
+      ...xf,
+      forwarded: 'for=1.2.3.4;proto=https;host="[2001:db8::1]:8443", for=5.6.7.8;host=lb.internal',
+    }),
+    "https://[2001:db8::1]:8443",
+  );
+  assertEquals(origin({ ...xf, forwarded: "for=1.2.3.4;proto=http" }), "http://chat.example");
+  // Anything but a plain host[:port], and schemes other than http(s), are passed over.
+  for (
+    const host of [
+      "evil.example/x",
+      "evil.example@x",
+      "a b",
+      "evil.example:99999",
+      "evil.example:",
+      "[::1",
+      "-evil.example",
+      "x".repeat(300),
+      "",
+    ]
+  ) {
+    assertEquals([host, origin({ "x-forwarded-host": host })], [host, "http://127.0.0.1:8000"]);
+    assertEquals(
+      [host, origin({ forwarded: `host="${host}"`, "x-forwarded-host": "chat.example" })],
+      [host, "http://chat.example"],
+    );
+  }
+  assertEquals(origin({ "x-forwarded-proto": "javascript" }), "http://127.0.0.1:8000");
+});
+
+Deno.test("trustedOrigin() takes the server's own host from the proxy only when trusted", () => {
+  const req = new Request("http://127.0.0.1:8000/ws", {
+    headers: { host: "127.0.0.1:8000", "x-forwarded-host": "chat.example" },
+  });
+  assertEquals(trustedOrigin("https://chat.example", req, []), false);
+  assertEquals(trustedOrigin("http://127.0.0.1:8000", req, []), true);
+  assertEquals(trustedOrigin("https://chat.example", req, [], true), true);
+  // Behind the proxy the upstream's address is no page's origin.
+  assertEquals(trustedOrigin("http://127.0.0.1:8000", req, [], true), false);
 });

@@ -1,5 +1,7 @@
 /** Finding the bearer token in an HTTP or WebSocket upgrade request. */
 
+import { requestOrigin } from "./request_origin.ts";
+
 const BEARER_PROTOCOL = "bearer.";
 
 /** Where the token was found and, for the subprotocol route, which protocol to answer with. */
@@ -36,20 +38,26 @@ export function readCookie(header: string | null, name: string): string | undefi
  * user (cross-site WebSocket hijacking): the cookie counts only without an `Origin`, from this
  * host, or from one of `trustedOrigins`.
  */
-function cookieMayAuthenticate(req: Request, trustedOrigins: readonly string[]): boolean {
+function cookieMayAuthenticate(
+  req: Request,
+  trustedOrigins: readonly string[],
+  trustProxy: boolean,
+): boolean {
   const origin = req.headers.get("origin");
-  return !origin || trustedOrigin(origin, req, trustedOrigins);
+  return !origin || trustedOrigin(origin, req, trustedOrigins, trustProxy);
 }
 
 /**
  * Whether a request's `origin` is this server's own host (its `Host`, as the chat page at `/`
- * sends it) or one of `trustedOrigins`: the pages whose cookie signs in, and, once
+ * sends it; with `trustProxy`, the host a proxy says it was asked for, see
+ * {@link requestOrigin}) or one of `trustedOrigins`: the pages whose cookie signs in, and, once
  * ALLOWED_ORIGINS is set, the pages that may open sockets at all.
  */
 export function trustedOrigin(
   origin: string,
   req: Request,
   trustedOrigins: readonly string[],
+  trustProxy = false,
 ): boolean {
   let host: string;
   try {
@@ -57,16 +65,24 @@ export function trustedOrigin(
   } catch {
     return false;
   }
-  return host === req.headers.get("host") || trustedOrigins.includes(origin.replace(/\/$/, ""));
+  // Behind a proxy `Host` may name the upstream (nginx's default `Host $proxy_host`), which no
+  // page the proxy serves has for its origin.
+  const own = trustProxy ? new URL(requestOrigin(req, true)).host : req.headers.get("host");
+  return host === own || trustedOrigins.includes(origin.replace(/\/$/, ""));
 }
 
 /**
  * Looks for a token in the `token` query parameter, an `Authorization: Bearer` header, a
  * `Sec-WebSocket-Protocol` entry `bearer.<token>` (browsers cannot set headers on a WebSocket),
- * and the `access_token` cookie (see {@link cookieMayAuthenticate}), in that order: the cookie
- * last, as a client's cookie jar may hold a stale one beside the token it sends on purpose.
+ * and the `access_token` cookie (see {@link cookieMayAuthenticate}; `trustProxy` as in
+ * {@link trustedOrigin}), in that order: the cookie last, as a client's cookie jar may hold a
+ * stale one beside the token it sends on purpose.
  */
-export function findToken(req: Request, trustedOrigins: readonly string[] = []): FoundToken {
+export function findToken(
+  req: Request,
+  trustedOrigins: readonly string[] = [],
+  trustProxy = false,
+): FoundToken {
   const offered = (req.headers.get("sec-websocket-protocol") ?? "")
     .split(",").map((s) => s.trim()).filter(Boolean);
   const bearerEntry = offered.find((p) => p.startsWith(BEARER_PROTOCOL));
@@ -83,7 +99,7 @@ export function findToken(req: Request, trustedOrigins: readonly string[] = []):
     return { token: bearerEntry.slice(BEARER_PROTOCOL.length), source: "subprotocol", protocol };
   }
   const cookie = readCookie(req.headers.get("cookie"), "access_token");
-  if (cookie && cookieMayAuthenticate(req, trustedOrigins)) {
+  if (cookie && cookieMayAuthenticate(req, trustedOrigins, trustProxy)) {
     return { token: cookie.replace(/^Bearer\s+/i, ""), source: "cookie", protocol };
   }
   if (cookie) warnCookieOrigin(req.headers.get("origin") ?? "");

@@ -1,6 +1,7 @@
 /** What every dialect gets from the composition root. */
 
 import type { Authenticator } from "../auth/authenticator.ts";
+import { requestOrigin, saysForwarded } from "../auth/request_origin.ts";
 import { trustedOrigin } from "../auth/token.ts";
 import type { Config } from "../config.ts";
 import { type ChatService, MAX_FILES_PER_MESSAGE } from "../core/chat_service.ts";
@@ -74,14 +75,40 @@ export function cookieOrigins(config: Config): string[] {
  * must keep working), so that a page is never refused a socket its cookie would sign in.
  */
 export function socketOriginAllowed(config: Config, origin: string, req: Request): boolean {
-  return config.allowedOrigins.length === 0 || trustedOrigin(origin, req, cookieOrigins(config));
+  if (config.allowedOrigins.length === 0) return true;
+  warnUntrustedProxy(config, req);
+  return trustedOrigin(origin, req, cookieOrigins(config), config.trustProxy);
 }
 
-/** Base of absolute URLs for a request: PUBLIC_URL, else the request's own origin. */
+/**
+ * Base of absolute URLs for a request: PUBLIC_URL, else the origin its client sent it to (see
+ * {@link requestOrigin}: with TRUST_PROXY, what a proxy says; else the request's own). Each
+ * socket keeps its own, so a client's `Host` or forwarded headers change only the URLs it gets.
+ */
 export function baseUrlOf(config: Config, req: Request): string {
+  if (config.publicUrl !== undefined) return config.publicUrl;
+  warnUntrustedProxy(config, req);
   // The origin is a slice of the request's whole URL (token included), which a session would
   // keep alive for as long as it lasts.
-  return config.publicUrl ?? intern(new URL(req.url).origin);
+  return intern(requestOrigin(req, config.trustProxy));
+}
+
+let warnedProxy = false;
+
+/**
+ * Says once that requests come through a proxy the server was not told of: their file URLs name
+ * `Host` (the upstream's address, or `http:` behind TLS) and their pages' origin is checked
+ * against it, which the operator would otherwise learn from users.
+ */
+function warnUntrustedProxy(config: Config, req: Request): void {
+  if (warnedProxy || config.publicUrl !== undefined || config.trustProxy) return;
+  if (!saysForwarded(req)) return;
+  warnedProxy = true;
+  console.warn(
+    "http: requests carry Forwarded or X-Forwarded-* headers, but neither PUBLIC_URL nor " +
+      "TRUST_PROXY is set: file URLs and the server's own origin come from the Host header. " +
+      "Behind a reverse proxy set PUBLIC_URL (or TRUST_PROXY=1)",
+  );
 }
 
 /**

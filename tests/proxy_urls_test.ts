@@ -1,0 +1,253 @@
+/**
+ * Behind a reverse proxy: the URLs every protocol hands out (TRUST_PROXY: from what the proxy
+ * says it was asked for) lead to the file through the proxy, and the server's own public page may
+ * open sockets once ALLOWED_ORIGINS is set.
+ */
+
+import { io as connect, type Socket as ClientSocket } from "socket.io-client";
+import { assert, assertEquals } from "./assert.ts";
+import { reverseProxy, startTestServer, TestClient } from "./helpers.ts";
+
+type Payload = Record<string, unknown>;
+
+const ADMIN_TOKEN = "admin-token-for-the-proxy-tests";
+const PUBLIC = "https://chat.example.com";
+
+/** A Socket.IO client through `base`, authenticated and in ticket 1. */
+async function socketIoInTicket(base: string, token: string) {
+  const socket = connect(base, { auth: { token }, reconnection: false });
+  await new Promise((resolve, reject) => {
+    socket.once("authenticated", resolve);
+    socket.once("connect_error", reject);
+  });
+  const joined = new Promise((resolve) => socket.once("joined_ticket", resolve));
+  socket.emit("join_ticket", { ticketId: "1" });
+  await joined;
+  return socket;
+}
+
+/** Sends two text files over Socket.IO and answers their attachments as the ack gives them. */
+async function sendTwoFiles(socket: ClientSocket): Promise<Payload[]> {
+  const ack = await socket.timeout(5000).emitWithAck("send_message", {
+    ticketId: "1",
+    message: "two files",
+    attachments: [
+      { name: "one.txt", type: "text/plain", data: btoa("one") },
+      { name: "two.txt", type: "text/plain", data: btoa("two") },
+    ],
+  });
+  return ack.attachments as Payload[];
+}
+
+/** What the file at `url` answers when fetched through the proxy on `port`, by its path. */
+async function throughProxy(port: number, url: string): Promise<[number, string]> {
+  const res = await fetch(`http://127.0.0.1:${port}${new URL(url, PUBLIC).pathname}`);
+  return [res.status, await res.text()];
+}
+
+// nginx's default `Host $proxy_host` (the upstream's address reaches the server), telling the
+// scheme and host either way a proxy does.
+const FORWARDING = {
+  "X-Forwarded-Proto and X-Forwarded-Host": {
+    "X-Forwarded-For": "203.0.113.7",
+    "X-Forwarded-Proto": "https",
+    "X-Forwarded-Host": "chat.example.com",
+  },
+  "Forwarded": { Forwarded: 'for=203.0.113.7;proto=https;host="chat.example.com"' },
+};
+
+for (const [how, headers] of Object.entries(FORWARDING)) {
+  Deno.test(`TRUST_PROXY behind a TLS proxy that rewrites Host (${how}): every URL handed out names the public https origin and answers through the proxy`, async () => {
+    const server = await startTestServer({ TRUST_PROXY: "1", ADMIN_TOKEN });
+    const port = Number(new URL(server.url).port);
+    const proxy = reverseProxy(port, { host: `127.0.0.1:${port}`, headers });
+    const sockets: TestClient[] = [];
+    let sio: ClientSocket | undefined;
+    try {
+      const token = await server.token({
+        sub: "1",
+        username: "one",
+        rooms: ["ticket:*", "chat:*"],
+      });
+      const via = `ws://127.0.0.1:${proxy.port}`;
+      const ticket = await TestClient.open(`${via}/ws/ticket/1/?token=${token}`);
+      const native = await TestClient.open(`${via}/ws?token=${token}`);
+      const conversation = await TestClient.open(`${via}/ws/chat/1/?token=${token}`);
+      sockets.push(ticket, native, conversation);
+      native.send({ type: "join", room: "ticket:1" });
+      await native.next((f) => f.type === "joined");
+      await conversation.next((f) => f.type === "connection_established");
+
+      sio = await socketIoInTicket(`http://127.0.0.1:${proxy.port}`, token);
+      const [one, two] = await sendTwoFiles(sio);
+      const fromTicket = await ticket.next((f) => typeof f.file === "string");
+      const fromNative = await native.next<{ type: string; attachments: Payload[] }>((f) =>
+        f.type === "message"
+      );
+      conversation.send({ type: "file_message", filename: "three.txt", file: btoa("three") });
+      const { file_attachment: three } = await conversation.next<{ file_attachment: Payload }>(
+        (f) => !!f.file_attachment,
+      );
+      const rest = await fetch(`http://127.0.0.1:${proxy.port}/api/rooms/ticket/1/messages`, {
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}` },
+      });
+      const history = (await rest.json()).messages[0].attachments as Payload[];
+
+      const urls: [string, string, string][] = [
+        ["Socket.IO url", one.url as string, "one"],
+        ["ticket socket file", fromTicket.file as string, "one"],
+        // The ticket socket has one file field: the second goes as a link in the body.
+        ["ticket socket body link", (fromTicket.body as string).split("\n")[1], "two"],
+        ["native url", fromNative.attachments[1].url as string, "two"],
+        ["REST url", history[0].url as string, "one"],
+        ["conversation file_url", three.file_url as string, "three"],
+      ];
+      assertEquals(two.url, fromNative.attachments[1].url);
+      for (const [what, url, content] of urls) {
+        assertEquals([what, new URL(url).origin], [what, PUBLIC]);
+        assertEquals([what, ...await throughProxy(proxy.port, url)], [what, 200, content]);
+      }
+    } finally {
+      sio?.disconnect();
+      for (const s of sockets) await s.close();
+      await proxy.close();
+      await server.close();
+    }
+  });
+}
+
+Deno.test("TRUST_PROXY: a client's forwarded host changes its own URLs only, and one that is not a plain host[:port] is passed over for Host", async () => {
+  const server = await startTestServer({ TRUST_PROXY: "1" });
+  const port = Number(new URL(server.url).port);
+  // Caddy, or nginx with `Host $host`: the public name in Host, the scheme in X-Forwarded-Proto.
+  const proxy = reverseProxy(port, {
+    host: "chat.example.com",
+    headers: { "X-Forwarded-Proto": "https" },
+  });
+  const sockets: TestClient[] = [];
+  const sio: ClientSocket[] = [];
+  try {
+    const token = await server.token({ sub: "1", username: "one", rooms: ["ticket:*"] });
+    const path = `/ws/ticket/1/?token=${token}`;
+    const proxied = await TestClient.open(`ws://127.0.0.1:${proxy.port}${path}`);
+    const direct = await TestClient.open(`${server.wsUrl}${path}`);
+    sockets.push(proxied, direct);
+    const bad = ["evil.example/steal", "evil.example@x", "evil.example:99999", "a b", "[::1"];
+    for (const host of bad) {
+      sockets.push(
+        await TestClient.open(`${server.wsUrl}${path}`, {
+          headers: { "X-Forwarded-Host": host, "X-Forwarded-Proto": "https" },
+        }),
+      );
+    }
+    // Socket.IO shares one bridge per ticket and base URL: each gets its own URLs there too.
+    sio.push(await socketIoInTicket(`http://127.0.0.1:${proxy.port}`, token));
+    sio.push(await socketIoInTicket(server.url, token));
+    const arrivals = sio.map((s) => new Promise<Payload>((r) => s.once("new_message", r)));
+    direct.send({ body: "hi", file: btoa("hello"), filename: "a.txt" });
+    const files = [];
+    for (const s of sockets) files.push((await s.next((f) => typeof f.file === "string")).file);
+    const key = new URL(files[0] as string).pathname;
+    const https = `https://127.0.0.1:${port}${key}`;
+    assertEquals(files, [`${PUBLIC}${key}`, `${server.url}${key}`, ...bad.map(() => https)]);
+    const sioUrls = [];
+    for (const a of arrivals) sioUrls.push(((await a).data as Payload).attachments);
+    const sioKey = new URL(((sioUrls[0] as Payload[])[0].url) as string).pathname;
+    assertEquals(sioUrls.map((list) => (list as Payload[])[0].url), [
+      `${PUBLIC}${sioKey}`,
+      `${server.url}${sioKey}`,
+    ]);
+    assertEquals(await throughProxy(proxy.port, files[0] as string), [200, "hello"]);
+  } finally {
+    for (const s of sio) s.disconnect();
+    for (const s of sockets) await s.close();
+    await proxy.close();
+    await server.close();
+  }
+});
+
+/** The status of a request to `url` from a page of `origin`, as a WebSocket handshake. */
+async function handshake(
+  url: string,
+  origin: string,
+  upgrade: boolean,
+  extra: Record<string, string> = {},
+): Promise<number> {
+  const res = await fetch(url, {
+    headers: {
+      origin,
+      ...extra,
+      ...(upgrade
+        ? {
+          upgrade: "websocket",
+          connection: "Upgrade",
+          "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+          "sec-websocket-version": "13",
+        }
+        : {}),
+    },
+  });
+  await res.body?.cancel();
+  return res.status;
+}
+
+/** Each socket route's handshake status for a page of `origin`. */
+async function routeStatuses(
+  base: string,
+  token: string,
+  origin: string,
+  extra: Record<string, string> = {},
+) {
+  return {
+    native: await handshake(`${base}/ws?token=${token}`, origin, true, extra),
+    ticket: await handshake(`${base}/ws/ticket/1/?token=${token}`, origin, true, extra),
+    polling: await handshake(`${base}/socket.io/?EIO=4&transport=polling`, origin, false, extra),
+    websocket: await handshake(`${base}/socket.io/?EIO=4&transport=websocket`, origin, true, extra),
+  };
+}
+
+Deno.test("ALLOWED_ORIGINS with TRUST_PROXY behind nginx's default Host rewrite: the server's public page opens sockets on every route and signs in by cookie; without TRUST_PROXY forwarded headers let no page in", async () => {
+  const env = { ALLOWED_ORIGINS: "https://app.example.com" };
+  const server = await startTestServer({ ...env, TRUST_PROXY: "1" });
+  const untrusting = await startTestServer(env);
+  const port = Number(new URL(server.url).port);
+  const forwarded = { "X-Forwarded-Proto": "https", "X-Forwarded-Host": "chat.example.com" };
+  const proxy = reverseProxy(port, { host: `127.0.0.1:${port}`, headers: forwarded });
+  let cookieClient: TestClient | undefined;
+  try {
+    const token = await server.token({ sub: "1", username: "one", rooms: ["ticket:*"] });
+    const base = `http://127.0.0.1:${proxy.port}`;
+    const all = (ok: number, polling = ok) => ({ native: ok, ticket: ok, polling, websocket: ok });
+    assertEquals(await routeStatuses(base, token, PUBLIC), all(101, 200));
+    assertEquals(await routeStatuses(base, token, "https://evil.example"), all(403));
+    // The chat page signs in by its access_token cookie, which counts from its own origin only.
+    cookieClient = await TestClient.open(`ws://127.0.0.1:${proxy.port}/ws`, {
+      headers: { origin: PUBLIC, cookie: `access_token=${token}` },
+    });
+    assertEquals((await cookieClient.next()).type, "welcome");
+    // A client that reaches a server not told to trust a proxy names its page's host in vain.
+    const spoofed = {
+      "X-Forwarded-Host": "evil.example",
+      Forwarded: "proto=https;host=evil.example",
+    };
+    const warnings: string[] = [];
+    const warn = console.warn;
+    console.warn = (text: string) => warnings.push(text);
+    try {
+      assertEquals(
+        await routeStatuses(untrusting.url, token, "https://evil.example", spoofed),
+        all(403),
+      );
+    } finally {
+      console.warn = warn;
+    }
+    // The operator hears once that a proxy is in front of a server not told of it.
+    assertEquals(warnings.length, 1);
+    assert(warnings[0].includes("set PUBLIC_URL (or TRUST_PROXY=1)"), warnings[0]);
+  } finally {
+    await cookieClient?.close();
+    await proxy.close();
+    await server.close();
+    await untrusting.close();
+  }
+});
