@@ -1,7 +1,7 @@
 /**
  * Behind a reverse proxy: the URLs every protocol hands out (TRUST_PROXY: from what the proxy
- * says it was asked for) lead to the file through the proxy, and the server's own public page may
- * open sockets once ALLOWED_ORIGINS is set.
+ * says it was asked for; PUBLIC_URL with a path: its relative ones too) lead to the file through
+ * the proxy, and the server's own public page may open sockets once ALLOWED_ORIGINS is set.
  */
 
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
@@ -13,9 +13,9 @@ type Payload = Record<string, unknown>;
 const ADMIN_TOKEN = "admin-token-for-the-proxy-tests";
 const PUBLIC = "https://chat.example.com";
 
-/** A Socket.IO client through `base`, authenticated and in ticket 1. */
-async function socketIoInTicket(base: string, token: string) {
-  const socket = connect(base, { auth: { token }, reconnection: false });
+/** A Socket.IO client through `base` (path under it), authenticated and in ticket 1. */
+async function socketIoInTicket(base: string, token: string, path = "/socket.io/") {
+  const socket = connect(base, { path, auth: { token }, reconnection: false });
   await new Promise((resolve, reject) => {
     socket.once("authenticated", resolve);
     socket.once("connect_error", reject);
@@ -249,5 +249,42 @@ Deno.test("ALLOWED_ORIGINS with TRUST_PROXY behind nginx's default Host rewrite:
     await proxy.close();
     await server.close();
     await untrusting.close();
+  }
+});
+
+Deno.test("PUBLIC_URL with a path, behind a proxy serving the server there: the conversation chat's file and Socket.IO's path carry the path too, and PUBLIC_URL wins over TRUST_PROXY", async () => {
+  const server = await startTestServer({
+    PUBLIC_URL: `${PUBLIC}/chat/`,
+    TRUST_PROXY: "1",
+  });
+  const proxy = reverseProxy(Number(new URL(server.url).port), {
+    prefix: "/chat",
+    host: "chat.example.com",
+    headers: { "X-Forwarded-Proto": "https", "X-Forwarded-Host": "internal.example" },
+  });
+  let conversation: TestClient | undefined;
+  let sio: ClientSocket | undefined;
+  try {
+    const token = await server.token({ sub: "1", username: "one", rooms: ["chat:*", "ticket:*"] });
+    conversation = await TestClient.open(
+      `ws://127.0.0.1:${proxy.port}/chat/ws/chat/1/?token=${token}`,
+    );
+    await conversation.next((f) => f.type === "connection_established");
+    conversation.send({ type: "file_message", filename: "b.txt", file: btoa("bee") });
+    const { file_attachment: a } = await conversation.next<{ file_attachment: Payload }>(
+      (f) => !!f.file_attachment,
+    );
+    sio = await socketIoInTicket(`http://127.0.0.1:${proxy.port}`, token, "/chat/socket.io/");
+    const [one] = await sendTwoFiles(sio);
+    const [file, path] = [a.file as string, one.path as string];
+    assertEquals([file.slice(0, 12), path.slice(0, 19)], ["/chat/media/", "/chat/uploads/chat/"]);
+    assertEquals([a.file_url, one.url], [`${PUBLIC}${file}`, `${PUBLIC}${path}`]);
+    assertEquals(await throughProxy(proxy.port, file), [200, "bee"]);
+    assertEquals(await throughProxy(proxy.port, path), [200, "one"]);
+  } finally {
+    sio?.disconnect();
+    await conversation?.close();
+    await proxy.close();
+    await server.close();
   }
 });

@@ -93,6 +93,16 @@ export function baseUrlOf(config: Config, req: Request): string {
   return intern(requestOrigin(req, config.trustProxy));
 }
 
+/**
+ * The path of a base URL from {@link baseUrlOf} (PUBLIC_URL's, without its trailing slash; empty
+ * for an origin), which the root-relative file paths some protocols send start with, so that
+ * they lead to the file through a proxy that serves the server under that path.
+ */
+export function basePath(baseUrl: string): string {
+  const slash = baseUrl.indexOf("/", baseUrl.indexOf("//") + 2);
+  return slash < 0 ? "" : baseUrl.slice(slash);
+}
+
 let warnedProxy = false;
 
 /**

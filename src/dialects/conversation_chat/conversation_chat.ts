@@ -10,7 +10,7 @@ import type { QueuedSend } from "../../core/chat_service.ts";
 import type { Attachment, Message } from "../../core/types.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
 import { formatSize } from "../../media/mime.ts";
-import { bodyWithFileUrls, type DialectContext, type WsRoute } from "../context.ts";
+import { basePath, bodyWithFileUrls, type DialectContext, type WsRoute } from "../context.ts";
 import { clip, optionalClientId, optionalString, parseObject, typingRecord } from "../frames.ts";
 import { fitHistory, historyBudget } from "../history_pages.ts";
 import { type RoomSession, singleRoomRoute } from "../single_room.ts";
@@ -32,7 +32,8 @@ function renderAttachment(a: Attachment, seq: number, baseUrl: string) {
   const path = mediaUrlPath(a.key);
   return {
     id: seq,
-    file: path,
+    // Django's FileField.url: MEDIA_URL, which carries the path the site is served under.
+    file: basePath(baseUrl) + path,
     file_url: baseUrl + path,
     filename: a.originalName,
     file_size: a.size,

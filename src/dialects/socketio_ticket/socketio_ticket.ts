@@ -24,6 +24,7 @@ import { type Member, spares } from "../../hub/hub.ts";
 import { mediaUrlPath } from "../../media/local_media_store.ts";
 import {
   admitSocket,
+  basePath,
   baseUrlOf,
   cookieOrigins,
   type DialectContext,
@@ -236,7 +237,8 @@ export function socketIoMessage(message: Message, ticketId: string, baseUrl: str
       originalname: a.originalName,
       mimetype: a.mime,
       size: a.size,
-      path: mediaUrlPath(a.key),
+      // Root-relative, so under PUBLIC_URL's path too when a proxy serves the server there.
+      path: basePath(baseUrl) + mediaUrlPath(a.key),
       url: baseUrl + mediaUrlPath(a.key),
       uploadedAt: a.uploadedAt,
     })),
