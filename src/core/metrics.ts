@@ -8,7 +8,7 @@ export class Metrics {
   messagesIn = 0;
   /** Frames written to sockets. */
   framesOut = 0;
-  /** Bytes received in client frames. */
+  /** Bytes (UTF-8, not characters) received in client frames. */
   bytesIn = 0;
   /** Attachment bytes stored. */
   attachmentBytes = 0;

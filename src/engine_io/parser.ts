@@ -99,25 +99,30 @@ export function decodePayload(payload: string): Packet[] {
   return payload.split(SEPARATOR).map(decodePacket);
 }
 
-/** Counts the UTF-8 bytes of a string without allocating the encoded form. */
+// Matches the first character past ASCII: V8 scans for it natively, several times faster than
+// a loop of charCodeAt, and most frames (JSON of Latin text) have none.
+const NON_ASCII = /[\u0080-\uffff]/;
+
+/**
+ * Counts the UTF-8 bytes of a string without allocating the encoded form, as `TextEncoder`
+ * would write it (a lone surrogate becomes U+FFFD, 3 bytes).
+ */
 export function utf8Length(text: string): number {
-  let bytes = text.length;
-  for (let i = 0; i < text.length; i++) {
+  let i = text.search(NON_ASCII);
+  if (i < 0) return text.length;
+  const n = text.length;
+  let bytes = n;
+  for (; i < n; i++) {
     const code = text.charCodeAt(i);
     if (code < 0x80) continue;
     if (code < 0x800) {
       bytes += 1;
-    } else if (code >= 0xd800 && code <= 0xdbff && i + 1 < text.length) {
-      const next = text.charCodeAt(i + 1);
-      if (next >= 0xdc00 && next <= 0xdfff) {
-        // A surrogate pair is two UTF-16 units and four UTF-8 bytes.
-        bytes += 2;
-        i++;
-      } else {
-        bytes += 2;
-      }
-    } else {
-      bytes += 2;
+      continue;
+    }
+    // Three bytes for one unit, and a surrogate pair's two units make four.
+    bytes += 2;
+    if ((code & 0xfc00) === 0xd800 && i + 1 < n && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+      i++;
     }
   }
   return bytes;

@@ -3,6 +3,7 @@
 import type { RateVerdict } from "../core/rate_limiter.ts";
 import { ChatError, frameTooLarge } from "../core/errors.ts";
 import type { Metrics } from "../core/metrics.ts";
+import { utf8Length } from "../engine_io/parser.ts";
 import { pollUntil, timerDelay } from "../core/time.ts";
 import type { FrameBudget, FrameHolder } from "./frame_budget.ts";
 import { QuietClose } from "./close_when_quiet.ts";
@@ -249,7 +250,8 @@ export class Connection implements FrameHolder {
       this.#refuse(size, CLOSE.tooMuchQueued, "Too much data queued", error);
       return;
     }
-    this.#options.metrics.bytesIn += size;
+    // `size` counts a text frame in characters, as its limits do; the metric says bytes.
+    this.#options.metrics.bytesIn += typeof data === "string" ? utf8Length(data) : size;
     this.#options.frames?.received(this, size);
     const text = typeof data === "string"
       ? data
