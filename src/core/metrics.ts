@@ -6,10 +6,14 @@ export class Metrics {
   readonly connections = new Map<string, number>();
   /** Messages accepted from clients. */
   messagesIn = 0;
-  /** Frames written to sockets. */
+  /** Frames written to sockets of the WebSocket protocols. */
   framesOut = 0;
-  /** Bytes (UTF-8, not characters) received in client frames. */
+  /** Bytes (UTF-8) received in the WebSocket protocols' client frames. */
   bytesIn = 0;
+  /** Engine.IO packets written to Socket.IO clients, WebSocket or long-polling. */
+  socketIoFramesOut = 0;
+  /** Bytes Socket.IO clients sent: WebSocket messages and long-polling POST bodies. */
+  socketIoBytesIn = 0;
   /** Attachment bytes stored. */
   attachmentBytes = 0;
   /** Errors sent to clients, by code. */
@@ -20,6 +24,16 @@ export class Metrics {
   commits = 0;
   /** Sockets the runtime closed because its heartbeat ping went unanswered. */
   pingTimeouts = 0;
+
+  /** Counts Socket.IO's traffic, told by its Engine.IO server (one call per write: no more). */
+  readonly socketIoTraffic = {
+    sent: (packets: number): void => {
+      this.socketIoFramesOut += packets;
+    },
+    received: (bytes: number): void => {
+      this.socketIoBytesIn += bytes;
+    },
+  };
 
   /** Adjusts the open connection gauge of a protocol. */
   connection(protocol: string, delta: number): void {

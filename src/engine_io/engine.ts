@@ -84,6 +84,11 @@ export interface EngineOptions {
    */
   frameBudget?: FrameBudgetHook;
   /**
+   * Told of the packets written to clients and the bytes they sent, for metrics; called on every
+   * write, so it should only count.
+   */
+  traffic?: TrafficHook;
+  /**
    * Bytes a WebSocket peer may leave unread before it is closed as a slow consumer (code 4008;
    * Socket.IO clients reconnect); default unlimited.
    */
@@ -102,6 +107,14 @@ export interface FrameBudgetHook {
   received(socket: { reclaim(): void }, size: number): void;
   /** `socket` closed. */
   forget(socket: { reclaim(): void }): void;
+}
+
+/** What {@linkcode EngineOptions.traffic} is told; a broadcast calls it once per recipient. */
+export interface TrafficHook {
+  /** `packets` were written to one client: a WebSocket frame each, or one polling response. */
+  sent(packets: number): void;
+  /** A client sent `bytes` (UTF-8): a WebSocket message, or a polling POST body. */
+  received(bytes: number): void;
 }
 
 /** The first HTTP request of a session, kept for the application. */
@@ -229,6 +242,7 @@ interface ResolvedOptions {
   allowUpgrades: boolean;
   allowedOrigins: AllowedOrigins;
   frameBudget?: FrameBudgetHook;
+  traffic?: TrafficHook;
   maxBufferedBytes: number;
   refuseHandshake?: () => string | null;
 }
@@ -392,9 +406,11 @@ class WebSocketTransport {
   /** Largest message taken; its session sets it. */
   maxPayload = 0;
   #closed = false;
+  #traffic: TrafficHook | undefined;
 
-  constructor(frames: FrameSocket) {
+  constructor(frames: FrameSocket, traffic: TrafficHook | undefined) {
     this.frames = frames;
+    this.#traffic = traffic;
     frames.onmessage = (data) => this.#receive(data);
     frames.onclose = () => {
       this.#closed = true;
@@ -405,6 +421,7 @@ class WebSocketTransport {
   send(packets: readonly Packet[]): void {
     if (this.#closed) return;
     for (const packet of packets) this.frames.send(encodeFrame(packet));
+    this.#traffic?.sent(packets.length);
   }
 
   close(code?: number): void {
@@ -416,9 +433,12 @@ class WebSocketTransport {
   #receive(data: string | Uint8Array): void {
     if (this.#closed) return;
     const max = this.maxPayload;
+    const traffic = this.#traffic;
+    // Characters are enough for the limit when even three bytes each would fit; the metric
+    // wants the bytes.
     const size = typeof data !== "string"
       ? data.byteLength
-      : data.length * 3 <= max
+      : data.length * 3 <= max && !traffic
       ? data.length
       : utf8Length(data);
     if (size > max) {
@@ -429,6 +449,7 @@ class WebSocketTransport {
       this.onerror("payload too large");
       return;
     }
+    traffic?.received(size);
     let packet: Packet;
     try {
       packet = decodePacket(data);
@@ -649,6 +670,8 @@ class Session implements EngineSocket {
   post(body: string): Reply {
     if (this.#state === "closed") return errorReply(ErrorCode.UNKNOWN_SID);
     if (this.#ws) return errorReply(ErrorCode.BAD_REQUEST);
+    // Counted by the session's owner, as its WebSocket messages are, wherever the POST arrived.
+    this.#host.options.traffic?.received(utf8Length(body));
     if (tooManyPackets(body, MAX_PACKETS_PER_POST)) {
       this.#close("transport error", `more than ${MAX_PACKETS_PER_POST} packets in one POST`);
       return errorReply(ErrorCode.BAD_REQUEST);
@@ -806,6 +829,7 @@ class Session implements EngineSocket {
     if (!poll) return;
     this.#poll = null;
     poll(dataReply(packets));
+    this.#host.options.traffic?.sent(packets.length);
   }
 
   #close(reason: EngineCloseReason, description?: string, pollPacket: Packet = CLOSE): void {
@@ -956,6 +980,7 @@ export class EngineServer {
       allowUpgrades: options.allowUpgrades ?? true,
       allowedOrigins: options.allowedOrigins ?? "*",
       frameBudget: options.frameBudget,
+      traffic: options.traffic,
       maxBufferedBytes: options.maxBufferedBytes ?? Infinity,
       refuseHandshake: options.refuseHandshake,
     };
@@ -1048,7 +1073,7 @@ export class EngineServer {
           return fail(ErrorCode.BAD_REQUEST);
         }
         const frames = new LocalFrameSocket(upgraded.socket, this.#options);
-        this.#open(request, new WebSocketTransport(frames));
+        this.#open(request, new WebSocketTransport(frames, this.#options.traffic));
         return upgraded.response;
       }
       const session = this.#open(request, null);
@@ -1066,7 +1091,7 @@ export class EngineServer {
         return fail(ErrorCode.BAD_REQUEST);
       }
       const frames = new LocalFrameSocket(upgraded.socket, this.#options);
-      session.upgrade(new WebSocketTransport(frames));
+      session.upgrade(new WebSocketTransport(frames, this.#options.traffic));
       return upgraded.response;
     }
     if (session.transport !== "polling") return fail(ErrorCode.BAD_REQUEST);
@@ -1198,7 +1223,7 @@ export class EngineServer {
       relayWebSocket: (sid, frames) => {
         const session = find(sid);
         if (!session || !this.#options.allowUpgrades) return false;
-        return session.upgrade(new WebSocketTransport(frames));
+        return session.upgrade(new WebSocketTransport(frames, this.#options.traffic));
       },
     };
   }

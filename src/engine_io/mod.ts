@@ -20,6 +20,7 @@ export {
   type EngineSocket,
   ErrorCode,
   type FrameBudgetHook,
+  type TrafficHook,
   type TransportName,
 } from "./engine.ts";
 export {

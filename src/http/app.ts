@@ -62,14 +62,16 @@ export function renderMetrics(metrics: Metrics, hub: Hub, frames?: FrameBudget):
     "",
     metrics.messagesIn,
   ]]);
-  metric("chat_frames_out_total", "counter", "Frames written to sockets.", [[
-    "",
-    metrics.framesOut + hub.stats.directFrames,
-  ]]);
-  metric("chat_bytes_in_total", "counter", "Bytes received in client frames.", [[
-    "",
-    metrics.bytesIn,
-  ]]);
+  // Socket.IO's under the protocol label its connections have; the WebSocket protocols' together
+  // unlabelled as before (the hub counts its direct frames without telling whose they are).
+  metric("chat_frames_out_total", "counter", "Frames written to sockets.", [
+    ["", metrics.framesOut + hub.stats.directFrames],
+    ['{protocol="socket.io"}', metrics.socketIoFramesOut],
+  ]);
+  metric("chat_bytes_in_total", "counter", "Bytes received in client frames.", [
+    ["", metrics.bytesIn],
+    ['{protocol="socket.io"}', metrics.socketIoBytesIn],
+  ]);
   metric("chat_attachment_bytes_total", "counter", "Attachment bytes stored.", [[
     "",
     metrics.attachmentBytes,

@@ -363,6 +363,7 @@ export function createSocketIoTicketChat(
       : "*",
     relay: options.relay,
     frameBudget: ctx.frames,
+    traffic: ctx.metrics.socketIoTraffic,
     maxBufferedBytes: ctx.config.slowConsumerBytes,
     clientBundle: options.clientBundle,
     // A connection is held for a while before anyone knows whose it is (up to the connect
