@@ -55,7 +55,7 @@ import { MetricsExchange } from "./src/http/metrics_exchange.ts";
 import { renderFamily } from "./src/http/process_metrics.ts";
 import { mountWeb } from "./src/http/web_routes.ts";
 import { ApiCounters, createApi } from "./src/http/api/mod.ts";
-import { openDirectory, parseDatabaseUrl } from "./src/directory/open.ts";
+import { openDirectory, parseDatabaseUrl, redactDatabaseUrl } from "./src/directory/open.ts";
 import { commitRetryingLocks, isStorageError } from "./src/store/kv_reads.ts";
 import { Hub } from "./src/hub/hub.ts";
 import { MediaAttachmentStore } from "./src/media/attachments.ts";
@@ -256,7 +256,9 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     if (message(err).startsWith("DATABASE_URL")) throw err;
     const which = config.databaseUrl ? "DATABASE_URL" : "The directory's SQLite file in DATA_DIR";
     const hint = await storageHint(err, sqlitePath, config.dataDir);
-    throw new Error(`${which}: the directory could not be opened: ${message(err)}${hint}`);
+    // The driver's own words may quote the URL, password included.
+    const why = redactDatabaseUrl(message(err), config.databaseUrl);
+    throw new Error(`${which}: the directory could not be opened: ${why}${hint}`);
   });
   const directory = (overrides.directory ?? ((d) => d))(opened);
   const kv = await Deno.openKv(config.kvPath).catch(async (err) => {
@@ -779,8 +781,10 @@ if (import.meta.main) {
     server = await startServer(config);
   } catch (err) {
     // A setting the server could not use (DATABASE_URL, JWT_PUBLIC_KEY, HOST, ...): its message
-    // names it; a stack trace would only bury it.
-    console.error(`Could not start: ${(err as Error).message}`);
+    // names it; a stack trace would only bury it. Nothing it quotes may show the database's
+    // password.
+    const why = redactDatabaseUrl((err as Error).message, config.databaseUrl);
+    console.error(`Could not start: ${why}`);
     Deno.exit(1);
   }
   console.log(`Chat server listening on ${server.url} (data in ${config.dataDir})`);

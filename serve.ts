@@ -3,12 +3,14 @@
 import { buildApp, SHUTDOWN_FALLBACK_MS, SHUTDOWN_HTTP_GRACE_MS } from "./main.ts";
 import { PROCESS } from "./src/broker/instance_registry.ts";
 import { loadConfig } from "./src/config.ts";
+import { redactDatabaseUrl } from "./src/directory/open.ts";
 
 let app;
 try {
   app = await buildApp(loadConfig(Deno.env.toObject()), { socketIoRelay: true });
 } catch (err) {
-  console.error((err as Error).message);
+  // As main.ts: nothing the message quotes may show the database's password.
+  console.error(redactDatabaseUrl((err as Error).message, Deno.env.get("DATABASE_URL")));
   Deno.exit(1);
 }
 const ready = app;

@@ -2,7 +2,7 @@
 
 import { join } from "node:path";
 import { assert, assertEquals, assertMatch, assertRejects } from "./assert.ts";
-import { openDirectory, parseDatabaseUrl } from "../src/directory/open.ts";
+import { openDirectory, parseDatabaseUrl, redactDatabaseUrl } from "../src/directory/open.ts";
 
 Deno.test("parseDatabaseUrl: blank means the default SQLite file in the data dir", () => {
   for (const value of [undefined, "", "   "]) {
@@ -63,6 +63,39 @@ Deno.test("parseDatabaseUrl: an unknown scheme fails, quoting the value without 
     () => Promise.resolve().then(() => parseDatabaseUrl("file:///x%zz.db", "/d")),
     /DATABASE_URL "file:\/\/\/x%zz.db" has a malformed %-escape/,
   );
+});
+
+Deno.test("parseDatabaseUrl: a Postgres URL cut short by an unescaped # / or ? in its password is refused without quoting the password", async () => {
+  for (const password of ["pw#LEAKED", "pw/LEAKED", "pw?LEAKED", "123/LEAKED", "123#LEAKED"]) {
+    const url = `postgres://chat:${password}@db:5432/chat`;
+    const error = await assertRejects(
+      () => Promise.resolve().then(() => parseDatabaseUrl(url, "/d")),
+      /DATABASE_URL "postgres:\/\/chat:\*\*\*@db:5432\/chat" is not a valid URL: %-escape/,
+    );
+    assert(!error.message.includes("LEAKED"), error.message);
+  }
+  // Escaped, an unescaped `@` (the last one ends the password), or no host before a socket path:
+  // as the driver reads them.
+  for (
+    const url of ["postgres://u:p%23w@db/c", "postgres://u:p@w@db/c", "postgres://u:pw@/c?host=/s"]
+  ) {
+    assertEquals(parseDatabaseUrl(url, "/d"), { dialect: "postgres", url });
+  }
+});
+
+Deno.test("redactDatabaseUrl: the URL and its password, as written, %-decoded or %-escaped, are starred out of a message", () => {
+  const url = "postgres://chat:s3cr3t#Pw@db:5432/chat";
+  assertEquals(
+    redactDatabaseUrl(`Invalid URL: '${url}'; s3cr3t#Pw, s3cr3t%23Pw`, url),
+    "Invalid URL: 'postgres://chat:***@db:5432/chat'; ***, ***",
+  );
+  assertEquals(
+    redactDatabaseUrl("pw is s3cr3t#Pw", "postgres://chat:s3cr3t%23Pw@db/chat"),
+    "pw is ***",
+  );
+  // No password, or one too short to star out of words.
+  assertEquals(redactDatabaseUrl("at db", "postgres://db/chat"), "at db");
+  assertEquals(redactDatabaseUrl("a db", "postgres://u:a@db/chat"), "a db");
 });
 
 Deno.test("openDirectory: default creates the data dir and a SQLite file that persists", async () => {

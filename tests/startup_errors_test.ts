@@ -2,13 +2,18 @@
 
 import { assert, assertEquals } from "./assert.ts";
 
+/** Starts main.ts (or serve.ts under `deno serve`) as production does, until it exits. */
 async function start(
   env: Record<string, string>,
+  entry: "main" | "serve" = "main",
 ): Promise<{ code: number; stderr: string; dataDir: string }> {
   const dataDir = await Deno.makeTempDir({ prefix: "chat-startup-" });
+  const path = new URL(`../${entry}.ts`, import.meta.url).pathname;
   try {
     const out = await new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", new URL("../main.ts", import.meta.url).pathname],
+      args: entry === "main"
+        ? ["run", "-A", path]
+        : ["serve", "-A", "--port", "0", "--host", "127.0.0.1", path],
       env: {
         DATA_DIR: dataDir,
         PORT: "0",
@@ -55,6 +60,29 @@ Deno.test("startup: a HOST, DATABASE_URL, KV_PATH or DATA_DIR the server cannot 
     assert(stderr.includes(expected.replaceAll("$DATA_DIR", dataDir)), stderr);
     assert(!/\n\s+at /.test(stderr), `a stack trace: ${stderr}`);
     assert(!stderr.includes("secret@"), `the password: ${stderr}`);
+  }
+});
+
+Deno.test("startup: a DATABASE_URL whose password holds an unescaped # or / is refused, saying to %-escape it, without printing the password (main.ts and deno serve)", async () => {
+  // The third is cut where its port would be: it parses, as another server's address.
+  for (const password of ["s3cr3t#Pw-LEAKED", "s3cr3t/Pw-LEAKED", "1234/Pw-LEAKED"]) {
+    for (const entry of ["main", "serve"] as const) {
+      const { code, stderr } = await start({
+        DATABASE_URL: `postgres://chat:${password}@db.internal:5432/chat`,
+        DATABASE_TIMEOUT_MS: "1000",
+      }, entry);
+      const what = `${entry}, ${password}: ${stderr}`;
+      assertEquals(code, 1, what);
+      assert(!stderr.includes("LEAKED"), `the password is printed: ${what}`);
+      assert(
+        stderr.includes(
+          'DATABASE_URL "postgres://chat:***@db.internal:5432/chat" is not a valid URL: ' +
+            "%-escape the reserved characters in its user name and password (# as %23, / as %2F",
+        ),
+        what,
+      );
+      assert(!/\n\s+at /.test(stderr), `a stack trace: ${what}`);
+    }
   }
 });
 

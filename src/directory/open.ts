@@ -31,7 +31,10 @@ export function parseDatabaseUrl(
   // One letter before the colon is a Windows drive (`C:\data\x.db`), not a scheme.
   const scheme = /^([a-z][a-z0-9+.-]+):/i.exec(value)?.[1]?.toLowerCase();
   if (scheme === undefined) return { dialect: "sqlite", path: value };
-  if (scheme === "postgres" || scheme === "postgresql") return { dialect: "postgres", url: value };
+  if (scheme === "postgres" || scheme === "postgresql") {
+    checkPostgresUrl(value);
+    return { dialect: "postgres", url: value };
+  }
   if (scheme === "sqlite" || scheme === "file") {
     // `sqlite:///abs/x.db` and `sqlite://rel/x.db` keep what follows the `//`; `file:` URLs
     // are percent-encoded by definition, so they are decoded too.
@@ -125,15 +128,68 @@ function openPostgres(url: string, settings: PostgresSettings): KyselyDirectory 
   return new KyselyDirectory(db, { dialect: "postgres" });
 }
 
-/** The URL with its password replaced by `***`, so that error messages can quote it. */
-function redactPassword(value: string): string {
-  try {
-    const url = new URL(value);
-    if (url.password === "") return value;
-    url.password = "***";
-    return url.toString();
-  } catch {
-    // Not a URL after all: hide whatever sits between `:` and `@` in the authority.
-    return value.replace(/^([^:/]+:\/\/[^:/@]*:)[^@/]*@/, "$1***@");
+/**
+ * Refuses a Postgres URL that does not read as one. A reserved character left unescaped in the
+ * password (`#`, `/`, `?`, common in generated ones) ends the authority where it stands: the URL
+ * then fails to parse, and the driver's "Invalid URL" message quotes all of it, password
+ * included; or, when what precedes it passes for a port, the password becomes a path, a query
+ * or a fragment, and the server connects somewhere else.
+ */
+function checkPostgresUrl(value: string): void {
+  let url: URL | undefined;
+  // As the driver (pg-connection-string) reads it: `postgres://user:pw@/db?host=/socket` has
+  // no host, which it stands in for.
+  for (const text of [value, value.replace("@/", "@localhost/")]) {
+    try {
+      url = new URL(text);
+      break;
+    } catch {
+      // Tried as the driver would next.
+    }
   }
+  // An `@` that did not end the authority (no credentials came of it) sits after a cut.
+  const cut = url !== undefined &&
+    (url.hash !== "" || (value.includes("@") && url.username === "" && url.password === ""));
+  if (url === undefined || cut) {
+    throw new Error(
+      `DATABASE_URL "${redactPassword(value)}" is not a valid URL: %-escape the reserved ` +
+        "characters in its user name and password (# as %23, / as %2F, ? as %3F, @ as %40, " +
+        ": as %3A, a space as %20)",
+    );
+  }
+}
+
+/** `scheme://user:` (group 1), then the password up to the last `@` (group 2). */
+const PASSWORD = /^([a-z][a-z0-9+.-]*:\/\/[^:/?#@]*:)(.*)@/is;
+
+/**
+ * The URL with its password replaced by `***`, so that error messages can quote it: whatever
+ * follows `scheme://user:` up to the last `@`, as a password holding an unescaped `/`, `#` or
+ * `@` may make the URL unparseable or parse into something else.
+ */
+function redactPassword(value: string): string {
+  return value.replace(PASSWORD, "$1***@");
+}
+
+/**
+ * `text` (an error message) without the `databaseUrl` it may quote, whole or in part: the URL is
+ * given with its password as `***`, and the password anywhere else too (as written, %-decoded
+ * or %-escaped). A password of one or two characters is left, as hiding it would star out parts of
+ * words all over the message.
+ */
+export function redactDatabaseUrl(text: string, databaseUrl: string | undefined): string {
+  const value = databaseUrl?.trim() ?? "";
+  const password = PASSWORD.exec(value)?.[2] ?? "";
+  if (password === "") return text;
+  let redacted = text.replaceAll(value, redactPassword(value));
+  if (password.length < 3) return redacted;
+  // As written, %-decoded, and %-escaped (the driver escapes a URL with a space in it).
+  for (const form of [(p: string) => p, decodeURIComponent, encodeURI, encodeURIComponent]) {
+    try {
+      redacted = redacted.replaceAll(form(password), "***");
+    } catch {
+      // A malformed %-escape or a lone surrogate: that form is nowhere to hide.
+    }
+  }
+  return redacted;
 }
