@@ -6,42 +6,9 @@
 
 import { assert, assertEquals } from "./assert.ts";
 import { startTestServer } from "./helpers.ts";
+import { holdWriteLock } from "./server_process.ts";
 
 const ADMIN = "admin-token-for-the-lock-test-0123";
-
-/** Another process holding the SQLite file's write lock until its stdin closes. */
-async function holdWriteLock(path: string): Promise<{ release(): Promise<void> }> {
-  const script = `
-    import { DatabaseSync } from "node:sqlite";
-    const db = new DatabaseSync(Deno.args[0]);
-    db.exec("pragma busy_timeout = 5000");
-    db.exec("begin immediate");
-    console.log("locked");
-    for await (const _ of Deno.stdin.readable) { /* held until the test lets go */ }
-    db.exec("commit");
-    db.close();
-  `;
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["eval", "--quiet", script, path],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "inherit",
-  }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let out = "";
-  while (!out.includes("locked")) {
-    const { value, done } = await reader.read();
-    if (done) throw new Error(`the lock holder ended: ${out}`);
-    out += value;
-  }
-  return {
-    async release() {
-      await child.stdin.close();
-      await reader.cancel();
-      await child.status;
-    },
-  };
-}
 
 Deno.test("directory: an API write that waits past DATABASE_TIMEOUT_MS for another process's SQLite lock is answered 503 with Retry-After, in about that time", async () => {
   const server = await startTestServer({ ADMIN_TOKEN: ADMIN, DATABASE_TIMEOUT_MS: "300" });

@@ -11,108 +11,15 @@
 
 import { assert, assertEquals, eventually } from "./assert.ts";
 import { TEST_SECRET, TestClient } from "./helpers.ts";
+import { mayMount, smallDisk, spawnServer } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 
 type Frame = Record<string, unknown>;
-
-async function run(cmd: string, ...args: string[]): Promise<void> {
-  const out = await new Deno.Command(cmd, { args, stdout: "null", stderr: "piped" }).output();
-  if (!out.success) {
-    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
-  }
-}
-
-/** Whether this process may mount a tmpfs (root, with the capability to), tried once. */
-async function mayMount(): Promise<boolean> {
-  if (Deno.build.os !== "linux" || Deno.uid() !== 0) return false;
-  const dir = await Deno.makeTempDir({ prefix: "disk-probe-" });
-  try {
-    await run("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", dir);
-    await run("umount", dir);
-    return true;
-  } catch {
-    return false;
-  } finally {
-    await Deno.remove(dir).catch(() => {});
-  }
-}
 
 const skip = !(await mayMount());
 
 /** A test's name, which says so when it is skipped. */
 const named = (name: string) => skip ? `${name} (SKIPPED: mounting a tmpfs needs root)` : name;
-
-/** A small tmpfs of its own, which a test fills up and frees. */
-async function smallDisk() {
-  const dir = await Deno.makeTempDir({ prefix: "disk-full-" });
-  await run("mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", dir);
-  const filler = `${dir}/.filler`;
-  return {
-    dir,
-    /** Writes a file until the volume has no byte left. */
-    async fill(): Promise<void> {
-      const file = await Deno.open(filler, { write: true, create: true, append: true });
-      const chunk = new Uint8Array(64 * 1024);
-      try {
-        while (true) await file.write(chunk);
-      } catch (err) {
-        if (!(err instanceof Error && /no space left/i.test(err.message))) throw err;
-      } finally {
-        file.close();
-      }
-    },
-    async free(): Promise<void> {
-      await Deno.remove(filler);
-    },
-    async unmount(): Promise<void> {
-      await run("umount", dir).catch(() => run("umount", "-l", dir));
-      await Deno.remove(dir, { recursive: true }).catch(() => {});
-    },
-  };
-}
-
-/** main.ts as a separate process, as production runs it; its stdout and stderr are kept. */
-function spawnServer(env: Record<string, string>) {
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", new URL("../main.ts", import.meta.url).pathname],
-    env: { PORT: "0", HOST: "127.0.0.1", JWT_SECRET: TEST_SECRET, NO_COLOR: "1", ...env },
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  let log = "";
-  const pumps = [child.stdout, child.stderr].map(async (stream) => {
-    for await (const text of stream.pipeThrough(new TextDecoderStream())) log += text;
-  });
-  let exited: Deno.CommandStatus | undefined;
-  const status = child.status.then(async (s) => {
-    await Promise.all(pumps);
-    return exited = s;
-  });
-  return {
-    child,
-    status,
-    log: () => log,
-    /** The server's URL once it listens; fails with its log when it exits first. */
-    async url(): Promise<string> {
-      let url: string | undefined;
-      await eventually(
-        () => !!(url = /listening on (http:\S+)/.exec(log)?.[1]) || exited !== undefined,
-        30_000,
-        "the server to listen",
-      );
-      if (!url) throw new Error(`the server exited (${exited?.code}) instead: ${log}`);
-      return url;
-    },
-    async kill(signal: Deno.Signal): Promise<Deno.CommandStatus> {
-      try {
-        child.kill(signal);
-      } catch {
-        // Gone already.
-      }
-      return await status;
-    },
-  };
-}
 
 /** A native socket of a user who may enter every ticket, past its welcome. */
 async function nativeSocket(url: string): Promise<TestClient> {

@@ -1,0 +1,137 @@
+/**
+ * The server as production runs it, a process of its own whose log is kept, and the troubles
+ * its stores meet there: a volume that fills up (a tmpfs of its own), another process holding
+ * the SQLite directory's write lock.
+ */
+
+import { eventually } from "./assert.ts";
+import { TEST_SECRET } from "./helpers.ts";
+
+/** Runs a command, failing with what it said on stderr. */
+export async function run(cmd: string, ...args: string[]): Promise<void> {
+  const out = await new Deno.Command(cmd, { args, stdout: "null", stderr: "piped" }).output();
+  if (!out.success) {
+    throw new Error(`${cmd} ${args.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+  }
+}
+
+/** main.ts as a separate process, as production runs it; its stdout and stderr are kept. */
+export function spawnServer(env: Record<string, string>) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", new URL("../main.ts", import.meta.url).pathname],
+    env: { PORT: "0", HOST: "127.0.0.1", JWT_SECRET: TEST_SECRET, NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let log = "";
+  const pumps = [child.stdout, child.stderr].map(async (stream) => {
+    for await (const text of stream.pipeThrough(new TextDecoderStream())) log += text;
+  });
+  let exited: Deno.CommandStatus | undefined;
+  const status = child.status.then(async (s) => {
+    await Promise.all(pumps);
+    return exited = s;
+  });
+  return {
+    child,
+    status,
+    log: () => log,
+    /** The server's URL once it listens; fails with its log when it exits first. */
+    async url(): Promise<string> {
+      let url: string | undefined;
+      await eventually(
+        () => !!(url = /listening on (http:\S+)/.exec(log)?.[1]) || exited !== undefined,
+        30_000,
+        "the server to listen",
+      );
+      if (!url) throw new Error(`the server exited (${exited?.code}) instead: ${log}`);
+      return url;
+    },
+    async kill(signal: Deno.Signal): Promise<Deno.CommandStatus> {
+      try {
+        child.kill(signal);
+      } catch {
+        // Gone already.
+      }
+      return await status;
+    },
+  };
+}
+
+/** Whether this process may mount a tmpfs (root, with the capability to), tried once. */
+export async function mayMount(): Promise<boolean> {
+  if (Deno.build.os !== "linux" || Deno.uid() !== 0) return false;
+  const dir = await Deno.makeTempDir({ prefix: "disk-probe-" });
+  try {
+    await run("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", dir);
+    await run("umount", dir);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await Deno.remove(dir).catch(() => {});
+  }
+}
+
+/** A small tmpfs of its own, which a test fills up and frees. */
+export async function smallDisk() {
+  const dir = await Deno.makeTempDir({ prefix: "disk-full-" });
+  await run("mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", dir);
+  const filler = `${dir}/.filler`;
+  return {
+    dir,
+    /** Writes a file until the volume has no byte left. */
+    async fill(): Promise<void> {
+      const file = await Deno.open(filler, { write: true, create: true, append: true });
+      const chunk = new Uint8Array(64 * 1024);
+      try {
+        while (true) await file.write(chunk);
+      } catch (err) {
+        if (!(err instanceof Error && /no space left/i.test(err.message))) throw err;
+      } finally {
+        file.close();
+      }
+    },
+    async free(): Promise<void> {
+      await Deno.remove(filler);
+    },
+    async unmount(): Promise<void> {
+      await run("umount", dir).catch(() => run("umount", "-l", dir));
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    },
+  };
+}
+
+/** Another process holding the SQLite file's write lock until its stdin closes. */
+export async function holdWriteLock(path: string): Promise<{ release(): Promise<void> }> {
+  const script = `
+    import { DatabaseSync } from "node:sqlite";
+    const db = new DatabaseSync(Deno.args[0]);
+    db.exec("pragma busy_timeout = 5000");
+    db.exec("begin immediate");
+    console.log("locked");
+    for await (const _ of Deno.stdin.readable) { /* held until the test lets go */ }
+    db.exec("commit");
+    db.close();
+  `;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["eval", "--quiet", script, path],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let out = "";
+  while (!out.includes("locked")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`the lock holder ended: ${out}`);
+    out += value;
+  }
+  return {
+    async release() {
+      await child.stdin.close();
+      await reader.cancel();
+      await child.status;
+    },
+  };
+}
