@@ -18,6 +18,7 @@ import { pollEvery } from "./src/broker/poll.ts";
 import { type Config, isLocalPath, loadConfig } from "./src/config.ts";
 import { ChatService } from "./src/core/chat_service.ts";
 import { ServerStopping } from "./src/core/errors.ts";
+import { answeringDirectory, failureLog } from "./src/core/failure_log.ts";
 import { Metrics } from "./src/core/metrics.ts";
 import { RateLimiter } from "./src/core/rate_limiter.ts";
 import { pollUntil } from "./src/core/time.ts";
@@ -260,7 +261,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     const why = redactDatabaseUrl(message(err), config.databaseUrl);
     throw new Error(`${which}: the directory could not be opened: ${why}${hint}`);
   });
-  const directory = (overrides.directory ?? ((d) => d))(opened);
+  // Its answers end a directory outage in the log (see failure_log.ts).
+  const directory = answeringDirectory((overrides.directory ?? ((d) => d))(opened));
   const kv = await Deno.openKv(config.kvPath).catch(async (err) => {
     await directory.close();
     const hint = await storageHint(err, kvPath, config.dataDir);
@@ -312,6 +314,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     }
   };
   const mediaSweep = pollEvery(mediaSweepMs, sweepMedia);
+  // What the failure log owes once failures stop: an outage's end, a minute's count.
+  const failureTicks = pollEvery(1000, () => Promise.resolve(failureLog.tick()));
   void sweepMedia();
   // Alone on the store, a server skips the channel posts and the head watches (nobody else
   // commits or listens); both start as soon as another instance or isolate registers. The
@@ -331,6 +335,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   store.onCommit = (ms) => {
     metrics.commitSeconds += ms / 1000;
     metrics.commits++;
+    failureLog.answered("kv");
     // KV takes writes again after refusing this server's registration: the others must learn
     // of it (and watch this commit's room) now, not at the next retry.
     if (!registry.registered) registry.register().catch(() => {});
@@ -495,10 +500,12 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         "KV does not accept writes",
         () => kv.set(["health", isolateId], Date.now(), { expireIn: 60_000 }),
       );
+      failureLog.answered("kv");
       // Its first registration refused (a full disk at the start): the others do not know of
       // this server yet, so its messages would not reach their sockets at once. Tries again now.
       await step("This server is not registered with the others", () => registry.register());
       await step("Media directory does not accept files", () => media.probe());
+      failureLog.answered("media");
       // Its errors name the database's host and port: logged, not told to anyone who asks.
       await step("Directory does not answer", () => directory.ping(), false);
       probeFailed = false;
@@ -655,6 +662,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         // Whatever failed above, the watches, timers and handles must go, or the process stays.
         chat.close();
         mediaSweep.stop();
+        failureTicks.stop();
         roomEvents.close();
         signals.close();
         hub.close();

@@ -1,5 +1,7 @@
 /** Errors the core raises for bad client input; dialects turn them into their own error shapes. */
 
+import { failureLog } from "./failure_log.ts";
+
 /** Why a command was refused. */
 export type ChatErrorCode =
   | "invalid_json"
@@ -67,13 +69,11 @@ export function frameTooLarge(
 
 /**
  * The error as a ChatError: unexpected ones are logged, with `where` (protocol, room, user) for
- * the operator, and become a generic `internal` error.
+ * the operator, and become a generic `internal` error. A store's outage is logged once for all
+ * the frames it fails, other errors a few times a minute each (see failure_log.ts).
  */
 export function asChatError(err: unknown, where?: string): ChatError {
   if (err instanceof ChatError) return err;
-  console.error(
-    `Unexpected error while handling a client frame${where ? ` (${where})` : ""}:`,
-    err,
-  );
+  failureLog.failed("Unexpected error while handling a client frame", err, where);
   return new ChatError("internal", "Internal server error");
 }

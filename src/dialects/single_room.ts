@@ -2,6 +2,7 @@
 
 import { findToken } from "../auth/token.ts";
 import { asChatError, ChatError, rateLimited } from "../core/errors.ts";
+import { failureLog } from "../core/failure_log.ts";
 import type { QueuedSend } from "../core/chat_service.ts";
 import { type RateVerdict, TypingStarts } from "../core/rate_limiter.ts";
 import type { AppendResult, Principal, RoomEvent } from "../core/types.ts";
@@ -257,7 +258,7 @@ class RoomSocket implements SocketHandler {
       await this.#join(conn);
     } catch (err) {
       // Half joined (no user list, or not in the room) is worse than a close to reconnect on.
-      console.error(`${this.#dialect.name}: join failed:`, err);
+      failureLog.failed(`${this.#dialect.name}: join failed`, err, `user ${this.#user.id}`);
       conn.close(CLOSE.internalError, "Internal error");
     }
   }
@@ -409,7 +410,11 @@ class RoomSocket implements SocketHandler {
     this.#ctx.limiter.forget(session.connId);
     if (session.member) this.#ctx.hub.leave(session.room, session.member);
     this.#dialect.closed?.(session).catch((err) =>
-      console.error(`${this.#dialect.name}: cleanup failed:`, err)
+      failureLog.failed(
+        `${this.#dialect.name}: cleanup failed`,
+        err,
+        `room ${session.room}, user ${this.#user.id}`,
+      )
     );
   }
 }

@@ -1,6 +1,7 @@
 /** Checking, decoding and storing the files of a message. */
 
 import { ChatError } from "../core/errors.ts";
+import { failureLog } from "../core/failure_log.ts";
 import { objectId } from "../core/ids.ts";
 import type {
   Attachment,
@@ -38,14 +39,15 @@ export const MAX_FILENAME_CHARS = 255;
 
 /**
  * A failure of the volume itself (permissions, a full disk, a read-only mount) as an error the
- * client is told in words, logged here with its cause; the client's own faults pass unchanged.
+ * client is told in words, logged here with its cause (once per outage: every file is refused
+ * until the volume takes files again); the client's own faults pass unchanged.
  */
 function storageError(err: unknown): unknown {
   if (err instanceof ChatError) return err;
   const os = Object.values(Deno.errors).some((kind) => err instanceof kind) ||
     /\(os error \d+\)/.test(String((err as Error)?.message));
   if (!os) return err;
-  console.error("media: storing a file failed:", err);
+  failureLog.refused("media", err, "media: storing a file failed");
   return new ChatError(
     "internal",
     "The file could not be stored: the server's storage is unavailable; try again later",
@@ -141,6 +143,7 @@ export class MediaAttachmentStore implements AttachmentStore {
       await this.discard(stored, free ? { unannounced: true } : {});
       throw storageError(err);
     }
+    if (stored.length > 0) failureLog.answered("media");
     return stored;
   }
 

@@ -7,6 +7,7 @@ import { normalizeUserId } from "../../auth/principal.ts";
 import { findToken } from "../../auth/token.ts";
 import { MAX_BODY_CHARS, MAX_FILES_PER_MESSAGE } from "../../core/chat_service.ts";
 import { asChatError, ChatError, rateLimited } from "../../core/errors.ts";
+import { failureLog } from "../../core/failure_log.ts";
 import { type RateVerdict, TokenBuckets, TypingStarts } from "../../core/rate_limiter.ts";
 import { INEXACT_NUMBER, isExactNumber } from "../../core/json.ts";
 import { canonicalId, MAX_ROOMS_PER_SOCKET, parseRoomKey } from "../../core/rooms.ts";
@@ -411,7 +412,7 @@ class NativeSession implements SocketHandler {
         // The membership this rejoin replaces is out of the hub already: left whole, so that
         // the socket is not kept in a room it hears nothing of (the error says to join again).
         if (existing && rooms.get(room) === existing) {
-          await this.#leave(room).catch((e) => console.error("native: leave failed:", e));
+          await this.#leave(room).catch((e) => this.#leaveFailed(room, e));
         }
         throw err;
       }
@@ -502,7 +503,7 @@ class NativeSession implements SocketHandler {
     } catch (err) {
       // Undone, so that trying again starts afresh (and records the presence again).
       if (rooms.get(room) === member) {
-        this.#leave(room).catch((e) => console.error("native: leave failed:", e));
+        this.#leave(room).catch((e) => this.#leaveFailed(room, e));
       }
       throw err;
     } finally {
@@ -520,7 +521,7 @@ class NativeSession implements SocketHandler {
     const member = this.#rooms.get(room);
     if (!member) return;
     member.droppedFor = reason;
-    this.#leave(room).catch((err) => console.error("native: leave failed:", err));
+    this.#leave(room).catch((err) => this.#leaveFailed(room, err));
     conn.send(JSON.stringify({ type: "removed", room, reason }));
   }
 
@@ -868,6 +869,11 @@ class NativeSession implements SocketHandler {
     }, ref);
   }
 
+  /** Logs a leave that failed: once for all while a store is down (see failure_log.ts). */
+  #leaveFailed(room: string, err: unknown): void {
+    failureLog.failed("native: leave failed", err, `room ${room}, user ${this.user.id}`);
+  }
+
   closed(conn: Connection): void {
     this.#ctx.limiter.forget(this.#connId);
     // Still the user's while Deno holds the connection (a peer that stopped reading).
@@ -875,7 +881,7 @@ class NativeSession implements SocketHandler {
     for (const room of [...this.#rooms.keys()]) {
       // Taken out by the server (revoked, deleted) is not in `#rooms`: those sends are refused.
       (this.#roomsAtClose ??= new Set()).add(room);
-      this.#leave(room).catch((err) => console.error("native: leave failed:", err));
+      this.#leave(room).catch((err) => this.#leaveFailed(room, err));
     }
   }
 }

@@ -15,6 +15,7 @@ import {
   roomDeleted,
 } from "../../core/errors.ts";
 import type { QueuedSend } from "../../core/chat_service.ts";
+import { failureLog } from "../../core/failure_log.ts";
 import { type RateVerdict, TYPING_REPEAT_MS } from "../../core/rate_limiter.ts";
 import { isValidRoomId, MAX_ROOMS_PER_SOCKET, roomKey } from "../../core/rooms.ts";
 import { pollUntil, timerDelay } from "../../core/time.ts";
@@ -626,7 +627,7 @@ export function createSocketIoTicketChat(
       const run: Promise<void> = (after
         ? after.then(() => handle(args, verdict))
         : handle(args, verdict))
-        .catch((err) => console.error(`socket.io: ${event} failed:`, err))
+        .catch((err) => failureLog.failed(`socket.io: ${event} failed`, err))
         .finally(() => {
           s.queuedBytes -= size;
           s.handling.delete(run);

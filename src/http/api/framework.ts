@@ -11,7 +11,8 @@ import type { Authenticator } from "../../auth/authenticator.ts";
 import { KeySetUnavailable } from "../../auth/verifier.ts";
 import type { Config } from "../../config.ts";
 import type { ChatService } from "../../core/chat_service.ts";
-import { type Directory, DirectoryUnavailable } from "../../core/directory.ts";
+import type { Directory } from "../../core/directory.ts";
+import { directoryUnavailable, failureLog } from "../../core/failure_log.ts";
 import type { RateLimiter } from "../../core/rate_limiter.ts";
 import { timerDelay } from "../../core/time.ts";
 import type { Principal, RoomEvent } from "../../core/types.ts";
@@ -372,7 +373,9 @@ function errorResponse(err: unknown, where: string): Response {
     response.headers.set("retry-after", "5");
     return response;
   }
-  console.error(`api: ${where} failed:`, err);
+  // Once per outage of a store, a few times a minute per message otherwise: a directory that
+  // does not answer fails every request.
+  failureLog.failed(`api: ${where} failed`, err);
   if (conflicted(err)) {
     // The directory ran the write again already (KyselyDirectory); nothing of it stayed, and a
     // client that sends it again shortly will most likely get through.
@@ -383,7 +386,7 @@ function errorResponse(err: unknown, where: string): Response {
     response.headers.set("retry-after", "1");
     return response;
   }
-  if (unavailable(err)) {
+  if (directoryUnavailable(err)) {
     // The store is down or overloaded, not the request wrong: a client should come back later.
     const response = errorJson(503, "The directory does not answer; try again shortly");
     response.headers.set("retry-after", "5");
@@ -393,34 +396,12 @@ function errorResponse(err: unknown, where: string): Response {
 }
 
 /**
- * Connection-class failures of the directory: network errors, Postgres's lost connections (08,
- * not 08P01, a protocol error that stays), its resources running out (disk full, out of memory
- * or lock table, too many connections), cancelled or shut down.
- */
-const UNAVAILABLE_CODES =
-  /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|EPIPE|0800[0-46]|53[123]00|57014|57P0[1-3])$/;
-
-/**
  * True for a directory write that Postgres kept aborting as a deadlock's victim (40P01) or for a
  * serialization failure (40001), even when tried again.
  */
 function conflicted(err: unknown): boolean {
   const { code } = (err ?? {}) as { code?: unknown };
   return code === "40P01" || code === "40001";
-}
-
-/**
- * True for an error that says the directory could not be reached or answer in time: among them
- * a SQLite write lock another process (the application sharing the file) held past
- * DATABASE_TIMEOUT_MS ({@link DirectoryUnavailable}).
- */
-function unavailable(err: unknown): boolean {
-  if (!(err instanceof Error)) return false;
-  const { code } = err as { code?: unknown };
-  if (typeof code === "string" && UNAVAILABLE_CODES.test(code)) return true;
-  if (err instanceof DirectoryUnavailable) return true;
-  return /^(Query read timeout|timeout exceeded when trying to connect|Connection terminated)/i
-    .test(err.message);
 }
 
 function render(

@@ -1,0 +1,169 @@
+/**
+ * What the log says while a store is down: the outage once, naming what it first refused, then
+ * one line once it takes writes again with how much it refused meanwhile; not a stack trace per
+ * refused frame or request (a client sending 10 frames a second wrote 50 lines a second, onto
+ * the disk that was full). What clients are answered does not change. The server runs as a
+ * process of its own, its log read as an operator reads it.
+ *
+ * The full-disk tests mount a tmpfs, which needs root (and the right to mount): elsewhere they
+ * are skipped, and their names say so.
+ */
+
+import { assert, assertEquals, eventually } from "./assert.ts";
+import { TEST_SECRET, TestClient } from "./helpers.ts";
+import { holdWriteLock, mayMount, smallDisk, spawnServer } from "./server_process.ts";
+import { signDevToken } from "../src/auth/verifier.ts";
+
+type Frame = Record<string, unknown>;
+
+const ADMIN = "admin-token-for-the-outage-log-test";
+
+const skip = !(await mayMount());
+
+/** A test's name, which says so when it is skipped. */
+const named = (name: string) => skip ? `${name} (SKIPPED: mounting a tmpfs needs root)` : name;
+
+/** The lines of `log` that match `pattern`. */
+const lines = (log: string, pattern: RegExp) => log.split("\n").filter((l) => pattern.test(l));
+
+/** Fails unless `log` holds no line of a frame's or request's own: no stack trace per refusal. */
+function assertNoFlood(log: string, own: RegExp): void {
+  const flood = lines(log, own);
+  const total = log.split("\n").length - 1;
+  assert(flood.length === 0, `${flood.length} lines of their own (${total} lines in all):\n${log}`);
+}
+
+/** A native socket of user 1, who may enter every ticket, joined to ticket:1. */
+async function joined(url: string): Promise<TestClient> {
+  const token = await signDevToken(TEST_SECRET, { sub: "1", username: "one", rooms: ["ticket:*"] });
+  const ws = await TestClient.open(`${url.replace(/^http/, "ws")}/ws?token=${token}`);
+  assertEquals((await ws.next()).type, "welcome");
+  ws.send({ type: "join", room: "ticket:1", ref: "join" });
+  assertEquals((await ws.next((f) => f.ref === "join")).type, "joined");
+  return ws;
+}
+
+/** Sends `frame` with `ref` and answers the reply that carries it. */
+async function ask(ws: TestClient, frame: Frame, ref: string): Promise<Frame> {
+  ws.send({ ...frame, ref });
+  return await ws.next((f) => f.ref === ref);
+}
+
+Deno.test("log: 10 API writes answered 503 while another process holds the SQLite directory's lock are one outage line, and one more with their count once a write goes through", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "outage-log-" });
+  const server = spawnServer({ DATA_DIR: dataDir, ADMIN_TOKEN: ADMIN, DATABASE_TIMEOUT_MS: "100" });
+  const put = async (id: number) => {
+    const res = await fetch(`${await server.url()}/api/users/${id}`, {
+      method: "PUT",
+      headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
+      body: JSON.stringify({ username: `u${id}` }),
+    });
+    return [res.status, res.headers.get("retry-after"), (await res.json()).message];
+  };
+  try {
+    await server.url();
+    const before = server.log().length;
+    const lock = await holdWriteLock(`${dataDir}/directory.sqlite3`);
+    try {
+      for (let i = 0; i < 10; i++) {
+        // Answered as before.
+        assertEquals(await put(i), [503, "5", "The directory does not answer; try again shortly"]);
+      }
+      assertNoFlood(server.log().slice(before), /^api: /);
+    } finally {
+      await lock.release();
+    }
+    assertEquals((await put(10))[0], 200);
+    await eventually(() => /outage over/.test(server.log()), 10_000, "the outage's end");
+    const log = server.log().slice(before);
+    assertNoFlood(log, /^api: /);
+    assertEquals(lines(log, /^outage/), [
+      "outage: the directory does not answer: DirectoryUnavailable: The SQLite directory stayed " +
+      "locked by another connection for 100 ms (cause: Error: database is locked). What needs it " +
+      "is refused, and counted rather than logged, until it does (first: api: PUT " +
+      "/api/users/{id} failed)",
+      lines(log, /^outage over/)[0],
+    ], log);
+    assert(
+      /^outage over: the directory answers again after \d+ s; 10 refused meanwhile$/.test(
+        lines(log, /^outage over/)[0],
+      ),
+      log,
+    );
+    assert(!/\n\s+at /.test(log), `a stack trace: ${log}`);
+  } finally {
+    await server.kill("SIGKILL");
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});
+
+Deno.test({
+  name: named(
+    "log: sends refused on a full disk are one outage line for KV and one for the media volume, then one each with their count once they take writes again",
+  ),
+  ignore: skip,
+  async fn() {
+    const disk = await smallDisk();
+    const server = spawnServer({
+      DATA_DIR: disk.dir,
+      RATE_LIMIT_PER_SECOND: "1000",
+      RATE_LIMIT_USER_PER_SECOND: "1000",
+    });
+    try {
+      const ws = await joined(await server.url());
+      await disk.fill();
+      const before = server.log().length;
+      const file = { name: "a.txt", data: btoa("hello") };
+      for (let i = 0; i < 20; i++) {
+        const reply = await ask(ws, { type: "send", room: "ticket:1", body: `m${i}` }, `t${i}`);
+        // Answered as before.
+        assertEquals([reply.type, reply.code, reply.message], [
+          "error",
+          "internal",
+          "Internal server error",
+        ]);
+      }
+      for (let i = 0; i < 5; i++) {
+        const reply = await ask(ws, { type: "send", room: "ticket:1", files: [file] }, `f${i}`);
+        assertEquals([reply.type, reply.code, reply.message], [
+          "error",
+          "internal",
+          "The file could not be stored: the server's storage is unavailable; try again later",
+        ]);
+      }
+      assertNoFlood(server.log().slice(before), /^(Unexpected error|media: storing)/);
+      await disk.free();
+      assertEquals((await ask(ws, { type: "send", room: "ticket:1", body: "back" }, "b")).seq, 1);
+      const stored = { type: "send", room: "ticket:1", files: [file] };
+      assertEquals((await ask(ws, stored, "bf")).type, "ack");
+      await eventually(
+        () => lines(server.log(), /^outage over/).length === 2,
+        10_000,
+        "both outages to end",
+      );
+      await ws.close();
+      const log = server.log().slice(before);
+      assertNoFlood(log, /^(Unexpected error|media: storing)/);
+      // Which room the line names is the next test's.
+      const outages = lines(log, /^outage/).map((l) =>
+        l.replace(/after \d+ s/, "after N s").replace(/room \S+,/, "room R,")
+      );
+      assertEquals(outages, [
+        "outage: KV does not accept writes: TypeError: database or disk is full. What needs it " +
+        "is refused, and counted rather than logged, until it does (first: Unexpected error " +
+        "while handling a client frame (native, room R, user 1))",
+        lines(log, /^outage: the media/)[0],
+        "outage over: KV accepts writes again after N s; 20 refused meanwhile",
+        "outage over: the media volume accepts files again after N s; 5 refused meanwhile",
+      ], log);
+      assert(
+        /^outage: the media volume does not accept files: Error: No space left on device \(os error 28\).* \(first: media: storing a file failed\)$/
+          .test(lines(log, /^outage: the media/)[0]),
+        log,
+      );
+    } finally {
+      await server.kill("SIGKILL");
+      await disk.unmount();
+    }
+  },
+});
