@@ -5,12 +5,14 @@
  * the disk that was full). What clients are answered does not change. The server runs as a
  * process of its own, its log read as an operator reads it.
  *
+ * The lines name the room a refused frame named.
+ *
  * The full-disk tests mount a tmpfs, which needs root (and the right to mount): elsewhere they
  * are skipped, and their names say so.
  */
 
 import { assert, assertEquals, eventually } from "./assert.ts";
-import { TEST_SECRET, TestClient } from "./helpers.ts";
+import { startTestServer, TEST_SECRET, TestClient } from "./helpers.ts";
 import { holdWriteLock, mayMount, smallDisk, spawnServer } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 
@@ -166,4 +168,72 @@ Deno.test({
       await disk.unmount();
     }
   },
+});
+
+Deno.test({
+  name: named(
+    "log: a native send or read mark a store's outage refused is logged with the room its frame named, though its error frame names none",
+  ),
+  ignore: skip,
+  async fn() {
+    const disk = await smallDisk();
+    const server = spawnServer({ DATA_DIR: disk.dir });
+    try {
+      const ws = await joined(await server.url());
+      const outages = () => lines(server.log(), /^outage: KV/);
+      // A send: its reply waits for the commit.
+      await disk.fill();
+      const send = await ask(ws, { type: "send", room: "ticket:1", body: "lost" }, "s");
+      assertEquals([send.type, send.code, send.room], ["error", "internal", undefined]);
+      await disk.free();
+      assertEquals((await ask(ws, { type: "send", room: "ticket:1", body: "kept" }, "k")).seq, 1);
+      await eventually(() => /outage over/.test(server.log()), 10_000, "the outage's end");
+      // A read mark: refused as the frame is handled.
+      await disk.fill();
+      const read = await ask(ws, { type: "read", room: "ticket:1", seq: 1 }, "r");
+      assertEquals([read.type, read.code, read.room], ["error", "internal", undefined]);
+      await ws.close();
+      const refused = outages().map((l) => /\(first: (.*)\)$/.exec(l)?.[1]);
+      assertEquals(refused, [
+        "Unexpected error while handling a client frame (native, room ticket:1, user 1)",
+        "Unexpected error while handling a client frame (native, room ticket:1, user 1)",
+      ], server.log());
+    } finally {
+      await server.kill("SIGKILL");
+      await disk.unmount();
+    }
+  },
+});
+
+Deno.test("log: a native send or history an unexpected error failed is logged with the room its frame named, though its error frame names none", async () => {
+  const logged: string[] = [];
+  const error = console.error;
+  console.error = (...args: unknown[]) => logged.push(args.map(String).join(" "));
+  let broken = false;
+  const server = await startTestServer({}, {
+    access: (inner) => ({
+      canAccess: (user, room, options) =>
+        broken
+          ? Promise.reject(new TypeError("the access check broke"))
+          : inner.canAccess(user, room, options),
+    }),
+  });
+  try {
+    const ws = await joined(server.url);
+    broken = true;
+    for (const frame of [{ type: "send", body: "x" }, { type: "history" }]) {
+      const reply = await ask(ws, { ...frame, room: "ticket:1" }, frame.type);
+      assertEquals([reply.type, reply.code, reply.room], ["error", "internal", undefined]);
+    }
+    await ws.close();
+  } finally {
+    console.error = error;
+    await server.close();
+  }
+  assertEquals(lines(logged.join("\n"), /^Unexpected error/), [
+    "Unexpected error while handling a client frame (native, room ticket:1, user 1): " +
+    "TypeError: the access check broke",
+    "Unexpected error while handling a client frame (native, room ticket:1, user 1): " +
+    "TypeError: the access check broke",
+  ]);
 });

@@ -175,6 +175,15 @@ const requireRoom = (record: Record<string, unknown>): string => {
   return room;
 };
 
+/** The frame's room as {@link requireRoom} reads it, or undefined when it names none. */
+const validRoom = (record: Record<string, unknown>): string | undefined => {
+  try {
+    return requireRoom(record);
+  } catch {
+    return undefined;
+  }
+};
+
 /** The native protocol's route: `/ws`. */
 export function nativeRoute(ctx: DialectContext): WsRoute {
   const limit = ctx.config.replayLimit;
@@ -655,7 +664,8 @@ class NativeSession implements SocketHandler {
               ? REMOVED_BY[outcome.error.code]
               : undefined;
             if (reason) this.drop(conn, room, reason);
-            this.#replyError(conn, outcome.error, ref);
+            // The error frame of a send names no room (docs/protocol.md); the log does.
+            this.#replyError(conn, outcome.error, ref, undefined, room);
             return;
           }
           const result = outcome.value;
@@ -795,8 +805,9 @@ class NativeSession implements SocketHandler {
     // one that goes on).
     const verdict = conn.admission;
     let ref: unknown;
+    let record: Record<string, unknown> | undefined;
     try {
-      const record = parseObject(text, "Expected a JSON object with a type", true);
+      record = parseObject(text, "Expected a JSON object with a type", true);
       // Copied into the reply: an unbounded one would let a client make the server echo megabytes.
       if (!isRef(record.ref)) {
         throw new ChatError(
@@ -827,7 +838,13 @@ class NativeSession implements SocketHandler {
       await this.#handle(conn, record);
     } catch (err) {
       const error = verdict === "limited" ? rateLimited() : err;
-      conn.finishInOrder(Promise.resolve(), () => this.#replyError(conn, error, ref));
+      // The frame's room, when it names a valid one, for the log of an unexpected error alone
+      // (see `#replyError`).
+      const about = record && !(error instanceof ChatError) ? validRoom(record) : undefined;
+      conn.finishInOrder(
+        Promise.resolve(),
+        () => this.#replyError(conn, error, ref, undefined, about),
+      );
     }
   }
 
@@ -857,9 +874,18 @@ class NativeSession implements SocketHandler {
     this.#reply(conn, { type: "error", code: error.code, message: error.message }, undefined);
   }
 
-  /** Answers a refused request with an `error` frame, naming the room when given one. */
-  #replyError(conn: Connection, err: unknown, ref: unknown, room?: string): void {
-    const error = asChatError(err, `native, room ${room ?? "none"}, user ${this.user.id}`);
+  /**
+   * Answers a refused request with an `error` frame, naming `room` when given one (join's
+   * entries); an unexpected error is logged with `about`, the room the request named.
+   */
+  #replyError(
+    conn: Connection,
+    err: unknown,
+    ref: unknown,
+    room?: string,
+    about: string | undefined = room,
+  ): void {
+    const error = asChatError(err, `native, room ${about ?? "none"}, user ${this.user.id}`);
     this.#ctx.metrics.error(error.code);
     this.#reply(conn, {
       type: "error",
