@@ -12,7 +12,7 @@ import {
 import { BroadcastChannelBroker } from "./src/broker/broadcast_channel_broker.ts";
 import { InstanceRegistry, SharedOnlyBroker } from "./src/broker/instance_registry.ts";
 import { KvRoomEvents } from "./src/broker/kv_room_events.ts";
-import { isSignal, KvRoomSignals } from "./src/broker/kv_room_signals.ts";
+import { isSignal, KvRoomSignals, type PresenceWatch } from "./src/broker/kv_room_signals.ts";
 import { KvHeadWatcher, LOCAL_HEAD_POLL_MS } from "./src/broker/kv_head_watcher.ts";
 import { pollEvery } from "./src/broker/poll.ts";
 import { type Config, isLocalPath, loadConfig } from "./src/config.ts";
@@ -354,6 +354,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     // A leave from there may be older than a join here: passed on only if the store agrees.
     holds: (event) => chat.presenceHolds(event),
     heard: (event): boolean => hub.heard(event),
+    // Checked again if a change of the user was passed on here meanwhile (see watchPresence).
+    watch: (event): PresenceWatch => hub.watchPresence(event.room, event.user.id),
   });
   const hub = new Hub(store, broker, {
     heads: (h) => {

@@ -12,6 +12,14 @@ import { type LogEntry, logHead, LogReader, LogWriter, type ReadEntries } from "
 /** The events carried: the ephemeral ones that nothing stored brings later. */
 export type SignalEvent = RoomEvent & { type: "typing" | "read" | "presence" };
 
+/** A count of one user's presence changes in one room passed on to members, while watched. */
+export interface PresenceWatch {
+  /** How many were passed on since the oldest open watch of that user and room began. */
+  changes(): number;
+  /** Stops watching; the count goes with the last watch of that user and room. */
+  end(): void;
+}
+
 /** A presence change. */
 type PresenceSignal = SignalEvent & { type: "presence" };
 
@@ -66,6 +74,7 @@ export class KvRoomSignals {
   /** Per read, the positions of presence changes a later one of the same user and origin follows. */
   #superseded = new WeakMap<readonly LogEntry<SignalEvent>[], Set<number>>();
   #heardHere: (event: SignalEvent) => boolean;
+  #watch?: (event: PresenceSignal) => PresenceWatch;
 
   /**
    * Reads and writes through `kv`; `origin` names this server (its own signals are skipped
@@ -77,7 +86,10 @@ export class KvRoomSignals {
    * same read holds a later change of that user from the same server: the changes of one server
    * come in order, and passing them all on keeps a join and a leave a moment apart from showing
    * as a lone leave. Signals of a room reach `onEvent` in their order, a check holding back
-   * those after it; the checks themselves run side by side.
+   * those after it; the checks themselves run side by side. With `watch` too, a checked change
+   * is checked again before it is passed on if the watch (begun when it is heard) counted a
+   * change of that user in that room meanwhile: this server's own (the user's tab opening here)
+   * may have been written after the check read, and passed on before it.
    */
   constructor(
     kv: Deno.Kv,
@@ -87,6 +99,7 @@ export class KvRoomSignals {
       typingTimeoutMs?: number;
       holds?: (event: PresenceSignal) => Promise<boolean>;
       heard?: (event: SignalEvent) => boolean;
+      watch?: (event: PresenceSignal) => PresenceWatch;
     } = {},
   ) {
     this.#writer = new LogWriter(kv, origin, { expireIn: EXPIRE_MS });
@@ -95,6 +108,7 @@ export class KvRoomSignals {
     this.#typingTimeoutMs = options.typingTimeoutMs ?? 5000;
     this.#holds = options.holds;
     this.#heardHere = options.heard ?? (() => false);
+    this.#watch = options.watch;
   }
 
   /**
@@ -167,11 +181,26 @@ export class KvRoomSignals {
     const room = event.room;
     const before = this.#pending.get(room);
     if (!check && !before) return this.#deliver(event);
+    // Begun before the check reads, so that it counts every change the read may have missed.
+    const watch = check ? this.#watch?.(event as PresenceSignal) : undefined;
+    let seen = watch?.changes();
     // Started now, not once the signals before it are passed on: a burst of a thousand joins
     // checked one after another held the room's typing and reads for as long.
     const agrees = check ? this.#check(event as PresenceSignal) : Promise.resolve(true);
     const pass = async () => {
-      if (await agrees) this.#deliver(event);
+      try {
+        let holds = await agrees;
+        // A change of the user passed on here while this one waited (their tab opening here as
+        // the one there closed) may be newer than what the check read: passed on after it, this
+        // one would undo it. Read again, so that the last one shown is the store's.
+        while (holds && watch && watch.changes() !== seen) {
+          seen = watch.changes();
+          holds = await this.#check(event as PresenceSignal);
+        }
+        if (holds) this.#deliver(event);
+      } finally {
+        watch?.end();
+      }
     };
     const next = before ? before.then(pass) : pass();
     this.#pending.set(room, next);

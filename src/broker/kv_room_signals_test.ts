@@ -163,6 +163,75 @@ Deno.test("KvRoomSignals: a join and leave read together both pass; a lone stale
   }
 });
 
+Deno.test("KvRoomSignals: a checked change is checked again when a change of that user was passed on here meanwhile, and passed on only if the store still agrees", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const heard: string[] = [];
+  const checks: string[] = [];
+  // The store's answers in turn (leave: absent, join: present), each held until the test says.
+  const answers: { holds: boolean; release: Promise<void> }[] = [];
+  // Changes of ann passed on here, as the hub counts them, and the watches open.
+  let changes = 0;
+  let watches = 0;
+  const a = new KvRoomSignals(kv, "host/1/a", () => {});
+  const b = new KvRoomSignals(kv, "host/2/b", (e) => {
+    if (e.type === "presence") heard.push(e.action);
+  }, {
+    holds: async (e) => {
+      checks.push(e.action);
+      const answer = answers.shift()!;
+      await answer.release;
+      return answer.holds;
+    },
+    watch: () => {
+      watches++;
+      let open = true;
+      return { changes: () => changes, end: () => open && (open = false, watches--) };
+    },
+  });
+  const read = async () => (await kv.get(signalsHead("ticket:1"))).value;
+  const leave: SignalEvent = { type: "presence", room: "ticket:1", user: ann, action: "leave" };
+  const answer = (holds: boolean) => {
+    let release = () => {};
+    answers.push({ holds, release: new Promise<void>((r) => release = r) });
+    return release;
+  };
+  try {
+    b.follow("ticket:1");
+    b.heard("ticket:1", await read());
+    // Read gone; ann arrives here before the answer is passed on, and is there when read again.
+    let first = answer(true);
+    let again = answer(false);
+    await a.publish(leave);
+    b.heard("ticket:1", await read());
+    await eventually(() => checks.length === 1, 5000, "the check");
+    changes++;
+    first();
+    again();
+    await eventually(() => checks.length === 2 && watches === 0, 5000, "the second check");
+    assertEquals(heard, []);
+    // Nothing passed on meanwhile: one check; a change meanwhile that the store bears out: passed.
+    first = answer(true);
+    await a.publish(leave);
+    b.heard("ticket:1", await read());
+    first();
+    await eventually(() => heard.length === 1, 5000, "the leave");
+    first = answer(true);
+    again = answer(true);
+    await a.publish(leave);
+    b.heard("ticket:1", await read());
+    await eventually(() => checks.length === 4, 5000, "the check");
+    changes++;
+    first();
+    again();
+    await eventually(() => heard.length === 2, 5000, "the leave checked twice");
+    assertEquals(checks, ["leave", "leave", "leave", "leave", "leave"]);
+    assertEquals(watches, 0);
+  } finally {
+    b.close();
+    kv.close();
+  }
+});
+
 Deno.test("KvRoomSignals: signals the hub has heard already (by the channel) are skipped, not checked against the store", async () => {
   const kv = await Deno.openKv(":memory:");
   const passed: number[] = [];

@@ -1,6 +1,7 @@
 /** This isolate's connections by room: local delivery, seq bookkeeping, gap filling. */
 
 import type { HeadWatcher } from "../broker/kv_head_watcher.ts";
+import type { PresenceWatch } from "../broker/kv_room_signals.ts";
 import {
   type Broker,
   EVERY_ROOM,
@@ -208,6 +209,8 @@ export class Hub {
    * for the others), least recently heard first, with when (see {@link RoomEvent.serial}).
    */
   #heard = new Map<string, { serial: number; at: number }>();
+  /** Per room and user, while watched: presence changes handed on, and the watches open. */
+  #presenceWatches = new Map<string, { changes: number; watches: number }>();
   /** Delivery counters. */
   readonly stats: HubStats = {
     gapFills: 0,
@@ -297,6 +300,7 @@ export class Hub {
 
   #receive(state: RoomState, event: RoomEvent): void {
     if (!this.#firstHearing(event)) return;
+    this.#presenceChanged(event);
     if (event.type === "message") {
       this.#enqueue(state, () => this.#deliverInOrder(state, event.message));
     } else {
@@ -614,6 +618,7 @@ export class Hub {
     if (event.room === EVERY_ROOM) {
       this.receive(event);
     } else {
+      this.#presenceChanged(event);
       const state = this.#rooms.get(event.room);
       if (state) this.#fanout(state, event);
     }
@@ -691,6 +696,39 @@ export class Hub {
     }
     const state = this.#rooms.get(event.room);
     if (state) this.#receive(state, event);
+    else this.#presenceChanged(event);
+  }
+
+  /**
+   * Counts the presence changes of `userId` in `room` handed on here from now on (this isolate's
+   * own, and those heard by either route), until the watch ends: a change checked against the
+   * store is out of date if one came while it waited (see KvRoomSignals). Only watched users
+   * are counted, so the counts go with their watches.
+   */
+  watchPresence(room: string, userId: UserId): PresenceWatch {
+    const key = `${room}\u0000${userId}`;
+    let watched = this.#presenceWatches.get(key);
+    if (!watched) this.#presenceWatches.set(key, watched = { changes: 0, watches: 0 });
+    const entry = watched;
+    entry.watches++;
+    let open = true;
+    return {
+      changes: () => entry.changes,
+      end: () => {
+        if (!open) return;
+        open = false;
+        if (--entry.watches === 0 && this.#presenceWatches.get(key) === entry) {
+          this.#presenceWatches.delete(key);
+        }
+      },
+    };
+  }
+
+  /** Counts a presence change for the watches of its user and room. */
+  #presenceChanged(event: RoomEvent): void {
+    if (event.type !== "presence" || this.#presenceWatches.size === 0) return;
+    const watched = this.#presenceWatches.get(`${event.room}\u0000${event.user.id}`);
+    if (watched) watched.changes++;
   }
 
   /**

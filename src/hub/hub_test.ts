@@ -880,3 +880,49 @@ Deno.test("Hub.join(): a paced replay reads each message from the store about on
     kv.close();
   }
 });
+
+Deno.test("Hub.watchPresence() counts the user's presence changes in the room handed on here by any route, a repeat once, and keeps nothing once its watches end", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const bus = new MemoryBus();
+  const here = new Hub(store, new MemoryBroker(bus));
+  const there = new Hub(store, new MemoryBroker(bus));
+  const presence = (id: number, room = "a", serial?: number): RoomEvent => ({
+    type: "presence",
+    room,
+    user: { id, username: "b" },
+    action: "join",
+    origin: serial === undefined ? undefined : "here",
+    serial,
+  });
+  try {
+    await there.join("a", recorder());
+    const first = there.watchPresence("a", 2);
+    const second = there.watchPresence("a", 2);
+    const elsewhere = there.watchPresence("b", 2);
+    // Its own, by the channel, and by the log (the same event twice counts once).
+    there.publish(presence(2));
+    here.publish(presence(2, "a", 1));
+    await settle();
+    there.receive(presence(2, "a", 1));
+    // In a room without members here too: a check of it may be passed on once one joins.
+    there.receive(presence(2, "b"));
+    // Another user's, typing: not counted.
+    there.publish(presence(3));
+    there.publish({ type: "typing", room: "a", user: { id: 2, username: "b" }, isTyping: true });
+    assertEquals([first.changes(), second.changes(), elsewhere.changes()], [2, 2, 1]);
+    elsewhere.end();
+    first.end();
+    first.end();
+    there.publish(presence(2));
+    assertEquals(second.changes(), 3);
+    second.end();
+    // Nothing left of it: a new watch counts from nothing.
+    assertEquals(there.watchPresence("a", 2).changes(), 0);
+    assertEquals(there.watchPresence("b", 2).changes(), 0);
+  } finally {
+    here.close();
+    there.close();
+    kv.close();
+  }
+});
