@@ -206,9 +206,9 @@ export interface Config {
   /** Base of absolute file URLs; from the request's Host (see `trustProxy`) when unset. */
   publicUrl?: string;
   /**
-   * Whether file URLs (without PUBLIC_URL) and the server's own origin come from what a reverse
-   * proxy says it was asked for (`Forwarded`, else `X-Forwarded-Proto` / `X-Forwarded-Host`)
-   * rather than from `Host`.
+   * Whether file URLs (without PUBLIC_URL) come from what a reverse proxy says it was asked for
+   * (`Forwarded`, else `X-Forwarded-Proto` / `X-Forwarded-Host`) rather than from `Host`. Never
+   * the server's own origin, which a page could otherwise name itself (see `trustedOrigin`).
    */
   trustProxy: boolean;
   /** HS256 shared secret. */

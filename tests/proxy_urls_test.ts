@@ -1,7 +1,8 @@
 /**
  * Behind a reverse proxy: the URLs every protocol hands out (TRUST_PROXY: from what the proxy
  * says it was asked for; PUBLIC_URL with a path: its relative ones too) lead to the file through
- * the proxy, and the server's own public page may open sockets once ALLOWED_ORIGINS is set.
+ * the proxy, the server's public page (by PUBLIC_URL) may open sockets once ALLOWED_ORIGINS is
+ * set, and no page signs in by cookie or opens them by naming its host in a forwarded header.
  */
 
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
@@ -166,6 +167,73 @@ Deno.test("TRUST_PROXY: a client's forwarded host changes its own URLs only, and
   }
 });
 
+/** The events a Socket.IO long-polling session opened and CONNECTed with `headers` gets first. */
+async function pollingSignIn(base: string, headers: Record<string, string>): Promise<string> {
+  const url = `${base}/socket.io/?EIO=4&transport=polling`;
+  const open = await fetch(url, { headers });
+  const text = await open.text();
+  assertEquals(open.status, 200, text);
+  const sid = JSON.parse(text.slice(1)).sid as string;
+  const post = await fetch(`${url}&sid=${sid}`, { method: "POST", headers, body: "40" });
+  await post.body?.cancel();
+  // The server answers CONNECT and signs in (or not) in one turn: one poll holds both.
+  const poll = await fetch(`${url}&sid=${sid}`, { headers });
+  return await poll.text();
+}
+
+// What a page on another site adds to a credentialed fetch to name its own host as the server's.
+const SPOOFED = {
+  Forwarded: { Forwarded: "proto=https;host=evil.example" },
+  "X-Forwarded-Host": { "X-Forwarded-Host": "evil.example" },
+};
+
+// Proxies that pass on the headers they do not set themselves, as nginx does.
+const PROXIES = {
+  "nginx's default Host $proxy_host, with PUBLIC_URL": {
+    env: { PUBLIC_URL: PUBLIC } as Record<string, string>,
+    host: undefined as string | undefined,
+    headers: { "X-Forwarded-Proto": "https", "X-Forwarded-Host": "chat.example.com" },
+  },
+  "nginx's Host $host and X-Forwarded-Proto": {
+    env: {},
+    host: "chat.example.com",
+    headers: { "X-Forwarded-Proto": "https" },
+  },
+};
+
+for (const [name, spoofed] of Object.entries(SPOOFED)) {
+  for (const [setup, via] of Object.entries(PROXIES)) {
+    Deno.test(`TRUST_PROXY without ALLOWED_ORIGINS behind ${setup}: another site's page that names its host in ${name} does not sign in by the user's cookie`, async () => {
+      const server = await startTestServer({ TRUST_PROXY: "1", ...via.env });
+      const port = Number(new URL(server.url).port);
+      const proxy = reverseProxy(port, {
+        host: via.host ?? `127.0.0.1:${port}`,
+        headers: via.headers,
+      });
+      const evil = "https://evil.example";
+      let native: TestClient | undefined;
+      try {
+        const token = await server.token({ sub: "1", username: "victim", rooms: ["ticket:*"] });
+        const base = `http://127.0.0.1:${proxy.port}`;
+        // A page's credentialed fetch carries the header (were the preflight to grant it, see
+        // below); the cookie must still count for no route.
+        const headers = { origin: evil, cookie: `access_token=${token}`, ...spoofed };
+        const events = await pollingSignIn(base, headers);
+        assert(!events.includes('"authenticated"'), `signed in as the victim: ${events}`);
+        native = TestClient.connect(`ws://127.0.0.1:${proxy.port}/ws`, { headers });
+        assertEquals((await native.closed).code, 4001);
+        // The public page, by PUBLIC_URL or by the Host the proxy keeps, signs in by its cookie.
+        const own = await pollingSignIn(base, { origin: PUBLIC, cookie: `access_token=${token}` });
+        assert(own.includes('"authenticated"'), own);
+      } finally {
+        await native?.close();
+        await proxy.close();
+        await server.close();
+      }
+    });
+  }
+}
+
 /** The status of a request to `url` from a page of `origin`, as a WebSocket handshake. */
 async function handshake(
   url: string,
@@ -206,49 +274,56 @@ async function routeStatuses(
   };
 }
 
-Deno.test("ALLOWED_ORIGINS with TRUST_PROXY behind nginx's default Host rewrite: the server's public page opens sockets on every route and signs in by cookie; without TRUST_PROXY forwarded headers let no page in", async () => {
-  const env = { ALLOWED_ORIGINS: "https://app.example.com" };
-  const server = await startTestServer({ ...env, TRUST_PROXY: "1" });
-  const untrusting = await startTestServer(env);
-  const port = Number(new URL(server.url).port);
+Deno.test("ALLOWED_ORIGINS behind nginx's default Host rewrite: with PUBLIC_URL the server's public page opens sockets on every route and signs in by cookie; forwarded headers let no page in, TRUST_PROXY or not", async () => {
+  const env = { ALLOWED_ORIGINS: "https://app.example.com", TRUST_PROXY: "1" };
+  const server = await startTestServer({ ...env, PUBLIC_URL: PUBLIC });
+  const noPublicUrl = await startTestServer(env);
   const forwarded = { "X-Forwarded-Proto": "https", "X-Forwarded-Host": "chat.example.com" };
-  const proxy = reverseProxy(port, { host: `127.0.0.1:${port}`, headers: forwarded });
+  const proxies = [server, noPublicUrl].map((s) => {
+    const port = Number(new URL(s.url).port);
+    return reverseProxy(port, { host: `127.0.0.1:${port}`, headers: forwarded });
+  });
+  const spoofed = {
+    "X-Forwarded-Host": "evil.example",
+    Forwarded: "proto=https;host=evil.example",
+  };
   let cookieClient: TestClient | undefined;
   try {
     const token = await server.token({ sub: "1", username: "one", rooms: ["ticket:*"] });
-    const base = `http://127.0.0.1:${proxy.port}`;
+    const [base, noPublicBase] = proxies.map((p) => `http://127.0.0.1:${p.port}`);
     const all = (ok: number, polling = ok) => ({ native: ok, ticket: ok, polling, websocket: ok });
     assertEquals(await routeStatuses(base, token, PUBLIC), all(101, 200));
     assertEquals(await routeStatuses(base, token, "https://evil.example"), all(403));
+    assertEquals(await routeStatuses(base, token, "https://evil.example", spoofed), all(403));
     // The chat page signs in by its access_token cookie, which counts from its own origin only.
-    cookieClient = await TestClient.open(`ws://127.0.0.1:${proxy.port}/ws`, {
+    cookieClient = await TestClient.open(`ws://127.0.0.1:${proxies[0].port}/ws`, {
       headers: { origin: PUBLIC, cookie: `access_token=${token}` },
     });
     assertEquals((await cookieClient.next()).type, "welcome");
-    // A client that reaches a server not told to trust a proxy names its page's host in vain.
-    const spoofed = {
-      "X-Forwarded-Host": "evil.example",
-      Forwarded: "proto=https;host=evil.example",
-    };
+    // Without PUBLIC_URL the proxy's word names no page: not the public one behind the Host
+    // rewrite, not one that names its own host (straight to the server, or through the proxy).
     const warnings: string[] = [];
     const warn = console.warn;
     console.warn = (text: string) => warnings.push(text);
     try {
-      assertEquals(
-        await routeStatuses(untrusting.url, token, "https://evil.example", spoofed),
-        all(403),
-      );
+      assertEquals(await routeStatuses(noPublicBase, token, PUBLIC), all(403));
+      for (const to of [noPublicUrl.url, noPublicBase]) {
+        assertEquals(
+          [to, await routeStatuses(to, token, "https://evil.example", spoofed)],
+          [to, all(403)],
+        );
+      }
     } finally {
       console.warn = warn;
     }
-    // The operator hears once that a proxy is in front of a server not told of it.
+    // The operator hears once that a page was refused behind a proxy without PUBLIC_URL.
     assertEquals(warnings.length, 1);
-    assert(warnings[0].includes("set PUBLIC_URL (or TRUST_PROXY=1)"), warnings[0]);
+    assert(warnings[0].includes("set PUBLIC_URL"), warnings[0]);
   } finally {
     await cookieClient?.close();
-    await proxy.close();
+    for (const p of proxies) await p.close();
     await server.close();
-    await untrusting.close();
+    await noPublicUrl.close();
   }
 });
 

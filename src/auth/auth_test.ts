@@ -320,13 +320,17 @@ Deno.test("requestOrigin() takes a proxy's word only when trusted: Forwarded fir
   assertEquals(origin({ "x-forwarded-proto": "javascript" }), "http://127.0.0.1:8000");
 });
 
-Deno.test("trustedOrigin() takes the server's own host from the proxy only when trusted", () => {
+Deno.test("trustedOrigin() takes the server's own host from Host and the trusted origins only, never from forwarded headers", () => {
   const req = new Request("http://127.0.0.1:8000/ws", {
-    headers: { host: "127.0.0.1:8000", "x-forwarded-host": "chat.example" },
+    headers: {
+      host: "127.0.0.1:8000",
+      "x-forwarded-host": "chat.example",
+      forwarded: "proto=https;host=chat.example",
+    },
   });
+  // A page can add these headers to its own credentialed fetch: they name no trusted page.
   assertEquals(trustedOrigin("https://chat.example", req, []), false);
   assertEquals(trustedOrigin("http://127.0.0.1:8000", req, []), true);
-  assertEquals(trustedOrigin("https://chat.example", req, [], true), true);
-  // Behind the proxy the upstream's address is no page's origin.
-  assertEquals(trustedOrigin("http://127.0.0.1:8000", req, [], true), false);
+  // Behind a proxy that rewrites Host, PUBLIC_URL's origin (or ALLOWED_ORIGINS) names the page.
+  assertEquals(trustedOrigin("https://chat.example", req, ["https://chat.example"]), true);
 });

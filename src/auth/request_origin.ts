@@ -89,6 +89,8 @@ function forwardedParts(req: Request): ForwardedParts {
  * The origin (`scheme://host[:port]`) the request's client sent it to: with `trustProxy`, the
  * scheme and host a proxy names in `Forwarded` or `X-Forwarded-Proto` / `X-Forwarded-Host` where
  * they are well formed, else (and always without `trustProxy`) the request URL's, from `Host`.
+ * For the URLs the server builds for that client only: a page can add these headers to its own
+ * credentialed fetch, so they never decide whose page the server trusts.
  */
 export function requestOrigin(req: Request, trustProxy: boolean): string {
   const url = new URL(req.url);

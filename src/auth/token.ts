@@ -1,7 +1,5 @@
 /** Finding the bearer token in an HTTP or WebSocket upgrade request. */
 
-import { requestOrigin } from "./request_origin.ts";
-
 const BEARER_PROTOCOL = "bearer.";
 
 /** Where the token was found and, for the subprotocol route, which protocol to answer with. */
@@ -38,26 +36,23 @@ export function readCookie(header: string | null, name: string): string | undefi
  * user (cross-site WebSocket hijacking): the cookie counts only without an `Origin`, from this
  * host, or from one of `trustedOrigins`.
  */
-function cookieMayAuthenticate(
-  req: Request,
-  trustedOrigins: readonly string[],
-  trustProxy: boolean,
-): boolean {
+function cookieMayAuthenticate(req: Request, trustedOrigins: readonly string[]): boolean {
   const origin = req.headers.get("origin");
-  return !origin || trustedOrigin(origin, req, trustedOrigins, trustProxy);
+  return !origin || trustedOrigin(origin, req, trustedOrigins);
 }
 
 /**
  * Whether a request's `origin` is this server's own host (its `Host`, as the chat page at `/`
- * sends it; with `trustProxy`, the host a proxy says it was asked for, see
- * {@link requestOrigin}) or one of `trustedOrigins`: the pages whose cookie signs in, and, once
- * ALLOWED_ORIGINS is set, the pages that may open sockets at all.
+ * sends it) or one of `trustedOrigins`: the pages whose cookie signs in, and, once
+ * ALLOWED_ORIGINS is set, the pages that may open sockets at all. Never a host that `Forwarded`
+ * or `X-Forwarded-Host` names, TRUST_PROXY or not: another site's page can add those to a
+ * credentialed fetch, and a proxy may pass them on (behind one that rewrites `Host`, PUBLIC_URL
+ * among `trustedOrigins` names the public page).
  */
 export function trustedOrigin(
   origin: string,
   req: Request,
   trustedOrigins: readonly string[],
-  trustProxy = false,
 ): boolean {
   let host: string;
   try {
@@ -65,24 +60,16 @@ export function trustedOrigin(
   } catch {
     return false;
   }
-  // Behind a proxy `Host` may name the upstream (nginx's default `Host $proxy_host`), which no
-  // page the proxy serves has for its origin.
-  const own = trustProxy ? new URL(requestOrigin(req, true)).host : req.headers.get("host");
-  return host === own || trustedOrigins.includes(origin.replace(/\/$/, ""));
+  return host === req.headers.get("host") || trustedOrigins.includes(origin.replace(/\/$/, ""));
 }
 
 /**
  * Looks for a token in the `token` query parameter, an `Authorization: Bearer` header, a
  * `Sec-WebSocket-Protocol` entry `bearer.<token>` (browsers cannot set headers on a WebSocket),
- * and the `access_token` cookie (see {@link cookieMayAuthenticate}; `trustProxy` as in
- * {@link trustedOrigin}), in that order: the cookie last, as a client's cookie jar may hold a
- * stale one beside the token it sends on purpose.
+ * and the `access_token` cookie (see {@link cookieMayAuthenticate}), in that order: the cookie
+ * last, as a client's cookie jar may hold a stale one beside the token it sends on purpose.
  */
-export function findToken(
-  req: Request,
-  trustedOrigins: readonly string[] = [],
-  trustProxy = false,
-): FoundToken {
+export function findToken(req: Request, trustedOrigins: readonly string[] = []): FoundToken {
   const offered = (req.headers.get("sec-websocket-protocol") ?? "")
     .split(",").map((s) => s.trim()).filter(Boolean);
   const bearerEntry = offered.find((p) => p.startsWith(BEARER_PROTOCOL));
@@ -99,7 +86,7 @@ export function findToken(
     return { token: bearerEntry.slice(BEARER_PROTOCOL.length), source: "subprotocol", protocol };
   }
   const cookie = readCookie(req.headers.get("cookie"), "access_token");
-  if (cookie && cookieMayAuthenticate(req, trustedOrigins, trustProxy)) {
+  if (cookie && cookieMayAuthenticate(req, trustedOrigins)) {
     return { token: cookie.replace(/^Bearer\s+/i, ""), source: "cookie", protocol };
   }
   if (cookie) warnCookieOrigin(req.headers.get("origin") ?? "");

@@ -76,8 +76,10 @@ export function cookieOrigins(config: Config): string[] {
  */
 export function socketOriginAllowed(config: Config, origin: string, req: Request): boolean {
   if (config.allowedOrigins.length === 0) return true;
-  warnUntrustedProxy(config, req);
-  return trustedOrigin(origin, req, cookieOrigins(config), config.trustProxy);
+  if (trustedOrigin(origin, req, cookieOrigins(config))) return true;
+  // Behind a proxy that rewrites Host the public page is refused too, TRUST_PROXY or not.
+  warnProxyWithoutPublicUrl(config, req, true);
+  return false;
 }
 
 /**
@@ -87,7 +89,7 @@ export function socketOriginAllowed(config: Config, origin: string, req: Request
  */
 export function baseUrlOf(config: Config, req: Request): string {
   if (config.publicUrl !== undefined) return config.publicUrl;
-  warnUntrustedProxy(config, req);
+  warnProxyWithoutPublicUrl(config, req, false);
   // The origin is a slice of the request's whole URL (token included), which a session would
   // keep alive for as long as it lasts.
   return intern(requestOrigin(req, config.trustProxy));
@@ -106,18 +108,20 @@ export function basePath(baseUrl: string): string {
 let warnedProxy = false;
 
 /**
- * Says once that requests come through a proxy the server was not told of: their file URLs name
- * `Host` (the upstream's address, or `http:` behind TLS) and their pages' origin is checked
- * against it, which the operator would otherwise learn from users.
+ * Says once that requests come through a proxy while PUBLIC_URL is unset: without TRUST_PROXY
+ * their file URLs name `Host` (the upstream's address, or `http:` behind TLS), and their pages'
+ * origin is checked against `Host` either way (`refusedOrigin`: a page was just refused for it),
+ * which the operator would otherwise learn from users.
  */
-function warnUntrustedProxy(config: Config, req: Request): void {
-  if (warnedProxy || config.publicUrl !== undefined || config.trustProxy) return;
-  if (!saysForwarded(req)) return;
+function warnProxyWithoutPublicUrl(config: Config, req: Request, refusedOrigin: boolean): void {
+  if (warnedProxy || config.publicUrl !== undefined) return;
+  if ((config.trustProxy && !refusedOrigin) || !saysForwarded(req)) return;
   warnedProxy = true;
   console.warn(
-    "http: requests carry Forwarded or X-Forwarded-* headers, but neither PUBLIC_URL nor " +
-      "TRUST_PROXY is set: file URLs and the server's own origin come from the Host header. " +
-      "Behind a reverse proxy set PUBLIC_URL (or TRUST_PROXY=1)",
+    "http: requests carry Forwarded or X-Forwarded-* headers, but PUBLIC_URL is not set: the " +
+      "server's own origin, whose pages may open sockets and sign in by cookie, is the Host " +
+      `header's (never a forwarded host)${config.trustProxy ? "" : ", and so are file URLs"}. ` +
+      "Behind a reverse proxy set PUBLIC_URL (TRUST_PROXY=1 sets the file URLs only)",
   );
 }
 

@@ -103,7 +103,7 @@ export function singleRoomRoute(ctx: DialectContext, dialect: SingleRoomDialect)
   return {
     pattern: dialect.pattern,
     async handle(req, params) {
-      const { token, protocol } = findToken(req, cookieOrigins(ctx.config), ctx.config.trustProxy);
+      const { token, protocol } = findToken(req, cookieOrigins(ctx.config));
       const options = socketOptions(ctx, dialect.name, protocol);
       const user = await ctx.auth.authenticate(token);
       const id = params.id ?? "";

@@ -194,7 +194,7 @@ export function nativeRoute(ctx: DialectContext): WsRoute {
   return {
     pattern: new URLPattern({ pathname: "/ws{/}?" }),
     async handle(req) {
-      const { token, protocol } = findToken(req, cookieOrigins(ctx.config), ctx.config.trustProxy);
+      const { token, protocol } = findToken(req, cookieOrigins(ctx.config));
       const options = socketOptions(ctx, "native", protocol);
       const user = await ctx.auth.authenticate(token);
       const baseUrl = baseUrlOf(ctx.config, req);

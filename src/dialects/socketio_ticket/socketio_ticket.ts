@@ -671,7 +671,7 @@ export function createSocketIoTicketChat(
     const fromAuth = socket.handshake.auth?.token;
     const found = typeof fromAuth === "string" && fromAuth !== ""
       ? { token: fromAuth, source: "auth" }
-      : findToken(request, cookieOrigins(ctx.config), ctx.config.trustProxy);
+      : findToken(request, cookieOrigins(ctx.config));
     const data: SocketState = {
       baseUrl: baseUrlOf(ctx.config, request),
       tickets: new Set(),
