@@ -704,6 +704,17 @@ Deno.test("CORS: origins are echoed with credentials, preflights answered, other
     strictEqual(preflight.headers.get("access-control-allow-origin"), "https://app.example");
     match(preflight.headers.get("access-control-allow-methods") ?? "", /POST/);
     strictEqual(preflight.headers.get("access-control-allow-headers"), "content-type");
+    // Only the headers a client sends are granted, never ones a proxy would take its word from.
+    const asked = await get(ctx, "EIO=4&transport=polling", {
+      method: "OPTIONS",
+      headers: {
+        origin: "https://app.example",
+        "access-control-request-method": "POST",
+        "access-control-request-headers":
+          "Authorization, X-Forwarded-Host, forwarded, content-type",
+      },
+    });
+    strictEqual(asked.headers.get("access-control-allow-headers"), "authorization,content-type");
   });
   await withServer({ allowedOrigins: ["https://good.example"] }, async (ctx) => {
     const good = await get(ctx, "EIO=4&transport=polling", {

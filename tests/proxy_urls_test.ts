@@ -234,6 +234,34 @@ for (const [name, spoofed] of Object.entries(SPOOFED)) {
   }
 }
 
+Deno.test("Socket.IO's preflight grants another site's page the headers Socket.IO clients send (Content-Type, Authorization) and no other, Forwarded and X-Forwarded-* least of all", async () => {
+  const server = await startTestServer({ TRUST_PROXY: "1" });
+  try {
+    const granted = async (requested: string) => {
+      const res = await fetch(`${server.url}/socket.io/?EIO=4&transport=polling`, {
+        method: "OPTIONS",
+        headers: {
+          origin: "https://evil.example",
+          "access-control-request-method": "POST",
+          "access-control-request-headers": requested,
+        },
+      });
+      await res.body?.cancel();
+      assertEquals(res.status, 204);
+      assertEquals(res.headers.get("access-control-allow-credentials"), "true");
+      return res.headers.get("access-control-allow-headers");
+    };
+    assertEquals(await granted("content-type"), "content-type");
+    // socket.io-client's extraHeaders, for a token the page holds itself.
+    assertEquals(await granted("authorization,content-type"), "authorization,content-type");
+    for (const name of ["forwarded", "x-forwarded-host", "x-forwarded-proto", "x-custom"]) {
+      assertEquals([name, await granted(`content-type, ${name}`)], [name, "content-type"]);
+    }
+  } finally {
+    await server.close();
+  }
+});
+
 /** The status of a request to `url` from a page of `origin`, as a WebSocket handshake. */
 async function handshake(
   url: string,

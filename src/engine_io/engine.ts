@@ -260,6 +260,14 @@ interface PostBudget {
  */
 export const FREE_POST_BYTES = 16 * 1024;
 
+/**
+ * Request headers a preflight grants: the polling transports' `Content-Type` and the
+ * `Authorization` a page may add with `extraHeaders` to send a token it holds. Node's `cors`
+ * grants whatever the page asks for, but the answer allows credentials, so a page of another
+ * site could then add `Forwarded` or `X-Forwarded-*` to a request that carries the user's cookie.
+ */
+const PREFLIGHT_HEADERS = new Set(["authorization", "content-type"]);
+
 const OK: Reply = { status: 200, body: "ok", contentType: "text/html" };
 const PING: Packet = { type: "ping" };
 const CLOSE: Packet = { type: "close" };
@@ -1263,10 +1271,11 @@ export class EngineServer {
     this.#corsHeaders(headers, origin);
     if (origin !== null) {
       headers.set("access-control-allow-methods", "GET, POST, OPTIONS");
-      headers.set(
-        "access-control-allow-headers",
-        req.headers.get("access-control-request-headers") ?? "content-type",
-      );
+      // The ones asked for that are granted: a header left out fails the browser's request.
+      const granted = (req.headers.get("access-control-request-headers") ?? "")
+        .split(",").map((name) => name.trim().toLowerCase())
+        .filter((name) => PREFLIGHT_HEADERS.has(name));
+      headers.set("access-control-allow-headers", granted.join(",") || "content-type");
       headers.set("access-control-max-age", "86400");
     }
     return new Response(null, { status: 204, headers });
