@@ -704,17 +704,20 @@ Deno.test("CORS: origins are echoed with credentials, preflights answered, other
     strictEqual(preflight.headers.get("access-control-allow-origin"), "https://app.example");
     match(preflight.headers.get("access-control-allow-methods") ?? "", /POST/);
     strictEqual(preflight.headers.get("access-control-allow-headers"), "content-type");
-    // Only the headers a client sends are granted, never ones a proxy would take its word from.
+    // What a client's extraHeaders name is granted, never what a proxy would take its word from.
     const asked = await get(ctx, "EIO=4&transport=polling", {
       method: "OPTIONS",
       headers: {
         origin: "https://app.example",
         "access-control-request-method": "POST",
         "access-control-request-headers":
-          "Authorization, X-Forwarded-Host, forwarded, content-type",
+          "Authorization, X-Forwarded-Host, forwarded, content-type, X-Client-Version, X-Real-IP",
       },
     });
-    strictEqual(asked.headers.get("access-control-allow-headers"), "authorization,content-type");
+    strictEqual(
+      asked.headers.get("access-control-allow-headers"),
+      "authorization,content-type,x-client-version",
+    );
   });
   await withServer({ allowedOrigins: ["https://good.example"] }, async (ctx) => {
     const good = await get(ctx, "EIO=4&transport=polling", {

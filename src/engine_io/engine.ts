@@ -261,12 +261,12 @@ interface PostBudget {
 export const FREE_POST_BYTES = 16 * 1024;
 
 /**
- * Request headers a preflight grants: the polling transports' `Content-Type` and the
- * `Authorization` a page may add with `extraHeaders` to send a token it holds. Node's `cors`
- * grants whatever the page asks for, but the answer allows credentials, so a page of another
- * site could then add `Forwarded` or `X-Forwarded-*` to a request that carries the user's cookie.
+ * Request headers a preflight never grants: those a reverse proxy may take its word from (the
+ * client's address, scheme and host). Node's `cors` grants whatever a page asks for, and the
+ * answer allows credentials, so a page of another site could add them to a request that carries
+ * the user's cookie. Any other header a client's `extraHeaders` names is granted, as Node does.
  */
-const PREFLIGHT_HEADERS = new Set(["authorization", "content-type"]);
+const PROXY_HEADERS = /^(forwarded|x-forwarded-[a-z0-9-]*|x-real-ip|x-client-ip|true-client-ip)$/;
 
 const OK: Reply = { status: 200, body: "ok", contentType: "text/html" };
 const PING: Packet = { type: "ping" };
@@ -1274,7 +1274,7 @@ export class EngineServer {
       // The ones asked for that are granted: a header left out fails the browser's request.
       const granted = (req.headers.get("access-control-request-headers") ?? "")
         .split(",").map((name) => name.trim().toLowerCase())
-        .filter((name) => PREFLIGHT_HEADERS.has(name));
+        .filter((name) => name !== "" && !PROXY_HEADERS.test(name));
       headers.set("access-control-allow-headers", granted.join(",") || "content-type");
       headers.set("access-control-max-age", "86400");
     }
