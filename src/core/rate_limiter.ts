@@ -174,6 +174,29 @@ export class RateLimiter {
     return conn.strikes > this.#limits.perConnection * 2 ? "close" : "limited";
   }
 
+  /**
+   * Takes a token for one frame of `connId` (owned by `user`) that waits for its turn rather than
+   * being refused (a rejoin's joins): only while both buckets keep a quarter of their burst
+   * besides, for the frames that are refused when over (a send made meanwhile). Returns 0 when it
+   * took one, else the milliseconds until one may be taken. Never a strike, and clears none: a
+   * flood of other frames between paced ones is still closed.
+   */
+  pace(user: string | number, connId: string): number {
+    const now = this.#now();
+    const conn = this.#conns.get(connId, now);
+    const owner = this.#users.get(String(user), now);
+    const { perConnection, perUser } = this.#limits;
+    // What each bucket lacks for a token above its reserve (burst / 4, as burst is 2 × rate).
+    const connShort = 1 + perConnection / 2 - conn.tokens;
+    const ownerShort = 1 + perUser / 2 - owner.tokens;
+    if (connShort <= 0 && ownerShort <= 0) {
+      conn.tokens -= 1;
+      owner.tokens -= 1;
+      return 0;
+    }
+    return Math.max(1, Math.ceil(Math.max(connShort / perConnection, ownerShort / perUser) * 1000));
+  }
+
   /** Drops a closed connection's bucket. */
   forget(connId: string): void {
     this.#conns.delete(connId);

@@ -25,6 +25,38 @@ Deno.test("RateLimiter shares one budget across a user's connections", () => {
   assertEquals(limiter.take("other", "f"), "ok");
 });
 
+Deno.test("RateLimiter.pace: takes down to a quarter of the burst, says how long to wait, and never strikes", () => {
+  let now = 0;
+  const limiter = new RateLimiter({ perConnection: 10, perUser: 100 }, () => now);
+  // Of a burst of 20, 15 paced frames go at once; the last 5 tokens are kept for the others.
+  const paced = Array.from({ length: 16 }, () => limiter.pace(1, "c"));
+  assertEquals(paced.slice(0, 15), Array(15).fill(0));
+  assertEquals(paced[15], 100);
+  now += 100;
+  assertEquals([limiter.pace(1, "c"), limiter.pace(1, "c")], [0, 100]);
+  // The kept tokens go to frames that are refused when over, whose refusals are strikes; paced
+  // frames waiting meanwhile are none: the 21st refusal closes, as without them.
+  const taken = Array.from({ length: 25 }, () => [limiter.take(1, "c"), limiter.pace(1, "c")][0]);
+  assertEquals(taken.slice(0, 5), Array(5).fill("ok"));
+  assertEquals(taken.slice(5, 25), Array(20).fill("limited"));
+  assertEquals(limiter.take(1, "c"), "close");
+});
+
+Deno.test("RateLimiter.pace waits for the user's budget too, keeping a quarter of it", () => {
+  let now = 0;
+  const limiter = new RateLimiter({ perConnection: 100, perUser: 4 }, () => now);
+  // Of a user's burst of 8 over three connections, 6 paced frames go; 2 are kept.
+  const paced = Array.from({ length: 7 }, (_, i) => limiter.pace("u", `c${i % 3}`));
+  assertEquals(paced, [0, 0, 0, 0, 0, 0, 250]);
+  assertEquals([limiter.take("u", "other"), limiter.take("u", "other")], ["ok", "ok"]);
+  assertEquals(limiter.take("u", "other"), "limited");
+  // Half a second brings 2 tokens back, which are kept: one more is a quarter of a second off.
+  now += 500;
+  assertEquals(limiter.pace("u", "c0"), 250);
+  now += 250;
+  assertEquals(limiter.pace("u", "c0"), 0);
+});
+
 Deno.test("RateLimiter forgets buckets that refilled, so keys never closed do not pile up", () => {
   let now = 0;
   const limiter = new RateLimiter({ perConnection: 5, perUser: 5 }, () => now);
