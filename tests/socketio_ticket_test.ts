@@ -3,7 +3,7 @@
 import type { Directory } from "../src/core/directory.ts";
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import type { AppOverrides } from "../main.ts";
-import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { assert, assertEquals, assertMatch, delay } from "./assert.ts";
 import {
   eventually,
   pollingSession,
@@ -1663,10 +1663,11 @@ Deno.test("socket.io ticket chat: get_messages for six tickets of long CJK messa
  * ("first"), and a long-polling session of user 9 (who may enter every ticket) not yet connected
  * to the namespace: for `get_messages` that wait behind a page not yet fetched.
  */
-async function behindABigPage() {
+async function behindABigPage(env: Record<string, string> = {}) {
   const server = await startTestServer({
     SOCKETIO_PING_INTERVAL_MS: "25000",
     SOCKETIO_PING_TIMEOUT_MS: "20000",
+    ...env,
   });
   try {
     const chat = server.app.context.chat;
@@ -1683,7 +1684,12 @@ async function behindABigPage() {
 }
 
 Deno.test("socket.io ticket chat: a get_messages waiting for its reader is read when its turn comes (so it holds what was sent meanwhile), and only so many wait", async () => {
-  const { server, chat, events, post, poll } = await behindABigPage();
+  // Past the rate limit they would wait for their turn, not for the page: a rate that lets them
+  // all in at once.
+  const { server, chat, events, post, poll } = await behindABigPage({
+    RATE_LIMIT_PER_SECOND: "1000",
+    RATE_LIMIT_USER_PER_SECOND: "1000",
+  });
   try {
     assertEquals(await post("40"), 200);
     await poll();
@@ -1691,10 +1697,11 @@ Deno.test("socket.io ticket chat: a get_messages waiting for its reader is read 
     await poll();
     events.length = 0;
     // Ticket 6's answer (with an ack, so twice) is not fetched yet: ticket 7's waits for it,
-    // and so do twenty more.
+    // and so do 104 more, past the 100 that may wait (one for every ticket of a socket).
     assertEquals(await post('421["get_messages",{"ticketId":"6"}]'), 200);
     assertEquals(await post('42["get_messages",{"ticketId":"7"}]'), 200);
-    for (let i = 0; i < 20; i++) await post('42["get_messages",{"ticketId":"7"}]');
+    const more = Array(104).fill('42["get_messages",{"ticketId":"7"}]');
+    assertEquals(await post(more.join("\x1e")), 200);
     await new Promise((r) => setTimeout(r, 200));
     await chat.send(null, "ticket:7", { body: "late" });
     for (let i = 0; i < 40 && events.filter((e) => e[0] === "messages_loaded").length < 2; i++) {
@@ -1773,4 +1780,144 @@ Deno.test("socket.io: SOCKETIO_AUTH_TIMEOUT_MS past a timer's 2^31 - 1 ms (35 da
     });
     assertEquals(outcome, "still connected");
   }, { SOCKETIO_AUTH_TIMEOUT_MS: "3000000000" });
+});
+
+/** Resolves once `done` holds or `ms` have passed, whichever is first (the caller asserts). */
+async function settles(done: () => boolean, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!done() && Date.now() < deadline) await delay(20);
+}
+
+/**
+ * A client of user 1 in `tickets` (one message each), running the document's connect handler:
+ * authenticate, then at once a `join_ticket` and a `get_messages` for every open ticket. What it
+ * is told is counted: tickets joined and loaded on the last connect, errors, disconnects.
+ */
+async function rejoiner(
+  server: TestServer,
+  client: (o?: object) => ClientSocket,
+  tickets: string[],
+  options: object = {},
+) {
+  const token = await server.token({ sub: "1", rooms: ["ticket:*"] });
+  const socket = client({ transports: ["websocket"], ...options });
+  const seen = { connects: 0, joined: new Set<string>(), loaded: new Set<string>() };
+  const errors: unknown[] = [];
+  const disconnects: string[] = [];
+  socket.on("connect", () => {
+    seen.connects++;
+    seen.joined.clear();
+    seen.loaded.clear();
+    socket.emit("authenticate", { token });
+    for (const ticketId of tickets) {
+      socket.emit("join_ticket", { ticketId });
+      socket.emit("get_messages", { ticketId });
+    }
+  });
+  socket.on("joined_ticket", (d: Payload) => seen.joined.add(String(d.ticketId)));
+  socket.on("messages_loaded", (d: { ticketId: string; messages: Payload[] }) => {
+    if (d.messages.at(-1)?.message === `in ${d.ticketId}`) seen.loaded.add(d.ticketId);
+  });
+  for (const e of ["authentication_error", "join_ticket_error", "messages_error"]) {
+    socket.on(e, (m: Payload) => errors.push(`${e}: ${m.message}`));
+  }
+  socket.on("disconnect", (reason: string) => disconnects.push(reason));
+  const everyTicket = () =>
+    seen.joined.size === tickets.length && seen.loaded.size === tickets.length;
+  const summary = () => ({
+    connects: seen.connects,
+    joined: seen.joined.size,
+    loaded: seen.loaded.size,
+    errors: errors.length,
+    firstErrors: errors.slice(0, 2),
+    disconnects: disconnects.length,
+  });
+  return { socket, everyTicket, summary };
+}
+
+/** Ticket ids 1 to `n`, each holding one message, `in <id>`. */
+async function ticketsWithAMessage(server: TestServer, n: number): Promise<string[]> {
+  const tickets = Array.from({ length: n }, (_, i) => String(i + 1));
+  await Promise.all(
+    tickets.map((t) => server.app.context.chat.send(null, `ticket:${t}`, { body: `in ${t}` })),
+  );
+  return tickets;
+}
+
+Deno.test("socket.io ticket chat: the document's reconnect handler rejoining 45 tickets at once (past the burst of 40) gets back into each, with its history, and stays connected, also after the transport drops", async () => {
+  await withChat(async (server, client) => {
+    const tickets = await ticketsWithAMessage(server, 45);
+    const agent = await rejoiner(server, client, tickets);
+    const expected = (connects: number, disconnects: number) => ({
+      connects,
+      joined: 45,
+      loaded: 45,
+      errors: 0,
+      firstErrors: [],
+      disconnects,
+    });
+    await settles(() => agent.everyTicket(), 10_000);
+    assertEquals(agent.summary(), expected(1, 0));
+    // What a server restart is to the client: the transport drops, it reconnects by itself and
+    // its connect handler sends the same burst again.
+    for (const socket of server.app.io.of("/").sockets.values()) socket.conn.close();
+    await settles(() => agent.summary().connects === 2 && agent.everyTicket(), 10_000);
+    await delay(300);
+    assertEquals(agent.summary(), expected(2, 1));
+  });
+});
+
+Deno.test("socket.io ticket chat: three tabs of one user, signed in by their handshakes, rejoining 40 tickets each at once (past the user's burst of 100) all get back in", async () => {
+  await withChat(async (server, client) => {
+    const tickets = await ticketsWithAMessage(server, 40);
+    const token = await server.token({ sub: "1", rooms: ["ticket:*"] });
+    const tabs = await Promise.all(
+      [1, 2, 3].map(() => rejoiner(server, client, tickets, { auth: { token } })),
+    );
+    await settles(() => tabs.every((t) => t.everyTicket()), 10_000);
+    await delay(300);
+    assertEquals(
+      tabs.map((t) => t.summary()),
+      tabs.map(() => ({
+        connects: 1,
+        joined: 40,
+        loaded: 40,
+        errors: 0,
+        firstErrors: [],
+        disconnects: 0,
+      })),
+    );
+  });
+});
+
+Deno.test("socket.io ticket chat: a loop of joins and leaves waits its turn under the rate (no close; past 400 waiting one is refused), while a flood of sends meanwhile is still closed", async () => {
+  await withChat(async (server, client) => {
+    const socket = client({ transports: ["websocket"], reconnection: false });
+    await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:*"] }));
+    const disconnects: string[] = [];
+    socket.on("disconnect", (reason: string) => disconnects.push(reason));
+    let done = 0;
+    const refused: unknown[] = [];
+    const answer = (reply: Payload) => reply.error === undefined ? done++ : refused.push(reply);
+    for (let i = 0; i < 225; i++) {
+      socket.emit("join_ticket", { ticketId: "1" }, answer);
+      socket.emit("leave_ticket", { ticketId: "1" }, answer);
+    }
+    await delay(1000);
+    // The burst (less what is kept for sends) and a second at 20/s, not 450 at once.
+    assert(done >= 30 && done <= 70, `${done} joins and leaves handled in a second`);
+    assert(refused.length > 0, "none refused past the 400 waiting");
+    assertEquals(
+      new Set(refused.map((r) => JSON.stringify(r))),
+      new Set([
+        JSON.stringify({ error: "Too many messages: slow down" }),
+      ]),
+    );
+    assertEquals(disconnects, []);
+    // Sends are refused past the rate as before, and a flood of them closes the transport: the
+    // joins taken meanwhile do not clear its strikes.
+    for (let i = 0; i < 100; i++) socket.emit("send_message", { ticketId: "1", message: `${i}` });
+    await settles(() => disconnects.length > 0, 5000);
+    assertEquals(disconnects, ["transport close"]);
+  });
 });

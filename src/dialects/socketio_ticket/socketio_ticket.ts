@@ -98,8 +98,11 @@ const HISTORY_DEFAULT = 500;
 /** How long a `get_messages` answer waits for the reader to take the one before it, ms. */
 const PAGE_WAIT_MS = 30_000;
 
-/** `get_messages` a socket may have waiting for their turn; past it, one is refused. */
-const MAX_PAGES_WAITING = 16;
+/**
+ * `get_messages` a socket may have waiting for their turn (one for every ticket it may be in, as
+ * a rejoin asks for them all at once); past it, one is refused. Each holds only its request.
+ */
+const MAX_PAGES_WAITING = MAX_ROOMS_PER_SOCKET;
 
 /**
  * Resolves to true once the session holds under `bytes` unsent, to false when it closed first or
@@ -114,6 +117,20 @@ function unsentBelow(conn: EngineSocket, bytes: number): Promise<boolean> {
 
 /** Typing events: dropped when over the rate limit, since a lost one is harmless. */
 const TYPING = new Set(["typing_start", "typing_stop"]);
+
+/**
+ * Events that wait for their turn under the rate limit rather than being refused: the
+ * document's reconnect handler rejoins every open ticket at once (a `join_ticket` and a
+ * `get_messages` each), and socket.io-client does not send a refused event again. A leave waits
+ * in the same line, so that it never overtakes a join sent before it.
+ */
+const PACED = new Set(["join_ticket", "leave_ticket", "get_messages"]);
+
+/**
+ * Paced events a socket may have waiting: a rejoin of every ticket it may be in (a join and a
+ * `get_messages` each), twice. Past it one is refused, without counting towards the close.
+ */
+const MAX_PACED_WAITING = 4 * MAX_ROOMS_PER_SOCKET;
 
 /** The error event each client event is answered on when refused (none: only its ack). */
 const ERROR_EVENTS: Record<string, string> = {
@@ -157,6 +174,10 @@ interface SocketState {
   pagesDone?: Promise<void>;
   /** `get_messages` asked for and not yet answered (see {@link MAX_PAGES_WAITING}). */
   pagesWaiting: number;
+  /** Paced events waiting for a token, oldest first, each started when its turn comes. */
+  paced: (() => void)[];
+  /** The wake-up of the paced events' next turn, while some wait. */
+  pacedTimer?: ReturnType<typeof setTimeout>;
   /** The `authenticate` being handled: events after it wait for it, as they were sent after it. */
   authenticating?: Promise<void>;
   /** Events sent before any `authenticate` wait for one (see `PRE_AUTH_WAIT_MS`) on this. */
@@ -564,6 +585,33 @@ export function createSocketIoTicketChat(
     });
   }
 
+  /**
+   * What an event arriving now waits for. The client sent it after its `authenticate`, usually
+   * without waiting for the answer (`connect` → authenticate, join_ticket): it is handled as
+   * signed in, if that succeeds. A second `authenticate` waits for the first too, so the last one
+   * sent is who it is. Sent before any, it waits for one a moment, and is handled right after it.
+   */
+  function waitsFor(s: SocketState, event: string): Promise<void> | undefined {
+    return s.authenticating ??
+      (!s.user && event !== "authenticate" ? awaitAuthenticate(s) : undefined);
+  }
+
+  /**
+   * Starts the socket's paced events (see {@link PACED}) as the rate limit gives them tokens,
+   * oldest first, and wakes up again when the next one may have its token.
+   */
+  function pacedTurns(socket: Socket, s: SocketState): void {
+    s.pacedTimer = undefined;
+    while (s.paced.length > 0) {
+      const wait = ctx.limiter.pace(s.user?.id ?? socket.id, socket.id);
+      if (wait > 0) {
+        s.pacedTimer = setTimeout(() => pacedTurns(socket, s), wait);
+        return;
+      }
+      s.paced.shift()!();
+    }
+  }
+
   /** Runs a handler, answering failures on the event's error event (and the ack, when there is one). */
   function on(
     socket: Socket,
@@ -598,7 +646,26 @@ export function createSocketIoTicketChat(
         start && s.typing && last !== undefined && last.ticket === start.ticket &&
         start.at - last.at < TYPING_REPEAT_MS
       ) return;
-      let verdict = ctx.limiter.take(s.user?.id ?? socket.id, socket.id, !typing);
+      const key = s.user?.id ?? socket.id;
+      if (PACED.has(event)) {
+        // Never refused for the rate, so never a strike: past the line's bound it is refused,
+        // and that counts for nothing either (a rejoin past 100 tickets, each refused anyway).
+        if (s.paced.length >= MAX_PACED_WAITING) return begin(args, size, "limited");
+        if (s.paced.length === 0 && ctx.limiter.pace(key, socket.id) === 0) {
+          return begin(args, size, "ok");
+        }
+        // Counted now, in the order sent, and waiting for the `authenticate` sent before it.
+        s.queuedBytes += size;
+        const after = waitsFor(s, event);
+        s.paced.push(() => {
+          s.queuedBytes -= size;
+          // Dropped as events that come then are: its session is ending, or the server's.
+          if (!s.ending && socket.connected && !io.takingNoMore) begin(args, size, "ok", after);
+        });
+        if (s.pacedTimer === undefined) pacedTurns(socket, s);
+        return;
+      }
+      let verdict = ctx.limiter.take(key, socket.id, !typing);
       if (verdict !== "ok" && typing) {
         // A start past the limit is dropped, without counting towards the close a flood of
         // other events earns. A stop after a start that went through still goes (once), or the
@@ -615,24 +682,28 @@ export function createSocketIoTicketChat(
         });
         return;
       }
+      begin(args, size, verdict);
+    });
+
+    /** Handles an event taken (`after` what it waits for, as of its arrival), counting its bytes. */
+    function begin(
+      args: unknown[],
+      size: number,
+      verdict: RateVerdict,
+      after = waitsFor(state(socket), event),
+    ): void {
+      const s = state(socket);
       s.queuedBytes += size;
-      // The client sent it after its `authenticate`, usually without waiting for the answer
-      // (`connect` → authenticate, join_ticket): it is handled as signed in, if that succeeds.
-      // A second `authenticate` waits for the first too, so the last one sent is who it is.
-      // Sent before any, it waits for one a moment, and is handled right after it.
-      const after = s.authenticating ??
-        (!s.user && event !== "authenticate" ? awaitAuthenticate(s) : undefined);
       // What later events wait for: this `authenticate`, then the events that waited for one.
       let gate: Promise<void> | undefined;
-      const run: Promise<void> = (after
-        ? after.then(() => handle(args, verdict))
-        : handle(args, verdict))
-        .catch((err) => failureLog.failed(`socket.io: ${event} failed`, err))
-        .finally(() => {
-          s.queuedBytes -= size;
-          s.handling.delete(run);
-          if (s.authenticating === gate) s.authenticating = undefined;
-        });
+      const run: Promise<void> =
+        (after ? after.then(() => handle(args, verdict)) : handle(args, verdict))
+          .catch((err) => failureLog.failed(`socket.io: ${event} failed`, err))
+          .finally(() => {
+            s.queuedBytes -= size;
+            s.handling.delete(run);
+            if (s.authenticating === gate) s.authenticating = undefined;
+          });
       s.handling.add(run);
       if (event === "authenticate") {
         const early = s.early;
@@ -640,7 +711,7 @@ export function createSocketIoTicketChat(
         gate = early ? run.finally(early.release) : run;
         s.authenticating = gate;
       }
-    });
+    }
 
     async function handle(args: unknown[], verdict: RateVerdict): Promise<void> {
       const ack = typeof args.at(-1) === "function"
@@ -678,6 +749,7 @@ export function createSocketIoTicketChat(
       queuedBytes: 0,
       handling: new Set(),
       pagesWaiting: 0,
+      paced: [],
     };
     socket.data = data;
     if (found.token) {
@@ -963,6 +1035,9 @@ export function createSocketIoTicketChat(
 
     socket.on("disconnect", () => {
       s.early?.release();
+      // Paced events not yet started are dropped: the client rejoins when it reconnects.
+      clearTimeout(s.pacedTimer);
+      s.paced = [];
       clearTimeout(unsigned.get(socket));
       unsigned.delete(socket);
       ctx.metrics.connection("socket.io", -1);
