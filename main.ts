@@ -425,7 +425,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     presenceSweepMs: config.presenceTtlSeconds * 1000 / 3,
   });
   registry.onLapse(() => {
-    chat.restorePresence().catch((err) => console.error("restoring presence failed:", err));
+    chat.restorePresence().catch((err) => failureLog.failed("restoring presence failed", err));
   });
   const connections = new ConnectionRegistry();
   const frames = new FrameBudget(config.frameMemoryBudgetBytes);

@@ -2,8 +2,9 @@
  * What the log says while a store is down: the outage once, naming what it first refused, then
  * one line once it takes writes again with how much it refused meanwhile; not a stack trace per
  * refused frame or request (a client sending 10 frames a second wrote 50 lines a second, onto
- * the disk that was full). What clients are answered does not change. The server runs as a
- * process of its own, its log read as an operator reads it.
+ * the disk that was full), nor per socket whose presence or profile the store refused. What
+ * clients are answered does not change. The server runs as a process of its own, its log read as
+ * an operator reads it.
  *
  * The lines name the room a refused frame named.
  *
@@ -11,7 +12,7 @@
  * are skipped, and their names say so.
  */
 
-import { assert, assertEquals, eventually } from "./assert.ts";
+import { assert, assertEquals, delay, eventually } from "./assert.ts";
 import { startTestServer, TEST_SECRET, TestClient } from "./helpers.ts";
 import { holdWriteLock, mayMount, smallDisk, spawnServer } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
@@ -28,16 +29,26 @@ const named = (name: string) => skip ? `${name} (SKIPPED: mounting a tmpfs needs
 /** The lines of `log` that match `pattern`. */
 const lines = (log: string, pattern: RegExp) => log.split("\n").filter((l) => pattern.test(l));
 
-/** Fails unless `log` holds no line of a frame's or request's own: no stack trace per refusal. */
-function assertNoFlood(log: string, own: RegExp): void {
-  const flood = lines(log, own);
-  const total = log.split("\n").length - 1;
-  assert(flood.length === 0, `${flood.length} lines of their own (${total} lines in all):\n${log}`);
+/**
+ * Fails unless `log` holds no stack trace, whoever logged it, and at most `most` lines in all:
+ * an outage is a line or two, not one per frame, request, socket or room it refuses.
+ */
+function assertNoFlood(log: string, most: number): void {
+  const all = log.split("\n").filter((l) => l !== "");
+  const stack = all.filter((l) => /^\s+at /.test(l)).length;
+  assert(
+    stack === 0 && all.length <= most,
+    `${stack} stack-trace lines, ${all.length} lines in all (at most ${most} wanted):\n${log}`,
+  );
 }
 
-/** A native socket of user 1, who may enter every ticket, joined to ticket:1. */
-async function joined(url: string): Promise<TestClient> {
-  const token = await signDevToken(TEST_SECRET, { sub: "1", username: "one", rooms: ["ticket:*"] });
+/** A native socket of `user` (1 by default), who may enter every ticket, joined to ticket:1. */
+async function joined(url: string, user = "1"): Promise<TestClient> {
+  const token = await signDevToken(TEST_SECRET, {
+    sub: user,
+    username: `u${user}`,
+    rooms: ["ticket:*"],
+  });
   const ws = await TestClient.open(`${url.replace(/^http/, "ws")}/ws?token=${token}`);
   assertEquals((await ws.next()).type, "welcome");
   ws.send({ type: "join", room: "ticket:1", ref: "join" });
@@ -71,14 +82,16 @@ Deno.test("log: 10 API writes answered 503 while another process holds the SQLit
         // Answered as before.
         assertEquals(await put(i), [503, "5", "The directory does not answer; try again shortly"]);
       }
-      assertNoFlood(server.log().slice(before), /^api: /);
+      // The outage.
+      assertNoFlood(server.log().slice(before), 1);
     } finally {
       await lock.release();
     }
     assertEquals((await put(10))[0], 200);
     await eventually(() => /outage over/.test(server.log()), 10_000, "the outage's end");
     const log = server.log().slice(before);
-    assertNoFlood(log, /^api: /);
+    // The outage and its end.
+    assertNoFlood(log, 2);
     assertEquals(lines(log, /^outage/), [
       "outage: the directory does not answer: DirectoryUnavailable: The SQLite directory stayed " +
       "locked by another connection for 100 ms (cause: Error: database is locked). What needs it " +
@@ -133,7 +146,8 @@ Deno.test({
           "The file could not be stored: the server's storage is unavailable; try again later",
         ]);
       }
-      assertNoFlood(server.log().slice(before), /^(Unexpected error|media: storing)/);
+      // KV's outage and the media volume's.
+      assertNoFlood(server.log().slice(before), 2);
       await disk.free();
       assertEquals((await ask(ws, { type: "send", room: "ticket:1", body: "back" }, "b")).seq, 1);
       const stored = { type: "send", room: "ticket:1", files: [file] };
@@ -145,19 +159,24 @@ Deno.test({
       );
       await ws.close();
       const log = server.log().slice(before);
-      assertNoFlood(log, /^(Unexpected error|media: storing)/);
+      // And their ends.
+      assertNoFlood(log, 4);
       // Which room the line names is the next test's.
       const outages = lines(log, /^outage/).map((l) =>
         l.replace(/after \d+ s/, "after N s").replace(/room \S+,/, "room R,")
+          .replace(/^(outage over: KV .*; )\d+/, "$1N")
       );
       assertEquals(outages, [
         "outage: KV does not accept writes: TypeError: database or disk is full. What needs it " +
         "is refused, and counted rather than logged, until it does (first: Unexpected error " +
         "while handling a client frame (native, room R, user 1))",
         lines(log, /^outage: the media/)[0],
-        "outage over: KV accepts writes again after N s; 20 refused meanwhile",
+        "outage over: KV accepts writes again after N s; N refused meanwhile",
         "outage over: the media volume accepts files again after N s; 5 refused meanwhile",
       ], log);
+      // The 20 sends, and the instance registry's heartbeat if one fell in the outage.
+      const kvRefused = Number(/^outage over: KV .*; (\d+) refused/m.exec(log)?.[1]);
+      assert(kvRefused === 20 || kvRefused === 21, log);
       assert(
         /^outage: the media volume does not accept files: Error: No space left on device \(os error 28\).* \(first: media: storing a file failed\)$/
           .test(lines(log, /^outage: the media/)[0]),
@@ -203,6 +222,101 @@ Deno.test({
       await disk.unmount();
     }
   },
+});
+
+Deno.test({
+  name: named(
+    "log: sockets closed on a full disk, whose presence exits the sweep retries every round, are one outage line, and one more once KV takes writes again",
+  ),
+  ignore: skip,
+  async fn() {
+    const disk = await smallDisk();
+    // The presence sweep and the registry's heartbeat every 2 s.
+    const server = spawnServer({ DATA_DIR: disk.dir, PRESENCE_TTL_SECONDS: "6" });
+    try {
+      const url = await server.url();
+      const sockets: TestClient[] = [];
+      for (let user = 1; user <= 8; user++) sockets.push(await joined(url, String(user)));
+      await disk.fill();
+      const before = server.log().length;
+      // Eight users close their tabs while the disk is full: each exit fails, and is retried.
+      for (const ws of sockets) await ws.close();
+      await delay(7_000);
+      assertNoFlood(server.log().slice(before), 1);
+      await disk.free();
+      // Nobody writes: the heartbeat's write ends the outage.
+      await eventually(() => /outage over/.test(server.log()), 15_000, "the outage's end");
+      const log = server.log().slice(before);
+      // The outage, its end, and the registry's entry written again after lapsing meanwhile.
+      assertNoFlood(log, 3);
+      const outages = lines(log, /^outage/);
+      assertEquals(outages.length, 2, log);
+      assert(
+        outages[0].startsWith(
+          "outage: KV does not accept writes: TypeError: database or disk is full. ",
+        ),
+        log,
+      );
+      // The 8 exits, their retries and the heartbeats.
+      const refused = Number(/; (\d+) refused meanwhile$/.exec(outages[1])?.[1]);
+      assert(/^outage over: KV accepts writes again after \d+ s;/.test(outages[1]), log);
+      assert(refused >= 8 + 16, log);
+    } finally {
+      await server.kill("SIGKILL");
+      await disk.unmount();
+    }
+  },
+});
+
+Deno.test("log: 20 sockets opening while the directory refuses connections are one outage line, not a profile lookup's stack trace each, and one more once it answers", async () => {
+  let down = false;
+  const refused = () =>
+    Object.assign(new Error("connect ECONNREFUSED 10.0.0.5:5432"), { code: "ECONNREFUSED" });
+  // A Postgres that refuses connections: every call of the directory fails as pg's would.
+  const server = await startTestServer({}, {
+    directory: (d) =>
+      new Proxy(d, {
+        get(target, prop) {
+          const value = Reflect.get(target, prop, target);
+          if (typeof value !== "function") return value;
+          return (...args: unknown[]) =>
+            down ? Promise.reject(refused()) : value.apply(target, args);
+        },
+      }),
+  });
+  const logged: string[] = [];
+  const [warn, error] = [console.warn, console.error];
+  console.warn = console.error = (...args: unknown[]) =>
+    logged.push(args.map((a) => a instanceof Error ? a.stack : String(a)).join(" "));
+  const open = async (user: number) => {
+    const token = await server.token({ sub: String(user), rooms: ["ticket:*"] });
+    const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+    // Welcomed as before, with the token's profile.
+    assertEquals((await ws.next()).type, "welcome");
+    await ws.close();
+  };
+  try {
+    down = true;
+    for (let user = 1; user <= 20; user++) await open(user);
+    assertNoFlood(logged.join("\n"), 1);
+    down = false;
+    await open(21);
+    // Ended in this isolate's failure log too, which the next tests share.
+    await eventually(() => logged.some((l) => /^outage over/.test(l)), 10_000, "the end");
+  } finally {
+    down = false;
+    console.warn = warn;
+    console.error = error;
+    await server.close();
+  }
+  const log = logged.join("\n");
+  assertNoFlood(log, 2);
+  assertEquals(lines(log, /^outage/).map((l) => l.replace(/after \d+ s/, "after N s")), [
+    "outage: the directory does not answer: Error: connect ECONNREFUSED 10.0.0.5:5432. What " +
+    "needs it is refused, and counted rather than logged, until it does (first: directory: " +
+    "profile lookup failed (user 1))",
+    "outage over: the directory answers again after N s; 20 refused meanwhile",
+  ]);
 });
 
 Deno.test("log: a native send or history an unexpected error failed is logged with the room its frame named, though its error frame names none", async () => {

@@ -21,6 +21,7 @@
  */
 
 import type { Directory, DirectoryUser } from "../core/directory.ts";
+import { failureLog } from "../core/failure_log.ts";
 import { grantMatches } from "../core/rooms.ts";
 import type { AccessPolicy, Principal } from "../core/types.ts";
 import { roleGrantsAccess } from "./access.ts";
@@ -131,7 +132,8 @@ export function directoryProfileEnricher(directory: Directory): ProfileEnricher 
     try {
       stored = await directory.getUser(String(user.id));
     } catch (err) {
-      console.warn(`directory: profile lookup of user "${user.id}" failed:`, err);
+      // Every socket that opens asks: a directory that does not answer is logged once for all.
+      failureLog.failed("directory: profile lookup failed", err, `user ${user.id}`);
       return user;
     }
     if (!stored) return user;

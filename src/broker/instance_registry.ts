@@ -4,6 +4,7 @@
  * cross-isolate channel and the KV watches, which together cost as much as the commits do.
  */
 
+import { failureLog } from "../core/failure_log.ts";
 import { type Broker, isEviction, type RoomEvent } from "../core/types.ts";
 import { type Poll, pollEvery } from "./poll.ts";
 import { commitRetryingLocks, isStorageError } from "../store/kv_reads.ts";
@@ -176,7 +177,8 @@ export class InstanceRegistry {
     registry.#follow();
     const timer = setInterval(() => {
       registry.#beating = registry.#beat().catch((err) => {
-        if (!registry.#closed) console.error("instance registry: heartbeat failed:", err);
+        // Through the failure log: on a full disk every beat fails, as long as the outage lasts.
+        if (!registry.#closed) failureLog.failed("instance registry: heartbeat failed", err);
       });
     }, registry.#heartbeatMs);
     Deno.unrefTimer(timer);
@@ -348,6 +350,8 @@ export class InstanceRegistry {
     const lapsed = Date.now() - this.#lastBeat >= this.#staleMs ||
       (await this.#kv.get(ENTRY(this.#id))).value === null;
     await this.#announce(lapsed);
+    // A write went through: a KV outage's end is logged even when no client writes.
+    failureLog.answered("kv");
     if (lapsed && !this.#closed) {
       console.warn("instance registry: this server's entry had lapsed; registered again");
       for (const listener of this.#lapseListeners) listener();

@@ -1,6 +1,7 @@
 /** The commands every dialect shares: access, send, history, typing, read. */
 
 import { ChatError, roomDeleted } from "./errors.ts";
+import { failureLog } from "./failure_log.ts";
 import { msOfId, objectId, secondOfId } from "./ids.ts";
 import type { Metrics } from "./metrics.ts";
 import { timerDelay } from "./time.ts";
@@ -507,7 +508,8 @@ export class ChatService {
   #startSweeping(): void {
     if (this.#sweepTimer !== undefined) return;
     this.#sweepTimer = setInterval(() => {
-      this.sweepPresence().catch((err) => console.error("presence sweep failed:", err));
+      // Through the failure log: on a full disk the sweep fails every round for as long as it lasts.
+      this.sweepPresence().catch((err) => failureLog.failed("presence sweep failed", err));
     }, this.#deps.presenceSweepMs ?? 10_000);
   }
 
@@ -533,7 +535,8 @@ export class ChatService {
         if (this.#failedExits.get(key)?.user === user) this.#failedExits.delete(key);
         if (last) this.#announce(room, profileOf(user), "leave");
       } catch (err) {
-        console.error("presence: an exit failed again:", err);
+        // Every socket closed during a KV outage is retried each round: logged once for all.
+        failureLog.failed("presence: an exit failed again", err, `room ${room}, user ${user.id}`);
       }
     }
     if (this.#present.size === 0 && this.#failedExits.size === 0) this.#stopSweeping();

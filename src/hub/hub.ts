@@ -2,6 +2,7 @@
 
 import type { HeadWatcher } from "../broker/kv_head_watcher.ts";
 import type { PresenceWatch } from "../broker/kv_room_signals.ts";
+import { failureLog } from "../core/failure_log.ts";
 import {
   type Broker,
   EVERY_ROOM,
@@ -664,7 +665,8 @@ export class Hub {
       try {
         if (await access(user, room)) return;
       } catch (err) {
-        console.error("hub: checking a member's access again failed:", err);
+        // One per member: a directory that does not answer is logged once for all.
+        failureLog.failed("hub: checking a member's access again failed", err, `room ${room}`);
         return;
       }
       if (!state.members.has(member)) return; // left meanwhile

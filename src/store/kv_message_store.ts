@@ -13,6 +13,7 @@ import type {
   UserId,
 } from "../core/types.ts";
 import { ChatError, roomDeleted } from "../core/errors.ts";
+import { failureLog } from "../core/failure_log.ts";
 import { commitRetryingLocks, commitUntilChecked, FreshReads, getManyChunked } from "./kv_reads.ts";
 import { type Poll, pollEvery } from "../broker/poll.ts";
 import process from "node:process";
@@ -855,7 +856,9 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
         } catch (err) {
           // Checked again after its next commit.
           this.#checked.delete(room);
-          if (!this.#closed) console.error(`history: applying the limit to ${room} failed:`, err);
+          if (!this.#closed) {
+            failureLog.failed("history: applying the limit failed", err, `room ${room}`);
+          }
         }
       }
     } finally {
@@ -1183,7 +1186,10 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
           await what();
         } catch (err) {
           failed = true;
-          if (!this.#closed) console.error(`history: deleting ${room} failed:`, err);
+          // Each room's is tried again later: a KV outage is logged once for all of them.
+          if (!this.#closed) {
+            failureLog.failed("history: deleting a room failed", err, `room ${room}`);
+          }
         }
       };
       try {

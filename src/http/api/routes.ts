@@ -7,6 +7,7 @@ import { roleOpensRooms } from "../../auth/access.ts";
 import type { SendInput } from "../../core/chat_service.ts";
 import type { DirectoryRoom, DirectoryUser, Participant } from "../../core/directory.ts";
 import { ChatError, type ChatErrorCode, rateLimited, ServerStopping } from "../../core/errors.ts";
+import { failureLog } from "../../core/failure_log.ts";
 import {
   type AppendResult,
   EVERY_ROOM,
@@ -519,7 +520,7 @@ export const API_ROUTES: ApiRoute[] = [
         // entered the room after the notice above is still in it, under a count now gone.
         await deps.chat.deleteHistory(room, closed);
       } catch (err) {
-        console.error(`api: deleting the history of ${room} failed:`, err);
+        failureLog.failed("api: deleting a room's history failed", err, `room ${room}`);
         throw new ApiError(
           500,
           "The room is deleted, but deleting its history failed; the server tries again later",
