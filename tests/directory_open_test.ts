@@ -83,6 +83,37 @@ Deno.test("parseDatabaseUrl: a Postgres URL cut short by an unescaped # / or ? i
   }
 });
 
+Deno.test("parseDatabaseUrl: a Postgres URL with its password in the query, as the driver reads it, is taken with an @ in it too; refused for another reason, it is quoted without that password", async () => {
+  for (
+    const url of [
+      "postgres://db/chat?user=app&password=s3cr@t",
+      // The port is no user name, and what follows no password.
+      "postgres://127.0.0.1:1/chat?user=app&password=s3cr@t",
+      "postgres://app@db/chat?application_name=chat@prod&password=s3cr@t",
+    ]
+  ) {
+    assertEquals(parseDatabaseUrl(url, "/d"), { dialect: "postgres", url });
+  }
+  // A cut one is still refused: an `@` in the path, the fragment or a query parameter's name.
+  for (const password of ["123/LEAKED", "123?LEAKED", "pw#LEAKED"]) {
+    const url = `postgres://chat:${password}@db:5432/chat?application_name=a@b&password=s3@LEAKED`;
+    const error = await assertRejects(
+      () => Promise.resolve().then(() => parseDatabaseUrl(url, "/d")),
+      / is not a valid URL: %-escape/,
+    );
+    assertEquals(
+      error.message.split(" is not")[0],
+      'DATABASE_URL "postgres://chat:***@db:5432/chat?application_name=a@b&password=***"',
+    );
+  }
+  const error = await assertRejects(
+    () =>
+      Promise.resolve().then(() => parseDatabaseUrl("postgres://db:1/c?password=a#LEAKED", "/d")),
+    /DATABASE_URL "postgres:\/\/db:1\/c\?password=\*\*\*" is not a valid URL/,
+  );
+  assert(!error.message.includes("LEAKED"), error.message);
+});
+
 Deno.test("redactDatabaseUrl: the URL and its password, as written, %-decoded or %-escaped, are starred out of a message", () => {
   const url = "postgres://chat:s3cr3t#Pw@db:5432/chat";
   assertEquals(
@@ -96,6 +127,32 @@ Deno.test("redactDatabaseUrl: the URL and its password, as written, %-decoded or
   // No password, or one too short to star out of words.
   assertEquals(redactDatabaseUrl("at db", "postgres://db/chat"), "at db");
   assertEquals(redactDatabaseUrl("a db", "postgres://u:a@db/chat"), "a db");
+});
+
+Deno.test("redactDatabaseUrl: a password in the query is starred out too, an @ after the password leaves the host and database be, and a common password is starred out where it stands alone, not inside words", () => {
+  const query = "postgres://127.0.0.1:1/chat?user=app&password=s3cr@t+Pw";
+  assertEquals(
+    redactDatabaseUrl(`'${query}'; s3cr@t+Pw, s3cr@t Pw, s3cr%40t%2BPw`, query),
+    "'postgres://127.0.0.1:1/chat?user=app&password=***'; ***, ***, ***",
+  );
+  const app = "postgres://user:secret@db:5432/chat?application_name=chat@prod";
+  assertEquals(
+    redactDatabaseUrl(`'${app}' said secret`, app),
+    "'postgres://user:***@db:5432/chat?application_name=chat@prod' said ***",
+  );
+  // Cut short by its `#`: the password is up to the `@` before the host, not the last one.
+  const cut = "postgres://user:pw#x@db:5432/chat?application_name=chat@prod";
+  assertEquals(
+    redactDatabaseUrl(`'${cut}' pw#x`, cut),
+    "'postgres://user:***@db:5432/chat?application_name=chat@prod' ***",
+  );
+  assertEquals(
+    redactDatabaseUrl(
+      "password for app failed; application_name=chat, apps, 'app'",
+      "postgres://u:app@db/chat",
+    ),
+    "password for *** failed; application_name=chat, apps, '***'",
+  );
 });
 
 Deno.test("openDirectory: default creates the data dir and a SQLite file that persists", async () => {

@@ -86,6 +86,38 @@ Deno.test("startup: a DATABASE_URL whose password holds an unescaped # or / is r
   }
 });
 
+Deno.test("startup: a DATABASE_URL with its password in the query, an @ in it, reaches the driver and is never printed (main.ts and deno serve)", async () => {
+  for (const entry of ["main", "serve"] as const) {
+    const { code, stderr } = await start({
+      DATABASE_URL: "postgres://127.0.0.1:1/chat?user=app&password=s3cr@t-LEAKED",
+      DATABASE_TIMEOUT_MS: "1000",
+    }, entry);
+    const what = `${entry}: ${stderr}`;
+    assertEquals(code, 1, what);
+    assert(!stderr.includes("LEAKED"), `the password is printed: ${what}`);
+    // Refused by the Postgres that is not there, not by the server.
+    assert(
+      stderr.includes("DATABASE_URL: the directory could not be opened: connect ECONNREFUSED"),
+      what,
+    );
+  }
+});
+
+Deno.test("startup: a refused DATABASE_URL with an @ in its query after the password is quoted with its host and database", async () => {
+  const { code, stderr } = await start({
+    DATABASE_URL: "postgres://chat:pw#LEAKED@db.internal:5432/chat?application_name=chat@prod",
+  });
+  assertEquals(code, 1, stderr);
+  assert(!stderr.includes("LEAKED"), `the password is printed: ${stderr}`);
+  assert(
+    stderr.includes(
+      'DATABASE_URL "postgres://chat:***@db.internal:5432/chat?application_name=chat@prod" is ' +
+        "not a valid URL",
+    ),
+    stderr,
+  );
+});
+
 Deno.test("startup: a MEDIA_DIR that would serve the data directory or the KV file stops the server", async () => {
   const cases: [Record<string, string>, RegExp][] = [
     [

@@ -147,9 +147,12 @@ function checkPostgresUrl(value: string): void {
       // Tried as the driver would next.
     }
   }
-  // An `@` that did not end the authority (no credentials came of it) sits after a cut.
+  // An `@` that did not end the authority (no credentials came of it) sits after a cut; one in
+  // a query parameter's value (`?user=app&password=s3cr@t`, which the driver reads) does not.
   const cut = url !== undefined &&
-    (url.hash !== "" || (value.includes("@") && url.username === "" && url.password === ""));
+    (url.hash !== "" ||
+      (url.username === "" && url.password === "" &&
+        atSigns(value).some((at) => !inValue(value, at))));
   if (url === undefined || cut) {
     throw new Error(
       `DATABASE_URL "${redactPassword(value)}" is not a valid URL: %-escape the reserved ` +
@@ -159,37 +162,122 @@ function checkPostgresUrl(value: string): void {
   }
 }
 
-/** `scheme://user:` (group 1), then the password up to the last `@` (group 2). */
-const PASSWORD = /^([a-z][a-z0-9+.-]*:\/\/[^:/?#@]*:)(.*)@/is;
+/** The offsets of the `@`s in `value`. */
+function atSigns(value: string): number[] {
+  return [...value.matchAll(/@/g)].map((m) => m.index);
+}
+
+/** The offset of the first `/`, `?` or `#` in `value` from `from` on, or its length. */
+function authorityEnd(value: string, from: number): number {
+  const end = value.slice(from).search(/[/?#]/);
+  return end === -1 ? value.length : from + end;
+}
 
 /**
- * The URL with its password replaced by `***`, so that error messages can quote it: whatever
- * follows `scheme://user:` up to the last `@`, as a password holding an unescaped `/`, `#` or
- * `@` may make the URL unparseable or parse into something else.
+ * True when `value[at]` lies in the value of a query parameter (after its `=`), where an `@` is
+ * the parameter's, not the end of a password cut short.
+ */
+function inValue(value: string, at: number): boolean {
+  const query = value.indexOf("?", authorityEnd(value, value.indexOf("//") + 2));
+  const hash = value.indexOf("#");
+  if (query === -1 || query > at || (hash !== -1 && hash < at)) return false;
+  const parameter = value.slice(Math.max(query, value.lastIndexOf("&", at)) + 1, at);
+  return parameter.includes("=");
+}
+
+/**
+ * Where the password after `scheme://user:` lies in `value` ([start, end) of its text), if it
+ * has one. As a URL reads it, it ends at the authority's last `@`, the authority ending at the
+ * first `/`, `?` or `#` after it (`postgres://u:pw@db/c?application_name=chat@prod`: `pw`).
+ * Cut short there by a reserved character of its own (`postgres://u:p#w@db/c`), it ends at the
+ * first `@` after the cut that a host follows (no other `@` before the next `/`, `?` or `#`),
+ * but not at one in a query parameter's value (`postgres://db:5432/c?password=s3cr@t`, where
+ * `5432/c?password=s3cr` is no password).
+ */
+function passwordSpan(value: string): [number, number] | undefined {
+  const head = /^[a-z][a-z0-9+.-]*:\/\/[^:/?#@]*:/i.exec(value);
+  if (!head) return undefined;
+  const start = head[0].length;
+  const end = authorityEnd(value, start);
+  const last = value.lastIndexOf("@", end - 1);
+  if (last >= start) return [start, last];
+  for (const at of atSigns(value)) {
+    if (at < end || inValue(value, at)) continue;
+    if (/^@[^@/?#]*(?:[/?#]|$)/.test(value.slice(at))) return [start, at];
+  }
+  return undefined;
+}
+
+/** `password=` query parameters (group 1), then each one's value, up to the next `&` (group 2). */
+const QUERY_PASSWORD = /([?&]password=)([^&]*)/gi;
+
+/**
+ * The URL with its passwords replaced by `***`, so that error messages can quote it: the one
+ * after `scheme://user:` (see {@link passwordSpan}; a password holding an unescaped `/`, `#` or
+ * `@` may make the URL unparseable or parse into something else), and the `password=` query
+ * parameters' (read by the driver too), up to the next `&` (a `#` is taken for the password's).
  */
 function redactPassword(value: string): string {
-  return value.replace(PASSWORD, "$1***@");
+  const span = passwordSpan(value);
+  const rest = (text: string) => text.replace(QUERY_PASSWORD, "$1***");
+  if (!span) return rest(value);
+  return `${value.slice(0, span[0])}***${rest(value.slice(span[1]))}`;
+}
+
+/** The passwords `value` holds, as written: after `scheme://user:`, and in its query. */
+function passwords(value: string): string[] {
+  const span = passwordSpan(value);
+  const rest = span ? value.slice(span[1]) : value;
+  return [
+    ...(span ? [value.slice(...span)] : []),
+    ...[...rest.matchAll(QUERY_PASSWORD)].map((m) => m[2]),
+  ].filter((p) => p !== "");
 }
 
 /**
  * `text` (an error message) without the `databaseUrl` it may quote, whole or in part: the URL is
- * given with its password as `***`, and the password anywhere else too (as written, %-decoded
- * or %-escaped). A password of one or two characters is left, as hiding it would star out parts of
- * words all over the message.
+ * given with its passwords as `***`, and a password elsewhere too (as written, %-decoded or
+ * %-escaped), where it stands alone: not where it is part of a longer word or number (a password
+ * `app` leaves `application_name` be). A password of one or two characters is left, as hiding
+ * it would star out words all over the message.
  */
 export function redactDatabaseUrl(text: string, databaseUrl: string | undefined): string {
   const value = databaseUrl?.trim() ?? "";
-  const password = PASSWORD.exec(value)?.[2] ?? "";
-  if (password === "") return text;
-  let redacted = text.replaceAll(value, redactPassword(value));
-  if (password.length < 3) return redacted;
-  // As written, %-decoded, and %-escaped (the driver escapes a URL with a space in it).
-  for (const form of [(p: string) => p, decodeURIComponent, encodeURI, encodeURIComponent]) {
-    try {
-      redacted = redacted.replaceAll(form(password), "***");
-    } catch {
-      // A malformed %-escape or a lone surrogate: that form is nowhere to hide.
+  const secrets = passwords(value);
+  if (secrets.length === 0) return text;
+  const hidden = redactPassword(value);
+  const forms = new Set<string>();
+  for (const secret of secrets.filter((p) => p.length >= 3)) {
+    // As written, %-decoded (a query's `+` as a space), and %-escaped (the driver escapes a URL
+    // with a space in it).
+    for (
+      const form of [
+        (p: string) => p,
+        decodeURIComponent,
+        (p: string) => decodeURIComponent(p.replaceAll("+", "%20")),
+        encodeURI,
+        encodeURIComponent,
+      ]
+    ) {
+      try {
+        forms.add(form(secret));
+      } catch {
+        // A malformed %-escape or a lone surrogate: that form is nowhere to hide.
+      }
     }
   }
-  return redacted;
+  // Longest first, so that a shorter form does not leave part of a longer one.
+  const alone = [...forms].filter((f) => f.length >= 3).sort((a, b) => b.length - a.length).map(
+    (form) => {
+      const escaped = form.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+      // Bounded only where the password itself begins or ends with a letter or digit.
+      const before = /^[\p{L}\p{N}]/u.test(form) ? "(?<![\\p{L}\\p{N}])" : "";
+      const after = /[\p{L}\p{N}]$/u.test(form) ? "(?![\\p{L}\\p{N}])" : "";
+      return new RegExp(before + escaped + after, "gu");
+    },
+  );
+  // The URL whole first, then the password alone in what lies around it.
+  return text.split(value).map((part) =>
+    alone.reduce((redacted, pattern) => redacted.replace(pattern, "***"), part)
+  ).join(hidden);
 }
