@@ -16,7 +16,7 @@ import { signDevToken } from "../src/auth/verifier.ts";
 import type * as ClientModule from "../client/mod.ts";
 import type { PageDocument, PageImage, PageProgress } from "../web/dom.ts";
 import { assert, assertEquals, within } from "./assert.ts";
-import { freePort, pathProxy } from "./helpers.ts";
+import { freePort, reverseProxy } from "./helpers.ts";
 
 // The functions handed to page.evaluate run in the page, where `document` exists.
 declare const document: PageDocument;
@@ -685,7 +685,7 @@ Deno.test({
     const profile = await Deno.makeTempDir({ prefix: "chat-chromium-prefix-" });
     const port = freePort();
     const server = await serve(dataDir, port);
-    const proxy = pathProxy(port, { prefix: "/chat", maxBodyBytes: 1024 * 1024 });
+    const proxy = reverseProxy(port, { prefix: "/chat", maxBodyBytes: 1024 * 1024 });
     let context: BrowserContext | null = null;
     try {
       context = await chromium.launchPersistentContext(profile, {

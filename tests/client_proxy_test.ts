@@ -1,18 +1,18 @@
 /**
- * The TypeScript client (client/mod.ts) behind a reverse proxy (tests/helpers.ts `pathProxy`, what
+ * The TypeScript client (client/mod.ts) behind a reverse proxy (tests/helpers.ts `reverseProxy`, what
  * nginx does): one that caps request bodies below MAX_FILE_BYTES, as nginx's default
  * `client_max_body_size 1m` does, and one that mounts the server under a path prefix.
  */
 
 import { ChatClient, type ChatError, type UploadProgress } from "../client/mod.ts";
 import { assertEquals, assertRejects } from "./assert.ts";
-import { pathProxy, startTestServer } from "./helpers.ts";
+import { reverseProxy, startTestServer } from "./helpers.ts";
 
 const MiB = 1024 * 1024;
 
 Deno.test("client: behind a proxy's 1 MiB body cap a larger file goes inline; the server's own 413, or a file no frame carries, still fails", async () => {
   const server = await startTestServer({ MAX_FILE_BYTES: "52000000" });
-  const proxy = pathProxy(server.port, { maxBodyBytes: MiB });
+  const proxy = reverseProxy(server.port, { maxBodyBytes: MiB });
   // The server's own refusal, in its own words, where the client uploads.
   const own = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen() {} }, async (req) => {
     await req.body?.cancel();
@@ -65,7 +65,7 @@ Deno.test("client: behind a proxy's 1 MiB body cap a larger file goes inline; th
 
 Deno.test("client: under a proxy's path prefix (wss://host/chat/ws) uploads go to /chat/api/..., over the upload route", async () => {
   const server = await startTestServer();
-  const proxy = pathProxy(server.port, { prefix: "/chat" });
+  const proxy = reverseProxy(server.port, { prefix: "/chat" });
   const token = await server.token({ sub: "1", username: "one", rooms: ["ticket:*"] });
   const chat = new ChatClient({ url: `ws://127.0.0.1:${proxy.port}/chat/ws`, token });
   try {

@@ -271,12 +271,20 @@ export interface ReverseProxyOptions {
   host?: string;
   /** Headers added to each request: X-Forwarded-*, Forwarded. */
   headers?: Record<string, string>;
+  /** Request bodies declared larger get an HTML 413, as nginx's `client_max_body_size` answers. */
+  maxBodyBytes?: number;
 }
 
+/** nginx's answer to a body over `client_max_body_size`. */
+const NGINX_413 = "<html><head><title>413 Request Entity Too Large</title></head><body><center>" +
+  "<h1>413 Request Entity Too Large</h1></center><hr><center>nginx</center></body></html>\r\n";
+
 /**
- * A reverse proxy in front of the server at `port`, as nginx is one: each request goes on its own
- * connection (`Connection: close`, WebSocket upgrades aside) with its head rewritten as `options`
- * say; bodies and WebSocket frames pass through as they are.
+ * A reverse proxy in front of the server at `port`, as nginx is one (`location /chat/ {
+ * proxy_pass http://backend/; }` with `options.prefix`): each request goes on its own connection
+ * (`Connection: close`, WebSocket upgrades aside) with its head rewritten as `options` say;
+ * bodies and WebSocket frames pass through as they are. With no `headers`, it adds no forwarding
+ * headers, so the dev sign-in takes its requests as this machine's. `url` includes the prefix.
  */
 export function reverseProxy(port: number, options: ReverseProxyOptions = {}) {
   const copy = async (from: Deno.Conn, to: Deno.Conn, first?: Uint8Array) => {
@@ -293,7 +301,7 @@ export function reverseProxy(port: number, options: ReverseProxyOptions = {}) {
     }
     await to.closeWrite().catch(() => {});
   };
-  return tcpProxy(port, async (from, to, toClient) => {
+  const proxy = tcpProxy(port, async (from, to, toClient) => {
     if (toClient) return await copy(from, to);
     let bytes = new Uint8Array(0);
     let end = -1;
@@ -319,6 +327,21 @@ export function reverseProxy(port: number, options: ReverseProxyOptions = {}) {
       target = target.slice(prefix.length).replace(/^(?=\?|$)/, "/");
     }
     const upgrade = fields.some((f) => /^upgrade:\s*websocket\s*$/i.test(f));
+    const length = Number(
+      fields.find((f) => /^content-length:/i.test(f))?.replace(/^content-length:\s*/i, "") ?? 0,
+    );
+    if (options.maxBodyBytes !== undefined && length > options.maxBodyBytes) {
+      // Read and dropped first, as nginx does, so that the client gets to read the answer.
+      for (let left = length - rest.length, n; left > 0; left -= n) {
+        if ((n = await from.read(buf).catch(() => null)) === null) break;
+      }
+      const page = NGINX_413;
+      await from.write(new TextEncoder().encode(
+        `HTTP/1.1 413 Request Entity Too Large\r\ncontent-type: text/html\r\n` +
+          `content-length: ${page.length}\r\nconnection: close\r\n\r\n${page}`,
+      )).catch(() => {});
+      return await to.closeWrite().catch(() => {});
+    }
     const kept = fields.filter((f) =>
       !/^host:/i.test(f) && (upgrade || !/^(connection|keep-alive):/i.test(f))
     );
@@ -332,6 +355,7 @@ export function reverseProxy(port: number, options: ReverseProxyOptions = {}) {
     ].join("\r\n") + "\r\n\r\n";
     await copy(from, to, new Uint8Array([...new TextEncoder().encode(head), ...rest]));
   });
+  return { ...proxy, url: `http://127.0.0.1:${proxy.port}${options.prefix ?? ""}` };
 }
 
 /**
@@ -437,125 +461,30 @@ export async function pollingSession(serverUrl: string, token: string) {
   };
 }
 
-/** What {@link pathProxy} does in front of the server. */
-export interface PathProxyOptions {
-  /** The path the server is mounted under (`/chat`), stripped before forwarding; others get 404. */
-  prefix?: string;
-  /** Request bodies declared larger get an HTML 413, as nginx's `client_max_body_size` answers. */
-  maxBodyBytes?: number;
-}
-
-/** nginx's answer to a body over `client_max_body_size`. */
-const NGINX_413 = "<html><head><title>413 Request Entity Too Large</title></head><body><center>" +
-  "<h1>413 Request Entity Too Large</h1></center><hr><center>nginx</center></body></html>\r\n";
-
 /**
- * A reverse proxy to `port` on 127.0.0.1 as nginx's `location /chat/ { proxy_pass
- * http://backend/; }` is one: it strips the prefix, caps request bodies, and pipes WebSocket
- * upgrades. One request per connection (`Connection: close` upstream), `Host` kept, no
- * forwarding headers (so the dev sign-in takes its requests as this machine's).
+ * The status of a request to `url` from a page of `origin` (with `extra` headers), as a WebSocket
+ * handshake when `upgrade`.
  */
-export function pathProxy(port: number, options: PathProxyOptions = {}) {
-  const prefix = options.prefix ?? "";
-  const enc = new TextEncoder();
-  const writeAll = async (conn: Deno.Conn, bytes: Uint8Array) => {
-    for (let off = 0; off < bytes.length;) off += await conn.write(bytes.subarray(off));
-  };
-  const answer = (conn: Deno.Conn, status: string, type: string, body: string) =>
-    writeAll(
-      conn,
-      enc.encode(
-        `HTTP/1.1 ${status}\r\ncontent-type: ${type}\r\ncontent-length: ${body.length}\r\n` +
-          `connection: close\r\n\r\n${body}`,
-      ),
-    );
-  const pipe = async (from: Deno.Conn, to: Deno.Conn) => {
-    const buf = new Uint8Array(64 * 1024);
-    try {
-      for (let n; (n = await from.read(buf)) !== null;) await writeAll(to, buf.subarray(0, n));
-    } catch {
-      // Closed under the read or write.
-    }
-    await (to as Deno.TcpConn).closeWrite().catch(() => {});
-  };
-  const conns = new Set<Deno.Conn>();
-  async function forward(client: Deno.Conn): Promise<void> {
-    let head = new Uint8Array(0);
-    let end = -1;
-    const buf = new Uint8Array(64 * 1024);
-    while (end < 0) {
-      const n = await client.read(buf);
-      if (n === null) return;
-      head = new Uint8Array([...head, ...buf.subarray(0, n)]);
-      end = head.findIndex((b, i) =>
-        b === 13 && head[i + 1] === 10 && head[i + 2] === 13 && head[i + 3] === 10
-      );
-    }
-    const rest = head.subarray(end + 4);
-    const [requestLine, ...lines] = new TextDecoder().decode(head.subarray(0, end)).split("\r\n");
-    const [method, target, version] = requestLine.split(" ");
-    if (target !== prefix && !target.startsWith(`${prefix}/`)) {
-      return await answer(client, "404 Not Found", "text/plain", "not here\n");
-    }
-    const header = (name: string) =>
-      lines.find((l) => l.toLowerCase().startsWith(`${name}:`))?.slice(name.length + 1).trim();
-    const upgrade = header("upgrade")?.toLowerCase() === "websocket";
-    const length = Number(header("content-length") ?? 0);
-    if (options.maxBodyBytes !== undefined && length > options.maxBodyBytes) {
-      // Read and dropped first, as nginx does, so that the client gets to read the answer.
-      for (let left = length - rest.length, n; left > 0; left -= n) {
-        if ((n = await client.read(buf)) === null) return;
-      }
-      return await answer(client, "413 Request Entity Too Large", "text/html", NGINX_413);
-    }
-    const upstream = await Deno.connect({ hostname: "127.0.0.1", port });
-    conns.add(upstream);
-    try {
-      const kept = lines.filter((l) => upgrade || !/^(connection|keep-alive):/i.test(l));
-      const request = [`${method} ${target.slice(prefix.length) || "/"} ${version}`, ...kept];
-      if (!upgrade) request.push("Connection: close");
-      await writeAll(upstream, enc.encode(request.join("\r\n") + "\r\n\r\n"));
-      await writeAll(upstream, rest);
-      await Promise.all([pipe(client, upstream), pipe(upstream, client)]);
-    } finally {
-      try {
-        upstream.close();
-      } catch {
-        // Closed with the proxy.
-      }
-      conns.delete(upstream);
-    }
-  }
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const accepting = (async () => {
-    for await (const client of listener) {
-      conns.add(client);
-      forward(client).catch(() => {}).finally(() => {
-        try {
-          client.close();
-        } catch {
-          // Closed already.
+export async function originHandshake(
+  url: string,
+  origin: string,
+  upgrade: boolean,
+  extra: Record<string, string> = {},
+): Promise<number> {
+  const res = await fetch(url, {
+    headers: {
+      origin,
+      ...extra,
+      ...(upgrade
+        ? {
+          upgrade: "websocket",
+          connection: "Upgrade",
+          "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+          "sec-websocket-version": "13",
         }
-        conns.delete(client);
-      });
-    }
-  })().catch(() => {});
-  const proxyPort = (listener.addr as Deno.NetAddr).port;
-  return {
-    port: proxyPort,
-    /** `http://127.0.0.1:<port><prefix>`. */
-    url: `http://127.0.0.1:${proxyPort}${prefix}`,
-    async close() {
-      listener.close();
-      await accepting;
-      for (const c of conns) {
-        try {
-          c.close();
-        } catch {
-          // Closed already.
-        }
-      }
-      conns.clear();
+        : {}),
     },
-  };
+  });
+  await res.body?.cancel();
+  return res.status;
 }

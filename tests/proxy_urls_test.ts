@@ -7,7 +7,7 @@
 
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import { assert, assertEquals } from "./assert.ts";
-import { reverseProxy, startTestServer, TestClient } from "./helpers.ts";
+import { originHandshake, reverseProxy, startTestServer, TestClient } from "./helpers.ts";
 
 type Payload = Record<string, unknown>;
 
@@ -176,9 +176,18 @@ async function pollingSignIn(base: string, headers: Record<string, string>): Pro
   const sid = JSON.parse(text.slice(1)).sid as string;
   const post = await fetch(`${url}&sid=${sid}`, { method: "POST", headers, body: "40" });
   await post.body?.cancel();
-  // The server answers CONNECT and signs in (or not) in one turn: one poll holds both.
-  const poll = await fetch(`${url}&sid=${sid}`, { headers });
-  return await poll.text();
+  // The sign-in by cookie may come a poll after the CONNECT's answer: polled until it comes, or
+  // until a poll has waited a second for more (a session not signed in gets nothing more).
+  let events = "";
+  while (!events.includes('"authenticated"')) {
+    try {
+      const poll = await fetch(`${url}&sid=${sid}`, { headers, signal: AbortSignal.timeout(1000) });
+      events += await poll.text();
+    } catch {
+      break;
+    }
+  }
+  return events;
 }
 
 // What a page on another site adds to a credentialed fetch to name its own host as the server's.
@@ -264,31 +273,6 @@ Deno.test("Socket.IO's preflight grants another site's page the headers Socket.I
   }
 });
 
-/** The status of a request to `url` from a page of `origin`, as a WebSocket handshake. */
-async function handshake(
-  url: string,
-  origin: string,
-  upgrade: boolean,
-  extra: Record<string, string> = {},
-): Promise<number> {
-  const res = await fetch(url, {
-    headers: {
-      origin,
-      ...extra,
-      ...(upgrade
-        ? {
-          upgrade: "websocket",
-          connection: "Upgrade",
-          "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
-          "sec-websocket-version": "13",
-        }
-        : {}),
-    },
-  });
-  await res.body?.cancel();
-  return res.status;
-}
-
 /** Each socket route's handshake status for a page of `origin`. */
 async function routeStatuses(
   base: string,
@@ -297,10 +281,20 @@ async function routeStatuses(
   extra: Record<string, string> = {},
 ) {
   return {
-    native: await handshake(`${base}/ws?token=${token}`, origin, true, extra),
-    ticket: await handshake(`${base}/ws/ticket/1/?token=${token}`, origin, true, extra),
-    polling: await handshake(`${base}/socket.io/?EIO=4&transport=polling`, origin, false, extra),
-    websocket: await handshake(`${base}/socket.io/?EIO=4&transport=websocket`, origin, true, extra),
+    native: await originHandshake(`${base}/ws?token=${token}`, origin, true, extra),
+    ticket: await originHandshake(`${base}/ws/ticket/1/?token=${token}`, origin, true, extra),
+    polling: await originHandshake(
+      `${base}/socket.io/?EIO=4&transport=polling`,
+      origin,
+      false,
+      extra,
+    ),
+    websocket: await originHandshake(
+      `${base}/socket.io/?EIO=4&transport=websocket`,
+      origin,
+      true,
+      extra,
+    ),
   };
 }
 

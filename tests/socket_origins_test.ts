@@ -5,26 +5,7 @@
  */
 
 import { assertEquals } from "./assert.ts";
-import { startTestServer } from "./helpers.ts";
-
-/** The status of a request to `url` from a page of `origin`, as a WebSocket handshake. */
-async function handshake(url: string, origin: string, upgrade = true): Promise<number> {
-  const res = await fetch(url, {
-    headers: {
-      origin,
-      ...(upgrade
-        ? {
-          upgrade: "websocket",
-          connection: "Upgrade",
-          "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
-          "sec-websocket-version": "13",
-        }
-        : {}),
-    },
-  });
-  await res.body?.cancel();
-  return res.status;
-}
+import { originHandshake, startTestServer } from "./helpers.ts";
 
 Deno.test("ALLOWED_ORIGINS: the server's own page and PUBLIC_URL's origin open sockets on every route, Socket.IO too; other pages get 403", async () => {
   const server = await startTestServer({
@@ -42,7 +23,9 @@ Deno.test("ALLOWED_ORIGINS: the server's own page and PUBLIC_URL's origin open s
     ];
     const statuses = async (path: string, upgrade = true) => {
       const out: Record<string, number> = {};
-      for (const origin of pages) out[origin] = await handshake(server.url + path, origin, upgrade);
+      for (const origin of pages) {
+        out[origin] = await originHandshake(server.url + path, origin, upgrade);
+      }
       return out;
     };
     const expected = (ok: number) => ({
