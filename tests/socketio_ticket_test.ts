@@ -1342,6 +1342,87 @@ Deno.test("socket.io ticket chat: a socket that becomes another user during its 
   );
 });
 
+/**
+ * An access policy that holds user 1's check of `room` (its `fresh` one, or the first) until
+ * released, so that the socket can sign in as someone else meanwhile.
+ */
+function heldCheck(room: string, fresh: boolean) {
+  let started!: () => void;
+  const checking = new Promise<void>((r) => started = r);
+  let release!: () => void;
+  const gate = new Promise<void>((r) => release = r);
+  const overrides: AppOverrides = {
+    access: (inner) => ({
+      async canAccess(user, r, options) {
+        if (r === room && Boolean(options?.fresh) === fresh && String(user.id) === "1") {
+          started();
+          await gate;
+        }
+        return await inner.canAccess(user, r, options);
+      },
+    }),
+  };
+  return { checking, release, overrides };
+}
+
+Deno.test("socket.io ticket chat: a join whose access check for the first user ends after the socket signed in as another user, who may not enter, is refused and leaves it out of the ticket", async () => {
+  const held = heldCheck("ticket:held", false);
+  await withChat(
+    async (server, client) => {
+      const socket = client({ transports: ["websocket"] });
+      await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:*"] }));
+      const answer = Promise.race([
+        next(socket, "joined_ticket").then((p) => ["joined_ticket", p]),
+        next(socket, "join_ticket_error").then((p) => ["join_ticket_error", p]),
+      ]);
+      socket.emit("join_ticket", { ticketId: "held" });
+      // User 1's check is under way; the socket becomes user 2's, who may enter ticket 999 only.
+      await held.checking;
+      try {
+        await authenticated(socket, await server.token({ sub: "2", rooms: ["ticket:999"] }));
+      } finally {
+        held.release();
+      }
+      assertEquals(await answer, ["join_ticket_error", {
+        message: "Access denied to this ticket",
+      }]);
+      assertEquals(server.app.context.hub.members("ticket:held").size, 0);
+      const leaked = next(socket, "new_message", 500).catch(() => null);
+      await server.app.context.chat.send(null, "ticket:held", { body: "secret" });
+      assertEquals(await leaked, null);
+    },
+    {},
+    held.overrides,
+  );
+});
+
+Deno.test("socket.io ticket chat: a get_messages checked for the first user and read after the socket signed in as another user is refused, not answered with the first user's ticket", async () => {
+  const held = heldCheck("ticket:held", true);
+  await withChat(
+    async (server, client) => {
+      await server.app.context.chat.send(null, "ticket:held", { body: "secret" });
+      const socket = client({ transports: ["websocket"] });
+      await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:*"] }));
+      const events: unknown[] = [];
+      for (const e of ["messages_loaded", "messages_error"]) {
+        socket.on(e, (d: Payload) => events.push([e, d]));
+      }
+      const acked = socket.timeout(5000).emitWithAck("get_messages", { ticketId: "held" });
+      // Checked again, past any cache, as its turn came: held while the socket becomes user 2's.
+      await held.checking;
+      try {
+        await authenticated(socket, await server.token({ sub: "2", rooms: ["ticket:999"] }));
+      } finally {
+        held.release();
+      }
+      assertEquals(await acked, { error: "Access denied to this ticket" });
+      assertEquals(events, [["messages_error", { message: "Access denied to this ticket" }]]);
+    },
+    {},
+    held.overrides,
+  );
+});
+
 Deno.test("socket.io ticket chat: Socket.IO and ticket-socket clients share the ticket", async () => {
   await withChat(async (server, client) => {
     const token = await server.token({

@@ -521,6 +521,16 @@ export function createSocketIoTicketChat(
     }
   }
 
+  /**
+   * True while the socket is still signed in as `user` (the same id; an `authenticate` with the
+   * same user's token keeps its tickets): one signed in as someone else meanwhile has left every
+   * ticket, and what was checked for the first user is not the new one's.
+   */
+  function stillSignedInAs(socket: Socket, user: Principal): boolean {
+    const now = state(socket).user;
+    return now !== undefined && String(now.id) === String(user.id);
+  }
+
   async function authorize(
     socket: Socket,
     payload: unknown,
@@ -863,6 +873,11 @@ export function createSocketIoTicketChat(
           ]);
           // Gone while its access was checked: its disconnect has already left every ticket.
           if (!socket.connected) return;
+          // Signed in as someone else while the first user's access was checked: that
+          // `authenticate` left every ticket, and the new user has not asked for this one.
+          if (!stillSignedInAs(socket, user)) {
+            throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
+          }
           if (!s.tickets.has(id)) {
             // Each ticket holds a bridge and a room of this socket's for as long as it stays:
             // bounded as the native protocol bounds a socket's rooms.
@@ -889,7 +904,9 @@ export function createSocketIoTicketChat(
               }
               // Signed in as someone else meanwhile, which left every ticket, this one too: the
               // join was the first user's, and the new one has not asked for it.
-              if (!s.tickets.has(id)) throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
+              if (!s.tickets.has(id) || !stillSignedInAs(socket, user)) {
+                throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
+              }
             } catch (err) {
               // Not left half joined: a later join_ticket must try again, not be acked at once.
               if (s.tickets.has(id)) leaveTicket(socket, id);
@@ -943,7 +960,7 @@ export function createSocketIoTicketChat(
         // Asked again, past any cache, for whoever is signed in on the socket now: the wait may
         // have outlasted the access (a removal, the ticket's deletion, another sign-in), and the
         // page is read only now.
-        await authorize(socket, payload, { fresh: true });
+        const { user } = await authorize(socket, payload, { fresh: true });
         if (cursor?.time !== undefined) before = await ctx.chat.seqBefore(room, cursor.time);
         if (cursor?.id !== undefined) {
           before = await ctx.chat.seqOfId(room, cursor.id);
@@ -953,6 +970,10 @@ export function createSocketIoTicketChat(
         }
         await sends;
         const page = await ctx.chat.historyPage(room, { before, limit });
+        // Signed in as someone else since the check: the page was read for the first user.
+        if (!stillSignedInAs(socket, user)) {
+          throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
+        }
         // Messages of up to 20,000 characters: the newest that fit in about 1 MiB, so that one
         // answer, written twice at once (event and ack), stays within half of
         // SLOW_CONSUMER_BYTES and a reader on loopback is not closed as slow before a byte of it
