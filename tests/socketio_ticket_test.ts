@@ -2002,3 +2002,117 @@ Deno.test("socket.io ticket chat: a loop of joins and leaves waits its turn unde
     assertEquals(disconnects, ["transport close"]);
   });
 });
+
+Deno.test("socket.io ticket chat: a send right after a rejoin of 17 tickets (34 events, past what goes at once) waits for the join sent before it: the sender gets its own new_message, and every event its answer", async () => {
+  await withChat(async (server, client) => {
+    const socket = client({ transports: ["websocket"], reconnection: false });
+    await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:*"] }));
+    const log: string[] = [];
+    socket.on("joined_ticket", (d: Payload) => log.push(`joined ${d.ticketId}`));
+    socket.on("new_message", (d: { data: Payload }) => log.push(`new_message ${d.data.ticketId}`));
+    for (const e of ["join_ticket_error", "messages_error", "send_message_error"]) {
+      socket.on(e, (m: Payload) => log.push(`${e}: ${m.message}`));
+    }
+    const acks: string[] = [];
+    const acked = (what: string) => (reply: Payload) =>
+      acks.push(reply.error === undefined ? what : `${what}: ${reply.error}`);
+    // The document's reconnect handler in 17 tickets (the burst less what is kept for sends lets
+    // 30 go at once: the last join waits its turn), then a message in the last one.
+    for (let t = 1; t <= 17; t++) {
+      socket.emit("join_ticket", { ticketId: String(t) }, acked(`join ${t}`));
+      socket.emit("get_messages", { ticketId: String(t) }, acked(`get ${t}`));
+    }
+    socket.emit("send_message", { ticketId: "17", message: "hello" }, acked("send"));
+    await settles(() => acks.length === 35 && log.includes("new_message 17"), 5000);
+    assertEquals(log.filter((line) => !line.startsWith("joined")), ["new_message 17"]);
+    assert(log.indexOf("joined 17") < log.indexOf("new_message 17"), log.join(", "));
+    // Each answered (side by side, so not in the order sent), none refused, the send after its join.
+    assertEquals(
+      acks.toSorted(),
+      [...Array.from({ length: 17 }, (_, i) => [`join ${i + 1}`, `get ${i + 1}`]).flat(), "send"]
+        .toSorted(),
+    );
+    assert(acks.indexOf("join 17") < acks.indexOf("send"), acks.join(", "));
+    const stored = await server.app.context.chat.historyPage("ticket:17", { limit: 10 });
+    assertEquals(stored.messages.map((m) => m.body), ["hello"]);
+  });
+});
+
+Deno.test("socket.io ticket chat: a send right after a join whose access check is slow waits for that join, so the sender gets its own new_message", async () => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => release = r);
+  let held = false;
+  await withChat(
+    async (server, client) => {
+      const socket = client({ transports: ["websocket"] });
+      await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:*"] }));
+      const got: string[] = [];
+      socket.on("new_message", (d: { data: Payload }) => got.push(String(d.data.message)));
+      socket.emit("join_ticket", { ticketId: "slow" });
+      const ack = socket.timeout(5000).emitWithAck("send_message", {
+        ticketId: "slow",
+        message: "mine",
+      });
+      await delay(300);
+      release();
+      assertEquals((await ack).message, "mine");
+      await settles(() => got.length > 0, 2000);
+      assertEquals(got, ["mine"]);
+    },
+    {},
+    {
+      access: (inner) => ({
+        async canAccess(user, room, options) {
+          // The join's first check only: the send's goes through at once.
+          if (room === "ticket:slow" && !held) {
+            held = true;
+            await gate;
+          }
+          return await inner.canAccess(user, room, options);
+        },
+      }),
+    },
+  );
+});
+
+Deno.test("socket.io ticket chat: an authenticate behind a rejoin emitted while offline waits its turn, and the joins before it wait for it however long their line (80 joins, 2.5 s past what goes at once)", async () => {
+  await withChat(async (server, client) => {
+    const token = await server.token({ sub: "1", rooms: ["ticket:*"] });
+    const socket = client({ autoConnect: false, transports: ["websocket"], reconnection: false });
+    const errors: unknown[] = [];
+    socket.on("join_ticket_error", (m: Payload) => errors.push(m.message));
+    socket.on("connect", () => socket.emit("authenticate", { token }));
+    const joinedTickets: unknown[] = [];
+    for (let t = 1; t <= 80; t++) {
+      socket.emit("join_ticket", { ticketId: String(t) }, (reply: Payload) => {
+        if (reply.error === undefined) joinedTickets.push(reply.ticketId);
+        else errors.push(reply.error);
+      });
+    }
+    socket.connect();
+    await settles(() => joinedTickets.length + errors.length >= 80, 8000);
+    assertEquals({ joined: joinedTickets.length, errors }, { joined: 80, errors: [] });
+  });
+});
+
+Deno.test("socketio: a send waiting in line behind a rejoin when a shutdown begins is still stored and answered", async () => {
+  await withChat(async (server, client) => {
+    const socket = client({ transports: ["websocket"], reconnection: false });
+    await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:*"] }));
+    let answered = 0;
+    for (let t = 1; t <= 17; t++) {
+      socket.emit("join_ticket", { ticketId: String(t) }, () => answered++);
+      socket.emit("get_messages", { ticketId: String(t) }, () => answered++);
+    }
+    const ack = socket.timeout(5000).emitWithAck("send_message", {
+      ticketId: "17",
+      message: "in line",
+    });
+    // The 30 that went at once are answered; the last joins, and the send behind them, wait.
+    await settles(() => answered >= 30, 2000);
+    await server.app.drain();
+    assertEquals(((await ack) as Payload).message, "in line");
+    const stored = await server.app.context.chat.historyPage("ticket:17", { limit: 10 });
+    assertEquals(stored.messages.map((m) => m.body), ["in line"]);
+  });
+});

@@ -122,9 +122,26 @@ const TYPING = new Set(["typing_start", "typing_stop"]);
  * Events that wait for their turn under the rate limit rather than being refused: the
  * document's reconnect handler rejoins every open ticket at once (a `join_ticket` and a
  * `get_messages` each), and socket.io-client does not send a refused event again. A leave waits
- * in the same line, so that it never overtakes a join sent before it.
+ * in the same line, so that it never overtakes a join sent before it; and while the line holds
+ * any, every other event of the socket waits in it too (see {@link Waiting}).
  */
 const PACED = new Set(["join_ticket", "leave_ticket", "get_messages"]);
+
+/**
+ * An event waiting in its socket's line: a paced one for its token, any other behind it with the
+ * verdict the rate limiter gave it on arrival (a send past the rate is refused, and a flood
+ * closed, as without the line). Each starts when those sent before it have started, so that a
+ * send never overtakes the join sent before it (the sender would miss its own `new_message`,
+ * which the document's retry helper takes as sent) and typing no join.
+ */
+interface Waiting {
+  /** The verdict on arrival; none for a paced event, which waits for a token. */
+  verdict?: RateVerdict;
+  /** What it holds, counted in `queuedBytes` while it waits. */
+  size: number;
+  /** Starts it with its verdict (`ok` for a paced one that got its token). */
+  start: (verdict: RateVerdict) => void;
+}
 
 /**
  * Paced events a socket may have waiting: a rejoin of every ticket it may be in (a join and a
@@ -174,8 +191,8 @@ interface SocketState {
   pagesDone?: Promise<void>;
   /** `get_messages` asked for and not yet answered (see {@link MAX_PAGES_WAITING}). */
   pagesWaiting: number;
-  /** Paced events waiting for a token, oldest first, each started when its turn comes. */
-  paced: (() => void)[];
+  /** Events waiting in line (see {@link Waiting}), oldest first, a paced one first of all. */
+  paced: Waiting[];
   /** The wake-up of the paced events' next turn, while some wait. */
   pacedTimer?: ReturnType<typeof setTimeout>;
   /** The `authenticate` being handled: events after it wait for it, as they were sent after it. */
@@ -336,10 +353,15 @@ function attachmentsOf(value: unknown): FileInput[] {
   });
 }
 
-/** True while an event of any socket of `io` is being handled (a shutdown waits for them). */
+/**
+ * True while an event of any socket of `io` is being handled, or taken and waiting in its line
+ * behind paced ones (a send): a shutdown waits for them.
+ */
 export function socketIoBusy(io: SocketIOServer): boolean {
   for (const socket of io.of("/").sockets.values()) {
-    if (((socket.data as Partial<SocketState>).handling?.size ?? 0) > 0) return true;
+    const s = socket.data as Partial<SocketState>;
+    if ((s.handling?.size ?? 0) > 0) return true;
+    if (s.paced?.some((waiting) => waiting.verdict !== undefined)) return true;
   }
   return false;
 }
@@ -582,6 +604,16 @@ export function createSocketIoTicketChat(
     return run;
   }
 
+  /** The socket's join, leave or typing of the ticket `payload` names under way, if any. */
+  function ticketTurnOf(s: SocketState, payload: unknown): Promise<void> | undefined {
+    try {
+      return s.ticketTurns?.get(ticketIdOf(payload));
+    } catch {
+      // Refused in the send itself.
+      return undefined;
+    }
+  }
+
   /**
    * Takes no more events from the socket and ends its session once the ones taken are answered,
    * with a transport close (after a Socket.IO disconnect the client would never reconnect);
@@ -589,6 +621,7 @@ export function createSocketIoTicketChat(
    */
   function endSession(s: SocketState, socket: Socket, last?: () => void): void {
     s.ending = true;
+    emptyLine(s);
     Promise.allSettled(s.handling).then(() => {
       last?.();
       socket.conn.close();
@@ -596,10 +629,11 @@ export function createSocketIoTicketChat(
   }
 
   /**
-   * What an event arriving now waits for. The client sent it after its `authenticate`, usually
-   * without waiting for the answer (`connect` → authenticate, join_ticket): it is handled as
-   * signed in, if that succeeds. A second `authenticate` waits for the first too, so the last one
-   * sent is who it is. Sent before any, it waits for one a moment, and is handled right after it.
+   * What an event starting now waits for (a socket's events start in the order sent, see
+   * {@link Waiting}). The client sent it after its `authenticate`, usually without waiting for
+   * the answer (`connect` → authenticate, join_ticket): it is handled as signed in, if that
+   * succeeds. A second `authenticate` waits for the first too, so the last one sent is who it is.
+   * Sent before any, it waits for one a moment, and is handled right after it.
    */
   function waitsFor(s: SocketState, event: string): Promise<void> | undefined {
     return s.authenticating ??
@@ -613,12 +647,34 @@ export function createSocketIoTicketChat(
   function pacedTurns(socket: Socket, s: SocketState): void {
     s.pacedTimer = undefined;
     while (s.paced.length > 0) {
-      const wait = ctx.limiter.pace(s.user?.id ?? socket.id, socket.id);
-      if (wait > 0) {
-        s.pacedTimer = setTimeout(() => pacedTurns(socket, s), wait);
-        return;
+      const head = s.paced[0];
+      if (head.verdict === undefined) {
+        const wait = ctx.limiter.pace(s.user?.id ?? socket.id, socket.id);
+        if (wait > 0) {
+          s.pacedTimer = setTimeout(() => pacedTurns(socket, s), wait);
+          return;
+        }
       }
-      s.paced.shift()!();
+      s.paced.shift();
+      s.queuedBytes -= head.size;
+      // Dropped as events that come then are: the server's session is ending.
+      if (!s.ending && socket.connected && !io.takingNoMore) head.start(head.verdict ?? "ok");
+    }
+  }
+
+  /**
+   * Empties the socket's line as its session ends: the events that had their verdict on arrival
+   * (a send taken, a refusal) start, in the order sent, as they would have without the line; the
+   * paced ones still waiting for a token are dropped, as the client rejoins when it reconnects.
+   */
+  function emptyLine(s: SocketState): void {
+    clearTimeout(s.pacedTimer);
+    s.pacedTimer = undefined;
+    const line = s.paced;
+    s.paced = [];
+    for (const waiting of line) {
+      s.queuedBytes -= waiting.size;
+      if (waiting.verdict !== undefined && !io.takingNoMore) waiting.start(waiting.verdict);
     }
   }
 
@@ -657,6 +713,11 @@ export function createSocketIoTicketChat(
         start.at - last.at < TYPING_REPEAT_MS
       ) return;
       const key = s.user?.id ?? socket.id;
+      /** Puts the event in the socket's line (see {@link Waiting}), counted as it arrives. */
+      const waitInLine = (verdict?: RateVerdict) => {
+        s.queuedBytes += size;
+        s.paced.push({ verdict, size, start: (v) => begin(args, size, v) });
+      };
       if (PACED.has(event)) {
         // Never refused for the rate, so never a strike: past the line's bound it is refused,
         // and that counts for nothing either (a rejoin past 100 tickets, each refused anyway).
@@ -664,14 +725,7 @@ export function createSocketIoTicketChat(
         if (s.paced.length === 0 && ctx.limiter.pace(key, socket.id) === 0) {
           return begin(args, size, "ok");
         }
-        // Counted now, in the order sent, and waiting for the `authenticate` sent before it.
-        s.queuedBytes += size;
-        const after = waitsFor(s, event);
-        s.paced.push(() => {
-          s.queuedBytes -= size;
-          // Dropped as events that come then are: its session is ending, or the server's.
-          if (!s.ending && socket.connected && !io.takingNoMore) begin(args, size, "ok", after);
-        });
+        waitInLine();
         if (s.pacedTimer === undefined) pacedTurns(socket, s);
         return;
       }
@@ -692,17 +746,23 @@ export function createSocketIoTicketChat(
         });
         return;
       }
-      begin(args, size, verdict);
+      if (s.paced.length === 0) return begin(args, size, verdict);
+      // Behind paced events sent before it, which it must not overtake.
+      if (event === "authenticate") {
+        // The events sent before any `authenticate` wait for this one, however long its turn.
+        if (!s.user) awaitAuthenticate(s);
+        s.early?.hold();
+      }
+      waitInLine(verdict);
     });
 
-    /** Handles an event taken (`after` what it waits for, as of its arrival), counting its bytes. */
-    function begin(
-      args: unknown[],
-      size: number,
-      verdict: RateVerdict,
-      after = waitsFor(state(socket), event),
-    ): void {
+    /**
+     * Handles an event taken, counting its bytes. It starts once those sent before it have: what
+     * it waits for (an `authenticate` sent before it, or one to come) is the socket's now.
+     */
+    function begin(args: unknown[], size: number, verdict: RateVerdict): void {
       const s = state(socket);
+      const after = waitsFor(s, event);
       s.queuedBytes += size;
       // What later events wait for: this `authenticate`, then the events that waited for one.
       let gate: Promise<void> | undefined;
@@ -997,7 +1057,13 @@ export function createSocketIoTicketChat(
     });
 
     on(socket, "send_message", async (payload, ack) => {
-      const sending = inTurn(s, () => queueSend(payload));
+      // After the join, leave or typing of its ticket sent before it, which are handled side by
+      // side with it: a client that joins and at once sends gets its own `new_message`.
+      const ticketTurn = ticketTurnOf(s, payload);
+      const sending = inTurn(s, async () => {
+        await ticketTurn;
+        return await queueSend(payload);
+      });
       const stored = sending.then(({ queued }) => queued.result);
       const done = Promise.allSettled([s.sendsDone, stored]).then(() => {});
       s.sendsDone = done;
@@ -1056,9 +1122,9 @@ export function createSocketIoTicketChat(
 
     socket.on("disconnect", () => {
       s.early?.release();
-      // Paced events not yet started are dropped: the client rejoins when it reconnects.
-      clearTimeout(s.pacedTimer);
-      s.paced = [];
+      // Paced events not yet started are dropped: the client rejoins when it reconnects. A send
+      // taken behind them still starts, as one that came just before a disconnect does.
+      emptyLine(s);
       clearTimeout(unsigned.get(socket));
       unsigned.delete(socket);
       ctx.metrics.connection("socket.io", -1);
