@@ -2116,3 +2116,20 @@ Deno.test("socketio: a send waiting in line behind a rejoin when a shutdown begi
     assertEquals(stored.messages.map((m) => m.body), ["in line"]);
   });
 });
+
+Deno.test("socket.io ticket chat: a flood of join_ticket past the 400 that may wait is refused and then closed like any flood, not answered as fast as it comes", async () => {
+  await withChat(async (server, client) => {
+    const socket = client({ transports: ["websocket"], reconnection: false });
+    await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:*"] }));
+    let refused = 0;
+    socket.on("join_ticket_error", () => refused++);
+    const disconnects: string[] = [];
+    socket.on("disconnect", (reason: string) => disconnects.push(reason));
+    // 1,000 at once, 50 times the rate: 30 go, 400 wait, and the rest are refused.
+    for (let i = 0; i < 1000; i++) socket.emit("join_ticket", { ticketId: String(1 + (i % 5)) });
+    await settles(() => disconnects.length > 0, 5000);
+    assertEquals(disconnects, ["transport close"]);
+    // The 40 refusals a connection's burst allows, then the one that closes it.
+    assertEquals(refused, 41);
+  });
+});

@@ -197,6 +197,17 @@ export class RateLimiter {
     return Math.max(1, Math.ceil(Math.max(connShort / perConnection, ownerShort / perUser) * 1000));
   }
 
+  /**
+   * Counts a frame of `connId` refused for another reason than the rate (one past the bound of
+   * the frames waiting their turn) as a strike, so that a flood of them is closed as one of
+   * frames refused for the rate is.
+   */
+  strike(connId: string): RateVerdict {
+    const conn = this.#conns.get(connId, this.#now());
+    conn.strikes++;
+    return conn.strikes > this.#limits.perConnection * 2 ? "close" : "limited";
+  }
+
   /** Drops a closed connection's bucket. */
   forget(connId: string): void {
     this.#conns.delete(connId);

@@ -42,6 +42,14 @@ Deno.test("RateLimiter.pace: takes down to a quarter of the burst, says how long
   assertEquals(limiter.take(1, "c"), "close");
 });
 
+Deno.test("RateLimiter.strike counts towards the close as a refusal does, and a frame taken clears it", () => {
+  const limiter = new RateLimiter({ perConnection: 5, perUser: 100 }, () => 0);
+  assertEquals(Array.from({ length: 10 }, () => limiter.strike("c")), Array(10).fill("limited"));
+  assertEquals(limiter.take(1, "c"), "ok");
+  assertEquals(Array.from({ length: 10 }, () => limiter.strike("c")), Array(10).fill("limited"));
+  assertEquals(limiter.strike("c"), "close");
+});
+
 Deno.test("RateLimiter.pace waits for the user's budget too, keeping a quarter of it", () => {
   let now = 0;
   const limiter = new RateLimiter({ perConnection: 100, perUser: 4 }, () => now);

@@ -144,8 +144,10 @@ interface Waiting {
 }
 
 /**
- * Paced events a socket may have waiting: a rejoin of every ticket it may be in (a join and a
- * `get_messages` each), twice. Past it one is refused, without counting towards the close.
+ * Events a socket may have waiting in line: a rejoin of every ticket it may be in (a join and a
+ * `get_messages` each), twice. Past it each is refused, and counts towards the close as a
+ * refusal for the rate does: no rejoin gets there, and a flood of joins would otherwise be
+ * answered as fast as it comes, forever.
  */
 const MAX_PACED_WAITING = 4 * MAX_ROOMS_PER_SOCKET;
 
@@ -712,6 +714,19 @@ export function createSocketIoTicketChat(
         start && s.typing && last !== undefined && last.ticket === start.ticket &&
         start.at - last.at < TYPING_REPEAT_MS
       ) return;
+      /** Ends the session of a flood, telling the client why on the event's error event. */
+      const closeFlood = () => {
+        ctx.metrics.error("rate_limited");
+        endSession(s, socket, () => {
+          if (errorEvent) socket.emit(errorEvent, { message: rateLimited().message });
+        });
+      };
+      if (s.paced.length >= MAX_PACED_WAITING) {
+        if (typing) return;
+        if (ctx.limiter.strike(socket.id) === "close") return closeFlood();
+        // Answered at once: held in line, a flood's refusals would have no bound.
+        return begin(args, size, "limited");
+      }
       const key = s.user?.id ?? socket.id;
       /** Puts the event in the socket's line (see {@link Waiting}), counted as it arrives. */
       const waitInLine = (verdict?: RateVerdict) => {
@@ -719,9 +734,7 @@ export function createSocketIoTicketChat(
         s.paced.push({ verdict, size, start: (v) => begin(args, size, v) });
       };
       if (PACED.has(event)) {
-        // Never refused for the rate, so never a strike: past the line's bound it is refused,
-        // and that counts for nothing either (a rejoin past 100 tickets, each refused anyway).
-        if (s.paced.length >= MAX_PACED_WAITING) return begin(args, size, "limited");
+        // Never refused for the rate, so never a strike (only past the line's bound, above).
         if (s.paced.length === 0 && ctx.limiter.pace(key, socket.id) === 0) {
           return begin(args, size, "ok");
         }
@@ -739,13 +752,7 @@ export function createSocketIoTicketChat(
       }
       if (typing) s.typing = event === "typing_start";
       if (start) s.typingStart = start;
-      if (verdict === "close") {
-        ctx.metrics.error("rate_limited");
-        endSession(s, socket, () => {
-          if (errorEvent) socket.emit(errorEvent, { message: rateLimited().message });
-        });
-        return;
-      }
+      if (verdict === "close") return closeFlood();
       if (s.paced.length === 0) return begin(args, size, verdict);
       // Behind paced events sent before it, which it must not overtake.
       if (event === "authenticate") {
