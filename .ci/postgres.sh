@@ -12,10 +12,10 @@
 # trap the shell already had. A script that sets its own EXIT trap *after* sourcing must call
 # `ci_postgres_stop` in it (or just call it when done; calling it twice is harmless).
 #
-# Exports: TEST_POSTGRES_URL=postgres://USER:PASS@127.0.0.1:PORT/DB, CI_POSTGRES_DIR (the temp
-# dir, with postgres.log in it) and CI_POSTGRES_PORT. Returns non-zero on failure, which stops
-# a caller running under `set -e`. Works under `set -euo pipefail` and leaves shell options as
-# they were.
+# Exports: TEST_POSTGRES_URL=postgres://USER:PASS@127.0.0.1:PORT/DB (USER also owns a database
+# named chat@db), CI_POSTGRES_DIR (the temp dir, with postgres.log in it) and CI_POSTGRES_PORT.
+# Returns non-zero on failure, which stops a caller running under `set -e`. Works under
+# `set -euo pipefail` and leaves shell options as they were.
 
 # Finds the directory holding initdb and pg_ctl: PATH first, then Debian's versioned directory
 # (Debian keeps them off PATH), newest version first.
@@ -186,6 +186,13 @@ _ci_postgres_start() {
       encoding 'UTF8' locale_provider icu icu_locale 'und'" >/dev/null 2>&1 &&
     ! _ci_postgres_as_owner "${psql[@]}" -c "create database $db owner $user" >/dev/null; then
     echo "ci/postgres: could not create the database" >&2
+    ci_postgres_stop
+    return 1
+  fi
+
+  # A database whose name holds an @, which a DATABASE_URL writes as %40 (directory_open_test.ts).
+  if ! _ci_postgres_as_owner "${psql[@]}" -c "create database \"chat@db\" owner $user" >/dev/null; then
+    echo "ci/postgres: could not create the database chat@db" >&2
     ci_postgres_stop
     return 1
   fi

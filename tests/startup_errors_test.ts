@@ -39,7 +39,7 @@ Deno.test("startup: a HOST, DATABASE_URL, KV_PATH or DATA_DIR the server cannot 
     [{ HOST: "nonexistent.invalid" }, "Could not start: Cannot listen on HOST=nonexistent.invalid"],
     [
       { DATABASE_URL: "mysql://x" },
-      'Could not start: DATABASE_URL "mysql://x" has unsupported scheme',
+      'Could not start: DATABASE_URL has unsupported scheme "mysql:"',
     ],
     [
       { DATABASE_URL: "postgres://u:secret@127.0.0.1:1/db" },
@@ -63,25 +63,28 @@ Deno.test("startup: a HOST, DATABASE_URL, KV_PATH or DATA_DIR the server cannot 
   }
 });
 
-Deno.test("startup: a DATABASE_URL whose password holds an unescaped # or / is refused, saying to %-escape it, without printing the password (main.ts and deno serve)", async () => {
-  // The third is cut where its port would be: it parses, as another server's address.
-  for (const password of ["s3cr3t#Pw-LEAKED", "s3cr3t/Pw-LEAKED", "1234/Pw-LEAKED"]) {
-    for (const entry of ["main", "serve"] as const) {
-      const { code, stderr } = await start({
-        DATABASE_URL: `postgres://chat:${password}@db.internal:5432/chat`,
-        DATABASE_TIMEOUT_MS: "1000",
-      }, entry);
-      const what = `${entry}, ${password}: ${stderr}`;
+/** What a DATABASE_URL that reads more than one way is refused with, quoting none of it. */
+const AMBIGUOUS = "DATABASE_URL is not a valid URL: a user name, password or " +
+  "database name holding @ / ? # : or a space must be %-escaped (@ as %40, / as %2F, ? as %3F, " +
+  "# as %23, : as %3A, a space as %20)";
+
+Deno.test("startup: a DATABASE_URL whose password holds an unescaped # / or ?, an @ before it too, is refused, saying to %-escape it, without printing any of it (main.ts and deno serve)", async () => {
+  // With an @ before the cut, what precedes it parses as credentials and what follows it as a
+  // host. The last is cut where its port would be: it parses, as another server's address.
+  const passwords = ["Pw@LEAKED#rest", "Pw@LEAKED.invalid/rest", "Pw@LEAKED.invalid?rest"];
+  passwords.push("s3cr3t#Pw-LEAKED", "s3cr3t/Pw-LEAKED", "1234/Pw-LEAKED");
+  for (const password of passwords) {
+    const env = {
+      DATABASE_URL: `postgres://chat:${password}@db.internal:5432/chat`,
+      DATABASE_TIMEOUT_MS: "1000",
+    };
+    const started = await Promise.all([start(env, "main"), start(env, "serve")]);
+    for (const [i, { code, stderr }] of started.entries()) {
+      const what = `${i === 0 ? "main" : "serve"}, ${password}: ${stderr}`;
       assertEquals(code, 1, what);
-      assert(!stderr.includes("LEAKED"), `the password is printed: ${what}`);
-      assert(
-        stderr.includes(
-          'DATABASE_URL "postgres://chat:***@db.internal:5432/chat" is not a valid URL: ' +
-            "%-escape the reserved characters in its user name and password (# as %23, / as %2F",
-        ),
-        what,
-      );
-      assert(!/\n\s+at /.test(stderr), `a stack trace: ${what}`);
+      assert(!/leaked/i.test(stderr), `the password is printed: ${what}`);
+      // main.ts says it could not start.
+      assertEquals(stderr.trimEnd().replace(/^Could not start: /, ""), AMBIGUOUS, what);
     }
   }
 });
@@ -103,19 +106,13 @@ Deno.test("startup: a DATABASE_URL with its password in the query, an @ in it, r
   }
 });
 
-Deno.test("startup: a refused DATABASE_URL with an @ in its query after the password is quoted with its host and database", async () => {
+Deno.test("startup: a DATABASE_URL whose database name holds an unescaped @ is refused, saying to write it %40, without printing any of it", async () => {
   const { code, stderr } = await start({
-    DATABASE_URL: "postgres://chat:pw#LEAKED@db.internal:5432/chat?application_name=chat@prod",
+    DATABASE_URL: "postgres://127.0.0.1:1/chat@db?user=app&password=s3cr3t-LEAKED",
   });
   assertEquals(code, 1, stderr);
-  assert(!stderr.includes("LEAKED"), `the password is printed: ${stderr}`);
-  assert(
-    stderr.includes(
-      'DATABASE_URL "postgres://chat:***@db.internal:5432/chat?application_name=chat@prod" is ' +
-        "not a valid URL",
-    ),
-    stderr,
-  );
+  assert(!/leaked|chat@db/i.test(stderr), `the URL is printed: ${stderr}`);
+  assertEquals(stderr.trimEnd(), `Could not start: ${AMBIGUOUS}`);
 });
 
 Deno.test("startup: a MEDIA_DIR that would serve the data directory or the KV file stops the server", async () => {

@@ -20,7 +20,8 @@ export type DirectoryTarget =
 /**
  * Tells which database `databaseUrl` names: undefined or blank → `<dataDir>/directory.sqlite3`;
  * a plain path, `sqlite:<path>`, `sqlite://<path>` or `file:<path>` → that SQLite file
- * (`:memory:` allowed); `postgres://` or `postgresql://` → Postgres.
+ * (`:memory:` allowed); `postgres://` or `postgresql://` → Postgres, refused when it may be a
+ * password cut short (see {@link readUrl}). No error quotes the value.
  */
 export function parseDatabaseUrl(
   databaseUrl: string | undefined,
@@ -32,8 +33,7 @@ export function parseDatabaseUrl(
   const scheme = /^([a-z][a-z0-9+.-]+):/i.exec(value)?.[1]?.toLowerCase();
   if (scheme === undefined) return { dialect: "sqlite", path: value };
   if (scheme === "postgres" || scheme === "postgresql") {
-    checkPostgresUrl(value);
-    return { dialect: "postgres", url: value };
+    return { dialect: "postgres", url: driverUrl(value) };
   }
   if (scheme === "sqlite" || scheme === "file") {
     // `sqlite:///abs/x.db` and `sqlite://rel/x.db` keep what follows the `//`; `file:` URLs
@@ -44,14 +44,14 @@ export function parseDatabaseUrl(
       try {
         path = decodeURIComponent(path);
       } catch {
-        throw new Error(`DATABASE_URL "${value}" has a malformed %-escape`);
+        throw new Error("DATABASE_URL has a malformed %-escape: a % is written %25");
       }
     }
-    if (path === "") throw new Error(`DATABASE_URL "${value}" names no SQLite file`);
+    if (path === "") throw new Error(`DATABASE_URL names no SQLite file after "${scheme}:"`);
     return { dialect: "sqlite", path };
   }
   throw new Error(
-    `DATABASE_URL "${redactPassword(value)}" has unsupported scheme "${scheme}:"; use a file ` +
+    `DATABASE_URL has unsupported scheme "${scheme}:"; use a file ` +
       `path, sqlite:<path>, file:<path>, postgres:// or postgresql://`,
   );
 }
@@ -67,7 +67,7 @@ export async function openDirectory(
 ): Promise<Directory> {
   const target = parseDatabaseUrl(databaseUrl, dataDir);
   const directory = target.dialect === "postgres"
-    ? openPostgres(target.url, postgres)
+    ? openPostgres(target.url, postgres, databaseUrl!)
     : await openSqlite(target.path, postgres.timeoutMs);
   try {
     await directory.migrate();
@@ -104,8 +104,8 @@ export interface PostgresSettings {
   timeoutMs?: number;
 }
 
-/** A directory on a Postgres connection pool. */
-function openPostgres(url: string, settings: PostgresSettings): KyselyDirectory {
+/** A directory on a Postgres connection pool; `written` is DATABASE_URL, kept out of the log. */
+function openPostgres(url: string, settings: PostgresSettings, written: string): KyselyDirectory {
   const timeout = settings.timeoutMs ?? 5_000;
   // Bounded everywhere: a stalled or unreachable server (a paused VM, a network partition) would
   // otherwise hold every handshake, send and health check for as long as TCP keeps trying. The
@@ -122,134 +122,111 @@ function openPostgres(url: string, settings: PostgresSettings): KyselyDirectory 
   // An idle client whose server went away emits `error` on the pool, and an unhandled `error`
   // event would end the process; the pool drops that client and the next query reconnects.
   pool.on("error", (error) => {
-    console.warn(`directory: idle Postgres connection failed: ${error.message}`);
+    console.warn(
+      `directory: idle Postgres connection failed: ${redactDatabaseUrl(error.message, written)}`,
+    );
   });
   const db = new Kysely<DirectoryDatabase>({ dialect: new PostgresDialect({ pool }) });
   return new KyselyDirectory(db, { dialect: "postgres" });
 }
 
 /**
- * Refuses a Postgres URL that does not read as one. A reserved character left unescaped in the
- * password (`#`, `/`, `?`, common in generated ones) ends the authority where it stands: the URL
- * then fails to parse, and the driver's "Invalid URL" message quotes all of it, password
- * included; or, when what precedes it passes for a port, the password becomes a path, a query
- * or a fragment, and the server connects somewhere else.
+ * Why a Postgres URL is refused. It quotes none of the URL: whatever a hand-made reading of a
+ * URL cut short takes for its password, part of the password may lie elsewhere.
  */
-function checkPostgresUrl(value: string): void {
-  let url: URL | undefined;
+const AMBIGUOUS_URL = "DATABASE_URL is not a valid URL: a user name, password or database name " +
+  "holding @ / ? # : or a space must be %-escaped (@ as %40, / as %2F, ? as %3F, # as %23, : as " +
+  "%3A, a space as %20)";
+
+/** The parts of a URL that reads one way only, as offsets into its text. */
+interface ReadUrl {
+  /** The password after `scheme://user:`, as written ([start, end)), if it has one. */
+  password?: [number, number];
+  /** Where the path starts (its `/`), or the query's `?` when it has none. */
+  path: number;
+  /** Where the query starts (after its `?`), or the text's length. */
+  query: number;
+}
+
+/**
+ * `value` read as the driver reads it (WHATWG's URL: the authority ends at the first `/` or `?`,
+ * its credentials at its last `@`), or undefined when a reserved character left unescaped in a
+ * password (`#`, `/`, `?`, common in generated ones) could have cut it short, so that part of the
+ * password would pass for a host, a path or a query: a `#` anywhere (the driver reads no
+ * fragment), an `@` in the path (`postgres://u:Pw@LEAKED/rest@db/c`, or a database name, which
+ * is written `%40`), or in a query parameter's name (`postgres://u:Pw@LEAKED?rest@db/c`). A query
+ * parameter's value may hold an `@` (`?user=app&password=s3cr@t`).
+ */
+function readUrl(value: string): ReadUrl | undefined {
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\//i.exec(value);
+  if (!scheme || value.includes("#")) return undefined;
+  const question = value.indexOf("?");
+  const head = question === -1 ? value.length : question;
+  const query = question === -1 ? value.length : question + 1;
+  const slash = value.indexOf("/", scheme[0].length);
+  const path = slash === -1 || slash > head ? head : slash;
+  if (value.slice(path, head).includes("@")) return undefined;
+  const names = value.slice(query).split("&").map((p) => p.split("=", 1)[0]);
+  if (names.some((name) => name.includes("@"))) return undefined;
   // As the driver (pg-connection-string) reads it: `postgres://user:pw@/db?host=/socket` has
   // no host, which it stands in for.
-  for (const text of [value, value.replace("@/", "@localhost/")]) {
-    try {
-      url = new URL(text);
-      break;
-    } catch {
-      // Tried as the driver would next.
-    }
-  }
-  // An `@` that did not end the authority (no credentials came of it) sits after a cut; one in
-  // a query parameter's value (`?user=app&password=s3cr@t`, which the driver reads) does not.
-  const cut = url !== undefined &&
-    (url.hash !== "" ||
-      (url.username === "" && url.password === "" &&
-        atSigns(value).some((at) => !inValue(value, at))));
-  if (url === undefined || cut) {
-    throw new Error(
-      `DATABASE_URL "${redactPassword(value)}" is not a valid URL: %-escape the reserved ` +
-        "characters in its user name and password (# as %23, / as %2F, ? as %3F, @ as %40, " +
-        ": as %3A, a space as %20)",
-    );
-  }
-}
-
-/** The offsets of the `@`s in `value`. */
-function atSigns(value: string): number[] {
-  return [...value.matchAll(/@/g)].map((m) => m.index);
-}
-
-/** The offset of the first `/`, `?` or `#` in `value` from `from` on, or its length. */
-function authorityEnd(value: string, from: number): number {
-  const end = value.slice(from).search(/[/?#]/);
-  return end === -1 ? value.length : from + end;
+  if (!URL.canParse(value) && !URL.canParse(value.replace("@/", "@localhost/"))) return undefined;
+  const at = value.lastIndexOf("@", path - 1);
+  const colon = value.indexOf(":", scheme[0].length);
+  const password: [number, number] | undefined = at >= scheme[0].length && colon !== -1 &&
+      colon < at
+    ? [colon + 1, at]
+    : undefined;
+  return { password, path, query };
 }
 
 /**
- * True when `value[at]` lies in the value of a query parameter (after its `=`), where an `@` is
- * the parameter's, not the end of a password cut short.
+ * The Postgres URL the driver is handed for `value`, which must read one way only (see
+ * {@link readUrl}). The driver reads the database name with `decodeURI`, which leaves `%40` as
+ * it is: it is given `@` there, which its URL reading keeps in the path.
  */
-function inValue(value: string, at: number): boolean {
-  const query = value.indexOf("?", authorityEnd(value, value.indexOf("//") + 2));
-  const hash = value.indexOf("#");
-  if (query === -1 || query > at || (hash !== -1 && hash < at)) return false;
-  const parameter = value.slice(Math.max(query, value.lastIndexOf("&", at)) + 1, at);
-  return parameter.includes("=");
+function driverUrl(value: string): string {
+  const read = readUrl(value);
+  if (!read) throw new Error(AMBIGUOUS_URL);
+  const head = read.query === value.length ? value.length : read.query - 1;
+  return value.slice(0, read.path) + value.slice(read.path, head).replace(/%40/gi, "@") +
+    value.slice(head);
+}
+
+/** The `password=` query parameters' values in `query` (a URL's text after its `?`), as written. */
+function queryPasswords(query: string): string[] {
+  return query.split("&").filter((p) => /^password=/i.test(p)).map((p) => p.slice(9));
 }
 
 /**
- * Where the password after `scheme://user:` lies in `value` ([start, end) of its text), if it
- * has one. As a URL reads it, it ends at the authority's last `@`, the authority ending at the
- * first `/`, `?` or `#` after it (`postgres://u:pw@db/c?application_name=chat@prod`: `pw`).
- * Cut short there by a reserved character of its own (`postgres://u:p#w@db/c`), it ends at the
- * first `@` after the cut that a host follows (no other `@` before the next `/`, `?` or `#`),
- * but not at one in a query parameter's value (`postgres://db:5432/c?password=s3cr@t`, where
- * `5432/c?password=s3cr` is no password).
- */
-function passwordSpan(value: string): [number, number] | undefined {
-  const head = /^[a-z][a-z0-9+.-]*:\/\/[^:/?#@]*:/i.exec(value);
-  if (!head) return undefined;
-  const start = head[0].length;
-  const end = authorityEnd(value, start);
-  const last = value.lastIndexOf("@", end - 1);
-  if (last >= start) return [start, last];
-  for (const at of atSigns(value)) {
-    if (at < end || inValue(value, at)) continue;
-    if (/^@[^@/?#]*(?:[/?#]|$)/.test(value.slice(at))) return [start, at];
-  }
-  return undefined;
-}
-
-/** `password=` query parameters (group 1), then each one's value, up to the next `&` (group 2). */
-const QUERY_PASSWORD = /([?&]password=)([^&]*)/gi;
-
-/**
- * The URL with its passwords replaced by `***`, so that error messages can quote it: the one
- * after `scheme://user:` (see {@link passwordSpan}; a password holding an unescaped `/`, `#` or
- * `@` may make the URL unparseable or parse into something else), and the `password=` query
- * parameters' (read by the driver too), up to the next `&` (a `#` is taken for the password's).
- */
-function redactPassword(value: string): string {
-  const span = passwordSpan(value);
-  const rest = (text: string) => text.replace(QUERY_PASSWORD, "$1***");
-  if (!span) return rest(value);
-  return `${value.slice(0, span[0])}***${rest(value.slice(span[1]))}`;
-}
-
-/** The passwords `value` holds, as written: after `scheme://user:`, and in its query. */
-function passwords(value: string): string[] {
-  const span = passwordSpan(value);
-  const rest = span ? value.slice(span[1]) : value;
-  return [
-    ...(span ? [value.slice(...span)] : []),
-    ...[...rest.matchAll(QUERY_PASSWORD)].map((m) => m[2]),
-  ].filter((p) => p !== "");
-}
-
-/**
- * `text` (an error message) without the `databaseUrl` it may quote, whole or in part: the URL is
- * given with its passwords as `***`, and a password elsewhere too (as written, %-decoded or
- * %-escaped), where it stands alone: not where it is part of a longer word or number (a password
- * `app` leaves `application_name` be). A password of one or two characters is left, as hiding
- * it would star out words all over the message.
+ * `text` (an error message) without the `databaseUrl` it may quote, nor its passwords: the URL
+ * whole is given with its passwords as `***` (one that reads more than one way, which the server
+ * refuses, as `***` whole); the password of its credentials and of a `password=` query parameter
+ * (which the driver reads too), as written, %-decoded or %-escaped, where it stands alone: not
+ * where it is part of a longer word or number (a password `app` leaves `application_name` be).
+ * A password of one or two characters is hidden only inside the URL, as hiding it would star out
+ * words all over the message.
  */
 export function redactDatabaseUrl(text: string, databaseUrl: string | undefined): string {
   const value = databaseUrl?.trim() ?? "";
-  const secrets = passwords(value);
-  if (secrets.length === 0) return text;
-  const hidden = redactPassword(value);
+  // A file path or a SQLite URL names no password.
+  if (value === "" || !/^[a-z][a-z0-9+.-]*:\/\//i.test(value)) return text;
+  const read = readUrl(value);
+  if (!read) return text.split(value).join("***");
+  const query = value.slice(read.query);
+  const secrets = [
+    ...(read.password ? [value.slice(...read.password)] : []),
+    ...queryPasswords(query),
+  ].filter((p) => p !== "");
+  const starred = query.replace(/(^|&)(password=)[^&]*/gi, "$1$2***");
+  const hidden =
+    (read.password
+      ? `${value.slice(0, read.password[0])}***${value.slice(read.password[1], read.query)}`
+      : value.slice(0, read.query)) + starred;
   const forms = new Set<string>();
   for (const secret of secrets.filter((p) => p.length >= 3)) {
     // As written, %-decoded (a query's `+` as a space), and %-escaped (the driver escapes a URL
-    // with a space in it).
+    // with a space in it; WHATWG's URL, an `@` in a password).
     for (
       const form of [
         (p: string) => p,
