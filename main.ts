@@ -396,9 +396,14 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         // The other processes are told of an eviction even when this one's channel refused it
         // (the hub throws so that the caller knows): a retry of the request may find nothing
         // left to publish.
+        // Through the failure log, as the signals below: on a full disk each one fails.
         if (isEviction(event)) {
           roomEvents.publish(event).catch((err) =>
-            console.error("room events: telling the other processes failed:", err)
+            failureLog.failed(
+              "room events: telling the other processes failed",
+              err,
+              `room ${event.room}`,
+            )
           );
         }
       }
@@ -407,8 +412,13 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       if (
         isSignal(event) && (registry.elsewhere > 0 || (!registry.alone && event.type !== "read"))
       ) {
+        // Every typing start and stop is a KV write: on a full disk each would log a stack.
         signals.publish(event).catch((err) =>
-          console.error("room signals: telling the other processes failed:", err)
+          failureLog.failed(
+            "room signals: telling the other processes failed",
+            err,
+            `room ${event.room}`,
+          )
         );
       }
     },
@@ -632,8 +642,10 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
           if (err instanceof KeySetUnavailable) {
             return unavailable("Service unavailable: tokens cannot be checked now; try again");
           }
+          // Through the failure log: a directory that does not answer refuses every client that
+          // reconnects, which is one outage, not a line each.
           const path = JSON.stringify(new URL(req.url).pathname.slice(0, 200));
-          console.error(`${path}: the socket could not be opened: ${message(err)}`);
+          failureLog.failed(`${path}: the socket could not be opened`, err);
           return unavailable("Service unavailable: try again");
         });
       }

@@ -16,6 +16,7 @@ import { assert, assertEquals, delay, eventually } from "./assert.ts";
 import { startTestServer, TEST_SECRET, TestClient } from "./helpers.ts";
 import { holdWriteLock, mayMount, smallDisk, spawnServer } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
+import type { Directory } from "../src/core/directory.ts";
 
 type Frame = Record<string, unknown>;
 
@@ -60,6 +61,35 @@ async function joined(url: string, user = "1"): Promise<TestClient> {
 async function ask(ws: TestClient, frame: Frame, ref: string): Promise<Frame> {
   ws.send({ ...frame, ref });
   return await ws.next((f) => f.ref === ref);
+}
+
+/** `directory` failing every call with `error()` while `down()` says so, as pg's would. */
+function failing(down: () => boolean, error: () => Error, only?: Set<string>) {
+  return (directory: Directory): Directory =>
+    new Proxy(directory, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop, target);
+        if (typeof value !== "function") return value;
+        if (only && !only.has(String(prop))) return value.bind(target);
+        return (...args: unknown[]) => down() ? Promise.reject(error()) : value.apply(target, args);
+      },
+    });
+}
+
+/** What this process logs through console.error and console.warn until `restore`, stacks included. */
+function capture() {
+  const logged: string[] = [];
+  const [warn, error] = [console.warn, console.error];
+  console.warn = console.error = (...args: unknown[]) =>
+    logged.push(args.map((a) => a instanceof Error ? a.stack : String(a)).join(" "));
+  return {
+    logged,
+    log: () => logged.join("\n"),
+    restore() {
+      console.warn = warn;
+      console.error = error;
+    },
+  };
 }
 
 Deno.test("log: 10 API writes answered 503 while another process holds the SQLite directory's lock are one outage line, and one more with their count once a write goes through", async () => {
@@ -268,26 +298,20 @@ Deno.test({
   },
 });
 
+/** What pg throws for a Postgres that refuses connections. */
+const refused = () =>
+  Object.assign(new Error("connect ECONNREFUSED 10.0.0.5:5432"), {
+    code: "ECONNREFUSED",
+    syscall: "connect",
+    address: "10.0.0.5",
+    port: 5432,
+  });
+
 Deno.test("log: 20 sockets opening while the directory refuses connections are one outage line, not a profile lookup's stack trace each, and one more once it answers", async () => {
   let down = false;
-  const refused = () =>
-    Object.assign(new Error("connect ECONNREFUSED 10.0.0.5:5432"), { code: "ECONNREFUSED" });
   // A Postgres that refuses connections: every call of the directory fails as pg's would.
-  const server = await startTestServer({}, {
-    directory: (d) =>
-      new Proxy(d, {
-        get(target, prop) {
-          const value = Reflect.get(target, prop, target);
-          if (typeof value !== "function") return value;
-          return (...args: unknown[]) =>
-            down ? Promise.reject(refused()) : value.apply(target, args);
-        },
-      }),
-  });
-  const logged: string[] = [];
-  const [warn, error] = [console.warn, console.error];
-  console.warn = console.error = (...args: unknown[]) =>
-    logged.push(args.map((a) => a instanceof Error ? a.stack : String(a)).join(" "));
+  const server = await startTestServer({}, { directory: failing(() => down, refused) });
+  const { logged, restore } = capture();
   const open = async (user: number) => {
     const token = await server.token({ sub: String(user), rooms: ["ticket:*"] });
     const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
@@ -305,8 +329,7 @@ Deno.test("log: 20 sockets opening while the directory refuses connections are o
     await eventually(() => logged.some((l) => /^outage over/.test(l)), 10_000, "the end");
   } finally {
     down = false;
-    console.warn = warn;
-    console.error = error;
+    restore();
     await server.close();
   }
   const log = logged.join("\n");
@@ -350,4 +373,100 @@ Deno.test("log: a native send or history an unexpected error failed is logged wi
     "Unexpected error while handling a client frame (native, room ticket:1, user 1): " +
     "TypeError: the access check broke",
   ]);
+});
+
+Deno.test("log: 20 ticket sockets refused before their upgrade while the directory refuses connections are one outage line, not one each, and one more once it answers", async () => {
+  let down = false;
+  const server = await startTestServer({}, { directory: failing(() => down, refused) });
+  const { logged, restore } = capture();
+  const open = async (ticket: number) => {
+    const token = await server.token({ sub: String(ticket) });
+    const res = await fetch(`${server.url}/ws/ticket/${ticket}/?token=${token}`, {
+      headers: { upgrade: "websocket", connection: "Upgrade", "sec-websocket-version": "13" },
+    });
+    await res.body?.cancel();
+    return res.status;
+  };
+  try {
+    down = true;
+    // Answered as before.
+    for (let ticket = 1; ticket <= 20; ticket++) assertEquals(await open(ticket), 503);
+    assertNoFlood(logged.join("\n"), 1);
+    down = false;
+    const ws = await TestClient.open(
+      `${server.wsUrl}/ws/ticket/21/?token=${await server.token({ sub: "21" })}`,
+    );
+    await ws.close();
+    await eventually(() => logged.some((l) => /^outage over/.test(l)), 10_000, "the end");
+  } finally {
+    down = false;
+    restore();
+    await server.close();
+  }
+  const log = logged.join("\n");
+  assertNoFlood(log, 2);
+  const outages = lines(log, /^outage/);
+  assertEquals(
+    outages[0],
+    "outage: the directory does not answer: Error: connect ECONNREFUSED 10.0.0.5:5432. What " +
+      "needs it is refused, and counted rather than logged, until it does (first: directory: " +
+      "profile lookup failed (user 1))",
+  );
+  // Each socket's profile lookup, and its access check before the upgrade.
+  const counted = /^outage over: the directory answers again after \d+ s; (\d+) refused meanwhile$/
+    .exec(outages[1] ?? "");
+  assert(Number(counted?.[1]) >= 20, log);
+});
+
+Deno.test({
+  name: named(
+    "log: typing on a full disk while another server shares DATA_DIR (each signal a KV write for it) is one outage line, not a stack trace per signal",
+  ),
+  ignore: skip,
+  async fn() {
+    const disk = await smallDisk();
+    const env = {
+      DATA_DIR: disk.dir,
+      RATE_LIMIT_PER_SECOND: "1000",
+      RATE_LIMIT_USER_PER_SECOND: "1000",
+    };
+    const [a, b] = [spawnServer(env), spawnServer(env)];
+    try {
+      const url = await a.url();
+      await b.url();
+      // Typing goes through KV only once each knows of the other.
+      await eventually(
+        async () => {
+          const res = await fetch(`${url}/healthz`);
+          return (await res.json()).peers === 1;
+        },
+        10_000,
+        "the servers to see each other",
+      );
+      const sockets: TestClient[] = [];
+      for (let user = 1; user <= 4; user++) sockets.push(await joined(url, String(user)));
+      await disk.fill();
+      const before = a.log().length;
+      for (let round = 0; round < 2; round++) {
+        for (const ws of sockets) {
+          ws.send({ type: "typing", room: "ticket:1", is_typing: true });
+          ws.send({ type: "typing", room: "ticket:1", is_typing: false });
+        }
+        await delay(500);
+      }
+      await delay(500);
+      for (const ws of sockets) await ws.close();
+      const log = a.log().slice(before);
+      assertNoFlood(log, 1);
+      assert(
+        lines(log, /^outage/)[0]?.startsWith(
+          "outage: KV does not accept writes: TypeError: database or disk is full. ",
+        ),
+        log,
+      );
+    } finally {
+      await Promise.all([a.kill("SIGKILL"), b.kill("SIGKILL")]);
+      await disk.unmount();
+    }
+  },
 });

@@ -994,7 +994,9 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       } catch (err) {
         // Looked at again with the room's next drop.
         this.#dropped.add(room);
-        if (!this.#closed) console.error("history: deleting dropped files failed:", err);
+        if (!this.#closed) {
+          failureLog.failed("history: deleting dropped files failed", err, `room ${room}`);
+        }
       }
     }
   }
@@ -1090,7 +1092,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     const sweep = () =>
       this.sweepPendingFiles().catch((err) => {
         if (!this.#closed) {
-          console.error("history: deleting the files of unsent messages failed:", err);
+          failureLog.failed("history: deleting the files of unsent messages failed", err);
         }
       });
     void sweep();
