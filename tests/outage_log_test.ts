@@ -17,6 +17,7 @@ import { startTestServer, TEST_SECRET, TestClient } from "./helpers.ts";
 import { holdWriteLock, mayMount, smallDisk, spawnServer } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 import type { Directory } from "../src/core/directory.ts";
+import { SETTLE_MS } from "../src/core/failure_log.ts";
 
 type Frame = Record<string, unknown>;
 
@@ -416,6 +417,104 @@ Deno.test("log: 20 ticket sockets refused before their upgrade while the directo
   const counted = /^outage over: the directory answers again after \d+ s; (\d+) refused meanwhile$/
     .exec(outages[1] ?? "");
   assert(Number(counted?.[1]) >= 20, log);
+});
+
+Deno.test("log: a directory the OS refuses (pg's connect EACCES on its unix socket) is the directory's outage, not the media volume's, and /healthz's media probe does not end it", async () => {
+  let down = false;
+  const path = "/var/run/postgresql/.s.PGSQL.5432";
+  const eacces = () =>
+    Object.assign(new Error(`connect EACCES ${path}`), {
+      code: "EACCES",
+      errno: -13,
+      syscall: "connect",
+      address: path,
+    });
+  const server = await startTestServer({}, { directory: failing(() => down, eacces) });
+  const { logged, restore } = capture();
+  const open = async (user: number) => {
+    const token = await server.token({ sub: String(user), rooms: ["ticket:*"] });
+    const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+    assertEquals((await ws.next()).type, "welcome");
+    await ws.close();
+  };
+  try {
+    down = true;
+    await open(1);
+    // A load balancer's health checks, past the time an outage's answers take to settle: each
+    // writes to the media volume, which answers.
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(`${server.url}/healthz`);
+      await res.body?.cancel();
+      assertEquals(res.status, 503);
+      await delay(SETTLE_MS / 2 + 100);
+    }
+    assertEquals(lines(logged.join("\n"), /^outage/), [
+      `outage: the directory does not answer: Error: connect EACCES ${path}. What needs it is ` +
+      "refused, and counted rather than logged, until it does (first: directory: profile " +
+      "lookup failed (user 1))",
+    ]);
+    down = false;
+    await open(2);
+    await eventually(() => logged.some((l) => /^outage over/.test(l)), 10_000, "the end");
+  } finally {
+    down = false;
+    restore();
+    await server.close();
+  }
+  assert(
+    /^outage over: the directory answers again after \d+ s; [1-9]\d* refused meanwhile$/.test(
+      lines(logged.join("\n"), /^outage over/)[0],
+    ),
+    logged.join("\n"),
+  );
+});
+
+Deno.test("log: the SQLite directory on a full disk, whose reads pass while writes fail, is not logged as back at a read, only once a write goes through", async () => {
+  let full = false;
+  const diskFull = () =>
+    Object.assign(new Error("database or disk is full"), { code: "ERR_SQLITE_ERROR" });
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, {
+    directory: failing(() => full, diskFull, new Set(["upsertUser"])),
+  });
+  const { logged, restore } = capture();
+  const call = async (method: "GET" | "PUT", id: number) => {
+    const res = await fetch(`${server.url}/api/users/${id}`, {
+      method,
+      headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
+      body: method === "PUT" ? JSON.stringify({ username: `u${id}` }) : undefined,
+    });
+    await res.body?.cancel();
+    return res.status;
+  };
+  try {
+    assertEquals(await call("PUT", 1), 200);
+    full = true;
+    // Answered as before.
+    assertEquals(await call("PUT", 2), 500);
+    assertEquals(await call("GET", 1), 200);
+    // Past the time an answer takes to settle, and the next tick.
+    await delay(SETTLE_MS + 1_200);
+    assertEquals(lines(logged.join("\n"), /^outage/), [
+      "outage: the directory does not answer: Error: database or disk is full. What needs it " +
+      "is refused, and counted rather than logged, until it does (first: api: PUT " +
+      "/api/users/{id} failed)",
+    ]);
+    full = false;
+    assertEquals(await call("PUT", 2), 200);
+    await eventually(() => logged.some((l) => /^outage over/.test(l)), 10_000, "the end");
+  } finally {
+    full = false;
+    restore();
+    await server.close();
+  }
+  const log = logged.join("\n");
+  assertNoFlood(log, 2);
+  assert(
+    /^outage over: the directory answers again after \d+ s; 1 refused meanwhile$/.test(
+      lines(log, /^outage over/)[0],
+    ),
+    log,
+  );
 });
 
 Deno.test({

@@ -60,36 +60,54 @@ export function directoryUnavailable(err: unknown): boolean {
     .test(err.message);
 }
 
-/** SQLite's answers when it takes no write: a full or read-only volume, another's lock. */
+/**
+ * SQLite's answers when it takes no write: a full or read-only volume, another's lock. Reads
+ * still pass meanwhile.
+ */
 const SQLITE_REFUSED =
   /database or disk is full|disk I\/O error|readonly database|read-only file system|no space left|database is locked|SQLITE_(FULL|IOERR|READONLY|BUSY)/i;
 
-/** The operating system's codes for a volume that takes no file. */
-const VOLUME_CODES = /^(ENOSPC|EDQUOT|EROFS|EACCES|EPERM|EIO)$/;
-
 /**
  * The store whose outage `err` is, if it is one: the directory's (see
- * {@link directoryUnavailable}, or its SQLite file on a full volume), KV's (Deno KV's SQLite
- * refusing writes), or the media volume's (the OS refusing a file).
+ * {@link directoryUnavailable}, a connection the network or the OS refused, or its SQLite file
+ * on a full volume) or KV's (Deno KV's SQLite refusing writes). The media volume's outage is
+ * not told by its error: an OS code such as EACCES is as much pg's, for a unix socket it may
+ * not open, so the media store says so itself ({@link FailureLog.refused}).
  */
 export function unavailableStore(err: unknown): Store | undefined {
   for (let e = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) {
-    const { code } = e as { code?: unknown };
+    const { code, syscall, address } = e as {
+      code?: unknown;
+      syscall?: unknown;
+      address?: unknown;
+    };
     if (directoryUnavailable(e)) return "directory";
+    // node:net's errors (pg's, the directory's only network client): `connect EACCES
+    // /var/run/postgresql/.s.PGSQL.5432`, a firewall's `connect EPERM`.
+    if (syscall === "connect" || syscall === "getaddrinfo" || typeof address === "string") {
+      return "directory";
+    }
     // node:sqlite's errors carry this code; Deno KV's (TypeErrors) carry none.
     if (code === "ERR_SQLITE_ERROR") {
       return SQLITE_REFUSED.test(e.message) ? "directory" : undefined;
     }
-    if (typeof code === "string" && VOLUME_CODES.test(code)) return "media";
     if (code === undefined && SQLITE_REFUSED.test(e.message)) return "kv";
   }
   return undefined;
 }
 
-/** True when `err` is another's lock: reads still pass, so only a write says it is over. */
-function lockedOut(err: unknown): boolean {
-  return err instanceof DirectoryUnavailable ||
-    (err instanceof Error && /database is locked|SQLITE_BUSY/i.test(err.message));
+/**
+ * True when `err` refuses writes while reads still pass (another's lock; a full or read-only
+ * volume under SQLite or KV; Postgres's disk full, 53100), so that only a write says it is over.
+ */
+function writesRefused(err: unknown): boolean {
+  for (let e = err, depth = 0; e instanceof Error && depth < 4; e = e.cause, depth++) {
+    if (e instanceof DirectoryUnavailable || (e as { code?: unknown }).code === "53100") {
+      return true;
+    }
+    if (SQLITE_REFUSED.test(e.message)) return true;
+  }
+  return false;
 }
 
 /** `err` in one line: its name and message, and its cause's, cut short. */
@@ -115,7 +133,7 @@ interface Outage {
   lineAt: number;
   /** Date.now() of its latest refusal. */
   lastRefusal: number;
-  /** Only a write's answer ends it (another's lock: reads pass all along). */
+  /** Only a write's answer ends it (another's lock, a full disk: reads pass all along). */
   writes: boolean;
   /** Date.now() of an answer since the latest refusal, which ends it once settled. */
   answeredAt?: number;
@@ -191,7 +209,7 @@ export class FailureLog {
         sinceLine: 0,
         lineAt: now,
         lastRefusal: now,
-        writes: lockedOut(err),
+        writes: writesRefused(err),
       });
       this.#log(
         `outage: ${OUTAGE_TEXT[store].down}: ${brief(err)}. What needs it is refused, and ` +
@@ -203,7 +221,7 @@ export class FailureLog {
     outage.sinceLine++;
     outage.lastRefusal = now;
     outage.answeredAt = undefined;
-    if (lockedOut(err)) outage.writes = true;
+    if (writesRefused(err)) outage.writes = true;
     if (now - outage.lineAt >= STILL_EVERY_MS) {
       this.#log(
         `outage: ${OUTAGE_TEXT[store].down} still (${brief(err)}): ${outage.sinceLine} refused ` +
@@ -217,9 +235,9 @@ export class FailureLog {
   }
 
   /**
-   * Tells that `store` answered (`read`: a read did, which does not end an outage of writes
-   * refused for another's lock): an outage under way is logged as over once nothing more is
-   * refused for {@link SETTLE_MS}.
+   * Tells that `store` answered (`read`: a read did, which does not end an outage of refused
+   * writes, such as another's lock or a full disk): an outage under way is logged as over once
+   * nothing more is refused for {@link SETTLE_MS}.
    */
   answered(store: Store, how: "read" | "write" = "write"): void {
     const outage = this.#outages.get(store);

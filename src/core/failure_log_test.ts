@@ -35,8 +35,33 @@ Deno.test("unavailableStore: KV's, the directory's and the media volume's refusa
     "directory",
   );
   assertEquals(unavailableStore(sqlite("database or disk is full")), "directory");
-  assertEquals(unavailableStore(os("ENOSPC")), "media");
-  assertEquals(unavailableStore(os("EROFS")), "media");
+  // pg's connections the OS or the network refused: the directory's, whatever their code.
+  const net = (message: string, fields: Record<string, unknown>) =>
+    Object.assign(new Error(message), fields);
+  assertEquals(
+    unavailableStore(
+      net("connect EACCES /var/run/postgresql/.s.PGSQL.5432", {
+        code: "EACCES",
+        syscall: "connect",
+        address: "/var/run/postgresql/.s.PGSQL.5432",
+      }),
+    ),
+    "directory",
+  );
+  assertEquals(
+    unavailableStore(net("connect EPERM 10.0.0.5:5432", { code: "EPERM", address: "10.0.0.5" })),
+    "directory",
+  );
+  assertEquals(
+    unavailableStore(
+      net("getaddrinfo EAI_AGAIN db", { code: "EAI_AGAIN", syscall: "getaddrinfo" }),
+    ),
+    "directory",
+  );
+  // An OS code alone names no store: the media volume's refusals are told by the media store.
+  for (const code of ["ENOSPC", "EROFS", "EACCES", "EPERM", "EIO"]) {
+    assertEquals(unavailableStore(os(code)), undefined, code);
+  }
   assertEquals(unavailableStore(new Error("wrapped", { cause: kvFull() })), "kv");
   assertEquals(unavailableStore(sqlite("no such table: users")), undefined);
   assertEquals(unavailableStore(new TypeError("x is not a function")), undefined);
@@ -94,7 +119,7 @@ Deno.test("FailureLog: a long outage says now and then how much it refused", () 
   assert(STILL_EVERY_MS === 20 * 30_000);
 });
 
-Deno.test("FailureLog: an outage of writes for another's lock ends at a write's answer, not a read's", () => {
+Deno.test("FailureLog: an outage of writes for another's lock, a full or read-only disk ends at a write's answer, not a read's", () => {
   const { clock, lines, log } = logged();
   log.failed("api: PUT /api/users/{id} failed", new DirectoryUnavailable("stayed locked"));
   log.answered("directory", "read");
@@ -108,13 +133,32 @@ Deno.test("FailureLog: an outage of writes for another's lock ends at a write's 
     lines[1],
     /^outage over: the directory answers again after 2 s; 1 refused meanwhile$/,
   );
+  // A full disk or a read-only volume under the SQLite directory, Postgres's disk full: reads
+  // pass while writes fail, as with another's lock.
+  const full = Object.assign(new Error("database or disk is full"), { code: "ERR_SQLITE_ERROR" });
+  const readOnly = Object.assign(new Error("attempt to write a readonly database"), {
+    code: "ERR_SQLITE_ERROR",
+  });
+  const pgFull = Object.assign(new Error("could not extend file"), { code: "53100" });
+  for (const err of [full, readOnly, pgFull]) {
+    const before = lines.length;
+    log.failed("api: PUT /api/users/{id} failed", err);
+    assertEquals(lines.length, before + 1, err.message);
+    log.answered("directory", "read");
+    clock.now += SETTLE_MS;
+    log.tick();
+    assertEquals(lines.length, before + 1, `over at a read: ${lines.at(-1)}`);
+    log.answered("directory", "write");
+    log.tick();
+    assertMatch(lines.at(-1)!, /^outage over: the directory answers again/);
+  }
   // A Postgres that does not answer at all: a read's answer is enough.
   const refused = Object.assign(new Error("connect ECONNREFUSED"), { code: "ECONNREFUSED" });
   log.failed("api: GET /x failed", refused);
   log.answered("directory", "read");
   clock.now += SETTLE_MS;
   log.tick();
-  assertMatch(lines[3], /^outage over: the directory answers again/);
+  assertMatch(lines.at(-1)!, /^outage over: the directory answers again/);
 });
 
 Deno.test("FailureLog: other errors are logged in full a few times a minute per message, the rest counted", () => {
