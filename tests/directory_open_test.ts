@@ -67,9 +67,9 @@ Deno.test("parseDatabaseUrl: an unknown scheme or a SQLite URL naming no file fa
 });
 
 /** What a Postgres URL that reads more than one way is refused with, quoting none of it. */
-const AMBIGUOUS = "DATABASE_URL is not a valid URL: a user name, password or database name " +
-  "holding @ / ? # : or a space must be %-escaped (@ as %40, / as %2F, ? as %3F, # as %23, : as " +
-  "%3A, a space as %20)";
+const AMBIGUOUS = "DATABASE_URL is not a valid URL: a user name or password holding @ / ? # : " +
+  "or a space must be %-escaped (@ as %40, / as %2F, ? as %3F, # as %23, : as %3A, a space as " +
+  "%20), and an @ in the database name too (as %40)";
 
 Deno.test("parseDatabaseUrl: a Postgres URL that an unescaped # / ? or @ may have cut short is refused, quoting none of it", async () => {
   const cut = [
@@ -94,7 +94,7 @@ Deno.test("parseDatabaseUrl: a Postgres URL that an unescaped # / ? or @ may hav
   }
 });
 
-Deno.test("parseDatabaseUrl: a Postgres URL that reads one way only is taken, and the driver reads it as written; a database name's %40 reaches it as an @", () => {
+Deno.test("parseDatabaseUrl: a Postgres URL that reads one way only is taken, and the driver reads it as written; a database name's %40 reaches it as an @", async () => {
   const read = (url: string) => {
     const target = parseDatabaseUrl(url, "/d");
     assertEquals(target.dialect, "postgres", url);
@@ -168,6 +168,22 @@ Deno.test("parseDatabaseUrl: a Postgres URL that reads one way only is taken, an
       password: null,
       database: "chat@db",
     }],
+    // The driver leaves %3A as it is in a database name: it is given the `:`.
+    ["postgres://u:p@db/chat%3Aprod", {
+      host: "db",
+      port: 5432,
+      user: "u",
+      password: "p",
+      database: "chat:prod",
+    }],
+    // A space anywhere made the driver escape the URL again: a password's %2F read as "%2F".
+    ["postgres://u:pa%2Fss%3Fw@db/chat?application_name=chat server", {
+      host: "db",
+      port: 5432,
+      user: "u",
+      password: "pa/ss?w",
+      database: "chat",
+    }],
   ];
   for (const [url, expected] of cases) assertEquals(read(url), expected, url);
   // Handed on as written, but for the database name's %40.
@@ -179,6 +195,18 @@ Deno.test("parseDatabaseUrl: a Postgres URL that reads one way only is taken, an
     dialect: "postgres",
     url: "postgres://db/chat@db?x=%40",
   });
+  // The driver does not decode these in a database name: refused, rather than a database that
+  // "does not exist".
+  for (const name of ["chat%2Fprod", "chat%3Fprod", "chat%23prod"]) {
+    const error = await assertRejects(() =>
+      Promise.resolve().then(() => parseDatabaseUrl(`postgres://u:p@db/${name}`, "/d"))
+    );
+    assertEquals(
+      error.message,
+      "DATABASE_URL: the driver cannot be given a database name holding / ? or # (it does not " +
+        "decode %2F, %3F, %23 there): rename the database",
+    );
+  }
 });
 
 Deno.test("redactDatabaseUrl: the URL whole with its passwords starred out, and its password (as written, %-decoded or %-escaped) where it stands alone", () => {

@@ -64,9 +64,9 @@ Deno.test("startup: a HOST, DATABASE_URL, KV_PATH or DATA_DIR the server cannot 
 });
 
 /** What a DATABASE_URL that reads more than one way is refused with, quoting none of it. */
-const AMBIGUOUS = "DATABASE_URL is not a valid URL: a user name, password or " +
-  "database name holding @ / ? # : or a space must be %-escaped (@ as %40, / as %2F, ? as %3F, " +
-  "# as %23, : as %3A, a space as %20)";
+const AMBIGUOUS = "DATABASE_URL is not a valid URL: a user name or password holding @ / ? # : " +
+  "or a space must be %-escaped (@ as %40, / as %2F, ? as %3F, # as %23, : as %3A, a space as " +
+  "%20), and an @ in the database name too (as %40)";
 
 Deno.test("startup: a DATABASE_URL whose password holds an unescaped # / or ?, an @ before it too, is refused, saying to %-escape it, without printing any of it (main.ts and deno serve)", async () => {
   // With an @ before the cut, what precedes it parses as credentials and what follows it as a

@@ -134,9 +134,14 @@ function openPostgres(url: string, settings: PostgresSettings, written: string):
  * Why a Postgres URL is refused. It quotes none of the URL: whatever a hand-made reading of a
  * URL cut short takes for its password, part of the password may lie elsewhere.
  */
-const AMBIGUOUS_URL = "DATABASE_URL is not a valid URL: a user name, password or database name " +
-  "holding @ / ? # : or a space must be %-escaped (@ as %40, / as %2F, ? as %3F, # as %23, : as " +
-  "%3A, a space as %20)";
+const AMBIGUOUS_URL =
+  "DATABASE_URL is not a valid URL: a user name or password holding @ / ? # : " +
+  "or a space must be %-escaped (@ as %40, / as %2F, ? as %3F, # as %23, : as %3A, a space as " +
+  "%20), and an @ in the database name too (as %40)";
+
+/** Why a Postgres URL naming a database the driver cannot be given is refused. */
+const UNNAMEABLE_DATABASE = "DATABASE_URL: the driver cannot be given a database name holding " +
+  "/ ? or # (it does not decode %2F, %3F, %23 there): rename the database";
 
 /** The parts of a URL that reads one way only, as offsets into its text. */
 interface ReadUrl {
@@ -189,8 +194,12 @@ function driverUrl(value: string): string {
   const read = readUrl(value);
   if (!read) throw new Error(AMBIGUOUS_URL);
   const head = read.query === value.length ? value.length : read.query - 1;
-  return value.slice(0, read.path) + value.slice(read.path, head).replace(/%40/gi, "@") +
-    value.slice(head);
+  const path = value.slice(read.path, head);
+  if (/%(2f|3f|23)/i.test(path)) throw new Error(UNNAMEABLE_DATABASE);
+  // A space anywhere makes the driver escape the whole URL again, which turns a password's
+  // `%2F` into `%252F`, read as the three characters `%2F`: written `%20`, it never does.
+  return (value.slice(0, read.path) + path.replace(/%40/gi, "@").replace(/%3a/gi, ":") +
+    value.slice(head)).replaceAll(" ", "%20");
 }
 
 /** The `password=` query parameters' values in `query` (a URL's text after its `?`), as written. */
