@@ -644,8 +644,10 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
           }
           // Through the failure log: a directory that does not answer refuses every client that
           // reconnects, which is one outage, not a line each.
+          // The path (the client's to choose) goes with the line, not in its site, which counts
+          // a bug's repeats: one site for them all, however many rooms clients name.
           const path = JSON.stringify(new URL(req.url).pathname.slice(0, 200));
-          failureLog.failed(`${path}: the socket could not be opened`, err);
+          failureLog.failed("ws: the socket could not be opened", err, `path ${path}`);
           return unavailable("Service unavailable: try again");
         });
       }

@@ -419,6 +419,33 @@ Deno.test("log: 20 ticket sockets refused before their upgrade while the directo
   assert(Number(counted?.[1]) >= 20, log);
 });
 
+Deno.test("log: a bug in the checks before 30 ticket sockets' upgrades (not an outage) is logged in full 3 times, naming each path, not once per room path", async () => {
+  const broken = () => new TypeError("the access check broke");
+  const server = await startTestServer({}, {
+    directory: failing(() => true, broken, new Set(["roomAccess"])),
+  });
+  const { logged, restore } = capture();
+  try {
+    for (let ticket = 1; ticket <= 30; ticket++) {
+      const token = await server.token({ sub: String(ticket) });
+      const res = await fetch(`${server.url}/ws/ticket/${ticket}/?token=${token}`, {
+        headers: { upgrade: "websocket", connection: "Upgrade", "sec-websocket-version": "13" },
+      });
+      await res.body?.cancel();
+      assertEquals(res.status, 503);
+    }
+  } finally {
+    restore();
+    await server.close();
+  }
+  const full = lines(logged.join("\n"), /the socket could not be opened/);
+  assertEquals(full.length, 3, logged.join("\n"));
+  assertEquals(
+    full[0],
+    'ws: the socket could not be opened (path "/ws/ticket/1/"): TypeError: the access check broke',
+  );
+});
+
 Deno.test("log: a directory the OS refuses (pg's connect EACCES on its unix socket) is the directory's outage, not the media volume's, and /healthz's media probe does not end it", async () => {
   let down = false;
   const path = "/var/run/postgresql/.s.PGSQL.5432";
