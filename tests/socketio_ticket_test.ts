@@ -2133,3 +2133,61 @@ Deno.test("socket.io ticket chat: a flood of join_ticket past the 400 that may w
     assertEquals(refused, 41);
   });
 });
+
+Deno.test("socket.io ticket chat: a send and a typing_start made as one user behind that user's slow join, before the socket signs in as another, are the first user's: stored as sent by them, never shown as the second's", async () => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => release = r);
+  let held = false;
+  await withChat(
+    async (server, client) => {
+      // Another agent in the ticket, who sees what the others do there.
+      const observer = client({ transports: ["websocket"] });
+      await authenticated(observer, await server.token({ sub: "3", rooms: ["ticket:*"] }));
+      await joined(observer, "slow");
+      const seen: string[] = [];
+      observer.on("user_typing", (d: Payload) => seen.push(`typing ${d.userId}`));
+      observer.on(
+        "new_message",
+        (d: { data: { sender: Payload } }) => seen.push(`message from ${d.data.sender._id}`),
+      );
+      const socket = client({ transports: ["websocket"], reconnection: false });
+      await authenticated(
+        socket,
+        await server.token({ sub: "1", name: "Ann", rooms: ["ticket:*"] }),
+      );
+      // Ann opens the ticket (its access check is slow), types and at once answers in it.
+      socket.emit("join_ticket", { ticketId: "slow" });
+      socket.emit("typing_start", { ticketId: "slow" });
+      const ack = socket.timeout(5000).emitWithAck("send_message", {
+        ticketId: "slow",
+        message: "written by Ann",
+      });
+      // Then the page signs in as Bob, who may enter the ticket too, on the same socket.
+      const bob = await server.token({ sub: "2", name: "Bob", rooms: ["ticket:*"] });
+      await authenticated(socket, bob);
+      release();
+      assertEquals(((await ack) as { sender: Payload }).sender._id, "1");
+      const page = await server.app.context.chat.historyPage("ticket:slow", { limit: 10 });
+      assertEquals(page.messages.map((m) => [m.body, String(m.sender?.id)]), [
+        ["written by Ann", "1"],
+      ]);
+      await settles(() => seen.length > 0, 2000);
+      await delay(300);
+      // Ann's typing is dropped: she left the socket, and Bob typed nothing.
+      assertEquals(seen, ["message from 1"]);
+    },
+    {},
+    {
+      access: (inner) => ({
+        async canAccess(user, room, options) {
+          // User 1's join's first check only.
+          if (room === "ticket:slow" && String(user.id) === "1" && !held) {
+            held = true;
+            await gate;
+          }
+          return await inner.canAccess(user, room, options);
+        },
+      }),
+    },
+  );
+});

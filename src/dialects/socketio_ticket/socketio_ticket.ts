@@ -558,9 +558,9 @@ export function createSocketIoTicketChat(
   async function authorize(
     socket: Socket,
     payload: unknown,
-    options: { fresh?: boolean } = {},
+    options: { fresh?: boolean; as?: Principal } = {},
   ): Promise<{ user: Principal; room: string; id: string }> {
-    const user = state(socket).user;
+    const user = options.as ?? state(socket).user;
     if (!user) throw new ChatError("not_authenticated", SIO_ERRORS.notAuthenticated);
     const id = ticketIdOf(payload);
     const room = roomKey("ticket", id);
@@ -1067,9 +1067,12 @@ export function createSocketIoTicketChat(
       // After the join, leave or typing of its ticket sent before it, which are handled side by
       // side with it: a client that joins and at once sends gets its own `new_message`.
       const ticketTurn = ticketTurnOf(s, payload);
+      // Whoever is signed in as it starts (in the order sent) sent it: an authenticate sent
+      // after it may be done by the time its turn comes.
+      const sender = s.user;
       const sending = inTurn(s, async () => {
         await ticketTurn;
-        return await queueSend(payload);
+        return await queueSend(payload, sender);
       });
       const stored = sending.then(({ queued }) => queued.result);
       const done = Promise.allSettled([s.sendsDone, stored]).then(() => {});
@@ -1087,9 +1090,16 @@ export function createSocketIoTicketChat(
       ack?.(message);
     });
 
-    /** Checks a `send_message` and queues it for the store; the commit is not waited for. */
-    async function queueSend(payload: unknown): Promise<{ id: string; queued: QueuedSend }> {
-      const { user, room, id } = await authorize(socket, payload);
+    /**
+     * Checks a `send_message` of `sender` (who was signed in as it started) and queues it for the
+     * store; the commit is not waited for.
+     */
+    async function queueSend(
+      payload: unknown,
+      sender: Principal | undefined,
+    ): Promise<{ id: string; queued: QueuedSend }> {
+      if (!sender) throw new ChatError("not_authenticated", SIO_ERRORS.notAuthenticated);
+      const { user, room, id } = await authorize(socket, payload, { as: sender });
       const record = payload as Record<string, unknown>;
       const text = messageText(record.message);
       const files = attachmentsOf(record.attachments);
@@ -1112,11 +1122,16 @@ export function createSocketIoTicketChat(
     }
 
     for (const [event, isTyping] of [["typing_start", true], ["typing_stop", false]] as const) {
-      on(socket, event, (payload) =>
-        inTicketTurn(s, payload, async () => {
-          const { user, room, id } = await authorize(socket, payload);
-          // Queued behind a join and run after the disconnect: nobody is typing any more.
-          if (!socket.connected) return;
+      on(socket, event, (payload) => {
+        // Whoever is signed in as it starts (in the order sent) is the one typing.
+        const typist = s.user;
+        return inTicketTurn(s, payload, async () => {
+          if (!typist) throw new ChatError("not_authenticated", SIO_ERRORS.notAuthenticated);
+          const { user, room, id } = await authorize(socket, payload, { as: typist });
+          // Queued behind a join and run after the disconnect: nobody is typing any more. Or
+          // after the socket became someone else's, who left the first user's tickets and
+          // typing: shown now, the first user's typing would stay until the typing timeout.
+          if (!socket.connected || !stillSignedInAs(socket, user)) return;
           ctx.chat.typing(user, room, isTyping, socket.id);
           // Ended by the disconnect like a joined ticket's, not a typing timeout later.
           if (!s.tickets.has(id)) {
@@ -1124,7 +1139,8 @@ export function createSocketIoTicketChat(
             if (!isTyping) outside.delete(id);
             else if (outside.size < MAX_TYPING_OUTSIDE) outside.add(id);
           }
-        }));
+        });
+      });
     }
 
     socket.on("disconnect", () => {
