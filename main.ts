@@ -47,6 +47,7 @@ import { serviceChatRoutes } from "./src/dialects/service_chats/service_chats.ts
 import {
   createSocketIoTicketChat,
   socketIoBusy,
+  socketIoTakeNoMore,
 } from "./src/dialects/socketio_ticket/socketio_ticket.ts";
 // Pages written for the Node server load the client from it: `<script src="/socket.io/socket.io.js">`.
 import socketIoClientBundle from "socket.io-client/dist/socket.io.js" with { type: "text" };
@@ -590,7 +591,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       await settle(started + SHUTDOWN_DRAIN_MS);
       // Frames that come later are dropped, not stored unanswered: the sockets close next.
       connections.takeNoMore();
-      io.takeNoMore();
+      // And the events each Socket.IO socket took and holds in line start now, to be answered.
+      socketIoTakeNoMore(io);
       // Those taken before get a while more: a server behind its commits (each socket's sends
       // queued behind a slow one) still answers most of them.
       await settle(started + SHUTDOWN_DRAIN_MS + SHUTDOWN_QUEUE_MS);

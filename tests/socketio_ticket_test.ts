@@ -2191,3 +2191,31 @@ Deno.test("socket.io ticket chat: a send and a typing_start made as one user beh
     },
   );
 });
+
+for (const transports of [["websocket"], ["polling"]]) {
+  Deno.test(`socketio: a send waiting in line behind a rejoin of 100 tickets (longer than the drain) when a shutdown begins is answered, over ${transports}`, async () => {
+    await withChat(async (server, client) => {
+      const socket = client({ transports, reconnection: false });
+      await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:*"] }));
+      // The document's reconnect handler in 100 tickets: about 8.5 s of pacing.
+      for (let t = 1; t <= 100; t++) {
+        socket.emit("join_ticket", { ticketId: String(t) });
+        socket.emit("get_messages", { ticketId: String(t) });
+      }
+      const ack = socket.timeout(8000).emitWithAck("send_message", {
+        ticketId: "5",
+        message: "in line",
+      }).catch((err) => ({ error: `no answer: ${err.message}` }));
+      await delay(500);
+      await server.app.drain();
+      // Stored within the drain, as the server is not behind its commits here.
+      const answer = await ack as Payload;
+      assertEquals({ message: answer.message, error: answer.error }, {
+        message: "in line",
+        error: undefined,
+      });
+      const stored = await server.app.context.chat.historyPage("ticket:5", { limit: 10 });
+      assertEquals(stored.messages.map((m) => m.body), ["in line"]);
+    });
+  });
+}

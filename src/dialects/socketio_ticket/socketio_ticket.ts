@@ -368,6 +368,36 @@ export function socketIoBusy(io: SocketIOServer): boolean {
   return false;
 }
 
+/**
+ * Empties a socket's line: the events that had their verdict on arrival (a send taken, a
+ * refusal) start at once, in the order sent, when `start`; the paced ones still waiting for a
+ * token are dropped, as the client rejoins when it reconnects.
+ */
+function emptyLine(s: SocketState, start: boolean): void {
+  clearTimeout(s.pacedTimer);
+  s.pacedTimer = undefined;
+  const line = s.paced;
+  s.paced = [];
+  for (const waiting of line) {
+    s.queuedBytes -= waiting.size;
+    if (start && waiting.verdict !== undefined) waiting.start(waiting.verdict);
+  }
+}
+
+/**
+ * Takes no more events on `io`, for a shutdown (see SocketIOServer.takeNoMore), and starts at
+ * once every event its sockets took and hold in line behind paced ones, which are dropped: a
+ * send there would otherwise wait past the drain, neither stored nor answered. Each is stored
+ * within the drain or refused as the server stops, and told which.
+ */
+export function socketIoTakeNoMore(io: SocketIOServer): void {
+  io.takeNoMore();
+  for (const socket of io.of("/").sockets.values()) {
+    const s = socket.data as Partial<SocketState>;
+    if ((s.paced?.length ?? 0) > 0) emptyLine(s as SocketState, true);
+  }
+}
+
 /** Tickets a socket's typing outside its joined ones is remembered for (past it, the timeout ends it). */
 const MAX_TYPING_OUTSIDE = 100;
 
@@ -623,7 +653,8 @@ export function createSocketIoTicketChat(
    */
   function endSession(s: SocketState, socket: Socket, last?: () => void): void {
     s.ending = true;
-    emptyLine(s);
+    // Answered before the close, as they would have been without the line.
+    emptyLine(s, true);
     Promise.allSettled(s.handling).then(() => {
       last?.();
       socket.conn.close();
@@ -661,22 +692,6 @@ export function createSocketIoTicketChat(
       s.queuedBytes -= head.size;
       // Dropped as events that come then are: the server's session is ending.
       if (!s.ending && socket.connected && !io.takingNoMore) head.start(head.verdict ?? "ok");
-    }
-  }
-
-  /**
-   * Empties the socket's line as its session ends: the events that had their verdict on arrival
-   * (a send taken, a refusal) start, in the order sent, as they would have without the line; the
-   * paced ones still waiting for a token are dropped, as the client rejoins when it reconnects.
-   */
-  function emptyLine(s: SocketState): void {
-    clearTimeout(s.pacedTimer);
-    s.pacedTimer = undefined;
-    const line = s.paced;
-    s.paced = [];
-    for (const waiting of line) {
-      s.queuedBytes -= waiting.size;
-      if (waiting.verdict !== undefined && !io.takingNoMore) waiting.start(waiting.verdict);
     }
   }
 
@@ -1147,7 +1162,7 @@ export function createSocketIoTicketChat(
       s.early?.release();
       // Paced events not yet started are dropped: the client rejoins when it reconnects. A send
       // taken behind them still starts, as one that came just before a disconnect does.
-      emptyLine(s);
+      emptyLine(s, !io.takingNoMore);
       clearTimeout(unsigned.get(socket));
       unsigned.delete(socket);
       ctx.metrics.connection("socket.io", -1);
