@@ -2219,3 +2219,20 @@ for (const transports of [["websocket"], ["polling"]]) {
     });
   });
 }
+
+Deno.test("socket.io ticket chat: a send waiting in line behind a rejoin when the transport drops is not stored: it was never answered, and the client sends it again once reconnected", async () => {
+  await withChat(async (server, client) => {
+    const tickets = Array.from({ length: 100 }, (_, i) => String(i + 1));
+    const agent = await rejoiner(server, client, tickets);
+    await settles(() => agent.summary().connects === 1, 3000);
+    await delay(200);
+    let acked = false;
+    agent.socket.emit("send_message", { ticketId: "3", message: "reply" }, () => acked = true);
+    await delay(500);
+    for (const s of server.app.io.of("/").sockets.values()) s.conn.close();
+    await settles(() => agent.summary().connects === 2, 3000);
+    await delay(1000);
+    const page = await server.app.context.chat.historyPage("ticket:3", { limit: 10 });
+    assertEquals({ acked, stored: page.messages.map((m) => m.body) }, { acked: false, stored: [] });
+  });
+});

@@ -1160,9 +1160,11 @@ export function createSocketIoTicketChat(
 
     socket.on("disconnect", () => {
       s.early?.release();
-      // Paced events not yet started are dropped: the client rejoins when it reconnects. A send
-      // taken behind them still starts, as one that came just before a disconnect does.
-      emptyLine(s, !io.takingNoMore);
+      // What waits in line is dropped, a send too: its answer has nowhere to go, and stored now
+      // it would show in the rejoin's get_messages while the client's helper still has it as
+      // sending, and resends it. The client rejoins when it reconnects, and resends what was
+      // never answered (once only, with a clientId).
+      emptyLine(s, false);
       clearTimeout(unsigned.get(socket));
       unsigned.delete(socket);
       ctx.metrics.connection("socket.io", -1);
