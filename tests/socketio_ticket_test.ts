@@ -2193,28 +2193,36 @@ Deno.test("socket.io ticket chat: a send and a typing_start made as one user beh
 });
 
 for (const transports of [["websocket"], ["polling"]]) {
-  Deno.test(`socketio: a send waiting in line behind a rejoin of 100 tickets (longer than the drain) when a shutdown begins is answered, over ${transports}`, async () => {
+  Deno.test(`socketio: a send waiting in line behind a rejoin of 100 tickets (longer than the drain) when a shutdown begins is answered, its ack and its own new_message though its ticket's join was dropped, over ${transports}`, async () => {
     await withChat(async (server, client) => {
       const socket = client({ transports, reconnection: false });
+      const told: string[] = [];
+      socket.on(
+        "new_message",
+        (d: { data: Payload }) => told.push(`new_message ${d.data.message}`),
+      );
       await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:*"] }));
       // The document's reconnect handler in 100 tickets: about 8.5 s of pacing.
       for (let t = 1; t <= 100; t++) {
         socket.emit("join_ticket", { ticketId: String(t) });
         socket.emit("get_messages", { ticketId: String(t) });
       }
+      // In the last ticket, whose join still waits when the stop drops it: the document's client
+      // (no ack) learns the send went from its own new_message.
       const ack = socket.timeout(8000).emitWithAck("send_message", {
-        ticketId: "5",
+        ticketId: "100",
         message: "in line",
       }).catch((err) => ({ error: `no answer: ${err.message}` }));
       await delay(500);
       await server.app.drain();
       // Stored within the drain, as the server is not behind its commits here.
       const answer = await ack as Payload;
-      assertEquals({ message: answer.message, error: answer.error }, {
+      assertEquals({ message: answer.message, error: answer.error, told }, {
         message: "in line",
         error: undefined,
+        told: ["new_message in line"],
       });
-      const stored = await server.app.context.chat.historyPage("ticket:5", { limit: 10 });
+      const stored = await server.app.context.chat.historyPage("ticket:100", { limit: 10 });
       assertEquals(stored.messages.map((m) => m.body), ["in line"]);
     });
   });
@@ -2235,4 +2243,23 @@ Deno.test("socket.io ticket chat: a send waiting in line behind a rejoin when th
     const page = await server.app.context.chat.historyPage("ticket:3", { limit: 10 });
     assertEquals({ acked, stored: page.messages.map((m) => m.body) }, { acked: false, stored: [] });
   });
+});
+
+Deno.test("socket.io ticket chat: a user's typing in a ticket it never joined ends when the socket signs in as another user, not at the typing timeout", async () => {
+  await withChat(async (server, client) => {
+    const observer = client({ transports: ["websocket"] });
+    await authenticated(observer, await server.token({ sub: "3", rooms: ["ticket:*"] }));
+    await joined(observer, "x");
+    const seen: string[] = [];
+    observer.on("user_typing", (d: Payload) => seen.push(`typing ${d.userId}`));
+    observer.on("user_stopped_typing", (d: Payload) => seen.push(`stopped ${d.userId}`));
+    const page = client({ transports: ["websocket"] });
+    await authenticated(page, await server.token({ sub: "1", rooms: ["ticket:*"] }));
+    // The document lets a client type in a ticket it has not joined.
+    page.emit("typing_start", { ticketId: "x" });
+    await settles(() => seen.length === 1, 3000);
+    await authenticated(page, await server.token({ sub: "2", rooms: ["ticket:*"] }));
+    await settles(() => seen.length === 2, 3000);
+    assertEquals(seen, ["typing 1", "stopped 1"]);
+  }, { TYPING_TIMEOUT_SECONDS: "30" });
 });

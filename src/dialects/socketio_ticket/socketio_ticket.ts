@@ -929,6 +929,10 @@ export function createSocketIoTicketChat(
       admitAs(socket, user);
       if (s.user && String(s.user.id) !== String(user.id)) {
         for (const id of [...s.tickets]) leaveTicket(socket, id);
+        // The first user's typing in tickets it never joined ends too, while it is still the
+        // one signed in: the disconnect would end it as the new user, which nobody is.
+        for (const id of s.typingOutside ?? []) stopTypingIn(socket, id);
+        s.typingOutside?.clear();
         socket.leave(userRoom(s.user));
       }
       signedIn(socket, user);
@@ -1100,8 +1104,12 @@ export function createSocketIoTicketChat(
       const message = socketIoMessage(result.message, id, s.baseUrl);
       // A retry of a stored client id gets the original back, as in every protocol: the
       // document's client marks a send as sent when its `new_message` comes, which the first
-      // attempt's broadcast may be what it missed.
-      if (result.duplicate && socket.connected) socket.emit("new_message", { data: message });
+      // attempt's broadcast may be what it missed. So does a send a stop started ahead of its
+      // ticket's join (dropped): the broadcast does not reach a socket not in the ticket.
+      const unjoined = io.takingNoMore && !s.tickets.has(id);
+      if ((result.duplicate || unjoined) && socket.connected) {
+        socket.emit("new_message", { data: message });
+      }
       ack?.(message);
     });
 
