@@ -2263,3 +2263,33 @@ Deno.test("socket.io ticket chat: a user's typing in a ticket it never joined en
     assertEquals(seen, ["typing 1", "stopped 1"]);
   }, { TYPING_TIMEOUT_SECONDS: "30" });
 });
+
+Deno.test("socket.io ticket chat: a send waiting behind its ticket's join when a flood ends the session is stored and its sender, not in the ticket, gets its own new_message", async () => {
+  await withChat(async (server, client) => {
+    const observer = client({ transports: ["websocket"] });
+    await authenticated(observer, await server.token({ sub: "2", rooms: ["ticket:*"] }));
+    await joined(observer, "100");
+    const seen: string[] = [];
+    observer.on("new_message", (d: { data: Payload }) => seen.push(d.data.message as string));
+    // The document's page: it sends without an ack and learns "sent" from its own new_message.
+    const page = client({ transports: ["websocket"], reconnection: false });
+    const told: string[] = [];
+    page.on("new_message", (d: { data: Payload }) => told.push(d.data.message as string));
+    await authenticated(page, await server.token({ sub: "1", rooms: ["ticket:*"] }));
+    // Its reconnect handler in 100 tickets, a reply in the last, then a flood that ends it.
+    for (let t = 1; t <= 100; t++) {
+      page.emit("join_ticket", { ticketId: String(t) });
+      page.emit("get_messages", { ticketId: String(t) });
+    }
+    page.emit("send_message", { ticketId: "100", message: "in line" });
+    await delay(200);
+    for (let i = 0; i < 120; i++) page.emit("send_message", { ticketId: "1", message: "" });
+    await settles(() => told.includes("in line") && seen.includes("in line"), 3000);
+    const stored = await server.app.context.chat.historyPage("ticket:100", { limit: 10 });
+    assertEquals({ stored: stored.messages.map((m) => m.body), seen, told }, {
+      stored: ["in line"],
+      seen: ["in line"],
+      told: ["in line"],
+    });
+  });
+});

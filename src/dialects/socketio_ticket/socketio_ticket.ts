@@ -1104,9 +1104,10 @@ export function createSocketIoTicketChat(
       const message = socketIoMessage(result.message, id, s.baseUrl);
       // A retry of a stored client id gets the original back, as in every protocol: the
       // document's client marks a send as sent when its `new_message` comes, which the first
-      // attempt's broadcast may be what it missed. So does a send a stop started ahead of its
-      // ticket's join (dropped): the broadcast does not reach a socket not in the ticket.
-      const unjoined = io.takingNoMore && !s.tickets.has(id);
+      // attempt's broadcast may be what it missed. So does a send a stop, or the end of its
+      // session (a flood, too much queued), started ahead of its ticket's join (dropped): the
+      // broadcast does not reach a socket not in the ticket.
+      const unjoined = (io.takingNoMore || s.ending === true) && !s.tickets.has(id);
       if ((result.duplicate || unjoined) && socket.connected) {
         socket.emit("new_message", { data: message });
       }
