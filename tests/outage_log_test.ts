@@ -44,6 +44,38 @@ function assertNoFlood(log: string, most: number): void {
   );
 }
 
+/**
+ * A test of `count` servers (with `env`) on a small tmpfs it fills and frees, all killed and the
+ * tmpfs unmounted at its end; skipped without root.
+ */
+function onSmallDisk(
+  name: string,
+  env: Record<string, string>,
+  fn: (servers: Spawned[], disk: SmallDisk) => Promise<void>,
+  count = 1,
+): void {
+  Deno.test({
+    name: named(name),
+    ignore: skip,
+    async fn() {
+      const disk = await smallDisk();
+      const servers = Array.from(
+        { length: count },
+        () => spawnServer({ DATA_DIR: disk.dir, ...env }),
+      );
+      try {
+        await fn(servers, disk);
+      } finally {
+        await Promise.all(servers.map((server) => server.kill("SIGKILL")));
+        await disk.unmount();
+      }
+    },
+  });
+}
+
+type Spawned = ReturnType<typeof spawnServer>;
+type SmallDisk = Awaited<ReturnType<typeof smallDisk>>;
+
 /** A native socket of `user` (1 by default), who may enter every ticket, joined to ticket:1. */
 async function joined(url: string, user = "1"): Promise<TestClient> {
   const token = await signDevToken(TEST_SECRET, {
@@ -143,161 +175,133 @@ Deno.test("log: 10 API writes answered 503 while another process holds the SQLit
   }
 });
 
-Deno.test({
-  name: named(
-    "log: sends refused on a full disk are one outage line for KV and one for the media volume, then one each with their count once they take writes again",
-  ),
-  ignore: skip,
-  async fn() {
-    const disk = await smallDisk();
-    const server = spawnServer({
-      DATA_DIR: disk.dir,
-      RATE_LIMIT_PER_SECOND: "1000",
-      RATE_LIMIT_USER_PER_SECOND: "1000",
-    });
-    try {
-      const ws = await joined(await server.url());
-      await disk.fill();
-      const before = server.log().length;
-      const file = { name: "a.txt", data: btoa("hello") };
-      for (let i = 0; i < 20; i++) {
-        const reply = await ask(ws, { type: "send", room: "ticket:1", body: `m${i}` }, `t${i}`);
-        // Answered as before.
-        assertEquals([reply.type, reply.code, reply.message], [
-          "error",
-          "internal",
-          "Internal server error",
-        ]);
-      }
-      for (let i = 0; i < 5; i++) {
-        const reply = await ask(ws, { type: "send", room: "ticket:1", files: [file] }, `f${i}`);
-        assertEquals([reply.type, reply.code, reply.message], [
-          "error",
-          "internal",
-          "The file could not be stored: the server's storage is unavailable; try again later",
-        ]);
-      }
-      // KV's outage and the media volume's.
-      assertNoFlood(server.log().slice(before), 2);
-      await disk.free();
-      assertEquals((await ask(ws, { type: "send", room: "ticket:1", body: "back" }, "b")).seq, 1);
-      const stored = { type: "send", room: "ticket:1", files: [file] };
-      assertEquals((await ask(ws, stored, "bf")).type, "ack");
-      await eventually(
-        () => lines(server.log(), /^outage over/).length === 2,
-        10_000,
-        "both outages to end",
-      );
-      await ws.close();
-      const log = server.log().slice(before);
-      // And their ends.
-      assertNoFlood(log, 4);
-      // Which room the line names is the next test's.
-      const outages = lines(log, /^outage/).map((l) =>
-        l.replace(/after \d+ s/, "after N s").replace(/room \S+,/, "room R,")
-          .replace(/^(outage over: KV .*; )\d+/, "$1N")
-      );
-      assertEquals(outages, [
-        "outage: KV does not accept writes: TypeError: database or disk is full. What needs it " +
-        "is refused, and counted rather than logged, until it does (first: Unexpected error " +
-        "while handling a client frame (native, room R, user 1))",
-        lines(log, /^outage: the media/)[0],
-        "outage over: KV accepts writes again after N s; N refused meanwhile",
-        "outage over: the media volume accepts files again after N s; 5 refused meanwhile",
-      ], log);
-      // The 20 sends, and the instance registry's heartbeat if one fell in the outage.
-      const kvRefused = Number(/^outage over: KV .*; (\d+) refused/m.exec(log)?.[1]);
-      assert(kvRefused === 20 || kvRefused === 21, log);
-      assert(
-        /^outage: the media volume does not accept files: Error: No space left on device \(os error 28\).* \(first: media: storing a file failed\)$/
-          .test(lines(log, /^outage: the media/)[0]),
-        log,
-      );
-    } finally {
-      await server.kill("SIGKILL");
-      await disk.unmount();
-    }
+onSmallDisk(
+  "log: sends refused on a full disk are one outage line for KV and one for the media volume, then one each with their count once they take writes again",
+  {
+    RATE_LIMIT_PER_SECOND: "1000",
+    RATE_LIMIT_USER_PER_SECOND: "1000",
   },
-});
+  async ([server], disk) => {
+    const ws = await joined(await server.url());
+    await disk.fill();
+    const before = server.log().length;
+    const file = { name: "a.txt", data: btoa("hello") };
+    for (let i = 0; i < 20; i++) {
+      const reply = await ask(ws, { type: "send", room: "ticket:1", body: `m${i}` }, `t${i}`);
+      // Answered as before.
+      assertEquals([reply.type, reply.code, reply.message], [
+        "error",
+        "internal",
+        "Internal server error",
+      ]);
+    }
+    for (let i = 0; i < 5; i++) {
+      const reply = await ask(ws, { type: "send", room: "ticket:1", files: [file] }, `f${i}`);
+      assertEquals([reply.type, reply.code, reply.message], [
+        "error",
+        "internal",
+        "The file could not be stored: the server's storage is unavailable; try again later",
+      ]);
+    }
+    // KV's outage and the media volume's.
+    assertNoFlood(server.log().slice(before), 2);
+    await disk.free();
+    assertEquals((await ask(ws, { type: "send", room: "ticket:1", body: "back" }, "b")).seq, 1);
+    const stored = { type: "send", room: "ticket:1", files: [file] };
+    assertEquals((await ask(ws, stored, "bf")).type, "ack");
+    await eventually(
+      () => lines(server.log(), /^outage over/).length === 2,
+      10_000,
+      "both outages to end",
+    );
+    await ws.close();
+    const log = server.log().slice(before);
+    // And their ends.
+    assertNoFlood(log, 4);
+    // Which room the line names is the next test's.
+    const outages = lines(log, /^outage/).map((l) =>
+      l.replace(/after \d+ s/, "after N s").replace(/room \S+,/, "room R,")
+        .replace(/^(outage over: KV .*; )\d+/, "$1N")
+    );
+    assertEquals(outages, [
+      "outage: KV does not accept writes: TypeError: database or disk is full. What needs it " +
+      "is refused, and counted rather than logged, until it does (first: Unexpected error " +
+      "while handling a client frame (native, room R, user 1))",
+      lines(log, /^outage: the media/)[0],
+      "outage over: KV accepts writes again after N s; N refused meanwhile",
+      "outage over: the media volume accepts files again after N s; 5 refused meanwhile",
+    ], log);
+    // The 20 sends, and the instance registry's heartbeat if one fell in the outage.
+    const kvRefused = Number(/^outage over: KV .*; (\d+) refused/m.exec(log)?.[1]);
+    assert(kvRefused === 20 || kvRefused === 21, log);
+    assert(
+      /^outage: the media volume does not accept files: Error: No space left on device \(os error 28\).* \(first: media: storing a file failed\)$/
+        .test(lines(log, /^outage: the media/)[0]),
+      log,
+    );
+  },
+);
 
-Deno.test({
-  name: named(
-    "log: a native send or read mark a store's outage refused is logged with the room its frame named, though its error frame names none",
-  ),
-  ignore: skip,
-  async fn() {
-    const disk = await smallDisk();
-    const server = spawnServer({ DATA_DIR: disk.dir });
-    try {
-      const ws = await joined(await server.url());
-      const outages = () => lines(server.log(), /^outage: KV/);
-      // A send: its reply waits for the commit.
-      await disk.fill();
-      const send = await ask(ws, { type: "send", room: "ticket:1", body: "lost" }, "s");
-      assertEquals([send.type, send.code, send.room], ["error", "internal", undefined]);
-      await disk.free();
-      assertEquals((await ask(ws, { type: "send", room: "ticket:1", body: "kept" }, "k")).seq, 1);
-      await eventually(() => /outage over/.test(server.log()), 10_000, "the outage's end");
-      // A read mark: refused as the frame is handled.
-      await disk.fill();
-      const read = await ask(ws, { type: "read", room: "ticket:1", seq: 1 }, "r");
-      assertEquals([read.type, read.code, read.room], ["error", "internal", undefined]);
-      await ws.close();
-      const refused = outages().map((l) => /\(first: (.*)\)$/.exec(l)?.[1]);
-      assertEquals(refused, [
-        "Unexpected error while handling a client frame (native, room ticket:1, user 1)",
-        "Unexpected error while handling a client frame (native, room ticket:1, user 1)",
-      ], server.log());
-    } finally {
-      await server.kill("SIGKILL");
-      await disk.unmount();
-    }
+onSmallDisk(
+  "log: a native send or read mark a store's outage refused is logged with the room its frame named, though its error frame names none",
+  {},
+  async ([server], disk) => {
+    const ws = await joined(await server.url());
+    const outages = () => lines(server.log(), /^outage: KV/);
+    // A send: its reply waits for the commit.
+    await disk.fill();
+    const send = await ask(ws, { type: "send", room: "ticket:1", body: "lost" }, "s");
+    assertEquals([send.type, send.code, send.room], ["error", "internal", undefined]);
+    await disk.free();
+    assertEquals((await ask(ws, { type: "send", room: "ticket:1", body: "kept" }, "k")).seq, 1);
+    await eventually(() => /outage over/.test(server.log()), 10_000, "the outage's end");
+    // A read mark: refused as the frame is handled.
+    await disk.fill();
+    const read = await ask(ws, { type: "read", room: "ticket:1", seq: 1 }, "r");
+    assertEquals([read.type, read.code, read.room], ["error", "internal", undefined]);
+    await ws.close();
+    const refused = outages().map((l) => /\(first: (.*)\)$/.exec(l)?.[1]);
+    assertEquals(refused, [
+      "Unexpected error while handling a client frame (native, room ticket:1, user 1)",
+      "Unexpected error while handling a client frame (native, room ticket:1, user 1)",
+    ], server.log());
   },
-});
+);
 
-Deno.test({
-  name: named(
-    "log: sockets closed on a full disk, whose presence exits the sweep retries every round, are one outage line, and one more once KV takes writes again",
-  ),
-  ignore: skip,
-  async fn() {
-    const disk = await smallDisk();
-    // The presence sweep and the registry's heartbeat every 2 s.
-    const server = spawnServer({ DATA_DIR: disk.dir, PRESENCE_TTL_SECONDS: "6" });
-    try {
-      const url = await server.url();
-      const sockets: TestClient[] = [];
-      for (let user = 1; user <= 8; user++) sockets.push(await joined(url, String(user)));
-      await disk.fill();
-      const before = server.log().length;
-      // Eight users close their tabs while the disk is full: each exit fails, and is retried.
-      for (const ws of sockets) await ws.close();
-      await delay(7_000);
-      assertNoFlood(server.log().slice(before), 1);
-      await disk.free();
-      // Nobody writes: the heartbeat's write ends the outage.
-      await eventually(() => /outage over/.test(server.log()), 15_000, "the outage's end");
-      const log = server.log().slice(before);
-      // The outage, its end, and the registry's entry written again after lapsing meanwhile.
-      assertNoFlood(log, 3);
-      const outages = lines(log, /^outage/);
-      assertEquals(outages.length, 2, log);
-      assert(
-        outages[0].startsWith(
-          "outage: KV does not accept writes: TypeError: database or disk is full. ",
-        ),
-        log,
-      );
-      // The 8 exits, their retries and the heartbeats.
-      const refused = Number(/; (\d+) refused meanwhile$/.exec(outages[1])?.[1]);
-      assert(/^outage over: KV accepts writes again after \d+ s;/.test(outages[1]), log);
-      assert(refused >= 8 + 16, log);
-    } finally {
-      await server.kill("SIGKILL");
-      await disk.unmount();
-    }
+// The presence sweep and the registry's heartbeat every 2 s.
+onSmallDisk(
+  "log: sockets closed on a full disk, whose presence exits the sweep retries every round, are one outage line, and one more once KV takes writes again",
+  { PRESENCE_TTL_SECONDS: "6" },
+  async ([server], disk) => {
+    const url = await server.url();
+    const sockets: TestClient[] = [];
+    for (let user = 1; user <= 8; user++) sockets.push(await joined(url, String(user)));
+    await disk.fill();
+    const before = server.log().length;
+    // Eight users close their tabs while the disk is full: each exit fails, and is retried.
+    for (const ws of sockets) await ws.close();
+    await delay(7_000);
+    assertNoFlood(server.log().slice(before), 1);
+    await disk.free();
+    // Nobody writes: the heartbeat's write ends the outage.
+    await eventually(() => /outage over/.test(server.log()), 15_000, "the outage's end");
+    const log = server.log().slice(before);
+    // The outage, its end, and the registry's entry written again after lapsing meanwhile.
+    assertNoFlood(log, 3);
+    const outages = lines(log, /^outage/);
+    assertEquals(outages.length, 2, log);
+    assert(
+      outages[0].startsWith(
+        "outage: KV does not accept writes: TypeError: database or disk is full. ",
+      ),
+      log,
+    );
+    // The 8 exits, their retries and the heartbeats.
+    const refused = Number(/; (\d+) refused meanwhile$/.exec(outages[1])?.[1]);
+    assert(/^outage over: KV accepts writes again after \d+ s;/.test(outages[1]), log);
+    assert(refused >= 8 + 16, log);
   },
-});
+);
 
 /** What pg throws for a Postgres that refuses connections. */
 const refused = () =>
@@ -544,55 +548,45 @@ Deno.test("log: the SQLite directory on a full disk, whose reads pass while writ
   );
 });
 
-Deno.test({
-  name: named(
-    "log: typing on a full disk while another server shares DATA_DIR (each signal a KV write for it) is one outage line, not a stack trace per signal",
-  ),
-  ignore: skip,
-  async fn() {
-    const disk = await smallDisk();
-    const env = {
-      DATA_DIR: disk.dir,
-      RATE_LIMIT_PER_SECOND: "1000",
-      RATE_LIMIT_USER_PER_SECOND: "1000",
-    };
-    const [a, b] = [spawnServer(env), spawnServer(env)];
-    try {
-      const url = await a.url();
-      await b.url();
-      // Typing goes through KV only once each knows of the other.
-      await eventually(
-        async () => {
-          const res = await fetch(`${url}/healthz`);
-          return (await res.json()).peers === 1;
-        },
-        10_000,
-        "the servers to see each other",
-      );
-      const sockets: TestClient[] = [];
-      for (let user = 1; user <= 4; user++) sockets.push(await joined(url, String(user)));
-      await disk.fill();
-      const before = a.log().length;
-      for (let round = 0; round < 2; round++) {
-        for (const ws of sockets) {
-          ws.send({ type: "typing", room: "ticket:1", is_typing: true });
-          ws.send({ type: "typing", room: "ticket:1", is_typing: false });
-        }
-        await delay(500);
+onSmallDisk(
+  "log: typing on a full disk while another server shares DATA_DIR (each signal a KV write for it) is one outage line, not a stack trace per signal",
+  {
+    RATE_LIMIT_PER_SECOND: "1000",
+    RATE_LIMIT_USER_PER_SECOND: "1000",
+  },
+  async ([a, b], disk) => {
+    const url = await a.url();
+    await b.url();
+    // Typing goes through KV only once each knows of the other.
+    await eventually(
+      async () => {
+        const res = await fetch(`${url}/healthz`);
+        return (await res.json()).peers === 1;
+      },
+      10_000,
+      "the servers to see each other",
+    );
+    const sockets: TestClient[] = [];
+    for (let user = 1; user <= 4; user++) sockets.push(await joined(url, String(user)));
+    await disk.fill();
+    const before = a.log().length;
+    for (let round = 0; round < 2; round++) {
+      for (const ws of sockets) {
+        ws.send({ type: "typing", room: "ticket:1", is_typing: true });
+        ws.send({ type: "typing", room: "ticket:1", is_typing: false });
       }
       await delay(500);
-      for (const ws of sockets) await ws.close();
-      const log = a.log().slice(before);
-      assertNoFlood(log, 1);
-      assert(
-        lines(log, /^outage/)[0]?.startsWith(
-          "outage: KV does not accept writes: TypeError: database or disk is full. ",
-        ),
-        log,
-      );
-    } finally {
-      await Promise.all([a.kill("SIGKILL"), b.kill("SIGKILL")]);
-      await disk.unmount();
     }
+    await delay(500);
+    for (const ws of sockets) await ws.close();
+    const log = a.log().slice(before);
+    assertNoFlood(log, 1);
+    assert(
+      lines(log, /^outage/)[0]?.startsWith(
+        "outage: KV does not accept writes: TypeError: database or disk is full. ",
+      ),
+      log,
+    );
   },
-});
+  2,
+);
