@@ -927,7 +927,7 @@ export function createSocketIoTicketChat(
       // count taken now.
       if (!socket.connected) return;
       admitAs(socket, user);
-      if (s.user && String(s.user.id) !== String(user.id)) {
+      if (s.user && !stillSignedInAs(socket, user)) {
         for (const id of [...s.tickets]) leaveTicket(socket, id);
         // The first user's typing in tickets it never joined ends too, while it is still the
         // one signed in: the disconnect would end it as the new user, which nobody is.
