@@ -250,6 +250,9 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     keySetCachePath: join(config.dataDir, "jwks_cache.json"),
   });
 
+  // What the failure log prints may quote a driver's error, and with it the URL's password.
+  const { databaseUrl } = config;
+  if (databaseUrl) failureLog.redactWith((text) => redactDatabaseUrl(text, databaseUrl));
   const opened = await openDirectory(config.databaseUrl, config.dataDir, {
     poolMax: config.databasePoolMax,
     timeoutMs: config.databaseTimeoutMs,
@@ -690,6 +693,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         await registry.close();
         kv.close();
         await directory.close();
+        failureLog.flush();
       }
     },
   };

@@ -175,6 +175,40 @@ Deno.test("log: 10 API writes answered 503 while another process holds the SQLit
   }
 });
 
+Deno.test("log: a server stopped during an outage says at its stop that it was still under way and how much it refused, which no later line would tell", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "outage-log-" });
+  const server = spawnServer({ DATA_DIR: dataDir, ADMIN_TOKEN: ADMIN, DATABASE_TIMEOUT_MS: "100" });
+  try {
+    await server.url();
+    const before = server.log().length;
+    const lock = await holdWriteLock(`${dataDir}/directory.sqlite3`);
+    try {
+      for (let i = 0; i < 5; i++) {
+        const res = await fetch(`${await server.url()}/api/users/${i}`, {
+          method: "PUT",
+          headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
+          body: JSON.stringify({ username: `u${i}` }),
+        });
+        assertEquals(res.status, 503);
+        await res.body?.cancel();
+      }
+      assertEquals((await server.kill("SIGTERM")).code, 0);
+    } finally {
+      await lock.release();
+    }
+    const log = server.log().slice(before);
+    assert(
+      lines(log, /^outage/).length === 2 &&
+        /^outage: the directory does not answer still at stop: 5 refused since \d{4}-\d\d-\d\dT[\d:.]+Z$/
+          .test(lines(log, /^outage/)[1]),
+      log,
+    );
+  } finally {
+    await server.kill("SIGKILL");
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});
+
 onSmallDisk(
   "log: sends refused on a full disk are one outage line for KV and one for the media volume, then one each with their count once they take writes again",
   {

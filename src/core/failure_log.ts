@@ -158,17 +158,33 @@ export interface FailureLogOptions {
   now?: () => number;
 }
 
+/** Rewrites a line before it is logged: stars out secrets (see {@link FailureLog.redactWith}). */
+export type Redact = (text: string) => string;
+
 /** The log of one isolate's failures; see the module comment. */
 export class FailureLog {
   #log: (...data: unknown[]) => void;
   #now: () => number;
+  #redact?: Redact;
   #outages = new Map<Store, Outage>();
   #repeats = new Map<string, Repeat>();
 
   /** Logs through `options.log` by `options.now`'s clock. */
   constructor(options: FailureLogOptions = {}) {
-    this.#log = options.log ?? ((...data) => console.error(...data));
+    const log = options.log ?? ((...data) => console.error(...data));
+    // An error's text (a driver's message, its stack) may quote a secret the configuration
+    // holds, a database URL's password: with a redactor, errors are logged as redacted text.
+    this.#log = (...data) => {
+      const redact = this.#redact;
+      if (!redact) return log(...data);
+      log(...data.map((d) => redact(typeof d === "string" ? d : Deno.inspect(d))));
+    };
     this.#now = options.now ?? Date.now;
+  }
+
+  /** Passes every line logged from now on through `redact` (main.ts: the database URL's). */
+  redactWith(redact: Redact): void {
+    this.#redact = redact;
   }
 
   /**
@@ -262,6 +278,33 @@ export class FailureLog {
         );
       }
     }
+  }
+
+  /**
+   * Logs what a stop would otherwise lose: the counts of the minute under way, and each outage
+   * still under way with what it refused.
+   */
+  flush(): void {
+    const now = this.#now();
+    for (const [store, outage] of this.#outages) {
+      this.#log(
+        `outage: ${OUTAGE_TEXT[store].down} still at stop: ${outage.refused} refused since ${
+          new Date(outage.since).toISOString()
+        }`,
+      );
+    }
+    this.#outages.clear();
+    for (const repeat of this.#repeats.values()) {
+      const more = repeat.count - FULL_PER_MINUTE;
+      if (more > 0) {
+        this.#log(
+          `${repeat.site}: ${more} more since ${new Date(repeat.since).toISOString()} (${
+            minutes(now - repeat.since)
+          } before the stop), not logged one by one: ${repeat.what}`,
+        );
+      }
+    }
+    this.#repeats.clear();
   }
 
   #settle(store: Store, outage: Outage): void {

@@ -189,6 +189,46 @@ Deno.test("FailureLog: other errors are logged in full a few times a minute per 
   assertEquals(lines.length, 2 * FULL_PER_MINUTE + 3);
 });
 
+Deno.test("FailureLog: a stop logs what the next minute or answer would have: the counts under way and the outages not over", () => {
+  const { clock, lines, log } = logged();
+  log.refused("kv", kvFull(), "send failed");
+  log.refused("kv", kvFull(), "send failed");
+  for (let i = 0; i < FULL_PER_MINUTE + 4; i++) log.failed("api: GET /x failed", new Error("x"));
+  clock.now += 30_000;
+  log.flush();
+  assertEquals(lines.slice(1 + FULL_PER_MINUTE), [
+    "outage: KV does not accept writes still at stop: 2 refused since 1970-01-01T00:16:40.000Z",
+    "api: GET /x failed: 4 more since 1970-01-01T00:16:40.000Z (30 s before the stop), not " +
+    "logged one by one: Error: x",
+  ]);
+  // Logged once: nothing is owed any more.
+  clock.now += 60_000;
+  log.tick();
+  log.flush();
+  assertEquals(lines.length, 1 + FULL_PER_MINUTE + 2);
+});
+
+Deno.test("FailureLog: with a redactor, the lines and the errors' text pass through it, stacks included", () => {
+  const { lines, log } = logged();
+  const secret = "s3cr3t-pw";
+  const err = new Error(`connect failed for postgres://app:${secret}@db/chat`);
+  log.failed("before", err);
+  assert(lines[0].includes(secret), lines[0]);
+  log.redactWith((text) => text.replaceAll(secret, "***"));
+  log.failed("after", err);
+  log.refused("directory", new DirectoryUnavailable(`locked (${secret})`), `site ${secret}`);
+  assertEquals(lines.length, 3);
+  for (const line of lines.slice(1)) assert(!line.includes(secret), line);
+  assertMatch(
+    lines[1],
+    /^after: Error: connect failed for postgres:\/\/app:\*\*\*@db\/chat\n\s+at /,
+  );
+  assertMatch(
+    lines[2],
+    /^outage: the directory does not answer: DirectoryUnavailable: locked \(\*\*\*\)/,
+  );
+});
+
 Deno.test("answeringDirectory: the directory's answers reach the log, reads as reads; its own fields still work", async () => {
   const { clock, lines, log } = logged();
   class Fake {
