@@ -2,6 +2,7 @@
 
 import type { PresenceStore, UserId, UserProfile } from "../core/types.ts";
 import { FreshReads, getManyChunked, isLocked } from "./kv_reads.ts";
+import { Buffer } from "node:buffer";
 
 /** Who was alive at one read, and how to make a commit depend on it. */
 export interface Liveness {
@@ -90,18 +91,9 @@ interface Group {
   changes: Queued[];
 }
 
-/** Bytes of `s` in UTF-8, without encoding it. */
-function utf8Length(s: string): number {
-  let n = s.length;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c >= 0x80) n += c >= 0x800 && (c < 0xd800 || c > 0xdfff) ? 2 : 1;
-  }
-  return n;
-}
-
-/** Rough encoded size of a KV key: its parts plus a few bytes of framing each. */
-const keyBytes = (...parts: string[]) => parts.reduce((sum, p) => sum + utf8Length(p) + 3, 0);
+/** Rough encoded size of a KV key: its parts (UTF-8, counted natively) plus a few bytes each. */
+const keyBytes = (...parts: string[]) =>
+  parts.reduce((sum, p) => sum + Buffer.byteLength(p, "utf8") + 3, 0);
 
 /**
  * Takes the next batch off the queue: whole users (all their waiting changes, so each user's
