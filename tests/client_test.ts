@@ -1261,6 +1261,9 @@ Deno.test("web: the dev sign-in answers only this machine's unforwarded requests
       const proxied: Record<string, string>[] = [
         { "x-forwarded-for": "203.0.113.9" },
         { forwarded: "for=203.0.113.9" },
+        // nginx with only `proxy_set_header X-Forwarded-Proto $scheme;`, a CDN's client header.
+        { "x-forwarded-proto": "https" },
+        { "true-client-ip": "203.0.113.9" },
       ];
       for (const forwarded of proxied) {
         const res = await signIn(local, forwarded);

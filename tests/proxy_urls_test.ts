@@ -6,8 +6,16 @@
  */
 
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
-import { assert, assertEquals } from "./assert.ts";
-import { originHandshake, reverseProxy, startTestServer, TestClient } from "./helpers.ts";
+import { assert, assertEquals, eventually } from "./assert.ts";
+import {
+  originHandshake,
+  reverseProxy,
+  startTestServer,
+  TEST_SECRET,
+  TestClient,
+} from "./helpers.ts";
+import { spawnServer } from "./server_process.ts";
+import { signDevToken } from "../src/auth/verifier.ts";
 
 type Payload = Record<string, unknown>;
 
@@ -385,5 +393,29 @@ Deno.test("PUBLIC_URL with a path, behind a proxy serving the server there: the 
     await conversation?.close();
     await proxy.close();
     await server.close();
+  }
+});
+
+Deno.test("a proxy that sends only X-Real-IP (a common nginx setup) is noticed: without PUBLIC_URL the server warns that its URLs name the Host it was given", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "proxy-warning-" });
+  const server = spawnServer({ DATA_DIR: dataDir });
+  try {
+    const url = await server.url();
+    const token = await signDevToken(TEST_SECRET, {
+      sub: "1",
+      username: "one",
+      rooms: ["ticket:*"],
+    });
+    const client = await TestClient.open(
+      `${url.replace(/^http/, "ws")}/ws/ticket/1/?token=${token}`,
+      {
+        headers: { "x-real-ip": "203.0.113.9" },
+      },
+    );
+    await client.close();
+    await eventually(() => /PUBLIC_URL is not set/.test(server.log()), 10_000, "the warning");
+  } finally {
+    await server.kill("SIGKILL");
+    await Deno.remove(dataDir, { recursive: true });
   }
 });

@@ -105,10 +105,15 @@ export function requestOrigin(req: Request, trustProxy: boolean): string {
   }
 }
 
-/** Headers a proxy adds to say it forwarded a request. */
-const FORWARDED = ["forwarded", "x-forwarded-proto", "x-forwarded-host", "x-forwarded-for"];
+/** Headers a proxy adds to say it forwarded a request, or for whom (lower case, as Headers keys are). */
+const FORWARDED = /^(forwarded|x-forwarded-[a-z0-9-]*|x-real-ip|x-client-ip|true-client-ip)$/;
 
-/** True when a request carries a header a proxy adds to say it forwarded it. */
+/**
+ * True when a request carries a header a proxy adds to say it forwarded it: `Forwarded`, any
+ * `X-Forwarded-*`, `X-Real-IP`, `X-Client-IP`, `True-Client-IP` (nginx's common setups send
+ * only some of them, `X-Real-IP` alone among them).
+ */
 export function saysForwarded(req: Request): boolean {
-  return FORWARDED.some((name) => req.headers.has(name));
+  for (const name of req.headers.keys()) if (FORWARDED.test(name)) return true;
+  return false;
 }

@@ -2,6 +2,7 @@
 
 import type { Hono } from "hono";
 import { signDevToken } from "../auth/verifier.ts";
+import { saysForwarded } from "../auth/request_origin.ts";
 import { ApiError, readCapped } from "./api/framework.ts";
 
 /** Largest body the dev sign-in reads. */
@@ -81,9 +82,6 @@ export async function devUserId(name: string): Promise<string> {
   return slug ? `dev-${slug}-${hex}` : `dev-${hex}`;
 }
 
-/** Headers a proxy adds: a request that carries one came from elsewhere, whatever its address. */
-const FORWARDED = ["forwarded", "x-forwarded-for", "x-real-ip", "x-forwarded-host"];
-
 /** A loopback address, as Deno gives a peer's or as a Host header names one (IPv6 bracketed). */
 const LOOPBACK = /^(127(\.\d{1,3}){3}|::1|::ffff:127(\.\d{1,3}){3}|localhost)$/;
 
@@ -100,7 +98,8 @@ export function isLocalRequest(req: Request, remote?: Deno.Addr): boolean {
   // HTTP/2 has no Host header: the name is the URL's authority there.
   const host = (req.headers.get("host") ?? new URL(req.url).host).toLowerCase()
     .replace(/^\[(.*)\](:\d+)?$/, "$1").replace(/^([^:]*)(:\d+)?$/, "$1");
-  return LOOPBACK.test(host) && !FORWARDED.some((h) => req.headers.has(h));
+  // A proxy's header says the request came from elsewhere, whatever its address.
+  return LOOPBACK.test(host) && !saysForwarded(req);
 }
 
 /** Checks a dev sign-in request; returns the name and grants, or an error message. */
