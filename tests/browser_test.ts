@@ -16,7 +16,7 @@ import { signDevToken } from "../src/auth/verifier.ts";
 import type * as ClientModule from "../client/mod.ts";
 import type { PageDocument, PageImage, PageProgress } from "../web/dom.ts";
 import { assert, assertEquals, within } from "./assert.ts";
-import { freePort, reverseProxy } from "./helpers.ts";
+import { freePort, reverseProxy, startTestServer, TestClient } from "./helpers.ts";
 
 // The functions handed to page.evaluate run in the page, where `document` exists.
 declare const document: PageDocument;
@@ -733,6 +733,70 @@ Deno.test({
       await server.close();
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
       await Deno.remove(profile, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
+  name: named(
+    "browser: a user's .js or .css upload is no script or stylesheet the chat page can load, though its CSP trusts the server's own origin",
+  ),
+  ignore: skip,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    requireChromium();
+    const server = await startTestServer();
+    const profile = await Deno.makeTempDir({ prefix: "chat-chromium-upload-" });
+    let context: BrowserContext | null = null;
+    try {
+      const token = await server.token({ sub: "7", rooms: ["ticket:1"] });
+      const ws = await TestClient.open(`${server.wsUrl}/ws/ticket/1/?token=${token}`);
+      ws.send({ body: "", file: btoa('document.title = "the upload ran";'), filename: "x.js" });
+      const script = (await ws.next()).file as string;
+      ws.send({ body: "", file: btoa("body { outline: 7px solid red }"), filename: "x.css" });
+      const style = (await ws.next()).file as string;
+      await ws.close();
+      context = await chromium.launchPersistentContext(profile, {
+        executablePath: CHROMIUM,
+        headless: true,
+        args: FLAGS,
+      });
+      const page = context.pages()[0] ?? await context.newPage();
+      await page.goto(`${server.url}/`);
+      // What an HTML injection into the page could add: tags naming the uploads.
+      // Run as the page's own code (a string: the test's types know no DOM).
+      const outcome = await page.evaluate(`(async () => {
+        const loaded = (tag, attrs) => new Promise((resolve) => {
+          const el = document.createElement(tag);
+          for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+          el.onload = () => resolve("loaded");
+          el.onerror = () => resolve("refused");
+          document.head.append(el);
+        });
+        return {
+          script: await loaded("script", { src: ${JSON.stringify(script)} }),
+          style: await loaded("link", { rel: "stylesheet", href: ${JSON.stringify(style)} }),
+          title: document.title,
+          outline: getComputedStyle(document.body).outlineStyle,
+        };
+      })()`);
+      assertEquals(outcome, {
+        script: "refused",
+        style: "refused",
+        title: "Chat",
+        outline: "none",
+      });
+      // Still the file itself when fetched, as text.
+      const fetched = await fetch(script);
+      assertEquals(
+        [fetched.headers.get("content-type"), await fetched.text()],
+        ["text/plain; charset=utf-8", 'document.title = "the upload ran";'],
+      );
+    } finally {
+      await context?.close().catch(() => {});
+      await Deno.remove(profile, { recursive: true }).catch(() => {});
+      await server.close();
     }
   },
 });

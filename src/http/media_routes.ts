@@ -5,8 +5,16 @@ import { isHiddenName, type LocalMediaStore } from "../media/local_media_store.t
 import { detectMime, isActiveContent, mimeFromName, SNIFF_BYTES } from "../media/mime.ts";
 
 /**
+ * Types a page of this origin would load as its own script or style (`<script src>`, a worker,
+ * `<link rel=stylesheet>`): the chat page's CSP trusts `'self'`, so an upload served so would
+ * let an injected tag run or style it. Served as plain text, which nosniff keeps from loading.
+ */
+const SCRIPT_OR_STYLE = new Set(["text/javascript", "application/javascript", "text/css"]);
+
+/**
  * Headers for a stored file: the type its message announced (from its name, or from its first
- * bytes, `head`, when the name says nothing; never an active type from bytes), never run as a page.
+ * bytes, `head`, when the name says nothing; never an active type from bytes), never run as a
+ * page, nor loaded by one as a script or style.
  */
 export function mediaHeaders(
   name: string,
@@ -14,8 +22,9 @@ export function mediaHeaders(
   head: Uint8Array = new Uint8Array(),
 ): Headers {
   const type = detectMime(head, name);
+  const served = SCRIPT_OR_STYLE.has(type) ? "text/plain" : type;
   const headers = new Headers({
-    "content-type": type.startsWith("text/") ? `${type}; charset=utf-8` : type,
+    "content-type": served.startsWith("text/") ? `${served}; charset=utf-8` : served,
     "content-length": String(size),
     "x-content-type-options": "nosniff",
     // Not kept by shared caches (a CDN): a deleted message's or room's files must stop being
