@@ -18,6 +18,27 @@ function temporaryName(kind: "upload" | "health"): string {
   return `.${kind}-${crypto.randomUUID()}`;
 }
 
+/**
+ * Where a volume makes no hard links, the temporary file that names a file being put in place,
+ * in its text, until its caller has recorded it (see {@link LocalMediaStore.put}).
+ */
+const CLAIM = ".claim";
+
+/**
+ * True for what link(2) says on a volume that makes no hard links: SMB and Azure Files, s3fs,
+ * gcsfuse (ENOTSUP/EOPNOTSUPP, ENOSYS), FAT (EPERM). Deno gives the first a plain Error.
+ */
+function linksRefused(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return err instanceof Deno.errors.NotSupported || code === "ENOTSUP" ||
+    code === "EOPNOTSUPP" || code === "ENOSYS" || code === "EPERM";
+}
+
+/** The empty files of a name each put in place without a link (see {@link LocalMediaStore.put}). */
+async function reserve(path: string): Promise<void> {
+  using _ = await Deno.open(path, { write: true, createNew: true });
+}
+
 /** True for a name {@link LocalMediaStore} gives its temporary files. */
 export function isTemporaryName(name: string): boolean {
   return /^\.(upload|health)-/.test(name);
@@ -65,11 +86,15 @@ async function exists(path: string): Promise<boolean> {
 /**
  * Files are written to a temporary name and then hard-linked to their final name: the link
  * fails when the name exists, so two writers never overwrite each other and a reader never sees
- * half a file. A deleted file's name stays taken (see {@link goneName}).
+ * half a file. A deleted file's name stays taken (see {@link goneName}). On a volume that makes
+ * no hard links the name is taken by creating it empty (which fails as well when it exists) and
+ * the file renamed over it.
  */
 export class LocalMediaStore implements MediaStore {
   /** Absolute root directory. */
   readonly root: string;
+  /** The volume refused a hard link as something it does not do: names are taken without. */
+  #noLinks = false;
 
   /** Uses `root` (created on first write). */
   constructor(root: string) {
@@ -91,6 +116,10 @@ export class LocalMediaStore implements MediaStore {
     if (!folder) throw new RangeError(`Media path "${dir}/${filename}" leaves the media root`);
     const target = dirname(folder);
     await Deno.mkdir(target, { recursive: true });
+    // A folder of the file's own goes with a file that is not stored (bytes that were not
+    // base64, a full volume): nothing else would ever remove it.
+    const dropFolder = () =>
+      OWN_FOLDER.test(basename(target)) ? Deno.remove(target).catch(() => {}) : undefined;
     const temp = join(target, temporaryName("upload"));
     let size = 0;
     try {
@@ -102,9 +131,14 @@ export class LocalMediaStore implements MediaStore {
       }
     } catch (err) {
       await Deno.remove(temp).catch(() => {});
+      await dropFolder();
       throw err;
     }
     let released = false;
+    // Without links: the claim naming the file, and the empty file of its name until the bytes
+    // are renamed over it.
+    let claim: string | undefined;
+    let placeholder: string | undefined;
     try {
       for (let n = 0; n < NUMBERED_NAMES + RANDOM_NAMES; n++) {
         // Past the first numbers, random ones: a folder several rooms share (conversations' dated
@@ -117,8 +151,18 @@ export class LocalMediaStore implements MediaStore {
         // otherwise leave these bytes served at the URL of a deleted file until the sweep.
         if (await exists(mark)) continue;
         try {
-          await Deno.link(temp, join(target, name));
+          if (this.#noLinks) await reserve(join(target, name));
+          else await Deno.link(temp, join(target, name));
         } catch (err) {
+          if (!this.#noLinks && linksRefused(err)) {
+            this.#noLinks = true;
+            console.warn(
+              `media: ${this.root} makes no hard links (${(err as Error).message}); files are ` +
+                "put in place by renaming them over an empty file of their name instead",
+            );
+            n--;
+            continue;
+          }
           if (!(err instanceof Deno.errors.AlreadyExists)) throw err;
           continue;
         }
@@ -128,18 +172,34 @@ export class LocalMediaStore implements MediaStore {
           await Deno.remove(join(target, name));
           continue;
         }
+        if (this.#noLinks) {
+          placeholder = join(target, name);
+          // Named in a claim before the bytes take the name: a crash from here on leaves the
+          // claim, which the sweep reads to find the file, as it finds a linked one by its twin.
+          claim = join(target, `${temporaryName("upload")}${CLAIM}`);
+          await Deno.writeTextFile(claim, name, { createNew: true });
+          await Deno.rename(temp, placeholder);
+          // From here on the file is the caller's to discard, as a linked one is.
+          placeholder = undefined;
+        }
         const key = relative(this.root, join(target, name)).split(sep).join("/");
         const stored = { key, name, size };
         await options.linked?.(stored);
         // Before the caller commits, or not at all: a temporary name left linked to a file that
         // a message names would have the sweep take the file for a crash's.
-        await Deno.remove(temp);
+        await Deno.remove(claim ?? temp);
         released = true;
         return stored;
       }
       throw new Error(`No free name for "${filename}" in ${dir}`);
     } finally {
-      if (!released) await Deno.remove(temp).catch(() => {});
+      if (!released) {
+        await Deno.remove(temp).catch(() => {});
+        // Never announced: the name is free again.
+        if (placeholder) await Deno.remove(placeholder).catch(() => {});
+        if (claim) await Deno.remove(claim).catch(() => {});
+        await dropFolder();
+      }
     }
   }
 
@@ -224,7 +284,13 @@ export class LocalMediaStore implements MediaStore {
     try {
       const { mtime, nlink, ino, dev } = await Deno.stat(path);
       if (!mtime || mtime.getTime() >= cutoff) return false;
-      if ((nlink ?? 1) > 1 && ino !== null) {
+      if (path.endsWith(CLAIM)) {
+        // Put in place without a link: the claim names the file, in the same folder.
+        const name = await Deno.readTextFile(path);
+        if (name !== "" && !name.includes("/") && !name.includes(sep) && !isHiddenName(name)) {
+          await this.delete(relative(this.root, join(dirname(path), name)).split(sep).join("/"));
+        }
+      } else if ((nlink ?? 1) > 1 && ino !== null) {
         const dir = dirname(path);
         for await (const entry of Deno.readDir(dir)) {
           const twin = join(dir, entry.name);

@@ -291,3 +291,101 @@ Deno.test("mediaUrlPath() writes a URL for a key stored with a lone surrogate: t
   assertEquals(mediaUrlPath("files/ticket_1/\ud800.png"), "/media/files/ticket_1/%EF%BF%BD.png");
   assertEquals(mediaUrlPath("uploads/a b.png"), "/uploads/a%20b.png");
 });
+
+Deno.test("attachment store: a file not stored (bytes that are not base64) takes the folder of its own with it", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    const store = new MediaAttachmentStore(new LocalMediaStore(root), 1024);
+    const [kept] = await store.save("files/t", [{ name: "ok.txt", data: btoa("fine") }]);
+    for (const data of ["@@@@", "QUJD!!!!"]) {
+      await assertRejects(
+        () => store.save("files/t", [{ name: "a.png", data }]),
+        /not valid base64/,
+      );
+    }
+    // The stored file's folder alone.
+    assertEquals([...Deno.readDirSync(`${root}/files/t`)].map((e) => e.name), [
+      kept.key.split("/")[2],
+    ]);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+/** Runs `fn` with Deno.link failing as it does on a volume without hard links (SMB, FUSE). */
+async function withoutHardLinks(fn: (warnings: string[]) => Promise<void>): Promise<void> {
+  const { link } = Deno;
+  const { warn } = console;
+  const warnings: string[] = [];
+  // What Deno 2.9 throws for link(2)'s ENOTSUP (a FUSE volume refusing links, tried by hand).
+  (Deno as { link: typeof Deno.link }).link = () =>
+    Promise.reject(Object.assign(new Error("Operation not supported (os error 95)"), {
+      code: "ENOTSUP",
+    }));
+  console.warn = (text: string) => warnings.push(text);
+  try {
+    await fn(warnings);
+  } finally {
+    (Deno as { link: typeof Deno.link }).link = link;
+    console.warn = warn;
+  }
+}
+
+Deno.test("media store: a volume without hard links takes files by renaming them over an empty file of their name, never over another's, and says so once", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    await withoutHardLinks(async (warnings) => {
+      const media = new LocalMediaStore(root);
+      const first = await media.put("d", "a.txt", new Uint8Array([1]));
+      const second = await media.put("d", "a.txt", new Uint8Array([2, 2]));
+      // Taken one after the other, and side by side.
+      const together = await Promise.all(
+        [3, 4, 5].map((n) => media.put("d", "a.txt", new Uint8Array(n).fill(n))),
+      );
+      assertEquals([first.name, second.name], ["a.txt", "a_1.txt"]);
+      assertEquals(new Set([first, second, ...together].map((f) => f.name)).size, 5);
+      for (const file of [first, second, ...together]) {
+        assertEquals((await Deno.readFile(`${root}/${file.key}`)).length, file.size);
+      }
+      // Nothing hidden is left: no temporary file, no claim.
+      assertEquals([...Deno.readDirSync(`${root}/d`)].filter((e) => isHiddenName(e.name)), []);
+      assertEquals(warnings.length, 1);
+      assertMatch(warnings[0], /makes no hard links/);
+    });
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("media store: without hard links, a file whose save a crash cut short is found by its claim and swept; a recorded one is left", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    await withoutHardLinks(async () => {
+      const media = new LocalMediaStore(root);
+      // A save that never returns: the process dies while the message is committed.
+      let crashed!: () => void;
+      const cut = new Promise<void>((resolve) => crashed = resolve);
+      void media.put("d", "lost.txt", new Uint8Array([9]), {
+        linked: () => {
+          crashed();
+          return new Promise(() => {});
+        },
+      });
+      await cut;
+      const kept = await media.put("d", "kept.txt", new Uint8Array([1]));
+      // An hour later, as the sweep sees them.
+      const old = new Date(Date.now() - 2 * 60 * 60_000);
+      for (const e of Deno.readDirSync(`${root}/d`)) {
+        Deno.utimeSync(`${root}/d/${e.name}`, old, old);
+      }
+      assertEquals(await media.sweepTemporary(60 * 60_000), 1);
+      const left = [...Deno.readDirSync(`${root}/d`)].map((e) => e.name);
+      assert(!left.includes("lost.txt"), left.join(" "));
+      assert(left.includes(kept.name), left.join(" "));
+      // Its name stays taken, as any swept file's.
+      assertEquals((await media.put("d", "lost.txt", new Uint8Array([1]))).name, "lost_1.txt");
+    });
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
