@@ -440,7 +440,7 @@ interface Pending {
   retries: number;
   /** Why its room was dropped after it was written: the server's "join first" means this. */
   dropped?: ChatError;
-  /** When it was made (Date.now()). */
+  /** When it was made (performance.now()). */
   madeAt: number;
   /** The limits a `send` was last checked against. */
   checkedAgainst?: ServerLimits;
@@ -455,7 +455,7 @@ interface RoomState {
   joinSentOn: number;
   /** Joins the server failed (not refused) in a row. */
   joinRetries: number;
-  /** A failed join goes again from this time on (Date.now()). */
+  /** A failed join goes again from this time on (performance.now()). */
   joinAfter: number;
   /** True once `joined` arrived on the current socket. */
   live: boolean;
@@ -470,7 +470,7 @@ interface RoomState {
   /** Deliveries of the room, one after another, so a gap can be filled before what follows. */
   chain: Promise<void>;
   waiters: { resolve(frame: Frame): void; reject(err: ChatError): void }[];
-  /** Our own typing state. */
+  /** When our typing was last sent (performance.now()); -Infinity while not typing. */
   typingSentAt: number;
   typingIdle?: ReturnType<typeof setTimeout>;
 }
@@ -510,23 +510,23 @@ export class ChatClient {
   /** The server's heartbeat period from `welcome`, ms. */
   #serverHeartbeatMs?: number;
   #deadline?: ReturnType<typeof setTimeout>;
-  /** When the current socket last brought a frame (Date.now()). */
-  #heardAt = 0;
+  /** When the current socket last brought a frame (performance.now()). */
+  #heardAt = -Infinity;
   /** Characters written to the current socket, to tell a slow upload from a dead connection. */
   #written = 0;
   /**
-   * Until this time (Date.now()) a missing pong does not end the connection: a large frame just
+   * Until this time (performance.now()) a missing pong does not end the connection: a large frame just
    * written may still be crossing a slow uplink, with the pings queued behind it.
    */
   #graceUntil = 0;
   /** The ref of the last large frame: its reply ends the grace, as every frame before it arrived. */
   #graceRef?: unknown;
-  /** Requests are not written before this time (Date.now()): the server said to slow down. */
+  /** Requests are not written before this time (performance.now()): the server said to slow down. */
   #holdUntil = 0;
   /** Gap fills, one history read at a time (see `#fillTurn`). */
   #fills: Promise<unknown> = Promise.resolve();
   #flushTimer?: ReturnType<typeof setTimeout>;
-  /** When `#flushTimer` fires (Date.now()). */
+  /** When `#flushTimer` fires (performance.now()). */
   #flushTimerAt = 0;
   /** Rooms whose join is reading its first history page: joins under way, and a leave since. */
   #joining = new Map<string, { joins: number; left: boolean }>();
@@ -954,7 +954,7 @@ export class ChatClient {
     const state = this.#rooms.get(room);
     if (!state) return;
     clearTimeout(state.typingIdle);
-    const now = Date.now();
+    const now = performance.now();
     if (isTyping) {
       const renew = this.#options.typingRenewMs ?? DEFAULTS.typingRenewMs;
       if (
@@ -966,8 +966,8 @@ export class ChatClient {
         () => this.typing(room, false),
         this.#options.typingIdleMs ?? DEFAULTS.typingIdleMs,
       );
-    } else if (state.typingSentAt > 0) {
-      state.typingSentAt = 0;
+    } else if (state.typingSentAt !== -Infinity) {
+      state.typingSentAt = -Infinity;
       this.#write({ type: "typing", room, is_typing: false });
     }
   }
@@ -1022,13 +1022,13 @@ export class ChatClient {
     }
     this.#socket = socket;
     this.#written = 0;
-    this.#heardAt = 0;
+    this.#heardAt = -Infinity;
     this.#graceUntil = 0;
     this.#graceRef = undefined;
     this.#armDeadline(socket);
     socket.onmessage = (e) => {
       if (this.#socket !== socket) return;
-      this.#heardAt = Date.now();
+      this.#heardAt = performance.now();
       let frame: Frame;
       try {
         frame = JSON.parse(typeof e.data === "string" ? e.data : "");
@@ -1054,7 +1054,7 @@ export class ChatClient {
     this.#joinQueue.clear();
     for (const [name, room] of this.#rooms) {
       room.live = false;
-      room.typingSentAt = 0;
+      room.typingSentAt = -Infinity;
       this.#clearTypers(name, room);
     }
     if (code === UNAUTHORIZED) {
@@ -1090,7 +1090,7 @@ export class ChatClient {
     this.#open();
   }
 
-  #armDeadline(socket: WebSocket, since = Date.now()): void {
+  #armDeadline(socket: WebSocket, since = performance.now()): void {
     clearTimeout(this.#deadline);
     const timeout = this.#options.timeoutMs ?? DEFAULTS.timeoutMs;
     // What would be left unsent now if nothing drained from here on: below it at the deadline,
@@ -1102,9 +1102,9 @@ export class ChatClient {
       const draining = buffered > 0 && buffered < outstanding + this.#written;
       // Frames still arriving while a join is answered (its replay, which the pong waits
       // behind) say it is alive too, for a while: they say nothing of the uplink otherwise.
-      const hearing = this.#joinRefs.size > 0 && Date.now() - this.#heardAt < timeout &&
-        Date.now() - since < MAX_HEARD_TIMEOUTS * timeout;
-      const graced = Date.now() < this.#graceUntil;
+      const hearing = this.#joinRefs.size > 0 && performance.now() - this.#heardAt < timeout &&
+        performance.now() - since < MAX_HEARD_TIMEOUTS * timeout;
+      const graced = performance.now() < this.#graceUntil;
       if (draining || hearing || graced) {
         // Only hearing keeps its first time: frames alone stand for a pong a while, no longer.
         this.#armDeadline(socket, draining || graced ? undefined : since);
@@ -1154,7 +1154,7 @@ export class ChatClient {
     // Rooms first, then every unanswered request in its original order: the server handles a
     // socket's frames one after another, so each send finds its room joined.
     const rate = this.limits.framesPerSecond;
-    this.#bucket = { tokens: burstOf(rate), at: Date.now() };
+    this.#bucket = { tokens: burstOf(rate), at: performance.now() };
     for (const [room, state] of this.#rooms) this.#joinQueue.set(room, state);
     this.#flush();
     this.#settleConnect(user);
@@ -1199,7 +1199,7 @@ export class ChatClient {
         checkedAgainst: options.checkedAgainst,
         sentOn: -1,
         retries: 0,
-        madeAt: Date.now(),
+        madeAt: performance.now(),
       };
       this.#pending.set(ref, pending);
       this.#flush();
@@ -1212,7 +1212,7 @@ export class ChatClient {
    */
   #flush(): void {
     if (!this.#ready()) return;
-    const now = Date.now();
+    const now = performance.now();
     // The server said to slow down: joins wait too (they would be refused the same way).
     if (now < this.#holdUntil) return this.#flushAt(this.#holdUntil);
     this.#writeJoins(now);
@@ -1318,7 +1318,7 @@ export class ChatClient {
   }
 
   /**
-   * Flushes again at `time` (Date.now()), unless a flush is already due by then: the earliest
+   * Flushes again at `time` (performance.now()), unless a flush is already due by then: the earliest
    * wins (a token a moment away must not wait for a failed join's retry), and each flush arranges
    * the next one it needs.
    */
@@ -1329,7 +1329,7 @@ export class ChatClient {
     this.#flushTimer = setTimeout(() => {
       this.#flushTimer = undefined;
       this.#flush();
-    }, Math.max(0, time - Date.now()));
+    }, Math.max(0, time - performance.now()));
   }
 
   #write(frame: Frame): boolean {
@@ -1341,7 +1341,7 @@ export class ChatClient {
     // The network stack takes a large frame at once and sends it at the uplink's pace, which
     // the socket cannot show: the frame gets the time the slowest uplink would need.
     if (text.length > LARGE_FRAME_CHARS) {
-      const now = Date.now();
+      const now = performance.now();
       this.#graceUntil = Math.min(
         Math.max(this.#graceUntil, now) + text.length / SLOWEST_UPLINK_BYTES_PER_S * 1000,
         now + MAX_GRACE_MS,
@@ -1491,7 +1491,7 @@ export class ChatClient {
       pending.sentOn = -1;
       this.#holdUntil = Math.max(
         this.#holdUntil,
-        Date.now() + this.#retryMs * Math.min(pending.retries, 4),
+        performance.now() + this.#retryMs * Math.min(pending.retries, 4),
       );
       this.#flushAt(this.#holdUntil);
       return;
@@ -1555,7 +1555,7 @@ export class ChatClient {
       state.joinSentOn = -1;
       if (state.joinRetries === 5) this.#emit("error", new ChatError(code, String(frame.message)));
       // Queued rather than timed one by one: rooms refused together go again together.
-      state.joinAfter = Date.now() + this.#retryMs * Math.min(state.joinRetries, 10);
+      state.joinAfter = performance.now() + this.#retryMs * Math.min(state.joinRetries, 10);
       this.#joinQueue.set(name, state);
       this.#flushAt(state.joinAfter);
       return;
@@ -1726,7 +1726,7 @@ export class ChatClient {
       typers: new Map(),
       chain: Promise.resolve(),
       waiters: [],
-      typingSentAt: 0,
+      typingSentAt: -Infinity,
     };
   }
 

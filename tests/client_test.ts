@@ -27,6 +27,7 @@ import {
   assertMatch,
   assertRejects,
   assertThrows,
+  delay,
   within,
 } from "./assert.ts";
 import {
@@ -41,6 +42,8 @@ import {
   type TestServer,
   throttledLink,
 } from "./helpers.ts";
+
+import { spawnServer } from "./server_process.ts";
 
 const FAST = { minDelayMs: 30, maxDelayMs: 200, jitter: 0 };
 
@@ -1733,4 +1736,44 @@ Deno.test("client: a url with a fragment, which WebSockets refuse, is refused by
     TypeError,
   );
   assert(err.message.includes("is not a URL the client can connect to"), err.message);
+});
+
+Deno.test("client: the device's clock stepping back 10 minutes (an NTP correction) stalls no send and stops no typing", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "client-clock-" });
+  // A process of its own: the step is the client's, not the server's.
+  const server = spawnServer({ DATA_DIR: dataDir });
+  const realNow = Date.now;
+  const url = `${(await server.url()).replace(/^http/, "ws")}/ws`;
+  const client = async (sub: string) => {
+    const chat = new ChatClient({
+      url,
+      token: await signDevToken(TEST_SECRET, { sub, username: `u${sub}` }, "1h"),
+    });
+    await chat.connect();
+    await chat.join("room:clock");
+    return chat;
+  };
+  const [ann, ben] = [await client("1"), await client("2")];
+  try {
+    assertEquals((await ann.send("room:clock", { body: "before the step" })).seq, 1);
+    Date.now = () => realNow() - 10 * 60_000;
+    const sent = await Promise.race([
+      ann.send("room:clock", { body: "after the step" }).then((m) => m.seq),
+      delay(5000).then(() => "still waiting after 5 s"),
+    ]);
+    assertEquals(sent, 2);
+    // Typing on past the server's typing timeout (5 s): renewed all along.
+    const until = realNow() + 6500;
+    while (realNow() < until) {
+      ann.typing("room:clock");
+      await delay(150);
+    }
+    assertEquals(ben.typers("room:clock").map((u) => u.username), ["u1"]);
+  } finally {
+    Date.now = realNow;
+    ann.close();
+    ben.close();
+    await server.kill("SIGTERM");
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
 });

@@ -98,23 +98,23 @@ var ChatClient = class {
   /** The server's heartbeat period from `welcome`, ms. */
   #serverHeartbeatMs;
   #deadline;
-  /** When the current socket last brought a frame (Date.now()). */
-  #heardAt = 0;
+  /** When the current socket last brought a frame (performance.now()). */
+  #heardAt = -Infinity;
   /** Characters written to the current socket, to tell a slow upload from a dead connection. */
   #written = 0;
   /**
-   * Until this time (Date.now()) a missing pong does not end the connection: a large frame just
+   * Until this time (performance.now()) a missing pong does not end the connection: a large frame just
    * written may still be crossing a slow uplink, with the pings queued behind it.
    */
   #graceUntil = 0;
   /** The ref of the last large frame: its reply ends the grace, as every frame before it arrived. */
   #graceRef;
-  /** Requests are not written before this time (Date.now()): the server said to slow down. */
+  /** Requests are not written before this time (performance.now()): the server said to slow down. */
   #holdUntil = 0;
   /** Gap fills, one history read at a time (see `#fillTurn`). */
   #fills = Promise.resolve();
   #flushTimer;
-  /** When `#flushTimer` fires (Date.now()). */
+  /** When `#flushTimer` fires (performance.now()). */
   #flushTimerAt = 0;
   /** Rooms whose join is reading its first history page: joins under way, and a leave since. */
   #joining = /* @__PURE__ */ new Map();
@@ -490,7 +490,7 @@ var ChatClient = class {
     const state = this.#rooms.get(room);
     if (!state) return;
     clearTimeout(state.typingIdle);
-    const now = Date.now();
+    const now = performance.now();
     if (isTyping) {
       const renew = this.#options.typingRenewMs ?? DEFAULTS.typingRenewMs;
       if (now - state.typingSentAt >= renew && this.#write({
@@ -501,8 +501,8 @@ var ChatClient = class {
         state.typingSentAt = now;
       }
       state.typingIdle = setTimeout(() => this.typing(room, false), this.#options.typingIdleMs ?? DEFAULTS.typingIdleMs);
-    } else if (state.typingSentAt > 0) {
-      state.typingSentAt = 0;
+    } else if (state.typingSentAt !== -Infinity) {
+      state.typingSentAt = -Infinity;
       this.#write({
         type: "typing",
         room,
@@ -567,13 +567,13 @@ var ChatClient = class {
     }
     this.#socket = socket;
     this.#written = 0;
-    this.#heardAt = 0;
+    this.#heardAt = -Infinity;
     this.#graceUntil = 0;
     this.#graceRef = void 0;
     this.#armDeadline(socket);
     socket.onmessage = (e) => {
       if (this.#socket !== socket) return;
-      this.#heardAt = Date.now();
+      this.#heardAt = performance.now();
       let frame;
       try {
         frame = JSON.parse(typeof e.data === "string" ? e.data : "");
@@ -597,7 +597,7 @@ var ChatClient = class {
     this.#joinQueue.clear();
     for (const [name, room] of this.#rooms) {
       room.live = false;
-      room.typingSentAt = 0;
+      room.typingSentAt = -Infinity;
       this.#clearTypers(name, room);
     }
     if (code === UNAUTHORIZED) {
@@ -642,7 +642,7 @@ var ChatClient = class {
     if (this.#socket) return;
     this.#open();
   }
-  #armDeadline(socket, since = Date.now()) {
+  #armDeadline(socket, since = performance.now()) {
     clearTimeout(this.#deadline);
     const timeout = this.#options.timeoutMs ?? DEFAULTS.timeoutMs;
     const outstanding = socket.bufferedAmount - this.#written;
@@ -650,8 +650,8 @@ var ChatClient = class {
       if (this.#socket !== socket) return;
       const buffered = socket.bufferedAmount;
       const draining = buffered > 0 && buffered < outstanding + this.#written;
-      const hearing = this.#joinRefs.size > 0 && Date.now() - this.#heardAt < timeout && Date.now() - since < MAX_HEARD_TIMEOUTS * timeout;
-      const graced = Date.now() < this.#graceUntil;
+      const hearing = this.#joinRefs.size > 0 && performance.now() - this.#heardAt < timeout && performance.now() - since < MAX_HEARD_TIMEOUTS * timeout;
+      const graced = performance.now() < this.#graceUntil;
       if (draining || hearing || graced) {
         this.#armDeadline(socket, draining || graced ? void 0 : since);
         return;
@@ -700,7 +700,7 @@ var ChatClient = class {
     const rate = this.limits.framesPerSecond;
     this.#bucket = {
       tokens: burstOf(rate),
-      at: Date.now()
+      at: performance.now()
     };
     for (const [room, state] of this.#rooms) this.#joinQueue.set(room, state);
     this.#flush();
@@ -740,7 +740,7 @@ var ChatClient = class {
         checkedAgainst: options.checkedAgainst,
         sentOn: -1,
         retries: 0,
-        madeAt: Date.now()
+        madeAt: performance.now()
       };
       this.#pending.set(ref, pending);
       this.#flush();
@@ -752,7 +752,7 @@ var ChatClient = class {
    */
   #flush() {
     if (!this.#ready()) return;
-    const now = Date.now();
+    const now = performance.now();
     if (now < this.#holdUntil) return this.#flushAt(this.#holdUntil);
     this.#writeJoins(now);
     const expiry = this.#options.sendExpiryMs ?? DEFAULTS.sendExpiryMs;
@@ -842,7 +842,7 @@ var ChatClient = class {
     }
   }
   /**
-   * Flushes again at `time` (Date.now()), unless a flush is already due by then: the earliest
+   * Flushes again at `time` (performance.now()), unless a flush is already due by then: the earliest
    * wins (a token a moment away must not wait for a failed join's retry), and each flush arranges
    * the next one it needs.
    */
@@ -853,7 +853,7 @@ var ChatClient = class {
     this.#flushTimer = setTimeout(() => {
       this.#flushTimer = void 0;
       this.#flush();
-    }, Math.max(0, time - Date.now()));
+    }, Math.max(0, time - performance.now()));
   }
   #write(frame) {
     const socket = this.#socket;
@@ -862,7 +862,7 @@ var ChatClient = class {
     socket.send(text);
     this.#written += text.length;
     if (text.length > LARGE_FRAME_CHARS) {
-      const now = Date.now();
+      const now = performance.now();
       this.#graceUntil = Math.min(Math.max(this.#graceUntil, now) + text.length / SLOWEST_UPLINK_BYTES_PER_S * 1e3, now + MAX_GRACE_MS);
       this.#graceRef = frame.ref;
     }
@@ -992,7 +992,7 @@ var ChatClient = class {
     if (again) {
       pending.retries++;
       pending.sentOn = -1;
-      this.#holdUntil = Math.max(this.#holdUntil, Date.now() + this.#retryMs * Math.min(pending.retries, 4));
+      this.#holdUntil = Math.max(this.#holdUntil, performance.now() + this.#retryMs * Math.min(pending.retries, 4));
       this.#flushAt(this.#holdUntil);
       return;
     }
@@ -1048,7 +1048,7 @@ var ChatClient = class {
       state.joinRetries++;
       state.joinSentOn = -1;
       if (state.joinRetries === 5) this.#emit("error", new ChatError(code, String(frame.message)));
-      state.joinAfter = Date.now() + this.#retryMs * Math.min(state.joinRetries, 10);
+      state.joinAfter = performance.now() + this.#retryMs * Math.min(state.joinRetries, 10);
       this.#joinQueue.set(name, state);
       this.#flushAt(state.joinAfter);
       return;
@@ -1230,7 +1230,7 @@ var ChatClient = class {
       typers: /* @__PURE__ */ new Map(),
       chain: Promise.resolve(),
       waiters: [],
-      typingSentAt: 0
+      typingSentAt: -Infinity
     };
   }
   #emit(type, event) {
