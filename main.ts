@@ -489,7 +489,9 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   let probe: { at: number; done: Promise<void>; settled: boolean } | undefined;
   let probeFailed = false;
   const probeStores = () => {
-    if (probe && (!probe.settled || Date.now() - probe.at < HEALTH_PROBE_MS)) return probe.done;
+    if (probe && (!probe.settled || performance.now() - probe.at < HEALTH_PROBE_MS)) {
+      return probe.done;
+    }
     const done = (async () => {
       const step = async (what: string, run: () => Promise<unknown>, detail = true) => {
         let timer: ReturnType<typeof setTimeout> | undefined;
@@ -526,11 +528,11 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       await step("Directory does not answer", () => directory.ping(), false);
       probeFailed = false;
     })();
-    const current: typeof probe & object = { at: Date.now(), done, settled: false };
+    const current: typeof probe & object = { at: performance.now(), done, settled: false };
     probe = current;
     done.catch(() => {}).finally(() => {
       current.settled = true;
-      current.at = Date.now();
+      current.at = performance.now();
     });
     return done;
   };
@@ -573,7 +575,10 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   };
 
   let closed = false;
-  /** When the drain began (`Date.now()`), which the shutdown's deadlines count from. */
+  /**
+   * When the drain began (`performance.now()`, as timers count: a step of the wall clock must
+   * not stretch or cut the shutdown), which its deadlines count from.
+   */
   let stopStarted = 0;
   // A frame being handled (a file being stored, a send waiting for its commit) gets its reply
   // before the close, for a while: the older protocols have no resend to recover it, and those
@@ -582,11 +587,11 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   // once the sockets close: what is still queued then is refused (and told so), never committed.
   const drain = () =>
     draining ??= (async () => {
-      const started = stopStarted = Date.now();
+      const started = stopStarted = performance.now();
       // A socket the client closed counts while the frames it sent before are handled.
       const busy = () => [...connections].some((c) => !c.stopped && c.busy) || socketIoBusy(io);
       const settle = (until: number, waiting = busy) =>
-        pollUntil(() => !waiting(), { timeoutMs: until - Date.now() });
+        pollUntil(() => !waiting(), { timeoutMs: until - performance.now() });
       // A long-polling client gets what it was told only with its next GET: the close that
       // follows the drain drops what it has not fetched, and the listener's shutdown refuses
       // that GET. So the replies wait for those GETs too (answered until the drain returns).
@@ -605,7 +610,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       await store.flush();
       // A committed send's echo is the room's delivery, which may still be queued.
       await hub.idle();
-      const replied = Date.now() + SHUTDOWN_REPLY_MS;
+      const replied = performance.now() + SHUTDOWN_REPLY_MS;
       await settle(replied, replying);
       await hub.idle();
       // What the last deliveries said to polling clients, within the same wait.

@@ -624,3 +624,35 @@ onSmallDisk(
   },
   2,
 );
+
+Deno.test("health: after the wall clock steps back an hour, a media volume that stops taking files turns /healthz to 503 within a second or two, as without the step", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "health-clock-" });
+  const clockFile = `${dataDir}/clock-offset`;
+  await Deno.writeTextFile(clockFile, "0");
+  const mediaDir = `${dataDir}/media`;
+  const server = spawnServer({ DATA_DIR: dataDir, MEDIA_DIR: mediaDir }, { clockFile });
+  const health = async () => {
+    const res = await fetch(`${await server.url()}/healthz`);
+    await res.body?.cancel();
+    return res.status;
+  };
+  try {
+    assertEquals(await health(), 200);
+    // NTP steps the clock an hour back.
+    await Deno.writeTextFile(clockFile, String(-3600_000));
+    await delay(300);
+    // The media volume stops taking files: its directory is a file now.
+    await Deno.remove(mediaDir, { recursive: true });
+    await Deno.writeTextFile(mediaDir, "not a directory");
+    const statuses: number[] = [];
+    const until = performance.now() + 5000;
+    while (performance.now() < until && statuses.at(-1) !== 503) {
+      statuses.push(await health());
+      await delay(250);
+    }
+    assertEquals(statuses.at(-1), 503, `statuses over 5 s: ${statuses}`);
+  } finally {
+    await server.kill("SIGKILL");
+    await Deno.remove(dataDir, { recursive: true });
+  }
+});

@@ -15,11 +15,20 @@ export async function run(cmd: string, ...args: string[]): Promise<void> {
   }
 }
 
-/** main.ts as a separate process, as production runs it; its stdout and stderr are kept. */
-export function spawnServer(env: Record<string, string>) {
+/**
+ * main.ts as a separate process, as production runs it; its stdout and stderr are kept. With
+ * `clockFile`, its wall clock is off by the milliseconds that file holds (see stepped_clock.ts).
+ */
+export function spawnServer(env: Record<string, string>, options: { clockFile?: string } = {}) {
+  const preload = options.clockFile
+    ? ["--preload", new URL("./stepped_clock.ts", import.meta.url).pathname]
+    : [];
+  const clock: Record<string, string> = options.clockFile
+    ? { CLOCK_OFFSET_FILE: options.clockFile }
+    : {};
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", new URL("../main.ts", import.meta.url).pathname],
-    env: { PORT: "0", HOST: "127.0.0.1", JWT_SECRET: TEST_SECRET, NO_COLOR: "1", ...env },
+    args: ["run", "--allow-all", ...preload, new URL("../main.ts", import.meta.url).pathname],
+    env: { PORT: "0", HOST: "127.0.0.1", JWT_SECRET: TEST_SECRET, NO_COLOR: "1", ...clock, ...env },
     stdout: "piped",
     stderr: "piped",
   }).spawn();

@@ -595,15 +595,18 @@ export class ChatService {
 
   /**
    * Waits for the presence updates and sends under way, so that a shutdown does not cut them off,
-   * until `deadline` (a `Date.now()` time) when given; resolves to whether they all ended.
+   * until `deadline` (a `performance.now()` time, which a wall clock's step does not move) when
+   * given; resolves to whether they all ended.
    */
   async settle(deadline = Infinity): Promise<boolean> {
     let timer: ReturnType<typeof setTimeout> | undefined;
     const late = new Promise<void>((r) => {
-      if (deadline !== Infinity) timer = setTimeout(r, Math.max(0, deadline - Date.now()));
+      if (deadline !== Infinity) {
+        timer = setTimeout(r, Math.max(0, deadline - performance.now()));
+      }
     });
     try {
-      while (this.#inflight.size > 0 && Date.now() < deadline) {
+      while (this.#inflight.size > 0 && performance.now() < deadline) {
         await Promise.race([Promise.allSettled([...this.#inflight]), late]);
       }
       return this.#inflight.size === 0;

@@ -124,24 +124,24 @@ function brief(err: unknown): string {
 
 /** One store's outage under way. */
 interface Outage {
-  /** Date.now() of its first refusal. */
+  /** The log's clock at its first refusal. */
   since: number;
   /** Refusals, the first included. */
   refused: number;
   /** Refusals since the last line about it, and that line's time. */
   sinceLine: number;
   lineAt: number;
-  /** Date.now() of its latest refusal. */
+  /** The log's clock at its latest refusal. */
   lastRefusal: number;
   /** Only a write's answer ends it (another's lock, a full disk: reads pass all along). */
   writes: boolean;
-  /** Date.now() of an answer since the latest refusal, which ends it once settled. */
+  /** The log's clock at an answer since the latest refusal, which ends it once settled. */
   answeredAt?: number;
 }
 
 /** One message's errors in the current minute. */
 interface Repeat {
-  /** Date.now() the minute began. */
+  /** The log's clock when the minute began. */
   since: number;
   /** Errors of the minute, logged in full or not. */
   count: number;
@@ -154,7 +154,10 @@ interface Repeat {
 export interface FailureLogOptions {
   /** Where lines go; console.error by default. */
   log?: (...data: unknown[]) => void;
-  /** The clock; Date.now by default. */
+  /**
+   * The clock; by default the wall clock at the isolate's start plus the monotonic time since,
+   * which a step of the wall clock (NTP) does not move: its minutes and settling stay minutes.
+   */
   now?: () => number;
 }
 
@@ -179,7 +182,7 @@ export class FailureLog {
       if (!redact) return log(...data);
       log(...data.map((d) => redact(typeof d === "string" ? d : Deno.inspect(d))));
     };
-    this.#now = options.now ?? Date.now;
+    this.#now = options.now ?? (() => performance.timeOrigin + performance.now());
   }
 
   /** Passes every line logged from now on through `redact` (main.ts: the database URL's). */
