@@ -6,7 +6,7 @@
 
 import * as jose from "jose";
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
-import { assert, assertEquals, assertMatch, nextEvent } from "./assert.ts";
+import { assert, assertEquals, assertMatch, delay, nextEvent } from "./assert.ts";
 import { freePort, startTestServer, TestClient } from "./helpers.ts";
 
 /** The status and Retry-After of a WebSocket handshake to `url`, its body discarded. */
@@ -107,5 +107,52 @@ Deno.test("JWKS outage: sockets get 503, Socket.IO is told tokens cannot be chec
     await server.close();
     await provider?.shutdown();
     Object.assign(console, originals);
+  }
+});
+
+Deno.test("JWKS rotation: a token signed with a key the provider published just after the server's last fetch is answered 503 (try again), then welcomed; a key the provider never published is still 4001", async () => {
+  const port = freePort();
+  const pair = async (kid: string) => {
+    const { privateKey, publicKey } = await jose.generateKeyPair("RS256");
+    const jwk = { ...await jose.exportJWK(publicKey), kid, alg: "RS256", use: "sig" };
+    const token = await new jose.SignJWT({ sub: "1", username: "one" })
+      .setProtectedHeader({ alg: "RS256", kid }).setExpirationTime("1h").sign(privateKey);
+    return { jwk, token };
+  };
+  const [k1, k2, never] = [await pair("k1"), await pair("k2"), await pair("k9")];
+  let keys = [k1.jwk];
+  let fetches = 0;
+  const provider = Deno.serve({ port, hostname: "127.0.0.1", onListen: () => {} }, () => {
+    fetches++;
+    return Response.json({ keys });
+  });
+  const server = await startTestServer({ JWT_JWKS_URL: `http://127.0.0.1:${port}/jwks.json` });
+  /** What the native socket says first for `token`: its welcome, or its close. */
+  const outcome = async (token: string) => {
+    const ws = TestClient.connect(`${server.wsUrl}/ws?token=${token}`);
+    const first = await Promise.race([
+      ws.next().then((f) => String(f.type)),
+      ws.closed.then((c) => `closed ${c.code}`),
+    ]);
+    await ws.close();
+    return first;
+  };
+  try {
+    assertEquals(await outcome(k1.token), "welcome");
+    await delay(1100);
+    // A token naming a key the set lacks fetches it again, and is refused: that key is not there.
+    const before = fetches;
+    assertEquals(await outcome(never.token), "closed 4001");
+    assertEquals(fetches, before + 1);
+    // The provider rotates right after that fetch: publishes k2 and signs with it at once.
+    keys = [k2.jwk, k1.jwk];
+    assertEquals(await handshake(`${server.url}/ws?token=${k2.token}`), [503, "5"]);
+    await delay(1100);
+    assertEquals(await outcome(k2.token), "welcome");
+    await delay(1100);
+    assertEquals(await outcome(never.token), "closed 4001");
+  } finally {
+    await server.close();
+    await provider.shutdown();
   }
 });

@@ -91,6 +91,13 @@ async function importPem(pem: string): Promise<{ key: CryptoKey; alg: string }> 
   return { key: await jose.importSPKI(normalized, alg), alg };
 }
 
+/**
+ * How soon after a fetch of the key set a token naming a key it lacks fetches it again. An
+ * identity provider that rotates publishes the new key and signs with it at once: within this
+ * the token is answered as unchecked (retry), not as invalid (see `verify`).
+ */
+export const KEY_SET_REFETCH_MS = 1000;
+
 /** Seconds by which a token's `exp` and `nbf` may be off, for clocks that disagree a little. */
 export const CLOCK_TOLERANCE_SECONDS = 5;
 
@@ -105,10 +112,11 @@ export async function createVerifier(options: VerifierOptions): Promise<TokenVer
   };
   if (options.jwksUrl) {
     const url = options.jwksUrl;
-    const state = { up: true, refusals: 0 };
+    const state = { up: true, refusals: 0, fetches: 0 };
     const fetchKeySet = remoteKeySetFetch(url, state, await readKeySetCache(options, url));
     const jwks = jose.createRemoteJWKSet(new URL(url), {
       [jose.customFetch]: fetchKeySet,
+      cooldownDuration: KEY_SET_REFETCH_MS,
       ...(options.keySetMaxAgeMs !== undefined ? { cacheMaxAge: options.keySetMaxAgeMs } : {}),
     });
     // Fetched once at start, so that an unusable URL is in the log before any client meets it
@@ -118,6 +126,7 @@ export async function createVerifier(options: VerifierOptions): Promise<TokenVer
       description: `JWKS ${url}`,
       keySet: state,
       async verify(token) {
+        const fetches = state.fetches;
         try {
           const { payload } = await jose.jwtVerify(token, jwks, {
             ...common,
@@ -125,18 +134,31 @@ export async function createVerifier(options: VerifierOptions): Promise<TokenVer
           });
           return payload as Record<string, unknown>;
         } catch (err) {
-          // Checked against the keys last fetched while the key set is down: a key they lack
-          // may be a new one, so the token is not called invalid.
-          const unknownKey = err instanceof jose.errors.JWKSNoMatchingKey && !state.up;
+          // Checked against the keys last fetched while the key set is down, or fetched too
+          // recently to fetch again: a key they lack may be a new one (a rotation), so the token
+          // is not called invalid.
+          // (A set fetched for this token, or while it waited, is the provider's word: its key
+          // is not there.)
+          const noKey = err instanceof jose.errors.JWKSNoMatchingKey;
+          const unknownKey = noKey && !state.up;
+          const justFetched = noKey && state.up && jwks.coolingDown && state.fetches === fetches;
+          if (justFetched) {
+            throw new KeySetUnavailable(
+              `The key set at JWT_JWKS_URL (${url}), fetched under a second ago, lacks this ` +
+                "token's key: it is fetched again at the next try",
+              { cause: err },
+            );
+          }
           if (!(err instanceof KeySetUnavailable) && !unknownKey) throw err;
           state.refusals++;
-          throw unknownKey
-            ? new KeySetUnavailable(
+          if (unknownKey) {
+            throw new KeySetUnavailable(
               `The key set at JWT_JWKS_URL (${url}) cannot be fetched, and its keys fetched ` +
                 "last lack this token's",
               { cause: err },
-            )
-            : err;
+            );
+          }
+          throw err;
         }
       },
     };
@@ -181,7 +203,7 @@ const MAX_REASON = 300;
  */
 function remoteKeySetFetch(
   url: string,
-  state: { up: boolean },
+  state: { up: boolean; fetches: number },
   cache: { path?: string; last?: CachedKeySet; writtenAt?: number },
 ): jose.FetchImplementation {
   /** The last key set fetched, and when (Date.now()). */
@@ -235,6 +257,7 @@ function remoteKeySetFetch(
     return body;
   };
   return async (...args) => {
+    state.fetches++;
     try {
       const body = await fetchKeys(...args);
       const changed = JSON.stringify(body) !== JSON.stringify(last?.body);
