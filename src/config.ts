@@ -16,11 +16,15 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 const MAX_TIMER_SECONDS = Math.floor(MAX_TIMER_MS / 1000);
 
 /** A positive whole number with a default, cut to `max` when given. */
-const positiveInt = (fallback: number, max = Number.MAX_SAFE_INTEGER) =>
+const positiveInt = (fallback: number, max = Number.MAX_SAFE_INTEGER, min = 1, why = "") =>
   z.string().trim().optional().transform((v, ctx) => {
     if (v === undefined || v === "") return fallback;
     if (!/^\d+$/.test(v) || Number(v) <= 0 || !Number.isSafeInteger(Number(v))) {
       ctx.addIssue({ code: "custom", message: `expected a positive whole number, got "${v}"` });
+      return z.NEVER;
+    }
+    if (Number(v) < min) {
+      ctx.addIssue({ code: "custom", message: `expected at least ${min}${why}, got "${v}"` });
       return z.NEVER;
     }
     return Math.min(Number(v), max);
@@ -150,7 +154,14 @@ const EnvSchema = z.object({
   HEARTBEAT_SECONDS: positiveInt(30, MAX_TIMER_SECONDS),
   HISTORY_ON_CONNECT: positiveInt(50),
   REPLAY_LIMIT: positiveInt(1000),
-  TYPING_TIMEOUT_SECONDS: positiveInt(5, MAX_TIMER_SECONDS),
+  // Clients renew typing every 2 s (the typed client; the server passes a repeated start on at
+  // most once a second): a shorter timeout would end it between renewals, and it would flicker.
+  TYPING_TIMEOUT_SECONDS: positiveInt(
+    5,
+    MAX_TIMER_SECONDS,
+    3,
+    " (typing is renewed every 2 s: a shorter timeout makes it flicker)",
+  ),
   SOCKETIO_PING_INTERVAL_MS: positiveInt(25_000, MAX_TIMER_MS),
   SOCKETIO_PING_TIMEOUT_MS: positiveInt(20_000, MAX_TIMER_MS),
   SOCKETIO_AUTH_TIMEOUT_MS: positiveInt(60_000, MAX_TIMER_MS),

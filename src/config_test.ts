@@ -1,4 +1,4 @@
-import { assertEquals, assertRejects } from "../tests/assert.ts";
+import { assertEquals, assertMatch, assertRejects, assertThrows } from "../tests/assert.ts";
 import { loadConfig } from "./config.ts";
 import { maxEventSize, maxFrameSize, maxQueuedBytes } from "./dialects/context.ts";
 import { uploadMemoryBytes } from "./http/api/framework.ts";
@@ -336,4 +336,17 @@ Deno.test("loadConfig() cuts a time setting past what a timer holds (2^31 - 1 ms
     [2147483, 2147483, 2 ** 31 - 1, 2 ** 31 - 1, 2 ** 31 - 1, 2147483],
   );
   assertEquals(loadConfig({ PRESENCE_TTL_SECONDS: "600" }).presenceTtlSeconds, 600);
+});
+
+Deno.test("loadConfig() refuses a TYPING_TIMEOUT_SECONDS shorter than clients renew typing (every 2 s), under which the indicator flickers", () => {
+  for (const short of ["1", "2"]) {
+    const err = assertThrows(() => loadConfig({ TYPING_TIMEOUT_SECONDS: short }), Error);
+    assertMatch(
+      (err as Error).message,
+      new RegExp(
+        `TYPING_TIMEOUT_SECONDS: expected at least 3 \\(typing is renewed every 2 s.*got "${short}"`,
+      ),
+    );
+  }
+  assertEquals(loadConfig({ TYPING_TIMEOUT_SECONDS: "3" }).typingTimeoutSeconds, 3);
 });

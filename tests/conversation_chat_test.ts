@@ -128,7 +128,7 @@ Deno.test("conversation chat: a file the media volume cannot take is refused in 
 });
 
 Deno.test("conversation chat: typing goes to the others only and expires when not renewed", async () => {
-  const server = await startTestServer({ TYPING_TIMEOUT_SECONDS: "1" });
+  const server = await startTestServer({ TYPING_TIMEOUT_SECONDS: "3" });
   try {
     const a = await join(server, 2, talker);
     const b = await join(server, 2, listener);
@@ -140,13 +140,13 @@ Deno.test("conversation chat: typing goes to the others only and expires when no
       is_typing: true,
     });
     const started = Date.now();
-    assertEquals(await b.next(undefined, 4000), {
+    assertEquals(await b.next(undefined, 6000), {
       type: "typing",
       user_id: 5,
       user_email: "talker@example.com",
       is_typing: false,
     });
-    assert(Date.now() - started >= 700, "expired too early");
+    assert(Date.now() - started >= 2700, "expired too early");
     a.send({ type: "typing", is_typing: true });
     await b.next((f) => f.is_typing === true);
     a.send({ type: "typing", is_typing: false });

@@ -525,10 +525,10 @@ Deno.test("socket.io ticket chat: typing goes to the others in the ticket and ex
     a.emit("typing_start", { ticketId: "7" });
     await typing;
     // Never stopped: it ends by itself.
-    stopped = next(b, "user_stopped_typing", 3000);
+    stopped = next(b, "user_stopped_typing", 5000);
     assertEquals(await stopped, { userId: "1", userName: "Ann", ticketId: "7" });
     assertEquals(await selfTyping, null);
-  }, { TYPING_TIMEOUT_SECONDS: "1" });
+  }, { TYPING_TIMEOUT_SECONDS: "3" });
 });
 
 Deno.test("socket.io ticket chat: typing in a ticket the socket never joined ends with its disconnect", async () => {
