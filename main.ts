@@ -14,7 +14,7 @@ import { InstanceRegistry, SharedOnlyBroker } from "./src/broker/instance_regist
 import { KvRoomEvents } from "./src/broker/kv_room_events.ts";
 import { isSignal, KvRoomSignals, type PresenceWatch } from "./src/broker/kv_room_signals.ts";
 import { KvHeadWatcher, LOCAL_HEAD_POLL_MS } from "./src/broker/kv_head_watcher.ts";
-import { pollEvery } from "./src/broker/poll.ts";
+import { type Poll, pollEvery } from "./src/broker/poll.ts";
 import { type Config, isLocalPath, loadConfig } from "./src/config.ts";
 import { ChatService } from "./src/core/chat_service.ts";
 import { ServerStopping } from "./src/core/errors.ts";
@@ -64,6 +64,7 @@ import { MediaAttachmentStore } from "./src/media/attachments.ts";
 import { LocalMediaStore } from "./src/media/local_media_store.ts";
 import { KvMessageStore } from "./src/store/kv_message_store.ts";
 import { KvPresenceStore } from "./src/store/kv_presence_store.ts";
+import { KvPresenceSweeper } from "./src/store/kv_presence_sweeper.ts";
 import { FrameBudget } from "./src/transport/frame_budget.ts";
 import type { Connection } from "./src/transport/websocket.ts";
 import { CLOSE } from "./src/transport/websocket.ts";
@@ -427,13 +428,14 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       }
     },
   };
+  const presence = new KvPresenceStore(kv, registry);
   const chat = new ChatService({
     store,
     fanout: events,
     attachments,
     access: (overrides.access ?? ((a) => a))(new DirectoryAccessPolicy(directory)),
     metrics,
-    presence: (overrides.presence ?? ((p) => p))(new KvPresenceStore(kv, registry)),
+    presence: (overrides.presence ?? ((p) => p))(presence),
     pending: (overrides.pending ?? ((p) => p))(store),
     typingTimeoutMs: config.typingTimeoutSeconds * 1000,
     presenceSweepMs: config.presenceTtlSeconds * 1000 / 3,
@@ -441,6 +443,25 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   registry.onLapse(() => {
     chat.restorePresence().catch((err) => failureLog.failed("restoring presence failed", err));
   });
+  // Room sweeps visit the rooms this server has members in; a crashed server's entries in the
+  // others would stay in KV for good. Once a server dies, one server pages through every room.
+  const presenceSweeper = new KvPresenceSweeper(
+    kv,
+    presence,
+    registry,
+    (room, user) => events.publish({ type: "presence", room, user, action: "leave" }),
+  );
+  const sweepPresence = async (poll: Poll) => {
+    try {
+      await presenceSweeper.round(poll);
+    } catch (err) {
+      // Through the failure log: on a full disk every round fails as long as it lasts.
+      if (!poll.stopped) failureLog.failed("presence: sweeping every room failed", err);
+    }
+  };
+  const presenceSweep = pollEvery(config.presenceTtlSeconds * 1000 / 3, sweepPresence);
+  // At once as well, for the servers that died before this start, as the media sweep does.
+  void sweepPresence(presenceSweep);
   const connections = new ConnectionRegistry();
   const frames = new FrameBudget(config.frameMemoryBudgetBytes);
   const context: DialectContext = {
@@ -688,6 +709,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         // Whatever failed above, the watches, timers and handles must go, or the process stays.
         chat.close();
         mediaSweep.stop();
+        presenceSweep.stop();
         failureTicks.stop();
         roomEvents.close();
         signals.close();

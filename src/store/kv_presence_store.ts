@@ -173,8 +173,9 @@ function apply(
  * cost no writes at all. A killed server's lease lapses after the registry's stale time, and the
  * next sweep of a room removes its entries and reports the users who are gone; the sweep's
  * commit checks the lease it judged dead, so a server that renews meanwhile keeps its users.
- * Entries have no KV expiry (a socket may live for weeks): a dead server's entries in a room
- * nobody visits again stay on disk, counted by nobody, until a sweep of that room.
+ * Entries have no KV expiry (a socket may live for weeks): a dead server's entries in a room no
+ * live server sweeps are found by {@link sweepPage}, a page of every room at a time, which
+ * KvPresenceSweeper calls once a server died.
  *
  * Reads take the entries first and the leases second: a server registers before it writes any
  * entry, so an entry read is never judged by a lease list older than it.
@@ -448,24 +449,82 @@ export class KvPresenceStore implements PresenceStore {
     for (const entries of byUser.values()) {
       const lapsed = entries.filter(dead);
       if (lapsed.length === 0) continue;
-      const user = lapsed[0].value.user;
-      const stillLive = entries.length > lapsed.length;
-      const lock = await this.#kv.get(userLock(room, user.id));
-      const op = this.#kv.atomic().check(lock);
-      // Checking each lapsed entry means only one sweeper wins; checking the leases judged dead,
-      // that a server which renewed after all keeps its users.
-      for (const e of lapsed) op.check(e).delete(e.key);
-      const servers = new Set(lapsed.map((e) => e.value.instance).filter((i) => i !== undefined));
-      servers.delete(this.#leases.id);
-      for (const server of servers) live.check(op, server);
-      op.set(userLock(room, user.id), now, { expireIn: LOCK_TTL_MS });
-      const res = await op.commit().catch(() => ({ ok: false }));
-      if (res.ok && !stillLive) gone.push(user);
+      const res = await this.#remove(room, entries, lapsed, live, now);
+      if (res.ok && res.gone) gone.push(res.gone);
       if (!res.ok) clean = false;
     }
     // A death seen while this sweep ran may have come after its read: no mark then.
     if (clean && round === this.#rounds) this.#sweptRooms.add(room);
     return gone;
+  }
+
+  /**
+   * Deletes `lapsed`, some of one user's `entries` in a room, unless another sweeper, an enter or
+   * exit of the user, or a renewal of a lease judged dead came first; `gone` names the user when
+   * none of the entries is left.
+   */
+  async #remove(
+    room: string,
+    entries: Deno.KvEntry<ConnEntry>[],
+    lapsed: Deno.KvEntry<ConnEntry>[],
+    live: Liveness,
+    now: number,
+  ): Promise<{ ok: boolean; gone?: UserProfile }> {
+    const user = lapsed[0].value.user;
+    const stillLive = entries.length > lapsed.length;
+    const lock = await this.#kv.get(userLock(room, user.id));
+    const op = this.#kv.atomic().check(lock);
+    // Checking each lapsed entry means only one sweeper wins; checking the leases judged dead,
+    // that a server which renewed after all keeps its users.
+    for (const e of lapsed) op.check(e).delete(e.key);
+    const servers = new Set(lapsed.map((e) => e.value.instance).filter((i) => i !== undefined));
+    servers.delete(this.#leases.id);
+    for (const server of servers) live.check(op, server);
+    op.set(userLock(room, user.id), now, { expireIn: LOCK_TTL_MS });
+    const res = await op.commit().catch(() => ({ ok: false }));
+    return { ok: res.ok, gone: res.ok && !stillLive ? user : undefined };
+  }
+
+  /**
+   * Deletes the entries of dead servers among the next `limit` entries of every room, after
+   * `cursor` (from the start when absent), as {@link sweep} does in one room; returns the users
+   * this left with no entry in a room, and the cursor of the next page (absent after the last).
+   * It finds what room sweeps cannot: a crashed server's entries in rooms no live server holds.
+   */
+  async sweepPage(
+    cursor?: string,
+    limit = 500,
+  ): Promise<{ gone: { room: string; user: UserProfile }[]; cursor?: string }> {
+    const iter = this.#kv.list<ConnEntry>({ prefix: ["presence"] }, { limit, cursor });
+    const page = await Array.fromAsync(iter);
+    // Entries first, leases second, as every read here: an entry is never judged by older ones.
+    const live = await this.#liveness();
+    const now = Date.now();
+    const users = new Map<string, { room: string; user: string }>();
+    for (const e of page) {
+      if (this.#alive(e.value, live.ids, now)) continue;
+      const [, room, user] = e.key.map(String);
+      users.set(`${room}\u0000${user}`, { room, user });
+    }
+    const gone: { room: string; user: UserProfile }[] = [];
+    for (const { room, user } of users.values()) {
+      // Nobody sweeps this room again soon: a commit that failed (the user entered meanwhile, or
+      // KV expired the dead server's lease under the check) is tried again on fresh reads.
+      for (let attempt = 0, leases = live; attempt < 3; attempt++) {
+        // All of the user's entries, some of which may be on the pages around this one. Read
+        // after the leases, a server that registered since is judged dead, but its check fails.
+        const entries = await Array.fromAsync(
+          this.#kv.list<ConnEntry>({ prefix: userPrefix(room, user) }),
+        );
+        if (attempt > 0) leases = await this.#liveness();
+        const lapsed = entries.filter((e) => !this.#alive(e.value, leases.ids, now));
+        if (lapsed.length === 0) break;
+        const res = await this.#remove(room, entries, lapsed, leases, now);
+        if (res.gone) gone.push({ room, user: res.gone });
+        if (res.ok) break;
+      }
+    }
+    return { gone, cursor: page.length < limit ? undefined : iter.cursor };
   }
 
   /**

@@ -1,0 +1,147 @@
+/**
+ * The presence entries a server killed with -9 leaves go from KV, also in rooms nobody enters
+ * again (room sweeps visit only rooms a live server has members in), and a live server's stay.
+ */
+
+import { assertEquals, delay, eventually } from "./assert.ts";
+import { spawnServer } from "./server_process.ts";
+import { TEST_SECRET, TestClient } from "./helpers.ts";
+import { signDevToken } from "../src/auth/verifier.ts";
+
+const TTL_SECONDS = 2;
+
+/** The presence entries in the KV file, by the instance that wrote them. */
+async function presenceByServer(dataDir: string): Promise<Map<string, number>> {
+  const kv = await Deno.openKv(`${dataDir}/chat.kv`);
+  try {
+    const counts = new Map<string, number>();
+    for await (const e of kv.list<{ instance?: string }>({ prefix: ["presence"] })) {
+      const id = e.value.instance ?? "";
+      counts.set(id, (counts.get(id) ?? 0) + 1);
+    }
+    return counts;
+  } finally {
+    kv.close();
+  }
+}
+
+async function sweepLease(dataDir: string): Promise<{ round: number; done: boolean } | null> {
+  const kv = await Deno.openKv(`${dataDir}/chat.kv`);
+  try {
+    return (await kv.get<{ round: number; done: boolean }>(["presence_sweep"])).value;
+  } finally {
+    kv.close();
+  }
+}
+
+/** Opens a socket of user `user` in `room` and waits for the room's user list. */
+async function join(server: string, room: string, user: string): Promise<TestClient> {
+  const token = await signDevToken(TEST_SECRET, { sub: user, username: user }, "1h");
+  const ws = server.replace(/^http/, "ws");
+  const client = await TestClient.open(`${ws}/ws/rooms/${room}/?token=${token}`);
+  await client.next((f) => f.type === "room_users_list");
+  return client;
+}
+
+const total = (counts: Map<string, number>) => [...counts.values()].reduce((a, b) => a + b, 0);
+
+Deno.test("presence sweep: a server killed with -9 leaves no entry in rooms nobody enters again; the live server's stay", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
+  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
+  const a = spawnServer(env);
+  const b = spawnServer(env);
+  const clients: TestClient[] = [];
+  try {
+    const [urlA, urlB] = await Promise.all([a.url(), b.url()]);
+    for (let i = 0; i < 20; i++) clients.push(await join(urlA, `left-${i}`, `a${i}`));
+    // A room with members on both: B's room sweep tells its member that A's user left.
+    clients.push(await join(urlA, "shared", "a-shared"));
+    const observer = await join(urlB, "shared", "b-shared");
+    clients.push(observer);
+    for (let i = 0; i < 3; i++) clients.push(await join(urlB, `kept-${i}`, `b${i}`));
+    const before = await presenceByServer(dataDir);
+    assertEquals(total(before), 25);
+    const [idB] = [...before].find(([, n]) => n === 4)!;
+
+    await a.kill("SIGKILL");
+    // Dead a TTL after its last renewal, seen within a third of it, then one pass of the rooms.
+    await eventually(
+      async () => total(await presenceByServer(dataDir)) === 4,
+      4 * TTL_SECONDS * 1000 + 5000,
+      "the dead server's entries to go",
+    );
+    await observer.next((f) => f.type === "user_leave" && f.username === "a-shared");
+    // Several TTLs later the live server's users are all still there.
+    await delay(3 * TTL_SECONDS * 1000);
+    assertEquals([...await presenceByServer(dataDir)], [[idB, 4]]);
+  } finally {
+    for (const c of clients) c.socket.close();
+    await Promise.all([a.kill("SIGKILL"), b.kill("SIGTERM")]);
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("presence sweep: a server started long after one was killed removes what that one left", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
+  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
+  const a = spawnServer(env);
+  let b: ReturnType<typeof spawnServer> | undefined;
+  const clients: TestClient[] = [];
+  try {
+    const url = await a.url();
+    for (let i = 0; i < 12; i++) clients.push(await join(url, `left-${i}`, `a${i}`));
+    assertEquals(total(await presenceByServer(dataDir)), 12);
+    await a.kill("SIGKILL");
+    // Past the registry entry's own expiry: the next server never reads the dead one's lease.
+    await delay(2 * TTL_SECONDS * 1000 + 1000);
+    b = spawnServer(env);
+    await b.url();
+    await eventually(
+      async () => total(await presenceByServer(dataDir)) === 0,
+      2 * TTL_SECONDS * 1000 + 5000,
+      "the dead server's entries to go",
+    );
+  } finally {
+    for (const c of clients) c.socket.close();
+    await Promise.all([a.kill("SIGKILL"), b?.kill("SIGTERM")]);
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("presence sweep: of the servers that see one die, one pages through the rooms for all", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
+  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
+  const servers = [spawnServer(env), spawnServer(env), spawnServer(env)];
+  const clients: TestClient[] = [];
+  try {
+    const [url] = await Promise.all(servers.map((s) => s.url()));
+    for (let i = 0; i < 10; i++) clients.push(await join(url, `left-${i}`, `a${i}`));
+    // The sweeps each start calls for are over: the lease is done and stays so.
+    let settled = await sweepLease(dataDir);
+    await eventually(
+      async () => {
+        const now = await sweepLease(dataDir);
+        const same = now?.done === true && now.round === settled?.round && settled?.done === true;
+        settled = now;
+        return same;
+      },
+      15_000,
+      "the start's sweeps to end",
+    );
+    await delay(TTL_SECONDS * 1000);
+    const before = (await sweepLease(dataDir))!.round;
+    await servers[0].kill("SIGKILL");
+    await eventually(
+      async () => total(await presenceByServer(dataDir)) === 0,
+      4 * TTL_SECONDS * 1000 + 5000,
+      "the dead server's entries to go",
+    );
+    // Until its registry entry expires, the others keep reading it lapsed.
+    await delay(2 * TTL_SECONDS * 1000);
+    assertEquals((await sweepLease(dataDir))!.round, before + 1);
+  } finally {
+    for (const c of clients) c.socket.close();
+    await Promise.all(servers.map((s, i) => s.kill(i === 0 ? "SIGKILL" : "SIGTERM")));
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
