@@ -17,15 +17,19 @@ export async function run(cmd: string, ...args: string[]): Promise<void> {
 
 /**
  * main.ts as a separate process, as production runs it; its stdout and stderr are kept. With
- * `clockFile`, its wall clock is off by the milliseconds that file holds (see stepped_clock.ts).
+ * `clockFile`, its wall clock is off by the milliseconds that file holds, read again as it runs;
+ * with `clockOffsetMs`, by that much for good (see stepped_clock.ts).
  */
-export function spawnServer(env: Record<string, string>, options: { clockFile?: string } = {}) {
-  const preload = options.clockFile
+export function spawnServer(
+  env: Record<string, string>,
+  options: { clockFile?: string; clockOffsetMs?: number } = {},
+) {
+  const clock: Record<string, string> = {};
+  if (options.clockFile) clock.CLOCK_OFFSET_FILE = options.clockFile;
+  if (options.clockOffsetMs !== undefined) clock.CLOCK_OFFSET_MS = String(options.clockOffsetMs);
+  const preload = Object.keys(clock).length > 0
     ? ["--preload", new URL("./stepped_clock.ts", import.meta.url).pathname]
     : [];
-  const clock: Record<string, string> = options.clockFile
-    ? { CLOCK_OFFSET_FILE: options.clockFile }
-    : {};
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", "--allow-all", ...preload, new URL("../main.ts", import.meta.url).pathname],
     env: { PORT: "0", HOST: "127.0.0.1", JWT_SECRET: TEST_SECRET, NO_COLOR: "1", ...clock, ...env },

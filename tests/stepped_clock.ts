@@ -1,11 +1,13 @@
 /**
- * Preloaded into a server process (`deno run --preload`, see `spawnServer`'s `clockFile`): its
- * wall clock (`Date`, not `performance`) is off by the milliseconds the file CLOCK_OFFSET_FILE
- * holds, read again every 50 ms, so that a test can step it while the server runs, as NTP does.
+ * Preloaded into a server process (`deno run --preload`, see `spawnServer`'s options): its wall
+ * clock (`Date`, not the monotonic clock timers and `performance.now()` read, as NTP moves only
+ * the first) is off by CLOCK_OFFSET_MS milliseconds, a machine whose clock drifted; or by what
+ * the file CLOCK_OFFSET_FILE holds, read again every 50 ms, so that a test can step it while the
+ * server runs.
  */
 
 const file = Deno.env.get("CLOCK_OFFSET_FILE");
-let offset = 0;
+let offset = Number(Deno.env.get("CLOCK_OFFSET_MS") ?? "0");
 const read = () => {
   try {
     const value = Number(Deno.readTextFileSync(file!).trim());

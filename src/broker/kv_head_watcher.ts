@@ -27,8 +27,8 @@ const POLL_BUCKETS_PER_ROUND = 20;
 export interface SignalsSink {
   /** The room is followed from now on. */
   follow(room: string): void;
-  /** The head's value, as a watch or a read found it (null when there is none). */
-  heard(room: string, value: unknown): void;
+  /** The head, as a watch or a read found it (its value null when there is none). */
+  heard(room: string, head: Deno.KvEntryMaybe<unknown>): void;
   /** The room is no longer followed. */
   forget(room: string): void;
 }
@@ -103,7 +103,7 @@ export class KvHeadWatcher implements HeadWatcher {
     const step = this.#signals ? 2 : 1;
     rooms.forEach((room, i) => {
       const head = entries[i * step];
-      if (this.#signals) this.#signals.heard(room, entries[i * step + 1].value);
+      if (this.#signals) this.#signals.heard(room, entries[i * step + 1]);
       if (polled) {
         // The first read reports too: a commit there since the watch's first report woke nothing.
         if (this.#polled.get(room) === head.versionstamp) return;

@@ -2,8 +2,10 @@
  * Logs of events in KV that servers of other processes follow: each log is a prefix holding a
  * head key (the newest entry's seq) and one key per entry. Writers of one process queue their
  * events and write them a commit at a time, so a burst is a few commits, not a race between
- * hundreds; followers watch or read the head and list the entries past what they have seen, so
- * a burst however large is read whole.
+ * hundreds; followers watch or read the head and list the entries committed since the last head
+ * they handled, so a burst however large is read whole. A log whose keys expired starts over at
+ * its next writer's clock, which may put it below the old one: followers order heads by their
+ * versionstamps (KV's commit order), not by seq.
  */
 
 import { commitUntilChecked } from "../store/kv_reads.ts";
@@ -53,7 +55,7 @@ export class LogWriter<E> {
 
   /**
    * Writes through `kv` as `origin`; with `expireIn` (ms) a log's keys go away that long after
-   * they were written (a log that stays quiet then starts over above where it ended).
+   * they were written (a log that stays quiet then starts over).
    */
   constructor(kv: Deno.Kv, origin: string, options: { expireIn?: number } = {}) {
     this.#kv = kv;
@@ -127,7 +129,8 @@ export class LogWriter<E> {
     await commitUntilChecked(
       async () => {
         const head = await this.#kv.get<number>(logHead(prefix));
-        // A log that expired starts over above any seq it can have reached.
+        // A log that expired starts over; on a clock behind its last writer's, below where that
+        // one ended, which followers see by the head's versionstamp.
         const first = typeof head.value === "number" ? head.value + 1 : Date.now() * 1000;
         const at = Date.now();
         const op = this.#kv.atomic().check(head);
@@ -148,14 +151,21 @@ function isRefusedAsTooLarge(err: unknown): boolean {
   return err instanceof TypeError && /too large|too many/i.test(err.message);
 }
 
+/** A log's head as a watch or a read found it. */
+interface Head {
+  seq: number;
+  /** Null for no head: every entry to come is newer. */
+  versionstamp: string | null;
+}
+
 interface Followed {
   prefix: Deno.KvKey;
-  /** The newest seq handled; undefined until the head is first heard. */
-  seen?: number;
+  /** The newest head handled; undefined until the head is first heard. */
+  seen?: Head;
   /** With no `seen` yet, entries written from this time on (writer's clock, ms) are handed on. */
   since?: number;
   /** The newest head heard. */
-  target: number;
+  target?: Head;
   reading: boolean;
 }
 
@@ -171,9 +181,12 @@ export interface ReadEntries<E> {
  */
 const FIRST_READ_PAGE = 64;
 
+/** The most entries a later read lists at a time: within KV's limit of 1,000. */
+const MAX_READ_PAGE = 500;
+
 /**
- * Follows logs: told each head a watch or a read found, it lists the entries past the last one
- * it handled and hands on those other processes wrote, in order.
+ * Follows logs: told each head a watch or a read found, it lists the entries committed since the
+ * last head it handled and hands on those other processes wrote, in order.
  */
 export class LogReader<E> {
   #kv: Deno.Kv;
@@ -203,7 +216,7 @@ export class LogReader<E> {
   follow(prefix: Deno.KvKey, since?: number): void {
     const id = JSON.stringify(prefix);
     if (!this.#followed.has(id)) {
-      this.#followed.set(id, { prefix, since, target: 0, reading: false });
+      this.#followed.set(id, { prefix, since, reading: false });
     }
   }
 
@@ -212,29 +225,40 @@ export class LogReader<E> {
     this.#followed.delete(JSON.stringify(prefix));
   }
 
-  /** Takes the value of a followed log's head; the entries past the last handled are read. */
-  heard(prefix: Deno.KvKey, head: unknown): Promise<void> {
+  /**
+   * Takes a followed log's head as a watch or a read found it; the entries committed since the
+   * last one handled are read. Without `since`, the first head heard (or its absence) is where
+   * the log is followed from.
+   */
+  heard(prefix: Deno.KvKey, head: Deno.KvEntryMaybe<unknown>): Promise<void> {
     const state = this.#followed.get(JSON.stringify(prefix));
-    if (!state || typeof head !== "number") return Promise.resolve();
+    if (!state) return Promise.resolve();
+    const seq = typeof head.value === "number" ? head.value : undefined;
     if (state.seen === undefined && state.since === undefined) {
-      state.seen = head;
+      state.seen = seq === undefined
+        ? { seq: 0, versionstamp: null }
+        : { seq, versionstamp: head.versionstamp };
       return Promise.resolve();
     }
-    state.target = Math.max(state.target, head);
-    if (state.reading || (state.seen !== undefined && state.target <= state.seen)) {
-      return Promise.resolve();
-    }
+    // Gone (expired): the log's next head says where it starts over.
+    if (seq === undefined || head.versionstamp === null) return Promise.resolve();
+    // By commit, not by seq: a read that answered late brings an older head, and a log that
+    // expired and started over on a slower clock a newer one with a lower seq.
+    const newest = state.target ?? state.seen;
+    if (newest && !isAfter(head.versionstamp, newest.versionstamp)) return Promise.resolve();
+    state.target = { seq, versionstamp: head.versionstamp };
+    if (state.reading) return Promise.resolve();
     return this.#read(state);
   }
 
   async #read(state: Followed): Promise<void> {
     state.reading = true;
     try {
-      while (state.seen === undefined || state.target > state.seen) {
+      while (state.target !== undefined && state.target !== state.seen) {
         const target = state.target;
         const entries = state.seen === undefined
-          ? await this.#newest(state.prefix, target, state.since!)
-          : await this.#between(state.prefix, state.seen, target);
+          ? await this.#newest(state.prefix, target.seq, state.since!)
+          : await this.#after(state.prefix, state.seen, target);
         // Forgotten meanwhile: nobody here follows the room any more.
         if (this.#followed.get(JSON.stringify(state.prefix)) !== state) return;
         state.seen = target;
@@ -253,15 +277,26 @@ export class LogReader<E> {
     }
   }
 
-  /** The entries after `seen` up to `head`, in order (gone ones, expired, are not there). */
-  async #between(prefix: Deno.KvKey, seen: number, head: number): Promise<LogEntry<E>[]> {
+  /**
+   * The entries up to `head` committed after `seen`, in order (gone ones, expired, are not
+   * there). Listed back from the head to the first one `seen` covers, not on from `seen`'s seq:
+   * a log that started over since may be below it.
+   */
+  async #after(prefix: Deno.KvKey, seen: Head, head: Head): Promise<LogEntry<E>[]> {
     const out: LogEntry<E>[] = [];
-    const list = this.#kv.list<LogEntry<E>>({
-      start: entryKey(prefix, seen + 1),
-      end: entryKey(prefix, head + 1),
-    });
-    for await (const { value } of list) out.push(value);
-    return out;
+    // Most often one page: the entries past `seen` in the same log and `seen`'s own, which ends it.
+    const expected = head.seq > seen.seq ? head.seq - seen.seq + 1 : FIRST_READ_PAGE;
+    const list = this.#kv.list<LogEntry<E>>(
+      { start: [...prefix, "e"], end: entryKey(prefix, head.seq + 1) },
+      { reverse: true, batchSize: Math.min(expected, MAX_READ_PAGE) },
+    );
+    for await (const { value, versionstamp } of list) {
+      if (!isAfter(versionstamp, seen.versionstamp)) break;
+      // Written after `head`, in a log that started over below it: read with its own head.
+      if (head.versionstamp !== null && isAfter(versionstamp, head.versionstamp)) continue;
+      out.push(value);
+    }
+    return out.reverse();
   }
 
   /** Every entry up to `head` written at `since` or later, in order. */
@@ -279,4 +314,10 @@ export class LogReader<E> {
     }
     return out.reverse();
   }
+}
+
+/** Whether a commit's versionstamp is later than `than`'s (null: none, before every commit). */
+function isAfter(versionstamp: string, than: string | null): boolean {
+  // Fixed-length hex, so text order is commit order.
+  return than === null || versionstamp > than;
 }

@@ -11,7 +11,7 @@ Deno.test("kv log: bursts from two writers at once all land, each in its order, 
     const fromA = new LogReader<string>(kv, "a", (_, e) => assertEquals(e.origin, "b"));
     for (const r of [reader, fromA]) {
       r.follow(PREFIX);
-      await r.heard(PREFIX, 0);
+      await r.heard(PREFIX, await kv.get(logHead(PREFIX)));
     }
     const a = new LogWriter<string>(kv, "a");
     const b = new LogWriter<string>(kv, "b");
@@ -20,7 +20,7 @@ Deno.test("kv log: bursts from two writers at once all land, each in its order, 
       Array.from({ length: 450 }, (_, i) => [a.append(PREFIX, `a${i}`), b.append(PREFIX, `b${i}`)])
         .flat(),
     );
-    const head = (await kv.get<number>(logHead(PREFIX))).value!;
+    const head = await kv.get<number>(logHead(PREFIX));
     await Promise.all([reader.heard(PREFIX, head), fromA.heard(PREFIX, head)]);
     assertEquals(heard.length, 900);
     assertEquals(heard.map((e) => e.seq), heard.map((_, i) => heard[0].seq + i));
@@ -30,10 +30,12 @@ Deno.test("kv log: bursts from two writers at once all land, each in its order, 
         Array.from({ length: 450 }, (_, i) => `${origin}${i}`),
       );
     }
-    // Heard again, or an older head: nothing more.
+    // Heard again, or an older head after a newer one: nothing more than the newer one's entry.
     await reader.heard(PREFIX, head);
-    await reader.heard(PREFIX, head - 5);
-    assertEquals(heard.length, 900);
+    await a.append(PREFIX, "last");
+    await reader.heard(PREFIX, await kv.get(logHead(PREFIX)));
+    await reader.heard(PREFIX, head);
+    assertEquals(heard.length, 901);
   } finally {
     kv.close();
   }
@@ -50,11 +52,11 @@ Deno.test("kv log: a follower given a start time reads what was written since th
     reader.follow(PREFIX, Date.now() - 5);
     // Written after following began, before the first head was read.
     await writer.append(PREFIX, "meanwhile");
-    await reader.heard(PREFIX, (await kv.get(logHead(PREFIX))).value);
+    await reader.heard(PREFIX, await kv.get(logHead(PREFIX)));
     assertEquals(heard, ["meanwhile"]);
     reader.forget(PREFIX);
     await writer.append(PREFIX, "after");
-    await reader.heard(PREFIX, (await kv.get(logHead(PREFIX))).value);
+    await reader.heard(PREFIX, await kv.get(logHead(PREFIX)));
     assertEquals(heard, ["meanwhile"]);
   } finally {
     kv.close();
@@ -74,7 +76,7 @@ Deno.test("kv log: a follower whose first head comes after a burst reads all of 
     // all written after following began, before the first head is read.
     const burst = Array.from({ length: 150 }, (_, i) => `join ${i}`);
     await Promise.all(burst.map((e) => writer.append(PREFIX, e)));
-    await reader.heard(PREFIX, (await kv.get(logHead(PREFIX))).value);
+    await reader.heard(PREFIX, await kv.get(logHead(PREFIX)));
     assertEquals(heard, burst);
   } finally {
     kv.close();
@@ -88,15 +90,59 @@ Deno.test("kv log: a burst too large for one commit is split by size; an entry K
     const heard: string[] = [];
     const reader = new LogReader<string>(kv, "b", (_, e) => heard.push(e.event));
     reader.follow(PREFIX);
-    await reader.heard(PREFIX, 0);
+    await reader.heard(PREFIX, await kv.get(logHead(PREFIX)));
     // 400 entries of 2.5 KB: 1 MB, over KV's 800 KiB per commit. One of 70 KB, over its 64 KiB.
     const events = Array.from({ length: 400 }, (_, i) => `${i}:`.padEnd(2500, "x"));
     events.splice(200, 0, "huge:".padEnd(70_000, "x"));
     const outcomes = await Promise.allSettled(events.map((e) => writer.append(PREFIX, e)));
     const failed = events.filter((_, i) => outcomes[i].status === "rejected");
     assertEquals(failed.map((e) => e.slice(0, 5)), ["huge:"]);
-    await reader.heard(PREFIX, (await kv.get(logHead(PREFIX))).value);
+    await reader.heard(PREFIX, await kv.get(logHead(PREFIX)));
     assertEquals(heard, events.filter((e) => !e.startsWith("huge:")));
+  } finally {
+    kv.close();
+  }
+});
+
+/** Appends `events` to a log whose keys expired, on a clock that reads `now` (ms). */
+async function startOver(kv: Deno.Kv, events: string[], now: number): Promise<void> {
+  for await (const { key } of kv.list({ prefix: PREFIX })) await kv.delete(key);
+  const realNow = Date.now;
+  Date.now = () => now;
+  try {
+    const writer = new LogWriter<string>(kv, "b");
+    await Promise.all(events.map((e) => writer.append(PREFIX, e)));
+  } finally {
+    Date.now = realNow;
+  }
+}
+
+Deno.test("kv log: a log that expired and started over below what a follower saw, or around it, is read whole; its old head heard late reads nothing", async () => {
+  const kv = await Deno.openKv(":memory:");
+  try {
+    const heard: string[] = [];
+    const reader = new LogReader<string>(kv, "c", (_, e) => heard.push(e.event));
+    reader.follow(PREFIX);
+    await reader.heard(PREFIX, await kv.get(logHead(PREFIX)));
+    const started = Date.now();
+    const writer = new LogWriter<string>(kv, "a");
+    for (const e of ["a1", "a2", "a3"]) await writer.append(PREFIX, e);
+    const old = await kv.get(logHead(PREFIX));
+    await reader.heard(PREFIX, old);
+    // Started over by a server whose clock is 20 minutes behind: its seqs are all below.
+    await startOver(kv, ["b1", "b2"], started - 20 * 60_000);
+    await reader.heard(PREFIX, await kv.get(logHead(PREFIX)));
+    await reader.heard(PREFIX, old);
+    assertEquals(heard, ["a1", "a2", "a3", "b1", "b2"]);
+    // Started over again on that clock, after more entries: its head passed the seq seen (by
+    // one) before it was heard.
+    heard.length = 0;
+    for (const e of ["a4", "a5", "a6"]) await writer.append(PREFIX, e);
+    await reader.heard(PREFIX, await kv.get(logHead(PREFIX)));
+    const burst = ["c1", "c2", "c3", "c4", "c5", "c6"];
+    await startOver(kv, burst, started - 20 * 60_000);
+    await reader.heard(PREFIX, await kv.get(logHead(PREFIX)));
+    assertEquals(heard, ["a4", "a5", "a6", ...burst]);
   } finally {
     kv.close();
   }

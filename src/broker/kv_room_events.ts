@@ -48,7 +48,7 @@ export class KvRoomEvents {
   async start(): Promise<void> {
     const head = await this.#kv.get(logHead(PREFIX));
     this.#reader.follow(PREFIX);
-    await this.#reader.heard(PREFIX, typeof head.value === "number" ? head.value : 0);
+    await this.#reader.heard(PREFIX, head);
     this.#started = true;
     this.#follow();
   }
@@ -69,7 +69,7 @@ export class KvRoomEvents {
       return;
     }
     this.#poll ??= pollEvery(this.#pollMs, async () => {
-      await this.#heard((await this.#kv.get(logHead(PREFIX))).value);
+      await this.#heard(await this.#kv.get(logHead(PREFIX)));
     });
   }
 
@@ -85,7 +85,7 @@ export class KvRoomEvents {
     this.#watch?.cancel().catch(() => {});
   }
 
-  #heard(head: unknown): Promise<void> {
+  #heard(head: Deno.KvEntryMaybe<unknown>): Promise<void> {
     return this.#started ? this.#reader.heard(PREFIX, head) : Promise.resolve();
   }
 
@@ -98,7 +98,7 @@ export class KvRoomEvents {
         while (!this.#closed) {
           const { value, done } = await reader.read();
           if (done) break;
-          await this.#heard(value[0].value);
+          await this.#heard(value[0]);
         }
       } catch (err) {
         if (!this.#closed) console.error("room events: watch failed, restarting:", err);

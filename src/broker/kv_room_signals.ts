@@ -142,7 +142,7 @@ export class KvRoomSignals {
   }
 
   /** Takes the head of a followed room's log, as a watch or a read found it. */
-  heard(room: string, head: unknown): void {
+  heard(room: string, head: Deno.KvEntryMaybe<unknown>): void {
     this.#reader.heard(prefixOf(room), head).catch((err) =>
       console.error(`room signals: reading ${room}'s failed:`, err)
     );

@@ -90,7 +90,7 @@ Deno.test("KvRoomSignals: typing heard from a server that never ends it ends her
   const b = new KvRoomSignals(kv, "host/2/b", (e) => {
     if (e.type === "typing") heard.push({ isTyping: e.isTyping, at: performance.now() });
   }, { typingTimeoutMs: 100 });
-  const read = async () => (await kv.get(signalsHead("ticket:1"))).value;
+  const read = async () => await kv.get(signalsHead("ticket:1"));
   try {
     b.follow("ticket:1");
     b.heard("ticket:1", await read());
@@ -131,7 +131,7 @@ Deno.test("KvRoomSignals: a join and leave read together both pass; a lone stale
       return e.action === "leave";
     },
   });
-  const read = async () => (await kv.get(signalsHead("ticket:1"))).value;
+  const read = async () => await kv.get(signalsHead("ticket:1"));
   const presence = (action: "join" | "leave"): SignalEvent => ({
     type: "presence",
     room: "ticket:1",
@@ -188,7 +188,7 @@ Deno.test("KvRoomSignals: a checked change is checked again when a change of tha
       return { changes: () => changes, end: () => open && (open = false, watches--) };
     },
   });
-  const read = async () => (await kv.get(signalsHead("ticket:1"))).value;
+  const read = async () => await kv.get(signalsHead("ticket:1"));
   const leave: SignalEvent = { type: "presence", room: "ticket:1", user: ann, action: "leave" };
   const answer = (holds: boolean) => {
     let release = () => {};
@@ -246,7 +246,7 @@ Deno.test("KvRoomSignals: signals the hub has heard already (by the channel) are
     },
     heard: (e) => channel.has(e.serial!),
   });
-  const read = async () => (await kv.get(signalsHead("ticket:1"))).value;
+  const read = async () => await kv.get(signalsHead("ticket:1"));
   const presence = (action: "join" | "leave", serial: number): SignalEvent => ({
     type: "presence",
     room: "ticket:1",
@@ -293,7 +293,7 @@ Deno.test("KvRoomSignals: the presence checks of a burst run side by side, 32 at
       return e.user.id !== 3;
     },
   });
-  const read = async () => (await kv.get(signalsHead("ticket:1"))).value;
+  const read = async () => await kv.get(signalsHead("ticket:1"));
   const ids = Array.from({ length: 40 }, (_, i) => i + 1);
   try {
     b.follow("ticket:1");
@@ -330,7 +330,7 @@ Deno.test("KvRoomSignals: a typing timeout at a timer's bound (the longest the c
   const b = new KvRoomSignals(kv, "host/2/b", (e) => {
     if (e.type === "typing") heard.push(e.isTyping);
   }, { typingTimeoutMs: 2_147_483_000 });
-  const read = async () => (await kv.get(signalsHead("ticket:1"))).value;
+  const read = async () => await kv.get(signalsHead("ticket:1"));
   try {
     b.follow("ticket:1");
     b.heard("ticket:1", await read());

@@ -476,7 +476,7 @@ Deno.test("presence: a burst of presence changes from another server is checked 
     const signals = new KvRoomSignals(raw, "host/2/b", (e) => {
       if (e.type === "presence") passed.push(`${e.action} ${e.user.id}`);
     }, { holds: (e) => chat.presenceHolds(e) });
-    const head = async () => (await raw.get(signalsHead("room:big"))).value;
+    const head = async () => await raw.get(signalsHead("room:big"));
     try {
       signals.follow("room:big");
       signals.heard("room:big", await head());
