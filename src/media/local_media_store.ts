@@ -150,16 +150,21 @@ export class LocalMediaStore implements MediaStore {
         // A retired name is passed over before the link too: a crash right after linking would
         // otherwise leave these bytes served at the URL of a deleted file until the sweep.
         if (await exists(mark)) continue;
+        const linking = !this.#noLinks;
         try {
-          if (this.#noLinks) await reserve(join(target, name));
-          else await Deno.link(temp, join(target, name));
+          if (linking) await Deno.link(temp, join(target, name));
+          else await reserve(join(target, name));
         } catch (err) {
-          if (!this.#noLinks && linksRefused(err)) {
-            this.#noLinks = true;
-            console.warn(
-              `media: ${this.root} makes no hard links (${(err as Error).message}); files are ` +
-                "put in place by renaming them over an empty file of their name instead",
-            );
+          // Another put may have learnt it while this one's link was under way: the same name
+          // again, without a link.
+          if (linking && linksRefused(err)) {
+            if (!this.#noLinks) {
+              this.#noLinks = true;
+              console.warn(
+                `media: ${this.root} makes no hard links (${(err as Error).message}); files ` +
+                  "are put in place by renaming them over an empty file of their name instead",
+              );
+            }
             n--;
             continue;
           }
@@ -195,9 +200,11 @@ export class LocalMediaStore implements MediaStore {
     } finally {
       if (!released) {
         await Deno.remove(temp).catch(() => {});
+        // The claim first: one left naming a freed name, which another file may take next, would
+        // have the sweep delete that file. A claim that stays keeps its empty file, for the sweep.
+        const unclaimed = !claim || await Deno.remove(claim).then(() => true, () => false);
         // Never announced: the name is free again.
-        if (placeholder) await Deno.remove(placeholder).catch(() => {});
-        if (claim) await Deno.remove(claim).catch(() => {});
+        if (placeholder && unclaimed) await Deno.remove(placeholder).catch(() => {});
         await dropFolder();
       }
     }

@@ -312,16 +312,22 @@ Deno.test("attachment store: a file not stored (bytes that are not base64) takes
   }
 });
 
-/** Runs `fn` with Deno.link failing as it does on a volume without hard links (SMB, FUSE). */
-async function withoutHardLinks(fn: (warnings: string[]) => Promise<void>): Promise<void> {
+/**
+ * Runs `fn` with Deno.link failing as it does on a volume without hard links (SMB, FUSE), after
+ * `delayMs` (a network volume's round trip).
+ */
+async function withoutHardLinks(
+  fn: (warnings: string[]) => Promise<void>,
+  delayMs = 0,
+): Promise<void> {
   const { link } = Deno;
   const { warn } = console;
   const warnings: string[] = [];
   // What Deno 2.9 throws for link(2)'s ENOTSUP (a FUSE volume refusing links, tried by hand).
-  (Deno as { link: typeof Deno.link }).link = () =>
-    Promise.reject(Object.assign(new Error("Operation not supported (os error 95)"), {
-      code: "ENOTSUP",
-    }));
+  (Deno as { link: typeof Deno.link }).link = async () => {
+    if (delayMs > 0) await new Promise((r) => setTimeout(r, delayMs));
+    throw Object.assign(new Error("Operation not supported (os error 95)"), { code: "ENOTSUP" });
+  };
   console.warn = (text: string) => warnings.push(text);
   try {
     await fn(warnings);
@@ -386,6 +392,78 @@ Deno.test("media store: without hard links, a file whose save a crash cut short 
       assertEquals((await media.put("d", "lost.txt", new Uint8Array([1]))).name, "lost_1.txt");
     });
   } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("media store: the first files a volume without hard links takes at once are all stored, whichever link was refused first", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    await withoutHardLinks(async (warnings) => {
+      const media = new LocalMediaStore(root);
+      // All three links under way when the first is refused.
+      const files = await Promise.all(
+        [1, 2, 3].map((n) => media.put("d", `f${n}.txt`, new Uint8Array([n]))),
+      );
+      assertEquals(files.map((f) => f.name), ["f1.txt", "f2.txt", "f3.txt"]);
+      assertEquals(warnings.length, 1);
+    }, 50);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+/** Every file under `root`, relative to it, with its size. */
+function tree(root: string, rel = ""): string[] {
+  const out: string[] = [];
+  for (const e of Deno.readDirSync(`${root}/${rel}`)) {
+    if (e.isDirectory) out.push(...tree(root, `${rel}${e.name}/`));
+    else out.push(`${rel}${e.name} (${Deno.statSync(`${root}/${rel}${e.name}`).size} B)`);
+  }
+  return out.sort();
+}
+
+Deno.test("media store: without hard links, a put whose rename failed and that died freeing its name leaves no claim that would sweep the file another message names there next", async () => {
+  const root = await Deno.makeTempDir();
+  const { rename, remove } = Deno;
+  let crashed!: () => void;
+  const crash = new Promise<void>((resolve) => crashed = resolve);
+  try {
+    await withoutHardLinks(async () => {
+      // The volume fails the rename once (a network volume's hiccup)...
+      (Deno as { rename: unknown }).rename = () => {
+        (Deno as { rename: unknown }).rename = rename;
+        return Promise.reject(
+          Object.assign(new Error("Input/output error (os error 5)"), { code: "EIO" }),
+        );
+      };
+      // ...and the process dies as it frees the name: the first removal it makes never returns.
+      let removals = 0;
+      (Deno as { remove: unknown }).remove = (path: string, ...rest: unknown[]) => {
+        if (!String(path).includes(".upload-") || ++removals < 2) {
+          return (remove as (...a: unknown[]) => Promise<void>)(path, ...rest);
+        }
+        crashed();
+        return new Promise(() => {});
+      };
+      void new LocalMediaStore(root).put("uploads", "photo.png", new Uint8Array([1, 2, 3]))
+        .catch(() => {});
+      await crash;
+      (Deno as { remove: unknown }).remove = remove;
+      // Restarted: another user's photo takes the first free name, and a message names it.
+      const restarted = new LocalMediaStore(root);
+      const named = await restarted.put("uploads", "photo.png", new Uint8Array([7, 7, 7, 7]));
+      // The next start's sweep, hours later.
+      const old = new Date(Date.now() - 2 * 60 * 60_000);
+      for (const e of Deno.readDirSync(`${root}/uploads`)) {
+        Deno.utimeSync(`${root}/uploads/${e.name}`, old, old);
+      }
+      await restarted.sweepTemporary(60 * 60_000);
+      assert(tree(root).includes(`${named.key} (4 B)`), tree(root).join(" "));
+    });
+  } finally {
+    (Deno as { rename: unknown }).rename = rename;
+    (Deno as { remove: unknown }).remove = remove;
     await Deno.remove(root, { recursive: true });
   }
 });
