@@ -440,7 +440,10 @@ interface Pending {
   retries: number;
   /** Why its room was dropped after it was written: the server's "join first" means this. */
   dropped?: ChatError;
-  /** When it was made (performance.now()). */
+  /**
+   * When it was made (Date.now(): the wall clock, which counts a device's sleep, as the server's
+   * 24 hours of memory of a `client_id` do; the monotonic clock would not).
+   */
   madeAt: number;
   /** The limits a `send` was last checked against. */
   checkedAgainst?: ServerLimits;
@@ -1199,7 +1202,7 @@ export class ChatClient {
         checkedAgainst: options.checkedAgainst,
         sentOn: -1,
         retries: 0,
-        madeAt: performance.now(),
+        madeAt: Date.now(),
       };
       this.#pending.set(ref, pending);
       this.#flush();
@@ -1242,7 +1245,7 @@ export class ChatClient {
           continue;
         }
       }
-      if (pending.frame.type === "send" && now - pending.madeAt > expiry) {
+      if (pending.frame.type === "send" && Date.now() - pending.madeAt > expiry) {
         this.#pending.delete(ref);
         pending.reject(
           new ChatError(

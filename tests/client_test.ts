@@ -1777,3 +1777,40 @@ Deno.test("client: the device's clock stepping back 10 minutes (an NTP correctio
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
 });
+
+Deno.test("client: a send queued before the device slept past sendExpiryMs is refused send_expired, not sent again (the monotonic clock does not count a sleep)", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "client-sleep-" });
+  const port = freePort();
+  const env = { DATA_DIR: dataDir, PORT: String(port) };
+  let server = spawnServer(env);
+  await server.url();
+  const realNow = performance.now.bind(performance);
+  // 600 ms stand for the 23 hours, a 700 ms sleep for a weekend's.
+  const client = new ChatClient({
+    url: `ws://127.0.0.1:${port}/ws`,
+    token: await signDevToken(TEST_SECRET, { sub: "1", rooms: ["chat:*"] }),
+    sendExpiryMs: 600,
+    reconnect: { minDelayMs: 30, maxDelayMs: 200, jitter: 0 },
+  });
+  try {
+    await client.connect();
+    await client.join("chat:6");
+    await server.kill("SIGTERM");
+    await eventually(() => client.state === "reconnecting", 5000, "the reconnect");
+    const outcome = client.send("chat:6", { body: "written before the sleep" })
+      .then((m) => `stored as seq ${m.seq}`, (e: ChatError) => e.code);
+    // Asleep: the monotonic clock stands still, the wall clock goes on.
+    const frozen = realNow();
+    performance.now = () => frozen;
+    await delay(700);
+    performance.now = () => realNow() - 700;
+    server = spawnServer(env);
+    await server.url();
+    assertEquals(await outcome, "send_expired");
+  } finally {
+    performance.now = realNow;
+    client.close();
+    await server.kill("SIGTERM");
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});

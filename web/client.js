@@ -740,7 +740,7 @@ var ChatClient = class {
         checkedAgainst: options.checkedAgainst,
         sentOn: -1,
         retries: 0,
-        madeAt: performance.now()
+        madeAt: Date.now()
       };
       this.#pending.set(ref, pending);
       this.#flush();
@@ -768,7 +768,7 @@ var ChatClient = class {
           continue;
         }
       }
-      if (pending.frame.type === "send" && now - pending.madeAt > expiry) {
+      if (pending.frame.type === "send" && Date.now() - pending.madeAt > expiry) {
         this.#pending.delete(ref);
         pending.reject(new ChatError("send_expired", "Not acknowledged in time to be sent again safely: it may or may not have been stored"));
         continue;
