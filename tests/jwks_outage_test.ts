@@ -8,6 +8,7 @@ import * as jose from "jose";
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import { assert, assertEquals, assertMatch, delay, nextEvent } from "./assert.ts";
 import { freePort, startTestServer, TestClient } from "./helpers.ts";
+import { spawnServer } from "./server_process.ts";
 
 /** The status and Retry-After of a WebSocket handshake to `url`, its body discarded. */
 async function handshake(url: string): Promise<[number, string | null]> {
@@ -147,6 +148,16 @@ Deno.test("JWKS rotation: a token signed with a key the provider published just 
     // The provider rotates right after that fetch: publishes k2 and signs with it at once.
     keys = [k2.jwk, k1.jwk];
     assertEquals(await handshake(`${server.url}/ws?token=${k2.token}`), [503, "5"]);
+    // The API says why, in words that do not call the key set down.
+    const api = await fetch(`${server.url}/api/users/1`, {
+      headers: { authorization: `Bearer ${k2.token}` },
+    });
+    assertEquals([api.status, api.headers.get("retry-after"), (await api.json()).message], [
+      503,
+      "1",
+      "Tokens cannot be checked now: the token's key is not in the key set (JWT_JWKS_URL) " +
+      "fetched a moment ago, which is fetched again at the next try; try again shortly",
+    ]);
     await delay(1100);
     assertEquals(await outcome(k2.token), "welcome");
     await delay(1100);
@@ -154,5 +165,54 @@ Deno.test("JWKS rotation: a token signed with a key the provider published just 
   } finally {
     await server.close();
     await provider.shutdown();
+  }
+});
+
+Deno.test("JWKS after the server's wall clock steps back an hour: a token whose key the provider never published is still refused (4001) a second later, and one it rotated in is welcomed (jose's own cooldown counts by the wall clock)", async () => {
+  const port = freePort();
+  const pair = async (kid: string) => {
+    const { privateKey, publicKey } = await jose.generateKeyPair("RS256");
+    const jwk = { ...await jose.exportJWK(publicKey), kid, alg: "RS256", use: "sig" };
+    const token = await new jose.SignJWT({ sub: "1", username: "one" })
+      .setProtectedHeader({ alg: "RS256", kid }).setExpirationTime("1h").sign(privateKey);
+    return { jwk, token };
+  };
+  const [k1, k2, never] = [await pair("k1"), await pair("k2"), await pair("k9")];
+  let keys = [k1.jwk];
+  const provider = Deno.serve(
+    { port, hostname: "127.0.0.1", onListen: () => {} },
+    () => Response.json({ keys }),
+  );
+  const dataDir = await Deno.makeTempDir({ prefix: "jwks-clock-" });
+  const clockFile = `${dataDir}/clock-offset`;
+  await Deno.writeTextFile(clockFile, "0");
+  const server = spawnServer({
+    DATA_DIR: dataDir,
+    JWT_SECRET: "",
+    JWT_JWKS_URL: `http://127.0.0.1:${port}/jwks.json`,
+  }, { clockFile });
+  try {
+    const wsUrl = (await server.url()).replace(/^http/, "ws");
+    const outcome = async (token: string) => {
+      const ws = TestClient.connect(`${wsUrl}/ws?token=${token}`);
+      const first = await Promise.race([
+        ws.next().then((f) => String(f.type)),
+        ws.closed.then((c) => `closed ${c.code}`),
+      ]);
+      await ws.close();
+      return first;
+    };
+    assertEquals(await outcome(k1.token), "welcome");
+    // NTP steps the server's clock an hour back.
+    await Deno.writeTextFile(clockFile, String(-3600_000));
+    await delay(1200);
+    assertEquals(await outcome(never.token), "closed 4001");
+    keys = [k2.jwk, k1.jwk];
+    await delay(1200);
+    assertEquals(await outcome(k2.token), "welcome");
+  } finally {
+    await server.kill("SIGKILL");
+    await provider.shutdown();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
 });

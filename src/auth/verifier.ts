@@ -23,10 +23,17 @@ export interface TokenVerifier {
  * server's trouble, to be answered as a passing failure (503), never as the client's bad token.
  */
 export class KeySetUnavailable extends Error {
+  /**
+   * Why: the key set could not be fetched (`down`), or it was fetched under a second ago and
+   * lacks the token's key, which a rotation may have just added (`new_key`).
+   */
+  readonly reason: "down" | "new_key";
+
   /** Creates the error; `cause` is what the fetch failed with. */
-  constructor(message: string, options?: ErrorOptions) {
+  constructor(message: string, options?: ErrorOptions & { reason?: "down" | "new_key" }) {
     super(message, options);
     this.name = "KeySetUnavailable";
+    this.reason = options?.reason ?? "down";
   }
 }
 
@@ -112,7 +119,7 @@ export async function createVerifier(options: VerifierOptions): Promise<TokenVer
   };
   if (options.jwksUrl) {
     const url = options.jwksUrl;
-    const state = { up: true, refusals: 0, fetches: 0 };
+    const state = { up: true, refusals: 0, fetches: 0, fetchedAt: -Infinity };
     const fetchKeySet = remoteKeySetFetch(url, state, await readKeySetCache(options, url));
     const jwks = jose.createRemoteJWKSet(new URL(url), {
       [jose.customFetch]: fetchKeySet,
@@ -126,27 +133,38 @@ export async function createVerifier(options: VerifierOptions): Promise<TokenVer
       description: `JWKS ${url}`,
       keySet: state,
       async verify(token) {
-        const fetches = state.fetches;
+        const check = async () =>
+          (await jose.jwtVerify(token, jwks, { ...common, algorithms: ASYMMETRIC }))
+            .payload as Record<string, unknown>;
+        let fetches = state.fetches;
         try {
-          const { payload } = await jose.jwtVerify(token, jwks, {
-            ...common,
-            algorithms: ASYMMETRIC,
-          });
-          return payload as Record<string, unknown>;
+          try {
+            return await check();
+          } catch (err) {
+            // jose holds its refetch back by the wall clock, which a step back (NTP) holds for
+            // the step's length: past a second by the monotonic clock, the set is fetched here.
+            if (
+              !(err instanceof jose.errors.JWKSNoMatchingKey) || !state.up ||
+              state.fetches !== fetches ||
+              performance.now() - state.fetchedAt < KEY_SET_REFETCH_MS
+            ) throw err;
+            fetches = state.fetches;
+            await jwks.reload().catch(() => {});
+            return await check();
+          }
         } catch (err) {
-          // Checked against the keys last fetched while the key set is down, or fetched too
-          // recently to fetch again: a key they lack may be a new one (a rotation), so the token
-          // is not called invalid.
-          // (A set fetched for this token, or while it waited, is the provider's word: its key
-          // is not there.)
+          // Checked against the keys last fetched while the key set is down, or fetched under a
+          // second ago (no set was fetched for it, above): a key they lack may be a new one (a
+          // rotation), so the token is not called invalid. A set fetched for this token, or
+          // while it waited, is the provider's word: its key is not there.
           const noKey = err instanceof jose.errors.JWKSNoMatchingKey;
           const unknownKey = noKey && !state.up;
-          const justFetched = noKey && state.up && jwks.coolingDown && state.fetches === fetches;
+          const justFetched = noKey && state.up && state.fetches === fetches;
           if (justFetched) {
             throw new KeySetUnavailable(
               `The key set at JWT_JWKS_URL (${url}), fetched under a second ago, lacks this ` +
                 "token's key: it is fetched again at the next try",
-              { cause: err },
+              { cause: err, reason: "new_key" },
             );
           }
           if (!(err instanceof KeySetUnavailable) && !unknownKey) throw err;
@@ -203,7 +221,7 @@ const MAX_REASON = 300;
  */
 function remoteKeySetFetch(
   url: string,
-  state: { up: boolean; fetches: number },
+  state: { up: boolean; fetches: number; fetchedAt: number },
   cache: { path?: string; last?: CachedKeySet; writtenAt?: number },
 ): jose.FetchImplementation {
   /** The last key set fetched, and when (Date.now()). */
@@ -258,6 +276,7 @@ function remoteKeySetFetch(
   };
   return async (...args) => {
     state.fetches++;
+    state.fetchedAt = performance.now();
     try {
       const body = await fetchKeys(...args);
       const changed = JSON.stringify(body) !== JSON.stringify(last?.body);

@@ -366,11 +366,16 @@ function errorResponse(err: unknown, where: string): Response {
   if (err instanceof KeySetUnavailable) {
     // A token that could not be checked is not a bad one (401 would say so); the verifier has
     // logged the outage once, not once per request.
+    const newKey = err.reason === "new_key";
     const response = errorJson(
       503,
-      "Tokens cannot be checked now: the key set (JWT_JWKS_URL) does not answer; try again shortly",
+      newKey
+        ? "Tokens cannot be checked now: the token's key is not in the key set (JWT_JWKS_URL) " +
+          "fetched a moment ago, which is fetched again at the next try; try again shortly"
+        : "Tokens cannot be checked now: the key set (JWT_JWKS_URL) does not answer; try again " +
+          "shortly",
     );
-    response.headers.set("retry-after", "5");
+    response.headers.set("retry-after", newKey ? "1" : "5");
     return response;
   }
   // Once per outage of a store, a few times a minute per message otherwise: a directory that
