@@ -716,11 +716,15 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         hub.close();
         broker.close();
         exchange.close();
-        await store.close();
-        await registry.close();
-        kv.close();
-        await directory.close();
-        failureLog.flush();
+        try {
+          await store.close();
+          await registry.close();
+          kv.close();
+          await directory.close();
+        } finally {
+          // What the log still owed, though a store's close failed (as in an outage it may).
+          failureLog.flush();
+        }
       }
     },
   };

@@ -118,8 +118,8 @@ function warnProxyWithoutPublicUrl(config: Config, req: Request, refusedOrigin: 
   if ((config.trustProxy && !refusedOrigin) || !saysForwarded(req)) return;
   warnedProxy = true;
   console.warn(
-    "http: requests carry a proxy's headers (Forwarded, X-Forwarded-*, X-Real-IP), but " +
-      "PUBLIC_URL is not set: the " +
+    "http: requests carry a proxy's headers (Forwarded, X-Forwarded-*, X-Real-IP and the " +
+      "like), but PUBLIC_URL is not set: the " +
       "server's own origin, whose pages may open sockets and sign in by cookie, is the Host " +
       `header's (never a forwarded host)${config.trustProxy ? "" : ", and so are file URLs"}. ` +
       "Behind a reverse proxy set PUBLIC_URL (TRUST_PROXY=1 sets the file URLs only)",
