@@ -145,3 +145,112 @@ Deno.test("presence sweep: of the servers that see one die, one pages through th
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
 });
+
+/** The users a newcomer to `room` through `server` is told are there. */
+async function usersSeen(server: string, room: string, user: string): Promise<string[]> {
+  const token = await signDevToken(TEST_SECRET, { sub: user, username: user }, "1h");
+  const client = await TestClient.open(
+    `${server.replace(/^http/, "ws")}/ws/rooms/${room}/?token=${token}`,
+  );
+  try {
+    const list = await client.next((f) => f.type === "room_users_list");
+    return (list.users as { username: string }[]).map((u) => u.username).sort();
+  } finally {
+    await client.close();
+  }
+}
+
+Deno.test("presence sweep: a server started with its clock a minute ahead of a running one, which reads that one's registry entry as old at first, leaves its users be", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
+  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: "3" };
+  const a = spawnServer(env);
+  let b: ReturnType<typeof spawnServer> | undefined;
+  const clients: TestClient[] = [];
+  try {
+    const urlA = await a.url();
+    for (let i = 0; i < 5; i++) clients.push(await join(urlA, `room-${i}`, `alice${i}`));
+    b = spawnServer(env, { clockOffsetMs: 60_000 });
+    const urlB = await b.url();
+    await delay(2000);
+    assertEquals(total(await presenceByServer(dataDir)), 5);
+    assertEquals(await usersSeen(urlB, "room-0", "bob"), ["alice0", "bob"]);
+    await delay(6000);
+    assertEquals(total(await presenceByServer(dataDir)), 5);
+  } finally {
+    for (const c of clients) c.socket.close();
+    await Promise.all([a.kill("SIGTERM"), b?.kill("SIGTERM")]);
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("presence sweep: a server paused past its registry entry's expiry, its wall clock not counting the pause (a VM's), shows its users again once it runs", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
+  const clockFile = `${dataDir}/clock-a`;
+  await Deno.writeTextFile(clockFile, "0");
+  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
+  const a = spawnServer(env, { clockFile });
+  const b = spawnServer(env);
+  const clients: TestClient[] = [];
+  try {
+    const [urlA, urlB] = await Promise.all([a.url(), b.url()]);
+    for (const room of ["solo-1", "solo-2"]) clients.push(await join(urlA, room, "alice"));
+    // Stopped past two stale times (the registry entry's expiry), its clock stepped back as long.
+    const pauseMs = 3 * TTL_SECONDS * 1000;
+    await Deno.writeTextFile(clockFile, String(-pauseMs));
+    await delay(200);
+    a.child.kill("SIGSTOP");
+    // Meanwhile B sweeps every room: alice's entries go.
+    await eventually(
+      async () => total(await presenceByServer(dataDir)) === 0,
+      pauseMs,
+      "the paused server's entries to go",
+    );
+    a.child.kill("SIGCONT");
+    // Its sockets were open all along: it writes its users back.
+    await eventually(
+      async () => total(await presenceByServer(dataDir)) === 2,
+      4 * TTL_SECONDS * 1000,
+      "the paused server's users back",
+    );
+    // Shown once B reads its entry renewed (its clock, still behind, first reads it as old).
+    await eventually(
+      async () => (await usersSeen(urlB, "solo-1", "bob")).join() === "alice,bob",
+      4 * TTL_SECONDS * 1000,
+      "alice shown in solo-1",
+    );
+  } finally {
+    for (const c of clients) c.socket.close();
+    a.child.kill("SIGCONT");
+    await Promise.all([a.kill("SIGTERM"), b.kill("SIGTERM")]);
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("presence sweep: a server paused past the stale time but not its registry entry's expiry, its wall clock not counting the pause, keeps its users all along", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
+  const clockFile = `${dataDir}/clock-a`;
+  await Deno.writeTextFile(clockFile, "0");
+  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
+  const a = spawnServer(env, { clockFile });
+  const b = spawnServer(env);
+  const clients: TestClient[] = [];
+  try {
+    const [urlA, urlB] = await Promise.all([a.url(), b.url()]);
+    for (const room of ["solo-1", "solo-2"]) clients.push(await join(urlA, room, "alice"));
+    // Read as lapsed by B for a while: it does not notice, as its clock stands still meanwhile.
+    const pauseMs = 1.5 * TTL_SECONDS * 1000;
+    await Deno.writeTextFile(clockFile, String(-pauseMs));
+    await delay(200);
+    a.child.kill("SIGSTOP");
+    await delay(pauseMs);
+    a.child.kill("SIGCONT");
+    await delay(3 * TTL_SECONDS * 1000);
+    assertEquals(total(await presenceByServer(dataDir)), 2);
+    assertEquals(await usersSeen(urlB, "solo-1", "bob"), ["alice", "bob"]);
+  } finally {
+    for (const c of clients) c.socket.close();
+    a.child.kill("SIGCONT");
+    await Promise.all([a.kill("SIGTERM"), b.kill("SIGTERM")]);
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});

@@ -330,15 +330,21 @@ export class InstanceRegistry {
     return () => this.#lapseListeners.delete(listener);
   }
 
-  async #announce(arriving: boolean): Promise<void> {
+  /**
+   * Writes this server's entry; with `expected`, only if it is still that entry (false when it
+   * changed or went meanwhile).
+   */
+  async #announce(arriving: boolean, expected?: Deno.KvEntryMaybe<unknown>): Promise<boolean> {
     const now = Date.now();
     const value: EntryValue = { seenAt: now, pid: Deno.pid, process: PROCESS };
     const op = this.#kv.atomic().set(ENTRY(this.#id), value, { expireIn: this.#staleMs * 2 });
+    if (expected) op.check(expected);
     // Only arrivals wake the others; a heartbeat changes nothing they need to act on.
     if (arriving) op.sum(EPOCH, 1n);
     // Isolates of one process starting together contend for the SQLite write lock.
-    await commitRetryingLocks(op);
+    if (!(await commitRetryingLocks(op)).ok) return false;
     this.#lastBeat = now;
+    return true;
   }
 
   async #beat(): Promise<void> {
@@ -347,9 +353,15 @@ export class InstanceRegistry {
     if (!this.#registered) return await this.#refresh();
     // Others count an entry older than the stale time as dead: after a stall that long this
     // server must come back as a newcomer (they stopped listening) and restore its presence.
-    const lapsed = Date.now() - this.#lastBeat >= this.#staleMs ||
-      (await this.#kv.get(ENTRY(this.#id))).value === null;
-    await this.#announce(lapsed);
+    // Judged by the entry itself as well: a pause the wall clock did not count (a VM's) can
+    // still have outlasted it, and an entry that expired just after this read is written again
+    // only as a newcomer's (the check), since sweeps may have removed this server's users.
+    const own = await this.#kv.get(ENTRY(this.#id));
+    let lapsed = Date.now() - this.#lastBeat >= this.#staleMs || own.value === null;
+    if (!await this.#announce(lapsed, lapsed ? undefined : own)) {
+      lapsed = true;
+      await this.#announce(lapsed);
+    }
     // A write went through: a KV outage's end is logged even when no client writes.
     failureLog.answered("kv");
     if (lapsed && !this.#closed) {

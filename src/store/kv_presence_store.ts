@@ -223,6 +223,17 @@ export class KvPresenceStore implements PresenceStore {
     return (entry.expiresAt ?? 0) > now;
   }
 
+  /**
+   * True for an entry whose server's registry entry is gone (KV expired it, two stale times
+   * after its last renewal or its stop), or an old-format one past its own expiry: the only
+   * ones a sweep of every room deletes. An entry merely judged lapsed may be a live server's
+   * misjudged (its first read, on a clock ahead of its writer's; a pause it has not noticed).
+   */
+  #gone(entry: ConnEntry, live: Liveness, now: number): boolean {
+    if (entry.instance === undefined) return !this.#alive(entry, live.ids, now);
+    return !(live.seen ?? live.ids).has(entry.instance);
+  }
+
   async #read(prefix: Deno.KvKey): Promise<[Deno.KvEntry<ConnEntry>[], Liveness]> {
     const entries = await Array.fromAsync(this.#kv.list<ConnEntry>({ prefix }));
     return [entries, await this.#liveness()];
@@ -502,7 +513,7 @@ export class KvPresenceStore implements PresenceStore {
     const now = Date.now();
     const users = new Map<string, { room: string; user: string }>();
     for (const e of page) {
-      if (this.#alive(e.value, live.ids, now)) continue;
+      if (!this.#gone(e.value, live, now)) continue;
       const [, room, user] = e.key.map(String);
       users.set(`${room}\u0000${user}`, { room, user });
     }
@@ -517,7 +528,7 @@ export class KvPresenceStore implements PresenceStore {
           this.#kv.list<ConnEntry>({ prefix: userPrefix(room, user) }),
         );
         if (attempt > 0) leases = await this.#liveness();
-        const lapsed = entries.filter((e) => !this.#alive(e.value, leases.ids, now));
+        const lapsed = entries.filter((e) => this.#gone(e.value, leases, now));
         if (lapsed.length === 0) break;
         const res = await this.#remove(room, entries, lapsed, leases, now);
         if (res.gone) gone.push({ room, user: res.gone });

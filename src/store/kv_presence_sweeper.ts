@@ -18,10 +18,10 @@ interface SweepLease {
   round: number;
   /** The server that sweeps (or swept). */
   by: string;
-  /** The servers alive when it began, whose entries it kept. */
+  /** The servers whose registry entries it read when it began, whose entries it kept. */
   live: string[];
-  /** The servers whose leases it read lapsed when it began, whose entries it deleted. */
-  dead: string[];
+  /** The servers its sweeper had seen go when it began, whose entries it deleted, all of them. */
+  gone: string[];
   /** True once it went through every page. */
   done: boolean;
 }
@@ -36,10 +36,14 @@ export interface PresencePages {
 }
 
 /**
- * Sweeps every room once a server died, and once after this server starts (a server that died
- * before then left no lapsed lease to read). One server sweeps for all: whoever sees the need
- * first takes the lease and the others wait for it to end, which serves them if it began after
- * they saw the death and counted the dead server dead. The lease holds while its holder's
+ * Sweeps every room once a server's registry entry is gone (KV expires it two stale times
+ * after its last renewal), and once after this server starts (for servers gone before then).
+ * Only entries of servers whose registry entry is gone are deleted: one merely read as lapsed
+ * may be a live server misjudged (a first read on a clock ahead of its own, a pause it has not
+ * noticed yet), and it would never write back users it does not know it lost; a server whose
+ * entry went writes them back when it next renews. One server sweeps for all: whoever sees the
+ * need first takes the lease and the others wait for it to end, which serves them if it began
+ * after they saw the server go and did not read its entry. The lease holds while its holder's
  * registry lease does, so a killed sweeper is followed by another, with no clock to trust.
  */
 export class KvPresenceSweeper {
@@ -53,9 +57,8 @@ export class KvPresenceSweeper {
    * until the lease is read); "" stands for those that died before this server started.
    */
   #wanted = new Map<string, number | undefined>([["", undefined]]);
-  /** Servers seen lapsed: their leases stay readable for a while, and count as one death. */
-  #seenDead = new Set<string>();
-  #lastLive?: ReadonlySet<string>;
+  /** The servers whose registry entries the last read found. */
+  #lastPresent?: ReadonlySet<string>;
   #running?: Promise<void>;
 
   /** Sweeps with `pages`, telling `onGone` of each user a sweep left with no entry in a room. */
@@ -84,16 +87,11 @@ export class KvPresenceSweeper {
 
   async #round(poll?: { readonly stopped: boolean }): Promise<void> {
     const live = await this.#leases.live();
-    for (const id of this.#lastLive ?? []) if (!live.ids.has(id)) this.#want(id);
-    for (const id of this.#seenDead) if (!live.seen?.has(id)) this.#seenDead.delete(id);
-    for (const id of live.seen ?? []) {
-      if (live.ids.has(id) || this.#seenDead.has(id)) continue;
-      this.#seenDead.add(id);
-      this.#want(id);
-    }
+    const present = live.seen ?? live.ids;
+    for (const id of this.#lastPresent ?? []) if (!present.has(id)) this.#want(id);
     // A server that came back writes its entries again itself.
-    for (const id of this.#wanted.keys()) if (live.ids.has(id)) this.#wanted.delete(id);
-    this.#lastLive = live.ids;
+    for (const id of this.#wanted.keys()) if (present.has(id)) this.#wanted.delete(id);
+    this.#lastPresent = present;
     if (this.#wanted.size === 0) return;
 
     const held = await this.#kv.get<SweepLease>(SWEEP_KEY);
@@ -103,10 +101,11 @@ export class KvPresenceSweeper {
       const after = since ?? round;
       this.#wanted.set(id, after);
       if (!lease?.done) continue;
-      // A sweep that read the server lapsed began after all its entries were written (one from
-      // before the death was seen here may predate a return); one begun after the death was seen
-      // deleted them too, unless it still read the server alive.
-      if (round >= after && lease.dead.includes(id)) this.#wanted.delete(id);
+      // A sweep begun by a server that had seen it gone deleted all its entries (its registry
+      // entry stays gone: a return writes a new one, and its entries itself); so did one begun
+      // after it was seen gone here, unless it still read the server's registry entry (KV had
+      // not expired it yet there): then one more is due.
+      if (round >= after && id !== "" && lease.gone?.includes(id)) this.#wanted.delete(id);
       else if (round > after) {
         if (id === "" || !lease.live.includes(id)) this.#wanted.delete(id);
         else this.#wanted.set(id, round);
@@ -118,8 +117,8 @@ export class KvPresenceSweeper {
     const mine: SweepLease = {
       round: round + 1,
       by: this.#leases.id,
-      live: [...live.ids],
-      dead: [...live.seen ?? []].filter((id) => !live.ids.has(id)),
+      live: [...present],
+      gone: [...this.#wanted.keys()].filter((id) => id !== ""),
       done: false,
     };
     // Isolates starting together write at once: the lease waits out SQLite's write lock.

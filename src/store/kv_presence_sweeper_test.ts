@@ -8,10 +8,16 @@ const user = (id: string) => ({ id, username: `user${id}` });
 const SERVERS = ["A", "B", "C"];
 
 /**
- * Leases where `alive` says who is alive and every other server reads lapsed; checks are on
- * `["lease", id]` keys of the same KV.
+ * Leases where `alive` says who is alive, `lapsed` whose registry entry is still read though
+ * lapsed, and every other server's entry is gone; checks are on `["lease", id]` keys of the
+ * same KV.
  */
-function leases(kv: Deno.Kv, id: string, alive: Set<string>): PresenceLeases {
+function leases(
+  kv: Deno.Kv,
+  id: string,
+  alive: Set<string>,
+  lapsed = new Set<string>(),
+): PresenceLeases {
   return {
     id,
     async live(): Promise<Liveness> {
@@ -19,7 +25,7 @@ function leases(kv: Deno.Kv, id: string, alive: Set<string>): PresenceLeases {
       for (const server of SERVERS) read.set(server, await kv.get(["lease", server]));
       return {
         ids: new Set([id, ...alive]),
-        seen: new Set(SERVERS),
+        seen: new Set([id, ...alive, ...lapsed]),
         check: (op, server) => op.check(read.get(server)!),
       };
     },
@@ -38,8 +44,14 @@ async function withKv(fn: (kv: Deno.Kv) => Promise<void>): Promise<void> {
 }
 
 /** A server's store and sweeper; `sweeps` counts the pages it read, `gone` what it announced. */
-function server(kv: Deno.Kv, id: string, alive: Set<string>, pageSize = 2) {
-  const store = new KvPresenceStore(kv, leases(kv, id, alive));
+function server(
+  kv: Deno.Kv,
+  id: string,
+  alive: Set<string>,
+  pageSize = 2,
+  lapsed = new Set<string>(),
+) {
+  const store = new KvPresenceStore(kv, leases(kv, id, alive, lapsed));
   const gone: string[] = [];
   const counted = { pages: 0, hook: async () => {} };
   const pages: PresencePages = {
@@ -53,7 +65,7 @@ function server(kv: Deno.Kv, id: string, alive: Set<string>, pageSize = 2) {
   const sweeper = new KvPresenceSweeper(
     kv,
     pages,
-    leases(kv, id, alive),
+    leases(kv, id, alive, lapsed),
     (room, u) => gone.push(`${room}:${u.id}`),
     { pageSize },
   );
@@ -175,6 +187,25 @@ Deno.test("presence: a page sweep keeps a server that renews meanwhile, and retr
     alive.delete("B");
     change = () => kv.delete(["lease", "B"]);
     assertEquals((await a.sweepPage()).gone, [{ room: "room:x", user: user("1") }]);
+    assertEquals(await count(kv), 0);
+  });
+});
+
+Deno.test("presence sweeper: a server read as lapsed whose registry entry is still there keeps its entries (a clock ahead of its own, a pause it has not noticed); they go once the entry does", async () => {
+  await withKv(async (kv) => {
+    const alive = new Set(["A", "B"]);
+    const lapsed = new Set<string>();
+    const a = server(kv, "A", alive, 2, lapsed);
+    const b = server(kv, "B", alive);
+    for (let i = 0; i < 3; i++) await b.store.enter(`room:${i}`, user(`b${i}`), `b${i}`);
+    await a.sweeper.round();
+    alive.delete("B");
+    lapsed.add("B");
+    await a.sweeper.round();
+    assertEquals(await count(kv), 3, "B's registry entry is still there");
+    assertEquals(a.gone, []);
+    lapsed.delete("B");
+    await a.sweeper.round();
     assertEquals(await count(kv), 0);
   });
 });
