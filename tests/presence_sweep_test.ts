@@ -4,7 +4,7 @@
  */
 
 import { assertEquals, delay, eventually } from "./assert.ts";
-import { spawnServer } from "./server_process.ts";
+import { holdWriteLock, spawnServer } from "./server_process.ts";
 import { TEST_SECRET, TestClient } from "./helpers.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 
@@ -251,6 +251,77 @@ Deno.test("presence sweep: a server paused past the stale time but not its regis
     for (const c of clients) c.socket.close();
     a.child.kill("SIGCONT");
     await Promise.all([a.kill("SIGTERM"), b.kill("SIGTERM")]);
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("presence: a server paused past the stale time, its wall clock not counting the pause, whose user another server's room sweep announced gone, writes her back and shows her again", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
+  const clockFile = `${dataDir}/clock-a`;
+  await Deno.writeTextFile(clockFile, "0");
+  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
+  const a = spawnServer(env, { clockFile });
+  const b = spawnServer(env);
+  const clients: TestClient[] = [];
+  try {
+    const [urlA, urlB] = await Promise.all([a.url(), b.url()]);
+    clients.push(await join(urlA, "shared", "alice"));
+    const bob = await join(urlB, "shared", "bob");
+    clients.push(bob);
+    await delay(1000);
+    const pauseMs = 1.5 * TTL_SECONDS * 1000;
+    await Deno.writeTextFile(clockFile, String(-pauseMs));
+    await delay(200);
+    a.child.kill("SIGSTOP");
+    await delay(pauseMs);
+    a.child.kill("SIGCONT");
+    // Her socket was open all along: once A runs again she is listed, and bob was told so last.
+    await eventually(
+      async () => (await usersSeen(urlB, "shared", "carol")).join() === "alice,bob,carol",
+      4 * TTL_SECONDS * 1000,
+      "alice listed again",
+    );
+    const told = () =>
+      (bob.frames as Record<string, unknown>[]).filter((f) =>
+        (f.type === "user_join" || f.type === "user_leave") && f.username === "alice"
+      ).map((f) => f.type);
+    await eventually(
+      () => (told().at(-1) ?? "user_join") === "user_join",
+      4 * TTL_SECONDS * 1000,
+      "bob told alice is back",
+    );
+  } finally {
+    for (const c of clients) c.socket.close();
+    a.child.kill("SIGCONT");
+    await Promise.all([a.kill("SIGTERM"), b.kill("SIGTERM")]);
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("presence: a second of the KV write lock held elsewhere, shorter than the stale time, makes no lapse, no restore and no repeated user_join", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
+  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
+  const a = spawnServer(env);
+  const clients: TestClient[] = [];
+  try {
+    const url = await a.url();
+    clients.push(await join(url, "room", "alice"));
+    const bob = await join(url, "room", "bob");
+    clients.push(bob);
+    await delay(1500);
+    bob.frames.length = 0;
+    for (let i = 0; i < 3; i++) {
+      const lock = await holdWriteLock(`${dataDir}/chat.kv`);
+      await delay(1200);
+      await lock.release();
+      await delay(1500);
+    }
+    const joins = (bob.frames as Record<string, unknown>[]).filter((f) => f.type === "user_join");
+    const lapses = a.log().match(/lapsed; registered again/g)?.length ?? 0;
+    assertEquals({ lapses, joins }, { lapses: 0, joins: [] }, a.log());
+  } finally {
+    for (const c of clients) c.socket.close();
+    await a.kill("SIGTERM");
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
 });

@@ -13,6 +13,13 @@ const ENTRY = (id: string): Deno.KvKey => ["instance", id];
 const ENTRIES: Deno.KvKey = ["instance"];
 /** Bumped whenever a server arrives or leaves: the one key every server watches. */
 const EPOCH: Deno.KvKey = ["instance_epoch"];
+/**
+ * Set when another server removed some of server `id`'s presence entries, judging it dead: a
+ * server misjudged (a pause it did not notice, a clock others read wrong) learns so at its next
+ * heartbeat and writes its users back. Kept a day, longer than any pause a server comes back from.
+ */
+const SWEPT = (id: string): Deno.KvKey => ["instance_swept", id];
+const SWEPT_KEEP_MS = 24 * 3600_000;
 
 interface EntryValue {
   /** Milliseconds since the epoch of the last heartbeat. */
@@ -73,6 +80,8 @@ export interface LeaseSnapshot {
   here: ReadonlySet<string>;
   /** Adds to `op` a check that fails if server `id`'s entry changed since this read. */
   check(op: Deno.AtomicOperation, id: string): void;
+  /** Adds to `op` the mark that tells server `id` some of its presence entries were removed. */
+  swept(op: Deno.AtomicOperation, id: string): void;
 }
 
 /** Settings of {@link InstanceRegistry.start}. */
@@ -132,8 +141,12 @@ export class InstanceRegistry {
   #closed = false;
   #refreshing: Promise<void> = Promise.resolve();
   #beating: Promise<void> = Promise.resolve();
-  /** When this server's entry was last written, on this server's clock. */
+  /** A heartbeat is under way (one whose commit waits out another's write lock, say). */
+  #inBeat = false;
+  /** When this server's entry was last written, on this server's monotonic clock. */
   #lastBeat = 0;
+  /** The versionstamp of this server's swept mark when last read (none for a new id). */
+  #sweptStamp: string | null = null;
   /** Each entry as last read here (see {@link live}). */
   #observed = new Map<string, Observed>();
   /** Servers whose clocks were found far from this one's, said once each. */
@@ -176,10 +189,14 @@ export class InstanceRegistry {
     registry.#count(await registry.live());
     registry.#follow();
     const timer = setInterval(() => {
+      // One at a time: a beat that overtook one still committing would take that one's write
+      // for a change by someone else, and this server for lapsed.
+      if (registry.#inBeat) return;
+      registry.#inBeat = true;
       registry.#beating = registry.#beat().catch((err) => {
         // Through the failure log: on a full disk every beat fails, as long as the outage lasts.
         if (!registry.#closed) failureLog.failed("instance registry: heartbeat failed", err);
-      });
+      }).finally(() => registry.#inBeat = false);
     }, registry.#heartbeatMs);
     Deno.unrefTimer(timer);
     registry.#timer = timer;
@@ -265,6 +282,7 @@ export class InstanceRegistry {
       here,
       seen: new Set(read.keys()),
       check: (op, id) => op.check(read.get(id) ?? { key: ENTRY(id), versionstamp: null }),
+      swept: (op, id) => op.set(SWEPT(id), true, { expireIn: SWEPT_KEEP_MS }),
     };
   }
 
@@ -343,7 +361,7 @@ export class InstanceRegistry {
     if (arriving) op.sum(EPOCH, 1n);
     // Isolates of one process starting together contend for the SQLite write lock.
     if (!(await commitRetryingLocks(op)).ok) return false;
-    this.#lastBeat = now;
+    this.#lastBeat = performance.now();
     return true;
   }
 
@@ -356,12 +374,16 @@ export class InstanceRegistry {
     // Judged by the entry itself as well: a pause the wall clock did not count (a VM's) can
     // still have outlasted it, and an entry that expired just after this read is written again
     // only as a newcomer's (the check), since sweeps may have removed this server's users.
-    const own = await this.#kv.get(ENTRY(this.#id));
-    let lapsed = Date.now() - this.#lastBeat >= this.#staleMs || own.value === null;
+    // Another server that removed some of this one's presence entries (it judged this one
+    // dead) said so in the swept mark: this one writes them back.
+    const [own, swept] = await this.#kv.getMany([ENTRY(this.#id), SWEPT(this.#id)]);
+    let lapsed = performance.now() - this.#lastBeat >= this.#staleMs || own.value === null ||
+      (swept.versionstamp !== null && swept.versionstamp !== this.#sweptStamp);
     if (!await this.#announce(lapsed, lapsed ? undefined : own)) {
       lapsed = true;
       await this.#announce(lapsed);
     }
+    this.#sweptStamp = swept.versionstamp;
     // A write went through: a KV outage's end is logged even when no client writes.
     failureLog.answered("kv");
     if (lapsed && !this.#closed) {

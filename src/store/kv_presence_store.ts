@@ -12,6 +12,11 @@ export interface Liveness {
   seen?: ReadonlySet<string>;
   /** Adds a check to `op` that fails if server `id` renewed (or appeared) since the read. */
   check(op: Deno.AtomicOperation, id: string): void;
+  /**
+   * Adds to `op` the mark that tells server `id` some of its entries were removed: one judged
+   * dead wrongly (a pause it did not notice, a clock read wrong) writes them back.
+   */
+  swept?(op: Deno.AtomicOperation, id: string): void;
 }
 
 /** The servers whose presence entries count: each entry names the one that wrote it. */
@@ -490,7 +495,10 @@ export class KvPresenceStore implements PresenceStore {
     for (const e of lapsed) op.check(e).delete(e.key);
     const servers = new Set(lapsed.map((e) => e.value.instance).filter((i) => i !== undefined));
     servers.delete(this.#leases.id);
-    for (const server of servers) live.check(op, server);
+    for (const server of servers) {
+      live.check(op, server);
+      live.swept?.(op, server);
+    }
     op.set(userLock(room, user.id), now, { expireIn: LOCK_TTL_MS });
     const res = await op.commit().catch(() => ({ ok: false }));
     return { ok: res.ok, gone: res.ok && !stillLive ? user : undefined };
