@@ -3,7 +3,7 @@
  * again (room sweeps visit only rooms a live server has members in), and a live server's stay.
  */
 
-import { assertEquals, delay, eventually } from "./assert.ts";
+import { assert, assertEquals, delay, eventually } from "./assert.ts";
 import { holdWriteLock, spawnServer } from "./server_process.ts";
 import { TEST_SECRET, TestClient } from "./helpers.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
@@ -322,6 +322,37 @@ Deno.test("presence: a second of the KV write lock held elsewhere, shorter than 
   } finally {
     for (const c of clients) c.socket.close();
     await a.kill("SIGTERM");
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("presence: a write lock held elsewhere for 1.5 stale times makes each server come back once, its users announced once, though a sweep's mark came while its write waited", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
+  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
+  const a = spawnServer(env);
+  const b = spawnServer(env);
+  const clients: TestClient[] = [];
+  try {
+    const [urlA, urlB] = await Promise.all([a.url(), b.url()]);
+    for (let i = 0; i < 5; i++) clients.push(await join(urlA, "shared", `alice${i}`));
+    const bob = await join(urlB, "shared", "bob");
+    clients.push(bob);
+    await delay(1000);
+    bob.frames.length = 0;
+    const lock = await holdWriteLock(`${dataDir}/chat.kv`);
+    await delay(1.5 * TTL_SECONDS * 1000);
+    await lock.release();
+    await delay(4 * TTL_SECONDS * 1000);
+    const bobJoins = (bob.frames as Record<string, unknown>[])
+      .filter((f) => f.type === "user_join" && f.username === "bob").length;
+    const lapses = [a, b].map((s) => s.log().match(/lapsed; registered again/g)?.length ?? 0);
+    assert(
+      lapses.every((n) => n <= 1) && bobJoins <= 1,
+      `lapses of A and B: ${lapses}; bob's own join told him ${bobJoins} times`,
+    );
+  } finally {
+    for (const c of clients) c.socket.close();
+    await Promise.all([a.kill("SIGTERM"), b.kill("SIGTERM")]);
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
 });

@@ -383,7 +383,12 @@ export class InstanceRegistry {
       lapsed = true;
       await this.#announce(lapsed);
     }
-    this.#sweptStamp = swept.versionstamp;
+    // Coming back, every mark set so far is covered by the restore that follows (a sweep after
+    // this write fails its check of the entry): read again, as one may have come while this
+    // write waited out another's lock.
+    this.#sweptStamp = lapsed
+      ? (await this.#kv.get(SWEPT(this.#id))).versionstamp
+      : swept.versionstamp;
     // A write went through: a KV outage's end is logged even when no client writes.
     failureLog.answered("kv");
     if (lapsed && !this.#closed) {
