@@ -27,8 +27,7 @@ const realNow = RealDate.now.bind(RealDate);
 /** `Date` with the offset: `new Date()` and `Date.now()` say the stepped time. */
 class SteppedDate extends RealDate {
   constructor(...args: ConstructorParameters<DateConstructor> | []) {
-    if (args.length === 0) super(realNow() + offset);
-    else super(...(args as ConstructorParameters<DateConstructor>));
+    super(...((args.length === 0 ? [realNow() + offset] : args) as [number]));
   }
 
   static override now(): number {
