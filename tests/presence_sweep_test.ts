@@ -356,3 +356,34 @@ Deno.test("presence: a write lock held elsewhere for 1.5 stale times makes each 
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
 });
+
+Deno.test("presence: a server paused past the stale time (a GC pause, an overloaded host), whose users nobody removed, announces none of them again as joining", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
+  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
+  const a = spawnServer(env);
+  const clients: TestClient[] = [];
+  try {
+    const url = await a.url();
+    clients.push(await join(url, "solo", "carol"));
+    const dave = await join(url, "solo", "dave");
+    clients.push(dave);
+    await delay(1000);
+    dave.frames.length = 0;
+    a.child.kill("SIGSTOP");
+    await delay(1.5 * TTL_SECONDS * 1000);
+    a.child.kill("SIGCONT");
+    await eventually(() => /lapsed; registered again/.test(a.log()), 10_000, "the lapse");
+    await delay(TTL_SECONDS * 1000);
+    const told = (dave.frames as Record<string, unknown>[])
+      .filter((f) => f.type === "user_join" || f.type === "user_leave")
+      .map((f) => `${f.type}:${f.username}`);
+    assertEquals(told, []);
+    // Still listed, by this server and by the store.
+    assertEquals(await usersSeen(url, "solo", "erin"), ["carol", "dave", "erin"]);
+  } finally {
+    for (const c of clients) c.socket.close();
+    a.child.kill("SIGCONT");
+    await a.kill("SIGTERM");
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});

@@ -550,7 +550,8 @@ export class ChatService {
 
   /**
    * Writes every presence entry of this isolate again, after its lease had lapsed and others may
-   * have swept them; users who come back as first are announced again.
+   * have swept them; users who come back as first (none of their entries was left) are announced
+   * again, not those nobody removed.
    */
   async restorePresence(): Promise<void> {
     try {
@@ -565,7 +566,7 @@ export class ChatService {
       for (const [connId, user] of [...conns]) {
         if (!this.#present.get(room)?.has(connId)) continue;
         const { first } = await this.#track(
-          this.#deps.presence.enter(room, profileOf(user), connId),
+          this.#deps.presence.enter(room, profileOf(user), connId, { again: true }),
         );
         if (first) this.#announce(room, profileOf(user), "join");
       }

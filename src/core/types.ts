@@ -341,8 +341,17 @@ export interface Fanout {
 
 /** Who is in a room now, across isolates and instances, with expiry so a crash leaves no ghost. */
 export interface PresenceStore {
-  /** Records a connection; `first` is true when the user had no other live connection there. */
-  enter(room: string, user: UserProfile, connId: string): Promise<{ first: boolean }>;
+  /**
+   * Records a connection; `first` is true when the user had no other live connection there. With
+   * `again` (a connection written back after its server lapsed), its own entry counts too: `first`
+   * only when nothing of the user was left, so that users nobody removed are not announced again.
+   */
+  enter(
+    room: string,
+    user: UserProfile,
+    connId: string,
+    options?: { again?: boolean },
+  ): Promise<{ first: boolean }>;
   /** Removes a connection; `last` is true when it was the user's last live one there. */
   exit(room: string, userId: UserId, connId: string): Promise<{ last: boolean }>;
   /** The users with at least one live connection, each once. */

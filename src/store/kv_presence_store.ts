@@ -72,6 +72,8 @@ interface Change {
   room: string;
   user: string;
   connId: string;
+  /** An enter that writes a connection back: its own live entry counts (see `enter`). */
+  again?: boolean;
   /** The entering user's profile, stored in the entry. */
   profile?: UserProfile;
 }
@@ -160,7 +162,7 @@ function apply(
   instance: string,
 ): boolean {
   const key = connKey(group.room, change.user, change.connId);
-  const others = conns.size > (conns.has(change.connId) ? 1 : 0);
+  const others = conns.size > (conns.has(change.connId) && !change.again ? 1 : 0);
   if (change.kind === "enter") {
     const entry: ConnEntry = { user: change.profile!, instance };
     op.set(key, entry);
@@ -383,7 +385,12 @@ export class KvPresenceStore implements PresenceStore {
   }
 
   /** Records a connection; `first` when the user had no other live one in the room. */
-  async enter(room: string, user: UserProfile, connId: string): Promise<{ first: boolean }> {
+  async enter(
+    room: string,
+    user: UserProfile,
+    connId: string,
+    options: { again?: boolean } = {},
+  ): Promise<{ first: boolean }> {
     return {
       first: await this.#change({
         kind: "enter",
@@ -391,6 +398,7 @@ export class KvPresenceStore implements PresenceStore {
         user: String(user.id),
         connId,
         profile: user,
+        again: options.again,
       }),
     };
   }
