@@ -440,8 +440,10 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     typingTimeoutMs: config.typingTimeoutSeconds * 1000,
     presenceSweepMs: config.presenceTtlSeconds * 1000 / 3,
   });
-  registry.onLapse(() => {
-    chat.restorePresence().catch((err) => failureLog.failed("restoring presence failed", err));
+  registry.onLapse(({ onlySwept }) => {
+    chat.restorePresence({ onlySwept }).catch((err) =>
+      failureLog.failed("restoring presence failed", err)
+    );
   });
   // Room sweeps visit the rooms this server has members in; a crashed server's entries in the
   // others would stay in KV for good. Once a server dies, one server pages through every room.

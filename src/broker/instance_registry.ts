@@ -70,6 +70,17 @@ interface Observed {
   readAt: number;
 }
 
+/**
+ * Why this server comes back as a newcomer: `onlySwept` when it had not lapsed, but another
+ * server removed some of its presence entries (a misjudgement: a clock read wrong). Otherwise its
+ * entry lapsed, and others may have shown its users gone without removing their entries (an exit
+ * elsewhere that counted them dead).
+ */
+export interface LapseCause {
+  /** True when it had not lapsed and only another server's removal of its entries says so. */
+  onlySwept: boolean;
+}
+
 /** Who is alive, as read at one moment. */
 export interface LeaseSnapshot {
   /** Ids of the live servers, this one included. */
@@ -130,7 +141,7 @@ export class InstanceRegistry {
   #pollMs?: number;
   #poll?: Poll;
   #listeners = new Set<(alone: boolean) => void>();
-  #lapseListeners = new Set<() => void>();
+  #lapseListeners = new Set<(how: LapseCause) => void>();
   #timer?: ReturnType<typeof setInterval>;
   #retryMs: number;
   #retryTimer?: ReturnType<typeof setInterval>;
@@ -229,7 +240,7 @@ export class InstanceRegistry {
       if (this.#closed) return;
       console.warn("instance registry: registered at last (KV takes writes again)");
       // As after a lapse: the presence of sockets that joined meanwhile was never written.
-      for (const listener of this.#lapseListeners) listener();
+      for (const listener of this.#lapseListeners) listener({ onlySwept: false });
       await this.#refresh();
     })();
   }
@@ -341,9 +352,10 @@ export class InstanceRegistry {
 
   /**
    * Calls `listener` when this server's own entry was written after a time without one: it had
-   * lapsed, or the first registration was refused and succeeded later.
+   * lapsed, or the first registration was refused and succeeded later; or when another server
+   * removed some of its presence entries though it had not lapsed (`onlySwept`).
    */
-  onLapse(listener: () => void): () => void {
+  onLapse(listener: (how: LapseCause) => void): () => void {
     this.#lapseListeners.add(listener);
     return () => this.#lapseListeners.delete(listener);
   }
@@ -377,10 +389,11 @@ export class InstanceRegistry {
     // Another server that removed some of this one's presence entries (it judged this one
     // dead) said so in the swept mark: this one writes them back.
     const [own, swept] = await this.#kv.getMany([ENTRY(this.#id), SWEPT(this.#id)]);
-    let lapsed = performance.now() - this.#lastBeat >= this.#staleMs || own.value === null ||
-      (swept.versionstamp !== null && swept.versionstamp !== this.#sweptStamp);
+    let overdue = performance.now() - this.#lastBeat >= this.#staleMs || own.value === null;
+    const marked = swept.versionstamp !== null && swept.versionstamp !== this.#sweptStamp;
+    let lapsed = overdue || marked;
     if (!await this.#announce(lapsed, lapsed ? undefined : own)) {
-      lapsed = true;
+      lapsed = overdue = true;
       await this.#announce(lapsed);
     }
     // Coming back, every mark set so far is covered by the restore that follows (a sweep after
@@ -393,7 +406,7 @@ export class InstanceRegistry {
     failureLog.answered("kv");
     if (lapsed && !this.#closed) {
       console.warn("instance registry: this server's entry had lapsed; registered again");
-      for (const listener of this.#lapseListeners) listener();
+      for (const listener of this.#lapseListeners) listener({ onlySwept: !overdue });
     }
     await this.#refresh();
   }

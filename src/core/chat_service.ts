@@ -550,23 +550,24 @@ export class ChatService {
 
   /**
    * Writes every presence entry of this isolate again, after its lease had lapsed and others may
-   * have swept them; users who come back as first (none of their entries was left) are announced
-   * again, not those nobody removed.
+   * have swept them, or shown its users gone; users who come back as first are announced again.
+   * With `onlySwept` (it had not lapsed: another server removed some of its entries), only users
+   * none of whose entries was left, not every user in every room.
    */
-  async restorePresence(): Promise<void> {
+  async restorePresence(options: { onlySwept?: boolean } = {}): Promise<void> {
     try {
-      await this.#restore();
+      await this.#restore(options.onlySwept === true);
     } finally {
       this.#deps.presence.invalidateSweeps?.();
     }
   }
 
-  async #restore(): Promise<void> {
+  async #restore(again: boolean): Promise<void> {
     for (const [room, conns] of [...this.#present]) {
       for (const [connId, user] of [...conns]) {
         if (!this.#present.get(room)?.has(connId)) continue;
         const { first } = await this.#track(
-          this.#deps.presence.enter(room, profileOf(user), connId, { again: true }),
+          this.#deps.presence.enter(room, profileOf(user), connId, { again }),
         );
         if (first) this.#announce(room, profileOf(user), "join");
       }
