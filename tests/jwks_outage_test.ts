@@ -24,6 +24,26 @@ async function handshake(url: string): Promise<[number, string | null]> {
   return [res.status, res.headers.get("retry-after")];
 }
 
+/** A key of the provider's, `kid`, as its JWK set lists it, and a token it signed for user 1. */
+async function keyPair(kid: string): Promise<{ jwk: Record<string, unknown>; token: string }> {
+  const { privateKey, publicKey } = await jose.generateKeyPair("RS256");
+  const jwk = { ...await jose.exportJWK(publicKey), kid, alg: "RS256", use: "sig" };
+  const token = await new jose.SignJWT({ sub: "1", username: "one" })
+    .setProtectedHeader({ alg: "RS256", kid }).setExpirationTime("1h").sign(privateKey);
+  return { jwk, token };
+}
+
+/** What the native socket of `wsUrl` says first for `token`: its welcome, or its close. */
+async function firstWord(wsUrl: string, token: string): Promise<string> {
+  const ws = TestClient.connect(`${wsUrl}/ws?token=${token}`);
+  const first = await Promise.race([
+    ws.next().then((f) => String(f.type)),
+    ws.closed.then((c) => `closed ${c.code}`),
+  ]);
+  await ws.close();
+  return first;
+}
+
 Deno.test("JWKS outage: sockets get 503, Socket.IO is told tokens cannot be checked, the API 503, logged once; then tokens work again", async () => {
   const logged: string[] = [];
   const originals = { error: console.error, log: console.log, warn: console.warn };
@@ -113,14 +133,7 @@ Deno.test("JWKS outage: sockets get 503, Socket.IO is told tokens cannot be chec
 
 Deno.test("JWKS rotation: a token signed with a key the provider published just after the server's last fetch is answered 503 (try again), then welcomed; a key the provider never published is still 4001", async () => {
   const port = freePort();
-  const pair = async (kid: string) => {
-    const { privateKey, publicKey } = await jose.generateKeyPair("RS256");
-    const jwk = { ...await jose.exportJWK(publicKey), kid, alg: "RS256", use: "sig" };
-    const token = await new jose.SignJWT({ sub: "1", username: "one" })
-      .setProtectedHeader({ alg: "RS256", kid }).setExpirationTime("1h").sign(privateKey);
-    return { jwk, token };
-  };
-  const [k1, k2, never] = [await pair("k1"), await pair("k2"), await pair("k9")];
+  const [k1, k2, never] = [await keyPair("k1"), await keyPair("k2"), await keyPair("k9")];
   let keys = [k1.jwk];
   let fetches = 0;
   const provider = Deno.serve({ port, hostname: "127.0.0.1", onListen: () => {} }, () => {
@@ -128,16 +141,7 @@ Deno.test("JWKS rotation: a token signed with a key the provider published just 
     return Response.json({ keys });
   });
   const server = await startTestServer({ JWT_JWKS_URL: `http://127.0.0.1:${port}/jwks.json` });
-  /** What the native socket says first for `token`: its welcome, or its close. */
-  const outcome = async (token: string) => {
-    const ws = TestClient.connect(`${server.wsUrl}/ws?token=${token}`);
-    const first = await Promise.race([
-      ws.next().then((f) => String(f.type)),
-      ws.closed.then((c) => `closed ${c.code}`),
-    ]);
-    await ws.close();
-    return first;
-  };
+  const outcome = (token: string) => firstWord(server.wsUrl, token);
   try {
     assertEquals(await outcome(k1.token), "welcome");
     await delay(1100);
@@ -170,14 +174,7 @@ Deno.test("JWKS rotation: a token signed with a key the provider published just 
 
 Deno.test("JWKS after the server's wall clock steps back an hour: a token whose key the provider never published is still refused (4001) a second later, and one it rotated in is welcomed (jose's own cooldown counts by the wall clock)", async () => {
   const port = freePort();
-  const pair = async (kid: string) => {
-    const { privateKey, publicKey } = await jose.generateKeyPair("RS256");
-    const jwk = { ...await jose.exportJWK(publicKey), kid, alg: "RS256", use: "sig" };
-    const token = await new jose.SignJWT({ sub: "1", username: "one" })
-      .setProtectedHeader({ alg: "RS256", kid }).setExpirationTime("1h").sign(privateKey);
-    return { jwk, token };
-  };
-  const [k1, k2, never] = [await pair("k1"), await pair("k2"), await pair("k9")];
+  const [k1, k2, never] = [await keyPair("k1"), await keyPair("k2"), await keyPair("k9")];
   let keys = [k1.jwk];
   const provider = Deno.serve(
     { port, hostname: "127.0.0.1", onListen: () => {} },
@@ -193,15 +190,7 @@ Deno.test("JWKS after the server's wall clock steps back an hour: a token whose 
   }, { clockFile });
   try {
     const wsUrl = (await server.url()).replace(/^http/, "ws");
-    const outcome = async (token: string) => {
-      const ws = TestClient.connect(`${wsUrl}/ws?token=${token}`);
-      const first = await Promise.race([
-        ws.next().then((f) => String(f.type)),
-        ws.closed.then((c) => `closed ${c.code}`),
-      ]);
-      await ws.close();
-      return first;
-    };
+    const outcome = (token: string) => firstWord(wsUrl, token);
     assertEquals(await outcome(k1.token), "welcome");
     // NTP steps the server's clock an hour back.
     await Deno.writeTextFile(clockFile, String(-3600_000));

@@ -13,7 +13,7 @@
  */
 
 import { assert, assertEquals, delay, eventually } from "./assert.ts";
-import { startTestServer, TEST_SECRET, TestClient } from "./helpers.ts";
+import { startTestServer, TEST_SECRET, TestClient, type TestServer } from "./helpers.ts";
 import { holdWriteLock, mayMount, smallDisk, spawnServer } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 import type { Directory } from "../src/core/directory.ts";
@@ -337,6 +337,14 @@ onSmallDisk(
   },
 );
 
+/** Opens and closes a native socket of `user` on `server`: welcomed as before, with its profile. */
+async function openWelcomed(server: TestServer, user: number): Promise<void> {
+  const token = await server.token({ sub: String(user), rooms: ["ticket:*"] });
+  const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+  assertEquals((await ws.next()).type, "welcome");
+  await ws.close();
+}
+
 /** What pg throws for a Postgres that refuses connections. */
 const refused = () =>
   Object.assign(new Error("connect ECONNREFUSED 10.0.0.5:5432"), {
@@ -351,13 +359,7 @@ Deno.test("log: 20 sockets opening while the directory refuses connections are o
   // A Postgres that refuses connections: every call of the directory fails as pg's would.
   const server = await startTestServer({}, { directory: failing(() => down, refused) });
   const { logged, restore } = capture();
-  const open = async (user: number) => {
-    const token = await server.token({ sub: String(user), rooms: ["ticket:*"] });
-    const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
-    // Welcomed as before, with the token's profile.
-    assertEquals((await ws.next()).type, "welcome");
-    await ws.close();
-  };
+  const open = (user: number) => openWelcomed(server, user);
   try {
     down = true;
     for (let user = 1; user <= 20; user++) await open(user);
@@ -496,12 +498,7 @@ Deno.test("log: a directory the OS refuses (pg's connect EACCES on its unix sock
     });
   const server = await startTestServer({}, { directory: failing(() => down, eacces) });
   const { logged, restore } = capture();
-  const open = async (user: number) => {
-    const token = await server.token({ sub: String(user), rooms: ["ticket:*"] });
-    const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
-    assertEquals((await ws.next()).type, "welcome");
-    await ws.close();
-  };
+  const open = (user: number) => openWelcomed(server, user);
   try {
     down = true;
     await open(1);

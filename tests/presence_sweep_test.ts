@@ -45,6 +45,44 @@ async function join(server: string, room: string, user: string): Promise<TestCli
 
 const total = (counts: Map<string, number>) => [...counts.values()].reduce((a, b) => a + b, 0);
 
+/**
+ * Runs `fn` with two servers on one DATA_DIR, A's wall clock steppable: `pause(ms)` steps it back
+ * by `ms` and stops A (SIGSTOP), as a VM's pause its clock does not count; the test resumes A
+ * (SIGCONT). Both are stopped and the data removed after.
+ */
+async function withSteppedPair(
+  fn: (pair: {
+    a: ReturnType<typeof spawnServer>;
+    urlA: string;
+    urlB: string;
+    dataDir: string;
+    clients: TestClient[];
+    pause: (ms: number) => Promise<void>;
+  }) => Promise<void>,
+): Promise<void> {
+  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
+  const clockFile = `${dataDir}/clock-a`;
+  await Deno.writeTextFile(clockFile, "0");
+  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
+  const a = spawnServer(env, { clockFile });
+  const b = spawnServer(env);
+  const clients: TestClient[] = [];
+  const pause = async (ms: number) => {
+    await Deno.writeTextFile(clockFile, String(-ms));
+    await delay(200);
+    a.child.kill("SIGSTOP");
+  };
+  try {
+    const [urlA, urlB] = await Promise.all([a.url(), b.url()]);
+    await fn({ a, urlA, urlB, dataDir, clients, pause });
+  } finally {
+    for (const c of clients) c.socket.close();
+    a.child.kill("SIGCONT");
+    await Promise.all([a.kill("SIGTERM"), b.kill("SIGTERM")]);
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+}
+
 Deno.test("presence sweep: a server killed with -9 leaves no entry in rooms nobody enters again; the live server's stay", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
   const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
@@ -184,21 +222,11 @@ Deno.test("presence sweep: a server started with its clock a minute ahead of a r
 });
 
 Deno.test("presence sweep: a server paused past its registry entry's expiry, its wall clock not counting the pause (a VM's), shows its users again once it runs", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
-  const clockFile = `${dataDir}/clock-a`;
-  await Deno.writeTextFile(clockFile, "0");
-  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
-  const a = spawnServer(env, { clockFile });
-  const b = spawnServer(env);
-  const clients: TestClient[] = [];
-  try {
-    const [urlA, urlB] = await Promise.all([a.url(), b.url()]);
+  await withSteppedPair(async ({ a, urlA, urlB, dataDir, clients, pause }) => {
     for (const room of ["solo-1", "solo-2"]) clients.push(await join(urlA, room, "alice"));
     // Stopped past two stale times (the registry entry's expiry), its clock stepped back as long.
     const pauseMs = 3 * TTL_SECONDS * 1000;
-    await Deno.writeTextFile(clockFile, String(-pauseMs));
-    await delay(200);
-    a.child.kill("SIGSTOP");
+    await pause(pauseMs);
     // Meanwhile B sweeps every room: alice's entries go.
     await eventually(
       async () => total(await presenceByServer(dataDir)) === 0,
@@ -218,61 +246,31 @@ Deno.test("presence sweep: a server paused past its registry entry's expiry, its
       4 * TTL_SECONDS * 1000,
       "alice shown in solo-1",
     );
-  } finally {
-    for (const c of clients) c.socket.close();
-    a.child.kill("SIGCONT");
-    await Promise.all([a.kill("SIGTERM"), b.kill("SIGTERM")]);
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  });
 });
 
 Deno.test("presence sweep: a server paused past the stale time but not its registry entry's expiry, its wall clock not counting the pause, keeps its users all along", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
-  const clockFile = `${dataDir}/clock-a`;
-  await Deno.writeTextFile(clockFile, "0");
-  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
-  const a = spawnServer(env, { clockFile });
-  const b = spawnServer(env);
-  const clients: TestClient[] = [];
-  try {
-    const [urlA, urlB] = await Promise.all([a.url(), b.url()]);
+  await withSteppedPair(async ({ a, urlA, urlB, dataDir, clients, pause }) => {
     for (const room of ["solo-1", "solo-2"]) clients.push(await join(urlA, room, "alice"));
     // Read as lapsed by B for a while: it does not notice, as its clock stands still meanwhile.
     const pauseMs = 1.5 * TTL_SECONDS * 1000;
-    await Deno.writeTextFile(clockFile, String(-pauseMs));
-    await delay(200);
-    a.child.kill("SIGSTOP");
+    await pause(pauseMs);
     await delay(pauseMs);
     a.child.kill("SIGCONT");
     await delay(3 * TTL_SECONDS * 1000);
     assertEquals(total(await presenceByServer(dataDir)), 2);
     assertEquals(await usersSeen(urlB, "solo-1", "bob"), ["alice", "bob"]);
-  } finally {
-    for (const c of clients) c.socket.close();
-    a.child.kill("SIGCONT");
-    await Promise.all([a.kill("SIGTERM"), b.kill("SIGTERM")]);
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  });
 });
 
 Deno.test("presence: a server paused past the stale time, its wall clock not counting the pause, whose user another server's room sweep announced gone, writes her back and shows her again", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
-  const clockFile = `${dataDir}/clock-a`;
-  await Deno.writeTextFile(clockFile, "0");
-  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
-  const a = spawnServer(env, { clockFile });
-  const b = spawnServer(env);
-  const clients: TestClient[] = [];
-  try {
-    const [urlA, urlB] = await Promise.all([a.url(), b.url()]);
+  await withSteppedPair(async ({ a, urlA, urlB, clients, pause }) => {
     clients.push(await join(urlA, "shared", "alice"));
     const bob = await join(urlB, "shared", "bob");
     clients.push(bob);
     await delay(1000);
     const pauseMs = 1.5 * TTL_SECONDS * 1000;
-    await Deno.writeTextFile(clockFile, String(-pauseMs));
-    await delay(200);
-    a.child.kill("SIGSTOP");
+    await pause(pauseMs);
     await delay(pauseMs);
     a.child.kill("SIGCONT");
     // Her socket was open all along: once A runs again she is listed, and bob was told so last.
@@ -290,12 +288,7 @@ Deno.test("presence: a server paused past the stale time, its wall clock not cou
       4 * TTL_SECONDS * 1000,
       "bob told alice is back",
     );
-  } finally {
-    for (const c of clients) c.socket.close();
-    a.child.kill("SIGCONT");
-    await Promise.all([a.kill("SIGTERM"), b.kill("SIGTERM")]);
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  });
 });
 
 Deno.test("presence: a second of the KV write lock held elsewhere, shorter than the stale time, makes no lapse, no restore and no repeated user_join", async () => {
