@@ -383,11 +383,11 @@ export class InstanceRegistry {
     if (!this.#registered) return await this.#refresh();
     // Others count an entry older than the stale time as dead: after a stall that long this
     // server must come back as a newcomer (they stopped listening) and restore its presence.
-    // Judged by the entry itself as well: a pause the wall clock did not count (a VM's) can
-    // still have outlasted it, and an entry that expired just after this read is written again
-    // only as a newcomer's (the check), since sweeps may have removed this server's users.
-    // Another server that removed some of this one's presence entries (it judged this one
-    // dead) said so in the swept mark: this one writes them back.
+    // Judged by the entry itself as well: a pause the monotonic clock did not count (a host's
+    // suspend) can still have outlasted it, and an entry that expired just after this read is
+    // written again only as a newcomer's (the check), since sweeps may have removed this
+    // server's users. Another server that removed some of this one's presence entries (it
+    // judged this one dead) said so in the swept mark: this one writes them back.
     const [own, swept] = await this.#kv.getMany([ENTRY(this.#id), SWEPT(this.#id)]);
     let overdue = performance.now() - this.#lastBeat >= this.#staleMs || own.value === null;
     const marked = swept.versionstamp !== null && swept.versionstamp !== this.#sweptStamp;
