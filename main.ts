@@ -58,7 +58,11 @@ import { renderFamily } from "./src/http/process_metrics.ts";
 import { mountWeb } from "./src/http/web_routes.ts";
 import { ApiCounters, createApi } from "./src/http/api/mod.ts";
 import { openDirectory, parseDatabaseUrl, redactDatabaseUrl } from "./src/directory/open.ts";
-import { commitRetryingLocks, isStorageError } from "./src/store/kv_reads.ts";
+import {
+  commitRetryingLocks,
+  isStorageError,
+  openKvWaitingOutLocks,
+} from "./src/store/kv_reads.ts";
 import { Hub } from "./src/hub/hub.ts";
 import { MediaAttachmentStore } from "./src/media/attachments.ts";
 import { LocalMediaStore } from "./src/media/local_media_store.ts";
@@ -148,6 +152,9 @@ const unavailable = (text: string) =>
 const HEALTH_PROBE_MS = 1000;
 /** How long one store may take to answer the health check before it counts as failed. */
 const HEALTH_STEP_MS = 3000;
+
+/** How long a start waits for a KV file another process holds locked before it gives up. */
+const KV_OPEN_WAIT_MS = 30_000;
 
 /** An error message without the paths it names (`: mkdir '/data/media'`), for public answers. */
 const withoutPaths = (text: string) => text.replace(/:\s*\w*\s*['"]?\/.*$/s, "");
@@ -268,7 +275,15 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   });
   // Its answers end a directory outage in the log (see failure_log.ts).
   const directory = answeringDirectory((overrides.directory ?? ((d) => d))(opened));
-  const kv = await Deno.openKv(config.kvPath).catch(async (err) => {
+  // Servers sharing the file (instances, a restart beside the old process) start side by side.
+  const kv = await openKvWaitingOutLocks(config.kvPath, {
+    waitMs: KV_OPEN_WAIT_MS,
+    onWait: () =>
+      log(
+        `KV_PATH (${config.kvPath}) is locked by another process (a server creating or writing ` +
+          `it): waiting up to ${KV_OPEN_WAIT_MS / 1000} s`,
+      ),
+  }).catch(async (err) => {
     await directory.close();
     const hint = await storageHint(err, kvPath, config.dataDir);
     throw new Error(`KV_PATH (${config.kvPath}) could not be opened: ${message(err)}${hint}`);

@@ -115,20 +115,28 @@ export async function smallDisk() {
   };
 }
 
-/** Another process holding the SQLite file's write lock until its stdin closes. */
-export async function holdWriteLock(path: string): Promise<{ release(): Promise<void> }> {
+/**
+ * Another process holding the SQLite file's write lock until its stdin closes. With `creating`,
+ * the file is new and the lock exclusive, in SQLite's rollback journal: what a process that is
+ * creating the file holds before it makes it WAL (no reader gets in).
+ */
+export async function holdWriteLock(
+  path: string,
+  { creating = false } = {},
+): Promise<{ release(): Promise<void> }> {
   const script = `
     import { DatabaseSync } from "node:sqlite";
     const db = new DatabaseSync(Deno.args[0]);
     db.exec("pragma busy_timeout = 5000");
-    db.exec("begin immediate");
+    if (Deno.args[1] === "creating") db.exec("create table held (x); begin exclusive");
+    else db.exec("begin immediate");
     console.log("locked");
     for await (const _ of Deno.stdin.readable) { /* held until the test lets go */ }
     db.exec("commit");
     db.close();
   `;
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["eval", "--quiet", script, path],
+    args: ["eval", "--quiet", script, path, creating ? "creating" : "held"],
     stdin: "piped",
     stdout: "piped",
     stderr: "inherit",

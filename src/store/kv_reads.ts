@@ -1,7 +1,7 @@
 /**
  * Deno KV helpers the stores and brokers share: chunked `getMany`, coalesced fresh reads, and
- * telling (and waiting out) a commit refused for SQLite's write lock, and telling a volume that
- * takes no write.
+ * telling (and waiting out) an open or a commit refused for SQLite's write lock, and telling a
+ * volume that takes no write.
  */
 
 /** True for SQLite's "database is locked": another isolate of this process holds the write lock. */
@@ -29,6 +29,28 @@ export async function commitRetryingLocks(
     } catch (err) {
       if (!isLocked(err) || attempt >= 100) throw err;
       await new Promise((r) => setTimeout(r, 1 + Math.random() * Math.min(20, attempt * 2)));
+    }
+  }
+}
+
+/**
+ * Opens a KV file, waiting out another process's lock on it for up to `waitMs` (`onWait` is told
+ * once): Deno's open makes the file WAL outside its own retries, so it gives up after SQLite's
+ * 5 s busy timeout, or at once in the moment another process makes a new file WAL, where servers
+ * starting side by side on one file meet.
+ */
+export async function openKvWaitingOutLocks(
+  path: string,
+  { waitMs, onWait }: { waitMs: number; onWait: () => void },
+): Promise<Deno.Kv> {
+  const deadline = performance.now() + waitMs;
+  for (let attempt = 0;; attempt++) {
+    try {
+      return await Deno.openKv(path);
+    } catch (err) {
+      if (!isLocked(err) || performance.now() >= deadline) throw err;
+      if (attempt === 0) onWait();
+      await new Promise((r) => setTimeout(r, 50 + Math.random() * 200));
     }
   }
 }

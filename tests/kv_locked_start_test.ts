@@ -1,0 +1,32 @@
+/**
+ * Servers sharing one KV file start side by side: one that opens the file while another process
+ * holds it locked (creating it, or writing) waits for it instead of refusing to start.
+ */
+
+import { assert, assertEquals, eventually } from "./assert.ts";
+import { holdWriteLock, spawnServer } from "./server_process.ts";
+
+Deno.test("startup: a server opening the KV file while another process holds it locked past SQLite's 5 s wait (as one creating it does) starts once it is let go, and says it waited", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "kv-locked-start-" });
+  const lock = await holdWriteLock(`${dataDir}/chat.kv`, { creating: true });
+  let released = false;
+  const server = spawnServer({ DATA_DIR: dataDir });
+  try {
+    let exited = false;
+    server.status.then(() => exited = true);
+    // Told once SQLite's own 5 s busy timeout is past, which Deno's open gives up after.
+    const waiting = () => /locked by another process/.test(server.log());
+    await eventually(() => waiting() || exited, 20_000, "the server to wait or exit");
+    assert(waiting() && !exited, server.log());
+    await lock.release();
+    released = true;
+    const url = await server.url();
+    const health = await fetch(`${url}/healthz`);
+    assertEquals([health.status, (await health.json()).status], [200, "ok"]);
+    assert(!/could not be opened/.test(server.log()), server.log());
+  } finally {
+    if (!released) await lock.release();
+    await server.kill("SIGTERM");
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
