@@ -1,7 +1,7 @@
 /** History answers of the socket protocols, bounded by the bytes they take on the socket. */
 
 import type { Message } from "../core/types.ts";
-import { utf8Length } from "../engine_io/parser.ts";
+import { utf8Length } from "../core/text.ts";
 
 /** Bytes of rendered messages one history answer holds at most (less under a small bound). */
 export const HISTORY_MAX_BYTES = 1024 * 1024;

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { utf8Length } from "../core/text.ts";
 import { timerDelay } from "../core/time.ts";
 import { QuietClose } from "../transport/close_when_quiet.ts";
 import {
@@ -14,7 +15,6 @@ import {
   encodePayload,
   type Packet,
   SEPARATOR,
-  utf8Length,
 } from "./parser.ts";
 import {
   BroadcastChannelRelay,

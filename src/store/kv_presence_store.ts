@@ -2,7 +2,7 @@
 
 import type { PresenceStore, UserId, UserProfile } from "../core/types.ts";
 import { FreshReads, getManyChunked, isLocked } from "./kv_reads.ts";
-import { Buffer } from "node:buffer";
+import { utf8Length } from "../core/text.ts";
 
 /** Who was alive at one read, and how to make a commit depend on it. */
 export interface Liveness {
@@ -98,9 +98,8 @@ interface Group {
   changes: Queued[];
 }
 
-/** Rough encoded size of a KV key: its parts (UTF-8, counted natively) plus a few bytes each. */
-const keyBytes = (...parts: string[]) =>
-  parts.reduce((sum, p) => sum + Buffer.byteLength(p, "utf8") + 3, 0);
+/** Rough encoded size of a KV key: its parts' UTF-8 plus a few bytes each. */
+const keyBytes = (...parts: string[]) => parts.reduce((sum, p) => sum + utf8Length(p) + 3, 0);
 
 /**
  * Takes the next batch off the queue: whole users (all their waiting changes, so each user's

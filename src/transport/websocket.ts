@@ -3,7 +3,7 @@
 import type { RateVerdict } from "../core/rate_limiter.ts";
 import { ChatError, frameTooLarge } from "../core/errors.ts";
 import type { Metrics } from "../core/metrics.ts";
-import { utf8Length } from "../engine_io/parser.ts";
+import { utf8Length } from "../core/text.ts";
 import { pollUntil, timerDelay } from "../core/time.ts";
 import type { FrameBudget, FrameHolder } from "./frame_budget.ts";
 import { QuietClose } from "./close_when_quiet.ts";
