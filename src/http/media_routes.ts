@@ -2,14 +2,13 @@
 
 import type { Hono } from "hono";
 import { isHiddenName, type LocalMediaStore } from "../media/local_media_store.ts";
-import { detectMime, isActiveContent, mimeFromName, SNIFF_BYTES } from "../media/mime.ts";
-
-/**
- * Types a page of this origin would load as its own script or style (`<script src>`, a worker,
- * `<link rel=stylesheet>`): the chat page's CSP trusts `'self'`, so an upload served so would
- * let an injected tag run or style it. Served as plain text, which nosniff keeps from loading.
- */
-const SCRIPT_OR_STYLE = new Set(["text/javascript", "application/javascript", "text/css"]);
+import {
+  detectMime,
+  isActiveContent,
+  isScriptOrStyle,
+  mimeFromName,
+  SNIFF_BYTES,
+} from "../media/mime.ts";
 
 /**
  * Headers for a stored file: the type its message announced (from its name, or from its first
@@ -22,7 +21,9 @@ export function mediaHeaders(
   head: Uint8Array = new Uint8Array(),
 ): Headers {
   const type = detectMime(head, name);
-  const served = SCRIPT_OR_STYLE.has(type) ? "text/plain" : type;
+  // The chat page's CSP trusts 'self': an upload served as script or style would let an
+  // injected tag run or style it. As plain text, nosniff keeps it from loading.
+  const served = isScriptOrStyle(type) ? "text/plain" : type;
   const headers = new Headers({
     "content-type": served.startsWith("text/") ? `${served}; charset=utf-8` : served,
     "content-length": String(size),

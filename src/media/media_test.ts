@@ -3,7 +3,7 @@ import { decodeAttachment, decodeAttachmentChunks, decodedLength } from "./base6
 import { MediaAttachmentStore } from "./attachments.ts";
 import { isHiddenName, LocalMediaStore, mediaUrlPath } from "./local_media_store.ts";
 import { numberedName, safeFilename } from "./filename.ts";
-import { detectMime, formatSize, isActiveContent } from "./mime.ts";
+import { detectMime, formatSize, isActiveContent, isScriptOrStyle } from "./mime.ts";
 
 Deno.test("safeFilename() keeps only a harmless basename", () => {
   assertEquals(safeFilename("../../etc/passwd"), "passwd");
@@ -59,6 +59,9 @@ Deno.test("detectMime() trusts the name, and conclusive bytes where the name say
   assertEquals(isActiveContent("image/svg+xml"), true);
   assertEquals(isActiveContent("text/html; charset=utf-8"), true);
   assertEquals(isActiveContent("image/png"), false);
+  assertEquals(isScriptOrStyle("text/css; charset=utf-8"), true);
+  assertEquals(isScriptOrStyle("application/javascript"), true);
+  assertEquals(isScriptOrStyle("text/plain"), false);
   assertEquals(formatSize(102400), "100.0 KB");
   assertEquals(formatSize(500), "500 bytes");
   assertEquals(formatSize(10 * 1024 * 1024), "10.0 MB");

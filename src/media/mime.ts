@@ -120,6 +120,15 @@ export function isActiveContent(mime: string): boolean {
     type === "text/javascript" || type === "application/javascript";
 }
 
+/**
+ * True for types a page loads as its own script or style (`<script src>`, a worker,
+ * `<link rel=stylesheet>`), which is what the page's origin vouches for.
+ */
+export function isScriptOrStyle(mime: string): boolean {
+  const type = mime.split(";")[0].trim().toLowerCase();
+  return type === "text/javascript" || type === "application/javascript" || type === "text/css";
+}
+
 /** A size as Django's filesizeformat-like text, 1024-based with one decimal: `100.0 KB`. */
 export function formatSize(bytes: number): string {
   const units = ["bytes", "KB", "MB", "GB", "TB"];
