@@ -5,8 +5,7 @@
 
 import { assert, assertEquals, delay, eventually } from "./assert.ts";
 import { holdWriteLock, spawnServer } from "./server_process.ts";
-import { TEST_SECRET, TestClient } from "./helpers.ts";
-import { signDevToken } from "../src/auth/verifier.ts";
+import { joinRoom, TestClient } from "./helpers.ts";
 
 const TTL_SECONDS = 2;
 
@@ -35,13 +34,8 @@ async function sweepLease(dataDir: string): Promise<{ round: number; done: boole
 }
 
 /** Opens a socket of user `user` in `room` and waits for the room's user list. */
-async function join(server: string, room: string, user: string): Promise<TestClient> {
-  const token = await signDevToken(TEST_SECRET, { sub: user, username: user }, "1h");
-  const ws = server.replace(/^http/, "ws");
-  const client = await TestClient.open(`${ws}/ws/rooms/${room}/?token=${token}`);
-  await client.next((f) => f.type === "room_users_list");
-  return client;
-}
+const join = async (server: string, room: string, user: string): Promise<TestClient> =>
+  (await joinRoom(server, room, user)).client;
 
 const total = (counts: Map<string, number>) => [...counts.values()].reduce((a, b) => a + b, 0);
 
@@ -186,16 +180,9 @@ Deno.test("presence sweep: of the servers that see one die, one pages through th
 
 /** The users a newcomer to `room` through `server` is told are there. */
 async function usersSeen(server: string, room: string, user: string): Promise<string[]> {
-  const token = await signDevToken(TEST_SECRET, { sub: user, username: user }, "1h");
-  const client = await TestClient.open(
-    `${server.replace(/^http/, "ws")}/ws/rooms/${room}/?token=${token}`,
-  );
-  try {
-    const list = await client.next((f) => f.type === "room_users_list");
-    return (list.users as { username: string }[]).map((u) => u.username).sort();
-  } finally {
-    await client.close();
-  }
+  const { client, users } = await joinRoom(server, room, user);
+  await client.close();
+  return users;
 }
 
 Deno.test("presence sweep: a server started with its clock a minute ahead of a running one, which reads that one's registry entry as old at first, leaves its users be", async () => {
