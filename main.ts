@@ -156,6 +156,9 @@ const HEALTH_STEP_MS = 3000;
 /** How long a start waits for a KV file another process holds locked before it gives up. */
 const KV_OPEN_WAIT_MS = 30_000;
 
+/** How often servers sharing a local KV file read the registry (a watch sees no other process). */
+const REGISTRY_POLL_MS = 1000;
+
 /** An error message without the paths it names (`: mkdir '/data/media'`), for public answers. */
 const withoutPaths = (text: string) => text.replace(/:\s*\w*\s*['"]?\/.*$/s, "");
 
@@ -350,7 +353,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const registry = await InstanceRegistry.start(kv, {
     staleMs: config.presenceTtlSeconds * 1000,
     heartbeatMs: config.presenceTtlSeconds * 1000 / 3,
-    pollMs: localKv ? 1000 : undefined,
+    pollMs: localKv ? REGISTRY_POLL_MS : undefined,
   });
   store.onCommit = (ms) => {
     metrics.commitSeconds += ms / 1000;
@@ -654,6 +657,18 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       // What the last deliveries said to polling clients, within the same wait.
       await settle(replied, replying);
     })();
+  // A server of another process sharing the file learns of this one at its next read of the
+  // registry. Until then it thinks itself alone and tells nobody of its rooms' presence changes
+  // (nor typing), and what a user who joined here meanwhile missed is never sent again: a join
+  // never shown, a leave shown for good (a rolling restart's old server stopping at once). So
+  // this one takes no client before they all have read the registry again.
+  if (localKv && registry.elsewhere > 0) {
+    log(
+      `Another server's process shares KV_PATH: taking clients in ${2 * REGISTRY_POLL_MS} ms, ` +
+        "once it has seen this one",
+    );
+    await new Promise((r) => setTimeout(r, 2 * REGISTRY_POLL_MS));
+  }
   return {
     context,
     devSecret,
