@@ -5,6 +5,7 @@ import { DirectoryAccessPolicy, directoryProfileEnricher } from "./src/auth/dire
 import { Authenticator } from "./src/auth/authenticator.ts";
 import {
   createVerifier,
+  devSecretPath,
   ensureDevSecret,
   type KeySetState,
   KeySetUnavailable,
@@ -239,7 +240,12 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   if (!secret && !config.jwtPublicKey && !config.jwtJwksUrl) {
     const dev = await ensureDevSecret(config.dataDir);
     secret = devSecret = dev.secret;
-    if (dev.created) {
+    if (dev.replaced) {
+      log(
+        `No JWT key configured: ${devSecretPath(config.dataDir)} was empty, left by a start ` +
+          "that failed before writing it: wrote a new development secret there",
+      );
+    } else if (dev.created) {
       log(`No JWT key configured: created a development secret in ${config.dataDir}`);
     }
   }

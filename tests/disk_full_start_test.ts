@@ -158,3 +158,55 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: named(
+    "disk: a start without a JWT key that fails on a full DATA_DIR after creating dev-jwt-secret does not keep the next one from starting with a working secret",
+  ),
+  ignore: skip,
+  async fn() {
+    const disk = await smallDisk();
+    const path = `${disk.dir}/dev-jwt-secret`;
+    const servers: ReturnType<typeof spawnServer>[] = [];
+    try {
+      await disk.fill();
+      // The file takes an inode, which the full tmpfs still has; its secret takes a page.
+      const first = spawnServer({ DATA_DIR: disk.dir, JWT_SECRET: "" });
+      servers.push(first);
+      assertEquals((await first.status).code, 1, first.log());
+      assertEquals(
+        await Deno.readTextFile(path),
+        "",
+        "the first start was to fail after creating the file",
+      );
+
+      await disk.free();
+      const again = spawnServer({ DATA_DIR: disk.dir, JWT_SECRET: "" });
+      servers.push(again);
+      const url = await again.url();
+      assert(
+        again.log().includes(`${path} was empty`),
+        `the log does not say the leftover was replaced: ${again.log()}`,
+      );
+      const secret = (await Deno.readTextFile(path)).trim();
+      assert(secret.length >= 43, `not a secret: ${JSON.stringify(secret)}`);
+      const minted = await fetch(`${url}/dev/token`, {
+        method: "POST",
+        body: JSON.stringify({ name: "Ann" }),
+      });
+      assertEquals(minted.status, 200);
+      const { token } = await minted.json();
+      const ws = await TestClient.open(`${url.replace(/^http/, "ws")}/ws?token=${token}`);
+      assertEquals((await ws.next()).type, "welcome");
+      await ws.close();
+      assertEquals((await again.kill("SIGTERM")).code, 0, again.log());
+      // The failed start said what to do.
+      assert(first.log().includes(`Could not start: Development secret ${path}`), first.log());
+      assert(first.log().includes(`DATA_DIR (${disk.dir}) may be full`), first.log());
+      assert(first.log().includes("set JWT_SECRET"), first.log());
+    } finally {
+      for (const server of servers) await server.kill("SIGKILL");
+      await disk.unmount();
+    }
+  },
+});

@@ -5,7 +5,7 @@ import { ClaimsAccessPolicy } from "./access.ts";
 import { principalFromClaims } from "./principal.ts";
 import { requestOrigin } from "./request_origin.ts";
 import { findToken, trustedOrigin } from "./token.ts";
-import { createVerifier, ensureDevSecret, KeySetUnavailable } from "./verifier.ts";
+import { createVerifier, devSecretPath, ensureDevSecret, KeySetUnavailable } from "./verifier.ts";
 
 Deno.test("principalFromClaims() takes sub, else user_id, else id, numbers as numbers", () => {
   assertEquals(principalFromClaims({ sub: "3" })?.id, 3);
@@ -156,6 +156,70 @@ Deno.test("ensureDevSecret() creates one secret and then keeps it", async () => 
   assertEquals(new Set(results.map((r) => r.secret)).size, 1);
   assertEquals(results.filter((r) => r.created).length, 1);
   assertEquals((await ensureDevSecret(dir)).created, false);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("ensureDevSecret() replaces an old empty file, a failed start's, once for all callers", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = devSecretPath(dir);
+  // Empty, as a start that failed between creating and writing it leaves it; or zeroed, as a
+  // power cut may.
+  for (const leftover of ["", "\0".repeat(44)]) {
+    await Deno.writeTextFile(path, leftover);
+    const minuteAgo = new Date(Date.now() - 60_000);
+    await Deno.utime(path, minuteAgo, minuteAgo);
+    const results = await Promise.all([
+      ensureDevSecret(dir),
+      ensureDevSecret(dir),
+      ensureDevSecret(dir),
+    ]);
+    assertEquals(new Set(results.map((r) => r.secret)).size, 1);
+    assertEquals(results.filter((r) => r.replaced).length, 1);
+    assertEquals(results.filter((r) => r.created).length, 1);
+    assertEquals(await Deno.readTextFile(path), `${results[0].secret}\n`);
+  }
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("ensureDevSecret() waits for a fresh empty file's creator to write it", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = devSecretPath(dir);
+  await Deno.writeTextFile(path, "");
+  const reading = ensureDevSecret(dir);
+  // As a creator that writes without the lock (an earlier version) does, a moment later.
+  await new Promise((r) => setTimeout(r, 100));
+  await Deno.writeTextFile(path, "theirs\n");
+  assertEquals(await reading, { secret: "theirs", created: false, replaced: false });
+  // No creator ever writes it: it counts as left over once old enough.
+  await Deno.writeTextFile(path, "");
+  const replaced = await ensureDevSecret(dir, { leftoverMs: 200 });
+  assertEquals([replaced.created, replaced.replaced], [true, true]);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("ensureDevSecret(): processes starting at once agree on one secret", async () => {
+  const dir = await Deno.makeTempDir();
+  const verifier = new URL("./verifier.ts", import.meta.url).href;
+  const script = `
+    const { ensureDevSecret } = await import(${JSON.stringify(verifier)});
+    console.log(JSON.stringify(await ensureDevSecret(Deno.args[0])));
+  `;
+  const start = () =>
+    new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--quiet", script, dir],
+      stdout: "piped",
+      stderr: "inherit",
+    }).output().then((out) => JSON.parse(new TextDecoder().decode(out.stdout)));
+  // A fresh DATA_DIR, then a failed start's leftover.
+  for (const leftover of [undefined, ""]) {
+    if (leftover !== undefined) {
+      await Deno.writeTextFile(devSecretPath(dir), leftover);
+      await Deno.utime(devSecretPath(dir), 0, 0);
+    }
+    const results = await Promise.all([start(), start(), start()]);
+    assertEquals(new Set(results.map((r) => r.secret)).size, 1, JSON.stringify(results));
+    assertEquals(results.filter((r) => r.created).length, 1, JSON.stringify(results));
+  }
   await Deno.remove(dir, { recursive: true });
 });
 

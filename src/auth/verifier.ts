@@ -358,28 +358,107 @@ export function devSecretPath(dataDir: string): string {
 }
 
 /**
- * Reads the development secret, creating a random one when absent; `created` tells the caller
- * to log it. Safe when several isolates start at once: only one file creation can win.
+ * How old an empty development secret must be to count as left by a start that failed between
+ * creating and writing it (a full disk, a kill -9): younger, its creator may be writing it still.
+ */
+const DEV_SECRET_LEFTOVER_MS = 3_000;
+
+/**
+ * Reads the development secret, creating a random one when absent, or when the file is empty and
+ * older than `leftoverMs`: a start that failed after creating it left it so. `created` tells the
+ * caller to log it, `replaced` that it was such a leftover. Safe when several isolates start at
+ * once: the file is never removed, and it is only written under its lock, once seen empty.
  */
 export async function ensureDevSecret(
   dataDir: string,
-): Promise<{ secret: string; created: boolean }> {
+  { leftoverMs = DEV_SECRET_LEFTOVER_MS }: { leftoverMs?: number } = {},
+): Promise<{ secret: string; created: boolean; replaced: boolean }> {
   const path = devSecretPath(dataDir);
   // Owner only, as the server creates it: `deno task token` may run before its first start, and
   // the directory goes on to hold every message and the directory database.
   await Deno.mkdir(dataDir, { recursive: true, mode: 0o700 });
-  const fresh = jose.base64url.encode(crypto.getRandomValues(new Uint8Array(32)));
+  // What to do, said where a start fails on the file: nothing else tells it.
+  const advice = (doing: "created" | "read" | "written", err: unknown) =>
+    new Error(
+      `Development secret ${path} could not be ${doing}: ${(err as Error).message}; ` +
+        (doing === "read"
+          ? "remove it to have a new one created (tokens signed with the old one stop working)"
+          : `DATA_DIR (${dataDir}) may be full or not writable: make room and start again`) +
+        ", or set JWT_SECRET",
+    );
+  let file: Deno.FsFile;
+  let creator = false;
   try {
-    await Deno.writeTextFile(path, fresh + "\n", { createNew: true, mode: 0o600 });
-    return { secret: fresh, created: true };
+    file = await Deno.open(path, { read: true, write: true, createNew: true, mode: 0o600 });
+    creator = true;
   } catch (err) {
-    if (!(err instanceof Deno.errors.AlreadyExists)) throw err;
+    if (!(err instanceof Deno.errors.AlreadyExists)) throw advice("created", err);
+    try {
+      file = await Deno.open(path, { read: true, write: true });
+    } catch {
+      // Readable but not ours to write (another user's `deno task token`): it must be whole.
+      const secret = await Deno.readTextFile(path).then(secretIn, (err) => {
+        throw advice("read", err);
+      });
+      if (secret) return { secret, created: false, replaced: false };
+      throw new Error(
+        `Development secret ${path} is empty and not writable: remove it to have a new one ` +
+          "created, or set JWT_SECRET",
+      );
+    }
   }
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const secret = (await Deno.readTextFile(path)).trim();
-    if (secret) return { secret, created: false };
-    // Another isolate created the file and has not written it yet.
-    await new Promise((r) => setTimeout(r, 20));
+  try {
+    while (true) {
+      await file.lock(true);
+      try {
+        await file.seek(0, Deno.SeekMode.Start);
+        const secret = await readAll(file).then(
+          (bytes) => secretIn(new TextDecoder().decode(bytes)),
+          (err) => {
+            throw advice("read", err);
+          },
+        );
+        if (secret) return { secret, created: false, replaced: false };
+        // An mtime far in the future (the clock was set back since) is no creator's either.
+        const written = (await file.stat()).mtime?.getTime() ?? 0;
+        if (creator || Math.abs(Date.now() - written) >= leftoverMs) {
+          const fresh = jose.base64url.encode(crypto.getRandomValues(new Uint8Array(32)));
+          await writeSecret(file, fresh).catch((err) => {
+            throw advice("written", err);
+          });
+          return { secret: fresh, created: true, replaced: !creator };
+        }
+      } finally {
+        await file.unlock();
+      }
+      // Another isolate created the file and has not written it yet (one of an earlier version,
+      // which writes it without the lock, or this one before it took the lock).
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  } finally {
+    file.close();
   }
-  throw new Error(`Development secret ${path} is empty`);
+}
+
+/** The secret a development secret file holds; "" when blank (a power cut may leave NULs). */
+function secretIn(text: string): string {
+  return text.replaceAll("\0", "").trim();
+}
+
+/** What is left to read of a small file. */
+async function readAll(file: Deno.FsFile): Promise<Uint8Array> {
+  const chunks: Uint8Array[] = [];
+  const buffer = new Uint8Array(4096);
+  for (let n; (n = await file.read(buffer)) !== null;) chunks.push(buffer.slice(0, n));
+  const all = new Uint8Array(chunks.reduce((sum, c) => sum + c.length, 0));
+  chunks.reduce((at, c) => (all.set(c, at), at + c.length), 0);
+  return all;
+}
+
+/** Replaces the file's content with the secret, through the handle that holds its lock. */
+async function writeSecret(file: Deno.FsFile, secret: string): Promise<void> {
+  await file.truncate(0);
+  await file.seek(0, Deno.SeekMode.Start);
+  const bytes = new TextEncoder().encode(secret + "\n");
+  for (let at = 0; at < bytes.length;) at += await file.write(bytes.subarray(at));
 }
