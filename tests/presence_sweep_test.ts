@@ -278,6 +278,38 @@ Deno.test("presence: a server paused past the stale time, its wall clock not cou
   });
 });
 
+Deno.test("presence: servers on one KV with different PRESENCE_TTL_SECONDS (a rolling restart that lowers it) show nobody leaving who stayed", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
+  // The old server renews every 3 s; the new one would count an entry dead after 2 s without one.
+  const old = spawnServer({ DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: "9" });
+  let renewed: ReturnType<typeof spawnServer> | undefined;
+  const clients: TestClient[] = [];
+  try {
+    const oldUrl = await old.url();
+    renewed = spawnServer({ DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) });
+    const newUrl = await renewed.url();
+    // Past the old server's next read of the epoch (a second on a local file): alone until then,
+    // it would tell nobody of alice's join.
+    await delay(2000);
+    const bob = await join(newUrl, "room", "bob");
+    clients.push(bob);
+    clients.push(await join(oldUrl, "room", "alice"));
+    await bob.next((f) => f.type === "user_join" && f.username === "alice");
+    // Several of the old server's renewals, each of which came after the new one's stale time.
+    await delay(10_000);
+    const told = (bob.frames as Record<string, unknown>[])
+      .filter((f) => (f.type === "user_leave" || f.type === "user_join") && f.username === "alice")
+      .map((f) => f.type);
+    const lapses = old.log().match(/lapsed; registered again/g)?.length ?? 0;
+    assertEquals({ told, lapses }, { told: [], lapses: 0 }, old.log());
+    assertEquals(await usersSeen(newUrl, "room", "carol"), ["alice", "bob", "carol"]);
+  } finally {
+    for (const c of clients) c.socket.close();
+    await Promise.all([old.kill("SIGTERM"), renewed?.kill("SIGTERM")]);
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
 Deno.test("presence: a second of the KV write lock held elsewhere, shorter than the stale time, makes no lapse, no restore and no repeated user_join", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
   const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };

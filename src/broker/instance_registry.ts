@@ -28,6 +28,11 @@ interface EntryValue {
   pid: number;
   /** The process across hosts (see {@link PROCESS}); absent in entries of older versions. */
   process?: string;
+  /**
+   * The stale time its writer renews it within (its PRESENCE_TTL_SECONDS), by which the others
+   * judge it; absent in entries of older versions, which are judged by the reader's own.
+   */
+  staleMs?: number;
 }
 
 /**
@@ -99,7 +104,10 @@ export interface LeaseSnapshot {
 export interface InstanceRegistryOptions {
   /** How often the entry is renewed and the others read again (default 10 s). */
   heartbeatMs?: number;
-  /** An entry not renewed for this long belongs to a dead server (default 30 s). */
+  /**
+   * This server's entry not renewed for this long belongs to a dead server (default 30 s); the
+   * entry names it, and the others' entries are judged by the times they name.
+   */
   staleMs?: number;
   /**
    * Also read the epoch key this often (ms): on a local KV file a commit by another OS process
@@ -298,8 +306,9 @@ export class InstanceRegistry {
   }
 
   /**
-   * Whether a server's entry was renewed within the stale time, judged on this server's own
-   * clock: the writer's `seenAt` is read on another host's clock, which may be ahead (its dead
+   * Whether a server's entry was renewed within the stale time its writer declared (servers
+   * sharing a store may differ in it: a rolling restart that changes it), judged on this server's
+   * own clock: the writer's `seenAt` is read on another host's clock, which may be ahead (its dead
    * entry would live on) or behind (its live one would count as dead, its users' presence swept).
    * An entry seen to change since the last read here was written since then, whatever its
    * `seenAt` says; only an entry never read before is aged by `seenAt` alone.
@@ -308,28 +317,46 @@ export class InstanceRegistry {
     const now = performance.now();
     const wallNow = Date.now();
     const { seenAt } = entry.value;
+    const staleMs = this.#staleOf(entry.value);
     const known = this.#observed.get(id);
     let changedAt: number;
     if (known?.versionstamp === entry.versionstamp) changedAt = known.changedAt;
     else {
       const byClock = now - Math.max(0, wallNow - seenAt);
       changedAt = known === undefined ? byClock : Math.max(byClock, known.readAt);
-      if (known !== undefined && seenAt > 0) this.#sayIfSkewed(id, entry.value, known, now);
+      if (known !== undefined && seenAt > 0) {
+        this.#sayIfSkewed(id, entry.value, known, now, staleMs);
+      }
     }
     this.#observed.set(id, { versionstamp: entry.versionstamp, changedAt, readAt: now });
     // A server that left writes `seenAt` 0: dead at once, though its entry changed.
-    return seenAt > 0 && now - changedAt < this.#staleMs;
+    return seenAt > 0 && now - changedAt < staleMs;
   }
 
-  /** Logs, once per server, a clock found further from this one's than a third of the stale time. */
-  #sayIfSkewed(id: string, value: EntryValue, known: Observed, now: number): void {
+  /**
+   * The stale time an entry is judged by: its writer's, which renews it every third of that; by
+   * this server's own, a writer with a longer one would be read as lapsed between its renewals.
+   */
+  #staleOf(value: EntryValue): number {
+    const declared = value.staleMs;
+    return typeof declared === "number" && declared > 0 ? declared : this.#staleMs;
+  }
+
+  /** Logs, once per server, a clock further from this one's than a third of its stale time. */
+  #sayIfSkewed(
+    id: string,
+    value: EntryValue,
+    known: Observed,
+    now: number,
+    staleMs: number,
+  ): void {
     if (this.#skewTold.has(id)) return;
     const wallNow = Date.now();
     // Written between the last read and now, on this server's clock.
     const ahead = value.seenAt - wallNow;
     const behind = wallNow - (now - known.readAt) - value.seenAt;
     const skew = ahead > 0 ? ahead : behind > 0 ? -behind : 0;
-    if (Math.abs(skew) < this.#staleMs / 3) return;
+    if (Math.abs(skew) < staleMs / 3) return;
     this.#skewTold.add(id);
     console.warn(
       `instance registry: the clock of server ${value.process ?? value.pid} is about ${
@@ -366,7 +393,12 @@ export class InstanceRegistry {
    */
   async #announce(arriving: boolean, expected?: Deno.KvEntryMaybe<unknown>): Promise<boolean> {
     const now = Date.now();
-    const value: EntryValue = { seenAt: now, pid: Deno.pid, process: PROCESS };
+    const value: EntryValue = {
+      seenAt: now,
+      pid: Deno.pid,
+      process: PROCESS,
+      staleMs: this.#staleMs,
+    };
     const op = this.#kv.atomic().set(ENTRY(this.#id), value, { expireIn: this.#staleMs * 2 });
     if (expected) op.check(expected);
     // Only arrivals wake the others; a heartbeat changes nothing they need to act on.

@@ -60,6 +60,35 @@ Deno.test("instance registry: an entry that stopped renewing counts for nobody",
   });
 });
 
+Deno.test("instance registry: an entry is judged by the stale time its writer declared, an older version's by the reader's own", async () => {
+  await withKv(async (path) => {
+    const kv = await Deno.openKv(path);
+    const seenAt = Date.now() - 1000;
+    // Renewed a second ago: within its writer's 30 s, past the 300 ms of a reader with the
+    // shorter time, which must not count it dead between its renewals.
+    await kv.set(["instance", "slow"], { seenAt, pid: 1, staleMs: 30_000 });
+    // A second of silence from one that renews within 300 ms: dead, also to a reader of 30 s.
+    await kv.set(["instance", "quick"], { seenAt, pid: 2, staleMs: 300 });
+    // An older version's entry says nothing: each reader judges it by its own.
+    await kv.set(["instance", "older"], { seenAt, pid: 3 });
+    const short = await InstanceRegistry.start(kv, { heartbeatMs: 100, staleMs: 300 });
+    const long = await InstanceRegistry.start(kv, { heartbeatMs: 100, staleMs: 30_000 });
+    const others = async (r: InstanceRegistry) =>
+      [...(await r.live()).ids].filter((id) => id !== short.id && id !== long.id).sort();
+    assertEquals(await others(short), ["slow"]);
+    assertEquals(await others(long), ["older", "slow"]);
+    // Each server declares its own in its entry.
+    const declared = await kv.getMany<{ staleMs: number }[]>([
+      ["instance", short.id],
+      ["instance", long.id],
+    ]);
+    assertEquals(declared.map((e) => e.value?.staleMs), [300, 30_000]);
+    await short.close();
+    await long.close();
+    kv.close();
+  });
+});
+
 Deno.test("instance registry: a server whose clock is a minute behind or ahead is judged by its renewals, not its clock", async () => {
   await withKv(async (path) => {
     const kv = await Deno.openKv(path);
