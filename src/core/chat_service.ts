@@ -640,4 +640,13 @@ export class ChatService {
   readCursors(room: string, limit?: number): Promise<Map<string, number>> {
     return this.#deps.store.cursors(room, limit);
   }
+
+  /**
+   * Deletes the user's read cursors in `rooms`, or in every room they have one when it is
+   * omitted: a user deleted or taken out of a room would otherwise be listed as a reader for as
+   * long as the room lives, and count toward the readers past which a join lists none.
+   */
+  forgetReads(user: UserId, rooms?: Iterable<string>): Promise<void> {
+    return this.#deps.store.forgetReader(user, rooms);
+  }
 }

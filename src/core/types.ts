@@ -179,6 +179,8 @@ export interface ReadCursorStore {
   cursor(room: string, user: UserId): Promise<number>;
   /** Every user's cursor in the room, or the first `limit` of them by user id. */
   cursors(room: string, limit?: number): Promise<Map<string, number>>;
+  /** Deletes the user's cursors in `rooms`, or in every room they have one when it is omitted. */
+  forgetReader(user: UserId, rooms?: Iterable<string>): Promise<void>;
 }
 
 /** Something that happens in a room and is fanned out to its members. */

@@ -42,6 +42,13 @@ export const KV_KEYS = {
   read: (room: string, user: string): Deno.KvKey => ["read", room, user],
   /** Prefix of a room's read cursors. */
   reads: (room: string): Deno.KvKey => ["read", room],
+  /**
+   * Beside each read cursor: deleting a user finds their cursors here, in rooms they were never
+   * a participant of too, without listing every room's.
+   */
+  readRoom: (user: string, room: string): Deno.KvKey => ["read_room", user, room],
+  /** Prefix of the rooms a user has a read cursor in. */
+  readRooms: (user: string): Deno.KvKey => ["read_room", user],
   /** The attachments of a message, so that retention, which drops it unread, deletes its files. */
   files: (room: string, seq: number): Deno.KvKey => ["files", room, seq],
   /** Prefix of a room's attachment records. */
@@ -112,6 +119,8 @@ const IDEM_CHECKS_OFF_MS = 1000;
 const MAX_BATCH_BYTES = 512 * 1024;
 /** Queued appends looked at when picking a commit's, so that a long queue costs no more. */
 const MAX_BATCH_SCAN = 4 * MAX_BATCH_MUTATIONS;
+/** Rooms one commit of `forgetReader` takes: two deletes each, well inside KV's bounds. */
+const FORGET_BATCH = 100;
 /** Records or deletions per commit while a room is checked (a record costs 2 of KV's 100 checks). */
 const RETENTION_BATCH = 40;
 /**
@@ -892,16 +901,20 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
 
   /**
    * Deletes the listed entries that pass `test`, a batch per commit, each on condition that it
-   * is unchanged; resolves to how many it found.
+   * is unchanged (and with it the key `companion` names for it); resolves to how many it found.
    */
   async #deleteListed(
     selector: Deno.KvListSelector,
     test: (value: unknown) => boolean = () => true,
+    companion?: (key: Deno.KvKey) => Deno.KvKey,
   ): Promise<number> {
     let found = 0;
     let batch: Deno.KvEntry<unknown>[] = [];
     const deleteBatch = async () => {
-      await this.#commitEach(batch, (op, e) => op.check(e).delete(e.key));
+      await this.#commitEach(batch, (op, e) => {
+        op.check(e).delete(e.key);
+        return companion ? op.delete(companion(e.key)) : op;
+      });
       found += batch.length;
       batch = [];
     };
@@ -1280,7 +1293,11 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     }
     const upToHead = (value: unknown) =>
       Number(value instanceof Deno.KvU64 ? value.value : value) <= head;
-    await this.#deleteListed({ prefix: KV_KEYS.reads(room) }, upToHead);
+    await this.#deleteListed(
+      { prefix: KV_KEYS.reads(room) },
+      upToHead,
+      (key) => KV_KEYS.readRoom(String(key[2]), room),
+    );
     await this.#deleteListed({ prefix: KV_KEYS.roomIdempotency(room) }, upToHead);
     if (this.#closed) throw new Error("The message store closed during the purge");
     // A later purge of the room (re-created and deleted again) raised the mark: it stays for that.
@@ -1351,7 +1368,10 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   /** Raises the user's read cursor; KV's `max` keeps it monotonic without a read. */
   async markRead(room: string, user: UserId, seq: number): Promise<number> {
     const key = KV_KEYS.read(room, String(user));
-    await commitRetryingLocks(this.#kv.atomic().max(key, BigInt(Math.max(0, seq))));
+    await commitRetryingLocks(
+      this.#kv.atomic().max(key, BigInt(Math.max(0, seq)))
+        .set(KV_KEYS.readRoom(String(user), room), true),
+    );
     return await this.cursor(room, user);
   }
 
@@ -1369,6 +1389,22 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       out.set(String(e.key[2]), Number(e.value.value));
     }
     return out;
+  }
+
+  /** Deletes the user's cursors in `rooms`, or in every room they have one when it is omitted. */
+  async forgetReader(user: UserId, rooms?: Iterable<string>): Promise<void> {
+    const id = String(user);
+    const named = rooms === undefined
+      ? (await Array.fromAsync(this.#kv.list({ prefix: KV_KEYS.readRooms(id) })))
+        .map((e) => String(e.key[2]))
+      : [...new Set(rooms)];
+    for (let i = 0; i < named.length; i += FORGET_BATCH) {
+      const op = this.#kv.atomic();
+      for (const room of named.slice(i, i + FORGET_BATCH)) {
+        op.delete(KV_KEYS.read(room, id)).delete(KV_KEYS.readRoom(id, room));
+      }
+      await commitRetryingLocks(op);
+    }
   }
 }
 

@@ -358,6 +358,31 @@ Deno.test("KvMessageStore.markRead() only ever raises a cursor", async () => {
   kv.close();
 });
 
+Deno.test("KvMessageStore.forgetReader() deletes a user's cursors in the rooms named, or in every room they read; a purge drops the room from the user's list", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  for (const room of ["a", "b", "c", "d"]) {
+    await store.append(room, draft(room));
+    await store.markRead(room, 5, 1);
+    await store.markRead(room, 6, 1);
+  }
+  // A cursor stored before the store listed a user's rooms is found where the caller names it.
+  await kv.set(KV_KEYS.read("old", "5"), new Deno.KvU64(3n));
+  await store.forgetReader(5, ["a", "old"]);
+  assertEquals(await store.cursors("a"), new Map([["6", 1]]));
+  assertEquals(await store.cursors("old"), new Map());
+  await store.purge("d");
+  const rooms = async (user: string) =>
+    (await Array.fromAsync(kv.list({ prefix: KV_KEYS.readRooms(user) }))).map((e) => e.key[2]);
+  assertEquals(await rooms("5"), ["b", "c"]);
+  await store.forgetReader(5);
+  assertEquals(await rooms("5"), []);
+  for (const room of ["b", "c"]) assertEquals(await store.cursors(room), new Map([["6", 1]]));
+  assertEquals(await rooms("6"), ["a", "b", "c"]);
+  await store.close();
+  kv.close();
+});
+
 Deno.test("KvMessageStore.append() refuses a value KV cannot hold without failing its batch", async () => {
   const kv = await Deno.openKv(":memory:");
   const store = new KvMessageStore(kv);

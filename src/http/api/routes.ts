@@ -14,6 +14,7 @@ import {
   type Principal,
   type RoomEvent,
   type StoredNames,
+  type UserId,
 } from "../../core/types.ts";
 import { baseUrlOf } from "../../dialects/context.ts";
 import { nativeMessage } from "../../dialects/native/native.ts";
@@ -159,8 +160,18 @@ async function revokeLost(
   before: Iterable<string>,
 ): Promise<void> {
   const room = roomKeyOf(kind, id);
-  const revoke = (userId: string) =>
-    deps.events.publish({ type: "revoked", room, userId: normalizeUserId(userId) ?? userId });
+  const lost: UserId[] = [];
+  const revoke = (userId: string) => {
+    const user = normalizeUserId(userId) ?? userId;
+    lost.push(user);
+    deps.events.publish({ type: "revoked", room, userId: user });
+  };
+  // Their read cursors go with their access, or every later join lists them as readers. One who
+  // keeps access keeps theirs; one wrongly taken for lost (the catch below) gets it back at
+  // their next read mark, while a cursor left behind would stay for as long as the room lives.
+  const forget = async () => {
+    for (const user of lost) await deps.chat.forgetReads(user, [room]);
+  };
   const pending = new Set(before);
   try {
     const [stored, participants] = await Promise.all([
@@ -180,8 +191,10 @@ async function revokeLost(
     // have cut off (a rejoin checks access again), rather than leave a removed user reading the
     // room with nothing left to publish the eviction (a retry finds nothing to remove).
     for (const userId of pending) revoke(userId);
+    await forget().catch(() => {});
     throw err;
   }
+  await forget();
 }
 
 /**
@@ -347,7 +360,8 @@ export const API_ROUTES: ApiRoute[] = [
     operationId: "deleteUser",
     summary: "Delete a user and their participations",
     description: "Their participations end and rooms they own lose their owner_id; their " +
-      "sockets in those rooms are closed (a role their token carries may let them join again). " +
+      "sockets in those rooms are closed (a role their token carries may let them join again), " +
+      "and their read cursors are deleted in every room. " +
       "A user the directory has no row for (one only tokens know) is taken out of the rooms " +
       "they take part in or own the same way.",
     tag: "users",
@@ -372,6 +386,17 @@ export const API_ROUTES: ApiRoute[] = [
         } catch (error) {
           failure ??= { error };
         }
+      }
+      // Their read cursors, or every later join lists them as readers: in every room the store
+      // knows they read (also rooms their token or an open room let them in), and in those the
+      // directory knew them in, for cursors stored before the store kept that list. A retry
+      // still finds the first.
+      try {
+        const user = normalizeUserId(params.id) ?? params.id;
+        await deps.chat.forgetReads(user, rooms.map((r) => roomKeyOf(r.kind, r.id)));
+        await deps.chat.forgetReads(user);
+      } catch (error) {
+        failure ??= { error };
       }
       if (failure) throw failure.error;
       // A user only tokens know may still take part in rooms: removed from them, it was there.
@@ -561,7 +586,8 @@ export const API_ROUTES: ApiRoute[] = [
     summary: "Remove a participant and close their sockets in the room",
     description: "Unless the user still may enter (owner, admin or support role in the " +
       "directory), their sockets in the room are closed (ticket socket 4003, conversation " +
-      "chat 4404, native protocol: a `removed` frame) and their next send is refused.",
+      "chat 4404, native protocol: a `removed` frame), their next send is refused and their " +
+      "read cursor in the room is deleted.",
     tag: "rooms",
     params: ParticipantPath,
     responses: { 204: { description: "Removed." }, 404: notFound("The participant") },
