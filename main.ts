@@ -667,8 +667,9 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   // registry. Until then it thinks itself alone and tells nobody of its rooms' presence changes
   // (nor typing), and what a user who joined here meanwhile missed is never sent again: a join
   // never shown, a leave shown for good (a rolling restart's old server stopping at once). So
-  // this one takes no client before they all have read the registry again.
-  if (localKv && registry.elsewhere > 0) {
+  // this one takes no client before they all have read the registry again. Unregistered (a full
+  // disk refused its entry), it has nothing to wait for: they cannot see it until it registers.
+  if (localKv && registry.registered && registry.elsewhere > 0) {
     log(
       `Another server's process shares KV_PATH: taking clients in ${2 * REGISTRY_POLL_MS} ms, ` +
         "once it has seen this one",
