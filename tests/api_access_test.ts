@@ -586,8 +586,11 @@ apiTest(
     await gone.body?.cancel();
     assertEquals(gone.status, 404);
     assertEquals(await Deno.stat(onDisk).then(() => "still there", () => "gone"), "gone");
-    // Its folder of its own went with it, leaving no mark behind.
-    assertEquals([...Deno.readDirSync(`${s.dataDir}/media/files/ticket_5`)], []);
+    // Its folder of its own went with it, leaving no mark behind, and so did the ticket's.
+    assertEquals(
+      await Deno.stat(`${s.dataDir}/media/files/ticket_5`).then(() => "there", () => "gone"),
+      "gone",
+    );
     assertEquals((await s.api("GET", "/api/rooms/ticket/5/messages")).body.messages, []);
     const kept = (await s.api("GET", "/api/rooms/ticket/6/messages")).body.messages as Json[];
     assertEquals(kept.map((m) => m.body), ["elsewhere"]);

@@ -233,7 +233,8 @@ export class ChatService {
    */
   async #discardUnsent(attachments: Attachment[], pendingId?: string): Promise<void> {
     // Not forgotten (the store failing), the entry stays for the sweep: the files then go as
-    // dropped ones do, their names marked, so that the sweep cannot delete another file by them.
+    // dropped ones do, their names never given again, so that the sweep cannot delete another
+    // file by them.
     const forgotten = await this.#forget(pendingId);
     await this.#deps.attachments.discard(attachments, forgotten ? { unannounced: true } : {});
   }

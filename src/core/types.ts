@@ -321,7 +321,7 @@ export interface AttachmentStore {
       onStored?: (stored: Attachment[]) => Promise<void>;
       /**
        * Told when the save fails, before the files it stored are deleted: resolves to whether
-       * their names may be given again (else they are marked, as dropped files' are).
+       * their names may be given again (else they never are, as dropped files' names never are).
        */
       onAbandon?: () => Promise<boolean>;
     },

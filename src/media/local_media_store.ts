@@ -64,6 +64,12 @@ async function goneName(name: string): Promise<string> {
 /** The name of a folder holding one file, 32 random hex digits (see `StoredNames`). */
 const OWN_FOLDER = /^[0-9a-f]{32}$/;
 
+/**
+ * A name holding 32 random hex digits (see `StoredNames`): `3f…9c.png`, `a_3f…9c.png`, either
+ * numbered past a collision (`_1`, `_<12 hex>`), before the extension if any.
+ */
+const RANDOM_NAME = /(?:^|_)[0-9a-f]{32}(?:_[0-9a-f]+)?(?:\.[^.]*)?$/;
+
 /** Numbers tried for a taken name before random tags. */
 const NUMBERED_NAMES = 100;
 /** Random tags tried after the numbers (one in 2^48 collides: any retry is rare). */
@@ -71,6 +77,22 @@ const RANDOM_NAMES = 10;
 
 function randomTag(): string {
   return crypto.getRandomValues(new Uint8Array(6)).toHex();
+}
+
+/**
+ * Creates `path` for writing in `folder`, making the folder first: again when it went between
+ * the two, as a delete removes a folder its last file leaves empty (see
+ * {@link LocalMediaStore.delete}); once this file is in it, it is not empty.
+ */
+async function createIn(folder: string, path: string): Promise<Deno.FsFile> {
+  for (let attempt = 1;; attempt++) {
+    try {
+      await Deno.mkdir(folder, { recursive: true });
+      return await Deno.open(path, { write: true, createNew: true });
+    } catch (err) {
+      if (!(err instanceof Deno.errors.NotFound) || attempt === 5) throw err;
+    }
+  }
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -86,9 +108,10 @@ async function exists(path: string): Promise<boolean> {
 /**
  * Files are written to a temporary name and then hard-linked to their final name: the link
  * fails when the name exists, so two writers never overwrite each other and a reader never sees
- * half a file. A deleted file's name stays taken (see {@link goneName}). On a volume that makes
- * no hard links the name is taken by creating it empty (which fails as well when it exists) and
- * the file renamed over it.
+ * half a file. A deleted file's name is never given again: it holds random digits, or a mark
+ * keeps it (see {@link LocalMediaStore.delete}). On a volume that makes no hard links the name
+ * is taken by creating it empty (which fails as well when it exists) and the file renamed over
+ * it.
  */
 export class LocalMediaStore implements MediaStore {
   /** Absolute root directory. */
@@ -115,7 +138,6 @@ export class LocalMediaStore implements MediaStore {
     const folder = resolveKey(this.root, join(dir, filename));
     if (!folder) throw new RangeError(`Media path "${dir}/${filename}" leaves the media root`);
     const target = dirname(folder);
-    await Deno.mkdir(target, { recursive: true });
     // A folder of the file's own goes with a file that is not stored (bytes that were not
     // base64, a full volume): nothing else would ever remove it.
     const dropFolder = () =>
@@ -124,7 +146,7 @@ export class LocalMediaStore implements MediaStore {
     let size = 0;
     try {
       // Written under a temporary name, then linked: a reader never sees half a file.
-      using file = await Deno.open(temp, { write: true, createNew: true });
+      using file = await createIn(target, temp);
       for (const chunk of bytes instanceof Uint8Array ? [bytes] : bytes) {
         for (let done = 0; done < chunk.length;) done += await file.write(chunk.subarray(done));
         size += chunk.length;
@@ -210,25 +232,35 @@ export class LocalMediaStore implements MediaStore {
     }
   }
 
-  /** Removes a stored file; its name stays taken by an empty mark unless `unannounced`. */
+  /**
+   * Removes a stored file; its name stays taken by an empty mark unless `unannounced`, or unless
+   * the name, or its folder of its own, holds random digits, as every name given today does.
+   */
   async delete(key: string, options: { unannounced?: boolean } = {}): Promise<boolean> {
     const path = resolveKey(this.root, key);
     if (!path) return false;
-    // A folder of its own, named at random, is never given again: its URLs can find no other
-    // file, so the folder goes with the file and no mark is kept.
-    const ownFolder = OWN_FOLDER.test(basename(dirname(path)));
-    if (options.unannounced || ownFolder) {
+    // A name, or a folder of its own, holding 32 random hex digits is never given again: its URLs
+    // can find no other file, so no mark is kept. Names without them (stored before names were
+    // random) keep theirs: a server of an earlier version on the volume would give them again.
+    const folder = dirname(path);
+    const ownFolder = OWN_FOLDER.test(basename(folder));
+    if (options.unannounced || ownFolder || RANDOM_NAME.test(basename(path))) {
       try {
         await Deno.remove(path);
       } catch (err) {
         if (err instanceof Deno.errors.NotFound) return false;
         throw err;
       }
-      // Not empty while a write into it is under way: an empty folder is all that stays then.
-      if (ownFolder) await Deno.remove(dirname(path)).catch(() => {});
+      // Folders left empty go: the file's own, then the room's (or day's) that held it. One a
+      // write is under way in is not empty (its temporary file), and `put` makes a folder again
+      // that went between its making and that file's (see `createIn`).
+      for (let dir = folder, up = ownFolder ? 2 : 1; up > 0 && dir !== this.root; up--) {
+        if (!(await Deno.remove(dir).then(() => true, () => false))) break;
+        dir = dirname(dir);
+      }
       return true;
     }
-    const mark = join(dirname(path), await goneName(basename(path)));
+    const mark = join(folder, await goneName(basename(path)));
     try {
       // One step frees the name and marks it; the bytes go after.
       await Deno.rename(path, mark);
@@ -285,7 +317,7 @@ export class LocalMediaStore implements MediaStore {
   /**
    * Removes a temporary file older than `cutoff`, and the files linked to it: a crash between
    * a file's link and the end of `put`'s `linked` left them, and nothing may hold their names
-   * (their deletion marks the names, in case something did).
+   * (their deletion keeps the names from being given again, in case something did).
    */
   async #removeIfOlder(path: string, cutoff: number): Promise<boolean> {
     try {

@@ -137,7 +137,8 @@ Deno.test("attachment store: a file whose base64 breaks late leaves no file, not
       /not valid base64/,
     );
     assertEquals(told, ["stored ok.bin", "abandoned with ok.bin"]);
-    assertEquals(listed().filter((n) => !n.startsWith(".")), []);
+    // Nothing is left, not even the folders the file emptied.
+    assertEquals(await Deno.stat(`${root}/files/t`).then(() => "there", () => "gone"), "gone");
     // The good one alone is stored whole, its type told from its first bytes.
     const [stored] = await store.save("files/t", [{
       name: "pic.bin",
@@ -171,6 +172,63 @@ Deno.test("media store: a deleted file's name is never given again, unless no me
     assertEquals(await media.delete(unshown.key, { unannounced: true }), true);
     assertEquals((await media.put("d", "b.txt", bytes)).name, "b.txt");
   } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("media store: a name holding random digits goes without a mark, and so does a folder its last file leaves empty", async () => {
+  const root = await Deno.makeTempDir();
+  try {
+    const media = new LocalMediaStore(root);
+    const store = new MediaAttachmentStore(media, 1024);
+    const data = btoa("x");
+    // Stored names of every form: no extension, an odd one, a long name cut to fit.
+    const names = ["a.txt", "README", "x.b c", "é".repeat(250) + ".jpeg", "a_1.txt"];
+    const keys: string[] = [];
+    for (const form of ["tagged", "random"] as const) {
+      const saved = await store.save("r", names.map((name) => ({ name, data })), { names: form });
+      keys.push(...saved.map((a) => a.key));
+    }
+    // Past a collision, numbered after the random digits.
+    const hex = "0123456789abcdef0123456789abcdef";
+    for (const name of [`${hex}.png`, hex, `a_${hex}.txt`]) {
+      for (let n = 0; n < 2; n++) keys.push((await media.put("r", name, [])).key);
+    }
+    assertEquals(keys.filter((key) => key.includes(`${hex}_1`)).length, 3);
+    // A legacy name keeps its mark, and with it its folder.
+    const legacy = await media.put("old", "a.txt", []);
+    for (const key of [...keys, legacy.key]) assertEquals(await media.delete(key), true, key);
+    assertEquals(await Deno.stat(`${root}/r`).then(() => "there", () => "gone"), "gone");
+    assertEquals([...Deno.readDirSync(`${root}/old`)].map((e) => isHiddenName(e.name)), [true]);
+    // A folder of its own goes, then the one that held it, no further.
+    const [own] = await store.save("files/t", [{ name: "a.png", data }]);
+    await store.discard([own]);
+    assertEquals([...Deno.readDirSync(`${root}/files`)], []);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("media store: a put whose folder a delete removed before its first write makes the folder again", async () => {
+  const root = await Deno.makeTempDir();
+  const { open } = Deno;
+  try {
+    const media = new LocalMediaStore(root);
+    const last = await media.put("r", "a_0123456789abcdef0123456789abcdef.txt", []);
+    // The room's last file goes just as the next put has made the folder, before its write.
+    let raced = false;
+    (Deno as { open: unknown }).open = async (path: string, options: Deno.OpenOptions) => {
+      if (!raced && String(path).includes(".upload-")) {
+        raced = true;
+        assertEquals(await media.delete(last.key), true);
+      }
+      return await open(path, options);
+    };
+    const next = await media.put("r", "b.txt", new Uint8Array([7]));
+    assert(raced);
+    assertEquals(await Deno.readFile(`${root}/${next.key}`), new Uint8Array([7]));
+  } finally {
+    (Deno as { open: unknown }).open = open;
     await Deno.remove(root, { recursive: true });
   }
 });

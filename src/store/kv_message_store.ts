@@ -1054,7 +1054,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     const op = this.#kv.atomic();
     for (const { key } of due) op.delete(key);
     // One left behind only has the next start delete files already gone: a deleted name is
-    // marked and never given again.
+    // never given again (see LocalMediaStore.delete).
     await commitRetryingLocks(op).catch(() => {});
   }
 
@@ -1078,9 +1078,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
    * Deletes the files of sends named more than `olderThanMs` ago whose commit never came (a
    * crash between storing the files and the commit). Each entry is claimed first, turned into
    * a due record in the same commit, so two servers sweeping at once delete its files once and
-   * a crash during the deletion leaves it for the next start; the deletion marks the names,
-   * which are never given again, so a late commit of such a send finds its files gone, not
-   * replaced.
+   * a crash during the deletion leaves it for the next start; the names deleted are never
+   * given again, so a late commit of such a send finds its files gone, not replaced.
    */
   sweepPendingFiles(olderThanMs = PENDING_FILES_MAX_AGE_MS): Promise<void> {
     return this.#inBackground((async () => {
@@ -1116,7 +1115,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   /**
    * Deletes the files a crash left due (their messages deleted, the files not yet): a server
    * calls it when it starts. Another server deleting the same files meanwhile is harmless: a
-   * deleted name is marked and never given again, so a second deletion finds nothing.
+   * deleted name is never given again, so a second deletion finds nothing.
    */
   finishFileDeletions(): Promise<void> {
     return this.#inBackground((async () => {
