@@ -18,7 +18,7 @@ import { KvHeadWatcher, LOCAL_HEAD_POLL_MS } from "./src/broker/kv_head_watcher.
 import { type Poll, pollEvery } from "./src/broker/poll.ts";
 import { type Config, isLocalPath, loadConfig } from "./src/config.ts";
 import { ChatService } from "./src/core/chat_service.ts";
-import { ServerStopping } from "./src/core/errors.ts";
+import { ServerStopping, StorageShort } from "./src/core/errors.ts";
 import { answeringDirectory, failureLog } from "./src/core/failure_log.ts";
 import { Metrics } from "./src/core/metrics.ts";
 import { RateLimiter } from "./src/core/rate_limiter.ts";
@@ -70,6 +70,7 @@ import { LocalMediaStore } from "./src/media/local_media_store.ts";
 import { KvMessageStore } from "./src/store/kv_message_store.ts";
 import { KvPresenceStore } from "./src/store/kv_presence_store.ts";
 import { KvPresenceSweeper } from "./src/store/kv_presence_sweeper.ts";
+import { SpaceReserve } from "./src/store/space_reserve.ts";
 import { FrameBudget } from "./src/transport/frame_budget.ts";
 import type { Connection } from "./src/transport/websocket.ts";
 import { CLOSE } from "./src/transport/websocket.ts";
@@ -298,6 +299,17 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     throw new Error(`KV_PATH (${config.kvPath}) could not be opened: ${message(err)}${hint}`);
   });
   await Promise.all([newSqlite && ownerOnly(sqlitePath!), newKv && ownerOnly(kvPath!)]);
+  // Deno KV deletes expired keys in the background and ends the process when a full volume
+  // refuses that write: a file beside a local KV file is deleted as the volume fills up, to
+  // leave it room, and sends are refused meanwhile (see space_reserve.ts).
+  const reserve = kvPath && config.spaceReserveMb > 0
+    ? new SpaceReserve(kvPath, { bytes: config.spaceReserveMb * 1024 * 1024 })
+    : undefined;
+  await reserve?.start();
+  // A write refused for want of space releases it at once, not at the next reading.
+  const unwatchRefusals = failureLog.watchRefusals((store, err) => {
+    if (store === "kv" && isStorageError(err)) reserve?.storageFailed();
+  });
   const metrics = new Metrics();
   const media = new LocalMediaStore(config.mediaDir);
   const attachments = new MediaAttachmentStore(media, config.maxFileBytes);
@@ -463,6 +475,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     pending: (overrides.pending ?? ((p) => p))(store),
     typingTimeoutMs: config.typingTimeoutSeconds * 1000,
     presenceSweepMs: config.presenceTtlSeconds * 1000 / 3,
+    // What they would store would eat the room left for KV's own writes.
+    refusal: () => reserve?.short ? new StorageShort() : undefined,
   });
   registry.onLapse(({ onlySwept }) => {
     chat.restorePresence({ onlySwept }).catch((err) =>
@@ -591,6 +605,11 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     peers: () => registry.others,
     healthCheck: async () => {
       if (draining) throw new Error("Shutting down");
+      if (reserve?.short) {
+        throw new Error(
+          "DATA_DIR is nearly full: sends and files are refused until space is freed on its volume",
+        );
+      }
       await probeStores();
     },
     api: createApi({
@@ -750,6 +769,8 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         mediaSweep.stop();
         presenceSweep.stop();
         failureTicks.stop();
+        unwatchRefusals();
+        await reserve?.stop();
         roomEvents.close();
         signals.close();
         hub.close();

@@ -177,6 +177,7 @@ const EnvSchema = z.object({
   ),
   COMMIT_INTERVAL_MS: wholeNumber(DEFAULT_COMMIT_INTERVAL_MS, "0 never pauses", MAX_TIMER_MS),
   FRAME_MEMORY_BUDGET_BYTES: wholeNumber(0, "0 turns the bound off"),
+  SPACE_RESERVE_MB: wholeNumber(4, "0 keeps no reserve", 1024),
   INBOUND_QUEUE_BYTES: positiveInt(0).transform((v) => v === 0 ? undefined : v),
   UPLOAD_MEMORY_BYTES: positiveInt(0).transform((v) => v === 0 ? undefined : v),
   UPLOAD_IDLE_SECONDS: positiveInt(20, MAX_TIMER_SECONDS),
@@ -265,6 +266,11 @@ export interface Config {
    * leaves it unbounded, since not every protocol's clients reconnect.
    */
   frameMemoryBudgetBytes: number;
+  /**
+   * MiB of the file kept beside a local KV file and deleted when the volume fills up, so that
+   * Deno KV's expiry sweep (which ends the process when its write fails) has room; 0 keeps none.
+   */
+  spaceReserveMb: number;
   /**
    * Bytes of received frames one socket may have waiting to be handled before it is closed
    * (1008; Socket.IO: the session ends); unset, four of the largest frames, and never under one
@@ -413,6 +419,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     commitPauseAboveCpu: e.COMMIT_PAUSE_CPU_PERCENT / 100,
     commitIntervalMs: e.COMMIT_INTERVAL_MS,
     frameMemoryBudgetBytes: e.FRAME_MEMORY_BUDGET_BYTES,
+    spaceReserveMb: e.SPACE_RESERVE_MB,
     inboundQueueBytes: e.INBOUND_QUEUE_BYTES,
     uploadMemoryBytes: e.UPLOAD_MEMORY_BYTES,
     uploadIdleSeconds: e.UPLOAD_IDLE_SECONDS,

@@ -86,6 +86,8 @@ export interface ChatServiceDeps {
   typingTimeoutMs?: number;
   /** How often the rooms with members here are swept of dead servers' presence (default 10000). */
   presenceSweepMs?: number;
+  /** What a send is refused with for now, if anything (DATA_DIR nearly full). */
+  refusal?: () => Error | undefined;
 }
 
 /** The core: one instance per isolate, shared by every dialect. */
@@ -154,6 +156,8 @@ export class ChatService {
   async #queue(user: Principal | null, room: string, input: SendInput): Promise<QueuedSend> {
     // Refused before its files are written, which its append would only discard.
     if (this.#refusal) throw this.#refusal();
+    const refused = this.#deps.refusal?.();
+    if (refused) throw refused;
     const body = input.body ?? "";
     const files = input.files ?? [];
     if (body.trim() === "" && files.length === 0) {

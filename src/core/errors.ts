@@ -55,6 +55,21 @@ export class ServerStopping extends ChatError {
   }
 }
 
+/**
+ * The refusal of a send while DATA_DIR is nearly full (its space reserve released, see
+ * space_reserve.ts): nothing was stored, and the room left is kept for the server's own writes.
+ * `internal` in the protocols, as a send a full disk refused; 503 in the REST API.
+ */
+export class StorageShort extends ChatError {
+  /** Creates the refusal; its message is the same everywhere. */
+  constructor() {
+    super(
+      "internal",
+      "The server's storage is nearly full: the message was not stored; try again later",
+    );
+  }
+}
+
 /** The refusal of a message over the size limit, the same text in every protocol. */
 export function frameTooLarge(
   size: number,

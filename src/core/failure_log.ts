@@ -171,6 +171,7 @@ export class FailureLog {
   #redact?: Redact;
   #outages = new Map<Store, Outage>();
   #repeats = new Map<string, Repeat>();
+  #watchers = new Set<(store: Store, err: unknown) => void>();
 
   /** Logs through `options.log` by `options.now`'s clock. */
   constructor(options: FailureLogOptions = {}) {
@@ -216,8 +217,18 @@ export class FailureLog {
     this.#log(`${site}${where ? ` (${where})` : ""}:`, err);
   }
 
+  /**
+   * Calls `watcher` with each refusal of a store's outage (main.ts: KV's full disk releases the
+   * space reserve at once); returns what stops it.
+   */
+  watchRefusals(watcher: (store: Store, err: unknown) => void): () => void {
+    this.#watchers.add(watcher);
+    return () => this.#watchers.delete(watcher);
+  }
+
   /** Counts a refusal of `store`'s outage, logging the outage when it begins, or now and then. */
   refused(store: Store, err: unknown, site: string, where?: string): void {
+    for (const watcher of this.#watchers) watcher(store, err);
     this.tick();
     const now = this.#now();
     const outage = this.#outages.get(store);

@@ -6,7 +6,13 @@ import { storedRoleGrantsAccess } from "../../auth/directory_access.ts";
 import { roleOpensRooms } from "../../auth/access.ts";
 import type { SendInput } from "../../core/chat_service.ts";
 import type { DirectoryRoom, DirectoryUser, Participant } from "../../core/directory.ts";
-import { ChatError, type ChatErrorCode, rateLimited, ServerStopping } from "../../core/errors.ts";
+import {
+  ChatError,
+  type ChatErrorCode,
+  rateLimited,
+  ServerStopping,
+  StorageShort,
+} from "../../core/errors.ts";
 import { failureLog } from "../../core/failure_log.ts";
 import {
   type AppendResult,
@@ -105,11 +111,13 @@ const CHAT_ERROR_STATUS: Partial<Record<ChatErrorCode, number>> = {
 /** A refusal of the core as an API error: its status, its message and its code. */
 const apiErrorOf = (err: ChatError) =>
   new ApiError(
-    err instanceof ServerStopping ? 503 : CHAT_ERROR_STATUS[err.code] ?? 400,
+    err instanceof ServerStopping || err instanceof StorageShort
+      ? 503
+      : CHAT_ERROR_STATUS[err.code] ?? 400,
     err.message,
     undefined,
     err.code,
-    err.code === "rate_limited" || err instanceof ServerStopping,
+    err.code === "rate_limited" || err instanceof ServerStopping || err instanceof StorageShort,
   );
 
 /** Sends through the core, turning its refusals into API errors. */

@@ -1,0 +1,178 @@
+/**
+ * A file of zeros kept beside the KV file and deleted as the volume fills up, so that Deno KV's
+ * own writes still find room. Deno KV deletes expired keys in the background and, when that
+ * write fails, ends the whole process ("KV collect expired failed: database or disk is full"):
+ * on a full disk a server would die within a minute of it, and again at each restart. While the
+ * reserve is released the server refuses what would eat the room it freed (sends, files); once
+ * the volume has room again the reserve is written anew.
+ */
+
+import { statfs } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+
+const MIB = 1024 * 1024;
+
+/** The reserve's file for the KV file at `kvPath`: hidden, beside it. */
+export function reservePath(kvPath: string): string {
+  return join(dirname(kvPath), `.${basename(kvPath)}-reserve`);
+}
+
+/** Bytes the volume holding `path` has free for this process; undefined when it cannot be told. */
+export async function freeBytes(path: string): Promise<number | undefined> {
+  try {
+    const s = await statfs(path);
+    return Number(s.bavail) * Number(s.bsize);
+  } catch {
+    return undefined;
+  }
+}
+
+/** How a {@link SpaceReserve} is sized and paced, and where it logs. */
+export interface SpaceReserveOptions {
+  /** Size of the reserve file. */
+  bytes: number;
+  /** Free bytes below which the reserve is released (by default half the reserve). */
+  lowBytes?: number;
+  /** How often free space is read. */
+  pollMs?: number;
+  /** Where the reserve's releases and returns are told. */
+  log?: (line: string) => void;
+  /** Reads the free bytes of a directory's volume (tests stand in for a volume filling up). */
+  free?: (dir: string) => Promise<number | undefined>;
+}
+
+/** The reserve beside one KV file; see the module comment. */
+export class SpaceReserve {
+  readonly path: string;
+  #bytes: number;
+  #low: number;
+  #comfort: number;
+  #pollMs: number;
+  #log: (line: string) => void;
+  #free: (dir: string) => Promise<number | undefined>;
+  /** The file is there whole, as far as this process knows. */
+  #held = false;
+  #short = false;
+  #failed = false;
+  #toldUnwritable = false;
+  #checking?: Promise<void>;
+  #timer?: ReturnType<typeof setInterval>;
+
+  /** A reserve for the KV file at `kvPath`. */
+  constructor(kvPath: string, options: SpaceReserveOptions) {
+    this.path = reservePath(kvPath);
+    this.#bytes = options.bytes;
+    this.#low = options.lowBytes ?? Math.ceil(options.bytes / 2);
+    // Well above what releasing the reserve frees, or it would be written again at once.
+    this.#comfort = this.#bytes + this.#low + 2 * MIB;
+    this.#pollMs = options.pollMs ?? 1000;
+    this.#log = options.log ?? ((line) => console.error(line));
+    this.#free = options.free ?? freeBytes;
+  }
+
+  /** True while the volume is short of space: sends and files are to be refused. */
+  get short(): boolean {
+    return this.#short;
+  }
+
+  /** Reads what is there, writes or releases the reserve as the free space says, then watches. */
+  async start(): Promise<void> {
+    this.#held = await Deno.stat(this.path).then((s) => s.size >= this.#bytes, () => false);
+    await this.check();
+    this.#timer = setInterval(() => void this.check(), this.#pollMs);
+  }
+
+  /** A KV write failed for want of space: releases the reserve now, not at the next reading. */
+  storageFailed(): void {
+    if (this.#short) return;
+    this.#failed = true;
+    void this.check();
+  }
+
+  /** Reads the free space and acts on it, one reading at a time. */
+  check(): Promise<void> {
+    return this.#checking ??= this.#check().finally(() => this.#checking = undefined);
+  }
+
+  /** Stops watching, once the reading under way ends; the file stays for the next start. */
+  async stop(): Promise<void> {
+    clearInterval(this.#timer);
+    await this.#checking;
+  }
+
+  async #check(): Promise<void> {
+    const dir = dirname(this.path);
+    const free = await this.#free(dir);
+    if (free === undefined) return;
+    // A refusal with room to spare is some other trouble, which the reserve does not help.
+    const failed = this.#failed && free < this.#comfort;
+    this.#failed = false;
+    if (!this.#short && (free < this.#low || failed)) {
+      this.#short = true;
+      const had = this.#held;
+      await Deno.remove(this.path).catch(() => {});
+      this.#held = false;
+      this.#log(
+        `DATA_DIR is nearly full (${mib(free)} MiB free on the volume of ${dir}): ` +
+          (had
+            ? `released the ${mib(this.#bytes)} MiB space reserve, `
+            : "no space reserve left, ") +
+          "so that Deno KV can still delete expired keys (it ends the process when it cannot). " +
+          "Sends and files are refused and /healthz says 503 until " +
+          `${mib(this.#comfort)} MiB are free again: free space on that volume`,
+      );
+      return;
+    }
+    if ((this.#short || !this.#held) && free >= this.#comfort) {
+      if (!await this.#write()) return;
+      if (this.#short) {
+        this.#short = false;
+        this.#log(
+          `DATA_DIR has room again (${mib(free)} MiB free): the space reserve (${this.path}) is ` +
+            "written again, and sends and files are taken",
+        );
+      }
+    } else if (!this.#held && !this.#short && !this.#toldUnwritable) {
+      this.#toldUnwritable = true;
+      this.#log(
+        `No space reserve: the volume of ${dir} has ${mib(free)} MiB free, less than the ` +
+          `${mib(this.#comfort)} MiB it needs; written once it has`,
+      );
+    }
+  }
+
+  /** Writes the reserve with real bytes (a sparse file would hold no blocks). */
+  async #write(): Promise<boolean> {
+    try {
+      const file = await Deno.open(this.path, { write: true, create: true, mode: 0o600 });
+      try {
+        const chunk = new Uint8Array(64 * 1024);
+        let written = (await file.stat()).size;
+        await file.seek(written, Deno.SeekMode.Start);
+        while (written < this.#bytes) {
+          written += await file.write(
+            chunk.subarray(0, Math.min(chunk.length, this.#bytes - written)),
+          );
+        }
+        await file.syncData();
+      } finally {
+        file.close();
+      }
+      this.#held = true;
+      return true;
+    } catch (err) {
+      // Half a reserve would only hold room the server needs now.
+      await Deno.remove(this.path).catch(() => {});
+      if (!this.#toldUnwritable) {
+        this.#toldUnwritable = true;
+        this.#log(`No space reserve: ${this.path} could not be written: ${(err as Error).message}`);
+      }
+      return false;
+    }
+  }
+}
+
+/** Bytes in MiB, as the log says them. */
+function mib(bytes: number): string {
+  return (bytes / MIB).toFixed(bytes < 10 * MIB ? 1 : 0);
+}

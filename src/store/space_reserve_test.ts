@@ -1,0 +1,61 @@
+import { assert, assertEquals } from "../../tests/assert.ts";
+import { freeBytes, reservePath, SpaceReserve } from "./space_reserve.ts";
+
+const MIB = 1024 * 1024;
+
+Deno.test("SpaceReserve writes its file with real bytes, releases it below the low mark or at a refused write, and writes it again only well above", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
+  let free = 100 * MIB;
+  const logged: string[] = [];
+  const reserve = new SpaceReserve(`${dir}/chat.kv`, {
+    bytes: 2 * MIB,
+    pollMs: 60_000,
+    log: (line) => logged.push(line),
+    free: () => Promise.resolve(free),
+  });
+  try {
+    assertEquals(reserve.path, reservePath(`${dir}/chat.kv`));
+    assertEquals(reserve.path, `${dir}/.chat.kv-reserve`);
+    await reserve.start();
+    const written = await Deno.stat(reserve.path);
+    assertEquals(written.size, 2 * MIB);
+    // Allocated, not sparse.
+    assert((written.blocks ?? 0) * 512 >= 2 * MIB, JSON.stringify(written));
+    assertEquals([reserve.short, logged.length], [false, 0]);
+
+    free = MIB / 2;
+    await reserve.check();
+    assert(reserve.short);
+    assertEquals(await Deno.stat(reserve.path).catch(() => "gone"), "gone");
+    assert(/released the 2\.0 MiB space reserve/.test(logged[0]), logged[0]);
+    // Between the marks: still short, nothing more said.
+    free = 4 * MIB;
+    await reserve.check();
+    assertEquals([reserve.short, logged.length], [true, 1]);
+    free = 10 * MIB;
+    await reserve.check();
+    assertEquals([reserve.short, (await Deno.stat(reserve.path)).size], [false, 2 * MIB]);
+    assert(/has room again/.test(logged[1]), logged[1]);
+
+    // A write refused for want of space, before the next reading says so.
+    free = 4 * MIB;
+    reserve.storageFailed();
+    await reserve.check();
+    assert(reserve.short);
+    // With plenty free, a refusal is some other trouble: the reserve stays.
+    free = 100 * MIB;
+    await reserve.check();
+    assertEquals(reserve.short, false);
+    reserve.storageFailed();
+    await reserve.check();
+    assertEquals([reserve.short, logged.length], [false, 4]);
+  } finally {
+    await reserve.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("freeBytes reads the volume's free bytes, and says nothing of a path that is not there", async () => {
+  assert(((await freeBytes(Deno.cwd())) ?? 0) > 0);
+  assertEquals(await freeBytes("/no/such/dir/here"), undefined);
+});
