@@ -80,6 +80,8 @@ export class SpaceReserve {
     this.#held = await Deno.stat(this.path).then((s) => s.size >= this.#bytes, () => false);
     await this.check();
     this.#timer = setInterval(() => void this.check(), this.#pollMs);
+    // Nothing to keep a process alive for: one whose start failed after this must still end.
+    Deno.unrefTimer(this.#timer);
   }
 
   /** A KV write failed for want of space: releases the reserve now, not at the next reading. */
