@@ -65,10 +65,12 @@ async function goneName(name: string): Promise<string> {
 const OWN_FOLDER = /^[0-9a-f]{32}$/;
 
 /**
- * A name holding 32 random hex digits (see `StoredNames`): `3f…9c.png`, `a_3f…9c.png`, either
- * numbered past a collision (`_1`, `_<12 hex>`), before the extension if any.
+ * A name holding the 32 hex digits of a random UUID (see `StoredNames`): `3f…9c.png`,
+ * `a_3f…9c.png`, either numbered past a collision (`_1`, `_<12 hex>`), before the extension if
+ * any. The UUID's version and variant digits tell it from most names of 32 hex digits a client
+ * chose (an MD5), stored before names were random, which keep their marks.
  */
-const RANDOM_NAME = /(?:^|_)[0-9a-f]{32}(?:_[0-9a-f]+)?(?:\.[^.]*)?$/;
+const RANDOM_NAME = /(?:^|_)[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}(?:_[0-9a-f]+)?(?:\.[^.]*)?$/;
 
 /** Numbers tried for a taken name before random tags. */
 const NUMBERED_NAMES = 100;

@@ -190,16 +190,27 @@ Deno.test("media store: a name holding random digits goes without a mark, and so
       keys.push(...saved.map((a) => a.key));
     }
     // Past a collision, numbered after the random digits.
-    const hex = "0123456789abcdef0123456789abcdef";
+    const hex = "0123456789ab4def8123456789abcdef";
     for (const name of [`${hex}.png`, hex, `a_${hex}.txt`]) {
       for (let n = 0; n < 2; n++) keys.push((await media.put("r", name, [])).key);
     }
     assertEquals(keys.filter((key) => key.includes(`${hex}_1`)).length, 3);
-    // A legacy name keeps its mark, and with it its folder.
+    // A legacy name keeps its mark, and with it its folder; so does a client's name of 32 hex
+    // digits (an MD5) stored before names were random, which an older server would give again.
     const legacy = await media.put("old", "a.txt", []);
-    for (const key of [...keys, legacy.key]) assertEquals(await media.delete(key), true, key);
+    const md5 = await media.put("old", "d41d8cd98f00b204e9800998ecf8427e.png", []);
+    for (const key of [...keys, legacy.key, md5.key]) {
+      assertEquals(await media.delete(key), true, key);
+    }
     assertEquals(await Deno.stat(`${root}/r`).then(() => "there", () => "gone"), "gone");
-    assertEquals([...Deno.readDirSync(`${root}/old`)].map((e) => isHiddenName(e.name)), [true]);
+    assertEquals([...Deno.readDirSync(`${root}/old`)].map((e) => isHiddenName(e.name)), [
+      true,
+      true,
+    ]);
+    assertEquals(
+      (await media.put("old", "d41d8cd98f00b204e9800998ecf8427e.png", [])).key,
+      "old/d41d8cd98f00b204e9800998ecf8427e_1.png",
+    );
     // A folder of its own goes, then the one that held it, no further.
     const [own] = await store.save("files/t", [{ name: "a.png", data }]);
     await store.discard([own]);
@@ -214,7 +225,7 @@ Deno.test("media store: a put whose folder a delete removed before its first wri
   const { open } = Deno;
   try {
     const media = new LocalMediaStore(root);
-    const last = await media.put("r", "a_0123456789abcdef0123456789abcdef.txt", []);
+    const last = await media.put("r", "a_0123456789ab4def8123456789abcdef.txt", []);
     // The room's last file goes just as the next put has made the folder, before its write.
     let raced = false;
     (Deno as { open: unknown }).open = async (path: string, options: Deno.OpenOptions) => {
