@@ -348,11 +348,15 @@ contract("deleteUser clears the user as owner of their rooms, and names those ro
   await d.upsertRoom({ kind: "ticket", id: "2", ownerId: "u1" });
   await d.upsertRoom({ kind: "ticket", id: "3", ownerId: "u2" });
   await d.addParticipant("ticket", "2", { userId: "u1", role: "agent" });
+  // Read beforehand (a deletion deletes read cursors first), userRooms names the same rooms.
+  const rooms = (await d.userRooms("u1")).sort((x, y) => x.id.localeCompare(y.id));
   const deleted = await d.deleteUser("u1");
   assertEquals(
     deleted.rooms.sort((x, y) => x.id.localeCompare(y.id)),
     [{ kind: "ticket", id: "1" }, { kind: "ticket", id: "2" }],
   );
+  assertEquals(rooms, deleted.rooms);
+  assertEquals(await d.userRooms("u1"), []);
   assertEquals((await d.getRoom("ticket", "1"))?.ownerId, null);
   assertEquals((await d.getRoom("ticket", "1"))?.title, "kept");
   assertEquals((await d.getRoom("ticket", "2"))?.ownerId, null);
@@ -366,6 +370,7 @@ contract(
   "deleteUser also removes participations of a user the directory never stored",
   async (d) => {
     await d.addParticipant("chat", "1", { userId: "ghost", role: "member" });
+    assertEquals(await d.userRooms("ghost"), [{ kind: "chat", id: "1" }]);
     assertEquals(await d.deleteUser("ghost"), {
       existed: false,
       role: null,

@@ -4,8 +4,10 @@
  * `reads` is left out for everyone.
  */
 
+import { signDevToken } from "../src/auth/verifier.ts";
 import { assertEquals } from "./assert.ts";
-import { adminCall, startTestServer, TestClient, type TestServer } from "./helpers.ts";
+import { adminCall, startTestServer, TEST_SECRET, TestClient, type TestServer } from "./helpers.ts";
+import { mayMount, smallDisk, spawnServer } from "./server_process.ts";
 
 const ADMIN = "an-admin-token-for-read-cursor-cleanup";
 
@@ -13,6 +15,14 @@ const ADMIN = "an-admin-token-for-read-cursor-cleanup";
 async function connect(server: TestServer, sub: string): Promise<TestClient> {
   const token = await server.token({ sub, username: `user${sub}`, rooms: ["ticket:*", "chat:*"] });
   const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+  await ws.next((f) => f.type === "welcome");
+  return ws;
+}
+
+/** Opens a native socket of `sub` at the server `url`, whose token claims no room. */
+async function connectAt(url: string, sub: string): Promise<TestClient> {
+  const token = await signDevToken(TEST_SECRET, { sub, username: `user${sub}` });
+  const ws = await TestClient.open(`${url.replace(/^http/, "ws")}/ws?token=${token}`);
   await ws.next((f) => f.type === "welcome");
   return ws;
 }
@@ -39,11 +49,11 @@ async function readersOf(server: TestServer, sub: string, room: string): Promise
 }
 
 /**
- * Every read cursor key in the server's KV as `room/user`, sorted, after checking that the
- * store's list of the rooms each user read names the same.
+ * Every read cursor key in the KV of the server on `dataDir` as `room/user`, sorted, after
+ * checking that the store's list of the rooms each user read names the same.
  */
-async function cursorKeys(server: TestServer): Promise<string[]> {
-  const kv = await Deno.openKv(`${server.dataDir}/chat.kv`);
+async function cursorKeys(dataDir: string): Promise<string[]> {
+  const kv = await Deno.openKv(`${dataDir}/chat.kv`);
   try {
     const cursors = (await Array.fromAsync(kv.list({ prefix: ["read"] })))
       .map((e) => `${String(e.key[1])}/${String(e.key[2])}`).sort();
@@ -75,7 +85,7 @@ Deno.test("a user deleted through the admin API leaves no read cursor: not in ro
     for (const room of ["ticket:7", "ticket:77", "room:lobby"]) {
       assertEquals(await readersOf(server, "1", room), ["1", "3"], room);
     }
-    assertEquals(await cursorKeys(server), [
+    assertEquals(await cursorKeys(server.dataDir), [
       "room:lobby/1",
       "room:lobby/3",
       "ticket:7/1",
@@ -111,7 +121,7 @@ Deno.test("a participant removed from a room loses their read cursor there (also
     assertEquals(await api("DELETE", "/api/rooms/ticket/8/participants/4"), 204);
     assertEquals(await readersOf(server, "1", "ticket:8"), ["1", "4"]);
     assertEquals(await readersOf(server, "1", "ticket:9"), ["1", "2", "3", "4"]);
-    assertEquals(await cursorKeys(server), [
+    assertEquals(await cursorKeys(server.dataDir), [
       "ticket:8/1",
       "ticket:8/4",
       "ticket:9/1",
@@ -122,4 +132,137 @@ Deno.test("a participant removed from a room loses their read cursor there (also
   } finally {
     await server.close();
   }
+});
+
+Deno.test("a read that a server not yet told of a user's deletion or a participant's removal takes after it stores no cursor; the user created again and added back marks reads again", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "read-cursor-race-" });
+  const env = { DATA_DIR: dataDir, ADMIN_TOKEN: ADMIN };
+  const a = spawnServer(env);
+  let b: ReturnType<typeof spawnServer> | undefined;
+  const clients: TestClient[] = [];
+  const open = async (url: string, sub: string) => {
+    const ws = await connectAt(url, sub);
+    clients.push(ws);
+    return ws;
+  };
+  try {
+    const urlA = await a.url();
+    b = spawnServer(env);
+    const urlB = await b.url();
+    const api = (method: string, path: string, json?: unknown) =>
+      adminCall(urlA, ADMIN, method, path, json);
+    for (const id of ["1", "2", "3"]) {
+      assertEquals(await api("PUT", `/api/users/${id}`, { username: `user${id}` }), 200);
+    }
+    const participants = ["1", "2", "3"].map((user_id) => ({ user_id }));
+    assertEquals(await api("PUT", "/api/rooms/ticket/7", { participants }), 201);
+    const one = await open(urlA, "1");
+    one.send({ type: "join", room: "ticket:7", ref: "j" });
+    assertEquals((await one.next((f) => f.ref === "j")).type, "joined");
+    one.send({ type: "send", room: "ticket:7", body: "hello", ref: "s" });
+    const seq = (await one.next((f) => f.ref === "s")).seq;
+    // On B, which hears of revocations at its next read of the shared KV, not at once.
+    const [two, three] = [await open(urlB, "2"), await open(urlB, "3")];
+    for (const ws of [two, three]) {
+      ws.send({ type: "join", room: "ticket:7", ref: "j" });
+      assertEquals((await ws.next((f) => f.ref === "j")).type, "joined");
+    }
+    // Each read goes out the moment the admin API has answered, before B has heard.
+    assertEquals(await api("DELETE", "/api/users/2"), 204);
+    two.send({ type: "read", room: "ticket:7", seq, ref: "r" });
+    assertEquals(await api("DELETE", "/api/rooms/ticket/7/participants/3"), 204);
+    three.send({ type: "read", room: "ticket:7", seq, ref: "r" });
+    for (const ws of [two, three]) {
+      const answer = await ws.next((f) => f.ref === "r" || f.type === "removed");
+      // Refused, the read is answered with the cursor as it stays: none.
+      if (answer.type === "read_ok") assertEquals(answer.seq, 0);
+    }
+    await new Promise((r) => setTimeout(r, 1000));
+    // User 1 never marked a read: nobody is left who has.
+    assertEquals(await readersAt(urlA, "1", "ticket:7", open), []);
+    assertEquals(await cursorKeys(dataDir), []);
+    // Created again and added back, each marks reads at once.
+    assertEquals(await api("PUT", "/api/users/2", { username: "user2" }), 200);
+    for (const user_id of ["2", "3"]) {
+      assertEquals(await api("POST", "/api/rooms/ticket/7/participants", { user_id }), 200);
+      const ws = await open(urlB, user_id);
+      ws.send({ type: "join", room: "ticket:7", ref: "j" });
+      assertEquals((await ws.next((f) => f.ref === "j")).type, "joined");
+      ws.send({ type: "read", room: "ticket:7", seq, ref: "r" });
+      assertEquals((await ws.next((f) => f.ref === "r")).seq, seq);
+    }
+    assertEquals(await readersAt(urlA, "1", "ticket:7", open), ["2", "3"]);
+  } finally {
+    for (const ws of clients) ws.socket.close();
+    await Promise.all([a.kill("SIGTERM"), b?.kill("SIGTERM")]);
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+/** Who a new join of `sub` in `room` at the server `url` is told has read it, sorted. */
+async function readersAt(
+  url: string,
+  sub: string,
+  room: string,
+  open: (url: string, sub: string) => Promise<TestClient>,
+): Promise<string[]> {
+  const ws = await open(url, sub);
+  ws.send({ type: "join", room, ref: "j" });
+  const joined = await ws.next((f) => f.ref === "j");
+  return (joined.reads as { user_id: unknown }[]).map((r) => String(r.user_id)).sort();
+}
+
+Deno.test({
+  name:
+    "a user deletion whose read cursor cleanup KV refused (full disk) answers 500 and can be retried, which deletes them all, also one stored before the list of a user's rooms",
+  ignore: !(await mayMount()),
+  async fn() {
+    const disk = await smallDisk();
+    // The directory elsewhere, so that only KV meets the full disk.
+    const elsewhere = await Deno.makeTempDir({ prefix: "read-cursor-directory-" });
+    const server = spawnServer({
+      DATA_DIR: disk.dir,
+      ADMIN_TOKEN: ADMIN,
+      DATABASE_URL: `${elsewhere}/directory.sqlite3`,
+    });
+    const clients: TestClient[] = [];
+    const open = async (url: string, sub: string) => {
+      const ws = await connectAt(url, sub);
+      clients.push(ws);
+      return ws;
+    };
+    try {
+      const url = await server.url();
+      const api = (method: string, path: string, json?: unknown) =>
+        adminCall(url, ADMIN, method, path, json);
+      for (const id of ["1", "2"]) {
+        assertEquals(await api("PUT", `/api/users/${id}`, { username: `user${id}` }), 200);
+      }
+      const participants = ["1", "2"].map((user_id) => ({ user_id }));
+      assertEquals(await api("PUT", "/api/rooms/ticket/7", { participants }), 201);
+      const two = await open(url, "2");
+      two.send({ type: "join", room: "ticket:7", ref: "j" });
+      await two.next((f) => f.ref === "j");
+      two.send({ type: "send", room: "ticket:7", body: "hi", ref: "s" });
+      const seq = (await two.next((f) => f.ref === "s")).seq;
+      two.send({ type: "read", room: "ticket:7", seq, ref: "r" });
+      assertEquals((await two.next((f) => f.ref === "r")).type, "read_ok");
+      two.socket.close();
+      // As the release before the list stored it: the cursor without its ["read_room"] entry.
+      const kv = await Deno.openKv(`${disk.dir}/chat.kv`);
+      await kv.delete(["read_room", "2", "ticket:7"]);
+      kv.close();
+      await disk.fill();
+      const statuses = [await api("DELETE", "/api/users/2")];
+      await disk.free();
+      statuses.push(await api("DELETE", "/api/users/2"));
+      const readers = await readersAt(url, "1", "ticket:7", open);
+      assertEquals({ statuses, readers }, { statuses: [500, 204], readers: [] });
+    } finally {
+      for (const ws of clients) ws.socket.close();
+      await server.kill("SIGKILL");
+      await disk.unmount();
+      await Deno.remove(elsewhere, { recursive: true }).catch(() => {});
+    }
+  },
 });

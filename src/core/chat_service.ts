@@ -631,12 +631,16 @@ export class ChatService {
 
   /**
    * Raises the user's read cursor (to the head when `seq` is omitted, and never past it) and
-   * tells the room. Past the head it could never come back, as cursors only move forward.
+   * tells the room; resolves to the cursor stored (unchanged when the store refuses the mark).
+   * Past the head it could never come back, as cursors only move forward.
    */
   async markRead(user: Principal, room: string, seq?: number): Promise<number> {
     const head = await this.#deps.store.head(room);
     const target = seq === undefined ? head : Math.min(seq, head);
     const cursor = await this.#deps.store.markRead(room, user.id, target);
+    // Refused (the user deleted, or taken out of the room, a moment ago): the cursor stays as it
+    // is, and the room hears nothing of a read it will not be shown.
+    if (cursor === null) return await this.#deps.store.cursor(room, user.id);
     this.#deps.fanout.publish({ type: "read", room, user: profileOf(user), seq: cursor });
     return cursor;
   }
@@ -647,11 +651,21 @@ export class ChatService {
   }
 
   /**
-   * Deletes the user's read cursors in `rooms`, or in every room they have one when it is
-   * omitted: a user deleted or taken out of a room would otherwise be listed as a reader for as
-   * long as the room lives, and count toward the readers past which a join lists none.
+   * Deletes the user's read cursors in `rooms` and, when `everywhere` (by default when `rooms` is
+   * omitted), in every room they have one, and refuses their read marks there for a while: a
+   * user deleted or taken out of a room would otherwise be listed as a reader for as long as the
+   * room lives (also after a mark that a server not yet told of it took), and count toward the
+   * readers past which a join lists none.
    */
-  forgetReads(user: UserId, rooms?: Iterable<string>): Promise<void> {
-    return this.#deps.store.forgetReader(user, rooms);
+  forgetReads(user: UserId, rooms?: Iterable<string>, everywhere?: boolean): Promise<void> {
+    return this.#deps.store.forgetReader(user, rooms, everywhere);
+  }
+
+  /**
+   * Accepts the user's read marks again in `rooms`, or in every room when it is omitted: a user
+   * created again or added back to a room marks reads at once.
+   */
+  readmitReads(user: UserId, rooms?: Iterable<string>): Promise<void> {
+    return this.#deps.store.readmitReader(user, rooms);
   }
 }

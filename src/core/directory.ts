@@ -85,6 +85,8 @@ export interface Directory {
   deleteUser(
     id: string,
   ): Promise<{ existed: boolean; role: string | null; rooms: { kind: string; id: string }[] }>;
+  /** The rooms a user takes part in or owns (also a user it never stored), read without a lock. */
+  userRooms(id: string): Promise<{ kind: string; id: string }[]>;
   /** Inserts or updates a room; fields left undefined keep their stored value. */
   upsertRoom(
     room: { kind: string; id: string; title?: string | null; ownerId?: string | null },

@@ -346,6 +346,7 @@ const DIRECTORY_READS = new Set<string>(
   [
     "ping",
     "getUser",
+    "userRooms",
     "getRoom",
     "listRooms",
     "listParticipants",

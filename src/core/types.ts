@@ -173,14 +173,23 @@ export interface MessageStore {
 
 /** Per-user read cursors: the highest seq each user has read in a room. */
 export interface ReadCursorStore {
-  /** Raises the user's cursor to `seq` (never lowers it); resolves to the cursor now stored. */
-  markRead(room: string, user: UserId, seq: number): Promise<number>;
+  /**
+   * Raises the user's cursor to `seq` (never lowers it); resolves to the cursor now stored, or
+   * to null, with nothing written, while {@link forgetReader} refuses their marks in the room.
+   */
+  markRead(room: string, user: UserId, seq: number): Promise<number | null>;
   /** The user's cursor, 0 when unset. */
   cursor(room: string, user: UserId): Promise<number>;
   /** Every user's cursor in the room, or the first `limit` of them by user id. */
   cursors(room: string, limit?: number): Promise<Map<string, number>>;
-  /** Deletes the user's cursors in `rooms`, or in every room they have one when it is omitted. */
-  forgetReader(user: UserId, rooms?: Iterable<string>): Promise<void>;
+  /**
+   * Deletes the user's cursors in `rooms` and, when `everywhere` (by default when `rooms` is
+   * omitted), in every room they have one; for a while refuses their marks there (everywhere:
+   * in every room), so that a server not yet told of why cannot store a cursor again.
+   */
+  forgetReader(user: UserId, rooms?: Iterable<string>, everywhere?: boolean): Promise<void>;
+  /** Accepts the user's marks again in `rooms` (every room when omitted) before that while ends. */
+  readmitReader(user: UserId, rooms?: Iterable<string>): Promise<void>;
 }
 
 /** Something that happens in a room and is fanned out to its members. */

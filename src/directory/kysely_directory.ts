@@ -153,6 +153,15 @@ export class KyselyDirectory implements Directory {
     return row ? toUser(row) : null;
   }
 
+  /** The rooms a user takes part in or owns (also a user it never stored), read without a lock. */
+  async userRooms(id: string): Promise<{ kind: string; id: string }[]> {
+    const rows = await this.#db.selectFrom("room_participants")
+      .select(["room_kind as kind", "room_id as id"]).where("user_id", "=", id)
+      .union(this.#db.selectFrom("rooms").select(["kind", "id"]).where("owner_id", "=", id))
+      .execute();
+    return rows.map((r) => ({ kind: r.kind, id: r.id }));
+  }
+
   /** Deletes a user and their participations; says whether it existed, and which rooms it left. */
   async deleteUser(
     id: string,

@@ -49,6 +49,12 @@ export const KV_KEYS = {
   readRoom: (user: string, room: string): Deno.KvKey => ["read_room", user, room],
   /** Prefix of the rooms a user has a read cursor in. */
   readRooms: (user: string): Deno.KvKey => ["read_room", user],
+  /**
+   * For a while after a user's deletion (with `room`: their removal from it), a read mark a
+   * server not yet told of it takes would store a cursor the cleanup no longer finds: refused.
+   */
+  readForgotten: (user: string, room?: string): Deno.KvKey =>
+    room === undefined ? ["read_forgotten", user] : ["read_forgotten", user, room],
   /** The attachments of a message, so that retention, which drops it unread, deletes its files. */
   files: (room: string, seq: number): Deno.KvKey => ["files", room, seq],
   /** Prefix of a room's attachment records. */
@@ -119,8 +125,13 @@ const IDEM_CHECKS_OFF_MS = 1000;
 const MAX_BATCH_BYTES = 512 * 1024;
 /** Queued appends looked at when picking a commit's, so that a long queue costs no more. */
 const MAX_BATCH_SCAN = 4 * MAX_BATCH_MUTATIONS;
-/** Rooms one commit of `forgetReader` takes: two deletes each, well inside KV's bounds. */
+/** Rooms one commit of `forgetReader` takes: three mutations each, well inside KV's bounds. */
 const FORGET_BATCH = 100;
+/**
+ * How long `forgetReader` refuses the user's read marks: past the 10 minutes the room events log
+ * keeps a revocation, after which a server that has not heard of it never will through the log.
+ */
+const READ_FORGOTTEN_MS = 15 * 60_000;
 /** Records or deletions per commit while a room is checked (a record costs 2 of KV's 100 checks). */
 const RETENTION_BATCH = 40;
 /**
@@ -1364,13 +1375,21 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     return (await this.head(room)) + 1;
   }
 
-  /** Raises the user's read cursor; KV's `max` keeps it monotonic without a read. */
-  async markRead(room: string, user: UserId, seq: number): Promise<number> {
-    const key = KV_KEYS.read(room, String(user));
-    await commitRetryingLocks(
-      this.#kv.atomic().max(key, BigInt(Math.max(0, seq)))
-        .set(KV_KEYS.readRoom(String(user), room), true),
+  /**
+   * Raises the user's read cursor (KV's `max` keeps it monotonic without a read), or resolves to
+   * null and writes nothing while `forgetReader` refuses the user's marks in the room.
+   */
+  async markRead(room: string, user: UserId, seq: number): Promise<number | null> {
+    const id = String(user);
+    // Checks that the keys are absent need no read, so the mark costs no more round trips.
+    const res = await commitRetryingLocks(
+      this.#kv.atomic()
+        .check({ key: KV_KEYS.readForgotten(id), versionstamp: null })
+        .check({ key: KV_KEYS.readForgotten(id, room), versionstamp: null })
+        .max(KV_KEYS.read(room, id), BigInt(Math.max(0, seq)))
+        .set(KV_KEYS.readRoom(id, room), true),
     );
+    if (!res.ok) return null;
     return await this.cursor(room, user);
   }
 
@@ -1390,18 +1409,52 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     return out;
   }
 
-  /** Deletes the user's cursors in `rooms`, or in every room they have one when it is omitted. */
-  async forgetReader(user: UserId, rooms?: Iterable<string>): Promise<void> {
+  /**
+   * Deletes the user's cursors in `rooms` and, when `everywhere` (by default when `rooms` is
+   * omitted), in every room they have one; for a while refuses their marks there (everywhere:
+   * in every room) so that a server not yet told why cannot store one again.
+   */
+  async forgetReader(
+    user: UserId,
+    rooms?: Iterable<string>,
+    everywhere: boolean = rooms === undefined,
+  ): Promise<void> {
     const id = String(user);
-    const named = rooms === undefined
-      ? (await Array.fromAsync(this.#kv.list({ prefix: KV_KEYS.readRooms(id) })))
-        .map((e) => String(e.key[2]))
-      : [...new Set(rooms)];
-    for (let i = 0; i < named.length; i += FORGET_BATCH) {
+    const refuse = { expireIn: READ_FORGOTTEN_MS };
+    // Before the list is read: a mark that commits after this is refused, one before is listed.
+    if (everywhere) {
+      await commitRetryingLocks(this.#kv.atomic().set(KV_KEYS.readForgotten(id), true, refuse));
+    }
+    const named = new Set(rooms);
+    if (everywhere) {
+      for await (const e of this.#kv.list({ prefix: KV_KEYS.readRooms(id) })) {
+        named.add(String(e.key[2]));
+      }
+    }
+    const all = [...named];
+    for (let i = 0; i < all.length; i += FORGET_BATCH) {
       const op = this.#kv.atomic();
-      for (const room of named.slice(i, i + FORGET_BATCH)) {
+      for (const room of all.slice(i, i + FORGET_BATCH)) {
+        // In the commit that deletes the cursor: a mark either comes before it or is refused.
+        if (!everywhere) op.set(KV_KEYS.readForgotten(id, room), true, refuse);
         op.delete(KV_KEYS.read(room, id)).delete(KV_KEYS.readRoom(id, room));
       }
+      await commitRetryingLocks(op);
+    }
+  }
+
+  /**
+   * Accepts the user's read marks again at once in `rooms`, or in every room when it is omitted
+   * (created again, added back), instead of when what `forgetReader` wrote expires.
+   */
+  async readmitReader(user: UserId, rooms?: Iterable<string>): Promise<void> {
+    const id = String(user);
+    const keys = rooms === undefined
+      ? [KV_KEYS.readForgotten(id)]
+      : [...new Set(rooms)].map((room) => KV_KEYS.readForgotten(id, room));
+    for (let i = 0; i < keys.length; i += FORGET_BATCH) {
+      const op = this.#kv.atomic();
+      for (const key of keys.slice(i, i + FORGET_BATCH)) op.delete(key);
       await commitRetryingLocks(op);
     }
   }

@@ -383,6 +383,37 @@ Deno.test("KvMessageStore.forgetReader() deletes a user's cursors in the rooms n
   kv.close();
 });
 
+Deno.test("KvMessageStore.markRead() stores nothing (null) where forgetReader() refused the user's marks, in a room or everywhere, with an expiry, until readmitReader()", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const expiries: unknown[] = [];
+  const atomic = kv.atomic.bind(kv);
+  kv.atomic = () => {
+    const op = atomic();
+    const set = op.set.bind(op);
+    op.set = (key, value, options) => {
+      if (key[0] === "read_forgotten") expiries.push(options?.expireIn);
+      return set(key, value, options);
+    };
+    return op;
+  };
+  await store.forgetReader(5, ["a"]);
+  assertEquals(await store.markRead("a", 5, 1), null);
+  assertEquals(await store.markRead("b", 5, 1), 1);
+  assertEquals(await store.markRead("a", 6, 1), 1);
+  await store.forgetReader(6);
+  for (const room of ["a", "z"]) assertEquals(await store.markRead(room, 6, 2), null);
+  assertEquals(await store.cursors("a"), new Map());
+  assertEquals(await store.cursors("b"), new Map([["5", 1]]));
+  assertEquals(expiries, [15 * 60_000, 15 * 60_000]);
+  await store.readmitReader(5, ["a"]);
+  await store.readmitReader(6);
+  assertEquals(await store.markRead("a", 5, 1), 1);
+  assertEquals(await store.markRead("z", 6, 2), 2);
+  await store.close();
+  kv.close();
+});
+
 Deno.test("KvMessageStore.append() refuses a value KV cannot hold without failing its batch", async () => {
   const kv = await Deno.openKv(":memory:");
   const store = new KvMessageStore(kv);

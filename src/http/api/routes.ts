@@ -176,7 +176,8 @@ async function revokeLost(
   };
   // Their read cursors go with their access, or every later join lists them as readers. One who
   // keeps access keeps theirs; one wrongly taken for lost (the catch below) gets it back at
-  // their next read mark, while a cursor left behind would stay for as long as the room lives.
+  // their next read mark once the store accepts their marks there again (within minutes), while
+  // a cursor left behind would stay for as long as the room lives.
   const forget = async () => {
     for (const user of lost) await deps.chat.forgetReads(user, [room]);
   };
@@ -203,6 +204,22 @@ async function revokeLost(
     throw err;
   }
   await forget();
+}
+
+/**
+ * Accepts read marks again of users given access back (created again, added back to `room`),
+ * which a deletion or removal refused for a while. A failure is logged, not answered: the write
+ * it follows is committed, and the refusal ends by itself when it expires.
+ */
+async function readmit(deps: ApiDeps, users: Iterable<string>, room?: string): Promise<void> {
+  for (const userId of new Set(users)) {
+    const user = normalizeUserId(userId) ?? userId;
+    try {
+      await deps.chat.readmitReads(user, room === undefined ? undefined : [room]);
+    } catch (err) {
+      failureLog.failed("api: accepting read marks again failed", err, `user ${user}`);
+    }
+  }
 }
 
 /**
@@ -343,6 +360,7 @@ export const API_ROUTES: ApiRoute[] = [
       if (body.role !== undefined && roleOpensRooms(previous?.role)) {
         recheckUser(deps, params.id);
       }
+      if (previous === null) await readmit(deps, [params.id]);
       return { status: 200, body: userBody(user) };
     },
   }),
@@ -379,6 +397,18 @@ export const API_ROUTES: ApiRoute[] = [
       404: notFound("The user (neither in the directory nor in any room)"),
     },
     async handle({ params }, deps) {
+      // Their read cursors first, or every later join lists them as readers: while the directory
+      // still names their rooms, so that a deletion KV refuses (full disk) answers 500 and is
+      // retried whole, rather than leave cursors a retry no longer finds. In every room the store
+      // knows they read (also rooms their token or an open room let them in), and in those the
+      // directory knows them in, for cursors stored before the store kept that list; marks that
+      // servers not yet told of the deletion take after it are refused.
+      const known = await deps.directory.userRooms(params.id);
+      await deps.chat.forgetReads(
+        normalizeUserId(params.id) ?? params.id,
+        known.map((r) => roomKeyOf(r.kind, r.id)),
+        true,
+      );
       // The rooms and the role come from the deletion itself: read before it, a participation
       // added or a role given in between was deleted without its sockets being closed.
       const { existed, role, rooms } = await deps.directory.deleteUser(params.id);
@@ -394,17 +424,6 @@ export const API_ROUTES: ApiRoute[] = [
         } catch (error) {
           failure ??= { error };
         }
-      }
-      // Their read cursors, or every later join lists them as readers: in every room the store
-      // knows they read (also rooms their token or an open room let them in), and in those the
-      // directory knew them in, for cursors stored before the store kept that list. A retry
-      // still finds the first.
-      try {
-        const user = normalizeUserId(params.id) ?? params.id;
-        await deps.chat.forgetReads(user, rooms.map((r) => roomKeyOf(r.kind, r.id)));
-        await deps.chat.forgetReads(user);
-      } catch (error) {
-        failure ??= { error };
       }
       if (failure) throw failure.error;
       // A user only tokens know may still take part in rooms: removed from them, it was there.
@@ -477,6 +496,10 @@ export const API_ROUTES: ApiRoute[] = [
       deps.events.publish({ type: "recheck", room: roomKeyOf(kind, id) });
       // A room created again is no longer being deleted: those it turns away are turned away.
       if (created) await deps.chat.unmarkDeleting(roomKeyOf(kind, id));
+      // Those who were not in the room before: one taken out a moment ago marks reads again.
+      const given = (body.participants ?? []).map((p) => p.user_id);
+      if (body.owner_id) given.push(body.owner_id);
+      await readmit(deps, given.filter((user) => !replaced.includes(user)), roomKeyOf(kind, id));
       if (replaced.length > 0) await revokeLost(deps, kind, id, replaced);
       const participants = await deps.directory.listParticipants(kind, id);
       return { status: created ? 201 : 200, body: roomBody(room, participants) };
@@ -581,6 +604,7 @@ export const API_ROUTES: ApiRoute[] = [
         role: body.role,
       }, { roomMustExist: true });
       if (!added) throw new ApiError(404, `Room "${roomKeyOf(params.kind, params.id)}" not found`);
+      await readmit(deps, [body.user_id], roomKeyOf(params.kind, params.id));
       const room = await requireRoom(deps, params.kind, params.id);
       const participants = await deps.directory.listParticipants(params.kind, params.id);
       return { status: 200, body: roomBody(room, participants) };
