@@ -266,3 +266,17 @@ Deno.test({
     }
   },
 });
+
+Deno.test("deleting a user the directory does not know and no room names answers 404 and changes nothing: a user only tokens know keeps their cursors and marks reads", async () => {
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN });
+  try {
+    await readIn(server, "9", "ticket:99");
+    assertEquals(await adminCall(server.url, ADMIN, "DELETE", "/api/users/9"), 404);
+    assertEquals(await readersOf(server, "8", "ticket:99"), ["9"]);
+    // Their marks are taken, not refused for a while after a deletion that did not happen.
+    await readIn(server, "9", "ticket:98");
+    assertEquals(await readersOf(server, "8", "ticket:98"), ["9"]);
+  } finally {
+    await server.close();
+  }
+});

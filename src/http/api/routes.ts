@@ -404,6 +404,11 @@ export const API_ROUTES: ApiRoute[] = [
       // directory knows them in, for cursors stored before the store kept that list; marks that
       // servers not yet told of the deletion take after it are refused.
       const known = await deps.directory.userRooms(params.id);
+      // Nobody to delete (a mistyped id): answered with nothing changed, not with a user only
+      // tokens know losing their cursors and marks for a while.
+      if (known.length === 0 && await deps.directory.getUser(params.id) === null) {
+        throw new ApiError(404, `User "${params.id}" not found`);
+      }
       await deps.chat.forgetReads(
         normalizeUserId(params.id) ?? params.id,
         known.map((r) => roomKeyOf(r.kind, r.id)),
