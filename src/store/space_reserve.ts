@@ -78,6 +78,15 @@ export class SpaceReserve {
   /** Reads what is there, writes or releases the reserve as the free space says, then watches. */
   async start(): Promise<void> {
     this.#held = await Deno.stat(this.path).then((s) => s.size >= this.#bytes, () => false);
+    // Run without --allow-sys (statfs), it could never tell the volume filling: said once.
+    const dir = dirname(this.path);
+    if (await this.#free(dir) === undefined) {
+      this.#log(
+        `No space reserve: the free space of ${dir}'s volume cannot be read (statfs needs ` +
+          "--allow-sys), so a full DATA_DIR can end the server (see the README)",
+      );
+      return;
+    }
     await this.check();
     this.#timer = setInterval(() => void this.check(), this.#pollMs);
     // Nothing to keep a process alive for: one whose start failed after this must still end.

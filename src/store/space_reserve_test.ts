@@ -59,3 +59,27 @@ Deno.test("freeBytes reads the volume's free bytes, and says nothing of a path t
   assert(((await freeBytes(Deno.cwd())) ?? 0) > 0);
   assertEquals(await freeBytes("/no/such/dir/here"), undefined);
 });
+
+Deno.test("SpaceReserve that cannot read the volume's free space (no --allow-sys) says so once, writes no file and never refuses", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
+  const logged: string[] = [];
+  const reserve = new SpaceReserve(`${dir}/chat.kv`, {
+    bytes: MIB,
+    pollMs: 60_000,
+    log: (line) => logged.push(line),
+    free: () => Promise.resolve(undefined),
+  });
+  try {
+    await reserve.start();
+    await reserve.check();
+    assertEquals(logged.length, 1);
+    assert(/statfs needs --allow-sys/.test(logged[0]), logged[0]);
+    assertEquals([reserve.short, await Deno.stat(reserve.path).then(() => "there", () => "none")], [
+      false,
+      "none",
+    ]);
+  } finally {
+    await reserve.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
