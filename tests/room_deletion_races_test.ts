@@ -7,8 +7,9 @@
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import type { Directory } from "../src/core/directory.ts";
 import type { AccessPolicy, PresenceStore } from "../src/core/types.ts";
-import { assertEquals, nextEvent } from "./assert.ts";
+import { assertEquals, delay, nextEvent } from "./assert.ts";
 import { adminCall, startTestServer, TestClient, type TestServer } from "./helpers.ts";
+import { holdWriteLock } from "./server_process.ts";
 
 const ADMIN = "an-admin-token-for-the-deletion-races";
 
@@ -274,5 +275,37 @@ Deno.test("room deletion races: a Socket.IO join_ticket whose access check spans
     for (const s of sockets) s.disconnect();
     await server.close();
     await new Promise((r) => setTimeout(r, 50));
+  }
+});
+
+Deno.test("room deletion: a room deleted while another process holds the KV write lock for a moment (an instance sharing the file) is deleted, as a send then is stored", async () => {
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN });
+  try {
+    const api = (method: string, path: string, json?: unknown) =>
+      adminCall(server.url, ADMIN, method, path, json);
+    assertEquals(
+      await api("PUT", "/api/rooms/ticket/7", { participants: [{ user_id: "1" }] }),
+      201,
+    );
+    const token = await server.token({ sub: "1", username: "u1" });
+    const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+    await ws.next((f) => f.type === "welcome");
+    ws.send({ type: "join", room: "ticket:7", ref: "j" });
+    assertEquals((await ws.next((f) => f.ref === "j")).type, "joined");
+    // The lock stops a send for its length, which then goes through: it is held.
+    let lock = await holdWriteLock(`${server.dataDir}/chat.kv`);
+    ws.send({ type: "send", room: "ticket:7", body: "during", ref: "s" });
+    await delay(200);
+    await lock.release();
+    assertEquals((await ws.next((f) => f.ref === "s")).type, "ack");
+    lock = await holdWriteLock(`${server.dataDir}/chat.kv`);
+    const deleting = api("DELETE", "/api/rooms/ticket/7");
+    await delay(200);
+    await lock.release();
+    assertEquals(await deleting, 204);
+    assertEquals((await ws.next((f) => f.type === "removed")).room, "ticket:7");
+    await ws.close();
+  } finally {
+    await server.close();
   }
 });

@@ -375,8 +375,10 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     for (;;) {
       const before = await this.#kv.get<number>(key);
       // Checked against what was read: of two marks at once, the second learns of the first.
-      const done = await this.#kv.atomic().check(before)
-        .set(key, Date.now(), { expireIn: DELETING_MARK_MS }).commit();
+      // Another process's write lock (an instance sharing the file) is waited out, as sends do.
+      const done = await commitRetryingLocks(
+        this.#kv.atomic().check(before).set(key, Date.now(), { expireIn: DELETING_MARK_MS }),
+      );
       if (!done.ok) continue;
       const stood = typeof before.value === "number" &&
         Date.now() - before.value < DELETING_MARK_MS;
@@ -387,9 +389,12 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   /** Takes a deletion note back (see MessageStore.unmarkDeleting in core/types.ts). */
   async unmarkDeleting(room: string, stamp?: string | null): Promise<void> {
     const key = KV_KEYS.deleting(room);
-    if (stamp === undefined) return await this.#kv.delete(key);
+    if (stamp === undefined) {
+      await commitRetryingLocks(this.#kv.atomic().delete(key));
+      return;
+    }
     if (stamp === null) return;
-    await this.#kv.atomic().check({ key, versionstamp: stamp }).delete(key).commit();
+    await commitRetryingLocks(this.#kv.atomic().check({ key, versionstamp: stamp }).delete(key));
   }
 
   /** True within a minute of `markDeleting` (KV may keep an expired key a while: its time says). */
