@@ -50,6 +50,8 @@ export class SpaceReserve {
   #pollMs: number;
   #log: (line: string) => void;
   #free: (dir: string) => Promise<number | undefined>;
+  /** Present while the reserve is released, whoever released it. */
+  #releasedPath: string;
   /** The file is there whole, as far as this process knows. */
   #held = false;
   #short = false;
@@ -61,6 +63,7 @@ export class SpaceReserve {
   /** A reserve for the KV file at `kvPath`. */
   constructor(kvPath: string, options: SpaceReserveOptions) {
     this.path = reservePath(kvPath);
+    this.#releasedPath = `${this.path}.released`;
     this.#bytes = options.bytes;
     this.#low = options.lowBytes ?? Math.ceil(options.bytes / 2);
     // Well above what releasing the reserve frees, or it would be written again at once.
@@ -118,10 +121,14 @@ export class SpaceReserve {
     // A refusal with room to spare is some other trouble, which the reserve does not help.
     const failed = this.#failed && free < this.#comfort;
     this.#failed = false;
-    if (!this.#short && (free < this.#low || failed)) {
+    // Released by another server sharing the file, or by this one before a restart: the room it
+    // freed is still KV's, until there is room for the reserve again.
+    const marked = await exists(this.#releasedPath);
+    const released = marked && free < this.#comfort;
+    if (!this.#short && (free < this.#low || failed || released)) {
       this.#short = true;
-      const had = this.#held;
-      await Deno.remove(this.path).catch(() => {});
+      const had = this.#held && !released;
+      await this.#release();
       this.#held = false;
       this.#log(
         `DATA_DIR is nearly full (${mib(free)} MiB free on the volume of ${dir}): ` +
@@ -134,8 +141,9 @@ export class SpaceReserve {
       );
       return;
     }
-    if ((this.#short || !this.#held) && free >= this.#comfort) {
+    if ((this.#short || !this.#held || marked) && free >= this.#comfort) {
       if (!await this.#write()) return;
+      await Deno.remove(this.#releasedPath).catch(() => {});
       if (this.#short) {
         this.#short = false;
         this.#log(
@@ -152,14 +160,29 @@ export class SpaceReserve {
     }
   }
 
+  /**
+   * Frees the reserve's room and leaves a mark that it was released, which every server sharing
+   * the file reads (and this one after a restart): the file renamed to the mark, then emptied.
+   */
+  async #release(): Promise<void> {
+    try {
+      await Deno.rename(this.path, this.#releasedPath);
+      await Deno.truncate(this.#releasedPath, 0);
+    } catch {
+      // Gone already (another server released it): the mark is made if it is not there.
+      await Deno.writeFile(this.#releasedPath, new Uint8Array()).catch(() => {});
+    }
+  }
+
   /** Writes the reserve with real bytes (a sparse file would hold no blocks). */
   async #write(): Promise<boolean> {
+    // Whole or not at all: servers sharing the file may write it at once.
+    const temp = `${this.path}.${crypto.randomUUID()}`;
     try {
-      const file = await Deno.open(this.path, { write: true, create: true, mode: 0o600 });
+      const file = await Deno.open(temp, { write: true, createNew: true, mode: 0o600 });
       try {
         const chunk = new Uint8Array(64 * 1024);
-        let written = (await file.stat()).size;
-        await file.seek(written, Deno.SeekMode.Start);
+        let written = 0;
         while (written < this.#bytes) {
           written += await file.write(
             chunk.subarray(0, Math.min(chunk.length, this.#bytes - written)),
@@ -169,11 +192,12 @@ export class SpaceReserve {
       } finally {
         file.close();
       }
+      await Deno.rename(temp, this.path);
       this.#held = true;
       return true;
     } catch (err) {
       // Half a reserve would only hold room the server needs now.
-      await Deno.remove(this.path).catch(() => {});
+      await Deno.remove(temp).catch(() => {});
       if (!this.#toldUnwritable) {
         this.#toldUnwritable = true;
         this.#log(`No space reserve: ${this.path} could not be written: ${(err as Error).message}`);
@@ -181,6 +205,10 @@ export class SpaceReserve {
       return false;
     }
   }
+}
+
+async function exists(path: string): Promise<boolean> {
+  return await Deno.lstat(path).then(() => true, () => false);
 }
 
 /** Bytes in MiB, as the log says them. */

@@ -83,3 +83,40 @@ Deno.test("SpaceReserve that cannot read the volume's free space (no --allow-sys
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("SpaceReserve: a server sharing the file, or started after, refuses too while another's release stands, and each takes sends again once there is room", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
+  let free = 100 * MIB;
+  const reserveOn = () =>
+    new SpaceReserve(`${dir}/chat.kv`, {
+      bytes: 2 * MIB,
+      pollMs: 60_000,
+      log: () => {},
+      free: () => Promise.resolve(free),
+    });
+  const [a, b] = [reserveOn(), reserveOn()];
+  const started: SpaceReserve[] = [a, b];
+  try {
+    await a.start();
+    await b.start();
+    // Between the low mark and room for the reserve: only the one that reads first releases it.
+    free = MIB / 2;
+    await a.check();
+    free = 3 * MIB;
+    await b.check();
+    assertEquals([a.short, b.short], [true, true]);
+    // A restart meanwhile (or a new server) finds the release standing.
+    const c = reserveOn();
+    started.push(c);
+    await c.start();
+    assert(c.short);
+    free = 100 * MIB;
+    for (const r of started) await r.check();
+    assertEquals(started.map((r) => r.short), [false, false, false]);
+    assertEquals((await Deno.stat(a.path)).size, 2 * MIB);
+    assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), [".chat.kv-reserve"]);
+  } finally {
+    for (const r of started) await r.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
