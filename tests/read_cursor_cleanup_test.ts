@@ -280,3 +280,20 @@ Deno.test("deleting a user the directory does not know and no room names answers
     await server.close();
   }
 });
+
+Deno.test("a user deleted and then added back to a room (only tokens know them) marks reads there at once", async () => {
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN });
+  try {
+    const api = (method: string, path: string, json?: unknown) =>
+      adminCall(server.url, ADMIN, method, path, json);
+    assertEquals(await api("PUT", "/api/users/2", { username: "user2" }), 200);
+    const participants = ["1", "2"].map((user_id) => ({ user_id }));
+    assertEquals(await api("PUT", "/api/rooms/ticket/7", { participants }), 201);
+    assertEquals(await api("DELETE", "/api/users/2"), 204);
+    assertEquals(await api("POST", "/api/rooms/ticket/7/participants", { user_id: "2" }), 200);
+    await readIn(server, "2", "ticket:7");
+    assertEquals(await readersOf(server, "1", "ticket:7"), ["2"]);
+  } finally {
+    await server.close();
+  }
+});

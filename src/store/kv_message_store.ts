@@ -1450,13 +1450,15 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
 
   /**
    * Accepts the user's read marks again at once in `rooms`, or in every room when it is omitted
-   * (created again, added back), instead of when what `forgetReader` wrote expires.
+   * (created again, added back), instead of when what `forgetReader` wrote expires. A user
+   * added back to a room after their deletion is back: the deletion's refusal goes too.
    */
   async readmitReader(user: UserId, rooms?: Iterable<string>): Promise<void> {
     const id = String(user);
-    const keys = rooms === undefined
-      ? [KV_KEYS.readForgotten(id)]
-      : [...new Set(rooms)].map((room) => KV_KEYS.readForgotten(id, room));
+    const keys = [
+      KV_KEYS.readForgotten(id),
+      ...[...new Set(rooms ?? [])].map((room) => KV_KEYS.readForgotten(id, room)),
+    ];
     for (let i = 0; i < keys.length; i += FORGET_BATCH) {
       const op = this.#kv.atomic();
       for (const key of keys.slice(i, i + FORGET_BATCH)) op.delete(key);
