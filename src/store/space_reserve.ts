@@ -90,6 +90,7 @@ export class SpaceReserve {
       );
       return;
     }
+    await this.#removeLeftTemps(dir);
     await this.check();
     this.#timer = setInterval(() => void this.check(), this.#pollMs);
     // Nothing to keep a process alive for: one whose start failed after this must still end.
@@ -125,10 +126,21 @@ export class SpaceReserve {
     // freed is still KV's, until there is room for the reserve again.
     const marked = await exists(this.#releasedPath);
     const released = marked && free < this.#comfort;
+    // Written back whole by another server sharing the file (it had the room, and took the mark
+    // away): the room it holds is KV's again, whatever is free beside it now.
+    if (this.#short && !marked && !failed && free >= this.#low && await this.#whole()) {
+      this.#short = false;
+      this.#held = true;
+      this.#log(
+        `DATA_DIR has room again: another server wrote the space reserve (${this.path}) again, ` +
+          "and sends and files are taken",
+      );
+      return;
+    }
     if (!this.#short && (free < this.#low || failed || released)) {
       this.#short = true;
-      const had = this.#held && !released;
-      await this.#release();
+      // Released already (the mark stands): nothing more to free.
+      const had = !released && await this.#release();
       this.#held = false;
       this.#log(
         `DATA_DIR is nearly full (${mib(free)} MiB free on the volume of ${dir}): ` +
@@ -164,14 +176,38 @@ export class SpaceReserve {
    * Frees the reserve's room and leaves a mark that it was released, which every server sharing
    * the file reads (and this one after a restart): the file renamed to the mark, then emptied.
    */
-  async #release(): Promise<void> {
+  async #release(): Promise<boolean> {
     try {
       await Deno.rename(this.path, this.#releasedPath);
       await Deno.truncate(this.#releasedPath, 0);
+      return true;
     } catch {
       // Gone already (another server released it): the mark is made if it is not there.
       await Deno.writeFile(this.#releasedPath, new Uint8Array()).catch(() => {});
+      return false;
     }
+  }
+
+  /** Removes the temporary files of reserve writes a crash cut short (a minute old or more). */
+  async #removeLeftTemps(dir: string): Promise<void> {
+    const prefix = `${basename(this.path)}.`;
+    const cutoff = Date.now() - 60_000;
+    try {
+      for await (const entry of Deno.readDir(dir)) {
+        if (!entry.isFile || !entry.name.startsWith(prefix)) continue;
+        if (entry.name === basename(this.#releasedPath)) continue;
+        const path = join(dir, entry.name);
+        const { mtime } = await Deno.stat(path).catch(() => ({ mtime: null }));
+        if (mtime && mtime.getTime() < cutoff) await Deno.remove(path).catch(() => {});
+      }
+    } catch {
+      // Nothing to read: nothing left.
+    }
+  }
+
+  /** Whether the reserve's file is there at its full size. */
+  async #whole(): Promise<boolean> {
+    return await Deno.stat(this.path).then((s) => s.size >= this.#bytes, () => false);
   }
 
   /** Writes the reserve with real bytes (a sparse file would hold no blocks). */

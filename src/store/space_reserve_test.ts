@@ -120,3 +120,61 @@ Deno.test("SpaceReserve: a server sharing the file, or started after, refuses to
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("SpaceReserve: a server that refused sends takes them again once another sharing the file wrote the reserve back, though less than room for another is free", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
+  let free = 100 * MIB;
+  const logged: string[] = [];
+  const reserveOn = () =>
+    new SpaceReserve(`${dir}/chat.kv`, {
+      bytes: 2 * MIB,
+      pollMs: 60_000,
+      log: (line) => logged.push(line),
+      free: () => Promise.resolve(free),
+    });
+  const [a, b] = [reserveOn(), reserveOn()];
+  try {
+    await a.start();
+    await b.start();
+    free = MIB / 2;
+    await a.check();
+    await b.check();
+    assertEquals([a.short, b.short], [true, true]);
+    // Only the one that released it says it did.
+    assertEquals(logged.filter((line) => /released the/.test(line)).length, 1);
+    free = 100 * MIB;
+    await a.check();
+    // What the reserve A wrote took leaves B less than room for another.
+    free = 3 * MIB;
+    await b.check();
+    assertEquals([a.short, b.short], [false, false]);
+  } finally {
+    await a.stop();
+    await b.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("SpaceReserve removes at its start the temporary file of a write a crash cut short, once a minute old", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
+  const reserve = new SpaceReserve(`${dir}/chat.kv`, {
+    bytes: MIB,
+    pollMs: 60_000,
+    log: () => {},
+    free: () => Promise.resolve(100 * MIB),
+  });
+  try {
+    const old = `${reserve.path}.${crypto.randomUUID()}`;
+    const young = `${reserve.path}.${crypto.randomUUID()}`;
+    await Deno.writeFile(old, new Uint8Array(10));
+    await Deno.writeFile(young, new Uint8Array(10));
+    const hourAgo = new Date(Date.now() - 3_600_000);
+    await Deno.utime(old, hourAgo, hourAgo);
+    await reserve.start();
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    assertEquals(names, [".chat.kv-reserve", young.slice(dir.length + 1)].sort());
+  } finally {
+    await reserve.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
