@@ -607,7 +607,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       if (draining) throw new Error("Shutting down");
       if (reserve?.short) {
         throw new Error(
-          "DATA_DIR is nearly full: sends and files are refused until space is freed on its volume",
+          "The KV file's volume is nearly full: sends and files are refused until space is freed",
         );
       }
       await probeStores();

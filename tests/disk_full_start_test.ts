@@ -88,7 +88,10 @@ Deno.test({
       b.send({ type: "history", room: "ticket:1", ref: 2 });
       const history = await b.next((f) => f.ref === 2);
       assertEquals((history.messages as Frame[]).map((m) => m.body), ["kept"]);
-      assert(/DATA_DIR is nearly full/.test(String(full.body.message)), JSON.stringify(full.body));
+      assert(
+        /KV file's volume is nearly full/.test(String(full.body.message)),
+        JSON.stringify(full.body),
+      );
       assert(
         /could not register, as KV takes no write/.test(again.log()),
         `the log does not say why: ${again.log()}`,

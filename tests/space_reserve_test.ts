@@ -70,7 +70,10 @@ Deno.test({
       );
       const full = await health(url);
       assertEquals(full.status, 503);
-      assert(/DATA_DIR is nearly full/.test(String(full.body.message)), JSON.stringify(full.body));
+      assert(
+        /KV file's volume is nearly full/.test(String(full.body.message)),
+        JSON.stringify(full.body),
+      );
       ws.send({ type: "send", room: "ticket:1", body: "refused", ref: 2 });
       const refused = await ws.next((f) => f.ref === 2);
       assertEquals([refused.type, refused.code], ["error", "internal"], JSON.stringify(refused));

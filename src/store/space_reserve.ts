@@ -52,8 +52,8 @@ export class SpaceReserve {
   #free: (dir: string) => Promise<number | undefined>;
   /** Present while the reserve is released, whoever released it. */
   #releasedPath: string;
-  /** The file is there whole, as far as this process knows. */
-  #held = false;
+  /** Where one server at a time writes the reserve before it is renamed into place. */
+  #writingPath: string;
   #short = false;
   #failed = false;
   #toldUnwritable = false;
@@ -64,6 +64,7 @@ export class SpaceReserve {
   constructor(kvPath: string, options: SpaceReserveOptions) {
     this.path = reservePath(kvPath);
     this.#releasedPath = `${this.path}.released`;
+    this.#writingPath = `${this.path}.writing`;
     this.#bytes = options.bytes;
     this.#low = options.lowBytes ?? Math.ceil(options.bytes / 2);
     // Well above what releasing the reserve frees, or it would be written again at once.
@@ -80,17 +81,15 @@ export class SpaceReserve {
 
   /** Reads what is there, writes or releases the reserve as the free space says, then watches. */
   async start(): Promise<void> {
-    this.#held = await Deno.stat(this.path).then((s) => s.size >= this.#bytes, () => false);
     // Run without --allow-sys (statfs), it could never tell the volume filling: said once.
     const dir = dirname(this.path);
     if (await this.#free(dir) === undefined) {
       this.#log(
         `No space reserve: the free space of ${dir}'s volume cannot be read (statfs needs ` +
-          "--allow-sys), so a full DATA_DIR can end the server (see the README)",
+          "--allow-sys), so a full volume can end the server (see the README)",
       );
       return;
     }
-    await this.#removeLeftTemps(dir);
     await this.check();
     this.#timer = setInterval(() => void this.check(), this.#pollMs);
     // Nothing to keep a process alive for: one whose start failed after this must still end.
@@ -99,7 +98,6 @@ export class SpaceReserve {
 
   /** A KV write failed for want of space: releases the reserve now, not at the next reading. */
   storageFailed(): void {
-    if (this.#short) return;
     this.#failed = true;
     void this.check();
   }
@@ -115,6 +113,10 @@ export class SpaceReserve {
     await this.#checking;
   }
 
+  /**
+   * Acts on what the volume and the files say now, never on what this server did before: the
+   * servers sharing the file (and an operator) change them too.
+   */
   async #check(): Promise<void> {
     const dir = dirname(this.path);
     const free = await this.#free(dir);
@@ -122,54 +124,67 @@ export class SpaceReserve {
     // A refusal with room to spare is some other trouble, which the reserve does not help.
     const failed = this.#failed && free < this.#comfort;
     this.#failed = false;
-    // Released by another server sharing the file, or by this one before a restart: the room it
-    // freed is still KV's, until there is room for the reserve again.
-    const marked = await exists(this.#releasedPath);
-    const released = marked && free < this.#comfort;
-    // Written back whole by another server sharing the file (it had the room, and took the mark
-    // away): the room it holds is KV's again, whatever is free beside it now.
-    if (this.#short && !marked && !failed && free >= this.#low && await this.#whole()) {
-      this.#short = false;
-      this.#held = true;
-      this.#log(
-        `DATA_DIR has room again: another server wrote the space reserve (${this.path}) again, ` +
-          "and sends and files are taken",
-      );
-      return;
-    }
-    if (!this.#short && (free < this.#low || failed || released)) {
-      this.#short = true;
-      // Released already (the mark stands): nothing more to free.
-      const had = !released && await this.#release();
-      this.#held = false;
-      this.#log(
-        `DATA_DIR is nearly full (${mib(free)} MiB free on the volume of ${dir}): ` +
-          (had
-            ? `released the ${mib(this.#bytes)} MiB space reserve, `
-            : "no space reserve left, ") +
-          "so that Deno KV can still delete expired keys (it ends the process when it cannot). " +
-          "Sends and files are refused and /healthz says 503 until " +
-          `${mib(this.#comfort)} MiB are free again: free space on that volume`,
-      );
-      return;
-    }
-    if ((this.#short || !this.#held || marked) && free >= this.#comfort) {
-      if (!await this.#write()) return;
-      await Deno.remove(this.#releasedPath).catch(() => {});
-      if (this.#short) {
-        this.#short = false;
-        this.#log(
-          `DATA_DIR has room again (${mib(free)} MiB free): the space reserve (${this.path}) is ` +
-            "written again, and sends and files are taken",
-        );
+    const [whole, marked] = await Promise.all([
+      Deno.stat(this.path).then((s) => s.size >= this.#bytes, () => false),
+      exists(this.#releasedPath),
+    ]);
+    if (free < this.#low || failed) {
+      const released = whole && await this.#release();
+      if (!released && !marked) {
+        await Deno.writeFile(this.#releasedPath, new Uint8Array()).catch(() => {});
       }
-    } else if (!this.#held && !this.#short && !this.#toldUnwritable) {
+      this.#refuse(free, released);
+      return;
+    }
+    if (marked) {
+      // A crash between the release's rename and its truncation left the bytes in the mark.
+      await Deno.truncate(this.#releasedPath, 0).catch(() => {});
+      if (free >= this.#comfort && await this.#write()) {
+        await Deno.remove(this.#releasedPath).catch(() => {});
+        this.#take(free);
+      } else this.#refuse(free, false);
+      return;
+    }
+    // Whole, or written now: another server may have written it back, or an operator deleted it.
+    if (whole || (free >= this.#comfort && await this.#write())) {
+      this.#take(free);
+      return;
+    }
+    // Too small a volume for it (or one writing it now): nothing to release, nothing refused.
+    this.#take(free);
+    if (!this.#toldUnwritable && free < this.#comfort) {
       this.#toldUnwritable = true;
       this.#log(
         `No space reserve: the volume of ${dir} has ${mib(free)} MiB free, less than the ` +
           `${mib(this.#comfort)} MiB it needs; written once it has`,
       );
     }
+  }
+
+  /** Refuses sends from now on, saying so once. */
+  #refuse(free: number, released: boolean): void {
+    if (this.#short) return;
+    this.#short = true;
+    this.#log(
+      `The volume of ${dirname(this.path)} (the KV file's) is nearly full (${mib(free)} MiB ` +
+        "free): " +
+        (released
+          ? `released the ${mib(this.#bytes)} MiB space reserve`
+          : "the space reserve is released") +
+        ", so that Deno KV can still delete expired keys (it ends the process when it cannot). " +
+        "Sends and files are refused and /healthz says 503 until " +
+        `${mib(this.#comfort)} MiB are free again: free space on that volume`,
+    );
+  }
+
+  /** Takes sends again, saying so once. */
+  #take(free: number): void {
+    if (!this.#short) return;
+    this.#short = false;
+    this.#log(
+      `The volume of ${dirname(this.path)} has room again (${mib(free)} MiB free): the space ` +
+        "reserve is written again, and sends and files are taken",
+    );
   }
 
   /**
@@ -179,47 +194,35 @@ export class SpaceReserve {
   async #release(): Promise<boolean> {
     try {
       await Deno.rename(this.path, this.#releasedPath);
-      await Deno.truncate(this.#releasedPath, 0);
-      return true;
     } catch {
-      // Gone already (another server released it): the mark is made if it is not there.
-      await Deno.writeFile(this.#releasedPath, new Uint8Array()).catch(() => {});
+      // Gone already (another server released it).
       return false;
     }
+    await Deno.truncate(this.#releasedPath, 0).catch(() => {});
+    return true;
   }
 
-  /** Removes the temporary files of reserve writes a crash cut short (a minute old or more). */
-  async #removeLeftTemps(dir: string): Promise<void> {
-    const prefix = `${basename(this.path)}.`;
-    const cutoff = Date.now() - 60_000;
-    try {
-      for await (const entry of Deno.readDir(dir)) {
-        if (!entry.isFile || !entry.name.startsWith(prefix)) continue;
-        if (entry.name === basename(this.#releasedPath)) continue;
-        const path = join(dir, entry.name);
-        const { mtime } = await Deno.stat(path).catch(() => ({ mtime: null }));
-        if (mtime && mtime.getTime() < cutoff) await Deno.remove(path).catch(() => {});
-      }
-    } catch {
-      // Nothing to read: nothing left.
-    }
-  }
-
-  /** Whether the reserve's file is there at its full size. */
-  async #whole(): Promise<boolean> {
-    return await Deno.stat(this.path).then((s) => s.size >= this.#bytes, () => false);
-  }
-
-  /** Writes the reserve with real bytes (a sparse file would hold no blocks). */
+  /**
+   * Writes the reserve with real bytes (a sparse file would hold no blocks), one server at a
+   * time: under a name only one can create, renamed into place whole. One a crash left is
+   * taken over once a minute old.
+   */
   async #write(): Promise<boolean> {
-    // Whole or not at all: servers sharing the file may write it at once.
-    const temp = `${this.path}.${crypto.randomUUID()}`;
+    let file: Deno.FsFile;
     try {
-      const file = await Deno.open(temp, { write: true, createNew: true, mode: 0o600 });
+      file = await Deno.open(this.#writingPath, { write: true, createNew: true, mode: 0o600 });
+    } catch (err) {
+      if (!(err instanceof Deno.errors.AlreadyExists)) return this.#unwritable(err);
+      const mtime = await Deno.stat(this.#writingPath).then((s) => s.mtime, () => null);
+      if (mtime && Date.now() - mtime.getTime() > 60_000) {
+        await Deno.remove(this.#writingPath).catch(() => {});
+      }
+      return false;
+    }
+    try {
       try {
         const chunk = new Uint8Array(64 * 1024);
-        let written = 0;
-        while (written < this.#bytes) {
+        for (let written = 0; written < this.#bytes;) {
           written += await file.write(
             chunk.subarray(0, Math.min(chunk.length, this.#bytes - written)),
           );
@@ -228,18 +231,21 @@ export class SpaceReserve {
       } finally {
         file.close();
       }
-      await Deno.rename(temp, this.path);
-      this.#held = true;
+      await Deno.rename(this.#writingPath, this.path);
       return true;
     } catch (err) {
       // Half a reserve would only hold room the server needs now.
-      await Deno.remove(temp).catch(() => {});
-      if (!this.#toldUnwritable) {
-        this.#toldUnwritable = true;
-        this.#log(`No space reserve: ${this.path} could not be written: ${(err as Error).message}`);
-      }
-      return false;
+      await Deno.remove(this.#writingPath).catch(() => {});
+      return this.#unwritable(err);
     }
+  }
+
+  #unwritable(err: unknown): false {
+    if (!this.#toldUnwritable) {
+      this.#toldUnwritable = true;
+      this.#log(`No space reserve: ${this.path} could not be written: ${(err as Error).message}`);
+    }
+    return false;
   }
 }
 

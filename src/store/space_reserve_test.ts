@@ -155,7 +155,7 @@ Deno.test("SpaceReserve: a server that refused sends takes them again once anoth
   }
 });
 
-Deno.test("SpaceReserve removes at its start the temporary file of a write a crash cut short, once a minute old", async () => {
+Deno.test("SpaceReserve writes one at a time: a write under way elsewhere is left to finish, one a crash cut short is taken over once a minute old", async () => {
   const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
   const reserve = new SpaceReserve(`${dir}/chat.kv`, {
     bytes: MIB,
@@ -163,18 +163,56 @@ Deno.test("SpaceReserve removes at its start the temporary file of a write a cra
     log: () => {},
     free: () => Promise.resolve(100 * MIB),
   });
+  const writing = `${reserve.path}.writing`;
+  const names = () => [...Deno.readDirSync(dir)].map((e) => e.name).sort();
   try {
-    const old = `${reserve.path}.${crypto.randomUUID()}`;
-    const young = `${reserve.path}.${crypto.randomUUID()}`;
-    await Deno.writeFile(old, new Uint8Array(10));
-    await Deno.writeFile(young, new Uint8Array(10));
-    const hourAgo = new Date(Date.now() - 3_600_000);
-    await Deno.utime(old, hourAgo, hourAgo);
+    await Deno.writeFile(writing, new Uint8Array(10));
     await reserve.start();
-    const names = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
-    assertEquals(names, [".chat.kv-reserve", young.slice(dir.length + 1)].sort());
+    assertEquals(names(), [".chat.kv-reserve.writing"]);
+    const hourAgo = new Date(Date.now() - 3_600_000);
+    await Deno.utime(writing, hourAgo, hourAgo);
+    await reserve.check();
+    await reserve.check();
+    assertEquals(names(), [".chat.kv-reserve"]);
+    assertEquals((await Deno.stat(reserve.path)).size, MIB);
   } finally {
     await reserve.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("SpaceReserve acts on what the files say at each reading: a reserve deleted by hand is written again, and one another server wrote back is released when the volume fills again", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
+  let free = 100 * MIB;
+  const reserveOn = () =>
+    new SpaceReserve(`${dir}/chat.kv`, {
+      bytes: 2 * MIB,
+      pollMs: 60_000,
+      log: () => {},
+      free: () => Promise.resolve(free),
+    });
+  const [a, b] = [reserveOn(), reserveOn()];
+  const size = () => Deno.stat(a.path).then((s) => s.size, () => 0);
+  try {
+    await a.start();
+    await b.start();
+    await Deno.remove(a.path);
+    await a.check();
+    assertEquals(await size(), 2 * MIB);
+    // Both refuse; A writes the reserve back once there is room, then stops.
+    free = MIB / 2;
+    await a.check();
+    await b.check();
+    free = 100 * MIB;
+    await a.check();
+    await a.stop();
+    // The volume fills before B read it again: B, refusing all along, releases the reserve.
+    free = MIB / 2;
+    await b.check();
+    assertEquals([b.short, await size()], [true, 0]);
+  } finally {
+    await a.stop();
+    await b.stop();
     await Deno.remove(dir, { recursive: true });
   }
 });
