@@ -3,6 +3,15 @@ import { freeBytes, reservePath, SpaceReserve } from "./space_reserve.ts";
 
 const MIB = 1024 * 1024;
 
+/** A 2 MiB reserve beside `dir`'s KV file, as each server sharing it keeps, on a volume `free` tells. */
+const sharing = (dir: string, free: () => number, logged: string[] = []) =>
+  new SpaceReserve(`${dir}/chat.kv`, {
+    bytes: 2 * MIB,
+    pollMs: 60_000,
+    log: (line) => logged.push(line),
+    free: () => Promise.resolve(free()),
+  });
+
 Deno.test("SpaceReserve writes its file with real bytes, releases it below the low mark or at a refused write, and writes it again only well above", async () => {
   const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
   let free = 100 * MIB;
@@ -87,13 +96,7 @@ Deno.test("SpaceReserve that cannot read the volume's free space (no --allow-sys
 Deno.test("SpaceReserve: a server sharing the file, or started after, refuses too while another's release stands, and each takes sends again once there is room", async () => {
   const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
   let free = 100 * MIB;
-  const reserveOn = () =>
-    new SpaceReserve(`${dir}/chat.kv`, {
-      bytes: 2 * MIB,
-      pollMs: 60_000,
-      log: () => {},
-      free: () => Promise.resolve(free),
-    });
+  const reserveOn = () => sharing(dir, () => free);
   const [a, b] = [reserveOn(), reserveOn()];
   const started: SpaceReserve[] = [a, b];
   try {
@@ -125,13 +128,7 @@ Deno.test("SpaceReserve: a server that refused sends takes them again once anoth
   const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
   let free = 100 * MIB;
   const logged: string[] = [];
-  const reserveOn = () =>
-    new SpaceReserve(`${dir}/chat.kv`, {
-      bytes: 2 * MIB,
-      pollMs: 60_000,
-      log: (line) => logged.push(line),
-      free: () => Promise.resolve(free),
-    });
+  const reserveOn = () => sharing(dir, () => free, logged);
   const [a, b] = [reserveOn(), reserveOn()];
   try {
     await a.start();
@@ -184,13 +181,7 @@ Deno.test("SpaceReserve writes one at a time: a write under way elsewhere is lef
 Deno.test("SpaceReserve acts on what the files say at each reading: a reserve deleted by hand is written again, and one another server wrote back is released when the volume fills again", async () => {
   const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
   let free = 100 * MIB;
-  const reserveOn = () =>
-    new SpaceReserve(`${dir}/chat.kv`, {
-      bytes: 2 * MIB,
-      pollMs: 60_000,
-      log: () => {},
-      free: () => Promise.resolve(free),
-    });
+  const reserveOn = () => sharing(dir, () => free);
   const [a, b] = [reserveOn(), reserveOn()];
   const size = () => Deno.stat(a.path).then((s) => s.size, () => 0);
   try {
