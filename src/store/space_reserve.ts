@@ -11,6 +11,8 @@ import { statfs } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 
 const MIB = 1024 * 1024;
+/** How old a write of the reserve must be to count as one a crash cut short. */
+const WRITE_TAKEOVER_MS = 60_000;
 
 /** The reserve's file for the KV file at `kvPath`: hidden, beside it. */
 export function reservePath(kvPath: string): string {
@@ -124,21 +126,28 @@ export class SpaceReserve {
     // A refusal with room to spare is some other trouble, which the reserve does not help.
     const failed = this.#failed && free < this.#comfort;
     this.#failed = false;
-    const [whole, marked] = await Promise.all([
-      Deno.stat(this.path).then((s) => s.size >= this.#bytes, () => false),
+    const [size, marked] = await Promise.all([
+      Deno.stat(this.path).then((s) => s.size, () => 0),
       exists(this.#releasedPath),
     ]);
+    await this.#clearLeftovers(marked);
+    // Smaller than it should be: an older, smaller SPACE_RESERVE_MB's (released all the same).
+    const whole = size >= this.#bytes;
     if (free < this.#low || failed) {
-      const released = whole && await this.#release();
+      const released = size > 0 && await this.#release();
       if (!released && !marked) {
         await Deno.writeFile(this.#releasedPath, new Uint8Array()).catch(() => {});
       }
       this.#refuse(free, released);
       return;
     }
+    if (marked && whole) {
+      // Written back, and a crash came before the mark went.
+      await Deno.remove(this.#releasedPath).catch(() => {});
+      this.#take(free);
+      return;
+    }
     if (marked) {
-      // A crash between the release's rename and its truncation left the bytes in the mark.
-      await Deno.truncate(this.#releasedPath, 0).catch(() => {});
       if (free >= this.#comfort && await this.#write()) {
         await Deno.remove(this.#releasedPath).catch(() => {});
         this.#take(free);
@@ -158,6 +167,18 @@ export class SpaceReserve {
         `No space reserve: the volume of ${dir} has ${mib(free)} MiB free, less than the ` +
           `${mib(this.#comfort)} MiB it needs; written once it has`,
       );
+    }
+  }
+
+  /**
+   * Frees what a crash left holding room, whatever the free space says: the bytes of a release
+   * cut short before its truncation (in the mark), a write of the reserve a minute old.
+   */
+  async #clearLeftovers(marked: boolean): Promise<void> {
+    if (marked) await Deno.truncate(this.#releasedPath, 0).catch(() => {});
+    const mtime = await Deno.stat(this.#writingPath).then((s) => s.mtime, () => null);
+    if (mtime && Date.now() - mtime.getTime() > WRITE_TAKEOVER_MS) {
+      await Deno.remove(this.#writingPath).catch(() => {});
     }
   }
 
@@ -212,11 +233,8 @@ export class SpaceReserve {
     try {
       file = await Deno.open(this.#writingPath, { write: true, createNew: true, mode: 0o600 });
     } catch (err) {
+      // Another server writes it now (one a crash left goes at the next reading).
       if (!(err instanceof Deno.errors.AlreadyExists)) return this.#unwritable(err);
-      const mtime = await Deno.stat(this.#writingPath).then((s) => s.mtime, () => null);
-      if (mtime && Date.now() - mtime.getTime() > 60_000) {
-        await Deno.remove(this.#writingPath).catch(() => {});
-      }
       return false;
     }
     try {

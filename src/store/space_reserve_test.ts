@@ -207,3 +207,113 @@ Deno.test("SpaceReserve acts on what the files say at each reading: a reserve de
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+// Files a crash leaves, on a volume whose free space is what the files in it leave.
+
+/** A volume of `room` bytes for the files in `dir`: free is what they leave. */
+function volume(dir: string, room: () => number) {
+  return () => {
+    let used = 0;
+    for (const e of Deno.readDirSync(dir)) used += Deno.statSync(`${dir}/${e.name}`).size;
+    return Math.max(0, room() - used);
+  };
+}
+
+const onVolume = (dir: string, free: () => number, bytes = 2 * MIB) =>
+  new SpaceReserve(`${dir}/chat.kv`, {
+    bytes, // low 1 MiB, comfort 5 MiB for 2 MiB
+    pollMs: 60_000,
+    log: () => {},
+    free: () => Promise.resolve(free()),
+  });
+
+const zeros = (n: number) => new Uint8Array(n);
+const names = (dir: string) => [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+
+Deno.test("SpaceReserve: a write of it a crash cut short after a release is taken over, though it holds the room the write-back needs", async () => {
+  const dir = await Deno.makeTempDir();
+  const r = onVolume(dir, volume(dir, () => 6 * MIB)); // 6 MiB free once the stale write is gone
+  try {
+    await Deno.writeFile(`${dir}/.chat.kv-reserve.released`, zeros(0));
+    await Deno.writeFile(`${dir}/.chat.kv-reserve.writing`, zeros(2 * MIB));
+    const old = new Date(Date.now() - 10 * 60_000);
+    await Deno.utime(`${dir}/.chat.kv-reserve.writing`, old, old);
+    await r.start();
+    for (let i = 0; i < 5; i++) await r.check();
+    // Expected: the 10-minute-old write taken over, the reserve written, sends taken.
+    assertEquals([r.short, names(dir)], [false, [".chat.kv-reserve"]]);
+  } finally {
+    await r.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("SpaceReserve: a release a crash cut short (its bytes in the mark) is emptied below the low mark too", async () => {
+  const dir = await Deno.makeTempDir();
+  const r = onVolume(dir, volume(dir, () => 2.5 * MIB)); // 0.5 MiB free while the mark holds 2
+  try {
+    await Deno.writeFile(`${dir}/.chat.kv-reserve.released`, zeros(2 * MIB));
+    await r.start();
+    for (let i = 0; i < 3; i++) await r.check();
+    assertEquals(r.short, true);
+    // Expected: the 2 MiB left in the mark freed for KV.
+    assertEquals((await Deno.stat(`${dir}/.chat.kv-reserve.released`)).size, 0);
+  } finally {
+    await r.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("SpaceReserve: a smaller reserve, from before SPACE_RESERVE_MB was raised, is released below the low mark", async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.writeFile(`${dir}/.chat.kv-reserve`, zeros(1 * MIB)); // the old, smaller reserve
+  const r = onVolume(dir, volume(dir, () => 1.5 * MIB)); // 0.5 MiB free
+  try {
+    await r.start();
+    for (let i = 0; i < 3; i++) await r.check();
+    assertEquals(r.short, true);
+    // Expected: its 1 MiB freed for KV.
+    assertEquals(await Deno.stat(`${dir}/.chat.kv-reserve`).then((s) => s.size, () => 0), 0);
+  } finally {
+    await r.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("SpaceReserve: a whole reserve beside a mark a crash left (between the write-back and the mark's removal) takes sends", async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.writeFile(`${dir}/.chat.kv-reserve`, zeros(2 * MIB));
+  await Deno.writeFile(`${dir}/.chat.kv-reserve.released`, zeros(0));
+  const r = onVolume(dir, volume(dir, () => 6 * MIB)); // 4 MiB free with the reserve whole
+  try {
+    await r.start();
+    for (let i = 0; i < 3; i++) await r.check();
+    // Expected: the reserve stands whole with 3 MiB above the low mark: sends taken.
+    assertEquals(r.short, false);
+  } finally {
+    await r.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("SpaceReserve: a write a crash left at the first start is taken over between the marks, and freed below the low mark", async () => {
+  const dir = await Deno.makeTempDir();
+  let room = 6 * MIB;
+  const r = onVolume(dir, volume(dir, () => room));
+  try {
+    await Deno.writeFile(`${dir}/.chat.kv-reserve.writing`, zeros(2 * MIB));
+    const old = new Date(Date.now() - 10 * 60_000);
+    await Deno.utime(`${dir}/.chat.kv-reserve.writing`, old, old);
+    await r.start();
+    for (let i = 0; i < 3; i++) await r.check();
+    const between = names(dir);
+    room = 2.5 * MIB; // 0.5 MiB free while the stale write holds 2
+    for (let i = 0; i < 3; i++) await r.check();
+    const below = names(dir);
+    // Expected: the reserve written (6 MiB of room), then released below the low mark.
+    assertEquals([between, below], [[".chat.kv-reserve"], [".chat.kv-reserve.released"]]);
+  } finally {
+    await r.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
