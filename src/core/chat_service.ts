@@ -155,8 +155,8 @@ export class ChatService {
 
   async #queue(user: Principal | null, room: string, input: SendInput): Promise<QueuedSend> {
     // Refused before its files are written, which its append would only discard.
-    if (this.#refusal) throw this.#refusal();
-    const refused = this.#deps.refusal?.();
+    // Stopping (for good), or the storage nearly full (for now).
+    const refused = this.#refusal?.() ?? this.#deps.refusal?.();
     if (refused) throw refused;
     const body = input.body ?? "";
     const files = input.files ?? [];

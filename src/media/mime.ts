@@ -112,9 +112,12 @@ export function detectMime(bytes: Uint8Array, name: string): string {
   return byName;
 }
 
+/** A type without its parameters, lower-cased: `Text/HTML; charset=utf-8` is `text/html`. */
+const essence = (mime: string) => mime.split(";")[0].trim().toLowerCase();
+
 /** True for types a browser would render as a page or run as script: HTML, SVG, XML, JS. */
 export function isActiveContent(mime: string): boolean {
-  const type = mime.split(";")[0].trim().toLowerCase();
+  const type = essence(mime);
   return type === "text/html" || type === "application/xhtml+xml" || type === "image/svg+xml" ||
     type === "text/xml" || type === "application/xml" || type.endsWith("+xml") ||
     type === "text/javascript" || type === "application/javascript";
@@ -125,7 +128,7 @@ export function isActiveContent(mime: string): boolean {
  * `<link rel=stylesheet>`), which is what the page's origin vouches for.
  */
 export function isScriptOrStyle(mime: string): boolean {
-  const type = mime.split(";")[0].trim().toLowerCase();
+  const type = essence(mime);
   return type === "text/javascript" || type === "application/javascript" || type === "text/css";
 }
 

@@ -1436,16 +1436,11 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
         named.add(String(e.key[2]));
       }
     }
-    const all = [...named];
-    for (let i = 0; i < all.length; i += FORGET_BATCH) {
-      const op = this.#kv.atomic();
-      for (const room of all.slice(i, i + FORGET_BATCH)) {
-        // In the commit that deletes the cursor: a mark either comes before it or is refused.
-        if (!everywhere) op.set(KV_KEYS.readForgotten(id, room), true, refuse);
-        op.delete(KV_KEYS.read(room, id)).delete(KV_KEYS.readRoom(id, room));
-      }
-      await commitRetryingLocks(op);
-    }
+    await this.#commitBatched([...named], (op, room) => {
+      // In the commit that deletes the cursor: a mark either comes before it or is refused.
+      if (!everywhere) op.set(KV_KEYS.readForgotten(id, room), true, refuse);
+      op.delete(KV_KEYS.read(room, id)).delete(KV_KEYS.readRoom(id, room));
+    });
   }
 
   /**
@@ -1459,9 +1454,17 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       KV_KEYS.readForgotten(id),
       ...[...new Set(rooms ?? [])].map((room) => KV_KEYS.readForgotten(id, room)),
     ];
-    for (let i = 0; i < keys.length; i += FORGET_BATCH) {
+    await this.#commitBatched(keys, (op, key) => op.delete(key));
+  }
+
+  /** Commits `add` for the items, `FORGET_BATCH` of them an operation. */
+  async #commitBatched<T>(
+    items: T[],
+    add: (op: Deno.AtomicOperation, item: T) => void,
+  ): Promise<void> {
+    for (let i = 0; i < items.length; i += FORGET_BATCH) {
       const op = this.#kv.atomic();
-      for (const key of keys.slice(i, i + FORGET_BATCH)) op.delete(key);
+      for (const item of items.slice(i, i + FORGET_BATCH)) add(op, item);
       await commitRetryingLocks(op);
     }
   }

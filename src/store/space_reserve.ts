@@ -33,8 +33,6 @@ export async function freeBytes(path: string): Promise<number | undefined> {
 export interface SpaceReserveOptions {
   /** Size of the reserve file. */
   bytes: number;
-  /** Free bytes below which the reserve is released (by default half the reserve). */
-  lowBytes?: number;
   /** How often free space is read. */
   pollMs?: number;
   /** Where the reserve's releases and returns are told. */
@@ -46,6 +44,8 @@ export interface SpaceReserveOptions {
 /** The reserve beside one KV file; see the module comment. */
 export class SpaceReserve {
   readonly path: string;
+  /** The KV file's directory, whose volume is watched. */
+  #dir: string;
   #bytes: number;
   #low: number;
   #comfort: number;
@@ -65,10 +65,12 @@ export class SpaceReserve {
   /** A reserve for the KV file at `kvPath`. */
   constructor(kvPath: string, options: SpaceReserveOptions) {
     this.path = reservePath(kvPath);
+    this.#dir = dirname(this.path);
     this.#releasedPath = `${this.path}.released`;
     this.#writingPath = `${this.path}.writing`;
     this.#bytes = options.bytes;
-    this.#low = options.lowBytes ?? Math.ceil(options.bytes / 2);
+    // Free bytes below which the reserve is released.
+    this.#low = Math.ceil(options.bytes / 2);
     // Well above what releasing the reserve frees, or it would be written again at once.
     this.#comfort = this.#bytes + this.#low + 2 * MIB;
     this.#pollMs = options.pollMs ?? 1000;
@@ -84,7 +86,7 @@ export class SpaceReserve {
   /** Reads what is there, writes or releases the reserve as the free space says, then watches. */
   async start(): Promise<void> {
     // Run without --allow-sys (statfs), it could never tell the volume filling: said once.
-    const dir = dirname(this.path);
+    const dir = this.#dir;
     if (await this.#free(dir) === undefined) {
       this.#log(
         `No space reserve: the free space of ${dir}'s volume cannot be read (statfs needs ` +
@@ -120,17 +122,18 @@ export class SpaceReserve {
    * servers sharing the file (and an operator) change them too.
    */
   async #check(): Promise<void> {
-    const dir = dirname(this.path);
+    const dir = this.#dir;
     const free = await this.#free(dir);
     if (free === undefined) return;
     // A refusal with room to spare is some other trouble, which the reserve does not help.
     const failed = this.#failed && free < this.#comfort;
     this.#failed = false;
-    const [size, marked] = await Promise.all([
+    const [size, markSize] = await Promise.all([
       Deno.stat(this.path).then((s) => s.size, () => 0),
-      exists(this.#releasedPath),
+      Deno.lstat(this.#releasedPath).then((s) => s.size, () => -1),
     ]);
-    await this.#clearLeftovers(marked);
+    const marked = markSize >= 0;
+    await this.#clearLeftovers(markSize);
     // Smaller than it should be: an older, smaller SPACE_RESERVE_MB's (released all the same).
     const whole = size >= this.#bytes;
     if (free < this.#low || failed) {
@@ -141,27 +144,19 @@ export class SpaceReserve {
       this.#refuse(free, released);
       return;
     }
-    if (marked && whole) {
-      // Written back, and a crash came before the mark went.
-      await Deno.remove(this.#releasedPath).catch(() => {});
-      this.#take(free);
-      return;
-    }
+    // Whole (another server wrote it back; with the mark: a crash came before the mark went), or
+    // written now (once released, or deleted by an operator).
+    const inPlace = whole || (free >= this.#comfort && await this.#write());
     if (marked) {
-      if (free >= this.#comfort && await this.#write()) {
+      if (inPlace) {
         await Deno.remove(this.#releasedPath).catch(() => {});
         this.#take(free);
       } else this.#refuse(free, false);
       return;
     }
-    // Whole, or written now: another server may have written it back, or an operator deleted it.
-    if (whole || (free >= this.#comfort && await this.#write())) {
-      this.#take(free);
-      return;
-    }
-    // Too small a volume for it (or one writing it now): nothing to release, nothing refused.
+    // Not in place: too small a volume for it (or one writing it now): nothing refused.
     this.#take(free);
-    if (!this.#toldUnwritable && free < this.#comfort) {
+    if (!inPlace && !this.#toldUnwritable && free < this.#comfort) {
       this.#toldUnwritable = true;
       this.#log(
         `No space reserve: the volume of ${dir} has ${mib(free)} MiB free, less than the ` +
@@ -174,8 +169,8 @@ export class SpaceReserve {
    * Frees what a crash left holding room, whatever the free space says: the bytes of a release
    * cut short before its truncation (in the mark), a write of the reserve a minute old.
    */
-  async #clearLeftovers(marked: boolean): Promise<void> {
-    if (marked) await Deno.truncate(this.#releasedPath, 0).catch(() => {});
+  async #clearLeftovers(markSize: number): Promise<void> {
+    if (markSize > 0) await Deno.truncate(this.#releasedPath, 0).catch(() => {});
     const mtime = await Deno.stat(this.#writingPath).then((s) => s.mtime, () => null);
     if (mtime && Date.now() - mtime.getTime() > WRITE_TAKEOVER_MS) {
       await Deno.remove(this.#writingPath).catch(() => {});
@@ -187,7 +182,7 @@ export class SpaceReserve {
     if (this.#short) return;
     this.#short = true;
     this.#log(
-      `The volume of ${dirname(this.path)} (the KV file's) is nearly full (${mib(free)} MiB ` +
+      `The volume of ${this.#dir} (the KV file's) is nearly full (${mib(free)} MiB ` +
         "free): " +
         (released
           ? `released the ${mib(this.#bytes)} MiB space reserve`
@@ -203,7 +198,7 @@ export class SpaceReserve {
     if (!this.#short) return;
     this.#short = false;
     this.#log(
-      `The volume of ${dirname(this.path)} has room again (${mib(free)} MiB free): the space ` +
+      `The volume of ${this.#dir} has room again (${mib(free)} MiB free): the space ` +
         "reserve is written again, and sends and files are taken",
     );
   }
@@ -265,10 +260,6 @@ export class SpaceReserve {
     }
     return false;
   }
-}
-
-async function exists(path: string): Promise<boolean> {
-  return await Deno.lstat(path).then(() => true, () => false);
 }
 
 /** Bytes in MiB, as the log says them. */

@@ -109,16 +109,17 @@ const CHAT_ERROR_STATUS: Partial<Record<ChatErrorCode, number>> = {
 };
 
 /** A refusal of the core as an API error: its status, its message and its code. */
-const apiErrorOf = (err: ChatError) =>
-  new ApiError(
-    err instanceof ServerStopping || err instanceof StorageShort
-      ? 503
-      : CHAT_ERROR_STATUS[err.code] ?? 400,
+const apiErrorOf = (err: ChatError) => {
+  // The server cannot take it now (stopping, its storage nearly full): try again later.
+  const unavailable = err instanceof ServerStopping || err instanceof StorageShort;
+  return new ApiError(
+    unavailable ? 503 : CHAT_ERROR_STATUS[err.code] ?? 400,
     err.message,
     undefined,
     err.code,
-    err.code === "rate_limited" || err instanceof ServerStopping || err instanceof StorageShort,
+    err.code === "rate_limited" || unavailable,
   );
+};
 
 /** Sends through the core, turning its refusals into API errors. */
 async function send(
