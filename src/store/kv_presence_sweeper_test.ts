@@ -97,13 +97,19 @@ Deno.test("presence sweeper: a dead server's entries go from every room, a page 
   });
 });
 
+/** Servers A, C and B (in that order) on `kv`, all alive, B with five users in five rooms. */
+async function threeServers(kv: Deno.Kv, pageSize?: number) {
+  const alive = new Set(["A", "B", "C"]);
+  const a = server(kv, "A", alive, pageSize);
+  const c = server(kv, "C", alive, pageSize);
+  const b = server(kv, "B", alive);
+  for (let i = 0; i < 5; i++) await b.store.enter(`room:${i}`, user(`b${i}`), `b${i}`);
+  return { alive, a, b, c };
+}
+
 Deno.test("presence sweeper: of two servers that see a death, one sweeps for both", async () => {
   await withKv(async (kv) => {
-    const alive = new Set(["A", "B", "C"]);
-    const a = server(kv, "A", alive);
-    const c = server(kv, "C", alive);
-    const b = server(kv, "B", alive);
-    for (let i = 0; i < 5; i++) await b.store.enter(`room:${i}`, user(`b${i}`), `b${i}`);
+    const { alive, a, b, c } = await threeServers(kv);
     await a.sweeper.round();
     await c.sweeper.round();
     await a.sweeper.round();
@@ -121,11 +127,7 @@ Deno.test("presence sweeper: of two servers that see a death, one sweeps for bot
 
 Deno.test("presence sweeper: a sweep that began while the dead server was alive is followed by another", async () => {
   await withKv(async (kv) => {
-    const alive = new Set(["A", "B", "C"]);
-    const a = server(kv, "A", alive, 100);
-    const c = server(kv, "C", alive, 100);
-    const b = server(kv, "B", alive);
-    for (let i = 0; i < 5; i++) await b.store.enter(`room:${i}`, user(`b${i}`), `b${i}`);
+    const { alive, a, b, c } = await threeServers(kv, 100);
     await c.sweeper.round();
     await c.sweeper.round();
     // B dies once A's sweep (for its start) has read every page with B alive; C sees it then.
@@ -143,11 +145,7 @@ Deno.test("presence sweeper: a sweep that began while the dead server was alive 
 
 Deno.test("presence sweeper: a sweeper that died mid-sweep is followed by another", async () => {
   await withKv(async (kv) => {
-    const alive = new Set(["A", "B", "C"]);
-    const a = server(kv, "A", alive);
-    const c = server(kv, "C", alive);
-    const b = server(kv, "B", alive);
-    for (let i = 0; i < 5; i++) await b.store.enter(`room:${i}`, user(`b${i}`), `b${i}`);
+    const { alive, a, b, c } = await threeServers(kv);
     await c.sweeper.round();
     await c.sweeper.round();
     alive.delete("B");

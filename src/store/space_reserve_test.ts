@@ -3,25 +3,31 @@ import { freeBytes, reservePath, SpaceReserve } from "./space_reserve.ts";
 
 const MIB = 1024 * 1024;
 
-/** A 2 MiB reserve beside `dir`'s KV file, as each server sharing it keeps, on a volume `free` tells. */
-const sharing = (dir: string, free: () => number, logged: string[] = []) =>
+/**
+ * A reserve (2 MiB unless told: low mark 1 MiB, written again at 5 MiB free) beside `dir`'s KV
+ * file, as each server sharing it keeps, on a volume whose free bytes `free` tells; its lines go
+ * to `logged`.
+ */
+const reserveAt = (
+  dir: string,
+  free: () => number | undefined,
+  { bytes = 2 * MIB, logged = [] as string[] } = {},
+) =>
   new SpaceReserve(`${dir}/chat.kv`, {
-    bytes: 2 * MIB,
+    bytes,
     pollMs: 60_000,
     log: (line) => logged.push(line),
     free: () => Promise.resolve(free()),
   });
 
+/** The names in `dir`, sorted. */
+const names = (dir: string) => [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+
 Deno.test("SpaceReserve writes its file with real bytes, releases it below the low mark or at a refused write, and writes it again only well above", async () => {
   const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
   let free = 100 * MIB;
   const logged: string[] = [];
-  const reserve = new SpaceReserve(`${dir}/chat.kv`, {
-    bytes: 2 * MIB,
-    pollMs: 60_000,
-    log: (line) => logged.push(line),
-    free: () => Promise.resolve(free),
-  });
+  const reserve = reserveAt(dir, () => free, { logged });
   try {
     assertEquals(reserve.path, reservePath(`${dir}/chat.kv`));
     assertEquals(reserve.path, `${dir}/.chat.kv-reserve`);
@@ -72,12 +78,7 @@ Deno.test("freeBytes reads the volume's free bytes, and says nothing of a path t
 Deno.test("SpaceReserve that cannot read the volume's free space (no --allow-sys) says so once, writes no file and never refuses", async () => {
   const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
   const logged: string[] = [];
-  const reserve = new SpaceReserve(`${dir}/chat.kv`, {
-    bytes: MIB,
-    pollMs: 60_000,
-    log: (line) => logged.push(line),
-    free: () => Promise.resolve(undefined),
-  });
+  const reserve = reserveAt(dir, () => undefined, { bytes: MIB, logged });
   try {
     await reserve.start();
     await reserve.check();
@@ -96,7 +97,7 @@ Deno.test("SpaceReserve that cannot read the volume's free space (no --allow-sys
 Deno.test("SpaceReserve: a server sharing the file, or started after, refuses too while another's release stands, and each takes sends again once there is room", async () => {
   const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
   let free = 100 * MIB;
-  const reserveOn = () => sharing(dir, () => free);
+  const reserveOn = () => reserveAt(dir, () => free);
   const [a, b] = [reserveOn(), reserveOn()];
   const started: SpaceReserve[] = [a, b];
   try {
@@ -128,7 +129,7 @@ Deno.test("SpaceReserve: a server that refused sends takes them again once anoth
   const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
   let free = 100 * MIB;
   const logged: string[] = [];
-  const reserveOn = () => sharing(dir, () => free, logged);
+  const reserveOn = () => reserveAt(dir, () => free, { logged });
   const [a, b] = [reserveOn(), reserveOn()];
   try {
     await a.start();
@@ -154,23 +155,17 @@ Deno.test("SpaceReserve: a server that refused sends takes them again once anoth
 
 Deno.test("SpaceReserve writes one at a time: a write under way elsewhere is left to finish, one a crash cut short is taken over once a minute old", async () => {
   const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
-  const reserve = new SpaceReserve(`${dir}/chat.kv`, {
-    bytes: MIB,
-    pollMs: 60_000,
-    log: () => {},
-    free: () => Promise.resolve(100 * MIB),
-  });
+  const reserve = reserveAt(dir, () => 100 * MIB, { bytes: MIB });
   const writing = `${reserve.path}.writing`;
-  const names = () => [...Deno.readDirSync(dir)].map((e) => e.name).sort();
   try {
     await Deno.writeFile(writing, new Uint8Array(10));
     await reserve.start();
-    assertEquals(names(), [".chat.kv-reserve.writing"]);
+    assertEquals(names(dir), [".chat.kv-reserve.writing"]);
     const hourAgo = new Date(Date.now() - 3_600_000);
     await Deno.utime(writing, hourAgo, hourAgo);
     await reserve.check();
     await reserve.check();
-    assertEquals(names(), [".chat.kv-reserve"]);
+    assertEquals(names(dir), [".chat.kv-reserve"]);
     assertEquals((await Deno.stat(reserve.path)).size, MIB);
   } finally {
     await reserve.stop();
@@ -181,7 +176,7 @@ Deno.test("SpaceReserve writes one at a time: a write under way elsewhere is lef
 Deno.test("SpaceReserve acts on what the files say at each reading: a reserve deleted by hand is written again, and one another server wrote back is released when the volume fills again", async () => {
   const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
   let free = 100 * MIB;
-  const reserveOn = () => sharing(dir, () => free);
+  const reserveOn = () => reserveAt(dir, () => free);
   const [a, b] = [reserveOn(), reserveOn()];
   const size = () => Deno.stat(a.path).then((s) => s.size, () => 0);
   try {
@@ -219,20 +214,11 @@ function volume(dir: string, room: () => number) {
   };
 }
 
-const onVolume = (dir: string, free: () => number, bytes = 2 * MIB) =>
-  new SpaceReserve(`${dir}/chat.kv`, {
-    bytes, // low 1 MiB, comfort 5 MiB for 2 MiB
-    pollMs: 60_000,
-    log: () => {},
-    free: () => Promise.resolve(free()),
-  });
-
 const zeros = (n: number) => new Uint8Array(n);
-const names = (dir: string) => [...Deno.readDirSync(dir)].map((e) => e.name).sort();
 
 Deno.test("SpaceReserve: a write of it a crash cut short after a release is taken over, though it holds the room the write-back needs", async () => {
   const dir = await Deno.makeTempDir();
-  const r = onVolume(dir, volume(dir, () => 6 * MIB)); // 6 MiB free once the stale write is gone
+  const r = reserveAt(dir, volume(dir, () => 6 * MIB)); // 6 MiB free once the stale write is gone
   try {
     await Deno.writeFile(`${dir}/.chat.kv-reserve.released`, zeros(0));
     await Deno.writeFile(`${dir}/.chat.kv-reserve.writing`, zeros(2 * MIB));
@@ -250,7 +236,7 @@ Deno.test("SpaceReserve: a write of it a crash cut short after a release is take
 
 Deno.test("SpaceReserve: a release a crash cut short (its bytes in the mark) is emptied below the low mark too", async () => {
   const dir = await Deno.makeTempDir();
-  const r = onVolume(dir, volume(dir, () => 2.5 * MIB)); // 0.5 MiB free while the mark holds 2
+  const r = reserveAt(dir, volume(dir, () => 2.5 * MIB)); // 0.5 MiB free while the mark holds 2
   try {
     await Deno.writeFile(`${dir}/.chat.kv-reserve.released`, zeros(2 * MIB));
     await r.start();
@@ -267,7 +253,7 @@ Deno.test("SpaceReserve: a release a crash cut short (its bytes in the mark) is 
 Deno.test("SpaceReserve: a smaller reserve, from before SPACE_RESERVE_MB was raised, is released below the low mark", async () => {
   const dir = await Deno.makeTempDir();
   await Deno.writeFile(`${dir}/.chat.kv-reserve`, zeros(1 * MIB)); // the old, smaller reserve
-  const r = onVolume(dir, volume(dir, () => 1.5 * MIB)); // 0.5 MiB free
+  const r = reserveAt(dir, volume(dir, () => 1.5 * MIB)); // 0.5 MiB free
   try {
     await r.start();
     for (let i = 0; i < 3; i++) await r.check();
@@ -284,7 +270,7 @@ Deno.test("SpaceReserve: a whole reserve beside a mark a crash left (between the
   const dir = await Deno.makeTempDir();
   await Deno.writeFile(`${dir}/.chat.kv-reserve`, zeros(2 * MIB));
   await Deno.writeFile(`${dir}/.chat.kv-reserve.released`, zeros(0));
-  const r = onVolume(dir, volume(dir, () => 6 * MIB)); // 4 MiB free with the reserve whole
+  const r = reserveAt(dir, volume(dir, () => 6 * MIB)); // 4 MiB free with the reserve whole
   try {
     await r.start();
     for (let i = 0; i < 3; i++) await r.check();
@@ -299,7 +285,7 @@ Deno.test("SpaceReserve: a whole reserve beside a mark a crash left (between the
 Deno.test("SpaceReserve: a write a crash left at the first start is taken over between the marks, and freed below the low mark", async () => {
   const dir = await Deno.makeTempDir();
   let room = 6 * MIB;
-  const r = onVolume(dir, volume(dir, () => room));
+  const r = reserveAt(dir, volume(dir, () => room));
   try {
     await Deno.writeFile(`${dir}/.chat.kv-reserve.writing`, zeros(2 * MIB));
     const old = new Date(Date.now() - 10 * 60_000);
