@@ -39,12 +39,55 @@ const join = async (server: string, room: string, user: string): Promise<TestCli
 
 const total = (counts: Map<string, number>) => [...counts.values()].reduce((a, b) => a + b, 0);
 
+/** How often a server said its registry entry had lapsed and it registered again. */
+const lapsesOf = (server: ReturnType<typeof spawnServer>) =>
+  server.log().match(/lapsed; registered again/g)?.length ?? 0;
+
+/**
+ * Runs `fn` on a fresh DATA_DIR (`env` names it, with `ttl` as PRESENCE_TTL_SECONDS): `spawn`
+ * starts a server (on `env` unless given another), `clients` are closed after. Every server it
+ * started is then resumed if stopped and stopped (one gone already is fine), and the data removed.
+ */
+async function withDataDir(
+  fn: (t: {
+    dataDir: string;
+    env: Record<string, string>;
+    clients: TestClient[];
+    spawn: typeof spawnServer;
+  }) => Promise<void>,
+  { prefix = "presence-sweep-", ttl = TTL_SECONDS } = {},
+): Promise<void> {
+  const dataDir = await Deno.makeTempDir({ prefix });
+  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(ttl) };
+  const clients: TestClient[] = [];
+  const servers: ReturnType<typeof spawnServer>[] = [];
+  const spawn: typeof spawnServer = (given = env, options) => {
+    const server = spawnServer(given, options);
+    servers.push(server);
+    return server;
+  };
+  try {
+    await fn({ dataDir, env, clients, spawn });
+  } finally {
+    for (const c of clients) c.socket.close();
+    for (const server of servers) {
+      try {
+        server.child.kill("SIGCONT");
+      } catch {
+        // Gone already.
+      }
+    }
+    await Promise.all(servers.map((server) => server.kill("SIGTERM")));
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+}
+
 /**
  * Runs `fn` with two servers on one DATA_DIR, A's wall clock steppable: `pause(ms)` steps it back
  * by `ms` and stops A (SIGSTOP), as a VM's pause its clock does not count; the test resumes A
  * (SIGCONT). Both are stopped and the data removed after.
  */
-async function withSteppedPair(
+function withSteppedPair(
   fn: (pair: {
     a: ReturnType<typeof spawnServer>;
     urlA: string;
@@ -54,36 +97,25 @@ async function withSteppedPair(
     pause: (ms: number) => Promise<void>;
   }) => Promise<void>,
 ): Promise<void> {
-  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
-  const clockFile = `${dataDir}/clock-a`;
-  await Deno.writeTextFile(clockFile, "0");
-  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
-  const a = spawnServer(env, { clockFile });
-  const b = spawnServer(env);
-  const clients: TestClient[] = [];
-  const pause = async (ms: number) => {
-    await Deno.writeTextFile(clockFile, String(-ms));
-    await delay(200);
-    a.child.kill("SIGSTOP");
-  };
-  try {
+  return withDataDir(async ({ dataDir, env, clients, spawn }) => {
+    const clockFile = `${dataDir}/clock-a`;
+    await Deno.writeTextFile(clockFile, "0");
+    const a = spawn(env, { clockFile });
+    const b = spawn(env);
+    const pause = async (ms: number) => {
+      await Deno.writeTextFile(clockFile, String(-ms));
+      await delay(200);
+      a.child.kill("SIGSTOP");
+    };
     const [urlA, urlB] = await Promise.all([a.url(), b.url()]);
     await fn({ a, urlA, urlB, dataDir, clients, pause });
-  } finally {
-    for (const c of clients) c.socket.close();
-    a.child.kill("SIGCONT");
-    await Promise.all([a.kill("SIGTERM"), b.kill("SIGTERM")]);
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  });
 }
 
 Deno.test("presence sweep: a server killed with -9 leaves no entry in rooms nobody enters again; the live server's stay", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
-  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
-  const a = spawnServer(env);
-  const b = spawnServer(env);
-  const clients: TestClient[] = [];
-  try {
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
+    const a = spawn(env);
+    const b = spawn(env);
     const [urlA, urlB] = await Promise.all([a.url(), b.url()]);
     for (let i = 0; i < 20; i++) clients.push(await join(urlA, `left-${i}`, `a${i}`));
     // A room with members on both: B's room sweep tells its member that A's user left.
@@ -106,46 +138,31 @@ Deno.test("presence sweep: a server killed with -9 leaves no entry in rooms nobo
     // Several TTLs later the live server's users are all still there.
     await delay(3 * TTL_SECONDS * 1000);
     assertEquals([...await presenceByServer(dataDir)], [[idB, 4]]);
-  } finally {
-    for (const c of clients) c.socket.close();
-    await Promise.all([a.kill("SIGKILL"), b.kill("SIGTERM")]);
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  });
 });
 
 Deno.test("presence sweep: a server started long after one was killed removes what that one left", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
-  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
-  const a = spawnServer(env);
-  let b: ReturnType<typeof spawnServer> | undefined;
-  const clients: TestClient[] = [];
-  try {
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
+    const a = spawn(env);
     const url = await a.url();
     for (let i = 0; i < 12; i++) clients.push(await join(url, `left-${i}`, `a${i}`));
     assertEquals(total(await presenceByServer(dataDir)), 12);
     await a.kill("SIGKILL");
     // Past the registry entry's own expiry: the next server never reads the dead one's lease.
     await delay(2 * TTL_SECONDS * 1000 + 1000);
-    b = spawnServer(env);
+    const b = spawn(env);
     await b.url();
     await eventually(
       async () => total(await presenceByServer(dataDir)) === 0,
       2 * TTL_SECONDS * 1000 + 5000,
       "the dead server's entries to go",
     );
-  } finally {
-    for (const c of clients) c.socket.close();
-    await Promise.all([a.kill("SIGKILL"), b?.kill("SIGTERM")]);
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  });
 });
 
 Deno.test("presence sweep: of the servers that see one die, one pages through the rooms for all", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
-  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
-  const servers = [spawnServer(env), spawnServer(env), spawnServer(env)];
-  const clients: TestClient[] = [];
-  try {
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
+    const servers = [spawn(env), spawn(env), spawn(env)];
     const [url] = await Promise.all(servers.map((s) => s.url()));
     for (let i = 0; i < 10; i++) clients.push(await join(url, `left-${i}`, `a${i}`));
     // The sweeps each start calls for are over: the lease is done and stays so.
@@ -171,11 +188,7 @@ Deno.test("presence sweep: of the servers that see one die, one pages through th
     // Until its registry entry expires, the others keep reading it lapsed.
     await delay(2 * TTL_SECONDS * 1000);
     assertEquals((await sweepLease(dataDir))!.round, before + 1);
-  } finally {
-    for (const c of clients) c.socket.close();
-    await Promise.all(servers.map((s, i) => s.kill(i === 0 ? "SIGKILL" : "SIGTERM")));
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  });
 });
 
 /** The users a newcomer to `room` through `server` is told are there. */
@@ -186,26 +199,18 @@ async function usersSeen(server: string, room: string, user: string): Promise<st
 }
 
 Deno.test("presence sweep: a server started with its clock a minute ahead of a running one, which reads that one's registry entry as old at first, leaves its users be", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
-  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: "3" };
-  const a = spawnServer(env);
-  let b: ReturnType<typeof spawnServer> | undefined;
-  const clients: TestClient[] = [];
-  try {
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
+    const a = spawn(env);
     const urlA = await a.url();
     for (let i = 0; i < 5; i++) clients.push(await join(urlA, `room-${i}`, `alice${i}`));
-    b = spawnServer(env, { clockOffsetMs: 60_000 });
+    const b = spawn(env, { clockOffsetMs: 60_000 });
     const urlB = await b.url();
     await delay(2000);
     assertEquals(total(await presenceByServer(dataDir)), 5);
     assertEquals(await usersSeen(urlB, "room-0", "bob"), ["alice0", "bob"]);
     await delay(6000);
     assertEquals(total(await presenceByServer(dataDir)), 5);
-  } finally {
-    for (const c of clients) c.socket.close();
-    await Promise.all([a.kill("SIGTERM"), b?.kill("SIGTERM")]);
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  }, { ttl: 3 });
 });
 
 Deno.test("presence sweep: a server paused past its registry entry's expiry, its wall clock not counting the pause (a VM's), shows its users again once it runs", async () => {
@@ -279,14 +284,11 @@ Deno.test("presence: a server paused past the stale time, its wall clock not cou
 });
 
 Deno.test("presence: servers on one KV with different PRESENCE_TTL_SECONDS (a rolling restart that lowers it) show nobody leaving who stayed", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
-  // The old server renews every 3 s; the new one would count an entry dead after 2 s without one.
-  const old = spawnServer({ DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: "9" });
-  let renewed: ReturnType<typeof spawnServer> | undefined;
-  const clients: TestClient[] = [];
-  try {
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
+    // The old server renews every 3 s; the new one would count an entry dead after 2 s without one.
+    const old = spawn({ DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: "9" });
     const oldUrl = await old.url();
-    renewed = spawnServer({ DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) });
+    const renewed = spawn(env);
     const newUrl = await renewed.url();
     const bob = await join(newUrl, "room", "bob");
     clients.push(bob);
@@ -297,22 +299,15 @@ Deno.test("presence: servers on one KV with different PRESENCE_TTL_SECONDS (a ro
     const told = (bob.frames as Record<string, unknown>[])
       .filter((f) => (f.type === "user_leave" || f.type === "user_join") && f.username === "alice")
       .map((f) => f.type);
-    const lapses = old.log().match(/lapsed; registered again/g)?.length ?? 0;
+    const lapses = lapsesOf(old);
     assertEquals({ told, lapses }, { told: [], lapses: 0 }, old.log());
     assertEquals(await usersSeen(newUrl, "room", "carol"), ["alice", "bob", "carol"]);
-  } finally {
-    for (const c of clients) c.socket.close();
-    await Promise.all([old.kill("SIGTERM"), renewed?.kill("SIGTERM")]);
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  });
 });
 
 Deno.test("presence: a second of the KV write lock held elsewhere, shorter than the stale time, makes no lapse, no restore and no repeated user_join", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
-  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
-  const a = spawnServer(env);
-  const clients: TestClient[] = [];
-  try {
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
+    const a = spawn(env);
     const url = await a.url();
     clients.push(await join(url, "room", "alice"));
     const bob = await join(url, "room", "bob");
@@ -326,22 +321,15 @@ Deno.test("presence: a second of the KV write lock held elsewhere, shorter than 
       await delay(1500);
     }
     const joins = (bob.frames as Record<string, unknown>[]).filter((f) => f.type === "user_join");
-    const lapses = a.log().match(/lapsed; registered again/g)?.length ?? 0;
+    const lapses = lapsesOf(a);
     assertEquals({ lapses, joins }, { lapses: 0, joins: [] }, a.log());
-  } finally {
-    for (const c of clients) c.socket.close();
-    await a.kill("SIGTERM");
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  });
 });
 
 Deno.test("presence: a write lock held elsewhere for 1.5 stale times makes each server come back once, its users announced once, though a sweep's mark came while its write waited", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
-  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
-  const a = spawnServer(env);
-  const b = spawnServer(env);
-  const clients: TestClient[] = [];
-  try {
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
+    const a = spawn(env);
+    const b = spawn(env);
     const [urlA, urlB] = await Promise.all([a.url(), b.url()]);
     for (let i = 0; i < 5; i++) clients.push(await join(urlA, "shared", `alice${i}`));
     const bob = await join(urlB, "shared", "bob");
@@ -354,24 +342,17 @@ Deno.test("presence: a write lock held elsewhere for 1.5 stale times makes each 
     await delay(4 * TTL_SECONDS * 1000);
     const bobJoins = (bob.frames as Record<string, unknown>[])
       .filter((f) => f.type === "user_join" && f.username === "bob").length;
-    const lapses = [a, b].map((s) => s.log().match(/lapsed; registered again/g)?.length ?? 0);
+    const lapses = [a, b].map(lapsesOf);
     assert(
       lapses.every((n) => n <= 1) && bobJoins <= 1,
       `lapses of A and B: ${lapses}; bob's own join told him ${bobJoins} times`,
     );
-  } finally {
-    for (const c of clients) c.socket.close();
-    await Promise.all([a.kill("SIGTERM"), b.kill("SIGTERM")]);
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  });
 });
 
 Deno.test("presence: a server that had not lapsed, one of whose users another server's sweep removed from one room (a misjudgement), writes her back and announces her there only, not every user of every room", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "presence-sweep-" });
-  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
-  const a = spawnServer(env);
-  const clients: TestClient[] = [];
-  try {
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
+    const a = spawn(env);
     const url = await a.url();
     clients.push(await join(url, "shared", "alice"));
     const bob = await join(url, "shared", "bob");
@@ -407,11 +388,7 @@ Deno.test("presence: a server that had not lapsed, one of whose users another se
     assertEquals(told(bob.frames), ["user_join:alice"]);
     assertEquals(told(dave.frames), []);
     assertEquals(await usersSeen(url, "shared", "erin"), ["alice", "bob", "erin"]);
-  } finally {
-    for (const c of clients) c.socket.close();
-    await a.kill("SIGTERM");
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  });
 });
 
 /** Runs `f` on the KV file of `dataDir`, opened for it. */
@@ -425,13 +402,10 @@ async function withKv<T>(dataDir: string, f: (kv: Deno.Kv) => Promise<T>): Promi
 }
 
 Deno.test("presence restore: a user announced as leaving by another server's exit while this server lapsed is announced again when it restores her entry", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "presence-restore-" });
-  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
-  const a = spawnServer(env);
-  const b = spawnServer(env);
-  const clients: TestClient[] = [];
-  const outcomes: string[] = [];
-  try {
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
+    const a = spawn(env);
+    const b = spawn(env);
+    const outcomes: string[] = [];
     const [urlA, urlB] = await Promise.all([a.url(), b.url()]);
     for (let attempt = 0; attempt < 5; attempt++) {
       const room = `r${attempt}`;
@@ -492,9 +466,9 @@ Deno.test("presence restore: a user announced as leaving by another server's exi
         return false;
       });
       a.child.kill("SIGCONT");
-      const lapses = (a.log().match(/lapsed; registered again/g) ?? []).length;
+      const lapses = lapsesOf(a);
       await eventually(
-        () => (a.log().match(/lapsed; registered again/g) ?? []).length > lapses,
+        () => lapsesOf(a) > lapses,
         10_000,
         "the lapse",
       );
@@ -528,10 +502,5 @@ Deno.test("presence restore: a user announced as leaving by another server's exi
       return;
     }
     throw new Error(`the case never came up:\n${outcomes.join("\n")}`);
-  } finally {
-    for (const c of clients) c.socket.close();
-    a.child.kill("SIGCONT");
-    await Promise.all([a.kill("SIGTERM"), b.kill("SIGTERM")]);
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  }, { prefix: "presence-restore-" });
 });
