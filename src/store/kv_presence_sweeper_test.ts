@@ -109,7 +109,7 @@ async function threeServers(kv: Deno.Kv, pageSize?: number) {
 
 Deno.test("presence sweeper: of two servers that see a death, one sweeps for both", async () => {
   await withKv(async (kv) => {
-    const { alive, a, b, c } = await threeServers(kv);
+    const { alive, a, c } = await threeServers(kv);
     await a.sweeper.round();
     await c.sweeper.round();
     await a.sweeper.round();
@@ -127,7 +127,7 @@ Deno.test("presence sweeper: of two servers that see a death, one sweeps for bot
 
 Deno.test("presence sweeper: a sweep that began while the dead server was alive is followed by another", async () => {
   await withKv(async (kv) => {
-    const { alive, a, b, c } = await threeServers(kv, 100);
+    const { alive, a, c } = await threeServers(kv, 100);
     await c.sweeper.round();
     await c.sweeper.round();
     // B dies once A's sweep (for its start) has read every page with B alive; C sees it then.
@@ -145,7 +145,7 @@ Deno.test("presence sweeper: a sweep that began while the dead server was alive 
 
 Deno.test("presence sweeper: a sweeper that died mid-sweep is followed by another", async () => {
   await withKv(async (kv) => {
-    const { alive, a, b, c } = await threeServers(kv);
+    const { alive, a, c } = await threeServers(kv);
     await c.sweeper.round();
     await c.sweeper.round();
     alive.delete("B");
