@@ -335,7 +335,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   // at once. The lease is judged by the time it holds, as KV may delete an expired key a minute
   // late, and a killed server never gives its lease back.
   const mediaSweepMs = overrides.mediaSweepMs ?? MEDIA_SWEEP_MS;
-  const sweepMedia = async () => {
+  const sweepMedia = async (poll: Poll) => {
     // Deletions of rooms that another server's crash cut short, which only a start or that
     // server's own retry would otherwise finish: the room's old messages would still be read.
     // Every server, not only the lease's holder (which may be the server that crashed).
@@ -351,13 +351,12 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       const n = await media.sweepTemporary(60 * 60_000);
       if (n > 0) console.warn(`media: removed ${n} files a crash left half written`);
     } catch (err) {
-      if (!mediaSweep.stopped) console.error("media: sweeping half-written files failed:", err);
+      if (!poll.stopped) console.error("media: sweeping half-written files failed:", err);
     }
   };
-  const mediaSweep = pollEvery(mediaSweepMs, sweepMedia);
+  const mediaSweep = pollEvery(mediaSweepMs, sweepMedia, { atOnce: true });
   // What the failure log owes once failures stop: an outage's end, a minute's count.
   const failureTicks = pollEvery(1000, () => Promise.resolve(failureLog.tick()));
-  void sweepMedia();
   // Alone on the store, a server skips the channel posts and the head watches (nobody else
   // commits or listens); both start as soon as another instance or isolate registers. The
   // channel reaches only this process's isolates, and so, on a local file, does the watch.
@@ -499,9 +498,10 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       if (!poll.stopped) failureLog.failed("presence: sweeping every room failed", err);
     }
   };
-  const presenceSweep = pollEvery(config.presenceTtlSeconds * 1000 / 3, sweepPresence);
   // At once as well, for the servers that died before this start, as the media sweep does.
-  void sweepPresence(presenceSweep);
+  const presenceSweep = pollEvery(config.presenceTtlSeconds * 1000 / 3, sweepPresence, {
+    atOnce: true,
+  });
   const connections = new ConnectionRegistry();
   const frames = new FrameBudget(config.frameMemoryBudgetBytes);
   const context: DialectContext = {

@@ -9,10 +9,15 @@ export interface Poll {
 }
 
 /**
- * Runs `round` every `ms`, never two at once, without holding the process open. A round that
- * fails is passed over: a store that does not answer is reported by the registry's heartbeat.
+ * Runs `round` every `ms` (and at once too with `atOnce`), never two at once, without holding the
+ * process open. A round that fails is passed over: a store that does not answer is reported by
+ * the registry's heartbeat.
  */
-export function pollEvery(ms: number, round: (poll: Poll) => Promise<void>): Poll {
+export function pollEvery(
+  ms: number,
+  round: (poll: Poll) => Promise<void>,
+  options: { atOnce?: boolean } = {},
+): Poll {
   let reading = false;
   let stopped = false;
   const poll: Poll = {
@@ -24,7 +29,7 @@ export function pollEvery(ms: number, round: (poll: Poll) => Promise<void>): Pol
       return stopped;
     },
   };
-  const timer = setInterval(async () => {
+  const run = async () => {
     if (reading || stopped) return;
     reading = true;
     try {
@@ -34,7 +39,9 @@ export function pollEvery(ms: number, round: (poll: Poll) => Promise<void>): Pol
     } finally {
       reading = false;
     }
-  }, ms);
+  };
+  const timer = setInterval(run, ms);
   Deno.unrefTimer(timer);
+  if (options.atOnce) void run();
   return poll;
 }

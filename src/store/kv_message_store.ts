@@ -1123,9 +1123,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
           failureLog.failed("history: deleting the files of unsent messages failed", err);
         }
       });
-    void sweep();
     this.#pendingSweep?.stop();
-    this.#pendingSweep = pollEvery(PENDING_FILES_MAX_AGE_MS, sweep);
+    this.#pendingSweep = pollEvery(PENDING_FILES_MAX_AGE_MS, sweep, { atOnce: true });
   }
 
   /**
