@@ -97,6 +97,15 @@ const connKey = (room: string, connId: string) => `${room}\u0000${connId}`;
 /** Most messages `seqOfId` reads after an id's second before it gives up. */
 const SEQ_OF_ID_SCAN = 2000;
 
+/**
+ * Connections a restore writes back at once: the presence store commits the changes waiting
+ * together in a few commits, where one connection at a time took a commit each.
+ */
+const RESTORE_CHUNK = 1000;
+
+/** The first pause before a failed restore is tried again, ms; it doubles up to a sweep's. */
+const RESTORE_RETRY_MS = 500;
+
 export class ChatService {
   #deps: ChatServiceDeps;
   /** Typing states: room and user → the timeout and the user's connections typing here. */
@@ -115,6 +124,17 @@ export class ChatService {
   #inflight = new Set<Promise<unknown>>();
   /** Set by {@link refuseSends}: what a send is refused with. */
   #refusal?: () => Error;
+  /**
+   * Connections a restore has yet to write back, by room and connection: a lapse puts a new
+   * object for each, so that one written before it is written again after.
+   */
+  #toRestore = new Map<string, { room: string; connId: string; again: boolean }>();
+  /** The restore under way: a lapse meanwhile adds to its work instead of running another. */
+  #restoring?: Promise<void>;
+  /** Ends the pause before a failed restore's next try (a stop). */
+  #wakeRestore?: () => void;
+  /** Set by {@link close}: a restore under way tries no more. */
+  #closed = false;
 
   /** Wires the core to its stores and fan-out. */
   constructor(deps: ChatServiceDeps) {
@@ -556,27 +576,99 @@ export class ChatService {
   /**
    * Writes every presence entry of this isolate again, after its lease had lapsed and others may
    * have swept them, or shown its users gone; users who come back as first are announced again.
-   * With `onlySwept` (it had not lapsed: another server removed some of its entries), only users
-   * none of whose entries was left, not every user in every room.
+   * With `onlySwept` (it had not lapsed: another server removed some of its entries), a user
+   * whose own entry was left is not announced. What fails is tried again, with growing pauses,
+   * until every connection open now is written back or has closed, or the service is closed;
+   * resolves then. A lapse while a restore runs adds to it rather than running another.
    */
-  async restorePresence(options: { onlySwept?: boolean } = {}): Promise<void> {
+  restorePresence(options: { onlySwept?: boolean } = {}): Promise<void> {
+    const again = options.onlySwept === true;
+    for (const [room, conns] of this.#present) {
+      for (const connId of conns.keys()) {
+        const key = connKey(room, connId);
+        // A full lapse waiting still must announce its users, whatever a later mark says.
+        const waiting = this.#toRestore.get(key);
+        this.#toRestore.set(key, { room, connId, again: again && (waiting?.again ?? true) });
+      }
+    }
+    // Started a turn later, so that a restore with nothing to do is not kept as under way.
+    return this.#restoring ??= Promise.resolve().then(() => this.#restoreAll());
+  }
+
+  async #restoreAll(): Promise<void> {
     try {
-      await this.#restore(options.onlySwept === true);
+      for (let failures = 0; this.#toRestore.size > 0 && !this.#closed;) {
+        if (failures > 0) {
+          const cap = this.#deps.presenceSweepMs ?? 10_000;
+          await this.#pause(Math.min(RESTORE_RETRY_MS * 2 ** (failures - 1), cap));
+          if (this.#closed) break;
+        }
+        const failed = await this.#restoreRound();
+        failures = failed ? failures + 1 : 0;
+        this.#deps.presence.invalidateSweeps?.();
+      }
     } finally {
-      this.#deps.presence.invalidateSweeps?.();
+      // In the same turn as the last look at the work: a lapse after it starts a restore anew.
+      this.#restoring = undefined;
     }
   }
 
-  async #restore(again: boolean): Promise<void> {
-    for (const [room, conns] of [...this.#present]) {
-      for (const [connId, user] of [...conns]) {
-        if (!this.#present.get(room)?.has(connId)) continue;
+  /**
+   * Writes back the connections waiting, {@link RESTORE_CHUNK} at once; resolves to whether any
+   * failed (they stay waiting).
+   */
+  async #restoreRound(): Promise<boolean> {
+    const waiting = [...this.#toRestore];
+    let tried = 0;
+    let failed = 0;
+    let error: unknown;
+    const restore = async (key: string, conn: { room: string; connId: string; again: boolean }) => {
+      const { room, connId, again } = conn;
+      const user = this.#present.get(room)?.get(connId);
+      // Closed meanwhile: its exit took the entry out, or the sweep will.
+      if (!user) {
+        if (this.#toRestore.get(key) === conn) this.#toRestore.delete(key);
+        return;
+      }
+      tried++;
+      try {
         const { first } = await this.#track(
           this.#deps.presence.enter(room, profileOf(user), connId, { again }),
         );
         if (first) this.#announce(room, profileOf(user), "join");
+        if (this.#toRestore.get(key) === conn) this.#toRestore.delete(key);
+      } catch (err) {
+        failed++;
+        error ??= err;
       }
+    };
+    for (let i = 0; i < waiting.length && !this.#closed; i += RESTORE_CHUNK) {
+      await Promise.all(
+        waiting.slice(i, i + RESTORE_CHUNK).map(([key, conn]) => restore(key, conn)),
+      );
     }
+    if (failed > 0) {
+      // Through the failure log: a KV outage fails every round for as long as it lasts.
+      failureLog.failed(
+        "presence: writing entries back after a lapse failed; trying again",
+        error,
+        `${failed} of ${tried} connections`,
+      );
+    }
+    return failed > 0;
+  }
+
+  /** Waits `ms`, or until the service is closed. */
+  #pause(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.#wakeRestore = undefined;
+        resolve();
+      };
+      const timer = setTimeout(done, timerDelay(ms));
+      this.#wakeRestore = done;
+    });
   }
 
   /** Tells the room's members that a user came or went. */
@@ -622,8 +714,10 @@ export class ChatService {
     }
   }
 
-  /** Stops the timers (typing expiry, presence sweeps). */
+  /** Stops the timers (typing expiry, presence sweeps) and a restore of presence under way. */
   close(): void {
+    this.#closed = true;
+    this.#wakeRestore?.();
     this.#stopSweeping();
     for (const { timer } of this.#typing.values()) clearTimeout(timer);
     this.#typing.clear();

@@ -1,12 +1,15 @@
-/** ChatService with a real KV store and media directory: what a failed send leaves behind. */
+/**
+ * ChatService with a real KV store and media directory: what a failed send leaves behind; and
+ * with a presence store that refuses writes: how a restore of presence after a lapse retries.
+ */
 
-import { assertEquals, assertRejects } from "../../tests/assert.ts";
+import { assert, assertEquals, assertRejects, delay } from "../../tests/assert.ts";
 import { MediaAttachmentStore } from "../media/attachments.ts";
 import { LocalMediaStore } from "../media/local_media_store.ts";
 import { KV_KEYS, KvMessageStore } from "../store/kv_message_store.ts";
 import { ChatService, type ChatServiceDeps } from "./chat_service.ts";
 import { objectId } from "./ids.ts";
-import type { MessageDraft, PendingFiles } from "./types.ts";
+import type { MessageDraft, PendingFiles, PresenceStore, RoomEvent } from "./types.ts";
 
 /** A chat on a real KV and media directory whose store's next append and forget can fail. */
 async function failingChat() {
@@ -232,4 +235,70 @@ Deno.test("ChatService.seqOfId: an old-format id whose minute ended before the o
   } finally {
     await close();
   }
+});
+
+/**
+ * A chat whose presence store takes enters unless `refusing`, recording the connections entered
+ * and the presence events published; failed restores are tried again within 50 ms.
+ */
+function restoringChat() {
+  const state = { refusing: false, entered: [] as string[], told: [] as string[] };
+  const presence: PresenceStore = {
+    enter(_room, _user, connId) {
+      if (state.refusing) return Promise.reject(new Error("KV down"));
+      state.entered.push(connId);
+      return Promise.resolve({ first: true });
+    },
+    exit: () => Promise.resolve({ last: true }),
+    list: () => Promise.resolve([]),
+    sweep: () => Promise.resolve([]),
+  };
+  const chat = new ChatService({
+    store: {} as ChatServiceDeps["store"],
+    attachments: {} as ChatServiceDeps["attachments"],
+    fanout: {
+      committed: () => {},
+      publish: (e: RoomEvent) => {
+        if (e.type === "presence") state.told.push(`${e.action}:${e.user.id}`);
+      },
+    } as unknown as ChatServiceDeps["fanout"],
+    access: { canAccess: () => Promise.resolve(true) },
+    metrics: {} as ChatServiceDeps["metrics"],
+    presence,
+    presenceSweepMs: 50,
+  });
+  const user = (id: string) => ({ id, username: id, grants: [] });
+  return { chat, state, user };
+}
+
+Deno.test("ChatService.restorePresence: a restore the store refuses is tried again until every connection still open is written back, once; one closed meanwhile is not, and a lapse meanwhile adds to the restore under way", async () => {
+  const { chat, state, user } = restoringChat();
+  try {
+    for (const id of ["1", "2", "3"]) await chat.enter(user(id), "r", `c${id}`);
+    state.entered.length = 0;
+    state.told.length = 0;
+    state.refusing = true;
+    const restoring = chat.restorePresence();
+    await delay(20);
+    await chat.exit(user("2"), "r", "c2");
+    assert(chat.restorePresence({ onlySwept: true }) === restoring, "one restore at a time");
+    await delay(150);
+    state.refusing = false;
+    await restoring;
+    assertEquals(state.entered.sort(), ["c1", "c3"]);
+    assertEquals(state.told, ["leave:2", "join:1", "join:3"]);
+  } finally {
+    chat.close();
+  }
+});
+
+Deno.test("ChatService.restorePresence: a restore the store keeps refusing ends when the service is closed", async () => {
+  const { chat, state, user } = restoringChat();
+  await chat.enter(user("1"), "r", "c1");
+  state.refusing = true;
+  const restoring = chat.restorePresence();
+  await delay(100);
+  chat.close();
+  await restoring;
+  assertEquals(state.entered, ["c1"]);
 });
