@@ -5,6 +5,28 @@ export function isoSeconds(iso: string): string {
   return iso.slice(0, 19) + "Z";
 }
 
+/** The second {@link isoMillis} formatted last, and its text up to the milliseconds. */
+let isoSecond = NaN;
+let isoPrefix = "";
+
+/**
+ * `new Date(ms).toISOString()` for a whole number of ms: the text up to the second is kept while
+ * the second stays the same (the format is slow, and a busy server stamps many messages a
+ * second). A time outside years 1970-9999 is formatted whole, as its text has another shape.
+ */
+export function isoMillis(ms: number): string {
+  if (!Number.isSafeInteger(ms) || ms < 0) return new Date(ms).toISOString();
+  const second = Math.floor(ms / 1000);
+  if (second !== isoSecond) {
+    const iso = new Date(ms).toISOString();
+    if (iso.length !== 24) return iso;
+    isoSecond = second;
+    isoPrefix = iso.slice(0, 20);
+  }
+  const milli = ms - second * 1000;
+  return isoPrefix + (milli < 10 ? "00" : milli < 100 ? "0" : "") + milli + "Z";
+}
+
 /** Naive ISO 8601 in UTC without a zone, as FastAPI renders a naive datetime (`2024-01-01T12:00:00`). */
 export function isoNaive(iso: string): string {
   return iso.slice(0, 19);

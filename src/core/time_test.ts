@@ -1,5 +1,5 @@
 import { assertEquals, assertRejects } from "../../tests/assert.ts";
-import { pollUntil } from "./time.ts";
+import { isoMillis, pollUntil } from "./time.ts";
 
 Deno.test("pollUntil() resolves true once ready holds, false when gone or past the timeout, and rejects with what ready throws", async () => {
   let asked = 0;
@@ -13,4 +13,24 @@ Deno.test("pollUntil() resolves true once ready holds, false when gone or past t
     pollUntil(() => {
       throw new Error("broken");
     }, { timeoutMs: 1000 }), /broken/);
+});
+
+Deno.test("isoMillis() formats as toISOString does, in one second and across seconds, years and the edges", () => {
+  const times = [
+    0,
+    1,
+    9,
+    10,
+    99,
+    100,
+    999,
+    1000,
+    1001,
+    Date.now(),
+    253402300799999,
+    253402300800000,
+  ];
+  for (let t = 1_700_000_000_000; t < 1_700_000_002_100; t += 7) times.push(t);
+  times.push(1_700_000_000_500, 1_600_000_000_500, -1, -1000, 1.5);
+  for (const t of times) assertEquals(isoMillis(t), new Date(t).toISOString(), String(t));
 });

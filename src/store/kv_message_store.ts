@@ -1,6 +1,7 @@
 /** Message history and read cursors on Deno KV. */
 
 import { objectId } from "../core/ids.ts";
+import { isoMillis } from "../core/time.ts";
 import type {
   AppendResult,
   Attachment,
@@ -751,7 +752,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
           sender: draft.sender,
           body: draft.body,
           attachments: draft.attachments,
-          createdAt: new Date(at).toISOString(),
+          createdAt: isoMillis(at),
           ...(draft.clientId ? { clientId: draft.clientId } : {}),
         };
         op.set(KV_KEYS.message(room, seq), message);
