@@ -57,6 +57,17 @@ export function profileOf(user: Principal): UserProfile {
   return profile;
 }
 
+/**
+ * {@link profileOf} made once per principal (one per authenticated connection) for its sends,
+ * which then share it: nothing changes a principal or a message's sender once made.
+ */
+const sendersOf = new WeakMap<Principal, UserProfile>();
+function senderOf(user: Principal): UserProfile {
+  let profile = sendersOf.get(user);
+  if (!profile) sendersOf.set(user, profile = profileOf(user));
+  return profile;
+}
+
 /** What a presence store may add to {@link PresenceStore}: one user's presence, read on its own. */
 export interface UserPresence {
   /**
@@ -218,7 +229,7 @@ export class ChatService {
       });
     }
     const appended = this.#deps.store.append(room, {
-      sender: user ? profileOf(user) : null,
+      sender: user ? senderOf(user) : null,
       body,
       attachments,
       clientId: input.clientId,

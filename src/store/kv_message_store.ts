@@ -250,10 +250,27 @@ function keyBytes(
       : 0);
 }
 
-/** Rough size of a message's stored value, to keep a batch under KV's commit limit. */
-function estimateSize(draft: MessageDraft): number {
-  return draft.body.length * 2 + JSON.stringify(draft.sender).length +
-    JSON.stringify(draft.attachments).length + 256;
+/** The JSON length of senders seen, by object: a connection's sends share one (profileOf). */
+const senderLengths = new WeakMap<object, number>();
+
+/** The JSON length of a draft's sender (`null` for none). */
+function senderLength(sender: MessageDraft["sender"]): number {
+  if (sender === null) return 4;
+  let length = senderLengths.get(sender);
+  if (length === undefined) senderLengths.set(sender, length = JSON.stringify(sender).length);
+  return length;
+}
+
+/** The JSON length of a draft's attachments (most messages have none). */
+const attachmentsLength = (draft: MessageDraft): number =>
+  draft.attachments.length === 0 ? 2 : JSON.stringify(draft.attachments).length;
+
+/**
+ * Rough size of a message's stored value, to keep a batch under KV's commit limit, given the
+ * JSON length of its attachments.
+ */
+function estimateSize(draft: MessageDraft, attachments: number): number {
+  return draft.body.length * 2 + senderLength(draft.sender) + attachments + 256;
 }
 
 /**
@@ -360,8 +377,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     return new Promise((resolve, reject) => {
       if (this.#refusal) return reject(this.#refusal());
       // With records kept, the attachments are written twice: in the message and the record.
-      const size = estimateSize(draft) +
-        (this.#recordsFiles ? JSON.stringify(draft.attachments).length : 0);
+      const attachments = attachmentsLength(draft);
+      const size = estimateSize(draft, attachments) + (this.#recordsFiles ? attachments : 0);
       this.#pending.push({ room, draft, size, resolve, reject });
       if (this.#draining) return;
       this.#draining = true;
