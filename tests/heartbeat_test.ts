@@ -190,3 +190,30 @@ Deno.test("heartbeat: a client that stops answering is still closed", async () =
     await server.close();
   }
 });
+
+Deno.test("heartbeat: a client whose frames keep coming is never pinged, and once they stop the ping comes half a period later, at most a 32nd of it early", async () => {
+  const server = await startTestServer({ HEARTBEAT_SECONDS: "2" });
+  const token = await server.token({ sub: 1, rooms: ["ticket:32"] });
+  const raw = await RawClient.open(server.port, `/ws/ticket/32/?token=${token}`);
+  try {
+    const reading = raw.run(false);
+    // Unsolicited pongs (activity Deno's heartbeat counts) every 20 ms for 2.5 s: more than the
+    // 1 s after which an idle socket is pinged.
+    const until = performance.now() + 2500;
+    let last = performance.now();
+    while (performance.now() < until) {
+      await raw.send(0xA);
+      last = performance.now();
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    assertEquals(raw.events, []);
+    while (raw.events.length === 0) await new Promise((r) => setTimeout(r, 5));
+    const after = performance.now() - last;
+    assert(after >= 1000 - 1000 / 32 - 5, `pinged ${after.toFixed(0)} ms after the last frame`);
+    await reading;
+    assertEquals(raw.closeCode, 1001, raw.events.join(", "));
+  } finally {
+    raw.close();
+    await server.close();
+  }
+});

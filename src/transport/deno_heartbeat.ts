@@ -44,6 +44,11 @@ function originalHandler(): { symbol: symbol; fn: () => void } | undefined {
 
 const ORIGINAL = originalHandler();
 const STATE = Symbol("heartbeat");
+/**
+ * The ping timer is kept through activity for its first 1/KEEP_DIVISOR of the half period (about
+ * 470 ms of the default 15 s), so a ping may come that share of the period early.
+ */
+const KEEP_DIVISOR = 32;
 /** The first wait of a held activity for the close timer, ms; it doubles up to a quarter period. */
 const POLL_MS = 20;
 
@@ -52,10 +57,14 @@ interface State {
   slot: symbol;
   /** The ping timer Deno's method armed last: the slot holds something else once the close is. */
   armed: unknown;
+  /** When that ping timer was armed, performance.now() ms. */
+  armedAt: number;
   /** When that ping timer fires, performance.now() ms. */
   firesAt: number;
   /** Half the idle timeout, ms: the delay of each of Deno's timers. */
   halfMs: number;
+  /** How long after arming the ping timer activity leaves it be (see `handleIdleTimeout`), ms. */
+  keepMs: number;
   /** Activity seen while a ping's write was awaited, to replay once the close timer is armed. */
   held: boolean;
 }
@@ -67,7 +76,8 @@ function rearm(socket: Patched): void {
   state.held = false;
   ORIGINAL!.fn.call(socket);
   state.armed = socket[state.slot];
-  state.firesAt = performance.now() + state.halfMs;
+  state.armedAt = performance.now();
+  state.firesAt = state.armedAt + state.halfMs;
 }
 
 /** Waits `ms`, without keeping the process alive, then looks again. */
@@ -95,13 +105,22 @@ function replayWhenArmed(socket: Patched, waited: number): void {
 // for every frame and pong the socket reads.
 function handleIdleTimeout(this: Patched): void {
   const state = this[STATE];
-  // The ping timer is due and the slot still holds it: its ping's write may be awaited.
-  if (performance.now() >= state.firesAt - 2 && this[state.slot] === state.armed) {
-    if (!state.held) {
-      state.held = true;
-      pollLater(this, POLL_MS);
+  if (this[state.slot] === state.armed) {
+    const now = performance.now();
+    // The ping timer is due and the slot still holds it: its ping's write may be awaited.
+    if (now >= state.firesAt - 2) {
+      if (!state.held) {
+        state.held = true;
+        pollLater(this, POLL_MS);
+      }
+      return;
     }
-    return;
+    // Armed moments ago: Deno's method would cancel it and arm another (a timer per frame read,
+    // on a busy socket thousands a second) that fires at most `keepMs` later. The ping it sends
+    // comes that much sooner after the socket's last frame, at worst; a socket that keeps
+    // sending still re-arms it before it fires. The close timer is never left armed: the slot
+    // holds the ping timer here.
+    if (now - state.armedAt < state.keepMs) return;
   }
   rearm(this);
 }
@@ -125,8 +144,10 @@ export function fixHeartbeat(socket: WebSocket, idleSeconds: number): void {
   patched[STATE] = {
     slot,
     armed: undefined,
+    armedAt: -Infinity,
     firesAt: Infinity,
     halfMs: (seconds / 2) * 1000,
+    keepMs: (seconds / 2) * 1000 / KEEP_DIVISOR,
     held: false,
   };
   // An own property in front of the prototype's method; the slot itself is left as it is (an
