@@ -806,7 +806,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       // id (the purge rewrites the head as it raises the generation), and the message would be
       // answered as stored, then deleted.
       const duplicates = results.some((r) => "pendingSeq" in r);
-      const res = written > 0 || duplicates ? await commitRetryingLocks(op) : { ok: true };
+      const committed = written > 0 || duplicates;
+      const res = committed ? await commitRetryingLocks(op) : { ok: true };
       if (!res.ok) {
         for (const room of rooms) this.#heads.delete(room);
         // Another isolate or instance committed to one of these rooms first: read again.
@@ -827,6 +828,11 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
           generation: held[i].generation,
           lastAt: lastAts.get(room)!,
         });
+        // The head checked stood until the commit, and a purge rewrites it as it raises the
+        // generation: the generation held with it was the room's when this commit started, as
+        // a read started then would have said. Sends to a busy room take it (see `generation`)
+        // instead of reading it from KV every GENERATION_REUSE_MS.
+        if (committed) this.#noteGeneration(room, held[i].generation, started);
       });
       // Nothing below may throw: the batch is committed, and a retry would store it twice.
       const final: Outcome[] = [];

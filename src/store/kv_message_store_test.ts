@@ -1177,3 +1177,33 @@ Deno.test("KvMessageStore: a commit retried after another writer's reads the hea
     kv.close();
   }
 });
+
+Deno.test("KvMessageStore.generation(): a room this store committed to is served from the commit, not read from KV, and a purge elsewhere is still found", async () => {
+  await withSharedKv(async (kvA, kvB) => {
+    let reads = 0;
+    const counted = kvWith(kvB, "get", (get) =>
+      ((...args: Parameters<typeof get>) => {
+        if (args[0][0] === "gen") reads++;
+        return get(...args);
+      }) as typeof get);
+    const a = new KvMessageStore(kvA);
+    const b = new KvMessageStore(counted);
+    // A send: its generation read (one), then its commit, which reads the head and generation.
+    const first = { ...draft("first"), generation: await b.generation("r") };
+    assertEquals(reads, 1);
+    assertEquals((await b.append("r", first)).message.seq, 1);
+    // Past the reuse window a send would read again; the commit's check stands in for it.
+    await new Promise((r) => setTimeout(r, 300));
+    assertEquals((await b.append("r", draft("second"))).message.seq, 2);
+    assertEquals(await b.generation("r"), 0);
+    assertEquals(reads, 1);
+    // Another handle deletes the room: the next commit's check fails, and the retry reads the
+    // new generation, which sends then take.
+    await a.purge("r");
+    const stale = await b.append("r", first).then(() => null, (err) => err.code);
+    assertEquals(stale, "room_deleted");
+    assertEquals(await b.generation("r"), 1);
+    assertEquals(await b.generation("r", { fresh: true }), 1);
+    for (const store of [a, b]) await store.close();
+  });
+});
