@@ -154,6 +154,13 @@ Deno.test("openapi: served at /api/openapi.json without credentials, and every r
     assertEquals(res.status, 200);
     assertMatch(res.headers.get("content-type")!, /^application\/json/);
     assertEquals(await res.json(), openApiDocument());
+    // Where the chat-rooms document links it.
+    for (const path of ["/swagger/", "/swagger"]) {
+      const moved = await fetch(`${server.url}${path}`, { redirect: "manual" });
+      await moved.body?.cancel();
+      assertEquals([moved.status, moved.headers.get("location")], [302, "/api/openapi.json"]);
+      assertEquals(await (await fetch(`${server.url}${path}`)).json(), openApiDocument(), path);
+    }
     // Each documented route exists on the live server: without credentials it is refused,
     // never unknown.
     for (const [path, item] of Object.entries(openApiDocument().paths as Json)) {

@@ -170,7 +170,14 @@ export function createHttpApp(deps: HttpDeps): Hono {
         "content-type": "text/plain; version=0.0.4; charset=utf-8",
       }),
   );
-  if (deps.api) app.route("/", deps.api);
+  if (deps.api) {
+    // The chat-rooms document links its API's description at `/swagger/` (a Django backend's
+    // drf-yasg page): it finds ours there.
+    for (const path of ["/swagger/", "/swagger"]) {
+      app.get(path, (c) => c.redirect("/api/openapi.json", 302));
+    }
+    app.route("/", deps.api);
+  }
   mountMedia(app, deps.media);
   return app;
 }
