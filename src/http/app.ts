@@ -172,10 +172,10 @@ export function createHttpApp(deps: HttpDeps): Hono {
   );
   if (deps.api) {
     // The chat-rooms document links its API's description at `/swagger/` (a Django backend's
-    // drf-yasg page): it finds ours there.
-    for (const path of ["/swagger/", "/swagger"]) {
-      app.get(path, (c) => c.redirect("/api/openapi.json", 302));
-    }
+    // drf-yasg page): it finds ours there. Relative, so that behind a proxy serving the server
+    // under PUBLIC_URL's path the browser stays under it.
+    app.get("/swagger/", (c) => c.redirect("../api/openapi.json", 302));
+    app.get("/swagger", (c) => c.redirect("api/openapi.json", 302));
     app.route("/", deps.api);
   }
   mountMedia(app, deps.media);
