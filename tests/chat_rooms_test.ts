@@ -1,5 +1,6 @@
 /** The chat-room server (shared/specs/chat-rooms.md): users list, history, joins and leaves. */
 
+import type { PresenceStore } from "../src/core/types.ts";
 import { assertEquals, assertMatch } from "./assert.ts";
 import { eventually, silentPeer, startTestServer, TestClient, type TestServer } from "./helpers.ts";
 
@@ -256,6 +257,75 @@ Deno.test("chat rooms: bad token 4001, invalid room name 4000, and the /ws/chat/
     assertEquals((await onChatPath.next((f) => f.type === "chat_message")).message, "same room");
     await onChatPath.close();
     await onRoomsPath.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("chat rooms: users who came or went while a socket's list was read are announced to it once, after a list without them or with them", async () => {
+  // A list read waits while `held` is set: others enter or leave the room meanwhile.
+  let held: Promise<void> | undefined;
+  let letGo = () => {};
+  let waiting = false;
+  const hold = () => held = new Promise<void>((r) => letGo = r);
+  const server = await startTestServer({}, {
+    presence: (inner: PresenceStore): PresenceStore => ({
+      enter: (...args) => inner.enter(...args),
+      exit: (...args) => inner.exit(...args),
+      sweep: (...args) => inner.sweep(...args),
+      invalidateSweeps: () => inner.invalidateSweeps?.(),
+      list: async (room) => {
+        const gate = held;
+        held = undefined;
+        waiting = gate !== undefined;
+        await gate;
+        waiting = false;
+        return await inner.list(room);
+      },
+    }),
+  });
+  const listed = (frame: Record<string, unknown>) =>
+    (frame.users as { id: string }[]).map((u) => u.id).sort();
+  try {
+    hold();
+    const a = await enter(server, "race", user(1));
+    await eventually(() => Promise.resolve(waiting), 5_000, "the list read");
+    const b = await enter(server, "race", user(2));
+    assertEquals(listed(await b.next()), ["user-1", "user-2"]);
+    assertEquals(await b.next(), { type: "user_join", user_id: "user-2", username: "user2" });
+    letGo();
+    // The room as it stood before the join the socket hears next: user-2 once.
+    const list = await a.next();
+    assertEquals([list.type, listed(list)], ["room_users_list", ["user-1"]]);
+    const joins = [(await a.next()).user_id, (await a.next()).user_id];
+    assertEquals(joins.sort(), ["user-1", "user-2"]);
+    await a.nothing();
+
+    // One who leaves while the list is read is on it, then leaves.
+    hold();
+    const c = await enter(server, "race", user(3));
+    await eventually(() => Promise.resolve(waiting), 5_000, "the list read");
+    await b.close();
+    assertEquals(await a.next((f) => f.type === "user_leave"), {
+      type: "user_leave",
+      user_id: "user-2",
+      username: "user2",
+    });
+    letGo();
+    assertEquals(listed(await c.next()), ["user-1", "user-2", "user-3"]);
+    const after = [await c.next(), await c.next()].map((f) => `${f.type} ${f.user_id}`);
+    assertEquals(after.sort(), ["user_join user-3", "user_leave user-2"]);
+    await c.nothing();
+    // A join after the list is news.
+    const again = await enter(server, "race", user(2));
+    for (const ws of [a, c]) {
+      assertEquals(await ws.next((f) => f.type === "user_join" && f.user_id === "user-2"), {
+        type: "user_join",
+        user_id: "user-2",
+        username: "user2",
+      });
+    }
+    for (const ws of [a, c, again]) await ws.close();
   } finally {
     await server.close();
   }

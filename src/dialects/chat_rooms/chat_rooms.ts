@@ -26,13 +26,28 @@ const ROOM_NAME = /^[A-Za-z0-9_.-]{1,99}$/;
 export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
   /** Sockets whose user was not in the room before them, until they are told of their arrival. */
   const arrived = new WeakSet<RoomSession>();
+  /**
+   * While a socket's users list is read: each user's first change it heard meanwhile, whose frame
+   * waits to follow the list (someone who came then is in both, and the document's clients add a
+   * user per `user_join`).
+   */
+  const heard = new WeakMap<RoomSession, Map<string, { action: string; username: string }>>();
   return singleRoomRoute(ctx, {
     name: "chat-rooms",
     pattern: new URLPattern({ pathname: path }),
     roomOf: (name) => ROOM_NAME.test(name) ? `room:${name}` : null,
     // 4000 is the document's "Room not found or could not be created".
     codes: { unauthorized: 4001, forbidden: 4003, badRoom: 4000, deleted: 4000 },
-    wants: (_s, event) => event.type === "message" || event.type === "presence",
+    wants(s, event) {
+      if (event.type === "message") return true;
+      if (event.type !== "presence") return false;
+      const changes = heard.get(s);
+      const id = idText(event.user.id);
+      if (changes && !changes.has(id)) {
+        changes.set(id, { action: event.action, username: event.user.username });
+      }
+      return true;
+    },
     everyMessage: true,
     render(s, event) {
       if (event.type === "message") {
@@ -59,14 +74,20 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
     errorFrame: (e) => JSON.stringify({ error: e.message }),
     async beforeJoin(s) {
       if ((await ctx.chat.enter(s.user, s.room, s.connId)).first) arrived.add(s);
+      heard.set(s, new Map());
     },
-    // Read once the socket is in the room: a join or leave after the read still reaches it.
+    // Read once the socket is in the room: a join or leave after the read still reaches it. The
+    // list is the room as it stood before the first change the socket hears after it.
     async snapshot(s) {
-      const users = await ctx.chat.present(s.room);
-      s.conn.send(JSON.stringify({
-        type: "room_users_list",
-        users: users.map((u) => ({ id: idText(u.id), username: u.username })),
-      }));
+      const present = await ctx.chat.present(s.room);
+      const changes = heard.get(s) ?? new Map();
+      heard.delete(s);
+      const users = present.map((u) => ({ id: idText(u.id), username: u.username }))
+        .filter((u) => changes.get(u.id)?.action !== "join");
+      for (const [id, { action, username }] of changes) {
+        if (action === "leave" && !users.some((u) => u.id === id)) users.push({ id, username });
+      }
+      s.conn.send(JSON.stringify({ type: "room_users_list", users }));
     },
     // "All users receive user_join": the joiner too, after the list and the history, as a
     // Channels consumer that joins its group before it announces itself; once per user, as the
