@@ -684,6 +684,38 @@ Deno.test("initialMaxPayload holds until raised; raised during an upgrade, the W
   });
 });
 
+Deno.test("initialLargePayload: one message past initialMaxPayload is taken, and told of, before it is handled; a second, or a larger one, is refused", async () => {
+  const told: unknown[] = [];
+  let server: Context | undefined;
+  await withServer({
+    maxPayload: 8000,
+    initialMaxPayload: 1000,
+    initialLargePayload: 4000,
+    initialLargeTaken: (conn) => told.push([conn.id, server?.events.length]),
+  }, async (c) => {
+    server = c;
+    const large = `42["echo","${"c".repeat(3000)}"]`;
+    const peer = new Peer(`${c.wsBase}?EIO=4&transport=websocket`);
+    await peer.next();
+    peer.send("40");
+    await peer.next();
+    peer.send(large);
+    strictEqual(await peer.next(), large);
+    // Told with the session's id, before the event was handled.
+    deepStrictEqual(told, [[c.sockets[0].conn.id, 0]]);
+    peer.send(large);
+    await peer.closed;
+    // Past initialLargePayload even the first is refused.
+    const larger = new Peer(`${c.wsBase}?EIO=4&transport=websocket`);
+    await larger.next();
+    larger.send("40");
+    await larger.next();
+    larger.send(`42["echo","${"c".repeat(5000)}"]`);
+    await larger.closed;
+    strictEqual(told.length, 1);
+  });
+});
+
 Deno.test("CORS: origins are echoed with credentials, preflights answered, others refused", async () => {
   await withServer({}, async (ctx) => {
     const reply = await get(ctx, "EIO=4&transport=polling", {

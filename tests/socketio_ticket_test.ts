@@ -432,7 +432,7 @@ Deno.test("socket.io ticket chat: an event over the size limit is answered on se
   }, { MAX_FILE_BYTES: "2048" });
 });
 
-Deno.test("socket.io ticket chat: a large event before authenticating ends the session; after it, over either way to WebSocket, the same event is stored", async () => {
+Deno.test("socket.io ticket chat: a large event before authenticating ends the session, a second one at once; after it, over either way to WebSocket, the same event is stored", async () => {
   await withChat(async (server, client) => {
     const big = [{ name: "big.bin", data: new Uint8Array(100_000) }];
     const stranger = client({ transports: ["websocket"] });
@@ -446,14 +446,18 @@ Deno.test("socket.io ticket chat: a large event before authenticating ends the s
     assertEquals(await acked, { error: "User not authenticated" });
     assertEquals(await disconnected, "transport close");
     stranger.disconnect();
-    // An event named like a property every object has is no event with an error event of its
-    // own: only its ack is answered (a packet naming no event was a parse error to the client).
+    // The first waits for an authenticate; a second ends the session at once. One named like a
+    // property every object has is no event with an error event of its own: only its ack is
+    // answered (a packet naming no event was a parse error to the client).
     const odd = client({ transports: ["websocket"] });
     await next(odd, "connect");
     const oddEnd = next<string>(odd, "disconnect");
+    const started = performance.now();
+    odd.emit("send_message", { ticketId: "8", attachments: big });
     const oddAck = odd.timeout(3000).emitWithAck("constructor", { attachments: big });
     assertEquals(await oddAck, { error: "User not authenticated" });
     assertEquals(await oddEnd, "transport close");
+    assert(performance.now() - started < 1500, "the second large event ended the session at once");
     odd.disconnect();
     const token = await server.token({ sub: "1", rooms: ["ticket:8"] });
     const upgraded = (socket: ClientSocket) =>
@@ -1169,6 +1173,80 @@ Deno.test("socket.io ticket chat: an event sent while offline waits for an authe
         }),
     },
   );
+});
+
+Deno.test("socket.io ticket chat: a photo emitted while offline over WebSocket, which the client sends before its connect handler's authenticate, is stored and its file served", async () => {
+  await withChat(async (server, client) => {
+    const other = client({ transports: ["websocket"] });
+    await authenticated(other, await server.token({ sub: "2", rooms: ["ticket:9"] }));
+    await joined(other, "9");
+    const token = await server.token({ sub: "1", rooms: ["ticket:9"] });
+    // The README's advice across processes; under Deno the default transports go WebSocket first.
+    const socket = client({ transports: ["websocket"] });
+    const errors: unknown[] = [];
+    socket.on("send_message_error", (m: Payload) => errors.push(m.message));
+    // The document's connect handler: authenticate on every connect, then rejoin.
+    socket.on("connect", () => socket.emit("authenticate", { token }));
+    socket.on("authenticated", () => socket.emit("join_ticket", { ticketId: "9" }));
+    await next(socket, "joined_ticket");
+    // The network drops: the server loses the transport, and socket.io-client reconnects.
+    const [serverSide] = [...server.app.io.of("/").sockets.values()].filter((s) =>
+      s.data.user?.id === 1
+    );
+    serverSide.conn.close();
+    await next(socket, "disconnect");
+    const arrival = next<{ data: Payload }>(other, "new_message", 8000);
+    // Meanwhile a photo of 200 KB: buffered, and sent first thing on the reconnect, before the
+    // `authenticate` of the connect handler, in a frame past the 64 KiB of an unsigned socket.
+    const photo = new Uint8Array(200_000).map((_, i) => i % 251);
+    const acked = socket.timeout(8000).emitWithAck("send_message", {
+      ticketId: "9",
+      message: "photo from the train",
+      attachments: [{ name: "photo.jpg", type: "image/jpeg", data: photo.toBase64() }],
+    });
+    const { data } = await arrival;
+    assertEquals(data.message, "photo from the train");
+    assertEquals(((await acked) as Payload).message, "photo from the train");
+    assertEquals(errors, []);
+    const [attachment] = data.attachments as Payload[];
+    assertEquals(attachment.size, 200_000);
+    const served = await fetch(attachment.url as string);
+    assertEquals(served.status, 200);
+    assertEquals(new Uint8Array(await served.arrayBuffer()), photo);
+  });
+});
+
+Deno.test("socket.io ticket chat: a large event from a WebSocket client that never authenticates waits as other early events do, then is refused and its session ended", async () => {
+  await withChat(async (server, client) => {
+    const held = async () => {
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      return Number(/chat_frame_buffer_bytes\{state="open"\} (\d+)/.exec(metrics)![1]);
+    };
+    const stranger = client({ autoConnect: false, transports: ["websocket"] });
+    const refused = next<Payload>(stranger, "send_message_error", 5000);
+    const acked = new Promise((resolve) =>
+      stranger.emit("send_message", {
+        ticketId: "9",
+        attachments: [{ name: "photo.jpg", data: new Uint8Array(200_000).toBase64() }],
+      }, resolve)
+    );
+    const ended = next<string>(stranger, "disconnect", 5000);
+    const started = performance.now();
+    stranger.connect();
+    // Counted against FRAME_MEMORY_BUDGET_BYTES while it waits, as a signed-in socket's file is.
+    await eventually(async () => await held() >= 266_000, 1500, "the frame counted");
+    assertEquals(await refused, { message: "User not authenticated" });
+    assertEquals(await acked, { error: "User not authenticated" });
+    // Held for the 2 s an early event waits for an authenticate, as a text one is.
+    const refusedAfter = performance.now() - started;
+    assert(refusedAfter >= 1500, `refused after ${refusedAfter} ms`);
+    // Then not held open (the auth timeout is 60 s): Deno keeps a buffer that large for it.
+    assertEquals(await ended, "transport close");
+    const endedAfter = performance.now() - started;
+    assert(endedAfter < 4000, `ended after ${endedAfter} ms`);
+    stranger.disconnect();
+    await eventually(async () => await held() === 0, 3000, "the frame's buffer let go");
+  });
 });
 
 Deno.test("socket.io ticket chat: the client's own reconnection, then re-authenticate and rejoin", async () => {

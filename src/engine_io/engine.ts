@@ -58,6 +58,20 @@ export interface EngineOptions {
    */
   initialMaxPayload?: number;
   /**
+   * Largest WebSocket message in bytes a session takes once past `initialMaxPayload`, until the
+   * application raises its {@linkcode EngineSocket.maxPayload} (say a file a client queued while
+   * offline and sends before it signs in); `initialLargeTaken` is told of it, and a second one is
+   * refused as one past `initialMaxPayload` is. Default none.
+   */
+  initialLargePayload?: number;
+  /**
+   * Told that a session took its one message past `initialMaxPayload` (see
+   * `initialLargePayload`), just before it is handled: Deno now keeps a read buffer that large for
+   * the socket, so the application should close the session unless it raises its `maxPayload`
+   * soon.
+   */
+  initialLargeTaken?: (socket: EngineSocket) => void;
+  /**
    * Bytes of long-polling POST bodies read at once, in all, for sessions whose
    * {@linkcode EngineSocket.maxPayload} the application has not raised (nobody has signed in) and
    * for POSTs relayed from another isolate: each is read whole before anyone knows whose it is.
@@ -237,6 +251,8 @@ interface ResolvedOptions {
   upgradeTimeout: number;
   maxPayload: number;
   initialMaxPayload: number;
+  initialLargePayload: number;
+  initialLargeTaken?: (socket: EngineSocket) => void;
   maxPollingPayload: number;
   transports: readonly TransportName[];
   allowUpgrades: boolean;
@@ -410,9 +426,13 @@ class WebSocketTransport {
   onerror: (reason: string) => void = () => {};
   onclose: () => void = () => {};
   ontoolarge: (head: string, size: number) => void = () => {};
+  /** A message past `maxPayload` and within `largePayload` was taken: its session's one. */
+  onlarge: () => void = () => {};
   readonly frames: FrameSocket;
   /** Largest message taken; its session sets it. */
   maxPayload = 0;
+  /** Largest message taken once past `maxPayload` (0: none); its session sets it. */
+  largePayload = 0;
   #closed = false;
   #traffic: TrafficHook | undefined;
 
@@ -449,7 +469,9 @@ class WebSocketTransport {
       : data.length * 3 <= max && !traffic
       ? data.length
       : utf8Length(data);
-    if (size > max) {
+    if (size > max && size <= this.largePayload) {
+      this.onlarge();
+    } else if (size > max) {
       // A message packet ("4..."): the start is enough to tell which event it carried. A binary
       // message is an attachment of a packet whose start came before it.
       if (typeof data !== "string") this.ontoolarge("", size);
@@ -492,6 +514,8 @@ class Session implements EngineSocket {
   #ended = Promise.withResolvers<void>();
   #probed = false;
   #maxPayload: number;
+  /** Largest WebSocket message it still takes once past `#maxPayload` (0: none left). */
+  #largePayload: number;
   /** Largest polling POST past `maxPollingPayload`: what the application set as `maxPayload`. */
   #maxPost = 0;
   #poll: ((reply: Reply) => void) | null = null;
@@ -515,8 +539,10 @@ class Session implements EngineSocket {
     this.request = request;
     const options = host.options;
     this.#maxPayload = options.initialMaxPayload;
+    this.#largePayload = options.initialLargePayload;
     if (ws) {
       ws.maxPayload = this.#maxPayload;
+      ws.largePayload = this.#largePayload;
       this.#useWebSocket(ws);
     }
     const canUpgrade = !ws && options.allowUpgrades && options.transports.includes("websocket");
@@ -548,8 +574,15 @@ class Session implements EngineSocket {
   set maxPayload(bytes: number) {
     this.#maxPayload = bytes;
     this.#maxPost = bytes;
+    this.#setLargePayload(0);
     if (this.#ws) this.#ws.maxPayload = bytes;
     if (this.#candidate) this.#candidate.maxPayload = bytes;
+  }
+
+  #setLargePayload(bytes: number): void {
+    this.#largePayload = bytes;
+    if (this.#ws) this.#ws.largePayload = bytes;
+    if (this.#candidate) this.#candidate.largePayload = bytes;
   }
 
   /** Largest polling POST the application allowed this session (0: the server's limit). */
@@ -707,6 +740,7 @@ class Session implements EngineSocket {
   upgrade(ws: WebSocketTransport): boolean {
     if (!this.upgradable) return false;
     ws.maxPayload = this.#maxPayload;
+    ws.largePayload = this.#largePayload;
     this.#candidate = ws;
     this.#probed = false;
     const abandon = () => {
@@ -760,6 +794,15 @@ class Session implements EngineSocket {
     ws.ontoolarge = (head, size) => {
       try {
         this.ontoolarge?.(head, size);
+      } catch (error) {
+        report(error);
+      }
+    };
+    ws.onlarge = () => {
+      // Once per session: a second such message is refused, as one past `maxPayload` is.
+      this.#setLargePayload(0);
+      try {
+        this.#host.options.initialLargeTaken?.(this);
       } catch (error) {
         report(error);
       }
@@ -980,6 +1023,12 @@ export class EngineServer {
         options.initialMaxPayload ?? Infinity,
         options.maxPayload ?? DEFAULT_MAX_PAYLOAD,
       ),
+      // Never past the largest message of any session.
+      initialLargePayload: Math.min(
+        options.initialLargePayload ?? 0,
+        options.maxPayload ?? DEFAULT_MAX_PAYLOAD,
+      ),
+      initialLargeTaken: options.initialLargeTaken,
       maxPollingPayload: Math.min(
         options.maxPollingPayload ?? Infinity,
         options.maxPayload ?? DEFAULT_MAX_PAYLOAD,

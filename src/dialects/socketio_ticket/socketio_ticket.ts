@@ -431,6 +431,17 @@ export function createSocketIoTicketChat(
     // token): Deno keeps a socket's read buffer as large as the largest message it read, so one
     // big frame from a client without a token would hold that memory as long as it stays.
     initialMaxPayload: UNAUTHENTICATED_MAX_BYTES,
+    // Except one message of the size a polling POST may have before sign-in: socket.io-client
+    // sends what was emitted while offline (a photo) before its `connect` handler authenticates.
+    // It waits for an `authenticate` as other early events do; with none in time, the session
+    // ends (see `largeBeforeSignIn`), and a second one ends it at once.
+    initialLargePayload: maxFrameSize(ctx.config),
+    initialLargeTaken(conn) {
+      const socket = sockets.get(conn);
+      // Before its CONNECT was taken: socket.io-client holds its emits until it is connected.
+      if (!socket) return conn.close();
+      largeBeforeSignIn(socket, state(socket));
+    },
     pingInterval: options.pingInterval,
     pingTimeout: options.pingTimeout,
     // The same pages as the native and single-room sockets, the server's own page included.
@@ -463,6 +474,8 @@ export function createSocketIoTicketChat(
     },
   });
   const nsp = io.of("/");
+  /** The socket of each session in the namespace, from its CONNECT on. */
+  const sockets = new WeakMap<EngineSocket, Socket>();
   /** Sockets in the namespace whose client has not authenticated, with their deadlines. */
   const unsigned = new Map<Socket, ReturnType<typeof setTimeout>>();
   /** Bridge members by engine room, with the hub join each one waits for. */
@@ -662,6 +675,19 @@ export function createSocketIoTicketChat(
   }
 
   /**
+   * Ends the session of a socket that took a large message before signing in (see
+   * `initialLargePayload`) unless an `authenticate` signs it in within the wait of the events
+   * sent before one: Deno keeps a read buffer that large for the socket as long as it stays. The
+   * events that waited are refused first, as without it.
+   */
+  async function largeBeforeSignIn(socket: Socket, s: SocketState): Promise<void> {
+    await (s.authenticating ?? awaitAuthenticate(s));
+    // One sent meanwhile holds the wait, however long its check takes.
+    await s.authenticating;
+    if (!s.user && !s.ending && socket.conn.readyState === "open") endSession(s, socket);
+  }
+
+  /**
    * What an event starting now waits for (a socket's events start in the order sent, see
    * {@link Waiting}). The client sent it after its `authenticate`, usually without waiting for
    * the answer (`connect` → authenticate, join_ticket): it is handled as signed in, if that
@@ -844,6 +870,7 @@ export function createSocketIoTicketChat(
       paced: [],
     };
     socket.data = data;
+    sockets.set(socket.conn, socket);
     if (found.token) {
       let user;
       try {
