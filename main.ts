@@ -413,6 +413,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     },
     catchUpDelayMs: overrides.catchUpDelayMs,
     access: (user, room) => chat.canAccess(user, room, { fresh: true }),
+    heldHere: (room, userId) => chat.holdsHere(room, userId),
   });
   // Revocations and deletions must close sockets in every process and every isolate. The
   // channel drops messages when an isolate falls behind (Deno's buffer holds 256 for the whole
@@ -427,11 +428,11 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     committed(message: Message): void {
       hub.committed(message);
     },
-    publish(unnamed: RoomEvent): void {
+    publish(unnamed: RoomEvent, options?: { elsewhereOnly?: boolean }): void {
       // Numbered, so that an isolate that hears it by both routes hands it on once, in order.
       const event = { ...unnamed, origin: registry.id, serial: eventCount++ };
       try {
-        hub.publish(event);
+        hub.publish(event, options);
       } finally {
         // The other processes are told of an eviction even when this one's channel refused it
         // (the hub throws so that the caller knows): a retry of the request may find nothing

@@ -350,19 +350,29 @@ Deno.test("presence: a write lock held elsewhere for 1.5 stale times makes each 
   });
 });
 
-Deno.test("presence: a server that had not lapsed, one of whose users another server's sweep removed from one room (a misjudgement), writes her back and announces her there only, not every user of every room", async () => {
+Deno.test("presence: a server that had not lapsed, one of whose users another server's sweep removed from one room (a misjudgement), writes her back and announces her there only, not every user of every room, to the other servers only", async () => {
   await withDataDir(async ({ dataDir, env, clients, spawn }) => {
     const a = spawn(env);
-    const url = await a.url();
+    const b = spawn(env);
+    const [url, urlB] = await Promise.all([a.url(), b.url()]);
     clients.push(await join(url, "shared", "alice"));
     const bob = await join(url, "shared", "bob");
     clients.push(bob);
     clients.push(await join(url, "solo", "carol"));
     const dave = await join(url, "solo", "dave");
     clients.push(dave);
+    const frank = await join(urlB, "shared", "frank");
+    clients.push(frank);
+    const gina = await join(urlB, "solo", "gina");
+    clients.push(gina);
+    // B's users reach A's through the signals; nothing is told after this.
+    const heard = (c: TestClient, user: string) =>
+      (c.frames as Record<string, unknown>[]).some((f) =>
+        f.type === "user_join" && f.username === user
+      );
+    await eventually(() => heard(bob, "frank") && heard(dave, "gina"), 10_000, "B's users");
     await delay(500);
-    bob.frames.length = 0;
-    dave.frames.length = 0;
+    for (const c of [bob, dave, frank, gina]) c.frames.length = 0;
     // What another server's sweep of room:shared does, judging this one dead: it removes
     // alice's entry there and sets this server's swept mark, in one commit.
     const kv = await Deno.openKv(`${dataDir}/chat.kv`);
@@ -385,9 +395,12 @@ Deno.test("presence: a server that had not lapsed, one of whose users another se
       (frames as Record<string, unknown>[])
         .filter((f) => f.type === "user_join" || f.type === "user_leave")
         .map((f) => `${f.type}:${f.username}`);
-    assertEquals(told(bob.frames), ["user_join:alice"]);
+    // A's own clients never saw her go (no leave of a user A holds is passed on to them).
+    assertEquals(told(frank.frames), ["user_join:alice"]);
+    assertEquals(told(bob.frames), []);
     assertEquals(told(dave.frames), []);
-    assertEquals(await usersSeen(url, "shared", "erin"), ["alice", "bob", "erin"]);
+    assertEquals(told(gina.frames), []);
+    assertEquals(await usersSeen(url, "shared", "erin"), ["alice", "bob", "erin", "frank"]);
   });
 });
 

@@ -521,9 +521,38 @@ export class ChatService {
     return result;
   }
 
-  /** The users present in a room, each once. */
-  present(room: string): Promise<UserProfile[]> {
-    return this.#deps.presence.list(room);
+  /**
+   * The users present in a room, each once: the store's, and those this isolate holds a
+   * connection of, whose entries the store may not show (lapsed, not yet written back).
+   */
+  async present(room: string): Promise<UserProfile[]> {
+    // Taken before the read: a user entering meanwhile is announced to the newcomer after its
+    // list, which must not show them already. A restore's join is not told here (see
+    // restorePresence): a newcomer here learns of those users from this list alone.
+    const held = [...this.#present.get(room) ?? []]
+      .filter(([connId]) => !this.#entering.has(connKey(room, connId)));
+    const listed = await this.#deps.presence.list(room);
+    const ids = new Set(listed.map((u) => String(u.id)));
+    for (const [, user] of held) {
+      if (ids.has(String(user.id))) continue;
+      ids.add(String(user.id));
+      listed.push(profileOf(user));
+    }
+    return listed;
+  }
+
+  /** Whether this isolate holds a live connection of the user in the room, entered already. */
+  holdsHere(room: string, userId: UserId): boolean {
+    const conns = this.#present.get(room);
+    if (!conns) return false;
+    for (const [connId, user] of conns) {
+      // One still entering has not been announced: a leave from elsewhere before its join is
+      // the store's to judge, as a user moving between servers sends both at once.
+      if (String(user.id) === String(userId) && !this.#entering.has(connKey(room, connId))) {
+        return true;
+      }
+    }
+    return false;
   }
 
   /**
@@ -532,6 +561,9 @@ export class ChatService {
    * once send changes that may arrive in either order; the store says which came last.
    */
   async presenceHolds(event: RoomEvent & { type: "presence" }): Promise<boolean> {
+    // Present whatever the store says: this server holds their socket, and writes their entry
+    // back if it was swept (a lapse), announcing it to the others but not here.
+    if (event.action === "leave" && this.holdsHere(event.room, event.user.id)) return false;
     const presence = this.#deps.presence;
     // The user's own entries: a burst of changes into a room of thousands checked each against
     // a read of the whole room took tens of seconds to pass on.
@@ -646,7 +678,9 @@ export class ChatService {
         const { first } = await this.#track(
           this.#deps.presence.enter(room, profileOf(user), connId, { again }),
         );
-        if (first) this.#announce(room, profileOf(user), "join");
+        // Not to this isolate's members: no leave of a user it holds is passed on here (see
+        // presenceHolds), so they never saw the user go, and a join would show them twice.
+        if (first) this.#announce(room, profileOf(user), "join", { elsewhereOnly: true });
         if (this.#toRestore.get(key) === conn) this.#toRestore.delete(key);
       } catch (err) {
         failed++;
@@ -683,8 +717,13 @@ export class ChatService {
   }
 
   /** Tells the room's members that a user came or went. */
-  #announce(room: string, user: UserProfile, action: "join" | "leave"): void {
-    this.#deps.fanout.publish({ type: "presence", room, user, action });
+  #announce(
+    room: string,
+    user: UserProfile,
+    action: "join" | "leave",
+    options?: { elsewhereOnly?: boolean },
+  ): void {
+    this.#deps.fanout.publish({ type: "presence", room, user, action }, options);
   }
 
   #track<T>(promise: Promise<T>): Promise<T> {

@@ -7,9 +7,9 @@ import { assert, assertEquals, assertRejects, delay } from "../../tests/assert.t
 import { MediaAttachmentStore } from "../media/attachments.ts";
 import { LocalMediaStore } from "../media/local_media_store.ts";
 import { KV_KEYS, KvMessageStore } from "../store/kv_message_store.ts";
-import { ChatService, type ChatServiceDeps } from "./chat_service.ts";
+import { ChatService, type ChatServiceDeps, type UserPresence } from "./chat_service.ts";
 import { objectId } from "./ids.ts";
-import type { MessageDraft, PendingFiles, PresenceStore, RoomEvent } from "./types.ts";
+import type { MessageDraft, PendingFiles, PresenceStore, RoomEvent, UserProfile } from "./types.ts";
 
 /** A chat on a real KV and media directory whose store's next append and forget can fail. */
 async function failingChat() {
@@ -238,28 +238,43 @@ Deno.test("ChatService.seqOfId: an old-format id whose minute ended before the o
 });
 
 /**
- * A chat whose presence store takes enters unless `refusing`, recording the connections entered
- * and the presence events published; failed restores are tried again within 50 ms.
+ * A chat whose presence store takes enters (once `stalled` settles) unless `refusing`, recording
+ * the connections entered and the presence events published (those told only elsewhere marked
+ * so), listing `listed` and counting the reads of one user's presence; failed restores are tried
+ * again within 50 ms.
  */
 function restoringChat() {
-  const state = { refusing: false, entered: [] as string[], told: [] as string[] };
-  const presence: PresenceStore = {
-    enter(_room, _user, connId) {
-      if (state.refusing) return Promise.reject(new Error("KV down"));
+  const state = {
+    refusing: false,
+    entered: [] as string[],
+    told: [] as string[],
+    listed: [] as UserProfile[],
+    reads: 0,
+    stalled: Promise.resolve(),
+  };
+  const presence: PresenceStore & UserPresence = {
+    async enter(_room, _user, connId) {
+      await state.stalled;
+      if (state.refusing) throw new Error("KV down");
       state.entered.push(connId);
-      return Promise.resolve({ first: true });
+      return { first: true };
     },
     exit: () => Promise.resolve({ last: true }),
-    list: () => Promise.resolve([]),
+    list: () => Promise.resolve([...state.listed]),
     sweep: () => Promise.resolve([]),
+    isPresent(_room, userId) {
+      state.reads++;
+      return Promise.resolve(state.listed.some((u) => u.id === userId));
+    },
   };
   const chat = new ChatService({
     store: {} as ChatServiceDeps["store"],
     attachments: {} as ChatServiceDeps["attachments"],
     fanout: {
       committed: () => {},
-      publish: (e: RoomEvent) => {
-        if (e.type === "presence") state.told.push(`${e.action}:${e.user.id}`);
+      publish: (e: RoomEvent, options?: { elsewhereOnly?: boolean }) => {
+        if (e.type !== "presence") return;
+        state.told.push(`${e.action}:${e.user.id}${options?.elsewhereOnly ? " elsewhere" : ""}`);
       },
     } as unknown as ChatServiceDeps["fanout"],
     access: { canAccess: () => Promise.resolve(true) },
@@ -286,7 +301,8 @@ Deno.test("ChatService.restorePresence: a restore the store refuses is tried aga
     state.refusing = false;
     await restoring;
     assertEquals(state.entered.sort(), ["c1", "c3"]);
-    assertEquals(state.told, ["leave:2", "join:1", "join:3"]);
+    // Not to this isolate's members, who were never told they left.
+    assertEquals(state.told, ["leave:2", "join:1 elsewhere", "join:3 elsewhere"]);
   } finally {
     chat.close();
   }
@@ -301,4 +317,58 @@ Deno.test("ChatService.restorePresence: a restore the store keeps refusing ends 
   chat.close();
   await restoring;
   assertEquals(state.entered, ["c1"]);
+});
+
+Deno.test("ChatService.presenceHolds: a leave heard from elsewhere of a user with a connection here does not hold, without a read of the store; once it closes, the store decides", async () => {
+  const { chat, state, user } = restoringChat();
+  try {
+    await chat.enter(user("1"), "r", "c1");
+    const leave = (id: string, room = "r") => ({
+      type: "presence" as const,
+      room,
+      user: { id, username: id },
+      action: "leave" as const,
+    });
+    // The store lost the entry (swept after a lapse): the user is still here.
+    assertEquals(await chat.presenceHolds(leave("1")), false);
+    assertEquals(state.reads, 0);
+    // Another user, or another room: read from the store.
+    assertEquals(await chat.presenceHolds(leave("2")), true);
+    assertEquals(await chat.presenceHolds(leave("1", "s")), true);
+    assertEquals(state.reads, 2);
+    await chat.exit(user("1"), "r", "c1");
+    assertEquals(await chat.presenceHolds(leave("1")), true);
+    assertEquals(state.reads, 3);
+    // Entering still (not yet announced): the store decides, as for a user moving here.
+    let resume!: () => void;
+    state.stalled = new Promise((r) => resume = r);
+    const entering = chat.enter(user("1"), "r", "c1");
+    assertEquals(await chat.presenceHolds(leave("1")), true);
+    assertEquals(state.reads, 4);
+    resume();
+    await entering;
+    assertEquals(await chat.presenceHolds(leave("1")), false);
+  } finally {
+    chat.close();
+  }
+});
+
+Deno.test("ChatService.present: the users listed are the store's and those with a connection here the store lost, each once", async () => {
+  const { chat, state, user } = restoringChat();
+  try {
+    await chat.enter(user("1"), "r", "c1");
+    await chat.enter(user("1"), "r", "c1b");
+    await chat.enter(user("2"), "r", "c2");
+    await chat.enter(user("4"), "s", "c4");
+    // The store shows 2 (still written) and 3 (another server's), not 1 (swept after a lapse).
+    state.listed = [{ id: "2", username: "2" }, { id: "3", username: "3" }];
+    assertEquals((await chat.present("r")).map((u) => u.id), ["2", "3", "1"]);
+    assertEquals((await chat.present("t")).map((u) => u.id), ["2", "3"]);
+    // Still entering: its join, told after the list, shows it.
+    state.stalled = new Promise(() => {});
+    void chat.enter(user("5"), "r", "c5");
+    assertEquals((await chat.present("r")).map((u) => u.id), ["2", "3", "1"]);
+  } finally {
+    chat.close();
+  }
 });

@@ -346,8 +346,11 @@ export interface AttachmentStore {
 export interface Fanout {
   /** Delivers a committed message to every member of its room, everywhere. */
   committed(message: Message): void;
-  /** Delivers an ephemeral event (typing, read, presence) to every member of its room. */
-  publish(event: RoomEvent): void;
+  /**
+   * Delivers an ephemeral event (typing, read, presence) to every member of its room; with
+   * `elsewhereOnly`, only to those of the other isolates and servers.
+   */
+  publish(event: RoomEvent, options?: { elsewhereOnly?: boolean }): void;
 }
 
 /** Who is in a room now, across isolates and instances, with expiry so a crash leaves no ghost. */

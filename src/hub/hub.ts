@@ -202,6 +202,7 @@ export class Hub {
   #heads?: HeadWatcher;
   #catchUpDelayMs: number;
   #access?: (user: Principal, room: string) => Promise<boolean>;
+  #heldHere?: (room: string, userId: UserId) => boolean;
   #unsubscribeEveryRoom: () => void;
   /** The rechecks under way, one after another. */
   #rechecks: Promise<void> = Promise.resolve();
@@ -227,6 +228,8 @@ export class Hub {
    * `heads`, built with the hub's {@link Hub.headAdvanced} as its callback, reports commits the
    * broker did not bring (other instances, dropped posts, the last message of a burst).
    * `access` decides, past any cache, whether a member may stay when a `recheck` comes.
+   * `heldHere` says whether this isolate holds a live connection of a user in a room: a leave
+   * of such a user heard from elsewhere is dropped (see ChatService.presenceHolds).
    */
   constructor(
     store: MessageStore,
@@ -235,11 +238,13 @@ export class Hub {
       heads?: (hub: Hub) => HeadWatcher;
       catchUpDelayMs?: number;
       access?: (user: Principal, room: string) => Promise<boolean>;
+      heldHere?: (room: string, userId: UserId) => boolean;
     } = {},
   ) {
     this.#store = store;
     this.#broker = broker;
     this.#access = options.access;
+    this.#heldHere = options.heldHere;
     this.#unsubscribeEveryRoom = broker.subscribe(EVERY_ROOM, (event) => this.receive(event));
     this.#heads = options.heads?.(this);
     this.#catchUpDelayMs = options.catchUpDelayMs ?? 25;
@@ -301,6 +306,13 @@ export class Hub {
 
   #receive(state: RoomState, event: RoomEvent): void {
     if (!this.#firstHearing(event)) return;
+    // The user is present: this isolate holds their socket, and a lapse's restore tells its
+    // join only elsewhere. A sibling isolate's channel post is not checked against the store;
+    // heard all the same, so that its copy in the log, read once they have gone, is not either.
+    if (
+      event.type === "presence" && event.action === "leave" &&
+      this.#heldHere?.(event.room, event.user.id)
+    ) return;
     this.#presenceChanged(event);
     if (event.type === "message") {
       this.#enqueue(state, () => this.#deliverInOrder(state, event.message));
@@ -613,15 +625,18 @@ export class Hub {
     if (state) this.#enqueue(state, () => this.#deliverInOrder(state, message));
   }
 
-  /** Delivers an ephemeral event (typing, read, presence) here and publishes it. */
-  publish(event: RoomEvent): void {
+  /**
+   * Delivers an ephemeral event (typing, read, presence) here and publishes it; with
+   * `elsewhereOnly`, only publishes it (still counted for the presence watches).
+   */
+  publish(event: RoomEvent, options: { elsewhereOnly?: boolean } = {}): void {
     const failure = this.#share(event);
     if (event.room === EVERY_ROOM) {
-      this.receive(event);
+      if (!options.elsewhereOnly) this.receive(event);
     } else {
       this.#presenceChanged(event);
       const state = this.#rooms.get(event.room);
-      if (state) this.#fanout(state, event);
+      if (state && !options.elsewhereOnly) this.#fanout(state, event);
     }
     // Nothing brings a lost eviction to the other isolates later: the caller must know.
     if (failure && isEviction(event)) throw failure.error;

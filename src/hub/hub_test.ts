@@ -926,3 +926,55 @@ Deno.test("Hub.watchPresence() counts the user's presence changes in the room ha
     kv.close();
   }
 });
+
+Deno.test("Hub: a presence change published elsewhereOnly reaches the other hubs' members, not this one's; a leave from another hub of a user held here is dropped", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const bus = new MemoryBus();
+  const held = new Set<number>([2]);
+  const here = new Hub(store, new MemoryBroker(bus), {
+    heldHere: (_room, userId) => held.has(Number(userId)),
+  });
+  const there = new Hub(store, new MemoryBroker(bus));
+  const listener = () => {
+    const m = {
+      ...recorder(),
+      told: [] as string[],
+      render: (event: RoomEvent) =>
+        event.type === "presence" ? `${event.action}:${event.user.id}` : undefined,
+      send: (frame: string) => void m.told.push(frame),
+    };
+    return m;
+  };
+  const presence = (id: number, action: "join" | "leave", serial: number): RoomEvent => ({
+    type: "presence",
+    room: "a",
+    user: { id, username: "b" },
+    action,
+    origin: "o",
+    serial,
+  });
+  const onHere = listener();
+  const onThere = listener();
+  try {
+    await here.join("a", onHere);
+    await there.join("a", onThere);
+    const watch = here.watchPresence("a", 2);
+    here.publish(presence(2, "join", 1), { elsewhereOnly: true });
+    await settle();
+    assertEquals([onHere.told, onThere.told, watch.changes()], [[], ["join:2"], 1]);
+    // From the other hub, by the channel and by the log: 2 is held here, 3 is not.
+    there.publish(presence(2, "leave", 2));
+    there.publish(presence(3, "leave", 3));
+    await settle();
+    here.receive(presence(2, "leave", 2));
+    assertEquals(onHere.told, ["leave:3"]);
+    // Heard all the same: the log's copy is not checked again once the user has gone.
+    assertEquals(here.heard(presence(2, "leave", 2)), true);
+    watch.end();
+  } finally {
+    here.close();
+    there.close();
+    kv.close();
+  }
+});

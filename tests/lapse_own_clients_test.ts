@@ -1,0 +1,128 @@
+/**
+ * A server stopped past its presence lease (SIGSTOP), swept by another and resumed: its own
+ * clients, which never saw its users go, are not told they joined again; another server's
+ * client sees each of them leave once and come back once.
+ */
+
+import { assertEquals, eventually } from "./assert.ts";
+import { TEST_SECRET, TestClient } from "./helpers.ts";
+import { spawnServer } from "./server_process.ts";
+import { signDevToken } from "../src/auth/verifier.ts";
+
+const TTL_SECONDS = 2;
+const ROOM = "room:lobby";
+
+type Frame = Record<string, unknown>;
+
+const token = (user: string) =>
+  signDevToken(TEST_SECRET, { sub: user, username: user, rooms: ["room:*"] }, "1h");
+
+/** A native client of `user` in the room, once joined. */
+async function native(url: string, user: string): Promise<TestClient> {
+  const ws = await TestClient.open(`${url.replace(/^http/, "ws")}/ws?token=${await token(user)}`);
+  await ws.next((f) => f.type === "welcome", 10_000);
+  ws.send({ type: "join", room: ROOM, ref: "j" });
+  await ws.next((f) => f.type === "joined" && f.room === ROOM, 10_000);
+  return ws;
+}
+
+/** A chat-rooms client of `user` in the room, once it has the users list. */
+async function chatRooms(url: string, user: string): Promise<TestClient> {
+  const ws = await TestClient.open(
+    `${url.replace(/^http/, "ws")}/ws/rooms/lobby/?token=${await token(user)}`,
+  );
+  await ws.next((f) => f.type === "room_users_list", 10_000);
+  return ws;
+}
+
+/** The presence changes a client was told, as `join:user` / `leave:user`, in order. */
+function told(ws: TestClient): string[] {
+  return (ws.frames as Frame[]).flatMap((f) => {
+    if (f.type === "presence" && f.room === ROOM) {
+      return [`${f.action}:${(f.user as { username: string }).username}`];
+    }
+    if (f.type === "user_join" || f.type === "user_leave") {
+      return [`${f.type === "user_join" ? "join" : "leave"}:${f.username}`];
+    }
+    return [];
+  });
+}
+
+/** The presence entries in the KV file, as the usernames they name. */
+async function entries(dataDir: string): Promise<string[]> {
+  const kv = await Deno.openKv(`${dataDir}/chat.kv`);
+  try {
+    const out: string[] = [];
+    for await (
+      const e of kv.list<{ user: { username: string } }>({ prefix: ["presence"] })
+    ) out.push(e.value.user.username);
+    return out.sort();
+  } finally {
+    kv.close();
+  }
+}
+
+const lapsesOf = (server: ReturnType<typeof spawnServer>) =>
+  server.log().match(/lapsed; registered again/g)?.length ?? 0;
+
+Deno.test("presence lapse: the resumed server's own clients are told nothing of the users it held throughout; another server's client sees each leave once, then join once", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "lapse-own-" });
+  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
+  const a = spawnServer(env);
+  const b = spawnServer(env);
+  const clients: TestClient[] = [];
+  try {
+    const [urlA, urlB] = await Promise.all([a.url(), b.url()]);
+    const held = ["n1", "obsA", "r1", "roomsA"];
+    const n1 = await native(urlA, "n1");
+    const r1 = await chatRooms(urlA, "r1");
+    const obsA = await native(urlA, "obsA");
+    const roomsA = await chatRooms(urlA, "roomsA");
+    const obsB = await native(urlB, "obsB");
+    clients.push(n1, r1, obsA, roomsA, obsB);
+    // Every join so far has reached A's observers (obsB's, from the other server, came last).
+    await eventually(() => told(obsA).includes("join:obsB"), 10_000, "obsA told of obsB");
+    await eventually(() => told(roomsA).includes("join:obsB"), 10_000, "roomsA told of obsB");
+    for (const c of [obsA, roomsA, obsB]) c.frames.length = 0;
+
+    a.child.kill("SIGSTOP");
+    await eventually(
+      async () => (await entries(dataDir)).join() === "obsB",
+      6 * TTL_SECONDS * 1000,
+      "B to sweep A's entries",
+    );
+    const lapses = lapsesOf(a);
+    a.child.kill("SIGCONT");
+    await eventually(() => lapsesOf(a) > lapses, 10_000, "A's lapse");
+    // A writes its users back and tells B; B had told its client they left.
+    await eventually(
+      () => held.every((u) => told(obsB).includes(`join:${u}`)),
+      10_000,
+      "obsB told A's users are back",
+    );
+    // A marker from B, after B's leaves in its signals: once A's clients have it, A has
+    // read past those leaves, and any join of the restore went to them before.
+    const late = await native(urlB, "late");
+    clients.push(late);
+    await eventually(() => told(obsA).includes("join:late"), 10_000, "obsA told of late");
+    await eventually(() => told(roomsA).includes("join:late"), 10_000, "roomsA told of late");
+
+    assertEquals(
+      { obsA: told(obsA), roomsA: told(roomsA) },
+      { obsA: ["join:late"], roomsA: ["join:late"] },
+    );
+    const onB = Object.fromEntries(
+      held.map((u) => [u, told(obsB).filter((t) => t.endsWith(`:${u}`))]),
+    );
+    assertEquals(onB, Object.fromEntries(held.map((u) => [u, [`leave:${u}`, `join:${u}`]])));
+  } finally {
+    for (const c of clients) c.socket.close();
+    try {
+      a.child.kill("SIGCONT");
+    } catch {
+      // Gone already.
+    }
+    await Promise.all([a.kill("SIGTERM"), b.kill("SIGTERM")]);
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
