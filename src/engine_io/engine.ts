@@ -317,7 +317,7 @@ class LocalFrameSocket implements FrameSocket {
   #maxBuffered: number;
   /** Frames and bytes written since `bufferedAmount` was last read. */
   #sinceCheck = { frames: 0, bytes: 0 };
-  /** A close waits for a quiet peer. */
+  /** A close waits for the peer's answer, dropping its frames meanwhile. */
   #quiet = new QuietClose();
 
   constructor(
@@ -415,7 +415,7 @@ class LocalFrameSocket implements FrameSocket {
     }
     // Script may only send 1000 or 3000-4999; other codes (1009, 1006, ...) become a plain close.
     const allowed = code === 1000 || (code !== undefined && code >= 3000 && code <= 4999);
-    // Once the peer stops sending, or what was just sent before the close would be lost.
+    // Reading on until the peer answers, or what was just sent before the close would be lost.
     this.#quiet.close(this.#ws, allowed ? code : undefined, reason);
   }
 }

@@ -157,7 +157,7 @@ export class Connection implements FrameHolder {
   #queuedBytes = 0;
   /** The rate limit's verdict on the frame being handled, from `admit` as it arrived. */
   #admission: RateVerdict = "ok";
-  /** A close waits for a quiet peer. */
+  /** A close waits for the peer's answer, dropping its frames meanwhile. */
   #quiet = new QuietClose();
 
   private constructor(socket: WebSocket, options: SocketOptions, handler: SocketHandler) {
@@ -472,8 +472,8 @@ export class Connection implements FrameHolder {
     if (
       this.#socket.readyState === WebSocket.OPEN || this.#socket.readyState === WebSocket.CONNECTING
     ) {
-      // The session ends now (cleanup below); the socket itself once the peer stops sending,
-      // or it would lose the replies just sent and the close code.
+      // The session ends now (cleanup below); the connection once the peer answers the close,
+      // or Deno would drop it at the peer's next frame and lose the replies just sent and the code.
       this.#quiet.close(this.#socket, code, reason);
       // Deno waits for the peer's answer to the close frame as long as the connection stays up,
       // and pings no more: a peer that vanished after its kernel took the frame would hold what

@@ -1,0 +1,165 @@
+/**
+ * Flooding clients (bots stuck in a loop) get their replies, `rate_limited` errors and a 4029
+ * close, not a dropped connection: a client that sees 1006 reconnects at once and floods again.
+ */
+
+import { assert, assertEquals } from "./assert.ts";
+import { sendRawText, startTestServer, TEST_SECRET } from "./helpers.ts";
+import { spawnServer } from "./server_process.ts";
+import { signDevToken } from "../src/auth/verifier.ts";
+import { lingeringCloseApplies } from "../src/transport/close_when_quiet.ts";
+
+Deno.test("flood: the close that reads on until the peer answers applies to this Deno", () => {
+  // Else closes wait for a quiet peer, and a flood that never pauses is dropped (see the README).
+  assert(lingeringCloseApplies);
+});
+
+/** A native client that joins `room` and then floods it until the server closes it. */
+async function bot(wsUrl: string, token: string, room: string) {
+  const ws = new WebSocket(`${wsUrl}/ws?token=${token}`);
+  const errors: string[] = [];
+  const closed = new Promise<{ code: number; reason: string }>((resolve) =>
+    ws.onclose = (e) => resolve({ code: e.code, reason: e.reason })
+  );
+  await new Promise<void>((resolve, reject) => {
+    ws.onerror = () => reject(new Error("the bot's socket failed before it joined"));
+    ws.onmessage = (e) => {
+      const frame = JSON.parse(e.data);
+      if (frame.type === "welcome") ws.send(JSON.stringify({ type: "join", room, ref: 0 }));
+      if (frame.type === "joined") resolve();
+      if (frame.type === "error") errors.push(frame.code);
+    };
+  });
+  ws.onerror = null;
+  return { ws, errors, closed };
+}
+
+Deno.test("flood: bots flooding a room they share all get rate_limited and a 4029 close, not a dropped connection", async () => {
+  // Its own process, as production runs it: the drop showed only with the server's loop to itself.
+  const dataDir = await Deno.makeTempDir({ prefix: "flood-close-" });
+  const proc = spawnServer({ DATA_DIR: dataDir });
+  try {
+    const wsUrl = (await proc.url()).replace(/^http/, "ws");
+    const room = "room:bots";
+    const bots = await Promise.all(Array.from({ length: 20 }, async (_, i) => {
+      const token = await signDevToken(TEST_SECRET, { sub: `bot${i}`, username: `bot${i}` }, "1h");
+      return await bot(wsUrl, token, room);
+    }));
+    // Each sends ten messages every 5 ms until its socket is closed under it, so every
+    // socket also has the others' messages to take while it is being closed.
+    const deadline = Date.now() + 8_000;
+    await Promise.all(bots.map(async ({ ws }, b) => {
+      for (let n = 0; ws.readyState === WebSocket.OPEN && Date.now() < deadline;) {
+        for (let k = 0; k < 10; k++, n++) {
+          ws.send(
+            JSON.stringify({ type: "send", room, body: `loop ${n}`, client_id: `${b}-${n}` }),
+          );
+        }
+        await new Promise((r) => setTimeout(r, 5));
+      }
+    }));
+    const closes = await Promise.all(bots.map((b) => b.closed));
+    assertEquals(closes.map((c) => c.code), bots.map(() => 4029));
+    assertEquals(
+      bots.map((b) => b.errors.includes("rate_limited")),
+      bots.map(() => true),
+      "every bot is told why before the close",
+    );
+  } finally {
+    await proc.kill("SIGTERM");
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+/** Opens a WebSocket by hand; returns the connection and the bytes that came after the head. */
+async function rawSocket(port: number, path: string) {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(new TextEncoder().encode(
+    `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+      `Sec-WebSocket-Key: ${btoa("0123456789abcdef")}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+  ));
+  let head: Uint8Array<ArrayBuffer> = new Uint8Array(0);
+  const buf = new Uint8Array(4096);
+  for (let n; (n = await conn.read(buf)) !== null;) {
+    head = concat(head, buf.subarray(0, n));
+    // The head is ASCII: its end is found in the bytes as in the text.
+    const end = new TextDecoder().decode(head).indexOf("\r\n\r\n");
+    if (end < 0) continue;
+    assert(new TextDecoder().decode(head).startsWith("HTTP/1.1 101"), "the upgrade was refused");
+    return { conn, rest: head.slice(end + 4) };
+  }
+  throw new Error("The server closed the connection during the handshake");
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+
+/** The text frames and the close code in what a server sent (unmasked frames). */
+function parseFrames(bytes: Uint8Array): { texts: string[]; closeCode?: number } {
+  const texts: string[] = [];
+  let closeCode: number | undefined;
+  for (let at = 0; at + 2 <= bytes.length;) {
+    const op = bytes[at] & 0x0f;
+    let len = bytes[at + 1] & 0x7f;
+    let start = at + 2;
+    if (len === 126) {
+      len = (bytes[at + 2] << 8) | bytes[at + 3];
+      start = at + 4;
+    } else if (len === 127) {
+      len = Number(new DataView(bytes.buffer, bytes.byteOffset + at + 2, 8).getBigUint64(0));
+      start = at + 10;
+    }
+    if (start + len > bytes.length) break;
+    const payload = bytes.subarray(start, start + len);
+    if (op === 1) texts.push(new TextDecoder().decode(payload));
+    if (op === 8 && len >= 2) closeCode = (payload[0] << 8) | payload[1];
+    at = start + len;
+  }
+  return { texts, closeCode };
+}
+
+Deno.test("flood: a flooder that never stops nor answers the close gets rate_limited and 4029, then is cut off", async () => {
+  const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
+  try {
+    const token = await server.token({ sub: "1", username: "one" });
+    const { conn, rest } = await rawSocket(server.port, `/ws?token=${token}`);
+    let received = rest;
+    const reading = (async () => {
+      const buf = new Uint8Array(64 * 1024);
+      try {
+        for (let n; (n = await conn.read(buf)) !== null;) {
+          received = concat(received, buf.subarray(0, n));
+        }
+      } catch {
+        // Reset: what came before it is what counts.
+      }
+    })();
+    // Sends on whatever comes back, until the server ends the connection (or 15 s pass).
+    const deadline = Date.now() + 15_000;
+    let ended = false;
+    while (Date.now() < deadline) {
+      try {
+        for (let i = 0; i < 20; i++) await sendRawText(conn, '{"type":"ping"}');
+      } catch {
+        ended = true;
+        break;
+      }
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    assert(ended, "the server kept the connection of a peer that never answered its close");
+    conn.close();
+    await reading;
+    const { texts, closeCode } = parseFrames(received);
+    assert(
+      texts.some((t) => JSON.parse(t).code === "rate_limited"),
+      "no rate_limited error came before the close",
+    );
+    assertEquals(closeCode, 4029);
+  } finally {
+    await server.close();
+  }
+});
