@@ -306,13 +306,12 @@ export class Hub {
 
   #receive(state: RoomState, event: RoomEvent): void {
     if (!this.#firstHearing(event)) return;
-    // The user is present: this isolate holds their socket, and a lapse's restore tells its
-    // join only elsewhere. A sibling isolate's channel post is not checked against the store;
-    // heard all the same, so that its copy in the log, read once they have gone, is not either.
-    if (
-      event.type === "presence" && event.action === "leave" &&
-      this.#heldHere?.(event.room, event.user.id)
-    ) return;
+    // The user is present, and this isolate's members know it: it holds their socket, and a
+    // lapse's restore tells its join only elsewhere. A leave from elsewhere is wrong here, and a
+    // join tells nothing (another server that lapsed with this one, restoring the same user,
+    // announces it). A sibling isolate's channel post is not checked against the store; heard
+    // all the same, so that its copy in the log, read once they have gone, is not either.
+    if (event.type === "presence" && this.#heldHere?.(event.room, event.user.id)) return;
     this.#presenceChanged(event);
     if (event.type === "message") {
       this.#enqueue(state, () => this.#deliverInOrder(state, event.message));

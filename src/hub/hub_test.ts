@@ -927,7 +927,7 @@ Deno.test("Hub.watchPresence() counts the user's presence changes in the room ha
   }
 });
 
-Deno.test("Hub: a presence change published elsewhereOnly reaches the other hubs' members, not this one's; a leave from another hub of a user held here is dropped", async () => {
+Deno.test("Hub: a presence change published elsewhereOnly reaches the other hubs' members, not this one's; a leave or join from another hub of a user held here is dropped", async () => {
   const kv = await Deno.openKv(":memory:");
   const store = new KvMessageStore(kv);
   const bus = new MemoryBus();
@@ -969,6 +969,11 @@ Deno.test("Hub: a presence change published elsewhereOnly reaches the other hubs
     await settle();
     here.receive(presence(2, "leave", 2));
     assertEquals(onHere.told, ["leave:3"]);
+    // Another server that lapsed too, restoring 2 as well, announces them: nothing new here.
+    there.publish(presence(2, "join", 4));
+    there.publish(presence(3, "join", 5));
+    await settle();
+    assertEquals(onHere.told, ["leave:3", "join:3"]);
     // Heard all the same: the log's copy is not checked again once the user has gone.
     assertEquals(here.heard(presence(2, "leave", 2)), true);
     watch.end();
