@@ -126,3 +126,67 @@ Deno.test("presence lapse: the resumed server's own clients are told nothing of 
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
 });
+
+Deno.test("presence lapse: two servers that lapse together, a user with a tab on each: neither server's own clients are told that user joined; another server's client sees one leave, then one join", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "lapse-two-" });
+  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
+  const a = spawnServer(env);
+  const a2 = spawnServer(env);
+  const b = spawnServer(env);
+  const clients: TestClient[] = [];
+  try {
+    const [urlA, urlA2, urlB] = await Promise.all([a.url(), a2.url(), b.url()]);
+    const uA = await native(urlA, "u");
+    const uA2 = await native(urlA2, "u");
+    const obsA = await native(urlA, "obsA");
+    const roomsA = await chatRooms(urlA, "roomsA");
+    const obsA2 = await native(urlA2, "obsA2");
+    const roomsA2 = await chatRooms(urlA2, "roomsA2");
+    const obsB = await native(urlB, "obsB");
+    clients.push(uA, uA2, obsA, roomsA, obsA2, roomsA2, obsB);
+    for (const c of [obsA, roomsA, obsA2, roomsA2]) {
+      await eventually(() => told(c).includes("join:obsB"), 10_000, "told of obsB");
+    }
+    for (const c of [obsA, roomsA, obsA2, roomsA2, obsB]) c.frames.length = 0;
+
+    a.child.kill("SIGSTOP");
+    a2.child.kill("SIGSTOP");
+    await eventually(
+      async () => (await entries(dataDir)).join() === "obsB",
+      6 * TTL_SECONDS * 1000,
+      "B to sweep A's and A2's entries",
+    );
+    const lapses = [lapsesOf(a), lapsesOf(a2)];
+    a.child.kill("SIGCONT");
+    a2.child.kill("SIGCONT");
+    await eventually(() => lapsesOf(a) > lapses[0] && lapsesOf(a2) > lapses[1], 10_000, "lapses");
+    await eventually(() => told(obsB).includes("join:u"), 10_000, "obsB told u is back");
+    const late = await native(urlB, "late");
+    clients.push(late);
+    for (const c of [obsA, roomsA, obsA2, roomsA2]) {
+      await eventually(() => told(c).includes("join:late"), 10_000, "told of late");
+    }
+    const onU = (c: TestClient) => told(c).filter((t) => t.endsWith(":u"));
+    assertEquals(
+      {
+        obsA: onU(obsA),
+        roomsA: onU(roomsA),
+        obsA2: onU(obsA2),
+        roomsA2: onU(roomsA2),
+        obsB: onU(obsB),
+      },
+      { obsA: [], roomsA: [], obsA2: [], roomsA2: [], obsB: ["leave:u", "join:u"] },
+    );
+  } finally {
+    for (const c of clients) c.socket.close();
+    for (const s of [a, a2]) {
+      try {
+        s.child.kill("SIGCONT");
+      } catch {
+        // Gone already.
+      }
+    }
+    await Promise.all([a.kill("SIGTERM"), a2.kill("SIGTERM"), b.kill("SIGTERM")]);
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
