@@ -86,10 +86,10 @@ export async function mayMount(): Promise<boolean> {
   }
 }
 
-/** A small tmpfs of its own, which a test fills up and frees. */
-export async function smallDisk() {
+/** A small tmpfs of its own (16 MiB unless told), which a test fills up and frees. */
+export async function smallDisk(mib = 16) {
   const dir = await Deno.makeTempDir({ prefix: "disk-full-" });
-  await run("mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", dir);
+  await run("mount", "-t", "tmpfs", "-o", `size=${mib}m,mode=0700`, "tmpfs", dir);
   const filler = `${dir}/.filler`;
   return {
     dir,

@@ -1,4 +1,5 @@
 import { assert, assertEquals } from "../../tests/assert.ts";
+import { mayMount, smallDisk } from "../../tests/server_process.ts";
 import { freeBytes, reservePath, SpaceReserve } from "./space_reserve.ts";
 
 const MIB = 1024 * 1024;
@@ -42,6 +43,8 @@ Deno.test("SpaceReserve writes its file with real bytes, releases it below the l
     await reserve.check();
     assert(reserve.short);
     assertEquals(await Deno.stat(reserve.path).catch(() => "gone"), "gone");
+    // Its bytes freed at once (the mark is emptied), not a reading later.
+    assertEquals((await Deno.stat(`${reserve.path}.released`)).size, 0);
     assert(/released the 2\.0 MiB space reserve/.test(logged[0]), logged[0]);
     // Between the marks: still short, nothing more said.
     free = 4 * MIB;
@@ -302,4 +305,110 @@ Deno.test("SpaceReserve: a write a crash left at the first start is taken over b
     await r.stop();
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("SpaceReserve on a volume too small for it that then filled up keeps refusing while space comes back only part way, and so does a server sharing the file", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
+  // Between the low mark (1 MiB) and room for the reserve (5 MiB): none is written.
+  let free = 3 * MIB;
+  const [a, b] = [reserveAt(dir, () => free), reserveAt(dir, () => free)];
+  try {
+    await a.start();
+    await b.start();
+    assertEquals([a.short, b.short, names(dir)], [false, false, []]);
+    free = MIB / 2;
+    await a.check();
+    assert(a.short);
+    // Nothing to release: the mark alone tells both that the volume ran short.
+    free = 3 * MIB;
+    await a.check();
+    await b.check();
+    assertEquals([a.short, b.short], [true, true]);
+  } finally {
+    await a.stop();
+    await b.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("SpaceReserve: a smaller reserve, from before SPACE_RESERVE_MB was raised, is written again at full size when there is room, and does not end a refusal between the marks", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
+  const reserve = `${dir}/.chat.kv-reserve`;
+  try {
+    await Deno.writeFile(reserve, zeros(MIB));
+    const roomy = reserveAt(dir, () => 100 * MIB);
+    await roomy.start();
+    await roomy.stop();
+    assertEquals((await Deno.stat(reserve)).size, 2 * MIB);
+
+    await Deno.writeFile(reserve, zeros(MIB / 4));
+    await Deno.writeFile(`${reserve}.released`, zeros(0));
+    const between = reserveAt(dir, () => 3 * MIB);
+    await between.start();
+    await between.stop();
+    assertEquals(between.short, true);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("SpaceReserve: a refused KV write counts at the reading it prompts only: a later dip between the marks, with the reserve whole again, refuses nothing", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
+  let free = 100 * MIB;
+  const reserve = reserveAt(dir, () => free);
+  try {
+    await reserve.start();
+    free = 4 * MIB;
+    reserve.storageFailed();
+    await reserve.check();
+    assert(reserve.short);
+    free = 100 * MIB;
+    await reserve.check();
+    assertEquals(reserve.short, false);
+    free = 4 * MIB;
+    await reserve.check();
+    assertEquals(reserve.short, false);
+  } finally {
+    await reserve.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("SpaceReserve on a volume too small for it says so once, not at every reading", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "space-reserve-" });
+  const logged: string[] = [];
+  const reserve = reserveAt(dir, () => 3 * MIB, { logged });
+  try {
+    await reserve.start();
+    for (let i = 0; i < 3; i++) await reserve.check();
+    assertEquals(logged.length, 1, logged.join("\n"));
+    assert(/No space reserve: .* less than the 5\.0 MiB it needs/.test(logged[0]), logged[0]);
+  } finally {
+    await reserve.stop();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+const noMount = !(await mayMount());
+
+Deno.test({
+  name:
+    `SpaceReserve: a write of it the volume refuses part way leaves no half-written file holding room${
+      noMount ? " (SKIPPED: mounting a tmpfs needs root)" : ""
+    }`,
+  ignore: noMount,
+  async fn() {
+    const disk = await smallDisk(1);
+    // The free space read says plenty (another process just emptied the volume); the write fails.
+    const logged: string[] = [];
+    const reserve = reserveAt(disk.dir, () => 100 * MIB, { logged });
+    try {
+      await reserve.start();
+      assertEquals(names(disk.dir), []);
+      assert(/could not be written/.test(logged[0]), logged.join("\n"));
+    } finally {
+      await reserve.stop();
+      await disk.unmount();
+    }
+  },
 });
