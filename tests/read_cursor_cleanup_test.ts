@@ -297,3 +297,54 @@ Deno.test("a user deleted and then added back to a room (only tokens know them) 
     await server.close();
   }
 });
+
+Deno.test("a user deleted and created again (PUT /api/users) marks reads at once in a room only their token opens", async () => {
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN });
+  try {
+    const api = (method: string, path: string, json?: unknown) =>
+      adminCall(server.url, ADMIN, method, path, json);
+    assertEquals(await api("PUT", "/api/users/2", { username: "user2" }), 200);
+    assertEquals(await api("DELETE", "/api/users/2"), 204);
+    assertEquals(await api("PUT", "/api/users/2", { username: "user2" }), 200);
+    await readIn(server, "2", "ticket:50");
+    assertEquals(await readersOf(server, "1", "ticket:50"), ["2"]);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("a participant removed from a room and put back by a room save (PUT /api/rooms) marks reads there at once", async () => {
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN });
+  try {
+    const api = (method: string, path: string, json?: unknown) =>
+      adminCall(server.url, ADMIN, method, path, json);
+    const participants = ["1", "3"].map((user_id) => ({ user_id }));
+    assertEquals(await api("PUT", "/api/rooms/ticket/7", { participants }), 201);
+    assertEquals(await api("DELETE", "/api/rooms/ticket/7/participants/3"), 204);
+    assertEquals(await api("PUT", "/api/rooms/ticket/7", { participants }), 200);
+    await readIn(server, "3", "ticket:7");
+    assertEquals(await readersOf(server, "1", "ticket:7"), ["3"]);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("a read mark the store refuses (the user deleted a moment ago, their token still good) tells the room nothing", async () => {
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN });
+  const one = await connect(server, "1");
+  try {
+    assertEquals(
+      await adminCall(server.url, ADMIN, "PUT", "/api/users/2", { username: "u2" }),
+      200,
+    );
+    assertEquals(await adminCall(server.url, ADMIN, "DELETE", "/api/users/2"), 204);
+    one.send({ type: "join", room: "ticket:51", ref: "j" });
+    assertEquals((await one.next((f) => f.ref === "j")).type, "joined");
+    await readIn(server, "2", "ticket:51");
+    await one.next((f) => f.type === "message");
+    await one.nothing((f) => f.type === "read");
+  } finally {
+    await one.close();
+    await server.close();
+  }
+});
