@@ -383,6 +383,18 @@ Deno.test("KvMessageStore.forgetReader() deletes a user's cursors in the rooms n
   kv.close();
 });
 
+Deno.test("KvMessageStore.forgetReader() deletes a user's cursors in every room they read, also past the 100 rooms one commit takes", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  for (let i = 0; i < 150; i++) await store.markRead(`r${i}`, 5, 1);
+  await store.forgetReader(5);
+  const cursors = await Array.fromAsync(kv.list({ prefix: ["read"] }));
+  const listed = await Array.fromAsync(kv.list({ prefix: KV_KEYS.readRooms("5") }));
+  assertEquals([cursors.length, listed.length], [0, 0]);
+  await store.close();
+  kv.close();
+});
+
 Deno.test("KvMessageStore.markRead() stores nothing (null) where forgetReader() refused the user's marks, in a room or everywhere, with an expiry, until readmitReader()", async () => {
   const kv = await Deno.openKv(":memory:");
   const store = new KvMessageStore(kv);
