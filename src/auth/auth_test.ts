@@ -192,6 +192,20 @@ Deno.test("ensureDevSecret() waits for a fresh empty file's creator to write it"
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("ensureDevSecret() replaces an empty file dated in the future (the clock set back since), not waiting on it for ever", async () => {
+  const dir = await Deno.makeTempDir();
+  const path = devSecretPath(dir);
+  await Deno.writeTextFile(path, "");
+  const hourAhead = new Date(Date.now() + 3_600_000);
+  await Deno.utime(path, hourAhead, hourAhead);
+  const result = await Promise.race([
+    ensureDevSecret(dir, { leftoverMs: 200 }),
+    new Promise<"waiting">((r) => setTimeout(() => r("waiting"), 3_000)),
+  ]);
+  assertEquals(result === "waiting" ? result : [result.created, result.replaced], [true, true]);
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("ensureDevSecret(): processes starting at once agree on one secret", async () => {
   const dir = await Deno.makeTempDir();
   const verifier = new URL("./verifier.ts", import.meta.url).href;
