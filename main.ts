@@ -155,9 +155,6 @@ const HEALTH_PROBE_MS = 1000;
 /** How long one store may take to answer the health check before it counts as failed. */
 const HEALTH_STEP_MS = 3000;
 
-/** How long a start waits for a KV file another process holds locked before it gives up. */
-const KV_OPEN_WAIT_MS = 30_000;
-
 /** How often servers sharing a local KV file read the registry (a watch sees no other process). */
 const REGISTRY_POLL_MS = 1000;
 
@@ -287,11 +284,11 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const directory = answeringDirectory((overrides.directory ?? ((d) => d))(opened));
   // Servers sharing the file (instances, a restart beside the old process) start side by side.
   const kv = await openKvWaitingOutLocks(config.kvPath, {
-    waitMs: KV_OPEN_WAIT_MS,
+    waitMs: config.kvOpenWaitMs,
     onWait: () =>
       log(
         `KV_PATH (${config.kvPath}) is locked by another process (a server creating or writing ` +
-          `it): waiting up to ${KV_OPEN_WAIT_MS / 1000} s`,
+          `it): waiting up to ${config.kvOpenWaitMs / 1000} s`,
       ),
   }).catch(async (err) => {
     await directory.close();

@@ -188,6 +188,7 @@ const EnvSchema = z.object({
   DATABASE_POOL_MAX: positiveInt(10),
   DATABASE_TIMEOUT_MS: positiveInt(5_000, MAX_TIMER_MS),
   KV_PATH: optionalText,
+  KV_OPEN_WAIT_MS: positiveInt(30_000, MAX_TIMER_MS),
   // A short static admin secret is guessable; the value itself is never echoed back.
   ADMIN_TOKEN: optionalText.refine((v) => v === undefined || v.length >= 16, {
     message: "expected at least 16 characters",
@@ -308,6 +309,8 @@ export interface Config {
   databaseTimeoutMs: number;
   /** Deno KV location: a path, `:memory:`, or a remote KV URL; DATA_DIR/chat.kv by default. */
   kvPath: string;
+  /** How long a start waits for a KV file another process holds locked before it gives up. */
+  kvOpenWaitMs: number;
   /** Static admin Bearer token for the REST API. */
   adminToken?: string;
   /** Which protocol `/ws/chat/<x>/` speaks. */
@@ -430,6 +433,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     databasePoolMax: e.DATABASE_POOL_MAX,
     databaseTimeoutMs: e.DATABASE_TIMEOUT_MS,
     kvPath,
+    kvOpenWaitMs: e.KV_OPEN_WAIT_MS,
     adminToken: e.ADMIN_TOKEN,
     chatPathProtocol: e.CHAT_PATH_PROTOCOL,
   };

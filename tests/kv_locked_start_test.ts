@@ -30,3 +30,23 @@ Deno.test("startup: a server opening the KV file while another process holds it 
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
 });
+
+Deno.test("startup: a server whose KV file another process keeps locked gives up after KV_OPEN_WAIT_MS, and says why", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "kv-locked-start-" });
+  const lock = await holdWriteLock(`${dataDir}/chat.kv`, { creating: true });
+  // Past SQLite's own 5 s wait, which Deno's open takes before it tells of the lock.
+  const server = spawnServer({ DATA_DIR: dataDir, KV_OPEN_WAIT_MS: "2000" });
+  try {
+    const ended = await Promise.race([
+      server.status,
+      new Promise<"still waiting">((r) => setTimeout(() => r("still waiting"), 20_000)),
+    ]);
+    assert(ended !== "still waiting", `still waiting after 20 s: ${server.log()}`);
+    assertEquals(ended.code, 1, server.log());
+    assert(/Could not start: KV_PATH .* could not be opened/.test(server.log()), server.log());
+  } finally {
+    await lock.release();
+    await server.kill("SIGKILL");
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
