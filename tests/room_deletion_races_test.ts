@@ -10,6 +10,8 @@ import type { AccessPolicy, PresenceStore } from "../src/core/types.ts";
 import { assertEquals, delay, nextEvent } from "./assert.ts";
 import { adminCall, startTestServer, TestClient, type TestServer } from "./helpers.ts";
 import { holdWriteLock } from "./server_process.ts";
+import { directoryWith } from "./api_helpers.ts";
+import { KV_KEYS } from "../src/store/kv_message_store.ts";
 
 const ADMIN = "an-admin-token-for-the-deletion-races";
 
@@ -306,6 +308,30 @@ Deno.test("room deletion: a room deleted while another process holds the KV writ
     assertEquals((await ws.next((f) => f.type === "removed")).room, "ticket:7");
     await ws.close();
   } finally {
+    await server.close();
+  }
+});
+
+Deno.test("room deletion: a room that does not exist, deleted while another process takes the KV write lock between the deletion's note and its taking back, answers 404 and leaves no note", async () => {
+  let kvPath = "";
+  let released: Promise<void> | undefined;
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, {
+    // Just as the directory answers: the note is written, and its taking back comes next.
+    directory: directoryWith("deleteRoom", (deleteRoom) => async (...args) => {
+      const known = await deleteRoom(...args);
+      const lock = await holdWriteLock(kvPath);
+      released = delay(300).then(() => lock.release());
+      return known;
+    }),
+  });
+  kvPath = `${server.dataDir}/chat.kv`;
+  const kv = await Deno.openKv(kvPath);
+  try {
+    assertEquals(await adminCall(server.url, ADMIN, "DELETE", "/api/rooms/ticket/404"), 404);
+    assertEquals((await kv.get(KV_KEYS.deleting("ticket:404"))).value, null);
+  } finally {
+    await released;
+    kv.close();
     await server.close();
   }
 });
