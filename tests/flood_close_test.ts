@@ -4,7 +4,14 @@
  */
 
 import { assert, assertEquals } from "./assert.ts";
-import { sendRawText, startTestServer, TEST_SECRET } from "./helpers.ts";
+import {
+  concatBytes,
+  rawUpgrade,
+  sendRawText,
+  serverFrame,
+  startTestServer,
+  TEST_SECRET,
+} from "./helpers.ts";
 import { spawnServer } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 import { lingeringCloseApplies } from "../src/transport/close_when_quiet.ts";
@@ -71,53 +78,14 @@ Deno.test("flood: bots flooding a room they share all get rate_limited and a 402
   }
 });
 
-/** Opens a WebSocket by hand; returns the connection and the bytes that came after the head. */
-async function rawSocket(port: number, path: string) {
-  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-  await conn.write(new TextEncoder().encode(
-    `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-      `Sec-WebSocket-Key: ${btoa("0123456789abcdef")}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
-  ));
-  let head: Uint8Array<ArrayBuffer> = new Uint8Array(0);
-  const buf = new Uint8Array(4096);
-  for (let n; (n = await conn.read(buf)) !== null;) {
-    head = concat(head, buf.subarray(0, n));
-    // The head is ASCII: its end is found in the bytes as in the text.
-    const end = new TextDecoder().decode(head).indexOf("\r\n\r\n");
-    if (end < 0) continue;
-    assert(new TextDecoder().decode(head).startsWith("HTTP/1.1 101"), "the upgrade was refused");
-    return { conn, rest: head.slice(end + 4) };
-  }
-  throw new Error("The server closed the connection during the handshake");
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
-}
-
-/** The text frames and the close code in what a server sent (unmasked frames). */
+/** The text frames and the close code in what a server sent. */
 function parseFrames(bytes: Uint8Array): { texts: string[]; closeCode?: number } {
   const texts: string[] = [];
   let closeCode: number | undefined;
-  for (let at = 0; at + 2 <= bytes.length;) {
-    const op = bytes[at] & 0x0f;
-    let len = bytes[at + 1] & 0x7f;
-    let start = at + 2;
-    if (len === 126) {
-      len = (bytes[at + 2] << 8) | bytes[at + 3];
-      start = at + 4;
-    } else if (len === 127) {
-      len = Number(new DataView(bytes.buffer, bytes.byteOffset + at + 2, 8).getBigUint64(0));
-      start = at + 10;
-    }
-    if (start + len > bytes.length) break;
-    const payload = bytes.subarray(start, start + len);
-    if (op === 1) texts.push(new TextDecoder().decode(payload));
-    if (op === 8 && len >= 2) closeCode = (payload[0] << 8) | payload[1];
-    at = start + len;
+  for (let frame; (frame = serverFrame(bytes)) !== undefined; bytes = bytes.subarray(frame.size)) {
+    const { opcode, payload } = frame;
+    if (opcode === 1) texts.push(new TextDecoder().decode(payload));
+    if (opcode === 8 && payload.length >= 2) closeCode = (payload[0] << 8) | payload[1];
   }
   return { texts, closeCode };
 }
@@ -126,13 +94,13 @@ Deno.test("flood: a flooder that never stops nor answers the close gets rate_lim
   const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
   try {
     const token = await server.token({ sub: "1", username: "one" });
-    const { conn, rest } = await rawSocket(server.port, `/ws?token=${token}`);
+    const { conn, rest } = await rawUpgrade(server.port, `/ws?token=${token}`);
     let received = rest;
     const reading = (async () => {
       const buf = new Uint8Array(64 * 1024);
       try {
         for (let n; (n = await conn.read(buf)) !== null;) {
-          received = concat(received, buf.subarray(0, n));
+          received = concatBytes(received, buf.subarray(0, n));
         }
       } catch {
         // Reset: what came before it is what counts.

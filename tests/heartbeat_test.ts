@@ -1,7 +1,7 @@
 /** Deno's WebSocket heartbeat must not close a client that answers its pings (deno_heartbeat.ts). */
 
 import { assert, assertEquals } from "./assert.ts";
-import { startTestServer, TestClient } from "./helpers.ts";
+import { concatBytes, rawUpgrade, serverFrame, startTestServer, TestClient } from "./helpers.ts";
 import { heartbeatFixApplies } from "../src/transport/deno_heartbeat.ts";
 
 const MiB = 1024 * 1024;
@@ -26,24 +26,8 @@ class RawClient {
   }
 
   static async open(port: number, path: string): Promise<RawClient> {
-    const conn = await Deno.connect({ hostname: "127.0.0.1", port });
-    await conn.write(new TextEncoder().encode(
-      `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
-        `Sec-WebSocket-Key: ${btoa("0123456789abcdef")}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
-    ));
-    let head: Uint8Array = new Uint8Array(0);
-    for (;;) {
-      const chunk = new Uint8Array(4096);
-      const n = await conn.read(chunk);
-      if (n === null) throw new Error("closed during the handshake");
-      head = concat(head, chunk.subarray(0, n));
-      const text = new TextDecoder().decode(head);
-      const end = text.indexOf("\r\n\r\n");
-      if (end < 0) continue;
-      if (!text.startsWith("HTTP/1.1 101")) throw new Error(text.split("\r\n")[0]);
-      // The header is ASCII, so its characters are its bytes.
-      return new RawClient(conn, head.subarray(end + 4));
-    }
+    const { conn, rest } = await rawUpgrade(port, path);
+    return new RawClient(conn, rest);
   }
 
   /** Sends a masked control or text frame with a short payload. */
@@ -82,7 +66,7 @@ class RawClient {
       }
       const n = await this.#conn.read(chunk).catch(() => null);
       if (n === null) return;
-      this.#buf = concat(this.#buf, chunk.subarray(0, n));
+      this.#buf = concatBytes(this.#buf, chunk.subarray(0, n));
     }
   }
 
@@ -95,31 +79,10 @@ class RawClient {
   }
 
   #nextFrame(): { opcode: number; payload: Uint8Array } | undefined {
-    const b = this.#buf;
-    if (b.length < 2) return undefined;
-    let length = b[1] & 0x7f;
-    let offset = 2;
-    if (length === 126) {
-      if (b.length < 4) return undefined;
-      length = (b[2] << 8) | b[3];
-      offset = 4;
-    } else if (length === 127) {
-      if (b.length < 10) return undefined;
-      length = Number(new DataView(b.buffer, b.byteOffset + 2, 8).getBigUint64(0));
-      offset = 10;
-    }
-    if (b.length < offset + length) return undefined;
-    const frame = { opcode: b[0] & 0x0f, payload: b.slice(offset, offset + length) };
-    this.#buf = b.subarray(offset + length);
+    const frame = serverFrame(this.#buf);
+    if (frame) this.#buf = this.#buf.subarray(frame.size);
     return frame;
   }
-}
-
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(a.length + b.length);
-  out.set(a);
-  out.set(b, a.length);
-  return out;
 }
 
 Deno.test("heartbeat: the fix applies to this Deno (if not, check deno_heartbeat.ts against it)", () => {

@@ -421,22 +421,75 @@ export async function rawExchange(
 }
 
 /**
- * Opens a WebSocket by hand and then goes silent: it never reads, never answers pings. The
- * peer a browser tab becomes when its machine sleeps, or a reader that stalls.
+ * Opens a WebSocket by hand; resolves to the connection and the bytes the server sent after its
+ * response head (frames, maybe the start of one).
  */
-export async function silentPeer(port: number, path: string): Promise<Deno.TcpConn> {
+export async function rawUpgrade(
+  port: number,
+  path: string,
+): Promise<{ conn: Deno.TcpConn; rest: Uint8Array<ArrayBuffer> }> {
   const conn = await Deno.connect({ hostname: "127.0.0.1", port });
   await conn.write(new TextEncoder().encode(
     `GET ${path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
       `Sec-WebSocket-Key: ${btoa("0123456789abcdef")}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
   ));
+  let head: Uint8Array<ArrayBuffer> = new Uint8Array(0);
   const buf = new Uint8Array(4096);
-  const n = await conn.read(buf);
-  const head = new TextDecoder().decode(buf.subarray(0, n ?? 0));
-  if (!head.startsWith("HTTP/1.1 101")) {
-    throw new Error(`Upgrade refused: ${head.split("\r\n")[0]}`);
+  for (let n; (n = await conn.read(buf)) !== null;) {
+    head = concatBytes(head, buf.subarray(0, n));
+    // The head is ASCII: its end is found in the bytes as in the text.
+    const text = new TextDecoder().decode(head);
+    const end = text.indexOf("\r\n\r\n");
+    if (end < 0) continue;
+    if (!text.startsWith("HTTP/1.1 101")) {
+      throw new Error(`Upgrade refused: ${text.split("\r\n")[0]}`);
+    }
+    return { conn, rest: head.slice(end + 4) };
   }
-  return conn;
+  throw new Error("The server closed the connection during the handshake");
+}
+
+/** `a` followed by `b`, in a new array. */
+export function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}
+
+/**
+ * The first frame in `bytes` a server sent (unmasked) and the bytes it took; undefined while
+ * it is not all there.
+ */
+export function serverFrame(
+  bytes: Uint8Array,
+): { opcode: number; payload: Uint8Array; size: number } | undefined {
+  if (bytes.length < 2) return undefined;
+  let length = bytes[1] & 0x7f;
+  let offset = 2;
+  if (length === 126) {
+    if (bytes.length < 4) return undefined;
+    length = (bytes[2] << 8) | bytes[3];
+    offset = 4;
+  } else if (length === 127) {
+    if (bytes.length < 10) return undefined;
+    length = Number(new DataView(bytes.buffer, bytes.byteOffset + 2, 8).getBigUint64(0));
+    offset = 10;
+  }
+  if (bytes.length < offset + length) return undefined;
+  return {
+    opcode: bytes[0] & 0x0f,
+    payload: bytes.slice(offset, offset + length),
+    size: offset + length,
+  };
+}
+
+/**
+ * Opens a WebSocket by hand and then goes silent: it never reads, never answers pings. The
+ * peer a browser tab becomes when its machine sleeps, or a reader that stalls.
+ */
+export async function silentPeer(port: number, path: string): Promise<Deno.TcpConn> {
+  return (await rawUpgrade(port, path)).conn;
 }
 
 /** Sends one masked client text frame (under 126 bytes) on a raw connection. */
