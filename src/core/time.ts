@@ -23,8 +23,7 @@ export function isoMillis(ms: number): string {
     isoSecond = second;
     isoPrefix = iso.slice(0, 20);
   }
-  const milli = ms - second * 1000;
-  return isoPrefix + (milli < 10 ? "00" : milli < 100 ? "0" : "") + milli + "Z";
+  return isoPrefix + String(ms - second * 1000).padStart(3, "0") + "Z";
 }
 
 /** Naive ISO 8601 in UTC without a zone, as FastAPI renders a naive datetime (`2024-01-01T12:00:00`). */
