@@ -1013,26 +1013,18 @@ export class EngineServer {
     let path = options.path ?? "/socket.io/";
     if (!path.startsWith("/")) path = "/" + path;
     if (!path.endsWith("/")) path += "/";
+    // The largest message of any session: no other limit goes past it.
+    const maxPayload = options.maxPayload ?? DEFAULT_MAX_PAYLOAD;
     this.#options = {
       path,
       pingInterval: options.pingInterval ?? 25_000,
       pingTimeout: options.pingTimeout ?? 20_000,
       upgradeTimeout: options.upgradeTimeout ?? 10_000,
-      maxPayload: options.maxPayload ?? DEFAULT_MAX_PAYLOAD,
-      initialMaxPayload: Math.min(
-        options.initialMaxPayload ?? Infinity,
-        options.maxPayload ?? DEFAULT_MAX_PAYLOAD,
-      ),
-      // Never past the largest message of any session.
-      initialLargePayload: Math.min(
-        options.initialLargePayload ?? 0,
-        options.maxPayload ?? DEFAULT_MAX_PAYLOAD,
-      ),
+      maxPayload,
+      initialMaxPayload: Math.min(options.initialMaxPayload ?? Infinity, maxPayload),
+      initialLargePayload: Math.min(options.initialLargePayload ?? 0, maxPayload),
       initialLargeTaken: options.initialLargeTaken,
-      maxPollingPayload: Math.min(
-        options.maxPollingPayload ?? Infinity,
-        options.maxPayload ?? DEFAULT_MAX_PAYLOAD,
-      ),
+      maxPollingPayload: Math.min(options.maxPollingPayload ?? Infinity, maxPayload),
       transports: options.transports ?? ["polling", "websocket"],
       allowUpgrades: options.allowUpgrades ?? true,
       allowedOrigins: options.allowedOrigins ?? "*",
