@@ -2,7 +2,14 @@
 
 import type { PresenceStore } from "../src/core/types.ts";
 import { assertEquals, assertMatch } from "./assert.ts";
-import { eventually, silentPeer, startTestServer, TestClient, type TestServer } from "./helpers.ts";
+import {
+  eventually,
+  passPresence,
+  silentPeer,
+  startTestServer,
+  TestClient,
+  type TestServer,
+} from "./helpers.ts";
 
 const user = (n: number) => ({ sub: `user-${n}`, username: `user${n}` });
 
@@ -270,10 +277,7 @@ Deno.test("chat rooms: users who came or went while a socket's list was read are
   const hold = () => held = new Promise<void>((r) => letGo = r);
   const server = await startTestServer({}, {
     presence: (inner: PresenceStore): PresenceStore => ({
-      enter: (...args) => inner.enter(...args),
-      exit: (...args) => inner.exit(...args),
-      sweep: (...args) => inner.sweep(...args),
-      invalidateSweeps: () => inner.invalidateSweeps?.(),
+      ...passPresence(inner),
       list: async (room) => {
         const gate = held;
         held = undefined;

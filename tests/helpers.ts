@@ -3,6 +3,8 @@
 import { type AppOverrides, type RunningServer, startServer } from "../main.ts";
 import { loadConfig } from "../src/config.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
+import type { PresenceStore } from "../src/core/types.ts";
+import { eventually } from "./assert.ts";
 
 /** The HS256 secret test servers verify with. */
 export const TEST_SECRET = "test-secret-for-the-suite-only-0123456789";
@@ -170,7 +172,35 @@ export async function joinRoom(
 }
 
 /** Polling wait, kept in assert.ts so that unit tests can use it without starting a server. */
-export { eventually } from "./assert.ts";
+export { eventually };
+
+/** Waits until every server's `/healthz` counts all the others as peers. */
+export async function peersFound(servers: TestServer[]): Promise<void> {
+  await eventually(
+    async () => {
+      const health = await Promise.all(
+        servers.map((s) => fetch(`${s.url}/healthz`).then((r) => r.json())),
+      );
+      return health.every((h) => h.peers >= servers.length - 1);
+    },
+    10_000,
+    "the servers finding each other",
+  );
+}
+
+/**
+ * A presence store that passes each call to `inner` (a class instance, whose methods a spread
+ * does not copy): spread it and replace the methods a test watches.
+ */
+export function passPresence(inner: PresenceStore): PresenceStore {
+  return {
+    enter: (...args) => inner.enter(...args),
+    exit: (...args) => inner.exit(...args),
+    list: (...args) => inner.list(...args),
+    sweep: (...args) => inner.sweep(...args),
+    invalidateSweeps: () => inner.invalidateSweeps?.(),
+  };
+}
 
 /** Lists every file below a directory, relative paths with forward slashes. */
 export async function listFiles(root: string): Promise<string[]> {

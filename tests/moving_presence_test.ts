@@ -11,7 +11,7 @@ import type { PresenceStore } from "../src/core/types.ts";
 import type { UserPresence } from "../src/core/chat_service.ts";
 import { MemoryBroker, MemoryBus } from "../src/broker/memory_broker.ts";
 import { assert, assertEquals, eventually } from "./assert.ts";
-import { startTestServer, TestClient, type TestServer } from "./helpers.ts";
+import { peersFound, startTestServer, TestClient, type TestServer } from "./helpers.ts";
 
 type Frame = Record<string, unknown>;
 
@@ -101,16 +101,7 @@ async function withServers(
       servers.push(server);
       b.push({ server, checks });
     }
-    await eventually(
-      async () => {
-        const health = await Promise.all(
-          servers.map((s) => fetch(`${s.url}/healthz`).then((r) => r.json())),
-        );
-        return health.every((h) => h.peers >= servers.length - 1);
-      },
-      10_000,
-      "the servers finding each other",
-    );
+    await peersFound(servers);
     await fn({
       a,
       b,

@@ -7,7 +7,14 @@ import type { PresenceStore } from "../src/core/types.ts";
 import type { UserPresence } from "../src/core/chat_service.ts";
 import { MemoryBroker } from "../src/broker/memory_broker.ts";
 import { assert, assertEquals, delay, eventually } from "./assert.ts";
-import { joinRoom, startTestServer, type TestClient, type TestServer } from "./helpers.ts";
+import {
+  joinRoom,
+  passPresence,
+  peersFound,
+  startTestServer,
+  type TestClient,
+  type TestServer,
+} from "./helpers.ts";
 
 type Entry = Deno.KvEntry<{ instance: string; user: { username: string } }>;
 
@@ -34,16 +41,7 @@ async function withServers(
         ),
       );
     }
-    await eventually(
-      async () => {
-        const health = await Promise.all(
-          servers.map((s) => fetch(`${s.url}/healthz`).then((r) => r.json())),
-        );
-        return health.every((h) => h.peers >= servers.length - 1);
-      },
-      10_000,
-      "the servers finding each other",
-    );
+    await peersFound(servers);
     await fn({ servers, kv, clients });
   } finally {
     for (const c of clients) await c.close().catch(() => {});
@@ -75,15 +73,12 @@ Deno.test("presence restore: a restore after a lapse that KV refuses at first is
   const presence = (inner: PresenceStore): PresenceStore & UserPresence => {
     const store = inner as PresenceStore & UserPresence;
     return {
+      ...passPresence(store),
       enter(room, user, connId, options) {
         if (!refusing) return store.enter(room, user, connId, options);
         refused++;
         return Promise.reject(new TypeError("database or disk is full"));
       },
-      exit: (room, user, connId) => store.exit(room, user, connId),
-      list: (room) => store.list(room),
-      sweep: (room, open) => store.sweep(room, open),
-      invalidateSweeps: () => store.invalidateSweeps?.(),
       isPresent: (room, user) => store.isPresent!(room, user),
     };
   };

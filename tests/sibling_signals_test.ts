@@ -6,7 +6,7 @@
  */
 
 import { assertEquals, delay, eventually } from "./assert.ts";
-import { startTestServer, TEST_SECRET, TestClient } from "./helpers.ts";
+import { passPresence, peersFound, startTestServer, TEST_SECRET, TestClient } from "./helpers.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 import { MemoryBroker, MemoryBus } from "../src/broker/memory_broker.ts";
 import type { Broker, PresenceStore, RoomEvent } from "../src/core/types.ts";
@@ -57,10 +57,7 @@ async function withSiblings(
   const b = await startTestServer({ ...shared, DATABASE_URL: `${dataDir}/b.sqlite3` }, {
     broker: new LossyBroker(bus),
     presence: (inner: PresenceStore): PresenceStore => ({
-      enter: (...args) => inner.enter(...args),
-      exit: (...args) => inner.exit(...args),
-      sweep: (...args) => inner.sweep(...args),
-      invalidateSweeps: () => inner.invalidateSweeps?.(),
+      ...passPresence(inner),
       list: async (room) => {
         const users = await inner.list(room);
         if (slowMs > 0) await delay(slowMs);
@@ -71,16 +68,7 @@ async function withSiblings(
   const clients: TestClient[] = [];
   try {
     // Each has registered and found the other (an isolate of this process) before anything.
-    await eventually(
-      async () => {
-        const health = await Promise.all(
-          [a, b].map((s) => fetch(`${s.url}/healthz`).then((r) => r.json())),
-        );
-        return health.every((h) => h.peers >= 1);
-      },
-      10_000,
-      "the servers finding each other",
-    );
+    await peersFound([a, b]);
     await fn({
       a,
       b,
