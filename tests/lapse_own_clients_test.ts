@@ -6,7 +6,7 @@
 
 import { assertEquals, eventually } from "./assert.ts";
 import { TEST_SECRET, TestClient } from "./helpers.ts";
-import { spawnServer } from "./server_process.ts";
+import { lapsesOf, spawnServer } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 
 const TTL_SECONDS = 2;
@@ -61,9 +61,6 @@ async function entries(dataDir: string): Promise<string[]> {
     kv.close();
   }
 }
-
-const lapsesOf = (server: ReturnType<typeof spawnServer>) =>
-  server.log().match(/lapsed; registered again/g)?.length ?? 0;
 
 Deno.test("presence lapse: the resumed server's own clients are told nothing of the users it held throughout; another server's client sees each leave once, then join once", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "lapse-own-" });

@@ -4,7 +4,7 @@
  */
 
 import { assert, assertEquals, delay, eventually } from "./assert.ts";
-import { holdWriteLock, spawnServer } from "./server_process.ts";
+import { holdWriteLock, lapsesOf, spawnServer } from "./server_process.ts";
 import { joinRoom, TestClient } from "./helpers.ts";
 
 const TTL_SECONDS = 2;
@@ -38,10 +38,6 @@ const join = async (server: string, room: string, user: string): Promise<TestCli
   (await joinRoom(server, room, user)).client;
 
 const total = (counts: Map<string, number>) => [...counts.values()].reduce((a, b) => a + b, 0);
-
-/** How often a server said its registry entry had lapsed and it registered again. */
-const lapsesOf = (server: ReturnType<typeof spawnServer>) =>
-  server.log().match(/lapsed; registered again/g)?.length ?? 0;
 
 /**
  * Runs `fn` on a fresh DATA_DIR (`env` names it, with `ttl` as PRESENCE_TTL_SECONDS): `spawn`

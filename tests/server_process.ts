@@ -71,6 +71,10 @@ export function spawnServer(
   };
 }
 
+/** How often a spawned server said its registry entry had lapsed and it registered again. */
+export const lapsesOf = (server: { log(): string }): number =>
+  server.log().match(/lapsed; registered again/g)?.length ?? 0;
+
 /** Whether this process may mount a tmpfs (root, with the capability to), tried once. */
 export async function mayMount(): Promise<boolean> {
   if (Deno.build.os !== "linux" || Deno.uid() !== 0) return false;
