@@ -529,11 +529,10 @@ export class ChatService {
     // Taken before the read: a user entering meanwhile is announced to the newcomer after its
     // list, which must not show them already. A restore's join is not told here (see
     // restorePresence): a newcomer here learns of those users from this list alone.
-    const held = [...this.#present.get(room) ?? []]
-      .filter(([connId]) => !this.#entering.has(connKey(room, connId)));
+    const held = [...this.#entered(room)];
     const listed = await this.#deps.presence.list(room);
     const ids = new Set(listed.map((u) => String(u.id)));
-    for (const [, user] of held) {
+    for (const user of held) {
       if (ids.has(String(user.id))) continue;
       ids.add(String(user.id));
       listed.push(profileOf(user));
@@ -543,16 +542,20 @@ export class ChatService {
 
   /** Whether this isolate holds a live connection of the user in the room, entered already. */
   holdsHere(room: string, userId: UserId): boolean {
-    const conns = this.#present.get(room);
-    if (!conns) return false;
-    for (const [connId, user] of conns) {
-      // One still entering has not been announced: a leave from elsewhere before its join is
-      // the store's to judge, as a user moving between servers sends both at once.
-      if (String(user.id) === String(userId) && !this.#entering.has(connKey(room, connId))) {
-        return true;
-      }
-    }
+    const id = String(userId);
+    for (const user of this.#entered(room)) if (String(user.id) === id) return true;
     return false;
+  }
+
+  /**
+   * The users of this isolate's connections in a room, but those still entering: not yet
+   * announced, a change from elsewhere before their join is the store's to judge (a user moving
+   * between servers sends both at once).
+   */
+  *#entered(room: string): Iterable<Principal> {
+    for (const [connId, user] of this.#present.get(room) ?? []) {
+      if (!this.#entering.has(connKey(room, connId))) yield user;
+    }
   }
 
   /**
@@ -562,7 +565,8 @@ export class ChatService {
    */
   async presenceHolds(event: RoomEvent & { type: "presence" }): Promise<boolean> {
     // Present whatever the store says: this server holds their socket, and writes their entry
-    // back if it was swept (a lapse), announcing it to the others but not here.
+    // back if it was swept (a lapse), announcing it to the others but not here. The hub drops
+    // such a leave too (it hears other routes); here it spares the store's read.
     if (event.action === "leave" && this.holdsHere(event.room, event.user.id)) return false;
     const presence = this.#deps.presence;
     // The user's own entries: a burst of changes into a room of thousands checked each against

@@ -63,8 +63,6 @@ interface State {
   firesAt: number;
   /** Half the idle timeout, ms: the delay of each of Deno's timers. */
   halfMs: number;
-  /** How long after arming the ping timer activity leaves it be (see `handleIdleTimeout`), ms. */
-  keepMs: number;
   /** Activity seen while a ping's write was awaited, to replay once the close timer is armed. */
   held: boolean;
 }
@@ -116,11 +114,11 @@ function handleIdleTimeout(this: Patched): void {
       return;
     }
     // Armed moments ago: Deno's method would cancel it and arm another (a timer per frame read,
-    // on a busy socket thousands a second) that fires at most `keepMs` later. The ping it sends
-    // comes that much sooner after the socket's last frame, at worst; a socket that keeps
-    // sending still re-arms it before it fires. The close timer is never left armed: the slot
-    // holds the ping timer here.
-    if (now - state.armedAt < state.keepMs) return;
+    // on a busy socket thousands a second) that fires at most 1/KEEP_DIVISOR of its delay later.
+    // The ping it sends comes that much sooner after the socket's last frame, at worst; a socket
+    // that keeps sending still re-arms it before it fires. The close timer is never left armed:
+    // the slot holds the ping timer here.
+    if (now - state.armedAt < state.halfMs / KEEP_DIVISOR) return;
   }
   rearm(this);
 }
@@ -147,7 +145,6 @@ export function fixHeartbeat(socket: WebSocket, idleSeconds: number): void {
     armedAt: -Infinity,
     firesAt: Infinity,
     halfMs: (seconds / 2) * 1000,
-    keepMs: (seconds / 2) * 1000 / KEEP_DIVISOR,
     held: false,
   };
   // An own property in front of the prototype's method; the slot itself is left as it is (an

@@ -41,6 +41,7 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
     wants(s, event) {
       if (event.type === "message") return true;
       if (event.type !== "presence") return false;
+      // Asked once per event and socket (the hub's fanout): the first change of each user counts.
       const changes = heard.get(s);
       const id = idText(event.user.id);
       if (changes && !changes.has(id)) {
