@@ -446,9 +446,14 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         }
       }
       // Read cursors, the most frequent and the least harm when one is lost (the next read
-      // carries the cursor, and a join reads them all), skip the log between isolates.
+      // carries the cursor, and a join reads them all), skip the log between isolates. A server
+      // whose entry lapsed may only have stalled: it comes back with its clients, and is counted
+      // again only at this one's next read of the registry; what it missed meanwhile would
+      // never reach them (a join never shown).
       if (
-        isSignal(event) && (registry.elsewhere > 0 || (!registry.alone && event.type !== "read"))
+        isSignal(event) &&
+        (registry.elsewhere > 0 || registry.lapsed > 0 ||
+          (!registry.alone && event.type !== "read"))
       ) {
         // Every typing start and stop is a KV write: on a full disk each would log a stack.
         signals.publish(event).catch((err) =>

@@ -146,6 +146,7 @@ export class InstanceRegistry {
   #staleMs: number;
   #others = 0;
   #elsewhere = 0;
+  #lapsed = 0;
   #pollMs?: number;
   #poll?: Poll;
   #listeners = new Set<(alone: boolean) => void>();
@@ -279,16 +280,30 @@ export class InstanceRegistry {
   }
 
   /**
-   * The servers alive now (this one included), read from the store, not a cache, and a check
-   * that fails an atomic operation if a given server's entry changed since (it renewed).
+   * Other servers whose entries lapsed without their leaving, until KV expires them (two stale
+   * times after their last renewal): a stall may end, and such a server comes back.
    */
-  async live(): Promise<LeaseSnapshot> {
+  get lapsed(): number {
+    return this.#lapsed;
+  }
+
+  /**
+   * The servers alive now (this one included), read from the store, not a cache, a check that
+   * fails an atomic operation if a given server's entry changed since (it renewed), and how many
+   * others lapsed (see {@link InstanceRegistry.lapsed}).
+   */
+  async live(): Promise<LeaseSnapshot & { lapsed: number }> {
     const ids = new Set<string>([this.#id]);
     const here = new Set<string>([this.#id]);
     const read = new Map<string, Deno.KvEntry<EntryValue>>();
+    let lapsed = 0;
     for await (const entry of this.#kv.list<EntryValue>({ prefix: ENTRIES })) {
       read.set(String(entry.key[1]), entry);
-      if (!this.#fresh(String(entry.key[1]), entry)) continue;
+      if (!this.#fresh(String(entry.key[1]), entry)) {
+        // A server that left writes `seenAt` 0; this one's own is not counted.
+        if (entry.value.seenAt > 0 && String(entry.key[1]) !== this.#id) lapsed++;
+        continue;
+      }
       ids.add(String(entry.key[1]));
       const { pid, process } = entry.value;
       if (process === undefined ? pid === Deno.pid : process === PROCESS) {
@@ -299,6 +314,7 @@ export class InstanceRegistry {
     return {
       ids,
       here,
+      lapsed,
       seen: new Set(read.keys()),
       check: (op, id) => op.check(read.get(id) ?? { key: ENTRY(id), versionstamp: null }),
       swept: (op, id) => op.set(SWEPT(id), true, { expireIn: SWEPT_KEEP_MS }),
@@ -443,9 +459,10 @@ export class InstanceRegistry {
     await this.#refresh();
   }
 
-  #count(live: LeaseSnapshot): void {
+  #count(live: LeaseSnapshot & { lapsed: number }): void {
     this.#others = live.ids.size - 1;
     this.#elsewhere = live.ids.size - live.here.size;
+    this.#lapsed = live.lapsed;
   }
 
   /** Reads the entries again; serialised so that a late answer never overwrites a newer one. */

@@ -287,3 +287,34 @@ Deno.test("instance registry: a check taken from a read fails once the server re
     kv.close();
   });
 });
+
+Deno.test("instance registry: a server whose entry lapsed is counted as lapsed until its entry goes, one that left is not", async () => {
+  await withKv(async (path) => {
+    const kv = await Deno.openKv(path);
+    const kvB = await Deno.openKv(path);
+    const a = await InstanceRegistry.start(kv, { heartbeatMs: 50, staleMs: 200 });
+    // Stalled past the stale time (a SIGSTOP): it may come back, with its clients.
+    await kv.set(["instance", "stalled"], { seenAt: Date.now(), pid: 2 });
+    await kv.atomic().sum(["instance_epoch"], 1n).commit();
+    await eventually(() => a.others === 1, 5000, "the stalled server counted live first");
+    assertEquals(a.lapsed, 0);
+    await eventually(() => a.alone, 5000, "the stalled server to lapse");
+    assertEquals(a.lapsed, 1);
+    // Back: live again, not lapsed.
+    await kv.set(["instance", "stalled"], { seenAt: Date.now(), pid: 2 });
+    await eventually(() => a.others === 1 && a.lapsed === 0, 5000, "the stalled one back");
+    // KV expired its entry (two stale times after its last renewal): gone for good.
+    await kv.delete(["instance", "stalled"]);
+    await eventually(() => a.alone && a.lapsed === 0, 5000, "the expired entry forgotten");
+    // One that left says so in its entry: it does not come back.
+    const b = await InstanceRegistry.start(kvB, { heartbeatMs: 50, staleMs: 200 });
+    await eventually(() => a.others === 1, 5000, "the newcomer");
+    await b.close();
+    await eventually(() => a.alone, 5000, "the leaver gone");
+    await new Promise((r) => setTimeout(r, 300));
+    assertEquals(a.lapsed, 0);
+    await a.close();
+    kv.close();
+    kvB.close();
+  });
+});
