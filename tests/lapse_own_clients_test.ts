@@ -139,12 +139,17 @@ Deno.test("presence lapse: the resumed server's own clients are told nothing of 
 Deno.test("presence lapse: two servers that lapse together, a user with a tab on each: neither server's own clients are told that user joined; another server's client sees one leave, then one join", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "lapse-two-" });
   const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
-  const a = spawnServer(env);
-  const a2 = spawnServer(env);
-  const b = spawnServer(env);
+  const servers: ReturnType<typeof spawnServer>[] = [];
   const clients: TestClient[] = [];
   try {
-    const [urlA, urlA2, urlB] = await Promise.all([a.url(), a2.url(), b.url()]);
+    // One after the other, as the test above starts them.
+    const urls: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      servers.push(spawnServer(env));
+      urls.push(await servers[i].url());
+    }
+    const [a, a2] = servers;
+    const [urlA, urlA2, urlB] = urls;
     const uA = await native(urlA, "u");
     const uA2 = await native(urlA2, "u");
     const obsA = await native(urlA, "obsA");
@@ -156,6 +161,15 @@ Deno.test("presence lapse: two servers that lapse together, a user with a tab on
     for (const c of [obsA, roomsA, obsA2, roomsA2]) {
       await eventually(() => told(c).includes("join:obsB"), 10_000, "told of obsB");
     }
+    // Markers from A and A2, after their earlier joins in their signals (which B, following
+    // the room from a second before obsB joined, may still pass on): once obsB has them, B has
+    // read past those.
+    clients.push(await native(urlA, "markA"), await native(urlA2, "markA2"));
+    await eventually(
+      () => ["join:markA", "join:markA2"].every((m) => told(obsB).includes(m)),
+      10_000,
+      "obsB told of the markers",
+    );
     for (const c of [obsA, roomsA, obsA2, roomsA2, obsB]) c.frames.length = 0;
 
     a.child.kill("SIGSTOP");
@@ -188,14 +202,14 @@ Deno.test("presence lapse: two servers that lapse together, a user with a tab on
     );
   } finally {
     for (const c of clients) c.socket.close();
-    for (const s of [a, a2]) {
+    for (const s of servers) {
       try {
         s.child.kill("SIGCONT");
       } catch {
         // Gone already.
       }
     }
-    await Promise.all([a.kill("SIGTERM"), a2.kill("SIGTERM"), b.kill("SIGTERM")]);
+    await Promise.all(servers.map((s) => s.kill("SIGTERM")));
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
 });
