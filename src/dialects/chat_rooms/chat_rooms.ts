@@ -22,6 +22,13 @@ const idText = (id: UserId) => String(id);
 /** Channels group names: ASCII letters, digits, hyphens, underscores, periods, under 100. */
 const ROOM_NAME = /^[A-Za-z0-9_.-]{1,99}$/;
 
+/**
+ * How long after its users list a socket is spared changes its view already holds, ms: a server
+ * that has just begun following the room passes on the changes of the second before (see
+ * KvRoomSignals), which the list may show already.
+ */
+const SHOWN_MS = 3000;
+
 /** The chat-rooms route at `path` (`/ws/rooms/:id{/}?` by default). */
 export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
   /** Sockets whose user was not in the room before them, until they are told of their arrival. */
@@ -31,7 +38,12 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
    * waits to follow the list (someone who came then is in both, and the document's clients add a
    * user per `user_join`).
    */
-  const heard = new WeakMap<RoomSession, Map<string, { action: string; username: string }>>();
+  const heard = new WeakMap<
+    RoomSession,
+    Map<string, { action: string; last: string; username: string }>
+  >();
+  /** For a while after its list: the users a socket was shown (see {@link SHOWN_MS}). */
+  const shown = new WeakMap<RoomSession, Set<string>>();
   return singleRoomRoute(ctx, {
     name: "chat-rooms",
     pattern: new URLPattern({ pathname: path }),
@@ -44,9 +56,19 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
       // Asked once per event and socket (the hub's fanout): the first change of each user counts.
       const changes = heard.get(s);
       const id = idText(event.user.id);
-      if (changes && !changes.has(id)) {
-        changes.set(id, { action: event.action, username: event.user.username });
-      }
+      const change = changes?.get(id);
+      if (change) change.last = event.action;
+      else {changes?.set(id, {
+          action: event.action,
+          last: event.action,
+          username: event.user.username,
+        });}
+      const users = shown.get(s);
+      if (!users) return true;
+      // Shown already as it says: a join of someone listed, a leave of someone never shown.
+      if (users.has(id) === (event.action === "join")) return false;
+      if (event.action === "join") users.add(id);
+      else users.delete(id);
       return true;
     },
     everyMessage: true,
@@ -89,6 +111,15 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
         if (action === "leave" && !users.some((u) => u.id === id)) users.push({ id, username });
       }
       s.conn.send(JSON.stringify({ type: "room_users_list", users }));
+      // As the changes held behind the list leave it, the socket itself too (its own arrival is
+      // told by afterJoin).
+      const view = new Set([...users.map((u) => u.id), idText(s.user.id)]);
+      for (const [id, { last }] of changes) {
+        if (last === "join") view.add(id);
+        else view.delete(id);
+      }
+      shown.set(s, view);
+      Deno.unrefTimer(setTimeout(() => shown.delete(s), SHOWN_MS));
     },
     // "All users receive user_join": the joiner too, after the list and the history, as a
     // Channels consumer that joins its group before it announces itself; once per user, as the
