@@ -57,17 +57,14 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
       const changes = heard.get(s);
       const id = idText(event.user.id);
       const change = changes?.get(id);
-      if (change) change.last = event.action;
-      else {changes?.set(id, {
-          action: event.action,
-          last: event.action,
-          username: event.user.username,
-        });}
+      const { action, user: { username } } = event;
+      if (change) change.last = action;
+      else changes?.set(id, { action, last: action, username });
       const users = shown.get(s);
       if (!users) return true;
       // Shown already as it says: a join of someone listed, a leave of someone never shown.
-      if (users.has(id) === (event.action === "join")) return false;
-      if (event.action === "join") users.add(id);
+      if (users.has(id) === (action === "join")) return false;
+      if (action === "join") users.add(id);
       else users.delete(id);
       return true;
     },
