@@ -1,12 +1,13 @@
 /**
  * The SQLite directory shared with another process (the application writing to it directly):
  * a write lock held past DATABASE_TIMEOUT_MS is the directory not answering in time, which the
- * API answers 503 with Retry-After, as for a Postgres that does not answer; not 500.
+ * API answers 503 with Retry-After, as for a Postgres that does not answer; not 500. A server
+ * starting on a new file that another process holds locked waits for it.
  */
 
 import { assert, assertEquals } from "./assert.ts";
 import { startTestServer } from "./helpers.ts";
-import { holdWriteLock } from "./server_process.ts";
+import { holdWriteLock, spawnServer } from "./server_process.ts";
 
 const ADMIN = "admin-token-for-the-lock-test-0123";
 
@@ -77,5 +78,30 @@ Deno.test("directory: while an API write waits for another process's SQLite lock
     assertEquals(await waiting, 200);
   } finally {
     await server.close();
+  }
+});
+
+Deno.test("startup: a server whose new SQLite directory file another process holds the write lock of (a server starting beside it) waits for it and starts, rather than failing with database is locked", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "directory-locked-start-" });
+  // A new, empty file: making it WAL reads its header and then needs the write lock, which
+  // SQLite refuses at once, busy timeout or not, as two servers starting together meet it.
+  const lock = await holdWriteLock(`${dataDir}/directory.sqlite3`);
+  let released = false;
+  const server = spawnServer({ DATA_DIR: dataDir, DATABASE_TIMEOUT_MS: "10000" });
+  try {
+    let exited = false;
+    server.status.then(() => exited = true);
+    // Time enough to reach the directory, which it opens first; within DATABASE_TIMEOUT_MS.
+    await Promise.race([server.status, new Promise((r) => setTimeout(r, 3000))]);
+    assert(!exited, server.log());
+    await lock.release();
+    released = true;
+    const url = await server.url();
+    const health = await fetch(`${url}/healthz`);
+    assertEquals([health.status, (await health.json()).status], [200, "ok"]);
+  } finally {
+    if (!released) await lock.release();
+    await server.kill("SIGTERM");
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
 });

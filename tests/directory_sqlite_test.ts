@@ -10,6 +10,7 @@ import { type Generated, Kysely, sql } from "kysely";
 import { assert, assertEquals, assertRejects } from "./assert.ts";
 import { NodeSqliteDialect } from "../src/directory/sqlite_dialect.ts";
 import { openDirectory } from "../src/directory/open.ts";
+import { holdWriteLock } from "./server_process.ts";
 
 interface Scratch {
   items: { id: Generated<number>; name: string; flag: number | null; at: string | null };
@@ -62,6 +63,32 @@ Deno.test("sqlite dialect: WAL and foreign keys are on; SQLite itself waits 5 ms
   await withDb(async (db) => {
     assertEquals(await pragma(db, "busy_timeout"), 2);
   }, 2);
+});
+
+Deno.test("sqlite directory: opening a new file whose write lock another process holds waits for it, though SQLite refuses making it WAL at once", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "directory_sqlite_" });
+  const path = join(dir, "new.sqlite3");
+  const lock = await holdWriteLock(path);
+  const started = performance.now();
+  const released = new Promise((resolve) => setTimeout(resolve, 300)).then(() => lock.release());
+  try {
+    const directory = await openDirectory(path, dir, { timeoutMs: 10_000 });
+    try {
+      assert(performance.now() - started >= 300, "opened while the lock was held");
+      assertEquals(await directory.getUser("nobody"), null);
+      const raw = new DatabaseSync(path);
+      try {
+        assertEquals(raw.prepare("pragma journal_mode").get()?.journal_mode, "wal");
+      } finally {
+        raw.close();
+      }
+    } finally {
+      await directory.close();
+    }
+  } finally {
+    await released;
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("sqlite dialect: writes report affected rows and the insert id", async () => {

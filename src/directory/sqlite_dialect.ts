@@ -105,6 +105,34 @@ function sqliteLocked(err: unknown): boolean {
     ((errcode & 0xff) === 5 || (errcode & 0xff) === 6);
 }
 
+/**
+ * Makes `db` WAL, trying again after a timer for up to `busyMs` while another process holds the
+ * file's write lock. The switch reads the file's header and then takes the write lock, and
+ * SQLite refuses that upgrade at once, without its busy timeout (waiting could deadlock two
+ * readers that both want to write): servers starting together on a new file, or one starting
+ * while another writes a file not yet WAL, failed their start with "database is locked".
+ */
+async function switchToWal(db: DatabaseSync, busyMs: number): Promise<void> {
+  let locked: unknown;
+  // A prepared statement, as `exec`'s errors carry no SQLite error code to tell a lock by.
+  const pragma = db.prepare("pragma journal_mode = wal");
+  const switched = await pollUntil(() => {
+    try {
+      pragma.get();
+      return true;
+    } catch (error) {
+      if (!sqliteLocked(error)) throw error;
+      locked = error;
+      return false;
+    }
+  }, { timeoutMs: busyMs });
+  if (switched) return;
+  throw new DirectoryUnavailable(
+    `The SQLite directory stayed locked by another connection for ${busyMs} ms`,
+    { cause: locked },
+  );
+}
+
 /** A promise-based lock for the one connection; waiters are served first come, first served. */
 class Mutex {
   #tail: Promise<void> = Promise.resolve();
@@ -160,7 +188,7 @@ class NodeSqliteDriver implements Driver {
     return this.#token;
   }
 
-  init(): Promise<void> {
+  async init(): Promise<void> {
     const { database } = this.#config;
     const db = typeof database === "string" ? new DatabaseSync(database) : database;
     const busyMs = Math.max(0, Math.trunc(this.#config.busyTimeoutMs ?? 5000));
@@ -169,7 +197,7 @@ class NodeSqliteDriver implements Driver {
       // another process instead of failing at once (held at start, before any socket).
       db.exec(`pragma busy_timeout = ${busyMs}`);
       // WAL lets readers in other processes go on while one writes; `:memory:` stays `memory`.
-      db.exec("pragma journal_mode = wal");
+      await switchToWal(db, busyMs);
       db.exec("pragma foreign_keys = on");
       db.exec(`pragma busy_timeout = ${Math.min(busyMs, SYNC_BUSY_MS)}`);
     } catch (error) {
@@ -178,7 +206,6 @@ class NodeSqliteDriver implements Driver {
     }
     this.#db = db;
     this.#connection = new NodeSqliteConnection(db, busyMs);
-    return Promise.resolve();
   }
 
   async acquireConnection(): Promise<DatabaseConnection> {
