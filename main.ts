@@ -71,6 +71,7 @@ import { KvMessageStore } from "./src/store/kv_message_store.ts";
 import { KvPresenceStore } from "./src/store/kv_presence_store.ts";
 import { KvPresenceSweeper } from "./src/store/kv_presence_sweeper.ts";
 import { SpaceReserve } from "./src/store/space_reserve.ts";
+import { closesAnswered } from "./src/transport/close_when_quiet.ts";
 import { FrameBudget } from "./src/transport/frame_budget.ts";
 import type { Connection } from "./src/transport/websocket.ts";
 import { CLOSE } from "./src/transport/websocket.ts";
@@ -87,6 +88,12 @@ export interface App {
    * the sockets or refuses those GETs.
    */
   drain(): Promise<void>;
+  /**
+   * Drains, closes the sockets with 1001 (Socket.IO's without a code) and waits, up to half a
+   * second, for their peers to answer: to run before a listener's own shutdown, which drops every
+   * upgraded socket at once.
+   */
+  closeSockets(): Promise<void>;
   /** Drains, closes sockets with 1001, flushes pending commits and closes the stores. */
   close(): Promise<void>;
   /** The shared services, for tests and tools. */
@@ -125,6 +132,8 @@ const SHUTDOWN_DRAIN_MS = 2000;
 const SHUTDOWN_QUEUE_MS = 1000;
 /** How long the sockets then stay open for the refusals and the last commit's replies. */
 const SHUTDOWN_REPLY_MS = 500;
+/** How long the sockets closed with 1001 then wait for their peers to answer the close. */
+const SHUTDOWN_CLOSE_MS = 500;
 /**
  * By when, from the start of a shutdown, the work still under way (sends writing their files,
  * presence updates) must end before the stores close, leaving the rest of the 5 s to them.
@@ -685,6 +694,24 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       // What the last deliveries said to polling clients, within the same wait.
       await settle(replied, replying);
     })();
+  let ioClosed: Promise<void> | undefined;
+  let socketsClosed: Promise<void> | undefined;
+  // A closed socket reads on until its peer answers the close: Deno's server shutdown, or the
+  // exit, would end it before with the frames the peer sent meanwhile unread, which resets the
+  // connection, and the peer's answer fails (code 0 in Deno's client, 1006 in browsers). A peer
+  // that does not answer in time is left to them.
+  const closeSockets = () =>
+    socketsClosed ??= (async () => {
+      await drain();
+      for (const conn of [...connections]) conn.close(CLOSE.goingAway, "Server shutting down");
+      ioClosed = io.close();
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        closesAnswered(),
+        new Promise((r) => timer = setTimeout(r, SHUTDOWN_CLOSE_MS)),
+      ]);
+      clearTimeout(timer);
+    })();
   // A server of another process sharing the file learns of this one at its next read of the
   // registry. Until then it thinks itself alone and tells nobody of its rooms' presence changes
   // (nor typing), and what a user who joined here meanwhile missed is never sent again: a join
@@ -746,13 +773,13 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       return Promise.resolve(http.fetch(req, info));
     },
     drain,
+    closeSockets,
     async close() {
       if (closed) return;
       closed = true;
       try {
-        await drain();
-        for (const conn of [...connections]) conn.close(CLOSE.goingAway, "Server shutting down");
-        await io.close();
+        await closeSockets();
+        await ioClosed;
         // Sends still writing their files (refused at their append now, their files then
         // discarded) end before the stores close, within the budget: what is cut off still
         // leaves its files to the media sweep.
@@ -869,9 +896,10 @@ export async function startServer(
     port: addr.port,
     url: `http://${host}:${addr.port}`,
     async close() {
-      // Deno's shutdown closes upgraded sockets at once (1001): the frames they are still
-      // answering get their replies first.
-      await app.drain();
+      // Deno's shutdown drops upgraded sockets at once (1001, their peers' last frames unread):
+      // the frames they are still answering get their replies first, and their own close its
+      // peer's answer.
+      await app.closeSockets();
       const finished = server.shutdown();
       await app.close();
       // An exchange still under way (a download a slow player reads as it plays, a body still

@@ -46,6 +46,19 @@ export const lingeringCloseApplies: boolean = (() => {
   return /this\[[\w$]+\]==[\w$]+&&[\w$]+<=3&&this\[[\w$]+\]!==[\w$]+/.test(code);
 })();
 
+/** The lingering closes under way, each settled once answered or no longer waited for. */
+const lingering = new Set<Promise<void>>();
+
+/**
+ * Resolves once every close now waiting for the peer's answer has it (or has stopped waiting):
+ * Deno's server shutdown, or the exit, would end those sockets before, with the peer's frames
+ * unread, which resets the connections, and the peer's answer would fail (code 0 in Deno's
+ * client, 1006 in browsers).
+ */
+export async function closesAnswered(): Promise<void> {
+  await Promise.all(lingering);
+}
+
 /** The role slot of a Deno server socket, when the lingering read applies to it. */
 function roleSlot(socket: WebSocket): symbol | undefined {
   if (!lingeringCloseApplies) return undefined;
@@ -75,14 +88,22 @@ function closeLingering(
   // deno-lint-ignore no-explicit-any
   const marked = socket as any;
   marked[slot] = CLIENT_ROLE;
+  let settle = () => {};
+  const answered = new Promise<void>((resolve) => settle = resolve);
+  lingering.add(answered);
+  answered.then(() => lingering.delete(answered));
   const stop = () => {
     clearTimeout(timer);
     marked[slot] = SERVER_ROLE;
+    settle();
   };
   const timer = setTimeout(stop, CLOSE_LINGER_MAX_MS);
   // Not to hold a process (or a test) that is done for a peer that is slow to answer.
   Deno.unrefTimer(timer);
-  socket.addEventListener("close", () => clearTimeout(timer), { once: true });
+  socket.addEventListener("close", () => {
+    clearTimeout(timer);
+    settle();
+  }, { once: true });
   return stop;
 }
 

@@ -1,0 +1,131 @@
+/**
+ * A shutdown's 1001 reaches a client that keeps sending until it reads it as a clean close, not
+ * a connection the exit reset (code 0 in Deno's client, 1006 in browsers).
+ */
+
+import { assert, assertEquals } from "./assert.ts";
+import { concatBytes, rawUpgrade, serverFrame, silentPeer, TEST_SECRET } from "./helpers.ts";
+import { spawnServer } from "./server_process.ts";
+import { signDevToken } from "../src/auth/verifier.ts";
+
+const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A masked client frame (payload under 126 bytes). */
+function clientFrame(opcode: number, payload: Uint8Array): Uint8Array {
+  const mask = [1, 2, 3, 4];
+  return new Uint8Array([
+    0x80 | opcode,
+    0x80 | payload.length,
+    ...mask,
+    ...payload.map((b, i) => b ^ mask[i % 4]),
+  ]);
+}
+
+/** A native client that pings every few ms, as a busy client sends, until its socket is closed. */
+async function chatty(wsUrl: string, sub: string) {
+  const token = await signDevToken(TEST_SECRET, { sub, username: sub }, "1h");
+  const ws = new WebSocket(`${wsUrl}/ws?token=${token}`);
+  const closed = new Promise<number>((resolve) => ws.onclose = (e) => resolve(e.code));
+  await new Promise<void>((resolve, reject) => {
+    ws.onerror = () => reject(new Error("the socket failed before its welcome"));
+    ws.onmessage = (e) => {
+      if (JSON.parse(e.data).type === "welcome") resolve();
+    };
+  });
+  ws.onerror = null;
+  const sending = (async () => {
+    for (let n = 0; ws.readyState === WebSocket.OPEN; n++) {
+      ws.send(JSON.stringify({ type: "ping", ref: n }));
+      await delay(2);
+    }
+  })();
+  return { closed: closed.finally(() => sending) };
+}
+
+/**
+ * A native client `latencyMs` away: it keeps pinging every 5 ms, sees the server's frames that
+ * much after they came, and then answers the close. What it saw: the close code, and how the
+ * connection ended once it answered ("eof", or the error that reset it).
+ */
+async function distant(port: number, sub: string, latencyMs: number) {
+  const token = await signDevToken(TEST_SECRET, { sub, username: sub }, "1h");
+  const { conn, rest } = await rawUpgrade(port, `/ws?token=${token}`);
+  let closeCode: number | undefined;
+  const sending = (async () => {
+    for (let n = 0; closeCode === undefined; n++) {
+      await conn.write(clientFrame(1, new TextEncoder().encode(`{"type":"ping","ref":${n}}`)));
+      await delay(5);
+    }
+  })().catch(() => {});
+  const outcome = (async () => {
+    let bytes = rest;
+    const buf = new Uint8Array(64 * 1024);
+    try {
+      while (closeCode === undefined) {
+        for (let frame; (frame = serverFrame(bytes)) !== undefined;) {
+          bytes = bytes.subarray(frame.size);
+          if (frame.opcode !== 8) continue;
+          // Seen only now, from so far away: the pings sent meanwhile are on their way.
+          await delay(latencyMs);
+          closeCode = (frame.payload[0] << 8) | frame.payload[1];
+          await sending;
+          await conn.write(clientFrame(8, frame.payload.slice(0, 2)));
+          break;
+        }
+        if (closeCode !== undefined) break;
+        const n = await conn.read(buf);
+        if (n === null) return { code: closeCode, end: "eof before the close" };
+        bytes = concatBytes(bytes, buf.subarray(0, n));
+      }
+      while (await conn.read(buf) !== null);
+      return { code: closeCode, end: "eof" };
+    } catch (err) {
+      return { code: closeCode, end: String(err) };
+    } finally {
+      conn.close();
+    }
+  })();
+  return { outcome };
+}
+
+Deno.test("shutdown: clients still sending as a SIGTERM closes them with 1001 get a clean close, one 100 ms away too", async () => {
+  // Deno's server shutdown, which came right after the close frames, ended the sockets still
+  // waiting for their peers' answers at once, with the frames the clients had sent before they
+  // read the close unread: that reset the connections, and the clients' answers to the close
+  // failed (Broken pipe; Deno's client: code 0).
+  const dataDir = await Deno.makeTempDir({ prefix: "shutdown-close-" });
+  const proc = spawnServer({ DATA_DIR: dataDir });
+  try {
+    const url = await proc.url();
+    const wsUrl = url.replace(/^http/, "ws");
+    const port = Number(new URL(url).port);
+    const near = await Promise.all(Array.from({ length: 5 }, (_, i) => chatty(wsUrl, `near${i}`)));
+    const far = await distant(port, "far", 100);
+    await delay(200);
+    assertEquals((await proc.kill("SIGTERM")).code, 0);
+    assertEquals(await far.outcome, { code: 1001, end: "eof" });
+    assertEquals(await Promise.all(near.map((c) => c.closed)), near.map(() => 1001));
+  } finally {
+    await proc.kill("SIGKILL");
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("shutdown: a peer that never answers the close holds a SIGTERM's stop half a second at most", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "shutdown-silent-" });
+  const proc = spawnServer({ DATA_DIR: dataDir });
+  let conn: Deno.TcpConn | undefined;
+  try {
+    const url = await proc.url();
+    const token = await signDevToken(TEST_SECRET, { sub: "mute", username: "mute" }, "1h");
+    conn = await silentPeer(Number(new URL(url).port), `/ws?token=${token}`);
+    const started = performance.now();
+    assertEquals((await proc.kill("SIGTERM")).code, 0);
+    const took = performance.now() - started;
+    assert(took < 2000, `the stop took ${Math.round(took)} ms`);
+  } finally {
+    conn?.close();
+    await proc.kill("SIGKILL");
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
