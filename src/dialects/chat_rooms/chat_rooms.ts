@@ -27,7 +27,7 @@ const ROOM_NAME = /^[A-Za-z0-9_.-]{1,99}$/;
  * that has just begun following the room passes on the changes of the second before (see
  * KvRoomSignals), which the list may show already.
  */
-const SHOWN_MS = 3000;
+export const SHOWN_MS = 3000;
 
 /** The chat-rooms route at `path` (`/ws/rooms/:id{/}?` by default). */
 export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
