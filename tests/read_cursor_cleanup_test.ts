@@ -11,6 +11,21 @@ import { mayMount, smallDisk, spawnServer } from "./server_process.ts";
 
 const ADMIN = "an-admin-token-for-read-cursor-cleanup";
 
+/** Runs `fn` with a server that has an admin token, and its admin API as `api`. */
+async function withApi(
+  fn: (
+    server: TestServer,
+    api: (method: string, path: string, json?: unknown) => Promise<number>,
+  ) => Promise<void>,
+): Promise<void> {
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN });
+  try {
+    await fn(server, (method, path, json) => adminCall(server.url, ADMIN, method, path, json));
+  } finally {
+    await server.close();
+  }
+}
+
 /** Opens a native socket of `sub`, whose token opens every ticket and chat room. */
 async function connect(server: TestServer, sub: string): Promise<TestClient> {
   const token = await server.token({ sub, username: `user${sub}`, rooms: ["ticket:*", "chat:*"] });
@@ -66,11 +81,8 @@ async function cursorKeys(dataDir: string): Promise<string[]> {
   }
 }
 
-Deno.test("a user deleted through the admin API leaves no read cursor: not in rooms they took part in, not in rooms only their token opened; others' stay", async () => {
-  const server = await startTestServer({ ADMIN_TOKEN: ADMIN });
-  try {
-    const api = (method: string, path: string, json?: unknown) =>
-      adminCall(server.url, ADMIN, method, path, json);
+Deno.test("a user deleted through the admin API leaves no read cursor: not in rooms they took part in, not in rooms only their token opened; others' stay", () =>
+  withApi(async (server, api) => {
     for (const id of ["1", "2", "3"]) {
       assertEquals(await api("PUT", `/api/users/${id}`, { username: `user${id}` }), 200);
     }
@@ -93,16 +105,10 @@ Deno.test("a user deleted through the admin API leaves no read cursor: not in ro
       "ticket:77/1",
       "ticket:77/3",
     ]);
-  } finally {
-    await server.close();
-  }
-});
+  }));
 
-Deno.test("a participant removed from a room loses their read cursor there (also when a room save drops them), not elsewhere, unless they still may enter", async () => {
-  const server = await startTestServer({ ADMIN_TOKEN: ADMIN });
-  try {
-    const api = (method: string, path: string, json?: unknown) =>
-      adminCall(server.url, ADMIN, method, path, json);
+Deno.test("a participant removed from a room loses their read cursor there (also when a room save drops them), not elsewhere, unless they still may enter", () =>
+  withApi(async (server, api) => {
     const participants = ["1", "2", "3", "4"].map((user_id) => ({ user_id }));
     for (const id of ["8", "9"]) {
       assertEquals(
@@ -129,10 +135,7 @@ Deno.test("a participant removed from a room loses their read cursor there (also
       "ticket:9/3",
       "ticket:9/4",
     ]);
-  } finally {
-    await server.close();
-  }
-});
+  }));
 
 Deno.test("a read that a server not yet told of a user's deletion or a participant's removal takes after it stores no cursor; the user created again and added back marks reads again", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "read-cursor-race-" });
@@ -281,11 +284,8 @@ Deno.test("deleting a user the directory does not know and no room names answers
   }
 });
 
-Deno.test("a user deleted and then added back to a room (only tokens know them) marks reads there at once", async () => {
-  const server = await startTestServer({ ADMIN_TOKEN: ADMIN });
-  try {
-    const api = (method: string, path: string, json?: unknown) =>
-      adminCall(server.url, ADMIN, method, path, json);
+Deno.test("a user deleted and then added back to a room (only tokens know them) marks reads there at once", () =>
+  withApi(async (server, api) => {
     assertEquals(await api("PUT", "/api/users/2", { username: "user2" }), 200);
     const participants = ["1", "2"].map((user_id) => ({ user_id }));
     assertEquals(await api("PUT", "/api/rooms/ticket/7", { participants }), 201);
@@ -293,41 +293,26 @@ Deno.test("a user deleted and then added back to a room (only tokens know them) 
     assertEquals(await api("POST", "/api/rooms/ticket/7/participants", { user_id: "2" }), 200);
     await readIn(server, "2", "ticket:7");
     assertEquals(await readersOf(server, "1", "ticket:7"), ["2"]);
-  } finally {
-    await server.close();
-  }
-});
+  }));
 
-Deno.test("a user deleted and created again (PUT /api/users) marks reads at once in a room only their token opens", async () => {
-  const server = await startTestServer({ ADMIN_TOKEN: ADMIN });
-  try {
-    const api = (method: string, path: string, json?: unknown) =>
-      adminCall(server.url, ADMIN, method, path, json);
+Deno.test("a user deleted and created again (PUT /api/users) marks reads at once in a room only their token opens", () =>
+  withApi(async (server, api) => {
     assertEquals(await api("PUT", "/api/users/2", { username: "user2" }), 200);
     assertEquals(await api("DELETE", "/api/users/2"), 204);
     assertEquals(await api("PUT", "/api/users/2", { username: "user2" }), 200);
     await readIn(server, "2", "ticket:50");
     assertEquals(await readersOf(server, "1", "ticket:50"), ["2"]);
-  } finally {
-    await server.close();
-  }
-});
+  }));
 
-Deno.test("a participant removed from a room and put back by a room save (PUT /api/rooms) marks reads there at once", async () => {
-  const server = await startTestServer({ ADMIN_TOKEN: ADMIN });
-  try {
-    const api = (method: string, path: string, json?: unknown) =>
-      adminCall(server.url, ADMIN, method, path, json);
+Deno.test("a participant removed from a room and put back by a room save (PUT /api/rooms) marks reads there at once", () =>
+  withApi(async (server, api) => {
     const participants = ["1", "3"].map((user_id) => ({ user_id }));
     assertEquals(await api("PUT", "/api/rooms/ticket/7", { participants }), 201);
     assertEquals(await api("DELETE", "/api/rooms/ticket/7/participants/3"), 204);
     assertEquals(await api("PUT", "/api/rooms/ticket/7", { participants }), 200);
     await readIn(server, "3", "ticket:7");
     assertEquals(await readersOf(server, "1", "ticket:7"), ["3"]);
-  } finally {
-    await server.close();
-  }
-});
+  }));
 
 Deno.test("a read mark the store refuses (the user deleted a moment ago, their token still good) tells the room nothing", async () => {
   const server = await startTestServer({ ADMIN_TOKEN: ADMIN });
