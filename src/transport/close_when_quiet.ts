@@ -67,6 +67,17 @@ function roleSlot(socket: WebSocket): symbol | undefined {
   return slot && (socket as any)[slot] === SERVER_ROLE ? slot : undefined;
 }
 
+/** Sends `socket`'s close frame (with `code` and `reason` when given); false if it was closing. */
+function closeWith(socket: WebSocket, code?: number, reason?: string): boolean {
+  try {
+    if (code === undefined) socket.close();
+    else socket.close(code, reason);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Closes an open server `socket` with `code` at once and reads on until the peer answers, for at
  * most {@link CLOSE_LINGER_MAX_MS}; the function returned ends the wait (the next frame then ends
@@ -79,12 +90,7 @@ function closeLingering(
 ): (() => void) | undefined {
   const slot = socket.readyState === WebSocket.OPEN ? roleSlot(socket) : undefined;
   if (!slot) return undefined;
-  try {
-    if (code === undefined) socket.close();
-    else socket.close(code, reason);
-  } catch {
-    return undefined;
-  }
+  if (!closeWith(socket, code, reason)) return undefined;
   // deno-lint-ignore no-explicit-any
   const marked = socket as any;
   marked[slot] = CLIENT_ROLE;
@@ -124,12 +130,7 @@ export function closeWhenQuiet(
   const closeNow = () => {
     clearTimeout(timer);
     if (socket.readyState === WebSocket.CLOSING || socket.readyState === WebSocket.CLOSED) return;
-    try {
-      if (code === undefined) socket.close();
-      else socket.close(code, reason);
-    } catch {
-      // Already closing.
-    }
+    closeWith(socket, code, reason);
   };
   const attempt = () => {
     const now = performance.now();
