@@ -11,16 +11,20 @@ import { mayMount, smallDisk, spawnServer } from "./server_process.ts";
 
 const ADMIN = "an-admin-token-for-read-cursor-cleanup";
 
+/** The admin API of the server at `url`, called with the admin token; resolves to the status. */
+const apiAt = (url: string) => (method: string, path: string, json?: unknown) =>
+  adminCall(url, ADMIN, method, path, json);
+
 /** Runs `fn` with a server that has an admin token, and its admin API as `api`. */
 async function withApi(
   fn: (
     server: TestServer,
-    api: (method: string, path: string, json?: unknown) => Promise<number>,
+    api: ReturnType<typeof apiAt>,
   ) => Promise<void>,
 ): Promise<void> {
   const server = await startTestServer({ ADMIN_TOKEN: ADMIN });
   try {
-    await fn(server, (method, path, json) => adminCall(server.url, ADMIN, method, path, json));
+    await fn(server, apiAt(server.url));
   } finally {
     await server.close();
   }
@@ -152,8 +156,7 @@ Deno.test("a read that a server not yet told of a user's deletion or a participa
     const urlA = await a.url();
     b = spawnServer(env);
     const urlB = await b.url();
-    const api = (method: string, path: string, json?: unknown) =>
-      adminCall(urlA, ADMIN, method, path, json);
+    const api = apiAt(urlA);
     for (const id of ["1", "2", "3"]) {
       assertEquals(await api("PUT", `/api/users/${id}`, { username: `user${id}` }), 200);
     }
@@ -236,8 +239,7 @@ Deno.test({
     };
     try {
       const url = await server.url();
-      const api = (method: string, path: string, json?: unknown) =>
-        adminCall(url, ADMIN, method, path, json);
+      const api = apiAt(url);
       for (const id of ["1", "2"]) {
         assertEquals(await api("PUT", `/api/users/${id}`, { username: `user${id}` }), 200);
       }
