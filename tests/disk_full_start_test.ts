@@ -10,7 +10,7 @@
  */
 
 import { assert, assertEquals, eventually } from "./assert.ts";
-import { TEST_SECRET, TestClient } from "./helpers.ts";
+import { health, TEST_SECRET, TestClient } from "./helpers.ts";
 import { mayMount, smallDisk, spawnServer } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 import { DatabaseSync } from "node:sqlite";
@@ -44,12 +44,6 @@ function keysDueWithin(path: string, ms: number): number {
   } finally {
     db.close();
   }
-}
-
-/** A server's /healthz: its status and body. */
-async function health(url: string): Promise<{ status: number; body: Frame }> {
-  const res = await fetch(`${url}/healthz`);
-  return { status: res.status, body: await res.json() };
 }
 
 Deno.test({

@@ -174,6 +174,14 @@ export async function joinRoom(
 /** Polling wait, kept in assert.ts so that unit tests can use it without starting a server. */
 export { eventually };
 
+/** A server's /healthz: its status and body. */
+export async function health(
+  url: string,
+): Promise<{ status: number; body: Record<string, unknown> }> {
+  const res = await fetch(`${url}/healthz`);
+  return { status: res.status, body: await res.json() };
+}
+
 /** Waits until every server's `/healthz` counts all the others as peers. */
 export async function peersFound(servers: TestServer[]): Promise<void> {
   await eventually(

@@ -3,12 +3,10 @@
  * a connection the exit reset (code 0 in Deno's client, 1006 in browsers).
  */
 
-import { assert, assertEquals } from "./assert.ts";
+import { assert, assertEquals, delay } from "./assert.ts";
 import { concatBytes, rawUpgrade, serverFrame, silentPeer, TEST_SECRET } from "./helpers.ts";
 import { spawnServer } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
-
-const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A masked client frame (payload under 126 bytes). */
 function clientFrame(opcode: number, payload: Uint8Array): Uint8Array {

@@ -8,8 +8,8 @@
  * name says so.
  */
 
-import { assert, assertEquals, eventually } from "./assert.ts";
-import { TEST_SECRET, TestClient } from "./helpers.ts";
+import { assert, assertEquals, delay, eventually } from "./assert.ts";
+import { health, TEST_SECRET, TestClient } from "./helpers.ts";
 import { mayMount, smallDisk, spawnServer } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 
@@ -19,14 +19,6 @@ const skip = !(await mayMount());
 
 /** A test's name, which says so when it is skipped. */
 const named = (name: string) => skip ? `${name} (SKIPPED: mounting a tmpfs needs root)` : name;
-
-const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** A server's /healthz: its status and body. */
-async function health(url: string): Promise<{ status: number; body: Frame }> {
-  const res = await fetch(`${url}/healthz`);
-  return { status: res.status, body: await res.json() };
-}
 
 Deno.test({
   name: named(
