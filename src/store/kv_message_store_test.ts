@@ -1,4 +1,5 @@
 import { assert, assertEquals, eventually } from "../../tests/assert.ts";
+import { DatabaseSync } from "node:sqlite";
 import type { AppendResult, Attachment, MessageDraft } from "../core/types.ts";
 import { KV_KEYS, KvMessageStore } from "./kv_message_store.ts";
 
@@ -1218,4 +1219,31 @@ Deno.test("KvMessageStore.generation(): a room this store committed to is served
     assertEquals(await b.generation("r", { fresh: true }), 1);
     for (const store of [a, b]) await store.close();
   });
+});
+
+Deno.test("KvMessageStore.append() writes messages and file records with an expiry no one will reach, so KV's expiry index takes them at its end", async () => {
+  const path = await Deno.makeTempFile({ suffix: ".kv" });
+  const kv = await Deno.openKv(path);
+  const store = new KvMessageStore(kv, { discard: () => Promise.resolve() });
+  await store.append("r", { ...draft("with a file"), attachments: [file("a.txt")] });
+  await store.append("r", draft("text", "c1"));
+  kv.close();
+  const db = new DatabaseSync(path, { readOnly: true });
+  try {
+    const rows = db.prepare("select hex(k) as k, expiration_ms as at from kv").all() as {
+      k: string;
+      at: number;
+    }[];
+    const hex = (part: string) =>
+      "02" + [...new TextEncoder().encode(part)].map((b) =>
+        b.toString(16).padStart(2, "0")
+      ).join("").toUpperCase() + "00";
+    const kept = rows.filter((r) => r.k.startsWith(hex("msg")) || r.k.startsWith(hex("files")));
+    assertEquals(kept.length, 3);
+    const centuries = Date.now() + 900 * 365 * 24 * 60 * 60 * 1000;
+    for (const r of kept) assert(r.at > centuries, `${r.k} expires at ${r.at}`);
+  } finally {
+    db.close();
+    await Deno.remove(path);
+  }
 });
