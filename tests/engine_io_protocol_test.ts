@@ -716,6 +716,57 @@ Deno.test("initialLargePayload: one message past initialMaxPayload is taken, and
   });
 });
 
+Deno.test("initialLargeMessages: a session takes that many messages past initialMaxPayload while unsignedPostBytes holds them; its close, or its maxPayload raised, gives them back", async () => {
+  await withServer({
+    maxPayload: 8000,
+    initialMaxPayload: 1000,
+    initialLargePayload: 4000,
+    initialLargeMessages: 2,
+    // Two large messages (3,012 bytes each), not three.
+    unsignedPostBytes: 7000,
+  }, async (c) => {
+    const large = `42["echo","${"c".repeat(3000)}"]`;
+    const open = async () => {
+      const peer = new Peer(`${c.wsBase}?EIO=4&transport=websocket`);
+      await peer.next();
+      peer.send("40");
+      await peer.next();
+      return peer;
+    };
+    const first = await open();
+    first.send(large);
+    first.send(large);
+    strictEqual(await first.next(), large);
+    strictEqual(await first.next(), large);
+    // The budget holds no more: another session's is refused.
+    const refused = await open();
+    refused.send(large);
+    await refused.closed;
+    // Signed in, the first gives its share back, and takes large messages past the count.
+    c.sockets[0].conn.maxPayload = 8000;
+    first.send(large);
+    strictEqual(await first.next(), large);
+    const second = await open();
+    second.send(large);
+    strictEqual(await second.next(), large);
+    // A session holding one takes one more only if the budget holds both.
+    const third = await open();
+    third.send(large);
+    strictEqual(await third.next(), large);
+    third.send(large);
+    await third.closed;
+    // The third's close gave back its one, the second's close its own: two fit again.
+    await second.close();
+    await eventually(() => c.reasons.length === 3);
+    const last = await open();
+    last.send(large);
+    last.send(large);
+    strictEqual(await last.next(), large);
+    strictEqual(await last.next(), large);
+    await Promise.all([first.close(), last.close()]);
+  });
+});
+
 Deno.test("CORS: origins are echoed with credentials, preflights answered, others refused", async () => {
   await withServer({}, async (ctx) => {
     const reply = await get(ctx, "EIO=4&transport=polling", {

@@ -1,5 +1,6 @@
 /** The Socket.IO ticket chat (shared/specs/socketio-ticket-chat.md) with the official client. */
 
+import { MAX_FILES_PER_MESSAGE } from "../src/core/chat_service.ts";
 import type { Directory } from "../src/core/directory.ts";
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import type { AppOverrides } from "../main.ts";
@@ -432,7 +433,7 @@ Deno.test("socket.io ticket chat: an event over the size limit is answered on se
   }, { MAX_FILE_BYTES: "2048" });
 });
 
-Deno.test("socket.io ticket chat: a large event before authenticating ends the session, a second one at once; after it, over either way to WebSocket, the same event is stored", async () => {
+Deno.test("socket.io ticket chat: a large event before authenticating ends the session, one past as many as a message's files at once; after it, over either way to WebSocket, the same event is stored", async () => {
   await withChat(async (server, client) => {
     const big = [{ name: "big.bin", data: new Uint8Array(100_000) }];
     const stranger = client({ transports: ["websocket"] });
@@ -446,18 +447,21 @@ Deno.test("socket.io ticket chat: a large event before authenticating ends the s
     assertEquals(await acked, { error: "User not authenticated" });
     assertEquals(await disconnected, "transport close");
     stranger.disconnect();
-    // The first waits for an authenticate; a second ends the session at once. One named like a
-    // property every object has is no event with an error event of its own: only its ack is
-    // answered (a packet naming no event was a parse error to the client).
+    // As many as a message's files (one frame each, sent as bytes) wait for an authenticate; one
+    // more ends the session at once. One named like a property every object has is no event with
+    // an error event of its own: only its ack is answered (a packet naming no event was a parse
+    // error to the client).
     const odd = client({ transports: ["websocket"] });
     await next(odd, "connect");
     const oddEnd = next<string>(odd, "disconnect");
     const started = performance.now();
-    odd.emit("send_message", { ticketId: "8", attachments: big });
+    for (let i = 0; i < MAX_FILES_PER_MESSAGE; i++) {
+      odd.emit("send_message", { ticketId: "8", attachments: big });
+    }
     const oddAck = odd.timeout(3000).emitWithAck("constructor", { attachments: big });
     assertEquals(await oddAck, { error: "User not authenticated" });
     assertEquals(await oddEnd, "transport close");
-    assert(performance.now() - started < 1500, "the second large event ended the session at once");
+    assert(performance.now() - started < 1500, "one more large event ended the session at once");
     odd.disconnect();
     const token = await server.token({ sub: "1", rooms: ["ticket:8"] });
     const upgraded = (socket: ClientSocket) =>
@@ -1247,6 +1251,176 @@ Deno.test("socket.io ticket chat: a large event from a WebSocket client that nev
     stranger.disconnect();
     await eventually(async () => await held() === 0, 3000, "the frame's buffer let go");
   });
+});
+
+/** A photo of 200 KB, different for each `n`. */
+const photo = (n: number) => new Uint8Array(200_000).map((_, i) => (i + n) % 251);
+
+/**
+ * Has user 1's socket (the document's connect handler: authenticate, then rejoin ticket 9) lose
+ * its transport, emits what `emitWhileOffline` emits meanwhile (sent first thing on the
+ * reconnect, before the `authenticate`), and checks that user 2 gets `expected`, each acked.
+ */
+async function sentWhileOffline(
+  emitWhileOffline: (socket: ClientSocket) => Promise<unknown>[],
+  expected: string[],
+) {
+  await withChat(async (server, client) => {
+    const other = client({ transports: ["websocket"] });
+    await authenticated(other, await server.token({ sub: "2", rooms: ["ticket:9"] }));
+    await joined(other, "9");
+    const token = await server.token({ sub: "1", rooms: ["ticket:9"] });
+    const socket = client({ transports: ["websocket"] });
+    const errors: unknown[] = [];
+    socket.on("send_message_error", (m: Payload) => errors.push(m.message));
+    socket.on("connect", () => socket.emit("authenticate", { token }));
+    socket.on("authenticated", () => socket.emit("join_ticket", { ticketId: "9" }));
+    await next(socket, "joined_ticket");
+    const got: string[] = [];
+    other.on("new_message", (m: { data: Payload }) => got.push(m.data.message as string));
+    const [serverSide] = [...server.app.io.of("/").sockets.values()].filter((s) =>
+      s.data.user?.id === 1
+    );
+    serverSide.conn.close();
+    await next(socket, "disconnect");
+    const acks = await Promise.all(
+      emitWhileOffline(socket).map((a) => a.then((r) => (r as Payload).error ?? "ok", String)),
+    );
+    await eventually(() => got.length >= expected.length, 8000, "messages").catch(() => {});
+    assertEquals({ got, errors, acks }, {
+      got: expected,
+      errors: [],
+      acks: expected.map(() => "ok"),
+    });
+  });
+}
+
+Deno.test("socket.io ticket chat: two messages with a photo each, emitted while offline, are both stored after a WebSocket reconnect", async () => {
+  await sentWhileOffline(
+    (socket) =>
+      [1, 2].map((n) =>
+        socket.timeout(8000).emitWithAck("send_message", {
+          ticketId: "9",
+          message: `photo ${n}`,
+          attachments: [{ name: `p${n}.jpg`, type: "image/jpeg", data: photo(n).toBase64() }],
+        })
+      ),
+    ["photo 1", "photo 2"],
+  );
+});
+
+Deno.test("socket.io ticket chat: one message with two photos, emitted while offline, is stored after a WebSocket reconnect", async () => {
+  await sentWhileOffline((socket) => [
+    socket.timeout(8000).emitWithAck("send_message", {
+      ticketId: "9",
+      message: "two photos",
+      attachments: [1, 2].map((n) => ({
+        name: `p${n}.jpg`,
+        type: "image/jpeg",
+        data: photo(n).toBase64(),
+      })),
+    }),
+  ], ["two photos"]);
+});
+
+Deno.test("socket.io ticket chat: one message with a binary photo (a Socket.IO attachment), emitted while offline, is stored after a WebSocket reconnect", async () => {
+  await sentWhileOffline((socket) => [
+    socket.timeout(8000).emitWithAck("send_message", {
+      ticketId: "9",
+      message: "binary photo",
+      attachments: [{ name: "p.jpg", type: "image/jpeg", data: photo(1) }],
+    }),
+  ], ["binary photo"]);
+});
+
+Deno.test("socket.io ticket chat: one message with two binary photos (a frame each), emitted while offline, is stored after a WebSocket reconnect", async () => {
+  await sentWhileOffline((socket) => [
+    socket.timeout(8000).emitWithAck("send_message", {
+      ticketId: "9",
+      message: "two binary photos",
+      attachments: [1, 2].map((n) => ({ name: `p${n}.jpg`, type: "image/jpeg", data: photo(n) })),
+    }),
+  ], ["two binary photos"]);
+});
+
+/**
+ * A WebSocket client without a token that sends `photos` messages with a photo each as it
+ * connects, and never authenticates: when (ms after the connect) each was refused `User not
+ * authenticated`, in order, and when and how its session ended.
+ */
+function strangerSends(client: (o?: object) => ClientSocket, photos: number) {
+  const stranger = client({ autoConnect: false, reconnection: false, transports: ["websocket"] });
+  const started = performance.now();
+  // Otherwise what happened instead, for the assertion to show.
+  const refusals = Array.from(
+    { length: photos },
+    (_, n) =>
+      stranger.timeout(5000).emitWithAck("send_message", {
+        ticketId: "9",
+        attachments: [{ name: `p${n}.jpg`, data: photo(n).toBase64() }],
+      }).then(
+        (answer: Payload) =>
+          answer.error === "User not authenticated"
+            ? performance.now() - started
+            : `answered ${JSON.stringify(answer)}`,
+        String,
+      ),
+  );
+  const ended = next<string>(stranger, "disconnect", 5000).then((reason) => ({
+    reason,
+    after: performance.now() - started,
+  }));
+  stranger.connect();
+  return { refused: Promise.all(refusals), ended };
+}
+
+// MAX_FILE_BYTES 200000: a file's frame is 346,240 characters, so the large messages of sessions
+// nobody signed in hold at most 692,480 in all: two photos (266,751 each), not three.
+const TWO_PHOTOS = { MAX_FILE_BYTES: "200000" };
+
+Deno.test("socket.io ticket chat: photos from a WebSocket client that never authenticates are held for the wait, refused, and the session ended, giving back what they held: the next client's are held again", async () => {
+  await withChat(async (_server, client) => {
+    for (const round of [1, 2]) {
+      const { refused, ended } = strangerSends(client, 2);
+      // Both held for the 2 s early events wait for an authenticate, none refused at once.
+      for (const after of await refused) {
+        assert(typeof after === "number" && after >= 1500, `round ${round}: refused: ${after}`);
+      }
+      const end = await ended;
+      assertEquals(end.reason, "transport close");
+      assert(end.after < 4000, `round ${round}: ended after ${end.after} ms`);
+    }
+  }, TWO_PHOTOS);
+});
+
+Deno.test("socket.io ticket chat: photos held before sign-in are bounded server-wide: past two files' frames, another client's is refused at once and its session ended; a signed-in user's still goes", async () => {
+  await withChat(async (server, client) => {
+    const held = async () => {
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      return Number(/chat_frame_buffer_bytes\{state="open"\} (\d+)/.exec(metrics)![1]);
+    };
+    const member = await inTicket(server, client, "9");
+    const holder = strangerSends(client, 2);
+    await eventually(async () => await held() >= 266_000, 1500, "the first photo taken");
+    // The second follows it on the same connection.
+    await delay(300);
+    const late = strangerSends(client, 1);
+    const [refusedAfter] = await late.refused;
+    assert(typeof refusedAfter === "number" && refusedAfter < 1500, `refused: ${refusedAfter}`);
+    assertEquals((await late.ended).reason, "transport close");
+    // The budget is only for sessions nobody signed in.
+    const acked = await member.timeout(5000).emitWithAck("send_message", {
+      ticketId: "9",
+      message: "signed in",
+      attachments: [{ name: "p.jpg", data: photo(3).toBase64() }],
+    });
+    assertEquals((acked as Payload).message, "signed in");
+    // The holder's are still held for the wait, then refused.
+    for (const after of await holder.refused) {
+      assert(typeof after === "number" && after >= 1500, `refused: ${after}`);
+    }
+    assertEquals((await holder.ended).reason, "transport close");
+  }, TWO_PHOTOS);
 });
 
 Deno.test("socket.io ticket chat: the client's own reconnection, then re-authenticate and rejoin", async () => {

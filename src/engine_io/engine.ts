@@ -60,15 +60,20 @@ export interface EngineOptions {
   /**
    * Largest WebSocket message in bytes a session takes once past `initialMaxPayload`, until the
    * application raises its {@linkcode EngineSocket.maxPayload} (say a file a client queued while
-   * offline and sends before it signs in); `initialLargeTaken` is told of it, and a second one is
-   * refused as one past `initialMaxPayload` is. Default none.
+   * offline and sends before it signs in); `initialLargeTaken` is told of each, and one more than
+   * `initialLargeMessages`, or one `unsignedPostBytes` cannot hold, is refused as one past
+   * `initialMaxPayload` is. Default none.
    */
   initialLargePayload?: number;
   /**
-   * Told that a session took its one message past `initialMaxPayload` (see
-   * `initialLargePayload`), just before it is handled: Deno now keeps a read buffer that large for
-   * the socket, so the application should close the session unless it raises its `maxPayload`
-   * soon.
+   * How many messages past `initialMaxPayload` (see `initialLargePayload`) a session takes until
+   * the application raises its `maxPayload`; default 1.
+   */
+  initialLargeMessages?: number;
+  /**
+   * Told that a session took a message past `initialMaxPayload` (see `initialLargePayload`), just
+   * before it is handled: Deno now keeps a read buffer that large for the socket, so the
+   * application should close the session unless it raises its `maxPayload` soon.
    */
   initialLargeTaken?: (socket: EngineSocket) => void;
   /**
@@ -77,7 +82,9 @@ export interface EngineOptions {
    * for POSTs relayed from another isolate: each is read whole before anyone knows whose it is.
    * A POST past it is refused with 503 and its session ends (clients reconnect); the first 16
    * KiB of each are not counted, and one that takes longer than `pingInterval + pingTimeout` to
-   * arrive is dropped. Default unlimited.
+   * arrive is dropped. The messages past `initialMaxPayload` a WebSocket session took (see
+   * `initialLargePayload`) count against it whole, until the application raises the session's
+   * `maxPayload` or the session closes. Default unlimited.
    */
   unsignedPostBytes?: number;
   /** Enabled transports; default both. */
@@ -252,6 +259,7 @@ interface ResolvedOptions {
   maxPayload: number;
   initialMaxPayload: number;
   initialLargePayload: number;
+  initialLargeMessages: number;
   initialLargeTaken?: (socket: EngineSocket) => void;
   maxPollingPayload: number;
   transports: readonly TransportName[];
@@ -263,7 +271,10 @@ interface ResolvedOptions {
   refuseHandshake?: () => string | null;
 }
 
-/** What the POSTs of sessions nobody signed in may hold at once, in bytes. */
+/**
+ * What the POSTs, and the large WebSocket messages, of sessions nobody signed in may hold at
+ * once, in bytes.
+ */
 interface PostBudget {
   left: number;
   /** How long one such POST may take to arrive, ms: a stalled one gives its share back then. */
@@ -426,8 +437,11 @@ class WebSocketTransport {
   onerror: (reason: string) => void = () => {};
   onclose: () => void = () => {};
   ontoolarge: (head: string, size: number) => void = () => {};
-  /** A message past `maxPayload` and within `largePayload` was taken: its session's one. */
-  onlarge: () => void = () => {};
+  /**
+   * A message of `size` bytes past `maxPayload` and within `largePayload` came: whether its
+   * session takes it (or refuses it, as one past `largePayload`).
+   */
+  onlarge: (size: number) => boolean = () => false;
   readonly frames: FrameSocket;
   /** Largest message taken; its session sets it. */
   maxPayload = 0;
@@ -469,9 +483,7 @@ class WebSocketTransport {
       : data.length * 3 <= max && !traffic
       ? data.length
       : utf8Length(data);
-    if (size > max && size <= this.largePayload) {
-      this.onlarge();
-    } else if (size > max) {
+    if (size > max && (size > this.largePayload || !this.onlarge(size))) {
       // A message packet ("4..."): the start is enough to tell which event it carried. A binary
       // message is an attachment of a packet whose start came before it.
       if (typeof data !== "string") this.ontoolarge("", size);
@@ -493,6 +505,8 @@ class WebSocketTransport {
 
 interface SessionHost {
   readonly options: ResolvedOptions;
+  /** What sessions nobody signed in may hold (see `unsignedPostBytes`), shared by all. */
+  readonly unsigned: PostBudget;
   forget(id: string): void;
 }
 
@@ -516,6 +530,10 @@ class Session implements EngineSocket {
   #maxPayload: number;
   /** Largest WebSocket message it still takes once past `#maxPayload` (0: none left). */
   #largePayload: number;
+  /** How many more of those it takes (see `initialLargeMessages`). */
+  #largeLeft: number;
+  /** Bytes of those taken, held of the host's `unsigned` budget until it signs in or closes. */
+  #largeHeld = 0;
   /** Largest polling POST past `maxPollingPayload`: what the application set as `maxPayload`. */
   #maxPost = 0;
   #poll: ((reply: Reply) => void) | null = null;
@@ -540,6 +558,7 @@ class Session implements EngineSocket {
     const options = host.options;
     this.#maxPayload = options.initialMaxPayload;
     this.#largePayload = options.initialLargePayload;
+    this.#largeLeft = options.initialLargeMessages;
     if (ws) {
       ws.maxPayload = this.#maxPayload;
       ws.largePayload = this.#largePayload;
@@ -575,6 +594,8 @@ class Session implements EngineSocket {
     this.#maxPayload = bytes;
     this.#maxPost = bytes;
     this.#setLargePayload(0);
+    // Signed in: what it holds is its user's now, bounded as any signed-in session's is.
+    this.#releaseLarge();
     if (this.#ws) this.#ws.maxPayload = bytes;
     if (this.#candidate) this.#candidate.maxPayload = bytes;
   }
@@ -583,6 +604,12 @@ class Session implements EngineSocket {
     this.#largePayload = bytes;
     if (this.#ws) this.#ws.largePayload = bytes;
     if (this.#candidate) this.#candidate.largePayload = bytes;
+  }
+
+  /** Gives back what its large messages held of the budget of unsigned sessions. */
+  #releaseLarge(): void {
+    this.#host.unsigned.left += this.#largeHeld;
+    this.#largeHeld = 0;
   }
 
   /** Largest polling POST the application allowed this session (0: the server's limit). */
@@ -798,14 +825,20 @@ class Session implements EngineSocket {
         report(error);
       }
     };
-    ws.onlarge = () => {
-      // Once per session: a second such message is refused, as one past `maxPayload` is.
-      this.#setLargePayload(0);
+    ws.onlarge = (size) => {
+      // Deno has read it whole already, but it is held until an application signs the session in
+      // (or ends it): past the count, or what all unsigned sessions may hold, it is refused.
+      const budget = this.#host.unsigned;
+      if (this.#largeLeft === 0 || size > budget.left) return false;
+      this.#largeLeft--;
+      budget.left -= size;
+      this.#largeHeld += size;
       try {
         this.#host.options.initialLargeTaken?.(this);
       } catch (error) {
         report(error);
       }
+      return true;
     };
     ws.onerror = (reason) => {
       this.#close(reason === "parse error" ? "parse error" : "transport error", reason);
@@ -897,6 +930,7 @@ class Session implements EngineSocket {
     this.#candidate?.close();
     this.#closedCandidate = this.#candidate;
     this.#candidate = null;
+    this.#releaseLarge();
     this.#ended.resolve();
     this.#host.forget(this.id);
     try {
@@ -1023,6 +1057,7 @@ export class EngineServer {
       maxPayload,
       initialMaxPayload: Math.min(options.initialMaxPayload ?? Infinity, maxPayload),
       initialLargePayload: Math.min(options.initialLargePayload ?? 0, maxPayload),
+      initialLargeMessages: options.initialLargeMessages ?? 1,
       initialLargeTaken: options.initialLargeTaken,
       maxPollingPayload: Math.min(options.maxPollingPayload ?? Infinity, maxPayload),
       transports: options.transports ?? ["polling", "websocket"],
@@ -1047,6 +1082,7 @@ export class EngineServer {
     const sessions = this.#sessions;
     this.#host = {
       options: this.#options,
+      unsigned: this.#unsignedPosts,
       forget: (id) => sessions.delete(id),
     };
     relay?.attach(this.#relayOwner());

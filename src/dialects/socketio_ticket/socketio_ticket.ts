@@ -14,7 +14,7 @@ import {
   rateLimited,
   roomDeleted,
 } from "../../core/errors.ts";
-import type { QueuedSend } from "../../core/chat_service.ts";
+import { MAX_FILES_PER_MESSAGE, type QueuedSend } from "../../core/chat_service.ts";
 import { failureLog } from "../../core/failure_log.ts";
 import { type RateVerdict, TYPING_REPEAT_MS } from "../../core/rate_limiter.ts";
 import { isValidRoomId, MAX_ROOMS_PER_SOCKET, roomKey } from "../../core/rooms.ts";
@@ -423,19 +423,22 @@ export function createSocketIoTicketChat(
     // be relayed by an isolate that does not know the session: one file's frame. A session
     // signed in here may POST as much as a WebSocket message (`signedIn` raises its limit).
     maxPollingPayload: maxFrameSize(ctx.config),
-    // And all such POSTs at once hold at most two files' frames: a client queues its emits while
-    // offline and may send them with its `authenticate`, but thousands of clients without a
-    // token POSTing a file each would otherwise hold gigabytes.
+    // And all such POSTs at once, with the large WebSocket messages held before sign-in (below),
+    // hold at most two files' frames: a client queues its emits while offline and may send them
+    // with its `authenticate`, but thousands of clients without a token sending a file each would
+    // otherwise hold gigabytes.
     unsignedPostBytes: 2 * maxFrameSize(ctx.config),
     // Until the client has authenticated, nothing it may send is large (`authenticate` carries a
     // token): Deno keeps a socket's read buffer as large as the largest message it read, so one
     // big frame from a client without a token would hold that memory as long as it stays.
     initialMaxPayload: UNAUTHENTICATED_MAX_BYTES,
-    // Except one message of the size a polling POST may have before sign-in: socket.io-client
-    // sends what was emitted while offline (a photo) before its `connect` handler authenticates.
-    // It waits for an `authenticate` as other early events do; with none in time, the session
-    // ends (see `largeBeforeSignIn`), and a second one ends it at once.
+    // Except a few messages of the size a polling POST may have before sign-in, as long as
+    // `unsignedPostBytes` holds them: socket.io-client sends what was emitted while offline (a
+    // photo each, or a message's binary files, one frame each) before its `connect` handler
+    // authenticates. They wait for an `authenticate` as other early events do; with none in time,
+    // the session ends (see `largeBeforeSignIn`), and one more ends it at once.
     initialLargePayload: maxFrameSize(ctx.config),
+    initialLargeMessages: MAX_FILES_PER_MESSAGE,
     initialLargeTaken(conn) {
       const socket = sockets.get(conn);
       // Before its CONNECT was taken: socket.io-client holds its emits until it is connected.
@@ -675,7 +678,7 @@ export function createSocketIoTicketChat(
   }
 
   /**
-   * Ends the session of a socket that took a large message before signing in (see
+   * Ends the session of a socket that took large messages before signing in (see
    * `initialLargePayload`) unless an `authenticate` signs it in within the wait of the events
    * sent before one: Deno keeps a read buffer that large for the socket as long as it stays. The
    * events that waited are refused first, as without it.
