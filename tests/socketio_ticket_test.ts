@@ -1179,6 +1179,63 @@ Deno.test("socket.io ticket chat: an event sent while offline waits for an authe
   );
 });
 
+/**
+ * User 1's page (the document's: it authenticates on `connect`) with a message emitted while
+ * offline, sent before its `authenticate` and stored right after it, in ticket 9, which user 2
+ * is in when `observed`. It joins ticket 9 only once its send is acked (stored), as a join sent
+ * on `authenticated` may come after the store; with `heldBroadcast`, the broadcast of the
+ * message here waits until the page has joined. Returns the `new_message`s each got.
+ */
+async function ownOfflineSend(options: { observed: boolean; heldBroadcast?: boolean }) {
+  let result: { page: string[]; observer: string[] } | undefined;
+  await withChat(async (server, client) => {
+    const observer: string[] = [];
+    if (options.observed) {
+      const other = client({ transports: ["websocket"] });
+      await authenticated(other, await server.token({ sub: "2", rooms: ["ticket:9"] }));
+      await joined(other, "9");
+      other.on("new_message", (m: { data: Payload }) => observer.push(m.data.message as string));
+    }
+    const hub = server.app.context.hub;
+    const committed = hub.committed.bind(hub);
+    const held: Parameters<typeof committed>[0][] = [];
+    if (options.heldBroadcast) hub.committed = (message) => void held.push(message);
+    const token = await server.token({ sub: "1", rooms: ["ticket:9"] });
+    const socket = client({ autoConnect: false, transports: ["websocket"] });
+    const page: string[] = [];
+    socket.on("new_message", (m: { data: Payload }) => page.push(m.data.message as string));
+    socket.on("connect", () => socket.emit("authenticate", { token }));
+    const acked = socket.timeout(5000).emitWithAck("send_message", {
+      ticketId: "9",
+      message: "from offline",
+    });
+    socket.connect();
+    assertEquals(((await acked) as Payload).message, "from offline");
+    await joined(socket, "9");
+    hub.committed = committed;
+    for (const message of held) committed(message);
+    await settles(() => page.length > 1 || (options.observed && observer.length > 1), 500);
+    if (options.observed) await eventually(() => observer.length > 0, 2000, "the broadcast");
+    result = { page, observer };
+  });
+  return result!;
+}
+
+Deno.test("socket.io ticket chat: a message emitted while offline comes back to its sender once as new_message, though the page joins its ticket only after it is stored", async () => {
+  // Nobody else in the ticket (a restarted server): no broadcast at all.
+  assertEquals(await ownOfflineSend({ observed: false }), { page: ["from offline"], observer: [] });
+  // Broadcast to the ticket before the page was in it.
+  assertEquals(await ownOfflineSend({ observed: true }), {
+    page: ["from offline"],
+    observer: ["from offline"],
+  });
+  // Broadcast once the page is in the ticket, after it was told: not told a second time.
+  assertEquals(await ownOfflineSend({ observed: true, heldBroadcast: true }), {
+    page: ["from offline"],
+    observer: ["from offline"],
+  });
+});
+
 Deno.test("socket.io ticket chat: a photo emitted while offline over WebSocket, which the client sends before its connect handler's authenticate, is stored and its file served", async () => {
   await withChat(async (server, client) => {
     const other = client({ transports: ["websocket"] });

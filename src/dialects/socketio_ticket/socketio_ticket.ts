@@ -170,6 +170,11 @@ interface SocketState {
   tickets: Set<string>;
   /** Each joined ticket's generation (deletion count) when its join read it. */
   epochs?: Map<string, number>;
+  /**
+   * Each joined ticket's last message broadcast before the socket was in its room (seq): the
+   * broadcasts of later ones reach it. None while its join waits for the ticket's bridge.
+   */
+  heardAfter?: Map<string, number>;
   /** Who the handshake's token names, signed in once the socket connects. */
   handshakeUser?: Principal;
   /** Ticket ids this socket said it is typing in without joining them (the document allows it). */
@@ -398,6 +403,17 @@ export function socketIoTakeNoMore(io: SocketIOServer): void {
   }
 }
 
+/** The hub member through which the Socket.IO sockets in one ticket (and base URL) hear it. */
+interface Bridge {
+  member: Member;
+  /** The hub join, resolving to the room's head as the bridge became live. */
+  joined: Promise<number>;
+  /** The seq of the last message broadcast (or the head it joined at); none until live. */
+  delivered?: number;
+  /** Sockets told of a message (by seq) by its send, whom its broadcast must skip. */
+  skip?: Map<number, string[]>;
+}
+
 /** Tickets a socket's typing outside its joined ones is remembered for (past it, the timeout ends it). */
 const MAX_TYPING_OUTSIDE = 100;
 
@@ -482,7 +498,7 @@ export function createSocketIoTicketChat(
   /** Sockets in the namespace whose client has not authenticated, with their deadlines. */
   const unsigned = new Map<Socket, ReturnType<typeof setTimeout>>();
   /** Bridge members by engine room, with the hub join each one waits for. */
-  const bridges = new Map<string, { member: Member; joined: Promise<unknown> }>();
+  const bridges = new Map<string, Bridge>();
   const state = (socket: Socket) => socket.data as SocketState;
   /**
    * Counts the socket among `user`'s sockets (a signed-in socket is counted for its user); throws
@@ -507,7 +523,7 @@ export function createSocketIoTicketChat(
   const engineRoom = (ticketId: string, baseUrl: string) => `ticket:${ticketId}\u0000${baseUrl}`;
   const userRoom = (user: Principal) => `user:${user.id}`;
 
-  function bridge(ticketId: string, baseUrl: string): Promise<unknown> {
+  function bridge(ticketId: string, baseUrl: string): Promise<number> {
     const name = engineRoom(ticketId, baseUrl);
     const room = roomKey("ticket", ticketId);
     const member: Member = {
@@ -518,7 +534,14 @@ export function createSocketIoTicketChat(
       send: () => {},
       deliver(event: RoomEvent) {
         if (event.type === "message") {
-          nsp.to(name).emit("new_message", {
+          const { seq } = event.message;
+          entry.delivered = seq;
+          const skipped = entry.skip?.get(seq);
+          if (entry.skip) {
+            // Delivered in order: the senders told of earlier ones will hear of them no more.
+            for (const key of entry.skip.keys()) if (key <= seq) entry.skip.delete(key);
+          }
+          (skipped ? nsp.to(name).except(skipped) : nsp.to(name)).emit("new_message", {
             data: socketIoMessage(event.message, ticketId, baseUrl),
           });
         } else if (event.type === "typing") {
@@ -554,11 +577,12 @@ export function createSocketIoTicketChat(
       },
     };
     const joined = ctx.hub.join(room, member);
-    const entry = { member, joined };
+    const entry: Bridge = { member, joined };
     bridges.set(name, entry);
     // A leave or disconnect while the join was under way found no member to take out of the
     // room; left there, it would deliver every message a second time beside a later bridge.
-    joined.then(() => {
+    joined.then((head) => {
+      entry.delivered = Math.max(entry.delivered ?? head, head);
       const current = bridges.get(name);
       if (current === entry && (nsp.rooms.get(name)?.size ?? 0) > 0) return;
       if (current === entry) bridges.delete(name);
@@ -567,6 +591,18 @@ export function createSocketIoTicketChat(
       if (bridges.get(name) === entry) bridges.delete(name);
     });
     return joined;
+  }
+
+  /**
+   * Keeps the broadcast of message `seq`, if the ticket's bridge has yet to make it, from the
+   * socket `socketId`, told of it already: it may join the ticket meanwhile. A bridge that joins
+   * the hub later starts past it (the message is committed, its delivery queued before).
+   */
+  function skipBroadcast(name: string, seq: number, socketId: string): void {
+    const entry = bridges.get(name);
+    if (!entry || (entry.delivered ?? -1) >= seq) return;
+    const skip = entry.skip ??= new Map();
+    skip.set(seq, [...skip.get(seq) ?? [], socketId]);
   }
 
   /** Ends the socket's typing in a ticket, if it is typing there. */
@@ -580,6 +616,7 @@ export function createSocketIoTicketChat(
     const name = engineRoom(ticketId, s.baseUrl);
     s.tickets.delete(ticketId);
     s.epochs?.delete(ticketId);
+    s.heardAfter?.delete(ticketId);
     socket.leave(name);
     stopTypingIn(socket, ticketId);
     if ((nsp.rooms.get(name)?.size ?? 0) === 0) {
@@ -1004,9 +1041,13 @@ export function createSocketIoTicketChat(
             (s.epochs ??= new Map()).set(id, epoch);
             const name = engineRoom(id, s.baseUrl);
             socket.join(name);
+            // What the live bridge has broadcast so far did not reach this socket; a bridge not
+            // yet in the hub broadcasts what comes after its head, the socket in the room.
+            const live = bridges.get(name)?.delivered;
             try {
               // `joined_ticket` only once the bridge is live, so nothing sent after it is missed.
-              await (bridges.get(name)?.joined ?? bridge(id, s.baseUrl));
+              const head = await (bridges.get(name)?.joined ?? bridge(id, s.baseUrl));
+              if (s.tickets.has(id)) (s.heardAfter ??= new Map()).set(id, live ?? head);
               // Access removed since the check above was published before this socket was in
               // the room to be evicted: asked again, past any cache, now that a later removal
               // will find it.
@@ -1132,14 +1173,17 @@ export function createSocketIoTicketChat(
       const { id } = await sending;
       const result = await stored;
       const message = socketIoMessage(result.message, id, s.baseUrl);
-      // A retry of a stored client id gets the original back, as in every protocol: the
-      // document's client marks a send as sent when its `new_message` comes, which the first
-      // attempt's broadcast may be what it missed. So does a send a stop, or the end of its
-      // session (a flood, too much queued), started ahead of its ticket's join (dropped): the
-      // broadcast does not reach a socket not in the ticket.
-      const unjoined = (io.takingNoMore || s.ending === true) && !s.tickets.has(id);
-      if ((result.duplicate || unjoined) && socket.connected) {
+      // The document's client marks a send as sent when its `new_message` comes: the sender gets
+      // it once, broadcast or from here. Here when the broadcast does not reach it: sent before
+      // its ticket's join (emitted while offline, sent ahead of the `authenticate` its
+      // `authenticated` joins on; or ahead of a join dropped by a stop or the end of its session),
+      // or joined after the broadcast. A retry of a stored client id gets the original back, as
+      // in every protocol: the first attempt's broadcast may be what it missed.
+      const after = s.heardAfter?.get(id);
+      const heard = s.tickets.has(id) && after !== undefined && after < result.message.seq;
+      if ((result.duplicate || !heard) && socket.connected) {
         socket.emit("new_message", { data: message });
+        skipBroadcast(engineRoom(id, s.baseUrl), result.message.seq, socket.id);
       }
       ack?.(message);
     });
