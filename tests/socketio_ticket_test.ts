@@ -1236,6 +1236,35 @@ Deno.test("socket.io ticket chat: a message emitted while offline comes back to 
   });
 });
 
+Deno.test("socket.io ticket chat: 45 sends emitted while offline, sent before the connect handler's authenticate, use up the burst but never get the authenticate refused: the page signs in and rejoins", async () => {
+  await withChat(async (server, client) => {
+    const token = await server.token({ sub: "1", rooms: ["ticket:9"] });
+    const socket = client({ autoConnect: false, transports: ["websocket"], reconnection: false });
+    const authErrors: unknown[] = [];
+    const sendErrors: unknown[] = [];
+    socket.on("authentication_error", (m: Payload) => authErrors.push(m.message));
+    socket.on("send_message_error", (m: Payload) => sendErrors.push(m.message));
+    // The document's page; a second authenticate at once is limited as any event past the rate.
+    socket.on("connect", () => {
+      socket.emit("authenticate", { token });
+      socket.emit("authenticate", { token });
+    });
+    socket.on("authenticated", () => socket.emit("join_ticket", { ticketId: "9" }));
+    for (let i = 0; i < 45; i++) socket.emit("send_message", { ticketId: "9", message: `m${i}` });
+    const joinedTicket = next(socket, "joined_ticket", 5000);
+    socket.connect();
+    assertEquals(await joinedTicket, { ticketId: "9" });
+    await settles(() => sendErrors.length + authErrors.length >= 6, 2000);
+    const stored = await server.app.context.chat.historyPage("ticket:9", { limit: 100 });
+    // The burst (40) took as many sends, give or take what it refilled as they came.
+    assert(stored.messages.length >= 40, `${stored.messages.length} stored`);
+    assertEquals(stored.messages.length + sendErrors.length, 45);
+    assert(sendErrors.every((m) => m === "Too many messages: slow down"), String(sendErrors));
+    assertEquals(authErrors, ["Too many messages: slow down"]);
+    assert(socket.connected);
+  });
+});
+
 Deno.test("socket.io ticket chat: a photo emitted while offline over WebSocket, which the client sends before its connect handler's authenticate, is stored and its file served", async () => {
   await withChat(async (server, client) => {
     const other = client({ transports: ["websocket"] });

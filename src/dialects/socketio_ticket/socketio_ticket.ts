@@ -202,6 +202,8 @@ interface SocketState {
   paced: Waiting[];
   /** The wake-up of the paced events' next turn, while some wait. */
   pacedTimer?: ReturnType<typeof setTimeout>;
+  /** The connection's first `authenticate` came, free of the rate limit (see `on`). */
+  authenticateTaken?: boolean;
   /** The `authenticate` being handled: events after it wait for it, as they were sent after it. */
   authenticating?: Promise<void>;
   /** Events sent before any `authenticate` wait for one (see `PRE_AUTH_WAIT_MS`) on this. */
@@ -802,7 +804,14 @@ export function createSocketIoTicketChat(
           if (errorEvent) socket.emit(errorEvent, { message: rateLimited().message });
         });
       };
-      if (s.paced.length >= MAX_PACED_WAITING) {
+      // The first `authenticate` of a connection is taken whatever went before it: events emitted
+      // while offline, which socket.io-client sends ahead of it, may have used up the burst, and
+      // the document's client authenticates only on `connect`, so a refusal would leave it
+      // signed out until the auth timeout. Later ones are limited as any event: each costs a
+      // signature check.
+      const free = event === "authenticate" && !s.authenticateTaken;
+      if (free) s.authenticateTaken = true;
+      if (s.paced.length >= MAX_PACED_WAITING && !free) {
         if (typing) return;
         if (ctx.limiter.strike(socket.id) === "close") return closeFlood();
         // Answered at once: held in line, a flood's refusals would have no bound.
@@ -823,7 +832,7 @@ export function createSocketIoTicketChat(
         if (s.pacedTimer === undefined) pacedTurns(socket, s);
         return;
       }
-      let verdict = ctx.limiter.take(key, socket.id, !typing);
+      let verdict: RateVerdict = free ? "ok" : ctx.limiter.take(key, socket.id, !typing);
       if (verdict !== "ok" && typing) {
         // A start past the limit is dropped, without counting towards the close a flood of
         // other events earns. A stop after a start that went through still goes (once), or the
@@ -966,8 +975,8 @@ export function createSocketIoTicketChat(
       );
     }
 
-    // Rate-limited like every other event: it is the one a socket without a token may send, and
-    // each costs a signature check.
+    // Rate-limited like every other event but the connection's first (see `on`): it is the one
+    // a socket without a token may send, and each costs a signature check.
     on(socket, "authenticate", async (payload, ack) => {
       const token = typeof payload === "object" && payload !== null
         ? (payload as Record<string, unknown>).token
