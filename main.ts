@@ -325,6 +325,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     commitIntervalMs: config.commitIntervalMs,
     // Retention drops messages; their files go too.
     discard: (dropped) => attachments.discard(dropped),
+    sqliteKv: config.kvPath === ":memory:" || isLocalPath(config.kvPath),
   });
   // Deletions of rooms a crash or a failure cut short are finished in the background, and the
   // files of deleted messages a crash left on the volume go.
