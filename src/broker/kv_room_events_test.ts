@@ -34,3 +34,37 @@ Deno.test("KvRoomEvents: another origin's evictions arrive through the watch, on
     kv.close();
   }
 });
+
+Deno.test("KvRoomEvents: a watch that ends (a remote KV's connection dropping) is started again, and other origins' evictions still arrive", async () => {
+  const kv = await Deno.openKv(":memory:");
+  let watches = 0;
+  // This origin's first watch ends at once; the next ones are the store's own.
+  const dropping = new Proxy(kv, {
+    get(target, prop) {
+      if (prop === "watch") {
+        return (keys: Deno.KvKey[]) =>
+          ++watches === 1
+            ? new ReadableStream<Deno.KvEntryMaybe<unknown>[]>({ start: (c) => c.close() })
+            : target.watch(keys);
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  const heard: EvictionEvent[] = [];
+  const a = new KvRoomEvents(dropping, "host/1/a", (e) => heard.push(e));
+  const b = new KvRoomEvents(kv, "host/2/b", () => {});
+  try {
+    await a.start();
+    await b.start();
+    await eventually(() => watches === 2, 3000, "the watch started again");
+    const revoked: EvictionEvent = { type: "revoked", room: "ticket:1", userId: 4 };
+    await b.publish(revoked);
+    await eventually(() => heard.length > 0, 3000, "the eviction after the watch ended");
+    assertEquals(heard, [revoked]);
+  } finally {
+    a.close();
+    b.close();
+    kv.close();
+  }
+});
