@@ -424,6 +424,18 @@ Deno.test("presence: restoring presence after a lapse makes the next sweeps read
   });
 });
 
+Deno.test("presence: a restore's write-back of a connection whose entry is still stored is not the user's first; one swept meanwhile is", async () => {
+  await withKv(async (kv) => {
+    const store = new KvPresenceStore(kv, leases(kv, "A", new Set()));
+    assertEquals(await store.enter("room:x", user("1"), "c1"), { first: true });
+    // Reported first, every other server's members would be told that user 1 joined again.
+    assertEquals(await store.enter("room:x", user("1"), "c1", { again: true }), { first: false });
+    // Swept by another server while this one lapsed: written back, it is the first again.
+    await kv.delete(["presence", "room:x", "1", "c1"]);
+    assertEquals(await store.enter("room:x", user("1"), "c1", { again: true }), { first: true });
+  });
+});
+
 Deno.test("presence: a backlog of 150,000 changes drains, each user's in order, without overflowing the stack", async () => {
   await withKv(async (kv) => {
     const store = new KvPresenceStore(kv, leases(kv, "A", new Set()));
