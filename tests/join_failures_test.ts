@@ -88,6 +88,36 @@ Deno.test("join failures: a presence exit that failed is written again by the sw
   }
 });
 
+Deno.test("join failures: a socket closed while its presence exit failed is announced gone to the room once the sweep writes the exit", async () => {
+  let failing = false;
+  const logged = console.error;
+  console.error = () => {};
+  const server = await startTestServer({ PRESENCE_TTL_SECONDS: "3" }, {
+    presence: faulty({
+      exit: () => failing ? Promise.reject(new Error("database is locked")) : Promise.resolve(),
+    }),
+  });
+  try {
+    const stays = await nativeClient(server, "1");
+    const goes = await nativeClient(server, "2");
+    for (const ws of [stays, goes]) {
+      ws.send({ type: "join", room: "chat:9", ref: "j" });
+      await ws.next((f) => f.ref === "j");
+    }
+    failing = true;
+    await goes.close();
+    await new Promise((r) => setTimeout(r, 300));
+    failing = false;
+    // The sweep (every second here) writes the exit again; else user 2 stays listed, a ghost.
+    const left = await stays.next((f) => f.type === "presence" && f.action === "leave");
+    assertEquals(String((left.user as { id: unknown }).id), "2");
+    await stays.close();
+  } finally {
+    console.error = logged;
+    await server.close();
+  }
+});
+
 Deno.test("join failures: a native socket closed while its batch join waits leaves no member and no presence behind", async () => {
   let open = () => {};
   const gate = new Promise<void>((r) => open = r);

@@ -1,7 +1,8 @@
 /**
  * /metrics' traffic counters against a real server: `chat_frames_out_total` and
  * `chat_bytes_in_total` count Socket.IO's packets (WebSocket and long-polling) under
- * `protocol="socket.io"`, and bytes are UTF-8 bytes, not characters.
+ * `protocol="socket.io"`, and bytes are UTF-8 bytes, not characters; `chat_attachment_bytes_total`
+ * counts the bytes of files stored.
  */
 
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
@@ -136,6 +137,32 @@ Deno.test("metrics: chat_bytes_in_total counts a text frame's UTF-8 bytes, not i
     await client.close();
     assert(utf8(frame) > frame.length * 2);
     assertEquals(after.get(BYTES)! - before.get(BYTES)!, utf8(frame));
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("metrics: chat_attachment_bytes_total counts the bytes of the files stored, not a repeated client_id's discarded copy", async () => {
+  const server = await startTestServer();
+  try {
+    const attachmentBytes = async () => (await samples(server)).get("chat_attachment_bytes_total");
+    assertEquals(await attachmentBytes(), 0);
+    const token = await server.token({ sub: "1", username: "one", rooms: ["ticket:*"] });
+    const ws = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+    await ws.next((f) => f.type === "welcome");
+    ws.send({ type: "join", room: "ticket:1", ref: "j" });
+    await ws.next((f) => f.ref === "j");
+    const files = [
+      { name: "a.bin", data: new Uint8Array(1000).toBase64() },
+      { name: "b.bin", data: new Uint8Array(234).toBase64() },
+    ];
+    ws.send({ type: "send", room: "ticket:1", files, client_id: "c1", ref: "s" });
+    await ws.next((f) => f.ref === "s");
+    assertEquals(await attachmentBytes(), 1234);
+    ws.send({ type: "send", room: "ticket:1", files, client_id: "c1", ref: "again" });
+    assertEquals((await ws.next((f) => f.ref === "again")).type, "ack");
+    assertEquals(await attachmentBytes(), 1234);
+    await ws.close();
   } finally {
     await server.close();
   }

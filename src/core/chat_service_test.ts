@@ -1,6 +1,7 @@
 /**
- * ChatService with a real KV store and media directory: what a failed send leaves behind; and
- * with a presence store that refuses writes: how a restore of presence after a lapse retries.
+ * ChatService with a real KV store and media directory: what a failed send leaves behind; with
+ * a presence store that refuses writes: how a restore of presence after a lapse retries; and
+ * typing states, renewed and across one user's tabs.
  */
 
 import { assert, assertEquals, assertRejects, delay } from "../../tests/assert.ts";
@@ -368,6 +369,64 @@ Deno.test("ChatService.present: the users listed are the store's and those with 
     state.stalled = new Promise(() => {});
     void chat.enter(user("5"), "r", "c5");
     assertEquals((await chat.present("r")).map((u) => u.id), ["2", "3", "1"]);
+  } finally {
+    chat.close();
+  }
+});
+
+/** A chat recording the typing events it publishes (`<user>:<is typing>`), ending after `ms`. */
+function typingChat(ms: number) {
+  const told: string[] = [];
+  const chat = new ChatService({
+    store: {} as ChatServiceDeps["store"],
+    attachments: {} as ChatServiceDeps["attachments"],
+    fanout: {
+      committed: () => {},
+      publish: (e: RoomEvent) => {
+        if (e.type === "typing") told.push(`${e.user.id}:${e.isTyping}`);
+      },
+    } as unknown as ChatServiceDeps["fanout"],
+    access: { canAccess: () => Promise.resolve(true) },
+    metrics: {} as ChatServiceDeps["metrics"],
+    presence: {} as ChatServiceDeps["presence"],
+    typingTimeoutMs: ms,
+  });
+  return { chat, told, user: { id: "2", username: "two", grants: [] } };
+}
+
+Deno.test("ChatService.typing: a typing state the client keeps renewing outlives its first start's timeout, and ends at its stop", async () => {
+  const { chat, told, user } = typingChat(400);
+  try {
+    chat.typing(user, "r", true, "c1");
+    // Renewed for 600 ms, past the first start's 400.
+    for (let i = 0; i < 3; i++) {
+      await delay(200);
+      chat.typing(user, "r", true, "c1");
+    }
+    await delay(100);
+    assertEquals(told, ["2:true", "2:true", "2:true", "2:true"]);
+    chat.typing(user, "r", false, "c1");
+    assertEquals(told.at(-1), "2:false");
+    // Once renewals cease, the timeout ends it.
+    told.length = 0;
+    chat.typing(user, "r", true, "c1");
+    await delay(600);
+    assertEquals(told, ["2:true", "2:false"]);
+  } finally {
+    chat.close();
+  }
+});
+
+Deno.test("ChatService.typing: one tab's stop leaves the user typing while another tab of theirs types; the last tab's stop ends it", () => {
+  const { chat, told, user } = typingChat(30_000);
+  try {
+    chat.typing(user, "r", true, "tab1");
+    chat.typing(user, "r", true, "tab2");
+    told.length = 0;
+    chat.typing(user, "r", false, "tab1");
+    assertEquals(told, []);
+    chat.typing(user, "r", false, "tab2");
+    assertEquals(told, ["2:false"]);
   } finally {
     chat.close();
   }
