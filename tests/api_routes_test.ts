@@ -1018,6 +1018,35 @@ Deno.test("api: a JSON body cut off by the server stopping is answered 503 with 
   }
 });
 
+Deno.test("api: a send waiting for its commit when the server stops is answered 503 with Retry-After, not 500", async () => {
+  // Commits 10 s apart: the second send still waits for its commit when the server stops.
+  const server = await startTestServer({
+    ADMIN_TOKEN,
+    COMMIT_PAUSE_CPU_PERCENT: "0",
+    COMMIT_INTERVAL_MS: "10000",
+  });
+  let closing: Promise<void> | undefined;
+  try {
+    const post = (body: string) =>
+      fetch(`${server.url}/api/rooms/ticket/5/messages`, {
+        method: "POST",
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
+        body: JSON.stringify({ body }),
+      });
+    const first = await post("first");
+    await first.body?.cancel();
+    assertEquals(first.status, 201);
+    const waiting = post("second");
+    await new Promise((r) => setTimeout(r, 300));
+    closing = server.close();
+    const res = await waiting;
+    const reply = await res.json();
+    assertEquals([res.status, res.headers.get("retry-after")], [503, "1"], JSON.stringify(reply));
+  } finally {
+    await (closing ?? server.close());
+  }
+});
+
 apiTest(
   "attachments: any user may upload as themselves into a room they may enter, nowhere else",
   async (s) => {
@@ -1045,6 +1074,21 @@ apiTest(
     assertEquals(((await listener.next()).sender as Json).id, 5);
     // Everything else in the API still needs an admin.
     assertEquals((await s.api("GET", "/api/rooms/ticket/6", { token: member })).status, 403);
+    await listener.close();
+  },
+);
+
+apiTest(
+  "attachments: a caption's line breaks, which every form encoder sends as CRLF, are stored and delivered as LF, as the sockets store them",
+  async (s) => {
+    const token = await s.token({ sub: "3", rooms: ["ticket:5"] });
+    const listener = await TestClient.open(`${s.wsUrl}/ws/ticket/5/?token=${token}`);
+    const form = new FormData();
+    form.append("body", "first line\nsecond line");
+    form.append("file", new File([new Uint8Array([1, 2, 3])], "a.png"));
+    const res = await s.api("POST", "/api/rooms/ticket/5/attachments", { body: form, token });
+    assertEquals([res.status, res.body.body], [201, "first line\nsecond line"]);
+    assertEquals((await listener.next()).body, "first line\nsecond line");
     await listener.close();
   },
 );

@@ -280,6 +280,67 @@ Deno.test("room deletion races: a Socket.IO join_ticket whose access check spans
   }
 });
 
+Deno.test("room deletion races: an API upload whose access check spans the deletion is answered 409 room_deleted, not 403", async () => {
+  const gate = new Gate();
+  let checks = 0;
+  // User 2's second check, the send's own after the upload's admission, waits before deciding.
+  const access = (inner: AccessPolicy): AccessPolicy => ({
+    async canAccess(user, room, options) {
+      if (String(user.id) === "2" && ++checks === 2) await gate.pass();
+      return await inner.canAccess(user, room, options);
+    },
+  });
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN }, { access });
+  try {
+    const room = { title: "t", participants: [{ user_id: "2" }] };
+    assertEquals(await adminCall(server.url, ADMIN, "PUT", "/api/rooms/ticket/5", room), 201);
+    const { reached: checking, release } = gate.arm();
+    const form = new FormData();
+    form.append("file", new File([new Uint8Array([1, 2, 3])], "a.png"));
+    const upload = fetch(`${server.url}/api/rooms/ticket/5/attachments`, {
+      method: "POST",
+      headers: { authorization: `Bearer ${await server.token({ sub: "2" })}` },
+      body: form,
+    });
+    await checking;
+    assertEquals(await adminCall(server.url, ADMIN, "DELETE", "/api/rooms/ticket/5"), 204);
+    // Past the directory's change token reuse, so that the check reads the deletion.
+    await delay(100);
+    release();
+    const res = await upload;
+    const body = await res.json();
+    assertEquals([res.status, body.code], [409, "room_deleted"], JSON.stringify(body));
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("room deletion: a ticket created again right after its deletion is live: an outsider's join_ticket is denied access, not told the ticket was deleted", async () => {
+  const server = await startTestServer({ ADMIN_TOKEN: ADMIN });
+  const outsider = connect(server.url, {
+    forceNew: true,
+    reconnection: false,
+    transports: ["websocket"],
+    auth: { token: await server.token({ sub: "4" }) },
+  });
+  const authenticated = nextEvent(outsider, "authenticated");
+  try {
+    const room = { title: "t", participants: [{ user_id: "2" }] };
+    assertEquals(await adminCall(server.url, ADMIN, "PUT", "/api/rooms/ticket/8", room), 201);
+    assertEquals(await adminCall(server.url, ADMIN, "DELETE", "/api/rooms/ticket/8"), 204);
+    assertEquals(await adminCall(server.url, ADMIN, "PUT", "/api/rooms/ticket/8", room), 201);
+    await authenticated;
+    outsider.emit("join_ticket", { ticketId: "8" });
+    // "Deleted" would also tell outsiders which tickets were deleted.
+    assertEquals(await nextEvent(outsider, "join_ticket_error"), [
+      { message: "Access denied to this ticket" },
+    ]);
+  } finally {
+    outsider.disconnect();
+    await server.close();
+  }
+});
+
 Deno.test("room deletion: a room deleted while another process holds the KV write lock for a moment (an instance sharing the file) is deleted, as a send then is stored", async () => {
   const server = await startTestServer({ ADMIN_TOKEN: ADMIN });
   try {
