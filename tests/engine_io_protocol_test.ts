@@ -716,13 +716,13 @@ Deno.test("initialLargePayload: one message past initialMaxPayload is taken, and
   });
 });
 
-Deno.test("initialLargeMessages: a session takes that many messages past initialMaxPayload while unsignedPostBytes holds them; its close, or its maxPayload raised, gives them back", async () => {
+Deno.test("initialLargeMessages: a session takes its first message past initialMaxPayload whatever unsignedPostBytes holds, and the rest of that many while it holds them; its close, or its maxPayload raised, gives them back", async () => {
   await withServer({
     maxPayload: 8000,
     initialMaxPayload: 1000,
     initialLargePayload: 4000,
-    initialLargeMessages: 2,
-    // Two large messages (3,012 bytes each), not three.
+    initialLargeMessages: 3,
+    // Beside each session's first, two large messages (3,012 bytes each), not three.
     unsignedPostBytes: 7000,
   }, async (c) => {
     const large = `42["echo","${"c".repeat(3000)}"]`;
@@ -734,12 +734,12 @@ Deno.test("initialLargeMessages: a session takes that many messages past initial
       return peer;
     };
     const first = await open();
-    first.send(large);
-    first.send(large);
-    strictEqual(await first.next(), large);
-    strictEqual(await first.next(), large);
-    // The budget holds no more: another session's is refused.
+    for (let i = 0; i < 3; i++) first.send(large);
+    for (let i = 0; i < 3; i++) strictEqual(await first.next(), large);
+    // The budget holds no more: another session's first is still taken, its second refused.
     const refused = await open();
+    refused.send(large);
+    strictEqual(await refused.next(), large);
     refused.send(large);
     await refused.closed;
     // Signed in, the first gives its share back, and takes large messages past the count.
@@ -747,22 +747,20 @@ Deno.test("initialLargeMessages: a session takes that many messages past initial
     first.send(large);
     strictEqual(await first.next(), large);
     const second = await open();
-    second.send(large);
-    strictEqual(await second.next(), large);
-    // A session holding one takes one more only if the budget holds both.
+    for (let i = 0; i < 3; i++) second.send(large);
+    for (let i = 0; i < 3; i++) strictEqual(await second.next(), large);
+    // The budget is full again: a session's first goes, not its second.
     const third = await open();
     third.send(large);
     strictEqual(await third.next(), large);
     third.send(large);
     await third.closed;
-    // The third's close gave back its one, the second's close its own: two fit again.
+    // The second's close gave back its two: two fit again.
     await second.close();
     await eventually(() => c.reasons.length === 3);
     const last = await open();
-    last.send(large);
-    last.send(large);
-    strictEqual(await last.next(), large);
-    strictEqual(await last.next(), large);
+    for (let i = 0; i < 3; i++) last.send(large);
+    for (let i = 0; i < 3; i++) strictEqual(await last.next(), large);
     await Promise.all([first.close(), last.close()]);
   });
 });

@@ -1236,6 +1236,80 @@ Deno.test("socket.io ticket chat: a message emitted while offline comes back to 
   });
 });
 
+Deno.test("socket.io ticket chat: a send to a ticket the page never joined comes back by its ack only, not as that ticket's new_message, which the document's page would show in the ticket on screen", async () => {
+  await withChat(async (server, client) => {
+    const token = await server.token({ sub: "1", rooms: ["ticket:8", "ticket:9"] });
+    const page = client({ transports: ["websocket"] });
+    await authenticated(page, token);
+    await joined(page, "8");
+    const got: string[] = [];
+    page.on(
+      "new_message",
+      (m: { data: Payload }) => got.push(`${m.data.ticketId}:${m.data.message}`),
+    );
+    const ack = await page.timeout(5000).emitWithAck("send_message", {
+      ticketId: "9",
+      message: "to nine",
+    });
+    assertEquals((ack as Payload).ticketId, "9");
+    await delay(500);
+    assertEquals(got, []);
+  });
+});
+
+Deno.test("socket.io ticket chat: a send followed at once by a join of its ticket (a leave and rejoin, or a first join) comes back to its sender once as new_message, the join under way as it is stored", async () => {
+  await withChat(async (server, client) => {
+    const other = client({ transports: ["websocket"] });
+    await authenticated(other, await server.token({ sub: "2", rooms: ["ticket:9"] }));
+    await joined(other, "9");
+    const page = client({ transports: ["websocket"] });
+    await authenticated(page, await server.token({ sub: "1", rooms: ["ticket:9"] }));
+    const counts: Record<string, number> = {};
+    page.on("new_message", (m: { data: Payload }) => {
+      const text = m.data.message as string;
+      counts[text] = (counts[text] ?? 0) + 1;
+    });
+    for (let i = 0; i < 20; i++) {
+      // In the ticket for the first half (leave and rejoin), out of it for the second (join).
+      const inTicketNow = i < 10;
+      if (i === 0) await joined(page, "9");
+      const ack = page.timeout(5000).emitWithAck("send_message", {
+        ticketId: "9",
+        message: `m${i}`,
+      });
+      if (inTicketNow) page.emit("leave_ticket", { ticketId: "9" });
+      await joined(page, "9");
+      await ack;
+      if (!inTicketNow || i === 9) page.emit("leave_ticket", { ticketId: "9" });
+    }
+    await delay(500);
+    const wrong = Array.from({ length: 20 }, (_, i) => `m${i}`).filter((m) => counts[m] !== 1);
+    assertEquals(wrong.map((m) => `${m}: ${counts[m] ?? 0}`), []);
+  });
+});
+
+Deno.test("socket.io ticket chat: a socket signed in as another user while the first user's send is stored is not told that message, of a ticket the second may not see", async () => {
+  await withChat(async (server, client) => {
+    const one = await server.token({ sub: "1", rooms: ["ticket:9"] });
+    const two = await server.token({ sub: "2", rooms: ["ticket:7"] });
+    const page = client({ transports: ["websocket"] });
+    await authenticated(page, one);
+    await joined(page, "9");
+    const events: string[] = [];
+    page.on(
+      "new_message",
+      (m: { data: Payload }) => events.push(`new_message ${m.data.ticketId}:${m.data.message}`),
+    );
+    page.on("authenticated", (m: { user: Payload }) => events.push(`authenticated ${m.user.id}`));
+    const ack = page.timeout(5000).emitWithAck("send_message", { ticketId: "9", message: "one's" });
+    page.emit("authenticate", { token: two });
+    assertEquals(((await ack) as Payload).message, "one's");
+    await delay(500);
+    const after = events.slice(events.indexOf("authenticated 2") + 1);
+    assertEquals({ events, after }, { events, after: [] });
+  });
+});
+
 Deno.test("socket.io ticket chat: 45 sends emitted while offline, sent before the connect handler's authenticate, use up the burst but never get the authenticate refused: the page signs in and rejoins", async () => {
   await withChat(async (server, client) => {
     const token = await server.token({ sub: "1", rooms: ["ticket:9"] });
@@ -1461,7 +1535,8 @@ function strangerSends(client: (o?: object) => ClientSocket, photos: number) {
 }
 
 // MAX_FILE_BYTES 200000: a file's frame is 346,240 characters, so the large messages of sessions
-// nobody signed in hold at most 692,480 in all: two photos (266,751 each), not three.
+// nobody signed in, but for each session's first, hold at most 692,480 in all: two photos (266,751
+// each), not three.
 const TWO_PHOTOS = { MAX_FILE_BYTES: "200000" };
 
 Deno.test("socket.io ticket chat: photos from a WebSocket client that never authenticates are held for the wait, refused, and the session ended, giving back what they held: the next client's are held again", async () => {
@@ -1479,19 +1554,20 @@ Deno.test("socket.io ticket chat: photos from a WebSocket client that never auth
   }, TWO_PHOTOS);
 });
 
-Deno.test("socket.io ticket chat: photos held before sign-in are bounded server-wide: past two files' frames, another client's is refused at once and its session ended; a signed-in user's still goes", async () => {
+Deno.test("socket.io ticket chat: photos held before sign-in, past each session's first, are bounded server-wide: past two files' frames, another client's second is refused at once and its session ended; a signed-in user's still goes", async () => {
   await withChat(async (server, client) => {
     const held = async () => {
       const metrics = await (await fetch(`${server.url}/metrics`)).text();
       return Number(/chat_frame_buffer_bytes\{state="open"\} (\d+)/.exec(metrics)![1]);
     };
     const member = await inTicket(server, client, "9");
-    const holder = strangerSends(client, 2);
+    // Its first photo is its own; the second and third fill the budget.
+    const holder = strangerSends(client, 3);
     await eventually(async () => await held() >= 266_000, 1500, "the first photo taken");
-    // The second follows it on the same connection.
+    // The others follow it on the same connection.
     await delay(300);
-    const late = strangerSends(client, 1);
-    const [refusedAfter] = await late.refused;
+    const late = strangerSends(client, 2);
+    const refusedAfter = (await late.refused)[1];
     assert(typeof refusedAfter === "number" && refusedAfter < 1500, `refused: ${refusedAfter}`);
     assertEquals((await late.ended).reason, "transport close");
     // The budget is only for sessions nobody signed in.
@@ -1506,6 +1582,47 @@ Deno.test("socket.io ticket chat: photos held before sign-in are bounded server-
       assert(typeof after === "number" && after >= 1500, `refused: ${after}`);
     }
     assertEquals((await holder.ended).reason, "transport close");
+  }, TWO_PHOTOS);
+});
+
+Deno.test("socket.io ticket chat: clients without a token that fill the server-wide bound with photos do not cost a page its one photo emitted while offline: a session's first is always held for its authenticate", async () => {
+  await withChat(async (server, client) => {
+    // Two photos each, never an authenticate: their second ones fill the bound.
+    const strangers = [strangerSends(client, 2), strangerSends(client, 2)];
+    await delay(300);
+    // The document's page of user 1, with a photo emitted while offline.
+    const token = await server.token({ sub: "1", rooms: ["ticket:9"] });
+    const page = client({ autoConnect: false, transports: ["websocket"] });
+    page.on("connect", () => page.emit("authenticate", { token }));
+    const acked = page.timeout(5000).emitWithAck("send_message", {
+      ticketId: "9",
+      message: "my photo",
+      attachments: [{ name: "p.jpg", type: "image/jpeg", data: photo(3).toBase64() }],
+    }).then((answer: Payload) => answer.error ?? answer.message, String);
+    page.connect();
+    assertEquals(await acked, "my photo");
+    await Promise.all(strangers.map((stranger) => stranger.ended));
+  }, TWO_PHOTOS);
+});
+
+Deno.test("socket.io ticket chat: photos held before sign-in are held no longer than the wait though the client's authenticate comes behind 150 paced joins: a bad one ends the session at once", async () => {
+  await withChat(async (_server, client) => {
+    const stranger = client({ autoConnect: false, reconnection: false, transports: ["websocket"] });
+    for (const n of [1, 2]) {
+      stranger.emit("send_message", {
+        ticketId: "9",
+        attachments: [{ name: `p${n}.jpg`, data: photo(n).toBase64() }],
+      });
+    }
+    // Past the burst, paced at the rate: about 5.5 s of line for an authenticate behind it.
+    for (let t = 0; t < 150; t++) stranger.emit("join_ticket", { ticketId: `t${t}` });
+    stranger.emit("authenticate", { token: "not a token" });
+    const ended = next<string>(stranger, "disconnect", 10_000);
+    const started = performance.now();
+    stranger.connect();
+    assertEquals(await ended, "transport close");
+    const after = performance.now() - started;
+    assert(after < 2000, `ended after ${after} ms`);
   }, TWO_PHOTOS);
 });
 
@@ -2415,7 +2532,7 @@ Deno.test("socket.io ticket chat: a send right after a join whose access check i
   );
 });
 
-Deno.test("socket.io ticket chat: an authenticate behind a rejoin emitted while offline waits its turn, and the joins before it wait for it however long their line (80 joins, 2.5 s past what goes at once)", async () => {
+Deno.test("socket.io ticket chat: an authenticate behind a rejoin emitted while offline is handled at once, and the joins before it wait for it however long their line (80 joins, 2.5 s past what goes at once)", async () => {
   await withChat(async (server, client) => {
     const token = await server.token({ sub: "1", rooms: ["ticket:*"] });
     const socket = client({ autoConnect: false, transports: ["websocket"], reconnection: false });

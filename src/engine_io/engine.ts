@@ -61,8 +61,8 @@ export interface EngineOptions {
    * Largest WebSocket message in bytes a session takes once past `initialMaxPayload`, until the
    * application raises its {@linkcode EngineSocket.maxPayload} (say a file a client queued while
    * offline and sends before it signs in); `initialLargeTaken` is told of each, and one more than
-   * `initialLargeMessages`, or one `unsignedPostBytes` cannot hold, is refused as one past
-   * `initialMaxPayload` is. Default none.
+   * `initialLargeMessages`, or one after the first that `unsignedPostBytes` cannot hold, is refused
+   * as one past `initialMaxPayload` is. Default none.
    */
   initialLargePayload?: number;
   /**
@@ -83,8 +83,8 @@ export interface EngineOptions {
    * A POST past it is refused with 503 and its session ends (clients reconnect); the first 16
    * KiB of each are not counted, and one that takes longer than `pingInterval + pingTimeout` to
    * arrive is dropped. The messages past `initialMaxPayload` a WebSocket session took (see
-   * `initialLargePayload`) count against it whole, until the application raises the session's
-   * `maxPayload` or the session closes. Default unlimited.
+   * `initialLargePayload`) but its first count against it whole, until the application raises the
+   * session's `maxPayload` or the session closes. Default unlimited.
    */
   unsignedPostBytes?: number;
   /** Enabled transports; default both. */
@@ -827,12 +827,18 @@ class Session implements EngineSocket {
     };
     ws.onlarge = (size) => {
       // Deno has read it whole already, but it is held until an application signs the session in
-      // (or ends it): past the count, or what all unsigned sessions may hold, it is refused.
+      // (or ends it): past the count, or what all unsigned sessions may hold, it is refused. But
+      // the session's first, bounded by the sessions the application lets wait, as one a session
+      // took before there were more: others filling the budget must not cost a client its one.
+      if (this.#largeLeft === 0) return false;
+      const first = this.#largeLeft === this.#host.options.initialLargeMessages;
       const budget = this.#host.unsigned;
-      if (this.#largeLeft === 0 || size > budget.left) return false;
+      if (!first && size > budget.left) return false;
       this.#largeLeft--;
-      budget.left -= size;
-      this.#largeHeld += size;
+      if (!first) {
+        budget.left -= size;
+        this.#largeHeld += size;
+      }
       try {
         this.#host.options.initialLargeTaken?.(this);
       } catch (error) {

@@ -175,6 +175,11 @@ interface SocketState {
    * broadcasts of later ones reach it. None while its join waits for the ticket's bridge.
    */
   heardAfter?: Map<string, number>;
+  /**
+   * How many joins of each ticket are under way, from their arrival (waiting in line too) to
+   * their answer: a send to the ticket stored meanwhile tells its sender itself.
+   */
+  joining?: Map<string, number>;
   /** Who the handshake's token names, signed in once the socket connects. */
   handshakeUser?: Principal;
   /** Ticket ids this socket said it is typing in without joining them (the document allows it). */
@@ -389,6 +394,24 @@ function emptyLine(s: SocketState, start: boolean): void {
     s.queuedBytes -= waiting.size;
     if (start && waiting.verdict !== undefined) waiting.start(waiting.verdict);
   }
+}
+
+/**
+ * Counts a `join_ticket` of the ticket `payload` names in `s.joining` as it arrives (`by` 1), or
+ * as it is answered (-1). One dropped from the line is never answered: its session is ending.
+ */
+function countJoining(s: SocketState, payload: unknown, by: 1 | -1): void {
+  let id: string;
+  try {
+    id = ticketIdOf(payload);
+  } catch {
+    // Refused in the join itself, never under way.
+    return;
+  }
+  const joining = s.joining ??= new Map();
+  const count = (joining.get(id) ?? 0) + by;
+  if (count > 0) joining.set(id, count);
+  else joining.delete(id);
 }
 
 /**
@@ -671,9 +694,15 @@ export function createSocketIoTicketChat(
   /**
    * Runs a join, leave or typing event after the socket's earlier ones for the same ticket, as
    * Socket.IO runs handlers side by side and a leave must not overtake its join, nor a stop its
-   * start. Other tickets' events do not wait: a slow join holds up nothing else.
+   * start. Other tickets' events do not wait: a slow join holds up nothing else. A `join`,
+   * counted in `s.joining` as it arrived (see `on`), is no longer once answered.
    */
-  function inTicketTurn(s: SocketState, payload: unknown, task: () => Promise<void>) {
+  function inTicketTurn(
+    s: SocketState,
+    payload: unknown,
+    task: () => Promise<void>,
+    join = false,
+  ) {
     let key: string;
     try {
       key = ticketIdOf(payload);
@@ -688,6 +717,7 @@ export function createSocketIoTicketChat(
     settled.then(() => {
       if (turns.get(key) === settled) turns.delete(key);
     });
+    if (join) settled.then(() => countJoining(s, payload, -1));
     return run;
   }
 
@@ -767,7 +797,11 @@ export function createSocketIoTicketChat(
   function on(
     socket: Socket,
     event: string,
-    handler: (payload: unknown, ack?: (...args: unknown[]) => void) => Promise<void>,
+    handler: (
+      payload: unknown,
+      ack: ((...args: unknown[]) => void) | undefined,
+      beforeSignIn: boolean,
+    ) => Promise<void>,
   ): void {
     const errorEvent = ERROR_EVENTS[event];
     socket.on(event, (...args: unknown[]) => {
@@ -779,6 +813,9 @@ export function createSocketIoTicketChat(
       // Refused like a frame past the bound on a WebSocket: the events before it are answered,
       // then the session ends (the client reconnects, as after a packet over the size limit).
       const size = eventBytes(args);
+      // Sent before the socket was signed in (emitted while offline, say), however long it then
+      // waits in line: the send handler tells such a sender of its message itself.
+      const beforeSignIn = !s.user;
       if (s.queuedBytes > 0 && s.queuedBytes + size > queueBound) {
         ctx.metrics.error("too_much_queued");
         endSession(s, socket);
@@ -815,18 +852,19 @@ export function createSocketIoTicketChat(
         if (typing) return;
         if (ctx.limiter.strike(socket.id) === "close") return closeFlood();
         // Answered at once: held in line, a flood's refusals would have no bound.
-        return begin(args, size, "limited");
+        return begin(args, size, "limited", beforeSignIn);
       }
       const key = s.user?.id ?? socket.id;
       /** Puts the event in the socket's line (see {@link Waiting}), counted as it arrives. */
       const waitInLine = (verdict?: RateVerdict) => {
         s.queuedBytes += size;
-        s.paced.push({ verdict, size, start: (v) => begin(args, size, v) });
+        s.paced.push({ verdict, size, start: (v) => begin(args, size, v, beforeSignIn) });
       };
       if (PACED.has(event)) {
+        if (event === "join_ticket") countJoining(s, args[0], 1);
         // Never refused for the rate, so never a strike (only past the line's bound, above).
         if (s.paced.length === 0 && ctx.limiter.pace(key, socket.id) === 0) {
-          return begin(args, size, "ok");
+          return begin(args, size, "ok", beforeSignIn);
         }
         waitInLine();
         if (s.pacedTimer === undefined) pacedTurns(socket, s);
@@ -843,12 +881,12 @@ export function createSocketIoTicketChat(
       if (typing) s.typing = event === "typing_start";
       if (start) s.typingStart = start;
       if (verdict === "close") return closeFlood();
-      if (s.paced.length === 0) return begin(args, size, verdict);
-      // Behind paced events sent before it, which it must not overtake.
-      if (event === "authenticate") {
-        // The events sent before any `authenticate` wait for this one, however long its turn.
-        if (!s.user) awaitAuthenticate(s);
-        s.early?.hold();
+      // Behind paced events sent before it, which it must not overtake; but for an `authenticate`
+      // before sign-in: the events ahead of it, all sent before any sign-in, wait for one anyway
+      // and are handled after it, and in line it would hold them (and the large frames taken
+      // before sign-in, see `largeBeforeSignIn`) for as long as the line takes, past the wait.
+      if (s.paced.length === 0 || (event === "authenticate" && !s.user)) {
+        return begin(args, size, verdict, beforeSignIn);
       }
       waitInLine(verdict);
     });
@@ -857,14 +895,21 @@ export function createSocketIoTicketChat(
      * Handles an event taken, counting its bytes. It starts once those sent before it have: what
      * it waits for (an `authenticate` sent before it, or one to come) is the socket's now.
      */
-    function begin(args: unknown[], size: number, verdict: RateVerdict): void {
+    function begin(
+      args: unknown[],
+      size: number,
+      verdict: RateVerdict,
+      beforeSignIn: boolean,
+    ): void {
       const s = state(socket);
       const after = waitsFor(s, event);
       s.queuedBytes += size;
       // What later events wait for: this `authenticate`, then the events that waited for one.
       let gate: Promise<void> | undefined;
       const run: Promise<void> =
-        (after ? after.then(() => handle(args, verdict)) : handle(args, verdict))
+        (after
+          ? after.then(() => handle(args, verdict, beforeSignIn))
+          : handle(args, verdict, beforeSignIn))
           .catch((err) => failureLog.failed(`socket.io: ${event} failed`, err))
           .finally(() => {
             s.queuedBytes -= size;
@@ -880,7 +925,11 @@ export function createSocketIoTicketChat(
       }
     }
 
-    async function handle(args: unknown[], verdict: RateVerdict): Promise<void> {
+    async function handle(
+      args: unknown[],
+      verdict: RateVerdict,
+      beforeSignIn: boolean,
+    ): Promise<void> {
       const ack = typeof args.at(-1) === "function"
         ? args.pop() as (...a: unknown[]) => void
         : undefined;
@@ -888,7 +937,7 @@ export function createSocketIoTicketChat(
         if (verdict === "limited") {
           throw rateLimited();
         }
-        await handler(args[0], ack);
+        await handler(args[0], ack, beforeSignIn);
       } catch (err) {
         const error = asChatError(err, `socket.io, user ${state(socket).user?.id ?? "none"}`);
         ctx.metrics.error(error.code);
@@ -1081,7 +1130,7 @@ export function createSocketIoTicketChat(
           }
           socket.emit("joined_ticket", { ticketId: id });
           ack?.({ ticketId: id });
-        }),
+        }, true),
     );
 
     on(socket, "leave_ticket", (payload, ack) =>
@@ -1162,7 +1211,7 @@ export function createSocketIoTicketChat(
       }
     });
 
-    on(socket, "send_message", async (payload, ack) => {
+    on(socket, "send_message", async (payload, ack, beforeSignIn) => {
       // After the join, leave or typing of its ticket sent before it, which are handled side by
       // side with it: a client that joins and at once sends gets its own `new_message`.
       const ticketTurn = ticketTurnOf(s, payload);
@@ -1183,14 +1232,21 @@ export function createSocketIoTicketChat(
       const result = await stored;
       const message = socketIoMessage(result.message, id, s.baseUrl);
       // The document's client marks a send as sent when its `new_message` comes: the sender gets
-      // it once, broadcast or from here. Here when the broadcast does not reach it: sent before
-      // its ticket's join (emitted while offline, sent ahead of the `authenticate` its
-      // `authenticated` joins on; or ahead of a join dropped by a stop or the end of its session),
-      // or joined after the broadcast. A retry of a stored client id gets the original back, as
-      // in every protocol: the first attempt's broadcast may be what it missed.
+      // it once, broadcast or from here. Here when the broadcast does not reach it and its page
+      // is about to show the ticket: in the ticket, but joined after the broadcast (or its join
+      // waits for the ticket's bridge); or not in it, but sent before sign-in (emitted while
+      // offline, stored before the join the page sends on `authenticated`) or ahead of a join
+      // still under way, or dropped by a stop or the end of its session. A send to a ticket the
+      // page neither is in nor joins is not: the document's handler would show it in the ticket
+      // on screen. A retry of a stored client id gets the original back, as in every protocol:
+      // the first attempt's broadcast may be what it missed. Never to someone else signed in on
+      // the socket since.
       const after = s.heardAfter?.get(id);
-      const heard = s.tickets.has(id) && after !== undefined && after < result.message.seq;
-      if ((result.duplicate || !heard) && socket.connected) {
+      const missed = s.tickets.has(id)
+        ? after === undefined || after >= result.message.seq
+        : beforeSignIn || s.joining?.has(id) === true || io.takingNoMore || s.ending === true;
+      const own = sender !== undefined && stillSignedInAs(socket, sender);
+      if ((result.duplicate || missed) && own && socket.connected) {
         socket.emit("new_message", { data: message });
         skipBroadcast(engineRoom(id, s.baseUrl), result.message.seq, socket.id);
       }
