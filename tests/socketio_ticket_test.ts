@@ -6,6 +6,7 @@ import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import type { AppOverrides } from "../main.ts";
 import { assert, assertEquals, assertMatch, delay } from "./assert.ts";
 import {
+  adminCall,
   eventually,
   pollingSession,
   sendRawText,
@@ -2748,5 +2749,113 @@ Deno.test("socket.io ticket chat: a send waiting behind its ticket's join when a
       seen: ["in line"],
       told: ["in line"],
     });
+  });
+});
+
+Deno.test("socket.io ticket chat: a socket that authenticates again as another user leaves the first user's tickets, so the second hears nothing of them", async () => {
+  await withChat(async (server, client) => {
+    const shared = client({ transports: ["websocket"] });
+    await authenticated(shared, await server.token({ sub: "1", rooms: ["ticket:5"] }));
+    await joined(shared, "5");
+    const second = await authenticated(
+      shared,
+      await server.token({ sub: "2", rooms: ["ticket:6"] }),
+    );
+    assertEquals((second.user as Payload).id, "2");
+    const heard: unknown[] = [];
+    shared.on("new_message", (m) => heard.push(m));
+    const other = client({ transports: ["websocket"] });
+    await authenticated(other, await server.token({ sub: "3", rooms: ["ticket:5"] }));
+    await joined(other, "5");
+    const own = next(other, "new_message");
+    other.emit("send_message", { ticketId: "5", message: "for ticket 5 only" });
+    await own;
+    await delay(300);
+    assertEquals(heard, []);
+  });
+});
+
+Deno.test("socket.io ticket chat: a socket that authenticates again as another user gives the first user's SOCKETS_PER_USER slot back", async () => {
+  await withChat(async (server, client) => {
+    const alice = await server.token({ sub: "1", rooms: ["ticket:5"] });
+    const shared = client({ transports: ["websocket"] });
+    await authenticated(shared, alice);
+    const bob = await authenticated(shared, await server.token({ sub: "2", rooms: ["ticket:5"] }));
+    assertEquals((bob.user as Payload).id, "2");
+    // Alice's one socket is now Bob's: she may open another.
+    const again = client({ transports: ["websocket"] });
+    await next(again, "connect");
+    const outcome = Promise.race([
+      next<{ user: Payload }>(again, "authenticated").then((a) => a.user.id),
+      next<Payload>(again, "authentication_error").then((e) => e.message),
+    ]);
+    again.emit("authenticate", { token: alice });
+    assertEquals(await outcome, "1");
+  }, { SOCKETS_PER_USER: "1" });
+});
+
+Deno.test("socket.io ticket chat: a member of a ticket deleted through the API is told `This ticket no longer exists` on join_ticket_error", async () => {
+  const admin = "an-admin-token-for-the-ticket-deletion";
+  await withChat(async (server, client) => {
+    const socket = await inTicket(server, client, "5");
+    // A ticket exists once it has a message.
+    const sent = next(socket, "new_message");
+    socket.emit("send_message", { ticketId: "5", message: "before" });
+    await sent;
+    const told = next(socket, "join_ticket_error");
+    assertEquals(await adminCall(server.url, admin, "DELETE", "/api/rooms/ticket/5"), 204);
+    assertEquals(await told, { message: "This ticket no longer exists" });
+  }, { ADMIN_TOKEN: admin });
+});
+
+Deno.test("socket.io ticket chat: a numeric ticketId names the ticket its digits do: joined, sent and loaded as that ticket's string id", async () => {
+  await withChat(async (server, client) => {
+    const socket = client({ transports: ["websocket"] });
+    await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:42"] }));
+    socket.emit("join_ticket", { ticketId: 42 });
+    assertEquals(await next(socket, "joined_ticket"), { ticketId: "42" });
+    const arrival = next<{ data: Payload }>(socket, "new_message");
+    socket.emit("send_message", { ticketId: 42, message: "by number" });
+    const { data } = await arrival;
+    assertEquals([data.ticketId, data.message], ["42", "by number"]);
+    const history = next<{ messages: Payload[] }>(socket, "messages_loaded");
+    socket.emit("get_messages", { ticketId: 42 });
+    assertEquals((await history).messages.map((m) => m.message), ["by number"]);
+  });
+});
+
+Deno.test("socket.io ticket chat: get_messages answers at most 500 messages, the newest, without a limit or with a larger one, and says more are left", async () => {
+  await withChat(async (server, client) => {
+    const chat = server.app.context.chat;
+    const queued = [];
+    for (let i = 1; i <= 501; i++) {
+      queued.push(await chat.queue(null, "ticket:9", { body: `m${i}` }));
+    }
+    await Promise.all(queued.map((q) => q.result));
+    const socket = client({ transports: ["websocket"] });
+    await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:9"] }));
+    for (const limit of [undefined, 500, 1000]) {
+      const loaded = next<{ messages: Payload[]; hasMore: boolean }>(socket, "messages_loaded");
+      socket.emit("get_messages", { ticketId: "9", limit });
+      const { messages, hasMore } = await loaded;
+      assertEquals(
+        [messages.length, messages[0].message, messages.at(-1)!.message, hasMore],
+        [500, "m2", "m501", true],
+        `limit ${limit}`,
+      );
+    }
+  });
+});
+
+Deno.test("socket.io ticket chat: a send_message of only spaces is refused with the document's text, `Message or at least one file is required`", async () => {
+  await withChat(async (server, client) => {
+    const socket = client({ transports: ["websocket"] });
+    await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:5"] }));
+    for (const message of ["   ", "\n\t"]) {
+      socket.emit("send_message", { ticketId: "5", message });
+      assertEquals(await next(socket, "send_message_error"), {
+        message: "Message or at least one file is required",
+      }, JSON.stringify(message));
+    }
   });
 });
