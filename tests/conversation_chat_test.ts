@@ -30,9 +30,10 @@ async function join(
 ) {
   const token = await server.token({ rooms: [`chat:${conversationId}`], ...claims });
   const ws = await TestClient.open(`${server.wsUrl}/ws/${path}/${conversationId}/?token=${token}`);
-  const hello = await ws.next();
-  assertEquals(hello.type, "connection_established");
-  assertEquals(typeof hello.message, "string");
+  assertEquals(await ws.next(), {
+    type: "connection_established",
+    message: `Connected to conversation ${conversationId}`,
+  });
   return ws;
 }
 
@@ -158,6 +159,11 @@ Deno.test("conversation chat: typing goes to the others only and expires when no
       a.send({ type: "typing", is_typing: flag });
       assertEquals((await b.next()).is_typing, false);
     }
+    // Absent, as the consumer we replace reads it, is a start.
+    a.send({ type: "typing" });
+    assertEquals((await b.next()).is_typing, true);
+    a.send({ type: "typing", is_typing: false });
+    assertEquals((await b.next()).is_typing, false);
     await a.nothing((f) => f.type === "typing");
     await a.close();
     await b.close();
@@ -187,6 +193,53 @@ Deno.test("conversation chat: a held key (typing ~30/s, past the rate limit) cos
     await a.nothing((f) => f.type === "error");
     await a.close();
     await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("conversation chat: a typing stop after a start that was taken still goes when the socket's messages have used up its rate, so the others do not see the user typing until the timeout", async () => {
+  const server = await startTestServer({
+    RATE_LIMIT_PER_SECOND: "5",
+    TYPING_TIMEOUT_SECONDS: "30",
+  });
+  try {
+    const a = await join(server, 2, talker);
+    const b = await join(server, 2, listener);
+    a.send({ type: "typing", is_typing: true });
+    assertEquals((await b.next((f) => f.type === "typing")).is_typing, true);
+    // Enter pressed a dozen times at once: the burst (10) is used up, a few are refused.
+    for (let i = 0; i < 12; i++) a.send({ type: "chat_message", message: `m${i}` });
+    a.send({ type: "typing", is_typing: false });
+    await a.next((f) => f.type === "error");
+    const stop = await b.next((f) => f.type === "typing", 2000);
+    assertEquals([stop.user_id, stop.is_typing], [5, false]);
+    await a.close();
+    await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("conversation chat: get_history answers at most 200 messages, the newest, whatever limit is asked (README: at most 200)", async () => {
+  const server = await startTestServer();
+  try {
+    const chat = server.app.context.chat;
+    const queued = [];
+    for (let i = 1; i <= 201; i++) queued.push(await chat.queue(null, "chat:4", { body: `m${i}` }));
+    await Promise.all(queued.map((q) => q.result));
+    const a = await join(server, 4, talker);
+    for (const limit of [200, 201, 1000]) {
+      a.send({ type: "get_history", limit });
+      const page = await a.next((f) => f.type === "history");
+      const messages = page.messages as Record<string, unknown>[];
+      assertEquals(
+        [messages.length, messages[0].content, messages.at(-1)!.content, page.has_more],
+        [200, "m2", "m201", true],
+        `limit ${limit}`,
+      );
+    }
+    await a.close();
   } finally {
     await server.close();
   }
@@ -498,6 +551,7 @@ Deno.test("conversation chat: errors keep the socket open; bad token 4001, not a
         /too large/,
       ],
       [{ type: "dance" }, "Unknown message type: dance"],
+      [{ message: "no type" }, "Message type is required"],
       [{ type: "chat_message", message: "" }, "Message content is required"],
     ];
     for (const [frame, expected] of cases) {
