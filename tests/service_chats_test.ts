@@ -1,7 +1,7 @@
 /** The FastAPI service and support chats (shared/specs/service-support-chats.md). */
 
-import { assertEquals, assertMatch } from "./assert.ts";
-import { startTestServer, TestClient, type TestServer } from "./helpers.ts";
+import { assertEquals, assertMatch, within } from "./assert.ts";
+import { adminCall, startTestServer, TestClient, type TestServer } from "./helpers.ts";
 
 async function open(
   server: TestServer,
@@ -168,16 +168,40 @@ Deno.test("service chats: /ws/service-chats/007 and /ws/service-chats/7 are one 
   }
 });
 
-Deno.test("service chats: ping/pong heartbeat in JSON and plain text", async () => {
+Deno.test("service chats: ping/pong heartbeat in JSON and plain text, a line's newline after it too; a client's pong is taken quietly, any other unknown type named in its error", async () => {
   const server = await startTestServer();
   try {
     const ws = await open(server, "service-chats", 2, { sub: 1, rooms: ["service-chat:2"] });
+    // A client's own pong is taken quietly: the next frame answered is the ping's.
+    ws.send({ type: "pong" });
     ws.send({ type: "ping" });
     assertEquals(await ws.next(), { type: "pong" });
-    ws.socket.send("ping");
-    const pong = await ws.next<unknown>((f) => f === "pong");
-    assertEquals(pong, "pong");
+    // A line-based client's ping ends with its newline.
+    for (const ping of ["ping", "ping\n"]) {
+      ws.socket.send(ping);
+      assertEquals(await ws.next<unknown>(), "pong", JSON.stringify(ping));
+    }
+    ws.send({ type: "dance" });
+    assertEquals(await ws.next(), { type: "error", message: "Unknown message type: dance" });
     await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("service chats: a chat deleted through the API closes its sockets with 4004, as the README says", async () => {
+  const admin = "an-admin-token-for-the-chat-deletion";
+  const server = await startTestServer({ ADMIN_TOKEN: admin });
+  try {
+    const claims = { rooms: ["service-chat:3"] };
+    const master = await open(server, "service-chats", 3, { sub: 1, ...claims });
+    const client = await open(server, "service-chats", 3, { sub: 2, ...claims });
+    master.send({ type: "message", content: "history to delete" });
+    await client.next();
+    assertEquals(await adminCall(server.url, admin, "DELETE", "/api/rooms/service-chat/3"), 204);
+    for (const ws of [master, client]) {
+      assertEquals((await within(ws.closed, "the deletion's close")).code, 4004);
+    }
   } finally {
     await server.close();
   }
