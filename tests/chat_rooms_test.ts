@@ -2,8 +2,9 @@
 
 import type { PresenceStore } from "../src/core/types.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
-import { assertEquals, assertMatch } from "./assert.ts";
+import { assertEquals, assertMatch, within } from "./assert.ts";
 import {
+  adminCall,
   eventually,
   passPresence,
   silentPeer,
@@ -212,7 +213,7 @@ Deno.test("chat rooms: a second tab of the same user is neither a join nor, clos
   }
 });
 
-Deno.test("chat rooms: bad token 4001, invalid room name 4000, and the /ws/chat/ setting", async () => {
+Deno.test("chat rooms: bad token 4001, invalid room name 4000 (one of 100 characters; 99 is a room), and the /ws/chat/ setting", async () => {
   const server = await startTestServer({ CHAT_PATH_PROTOCOL: "rooms" });
   try {
     for (
@@ -224,10 +225,16 @@ Deno.test("chat rooms: bad token 4001, invalid room name 4000, and the /ws/chat/
       assertEquals((await TestClient.connect(server.wsUrl + path).closed).code, code);
     }
     const token = await server.token(user(1));
-    const badName = TestClient.connect(
-      `${server.wsUrl}/ws/rooms/${"x".repeat(120)}/?token=${token}`,
+    // A Channels group name is under 100 characters.
+    const longest = await TestClient.open(
+      `${server.wsUrl}/ws/rooms/${"x".repeat(99)}/?token=${token}`,
     );
-    assertEquals((await badName.closed).code, 4000);
+    assertEquals((await longest.next()).type, "room_users_list");
+    await longest.close();
+    const badName = TestClient.connect(
+      `${server.wsUrl}/ws/rooms/${"x".repeat(100)}/?token=${token}`,
+    );
+    assertEquals((await within(badName.closed, "the long name's close")).code, 4000);
     const weird = TestClient.connect(`${server.wsUrl}/ws/rooms/a%20b/?token=${token}`);
     assertEquals((await weird.closed).code, 4000);
     // A SimpleJWT refresh token (or a Keycloak one) is not an access token; an explicit
@@ -488,6 +495,30 @@ Deno.test("chat rooms: a message with files (posted through the API) carries the
     assertEquals(history.map((f) => f.message), [url, withText]);
     await a.close();
     await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("chat rooms: a message posted through the API without a sender comes from `system`, with sender_id null", async () => {
+  const admin = "an-admin-token-for-the-system-message";
+  const server = await startTestServer({ ADMIN_TOKEN: admin });
+  try {
+    const a = await enter(server, "lobby", user(1));
+    await a.next((f) => f.type === "room_users_list");
+    assertEquals(
+      await adminCall(server.url, admin, "POST", "/api/rooms/room/lobby/messages", {
+        body: "Maintenance at noon",
+      }),
+      201,
+    );
+    const m = await a.next((f) => f.type === "chat_message");
+    assertEquals([m.message, m.sender_username, m.sender_id], [
+      "Maintenance at noon",
+      "system",
+      null,
+    ]);
+    await a.close();
   } finally {
     await server.close();
   }
