@@ -607,7 +607,7 @@ Deno.test("native: a socket closed while its join's access check is under way le
   }
 });
 
-Deno.test("native: history pages by cursor both ways; typing, read and presence events", async () => {
+Deno.test("native: history pages by cursor both ways; typing (is_typing true when absent), read and presence events", async () => {
   const server = await startTestServer();
   try {
     const a = await connect(server);
@@ -659,6 +659,12 @@ Deno.test("native: history pages by cursor both ways; typing, read and presence 
 
     b.send({ type: "typing", room: "chat:1", is_typing: true });
     assertEquals((await a.next((f) => f.type === "typing")).is_typing, true);
+    b.send({ type: "typing", room: "chat:1", is_typing: false });
+    assertEquals((await a.next((f) => f.type === "typing")).is_typing, false);
+    // is_typing defaults to true (docs/protocol.md).
+    b.send({ type: "typing", room: "chat:1" });
+    const typing = await a.next((f) => f.type === "typing");
+    assertEquals([typing.room, (typing.user as Frame).id, typing.is_typing], ["chat:1", 2, true]);
     b.send({ type: "read", room: "chat:1", seq: 6 });
     assertEquals((await b.next((f) => f.type === "read_ok")).seq, 6);
     const read = await a.next((f) => f.type === "read");
@@ -814,7 +820,7 @@ Deno.test("native: a typing tab that closes ends its typing while the user's oth
   }
 });
 
-Deno.test("native: a batch join answers every entry, naming the room of each error; malformed files and is_typing are invalid_frame and store nothing", async () => {
+Deno.test("native: a batch join answers every entry, naming the room of each error, and lists 1 to 100 rooms; malformed files and is_typing are invalid_frame and store nothing", async () => {
   const server = await startTestServer();
   try {
     const a = await connect(server);
@@ -833,9 +839,18 @@ Deno.test("native: a batch join answers every entry, naming the room of each err
       ["error", undefined, "invalid_frame", "batch"],
       ["joined", "chat:2", undefined, "batch"],
     ]);
-    for (const rooms of [[], Array.from({ length: 101 }, (_, i) => `chat:${i}`)]) {
+    // 1 to 100 rooms (docs/protocol.md): 100 are each joined, 101 (and none) refused.
+    const hundred = Array.from({ length: 100 }, (_, i) => `chat:${i + 1}`);
+    a.send({ type: "join", rooms: hundred, ref: "hundred" });
+    const joinedRooms = new Set<unknown>();
+    while (joinedRooms.size < 100) {
+      const f = await a.next((f) => f.ref === "hundred", 20_000);
+      assertEquals(f.type, "joined", JSON.stringify(f));
+      joinedRooms.add(f.room);
+    }
+    for (const rooms of [[], [...hundred, "chat:101"]]) {
       a.send({ type: "join", rooms, ref: "size" });
-      assertEquals(await a.next(), {
+      assertEquals(await a.next((f) => f.ref === "size"), {
         type: "error",
         code: "invalid_frame",
         message: '"rooms" must list 1 to 100 rooms',
