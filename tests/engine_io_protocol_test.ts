@@ -181,7 +181,16 @@ Deno.test("websocket handshake without polling advertises no upgrades", async ()
   });
 });
 
-Deno.test("bad requests get 400 with a JSON error", async () => {
+Deno.test("bad requests get 400 with a JSON error, Engine.IO's code and message", async () => {
+  // The messages of Node's engine.io, by code.
+  const messages = [
+    "Transport unknown",
+    "Session ID unknown",
+    "Bad handshake method",
+    "Bad request",
+    "Forbidden",
+    "Unsupported protocol version",
+  ];
   await withServer({}, async (ctx) => {
     const cases: [string, RequestInit | undefined, number, number][] = [
       ["transport=polling", undefined, 400, 5],
@@ -201,8 +210,7 @@ Deno.test("bad requests get 400 with a JSON error", async () => {
       strictEqual(reply.status, status, query);
       match(reply.headers.get("content-type") ?? "", /application\/json/);
       const body = JSON.parse(reply.text);
-      strictEqual(body.code, code, query);
-      strictEqual(typeof body.message, "string");
+      deepStrictEqual(body, { code, message: messages[code] }, query);
     }
     const { sid } = await handshake(ctx);
     const put = await get(ctx, `EIO=4&transport=polling&sid=${sid}`, { method: "PUT" });
@@ -389,6 +397,36 @@ Deno.test("malformed Socket.IO packets close the connection", async () => {
     strictEqual((await post(ctx, third.sid, latin1)).status, 400);
     strictEqual((await poll(ctx, third.sid)).status, 400);
     await eventually(() => ctx.reasons.filter((r) => r === "parse error").length === 5);
+  });
+});
+
+Deno.test("a client ping outside an upgrade probe ends the session: in v4 only the server pings", async () => {
+  await withServer({}, async (ctx) => {
+    const { sid } = await handshake(ctx);
+    await post(ctx, sid, "40");
+    await poll(ctx, sid);
+    strictEqual((await post(ctx, sid, "2")).status, 200);
+    await eventually(() => ctx.reasons.length > 0, 2000, "the session's end");
+    deepStrictEqual(ctx.reasons, ["transport error"]);
+    strictEqual((await poll(ctx, sid)).status, 400);
+  });
+});
+
+Deno.test("a binary polling POST body (a v3 client's) is refused with 400 and ends the session", async () => {
+  await withServer({}, async (ctx) => {
+    const { sid } = await handshake(ctx);
+    await post(ctx, sid, "40");
+    await poll(ctx, sid);
+    const binary = await post(ctx, sid, new Uint8Array([4, 1, 2, 3]), {
+      "content-type": "application/octet-stream",
+    });
+    deepStrictEqual([binary.status, JSON.parse(binary.text)], [400, {
+      code: 3,
+      message: "Bad request",
+    }]);
+    await eventually(() => ctx.reasons.length > 0, 2000, "the session's end");
+    deepStrictEqual(ctx.reasons, ["transport error"]);
+    strictEqual((await poll(ctx, sid)).status, 400);
   });
 });
 
