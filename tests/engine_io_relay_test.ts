@@ -240,6 +240,21 @@ Deno.test("relay: a POST that is not UTF-8 ends the session as a parse error, wh
   }
 });
 
+Deno.test("relay: a polling POST over maxPayload is refused 413 and ends the session, whichever isolate it reaches", async () => {
+  const big = `42["echo","${"x".repeat(5000)}"]`;
+  for (const via of ["owner", "other isolate"]) {
+    await withCluster({ maxPayload: 1000 }, async ({ a, b }) => {
+      const sid = await handshake(a);
+      strictEqual((await post(a, sid, "40")).text, "ok");
+      await poll(a, sid);
+      strictEqual((await post(via === "owner" ? a : b, sid, big)).status, 413, via);
+      await eventually(() => a.reasons.length > 0, 2000, "the session's end");
+      deepStrictEqual(a.reasons, ["transport error"], via);
+      strictEqual((await poll(a, sid)).status, 400, via);
+    });
+  }
+});
+
 Deno.test("relay: heartbeats through the non-owner keep the session alive", async () => {
   await withCluster({ pingInterval: 100, pingTimeout: 200 }, async ({ a, b }) => {
     const sid = await handshake(a);
