@@ -1340,26 +1340,35 @@ Deno.test("socket.io ticket chat: 45 sends emitted while offline, sent before th
   });
 });
 
+/**
+ * User 2 in ticket 9, and user 1's socket over WebSocket (the README's advice across processes;
+ * under Deno the default transports go WebSocket first) with the document's connect handler
+ * (authenticate on every connect, then rejoin), in ticket 9 and then cut off: the server loses the
+ * transport and socket.io-client reconnects, sending what is emitted now first thing, before the
+ * handler's `authenticate`. `errors` collects user 1's `send_message_error`s.
+ */
+async function cutOffInTicket(server: TestServer, client: (o?: object) => ClientSocket) {
+  const other = client({ transports: ["websocket"] });
+  await authenticated(other, await server.token({ sub: "2", rooms: ["ticket:9"] }));
+  await joined(other, "9");
+  const token = await server.token({ sub: "1", rooms: ["ticket:9"] });
+  const socket = client({ transports: ["websocket"] });
+  const errors: unknown[] = [];
+  socket.on("send_message_error", (m: Payload) => errors.push(m.message));
+  socket.on("connect", () => socket.emit("authenticate", { token }));
+  socket.on("authenticated", () => socket.emit("join_ticket", { ticketId: "9" }));
+  await next(socket, "joined_ticket");
+  const [serverSide] = [...server.app.io.of("/").sockets.values()].filter((s) =>
+    s.data.user?.id === 1
+  );
+  serverSide.conn.close();
+  await next(socket, "disconnect");
+  return { other, socket, errors };
+}
+
 Deno.test("socket.io ticket chat: a photo emitted while offline over WebSocket, which the client sends before its connect handler's authenticate, is stored and its file served", async () => {
   await withChat(async (server, client) => {
-    const other = client({ transports: ["websocket"] });
-    await authenticated(other, await server.token({ sub: "2", rooms: ["ticket:9"] }));
-    await joined(other, "9");
-    const token = await server.token({ sub: "1", rooms: ["ticket:9"] });
-    // The README's advice across processes; under Deno the default transports go WebSocket first.
-    const socket = client({ transports: ["websocket"] });
-    const errors: unknown[] = [];
-    socket.on("send_message_error", (m: Payload) => errors.push(m.message));
-    // The document's connect handler: authenticate on every connect, then rejoin.
-    socket.on("connect", () => socket.emit("authenticate", { token }));
-    socket.on("authenticated", () => socket.emit("join_ticket", { ticketId: "9" }));
-    await next(socket, "joined_ticket");
-    // The network drops: the server loses the transport, and socket.io-client reconnects.
-    const [serverSide] = [...server.app.io.of("/").sockets.values()].filter((s) =>
-      s.data.user?.id === 1
-    );
-    serverSide.conn.close();
-    await next(socket, "disconnect");
+    const { other, socket, errors } = await cutOffInTicket(server, client);
     const arrival = next<{ data: Payload }>(other, "new_message", 8000);
     // Meanwhile a photo of 200 KB: buffered, and sent first thing on the reconnect, before the
     // `authenticate` of the connect handler, in a frame past the 64 KiB of an unsigned socket.
@@ -1427,23 +1436,9 @@ async function sentWhileOffline(
   expected: string[],
 ) {
   await withChat(async (server, client) => {
-    const other = client({ transports: ["websocket"] });
-    await authenticated(other, await server.token({ sub: "2", rooms: ["ticket:9"] }));
-    await joined(other, "9");
-    const token = await server.token({ sub: "1", rooms: ["ticket:9"] });
-    const socket = client({ transports: ["websocket"] });
-    const errors: unknown[] = [];
-    socket.on("send_message_error", (m: Payload) => errors.push(m.message));
-    socket.on("connect", () => socket.emit("authenticate", { token }));
-    socket.on("authenticated", () => socket.emit("join_ticket", { ticketId: "9" }));
-    await next(socket, "joined_ticket");
+    const { other, socket, errors } = await cutOffInTicket(server, client);
     const got: string[] = [];
     other.on("new_message", (m: { data: Payload }) => got.push(m.data.message as string));
-    const [serverSide] = [...server.app.io.of("/").sockets.values()].filter((s) =>
-      s.data.user?.id === 1
-    );
-    serverSide.conn.close();
-    await next(socket, "disconnect");
     const acks = await Promise.all(
       emitWhileOffline(socket).map((a) => a.then((r) => (r as Payload).error ?? "ok", String)),
     );
