@@ -7,7 +7,19 @@ import { redactDatabaseUrl } from "./src/directory/open.ts";
 
 let app;
 try {
-  app = await buildApp(loadConfig(Deno.env.toObject()), { socketIoRelay: true });
+  const config = loadConfig(Deno.env.toObject());
+  // Each isolate would open a store of its own: a room's history and seqs would depend on the
+  // isolate a client lands on. How many isolates `deno serve` runs is not told to them, so it is
+  // refused even for one.
+  if (config.kvPath === ":memory:") {
+    throw new Error(
+      "KV_PATH=:memory: cannot be used under deno serve (deno task start:parallel): every " +
+        "isolate would open its own in-memory store, and a room's history and seq numbers would " +
+        "split between them; use a file path (the default, DATA_DIR/chat.kv), or :memory: with " +
+        "deno task start",
+    );
+  }
+  app = await buildApp(config, { socketIoRelay: true });
 } catch (err) {
   // As main.ts: nothing the message quotes may show the database's password.
   console.error(redactDatabaseUrl((err as Error).message, Deno.env.get("DATABASE_URL")));

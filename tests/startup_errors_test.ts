@@ -63,6 +63,14 @@ Deno.test("startup: a HOST, DATABASE_URL, KV_PATH or DATA_DIR the server cannot 
   }
 });
 
+Deno.test("startup: KV_PATH=:memory: under deno serve, whose isolates would each open a store of their own, stops it naming KV_PATH", async () => {
+  const { code, stderr } = await start({ KV_PATH: ":memory:" }, "serve");
+  assertEquals(code, 1, stderr);
+  assert(stderr.includes("KV_PATH=:memory: cannot be used under deno serve"), stderr);
+  assert(stderr.includes("its own in-memory store"), stderr);
+  assert(!/\n\s+at /.test(stderr), `a stack trace: ${stderr}`);
+});
+
 /** What a DATABASE_URL that reads more than one way is refused with, quoting none of it. */
 const AMBIGUOUS = "DATABASE_URL is not a valid URL: a user name or password holding @ / ? # : " +
   "or a space must be %-escaped (@ as %40, / as %2F, ? as %3F, # as %23, : as %3A, a space as " +
