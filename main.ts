@@ -646,7 +646,12 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   const exchange = new MetricsExchange(config.kvPath, isolateId, () => ownMetrics(httpDeps));
   const http = createHttpApp(httpDeps);
   // The chat page at `/`; the dev sign-in only while tokens are signed with the dev secret.
-  mountWeb(http, { devSecret, devSignIn: config.devSignIn });
+  mountWeb(http, {
+    devSecret,
+    devSignIn: config.devSignIn,
+    issuer: config.jwtIssuer,
+    audience: config.jwtAudience,
+  });
 
   const originAllowed = (req: Request) => {
     const origin = req.headers.get("origin");

@@ -1317,6 +1317,34 @@ Deno.test("web: with a JWT key configured there is no dev sign-in, and the page 
   }
 });
 
+Deno.test("web: with JWT_ISSUER or JWT_AUDIENCE and no JWT key, the dev sign-in's tokens carry them, and the server takes them", async () => {
+  const settings: Record<string, string>[] = [
+    { JWT_ISSUER: "https://auth.example.com" },
+    { JWT_AUDIENCE: "chat" },
+  ];
+  for (const env of settings) {
+    const server = await startTestServer({ JWT_SECRET: "", ...env });
+    try {
+      const res = await fetch(`${server.url}/dev/token`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ name: "Ann", rooms: ["room:*"] }),
+      });
+      assertEquals(res.status, 200);
+      const { token } = await res.json();
+      const chat = recorder({ url: `${server.wsUrl}/ws`, token });
+      try {
+        const me = await chat.client.connect();
+        assertEquals(me.id, "dev-ann", JSON.stringify(env));
+      } finally {
+        chat.client.close();
+      }
+    } finally {
+      await server.close();
+    }
+  }
+});
+
 Deno.test("web: the committed bundles web/app.js and web/client.js match their sources (run `deno run -A web/build.ts`)", async () => {
   for (const { entry, output } of BUNDLES) {
     const committed = await Deno.readTextFile(new URL(output, ROOT));

@@ -14,6 +14,10 @@ export interface WebOptions {
   devSecret?: string;
   /** Who the dev sign-in answers (see `Config.devSignIn`); `local` by default. */
   devSignIn?: "local" | "any" | "off";
+  /** The `iss` the server requires (JWT_ISSUER), signed into dev tokens so that it takes them. */
+  issuer?: string;
+  /** The `aud` the server requires (JWT_AUDIENCE), signed into dev tokens so that it takes them. */
+  audience?: string;
   /** Folder of the page's files; `web/` next to the sources by default. */
   webDir?: URL;
 }
@@ -198,11 +202,16 @@ export function mountWeb(app: Hono, options: WebOptions = {}): void {
     if ("error" in parsed) return c.json({ error: parsed.error }, 400);
     const sub = await devUserId(parsed.name);
     const username = sub.slice("dev-".length);
-    const token = await signDevToken(
-      secret,
-      { sub, username, name: parsed.name, rooms: parsed.rooms },
-      DEV_TOKEN_TTL,
-    );
+    const claims: Record<string, unknown> = {
+      sub,
+      username,
+      name: parsed.name,
+      rooms: parsed.rooms,
+    };
+    // Configured with them, the server refuses a token without them (`deno task token` signs them).
+    if (options.issuer !== undefined) claims.iss = options.issuer;
+    if (options.audience !== undefined) claims.aud = options.audience;
+    const token = await signDevToken(secret, claims, DEV_TOKEN_TTL);
     return c.json(
       { token, user: { id: sub, username, name: parsed.name }, expires_in: DEV_TOKEN_TTL },
       200,
