@@ -256,6 +256,20 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
       log(`No JWT key configured: created a development secret in ${config.dataDir}`);
     }
   }
+  // The verifier takes the first of these that is set: a secret kept through a move to a public
+  // key would otherwise look in use, and tokens signed with it be refused without a word.
+  const keySources = [
+    ["JWT_JWKS_URL", config.jwtJwksUrl],
+    ["JWT_PUBLIC_KEY", config.jwtPublicKey],
+    ["JWT_SECRET", config.jwtSecret],
+  ].filter(([, value]) => value).map(([name]) => name);
+  if (keySources.length > 1) {
+    const [used, ...ignored] = keySources;
+    log(
+      `${ignored.join(" and ")} ${ignored.length > 1 ? "are" : "is"} ignored: ${used} is set, ` +
+        "and tokens are checked with it only",
+    );
+  }
   // Kept for the upload route, which reads HTTP bodies of any size; a socket frame past what
   // Deno reads of one message would only be dropped with the connection.
   if (config.maxFileBytes > socketMaxFileBytes(config)) {

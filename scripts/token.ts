@@ -1,7 +1,8 @@
 /**
  * Prints a signed token for development and tests:
  * `deno task token --sub 3 --username user3 --rooms ticket:1` (a `--` before the options works too).
- * Signs with JWT_SECRET when set, else with the development secret under DATA_DIR.
+ * Signs with JWT_SECRET when set, else with the development secret under DATA_DIR; refuses when
+ * JWT_PUBLIC_KEY or JWT_JWKS_URL is set, since the server then checks tokens with that key only.
  */
 
 import { parseArgs } from "node:util";
@@ -37,8 +38,13 @@ if (values.help || !values.sub) {
 }
 
 const config = loadConfig(Deno.env.toObject());
-if (!config.jwtSecret && (config.jwtPublicKey || config.jwtJwksUrl)) {
-  console.error("The server verifies with a public key; sign tokens with its private key instead.");
+if (config.jwtPublicKey || config.jwtJwksUrl) {
+  // The server then ignores JWT_SECRET, and would refuse what this signed with it.
+  const key = config.jwtJwksUrl ? "JWT_JWKS_URL" : "JWT_PUBLIC_KEY";
+  console.error(
+    `The server verifies tokens with ${key}${config.jwtSecret ? " (JWT_SECRET is ignored)" : ""}` +
+      ": sign tokens with its private key instead.",
+  );
   Deno.exit(2);
 }
 const secret = config.jwtSecret ?? (await ensureDevSecret(config.dataDir)).secret;

@@ -1,14 +1,17 @@
 /** `deno task token`, the README's way to mint a development token, run as the README shows it. */
 
 import * as jose from "jose";
-import { assertEquals } from "./assert.ts";
+import { generateKeyPairSync } from "node:crypto";
+import { assert, assertEquals } from "./assert.ts";
+import { startTestServer } from "./helpers.ts";
 
 const SECRET = "token-script-secret-token-script-secret";
 
-async function mint(
+/** Runs `deno task token` with JWT_SECRET set unless `env` says otherwise. */
+async function run(
   args: string[],
   env: Record<string, string> = {},
-): Promise<jose.JWTPayload> {
+): Promise<{ code: number; stdout: string; stderr: string }> {
   const dataDir = await Deno.makeTempDir({ prefix: "chat-token-" });
   try {
     const out = await new Deno.Command(Deno.execPath(), {
@@ -18,16 +21,24 @@ async function mint(
       stdout: "piped",
       stderr: "piped",
     }).output();
-    const text = new TextDecoder().decode(out.stdout).trim();
-    assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
-    const { payload } = await jose.jwtVerify(text, new TextEncoder().encode(SECRET), {
-      issuer: env.JWT_ISSUER,
-      audience: env.JWT_AUDIENCE,
-    });
-    return payload;
+    const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes).trim();
+    return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
   } finally {
     await Deno.remove(dataDir, { recursive: true });
   }
+}
+
+async function mint(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<jose.JWTPayload> {
+  const out = await run(args, env);
+  assertEquals(out.code, 0, out.stderr);
+  const { payload } = await jose.jwtVerify(out.stdout, new TextEncoder().encode(SECRET), {
+    issuer: env.JWT_ISSUER,
+    audience: env.JWT_AUDIENCE,
+  });
+  return payload;
 }
 
 Deno.test("deno task token: the README's command, with or without `--` before the options", async () => {
@@ -43,4 +54,28 @@ Deno.test("deno task token: signs the issuer and audience the server requires wh
     JWT_AUDIENCE: "chat",
   });
   assertEquals([claims.iss, claims.aud], ["https://issuer.example", "chat"]);
+});
+
+Deno.test("deno task token: with JWT_PUBLIC_KEY or JWT_JWKS_URL set, JWT_SECRET beside it too, refuses naming them; the server's start says JWT_SECRET is ignored", async () => {
+  const { publicKey } = generateKeyPairSync("rsa", { modulusLength: 2048 });
+  const pem = publicKey.export({ type: "spki", format: "pem" }) as string;
+  const jwks = "https://idp.example.com/.well-known/jwks.json";
+  const cases: [Record<string, string>, string][] = [
+    [{ JWT_PUBLIC_KEY: pem }, "with JWT_PUBLIC_KEY (JWT_SECRET is ignored)"],
+    [{ JWT_JWKS_URL: jwks }, "with JWT_JWKS_URL (JWT_SECRET is ignored)"],
+    [{ JWT_PUBLIC_KEY: pem, JWT_SECRET: "" }, "with JWT_PUBLIC_KEY: sign"],
+  ];
+  for (const [env, expected] of cases) {
+    const { code, stderr } = await run(["--sub", "3"], env);
+    assertEquals(code, 2, stderr);
+    assert(stderr.includes(`The server verifies tokens ${expected}`), stderr);
+  }
+  const logged: string[] = [];
+  const server = await startTestServer({ JWT_SECRET: SECRET, JWT_PUBLIC_KEY: pem }, {
+    log: (line) => logged.push(line),
+  });
+  await server.close();
+  assertEquals(logged.filter((l) => l.includes("JWT_SECRET")), [
+    "JWT_SECRET is ignored: JWT_PUBLIC_KEY is set, and tokens are checked with it only",
+  ]);
 });
