@@ -147,6 +147,12 @@ const EnvSchema = z.object({
           code: "custom",
           message: `"${origin}" is not an origin like https://app.example.com`,
         });
+      } else if (parsed.hostname.includes("*")) {
+        // URLs take a `*` in a host, but no page's Origin is `https://*.example.com`.
+        ctx.addIssue({
+          code: "custom",
+          message: `"${origin}": a * matches no origin (there are no wildcards); list each origin`,
+        });
       }
     }
     return origins;

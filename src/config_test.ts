@@ -49,6 +49,11 @@ Deno.test("loadConfig() splits origins and trims trailing slashes from URLs; ref
       err.message,
     );
   }
+  // No page's Origin holds a star: a wildcard would match nothing and refuse every subdomain.
+  for (const wildcard of ["https://*.example.com", "http://app.*.example:8080", "https://*"]) {
+    const err = await assertRejects(() => loadConfig({ ALLOWED_ORIGINS: wildcard }));
+    assertMatch(err.message, /ALLOWED_ORIGINS: ".*": a \* matches no origin .*list each origin/);
+  }
 });
 
 Deno.test("loadConfig() reads TRUST_PROXY as 1 or 0 (true or false), off unless set, and nothing else", async () => {

@@ -4,7 +4,7 @@
  * chat page at `/` opens them), on every route, Socket.IO's included; other pages get 403.
  */
 
-import { assertEquals } from "./assert.ts";
+import { assertEquals, assertMatch, assertRejects } from "./assert.ts";
 import { originHandshake, startTestServer } from "./helpers.ts";
 
 Deno.test("ALLOWED_ORIGINS: the server's own page and PUBLIC_URL's origin open sockets on every route, Socket.IO too; other pages get 403", async () => {
@@ -42,4 +42,11 @@ Deno.test("ALLOWED_ORIGINS: the server's own page and PUBLIC_URL's origin open s
   } finally {
     await server.close();
   }
+});
+
+Deno.test("ALLOWED_ORIGINS: an origin with a * in its host, which no page's Origin matches, stops the start naming the setting", async () => {
+  const env = { ALLOWED_ORIGINS: "https://app.example.com, https://*.example.com" };
+  const err = await assertRejects(() => startTestServer(env));
+  assertMatch(err.message, /ALLOWED_ORIGINS: "https:\/\/\*\.example\.com": a \* matches no origin/);
+  assertMatch(err.message, /list each origin/);
 });
