@@ -232,7 +232,7 @@ export interface Config {
   trustProxy: boolean;
   /** HS256 shared secret. */
   jwtSecret?: string;
-  /** PEM public key for RS256 or ES256. */
+  /** PEM public key for RS256, or ES256, ES384 or ES512 by its curve. */
   jwtPublicKey?: string;
   /** JWKS endpoint. */
   jwtJwksUrl?: string;

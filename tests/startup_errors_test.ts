@@ -1,5 +1,7 @@
 /** Settings the server can only try at startup fail it with one line naming them, not a stack. */
 
+import * as jose from "jose";
+import { generateKeyPairSync } from "node:crypto";
 import { assert, assertEquals } from "./assert.ts";
 
 /** Starts main.ts (or serve.ts under `deno serve`) as production does, until it exits. */
@@ -69,6 +71,40 @@ Deno.test("startup: KV_PATH=:memory: under deno serve, whose isolates would each
   assert(stderr.includes("KV_PATH=:memory: cannot be used under deno serve"), stderr);
   assert(stderr.includes("its own in-memory store"), stderr);
   assert(!/\n\s+at /.test(stderr), `a stack trace: ${stderr}`);
+});
+
+Deno.test("startup: a JWT_PUBLIC_KEY the server cannot use (a certificate, a curve it does not take) stops it naming JWT_PUBLIC_KEY; one on P-384 checks ES384 tokens", async () => {
+  const pem = (curve: string) =>
+    generateKeyPairSync("ec", { namedCurve: curve }).publicKey
+      .export({ type: "spki", format: "pem" }) as string;
+  const certificate = await Deno.readTextFile(
+    new URL("./fixtures/idp_certificate.pem", import.meta.url),
+  );
+  const cases: [string, string][] = [
+    [certificate, "Could not start: JWT_PUBLIC_KEY is an X.509 certificate, not a public key"],
+    [pem("secp256k1"), "Could not start: JWT_PUBLIC_KEY has an unsupported key type, EC on the"],
+  ];
+  for (const [key, expected] of cases) {
+    const { code, stderr } = await start({ JWT_PUBLIC_KEY: key });
+    assertEquals(code, 1, stderr);
+    assert(stderr.includes(expected), stderr);
+    assert(!/\n\s+at /.test(stderr), `a stack trace: ${stderr}`);
+  }
+  const { publicKey, privateKey } = generateKeyPairSync("ec", { namedCurve: "P-384" });
+  const { startTestServer, TestClient } = await import("./helpers.ts");
+  const server = await startTestServer({
+    JWT_SECRET: "",
+    JWT_PUBLIC_KEY: publicKey.export({ type: "spki", format: "pem" }) as string,
+  });
+  try {
+    const token = await new jose.SignJWT({ sub: "1", username: "one" })
+      .setProtectedHeader({ alg: "ES384" }).setExpirationTime("1h").sign(privateKey);
+    const client = await TestClient.open(`${server.wsUrl}/ws?token=${token}`);
+    await client.next((f) => f.type === "welcome");
+    await client.close();
+  } finally {
+    await server.close();
+  }
 });
 
 /** What a DATABASE_URL that reads more than one way is refused with, quoting none of it. */

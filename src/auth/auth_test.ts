@@ -1,4 +1,5 @@
 import * as jose from "jose";
+import { generateKeyPairSync } from "node:crypto";
 import { assert, assertEquals, assertRejects } from "../../tests/assert.ts";
 import { grantMatches } from "../core/rooms.ts";
 import { ClaimsAccessPolicy } from "./access.ts";
@@ -144,6 +145,44 @@ Deno.test("createVerifier() pins algorithms to the key type", async () => {
   const rs = await createVerifier({ publicKey: await jose.exportSPKI(rsa.publicKey) });
   assertEquals(rs.description, "RS256 public key");
   await assertRejects(() => createVerifier({ publicKey: "not a pem" }), /not a PEM/);
+});
+
+Deno.test("createVerifier() takes EC keys on P-384 and P-521 (ES384, ES512, by the curve); refuses other curves, certificates and PKCS#1 keys naming JWT_PUBLIC_KEY", async () => {
+  for (const [curve, alg] of [["P-384", "ES384"], ["P-521", "ES512"]]) {
+    const { publicKey, privateKey } = generateKeyPairSync("ec", { namedCurve: curve });
+    const verifier = await createVerifier({
+      publicKey: publicKey.export({ type: "spki", format: "pem" }) as string,
+    });
+    assertEquals(verifier.description, `${alg} public key`);
+    const token = await new jose.SignJWT({ sub: "4" }).setProtectedHeader({ alg })
+      .setExpirationTime("1h").sign(privateKey);
+    assertEquals((await verifier.verify(token)).sub, "4");
+    // The curve fixes the algorithm: a token of another hash is refused.
+    const other = generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
+    const es256 = await new jose.SignJWT({ sub: "4" }).setProtectedHeader({ alg: "ES256" })
+      .setExpirationTime("1h").sign(other);
+    await assertRejects(() => verifier.verify(es256));
+  }
+  const k1 = generateKeyPairSync("ec", { namedCurve: "secp256k1" }).publicKey;
+  await assertRejects(
+    () => createVerifier({ publicKey: k1.export({ type: "spki", format: "pem" }) as string }),
+    /^JWT_PUBLIC_KEY has an unsupported key type, EC on the curve secp256k1: expected an RSA or EC/,
+  );
+  const rsa = generateKeyPairSync("rsa", { modulusLength: 2048 }).publicKey;
+  await assertRejects(
+    () => createVerifier({ publicKey: rsa.export({ type: "pkcs1", format: "pem" }) as string }),
+    /^JWT_PUBLIC_KEY could not be read as a "PUBLIC KEY" PEM/,
+  );
+  await assertRejects(
+    async () =>
+      createVerifier({
+        // The form an identity provider's page shows its signing key in (Keycloak's "Certificate").
+        publicKey: await Deno.readTextFile(
+          new URL("../../tests/fixtures/idp_certificate.pem", import.meta.url),
+        ),
+      }),
+    /^JWT_PUBLIC_KEY is an X.509 certificate, not a public key: give its public key/,
+  );
 });
 
 /** Three starts' calls at once, as isolates starting together make them. */

@@ -49,7 +49,7 @@ export interface KeySetState {
 export interface VerifierOptions {
   /** HS256 shared secret. */
   secret?: string;
-  /** PEM public key (RSA → RS256, EC P-256 → ES256). */
+  /** PEM public key (RSA → RS256; EC P-256, P-384, P-521 → ES256, ES384, ES512). */
   publicKey?: string;
   /** JWKS endpoint; keys limited to asymmetric algorithms. */
   jwksUrl?: string;
@@ -84,18 +84,55 @@ const ASYMMETRIC = [
   "EdDSA",
 ];
 
-/** Picks RS256 or ES256 from the PEM's key type; anything else is a configuration error. */
+/** The algorithm of an EC key's curve (as node:crypto names it): the curve fixes the hash. */
+const EC_ALGORITHMS: Record<string, string> = {
+  prime256v1: "ES256",
+  secp384r1: "ES384",
+  secp521r1: "ES512",
+};
+
+/** What JWT_PUBLIC_KEY must hold, for the errors. */
+const PEM_EXPECTED = 'expected an RSA or EC (P-256, P-384, P-521) "PUBLIC KEY" PEM';
+
+/**
+ * Picks RS256, or ES256, ES384 or ES512 by the curve, from the PEM's key type; anything else is a
+ * configuration error naming JWT_PUBLIC_KEY.
+ */
 async function importPem(pem: string): Promise<{ key: CryptoKey; alg: string }> {
   const normalized = pem.replace(/\\n/g, "\n").trim();
-  let type: string | undefined;
-  try {
-    type = createPublicKey(normalized).asymmetricKeyType;
-  } catch (err) {
-    throw new Error(`JWT_PUBLIC_KEY is not a PEM public key: ${(err as Error).message}`);
+  // What an identity provider's page often shows: node:crypto reads the key out of it, WebCrypto
+  // does not, and the start would fail with words that name no setting.
+  if (normalized.includes("-----BEGIN CERTIFICATE-----")) {
+    throw new Error(
+      `JWT_PUBLIC_KEY is an X.509 certificate, not a public key: give its public key (${PEM_EXPECTED}` +
+        "; `openssl x509 -pubkey -noout -in cert.pem` prints it)",
+    );
   }
-  const alg = type === "rsa" ? "RS256" : type === "ec" ? "ES256" : undefined;
-  if (!alg) throw new Error(`JWT_PUBLIC_KEY has unsupported key type "${type}" (RSA or EC P-256)`);
-  return { key: await jose.importSPKI(normalized, alg), alg };
+  let type: string | undefined;
+  let curve: string | undefined;
+  try {
+    const key = createPublicKey(normalized);
+    type = key.asymmetricKeyType;
+    curve = key.asymmetricKeyDetails?.namedCurve;
+  } catch (err) {
+    throw new Error(
+      `JWT_PUBLIC_KEY is not a PEM public key (${PEM_EXPECTED}): ${(err as Error).message}`,
+    );
+  }
+  const alg = type === "rsa" ? "RS256" : type === "ec" ? EC_ALGORITHMS[curve ?? ""] : undefined;
+  if (!alg) {
+    const what = type === "ec" ? `EC on the curve ${curve}` : `"${type}"`;
+    throw new Error(`JWT_PUBLIC_KEY has an unsupported key type, ${what}: ${PEM_EXPECTED}`);
+  }
+  try {
+    return { key: await jose.importSPKI(normalized, alg), alg };
+  } catch (err) {
+    // A key node:crypto reads in another form (PKCS#1 "RSA PUBLIC KEY", a private key).
+    throw new Error(
+      `JWT_PUBLIC_KEY could not be read as a "PUBLIC KEY" PEM (${PEM_EXPECTED}): ` +
+        (err as Error).message,
+    );
+  }
 }
 
 /**
