@@ -885,8 +885,10 @@ export interface RunningServer {
   app: App;
   /** Port actually bound. */
   port: number;
-  /** `http://127.0.0.1:<port>` (or the configured host). */
+  /** `http://127.0.0.1:<port>` (or the configured host, an IPv6 one in brackets). */
   url: string;
+  /** Whether it listens on every interface (HOST `0.0.0.0` or `::`), `url` naming the loopback. */
+  everywhere: boolean;
   /** Stops accepting, closes sockets, flushes and closes stores. */
   close(): Promise<void>;
 }
@@ -910,11 +912,19 @@ export async function startServer(
     );
   }
   const addr = server.addr as Deno.NetAddr;
-  const host = config.host === "0.0.0.0" || config.host === "::" ? "127.0.0.1" : config.host;
+  const everywhere = config.host === "0.0.0.0" || config.host === "::";
+  // Listening on every interface, this machine reaches it on its loopback; an IPv6 address is
+  // bracketed in a URL (`http://::1:8000` is none).
+  const host = everywhere
+    ? "127.0.0.1"
+    : config.host.includes(":")
+    ? `[${config.host}]`
+    : config.host;
   return {
     app,
     port: addr.port,
     url: `http://${host}:${addr.port}`,
+    everywhere,
     async close() {
       // Deno's shutdown drops upgraded sockets at once (1001, their peers' last frames unread):
       // the frames they are still answering get their replies first, and their own close its
@@ -959,7 +969,8 @@ if (import.meta.main) {
     console.error(`Could not start: ${why}`);
     Deno.exit(1);
   }
-  console.log(`Chat server listening on ${server.url} (data in ${config.dataDir})`);
+  const where = server.everywhere ? `HOST=${config.host}: every interface; ` : "";
+  console.log(`Chat server listening on ${server.url} (${where}data in ${config.dataDir})`);
   let stopping = false;
   const stop = async () => {
     if (stopping) return;

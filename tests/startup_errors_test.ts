@@ -1,4 +1,7 @@
-/** Settings the server can only try at startup fail it with one line naming them, not a stack. */
+/**
+ * Settings the server can only try at startup fail it with one line naming them, not a stack; the
+ * line it prints once it listens names a URL one can open.
+ */
 
 import * as jose from "jose";
 import { generateKeyPairSync } from "node:crypto";
@@ -104,6 +107,29 @@ Deno.test("startup: a JWT_PUBLIC_KEY the server cannot use (a certificate, a cur
     await client.close();
   } finally {
     await server.close();
+  }
+});
+
+Deno.test("startup: the line saying where the server listens names a URL one can open: an IPv6 HOST in brackets; on every interface (0.0.0.0), it says so", async () => {
+  const { spawnServer } = await import("./server_process.ts");
+  for (const [host, said] of [["::1", "http://[::1]:"], ["0.0.0.0", "http://127.0.0.1:"]]) {
+    const dataDir = await Deno.makeTempDir({ prefix: "chat-host-" });
+    const server = spawnServer({ DATA_DIR: dataDir, HOST: host });
+    try {
+      const url = await server.url();
+      assert(url.startsWith(said), server.log());
+      const res = await fetch(`${url}/healthz`);
+      assertEquals(res.status, 200);
+      await res.body?.cancel();
+      assertEquals(
+        server.log().includes(`(HOST=0.0.0.0: every interface; data in ${dataDir})`),
+        host === "0.0.0.0",
+        server.log(),
+      );
+    } finally {
+      await server.kill("SIGTERM");
+      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    }
   }
 });
 
