@@ -15,6 +15,9 @@ const optionalText = z.string().trim().optional().transform((v) => v === "" ? un
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const MAX_TIMER_SECONDS = Math.floor(MAX_TIMER_MS / 1000);
 
+/** The largest space reserve, in MiB: a file of zeros written at every start that lacks it. */
+const MAX_SPACE_RESERVE_MB = 1024;
+
 /** A positive whole number with a default, cut to `max` when given. */
 const positiveInt = (fallback: number, max = Number.MAX_SAFE_INTEGER, min = 1, why = "") =>
   z.string().trim().optional().transform((v, ctx) => {
@@ -183,7 +186,15 @@ const EnvSchema = z.object({
   ),
   COMMIT_INTERVAL_MS: wholeNumber(DEFAULT_COMMIT_INTERVAL_MS, "0 never pauses", MAX_TIMER_MS),
   FRAME_MEMORY_BUDGET_BYTES: wholeNumber(0, "0 turns the bound off"),
-  SPACE_RESERVE_MB: wholeNumber(4, "0 keeps no reserve", 1024),
+  // Refused rather than cut, as it is no timer: the reserve an operator sized is what they get.
+  SPACE_RESERVE_MB: wholeNumber(4, "0 keeps no reserve").transform((v, ctx) => {
+    if (v <= MAX_SPACE_RESERVE_MB) return v;
+    ctx.addIssue({
+      code: "custom",
+      message: `expected at most ${MAX_SPACE_RESERVE_MB} (MiB; 0 keeps no reserve), got "${v}"`,
+    });
+    return z.NEVER;
+  }),
   INBOUND_QUEUE_BYTES: positiveInt(0).transform((v) => v === 0 ? undefined : v),
   UPLOAD_MEMORY_BYTES: positiveInt(0).transform((v) => v === 0 ? undefined : v),
   UPLOAD_IDLE_SECONDS: positiveInt(20, MAX_TIMER_SECONDS),

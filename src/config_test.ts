@@ -310,6 +310,15 @@ Deno.test("loadConfig() follows links when it compares MEDIA_DIR with the data, 
   }
 });
 
+Deno.test("loadConfig() takes SPACE_RESERVE_MB up to 1024 and refuses more naming the bound, not cutting it", async () => {
+  assertEquals(loadConfig({}).spaceReserveMb, 4);
+  for (const mb of ["0", "1024"]) {
+    assertEquals(loadConfig({ SPACE_RESERVE_MB: mb }).spaceReserveMb, Number(mb));
+  }
+  const err = await assertRejects(() => loadConfig({ SPACE_RESERVE_MB: "4096" }));
+  assertMatch(err.message, /SPACE_RESERVE_MB: expected at most 1024 \(MiB; .*\), got "4096"/);
+});
+
 Deno.test("loadConfig() refuses Socket.IO ping settings whose sum a timer cannot hold (the client waits for it)", async () => {
   const err = await assertRejects(() => loadConfig({ SOCKETIO_PING_INTERVAL_MS: "3000000000" }));
   assertEquals(err.message.includes("SOCKETIO_PING_INTERVAL_MS + SOCKETIO_PING_TIMEOUT_MS"), true);

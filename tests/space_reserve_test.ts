@@ -91,3 +91,22 @@ Deno.test({
     }
   },
 });
+
+Deno.test("disk: a SPACE_RESERVE_MB above 1024 stops the start naming the setting and the bound, not cut to 1024 without a word", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-reserve-" });
+  // KV in memory: a start that took the setting writes no reserve (else a GiB of zeros).
+  const server = spawnServer({ DATA_DIR: dataDir, KV_PATH: ":memory:", SPACE_RESERVE_MB: "4096" });
+  try {
+    const exited = await Promise.race([server.status, server.url().then(() => undefined)]);
+    assertEquals(exited?.code, 1, server.log());
+    assert(
+      server.log().includes(
+        'SPACE_RESERVE_MB: expected at most 1024 (MiB; 0 keeps no reserve), got "4096"',
+      ),
+      server.log(),
+    );
+  } finally {
+    await server.kill("SIGTERM");
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
