@@ -912,14 +912,12 @@ export async function startServer(
     );
   }
   const addr = server.addr as Deno.NetAddr;
-  const everywhere = config.host === "0.0.0.0" || config.host === "::";
+  // An IPv6 HOST may come bracketed as in a URL, which Deno listens on too.
+  const bare = config.host.replace(/^\[(.*)\]$/, "$1");
+  const everywhere = bare === "0.0.0.0" || bare === "::";
   // Listening on every interface, this machine reaches it on its loopback; an IPv6 address is
   // bracketed in a URL (`http://::1:8000` is none).
-  const host = everywhere
-    ? "127.0.0.1"
-    : config.host.includes(":")
-    ? `[${config.host}]`
-    : config.host;
+  const host = everywhere ? "127.0.0.1" : bare.includes(":") ? `[${bare}]` : bare;
   return {
     app,
     port: addr.port,

@@ -110,9 +110,15 @@ Deno.test("startup: a JWT_PUBLIC_KEY the server cannot use (a certificate, a cur
   }
 });
 
-Deno.test("startup: the line saying where the server listens names a URL one can open: an IPv6 HOST in brackets; on every interface (0.0.0.0), it says so", async () => {
+Deno.test("startup: the line saying where the server listens names a URL one can open: an IPv6 HOST in brackets, once, whether given with them or not; on every interface (0.0.0.0, [::]), it says so", async () => {
   const { spawnServer } = await import("./server_process.ts");
-  for (const [host, said] of [["::1", "http://[::1]:"], ["0.0.0.0", "http://127.0.0.1:"]]) {
+  const hosts = [
+    ["::1", "http://[::1]:"],
+    ["[::1]", "http://[::1]:"],
+    ["0.0.0.0", "http://127.0.0.1:"],
+    ["[::]", "http://127.0.0.1:"],
+  ];
+  for (const [host, said] of hosts) {
     const dataDir = await Deno.makeTempDir({ prefix: "chat-host-" });
     const server = spawnServer({ DATA_DIR: dataDir, HOST: host });
     try {
@@ -122,8 +128,8 @@ Deno.test("startup: the line saying where the server listens names a URL one can
       assertEquals(res.status, 200);
       await res.body?.cancel();
       assertEquals(
-        server.log().includes(`(HOST=0.0.0.0: every interface; data in ${dataDir})`),
-        host === "0.0.0.0",
+        server.log().includes(`(HOST=${host}: every interface; data in ${dataDir})`),
+        said === "http://127.0.0.1:",
         server.log(),
       );
     } finally {
