@@ -300,6 +300,32 @@ Deno.test("principalFromClaims() expires a token when the verifier would refuse 
   assertEquals(principalFromClaims({ sub: "1" })?.expiresAt, undefined);
 });
 
+Deno.test("createVerifier() with a JWKS takes the EC keys an identity provider publishes on every curve a JWT_PUBLIC_KEY may have (ES256, ES384, ES512)", async () => {
+  const keys: Record<string, unknown>[] = [];
+  const tokens = new Map<string, string>();
+  for (const alg of ["ES256", "ES384", "ES512"]) {
+    const { privateKey, publicKey } = await jose.generateKeyPair(alg, { extractable: true });
+    keys.push({ ...await jose.exportJWK(publicKey), kid: alg, alg, use: "sig" });
+    tokens.set(
+      alg,
+      await new jose.SignJWT({ sub: alg }).setProtectedHeader({ alg, kid: alg })
+        .setExpirationTime("1h").sign(privateKey),
+    );
+  }
+  const provider = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", onListen() {} },
+    () => Response.json({ keys }),
+  );
+  try {
+    const verifier = await createVerifier({
+      jwksUrl: `http://127.0.0.1:${provider.addr.port}/jwks.json`,
+    });
+    for (const [alg, token] of tokens) assertEquals((await verifier.verify(token)).sub, alg);
+  } finally {
+    await provider.shutdown();
+  }
+});
+
 Deno.test("createVerifier() with a JWKS keeps using the keys fetched last while the key set does not answer, and calls a token of another key unavailable, not invalid", async () => {
   const { privateKey, publicKey } = await jose.generateKeyPair("RS256");
   const other = await jose.generateKeyPair("RS256");

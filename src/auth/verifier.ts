@@ -81,6 +81,7 @@ const ASYMMETRIC = [
   "PS512",
   "ES256",
   "ES384",
+  "ES512",
   "EdDSA",
 ];
 
