@@ -58,6 +58,25 @@ async function withChat(
   }
 }
 
+/** Overrides whose directory looks a user up only after `wait(id)` ms (a busy directory). */
+function slowDirectory(wait: (id: string) => number): AppOverrides {
+  return {
+    directory: (inner: Directory): Directory =>
+      new Proxy(inner, {
+        get(target, key) {
+          const value = Reflect.get(target, key, target);
+          if (key === "getUser") {
+            return async (id: string) => {
+              await delay(wait(String(id)));
+              return await (value as (id: string) => Promise<unknown>).call(target, id);
+            };
+          }
+          return typeof value === "function" ? value.bind(target) : value;
+        },
+      }),
+  };
+}
+
 async function authenticated(socket: ClientSocket, token: string): Promise<Payload> {
   if (!socket.connected) await next(socket, "connect");
   socket.emit("authenticate", { token });
@@ -1162,21 +1181,7 @@ Deno.test("socket.io ticket chat: an event sent while offline waits for an authe
       assertEquals(errors, []);
     },
     {},
-    {
-      directory: (inner: Directory): Directory =>
-        new Proxy(inner, {
-          get(target, key) {
-            const value = Reflect.get(target, key, target);
-            if (key === "getUser") {
-              return async (id: string) => {
-                if (slow) await new Promise((r) => setTimeout(r, 2500));
-                return await (value as (id: string) => Promise<unknown>).call(target, id);
-              };
-            }
-            return typeof value === "function" ? value.bind(target) : value;
-          },
-        }),
-    },
+    slowDirectory(() => slow ? 2500 : 0),
   );
 });
 
@@ -2525,6 +2530,51 @@ Deno.test("socket.io ticket chat: a send right after a join whose access check i
         },
       }),
     },
+  );
+});
+
+Deno.test("socket.io ticket chat: joins sent after one user's authenticate, still being checked, and before another user's are the first user's: the second waits its turn, and is not left in them", async () => {
+  const tickets = 60;
+  await withChat(
+    async (server, client) => {
+      const one = await server.token({ sub: "1", rooms: ["ticket:*"] });
+      const two = await server.token({ sub: "2", rooms: ["ticket:*"] });
+      const poster = client({ transports: ["websocket"] });
+      await authenticated(poster, await server.token({ sub: "3", rooms: ["ticket:*"] }));
+      await joined(poster, String(tickets));
+      const page = client({ transports: ["websocket"] });
+      await next(page, "connect");
+      const answers: string[] = [];
+      const events: string[] = [];
+      page.on("authenticated", (m: { user: Payload }) => events.push(`authenticated ${m.user.id}`));
+      page.on(
+        "new_message",
+        (m: { data: Payload }) => events.push(`new_message ${m.data.ticketId}`),
+      );
+      // A switch of account without waiting for answers: past the rate, the joins wait in line.
+      page.emit("authenticate", { token: one });
+      for (let t = 1; t <= tickets; t++) {
+        page.emit("join_ticket", { ticketId: String(t) }, (reply: Payload) => {
+          answers.push(reply.error === undefined ? "joined" : String(reply.error));
+        });
+      }
+      page.emit("authenticate", { token: two });
+      await settles(() => answers.length >= tickets, 15_000);
+      const ack = await poster.timeout(5000).emitWithAck("send_message", {
+        ticketId: String(tickets),
+        message: "for the ticket's members",
+      });
+      assertEquals((ack as Payload).message, "for the ticket's members");
+      await delay(500);
+      // User 1's joins are answered as user 1's (all but one racing the switch, at most), and the
+      // sign-in as user 2 leaves them: user 2 hears nothing of them.
+      assertEquals({
+        refused: answers.filter((a) => a !== "joined").length <= 1,
+        after: events.slice(events.indexOf("authenticated 2") + 1),
+      }, { refused: true, after: [] });
+    },
+    {},
+    slowDirectory((id) => id === "1" ? 300 : 0),
   );
 });
 

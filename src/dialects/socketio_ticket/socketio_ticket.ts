@@ -885,7 +885,8 @@ export function createSocketIoTicketChat(
       // before sign-in: the events ahead of it, all sent before any sign-in, wait for one anyway
       // and are handled after it, and in line it would hold them (and the large frames taken
       // before sign-in, see `largeBeforeSignIn`) for as long as the line takes, past the wait.
-      if (s.paced.length === 0 || (event === "authenticate" && !s.user)) {
+      // Not while another is being checked: those sent after that one are its user's.
+      if (s.paced.length === 0 || (event === "authenticate" && !s.user && !s.authenticating)) {
         return begin(args, size, verdict, beforeSignIn);
       }
       waitInLine(verdict);
