@@ -464,10 +464,11 @@ export function createSocketIoTicketChat(
     // be relayed by an isolate that does not know the session: one file's frame. A session
     // signed in here may POST as much as a WebSocket message (`signedIn` raises its limit).
     maxPollingPayload: maxFrameSize(ctx.config),
-    // And all such POSTs at once, with the large WebSocket messages held before sign-in (below),
-    // hold at most two files' frames: a client queues its emits while offline and may send them
-    // with its `authenticate`, but thousands of clients without a token sending a file each would
-    // otherwise hold gigabytes.
+    // And all such POSTs at once, with the large WebSocket messages held before sign-in past each
+    // session's first (below), hold at most two files' frames: a client queues its emits while
+    // offline and may send them with its `authenticate`, but thousands of clients without a token
+    // sending files would otherwise hold gigabytes. (Each session's first is bounded by the
+    // sessions not signed in, SOCKETIO_MAX_UNAUTHENTICATED, and the 2 s wait.)
     unsignedPostBytes: 2 * maxFrameSize(ctx.config),
     // Until the client has authenticated, nothing it may send is large (`authenticate` carries a
     // token): Deno keeps a socket's read buffer as large as the largest message it read, so one
