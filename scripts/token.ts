@@ -9,24 +9,36 @@ import { parseArgs } from "node:util";
 import { loadConfig } from "../src/config.ts";
 import { ensureDevSecret, signDevToken } from "../src/auth/verifier.ts";
 
-// `deno task token -- --sub 3` hands the script the `--` too (Deno 2.9 does; older ones dropped
-// it), and parseArgs would take everything after it as positionals.
-const { values } = parseArgs({
-  args: Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args,
-  options: {
-    sub: { type: "string" },
-    username: { type: "string" },
-    name: { type: "string" },
-    email: { type: "string" },
-    phone: { type: "string" },
-    company: { type: "string" },
-    role: { type: "string" },
-    "user-type": { type: "string" },
-    rooms: { type: "string", multiple: true },
-    expires: { type: "string", default: "12h" },
-    help: { type: "boolean", short: "h" },
-  },
-});
+/** Prints `message` (a setting or an option it cannot take) and exits 2, without a stack trace. */
+function refuse(message: string): never {
+  console.error(message);
+  Deno.exit(2);
+}
+
+const { values } = (() => {
+  try {
+    return parseArgs({
+      // `deno task token -- --sub 3` hands the script the `--` too (Deno 2.9 does; older ones
+      // dropped it), and parseArgs would take everything after it as positionals.
+      args: Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args,
+      options: {
+        sub: { type: "string" },
+        username: { type: "string" },
+        name: { type: "string" },
+        email: { type: "string" },
+        phone: { type: "string" },
+        company: { type: "string" },
+        role: { type: "string" },
+        "user-type": { type: "string" },
+        rooms: { type: "string", multiple: true },
+        expires: { type: "string", default: "12h" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+  } catch (err) {
+    return refuse(`${(err as Error).message} (deno task token --help lists the options)`);
+  }
+})();
 
 if (values.help || !values.sub) {
   console.error(
@@ -37,7 +49,14 @@ if (values.help || !values.sub) {
   Deno.exit(values.help ? 0 : 2);
 }
 
-const config = loadConfig(Deno.env.toObject());
+const config = (() => {
+  try {
+    return loadConfig(Deno.env.toObject());
+  } catch (err) {
+    // The message names the setting; the stack would only hide it.
+    return refuse((err as Error).message);
+  }
+})();
 if (config.jwtPublicKey || config.jwtJwksUrl) {
   // The server then ignores JWT_SECRET, and would refuse what this signed with it.
   const key = config.jwtJwksUrl ? "JWT_JWKS_URL" : "JWT_PUBLIC_KEY";

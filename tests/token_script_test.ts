@@ -79,3 +79,18 @@ Deno.test("deno task token: with JWT_PUBLIC_KEY or JWT_JWKS_URL set, JWT_SECRET 
     "JWT_SECRET is ignored: JWT_PUBLIC_KEY is set, and tokens are checked with it only",
   ]);
 });
+
+Deno.test("deno task token: an unknown option or a bad setting is refused with its message alone, no stack trace", async () => {
+  const unknown = await run(["--sub", "1", "--bogus"]);
+  assertEquals(unknown.code, 2);
+  assertEquals(
+    unknown.stderr,
+    "Unknown option '--bogus' (deno task token --help lists the options)",
+  );
+  const bad = await run(["--sub", "1"], { HISTORY_LIMIT: "abc" });
+  assertEquals(bad.code, 2);
+  assertEquals(
+    bad.stderr,
+    'Invalid configuration:\n  HISTORY_LIMIT: expected a whole number (0 keeps everything), got "abc"',
+  );
+});
