@@ -66,7 +66,10 @@ if (config.jwtPublicKey || config.jwtJwksUrl) {
   );
   Deno.exit(2);
 }
-const secret = config.jwtSecret ?? (await ensureDevSecret(config.dataDir)).secret;
+const secret = config.jwtSecret ??
+  (await ensureDevSecret(config.dataDir).catch((err) =>
+    refuse(`DATA_DIR (${config.dataDir}): the development secret: ${(err as Error).message}`)
+  )).secret;
 const rooms = (values.rooms ?? []).flatMap((r) => r.split(",")).map((r) => r.trim()).filter(
   Boolean,
 );
@@ -85,4 +88,8 @@ const claims: Record<string, unknown> = {
   aud: config.jwtAudience,
 };
 for (const key of Object.keys(claims)) if (claims[key] === undefined) delete claims[key];
-console.log(await signDevToken(secret, claims, values.expires));
+console.log(
+  await signDevToken(secret, claims, values.expires).catch((err) =>
+    refuse(`--expires "${values.expires}": ${(err as Error).message} (say 12h, 30m or 7d)`)
+  ),
+);

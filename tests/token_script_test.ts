@@ -80,7 +80,7 @@ Deno.test("deno task token: with JWT_PUBLIC_KEY or JWT_JWKS_URL set, JWT_SECRET 
   ]);
 });
 
-Deno.test("deno task token: an unknown option or a bad setting is refused with its message alone, no stack trace", async () => {
+Deno.test("deno task token: an unknown option, a bad setting, a bad --expires or a DATA_DIR it cannot write is refused with its message alone, no stack trace", async () => {
   const unknown = await run(["--sub", "1", "--bogus"]);
   assertEquals(unknown.code, 2);
   assertEquals(
@@ -93,4 +93,18 @@ Deno.test("deno task token: an unknown option or a bad setting is refused with i
     bad.stderr,
     'Invalid configuration:\n  HISTORY_LIMIT: expected a whole number (0 keeps everything), got "abc"',
   );
+  const expires = await run(["--sub", "1", "--expires", "tomorrow"]);
+  assertEquals(expires.code, 2);
+  assertEquals(expires.stderr.split("\n").length, 1, expires.stderr);
+  assert(expires.stderr.startsWith('--expires "tomorrow": '), expires.stderr);
+  // Under a regular file, no folder can be made for the development secret.
+  const file = await Deno.makeTempFile();
+  try {
+    const unwritable = await run(["--sub", "1"], { JWT_SECRET: "", DATA_DIR: `${file}/data` });
+    assertEquals(unwritable.code, 2);
+    assertEquals(unwritable.stderr.split("\n").length, 1, unwritable.stderr);
+    assert(unwritable.stderr.startsWith(`DATA_DIR (${file}/data): `), unwritable.stderr);
+  } finally {
+    await Deno.remove(file);
+  }
 });
