@@ -2578,6 +2578,36 @@ Deno.test("socket.io ticket chat: joins sent after one user's authenticate, stil
   );
 });
 
+Deno.test("socket.io ticket chat: an authenticate waiting in line behind joins goes ahead once the one before it fails, and a file sent before sign-in waits for it: the page signs in and stays", async () => {
+  await withChat(
+    async (server, client) => {
+      const one = await server.token({ sub: "1", rooms: ["ticket:*"] });
+      const two = await server.token({ sub: "2", rooms: ["ticket:*"] });
+      // User 1's one socket allowed is taken elsewhere: the page's authenticate as user 1 fails.
+      const holder = client({ transports: ["websocket"], auth: { token: one } });
+      await next(holder, "authenticated");
+      const page = client({ transports: ["websocket"], reconnection: false });
+      await next(page, "connect");
+      const log: string[] = [];
+      page.on("authenticated", (m: { user: Payload }) => log.push(`authenticated ${m.user.id}`));
+      page.on("disconnect", (reason: string) => log.push(`disconnect ${reason}`));
+      page.emit("authenticate", { token: one });
+      for (let t = 1; t <= 60; t++) page.emit("join_ticket", { ticketId: String(t) });
+      const sent = page.timeout(8000).emitWithAck("send_message", {
+        ticketId: "7",
+        message: "photo",
+        attachments: [{ name: "p.bin", data: new Uint8Array(100_000) }],
+      });
+      page.emit("authenticate", { token: two });
+      assertEquals(((await sent) as Payload).message, "photo");
+      await delay(300);
+      assertEquals(log, ["authenticated 2"]);
+    },
+    { SOCKETS_PER_USER: "1" },
+    slowDirectory((id) => id === "1" ? 300 : 0),
+  );
+});
+
 Deno.test("socket.io ticket chat: an authenticate behind a rejoin emitted while offline is handled at once, and the joins before it wait for it however long their line (80 joins, 2.5 s past what goes at once)", async () => {
   await withChat(async (server, client) => {
     const token = await server.token({ sub: "1", rooms: ["ticket:*"] });

@@ -141,6 +141,8 @@ interface Waiting {
   size: number;
   /** Starts it with its verdict (`ok` for a paced one that got its token). */
   start: (verdict: RateVerdict) => void;
+  /** An `authenticate`, which may be started ahead of the line (see `authenticateInLine`). */
+  authenticate?: boolean;
 }
 
 /**
@@ -761,6 +763,21 @@ export function createSocketIoTicketChat(
   }
 
   /**
+   * Starts the first `authenticate` waiting in the socket's line, if the socket is still not
+   * signed in (the one before it failed): every event ahead of it was sent before any sign-in and
+   * waits for one anyway, while in line it would hold them, and the large frames taken before
+   * sign-in (see `largeBeforeSignIn`), for as long as the line takes.
+   */
+  function authenticateInLine(s: SocketState): void {
+    if (s.user || s.ending) return;
+    const i = s.paced.findIndex((w) => w.authenticate);
+    if (i < 0) return;
+    const [waiting] = s.paced.splice(i, 1);
+    s.queuedBytes -= waiting.size;
+    waiting.start(waiting.verdict ?? "ok");
+  }
+
+  /**
    * What an event starting now waits for (a socket's events start in the order sent, see
    * {@link Waiting}). The client sent it after its `authenticate`, usually without waiting for
    * the answer (`connect` → authenticate, join_ticket): it is handled as signed in, if that
@@ -859,7 +876,12 @@ export function createSocketIoTicketChat(
       /** Puts the event in the socket's line (see {@link Waiting}), counted as it arrives. */
       const waitInLine = (verdict?: RateVerdict) => {
         s.queuedBytes += size;
-        s.paced.push({ verdict, size, start: (v) => begin(args, size, v, beforeSignIn) });
+        s.paced.push({
+          verdict,
+          size,
+          start: (v) => begin(args, size, v, beforeSignIn),
+          authenticate: event === "authenticate",
+        });
       };
       if (PACED.has(event)) {
         if (event === "join_ticket") countJoining(s, args[0], 1);
@@ -886,7 +908,8 @@ export function createSocketIoTicketChat(
       // before sign-in: the events ahead of it, all sent before any sign-in, wait for one anyway
       // and are handled after it, and in line it would hold them (and the large frames taken
       // before sign-in, see `largeBeforeSignIn`) for as long as the line takes, past the wait.
-      // Not while another is being checked: those sent after that one are its user's.
+      // Not while another is being checked: those sent after that one are its user's (should it
+      // fail, this one goes ahead then, see `authenticateInLine`).
       if (s.paced.length === 0 || (event === "authenticate" && !s.user && !s.authenticating)) {
         return begin(args, size, verdict, beforeSignIn);
       }
@@ -917,6 +940,7 @@ export function createSocketIoTicketChat(
             s.queuedBytes -= size;
             s.handling.delete(run);
             if (s.authenticating === gate) s.authenticating = undefined;
+            if (event === "authenticate" && !s.authenticating) authenticateInLine(s);
           });
       s.handling.add(run);
       if (event === "authenticate") {
