@@ -13,7 +13,7 @@ import {
   TestClient,
   type TestServer,
 } from "./helpers.ts";
-import { spawnServer } from "./server_process.ts";
+import { withDataDir } from "./server_process.ts";
 
 const user = (n: number) => ({ sub: `user-${n}`, username: `user${n}` });
 
@@ -346,16 +346,9 @@ Deno.test("chat rooms: users who came or went while a socket's list was read are
 });
 
 Deno.test("chat rooms: the first socket of a room on a server, whose changes of the second before come after its list, is told of each user once", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "chat-rooms-first-" });
-  const env = { DATA_DIR: dataDir };
-  const servers: ReturnType<typeof spawnServer>[] = [];
-  const clients: TestClient[] = [];
-  try {
+  await withDataDir(async ({ env, clients, spawn }) => {
     const urls: string[] = [];
-    for (let i = 0; i < 2; i++) {
-      servers.push(spawnServer(env));
-      urls.push(await servers[i].url());
-    }
+    for (let i = 0; i < 2; i++) urls.push(await spawn(env).url());
     await eventually(
       async () =>
         (await Promise.all(urls.map((u) => fetch(`${u}/healthz`).then((r) => r.json()))))
@@ -393,11 +386,7 @@ Deno.test("chat rooms: the first socket of a room on a server, whose changes of 
       const expected = new Map([[`user-${10 * round + 1}`, 1], [`user-${10 * round + 2}`, 2]]);
       assertEquals(told, expected, `round ${round}`);
     }
-  } finally {
-    for (const c of clients) c.socket.close();
-    await Promise.all(servers.map((s) => s.kill("SIGTERM")));
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  }, { prefix: "chat-rooms-first-" });
 });
 
 Deno.test("chat rooms: a user whose isolate died leaves after the presence TTL", async () => {

@@ -6,11 +6,16 @@
 
 import { assertEquals, eventually } from "./assert.ts";
 import { TEST_SECRET, TestClient } from "./helpers.ts";
-import { lapsesOf, spawnServer } from "./server_process.ts";
+import { lapsesOf, spawnServer, withDataDir } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 
 const TTL_SECONDS = 2;
 const ROOM = "room:lobby";
+/** A fresh DATA_DIR named `prefix`, presence lapsing after TTL_SECONDS. */
+const LAPSE_DIR = (prefix: string) => ({
+  prefix,
+  extra: { PRESENCE_TTL_SECONDS: String(TTL_SECONDS) },
+});
 
 type Frame = Record<string, unknown>;
 
@@ -63,16 +68,11 @@ async function entries(dataDir: string): Promise<string[]> {
 }
 
 Deno.test("presence lapse: the resumed server's own clients are told nothing of the users it held throughout; another server's client sees each leave once, then join once", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "lapse-own-" });
-  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
-  const a = spawnServer(env);
-  let b: ReturnType<typeof spawnServer> | undefined;
-  const clients: TestClient[] = [];
-  try {
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
     // One after the other, as the other tests of two servers on one DATA_DIR start them.
+    const a = spawn(env);
     const urlA = await a.url();
-    b = spawnServer(env);
-    const urlB = await b.url();
+    const urlB = await spawn(env).url();
     const held = ["n1", "obsA", "r1", "roomsA", "markA"];
     const n1 = await native(urlA, "n1");
     const r1 = await chatRooms(urlA, "r1");
@@ -124,28 +124,16 @@ Deno.test("presence lapse: the resumed server's own clients are told nothing of 
       held.map((u) => [u, told(obsB).filter((t) => t.endsWith(`:${u}`))]),
     );
     assertEquals(onB, Object.fromEntries(held.map((u) => [u, [`leave:${u}`, `join:${u}`]])));
-  } finally {
-    for (const c of clients) c.socket.close();
-    try {
-      a.child.kill("SIGCONT");
-    } catch {
-      // Gone already.
-    }
-    await Promise.all([a.kill("SIGTERM"), b?.kill("SIGTERM")]);
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  }, LAPSE_DIR("lapse-own-"));
 });
 
 Deno.test("presence lapse: two servers that lapse together, a user with a tab on each: neither server's own clients are told that user joined; another server's client sees one leave, then one join", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "lapse-two-" });
-  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(TTL_SECONDS) };
-  const servers: ReturnType<typeof spawnServer>[] = [];
-  const clients: TestClient[] = [];
-  try {
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
     // One after the other, as the test above starts them.
+    const servers: ReturnType<typeof spawnServer>[] = [];
     const urls: string[] = [];
     for (let i = 0; i < 3; i++) {
-      servers.push(spawnServer(env));
+      servers.push(spawn(env));
       urls.push(await servers[i].url());
     }
     const [a, a2] = servers;
@@ -200,16 +188,5 @@ Deno.test("presence lapse: two servers that lapse together, a user with a tab on
       },
       { obsA: [], roomsA: [], obsA2: [], roomsA2: [], obsB: ["leave:u", "join:u"] },
     );
-  } finally {
-    for (const c of clients) c.socket.close();
-    for (const s of servers) {
-      try {
-        s.child.kill("SIGCONT");
-      } catch {
-        // Gone already.
-      }
-    }
-    await Promise.all(servers.map((s) => s.kill("SIGTERM")));
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  }, LAPSE_DIR("lapse-two-"));
 });

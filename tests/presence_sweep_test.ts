@@ -5,7 +5,12 @@
 
 import { SHOWN_MS } from "../src/dialects/chat_rooms/chat_rooms.ts";
 import { assert, assertEquals, delay, eventually } from "./assert.ts";
-import { holdWriteLock, lapsesOf, spawnServer } from "./server_process.ts";
+import {
+  holdWriteLock,
+  lapsesOf,
+  spawnServer,
+  withDataDir as serversIn,
+} from "./server_process.ts";
 import { joinRoom, TestClient } from "./helpers.ts";
 
 const TTL_SECONDS = 2;
@@ -40,43 +45,12 @@ const join = async (server: string, room: string, user: string): Promise<TestCli
 
 const total = (counts: Map<string, number>) => [...counts.values()].reduce((a, b) => a + b, 0);
 
-/**
- * Runs `fn` on a fresh DATA_DIR (`env` names it, with `ttl` as PRESENCE_TTL_SECONDS): `spawn`
- * starts a server (on `env` unless given another), `clients` are closed after. Every server it
- * started is then resumed if stopped and stopped (one gone already is fine), and the data removed.
- */
-async function withDataDir(
-  fn: (t: {
-    dataDir: string;
-    env: Record<string, string>;
-    clients: TestClient[];
-    spawn: typeof spawnServer;
-  }) => Promise<void>,
+/** {@link serversIn} with `ttl` as PRESENCE_TTL_SECONDS. */
+function withDataDir(
+  fn: Parameters<typeof serversIn>[0],
   { prefix = "presence-sweep-", ttl = TTL_SECONDS } = {},
 ): Promise<void> {
-  const dataDir = await Deno.makeTempDir({ prefix });
-  const env = { DATA_DIR: dataDir, PRESENCE_TTL_SECONDS: String(ttl) };
-  const clients: TestClient[] = [];
-  const servers: ReturnType<typeof spawnServer>[] = [];
-  const spawn: typeof spawnServer = (given = env, options) => {
-    const server = spawnServer(given, options);
-    servers.push(server);
-    return server;
-  };
-  try {
-    await fn({ dataDir, env, clients, spawn });
-  } finally {
-    for (const c of clients) c.socket.close();
-    for (const server of servers) {
-      try {
-        server.child.kill("SIGCONT");
-      } catch {
-        // Gone already.
-      }
-    }
-    await Promise.all(servers.map((server) => server.kill("SIGTERM")));
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  return serversIn(fn, { prefix, extra: { PRESENCE_TTL_SECONDS: String(ttl) } });
 }
 
 /**

@@ -5,7 +5,7 @@
  */
 
 import { eventually } from "./assert.ts";
-import { TEST_SECRET } from "./helpers.ts";
+import { TEST_SECRET, type TestClient } from "./helpers.ts";
 
 /** Runs a command, failing with what it said on stderr. */
 export async function run(cmd: string, ...args: string[]): Promise<void> {
@@ -69,6 +69,45 @@ export function spawnServer(
       return await status;
     },
   };
+}
+
+/**
+ * Runs `fn` on a fresh DATA_DIR (`env` names it, with `extra` beside): `spawn` starts a server (on
+ * `env` unless given another), `clients` are closed after. Every server it started is then
+ * resumed if stopped and stopped (one gone already is fine), and the data removed.
+ */
+export async function withDataDir(
+  fn: (t: {
+    dataDir: string;
+    env: Record<string, string>;
+    clients: TestClient[];
+    spawn: typeof spawnServer;
+  }) => Promise<void>,
+  { prefix = "chat-servers-", extra = {} as Record<string, string> } = {},
+): Promise<void> {
+  const dataDir = await Deno.makeTempDir({ prefix });
+  const env = { DATA_DIR: dataDir, ...extra };
+  const clients: TestClient[] = [];
+  const servers: ReturnType<typeof spawnServer>[] = [];
+  const spawn: typeof spawnServer = (given = env, options) => {
+    const server = spawnServer(given, options);
+    servers.push(server);
+    return server;
+  };
+  try {
+    await fn({ dataDir, env, clients, spawn });
+  } finally {
+    for (const c of clients) c.socket.close();
+    for (const server of servers) {
+      try {
+        server.child.kill("SIGCONT");
+      } catch {
+        // Gone already.
+      }
+    }
+    await Promise.all(servers.map((server) => server.kill("SIGTERM")));
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
 }
 
 /** How often a spawned server said its registry entry had lapsed and it registered again. */
