@@ -437,16 +437,11 @@ class WebSocketTransport {
   onerror: (reason: string) => void = () => {};
   onclose: () => void = () => {};
   ontoolarge: (head: string, size: number) => void = () => {};
-  /**
-   * A message of `size` bytes past `maxPayload` and within `largePayload` came: whether its
-   * session takes it (or refuses it, as one past `largePayload`).
-   */
+  /** A message of `size` bytes past `maxPayload` came: whether its session takes it. */
   onlarge: (size: number) => boolean = () => false;
   readonly frames: FrameSocket;
   /** Largest message taken; its session sets it. */
   maxPayload = 0;
-  /** Largest message taken once past `maxPayload` (0: none); its session sets it. */
-  largePayload = 0;
   #closed = false;
   #traffic: TrafficHook | undefined;
 
@@ -483,7 +478,7 @@ class WebSocketTransport {
       : data.length * 3 <= max && !traffic
       ? data.length
       : utf8Length(data);
-    if (size > max && (size > this.largePayload || !this.onlarge(size))) {
+    if (size > max && !this.onlarge(size)) {
       // A message packet ("4..."): the start is enough to tell which event it carried. A binary
       // message is an attachment of a packet whose start came before it.
       if (typeof data !== "string") this.ontoolarge("", size);
@@ -528,8 +523,6 @@ class Session implements EngineSocket {
   #ended = Promise.withResolvers<void>();
   #probed = false;
   #maxPayload: number;
-  /** Largest WebSocket message it still takes once past `#maxPayload` (0: none left). */
-  #largePayload: number;
   /** How many more of those it takes (see `initialLargeMessages`). */
   #largeLeft: number;
   /** Bytes of those taken, held of the host's `unsigned` budget until it signs in or closes. */
@@ -557,11 +550,9 @@ class Session implements EngineSocket {
     this.request = request;
     const options = host.options;
     this.#maxPayload = options.initialMaxPayload;
-    this.#largePayload = options.initialLargePayload;
     this.#largeLeft = options.initialLargeMessages;
     if (ws) {
       ws.maxPayload = this.#maxPayload;
-      ws.largePayload = this.#largePayload;
       this.#useWebSocket(ws);
     }
     const canUpgrade = !ws && options.allowUpgrades && options.transports.includes("websocket");
@@ -593,17 +584,11 @@ class Session implements EngineSocket {
   set maxPayload(bytes: number) {
     this.#maxPayload = bytes;
     this.#maxPost = bytes;
-    this.#setLargePayload(0);
+    this.#largeLeft = 0;
     // Signed in: what it holds is its user's now, bounded as any signed-in session's is.
     this.#releaseLarge();
     if (this.#ws) this.#ws.maxPayload = bytes;
     if (this.#candidate) this.#candidate.maxPayload = bytes;
-  }
-
-  #setLargePayload(bytes: number): void {
-    this.#largePayload = bytes;
-    if (this.#ws) this.#ws.largePayload = bytes;
-    if (this.#candidate) this.#candidate.largePayload = bytes;
   }
 
   /** Gives back what its large messages held of the budget of unsigned sessions. */
@@ -767,7 +752,6 @@ class Session implements EngineSocket {
   upgrade(ws: WebSocketTransport): boolean {
     if (!this.upgradable) return false;
     ws.maxPayload = this.#maxPayload;
-    ws.largePayload = this.#largePayload;
     this.#candidate = ws;
     this.#probed = false;
     const abandon = () => {
@@ -830,7 +814,7 @@ class Session implements EngineSocket {
       // (or ends it): past the count, or what all unsigned sessions may hold, it is refused. But
       // the session's first, bounded by the sessions the application lets wait, as one a session
       // took before there were more: others filling the budget must not cost a client its one.
-      if (this.#largeLeft === 0) return false;
+      if (this.#largeLeft === 0 || size > this.#host.options.initialLargePayload) return false;
       const first = this.#largeLeft === this.#host.options.initialLargeMessages;
       const budget = this.#host.unsigned;
       if (!first && size > budget.left) return false;
