@@ -543,7 +543,9 @@ export class ChatService {
   /** Whether this isolate holds a live connection of the user in the room, entered already. */
   holdsHere(room: string, userId: UserId): boolean {
     const id = String(userId);
-    for (const user of this.#entered(room)) if (String(user.id) === id) return true;
+    for (const [connId, user] of this.#present.get(room) ?? []) {
+      if (String(user.id) === id && !this.#entering.has(connKey(room, connId))) return true;
+    }
     return false;
   }
 
