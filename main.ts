@@ -16,7 +16,7 @@ import { KvRoomEvents } from "./src/broker/kv_room_events.ts";
 import { isSignal, KvRoomSignals, type PresenceWatch } from "./src/broker/kv_room_signals.ts";
 import { KvHeadWatcher, LOCAL_HEAD_POLL_MS } from "./src/broker/kv_head_watcher.ts";
 import { type Poll, pollEvery } from "./src/broker/poll.ts";
-import { type Config, isLocalPath, loadConfig } from "./src/config.ts";
+import { type Config, isLocalPath, jwtKeySources, loadConfig } from "./src/config.ts";
 import { ChatService } from "./src/core/chat_service.ts";
 import { ServerStopping, StorageShort } from "./src/core/errors.ts";
 import { answeringDirectory, failureLog } from "./src/core/failure_log.ts";
@@ -258,11 +258,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   }
   // The verifier takes the first of these that is set: a secret kept through a move to a public
   // key would otherwise look in use, and tokens signed with it be refused without a word.
-  const keySources = [
-    ["JWT_JWKS_URL", config.jwtJwksUrl],
-    ["JWT_PUBLIC_KEY", config.jwtPublicKey],
-    ["JWT_SECRET", config.jwtSecret],
-  ].filter(([, value]) => value).map(([name]) => name);
+  const keySources = jwtKeySources(config);
   if (keySources.length > 1) {
     const [used, ...ignored] = keySources;
     log(

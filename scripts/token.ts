@@ -6,7 +6,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { loadConfig } from "../src/config.ts";
+import { jwtKeySources, loadConfig } from "../src/config.ts";
 import { ensureDevSecret, signDevToken } from "../src/auth/verifier.ts";
 
 /** Prints `message` (a setting or an option it cannot take) and exits 2, without a stack trace. */
@@ -57,14 +57,14 @@ const config = (() => {
     return refuse((err as Error).message);
   }
 })();
-if (config.jwtPublicKey || config.jwtJwksUrl) {
+const [key, ...ignored] = jwtKeySources(config);
+if (key && key !== "JWT_SECRET") {
   // The server then ignores JWT_SECRET, and would refuse what this signed with it.
-  const key = config.jwtJwksUrl ? "JWT_JWKS_URL" : "JWT_PUBLIC_KEY";
-  console.error(
-    `The server verifies tokens with ${key}${config.jwtSecret ? " (JWT_SECRET is ignored)" : ""}` +
+  refuse(
+    `The server verifies tokens with ${key}` +
+      `${ignored.includes("JWT_SECRET") ? " (JWT_SECRET is ignored)" : ""}` +
       ": sign tokens with its private key instead.",
   );
-  Deno.exit(2);
 }
 const secret = config.jwtSecret ??
   (await ensureDevSecret(config.dataDir).catch((err) =>

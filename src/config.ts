@@ -350,6 +350,20 @@ function realPath(path: string): string {
   }
 }
 
+/**
+ * The JWT key settings that are set, in the order the verifier takes them: tokens are checked
+ * with the first, the others are ignored.
+ */
+export function jwtKeySources(
+  config: Pick<Config, "jwtJwksUrl" | "jwtPublicKey" | "jwtSecret">,
+): ("JWT_JWKS_URL" | "JWT_PUBLIC_KEY" | "JWT_SECRET")[] {
+  return ([
+    ["JWT_JWKS_URL", config.jwtJwksUrl],
+    ["JWT_PUBLIC_KEY", config.jwtPublicKey],
+    ["JWT_SECRET", config.jwtSecret],
+  ] as const).filter(([, value]) => value).map(([name]) => name);
+}
+
 /** False for what is not a file: an in-memory store or a URL. */
 export function isLocalPath(path: string): boolean {
   return path !== ":memory:" && !/^[a-z][a-z0-9+.-]+:\/\//i.test(path);
