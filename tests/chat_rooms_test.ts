@@ -7,6 +7,7 @@ import {
   adminCall,
   eventually,
   passPresence,
+  peersFound,
   silentPeer,
   startTestServer,
   TEST_SECRET,
@@ -349,13 +350,7 @@ Deno.test("chat rooms: the first socket of a room on a server, whose changes of 
   await withDataDir(async ({ env, clients, spawn }) => {
     const urls: string[] = [];
     for (let i = 0; i < 2; i++) urls.push(await spawn(env).url());
-    await eventually(
-      async () =>
-        (await Promise.all(urls.map((u) => fetch(`${u}/healthz`).then((r) => r.json()))))
-          .every((h) => h.peers === 1),
-      10_000,
-      "the servers finding each other",
-    );
+    await peersFound(urls.map((url) => ({ url })));
     const open = async (url: string, room: string, n: number) => {
       const token = await signDevToken(TEST_SECRET, user(n));
       const ws = await TestClient.open(

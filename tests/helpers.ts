@@ -183,13 +183,11 @@ export async function health(
 }
 
 /** Waits until every server's `/healthz` counts all the others as peers. */
-export async function peersFound(servers: TestServer[]): Promise<void> {
+export async function peersFound(servers: { url: string }[]): Promise<void> {
   await eventually(
     async () => {
-      const health = await Promise.all(
-        servers.map((s) => fetch(`${s.url}/healthz`).then((r) => r.json())),
-      );
-      return health.every((h) => h.peers >= servers.length - 1);
+      const all = await Promise.all(servers.map((s) => health(s.url)));
+      return all.every((h) => Number(h.body.peers) >= servers.length - 1);
     },
     10_000,
     "the servers finding each other",
@@ -530,19 +528,27 @@ export async function silentPeer(port: number, path: string): Promise<Deno.TcpCo
   return (await rawUpgrade(port, path)).conn;
 }
 
-/** Sends one masked client text frame (under 126 bytes) on a raw connection. */
-export async function sendRawText(conn: Deno.TcpConn, text: string): Promise<void> {
-  const payload = new TextEncoder().encode(text);
-  if (payload.length > 125) throw new RangeError("sendRawText() handles short frames only");
+/** Sends one masked client frame of `opcode` (payload under 126 bytes) on a raw connection. */
+export async function sendRawFrame(
+  conn: Deno.TcpConn,
+  opcode: number,
+  payload: Uint8Array,
+): Promise<void> {
+  if (payload.length > 125) throw new RangeError("sendRawFrame() handles short frames only");
   const mask = [1, 2, 3, 4];
   await conn.write(
     new Uint8Array([
-      0x81,
+      0x80 | opcode,
       0x80 | payload.length,
       ...mask,
       ...payload.map((b, i) => b ^ mask[i % 4]),
     ]),
   );
+}
+
+/** Sends one masked client text frame (under 126 bytes) on a raw connection. */
+export function sendRawText(conn: Deno.TcpConn, text: string): Promise<void> {
+  return sendRawFrame(conn, 1, new TextEncoder().encode(text));
 }
 
 /**

@@ -4,20 +4,17 @@
  */
 
 import { assert, assertEquals, delay } from "./assert.ts";
-import { concatBytes, rawUpgrade, serverFrame, silentPeer, TEST_SECRET } from "./helpers.ts";
+import {
+  concatBytes,
+  rawUpgrade,
+  sendRawFrame,
+  sendRawText,
+  serverFrame,
+  silentPeer,
+  TEST_SECRET,
+} from "./helpers.ts";
 import { spawnServer } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
-
-/** A masked client frame (payload under 126 bytes). */
-function clientFrame(opcode: number, payload: Uint8Array): Uint8Array {
-  const mask = [1, 2, 3, 4];
-  return new Uint8Array([
-    0x80 | opcode,
-    0x80 | payload.length,
-    ...mask,
-    ...payload.map((b, i) => b ^ mask[i % 4]),
-  ]);
-}
 
 /** A native client that pings every few ms, as a busy client sends, until its socket is closed. */
 async function chatty(wsUrl: string, sub: string) {
@@ -51,7 +48,7 @@ async function distant(port: number, sub: string, latencyMs: number) {
   let closeCode: number | undefined;
   const sending = (async () => {
     for (let n = 0; closeCode === undefined; n++) {
-      await conn.write(clientFrame(1, new TextEncoder().encode(`{"type":"ping","ref":${n}}`)));
+      await sendRawText(conn, `{"type":"ping","ref":${n}}`);
       await delay(5);
     }
   })().catch(() => {});
@@ -67,7 +64,7 @@ async function distant(port: number, sub: string, latencyMs: number) {
           await delay(latencyMs);
           closeCode = (frame.payload[0] << 8) | frame.payload[1];
           await sending;
-          await conn.write(clientFrame(8, frame.payload.slice(0, 2)));
+          await sendRawFrame(conn, 8, frame.payload.slice(0, 2));
           break;
         }
         if (closeCode !== undefined) break;

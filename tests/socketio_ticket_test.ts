@@ -1,9 +1,9 @@
 /** The Socket.IO ticket chat (shared/specs/socketio-ticket-chat.md) with the official client. */
 
 import { MAX_FILES_PER_MESSAGE } from "../src/core/chat_service.ts";
-import type { Directory } from "../src/core/directory.ts";
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import type { AppOverrides } from "../main.ts";
+import { directoryWith } from "./api_helpers.ts";
 import { assert, assertEquals, assertMatch, delay } from "./assert.ts";
 import {
   adminCall,
@@ -61,19 +61,10 @@ async function withChat(
 /** Overrides whose directory looks a user up only after `wait(id)` ms (a busy directory). */
 function slowDirectory(wait: (id: string) => number): AppOverrides {
   return {
-    directory: (inner: Directory): Directory =>
-      new Proxy(inner, {
-        get(target, key) {
-          const value = Reflect.get(target, key, target);
-          if (key === "getUser") {
-            return async (id: string) => {
-              await delay(wait(String(id)));
-              return await (value as (id: string) => Promise<unknown>).call(target, id);
-            };
-          }
-          return typeof value === "function" ? value.bind(target) : value;
-        },
-      }),
+    directory: directoryWith("getUser", (getUser) => async (id) => {
+      await delay(wait(String(id)));
+      return await getUser(id);
+    }),
   };
 }
 
