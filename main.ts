@@ -228,6 +228,12 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         "it holds every message; chmod 700 it unless that is meant",
     );
   }
+  const media = new LocalMediaStore(config.mediaDir);
+  // Started on one, the server would refuse every file for as long as it runs; a full volume, or
+  // one not mounted yet, is left to the health check, as it may take files later.
+  await media.checkUsable().catch((err) => {
+    throw new Error(`MEDIA_DIR (${config.mediaDir}) is not a usable directory: ${message(err)}`);
+  });
   // The stores' files that this start creates are made owner-only (see `ownerOnly`); a
   // DATABASE_URL that names no database is reported when the directory opens, below.
   const sqliteTarget = (() => {
@@ -327,7 +333,6 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     if (store === "kv" && isStorageError(err)) reserve?.storageFailed();
   });
   const metrics = new Metrics();
-  const media = new LocalMediaStore(config.mediaDir);
   const attachments = new MediaAttachmentStore(media, config.maxFileBytes);
   const store = new KvMessageStore(kv, {
     historyLimit: config.historyLimit,

@@ -9,8 +9,8 @@
  */
 
 import { assert, assertEquals, delay, eventually } from "./assert.ts";
-import { startTestServer, TEST_SECRET, TestClient } from "./helpers.ts";
-import { spawnServer } from "./server_process.ts";
+import { health, startTestServer, TEST_SECRET, TestClient } from "./helpers.ts";
+import { mayMount, run, spawnServer } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 
 /** Every folder under `root` that holds nothing, relative to it. */
@@ -167,6 +167,75 @@ Deno.test({
       for (const dir of [backing, mount, dataDir]) {
         await Deno.remove(dir, { recursive: true }).catch(() => {});
       }
+    }
+  },
+});
+
+Deno.test("media: a server process whose MEDIA_DIR links to a volume not mounted yet starts, says 503 on /healthz, and stores and serves files once the volume appears", async () => {
+  const base = await Deno.makeTempDir({ prefix: "media-later-" });
+  const mediaDir = `${base}/media`;
+  await Deno.symlink(`${base}/volume/media`, mediaDir);
+  const server = spawnServer({ DATA_DIR: `${base}/data`, MEDIA_DIR: mediaDir });
+  try {
+    const url = await server.url();
+    assertEquals((await health(url)).status, 503);
+    await Deno.mkdir(`${base}/volume/media`, { recursive: true });
+    await eventually(async () => (await health(url)).status === 200, 5_000, "/healthz to say 200");
+    const token = await signDevToken(TEST_SECRET, { sub: "1", rooms: ["ticket:1"] });
+    assertEquals(await sendAndFetch(url, token, "a.txt", "later"), [200, "later"]);
+  } finally {
+    await server.kill("SIGTERM");
+    await Deno.remove(base, { recursive: true });
+  }
+});
+
+const noMount = !(await mayMount());
+
+Deno.test({
+  name:
+    `media: a server process whose MEDIA_DIR is on a full volume (no inode left: not even an empty file or a folder) starts, says 503 on /healthz, and stores files once there is room${
+      noMount ? " (SKIPPED: mounting a tmpfs needs root)" : ""
+    }`,
+  ignore: noMount,
+  async fn() {
+    const volume = await Deno.makeTempDir({ prefix: "media-full-" });
+    const dataDir = await Deno.makeTempDir({ prefix: "media-full-data-" });
+    await run("mount", "-t", "tmpfs", "-o", "size=1m,nr_inodes=16", "tmpfs", volume);
+    const fillers: string[] = [];
+    /** Creates empty files until the volume has no inode left. */
+    const fill = async () => {
+      while (true) {
+        const path = `${volume}/filler-${crypto.randomUUID()}`;
+        try {
+          await Deno.writeFile(path, new Uint8Array());
+        } catch (err) {
+          if (err instanceof Error && /no space left/i.test(err.message)) return;
+          throw err;
+        }
+        fillers.push(path);
+      }
+    };
+    try {
+      // The volume's root, where an empty file cannot be created, and a folder not yet made.
+      for (const mediaDir of [volume, `${volume}/media`]) {
+        await fill();
+        const server = spawnServer({ DATA_DIR: dataDir, MEDIA_DIR: mediaDir });
+        try {
+          const url = await server.url();
+          assertEquals((await health(url)).status, 503, server.log());
+          // Room for a file: its folders, its name and the bytes' temporary name.
+          for (const path of fillers.splice(0, 8)) await Deno.remove(path);
+          await eventually(async () => (await health(url)).status === 200, 5_000, "/healthz 200");
+          const token = await signDevToken(TEST_SECRET, { sub: "1", rooms: ["ticket:1"] });
+          assertEquals(await sendAndFetch(url, token, "a.txt", "room"), [200, "room"]);
+        } finally {
+          await server.kill("SIGTERM");
+        }
+      }
+    } finally {
+      await run("umount", volume).catch(() => run("umount", "-l", volume));
+      await Deno.remove(volume, { recursive: true }).catch(() => {});
+      await Deno.remove(dataDir, { recursive: true });
     }
   },
 });

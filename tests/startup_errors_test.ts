@@ -7,18 +7,26 @@ import * as jose from "jose";
 import { generateKeyPairSync } from "node:crypto";
 import { assert, assertEquals } from "./assert.ts";
 
-/** Starts main.ts (or serve.ts under `deno serve`) as production does, until it exits. */
+/**
+ * Starts main.ts (or serve.ts under `deno serve`) as production does, until it exits; `wrap` is
+ * a command and its arguments that run it.
+ */
 async function start(
   env: Record<string, string>,
   entry: "main" | "serve" = "main",
+  wrap: string[] = [],
 ): Promise<{ code: number; stderr: string; dataDir: string }> {
   const dataDir = await Deno.makeTempDir({ prefix: "chat-startup-" });
   const path = new URL(`../${entry}.ts`, import.meta.url).pathname;
+  const [command, ...before] = [...wrap, Deno.execPath()];
   try {
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: entry === "main"
-        ? ["run", "-A", path]
-        : ["serve", "-A", "--port", "0", "--host", "127.0.0.1", path],
+    const out = await new Deno.Command(command, {
+      args: [
+        ...before,
+        ...(entry === "main"
+          ? ["run", "-A", path]
+          : ["serve", "-A", "--port", "0", "--host", "127.0.0.1", path]),
+      ],
       env: {
         DATA_DIR: dataDir,
         PORT: "0",
@@ -207,6 +215,70 @@ Deno.test("startup: a MEDIA_DIR that would serve the data directory or the KV fi
     assert(!/\n\s+at /.test(stderr), `a stack trace: ${stderr}`);
   }
 });
+
+/**
+ * What runs the server as a user whom permissions bind: root without the capabilities that
+ * pass over them (setpriv), or nothing for anyone else; undefined where root has no setpriv.
+ */
+async function boundByPermissions(): Promise<string[] | undefined> {
+  if (Deno.uid() !== 0) return [];
+  const caps = "-dac_override,-dac_read_search";
+  const setpriv = ["setpriv", `--inh-caps=${caps}`, `--bounding-set=${caps}`, "--"];
+  const probe = await new Deno.Command(setpriv[0], {
+    args: [...setpriv.slice(1), "true"],
+    stdout: "null",
+    stderr: "null",
+  }).output().catch(() => undefined);
+  return probe?.success ? setpriv : undefined;
+}
+
+const permissions = await boundByPermissions();
+
+Deno.test(
+  `startup: a MEDIA_DIR that can never take a file (a file, under a file, a directory the server may not write to or under one) stops the server with one line naming MEDIA_DIR and why${
+    permissions ? "" : " (permissions SKIPPED: root without setpriv)"
+  }`,
+  async () => {
+    const base = await Deno.makeTempDir({ prefix: "chat-media-startup-" });
+    try {
+      const file = `${base}/file.txt`;
+      await Deno.writeTextFile(file, "not a directory");
+      const locked = `${base}/locked`;
+      await Deno.mkdir(locked);
+      await Deno.chmod(locked, 0o555);
+      const cases: [string, RegExp, string[]][] = [
+        [file, /is not a usable directory: it exists and is not a directory$/, []],
+        [`${file}/media`, /is not a usable directory: Not a directory \(os error 20\)/, []],
+      ];
+      if (permissions) {
+        cases.push(
+          [
+            locked,
+            /: files cannot be created in it: Permission denied \(os error 13\)$/,
+            permissions,
+          ],
+          [
+            `${locked}/media`,
+            /is not a usable directory: Permission denied \(os error 13\)/,
+            permissions,
+          ],
+        );
+      }
+      for (const [MEDIA_DIR, expected, wrap] of cases) {
+        const { code, stderr } = await start({ MEDIA_DIR }, "main", wrap);
+        assertEquals(code, 1, stderr);
+        const lines = stderr.trimEnd().split("\n");
+        assertEquals(lines.length, 1, stderr);
+        assert(lines[0].startsWith(`Could not start: MEDIA_DIR (${MEDIA_DIR}) `), stderr);
+        assert(expected.test(lines[0]), stderr);
+      }
+      // Nothing was left in the directory the server could not write to.
+      assertEquals([...Deno.readDirSync(locked)], []);
+    } finally {
+      await Deno.remove(base, { recursive: true });
+    }
+  },
+);
 
 Deno.test("startup: a DATA_DIR the server creates is its owner's alone (history, directory, dev secret)", async () => {
   const base = await Deno.makeTempDir({ prefix: "chat-mode-" });

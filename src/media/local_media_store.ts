@@ -39,6 +39,16 @@ async function reserve(path: string): Promise<void> {
   using _ = await Deno.open(path, { write: true, createNew: true });
 }
 
+/**
+ * True for what a write in the media root meets until an operator changes the setting or the
+ * permissions: a file where a folder of its path should be, EACCES or EPERM, or Deno's own
+ * permissions. A full disk, a read-only mount or I/O errors may pass by themselves.
+ */
+function neverUsable(err: unknown): boolean {
+  return err instanceof Deno.errors.NotADirectory || err instanceof Deno.errors.PermissionDenied ||
+    err instanceof Deno.errors.NotCapable;
+}
+
 /** True for a name {@link LocalMediaStore} gives its temporary files. */
 export function isTemporaryName(name: string): boolean {
   return /^\.(upload|health)-/.test(name);
@@ -286,6 +296,40 @@ export class LocalMediaStore implements MediaStore {
     } finally {
       await Deno.remove(path).catch(() => {});
     }
+  }
+
+  /**
+   * Makes the root and creates and removes an empty file in it, for the start; throws only what
+   * no later moment can mend (a non-directory in its path, permission denied). A full or read-only
+   * volume, or a link to one not mounted yet, passes: it may take files later, and the health
+   * check says until then that it does not.
+   */
+  async checkUsable(): Promise<void> {
+    try {
+      await Deno.mkdir(this.root, { recursive: true });
+    } catch (err) {
+      // A link to nothing yet (a volume mounted later) is refused as existing too.
+      if (err instanceof Deno.errors.AlreadyExists) {
+        const found = await Deno.stat(this.root).catch(() => undefined);
+        if (found && !found.isDirectory) throw new Error("it exists and is not a directory");
+        return;
+      }
+      if (neverUsable(err)) throw err;
+      return;
+    }
+    const path = join(this.root, temporaryName("health"));
+    try {
+      // Empty: a volume with no byte free still takes it, and one that takes nothing passes.
+      using _ = await Deno.open(path, { write: true, createNew: true });
+    } catch (err) {
+      if (neverUsable(err)) {
+        // Its own name is a random one of no use to the operator.
+        const why = (err as Error).message.replace(/: open '.*'$/s, "");
+        throw new Error(`files cannot be created in it: ${why}`);
+      }
+      return;
+    }
+    await Deno.remove(path).catch(() => {});
   }
 
   /**

@@ -539,3 +539,26 @@ Deno.test("media store: without hard links, a put whose rename failed and that d
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("LocalMediaStore.checkUsable() refuses a file or a path under one, makes a missing root, passes a link to nothing yet, and leaves no file behind", async () => {
+  const base = await Deno.makeTempDir({ prefix: "media-usable-" });
+  try {
+    await Deno.writeTextFile(`${base}/file`, "x");
+    await assertRejects(
+      () => new LocalMediaStore(`${base}/file`).checkUsable(),
+      /^it exists and is not a directory$/,
+    );
+    await assertRejects(
+      () => new LocalMediaStore(`${base}/file/media`).checkUsable(),
+      /^Not a directory \(os error 20\)/,
+    );
+    await new LocalMediaStore(`${base}/made/media`).checkUsable();
+    assertEquals([...Deno.readDirSync(`${base}/made/media`)], []);
+    // A volume mounted later, linked to before it is there.
+    await Deno.symlink(`${base}/volume/media`, `${base}/link`);
+    await new LocalMediaStore(`${base}/link`).checkUsable();
+    await new LocalMediaStore(`${base}/link/sub`).checkUsable();
+  } finally {
+    await Deno.remove(base, { recursive: true });
+  }
+});
