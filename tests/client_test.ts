@@ -43,7 +43,7 @@ import {
   throttledLink,
 } from "./helpers.ts";
 
-import { spawnServer } from "./server_process.ts";
+import { withDataDir } from "./server_process.ts";
 
 const FAST = { minDelayMs: 30, maxDelayMs: 200, jitter: 0 };
 
@@ -1767,78 +1767,75 @@ Deno.test("client: a url with a fragment, which WebSockets refuse, is refused by
 });
 
 Deno.test("client: the device's clock stepping back 10 minutes (an NTP correction) stalls no send and stops no typing", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "client-clock-" });
   // A process of its own: the step is the client's, not the server's.
-  const server = spawnServer({ DATA_DIR: dataDir });
-  const realNow = Date.now;
-  const url = `${(await server.url()).replace(/^http/, "ws")}/ws`;
-  const client = async (sub: string) => {
-    const chat = new ChatClient({
-      url,
-      token: await signDevToken(TEST_SECRET, { sub, username: `u${sub}` }, "1h"),
-    });
-    await chat.connect();
-    await chat.join("room:clock");
-    return chat;
-  };
-  const [ann, ben] = [await client("1"), await client("2")];
-  try {
-    assertEquals((await ann.send("room:clock", { body: "before the step" })).seq, 1);
-    Date.now = () => realNow() - 10 * 60_000;
-    const sent = await Promise.race([
-      ann.send("room:clock", { body: "after the step" }).then((m) => m.seq),
-      delay(5000).then(() => "still waiting after 5 s"),
-    ]);
-    assertEquals(sent, 2);
-    // Typing on past the server's typing timeout (5 s): renewed all along.
-    const until = realNow() + 6500;
-    while (realNow() < until) {
-      ann.typing("room:clock");
-      await delay(150);
+  await withDataDir(async ({ env, spawn }) => {
+    const server = spawn(env);
+    const realNow = Date.now;
+    const url = `${(await server.url()).replace(/^http/, "ws")}/ws`;
+    const client = async (sub: string) => {
+      const chat = new ChatClient({
+        url,
+        token: await signDevToken(TEST_SECRET, { sub, username: `u${sub}` }, "1h"),
+      });
+      await chat.connect();
+      await chat.join("room:clock");
+      return chat;
+    };
+    const [ann, ben] = [await client("1"), await client("2")];
+    try {
+      assertEquals((await ann.send("room:clock", { body: "before the step" })).seq, 1);
+      Date.now = () => realNow() - 10 * 60_000;
+      const sent = await Promise.race([
+        ann.send("room:clock", { body: "after the step" }).then((m) => m.seq),
+        delay(5000).then(() => "still waiting after 5 s"),
+      ]);
+      assertEquals(sent, 2);
+      // Typing on past the server's typing timeout (5 s): renewed all along.
+      const until = realNow() + 6500;
+      while (realNow() < until) {
+        ann.typing("room:clock");
+        await delay(150);
+      }
+      assertEquals(ben.typers("room:clock").map((u) => u.username), ["u1"]);
+    } finally {
+      Date.now = realNow;
+      ann.close();
+      ben.close();
     }
-    assertEquals(ben.typers("room:clock").map((u) => u.username), ["u1"]);
-  } finally {
-    Date.now = realNow;
-    ann.close();
-    ben.close();
-    await server.kill("SIGTERM");
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  }, { prefix: "client-clock-" });
 });
 
 Deno.test("client: a send queued before the device slept past sendExpiryMs is refused send_expired, not sent again (the monotonic clock does not count a sleep)", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "client-sleep-" });
   const port = freePort();
-  const env = { DATA_DIR: dataDir, PORT: String(port) };
-  let server = spawnServer(env);
-  await server.url();
-  const realNow = performance.now.bind(performance);
-  // 600 ms stand for the 23 hours, a 700 ms sleep for a weekend's.
-  const client = new ChatClient({
-    url: `ws://127.0.0.1:${port}/ws`,
-    token: await signDevToken(TEST_SECRET, { sub: "1", rooms: ["chat:*"] }),
-    sendExpiryMs: 600,
-    reconnect: { minDelayMs: 30, maxDelayMs: 200, jitter: 0 },
-  });
-  try {
-    await client.connect();
-    await client.join("chat:6");
-    await server.kill("SIGTERM");
-    await eventually(() => client.state === "reconnecting", 5000, "the reconnect");
-    const outcome = client.send("chat:6", { body: "written before the sleep" })
-      .then((m) => `stored as seq ${m.seq}`, (e: ChatError) => e.code);
-    // Asleep: the monotonic clock stands still, the wall clock goes on.
-    const frozen = realNow();
-    performance.now = () => frozen;
-    await delay(700);
-    performance.now = () => realNow() - 700;
-    server = spawnServer(env);
+  await withDataDir(async ({ env, spawn }) => {
+    let server = spawn(env);
     await server.url();
-    assertEquals(await outcome, "send_expired");
-  } finally {
-    performance.now = realNow;
-    client.close();
-    await server.kill("SIGTERM");
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+    const realNow = performance.now.bind(performance);
+    // 600 ms stand for the 23 hours, a 700 ms sleep for a weekend's.
+    const client = new ChatClient({
+      url: `ws://127.0.0.1:${port}/ws`,
+      token: await signDevToken(TEST_SECRET, { sub: "1", rooms: ["chat:*"] }),
+      sendExpiryMs: 600,
+      reconnect: { minDelayMs: 30, maxDelayMs: 200, jitter: 0 },
+    });
+    try {
+      await client.connect();
+      await client.join("chat:6");
+      await server.kill("SIGTERM");
+      await eventually(() => client.state === "reconnecting", 5000, "the reconnect");
+      const outcome = client.send("chat:6", { body: "written before the sleep" })
+        .then((m) => `stored as seq ${m.seq}`, (e: ChatError) => e.code);
+      // Asleep: the monotonic clock stands still, the wall clock goes on.
+      const frozen = realNow();
+      performance.now = () => frozen;
+      await delay(700);
+      performance.now = () => realNow() - 700;
+      server = spawn(env);
+      await server.url();
+      assertEquals(await outcome, "send_expired");
+    } finally {
+      performance.now = realNow;
+      client.close();
+    }
+  }, { prefix: "client-sleep-", extra: { PORT: String(port) } });
 });

@@ -7,7 +7,7 @@
 
 import { assert, assertEquals } from "./assert.ts";
 import { startTestServer } from "./helpers.ts";
-import { holdWriteLock, spawnServer } from "./server_process.ts";
+import { holdWriteLock, withDataDir } from "./server_process.ts";
 
 const ADMIN = "admin-token-for-the-lock-test-0123";
 
@@ -82,26 +82,25 @@ Deno.test("directory: while an API write waits for another process's SQLite lock
 });
 
 Deno.test("startup: a server whose new SQLite directory file another process holds the write lock of (a server starting beside it) waits for it and starts, rather than failing with database is locked", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "directory-locked-start-" });
-  // A new, empty file: making it WAL reads its header and then needs the write lock, which
-  // SQLite refuses at once, busy timeout or not, as two servers starting together meet it.
-  const lock = await holdWriteLock(`${dataDir}/directory.sqlite3`);
-  let released = false;
-  const server = spawnServer({ DATA_DIR: dataDir, DATABASE_TIMEOUT_MS: "10000" });
-  try {
-    let exited = false;
-    server.status.then(() => exited = true);
-    // Time enough to reach the directory, which it opens first; within DATABASE_TIMEOUT_MS.
-    await Promise.race([server.status, new Promise((r) => setTimeout(r, 3000))]);
-    assert(!exited, server.log());
-    await lock.release();
-    released = true;
-    const url = await server.url();
-    const health = await fetch(`${url}/healthz`);
-    assertEquals([health.status, (await health.json()).status], [200, "ok"]);
-  } finally {
-    if (!released) await lock.release();
-    await server.kill("SIGTERM");
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  await withDataDir(async ({ dataDir, env, spawn }) => {
+    // A new, empty file: making it WAL reads its header and then needs the write lock, which
+    // SQLite refuses at once, busy timeout or not, as two servers starting together meet it.
+    const lock = await holdWriteLock(`${dataDir}/directory.sqlite3`);
+    let released = false;
+    const server = spawn(env);
+    try {
+      let exited = false;
+      server.status.then(() => exited = true);
+      // Time enough to reach the directory, which it opens first; within DATABASE_TIMEOUT_MS.
+      await Promise.race([server.status, new Promise((r) => setTimeout(r, 3000))]);
+      assert(!exited, server.log());
+      await lock.release();
+      released = true;
+      const url = await server.url();
+      const health = await fetch(`${url}/healthz`);
+      assertEquals([health.status, (await health.json()).status], [200, "ok"]);
+    } finally {
+      if (!released) await lock.release();
+    }
+  }, { prefix: "directory-locked-start-", extra: { DATABASE_TIMEOUT_MS: "10000" } });
 });

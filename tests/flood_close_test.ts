@@ -12,7 +12,7 @@ import {
   startTestServer,
   TEST_SECRET,
 } from "./helpers.ts";
-import { spawnServer } from "./server_process.ts";
+import { withDataDir } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 import { lingeringCloseApplies } from "../src/transport/close_when_quiet.ts";
 
@@ -43,9 +43,8 @@ async function bot(wsUrl: string, token: string, room: string) {
 
 Deno.test("flood: bots flooding a room they share all get rate_limited and a 4029 close, not a dropped connection", async () => {
   // Its own process, as production runs it: the drop showed only with the server's loop to itself.
-  const dataDir = await Deno.makeTempDir({ prefix: "flood-close-" });
-  const proc = spawnServer({ DATA_DIR: dataDir });
-  try {
+  await withDataDir(async ({ env, spawn }) => {
+    const proc = spawn(env);
     const wsUrl = (await proc.url()).replace(/^http/, "ws");
     const room = "room:bots";
     const bots = await Promise.all(Array.from({ length: 20 }, async (_, i) => {
@@ -72,10 +71,7 @@ Deno.test("flood: bots flooding a room they share all get rate_limited and a 402
       bots.map(() => true),
       "every bot is told why before the close",
     );
-  } finally {
-    await proc.kill("SIGTERM");
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  }, { prefix: "flood-close-" });
 });
 
 /** The text frames and the close code in what a server sent. */

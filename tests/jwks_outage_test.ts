@@ -8,7 +8,7 @@ import * as jose from "jose";
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import { assert, assertEquals, assertMatch, delay, nextEvent } from "./assert.ts";
 import { freePort, startTestServer, TestClient } from "./helpers.ts";
-import { spawnServer } from "./server_process.ts";
+import { withDataDir } from "./server_process.ts";
 
 /** The status and Retry-After of a WebSocket handshake to `url`, its body discarded. */
 async function handshake(url: string): Promise<[number, string | null]> {
@@ -180,28 +180,27 @@ Deno.test("JWKS after the server's wall clock steps back an hour: a token whose 
     { port, hostname: "127.0.0.1", onListen: () => {} },
     () => Response.json({ keys }),
   );
-  const dataDir = await Deno.makeTempDir({ prefix: "jwks-clock-" });
-  const clockFile = `${dataDir}/clock-offset`;
-  await Deno.writeTextFile(clockFile, "0");
-  const server = spawnServer({
-    DATA_DIR: dataDir,
-    JWT_SECRET: "",
-    JWT_JWKS_URL: `http://127.0.0.1:${port}/jwks.json`,
-  }, { clockFile });
   try {
-    const wsUrl = (await server.url()).replace(/^http/, "ws");
-    const outcome = (token: string) => firstWord(wsUrl, token);
-    assertEquals(await outcome(k1.token), "welcome");
-    // NTP steps the server's clock an hour back.
-    await Deno.writeTextFile(clockFile, String(-3600_000));
-    await delay(1200);
-    assertEquals(await outcome(never.token), "closed 4001");
-    keys = [k2.jwk, k1.jwk];
-    await delay(1200);
-    assertEquals(await outcome(k2.token), "welcome");
+    await withDataDir(async ({ dataDir, env, spawn }) => {
+      const clockFile = `${dataDir}/clock-offset`;
+      await Deno.writeTextFile(clockFile, "0");
+      const server = spawn(env, { clockFile });
+      const wsUrl = (await server.url()).replace(/^http/, "ws");
+      const outcome = (token: string) => firstWord(wsUrl, token);
+      assertEquals(await outcome(k1.token), "welcome");
+      // NTP steps the server's clock an hour back.
+      await Deno.writeTextFile(clockFile, String(-3600_000));
+      await delay(1200);
+      assertEquals(await outcome(never.token), "closed 4001");
+      keys = [k2.jwk, k1.jwk];
+      await delay(1200);
+      assertEquals(await outcome(k2.token), "welcome");
+    }, {
+      prefix: "jwks-clock-",
+      extra: { JWT_SECRET: "", JWT_JWKS_URL: `http://127.0.0.1:${port}/jwks.json` },
+      stop: "SIGKILL",
+    });
   } finally {
-    await server.kill("SIGKILL");
     await provider.shutdown();
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
 });

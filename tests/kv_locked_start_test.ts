@@ -4,49 +4,47 @@
  */
 
 import { assert, assertEquals, eventually } from "./assert.ts";
-import { holdWriteLock, spawnServer } from "./server_process.ts";
+import { holdWriteLock, withDataDir } from "./server_process.ts";
 
 Deno.test("startup: a server opening the KV file while another process holds it locked past SQLite's 5 s wait (as one creating it does) starts once it is let go, and says it waited", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "kv-locked-start-" });
-  const lock = await holdWriteLock(`${dataDir}/chat.kv`, { creating: true });
-  let released = false;
-  const server = spawnServer({ DATA_DIR: dataDir });
-  try {
-    let exited = false;
-    server.status.then(() => exited = true);
-    // Told once SQLite's own 5 s busy timeout is past, which Deno's open gives up after.
-    const waiting = () => /locked by another process/.test(server.log());
-    await eventually(() => waiting() || exited, 20_000, "the server to wait or exit");
-    assert(waiting() && !exited, server.log());
-    await lock.release();
-    released = true;
-    const url = await server.url();
-    const health = await fetch(`${url}/healthz`);
-    assertEquals([health.status, (await health.json()).status], [200, "ok"]);
-    assert(!/could not be opened/.test(server.log()), server.log());
-  } finally {
-    if (!released) await lock.release();
-    await server.kill("SIGTERM");
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  await withDataDir(async ({ dataDir, env, spawn }) => {
+    const lock = await holdWriteLock(`${dataDir}/chat.kv`, { creating: true });
+    let released = false;
+    const server = spawn(env);
+    try {
+      let exited = false;
+      server.status.then(() => exited = true);
+      // Told once SQLite's own 5 s busy timeout is past, which Deno's open gives up after.
+      const waiting = () => /locked by another process/.test(server.log());
+      await eventually(() => waiting() || exited, 20_000, "the server to wait or exit");
+      assert(waiting() && !exited, server.log());
+      await lock.release();
+      released = true;
+      const url = await server.url();
+      const health = await fetch(`${url}/healthz`);
+      assertEquals([health.status, (await health.json()).status], [200, "ok"]);
+      assert(!/could not be opened/.test(server.log()), server.log());
+    } finally {
+      if (!released) await lock.release();
+    }
+  }, { prefix: "kv-locked-start-" });
 });
 
 Deno.test("startup: a server whose KV file another process keeps locked gives up after KV_OPEN_WAIT_MS, and says why", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "kv-locked-start-" });
-  const lock = await holdWriteLock(`${dataDir}/chat.kv`, { creating: true });
-  // Past SQLite's own 5 s wait, which Deno's open takes before it tells of the lock.
-  const server = spawnServer({ DATA_DIR: dataDir, KV_OPEN_WAIT_MS: "2000" });
-  try {
-    const ended = await Promise.race([
-      server.status,
-      new Promise<"still waiting">((r) => setTimeout(() => r("still waiting"), 20_000)),
-    ]);
-    assert(ended !== "still waiting", `still waiting after 20 s: ${server.log()}`);
-    assertEquals(ended.code, 1, server.log());
-    assert(/Could not start: KV_PATH .* could not be opened/.test(server.log()), server.log());
-  } finally {
-    await lock.release();
-    await server.kill("SIGKILL");
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  await withDataDir(async ({ dataDir, env, spawn }) => {
+    const lock = await holdWriteLock(`${dataDir}/chat.kv`, { creating: true });
+    // Past SQLite's own 5 s wait, which Deno's open takes before it tells of the lock.
+    const server = spawn(env);
+    try {
+      const ended = await Promise.race([
+        server.status,
+        new Promise<"still waiting">((r) => setTimeout(() => r("still waiting"), 20_000)),
+      ]);
+      assert(ended !== "still waiting", `still waiting after 20 s: ${server.log()}`);
+      assertEquals(ended.code, 1, server.log());
+      assert(/Could not start: KV_PATH .* could not be opened/.test(server.log()), server.log());
+    } finally {
+      await lock.release();
+    }
+  }, { prefix: "kv-locked-start-", extra: { KV_OPEN_WAIT_MS: "2000" }, stop: "SIGKILL" });
 });

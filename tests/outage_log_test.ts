@@ -14,7 +14,7 @@
 
 import { assert, assertEquals, delay, eventually } from "./assert.ts";
 import { startTestServer, TEST_SECRET, TestClient, type TestServer } from "./helpers.ts";
-import { holdWriteLock, mayMount, smallDisk, spawnServer } from "./server_process.ts";
+import { holdWriteLock, mayMount, smallDisk, spawnServer, withDataDir } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 import type { Directory } from "../src/core/directory.ts";
 import { SETTLE_MS } from "../src/core/failure_log.ts";
@@ -128,17 +128,16 @@ function capture() {
 }
 
 Deno.test("log: 10 API writes answered 503 while another process holds the SQLite directory's lock are one outage line, and one more with their count once a write goes through", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "outage-log-" });
-  const server = spawnServer({ DATA_DIR: dataDir, ADMIN_TOKEN: ADMIN, DATABASE_TIMEOUT_MS: "100" });
-  const put = async (id: number) => {
-    const res = await fetch(`${await server.url()}/api/users/${id}`, {
-      method: "PUT",
-      headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
-      body: JSON.stringify({ username: `u${id}` }),
-    });
-    return [res.status, res.headers.get("retry-after"), (await res.json()).message];
-  };
-  try {
+  await withDataDir(async ({ dataDir, env, spawn }) => {
+    const server = spawn(env);
+    const put = async (id: number) => {
+      const res = await fetch(`${await server.url()}/api/users/${id}`, {
+        method: "PUT",
+        headers: { authorization: `Bearer ${ADMIN}`, "content-type": "application/json" },
+        body: JSON.stringify({ username: `u${id}` }),
+      });
+      return [res.status, res.headers.get("retry-after"), (await res.json()).message];
+    };
     await server.url();
     const before = server.log().length;
     const lock = await holdWriteLock(`${dataDir}/directory.sqlite3`);
@@ -171,16 +170,16 @@ Deno.test("log: 10 API writes answered 503 while another process holds the SQLit
       log,
     );
     assert(!/\n\s+at /.test(log), `a stack trace: ${log}`);
-  } finally {
-    await server.kill("SIGKILL");
-    await Deno.remove(dataDir, { recursive: true });
-  }
+  }, {
+    prefix: "outage-log-",
+    extra: { ADMIN_TOKEN: ADMIN, DATABASE_TIMEOUT_MS: "100" },
+    stop: "SIGKILL",
+  });
 });
 
 Deno.test("log: a server stopped during an outage says at its stop that it was still under way and how much it refused, which no later line would tell", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "outage-log-" });
-  const server = spawnServer({ DATA_DIR: dataDir, ADMIN_TOKEN: ADMIN, DATABASE_TIMEOUT_MS: "100" });
-  try {
+  await withDataDir(async ({ dataDir, env, spawn }) => {
+    const server = spawn(env);
     await server.url();
     const before = server.log().length;
     const lock = await holdWriteLock(`${dataDir}/directory.sqlite3`);
@@ -205,10 +204,11 @@ Deno.test("log: a server stopped during an outage says at its stop that it was s
           .test(lines(log, /^outage/)[1]),
       log,
     );
-  } finally {
-    await server.kill("SIGKILL");
-    await Deno.remove(dataDir, { recursive: true });
-  }
+  }, {
+    prefix: "outage-log-",
+    extra: { ADMIN_TOKEN: ADMIN, DATABASE_TIMEOUT_MS: "100" },
+    stop: "SIGKILL",
+  });
 });
 
 onSmallDisk(
@@ -625,17 +625,16 @@ onSmallDisk(
 );
 
 Deno.test("health: after the wall clock steps back an hour, a media volume that stops taking files turns /healthz to 503 within a second or two, as without the step", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "health-clock-" });
-  const clockFile = `${dataDir}/clock-offset`;
-  await Deno.writeTextFile(clockFile, "0");
-  const mediaDir = `${dataDir}/media`;
-  const server = spawnServer({ DATA_DIR: dataDir, MEDIA_DIR: mediaDir }, { clockFile });
-  const health = async () => {
-    const res = await fetch(`${await server.url()}/healthz`);
-    await res.body?.cancel();
-    return res.status;
-  };
-  try {
+  await withDataDir(async ({ dataDir, env, spawn }) => {
+    const clockFile = `${dataDir}/clock-offset`;
+    await Deno.writeTextFile(clockFile, "0");
+    const mediaDir = `${dataDir}/media`;
+    const server = spawn({ ...env, MEDIA_DIR: mediaDir }, { clockFile });
+    const health = async () => {
+      const res = await fetch(`${await server.url()}/healthz`);
+      await res.body?.cancel();
+      return res.status;
+    };
     assertEquals(await health(), 200);
     // NTP steps the clock an hour back.
     await Deno.writeTextFile(clockFile, String(-3600_000));
@@ -650,8 +649,5 @@ Deno.test("health: after the wall clock steps back an hour, a media volume that 
       await delay(250);
     }
     assertEquals(statuses.at(-1), 503, `statuses over 5 s: ${statuses}`);
-  } finally {
-    await server.kill("SIGKILL");
-    await Deno.remove(dataDir, { recursive: true });
-  }
+  }, { prefix: "health-clock-", stop: "SIGKILL" });
 });

@@ -14,7 +14,7 @@ import {
   TEST_SECRET,
   TestClient,
 } from "./helpers.ts";
-import { spawnServer } from "./server_process.ts";
+import { withDataDir } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 
 type Payload = Record<string, unknown>;
@@ -397,9 +397,8 @@ Deno.test("PUBLIC_URL with a path, behind a proxy serving the server there: the 
 });
 
 Deno.test("a proxy that sends only X-Real-IP (a common nginx setup) is noticed: without PUBLIC_URL the server warns that its URLs name the Host it was given", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "proxy-warning-" });
-  const server = spawnServer({ DATA_DIR: dataDir });
-  try {
+  await withDataDir(async ({ env, spawn }) => {
+    const server = spawn(env);
     const url = await server.url();
     const token = await signDevToken(TEST_SECRET, {
       sub: "1",
@@ -414,8 +413,5 @@ Deno.test("a proxy that sends only X-Real-IP (a common nginx setup) is noticed: 
     );
     await client.close();
     await eventually(() => /PUBLIC_URL is not set/.test(server.log()), 10_000, "the warning");
-  } finally {
-    await server.kill("SIGKILL");
-    await Deno.remove(dataDir, { recursive: true });
-  }
+  }, { prefix: "proxy-warning-", stop: "SIGKILL" });
 });

@@ -7,7 +7,7 @@
 import { signDevToken } from "../src/auth/verifier.ts";
 import { assertEquals } from "./assert.ts";
 import { adminCall, startTestServer, TEST_SECRET, TestClient, type TestServer } from "./helpers.ts";
-import { mayMount, smallDisk, spawnServer } from "./server_process.ts";
+import { mayMount, smallDisk, spawnServer, withDataDir } from "./server_process.ts";
 
 const ADMIN = "an-admin-token-for-read-cursor-cleanup";
 
@@ -142,20 +142,15 @@ Deno.test("a participant removed from a room loses their read cursor there (also
   }));
 
 Deno.test("a read that a server not yet told of a user's deletion or a participant's removal takes after it stores no cursor; the user created again and added back marks reads again", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "read-cursor-race-" });
-  const env = { DATA_DIR: dataDir, ADMIN_TOKEN: ADMIN };
-  const a = spawnServer(env);
-  let b: ReturnType<typeof spawnServer> | undefined;
-  const clients: TestClient[] = [];
-  const open = async (url: string, sub: string) => {
-    const ws = await connectAt(url, sub);
-    clients.push(ws);
-    return ws;
-  };
-  try {
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
+    const a = spawn(env);
+    const open = async (url: string, sub: string) => {
+      const ws = await connectAt(url, sub);
+      clients.push(ws);
+      return ws;
+    };
     const urlA = await a.url();
-    b = spawnServer(env);
-    const urlB = await b.url();
+    const urlB = await spawn(env).url();
     const api = apiAt(urlA);
     for (const id of ["1", "2", "3"]) {
       assertEquals(await api("PUT", `/api/users/${id}`, { username: `user${id}` }), 200);
@@ -198,11 +193,7 @@ Deno.test("a read that a server not yet told of a user's deletion or a participa
       assertEquals((await ws.next((f) => f.ref === "r")).seq, seq);
     }
     assertEquals(await readersAt(urlA, "1", "ticket:7", open), ["2", "3"]);
-  } finally {
-    for (const ws of clients) ws.socket.close();
-    await Promise.all([a.kill("SIGTERM"), b?.kill("SIGTERM")]);
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  }, { prefix: "read-cursor-race-", extra: { ADMIN_TOKEN: ADMIN } });
 });
 
 /** Who a new join of `sub` in `room` at the server `url` is told has read it, sorted. */

@@ -7,7 +7,7 @@
 
 import { assertEquals } from "./assert.ts";
 import { joinRoom, type TestClient } from "./helpers.ts";
-import { spawnServer } from "./server_process.ts";
+import { type spawnServer, withDataDir } from "./server_process.ts";
 
 type Frame = Record<string, unknown>;
 const ROUNDS = 3;
@@ -23,19 +23,12 @@ async function rounds(
 ): Promise<string[]> {
   const outcomes: string[] = [];
   for (let i = 0; i < ROUNDS; i++) {
-    const dataDir = await Deno.makeTempDir({ prefix: "scale-out-" });
-    const a = spawnServer({ DATA_DIR: dataDir });
-    let b: ReturnType<typeof spawnServer> | undefined;
-    const clients: TestClient[] = [];
-    try {
+    await withDataDir(async ({ env, clients, spawn }) => {
+      const a = spawn(env);
       const urlA = await a.url();
-      const startB = () => (b = spawnServer({ DATA_DIR: dataDir })).url();
+      const startB = () => spawn(env).url();
       outcomes.push(await round({ urlA, startB, a, clients }));
-    } finally {
-      for (const c of clients) c.socket.close();
-      await Promise.all([a.kill("SIGTERM"), b?.kill("SIGTERM")]);
-      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-    }
+    }, { prefix: "scale-out-" });
   }
   return outcomes;
 }

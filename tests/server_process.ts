@@ -74,7 +74,8 @@ export function spawnServer(
 /**
  * Runs `fn` on a fresh DATA_DIR (`env` names it, with `extra` beside): `spawn` starts a server (on
  * `env` unless given another), `clients` are closed after. Every server it started is then
- * resumed if stopped and stopped (one gone already is fine), and the data removed.
+ * resumed if stopped and sent `stop` (SIGTERM unless told; one gone already is fine), and the data
+ * removed.
  */
 export async function withDataDir(
   fn: (t: {
@@ -83,7 +84,11 @@ export async function withDataDir(
     clients: TestClient[];
     spawn: typeof spawnServer;
   }) => Promise<void>,
-  { prefix = "chat-servers-", extra = {} as Record<string, string> } = {},
+  {
+    prefix = "chat-servers-",
+    extra = {} as Record<string, string>,
+    stop = "SIGTERM" as Deno.Signal,
+  } = {},
 ): Promise<void> {
   const dataDir = await Deno.makeTempDir({ prefix });
   const env = { DATA_DIR: dataDir, ...extra };
@@ -105,7 +110,7 @@ export async function withDataDir(
         // Gone already.
       }
     }
-    await Promise.all(servers.map((server) => server.kill("SIGTERM")));
+    await Promise.all(servers.map((server) => server.kill(stop)));
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
 }

@@ -13,7 +13,7 @@ import {
   silentPeer,
   TEST_SECRET,
 } from "./helpers.ts";
-import { spawnServer } from "./server_process.ts";
+import { withDataDir } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 
 /** A native client that pings every few ms, as a busy client sends, until its socket is closed. */
@@ -88,9 +88,8 @@ Deno.test("shutdown: clients still sending as a SIGTERM closes them with 1001 ge
   // waiting for their peers' answers at once, with the frames the clients had sent before they
   // read the close unread: that reset the connections, and the clients' answers to the close
   // failed (Broken pipe; Deno's client: code 0).
-  const dataDir = await Deno.makeTempDir({ prefix: "shutdown-close-" });
-  const proc = spawnServer({ DATA_DIR: dataDir });
-  try {
+  await withDataDir(async ({ env, spawn }) => {
+    const proc = spawn(env);
     const url = await proc.url();
     const wsUrl = url.replace(/^http/, "ws");
     const port = Number(new URL(url).port);
@@ -100,27 +99,23 @@ Deno.test("shutdown: clients still sending as a SIGTERM closes them with 1001 ge
     assertEquals((await proc.kill("SIGTERM")).code, 0);
     assertEquals(await far.outcome, { code: 1001, end: "eof" });
     assertEquals(await Promise.all(near.map((c) => c.closed)), near.map(() => 1001));
-  } finally {
-    await proc.kill("SIGKILL");
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  }, { prefix: "shutdown-close-", stop: "SIGKILL" });
 });
 
 Deno.test("shutdown: a peer that never answers the close holds a SIGTERM's stop half a second at most", async () => {
-  const dataDir = await Deno.makeTempDir({ prefix: "shutdown-silent-" });
-  const proc = spawnServer({ DATA_DIR: dataDir });
-  let conn: Deno.TcpConn | undefined;
-  try {
-    const url = await proc.url();
-    const token = await signDevToken(TEST_SECRET, { sub: "mute", username: "mute" }, "1h");
-    conn = await silentPeer(Number(new URL(url).port), `/ws?token=${token}`);
-    const started = performance.now();
-    assertEquals((await proc.kill("SIGTERM")).code, 0);
-    const took = performance.now() - started;
-    assert(took < 2000, `the stop took ${Math.round(took)} ms`);
-  } finally {
-    conn?.close();
-    await proc.kill("SIGKILL");
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  await withDataDir(async ({ env, spawn }) => {
+    const proc = spawn(env);
+    let conn: Deno.TcpConn | undefined;
+    try {
+      const url = await proc.url();
+      const token = await signDevToken(TEST_SECRET, { sub: "mute", username: "mute" }, "1h");
+      conn = await silentPeer(Number(new URL(url).port), `/ws?token=${token}`);
+      const started = performance.now();
+      assertEquals((await proc.kill("SIGTERM")).code, 0);
+      const took = performance.now() - started;
+      assert(took < 2000, `the stop took ${Math.round(took)} ms`);
+    } finally {
+      conn?.close();
+    }
+  }, { prefix: "shutdown-silent-", stop: "SIGKILL" });
 });

@@ -8,7 +8,7 @@
 
 import { assertEquals, delay, eventually, within } from "./assert.ts";
 import { adminCall, TEST_SECRET, TestClient } from "./helpers.ts";
-import { spawnServer } from "./server_process.ts";
+import { withDataDir } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 
 const ADMIN = "a-long-enough-admin-token-for-tests";
@@ -17,12 +17,11 @@ const ADMIN = "a-long-enough-admin-token-for-tests";
 async function withSkewedPair(
   fn: (s: { a: string; b: string; expire: (prefix: Deno.KvKey) => Promise<void> }) => Promise<void>,
 ) {
-  const dataDir = await Deno.makeTempDir({ prefix: "chat-skewed-" });
   // Renewed every second: a server first reads the other's entry as 20 minutes old (by the
   // writer's clock), and counts it alive once it sees it renewed.
-  const env = { DATA_DIR: dataDir, ADMIN_TOKEN: ADMIN, PRESENCE_TTL_SECONDS: "3" };
-  const servers = [spawnServer(env), spawnServer(env, { clockOffsetMs: -20 * 60_000 })];
-  try {
+  const extra = { ADMIN_TOKEN: ADMIN, PRESENCE_TTL_SECONDS: "3" };
+  await withDataDir(async ({ dataDir, env, spawn }) => {
+    const servers = [spawn(env), spawn(env, { clockOffsetMs: -20 * 60_000 })];
     const [a, b] = await Promise.all(servers.map((s) => s.url()));
     const expire = async (prefix: Deno.KvKey) => {
       // Past the 250 ms between reads of the head: the server that wrote it has heard it too.
@@ -35,10 +34,7 @@ async function withSkewedPair(
       }
     };
     await fn({ a, b, expire });
-  } finally {
-    await Promise.all(servers.map((s) => s.kill("SIGTERM")));
-    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-  }
+  }, { prefix: "chat-skewed-", extra });
 }
 
 /** A ticket socket of user `sub` on the server at `base`. */
