@@ -4,6 +4,7 @@ import { assert, assertEquals, assertMatch, eventually } from "./assert.ts";
 import {
   longCjkHistory,
   startTestServer,
+  storeMessages,
   TestClient,
   type TestServer,
   throttledLink,
@@ -224,10 +225,7 @@ Deno.test("conversation chat: a typing stop after a start that was taken still g
 Deno.test("conversation chat: get_history answers at most 200 messages, the newest, whatever limit is asked (README: at most 200)", async () => {
   const server = await startTestServer();
   try {
-    const chat = server.app.context.chat;
-    const queued = [];
-    for (let i = 1; i <= 201; i++) queued.push(await chat.queue(null, "chat:4", { body: `m${i}` }));
-    await Promise.all(queued.map((q) => q.result));
+    await storeMessages(server, "chat:4", 201);
     const a = await join(server, 4, talker);
     for (const limit of [200, 201, 1000]) {
       a.send({ type: "get_history", limit });

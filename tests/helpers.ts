@@ -261,21 +261,26 @@ export function freePort(): number {
   return port;
 }
 
+/** Stores `count` messages in `room` (`m1`, `m2`, … unless `body` says otherwise), in order. */
+export async function storeMessages(
+  server: TestServer,
+  room: string,
+  count: number,
+  body: (i: number) => string = (i) => `m${i}`,
+): Promise<void> {
+  const queued = [];
+  for (let i = 1; i <= count; i++) {
+    queued.push(await server.app.context.chat.queue(null, room, { body: body(i) }));
+  }
+  await Promise.all(queued.map((q) => q.result));
+}
+
 /**
  * Stores `count` messages of 20,000 characters (the most a message may have) in `room`, CJK text
  * of 60 KB of UTF-8 each, every one starting with its number: a long history, 12 MB per 200.
  */
 export async function longCjkHistory(server: TestServer, room: string, count: number) {
-  const queued = [];
-  for (let i = 1; i <= count; i++) {
-    const head = `${i} `;
-    queued.push(
-      await server.app.context.chat.queue(null, room, {
-        body: head + "漢".repeat(20_000 - head.length),
-      }),
-    );
-  }
-  await Promise.all(queued.map((q) => q.result));
+  await storeMessages(server, room, count, (i) => `${i} ` + "漢".repeat(20_000 - `${i} `.length));
 }
 
 /**

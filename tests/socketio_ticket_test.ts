@@ -12,6 +12,7 @@ import {
   sendRawText,
   silentPeer,
   startTestServer,
+  storeMessages,
   TestClient,
   type TestServer,
 } from "./helpers.ts";
@@ -2892,12 +2893,7 @@ Deno.test("socket.io ticket chat: a numeric ticketId names the ticket its digits
 
 Deno.test("socket.io ticket chat: get_messages answers at most 500 messages, the newest, without a limit or with a larger one, and says more are left", async () => {
   await withChat(async (server, client) => {
-    const chat = server.app.context.chat;
-    const queued = [];
-    for (let i = 1; i <= 501; i++) {
-      queued.push(await chat.queue(null, "ticket:9", { body: `m${i}` }));
-    }
-    await Promise.all(queued.map((q) => q.result));
+    await storeMessages(server, "ticket:9", 501);
     const socket = client({ transports: ["websocket"] });
     await authenticated(socket, await server.token({ sub: "1", rooms: ["ticket:9"] }));
     for (const limit of [undefined, 500, 1000]) {
