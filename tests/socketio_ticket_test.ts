@@ -1387,12 +1387,14 @@ Deno.test("socket.io ticket chat: a photo emitted while offline over WebSocket, 
   });
 });
 
+/** The bytes of frames held in sockets still open, as /metrics counts them. */
+async function heldBytes(server: TestServer): Promise<number> {
+  const metrics = await (await fetch(`${server.url}/metrics`)).text();
+  return Number(/chat_frame_buffer_bytes\{state="open"\} (\d+)/.exec(metrics)![1]);
+}
+
 Deno.test("socket.io ticket chat: a large event from a WebSocket client that never authenticates waits as other early events do, then is refused and its session ended", async () => {
   await withChat(async (server, client) => {
-    const held = async () => {
-      const metrics = await (await fetch(`${server.url}/metrics`)).text();
-      return Number(/chat_frame_buffer_bytes\{state="open"\} (\d+)/.exec(metrics)![1]);
-    };
     const stranger = client({ autoConnect: false, transports: ["websocket"] });
     const refused = next<Payload>(stranger, "send_message_error", 5000);
     const acked = new Promise((resolve) =>
@@ -1405,7 +1407,7 @@ Deno.test("socket.io ticket chat: a large event from a WebSocket client that nev
     const started = performance.now();
     stranger.connect();
     // Counted against FRAME_MEMORY_BUDGET_BYTES while it waits, as a signed-in socket's file is.
-    await eventually(async () => await held() >= 266_000, 1500, "the frame counted");
+    await eventually(async () => await heldBytes(server) >= 266_000, 1500, "the frame counted");
     assertEquals(await refused, { message: "User not authenticated" });
     assertEquals(await acked, { error: "User not authenticated" });
     // Held for the 2 s an early event waits for an authenticate, as a text one is.
@@ -1416,7 +1418,7 @@ Deno.test("socket.io ticket chat: a large event from a WebSocket client that nev
     const endedAfter = performance.now() - started;
     assert(endedAfter < 4000, `ended after ${endedAfter} ms`);
     stranger.disconnect();
-    await eventually(async () => await held() === 0, 3000, "the frame's buffer let go");
+    await eventually(async () => await heldBytes(server) === 0, 3000, "the frame's buffer let go");
   });
 });
 
@@ -1549,14 +1551,10 @@ Deno.test("socket.io ticket chat: photos from a WebSocket client that never auth
 
 Deno.test("socket.io ticket chat: photos held before sign-in, past each session's first, are bounded server-wide: past two files' frames, another client's second is refused at once and its session ended; a signed-in user's still goes", async () => {
   await withChat(async (server, client) => {
-    const held = async () => {
-      const metrics = await (await fetch(`${server.url}/metrics`)).text();
-      return Number(/chat_frame_buffer_bytes\{state="open"\} (\d+)/.exec(metrics)![1]);
-    };
     const member = await inTicket(server, client, "9");
     // Its first photo is its own; the second and third fill the budget.
     const holder = strangerSends(client, 3);
-    await eventually(async () => await held() >= 266_000, 1500, "the first photo taken");
+    await eventually(async () => await heldBytes(server) >= 266_000, 1500, "the first photo taken");
     // The others follow it on the same connection.
     await delay(300);
     const late = strangerSends(client, 2);
