@@ -26,13 +26,16 @@ export class BroadcastChannelBroker implements Broker {
    * that; with this channel open the count never drops to zero.
    */
   #keepalive: BroadcastChannel;
+  #idleCloseMs: number;
 
   /**
    * Channels are named after `namespace` (the KV location): two servers that share a process
-   * but not a store must never see each other's rooms.
+   * but not a store must never see each other's rooms. A channel opened only to publish is closed
+   * after `idleCloseMs` without a member here (30 s unless told).
    */
-  constructor(namespace: string) {
+  constructor(namespace: string, { idleCloseMs = IDLE_CLOSE_MS } = {}) {
     this.#prefix = `chat:${namespace}:`;
+    this.#idleCloseMs = idleCloseMs;
     this.#keepalive = new BroadcastChannel(`${this.#prefix}keepalive`);
   }
 
@@ -56,7 +59,7 @@ export class BroadcastChannelBroker implements Broker {
         entry.channel.close();
         this.#rooms.delete(room);
       }
-    }, IDLE_CLOSE_MS);
+    }, this.#idleCloseMs);
   }
 
   /** Posts the event to the room's channel in every other isolate. */
