@@ -1,4 +1,5 @@
 import { assertEquals, eventually } from "../../tests/assert.ts";
+import { kvWith } from "../../tests/kv_with.ts";
 import type { EvictionEvent } from "../core/types.ts";
 import { KvRoomEvents } from "./kv_room_events.ts";
 
@@ -39,18 +40,15 @@ Deno.test("KvRoomEvents: a watch that ends (a remote KV's connection dropping) i
   const kv = await Deno.openKv(":memory:");
   let watches = 0;
   // This origin's first watch ends at once; the next ones are the store's own.
-  const dropping = new Proxy(kv, {
-    get(target, prop) {
-      if (prop === "watch") {
-        return (keys: Deno.KvKey[]) =>
-          ++watches === 1
-            ? new ReadableStream<Deno.KvEntryMaybe<unknown>[]>({ start: (c) => c.close() })
-            : target.watch(keys);
-      }
-      const value = Reflect.get(target, prop, target);
-      return typeof value === "function" ? value.bind(target) : value;
-    },
-  });
+  const dropping = kvWith(
+    kv,
+    "watch",
+    (watch) =>
+      ((keys: Deno.KvKey[]) =>
+        ++watches === 1
+          ? new ReadableStream<Deno.KvEntryMaybe<unknown>[]>({ start: (c) => c.close() })
+          : watch(keys)) as typeof watch,
+  );
   const heard: EvictionEvent[] = [];
   const a = new KvRoomEvents(dropping, "host/1/a", (e) => heard.push(e));
   const b = new KvRoomEvents(kv, "host/2/b", () => {});

@@ -1,4 +1,5 @@
 import { assert, assertEquals, eventually } from "../../tests/assert.ts";
+import { kvWith } from "../../tests/kv_with.ts";
 import { DatabaseSync } from "node:sqlite";
 import type { AppendResult, Attachment, MessageDraft } from "../core/types.ts";
 import { KV_KEYS, KvMessageStore } from "./kv_message_store.ts";
@@ -24,22 +25,6 @@ const file = (key: string): Attachment => ({
   size: 1,
   uploadedAt: "2026-01-01T00:00:00.000Z",
 });
-
-/** `kv` with one method replaced by `wrap` (given the original, bound); the rest pass through. */
-function kvWith<K extends keyof Deno.Kv>(
-  kv: Deno.Kv,
-  method: K,
-  wrap: (original: Deno.Kv[K]) => Deno.Kv[K],
-): Deno.Kv {
-  return new Proxy(kv, {
-    get(target, key) {
-      const value = Reflect.get(target, key, target);
-      if (typeof value !== "function") return value;
-      const bound = value.bind(target);
-      return key === method ? wrap(bound) : bound;
-    },
-  });
-}
 
 /** A store on an in-memory KV that lists the messages of each of its commits. */
 async function countingCommits(options: ConstructorParameters<typeof KvMessageStore>[1]) {
