@@ -4,14 +4,7 @@
  */
 
 import { assert, assertEquals } from "./assert.ts";
-import {
-  concatBytes,
-  rawUpgrade,
-  sendRawText,
-  serverFrame,
-  startTestServer,
-  TEST_SECRET,
-} from "./helpers.ts";
+import { rawUpgrade, sendRawText, serverFrames, startTestServer, TEST_SECRET } from "./helpers.ts";
 import { withDataDir } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 import { lingeringCloseApplies } from "../src/transport/close_when_quiet.ts";
@@ -74,12 +67,13 @@ Deno.test("flood: bots flooding a room they share all get rate_limited and a 402
   }, { prefix: "flood-close-" });
 });
 
-/** The text frames and the close code in what a server sent. */
-function parseFrames(bytes: Uint8Array): { texts: string[]; closeCode?: number } {
+/** The text frames and the close code among the frames a server sent. */
+function parseFrames(
+  frames: { opcode: number; payload: Uint8Array }[],
+): { texts: string[]; closeCode?: number } {
   const texts: string[] = [];
   let closeCode: number | undefined;
-  for (let frame; (frame = serverFrame(bytes)) !== undefined; bytes = bytes.subarray(frame.size)) {
-    const { opcode, payload } = frame;
+  for (const { opcode, payload } of frames) {
     if (opcode === 1) texts.push(new TextDecoder().decode(payload));
     if (opcode === 8 && payload.length >= 2) closeCode = (payload[0] << 8) | payload[1];
   }
@@ -91,13 +85,10 @@ Deno.test("flood: a flooder that never stops nor answers the close gets rate_lim
   try {
     const token = await server.token({ sub: "1", username: "one" });
     const { conn, rest } = await rawUpgrade(server.port, `/ws?token=${token}`);
-    let received = rest;
+    const received: { opcode: number; payload: Uint8Array }[] = [];
     const reading = (async () => {
-      const buf = new Uint8Array(64 * 1024);
       try {
-        for (let n; (n = await conn.read(buf)) !== null;) {
-          received = concatBytes(received, buf.subarray(0, n));
-        }
+        for await (const frame of serverFrames(conn, rest)) received.push(frame);
       } catch {
         // Reset: what came before it is what counts.
       }

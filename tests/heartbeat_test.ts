@@ -1,7 +1,7 @@
 /** Deno's WebSocket heartbeat must not close a client that answers its pings (deno_heartbeat.ts). */
 
 import { assert, assertEquals } from "./assert.ts";
-import { concatBytes, rawUpgrade, serverFrame, startTestServer, TestClient } from "./helpers.ts";
+import { rawUpgrade, serverFrames, startTestServer, TestClient } from "./helpers.ts";
 import { heartbeatFixApplies } from "../src/transport/deno_heartbeat.ts";
 
 const MiB = 1024 * 1024;
@@ -17,12 +17,13 @@ class RawClient {
   bytesBeforePing = -1;
   closeCode?: number;
   #conn: Deno.TcpConn;
-  #buf: Uint8Array = new Uint8Array(0);
+  /** What came with the handshake. */
+  #rest: Uint8Array;
   #started = performance.now();
 
   private constructor(conn: Deno.TcpConn, leftover: Uint8Array) {
     this.#conn = conn;
-    this.#buf = leftover;
+    this.#rest = leftover;
   }
 
   static async open(port: number, path: string): Promise<RawClient> {
@@ -42,31 +43,29 @@ class RawClient {
   /** Reads and answers until the socket closes. */
   async run(answerFirstPing: boolean): Promise<void> {
     let pings = 0;
-    const chunk = new Uint8Array(MiB);
+    const frames = serverFrames(this.#conn, this.#rest, MiB);
     for (;;) {
-      let frame;
-      while ((frame = this.#nextFrame()) !== undefined) {
-        const at = Math.round(performance.now() - this.#started);
-        if (frame.opcode === 0x9) {
-          pings++;
-          if (this.bytesBeforePing < 0) this.bytesBeforePing = this.dataBytes;
-          const answer = pings > 1 || answerFirstPing;
-          this.events.push(`ping ${pings} at ${at} ms${answer ? "" : " (not answered)"}`);
-          if (answer) await this.send(0xA);
-        } else if (frame.opcode === 0x8) {
-          this.closeCode = frame.payload.length >= 2
-            ? (frame.payload[0] << 8) | frame.payload[1]
-            : 1005;
-          this.events.push(`close ${this.closeCode} at ${at} ms`);
-          this.#conn.close();
-          return;
-        } else {
-          this.dataBytes += frame.payload.length;
-        }
+      // A read that fails (the socket closed under it) ends it as the server's close would.
+      const next = await frames.next().catch(() => undefined);
+      if (!next || next.done) return;
+      const frame = next.value;
+      const at = Math.round(performance.now() - this.#started);
+      if (frame.opcode === 0x9) {
+        pings++;
+        if (this.bytesBeforePing < 0) this.bytesBeforePing = this.dataBytes;
+        const answer = pings > 1 || answerFirstPing;
+        this.events.push(`ping ${pings} at ${at} ms${answer ? "" : " (not answered)"}`);
+        if (answer) await this.send(0xA);
+      } else if (frame.opcode === 0x8) {
+        this.closeCode = frame.payload.length >= 2
+          ? (frame.payload[0] << 8) | frame.payload[1]
+          : 1005;
+        this.events.push(`close ${this.closeCode} at ${at} ms`);
+        this.#conn.close();
+        return;
+      } else {
+        this.dataBytes += frame.payload.length;
       }
-      const n = await this.#conn.read(chunk).catch(() => null);
-      if (n === null) return;
-      this.#buf = concatBytes(this.#buf, chunk.subarray(0, n));
     }
   }
 
@@ -76,12 +75,6 @@ class RawClient {
     } catch {
       // Closed already.
     }
-  }
-
-  #nextFrame(): { opcode: number; payload: Uint8Array } | undefined {
-    const frame = serverFrame(this.#buf);
-    if (frame) this.#buf = this.#buf.subarray(frame.size);
-    return frame;
   }
 }
 

@@ -526,6 +526,29 @@ export function serverFrame(
 }
 
 /**
+ * The frames a server sends on a raw WebSocket connection, each as it comes whole, starting with
+ * those in `rest` (what came with the handshake); it ends when the server closes the connection,
+ * and a failed read throws.
+ */
+export async function* serverFrames(
+  conn: Deno.TcpConn,
+  rest: Uint8Array = new Uint8Array(0),
+  readSize = 64 * 1024,
+): AsyncGenerator<{ opcode: number; payload: Uint8Array; size: number }> {
+  let bytes = rest;
+  const buf = new Uint8Array(readSize);
+  while (true) {
+    for (let frame; (frame = serverFrame(bytes)) !== undefined;) {
+      bytes = bytes.subarray(frame.size);
+      yield frame;
+    }
+    const n = await conn.read(buf);
+    if (n === null) return;
+    bytes = concatBytes(bytes, buf.subarray(0, n));
+  }
+}
+
+/**
  * Opens a WebSocket by hand and then goes silent: it never reads, never answers pings. The
  * peer a browser tab becomes when its machine sleeps, or a reader that stalls.
  */

@@ -5,11 +5,10 @@
 
 import { assert, assertEquals, delay } from "./assert.ts";
 import {
-  concatBytes,
   rawUpgrade,
   sendRawFrame,
   sendRawText,
-  serverFrame,
+  serverFrames,
   silentPeer,
   TEST_SECRET,
 } from "./helpers.ts";
@@ -53,25 +52,18 @@ async function distant(port: number, sub: string, latencyMs: number) {
     }
   })().catch(() => {});
   const outcome = (async () => {
-    let bytes = rest;
-    const buf = new Uint8Array(64 * 1024);
     try {
-      while (closeCode === undefined) {
-        for (let frame; (frame = serverFrame(bytes)) !== undefined;) {
-          bytes = bytes.subarray(frame.size);
-          if (frame.opcode !== 8) continue;
-          // Seen only now, from so far away: the pings sent meanwhile are on their way.
-          await delay(latencyMs);
-          closeCode = (frame.payload[0] << 8) | frame.payload[1];
-          await sending;
-          await sendRawFrame(conn, 8, frame.payload.slice(0, 2));
-          break;
-        }
-        if (closeCode !== undefined) break;
-        const n = await conn.read(buf);
-        if (n === null) return { code: closeCode, end: "eof before the close" };
-        bytes = concatBytes(bytes, buf.subarray(0, n));
+      for await (const frame of serverFrames(conn, rest)) {
+        if (frame.opcode !== 8) continue;
+        // Seen only now, from so far away: the pings sent meanwhile are on their way.
+        await delay(latencyMs);
+        closeCode = (frame.payload[0] << 8) | frame.payload[1];
+        await sending;
+        await sendRawFrame(conn, 8, frame.payload.slice(0, 2));
+        break;
       }
+      if (closeCode === undefined) return { code: closeCode, end: "eof before the close" };
+      const buf = new Uint8Array(64 * 1024);
       while (await conn.read(buf) !== null);
       return { code: closeCode, end: "eof" };
     } catch (err) {
