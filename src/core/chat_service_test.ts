@@ -239,6 +239,25 @@ Deno.test("ChatService.seqOfId: an old-format id whose minute ended before the o
 });
 
 /**
+ * A chat on stores that are not there (what a test needs it gives in `deps`), letting everyone in
+ * and handing each event it publishes to `publish`.
+ */
+function stubbedChat(
+  publish: (e: RoomEvent, options?: { elsewhereOnly?: boolean }) => void,
+  deps: Partial<ChatServiceDeps>,
+): ChatService {
+  return new ChatService({
+    store: {} as ChatServiceDeps["store"],
+    attachments: {} as ChatServiceDeps["attachments"],
+    fanout: { committed: () => {}, publish } as unknown as ChatServiceDeps["fanout"],
+    access: { canAccess: () => Promise.resolve(true) },
+    metrics: {} as ChatServiceDeps["metrics"],
+    presence: {} as ChatServiceDeps["presence"],
+    ...deps,
+  });
+}
+
+/**
  * A chat whose presence store takes enters (once `stalled` settles) unless `refusing`, recording
  * the connections entered and the presence events published (those told only elsewhere marked
  * so), listing `listed` and counting the reads of one user's presence; failed restores are tried
@@ -268,21 +287,10 @@ function restoringChat() {
       return Promise.resolve(state.listed.some((u) => u.id === userId));
     },
   };
-  const chat = new ChatService({
-    store: {} as ChatServiceDeps["store"],
-    attachments: {} as ChatServiceDeps["attachments"],
-    fanout: {
-      committed: () => {},
-      publish: (e: RoomEvent, options?: { elsewhereOnly?: boolean }) => {
-        if (e.type !== "presence") return;
-        state.told.push(`${e.action}:${e.user.id}${options?.elsewhereOnly ? " elsewhere" : ""}`);
-      },
-    } as unknown as ChatServiceDeps["fanout"],
-    access: { canAccess: () => Promise.resolve(true) },
-    metrics: {} as ChatServiceDeps["metrics"],
-    presence,
-    presenceSweepMs: 50,
-  });
+  const chat = stubbedChat((e, options) => {
+    if (e.type !== "presence") return;
+    state.told.push(`${e.action}:${e.user.id}${options?.elsewhereOnly ? " elsewhere" : ""}`);
+  }, { presence, presenceSweepMs: 50 });
   const user = (id: string) => ({ id, username: id, grants: [] });
   return { chat, state, user };
 }
@@ -377,20 +385,9 @@ Deno.test("ChatService.present: the users listed are the store's and those with 
 /** A chat recording the typing events it publishes (`<user>:<is typing>`), ending after `ms`. */
 function typingChat(ms: number) {
   const told: string[] = [];
-  const chat = new ChatService({
-    store: {} as ChatServiceDeps["store"],
-    attachments: {} as ChatServiceDeps["attachments"],
-    fanout: {
-      committed: () => {},
-      publish: (e: RoomEvent) => {
-        if (e.type === "typing") told.push(`${e.user.id}:${e.isTyping}`);
-      },
-    } as unknown as ChatServiceDeps["fanout"],
-    access: { canAccess: () => Promise.resolve(true) },
-    metrics: {} as ChatServiceDeps["metrics"],
-    presence: {} as ChatServiceDeps["presence"],
-    typingTimeoutMs: ms,
-  });
+  const chat = stubbedChat((e) => {
+    if (e.type === "typing") told.push(`${e.user.id}:${e.isTyping}`);
+  }, { typingTimeoutMs: ms });
   return { chat, told, user: { id: "2", username: "two", grants: [] } };
 }
 
