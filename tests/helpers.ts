@@ -155,18 +155,19 @@ export class TestClient {
 
 /**
  * Opens a ticket socket of `user` (a dev token) in `room` on the server at `server`, and waits
- * for the room's user list; `users` is who it named, sorted.
+ * for the room's user list (up to `timeoutMs`); `users` is who it named, sorted.
  */
 export async function joinRoom(
   server: string,
   room: string,
   user: string,
+  timeoutMs = 5000,
 ): Promise<{ client: TestClient; users: string[] }> {
   const token = await signDevToken(TEST_SECRET, { sub: user, username: user }, "1h");
   const client = await TestClient.open(
     `${server.replace(/^http/, "ws")}/ws/rooms/${room}/?token=${token}`,
   );
-  const list = await client.next((f) => f.type === "room_users_list");
+  const list = await client.next((f) => f.type === "room_users_list", timeoutMs);
   const users = (list.users as { username: string }[]).map((u) => u.username).sort();
   return { client, users };
 }

@@ -5,7 +5,7 @@
  */
 
 import { assertEquals, eventually } from "./assert.ts";
-import { TEST_SECRET, TestClient } from "./helpers.ts";
+import { joinRoom, TEST_SECRET, TestClient } from "./helpers.ts";
 import { lapsesOf, spawnServer, withDataDir } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 
@@ -32,13 +32,8 @@ async function native(url: string, user: string): Promise<TestClient> {
 }
 
 /** A chat-rooms client of `user` in the room, once it has the users list. */
-async function chatRooms(url: string, user: string): Promise<TestClient> {
-  const ws = await TestClient.open(
-    `${url.replace(/^http/, "ws")}/ws/rooms/lobby/?token=${await token(user)}`,
-  );
-  await ws.next((f) => f.type === "room_users_list", 10_000);
-  return ws;
-}
+const chatRooms = async (url: string, user: string): Promise<TestClient> =>
+  (await joinRoom(url, "lobby", user, 10_000)).client;
 
 /** The presence changes a client was told, as `join:user` / `leave:user`, in order. */
 function told(ws: TestClient): string[] {
