@@ -84,6 +84,29 @@ class LossyBroker implements Broker {
 
 const settle = () => new Promise((r) => setTimeout(r, 50));
 
+/**
+ * Runs `fn` with two hubs on one in-memory KV and one bus, as two servers have (`thereOptions`
+ * as `hereOptions` unless given), and closes them and the KV after.
+ */
+async function withTwoHubs(
+  fn: (here: Hub, there: Hub) => Promise<void>,
+  hereOptions: ConstructorParameters<typeof Hub>[2] = {},
+  thereOptions = hereOptions,
+): Promise<void> {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  const bus = new MemoryBus();
+  const here = new Hub(store, new MemoryBroker(bus), hereOptions);
+  const there = new Hub(store, new MemoryBroker(bus), thereOptions);
+  try {
+    await fn(here, there);
+  } finally {
+    here.close();
+    there.close();
+    kv.close();
+  }
+}
+
 Deno.test("Hub delivers every message once and in order even when the broker drops and repeats", async () => {
   const kv = await Deno.openKv(":memory:");
   const store = new KvMessageStore(kv);
@@ -622,23 +645,18 @@ Deno.test("Hub's recheck evicts the members whose access is now refused, each us
 });
 
 Deno.test("Hub's recheck of one user in every room reaches the other hubs and checks only that user's members", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const store = new KvMessageStore(kv);
-  const bus = new MemoryBus();
   const checked: string[] = [];
   const access = (who: Principal, room: string) => {
     checked.push(`${who.id}@${room}`);
     return Promise.resolve(room === "open");
   };
-  const here = new Hub(store, new MemoryBroker(bus), { access });
-  const there = new Hub(store, new MemoryBroker(bus), { access });
   const evicted: string[] = [];
   const plain = (id: string | number, room: string): Member => ({
     ...recorder(),
     user: { id, username: String(id), grants: [] },
     evict: (event) => void evicted.push(`${id}@${room}:${event.type}`),
   });
-  try {
+  await withTwoHubs(async (here, there) => {
     await here.join("a", plain(7, "a"));
     await there.join("b", plain(7, "b"));
     await there.join("open", plain(7, "open"));
@@ -647,19 +665,10 @@ Deno.test("Hub's recheck of one user in every room reaches the other hubs and ch
     await new Promise((r) => setTimeout(r, 20));
     assertEquals(checked.sort(), ["7@a", "7@b", "7@open"]);
     assertEquals(evicted.sort(), ["7@a:revoked", "7@b:revoked"]);
-  } finally {
-    here.close();
-    there.close();
-    kv.close();
-  }
+  }, { access });
 });
 
 Deno.test("Hub's revocations of one user evict that user's members in the rooms named, on every hub, and nobody else", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const store = new KvMessageStore(kv);
-  const bus = new MemoryBus();
-  const here = new Hub(store, new MemoryBroker(bus));
-  const there = new Hub(store, new MemoryBroker(bus));
   const evicted: string[] = [];
   const plain = (id: string | number, room: string): Member => ({
     ...recorder(),
@@ -669,7 +678,7 @@ Deno.test("Hub's revocations of one user evict that user's members in the rooms 
         `${id}@${room}:${event.type}:${event.room}:${event.type === "revoked" && event.userId}`,
       ),
   });
-  try {
+  await withTwoHubs(async (here, there) => {
     await here.join("a", plain(7, "a"));
     await there.join("b", plain(7, "b"));
     await there.join("kept", plain(7, "kept"));
@@ -677,11 +686,7 @@ Deno.test("Hub's revocations of one user evict that user's members in the rooms 
     here.publish({ type: "revocations", room: "*", userId: "7", rooms: ["a", "b", "none"] });
     await new Promise((r) => setTimeout(r, 20));
     assertEquals(evicted.sort(), ["7@a:revoked:a:7", "7@b:revoked:b:7"]);
-  } finally {
-    here.close();
-    there.close();
-    kv.close();
-  }
+  });
 });
 
 Deno.test("Hub's rechecks of one user in many rooms make at most 16 access checks at a time, all together", async () => {
@@ -743,16 +748,11 @@ Deno.test("Hub: a deletion notice naming a generation evicts only the members th
 });
 
 Deno.test("Hub hands on an event once whichever route brings it first, and none of a user's signals after a later one of the same origin", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const store = new KvMessageStore(kv);
-  const bus = new MemoryBus();
   const checked: string[] = [];
   const access = (who: Principal, room: string) => {
     checked.push(`${who.id}@${room}`);
     return Promise.resolve(true);
   };
-  const here = new Hub(store, new MemoryBroker(bus), { access });
-  const there = new Hub(store, new MemoryBroker(bus), { access });
   const seen: string[] = [];
   const member: Member = {
     ...recorder(),
@@ -772,7 +772,7 @@ Deno.test("Hub hands on an event once whichever route brings it first, and none 
     origin: serial === undefined ? undefined : origin,
     serial,
   });
-  try {
+  await withTwoHubs(async (here, there) => {
     await there.join("a", member);
     // By the channel, then the log: once.
     here.publish(typing(true, 1));
@@ -816,11 +816,7 @@ Deno.test("Hub hands on an event once whichever route brings it first, and none 
     there.receive({ type: "recheck", room: "*", userId: "1", origin: "here", serial: 9 });
     await settle();
     assertEquals(checked, ["1@a"]);
-  } finally {
-    here.close();
-    there.close();
-    kv.close();
-  }
+  }, { access });
 });
 
 Deno.test("Hub.join(): a paced replay reads each message from the store about once, its pages sized to what the socket takes after a wait", async () => {
@@ -882,11 +878,6 @@ Deno.test("Hub.join(): a paced replay reads each message from the store about on
 });
 
 Deno.test("Hub.watchPresence() counts the user's presence changes in the room handed on here by any route, a repeat once, and keeps nothing once its watches end", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const store = new KvMessageStore(kv);
-  const bus = new MemoryBus();
-  const here = new Hub(store, new MemoryBroker(bus));
-  const there = new Hub(store, new MemoryBroker(bus));
   const presence = (id: number, room = "a", serial?: number): RoomEvent => ({
     type: "presence",
     room,
@@ -895,7 +886,7 @@ Deno.test("Hub.watchPresence() counts the user's presence changes in the room ha
     origin: serial === undefined ? undefined : "here",
     serial,
   });
-  try {
+  await withTwoHubs(async (here, there) => {
     await there.join("a", recorder());
     const first = there.watchPresence("a", 2);
     const second = there.watchPresence("a", 2);
@@ -920,22 +911,11 @@ Deno.test("Hub.watchPresence() counts the user's presence changes in the room ha
     // Nothing left of it: a new watch counts from nothing.
     assertEquals(there.watchPresence("a", 2).changes(), 0);
     assertEquals(there.watchPresence("b", 2).changes(), 0);
-  } finally {
-    here.close();
-    there.close();
-    kv.close();
-  }
+  });
 });
 
 Deno.test("Hub: a presence change published elsewhereOnly reaches the other hubs' members, not this one's; a leave or join from another hub of a user held here is dropped", async () => {
-  const kv = await Deno.openKv(":memory:");
-  const store = new KvMessageStore(kv);
-  const bus = new MemoryBus();
   const held = new Set<number>([2]);
-  const here = new Hub(store, new MemoryBroker(bus), {
-    heldHere: (_room, userId) => held.has(Number(userId)),
-  });
-  const there = new Hub(store, new MemoryBroker(bus));
   const listener = () => {
     const m = {
       ...recorder(),
@@ -956,30 +936,30 @@ Deno.test("Hub: a presence change published elsewhereOnly reaches the other hubs
   });
   const onHere = listener();
   const onThere = listener();
-  try {
-    await here.join("a", onHere);
-    await there.join("a", onThere);
-    const watch = here.watchPresence("a", 2);
-    here.publish(presence(2, "join", 1), { elsewhereOnly: true });
-    await settle();
-    assertEquals([onHere.told, onThere.told, watch.changes()], [[], ["join:2"], 1]);
-    // From the other hub, by the channel and by the log: 2 is held here, 3 is not.
-    there.publish(presence(2, "leave", 2));
-    there.publish(presence(3, "leave", 3));
-    await settle();
-    here.receive(presence(2, "leave", 2));
-    assertEquals(onHere.told, ["leave:3"]);
-    // Another server that lapsed too, restoring 2 as well, announces them: nothing new here.
-    there.publish(presence(2, "join", 4));
-    there.publish(presence(3, "join", 5));
-    await settle();
-    assertEquals(onHere.told, ["leave:3", "join:3"]);
-    // Heard all the same: the log's copy is not checked again once the user has gone.
-    assertEquals(here.heard(presence(2, "leave", 2)), true);
-    watch.end();
-  } finally {
-    here.close();
-    there.close();
-    kv.close();
-  }
+  await withTwoHubs(
+    async (here, there) => {
+      await here.join("a", onHere);
+      await there.join("a", onThere);
+      const watch = here.watchPresence("a", 2);
+      here.publish(presence(2, "join", 1), { elsewhereOnly: true });
+      await settle();
+      assertEquals([onHere.told, onThere.told, watch.changes()], [[], ["join:2"], 1]);
+      // From the other hub, by the channel and by the log: 2 is held here, 3 is not.
+      there.publish(presence(2, "leave", 2));
+      there.publish(presence(3, "leave", 3));
+      await settle();
+      here.receive(presence(2, "leave", 2));
+      assertEquals(onHere.told, ["leave:3"]);
+      // Another server that lapsed too, restoring 2 as well, announces them: nothing new here.
+      there.publish(presence(2, "join", 4));
+      there.publish(presence(3, "join", 5));
+      await settle();
+      assertEquals(onHere.told, ["leave:3", "join:3"]);
+      // Heard all the same: the log's copy is not checked again once the user has gone.
+      assertEquals(here.heard(presence(2, "leave", 2)), true);
+      watch.end();
+    },
+    { heldHere: (_room, userId) => held.has(Number(userId)) },
+    {},
+  );
 });
