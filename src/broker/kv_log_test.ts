@@ -1,7 +1,18 @@
 import { assertEquals } from "../../tests/assert.ts";
+import { kvWith } from "../../tests/kv_with.ts";
 import { type LogEntry, logHead, LogReader, LogWriter } from "./kv_log.ts";
 
 const PREFIX = ["log"];
+
+type Commit = Deno.AtomicOperation["commit"];
+
+/** `kv` whose atomic operations commit through `wrap` (given their own commit, bound). */
+const committingThrough = (kv: Deno.Kv, wrap: (commit: Commit) => Commit): Deno.Kv =>
+  kvWith(kv, "atomic", (atomic) => () => {
+    const op = atomic();
+    op.commit = wrap(op.commit.bind(op));
+    return op;
+  });
 
 Deno.test("kv log: bursts from two writers at once all land, each in its order, and a follower reads them all once", async () => {
   const kv = await Deno.openKv(":memory:");
@@ -153,18 +164,11 @@ Deno.test("kv log: a write waits out SQLite's write lock held by another isolate
   try {
     // The first five commits find the file locked, as when another isolate is writing.
     let locked = 5;
-    const locking = new Proxy(kv, {
-      get(target, prop) {
-        if (prop !== "atomic") return Reflect.get(target, prop, target).bind(target);
-        return () => {
-          const op = target.atomic();
-          const commit = op.commit.bind(op);
-          op.commit = () =>
-            locked-- > 0 ? Promise.reject(new TypeError("database is locked")) : commit();
-          return op;
-        };
-      },
-    });
+    const locking = committingThrough(
+      kv,
+      (commit) => () =>
+        locked-- > 0 ? Promise.reject(new TypeError("database is locked")) : commit(),
+    );
     const writer = new LogWriter<string>(locking, "a");
     await Promise.all(["one", "two", "three"].map((e) => writer.append(PREFIX, e)));
     const entries = await Array.fromAsync(kv.list<LogEntry<string>>({ prefix: [...PREFIX, "e"] }));
@@ -179,20 +183,10 @@ Deno.test("kv log: a batch whose commit failed after it may have landed fails wh
   try {
     // The second commit lands and then throws, as a remote KV whose connection drops would.
     let commits = 0;
-    const flaky = new Proxy(kv, {
-      get(target, prop) {
-        if (prop !== "atomic") return Reflect.get(target, prop, target).bind(target);
-        return () => {
-          const op = target.atomic();
-          const commit = op.commit.bind(op);
-          op.commit = async () => {
-            const res = await commit();
-            if (res.ok && ++commits === 2) throw new Error("connection reset");
-            return res;
-          };
-          return op;
-        };
-      },
+    const flaky = committingThrough(kv, (commit) => async () => {
+      const res = await commit();
+      if (res.ok && ++commits === 2) throw new Error("connection reset");
+      return res;
     });
     const writer = new LogWriter<string>(flaky, "a");
     const outcomes = await Promise.allSettled(
