@@ -64,6 +64,45 @@ function serve(dataDir: string, port: number): Promise<RunningServer> {
   );
 }
 
+/**
+ * Runs `fn` with a server on a fresh DATA_DIR at a free port (its page at `url`); `open` starts
+ * Chromium on a fresh profile (at `viewport` if given) and gives its first page. Both
+ * directories are named after `tag`; the browser and server are closed and both removed after.
+ */
+async function withChatServer(
+  tag: string,
+  fn: (s: {
+    url: string;
+    port: number;
+    open: (viewport?: { width: number; height: number }) => Promise<Page>;
+  }) => Promise<void>,
+): Promise<void> {
+  const dataDir = await Deno.makeTempDir({ prefix: `chat-browser-${tag}-` });
+  const profile = await Deno.makeTempDir({ prefix: `chat-chromium-${tag}-` });
+  const port = freePort();
+  const server = await serve(dataDir, port);
+  const contexts: BrowserContext[] = [];
+  const open = async (viewport?: { width: number; height: number }) => {
+    const context = await chromium.launchPersistentContext(profile, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: FLAGS,
+      ...(viewport ? { viewport } : {}),
+    });
+    contexts.push(context);
+    context.setDefaultTimeout(10_000);
+    return context.pages()[0] ?? await context.newPage();
+  };
+  try {
+    await fn({ url: `http://127.0.0.1:${port}/`, port, open });
+  } finally {
+    for (const context of contexts) await context.close().catch(() => {});
+    await server.close();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    await Deno.remove(profile, { recursive: true }).catch(() => {});
+  }
+}
+
 async function signIn(page: Page, url: string, name: string, rooms: string): Promise<void> {
   await page.goto(url);
   await page.fill("#signin-name", name);
@@ -392,26 +431,14 @@ Deno.test({
   sanitizeResources: false,
   async fn() {
     requireChromium();
-    const dataDir = await Deno.makeTempDir({ prefix: "chat-browser-sio-" });
-    const profile = await Deno.makeTempDir({ prefix: "chat-chromium-sio-" });
-    const port = freePort();
-    const url = `http://127.0.0.1:${port}/`;
-    const server = await serve(dataDir, port);
-    let context: BrowserContext | null = null;
-    try {
+    await withChatServer("sio", async ({ url, open }) => {
       const signIn = await fetch(`${url}dev/token`, {
         method: "POST",
         headers: { "content-type": "application/json" },
         body: JSON.stringify({ name: "Sam", rooms: ["ticket:*"] }),
       });
       const { token } = await signIn.json();
-      context = await chromium.launchPersistentContext(profile, {
-        executablePath: CHROMIUM,
-        headless: true,
-        args: FLAGS,
-      });
-      context.setDefaultTimeout(10_000);
-      const page = context.pages()[0] ?? await context.newPage();
+      const page = await open();
       await page.goto(`${url}healthz`);
       // The way such pages load the client: a script tag pointing at the chat server.
       await page.addScriptTag({ url: `${url}socket.io/socket.io.js` });
@@ -445,12 +472,7 @@ Deno.test({
         ["joined_ticket", "12"],
         ["new_message", "12", "from a script tag"],
       ]);
-    } finally {
-      await context?.close().catch(() => {});
-      await server.close();
-      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-      await Deno.remove(profile, { recursive: true }).catch(() => {});
-    }
+    });
   },
 });
 
@@ -463,13 +485,7 @@ Deno.test({
   sanitizeResources: false,
   async fn() {
     requireChromium();
-    const dataDir = await Deno.makeTempDir({ prefix: "chat-browser-reads-" });
-    const profile = await Deno.makeTempDir({ prefix: "chat-chromium-reads-" });
-    const port = freePort();
-    const url = `http://127.0.0.1:${port}/`;
-    const server = await serve(dataDir, port);
-    let context: BrowserContext | null = null;
-    try {
+    await withChatServer("reads", async ({ url, port, open }) => {
       // 30 messages in the room before the page opens it (under the send limit's burst).
       const minted = await fetch(`${url}dev/token`, {
         method: "POST",
@@ -502,14 +518,7 @@ Deno.test({
       await within(acks, "the writer's acks");
       ws.close();
 
-      context = await chromium.launchPersistentContext(profile, {
-        executablePath: CHROMIUM,
-        headless: true,
-        args: FLAGS,
-        viewport: { width: 900, height: 700 },
-      });
-      context.setDefaultTimeout(10_000);
-      const page = context.pages()[0] ?? await context.newPage();
+      const page = await open({ width: 900, height: 700 });
       let reads = 0;
       page.on("websocket", (socket) => {
         socket.on("framesent", ({ payload }) => {
@@ -627,12 +636,7 @@ Deno.test({
         (names) => names.map((n) => n.textContent),
       );
       assert(!sent.includes("secret.txt"), `sent after sign-out: ${JSON.stringify(sent)}`);
-    } finally {
-      await context?.close().catch(() => {});
-      await server.close();
-      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-      await Deno.remove(profile, { recursive: true }).catch(() => {});
-    }
+    });
   },
 });
 
@@ -643,32 +647,15 @@ Deno.test({
   sanitizeResources: false,
   async fn() {
     requireChromium();
-    const dataDir = await Deno.makeTempDir({ prefix: "chat-browser-hash-" });
-    const profile = await Deno.makeTempDir({ prefix: "chat-chromium-hash-" });
-    const port = freePort();
-    const url = `http://127.0.0.1:${port}/`;
-    const server = await serve(dataDir, port);
-    let context: BrowserContext | null = null;
-    try {
-      context = await chromium.launchPersistentContext(profile, {
-        executablePath: CHROMIUM,
-        headless: true,
-        args: FLAGS,
-      });
-      context.setDefaultTimeout(10_000);
-      const page = context.pages()[0] ?? await context.newPage();
+    await withChatServer("hash", async ({ url, open }) => {
+      const page = await open();
       const errors: string[] = [];
       page.on("pageerror", (err) => errors.push(err.message));
       // Half of a three-byte character: decodeURIComponent throws on it.
       await signIn(page, `${url}#room:general%E0%A4`, "Hal", "general");
       assertEquals(await page.textContent("#room-title"), ROOM);
       assertEquals(errors, []);
-    } finally {
-      await context?.close().catch(() => {});
-      await server.close();
-      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-      await Deno.remove(profile, { recursive: true }).catch(() => {});
-    }
+    });
   },
 });
 
@@ -681,59 +668,46 @@ Deno.test({
   sanitizeResources: false,
   async fn() {
     requireChromium();
-    const dataDir = await Deno.makeTempDir({ prefix: "chat-browser-prefix-" });
-    const profile = await Deno.makeTempDir({ prefix: "chat-chromium-prefix-" });
-    const port = freePort();
-    const server = await serve(dataDir, port);
-    const proxy = reverseProxy(port, { prefix: "/chat", maxBodyBytes: 1024 * 1024 });
-    let context: BrowserContext | null = null;
-    try {
-      context = await chromium.launchPersistentContext(profile, {
-        executablePath: CHROMIUM,
-        headless: true,
-        args: FLAGS,
-      });
-      context.setDefaultTimeout(10_000);
-      const page = context.pages()[0] ?? await context.newPage();
-      const errors: string[] = [];
-      page.on("pageerror", (err) => errors.push(err.message));
-      const responses: string[] = [];
-      page.on("response", (res) => responses.push(`${res.status()} ${res.url()}`));
-      const sockets: string[] = [];
-      page.on("websocket", (socket) => sockets.push(socket.url()));
+    await withChatServer("prefix", async ({ port, open }) => {
+      const proxy = reverseProxy(port, { prefix: "/chat", maxBodyBytes: 1024 * 1024 });
+      try {
+        const page = await open();
+        const errors: string[] = [];
+        page.on("pageerror", (err) => errors.push(err.message));
+        const responses: string[] = [];
+        page.on("response", (res) => responses.push(`${res.status()} ${res.url()}`));
+        const sockets: string[] = [];
+        page.on("websocket", (socket) => sockets.push(socket.url()));
 
-      await signIn(page, `${proxy.url}/`, "Pia", "general");
-      await page.fill("#text", "From under /chat/");
-      await page.press("#text", "Enter");
-      await waitForBodies(page, ["From under /chat/"]);
-      // Past the inline threshold: the upload route, under the prefix. Past the proxy's cap: its
-      // 413, then inline over the socket, which the cap does not apply to.
-      for (const [name, size] of [["medium.bin", 300 * 1024], ["large.bin", 2 * 1024 * 1024]]) {
-        await page.setInputFiles("#file", {
-          name: name as string,
-          mimeType: "application/octet-stream",
-          buffer: Buffer.from(new Uint8Array(size as number)),
-        });
+        await signIn(page, `${proxy.url}/`, "Pia", "general");
+        await page.fill("#text", "From under /chat/");
+        await page.press("#text", "Enter");
+        await waitForBodies(page, ["From under /chat/"]);
+        // Past the inline threshold: the upload route, under the prefix. Past the proxy's cap: its
+        // 413, then inline over the socket, which the cap does not apply to.
+        for (const [name, size] of [["medium.bin", 300 * 1024], ["large.bin", 2 * 1024 * 1024]]) {
+          await page.setInputFiles("#file", {
+            name: name as string,
+            mimeType: "application/octet-stream",
+            buffer: Buffer.from(new Uint8Array(size as number)),
+          });
+        }
+        await page.waitForSelector("li.msg:not(.pending) a.file:has-text('large.bin')");
+        await page.waitForSelector("li.msg:not(.pending) a.file:has-text('medium.bin')");
+        assertEquals(await page.textContent("#send-error"), "");
+        assertEquals(sockets, [`ws://127.0.0.1:${proxy.port}/chat/ws`]);
+        const attachments = `${proxy.url}/api/rooms/room/general/attachments`;
+        assertEquals(responses.filter((r) => r.endsWith("/attachments")), [
+          `201 ${attachments}`,
+          `413 ${attachments}`,
+        ]);
+        const failed = responses.filter((r) => !r.endsWith("/attachments") && !r.startsWith("2"));
+        assertEquals(failed, []);
+        assertEquals(errors, []);
+      } finally {
+        await proxy.close();
       }
-      await page.waitForSelector("li.msg:not(.pending) a.file:has-text('large.bin')");
-      await page.waitForSelector("li.msg:not(.pending) a.file:has-text('medium.bin')");
-      assertEquals(await page.textContent("#send-error"), "");
-      assertEquals(sockets, [`ws://127.0.0.1:${proxy.port}/chat/ws`]);
-      const attachments = `${proxy.url}/api/rooms/room/general/attachments`;
-      assertEquals(responses.filter((r) => r.endsWith("/attachments")), [
-        `201 ${attachments}`,
-        `413 ${attachments}`,
-      ]);
-      const failed = responses.filter((r) => !r.endsWith("/attachments") && !r.startsWith("2"));
-      assertEquals(failed, []);
-      assertEquals(errors, []);
-    } finally {
-      await context?.close().catch(() => {});
-      await proxy.close();
-      await server.close();
-      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
-      await Deno.remove(profile, { recursive: true }).catch(() => {});
-    }
+    });
   },
 });
 
