@@ -315,18 +315,26 @@ Deno.test("relay: unknown sids fail at once, or after the ack timeout when the o
   });
 });
 
+/**
+ * A proxy that sends handshakes to A, WebSocket upgrades to B, and every other request to A and
+ * B in turn: a session whose owner is A, its requests and transport on both isolates.
+ */
+const alternating = (a: Node, b: Node) =>
+  startProxy((req, url, count) => {
+    if (!url.searchParams.has("sid")) return a;
+    if (req.headers.get("upgrade")) return b;
+    return count % 2 ? a : b;
+  });
+
+/** socket.io-client at `url` over long-polling only, not reconnecting. */
+const pollingClient = (url: string): ClientSocket =>
+  connect(url, { transports: ["polling"], forceNew: true, reconnection: false });
+
 Deno.test("relay: socket.io-client over polling, requests alternating between the isolates", async () => {
   await withCluster({ pingInterval: 200, pingTimeout: 400 }, async ({ a, b }) => {
-    const proxy = startProxy((_req, url, count) => {
-      // Handshakes go to A so the owner is known; everything else alternates.
-      if (!url.searchParams.has("sid")) return a;
-      return count % 2 ? a : b;
-    });
-    const client: ClientSocket = connect(proxy.url, {
-      transports: ["polling"],
-      forceNew: true,
-      reconnection: false,
-    });
+    // Handshakes go to A so the owner is known; everything else alternates.
+    const proxy = alternating(a, b);
+    const client = pollingClient(proxy.url);
     try {
       await next(client, "connect");
       strictEqual(a.sockets.length, 1);
@@ -362,11 +370,7 @@ Deno.test("relay: a websocket upgrade that lands on the non-owner is bridged to 
     const bystander = new BroadcastChannel(name);
     let overheard = 0;
     bystander.onmessage = () => overheard++;
-    const proxy = startProxy((req, url, count) => {
-      if (!url.searchParams.has("sid")) return a;
-      if (req.headers.get("upgrade")) return b;
-      return count % 2 ? a : b;
-    });
+    const proxy = alternating(a, b);
     const client: ClientSocket = connect(proxy.url, { forceNew: true, reconnection: false });
     try {
       await next(client, "connect");
@@ -404,11 +408,7 @@ Deno.test("relay: a websocket upgrade that lands on the non-owner is bridged to 
 
 Deno.test("relay: frames, confirmations and the close a bridge loses between isolates are posted again, so the client misses nothing", async () => {
   await withCluster({}, async ({ a, b }) => {
-    const proxy = startProxy((req, url, count) => {
-      if (!url.searchParams.has("sid")) return a;
-      if (req.headers.get("upgrade")) return b;
-      return count % 2 ? a : b;
-    });
+    const proxy = alternating(a, b);
     const client: ClientSocket = connect(proxy.url, { forceNew: true, reconnection: false });
     // Deno's channel drops posts for an isolate that falls behind; here the next few of a kind.
     const post = BroadcastChannel.prototype.postMessage;
@@ -456,11 +456,7 @@ Deno.test("relay: a bridge whose other isolate confirms nothing ends, and the se
   await withCluster(
     {},
     async ({ a, b }) => {
-      const proxy = startProxy((req, url, count) => {
-        if (!url.searchParams.has("sid")) return a;
-        if (req.headers.get("upgrade")) return b;
-        return count % 2 ? a : b;
-      });
+      const proxy = alternating(a, b);
       const client: ClientSocket = connect(proxy.url, { forceNew: true, reconnection: false });
       const post = BroadcastChannel.prototype.postMessage;
       let stuck = false;
@@ -491,15 +487,8 @@ Deno.test("relay: a bridge whose other isolate confirms nothing ends, and the se
 
 Deno.test("relay: requests, answers, acks and confirmations the channel drops are posted again, so a polling session loses nothing", async () => {
   await withCluster({ pingInterval: 1000, pingTimeout: 2000 }, async ({ a, b }) => {
-    const proxy = startProxy((_req, url, count) => {
-      if (!url.searchParams.has("sid")) return a;
-      return count % 2 ? a : b;
-    });
-    const client: ClientSocket = connect(proxy.url, {
-      transports: ["polling"],
-      forceNew: true,
-      reconnection: false,
-    });
+    const proxy = alternating(a, b);
+    const client = pollingClient(proxy.url);
     // Deno's channel drops posts for an isolate that falls behind; here the next of a kind is.
     const post = BroadcastChannel.prototype.postMessage;
     const dropping = new Set<string>();
