@@ -419,6 +419,21 @@ Deno.test("presence restore: a user announced as leaving by another server's exi
       });
       const idB = ids.get(`erin${attempt}`)![0];
       const idA = ids.get(alice)!.find((i) => i !== idB)!;
+      // Whether A's entry of alice in the room is still in the store.
+      const heldByA = () =>
+        withKv(dataDir, async (kv) => {
+          for await (
+            const e of kv.list<{ instance: string; user: { username: string } }>({
+              prefix: ["presence"],
+            })
+          ) {
+            if (
+              String(e.key[1]).endsWith(room) && e.value.instance === idA &&
+              e.value.user.username === alice
+            ) return true;
+          }
+          return false;
+        });
       erin.frames.length = 0;
 
       a.child.kill("SIGSTOP");
@@ -438,19 +453,7 @@ Deno.test("presence restore: a user announced as leaving by another server's exi
         5000,
         "user_leave of alice",
       );
-      const stillThere = await withKv(dataDir, async (kv) => {
-        for await (
-          const e of kv.list<{ instance: string; user: { username: string } }>({
-            prefix: ["presence"],
-          })
-        ) {
-          if (
-            String(e.key[1]).endsWith(room) && e.value.instance === idA &&
-            e.value.user.username === alice
-          ) return true;
-        }
-        return false;
-      });
+      const stillThere = await heldByA();
       a.child.kill("SIGCONT");
       const lapses = lapsesOf(a);
       await eventually(
@@ -464,19 +467,7 @@ Deno.test("presence restore: a user announced as leaving by another server's exi
         .map((f) => String(f.type));
       // What the store says: is alice listed in the room now?
       const listed = await usersSeen(urlB, room, `probe${attempt}`);
-      const present = await withKv(dataDir, async (kv) => {
-        for await (
-          const e of kv.list<{ instance: string; user: { username: string } }>({
-            prefix: ["presence"],
-          })
-        ) {
-          if (
-            String(e.key[1]).endsWith(room) && e.value.instance === idA &&
-            e.value.user.username === alice
-          ) return true;
-        }
-        return false;
-      });
+      const present = await heldByA();
       outcomes.push(
         `attempt ${attempt}: A's entry left at the leave=${stillThere}, erin told ${
           JSON.stringify(told)
