@@ -46,6 +46,22 @@ async function connectAt(url: string, sub: string): Promise<TestClient> {
   return ws;
 }
 
+/** Opens sockets as connectAt does, each kept in `clients` to be closed after. */
+const openInto = (clients: TestClient[]) => async (url: string, sub: string) => {
+  const ws = await connectAt(url, sub);
+  clients.push(ws);
+  return ws;
+};
+
+/** Creates `users` through the admin API, and ticket 7 with them as its participants. */
+async function ticketSevenWith(api: ReturnType<typeof apiAt>, users: string[]): Promise<void> {
+  for (const id of users) {
+    assertEquals(await api("PUT", `/api/users/${id}`, { username: `user${id}` }), 200);
+  }
+  const participants = users.map((user_id) => ({ user_id }));
+  assertEquals(await api("PUT", "/api/rooms/ticket/7", { participants }), 201);
+}
+
 /** `sub` joins `room`, sends one message and reads up to it. */
 async function readIn(server: TestServer, sub: string, room: string): Promise<void> {
   const ws = await connect(server, sub);
@@ -144,19 +160,11 @@ Deno.test("a participant removed from a room loses their read cursor there (also
 Deno.test("a read that a server not yet told of a user's deletion or a participant's removal takes after it stores no cursor; the user created again and added back marks reads again", async () => {
   await withDataDir(async ({ dataDir, env, clients, spawn }) => {
     const a = spawn(env);
-    const open = async (url: string, sub: string) => {
-      const ws = await connectAt(url, sub);
-      clients.push(ws);
-      return ws;
-    };
+    const open = openInto(clients);
     const urlA = await a.url();
     const urlB = await spawn(env).url();
     const api = apiAt(urlA);
-    for (const id of ["1", "2", "3"]) {
-      assertEquals(await api("PUT", `/api/users/${id}`, { username: `user${id}` }), 200);
-    }
-    const participants = ["1", "2", "3"].map((user_id) => ({ user_id }));
-    assertEquals(await api("PUT", "/api/rooms/ticket/7", { participants }), 201);
+    await ticketSevenWith(api, ["1", "2", "3"]);
     const one = await open(urlA, "1");
     one.send({ type: "join", room: "ticket:7", ref: "j" });
     assertEquals((await one.next((f) => f.ref === "j")).type, "joined");
@@ -223,19 +231,11 @@ Deno.test({
       DATABASE_URL: `${elsewhere}/directory.sqlite3`,
     });
     const clients: TestClient[] = [];
-    const open = async (url: string, sub: string) => {
-      const ws = await connectAt(url, sub);
-      clients.push(ws);
-      return ws;
-    };
+    const open = openInto(clients);
     try {
       const url = await server.url();
       const api = apiAt(url);
-      for (const id of ["1", "2"]) {
-        assertEquals(await api("PUT", `/api/users/${id}`, { username: `user${id}` }), 200);
-      }
-      const participants = ["1", "2"].map((user_id) => ({ user_id }));
-      assertEquals(await api("PUT", "/api/rooms/ticket/7", { participants }), 201);
+      await ticketSevenWith(api, ["1", "2"]);
       const two = await open(url, "2");
       two.send({ type: "join", room: "ticket:7", ref: "j" });
       await two.next((f) => f.ref === "j");
