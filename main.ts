@@ -350,6 +350,9 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   );
   // And the files of sends a crash cut short before their commit, once they are old enough.
   store.keepSweepingPendingFiles();
+  // Read cursors an older version stored without the list of a user's rooms join it, so that
+  // deleting the user deletes them too; once per KV, in the background.
+  void store.indexReadCursors();
   // So are files a crash left half written (or linked and not yet named in KV): an hour old, no
   // write of any instance is under way. Again and again, as a crash's files are younger than
   // that at the next start. One server walks the tree (a lease in KV for half the interval):

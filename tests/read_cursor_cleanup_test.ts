@@ -5,7 +5,7 @@
  */
 
 import { signDevToken } from "../src/auth/verifier.ts";
-import { assertEquals } from "./assert.ts";
+import { assertEquals, eventually } from "./assert.ts";
 import { adminCall, startTestServer, TEST_SECRET, TestClient, type TestServer } from "./helpers.ts";
 import { mayMount, smallDisk, spawnServer, withDataDir } from "./server_process.ts";
 
@@ -325,4 +325,103 @@ Deno.test("a read mark the store refuses (the user deleted a moment ago, their t
     await one.close();
     await server.close();
   }
+});
+
+/**
+ * Writes read cursors (`room/user`, each at seq 1) into a new DATA_DIR's KV file as versions
+ * before the list of a user's rooms stored them: without their ["read_room"] entries.
+ */
+async function olderCursors(cursors: string[]): Promise<string> {
+  const dataDir = await Deno.makeTempDir({ prefix: "read-cursor-upgrade-" });
+  const kv = await Deno.openKv(`${dataDir}/chat.kv`);
+  try {
+    for (const cursor of cursors) {
+      const [room, user] = cursor.split("/");
+      await kv.set(["read", room, user], new Deno.KvU64(1n));
+    }
+  } finally {
+    kv.close();
+  }
+  return dataDir;
+}
+
+/** Runs `fn` with a server on `dataDir` and its admin API, then stops it and removes the data. */
+async function withServerOn(
+  dataDir: string,
+  fn: (
+    url: string,
+    api: ReturnType<typeof apiAt>,
+    open: (url: string, sub: string) => Promise<TestClient>,
+  ) => Promise<void>,
+): Promise<void> {
+  const server = spawnServer({ DATA_DIR: dataDir, ADMIN_TOKEN: ADMIN });
+  const clients: TestClient[] = [];
+  const open = async (url: string, sub: string) => {
+    const ws = await connectAt(url, sub);
+    clients.push(ws);
+    return ws;
+  };
+  try {
+    const url = await server.url();
+    await fn(url, apiAt(url), open);
+  } finally {
+    for (const ws of clients) ws.socket.close();
+    await server.kill("SIGTERM");
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+}
+
+/** Waits until every read cursor in the KV on `dataDir` is in the list of its user's rooms. */
+async function cursorsListed(dataDir: string): Promise<void> {
+  await eventually(
+    () => cursorKeys(dataDir).then(() => true, () => false),
+    10_000,
+    "the start to list the cursors an older version stored",
+  );
+}
+
+Deno.test("a user deleted after an upgrade from a version without the list of a user's rooms leaves no read cursor that version stored, also in rooms they took no part in; others' stay", async () => {
+  // User 3 read an open named room and a ticket their token's claim opened; 5 is a user only
+  // tokens know.
+  const dataDir = await olderCursors([
+    "room:general/1",
+    "room:general/3",
+    "room:general/5",
+    "ticket:7/1",
+    "ticket:7/3",
+  ]);
+  await withServerOn(dataDir, async (url, api, open) => {
+    for (const id of ["1", "3"]) {
+      assertEquals(await api("PUT", `/api/users/${id}`, { username: `user${id}` }), 200);
+    }
+    assertEquals(
+      await api("PUT", "/api/rooms/ticket/7", { participants: [{ user_id: "1" }] }),
+      201,
+    );
+    await cursorsListed(dataDir);
+    assertEquals(await api("DELETE", "/api/users/3"), 204);
+    assertEquals(await readersAt(url, "1", "room:general", open), ["1", "5"]);
+    assertEquals(await readersAt(url, "1", "ticket:7", open), ["1"]);
+    assertEquals(await cursorKeys(dataDir), ["room:general/1", "room:general/5", "ticket:7/1"]);
+  });
+});
+
+Deno.test("a user an older version deleted (keeping their read cursors) is listed after the upgrade as a user only tokens know; created again and deleted, their cursors go", async () => {
+  // User 3's directory row went with the older version's deletion; the cursors stayed.
+  const dataDir = await olderCursors(["room:general/1", "room:general/3", "ticket:7/3"]);
+  await withServerOn(dataDir, async (url, api, open) => {
+    assertEquals(
+      await api("PUT", "/api/rooms/ticket/7", { participants: [{ user_id: "1" }] }),
+      201,
+    );
+    await cursorsListed(dataDir);
+    // Nothing tells them from a user only tokens know, whom a mistyped id must not touch.
+    assertEquals(await api("DELETE", "/api/users/3"), 404);
+    assertEquals(await readersAt(url, "1", "room:general", open), ["1", "3"]);
+    assertEquals(await api("PUT", "/api/users/3", { username: "user3" }), 200);
+    assertEquals(await api("DELETE", "/api/users/3"), 204);
+    assertEquals(await readersAt(url, "1", "room:general", open), ["1"]);
+    assertEquals(await readersAt(url, "1", "ticket:7", open), []);
+    assertEquals(await cursorKeys(dataDir), ["room:general/1"]);
+  });
 });

@@ -56,6 +56,13 @@ export const KV_KEYS = {
    */
   readForgotten: (user: string, room?: string): Deno.KvKey =>
     room === undefined ? ["read_forgotten", user] : ["read_forgotten", user, room],
+  /**
+   * Present once every read cursor has its `readRoom` entry: versions before that list stored
+   * cursors without one, which `indexReadCursors` adds at a start.
+   */
+  readRoomsListed: ["read_rooms_listed"] as Deno.KvKey,
+  /** The last cursor key `indexReadCursors` is done with, so that a start after a crash resumes. */
+  readRoomsListing: ["read_rooms_listing"] as Deno.KvKey,
   /** The attachments of a message, so that retention, which drops it unread, deletes its files. */
   files: (room: string, seq: number): Deno.KvKey => ["files", room, seq],
   /** Prefix of a room's attachment records. */
@@ -142,6 +149,10 @@ const FORGET_BATCH = 100;
  * keeps a revocation, after which a server that has not heard of it never will through the log.
  */
 const READ_FORGOTTEN_MS = 15 * 60_000;
+/** Cursors one commit of `indexReadCursors` takes: four checks each, and the mark's, within 100. */
+const INDEX_BATCH = 24;
+/** Cursors `indexReadCursors` passes without a commit before it stores how far it came. */
+const INDEX_PROGRESS_EVERY = 1000;
 /** Records or deletions per commit while a room is checked (a record costs 2 of KV's 100 checks). */
 const RETENTION_BATCH = 40;
 /**
@@ -341,6 +352,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   #purgeRetry?: ReturnType<typeof setTimeout>;
   #resuming?: Promise<void>;
   #resumeAgain = false;
+  #indexing?: Promise<void>;
+  #indexRetry?: ReturnType<typeof setTimeout>;
   /** Rooms whose purge failed before its mark was stored. */
   #unmarked = new Set<string>();
   #closed = false;
@@ -1371,7 +1384,9 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     clearTimeout(this.#fileSweep);
     this.#fileSweep = undefined;
     clearTimeout(this.#purgeRetry);
+    clearTimeout(this.#indexRetry);
     await this.#resuming;
+    await this.#indexing;
     await this.#sweeping;
     await this.retained();
   }
@@ -1495,6 +1510,129 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       ...[...new Set(rooms ?? [])].map((room) => KV_KEYS.readForgotten(id, room)),
     ];
     await this.#commitBatched(keys, (op, key) => op.delete(key));
+  }
+
+  /**
+   * Once per KV (a server calls it when it starts): gives every read cursor that versions before
+   * the `readRoom` list stored its entry there, so that deleting the user finds it, and deletes
+   * the ones whose user `forgetReader` deleted meanwhile. A failure is logged and tried again.
+   */
+  indexReadCursors(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
+    this.#indexing ??= (async () => {
+      try {
+        const { indexed, deleted } = await this.#indexReadCursors();
+        if (indexed + deleted > 0) {
+          console.log(
+            `read cursors: listed ${indexed} stored by an older version in their users' rooms` +
+              (deleted > 0 ? `, deleted ${deleted} of users deleted since` : ""),
+          );
+        }
+      } catch (err) {
+        if (this.#closed) return;
+        console.error("read cursors: listing those an older version stored failed:", err);
+        // Later, as a failed purge is: what failed it (a KV outage, a full disk) may pass.
+        this.#indexRetry = setTimeout(() => this.indexReadCursors(), this.#purgeRetryMs);
+        Deno.unrefTimer(this.#indexRetry);
+      } finally {
+        this.#indexing = undefined;
+      }
+    })();
+    return this.#indexing;
+  }
+
+  /**
+   * The work of {@link indexReadCursors}, from where the last run stopped. Servers starting
+   * together each do it (every write is checked, so the same work twice is harmless); the first
+   * to finish stores the mark, which stops the others.
+   */
+  async #indexReadCursors(): Promise<{ indexed: number; deleted: number }> {
+    const counts = { indexed: 0, deleted: 0 };
+    const [mark, progress] = await this.#kv.getMany<[true, Deno.KvKey]>([
+      KV_KEYS.readRoomsListed,
+      KV_KEYS.readRoomsListing,
+    ]);
+    if (mark.versionstamp !== null) return counts;
+    const prefix = ["read"];
+    const cursors = this.#kv.list<Deno.KvU64>(
+      progress.value ? { prefix, start: progress.value } : { prefix },
+    );
+    let batch: Deno.KvKey[] = [];
+    let unsaved = 0;
+    // Resolves to true when another server finished the listing meanwhile.
+    const take = async () => {
+      unsaved += batch.length;
+      const { listed, saved } = await this.#indexCursors(
+        batch,
+        unsaved >= INDEX_PROGRESS_EVERY,
+        counts,
+      );
+      if (saved) unsaved = 0;
+      batch = [];
+      return listed;
+    };
+    for await (const e of cursors) {
+      if (this.#closed) throw new Error("The message store closed while it listed read cursors");
+      batch.push(e.key);
+      if (batch.length >= INDEX_BATCH && await take()) return counts;
+    }
+    if (batch.length > 0 && await take()) return counts;
+    await commitRetryingLocks(
+      this.#kv.atomic().set(KV_KEYS.readRoomsListed, true).delete(KV_KEYS.readRoomsListing),
+    );
+    return counts;
+  }
+
+  /**
+   * Lists the cursors at `keys` that have no `readRoom` entry, or deletes them where
+   * `forgetReader` refuses their user's marks (deleted, or taken out of the room, since), and
+   * stores how far the listing came when anything is written or `save`; `listed` when another
+   * server finished it meanwhile. Every write checks what it read, as marks and deletions go on.
+   */
+  async #indexCursors(
+    keys: Deno.KvKey[],
+    save: boolean,
+    counts: { indexed: number; deleted: number },
+  ): Promise<{ listed: boolean; saved: boolean }> {
+    for (let attempt = 1;; attempt++) {
+      const read = await getManyChunked<unknown>(this.#kv, [
+        KV_KEYS.readRoomsListed,
+        ...keys.flatMap((key) => {
+          const [room, user] = [String(key[1]), String(key[2])];
+          return [
+            key,
+            KV_KEYS.readRoom(user, room),
+            KV_KEYS.readForgotten(user),
+            KV_KEYS.readForgotten(user, room),
+          ];
+        }),
+      ]);
+      if (read[0].versionstamp !== null) return { listed: true, saved: false };
+      const op = this.#kv.atomic().check(read[0]);
+      let indexed = 0;
+      let deleted = 0;
+      for (let i = 1; i < read.length; i += 4) {
+        const [cursor, listed, gone, goneHere] = read.slice(i, i + 4);
+        if (cursor.versionstamp === null || listed.versionstamp !== null) continue;
+        op.check(cursor, listed, gone, goneHere);
+        if (gone.versionstamp !== null || goneHere.versionstamp !== null) {
+          op.delete(cursor.key);
+          deleted++;
+        } else {
+          op.set(listed.key, true);
+          indexed++;
+        }
+      }
+      if (indexed + deleted === 0 && !save) return { listed: false, saved: false };
+      op.set(KV_KEYS.readRoomsListing, keys[keys.length - 1]);
+      if ((await commitRetryingLocks(op)).ok) {
+        counts.indexed += indexed;
+        counts.deleted += deleted;
+        return { listed: false, saved: true };
+      }
+      if (attempt >= 100) throw new Error("Could not list read cursors: too much contention");
+      await new Promise((r) => setTimeout(r, Math.random() * Math.min(50, attempt * 2)));
+    }
   }
 
   /** Commits `add` for the items, `FORGET_BATCH` of them an operation. */

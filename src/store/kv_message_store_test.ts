@@ -1243,3 +1243,61 @@ Deno.test("KvMessageStore.append() writes messages and file records with an expi
 Deno.test("KvMessageStore.append() on a KV that is not Deno's SQLite writes messages and file records without an expiry", async () => {
   assertEquals(await keptExpiries(false), [-1, -1, -1]);
 });
+
+/** Every read cursor key as `room/user`, and every ["read_room"] entry the same way, sorted. */
+async function readKeys(kv: Deno.Kv): Promise<{ cursors: string[]; listed: string[] }> {
+  const cursors = (await Array.fromAsync(kv.list({ prefix: ["read"] })))
+    .map((e) => `${String(e.key[1])}/${String(e.key[2])}`).sort();
+  const listed = (await Array.fromAsync(kv.list({ prefix: ["read_room"] })))
+    .map((e) => `${String(e.key[2])}/${String(e.key[1])}`).sort();
+  return { cursors, listed };
+}
+
+/** Stores cursors (`room/user`) as versions before the ["read_room"] list did: without it. */
+async function olderCursors(kv: Deno.Kv, cursors: string[]): Promise<void> {
+  for (const cursor of cursors) {
+    const [room, user] = cursor.split("/");
+    await kv.set(KV_KEYS.read(room, user), new Deno.KvU64(1n));
+  }
+}
+
+Deno.test("KvMessageStore.indexReadCursors() lists the cursors an older version stored, deletes those of users deleted meanwhile, and runs once per KV", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv);
+  try {
+    await olderCursors(kv, ["a/1", "a/2", "b/2", "b/3", "c/3"]);
+    assertEquals(await store.markRead("c", 1, 1), 1);
+    // Deleted before the listing reached their cursors: forgetReader found none of them.
+    await store.forgetReader(2);
+    // Taken out of room b only.
+    await store.forgetReader(3, ["c"]);
+    await kv.set(KV_KEYS.readForgotten("3", "b"), true);
+    await store.indexReadCursors();
+    assertEquals(await readKeys(kv), { cursors: ["a/1", "c/1"], listed: ["a/1", "c/1"] });
+    // Once: a cursor without its entry after that is left as it is.
+    await olderCursors(kv, ["d/4"]);
+    await store.indexReadCursors();
+    assertEquals((await readKeys(kv)).listed, ["a/1", "c/1"]);
+    assertEquals((await kv.get(KV_KEYS.readRoomsListing)).value, null);
+  } finally {
+    await store.close();
+    kv.close();
+  }
+});
+
+Deno.test("KvMessageStore.indexReadCursors() resumes where a run cut short stopped; stores running it together list every cursor", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const users = Array.from({ length: 120 }, (_, i) => String(i).padStart(3, "0"));
+  await olderCursors(kv, users.map((user) => `r/${user}`));
+  // A run that was killed after the first 50.
+  await kv.set(KV_KEYS.readRoomsListing, KV_KEYS.read("r", "049"));
+  const stores = [new KvMessageStore(kv), new KvMessageStore(kv)];
+  try {
+    await Promise.all(stores.map((s) => s.indexReadCursors()));
+    assertEquals((await readKeys(kv)).listed, users.slice(49).map((user) => `r/${user}`));
+    assertEquals((await kv.get(KV_KEYS.readRoomsListed)).value, true);
+  } finally {
+    await Promise.all(stores.map((s) => s.close()));
+    kv.close();
+  }
+});
