@@ -834,6 +834,117 @@ Deno.test("socket.io ticket chat: paging back by the oldest message's createdAt 
   });
 });
 
+/**
+ * A data directory holding `ticket:<ticketId>`'s history as releases before 2026-11-24 stored
+ * it: the messages of one commit (`commits` says how many each stored) shared its time, and
+ * their ids named no millisecond.
+ */
+async function historyOfOlderRelease(
+  ticketId: string,
+  commits: number[],
+  body: (seq: number) => string,
+): Promise<string> {
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-older-history-" });
+  const kv = await Deno.openKv(`${dataDir}/chat.kv`);
+  const room = `ticket:${ticketId}`;
+  let seq = 0;
+  let at = Date.parse("2026-11-20T10:00:00.000Z");
+  for (const size of commits) {
+    at += 7;
+    for (let i = 0; i < size; i++) {
+      seq++;
+      const second = Math.floor(at / 1000).toString(16).padStart(8, "0");
+      await kv.set(["msg", room, seq], {
+        room,
+        seq,
+        id: `${second}a1b2c3d4e5${seq.toString(16).padStart(6, "0")}`,
+        sender: { id: "1", username: "ann" },
+        body: body(seq),
+        attachments: [],
+        createdAt: new Date(at).toISOString(),
+      });
+    }
+  }
+  await kv.set(["head", room], seq);
+  kv.close();
+  return dataDir;
+}
+
+/** Pages `ticketId` back by each page's oldest `createdAt` (as `time` gives it) to the end. */
+async function pagedByTime(
+  socket: ClientSocket,
+  ticketId: string,
+  limit: number | undefined,
+  time: (createdAt: string) => unknown,
+): Promise<string[]> {
+  const seen: string[] = [];
+  let before: unknown;
+  for (let pages = 1;; pages++) {
+    assert(pages <= 100, `paging never ends: ${seen}`);
+    const page = (await socket.timeout(5000).emitWithAck("get_messages", {
+      ticketId,
+      before,
+      limit,
+    })) as { messages: Payload[]; hasMore: boolean };
+    seen.unshift(...page.messages.map((m) => m.message as string));
+    if (!page.hasMore) return seen;
+    before = time(page.messages[0].createdAt as string);
+  }
+}
+
+Deno.test("socket.io ticket chat: history an older release stored, its commits' messages sharing one time, paged back by createdAt skips none", async () => {
+  const commits = [1, 5, 3, 7, 2, 1, 4, 6, 1];
+  const dataDir = await historyOfOlderRelease("34", commits, (seq) => `m${seq}`);
+  try {
+    await withChat(async (server, client) => {
+      const socket = await inTicket(server, client, "34");
+      const all = Array.from({ length: 30 }, (_, i) => `m${i + 1}`);
+      // In ms since 1970 (as Date.parse gives it) and as the ISO text itself.
+      assertEquals(await pagedByTime(socket, "34", 1, Date.parse), all);
+      assertEquals(await pagedByTime(socket, "34", 4, (t) => t), all);
+      // A page ends where its oldest time does: past `limit` only to keep one time whole.
+      const first = (await socket.timeout(5000).emitWithAck("get_messages", {
+        ticketId: "34",
+        limit: 2,
+      })) as { messages: Payload[] };
+      assertEquals(first.messages.map((m) => m.message), [
+        "m24",
+        "m25",
+        "m26",
+        "m27",
+        "m28",
+        "m29",
+        "m30",
+      ]);
+    }, { DATA_DIR: dataDir });
+  } finally {
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("socket.io ticket chat: a page of an older release's history cut to its byte budget ends where one time does", async () => {
+  // 9 KB rendered each against a budget of 32 KiB (a quarter of SLOW_CONSUMER_BYTES): three fit,
+  // and the newest three hold two of a commit of three.
+  const commits = [2, 2, 1, 3, 2];
+  const dataDir = await historyOfOlderRelease(
+    "35",
+    commits,
+    (seq) => `m${seq} `.padEnd(9_000, "x"),
+  );
+  try {
+    await withChat(async (server, client) => {
+      const socket = await inTicket(server, client, "35");
+      const seen = await pagedByTime(socket, "35", undefined, Date.parse);
+      assertEquals(
+        seen.map((m) => m.split(" ")[0]),
+        Array.from({ length: 10 }, (_, i) => `m${i + 1}`),
+      );
+    }, { SLOW_CONSUMER_BYTES: String(128 * 1024), DATA_DIR: dataDir });
+  } finally {
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
 Deno.test("socket.io ticket chat: a WebSocket peer that stops reading is closed as a slow consumer", async () => {
   const server = await startTestServer({
     RATE_LIMIT_PER_SECOND: "100000",

@@ -107,6 +107,8 @@ const connKey = (room: string, connId: string) => `${room}\u0000${connId}`;
 
 /** Most messages `seqOfId` reads after an id's second before it gives up. */
 const SEQ_OF_ID_SCAN = 2000;
+/** Messages `historyPageByTime` reads at a time past a page's oldest one that share its time. */
+const TIED_READ = 50;
 
 /**
  * Connections a restore writes back at once: the presence store commits the changes waiting
@@ -301,6 +303,30 @@ export class ChatService {
       messages: query.after !== undefined ? messages.slice(0, query.limit) : messages.slice(1),
       hasMore: true,
     };
+  }
+
+  /**
+   * One page as {@link historyPage} reads it back from `before`, extended past `limit` to the
+   * older messages that share its oldest one's time, so that a next page asked for before that
+   * time skips none. Messages stored before 2026-11-24 took their commit's time, so several may
+   * share one; a room's later times are each one message's, and a page of them costs no more.
+   */
+  async historyPageByTime(
+    room: string,
+    query: { before?: number; limit: number },
+  ): Promise<{ messages: Message[]; hasMore: boolean }> {
+    const read = await this.#deps.store.list(room, { ...query, limit: query.limit + 1 });
+    if (read.length <= query.limit) return { messages: read, hasMore: false };
+    const messages = read.slice(1);
+    let older = read.slice(0, 1);
+    for (;;) {
+      while (older.length > 0 && older.at(-1)!.createdAt === messages[0].createdAt) {
+        messages.unshift(older.pop()!);
+      }
+      if (older.length > 0) return { messages, hasMore: true };
+      older = await this.#deps.store.list(room, { before: messages[0].seq, limit: TIED_READ });
+      if (older.length === 0) return { messages, hasMore: false };
+    }
   }
 
   /**

@@ -219,6 +219,39 @@ Deno.test("ChatService.seqOfId: ids stored before ids named their millisecond (r
   }
 });
 
+Deno.test("ChatService.historyPageByTime: a page whose oldest message shares its time with older ones holds them all, past limit and across reads; one of distinct times is historyPage's, read no further", async () => {
+  const { kv, chat, stored, counted, close } = await storedRoom(130);
+  try {
+    for (const before of [undefined, 100, 3]) {
+      counted.read = 0;
+      assertEquals(
+        await chat.historyPageByTime("t", { before, limit: 4 }),
+        await chat.historyPage("t", { before, limit: 4 }),
+      );
+      // Both read the page and the one message before it.
+      assertEquals(counted.read, before === 3 ? 4 : 10);
+    }
+    // As releases before 2026-11-24 stored a commit's messages: seqs 2 to 121 at one time.
+    const at = stored[1].createdAt;
+    for (const m of stored.slice(1, 121)) {
+      await kv.set(KV_KEYS.message("t", m.seq), { ...m, createdAt: at });
+    }
+    const page = await chat.historyPageByTime("t", { before: 123, limit: 2 });
+    assertEquals(
+      [page.messages.map((m) => m.seq), page.hasMore],
+      [stored.slice(1, 122).map((m) => m.seq), true],
+    );
+    const last = await chat.historyPageByTime("t", { before: 100, limit: 1 });
+    assertEquals([last.messages.length, last.hasMore], [98, true]);
+    assertEquals(await chat.historyPageByTime("t", { before: 2, limit: 1 }), {
+      messages: [stored[0]],
+      hasMore: false,
+    });
+  } finally {
+    await close();
+  }
+});
+
 Deno.test("ChatService.seqOfId: an old-format id whose minute ended before the oldest kept message is dropped without a read of the messages; one the scan cannot reach is not taken for dropped", async () => {
   const { chat, stored, counted, close } = await storedRoom(2_100);
   try {

@@ -1210,7 +1210,8 @@ export function createSocketIoTicketChat(
           }
         }
         await sends;
-        const page = await ctx.chat.historyPage(room, { before, limit });
+        // Whatever cursor this page was asked by, the next may be its oldest message's time.
+        const page = await ctx.chat.historyPageByTime(room, { before, limit });
         // Signed in as someone else since the check: the page was read for the first user.
         if (!stillSignedInAs(socket, user)) {
           throw new ChatError("forbidden", SIO_ERRORS.accessDenied);
@@ -1226,7 +1227,14 @@ export function createSocketIoTicketChat(
           historyBudget(ctx.config.slowConsumerBytes),
           "newest",
         );
-        const messages = fitted.rendered;
+        let messages = fitted.rendered;
+        // Cut between messages of one time (see historyPageByTime), a next page by that time
+        // would skip the ones left out: those of it kept go too, unless they are all it holds.
+        const left = page.messages[page.messages.length - fitted.messages.length - 1];
+        if (left && left.createdAt === fitted.messages[0].createdAt) {
+          const from = fitted.messages.findIndex((m) => m.createdAt !== left.createdAt);
+          if (from > 0) messages = messages.slice(from);
+        }
         const hasMore = page.hasMore || fitted.cut;
         socket.emit("messages_loaded", { messages, ticketId: id, hasMore });
         ack?.({ messages, hasMore });
