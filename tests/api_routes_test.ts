@@ -832,6 +832,54 @@ Deno.test('admin API: a system message\'s client_id is its own, not that of a us
   }
 });
 
+Deno.test('admin API: a notice\'s client_id stored by an older release (under the sender "system") and sent again after the upgrade is answered with the original, not stored twice', async () => {
+  // What releases before c8d6588 stored for a notice with a client id, an hour ago.
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-older-notice-" });
+  const kv = await Deno.openKv(`${dataDir}/chat.kv`);
+  const at = Date.now() - 3600_000;
+  const second = Math.floor(at / 1000).toString(16).padStart(8, "0");
+  await kv.set(["msg", "ticket:1", 1], {
+    room: "ticket:1",
+    seq: 1,
+    id: `${second}a1b2c3d4e5000001`,
+    sender: null,
+    body: "maintenance tonight",
+    attachments: [],
+    createdAt: new Date(at).toISOString(),
+    clientId: "notice-42",
+  });
+  await kv.set(["idem", "ticket:1", "system", "notice-42"], 1, { expireIn: 23 * 3600_000 });
+  await kv.set(["head", "ticket:1"], 1);
+  kv.close();
+  const server = await startTestServer({ ADMIN_TOKEN, DATA_DIR: dataDir });
+  try {
+    const call = (method: string, path: string, json?: unknown) =>
+      fetch(`${server.url}${path}`, {
+        method,
+        headers: { authorization: `Bearer ${ADMIN_TOKEN}`, "content-type": "application/json" },
+        body: json === undefined ? undefined : JSON.stringify(json),
+      }).then(async (r) => [r.status, await r.json()] as const);
+    const notice = { body: "maintenance tonight", client_id: "notice-42" };
+    const [status, again] = await call("POST", "/api/rooms/ticket/1/messages", notice);
+    assertEquals([status, again.seq, again.sender], [200, 1, null]);
+    const [, list] = await call("GET", "/api/rooms/ticket/1/messages");
+    assertEquals(list.messages.length, 1);
+    // Another client id is a message of its own, and its resend is found under its new key.
+    const [first, other] = await call("POST", "/api/rooms/ticket/1/messages", {
+      body: "done",
+      client_id: "notice-43",
+    });
+    const [second, same] = await call("POST", "/api/rooms/ticket/1/messages", {
+      body: "done",
+      client_id: "notice-43",
+    });
+    assertEquals([first, other.seq, second, same.seq], [201, 2, 200, 2]);
+  } finally {
+    await server.close();
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
 Deno.test("healthz says so while the media directory takes no files, and recovers; an unreadable file is 503, not 404; files a crash left half written are swept at start", async () => {
   const media = await Deno.makeTempDir({ prefix: "chat-media-" });
   // A write a crash cut short two hours ago, and one another instance may still be making.

@@ -234,6 +234,16 @@ const senderKey = (draft: MessageDraft): string | boolean =>
   draft.sender === null ? true : String(draft.sender.id);
 
 /**
+ * The key a system message's client id had before it took `senderKey`'s boolean (releases
+ * before c8d6588), and still the key of the user whose id is "system": it counts for a notice
+ * only when the message it names is a system message of that client id (see `#commit`).
+ */
+const oldNoticeKey = (room: string, draft: MessageDraft): Deno.KvKey | null =>
+  draft.sender === null && draft.clientId
+    ? KV_KEYS.idempotency(room, "system", draft.clientId)
+    : null;
+
+/**
  * Upper bound of the bytes KV encodes a key's string part in: its UTF-8, a NUL escaped as two
  * bytes, a lone surrogate replaced by U+FFFD (three bytes; a pair, four, counts six).
  */
@@ -646,6 +656,32 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     return stale;
   }
 
+  /**
+   * Adds to `known`, under the key notices have now, the client ids found under their old key
+   * (`oldNoticeKey`; `oldEntries`) that name a kept system message of that client id, not of a
+   * deleted life of the room (`stale`): a notice sent before an upgrade and again after it is
+   * answered with its first message. Reads nothing when no old key is found. One whose message
+   * retention dropped is stored anew, as the user "system"'s message may have held that key.
+   */
+  async #oldNoticeIds(
+    oldEntries: Deno.KvEntryMaybe<number>[],
+    stale: Map<string, unknown>,
+    known: Map<string, number>,
+  ): Promise<void> {
+    const found = oldEntries.filter((e) => e.value !== null && !stale.has(JSON.stringify(e.key)));
+    if (found.length === 0) return;
+    const messages = await getManyChunked<Message>(
+      this.#kv,
+      found.map((e) => KV_KEYS.message(String(e.key[1]), e.value!)),
+    );
+    for (const { value: m } of messages) {
+      // The user "system"'s own message under the same key is not the notice's.
+      if (!m || m.sender !== null || m.clientId === undefined) continue;
+      const text = JSON.stringify(KV_KEYS.idempotency(m.room, true, m.clientId));
+      if (!known.has(text)) known.set(text, m.seq);
+    }
+  }
+
   /** Commits a batch as the one in flight, which a room's check waits out. */
   #tracked(batch: PendingAppend[]): Promise<Outcome[]> {
     const commit = this.#commit(batch);
@@ -664,6 +700,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       p.draft.clientId ? KV_KEYS.idempotency(p.room, senderKey(p.draft), p.draft.clientId) : null
     );
     const idemTexts = idemKeys.map((k) => k ? JSON.stringify(k) : "");
+    // Read as well for notices only, so a user's send reads nothing more.
+    const oldKeys = batch.map((p) => oldNoticeKey(p.room, p.draft));
     /** The ids the first attempt checked, to tell whether its failure was one of them. */
     let checkedFirst: Set<string> | undefined;
     /** Per room, the head's seq and its message's time the last attempt held (see below). */
@@ -722,12 +760,18 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       const lastKeys = unknown.flatMap((r, i) =>
         knownAt[i] === undefined ? [KV_KEYS.message(r, lastSeqs[i])] : []
       );
+      const readIdem = idemKeys.filter((k, i): k is Deno.KvKey =>
+        k !== null && !checked.has(idemTexts[i])
+      );
       const read = await getManyChunked<unknown>(this.#kv, [
         ...lastKeys,
-        ...idemKeys.filter((k, i): k is Deno.KvKey => k !== null && !checked.has(idemTexts[i])),
+        ...readIdem,
+        ...oldKeys.filter((k) => k !== null),
       ]);
       const lastMessages = read.slice(0, lastKeys.length) as Deno.KvEntryMaybe<Message>[];
-      const idemEntries = read.slice(lastKeys.length) as Deno.KvEntryMaybe<number>[];
+      const idemEnd = lastKeys.length + readIdem.length;
+      const idemEntries = read.slice(lastKeys.length, idemEnd) as Deno.KvEntryMaybe<number>[];
+      const oldEntries = read.slice(idemEnd) as Deno.KvEntryMaybe<number>[];
       let nextLast = 0;
       const fresh = new Map(unknown.map((r, i): [string, HeldHead] => [r, {
         entry: readHeads[2 * i] as Deno.KvEntryMaybe<number>,
@@ -746,8 +790,9 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       for (const entry of idemEntries) {
         if (entry.value !== null) known.set(JSON.stringify(entry.key), entry.value);
       }
-      const stale = await this.#staleIds(idemEntries, generations);
+      const stale = await this.#staleIds([...idemEntries, ...oldEntries], generations);
       for (const text of stale.keys()) known.delete(text);
+      await this.#oldNoticeIds(oldEntries, stale, known);
       if (attempt === 0) checkedFirst = checked;
       else if (checkedFirst && [...checkedFirst].some((text) => known.has(text))) {
         this.#idemChecksOffUntil = performance.now() + IDEM_CHECKS_OFF_MS;
