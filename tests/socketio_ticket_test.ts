@@ -1450,17 +1450,21 @@ Deno.test("socket.io ticket chat: 45 sends emitted while offline, sent before th
 
 /**
  * User 2 in ticket 9, and user 1's socket over WebSocket (the README's advice across processes;
- * under Deno the default transports go WebSocket first) with the document's connect handler
- * (authenticate on every connect, then rejoin), in ticket 9 and then cut off: the server loses the
- * transport and socket.io-client reconnects, sending what is emitted now first thing, before the
- * handler's `authenticate`. `errors` collects user 1's `send_message_error`s.
+ * under Deno the default transports go WebSocket first), or over `transports`, with the document's
+ * connect handler (authenticate on every connect, then rejoin), in ticket 9 and then cut off: the
+ * server loses the transport and socket.io-client reconnects, sending what is emitted now first
+ * thing, before the handler's `authenticate`. `errors` collects user 1's `send_message_error`s.
  */
-async function cutOffInTicket(server: TestServer, client: (o?: object) => ClientSocket) {
+async function cutOffInTicket(
+  server: TestServer,
+  client: (o?: object) => ClientSocket,
+  transports = ["websocket"],
+) {
   const other = client({ transports: ["websocket"] });
   await authenticated(other, await server.token({ sub: "2", rooms: ["ticket:9"] }));
   await joined(other, "9");
   const token = await server.token({ sub: "1", rooms: ["ticket:9"] });
-  const socket = client({ transports: ["websocket"] });
+  const socket = client({ transports });
   const errors: unknown[] = [];
   socket.on("send_message_error", (m: Payload) => errors.push(m.message));
   socket.on("connect", () => socket.emit("authenticate", { token }));
@@ -1537,16 +1541,17 @@ Deno.test("socket.io ticket chat: a large event from a WebSocket client that nev
 const photo = (n: number) => new Uint8Array(200_000).map((_, i) => (i + n) % 251);
 
 /**
- * Has user 1's socket (the document's connect handler: authenticate, then rejoin ticket 9) lose
- * its transport, emits what `emitWhileOffline` emits meanwhile (sent first thing on the
- * reconnect, before the `authenticate`), and checks that user 2 gets `expected`, each acked.
+ * Has user 1's socket (the document's connect handler: authenticate, then rejoin ticket 9) over
+ * `transports` lose its transport, emits what `emitWhileOffline` emits meanwhile (sent first thing
+ * on the reconnect, before the `authenticate`), and checks that user 2 gets `expected`, each acked.
  */
 async function sentWhileOffline(
   emitWhileOffline: (socket: ClientSocket) => Promise<unknown>[],
   expected: string[],
+  transports = ["websocket"],
 ) {
   await withChat(async (server, client) => {
-    const { other, socket, errors } = await cutOffInTicket(server, client);
+    const { other, socket, errors } = await cutOffInTicket(server, client, transports);
     const got: string[] = [];
     other.on("new_message", (m: { data: Payload }) => got.push(m.data.message as string));
     const acks = await Promise.all(
@@ -1607,6 +1612,22 @@ Deno.test("socket.io ticket chat: one message with two binary photos (a frame ea
       attachments: [1, 2].map((n) => ({ name: `p${n}.jpg`, type: "image/jpeg", data: photo(n) })),
     }),
   ], ["two binary photos"]);
+});
+
+Deno.test("socket.io ticket chat: four messages typed while offline over polling, a typing_start for every key pressed, are all stored: socket.io-client sends them in one POST of over 1,000 packets", async () => {
+  const texts = [1, 2, 3, 4].map((n) => `message ${n} `.padEnd(260, "typed offline "));
+  await sentWhileOffline(
+    (socket) =>
+      texts.map((message) => {
+        // The document's page: typing_start on every input event.
+        for (let key = 0; key < message.length; key++) {
+          socket.emit("typing_start", { ticketId: "9" });
+        }
+        return socket.timeout(8000).emitWithAck("send_message", { ticketId: "9", message });
+      }),
+    texts,
+    ["polling"],
+  );
 });
 
 /**
