@@ -1,6 +1,6 @@
 /** The Socket.IO ticket chat (shared/specs/socketio-ticket-chat.md) with the official client. */
 
-import { MAX_FILES_PER_MESSAGE } from "../src/core/chat_service.ts";
+import { UNAUTHENTICATED_LARGE_MESSAGES } from "../src/dialects/socketio_ticket/socketio_ticket.ts";
 import { io as connect, type Socket as ClientSocket } from "socket.io-client";
 import type { AppOverrides } from "../main.ts";
 import { directoryWith } from "./api_helpers.ts";
@@ -445,7 +445,7 @@ Deno.test("socket.io ticket chat: an event over the size limit is answered on se
   }, { MAX_FILE_BYTES: "2048" });
 });
 
-Deno.test("socket.io ticket chat: a large event before authenticating ends the session, one past as many as a message's files at once; after it, over either way to WebSocket, the same event is stored", async () => {
+Deno.test("socket.io ticket chat: a large event before authenticating ends the session, one past UNAUTHENTICATED_LARGE_MESSAGES at once; after it, over either way to WebSocket, the same event is stored", async () => {
   await withChat(async (server, client) => {
     const big = [{ name: "big.bin", data: new Uint8Array(100_000) }];
     const stranger = client({ transports: ["websocket"] });
@@ -459,15 +459,15 @@ Deno.test("socket.io ticket chat: a large event before authenticating ends the s
     assertEquals(await acked, { error: "User not authenticated" });
     assertEquals(await disconnected, "transport close");
     stranger.disconnect();
-    // As many as a message's files (one frame each, sent as bytes) wait for an authenticate; one
-    // more ends the session at once. One named like a property every object has is no event with
-    // an error event of its own: only its ack is answered (a packet naming no event was a parse
-    // error to the client).
+    // UNAUTHENTICATED_LARGE_MESSAGES (a frame each) wait for an authenticate; one more ends the
+    // session at once. One named like a property every object has is no event with an error event
+    // of its own: only its ack is answered (a packet naming no event was a parse error to the
+    // client).
     const odd = client({ transports: ["websocket"] });
     await next(odd, "connect");
     const oddEnd = next<string>(odd, "disconnect");
     const started = performance.now();
-    for (let i = 0; i < MAX_FILES_PER_MESSAGE; i++) {
+    for (let i = 0; i < UNAUTHENTICATED_LARGE_MESSAGES; i++) {
       odd.emit("send_message", { ticketId: "8", attachments: big });
     }
     const oddAck = odd.timeout(3000).emitWithAck("constructor", { attachments: big });
@@ -1612,6 +1612,21 @@ Deno.test("socket.io ticket chat: one message with two binary photos (a frame ea
       attachments: [1, 2].map((n) => ({ name: `p${n}.jpg`, type: "image/jpeg", data: photo(n) })),
     }),
   ], ["two binary photos"]);
+});
+
+Deno.test("socket.io ticket chat: eleven messages with a photo each, emitted while offline, are all stored after a WebSocket reconnect: more large frames before sign-in than a message has files", async () => {
+  const messages = Array.from({ length: 11 }, (_, n) => `photo ${n + 1}`);
+  await sentWhileOffline(
+    (socket) =>
+      messages.map((message, n) =>
+        socket.timeout(8000).emitWithAck("send_message", {
+          ticketId: "9",
+          message,
+          attachments: [{ name: `p${n}.jpg`, type: "image/jpeg", data: photo(n).toBase64() }],
+        })
+      ),
+    messages,
+  );
 });
 
 Deno.test("socket.io ticket chat: four messages typed while offline over polling, a typing_start for every key pressed, are all stored: socket.io-client sends them in one POST of over 1,000 packets", async () => {

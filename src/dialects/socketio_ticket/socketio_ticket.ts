@@ -14,7 +14,7 @@ import {
   rateLimited,
   roomDeleted,
 } from "../../core/errors.ts";
-import { MAX_FILES_PER_MESSAGE, type QueuedSend } from "../../core/chat_service.ts";
+import type { QueuedSend } from "../../core/chat_service.ts";
 import { failureLog } from "../../core/failure_log.ts";
 import { type RateVerdict, TYPING_REPEAT_MS } from "../../core/rate_limiter.ts";
 import { isValidRoomId, MAX_ROOMS_PER_SOCKET, roomKey } from "../../core/rooms.ts";
@@ -447,6 +447,14 @@ const MAX_TYPING_OUTSIDE = 100;
 /** Largest WebSocket message of a session whose client has not authenticated (64 KiB). */
 export const UNAUTHENTICATED_MAX_BYTES = 64 * 1024;
 
+/**
+ * Messages past {@link UNAUTHENTICATED_MAX_BYTES} a session takes before it signs in: a photo a
+ * message, or a file a frame, emitted while offline and sent before the `authenticate`. The bytes
+ * they hold, all sessions' together, are bounded by `unsignedPostBytes`; a bound of 10, one
+ * message's files, lost all of a user's eleven photos written offline.
+ */
+export const UNAUTHENTICATED_LARGE_MESSAGES = 100;
+
 /** What a socket in a ticket that was deleted is told, on `join_ticket_error`. */
 const TICKET_DELETED = "This ticket no longer exists";
 
@@ -476,13 +484,13 @@ export function createSocketIoTicketChat(
     // token): Deno keeps a socket's read buffer as large as the largest message it read, so one
     // big frame from a client without a token would hold that memory as long as it stays.
     initialMaxPayload: UNAUTHENTICATED_MAX_BYTES,
-    // Except a few messages of the size a polling POST may have before sign-in, as long as
+    // Except messages of the size a polling POST may have before sign-in, as long as
     // `unsignedPostBytes` holds them: socket.io-client sends what was emitted while offline (a
     // photo each, or a message's binary files, one frame each) before its `connect` handler
     // authenticates. They wait for an `authenticate` as other early events do; with none in time,
-    // the session ends (see `largeBeforeSignIn`), and one more ends it at once.
+    // the session ends (see `largeBeforeSignIn`), and one past the count ends it at once.
     initialLargePayload: maxFrameSize(ctx.config),
-    initialLargeMessages: MAX_FILES_PER_MESSAGE,
+    initialLargeMessages: UNAUTHENTICATED_LARGE_MESSAGES,
     initialLargeTaken(conn) {
       const socket = sockets.get(conn);
       // Before its CONNECT was taken: socket.io-client holds its emits until it is connected.
