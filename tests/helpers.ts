@@ -420,9 +420,14 @@ export function reverseProxy(port: number, options: ReverseProxyOptions = {}) {
 
 /**
  * A TCP proxy to `port` that passes the server's bytes to the client at `bytesPerSecond` (the
- * other way unthrottled): a client on a modest link that reads steadily.
+ * other way unthrottled): a client on a modest link that reads steadily. With `direction` `up`,
+ * the client's bytes to the server instead: a client on a slow uplink.
  */
-export function throttledLink(port: number, bytesPerSecond: number) {
+export function throttledLink(
+  port: number,
+  bytesPerSecond: number,
+  direction: "down" | "up" = "down",
+) {
   return tcpProxy(port, async (from, to, toClient) => {
     const buf = new Uint8Array(16 * 1024);
     try {
@@ -430,7 +435,9 @@ export function throttledLink(port: number, bytesPerSecond: number) {
         const n = await from.read(buf);
         if (n === null) break;
         for (let off = 0; off < n;) off += await to.write(buf.subarray(off, n));
-        if (toClient) await new Promise((r) => setTimeout(r, (n / bytesPerSecond) * 1000));
+        if (toClient === (direction === "down")) {
+          await new Promise((r) => setTimeout(r, (n / bytesPerSecond) * 1000));
+        }
       }
     } catch {
       // Closed under the read or write.

@@ -15,6 +15,7 @@ import {
   storeMessages,
   TestClient,
   type TestServer,
+  throttledLink,
 } from "./helpers.ts";
 
 type Payload = Record<string, unknown>;
@@ -1286,6 +1287,73 @@ Deno.test("socket.io ticket chat: an event sent while offline waits for an authe
     {},
     slowDirectory(() => slow ? 2500 : 0),
   );
+});
+
+Deno.test("socket.io ticket chat: on a 256 kbit/s uplink, six messages typed while offline (a typing_start per character) are all stored, though their buffer takes over 2 s to arrive before the authenticate", async () => {
+  await withChat(async (server) => {
+    // A Mongo id, as the document's tickets have: the buffer's 1,500 typing_start frames come to
+    // about 100 KB, some 3 s at this rate.
+    const ticketId = "64a1f0c2e4b0a1b2c3d4e5f6";
+    const token = await server.token({ sub: "1", rooms: [`ticket:${ticketId}`] });
+    const link = throttledLink(server.port, 32_000, "up");
+    const page = connect(`http://127.0.0.1:${link.port}`, {
+      forceNew: true,
+      autoConnect: false,
+      reconnection: false,
+      transports: ["websocket"],
+    });
+    try {
+      const errors: unknown[] = [];
+      page.on("send_message_error", (m: Payload) => errors.push(m.message));
+      page.on("connect", () => page.emit("authenticate", { token }));
+      // The document's page while offline: typing_start on every input event, then the send.
+      const acks: Promise<unknown>[] = [];
+      for (let i = 0; i < 6; i++) {
+        for (let c = 0; c < 250; c++) page.emit("typing_start", { ticketId });
+        acks.push(
+          page.timeout(15_000).emitWithAck("send_message", { ticketId, message: `m${i}` })
+            .then((answer: Payload) => answer.error ?? answer.message, String),
+        );
+      }
+      page.emit("typing_stop", { ticketId });
+      page.connect();
+      const expected = [0, 1, 2, 3, 4, 5].map((i) => `m${i}`);
+      assertEquals({ acks: await Promise.all(acks), errors }, { acks: expected, errors: [] });
+      const stored = await server.app.context.chat.historyPage(`ticket:${ticketId}`, {
+        limit: 100,
+      });
+      assertEquals(stored.messages.map((m) => m.body), expected);
+    } finally {
+      page.disconnect();
+      await link.close();
+    }
+    // The default ping times: the client's pong waits behind its buffer on the uplink too.
+  }, { SOCKETIO_PING_INTERVAL_MS: "25000", SOCKETIO_PING_TIMEOUT_MS: "20000" });
+});
+
+Deno.test("socket.io ticket chat: a client without a token that keeps sending events holds its early ones no longer than SOCKETIO_AUTH_TIMEOUT_MS: then its session is closed and nothing stored", async () => {
+  await withChat(async (server, client) => {
+    const stranger = client({ autoConnect: false, reconnection: false, transports: ["websocket"] });
+    let answered = false;
+    stranger.emit("send_message", { ticketId: "9", message: "never signed in" }, () => {
+      answered = true;
+    });
+    const ended = next<string>(stranger, "disconnect", 8000);
+    const started = performance.now();
+    stranger.connect();
+    // Never 2 s apart, so the wait for an authenticate never lapses of itself.
+    const trickle = setInterval(() => stranger.emit("typing_start", { ticketId: "9" }), 500);
+    try {
+      assertEquals(await ended, "transport close");
+    } finally {
+      clearInterval(trickle);
+    }
+    const after = performance.now() - started;
+    assert(after >= 2500 && after < 5000, `closed after ${after} ms`);
+    await delay(200);
+    const stored = await server.app.context.chat.historyPage("ticket:9", { limit: 100 });
+    assertEquals({ stored: stored.messages.length, answered }, { stored: 0, answered: false });
+  }, { SOCKETIO_AUTH_TIMEOUT_MS: "3000" });
 });
 
 /**

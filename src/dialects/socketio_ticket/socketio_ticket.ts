@@ -214,13 +214,20 @@ interface SocketState {
   /** The `authenticate` being handled: events after it wait for it, as they were sent after it. */
   authenticating?: Promise<void>;
   /** Events sent before any `authenticate` wait for one (see `PRE_AUTH_WAIT_MS`) on this. */
-  early?: { promise: Promise<void>; release: () => void; hold: () => void };
+  early?: {
+    promise: Promise<void>;
+    release: () => void;
+    hold: () => void;
+    heard: () => void;
+  };
 }
 
 /**
- * How long events sent before any `authenticate` wait for one: socket.io-client sends what was
- * emitted while it was offline as soon as it connects, before its `connect` handler (the
- * document's) emits `authenticate`.
+ * How long events sent before any `authenticate` wait for one after the last event the socket
+ * received: socket.io-client sends what was emitted while it was offline as soon as it connects,
+ * before its `connect` handler (the document's) emits `authenticate`, and on a slow uplink that
+ * buffer alone may take longer than this to arrive. In all they wait at most until
+ * `SOCKETIO_AUTH_TIMEOUT_MS` closes a connection still not signed in.
  */
 const PRE_AUTH_WAIT_MS = 2000;
 
@@ -228,7 +235,10 @@ const PRE_AUTH_WAIT_MS = 2000;
 function awaitAuthenticate(s: SocketState): Promise<void> {
   if (s.early) return s.early.promise;
   const { promise, resolve } = Promise.withResolvers<void>();
-  const timer = setTimeout(() => early.release(), PRE_AUTH_WAIT_MS);
+  let timer: ReturnType<typeof setTimeout> | undefined = setTimeout(
+    () => early.release(),
+    PRE_AUTH_WAIT_MS,
+  );
   const early = {
     promise,
     release: () => {
@@ -237,7 +247,16 @@ function awaitAuthenticate(s: SocketState): Promise<void> {
       resolve();
     },
     // An `authenticate` came: they wait for it, however long its check takes.
-    hold: () => clearTimeout(timer),
+    hold: () => {
+      clearTimeout(timer);
+      timer = undefined;
+    },
+    // The client is still sending what it held, its `authenticate` behind it: counted anew.
+    heard: () => {
+      if (timer === undefined) return;
+      clearTimeout(timer);
+      timer = setTimeout(() => early.release(), PRE_AUTH_WAIT_MS);
+    },
   };
   s.early = early;
   return promise;
@@ -478,7 +497,7 @@ export function createSocketIoTicketChat(
     // session's first (below), hold at most two files' frames: a client queues its emits while
     // offline and may send them with its `authenticate`, but thousands of clients without a token
     // sending files would otherwise hold gigabytes. (Each session's first is bounded by the
-    // sessions not signed in, SOCKETIO_MAX_UNAUTHENTICATED, and the 2 s wait.)
+    // sessions not signed in, SOCKETIO_MAX_UNAUTHENTICATED, and their wait: `PRE_AUTH_WAIT_MS`.)
     unsignedPostBytes: 2 * maxFrameSize(ctx.config),
     // Until the client has authenticated, nothing it may send is large (`authenticate` carries a
     // token): Deno keeps a socket's read buffer as large as the largest message it read, so one
@@ -835,6 +854,8 @@ export function createSocketIoTicketChat(
       // Past a refused event nothing more is taken: the session ends once the ones before it are
       // answered.
       if (s.ending) return;
+      // Any event, even one dropped below, says the client's buffer is still arriving.
+      s.early?.heard();
       // An event holds its arguments until answered: a flood of files waits in memory whole.
       // Refused like a frame past the bound on a WebSocket: the events before it are answered,
       // then the session ends (the client reconnects, as after a packet over the size limit).
