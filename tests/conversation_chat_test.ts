@@ -199,6 +199,29 @@ Deno.test("conversation chat: a held key (typing ~30/s, past the rate limit) cos
   }
 });
 
+Deno.test("conversation chat: typing takes none of the messages' tokens: messages written offline with a pause to think in each, sent behind their typing starts and stops, are all taken", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await join(server, 2, talker);
+    // What a client back online sends at once: a start and a stop around each of 10 pauses in
+    // each of 5 messages, 100 typing frames in all, past the burst (40), then the messages.
+    for (let i = 0; i < 5; i++) {
+      for (let p = 0; p < 10; p++) {
+        a.send({ type: "typing", is_typing: true });
+        a.send({ type: "typing", is_typing: false });
+      }
+      a.send({ type: "chat_message", message: `m${i}` });
+    }
+    const got = [];
+    for (let i = 0; i < 5; i++) got.push((await a.next((f) => f.content !== undefined)).content);
+    assertEquals(got, ["m0", "m1", "m2", "m3", "m4"]);
+    await a.nothing((f) => f.type === "error");
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("conversation chat: a typing stop after a start that was taken still goes when the socket's messages have used up its rate, so the others do not see the user typing until the timeout", async () => {
   const server = await startTestServer({
     RATE_LIMIT_PER_SECOND: "5",

@@ -998,6 +998,30 @@ Deno.test("native: errors come with codes; bad token 4001; no access is an error
   }
 });
 
+Deno.test("native: typing takes none of the sends' tokens: messages written offline with a pause to think in each, sent behind their typing starts and stops, are all taken", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await connect(server);
+    await join(a, "ticket:1");
+    // What a client back online sends at once: a start and a stop around each of 10 pauses in
+    // each of 5 messages, 100 typing frames in all, past the burst (40), then the messages.
+    for (let i = 0; i < 5; i++) {
+      for (let p = 0; p < 10; p++) {
+        a.send({ type: "typing", room: "ticket:1" });
+        a.send({ type: "typing", room: "ticket:1", is_typing: false });
+      }
+      a.send({ type: "send", room: "ticket:1", body: `m${i}`, ref: i });
+    }
+    const answers = [];
+    for (let i = 0; i < 5; i++) answers.push((await a.next((f) => f.ref === i)).type);
+    assertEquals(answers, ["ack", "ack", "ack", "ack", "ack"]);
+    await a.nothing((f) => f.type === "error");
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("native: a held key (typing ~30/s) costs no errors and no tokens: the send right after is taken", async () => {
   const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
   try {

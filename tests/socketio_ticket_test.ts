@@ -1516,6 +1516,34 @@ Deno.test("socket.io ticket chat: 45 sends emitted while offline, sent before th
   });
 });
 
+Deno.test("socket.io ticket chat: ten messages written while offline with a pause to think in each are all stored: the typing starts and stops sent ahead of them take none of the sends' burst", async () => {
+  await withChat(async (server, client) => {
+    const token = await server.token({ sub: "1", rooms: ["ticket:9"] });
+    const page = client({ autoConnect: false, reconnection: false, transports: ["websocket"] });
+    const errors: unknown[] = [];
+    page.on("send_message_error", (m: Payload) => errors.push(m.message));
+    page.on("connect", () => page.emit("authenticate", { token }));
+    // The document's page, buffered while offline: typing_start on every input event, the
+    // debounced typing_stop after the pause and after the send, 5 typing events per message and
+    // 50 in all, past the burst (40) before the last sends.
+    const acks: Promise<unknown>[] = [];
+    for (let i = 0; i < 10; i++) {
+      for (let c = 0; c < 40; c++) page.emit("typing_start", { ticketId: "9" });
+      page.emit("typing_stop", { ticketId: "9" });
+      for (let c = 0; c < 40; c++) page.emit("typing_start", { ticketId: "9" });
+      acks.push(
+        page.timeout(8000).emitWithAck("send_message", { ticketId: "9", message: `m${i}` })
+          .then((answer: Payload) => answer.error ?? answer.message, String),
+      );
+      page.emit("typing_stop", { ticketId: "9" });
+    }
+    page.connect();
+    const expected = [...Array(10).keys()].map((i) => `m${i}`);
+    assertEquals({ acks: await Promise.all(acks), errors }, { acks: expected, errors: [] });
+    assert(page.connected);
+  });
+});
+
 /**
  * User 2 in ticket 9, and user 1's socket over WebSocket (the README's advice across processes;
  * under Deno the default transports go WebSocket first), or over `transports`, with the document's

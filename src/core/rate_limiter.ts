@@ -141,6 +141,11 @@ export class RateLimiter {
   #limits: RateLimits;
   #conns: TokenBuckets<Bucket>;
   #users: TokenBuckets<Bucket>;
+  // Typing has buckets of its own: clients send it ahead of their messages (a start per
+  // keystroke, a stop after each pause, a whole offline buffer of them on reconnect), and from the
+  // same buckets it used up the burst the messages behind it needed.
+  #typingConns: TokenBuckets;
+  #typingUsers: TokenBuckets;
   #now: () => number;
 
   /** Uses `limits`; `now` is injectable for tests. */
@@ -149,11 +154,14 @@ export class RateLimiter {
     this.#now = now;
     this.#conns = new TokenBuckets(limits.perConnection, limits.perConnection * 2, strikeBucket);
     this.#users = new TokenBuckets(limits.perUser, limits.perUser * 2, strikeBucket);
+    const bucket = (tokens: number, at: number) => ({ tokens, at });
+    this.#typingConns = new TokenBuckets(limits.perConnection, limits.perConnection * 2, bucket);
+    this.#typingUsers = new TokenBuckets(limits.perUser, limits.perUser * 2, bucket);
   }
 
-  /** Buckets held, connections' and users' together (what the sweep's test checks). */
+  /** Buckets held, connections' and users' together, typing's too (what the sweep's test checks). */
   get size(): number {
-    return this.#conns.size + this.#users.size;
+    return this.#conns.size + this.#users.size + this.#typingConns.size + this.#typingUsers.size;
   }
 
   /**
@@ -172,6 +180,21 @@ export class RateLimiter {
     }
     if (strike) conn.strikes++;
     return conn.strikes > this.#limits.perConnection * 2 ? "close" : "limited";
+  }
+
+  /**
+   * Takes a token for one typing frame of `connId` (owned by `user`) from buckets of its own, of
+   * the same rates as the other frames', so that typing never takes what a message needs; true
+   * when taken. A refusal is never a strike: the caller drops the frame at no cost.
+   */
+  typing(user: string | number, connId: string): boolean {
+    const now = this.#now();
+    const conn = this.#typingConns.get(connId, now);
+    const owner = this.#typingUsers.get(String(user), now);
+    if (conn.tokens < 1 || owner.tokens < 1) return false;
+    conn.tokens -= 1;
+    owner.tokens -= 1;
+    return true;
   }
 
   /**
@@ -208,8 +231,9 @@ export class RateLimiter {
     return conn.strikes > this.#limits.perConnection * 2 ? "close" : "limited";
   }
 
-  /** Drops a closed connection's bucket. */
+  /** Drops a closed connection's buckets. */
   forget(connId: string): void {
     this.#conns.delete(connId);
+    this.#typingConns.delete(connId);
   }
 }

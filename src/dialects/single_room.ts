@@ -313,28 +313,30 @@ class RoomSocket implements SocketHandler {
   /**
    * Counts a frame against the rate limits as it arrives (see `SocketHandler.admit`), typing
    * frames apart: the documents send one on every keystroke, and a held key repeats faster than
-   * the limit. A start repeated within `TYPING_REPEAT_MS` is dropped without a token; a
-   * stop after a start that was taken always goes (the others would see the user typing until
-   * the typing timeout). A typing frame refused is dropped without an error (`message`).
+   * the limit. Typing takes from buckets of its own (`RateLimiter.typing`), never a token a
+   * message needs nor a strike: a client sends a start and a stop around every pause, and one back
+   * online sends its messages behind them. A start repeated within `TYPING_REPEAT_MS` is dropped
+   * without a token; a stop after a start that was taken always goes (the others would see the
+   * user typing until the typing timeout). A typing frame refused is dropped without an error
+   * (`message`).
    */
   admit(_conn: Connection, text: string): RateVerdict {
     const session = this.#session;
     if (!session) return "ok";
     const limiter = this.#ctx.limiter;
     const typing = this.#typingOf(text);
-    if (typing === undefined || (!typing && !this.#typing.typing(""))) {
-      return limiter.take(session.user.id, session.connId);
-    }
+    if (typing === undefined) return limiter.take(session.user.id, session.connId);
     if (!typing) {
+      const taken = limiter.typing(session.user.id, session.connId);
+      if (!this.#typing.typing("")) return taken ? "ok" : "limited";
       this.#typing.stopped("");
-      limiter.take(session.user.id, session.connId, false);
       return "ok";
     }
     const now = performance.now();
     if (this.#typing.repeats("", now)) return "limited";
-    const verdict = limiter.take(session.user.id, session.connId);
-    if (verdict === "ok") this.#typing.started("", now);
-    return verdict;
+    if (!limiter.typing(session.user.id, session.connId)) return "limited";
+    this.#typing.started("", now);
+    return "ok";
   }
 
   /** What `typingOf` says of a frame short enough to be a typing frame. */

@@ -302,12 +302,14 @@ const REMOVED_BY: Partial<Record<string, "access_revoked" | "room_deleted">> = {
   room_deleted: "room_deleted",
 };
 
-/** The room of a typing start frame (`is_typing` absent or true), else undefined. */
-function typingStartRoom(text: string): string | undefined {
+/**
+ * Of a typing frame, the room it starts typing in (`is_typing` absent or true; null for a stop or a
+ * start without a room), else undefined.
+ */
+function typingStartRoom(text: string): string | null | undefined {
   const record = text.length <= MAX_TYPING_FRAME ? typingRecord(text) : undefined;
-  return record && record.is_typing !== false && typeof record.room === "string"
-    ? record.room
-    : undefined;
+  if (!record) return undefined;
+  return record.is_typing !== false && typeof record.room === "string" ? record.room : null;
 }
 
 /** Longest frame looked at for a typing start: one is well under this, its room included. */
@@ -786,18 +788,21 @@ class NativeSession implements SocketHandler {
   }
 
   /**
-   * Counts a frame against the rate limits as it arrives (see `SocketHandler.admit`). A typing
-   * start for a room repeated within `TYPING_REPEAT_MS` of the last one taken (one per
-   * keystroke, a held key) is refused without taking a token a message needs, and typing refused
-   * is dropped without an error (see `message`).
+   * Counts a frame against the rate limits as it arrives (see `SocketHandler.admit`). Typing takes
+   * from buckets of its own (`RateLimiter.typing`), never a token a message needs nor a strike: a
+   * client sends a start and a stop around every pause, and one back online sends its messages
+   * behind them. A typing start for a room repeated within `TYPING_REPEAT_MS` of the last one
+   * taken (one per keystroke, a held key) is refused without a token, and typing refused is
+   * dropped without an error (see `message`).
    */
   admit(_conn: Connection, text: string): RateVerdict {
     const room = typingStartRoom(text);
+    if (room === undefined) return this.#ctx.limiter.take(this.user.id, this.#connId);
     const now = performance.now();
-    if (room !== undefined && this.#typingAt.repeats(room, now)) return "limited";
-    const verdict = this.#ctx.limiter.take(this.user.id, this.#connId);
-    if (room !== undefined && verdict === "ok") this.#typingAt.started(room, now);
-    return verdict;
+    if (room !== null && this.#typingAt.repeats(room, now)) return "limited";
+    if (!this.#ctx.limiter.typing(this.user.id, this.#connId)) return "limited";
+    if (room !== null) this.#typingAt.started(room, now);
+    return "ok";
   }
 
   async message(conn: Connection, text: string): Promise<void> {

@@ -922,7 +922,13 @@ export function createSocketIoTicketChat(
         if (s.pacedTimer === undefined) pacedTurns(socket, s);
         return;
       }
-      let verdict: RateVerdict = free ? "ok" : ctx.limiter.take(key, socket.id, !typing);
+      // Typing from buckets of its own (see `RateLimiter.typing`): a page that paused to think in
+      // each message written offline sends a start and a stop per pause ahead of its sends.
+      let verdict: RateVerdict = free
+        ? "ok"
+        : typing
+        ? ctx.limiter.typing(key, socket.id) ? "ok" : "limited"
+        : ctx.limiter.take(key, socket.id);
       if (verdict !== "ok" && typing) {
         // A start past the limit is dropped, without counting towards the close a flood of
         // other events earns. A stop after a start that went through still goes (once), or the
