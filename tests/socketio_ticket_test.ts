@@ -1356,6 +1356,29 @@ Deno.test("socket.io ticket chat: a client without a token that keeps sending ev
   }, { SOCKETIO_AUTH_TIMEOUT_MS: "3000" });
 });
 
+Deno.test("socket.io ticket chat: events a client without a token sent wait for an authenticate 10 s in all, however often it sends: then they are refused and nothing stored", async () => {
+  await withChat(async (server, client) => {
+    const stranger = client({ autoConnect: false, reconnection: false, transports: ["websocket"] });
+    const acked = stranger.timeout(15_000).emitWithAck("send_message", {
+      ticketId: "9",
+      message: "never signed in",
+    });
+    const started = performance.now();
+    stranger.connect();
+    // Never 2 s apart, and the connection's own timeout a minute away.
+    const trickle = setInterval(() => stranger.emit("typing_start", { ticketId: "9" }), 500);
+    try {
+      assertEquals(await acked, { error: "User not authenticated" });
+    } finally {
+      clearInterval(trickle);
+    }
+    const after = performance.now() - started;
+    assert(after >= 9500 && after < 13_000, `refused after ${after} ms`);
+    const stored = await server.app.context.chat.historyPage("ticket:9", { limit: 100 });
+    assertEquals(stored.messages.length, 0);
+  });
+});
+
 /**
  * User 1's page (the document's: it authenticates on `connect`) with a message emitted while
  * offline, sent before its `authenticate` and stored right after it, in ticket 9, which user 2

@@ -226,19 +226,28 @@ interface SocketState {
  * How long events sent before any `authenticate` wait for one after the last event the socket
  * received: socket.io-client sends what was emitted while it was offline as soon as it connects,
  * before its `connect` handler (the document's) emits `authenticate`, and on a slow uplink that
- * buffer alone may take longer than this to arrive. In all they wait at most until
- * `SOCKETIO_AUTH_TIMEOUT_MS` closes a connection still not signed in.
+ * buffer alone may take longer than this to arrive.
  */
 const PRE_AUTH_WAIT_MS = 2000;
+
+/**
+ * How long they wait in all, from the first: a client without a token that kept sending would
+ * otherwise hold them (and its large frame outside the server-wide bound) until
+ * `SOCKETIO_AUTH_TIMEOUT_MS`, a minute by default.
+ */
+const PRE_AUTH_MAX_WAIT_MS = 10_000;
 
 /** The wait of events sent before any `authenticate` (see {@link PRE_AUTH_WAIT_MS}). */
 function awaitAuthenticate(s: SocketState): Promise<void> {
   if (s.early) return s.early.promise;
   const { promise, resolve } = Promise.withResolvers<void>();
-  let timer: ReturnType<typeof setTimeout> | undefined = setTimeout(
-    () => early.release(),
-    PRE_AUTH_WAIT_MS,
-  );
+  const deadline = performance.now() + PRE_AUTH_MAX_WAIT_MS;
+  const lapse = () =>
+    setTimeout(
+      () => early.release(),
+      Math.max(0, Math.min(PRE_AUTH_WAIT_MS, deadline - performance.now())),
+    );
+  let timer: ReturnType<typeof setTimeout> | undefined = lapse();
   const early = {
     promise,
     release: () => {
@@ -255,7 +264,7 @@ function awaitAuthenticate(s: SocketState): Promise<void> {
     heard: () => {
       if (timer === undefined) return;
       clearTimeout(timer);
-      timer = setTimeout(() => early.release(), PRE_AUTH_WAIT_MS);
+      timer = lapse();
     },
   };
   s.early = early;
