@@ -1,6 +1,6 @@
 /** The conversation chat (shared/specs/conversation-chat-files.md), the document's client flow. */
 
-import { assert, assertEquals, assertMatch, eventually } from "./assert.ts";
+import { assert, assertEquals, assertMatch, eventually, within } from "./assert.ts";
 import {
   longCjkHistory,
   startTestServer,
@@ -217,6 +217,17 @@ Deno.test("conversation chat: typing takes none of the messages' tokens: message
     assertEquals(got, ["m0", "m1", "m2", "m3", "m4"]);
     await a.nothing((f) => f.type === "error");
     await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("conversation chat: a flood of typing alone, past typing's own limit, is closed with 4029", async () => {
+  const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
+  try {
+    const a = await join(server, 2, talker);
+    for (let i = 0; i < 60; i++) a.send({ type: "typing", is_typing: false });
+    assertEquals((await within(a.closed, "the close")).code, 4029);
   } finally {
     await server.close();
   }

@@ -1047,6 +1047,20 @@ Deno.test("native: a held key (typing ~30/s) costs no errors and no tokens: the 
   }
 });
 
+Deno.test("native: a flood of typing alone, past typing's own limit, is closed with 4029 too; nothing is said of the typing it drops", async () => {
+  const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
+  try {
+    const a = await connect(server);
+    await join(a, "ticket:1");
+    // Stops are never dropped as repeats: each takes from typing's limit (a burst of 10).
+    for (let i = 0; i < 60; i++) a.send({ type: "typing", room: "ticket:1", is_typing: false });
+    assertEquals((await within(a.closed, "the close")).code, 4029);
+    assertEquals(a.frames.filter((f) => (f as Record<string, unknown>).type === "error"), []);
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("native: a flood is refused with rate_limited, then closed with 4029", async () => {
   const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
   try {

@@ -184,17 +184,20 @@ export class RateLimiter {
 
   /**
    * Takes a token for one typing frame of `connId` (owned by `user`) from buckets of its own, of
-   * the same rates as the other frames', so that typing never takes what a message needs; true
-   * when taken. A refusal is never a strike: the caller drops the frame at no cost.
+   * the same rates as the other frames', so that typing never takes what a message needs. A
+   * refusal counts as a strike of the connection when `strike` (a client whose typing alone runs
+   * past its own burst is flooding), and the caller drops the frame without an error.
    */
-  typing(user: string | number, connId: string): boolean {
+  typing(user: string | number, connId: string, strike = false): RateVerdict {
     const now = this.#now();
     const conn = this.#typingConns.get(connId, now);
     const owner = this.#typingUsers.get(String(user), now);
-    if (conn.tokens < 1 || owner.tokens < 1) return false;
-    conn.tokens -= 1;
-    owner.tokens -= 1;
-    return true;
+    if (conn.tokens >= 1 && owner.tokens >= 1) {
+      conn.tokens -= 1;
+      owner.tokens -= 1;
+      return "ok";
+    }
+    return strike ? this.strike(connId) : "limited";
   }
 
   /**

@@ -25,27 +25,33 @@ Deno.test("RateLimiter shares one budget across a user's connections", () => {
   assertEquals(limiter.take("other", "f"), "ok");
 });
 
-Deno.test("RateLimiter.typing: buckets of its own, per connection and per user, that leave the frames' tokens whole and never strike", () => {
+Deno.test("RateLimiter.typing: buckets of its own, per connection and per user, that leave the frames' tokens whole and strike only when asked", () => {
   let now = 0;
   const limiter = new RateLimiter({ perConnection: 5, perUser: 100 }, () => now);
   const typed = Array.from({ length: 25 }, () => limiter.typing(1, "c"));
-  assertEquals(typed.slice(0, 10), Array(10).fill(true));
-  assertEquals(typed.slice(10), Array(15).fill(false));
+  assertEquals(typed.slice(0, 10), Array(10).fill("ok"));
+  assertEquals(typed.slice(10), Array(15).fill("limited"));
   // The frames' burst is whole, and the 15 refusals were no strikes: 10 refusals later, no close.
   const verdicts = Array.from({ length: 20 }, () => limiter.take(1, "c"));
   assertEquals(verdicts, [...Array(10).fill("ok"), ...Array(10).fill("limited")]);
   now += 1000;
-  assertEquals(limiter.typing(1, "c"), true);
+  assertEquals(limiter.typing(1, "c"), "ok");
   // The user's typing is shared by its connections.
   const user = new RateLimiter({ perConnection: 100, perUser: 2 }, () => now);
   assertEquals(["a", "b", "c", "d", "e"].map((c) => user.typing("u", c)), [
-    true,
-    true,
-    true,
-    true,
-    false,
+    "ok",
+    "ok",
+    "ok",
+    "ok",
+    "limited",
   ]);
   assertEquals(user.take("u", "f"), "ok");
+  // Asked to, its refusals are strikes of the connection: past twice the rate, a close.
+  const striking = new RateLimiter({ perConnection: 5, perUser: 100 }, () => now);
+  const struck = Array.from({ length: 21 }, () => striking.typing(1, "s", true));
+  assertEquals(struck.slice(0, 10), Array(10).fill("ok"));
+  assertEquals(struck.slice(10, 20), Array(10).fill("limited"));
+  assertEquals(struck[20], "close");
 });
 
 Deno.test("RateLimiter.pace: takes down to a quarter of the burst, says how long to wait, and never strikes", () => {

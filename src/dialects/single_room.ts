@@ -314,8 +314,9 @@ class RoomSocket implements SocketHandler {
    * Counts a frame against the rate limits as it arrives (see `SocketHandler.admit`), typing
    * frames apart: the documents send one on every keystroke, and a held key repeats faster than
    * the limit. Typing takes from buckets of its own (`RateLimiter.typing`), never a token a
-   * message needs nor a strike: a client sends a start and a stop around every pause, and one back
-   * online sends its messages behind them. A start repeated within `TYPING_REPEAT_MS` is dropped
+   * message needs: a client sends a start and a stop around every pause, and one back online sends
+   * its messages behind them; refused there, it is a strike, as a flood of typing alone is still
+   * a flood. A start repeated within `TYPING_REPEAT_MS` is dropped
    * without a token; a stop after a start that was taken always goes (the others would see the
    * user typing until the typing timeout). A typing frame refused is dropped without an error
    * (`message`).
@@ -327,14 +328,15 @@ class RoomSocket implements SocketHandler {
     const typing = this.#typingOf(text);
     if (typing === undefined) return limiter.take(session.user.id, session.connId);
     if (!typing) {
-      const taken = limiter.typing(session.user.id, session.connId);
-      if (!this.#typing.typing("")) return taken ? "ok" : "limited";
+      const verdict = limiter.typing(session.user.id, session.connId, true);
+      if (!this.#typing.typing("")) return verdict;
       this.#typing.stopped("");
       return "ok";
     }
     const now = performance.now();
     if (this.#typing.repeats("", now)) return "limited";
-    if (!limiter.typing(session.user.id, session.connId)) return "limited";
+    const verdict = limiter.typing(session.user.id, session.connId, true);
+    if (verdict !== "ok") return verdict;
     this.#typing.started("", now);
     return "ok";
   }

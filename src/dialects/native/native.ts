@@ -789,9 +789,9 @@ class NativeSession implements SocketHandler {
 
   /**
    * Counts a frame against the rate limits as it arrives (see `SocketHandler.admit`). Typing takes
-   * from buckets of its own (`RateLimiter.typing`), never a token a message needs nor a strike: a
-   * client sends a start and a stop around every pause, and one back online sends its messages
-   * behind them. A typing start for a room repeated within `TYPING_REPEAT_MS` of the last one
+   * from buckets of its own (`RateLimiter.typing`), never a token a message needs: a client sends
+   * a start and a stop around every pause, and one back online sends its messages behind them;
+   * refused there, it is a strike, as a flood of typing alone is still a flood. A typing start for a room repeated within `TYPING_REPEAT_MS` of the last one
    * taken (one per keystroke, a held key) is refused without a token, and typing refused is
    * dropped without an error (see `message`).
    */
@@ -800,7 +800,8 @@ class NativeSession implements SocketHandler {
     if (room === undefined) return this.#ctx.limiter.take(this.user.id, this.#connId);
     const now = performance.now();
     if (room !== null && this.#typingAt.repeats(room, now)) return "limited";
-    if (!this.#ctx.limiter.typing(this.user.id, this.#connId)) return "limited";
+    const verdict = this.#ctx.limiter.typing(this.user.id, this.#connId, true);
+    if (verdict !== "ok") return verdict;
     if (room !== null) this.#typingAt.started(room, now);
     return "ok";
   }

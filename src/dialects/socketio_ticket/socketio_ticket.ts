@@ -936,7 +936,7 @@ export function createSocketIoTicketChat(
       let verdict: RateVerdict = free
         ? "ok"
         : typing
-        ? ctx.limiter.typing(key, socket.id) ? "ok" : "limited"
+        ? ctx.limiter.typing(key, socket.id)
         : ctx.limiter.take(key, socket.id);
       if (verdict !== "ok" && typing) {
         // A start past the limit is dropped, without counting towards the close a flood of
