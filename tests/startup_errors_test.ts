@@ -235,7 +235,7 @@ async function boundByPermissions(): Promise<string[] | undefined> {
 const permissions = await boundByPermissions();
 
 Deno.test(
-  `startup: a MEDIA_DIR that can never take a file (a file, under a file, a directory the server may not write to or under one) stops the server with one line naming MEDIA_DIR and why${
+  `startup: a MEDIA_DIR that can never take a file (a file, under a file, a loop of links, a directory the server may not write to or under one) stops the server with one line naming MEDIA_DIR and why${
     permissions ? "" : " (permissions SKIPPED: root without setpriv)"
   }`,
   async () => {
@@ -246,9 +246,17 @@ Deno.test(
       const locked = `${base}/locked`;
       await Deno.mkdir(locked);
       await Deno.chmod(locked, 0o555);
+      const loop = `${base}/loop`;
+      await Deno.symlink(loop, loop);
       const cases: [string, RegExp, string[]][] = [
         [file, /is not a usable directory: it exists and is not a directory$/, []],
         [`${file}/media`, /is not a usable directory: Not a directory \(os error 20\)/, []],
+        [loop, /is not a usable directory: Too many levels of symbolic links \(os error 40\)/, []],
+        [
+          `${loop}/media`,
+          /is not a usable directory: Too many levels of symbolic links \(os error 40\)/,
+          [],
+        ],
       ];
       if (permissions) {
         cases.push(

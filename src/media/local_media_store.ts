@@ -41,12 +41,12 @@ async function reserve(path: string): Promise<void> {
 
 /**
  * True for what a write in the media root meets until an operator changes the setting or the
- * permissions: a file where a folder of its path should be, EACCES or EPERM, or Deno's own
- * permissions. A full disk, a read-only mount or I/O errors may pass by themselves.
+ * permissions: a file where a folder of its path should be, a loop of links, EACCES or EPERM, or
+ * Deno's own permissions. A full disk, a read-only mount or I/O errors may pass by themselves.
  */
 function neverUsable(err: unknown): boolean {
   return err instanceof Deno.errors.NotADirectory || err instanceof Deno.errors.PermissionDenied ||
-    err instanceof Deno.errors.NotCapable;
+    err instanceof Deno.errors.NotCapable || err instanceof Deno.errors.FilesystemLoop;
 }
 
 /** True for a name {@link LocalMediaStore} gives its temporary files. */
@@ -310,7 +310,9 @@ export class LocalMediaStore implements MediaStore {
     } catch (err) {
       // A link to nothing yet (a volume mounted later) is refused as existing too.
       if (err instanceof Deno.errors.AlreadyExists) {
-        const found = await Deno.stat(this.root).catch(() => undefined);
+        const found = await Deno.stat(this.root).catch((err) => {
+          if (neverUsable(err)) throw err;
+        });
         if (found && !found.isDirectory) throw new Error("it exists and is not a directory");
         return;
       }
