@@ -222,6 +222,27 @@ Deno.test("conversation chat: typing takes none of the messages' tokens: message
   }
 });
 
+Deno.test("conversation chat: a fast typist (a start on keydown, a stop on keyup) whose typing runs past the rate now and then is never closed for flooding", async () => {
+  const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
+  try {
+    const a = await join(server, 2, talker);
+    // 10 keys a second: a stop each (a start a second is taken, the others are repeats), twice
+    // the rate of 5: half are refused, never all.
+    const started = performance.now();
+    while (performance.now() - started < 6000) {
+      a.send({ type: "typing", is_typing: true });
+      await new Promise((r) => setTimeout(r, 40));
+      a.send({ type: "typing", is_typing: false });
+      await new Promise((r) => setTimeout(r, 60));
+    }
+    a.send({ type: "chat_message", message: "a long paragraph" });
+    assertEquals((await a.next((f) => f.content !== undefined)).content, "a long paragraph");
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("conversation chat: a flood of typing alone, past typing's own limit, is closed with 4029", async () => {
   const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
   try {

@@ -184,9 +184,10 @@ export class RateLimiter {
 
   /**
    * Takes a token for one typing frame of `connId` (owned by `user`) from buckets of its own, of
-   * the same rates as the other frames', so that typing never takes what a message needs. A
-   * refusal counts as a strike of the connection when `strike` (a client whose typing alone runs
-   * past its own burst is flooding), and the caller drops the frame without an error.
+   * the same rates as the other frames', so that typing never takes what a message needs. With
+   * `strike`, a refusal counts as a strike of the connection (a client whose typing alone runs
+   * past its own burst is flooding) and a typing frame taken clears them, as any frame taken does;
+   * the caller drops a refused one without an error.
    */
   typing(user: string | number, connId: string, strike = false): RateVerdict {
     const now = this.#now();
@@ -195,6 +196,9 @@ export class RateLimiter {
     if (conn.tokens >= 1 && owner.tokens >= 1) {
       conn.tokens -= 1;
       owner.tokens -= 1;
+      // A fast typist's frames run past the rate now and then: only a flood refused throughout
+      // adds up to a close.
+      if (strike) this.#conns.get(connId, now).strikes = 0;
       return "ok";
     }
     return strike ? this.strike(connId) : "limited";

@@ -328,8 +328,9 @@ class RoomSocket implements SocketHandler {
     const typing = this.#typingOf(text);
     if (typing === undefined) return limiter.take(session.user.id, session.connId);
     if (!typing) {
-      const verdict = limiter.typing(session.user.id, session.connId, true);
-      if (!this.#typing.typing("")) return verdict;
+      if (!this.#typing.typing("")) return limiter.typing(session.user.id, session.connId, true);
+      // Taken from what is left, never refused nor a strike: see above.
+      limiter.typing(session.user.id, session.connId);
       this.#typing.stopped("");
       return "ok";
     }
