@@ -350,9 +350,6 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   );
   // And the files of sends a crash cut short before their commit, once they are old enough.
   store.keepSweepingPendingFiles();
-  // Read cursors an older version stored without the list of a user's rooms join it, so that
-  // deleting the user deletes them too; once per KV, in the background.
-  void store.indexReadCursors();
   // So are files a crash left half written (or linked and not yet named in KV): an hour old, no
   // write of any instance is under way. Again and again, as a crash's files are younger than
   // that at the next start. One server walks the tree (a lease in KV for half the interval):
@@ -397,6 +394,17 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     heartbeatMs: config.presenceTtlSeconds * 1000 / 3,
     pollMs: localKv ? REGISTRY_POLL_MS : undefined,
   });
+  // Read cursors an older version stored without the list of a user's rooms join it, so that
+  // deleting the user deletes them too; once per KV, in the background, but again while servers
+  // of such a version run beside this one (a rolling upgrade, a rollback) and when they are gone.
+  store.olderWriters = () => registry.older > 0;
+  let olderWriters = store.olderWriters();
+  registry.onChange(() => {
+    if (store.olderWriters() === olderWriters) return;
+    olderWriters = !olderWriters;
+    void store.indexReadCursors();
+  });
+  void store.indexReadCursors();
   store.onCommit = (ms) => {
     metrics.commitSeconds += ms / 1000;
     metrics.commits++;

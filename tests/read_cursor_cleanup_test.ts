@@ -425,3 +425,116 @@ Deno.test("a user an older version deleted (keeping their read cursors) is liste
     assertEquals(await cursorKeys(dataDir), ["room:general/1"]);
   });
 });
+
+/** Whether the KV on `dataDir` holds the mark that every read cursor is in its user's list. */
+async function listedMark(dataDir: string): Promise<boolean> {
+  const kv = await Deno.openKv(`${dataDir}/chat.kv`);
+  try {
+    return (await kv.get(["read_rooms_listed"])).versionstamp !== null;
+  } finally {
+    kv.close();
+  }
+}
+
+/**
+ * Stands in for a server of a version without the list of a user's rooms running on the KV of
+ * `dataDir` (a rolling upgrade, a rollback): its registry entry as such versions wrote it, with
+ * no `readRooms`, renewed every second until it leaves as they did; cursors it stores lack their
+ * ["read_room"] entries.
+ */
+async function olderServer(dataDir: string) {
+  const kv = await Deno.openKv(`${dataDir}/chat.kv`);
+  const entry = ["instance", crypto.randomUUID()];
+  const epoch = ["instance_epoch"];
+  await kv.atomic().set(entry, { seenAt: Date.now(), pid: 1 }, { expireIn: 60_000 })
+    .sum(epoch, 1n).commit();
+  let beat = Promise.resolve();
+  const timer = setInterval(() => {
+    beat = kv.set(entry, { seenAt: Date.now(), pid: 1 }, { expireIn: 60_000 }).then(() => {});
+  }, 1000);
+  let left = false;
+  return {
+    /** Stores the read cursor of `user` in `room` without its entry in the user's list. */
+    read: (room: string, user: string) => kv.set(["read", room, user], new Deno.KvU64(1n)),
+    /** Leaves as such a server does (a tombstone entry and the epoch bumped); once. */
+    async leave(): Promise<void> {
+      if (left) return;
+      left = true;
+      clearInterval(timer);
+      await beat;
+      await kv.atomic().set(entry, { seenAt: 0, pid: 1 }, { expireIn: 60_000 }).sum(epoch, 1n)
+        .commit();
+      kv.close();
+    },
+  };
+}
+
+/** `sub` joins `room` at the server `url`, sends one message and reads up to it. */
+async function readAt(
+  url: string,
+  sub: string,
+  room: string,
+  open: (url: string, sub: string) => Promise<TestClient>,
+): Promise<void> {
+  const ws = await open(url, sub);
+  ws.send({ type: "join", room, ref: "j" });
+  assertEquals((await ws.next((f) => f.ref === "j")).type, "joined");
+  ws.send({ type: "send", room, body: `from ${sub}`, ref: "s" });
+  const ack = await ws.next((f) => f.ref === "s");
+  ws.send({ type: "read", room, seq: ack.seq, ref: "r" });
+  assertEquals((await ws.next((f) => f.ref === "r")).type, "read_ok");
+}
+
+Deno.test("in a rolling upgrade, read cursors a server of a version without the list of a user's rooms stores beside the new one are listed once it stops, and go with their user", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "read-cursor-rolling-" });
+  const older = await olderServer(dataDir);
+  try {
+    await withServerOn(dataDir, async (url, api, open) => {
+      for (const id of ["1", "3", "4"]) {
+        assertEquals(await api("PUT", `/api/users/${id}`, { username: `user${id}` }), 200);
+      }
+      await readAt(url, "1", "room:general", open);
+      // Users 3 and 4 still read on the older server, which the upgrade stops next.
+      await older.read("room:general", "3");
+      await older.read("room:general", "4");
+      // Marked done now, the listing would never reach what the older server stores next.
+      assertEquals(await listedMark(dataDir), false);
+      // Deleted while the older server runs: the cursor it stored is not listed yet.
+      assertEquals(await api("DELETE", "/api/users/4"), 204);
+      await older.leave();
+      await cursorsListed(dataDir);
+      await eventually(() => listedMark(dataDir), 10_000, "the listing to be marked done");
+      assertEquals(await cursorKeys(dataDir), ["room:general/1", "room:general/3"]);
+      assertEquals(await api("DELETE", "/api/users/3"), 204);
+      assertEquals(await readersAt(url, "1", "room:general", open), ["1"]);
+      assertEquals(await cursorKeys(dataDir), ["room:general/1"]);
+    });
+  } finally {
+    await older.leave().catch(() => {});
+  }
+});
+
+Deno.test("after a rollback to a version without the list of a user's rooms, read cursors it stores are listed once it stops again, and go with their user", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "read-cursor-rollback-" });
+  let older: Awaited<ReturnType<typeof olderServer>> | undefined;
+  try {
+    await withServerOn(dataDir, async (url, api, open) => {
+      await eventually(() => listedMark(dataDir), 10_000, "the start to mark the listing done");
+      for (const id of ["1", "3"]) {
+        assertEquals(await api("PUT", `/api/users/${id}`, { username: `user${id}` }), 200);
+      }
+      await readAt(url, "1", "room:general", open);
+      older = await olderServer(dataDir);
+      await eventually(async () => !await listedMark(dataDir), 10_000, "the mark to be deleted");
+      await older.read("room:general", "3");
+      await older.leave();
+      await cursorsListed(dataDir);
+      await eventually(() => listedMark(dataDir), 10_000, "the listing to be marked done again");
+      assertEquals(await api("DELETE", "/api/users/3"), 204);
+      assertEquals(await readersAt(url, "1", "room:general", open), ["1"]);
+      assertEquals(await cursorKeys(dataDir), ["room:general/1"]);
+    });
+  } finally {
+    await older?.leave().catch(() => {});
+  }
+});

@@ -33,6 +33,11 @@ interface EntryValue {
    * judge it; absent in entries of older versions, which are judged by the reader's own.
    */
   staleMs?: number;
+  /**
+   * True in entries of versions that list every read cursor they store in its user's rooms
+   * (`["read_room"]`); absent in those of older versions, whose cursors a deletion cannot find.
+   */
+  readRooms?: boolean;
 }
 
 /**
@@ -147,6 +152,7 @@ export class InstanceRegistry {
   #others = 0;
   #elsewhere = 0;
   #lapsed = 0;
+  #older = 0;
   #pollMs?: number;
   #poll?: Poll;
   #listeners = new Set<(alone: boolean) => void>();
@@ -288,15 +294,25 @@ export class InstanceRegistry {
   }
 
   /**
+   * Live servers of versions that store read cursors without listing them in their users' rooms
+   * (their entries lack `readRooms`): versions before the `["read_room"]` list, in a rolling
+   * upgrade or after a rollback.
+   */
+  get older(): number {
+    return this.#older;
+  }
+
+  /**
    * The servers alive now (this one included), read from the store, not a cache, a check that
    * fails an atomic operation if a given server's entry changed since (it renewed), and how many
-   * others lapsed (see {@link InstanceRegistry.lapsed}).
+   * others lapsed (see {@link InstanceRegistry.lapsed}) or are {@link InstanceRegistry.older}.
    */
-  async live(): Promise<LeaseSnapshot & { lapsed: number }> {
+  async live(): Promise<LeaseSnapshot & { lapsed: number; older: number }> {
     const ids = new Set<string>([this.#id]);
     const here = new Set<string>([this.#id]);
     const read = new Map<string, Deno.KvEntry<EntryValue>>();
     let lapsed = 0;
+    let older = 0;
     for await (const entry of this.#kv.list<EntryValue>({ prefix: ENTRIES })) {
       read.set(String(entry.key[1]), entry);
       if (!this.#fresh(String(entry.key[1]), entry)) {
@@ -305,6 +321,7 @@ export class InstanceRegistry {
         continue;
       }
       ids.add(String(entry.key[1]));
+      if (entry.value.readRooms !== true) older++;
       const { pid, process } = entry.value;
       if (process === undefined ? pid === Deno.pid : process === PROCESS) {
         here.add(String(entry.key[1]));
@@ -315,6 +332,7 @@ export class InstanceRegistry {
       ids,
       here,
       lapsed,
+      older,
       seen: new Set(read.keys()),
       check: (op, id) => op.check(read.get(id) ?? { key: ENTRY(id), versionstamp: null }),
       swept: (op, id) => op.set(SWEPT(id), true, { expireIn: SWEPT_KEEP_MS }),
@@ -385,8 +403,8 @@ export class InstanceRegistry {
   }
 
   /**
-   * Calls `listener` whenever {@link alone} changes, or whether any server is {@link elsewhere}
-   * or {@link nearby}; returns the function that stops it.
+   * Calls `listener` whenever {@link alone} changes, or whether any server is {@link elsewhere},
+   * {@link nearby} or {@link older}; returns the function that stops it.
    */
   onChange(listener: (alone: boolean) => void): () => void {
     this.#listeners.add(listener);
@@ -414,6 +432,7 @@ export class InstanceRegistry {
       pid: Deno.pid,
       process: PROCESS,
       staleMs: this.#staleMs,
+      readRooms: true,
     };
     const op = this.#kv.atomic().set(ENTRY(this.#id), value, { expireIn: this.#staleMs * 2 });
     if (expected) op.check(expected);
@@ -459,10 +478,11 @@ export class InstanceRegistry {
     await this.#refresh();
   }
 
-  #count(live: LeaseSnapshot & { lapsed: number }): void {
+  #count(live: LeaseSnapshot & { lapsed: number; older: number }): void {
     this.#others = live.ids.size - 1;
     this.#elsewhere = live.ids.size - live.here.size;
     this.#lapsed = live.lapsed;
+    this.#older = live.older;
   }
 
   /** Reads the entries again; serialised so that a late answer never overwrites a newer one. */
@@ -470,7 +490,8 @@ export class InstanceRegistry {
     this.#refreshing = this.#refreshing.then(async () => {
       if (this.#closed) return;
       const live = await this.live();
-      const state = () => `${this.alone}|${this.#elsewhere > 0}|${this.nearby > 0}`;
+      const state = () =>
+        `${this.alone}|${this.#elsewhere > 0}|${this.nearby > 0}|${this.#older > 0}`;
       const was = state();
       this.#count(live);
       if (was !== state() && !this.#closed) {

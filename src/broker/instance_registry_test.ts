@@ -318,3 +318,30 @@ Deno.test("instance registry: a server whose entry lapsed is counted as lapsed u
     kvB.close();
   });
 });
+
+Deno.test("instance registry: live servers of versions that store read cursors without their list are counted as older, and their coming and going is told", async () => {
+  await withKv(async (path) => {
+    const kvA = await Deno.openKv(path);
+    const kvB = await Deno.openKv(path);
+    const a = await InstanceRegistry.start(kvA, { heartbeatMs: 100 });
+    const b = await InstanceRegistry.start(kvB, { heartbeatMs: 100 });
+    // Servers of this version are not older.
+    assertEquals([b.others, b.older], [1, 0]);
+    await eventually(() => a.others === 1, 5000, "the first to see the newcomer");
+    const changes: number[] = [];
+    a.onChange(() => changes.push(a.older));
+    // An older version's entry has no `readRooms`.
+    await kvA.atomic().set(["instance", "older"], { seenAt: Date.now(), pid: 1 })
+      .sum(["instance_epoch"], 1n).commit();
+    await eventually(() => a.older === 1, 5000, "the older server to be seen");
+    assertEquals((await a.live()).older, 1);
+    await kvA.atomic().set(["instance", "older"], { seenAt: 0, pid: 1 })
+      .sum(["instance_epoch"], 1n).commit();
+    await eventually(() => a.older === 0, 5000, "the older server to be seen leaving");
+    assertEquals(changes, [1, 0]);
+    await b.close();
+    await a.close();
+    kvA.close();
+    kvB.close();
+  });
+});

@@ -58,7 +58,8 @@ export const KV_KEYS = {
     room === undefined ? ["read_forgotten", user] : ["read_forgotten", user, room],
   /**
    * Present once every read cursor has its `readRoom` entry: versions before that list stored
-   * cursors without one, which `indexReadCursors` adds at a start.
+   * cursors without one, which `indexReadCursors` adds at a start; set only while no server of
+   * such a version runs, and deleted when one runs again (a rollback).
    */
   readRoomsListed: ["read_rooms_listed"] as Deno.KvKey,
   /** The last cursor key `indexReadCursors` is done with, so that a start after a crash resumes. */
@@ -153,6 +154,12 @@ const READ_FORGOTTEN_MS = 15 * 60_000;
 const INDEX_BATCH = 24;
 /** Cursors `indexReadCursors` passes without a commit before it stores how far it came. */
 const INDEX_PROGRESS_EVERY = 1000;
+/**
+ * How often `indexReadCursors` walks again while a server of an older version stores cursors
+ * without their `readRoom` entry: within `READ_FORGOTTEN_MS`, so that such a cursor of a user
+ * deleted meanwhile is found while the deletion still refuses it (and is deleted, not listed).
+ */
+const DEFAULT_INDEX_AGAIN_MS = 10 * 60_000;
 /** Records or deletions per commit while a room is checked (a record costs 2 of KV's 100 checks). */
 const RETENTION_BATCH = 40;
 /**
@@ -333,6 +340,12 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   #cpu = { at: -Infinity, used: 0, busy: false };
   /** Called after every commit with its duration in ms, for metrics. */
   onCommit?: (ms: number, messages: number) => void;
+  /**
+   * Whether a server of a version that stores read cursors without their `readRoom` entry runs
+   * on this KV now (none by default): `indexReadCursors` then walks again later instead of
+   * marking its work done.
+   */
+  olderWriters: () => boolean = () => false;
 
   #historyLimit: number;
   #discard?: (attachments: Attachment[]) => Promise<void>;
@@ -364,6 +377,9 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   #resumeAgain = false;
   #indexing?: Promise<void>;
   #indexRetry?: ReturnType<typeof setTimeout>;
+  /** Set by a call of `indexReadCursors` while a walk runs: that one may have missed a cursor. */
+  #indexAgain = false;
+  #indexAgainMs: number;
   /** Rooms whose purge failed before its mark was stored. */
   #unmarked = new Set<string>();
   #closed = false;
@@ -387,6 +403,8 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     discard?: (attachments: Attachment[]) => Promise<void>;
     fileSweepMs?: number;
     purgeRetryMs?: number;
+    /** How often read cursors are walked again while {@link olderWriters} says yes. */
+    indexAgainMs?: number;
     /**
      * False for a KV that is not Deno's SQLite file (KV Connect, Deploy): messages are then
      * written without the far expiry that only that layout gains from. Default true.
@@ -405,6 +423,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     this.#recordsFiles = this.#discard !== undefined;
     this.#fileSweepMs = options.fileSweepMs ?? DEFAULT_FILE_SWEEP_MS;
     this.#purgeRetryMs = options.purgeRetryMs ?? DEFAULT_PURGE_RETRY_MS;
+    this.#indexAgainMs = options.indexAgainMs ?? DEFAULT_INDEX_AGAIN_MS;
   }
 
   /** The KV handle, for watchers that follow the same keys. */
@@ -1558,20 +1577,37 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   }
 
   /**
-   * Once per KV (a server calls it when it starts): gives every read cursor that versions before
-   * the `readRoom` list stored its entry there, so that deleting the user finds it, and deletes
-   * the ones whose user `forgetReader` deleted meanwhile. A failure is logged and tried again.
+   * Once per KV (a server calls it when it starts, and when {@link olderWriters} changes): gives
+   * every read cursor that versions before the `readRoom` list stored its entry there, so that
+   * deleting the user finds it, and deletes the ones whose user `forgetReader` deleted meanwhile.
+   * While a server of such a version runs it walks again every `indexAgainMs`; a call while a walk
+   * runs walks again after it. A failure is logged and tried again.
    */
   indexReadCursors(): Promise<void> {
     if (this.#closed) return Promise.resolve();
-    this.#indexing ??= (async () => {
+    if (this.#indexing) {
+      // The walk under way may have passed a cursor the older server stores now.
+      this.#indexAgain = true;
+      return this.#indexing;
+    }
+    clearTimeout(this.#indexRetry);
+    this.#indexing = (async () => {
       try {
-        const { indexed, deleted } = await this.#indexReadCursors();
-        if (indexed + deleted > 0) {
-          console.log(
-            `read cursors: listed ${indexed} stored by an older version in their users' rooms` +
-              (deleted > 0 ? `, deleted ${deleted} of users deleted since` : ""),
-          );
+        let done: boolean;
+        do {
+          this.#indexAgain = false;
+          const { indexed, deleted, ...walk } = await this.#indexReadCursors();
+          done = walk.done;
+          if (indexed + deleted > 0) {
+            console.log(
+              `read cursors: listed ${indexed} stored by an older version in their users' rooms` +
+                (deleted > 0 ? `, deleted ${deleted} of users deleted since` : ""),
+            );
+          }
+        } while (this.#indexAgain && !this.#closed);
+        if (!done && !this.#closed) {
+          this.#indexRetry = setTimeout(() => this.indexReadCursors(), this.#indexAgainMs);
+          Deno.unrefTimer(this.#indexRetry);
         }
       } catch (err) {
         if (this.#closed) return;
@@ -1589,31 +1625,42 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   /**
    * The work of {@link indexReadCursors}, from where the last run stopped. Servers starting
    * together each do it (every write is checked, so the same work twice is harmless); the first
-   * to finish stores the mark, which stops the others.
+   * to finish stores the mark, which stops the others. A walk while an older server runs (it may
+   * store cursors behind the walk) starts from the first cursor, stores neither how far it came
+   * nor the mark, and deletes a mark set before that server came (`done` false).
    */
-  async #indexReadCursors(): Promise<{ indexed: number; deleted: number }> {
-    const counts = { indexed: 0, deleted: 0 };
+  async #indexReadCursors(): Promise<{ indexed: number; deleted: number; done: boolean }> {
+    const counts = { indexed: 0, deleted: 0, done: true };
     const [mark, progress] = await this.#kv.getMany<[true, Deno.KvKey]>([
       KV_KEYS.readRoomsListed,
       KV_KEYS.readRoomsListing,
     ]);
-    if (mark.versionstamp !== null) return counts;
+    const older = this.olderWriters();
+    if (mark.versionstamp !== null) {
+      if (!older) return counts;
+      await commitRetryingLocks(this.#kv.atomic().check(mark).delete(mark.key));
+    }
+    // Checked at each commit too: an older server seen meanwhile (a call during the walk).
+    const partial = () => older || this.#indexAgain;
     const prefix = ["read"];
     const cursors = this.#kv.list<Deno.KvU64>(
-      progress.value ? { prefix, start: progress.value } : { prefix },
+      progress.value && !older ? { prefix, start: progress.value } : { prefix },
     );
     let batch: Deno.KvKey[] = [];
     let unsaved = 0;
-    // Resolves to true when another server finished the listing meanwhile.
+    // Resolves to true when another server finished the listing meanwhile: before it saw the
+    // older server, when this walk has (a later walk deletes its mark).
     const take = async () => {
       unsaved += batch.length;
       const { listed, saved } = await this.#indexCursors(
         batch,
         unsaved >= INDEX_PROGRESS_EVERY,
         counts,
+        !partial(),
       );
       if (saved) unsaved = 0;
       batch = [];
+      if (listed) counts.done = !partial();
       return listed;
     };
     for await (const e of cursors) {
@@ -1622,22 +1669,25 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       if (batch.length >= INDEX_BATCH && await take()) return counts;
     }
     if (batch.length > 0 && await take()) return counts;
-    await commitRetryingLocks(
-      this.#kv.atomic().set(KV_KEYS.readRoomsListed, true).delete(KV_KEYS.readRoomsListing),
-    );
+    // Not `older` alone: it may have come while the walk ran, and the registry says so only now.
+    counts.done = !partial() && !this.olderWriters();
+    const op = this.#kv.atomic().delete(KV_KEYS.readRoomsListing);
+    await commitRetryingLocks(counts.done ? op.set(KV_KEYS.readRoomsListed, true) : op);
     return counts;
   }
 
   /**
    * Lists the cursors at `keys` that have no `readRoom` entry, or deletes them where
    * `forgetReader` refuses their user's marks (deleted, or taken out of the room, since), and
-   * stores how far the listing came when anything is written or `save`; `listed` when another
-   * server finished it meanwhile. Every write checks what it read, as marks and deletions go on.
+   * stores how far the listing came (only when `resumable`) when anything is written or `save`;
+   * `listed` when another server finished it meanwhile. Every write checks what it read, as marks
+   * and deletions go on.
    */
   async #indexCursors(
     keys: Deno.KvKey[],
     save: boolean,
     counts: { indexed: number; deleted: number },
+    resumable: boolean,
   ): Promise<{ listed: boolean; saved: boolean }> {
     for (let attempt = 1;; attempt++) {
       const read = await getManyChunked<unknown>(this.#kv, [
@@ -1669,7 +1719,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
         }
       }
       if (indexed + deleted === 0 && !save) return { listed: false, saved: false };
-      op.set(KV_KEYS.readRoomsListing, keys[keys.length - 1]);
+      if (resumable) op.set(KV_KEYS.readRoomsListing, keys[keys.length - 1]);
       if ((await commitRetryingLocks(op)).ok) {
         counts.indexed += indexed;
         counts.deleted += deleted;

@@ -1357,3 +1357,38 @@ Deno.test("KvMessageStore.indexReadCursors() resumes where a run cut short stopp
     kv.close();
   }
 });
+
+Deno.test("KvMessageStore.indexReadCursors() marks nothing done while a server of an older version runs, walks again meanwhile, and deletes a mark set before one came", async () => {
+  const kv = await Deno.openKv(":memory:");
+  const store = new KvMessageStore(kv, { indexAgainMs: 50 });
+  let older = true;
+  store.olderWriters = () => older;
+  try {
+    await olderCursors(kv, ["a/1"]);
+    await store.indexReadCursors();
+    assertEquals((await readKeys(kv)).listed, ["a/1"]);
+    assertEquals((await kv.get(KV_KEYS.readRoomsListed)).versionstamp, null);
+    // Stored by the older server after that walk; user 3 deleted before the next one.
+    await olderCursors(kv, ["b/2", "b/3"]);
+    await store.forgetReader(3);
+    await eventually(
+      async () => (await readKeys(kv)).cursors.join() === "a/1,b/2",
+      5000,
+      "a later walk",
+    );
+    assertEquals((await readKeys(kv)).listed, ["a/1", "b/2"]);
+    // Gone: the next call marks it done, and no walk follows.
+    older = false;
+    await store.indexReadCursors();
+    assertEquals((await kv.get(KV_KEYS.readRoomsListed)).value, true);
+    // Back (a rollback): the mark goes, and its cursors are walked again.
+    older = true;
+    await olderCursors(kv, ["c/4"]);
+    await store.indexReadCursors();
+    assertEquals((await kv.get(KV_KEYS.readRoomsListed)).versionstamp, null);
+    assertEquals((await readKeys(kv)).listed, ["a/1", "b/2", "c/4"]);
+  } finally {
+    await store.close();
+    kv.close();
+  }
+});
