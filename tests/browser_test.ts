@@ -478,6 +478,50 @@ Deno.test({
 
 Deno.test({
   name: named(
+    "browser: an application's page on its own origin imports ChatClient from the server's /client.js and connects",
+  ),
+  ignore: skip,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    requireChromium();
+    await withChatServer("import", async ({ url, open }) => {
+      const signIn = await fetch(`${url}dev/token`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ name: "Ann" }),
+      });
+      const { token } = await signIn.json();
+      // The application's own page, on another origin (another port): module scripts are
+      // fetched in CORS mode there.
+      const wsUrl = `${url.replace(/^http/, "ws")}ws`;
+      const appServer = Deno.serve(
+        { port: 0, hostname: "127.0.0.1", onListen() {} },
+        () =>
+          new Response(
+            `<!doctype html><script type="module">
+              import { ChatClient } from "${url}client.js";
+              const chat = new ChatClient({ url: "${wsUrl}", token: "${token}" });
+              chat.connect().then((u) => { document.title = "ok " + u.username; },
+                (e) => { document.title = "error " + e.message; });
+            </script>`,
+            { headers: { "content-type": "text/html" } },
+          ),
+      );
+      try {
+        const page = await open();
+        await page.goto(`http://127.0.0.1:${appServer.addr.port}/`);
+        await page.waitForFunction(() => document.title !== "");
+        assertEquals(await page.title(), "ok ann");
+      } finally {
+        await appServer.shutdown();
+      }
+    });
+  },
+});
+
+Deno.test({
+  name: named(
     "browser: a room with history opens with one read cursor, not one per message; a long name stays on screen; signing out clears the draft",
   ),
   ignore: skip,

@@ -29,9 +29,11 @@ export const DEV_ROOMS = ["room:*", "ticket:*", "chat:*"];
 export const DEV_TOKEN_TTL = "12h";
 
 // A fixed list, so no request path ever reaches the file system.
-const ASSETS: Record<string, { file: string; type: string }> = {
+const ASSETS: Record<string, { file: string; type: string; anyOrigin?: boolean }> = {
   "/app.js": { file: "app.js", type: "text/javascript; charset=utf-8" },
-  "/client.js": { file: "client.js", type: "text/javascript; charset=utf-8" },
+  // Imported by applications' own pages, on their own origins: a module script is fetched in CORS
+  // mode, so without this header a browser refuses it. It holds nothing but public code.
+  "/client.js": { file: "client.js", type: "text/javascript; charset=utf-8", anyOrigin: true },
   "/styles.css": { file: "styles.css", type: "text/css; charset=utf-8" },
 };
 
@@ -170,7 +172,13 @@ export function mountWeb(app: Hono, options: WebOptions = {}): void {
     app.get(path, async () => {
       try {
         const body = await Deno.readFile(new URL(asset.file, webDir));
-        return new Response(body, { headers: { ...common, "content-type": asset.type } });
+        return new Response(body, {
+          headers: {
+            ...common,
+            "content-type": asset.type,
+            ...(asset.anyOrigin ? { "access-control-allow-origin": "*" } : {}),
+          },
+        });
       } catch {
         return new Response("Not found", { status: 404 });
       }
