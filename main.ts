@@ -55,7 +55,7 @@ import socketIoClientBundle from "socket.io-client/dist/socket.io.js" with { typ
 import type { SocketIOServer } from "./src/engine_io/mod.ts";
 import { createHttpApp, type HttpDeps, matchWsRoute, ownMetrics } from "./src/http/app.ts";
 import { MetricsExchange } from "./src/http/metrics_exchange.ts";
-import { renderFamily } from "./src/http/process_metrics.ts";
+import { PROC_REFUSED_NOTE, procRefused, renderFamily } from "./src/http/process_metrics.ts";
 import { mountWeb } from "./src/http/web_routes.ts";
 import { ApiCounters, createApi } from "./src/http/api/mod.ts";
 import { openDirectory, parseDatabaseUrl, redactDatabaseUrl } from "./src/directory/open.ts";
@@ -981,6 +981,7 @@ if (import.meta.main) {
   }
   const where = server.everywhere ? `HOST=${config.host}: every interface; ` : "";
   console.log(`Chat server listening on ${server.url} (${where}data in ${config.dataDir})`);
+  if (procRefused()) console.log(PROC_REFUSED_NOTE);
   let stopping = false;
   const stop = async () => {
     if (stopping) return;

@@ -1,7 +1,7 @@
 /** Entry point for `deno serve --parallel`: every isolate runs this module and serves its export. */
 
 import { buildApp, SHUTDOWN_FALLBACK_MS, SHUTDOWN_HTTP_GRACE_MS } from "./main.ts";
-import { PROCESS } from "./src/broker/instance_registry.ts";
+import { PROCESS_NAME } from "./src/broker/instance_registry.ts";
 import { loadConfig } from "./src/config.ts";
 import { redactDatabaseUrl } from "./src/directory/open.ts";
 
@@ -37,11 +37,12 @@ interface StopNote {
 // still flushing its stores: each learns of the others (all of this process, not of another
 // instance, which a Deploy channel would reach), and tells them when it has closed. A note may
 // be lost (the process's channels share one queue, which drops for a receiver that lags), so
-// one closed keeps saying so until it knows every other has.
+// one closed keeps saying so until it knows every other has. Named after PROCESS_NAME, which all
+// isolates share even where each takes a PROCESS of its own.
 const me: string = crypto.randomUUID();
 const isolates = new Set<string>([me]);
 const closed = new Set<string>();
-const channel = new BroadcastChannel(`serve-stop:${PROCESS}`);
+const channel = new BroadcastChannel(`serve-stop:${PROCESS_NAME}`);
 const say = (state: StopNote["state"]) => channel.postMessage({ id: me, state } as StopNote);
 let stopping = false;
 let repeating: ReturnType<typeof setInterval> | undefined;

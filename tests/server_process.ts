@@ -18,11 +18,18 @@ export async function run(cmd: string, ...args: string[]): Promise<void> {
 /**
  * main.ts as a separate process, as production runs it; its stdout and stderr are kept. With
  * `clockFile`, its wall clock is off by the milliseconds that file holds, read again as it runs;
- * with `clockOffsetMs`, by that much for good (see stepped_clock.ts).
+ * with `clockOffsetMs`, by that much for good (see stepped_clock.ts). `flags` replace
+ * `--allow-all` (see {@link taskStartFlags}); with `pidNamespace`, it runs as PID 1 of a PID
+ * namespace of its own, as in a container (root only: see {@link mayUnshare}).
  */
 export function spawnServer(
   env: Record<string, string>,
-  options: { clockFile?: string; clockOffsetMs?: number } = {},
+  options: {
+    clockFile?: string;
+    clockOffsetMs?: number;
+    flags?: string[];
+    pidNamespace?: boolean;
+  } = {},
 ) {
   const clock: Record<string, string> = {};
   if (options.clockFile) clock.CLOCK_OFFSET_FILE = options.clockFile;
@@ -30,8 +37,19 @@ export function spawnServer(
   const preload = Object.keys(clock).length > 0
     ? ["--preload", new URL("./stepped_clock.ts", import.meta.url).pathname]
     : [];
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", ...preload, new URL("../main.ts", import.meta.url).pathname],
+  const deno = [
+    Deno.execPath(),
+    "run",
+    ...(options.flags ?? ["--allow-all"]),
+    ...preload,
+    new URL("../main.ts", import.meta.url).pathname,
+  ];
+  // unshare ignores SIGTERM while it waits for its child; should it die, the server is stopped.
+  const [cmd, ...args] = options.pidNamespace
+    ? ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child=SIGTERM", ...deno]
+    : deno;
+  const child = new Deno.Command(cmd, {
+    args,
     env: { PORT: "0", HOST: "127.0.0.1", JWT_SECRET: TEST_SECRET, NO_COLOR: "1", ...clock, ...env },
     stdout: "piped",
     stderr: "piped",
@@ -61,10 +79,17 @@ export function spawnServer(
       return url;
     },
     async kill(signal: Deno.Signal): Promise<Deno.CommandStatus> {
-      try {
-        child.kill(signal);
-      } catch {
-        // Gone already.
+      // In a namespace of its own, the server is unshare's child, told directly.
+      const pids = options.pidNamespace
+        ? (await Deno.readTextFile(`/proc/${child.pid}/task/${child.pid}/children`).catch(() => ""))
+          .trim().split(/\s+/).filter(Boolean).map(Number)
+        : [child.pid];
+      for (const pid of pids) {
+        try {
+          Deno.kill(pid, signal);
+        } catch {
+          // Gone already.
+        }
       }
       return await status;
     },
@@ -113,6 +138,31 @@ export async function withDataDir(
     await Promise.all(servers.map((server) => server.kill(stop)));
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
+}
+
+/** The flags `deno task start` runs main.ts with, as deno.json's start task names them. */
+export async function taskStartFlags(): Promise<string[]> {
+  const config = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
+  const words: string[] = config.tasks.start.split(/\s+/);
+  const run = words.indexOf("run");
+  const main = words.indexOf("main.ts");
+  if (words[0] !== "deno" || run < 0 || main < run) {
+    throw new Error(
+      `the start task is no longer "deno run <flags> main.ts": ${config.tasks.start}`,
+    );
+  }
+  return words.slice(run + 1, main);
+}
+
+/** Whether this process may start one in a PID namespace of its own (root, with unshare). */
+export async function mayUnshare(): Promise<boolean> {
+  if (Deno.build.os !== "linux" || Deno.uid() !== 0) return false;
+  const out = await new Deno.Command("unshare", {
+    args: ["--pid", "--fork", "--mount-proc", "true"],
+    stdout: "null",
+    stderr: "null",
+  }).output().catch(() => undefined);
+  return out?.success ?? false;
 }
 
 /** How often a spawned server said its registry entry had lapsed and it registered again. */

@@ -41,11 +41,43 @@ interface EntryValue {
 }
 
 /**
- * This OS process, told apart from processes of other hosts and containers: host name, pid and
- * the process's start time. A pid alone is not enough: containers sharing one KV volume often all
- * run as PID 1. Isolates of one `deno serve --parallel` share it.
+ * The environment variable in which scripts/start_parallel.ts hands the isolates of the
+ * `deno serve --parallel` process it starts one random id, read before the start time.
  */
-export const PROCESS = `${hostName()}/${Deno.pid}/${startTicks()}`;
+export const PROCESS_ID_ENV = "CHAT_PROCESS_ID";
+
+/** What tells this process apart from another of the same host name and pid, or "". */
+const processKey = launcherId() || startTicks();
+
+/**
+ * This OS process as each of its isolates names it: host name, pid, and the id its launcher gave
+ * it or its start time. Without either (Deno lets only `--allow-all` read /proc/self), processes
+ * of other containers (all PID 1, on the host's name) may bear it too: it suits only what reaches
+ * no other process anyway, as a `BroadcastChannel` does.
+ */
+export const PROCESS_NAME = `${hostName()}/${Deno.pid}/${processKey}`;
+
+/**
+ * This OS process, told apart from processes of other hosts and containers (see
+ * {@link PROCESS_NAME}); a pid alone is not enough: containers sharing one KV volume often all
+ * run as PID 1. Isolates of one `deno serve --parallel` share it when their launcher gave them an
+ * id or the start time can be read; otherwise each isolate takes a random one of its own: a
+ * sibling taken for another process costs KV reads, a 2 s later listen and a scrape that answers
+ * for its own isolate alone, while another process taken for a sibling is never polled for its
+ * commits.
+ */
+export const PROCESS = processKey ? PROCESS_NAME : PROCESS_NAME + crypto.randomUUID();
+
+/** The id scripts/start_parallel.ts gave this process (see {@link PROCESS_ID_ENV}), or "". */
+function launcherId(): string {
+  try {
+    // Asked first so that a run without the permission is never prompted for it.
+    const granted = Deno.permissions.querySync({ name: "env", variable: PROCESS_ID_ENV }).state;
+    return granted === "granted" ? Deno.env.get(PROCESS_ID_ENV)?.trim() ?? "" : "";
+  } catch {
+    return "";
+  }
+}
 
 function hostName(): string {
   try {

@@ -43,6 +43,25 @@ export const linuxProc: ProcSource = {
   limits: () => readText("/proc/self/limits"),
 };
 
+/**
+ * The line the start logs when Deno refuses to read /proc/self (it asks `--allow-all` for that,
+ * which `deno task start` does not grant): the descriptor series are then left out.
+ */
+export const PROC_REFUSED_NOTE = "metrics: process_open_fds and process_max_fds are left out, " +
+  "and process_start_time_seconds is the isolate's start: Deno lets only --allow-all (-A) " +
+  "read /proc/self";
+
+/** Whether this is Linux and Deno refuses to read /proc/self for want of `--allow-all`. */
+export function procRefused(): boolean {
+  if (Deno.build.os !== "linux") return false;
+  try {
+    Deno.readTextFileSync("/proc/self/limits");
+    return false;
+  } catch (err) {
+    return err instanceof Deno.errors.NotCapable;
+  }
+}
+
 /** Clock ticks per second of `/proc/self/stat`'s times: 100 on every Linux we run on. */
 const CLOCK_TICKS = 100;
 
