@@ -178,3 +178,60 @@ Deno.test("openapi: served at /api/openapi.json without credentials, and every r
     await server.close();
   }
 });
+
+/** Whether `value` passes `schema`, for the few JSON Schema keywords request fields use. */
+function accepts(schema: Json, value: unknown): boolean {
+  if (schema.anyOf) return (schema.anyOf as Json[]).some((s) => accepts(s, value));
+  const types = [schema.type ?? []].flat() as string[];
+  const kind = value === null
+    ? "null"
+    : typeof value === "number" && Number.isInteger(value)
+    ? "integer"
+    : typeof value;
+  if (
+    types.length > 0 && !types.includes(kind) && !(kind === "integer" && types.includes("number"))
+  ) {
+    return false;
+  }
+  if (typeof value === "string" && value.length > ((schema.maxLength as number) ?? Infinity)) {
+    return false;
+  }
+  if (typeof value === "number") {
+    if (value < ((schema.minimum as number) ?? -Infinity)) return false;
+    if (value > ((schema.maximum as number) ?? Infinity)) return false;
+  }
+  return true;
+}
+
+Deno.test("openapi: MessageInput.client_id takes what the server takes (a number, null)", async () => {
+  const server = await startApiServer(BACKENDS[0]);
+  try {
+    const doc = (await server.api("GET", "/api/openapi.json", { token: null })).body;
+    const schemas = (doc.components as Json).schemas as Json;
+    const clientId = ((schemas.MessageInput as Json).properties as Json).client_id as Json;
+    const cases: [unknown, unknown][] = [
+      [42, "42"],
+      ["k-1", "k-1"],
+      [null, null],
+      ["", null],
+      [1e300, undefined],
+      ["x".repeat(129), undefined],
+    ];
+    for (const [value, stored] of cases) {
+      const res = await server.api("POST", "/api/rooms/room/general/messages", {
+        json: { body: "hi", client_id: value },
+      });
+      const taken = res.status === 201 || res.status === 200;
+      assertEquals(taken, stored !== undefined, `${JSON.stringify(value)}: ${res.status}`);
+      if (taken) assertEquals(res.body.client_id, stored, JSON.stringify(value));
+      assertEquals(
+        accepts(clientId, value),
+        taken,
+        `the document and the server disagree on ${JSON.stringify(value)}: ` +
+          JSON.stringify(clientId),
+      );
+    }
+  } finally {
+    await server.close();
+  }
+});

@@ -2,7 +2,7 @@
 
 import { z } from "zod";
 import type { ApiRoute } from "./framework.ts";
-import { requestSchemas, responseSchemas } from "./schemas.ts";
+import { documentedInputs, requestSchemas, responseSchemas } from "./schemas.ts";
 
 type Json = Record<string, unknown>;
 
@@ -14,17 +14,26 @@ function component(schema: Json): Json {
   return rest;
 }
 
+/** Puts in the JSON Schemas of request fields that say what they take (see documentedInputs). */
+function override(ctx: { zodSchema: unknown; jsonSchema: Json }): void {
+  const documented = documentedInputs.get(ctx.zodSchema as z.ZodType);
+  if (!documented) return;
+  const { description } = ctx.jsonSchema;
+  for (const key of Object.keys(ctx.jsonSchema)) delete ctx.jsonSchema[key];
+  Object.assign(ctx.jsonSchema, description === undefined ? {} : { description }, documented);
+}
+
 /** A body schema: a `$ref` when it is a registered component, else inline. */
 function schemaOf(schema: z.ZodType, io: "input" | "output"): Json {
   const id = (io === "input" ? requestSchemas : responseSchemas).get(schema)?.id;
   if (id) return { $ref: COMPONENTS + id };
-  return component(z.toJSONSchema(schema, { io }) as Json);
+  return component(z.toJSONSchema(schema, { io, override }) as Json);
 }
 
 /** OpenAPI parameter objects for a path or query object schema. */
 function parameters(schema: z.ZodType | undefined, where: "path" | "query"): Json[] {
   if (!schema) return [];
-  const json = z.toJSONSchema(schema, { io: "input" }) as Json;
+  const json = z.toJSONSchema(schema, { io: "input", override }) as Json;
   const properties = (json.properties ?? {}) as Record<string, Json>;
   const required = new Set((json.required ?? []) as string[]);
   return Object.entries(properties).map(([name, property]) => {
@@ -50,7 +59,8 @@ export function buildOpenApiDocument(routes: ApiRoute[]): Json {
   for (
     const [registry, io] of [[requestSchemas, "input"], [responseSchemas, "output"]] as const
   ) {
-    const converted = z.toJSONSchema(registry, { io, uri: (id) => COMPONENTS + id }).schemas;
+    const converted = z.toJSONSchema(registry, { io, uri: (id) => COMPONENTS + id, override })
+      .schemas;
     for (const [id, schema] of Object.entries(converted)) {
       if (schemas[id]) throw new Error(`Schema id "${id}" is registered twice`);
       schemas[id] = component(schema as Json);

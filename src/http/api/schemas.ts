@@ -221,6 +221,26 @@ const clientId = z.preprocess(
   "Idempotency key: the same key from the same sender within 24 hours stores one message",
 );
 
+/**
+ * JSON Schemas the OpenAPI document gives for request schemas whose own one says less than they
+ * take: zod describes a preprocessed field by what it becomes, not by what it is given.
+ */
+export const documentedInputs = new WeakMap<z.ZodType, Record<string, unknown>>();
+
+// A JSON body may carry the key as a number (or null), not only as the string a form field is:
+// generated clients and validating gateways must let through what the server takes.
+const jsonClientId = clientId.describe(
+  "Idempotency key: the same key from the same sender within 24 hours stores one message. A " +
+    'number is stored as its digits (42 as "42"); an empty string or null is none',
+);
+documentedInputs.set(jsonClientId, {
+  anyOf: [
+    { type: "string", maxLength: 128 },
+    { type: "number", minimum: -Number.MAX_SAFE_INTEGER, maximum: Number.MAX_SAFE_INTEGER },
+    { type: "null" },
+  ],
+});
+
 /** Body of `POST .../messages`. */
 export const MessageInput = z.strictObject({
   // Length and blankness are the core's to refuse, with the codes every protocol gives.
@@ -231,7 +251,7 @@ export const MessageInput = z.strictObject({
   sender_id: UserId.optional().describe(
     "A directory user who may enter the room; omitted for a system message",
   ),
-  client_id: clientId,
+  client_id: jsonClientId,
 }).describe("A text message to publish.").register(requestSchemas, { id: "MessageInput" });
 
 /** Fields of the multipart body of `POST .../attachments`. */
