@@ -235,3 +235,25 @@ Deno.test("openapi: MessageInput.client_id takes what the server takes (a number
     await server.close();
   }
 });
+
+Deno.test("openapi: servers names PUBLIC_URL, its path included, and is left out without it", async () => {
+  // README: a PUBLIC_URL with a path, the proxy serving the server under /chat/.
+  const behind = await startApiServer(BACKENDS[0], { PUBLIC_URL: "https://example.com/chat/" });
+  try {
+    const doc = (await behind.api("GET", "/api/openapi.json", { token: null })).body;
+    assertEquals(doc.servers, [{ url: "https://example.com/chat" }]);
+    // OpenAPI appends each path to the server's URL.
+    const [first] = Object.keys(doc.paths as Json);
+    assertEquals(`${(doc.servers as Json[])[0].url}${first}`, `https://example.com/chat${first}`);
+  } finally {
+    await behind.close();
+  }
+  // At its host's root: OpenAPI's default server, "/" of wherever the document was fetched from.
+  const direct = await startApiServer(BACKENDS[0]);
+  try {
+    const doc = (await direct.api("GET", "/api/openapi.json", { token: null })).body;
+    assertEquals(doc.servers, undefined);
+  } finally {
+    await direct.close();
+  }
+});

@@ -53,8 +53,11 @@ export function honoPath(path: string): string {
   return path.replace(/\{([^}]+)\}/g, ":$1");
 }
 
-/** Builds the OpenAPI 3.1 document of `routes`. */
-export function buildOpenApiDocument(routes: ApiRoute[]): Json {
+/**
+ * Builds the OpenAPI 3.1 document of `routes`, served from `publicUrl` (PUBLIC_URL) when it is
+ * set.
+ */
+export function buildOpenApiDocument(routes: ApiRoute[], publicUrl?: string): Json {
   const schemas: Record<string, Json> = {};
   for (
     const [registry, io] of [[requestSchemas, "input"], [responseSchemas, "output"]] as const
@@ -117,6 +120,10 @@ export function buildOpenApiDocument(routes: ApiRoute[]): Json {
       { name: "messages", description: "History and publishing." },
       { name: "meta", description: "This document." },
     ],
+    // Behind a proxy that serves the server under a path, tools would otherwise call the paths
+    // at the host's root. Without PUBLIC_URL the server takes itself to be at its host's root,
+    // which OpenAPI's default base ("/" of wherever the document came from) already says.
+    ...(publicUrl === undefined ? {} : { servers: [{ url: publicUrl }] }),
     security: [{ bearerAuth: [] }],
     paths,
     components: {

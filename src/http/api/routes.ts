@@ -328,7 +328,8 @@ export const API_ROUTES: ApiRoute[] = [
         schema: z.record(z.string(), z.unknown()),
       },
     },
-    handle: () => Promise.resolve({ status: 200, body: openApiDocument() }),
+    handle: (_input, deps) =>
+      Promise.resolve({ status: 200, body: openApiDocument(deps.config.publicUrl) }),
   }),
 
   defineRoute({
@@ -780,9 +781,12 @@ export const API_ROUTES: ApiRoute[] = [
   }),
 ];
 
-let cachedDocument: Record<string, unknown> | undefined;
+let cachedDocument: { publicUrl?: string; document: Record<string, unknown> } | undefined;
 
-/** The OpenAPI 3.1 document of {@link API_ROUTES}, built once. */
-export function openApiDocument(): Record<string, unknown> {
-  return cachedDocument ??= buildOpenApiDocument(API_ROUTES);
+/** The OpenAPI 3.1 document of {@link API_ROUTES} served from `publicUrl`, built once. */
+export function openApiDocument(publicUrl?: string): Record<string, unknown> {
+  if (!cachedDocument || cachedDocument.publicUrl !== publicUrl) {
+    cachedDocument = { publicUrl, document: buildOpenApiDocument(API_ROUTES, publicUrl) };
+  }
+  return cachedDocument.document;
 }
