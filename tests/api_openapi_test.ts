@@ -257,3 +257,40 @@ Deno.test("openapi: servers names PUBLIC_URL, its path included, and is left out
     await direct.close();
   }
 });
+
+Deno.test("openapi: the 405 a path answers a method it lacks is documented, Allow as it says", async () => {
+  const server = await startApiServer(BACKENDS[0]);
+  try {
+    const doc = (await server.api("GET", "/api/openapi.json", { token: null })).body;
+    const components = doc.components as Json;
+    const documented = (components.responses as Json | undefined)?.MethodNotAllowed as
+      | Json
+      | undefined;
+    assert(documented, `no 405 in components.responses: ${JSON.stringify(components.responses)}`);
+    assert("Allow" in (documented.headers as Json), JSON.stringify(documented));
+    assertEquals(
+      (((documented.content as Json)["application/json"] as Json).schema as Json).$ref,
+      "#/components/schemas/Error",
+    );
+    assertMatch((doc.info as Json).description as string, /405/);
+    let tried = 0;
+    for (const [path, item] of Object.entries(doc.paths as Json)) {
+      const methods = Object.keys(item as Json);
+      const missing = ["get", "put", "post", "delete"].find((m) => !methods.includes(m));
+      if (!missing) continue;
+      const concrete = path.replace("{kind}", "chat").replace(/\{[^}]+\}/g, "1");
+      const answer = await server.api(missing.toUpperCase(), concrete, { token: null });
+      assertEquals(answer.status, 405, `${missing} ${concrete}`);
+      assertEquals(answer.body.status, 405);
+      assertEquals(
+        answer.headers.get("allow")!.split(", ").sort(),
+        methods.map((m) => m.toUpperCase()).sort(),
+        concrete,
+      );
+      tried++;
+    }
+    assert(tried > 0);
+  } finally {
+    await server.close();
+  }
+});

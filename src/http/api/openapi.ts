@@ -112,7 +112,9 @@ export function buildOpenApiDocument(routes: ApiRoute[], publicUrl?: string): Js
       version: "1.0.0",
       description: "Users, rooms and participants of the directory, room history, and " +
         "publishing messages and files to every protocol's clients. Errors are JSON " +
-        "`{status, message}`.",
+        "`{status, message}`. A path called with a method it does not have is answered 405 " +
+        "(`MethodNotAllowed`) with an `Allow` header naming the methods it has; an unknown " +
+        "path 404.",
     },
     tags: [
       { name: "users", description: "Directory users; their profile fills in what tokens lack." },
@@ -128,6 +130,20 @@ export function buildOpenApiDocument(routes: ApiRoute[], publicUrl?: string): Js
     paths,
     components: {
       schemas,
+      // No operation answers it (OpenAPI has no place for a method a path lacks), so it stands
+      // here for tools and readers, named in info.description.
+      responses: {
+        MethodNotAllowed: {
+          description: "The path has no such method.",
+          headers: {
+            Allow: {
+              description: "The methods the path has, e.g. `GET, PUT, DELETE`.",
+              schema: { type: "string" },
+            },
+          },
+          content: { "application/json": { schema: { $ref: COMPONENTS + "Error" } } },
+        },
+      },
       securitySchemes: {
         bearerAuth: {
           type: "http",

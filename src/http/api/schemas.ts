@@ -278,7 +278,8 @@ export const ApiErrorBody = z.object({
   status: z.number().int().describe("The HTTP status, repeated"),
   message: z.string(),
   code: z.string().optional().describe(
-    "The chat error code (as in the native protocol: file_too_large, bad_base64, forbidden, ...) " +
+    "The chat error code (as in the native protocol: file_too_large, empty_message, forbidden, " +
+      "rate_limited, room_deleted, ...) " +
       "when the refusal is one the sockets share",
   ),
   issues: z.array(z.object({ path: z.string(), message: z.string() })).optional().describe(
