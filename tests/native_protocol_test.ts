@@ -987,8 +987,9 @@ Deno.test("native: errors come with codes; bad token 4001; no access is an error
     });
     a.send('{"type":"ping","ref":9007199254740991}');
     assertEquals(await a.next(), { type: "pong", ref: 9007199254740991 });
+    // Null is no ref (docs/protocol.md), so none comes back.
     a.send({ type: "ping", ref: null });
-    assertEquals(await a.next(), { type: "pong", ref: null });
+    assertEquals(await a.next(), { type: "pong" });
     a.send({ type: "history", room: "ticket:1", ref: 2.5 });
     const history = await a.next();
     assertEquals([history.type, history.ref, history.messages], ["history", 2.5, []]);
@@ -1709,6 +1710,30 @@ Deno.test("native: typing and read events go to the other members only, not back
     await a.nothing((f) => f.type === "typing" || f.type === "read");
     await a.close();
     await b.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: a null ref counts as none: no reply echoes it", async () => {
+  const server = await startTestServer();
+  try {
+    const a = await connect(server);
+    const requests: [Frame, string][] = [
+      [{ type: "join", room: "ticket:1", since: 0 }, "joined"],
+      [{ type: "join", rooms: ["ticket:2"] }, "joined"],
+      [{ type: "send", room: "ticket:1", body: "hi", client_id: "n1" }, "ack"],
+      [{ type: "history", room: "ticket:1" }, "history"],
+      [{ type: "read", room: "ticket:1" }, "read_ok"],
+      [{ type: "ping" }, "pong"],
+      [{ type: "leave", room: "ticket:2" }, "left"],
+      [{ type: "send", room: "ticket:9", body: "not joined" }, "error"],
+    ];
+    for (const [request, reply] of requests) {
+      a.send({ ...request, ref: null });
+      const answer = await a.next((f) => f.type === reply);
+      assert(!("ref" in answer), `${request.type}: ${JSON.stringify(answer)}`);
+    }
   } finally {
     await server.close();
   }

@@ -372,7 +372,8 @@ class NativeSession implements SocketHandler {
   }
 
   #reply(conn: Connection, frame: Record<string, unknown>, ref: unknown): void {
-    conn.send(JSON.stringify(ref === undefined ? frame : { ...frame, ref }));
+    // A null ref is none (docs/protocol.md): echoed, it would be one a client never gave.
+    conn.send(JSON.stringify(ref === undefined || ref === null ? frame : { ...frame, ref }));
   }
 
   async #join(
