@@ -4,10 +4,23 @@
  */
 
 import { PROCESS_ID_ENV } from "../src/broker/instance_registry.ts";
+import { loadListenAddress } from "../src/config.ts";
 import { PROC_REFUSED_NOTE } from "../src/http/process_metrics.ts";
 
-const port = Deno.env.get("PORT")?.trim() || "8000";
-const host = Deno.env.get("HOST")?.trim() || "0.0.0.0";
+let address;
+try {
+  address = loadListenAddress(Deno.env.toObject());
+} catch (err) {
+  // As main.ts: a bad PORT is named as a setting, not as `deno serve`'s `--port`.
+  console.error((err as Error).message);
+  Deno.exit(1);
+}
+const port = String(address.port);
+// main.ts takes an IPv6 HOST with brackets or without (`::`: every interface); `deno serve`'s
+// `--host` only with them.
+const host = address.host.includes(":") && !address.host.startsWith("[")
+  ? `[${address.host}]`
+  : address.host;
 const child = new Deno.Command(Deno.execPath(), {
   args: [
     "serve",

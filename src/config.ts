@@ -382,13 +382,28 @@ function localDatabaseFile(url: string | undefined, dataDir: string): string | u
   }
 }
 
+/** The Error listing every bad value of a configuration that did not parse. */
+function invalidConfiguration(error: z.ZodError): Error {
+  const lines = error.issues.map((i) => `  ${i.path.join(".")}: ${i.message}`);
+  return new Error(`Invalid configuration:\n${lines.join("\n")}`);
+}
+
+/**
+ * PORT and HOST alone, read and refused as {@link loadConfig} reads them, for a launcher that
+ * hands them to `deno serve` (whose own refusal names its flag, not the setting).
+ */
+export function loadListenAddress(
+  env: Record<string, string | undefined>,
+): Pick<Config, "port" | "host"> {
+  const parsed = EnvSchema.pick({ PORT: true, HOST: true }).safeParse(env);
+  if (!parsed.success) throw invalidConfiguration(parsed.error);
+  return { port: parsed.data.PORT, host: parsed.data.HOST };
+}
+
 /** Reads the configuration from an environment map; throws an Error listing every bad value. */
 export function loadConfig(env: Record<string, string | undefined>): Config {
   const parsed = EnvSchema.safeParse(env);
-  if (!parsed.success) {
-    const lines = parsed.error.issues.map((i) => `  ${i.path.join(".")}: ${i.message}`);
-    throw new Error(`Invalid configuration:\n${lines.join("\n")}`);
-  }
+  if (!parsed.success) throw invalidConfiguration(parsed.error);
   const e = parsed.data;
   // The handshake hands both to the client, whose timer waits their sum: past 2^31 - 1 ms a
   // timer fires at once, and every session would end at its first ping.

@@ -358,3 +358,56 @@ Deno.test("startup: a DATA_DIR that `deno task token` created before the first s
     await Deno.remove(base, { recursive: true }).catch(() => {});
   }
 });
+
+/** Runs `deno task start:parallel`'s script with `env` until it exits, or until `until` is seen. */
+async function startParallel(
+  env: Record<string, string>,
+  until?: RegExp,
+): Promise<{ code: number; output: string }> {
+  const dataDir = await Deno.makeTempDir({ prefix: "chat-parallel-" });
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-run",
+      "--allow-env",
+      "--allow-read",
+      new URL("../scripts/start_parallel.ts", import.meta.url).pathname,
+    ],
+    env: { DATA_DIR: dataDir, DENO_JOBS: "1", NO_COLOR: "1", ...env },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  let output = "";
+  const pumps = [child.stdout, child.stderr].map(async (stream) => {
+    for await (const text of stream.pipeThrough(new TextDecoderStream())) {
+      output += text;
+      if (until?.test(output)) child.kill("SIGTERM");
+    }
+  });
+  // One that neither refuses nor says the awaited line is stopped, and its test fails.
+  const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
+  try {
+    const { code } = await child.status;
+    await Promise.all(pumps);
+    return { code, output };
+  } finally {
+    clearTimeout(timer);
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+}
+
+Deno.test("startup: start:parallel refuses a bad PORT as main.ts does, naming PORT, not deno serve's --port; an IPv6 HOST without brackets is taken as main.ts takes it", async () => {
+  for (const port of ["abc", "70000", "-1"]) {
+    const parallel = await startParallel({ PORT: port });
+    const main = await start({ PORT: port });
+    assertEquals(parallel.code, 1, parallel.output);
+    assertEquals(
+      parallel.output.trimEnd(),
+      `Invalid configuration:\n  PORT: expected a port from 0 to 65535, got "${port}"`,
+    );
+    assertEquals(parallel.output, main.stderr);
+  }
+  const listening = /Listening on http:\/\/\[::1\]:\d+/;
+  const { output } = await startParallel({ PORT: "0", HOST: "::1" }, listening);
+  assert(listening.test(output), output);
+});
