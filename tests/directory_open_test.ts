@@ -383,3 +383,56 @@ Deno.test({
     }
   },
 });
+
+Deno.test("openDirectory: sqlite:///x is the absolute /x, and refused when only x in the working directory exists (SQLAlchemy's reading)", async () => {
+  const root = await Deno.makeTempDir({ prefix: "directory_open_" });
+  const cwd = Deno.cwd();
+  const name = `three-slashes-${crypto.randomUUID()}.sqlite3`;
+  try {
+    Deno.chdir(root);
+    await Deno.writeTextFile(join(root, name), "");
+    const error = await assertRejects(
+      () => openDirectory(`sqlite:///${name}`, "/nonexistent-unused"),
+      /^DATABASE_URL names /,
+    );
+    assertEquals(
+      error.message,
+      `DATABASE_URL names /${name} (this server reads sqlite:/// as an absolute path), which ` +
+        `does not exist, while ${join(root, name)} does (SQLAlchemy and dj-database-url read ` +
+        "sqlite:/// as a path relative to the working directory): for that file write " +
+        `sqlite:${name} or sqlite:///${join(root, name)}, for a new one at /${name} ` +
+        `sqlite:////${name} (four slashes, absolute for both)`,
+    );
+    assert(!(await Deno.stat(`/${name}`).then(() => true, () => false)), "created at the root");
+    // Each form the message offers opens the file in the working directory.
+    for (const url of [`sqlite:${name}`, `sqlite:///${join(root, name)}`]) {
+      const directory = await openDirectory(url, "/nonexistent-unused");
+      await directory.close();
+      assert((await Deno.stat(join(root, name))).size > 0, url);
+    }
+
+    // Where the absolute file exists, three slashes open it, as they always have, though the
+    // relative one exists too.
+    const absolute = join(root, "abs", "dir.sqlite3");
+    const shadow = join(root, absolute.slice(1));
+    await Deno.mkdir(join(shadow, ".."), { recursive: true });
+    await Deno.writeTextFile(shadow, "");
+    const first = await openDirectory(absolute, "/nonexistent-unused");
+    await first.upsertRoom({ kind: "chat", id: "1", title: "absolute" });
+    await first.close();
+    const again = await openDirectory(`sqlite://${absolute}`, "/nonexistent-unused");
+    try {
+      assertEquals((await again.getRoom("chat", "1"))?.title, "absolute");
+      assertEquals((await Deno.stat(shadow)).size, 0);
+    } finally {
+      await again.close();
+    }
+  } finally {
+    Deno.chdir(cwd);
+    await Deno.remove(root, { recursive: true });
+    // What a server that reads it otherwise would have made.
+    for (const suffix of ["", "-wal", "-shm"]) {
+      await Deno.remove(`/${name}${suffix}`).catch(() => {});
+    }
+  }
+});

@@ -5,6 +5,7 @@
 
 import * as jose from "jose";
 import { generateKeyPairSync } from "node:crypto";
+import { join } from "node:path";
 import { assert, assertEquals } from "./assert.ts";
 
 /**
@@ -15,6 +16,7 @@ async function start(
   env: Record<string, string>,
   entry: "main" | "serve" = "main",
   wrap: string[] = [],
+  cwd?: string,
 ): Promise<{ code: number; stderr: string; dataDir: string }> {
   const dataDir = await Deno.makeTempDir({ prefix: "chat-startup-" });
   const path = new URL(`../${entry}.ts`, import.meta.url).pathname;
@@ -36,6 +38,7 @@ async function start(
           Object.entries(env).map(([k, v]) => [k, v.replaceAll("$DATA_DIR", dataDir)]),
         ),
       },
+      cwd,
       stdout: "null",
       stderr: "piped",
       // A server that starts instead of refusing is killed, and the test fails on its code.
@@ -410,4 +413,30 @@ Deno.test("startup: start:parallel refuses a bad PORT as main.ts does, naming PO
   const listening = /Listening on http:\/\/\[::1\]:\d+/;
   const { output } = await startParallel({ PORT: "0", HOST: "::1" }, listening);
   assert(listening.test(output), output);
+});
+
+Deno.test("startup: DATABASE_URL=sqlite:///x, where /x does not exist but x in the working directory does (SQLAlchemy's reading), stops it in one line naming both readings", async () => {
+  const cwd = await Deno.makeTempDir({ prefix: "chat-sqlite-url-" });
+  const name = `three-slashes-${crypto.randomUUID()}.sqlite3`;
+  try {
+    await Deno.writeTextFile(join(cwd, name), "");
+    const { code, stderr } = await start({ DATABASE_URL: `sqlite:///${name}` }, "main", [], cwd);
+    assertEquals(code, 1, stderr);
+    assertEquals(stderr.trimEnd().split("\n").length, 1, stderr);
+    assert(
+      stderr.startsWith(
+        `Could not start: DATABASE_URL names /${name} (this server reads sqlite:///`,
+      ),
+      stderr,
+    );
+    assert(stderr.includes(`while ${join(cwd, name)} does (SQLAlchemy`), stderr);
+    assert(!(await Deno.stat(`/${name}`).then(() => true, () => false)), "made at the root");
+    assertEquals((await Deno.stat(join(cwd, name))).size, 0, "the file was opened");
+  } finally {
+    await Deno.remove(cwd, { recursive: true });
+    // What a server that reads it otherwise would have made.
+    for (const suffix of ["", "-wal", "-shm"]) {
+      await Deno.remove(`/${name}${suffix}`).catch(() => {});
+    }
+  }
 });

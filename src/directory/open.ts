@@ -1,7 +1,7 @@
 /** Opens the directory a `DATABASE_URL` names: SQLite by default, Postgres for `postgres://`. */
 
 import { mkdir } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { Kysely, PostgresDialect } from "kysely";
 import type { Directory } from "../core/directory.ts";
 import { KyselyDirectory } from "./kysely_directory.ts";
@@ -66,6 +66,7 @@ export async function openDirectory(
   postgres: PostgresSettings = {},
 ): Promise<Directory> {
   const target = parseDatabaseUrl(databaseUrl, dataDir);
+  if (target.dialect === "sqlite") await refuseMisreadSqliteUrl(databaseUrl ?? "", target.path);
   const directory = target.dialect === "postgres"
     ? openPostgres(target.url, postgres, databaseUrl!)
     : await openSqlite(target.path, postgres.timeoutMs);
@@ -76,6 +77,29 @@ export async function openDirectory(
     throw error;
   }
   return directory;
+}
+
+/**
+ * Refuses a `sqlite:///x` whose absolute file `/x` does not exist while `x` in the working
+ * directory does: SQLAlchemy and dj-database-url read three slashes as relative (four as
+ * absolute), so whoever wrote it most likely meant that file, and a start would otherwise begin an
+ * empty directory at the root. Read as absolute it stays (installations rely on it).
+ */
+async function refuseMisreadSqliteUrl(databaseUrl: string, path: string): Promise<void> {
+  if (!/^sqlite:\/\/\/(?!\/)/i.test(databaseUrl.trim())) return;
+  const relative = resolve(path.slice(1));
+  const absent = await Deno.stat(path).then(
+    () => false,
+    (err) => err instanceof Deno.errors.NotFound,
+  );
+  if (!absent || !(await Deno.stat(relative).then(() => true, () => false))) return;
+  throw new Error(
+    `DATABASE_URL names ${path} (this server reads sqlite:/// as an absolute path), which does ` +
+      `not exist, while ${relative} does (SQLAlchemy and dj-database-url read sqlite:/// as a ` +
+      "path relative to the working directory): for that file write " +
+      `sqlite:${path.slice(1)} or sqlite:///${relative}, for a new one at ${path} ` +
+      `sqlite:////${path.slice(1)} (four slashes, absolute for both)`,
+  );
 }
 
 /**
