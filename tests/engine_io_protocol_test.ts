@@ -887,3 +887,31 @@ Deno.test("a polling POST is bounded by its bytes alone: thousands of events a c
     deepStrictEqual(ctx.reasons, []);
   });
 });
+
+Deno.test("a long polling POST is handled in slices: timers run meanwhile, its packets stay in order, and it is answered once all are handled", async () => {
+  await withServer({}, async (ctx) => {
+    const { sid } = await handshake(ctx);
+    strictEqual((await post(ctx, sid, "40")).status, 200);
+    await eventually(() => ctx.sockets.length === 1);
+    const count = 1_000_000;
+    const body = Array.from({ length: count }, (_, n) => `42["e",${n}]`).join("\x1e");
+    let worst = 0;
+    let last = performance.now();
+    const ticks = setInterval(() => {
+      const now = performance.now();
+      worst = Math.max(worst, now - last);
+      last = now;
+    }, 5);
+    let reply: Reply;
+    try {
+      reply = await post(ctx, sid, body);
+    } finally {
+      clearInterval(ticks);
+    }
+    strictEqual(reply.status, 200);
+    strictEqual(ctx.events.length, count);
+    ok(ctx.events.every((event, n) => event[1] === n), "in the order sent");
+    // One loop over them all held every timer, and every other client, for the whole POST.
+    ok(worst < 150, `a timer waited ${worst.toFixed(0)} ms`);
+  });
+});

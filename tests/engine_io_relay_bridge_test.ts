@@ -26,7 +26,7 @@ function intercept(fn: (m: Posted, send: () => void) => void): void {
 
 const idle: RelayOwner = {
   relayPoll: () => new Promise<RelayReply>(() => {}),
-  relayPost: () => ({ status: 200, body: "ok", contentType: "text/html" }),
+  relayPost: () => Promise.resolve({ status: 200, body: "ok", contentType: "text/html" }),
   relayWebSocket: () => false,
 };
 

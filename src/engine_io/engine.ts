@@ -72,10 +72,10 @@ export interface EngineOptions {
   /**
    * Bytes of long-polling POST bodies read at once, in all, for sessions whose
    * {@linkcode EngineSocket.maxPayload} the application has not raised (nobody has signed in) and
-   * for POSTs relayed from another isolate: each is read whole before anyone knows whose it is.
-   * A POST past it is refused with 503 and its session ends (clients reconnect); the first 16
-   * KiB of each are not counted, and one that takes longer than `pingInterval + pingTimeout` to
-   * arrive is dropped. The messages past `initialMaxPayload` a WebSocket session took (see
+   * for POSTs relayed from another isolate: each is read whole before anyone knows whose it is,
+   * and counted until its packets have been handled. A POST past it is refused with 503 and its
+   * session ends (clients reconnect); the first 16 KiB of each are not counted, and one that takes
+   * longer than `pingInterval + pingTimeout` to arrive is dropped. The messages past `initialMaxPayload` a WebSocket session took (see
    * `initialLargePayload`) but its first count against it whole, until the application raises the
    * session's `maxPayload` or the session closes. Default unlimited.
    */
@@ -262,6 +262,16 @@ interface PostBudget {
  * `authenticate` always fits, so POSTs that stall holding the whole budget lock nobody out.
  */
 export const FREE_POST_BYTES = 16 * 1024;
+
+/**
+ * Milliseconds a polling POST's packets are handled for before other work gets its turn: a body
+ * is bounded by its bytes alone (an offline buffer of a typing event per key pressed comes in one),
+ * and 13 MB of tiny events, from a client without a token, held every other client for seconds.
+ */
+const POST_SLICE_MS = 10;
+
+/** Packets handled between two looks at the clock (see {@link POST_SLICE_MS}). */
+const POST_SLICE_CHECK = 32;
 
 /**
  * Request headers a preflight never grants: those a reverse proxy may take its word from (the
@@ -695,8 +705,11 @@ class Session implements EngineSocket {
     this.#posting = false;
   }
 
-  /** Handles the body of a long-polling POST. */
-  post(body: string): Reply {
+  /**
+   * Handles the body of a long-polling POST, in slices that let other work run between them
+   * (see {@link POST_SLICE_MS}); resolves once every packet has been handled.
+   */
+  async post(body: string): Promise<Reply> {
     if (this.#state === "closed") return errorReply(ErrorCode.UNKNOWN_SID);
     if (this.#ws) return errorReply(ErrorCode.BAD_REQUEST);
     // Counted by the session's owner, as its WebSocket messages are, wherever the POST arrived.
@@ -705,7 +718,13 @@ class Session implements EngineSocket {
     // handshake's maxPayload, so what a client queued while offline (a typing event for every key
     // pressed) comes in one POST. Walked a packet at a time, never split whole: a body of millions
     // of two-byte packets would otherwise take hundreds of MB.
-    for (let at = 0; at <= body.length;) {
+    let slice = performance.now();
+    for (let at = 0, n = 0; at <= body.length; n++) {
+      if (n % POST_SLICE_CHECK === 0 && performance.now() - slice >= POST_SLICE_MS) {
+        // A timer, not a microtask: requests and frames of other clients wait in the event loop.
+        await new Promise((resolve) => setTimeout(resolve, 0));
+        slice = performance.now();
+      }
       if (this.readyState === "closed") break;
       let end = body.indexOf(SEPARATOR, at);
       if (end < 0) end = body.length;
@@ -911,7 +930,8 @@ class Session implements EngineSocket {
 }
 
 type BodyResult =
-  | { ok: true; text: string }
+  /** `held`: bytes still taken from the budget, which the caller gives back once it is handled. */
+  | { ok: true; text: string; held: number }
   | { ok: false; tooLarge: boolean; busy?: boolean; notUtf8?: boolean };
 
 // Packets are text: bytes that are not UTF-8 are no packets (a lenient decoder stored U+FFFD).
@@ -920,7 +940,7 @@ const utf8 = new TextDecoder("utf-8", { fatal: true });
 /** A body's text, or the refusal of one that is not UTF-8. */
 function bodyText(bytes: Uint8Array): BodyResult {
   try {
-    return { ok: true, text: utf8.decode(bytes) };
+    return { ok: true, text: utf8.decode(bytes), held: 0 };
   } catch {
     return { ok: false, tooLarge: false, notUtf8: true };
   }
@@ -928,8 +948,9 @@ function bodyText(bytes: Uint8Array): BodyResult {
 
 /**
  * Reads a POST body of at most `limit` bytes; with a `budget`, its bytes past
- * {@link FREE_POST_BYTES} are taken from it as they come (and given back once read), a body it
- * cannot hold is refused as `busy`, and one that takes longer than its deadline is dropped.
+ * {@link FREE_POST_BYTES} are taken from it as they come (a body read whole keeps them, as its
+ * `held`, for its caller to give back; a refused one gives them back), a body it cannot hold is
+ * refused as `busy`, and one that takes longer than its deadline is dropped.
  */
 async function readBody(req: Request, limit: number, budget?: PostBudget): Promise<BodyResult> {
   const declared = Number(req.headers.get("content-length"));
@@ -941,7 +962,7 @@ async function readBody(req: Request, limit: number, budget?: PostBudget): Promi
     await req.body?.cancel().catch(() => {});
     return { ok: false, tooLarge: false, busy: true };
   }
-  if (!req.body) return { ok: true, text: "" };
+  if (!req.body) return { ok: true, text: "", held: 0 };
   const reader = req.body.getReader();
   const chunks: Uint8Array[] = [];
   let size = 0;
@@ -980,14 +1001,22 @@ async function readBody(req: Request, limit: number, budget?: PostBudget): Promi
     clearTimeout(deadline);
     if (budget) budget.left += taken;
   }
-  if (chunks.length === 1) return bodyText(chunks[0]);
-  const all = new Uint8Array(size);
-  let offset = 0;
-  for (const chunk of chunks) {
-    all.set(chunk, offset);
-    offset += chunk.byteLength;
+  let all = chunks[0];
+  if (chunks.length > 1) {
+    all = new Uint8Array(size);
+    let offset = 0;
+    for (const chunk of chunks) {
+      all.set(chunk, offset);
+      offset += chunk.byteLength;
+    }
   }
-  return bodyText(all);
+  const body = all ? bodyText(all) : { ok: true as const, text: "", held: 0 };
+  // Taken again, with nothing run in between: its text is still held until it has been handled.
+  if (budget && body.ok) {
+    budget.left -= taken;
+    body.held = taken;
+  }
+  return body;
 }
 
 function pipe(a: FrameSocket, b: FrameSocket): void {
@@ -1161,8 +1190,8 @@ export class EngineServer {
     // much as it may send in one WebSocket message; the others keep the polling limit.
     const limit = Math.max(this.#options.maxPollingPayload, session.maxPost);
     const body = await readBody(req, limit, session.maxPost > 0 ? undefined : this.#unsignedPosts);
-    session.endPost();
     if (!body.ok) {
+      session.endPost();
       if (body.notUtf8) session.fail("parse error", "a POST that is not UTF-8");
       else {
         session.fail(
@@ -1173,7 +1202,11 @@ export class EngineServer {
       if (body.busy) return this.#busy(origin);
       return body.tooLarge ? this.#payloadTooLarge(origin) : fail(ErrorCode.BAD_REQUEST);
     }
-    return this.#respond(session.post(body.text), origin);
+    // Still one POST in flight, and its bytes still held, until its packets have been handled.
+    const reply = await session.post(body.text);
+    this.#unsignedPosts.left += body.held;
+    session.endPost();
+    return this.#respond(reply, origin);
   }
 
   /** Closes every session and the relay; resolves once local WebSockets have closed. */
@@ -1242,8 +1275,10 @@ export class EngineServer {
       if (!body.ok && !body.tooLarge && !body.notUtf8) {
         return this.#respond(errorReply(ErrorCode.BAD_REQUEST), origin);
       }
-      // A body refused here ends the session there, as it would have on the owner.
+      // A body refused here ends the session there, as it would have on the owner; one taken is
+      // held here until the owner has handled it (and answered).
       reply = await relay.post(sid, body.ok ? body.text : body.notUtf8 ? false : null);
+      if (body.ok) this.#unsignedPosts.left += body.held;
     } else {
       return this.#respond(errorReply(ErrorCode.BAD_REQUEST), origin);
     }
@@ -1261,7 +1296,7 @@ export class EngineServer {
         if (!session) return Promise.resolve(errorReply(ErrorCode.UNKNOWN_SID));
         return session.poll();
       },
-      relayPost: (sid, body) => {
+      relayPost: async (sid, body) => {
         const session = find(sid);
         if (!session) return errorReply(ErrorCode.UNKNOWN_SID);
         if (body === null) {
@@ -1272,7 +1307,11 @@ export class EngineServer {
           session.fail("parse error", "a POST that is not UTF-8");
           return errorReply(ErrorCode.BAD_REQUEST);
         }
-        return session.post(body);
+        // Handled in slices: another POST meanwhile would interleave its packets with these.
+        if (!session.beginPost()) return errorReply(ErrorCode.BAD_REQUEST);
+        const reply = await session.post(body);
+        session.endPost();
+        return reply;
       },
       relayWebSocket: (sid, frames) => {
         const session = find(sid);

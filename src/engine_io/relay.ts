@@ -43,7 +43,7 @@ export interface RelayOwner {
    * Handles a POST body; `null` means the body exceeded maxPayload, `false` that it was not
    * UTF-8, and the session must close.
    */
-  relayPost(sid: string, body: string | null | false): RelayReply;
+  relayPost(sid: string, body: string | null | false): Promise<RelayReply>;
   /** Takes a bridged WebSocket as an upgrade candidate; false refuses it. */
   relayWebSocket(sid: string, frames: FrameSocket): boolean;
 }
@@ -594,7 +594,7 @@ export class BroadcastChannelRelay implements SessionRelay {
         owner.relayPoll(sid).then((reply) => answer({ reply }));
         break;
       case "post":
-        answer({ reply: owner.relayPost(sid, request.body ?? null) });
+        owner.relayPost(sid, request.body ?? null).then((reply) => answer({ reply }));
         break;
       case "ws": {
         const bridge = this.#bridge(id, from);
