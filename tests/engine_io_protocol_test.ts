@@ -670,6 +670,37 @@ Deno.test("unsignedPostBytes bounds what POSTs of sessions nobody signed in hold
   );
 });
 
+Deno.test("unsignedPostBytes: a session nobody signed in keeps its POSTs counted after they are read, until its maxPayload is raised or it closes", async () => {
+  await withServer(
+    { maxPayload: 200_000, maxPollingPayload: 100_000, unsignedPostBytes: 60_000 },
+    async (ctx) => {
+      // 46,384 bytes: each counts 30,000, two the whole budget.
+      const big = `42["echo","${"h".repeat(46_384 - 13)}"]`;
+      const open = async () => {
+        const { sid } = await handshake(ctx);
+        strictEqual((await post(ctx, sid, "40")).status, 200);
+        return sid;
+      };
+      const [first, second, third] = [await open(), await open(), await open()];
+      await eventually(() => ctx.sockets.length === 3);
+      strictEqual((await post(ctx, first, big)).status, 200);
+      strictEqual((await post(ctx, second, big)).status, 200);
+      // Read and handled, they are still held: their events may wait for a sign-in.
+      strictEqual((await post(ctx, third, big)).status, 503);
+      const fourth = await open();
+      // Signed in, the first gives its share back.
+      ctx.sockets[0].conn.maxPayload = 200_000;
+      strictEqual((await post(ctx, fourth, big)).status, 200);
+      const fifth = await open();
+      strictEqual((await post(ctx, fifth, big)).status, 503);
+      // Closed, the second gives its share back too.
+      strictEqual((await post(ctx, second, "1")).status, 200);
+      const sixth = await open();
+      strictEqual((await post(ctx, sixth, big)).status, 200);
+    },
+  );
+});
+
 Deno.test("unsignedPostBytes: a POST that stalls longer than a session lasts without a poll is dropped, and its share given back", async () => {
   await withServer(
     {

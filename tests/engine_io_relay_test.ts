@@ -255,6 +255,31 @@ Deno.test("relay: a polling POST over maxPayload is refused 413 and ends the ses
   }
 });
 
+Deno.test("relay: a POST relayed for a session nobody signed in counts against its owner's unsignedPostBytes until the session signs in", async () => {
+  await withCluster(
+    { maxPayload: 200_000, maxPollingPayload: 100_000, unsignedPostBytes: 60_000 },
+    async ({ a, b }) => {
+      // 46,384 bytes: each counts 30,000, two the whole budget.
+      const big = `42["echo","${"r".repeat(46_384 - 13)}"]`;
+      const open = async () => {
+        const sid = await handshake(a);
+        strictEqual((await post(a, sid, "40")).text, "ok");
+        return sid;
+      };
+      const [first, second, third] = [await open(), await open(), await open()];
+      // B reads each and gives its share back once A has answered; A holds them as its own.
+      strictEqual((await post(b, first, big)).status, 200);
+      strictEqual((await post(b, second, big)).status, 200);
+      strictEqual((await post(b, third, big)).status, 503);
+      await eventually(() => a.reasons.length === 1, 2000, "the session's end");
+      deepStrictEqual(a.reasons, ["transport error"]);
+      // Signed in on A, the first gives its share back.
+      a.sockets[0].conn.maxPayload = 200_000;
+      strictEqual((await post(b, await open(), big)).status, 200);
+    },
+  );
+});
+
 Deno.test("relay: heartbeats through the non-owner keep the session alive", async () => {
   await withCluster({ pingInterval: 100, pingTimeout: 200 }, async ({ a, b }) => {
     const sid = await handshake(a);

@@ -1819,6 +1819,49 @@ Deno.test("socket.io ticket chat: one polling POST of 13 MB of typing events fro
   }, { prefix: "chat-sio-post-" });
 });
 
+Deno.test("socket.io ticket chat: polling POSTs of clients without a token count against two files' frames until the session signs in or ends, not only while read: a third is refused while two wait", async () => {
+  // MAX_FILE_BYTES 200000: a file's frame is 346,240 bytes, so two POSTs of 330,000 fit, not three.
+  // Long heartbeats: these sessions never poll, and a ping timeout would end them.
+  await withChat(async (server) => {
+    const base = `${server.url}/socket.io/?EIO=4&transport=polling`;
+    const open = async () => {
+      const sid = JSON.parse((await (await fetch(base)).text()).slice(1)).sid as string;
+      const session = {
+        async post(body: string): Promise<number> {
+          const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body });
+          await res.body?.cancel();
+          return res.status;
+        },
+        async polled(): Promise<string> {
+          return await (await fetch(`${base}&sid=${sid}`)).text();
+        },
+      };
+      assertEquals(await session.post("40"), 200);
+      return session;
+    };
+    const message = (n: number) =>
+      `42["send_message",{"ticketId":"9","message":"${String(n).padEnd(329_950, "x")}"}]`;
+    const [a, b, c] = [await open(), await open(), await open()];
+    // Read, their events wait for an authenticate: held, and counted, meanwhile.
+    assertEquals([await a.post(message(1)), await b.post(message(2))], [200, 200]);
+    assertEquals(await c.post(message(3)), 503);
+    // A CONNECT, an authenticate, still go.
+    const d = await open();
+    const token = await server.token({ sub: "1", rooms: ["ticket:9"] });
+    assertEquals(await a.post(`42["authenticate",{"token":"${token}"}]`), 200);
+    let answers = "";
+    while (!answers.includes('"authenticated"')) answers += await a.polled();
+    // Signed in, A's share is given back.
+    assertEquals(await d.post(message(4)), 200);
+    // And ended, B's.
+    const e = await open();
+    assertEquals(await e.post(message(5)), 503);
+    assertEquals(await b.post("1"), 200);
+    const f = await open();
+    assertEquals(await f.post(message(6)), 200);
+  }, { ...TWO_PHOTOS, SOCKETIO_PING_INTERVAL_MS: "25000", SOCKETIO_PING_TIMEOUT_MS: "20000" });
+});
+
 /**
  * A WebSocket client without a token that sends `photos` messages with a photo each as it
  * connects, and never authenticates: when (ms after the connect) each was refused `User not

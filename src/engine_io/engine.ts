@@ -70,14 +70,16 @@ export interface EngineOptions {
    */
   initialLargeTaken?: (socket: EngineSocket) => void;
   /**
-   * Bytes of long-polling POST bodies read at once, in all, for sessions whose
+   * Bytes of long-polling POST bodies held, in all, for sessions whose
    * {@linkcode EngineSocket.maxPayload} the application has not raised (nobody has signed in) and
-   * for POSTs relayed from another isolate: each is read whole before anyone knows whose it is,
-   * and counted until its packets have been handled. A POST past it is refused with 503 and its
-   * session ends (clients reconnect); the first 16 KiB of each are not counted, and one that takes
-   * longer than `pingInterval + pingTimeout` to arrive is dropped. The messages past `initialMaxPayload` a WebSocket session took (see
-   * `initialLargePayload`) but its first count against it whole, until the application raises the
-   * session's `maxPayload` or the session closes. Default unlimited.
+   * for POSTs relayed from another isolate: each is read whole before anyone knows whose it is.
+   * A session's POSTs count until the application raises its `maxPayload` or it closes, as the
+   * events they carried may wait for a sign-in (a relayed one counts as the session's own on its
+   * owner, and on the isolate that read it until the owner has answered). A POST past it is
+   * refused with 503 and its session ends (clients reconnect); the first 16 KiB of each are not
+   * counted, and one that takes longer than `pingInterval + pingTimeout` to arrive is dropped. The
+   * messages past `initialMaxPayload` a WebSocket session took (see `initialLargePayload`) but its
+   * first count against it whole too. Default unlimited.
    */
   unsignedPostBytes?: number;
   /** Enabled transports; default both. */
@@ -282,6 +284,12 @@ const POST_SLICE_CHECK = 32;
 const PROXY_HEADERS = /^(forwarded|x-forwarded-[a-z0-9-]*|x-real-ip|x-client-ip|true-client-ip)$/;
 
 const OK: Reply = { status: 200, body: "ok", contentType: "text/html" };
+/** A POST the budget of unsigned POSTs could not hold: the client reconnects. */
+const BUSY: Reply = {
+  status: 503,
+  body: "Server busy: try again",
+  contentType: "text/plain; charset=utf-8",
+};
 const PING: Packet = { type: "ping" };
 const CLOSE: Packet = { type: "close" };
 const NOOP: Packet = { type: "noop" };
@@ -511,7 +519,10 @@ class Session implements EngineSocket {
   #maxPayload: number;
   /** How many more of those it takes (see `initialLargeMessages`). */
   #largeLeft: number;
-  /** Bytes of those taken, held of the host's `unsigned` budget until it signs in or closes. */
+  /**
+   * Bytes of those taken, and of its polling POSTs past their free part, held of the host's
+   * `unsigned` budget until it signs in or closes.
+   */
   #largeHeld = 0;
   /** Largest polling POST past `maxPollingPayload`: what the application set as `maxPayload`. */
   #maxPost = 0;
@@ -577,7 +588,7 @@ class Session implements EngineSocket {
     if (this.#candidate) this.#candidate.maxPayload = bytes;
   }
 
-  /** Gives back what its large messages held of the budget of unsigned sessions. */
+  /** Gives back what its large messages and POSTs held of the budget of unsigned sessions. */
   #releaseLarge(): void {
     this.#host.unsigned.left += this.#largeHeld;
     this.#largeHeld = 0;
@@ -707,13 +718,32 @@ class Session implements EngineSocket {
 
   /**
    * Handles the body of a long-polling POST, in slices that let other work run between them
-   * (see {@link POST_SLICE_MS}); resolves once every packet has been handled.
+   * (see {@link POST_SLICE_MS}); resolves once every packet has been handled. `held`: what it
+   * holds already of the budget of unsigned sessions, read here; without it (relayed from another
+   * isolate), the session takes its share itself.
    */
-  async post(body: string): Promise<Reply> {
+  async post(body: string, held?: number): Promise<Reply> {
+    const budget = this.#host.unsigned;
+    const bytes = utf8Length(body);
+    // Not signed in, its events wait for a sign-in (and its text until they are handled): its
+    // bytes stay counted, as its large WebSocket messages are, until it signs in or closes.
+    if (this.#state === "closed" || this.#ws || this.#maxPost > 0) {
+      budget.left += held ?? 0;
+    } else if (held !== undefined) {
+      this.#largeHeld += held;
+    } else {
+      const share = Math.max(0, bytes - FREE_POST_BYTES);
+      if (share > budget.left) {
+        this.#close("transport error", "server busy");
+        return BUSY;
+      }
+      budget.left -= share;
+      this.#largeHeld += share;
+    }
     if (this.#state === "closed") return errorReply(ErrorCode.UNKNOWN_SID);
     if (this.#ws) return errorReply(ErrorCode.BAD_REQUEST);
     // Counted by the session's owner, as its WebSocket messages are, wherever the POST arrived.
-    this.#host.options.traffic?.received(utf8Length(body));
+    this.#host.options.traffic?.received(bytes);
     // Bounded by its bytes alone, as Node's server is: socket.io-client sizes its batches by the
     // handshake's maxPayload, so what a client queued while offline (a typing event for every key
     // pressed) comes in one POST. Walked a packet at a time, never split whole: a body of millions
@@ -1202,9 +1232,9 @@ export class EngineServer {
       if (body.busy) return this.#busy(origin);
       return body.tooLarge ? this.#payloadTooLarge(origin) : fail(ErrorCode.BAD_REQUEST);
     }
-    // Still one POST in flight, and its bytes still held, until its packets have been handled.
-    const reply = await session.post(body.text);
-    this.#unsignedPosts.left += body.held;
+    // Still one POST in flight until its packets have been handled; the session keeps its bytes
+    // counted until then, or until it signs in or closes if nobody has signed in yet.
+    const reply = await session.post(body.text, body.held);
     session.endPost();
     return this.#respond(reply, origin);
   }
@@ -1327,10 +1357,7 @@ export class EngineServer {
 
   /** 503 for a POST the budget of unsigned POSTs could not hold: the client reconnects. */
   #busy(origin: string | null): Response {
-    return this.#respond(
-      { status: 503, body: "Server busy: try again", contentType: "text/plain; charset=utf-8" },
-      origin,
-    );
+    return this.#respond(BUSY, origin);
   }
 
   #payloadTooLarge(origin: string | null): Response {

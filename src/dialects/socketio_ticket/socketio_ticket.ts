@@ -502,7 +502,8 @@ export function createSocketIoTicketChat(
     // be relayed by an isolate that does not know the session: one file's frame. A session
     // signed in here may POST as much as a WebSocket message (`signedIn` raises its limit).
     maxPollingPayload: maxFrameSize(ctx.config),
-    // And all such POSTs at once, with the large WebSocket messages held before sign-in past each
+    // And all such POSTs, counted until their session signs in or ends (the events they carry
+    // wait for an `authenticate`), with the large WebSocket messages held before sign-in past each
     // session's first (below), hold at most two files' frames: a client queues its emits while
     // offline and may send them with its `authenticate`, but thousands of clients without a token
     // sending files would otherwise hold gigabytes. (Each session's first is bounded by the
