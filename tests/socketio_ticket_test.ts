@@ -1862,6 +1862,31 @@ Deno.test("socket.io ticket chat: polling POSTs of clients without a token count
   }, { ...TWO_PHOTOS, SOCKETIO_PING_INTERVAL_MS: "25000", SOCKETIO_PING_TIMEOUT_MS: "20000" });
 });
 
+Deno.test("socket.io ticket chat: a polling session without a token whose POST counts against two files' frames is ended once the wait for its authenticate lapses, giving its share back", async () => {
+  await withChat(async (server) => {
+    const base = `${server.url}/socket.io/?EIO=4&transport=polling`;
+    const open = async () => {
+      const sid = JSON.parse((await (await fetch(base)).text()).slice(1)).sid as string;
+      const post = async (body: string): Promise<number> => {
+        const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body });
+        await res.body?.cancel();
+        return res.status;
+      };
+      assertEquals(await post("40"), 200);
+      return post;
+    };
+    const message = (n: number) =>
+      `42["send_message",{"ticketId":"9","message":"${String(n).padEnd(329_950, "x")}"}]`;
+    const [a, b, c] = [await open(), await open(), await open()];
+    assertEquals([await a(message(1)), await b(message(2)), await c(message(3))], [200, 200, 503]);
+    // No authenticate comes for A's and B's: 2 s after their last event, they are refused and
+    // the sessions end, rather than hold their shares until SOCKETIO_AUTH_TIMEOUT_MS (a minute).
+    await delay(3000);
+    const d = await open();
+    assertEquals(await d(message(4)), 200);
+  }, { ...TWO_PHOTOS, SOCKETIO_PING_INTERVAL_MS: "25000", SOCKETIO_PING_TIMEOUT_MS: "20000" });
+});
+
 /**
  * A WebSocket client without a token that sends `photos` messages with a photo each as it
  * connects, and never authenticates: when (ms after the connect) each was refused `User not

@@ -66,7 +66,9 @@ export interface EngineOptions {
   /**
    * Told that a session took a message past `initialMaxPayload` (see `initialLargePayload`), just
    * before it is handled: Deno now keeps a read buffer that large for the socket, so the
-   * application should close the session unless it raises its `maxPayload` soon.
+   * application should close the session unless it raises its `maxPayload` soon. Told too, once
+   * its packets are handled, of a polling POST that counts against `unsignedPostBytes`, which the
+   * session holds until then.
    */
   initialLargeTaken?: (socket: EngineSocket) => void;
   /**
@@ -638,6 +640,9 @@ class Session implements EngineSocket {
   close(): void {
     if (this.#state !== "open") return;
     this.#state = "closing";
+    // Its events are answered: what it held of the budget of unsigned sessions goes now, not with
+    // a next GET that a client which never polls would not send.
+    this.#releaseLarge();
     this.#candidate?.close();
     if (this.#ws) {
       // What was said before the close goes first, as a parked GET gets it with the close.
@@ -727,19 +732,20 @@ class Session implements EngineSocket {
     const bytes = utf8Length(body);
     // Not signed in, its events wait for a sign-in (and its text until they are handled): its
     // bytes stay counted, as its large WebSocket messages are, until it signs in or closes.
+    let counted = 0;
     if (this.#state === "closed" || this.#ws || this.#maxPost > 0) {
       budget.left += held ?? 0;
     } else if (held !== undefined) {
-      this.#largeHeld += held;
+      counted = held;
     } else {
-      const share = Math.max(0, bytes - FREE_POST_BYTES);
-      if (share > budget.left) {
+      counted = Math.max(0, bytes - FREE_POST_BYTES);
+      if (counted > budget.left) {
         this.#close("transport error", "server busy");
         return BUSY;
       }
-      budget.left -= share;
-      this.#largeHeld += share;
+      budget.left -= counted;
     }
+    this.#largeHeld += counted;
     if (this.#state === "closed") return errorReply(ErrorCode.UNKNOWN_SID);
     if (this.#ws) return errorReply(ErrorCode.BAD_REQUEST);
     // Counted by the session's owner, as its WebSocket messages are, wherever the POST arrived.
@@ -772,6 +778,12 @@ class Session implements EngineSocket {
         break;
       }
       this.#receive(packet);
+    }
+    // Held past its free part, as a large WebSocket message before sign-in is: the application
+    // hears of it, to end the session if nobody signs in for it (it would otherwise hold its
+    // share until the session closes, up to the application's own sign-in timeout).
+    if (counted > 0 && this.#maxPost === 0 && this.#state === "open" && !this.#ws) {
+      this.#host.options.initialLargeTaken?.(this);
     }
     return OK;
   }
