@@ -679,23 +679,30 @@ Deno.test("unsignedPostBytes: a session nobody signed in keeps its POSTs counted
       const open = async () => {
         const { sid } = await handshake(ctx);
         strictEqual((await post(ctx, sid, "40")).status, 200);
+        // A session's first counts against nothing, as its first large WebSocket message.
+        strictEqual((await post(ctx, sid, big)).status, 200);
         return sid;
       };
-      const [first, second, third] = [await open(), await open(), await open()];
-      await eventually(() => ctx.sockets.length === 3);
+      // Each with its first taken already (a first is read within the budget too).
+      const [first, second, third, fourth, fifth, sixth] = [
+        await open(),
+        await open(),
+        await open(),
+        await open(),
+        await open(),
+        await open(),
+      ];
+      await eventually(() => ctx.sockets.length === 6);
       strictEqual((await post(ctx, first, big)).status, 200);
       strictEqual((await post(ctx, second, big)).status, 200);
       // Read and handled, they are still held: their events may wait for a sign-in.
       strictEqual((await post(ctx, third, big)).status, 503);
-      const fourth = await open();
       // Signed in, the first gives its share back.
       ctx.sockets[0].conn.maxPayload = 200_000;
       strictEqual((await post(ctx, fourth, big)).status, 200);
-      const fifth = await open();
       strictEqual((await post(ctx, fifth, big)).status, 503);
       // Closed, the second gives its share back too.
       strictEqual((await post(ctx, second, "1")).status, 200);
-      const sixth = await open();
       strictEqual((await post(ctx, sixth, big)).status, 200);
     },
   );
@@ -943,4 +950,47 @@ Deno.test("a long polling POST is handled in slices: timers run meanwhile, its p
     ok(ctx.events.every((event, n) => event[1] === n), "in the order sent");
     ok(between > 0, "no timer ran while the POST was handled");
   });
+});
+
+Deno.test("an initialLargeTaken that throws is reported, and the polling POST that told it is answered and ends nothing", async () => {
+  const io = new SocketIOServer({
+    pingInterval: 10_000,
+    pingTimeout: 5_000,
+    maxPollingPayload: 100_000,
+    unsignedPostBytes: 1_000_000,
+    initialLargeTaken() {
+      throw new Error("application bug");
+    },
+  });
+  const reasons: string[] = [];
+  io.on("connection", (s) => s.on("disconnect", (r) => reasons.push(r)));
+  const server = Deno.serve(
+    { port: 0, hostname: "127.0.0.1", onListen() {} },
+    (req, info) => io.handleRequest(req, info),
+  );
+  const base = `http://127.0.0.1:${server.addr.port}/socket.io/?EIO=4&transport=polling`;
+  const post = async (sid: string, body: string) => {
+    const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body });
+    return `${res.status} ${await res.text()}`;
+  };
+  const reported = console.error;
+  console.error = () => {};
+  try {
+    const sid = JSON.parse((await (await fetch(base)).text()).slice(1)).sid as string;
+    strictEqual(await post(sid, "40"), "200 ok");
+    // Past the free 16 KiB: counted, and the application told (the session's first is free).
+    const statuses = [
+      await post(sid, `42["echo","${"x".repeat(40_000)}"]`),
+      await post(sid, `42["echo","${"y".repeat(40_000)}"]`),
+      await post(sid, `42["echo","small"]`),
+    ];
+    deepStrictEqual({ statuses, reasons }, {
+      statuses: ["200 ok", "200 ok", "200 ok"],
+      reasons: [],
+    });
+  } finally {
+    console.error = reported;
+    await io.close();
+    await server.shutdown();
+  }
 });

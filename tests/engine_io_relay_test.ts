@@ -264,6 +264,8 @@ Deno.test("relay: a POST relayed for a session nobody signed in counts against i
       const open = async () => {
         const sid = await handshake(a);
         strictEqual((await post(a, sid, "40")).text, "ok");
+        // A session's first counts against nothing, as its first large WebSocket message.
+        strictEqual((await post(b, sid, big)).status, 200);
         return sid;
       };
       const [first, second, third] = [await open(), await open(), await open()];

@@ -1668,6 +1668,7 @@ async function sentWhileOffline(
   emitWhileOffline: (socket: ClientSocket) => Promise<unknown>[],
   expected: string[],
   transports = ["websocket"],
+  env = {},
 ) {
   await withChat(async (server, client) => {
     const { other, socket, errors } = await cutOffInTicket(server, client, transports);
@@ -1682,8 +1683,24 @@ async function sentWhileOffline(
       errors: [],
       acks: expected.map(() => "ok"),
     });
-  });
+  }, env);
 }
+
+Deno.test("socket.io ticket chat: three photos emitted while offline over polling alone, more than the unsigned budget holds but for a session's first, are all stored", async () => {
+  await sentWhileOffline(
+    (socket) =>
+      [1, 2, 3].map((n) =>
+        socket.timeout(8000).emitWithAck("send_message", {
+          ticketId: "9",
+          message: `photo ${n}`,
+          attachments: [{ name: `p${n}.jpg`, type: "image/jpeg", data: photo(n).toBase64() }],
+        })
+      ),
+    ["photo 1", "photo 2", "photo 3"],
+    ["polling"],
+    TWO_PHOTOS,
+  );
+});
 
 Deno.test("socket.io ticket chat: two messages with a photo each, emitted while offline, are both stored after a WebSocket reconnect", async () => {
   await sentWhileOffline(
@@ -1784,6 +1801,8 @@ Deno.test("socket.io ticket chat: polling POSTs of clients without a token count
   // Long heartbeats: these sessions never poll, and a ping timeout would end them.
   await withChat(async (server) => {
     const base = `${server.url}/socket.io/?EIO=4&transport=polling`;
+    const message = (n: number) =>
+      `42["send_message",{"ticketId":"9","message":"${String(n).padEnd(329_950, "x")}"}]`;
     const open = async () => {
       const sid = JSON.parse((await (await fetch(base)).text()).slice(1)).sid as string;
       const session = {
@@ -1797,16 +1816,23 @@ Deno.test("socket.io ticket chat: polling POSTs of clients without a token count
         },
       };
       assertEquals(await session.post("40"), 200);
+      // A session's first counts against nothing, as its first large WebSocket message.
+      assertEquals(await session.post(message(0)), 200);
       return session;
     };
-    const message = (n: number) =>
-      `42["send_message",{"ticketId":"9","message":"${String(n).padEnd(329_950, "x")}"}]`;
-    const [a, b, c] = [await open(), await open(), await open()];
+    // Each with its first taken already (a first is read within the budget too).
+    const [a, b, c, d, e, f] = [
+      await open(),
+      await open(),
+      await open(),
+      await open(),
+      await open(),
+      await open(),
+    ];
     // Read, their events wait for an authenticate: held, and counted, meanwhile.
     assertEquals([await a.post(message(1)), await b.post(message(2))], [200, 200]);
     assertEquals(await c.post(message(3)), 503);
-    // A CONNECT, an authenticate, still go.
-    const d = await open();
+    // An authenticate still goes.
     const token = await server.token({ sub: "1", rooms: ["ticket:9"] });
     assertEquals(await a.post(`42["authenticate",{"token":"${token}"}]`), 200);
     let answers = "";
@@ -1814,10 +1840,8 @@ Deno.test("socket.io ticket chat: polling POSTs of clients without a token count
     // Signed in, A's share is given back.
     assertEquals(await d.post(message(4)), 200);
     // And ended, B's.
-    const e = await open();
     assertEquals(await e.post(message(5)), 503);
     assertEquals(await b.post("1"), 200);
-    const f = await open();
     assertEquals(await f.post(message(6)), 200);
   }, { ...TWO_PHOTOS, SOCKETIO_PING_INTERVAL_MS: "25000", SOCKETIO_PING_TIMEOUT_MS: "20000" });
 });
@@ -1825,6 +1849,8 @@ Deno.test("socket.io ticket chat: polling POSTs of clients without a token count
 Deno.test("socket.io ticket chat: a polling session without a token whose POST counts against two files' frames is ended once the wait for its authenticate lapses, giving its share back", async () => {
   await withChat(async (server) => {
     const base = `${server.url}/socket.io/?EIO=4&transport=polling`;
+    const message = (n: number) =>
+      `42["send_message",{"ticketId":"9","message":"${String(n).padEnd(329_950, "x")}"}]`;
     const open = async () => {
       const sid = JSON.parse((await (await fetch(base)).text()).slice(1)).sid as string;
       const post = async (body: string): Promise<number> => {
@@ -1833,16 +1859,16 @@ Deno.test("socket.io ticket chat: a polling session without a token whose POST c
         return res.status;
       };
       assertEquals(await post("40"), 200);
+      // A session's first counts against nothing, as its first large WebSocket message.
+      assertEquals(await post(message(0)), 200);
       return post;
     };
-    const message = (n: number) =>
-      `42["send_message",{"ticketId":"9","message":"${String(n).padEnd(329_950, "x")}"}]`;
-    const [a, b, c] = [await open(), await open(), await open()];
+    // Each with its first taken already (a first is read within the budget too).
+    const [a, b, c, d] = [await open(), await open(), await open(), await open()];
     assertEquals([await a(message(1)), await b(message(2)), await c(message(3))], [200, 200, 503]);
     // No authenticate comes for A's and B's: 2 s after their last event, they are refused and
     // the sessions end, rather than hold their shares until SOCKETIO_AUTH_TIMEOUT_MS (a minute).
     await delay(3000);
-    const d = await open();
     assertEquals(await d(message(4)), 200);
   }, { ...TWO_PHOTOS, SOCKETIO_PING_INTERVAL_MS: "25000", SOCKETIO_PING_TIMEOUT_MS: "20000" });
 });

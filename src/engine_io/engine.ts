@@ -526,6 +526,8 @@ class Session implements EngineSocket {
    * `unsigned` budget until it signs in or closes.
    */
   #largeHeld = 0;
+  /** Whether its first large WebSocket message or counted POST, outside the budget, was taken. */
+  #firstTaken = false;
   /** Largest polling POST past `maxPollingPayload`: what the application set as `maxPayload`. */
   #maxPost = 0;
   #poll: ((reply: Reply) => void) | null = null;
@@ -733,7 +735,13 @@ class Session implements EngineSocket {
     // Not signed in, its events wait for a sign-in (and its text until they are handled): its
     // bytes stay counted, as its large WebSocket messages are, until it signs in or closes.
     let counted = 0;
+    const share = held ?? Math.max(0, bytes - FREE_POST_BYTES);
     if (this.#state === "closed" || this.#ws || this.#maxPost > 0) {
+      budget.left += held ?? 0;
+    } else if (share > 0 && !this.#firstTaken) {
+      // The session's first, as its first large WebSocket message: a client reconnecting over
+      // polling with photos written offline must not lose them to others filling the budget.
+      this.#firstTaken = true;
       budget.left += held ?? 0;
     } else if (held !== undefined) {
       counted = held;
@@ -783,7 +791,11 @@ class Session implements EngineSocket {
     // hears of it, to end the session if nobody signs in for it (it would otherwise hold its
     // share until the session closes, up to the application's own sign-in timeout).
     if (counted > 0 && this.#maxPost === 0 && this.#state === "open" && !this.#ws) {
-      this.#host.options.initialLargeTaken?.(this);
+      try {
+        this.#host.options.initialLargeTaken?.(this);
+      } catch (error) {
+        report(error);
+      }
     }
     return OK;
   }
@@ -855,10 +867,11 @@ class Session implements EngineSocket {
       // the session's first, bounded by the sessions the application lets wait, as one a session
       // took before there were more: others filling the budget must not cost a client its one.
       if (this.#largeLeft === 0 || size > this.#host.options.initialLargePayload) return false;
-      const first = this.#largeLeft === this.#host.options.initialLargeMessages;
+      const first = !this.#firstTaken;
       const budget = this.#host.unsigned;
       if (!first && size > budget.left) return false;
       this.#largeLeft--;
+      this.#firstTaken = true;
       if (!first) {
         budget.left -= size;
         this.#largeHeld += size;
@@ -1246,8 +1259,12 @@ export class EngineServer {
     }
     // Still one POST in flight until its packets have been handled; the session keeps its bytes
     // counted until then, or until it signs in or closes if nobody has signed in yet.
-    const reply = await session.post(body.text, body.held);
-    session.endPost();
+    let reply: Reply;
+    try {
+      reply = await session.post(body.text, body.held);
+    } finally {
+      session.endPost();
+    }
     return this.#respond(reply, origin);
   }
 
@@ -1351,9 +1368,11 @@ export class EngineServer {
         }
         // Handled in slices: another POST meanwhile would interleave its packets with these.
         if (!session.beginPost()) return errorReply(ErrorCode.BAD_REQUEST);
-        const reply = await session.post(body);
-        session.endPost();
-        return reply;
+        try {
+          return await session.post(body);
+        } finally {
+          session.endPost();
+        }
       },
       relayWebSocket: (sid, frames) => {
         const session = find(sid);
