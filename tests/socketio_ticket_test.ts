@@ -1765,61 +1765,69 @@ Deno.test("socket.io ticket chat: eleven messages with a photo each, emitted whi
   );
 });
 
-Deno.test("socket.io ticket chat: four messages typed while offline over polling, a typing_start for every key pressed, are all stored: socket.io-client sends them in one POST of over 1,000 packets", async () => {
-  const texts = [1, 2, 3, 4].map((n) => `message ${n} `.padEnd(260, "typed offline "));
+/**
+ * `texts` typed while offline over polling as the document's page types them (a typing_start on
+ * every input event, then the send), all sent in one POST on reconnect: each must be stored once.
+ */
+async function typedOfflineOverPolling(texts: string[], ackMs = 8000) {
   await sentWhileOffline(
     (socket) =>
       texts.map((message) => {
-        // The document's page: typing_start on every input event.
         for (let key = 0; key < message.length; key++) {
           socket.emit("typing_start", { ticketId: "9" });
         }
-        return socket.timeout(8000).emitWithAck("send_message", { ticketId: "9", message });
+        return socket.timeout(ackMs).emitWithAck("send_message", { ticketId: "9", message });
       }),
     texts,
     ["polling"],
+  );
+}
+
+Deno.test("socket.io ticket chat: four messages typed while offline over polling, a typing_start for every key pressed, are all stored: socket.io-client sends them in one POST of over 1,000 packets", async () => {
+  await typedOfflineOverPolling(
+    [1, 2, 3, 4].map((n) => `message ${n} `.padEnd(260, "typed offline ")),
   );
 });
 
 Deno.test("socket.io ticket chat: ten messages typed while offline over polling, 5,000 typing_starts among them, are all stored: one POST of thousands of packets is a real offline buffer", async () => {
-  const texts = Array.from({ length: 10 }, (_, n) => `message ${n + 1} `.padEnd(500, "typed "));
-  await sentWhileOffline(
-    (socket) =>
-      texts.map((message) => {
-        for (let key = 0; key < message.length; key++) {
-          socket.emit("typing_start", { ticketId: "9" });
-        }
-        return socket.timeout(15_000).emitWithAck("send_message", { ticketId: "9", message });
-      }),
-    texts,
-    ["polling"],
+  await typedOfflineOverPolling(
+    Array.from({ length: 10 }, (_, n) => `message ${n + 1} `.padEnd(500, "typed ")),
+    15_000,
   );
 });
+
+/** A message of 330,000 bytes for ticket 9, in a polling POST: about a file's frame of TWO_PHOTOS. */
+const bigSend = (n: number) =>
+  `42["send_message",{"ticketId":"9","message":"${String(n).padEnd(329_950, "x")}"}]`;
+
+/**
+ * A polling session without a token, connected (CONNECT) and with its first large POST taken,
+ * which a session's first always is once read: `post` answers a POST's status, `polled` a GET's
+ * text.
+ */
+async function unsignedPolling(server: TestServer) {
+  const base = `${server.url}/socket.io/?EIO=4&transport=polling`;
+  const sid = JSON.parse((await (await fetch(base)).text()).slice(1)).sid as string;
+  const session = {
+    async post(body: string): Promise<number> {
+      const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body });
+      await res.body?.cancel();
+      return res.status;
+    },
+    async polled(): Promise<string> {
+      return await (await fetch(`${base}&sid=${sid}`)).text();
+    },
+  };
+  assertEquals(await session.post("40"), 200);
+  assertEquals(await session.post(bigSend(0)), 200);
+  return session;
+}
 
 Deno.test("socket.io ticket chat: polling POSTs of clients without a token count against two files' frames until the session signs in or ends, not only while read: a third is refused while two wait", async () => {
   // MAX_FILE_BYTES 200000: a file's frame is 346,240 bytes, so two POSTs of 330,000 fit, not three.
   // Long heartbeats: these sessions never poll, and a ping timeout would end them.
   await withChat(async (server) => {
-    const base = `${server.url}/socket.io/?EIO=4&transport=polling`;
-    const message = (n: number) =>
-      `42["send_message",{"ticketId":"9","message":"${String(n).padEnd(329_950, "x")}"}]`;
-    const open = async () => {
-      const sid = JSON.parse((await (await fetch(base)).text()).slice(1)).sid as string;
-      const session = {
-        async post(body: string): Promise<number> {
-          const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body });
-          await res.body?.cancel();
-          return res.status;
-        },
-        async polled(): Promise<string> {
-          return await (await fetch(`${base}&sid=${sid}`)).text();
-        },
-      };
-      assertEquals(await session.post("40"), 200);
-      // A session's first counts against nothing, as its first large WebSocket message.
-      assertEquals(await session.post(message(0)), 200);
-      return session;
-    };
+    const open = () => unsignedPolling(server);
     // Each with its first taken already (a first is read within the budget too).
     const [a, b, c, d, e, f] = [
       await open(),
@@ -1830,46 +1838,40 @@ Deno.test("socket.io ticket chat: polling POSTs of clients without a token count
       await open(),
     ];
     // Read, their events wait for an authenticate: held, and counted, meanwhile.
-    assertEquals([await a.post(message(1)), await b.post(message(2))], [200, 200]);
-    assertEquals(await c.post(message(3)), 503);
+    assertEquals([await a.post(bigSend(1)), await b.post(bigSend(2))], [200, 200]);
+    assertEquals(await c.post(bigSend(3)), 503);
     // An authenticate still goes.
     const token = await server.token({ sub: "1", rooms: ["ticket:9"] });
     assertEquals(await a.post(`42["authenticate",{"token":"${token}"}]`), 200);
     let answers = "";
     while (!answers.includes('"authenticated"')) answers += await a.polled();
     // Signed in, A's share is given back.
-    assertEquals(await d.post(message(4)), 200);
+    assertEquals(await d.post(bigSend(4)), 200);
     // And ended, B's.
-    assertEquals(await e.post(message(5)), 503);
+    assertEquals(await e.post(bigSend(5)), 503);
     assertEquals(await b.post("1"), 200);
-    assertEquals(await f.post(message(6)), 200);
+    assertEquals(await f.post(bigSend(6)), 200);
   }, { ...TWO_PHOTOS, SOCKETIO_PING_INTERVAL_MS: "25000", SOCKETIO_PING_TIMEOUT_MS: "20000" });
 });
 
 Deno.test("socket.io ticket chat: a polling session without a token whose POST counts against two files' frames is ended once the wait for its authenticate lapses, giving its share back", async () => {
   await withChat(async (server) => {
-    const base = `${server.url}/socket.io/?EIO=4&transport=polling`;
-    const message = (n: number) =>
-      `42["send_message",{"ticketId":"9","message":"${String(n).padEnd(329_950, "x")}"}]`;
-    const open = async () => {
-      const sid = JSON.parse((await (await fetch(base)).text()).slice(1)).sid as string;
-      const post = async (body: string): Promise<number> => {
-        const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body });
-        await res.body?.cancel();
-        return res.status;
-      };
-      assertEquals(await post("40"), 200);
-      // A session's first counts against nothing, as its first large WebSocket message.
-      assertEquals(await post(message(0)), 200);
-      return post;
-    };
     // Each with its first taken already (a first is read within the budget too).
-    const [a, b, c, d] = [await open(), await open(), await open(), await open()];
-    assertEquals([await a(message(1)), await b(message(2)), await c(message(3))], [200, 200, 503]);
+    const [a, b, c, d] = [
+      await unsignedPolling(server),
+      await unsignedPolling(server),
+      await unsignedPolling(server),
+      await unsignedPolling(server),
+    ];
+    assertEquals([await a.post(bigSend(1)), await b.post(bigSend(2)), await c.post(bigSend(3))], [
+      200,
+      200,
+      503,
+    ]);
     // No authenticate comes for A's and B's: 2 s after their last event, they are refused and
     // the sessions end, rather than hold their shares until SOCKETIO_AUTH_TIMEOUT_MS (a minute).
     await delay(3000);
-    assertEquals(await d(message(4)), 200);
+    assertEquals(await d.post(bigSend(4)), 200);
   }, { ...TWO_PHOTOS, SOCKETIO_PING_INTERVAL_MS: "25000", SOCKETIO_PING_TIMEOUT_MS: "20000" });
 });
 
