@@ -8,8 +8,8 @@ export type RateVerdict = "ok" | "limited" | "close";
 
 /**
  * A typing start repeated within this long of the last one taken says nothing new (clients send
- * one per keystroke; a held key repeats ~30 a second): dropped without taking a token a message
- * needs. The others' indicators live far longer than this (`TYPING_TIMEOUT_SECONDS`).
+ * one per keystroke; a held key repeats ~30 a second): dropped without taking from typing's own
+ * limit. The others' indicators live far longer than this (`TYPING_TIMEOUT_SECONDS`).
  */
 export const TYPING_REPEAT_MS = 1000;
 
@@ -129,9 +129,16 @@ export class TokenBuckets<B extends TokenBucket = TokenBucket> {
 
 interface Bucket extends TokenBucket {
   strikes: number;
+  /** Typing frames refused since a frame was taken (see `RateLimiter.typing`). */
+  typingStrikes: number;
 }
 
-const strikeBucket = (tokens: number, at: number): Bucket => ({ tokens, at, strikes: 0 });
+const strikeBucket = (tokens: number, at: number): Bucket => ({
+  tokens,
+  at,
+  strikes: 0,
+  typingStrikes: 0,
+});
 
 /**
  * Refused frames count as strikes; a connection that keeps sending after as many refusals as its
@@ -176,6 +183,7 @@ export class RateLimiter {
       conn.tokens -= 1;
       owner.tokens -= 1;
       conn.strikes = 0;
+      conn.typingStrikes = 0;
       return "ok";
     }
     if (strike) conn.strikes++;
@@ -185,9 +193,10 @@ export class RateLimiter {
   /**
    * Takes a token for one typing frame of `connId` (owned by `user`) from buckets of its own, of
    * the same rates as the other frames', so that typing never takes what a message needs. With
-   * `strike`, a refusal counts as a strike of the connection (a client whose typing alone runs
-   * past its own burst is flooding) and a typing frame taken clears them, as any frame taken does;
-   * the caller drops a refused one without an error.
+   * `strike`, a refusal counts as a strike of the connection's typing (a client whose typing alone
+   * runs past its own burst is flooding), which any frame taken clears, a typing one too; typing
+   * never clears the strikes of other frames refused, so a flood of sends with typing between them
+   * is still closed. The caller drops a refused one without an error.
    */
   typing(user: string | number, connId: string, strike = false): RateVerdict {
     const now = this.#now();
@@ -198,10 +207,13 @@ export class RateLimiter {
       owner.tokens -= 1;
       // A fast typist's frames run past the rate now and then: only a flood refused throughout
       // adds up to a close.
-      if (strike) this.#conns.get(connId, now).strikes = 0;
+      if (strike) this.#conns.get(connId, now).typingStrikes = 0;
       return "ok";
     }
-    return strike ? this.strike(connId) : "limited";
+    if (!strike) return "limited";
+    const frames = this.#conns.get(connId, now);
+    frames.typingStrikes++;
+    return frames.typingStrikes > this.#limits.perConnection * 2 ? "close" : "limited";
   }
 
   /**

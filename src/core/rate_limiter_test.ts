@@ -52,6 +52,15 @@ Deno.test("RateLimiter.typing: buckets of its own, per connection and per user, 
   assertEquals(struck.slice(0, 10), Array(10).fill("ok"));
   assertEquals(struck.slice(10, 20), Array(10).fill("limited"));
   assertEquals(struck[20], "close");
+  // Typing taken never clears the strikes of a flood of other frames: sends at many times the
+  // rate, a typing frame now and then, are still closed.
+  const mixed = new RateLimiter({ perConnection: 5, perUser: 100 }, () => now);
+  const sends: string[] = [];
+  for (let i = 0; i < 40; i++) {
+    sends.push(mixed.take(1, "m"));
+    if (i % 4 === 0) assertEquals(mixed.typing(1, "m", true), "ok");
+  }
+  assertEquals(sends.includes("close"), true);
 });
 
 Deno.test("RateLimiter.pace: takes down to a quarter of the burst, says how long to wait, and never strikes", () => {
