@@ -925,7 +925,7 @@ Deno.test("socket.io ticket chat: history an older release stored, its commits' 
 
 Deno.test("socket.io ticket chat: a page of an older release's history cut to its byte budget ends where one time does", async () => {
   // 9 KB rendered each against a budget of 32 KiB (a quarter of SLOW_CONSUMER_BYTES): three fit,
-  // and the newest three hold two of a commit of three.
+  // and the newest three hold one of a commit of three.
   const commits = [2, 2, 1, 3, 2];
   const dataDir = await historyOfOlderRelease(
     "35",
@@ -1547,8 +1547,9 @@ Deno.test("socket.io ticket chat: ten messages written while offline with a paus
     page.on("send_message_error", (m: Payload) => errors.push(m.message));
     page.on("connect", () => page.emit("authenticate", { token }));
     // The document's page, buffered while offline: typing_start on every input event, the
-    // debounced typing_stop after the pause and after the send, 5 typing events per message and
-    // 50 in all, past the burst (40) before the last sends.
+    // debounced typing_stop after the pause and after the send: 82 typing events per message, 820
+    // in all, whose starts and stops not dropped as repeats use up a burst (40) before the last
+    // sends.
     const acks: Promise<unknown>[] = [];
     for (let i = 0; i < 10; i++) {
       for (let c = 0; c < 40; c++) page.emit("typing_start", { ticketId: "9" });

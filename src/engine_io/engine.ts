@@ -746,7 +746,7 @@ class Session implements EngineSocket {
     } else if (held !== undefined) {
       counted = held;
     } else {
-      counted = Math.max(0, bytes - FREE_POST_BYTES);
+      counted = share;
       if (counted > budget.left) {
         this.#close("transport error", "server busy");
         return BUSY;

@@ -792,9 +792,10 @@ class NativeSession implements SocketHandler {
    * Counts a frame against the rate limits as it arrives (see `SocketHandler.admit`). Typing takes
    * from buckets of its own (`RateLimiter.typing`), never a token a message needs: a client sends
    * a start and a stop around every pause, and one back online sends its messages behind them;
-   * refused there, it is a strike, as a flood of typing alone is still a flood. A typing start for a room repeated within `TYPING_REPEAT_MS` of the last one
-   * taken (one per keystroke, a held key) is refused without a token, and typing refused is
-   * dropped without an error (see `message`).
+   * refused there, it is a strike, as a flood of typing alone is still a flood. A typing start
+   * for a room repeated within `TYPING_REPEAT_MS` of the last one taken (one per keystroke, a held
+   * key) is refused without a token, and typing refused is dropped without an error (see
+   * `message`).
    */
   admit(_conn: Connection, text: string): RateVerdict {
     const room = typingStartRoom(text);

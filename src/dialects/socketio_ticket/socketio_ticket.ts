@@ -242,12 +242,15 @@ function awaitAuthenticate(s: SocketState): Promise<void> {
   if (s.early) return s.early.promise;
   const { promise, resolve } = Promise.withResolvers<void>();
   const deadline = performance.now() + PRE_AUTH_MAX_WAIT_MS;
-  const lapse = () =>
-    setTimeout(
-      () => early.release(),
-      Math.max(0, Math.min(PRE_AUTH_WAIT_MS, deadline - performance.now())),
-    );
-  let timer: ReturnType<typeof setTimeout> | undefined = lapse();
+  let heardAt = performance.now();
+  // Due 2 s after the last event heard, 10 s after the first at most: an event only notes its
+  // time (an offline buffer is thousands of them), and the timer sets itself again when it fires.
+  const due = () => {
+    const left = Math.min(heardAt + PRE_AUTH_WAIT_MS, deadline) - performance.now();
+    if (left > 0) timer = setTimeout(due, left);
+    else early.release();
+  };
+  let timer: ReturnType<typeof setTimeout> | undefined = setTimeout(due, PRE_AUTH_WAIT_MS);
   const early = {
     promise,
     release: () => {
@@ -262,9 +265,7 @@ function awaitAuthenticate(s: SocketState): Promise<void> {
     },
     // The client is still sending what it held, its `authenticate` behind it: counted anew.
     heard: () => {
-      if (timer === undefined) return;
-      clearTimeout(timer);
-      timer = lapse();
+      heardAt = performance.now();
     },
   };
   s.early = early;
@@ -506,8 +507,9 @@ export function createSocketIoTicketChat(
     // wait for an `authenticate`), with the large WebSocket messages held before sign-in past each
     // session's first (below), hold at most two files' frames: a client queues its emits while
     // offline and may send them with its `authenticate`, but thousands of clients without a token
-    // sending files would otherwise hold gigabytes. (Each session's first is bounded by the
-    // sessions not signed in, SOCKETIO_MAX_UNAUTHENTICATED, and their wait: `PRE_AUTH_WAIT_MS`.)
+    // sending files would otherwise hold gigabytes. (Each session's first, a large message or a
+    // counted POST, is bounded by the sessions not signed in, SOCKETIO_MAX_UNAUTHENTICATED, and
+    // their wait: `PRE_AUTH_MAX_WAIT_MS` at most.)
     unsignedPostBytes: 2 * maxFrameSize(ctx.config),
     // Until the client has authenticated, nothing it may send is large (`authenticate` carries a
     // token): Deno keeps a socket's read buffer as large as the largest message it read, so one
