@@ -974,7 +974,8 @@ Deno.test("an initialLargeTaken that throws is reported, and the polling POST th
     return `${res.status} ${await res.text()}`;
   };
   const reported = console.error;
-  console.error = () => {};
+  const reports: unknown[] = [];
+  console.error = (...args: unknown[]) => void reports.push(args);
   try {
     const sid = JSON.parse((await (await fetch(base)).text()).slice(1)).sid as string;
     strictEqual(await post(sid, "40"), "200 ok");
@@ -984,9 +985,10 @@ Deno.test("an initialLargeTaken that throws is reported, and the polling POST th
       await post(sid, `42["echo","${"y".repeat(40_000)}"]`),
       await post(sid, `42["echo","small"]`),
     ];
-    deepStrictEqual({ statuses, reasons }, {
+    deepStrictEqual({ statuses, reasons, reports: reports.length }, {
       statuses: ["200 ok", "200 ok", "200 ok"],
       reasons: [],
+      reports: 1,
     });
   } finally {
     console.error = reported;

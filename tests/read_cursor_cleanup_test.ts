@@ -103,11 +103,7 @@ async function cursorKeys(dataDir: string): Promise<string[]> {
 
 Deno.test("a user deleted through the admin API leaves no read cursor: not in rooms they took part in, not in rooms only their token opened; others' stay", () =>
   withApi(async (server, api) => {
-    for (const id of ["1", "2", "3"]) {
-      assertEquals(await api("PUT", `/api/users/${id}`, { username: `user${id}` }), 200);
-    }
-    const participants = ["1", "2", "3"].map((user_id) => ({ user_id }));
-    assertEquals(await api("PUT", "/api/rooms/ticket/7", { participants }), 201);
+    await ticketSevenWith(api, ["1", "2", "3"]);
     // ticket:77 is unknown to the directory (the token's claim opens it); room:lobby is open to
     // everyone signed in.
     for (const room of ["ticket:7", "ticket:77", "room:lobby"]) {
@@ -356,14 +352,9 @@ async function withServerOn(
 ): Promise<void> {
   const server = spawnServer({ DATA_DIR: dataDir, ADMIN_TOKEN: ADMIN });
   const clients: TestClient[] = [];
-  const open = async (url: string, sub: string) => {
-    const ws = await connectAt(url, sub);
-    clients.push(ws);
-    return ws;
-  };
   try {
     const url = await server.url();
-    await fn(url, apiAt(url), open);
+    await fn(url, apiAt(url), openInto(clients));
   } finally {
     for (const ws of clients) ws.socket.close();
     await server.kill("SIGTERM");
