@@ -16,7 +16,7 @@ import { KvRoomEvents } from "./src/broker/kv_room_events.ts";
 import { isSignal, KvRoomSignals, type PresenceWatch } from "./src/broker/kv_room_signals.ts";
 import { KvHeadWatcher, LOCAL_HEAD_POLL_MS } from "./src/broker/kv_head_watcher.ts";
 import { type Poll, pollEvery } from "./src/broker/poll.ts";
-import { type Config, isLocalPath, jwtKeySources, loadConfig } from "./src/config.ts";
+import { type Config, isLocalPath, jwtKeySources, loadConfig, urlHost } from "./src/config.ts";
 import { ChatService } from "./src/core/chat_service.ts";
 import { ServerStopping, StorageShort } from "./src/core/errors.ts";
 import { answeringDirectory, failureLog } from "./src/core/failure_log.ts";
@@ -929,7 +929,7 @@ export async function startServer(
   const everywhere = bare === "0.0.0.0" || bare === "::";
   // Listening on every interface, this machine reaches it on its loopback; an IPv6 address is
   // bracketed in a URL (`http://::1:8000` is none).
-  const host = everywhere ? "127.0.0.1" : bare.includes(":") ? `[${bare}]` : bare;
+  const host = everywhere ? "127.0.0.1" : urlHost(bare);
   return {
     app,
     port: addr.port,

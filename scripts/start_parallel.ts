@@ -4,7 +4,7 @@
  */
 
 import { PROCESS_ID_ENV } from "../src/broker/instance_registry.ts";
-import { loadListenAddress } from "../src/config.ts";
+import { loadListenAddress, urlHost } from "../src/config.ts";
 import { PROC_REFUSED_NOTE } from "../src/http/process_metrics.ts";
 
 let address;
@@ -18,9 +18,7 @@ try {
 const port = String(address.port);
 // main.ts takes an IPv6 HOST with brackets or without (`::`: every interface); `deno serve`'s
 // `--host` only with them.
-const host = address.host.includes(":") && !address.host.startsWith("[")
-  ? `[${address.host}]`
-  : address.host;
+const host = urlHost(address.host);
 const child = new Deno.Command(Deno.execPath(), {
   args: [
     "serve",

@@ -400,6 +400,15 @@ export function loadListenAddress(
   return { port: parsed.data.PORT, host: parsed.data.HOST };
 }
 
+/**
+ * A HOST as a URL (or `deno serve --host`) takes it: an IPv6 address in brackets, whether or not
+ * it came in them; any other as it is.
+ */
+export function urlHost(host: string): string {
+  const bare = host.replace(/^\[(.*)\]$/, "$1");
+  return bare.includes(":") ? `[${bare}]` : bare;
+}
+
 /** Reads the configuration from an environment map; throws an Error listing every bad value. */
 export function loadConfig(env: Record<string, string | undefined>): Config {
   const parsed = EnvSchema.safeParse(env);

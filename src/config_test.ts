@@ -1,5 +1,5 @@
 import { assertEquals, assertMatch, assertRejects, assertThrows } from "../tests/assert.ts";
-import { loadConfig } from "./config.ts";
+import { loadConfig, urlHost } from "./config.ts";
 import { maxEventSize, maxFrameSize, maxQueuedBytes } from "./dialects/context.ts";
 import { uploadMemoryBytes } from "./http/api/framework.ts";
 
@@ -363,4 +363,14 @@ Deno.test("loadConfig() refuses a TYPING_TIMEOUT_SECONDS shorter than clients re
     );
   }
   assertEquals(loadConfig({ TYPING_TIMEOUT_SECONDS: "3" }).typingTimeoutSeconds, 3);
+});
+
+Deno.test("urlHost brackets an IPv6 HOST once, with brackets given or not, and leaves others", () => {
+  assertEquals(["::1", "[::1]", "::", "127.0.0.1", "localhost"].map(urlHost), [
+    "[::1]",
+    "[::1]",
+    "[::]",
+    "127.0.0.1",
+    "localhost",
+  ]);
 });
