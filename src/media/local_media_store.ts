@@ -322,7 +322,7 @@ export class LocalMediaStore implements MediaStore {
     const path = join(this.root, temporaryName("health"));
     try {
       // Empty: a volume with no byte free still takes it, and one that takes nothing passes.
-      using _ = await Deno.open(path, { write: true, createNew: true });
+      await reserve(path);
     } catch (err) {
       if (neverUsable(err)) {
         // Its own name is a random one of no use to the operator.
