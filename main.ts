@@ -1,12 +1,13 @@
 /** Composition root: read the config, open the stores, wire the dialects, serve. */
 
-import { dirname, join, resolve } from "node:path";
+import { dirname, resolve } from "node:path";
 import { DirectoryAccessPolicy, directoryProfileEnricher } from "./src/auth/directory_access.ts";
 import { Authenticator } from "./src/auth/authenticator.ts";
 import {
   createVerifier,
   devSecretPath,
   ensureDevSecret,
+  keySetCachePath,
   type KeySetState,
   KeySetUnavailable,
 } from "./src/auth/verifier.ts";
@@ -287,7 +288,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     jwksUrl: config.jwtJwksUrl,
     issuer: config.jwtIssuer,
     audience: config.jwtAudience,
-    keySetCachePath: join(config.dataDir, "jwks_cache.json"),
+    keySetCachePath: keySetCachePath(config.dataDir),
   });
 
   // What the failure log prints may quote a driver's error, and with it the URL's password.

@@ -15,6 +15,9 @@ const optionalText = z.string().trim().optional().transform((v) => v === "" ? un
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const MAX_TIMER_SECONDS = Math.floor(MAX_TIMER_MS / 1000);
 
+/** File name of the default KV file inside the data directory. */
+export const DEFAULT_KV_FILE = "chat.kv";
+
 /** The largest space reserve, in MiB: a file of zeros written at every start that lacks it. */
 const MAX_SPACE_RESERVE_MB = 1024;
 
@@ -424,7 +427,7 @@ export function loadConfig(env: Record<string, string | undefined>): Config {
     );
   }
   const mediaDir = e.MEDIA_DIR ? resolve(e.MEDIA_DIR) : join(e.DATA_DIR, "media");
-  const kvPath = e.KV_PATH ?? join(e.DATA_DIR, "chat.kv");
+  const kvPath = e.KV_PATH ?? join(e.DATA_DIR, DEFAULT_KV_FILE);
   // Everything under the media directory is served to anyone: the data directory holds the
   // development secret and the SQLite files, the KV file every message. Compared with links
   // followed, as the media route follows them.

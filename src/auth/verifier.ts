@@ -395,6 +395,11 @@ export function devSecretPath(dataDir: string): string {
   return join(dataDir, "dev-jwt-secret");
 }
 
+/** Path of the last key set fetched from `JWT_JWKS_URL`, inside the data directory. */
+export function keySetCachePath(dataDir: string): string {
+  return join(dataDir, "jwks_cache.json");
+}
+
 /**
  * How old an empty development secret must be to count as left by a start that failed between
  * creating and writing it (a full disk, a kill -9): younger, its creator may be writing it still.

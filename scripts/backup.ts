@@ -1,0 +1,313 @@
+/**
+ * Copies what a server keeps, while it runs, into a new directory that is itself a DATA_DIR:
+ * `deno task backup /backups/chat-2026-11-25`. Reads the server's settings (DATA_DIR, KV_PATH,
+ * DATABASE_URL, MEDIA_DIR); the KV file and the SQLite directory are copied as consistent
+ * snapshots (SQLite's online backup), then the media files, the development secret and the JWKS
+ * cache. Restoring is stopping the server, putting the directory in place (or pointing DATA_DIR at
+ * it) and starting it. Exits 2 on a usage or setting error, 1 when the copy fails; the backup is
+ * written under a hidden name beside the destination and renamed to it only once whole.
+ */
+
+import { parseArgs } from "node:util";
+import { backup as sqliteBackup, DatabaseSync } from "node:sqlite";
+import { basename, dirname, isAbsolute, join, relative, resolve, sep } from "node:path";
+import { DEFAULT_KV_FILE, isLocalPath, loadConfig } from "../src/config.ts";
+import { DEFAULT_SQLITE_FILE, parseDatabaseUrl } from "../src/directory/open.ts";
+import { devSecretPath, keySetCachePath } from "../src/auth/verifier.ts";
+import { isTemporaryName } from "../src/media/local_media_store.ts";
+
+/** Prints `message` (a setting or an option it cannot take) and exits 2, without a stack trace. */
+function refuse(message: string): never {
+  console.error(message);
+  Deno.exit(2);
+}
+
+const message = (err: unknown) => err instanceof Error ? err.message : String(err);
+
+/** True for what a write says when the volume is full, SQLite's words or the OS's. */
+function noSpace(err: unknown): boolean {
+  return /database or disk is full|SQLITE_FULL|no space left|os error 28/i.test(message(err));
+}
+
+/** Whether `path` is `dir` or inside it, compared as written (both resolved). */
+function inside(dir: string, path: string): boolean {
+  const from = relative(dir, path);
+  return from === "" || (from !== ".." && !from.startsWith(`..${sep}`) && !isAbsolute(from));
+}
+
+const { positionals, values } = (() => {
+  try {
+    return parseArgs({
+      // `deno task backup -- /backups/x` hands the script the `--` too (see scripts/token.ts).
+      args: Deno.args[0] === "--" ? Deno.args.slice(1) : Deno.args,
+      options: { help: { type: "boolean", short: "h" } },
+      allowPositionals: true,
+    });
+  } catch (err) {
+    return refuse(`${message(err)} (deno task backup --help says how to use it)`);
+  }
+})();
+
+if (values.help || positionals.length !== 1) {
+  console.error(
+    "Usage: deno task backup <dir>\n" +
+      "  Copies the server's KV file, SQLite directory, media files and development secret into\n" +
+      "  <dir> (new or empty), which is then a DATA_DIR to start a server on. The server may run.",
+  );
+  Deno.exit(values.help ? 0 : 2);
+}
+
+const config = (() => {
+  try {
+    return loadConfig(Deno.env.toObject());
+  } catch (err) {
+    // The message names the setting; the stack would only hide it.
+    return refuse(message(err));
+  }
+})();
+
+if (!isLocalPath(config.kvPath)) {
+  // A KV Connect URL may carry a token in it; only what kind of location it is is said.
+  refuse(
+    config.kvPath === ":memory:"
+      ? "KV_PATH is :memory:: the messages live in the server's memory, there is no file to copy"
+      : "KV_PATH is a KV Connect URL: there is no local file to copy; back up the KV server " +
+        "(denokv, Deno Deploy) by its own means",
+  );
+}
+const kvSource = resolve(config.kvPath);
+const directoryTarget = (() => {
+  try {
+    return parseDatabaseUrl(config.databaseUrl, config.dataDir);
+  } catch (err) {
+    return refuse(message(err));
+  }
+})();
+const sqliteSource = directoryTarget.dialect === "sqlite" && isLocalPath(directoryTarget.path)
+  ? resolve(directoryTarget.path)
+  : undefined;
+
+/** Refuses a store's file that is not there: the settings most likely name the wrong place. */
+async function mustBeFile(path: string, what: string, setting: string): Promise<void> {
+  const found = await Deno.stat(path).catch((err) => {
+    if (err instanceof Deno.errors.NotFound) {
+      refuse(`${what} (${path}) does not exist: do DATA_DIR and ${setting} name the server's?`);
+    }
+    refuse(`${what} (${path}) cannot be read: ${message(err)}`);
+  });
+  if (!found.isFile) refuse(`${what} (${path}) is not a file`);
+}
+await mustBeFile(kvSource, "The KV file", "KV_PATH");
+if (sqliteSource) await mustBeFile(sqliteSource, "The directory's SQLite file", "DATABASE_URL");
+
+const target = resolve(positionals[0]);
+// Everything under MEDIA_DIR is served to anyone, and the copy would walk into itself.
+if (inside(resolve(config.mediaDir), target)) {
+  refuse(`${target} is inside MEDIA_DIR (${config.mediaDir}), which is served over HTTP`);
+}
+const existing = await Deno.lstat(target).catch((err) => {
+  if (err instanceof Deno.errors.NotFound) return undefined;
+  refuse(`${target} cannot be read: ${message(err)}`);
+});
+if (existing) {
+  if (!existing.isDirectory) refuse(`${target} exists and is not a directory`);
+  for await (const _ of Deno.readDir(target)) {
+    refuse(`${target} is not empty: a backup goes into a new or empty directory`);
+  }
+}
+
+const parent = dirname(target);
+await Deno.mkdir(parent, { recursive: true }).catch((err) =>
+  refuse(`${parent} cannot be created: ${message(err)}`)
+);
+// Beside the destination, so that the rename at the end stays on one volume: a backup cut short
+// (a kill, a full disk) leaves this hidden name, never one that looks whole.
+const partial = join(parent, `.${basename(target)}.partial-${crypto.randomUUID().slice(0, 8)}`);
+await Deno.mkdir(partial, { mode: 0o700 }).catch((err) =>
+  refuse(`${parent} takes no new directory: ${message(err)}`)
+);
+
+/** SQLite copies this many pages per step: all of them, so that one read transaction sees it. */
+const ALL_PAGES = 2 ** 31 - 1;
+
+/**
+ * Copies the SQLite database at `source` into `to` as one consistent snapshot, while servers keep
+ * writing it: SQLite's online backup reads every page in one read transaction, which WAL lets
+ * run beside their commits. (`VACUUM INTO` would do the same, but Deno's `node:sqlite` refuses
+ * it, as an ATTACH, to any process without `--allow-all`.)
+ */
+async function snapshot(source: string, to: string): Promise<void> {
+  // Created owner-only before SQLite opens it, which would make it readable by everyone.
+  (await Deno.open(to, { write: true, createNew: true, mode: 0o600 })).close();
+  // Read-only: the live file is never written, not even checkpointed.
+  const db = new DatabaseSync(source, { readOnly: true });
+  try {
+    // A server's checkpoint or a process creating the file may hold a lock a moment.
+    db.exec("pragma busy_timeout = 5000");
+    await sqliteBackup(db, to, { rate: ALL_PAGES });
+  } finally {
+    db.close();
+  }
+  await Deno.chmod(to, 0o600);
+}
+
+/** What the media copy met besides files it copied. */
+const media = { files: 0, bytes: 0, gone: 0, skipped: 0 };
+
+/**
+ * Copies the files under `from` into `to`, with their names and modification times, owner-only;
+ * links are not followed (one could lead out of the media directory), the temporary files of
+ * writes under way are left out (never served, and swept when a crash leaves them), and a file
+ * deleted while the copy runs is passed over.
+ */
+async function copyTree(from: string, to: string): Promise<void> {
+  await Deno.mkdir(to, { mode: 0o700 });
+  const entries: Deno.DirEntry[] = [];
+  try {
+    for await (const entry of Deno.readDir(from)) entries.push(entry);
+  } catch (err) {
+    // A folder its last file's deletion removed meanwhile.
+    if (err instanceof Deno.errors.NotFound) return;
+    throw err;
+  }
+  for (const entry of entries) {
+    const source = join(from, entry.name);
+    const copy = join(to, entry.name);
+    if (entry.isDirectory) {
+      await copyTree(source, copy);
+    } else if (entry.isFile && !isTemporaryName(entry.name)) {
+      const copied = await copyFile(source, copy);
+      if (copied === undefined) media.gone++;
+      else {
+        media.files++;
+        media.bytes += copied;
+      }
+    } else if (!entry.isFile) {
+      media.skipped++;
+    }
+  }
+  await flush(to);
+}
+
+/**
+ * Copies one file, owner-only, keeping its modification time, and flushes it to the disk;
+ * answers its size, or undefined when it was deleted before it could be opened.
+ */
+async function copyFile(source: string, to: string): Promise<number | undefined> {
+  let input: Deno.FsFile;
+  try {
+    input = await Deno.open(source, { read: true });
+  } catch (err) {
+    if (err instanceof Deno.errors.NotFound) return undefined;
+    throw err;
+  }
+  using _input = input;
+  const info = await input.stat();
+  using output = await Deno.open(to, { write: true, createNew: true, mode: 0o600 });
+  const buffer = new Uint8Array(1 << 20);
+  let size = 0;
+  for (let n = await input.read(buffer); n !== null; n = await input.read(buffer)) {
+    for (let done = 0; done < n;) done += await output.write(buffer.subarray(done, n));
+    size += n;
+  }
+  await output.syncData();
+  await Deno.utime(to, info.atime ?? new Date(), info.mtime ?? new Date());
+  return size;
+}
+
+/** Flushes a folder's entries to the disk: a rename must not outlive what it names in a crash. */
+async function flush(path: string): Promise<void> {
+  using dir = await Deno.open(path, { read: true });
+  // Some file systems take no fsync of a folder; the files' own were flushed.
+  await dir.sync().catch(() => {});
+}
+
+const notes: string[] = [];
+const copied: string[] = [];
+let step = "";
+try {
+  // The directory before the KV file: a room deleted between the two snapshots is then still in
+  // the directory's copy, whole if its messages' deletion had not begun at the KV snapshot, else
+  // empty (the restored start finishes the purge its marks in KV name). The other order would
+  // bring a deleted room's messages back without the room, open to anyone whose token claims it.
+  // A room created between the two has no row; what was sent to it is kept, as for any room the
+  // directory does not know, and is its history again once the room is created again.
+  if (sqliteSource) {
+    step = `the directory (${sqliteSource})`;
+    await snapshot(sqliteSource, join(partial, DEFAULT_SQLITE_FILE));
+    copied.push(DEFAULT_SQLITE_FILE);
+    if (sqliteSource !== join(config.dataDir, DEFAULT_SQLITE_FILE)) {
+      notes.push(
+        `DATABASE_URL (${sqliteSource}) is copied to ${DEFAULT_SQLITE_FILE}, where a server ` +
+          "without DATABASE_URL finds it",
+      );
+    }
+  } else if (directoryTarget.dialect === "postgres") {
+    notes.push("The directory is in Postgres (DATABASE_URL): not copied; back it up with pg_dump");
+  } else {
+    notes.push("DATABASE_URL is :memory:: the directory lives in the server's memory, not copied");
+  }
+
+  step = `the KV file (${kvSource})`;
+  await snapshot(kvSource, join(partial, DEFAULT_KV_FILE));
+  copied.push(DEFAULT_KV_FILE);
+  if (kvSource !== join(config.dataDir, DEFAULT_KV_FILE)) {
+    notes.push(
+      `KV_PATH (${kvSource}) is copied to ${DEFAULT_KV_FILE}, where a server without KV_PATH ` +
+        "finds it",
+    );
+  }
+
+  // After the KV snapshot: every file its messages name was stored before it, so is here unless
+  // deleted since; files stored after it are extras no message names.
+  const mediaSource = resolve(config.mediaDir);
+  step = `MEDIA_DIR (${mediaSource})`;
+  const found = await Deno.stat(mediaSource).catch((err) => {
+    if (err instanceof Deno.errors.NotFound) return undefined;
+    throw err;
+  });
+  if (found) await copyTree(mediaSource, join(partial, "media"));
+  else {
+    await Deno.mkdir(join(partial, "media"), { mode: 0o700 });
+    notes.push(`MEDIA_DIR (${mediaSource}) does not exist: no files to copy`);
+  }
+  if (mediaSource !== join(config.dataDir, "media")) {
+    notes.push(
+      `MEDIA_DIR (${mediaSource}) is copied to media, where a server without MEDIA_DIR finds it`,
+    );
+  }
+
+  step = `DATA_DIR (${config.dataDir})`;
+  for (const path of [devSecretPath(config.dataDir), keySetCachePath(config.dataDir)]) {
+    if (await copyFile(path, join(partial, basename(path))) !== undefined) {
+      copied.push(basename(path));
+    }
+  }
+
+  step = `the destination (${target})`;
+  await flush(partial);
+  // An empty directory there is replaced; one that filled up meanwhile fails the rename.
+  await Deno.rename(partial, target);
+  await flush(parent);
+} catch (err) {
+  await Deno.remove(partial, { recursive: true }).catch(() => {});
+  console.error(
+    `Backup failed copying ${step}: ${
+      noSpace(err) ? `no space left on the volume of ${parent}` : message(err)
+    }; nothing was written to ${target}`,
+  );
+  Deno.exit(1);
+}
+
+for (const note of notes) console.log(note);
+const what = [
+  ...copied,
+  `${media.files} media file${media.files === 1 ? "" : "s"} (${media.bytes} bytes)`,
+];
+const passed = [
+  ...(media.gone > 0 ? [`${media.gone} deleted while copied`] : []),
+  ...(media.skipped > 0 ? [`${media.skipped} links or special files passed over`] : []),
+];
+console.log(
+  `Backed up to ${target}: ${what.join(", ")}${passed.length > 0 ? `; ${passed.join(", ")}` : ""}`,
+);

@@ -1,0 +1,378 @@
+/**
+ * `deno task backup`: a copy taken while a client keeps sending is a DATA_DIR a server starts on,
+ * with every message acknowledged before it, their files, the directory and the dev secret; and
+ * what it refuses, without leaving anything behind.
+ */
+
+import { basename, dirname } from "node:path";
+import { DatabaseSync } from "node:sqlite";
+import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { adminCall, listFiles, TestClient } from "./helpers.ts";
+import { mayMount, smallDisk, withDataDir } from "./server_process.ts";
+import { ensureDevSecret, signDevToken } from "../src/auth/verifier.ts";
+
+type Frame = Record<string, unknown>;
+type Attachment = { name: string; url: string };
+
+const ADMIN = "an-admin-token-for-the-backup-test";
+
+/** The flags `deno task backup` runs scripts/backup.ts with, as deno.json's task names them. */
+async function taskFlags(): Promise<string[]> {
+  const config = JSON.parse(await Deno.readTextFile(new URL("../deno.json", import.meta.url)));
+  const words: string[] = config.tasks.backup.split(/\s+/);
+  const script = words.indexOf("scripts/backup.ts");
+  if (words[0] !== "deno" || words[1] !== "run" || script < 0) {
+    throw new Error(`the backup task is not "deno run <flags> scripts/backup.ts"`);
+  }
+  return words.slice(2, script);
+}
+
+/** Runs the backup task into `dir` with `env` as its whole environment (and PATH). */
+async function backup(env: Record<string, string>, ...args: string[]) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      ...await taskFlags(),
+      new URL("../scripts/backup.ts", import.meta.url).pathname,
+      ...args,
+    ],
+    clearEnv: true,
+    env: { PATH: Deno.env.get("PATH") ?? "", NO_COLOR: "1", ...env },
+  }).output();
+  const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes).trim();
+  return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+}
+
+/** Every message of `room` the native socket `ws` reads through `history`, in pages. */
+async function wholeHistory(ws: TestClient, room: string): Promise<Frame[]> {
+  const messages: Frame[] = [];
+  for (let after = 0;;) {
+    ws.send({ type: "history", room, after, limit: 200, ref: `h${after}` });
+    const page = await ws.next((f) => f.type === "history" && f.ref === `h${after}`, 30_000);
+    const got = page.messages as Frame[];
+    messages.push(...got);
+    if (!page.has_more || got.length === 0) return messages;
+    after = got.at(-1)!.seq as number;
+  }
+}
+
+/** A file's bytes for message `i`: different for each, and more than one read's worth. */
+const fileOf = (i: number) => new Uint8Array(70_000).map((_, j) => (i * 31 + j) % 251);
+
+/** Owner-only modes of everything under `dir`: 0700 folders, 0600 files. */
+async function modesUnder(dir: string): Promise<string[]> {
+  const wrong: string[] = [];
+  const walk = async (path: string) => {
+    const mode = (await Deno.lstat(path)).mode! & 0o777;
+    const info = await Deno.lstat(path);
+    if (info.isDirectory) {
+      if (mode !== 0o700) wrong.push(`${path} ${mode.toString(8)}`);
+      for await (const e of Deno.readDir(path)) await walk(`${path}/${e.name}`);
+    } else if (mode !== 0o600) wrong.push(`${path} ${mode.toString(8)}`);
+  };
+  await walk(dir);
+  return wrong;
+}
+
+Deno.test("backup: taken while a client keeps sending, it is a DATA_DIR with every acknowledged message, file, directory row and dev token", async () => {
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
+    const server = spawn(env);
+    const url = await server.url();
+    // The dev secret, as the server made it: tokens signed with it must work on the copy.
+    const { secret } = await ensureDevSecret(dataDir);
+    const token = await signDevToken(secret, { sub: "1", username: "ann" }, "1h");
+
+    for (const [id, username] of [["1", "ann"], ["2", "bob"]]) {
+      assertEquals(await adminCall(url, ADMIN, "PUT", `/api/users/${id}`, { username }), 200);
+    }
+    assertEquals(
+      await adminCall(url, ADMIN, "PUT", "/api/rooms/ticket/1", {
+        title: "Printer",
+        owner_id: "1",
+        participants: [{ user_id: "2", role: "agent" }],
+      }),
+      201,
+    );
+
+    const ws = await TestClient.open(`${url.replace(/^http/, "ws")}/ws?token=${token}`);
+    clients.push(ws);
+    await ws.next((f) => f.type === "welcome");
+    ws.send({ type: "join", room: "ticket:1", ref: "j" });
+    await ws.next((f) => f.ref === "j");
+
+    // Bodies by seq, from the acks; the files each message carried, by seq.
+    const bodies = new Map<number, string>();
+    const files = new Map<number, Uint8Array>();
+    const sent = new Map<string, { body: string; file?: Uint8Array }>();
+    let sending = 0;
+    const send = (withFile: boolean) => {
+      const i = ++sending;
+      const body = `message ${i} ${"é".repeat(i % 50)}`;
+      const file = withFile ? fileOf(i) : undefined;
+      sent.set(`c${i}`, { body, file });
+      ws.send({
+        type: "send",
+        room: "ticket:1",
+        body,
+        client_id: `c${i}`,
+        ...(file ? { files: [{ name: `f${i}.bin`, data: file.toBase64() }] } : {}),
+      });
+    };
+    const takeAcks = async (until: () => boolean) => {
+      while (!until()) {
+        const ack = await ws.next((f) => f.type === "ack" || f.type === "error", 30_000);
+        assertEquals(ack.type, "ack", JSON.stringify(ack));
+        const mine = sent.get(ack.client_id as string)!;
+        bodies.set(ack.seq as number, mine.body);
+        if (mine.file) files.set(ack.seq as number, mine.file);
+        // The broadcast copies of the messages are not needed.
+        const replies = ws.frames.filter((f) =>
+          ["ack", "error"].includes((f as Frame).type as string)
+        );
+        ws.frames.splice(0, ws.frames.length, ...replies);
+      }
+    };
+    for (let i = 1; i <= 40; i++) send(i % 4 === 0);
+    await takeAcks(() => bodies.size === 40);
+    const ackedBefore = new Map(bodies);
+
+    // Keeps sending until the backup is done: its snapshot is taken under these commits.
+    let done = false;
+    const writer = (async () => {
+      while (!done) {
+        for (let k = 0; k < 10; k++) send(sending % 5 === 0);
+        await takeAcks(() => bodies.size === sending);
+      }
+    })();
+    const copy = `${dataDir}-backup`;
+    let result;
+    try {
+      result = await backup({ DATA_DIR: dataDir }, copy);
+    } finally {
+      done = true;
+      await writer;
+    }
+    assertEquals(result.code, 0, result.stderr);
+    assertMatch(
+      result.stdout,
+      /^Backed up to .*: directory\.sqlite3, chat\.kv, dev-jwt-secret, \d+ media files/m,
+    );
+
+    try {
+      // A DATA_DIR as the server's own: owner-only, and none of SQLite's side files nor the
+      // space reserve, which belong to a live file.
+      assertEquals(await modesUnder(copy), []);
+      const names = (await listFiles(copy)).filter((n) => !n.startsWith("media/"));
+      assertEquals(names, ["chat.kv", "dev-jwt-secret", "directory.sqlite3"]);
+
+      // The same settings as the first server's but DATA_DIR: the dev secret, no JWT_SECRET.
+      const restored = spawn({ ...env, DATA_DIR: copy });
+      const restoredUrl = await restored.url();
+      const reader = await TestClient.open(
+        `${restoredUrl.replace(/^http/, "ws")}/ws?token=${token}`,
+      );
+      clients.push(reader);
+      await reader.next((f) => f.type === "welcome");
+      const history = await wholeHistory(reader, "ticket:1");
+
+      // A prefix of the room's history with no hole, each message as it was acknowledged.
+      const seqs = history.map((m) => m.seq as number);
+      assertEquals(seqs, seqs.map((_, i) => i + 1));
+      assert(history.length >= ackedBefore.size, `${history.length} < ${ackedBefore.size}`);
+      for (const m of history) {
+        const seq = m.seq as number;
+        if (bodies.has(seq)) assertEquals(m.body, bodies.get(seq), `seq ${seq}`);
+      }
+      for (const [seq, body] of ackedBefore) assertEquals(history[seq - 1].body, body);
+
+      // Each file of those messages serves the same bytes from the copy.
+      let checked = 0;
+      for (const m of history) {
+        const seq = m.seq as number;
+        const attachments = (m.attachments ?? []) as Attachment[];
+        if (!ackedBefore.has(seq)) continue;
+        assertEquals(attachments.length, files.has(seq) ? 1 : 0, `seq ${seq}`);
+        for (const a of attachments) {
+          const res = await fetch(a.url);
+          assertEquals(res.status, 200, a.url);
+          assertEquals(new Uint8Array(await res.arrayBuffer()), files.get(seq));
+          checked++;
+        }
+      }
+      assertEquals(checked, 10);
+
+      // The directory: users, the room and its participants.
+      const room = await fetch(`${restoredUrl}/api/rooms/ticket/1`, {
+        headers: { authorization: `Bearer ${ADMIN}` },
+      });
+      assertEquals(room.status, 200);
+      const body = await room.json();
+      assertEquals([body.title, body.owner_id], ["Printer", "1"]);
+      const participants = (body.participants as { user_id: string; role: string }[])
+        .map((p) => `${p.user_id}:${p.role}`);
+      assert(participants.includes("2:agent"), JSON.stringify(body));
+      const user = await fetch(`${restoredUrl}/api/users/2`, {
+        headers: { authorization: `Bearer ${ADMIN}` },
+      });
+      assertEquals((await user.json()).username, "bob");
+    } finally {
+      await Deno.remove(copy, { recursive: true }).catch(() => {});
+    }
+  }, {
+    extra: {
+      JWT_SECRET: "",
+      ADMIN_TOKEN: ADMIN,
+      RATE_LIMIT_PER_SECOND: "100000",
+      RATE_LIMIT_USER_PER_SECOND: "100000",
+    },
+  });
+});
+
+Deno.test("backup: an in-memory or remote KV, a destination that is not empty, an unknown option and a missing KV file are refused with one line and exit 2, writing nothing", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "backup-refusals-" });
+  const kept = `${dataDir}-kept`;
+  try {
+    const kv = await Deno.openKv(`${dataDir}/chat.kv`);
+    kv.close();
+    new DatabaseSync(`${dataDir}/directory.sqlite3`).close();
+    await Deno.mkdir(kept);
+    await Deno.writeTextFile(`${kept}/note`, "mine");
+    const cases: [Record<string, string>, string[], RegExp][] = [
+      [{ KV_PATH: ":memory:" }, [`${dataDir}-a`], /^KV_PATH is :memory:: .*no file to copy$/],
+      [
+        { KV_PATH: "https://api.deno.com/databases/x/connect" },
+        [`${dataDir}-a`],
+        /^KV_PATH is a KV Connect URL: there is no local file to copy; .*$/,
+      ],
+      [{}, [kept], /^.*-kept is not empty: a backup goes into a new or empty directory$/],
+      [{}, ["--keep", `${dataDir}-a`], /^Unknown option '--keep'.*deno task backup --help.*$/],
+      [{}, [], /^Usage: deno task backup <dir>/],
+      [
+        { DATA_DIR: `${dataDir}/nothing-here` },
+        [`${dataDir}-a`],
+        /^The KV file \(.*\/nothing-here\/chat\.kv\) does not exist: .*$/,
+      ],
+      [{ MEDIA_DIR: `${dataDir}-media` }, [`${dataDir}-media/copy`], /is inside MEDIA_DIR/],
+    ];
+    for (const [env, args, said] of cases) {
+      const result = await backup({ DATA_DIR: dataDir, ...env }, ...args);
+      assertEquals(result.code, 2, `${JSON.stringify(env)} ${args}: ${result.stderr}`);
+      assertMatch(result.stderr, said);
+      if (args.length > 0 && !said.source.startsWith("^Usage")) {
+        assertEquals(result.stderr.split("\n").length, 1, result.stderr);
+      }
+      assertEquals(result.stdout, "");
+    }
+    // Nothing was created, and what was there is as it was.
+    assertEquals(await Deno.lstat(`${dataDir}-a`).catch(() => undefined), undefined);
+    assertEquals(await Deno.lstat(`${dataDir}-media/copy`).catch(() => undefined), undefined);
+    assertEquals(await listFiles(kept), ["note"]);
+    const parent = await Array.fromAsync(Deno.readDir(dirname(dataDir)));
+    assertEquals(parent.filter((e) => e.name.startsWith(`.${basename(dataDir)}`)), []);
+  } finally {
+    for (const dir of [dataDir, kept, `${dataDir}-media`]) {
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  }
+});
+
+Deno.test("backup: a KV file, SQLite directory and media outside DATA_DIR are copied into the DATA_DIR layout; media keeps names, times and marks, not links or unfinished writes", async () => {
+  const root = await Deno.makeTempDir({ prefix: "backup-outside-" });
+  const copy = `${root}/copies/backup`;
+  try {
+    const env = {
+      DATA_DIR: `${root}/data`,
+      KV_PATH: `${root}/kv/messages.kv`,
+      DATABASE_URL: `sqlite:${root}/db/people.sqlite3`,
+      MEDIA_DIR: `${root}/files`,
+    };
+    for (const dir of ["data", "kv", "db", "files/native/ticket_1"]) {
+      await Deno.mkdir(`${root}/${dir}`, { recursive: true });
+    }
+    const kv = await Deno.openKv(env.KV_PATH);
+    await kv.set(["msg", "ticket:1", 1n], { body: "kept" });
+    kv.close();
+    const db = new DatabaseSync(`${root}/db/people.sqlite3`);
+    db.exec("create table users (id text primary key); insert into users values ('7')");
+    db.close();
+    await Deno.writeTextFile(`${root}/data/jwks_cache.json`, "{}");
+    const media = `${root}/files/native/ticket_1`;
+    await Deno.writeFile(`${media}/a_photo.png`, fileOf(1));
+    const then = new Date("2026-01-02T03:04:05Z");
+    await Deno.utime(`${media}/a_photo.png`, then, then);
+    await Deno.writeFile(`${media}/.gone-${"0".repeat(64)}`, new Uint8Array());
+    await Deno.writeFile(`${media}/.upload-4f1c`, fileOf(2));
+    await Deno.symlink(`${root}/data/jwks_cache.json`, `${media}/secrets.json`);
+
+    const result = await backup(env, copy);
+    assertEquals(result.code, 0, result.stderr);
+    for (const [setting, name] of [["KV_PATH", "chat.kv"], ["DATABASE_URL", "directory.sqlite3"]]) {
+      assertMatch(result.stdout, new RegExp(`^${setting} \\(.*\\) is copied to ${name}, `, "m"));
+    }
+    assertMatch(result.stdout, /^MEDIA_DIR \(.*\) is copied to media, /m);
+    assertMatch(
+      result.stdout,
+      /2 media files \(70000 bytes\); 1 links or special files passed over$/,
+    );
+
+    assertEquals(await listFiles(copy), [
+      "chat.kv",
+      "directory.sqlite3",
+      "jwks_cache.json",
+      `media/native/ticket_1/.gone-${"0".repeat(64)}`,
+      "media/native/ticket_1/a_photo.png",
+    ]);
+    assertEquals(await modesUnder(copy), []);
+    assertEquals(await Deno.readFile(`${copy}/media/native/ticket_1/a_photo.png`), fileOf(1));
+    const { mtime } = await Deno.stat(`${copy}/media/native/ticket_1/a_photo.png`);
+    assertEquals(mtime?.getTime(), then.getTime());
+    const copied = await Deno.openKv(`${copy}/chat.kv`);
+    try {
+      assertEquals((await copied.get(["msg", "ticket:1", 1n])).value, { body: "kept" });
+    } finally {
+      copied.close();
+    }
+    const people = new DatabaseSync(`${copy}/directory.sqlite3`, { readOnly: true });
+    try {
+      assertEquals(people.prepare("select id from users").all().map((r) => r.id), ["7"]);
+    } finally {
+      people.close();
+    }
+  } finally {
+    await Deno.remove(root, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test({
+  name: "backup: a volume that fills up fails the copy with one line and exit 1, leaving nothing",
+  ignore: !(await mayMount()),
+  async fn() {
+    const dataDir = await Deno.makeTempDir({ prefix: "backup-full-" });
+    const disk = await smallDisk(2);
+    try {
+      (await Deno.openKv(`${dataDir}/chat.kv`)).close();
+      new DatabaseSync(`${dataDir}/directory.sqlite3`).close();
+      await Deno.mkdir(`${dataDir}/media/files`, { recursive: true });
+      for (let i = 1; i <= 3; i++) {
+        await Deno.writeFile(`${dataDir}/media/files/${i}.bin`, new Uint8Array(1024 * 1024));
+      }
+      // Room for the two databases, not for the files; then room for nothing.
+      for (const [fill, failing] of [[false, "MEDIA_DIR"], [true, "the directory"]] as const) {
+        if (fill) await disk.fill();
+        const result = await backup({ DATA_DIR: dataDir }, `${disk.dir}/backup`);
+        assertEquals(result.code, 1, result.stderr);
+        assertMatch(
+          result.stderr,
+          new RegExp(
+            `^Backup failed copying ${failing} \\(.*\\): no space left on the volume of ` +
+              `${disk.dir}; nothing was written to ${disk.dir}/backup$`,
+          ),
+        );
+        assertEquals(await listFiles(disk.dir), fill ? [".filler"] : []);
+      }
+    } finally {
+      await disk.unmount();
+      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    }
+  },
+});
