@@ -156,7 +156,7 @@ export interface TypingEvent {
   typers: ChatUser[];
 }
 
-/** Another user's read cursor moved. */
+/** A read cursor moved: another user's, or ours on another device. */
 export interface ReadEvent {
   /** Room key. */
   room: string;
@@ -237,7 +237,7 @@ export interface ChatEventMap {
   message: ChatMessage;
   /** Someone else started or stopped typing. */
   typing: TypingEvent;
-  /** Someone else's read cursor moved. */
+  /** A read cursor moved: someone else's, or ours on another device. */
   read: ReadEvent;
   /** A (re)join brought the room's read cursors, so that receipts survive a reload. */
   reads: ReadsEvent;
@@ -978,6 +978,9 @@ export class ChatClient {
   /** Moves our read cursor forward (to the room's head without `seq`); resolves with it. */
   async read(room: string, seq?: number): Promise<number> {
     const reply = await this.#request({ type: "read", room, seq }, { needsRoom: room });
+    // The server tells our other devices, not this one: `reads(room)` must show it here too.
+    const state = this.#rooms.get(room);
+    if (state && this.#user) moveCursor(state.reads, this.#user.id, reply.seq as number);
     return reply.seq as number;
   }
 

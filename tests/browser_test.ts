@@ -13,9 +13,10 @@ import { type BrowserContext, chromium, type Page } from "playwright-core";
 import { type RunningServer, startServer } from "../main.ts";
 import { loadConfig } from "../src/config.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
+import { ChatClient } from "../client/mod.ts";
 import type * as ClientModule from "../client/mod.ts";
 import type { PageDocument, PageImage, PageProgress } from "../web/dom.ts";
-import { assert, assertEquals, within } from "./assert.ts";
+import { assert, assertEquals, delay, eventually, within } from "./assert.ts";
 import { freePort, reverseProxy, startTestServer, TestClient } from "./helpers.ts";
 
 // The functions handed to page.evaluate run in the page, where `document` exists.
@@ -680,6 +681,62 @@ Deno.test({
         (names) => names.map((n) => n.textContent),
       );
       assert(!sent.includes("secret.txt"), `sent after sign-out: ${JSON.stringify(sent)}`);
+    });
+  },
+});
+
+Deno.test({
+  name: named(
+    "browser: a room read on another of the user's devices loses its unread badge and title count",
+  ),
+  ignore: skip,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    requireChromium();
+    await withChatServer("devices", async ({ url, port, open }) => {
+      const client = async (name: string) => {
+        const minted = await fetch(`${url}dev/token`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ name }),
+        });
+        const { token } = await minted.json();
+        const chat = new ChatClient({ url: `ws://127.0.0.1:${port}/ws`, token });
+        await chat.connect();
+        await chat.join("room:random");
+        return chat;
+      };
+      const ben = await client("Ben");
+      let phone: ChatClient | undefined;
+      try {
+        // Ann's laptop: the page, on room:general, with room:random in its list.
+        const laptop = await open();
+        const errors: string[] = [];
+        laptop.on("pageerror", (err) => errors.push(err.message));
+        await signIn(laptop, url, "Ann", "general, room:random");
+        await eventually(
+          () => ben.presence("room:random").some((u) => u.id === "dev-ann"),
+          5000,
+          "the page in room:random",
+        );
+        // Its join's reply follows the presence it made: what comes after is news.
+        await delay(300);
+        await ben.send("room:random", { body: "one" });
+        await ben.send("room:random", { body: "two" });
+        const badge = '#rooms li[data-room="room:random"] .unread';
+        await laptop.waitForSelector(`${badge}:text("2")`);
+        assertEquals(await laptop.title(), "(2) Chat");
+        // Ann reads the room on her phone.
+        phone = await client("Ann");
+        await phone.read("room:random");
+        await laptop.waitForSelector(badge, { state: "hidden" });
+        assertEquals(await laptop.title(), "Chat");
+        assertEquals(errors, []);
+      } finally {
+        ben.close();
+        phone?.close();
+      }
     });
   },
 });

@@ -231,6 +231,32 @@ Deno.test("client: presence, typing (throttled, ends by itself), read cursors", 
   }
 });
 
+Deno.test("client: a read on one of our devices moves our cursor in reads() there and, with a read event, on our others", async () => {
+  const server = await startTestServer();
+  const phone = await userClient(server, "1");
+  const laptop = await userClient(server, "1");
+  const ben = await userClient(server, "2");
+  try {
+    for (const c of [phone, laptop, ben]) {
+      await c.client.connect();
+      await c.client.join("ticket:1");
+    }
+    const ack = await ben.client.send("ticket:1", { body: "are you there?" });
+    assertEquals(await phone.client.read("ticket:1", ack.seq), ack.seq);
+    assertEquals(phone.client.reads("ticket:1"), [{ userId: 1, seq: ack.seq }]);
+    await eventually(() => laptop.reads.length === 1, 3000, "the laptop's read event");
+    assertEquals([laptop.reads[0].user.id, laptop.reads[0].seq], [1, ack.seq]);
+    assertEquals(laptop.client.reads("ticket:1"), [{ userId: 1, seq: ack.seq }]);
+    await eventually(() => ben.reads.length === 1, 3000, "ben's read event");
+    // The phone has its answer: no event of its own read.
+    await new Promise((r) => setTimeout(r, 300));
+    assertEquals(phone.reads, []);
+  } finally {
+    for (const c of [phone, laptop, ben]) c.client.close();
+    await server.close();
+  }
+});
+
 Deno.test("client: reconnects after a dropped socket and recovers what it missed, once each", async () => {
   const server = await startTestServer();
   const reader = await userClient(server, "1");

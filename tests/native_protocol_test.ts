@@ -9,10 +9,13 @@ import {
   sendRawText,
   silentPeer,
   startTestServer,
+  TEST_SECRET,
   TestClient,
   type TestServer,
   throttledLink,
 } from "./helpers.ts";
+import { withDataDir } from "./server_process.ts";
+import { signDevToken } from "../src/auth/verifier.ts";
 
 type Frame = Record<string, unknown>;
 
@@ -1713,6 +1716,58 @@ Deno.test("native: typing and read events go to the other members only, not back
   } finally {
     await server.close();
   }
+});
+
+Deno.test("native: a read reaches the reader's other sockets (their other devices) as well as the other members, but not the socket that sent it; typing does not", async () => {
+  const server = await startTestServer();
+  try {
+    const phone = await connect(server, { sub: "1" });
+    const laptop = await connect(server, { sub: "1" });
+    const ben = await connect(server, { sub: "2", username: "ben" });
+    for (const ws of [phone, laptop, ben]) await join(ws, "ticket:4");
+    ben.send({ type: "send", room: "ticket:4", body: "are you there?" });
+    await ben.next((f) => f.type === "ack");
+    phone.send({ type: "typing", room: "ticket:4" });
+    await ben.next((f) => f.type === "typing");
+    phone.send({ type: "read", room: "ticket:4", seq: 1 });
+    assertEquals((await phone.next((f) => f.type === "read_ok")).seq, 1);
+    const onLaptop = await laptop.next((f) => f.type === "read");
+    assertEquals([onLaptop.room, (onLaptop.user as Frame).id, onLaptop.seq], ["ticket:4", 1, 1]);
+    await ben.next((f) => f.type === "read");
+    await phone.nothing((f) => f.type === "typing" || f.type === "read");
+    await laptop.nothing((f) => f.type === "typing");
+    for (const ws of [phone, laptop, ben]) await ws.close();
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("native: a read on one server reaches the reader's socket on another server of the same KV file", async () => {
+  await withDataDir(async ({ env, clients, spawn }) => {
+    const [urlA, urlB] = await Promise.all([spawn(env).url(), spawn(env).url()]);
+    const token = await signDevToken(TEST_SECRET, {
+      sub: "1",
+      username: "one",
+      rooms: ["ticket:*"],
+    });
+    const open = async (url: string) => {
+      const ws = await TestClient.open(`${url.replace(/^http/, "ws")}/ws?token=${token}`);
+      clients.push(ws);
+      assertEquals((await ws.next()).type, "welcome");
+      await join(ws, "ticket:4");
+      return ws;
+    };
+    const phone = await open(urlA);
+    const laptop = await open(urlB);
+    phone.send({ type: "send", room: "ticket:4", body: "a note to self" });
+    await phone.next((f) => f.type === "ack");
+    await laptop.next((f) => f.type === "message");
+    phone.send({ type: "read", room: "ticket:4", seq: 1 });
+    await phone.next((f) => f.type === "read_ok");
+    const onLaptop = await laptop.next((f) => f.type === "read", 10_000);
+    assertEquals([(onLaptop.user as Frame).id, onLaptop.seq], [1, 1]);
+    await phone.nothing((f) => f.type === "read");
+  }, { prefix: "native-reads-" });
 });
 
 Deno.test("native: a null ref counts as none: no reply echoes it", async () => {

@@ -189,6 +189,11 @@ async function start(s) {
   chat.on("read", (e) => {
     const view = views.get(e.room);
     if (!view) return;
+    if (isMe(e.user)) {
+      for (const seq of view.unread) if (seq <= e.seq) view.unread.delete(seq);
+      renderUnread(view);
+      return;
+    }
     view.people.set(String(e.user.id), e.user);
     const nearBottom = isNearBottom(120);
     renderReceipts(view);
@@ -247,7 +252,7 @@ function addRoom(name) {
     item,
     rendered: /* @__PURE__ */ new Map(),
     hasMore: false,
-    unread: 0,
+    unread: /* @__PURE__ */ new Set(),
     people: /* @__PURE__ */ new Map(),
     pending: /* @__PURE__ */ new Map(),
     readSent: 0,
@@ -301,7 +306,7 @@ function selectRoom(name) {
   if (current) {
     history.replaceState(null, "", `#${current}`);
     const view = views.get(current);
-    view.unread = 0;
+    view.unread.clear();
     renderUnread(view);
     markRead(view);
   }
@@ -336,11 +341,11 @@ ui.addRoom.addEventListener("submit", (e) => {
 });
 function renderUnread(view) {
   const badge = view.item.querySelector(".unread");
-  badge.textContent = view.unread > 0 ? String(view.unread) : "";
-  badge.hidden = view.unread === 0;
+  badge.textContent = view.unread.size > 0 ? String(view.unread.size) : "";
+  badge.hidden = view.unread.size === 0;
   const total = [
     ...views.values()
-  ].reduce((n, v) => n + v.unread, 0);
+  ].reduce((n, v) => n + v.unread.size, 0);
   document.title = total > 0 ? `(${total}) Chat` : "Chat";
 }
 function renderPeople() {
@@ -384,7 +389,7 @@ function onMessage(message) {
   if (seen) {
     markRead(view);
   } else if (!isMe(message.sender) && view.joined) {
-    view.unread++;
+    view.unread.add(message.seq);
     renderUnread(view);
   }
   renderReceipts(view);
@@ -531,7 +536,7 @@ function sendRead(view) {
 document.addEventListener("visibilitychange", () => {
   const view = current ? views.get(current) : void 0;
   if (!view || document.visibilityState !== "visible") return;
-  view.unread = 0;
+  view.unread.clear();
   renderUnread(view);
   markRead(view);
 });

@@ -53,7 +53,11 @@ interface RoomView {
   firstSeq?: number;
   lastSeq?: number;
   hasMore: boolean;
-  unread: number;
+  /**
+   * The seqs of others' messages that came while the room was not on screen: the badge counts
+   * them, and a read on another of our devices takes off those it covers.
+   */
+  unread: Set<number>;
   /**
    * Senders of the messages shown and readers a `read` frame named, by user id: the names of
    * the readers the client's cursors list by id.
@@ -258,6 +262,12 @@ async function start(s: Session): Promise<void> {
   chat.on("read", (e) => {
     const view = views.get(e.room);
     if (!view) return;
+    if (isMe(e.user)) {
+      // Read on another of our devices: what it covers is not news here either.
+      for (const seq of view.unread) if (seq <= e.seq) view.unread.delete(seq);
+      renderUnread(view);
+      return;
+    }
     view.people.set(String(e.user.id), e.user);
     const nearBottom = isNearBottom(120);
     renderReceipts(view);
@@ -331,7 +341,7 @@ function addRoom(name: string): void {
     item,
     rendered: new Map(),
     hasMore: false,
-    unread: 0,
+    unread: new Set(),
     people: new Map(),
     pending: new Map(),
     readSent: 0,
@@ -384,7 +394,7 @@ function selectRoom(name: string | null): void {
   if (current) {
     history.replaceState(null, "", `#${current}`);
     const view = views.get(current)!;
-    view.unread = 0;
+    view.unread.clear();
     renderUnread(view);
     markRead(view);
   }
@@ -423,9 +433,9 @@ ui.addRoom.addEventListener("submit", (e) => {
 
 function renderUnread(view: RoomView): void {
   const badge = view.item.querySelector(".unread")!;
-  badge.textContent = view.unread > 0 ? String(view.unread) : "";
-  badge.hidden = view.unread === 0;
-  const total = [...views.values()].reduce((n, v) => n + v.unread, 0);
+  badge.textContent = view.unread.size > 0 ? String(view.unread.size) : "";
+  badge.hidden = view.unread.size === 0;
+  const total = [...views.values()].reduce((n, v) => n + v.unread.size, 0);
   document.title = total > 0 ? `(${total}) Chat` : "Chat";
 }
 
@@ -485,7 +495,7 @@ function onMessage(message: ChatMessage): void {
     markRead(view);
   } else if (!isMe(message.sender) && view.joined) {
     // History a join shows is not news; a hidden tab's current room is not seen.
-    view.unread++;
+    view.unread.add(message.seq);
     renderUnread(view);
   }
   renderReceipts(view);
@@ -646,7 +656,7 @@ document.addEventListener("visibilitychange", () => {
   const view = current ? views.get(current) : undefined;
   if (!view || document.visibilityState !== "visible") return;
   // What came while the tab was hidden counted as unread (the title says so); now it is seen.
-  view.unread = 0;
+  view.unread.clear();
   renderUnread(view);
   markRead(view);
 });

@@ -519,6 +519,8 @@ var ChatClient = class {
     }, {
       needsRoom: room
     });
+    const state = this.#rooms.get(room);
+    if (state && this.#user) moveCursor(state.reads, this.#user.id, reply.seq);
     return reply.seq;
   }
   /** Reads a page of history, oldest first: the newest, `before` a seq, or `after` one. */

@@ -808,16 +808,17 @@ export class ChatService {
   /**
    * Raises the user's read cursor (to the head when `seq` is omitted, and never past it) and
    * tells the room; resolves to the cursor stored (unchanged when the store refuses the mark).
-   * Past the head it could never come back, as cursors only move forward.
+   * Past the head it could never come back, as cursors only move forward. `connId` names the
+   * connection that asked, which the event tells apart from the user's other ones.
    */
-  async markRead(user: Principal, room: string, seq?: number): Promise<number> {
+  async markRead(user: Principal, room: string, seq?: number, connId?: string): Promise<number> {
     const head = await this.#deps.store.head(room);
     const target = seq === undefined ? head : Math.min(seq, head);
     const cursor = await this.#deps.store.markRead(room, user.id, target);
     // Refused (the user deleted, or taken out of the room, a moment ago): the cursor stays as it
     // is, and the room hears nothing of a read it will not be shown.
     if (cursor === null) return await this.#deps.store.cursor(room, user.id);
-    this.#deps.fanout.publish({ type: "read", room, user: profileOf(user), seq: cursor });
+    this.#deps.fanout.publish({ type: "read", room, user: profileOf(user), seq: cursor, connId });
     return cursor;
   }
 

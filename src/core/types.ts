@@ -210,7 +210,11 @@ export type RoomEvent = RoomEventKind & {
 type RoomEventKind =
   | { type: "message"; room: string; message: Message }
   | { type: "typing"; room: string; user: UserProfile; isTyping: boolean }
-  | { type: "read"; room: string; user: UserProfile; seq: number }
+  /**
+   * With `connId`, the connection that moved the cursor: it has its answer already, and the user's
+   * other connections (their other devices) are told.
+   */
+  | { type: "read"; room: string; user: UserProfile; seq: number; connId?: string }
   | { type: "presence"; room: string; user: UserProfile; action: "join" | "leave" }
   /**
    * The room was deleted. With `generation` (the count the deletion raises the room's to), only

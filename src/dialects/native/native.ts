@@ -257,9 +257,11 @@ class NativeMember implements Member {
   }
 
   wants(event: RoomEvent): boolean {
-    return event.type === "message" || event.type === "presence" ||
-      ((event.type === "typing" || event.type === "read") &&
-        String(event.user.id) !== String(this.user.id));
+    if (event.type === "message" || event.type === "presence") return true;
+    // Nobody is shown their own typing; but a read cursor moved on one of the user's devices
+    // must reach their others (their unread state clears), all but the socket that has `read_ok`.
+    if (event.type === "read") return event.connId !== this.#session.connId;
+    return event.type === "typing" && String(event.user.id) !== String(this.user.id);
   }
 
   render(event: RoomEvent): string | undefined {
@@ -348,6 +350,11 @@ class NativeSession implements SocketHandler {
   #counted = false;
   /** Messages each user may still have replayed, shared by the route's sockets. */
   #replay: TokenBuckets;
+
+  /** The socket's id, unique across isolates and servers (a random UUID). */
+  get connId(): string {
+    return this.#connId;
+  }
 
   constructor(ctx: DialectContext, user: Principal, baseUrl: string, replay: TokenBuckets) {
     this.#ctx = ctx;
@@ -698,7 +705,7 @@ class NativeSession implements SocketHandler {
         if (!this.#inRoom(conn, room)) {
           throw new ChatError("not_found", `Join room "${room}" first`);
         }
-        const seq = await ctx.chat.markRead(user, room, optionalSeq(record, "seq"));
+        const seq = await ctx.chat.markRead(user, room, optionalSeq(record, "seq"), this.#connId);
         this.#reply(conn, { type: "read_ok", room, seq }, ref);
         return;
       }
