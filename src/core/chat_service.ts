@@ -133,6 +133,8 @@ export class ChatService {
   #sweepTimer?: ReturnType<typeof setInterval>;
   /** Enters under way, by room and connection, so that an exit waits for its own enter. */
   #entering = new Map<string, Promise<unknown>>();
+  /** Exits under way, by room and connection, so that an enter of it again waits for them. */
+  #exiting = new Map<string, Promise<unknown>>();
   /** Work a shutdown waits for: presence updates, and sends from their files to their answer. */
   #inflight = new Set<Promise<unknown>>();
   /** Set by {@link refuseSends}: what a send is refused with. */
@@ -494,7 +496,16 @@ export class ChatService {
    */
   enter(user: Principal, room: string, connId: string): Promise<{ first: boolean }> {
     const key = connKey(room, connId);
-    const entering = this.#track(this.#enter(user, room, connId));
+    // A connection that left the room and comes back (a Socket.IO socket's leave_ticket and
+    // join_ticket, or its sign-in as another user) while its exit still waits for the store:
+    // that exit, taking the entry out after this enter wrote it, would leave it in the room
+    // unseen.
+    const exiting = this.#exiting.get(key);
+    const entering = this.#track(
+      exiting
+        ? exiting.catch(() => {}).then(() => this.#enter(user, room, connId))
+        : this.#enter(user, room, connId),
+    );
     this.#entering.set(key, entering);
     const done = () => {
       if (this.#entering.get(key) === entering) this.#entering.delete(key);
@@ -518,7 +529,14 @@ export class ChatService {
 
   /** Removes a connection's presence; the room hears `leave` only when it was the user's last. */
   exit(user: Principal, room: string, connId: string): Promise<{ last: boolean }> {
-    return this.#track(this.#exit(user, room, connId));
+    const key = connKey(room, connId);
+    const exiting = this.#track(this.#exit(user, room, connId));
+    this.#exiting.set(key, exiting);
+    const done = () => {
+      if (this.#exiting.get(key) === exiting) this.#exiting.delete(key);
+    };
+    exiting.then(done, done);
+    return exiting;
   }
 
   async #exit(user: Principal, room: string, connId: string): Promise<{ last: boolean }> {

@@ -415,6 +415,40 @@ Deno.test("ChatService.present: the users listed are the store's and those with 
   }
 });
 
+Deno.test("ChatService.enter: a connection that comes back while its exit waits behind its first enter is written after that exit, and stays present", async () => {
+  const writes: string[] = [];
+  let resume!: () => void;
+  const stalled = new Promise<void>((r) => resume = r);
+  const presence: PresenceStore = {
+    async enter(_room, user, connId) {
+      await stalled;
+      writes.push(`enter ${user.id} ${connId}`);
+      return { first: true };
+    },
+    exit(_room, userId, connId) {
+      writes.push(`exit ${userId} ${connId}`);
+      return Promise.resolve({ last: true });
+    },
+    list: () => Promise.resolve([]),
+    sweep: () => Promise.resolve([]),
+  };
+  const chat = stubbedChat(() => {}, { presence });
+  const user = (id: string) => ({ id, username: id, grants: [] });
+  try {
+    // A Socket.IO socket joins, leaves and joins again (or signs in as user 2 and joins) while
+    // the store is slow: its connection id is the same each time.
+    const first = chat.enter(user("1"), "r", "c1");
+    const exit = chat.exit(user("1"), "r", "c1");
+    const again = chat.enter(user("2"), "r", "c1");
+    resume();
+    await Promise.all([first, exit, again]);
+    assertEquals(writes, ["enter 1 c1", "exit 1 c1", "enter 2 c1"]);
+    assertEquals(chat.holdsHere("r", "2"), true);
+  } finally {
+    chat.close();
+  }
+});
+
 /** A chat recording the typing events it publishes (`<user>:<is typing>`), ending after `ms`. */
 function typingChat(ms: number) {
   const told: string[] = [];

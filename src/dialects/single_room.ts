@@ -74,8 +74,12 @@ export interface SingleRoomDialect {
    * undefined for any other frame. Typing past the rate limit is dropped without an error.
    */
   typingOf?(text: string): boolean | undefined;
-  /** Runs after the socket opens and before it joins the room (greetings, user lists). */
-  beforeJoin?(session: RoomSession): Promise<void>;
+  /**
+   * Runs after the socket opens and before it joins the room (greetings, user lists), as its
+   * presence is written: `entered` settles once it is, `first` when the user had no other
+   * connection in the room (the room heard their `join`).
+   */
+  beforeJoin?(session: RoomSession, entered: Promise<{ first: boolean }>): Promise<void>;
   /** Where the member's live stream starts: `since` replays stored messages after that seq. */
   joinFrom?(session: RoomSession): Promise<{ since?: number }>;
   /**
@@ -277,7 +281,16 @@ class RoomSocket implements SocketHandler {
       epoch: this.#epoch,
     };
     this.#session = session;
-    await dialect.beforeJoin?.(session);
+    // Every protocol's socket counts for presence, whether or not it renders presence events: a
+    // native client sees the user of a ticket socket, and their leave only with their last
+    // socket. Entered with the session, so that `closed` exits exactly once however far the
+    // join got (the exit waits for this enter). Its write is not waited for before the hub join
+    // (unless `beforeJoin` waits): a ticket socket has no greeting, and its client takes it as
+    // in the room once open, so a message sent meanwhile must reach it.
+    const entered = ctx.chat.enter(session.user, session.room, session.connId);
+    // Awaited below; a socket that closes first has its exit in `closed`, which waits for it.
+    entered.catch(() => {});
+    await dialect.beforeJoin?.(session, entered);
     if (!conn.open) return;
     const member = new SessionMember(session, dialect);
     try {
@@ -287,6 +300,8 @@ class RoomSocket implements SocketHandler {
         ctx.hub.leave(session.room, member);
         return;
       }
+      // Not counted for presence is half joined: closed to reconnect on, as a failed hub join is.
+      await entered;
       // Access removed since the upgrade's check was published before this member was in the
       // room to be evicted: asked again, past any cache, now that a later removal will find it.
       const { user, room } = session;
@@ -414,6 +429,13 @@ class RoomSocket implements SocketHandler {
     if (!session) return;
     this.#ctx.limiter.forget(session.connId);
     if (session.member) this.#ctx.hub.leave(session.room, session.member);
+    this.#ctx.chat.exit(session.user, session.room, session.connId).catch((err) =>
+      failureLog.failed(
+        `${this.#dialect.name}: presence exit failed`,
+        err,
+        `room ${session.room}, user ${this.#user.id}`,
+      )
+    );
     this.#dialect.closed?.(session).catch((err) =>
       failureLog.failed(
         `${this.#dialect.name}: cleanup failed`,

@@ -92,8 +92,8 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
       return undefined;
     },
     errorFrame: (e) => JSON.stringify({ error: e.message }),
-    async beforeJoin(s) {
-      if ((await ctx.chat.enter(s.user, s.room, s.connId)).first) arrived.add(s);
+    async beforeJoin(s, entered) {
+      if ((await entered).first) arrived.add(s);
       heard.set(s, new Map());
     },
     // Read once the socket is in the room: a join or leave after the read still reaches it. The
@@ -143,9 +143,6 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
         body: message,
         clientId: optionalClientId(record, "client_id"),
       });
-    },
-    async closed(s) {
-      await ctx.chat.exit(s.user, s.room, s.connId);
     },
   });
 }

@@ -681,7 +681,18 @@ export function createSocketIoTicketChat(
   function leaveTicket(socket: Socket, ticketId: string): void {
     const s = state(socket);
     const name = engineRoom(ticketId, s.baseUrl);
-    s.tickets.delete(ticketId);
+    const user = s.user;
+    // Out of presence once, whatever takes it out (a leave_ticket, a failed join, an eviction,
+    // a sign-in as someone else, the end of its session); the exit waits for the join's enter.
+    if (s.tickets.delete(ticketId) && user) {
+      ctx.chat.exit(user, roomKey("ticket", ticketId), socket.id).catch((err) =>
+        failureLog.failed(
+          "socket.io: presence exit failed",
+          err,
+          `ticket ${ticketId}, user ${user.id}`,
+        )
+      );
+    }
     s.epochs?.delete(ticketId);
     s.heardAfter?.delete(ticketId);
     socket.leave(name);
@@ -1175,10 +1186,17 @@ export function createSocketIoTicketChat(
             // What the live bridge has broadcast so far did not reach this socket; a bridge not
             // yet in the hub broadcasts what comes after its head, the socket in the room.
             const live = bridges.get(name)?.delivered;
+            // Counted for presence as the ticket socket and the native protocol count theirs,
+            // from the moment it is among the ticket's: `leaveTicket` exits.
+            const entered = ctx.chat.enter(user, room, socket.id);
+            // Awaited once the bridge is live (what it broadcast from then on is marked heard
+            // at once); a leave before that has its exit, which waits for it.
+            entered.catch(() => {});
             try {
               // `joined_ticket` only once the bridge is live, so nothing sent after it is missed.
               const head = await (bridges.get(name)?.joined ?? bridge(id, s.baseUrl));
               if (s.tickets.has(id)) (s.heardAfter ??= new Map()).set(id, live ?? head);
+              await entered;
               // Access removed since the check above was published before this socket was in
               // the room to be evicted: asked again, past any cache, now that a later removal
               // will find it.
