@@ -9,7 +9,7 @@
  */
 
 import { Buffer } from "node:buffer";
-import { type BrowserContext, chromium, type Page } from "playwright-core";
+import { type BrowserContext, chromium, type Page, type WebSocketRoute } from "playwright-core";
 import { type RunningServer, startServer } from "../main.ts";
 import { loadConfig } from "../src/config.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
@@ -111,6 +111,20 @@ async function signIn(page: Page, url: string, name: string, rooms: string): Pro
   await page.click("#signin-submit");
   await page.waitForSelector('#status[data-state="open"]');
   await page.waitForSelector(`#rooms li.current[data-room="${ROOM}"]`);
+}
+
+/** A typed client signed in as `name` through the dev sign-in, joined to `room`. */
+async function typedIn(url: string, port: number, name: string, room: string): Promise<ChatClient> {
+  const minted = await fetch(`${url}dev/token`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ name }),
+  });
+  const { token } = await minted.json();
+  const chat = new ChatClient({ url: `ws://127.0.0.1:${port}/ws`, token });
+  await chat.connect();
+  await chat.join(room);
+  return chat;
 }
 
 /** Bodies of the delivered (not pending) messages of a room, in page order. */
@@ -695,18 +709,7 @@ Deno.test({
   async fn() {
     requireChromium();
     await withChatServer("devices", async ({ url, port, open }) => {
-      const client = async (name: string) => {
-        const minted = await fetch(`${url}dev/token`, {
-          method: "POST",
-          headers: { "content-type": "application/json" },
-          body: JSON.stringify({ name }),
-        });
-        const { token } = await minted.json();
-        const chat = new ChatClient({ url: `ws://127.0.0.1:${port}/ws`, token });
-        await chat.connect();
-        await chat.join("room:random");
-        return chat;
-      };
+      const client = (name: string) => typedIn(url, port, name, "room:random");
       const ben = await client("Ben");
       let phone: ChatClient | undefined;
       try {
@@ -732,6 +735,64 @@ Deno.test({
         await phone.read("room:random");
         await laptop.waitForSelector(badge, { state: "hidden" });
         assertEquals(await laptop.title(), "Chat");
+        assertEquals(errors, []);
+      } finally {
+        ben.close();
+        phone?.close();
+      }
+    });
+  },
+});
+
+Deno.test({
+  name: named(
+    "browser: a page back online after the room was read on another device counts only what came since",
+  ),
+  ignore: skip,
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    requireChromium();
+    await withChatServer("devices-away", async ({ url, port, open }) => {
+      const ben = await typedIn(url, port, "Ben", "room:random");
+      let phone: ChatClient | undefined;
+      try {
+        // Ann's laptop: the page, on room:general, with room:random in its list; its sockets
+        // pass through a switch that takes it offline (its lid closed).
+        const laptop = await open();
+        const errors: string[] = [];
+        laptop.on("pageerror", (err) => errors.push(err.message));
+        let online = true;
+        const live: { page: WebSocketRoute; server: WebSocketRoute }[] = [];
+        await laptop.routeWebSocket(/\/ws(\?.*)?$/, (ws) => {
+          if (!online) return void ws.close({ code: 1011, reason: "offline" });
+          live.push({ page: ws, server: ws.connectToServer() });
+        });
+        await signIn(laptop, url, "Ann", "general, room:random");
+        await eventually(
+          () => ben.presence("room:random").some((u) => u.id === "dev-ann"),
+          5000,
+          "the page in room:random",
+        );
+        online = false;
+        for (const { page, server } of live.splice(0)) {
+          await server.close().catch(() => {});
+          await page.close({ code: 1011, reason: "offline" }).catch(() => {});
+        }
+        await laptop.waitForSelector('#status:not([data-state="open"])');
+        await ben.send("room:random", { body: "one" });
+        await ben.send("room:random", { body: "two" });
+        // Ann reads them on her phone while the laptop is away.
+        phone = await typedIn(url, port, "Ann", "room:random");
+        assertEquals(await phone.read("room:random"), 2);
+        online = true;
+        await laptop.waitForSelector('#status[data-state="open"]', { timeout: 15_000 });
+        // Its rejoin replays the two; a third, which nobody read, follows them: the count is
+        // that one alone, not the replay's too.
+        await ben.send("room:random", { body: "three" });
+        const badge = '#rooms li[data-room="room:random"] .unread';
+        await laptop.waitForSelector(`${badge}:text("1")`);
+        assertEquals(await laptop.title(), "(1) Chat");
         assertEquals(errors, []);
       } finally {
         ben.close();

@@ -73,6 +73,15 @@ function displayName(user) {
 function isMe(user) {
   return !!user && !!client?.user && String(user.id) === String(client.user.id);
 }
+function ownCursor(room) {
+  const me = client?.user ? String(client.user.id) : void 0;
+  return client?.reads(room).find((r) => String(r.userId) === me)?.seq ?? 0;
+}
+function dropRead(view) {
+  const cursor = ownCursor(view.name);
+  for (const seq of view.unread) if (seq <= cursor) view.unread.delete(seq);
+  renderUnread(view);
+}
 function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -190,8 +199,7 @@ async function start(s) {
     const view = views.get(e.room);
     if (!view) return;
     if (isMe(e.user)) {
-      for (const seq of view.unread) if (seq <= e.seq) view.unread.delete(seq);
-      renderUnread(view);
+      dropRead(view);
       return;
     }
     view.people.set(String(e.user.id), e.user);
@@ -201,7 +209,9 @@ async function start(s) {
   });
   chat.on("reads", (e) => {
     const view = views.get(e.room);
-    if (view) renderReceipts(view);
+    if (!view) return;
+    dropRead(view);
+    renderReceipts(view);
   });
   chat.on("removed", (e) => {
     showError(`You were removed from ${e.room} (${e.reason.replace("_", " ")})`);
@@ -388,7 +398,7 @@ function onMessage(message) {
   if (message.room === current && (nearBottom || isMe(message.sender))) scrollToBottom(true);
   if (seen) {
     markRead(view);
-  } else if (!isMe(message.sender) && view.joined) {
+  } else if (!isMe(message.sender) && view.joined && message.seq > ownCursor(view.name)) {
     view.unread.add(message.seq);
     renderUnread(view);
   }

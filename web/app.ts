@@ -142,6 +142,19 @@ function isMe(user: ChatUser | null): boolean {
   return !!user && !!client?.user && String(user.id) === String(client.user.id);
 }
 
+/** Our own read cursor in a room, moved by any of our devices (0 before any). */
+function ownCursor(room: string): number {
+  const me = client?.user ? String(client.user.id) : undefined;
+  return client?.reads(room).find((r) => String(r.userId) === me)?.seq ?? 0;
+}
+
+/** Takes off the room's unread count what our read cursor covers, and shows the count. */
+function dropRead(view: RoomView): void {
+  const cursor = ownCursor(view.name);
+  for (const seq of view.unread) if (seq <= cursor) view.unread.delete(seq);
+  renderUnread(view);
+}
+
 function el<K extends keyof PageTags>(
   tag: K,
   className?: string,
@@ -264,8 +277,7 @@ async function start(s: Session): Promise<void> {
     if (!view) return;
     if (isMe(e.user)) {
       // Read on another of our devices: what it covers is not news here either.
-      for (const seq of view.unread) if (seq <= e.seq) view.unread.delete(seq);
-      renderUnread(view);
+      dropRead(view);
       return;
     }
     view.people.set(String(e.user.id), e.user);
@@ -277,7 +289,11 @@ async function start(s: Session): Promise<void> {
   // The cursors a (re)join lists: receipts of readers who are not here survive a reload.
   chat.on("reads", (e) => {
     const view = views.get(e.room);
-    if (view) renderReceipts(view);
+    if (!view) return;
+    // A rejoin lists our own cursor too: what another device read while this one was away (its
+    // replay counted as unread) is not news.
+    dropRead(view);
+    renderReceipts(view);
   });
   chat.on("removed", (e) => {
     showError(`You were removed from ${e.room} (${e.reason.replace("_", " ")})`);
@@ -493,8 +509,9 @@ function onMessage(message: ChatMessage): void {
   if (message.room === current && (nearBottom || isMe(message.sender))) scrollToBottom(true);
   if (seen) {
     markRead(view);
-  } else if (!isMe(message.sender) && view.joined) {
-    // History a join shows is not news; a hidden tab's current room is not seen.
+  } else if (!isMe(message.sender) && view.joined && message.seq > ownCursor(view.name)) {
+    // History a join shows is not news; a hidden tab's current room is not seen; nor is what
+    // another of our devices read already (a replay after a rejoin, or a read that overtook it).
     view.unread.add(message.seq);
     renderUnread(view);
   }
