@@ -814,12 +814,13 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
         await closeSockets();
         await ioClosed;
         // Sends still writing their files (refused at their append now, their files then
-        // discarded) end before the stores close, within the budget: what is cut off still
-        // leaves its files to the media sweep.
+        // discarded) and the presence exits of the sockets just closed end before the stores
+        // close, within the budget: what is cut off leaves its files to the media sweep, and its
+        // presence entries to the presence sweep (of the servers left, or of the next start).
         if (!await chat.settle(stopStarted + SHUTDOWN_WORK_MS)) {
           console.error(
-            "Shutting down: sends still writing their files are cut off; the media sweep will " +
-              "remove what they leave",
+            "Shutting down: presence updates and sends still under way are cut off; the media " +
+              "sweep removes what such sends leave, the presence sweep the entries left",
           );
         }
         await store.flush();
