@@ -286,8 +286,39 @@ Deno.test("concurrent GETs on one sid close the session", async () => {
     await delay(20);
     const second = await poll(ctx, sid);
     strictEqual(second.status, 400);
-    strictEqual((await first).text, "1");
+    strictEqual((await first).text, "6");
     strictEqual((await poll(ctx, sid)).status, 400);
+  });
+});
+
+Deno.test("a server-side close ends a polling session with what was queued (or a noop) and a 400 for the next GET, never a close packet, which python-engineio takes for a deliberate close and does not reconnect from", async () => {
+  await withServer({}, async (ctx) => {
+    const joined = async () => {
+      const { sid } = await handshake(ctx);
+      await post(ctx, sid, "40");
+      match((await poll(ctx, sid)).text, /^40/);
+      return { sid, socket: ctx.sockets.at(-1)! };
+    };
+    // Closed while its GET is parked: the GET gets a noop.
+    const parkedSession = await joined();
+    const parked = poll(ctx, parkedSession.sid);
+    await delay(20);
+    parkedSession.socket.conn.close();
+    strictEqual((await parked).text, "6");
+    strictEqual((await poll(ctx, parkedSession.sid)).status, 400);
+    // Closed between GETs with a packet queued: the next GET takes it, alone.
+    const queued = await joined();
+    queued.socket.emit("last", "word");
+    queued.socket.conn.close();
+    strictEqual((await poll(ctx, queued.sid)).text, '42["last","word"]');
+    strictEqual((await poll(ctx, queued.sid)).status, 400);
+    // A server shutting down: the parked GET gets a noop too.
+    const stopping = await joined();
+    const atStop = poll(ctx, stopping.sid);
+    await delay(20);
+    await ctx.io.close();
+    strictEqual((await atStop).text, "6");
+    strictEqual((await poll(ctx, stopping.sid)).status, 400);
   });
 });
 
@@ -381,7 +412,7 @@ Deno.test("malformed Socket.IO packets close the connection", async () => {
     await post(ctx, second.sid, "40");
     await poll(ctx, second.sid);
     strictEqual((await post(ctx, second.sid, "4abc")).status, 200);
-    strictEqual((await poll(ctx, second.sid)).text, "1");
+    strictEqual((await poll(ctx, second.sid)).text, "6");
     strictEqual((await poll(ctx, second.sid)).status, 400);
     // A body that is not UTF-8 (Latin-1 "café") is no packet either, not text with U+FFFD.
     const third = await handshake(ctx);

@@ -193,10 +193,10 @@ Deno.test("relay bridge: a parked poll answered by the owner's shutdown reaches 
       }
       send();
     });
-    // EngineServer.close(): sessions answer parked polls with a close packet, then the relay closes.
-    answer({ status: 200, body: "1", contentType: "text/plain" });
+    // EngineServer.close(): sessions answer parked polls (with a noop), then the relay closes.
+    answer({ status: 200, body: "6", contentType: "text/plain" });
     await p.owner.close();
-    strictEqual((await reply)?.body, "1");
+    strictEqual((await reply)?.body, "6");
   });
 });
 

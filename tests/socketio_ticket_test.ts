@@ -686,6 +686,62 @@ Deno.test("socket.io ticket chat: connections that never authenticate are bounde
   });
 });
 
+/** A raw long-polling session joined to `/`, driven as python-engineio drives one. */
+async function rawPolling(server: TestServer) {
+  const base = `${server.url}/socket.io/?EIO=4&transport=polling`;
+  const sid = JSON.parse((await (await fetch(base)).text()).slice(1)).sid as string;
+  const url = `${base}&sid=${sid}`;
+  const get = async () => {
+    const res = await fetch(url);
+    return { status: res.status, text: await res.text() };
+  };
+  const post = async (body: string) => {
+    const res = await fetch(url, { method: "POST", body });
+    await res.body?.cancel();
+    return res.status;
+  };
+  assertEquals(await post("40"), 200);
+  assertMatch((await get()).text, /^40/);
+  return { get, post };
+}
+
+Deno.test("socket.io ticket chat: a polling session the server ends (its auth timeout) gets no Engine.IO close packet, which python-socketio takes for a deliberate close and never reconnects from: its parked GET gets a noop, the next one 400, and socket.io-client reconnects too", async () => {
+  await withChat(async (server, client) => {
+    const session = await rawPolling(server);
+    // python-engineio's read loop: one GET at a time, parked until the server has something.
+    assertEquals(await session.get(), { status: 200, text: "6" });
+    // A status that is not 2xx is a lost transport to python-engineio: python-socketio reconnects.
+    assertEquals((await session.get()).status, 400);
+    const quiet = client({ transports: ["polling"] });
+    await next(quiet, "connect");
+    assertEquals(await next<string>(quiet, "disconnect", 5000), "transport error");
+    assert(quiet.active, "the client gave up reconnecting");
+    await next(quiet, "connect", 5000);
+  }, {
+    SOCKETIO_AUTH_TIMEOUT_MS: "1000",
+    // No ping in the answers asserted above.
+    SOCKETIO_PING_INTERVAL_MS: "20000",
+    SOCKETIO_PING_TIMEOUT_MS: "20000",
+  });
+});
+
+Deno.test("socket.io ticket chat: a server stopping answers a signed-in polling client's parked GET with a noop, not an Engine.IO close packet, so that python-socketio reconnects to the server that replaces it", async () => {
+  const server = await startTestServer({ SOCKETIO_PING_INTERVAL_MS: "20000" });
+  try {
+    const session = await rawPolling(server);
+    const token = await server.token({ sub: "1", username: "alice", rooms: ["ticket:*"] });
+    assertEquals(await session.post(`42["authenticate",{"token":"${token}"}]`), 200);
+    assertMatch((await session.get()).text, /"authenticated"/);
+    const parked = session.get();
+    await delay(100);
+    const stopped = server.close();
+    assertEquals(await parked, { status: 200, text: "6" });
+    await stopped;
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("socket.io ticket chat: the browser client is served at /socket.io/socket.io.js (and .min.js), as Node's server serves it", async () => {
   await withChat(async (server) => {
     const res = await fetch(`${server.url}/socket.io/socket.io.js`);

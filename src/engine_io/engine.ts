@@ -293,7 +293,6 @@ const BUSY: Reply = {
   contentType: "text/plain; charset=utf-8",
 };
 const PING: Packet = { type: "ping" };
-const CLOSE: Packet = { type: "close" };
 const NOOP: Packet = { type: "noop" };
 const PONG_PROBE: Packet = { type: "pong", data: "probe" };
 
@@ -654,7 +653,8 @@ class Session implements EngineSocket {
     } else if (this.#poll) {
       this.#flush();
     } else {
-      // The close packet rides on the next GET; a client that never polls again is dead anyway.
+      // The session ends with the next GET, which takes what is left; a client that never polls
+      // again is dead anyway.
       const { pingInterval, pingTimeout } = this.#host.options;
       this.#closeTimer = setTimeout(
         () => this.#close("forced close"),
@@ -681,7 +681,7 @@ class Session implements EngineSocket {
     return Promise.race([held(), late]).finally(() => clearTimeout(timer));
   }
 
-  /** Ends the session at once for a server shutdown; a parked GET gets the close packet. */
+  /** Ends the session at once for a server shutdown; a parked GET gets a noop, the next 400. */
   shutdown(): Promise<void> {
     const frames = this.#ws?.frames;
     this.#close("forced server close");
@@ -781,8 +781,8 @@ class Session implements EngineSocket {
       }
       at = end + 1;
       if (packet.type === "close") {
-        // The client leaves on its own: release its parked GET with a noop, not a close.
-        this.#close("transport close", undefined, NOOP);
+        // The client leaves on its own: its parked GET is released with a noop.
+        this.#close("transport close");
         break;
       }
       this.#receive(packet);
@@ -942,11 +942,10 @@ class Session implements EngineSocket {
     const packets = this.#buffer;
     this.#buffer = [];
     this.#buffered = 0;
-    if (closing) {
-      packets.push(CLOSE);
-    } else if (packets.length === 0) {
-      packets.push(NOOP);
-    }
+    // Never a close packet: python-engineio takes one for a deliberate close, and python-socketio
+    // then never reconnects. A closing session ends with this answer; its next GET's 400 is a
+    // lost transport, which every client reconnects from.
+    if (packets.length === 0) packets.push(NOOP);
     this.#answerPoll(packets);
     if (closing) this.#close("forced close");
   }
@@ -959,7 +958,7 @@ class Session implements EngineSocket {
     this.#host.options.traffic?.sent(packets.length);
   }
 
-  #close(reason: EngineCloseReason, description?: string, pollPacket: Packet = CLOSE): void {
+  #close(reason: EngineCloseReason, description?: string): void {
     if (this.#state === "closed") return;
     this.#state = "closed";
     clearTimeout(this.#pingTimer);
@@ -968,7 +967,8 @@ class Session implements EngineSocket {
     clearTimeout(this.#closeTimer);
     this.#buffer = [];
     this.#buffered = 0;
-    this.#answerPoll([pollPacket]);
+    // A noop, not a close packet, whoever ends it (see #flush): the next GET gets 400.
+    this.#answerPoll([NOOP]);
     this.#ws?.close();
     this.#candidate?.close();
     this.#closedCandidate = this.#candidate;

@@ -589,7 +589,7 @@ export class BroadcastChannelRelay implements SessionRelay {
       this.#answer(id, served, { k: "res", to: from, from: this.nodeId, id, ...reply });
     switch (request.op) {
       case "poll":
-        // Sent even while closing: a shutdown answers parked polls with a close packet, and the
+        // Sent even while closing: a shutdown answers parked polls (with a noop), and the
         // channel stays open until those answers are out.
         owner.relayPoll(sid).then((reply) => answer({ reply }));
         break;
