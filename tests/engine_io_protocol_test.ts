@@ -322,6 +322,38 @@ Deno.test("a server-side close ends a polling session with what was queued (or a
   });
 });
 
+Deno.test("a polling answer holds at most 16 packets, which python-engineio decodes (it drops a larger one whole, and the connection): the rest waits, in order and counted as unsent, for the next GETs, a closing session's too", async () => {
+  await withServer({}, async (ctx) => {
+    const { sid } = await handshake(ctx);
+    await post(ctx, sid, "40");
+    match((await poll(ctx, sid)).text, /^40/);
+    const socket = ctx.sockets[0];
+    const emitted = Array.from({ length: 40 }, (_, i) => `42["n",${i}]`);
+    for (let i = 0; i < 40; i++) socket.emit("n", i);
+    strictEqual(socket.conn.unsent(), emitted.join("").length - 40 * "4".length);
+    const first = (await poll(ctx, sid)).text.split("\x1e");
+    deepStrictEqual(first, emitted.slice(0, 16));
+    // What waits still counts, for the slow-consumer bound and a large answer's pacing.
+    strictEqual(socket.conn.unsent(), emitted.slice(16).join("").length - 24 * "4".length);
+    deepStrictEqual((await poll(ctx, sid)).text.split("\x1e"), emitted.slice(16, 32));
+    deepStrictEqual((await poll(ctx, sid)).text.split("\x1e"), emitted.slice(32));
+    strictEqual(socket.conn.unsent(), 0);
+    // A parked GET takes 16 of a burst written at once too.
+    const parked = poll(ctx, sid);
+    await delay(20);
+    const burst = emitted.slice(0, 20).map((p) => ({ type: "message" as const, data: p.slice(1) }));
+    socket.conn.sendPackets(burst);
+    deepStrictEqual((await parked).text.split("\x1e"), emitted.slice(0, 16));
+    deepStrictEqual((await poll(ctx, sid)).text.split("\x1e"), emitted.slice(16, 20));
+    // Closed with 20 queued: two answers carry them all, then the session ends.
+    for (let i = 0; i < 20; i++) socket.emit("n", i);
+    socket.conn.close();
+    deepStrictEqual((await poll(ctx, sid)).text.split("\x1e"), emitted.slice(0, 16));
+    deepStrictEqual((await poll(ctx, sid)).text.split("\x1e"), emitted.slice(16, 20));
+    strictEqual((await poll(ctx, sid)).status, 400);
+  });
+});
+
 Deno.test("a close packet from the client releases the parked GET with a noop", async () => {
   await withServer({}, async (ctx) => {
     const { sid } = await handshake(ctx);

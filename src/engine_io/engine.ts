@@ -278,6 +278,13 @@ const POST_SLICE_MS = 10;
 const POST_SLICE_CHECK = 32;
 
 /**
+ * Packets one long-polling answer holds at most: python-engineio (python-socketio 5.x) refuses an
+ * answer of more (`Payload.max_decode_packets`), losing every packet in it and the connection. The
+ * rest waits for the next GET, which clients send as soon as they have handled an answer.
+ */
+const POLL_PACKETS = 16;
+
+/**
  * Request headers a preflight never grants: those a reverse proxy may take its word from (the
  * client's address, scheme and host). Node's `cors` grants whatever a page asks for, and the
  * answer allows credentials, so a page of another site could add them to a request that carries
@@ -298,6 +305,12 @@ const PONG_PROBE: Packet = { type: "pong", data: "probe" };
 
 function errorReply(code: number, status = 400, message = ERROR_MESSAGES[code]): Reply {
   return { status, body: JSON.stringify({ code, message }), contentType: "application/json" };
+}
+
+/** Characters (or bytes) of a packet's data: what counts as unsent output. */
+function dataSize(packet: Packet): number {
+  const data = packet.data;
+  return typeof data === "string" ? data.length : data?.byteLength ?? 0;
 }
 
 function dataReply(packets: readonly Packet[]): Reply {
@@ -564,7 +577,10 @@ class Session implements EngineSocket {
       // Clients size their polling batches by it; WebSocket messages are sent one by one.
       maxPayload: options.maxPollingPayload,
     };
-    this.#buffer.push({ type: "open", data: JSON.stringify(open) });
+    const handshake: Packet = { type: "open", data: JSON.stringify(open) };
+    // Counted as any packet is: an answer that takes it takes its size off.
+    this.#buffer.push(handshake);
+    this.#buffered += dataSize(handshake);
     this.#flush();
     this.#schedulePing();
   }
@@ -627,8 +643,7 @@ class Session implements EngineSocket {
     if (this.#state !== "open") return;
     for (const packet of packets) {
       this.#buffer.push(packet);
-      const data = packet.data;
-      this.#buffered += typeof data === "string" ? data.length : data?.byteLength ?? 0;
+      this.#buffered += dataSize(packet);
     }
     this.#flush();
     // Still buffered after the flush: a polling client that sends but does not fetch. Pongs in
@@ -650,11 +665,11 @@ class Session implements EngineSocket {
       this.#flush();
       this.#ws.close();
       this.#close("forced close");
-    } else if (this.#poll) {
-      this.#flush();
     } else {
-      // The session ends with the next GET, which takes what is left; a client that never polls
-      // again is dead anyway.
+      this.#flush();
+      if (this.readyState === "closed") return;
+      // The session ends with the GET that takes what is left (a parked one took at most
+      // POLL_PACKETS); a client that never polls again is dead anyway.
       const { pingInterval, pingTimeout } = this.#host.options;
       this.#closeTimer = setTimeout(
         () => this.#close("forced close"),
@@ -939,15 +954,16 @@ class Session implements EngineSocket {
     if (!this.#poll) return;
     const closing = this.#state === "closing";
     if (this.#buffer.length === 0 && !closing && !this.#probed) return;
-    const packets = this.#buffer;
-    this.#buffer = [];
-    this.#buffered = 0;
+    const packets = this.#buffer.slice(0, POLL_PACKETS);
+    this.#buffer = this.#buffer.slice(POLL_PACKETS);
+    // What is left still counts as unfetched, towards the slow-consumer bound.
+    for (const packet of packets) this.#buffered -= dataSize(packet);
     // Never a close packet: python-engineio takes one for a deliberate close, and python-socketio
-    // then never reconnects. A closing session ends with this answer; its next GET's 400 is a
-    // lost transport, which every client reconnects from.
+    // then never reconnects. A closing session ends with the answer that takes its last packets;
+    // its next GET's 400 is a lost transport, which every client reconnects from.
     if (packets.length === 0) packets.push(NOOP);
     this.#answerPoll(packets);
-    if (closing) this.#close("forced close");
+    if (closing && this.#buffer.length === 0) this.#close("forced close");
   }
 
   #answerPoll(packets: readonly Packet[]): void {
