@@ -413,6 +413,48 @@ Deno.test("conversation chat: get_history of long CJK messages answers the newes
   }
 });
 
+Deno.test("conversation chat: a get_history page whose messages come to 1 MiB is cut so that the whole frame, wrapper and commas too, is no larger than 1 MiB, python websockets' default max_size (a larger one it closes with 1009)", async () => {
+  const server = await startTestServer();
+  try {
+    const MIB = 1024 * 1024;
+    const utf8 = (s: string) => new TextEncoder().encode(s).length;
+    await storeMessages(server, "chat:77", 1, () => "probe");
+    const probe = await join(server, 77, talker);
+    probe.send({ type: "get_history", limit: 1 });
+    const one = await probe.next<{ type: string; messages: unknown[] }>((f) =>
+      f.type === "history"
+    );
+    await probe.close();
+    // A message's rendering besides its body, for a one-digit id; ids go 1, 2, 3, ...
+    const overhead = utf8(JSON.stringify(one.messages[0])) - "probe".length;
+    // Bodies whose renderings, the probe's with them, come to exactly 1 MiB.
+    const bodies: string[] = [];
+    for (let total = overhead + "probe".length, id = 2; total < MIB; id++) {
+      const itemOverhead = overhead + String(id).length - 1;
+      const body = Math.min(19_000, MIB - total - itemOverhead);
+      bodies.push("y".repeat(body));
+      total += itemOverhead + body;
+    }
+    await storeMessages(server, "chat:77", bodies.length, (i) => bodies[i - 1]);
+    const client = await join(server, 77, talker);
+    const raw = new Promise<string>((resolve) =>
+      client.socket.addEventListener("message", (e) => {
+        if (typeof e.data === "string" && e.data.startsWith('{"type":"history"')) resolve(e.data);
+      })
+    );
+    client.send({ type: "get_history", limit: 200 });
+    const frame = await raw;
+    await client.close();
+    const page = JSON.parse(frame) as { messages: { id: number }[]; has_more: boolean };
+    assert(utf8(frame) <= MIB, `a frame of ${utf8(frame)} bytes`);
+    // The newest that fit: only the oldest is left out, and said to be.
+    assertEquals(page.messages.map((m) => m.id), bodies.map((_, i) => i + 2));
+    assertEquals(page.has_more, true);
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("conversation chat: mark_read sends a receipt and is persisted across a reconnect", async () => {
   const server = await startTestServer();
   try {

@@ -785,6 +785,52 @@ Deno.test("socket.io ticket chat: a polling bot that rejoins 20 tickets after it
   }, { SOCKETIO_PING_INTERVAL_MS: "20000", SOCKETIO_PING_TIMEOUT_MS: "20000" });
 });
 
+Deno.test("socket.io ticket chat: a messages_loaded whose messages come to 1 MiB is cut so that its whole WebSocket frame is no larger than 1 MiB, python websockets' default max_size (a larger one it closes with 1009)", async () => {
+  await withChat(async (server) => {
+    const MIB = 1024 * 1024;
+    const utf8 = (text: string) => new TextEncoder().encode(text).length;
+    await storeMessages(server, "ticket:77", 1, () => "probe");
+    const ws = new WebSocket(`${server.wsUrl}/socket.io/?EIO=4&transport=websocket`);
+    const frames: string[] = [];
+    const waiting: ((frame: string) => void)[] = [];
+    ws.onmessage = (e) => (waiting.shift() ?? ((f: string) => frames.push(f)))(String(e.data));
+    const frame = async (start: string) => {
+      for (;;) {
+        const next = frames.shift() ?? await new Promise<string>((r) => waiting.push(r));
+        if (next.startsWith(start)) return next;
+      }
+    };
+    await frame("0");
+    ws.send("40");
+    await frame("40");
+    const token = await server.token({ sub: "1", rooms: ["ticket:77"] });
+    ws.send(`42["authenticate",{"token":"${token}"}]`);
+    await frame('42["authenticated"');
+    ws.send('42["join_ticket",{"ticketId":"77"}]');
+    await frame('42["joined_ticket"');
+    ws.send('42["get_messages",{"ticketId":"77","limit":1}]');
+    const one = JSON.parse((await frame('42["messages_loaded"')).slice(2))[1];
+    // A message's rendering besides its body; bodies whose renderings, the probe's with them, come
+    // to exactly 1 MiB.
+    const overhead = utf8(JSON.stringify(one.messages[0])) - "probe".length;
+    const bodies: string[] = [];
+    for (let total = overhead + "probe".length; total < MIB;) {
+      const body = Math.min(19_000, MIB - total - overhead);
+      bodies.push("y".repeat(body));
+      total += overhead + body;
+    }
+    await storeMessages(server, "ticket:77", bodies.length, (i) => bodies[i - 1]);
+    ws.send('42["get_messages",{"ticketId":"77"}]');
+    const loaded = await frame('42["messages_loaded"');
+    ws.close();
+    assert(utf8(loaded) <= MIB, `a frame of ${utf8(loaded)} bytes`);
+    const page = JSON.parse(loaded.slice(2))[1];
+    // The newest that fit: only the probe is left out, and said to be.
+    assertEquals(page.messages.length, bodies.length);
+    assertEquals(page.hasMore, true);
+  }, { SOCKETIO_PING_INTERVAL_MS: "20000", SOCKETIO_PING_TIMEOUT_MS: "20000" });
+});
+
 Deno.test("socket.io ticket chat: the browser client is served at /socket.io/socket.io.js (and .min.js), as Node's server serves it", async () => {
   await withChat(async (server) => {
     const res = await fetch(`${server.url}/socket.io/socket.io.js`);

@@ -12,7 +12,7 @@ import { mediaUrlPath } from "../../media/local_media_store.ts";
 import { formatSize } from "../../media/mime.ts";
 import { basePath, bodyWithFileUrls, type DialectContext, type WsRoute } from "../context.ts";
 import { clip, optionalClientId, optionalString, parseObject, typingRecord } from "../frames.ts";
-import { fitHistory, historyBudget } from "../history_pages.ts";
+import { fitHistory, frameBytes, historyBudget } from "../history_pages.ts";
 import { type RoomSession, singleRoomRoute } from "../single_room.ts";
 
 /** Close codes of this protocol. */
@@ -79,6 +79,9 @@ function readByOthers(message: Message, cursors: Map<string, number>): boolean {
   }
   return false;
 }
+
+/** Bytes of a `history` frame besides its messages (`has_more` at its longest). */
+const HISTORY_FRAME = frameBytes({ type: "history", messages: [], has_more: false });
 
 const datedFolder = (now = new Date()) =>
   `chat_files/${now.getUTCFullYear()}/${String(now.getUTCMonth() + 1).padStart(2, "0")}/${
@@ -223,6 +226,7 @@ export function conversationChatRoute(ctx: DialectContext, path: string): WsRout
             (m) => conversationMessage(m, s.id, s.baseUrl, readByOthers(m, cursors)),
             historyBudget(ctx.config.slowConsumerBytes),
             "newest",
+            HISTORY_FRAME,
           );
           s.conn.send(JSON.stringify({
             type: "history",

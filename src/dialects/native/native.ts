@@ -26,7 +26,7 @@ import {
   type WsRoute,
 } from "../context.ts";
 import { clip, optionalClientId, optionalString, parseObject, typingRecord } from "../frames.ts";
-import { fitHistory, historyBudget } from "../history_pages.ts";
+import { fitHistory, frameBytes, historyBudget } from "../history_pages.ts";
 
 /** Close codes of the native protocol. */
 export const NATIVE_CLOSE = {
@@ -733,11 +733,23 @@ class NativeSession implements SocketHandler {
         // default SLOW_CONSUMER_BYTES: a steady reader was closed as slow once live traffic made
         // the socket look at its buffer. Cut on the side away from the reader, so that the next
         // page's cursor (first_seq or last_seq) goes on from what was sent.
+        // The frame around them, its seqs at their longest.
+        const most = Number.MAX_SAFE_INTEGER;
+        const around = frameBytes({
+          type: "history",
+          room,
+          messages: [],
+          has_more: false,
+          first_seq: most,
+          last_seq: most,
+          ...(ref === undefined || ref === null ? {} : { ref }),
+        });
         const { messages, rendered, cut } = fitHistory(
           page.messages,
           (m) => nativeMessage(m, this.baseUrl),
           historyBudget(ctx.config.slowConsumerBytes),
           after !== undefined ? "oldest" : "newest",
+          around,
         );
         this.#reply(conn, {
           type: "history",

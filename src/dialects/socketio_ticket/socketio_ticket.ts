@@ -35,7 +35,7 @@ import {
   socketOriginAllowed,
 } from "../context.ts";
 import { optionalClientId } from "../frames.ts";
-import { fitHistory, historyBudget } from "../history_pages.ts";
+import { fitHistory, frameBytes, historyBudget } from "../history_pages.ts";
 
 /** The texts the document's clients match on. */
 export const SIO_ERRORS = {
@@ -1286,11 +1286,15 @@ export function createSocketIoTicketChat(
         // SLOW_CONSUMER_BYTES and a reader on loopback is not closed as slow before a byte of it
         // went out. Counted in the UTF-8 of their JSON, as the socket counts them: CJK text is
         // 3 bytes a character.
+        // The event's frame is the larger (its ack's holds no ticketId): `42` and its JSON.
+        const around = 2 +
+          frameBytes(["messages_loaded", { messages: [], ticketId: id, hasMore: false }]);
         const fitted = fitHistory(
           page.messages,
           (m) => socketIoMessage(m, id, s.baseUrl),
           historyBudget(ctx.config.slowConsumerBytes),
           "newest",
+          around,
         );
         let messages = fitted.rendered;
         // Cut between messages of one time (see historyPageByTime), a next page by that time
