@@ -151,6 +151,76 @@ async function snapshot(source: string, to: string): Promise<void> {
   await Deno.chmod(to, 0o600);
 }
 
+/**
+ * How far the copy raises every room's head: the restored server numbers its rooms' next
+ * messages past it, so that no seq the original handed out after the snapshot (messages the
+ * restore rolls back, which clients may have seen) is given to another message. It bounds how many
+ * messages a room may have taken on the original between the backup and the restore.
+ */
+const SEQ_GAP = 1_000_000;
+
+/**
+ * What servers that were running keep for each other, void on a server started on the copy: their
+ * registry entries (src/broker/instance_registry.ts), their connections' presence and its locks
+ * and sweep lease (src/store/kv_presence_store.ts, kv_presence_sweeper.ts), and the logs of
+ * signals and evictions they told each other (src/broker/kv_room_signals.ts, kv_room_events.ts).
+ */
+const LIVE_KEYS: Deno.KvKey[] = [
+  ["instance"],
+  ["instance_epoch"],
+  ["instance_swept"],
+  ["presence"],
+  ["presence_user"],
+  ["presence_sweep"],
+  ["signals"],
+  ["room_events"],
+];
+
+/** Mutations per commit and their keys' bytes: well within KV's 1000 and 80 KiB. */
+const PREPARE_MUTATIONS = 500;
+const PREPARE_KEY_BYTES = 60 * 1024;
+
+/**
+ * Makes the KV copy at `path` one that a server starts on as after a restore: every room's head
+ * raised by {@link SEQ_GAP} (a head past the newest message is a state the store knows: a
+ * deleted room keeps its head), and what running servers keep for each other deleted.
+ */
+async function prepareKvCopy(path: string): Promise<void> {
+  const kv = await Deno.openKv(path);
+  try {
+    let op = kv.atomic();
+    let mutations = 0;
+    let keyBytes = 0;
+    const commit = async () => {
+      if (mutations === 0) return;
+      if (!(await op.commit()).ok) throw new Error("the KV copy changed while it was prepared");
+      op = kv.atomic();
+      mutations = 0;
+      keyBytes = 0;
+    };
+    const add = async (key: Deno.KvKey, change: (op: Deno.AtomicOperation) => void) => {
+      // An over-estimate of KV's encoding of the key.
+      const bytes = new TextEncoder().encode(JSON.stringify(key)).length + 8 * key.length;
+      if (mutations >= PREPARE_MUTATIONS || keyBytes + bytes > PREPARE_KEY_BYTES) await commit();
+      change(op);
+      mutations++;
+      keyBytes += bytes;
+    };
+    // KV_KEYS.head (src/store/kv_message_store.ts): ["head", room], the room's newest seq.
+    for await (const e of kv.list<number>({ prefix: ["head"] })) {
+      if (typeof e.value === "number") await add(e.key, (op) => op.set(e.key, e.value + SEQ_GAP));
+    }
+    for (const key of LIVE_KEYS) {
+      for await (const e of kv.list({ prefix: key })) await add(e.key, (op) => op.delete(e.key));
+      // A listing by prefix leaves out the key itself.
+      await add(key, (op) => op.delete(key));
+    }
+    await commit();
+  } finally {
+    kv.close();
+  }
+}
+
 /** What the media copy met besides files it copied. */
 const media = { files: 0, bytes: 0, gone: 0, skipped: 0 };
 
@@ -250,6 +320,7 @@ try {
 
   step = `the KV file (${kvSource})`;
   await snapshot(kvSource, join(partial, DEFAULT_KV_FILE));
+  await prepareKvCopy(join(partial, DEFAULT_KV_FILE));
   copied.push(DEFAULT_KV_FILE);
   if (kvSource !== join(config.dataDir, DEFAULT_KV_FILE)) {
     notes.push(

@@ -228,6 +228,131 @@ Deno.test("backup: taken while a client keeps sending, it is a DATA_DIR with eve
   });
 });
 
+/** Opens a native socket on `url` as the holder of `token`, once welcomed. */
+async function openAs(url: string, token: string, clients: TestClient[]): Promise<TestClient> {
+  const ws = await TestClient.open(`${url.replace(/^http/, "ws")}/ws?token=${token}`);
+  clients.push(ws);
+  await ws.next((f) => f.type === "welcome");
+  return ws;
+}
+
+/** Joins `room` on `ws` and sends `bodies` one after another; resolves to their acks' seqs. */
+async function sendEach(ws: TestClient, room: string, bodies: string[]): Promise<number[]> {
+  const ref = `j${crypto.randomUUID()}`;
+  ws.send({ type: "join", room, ref });
+  await ws.next((f) => f.ref === ref, 10_000);
+  const seqs: number[] = [];
+  for (const body of bodies) {
+    ws.send({ type: "send", room, body, client_id: body });
+    const ack = await ws.next((f) => f.type === "ack" && f.client_id === body, 10_000);
+    seqs.push(ack.seq as number);
+  }
+  return seqs;
+}
+
+const bodiesOf = (prefix: string, n: number) =>
+  Array.from({ length: n }, (_, i) => `${prefix}${i + 1}`);
+
+Deno.test("backup: on the restored server, a client that saw messages sent after the backup resumes with `since` and gets every new one, under seqs it never saw; history and retention keep the restored messages", async () => {
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
+    const original = spawn(env);
+    const url = await original.url();
+    const { secret } = await ensureDevSecret(dataDir);
+    const ann = await signDevToken(secret, { sub: "1", username: "ann" }, "1h");
+    const bob = await signDevToken(secret, { sub: "2", username: "bob" }, "1h");
+    const a = await openAs(url, ann, clients);
+    assertEquals(
+      await sendEach(a, "room:general", bodiesOf("before", 10)),
+      bodiesOf("", 10).map(Number),
+    );
+    const copy = `${dataDir}-backup`;
+    const result = await backup({ DATA_DIR: dataDir }, copy);
+    assertEquals(result.code, 0, result.stderr);
+    // Ann sees 11..15 on the original, which the restore rolls back; her read cursor says so.
+    const seen = await sendEach(a, "room:general", bodiesOf("lost", 5));
+    assertEquals(seen, [11, 12, 13, 14, 15]);
+    a.socket.close();
+    await original.kill("SIGTERM");
+
+    try {
+      const restored = spawn({ ...env, DATA_DIR: copy });
+      const rurl = await restored.url();
+      // Bob talks first on the restored server.
+      const b = await openAs(rurl, bob, clients);
+      const fresh = await sendEach(b, "room:general", bodiesOf("after", 7));
+      for (const seq of fresh) assert(seq > 15, `seq ${seq} reused: ${fresh}`);
+      assertEquals(fresh, fresh.map((_, i) => fresh[0] + i));
+
+      // Ann's client resumes where it was: since = 15.
+      const a2 = await openAs(rurl, ann, clients);
+      a2.send({ type: "join", room: "room:general", since: 15, ref: "r" });
+      const joined = await a2.next((f) => f.ref === "r" && f.type === "joined", 10_000);
+      assertEquals(joined.head, fresh.at(-1));
+      const got: Frame[] = [];
+      while (got.at(-1)?.seq !== fresh.at(-1)) {
+        got.push(await a2.next((f) => f.type === "message", 10_000));
+      }
+      assertEquals(got.map((m) => m.body), bodiesOf("after", 7));
+      assertEquals(got.map((m) => m.seq), fresh);
+      // Her cursor (15) covers none of them.
+      a2.send({ type: "read", room: "room:general", seq: 15 });
+      a2.send({ type: "join", room: "room:general", ref: "k" });
+      const again = await a2.next((f) => f.ref === "k" && f.type === "joined", 10_000);
+      const reads = (again.reads ?? []) as Frame[];
+      const mine = reads.find((r) => String(r.user_id) === "1")?.seq as number | undefined;
+      assert(mine === undefined || mine < fresh[0], JSON.stringify(reads));
+
+      // History pages through the jump; HISTORY_LIMIT (20) counts messages, not seqs: the 10
+      // restored ones stay beside the 7 new ones once retention has looked at the room (a moment
+      // after its first commit).
+      await new Promise((r) => setTimeout(r, 1000));
+      const history = await wholeHistory(b, "room:general");
+      assertEquals(history.map((m) => m.body), [
+        ...bodiesOf("before", 10),
+        ...bodiesOf("after", 7),
+      ]);
+    } finally {
+      await Deno.remove(copy, { recursive: true }).catch(() => {});
+    }
+  }, {
+    extra: {
+      JWT_SECRET: "",
+      HISTORY_LIMIT: "20",
+      RATE_LIMIT_PER_SECOND: "100000",
+      RATE_LIMIT_USER_PER_SECOND: "100000",
+    },
+  });
+});
+
+Deno.test("backup: a server started on the copy of a running server's data waits for no other server and shows none of its users present", async () => {
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
+    const original = spawn(env);
+    const url = await original.url();
+    const { secret } = await ensureDevSecret(dataDir);
+    const ann = await signDevToken(secret, { sub: "1", username: "ann" }, "1h");
+    const bob = await signDevToken(secret, { sub: "2", username: "bob" }, "1h");
+    const a = await openAs(url, ann, clients);
+    await sendEach(a, "room:general", ["hello"]);
+    const copy = `${dataDir}-backup`;
+    const result = await backup({ DATA_DIR: dataDir }, copy);
+    assertEquals(result.code, 0, result.stderr);
+    try {
+      // The original keeps running beside it, on its own file.
+      const restored = spawn({ ...env, DATA_DIR: copy });
+      const rurl = await restored.url();
+      const b = await openAs(rurl, bob, clients);
+      b.send({ type: "join", room: "room:general", ref: "p" });
+      const joined = await b.next((f) => f.ref === "p" && f.type === "joined", 10_000);
+      assertEquals((joined.presence as Frame[]).map((p) => String(p.id)), ["2"]);
+      assert(!/shares KV_PATH/.test(restored.log()), restored.log());
+      // The message is there all the same.
+      assertEquals((await wholeHistory(b, "room:general")).map((m) => m.body), ["hello"]);
+    } finally {
+      await Deno.remove(copy, { recursive: true }).catch(() => {});
+    }
+  }, { extra: { JWT_SECRET: "" } });
+});
+
 Deno.test("backup: an in-memory or remote KV, a destination that is not empty, an unknown option and a missing KV file are refused with one line and exit 2, writing nothing", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "backup-refusals-" });
   const kept = `${dataDir}-kept`;

@@ -1028,8 +1028,39 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     // A commit built before the room counted as checked dropped nothing of it; the head is read
     // after that commit, and every later one drops its own push-outs.
     await this.#committing?.catch(() => {});
-    const end = [...KV_KEYS.messages(room), (await this.head(room)) - this.#historyLimit + 1];
-    const dropped = await this.#deleteListed({ prefix: KV_KEYS.messages(room), end });
+    const prefix = KV_KEYS.messages(room);
+    let head = await this.head(room);
+    let cut = head - this.#historyLimit + 1;
+    // The limit counts messages: below seqs no message took (a restored backup raises the heads,
+    // see scripts/backup.ts), older ones are kept as far as the newer ones fall short of it. The
+    // head and the message at the cut are read at one moment: a commit deletes only below its
+    // new head, so a cut message missing then is a hole, not one a commit pushed out meanwhile.
+    for (let read = 0;; read++) {
+      const [now, atCut] = await this.#kv.getMany([KV_KEYS.head(room), KV_KEYS.message(room, cut)]);
+      if (((now.value as number | null) ?? 0) === head) {
+        if (cut <= 1 || atCut.versionstamp !== null) break;
+        let lowest = head + 1;
+        const above = this.#kv.list<Message>({ prefix, start: [...prefix, cut] }, { limit: 1 });
+        for await (const e of above) lowest = e.value.seq;
+        // Read after the head: a push-out meanwhile makes it fewer, and more are kept below.
+        const short = this.#historyLimit - (head - lowest + 1);
+        if (short > 0) {
+          const below = { prefix, end: [...prefix, cut] };
+          for await (const e of this.#kv.list<Message>(below, { limit: short, reverse: true })) {
+            cut = e.value.seq;
+          }
+        }
+        break;
+      }
+      if (read >= 5) {
+        // Commits keep moving the head: checked again after the room's next commit.
+        this.#checked.delete(room);
+        return;
+      }
+      head = (now.value as number | null) ?? 0;
+      cut = head - this.#historyLimit + 1;
+    }
+    const dropped = await this.#deleteListed({ prefix, end: [...prefix, cut] });
     if (dropped > 0 && this.#recordsFiles) this.#sweepFilesSoon([room]);
   }
 
