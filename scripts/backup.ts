@@ -100,9 +100,30 @@ async function mustBeFile(path: string, what: string, setting: string): Promise<
 await mustBeFile(kvSource, "The KV file", "KV_PATH");
 if (sqliteSource) await mustBeFile(sqliteSource, "The directory's SQLite file", "DATABASE_URL");
 
-const target = resolve(positionals[0]);
-// Everything under MEDIA_DIR is served to anyone, and the copy would walk into itself.
-if (inside(resolve(config.mediaDir), target)) {
+// `deno task` runs the script in deno.json's folder; INIT_CWD is where the operator typed it.
+const target = resolve(Deno.env.get("INIT_CWD") ?? Deno.cwd(), positionals[0]);
+
+/** `path` with its links resolved as far as it exists, the rest as written. */
+async function realPath(path: string): Promise<string> {
+  try {
+    return await Deno.realPath(path);
+  } catch (err) {
+    if (!(err instanceof Deno.errors.NotFound) || dirname(path) === path) throw err;
+    return join(await realPath(dirname(path)), basename(path));
+  }
+}
+
+// Everything under MEDIA_DIR is served to anyone, and the copy would walk into itself; reached
+// through a link (or MEDIA_DIR one), it is inside all the same.
+const mediaDir = resolve(config.mediaDir);
+const realInside = async () => {
+  try {
+    return inside(await realPath(mediaDir), await realPath(target));
+  } catch (err) {
+    return refuse(`${target} cannot be read: ${message(err)}`);
+  }
+};
+if (inside(mediaDir, target) || await realInside()) {
   refuse(`${target} is inside MEDIA_DIR (${config.mediaDir}), which is served over HTTP`);
 }
 const existing = await Deno.lstat(target).catch((err) => {

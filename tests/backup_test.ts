@@ -501,3 +501,60 @@ Deno.test({
     }
   },
 });
+
+/** A DATA_DIR with an empty KV file and directory, and one media file. */
+async function smallDataDir(): Promise<string> {
+  const dataDir = await Deno.makeTempDir({ prefix: "backup-paths-" });
+  (await Deno.openKv(`${dataDir}/chat.kv`)).close();
+  new DatabaseSync(`${dataDir}/directory.sqlite3`).close();
+  await Deno.mkdir(`${dataDir}/media/native/ticket_1`, { recursive: true });
+  await Deno.writeTextFile(`${dataDir}/media/native/ticket_1/a.txt`, "a");
+  return dataDir;
+}
+
+Deno.test("backup: a relative <dir> given to `deno task backup` lands in the directory it was typed in", async () => {
+  const dataDir = await smallDataDir();
+  const cwd = await Deno.makeTempDir({ prefix: "backup-cwd-" });
+  const project = new URL("..", import.meta.url).pathname;
+  try {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["task", "-q", "--config", `${project}deno.json`, "backup", "nightly"],
+      cwd,
+      env: { DATA_DIR: dataDir, NO_COLOR: "1" },
+    }).output();
+    const stdout = new TextDecoder().decode(out.stdout).trim();
+    assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+    assertEquals(/^Backed up to (\S+):/m.exec(stdout)?.[1], `${cwd}/nightly`);
+    assertEquals(await Deno.lstat(`${project}nightly`).catch(() => undefined), undefined);
+    assertEquals(await listFiles(`${cwd}/nightly`), [
+      "chat.kv",
+      "directory.sqlite3",
+      "media/native/ticket_1/a.txt",
+    ]);
+  } finally {
+    await Deno.remove(`${project}nightly`, { recursive: true }).catch(() => {});
+    await Deno.remove(cwd, { recursive: true }).catch(() => {});
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("backup: a <dir> inside MEDIA_DIR reached through a link, or inside the folder MEDIA_DIR links to, is refused", async () => {
+  const dataDir = await smallDataDir();
+  const link = `${dataDir}-media-link`;
+  await Deno.symlink(`${dataDir}/media`, link);
+  try {
+    const cases: [Record<string, string>, string][] = [
+      [{}, `${link}/backup`],
+      [{ MEDIA_DIR: link }, `${dataDir}/media/x`],
+    ];
+    for (const [env, dir] of cases) {
+      const result = await backup({ DATA_DIR: dataDir, ...env }, dir);
+      assertEquals(result.code, 2, `${dir}: ${result.stderr.slice(0, 300)}`);
+      assertMatch(result.stderr, /^.* is inside MEDIA_DIR \(.*\), which is served over HTTP$/);
+    }
+    assertEquals(await listFiles(`${dataDir}/media`), ["native/ticket_1/a.txt"]);
+  } finally {
+    await Deno.remove(link).catch(() => {});
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
