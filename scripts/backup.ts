@@ -5,7 +5,8 @@
  * snapshots (SQLite's online backup), then the media files, the development secret and the JWKS
  * cache. Restoring is stopping the server, putting the directory in place (or pointing DATA_DIR at
  * it) and starting it. Exits 2 on a usage or setting error, 1 when the copy fails; the backup is
- * written under a hidden name beside the destination and renamed to it only once whole.
+ * written under a hidden name (beside a new destination, inside an existing one) and moved to the
+ * destination only once whole.
  */
 
 import { parseArgs } from "node:util";
@@ -138,14 +139,21 @@ if (existing) {
 }
 
 const parent = dirname(target);
-await Deno.mkdir(parent, { recursive: true }).catch((err) =>
-  refuse(`${parent} cannot be created: ${message(err)}`)
-);
-// Beside the destination, so that the rename at the end stays on one volume: a backup cut short
-// (a kill, a full disk) leaves this hidden name, never one that looks whole.
-const partial = join(parent, `.${basename(target)}.partial-${crypto.randomUUID().slice(0, 8)}`);
+if (!existing) {
+  await Deno.mkdir(parent, { recursive: true }).catch((err) =>
+    refuse(`${parent} cannot be created: ${message(err)}`)
+  );
+}
+// A backup cut short (a kill, a full disk) leaves a hidden name, never one that looks whole.
+// Beside a new destination, renamed to it at the end; inside an existing (empty) one, whose
+// entries are moved out of it at the end: the destination may be a volume of its own (a mount
+// point, which takes no rename) in a parent this user may not write.
+const home = existing ? target : parent;
+const partial = existing
+  ? join(target, `.partial-${crypto.randomUUID().slice(0, 8)}`)
+  : join(parent, `.${basename(target)}.partial-${crypto.randomUUID().slice(0, 8)}`);
 await Deno.mkdir(partial, { mode: 0o700 }).catch((err) =>
-  refuse(`${parent} takes no new directory: ${message(err)}`)
+  refuse(`${home} takes no new directory: ${message(err)}`)
 );
 
 /** SQLite copies this many pages per step: all of them, so that one read transaction sees it. */
@@ -315,6 +323,8 @@ async function flush(path: string): Promise<void> {
 
 const notes: string[] = [];
 const copied: string[] = [];
+/** The entries moved out of the hidden folder into an existing destination so far. */
+const moved: string[] = [];
 let step = "";
 try {
   // The directory before the KV file: a room deleted between the two snapshots is then still in
@@ -378,14 +388,28 @@ try {
 
   step = `the destination (${target})`;
   await flush(partial);
-  // An empty directory there is replaced; one that filled up meanwhile fails the rename.
-  await Deno.rename(partial, target);
-  await flush(parent);
+  if (existing) {
+    for (const entry of await Array.fromAsync(Deno.readDir(partial))) {
+      await Deno.rename(join(partial, entry.name), join(target, entry.name));
+      moved.push(entry.name);
+    }
+    await flush(target);
+    // Last: while the hidden folder is there, the copy is not whole.
+    await Deno.remove(partial);
+    await flush(target);
+  } else {
+    // One that filled up meanwhile fails the rename.
+    await Deno.rename(partial, target);
+    await flush(parent);
+  }
 } catch (err) {
   await Deno.remove(partial, { recursive: true }).catch(() => {});
+  for (const name of moved) {
+    await Deno.remove(join(target, name), { recursive: true }).catch(() => {});
+  }
   console.error(
     `Backup failed copying ${step}: ${
-      noSpace(err) ? `no space left on the volume of ${parent}` : message(err)
+      noSpace(err) ? `no space left on the volume of ${home}` : message(err)
     }; nothing was written to ${target}`,
   );
   Deno.exit(1);

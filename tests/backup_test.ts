@@ -558,3 +558,45 @@ Deno.test("backup: a <dir> inside MEDIA_DIR reached through a link, or inside th
     await Deno.remove(dataDir, { recursive: true }).catch(() => {});
   }
 });
+
+Deno.test({
+  name:
+    "backup: into an empty mount point, the copy is written on that volume and moved into it whole; one cut short there leaves it empty",
+  ignore: !(await mayMount()),
+  async fn() {
+    const dataDir = await smallDataDir();
+    const volume = await smallDisk(16);
+    const small = await smallDisk(2);
+    try {
+      const result = await backup({ DATA_DIR: dataDir }, volume.dir);
+      assertEquals(result.code, 0, result.stderr);
+      assertEquals(await listFiles(volume.dir), [
+        "chat.kv",
+        "directory.sqlite3",
+        "media/native/ticket_1/a.txt",
+      ]);
+      // Nothing was written beside it, on the parent's volume.
+      const beside = await Array.fromAsync(Deno.readDir(dirname(volume.dir)));
+      assertEquals(beside.filter((e) => e.name.startsWith(`.${basename(volume.dir)}`)), []);
+
+      // Room for the two databases, not for the files.
+      for (let i = 1; i <= 3; i++) {
+        await Deno.writeFile(`${dataDir}/media/native/${i}.bin`, new Uint8Array(1024 * 1024));
+      }
+      const full = await backup({ DATA_DIR: dataDir }, small.dir);
+      assertEquals(full.code, 1, full.stderr);
+      assertMatch(
+        full.stderr,
+        new RegExp(
+          `^Backup failed copying MEDIA_DIR \\(.*\\): no space left on the volume of ` +
+            `${small.dir}; nothing was written to ${small.dir}$`,
+        ),
+      );
+      assertEquals(await Array.fromAsync(Deno.readDir(small.dir)), []);
+    } finally {
+      await volume.unmount();
+      await small.unmount();
+      await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+    }
+  },
+});
