@@ -1015,6 +1015,29 @@ Deno.test("a long polling POST is handled in slices: timers run meanwhile, its p
   });
 });
 
+Deno.test("a polling POST sent while another of the session is still being handled is refused and ends the session, as Node's server does: their packets never interleave", async () => {
+  await withServer({}, async (ctx) => {
+    const { sid } = await handshake(ctx);
+    strictEqual((await post(ctx, sid, "40")).status, 200);
+    await eventually(() => ctx.sockets.length === 1);
+    const count = 500_000;
+    // Sent once the first packet of the long POST has been handled: that POST is still in
+    // flight, hundreds of thousands of packets from its end.
+    let second: Promise<Reply> | undefined;
+    ctx.sockets[0].on("e", (n: unknown) => {
+      if (n === 0) second = post(ctx, sid, '42["second"]');
+    });
+    const body = Array.from({ length: count }, (_, n) => `42["e",${n}]`).join("\x1e");
+    const first = await post(ctx, sid, body);
+    strictEqual(first.status, 200);
+    ok(second, "the second POST was sent");
+    strictEqual((await second).status, 400);
+    ok(ctx.events.length < count, "the session ended before the first POST's last packet");
+    deepStrictEqual(ctx.events.filter((event) => event[0] !== "e"), []);
+    deepStrictEqual(ctx.reasons, ["transport error"]);
+  });
+});
+
 Deno.test("an initialLargeTaken that throws is reported, and the polling POST that told it is answered and ends nothing", async () => {
   const io = new SocketIOServer({
     pingInterval: 10_000,

@@ -282,6 +282,30 @@ Deno.test("relay: a POST relayed for a session nobody signed in counts against i
   );
 });
 
+Deno.test("relay: a POST relayed while one of the session is still being handled on its owner is refused and ends the session; their packets never interleave", async () => {
+  await withCluster({}, async ({ a, b }) => {
+    const sid = await handshake(a);
+    strictEqual((await post(a, sid, "40")).text, "ok");
+    await eventually(() => a.sockets.length === 1);
+    const count = 500_000;
+    const events: unknown[] = [];
+    // Relayed once the first packet of the long POST on A has been handled: that POST is still
+    // in flight, hundreds of thousands of packets from its end.
+    let second: Promise<{ status: number; text: string }> | undefined;
+    a.sockets[0].onAny((event: unknown, n: unknown) => {
+      events.push(event);
+      if (event === "e" && n === 0) second = post(b, sid, '42["second"]');
+    });
+    const body = Array.from({ length: count }, (_, n) => `42["e",${n}]`).join("\x1e");
+    strictEqual((await post(a, sid, body)).status, 200);
+    ok(second, "the second POST was sent");
+    strictEqual((await second).status, 400);
+    ok(events.length < count, "the session ended before the first POST's last packet");
+    deepStrictEqual(events.filter((event) => event !== "e"), []);
+    deepStrictEqual(a.reasons, ["transport error"]);
+  });
+});
+
 Deno.test("relay: heartbeats through the non-owner keep the session alive", async () => {
   await withCluster({ pingInterval: 100, pingTimeout: 200 }, async ({ a, b }) => {
     const sid = await handshake(a);
