@@ -243,6 +243,24 @@ Deno.test("conversation chat: a fast typist (a start on keydown, a stop on keyup
   }
 });
 
+Deno.test("conversation chat: typing stops without a start taken (a client that says it stopped on every blur or send) take none of the messages' tokens either", async () => {
+  const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
+  try {
+    const a = await join(server, 2, talker);
+    // Typing's own burst (10) taken, then 8 refused: strikes, but short of the close (past 10).
+    for (let i = 0; i < 18; i++) a.send({ type: "typing", is_typing: false });
+    // The messages' burst, whole.
+    for (let i = 0; i < 10; i++) a.send({ type: "chat_message", message: `m${i}` });
+    const got = [];
+    for (let i = 0; i < 10; i++) got.push((await a.next((f) => f.content !== undefined)).content);
+    assertEquals(got, Array.from({ length: 10 }, (_, i) => `m${i}`));
+    await a.nothing((f) => f.type === "error");
+    await a.close();
+  } finally {
+    await server.close();
+  }
+});
+
 Deno.test("conversation chat: a flood of typing alone, past typing's own limit, is closed with 4029", async () => {
   const server = await startTestServer({ RATE_LIMIT_PER_SECOND: "5" });
   try {

@@ -136,3 +136,11 @@ Deno.test("TypingStarts: a start within TYPING_REPEAT_MS of the last one taken r
   starts.started("c", 0);
   assertEquals([starts.typing("a"), starts.typing("b"), starts.typing("c")], [false, false, true]);
 });
+
+Deno.test("RateLimiter.forget() drops a closed connection's typing bucket with its frames' one; the user's stay for their other connections", () => {
+  const limiter = new RateLimiter({ perConnection: 5, perUser: 100 }, () => 0);
+  assertEquals([limiter.take("u", "c"), limiter.typing("u", "c")], ["ok", "ok"]);
+  assertEquals(limiter.size, 4);
+  limiter.forget("c");
+  assertEquals(limiter.size, 2);
+});
