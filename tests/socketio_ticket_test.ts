@@ -1068,6 +1068,34 @@ Deno.test("socket.io ticket chat: history an older release stored, its commits' 
   }
 });
 
+Deno.test("socket.io ticket chat: a page of an older release's history that reaches the ticket's first message, which shares its time with the next, says there is no more", async () => {
+  // The ticket's first commit stored three messages at one time, the next one.
+  const dataDir = await historyOfOlderRelease("36", [3, 1], (seq) => `m${seq}`);
+  try {
+    await withChat(async (server, client) => {
+      const socket = await inTicket(server, client, "36");
+      const page = async (before?: number) => {
+        const { messages, hasMore } = (await socket.timeout(5000).emitWithAck("get_messages", {
+          ticketId: "36",
+          before,
+          limit: 1,
+        })) as { messages: Payload[]; hasMore: boolean };
+        return { messages, hasMore };
+      };
+      const newest = await page();
+      assertEquals([newest.messages.map((m) => m.message), newest.hasMore], [["m4"], true]);
+      // Past `limit` to the first message: nothing is older, as a client's "load more" must hear.
+      const oldest = await page(Date.parse(newest.messages[0].createdAt as string));
+      assertEquals([oldest.messages.map((m) => m.message), oldest.hasMore], [
+        ["m1", "m2", "m3"],
+        false,
+      ]);
+    }, { DATA_DIR: dataDir });
+  } finally {
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
 Deno.test("socket.io ticket chat: a page of an older release's history cut to its byte budget ends where one time does", async () => {
   // 9 KB rendered each against a budget of 32 KiB (a quarter of SLOW_CONSUMER_BYTES): three fit,
   // and the newest three hold one of a commit of three.
@@ -1084,6 +1112,25 @@ Deno.test("socket.io ticket chat: a page of an older release's history cut to it
       assertEquals(
         seen.map((m) => m.split(" ")[0]),
         Array.from({ length: 10 }, (_, i) => `m${i + 1}`),
+      );
+    }, { SLOW_CONSUMER_BYTES: String(128 * 1024), DATA_DIR: dataDir });
+  } finally {
+    await Deno.remove(dataDir, { recursive: true }).catch(() => {});
+  }
+});
+
+Deno.test("socket.io ticket chat: a page of an older release's history cut to its byte budget within one time, all it holds, keeps every message that fits", async () => {
+  // 9 KB rendered each against a budget of 32 KiB: three of one commit's five fit.
+  const dataDir = await historyOfOlderRelease("37", [5], (seq) => `m${seq} `.padEnd(9_000, "x"));
+  try {
+    await withChat(async (server, client) => {
+      const socket = await inTicket(server, client, "37");
+      const page = (await socket.timeout(5000).emitWithAck("get_messages", {
+        ticketId: "37",
+      })) as { messages: Payload[]; hasMore: boolean };
+      assertEquals(
+        [page.messages.map((m) => (m.message as string).split(" ")[0]), page.hasMore],
+        [["m3", "m4", "m5"], true],
       );
     }, { SLOW_CONSUMER_BYTES: String(128 * 1024), DATA_DIR: dataDir });
   } finally {
