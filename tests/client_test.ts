@@ -1160,9 +1160,14 @@ Deno.test("web: the page and its assets are served; the dev sign-in mints workin
       const res = await fetch(`${server.url}${path}`);
       assertEquals(res.status, 200, path);
       assert(res.headers.get("content-type")!.startsWith(type));
+      // The page's own bundle and styles are for its own origin.
+      assertEquals(res.headers.get("access-control-allow-origin"), null, path);
       await res.body?.cancel();
     }
-    const clientJs = await (await fetch(`${server.url}/client.js`)).text();
+    // Imported by applications' pages on their own origins, fetched in CORS mode there.
+    const clientRes = await fetch(`${server.url}/client.js`);
+    assertEquals(clientRes.headers.get("access-control-allow-origin"), "*");
+    const clientJs = await clientRes.text();
     assert(clientJs.includes("class ChatClient") || clientJs.includes("ChatClient = class"));
     assertEquals((await fetch(`${server.url}/index.html/../../deno.json`)).status, 404);
 
