@@ -2,17 +2,26 @@
 
 import { assert, assertEquals, delay, eventually, within } from "./assert.ts";
 import { adminCall, freePort, TEST_SECRET, TestClient } from "./helpers.ts";
+import { taskStartFlags } from "./server_process.ts";
 import { signDevToken } from "../src/auth/verifier.ts";
 import type { Socket as ClientSocket } from "socket.io-client";
 
-/** Spawns `deno serve --parallel` on a free port; no child when it exits or stays silent. */
-async function spawnParallel(dataDir: string, env: Record<string, string>, deadline: number) {
+/**
+ * Spawns `deno serve --parallel` on a free port with `flags` for permissions; no child when it
+ * exits or stays silent.
+ */
+async function spawnParallel(
+  dataDir: string,
+  env: Record<string, string>,
+  deadline: number,
+  flags: string[],
+) {
   const port = freePort();
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "serve",
       "--parallel",
-      "--allow-all",
+      ...flags,
       "--port",
       String(port),
       "--host",
@@ -60,13 +69,19 @@ async function spawnParallel(dataDir: string, env: Record<string, string>, deadl
   }
 }
 
-/** Runs `deno serve --parallel` on serve.ts with two isolates. */
-export async function startParallelServer(env: Record<string, string> = {}) {
+/**
+ * Runs `deno serve --parallel` on serve.ts with two isolates, under `flags` (`--allow-all` unless
+ * given).
+ */
+export async function startParallelServer(
+  env: Record<string, string> = {},
+  flags = ["--allow-all"],
+) {
   const dataDir = await Deno.makeTempDir({ prefix: "chat-parallel-" });
   const deadline = Date.now() + 30_000;
   let started: Awaited<ReturnType<typeof spawnParallel>>;
   for (let attempt = 1;; attempt++) {
-    started = await spawnParallel(dataDir, env, deadline);
+    started = await spawnParallel(dataDir, env, deadline, flags);
     if (started.child) break;
     // Gone before it answered: most often its port was taken meanwhile (freePort only finds one
     // free at the moment it looks).
@@ -191,7 +206,11 @@ Deno.test("parallel: a burst of 200 messages per client across isolates reaches 
   }
 });
 
-Deno.test("parallel: a SIGTERM during a download a slow player reads exits with 0 in time, once every isolate has answered its sends", async () => {
+/**
+ * A SIGTERM to `deno serve --parallel` (under `flags`) while one isolate serves a download a slow
+ * player reads and the other still waits for a commit: see the tests below.
+ */
+async function stopDuringDownload(flags?: string[]) {
   // Only main.ts cut off such an exchange: under deno serve the stop lasted as long as the
   // player, and the supervisor's SIGKILL ended it. Nor may the isolate holding it end the
   // process while the other still drains: a send waiting for its commit there holds the drain
@@ -201,7 +220,7 @@ Deno.test("parallel: a SIGTERM during a download a slow player reads exits with 
     ADMIN_TOKEN: admin,
     COMMIT_PAUSE_CPU_PERCENT: "0",
     COMMIT_INTERVAL_MS: "4500",
-  });
+  }, flags);
   // A kept-alive connection stays on its isolate: one client on each.
   const pinned = new Map<string, Deno.HttpClient>();
   let reader: ReadableStreamDefaultReader<Uint8Array> | undefined;
@@ -264,6 +283,14 @@ Deno.test("parallel: a SIGTERM during a download a slow player reads exits with 
     for (const client of pinned.values()) client.close();
     await server.close().catch(() => {});
   }
+}
+
+Deno.test("parallel: a SIGTERM during a download a slow player reads exits with 0 in time, once every isolate has answered its sends", async () => {
+  await stopDuringDownload();
+});
+
+Deno.test("parallel: run by hand with `deno task start`'s permissions (no /proc, no id from a launcher), a SIGTERM during a download still waits for every isolate's sends: the isolates know each other", async () => {
+  await stopDuringDownload(await taskStartFlags());
 });
 
 /** The next `event` of a Socket.IO client, failing after 10 s. */
