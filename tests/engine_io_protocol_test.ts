@@ -771,6 +771,66 @@ Deno.test("unsignedPostBytes: a session nobody signed in keeps its POSTs counted
   );
 });
 
+Deno.test("unsignedPostBytes: a POST whose session signs in while its body is still arriving gives its share back once read", async () => {
+  const io = new SocketIOServer({
+    pingInterval: 10_000,
+    pingTimeout: 5_000,
+    maxPayload: 200_000,
+    maxPollingPayload: 100_000,
+    unsignedPostBytes: 60_000,
+  });
+  const sockets: Socket[] = [];
+  io.on("connection", (s) => void sockets.push(s));
+  // POSTs that have reached the server: their bodies are read from then on.
+  let posts = 0;
+  const server = Deno.serve({ port: 0, hostname: "127.0.0.1", onListen() {} }, (req, info) => {
+    if (req.method === "POST") posts++;
+    return io.handleRequest(req, info);
+  });
+  const base = `http://127.0.0.1:${server.addr.port}/socket.io/?EIO=4&transport=polling`;
+  const post = async (sid: string, body: BodyInit) => {
+    const res = await fetch(`${base}&sid=${sid}`, { method: "POST", body });
+    await res.body?.cancel();
+    return res.status;
+  };
+  // 46,384 bytes: each counts 30,000, two the whole budget.
+  const big = `42["echo","${"s".repeat(46_384 - 13)}"]`;
+  const open = async () => {
+    const sid = JSON.parse((await (await fetch(base)).text()).slice(1)).sid as string;
+    strictEqual(await post(sid, "40"), 200);
+    // A session's first counts against nothing.
+    strictEqual(await post(sid, big), 200);
+    return sid;
+  };
+  try {
+    const signing = await open();
+    await eventually(() => sockets.length === 1);
+    // Its next POST arrives in two parts; between them the session signs in.
+    const bytes = new TextEncoder().encode(big);
+    let rest!: ReadableStreamDefaultController<Uint8Array>;
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        rest = controller;
+        controller.enqueue(bytes.subarray(0, bytes.length - 1));
+      },
+    });
+    const before = posts;
+    const slow = post(signing, body);
+    await eventually(() => posts > before, 5000, "the POST's arrival");
+    sockets[0].conn.maxPayload = 200_000;
+    rest.enqueue(bytes.subarray(bytes.length - 1));
+    rest.close();
+    strictEqual(await slow, 200);
+    // The budget is whole again: another session's two counted POSTs fill it.
+    const other = await open();
+    strictEqual(await post(other, big), 200);
+    strictEqual(await post(other, big), 200);
+  } finally {
+    await io.close();
+    await server.shutdown();
+  }
+});
+
 Deno.test("unsignedPostBytes: a POST that stalls longer than a session lasts without a poll is dropped, and its share given back", async () => {
   await withServer(
     {
