@@ -6,7 +6,14 @@
 
 import { signDevToken } from "../src/auth/verifier.ts";
 import { assertEquals, eventually } from "./assert.ts";
-import { adminCall, startTestServer, TEST_SECRET, TestClient, type TestServer } from "./helpers.ts";
+import {
+  adminCall,
+  health,
+  startTestServer,
+  TEST_SECRET,
+  TestClient,
+  type TestServer,
+} from "./helpers.ts";
 import { mayMount, smallDisk, spawnServer, withDataDir } from "./server_process.ts";
 
 const ADMIN = "an-admin-token-for-read-cursor-cleanup";
@@ -431,17 +438,18 @@ async function listedMark(dataDir: string): Promise<boolean> {
  * Stands in for a server of a version without the list of a user's rooms running on the KV of
  * `dataDir` (a rolling upgrade, a rollback): its registry entry as such versions wrote it, with
  * no `readRooms`, renewed every second until it leaves as they did; cursors it stores lack their
- * ["read_room"] entries.
+ * ["read_room"] entries. With `readRooms`, it stands in for another server of this version, whose
+ * entry says it lists them.
  */
-async function olderServer(dataDir: string) {
+async function olderServer(dataDir: string, readRooms = false) {
   const kv = await Deno.openKv(`${dataDir}/chat.kv`);
   const entry = ["instance", crypto.randomUUID()];
   const epoch = ["instance_epoch"];
-  await kv.atomic().set(entry, { seenAt: Date.now(), pid: 1 }, { expireIn: 60_000 })
-    .sum(epoch, 1n).commit();
+  const value = () => ({ seenAt: Date.now(), pid: 1, ...(readRooms ? { readRooms } : {}) });
+  await kv.atomic().set(entry, value(), { expireIn: 60_000 }).sum(epoch, 1n).commit();
   let beat = Promise.resolve();
   const timer = setInterval(() => {
-    beat = kv.set(entry, { seenAt: Date.now(), pid: 1 }, { expireIn: 60_000 }).then(() => {});
+    beat = kv.set(entry, value(), { expireIn: 60_000 }).then(() => {});
   }, 1000);
   let left = false;
   return {
@@ -527,5 +535,36 @@ Deno.test("after a rollback to a version without the list of a user's rooms, rea
     });
   } finally {
     await older?.leave().catch(() => {});
+  }
+});
+
+Deno.test("beside another server of this version, one of a version without the list of a user's rooms that comes and goes is heard of though no server count changes alone: the cursors it stores are listed once it stops, and go with their user", async () => {
+  const dataDir = await Deno.makeTempDir({ prefix: "read-cursor-three-" });
+  let peer: Awaited<ReturnType<typeof olderServer>> | undefined;
+  let older: Awaited<ReturnType<typeof olderServer>> | undefined;
+  try {
+    await withServerOn(dataDir, async (url, api, open) => {
+      await eventually(() => listedMark(dataDir), 10_000, "the start to mark the listing done");
+      for (const id of ["1", "3"]) {
+        assertEquals(await api("PUT", `/api/users/${id}`, { username: `user${id}` }), 200);
+      }
+      await readAt(url, "1", "room:general", open);
+      // Another server of this version, known before the older one comes: neither the older
+      // server's start nor its stop then changes whether this one is alone or has peers elsewhere.
+      peer = await olderServer(dataDir, true);
+      await eventually(async () => Number((await health(url)).body.peers) === 1, 10_000, "peer");
+      older = await olderServer(dataDir);
+      await eventually(async () => !await listedMark(dataDir), 10_000, "the mark to be deleted");
+      await older.read("room:general", "3");
+      await older.leave();
+      await cursorsListed(dataDir);
+      await eventually(() => listedMark(dataDir), 10_000, "the listing to be marked done again");
+      assertEquals(await api("DELETE", "/api/users/3"), 204);
+      assertEquals(await readersAt(url, "1", "room:general", open), ["1"]);
+      assertEquals(await cursorKeys(dataDir), ["room:general/1"]);
+    });
+  } finally {
+    await older?.leave().catch(() => {});
+    await peer?.leave().catch(() => {});
   }
 });
