@@ -114,6 +114,20 @@ async function realPath(path: string): Promise<string> {
   }
 }
 
+/**
+ * True for a directory (not a link to one) with nothing in it, or one this user may not read: a
+ * new volume's lost+found is root's alone (0700), and the copy takes none of the names in it.
+ */
+async function emptyDir(path: string): Promise<boolean> {
+  try {
+    if (!(await Deno.lstat(path)).isDirectory) return false;
+    for await (const _ of Deno.readDir(path)) return false;
+    return true;
+  } catch (err) {
+    return err instanceof Deno.errors.PermissionDenied;
+  }
+}
+
 // Everything under MEDIA_DIR is served to anyone, and the copy would walk into itself; reached
 // through a link (or MEDIA_DIR one), it is inside all the same.
 const mediaDir = resolve(config.mediaDir);
@@ -133,7 +147,10 @@ const existing = await Deno.lstat(target).catch((err) => {
 });
 if (existing) {
   if (!existing.isDirectory) refuse(`${target} exists and is not a directory`);
-  for await (const _ of Deno.readDir(target)) {
+  for await (const entry of Deno.readDir(target)) {
+    // mkfs.ext4 leaves one at the root of every new volume: a fresh backup disk's mount point is
+    // empty all the same. It stays where it is, beside the copy, which no server minds.
+    if (entry.name === "lost+found" && await emptyDir(join(target, entry.name))) continue;
     refuse(`${target} is not empty: a backup goes into a new or empty directory`);
   }
 }

@@ -324,6 +324,117 @@ Deno.test("backup: on the restored server, a client that saw messages sent after
   });
 });
 
+/** The `chat_message` bodies a chat-rooms socket is shown on connect (until 1.5 s pass without one). */
+async function historyOnConnect(url: string, name: string, token: string, clients: TestClient[]) {
+  const ws = await TestClient.open(
+    `${url.replace(/^http/, "ws")}/ws/rooms/${name}/?token=${token}`,
+  );
+  clients.push(ws);
+  await ws.next((f) => f.type === "room_users_list", 10_000);
+  const got: string[] = [];
+  for (;;) {
+    try {
+      got.push((await ws.next((f) => f.type === "chat_message", 1500)).message as string);
+    } catch {
+      ws.socket.close();
+      return got;
+    }
+  }
+}
+
+Deno.test("backup: on the restored server, a chat-rooms socket is shown the room's last HISTORY_ON_CONNECT messages on connect, from before and after the jump", async () => {
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
+    const original = spawn(env);
+    const url = await original.url();
+    const { secret } = await ensureDevSecret(dataDir);
+    const ann = await signDevToken(secret, { sub: "1", username: "ann" }, "1h");
+    const a = await openAs(url, ann, clients);
+    await sendEach(a, "room:lobby", bodiesOf("before", 5));
+    const lastFour = bodiesOf("before", 5).slice(1);
+    assertEquals(await historyOnConnect(url, "lobby", ann, clients), lastFour);
+    const copy = `${dataDir}-backup`;
+    const result = await backup({ DATA_DIR: dataDir }, copy);
+    assertEquals(result.code, 0, result.stderr);
+    a.socket.close();
+    await original.kill("SIGTERM");
+    try {
+      const restored = spawn({ ...env, DATA_DIR: copy });
+      const rurl = await restored.url();
+      assertEquals(await historyOnConnect(rurl, "lobby", ann, clients), lastFour);
+      // Two sent after the jump: the last four are two from each side of it.
+      const b = await openAs(rurl, ann, clients);
+      await sendEach(b, "room:lobby", bodiesOf("after", 2));
+      assertEquals(await historyOnConnect(rurl, "lobby", ann, clients), [
+        "before4",
+        "before5",
+        "after1",
+        "after2",
+      ]);
+    } finally {
+      await Deno.remove(copy, { recursive: true }).catch(() => {});
+    }
+  }, { extra: { JWT_SECRET: "", HISTORY_ON_CONNECT: "4" } });
+});
+
+Deno.test("backup: on the restored server, HISTORY_LIMIT bounds a room's history again after each commit, the restored messages going as new ones fill it, their files with them", async () => {
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
+    const original = spawn(env);
+    const url = await original.url();
+    const { secret } = await ensureDevSecret(dataDir);
+    const ann = await signDevToken(secret, { sub: "1", username: "ann" }, "1h");
+    const a = await openAs(url, ann, clients);
+    a.send({ type: "join", room: "room:general", ref: "j" });
+    await a.next((f) => f.ref === "j", 10_000);
+    for (let i = 1; i <= 3; i++) {
+      a.send({
+        type: "send",
+        room: "room:general",
+        body: `old${i}`,
+        client_id: `old${i}`,
+        files: [{ name: `old${i}.bin`, data: fileOf(i).toBase64() }],
+      });
+      await a.next((f) => f.type === "ack" && f.client_id === `old${i}`, 10_000);
+    }
+    const copy = `${dataDir}-backup`;
+    const result = await backup({ DATA_DIR: dataDir }, copy);
+    assertEquals(result.code, 0, result.stderr);
+    a.socket.close();
+    await original.kill("SIGTERM");
+    // The only files stored are the restored messages' (under names of their own).
+    const oldFiles = async () =>
+      (await listFiles(`${copy}/media`)).filter((f) => !basename(f).startsWith(".")).length;
+    try {
+      assertEquals(await oldFiles(), 3);
+      const restored = spawn({ ...env, DATA_DIR: copy });
+      const rurl = await restored.url();
+      const b = await openAs(rurl, ann, clients);
+      const bodies = async () => (await wholeHistory(b, "room:general")).map((m) => m.body);
+      // Each commit's check has had a moment to run; the files' sweep a second more.
+      const settle = () => new Promise((r) => setTimeout(r, 1500));
+      await sendEach(b, "room:general", ["new1"]);
+      await settle();
+      assertEquals(await bodies(), ["old1", "old2", "old3", "new1"]);
+      await sendEach(b, "room:general", ["new2", "new3"]);
+      await settle();
+      assertEquals(await bodies(), ["old2", "old3", "new1", "new2", "new3"]);
+      assertEquals(await oldFiles(), 2);
+      await sendEach(b, "room:general", bodiesOf("new", 8).slice(3));
+      await settle();
+      assertEquals(await bodies(), ["new4", "new5", "new6", "new7", "new8"]);
+      assertEquals(await oldFiles(), 0);
+    } finally {
+      await Deno.remove(copy, { recursive: true }).catch(() => {});
+    }
+  }, {
+    extra: {
+      JWT_SECRET: "",
+      HISTORY_LIMIT: "5",
+      RATE_LIMIT_PER_SECOND: "100000",
+      RATE_LIMIT_USER_PER_SECOND: "100000",
+    },
+  });
+});
+
 Deno.test("backup: a server started on the copy of a running server's data waits for no other server and shows none of its users present", async () => {
   await withDataDir(async ({ dataDir, env, clients, spawn }) => {
     const original = spawn(env);
@@ -353,15 +464,19 @@ Deno.test("backup: a server started on the copy of a running server's data waits
   }, { extra: { JWT_SECRET: "" } });
 });
 
-Deno.test("backup: an in-memory or remote KV, a destination that is not empty, an unknown option and a missing KV file are refused with one line and exit 2, writing nothing", async () => {
+Deno.test("backup: an in-memory or remote KV, a destination that is not empty (also with only a lost+found that is not), an unknown option and a missing KV file are refused with one line and exit 2, writing nothing", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "backup-refusals-" });
   const kept = `${dataDir}-kept`;
+  const found = `${dataDir}-found`;
   try {
     const kv = await Deno.openKv(`${dataDir}/chat.kv`);
     kv.close();
     new DatabaseSync(`${dataDir}/directory.sqlite3`).close();
     await Deno.mkdir(kept);
     await Deno.writeTextFile(`${kept}/note`, "mine");
+    // A volume's lost+found is passed over only while empty: fsck's finds are someone's data.
+    await Deno.mkdir(`${found}/lost+found`, { recursive: true });
+    await Deno.writeTextFile(`${found}/lost+found/#12`, "recovered");
     const cases: [Record<string, string>, string[], RegExp][] = [
       [{ KV_PATH: ":memory:" }, [`${dataDir}-a`], /^KV_PATH is :memory:: .*no file to copy$/],
       [
@@ -370,6 +485,7 @@ Deno.test("backup: an in-memory or remote KV, a destination that is not empty, a
         /^KV_PATH is a KV Connect URL: there is no local file to copy; .*$/,
       ],
       [{}, [kept], /^.*-kept is not empty: a backup goes into a new or empty directory$/],
+      [{}, [found], /^.*-found is not empty: a backup goes into a new or empty directory$/],
       [{}, ["--keep", `${dataDir}-a`], /^Unknown option '--keep'.*deno task backup --help.*$/],
       [{}, [], /^Usage: deno task backup <dir>/],
       [
@@ -392,13 +508,75 @@ Deno.test("backup: an in-memory or remote KV, a destination that is not empty, a
     assertEquals(await Deno.lstat(`${dataDir}-a`).catch(() => undefined), undefined);
     assertEquals(await Deno.lstat(`${dataDir}-media/copy`).catch(() => undefined), undefined);
     assertEquals(await listFiles(kept), ["note"]);
+    assertEquals(await listFiles(found), ["lost+found/#12"]);
     const parent = await Array.fromAsync(Deno.readDir(dirname(dataDir)));
     assertEquals(parent.filter((e) => e.name.startsWith(`.${basename(dataDir)}`)), []);
   } finally {
-    for (const dir of [dataDir, kept, `${dataDir}-media`]) {
+    for (const dir of [dataDir, kept, found, `${dataDir}-media`]) {
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
   }
+});
+
+/** Runs `cmd`, throwing with its stderr when it fails. */
+async function run(...cmd: string[]): Promise<void> {
+  const out = await new Deno.Command(cmd[0], { args: cmd.slice(1), stderr: "piped" }).output();
+  if (!out.success) throw new Error(`${cmd.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
+}
+
+/** True where this test may make and loop-mount an ext4 volume (Linux, as root). */
+async function mayMountExt4(): Promise<boolean> {
+  if (!(await mayMount())) return false;
+  try {
+    await run("sh", "-c", "command -v mkfs.ext4 && command -v losetup");
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test("backup: the mount point of a freshly made ext4 disk (only an empty lost+found in it) takes a backup; lost+found stays, and a server started on the disk serves the copy", async () => {
+  const ext4 = await mayMountExt4();
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
+    const server = spawn(env);
+    const url = await server.url();
+    const { secret } = await ensureDevSecret(dataDir);
+    const ann = await signDevToken(secret, { sub: "1", username: "ann" }, "1h");
+    const a = await openAs(url, ann, clients);
+    await sendEach(a, "room:general", ["hello"]);
+    const image = `${dataDir}-disk.img`;
+    const disk = `${dataDir}-disk`;
+    await Deno.mkdir(disk);
+    let mounted = false;
+    try {
+      if (ext4) {
+        await run("dd", "if=/dev/zero", `of=${image}`, "bs=1M", "count=16", "status=none");
+        await run("mkfs.ext4", "-q", "-F", image);
+        await run("mount", "-o", "loop", image, disk);
+        mounted = true;
+      } else {
+        // What mkfs.ext4 leaves at the root of every new volume, where this test may not make one.
+        await Deno.mkdir(`${disk}/lost+found`, { mode: 0o700 });
+      }
+      assertEquals((await Array.fromAsync(Deno.readDir(disk))).map((e) => e.name), ["lost+found"]);
+      const result = await backup({ DATA_DIR: dataDir }, disk);
+      assertEquals(result.code, 0, result.stderr);
+      a.socket.close();
+      await server.kill("SIGTERM");
+      assertEquals(await Array.fromAsync(Deno.readDir(`${disk}/lost+found`)), []);
+      const restored = spawn({ ...env, DATA_DIR: disk });
+      const b = await openAs(await restored.url(), ann, clients);
+      assertEquals((await wholeHistory(b, "room:general")).map((m) => m.body), ["hello"]);
+      await sendEach(b, "room:general", ["again"]);
+      assertEquals((await wholeHistory(b, "room:general")).map((m) => m.body), ["hello", "again"]);
+      b.socket.close();
+      await restored.kill("SIGTERM");
+    } finally {
+      if (mounted) await run("umount", disk).catch(() => run("umount", "-l", disk));
+      await Deno.remove(disk, { recursive: true }).catch(() => {});
+      await Deno.remove(image).catch(() => {});
+    }
+  }, { extra: { JWT_SECRET: "" } });
 });
 
 Deno.test("backup: a KV file, SQLite directory and media outside DATA_DIR are copied into the DATA_DIR layout; media keeps names, times and marks, not links or unfinished writes", async () => {

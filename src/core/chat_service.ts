@@ -109,6 +109,8 @@ const connKey = (room: string, connId: string) => `${room}\u0000${connId}`;
 const SEQ_OF_ID_SCAN = 2000;
 /** Messages `historyPageByTime` reads at a time past a page's oldest one that share its time. */
 const TIED_READ = 50;
+/** Messages `seqBeforeNewest` reads at a time: no more than the KV store's list returns. */
+const NEWEST_PAGE = 1000;
 
 /**
  * Connections a restore writes back at once: the presence store commits the changes waiting
@@ -449,6 +451,25 @@ export class ChatService {
    */
   async deletedSince(room: string, generation: number): Promise<boolean> {
     return (await this.generation(room, { fresh: true })) > generation;
+  }
+
+  /**
+   * The seq after which the room's newest `count` stored messages lie, 0 when it holds no more
+   * than that: counted, not taken from the head, as seqs skip (a restored backup starts its rooms
+   * a million past their heads, see scripts/backup.ts).
+   */
+  async seqBeforeNewest(room: string, count: number): Promise<number> {
+    if (count <= 0) return await this.head(room);
+    let before: number | undefined;
+    for (let left = count; left > 0;) {
+      // Pages no longer than the store's longest read, whose shortfall then means the start.
+      const limit = Math.min(left, NEWEST_PAGE);
+      const page = await this.#deps.store.list(room, { before, limit });
+      if (page.length < limit) return 0;
+      before = page[0].seq;
+      left -= limit;
+    }
+    return before === undefined ? 0 : before - 1;
   }
 
   /** The room's newest seq. */

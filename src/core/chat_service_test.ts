@@ -495,3 +495,41 @@ Deno.test("ChatService.typing: one tab's stop leaves the user typing while anoth
     chat.close();
   }
 });
+
+Deno.test("ChatService.seqBeforeNewest: counts stored messages, not seqs: across a restored backup's jump of a million, past retention's cut, in an empty room, and in pages past 1000", async () => {
+  const { kv, chat, counted, close } = await storedRoom(3_000);
+  try {
+    // Consecutive seqs: what head - count gave.
+    assertEquals(await chat.seqBeforeNewest("t", 50), 2_950);
+    assertEquals(counted.read, 50);
+    assertEquals(await chat.seqBeforeNewest("t", 2_500), 500);
+    assertEquals(await chat.seqBeforeNewest("t", 3_000), 0);
+    assertEquals(await chat.seqBeforeNewest("t", 5_000), 0);
+    assertEquals(await chat.seqBeforeNewest("empty", 50), 0);
+    // Retention kept 2991..3000: all ten are replayed, as from head - 50.
+    for (let seq = 1; seq <= 2_990; seq++) await kv.delete(KV_KEYS.message("t", seq));
+    assertEquals(await chat.seqBeforeNewest("t", 50), 0);
+    assertEquals(await chat.seqBeforeNewest("t", 4), 2_996);
+    // Three messages, a head raised by a million (scripts/backup.ts), then two more.
+    const store = new KvMessageStore(kv, { discard: async () => {} });
+    for (let i = 0; i < 3; i++) {
+      await store.append("g", { sender: null, body: `m${i}`, attachments: [] });
+    }
+    await kv.set(KV_KEYS.head("g"), 1_000_003);
+    const restored = new KvMessageStore(kv, { discard: async () => {} });
+    const after = [];
+    for (let i = 0; i < 2; i++) {
+      after.push(
+        (await restored.append("g", { sender: null, body: `n${i}`, attachments: [] })).message.seq,
+      );
+    }
+    assertEquals(after, [1_000_004, 1_000_005]);
+    assertEquals(await chat.seqBeforeNewest("g", 50), 0);
+    assertEquals(await chat.seqBeforeNewest("g", 4), 1);
+    assertEquals(await chat.seqBeforeNewest("g", 2), 1_000_003);
+    await store.close();
+    await restored.close();
+  } finally {
+    await close();
+  }
+});

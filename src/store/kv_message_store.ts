@@ -365,6 +365,11 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
   #checked = new Set<string>();
   /** Rooms whose check is done: only their commits drop the messages they push out. */
   #retained = new Set<string>();
+  /**
+   * Checked rooms that kept messages below a hole in their seqs (a restored backup's jump): a
+   * commit's push-out falls in the hole, so their next commit queues the check again.
+   */
+  #holed = new Set<string>();
   /** Rooms waiting for their check, in order. */
   #checkQueue: string[] = [];
   #checkers = new Set<Promise<void>>();
@@ -964,6 +969,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       // Re-adding keeps the set in order of the last write.
       if (this.#checked.delete(room)) {
         this.#checked.add(room);
+        if (this.#holed.delete(room)) this.#checkQueue.push(room);
         continue;
       }
       this.#checked.add(room);
@@ -977,6 +983,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
         if (!this.#retained.has(room)) continue;
         this.#checked.delete(room);
         this.#retained.delete(room);
+        this.#holed.delete(room);
         excess--;
       }
     }
@@ -1031,6 +1038,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     const prefix = KV_KEYS.messages(room);
     let head = await this.head(room);
     let cut = head - this.#historyLimit + 1;
+    let holed = false;
     // The limit counts messages: below seqs no message took (a restored backup raises the heads,
     // see scripts/backup.ts), older ones are kept as far as the newer ones fall short of it. The
     // head and the message at the cut are read at one moment: a commit deletes only below its
@@ -1048,6 +1056,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
           const below = { prefix, end: [...prefix, cut] };
           for await (const e of this.#kv.list<Message>(below, { limit: short, reverse: true })) {
             cut = e.value.seq;
+            holed = true;
           }
         }
         break;
@@ -1062,6 +1071,13 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     }
     const dropped = await this.#deleteListed({ prefix, end: [...prefix, cut] });
     if (dropped > 0 && this.#recordsFiles) this.#sweepFilesSoon([room]);
+    if (holed && !this.#closed) {
+      this.#holed.add(room);
+      // A commit since the head was read queued no check (the room was not yet in #holed).
+      if ((await this.head(room)) !== head && this.#holed.delete(room)) {
+        this.#checkQueue.push(room);
+      }
+    }
   }
 
   /**

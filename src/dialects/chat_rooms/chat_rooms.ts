@@ -132,8 +132,7 @@ export function chatRoomsRoute(ctx: DialectContext, path: string): WsRoute {
       return Promise.resolve();
     },
     async joinFrom(s) {
-      const head = await ctx.chat.head(s.room);
-      return { since: Math.max(0, head - ctx.config.historyOnConnect) };
+      return { since: await ctx.chat.seqBeforeNewest(s.room, ctx.config.historyOnConnect) };
     },
     async message(s, text) {
       const record = parseObject(text, "Expected a JSON object with a message");
