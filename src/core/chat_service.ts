@@ -459,7 +459,13 @@ export class ChatService {
    * a million past their heads, see scripts/backup.ts).
    */
   async seqBeforeNewest(room: string, count: number): Promise<number> {
-    if (count <= 0) return await this.head(room);
+    const head = await this.head(room);
+    if (count <= 0) return head;
+    // No more seqs than that: no more messages.
+    if (head <= count) return 0;
+    // Seqs skip only below the messages kept (a jump, a deletion, retention): when the count-th
+    // from the head is there, so are those after it. One message read, not `count`.
+    if (await this.#deps.store.get(room, head - count + 1)) return head - count;
     let before: number | undefined;
     for (let left = count; left > 0;) {
       // Pages no longer than the store's longest read, whose shortfall then means the start.
