@@ -518,6 +518,16 @@ Deno.test("backup: an in-memory or remote KV, a destination that is not empty (a
   }
 });
 
+/** The named variables of this process's environment that are set. */
+function inherited(...names: string[]): Record<string, string> {
+  return Object.fromEntries(
+    names.flatMap((name) => {
+      const value = Deno.env.get(name);
+      return value === undefined ? [] : [[name, value]];
+    }),
+  );
+}
+
 /** Runs `cmd`, throwing with its stderr when it fails. */
 async function run(...cmd: string[]): Promise<void> {
   const out = await new Deno.Command(cmd[0], { args: cmd.slice(1), stderr: "piped" }).output();
@@ -698,7 +708,10 @@ Deno.test("backup: a relative <dir> given to `deno task backup` lands in the dir
     const out = await new Deno.Command(Deno.execPath(), {
       args: ["task", "-q", "--config", `${project}deno.json`, "backup", "nightly"],
       cwd,
-      env: { DATA_DIR: dataDir, NO_COLOR: "1" },
+      // As typed in a shell: an INIT_CWD this test inherits (`npx deno task test` sets one, which
+      // `deno task` keeps) would name the folder the suite was started in.
+      clearEnv: true,
+      env: { ...inherited("PATH", "HOME", "DENO_DIR"), DATA_DIR: dataDir, NO_COLOR: "1" },
     }).output();
     const stdout = new TextDecoder().decode(out.stdout).trim();
     assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
