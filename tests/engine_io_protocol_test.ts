@@ -65,8 +65,12 @@ function get(ctx: Context, query: string, init?: RequestInit): Promise<Reply> {
   return request(`${ctx.base}?${query}`, init);
 }
 
-async function handshake(ctx: Context): Promise<{ sid: string; open: Record<string, unknown> }> {
-  const reply = await get(ctx, "EIO=4&transport=polling");
+async function handshake(
+  ctx: Context,
+  init?: RequestInit,
+  query = "",
+): Promise<{ sid: string; open: Record<string, unknown> }> {
+  const reply = await get(ctx, `EIO=4&transport=polling${query}`, init);
   strictEqual(reply.status, 200);
   strictEqual(reply.text[0], "0");
   const open = JSON.parse(reply.text.slice(1));
@@ -322,9 +326,12 @@ Deno.test("a server-side close ends a polling session with what was queued (or a
   });
 });
 
-Deno.test("a polling answer holds at most 16 packets, which python-engineio decodes (it drops a larger one whole, and the connection): the rest waits, in order and counted as unsent, for the next GETs, a closing session's too", async () => {
+/** What python-engineio's `Client` sends with its handshake (requests' own User-Agent). */
+const PYTHON_REQUESTS = { headers: { "user-agent": "python-requests/2.28.1" } };
+
+Deno.test("a polling answer to python-engineio holds at most 16 packets, which it decodes (it drops a larger one whole, and the connection): the rest waits, in order and counted as unsent, for the next GETs, a closing session's too", async () => {
   await withServer({}, async (ctx) => {
-    const { sid } = await handshake(ctx);
+    const { sid } = await handshake(ctx, PYTHON_REQUESTS);
     await post(ctx, sid, "40");
     match((await poll(ctx, sid)).text, /^40/);
     const socket = ctx.sockets[0];
@@ -351,6 +358,45 @@ Deno.test("a polling answer holds at most 16 packets, which python-engineio deco
     deepStrictEqual((await poll(ctx, sid)).text.split("\x1e"), emitted.slice(0, 16));
     deepStrictEqual((await poll(ctx, sid)).text.split("\x1e"), emitted.slice(16, 20));
     strictEqual((await poll(ctx, sid)).status, 400);
+  });
+});
+
+Deno.test("python-engineio is told by its AsyncClient's User-Agent, or by its t parameter when the application set its own; any other client gets all that waits in one polling answer", async () => {
+  await withServer({}, async (ctx) => {
+    const emitted = Array.from({ length: 40 }, (_, i) => `42["n",${i}]`);
+    const answer = async (init?: RequestInit, query = "") => {
+      const { sid } = await handshake(ctx, init, query);
+      await post(ctx, sid, "40");
+      match((await poll(ctx, sid)).text, /^40/);
+      const socket = ctx.sockets.at(-1)!;
+      for (let i = 0; i < 40; i++) socket.emit("n", i);
+      return (await poll(ctx, sid)).text.split("\x1e");
+    };
+    const aiohttp = { headers: { "user-agent": "Python/3.11 aiohttp/3.8.4" } };
+    deepStrictEqual(await answer(aiohttp, "&t=1795579301.794628"), emitted.slice(0, 16));
+    const own = { headers: { "user-agent": "support-bot/1.0" } };
+    deepStrictEqual(await answer(own, "&t=1795579301.5188787"), emitted.slice(0, 16));
+    // socket.io-client's t (base 36, no dot), and Deno's fetch.
+    deepStrictEqual(await answer(undefined, "&t=k2ti3hc0a1"), emitted);
+    deepStrictEqual(await answer(), emitted);
+  });
+});
+
+Deno.test("a ping to python-engineio goes ahead of the answers it is behind on, so that being behind does not end it by ping timeout", async () => {
+  await withServer({ pingInterval: 300, pingTimeout: 300 }, async (ctx) => {
+    const { sid } = await handshake(ctx, PYTHON_REQUESTS);
+    await post(ctx, sid, "40");
+    match((await poll(ctx, sid)).text, /^40/);
+    const socket = ctx.sockets[0];
+    const emitted = Array.from({ length: 40 }, (_, i) => `42["n",${i}]`);
+    for (let i = 0; i < 40; i++) socket.emit("n", i);
+    deepStrictEqual((await poll(ctx, sid)).text.split("\x1e"), emitted.slice(0, 16));
+    await delay(400);
+    // The ping first, then the next 15 in order.
+    deepStrictEqual((await poll(ctx, sid)).text.split("\x1e"), ["2", ...emitted.slice(16, 31)]);
+    strictEqual((await post(ctx, sid, "3")).status, 200);
+    deepStrictEqual((await poll(ctx, sid)).text.split("\x1e"), emitted.slice(31));
+    deepStrictEqual(ctx.reasons, []);
   });
 });
 

@@ -687,9 +687,9 @@ Deno.test("socket.io ticket chat: connections that never authenticate are bounde
 });
 
 /** A raw long-polling session joined to `/`, driven as python-engineio drives one. */
-async function rawPolling(server: TestServer) {
+async function rawPolling(server: TestServer, handshake?: RequestInit) {
   const base = `${server.url}/socket.io/?EIO=4&transport=polling`;
-  const sid = JSON.parse((await (await fetch(base)).text()).slice(1)).sid as string;
+  const sid = JSON.parse((await (await fetch(base, handshake)).text()).slice(1)).sid as string;
   const url = `${base}&sid=${sid}`;
   const get = async () => {
     const res = await fetch(url);
@@ -744,7 +744,10 @@ Deno.test("socket.io ticket chat: a server stopping answers a signed-in polling 
 
 Deno.test("socket.io ticket chat: a polling bot that rejoins 20 tickets after its authenticate gets the 41 answers in polling answers of at most 16 packets, which python-engineio decodes (it drops a larger one whole, and the connection), every one once", async () => {
   await withChat(async (server) => {
-    const session = await rawPolling(server);
+    // Told by the User-Agent of requests, which python-engineio's Client polls with.
+    const session = await rawPolling(server, {
+      headers: { "user-agent": "python-requests/2.28.1" },
+    });
     const token = await server.token({ sub: "52", username: "supportbot", rooms: ["ticket:*"] });
     // python-socketio's write loop sends what was emitted in one POST, its read loop GETs again
     // once it has handled the previous answer.

@@ -278,11 +278,31 @@ const POST_SLICE_MS = 10;
 const POST_SLICE_CHECK = 32;
 
 /**
- * Packets one long-polling answer holds at most: python-engineio (python-socketio 5.x) refuses an
- * answer of more (`Payload.max_decode_packets`), losing every packet in it and the connection. The
- * rest waits for the next GET, which clients send as soon as they have handled an answer.
+ * Packets one long-polling answer to python-engineio holds at most: it refuses an answer of more
+ * (`Payload.max_decode_packets`), losing every packet in it and the connection. The rest waits for
+ * the next GET, which it sends as soon as it has handled an answer. Other clients get all there
+ * is: one answer a round trip could not keep up with a busy room 80 ms away.
  */
 const POLL_PACKETS = 16;
+
+/**
+ * User-Agents of the HTTP clients python-engineio (python-socketio 5.x) polls with: requests for
+ * its `Client`, aiohttp for its `AsyncClient`.
+ */
+const PYTHON_USER_AGENT = /^(python-requests\/|Python\/\d+\.\d+ aiohttp\/)/;
+
+/**
+ * python-engineio's `t` parameter, `time.time()` written out; socket.io-client's has no dot. It
+ * tells the client still when the application set its own User-Agent header.
+ */
+const PYTHON_TIMESTAMP = /^\d+\.\d+$/;
+
+/** Packets a long-polling answer to the client of this handshake may hold. */
+function pollPackets(request: EngineRequest): number {
+  const python = PYTHON_USER_AGENT.test(request.headers.get("user-agent") ?? "") ||
+    PYTHON_TIMESTAMP.test(request.query.get("t") ?? "");
+  return python ? POLL_PACKETS : Infinity;
+}
 
 /**
  * Request headers a preflight never grants: those a reverse proxy may take its word from (the
@@ -545,6 +565,8 @@ class Session implements EngineSocket {
   #poll: ((reply: Reply) => void) | null = null;
   #posting = false;
   #buffer: Packet[] = [];
+  /** Packets one polling answer may hold: {@link POLL_PACKETS} for python-engineio. */
+  #pollPackets: number;
   /** Bytes of message data in `#buffer`: what a polling client has not fetched yet. */
   #buffered = 0;
   #pingTimer: Timer | undefined;
@@ -561,6 +583,7 @@ class Session implements EngineSocket {
     this.#host = host;
     this.id = id;
     this.request = request;
+    this.#pollPackets = pollPackets(request);
     const options = host.options;
     this.#maxPayload = options.initialMaxPayload;
     this.#largeLeft = options.initialLargeMessages;
@@ -669,7 +692,7 @@ class Session implements EngineSocket {
       this.#flush();
       if (this.readyState === "closed") return;
       // The session ends with the GET that takes what is left (a parked one took at most
-      // POLL_PACKETS); a client that never polls again is dead anyway.
+      // POLL_PACKETS from python-engineio); a client that never polls again is dead anyway.
       const { pingInterval, pingTimeout } = this.#host.options;
       this.#closeTimer = setTimeout(
         () => this.#close("forced close"),
@@ -935,7 +958,14 @@ class Session implements EngineSocket {
     const { pingInterval, pingTimeout } = this.#host.options;
     this.#pingTimer = setTimeout(() => {
       this.#pingTimer = undefined;
-      this.sendPackets([PING]);
+      if (this.#pollPackets < Infinity && this.#state === "open") {
+        // Ahead of what waits: an answer of at most POLL_PACKETS a round trip may leave a client
+        // in a busy room behind, which must not end it by ping timeout.
+        this.#buffer.unshift(PING);
+        this.#flush();
+      } else {
+        this.sendPackets([PING]);
+      }
       clearTimeout(this.#pongTimer);
       this.#pongTimer = setTimeout(() => this.#close("ping timeout"), timerDelay(pingTimeout));
     }, timerDelay(pingInterval));
@@ -954,8 +984,8 @@ class Session implements EngineSocket {
     if (!this.#poll) return;
     const closing = this.#state === "closing";
     if (this.#buffer.length === 0 && !closing && !this.#probed) return;
-    const packets = this.#buffer.slice(0, POLL_PACKETS);
-    this.#buffer = this.#buffer.slice(POLL_PACKETS);
+    const packets = this.#buffer.slice(0, this.#pollPackets);
+    this.#buffer = this.#buffer.slice(this.#pollPackets);
     // What is left still counts as unfetched, towards the slow-consumer bound.
     for (const packet of packets) this.#buffered -= dataSize(packet);
     // Never a close packet: python-engineio takes one for a deliberate close, and python-socketio
