@@ -684,7 +684,7 @@ class Session implements EngineSocket {
     this.#releaseLarge();
     this.#candidate?.close();
     if (this.#ws) {
-      // What was said before the close goes first, as a parked GET gets it with the close.
+      // What was said before the close goes first, as a parked GET gets it before the session ends.
       this.#flush();
       this.#ws.close();
       this.#close("forced close");
@@ -984,10 +984,16 @@ class Session implements EngineSocket {
     if (!this.#poll) return;
     const closing = this.#state === "closing";
     if (this.#buffer.length === 0 && !closing && !this.#probed) return;
-    const packets = this.#buffer.slice(0, this.#pollPackets);
-    this.#buffer = this.#buffer.slice(this.#pollPackets);
-    // What is left still counts as unfetched, towards the slow-consumer bound.
-    for (const packet of packets) this.#buffered -= dataSize(packet);
+    let packets = this.#buffer;
+    if (packets.length <= this.#pollPackets) {
+      this.#buffer = [];
+      this.#buffered = 0;
+    } else {
+      packets = packets.slice(0, this.#pollPackets);
+      this.#buffer = this.#buffer.slice(this.#pollPackets);
+      // What is left still counts as unfetched, towards the slow-consumer bound.
+      for (const packet of packets) this.#buffered -= dataSize(packet);
+    }
     // Never a close packet: python-engineio takes one for a deliberate close, and python-socketio
     // then never reconnects. A closing session ends with the answer that takes its last packets;
     // its next GET's 400 is a lost transport, which every client reconnects from.
