@@ -160,6 +160,8 @@ const INDEX_PROGRESS_EVERY = 1000;
  * deleted meanwhile is found while the deletion still refuses it (and is deleted, not listed).
  */
 const DEFAULT_INDEX_AGAIN_MS = 10 * 60_000;
+/** The most entries Deno KV reads in one batch of a list, and so at one moment. */
+const MAX_LIST_BATCH = 500;
 /** Records or deletions per commit while a room is checked (a record costs 2 of KV's 100 checks). */
 const RETENTION_BATCH = 40;
 /**
@@ -370,6 +372,12 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
    * commit's push-out falls in the hole, so their next commit queues the check again.
    */
   #holed = new Set<string>();
+  /**
+   * What the last check of a room in (or queued from) `#holed` kept below the hole: its oldest
+   * seq there and how many, so that the next check reads only the ones it drops, and a file
+   * sweep stops below them.
+   */
+  #keptBelow = new Map<string, { oldest: number; count: number }>();
   /** Rooms waiting for their check, in order. */
   #checkQueue: string[] = [];
   #checkers = new Set<Promise<void>>();
@@ -984,6 +992,7 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
         this.#checked.delete(room);
         this.#retained.delete(room);
         this.#holed.delete(room);
+        this.#keptBelow.delete(room);
         excess--;
       }
     }
@@ -1032,13 +1041,14 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
       }
     }
     this.#retained.add(room);
+    const last = this.#keptBelow.get(room);
     // A commit built before the room counted as checked dropped nothing of it; the head is read
     // after that commit, and every later one drops its own push-outs.
     await this.#committing?.catch(() => {});
     const prefix = KV_KEYS.messages(room);
     let head = await this.head(room);
     let cut = head - this.#historyLimit + 1;
-    let holed = false;
+    let kept = 0;
     // The limit counts messages: below seqs no message took (a restored backup raises the heads,
     // see scripts/backup.ts), older ones are kept as far as the newer ones fall short of it. The
     // head and the message at the cut are read at one moment: a commit deletes only below its
@@ -1053,10 +1063,26 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
         // Read after the head: a push-out meanwhile makes it fewer, and more are kept below.
         const short = this.#historyLimit - (head - lowest + 1);
         if (short > 0) {
-          const below = { prefix, end: [...prefix, cut] };
-          for await (const e of this.#kv.list<Message>(below, { limit: short, reverse: true })) {
-            cut = e.value.seq;
-            holed = true;
+          // Below the hole messages go only oldest first (by any store's check) and none come:
+          // while the last check's oldest is there, so is all it kept, and the ones to drop are
+          // the oldest of those, read in one batch (one snapshot) with the one after them.
+          const drop = last ? Math.max(last.count - short, 0) : Infinity;
+          const next: number[] = [];
+          if (drop < MAX_LIST_BATCH && last!.oldest < cut) {
+            const from = { start: [...prefix, last!.oldest], end: [...prefix, cut] };
+            for await (const e of this.#kv.list<Message>(from, { limit: drop + 1 })) {
+              next.push(e.value.seq);
+            }
+          }
+          if (next.length === drop + 1 && next[0] === last!.oldest) {
+            cut = next[drop];
+            kept = last!.count - drop;
+          } else {
+            const below = { prefix, end: [...prefix, cut] };
+            for await (const e of this.#kv.list<Message>(below, { limit: short, reverse: true })) {
+              cut = e.value.seq;
+              kept++;
+            }
           }
         }
         break;
@@ -1071,7 +1097,11 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     }
     const dropped = await this.#deleteListed({ prefix, end: [...prefix, cut] });
     if (dropped > 0 && this.#recordsFiles) this.#sweepFilesSoon([room]);
-    if (holed && !this.#closed) {
+    // Left in place while a check runs, for the file sweep. One cut short leaves it behind what
+    // KV holds: the next check finds its oldest gone and reads all again; a sweep stops short.
+    if (kept > 0) this.#keptBelow.set(room, { oldest: cut, count: kept });
+    else this.#keptBelow.delete(room);
+    if (kept > 0 && !this.#closed) {
       this.#holed.add(room);
       // A commit since the head was read queued no check (the room was not yet in #holed).
       if ((await this.head(room)) !== head && this.#holed.delete(room)) {
@@ -1183,8 +1213,12 @@ export class KvMessageStore implements MessageStore, ReadCursorStore, PendingFil
     this.#dropped.clear();
     for (const room of rooms) {
       try {
-        const tail = (await this.head(room)) - this.#historyLimit + 1;
-        await this.#claimRecords(room, { end: [...KV_KEYS.roomFiles(room), tail] });
+        let end = (await this.head(room)) - this.#historyLimit + 1;
+        // The messages a check kept below a restored backup's jump are below that too: their
+        // records are not tried (a refused commit each, at every sweep of the room).
+        const below = this.#keptBelow.get(room);
+        if (below) end = Math.min(end, below.oldest);
+        await this.#claimRecords(room, { end: [...KV_KEYS.roomFiles(room), end] });
       } catch (err) {
         // Looked at again with the room's next drop.
         this.#dropped.add(room);

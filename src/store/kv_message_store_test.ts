@@ -1433,3 +1433,112 @@ Deno.test("KvMessageStore: a room whose head a restored backup raised by a milli
   await store.close();
   kv.close();
 });
+
+/** A full room of `limit` messages (with a file each if `files`) whose head a backup then raised. */
+async function restoredRoom(limit: number, files: boolean) {
+  const kv = await Deno.openKv(":memory:");
+  const before = new KvMessageStore(kv, limited(limit, []));
+  for (let i = 0; i < limit; i += 50) {
+    await Promise.all(
+      range(i + 1, Math.min(i + 50, limit)).map((n) =>
+        before.append("r", files ? withFile(n) : draft(`m${n}`))
+      ),
+    );
+  }
+  await before.retained();
+  await before.close();
+  const head = (await kv.get<number>(KV_KEYS.head("r"))).value!;
+  // What scripts/backup.ts does to the copy's heads.
+  await kv.set(KV_KEYS.head("r"), head + 1_000_000);
+  return kv;
+}
+
+Deno.test("KvMessageStore: in a room across a restored backup's jump, each commit's check lists a few messages, not its limit", async () => {
+  const LIMIT = 500;
+  const kv = await restoredRoom(LIMIT, false);
+  let listed = 0;
+  const list = kv.list.bind(kv);
+  kv.list = <T>(selector: Deno.KvListSelector, options?: Deno.KvListOptions) => {
+    const entries = list<T>(selector, options);
+    const next = entries.next.bind(entries);
+    entries.next = async () => {
+      const r = await next();
+      if (!r.done) listed++;
+      return r;
+    };
+    return entries;
+  };
+  const store = new KvMessageStore(kv, limited(LIMIT, []));
+  // The first check after the start finds the hole and reads what it keeps below it.
+  await store.append("r", draft("n0"));
+  await store.retained();
+  const start = listed;
+  for (let i = 1; i <= 20; i++) {
+    await store.append("r", draft(`n${i}`));
+    await store.retained();
+  }
+  const perCommit = (listed - start) / 20;
+  const kept = await store.list("r", { limit: 1000 });
+  assertEquals(kept.length, LIMIT);
+  assertEquals(kept[0].body, "m22");
+  await store.close();
+  kv.close();
+  // Each commit adds one message and drops one: the 479 kept below the jump are not read again.
+  assert(perCommit < 10, `${perCommit} entries listed per commit`);
+});
+
+Deno.test("KvMessageStore: in a room across a restored backup's jump, a file sweep tries no claim of a kept message's record", async () => {
+  const LIMIT = 300;
+  const kv = await restoredRoom(LIMIT, true);
+  const discarded: string[] = [];
+  const store = new KvMessageStore(kv, limited(LIMIT, discarded));
+  await store.append("r", draft("n0"));
+  await store.retained();
+  await eventually(() => discarded.length === 1);
+  let refused = 0;
+  const atomic = kv.atomic.bind(kv);
+  kv.atomic = () => {
+    const op = atomic();
+    const commit = op.commit.bind(op);
+    op.commit = async () => {
+      const res = await commit();
+      if (!res.ok) refused++;
+      return res;
+    };
+    return op;
+  };
+  for (let i = 1; i <= 5; i++) {
+    await store.append("r", draft(`n${i}`));
+    await store.retained();
+    // The sweep (10 ms after the drop) deletes the dropped message's file.
+    await eventually(() => discarded.length === i + 1);
+  }
+  assertEquals(discarded, range(1, 6).map((n) => `f${n}`));
+  await store.close();
+  kv.close();
+  assertEquals(refused, 0);
+});
+
+Deno.test("KvMessageStore: two stores taking turns in a room across a restored backup's jump drop what each other's checks left, no more", async () => {
+  await withSharedKv(async (kvA, kvB) => {
+    const before = new KvMessageStore(kvA, limited(6, []));
+    for (let i = 1; i <= 6; i++) await before.append("r", draft(`m${i}`));
+    await before.retained();
+    await before.close();
+    await kvA.set(KV_KEYS.head("r"), 1_000_006);
+    const stores = [
+      new KvMessageStore(kvA, limited(6, [])),
+      new KvMessageStore(kvB, limited(6, [])),
+    ];
+    const bodies = [...range(1, 6).map((n) => `m${n}`), ...range(1, 8).map((n) => `n${n}`)];
+    for (let i = 1; i <= 8; i++) {
+      // Each store's last check is one commit behind the other's drop.
+      const store = stores[i % 2];
+      await store.append("r", draft(`n${i}`));
+      await store.retained();
+      const kept = (await store.list("r", { limit: 100 })).map((m) => m.body);
+      assertEquals(kept, bodies.slice(i, i + 6));
+    }
+    for (const store of stores) await store.close();
+  });
+});
