@@ -62,8 +62,10 @@ const config = (() => {
   try {
     return loadConfig(Deno.env.toObject());
   } catch (err) {
-    // The message names the setting; the stack would only hide it.
-    return refuse(message(err));
+    // The message names the setting; the stack would only hide it. It lists one setting a line
+    // under its heading, for the server's log; the task's refusal is one line, as its others are.
+    const [heading, ...settings] = message(err).split("\n").map((line) => line.trim());
+    return refuse(settings.length > 0 ? `${heading} ${settings.join("; ")}` : heading);
   }
 })();
 

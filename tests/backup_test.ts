@@ -464,7 +464,7 @@ Deno.test("backup: a server started on the copy of a running server's data waits
   }, { extra: { JWT_SECRET: "" } });
 });
 
-Deno.test("backup: an in-memory or remote KV, a destination that is not empty (also with only a lost+found that is not), an unknown option and a missing KV file are refused with one line and exit 2, writing nothing", async () => {
+Deno.test("backup: an in-memory or remote KV, a destination that is not empty (also with only a lost+found that is not), an unknown option, a missing KV file and bad settings are refused with one line and exit 2, writing nothing", async () => {
   const dataDir = await Deno.makeTempDir({ prefix: "backup-refusals-" });
   const kept = `${dataDir}-kept`;
   const found = `${dataDir}-found`;
@@ -494,6 +494,11 @@ Deno.test("backup: an in-memory or remote KV, a destination that is not empty (a
         /^The KV file \(.*\/nothing-here\/chat\.kv\) does not exist: .*$/,
       ],
       [{ MEDIA_DIR: `${dataDir}-media` }, [`${dataDir}-media/copy`], /is inside MEDIA_DIR/],
+      [
+        { PORT: "abc", RATE_LIMIT_PER_SECOND: "x" },
+        [`${dataDir}-a`],
+        /^Invalid configuration: PORT: [^\n]+; RATE_LIMIT_PER_SECOND: [^\n]+$/,
+      ],
     ];
     for (const [env, args, said] of cases) {
       const result = await backup({ DATA_DIR: dataDir, ...env }, ...args);
