@@ -229,11 +229,35 @@ const PREPARE_MUTATIONS = 500;
 const PREPARE_KEY_BYTES = 60 * 1024;
 
 /**
+ * Keys of the KV copy due to expire within this long (ms) are deleted before KV opens it: mostly
+ * what running servers keep for each other (the preparation deletes it anyway), deletion marks
+ * of a minute, and the last minutes of client ids' and forgotten readers' windows, which a
+ * server started on the copy would see go at once. KV's own thread deletes the keys that come
+ * due while it has a file open, and ends the process when the volume refuses that write (a
+ * panic no catch sees, the hidden folder left behind); with none due before the preparation
+ * ends, only the preparation's own writes can meet a full volume, and fail as errors.
+ */
+const EXPIRY_MARGIN_MS = 5 * 60_000;
+
+/** Deletes the keys of the KV file at `path` that are due within {@link EXPIRY_MARGIN_MS}. */
+function dropExpiring(path: string): void {
+  // denokv's SQLite table: `kv (k, v, v_encoding, version, seq, expiration_ms)`, -1 for never.
+  const db = new DatabaseSync(path);
+  try {
+    db.prepare("delete from kv where expiration_ms >= 0 and expiration_ms <= ?")
+      .run(Date.now() + EXPIRY_MARGIN_MS);
+  } finally {
+    db.close();
+  }
+}
+
+/**
  * Makes the KV copy at `path` one that a server starts on as after a restore: every room's head
  * raised by {@link SEQ_GAP} (a head past the newest message is a state the store knows: a
  * deleted room keeps its head), and what running servers keep for each other deleted.
  */
 async function prepareKvCopy(path: string): Promise<void> {
+  dropExpiring(path);
   const kv = await Deno.openKv(path);
   try {
     let op = kv.atomic();
