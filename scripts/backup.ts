@@ -452,7 +452,12 @@ try {
   }
   console.error(
     `Backup failed copying ${step}: ${
-      noSpace(err) ? `no space left on the volume of ${home}` : message(err)
+      noSpace(err)
+        ? `no space left on the volume of ${home}`
+        // SQLite's word when a full volume refuses its journal or shared memory file.
+        : /disk I\/O error/i.test(message(err))
+        ? `disk I/O error (the volume of ${home} may be full)`
+        : message(err)
     }; nothing was written to ${target}`,
   );
   Deno.exit(1);
