@@ -77,6 +77,14 @@ async function handshake(
   return { sid: open.sid, open };
 }
 
+/** A polling session that has joined `/` (its `40` posted and answered), by its sid. */
+async function joined(ctx: Context, init?: RequestInit, query = ""): Promise<string> {
+  const { sid } = await handshake(ctx, init, query);
+  await post(ctx, sid, "40");
+  match((await poll(ctx, sid)).text, /^40/);
+  return sid;
+}
+
 function poll(ctx: Context, sid: string): Promise<Reply> {
   return get(ctx, `EIO=4&transport=polling&sid=${sid}`);
 }
@@ -297,27 +305,25 @@ Deno.test("concurrent GETs on one sid close the session", async () => {
 
 Deno.test("a server-side close ends a polling session with what was queued (or a noop) and a 400 for the next GET, never a close packet, which python-engineio takes for a deliberate close and does not reconnect from", async () => {
   await withServer({}, async (ctx) => {
-    const joined = async () => {
-      const { sid } = await handshake(ctx);
-      await post(ctx, sid, "40");
-      match((await poll(ctx, sid)).text, /^40/);
+    const joinedSocket = async () => {
+      const sid = await joined(ctx);
       return { sid, socket: ctx.sockets.at(-1)! };
     };
     // Closed while its GET is parked: the GET gets a noop.
-    const parkedSession = await joined();
+    const parkedSession = await joinedSocket();
     const parked = poll(ctx, parkedSession.sid);
     await delay(20);
     parkedSession.socket.conn.close();
     strictEqual((await parked).text, "6");
     strictEqual((await poll(ctx, parkedSession.sid)).status, 400);
     // Closed between GETs with a packet queued: the next GET takes it, alone.
-    const queued = await joined();
+    const queued = await joinedSocket();
     queued.socket.emit("last", "word");
     queued.socket.conn.close();
     strictEqual((await poll(ctx, queued.sid)).text, '42["last","word"]');
     strictEqual((await poll(ctx, queued.sid)).status, 400);
     // A server shutting down: the parked GET gets a noop too.
-    const stopping = await joined();
+    const stopping = await joinedSocket();
     const atStop = poll(ctx, stopping.sid);
     await delay(20);
     await ctx.io.close();
@@ -331,9 +337,7 @@ const PYTHON_REQUESTS = { headers: { "user-agent": "python-requests/2.28.1" } };
 
 Deno.test("a polling answer to python-engineio holds at most 16 packets, which it decodes (it drops a larger one whole, and the connection): the rest waits, in order and counted as unsent, for the next GETs, a closing session's too", async () => {
   await withServer({}, async (ctx) => {
-    const { sid } = await handshake(ctx, PYTHON_REQUESTS);
-    await post(ctx, sid, "40");
-    match((await poll(ctx, sid)).text, /^40/);
+    const sid = await joined(ctx, PYTHON_REQUESTS);
     const socket = ctx.sockets[0];
     const emitted = Array.from({ length: 40 }, (_, i) => `42["n",${i}]`);
     for (let i = 0; i < 40; i++) socket.emit("n", i);
@@ -365,9 +369,7 @@ Deno.test("python-engineio is told by its AsyncClient's User-Agent, or by its t 
   await withServer({}, async (ctx) => {
     const emitted = Array.from({ length: 40 }, (_, i) => `42["n",${i}]`);
     const answer = async (init?: RequestInit, query = "") => {
-      const { sid } = await handshake(ctx, init, query);
-      await post(ctx, sid, "40");
-      match((await poll(ctx, sid)).text, /^40/);
+      const sid = await joined(ctx, init, query);
       const socket = ctx.sockets.at(-1)!;
       for (let i = 0; i < 40; i++) socket.emit("n", i);
       return (await poll(ctx, sid)).text.split("\x1e");
@@ -383,10 +385,8 @@ Deno.test("python-engineio is told by its AsyncClient's User-Agent, or by its t 
 });
 
 Deno.test("a ping to python-engineio goes ahead of the answers it is behind on, so that being behind does not end it by ping timeout", async () => {
-  await withServer({ pingInterval: 300, pingTimeout: 300 }, async (ctx) => {
-    const { sid } = await handshake(ctx, PYTHON_REQUESTS);
-    await post(ctx, sid, "40");
-    match((await poll(ctx, sid)).text, /^40/);
+  await withServer({ pingInterval: 300, pingTimeout: 3000 }, async (ctx) => {
+    const sid = await joined(ctx, PYTHON_REQUESTS);
     const socket = ctx.sockets[0];
     const emitted = Array.from({ length: 40 }, (_, i) => `42["n",${i}]`);
     for (let i = 0; i < 40; i++) socket.emit("n", i);
@@ -416,9 +416,7 @@ Deno.test("a close packet from the client releases the parked GET with a noop", 
  * `3probe`, the parked GET released with a noop) and not yet sent `5`.
  */
 async function probedUpgrade(ctx: Context): Promise<{ peer: Peer; sid: string }> {
-  const { sid } = await handshake(ctx);
-  await post(ctx, sid, "40");
-  match((await poll(ctx, sid)).text, /^40/);
+  const sid = await joined(ctx);
   const parked = poll(ctx, sid);
   await delay(20);
   const peer = new Peer(`${ctx.wsBase}?EIO=4&transport=websocket&sid=${sid}`);
