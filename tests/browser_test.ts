@@ -16,7 +16,7 @@ import { signDevToken } from "../src/auth/verifier.ts";
 import { ChatClient } from "../client/mod.ts";
 import type * as ClientModule from "../client/mod.ts";
 import type { PageDocument, PageImage, PageProgress } from "../web/dom.ts";
-import { assert, assertEquals, delay, eventually, within } from "./assert.ts";
+import { assert, assertEquals, eventually, within } from "./assert.ts";
 import { freePort, reverseProxy, startTestServer, TestClient } from "./helpers.ts";
 
 // The functions handed to page.evaluate run in the page, where `document` exists.
@@ -717,14 +717,16 @@ Deno.test({
         const laptop = await open();
         const errors: string[] = [];
         laptop.on("pageerror", (err) => errors.push(err.message));
+        let joinedRandom = false;
+        laptop.on("websocket", (socket) => {
+          socket.on("framereceived", ({ payload }) => {
+            const frame = typeof payload === "string" ? JSON.parse(payload) : {};
+            if (frame.type === "joined" && frame.room === "room:random") joinedRandom = true;
+          });
+        });
         await signIn(laptop, url, "Ann", "general, room:random");
-        await eventually(
-          () => ben.presence("room:random").some((u) => u.id === "dev-ann"),
-          5000,
-          "the page in room:random",
-        );
-        // Its join's reply follows the presence it made: what comes after is news.
-        await delay(300);
+        // What comes after its join's reply is news; what came before, history.
+        await eventually(() => joinedRandom, 5000, "the page's joined for room:random");
         await ben.send("room:random", { body: "one" });
         await ben.send("room:random", { body: "two" });
         const badge = '#rooms li[data-room="room:random"] .unread';
