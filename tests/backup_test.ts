@@ -6,9 +6,9 @@
 
 import { basename, dirname } from "node:path";
 import { DatabaseSync } from "node:sqlite";
-import { assert, assertEquals, assertMatch } from "./assert.ts";
+import { assert, assertEquals, assertMatch, eventually } from "./assert.ts";
 import { adminCall, listFiles, TestClient } from "./helpers.ts";
-import { mayMount, smallDisk, withDataDir } from "./server_process.ts";
+import { mayMount, run, smallDisk, type spawnServer, withDataDir } from "./server_process.ts";
 import { ensureDevSecret, signDevToken } from "../src/auth/verifier.ts";
 
 type Frame = Record<string, unknown>;
@@ -41,6 +41,24 @@ async function backup(env: Record<string, string>, ...args: string[]) {
   }).output();
   const text = (bytes: Uint8Array) => new TextDecoder().decode(bytes).trim();
   return { code: out.code, stdout: text(out.stdout), stderr: text(out.stderr) };
+}
+
+/**
+ * Backs `dataDir` up to `${dataDir}-backup`, which must succeed, and gives `use` the copy and what
+ * the task printed; the copy is removed after, whatever `use` did.
+ */
+async function withBackup(
+  dataDir: string,
+  use: (copy: string, stdout: string) => Promise<void>,
+): Promise<void> {
+  const copy = `${dataDir}-backup`;
+  try {
+    const result = await backup({ DATA_DIR: dataDir }, copy);
+    assertEquals(result.code, 0, result.stderr);
+    await use(copy, result.stdout);
+  } finally {
+    await Deno.remove(copy, { recursive: true }).catch(() => {});
+  }
 }
 
 /** Every message of `room` the native socket `ws` reads through `history`, in pages. */
@@ -144,79 +162,78 @@ Deno.test("backup: taken while a client keeps sending, it is a DATA_DIR with eve
         await takeAcks(() => bodies.size === sending);
       }
     })();
-    const copy = `${dataDir}-backup`;
-    let result;
-    try {
-      result = await backup({ DATA_DIR: dataDir }, copy);
-    } finally {
+    const stopWriter = async () => {
       done = true;
       await writer;
-    }
-    assertEquals(result.code, 0, result.stderr);
-    assertMatch(
-      result.stdout,
-      /^Backed up to .*: directory\.sqlite3, chat\.kv, dev-jwt-secret, \d+ media files/m,
-    );
-
+    };
     try {
-      // A DATA_DIR as the server's own: owner-only, and none of SQLite's side files nor the
-      // space reserve, which belong to a live file.
-      assertEquals(await modesUnder(copy), []);
-      const names = (await listFiles(copy)).filter((n) => !n.startsWith("media/"));
-      assertEquals(names, ["chat.kv", "dev-jwt-secret", "directory.sqlite3"]);
+      await withBackup(dataDir, async (copy, stdout) => {
+        // The copy is taken: what the writer sends now is the original's alone.
+        await stopWriter();
+        assertMatch(
+          stdout,
+          /^Backed up to .*: directory\.sqlite3, chat\.kv, dev-jwt-secret, \d+ media files/m,
+        );
 
-      // The same settings as the first server's but DATA_DIR: the dev secret, no JWT_SECRET.
-      const restored = spawn({ ...env, DATA_DIR: copy });
-      const restoredUrl = await restored.url();
-      const reader = await TestClient.open(
-        `${restoredUrl.replace(/^http/, "ws")}/ws?token=${token}`,
-      );
-      clients.push(reader);
-      await reader.next((f) => f.type === "welcome");
-      const history = await wholeHistory(reader, "ticket:1");
+        // A DATA_DIR as the server's own: owner-only, and none of SQLite's side files nor the
+        // space reserve, which belong to a live file.
+        assertEquals(await modesUnder(copy), []);
+        const names = (await listFiles(copy)).filter((n) => !n.startsWith("media/"));
+        assertEquals(names, ["chat.kv", "dev-jwt-secret", "directory.sqlite3"]);
 
-      // A prefix of the room's history with no hole, each message as it was acknowledged.
-      const seqs = history.map((m) => m.seq as number);
-      assertEquals(seqs, seqs.map((_, i) => i + 1));
-      assert(history.length >= ackedBefore.size, `${history.length} < ${ackedBefore.size}`);
-      for (const m of history) {
-        const seq = m.seq as number;
-        if (bodies.has(seq)) assertEquals(m.body, bodies.get(seq), `seq ${seq}`);
-      }
-      for (const [seq, body] of ackedBefore) assertEquals(history[seq - 1].body, body);
+        // The same settings as the first server's but DATA_DIR: the dev secret, no JWT_SECRET.
+        const restored = spawn({ ...env, DATA_DIR: copy });
+        const restoredUrl = await restored.url();
+        const reader = await TestClient.open(
+          `${restoredUrl.replace(/^http/, "ws")}/ws?token=${token}`,
+        );
+        clients.push(reader);
+        await reader.next((f) => f.type === "welcome");
+        const history = await wholeHistory(reader, "ticket:1");
 
-      // Each file of those messages serves the same bytes from the copy.
-      let checked = 0;
-      for (const m of history) {
-        const seq = m.seq as number;
-        const attachments = (m.attachments ?? []) as Attachment[];
-        if (!ackedBefore.has(seq)) continue;
-        assertEquals(attachments.length, files.has(seq) ? 1 : 0, `seq ${seq}`);
-        for (const a of attachments) {
-          const res = await fetch(a.url);
-          assertEquals(res.status, 200, a.url);
-          assertEquals(new Uint8Array(await res.arrayBuffer()), files.get(seq));
-          checked++;
+        // A prefix of the room's history with no hole, each message as it was acknowledged.
+        const seqs = history.map((m) => m.seq as number);
+        assertEquals(seqs, seqs.map((_, i) => i + 1));
+        assert(history.length >= ackedBefore.size, `${history.length} < ${ackedBefore.size}`);
+        for (const m of history) {
+          const seq = m.seq as number;
+          if (bodies.has(seq)) assertEquals(m.body, bodies.get(seq), `seq ${seq}`);
         }
-      }
-      assertEquals(checked, 10);
+        for (const [seq, body] of ackedBefore) assertEquals(history[seq - 1].body, body);
 
-      // The directory: users, the room and its participants.
-      const room = await fetch(`${restoredUrl}/api/rooms/ticket/1`, {
-        headers: { authorization: `Bearer ${ADMIN}` },
+        // Each file of those messages serves the same bytes from the copy.
+        let checked = 0;
+        for (const m of history) {
+          const seq = m.seq as number;
+          const attachments = (m.attachments ?? []) as Attachment[];
+          if (!ackedBefore.has(seq)) continue;
+          assertEquals(attachments.length, files.has(seq) ? 1 : 0, `seq ${seq}`);
+          for (const a of attachments) {
+            const res = await fetch(a.url);
+            assertEquals(res.status, 200, a.url);
+            assertEquals(new Uint8Array(await res.arrayBuffer()), files.get(seq));
+            checked++;
+          }
+        }
+        assertEquals(checked, 10);
+
+        // The directory: users, the room and its participants.
+        const room = await fetch(`${restoredUrl}/api/rooms/ticket/1`, {
+          headers: { authorization: `Bearer ${ADMIN}` },
+        });
+        assertEquals(room.status, 200);
+        const body = await room.json();
+        assertEquals([body.title, body.owner_id], ["Printer", "1"]);
+        const participants = (body.participants as { user_id: string; role: string }[])
+          .map((p) => `${p.user_id}:${p.role}`);
+        assert(participants.includes("2:agent"), JSON.stringify(body));
+        const user = await fetch(`${restoredUrl}/api/users/2`, {
+          headers: { authorization: `Bearer ${ADMIN}` },
+        });
+        assertEquals((await user.json()).username, "bob");
       });
-      assertEquals(room.status, 200);
-      const body = await room.json();
-      assertEquals([body.title, body.owner_id], ["Printer", "1"]);
-      const participants = (body.participants as { user_id: string; role: string }[])
-        .map((p) => `${p.user_id}:${p.role}`);
-      assert(participants.includes("2:agent"), JSON.stringify(body));
-      const user = await fetch(`${restoredUrl}/api/users/2`, {
-        headers: { authorization: `Bearer ${ADMIN}` },
-      });
-      assertEquals((await user.json()).username, "bob");
     } finally {
-      await Deno.remove(copy, { recursive: true }).catch(() => {});
+      await stopWriter();
     }
   }, {
     extra: {
@@ -265,16 +282,13 @@ Deno.test("backup: on the restored server, a client that saw messages sent after
       await sendEach(a, "room:general", bodiesOf("before", 10)),
       bodiesOf("", 10).map(Number),
     );
-    const copy = `${dataDir}-backup`;
-    const result = await backup({ DATA_DIR: dataDir }, copy);
-    assertEquals(result.code, 0, result.stderr);
-    // Ann sees 11..15 on the original, which the restore rolls back; her read cursor says so.
-    const seen = await sendEach(a, "room:general", bodiesOf("lost", 5));
-    assertEquals(seen, [11, 12, 13, 14, 15]);
-    a.socket.close();
-    await original.kill("SIGTERM");
+    await withBackup(dataDir, async (copy) => {
+      // Ann sees 11..15 on the original, which the restore rolls back; her read cursor says so.
+      const seen = await sendEach(a, "room:general", bodiesOf("lost", 5));
+      assertEquals(seen, [11, 12, 13, 14, 15]);
+      a.socket.close();
+      await original.kill("SIGTERM");
 
-    try {
       const restored = spawn({ ...env, DATA_DIR: copy });
       const rurl = await restored.url();
       // Bob talks first on the restored server.
@@ -311,9 +325,7 @@ Deno.test("backup: on the restored server, a client that saw messages sent after
         ...bodiesOf("before", 10),
         ...bodiesOf("after", 7),
       ]);
-    } finally {
-      await Deno.remove(copy, { recursive: true }).catch(() => {});
-    }
+    });
   }, {
     extra: {
       JWT_SECRET: "",
@@ -324,22 +336,34 @@ Deno.test("backup: on the restored server, a client that saw messages sent after
   });
 });
 
-/** The `chat_message` bodies a chat-rooms socket is shown on connect (until 1.5 s pass without one). */
-async function historyOnConnect(url: string, name: string, token: string, clients: TestClient[]) {
+/**
+ * The `chat_message` bodies a chat-rooms socket is shown on connect: the `count` expected (fewer
+ * if they do not come), then any more that come within 300 ms.
+ */
+async function historyOnConnect(
+  url: string,
+  name: string,
+  token: string,
+  clients: TestClient[],
+  count: number,
+) {
   const ws = await TestClient.open(
     `${url.replace(/^http/, "ws")}/ws/rooms/${name}/?token=${token}`,
   );
   clients.push(ws);
   await ws.next((f) => f.type === "room_users_list", 10_000);
   const got: string[] = [];
-  for (;;) {
-    try {
-      got.push((await ws.next((f) => f.type === "chat_message", 1500)).message as string);
-    } catch {
-      ws.socket.close();
-      return got;
-    }
+  const take = async (ms: number) =>
+    got.push((await ws.next((f) => f.type === "chat_message", ms)).message as string);
+  try {
+    while (got.length < count) await take(10_000);
+    for (;;) await take(300);
+  } catch {
+    // Timed out: the caller compares what came with what should have.
+  } finally {
+    ws.socket.close();
   }
+  return got;
 }
 
 Deno.test("backup: on the restored server, a chat-rooms socket is shown the room's last HISTORY_ON_CONNECT messages on connect, from before and after the jump", async () => {
@@ -351,28 +375,23 @@ Deno.test("backup: on the restored server, a chat-rooms socket is shown the room
     const a = await openAs(url, ann, clients);
     await sendEach(a, "room:lobby", bodiesOf("before", 5));
     const lastFour = bodiesOf("before", 5).slice(1);
-    assertEquals(await historyOnConnect(url, "lobby", ann, clients), lastFour);
-    const copy = `${dataDir}-backup`;
-    const result = await backup({ DATA_DIR: dataDir }, copy);
-    assertEquals(result.code, 0, result.stderr);
-    a.socket.close();
-    await original.kill("SIGTERM");
-    try {
+    assertEquals(await historyOnConnect(url, "lobby", ann, clients, 4), lastFour);
+    await withBackup(dataDir, async (copy) => {
+      a.socket.close();
+      await original.kill("SIGTERM");
       const restored = spawn({ ...env, DATA_DIR: copy });
       const rurl = await restored.url();
-      assertEquals(await historyOnConnect(rurl, "lobby", ann, clients), lastFour);
+      assertEquals(await historyOnConnect(rurl, "lobby", ann, clients, 4), lastFour);
       // Two sent after the jump: the last four are two from each side of it.
       const b = await openAs(rurl, ann, clients);
       await sendEach(b, "room:lobby", bodiesOf("after", 2));
-      assertEquals(await historyOnConnect(rurl, "lobby", ann, clients), [
+      assertEquals(await historyOnConnect(rurl, "lobby", ann, clients, 4), [
         "before4",
         "before5",
         "after1",
         "after2",
       ]);
-    } finally {
-      await Deno.remove(copy, { recursive: true }).catch(() => {});
-    }
+    });
   }, { extra: { JWT_SECRET: "", HISTORY_ON_CONNECT: "4" } });
 });
 
@@ -395,36 +414,38 @@ Deno.test("backup: on the restored server, HISTORY_LIMIT bounds a room's history
       });
       await a.next((f) => f.type === "ack" && f.client_id === `old${i}`, 10_000);
     }
-    const copy = `${dataDir}-backup`;
-    const result = await backup({ DATA_DIR: dataDir }, copy);
-    assertEquals(result.code, 0, result.stderr);
-    a.socket.close();
-    await original.kill("SIGTERM");
-    // The only files stored are the restored messages' (under names of their own).
-    const oldFiles = async () =>
-      (await listFiles(`${copy}/media`)).filter((f) => !basename(f).startsWith(".")).length;
-    try {
+    await withBackup(dataDir, async (copy) => {
+      a.socket.close();
+      await original.kill("SIGTERM");
+      // The only files stored are the restored messages' (under names of their own).
+      const oldFiles = async () =>
+        (await listFiles(`${copy}/media`)).filter((f) => !basename(f).startsWith(".")).length;
       assertEquals(await oldFiles(), 3);
       const restored = spawn({ ...env, DATA_DIR: copy });
       const rurl = await restored.url();
       const b = await openAs(rurl, ann, clients);
       const bodies = async () => (await wholeHistory(b, "room:general")).map((m) => m.body);
-      // Each commit's check has had a moment to run; the files' sweep a second more.
-      const settle = () => new Promise((r) => setTimeout(r, 1500));
+      /** Waits for the commit's check, and the files' sweep after it, to leave `want` and `files`. */
+      const settled = async (want: string[], files: number) => {
+        await eventually(
+          async () =>
+            JSON.stringify(await bodies()) === JSON.stringify(want) && await oldFiles() === files,
+          10_000,
+          `history ${want} with ${files} old files`,
+        ).catch(() => {});
+        assertEquals(await bodies(), want);
+        assertEquals(await oldFiles(), files);
+      };
       await sendEach(b, "room:general", ["new1"]);
-      await settle();
+      // Nothing to delete: a pause as long as the checks below are given, then nothing gone.
+      await new Promise((r) => setTimeout(r, 1500));
       assertEquals(await bodies(), ["old1", "old2", "old3", "new1"]);
+      assertEquals(await oldFiles(), 3);
       await sendEach(b, "room:general", ["new2", "new3"]);
-      await settle();
-      assertEquals(await bodies(), ["old2", "old3", "new1", "new2", "new3"]);
-      assertEquals(await oldFiles(), 2);
+      await settled(["old2", "old3", "new1", "new2", "new3"], 2);
       await sendEach(b, "room:general", bodiesOf("new", 8).slice(3));
-      await settle();
-      assertEquals(await bodies(), ["new4", "new5", "new6", "new7", "new8"]);
-      assertEquals(await oldFiles(), 0);
-    } finally {
-      await Deno.remove(copy, { recursive: true }).catch(() => {});
-    }
+      await settled(["new4", "new5", "new6", "new7", "new8"], 0);
+    });
   }, {
     extra: {
       JWT_SECRET: "",
@@ -444,10 +465,7 @@ Deno.test("backup: a server started on the copy of a running server's data waits
     const bob = await signDevToken(secret, { sub: "2", username: "bob" }, "1h");
     const a = await openAs(url, ann, clients);
     await sendEach(a, "room:general", ["hello"]);
-    const copy = `${dataDir}-backup`;
-    const result = await backup({ DATA_DIR: dataDir }, copy);
-    assertEquals(result.code, 0, result.stderr);
-    try {
+    await withBackup(dataDir, async (copy) => {
       // The original keeps running beside it, on its own file.
       const restored = spawn({ ...env, DATA_DIR: copy });
       const rurl = await restored.url();
@@ -458,9 +476,7 @@ Deno.test("backup: a server started on the copy of a running server's data waits
       assert(!/shares KV_PATH/.test(restored.log()), restored.log());
       // The message is there all the same.
       assertEquals((await wholeHistory(b, "room:general")).map((m) => m.body), ["hello"]);
-    } finally {
-      await Deno.remove(copy, { recursive: true }).catch(() => {});
-    }
+    });
   }, { extra: { JWT_SECRET: "" } });
 });
 
@@ -517,7 +533,7 @@ Deno.test("backup: an in-memory or remote KV, a destination that is not empty (a
     const parent = await Array.fromAsync(Deno.readDir(dirname(dataDir)));
     assertEquals(parent.filter((e) => e.name.startsWith(`.${basename(dataDir)}`)), []);
   } finally {
-    for (const dir of [dataDir, kept, found, `${dataDir}-media`]) {
+    for (const dir of [dataDir, `${dataDir}-a`, kept, found, `${dataDir}-media`]) {
       await Deno.remove(dir, { recursive: true }).catch(() => {});
     }
   }
@@ -531,12 +547,6 @@ function inherited(...names: string[]): Record<string, string> {
       return value === undefined ? [] : [[name, value]];
     }),
   );
-}
-
-/** Runs `cmd`, throwing with its stderr when it fails. */
-async function run(...cmd: string[]): Promise<void> {
-  const out = await new Deno.Command(cmd[0], { args: cmd.slice(1), stderr: "piped" }).output();
-  if (!out.success) throw new Error(`${cmd.join(" ")}: ${new TextDecoder().decode(out.stderr)}`);
 }
 
 /** True where this test may make and loop-mount an ext4 volume (Linux, as root). */
@@ -563,6 +573,7 @@ Deno.test("backup: the mount point of a freshly made ext4 disk (only an empty lo
     const disk = `${dataDir}-disk`;
     await Deno.mkdir(disk);
     let mounted = false;
+    let restored: ReturnType<typeof spawnServer> | undefined;
     try {
       if (ext4) {
         await run("dd", "if=/dev/zero", `of=${image}`, "bs=1M", "count=16", "status=none");
@@ -579,14 +590,15 @@ Deno.test("backup: the mount point of a freshly made ext4 disk (only an empty lo
       a.socket.close();
       await server.kill("SIGTERM");
       assertEquals(await Array.fromAsync(Deno.readDir(`${disk}/lost+found`)), []);
-      const restored = spawn({ ...env, DATA_DIR: disk });
+      restored = spawn({ ...env, DATA_DIR: disk });
       const b = await openAs(await restored.url(), ann, clients);
       assertEquals((await wholeHistory(b, "room:general")).map((m) => m.body), ["hello"]);
       await sendEach(b, "room:general", ["again"]);
       assertEquals((await wholeHistory(b, "room:general")).map((m) => m.body), ["hello", "again"]);
       b.socket.close();
-      await restored.kill("SIGTERM");
     } finally {
+      // Off the disk before it is unmounted, also when an assertion failed.
+      await restored?.kill("SIGTERM");
       if (mounted) await run("umount", disk).catch(() => run("umount", "-l", disk));
       await Deno.remove(disk, { recursive: true }).catch(() => {});
       await Deno.remove(image).catch(() => {});
@@ -666,8 +678,9 @@ Deno.test({
   ignore: !(await mayMount()),
   async fn() {
     const dataDir = await Deno.makeTempDir({ prefix: "backup-full-" });
-    const disk = await smallDisk(2);
+    let disk: Awaited<ReturnType<typeof smallDisk>> | undefined;
     try {
+      disk = await smallDisk(2);
       (await Deno.openKv(`${dataDir}/chat.kv`)).close();
       new DatabaseSync(`${dataDir}/directory.sqlite3`).close();
       await Deno.mkdir(`${dataDir}/media/files`, { recursive: true });
@@ -689,7 +702,7 @@ Deno.test({
         assertEquals(await listFiles(disk.dir), fill ? [".filler"] : []);
       }
     } finally {
-      await disk.unmount();
+      await disk?.unmount();
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
     }
   },
@@ -821,9 +834,12 @@ Deno.test({
   ignore: !(await mayMount()),
   async fn() {
     const dataDir = await smallDataDir();
-    const volume = await smallDisk(16);
-    const small = await smallDisk(2);
+    const disks: Awaited<ReturnType<typeof smallDisk>>[] = [];
     try {
+      const volume = await smallDisk(16);
+      disks.push(volume);
+      const small = await smallDisk(2);
+      disks.push(small);
       const result = await backup({ DATA_DIR: dataDir }, volume.dir);
       assertEquals(result.code, 0, result.stderr);
       assertEquals(await listFiles(volume.dir), [
@@ -850,8 +866,7 @@ Deno.test({
       );
       assertEquals(await Array.fromAsync(Deno.readDir(small.dir)), []);
     } finally {
-      await volume.unmount();
-      await small.unmount();
+      await Promise.allSettled(disks.map((disk) => disk.unmount()));
       await Deno.remove(dataDir, { recursive: true }).catch(() => {});
     }
   },
