@@ -461,7 +461,7 @@ Deno.test("conversation chat: a get_history page whose messages come to 1 MiB is
       })
     );
     client.send({ type: "get_history", limit: 200 });
-    const frame = await raw;
+    const frame = await within(raw, "the history frame", 10_000);
     await client.close();
     const page = JSON.parse(frame) as { messages: { id: number }[]; has_more: boolean };
     assert(utf8(frame) <= MIB, `a frame of ${utf8(frame)} bytes`);
