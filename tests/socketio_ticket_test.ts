@@ -780,9 +780,9 @@ Deno.test("socket.io ticket chat: a polling bot that rejoins 20 tickets after it
         events.push([event, data?.ticketId ?? null]);
       }
     }
+    // How many wait at each GET depends on the machine's speed: the cap itself, with more
+    // waiting than it holds, is engine_io_protocol_test.ts's.
     assert(sizes.every((n) => n <= 16), `packets per answer: ${sizes}`);
-    // Some answer had more waiting than it could hold: else the cap went untested.
-    assert(sizes.includes(16), `no answer of 16 packets: ${sizes}`);
     // Each once; a ticket's history may be read before its join is done (the engine's order is
     // engine_io_protocol_test.ts's).
     const sorted = (list: unknown[]) => list.map((e) => JSON.stringify(e)).sort();
