@@ -336,6 +336,42 @@ Deno.test("backup: on the restored server, a client that saw messages sent after
   });
 });
 
+Deno.test("backup: on the restored server, a native join with since below the jump replays every stored message after since and those past the jump, without replay_limited", async () => {
+  await withDataDir(async ({ dataDir, env, clients, spawn }) => {
+    const original = spawn(env);
+    const url = await original.url();
+    const { secret } = await ensureDevSecret(dataDir);
+    const ann = await signDevToken(secret, { sub: "1", username: "ann" }, "1h");
+    const a = await openAs(url, ann, clients);
+    await sendEach(a, "room:general", bodiesOf("before", 10));
+    const copy = `${dataDir}-backup`;
+    const result = await backup({ DATA_DIR: dataDir }, copy);
+    assertEquals(result.code, 0, result.stderr);
+    a.socket.close();
+    await original.kill("SIGTERM");
+    try {
+      const restored = spawn({ ...env, DATA_DIR: copy });
+      const rurl = await restored.url();
+      const b = await openAs(rurl, ann, clients);
+      const fresh = await sendEach(b, "room:general", bodiesOf("after", 2));
+      // A client that holds 1..5 (it was offline) resumes.
+      const c = await openAs(rurl, ann, clients);
+      c.send({ type: "join", room: "room:general", since: 5, ref: "r" });
+      const got: Frame[] = [];
+      while (!got.some((f) => f.seq === fresh.at(-1))) {
+        got.push(await c.next((f) => f.type === "message" || f.type === "resync", 10_000));
+      }
+      assertEquals(got.filter((f) => f.type === "resync"), []);
+      assertEquals(
+        got.map((f) => f.body),
+        [...bodiesOf("before", 10).slice(5), ...bodiesOf("after", 2)],
+      );
+    } finally {
+      await Deno.remove(copy, { recursive: true }).catch(() => {});
+    }
+  }, { extra: { JWT_SECRET: "" } });
+});
+
 /**
  * The `chat_message` bodies a chat-rooms socket is shown on connect: the `count` expected (fewer
  * if they do not come), then any more that come within 300 ms.

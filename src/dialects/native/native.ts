@@ -60,6 +60,9 @@ const MAX_DIRECT_ROOMS = 4;
  */
 const READS_IN_JOINED = 100;
 
+/** The most messages one history read of the store returns (see MessageStore.list). */
+const HISTORY_PAGE = 1000;
+
 /** A user as the native protocol shows it. */
 export function nativeUser(user: UserProfile | null) {
   if (!user) return null;
@@ -423,6 +426,8 @@ class NativeSession implements SocketHandler {
     const resync = (reason: string, firstSeq: number, head: number) =>
       conn.send(resyncFrame(room, reason, firstSeq, head));
     let from = since;
+    /** Where a replay limited in a room whose seqs skip starts: after a stored message. */
+    let limitedFrom: number | undefined;
     if (since !== undefined) {
       let tail: number, head: number;
       try {
@@ -438,18 +443,36 @@ class NativeSession implements SocketHandler {
       // Read from the store, as this isolate's hub may not have delivered its newest messages.
       const start = since > head ? tail - 1 : Math.max(since, tail - 1);
       const allowed = this.#replayAllowance(head - start);
+      // Seqs skip where a restored backup's rooms jump a million (see scripts/backup.ts): there
+      // the replay counts messages, not seqs, and is charged for those it sends.
+      let fits = false;
+      if (since <= head && head - start > allowed && allowed > 0) {
+        const [next] = await ctx.chat.history(room, { after: head - allowed, limit: 1 });
+        if (next?.seq !== head - allowed + 1) {
+          const after = await ctx.chat.history(room, { after: start, limit: allowed });
+          if (after.length < Math.min(allowed, HISTORY_PAGE)) {
+            fits = true;
+            this.#replay.get(String(this.user.id), performance.now()).tokens += allowed -
+              after.length;
+          } else {
+            const before = await ctx.chat.seqBeforeNewest(room, allowed);
+            if (before <= start) fits = true;
+            else limitedFrom = before;
+          }
+        }
+      }
       if (since > head) {
         // The client is ahead of the store (it was reset): it must rebuild from what follows.
         from = head - allowed;
         resync("ahead_of_history", from + 1, head);
-      } else if (head - start > allowed) {
+      } else if (head - start > allowed && !fits) {
         // History lost past `since` is said first, as a client that reads history from `since`
         // would find a hole without a word.
         if (since + 1 < tail) resync("history_truncated", tail, head);
         // More than one join replays: the newest ones come, the older ones are the client's to
         // read with `history` (one frame a page, so a loop of rejoins cannot make the server
         // write a room's whole history again and again).
-        from = head - allowed;
+        from = limitedFrom ?? head - allowed;
         resync("replay_limited", from + 1, head);
       } else if (since + 1 < tail) {
         // History no longer reaches back to what the client has: said, not left a silent gap.
