@@ -1657,11 +1657,19 @@ export class ChatClient {
       }
       if (this.#rooms.get(upTo.room) !== room) return;
       const older = page.messages.filter((m) => m.seq < upTo.seq && m.seq > room.lastSeq!);
+      // A restored backup's rooms skip a million seqs (README "Backup and restore"): a skip after
+      // a message still stored is that jump, as retention deletes the oldest first. Asked only
+      // when the page starts past the next seq.
+      const first = older[0]?.seq ?? upTo.seq;
+      let jump = first > room.lastSeq + 1 && room.lastSeq > 0 &&
+        await this.#stored(upTo.room, room.lastSeq);
+      if (this.#rooms.get(upTo.room) !== room) return;
       // History no longer has some (retention deleted them): said as the server says it, so
       // that the application knows it holds a hole rather than missing it quietly.
       const skip = (next: number) => {
         if (next <= room.lastSeq! + 1) return;
         room.lastSeq = next - 1;
+        if (jump) return;
         this.#emit("resync", {
           room: upTo.room,
           reason: "history_truncated",
@@ -1672,9 +1680,21 @@ export class ChatClient {
       for (const m of older) {
         skip(m.seq);
         room.lastSeq = m.seq;
+        // Within one read, a skip after a message is the jump too.
+        jump = true;
         this.#emit("message", m);
       }
       if (older.length === 0) skip(upTo.seq);
+    }
+  }
+
+  /** Whether `room`'s history still has the message at `seq` (false when it cannot be read). */
+  async #stored(room: string, seq: number): Promise<boolean> {
+    try {
+      const page = await this.#fillTurn(() => this.history(room, { after: seq - 1, limit: 1 }));
+      return page.messages[0]?.seq === seq;
+    } catch {
+      return false;
     }
   }
 

@@ -10,6 +10,7 @@ import { assert, assertEquals, assertMatch, eventually } from "./assert.ts";
 import { adminCall, listFiles, TestClient } from "./helpers.ts";
 import { mayMount, run, smallDisk, type spawnServer, withDataDir } from "./server_process.ts";
 import { ensureDevSecret, signDevToken } from "../src/auth/verifier.ts";
+import { ChatClient } from "../client/mod.ts";
 
 type Frame = Record<string, unknown>;
 type Attachment = { name: string; url: string };
@@ -336,7 +337,7 @@ Deno.test("backup: on the restored server, a client that saw messages sent after
   });
 });
 
-Deno.test("backup: on the restored server, a native join with since below the jump replays every stored message after since and those past the jump, without replay_limited", async () => {
+Deno.test("backup: on the restored server, a native join with since below the jump replays every stored message after since and those past the jump, without replay_limited; one with since among the rolled-back messages gets history_truncated first, the typed client rebuilds only then, also when the replay is limited", async () => {
   await withDataDir(async ({ dataDir, env, clients, spawn }) => {
     const original = spawn(env);
     const url = await original.url();
@@ -347,29 +348,65 @@ Deno.test("backup: on the restored server, a native join with since below the ju
     const copy = `${dataDir}-backup`;
     const result = await backup({ DATA_DIR: dataDir }, copy);
     assertEquals(result.code, 0, result.stderr);
+    // 11..15, seen on the original, are rolled back by the restore.
+    assertEquals(await sendEach(a, "room:general", bodiesOf("lost", 5)), [11, 12, 13, 14, 15]);
     a.socket.close();
     await original.kill("SIGTERM");
+    const typed: ChatClient[] = [];
     try {
       const restored = spawn({ ...env, DATA_DIR: copy });
       const rurl = await restored.url();
       const b = await openAs(rurl, ann, clients);
       const fresh = await sendEach(b, "room:general", bodiesOf("after", 2));
-      // A client that holds 1..5 (it was offline) resumes.
-      const c = await openAs(rurl, ann, clients);
-      c.send({ type: "join", room: "room:general", since: 5, ref: "r" });
-      const got: Frame[] = [];
-      while (!got.some((f) => f.seq === fresh.at(-1))) {
-        got.push(await c.next((f) => f.type === "message" || f.type === "resync", 10_000));
-      }
-      assertEquals(got.filter((f) => f.type === "resync"), []);
-      assertEquals(
-        got.map((f) => f.body),
-        [...bodiesOf("before", 10).slice(5), ...bodiesOf("after", 2)],
-      );
+      let newest = { seq: fresh.at(-1), body: "after2" };
+      /** The messages and resyncs a native join with `since` gets, up to the newest message. */
+      const rejoin = async (since: number) => {
+        const c = await openAs(rurl, ann, clients);
+        c.send({ type: "join", room: "room:general", since, ref: "r" });
+        const got: Frame[] = [];
+        while (!got.some((f) => f.seq === newest.seq)) {
+          got.push(await c.next((f) => f.type === "message" || f.type === "resync", 10_000));
+        }
+        return got.map((f) => f.type === "resync" ? `resync ${f.reason} ${f.first_seq}` : f.body);
+      };
+      /** The same through the typed client: its message and resync events. */
+      const typedRejoin = async (since: number) => {
+        const chat = new ChatClient({ url: `${rurl.replace(/^http/, "ws")}/ws`, token: ann });
+        typed.push(chat);
+        const got: string[] = [];
+        chat.on("message", (m) => got.push(m.body));
+        chat.on("resync", (r) => got.push(`resync ${r.reason} ${r.first_seq}`));
+        await chat.connect();
+        await chat.join("room:general", { since });
+        const deadline = Date.now() + 10_000;
+        while (got.at(-1) !== newest.body && Date.now() < deadline) {
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        // Anything a late gap read would add.
+        await new Promise((r) => setTimeout(r, 300));
+        return got;
+      };
+      // A client that holds 1..5 (it was offline) resumes: all it lacks is still stored.
+      const held = [...bodiesOf("before", 10).slice(5), ...bodiesOf("after", 2)];
+      assertEquals(await rejoin(5), held);
+      assertEquals(await typedRejoin(5), held);
+      // One that holds 11..15 holds what this server does not have: told to rebuild.
+      const rebuilt = [`resync history_truncated ${fresh[0]}`, ...bodiesOf("after", 2)];
+      assertEquals(await rejoin(15), rebuilt);
+      assertEquals(await typedRejoin(15), rebuilt);
+      // More than REPLAY_LIMIT (8) past the jump: the replay is limited, and the typed client, reading
+      // back the rest, finds the message it holds gone.
+      const more = await sendEach(b, "room:general", bodiesOf("after", 10).slice(2));
+      newest = { seq: more.at(-1), body: "after10" };
+      assertEquals(await typedRejoin(15), [
+        `resync history_truncated ${fresh[0]}`,
+        ...bodiesOf("after", 10),
+      ]);
     } finally {
+      for (const chat of typed) chat.close();
       await Deno.remove(copy, { recursive: true }).catch(() => {});
     }
-  }, { extra: { JWT_SECRET: "" } });
+  }, { extra: { JWT_SECRET: "", REPLAY_LIMIT: "8" } });
 });
 
 /**
