@@ -1138,9 +1138,13 @@ var ChatClient = class {
       }
       if (this.#rooms.get(upTo.room) !== room) return;
       const older = page.messages.filter((m) => m.seq < upTo.seq && m.seq > room.lastSeq);
+      const first = older[0]?.seq ?? upTo.seq;
+      let jump = first > room.lastSeq + 1 && room.lastSeq > 0 && await this.#stored(upTo.room, room.lastSeq);
+      if (this.#rooms.get(upTo.room) !== room) return;
       const skip = (next) => {
         if (next <= room.lastSeq + 1) return;
         room.lastSeq = next - 1;
+        if (jump) return;
         this.#emit("resync", {
           room: upTo.room,
           reason: "history_truncated",
@@ -1151,9 +1155,22 @@ var ChatClient = class {
       for (const m of older) {
         skip(m.seq);
         room.lastSeq = m.seq;
+        jump = true;
         this.#emit("message", m);
       }
       if (older.length === 0) skip(upTo.seq);
+    }
+  }
+  /** Whether `room`'s history still has the message at `seq` (false when it cannot be read). */
+  async #stored(room, seq) {
+    try {
+      const page = await this.#fillTurn(() => this.history(room, {
+        after: seq - 1,
+        limit: 1
+      }));
+      return page.messages[0]?.seq === seq;
+    } catch {
+      return false;
     }
   }
   #presence(frame) {
