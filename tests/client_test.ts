@@ -941,6 +941,18 @@ Deno.test("client: a gap history can no longer fill is reported with resync, not
       last_seq: 4,
       ref: fill.ref,
     });
+    // Is 1 still there (a restored backup's jump, not a loss)? It is gone too: history starts at 4.
+    const check = await socket.take("history");
+    assertEquals([check.after, check.limit], [0, 1]);
+    socket.push({
+      type: "history",
+      room: "room:x",
+      messages: [msg(4)],
+      has_more: true,
+      first_seq: 4,
+      last_seq: 4,
+      ref: check.ref,
+    });
     await eventually(() => c.messages.length === 3);
     assertEquals(c.seqs("room:x"), [1, 4, 5]);
     assertEquals(resyncs, [
