@@ -113,6 +113,8 @@ export interface AppOverrides {
   log?: (line: string) => void;
   /** Relay Socket.IO polling between isolates (`deno serve --parallel`). */
   socketIoRelay?: boolean;
+  /** Wraps the KV handle (tests hold a commit's answer back to race a stop). */
+  kv?: (kv: Deno.Kv) => Deno.Kv;
   /** Wraps the presence store (tests slow it down to hold a race open). */
   presence?: (store: PresenceStore) => PresenceStore;
   /** Wraps the access policy (tests hold a check open to race it). */
@@ -140,6 +142,11 @@ const SHUTDOWN_CLOSE_MS = 500;
  * presence updates) must end before the stores close, leaving the rest of the 5 s to them.
  */
 const SHUTDOWN_WORK_MS = 4000;
+/**
+ * How long, past that, a presence commit under way may take to end, so that its users' leaves
+ * are written with the rest; within the second left before {@link SHUTDOWN_FALLBACK_MS}.
+ */
+const SHUTDOWN_PRESENCE_MS = 500;
 /** How long HTTP exchanges still under way once the stores are closed may go on. */
 export const SHUTDOWN_HTTP_GRACE_MS = 500;
 /** By when, from the signal, a stop that has not ended exits with 1 (a failed stop). */
@@ -309,7 +316,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
   // Its answers end a directory outage in the log (see failure_log.ts).
   const directory = answeringDirectory((overrides.directory ?? ((d) => d))(opened));
   // Servers sharing the file (instances, a restart beside the old process) start side by side.
-  const kv = await openKvWaitingOutLocks(config.kvPath, {
+  const opening = openKvWaitingOutLocks(config.kvPath, {
     waitMs: config.kvOpenWaitMs,
     onWait: () =>
       log(
@@ -321,6 +328,7 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
     const hint = await storageHint(err, kvPath, config.dataDir);
     throw new Error(`KV_PATH (${config.kvPath}) could not be opened: ${message(err)}${hint}`);
   });
+  const kv = (overrides.kv ?? ((k) => k))(await opening);
   await Promise.all([newSqlite && ownerOnly(sqlitePath!), newKv && ownerOnly(kvPath!)]);
   // Deno KV deletes expired keys in the background and ends the process when a full volume
   // refuses that write: a file beside a local KV file is deleted as the volume fills up, to
@@ -823,6 +831,18 @@ export async function buildApp(config: Config, overrides: AppOverrides = {}): Pr
               "sweep removes what such sends leave, the presence sweep the entries left",
           );
         }
+        // A presence commit landing after the flush below would take its users' entries out,
+        // and their leaves would be written nowhere: the other servers' sweep, which tells of
+        // the entries it finds, would never find them. So none starts now (the exits queued keep
+        // their entries, for that sweep), and the one under way ends before, for a while.
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([
+          presence.stop(),
+          new Promise((r) => timer = setTimeout(r, SHUTDOWN_PRESENCE_MS)),
+        ]);
+        clearTimeout(timer);
+        // Its users' exits publish their leaves a few promise turns after it.
+        await new Promise((r) => setTimeout(r, 0));
         await store.flush();
         await hub.idle();
         // The leaves of this server's users, among others, go to other instances through KV.

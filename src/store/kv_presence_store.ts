@@ -98,6 +98,10 @@ interface Group {
   changes: Queued[];
 }
 
+/** Why a change fails once the store is stopped. */
+const stoppedError = () =>
+  new Error("Presence store stopped: the entry is left to the presence sweep");
+
 /** Rough encoded size of a KV key: its parts' UTF-8 plus a few bytes each. */
 const keyBytes = (...parts: string[]) => parts.reduce((sum, p) => sum + utf8Length(p) + 3, 0);
 
@@ -191,6 +195,9 @@ export class KvPresenceStore implements PresenceStore {
   #leases: PresenceLeases;
   #queue: Queued[] = [];
   #writing = false;
+  /** The drain under way, which {@link stop} waits for. */
+  #draining: Promise<void> = Promise.resolve();
+  #stopped = false;
   #livenessReads = new FreshReads<Liveness>();
   #listReads = new FreshReads<UserProfile[]>();
   // Sweeps read every room they cover; with nobody dead there is nothing to find, so a room
@@ -250,6 +257,7 @@ export class KvPresenceStore implements PresenceStore {
    * burst of joins costs a few commits (each one an fsync) instead of one per join.
    */
   #change(change: Change): Promise<boolean> {
+    if (this.#stopped) return Promise.reject(stoppedError());
     return new Promise<boolean>((resolve, reject) => {
       this.#queue.push({
         ...change,
@@ -262,7 +270,7 @@ export class KvPresenceStore implements PresenceStore {
       });
       if (!this.#writing) {
         this.#writing = true;
-        void this.#drain();
+        this.#draining = this.#drain();
       }
     });
   }
@@ -270,6 +278,10 @@ export class KvPresenceStore implements PresenceStore {
   async #drain(): Promise<void> {
     try {
       while (this.#queue.length > 0) {
+        if (this.#stopped) {
+          this.#failQueued();
+          break;
+        }
         const { batch, rest } = takeBatch(this.#queue);
         this.#queue = rest;
         try {
@@ -326,7 +338,8 @@ export class KvPresenceStore implements PresenceStore {
         }
         ok = (await op.commit()).ok;
       } catch (err) {
-        if (isLocked(err) && attempt < 100) {
+        // Stopped, it gives up: the stop waits for this commit, and nothing was written yet.
+        if (isLocked(err) && attempt < 100 && !this.#stopped) {
           await backoff(attempt);
           continue;
         }
@@ -352,6 +365,25 @@ export class KvPresenceStore implements PresenceStore {
       this.#requeue(moved);
       batch.splice(0, batch.length, ...stay);
     }
+  }
+
+  /**
+   * Starts no more commits: the changes queued and those asked for later fail at once, their
+   * entries left to the presence sweep; resolves when the commit under way has ended. A server
+   * stopping calls it before its last flush of the leaves: a commit landing after that would take
+   * its users' entries out, and their leaves would never be written for the other servers.
+   */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    this.#failQueued();
+    await this.#draining;
+  }
+
+  /** Fails the changes queued, once stopped. */
+  #failQueued(): void {
+    const queued = this.#queue;
+    this.#queue = [];
+    for (const c of queued) c.reject(stoppedError());
   }
 
   /** Puts the changes of `groups` back at the front of the queue, failing those tried too often. */

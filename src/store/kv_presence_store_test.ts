@@ -514,3 +514,35 @@ Deno.test("presence: a burst of presence changes from another server is checked 
     }
   });
 });
+
+Deno.test("presence: a stop waits for the commit under way and fails the changes queued and later ones, which keep their entries", async () => {
+  await withKv(async (kv) => {
+    const base = leases(kv, "A", new Set());
+    let open = () => {};
+    const gate = new Promise<void>((r) => open = r);
+    let held = false;
+    const a = new KvPresenceStore(kv, {
+      ...base,
+      live: async () => {
+        if (held) await gate;
+        return base.live();
+      },
+    });
+    for (const id of ["1", "2", "3"]) await a.enter("room:x", user(id), `c${id}`);
+    held = true;
+    // The first commit waits at its lease read; the other two queue behind it.
+    const exits = ["1", "2", "3"].map((id) =>
+      a.exit("room:x", id, `c${id}`).then(({ last }) => last, () => "failed")
+    );
+    let stopped = false;
+    const stopping = a.stop().then(() => stopped = true);
+    assertEquals(await Promise.all([exits[1], exits[2]]), ["failed", "failed"]);
+    assertEquals(stopped, false);
+    open();
+    await stopping;
+    assertEquals(await exits[0], true);
+    assertEquals(await a.exit("room:x", "2", "c2").then(() => "ok", () => "failed"), "failed");
+    const left = await Array.fromAsync(kv.list({ prefix: ["presence", "room:x"] }));
+    assertEquals(left.map((e) => e.key[2]), ["2", "3"]);
+  });
+});
